@@ -1,0 +1,31 @@
+"""Settings of ``python -m datastore_svc``."""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+
+from kiln.config import GrpcServiceConfig, field
+
+ENGINES = ("embedded", "cassandra")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DatastoreConfig(GrpcServiceConfig):
+    """Datastore service settings (env prefix ``KILN_DATASTORE_``)."""
+
+    listen: str = field("127.0.0.1:50051", "host:port to serve gRPC on")
+    storage: str = field("embedded", "storage engine: embedded (SQLite files) or cassandra")
+    data_dir: pathlib.Path = field(pathlib.Path("~/.local/share/kiln/datastore").expanduser(),
+                                   "directory of the embedded engine's files")
+    cassandra_hosts: str = field("127.0.0.1:9042", "Cassandra contact points, host:port[,host:port]")
+    cassandra_keyspace: str = field("kiln_datastore", "keyspace for entities")
+    cassandra_datacenter: str = field("datacenter1", "local Cassandra datacenter")
+    cassandra_replication: int = field(1, "replication factor when creating the keyspace (3 in production)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.storage not in ENGINES:
+            raise ValueError(f"storage: must be one of {', '.join(ENGINES)}, got {self.storage!r}")
+        if self.cassandra_replication < 1:
+            raise ValueError("cassandra_replication: must be at least 1")

@@ -1,0 +1,68 @@
+"""Order-preserving byte encodings of key paths.
+
+A path encodes element by element; each element is self-terminating, so byte
+order of encodings equals App Engine's key order and an ancestor's encoding is
+a prefix of every descendant's:
+
+    element = escape(kind) 00 ( 01 <8-byte sign-flipped id> | 02 escape(name) 00 )
+
+``escape`` maps 00 -> 01 01 and 01 -> 01 02, so the 00 terminators stay unique;
+ids sort before names, as in App Engine. Kinds and names are UTF-8, which
+never contains the byte FF, so ``prefix + FF`` bounds every descendant of
+``prefix``.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from kiln.pb.datastore.v1 import datastore_pb2 as pb
+
+_ID, _NAME = b"\x01", b"\x02"
+PREFIX_END = b"\xff"
+
+
+def _escape(raw: bytes) -> bytes:
+    return raw.replace(b"\x01", b"\x01\x02").replace(b"\x00", b"\x01\x01")
+
+
+def _unescape(raw: bytes) -> bytes:
+    return raw.replace(b"\x01\x01", b"\x00").replace(b"\x01\x02", b"\x01")
+
+
+def encode_element(elem: pb.PathElement) -> bytes:
+    """Encode one complete path element."""
+    out = _escape(elem.kind.encode()) + b"\x00"
+    if elem.WhichOneof("id_type") == "id":
+        return out + _ID + struct.pack(">Q", elem.id ^ (1 << 63))
+    return out + _NAME + _escape(elem.name.encode()) + b"\x00"
+
+
+def encode_path(path: "list[pb.PathElement] | object") -> bytes:
+    """Encode a complete path (root first)."""
+    return b"".join(encode_element(e) for e in path)  # type: ignore[attr-defined]
+
+
+def decode_path(raw: bytes) -> list[pb.PathElement]:
+    """Invert :func:`encode_path`."""
+    out: list[pb.PathElement] = []
+    i = 0
+    while i < len(raw):
+        end = _find_terminator(raw, i)
+        kind = _unescape(raw[i:end]).decode()
+        tag = raw[end + 1:end + 2]
+        if tag == _ID:
+            (value,) = struct.unpack(">Q", raw[end + 2:end + 10])
+            out.append(pb.PathElement(kind=kind, id=value ^ (1 << 63)))
+            i = end + 10
+        else:
+            stop = _find_terminator(raw, end + 2)
+            out.append(pb.PathElement(kind=kind, name=_unescape(raw[end + 2:stop]).decode()))
+            i = stop + 1
+    return out
+
+
+def _find_terminator(raw: bytes, start: int) -> int:
+    # Escaping emits only 01 01 and 01 02, never a bare 00, so the first 00 is
+    # always the terminator.
+    return raw.index(b"\x00", start)

@@ -1,0 +1,208 @@
+"""Typed configuration for every kiln process.
+
+Each deployable declares one frozen dataclass of settings. :func:`load` builds
+it once, in ``__main__``, from (lowest to highest precedence):
+
+1. the field defaults (documented in each field's ``help``),
+2. a YAML file given with ``--config FILE`` (``yaml.safe_load``),
+3. environment variables ``KILN_<SVC>_<FIELD>`` (e.g. ``KILN_DATASTORE_LISTEN``),
+4. command-line flags ``--field-name``.
+
+Unknown YAML keys are errors, every value is converted to the field's type and
+a bad value names the key. Nothing is read at import time; tests pass ``env``
+and ``argv`` explicitly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import pathlib
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar
+
+import yaml
+
+from kiln.errors import ConfigError
+
+T = TypeVar("T")
+
+
+class Secret:
+    """A string whose ``repr``/``str`` hide it, so it never reaches a log."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get(self) -> str:
+        """Return the secret value."""
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('**********')" if self._value else "Secret('')"
+
+    __str__ = __repr__
+
+
+def field(default: Any, help: str, **kwargs: Any) -> Any:  # noqa: A002 - mirrors argparse
+    """Declare a config field with a default and a help text."""
+    return dataclasses.field(default=default, metadata={"help": help, **kwargs})
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _convert(name: str, tp: Any, raw: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if raw is None or raw == "":
+            return None
+        return _convert(name, args[0], raw)
+    if tp is bool:
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+        raise ConfigError(f"{name}: expected a boolean, got {raw!r}")
+    if tp in (int, float):
+        if isinstance(raw, bool):
+            raise ConfigError(f"{name}: expected a number, got {raw!r}")
+        try:
+            return tp(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}: expected {'an integer' if tp is int else 'a number'}, got {raw!r}") from None
+    if tp is str:
+        if isinstance(raw, (dict, list)):
+            raise ConfigError(f"{name}: expected a string, got {raw!r}")
+        return str(raw)
+    if tp is pathlib.Path:
+        return pathlib.Path(str(raw)).expanduser()
+    if tp is Secret:
+        return raw if isinstance(raw, Secret) else Secret(str(raw))
+    if origin is tuple:
+        items = raw.split(",") if isinstance(raw, str) else list(raw)
+        (inner, _) = typing.get_args(tp)
+        return tuple(_convert(name, inner, i.strip() if isinstance(i, str) else i) for i in items if i != "")
+    raise ConfigError(f"{name}: unsupported config type {tp!r}")  # a programming error, caught by tests
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def load(
+    cls: type[T],
+    *,
+    prefix: str,
+    argv: Sequence[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    description: str | None = None,
+) -> T:
+    """Build ``cls`` from defaults, ``--config`` YAML, ``KILN_<PREFIX>_*`` env and flags.
+
+    Args:
+        cls: A frozen dataclass whose fields were declared with :func:`field`.
+        prefix: The env prefix, e.g. ``"DATASTORE"`` for ``KILN_DATASTORE_LISTEN``.
+        argv: Command-line arguments (without the program name); ``None`` means none.
+        env: Environment mapping; ``None`` means no environment.
+        description: ``--help`` text.
+
+    Raises:
+        ConfigError: A value, a key or the YAML file is invalid; the message names it.
+    """
+    env = env or {}
+    hints = typing.get_type_hints(cls)
+    fields = [f for f in dataclasses.fields(cls) if f.init]  # type: ignore[arg-type]
+    env_prefix = f"KILN_{prefix.upper()}_"
+    parser = argparse.ArgumentParser(description=description, argument_default=argparse.SUPPRESS)
+    parser.add_argument("--config", type=pathlib.Path, help="YAML file with settings (keys = field names)")
+    for f in fields:
+        default = f.default if f.default is not dataclasses.MISSING else None
+        shown = "" if isinstance(default, Secret) else f" (default: {default!r}; env {env_prefix}{f.name.upper()})"
+        if hints[f.name] is bool:
+            parser.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
+                                help=f.metadata.get("help", "") + shown)
+        else:
+            parser.add_argument(_flag(f.name), dest=f.name, metavar=f.name.upper(),
+                                help=f.metadata.get("help", "") + shown)
+    args = vars(parser.parse_args(list(argv or [])))
+
+    values: dict[str, Any] = {}
+    config_file = args.pop("config", None) or env.get(env_prefix + "CONFIG")
+    if config_file:
+        values.update(_read_yaml(pathlib.Path(config_file), {f.name for f in fields}))
+    for f in fields:
+        key = env_prefix + f.name.upper()
+        if key in env:
+            values[f.name] = env[key]
+    values.update(args)
+    kwargs = {name: _convert(name, hints[name], raw) for name, raw in values.items()}
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _read_yaml(path: pathlib.Path, known: set[str]) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of setting names to values")
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return dict(data)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GrpcServiceConfig:
+    """Settings every gRPC service shares. Services subclass it and override defaults."""
+
+    listen: str = field("127.0.0.1:0", "host:port to serve gRPC on (port 0 picks a free port)")
+    max_message_bytes: int = field(32 * 1024 * 1024, "largest gRPC message accepted or sent, in bytes")
+    grace_seconds: float = field(5.0, "on SIGTERM, how long in-flight calls may finish")
+    service_secret: Secret = field(Secret(""), "shared secret that signs app identity tokens (required)")
+    ready_file: pathlib.Path | None = field(None, "write the bound address here once serving")
+    log_level: str = field("INFO", "log level")
+    log_format: str = field("text", "log format: text (local) or json (cluster)")
+
+    def __post_init__(self) -> None:
+        if not self.service_secret:
+            raise ValueError("service_secret: required (set KILN_<SVC>_SERVICE_SECRET or --service-secret)")
+        if self.log_format not in ("text", "json"):
+            raise ValueError(f"log_format: must be text or json, got {self.log_format!r}")
+        if self.max_message_bytes < 1024:
+            raise ValueError("max_message_bytes: must be at least 1024")
+        parse_hostport(self.listen, "listen")
+
+
+def parse_hostport(value: str, name: str) -> tuple[str, int]:
+    """Split ``host:port`` (``[v6]:port`` allowed) and validate the port."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{name}: expected host:port, got {value!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)

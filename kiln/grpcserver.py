@@ -1,0 +1,233 @@
+"""The gRPC server bootstrap every kiln service uses.
+
+:func:`serve` binds a ``grpc.aio`` server with:
+
+- the service's servicers plus gRPC health checking (``grpc.health.v1``) and
+  server reflection, so ``grpcurl`` and clients in any language work from the
+  ``.proto`` files alone;
+- a maximum message size;
+- one error interceptor that maps :class:`kiln.errors.KilnError` subclasses to
+  gRPC status codes through :data:`kiln.errors.ERROR_CODES` (walking the MRO),
+  puts the stable code in the ``kiln-error-code`` trailing metadata, and turns
+  anything unexpected into ``INTERNAL`` with the traceback logged, never sent;
+- graceful shutdown on SIGTERM/SIGINT: health flips to NOT_SERVING, new calls
+  are refused and in-flight calls get ``grace_seconds`` to finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import pathlib
+import signal
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from kiln import errors
+from kiln.config import GrpcServiceConfig, parse_hostport
+
+log = logging.getLogger(__name__)
+
+ERROR_CODE_KEY = "kiln-error-code"
+
+
+@dataclasses.dataclass(frozen=True)
+class Registration:
+    """One servicer to add: its full service name and the generated ``add_*_to_server``."""
+
+    name: str
+    add: Callable[[Any, grpc.aio.Server], None]
+    servicer: Any
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Maps exceptions raised by handlers to gRPC statuses (see module docstring)."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                _wrap_unary(handler.unary_unary, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                _wrap_unary(handler.stream_unary, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap_stream(handler.unary_stream, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+        return grpc.stream_stream_rpc_method_handler(
+            _wrap_stream(handler.stream_stream, method),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer)
+
+
+async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, method: str) -> None:
+    code = errors.code_for(exc)
+    if code is errors.INTERNAL:
+        log.error("unhandled error in %s", method, exc_info=exc)
+        details = "internal error"
+    else:
+        details = str(exc) or code.code
+    await context.abort(code.grpc, details, trailing_metadata=((ERROR_CODE_KEY, getattr(exc, "error_code", code.code)),))
+
+
+def _wrap_unary(fn: Callable[..., Any], method: str) -> Callable[..., Any]:
+    async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await fn(request, context)
+        except (grpc.aio.AbortError, asyncio.CancelledError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - this is the one place errors become statuses
+            await _abort(context, exc, method)
+    return wrapped
+
+
+def _wrap_stream(fn: Callable[..., Any], method: str) -> Callable[..., Any]:
+    async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            async for item in fn(request, context):
+                yield item
+        except (grpc.aio.AbortError, asyncio.CancelledError):
+            raise
+        except Exception as exc:  # noqa: BLE001
+            await _abort(context, exc, method)
+    return wrapped
+
+
+def unimplemented(service: Any, *, issue: str) -> Any:
+    """A generic handler answering UNIMPLEMENTED, naming the issue that will build it.
+
+    Used for contracts that are published and discoverable by reflection but
+    whose behaviour belongs to a later piece of work.
+    """
+    name = service.full_name
+
+    async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        raise errors.UnimplementedError(f"{name} is not implemented yet ({issue})")
+
+    async def stream_handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        raise errors.UnimplementedError(f"{name} is not implemented yet ({issue})")
+        yield  # pragma: no cover - makes this an async generator
+
+    from google.protobuf import symbol_database
+    db = symbol_database.Default()
+    handlers = {}
+    for m in service.methods:
+        req = db.GetPrototype(m.input_type)
+        resp = db.GetPrototype(m.output_type)
+        kw = {"request_deserializer": req.FromString, "response_serializer": resp.SerializeToString}
+        if m.server_streaming and m.client_streaming:
+            handlers[m.name] = grpc.stream_stream_rpc_method_handler(stream_handler, **kw)
+        elif m.server_streaming:
+            handlers[m.name] = grpc.unary_stream_rpc_method_handler(stream_handler, **kw)
+        elif m.client_streaming:
+            handlers[m.name] = grpc.stream_unary_rpc_method_handler(handler, **kw)
+        else:
+            handlers[m.name] = grpc.unary_unary_rpc_method_handler(handler, **kw)
+    return grpc.method_handlers_generic_handler(name, handlers)
+
+
+class Server:
+    """A running gRPC server with health and reflection; see :func:`start`."""
+
+    def __init__(self, server: grpc.aio.Server, health_servicer: health.aio.HealthServicer,
+                 names: list[str], port: int, host: str) -> None:
+        self._server = server
+        self._health = health_servicer
+        self._names = names
+        self.port = port
+        self.address = f"{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{port}"
+
+    async def stop(self, grace: float) -> None:
+        """Flip health to NOT_SERVING and stop, letting in-flight calls finish."""
+        for name in ["", *self._names]:
+            await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self._server.stop(grace)
+
+    async def wait(self) -> None:
+        """Wait until the server stops."""
+        await self._server.wait_for_termination()
+
+
+async def start(cfg: GrpcServiceConfig, registrations: Iterable[Registration],
+                generic_handlers: Iterable[tuple[str, Any]] = ()) -> Server:
+    """Bind and start a server for ``registrations`` (and generic handlers by name)."""
+    options = [
+        ("grpc.max_receive_message_length", cfg.max_message_bytes),
+        ("grpc.max_send_message_length", cfg.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ]
+    server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=options)
+    names = []
+    for reg in registrations:
+        reg.add(reg.servicer, server)
+        names.append(reg.name)
+    generic = list(generic_handlers)
+    if generic:
+        server.add_generic_rpc_handlers([h for _, h in generic])
+        names += [n for n, _ in generic]
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    host, port = parse_hostport(cfg.listen, "listen")
+    bound = server.add_insecure_port(cfg.listen)
+    if bound == 0:
+        raise errors.ConfigError(f"listen: cannot bind {cfg.listen}")
+    await server.start()
+    for name in ["", *names]:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    srv = Server(server, health_servicer, names, bound, host)
+    log.info("serving %s on %s", ", ".join(names), srv.address)
+    if cfg.ready_file:
+        write_ready_file(cfg.ready_file, srv.address)
+    return srv
+
+
+def write_ready_file(path: pathlib.Path, address: str) -> None:
+    """Atomically write ``address`` to ``path`` (a parent process waits for it)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(address)
+    tmp.replace(path)
+
+
+async def wait_for_signal() -> None:
+    """Return on SIGTERM or SIGINT (installed as loop handlers: no KeyboardInterrupt trace)."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+async def serve(cfg: GrpcServiceConfig, registrations: Iterable[Registration],
+                generic_handlers: Iterable[tuple[str, Any]] = (),
+                on_stop: Callable[[], Awaitable[None]] | None = None) -> None:
+    """Run a service until SIGTERM/SIGINT, then stop gracefully."""
+    srv = await start(cfg, registrations, generic_handlers)
+    await wait_for_signal()
+    log.info("stopping (grace %.1fs)", cfg.grace_seconds)
+    await srv.stop(cfg.grace_seconds)
+    if on_stop is not None:
+        await on_stop()
+    log.info("stopped")

@@ -1,0 +1,38 @@
+"""The shared ``__main__`` body of every gRPC service: config, logging, run."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from kiln import config, log
+from kiln.errors import KilnError
+
+C = TypeVar("C", bound=config.GrpcServiceConfig)
+
+
+def run(name: str, prefix: str, cls: type[C], serve: Callable[[C], Awaitable[None]],
+        argv: list[str] | None = None) -> int:
+    """Load ``cls`` from flags/env, set up logging, and run ``serve`` until SIGTERM."""
+    try:
+        cfg = config.load(cls, prefix=prefix, argv=sys.argv[1:] if argv is None else argv,
+                          env=os.environ, description=f"kiln {name}")
+    except KilnError as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        return 2
+    log.setup(level=cfg.log_level, fmt=cfg.log_format, component=name)
+    try:
+        import uvloop
+        runner: Callable[..., object] = uvloop.run
+    except ImportError:  # uvloop is optional on platforms without it
+        runner = asyncio.run
+    try:
+        runner(serve(cfg))
+    except KilnError as exc:
+        logging.getLogger(name).error("%s", exc)
+        return 1
+    return 0
