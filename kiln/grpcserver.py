@@ -57,25 +57,43 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = handler_call_details.method
+        # Requests are parsed here rather than by grpc, so a malformed protobuf
+        # becomes INVALID_ARGUMENT naming the message instead of grpc's UNKNOWN.
+        parse = _parser(handler.request_deserializer, method)
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary, method),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
+                _wrap_unary(handler.unary_unary, method, parse), response_serializer=handler.response_serializer)
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                _wrap_unary(handler.stream_unary, method),
-                request_deserializer=handler.request_deserializer,
+                _wrap_unary(handler.stream_unary, method, parse, streaming=True),
                 response_serializer=handler.response_serializer)
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream, method),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
+                _wrap_stream(handler.unary_stream, method, parse), response_serializer=handler.response_serializer)
         return grpc.stream_stream_rpc_method_handler(
-            _wrap_stream(handler.stream_stream, method),
-            request_deserializer=handler.request_deserializer,
+            _wrap_stream(handler.stream_stream, method, parse, streaming=True),
             response_serializer=handler.response_serializer)
+
+
+class MalformedRequestError(errors.BadRequestError):
+    """The request bytes are not a valid protobuf of the expected message."""
+
+
+def _parser(deserializer: Callable[[bytes], Any] | None, method: str) -> Callable[[Any], Any]:
+    if deserializer is None:
+        return lambda raw: raw
+
+    def parse(raw: Any) -> Any:
+        try:
+            return deserializer(raw)
+        except Exception:  # noqa: BLE001 - DecodeError and friends
+            raise MalformedRequestError(f"{method}: the request is not a valid protobuf message") from None
+    return parse
+
+
+async def _parsed_stream(requests: Any, parse: Callable[[Any], Any]) -> Any:
+    async for raw in requests:
+        yield parse(raw)
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, method: str) -> None:
@@ -88,10 +106,11 @@ async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, method: 
     await context.abort(code.grpc, details, trailing_metadata=((ERROR_CODE_KEY, getattr(exc, "error_code", code.code)),))
 
 
-def _wrap_unary(fn: Callable[..., Any], method: str) -> Callable[..., Any]:
+def _wrap_unary(fn: Callable[..., Any], method: str, parse: Callable[[Any], Any],
+                streaming: bool = False) -> Callable[..., Any]:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
-            return await fn(request, context)
+            return await fn(_parsed_stream(request, parse) if streaming else parse(request), context)
         except (grpc.aio.AbortError, asyncio.CancelledError):
             raise
         except Exception as exc:  # noqa: BLE001 - this is the one place errors become statuses
@@ -99,10 +118,11 @@ def _wrap_unary(fn: Callable[..., Any], method: str) -> Callable[..., Any]:
     return wrapped
 
 
-def _wrap_stream(fn: Callable[..., Any], method: str) -> Callable[..., Any]:
+def _wrap_stream(fn: Callable[..., Any], method: str, parse: Callable[[Any], Any],
+                 streaming: bool = False) -> Callable[..., Any]:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
-            async for item in fn(request, context):
+            async for item in fn(_parsed_stream(request, parse) if streaming else parse(request), context):
                 yield item
         except (grpc.aio.AbortError, asyncio.CancelledError):
             raise
@@ -126,12 +146,11 @@ def unimplemented(service: Any, *, issue: str) -> Any:
         raise errors.UnimplementedError(f"{name} is not implemented yet ({issue})")
         yield  # pragma: no cover - makes this an async generator
 
-    from google.protobuf import symbol_database
-    db = symbol_database.Default()
+    from google.protobuf import message_factory
     handlers = {}
     for m in service.methods:
-        req = db.GetPrototype(m.input_type)
-        resp = db.GetPrototype(m.output_type)
+        req = message_factory.GetMessageClass(m.input_type)
+        resp = message_factory.GetMessageClass(m.output_type)
         kw = {"request_deserializer": req.FromString, "response_serializer": resp.SerializeToString}
         if m.server_streaming and m.client_streaming:
             handlers[m.name] = grpc.stream_stream_rpc_method_handler(stream_handler, **kw)

@@ -12,7 +12,7 @@ from typing import TypeVar
 from kiln import config, log
 from kiln.errors import KilnError
 
-C = TypeVar("C", bound=config.GrpcServiceConfig)
+C = TypeVar("C")
 
 
 def run(name: str, prefix: str, cls: type[C], serve: Callable[[C], Awaitable[None]],
@@ -24,7 +24,7 @@ def run(name: str, prefix: str, cls: type[C], serve: Callable[[C], Awaitable[Non
     except KilnError as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         return 2
-    log.setup(level=cfg.log_level, fmt=cfg.log_format, component=name)
+    log.setup(level=getattr(cfg, "log_level", "INFO"), fmt=getattr(cfg, "log_format", "text"), component=name)
     try:
         import uvloop
         runner: Callable[..., object] = uvloop.run

@@ -1,0 +1,83 @@
+"""The ``kiln`` command.
+
+    kiln dev APP_DIR [--port 8080] [--data-dir DIR] [--storage embedded|cassandra] [--clear-datastore]
+
+Errors are printed on one line with what to do; exit status 0 on success, 1 on
+a runtime failure, 2 on bad usage or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import pathlib
+import sys
+
+from kiln import log as kiln_log
+from kiln.errors import KilnError
+
+
+def _dev(args: argparse.Namespace) -> int:
+    from deploy.dev import DevOptions, DevServer
+    from deploy.supervisor import StartError
+
+    app_dir = pathlib.Path(args.app_dir)
+    if not (app_dir / "app.yaml").is_file():
+        print(f"kiln dev: {app_dir / 'app.yaml'} not found; give the directory that holds your app.yaml",
+              file=sys.stderr)
+        return 2
+    opts = DevOptions(app_dir=app_dir, host=args.host, port=args.port, data_dir=args.data_dir,
+                      storage=args.storage, clear_datastore=args.clear_datastore,
+                      cassandra_hosts=args.cassandra_hosts or "", request_deadline=args.request_deadline)
+    try:
+        server = DevServer(opts)
+        server.start()
+    except KilnError as exc:
+        print(f"kiln dev: {exc}", file=sys.stderr)
+        return 2
+    except StartError as exc:
+        print(f"kiln dev: {exc}", file=sys.stderr)
+        return 1
+    print(f"kiln dev: serving app {server.app_id!r} (version {server.version_id}, storage {opts.storage}) "
+          f"at {server.url}", flush=True)
+    print(f"kiln dev: data in {server.data_dir}; logs in {server.run_dir}; Ctrl-C stops", flush=True)
+    try:
+        status = server.wait()
+    finally:
+        server.stop()
+    print("kiln dev: stopped", flush=True)
+    return status
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and docs)."""
+    parser = argparse.ArgumentParser(prog="kiln", description="kiln: a self-hostable App Engine for Python")
+    sub = parser.add_subparsers(dest="command", required=True)
+    dev = sub.add_parser("dev", help="run an app locally with every service",
+                         description="Run an app on this machine: NATS, the services, a runtime and the router.")
+    dev.add_argument("app_dir", metavar="APP_DIR", help="directory with app.yaml")
+    dev.add_argument("--host", default="127.0.0.1", help="address to serve HTTP on (default 127.0.0.1)")
+    dev.add_argument("--port", type=int, default=8080, help="HTTP port (default 8080)")
+    dev.add_argument("--data-dir", type=pathlib.Path, default=None,
+                     help="where data persists (default ~/.local/share/kiln/dev/APP_ID)")
+    dev.add_argument("--storage", choices=("embedded", "cassandra"), default="embedded",
+                     help="datastore engine (default embedded; cassandra starts a node under the data dir "
+                          "unless --cassandra-hosts is given)")
+    dev.add_argument("--cassandra-hosts", default=None, help="use this Cassandra (host:port) instead of starting one")
+    dev.add_argument("--clear-datastore", action="store_true", help="wipe the datastore before starting")
+    dev.add_argument("--request-deadline", type=float, default=60.0, metavar="SECONDS",
+                     help="the request timer (default 60)")
+    dev.set_defaults(func=_dev)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``kiln`` console script."""
+    args = build_parser().parse_args(argv)
+    kiln_log.setup(level="INFO", component="kiln")
+    logging.getLogger("deploy").setLevel(logging.INFO)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

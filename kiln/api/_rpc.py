@@ -1,0 +1,57 @@
+"""How the app-facing SDK reaches kiln's services.
+
+One gRPC channel per service per process, created on first use from the
+address the runtime exported (``KILN_<SERVICE>_ADDR``), and the app's identity
+token (``KILN_APP_TOKEN``) sent with every call. gRPC errors become kiln's
+typed errors in one place, :func:`call`.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from kiln import errors
+
+T = TypeVar("T")
+
+_lock = threading.Lock()
+_stubs: dict[str, Any] = {}
+
+DEFAULT_TIMEOUT = 30.0
+MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+
+
+def stub(service: str, factory: Callable[[grpc.Channel], T]) -> T:
+    """The process-wide stub for ``service`` (e.g. ``"DATASTORE"``)."""
+    with _lock:
+        found = _stubs.get(service)
+        if found is None:
+            address = os.environ.get(f"KILN_{service}_ADDR")
+            if not address:
+                raise errors.UnavailableError(
+                    f"KILN_{service}_ADDR is not set: run the app under kiln (kiln dev or a runtime instance)")
+            channel = grpc.insecure_channel(address, options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
+            found = _stubs[service] = factory(channel)
+        return found  # type: ignore[no-any-return]
+
+
+def reset() -> None:
+    """Forget channels (after the environment changed, e.g. in tests)."""
+    with _lock:
+        _stubs.clear()
+
+
+def call(method: Callable[..., T], request: Any, *, timeout: float = DEFAULT_TIMEOUT) -> T:
+    """Call a stub method with the app token; gRPC errors become kiln errors."""
+    token = os.environ.get("KILN_APP_TOKEN", "")
+    try:
+        return method(request, timeout=timeout, metadata=(("authorization", f"Bearer {token}"),))
+    except grpc.RpcError as exc:
+        raise errors.from_grpc(exc.code(), exc.details()) from None

@@ -1,0 +1,8 @@
+"""``python -m runtime``: run one app instance."""
+
+from kiln import service_main
+from runtime.app import serve
+from runtime.config import RuntimeConfig
+
+if __name__ == "__main__":
+    raise SystemExit(service_main.run("runtime", "RUNTIME", RuntimeConfig, serve))

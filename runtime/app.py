@@ -1,0 +1,192 @@
+"""A runtime instance: loads one app version and serves its requests from NATS.
+
+The instance subscribes to ``kiln.http.<app>.<version>`` in the queue group
+``runtime`` (so adding instances adds capacity with no router change) and to
+its own ``kiln.instance.<id>`` subject. Each request runs the WSGI app on a
+worker thread; at most ``max_concurrent_requests`` run at once (1 when the app
+is not ``threadsafe``). On SIGTERM the instance stops taking requests, lets the
+ones in flight finish, then drains its NATS connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import importlib
+import logging
+import os
+import re
+import sys
+import threading
+from nats.aio.msg import Msg
+
+from kiln import appyaml, auth, bus, grpcserver
+from kiln.log import app_id as app_id_var
+from kiln.log import request_id as request_id_var
+from kiln.pb.runtime.v1 import http_pb2
+from runtime.config import RuntimeConfig
+from runtime.wsgi import InstanceInfo, WsgiApp, build_environ, call_app
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_CONCURRENT = 10
+
+
+class AppLoader:
+    """Finds the handler for a path and imports its WSGI app once (app caching)."""
+
+    def __init__(self, app_dir: str, config: appyaml.AppConfig) -> None:
+        self._app_dir = app_dir
+        self._routes = [(re.compile(h.url), h) for h in config.handlers]
+        self._apps: dict[str, WsgiApp] = {}
+        self._lock = threading.Lock()
+
+    def resolve(self, path: str) -> WsgiApp | None:
+        """The WSGI app for ``path``, or ``None`` when no script handler matches."""
+        for pattern, handler in self._routes:
+            if pattern.fullmatch(path):
+                if handler.script is None:
+                    return None  # static handlers are served by the router
+                return self._load(handler.script)
+        return None
+
+    def _load(self, script: str) -> WsgiApp:
+        with self._lock:
+            app = self._apps.get(script)
+            if app is None:
+                module_name, _, attr = script.rpartition(".")
+                if self._app_dir not in sys.path:
+                    sys.path.insert(0, self._app_dir)
+                module = importlib.import_module(module_name)
+                app = getattr(module, attr)
+                self._apps[script] = app
+            return app
+
+
+class Instance:
+    """One running instance (see module docstring)."""
+
+    def __init__(self, cfg: RuntimeConfig, app_config: appyaml.AppConfig) -> None:
+        self.cfg = cfg
+        self.app_config = app_config
+        self.app_id = cfg.app_id or app_config.application or cfg.app_dir.resolve().name
+        self.version_id = cfg.version_id or app_config.version or "v1"
+        env_vars = dict(app_config.env_variables)
+        self.info = InstanceInfo(
+            app_id=self.app_id, version_id=self.version_id, minor_version=cfg.minor_version,
+            instance_id=cfg.instance_id, auth_domain=cfg.auth_domain, default_hostname=cfg.default_hostname,
+            dev=cfg.dev, env_variables=env_vars)
+        limit = cfg.max_concurrent_requests or _app_concurrency(app_config)
+        self._slots = asyncio.Semaphore(limit)
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=limit, thread_name_prefix="request")
+        self._loader = AppLoader(str(cfg.app_dir.resolve()), app_config)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loaded = False
+        self.served = 0
+
+    def export_environment(self) -> None:
+        """Process-wide variables the app's SDK reads: service addresses and its identity token."""
+        os.environ.update(self.info.env_variables)
+        os.environ.update({
+            "APPLICATION_ID": self.app_id,
+            "CURRENT_VERSION_ID": f"{self.version_id}.{self.cfg.minor_version}",
+            "INSTANCE_ID": self.cfg.instance_id,
+            "AUTH_DOMAIN": self.cfg.auth_domain,
+            "KILN_APP_TOKEN": auth.mint_app_token(self.cfg.service_secret.get(), self.app_id),
+            "KILN_DATASTORE_ADDR": self.cfg.datastore_addr,
+            "KILN_MEMCACHE_ADDR": self.cfg.memcache_addr,
+            "KILN_URLFETCH_ADDR": self.cfg.urlfetch_addr,
+            "KILN_MAIL_ADDR": self.cfg.mail_addr,
+            "KILN_IMAGES_ADDR": self.cfg.images_addr,
+        })
+        # The secret that signs tokens is the platform's, not the app's.
+        for key in [k for k in os.environ if k.endswith("_SERVICE_SECRET")]:
+            del os.environ[key]
+
+    async def on_message(self, msg: Msg) -> None:
+        """NATS callback: handle each request in its own task so requests overlap."""
+        task = asyncio.create_task(self._handle(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _handle(self, msg: Msg) -> None:
+        async with self._slots:
+            resp = await self._serve(msg.data)
+        if msg.reply:
+            await msg.respond(resp.SerializeToString())
+
+    async def _serve(self, data: bytes) -> http_pb2.HttpResponse:
+        try:
+            req = http_pb2.HttpRequest.FromString(data)
+        except Exception:  # noqa: BLE001 - a malformed envelope must not kill the instance
+            log.warning("dropping a malformed HttpRequest envelope (%d bytes)", len(data))
+            return _error(400, "malformed request envelope", self.cfg.instance_id)
+        request_id_var.set(req.request_id)
+        app_id_var.set(self.app_id)
+        loading = not self._loaded
+        try:
+            resp = await asyncio.get_running_loop().run_in_executor(self._pool, self._run_app, req)
+        except Exception:  # noqa: BLE001 - app errors become a 500, never a crash
+            log.exception("unhandled exception serving %s %s", req.method, req.path)
+            resp = _error(500, "app raised an exception", self.cfg.instance_id)
+        self._loaded = True
+        resp.instance_id = self.cfg.instance_id
+        resp.loading_request = loading
+        self.served += 1
+        return resp
+
+    def _run_app(self, req: http_pb2.HttpRequest) -> http_pb2.HttpResponse:
+        app = self._loader.resolve(req.path)
+        if app is None:
+            return _error(404, "no handler matches this URL", self.cfg.instance_id, public="Not Found")
+        return call_app(app, build_environ(req, self.info))
+
+    async def finish(self, timeout: float) -> None:
+        """Wait for in-flight requests."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=timeout)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _error(status: int, reason: str, instance_id: str, public: str | None = None) -> http_pb2.HttpResponse:
+    body = public or {400: "Bad Request", 500: "Internal Server Error"}.get(status, "Error")
+    resp = http_pb2.HttpResponse(status=status, body=f"<html><body><h1>{status} {body}</h1></body></html>".encode(),
+                                 runtime_error=reason, instance_id=instance_id)
+    resp.headers.add(name="Content-Type", value="text/html; charset=utf-8")
+    return resp
+
+
+def _app_concurrency(config: appyaml.AppConfig) -> int:
+    if not config.threadsafe:
+        return 1
+    scaling = config.automatic_scaling
+    if scaling is not None and scaling.max_concurrent_requests:
+        return int(scaling.max_concurrent_requests)
+    return DEFAULT_MAX_CONCURRENT
+
+
+async def serve(cfg: RuntimeConfig) -> None:
+    """Load the app, subscribe, serve until SIGTERM, then drain."""
+    app_config = appyaml.load(cfg.app_dir / "app.yaml")
+    instance = Instance(cfg, app_config)
+    instance.export_environment()
+    # The instance writes the ready file itself, once subscribed, not the health server.
+    health = await grpcserver.start(dataclasses.replace(cfg, ready_file=None), [])
+    nc = await bus.connect(cfg.nats_url, name=f"runtime-{cfg.instance_id}")
+    sub = await nc.subscribe(bus.http_subject(instance.app_id, instance.version_id),
+                             queue=bus.RUNTIME_QUEUE, cb=instance.on_message)
+    direct = await nc.subscribe(bus.instance_subject(cfg.instance_id), cb=instance.on_message)
+    await nc.flush()
+    log.info("instance %s serving %s/%s", cfg.instance_id, instance.app_id, instance.version_id)
+    if cfg.ready_file:
+        grpcserver.write_ready_file(cfg.ready_file, health.address)
+    await grpcserver.wait_for_signal()
+    log.info("stopping: draining requests")
+    await sub.drain()
+    await direct.drain()
+    await instance.finish(cfg.grace_seconds)
+    await nc.drain()
+    await health.stop(0)
+    log.info("stopped after %d requests", instance.served)
+
