@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 _SEQ = "sequential"
 
 
+def _first(rows: list[Any]) -> Any:
+    return rows[0] if rows else None
+
+
 def _schema(keyspace: str, datacenter: str, replication: int) -> list[str]:
     return [
         f"CREATE KEYSPACE IF NOT EXISTS {keyspace} WITH replication = "
@@ -77,7 +81,8 @@ class CassandraEngine:
         for stmt in (self._get, self._put, self._del, self._scan_incl, self._scan_excl):
             stmt.consistency_level = ConsistencyLevel.LOCAL_QUORUM
 
-    async def _exec(self, stmt: Any, params: Any = None) -> Any:
+    async def _exec(self, stmt: Any, params: Any = None) -> list[Any]:
+        """Run a statement; returns its rows (one page: callers bound their reads with LIMIT)."""
         from cassandra import DriverException
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
@@ -107,7 +112,7 @@ class CassandraEngine:
         results = await asyncio.gather(*(self._exec(self._get, (app, namespace, r.group, r.path)) for r in refs))
         out: list[bytes | None] = []
         for rows in results:
-            row = rows.one()
+            row = rows[0] if rows else None
             out.append(bytes(row.entity) if row else None)
         return out
 
@@ -140,7 +145,7 @@ class CassandraEngine:
         """Advance the counter with LWT; ``new_next(current)`` gives the new value or None to stop."""
         from cassandra import WriteTimeout
         for _ in range(100):
-            row = (await self._exec(self._ctr_read, (app, _SEQ))).one()
+            row = _first(await self._exec(self._ctr_read, (app, _SEQ)))
             current = row.next_id if row else None
             target = new_next(current if current is not None else 1)
             if target is None:
@@ -154,11 +159,11 @@ class CassandraEngine:
             except UnavailableError as exc:
                 if not isinstance(exc.__cause__, WriteTimeout):
                     raise
-                check = (await self._exec(self._ctr_read, (app, _SEQ))).one()
+                check = _first(await self._exec(self._ctr_read, (app, _SEQ)))
                 if check is not None and check.op_id == op:
                     return int(current if current is not None else 1)
                 continue
-            if res.one()[0]:  # [applied]
+            if _first(res)[0]:  # [applied]
                 return int(current if current is not None else 1)
             await asyncio.sleep(0)
         raise UnavailableError("cassandra: id allocation contention did not settle")

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Creates .venv (Python 3.11) and installs kiln with its pinned dependencies.
+# Idempotent: re-installs only when pyproject.toml changed since the last run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [[ "${1:-}" == "--help" ]]; then
+  echo "usage: deploy/install.sh   # create .venv and pip install -e '.[test]'"
+  exit 0
+fi
+
+PY="${KILN_PYTHON:-}"
+if [[ -z "$PY" ]]; then
+  for cand in python3.11 python3; do
+    if command -v "$cand" >/dev/null && "$cand" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+      PY="$cand"; break
+    fi
+  done
+fi
+[[ -n "$PY" ]] || { echo "install.sh: Python 3.11 is required (set KILN_PYTHON)" >&2; exit 2; }
+
+if [[ ! -x .venv/bin/python ]]; then
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.kiln-installed
+want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  .venv/bin/python -m pip install --quiet -e '.[test]'
+  echo "$want" > "$stamp"
+fi

@@ -1,0 +1,76 @@
+"""Every deployable starts, reports healthy, and stops cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import pathlib
+import signal
+import urllib.request
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from deploy.supervisor import Supervisor, python_module
+from tests.integration.conftest import ROOT, SERVICES, service_env
+
+pytestmark = pytest.mark.nats
+
+
+def _health(address: str) -> int:
+    with grpc.insecure_channel(address) as channel:
+        return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status
+
+
+def _stop(child) -> tuple[int, str]:
+    child.proc.send_signal(signal.SIGTERM)
+    code = child.proc.wait(timeout=30)
+    return code, child.log_path.read_text()
+
+
+@pytest.mark.parametrize("module", sorted(SERVICES.values()))
+def test_grpc_service_is_healthy_then_stops_cleanly_on_sigterm(module, tmp_path):
+    sup = Supervisor(tmp_path)
+    args = ["--listen", "127.0.0.1:0", "--ready-file", str(tmp_path / "addr")]
+    if module == "datastore_svc":
+        args += ["--data-dir", str(tmp_path / "data")]
+    try:
+        child = sup.start(module, python_module(module, *args), env=service_env(), ready_file=tmp_path / "addr")
+        assert _health(child.address) == health_pb2.HealthCheckResponse.SERVING
+        code, output = _stop(child)
+    finally:
+        sup.stop_all()
+    assert code == 0
+    assert "Traceback" not in output
+    assert "stopped" in output
+
+
+def test_service_without_secret_refuses_to_start_with_a_clear_error(tmp_path):
+    sup = Supervisor(tmp_path)
+    env = {k: v for k, v in service_env().items() if not k.endswith("_SERVICE_SECRET")}
+    child = sup.spawn("memcache_svc", python_module("memcache_svc", "--listen", "127.0.0.1:0"), env=env)
+    assert child.proc.wait(timeout=30) == 2
+    output = child.log_path.read_text()
+    assert "service_secret: required" in output
+    assert "Traceback" not in output
+
+
+def test_runtime_and_router_are_healthy_then_stop_cleanly(nats_url, tmp_path):
+    sup = Supervisor(tmp_path)
+    app_dir = ROOT / "examples" / "guestbook"
+    try:
+        runtime = sup.start("runtime", python_module(
+            "runtime", "--app-dir", str(app_dir), "--app-id", "lifecycle", "--nats-url", nats_url,
+            "--listen", "127.0.0.1:0", "--ready-file", str(tmp_path / "rt")), env=service_env(),
+            ready_file=tmp_path / "rt")
+        router = sup.start("router", python_module(
+            "router", "--listen", "127.0.0.1:0", "--nats-url", nats_url, "--dev-app", "lifecycle=v1",
+            "--ready-file", str(tmp_path / "router")), env=service_env(), ready_file=tmp_path / "router")
+        assert _health(runtime.address) == health_pb2.HealthCheckResponse.SERVING
+        with urllib.request.urlopen(f"http://{router.address}/_ah/kiln/healthz", timeout=5) as resp:
+            assert resp.status == 200
+        results = [_stop(router), _stop(runtime)]
+    finally:
+        sup.stop_all()
+    for code, output in results:
+        assert code == 0
+        assert "Traceback" not in output
