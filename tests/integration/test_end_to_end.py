@@ -1,0 +1,187 @@
+"""One request the whole way: HTTP -> router -> NATS -> runtime -> WSGI app -> datastore and back.
+
+These start the suite exactly as ``kiln dev`` does (DevServer), with the
+guestbook example, on the embedded engine and on a real Cassandra.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+import pytest
+
+from deploy.dev import DevOptions, DevServer
+from deploy.supervisor import free_port
+from tests.integration.conftest import ROOT
+
+pytestmark = pytest.mark.nats
+
+GUESTBOOK = ROOT / "examples" / "guestbook"
+
+
+def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    req = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), err.read()
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+def _sign(base: str, content: str, book: str = "default") -> int:
+    data = urllib.parse.urlencode({"content": content}).encode()
+    opener = urllib.request.build_opener(_NoRedirect)
+    try:
+        opener.open(urllib.request.Request(f"{base}sign?guestbook={book}", data=data), timeout=30)
+    except urllib.error.HTTPError as err:
+        return err.code
+    return 200
+
+
+def _greetings(base: str, book: str = "default") -> list[str]:
+    status, _, body = _get(f"{base}api/greetings?guestbook={book}")
+    assert status == 200, body
+    return [g["content"] for g in json.loads(body)]
+
+
+@pytest.fixture
+def dev_server(tmp_path):
+    servers = []
+
+    def start(**kwargs) -> DevServer:
+        opts = DevOptions(app_dir=GUESTBOOK, port=free_port(), data_dir=tmp_path / "data", **kwargs)
+        server = DevServer(opts)
+        server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def test_guestbook_writes_and_lists_a_greeting_through_the_whole_stack(dev_server):
+    server = dev_server()
+    assert _sign(server.url, "hello from the test") == 302
+    assert _greetings(server.url) == ["hello from the test"]
+    status, headers, body = _get(server.url)
+    assert status == 200
+    assert headers["Content-Type"].startswith("text/html")
+    assert b"hello from the test" in body
+
+
+def test_data_persists_across_restarts_and_clear_datastore_wipes_it(dev_server):
+    first = dev_server()
+    _sign(first.url, "kept")
+    first.stop()
+    second = dev_server()
+    assert _greetings(second.url) == ["kept"]
+    second.stop()
+    third = dev_server(clear_datastore=True)
+    assert _greetings(third.url) == []
+
+
+def test_client_cannot_forge_app_engine_headers(dev_server, tmp_path):
+    app_dir = tmp_path / "echo"
+    app_dir.mkdir()
+    (app_dir / "app.yaml").write_text("runtime: python27\napi_version: 1\nthreadsafe: true\n"
+                                      "handlers:\n- url: /.*\n  script: echo.app\n")
+    (app_dir / "echo.py").write_text(
+        "import json\n"
+        "def app(environ, start_response):\n"
+        "    start_response('200 OK', [('Content-Type', 'application/json'), ('Server', 'app-server')])\n"
+        "    keys = {k: v for k, v in environ.items() if isinstance(v, str)}\n"
+        "    return [json.dumps(keys).encode()]\n")
+    server = DevServer(DevOptions(app_dir=app_dir, port=free_port(), data_dir=tmp_path / "echo-data"))
+    server.start()
+    try:
+        status, headers, body = _get(server.url + "path?q=1", headers={"X-AppEngine-Cron": "true",
+                                                                       "X-AppEngine-User-Email": "a@b.c"})
+    finally:
+        server.stop()
+    environ = json.loads(body)
+    assert status == 200
+    assert "HTTP_X_APPENGINE_CRON" not in environ
+    assert "HTTP_X_APPENGINE_USER_EMAIL" not in environ
+    assert environ["PATH_INFO"] == "/path"
+    assert environ["QUERY_STRING"] == "q=1"
+    assert environ["APPLICATION_ID"] == "echo"
+    assert environ["CURRENT_VERSION_ID"] == "v1.1"
+    assert environ["SERVER_SOFTWARE"].startswith("Development/")
+    assert len(environ["REQUEST_LOG_ID"]) == 32
+    assert "KILN_RUNTIME_SERVICE_SECRET" not in environ
+    assert headers["Server"] == "kiln"
+
+
+def test_app_exception_gives_500_without_a_traceback(dev_server, tmp_path):
+    app_dir = tmp_path / "boom"
+    app_dir.mkdir()
+    (app_dir / "app.yaml").write_text("runtime: python27\napi_version: 1\nthreadsafe: true\n"
+                                      "handlers:\n- url: /.*\n  script: boom.app\n")
+    (app_dir / "boom.py").write_text("def app(environ, start_response):\n    raise ValueError('secret detail')\n")
+    server = DevServer(DevOptions(app_dir=app_dir, port=free_port(), data_dir=tmp_path / "boom-data"))
+    server.start()
+    try:
+        status, _, body = _get(server.url)
+        again, _, _ = _get(server.url)
+    finally:
+        server.stop()
+    assert status == 500
+    assert b"secret detail" not in body and b"Traceback" not in body
+    assert again == 500  # the instance is still serving
+
+
+@pytest.mark.cassandra
+def test_guestbook_stores_its_greeting_in_real_cassandra(dev_server, cassandra_hosts):
+    server = dev_server(storage="cassandra", cassandra_hosts=cassandra_hosts, clear_datastore=True)
+    _sign(server.url, "stored in cassandra")
+    assert _greetings(server.url) == ["stored in cassandra"]
+    from cassandra.cluster import Cluster
+    host, _, port = cassandra_hosts.rpartition(":")
+    cluster = Cluster([host], port=int(port), protocol_version=5)
+    try:
+        rows = cluster.connect().execute(f"SELECT kind FROM {server._keyspace()}.entities").all()
+    finally:
+        cluster.shutdown()
+    assert [r.kind for r in rows] == ["Greeting"]
+
+
+def test_kiln_dev_command_serves_then_stops_every_child_on_sigterm(tmp_path):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "deploy.cli", "dev", str(GUESTBOOK), "--port", str(port),
+                             "--data-dir", str(tmp_path / "data")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        line = ""
+        deadline = time.monotonic() + 60
+        while "serving app" not in line and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            assert line or proc.poll() is None, "kiln dev exited early"
+        assert f"http://127.0.0.1:{port}/" in line
+        assert _get(f"http://127.0.0.1:{port}/")[0] == 200
+        children = subprocess.run(["pgrep", "-f", str(tmp_path / "data")], capture_output=True, text=True).stdout.split()
+        assert len(children) >= 8  # nats-server, six services, runtime, router
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=60)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0
+    assert "Traceback" not in output
+    left = subprocess.run(["pgrep", "-f", str(tmp_path / "data")], capture_output=True, text=True).stdout.split()
+    assert left == []
+    logs = "".join(p.read_text() for p in (tmp_path / "data" / "run").glob("*.log"))
+    assert "Traceback" not in logs
