@@ -73,6 +73,7 @@ class DevServer:
         self.url = ""
         self.nats_url = ""
         self._secret = secrets.token_hex(32)
+        self._own_cassandra = False
 
     def _keyspace(self) -> str:
         return "kiln_dev_" + re.sub(r"[^a-z0-9_]", "_", self.app_id)
@@ -98,6 +99,7 @@ class DevServer:
                               capture_output=True, text=True)
         if done.returncode != 0:
             raise ConfigError(f"could not start Cassandra with {CASSANDRA_SCRIPT}:\n{done.stderr.strip()}")
+        self._own_cassandra = True
         return done.stdout.strip().splitlines()[-1]
 
     def _clear(self, cassandra_hosts: str) -> None:
@@ -154,8 +156,13 @@ class DevServer:
         self.url = f"http://{router.address}/"
 
     def stop(self) -> dict[str, int]:
-        """Stop every child; returns their exit codes."""
-        return self.supervisor.stop_all()
+        """Stop every child (and the Cassandra node kiln dev started); returns their exit codes."""
+        codes = self.supervisor.stop_all()
+        if self._own_cassandra:
+            subprocess.run(["bash", str(CASSANDRA_SCRIPT), "stop", "--data-dir", str(self.data_dir / "cassandra")],
+                           capture_output=True)
+            self._own_cassandra = False
+        return codes
 
     def wait(self) -> int:
         """Block until SIGINT/SIGTERM or a child dies; returns the exit status for the CLI."""

@@ -185,3 +185,16 @@ def test_kiln_dev_command_serves_then_stops_every_child_on_sigterm(tmp_path):
     assert left == []
     logs = "".join(p.read_text() for p in (tmp_path / "data" / "run").glob("*.log"))
     assert "Traceback" not in logs
+
+
+def test_body_too_large_for_the_bus_gets_a_clear_413_and_the_app_keeps_serving(dev_server):
+    server = dev_server()
+    req = urllib.request.Request(f"{server.url}sign", data=b"x" * (2 * 1024 * 1024), method="POST")
+    try:
+        urllib.request.urlopen(req, timeout=30)
+        status, body = 200, b""
+    except urllib.error.HTTPError as err:
+        status, body = err.code, err.read()
+    assert status == 413
+    assert b"payload limit" in body
+    assert _get(server.url)[0] == 200
