@@ -15,6 +15,7 @@ never contains the byte FF, so ``prefix + FF`` bounds every descendant of
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable
 
 from kiln.pb.datastore.v1 import datastore_pb2 as pb
 
@@ -38,9 +39,9 @@ def encode_element(elem: pb.PathElement) -> bytes:
     return out + _NAME + _escape(elem.name.encode()) + b"\x00"
 
 
-def encode_path(path: "list[pb.PathElement] | object") -> bytes:
+def encode_path(path: Iterable[pb.PathElement]) -> bytes:
     """Encode a complete path (root first)."""
-    return b"".join(encode_element(e) for e in path)  # type: ignore[attr-defined]
+    return b"".join(encode_element(e) for e in path)
 
 
 def decode_path(raw: bytes) -> list[pb.PathElement]:

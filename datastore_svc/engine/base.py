@@ -66,8 +66,3 @@ class Engine(Protocol):
         """Release connections and files."""
         ...
 
-
-class EngineFactory(Protocol):
-    """Builds an engine from the service's config."""
-
-    async def __call__(self, cfg: object) -> Engine: ...

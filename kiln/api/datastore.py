@@ -180,10 +180,7 @@ class Query:
         return list(self.Run(limit=limit))
 
     def Count(self, limit: int | None = None) -> int:  # noqa: N802
-        """How many results (up to ``limit``)."""
-        return sum(1 for _ in Query(self._kind, keys_only=True, namespace=self._namespace)
-                   ._with_ancestor(self._ancestor).Run(limit=limit))
-
-    def _with_ancestor(self, ancestor: Key | None) -> Query:
-        self._ancestor = ancestor
-        return self
+        """How many results (up to ``limit``), counted with a keys-only query."""
+        keys = Query(self._kind, keys_only=True, namespace=self._namespace)
+        keys._ancestor = self._ancestor
+        return sum(1 for _ in keys.Run(limit=limit))
