@@ -21,7 +21,7 @@ import signal
 import subprocess
 import threading
 
-from deploy.supervisor import Supervisor, free_port, nats_server_binary, python_module
+from deploy.supervisor import Supervisor, python_module
 from kiln import appyaml
 from kiln.errors import ConfigError
 
@@ -116,9 +116,7 @@ class DevServer:
 
     def _start_all(self, cassandra_hosts: str) -> None:
         sup, run = self.supervisor, self.run_dir
-        nats_port = free_port()
-        nats = sup.start("nats-server", [nats_server_binary(), "-a", "127.0.0.1", "-p", str(nats_port), "-js",
-                                         "-sd", str(self.data_dir / "nats")], ready_port=nats_port)
+        nats = sup.start_nats(self.data_dir / "nats")
         self.nats_url = f"nats://{nats.address}"
         env = {f"KILN_{svc.split('_')[0].upper()}_SERVICE_SECRET": self._secret for svc in SERVICES}
         env["KILN_RUNTIME_SERVICE_SECRET"] = self._secret
@@ -135,24 +133,27 @@ class DevServer:
         for svc, child in pending:
             sup.wait_ready(child, ready_file=run / f"{svc}.addr")
             self.addresses[svc] = child.address
+        # The router starts first so that, given port 0, its bound port is known
+        # before the runtime is told its default hostname.
         router_addr = f"{self.opts.host}:{self.opts.port}"
-        runtime_args = [
-            "--app-dir", str(self.opts.app_dir.resolve()), "--app-id", self.app_id, "--version-id", self.version_id,
-            "--nats-url", self.nats_url, "--dev", "--listen", "127.0.0.1:0",
-            "--ready-file", str(run / "runtime.addr"),
-            "--request-deadline-seconds", str(self.opts.request_deadline),
-            "--default-hostname", f"{'localhost' if self.opts.host in ('127.0.0.1', '0.0.0.0') else self.opts.host}"
-                                  f":{self.opts.port}",
-        ]
-        for svc in ("datastore", "memcache", "urlfetch", "mail", "images"):
-            runtime_args += [f"--{svc}-addr", self.addresses[f"{svc}_svc"]]
-        sup.start("runtime", python_module("runtime", *runtime_args), env=env, ready_file=run / "runtime.addr")
         router = sup.start("router", python_module(
             "router", "--listen", router_addr, "--nats-url", self.nats_url,
             "--dev-app", f"{self.app_id}={self.version_id}",
             "--request-timeout-seconds", str(self.opts.request_deadline + 10),
             "--ready-file", str(run / "router.addr")), env=env, ready_file=run / "router.addr")
         self.addresses["router"] = router.address
+        router_port = router.address.rpartition(":")[2]
+        runtime_args = [
+            "--app-dir", str(self.opts.app_dir.resolve()), "--app-id", self.app_id, "--version-id", self.version_id,
+            "--nats-url", self.nats_url, "--dev", "--listen", "127.0.0.1:0",
+            "--ready-file", str(run / "runtime.addr"),
+            "--request-deadline-seconds", str(self.opts.request_deadline),
+            "--default-hostname", f"{'localhost' if self.opts.host in ('127.0.0.1', '0.0.0.0') else self.opts.host}"
+                                  f":{router_port}",
+        ]
+        for svc in ("datastore", "memcache", "urlfetch", "mail", "images"):
+            runtime_args += [f"--{svc}-addr", self.addresses[f"{svc}_svc"]]
+        sup.start("runtime", python_module("runtime", *runtime_args), env=env, ready_file=run / "runtime.addr")
         self.url = f"http://{router.address}/"
 
     def stop(self) -> dict[str, int]:

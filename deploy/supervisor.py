@@ -12,9 +12,11 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import json
 import logging
 import os
 import pathlib
+import random
 import shutil
 import signal
 import socket
@@ -99,6 +101,29 @@ class Supervisor:
         child = self.spawn(name, argv, env=env, ready_file=ready_file)
         return self.wait_ready(child, ready_file=ready_file, ready_port=ready_port, timeout=timeout)
 
+    def start_nats(self, store_dir: pathlib.Path, *, name: str = "nats-server", timeout: float = 60.0) -> Child:
+        """Start ``nats-server`` with JetStream on a port it picks itself; ``address`` is ``host:port``.
+
+        The server chooses its port (``-p -1``) and reports it in a ports file, so
+        nothing else can take the port between choosing and binding it.
+        """
+        ports_dir = self.run_dir / f"{name}.ports.d"
+        shutil.rmtree(ports_dir, ignore_errors=True)
+        ports_dir.mkdir(parents=True)
+        child = self.spawn(name, [nats_server_binary(), "-a", "127.0.0.1", "-p", "-1", "-js", "-sd", str(store_dir),
+                                  "--ports_file_dir", str(ports_dir)])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if child.proc.poll() is not None:
+                raise StartError(f"{name} exited with status {child.proc.returncode}:\n{child.log_tail()}")
+            for ports_file in ports_dir.glob(f"*_{child.proc.pid}.ports"):
+                with contextlib.suppress(ValueError, KeyError, IndexError):
+                    url = json.loads(ports_file.read_text())["nats"][0]
+                    child.address = url.removeprefix("nats://")
+                    return child
+            time.sleep(0.05)
+        raise StartError(f"{name} did not report its port within {timeout:.0f}s:\n{child.log_tail()}")
+
     def first_exited(self) -> Child | None:
         """A child that has exited, if any."""
         return next((c for c in self.children if c.proc.poll() is not None), None)
@@ -128,10 +153,30 @@ def port_open(host: str, port: int) -> bool:
 
 
 def free_port() -> int:
-    """A TCP port that is free right now on loopback."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port that is free right now on loopback, for servers that cannot bind port 0 themselves.
+
+    The port is drawn from below the kernel's ephemeral range, so no process
+    binding port 0 (or connecting out) can be handed it before our server binds it.
+    """
+    low = _ephemeral_low()
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(10000, low)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise StartError(f"no free TCP port found in 10000-{low - 1}")
+
+
+def _ephemeral_low() -> int:
+    try:
+        low = int(pathlib.Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return max(low, 10001)
 
 
 def nats_server_binary() -> str:

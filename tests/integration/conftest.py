@@ -15,7 +15,7 @@ import subprocess
 import grpc
 import pytest
 
-from deploy.supervisor import Supervisor, free_port, nats_server_binary, python_module
+from deploy.supervisor import Supervisor, free_port, python_module
 from kiln import auth
 from kiln.pb.datastore.v1 import datastore_pb2_grpc
 
@@ -47,11 +47,7 @@ def supervisor(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def nats_url(supervisor, tmp_path_factory):
-    port = free_port()
-    store = tmp_path_factory.mktemp("nats")
-    supervisor.start("nats-server", [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-js",
-                                     "-sd", str(store)], ready_port=port)
-    return f"nats://127.0.0.1:{port}"
+    return f"nats://{supervisor.start_nats(tmp_path_factory.mktemp('nats')).address}"
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -19,7 +20,6 @@ import urllib.request
 import pytest
 
 from deploy.dev import DevOptions, DevServer
-from deploy.supervisor import free_port
 from tests.integration.conftest import ROOT
 
 pytestmark = pytest.mark.nats
@@ -62,7 +62,7 @@ def dev_server(tmp_path):
     servers = []
 
     def start(**kwargs) -> DevServer:
-        opts = DevOptions(app_dir=GUESTBOOK, port=free_port(), data_dir=tmp_path / "data", **kwargs)
+        opts = DevOptions(app_dir=GUESTBOOK, port=0, data_dir=tmp_path / "data", **kwargs)
         server = DevServer(opts)
         server.start()
         servers.append(server)
@@ -105,7 +105,7 @@ def test_client_cannot_forge_app_engine_headers(dev_server, tmp_path):
         "    start_response('200 OK', [('Content-Type', 'application/json'), ('Server', 'app-server')])\n"
         "    keys = {k: v for k, v in environ.items() if isinstance(v, str)}\n"
         "    return [json.dumps(keys).encode()]\n")
-    server = DevServer(DevOptions(app_dir=app_dir, port=free_port(), data_dir=tmp_path / "echo-data"))
+    server = DevServer(DevOptions(app_dir=app_dir, port=0, data_dir=tmp_path / "echo-data"))
     server.start()
     try:
         status, headers, body = _get(server.url + "path?q=1", headers={"X-AppEngine-Cron": "true",
@@ -132,7 +132,7 @@ def test_app_exception_gives_500_without_a_traceback(dev_server, tmp_path):
     (app_dir / "app.yaml").write_text("runtime: python27\napi_version: 1\nthreadsafe: true\n"
                                       "handlers:\n- url: /.*\n  script: boom.app\n")
     (app_dir / "boom.py").write_text("def app(environ, start_response):\n    raise ValueError('secret detail')\n")
-    server = DevServer(DevOptions(app_dir=app_dir, port=free_port(), data_dir=tmp_path / "boom-data"))
+    server = DevServer(DevOptions(app_dir=app_dir, port=0, data_dir=tmp_path / "boom-data"))
     server.start()
     try:
         status, _, body = _get(server.url)
@@ -160,8 +160,7 @@ def test_guestbook_stores_its_greeting_in_real_cassandra(dev_server, cassandra_h
 
 
 def test_kiln_dev_command_serves_then_stops_every_child_on_sigterm(tmp_path):
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "deploy.cli", "dev", str(GUESTBOOK), "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "deploy.cli", "dev", str(GUESTBOOK), "--port", "0",
                              "--data-dir", str(tmp_path / "data")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     try:
@@ -170,8 +169,9 @@ def test_kiln_dev_command_serves_then_stops_every_child_on_sigterm(tmp_path):
         while "serving app" not in line and time.monotonic() < deadline:
             line = proc.stdout.readline()
             assert line or proc.poll() is None, "kiln dev exited early"
-        assert f"http://127.0.0.1:{port}/" in line
-        assert _get(f"http://127.0.0.1:{port}/")[0] == 200
+        url = re.search(r"http://127\.0\.0\.1:\d+/", line)
+        assert url, line
+        assert _get(url.group(0))[0] == 200
         children = subprocess.run(["pgrep", "-f", str(tmp_path / "data")], capture_output=True, text=True).stdout.split()
         assert len(children) >= 8  # nats-server, six services, runtime, router
         proc.send_signal(signal.SIGTERM)
