@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import pathlib
 
 from datastore_svc.config import DatastoreConfig
 from datastore_svc.engine.base import Engine
+from datastore_svc.catalog import AutoIndexFile
 from datastore_svc.service import DatastoreService
 from kiln import grpcserver
 from kiln.pb.datastore.v1 import datastore_pb2, datastore_pb2_grpc
@@ -25,14 +27,22 @@ async def open_engine(cfg: DatastoreConfig) -> Engine:
     return await embedded.create(cfg.data_dir)
 
 
-def registration(engine: Engine, cfg: DatastoreConfig) -> grpcserver.Registration:
-    """The servicer registration for a gRPC server."""
-    return grpcserver.Registration(
-        SERVICE_NAME, datastore_pb2_grpc.add_DatastoreServiceServicer_to_server,
-        DatastoreService(engine, secret=cfg.service_secret.get()))
+def servicer(engine: Engine, cfg: DatastoreConfig) -> DatastoreService:
+    """The servicer, configured."""
+    auto = AutoIndexFile(pathlib.Path(cfg.auto_index_file)) if cfg.auto_index_file else None
+    return DatastoreService(engine, secret=cfg.service_secret.get(), index_cache_seconds=cfg.index_cache_seconds,
+                            auto_index=auto)
 
 
 async def serve(cfg: DatastoreConfig) -> None:
     """Run the datastore service until SIGTERM."""
     engine = await open_engine(cfg)
-    await grpcserver.serve(cfg, [registration(engine, cfg)], on_stop=engine.close)
+    service = servicer(engine, cfg)
+
+    async def stop() -> None:
+        await service.close()
+        await engine.close()
+
+    registration = grpcserver.Registration(
+        SERVICE_NAME, datastore_pb2_grpc.add_DatastoreServiceServicer_to_server, service)
+    await grpcserver.serve(cfg, [registration], on_stop=stop)

@@ -22,10 +22,16 @@ class DatastoreConfig(GrpcServiceConfig):
     cassandra_keyspace: str = field("kiln_datastore", "keyspace for entities")
     cassandra_datacenter: str = field("datacenter1", "local Cassandra datacenter")
     cassandra_replication: int = field(1, "replication factor when creating the keyspace (3 in production)")
+    index_cache_seconds: float = field(2.0, "how long a replica caches an app's index definitions; a new index "
+                                            "is built this long after it is declared")
+    auto_index_file: str = field("", "kiln dev only: add composite indexes that queries need instead of "
+                                     "failing with NeedIndexError, and append them to this index.yaml")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.storage not in ENGINES:
             raise ValueError(f"storage: must be one of {', '.join(ENGINES)}, got {self.storage!r}")
+        if not 0 <= self.index_cache_seconds <= 3600:
+            raise ValueError("index_cache_seconds: must be between 0 and 3600")
         if self.cassandra_replication < 1:
             raise ValueError("cassandra_replication: must be at least 1")

@@ -23,20 +23,22 @@ _ID, _NAME = b"\x01", b"\x02"
 PREFIX_END = b"\xff"
 
 
-def _escape(raw: bytes) -> bytes:
+def escape(raw: bytes) -> bytes:
+    """Escape so that 00 can terminate: 00 -> 01 01, 01 -> 01 02."""
     return raw.replace(b"\x01", b"\x01\x02").replace(b"\x00", b"\x01\x01")
 
 
-def _unescape(raw: bytes) -> bytes:
+def unescape(raw: bytes) -> bytes:
+    """Invert :func:`escape`."""
     return raw.replace(b"\x01\x01", b"\x00").replace(b"\x01\x02", b"\x01")
 
 
 def encode_element(elem: pb.PathElement) -> bytes:
     """Encode one complete path element."""
-    out = _escape(elem.kind.encode()) + b"\x00"
+    out = escape(elem.kind.encode()) + b"\x00"
     if elem.WhichOneof("id_type") == "id":
         return out + _ID + struct.pack(">Q", elem.id ^ (1 << 63))
-    return out + _NAME + _escape(elem.name.encode()) + b"\x00"
+    return out + _NAME + escape(elem.name.encode()) + b"\x00"
 
 
 def encode_path(path: Iterable[pb.PathElement]) -> bytes:
@@ -50,7 +52,7 @@ def decode_path(raw: bytes) -> list[pb.PathElement]:
     i = 0
     while i < len(raw):
         end = _find_terminator(raw, i)
-        kind = _unescape(raw[i:end]).decode()
+        kind = unescape(raw[i:end]).decode()
         tag = raw[end + 1:end + 2]
         if tag == _ID:
             (value,) = struct.unpack(">Q", raw[end + 2:end + 10])
@@ -58,7 +60,7 @@ def decode_path(raw: bytes) -> list[pb.PathElement]:
             i = end + 10
         else:
             stop = _find_terminator(raw, end + 2)
-            out.append(pb.PathElement(kind=kind, name=_unescape(raw[end + 2:stop]).decode()))
+            out.append(pb.PathElement(kind=kind, name=unescape(raw[end + 2:stop]).decode()))
             i = stop + 1
     return out
 

@@ -1,53 +1,98 @@
-"""gRPC servicer for the datastore: proto in, validation, engine calls, proto out."""
+"""gRPC servicer for the datastore: proto in, validation, planning, engine calls, proto out."""
 
 from __future__ import annotations
 
 import collections
-from typing import Any
+import dataclasses
+import logging
+import secrets
+import time
+from collections.abc import Iterable
 
 import grpc
 
-from datastore_svc import model
-from datastore_svc.engine.base import Engine, Ref, Row
-from datastore_svc.keys import decode_path, encode_element, encode_path
+from datastore_svc import execute, gqlquery, metadata, model, query
+from datastore_svc.catalog import AutoIndexFile, Catalog
+from datastore_svc.engine.base import Engine, GroupCommit, Ref, RowsOf, StoredIndex, Write
+from datastore_svc.index import IndexDef, Indexer, IndexRow
+from datastore_svc.keys import encode_element, encode_path
 from kiln import auth
-from kiln.errors import BadRequestError, UnimplementedError
+from kiln.errors import BadRequestError, ConcurrentTransactionError, NeedIndexError
 from kiln.pb.datastore.v1 import datastore_pb2 as pb
 from kiln.pb.datastore.v1 import datastore_pb2_grpc
 
-_CURSOR_VERSION = b"\x01"
+log = logging.getLogger(__name__)
+
 MAX_ALLOCATE = 1_000_000_000
 DEFAULT_BATCH = 1000
+# App Engine: a transaction may touch at most 25 entity groups and lives at most 60 s.
+MAX_XG_GROUPS = 25
+TRANSACTION_SECONDS = 60.0
+_STATES = {"BUILDING": pb.CompositeIndex.STATE_BUILDING, "SERVING": pb.CompositeIndex.STATE_SERVING,
+           "DELETING": pb.CompositeIndex.STATE_DELETING, "ERROR": pb.CompositeIndex.STATE_ERROR}
 
 
 def _ref(key: pb.Key) -> Ref:
     return Ref(group=encode_element(key.path[0]), path=encode_path(key.path))
 
 
-class DatastoreService(datastore_pb2_grpc.DatastoreServiceServicer):
-    """Implements ``kiln.pb.datastore.v1.DatastoreService`` over an :class:`Engine`."""
+@dataclasses.dataclass
+class _Transaction:
+    """A transaction's read set: the version of each group when first read."""
 
-    def __init__(self, engine: Engine, *, secret: str) -> None:
+    app: str
+    namespace: str
+    xg: bool
+    started: float
+    versions: dict[bytes, int] = dataclasses.field(default_factory=dict)
+
+
+class DatastoreService(datastore_pb2_grpc.DatastoreServiceServicer):
+    """Implements ``kiln.pb.datastore.v1.DatastoreService`` over an :class:`Engine`.
+
+    Transactions are optimistic, as App Engine's: reads record each entity
+    group's version, and the commit succeeds only if none changed. Their read
+    sets live in this process, so one transaction's calls go to one replica
+    (gRPC keeps a client's calls on one connection); a transaction whose
+    replica went away fails and the app's ``run_in_transaction`` retries it.
+    """
+
+    def __init__(self, engine: Engine, *, secret: str, index_cache_seconds: float = 2.0,
+                 auto_index: AutoIndexFile | None = None) -> None:
         self._engine = engine
         self._secret = secret
+        self._catalog = Catalog(engine, ttl=index_cache_seconds)
+        self._auto_index = auto_index
+        self._txns: dict[bytes, _Transaction] = {}
+
+    async def close(self) -> None:
+        """Stop background index work."""
+        await self._catalog.close()
 
     def _app(self, context: grpc.aio.ServicerContext) -> str:
         return auth.app_from_metadata(self._secret, context.invocation_metadata())
 
+    # ---------------------------------------------------------------- reads
+
     async def Get(self, request: pb.GetRequest, context: grpc.aio.ServicerContext) -> pb.GetResponse:
         app = self._app(context)
-        if request.read_options.transaction:
-            raise UnimplementedError("transactions are not implemented yet (issue #3)")
         if len(request.keys) > model.MAX_GET_BATCH:
             raise BadRequestError(f"at most {model.MAX_GET_BATCH} keys per Get, got {len(request.keys)}")
         for i, key in enumerate(request.keys):
             model.check_key(key, app, allow_incomplete=False, what=f"keys[{i}]")
+        txn = self._txn(request.read_options.transaction, app) if request.read_options.transaction else None
         by_ns: dict[str, list[int]] = collections.defaultdict(list)
         for i, key in enumerate(request.keys):
             by_ns[key.partition_id.namespace].append(i)
         found: list[bytes | None] = [None] * len(request.keys)
         for ns, idxs in by_ns.items():
-            blobs = await self._engine.get(app, ns, [_ref(request.keys[i]) for i in idxs])
+            refs = [_ref(request.keys[i]) for i in idxs]
+            if txn is not None:
+                self._check_txn_namespace(txn, ns)
+                await self._record_groups(txn, {r.group for r in refs})
+            blobs = await self._engine.get(app, ns, refs, strong=txn is not None)
+            if txn is not None:
+                await self._check_snapshot(txn, {r.group for r in refs})
             for i, blob in zip(idxs, blobs):
                 found[i] = blob
         resp = pb.GetResponse()
@@ -57,38 +102,152 @@ class DatastoreService(datastore_pb2_grpc.DatastoreServiceServicer):
                 result.entity.ParseFromString(blob)
         return resp
 
+    async def RunQuery(self, request: pb.RunQueryRequest,
+                       context: grpc.aio.ServicerContext) -> pb.RunQueryResponse:
+        app = self._app(context)
+        namespace = request.partition_id.namespace
+        model.check_namespace(namespace)
+        if request.partition_id.app_id and request.partition_id.app_id != app:
+            raise BadRequestError("partition_id: app does not match the calling app")
+        which = request.WhichOneof("query_type")
+        if which == "gql_query":
+            q = gqlquery.to_query(request.gql_query, app, namespace)
+        elif which == "query":
+            q = request.query
+        else:
+            raise BadRequestError("RunQueryRequest needs a query or a gql_query")
+        if q.HasField("ancestor") and q.kind not in metadata.KINDS:
+            model.check_key(q.ancestor, app, allow_incomplete=False, what="ancestor")
+        if q.offset < 0:
+            raise BadRequestError(f"offset: must not be negative, got {q.offset}")
+        if q.HasField("limit") and q.limit < 0:
+            raise BadRequestError(f"limit: must not be negative, got {q.limit}")
+        if request.batch_size < 0:
+            raise BadRequestError(f"batch_size: must not be negative, got {request.batch_size}")
+        want = min(request.batch_size or DEFAULT_BATCH, DEFAULT_BATCH)
+        if q.HasField("limit"):
+            want = min(want, q.limit)
+        start = execute.parse_cursor(q.start_cursor, "start_cursor")
+        end = execute.parse_cursor(q.end_cursor, "end_cursor")
+        txn = self._txn(request.read_options.transaction, app) if request.read_options.transaction else None
+        if q.kind in metadata.KINDS:
+            batch = await self._metadata_batch(app, namespace, q, start, end, want)
+        else:
+            batch = await self._query_batch(app, namespace, q, start, end, want, txn)
+        out = pb.RunQueryResponse(query=q)
+        for entity, position in batch.results:
+            out.batch.entity_results.add(entity=entity, cursor=execute.make_cursor(position))
+        out.batch.skipped_results = batch.skipped
+        if batch.end_position is not None:
+            out.batch.end_cursor = execute.make_cursor(batch.end_position)
+        limit_reached = q.HasField("limit") and len(batch.results) == q.limit
+        if limit_reached:
+            out.batch.more_results = pb.QueryResultBatch.MORE_RESULTS_TYPE_MORE_RESULTS_AFTER_LIMIT
+        elif batch.exhausted:
+            out.batch.more_results = pb.QueryResultBatch.MORE_RESULTS_TYPE_NO_MORE_RESULTS
+        else:
+            out.batch.more_results = pb.QueryResultBatch.MORE_RESULTS_TYPE_NOT_FINISHED
+        return out
+
+    async def _query_batch(self, app: str, namespace: str, q: pb.Query, start: bytes | None, end: bytes | None,
+                           want: int, txn: _Transaction | None) -> execute.Batch:
+        norm = query.normalize(q, namespace)
+        if txn is not None:
+            self._check_txn_namespace(txn, namespace)
+            if norm.subs[0].ancestor is None:
+                raise BadRequestError("only ancestor queries are allowed inside a transaction")
+        kinds = [] if q.kind else [k for k, p, _ in await self._engine.metadata(app, namespace) if not p]
+        plans = await self._plan(app, namespace, norm, kinds)
+        if txn is not None:
+            groups = {query.group_of(sub.ancestor) for sub in norm.subs if sub.ancestor is not None}
+            await self._record_groups(txn, groups)
+        batch = await execute.run(self._engine, app, namespace, norm, plans, start=start, end=end,
+                                  offset=q.offset, want=want)
+        if txn is not None:
+            await self._check_snapshot(txn, groups)
+        return batch
+
+    async def _plan(self, app: str, namespace: str, norm: query.Normalized,
+                    kinds: list[str]) -> list[query.Planned]:
+        serving = await self._catalog.serving(app)
+        try:
+            return [query.choose(s, self._engine, app, namespace, serving, kinds) for s in norm.subs]
+        except NeedIndexError:
+            if self._auto_index is None:
+                raise
+        # kiln dev: add the missing indexes (as dev_appserver did), build them, then plan again.
+        wanted: list[IndexDef] = []
+        for sub in norm.subs:
+            try:
+                query.choose(sub, self._engine, app, namespace, serving + wanted, kinds)
+            except NeedIndexError:
+                wanted.append(query.needed_index(sub))
+        current = [s.defn for s in await self._catalog.all(app) if s.state in ("BUILDING", "SERVING")]
+        await self._catalog.update(app, current + wanted, remove_unlisted=False, wait=True)
+        self._auto_index.add(wanted)
+        serving = await self._catalog.serving(app)
+        return [query.choose(s, self._engine, app, namespace, serving, kinds) for s in norm.subs]
+
+    async def _metadata_batch(self, app: str, namespace: str, q: pb.Query, start: bytes | None,
+                              end: bytes | None, want: int) -> execute.Batch:
+        found = await metadata.run(self._engine, app, namespace, q)
+        positioned = [(e, encode_path(e.key.path)) for e in found]
+        positioned = [(e, p) for e, p in positioned if (start is None or p > start) and (end is None or p < end)]
+        skipped = min(q.offset, len(positioned))
+        page = positioned[skipped:skipped + want]
+        last = page[-1][1] if page else (positioned[skipped - 1][1] if skipped else start)
+        return execute.Batch(page, skipped, last, skipped + want >= len(positioned))
+
+    # ---------------------------------------------------------------- writes
+
     async def Put(self, request: pb.PutRequest, context: grpc.aio.ServicerContext) -> pb.PutResponse:
         app = self._app(context)
         if len(request.entities) > model.MAX_BATCH:
             raise BadRequestError(f"at most {model.MAX_BATCH} entities per Put, got {len(request.entities)}")
         for i, entity in enumerate(request.entities):
             model.check_entity(entity, app, what=f"entities[{i}]")
-        incomplete = [e for e in request.entities if model.is_incomplete(e.key)]
-        if incomplete:
-            start = await self._engine.allocate_ids(app, len(incomplete))
-            for offset, entity in enumerate(incomplete):
-                entity.key.path[-1].id = start + offset
-        by_ns: dict[str, list[Row]] = collections.defaultdict(list)
-        for entity in request.entities:
-            ref = _ref(entity.key)
-            by_ns[entity.key.partition_id.namespace].append(Row(
-                group=ref.group, path=ref.path, kind=entity.key.path[-1].kind,
-                entity=entity.SerializeToString(deterministic=True)))
-        for ns, rows in by_ns.items():
-            await self._engine.put(app, ns, rows)
+        await self._complete_keys(app, request.entities)
+        await self._write(app, [pb.Mutation(upsert=e) for e in request.entities], versions=None)
         return pb.PutResponse(keys=[e.key for e in request.entities])
 
     async def Delete(self, request: pb.DeleteRequest, context: grpc.aio.ServicerContext) -> pb.DeleteResponse:
         app = self._app(context)
         if len(request.keys) > model.MAX_BATCH:
             raise BadRequestError(f"at most {model.MAX_BATCH} keys per Delete, got {len(request.keys)}")
-        by_ns: dict[str, list[Ref]] = collections.defaultdict(list)
         for i, key in enumerate(request.keys):
             model.check_key(key, app, allow_incomplete=False, what=f"keys[{i}]")
-            by_ns[key.partition_id.namespace].append(_ref(key))
-        for ns, refs in by_ns.items():
-            await self._engine.delete(app, ns, refs)
+        await self._write(app, [pb.Mutation(delete=k) for k in request.keys], versions=None)
         return pb.DeleteResponse()
+
+    async def _complete_keys(self, app: str, entities: Iterable[pb.Entity]) -> None:
+        incomplete = [e for e in entities if model.is_incomplete(e.key)]
+        if incomplete:
+            start = await self._engine.allocate_ids(app, len(incomplete))
+            for offset, entity in enumerate(incomplete):
+                entity.key.path[-1].id = start + offset
+
+    async def _write(self, app: str, mutations: list[pb.Mutation], *, versions: dict[bytes, int] | None) -> None:
+        """Commit mutations; ``versions`` (a transaction's read set) makes it conditional and atomic."""
+        indexer = await self._catalog.indexer(app)
+        by_ns: dict[str, dict[bytes, list[Write]]] = collections.defaultdict(lambda: collections.defaultdict(list))
+        for mutation in mutations:
+            if mutation.HasField("upsert"):
+                entity = mutation.upsert
+                key = entity.key
+                write = Write(encode_path(key.path), key.path[-1].kind,
+                              entity.SerializeToString(deterministic=True), frozenset(indexer.rows(entity)))
+            else:
+                key = mutation.delete
+                write = Write(encode_path(key.path), key.path[-1].kind, None)
+            by_ns[key.partition_id.namespace][encode_element(key.path[0])].append(write)
+        rows_of = _rows_of(indexer)
+        for ns, groups in by_ns.items():
+            if versions is None:
+                commits = [GroupCommit(g, tuple(ws)) for g, ws in groups.items()]
+            else:
+                # Groups read but not written are checked too: their reads must still hold.
+                commits = [GroupCommit(g, tuple(groups.get(g, ())), versions[g]) for g in sorted(versions)]
+            await self._engine.commit(app, ns, commits, rows_of, atomic=versions is not None)
 
     async def AllocateIds(self, request: pb.AllocateIdsRequest,
                           context: grpc.aio.ServicerContext) -> pb.AllocateIdsResponse:
@@ -108,82 +267,117 @@ class DatastoreService(datastore_pb2_grpc.DatastoreServiceServicer):
         start = await self._engine.allocate_ids(app, request.size)
         return pb.AllocateIdsResponse(start=start, end=start + request.size - 1)
 
-    async def RunQuery(self, request: pb.RunQueryRequest,
-                       context: grpc.aio.ServicerContext) -> pb.RunQueryResponse:
+    # ---------------------------------------------------------------- transactions
+
+    async def BeginTransaction(self, request: pb.BeginTransactionRequest,
+                               context: grpc.aio.ServicerContext) -> pb.BeginTransactionResponse:
         app = self._app(context)
-        if request.WhichOneof("query_type") != "query":
-            raise UnimplementedError("GQL queries are not implemented yet (issue #3)")
-        query = request.query
-        namespace = request.partition_id.namespace
-        model.check_namespace(namespace)
-        unsupported = [name for name, present in (
-            ("filter", query.HasField("filter")), ("order", bool(query.order)),
-            ("projection", bool(query.projection)), ("distinct_on", bool(query.distinct_on)),
-            ("end_cursor", bool(query.end_cursor)), ("offset", bool(query.offset))) if present]
-        if not query.HasField("ancestor") or unsupported:
-            raise UnimplementedError(
-                "only ancestor queries (optionally with a kind, limit, keys_only and a start cursor) "
-                f"are implemented yet (issue #3){'; unsupported: ' + ', '.join(unsupported) if unsupported else ''}")
-        ancestor = query.ancestor
-        if ancestor.partition_id.namespace != namespace:
-            raise BadRequestError("ancestor: its namespace must equal the query's namespace")
-        model.check_key(ancestor, app, allow_incomplete=False, what="ancestor")
-        limit = query.limit if query.HasField("limit") else None
-        if limit is not None and limit < 0:
-            raise BadRequestError(f"limit: must not be negative, got {limit}")
-        batch = min(request.batch_size or DEFAULT_BATCH, DEFAULT_BATCH)
-        want = batch if limit is None else min(limit, batch)
-        start_after = _parse_cursor(query.start_cursor)
-        ref = _ref(ancestor)
-        results: list[tuple[bytes, bytes]] = []
-        more = True
-        while len(results) < want and more:
-            rows = await self._engine.scan_group(app, namespace, ref.group, ref.path, start_after, want)
-            more = len(rows) == want
-            for path, kind, blob in rows:
-                start_after = path
-                if not query.kind or kind == query.kind:
-                    results.append((path, blob))
-                    if len(results) == want:
-                        break
-        out = pb.RunQueryResponse(query=query)
-        out.batch.skipped_results = 0
-        for path, blob in results:
-            er = out.batch.entity_results.add()
-            er.entity.ParseFromString(blob)
-            if query.keys_only:
-                er.entity.ClearField("properties")
-            er.cursor = _CURSOR_VERSION + path
-        if results:
-            out.batch.end_cursor = _CURSOR_VERSION + results[-1][0]
-        elif query.start_cursor:
-            out.batch.end_cursor = query.start_cursor
-        if limit is not None and len(results) == limit:
-            out.batch.more_results = pb.QueryResultBatch.MORE_RESULTS_TYPE_MORE_RESULTS_AFTER_LIMIT
-        elif len(results) == want and more:
-            out.batch.more_results = pb.QueryResultBatch.MORE_RESULTS_TYPE_NOT_FINISHED
-        else:
-            out.batch.more_results = pb.QueryResultBatch.MORE_RESULTS_TYPE_NO_MORE_RESULTS
-        return out
+        model.check_namespace(request.partition_id.namespace)
+        self._expire_transactions()
+        handle = secrets.token_bytes(16)
+        self._txns[handle] = _Transaction(app, request.partition_id.namespace, request.cross_group, time.monotonic())
+        return pb.BeginTransactionResponse(transaction=handle)
 
-    async def BeginTransaction(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        raise UnimplementedError("transactions are not implemented yet (issue #3)")
+    async def Commit(self, request: pb.CommitRequest, context: grpc.aio.ServicerContext) -> pb.CommitResponse:
+        app = self._app(context)
+        txn = self._txn(request.transaction, app)
+        if len(request.mutations) > model.MAX_BATCH:
+            raise BadRequestError(f"at most {model.MAX_BATCH} mutations per Commit, got {len(request.mutations)}")
+        upserts = []
+        for i, mutation in enumerate(request.mutations):
+            which = mutation.WhichOneof("operation")
+            if which == "upsert":
+                model.check_entity(mutation.upsert, app, what=f"mutations[{i}].upsert")
+                upserts.append(mutation.upsert)
+                key = mutation.upsert.key
+            elif which == "delete":
+                model.check_key(mutation.delete, app, allow_incomplete=False, what=f"mutations[{i}].delete")
+                key = mutation.delete
+            else:
+                raise BadRequestError(f"mutations[{i}]: neither upsert nor delete")
+            self._check_txn_namespace(txn, key.partition_id.namespace)
+        try:
+            await self._complete_keys(app, upserts)
+            written = {encode_element((m.upsert.key if m.HasField("upsert") else m.delete).path[0])
+                       for m in request.mutations}
+            await self._record_groups(txn, written)
+            await self._write(app, list(request.mutations), versions=dict(txn.versions))
+        finally:
+            self._txns.pop(request.transaction, None)
+        return pb.CommitResponse(keys=[m.upsert.key for m in request.mutations if m.HasField("upsert")])
 
-    async def Commit(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        raise UnimplementedError("transactions are not implemented yet (issue #3)")
+    async def Rollback(self, request: pb.RollbackRequest,
+                       context: grpc.aio.ServicerContext) -> pb.RollbackResponse:
+        app = self._app(context)
+        self._txn(request.transaction, app)
+        self._txns.pop(request.transaction, None)
+        return pb.RollbackResponse()
 
-    async def Rollback(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        raise UnimplementedError("transactions are not implemented yet (issue #3)")
+    def _txn(self, handle: bytes, app: str) -> _Transaction:
+        txn = self._txns.get(handle)
+        if txn is None or txn.app != app:
+            raise BadRequestError("transaction: unknown, already committed or rolled back, or expired")
+        if time.monotonic() - txn.started > TRANSACTION_SECONDS:
+            self._txns.pop(handle, None)
+            raise BadRequestError(f"transaction: expired (transactions last at most {TRANSACTION_SECONDS:.0f} s)")
+        return txn
+
+    @staticmethod
+    def _check_txn_namespace(txn: _Transaction, namespace: str) -> None:
+        if namespace != txn.namespace:
+            raise BadRequestError(f"transaction: began in namespace {txn.namespace!r}; cannot use "
+                                  f"namespace {namespace!r}")
+
+    async def _record_groups(self, txn: _Transaction, groups: set[bytes]) -> None:
+        new = sorted(g for g in groups if g not in txn.versions)
+        total = len(txn.versions) + len(new)
+        if not txn.xg and total > 1:
+            raise BadRequestError("cross-group transactions need to be explicitly specified (xg=True): this "
+                                  "transaction touches more than one entity group")
+        if total > MAX_XG_GROUPS:
+            raise BadRequestError(f"a transaction may touch at most {MAX_XG_GROUPS} entity groups, this one "
+                                  f"touches {total}")
+        if new:
+            for group, version in zip(new, await self._engine.group_versions(txn.app, txn.namespace, new)):
+                txn.versions[group] = version
+
+    async def _check_snapshot(self, txn: _Transaction, groups: Iterable[bytes]) -> None:
+        """Fail fast when a group changed since the transaction first read it (its reads would be torn)."""
+        wanted = sorted(groups)
+        current = await self._engine.group_versions(txn.app, txn.namespace, wanted)
+        if any(txn.versions[g] != v for g, v in zip(wanted, current)):
+            raise ConcurrentTransactionError(
+                "the transaction conflicted with a concurrent commit to the same entity group; retry it")
+
+    def _expire_transactions(self) -> None:
+        now = time.monotonic()
+        for handle in [h for h, t in self._txns.items() if now - t.started > TRANSACTION_SECONDS]:
+            del self._txns[handle]
+
+    # ---------------------------------------------------------------- indexes
+
+    async def UpdateIndexes(self, request: pb.UpdateIndexesRequest,
+                            context: grpc.aio.ServicerContext) -> pb.UpdateIndexesResponse:
+        app = self._app(context)
+        wanted = [IndexDef.from_pb(m, what=f"indexes[{i}]") for i, m in enumerate(request.indexes)]
+        stored = await self._catalog.update(app, wanted, remove_unlisted=request.remove_unlisted)
+        return pb.UpdateIndexesResponse(indexes=[_index_pb(s) for s in stored])
+
+    async def ListIndexes(self, request: pb.ListIndexesRequest,
+                          context: grpc.aio.ServicerContext) -> pb.ListIndexesResponse:
+        app = self._app(context)
+        self._catalog.forget(app)
+        return pb.ListIndexesResponse(indexes=[_index_pb(s) for s in await self._catalog.all(app)])
 
 
-def _parse_cursor(cursor: bytes) -> bytes | None:
-    if not cursor:
-        return None
-    if not cursor.startswith(_CURSOR_VERSION) or len(cursor) < 2:
-        raise BadRequestError("start_cursor: not a cursor returned by this service")
-    path = cursor[1:]
-    try:
-        decode_path(path)
-    except (ValueError, IndexError, UnicodeDecodeError):
-        raise BadRequestError("start_cursor: not a cursor returned by this service") from None
-    return path
+def _rows_of(indexer: Indexer) -> RowsOf:
+    def rows(blob: bytes) -> frozenset[IndexRow]:
+        return frozenset(indexer.rows(pb.Entity.FromString(blob)))
+    return rows
+
+
+def _index_pb(stored: StoredIndex) -> pb.CompositeIndex:
+    out = stored.defn.to_pb()
+    out.state = _STATES[stored.state]
+    out.error = stored.error
+    return out

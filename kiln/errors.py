@@ -46,6 +46,21 @@ class TooLargeError(BadRequestError):
     """A request or value is larger than the limit allows."""
 
 
+class FailedPreconditionError(KilnError):
+    """The request is valid but the system is not in a state to serve it."""
+
+
+class NeedIndexError(FailedPreconditionError):
+    """A datastore query needs a composite index that ``index.yaml`` does not declare.
+
+    The message carries the ``index.yaml`` entry to add, as App Engine's did.
+    """
+
+
+class ConcurrentTransactionError(ConflictError):
+    """A datastore transaction lost to a concurrent commit on one of its entity groups."""
+
+
 class DeadlineExceededError(KilnError):
     """The operation ran past its deadline."""
 
@@ -81,6 +96,9 @@ ERROR_CODES: dict[type[BaseException], ErrorCode] = {
     PermissionDeniedError: ErrorCode(grpc.StatusCode.PERMISSION_DENIED, 403, "PERMISSION_DENIED"),
     UnauthenticatedError: ErrorCode(grpc.StatusCode.UNAUTHENTICATED, 401, "UNAUTHENTICATED"),
     ConflictError: ErrorCode(grpc.StatusCode.ABORTED, 409, "CONFLICT"),
+    FailedPreconditionError: ErrorCode(grpc.StatusCode.FAILED_PRECONDITION, 412, "FAILED_PRECONDITION"),
+    NeedIndexError: ErrorCode(grpc.StatusCode.FAILED_PRECONDITION, 412, "NEED_INDEX"),
+    ConcurrentTransactionError: ErrorCode(grpc.StatusCode.ABORTED, 409, "CONCURRENT_TRANSACTION"),
     DeadlineExceededError: ErrorCode(grpc.StatusCode.DEADLINE_EXCEEDED, 504, "DEADLINE_EXCEEDED"),
     UnavailableError: ErrorCode(grpc.StatusCode.UNAVAILABLE, 503, "UNAVAILABLE"),
     UnimplementedError: ErrorCode(grpc.StatusCode.UNIMPLEMENTED, 501, "UNIMPLEMENTED"),
@@ -106,12 +124,20 @@ _BY_GRPC: dict[grpc.StatusCode, type[KilnError]] = {
     grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
     grpc.StatusCode.ABORTED: ConflictError,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError,
     grpc.StatusCode.UNAVAILABLE: UnavailableError,
     grpc.StatusCode.UNIMPLEMENTED: UnimplementedError,
 }
 
 
-def from_grpc(code: grpc.StatusCode, details: str | None) -> KilnError:
-    """Turn a gRPC status back into the matching kiln error (clients use this)."""
-    cls = _BY_GRPC.get(code, KilnError)
-    return cls(details or code.name)
+def from_grpc(code: grpc.StatusCode, details: str | None, error_code: str | None = None) -> KilnError:
+    """Turn a gRPC status back into the matching kiln error (clients use this).
+
+    ``error_code`` is the stable code from the ``kiln-error-code`` trailing
+    metadata; when it names a class with the same status, that class is used
+    (e.g. ``NEED_INDEX`` gives :class:`NeedIndexError`), else the status decides.
+    """
+    for cls, wire in ERROR_CODES.items():
+        if error_code and wire.code == error_code and wire.grpc == code and issubclass(cls, KilnError):
+            return cls(details or code.name)
+    return _BY_GRPC.get(code, KilnError)(details or code.name)

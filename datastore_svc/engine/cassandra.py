@@ -1,85 +1,175 @@
-"""The Cassandra engine: entities in Apache Cassandra (production).
+"""The Cassandra engine: entities and indexes in Apache Cassandra (production).
 
-Schema (see ``shared/CASSANDRA.md`` for the full design this grows into):
+Schema (``shared/CASSANDRA.md`` has the research behind it):
 
 - ``entities``: one partition per entity group ``(app, ns, grp)``, rows
-  clustered by the encoded key path, so a get reads one row and an ancestor
-  query is one clustering slice, both strongly consistent. The rows of one
-  group in one call are written in one single-partition batch, which Cassandra
-  applies atomically and in isolation.
-- ``id_counters``: id blocks reserved with lightweight transactions (Paxos),
-  so two service replicas never hand out the same id. A CAS whose outcome is
-  unknown (write timeout) is resolved by reading ``op_id`` at SERIAL.
+  clustered by encoded key path, so a get reads one row and an ancestor query
+  is one clustering slice. Static columns hold the group's state: ``gv`` (its
+  version, +1 per commit), ``commit_ts`` (microseconds, strictly increasing per
+  group), ``pending`` (the index changes of the last commit, so anyone can
+  redo them) and ``lock_txid`` (a cross-group transaction holding the group).
+  This table is written **only** with lightweight transactions (Paxos): a
+  group's commit is one conditional batch ``IF gv = <read version> AND
+  lock_txid = null``, atomic and isolated, which is also the optimistic
+  concurrency check of transactions.
+- ``index_rows``: every index (kind, property, composite) as clustering-ordered
+  rows in partitions ``(app, ns, idx, shard)``; queries are slices, never
+  ``ALLOW FILTERING``. Written only with plain writes ``USING TIMESTAMP
+  commit_ts`` after the group's commit, so replaying a commit's index changes
+  (by the next writer of the group, which redoes ``pending``) can never undo a
+  later commit's. ``shard`` is 0 until per-kind sharding is configured.
+- ``xg_txns``: cross-group transaction records, the commit point of a
+  two-phase commit (LWT only, expiring after a day).
+- ``metadata``, ``index_defs``, ``id_counters`` (LWT only) as named.
 
-The driver is imported only when this engine is chosen. Its exceptions become
-:class:`~kiln.errors.UnavailableError` so callers see one kind of failure.
+Consistency: group reads for transactions and commits are SERIAL (they finish
+any in-flight Paxos round); gets outside transactions and index reads are
+LOCAL_QUORUM; LWT commits use LOCAL_QUORUM. The driver is imported only when
+this engine is chosen; its exceptions become :class:`~kiln.errors.UnavailableError`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
+import random
+import struct
+import time
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
-from datastore_svc.engine.base import Ref, Row
-from datastore_svc.keys import PREFIX_END
-from kiln.errors import ConfigError, UnavailableError
+from datastore_svc.engine.base import GroupCommit, Ref, RowsOf, StoredIndex, Write
+from datastore_svc.engine.embedded import dump_def, load_def
+from datastore_svc.index import IndexDef, IndexRow, metadata_of
+from kiln.errors import ConcurrentTransactionError, ConfigError, UnavailableError
 
 log = logging.getLogger(__name__)
 
 _SEQ = "sequential"
+_RETRIES = 50
+# A cross-group transaction older than App Engine's 60 s limit that never
+# reached its commit point is abandoned by whoever finds its locks.
+_XG_ABANDON_SECONDS = 60.0
+_ADD, _DEL = 1, 2
+_HDR = struct.Struct(">BIII")
 
 
 def _first(rows: list[Any]) -> Any:
     return rows[0] if rows else None
 
 
-def _schema(keyspace: str, datacenter: str, replication: int) -> list[str]:
+def _schema(ks: str, datacenter: str, replication: int) -> list[str]:
     return [
-        f"CREATE KEYSPACE IF NOT EXISTS {keyspace} WITH replication = "
+        f"CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = "
         f"{{'class': 'NetworkTopologyStrategy', '{datacenter}': {replication}}}",
-        f"""CREATE TABLE IF NOT EXISTS {keyspace}.entities (
-              app text, ns text, grp blob, path blob, kind text, entity blob,
+        f"""CREATE TABLE IF NOT EXISTS {ks}.entities (
+              app text, ns text, grp blob, path blob, kind text, entity blob, version bigint,
+              gv bigint static, commit_ts bigint static, pending blob static, lock_txid uuid static,
               PRIMARY KEY ((app, ns, grp), path))""",
-        f"""CREATE TABLE IF NOT EXISTS {keyspace}.id_counters (
+        f"""CREATE TABLE IF NOT EXISTS {ks}.index_rows (
+              app text, ns text, idx blob, shard smallint, row blob, path blob,
+              PRIMARY KEY ((app, ns, idx, shard), row))""",
+        f"""CREATE TABLE IF NOT EXISTS {ks}.xg_txns (
+              app text, txid uuid, status text, staged blob, created timestamp,
+              PRIMARY KEY ((app, txid))) WITH default_time_to_live = 86400""",
+        f"""CREATE TABLE IF NOT EXISTS {ks}.metadata (
+              app text, ns text, kind text, prop text, rep blob,
+              PRIMARY KEY ((app, ns), kind, prop, rep))""",
+        f"CREATE TABLE IF NOT EXISTS {ks}.namespaces (app text, ns text, PRIMARY KEY (app, ns))",
+        f"""CREATE TABLE IF NOT EXISTS {ks}.index_defs (
+              app text, id blob, definition text, state text, error text, PRIMARY KEY (app, id))""",
+        f"""CREATE TABLE IF NOT EXISTS {ks}.id_counters (
               app text, space text, next_id bigint, op_id uuid,
               PRIMARY KEY ((app, space)))""",
     ]
 
 
-class CassandraEngine:
-    """Cassandra-backed :class:`~datastore_svc.engine.base.Engine`."""
+def encode_changes(changes: Iterable[tuple[int, IndexRow]]) -> bytes:
+    """Serialize index changes (``_ADD``/``_DEL`` and the row) for the ``pending`` record."""
+    out = bytearray()
+    for op, r in changes:
+        out += _HDR.pack(op, len(r.idx), len(r.row), len(r.path)) + r.idx + r.row + r.path
+    return bytes(out)
 
-    features = frozenset({"ancestor_query", "atomic_group_batch"})
+
+def decode_changes(raw: bytes) -> list[tuple[int, IndexRow]]:
+    """Invert :func:`encode_changes`."""
+    out = []
+    pos = 0
+    while pos < len(raw):
+        op, a, b, c = _HDR.unpack_from(raw, pos)
+        pos += _HDR.size
+        out.append((op, IndexRow(raw[pos:pos + a], raw[pos + a:pos + a + b], raw[pos + a + b:pos + a + b + c])))
+        pos += a + b + c
+    return out
+
+
+class CassandraEngine:
+    """Cassandra-backed :class:`~datastore_svc.engine.base.Engine` (see module docstring)."""
+
+    features = frozenset({"atomic_cross_group"})
 
     def __init__(self, session: Any, cluster: Any, keyspace: str) -> None:
-        from cassandra import ConsistencyLevel
+        from cassandra import ConsistencyLevel as CL
         from cassandra.query import BatchStatement, BatchType
 
         self._session = session
         self._cluster = cluster
-        self._cl = ConsistencyLevel
-        self._batch_cls = BatchStatement
-        self._batch_type = BatchType.UNLOGGED
+        self._batch = lambda: BatchStatement(batch_type=BatchType.UNLOGGED, consistency_level=CL.LOCAL_QUORUM,
+                                             serial_consistency_level=CL.SERIAL)
+        self._known_meta: set[tuple[str, str, tuple[str, str, bytes]]] = set()
+        self._known_ns: set[tuple[str, str]] = set()
         ks = keyspace
-        prep = session.prepare
-        self._get = prep(f"SELECT entity FROM {ks}.entities WHERE app=? AND ns=? AND grp=? AND path=?")
-        self._put = prep(f"INSERT INTO {ks}.entities (app, ns, grp, path, kind, entity) VALUES (?,?,?,?,?,?)")
-        self._del = prep(f"DELETE FROM {ks}.entities WHERE app=? AND ns=? AND grp=? AND path=?")
-        self._scan_incl = prep(f"SELECT path, kind, entity FROM {ks}.entities WHERE app=? AND ns=? AND grp=? "
-                               "AND path >= ? AND path < ? LIMIT ?")
-        self._scan_excl = prep(f"SELECT path, kind, entity FROM {ks}.entities WHERE app=? AND ns=? AND grp=? "
-                               "AND path > ? AND path < ? LIMIT ?")
-        self._ctr_read = prep(f"SELECT next_id, op_id FROM {ks}.id_counters WHERE app=? AND space=?")
-        self._ctr_read.consistency_level = ConsistencyLevel.SERIAL
+
+        def prep(cql: str, cl: Any = CL.LOCAL_QUORUM) -> Any:
+            stmt = session.prepare(cql)
+            stmt.consistency_level = cl
+            stmt.serial_consistency_level = CL.SERIAL
+            return stmt
+
+        pk = "app=? AND ns=? AND grp=?"
+        self._get = prep(f"SELECT entity, lock_txid FROM {ks}.entities WHERE {pk} AND path=?")
+        self._get_serial = prep(f"SELECT entity, lock_txid FROM {ks}.entities WHERE {pk} AND path=?", CL.SERIAL)
+        self._state = prep(f"SELECT gv, commit_ts, pending, lock_txid FROM {ks}.entities WHERE {pk} LIMIT 1",
+                           CL.SERIAL)
+        self._old = prep(f"SELECT path, entity FROM {ks}.entities WHERE {pk} AND path IN ?", CL.SERIAL)
+        self._bump = prep(f"UPDATE {ks}.entities SET gv=?, commit_ts=?, pending=? WHERE {pk} IF gv=? AND lock_txid=null")
+        self._bump_new = prep(f"UPDATE {ks}.entities SET gv=?, commit_ts=?, pending=? WHERE {pk} IF gv=null AND lock_txid=null")
+        self._put = prep(f"INSERT INTO {ks}.entities (app, ns, grp, path, kind, entity, version) VALUES (?,?,?,?,?,?,?)")
+        self._del = prep(f"DELETE FROM {ks}.entities WHERE {pk} AND path=?")
+        self._lock = prep(f"UPDATE {ks}.entities SET lock_txid=? WHERE {pk} IF gv=? AND lock_txid=null")
+        self._lock_new = prep(f"UPDATE {ks}.entities SET lock_txid=? WHERE {pk} IF gv=null AND lock_txid=null")
+        self._unlock = prep(f"UPDATE {ks}.entities SET lock_txid=null WHERE {pk} IF lock_txid=?")
+        self._apply_xg = prep(f"UPDATE {ks}.entities SET gv=?, commit_ts=?, pending=?, lock_txid=null WHERE {pk} "
+                              "IF lock_txid=?")
+        self._scan = prep(f"SELECT path, kind, entity FROM {ks}.entities WHERE {pk} AND path >= ? AND path < ? "
+                          "LIMIT ?")
+        self._irow_add = prep(f"INSERT INTO {ks}.index_rows (app, ns, idx, shard, row, path) VALUES (?,?,?,0,?,?) "
+                              "USING TIMESTAMP ?")
+        self._irow_del = prep(f"DELETE FROM {ks}.index_rows USING TIMESTAMP ? WHERE app=? AND ns=? AND idx=? "
+                              "AND shard=0 AND row=?")
+        self._irow_drop = prep(f"DELETE FROM {ks}.index_rows WHERE app=? AND ns=? AND idx=? AND shard=0 AND row=?")
+        self._iscan = prep(f"SELECT row, path FROM {ks}.index_rows WHERE app=? AND ns=? AND idx=? AND shard=0 "
+                           "AND row >= ? AND row < ? LIMIT ?")
+        self._xg_new = prep(f"INSERT INTO {ks}.xg_txns (app, txid, status, created) VALUES (?,?,'preparing',?) "
+                            "IF NOT EXISTS")
+        self._xg_commit = prep(f"UPDATE {ks}.xg_txns SET status='committed', staged=? WHERE app=? AND txid=? "
+                               "IF status='preparing'")
+        self._xg_abort = prep(f"UPDATE {ks}.xg_txns SET status='aborted' WHERE app=? AND txid=? "
+                              "IF status='preparing'")
+        self._xg_read = prep(f"SELECT status, staged, created FROM {ks}.xg_txns WHERE app=? AND txid=?", CL.SERIAL)
+        self._meta_add = prep(f"INSERT INTO {ks}.metadata (app, ns, kind, prop, rep) VALUES (?,?,?,?,?)")
+        self._meta_read = prep(f"SELECT kind, prop, rep FROM {ks}.metadata WHERE app=? AND ns=?")
+        self._ns_add = prep(f"INSERT INTO {ks}.namespaces (app, ns) VALUES (?,?)")
+        self._ns_read = prep(f"SELECT ns FROM {ks}.namespaces WHERE app=?")
+        self._def_put = prep(f"INSERT INTO {ks}.index_defs (app, id, definition, state, error) VALUES (?,?,?,?,?)")
+        self._def_del = prep(f"DELETE FROM {ks}.index_defs WHERE app=? AND id=?")
+        self._def_read = prep(f"SELECT definition, state, error FROM {ks}.index_defs WHERE app=?")
+        self._ctr_read = prep(f"SELECT next_id, op_id FROM {ks}.id_counters WHERE app=? AND space=?", CL.SERIAL)
         self._ctr_init = prep(f"INSERT INTO {ks}.id_counters (app, space, next_id, op_id) VALUES (?,?,?,?) "
                               "IF NOT EXISTS")
-        self._ctr_cas = prep(f"UPDATE {ks}.id_counters SET next_id=?, op_id=? WHERE app=? AND space=? "
-                             "IF next_id=?")
-        for stmt in (self._get, self._put, self._del, self._scan_incl, self._scan_excl):
-            stmt.consistency_level = ConsistencyLevel.LOCAL_QUORUM
+        self._ctr_cas = prep(f"UPDATE {ks}.id_counters SET next_id=?, op_id=? WHERE app=? AND space=? IF next_id=?")
 
     async def _exec(self, stmt: Any, params: Any = None) -> list[Any]:
         """Run a statement; returns its rows (one page: callers bound their reads with LIMIT)."""
@@ -99,7 +189,8 @@ class CassandraEngine:
             raise UnavailableError(f"cassandra: {exc}") from exc
         rf.add_callbacks(ok, fail)
         try:
-            return await fut
+            rows = await fut
+            return list(rows) if rows is not None else []
         except DriverException as exc:
             raise UnavailableError(f"cassandra: {exc}") from exc
         except Exception as exc:
@@ -108,38 +199,232 @@ class CassandraEngine:
                 raise UnavailableError(f"cassandra: {exc}") from exc
             raise
 
-    async def get(self, app: str, namespace: str, refs: list[Ref]) -> list[bytes | None]:
-        results = await asyncio.gather(*(self._exec(self._get, (app, namespace, r.group, r.path)) for r in refs))
-        out: list[bytes | None] = []
-        for rows in results:
-            row = rows[0] if rows else None
-            out.append(bytes(row.entity) if row else None)
-        return out
+    # ------------------------------------------------------------------ reads
 
-    async def put(self, app: str, namespace: str, rows: list[Row]) -> None:
-        by_group: dict[bytes, list[Row]] = collections.defaultdict(list)
-        for row in rows:
-            by_group[row.group].append(row)
-        await asyncio.gather(*(self._put_group(app, namespace, g) for g in by_group.values()))
+    async def get(self, app: str, namespace: str, refs: list[Ref], *, strong: bool = False) -> list[bytes | None]:
+        stmt = self._get_serial if strong else self._get
 
-    async def _put_group(self, app: str, namespace: str, rows: list[Row]) -> None:
-        batch = self._batch_cls(batch_type=self._batch_type, consistency_level=self._cl.LOCAL_QUORUM)
-        for r in rows:
-            batch.add(self._put, (app, namespace, r.group, r.path, r.kind, r.entity))
-        await self._exec(batch)
+        async def one(ref: Ref) -> bytes | None:
+            row = _first(await self._exec(stmt, (app, namespace, ref.group, ref.path)))
+            if row is not None and row.lock_txid is not None:
+                # A cross-group commit holds the group: finish or undo it, then read again.
+                await self._resolve_lock(app, namespace, ref.group, row.lock_txid)
+                row = _first(await self._exec(stmt, (app, namespace, ref.group, ref.path)))
+            return bytes(row.entity) if row is not None and row.entity is not None else None
 
-    async def delete(self, app: str, namespace: str, refs: list[Ref]) -> None:
-        by_group: dict[bytes, list[Ref]] = collections.defaultdict(list)
-        for ref in refs:
-            by_group[ref.group].append(ref)
+        return list(await asyncio.gather(*(one(r) for r in refs)))
 
-        async def _delete_group(group_refs: list[Ref]) -> None:
-            batch = self._batch_cls(batch_type=self._batch_type, consistency_level=self._cl.LOCAL_QUORUM)
-            for r in group_refs:
-                batch.add(self._del, (app, namespace, r.group, r.path))
-            await self._exec(batch)
+    async def group_versions(self, app: str, namespace: str, groups: list[bytes]) -> list[int]:
+        async def one(group: bytes) -> int:
+            state = await self._group_state(app, namespace, group)
+            return int(state.gv) if state is not None and state.gv is not None else 0
+        return list(await asyncio.gather(*(one(g) for g in groups)))
 
-        await asyncio.gather(*(_delete_group(g) for g in by_group.values()))
+    async def _group_state(self, app: str, namespace: str, group: bytes) -> Any:
+        """The group's static state, after resolving a cross-group lock left on it."""
+        for _ in range(_RETRIES):
+            state = _first(await self._exec(self._state, (app, namespace, group)))
+            if state is None or state.lock_txid is None:
+                return state
+            if not await self._resolve_lock(app, namespace, group, state.lock_txid):
+                await asyncio.sleep(0.01 + random.random() * 0.05)
+        raise UnavailableError("cassandra: an entity group stayed locked by a cross-group transaction")
+
+    async def scan_group(self, app: str, namespace: str, group: bytes, lo: bytes, hi: bytes,
+                         limit: int) -> list[tuple[bytes, str, bytes]]:
+        await self._group_state(app, namespace, group)  # ancestor queries see finished commits only
+        rows = await self._exec(self._scan, (app, namespace, group, lo, hi, limit))
+        return [(bytes(r.path), r.kind, bytes(r.entity)) for r in rows if r.path is not None]
+
+    async def scan_index(self, app: str, namespace: str, idx: bytes, lo: bytes, hi: bytes,
+                         limit: int) -> list[tuple[bytes, bytes]]:
+        rows = await self._exec(self._iscan, (app, namespace, idx, lo, hi, limit))
+        return [(bytes(r.row), bytes(r.path)) for r in rows]
+
+    # ------------------------------------------------------------------ commits
+
+    async def commit(self, app: str, namespace: str, commits: list[GroupCommit], rows_of: RowsOf, *,
+                     atomic: bool) -> None:
+        if atomic and len(commits) > 1:
+            await self._commit_xg(app, namespace, commits, rows_of)
+        else:
+            await asyncio.gather(*(self._commit_group(app, namespace, gc, rows_of) for gc in commits))
+        await self._note_namespace(app, namespace)
+
+    async def _commit_group(self, app: str, namespace: str, gc: GroupCommit, rows_of: RowsOf) -> None:
+        for attempt in range(_RETRIES):
+            state = await self._group_state(app, namespace, gc.group)
+            gv = state.gv if state is not None else None
+            if gc.expected_version is not None and (gv or 0) != gc.expected_version:
+                raise ConcurrentTransactionError(
+                    "the transaction conflicted with a concurrent commit to the same entity group; retry it")
+            if state is not None and state.pending:
+                await self._apply_changes(app, namespace, decode_changes(state.pending), state.commit_ts)
+            if not gc.writes:
+                return
+            changes = await self._changes(app, namespace, gc, rows_of)
+            commit_ts = max(int(time.time() * 1_000_000), (state.commit_ts or 0) + 1 if state else 0)
+            batch = self._batch()
+            record = encode_changes(changes)
+            if gv is None:
+                batch.add(self._bump_new, (1, commit_ts, record, app, namespace, gc.group))
+            else:
+                batch.add(self._bump, (gv + 1, commit_ts, record, app, namespace, gc.group, gv))
+            self._add_writes(batch, app, namespace, gc, commit_ts)
+            if _first(await self._exec(batch))[0]:  # [applied]
+                await self._apply_changes(app, namespace, changes, commit_ts)
+                return
+            if gc.expected_version is not None:
+                raise ConcurrentTransactionError(
+                    "the transaction conflicted with a concurrent commit to the same entity group; retry it")
+            await asyncio.sleep(random.random() * 0.01 * (attempt + 1))
+        raise UnavailableError("cassandra: too much contention on one entity group (App Engine allows about one "
+                               "write per second per group)")
+
+    async def _changes(self, app: str, namespace: str, gc: GroupCommit, rows_of: RowsOf) -> list[tuple[int, IndexRow]]:
+        """Index rows to add and delete: new rows against the stored entities' rows."""
+        paths = [w.path for w in gc.writes]
+        old = {bytes(r.path): bytes(r.entity) for r in await self._exec(self._old, (app, namespace, gc.group, paths))
+               if r.entity is not None}
+        changes: list[tuple[int, IndexRow]] = []
+        for w in gc.writes:
+            before = rows_of(old[w.path]) if w.path in old else frozenset()
+            changes += [(_DEL, r) for r in before - w.rows] + [(_ADD, r) for r in w.rows - before]
+        return changes
+
+    def _add_writes(self, batch: Any, app: str, namespace: str, gc: GroupCommit, commit_ts: int) -> None:
+        for w in gc.writes:
+            if w.entity is None:
+                batch.add(self._del, (app, namespace, gc.group, w.path))
+            else:
+                batch.add(self._put, (app, namespace, gc.group, w.path, w.kind, w.entity, commit_ts))
+
+    async def _apply_changes(self, app: str, namespace: str, changes: list[tuple[int, IndexRow]],
+                             commit_ts: int) -> None:
+        """Write a commit's index changes; idempotent, and never undoes a later commit (timestamps)."""
+        stmts = []
+        for op, r in changes:
+            if op == _ADD:
+                stmts.append(self._exec(self._irow_add, (app, namespace, r.idx, r.row, r.path, commit_ts)))
+            else:
+                stmts.append(self._exec(self._irow_del, (commit_ts, app, namespace, r.idx, r.row)))
+        await asyncio.gather(*stmts)
+        await self._note_metadata(app, namespace, metadata_of(r for op, r in changes if op == _ADD))
+
+    async def _note_metadata(self, app: str, namespace: str, facts: set[tuple[str, str, bytes]]) -> None:
+        new = [f for f in facts if (app, namespace, f) not in self._known_meta]
+        await asyncio.gather(*(self._exec(self._meta_add, (app, namespace, *f)) for f in new))
+        self._known_meta.update((app, namespace, f) for f in new)
+
+    async def _note_namespace(self, app: str, namespace: str) -> None:
+        if (app, namespace) not in self._known_ns:
+            await self._exec(self._ns_add, (app, namespace))
+            self._known_ns.add((app, namespace))
+
+    # ------------------------------------------------------------------ cross-group transactions
+
+    async def _commit_xg(self, app: str, namespace: str, commits: list[GroupCommit], rows_of: RowsOf) -> None:
+        """Two-phase commit: lock every group at its read version, record the commit point, apply."""
+        txid = uuid.uuid4()
+        await self._exec(self._xg_new, (app, txid, int(time.time() * 1000)))
+        locked: list[bytes] = []
+        staged: list[tuple[GroupCommit, list[tuple[int, IndexRow]], int]] = []
+        try:
+            for gc in sorted(commits, key=lambda c: c.group):
+                state = await self._group_state(app, namespace, gc.group)
+                gv = state.gv if state is not None else None
+                if (gv or 0) != gc.expected_version:
+                    raise ConcurrentTransactionError(
+                        "the transaction conflicted with a concurrent commit to an entity group; retry it")
+                params: tuple[Any, ...] = (txid, app, namespace, gc.group)
+                applied = _first(await self._exec(self._lock_new if gv is None else self._lock,
+                                                   params if gv is None else (*params, gv)))[0]
+                if not applied:
+                    raise ConcurrentTransactionError(
+                        "the transaction conflicted with a concurrent commit to an entity group; retry it")
+                locked.append(gc.group)
+                if state is not None and state.pending:
+                    await self._apply_changes(app, namespace, decode_changes(state.pending), state.commit_ts)
+                changes = await self._changes(app, namespace, gc, rows_of) if gc.writes else []
+                commit_ts = max(int(time.time() * 1_000_000), (state.commit_ts or 0) + 1 if state else 0)
+                staged.append((gc, changes, commit_ts))
+            record = _encode_staged(staged)
+            if not _first(await self._exec(self._xg_commit, (record, app, txid)))[0]:
+                raise ConcurrentTransactionError("the transaction was abandoned by a concurrent reader; retry it")
+        except BaseException:
+            await self._abort_xg(app, namespace, txid, locked)
+            raise
+        # Committed: from here on anyone who finds a lock can finish the job.
+        await asyncio.gather(*(self._apply_staged(app, namespace, txid, gc, changes, ts)
+                               for gc, changes, ts in staged))
+
+    async def _abort_xg(self, app: str, namespace: str, txid: uuid.UUID, locked: list[bytes]) -> None:
+        try:
+            await self._exec(self._xg_abort, (app, txid))
+            row = _first(await self._exec(self._xg_read, (app, txid)))
+            if row is not None and row.status == "committed":
+                return  # the commit point was reached after all; whoever finds the locks applies it
+            await asyncio.gather(*(self._exec(self._unlock, (app, namespace, g, txid)) for g in locked))
+        except UnavailableError:
+            log.warning("could not abort cross-group transaction %s; readers will resolve its locks", txid)
+
+    async def _apply_staged(self, app: str, namespace: str, txid: uuid.UUID, gc: GroupCommit,
+                            changes: list[tuple[int, IndexRow]], commit_ts: int) -> None:
+        batch = self._batch()
+        batch.add(self._apply_xg, (gc.expected_version + 1 if gc.expected_version is not None else 1, commit_ts,
+                                   encode_changes(changes), app, namespace, gc.group, txid))
+        self._add_writes(batch, app, namespace, gc, commit_ts)
+        if _first(await self._exec(batch))[0]:
+            await self._apply_changes(app, namespace, changes, commit_ts)
+
+    async def _resolve_lock(self, app: str, namespace: str, group: bytes, txid: uuid.UUID) -> bool:
+        """Finish (committed) or undo (aborted, abandoned) the transaction holding ``group``.
+
+        Returns False when the transaction is still preparing and young: wait for it.
+        """
+        row = _first(await self._exec(self._xg_read, (app, txid)))
+        if row is not None and row.status == "preparing":
+            age = time.time() - row.created.timestamp() if row.created else _XG_ABANDON_SECONDS
+            if age < _XG_ABANDON_SECONDS:
+                return False
+            await self._exec(self._xg_abort, (app, txid))
+            row = _first(await self._exec(self._xg_read, (app, txid)))
+        if row is not None and row.status == "committed":
+            for gc, changes, ts in _decode_staged(row.staged or b""):
+                if gc.group == group:
+                    await self._apply_staged(app, namespace, txid, gc, changes, ts)
+                    return True
+        await self._exec(self._unlock, (app, namespace, group, txid))
+        return True
+
+    # ------------------------------------------------------------------ indexes and metadata
+
+    async def add_index_rows(self, app: str, namespace: str, rows: list[IndexRow]) -> None:
+        # Timestamp 1: older than any commit, so a later commit's delete or
+        # insert of the same row always wins over a backfilled one.
+        await asyncio.gather(*(self._exec(self._irow_add, (app, namespace, r.idx, r.row, r.path, 1)) for r in rows))
+
+    async def delete_index_rows(self, app: str, namespace: str, rows: list[IndexRow]) -> None:
+        await asyncio.gather(*(self._exec(self._irow_drop, (app, namespace, r.idx, r.row)) for r in rows))
+
+    async def namespaces(self, app: str) -> list[str]:
+        return sorted(r.ns for r in await self._exec(self._ns_read, (app,)))
+
+    async def metadata(self, app: str, namespace: str) -> list[tuple[str, str, bytes]]:
+        return sorted((r.kind, r.prop, bytes(r.rep)) for r in await self._exec(self._meta_read, (app, namespace))
+                      if r.kind)
+
+    async def index_defs(self, app: str) -> list[StoredIndex]:
+        rows = await self._exec(self._def_read, (app,))
+        return [StoredIndex(load_def(r.definition), r.state, r.error or "") for r in rows]
+
+    async def put_index_def(self, app: str, index: StoredIndex) -> None:
+        await self._exec(self._def_put, (app, index.defn.id, dump_def(index.defn), index.state, index.error))
+
+    async def delete_index_def(self, app: str, defn: IndexDef) -> None:
+        await self._exec(self._def_del, (app, defn.id))
+
+    # ------------------------------------------------------------------ ids
 
     async def _cas_counter(self, app: str, new_next: Any) -> int:
         """Advance the counter with LWT; ``new_next(current)`` gives the new value or None to stop."""
@@ -174,17 +459,46 @@ class CassandraEngine:
     async def reserve_ids_up_to(self, app: str, max_id: int) -> None:
         await self._cas_counter(app, lambda current: max_id + 1 if current <= max_id else None)
 
-    async def scan_group(self, app: str, namespace: str, group: bytes, prefix: bytes,
-                         start_after: bytes | None, limit: int) -> list[tuple[bytes, str, bytes]]:
-        if start_after and start_after >= prefix:
-            stmt, low = self._scan_excl, start_after
-        else:
-            stmt, low = self._scan_incl, prefix
-        rows = await self._exec(stmt, (app, namespace, group, low, prefix + PREFIX_END, limit))
-        return [(bytes(r.path), r.kind, bytes(r.entity)) for r in rows]
-
     async def close(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self._cluster.shutdown)
+
+
+def _pack(*fields: bytes) -> bytes:
+    return b"".join(struct.pack(">I", len(f)) + f for f in fields)
+
+
+def _unpack(raw: bytes, pos: int, count: int) -> tuple[list[bytes], int]:
+    out = []
+    for _ in range(count):
+        (size,) = struct.unpack_from(">I", raw, pos)
+        out.append(raw[pos + 4:pos + 4 + size])
+        pos += 4 + size
+    return out, pos
+
+
+def _encode_staged(staged: list[tuple[GroupCommit, list[tuple[int, IndexRow]], int]]) -> bytes:
+    """The writes and index changes of every group of a cross-group commit (its recovery record)."""
+    out = bytearray()
+    for gc, changes, ts in staged:
+        out += _pack(gc.group, struct.pack(">qqI", -1 if gc.expected_version is None else gc.expected_version, ts,
+                                           len(gc.writes)), encode_changes(changes))
+        for w in gc.writes:
+            out += _pack(w.path, w.kind.encode(), b"" if w.entity is None else b"\x01" + w.entity)
+    return bytes(out)
+
+
+def _decode_staged(raw: bytes) -> list[tuple[GroupCommit, list[tuple[int, IndexRow]], int]]:
+    out = []
+    pos = 0
+    while pos < len(raw):
+        (group, head, changes), pos = _unpack(raw, pos, 3)
+        expected, ts, count = struct.unpack(">qqI", head)
+        writes = []
+        for _ in range(count):
+            (path, kind, entity), pos = _unpack(raw, pos, 3)
+            writes.append(Write(path, kind.decode(), entity[1:] if entity else None))
+        out.append((GroupCommit(group, tuple(writes), None if expected < 0 else expected), decode_changes(changes), ts))
+    return out
 
 
 async def create(hosts: str, keyspace: str, datacenter: str, replication: int) -> CassandraEngine:

@@ -1,30 +1,52 @@
 """The embedded engine: one SQLite file per data directory.
 
 For ``kiln dev`` and small installs. SQLite in WAL mode with ``synchronous=FULL``
-makes an acknowledged write durable across a crash of any process; each call
-is one SQLite transaction, so a batch put is all-or-nothing. SQLite calls are
-blocking, so they run on one worker thread (SQLite serialises writers anyway).
+makes an acknowledged write durable across a crash of any process. Every
+commit — entities, group versions, index rows and metadata together — is one
+SQLite transaction, so it is all-or-nothing even across entity groups, and a
+reader never sees an entity without its index rows. SQLite calls block, so
+they run on one worker thread (SQLite serialises writers anyway). BLOBs compare
+with memcmp, which is the order the index encodings are designed for.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import pathlib
 import sqlite3
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from datastore_svc.engine.base import Ref, Row
-from datastore_svc.keys import PREFIX_END
+from datastore_svc.engine.base import GroupCommit, Ref, RowsOf, StoredIndex
+from datastore_svc.index import IndexDef, IndexRow, metadata_of
+from kiln.errors import ConcurrentTransactionError, ConfigError
 
 T = TypeVar("T")
 
+SCHEMA_VERSION = 2
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS entities (
   app TEXT NOT NULL, ns TEXT NOT NULL, grp BLOB NOT NULL, path BLOB NOT NULL,
   kind TEXT NOT NULL, entity BLOB NOT NULL,
   PRIMARY KEY (app, ns, grp, path)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS groups (
+  app TEXT NOT NULL, ns TEXT NOT NULL, grp BLOB NOT NULL, version INTEGER NOT NULL,
+  PRIMARY KEY (app, ns, grp)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS index_rows (
+  app TEXT NOT NULL, ns TEXT NOT NULL, idx BLOB NOT NULL, row BLOB NOT NULL, path BLOB NOT NULL,
+  PRIMARY KEY (app, ns, idx, row)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS metadata (
+  app TEXT NOT NULL, ns TEXT NOT NULL, kind TEXT NOT NULL, prop TEXT NOT NULL, rep BLOB NOT NULL,
+  PRIMARY KEY (app, ns, kind, prop, rep)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS index_defs (
+  app TEXT NOT NULL, id BLOB NOT NULL, definition TEXT NOT NULL, state TEXT NOT NULL, error TEXT NOT NULL,
+  PRIMARY KEY (app, id)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS id_counters (
   app TEXT PRIMARY KEY, next_id INTEGER NOT NULL
@@ -32,10 +54,21 @@ CREATE TABLE IF NOT EXISTS id_counters (
 """
 
 
+def dump_def(defn: IndexDef) -> str:
+    """An index definition as JSON (stored by both engines)."""
+    return json.dumps({"kind": defn.kind, "ancestor": defn.ancestor, "props": [list(p) for p in defn.props]})
+
+
+def load_def(raw: str) -> IndexDef:
+    """Invert :func:`dump_def`."""
+    obj = json.loads(raw)
+    return IndexDef(obj["kind"], bool(obj["ancestor"]), tuple((str(n), bool(d)) for n, d in obj["props"]))
+
+
 class EmbeddedEngine:
     """SQLite-backed :class:`~datastore_svc.engine.base.Engine`."""
 
-    features = frozenset({"ancestor_query", "atomic_batch"})
+    features = frozenset({"atomic_cross_group"})
 
     def __init__(self, path: pathlib.Path) -> None:
         self._path = path
@@ -50,7 +83,14 @@ class EmbeddedEngine:
             db = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
+            (version,) = db.execute("PRAGMA user_version").fetchone()
+            existing = db.execute("SELECT count(*) FROM sqlite_master WHERE name='entities'").fetchone()[0]
+            if existing and version != SCHEMA_VERSION:
+                db.close()
+                raise ConfigError(f"{self._path} was written by an older kiln (schema {version}, need "
+                                  f"{SCHEMA_VERSION}); start with --clear-datastore or remove the file")
             db.executescript(SCHEMA)
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             self._db = db
 
         await self._run(_open)
@@ -70,27 +110,120 @@ class EmbeddedEngine:
         db.execute("COMMIT")
         return result
 
-    async def get(self, app: str, namespace: str, refs: list[Ref]) -> list[bytes | None]:
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        # One connection on one thread: a read is a single statement or a
+        # transaction of them, so it sees one consistent snapshot.
+        return await self._run(self._tx, fn)
+
+    async def get(self, app: str, namespace: str, refs: list[Ref], *, strong: bool = False) -> list[bytes | None]:
         def _get(db: sqlite3.Connection) -> list[bytes | None]:
             out: list[bytes | None] = []
             for ref in refs:
                 row = db.execute("SELECT entity FROM entities WHERE app=? AND ns=? AND grp=? AND path=?",
                                  (app, namespace, ref.group, ref.path)).fetchone()
-                out.append(row[0] if row else None)
+                out.append(bytes(row[0]) if row else None)
             return out
-        return await self._run(self._tx, _get)
+        return await self._read(_get)
 
-    async def put(self, app: str, namespace: str, rows: list[Row]) -> None:
+    async def group_versions(self, app: str, namespace: str, groups: list[bytes]) -> list[int]:
+        def _versions(db: sqlite3.Connection) -> list[int]:
+            return [_version(db, app, namespace, g) for g in groups]
+        return await self._read(_versions)
+
+    async def commit(self, app: str, namespace: str, commits: list[GroupCommit], rows_of: RowsOf, *,
+                     atomic: bool) -> None:
+        # SQLite commits every group in one transaction, which is at least as
+        # strong as what ``atomic=False`` asks for.
+        def _commit(db: sqlite3.Connection) -> None:
+            for gc in commits:
+                version = _version(db, app, namespace, gc.group)
+                if gc.expected_version is not None and version != gc.expected_version:
+                    raise ConcurrentTransactionError(
+                        "the transaction conflicted with a concurrent commit to the same entity group; retry it")
+                if not gc.writes:
+                    continue  # a group the transaction only read: checked, not changed
+                new_meta: set[tuple[str, str, bytes]] = set()
+                for w in gc.writes:
+                    key = (app, namespace, gc.group, w.path)
+                    old = db.execute("SELECT entity FROM entities WHERE app=? AND ns=? AND grp=? AND path=?",
+                                     key).fetchone()
+                    old_rows = rows_of(bytes(old[0])) if old else frozenset()
+                    db.executemany("DELETE FROM index_rows WHERE app=? AND ns=? AND idx=? AND row=?",
+                                   [(app, namespace, r.idx, r.row) for r in old_rows - w.rows])
+                    added = w.rows - old_rows
+                    db.executemany("INSERT OR REPLACE INTO index_rows (app, ns, idx, row, path) VALUES (?,?,?,?,?)",
+                                   [(app, namespace, r.idx, r.row, r.path) for r in added])
+                    new_meta |= metadata_of(added)
+                    if w.entity is None:
+                        db.execute("DELETE FROM entities WHERE app=? AND ns=? AND grp=? AND path=?", key)
+                    else:
+                        db.execute("INSERT OR REPLACE INTO entities (app, ns, grp, path, kind, entity) "
+                                   "VALUES (?,?,?,?,?,?)", (*key, w.kind, w.entity))
+                db.executemany("INSERT OR IGNORE INTO metadata (app, ns, kind, prop, rep) VALUES (?,?,?,?,?)",
+                               [(app, namespace, *m) for m in new_meta])
+                db.execute("INSERT OR REPLACE INTO groups (app, ns, grp, version) VALUES (?,?,?,?)",
+                           (app, namespace, gc.group, version + 1))
+            if commits:
+                db.execute("INSERT OR IGNORE INTO metadata (app, ns, kind, prop, rep) VALUES (?,?,'','',x'')",
+                           (app, namespace))
+        await self._run(self._tx, _commit)
+
+    async def scan_group(self, app: str, namespace: str, group: bytes, lo: bytes, hi: bytes,
+                         limit: int) -> list[tuple[bytes, str, bytes]]:
+        def _scan(db: sqlite3.Connection) -> list[tuple[bytes, str, bytes]]:
+            cur = db.execute("SELECT path, kind, entity FROM entities WHERE app=? AND ns=? AND grp=? "
+                             "AND path >= ? AND path < ? ORDER BY path LIMIT ?",
+                             (app, namespace, group, lo, hi, limit))
+            return [(bytes(p), k, bytes(e)) for p, k, e in cur.fetchall()]
+        return await self._read(_scan)
+
+    async def scan_index(self, app: str, namespace: str, idx: bytes, lo: bytes, hi: bytes,
+                         limit: int) -> list[tuple[bytes, bytes]]:
+        def _scan(db: sqlite3.Connection) -> list[tuple[bytes, bytes]]:
+            cur = db.execute("SELECT row, path FROM index_rows WHERE app=? AND ns=? AND idx=? "
+                             "AND row >= ? AND row < ? ORDER BY row LIMIT ?", (app, namespace, idx, lo, hi, limit))
+            return [(bytes(r), bytes(p)) for r, p in cur.fetchall()]
+        return await self._read(_scan)
+
+    async def add_index_rows(self, app: str, namespace: str, rows: list[IndexRow]) -> None:
+        def _add(db: sqlite3.Connection) -> None:
+            db.executemany("INSERT OR REPLACE INTO index_rows (app, ns, idx, row, path) VALUES (?,?,?,?,?)",
+                           [(app, namespace, r.idx, r.row, r.path) for r in rows])
+        await self._run(self._tx, _add)
+
+    async def delete_index_rows(self, app: str, namespace: str, rows: list[IndexRow]) -> None:
+        def _delete(db: sqlite3.Connection) -> None:
+            db.executemany("DELETE FROM index_rows WHERE app=? AND ns=? AND idx=? AND row=?",
+                           [(app, namespace, r.idx, r.row) for r in rows])
+        await self._run(self._tx, _delete)
+
+    async def namespaces(self, app: str) -> list[str]:
+        def _ns(db: sqlite3.Connection) -> list[str]:
+            return [r[0] for r in db.execute("SELECT ns FROM metadata WHERE app=? AND kind='' ORDER BY ns", (app,))]
+        return await self._read(_ns)
+
+    async def metadata(self, app: str, namespace: str) -> list[tuple[str, str, bytes]]:
+        def _meta(db: sqlite3.Connection) -> list[tuple[str, str, bytes]]:
+            cur = db.execute("SELECT kind, prop, rep FROM metadata WHERE app=? AND ns=? AND kind != '' "
+                             "ORDER BY kind, prop, rep", (app, namespace))
+            return [(k, p, bytes(r)) for k, p, r in cur.fetchall()]
+        return await self._read(_meta)
+
+    async def index_defs(self, app: str) -> list[StoredIndex]:
+        def _defs(db: sqlite3.Connection) -> list[StoredIndex]:
+            cur = db.execute("SELECT definition, state, error FROM index_defs WHERE app=? ORDER BY id", (app,))
+            return [StoredIndex(load_def(d), s, e) for d, s, e in cur.fetchall()]
+        return await self._read(_defs)
+
+    async def put_index_def(self, app: str, index: StoredIndex) -> None:
         def _put(db: sqlite3.Connection) -> None:
-            db.executemany(
-                "INSERT OR REPLACE INTO entities (app, ns, grp, path, kind, entity) VALUES (?,?,?,?,?,?)",
-                [(app, namespace, r.group, r.path, r.kind, r.entity) for r in rows])
+            db.execute("INSERT OR REPLACE INTO index_defs (app, id, definition, state, error) VALUES (?,?,?,?,?)",
+                       (app, index.defn.id, dump_def(index.defn), index.state, index.error))
         await self._run(self._tx, _put)
 
-    async def delete(self, app: str, namespace: str, refs: list[Ref]) -> None:
+    async def delete_index_def(self, app: str, defn: IndexDef) -> None:
         def _delete(db: sqlite3.Connection) -> None:
-            db.executemany("DELETE FROM entities WHERE app=? AND ns=? AND grp=? AND path=?",
-                           [(app, namespace, r.group, r.path) for r in refs])
+            db.execute("DELETE FROM index_defs WHERE app=? AND id=?", (app, defn.id))
         await self._run(self._tx, _delete)
 
     async def allocate_ids(self, app: str, count: int) -> int:
@@ -108,19 +241,6 @@ class EmbeddedEngine:
                 db.execute("INSERT OR REPLACE INTO id_counters (app, next_id) VALUES (?, ?)", (app, max_id + 1))
         await self._run(self._tx, _reserve)
 
-    async def scan_group(self, app: str, namespace: str, group: bytes, prefix: bytes,
-                         start_after: bytes | None, limit: int) -> list[tuple[bytes, str, bytes]]:
-        low, inclusive = (start_after, False) if start_after and start_after >= prefix else (prefix, True)
-
-        def _scan(db: sqlite3.Connection) -> list[tuple[bytes, str, bytes]]:
-            op = ">=" if inclusive else ">"
-            cur = db.execute(
-                f"SELECT path, kind, entity FROM entities WHERE app=? AND ns=? AND grp=? AND path {op} ? "
-                "AND path < ? ORDER BY path LIMIT ?",
-                (app, namespace, group, low, prefix + PREFIX_END, limit))
-            return [(bytes(p), k, bytes(e)) for p, k, e in cur.fetchall()]
-        return await self._run(self._tx, _scan)
-
     async def close(self) -> None:
         def _close() -> None:
             if self._db is not None:
@@ -128,6 +248,11 @@ class EmbeddedEngine:
                 self._db = None
         await self._run(_close)
         self._pool.shutdown(wait=True)
+
+
+def _version(db: sqlite3.Connection, app: str, namespace: str, group: bytes) -> int:
+    row = db.execute("SELECT version FROM groups WHERE app=? AND ns=? AND grp=?", (app, namespace, group)).fetchone()
+    return int(row[0]) if row else 0
 
 
 async def create(data_dir: pathlib.Path) -> EmbeddedEngine:

@@ -17,6 +17,9 @@ import grpc
 
 from kiln import errors
 
+# The trailing-metadata key the services put their stable error code in (kiln.grpcserver).
+ERROR_CODE_KEY = "kiln-error-code"
+
 T = TypeVar("T")
 
 _lock = threading.Lock()
@@ -54,4 +57,5 @@ def call(method: Callable[..., T], request: Any, *, timeout: float = DEFAULT_TIM
     try:
         return method(request, timeout=timeout, metadata=(("authorization", f"Bearer {token}"),))
     except grpc.RpcError as exc:
-        raise errors.from_grpc(exc.code(), exc.details()) from None
+        trailing = dict(exc.trailing_metadata() or ())  # type: ignore[attr-defined]
+        raise errors.from_grpc(exc.code(), exc.details(), trailing.get(ERROR_CODE_KEY)) from None

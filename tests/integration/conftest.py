@@ -21,6 +21,8 @@ from kiln.pb.datastore.v1 import datastore_pb2_grpc
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SECRET = "integration-test-secret"
+# Short, so that indexes declared by tests start building quickly.
+INDEX_CACHE_SECONDS = 0.2
 SERVICES = {
     "datastore": "datastore_svc", "memcache": "memcache_svc", "urlfetch": "urlfetch_svc",
     "mail": "mail_svc", "images": "images_svc", "cron": "cron_svc",
@@ -59,7 +61,7 @@ def grpc_services(supervisor, tmp_path_factory):
     for name, module in SERVICES.items():
         args = ["--listen", "127.0.0.1:0", "--ready-file", str(run / f"{module}.addr")]
         if name == "datastore":
-            args += ["--data-dir", str(data)]
+            args += ["--data-dir", str(data), "--index-cache-seconds", str(INDEX_CACHE_SECONDS)]
         children[name] = supervisor.spawn(module, python_module(module, *args), env=service_env(),
                                           ready_file=run / f"{module}.addr")
     return {name: Supervisor.wait_ready(child, ready_file=run / f"{SERVICES[name]}.addr").address
@@ -99,7 +101,8 @@ def datastore_cassandra_addr(supervisor, cassandra_hosts):
     ready = run / "datastore_cassandra.addr"
     child = supervisor.start("datastore_svc-cassandra", python_module(
         "datastore_svc", "--listen", "127.0.0.1:0", "--ready-file", str(ready), "--storage", "cassandra",
-        "--cassandra-hosts", cassandra_hosts, "--cassandra-keyspace", "kiln_test"),
+        "--cassandra-hosts", cassandra_hosts, "--cassandra-keyspace", "kiln_test",
+        "--index-cache-seconds", str(INDEX_CACHE_SECONDS)),
         env=service_env(), ready_file=ready, timeout=180)
     return child.address
 

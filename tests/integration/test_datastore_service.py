@@ -200,9 +200,3 @@ def test_allocated_ids_are_never_handed_out_again(datastore_stub):
     assert second.start > first.end
     auto = datastore_stub.Put(pb.PutRequest(entities=[_entity(_key("Alloc", None))]), metadata=MD).keys[0]
     assert auto.path[-1].id > second.end
-
-
-def test_non_ancestor_queries_answer_unimplemented_for_now(datastore_stub):
-    with pytest.raises(grpc.RpcError) as err:
-        datastore_stub.RunQuery(pb.RunQueryRequest(query=pb.Query(kind="Greeting")), metadata=MD)
-    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED

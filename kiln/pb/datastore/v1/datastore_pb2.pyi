@@ -1393,3 +1393,165 @@ class RollbackResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RollbackResponse: _TypeAlias = RollbackResponse  # noqa: Y015
+
+@_typing.final
+class CompositeIndex(_message.Message):
+    """CompositeIndex is one index.yaml entry."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _State:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _StateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[CompositeIndex._State.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        STATE_UNSPECIFIED: CompositeIndex._State.ValueType  # 0
+        STATE_BUILDING: CompositeIndex._State.ValueType  # 1
+        """Being built for existing entities; queries cannot use it yet."""
+        STATE_SERVING: CompositeIndex._State.ValueType  # 2
+        """Serving queries."""
+        STATE_DELETING: CompositeIndex._State.ValueType  # 3
+        """Being deleted."""
+        STATE_ERROR: CompositeIndex._State.ValueType  # 4
+        """Could not be built (the message says why)."""
+
+    class State(_State, metaclass=_StateEnumTypeWrapper):
+        """State of an index."""
+
+    STATE_UNSPECIFIED: CompositeIndex.State.ValueType  # 0
+    STATE_BUILDING: CompositeIndex.State.ValueType  # 1
+    """Being built for existing entities; queries cannot use it yet."""
+    STATE_SERVING: CompositeIndex.State.ValueType  # 2
+    """Serving queries."""
+    STATE_DELETING: CompositeIndex.State.ValueType  # 3
+    """Being deleted."""
+    STATE_ERROR: CompositeIndex.State.ValueType  # 4
+    """Could not be built (the message says why)."""
+
+    KIND_FIELD_NUMBER: _builtins.int
+    ANCESTOR_FIELD_NUMBER: _builtins.int
+    PROPERTIES_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    """The kind indexed."""
+    ancestor: _builtins.bool
+    """Whether the index serves ancestor queries (`ancestor: yes`)."""
+    state: Global___CompositeIndex.State.ValueType
+    """Output only."""
+    error: _builtins.str
+    """Output only: why the index is in STATE_ERROR."""
+    @_builtins.property
+    def properties(self) -> _containers.RepeatedCompositeFieldContainer[Global___PropertyOrder]:
+        """The properties, in index order, each with its direction."""
+
+    def __init__(
+        self,
+        *,
+        kind: _builtins.str = ...,
+        ancestor: _builtins.bool = ...,
+        properties: _abc.Iterable[Global___PropertyOrder] | None = ...,
+        state: Global___CompositeIndex.State.ValueType = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ancestor", b"ancestor", "error", b"error", "kind", b"kind", "properties", b"properties", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompositeIndex: _TypeAlias = CompositeIndex  # noqa: Y015
+
+@_typing.final
+class UpdateIndexesRequest(_message.Message):
+    """UpdateIndexesRequest is the app's full list of composite indexes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEXES_FIELD_NUMBER: _builtins.int
+    REMOVE_UNLISTED_FIELD_NUMBER: _builtins.int
+    remove_unlisted: _builtins.bool
+    """Delete the app's indexes that are not listed."""
+    @_builtins.property
+    def indexes(self) -> _containers.RepeatedCompositeFieldContainer[Global___CompositeIndex]:
+        """Every composite index the app declares."""
+
+    def __init__(
+        self,
+        *,
+        indexes: _abc.Iterable[Global___CompositeIndex] | None = ...,
+        remove_unlisted: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["indexes", b"indexes", "remove_unlisted", b"remove_unlisted"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateIndexesRequest: _TypeAlias = UpdateIndexesRequest  # noqa: Y015
+
+@_typing.final
+class UpdateIndexesResponse(_message.Message):
+    """UpdateIndexesResponse lists the app's indexes after the update."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEXES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def indexes(self) -> _containers.RepeatedCompositeFieldContainer[Global___CompositeIndex]:
+        """The app's indexes and their states."""
+
+    def __init__(
+        self,
+        *,
+        indexes: _abc.Iterable[Global___CompositeIndex] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["indexes", b"indexes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateIndexesResponse: _TypeAlias = UpdateIndexesResponse  # noqa: Y015
+
+@_typing.final
+class ListIndexesRequest(_message.Message):
+    """ListIndexesRequest asks for the calling app's indexes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListIndexesRequest: _TypeAlias = ListIndexesRequest  # noqa: Y015
+
+@_typing.final
+class ListIndexesResponse(_message.Message):
+    """ListIndexesResponse lists the app's indexes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEXES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def indexes(self) -> _containers.RepeatedCompositeFieldContainer[Global___CompositeIndex]:
+        """The app's indexes and their states."""
+
+    def __init__(
+        self,
+        *,
+        indexes: _abc.Iterable[Global___CompositeIndex] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["indexes", b"indexes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListIndexesResponse: _TypeAlias = ListIndexesResponse  # noqa: Y015

@@ -76,6 +76,16 @@ class DatastoreServiceStub:
                 request_serializer=kiln_dot_pb_dot_datastore_dot_v1_dot_datastore__pb2.RollbackRequest.SerializeToString,
                 response_deserializer=kiln_dot_pb_dot_datastore_dot_v1_dot_datastore__pb2.RollbackResponse.FromString,
                 _registered_method=True)
+        self.UpdateIndexes = channel.unary_unary(
+                '/kiln.pb.datastore.v1.DatastoreService/UpdateIndexes',
+                request_serializer=kiln_dot_pb_dot_datastore_dot_v1_dot_datastore__pb2.UpdateIndexesRequest.SerializeToString,
+                response_deserializer=kiln_dot_pb_dot_datastore_dot_v1_dot_datastore__pb2.UpdateIndexesResponse.FromString,
+                _registered_method=True)
+        self.ListIndexes = channel.unary_unary(
+                '/kiln.pb.datastore.v1.DatastoreService/ListIndexes',
+                request_serializer=kiln_dot_pb_dot_datastore_dot_v1_dot_datastore__pb2.ListIndexesRequest.SerializeToString,
+                response_deserializer=kiln_dot_pb_dot_datastore_dot_v1_dot_datastore__pb2.ListIndexesResponse.FromString,
+                _registered_method=True)
 
 
 class DatastoreServiceServicer:
@@ -141,6 +151,22 @@ class DatastoreServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateIndexes(self, request, context):
+        """UpdateIndexes declares the app's composite indexes (its index.yaml). New
+        ones are built for existing entities (BUILDING, then SERVING); with
+        `remove_unlisted`, indexes not in the request are deleted (vacuum).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListIndexes(self, request, context):
+        """ListIndexes returns the app's composite indexes and their states.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DatastoreServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -183,6 +209,16 @@ def add_DatastoreServiceServicer_to_server(servicer, server):
                     servicer.Rollback,
                     request_deserializer=kiln_dot_pb_dot_datastore_dot_v1_dot_datastore__pb2.RollbackRequest.FromString,
                     response_serializer=kiln_dot_pb_dot_datastore_dot_v1_dot_datastore__pb2.RollbackResponse.SerializeToString,
+            ),
+            'UpdateIndexes': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateIndexes,
+                    request_deserializer=kiln_dot_pb_dot_datastore_dot_v1_dot_datastore__pb2.UpdateIndexesRequest.FromString,
+                    response_serializer=kiln_dot_pb_dot_datastore_dot_v1_dot_datastore__pb2.UpdateIndexesResponse.SerializeToString,
+            ),
+            'ListIndexes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListIndexes,
+                    request_deserializer=kiln_dot_pb_dot_datastore_dot_v1_dot_datastore__pb2.ListIndexesRequest.FromString,
+                    response_serializer=kiln_dot_pb_dot_datastore_dot_v1_dot_datastore__pb2.ListIndexesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -402,6 +438,60 @@ class DatastoreService:
             '/kiln.pb.datastore.v1.DatastoreService/Rollback',
             kiln_dot_pb_dot_datastore_dot_v1_dot_datastore__pb2.RollbackRequest.SerializeToString,
             kiln_dot_pb_dot_datastore_dot_v1_dot_datastore__pb2.RollbackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateIndexes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kiln.pb.datastore.v1.DatastoreService/UpdateIndexes',
+            kiln_dot_pb_dot_datastore_dot_v1_dot_datastore__pb2.UpdateIndexesRequest.SerializeToString,
+            kiln_dot_pb_dot_datastore_dot_v1_dot_datastore__pb2.UpdateIndexesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListIndexes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kiln.pb.datastore.v1.DatastoreService/ListIndexes',
+            kiln_dot_pb_dot_datastore_dot_v1_dot_datastore__pb2.ListIndexesRequest.SerializeToString,
+            kiln_dot_pb_dot_datastore_dot_v1_dot_datastore__pb2.ListIndexesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -67,6 +67,13 @@ class DatastoreServiceStub:
     """
     Rollback: _grpc.UnaryUnaryMultiCallable[_datastore_pb2.RollbackRequest, _datastore_pb2.RollbackResponse]
     """Rollback abandons a transaction."""
+    UpdateIndexes: _grpc.UnaryUnaryMultiCallable[_datastore_pb2.UpdateIndexesRequest, _datastore_pb2.UpdateIndexesResponse]
+    """UpdateIndexes declares the app's composite indexes (its index.yaml). New
+    ones are built for existing entities (BUILDING, then SERVING); with
+    `remove_unlisted`, indexes not in the request are deleted (vacuum).
+    """
+    ListIndexes: _grpc.UnaryUnaryMultiCallable[_datastore_pb2.ListIndexesRequest, _datastore_pb2.ListIndexesResponse]
+    """ListIndexes returns the app's composite indexes and their states."""
 
 @_typing.type_check_only
 class DatastoreServiceAsyncStub(DatastoreServiceStub):
@@ -95,6 +102,13 @@ class DatastoreServiceAsyncStub(DatastoreServiceStub):
     """
     Rollback: _aio.UnaryUnaryMultiCallable[_datastore_pb2.RollbackRequest, _datastore_pb2.RollbackResponse]  # type: ignore[assignment]
     """Rollback abandons a transaction."""
+    UpdateIndexes: _aio.UnaryUnaryMultiCallable[_datastore_pb2.UpdateIndexesRequest, _datastore_pb2.UpdateIndexesResponse]  # type: ignore[assignment]
+    """UpdateIndexes declares the app's composite indexes (its index.yaml). New
+    ones are built for existing entities (BUILDING, then SERVING); with
+    `remove_unlisted`, indexes not in the request are deleted (vacuum).
+    """
+    ListIndexes: _aio.UnaryUnaryMultiCallable[_datastore_pb2.ListIndexesRequest, _datastore_pb2.ListIndexesResponse]  # type: ignore[assignment]
+    """ListIndexes returns the app's composite indexes and their states."""
 
 class DatastoreServiceServicer(metaclass=_abc_1.ABCMeta):
     """DatastoreService stores and queries entities."""
@@ -168,5 +182,24 @@ class DatastoreServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_datastore_pb2.RollbackResponse, _abc.Awaitable[_datastore_pb2.RollbackResponse]]:
         """Rollback abandons a transaction."""
+
+    @_abc_1.abstractmethod
+    def UpdateIndexes(
+        self,
+        request: _datastore_pb2.UpdateIndexesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_datastore_pb2.UpdateIndexesResponse, _abc.Awaitable[_datastore_pb2.UpdateIndexesResponse]]:
+        """UpdateIndexes declares the app's composite indexes (its index.yaml). New
+        ones are built for existing entities (BUILDING, then SERVING); with
+        `remove_unlisted`, indexes not in the request are deleted (vacuum).
+        """
+
+    @_abc_1.abstractmethod
+    def ListIndexes(
+        self,
+        request: _datastore_pb2.ListIndexesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_datastore_pb2.ListIndexesResponse, _abc.Awaitable[_datastore_pb2.ListIndexesResponse]]:
+        """ListIndexes returns the app's composite indexes and their states."""
 
 def add_DatastoreServiceServicer_to_server(servicer: DatastoreServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
