@@ -21,9 +21,12 @@ import signal
 import subprocess
 import threading
 
+import grpc
+
 from deploy.supervisor import Supervisor, python_module
-from kiln import appyaml
+from kiln import appyaml, auth, indexyaml
 from kiln.errors import ConfigError
+from kiln.pb.datastore.v1 import datastore_pb2, datastore_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +68,8 @@ class DevServer:
         self.opts = opts
         self.app_config = appyaml.load(opts.app_dir / "app.yaml")
         self.app_id = app_id_for(opts.app_dir, self.app_config)
+        self.index_yaml = opts.app_dir.resolve() / "index.yaml"
+        indexyaml.load(self.index_yaml)  # a malformed index.yaml fails here, naming file, line and field
         self.version_id = self.app_config.version or "v1"
         self.data_dir = (opts.data_dir or default_data_dir(self.app_id)).expanduser().resolve()
         self.run_dir = self.data_dir / "run"
@@ -125,7 +130,8 @@ class DevServer:
         for svc in SERVICES:
             args = ["--listen", "127.0.0.1:0", "--ready-file", str(run / f"{svc}.addr")]
             if svc == "datastore_svc":
-                args += ["--storage", self.opts.storage, "--data-dir", str(self.data_dir / "datastore")]
+                args += ["--storage", self.opts.storage, "--data-dir", str(self.data_dir / "datastore"),
+                         "--index-cache-seconds", "0", "--auto-index-file", str(self.index_yaml)]
                 if cassandra_hosts:
                     args += ["--cassandra-hosts", cassandra_hosts, "--cassandra-keyspace", self._keyspace()]
             pending.append((svc, sup.spawn(svc, python_module(svc, *args), env=env,
@@ -133,6 +139,7 @@ class DevServer:
         for svc, child in pending:
             sup.wait_ready(child, ready_file=run / f"{svc}.addr")
             self.addresses[svc] = child.address
+        self._declare_indexes()
         # The router starts first so that, given port 0, its bound port is known
         # before the runtime is told its default hostname.
         router_addr = f"{self.opts.host}:{self.opts.port}"
@@ -155,6 +162,18 @@ class DevServer:
             runtime_args += [f"--{svc}-addr", self.addresses[f"{svc}_svc"]]
         sup.start("runtime", python_module("runtime", *runtime_args), env=env, ready_file=run / "runtime.addr")
         self.url = f"http://{router.address}/"
+
+    def _declare_indexes(self) -> None:
+        """Send index.yaml to the datastore, which builds what is new (dev_appserver read it at start too)."""
+        declared = indexyaml.load(self.index_yaml)
+        channel = grpc.insecure_channel(self.addresses["datastore_svc"])
+        try:
+            stub = datastore_pb2_grpc.DatastoreServiceStub(channel)
+            token = auth.mint_app_token(self._secret, self.app_id)
+            stub.UpdateIndexes(datastore_pb2.UpdateIndexesRequest(indexes=declared), timeout=60,
+                               metadata=(("authorization", f"Bearer {token}"),))
+        finally:
+            channel.close()
 
     def stop(self) -> dict[str, int]:
         """Stop every child (and the Cassandra node kiln dev started); returns their exit codes."""
