@@ -31,6 +31,8 @@ this engine is chosen; its exceptions become :class:`~kiln.errors.UnavailableErr
 from __future__ import annotations
 
 import asyncio
+import collections
+import functools
 import logging
 import random
 import struct
@@ -57,6 +59,17 @@ _HDR = struct.Struct(">BIII")
 
 def _first(rows: list[Any]) -> Any:
     return rows[0] if rows else None
+
+
+@functools.lru_cache(maxsize=256)
+def _row_class(names: tuple[str, ...]) -> Any:
+    return collections.namedtuple("Row", names, rename=True)  # type: ignore[misc]
+
+
+def _row_factory(colnames: list[str], rows: list[Any]) -> list[Any]:
+    """Rows as named tuples, with one class per column list (the driver's default builds one per result)."""
+    make = _row_class(tuple(colnames))._make
+    return [make(r) for r in rows]
 
 
 def _schema(ks: str, datacenter: str, replication: int) -> list[str]:
@@ -131,9 +144,12 @@ class CassandraEngine:
         pk = "app=? AND ns=? AND grp=?"
         self._get = prep(f"SELECT entity, lock_txid FROM {ks}.entities WHERE {pk} AND path=?")
         self._get_serial = prep(f"SELECT entity, lock_txid FROM {ks}.entities WHERE {pk} AND path=?", CL.SERIAL)
-        self._state = prep(f"SELECT gv, commit_ts, pending, lock_txid FROM {ks}.entities WHERE {pk} LIMIT 1",
-                           CL.SERIAL)
-        self._old = prep(f"SELECT path, entity FROM {ks}.entities WHERE {pk} AND path IN ?", CL.SERIAL)
+        state = f"SELECT gv, commit_ts, pending, lock_txid FROM {ks}.entities WHERE {pk} LIMIT 1"
+        self._state = prep(state, CL.SERIAL)
+        # Commits read the group at LOCAL_QUORUM: their conditional batch
+        # re-checks gv with Paxos, so a stale read only costs a retry.
+        self._state_commit = prep(state)
+        self._old = prep(f"SELECT path, entity FROM {ks}.entities WHERE {pk} AND path IN ?")
         self._bump = prep(f"UPDATE {ks}.entities SET gv=?, commit_ts=?, pending=? WHERE {pk} IF gv=? AND lock_txid=null")
         self._bump_new = prep(f"UPDATE {ks}.entities SET gv=?, commit_ts=?, pending=? WHERE {pk} IF gv=null AND lock_txid=null")
         self._put = prep(f"INSERT INTO {ks}.entities (app, ns, grp, path, kind, entity, version) VALUES (?,?,?,?,?,?,?)")
@@ -220,10 +236,10 @@ class CassandraEngine:
             return int(state.gv) if state is not None and state.gv is not None else 0
         return list(await asyncio.gather(*(one(g) for g in groups)))
 
-    async def _group_state(self, app: str, namespace: str, group: bytes) -> Any:
+    async def _group_state(self, app: str, namespace: str, group: bytes, *, serial: bool = True) -> Any:
         """The group's static state, after resolving a cross-group lock left on it."""
         for _ in range(_RETRIES):
-            state = _first(await self._exec(self._state, (app, namespace, group)))
+            state = _first(await self._exec(self._state if serial else self._state_commit, (app, namespace, group)))
             if state is None or state.lock_txid is None:
                 return state
             if not await self._resolve_lock(app, namespace, group, state.lock_txid):
@@ -232,7 +248,7 @@ class CassandraEngine:
 
     async def scan_group(self, app: str, namespace: str, group: bytes, lo: bytes, hi: bytes,
                          limit: int) -> list[tuple[bytes, str, bytes]]:
-        await self._group_state(app, namespace, group)  # ancestor queries see finished commits only
+        await self._group_state(app, namespace, group, serial=False)  # ancestor queries see finished commits only
         rows = await self._exec(self._scan, (app, namespace, group, lo, hi, limit))
         return [(bytes(r.path), r.kind, bytes(r.entity)) for r in rows if r.path is not None]
 
@@ -253,7 +269,7 @@ class CassandraEngine:
 
     async def _commit_group(self, app: str, namespace: str, gc: GroupCommit, rows_of: RowsOf) -> None:
         for attempt in range(_RETRIES):
-            state = await self._group_state(app, namespace, gc.group)
+            state = await self._group_state(app, namespace, gc.group, serial=attempt > 0)
             gv = state.gv if state is not None else None
             if gc.expected_version is not None and (gv or 0) != gc.expected_version:
                 raise ConcurrentTransactionError(
@@ -521,6 +537,7 @@ async def create(hosts: str, keyspace: str, datacenter: str, replication: int) -
     loop = asyncio.get_running_loop()
     try:
         session = await loop.run_in_executor(None, cluster.connect)
+        session.row_factory = _row_factory
         for stmt in _schema(keyspace, datacenter, replication):
             await loop.run_in_executor(None, lambda s=stmt: session.execute(s, timeout=60))
         engine = await loop.run_in_executor(None, CassandraEngine, session, cluster, keyspace)
