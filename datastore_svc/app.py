@@ -21,8 +21,8 @@ async def open_engine(cfg: DatastoreConfig) -> Engine:
     """Pick the engine named by ``cfg.storage``; drivers are imported lazily."""
     if cfg.storage == "cassandra":
         from datastore_svc.engine import cassandra
-        return await cassandra.create(cfg.cassandra_hosts, cfg.cassandra_keyspace,
-                                      cfg.cassandra_datacenter, cfg.cassandra_replication)
+        return await cassandra.create(cfg.cassandra_hosts, cfg.cassandra_keyspace, cfg.cassandra_datacenter,
+                                      cfg.cassandra_replication, index_shards=cfg.cassandra_index_shards)
     from datastore_svc.engine import embedded
     return await embedded.create(cfg.data_dir)
 

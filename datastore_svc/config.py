@@ -22,6 +22,8 @@ class DatastoreConfig(GrpcServiceConfig):
     cassandra_keyspace: str = field("kiln_datastore", "keyspace for entities")
     cassandra_datacenter: str = field("datacenter1", "local Cassandra datacenter")
     cassandra_replication: int = field(1, "replication factor when creating the keyspace (3 in production)")
+    cassandra_index_shards: int = field(4, "partitions each index is spread over (fixed when the keyspace "
+                                            "is created)")
     index_cache_seconds: float = field(2.0, "how long a replica caches an app's index definitions; a new index "
                                             "is built this long after it is declared")
     auto_index_file: str = field("", "kiln dev only: add composite indexes that queries need instead of "
@@ -33,5 +35,7 @@ class DatastoreConfig(GrpcServiceConfig):
             raise ValueError(f"storage: must be one of {', '.join(ENGINES)}, got {self.storage!r}")
         if not 0 <= self.index_cache_seconds <= 3600:
             raise ValueError("index_cache_seconds: must be between 0 and 3600")
+        if not 1 <= self.cassandra_index_shards <= 256:
+            raise ValueError("cassandra_index_shards: must be between 1 and 256")
         if self.cassandra_replication < 1:
             raise ValueError("cassandra_replication: must be at least 1")

@@ -17,7 +17,10 @@ Schema (``shared/CASSANDRA.md`` has the research behind it):
   ``ALLOW FILTERING``. Written only with plain writes ``USING TIMESTAMP
   commit_ts`` after the group's commit, so replaying a commit's index changes
   (by the next writer of the group, which redoes ``pending``) can never undo a
-  later commit's. ``shard`` is 0 until per-kind sharding is configured.
+  later commit's. Each index is spread over ``index_shards`` partitions by a
+  hash of the entity's key (fixed when the keyspace is created, kept in
+  ``settings``), so no index partition holds more than its share of a kind;
+  a scan reads every shard's slice and merges them in order.
 - ``xg_txns``: cross-group transaction records, the commit point of a
   two-phase commit (LWT only, expiring after a day).
 - ``metadata``, ``index_defs``, ``id_counters`` (LWT only) as named.
@@ -33,11 +36,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
+import heapq
+import itertools
 import logging
 import random
 import struct
 import time
 import uuid
+import zlib
 from collections.abc import Iterable
 from typing import Any
 
@@ -92,6 +98,7 @@ def _schema(ks: str, datacenter: str, replication: int) -> list[str]:
         f"CREATE TABLE IF NOT EXISTS {ks}.namespaces (app text, ns text, PRIMARY KEY (app, ns))",
         f"""CREATE TABLE IF NOT EXISTS {ks}.index_defs (
               app text, id blob, definition text, state text, error text, PRIMARY KEY (app, id))""",
+        f"CREATE TABLE IF NOT EXISTS {ks}.settings (name text PRIMARY KEY, value text)",
         f"""CREATE TABLE IF NOT EXISTS {ks}.id_counters (
               app text, space text, next_id bigint, op_id uuid,
               PRIMARY KEY ((app, space)))""",
@@ -123,7 +130,7 @@ class CassandraEngine:
 
     features = frozenset({"atomic_cross_group"})
 
-    def __init__(self, session: Any, cluster: Any, keyspace: str) -> None:
+    def __init__(self, session: Any, cluster: Any, keyspace: str, index_shards: int) -> None:
         from cassandra import ConsistencyLevel as CL
         from cassandra.query import BatchStatement, BatchType
 
@@ -133,6 +140,7 @@ class CassandraEngine:
                                              serial_consistency_level=CL.SERIAL)
         self._known_meta: set[tuple[str, str, tuple[str, str, bytes]]] = set()
         self._known_ns: set[tuple[str, str]] = set()
+        self._shards = index_shards
         ks = keyspace
 
         def prep(cql: str, cl: Any = CL.LOCAL_QUORUM) -> Any:
@@ -161,12 +169,12 @@ class CassandraEngine:
                               "IF lock_txid=?")
         self._scan = prep(f"SELECT path, kind, entity FROM {ks}.entities WHERE {pk} AND path >= ? AND path < ? "
                           "LIMIT ?")
-        self._irow_add = prep(f"INSERT INTO {ks}.index_rows (app, ns, idx, shard, row, path) VALUES (?,?,?,0,?,?) "
+        self._irow_add = prep(f"INSERT INTO {ks}.index_rows (app, ns, idx, shard, row, path) VALUES (?,?,?,?,?,?) "
                               "USING TIMESTAMP ?")
         self._irow_del = prep(f"DELETE FROM {ks}.index_rows USING TIMESTAMP ? WHERE app=? AND ns=? AND idx=? "
-                              "AND shard=0 AND row=?")
-        self._irow_drop = prep(f"DELETE FROM {ks}.index_rows WHERE app=? AND ns=? AND idx=? AND shard=0 AND row=?")
-        self._iscan = prep(f"SELECT row, path FROM {ks}.index_rows WHERE app=? AND ns=? AND idx=? AND shard=0 "
+                              "AND shard=? AND row=?")
+        self._irow_drop = prep(f"DELETE FROM {ks}.index_rows WHERE app=? AND ns=? AND idx=? AND shard=? AND row=?")
+        self._iscan = prep(f"SELECT row, path FROM {ks}.index_rows WHERE app=? AND ns=? AND idx=? AND shard=? "
                            "AND row >= ? AND row < ? LIMIT ?")
         self._xg_new = prep(f"INSERT INTO {ks}.xg_txns (app, txid, status, created) VALUES (?,?,'preparing',?) "
                             "IF NOT EXISTS")
@@ -254,8 +262,10 @@ class CassandraEngine:
 
     async def scan_index(self, app: str, namespace: str, idx: bytes, lo: bytes, hi: bytes,
                          limit: int) -> list[tuple[bytes, bytes]]:
-        rows = await self._exec(self._iscan, (app, namespace, idx, lo, hi, limit))
-        return [(bytes(r.row), bytes(r.path)) for r in rows]
+        slices = await asyncio.gather(*(self._exec(self._iscan, (app, namespace, idx, shard, lo, hi, limit))
+                                        for shard in range(self._shards)))
+        merged = heapq.merge(*([(bytes(r.row), bytes(r.path)) for r in rows] for rows in slices))
+        return list(itertools.islice(merged, limit))
 
     # ------------------------------------------------------------------ commits
 
@@ -321,9 +331,10 @@ class CassandraEngine:
         stmts = []
         for op, r in changes:
             if op == _ADD:
-                stmts.append(self._exec(self._irow_add, (app, namespace, r.idx, r.row, r.path, commit_ts)))
+                stmts.append(self._exec(self._irow_add, (app, namespace, r.idx, self._shard(r), r.row, r.path,
+                                                         commit_ts)))
             else:
-                stmts.append(self._exec(self._irow_del, (commit_ts, app, namespace, r.idx, r.row)))
+                stmts.append(self._exec(self._irow_del, (commit_ts, app, namespace, r.idx, self._shard(r), r.row)))
         await asyncio.gather(*stmts)
         await self._note_metadata(app, namespace, metadata_of(r for op, r in changes if op == _ADD))
 
@@ -418,10 +429,15 @@ class CassandraEngine:
     async def add_index_rows(self, app: str, namespace: str, rows: list[IndexRow]) -> None:
         # Timestamp 1: older than any commit, so a later commit's delete or
         # insert of the same row always wins over a backfilled one.
-        await asyncio.gather(*(self._exec(self._irow_add, (app, namespace, r.idx, r.row, r.path, 1)) for r in rows))
+        await asyncio.gather(*(self._exec(self._irow_add, (app, namespace, r.idx, self._shard(r), r.row, r.path, 1))
+                               for r in rows))
 
     async def delete_index_rows(self, app: str, namespace: str, rows: list[IndexRow]) -> None:
-        await asyncio.gather(*(self._exec(self._irow_drop, (app, namespace, r.idx, r.row)) for r in rows))
+        await asyncio.gather(*(self._exec(self._irow_drop, (app, namespace, r.idx, self._shard(r), r.row))
+                               for r in rows))
+
+    def _shard(self, row: IndexRow) -> int:
+        return zlib.crc32(row.path) % self._shards if self._shards > 1 else 0
 
     async def namespaces(self, app: str) -> list[str]:
         return sorted(r.ns for r in await self._exec(self._ns_read, (app,)))
@@ -517,8 +533,28 @@ def _decode_staged(raw: bytes) -> list[tuple[GroupCommit, list[tuple[int, IndexR
     return out
 
 
-async def create(hosts: str, keyspace: str, datacenter: str, replication: int) -> CassandraEngine:
-    """Connect to Cassandra at ``hosts`` (``h1:port,h2:port``) and create the schema if needed."""
+def _settled_shards(session: Any, keyspace: str, wanted: int) -> int:
+    """The keyspace's shard count: the first service to create it decides (LWT), everyone reads it."""
+    from cassandra import ConsistencyLevel
+    from cassandra.query import SimpleStatement
+    session.execute(f"INSERT INTO {keyspace}.settings (name, value) VALUES ('index_shards', %s) IF NOT EXISTS",
+                    (str(wanted),))
+    read = SimpleStatement(f"SELECT value FROM {keyspace}.settings WHERE name = 'index_shards'",
+                           consistency_level=ConsistencyLevel.SERIAL)
+    shards = int(session.execute(read).one()[0])
+    if shards != wanted:
+        log.warning("keyspace %s has %d index shards (created so); ignoring the configured %d",
+                    keyspace, shards, wanted)
+    return shards
+
+
+async def create(hosts: str, keyspace: str, datacenter: str, replication: int, *,
+                 index_shards: int = 1) -> CassandraEngine:
+    """Connect to Cassandra at ``hosts`` (``h1:port,h2:port``) and create the schema if needed.
+
+    ``index_shards`` applies when this call creates the keyspace; an existing
+    keyspace keeps the count it was created with (changing it needs a reindex).
+    """
     from cassandra.cluster import Cluster, NoHostAvailable
     from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 
@@ -540,7 +576,8 @@ async def create(hosts: str, keyspace: str, datacenter: str, replication: int) -
         session.row_factory = _row_factory
         for stmt in _schema(keyspace, datacenter, replication):
             await loop.run_in_executor(None, lambda s=stmt: session.execute(s, timeout=60))
-        engine = await loop.run_in_executor(None, CassandraEngine, session, cluster, keyspace)
+        shards = await loop.run_in_executor(None, _settled_shards, session, keyspace, index_shards)
+        engine = await loop.run_in_executor(None, CassandraEngine, session, cluster, keyspace, shards)
     except NoHostAvailable as exc:
         cluster.shutdown()
         raise UnavailableError(f"cassandra: cannot connect to {hosts}: {exc}") from exc

@@ -101,7 +101,7 @@ def datastore_cassandra_addr(supervisor, cassandra_hosts):
     ready = run / "datastore_cassandra.addr"
     child = supervisor.start("datastore_svc-cassandra", python_module(
         "datastore_svc", "--listen", "127.0.0.1:0", "--ready-file", str(ready), "--storage", "cassandra",
-        "--cassandra-hosts", cassandra_hosts, "--cassandra-keyspace", "kiln_test",
+        "--cassandra-hosts", cassandra_hosts, "--cassandra-keyspace", "kiln_test", "--cassandra-index-shards", "3",
         "--index-cache-seconds", str(INDEX_CACHE_SECONDS)),
         env=service_env(), ready_file=ready, timeout=180)
     return child.address
