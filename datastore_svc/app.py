@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import pathlib
 
@@ -38,8 +39,11 @@ async def serve(cfg: DatastoreConfig) -> None:
     """Run the datastore service until SIGTERM."""
     engine = await open_engine(cfg)
     service = servicer(engine, cfg)
+    upkeep = asyncio.create_task(engine.maintain())
 
     async def stop() -> None:
+        upkeep.cancel()
+        await asyncio.gather(upkeep, return_exceptions=True)
         await service.close()
         await engine.close()
 

@@ -141,6 +141,10 @@ class Engine(Protocol):
         """Make sure no id <= ``max_id`` is ever handed out by :meth:`allocate_ids`."""
         ...
 
+    async def maintain(self) -> None:
+        """Background upkeep (finishing interrupted commits); runs until cancelled."""
+        ...
+
     async def close(self) -> None:
         """Release connections and files."""
         ...

@@ -60,6 +60,10 @@ _RETRIES = 50
 # reached its commit point is abandoned by whoever finds its locks.
 _XG_ABANDON_SECONDS = 60.0
 _ADD, _DEL = 1, 2
+# Commit hints: a partition per minute; the sweeper looks an hour back every few seconds.
+_HINT_BUCKET_SECONDS = 60
+_HINT_HORIZON_SECONDS = 3600
+_SWEEP_SECONDS = 5.0
 _HDR = struct.Struct(">BIII")
 
 
@@ -98,11 +102,19 @@ def _schema(ks: str, datacenter: str, replication: int) -> list[str]:
         f"CREATE TABLE IF NOT EXISTS {ks}.namespaces (app text, ns text, PRIMARY KEY (app, ns))",
         f"""CREATE TABLE IF NOT EXISTS {ks}.index_defs (
               app text, id blob, definition text, state text, error text, PRIMARY KEY (app, id))""",
+        f"""CREATE TABLE IF NOT EXISTS {ks}.pending_hints (
+              bucket bigint, id timeuuid, app text, ns text, grp blob,
+              PRIMARY KEY (bucket, id)) WITH default_time_to_live = 86400""",
         f"CREATE TABLE IF NOT EXISTS {ks}.settings (name text PRIMARY KEY, value text)",
         f"""CREATE TABLE IF NOT EXISTS {ks}.id_counters (
               app text, space text, next_id bigint, op_id uuid,
               PRIMARY KEY ((app, space)))""",
     ]
+
+
+def _uuid1_seconds(u: uuid.UUID) -> float:
+    """The Unix time in a version-1 UUID."""
+    return (u.time - 0x01B21DD213814000) / 1e7
 
 
 def encode_changes(changes: Iterable[tuple[int, IndexRow]]) -> bytes:
@@ -176,6 +188,9 @@ class CassandraEngine:
         self._irow_drop = prep(f"DELETE FROM {ks}.index_rows WHERE app=? AND ns=? AND idx=? AND shard=? AND row=?")
         self._iscan = prep(f"SELECT row, path FROM {ks}.index_rows WHERE app=? AND ns=? AND idx=? AND shard=? "
                            "AND row >= ? AND row < ? LIMIT ?")
+        self._hint_add = prep(f"INSERT INTO {ks}.pending_hints (bucket, id, app, ns, grp) VALUES (?,?,?,?,?)")
+        self._hint_del = prep(f"DELETE FROM {ks}.pending_hints WHERE bucket=? AND id=?")
+        self._hint_read = prep(f"SELECT id, app, ns, grp FROM {ks}.pending_hints WHERE bucket=?")
         self._xg_new = prep(f"INSERT INTO {ks}.xg_txns (app, txid, status, created) VALUES (?,?,'preparing',?) "
                             "IF NOT EXISTS")
         self._xg_commit = prep(f"UPDATE {ks}.xg_txns SET status='committed', staged=? WHERE app=? AND txid=? "
@@ -297,9 +312,12 @@ class CassandraEngine:
             else:
                 batch.add(self._bump, (gv + 1, commit_ts, record, app, namespace, gc.group, gv))
             self._add_writes(batch, app, namespace, gc, commit_ts)
+            hint = await self._hint(app, namespace, gc.group)
             if _first(await self._exec(batch))[0]:  # [applied]
                 await self._apply_changes(app, namespace, changes, commit_ts)
+                await self._unhint(hint)
                 return
+            await self._unhint(hint)
             if gc.expected_version is not None:
                 raise ConcurrentTransactionError(
                     "the transaction conflicted with a concurrent commit to the same entity group; retry it")
@@ -348,11 +366,59 @@ class CassandraEngine:
             await self._exec(self._ns_add, (app, namespace))
             self._known_ns.add((app, namespace))
 
+    # ------------------------------------------------------------------ recovery
+
+    async def _hint(self, app: str, namespace: str, group: bytes) -> tuple[int, uuid.UUID]:
+        """Record that a commit to ``group`` is starting (plain write; the sweeper re-checks the group)."""
+        hint = (int(time.time() // _HINT_BUCKET_SECONDS), uuid.uuid1())
+        await self._exec(self._hint_add, (*hint, app, namespace, group))
+        return hint
+
+    async def _unhint(self, hint: tuple[int, uuid.UUID]) -> None:
+        await self._exec(self._hint_del, hint)
+
+    async def sweep_once(self, *, older_than: float = 10.0) -> int:
+        """Finish what crashed commits left: resolve locks and redo index changes of hinted groups.
+
+        Returns how many hints were handled.
+        """
+        now = time.time()
+        handled = 0
+        first = int((now - _HINT_HORIZON_SECONDS) // _HINT_BUCKET_SECONDS)
+        for bucket in range(first, int(now // _HINT_BUCKET_SECONDS) + 1):
+            for row in await self._exec(self._hint_read, (bucket,)):
+                if now - _uuid1_seconds(row.id) < older_than:
+                    continue
+                try:
+                    state = await self._group_state(row.app, row.ns, bytes(row.grp))
+                    if state is not None and state.pending:
+                        await self._apply_changes(row.app, row.ns, decode_changes(state.pending), state.commit_ts)
+                except UnavailableError as exc:
+                    log.warning("sweeper: group still busy, will retry: %s", exc)
+                    continue
+                await self._unhint((bucket, row.id))
+                handled += 1
+        return handled
+
+    async def maintain(self) -> None:
+        """Run the sweeper every few seconds until cancelled."""
+        while True:
+            await asyncio.sleep(_SWEEP_SECONDS)
+            try:
+                handled = await self.sweep_once()
+            except UnavailableError as exc:
+                log.warning("sweeper: %s", exc)
+                continue
+            if handled:
+                log.info("sweeper: finished %d interrupted commit(s)", handled)
+
     # ------------------------------------------------------------------ cross-group transactions
 
     async def _commit_xg(self, app: str, namespace: str, commits: list[GroupCommit], rows_of: RowsOf) -> None:
         """Two-phase commit: lock every group at its read version, record the commit point, apply."""
         txid = uuid.uuid4()
+        # Hints first: if this process dies anywhere below, the sweeper finds the groups.
+        hints = [await self._hint(app, namespace, gc.group) for gc in commits]
         await self._exec(self._xg_new, (app, txid, int(time.time() * 1000)))
         locked: list[bytes] = []
         staged: list[tuple[GroupCommit, list[tuple[int, IndexRow]], int]] = []
@@ -380,10 +446,14 @@ class CassandraEngine:
                 raise ConcurrentTransactionError("the transaction was abandoned by a concurrent reader; retry it")
         except BaseException:
             await self._abort_xg(app, namespace, txid, locked)
+            for hint in hints:
+                await self._unhint(hint)
             raise
         # Committed: from here on anyone who finds a lock can finish the job.
         await asyncio.gather(*(self._apply_staged(app, namespace, txid, gc, changes, ts)
                                for gc, changes, ts in staged))
+        for hint in hints:
+            await self._unhint(hint)
 
     async def _abort_xg(self, app: str, namespace: str, txid: uuid.UUID, locked: list[bytes]) -> None:
         try:
@@ -555,7 +625,7 @@ async def create(hosts: str, keyspace: str, datacenter: str, replication: int, *
     ``index_shards`` applies when this call creates the keyspace; an existing
     keyspace keeps the count it was created with (changing it needs a reindex).
     """
-    from cassandra.cluster import Cluster, NoHostAvailable
+    from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable
     from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 
     if not keyspace.isidentifier():
@@ -568,12 +638,13 @@ async def create(hosts: str, keyspace: str, datacenter: str, replication: int, *
             host, p = p, "9042"
         points.append(host)
         port = int(p)
-    cluster = Cluster(points, port=port, protocol_version=5,
-                      load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=datacenter)))
+    profile = ExecutionProfile(
+        load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=datacenter)),
+        row_factory=_row_factory, request_timeout=30)
+    cluster = Cluster(points, port=port, protocol_version=5, execution_profiles={EXEC_PROFILE_DEFAULT: profile})
     loop = asyncio.get_running_loop()
     try:
         session = await loop.run_in_executor(None, cluster.connect)
-        session.row_factory = _row_factory
         for stmt in _schema(keyspace, datacenter, replication):
             await loop.run_in_executor(None, lambda s=stmt: session.execute(s, timeout=60))
         shards = await loop.run_in_executor(None, _settled_shards, session, keyspace, index_shards)

@@ -241,6 +241,10 @@ class EmbeddedEngine:
                 db.execute("INSERT OR REPLACE INTO id_counters (app, next_id) VALUES (?, ?)", (app, max_id + 1))
         await self._run(self._tx, _reserve)
 
+    async def maintain(self) -> None:
+        """Nothing to do: SQLite transactions leave no interrupted commits."""
+        await asyncio.Event().wait()
+
     async def close(self) -> None:
         def _close() -> None:
             if self._db is not None:
