@@ -251,6 +251,8 @@ class CassandraEngine:
                 row = _first(await self._exec(stmt, (app, namespace, ref.group, ref.path)))
             return bytes(row.entity) if row is not None and row.entity is not None else None
 
+        if len(refs) == 1:
+            return [await one(refs[0])]
         return list(await asyncio.gather(*(one(r) for r in refs)))
 
     async def group_versions(self, app: str, namespace: str, groups: list[bytes]) -> list[int]:
