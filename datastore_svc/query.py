@@ -151,7 +151,7 @@ class Normalized:
     distinct: bool
 
 
-def normalize(query: pb.Query, namespace: str) -> Normalized:
+def normalize(query: pb.Query, namespace: str, app: str = "") -> Normalized:
     """Validate ``query`` and split it into sub-queries (see module docstring).
 
     Raises:
@@ -189,6 +189,9 @@ def normalize(query: pb.Query, namespace: str) -> Normalized:
     distinct = bool(query.distinct_on)
     _check_projection(query, projection)
     orders = [(o.property.name, o.direction == pb.PropertyOrder.DIRECTION_DESCENDING) for o in query.order]
+    for name, _, value in raw_filters:
+        if value.HasField("key_value") and value.key_value.partition_id.app_id not in ("", app):
+            raise BadRequestError(f"filter on {name!r}: the key belongs to another app")
     subs = [_sub(kind, ancestor, fixed + list(choice), orders, projection, namespace)
             for choice in itertools.product(*splits)]
     if distinct:

@@ -151,7 +151,7 @@ class DatastoreService(datastore_pb2_grpc.DatastoreServiceServicer):
 
     async def _query_batch(self, app: str, namespace: str, q: pb.Query, start: bytes | None, end: bytes | None,
                            want: int, txn: _Transaction | None) -> execute.Batch:
-        norm = query.normalize(q, namespace)
+        norm = query.normalize(q, namespace, app)
         if txn is not None:
             self._check_txn_namespace(txn, namespace)
             if norm.subs[0].ancestor is None:

@@ -419,3 +419,59 @@ def test_namespace_metadata_query_lists_namespaces(db):
     results = db.all(q("__namespace__"))
     assert [r.entity.key.path[-1].WhichOneof("id_type") for r in results] == ["id", "name"]
     assert results[1].entity.key.path[-1].name == "blue"
+
+
+def test_filter_value_without_a_type_is_invalid_argument(db):
+    query = q("P")
+    query.filter.property_filter.property.name = "age"
+    query.filter.property_filter.op = pb.PropertyFilter.OPERATOR_EQUAL
+    query.filter.property_filter.value.CopyFrom(pb.Value())
+    err = error_of(lambda: db.run(query))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "age" in err.details()
+
+
+def test_incomplete_ancestor_is_invalid_argument(db):
+    ancestor = pb.Key(path=[pb.PathElement(kind="Book")])
+    err = error_of(lambda: db.run(q("G", ancestor=ancestor)))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_query_for_another_apps_partition_is_refused(db):
+    req = pb.RunQueryRequest(query=q("P"))
+    req.partition_id.app_id = "someone-else"
+    err = error_of(lambda: db.stub.RunQuery(req, metadata=db.md))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_ancestor_of_another_app_is_refused(db):
+    ancestor = key("Book", "b")
+    ancestor.partition_id.app_id = "someone-else"
+    err = error_of(lambda: db.run(q("G", ancestor=ancestor)))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "app" in err.details()
+
+
+def test_negative_limit_is_refused_and_the_service_keeps_serving(db):
+    people(db)
+    err = error_of(lambda: db.run(q("P", limit=-1)))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert names(db.all(q("P"))) == ["ann", "bob", "cat", "dan", "eve"]
+
+
+def test_composite_index_with_a_repeated_property_is_refused(db):
+    req = pb.UpdateIndexesRequest()
+    index = req.indexes.add(kind="P")
+    for _ in range(2):
+        index.properties.add(property=pb.PropertyReference(name="a"), direction=ASC)
+    err = error_of(lambda: db.stub.UpdateIndexes(req, metadata=db.md))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert db.stub.ListIndexes(pb.ListIndexesRequest(), metadata=db.md).indexes == []
+
+
+def test_key_filter_naming_another_app_is_refused(db):
+    other = key("P", "ann")
+    other.partition_id.app_id = "someone-else"
+    err = error_of(lambda: db.run(q("K", flt("ref", "=", other))))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "another app" in err.details()
