@@ -61,7 +61,7 @@ async def run(engine: Engine, app: str, namespace: str, norm: Normalized, plans:
             if found is None:
                 break
             planned, item = found
-            if end is not None and item.canon >= end:
+            if end is not None and item.canon > end:  # a cursor is just after its result
                 break
             chunk.append(found)
             target = item.canon + b"\x00"

@@ -41,7 +41,7 @@ class _Transaction:
     """A transaction's read set: the version of each group when first read."""
 
     app: str
-    namespace: str
+    namespace: str | None  # bound by the first key the transaction touches
     xg: bool
     started: float
     versions: dict[bytes, int] = dataclasses.field(default_factory=dict)
@@ -275,7 +275,7 @@ class DatastoreService(datastore_pb2_grpc.DatastoreServiceServicer):
         model.check_namespace(request.partition_id.namespace)
         self._expire_transactions()
         handle = secrets.token_bytes(16)
-        self._txns[handle] = _Transaction(app, request.partition_id.namespace, request.cross_group, time.monotonic())
+        self._txns[handle] = _Transaction(app, None, request.cross_group, time.monotonic())
         return pb.BeginTransactionResponse(transaction=handle)
 
     async def Commit(self, request: pb.CommitRequest, context: grpc.aio.ServicerContext) -> pb.CommitResponse:
@@ -324,9 +324,11 @@ class DatastoreService(datastore_pb2_grpc.DatastoreServiceServicer):
 
     @staticmethod
     def _check_txn_namespace(txn: _Transaction, namespace: str) -> None:
-        if namespace != txn.namespace:
-            raise BadRequestError(f"transaction: began in namespace {txn.namespace!r}; cannot use "
-                                  f"namespace {namespace!r}")
+        if txn.namespace is None:
+            txn.namespace = namespace
+        elif namespace != txn.namespace:
+            raise BadRequestError(f"transaction: its entities are in namespace {txn.namespace!r}; a "
+                                  f"transaction cannot also use namespace {namespace!r}")
 
     async def _record_groups(self, txn: _Transaction, groups: set[bytes]) -> None:
         new = sorted(g for g in groups if g not in txn.versions)
@@ -338,13 +340,13 @@ class DatastoreService(datastore_pb2_grpc.DatastoreServiceServicer):
             raise BadRequestError(f"a transaction may touch at most {MAX_XG_GROUPS} entity groups, this one "
                                   f"touches {total}")
         if new:
-            for group, version in zip(new, await self._engine.group_versions(txn.app, txn.namespace, new)):
+            for group, version in zip(new, await self._engine.group_versions(txn.app, txn.namespace or "", new)):
                 txn.versions[group] = version
 
     async def _check_snapshot(self, txn: _Transaction, groups: Iterable[bytes]) -> None:
         """Fail fast when a group changed since the transaction first read it (its reads would be torn)."""
         wanted = sorted(groups)
-        current = await self._engine.group_versions(txn.app, txn.namespace, wanted)
+        current = await self._engine.group_versions(txn.app, txn.namespace or "", wanted)
         if any(txn.versions[g] != v for g, v in zip(wanted, current)):
             raise ConcurrentTransactionError(
                 "the transaction conflicted with a concurrent commit to the same entity group; retry it")

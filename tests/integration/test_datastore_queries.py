@@ -308,10 +308,10 @@ def test_result_cursor_resumes_after_that_result(db):
     assert names(rest) == ["dan", "ann", "cat"]
 
 
-def test_end_cursor_stops_the_query(db):
+def test_end_cursor_stops_right_after_the_result_it_came_from(db):
     people(db)
     results = db.run(q("P")).batch.entity_results
-    assert names(db.all(q("P", end_cursor=results[2].cursor))) == ["ann", "bob"]
+    assert names(db.all(q("P", end_cursor=results[2].cursor))) == ["ann", "bob", "cat"]
 
 
 def test_garbage_cursor_is_invalid_argument(db):

@@ -221,3 +221,19 @@ def test_service_killed_mid_commit_leaves_every_transaction_whole(engine, reques
         assert sum(x or 0 for x, _ in got) >= 30
     finally:
         channel2.close()
+
+
+def test_transaction_takes_the_namespace_of_its_first_key(db):
+    tx = begin(db)
+    tx_get(db, tx, key("A", "x", namespace="blue"))
+    commit(db, tx, ent(key("A", "x", namespace="blue"), n=4))
+    found = db.stub.Get(pb.GetRequest(keys=[key("A", "x", namespace="blue")]), metadata=db.md).results[0]
+    assert found.entity.properties["n"].integer_value == 4
+
+
+def test_transaction_cannot_mix_namespaces(db):
+    tx = begin(db, xg=True)
+    tx_get(db, tx, key("A", "x", namespace="blue"))
+    err = error_of(lambda: tx_get(db, tx, key("A", "x", namespace="red")))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "namespace" in err.details()

@@ -1233,7 +1233,9 @@ class BeginTransactionRequest(_message.Message):
     """Allow up to 25 entity groups (App Engine's XG transactions)."""
     @_builtins.property
     def partition_id(self) -> Global___PartitionId:
-        """The app (namespace is ignored: transactions span namespaces)."""
+        """The app. The namespace is ignored: a transaction takes the namespace of
+        the first key it reads or writes, and all its entities must be in it.
+        """
 
     def __init__(
         self,
