@@ -84,6 +84,13 @@ def test_guestbook_writes_and_lists_a_greeting_through_the_whole_stack(dev_serve
     assert b"hello from the test" in body
 
 
+def test_guestbook_lists_the_newest_greeting_first(dev_server):
+    server = dev_server()
+    for text in ("first", "second", "third"):
+        _sign(server.url, text, book="order")
+    assert _greetings(server.url, book="order") == ["third", "second", "first"]
+
+
 def test_data_persists_across_restarts_and_clear_datastore_wipes_it(dev_server):
     first = dev_server()
     _sign(first.url, "kept")
