@@ -205,11 +205,12 @@ _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _constru
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_seq)
 
 
-def _read(text: str, filename: str) -> _Map:
+def load_yaml(text: str, filename: str) -> Any:
+    """Parse YAML whose mappings and lists remember their lines; syntax errors name the line."""
     loader = _Loader(text)
     loader.name = filename
     try:
-        data = loader.get_single_data()
+        return loader.get_single_data()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         raise AppYamlError(filename, mark.line + 1 if mark else None, "",
@@ -218,6 +219,10 @@ def _read(text: str, filename: str) -> _Map:
         raise AppYamlError(filename, None, "", f"invalid YAML: {exc}") from None
     finally:
         loader.dispose()
+
+
+def _read(text: str, filename: str) -> _Map:
+    data = load_yaml(text, filename)
     if data is None:
         raise AppYamlError(filename, None, "", "the file is empty; it needs at least runtime and handlers")
     if not isinstance(data, _Map):
