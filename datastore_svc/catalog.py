@@ -14,7 +14,8 @@ import asyncio
 import logging
 import pathlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from datastore_svc import index
 from datastore_svc.engine.base import Engine, Ref, StoredIndex
@@ -54,7 +55,7 @@ class Catalog:
                 self._start(app, stored.defn, self._delete)
         return found
 
-    def _start(self, app: str, defn: IndexDef, job: Callable[[str, IndexDef], Awaitable[None]]) -> None:
+    def _start(self, app: str, defn: IndexDef, job: Callable[[str, IndexDef], Coroutine[Any, Any, None]]) -> None:
         if (app, defn) in self._running:
             return
         self._running.add((app, defn))

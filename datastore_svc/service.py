@@ -8,6 +8,7 @@ import logging
 import secrets
 import time
 from collections.abc import Iterable
+from typing import Any
 
 import grpc
 
@@ -69,12 +70,12 @@ class DatastoreService(datastore_pb2_grpc.DatastoreServiceServicer):
         """Stop background index work."""
         await self._catalog.close()
 
-    def _app(self, context: grpc.aio.ServicerContext) -> str:
+    def _app(self, context: grpc.aio.ServicerContext[Any, Any]) -> str:
         return auth.app_from_metadata(self._secret, context.invocation_metadata())
 
     # ---------------------------------------------------------------- reads
 
-    async def Get(self, request: pb.GetRequest, context: grpc.aio.ServicerContext) -> pb.GetResponse:
+    async def Get(self, request: pb.GetRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.GetResponse:
         app = self._app(context)
         if len(request.keys) > model.MAX_GET_BATCH:
             raise BadRequestError(f"at most {model.MAX_GET_BATCH} keys per Get, got {len(request.keys)}")
@@ -103,7 +104,7 @@ class DatastoreService(datastore_pb2_grpc.DatastoreServiceServicer):
         return resp
 
     async def RunQuery(self, request: pb.RunQueryRequest,
-                       context: grpc.aio.ServicerContext) -> pb.RunQueryResponse:
+                       context: grpc.aio.ServicerContext[Any, Any]) -> pb.RunQueryResponse:
         app = self._app(context)
         namespace = request.partition_id.namespace
         model.check_namespace(namespace)
@@ -200,7 +201,7 @@ class DatastoreService(datastore_pb2_grpc.DatastoreServiceServicer):
 
     # ---------------------------------------------------------------- writes
 
-    async def Put(self, request: pb.PutRequest, context: grpc.aio.ServicerContext) -> pb.PutResponse:
+    async def Put(self, request: pb.PutRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.PutResponse:
         app = self._app(context)
         if len(request.entities) > model.MAX_BATCH:
             raise BadRequestError(f"at most {model.MAX_BATCH} entities per Put, got {len(request.entities)}")
@@ -210,7 +211,7 @@ class DatastoreService(datastore_pb2_grpc.DatastoreServiceServicer):
         await self._write(app, [pb.Mutation(upsert=e) for e in request.entities], versions=None)
         return pb.PutResponse(keys=[e.key for e in request.entities])
 
-    async def Delete(self, request: pb.DeleteRequest, context: grpc.aio.ServicerContext) -> pb.DeleteResponse:
+    async def Delete(self, request: pb.DeleteRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.DeleteResponse:
         app = self._app(context)
         if len(request.keys) > model.MAX_BATCH:
             raise BadRequestError(f"at most {model.MAX_BATCH} keys per Delete, got {len(request.keys)}")
@@ -250,7 +251,7 @@ class DatastoreService(datastore_pb2_grpc.DatastoreServiceServicer):
             await self._engine.commit(app, ns, commits, rows_of, atomic=versions is not None)
 
     async def AllocateIds(self, request: pb.AllocateIdsRequest,
-                          context: grpc.aio.ServicerContext) -> pb.AllocateIdsResponse:
+                          context: grpc.aio.ServicerContext[Any, Any]) -> pb.AllocateIdsResponse:
         app = self._app(context)
         model.check_key(request.key, app, allow_incomplete=True, what="key")
         if not model.is_incomplete(request.key):
@@ -270,7 +271,7 @@ class DatastoreService(datastore_pb2_grpc.DatastoreServiceServicer):
     # ---------------------------------------------------------------- transactions
 
     async def BeginTransaction(self, request: pb.BeginTransactionRequest,
-                               context: grpc.aio.ServicerContext) -> pb.BeginTransactionResponse:
+                               context: grpc.aio.ServicerContext[Any, Any]) -> pb.BeginTransactionResponse:
         app = self._app(context)
         model.check_namespace(request.partition_id.namespace)
         self._expire_transactions()
@@ -278,7 +279,7 @@ class DatastoreService(datastore_pb2_grpc.DatastoreServiceServicer):
         self._txns[handle] = _Transaction(app, None, request.cross_group, time.monotonic())
         return pb.BeginTransactionResponse(transaction=handle)
 
-    async def Commit(self, request: pb.CommitRequest, context: grpc.aio.ServicerContext) -> pb.CommitResponse:
+    async def Commit(self, request: pb.CommitRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.CommitResponse:
         app = self._app(context)
         txn = self._txn(request.transaction, app)
         if len(request.mutations) > model.MAX_BATCH:
@@ -307,7 +308,7 @@ class DatastoreService(datastore_pb2_grpc.DatastoreServiceServicer):
         return pb.CommitResponse(keys=[m.upsert.key for m in request.mutations if m.HasField("upsert")])
 
     async def Rollback(self, request: pb.RollbackRequest,
-                       context: grpc.aio.ServicerContext) -> pb.RollbackResponse:
+                       context: grpc.aio.ServicerContext[Any, Any]) -> pb.RollbackResponse:
         app = self._app(context)
         self._txn(request.transaction, app)
         self._txns.pop(request.transaction, None)
@@ -359,14 +360,14 @@ class DatastoreService(datastore_pb2_grpc.DatastoreServiceServicer):
     # ---------------------------------------------------------------- indexes
 
     async def UpdateIndexes(self, request: pb.UpdateIndexesRequest,
-                            context: grpc.aio.ServicerContext) -> pb.UpdateIndexesResponse:
+                            context: grpc.aio.ServicerContext[Any, Any]) -> pb.UpdateIndexesResponse:
         app = self._app(context)
         wanted = [IndexDef.from_pb(m, what=f"indexes[{i}]") for i, m in enumerate(request.indexes)]
         stored = await self._catalog.update(app, wanted, remove_unlisted=request.remove_unlisted)
         return pb.UpdateIndexesResponse(indexes=[_index_pb(s) for s in stored])
 
     async def ListIndexes(self, request: pb.ListIndexesRequest,
-                          context: grpc.aio.ServicerContext) -> pb.ListIndexesResponse:
+                          context: grpc.aio.ServicerContext[Any, Any]) -> pb.ListIndexesResponse:
         app = self._app(context)
         self._catalog.forget(app)
         return pb.ListIndexesResponse(indexes=[_index_pb(s) for s in await self._catalog.all(app)])

@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 import re
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
@@ -460,7 +460,8 @@ def _merge_includes(ctx: _Ctx, data: _Map, base_dir: pathlib.Path | None, seen: 
                     and isinstance(data[key], list) and isinstance(value, list):
                 merged = _Seq([*data[key], *value])
                 merged.line = data[key].line
-                merged.lines = [*data[key].lines, *value.lines]
+                # _Loader builds every YAML sequence as a _Seq, so the list is one.
+                merged.lines = [*data[key].lines, *cast(_Seq, value).lines]
                 data[key] = merged
             elif key == "env_variables" and isinstance(data[key], dict) and isinstance(value, dict):
                 for k, v in value.items():
@@ -586,7 +587,7 @@ def parse(text: str, *, filename: str = "app.yaml", base_dir: pathlib.Path | Non
             raise ctx.fail(item, name, f"builtins[{i}].{name}", f"must be on or off, got {state!r}")
         builtins[name] = state in (True, "on")
 
-    error_handlers = []
+    error_handlers: list[ErrorHandler] = []
     raw_errors = _seq(ctx, data, "error_handlers", "")
     for i, item in enumerate(raw_errors):
         if not isinstance(item, _Map):

@@ -13,6 +13,7 @@ import functools
 import hashlib
 import hmac
 import re
+from collections.abc import Iterable
 
 from kiln.errors import UnauthenticatedError
 
@@ -47,7 +48,7 @@ def verify_app_token(secret: str, token: str) -> str:
     return app_id
 
 
-def app_from_metadata(secret: str, metadata: tuple[tuple[str, str | bytes], ...] | None) -> str:
+def app_from_metadata(secret: str, metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
     """Find the bearer token in gRPC metadata and verify it."""
     for key, value in metadata or ():
         if key == METADATA_KEY:

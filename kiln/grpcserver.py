@@ -22,7 +22,7 @@ import logging
 import pathlib
 import signal
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -50,9 +50,9 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
@@ -70,8 +70,10 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
                 _wrap_stream(handler.unary_stream, method, parse), response_serializer=handler.response_serializer)
+        # The last of the four behaviours: a handler always has exactly one set.
+        stream_stream = cast("Callable[..., Any]", handler.stream_stream)
         return grpc.stream_stream_rpc_method_handler(
-            _wrap_stream(handler.stream_stream, method, parse, streaming=True),
+            _wrap_stream(stream_stream, method, parse, streaming=True),
             response_serializer=handler.response_serializer)
 
 
@@ -96,7 +98,7 @@ async def _parsed_stream(requests: Any, parse: Callable[[Any], Any]) -> Any:
         yield parse(raw)
 
 
-async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, method: str) -> None:
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException, method: str) -> None:
     code = errors.code_for(exc)
     if code is errors.INTERNAL:
         log.error("unhandled error in %s", method, exc_info=exc)
@@ -108,7 +110,7 @@ async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, method: 
 
 def _wrap_unary(fn: Callable[..., Any], method: str, parse: Callable[[Any], Any],
                 streaming: bool = False) -> Callable[..., Any]:
-    async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
             return await fn(_parsed_stream(request, parse) if streaming else parse(request), context)
         except (grpc.aio.AbortError, asyncio.CancelledError):
@@ -120,7 +122,7 @@ def _wrap_unary(fn: Callable[..., Any], method: str, parse: Callable[[Any], Any]
 
 def _wrap_stream(fn: Callable[..., Any], method: str, parse: Callable[[Any], Any],
                  streaming: bool = False) -> Callable[..., Any]:
-    async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
             async for item in fn(_parsed_stream(request, parse) if streaming else parse(request), context):
                 yield item
@@ -139,19 +141,19 @@ def unimplemented(service: Any, *, issue: str) -> Any:
     """
     name = service.full_name
 
-    async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         raise errors.UnimplementedError(f"{name} is not implemented yet ({issue})")
 
-    async def stream_handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def stream_handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         raise errors.UnimplementedError(f"{name} is not implemented yet ({issue})")
         yield  # pragma: no cover - makes this an async generator
 
     from google.protobuf import message_factory
-    handlers = {}
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for m in service.methods:
         req = message_factory.GetMessageClass(m.input_type)
         resp = message_factory.GetMessageClass(m.output_type)
-        kw = {"request_deserializer": req.FromString, "response_serializer": resp.SerializeToString}
+        kw: dict[str, Any] = {"request_deserializer": req.FromString, "response_serializer": resp.SerializeToString}
         if m.server_streaming and m.client_streaming:
             handlers[m.name] = grpc.stream_stream_rpc_method_handler(stream_handler, **kw)
         elif m.server_streaming:

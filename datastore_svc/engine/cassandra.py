@@ -44,7 +44,7 @@ import struct
 import time
 import uuid
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from datastore_svc.engine.base import GroupCommit, Ref, RowsOf, StoredIndex, Write
@@ -73,7 +73,7 @@ def _first(rows: list[Any]) -> Any:
 
 @functools.lru_cache(maxsize=256)
 def _row_class(names: tuple[str, ...]) -> Any:
-    return collections.namedtuple("Row", names, rename=True)  # type: ignore[misc]
+    return collections.namedtuple("Row", names, rename=True)
 
 
 def _row_factory(colnames: list[str], rows: list[Any]) -> list[Any]:
@@ -148,8 +148,8 @@ class CassandraEngine:
 
         self._session = session
         self._cluster = cluster
-        self._batch = lambda: BatchStatement(batch_type=BatchType.UNLOGGED, consistency_level=CL.LOCAL_QUORUM,
-                                             serial_consistency_level=CL.SERIAL)
+        self._batch: Callable[[], Any] = lambda: BatchStatement(
+            batch_type=BatchType.UNLOGGED, consistency_level=CL.LOCAL_QUORUM, serial_consistency_level=CL.SERIAL)
         self._known_meta: set[tuple[str, str, tuple[str, str, bytes]]] = set()
         self._known_ns: set[tuple[str, str]] = set()
         self._shards = index_shards
@@ -217,10 +217,16 @@ class CassandraEngine:
         fut: asyncio.Future[Any] = loop.create_future()
 
         def ok(rows: Any) -> None:
-            loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(rows))
+            def settle() -> None:
+                if not fut.done():
+                    fut.set_result(rows)
+            loop.call_soon_threadsafe(settle)
 
         def fail(exc: BaseException) -> None:
-            loop.call_soon_threadsafe(lambda: fut.done() or fut.set_exception(exc))
+            def settle() -> None:
+                if not fut.done():
+                    fut.set_exception(exc)
+            loop.call_soon_threadsafe(settle)
 
         try:
             rf = self._session.execute_async(stmt, params)
@@ -648,7 +654,7 @@ async def create(hosts: str, keyspace: str, datacenter: str, replication: int, *
     try:
         session = await loop.run_in_executor(None, cluster.connect)
         for stmt in _schema(keyspace, datacenter, replication):
-            await loop.run_in_executor(None, lambda s=stmt: session.execute(s, timeout=60))
+            await loop.run_in_executor(None, functools.partial(session.execute, stmt, timeout=60))
         shards = await loop.run_in_executor(None, _settled_shards, session, keyspace, index_shards)
         engine = await loop.run_in_executor(None, CassandraEngine, session, cluster, keyspace, shards)
     except NoHostAvailable as exc:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import grpc
 
@@ -42,7 +42,7 @@ def stub(service: str, factory: Callable[[grpc.Channel], T]) -> T:
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
             found = _stubs[service] = factory(channel)
-        return found  # type: ignore[no-any-return]
+        return found
 
 
 def reset() -> None:
@@ -57,5 +57,8 @@ def call(method: Callable[..., T], request: Any, *, timeout: float = DEFAULT_TIM
     try:
         return method(request, timeout=timeout, metadata=(("authorization", f"Bearer {token}"),))
     except grpc.RpcError as exc:
-        trailing = dict(exc.trailing_metadata() or ())  # type: ignore[attr-defined]
+        # types-grpcio types this as _Metadatum objects, never None; at runtime it is None or
+        # (key, value) pairs, with str values for keys without the "-bin" suffix.
+        pairs = cast("tuple[tuple[str, str], ...] | None", exc.trailing_metadata())
+        trailing = dict(pairs or ())
         raise errors.from_grpc(exc.code(), exc.details(), trailing.get(ERROR_CODE_KEY)) from None

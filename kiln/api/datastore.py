@@ -25,7 +25,7 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar, overload
 
 from kiln import errors
@@ -351,7 +351,7 @@ def Put(entities: Entity | list[Entity]) -> Key | list[Key]:  # noqa: N802 - App
     keys are already final.
     """
     single = isinstance(entities, Entity)
-    batch: list[Entity] = [entities] if single else list(entities)  # type: ignore[list-item]
+    batch: list[Entity] = [entities] if isinstance(entities, Entity) else list(entities)
     for entity in batch:
         if not isinstance(entity, Entity):
             raise BadArgumentError(f"Put takes Entity objects, got {type(entity).__name__}")
@@ -368,7 +368,7 @@ def Put(entities: Entity | list[Entity]) -> Key | list[Key]:  # noqa: N802 - App
     return keys[0] if single else keys
 
 
-def Get(keys: Key | str | Entity | list[Key | str | Entity]) -> Any:  # noqa: N802 - App Engine's name
+def Get(keys: Key | str | Entity | Sequence[Key | str | Entity]) -> Any:  # noqa: N802 - App Engine's name
     """Fetch one entity (``EntityNotFoundError`` if missing) or a list (``None`` where missing)."""
     single = not isinstance(keys, (list, tuple))
     wanted = _keys([keys] if single else keys)
@@ -387,7 +387,7 @@ def Get(keys: Key | str | Entity | list[Key | str | Entity]) -> Any:  # noqa: N8
     return found
 
 
-def Delete(keys: Key | str | Entity | list[Key | str | Entity]) -> None:  # noqa: N802 - App Engine's name
+def Delete(keys: Key | str | Entity | Sequence[Key | str | Entity]) -> None:  # noqa: N802 - App Engine's name
     """Delete one key or a list; deleting a missing key is not an error."""
     wanted = _keys(keys if isinstance(keys, (list, tuple)) else [keys])
     if not wanted:
@@ -813,11 +813,11 @@ class Query(dict[str, Any]):
         check_query_shape([*self._parsed_filters(), (prop, op, value)], self._orderings)
         super().__setitem__(filter_string, value)
 
-    def update(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+    def update(self, *args: Any, **kwargs: Any) -> None:
         for name, value in dict(*args, **kwargs).items():
             self[name] = value
 
-    def setdefault(self, filter_string: str, value: Any = None) -> Any:  # type: ignore[override]
+    def setdefault(self, filter_string: str, value: Any = None) -> Any:
         if filter_string not in self:
             self[filter_string] = value
         return self[filter_string]

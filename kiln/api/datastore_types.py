@@ -184,7 +184,7 @@ class GeoPt:
 
     __slots__ = ("lat", "lon")
 
-    def __init__(self, lat: float, lon: float | None = None) -> None:
+    def __init__(self, lat: float | str, lon: float | None = None) -> None:
         if lon is None and isinstance(lat, str):
             lat_text, _, lon_text = lat.partition(",")
             lat, lon = float(lat_text), float(lon_text)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
 from kiln import gql
 from kiln.api import datastore
@@ -81,8 +81,9 @@ class PropertiedClass(type):
         cls._properties = properties
         cls._all_properties = frozenset(by_name)
         cls._unindexed_properties = frozenset(p.name for p in properties.values() if not p.indexed and p.name)
-        if _model_defined:
-            _kind_map[cls.kind()] = cls  # type: ignore[attr-defined]
+        if _model_defined:  # every class after Model itself is a Model subclass
+            model_class = cast("type[Model]", cls)
+            _kind_map[model_class.kind()] = model_class
 
 
 def _parent_key(parent: Any) -> Key | None:
@@ -118,6 +119,9 @@ class Model(metaclass=PropertiedClass):
     allocated id; ``key`` gives the complete key directly. Property values
     not given start at their defaults.
     """
+
+    # Set on each class by PropertiedClass; declared here so instances see it too.
+    _properties: ClassVar[dict[str, Property]]
 
     def __init__(self, parent: Model | Key | str | None = None, key_name: str | None = None,
                  _app: str | None = None, _from_entity: bool = False, **kwds: Any) -> None:
@@ -272,6 +276,7 @@ class Model(metaclass=PropertiedClass):
         projection = tuple(_projection) if _projection is not None else None
         instance._kiln_projection = projection
         for prop in cls._properties.values():
+            assert prop.name is not None  # set by __property_config__
             if prop.name in entity:
                 prop.__set__(instance, prop.make_value_from_datastore(entity[prop.name]))
             elif projection is None:
@@ -319,7 +324,7 @@ class Model(metaclass=PropertiedClass):
                   **kwargs: Any) -> Any:
         """Fetch instances of this kind by integer id (``None`` where missing)."""
         single = isinstance(ids, int)
-        id_list = [ids] if single else list(ids)  # type: ignore[arg-type]
+        id_list = [ids] if isinstance(ids, int) else list(ids)
         parent_key = _parent_key(parent)
         for ident in id_list:
             if isinstance(ident, bool) or not isinstance(ident, int) or ident <= 0:
@@ -332,7 +337,7 @@ class Model(metaclass=PropertiedClass):
                         parent: Model | Key | str | None = None, **kwargs: Any) -> Any:
         """Fetch instances of this kind by key name (``None`` where missing)."""
         single = isinstance(key_names, str)
-        names = [key_names] if single else list(key_names)  # type: ignore[list-item]
+        names = [key_names] if isinstance(key_names, str) else list(key_names)
         parent_key = _parent_key(parent)
         for name in names:
             if not isinstance(name, str) or not name:
@@ -454,6 +459,8 @@ class ReferenceProperty(Property):
     Raises on read:
         ReferencePropertyResolveError: the referenced entity does not exist.
     """
+
+    data_type: type[Model]  # always a Model class here (Property's is any type)
 
     def __init__(self, reference_class: type[Model] | _SelfReference | None = None,
                  verbose_name: str | None = None, collection_name: str | None = None, **attrs: Any) -> None:

@@ -247,7 +247,7 @@ class Query(_BaseQuery):
         self._namespace = key.namespace()
         return self
 
-    def run(self, limit: int | None = None, offset: int | None = None, batch_size: int | None = None,  # type: ignore[override]
+    def run(self, limit: int | None = None, offset: int | None = None, batch_size: int | None = None,
             start_cursor: datastore.Cursor | str | None = None, end_cursor: datastore.Cursor | str | None = None,
             keys_only: bool | None = None, projection: Iterable[str] | None = None,
             **kwargs: Any) -> datastore.QueryIterator[Any]:
@@ -351,7 +351,7 @@ class GqlQuery(_BaseQuery):
         out.CopyFrom(self._compiled[1])
         return out
 
-    def run(self, limit: int | None = None, offset: int | None = None, batch_size: int | None = None,  # type: ignore[override]
+    def run(self, limit: int | None = None, offset: int | None = None, batch_size: int | None = None,
             start_cursor: datastore.Cursor | str | None = None, end_cursor: datastore.Cursor | str | None = None,
             **kwargs: Any) -> datastore.QueryIterator[Any]:
         """Start the query with the bound arguments; see :meth:`Query.run` for the options.
