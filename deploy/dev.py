@@ -143,11 +143,13 @@ class DevServer:
         # The router starts first so that, given port 0, its bound port is known
         # before the runtime is told its default hostname.
         router_addr = f"{self.opts.host}:{self.opts.port}"
+        router_env = {**env, "KILN_ROUTER_SESSION_SECRET": self._session_key()}
         router = sup.start("router", python_module(
             "router", "--listen", router_addr, "--nats-url", self.nats_url,
             "--dev-app", f"{self.app_id}={self.version_id}",
-            "--request-timeout-seconds", str(self.opts.request_deadline + 10),
-            "--ready-file", str(run / "router.addr")), env=env, ready_file=run / "router.addr")
+            "--app-dirs", f"{self.app_id}/{self.version_id}={self.opts.app_dir.resolve()}",
+            "--request-timeout-seconds", str(self.opts.request_deadline + 5),
+            "--ready-file", str(run / "router.addr")), env=router_env, ready_file=run / "router.addr")
         self.addresses["router"] = router.address
         router_port = router.address.rpartition(":")[2]
         runtime_args = [
@@ -162,6 +164,14 @@ class DevServer:
             runtime_args += [f"--{svc}-addr", self.addresses[f"{svc}_svc"]]
         sup.start("runtime", python_module("runtime", *runtime_args), env=env, ready_file=run / "runtime.addr")
         self.url = f"http://{router.address}/"
+
+    def _session_key(self) -> str:
+        """The key that signs sign-in cookies, kept with the data so sign-ins survive restarts."""
+        path = self.data_dir / "session.key"
+        if not path.exists():
+            path.touch(mode=0o600)
+            path.write_text(secrets.token_hex(32))
+        return path.read_text().strip()
 
     def _declare_indexes(self) -> None:
         """Send index.yaml to the datastore, which builds what is new (dev_appserver read it at start too)."""

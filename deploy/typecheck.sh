@@ -2,7 +2,6 @@
 # Type-checks kiln's hand-written code with mypy --strict (settings in
 # pyproject.toml's [tool.mypy]; generated kiln/pb is excluded). Run
 # deploy/install.sh first: mypy and the stub packages are in the test extra.
-# router/ and runtime/ are not checked yet: they join this list once they pass.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec .venv/bin/mypy kiln datastore_svc deploy memcache_svc urlfetch_svc mail_svc images_svc cron_svc
+exec .venv/bin/mypy kiln datastore_svc deploy router runtime memcache_svc urlfetch_svc mail_svc images_svc cron_svc

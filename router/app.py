@@ -1,20 +1,27 @@
-"""The HTTP front door: Host -> app version -> NATS request -> runtime -> response.
+"""The HTTP front door: Host -> app version -> handler -> static file or NATS request -> response.
 
-Each request gets an id, its headers are sanitised (hop-by-hop headers and any
-client-supplied ``X-AppEngine-*`` removed, so a client can never forge
-App Engine's trusted headers), and it travels as an
+For each request the router resolves the app and version from the Host
+header, finds the ``app.yaml`` handler for the path (:mod:`kiln.handlers`),
+enforces its ``secure`` and ``login`` settings with the signed-in user from the
+session cookie (:mod:`router.users`), serves static handlers itself
+(:mod:`router.static`), and sends everything else as an
 :class:`~kiln.pb.runtime.v1.http_pb2.HttpRequest` over NATS request-reply to
-the version's queue group. The app's response has hop-by-hop headers removed
-and a default ``Content-Type``; a request-log record is published on
+the version's queue group. Request headers are sanitised (hop-by-hop headers
+and any client-supplied ``X-AppEngine-*`` removed, so a client can never forge
+App Engine's trusted headers) and App Engine's are added (request log id,
+location from GeoIP). The app's response is post-processed
+(:mod:`router.responses`) and a request-log record is published on
 ``kiln.logs.request``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime
+import ipaddress
 import logging
+import pathlib
 import time
+import urllib.parse
 import uuid
 
 import nats.errors
@@ -24,8 +31,10 @@ from nats.aio.client import Client
 from kiln import bus, grpcserver
 from kiln.pb.logs.v1 import logs_pb2
 from kiln.pb.runtime.v1 import http_pb2
-from router import hosts
+from router import hosts, responses, static, users
 from router.config import RouterConfig
+from router.geo import GeoIP
+from router.versions import LocalVersions, Version, parse_app_dirs
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +44,6 @@ LOG_SUBJECT = "kiln.logs.request"
 # App Engine removes these from requests before they reach the app.
 REQUEST_DROP = frozenset({"accept-encoding", "connection", "keep-alive", "proxy-authorization", "te",
                           "trailer", "transfer-encoding", "host", "content-length"})
-# ...and these from the app's responses.
-RESPONSE_DROP = frozenset({"connection", "content-encoding", "content-length", "date", "keep-alive",
-                           "proxy-authenticate", "server", "trailer", "transfer-encoding", "upgrade"})
 # Envelope fields besides the body, so a body this close to max_payload still fits.
 ENVELOPE_ALLOWANCE = 64 * 1024
 
@@ -49,7 +55,13 @@ class Router:
         self.cfg = cfg
         self.nc = nc
         self.versions = cfg.default_versions()
+        self.custom_domains = cfg.custom_domain_map()
         self.dev_app = cfg.dev_app.partition("=")[0] or None
+        self.local = LocalVersions(parse_app_dirs(cfg.app_dirs))
+        self.sessions = users.Sessions(cfg.session_secret.get(), auth_domain=cfg.auth_domain)
+        self.geo = GeoIP(cfg.geoip_db)
+        self.trusted = [ipaddress.ip_network(n.strip()) for n in cfg.trusted_proxies.split(",") if n.strip()]
+        self.files = static.FileCache()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """aiohttp handler for every path."""
@@ -58,53 +70,139 @@ class Router:
                                 status=200 if self.nc.is_connected else 503)
         started = time.time()
         request_id = uuid.uuid4().hex
-        host = (request.host or "").rsplit(":", 1)[0] if not (request.host or "").startswith("[") else request.host
-        target = hosts.resolve(host, domain=self.cfg.domain, versions=self.versions, dev_app=self.dev_app)
+        host = _hostname(request.host or "")
+        target = self.custom_domains.get(host.lower())
         if target is None:
-            return _plain(404, f"No app is served at host {host!r}.")
+            target = hosts.resolve(host, domain=self.cfg.domain, versions=self.versions, dev_app=self.dev_app)
+        if target is None:
+            return responses.plain(404, f"No app is served at host {host!r}.")
+        client_ip, scheme = self._client(request)
+        if request.path == users.LOGIN_PATH:
+            return await users.login(request, self.sessions, dev=self.dev_app is not None)
+        if request.path == users.LOGOUT_PATH:
+            return await users.logout(request)
+        user = self.sessions.read(request.cookies.get(users.COOKIE))
+        version = self.local.get(target.app_id, target.version_id)
+        if version is not None:
+            early = await self._apply_handler(request, version, scheme, user)
+            if early is not None:
+                return early
         if request.content_length is not None and request.content_length > self.cfg.max_request_bytes:
-            return _plain(413, "Request body too large.")
+            return responses.plain(413, "Request body too large.")
         try:
             body = await _read_limited(request, self.cfg.max_request_bytes)
         except _TooLarge:
-            return _plain(413, "Request body too large.")
+            return responses.plain(413, "Request body too large.")
         if len(body) + ENVELOPE_ALLOWANCE > self.nc.max_payload:
             # Chunked/object-store transport for large bodies is not built yet: refuse
             # clearly rather than cut the body.
-            return _plain(413, f"Request body larger than this deployment's NATS payload limit "
-                               f"({self.nc.max_payload - ENVELOPE_ALLOWANCE} bytes).")
-        envelope = self._envelope(request, target, request_id, host, body, started)
+            return responses.plain(413, f"Request body larger than this deployment's NATS payload limit "
+                                        f"({self.nc.max_payload - ENVELOPE_ALLOWANCE} bytes).")
+        envelope = self._envelope(request, target, request_id, host, body, started, client_ip, scheme, user)
         try:
             msg = await self.nc.request(bus.http_subject(target.app_id, target.version_id),
                                         envelope.SerializeToString(), timeout=self.cfg.request_timeout_seconds)
         except nats.errors.NoRespondersError:
             if target.explicit_version:
-                return _plain(404, f"Version {target.version_id!r} of app {target.app_id!r} is not serving.")
-            return _plain(503, "No instance of this app is available.")
+                return responses.plain(404, f"Version {target.version_id!r} of app {target.app_id!r} is not serving.")
+            return await self._error_page(version, None, 503, "No instance of this app is available.")
         except nats.errors.TimeoutError:
-            return _plain(500, "The request did not finish in time.")
+            return await self._error_page(version, "timeout", 500, "The request did not finish in time.")
         resp = http_pb2.HttpResponse.FromString(msg.data)
-        out = _response(resp)
-        self._publish_log(envelope, resp, started, len(out.body or b""), request)
+        out = responses.build(resp, request, max_bytes=self.cfg.max_response_bytes)
+        self._publish_log(envelope, resp, started, out.content_length or 0, request)
         return out
 
-    def _envelope(self, request: web.Request, target: hosts.Target, request_id: str, host: str,
-                  body: bytes, started: float) -> http_pb2.HttpRequest:
+    async def _apply_handler(self, request: web.Request, version: Version, scheme: str,
+                             user: http_pb2.SignedInUser | None) -> web.StreamResponse | None:
+        """secure, login and static handling; ``None`` to go on to the app."""
+        path = urllib.parse.unquote(request.raw_path.split("?", 1)[0])
+        found = version.matcher.match(path)
+        if found is None:
+            return responses.plain(404, "Not Found")
+        handler = found.handler
+        if handler.secure == "always" and scheme != "https":
+            return _switch_scheme(request, "https", handler.redirect_http_response_code)
+        if handler.secure == "never" and scheme == "https":
+            return _switch_scheme(request, "http", handler.redirect_http_response_code)
+        if handler.login != "optional":
+            if user is None:
+                if handler.auth_fail_action == "unauthorized":
+                    return responses.plain(401, "Login required.")
+                return users.login_redirect(request)
+            if handler.login == "admin" and not user.is_admin:
+                return responses.plain(403, "Only administrators of this app may see this page.")
+        if handler.is_static:
+            if request.method not in ("GET", "HEAD"):
+                return responses.plain(405, "Static files answer only GET and HEAD.")
+            served = await static.serve(request, version.root, found.static_path, handler, version.config,
+                                        self.files)
+            return served if served is not None else responses.plain(404, "Not Found")
+        return None
+
+    async def _error_page(self, version: Version | None, code: str | None, status: int,
+                          text: str) -> web.Response:
+        """The app's ``error_handlers`` page for an error the router produced, else plain text."""
+        if version is not None:
+            pages = {h.error_code: h.file for h in version.config.error_handlers}
+            name = pages.get(code) or pages.get(None)
+            if name:
+                path = (version.root / name).resolve()
+                found = await self.files.read(path) if path.is_relative_to(version.root) else None
+                if found is not None:
+                    import mimetypes
+                    out = web.Response(status=status, body=found[0],
+                                       content_type=mimetypes.guess_type(path.name)[0] or "text/html")
+                    out.headers["Server"] = "kiln"
+                    return out
+        return responses.plain(status, text)
+
+    def _client(self, request: web.Request) -> tuple[str, str]:
+        """The client's address and scheme; forwarded values are believed only from trusted proxies."""
+        peer = request.remote or ""
+        scheme = request.scheme
+        if not self._is_trusted(peer):
+            return peer, scheme
+        forwarded = [a.strip() for a in request.headers.get("X-Forwarded-For", "").split(",") if a.strip()]
+        client = peer
+        for address in reversed(forwarded):
+            client = address
+            if not self._is_trusted(address):
+                break
+        proto = request.headers.get("X-Forwarded-Proto", "").strip().lower()
+        return client, proto if proto in ("http", "https") else scheme
+
+    def _is_trusted(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in net for net in self.trusted)
+
+    def _envelope(self, request: web.Request, target: hosts.Target, request_id: str, host: str, body: bytes,
+                  started: float, client_ip: str, scheme: str,
+                  user: http_pb2.SignedInUser | None) -> http_pb2.HttpRequest:
         env = http_pb2.HttpRequest(
             request_id=request_id, app_id=target.app_id, version_id=target.version_id,
-            method=request.method, scheme=request.scheme, host=host,
-            port=_port(request), path=request.raw_path.split("?", 1)[0], query_string=request.query_string,
+            method=request.method, scheme=scheme, host=host,
+            port=_port(request, scheme), path=request.raw_path.split("?", 1)[0], query_string=request.query_string,
             protocol=f"HTTP/{request.version.major}.{request.version.minor}",
-            remote_addr=request.remote or "", body=body,
+            remote_addr=client_ip, body=body,
             deadline_ms=int(self.cfg.request_timeout_seconds * 1000))
+        if user is not None:
+            env.user.CopyFrom(user)
         env.received_at.FromSeconds(int(started))
         for name, value in request.headers.items():
             lower = name.lower()
             if lower in REQUEST_DROP or lower.startswith("x-appengine-"):
                 continue
+            if self._is_trusted(request.remote or "") and lower in ("x-forwarded-for", "x-forwarded-proto"):
+                continue
             env.headers.add(name=name, value=value)
         env.headers.add(name="Host", value=request.host or host)
         env.headers.add(name="X-AppEngine-Request-Log-Id", value=request_id)
+        for name, value in self.geo.headers(client_ip).items():
+            env.headers.add(name=name, value=value)
         return env
 
     def _publish_log(self, env: http_pb2.HttpRequest, resp: http_pb2.HttpResponse, started: float,
@@ -120,7 +218,26 @@ class Router:
         record.end_time.FromNanoseconds(int(end * 1e9))
         record.latency.FromNanoseconds(int((end - started) * 1e9))
         task = asyncio.create_task(self.nc.publish(LOG_SUBJECT, record.SerializeToString()))
-        task.add_done_callback(lambda t: t.exception() and log.warning("request log not published: %s", t.exception()))
+        task.add_done_callback(_log_failure)
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("request log not published: %s", task.exception())
+
+
+def _hostname(raw: str) -> str:
+    """The Host header without its port (IPv6 literals keep their brackets)."""
+    if raw.startswith("["):
+        return raw.split("]", 1)[0] + "]"
+    return raw.rsplit(":", 1)[0]
+
+
+def _switch_scheme(request: web.Request, scheme: str, code: int | None) -> web.Response:
+    host = request.host or ""
+    if scheme == "https" and host.endswith(":80"):
+        host = host[:-3]
+    return users.redirect(f"{scheme}://{host}{request.rel_url}", code or 302)
 
 
 class _TooLarge(Exception):
@@ -137,36 +254,13 @@ async def _read_limited(request: web.Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _port(request: web.Request) -> int:
+def _port(request: web.Request, scheme: str) -> int:
     host = request.host or ""
     if ":" in host.rsplit("]", 1)[-1]:
         tail = host.rsplit(":", 1)[1]
         if tail.isdigit():
             return int(tail)
-    return 443 if request.scheme == "https" else 80
-
-
-def _plain(status: int, text: str) -> web.Response:
-    return web.Response(status=status, text=f"{text}\n", content_type="text/plain")
-
-
-def _response(resp: http_pb2.HttpResponse) -> web.Response:
-    out = web.Response(status=resp.status, body=resp.body)
-    has_type = False
-    for header in resp.headers:
-        lower = header.name.lower()
-        if lower in RESPONSE_DROP or not header.name.isascii() or not header.value.isascii():
-            continue
-        if lower == "content-type":
-            has_type = True
-            out.headers["Content-Type"] = header.value
-            continue
-        out.headers.add(header.name, header.value)
-    if not has_type:
-        out.headers["Content-Type"] = "text/html"
-    out.headers["Server"] = "kiln"
-    out.headers["Date"] = datetime.datetime.now(datetime.UTC).strftime("%a, %d %b %Y %H:%M:%S GMT")
-    return out
+    return 443 if scheme == "https" else 80
 
 
 async def serve(cfg: RouterConfig) -> None:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import pathlib
 
 from kiln.bus import DEFAULT_URL
-from kiln.config import field, parse_hostport
+from kiln.config import Secret, field, parse_hostport
+from router import hosts
+from router.versions import parse_app_dirs
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -18,7 +21,17 @@ class RouterConfig:
     domain: str = field("localhost", "apps are served at APP.DOMAIN and VERSION-dot-APP.DOMAIN")
     apps: str = field("", "default version per app until the control plane serves it: app=version[,app=version]")
     dev_app: str = field("", "development mode: every host reaches this app's default version (app=version)")
+    custom_domains: str = field("", "custom domains: host=app[,host=app] (the app's default version)")
+    app_dirs: str = field("", "app.yaml and static files of versions served from local directories: "
+                              "app/version=/path[,...] (kiln dev passes its app)")
+    session_secret: Secret = field(Secret(""), "key that signs sign-in session cookies (required; the same on "
+                                               "every router)")
+    auth_domain: str = field("gmail.com", "AUTH_DOMAIN of signed-in users")
+    geoip_db: pathlib.Path | None = field(None, "MaxMind DB file for X-AppEngine-Country/Region/City headers")
+    trusted_proxies: str = field("", "networks (CIDR, comma-separated) of proxies whose X-Forwarded-For and "
+                                     "X-Forwarded-Proto are believed")
     max_request_bytes: int = field(32 * 1024 * 1024, "larger request bodies get 413 without reaching the app")
+    max_response_bytes: int = field(32 * 1024 * 1024, "larger app responses become an empty 500")
     request_timeout_seconds: float = field(70.0, "how long to wait for an instance's answer")
     ready_file: pathlib.Path | None = field(None, "write the bound address here once serving")
     log_level: str = field("INFO", "log level")
@@ -31,8 +44,30 @@ class RouterConfig:
                 app, sep, version = item.partition("=")
                 if not sep or not app or not version:
                     raise ValueError(f"{name}: expected app=version, got {item!r}")
-        if self.max_request_bytes < 0:
-            raise ValueError("max_request_bytes: must not be negative")
+        if self.max_request_bytes < 0 or self.max_response_bytes < 0:
+            raise ValueError("max_request_bytes, max_response_bytes: must not be negative")
+        if not self.session_secret:
+            raise ValueError("session_secret: required (set KILN_ROUTER_SESSION_SECRET or --session-secret)")
+        self.custom_domain_map()
+        for net in filter(None, (n.strip() for n in self.trusted_proxies.split(","))):
+            try:
+                ipaddress.ip_network(net)
+            except ValueError:
+                raise ValueError(f"trusted_proxies: {net!r} is not a network like 10.0.0.0/8") from None
+        parse_app_dirs(self.app_dirs)
+
+    def custom_domain_map(self) -> dict[str, hosts.Target]:
+        """Custom domain -> the app's default version."""
+        versions = self.default_versions()
+        out = {}
+        for item in filter(None, (i.strip() for i in self.custom_domains.split(","))):
+            host, sep, app = item.partition("=")
+            if not sep or not host or not app:
+                raise ValueError(f"custom_domains: expected host=app, got {item!r}")
+            if app not in versions:
+                raise ValueError(f"custom_domains: app {app!r} has no default version in apps")
+            out[host.lower().rstrip(".")] = hosts.Target(app, versions[app])
+        return out
 
     def default_versions(self) -> dict[str, str]:
         """The app -> default version map from ``apps`` and ``dev_app``."""

@@ -16,12 +16,14 @@ import dataclasses
 import importlib
 import logging
 import os
-import re
 import sys
 import threading
+import urllib.parse
 from nats.aio.msg import Msg
 
 from kiln import appyaml, auth, bus, grpcserver
+from kiln import runtime as kiln_runtime
+from kiln.handlers import Matcher
 from kiln.log import app_id as app_id_var
 from kiln.log import request_id as request_id_var
 from kiln.pb.runtime.v1 import http_pb2
@@ -38,18 +40,16 @@ class AppLoader:
 
     def __init__(self, app_dir: str, config: appyaml.AppConfig) -> None:
         self._app_dir = app_dir
-        self._routes = [(re.compile(h.url), h) for h in config.handlers]
+        self._matcher = Matcher(config)
         self._apps: dict[str, WsgiApp] = {}
         self._lock = threading.Lock()
 
     def resolve(self, path: str) -> WsgiApp | None:
         """The WSGI app for ``path``, or ``None`` when no script handler matches."""
-        for pattern, handler in self._routes:
-            if pattern.fullmatch(path):
-                if handler.script is None:
-                    return None  # static handlers are served by the router
-                return self._load(handler.script)
-        return None
+        found = self._matcher.match(path)
+        if found is None or found.handler.script is None:
+            return None  # static handlers are served by the router
+        return self._load(found.handler.script)
 
     def _load(self, script: str) -> WsgiApp:
         with self._lock:
@@ -103,6 +103,8 @@ class Instance:
         # The secret that signs tokens is the platform's, not the app's.
         for key in [k for k in os.environ if k.endswith("_SERVICE_SECRET")]:
             del os.environ[key]
+        # From here on each request thread sees its own CGI variables in os.environ.
+        kiln_runtime.install()
 
     async def on_message(self, msg: Msg) -> None:
         """NATS callback: handle each request in its own task so requests overlap."""
@@ -137,10 +139,12 @@ class Instance:
         return resp
 
     def _run_app(self, req: http_pb2.HttpRequest) -> http_pb2.HttpResponse:
-        app = self._loader.resolve(req.path)
+        app = self._loader.resolve(urllib.parse.unquote(req.path))
         if app is None:
             return _error(404, "no handler matches this URL", self.cfg.instance_id, public="Not Found")
-        return call_app(app, build_environ(req, self.info))
+        environ = build_environ(req, self.info)
+        with kiln_runtime.serving(environ):
+            return call_app(app, environ)
 
     async def finish(self, timeout: float) -> None:
         """Wait for in-flight requests."""
@@ -183,8 +187,8 @@ async def serve(cfg: RuntimeConfig) -> None:
         grpcserver.write_ready_file(cfg.ready_file, health.address)
     await grpcserver.wait_for_signal()
     log.info("stopping: draining requests")
-    await sub.drain()
-    await direct.drain()
+    await sub.drain()  # type: ignore[no-untyped-call]  # nats-py leaves Subscription.drain unannotated
+    await direct.drain()  # type: ignore[no-untyped-call]
     await instance.finish(cfg.grace_seconds)
     await nc.drain()
     await health.stop(0)

@@ -33,6 +33,7 @@ def service_env() -> dict[str, str]:
     env = dict(os.environ)
     for name in [*SERVICES, "runtime"]:
         env[f"KILN_{name.upper()}_SERVICE_SECRET"] = SECRET
+    env["KILN_ROUTER_SESSION_SECRET"] = "integration-session-secret"
     return env
 
 
