@@ -62,6 +62,7 @@ class Router:
         self.geo = GeoIP(cfg.geoip_db)
         self.trusted = [ipaddress.ip_network(n.strip()) for n in cfg.trusted_proxies.split(",") if n.strip()]
         self.files = static.FileCache()
+        self._statics: dict[tuple[str, str], static.StaticFiles] = {}
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """aiohttp handler for every path."""
@@ -110,7 +111,7 @@ class Router:
             return await self._error_page(version, "timeout", 500, "The request did not finish in time.")
         resp = http_pb2.HttpResponse.FromString(msg.data)
         out = responses.build(resp, request, max_bytes=self.cfg.max_response_bytes)
-        self._publish_log(envelope, resp, started, out.content_length or 0, request)
+        await self._publish_log(envelope, resp, started, out.content_length or 0, request)
         return out
 
     async def _apply_handler(self, request: web.Request, version: Version, scheme: str,
@@ -135,10 +136,16 @@ class Router:
         if handler.is_static:
             if request.method not in ("GET", "HEAD"):
                 return responses.plain(405, "Static files answer only GET and HEAD.")
-            served = await static.serve(request, version.root, found.static_path, handler, version.config,
-                                        self.files)
+            served = await self._static_files(version).serve(request, found.static_path, handler, found.index)
             return served if served is not None else responses.plain(404, "Not Found")
         return None
+
+    def _static_files(self, version: Version) -> static.StaticFiles:
+        key = (version.app_id, version.version_id)
+        found = self._statics.get(key)
+        if found is None:
+            found = self._statics[key] = static.StaticFiles(version.root, version.config, self.files)
+        return found
 
     async def _error_page(self, version: Version | None, code: str | None, status: int,
                           text: str) -> web.Response:
@@ -173,6 +180,8 @@ class Router:
         return client, proto if proto in ("http", "https") else scheme
 
     def _is_trusted(self, address: str) -> bool:
+        if not self.trusted:
+            return False
         try:
             ip = ipaddress.ip_address(address)
         except ValueError:
@@ -205,7 +214,7 @@ class Router:
             env.headers.add(name=name, value=value)
         return env
 
-    def _publish_log(self, env: http_pb2.HttpRequest, resp: http_pb2.HttpResponse, started: float,
+    async def _publish_log(self, env: http_pb2.HttpRequest, resp: http_pb2.HttpResponse, started: float,
                      size: int, request: web.Request) -> None:
         record = logs_pb2.RequestLog(
             app_id=env.app_id, version_id=env.version_id, request_id=env.request_id, ip=env.remote_addr,
@@ -217,13 +226,11 @@ class Router:
         end = time.time()
         record.end_time.FromNanoseconds(int(end * 1e9))
         record.latency.FromNanoseconds(int((end - started) * 1e9))
-        task = asyncio.create_task(self.nc.publish(LOG_SUBJECT, record.SerializeToString()))
-        task.add_done_callback(_log_failure)
-
-
-def _log_failure(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.warning("request log not published: %s", task.exception())
+        try:
+            # Buffered by nats-py and flushed with other traffic: no round trip here.
+            await self.nc.publish(LOG_SUBJECT, record.SerializeToString())
+        except nats.errors.Error as exc:
+            log.warning("request log not published: %s", exc)
 
 
 def _hostname(raw: str) -> str:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import email.utils
 import gzip
 import re
+import time
 
 from aiohttp import web
 
@@ -63,7 +64,7 @@ def build(resp: http_pb2.HttpResponse, request: web.Request, *, max_bytes: int) 
             headers.append(("Cache-Control", "private"))
         else:
             headers = [(n, v) for n, v in headers if n.lower() != "expires"]
-        headers.append(("Expires", email.utils.formatdate(usegmt=True)))
+        headers.append(("Expires", http_date()))
     elif cache_control is None:
         headers.append(("Cache-Control", "private"))
         headers.append(("Vary", "Accept-Encoding"))
@@ -87,8 +88,23 @@ def _wants_gzip(request: web.Request, content_type: str, body: bytes) -> bool:
     return "gzip" in accepted and content_type.lower().startswith(_TEXT_TYPES)
 
 
+_date_cache: tuple[int, str] = (0, "")
+
+
+def http_date(offset: float = 0) -> str:
+    """An HTTP date for now (+ ``offset`` seconds); the current second's is computed once."""
+    global _date_cache
+    now = time.time()
+    if offset:
+        return email.utils.formatdate(now + offset, usegmt=True)
+    second = int(now)
+    if _date_cache[0] != second:
+        _date_cache = (second, email.utils.formatdate(second, usegmt=True))
+    return _date_cache[1]
+
+
 def _front_end_headers() -> dict[str, str]:
-    return {"Server": "kiln", "Date": email.utils.formatdate(usegmt=True)}
+    return {"Server": "kiln", "Date": http_date()}
 
 
 def plain(status: int, text: str) -> web.Response:

@@ -11,7 +11,7 @@ whose ``If-None-Match`` matches gets 304.
 from __future__ import annotations
 
 import asyncio
-import email.utils
+import functools
 import hashlib
 import mimetypes
 import pathlib
@@ -21,6 +21,7 @@ from collections import OrderedDict
 from aiohttp import web
 
 from kiln.appyaml import AppConfig, Handler
+from router.responses import http_date
 
 DEFAULT_EXPIRATION_SECONDS = 600
 _CACHE_BYTES = 64 * 1024 * 1024
@@ -58,39 +59,66 @@ class FileCache:
         return entry
 
 
-def _caching(handler: Handler, config: AppConfig) -> dict[str, str]:
+def _expiration(handler: Handler, config: AppConfig) -> int:
     seconds = handler.expiration_seconds
     if seconds is None:
         seconds = config.default_expiration_seconds
-    if seconds is None:
-        seconds = DEFAULT_EXPIRATION_SECONDS
-    return {"Cache-Control": f"public, max-age={seconds}",
-            "Expires": email.utils.formatdate(time.time() + seconds, usegmt=True)}
+    return DEFAULT_EXPIRATION_SECONDS if seconds is None else seconds
 
 
-async def serve(request: web.Request, root: pathlib.Path, relative: str | None, handler: Handler,
-                config: AppConfig, cache: FileCache) -> web.Response | None:
-    """The static response, or ``None`` when there is no such file (the caller answers 404)."""
-    if relative is None or config.skips(relative):
-        return None
-    path = (root / relative).resolve()
-    if not path.is_relative_to(root.resolve()):
-        return None
-    found = await cache.read(path)
-    if found is None:
-        return None
-    data, etag = found
-    headers = _caching(handler, config)
-    headers["ETag"] = etag
-    headers.update(handler.http_headers)
-    inm = request.headers.get("If-None-Match")
-    if inm is not None and (inm.strip() == "*" or etag in [t.strip() for t in inm.split(",")]):
-        return web.Response(status=304, headers=headers)
-    content_type = handler.mime_type or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-    body = b"" if request.method == "HEAD" else data
-    response = web.Response(body=body, headers=headers, content_type=content_type.split(";")[0].strip())
-    if request.method == "HEAD":
-        response.headers["Content-Length"] = str(len(data))
-    if ";" in content_type:
-        response.headers["Content-Type"] = content_type
-    return response
+class StaticFiles:
+    """Static responses of one version, prepared once per file and rechecked at most once a second."""
+
+    def __init__(self, root: pathlib.Path, config: AppConfig, cache: FileCache) -> None:
+        self._root = root.resolve()
+        self._config = config
+        self._cache = cache
+        self._known: dict[tuple[str, int], tuple[float, pathlib.Path | None]] = {}
+
+    def _locate(self, relative: str, handler_index: int) -> pathlib.Path | None:
+        key = (relative, handler_index)
+        hit = self._known.get(key)
+        now = time.monotonic()
+        if hit is not None and now - hit[0] < 1.0:
+            return hit[1]
+        path: pathlib.Path | None = None
+        if not self._config.skips(relative):
+            candidate = (self._root / relative).resolve()
+            if candidate.is_relative_to(self._root) and candidate.is_file():
+                path = candidate
+        if len(self._known) > 10_000:
+            self._known.clear()
+        self._known[key] = (now, path)
+        return path
+
+    async def serve(self, request: web.Request, relative: str | None, handler: Handler,
+                    handler_index: int) -> web.Response | None:
+        """The static response, or ``None`` when there is no such file (the caller answers 404)."""
+        if relative is None:
+            return None
+        path = self._locate(relative, handler_index)
+        if path is None:
+            return None
+        found = await self._cache.read(path)
+        if found is None:
+            return None
+        data, etag = found
+        seconds = _expiration(handler, self._config)
+        headers = {"Cache-Control": f"public, max-age={seconds}", "Expires": http_date(seconds), "ETag": etag,
+                   **handler.http_headers}
+        inm = request.headers.get("If-None-Match")
+        if inm is not None and (inm.strip() == "*" or etag in [t.strip() for t in inm.split(",")]):
+            return web.Response(status=304, headers=headers)
+        content_type = handler.mime_type or _guess(path.name)
+        body = b"" if request.method == "HEAD" else data
+        response = web.Response(body=body, headers=headers, content_type=content_type.split(";")[0].strip())
+        if request.method == "HEAD":
+            response.headers["Content-Length"] = str(len(data))
+        if ";" in content_type:
+            response.headers["Content-Type"] = content_type
+        return response
+
+
+@functools.lru_cache(maxsize=1024)
+def _guess(name: str) -> str:
+    return mimetypes.guess_type(name)[0] or "application/octet-stream"

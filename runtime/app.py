@@ -173,6 +173,10 @@ def _app_concurrency(config: appyaml.AppConfig) -> int:
 async def serve(cfg: RuntimeConfig) -> None:
     """Load the app, subscribe, serve until SIGTERM, then drain."""
     app_config = appyaml.load(cfg.app_dir / "app.yaml")
+    # Request threads and the event loop trade the GIL often: with the default
+    # 5 ms switch interval the loop waits behind a busy request thread, which
+    # halved throughput in measurements; 0.5 ms keeps the loop responsive.
+    sys.setswitchinterval(0.0005)
     instance = Instance(cfg, app_config)
     instance.export_environment()
     # The instance writes the ready file itself, once subscribed, not the health server.
