@@ -435,3 +435,40 @@ def test_unknown_host_is_404(production, host):
 def test_unknown_version_is_404(production):
     status, _, body = request(production, "/", host="v9-dot-probe.example.test")
     assert status == 404 and b"v9" in body
+
+
+# --- bad input ----------------------------------------------------------------------------------
+
+def _raw(server, data: bytes) -> bytes:
+    import socket
+    address, _, port = server.addresses["router"].rpartition(":")
+    with socket.create_connection((address, int(port)), timeout=10) as sock:
+        sock.sendall(data)
+        chunks = []
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def test_malformed_request_line_gets_400_and_the_router_keeps_serving(server):
+    answer = _raw(server, b"THIS IS NOT HTTP\r\n\r\n")
+    assert answer.split(b"\r\n", 1)[0].endswith(b" 400 Bad Request")
+    assert request(server, "/hello")[0] == 200
+
+
+def test_oversized_header_gets_an_error_and_the_router_keeps_serving(server):
+    answer = _raw(server, b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\n")
+    assert answer.split(b"\r\n", 1)[0].split(b" ")[1] in (b"400", b"431")
+    assert request(server, "/hello")[0] == 200
+
+
+def test_header_with_a_bare_newline_cannot_smuggle_a_second_header(server):
+    answer = _raw(server, b"GET /headers HTTP/1.1\r\nHost: localhost\r\nX-A: 1\nX-AppEngine-Cron: true\r\n"
+                          b"Connection: close\r\n\r\n")
+    assert b"HTTP_X_APPENGINE_CRON" not in answer
