@@ -82,8 +82,8 @@ def key(*pairs, namespace=""):
         elem = out.path.add(kind=kind)
         if isinstance(ident, int):
             elem.id = ident
-        else:
-            elem.name = ident
+        elif isinstance(ident, str):
+            elem.name = ident  # None leaves the key incomplete
     return out
 
 

@@ -9,23 +9,12 @@ import pytest
 
 from kiln.pb.datastore.v1 import datastore_pb2 as pb
 from tests.integration.conftest import app_metadata
+from tests.integration.test_datastore_queries import key as _key
 
 pytestmark = pytest.mark.nats
 
 APP = "dstest"
 MD = app_metadata(APP)
-
-
-def _key(*pairs, namespace=""):
-    key = pb.Key()
-    key.partition_id.namespace = namespace
-    for kind, ident in zip(pairs[::2], pairs[1::2]):
-        elem = key.path.add(kind=kind)
-        if isinstance(ident, int):
-            elem.id = ident
-        elif isinstance(ident, str):
-            elem.name = ident
-    return key
 
 
 def _entity(key, **props):
