@@ -111,6 +111,9 @@ class Router:
             return await self._error_page(version, "timeout", 500, "The request did not finish in time.")
         resp = http_pb2.HttpResponse.FromString(msg.data)
         out = responses.build(resp, request, max_bytes=self.cfg.max_response_bytes)
+        if user is not None and user.is_admin:
+            out.headers.update(responses.usage_headers(time.time() - started, resp.cpu_micros,
+                                                       self.cfg.instance_hour_usd))
         await self._publish_log(envelope, resp, started, out.content_length or 0, request)
         return out
 

@@ -30,6 +30,7 @@ class RouterConfig:
     geoip_db: pathlib.Path | None = field(None, "MaxMind DB file for X-AppEngine-Country/Region/City headers")
     trusted_proxies: str = field("", "networks (CIDR, comma-separated) of proxies whose X-Forwarded-For and "
                                      "X-Forwarded-Proto are believed")
+    instance_hour_usd: float = field(0.05, "price of an instance hour, for administrators' cost estimate header")
     max_request_bytes: int = field(32 * 1024 * 1024, "larger request bodies get 413 without reaching the app")
     max_response_bytes: int = field(32 * 1024 * 1024, "larger app responses become an empty 500")
     request_timeout_seconds: float = field(70.0, "how long to wait for an instance's answer")

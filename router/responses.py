@@ -112,3 +112,15 @@ def plain(status: int, text: str) -> web.Response:
     out = web.Response(status=status, text=f"{text}\n", content_type="text/plain")
     out.headers.update(_front_end_headers())
     return out
+
+
+def usage_headers(elapsed_seconds: float, cpu_micros: int, instance_hour_usd: float) -> dict[str, str]:
+    """App Engine's headers for administrators: resource usage and the estimated cost of 1,000 such requests.
+
+    The estimate prices the request's CPU time at the configured cost of an
+    instance hour, as App Engine's F1 pricing did.
+    """
+    cpu_ms = cpu_micros / 1000
+    cpm = cpu_micros / 1e6 / 3600 * instance_hour_usd * 1000
+    return {"X-AppEngine-Resource-Usage": f"ms={elapsed_seconds * 1000:.0f} cpu_ms={cpu_ms:.0f}",
+            "X-AppEngine-Estimated-CPM-US-Dollars": f"${cpm:.6f}"}

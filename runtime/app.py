@@ -18,6 +18,7 @@ import logging
 import os
 import sys
 import threading
+import time
 import urllib.parse
 from nats.aio.msg import Msg
 
@@ -143,8 +144,11 @@ class Instance:
         if app is None:
             return _error(404, "no handler matches this URL", self.cfg.instance_id, public="Not Found")
         environ = build_environ(req, self.info)
+        cpu_start = time.thread_time()
         with kiln_runtime.serving(environ):
-            return call_app(app, environ)
+            resp = call_app(app, environ)
+        resp.cpu_micros = int((time.thread_time() - cpu_start) * 1_000_000)
+        return resp
 
     async def finish(self, timeout: float) -> None:
         """Wait for in-flight requests."""

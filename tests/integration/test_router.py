@@ -263,6 +263,17 @@ def test_admin_pages_serve_admins(server):
     assert status == 200 and json.loads(body)["admin"] is True
 
 
+def test_administrators_get_resource_usage_headers(server):
+    admin = sign_in(server, "root@example.com", admin=True)
+    _, headers, _ = request(server, "/hello", headers={"Cookie": admin})
+    assert headers["x-appengine-resource-usage"][0].startswith("ms=")
+    assert "cpu_ms=" in headers["x-appengine-resource-usage"][0]
+    assert headers["x-appengine-estimated-cpm-us-dollars"][0].startswith("$")
+    user = sign_in(server, "bob@example.com")
+    _, headers, _ = request(server, "/hello", headers={"Cookie": user})
+    assert "x-appengine-resource-usage" not in headers
+
+
 def test_forged_session_cookie_is_ignored(server):
     cookie = sign_in(server, "eve@example.com")
     name, _, value = cookie.partition("=")

@@ -195,6 +195,7 @@ class HttpResponse(_message.Message):
     INSTANCE_ID_FIELD_NUMBER: _builtins.int
     RUNTIME_ERROR_FIELD_NUMBER: _builtins.int
     LOADING_REQUEST_FIELD_NUMBER: _builtins.int
+    CPU_MICROS_FIELD_NUMBER: _builtins.int
     status: _builtins.int
     """HTTP status."""
     body: _builtins.bytes
@@ -209,6 +210,8 @@ class HttpResponse(_message.Message):
     """
     loading_request: _builtins.bool
     """True when this was the first request of a new instance (loading request)."""
+    cpu_micros: _builtins.int
+    """CPU time the request's thread used in the runtime, in microseconds."""
     @_builtins.property
     def headers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Header]:
         """Response headers as the app set them (the router post-processes them)."""
@@ -223,10 +226,11 @@ class HttpResponse(_message.Message):
         instance_id: _builtins.str = ...,
         runtime_error: _builtins.str = ...,
         loading_request: _builtins.bool = ...,
+        cpu_micros: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "body_object", b"body_object", "headers", b"headers", "instance_id", b"instance_id", "loading_request", b"loading_request", "runtime_error", b"runtime_error", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "body_object", b"body_object", "cpu_micros", b"cpu_micros", "headers", b"headers", "instance_id", b"instance_id", "loading_request", b"loading_request", "runtime_error", b"runtime_error", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
