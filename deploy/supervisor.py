@@ -10,7 +10,6 @@ with its bound address once it serves.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import json
 import logging
@@ -27,12 +26,8 @@ from collections.abc import Mapping, Sequence
 
 log = logging.getLogger(__name__)
 
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+# Children are started through this script, which arms PR_SET_PDEATHSIG and execs them.
+_DIE_WITH_PARENT = pathlib.Path(__file__).with_name("diewithparent.py")
 
 
 class StartError(Exception):
@@ -70,9 +65,9 @@ class Supervisor:
         if ready_file is not None:
             ready_file.unlink(missing_ok=True)
         with open(log_path, "ab") as out:
-            proc = subprocess.Popen(list(argv), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env=dict(env) if env is not None else None, start_new_session=True,
-                                    preexec_fn=_die_with_parent)
+            wrapped = [sys.executable, str(_DIE_WITH_PARENT), str(os.getpid()), *argv]
+            proc = subprocess.Popen(wrapped, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    env=dict(env) if env is not None else None, start_new_session=True)
         child = Child(name, proc, log_path)
         self.children.append(child)
         return child

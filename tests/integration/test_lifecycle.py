@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import pathlib
 import signal
+import subprocess
+import sys
+import time
 import urllib.request
 
 import grpc
@@ -74,3 +77,33 @@ def test_runtime_and_router_are_healthy_then_stop_cleanly(nats_url, tmp_path):
     for code, output in results:
         assert code == 0
         assert "Traceback" not in output
+
+
+def test_children_die_with_a_parent_that_is_killed_outright(tmp_path):
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import pathlib, sys, time\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        "from deploy.supervisor import Supervisor\n"
+        f"child = Supervisor(pathlib.Path({str(tmp_path / 'run')!r})).spawn('sleeper', ['sleep', '300'])\n"
+        "print(child.proc.pid, flush=True)\n"
+        "time.sleep(300)\n")
+    with subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True) as parent:
+        assert parent.stdout is not None
+        child_pid = int(parent.stdout.readline())
+        assert _alive(child_pid)
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 10
+    while _alive(child_pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(child_pid)
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting to be reaped does not count)."""
+    try:
+        stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
