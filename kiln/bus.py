@@ -10,7 +10,11 @@ from __future__ import annotations
 import logging
 
 import nats
+import nats.errors
+import nats.js.errors
 from nats.aio.client import Client
+from nats.js.api import ObjectStoreConfig
+from nats.js.object_store import ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -54,3 +58,58 @@ def instance_subject(instance_id: str) -> str:
 
 RUNTIME_QUEUE = "runtime"
 ERROR_HEADER = "Kiln-Error-Code"
+
+
+# Bodies too large for one NATS message travel through a JetStream object store
+# bucket; the envelope carries the object's name. Objects expire on their own
+# if a process dies before deleting them.
+BODY_BUCKET = "kiln-bodies"
+BODY_TTL_SECONDS = 600.0
+# Envelope fields besides the body, so a body this close to max_payload still fits.
+ENVELOPE_ALLOWANCE = 64 * 1024
+
+
+class BodyStore:
+    """Large request and response bodies in the ``kiln-bodies`` object store."""
+
+    def __init__(self, nc: Client) -> None:
+        self._nc = nc
+        self._store: ObjectStore | None = None
+
+    def fits_inline(self, size: int) -> bool:
+        """Whether a body of ``size`` bytes fits in the envelope message."""
+        return size + ENVELOPE_ALLOWANCE <= self._nc.max_payload
+
+    async def _bucket(self) -> ObjectStore:
+        if self._store is None:
+            js = self._nc.jetstream()
+            try:
+                self._store = await js.object_store(BODY_BUCKET)
+            except nats.js.errors.BucketNotFoundError:
+                self._store = await js.create_object_store(
+                    BODY_BUCKET, config=ObjectStoreConfig(ttl=BODY_TTL_SECONDS))
+        return self._store
+
+    async def put(self, name: str, body: bytes) -> str:
+        """Store a body under ``name``; returns the name for the envelope."""
+        await (await self._bucket()).put(name, body)
+        return name
+
+    async def size(self, name: str) -> int:
+        """A stored body's size, without fetching it."""
+        info = await (await self._bucket()).get_info(name)
+        return int(info.size or 0)
+
+    async def discard(self, name: str) -> None:
+        """Delete a body that will not be read."""
+        try:
+            await (await self._bucket()).delete(name)
+        except nats.errors.Error as exc:
+            log.warning("body %s not deleted (it expires on its own): %s", name, exc)
+
+    async def take(self, name: str) -> bytes:
+        """Fetch a body and delete it (each body is read once)."""
+        store = await self._bucket()
+        result = await store.get(name)
+        await self.discard(name)
+        return bytes(result.data or b"")

@@ -44,8 +44,6 @@ LOG_SUBJECT = "kiln.logs.request"
 # App Engine removes these from requests before they reach the app.
 REQUEST_DROP = frozenset({"accept-encoding", "connection", "keep-alive", "proxy-authorization", "te",
                           "trailer", "transfer-encoding", "host", "content-length"})
-# Envelope fields besides the body, so a body this close to max_payload still fits.
-ENVELOPE_ALLOWANCE = 64 * 1024
 
 
 class Router:
@@ -62,6 +60,7 @@ class Router:
         self.geo = GeoIP(cfg.geoip_db)
         self.trusted = [ipaddress.ip_network(n.strip()) for n in cfg.trusted_proxies.split(",") if n.strip()]
         self.files = static.FileCache()
+        self.bodies = bus.BodyStore(nc)
         self._statics: dict[tuple[str, str], static.StaticFiles] = {}
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -94,12 +93,10 @@ class Router:
             body = await _read_limited(request, self.cfg.max_request_bytes)
         except _TooLarge:
             return responses.plain(413, "Request body too large.")
-        if len(body) + ENVELOPE_ALLOWANCE > self.nc.max_payload:
-            # Chunked/object-store transport for large bodies is not built yet: refuse
-            # clearly rather than cut the body.
-            return responses.plain(413, f"Request body larger than this deployment's NATS payload limit "
-                                        f"({self.nc.max_payload - ENVELOPE_ALLOWANCE} bytes).")
         envelope = self._envelope(request, target, request_id, host, body, started, client_ip, scheme, user)
+        if not self.bodies.fits_inline(len(body)):
+            envelope.body_object = await self.bodies.put(f"req-{request_id}", body)
+            envelope.ClearField("body")
         try:
             msg = await self.nc.request(bus.http_subject(target.app_id, target.version_id),
                                         envelope.SerializeToString(), timeout=self.cfg.request_timeout_seconds)
@@ -110,6 +107,12 @@ class Router:
         except nats.errors.TimeoutError:
             return await self._error_page(version, "timeout", 500, "The request did not finish in time.")
         resp = http_pb2.HttpResponse.FromString(msg.data)
+        if resp.body_object:
+            if await self.bodies.size(resp.body_object) > self.cfg.max_response_bytes:
+                await self.bodies.discard(resp.body_object)
+                resp.body = b"x" * (self.cfg.max_response_bytes + 1)  # becomes the empty 500 below
+            else:
+                resp.body = await self.bodies.take(resp.body_object)
         out = responses.build(resp, request, max_bytes=self.cfg.max_response_bytes)
         if user is not None and user.is_admin:
             out.headers.update(responses.usage_headers(time.time() - started, resp.cpu_micros,

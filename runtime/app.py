@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 import urllib.parse
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from kiln import appyaml, auth, bus, grpcserver
@@ -80,6 +81,7 @@ class Instance:
             dev=cfg.dev, env_variables=env_vars)
         limit = cfg.max_concurrent_requests or _app_concurrency(app_config)
         self._slots = asyncio.Semaphore(limit)
+        self._bodies: bus.BodyStore | None = None
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=limit, thread_name_prefix="request")
         self._loader = AppLoader(str(cfg.app_dir.resolve()), app_config)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -107,6 +109,10 @@ class Instance:
         # From here on each request thread sees its own CGI variables in os.environ.
         kiln_runtime.install()
 
+    def use_bus(self, nc: Client) -> None:
+        """The NATS connection large bodies travel through (JetStream object store)."""
+        self._bodies = bus.BodyStore(nc)
+
     async def on_message(self, msg: Msg) -> None:
         """NATS callback: handle each request in its own task so requests overlap."""
         task = asyncio.create_task(self._handle(msg))
@@ -127,6 +133,13 @@ class Instance:
             return _error(400, "malformed request envelope", self.cfg.instance_id)
         request_id_var.set(req.request_id)
         app_id_var.set(self.app_id)
+        if req.body_object:
+            assert self._bodies is not None, "use_bus() not called"
+            try:
+                req.body = await self._bodies.take(req.body_object)
+            except Exception:  # noqa: BLE001 - a lost body fails this request, not the instance
+                log.exception("request body %s could not be fetched", req.body_object)
+                return _error(500, "request body lost in transit", self.cfg.instance_id)
         loading = not self._loaded
         try:
             resp = await asyncio.get_running_loop().run_in_executor(self._pool, self._run_app, req)
@@ -134,6 +147,9 @@ class Instance:
             log.exception("unhandled exception serving %s %s", req.method, req.path)
             resp = _error(500, "app raised an exception", self.cfg.instance_id)
         self._loaded = True
+        if self._bodies is not None and not self._bodies.fits_inline(len(resp.body)):
+            resp.body_object = await self._bodies.put(f"resp-{req.request_id}", resp.body)
+            resp.ClearField("body")
         resp.instance_id = self.cfg.instance_id
         resp.loading_request = loading
         self.served += 1
@@ -186,6 +202,7 @@ async def serve(cfg: RuntimeConfig) -> None:
     # The instance writes the ready file itself, once subscribed, not the health server.
     health = await grpcserver.start(dataclasses.replace(cfg, ready_file=None), [])
     nc = await bus.connect(cfg.nats_url, name=f"runtime-{cfg.instance_id}")
+    instance.use_bus(nc)
     sub = await nc.subscribe(bus.http_subject(instance.app_id, instance.version_id),
                              queue=bus.RUNTIME_QUEUE, cb=instance.on_message)
     direct = await nc.subscribe(bus.instance_subject(cfg.instance_id), cb=instance.on_message)

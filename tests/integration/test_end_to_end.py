@@ -195,17 +195,30 @@ def test_kiln_dev_command_serves_then_stops_every_child_on_sigterm(tmp_path):
     assert "Traceback" not in logs
 
 
-def test_body_too_large_for_the_bus_gets_a_clear_413_and_the_app_keeps_serving(dev_server):
-    server = dev_server()
-    req = urllib.request.Request(f"{server.url}sign", data=b"x" * (2 * 1024 * 1024), method="POST")
+def test_bodies_larger_than_the_nats_payload_limit_arrive_whole(tmp_path):
+    app_dir = tmp_path / "bigbody"
+    app_dir.mkdir()
+    (app_dir / "app.yaml").write_text("runtime: python27\napi_version: 1\nthreadsafe: true\n"
+                                      "handlers:\n- url: /.*\n  script: main.app\n")
+    (app_dir / "main.py").write_text(
+        "import hashlib\n"
+        "def app(environ, start_response):\n"
+        "    body = environ['wsgi.input'].read(int(environ.get('CONTENT_LENGTH') or 0))\n"
+        "    start_response('200 OK', [('Content-Type', 'application/octet-stream'),\n"
+        "                              ('X-Request-Sha256', hashlib.sha256(body).hexdigest())])\n"
+        "    return [body[::-1] * 2]\n")
+    server = DevServer(DevOptions(app_dir=app_dir, port=0, data_dir=tmp_path / "bigbody-data"))
+    server.start()
     try:
-        urllib.request.urlopen(req, timeout=30)
-        status, body = 200, b""
-    except urllib.error.HTTPError as err:
-        status, body = err.code, err.read()
-    assert status == 413
-    assert b"payload limit" in body
-    assert _get(server.url)[0] == 200
+        payload = bytes(range(256)) * (12 * 1024)  # 3 MiB, past NATS's default 1 MiB payload
+        req = urllib.request.Request(server.url, data=payload, method="POST")
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            headers, body = resp.headers, resp.read()
+    finally:
+        server.stop()
+    import hashlib
+    assert headers["X-Request-Sha256"] == hashlib.sha256(payload).hexdigest()
+    assert body == payload[::-1] * 2
 
 
 def _dev_app(tmp_path, name, index_yaml=None):

@@ -89,6 +89,9 @@ def app(environ, start_response):
     if path == "/big":
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [b"x" * 300000]
+    if path == "/huge":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"x" * 2000000]
     if path == "/inject":
         start_response("200 OK", [("X-Good", "fine"), ("X-Bad", "a\r\nSet-Cookie: evil=1"), ("X-Caf\u00e9", "v"),
                                   ("X-Val", "caf\u00e9"), ("Connection", "close"), ("Server", "app"),
@@ -379,6 +382,17 @@ def test_no_gzip_without_a_user_agent_or_for_binary_types(server):
 def test_response_over_the_limit_becomes_an_empty_500(server):
     status, _, body = request(server, "/big")
     assert status == 500 and body == b""
+
+
+def test_response_too_large_for_a_nats_message_and_over_the_limit_becomes_an_empty_500(server):
+    status, _, body = request(server, "/huge")
+    assert status == 500 and body == b""
+    assert request(server, "/hello")[0] == 200
+
+
+def test_request_body_over_the_limit_gets_413_without_reaching_the_app(server):
+    status, _, _ = request(server, "/echo", method="POST", body=b"x" * (33 * 1024 * 1024))
+    assert status == 413
 
 
 def test_injected_and_non_ascii_response_headers_are_dropped(server):
