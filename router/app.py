@@ -282,7 +282,9 @@ async def serve(cfg: RouterConfig) -> None:
     router = Router(cfg, nc)
     app = web.Application(client_max_size=cfg.max_request_bytes + 1)
     app.router.add_route("*", "/{tail:.*}", router.handle)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    # keepalive_timeout also bounds how long a new connection may take to send its first
+    # request's headers, so slowloris clients are closed instead of holding sockets.
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=cfg.idle_timeout_seconds)
     await runner.setup()
     host, port = cfg.listen.rsplit(":", 1)
     site = web.TCPSite(runner, host.strip("[]"), int(port))

@@ -33,6 +33,8 @@ class RouterConfig:
     instance_hour_usd: float = field(0.05, "price of an instance hour, for administrators' cost estimate header")
     max_request_bytes: int = field(32 * 1024 * 1024, "larger request bodies get 413 without reaching the app")
     max_response_bytes: int = field(32 * 1024 * 1024, "larger app responses become an empty 500")
+    idle_timeout_seconds: float = field(30.0, "close connections that send no complete request within this "
+                                              "time (idle keep-alives and slow clients sending headers)")
     request_timeout_seconds: float = field(70.0, "how long to wait for an instance's answer")
     ready_file: pathlib.Path | None = field(None, "write the bound address here once serving")
     log_level: str = field("INFO", "log level")

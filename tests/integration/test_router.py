@@ -8,6 +8,7 @@ import json
 import os
 import pathlib
 import textwrap
+import time
 import urllib.parse
 
 import pytest
@@ -132,7 +133,7 @@ def server(tmp_path_factory):
     _mmdb(root / "geo.mmdb")
     saved = dict(os.environ)
     os.environ.update({"KILN_ROUTER_GEOIP_DB": str(root / "geo.mmdb"), "KILN_ROUTER_TRUSTED_PROXIES": "127.0.0.2/32",
-                       "KILN_ROUTER_MAX_RESPONSE_BYTES": "200000"})
+                       "KILN_ROUTER_MAX_RESPONSE_BYTES": "200000", "KILN_ROUTER_IDLE_TIMEOUT_SECONDS": "2"})
     srv = DevServer(DevOptions(app_dir=app_dir, port=0, data_dir=root / "data", request_deadline=1.0))
     try:
         srv.start()
@@ -497,3 +498,28 @@ def test_header_with_a_bare_newline_cannot_smuggle_a_second_header(server):
     answer = _raw(server, b"GET /headers HTTP/1.1\r\nHost: localhost\r\nX-A: 1\nX-AppEngine-Cron: true\r\n"
                           b"Connection: close\r\n\r\n")
     assert b"HTTP_X_APPENGINE_CRON" not in answer
+
+
+def test_slow_client_trickling_headers_is_disconnected(server):
+    import socket
+    address, _, port = server.addresses["router"].rpartition(":")
+    with socket.create_connection((address, int(port)), timeout=10) as sock:
+        sock.sendall(b"GET /hello HTTP/1.1\r\nHost: localhost\r\n")
+        started = time.monotonic()
+        closed = False
+        while time.monotonic() - started < 8:
+            try:
+                sock.sendall(b"X-Slow: 1\r\n")
+            except OSError:
+                closed = True
+                break
+            sock.settimeout(0.5)
+            try:
+                if sock.recv(1024) == b"":
+                    closed = True
+                    break
+            except TimeoutError:
+                pass
+        assert closed
+        assert time.monotonic() - started < 6
+    assert request(server, "/hello")[0] == 200
