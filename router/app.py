@@ -31,7 +31,7 @@ from nats.aio.client import Client
 from kiln import bus, grpcserver
 from kiln.pb.logs.v1 import logs_pb2
 from kiln.pb.runtime.v1 import http_pb2
-from router import hosts, responses, static, users
+from router import hosts, oidc, responses, static, users
 from router.config import RouterConfig
 from router.geo import GeoIP
 from router.versions import LocalVersions, Version, parse_app_dirs
@@ -57,6 +57,10 @@ class Router:
         self.dev_app = cfg.dev_app.partition("=")[0] or None
         self.local = LocalVersions(parse_app_dirs(cfg.app_dirs))
         self.sessions = users.Sessions(cfg.session_secret.get(), auth_domain=cfg.auth_domain)
+        self.admins = cfg.admin_map()
+        self.oidc = oidc.OidcClient(issuer=cfg.oidc_issuer, client_id=cfg.oidc_client_id,
+                                    client_secret=cfg.oidc_client_secret.get(),
+                                    state_key=cfg.session_secret.get()) if cfg.oidc_issuer else None
         self.geo = GeoIP(cfg.geoip_db)
         self.trusted = [ipaddress.ip_network(n.strip()) for n in cfg.trusted_proxies.split(",") if n.strip()]
         self.files = static.FileCache()
@@ -78,10 +82,16 @@ class Router:
             return responses.plain(404, f"No app is served at host {host!r}.")
         client_ip, scheme = self._client(request)
         if request.path == users.LOGIN_PATH:
+            if self.oidc is not None and self.dev_app is None:
+                return await oidc.login(request, self.oidc, scheme)
             return await users.login(request, self.sessions, dev=self.dev_app is not None)
+        if request.path == oidc.CALLBACK_PATH and self.oidc is not None:
+            return await oidc.callback(request, self.oidc, self.sessions, scheme)
         if request.path == users.LOGOUT_PATH:
             return await users.logout(request)
         user = self.sessions.read(request.cookies.get(users.COOKIE))
+        if user is not None and user.email.lower() in self.admins.get(target.app_id, frozenset()):
+            user.is_admin = True
         version = self.local.get(target.app_id, target.version_id)
         if version is not None:
             early = await self._apply_handler(request, version, scheme, user)
@@ -297,6 +307,8 @@ async def serve(cfg: RouterConfig) -> None:
     await grpcserver.wait_for_signal()
     log.info("stopping")
     await runner.cleanup()
+    if router.oidc is not None:
+        await router.oidc.close()
     await nc.drain()
     log.info("stopped")
 

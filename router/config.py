@@ -27,6 +27,11 @@ class RouterConfig:
     session_secret: Secret = field(Secret(""), "key that signs sign-in session cookies (required; the same on "
                                                "every router)")
     auth_domain: str = field("gmail.com", "AUTH_DOMAIN of signed-in users")
+    oidc_issuer: str = field("", "OpenID Connect provider (issuer URL) that signs users in; empty: development "
+                                 "sign-in page under dev_app, else sign-in is unavailable")
+    oidc_client_id: str = field("", "this deployment's client id at the OpenID Connect provider")
+    oidc_client_secret: Secret = field(Secret(""), "this deployment's client secret at the provider")
+    admins: str = field("", "administrators per app: app=email;email[,app=email...] (login: admin, admin headers)")
     geoip_db: pathlib.Path | None = field(None, "MaxMind DB file for X-AppEngine-Country/Region/City headers")
     trusted_proxies: str = field("", "networks (CIDR, comma-separated) of proxies whose X-Forwarded-For and "
                                      "X-Forwarded-Proto are believed")
@@ -58,6 +63,9 @@ class RouterConfig:
             except ValueError:
                 raise ValueError(f"trusted_proxies: {net!r} is not a network like 10.0.0.0/8") from None
         parse_app_dirs(self.app_dirs)
+        self.admin_map()
+        if self.oidc_issuer and not (self.oidc_client_id and self.oidc_client_secret):
+            raise ValueError("oidc_issuer: needs oidc_client_id and oidc_client_secret too")
 
     def custom_domain_map(self) -> dict[str, hosts.Target]:
         """Custom domain -> the app's default version."""
@@ -70,6 +78,16 @@ class RouterConfig:
             if app not in versions:
                 raise ValueError(f"custom_domains: app {app!r} has no default version in apps")
             out[host.lower().rstrip(".")] = hosts.Target(app, versions[app])
+        return out
+
+    def admin_map(self) -> dict[str, frozenset[str]]:
+        """App -> the lower-cased emails of its administrators."""
+        out: dict[str, frozenset[str]] = {}
+        for item in filter(None, (i.strip() for i in self.admins.split(","))):
+            app, sep, emails = item.partition("=")
+            if not sep or not app or not emails:
+                raise ValueError(f"admins: expected app=email;email, got {item!r}")
+            out[app] = frozenset(e.strip().lower() for e in emails.split(";") if e.strip())
         return out
 
     def default_versions(self) -> dict[str, str]:
