@@ -41,6 +41,9 @@ handlers:
 - url: /secure/.*
   script: main.app
   secure: always
+- url: /insecure/.*
+  script: main.app
+  secure: never
 - url: /admin/.*
   script: main.app
   login: admin
@@ -64,6 +67,8 @@ def app(environ, start_response):
     if path.endswith("/whoami"):
         user = users.get_current_user()
         body = json.dumps({"email": user.email() if user else None, "admin": users.is_current_user_admin(),
+                           "nickname": user.nickname() if user else None,
+                           "auth_domain": user.auth_domain() if user else None,
                            "user_id": user.user_id() if user else None, "env_email": os.environ.get("USER_EMAIL"),
                            "login_url": users.create_login_url("/back"), "logout_url": users.create_logout_url("/")})
         start_response("200 OK", [("Content-Type", "application/json")])
@@ -222,6 +227,12 @@ def test_https_from_a_trusted_proxy_is_not_redirected(server):
     assert status == 200 and body == b"app:/secure/page"
 
 
+def test_secure_never_redirects_https_to_http(server):
+    status, headers, _ = request(server, "/insecure/page", host="example.test", headers={"X-Forwarded-Proto": "https"},
+                                 source="127.0.0.2")
+    assert status == 302 and headers["location"] == ["http://example.test/insecure/page"]
+
+
 def test_forwarded_proto_from_an_untrusted_client_is_ignored(server):
     status, _, _ = request(server, "/secure/page", headers={"X-Forwarded-Proto": "https"})
     assert status == 302
@@ -253,6 +264,8 @@ def test_signed_in_user_reaches_the_users_api(server):
     assert data["email"] == data["env_email"] == "ann@example.com"
     assert data["admin"] is False and len(data["user_id"]) == 21
     assert data["login_url"] == "/_ah/login?continue=%2Fback"
+    assert data["logout_url"] == "/_ah/logout?continue=%2F"
+    assert data["nickname"] == "ann@example.com" and data["auth_domain"] == "gmail.com"
 
 
 def test_admin_pages_refuse_signed_in_non_admins(server):
@@ -335,9 +348,12 @@ def test_forwarded_for_from_an_untrusted_client_is_not_believed(server):
 
 
 def test_hop_by_hop_request_headers_are_removed(server):
-    seen = json.loads(request(server, "/headers", headers={"Accept-Encoding": "gzip", "TE": "trailers",
-                                                           "Proxy-Authorization": "Basic x", "X-Custom": "kept"})[2])
-    assert "HTTP_ACCEPT_ENCODING" not in seen and "HTTP_TE" not in seen and "HTTP_PROXY_AUTHORIZATION" not in seen
+    seen = json.loads(request(server, "/headers", headers={
+        "Accept-Encoding": "gzip", "TE": "trailers", "Proxy-Authorization": "Basic x", "Keep-Alive": "timeout=5",
+        "Trailer": "X-T", "Connection": "keep-alive", "X-Custom": "kept"})[2])
+    for name in ("ACCEPT_ENCODING", "TE", "PROXY_AUTHORIZATION", "KEEP_ALIVE", "TRAILER", "CONNECTION",
+                 "TRANSFER_ENCODING"):
+        assert f"HTTP_{name}" not in seen, name
     assert seen["HTTP_X_CUSTOM"] == "kept"
     assert len(seen["HTTP_X_APPENGINE_REQUEST_LOG_ID"]) == 32
 
@@ -522,4 +538,10 @@ def test_slow_client_trickling_headers_is_disconnected(server):
                 pass
         assert closed
         assert time.monotonic() - started < 6
+    assert request(server, "/hello")[0] == 200
+
+
+def test_malformed_host_header_is_a_clear_error(server):
+    answer = _raw(server, b"GET / HTTP/1.1\r\nHost: bad host\x01\r\nConnection: close\r\n\r\n")
+    assert answer.split(b"\r\n", 1)[0].split(b" ")[1] in (b"400", b"404")
     assert request(server, "/hello")[0] == 200
