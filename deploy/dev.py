@@ -23,7 +23,7 @@ import threading
 
 import grpc
 
-from deploy.supervisor import Supervisor, python_module
+from deploy.supervisor import Child, Supervisor, python_module
 from kiln import appyaml, auth, indexyaml
 from kiln.errors import ConfigError
 from kiln.pb.datastore.v1 import datastore_pb2, datastore_pb2_grpc
@@ -79,6 +79,11 @@ class DevServer:
         self.nats_url = ""
         self._secret = secrets.token_hex(32)
         self._own_cassandra = False
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._runtime: Child | None = None
+        self._runtime_argv: list[str] = []
+        self._runtime_env: dict[str, str] = {}
 
     def _keyspace(self) -> str:
         return "kiln_dev_" + re.sub(r"[^a-z0-9_]", "_", self.app_id)
@@ -162,8 +167,27 @@ class DevServer:
         ]
         for svc in ("datastore", "memcache", "urlfetch", "mail", "images"):
             runtime_args += [f"--{svc}-addr", self.addresses[f"{svc}_svc"]]
-        sup.start("runtime", python_module("runtime", *runtime_args), env=env, ready_file=run / "runtime.addr")
+        self._runtime_argv = python_module("runtime", *runtime_args)
+        self._runtime_env = env
+        self._runtime = sup.start("runtime", self._runtime_argv, env=env, ready_file=run / "runtime.addr")
         self.url = f"http://{router.address}/"
+        self._monitor = threading.Thread(target=self._replace_instances, name="instance-monitor", daemon=True)
+        self._monitor.start()
+
+    def _replace_instances(self) -> None:
+        """Start a new runtime instance whenever the current one exits (crashed, or stuck past a deadline)."""
+        while not self._stopping.wait(0.2):
+            with self._lock:
+                if self._stopping.is_set() or self._runtime is None or self._runtime.proc.poll() is None:
+                    continue
+                old = self._runtime
+                log.warning("runtime instance exited with status %s; starting a new one", old.proc.returncode)
+                self.supervisor.children.remove(old)
+                try:
+                    self._runtime = self.supervisor.start("runtime", self._runtime_argv, env=self._runtime_env,
+                                                          ready_file=self.run_dir / "runtime.addr")
+                except Exception:  # noqa: BLE001 - keep watching; wait() reports a dead instance
+                    log.exception("could not start a new runtime instance")
 
     def _session_key(self) -> str:
         """The key that signs sign-in cookies, kept with the data so sign-ins survive restarts."""
@@ -187,7 +211,9 @@ class DevServer:
 
     def stop(self) -> dict[str, int]:
         """Stop every child (and the Cassandra node kiln dev started); returns their exit codes."""
-        codes = self.supervisor.stop_all()
+        self._stopping.set()
+        with self._lock:
+            codes = self.supervisor.stop_all()
         if self._own_cassandra:
             subprocess.run(["bash", str(CASSANDRA_SCRIPT), "stop", "--data-dir", str(self.data_dir / "cassandra")],
                            capture_output=True)
@@ -200,8 +226,9 @@ class DevServer:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
         while not stop.wait(0.5):
-            dead = self.supervisor.first_exited()
-            if dead is not None:
+            with self._lock:
+                dead = self.supervisor.first_exited()
+            if dead is not None and dead is not self._runtime:  # the monitor replaces instances
                 log.error("%s exited with status %s; stopping.\n%s", dead.name, dead.proc.returncode, dead.log_tail())
                 return 1
         return 0

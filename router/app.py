@@ -117,6 +117,8 @@ class Router:
         except nats.errors.TimeoutError:
             return await self._error_page(version, "timeout", 500, "The request did not finish in time.")
         resp = http_pb2.HttpResponse.FromString(msg.data)
+        if resp.deadline_exceeded:
+            return await self._error_page(version, "timeout", 500, "The request did not finish in time.")
         if resp.body_object:
             if await self.bodies.size(resp.body_object) > self.cfg.max_response_bytes:
                 await self.bodies.discard(resp.body_object)

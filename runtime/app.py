@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import ctypes
 import dataclasses
 import importlib
 import logging
@@ -66,6 +67,10 @@ class AppLoader:
             return app
 
 
+# Exit status of an instance that must be replaced (a handler ignored its deadline).
+EXIT_REPLACE = 75
+
+
 class Instance:
     """One running instance (see module docstring)."""
 
@@ -87,6 +92,11 @@ class Instance:
         self._tasks: set[asyncio.Task[None]] = set()
         self._loaded = False
         self.served = 0
+        # Request id -> the thread running it, while the app's code may be running.
+        self._running: dict[str, int] = {}
+        self._running_lock = threading.Lock()
+        # Set when a handler ignored DeadlineExceededError: the instance must be replaced.
+        self.doomed = asyncio.Event()
 
     def export_environment(self) -> None:
         """Process-wide variables the app's SDK reads: service addresses and its identity token."""
@@ -142,7 +152,9 @@ class Instance:
                 return _error(500, "request body lost in transit", self.cfg.instance_id)
         loading = not self._loaded
         try:
-            resp = await asyncio.get_running_loop().run_in_executor(self._pool, self._run_app, req)
+            resp = await self._timed(req)
+        except kiln_runtime.DeadlineExceededError:
+            resp = self._deadline_error(req)
         except Exception:  # noqa: BLE001 - app errors become a 500, never a crash
             log.exception("unhandled exception serving %s %s", req.method, req.path)
             resp = _error(500, "app raised an exception", self.cfg.instance_id)
@@ -155,7 +167,52 @@ class Instance:
         self.served += 1
         return resp
 
+    async def _timed(self, req: http_pb2.HttpRequest) -> http_pb2.HttpResponse:
+        """Run the app under the request timer (App Engine's DeadlineExceededError)."""
+        work = asyncio.get_running_loop().run_in_executor(self._pool, self._run_app, req)
+        try:
+            return await asyncio.wait_for(asyncio.shield(work), timeout=self.cfg.request_deadline_seconds)
+        except TimeoutError:
+            pass
+        log.warning("request %s passed its %.1f s deadline: raising DeadlineExceededError in it",
+                    req.request_id, self.cfg.request_deadline_seconds)
+        self._interrupt(req.request_id)
+        try:
+            return await asyncio.wait_for(asyncio.shield(work), timeout=self.cfg.deadline_grace_seconds)
+        except TimeoutError:
+            log.error("request %s ignored DeadlineExceededError; this instance will be replaced", req.request_id)
+            self.doomed.set()
+            return self._deadline_error(req)
+
+    def _interrupt(self, request_id: str) -> None:
+        with self._running_lock:
+            ident = self._running.get(request_id)
+            if ident is not None:
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident),
+                                                           ctypes.py_object(kiln_runtime.DeadlineExceededError))
+
+    def _deadline_error(self, req: http_pb2.HttpRequest) -> http_pb2.HttpResponse:
+        resp = _error(500, f"request exceeded its {self.cfg.request_deadline_seconds:g} s deadline",
+                      self.cfg.instance_id)
+        resp.deadline_exceeded = True
+        return resp
+
     def _run_app(self, req: http_pb2.HttpRequest) -> http_pb2.HttpResponse:
+        ident = threading.get_ident()
+        try:
+            with self._running_lock:
+                self._running[req.request_id] = ident
+            return self._call(req)
+        except kiln_runtime.DeadlineExceededError:
+            log.error("request %s did not handle DeadlineExceededError", req.request_id)
+            return self._deadline_error(req)
+        finally:
+            with self._running_lock:
+                self._running.pop(req.request_id, None)
+                # An interruption not delivered yet must not land in the runtime's own code.
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), None)
+
+    def _call(self, req: http_pb2.HttpRequest) -> http_pb2.HttpResponse:
         app = self._loader.resolve(urllib.parse.unquote(req.path))
         if app is None:
             return _error(404, "no handler matches this URL", self.cfg.instance_id, public="Not Found")
@@ -210,7 +267,9 @@ async def serve(cfg: RuntimeConfig) -> None:
     log.info("instance %s serving %s/%s", cfg.instance_id, instance.app_id, instance.version_id)
     if cfg.ready_file:
         grpcserver.write_ready_file(cfg.ready_file, health.address)
-    await grpcserver.wait_for_signal()
+    signal_task = asyncio.create_task(grpcserver.wait_for_signal())
+    doomed_task = asyncio.create_task(instance.doomed.wait())
+    await asyncio.wait([signal_task, doomed_task], return_when=asyncio.FIRST_COMPLETED)
     log.info("stopping: draining requests")
     await sub.drain()  # type: ignore[no-untyped-call]  # nats-py leaves Subscription.drain unannotated
     await direct.drain()  # type: ignore[no-untyped-call]
@@ -218,4 +277,9 @@ async def serve(cfg: RuntimeConfig) -> None:
     await nc.drain()
     await health.stop(0)
     log.info("stopped after %d requests", instance.served)
+    if instance.doomed.is_set():
+        # A request thread is stuck in the app: it cannot be stopped from Python, so
+        # leave without waiting for it; whoever runs instances starts a fresh one.
+        logging.shutdown()
+        os._exit(EXIT_REPLACE)
 

@@ -13,7 +13,7 @@ from tests.integration.conftest import ROOT, service_env
 
 pytestmark = pytest.mark.nats
 
-HOST = "probe.example.test"
+HOST = "signin.example.test"  # an app id of its own: runtimes of other test modules share NATS
 PROVIDER_CONFIG = json.dumps({"interactiveLogin": False, "tokenCallbacks": [{
     "issuerId": "default", "tokenExpiry": 120,
     "requestMappings": [{"requestParam": "client_id", "match": "*",
@@ -40,12 +40,12 @@ def stack(tmp_path_factory, supervisor, nats_url):
     run = supervisor.run_dir
     env = service_env()
     supervisor.start("runtime-oidc", python_module(
-        "runtime", "--app-dir", str(app_dir), "--app-id", "probe", "--version-id", "v1", "--nats-url", nats_url,
+        "runtime", "--app-dir", str(app_dir), "--app-id", "signin", "--version-id", "v1", "--nats-url", nats_url,
         "--listen", "127.0.0.1:0", "--ready-file", str(run / "runtime-oidc.addr")), env=env,
         ready_file=run / "runtime-oidc.addr")
     router = supervisor.start("router-oidc", python_module(
         "router", "--listen", "127.0.0.1:0", "--nats-url", nats_url, "--domain", "example.test",
-        "--apps", "probe=v1", "--app-dirs", f"probe/v1={app_dir}", "--admins", "probe=ann@example.com",
+        "--apps", "signin=v1", "--app-dirs", f"signin/v1={app_dir}", "--admins", "signin=ann@example.com",
         "--oidc-issuer", issuer, "--oidc-client-id", "kiln-test", "--oidc-client-secret", "not-so-secret",
         "--ready-file", str(run / "router-oidc.addr")), env=env, ready_file=run / "router-oidc.addr")
     return router.address, port

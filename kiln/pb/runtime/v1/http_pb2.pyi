@@ -196,6 +196,7 @@ class HttpResponse(_message.Message):
     RUNTIME_ERROR_FIELD_NUMBER: _builtins.int
     LOADING_REQUEST_FIELD_NUMBER: _builtins.int
     CPU_MICROS_FIELD_NUMBER: _builtins.int
+    DEADLINE_EXCEEDED_FIELD_NUMBER: _builtins.int
     status: _builtins.int
     """HTTP status."""
     body: _builtins.bytes
@@ -212,6 +213,10 @@ class HttpResponse(_message.Message):
     """True when this was the first request of a new instance (loading request)."""
     cpu_micros: _builtins.int
     """CPU time the request's thread used in the runtime, in microseconds."""
+    deadline_exceeded: _builtins.bool
+    """The request ran past its deadline and the app did not answer in time (the
+    router shows the app's `timeout` error page, if any).
+    """
     @_builtins.property
     def headers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Header]:
         """Response headers as the app set them (the router post-processes them)."""
@@ -227,10 +232,11 @@ class HttpResponse(_message.Message):
         runtime_error: _builtins.str = ...,
         loading_request: _builtins.bool = ...,
         cpu_micros: _builtins.int = ...,
+        deadline_exceeded: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "body_object", b"body_object", "cpu_micros", b"cpu_micros", "headers", b"headers", "instance_id", b"instance_id", "loading_request", b"loading_request", "runtime_error", b"runtime_error", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "body_object", b"body_object", "cpu_micros", b"cpu_micros", "deadline_exceeded", b"deadline_exceeded", "headers", b"headers", "instance_id", b"instance_id", "loading_request", b"loading_request", "runtime_error", b"runtime_error", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
