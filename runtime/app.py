@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 import urllib.parse
+import uuid
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
@@ -118,6 +119,15 @@ class Instance:
             del os.environ[key]
         # From here on each request thread sees its own CGI variables in os.environ.
         kiln_runtime.install()
+
+    async def warm_up(self) -> None:
+        """App Engine's warmup request: ``GET /_ah/warmup`` before the instance takes traffic."""
+        req = http_pb2.HttpRequest(request_id=uuid.uuid4().hex, app_id=self.app_id, version_id=self.version_id,
+                                   method="GET", scheme="http", host=self.cfg.default_hostname.split(":")[0],
+                                   path="/_ah/warmup", protocol="HTTP/1.1", remote_addr="0.1.0.3")
+        req.headers.add(name="X-AppEngine-Request-Log-Id", value=req.request_id)
+        resp = await self._serve(req.SerializeToString())
+        log.info("warmup request answered %d", resp.status)
 
     def use_bus(self, nc: Client) -> None:
         """The NATS connection large bodies travel through (JetStream object store)."""
@@ -260,6 +270,8 @@ async def serve(cfg: RuntimeConfig) -> None:
     health = await grpcserver.start(dataclasses.replace(cfg, ready_file=None), [])
     nc = await bus.connect(cfg.nats_url, name=f"runtime-{cfg.instance_id}")
     instance.use_bus(nc)
+    if "warmup" in app_config.inbound_services:
+        await instance.warm_up()
     sub = await nc.subscribe(bus.http_subject(instance.app_id, instance.version_id),
                              queue=bus.RUNTIME_QUEUE, cb=instance.on_message)
     direct = await nc.subscribe(bus.instance_subject(cfg.instance_id), cb=instance.on_message)
