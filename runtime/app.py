@@ -32,7 +32,7 @@ from kiln.log import app_id as app_id_var
 from kiln.log import request_id as request_id_var
 from kiln.pb.runtime.v1 import http_pb2
 from runtime.config import RuntimeConfig
-from runtime.wsgi import InstanceInfo, WsgiApp, build_environ, call_app
+from runtime.wsgi import CgiScript, InstanceInfo, WsgiApp, build_environ, call_app
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +46,26 @@ class AppLoader:
         self._app_dir = app_dir
         self._matcher = Matcher(config)
         self._apps: dict[str, WsgiApp] = {}
+        self._scripts: dict[str, CgiScript] = {}
         self._lock = threading.Lock()
 
-    def resolve(self, path: str) -> WsgiApp | None:
-        """The WSGI app for ``path``, or ``None`` when no script handler matches."""
+    def resolve(self, path: str) -> WsgiApp | CgiScript | None:
+        """The WSGI app or CGI script for ``path``, or ``None`` when no script handler matches."""
         found = self._matcher.match(path)
         if found is None or found.handler.script is None:
             return None  # static handlers are served by the router
+        if found.handler.is_cgi:
+            return self._cgi(found.handler.script)
         return self._load(found.handler.script)
+
+    def _cgi(self, script: str) -> CgiScript:
+        with self._lock:
+            found = self._scripts.get(script)
+            if found is None:
+                if self._app_dir not in sys.path:
+                    sys.path.insert(0, self._app_dir)
+                found = self._scripts[script] = CgiScript(os.path.join(self._app_dir, script))
+            return found
 
     def _load(self, script: str) -> WsgiApp:
         with self._lock:
@@ -229,7 +241,7 @@ class Instance:
         environ = build_environ(req, self.info)
         cpu_start = time.thread_time()
         with kiln_runtime.serving(environ):
-            resp = call_app(app, environ)
+            resp = app(environ) if isinstance(app, CgiScript) else call_app(app, environ)
         resp.cpu_micros = int((time.thread_time() - cpu_start) * 1_000_000)
         return resp
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
+import runpy
 import sys
 import urllib.parse
 from collections.abc import Callable, Iterable
@@ -115,4 +116,66 @@ def call_app(app: WsgiApp, environ: dict[str, Any]) -> http_pb2.HttpResponse:
     resp = http_pb2.HttpResponse(status=code, body=b"".join(chunks))
     for name, value in state["headers"]:
         resp.headers.add(name=str(name), value=str(value))
+    return resp
+
+
+class CgiScript:
+    """A CGI handler (``script: file.py``) with App Engine's app caching.
+
+    The first request runs the file as ``__main__``. If it defines ``main()``,
+    the module is kept and later requests only call ``main()``; otherwise the
+    whole file runs again on every request. The request's environment is in
+    ``os.environ`` (the runtime makes it request-local), the body on
+    ``sys.stdin``; what the script prints to ``sys.stdout`` is the response:
+    headers (``Status:`` sets the status), a blank line, the body. CGI apps
+    are never threadsafe, so one request runs at a time and swapping
+    ``sys.stdin``/``sys.stdout`` for it is safe.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._main: Callable[[], Any] | None = None
+
+    def __call__(self, environ: dict[str, Any]) -> http_pb2.HttpResponse:
+        out = io.BytesIO()
+        stdout = io.TextIOWrapper(out, encoding="utf-8", newline="", write_through=True)
+        stdin = io.TextIOWrapper(environ["wsgi.input"], encoding="utf-8", newline="")
+        saved = sys.stdin, sys.stdout
+        sys.stdin, sys.stdout = stdin, stdout
+        try:
+            if self._main is not None:
+                self._main()
+            else:
+                namespace = runpy.run_path(self.path, run_name="__main__")
+                main = namespace.get("main")
+                if callable(main):
+                    self._main = main
+        finally:
+            sys.stdin, sys.stdout = saved
+            stdout.flush()
+        return parse_cgi_output(out.getvalue())
+
+
+def parse_cgi_output(raw: bytes) -> http_pb2.HttpResponse:
+    """A CGI script's output as a response; malformed output raises ValueError."""
+    head, sep, body = raw.partition(b"\r\n\r\n")
+    if not sep:
+        head, sep, body = raw.partition(b"\n\n")
+    if not sep:
+        raise ValueError("CGI output has no blank line after its headers")
+    resp = http_pb2.HttpResponse(status=200, body=body)
+    for line in head.replace(b"\r\n", b"\n").split(b"\n"):
+        name, colon, value = line.decode("latin-1").partition(":")
+        if not colon or not name.strip() or " " in name.strip():
+            raise ValueError(f"CGI output has a malformed header line {line[:80]!r}")
+        name, value = name.strip(), value.strip()
+        if name.lower() == "status":
+            code = value.split(" ", 1)[0]
+            if not code.isdigit() or not 100 <= int(code) <= 599:
+                raise ValueError(f"CGI Status header is not a status: {value!r}")
+            resp.status = int(code)
+        else:
+            resp.headers.add(name=name, value=value)
+    if resp.status == 200 and any(h.name.lower() == "location" for h in resp.headers):
+        resp.status = 302
     return resp

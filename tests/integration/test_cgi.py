@@ -1,0 +1,106 @@
+"""CGI handlers (``script: file.py``) and App Engine's app caching, through router, NATS and runtime."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+
+import pytest
+
+from deploy.dev import DevOptions, DevServer
+
+pytestmark = pytest.mark.nats
+
+APP_YAML = """
+runtime: python27
+api_version: 1
+threadsafe: false
+handlers:
+- url: /cached.*
+  script: cached.py
+- url: /rerun.*
+  script: rerun.py
+- url: /garbage
+  script: garbage.py
+- url: /.*
+  script: echo.py
+"""
+
+CACHED = '''
+import os
+LOADS = globals().get("LOADS", 0) + 1
+CALLS = []
+
+def main():
+    CALLS.append(1)
+    print("Content-Type: text/plain")
+    print("")
+    print(f"loads={LOADS} calls={len(CALLS)}", end="")
+
+if __name__ == "__main__":
+    main()
+'''
+
+RERUN = '''
+import sys
+counter = sys.modules.setdefault("rerun_counter", type(sys)("rerun_counter"))
+counter.runs = getattr(counter, "runs", 0) + 1
+print("Content-Type: text/plain")
+print()
+print(f"runs={counter.runs}", end="")
+'''
+
+ECHO = '''
+import os, sys
+body = sys.stdin.read()
+print("Status: 201 Created")
+print("Content-Type: text/plain")
+print("X-Path: " + os.environ["PATH_INFO"])
+print()
+print(f"{os.environ['REQUEST_METHOD']} {body}", end="")
+'''
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    app_dir = tmp_path_factory.mktemp("cgi")
+    (app_dir / "app.yaml").write_text(APP_YAML)
+    (app_dir / "cached.py").write_text(CACHED)
+    (app_dir / "rerun.py").write_text(RERUN)
+    (app_dir / "echo.py").write_text(ECHO)
+    (app_dir / "garbage.py").write_text('print("this is not a CGI response")\n')
+    srv = DevServer(DevOptions(app_dir=app_dir, port=0, data_dir=app_dir / "data"))
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+def fetch(server, path, data=None):
+    req = urllib.request.Request(server.url.rstrip("/") + path, data=data)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), err.read()
+
+
+def test_cgi_output_is_the_response_with_status_and_headers(server):
+    status, headers, body = fetch(server, "/echo/x", data=b"hello")
+    assert status == 201 and body == b"POST hello"
+    assert headers["X-Path"] == "/echo/x" and headers["Content-Type"] == "text/plain"
+
+
+def test_cgi_script_with_main_is_cached_and_main_is_called_again(server):
+    assert fetch(server, "/cached")[2] == b"loads=1 calls=1"
+    assert fetch(server, "/cached")[2] == b"loads=1 calls=2"
+
+
+def test_cgi_script_without_main_runs_again_each_time(server):
+    first = int(fetch(server, "/rerun")[2].split(b"=")[1])
+    assert fetch(server, "/rerun")[2] == f"runs={first + 1}".encode()
+
+
+def test_garbage_cgi_output_gives_500_and_the_instance_keeps_serving(server):
+    status, _, body = fetch(server, "/garbage")
+    assert status == 500 and b"not a CGI response" not in body
+    assert fetch(server, "/echo/ok", data=b"x")[0] == 201
