@@ -7,6 +7,10 @@ replaces ``os.environ`` with a mapping that, on a thread serving a request,
 shows that request's variables over the process environment, and sends that
 thread's writes to the request alone. Outside a request it is the process
 environment.
+
+Threads an app starts during a request belong to that request, as on App
+Engine: they see its environment, and the request does not finish until they
+have (they cannot outlive it).
 """
 
 from __future__ import annotations
@@ -34,13 +38,48 @@ def request_environ() -> dict[str, Any] | None:
 
 @contextlib.contextmanager
 def serving(environ: dict[str, Any]) -> Iterator[None]:
-    """Make ``environ`` this thread's request environment for the block (the runtime uses this)."""
-    previous = getattr(_local, "environ", None)
+    """Make ``environ`` this thread's request environment for the block (the runtime uses this).
+
+    Threads started in the block are joined before it ends.
+    """
+    previous = getattr(_local, "environ", None), getattr(_local, "threads", None)
     _local.environ = {k: v for k, v in environ.items() if isinstance(v, str)}
+    _local.threads = []
     try:
         yield
+        _join(_local.threads)
     finally:
-        _local.environ = previous
+        _local.environ, _local.threads = previous
+
+
+def _join(threads: list[threading.Thread]) -> None:
+    # Daemon threads are left alone: libraries (gRPC's channel threads, for one)
+    # start them to live as long as the process. Short joins, so that the request
+    # timer's DeadlineExceededError can land between them (it is only delivered
+    # while Python code runs).
+    for thread in threads:
+        while thread.is_alive() and not thread.daemon:
+            thread.join(0.05)
+
+
+_original_start = threading.Thread.start
+
+
+def _start_in_request(self: threading.Thread) -> None:
+    """``Thread.start`` that ties the thread to the request starting it (see module docstring)."""
+    owned: list[threading.Thread] | None = getattr(_local, "threads", None)
+    environ: dict[str, str] | None = getattr(_local, "environ", None)
+    if owned is not None and environ is not None:
+        owned.append(self)
+        target_run = self.run
+        shared = environ
+
+        def run() -> None:
+            _local.environ = shared
+            target_run()
+
+        self.run = run  # type: ignore[method-assign]
+    _original_start(self)
 
 
 class _RequestEnviron(MutableMapping[str, str]):
@@ -91,6 +130,7 @@ class _RequestEnviron(MutableMapping[str, str]):
 
 
 def install() -> None:
-    """Replace ``os.environ`` with the request-aware mapping (once per process)."""
+    """Make ``os.environ`` request-aware and threads request-bound (once per process)."""
     if not isinstance(os.environ, _RequestEnviron):
         os.environ = _RequestEnviron(os.environ)  # type: ignore[assignment]
+    threading.Thread.start = _start_in_request  # type: ignore[method-assign]
