@@ -30,7 +30,7 @@ from kiln.pb.datastore.v1 import datastore_pb2, datastore_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-SERVICES = ("datastore_svc", "memcache_svc", "urlfetch_svc", "mail_svc", "images_svc", "cron_svc")
+SERVICES = ("datastore_svc", "memcache_svc", "urlfetch_svc", "mail_svc", "images_svc", "cron_svc", "logs_svc")
 CASSANDRA_SCRIPT = pathlib.Path(__file__).resolve().parent / "cassandra.sh"
 
 
@@ -134,6 +134,8 @@ class DevServer:
         pending = []
         for svc in SERVICES:
             args = ["--listen", "127.0.0.1:0", "--ready-file", str(run / f"{svc}.addr")]
+            if svc == "logs_svc":
+                args += ["--nats-url", self.nats_url, "--data-dir", str(self.data_dir / "logs")]
             if svc == "datastore_svc":
                 args += ["--storage", self.opts.storage, "--data-dir", str(self.data_dir / "datastore"),
                          "--index-cache-seconds", "0", "--auto-index-file", str(self.index_yaml)]

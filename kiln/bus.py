@@ -113,3 +113,23 @@ class BodyStore:
         result = await store.get(name)
         await self.discard(name)
         return bytes(result.data or b"")
+
+
+# Request logs: published on core NATS by the routers (no round trip per request)
+# and kept by a JetStream stream, so the logs service loses none while it is down.
+REQUEST_LOG_SUBJECT = "kiln.logs.request"
+LOG_STREAM = "KILN_LOGS"
+LOG_STREAM_MAX_AGE_SECONDS = 7 * 24 * 3600
+
+
+async def ensure_log_stream(nc: Client) -> None:
+    """Create the request-log stream if it does not exist yet (every publisher and reader calls this)."""
+    js = nc.jetstream()
+    try:
+        await js.stream_info(LOG_STREAM)
+    except nats.js.errors.NotFoundError:
+        try:
+            await js.add_stream(name=LOG_STREAM, subjects=[REQUEST_LOG_SUBJECT],
+                                max_age=LOG_STREAM_MAX_AGE_SECONDS)
+        except nats.js.errors.BadRequestError:
+            await js.stream_info(LOG_STREAM)  # another process created it meanwhile

@@ -39,7 +39,7 @@ from router.versions import LocalVersions, Version, parse_app_dirs
 log = logging.getLogger(__name__)
 
 HEALTH_PATH = "/_ah/kiln/healthz"
-LOG_SUBJECT = "kiln.logs.request"
+LOG_SUBJECT = bus.REQUEST_LOG_SUBJECT
 
 # App Engine removes these from requests before they reach the app.
 REQUEST_DROP = frozenset({"accept-encoding", "connection", "keep-alive", "proxy-authorization", "te",
@@ -239,7 +239,8 @@ class Router:
             method=env.method, resource=request.path_qs, http_version=env.protocol, status=resp.status,
             response_size=size, referrer=request.headers.get("Referer", ""),
             user_agent=request.headers.get("User-Agent", ""), host=env.host, instance_id=resp.instance_id,
-            was_loading_request=resp.loading_request, finished=True)
+            was_loading_request=resp.loading_request, finished=True, app_logs=resp.app_logs,
+            nickname=env.user.email.split("@")[0] if env.user.email else "")
         record.start_time.FromNanoseconds(int(started * 1e9))
         end = time.time()
         record.end_time.FromNanoseconds(int(end * 1e9))
@@ -291,6 +292,7 @@ def _port(request: web.Request, scheme: str) -> int:
 async def serve(cfg: RouterConfig) -> None:
     """Serve HTTP until SIGTERM, then finish in-flight requests and drain NATS."""
     nc = await bus.connect(cfg.nats_url, name="router")
+    await bus.ensure_log_stream(nc)
     router = Router(cfg, nc)
     app = web.Application(client_max_size=cfg.max_request_bytes + 1)
     app.router.add_route("*", "/{tail:.*}", router.handle)

@@ -20,6 +20,7 @@ import os
 import sys
 import threading
 import time
+import traceback
 import urllib.parse
 import uuid
 from nats.aio.client import Client
@@ -30,6 +31,7 @@ from kiln import runtime as kiln_runtime
 from kiln.handlers import Matcher
 from kiln.log import app_id as app_id_var
 from kiln.log import request_id as request_id_var
+from kiln.pb.logs.v1 import logs_pb2
 from kiln.pb.runtime.v1 import http_pb2
 from runtime.config import RuntimeConfig
 from runtime.wsgi import CgiScript, InstanceInfo, WsgiApp, build_environ, call_app
@@ -82,6 +84,12 @@ class AppLoader:
 
 # Exit status of an instance that must be replaced (a handler ignored its deadline).
 EXIT_REPLACE = 75
+# What one request may log (App Engine kept a request's app logs bounded too).
+MAX_LOG_LINES = 1000
+MAX_LOG_LINE_CHARS = 8192
+_LEVELS = {logging.DEBUG: logs_pb2.LOG_LEVEL_DEBUG, logging.INFO: logs_pb2.LOG_LEVEL_INFO,
+           logging.WARNING: logs_pb2.LOG_LEVEL_WARNING, logging.ERROR: logs_pb2.LOG_LEVEL_ERROR,
+           logging.CRITICAL: logs_pb2.LOG_LEVEL_CRITICAL, 0: logs_pb2.LOG_LEVEL_DEBUG}
 
 
 class Instance:
@@ -240,9 +248,20 @@ class Instance:
             return _error(404, "no handler matches this URL", self.cfg.instance_id, public="Not Found")
         environ = build_environ(req, self.info)
         cpu_start = time.thread_time()
-        with kiln_runtime.serving(environ):
-            resp = app(environ) if isinstance(app, CgiScript) else call_app(app, environ)
+        lines: list[kiln_runtime.LogLine] = []
+        try:
+            with kiln_runtime.serving(environ, lines):
+                resp = app(environ) if isinstance(app, CgiScript) else call_app(app, environ)
+        except Exception:
+            # The app's traceback belongs in its request log as well as the instance's.
+            lines.append((time.time(), logging.ERROR, "uncaught exception:\n" + traceback.format_exc()))
+            resp = _error(500, "app raised an exception", self.cfg.instance_id)
+            log.exception("unhandled exception serving %s %s", req.method, req.path)
         resp.cpu_micros = int((time.thread_time() - cpu_start) * 1_000_000)
+        for created, level, message in lines[:MAX_LOG_LINES]:
+            line = resp.app_logs.add(level=_LEVELS.get(level // 10 * 10, logs_pb2.LOG_LEVEL_CRITICAL),
+                                     message=message[:MAX_LOG_LINE_CHARS])
+            line.time.FromNanoseconds(int(created * 1e9))
         return resp
 
     async def finish(self, timeout: float) -> None:

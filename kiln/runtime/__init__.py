@@ -11,13 +11,20 @@ environment.
 Threads an app starts during a request belong to that request, as on App
 Engine: they see its environment, and the request does not finish until they
 have (they cannot outlive it).
+
+What a request's threads log (the ``logging`` module, and lines written to
+``sys.stderr``) is collected for its request log (:func:`request_logs`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
+import logging
 import os
+import sys
 import threading
+import time
 from collections.abc import Iterator, Mapping, MutableMapping
 from typing import Any
 
@@ -36,20 +43,68 @@ def request_environ() -> dict[str, Any] | None:
     return found
 
 
+LogLine = tuple[float, int, str]  # time, logging level, message
+
+
 @contextlib.contextmanager
-def serving(environ: dict[str, Any]) -> Iterator[None]:
+def serving(environ: dict[str, Any], logs: list[LogLine] | None = None) -> Iterator[None]:
     """Make ``environ`` this thread's request environment for the block (the runtime uses this).
 
-    Threads started in the block are joined before it ends.
+    Threads started in the block are joined before it ends; what the request
+    logs is appended to ``logs``.
     """
-    previous = getattr(_local, "environ", None), getattr(_local, "threads", None)
+    previous = (getattr(_local, "environ", None), getattr(_local, "threads", None), getattr(_local, "logs", None))
     _local.environ = {k: v for k, v in environ.items() if isinstance(v, str)}
     _local.threads = []
+    _local.logs = logs if logs is not None else []
     try:
         yield
         _join(_local.threads)
     finally:
-        _local.environ, _local.threads = previous
+        _local.environ, _local.threads, _local.logs = previous
+
+
+class _RequestLogHandler(logging.Handler):
+    """Collects records logged on a request's threads into that request's log."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        lines: list[LogLine] | None = getattr(_local, "logs", None)
+        if lines is None:
+            return
+        try:
+            message = record.getMessage()
+            if record.exc_info:
+                message += "\n" + logging.Formatter().formatException(record.exc_info)
+        except Exception:  # noqa: BLE001 - a bad log call must not break the request
+            message = str(record.msg)
+        lines.append((record.created, record.levelno, message))
+
+
+class _RequestStderr(io.TextIOBase):
+    """``sys.stderr`` that also puts a request's lines into its log (at INFO)."""
+
+    def __init__(self, real: Any) -> None:
+        self._real = real
+
+    def write(self, text: str) -> int:
+        lines: list[LogLine] | None = getattr(_local, "logs", None)
+        if lines is not None:
+            pending = getattr(_local, "stderr_partial", "") + text
+            *complete, rest = pending.split("\n")
+            _local.stderr_partial = rest
+            now = time.time()
+            lines.extend((now, logging.INFO, line) for line in complete if line)
+        return int(self._real.write(text))
+
+    def flush(self) -> None:
+        self._real.flush()
+
+    def fileno(self) -> int:
+        return int(self._real.fileno())
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return str(getattr(self._real, "encoding", "utf-8"))
 
 
 def _join(threads: list[threading.Thread]) -> None:
@@ -74,8 +129,11 @@ def _start_in_request(self: threading.Thread) -> None:
         target_run = self.run
         shared = environ
 
+        shared_logs = getattr(_local, "logs", None)
+
         def run() -> None:
             _local.environ = shared
+            _local.logs = shared_logs
             target_run()
 
         self.run = run  # type: ignore[method-assign]
@@ -134,3 +192,7 @@ def install() -> None:
     if not isinstance(os.environ, _RequestEnviron):
         os.environ = _RequestEnviron(os.environ)  # type: ignore[assignment]
     threading.Thread.start = _start_in_request  # type: ignore[method-assign]
+    if not any(isinstance(h, _RequestLogHandler) for h in logging.getLogger().handlers):
+        logging.getLogger().addHandler(_RequestLogHandler())
+    if not isinstance(sys.stderr, _RequestStderr):
+        sys.stderr = _RequestStderr(sys.stderr)

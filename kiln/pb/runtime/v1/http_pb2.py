@@ -24,9 +24,10 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from kiln.pb.logs.v1 import logs_pb2 as kiln_dot_pb_dot_logs_dot_v1_dot_logs__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dkiln/pb/runtime/v1/http.proto\x12\x12kiln.pb.runtime.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"%\n\x06Header\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"U\n\x0cSignedInUser\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x13\n\x0b\x61uth_domain\x18\x03 \x01(\t\x12\x10\n\x08is_admin\x18\x04 \x01(\x08\"\x92\x03\n\x0bHttpRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61pp_id\x18\x02 \x01(\t\x12\x12\n\nversion_id\x18\x03 \x01(\t\x12\x0e\n\x06method\x18\x04 \x01(\t\x12\x0e\n\x06scheme\x18\x05 \x01(\t\x12\x0c\n\x04host\x18\x06 \x01(\t\x12\x0c\n\x04port\x18\x07 \x01(\x05\x12\x0c\n\x04path\x18\x08 \x01(\t\x12\x14\n\x0cquery_string\x18\t \x01(\t\x12\x10\n\x08protocol\x18\n \x01(\t\x12+\n\x07headers\x18\x0b \x03(\x0b\x32\x1a.kiln.pb.runtime.v1.Header\x12\x13\n\x0bremote_addr\x18\x0c \x01(\t\x12\x0c\n\x04\x62ody\x18\r \x01(\x0c\x12\x13\n\x0b\x62ody_object\x18\x0e \x01(\t\x12.\n\x04user\x18\x0f \x01(\x0b\x32 .kiln.pb.runtime.v1.SignedInUser\x12/\n\x0breceived_at\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x11 \x01(\x03\"\xe2\x01\n\x0cHttpResponse\x12\x0e\n\x06status\x18\x01 \x01(\x05\x12+\n\x07headers\x18\x02 \x03(\x0b\x32\x1a.kiln.pb.runtime.v1.Header\x12\x0c\n\x04\x62ody\x18\x03 \x01(\x0c\x12\x13\n\x0b\x62ody_object\x18\x04 \x01(\t\x12\x13\n\x0binstance_id\x18\x05 \x01(\t\x12\x15\n\rruntime_error\x18\x06 \x01(\t\x12\x17\n\x0floading_request\x18\x07 \x01(\x08\x12\x12\n\ncpu_micros\x18\x08 \x01(\x03\x12\x19\n\x11\x64\x65\x61\x64line_exceeded\x18\t \x01(\x08\x42\x45\n\x16\x64\x65v.kiln.pb.runtime.v1P\x01Z)kiln.dev/gen/kiln/pb/runtime/v1;runtimev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dkiln/pb/runtime/v1/http.proto\x12\x12kiln.pb.runtime.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1akiln/pb/logs/v1/logs.proto\"%\n\x06Header\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"U\n\x0cSignedInUser\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x13\n\x0b\x61uth_domain\x18\x03 \x01(\t\x12\x10\n\x08is_admin\x18\x04 \x01(\x08\"\x92\x03\n\x0bHttpRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61pp_id\x18\x02 \x01(\t\x12\x12\n\nversion_id\x18\x03 \x01(\t\x12\x0e\n\x06method\x18\x04 \x01(\t\x12\x0e\n\x06scheme\x18\x05 \x01(\t\x12\x0c\n\x04host\x18\x06 \x01(\t\x12\x0c\n\x04port\x18\x07 \x01(\x05\x12\x0c\n\x04path\x18\x08 \x01(\t\x12\x14\n\x0cquery_string\x18\t \x01(\t\x12\x10\n\x08protocol\x18\n \x01(\t\x12+\n\x07headers\x18\x0b \x03(\x0b\x32\x1a.kiln.pb.runtime.v1.Header\x12\x13\n\x0bremote_addr\x18\x0c \x01(\t\x12\x0c\n\x04\x62ody\x18\r \x01(\x0c\x12\x13\n\x0b\x62ody_object\x18\x0e \x01(\t\x12.\n\x04user\x18\x0f \x01(\x0b\x32 .kiln.pb.runtime.v1.SignedInUser\x12/\n\x0breceived_at\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x11 \x01(\x03\"\x91\x02\n\x0cHttpResponse\x12\x0e\n\x06status\x18\x01 \x01(\x05\x12+\n\x07headers\x18\x02 \x03(\x0b\x32\x1a.kiln.pb.runtime.v1.Header\x12\x0c\n\x04\x62ody\x18\x03 \x01(\x0c\x12\x13\n\x0b\x62ody_object\x18\x04 \x01(\t\x12\x13\n\x0binstance_id\x18\x05 \x01(\t\x12\x15\n\rruntime_error\x18\x06 \x01(\t\x12\x17\n\x0floading_request\x18\x07 \x01(\x08\x12\x12\n\ncpu_micros\x18\x08 \x01(\x03\x12\x19\n\x11\x64\x65\x61\x64line_exceeded\x18\t \x01(\x08\x12-\n\x08\x61pp_logs\x18\n \x03(\x0b\x32\x1b.kiln.pb.logs.v1.AppLogLineBE\n\x16\x64\x65v.kiln.pb.runtime.v1P\x01Z)kiln.dev/gen/kiln/pb/runtime/v1;runtimev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,12 +35,12 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kiln.pb.runtime.v1.http_pb2
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\026dev.kiln.pb.runtime.v1P\001Z)kiln.dev/gen/kiln/pb/runtime/v1;runtimev1'
-  _globals['_HEADER']._serialized_start=86
-  _globals['_HEADER']._serialized_end=123
-  _globals['_SIGNEDINUSER']._serialized_start=125
-  _globals['_SIGNEDINUSER']._serialized_end=210
-  _globals['_HTTPREQUEST']._serialized_start=213
-  _globals['_HTTPREQUEST']._serialized_end=615
-  _globals['_HTTPRESPONSE']._serialized_start=618
-  _globals['_HTTPRESPONSE']._serialized_end=844
+  _globals['_HEADER']._serialized_start=114
+  _globals['_HEADER']._serialized_end=151
+  _globals['_SIGNEDINUSER']._serialized_start=153
+  _globals['_SIGNEDINUSER']._serialized_end=238
+  _globals['_HTTPREQUEST']._serialized_start=241
+  _globals['_HTTPREQUEST']._serialized_end=643
+  _globals['_HTTPRESPONSE']._serialized_start=646
+  _globals['_HTTPRESPONSE']._serialized_end=919
 # @@protoc_insertion_point(module_scope)

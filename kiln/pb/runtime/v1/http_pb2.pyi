@@ -17,6 +17,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from kiln.pb.logs.v1 import logs_pb2 as _logs_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -197,6 +198,7 @@ class HttpResponse(_message.Message):
     LOADING_REQUEST_FIELD_NUMBER: _builtins.int
     CPU_MICROS_FIELD_NUMBER: _builtins.int
     DEADLINE_EXCEEDED_FIELD_NUMBER: _builtins.int
+    APP_LOGS_FIELD_NUMBER: _builtins.int
     status: _builtins.int
     """HTTP status."""
     body: _builtins.bytes
@@ -221,6 +223,10 @@ class HttpResponse(_message.Message):
     def headers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Header]:
         """Response headers as the app set them (the router post-processes them)."""
 
+    @_builtins.property
+    def app_logs(self) -> _containers.RepeatedCompositeFieldContainer[_logs_pb2.AppLogLine]:
+        """What the app logged during the request (the logging module and stderr)."""
+
     def __init__(
         self,
         *,
@@ -233,10 +239,11 @@ class HttpResponse(_message.Message):
         loading_request: _builtins.bool = ...,
         cpu_micros: _builtins.int = ...,
         deadline_exceeded: _builtins.bool = ...,
+        app_logs: _abc.Iterable[_logs_pb2.AppLogLine] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "body_object", b"body_object", "cpu_micros", b"cpu_micros", "deadline_exceeded", b"deadline_exceeded", "headers", b"headers", "instance_id", b"instance_id", "loading_request", b"loading_request", "runtime_error", b"runtime_error", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_logs", b"app_logs", "body", b"body", "body_object", b"body_object", "cpu_micros", b"cpu_micros", "deadline_exceeded", b"deadline_exceeded", "headers", b"headers", "instance_id", b"instance_id", "loading_request", b"loading_request", "runtime_error", b"runtime_error", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,8 @@
+"""``python -m logs_svc``: run the logs service."""
+
+from kiln import service_main
+from logs_svc.app import serve
+from logs_svc.config import LogsConfig
+
+if __name__ == "__main__":
+    raise SystemExit(service_main.run("logs_svc", "LOGS", LogsConfig, serve))

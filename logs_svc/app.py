@@ -1,0 +1,81 @@
+"""Wiring of logs_svc: the JetStream consumer that stores request logs, and the gRPC query service.
+
+Routers publish each request's log record on ``kiln.logs.request``; the
+``KILN_LOGS`` stream keeps them, and this service reads the stream with a
+durable consumer, acknowledging a batch only after storing it — so a crash or
+restart of the service loses no record (a redelivered one is stored once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import nats.errors
+from nats.js import JetStreamContext
+
+from kiln import bus, grpcserver
+from kiln.pb.logs.v1 import logs_pb2, logs_pb2_grpc
+from logs_svc.config import LogsConfig
+from logs_svc.service import LogsService
+from logs_svc.store import LogStore
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = logs_pb2.DESCRIPTOR.services_by_name["LogsService"].full_name
+CONSUMER = "logs-svc"
+BATCH = 200
+
+
+async def consume(js: JetStreamContext, store: LogStore) -> None:
+    """Move records from the stream into the store until cancelled."""
+    sub = await js.pull_subscribe(bus.REQUEST_LOG_SUBJECT, durable=CONSUMER, stream=bus.LOG_STREAM)
+    while True:
+        try:
+            msgs = await sub.fetch(BATCH, timeout=1.0)
+        except (nats.errors.TimeoutError, TimeoutError):
+            continue
+        except nats.errors.Error as exc:
+            log.warning("reading the log stream: %s", exc)
+            await asyncio.sleep(1)
+            continue
+        records = []
+        for msg in msgs:
+            try:
+                records.append(logs_pb2.RequestLog.FromString(msg.data))
+            except Exception:  # noqa: BLE001 - a malformed record is dropped, not retried forever
+                log.warning("dropping a malformed request-log record (%d bytes)", len(msg.data))
+        await store.add(records)
+        for msg in msgs:
+            await msg.ack()
+
+
+async def expire(store: LogStore, retention_days: int) -> None:
+    """Delete records past retention, hourly."""
+    while True:
+        removed = await store.expire(int((time.time() - retention_days * 86400) * 1_000_000))
+        if removed:
+            log.info("expired %d request logs", removed)
+        await asyncio.sleep(3600)
+
+
+async def serve(cfg: LogsConfig) -> None:
+    """Run the logs service until SIGTERM."""
+    store = LogStore(cfg.data_dir / "logs.sqlite3")
+    await store.open()
+    nc = await bus.connect(cfg.nats_url, name="logs_svc")
+    await bus.ensure_log_stream(nc)
+    tasks = [asyncio.create_task(consume(nc.jetstream(), store)),
+             asyncio.create_task(expire(store, cfg.retention_days))]
+
+    async def stop() -> None:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await nc.drain()
+        await store.close()
+
+    registration = grpcserver.Registration(SERVICE_NAME, logs_pb2_grpc.add_LogsServiceServicer_to_server,
+                                           LogsService(store, secret=cfg.service_secret.get()))
+    await grpcserver.serve(cfg, [registration], on_stop=stop)
