@@ -7,12 +7,12 @@ import concurrent.futures
 import json
 import py_compile
 import textwrap
-import urllib.request
 import zipfile
 
 import pytest
 
-from deploy.dev import DevOptions, DevServer
+from tests.integration import apps
+from tests.integration.apps import running
 
 pytestmark = pytest.mark.nats
 
@@ -37,25 +37,19 @@ MAIN = textwrap.dedent('''
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     app_dir = tmp_path_factory.mktemp("code")
-    (app_dir / "app.yaml").write_text("runtime: python27\napi_version: 1\nthreadsafe: true\n"
-                                      "env_variables:\n  COLOUR: blue\n"
-                                      "handlers:\n- url: /.*\n  script: main.app\n")
-    (app_dir / "main.py").write_text(MAIN)
     source = app_dir / "compiled_only.py"
     source.write_text("def answer():\n    return 'from a .pyc'\n")
     py_compile.compile(str(source), cfile=str(app_dir / "compiled_only.pyc"), doraise=True)
     source.unlink()
     with zipfile.ZipFile(app_dir / "vendor.zip", "w") as archive:
         archive.writestr("zipped.py", "def answer():\n    return 'from a .zip'\n")
-    srv = DevServer(DevOptions(app_dir=app_dir, port=0, data_dir=app_dir / "data"))
-    srv.start()
-    yield srv
-    srv.stop()
+    app_yaml = apps.THREADSAFE_YAML.replace("handlers:", "env_variables:\n  COLOUR: blue\nhandlers:")
+    with running(app_dir, {"main.py": MAIN}, app_yaml=app_yaml) as srv:
+        yield srv
 
 
 def fetch(server, path):
-    with urllib.request.urlopen(server.url.rstrip("/") + path, timeout=30) as resp:
-        return json.loads(resp.read())
+    return json.loads(apps.fetch(server, path)[2])
 
 
 def test_modules_ship_as_pyc_without_source_and_inside_zip_archives(server):

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import textwrap
-import urllib.error
-import urllib.request
 
 import pytest
 
-from deploy.dev import DevOptions, DevServer
+from tests.integration import apps
+from tests.integration.apps import running
 
 pytestmark = pytest.mark.nats
 
@@ -56,22 +55,14 @@ MAIN = textwrap.dedent('''
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    app_dir = tmp_path_factory.mktemp("failures")
-    (app_dir / "app.yaml").write_text(APP_YAML)
-    (app_dir / "main.py").write_text(MAIN)
-    (app_dir / "broken.py").write_text("import this_module_does_not_exist\n")
-    srv = DevServer(DevOptions(app_dir=app_dir, port=0, data_dir=app_dir / "data"))
-    srv.start()
-    yield srv
-    srv.stop()
+    files = {"main.py": MAIN, "broken.py": "import this_module_does_not_exist\n"}
+    with running(tmp_path_factory.mktemp("failures"), files, app_yaml=APP_YAML) as srv:
+        yield srv
 
 
 def fetch(server, path):
-    try:
-        with urllib.request.urlopen(server.url.rstrip("/") + path, timeout=30) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read()
+    status, _, body = apps.fetch(server, path)
+    return status, body
 
 
 def runtime_log(server):

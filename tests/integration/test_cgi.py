@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import urllib.error
-import urllib.request
 
 import pytest
 
-from deploy.dev import DevOptions, DevServer
+from tests.integration.apps import fetch, running
 
 pytestmark = pytest.mark.nats
 
@@ -63,25 +61,10 @@ print(f"{os.environ['REQUEST_METHOD']} {body}", end="")
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    app_dir = tmp_path_factory.mktemp("cgi")
-    (app_dir / "app.yaml").write_text(APP_YAML)
-    (app_dir / "cached.py").write_text(CACHED)
-    (app_dir / "rerun.py").write_text(RERUN)
-    (app_dir / "echo.py").write_text(ECHO)
-    (app_dir / "garbage.py").write_text('print("this is not a CGI response")\n')
-    srv = DevServer(DevOptions(app_dir=app_dir, port=0, data_dir=app_dir / "data"))
-    srv.start()
-    yield srv
-    srv.stop()
-
-
-def fetch(server, path, data=None):
-    req = urllib.request.Request(server.url.rstrip("/") + path, data=data)
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, dict(resp.headers), resp.read()
-    except urllib.error.HTTPError as err:
-        return err.code, dict(err.headers), err.read()
+    files = {"cached.py": CACHED, "rerun.py": RERUN, "echo.py": ECHO,
+             "garbage.py": 'print("this is not a CGI response")\n'}
+    with running(tmp_path_factory.mktemp("cgi"), files, app_yaml=APP_YAML) as srv:
+        yield srv
 
 
 def test_cgi_output_is_the_response_with_status_and_headers(server):

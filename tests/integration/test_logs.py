@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import textwrap
 import time
-import urllib.error
-import urllib.request
 
 import grpc
 import pytest
 
-from deploy.dev import DevOptions, DevServer
+from tests.integration import apps
+from tests.integration.apps import running
 from kiln import auth
 from kiln.pb.logs.v1 import logs_pb2, logs_pb2_grpc
 
@@ -37,22 +36,13 @@ MAIN = textwrap.dedent('''
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    app_dir = tmp_path_factory.mktemp("logsapp")
-    (app_dir / "app.yaml").write_text("runtime: python27\napi_version: 1\nthreadsafe: true\n"
-                                      "handlers:\n- url: /.*\n  script: main.app\n")
-    (app_dir / "main.py").write_text(MAIN)
-    srv = DevServer(DevOptions(app_dir=app_dir, port=0, data_dir=app_dir / "data"))
-    srv.start()
-    yield srv
-    srv.stop()
+    with running(tmp_path_factory.mktemp("logsapp"), {"main.py": MAIN}) as srv:
+        yield srv
 
 
 def fetch(server, path):
-    try:
-        with urllib.request.urlopen(server.url.rstrip("/") + path, timeout=30) as resp:
-            return resp.status, resp.headers
-    except urllib.error.HTTPError as err:
-        return err.code, err.headers
+    status, headers, _ = apps.fetch(server, path)
+    return status, headers
 
 
 def query(server, app=None, **fields):

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import textwrap
 import time
-import urllib.request
 
 import pytest
 
-from deploy.dev import DevOptions, DevServer
+from tests.integration import apps
+from tests.integration.apps import running
 
 pytestmark = pytest.mark.nats
 
@@ -32,19 +32,12 @@ MAIN = textwrap.dedent('''
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    app_dir = tmp_path_factory.mktemp("threads")
-    (app_dir / "app.yaml").write_text("runtime: python27\napi_version: 1\nthreadsafe: true\n"
-                                      "handlers:\n- url: /.*\n  script: main.app\n")
-    (app_dir / "main.py").write_text(MAIN)
-    srv = DevServer(DevOptions(app_dir=app_dir, port=0, data_dir=app_dir / "data"))
-    srv.start()
-    yield srv
-    srv.stop()
+    with running(tmp_path_factory.mktemp("threads"), {"main.py": MAIN}) as srv:
+        yield srv
 
 
 def fetch(server, path):
-    with urllib.request.urlopen(server.url.rstrip("/") + path, timeout=30) as resp:
-        return resp.read()
+    return apps.fetch(server, path)[2]
 
 
 def test_request_finishes_only_after_the_threads_it_started(server):

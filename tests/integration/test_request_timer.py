@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import textwrap
-import urllib.error
-import urllib.request
 
 import pytest
 
-from deploy.dev import DevOptions, DevServer
+from tests.integration import apps
+from tests.integration.apps import running
 
 pytestmark = pytest.mark.nats
 
@@ -51,22 +50,13 @@ MAIN = textwrap.dedent('''
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    app_dir = tmp_path_factory.mktemp("timer")
-    (app_dir / "app.yaml").write_text("runtime: python27\napi_version: 1\nthreadsafe: true\n"
-                                      "handlers:\n- url: /.*\n  script: main.app\n")
-    (app_dir / "main.py").write_text(MAIN)
-    srv = DevServer(DevOptions(app_dir=app_dir, port=0, data_dir=app_dir / "data", request_deadline=1.0))
-    srv.start()
-    yield srv
-    srv.stop()
+    with running(tmp_path_factory.mktemp("timer"), {"main.py": MAIN}, request_deadline=1.0) as srv:
+        yield srv
 
 
 def fetch(server, path):
-    try:
-        with urllib.request.urlopen(server.url.rstrip("/") + path, timeout=30) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read()
+    status, _, body = apps.fetch(server, path)
+    return status, body
 
 
 def instance(server):

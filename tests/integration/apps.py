@@ -1,0 +1,41 @@
+"""Small apps run under ``kiln dev`` for the runtime's integration tests."""
+
+from __future__ import annotations
+
+import contextlib
+import pathlib
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+
+from deploy.dev import DevOptions, DevServer
+
+THREADSAFE_YAML = ("runtime: python27\napi_version: 1\nthreadsafe: true\n"
+                   "handlers:\n- url: /.*\n  script: main.app\n")
+
+
+@contextlib.contextmanager
+def running(app_dir: pathlib.Path, files: Mapping[str, str], *, app_yaml: str = THREADSAFE_YAML,
+            request_deadline: float = 60.0) -> Iterator[DevServer]:
+    """Write the app's files and serve it with every kiln part, stopping everything afterwards."""
+    app_dir.mkdir(parents=True, exist_ok=True)
+    (app_dir / "app.yaml").write_text(app_yaml)
+    for name, text in files.items():
+        (app_dir / name).write_text(text)
+    server = DevServer(DevOptions(app_dir=app_dir, port=0, data_dir=app_dir / "data",
+                                  request_deadline=request_deadline))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def fetch(server: DevServer, path: str, data: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
+    """One request through the router: status, headers, body (errors are answers, not exceptions)."""
+    req = urllib.request.Request(server.url.rstrip("/") + path, data=data)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), err.read()
