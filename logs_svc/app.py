@@ -28,10 +28,12 @@ CONSUMER = "logs-svc"
 BATCH = 200
 
 
-async def consume(js: JetStreamContext, store: LogStore) -> None:
-    """Move records from the stream into the store until cancelled."""
+async def consume(js: JetStreamContext, store: LogStore, stopping: asyncio.Event) -> None:
+    """Move records from the stream into the store until ``stopping`` is set."""
     sub = await js.pull_subscribe(bus.REQUEST_LOG_SUBJECT, durable=CONSUMER, stream=bus.LOG_STREAM)
-    while True:
+    # A stop flag rather than cancellation: nats-py's fetch turns a cancellation
+    # into its own timeout error, which this loop would take for an empty batch.
+    while not stopping.is_set():
         try:
             msgs = await sub.fetch(BATCH, timeout=1.0)
         except (nats.errors.TimeoutError, TimeoutError):
@@ -49,6 +51,9 @@ async def consume(js: JetStreamContext, store: LogStore) -> None:
         await store.add(records)
         for msg in msgs:
             await msg.ack()
+    # Leave the pull subscription before the connection drains: nats-py's drain
+    # otherwise waits its full timeout (30 s) on a pull consumer's inbox.
+    await sub.unsubscribe()
 
 
 async def expire(store: LogStore, retention_days: int) -> None:
@@ -66,13 +71,17 @@ async def serve(cfg: LogsConfig) -> None:
     await store.open()
     nc = await bus.connect(cfg.nats_url, name="logs_svc")
     await bus.ensure_log_stream(nc)
-    tasks = [asyncio.create_task(consume(nc.jetstream(), store)),
-             asyncio.create_task(expire(store, cfg.retention_days))]
+    stopping = asyncio.Event()
+    consumer = asyncio.create_task(consume(nc.jetstream(), store, stopping))
+    expiry = asyncio.create_task(expire(store, cfg.retention_days))
 
     async def stop() -> None:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        stopping.set()
+        expiry.cancel()
+        done, _ = await asyncio.wait([consumer], timeout=5)
+        if not done:
+            consumer.cancel()
+        await asyncio.gather(consumer, expiry, return_exceptions=True)
         await nc.drain()
         await store.close()
 

@@ -107,3 +107,19 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_logs_service_stops_promptly_on_sigterm(nats_url, tmp_path):
+    sup = Supervisor(tmp_path)
+    try:
+        child = sup.start("logs_svc", python_module(
+            "logs_svc", "--listen", "127.0.0.1:0", "--nats-url", nats_url, "--data-dir", str(tmp_path / "data"),
+            "--ready-file", str(tmp_path / "addr")), env={**service_env(), "KILN_LOGS_SERVICE_SECRET": "s"},
+            ready_file=tmp_path / "addr")
+        started = time.monotonic()
+        code, output = _stop(child)
+        assert code == 0, output
+        assert time.monotonic() - started < 8
+        assert "stopped" in output
+    finally:
+        sup.stop_all()
