@@ -108,9 +108,13 @@ class Router:
             envelope.body_object = await self.bodies.put(f"req-{request_id}", body)
             envelope.ClearField("body")
         try:
-            msg = await self.nc.request(bus.http_subject(target.app_id, target.version_id),
-                                        envelope.SerializeToString(), timeout=self.cfg.request_timeout_seconds)
+            subject = (bus.instance_subject(target.instance_id) if target.instance_id
+                       else bus.http_subject(target.app_id, target.version_id))
+            msg = await self.nc.request(subject, envelope.SerializeToString(),
+                                        timeout=self.cfg.request_timeout_seconds)
         except nats.errors.NoRespondersError:
+            if target.instance_id:
+                return responses.plain(404, f"Instance {target.instance_id!r} is not serving.")
             if target.explicit_version:
                 return responses.plain(404, f"Version {target.version_id!r} of app {target.app_id!r} is not serving.")
             return await self._error_page(version, None, 503, "No instance of this app is available.")

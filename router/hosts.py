@@ -2,12 +2,17 @@
 
 - ``APP.DOMAIN`` and any ``SUB.APP.DOMAIN``: the app's default version;
 - ``VERSION-dot-APP.DOMAIN`` and ``SUB-dot-VERSION-dot-APP.DOMAIN``: that version;
+- ``INSTANCE-dot-VERSION-dot-APP.DOMAIN``, where INSTANCE is an instance id
+  (32 hex digits, the ``INSTANCE_ID`` apps see): that one instance;
 - development mode: every host reaches the one app's default version.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
+
+_INSTANCE = re.compile(r"[0-9a-f]{32}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -17,6 +22,7 @@ class Target:
     app_id: str
     version_id: str
     explicit_version: bool = False
+    instance_id: str | None = None
 
 
 def resolve(host: str, *, domain: str, versions: dict[str, str], dev_app: str | None) -> Target | None:
@@ -39,6 +45,8 @@ def resolve(host: str, *, domain: str, versions: dict[str, str], dev_app: str | 
     app = parts[-1]
     if not app or app not in versions:
         return None
+    if len(parts) >= 3 and _INSTANCE.fullmatch(parts[-3]) and parts[-2]:
+        return Target(app, parts[-2], explicit_version=True, instance_id=parts[-3])
     if len(parts) >= 2 and parts[-2]:
         return Target(app, parts[-2], explicit_version=True)
     return Target(app, versions[app])

@@ -173,6 +173,10 @@ class Instance:
             return _error(400, "malformed request envelope", self.cfg.instance_id)
         request_id_var.set(req.request_id)
         app_id_var.set(self.app_id)
+        if req.app_id != self.app_id or req.version_id != self.version_id:
+            # Addressed by instance id, but the host named another app or version.
+            return _error(404, "this instance serves another app or version", self.cfg.instance_id,
+                          public="Not Found")
         if req.body_object:
             assert self._bodies is not None, "use_bus() not called"
             try:

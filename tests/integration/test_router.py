@@ -442,13 +442,16 @@ def production(tmp_path_factory, supervisor, nats_url):
     (app_dir / "main.py").write_text(
         "def app(environ, start_response):\n"
         "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
+        "    if environ['PATH_INFO'] == '/instance':\n"
+        "        return [environ['INSTANCE_ID'].encode()]\n"
         "    return [(environ['SERVER_NAME'] + ' ' + environ['CURRENT_VERSION_ID']).encode()]\n")
     run = supervisor.run_dir
     env = service_env()
-    supervisor.start("runtime-hosts", python_module(
-        "runtime", "--app-dir", str(app_dir), "--app-id", "probe", "--version-id", "v1", "--nats-url", nats_url,
-        "--listen", "127.0.0.1:0", "--ready-file", str(run / "runtime-hosts.addr")), env=env,
-        ready_file=run / "runtime-hosts.addr")
+    for n in (1, 2):  # two instances of the version, so instance addressing has a choice to make
+        supervisor.start(f"runtime-hosts-{n}", python_module(
+            "runtime", "--app-dir", str(app_dir), "--app-id", "probe", "--version-id", "v1", "--nats-url", nats_url,
+            "--listen", "127.0.0.1:0", "--ready-file", str(run / f"runtime-hosts-{n}.addr")), env=env,
+            ready_file=run / f"runtime-hosts-{n}.addr")
     router = supervisor.start("router-hosts", python_module(
         "router", "--listen", "127.0.0.1:0", "--nats-url", nats_url, "--domain", "example.test",
         "--apps", "probe=v1", "--custom-domains", "www.probe.org=probe",
@@ -547,3 +550,23 @@ def test_malformed_host_header_is_a_clear_error(server):
     answer = _raw(server, b"GET / HTTP/1.1\r\nHost: bad host\x01\r\nConnection: close\r\n\r\n")
     assert answer.split(b"\r\n", 1)[0].split(b" ")[1] in (b"400", b"404")
     assert request(server, "/hello")[0] == 200
+
+
+def test_instance_dot_version_dot_app_always_reaches_that_instance(production):
+    seen = {request(production, "/instance", host="probe.example.test")[2].decode() for _ in range(20)}
+    assert len(seen) == 2  # the default route spreads requests over both instances
+    instance = sorted(seen)[0]
+    for _ in range(10):
+        status, _, body = request(production, "/instance", host=f"{instance}-dot-v1-dot-probe.example.test")
+        assert status == 200 and body.decode() == instance
+
+
+def test_unknown_instance_is_404(production):
+    status, _, body = request(production, "/", host=f"{'0' * 32}-dot-v1-dot-probe.example.test")
+    assert status == 404 and b"Instance" in body
+
+
+def test_an_instance_refuses_requests_for_another_version(production):
+    instance = request(production, "/instance", host="probe.example.test")[2].decode()
+    status, _, _ = request(production, "/instance", host=f"{instance}-dot-v2-dot-probe.example.test")
+    assert status == 404

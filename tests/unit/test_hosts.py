@@ -30,3 +30,9 @@ def test_unknown_app_or_domain_is_none():
 
 def test_dev_mode_routes_every_host_to_the_app():
     assert resolve("anything", domain="example.com", versions=VERSIONS, dev_app="guestbook") == Target("guestbook", "v1")
+
+
+def test_instance_dot_version_dot_app_reaches_that_instance():
+    instance = "0123456789abcdef0123456789abcdef"
+    assert resolve(f"{instance}-dot-v1-dot-guestbook.example.com", domain="example.com", versions=VERSIONS,
+                   dev_app=None) == Target("guestbook", "v1", explicit_version=True, instance_id=instance)
