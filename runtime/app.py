@@ -33,6 +33,7 @@ from kiln.log import app_id as app_id_var
 from kiln.log import request_id as request_id_var
 from kiln.pb.logs.v1 import logs_pb2
 from kiln.pb.runtime.v1 import http_pb2
+from runtime import sandbox
 from runtime.config import RuntimeConfig
 from runtime.wsgi import CgiScript, InstanceInfo, WsgiApp, build_environ, call_app
 
@@ -137,8 +138,10 @@ class Instance:
         # The secret that signs tokens is the platform's, not the app's.
         for key in [k for k in os.environ if k.endswith("_SERVICE_SECRET")]:
             del os.environ[key]
-        # From here on each request thread sees its own CGI variables in os.environ.
+        # From here on each request thread sees its own CGI variables in os.environ,
+        # and app code runs under the sandbox's rules.
         kiln_runtime.install()
+        sandbox.install()
 
     async def warm_up(self) -> None:
         """App Engine's warmup request: ``GET /_ah/warmup`` before the instance takes traffic."""
