@@ -19,7 +19,7 @@ from kiln.errors import KilnError
 
 def _dev(args: argparse.Namespace) -> int:
     from deploy.dev import DevOptions, DevServer
-    from deploy.supervisor import StartError
+    from kiln.supervisor import StartError
 
     app_dir = pathlib.Path(args.app_dir)
     if not (app_dir / "app.yaml").is_file():

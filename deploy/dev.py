@@ -23,7 +23,7 @@ import threading
 
 import grpc
 
-from deploy.supervisor import Child, Supervisor, python_module
+from kiln.supervisor import Child, Supervisor, python_module
 from kiln import appyaml, auth, indexyaml
 from kiln.errors import ConfigError
 from kiln.pb.datastore.v1 import datastore_pb2, datastore_pb2_grpc

@@ -57,6 +57,11 @@ def instance_subject(instance_id: str) -> str:
 
 
 RUNTIME_QUEUE = "runtime"
+
+
+def heartbeat_subject(app_id: str, version_id: str) -> str:
+    """Where a version's instances report their load (InstanceHeartbeat) for the instance manager."""
+    return f"kiln.heartbeat.{app_id}.{version_id}"
 ERROR_HEADER = "Kiln-Error-Code"
 
 

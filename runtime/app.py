@@ -32,7 +32,7 @@ from kiln.handlers import Matcher
 from kiln.log import app_id as app_id_var
 from kiln.log import request_id as request_id_var
 from kiln.pb.logs.v1 import logs_pb2
-from kiln.pb.runtime.v1 import http_pb2
+from kiln.pb.runtime.v1 import events_pb2, http_pb2
 from runtime import sandbox
 from runtime.config import RuntimeConfig
 from runtime.wsgi import CgiScript, InstanceInfo, WsgiApp, build_environ, call_app
@@ -161,6 +161,11 @@ class Instance:
         task = asyncio.create_task(self._handle(msg))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    @property
+    def active(self) -> set[asyncio.Task[None]]:
+        """Requests received and not yet answered (queued or running)."""
+        return self._tasks
 
     async def _handle(self, msg: Msg) -> None:
         async with self._slots:
@@ -295,6 +300,23 @@ def _app_concurrency(config: appyaml.AppConfig) -> int:
     return DEFAULT_MAX_CONCURRENT
 
 
+async def _heartbeats(nc: Client, instance: Instance, period: float) -> None:
+    """Report this instance's load to the instance manager, every ``period`` seconds."""
+    started = time.time()
+    subject = bus.heartbeat_subject(instance.app_id, instance.version_id)
+    while True:
+        beat = events_pb2.InstanceHeartbeat(instance_id=instance.cfg.instance_id, app_id=instance.app_id,
+                                            version_id=instance.version_id, active_requests=len(instance.active),
+                                            requests_served=instance.served)
+        beat.started_at.FromNanoseconds(int(started * 1e9))
+        beat.sent_at.GetCurrentTime()
+        try:
+            await nc.publish(subject, beat.SerializeToString())
+        except Exception as exc:  # noqa: BLE001 - a missed heartbeat is not an instance failure
+            log.debug("heartbeat not sent: %s", exc)
+        await asyncio.sleep(period)
+
+
 async def serve(cfg: RuntimeConfig) -> None:
     """Load the app, subscribe, serve until SIGTERM, then drain."""
     app_config = appyaml.load(cfg.app_dir / "app.yaml")
@@ -317,10 +339,12 @@ async def serve(cfg: RuntimeConfig) -> None:
     log.info("instance %s serving %s/%s", cfg.instance_id, instance.app_id, instance.version_id)
     if cfg.ready_file:
         grpcserver.write_ready_file(cfg.ready_file, health.address)
+    beats = asyncio.create_task(_heartbeats(nc, instance, cfg.heartbeat_seconds))
     signal_task = asyncio.create_task(grpcserver.wait_for_signal())
     doomed_task = asyncio.create_task(instance.doomed.wait())
     await asyncio.wait([signal_task, doomed_task], return_when=asyncio.FIRST_COMPLETED)
     log.info("stopping: draining requests")
+    beats.cancel()
     await sub.drain()  # type: ignore[no-untyped-call]  # nats-py leaves Subscription.drain unannotated
     await direct.drain()  # type: ignore[no-untyped-call]
     await instance.finish(cfg.grace_seconds)

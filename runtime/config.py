@@ -37,6 +37,7 @@ class RuntimeConfig(GrpcServiceConfig):
     default_hostname: str = field("localhost:8080", "DEFAULT_VERSION_HOSTNAME given to the app")
     dev: bool = field(False, "development server: SERVER_SOFTWARE is Development/x.y")
     request_deadline_seconds: float = field(60.0, "the request timer: how long a handler may run")
+    heartbeat_seconds: float = field(1.0, "how often the instance reports its load to the instance manager")
     deadline_grace_seconds: float = field(1.0, "after DeadlineExceededError is raised in a handler, how long it "
                                                "may take to write its own response")
     max_concurrent_requests: int = field(0, "requests served at once (0: app.yaml's automatic_scaling value, else 10)")

@@ -15,7 +15,7 @@ import subprocess
 import grpc
 import pytest
 
-from deploy.supervisor import Supervisor, free_port, python_module
+from kiln.supervisor import Supervisor, free_port, python_module
 from kiln import auth
 from kiln.pb.datastore.v1 import datastore_pb2_grpc
 

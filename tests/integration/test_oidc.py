@@ -8,7 +8,7 @@ import urllib.parse
 
 import pytest
 
-from deploy.supervisor import free_port, python_module
+from kiln.supervisor import free_port, python_module
 from tests.integration.conftest import ROOT, service_env
 
 pytestmark = pytest.mark.nats

@@ -1,6 +1,6 @@
 """Starting and stopping kiln's processes as children of one parent.
 
-Used by ``kiln dev`` and by the integration tests. Each child runs in its own
+Used by ``kiln dev``, the instance manager (``runtime.manager``) and the integration tests. Each child runs in its own
 session (so a terminal's Ctrl-C reaches only the parent, which then stops the
 children in order) and gets ``PR_SET_PDEATHSIG`` so it dies with the parent
 even if the parent is killed outright. Readiness is a file the child writes

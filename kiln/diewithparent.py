@@ -1,5 +1,7 @@
 """Run a command that dies with the process that started it: ``diewithparent.py PARENT_PID CMD [ARGS...]``.
 
+Run as a script (by path) by :mod:`kiln.supervisor`, never imported.
+
 Sets ``PR_SET_PDEATHSIG`` (SIGTERM) and then execs the command, which keeps
 the setting. The supervisor starts children through this small script rather
 than with ``subprocess``'s ``preexec_fn``: running Python code in a child

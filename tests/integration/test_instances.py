@@ -1,0 +1,126 @@
+"""The instance manager: minimum instances, replacement of a killed instance under load (only its
+requests fail), scaling up under load and down when idle; through router, NATS and runtime."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import http.client
+import os
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+
+from kiln.supervisor import python_module
+from tests.integration.conftest import service_env
+
+pytestmark = pytest.mark.nats
+
+HOST = "scaled.example.test"
+MAIN = (
+    "import os, time\n"
+    "def app(environ, start_response):\n"
+    "    if environ['PATH_INFO'] == '/slow':\n"
+    "        time.sleep(1.5)\n"
+    "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
+    "    return [os.environ['INSTANCE_ID'].encode()]\n")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, supervisor, nats_url):
+    app_dir = tmp_path_factory.mktemp("scaled")
+    (app_dir / "app.yaml").write_text("runtime: python27\napi_version: 1\nthreadsafe: true\n"
+                                      "handlers:\n- url: /.*\n  script: main.app\n")
+    (app_dir / "main.py").write_text(MAIN)
+    run = supervisor.run_dir
+    env = service_env()
+    router = supervisor.start("router-scaled", python_module(
+        "router", "--listen", "127.0.0.1:0", "--nats-url", nats_url, "--domain", "example.test",
+        "--apps", "scaled=v1", "--ready-file", str(run / "router-scaled.addr")), env=env,
+        ready_file=run / "router-scaled.addr")
+    supervisor.start("manager-scaled", python_module(
+        "runtime.manager", "--app-dir", str(app_dir), "--app-id", "scaled", "--version-id", "v1",
+        "--nats-url", nats_url, "--run-dir", str(run / "scaled-instances"), "--min-instances", "2",
+        "--max-instances", "4", "--max-concurrent-requests", "2", "--idle-seconds", "2",
+        "--ready-file", str(run / "manager-scaled.ready"), "--", "--listen", "127.0.0.1:0"),
+        env=env, ready_file=run / "manager-scaled.ready")
+    wait_until(lambda: len(instance_pids()) == 2 and len(serving(router.address)) == 2, 60)
+    return router.address
+
+
+def get(address, path="/"):
+    name, _, port = address.rpartition(":")
+    conn = http.client.HTTPConnection(name, int(port), timeout=30)
+    try:
+        conn.request("GET", path, headers={"Host": HOST})
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode()
+    finally:
+        conn.close()
+
+
+def serving(address, tries=30):
+    return {body for status, body in (get(address) for _ in range(tries)) if status == 200}
+
+
+def instance_pids() -> dict[str, int]:
+    out = subprocess.run(["pgrep", "-af", "runtime --app-dir"], capture_output=True, text=True).stdout
+    pids = {}
+    for line in out.splitlines():
+        pid, _, cmd = line.partition(" ")
+        if "--app-id scaled" in cmd and "--instance-id" in cmd:
+            pids[cmd.split("--instance-id ")[1].split()[0]] = int(pid)
+    return pids
+
+
+def wait_until(predicate, seconds):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError("condition not reached")
+
+
+def test_minimum_instances_share_the_requests(stack):
+    assert len(serving(stack)) == 2
+
+
+def test_a_killed_instance_costs_only_the_requests_it_held(stack):
+    before = instance_pids()
+    victim_id, victim_pid = sorted(before.items())[0]
+    results: list[tuple[int, str]] = []
+    stop = threading.Event()
+
+    def load():
+        while not stop.is_set():
+            try:
+                results.append(get(stack))
+            except OSError:
+                results.append((0, ""))
+
+    threads = [threading.Thread(target=load) for _ in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(1)
+    os.kill(victim_pid, signal.SIGKILL)
+    time.sleep(2)
+    stop.set()
+    for t in threads:
+        t.join()
+    failed = [r for r in results if r[0] != 200]
+    assert len(failed) <= len(threads), failed  # at most the requests in flight at the kill
+    assert len(results) - len(failed) > 20
+    wait_until(lambda: len(instance_pids()) == 2 and victim_id not in instance_pids(), 30)
+
+
+def test_instances_are_added_under_load_and_removed_when_idle(stack):
+    with concurrent.futures.ThreadPoolExecutor(10) as pool:
+        seen = set()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(instance_pids()) < 4:
+            seen |= {body for _, body in pool.map(lambda _: get(stack, "/slow"), range(10))}
+        assert len(instance_pids()) >= 3
+    wait_until(lambda: len(instance_pids()) == 2, 40)
