@@ -28,6 +28,7 @@ among those matching the filters, App Engine's rule).
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import itertools
 from collections.abc import Sequence
@@ -336,7 +337,7 @@ class Plan(Protocol):
         ...
 
 
-class _PagedStream:
+class _PagedStream(abc.ABC):
     """Reads a sorted range in pages; seeks only move forward, so a page is reused until passed."""
 
     def __init__(self, lo: bytes, hi: bytes) -> None:
@@ -346,8 +347,9 @@ class _PagedStream:
         self._from: bytes | None = None  # the buffer holds every row in [_from, last row]
         self._complete = False  # ... and in [_from, hi) when set
 
+    @abc.abstractmethod
     async def _fetch(self, lo: bytes, hi: bytes) -> list[Item]:
-        raise NotImplementedError
+        """Up to a page of items with ``lo <= row < hi``, in order."""
 
     def _key(self, target: bytes) -> bytes:
         return target

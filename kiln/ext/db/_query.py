@@ -8,6 +8,7 @@ of results can be continued in a later request with ``with_cursor``.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -48,7 +49,7 @@ def _filter_value(value: Any) -> Any:
     return value
 
 
-class _BaseQuery:
+class _BaseQuery(abc.ABC):
     """What ``Query`` and ``GqlQuery`` share: fetching, counting, cursors and iteration."""
 
     def __init__(self, model_class: type[Model] | None, *, keys_only: bool, projection: tuple[str, ...],
@@ -61,8 +62,9 @@ class _BaseQuery:
         self._end_cursor = b""
         self._last_run: datastore.QueryIterator[Any] | None = None
 
+    @abc.abstractmethod
     def run(self, **kwargs: Any) -> Iterator[Any]:
-        raise NotImplementedError
+        """Iterate over the results (each query kind runs itself its own way)."""
 
     def _convert(self, keys_only: bool, projection: tuple[str, ...]) -> Any:
         model_class = self._model_class
