@@ -20,7 +20,7 @@ from typing import Any
 from datastore_svc import index
 from datastore_svc.engine.base import Engine, Ref, StoredIndex
 from datastore_svc.index import IndexDef, Indexer
-from datastore_svc.keys import PREFIX_END, decode_path, encode_element
+from datastore_svc.keys import PREFIX_END, group_of
 from kiln import indexyaml
 from kiln.errors import KilnError
 from kiln.pb.datastore.v1 import datastore_pb2 as pb
@@ -132,7 +132,7 @@ class Catalog:
             page = await self._engine.scan_index(app, namespace, idx, lo, PREFIX_END, _PAGE)
             if not page:
                 return
-            refs = [Ref(encode_element(decode_path(path)[0]), path) for _, path in page]
+            refs = [Ref(group_of(path), path) for _, path in page]
             blobs = await self._engine.get(app, namespace, refs)
             rows = []
             for blob in blobs:

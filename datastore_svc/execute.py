@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Sequence
 
 from datastore_svc.engine.base import Engine, Ref
-from datastore_svc.keys import decode_path, encode_element
+from datastore_svc.keys import group_of
 from datastore_svc.query import Item, Normalized, Planned, check, distinct_key, projected
 from kiln.errors import BadRequestError
 from kiln.pb.datastore.v1 import datastore_pb2 as pb
@@ -105,7 +105,7 @@ async def _next(plans: Sequence[Planned], target: bytes) -> tuple[Planned, Item]
 async def _entities(engine: Engine, app: str, namespace: str, items: list[Item]) -> list[pb.Entity | None]:
     """The entities of the candidates (group scans carry theirs; the rest are fetched in one call)."""
     missing = [i for i, item in enumerate(items) if item.entity is None]
-    fetched = await engine.get(app, namespace, [Ref(encode_element(decode_path(items[i].path)[0]), items[i].path)
+    fetched = await engine.get(app, namespace, [Ref(group_of(items[i].path), items[i].path)
                                                 for i in missing]) if missing else []
     blobs: list[bytes | None] = [item.entity for item in items]
     for i, blob in zip(missing, fetched):

@@ -46,6 +46,14 @@ def encode_path(path: Iterable[pb.PathElement]) -> bytes:
     return b"".join(encode_element(e) for e in path)
 
 
+def group_of(raw: bytes) -> bytes:
+    """The entity group of an encoded path: the encoding of its root element, which is its prefix."""
+    end = _find_terminator(raw, 0)  # after the root's kind
+    if raw[end + 1:end + 2] == _ID:
+        return raw[:end + 10]
+    return raw[:_find_terminator(raw, end + 2) + 1]
+
+
 def decode_path(raw: bytes) -> list[pb.PathElement]:
     """Invert :func:`encode_path`."""
     out: list[pb.PathElement] = []

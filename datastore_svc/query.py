@@ -37,7 +37,7 @@ from typing import Protocol
 from datastore_svc import index, values
 from datastore_svc.engine.base import Engine
 from datastore_svc.index import KEY_PROPERTY, IndexDef
-from datastore_svc.keys import PREFIX_END, decode_path, encode_element, encode_path
+from datastore_svc.keys import PREFIX_END, encode_path, group_of
 from kiln.errors import BadRequestError, NeedIndexError
 from kiln.pb.datastore.v1 import datastore_pb2 as pb
 
@@ -510,10 +510,6 @@ def needed_index(sub: SubQuery) -> IndexDef:
     return IndexDef(sub.kind, sub.ancestor is not None,
                     tuple((name, False) for name, _ in sub.eq) + tuple(sub.postfix()))
 
-
-def group_of(path: bytes) -> bytes:
-    """The entity group (encoded root element) of an encoded path."""
-    return encode_element(decode_path(path)[0])
 
 
 # --------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from datastore_svc import execute, gqlquery, metadata, model, query
 from datastore_svc.catalog import AutoIndexFile, Catalog
 from datastore_svc.engine.base import Engine, GroupCommit, Ref, RowsOf, StoredIndex, Write
 from datastore_svc.index import IndexDef, Indexer, IndexRow
-from datastore_svc.keys import encode_element, encode_path
+from datastore_svc.keys import encode_element, encode_path, group_of
 from kiln import auth
 from kiln.errors import BadRequestError, ConcurrentTransactionError, NeedIndexError
 from kiln.pb.datastore.v1 import datastore_pb2 as pb
@@ -160,7 +160,7 @@ class DatastoreService(datastore_pb2_grpc.DatastoreServiceServicer):
         kinds = [] if q.kind else [k for k, p, _ in await self._engine.metadata(app, namespace) if not p]
         plans = await self._plan(app, namespace, norm, kinds)
         if txn is not None:
-            groups = {query.group_of(sub.ancestor) for sub in norm.subs if sub.ancestor is not None}
+            groups = {group_of(sub.ancestor) for sub in norm.subs if sub.ancestor is not None}
             await self._record_groups(txn, groups)
         batch = await execute.run(self._engine, app, namespace, norm, plans, start=start, end=end,
                                   offset=q.offset, want=want)

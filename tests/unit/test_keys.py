@@ -47,3 +47,11 @@ def test_descendants_fall_inside_the_ancestor_prefix_range():
     sibling = encode_path(_path("Book", "c"))
     assert parent <= child < parent + PREFIX_END
     assert not (parent <= sibling < parent + PREFIX_END)
+
+
+def test_group_of_is_the_encoding_of_the_root_element():
+    from datastore_svc.keys import encode_element, encode_path, group_of
+    for root in (pb.PathElement(kind="A", id=7), pb.PathElement(kind="A\x00b", name="n\x01\x00m")):
+        path = [root, pb.PathElement(kind="Child", name="c"), pb.PathElement(kind="G", id=2)]
+        assert group_of(encode_path(path)) == encode_element(root)
+        assert group_of(encode_element(root)) == encode_element(root)
