@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import itertools
+import json
 from collections.abc import Iterable, Mapping
 
 from datastore_svc import values
@@ -55,6 +56,16 @@ class IndexDef:
         canon = "\x00".join([self.kind, "1" if self.ancestor else "0",
                              *(f"{name}\x00{'D' if desc else 'A'}" for name, desc in self.props)])
         return hashlib.sha256(canon.encode()).digest()[:8]
+
+    def to_json(self) -> str:
+        """The definition as stored by the engines."""
+        return json.dumps({"kind": self.kind, "ancestor": self.ancestor, "props": [list(p) for p in self.props]})
+
+    @classmethod
+    def from_json(cls, raw: str) -> IndexDef:
+        """Invert :meth:`to_json`."""
+        obj = json.loads(raw)
+        return cls(obj["kind"], bool(obj["ancestor"]), tuple((str(n), bool(d)) for n, d in obj["props"]))
 
     def yaml(self) -> str:
         """The definition as an ``index.yaml`` entry."""

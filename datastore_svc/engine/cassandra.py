@@ -48,7 +48,6 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from datastore_svc.engine.base import GroupCommit, Ref, RowsOf, StoredIndex, Write
-from datastore_svc.engine.embedded import dump_def, load_def
 from datastore_svc.index import IndexDef, IndexRow, metadata_of
 from kiln.errors import ConcurrentTransactionError, ConfigError, UnavailableError
 
@@ -526,10 +525,10 @@ class CassandraEngine:
 
     async def index_defs(self, app: str) -> list[StoredIndex]:
         rows = await self._exec(self._def_read, (app,))
-        return [StoredIndex(load_def(r.definition), r.state, r.error or "") for r in rows]
+        return [StoredIndex(IndexDef.from_json(r.definition), r.state, r.error or "") for r in rows]
 
     async def put_index_def(self, app: str, index: StoredIndex) -> None:
-        await self._exec(self._def_put, (app, index.defn.id, dump_def(index.defn), index.state, index.error))
+        await self._exec(self._def_put, (app, index.defn.id, index.defn.to_json(), index.state, index.error))
 
     async def delete_index_def(self, app: str, defn: IndexDef) -> None:
         await self._exec(self._def_del, (app, defn.id))

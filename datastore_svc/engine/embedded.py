@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import json
 import pathlib
 import sqlite3
 from collections.abc import Callable
@@ -52,17 +51,6 @@ CREATE TABLE IF NOT EXISTS id_counters (
   app TEXT PRIMARY KEY, next_id INTEGER NOT NULL
 ) WITHOUT ROWID;
 """
-
-
-def dump_def(defn: IndexDef) -> str:
-    """An index definition as JSON (stored by both engines)."""
-    return json.dumps({"kind": defn.kind, "ancestor": defn.ancestor, "props": [list(p) for p in defn.props]})
-
-
-def load_def(raw: str) -> IndexDef:
-    """Invert :func:`dump_def`."""
-    obj = json.loads(raw)
-    return IndexDef(obj["kind"], bool(obj["ancestor"]), tuple((str(n), bool(d)) for n, d in obj["props"]))
 
 
 class EmbeddedEngine:
@@ -212,13 +200,13 @@ class EmbeddedEngine:
     async def index_defs(self, app: str) -> list[StoredIndex]:
         def _defs(db: sqlite3.Connection) -> list[StoredIndex]:
             cur = db.execute("SELECT definition, state, error FROM index_defs WHERE app=? ORDER BY id", (app,))
-            return [StoredIndex(load_def(d), s, e) for d, s, e in cur.fetchall()]
+            return [StoredIndex(IndexDef.from_json(d), s, e) for d, s, e in cur.fetchall()]
         return await self._read(_defs)
 
     async def put_index_def(self, app: str, index: StoredIndex) -> None:
         def _put(db: sqlite3.Connection) -> None:
             db.execute("INSERT OR REPLACE INTO index_defs (app, id, definition, state, error) VALUES (?,?,?,?,?)",
-                       (app, index.defn.id, dump_def(index.defn), index.state, index.error))
+                       (app, index.defn.id, index.defn.to_json(), index.state, index.error))
         await self._run(self._tx, _put)
 
     async def delete_index_def(self, app: str, defn: IndexDef) -> None:
