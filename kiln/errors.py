@@ -77,6 +77,10 @@ class ConfigError(KilnError):
     """A configuration value or file is invalid; the message names the key."""
 
 
+# The gRPC trailing-metadata key that carries an error's stable code (servers set it, clients read it).
+ERROR_CODE_KEY = "kiln-error-code"
+
+
 @dataclasses.dataclass(frozen=True)
 class ErrorCode:
     """How one error class travels: gRPC status, HTTP status, stable code."""

@@ -33,7 +33,7 @@ from kiln.config import GrpcServiceConfig, parse_hostport
 
 log = logging.getLogger(__name__)
 
-ERROR_CODE_KEY = "kiln-error-code"
+ERROR_CODE_KEY = errors.ERROR_CODE_KEY
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,9 +17,6 @@ import grpc
 
 from kiln import errors
 
-# The trailing-metadata key the services put their stable error code in (kiln.grpcserver).
-ERROR_CODE_KEY = "kiln-error-code"
-
 T = TypeVar("T")
 
 _lock = threading.Lock()
@@ -61,4 +58,4 @@ def call(method: Callable[..., T], request: Any, *, timeout: float = DEFAULT_TIM
         # (key, value) pairs, with str values for keys without the "-bin" suffix.
         pairs = cast("tuple[tuple[str, str], ...] | None", exc.trailing_metadata())
         trailing = dict(pairs or ())
-        raise errors.from_grpc(exc.code(), exc.details(), trailing.get(ERROR_CODE_KEY)) from None
+        raise errors.from_grpc(exc.code(), exc.details(), trailing.get(errors.ERROR_CODE_KEY)) from None
