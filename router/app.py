@@ -179,9 +179,7 @@ class Router:
                 path = (version.root / name).resolve()
                 found = await self.files.read(path) if path.is_relative_to(version.root) else None
                 if found is not None:
-                    import mimetypes
-                    out = web.Response(status=status, body=found[0],
-                                       content_type=mimetypes.guess_type(path.name)[0] or "text/html")
+                    out = web.Response(status=status, body=found[0], content_type=static.guess_type(path.name))
                     out.headers["Server"] = "kiln"
                     return out
         return responses.plain(status, text)
@@ -223,11 +221,11 @@ class Router:
         if user is not None:
             env.user.CopyFrom(user)
         env.received_at.FromSeconds(int(started))
+        # A trusted proxy's forwarding headers were consumed by _client(); the app sees the result.
+        consumed = ("x-forwarded-for", "x-forwarded-proto") if self._is_trusted(request.remote or "") else ()
         for name, value in request.headers.items():
             lower = name.lower()
-            if lower in REQUEST_DROP or lower.startswith("x-appengine-"):
-                continue
-            if self._is_trusted(request.remote or "") and lower in ("x-forwarded-for", "x-forwarded-proto"):
+            if lower in REQUEST_DROP or lower.startswith("x-appengine-") or lower in consumed:
                 continue
             env.headers.add(name=name, value=value)
         env.headers.add(name="Host", value=request.host or host)

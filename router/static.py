@@ -109,7 +109,7 @@ class StaticFiles:
         inm = request.headers.get("If-None-Match")
         if inm is not None and (inm.strip() == "*" or etag in [t.strip() for t in inm.split(",")]):
             return web.Response(status=304, headers=headers)
-        content_type = handler.mime_type or _guess(path.name)
+        content_type = handler.mime_type or guess_type(path.name)
         body = b"" if request.method == "HEAD" else data
         response = web.Response(body=body, headers=headers, content_type=content_type.split(";")[0].strip())
         if request.method == "HEAD":
@@ -120,5 +120,6 @@ class StaticFiles:
 
 
 @functools.lru_cache(maxsize=1024)
-def _guess(name: str) -> str:
+def guess_type(name: str) -> str:
+    """The content type for a file name (cached: the router asks per request)."""
     return mimetypes.guess_type(name)[0] or "application/octet-stream"
