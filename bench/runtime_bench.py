@@ -52,21 +52,21 @@ def _rss_mib(pid: int) -> float:
 
 def cold_start(server: DevServer) -> tuple[float, float]:
     """Replace the instance; return (seconds to the first 200, idle RSS MiB of the new instance)."""
-    old = server._runtime
+    old = server.instance
     assert old is not None
     started = time.monotonic()
     old.proc.terminate()  # the dev monitor starts a fresh instance, as an instance manager would
     while True:
         try:
             with urllib.request.urlopen(server.url, timeout=5) as resp:
-                if resp.status == 200 and server._runtime is not old:
+                if resp.status == 200 and server.instance is not old:
                     break
         except (urllib.error.URLError, OSError):
             pass
         time.sleep(0.005)
     elapsed = time.monotonic() - started
     time.sleep(1)
-    new = server._runtime
+    new = server.instance
     assert new is not None
     return elapsed, _rss_mib(new.proc.pid)
 
@@ -93,7 +93,7 @@ def main() -> int:
             seconds, rss = cold_start(server)
             starts.append(seconds)
             memory.append(rss)
-        runtime = server._runtime
+        runtime = server.instance
         assert runtime is not None
         wrk(server.url, 32, 2)
         before = _cpu_seconds(runtime.proc.pid)

@@ -176,6 +176,11 @@ class DevServer:
         self._monitor = threading.Thread(target=self._replace_instances, name="instance-monitor", daemon=True)
         self._monitor.start()
 
+    @property
+    def instance(self) -> Child | None:
+        """The runtime instance serving now (a new one after a replacement)."""
+        return self._runtime
+
     def _replace_instances(self) -> None:
         """Start a new runtime instance whenever the current one exits (crashed, or stuck past a deadline)."""
         while not self._stopping.wait(0.2):
