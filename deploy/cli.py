@@ -28,7 +28,8 @@ def _dev(args: argparse.Namespace) -> int:
         return 2
     opts = DevOptions(app_dir=app_dir, host=args.host, port=args.port, data_dir=args.data_dir,
                       storage=args.storage, clear_datastore=args.clear_datastore,
-                      cassandra_hosts=args.cassandra_hosts or "", request_deadline=args.request_deadline)
+                      cassandra_hosts=args.cassandra_hosts or "", request_deadline=args.request_deadline,
+                      isolation=args.isolation)
     try:
         server = DevServer(opts)
         server.start()
@@ -65,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "unless --cassandra-hosts is given)")
     dev.add_argument("--cassandra-hosts", default=None, help="use this Cassandra (host:port) instead of starting one")
     dev.add_argument("--clear-datastore", action="store_true", help="wipe the datastore before starting")
+    dev.add_argument("--isolation", choices=("none", "user", "auto"), default="none",
+                     help="run the app as its own Unix user on a private copy of its files (user; needs root), "
+                          "or as you (none, the default)")
     dev.add_argument("--request-deadline", type=float, default=60.0, metavar="SECONDS",
                      help="the request timer (default 60)")
     dev.set_defaults(func=_dev)

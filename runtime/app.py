@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import ctypes
 import dataclasses
 import importlib
@@ -26,14 +27,14 @@ import uuid
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from kiln import appyaml, auth, bus, grpcserver
+from kiln import appyaml, bus, grpcserver
 from kiln import runtime as kiln_runtime
 from kiln.handlers import Matcher
 from kiln.log import app_id as app_id_var
 from kiln.log import request_id as request_id_var
 from kiln.pb.logs.v1 import logs_pb2
 from kiln.pb.runtime.v1 import events_pb2, http_pb2
-from runtime import sandbox
+from runtime import isolation, sandbox
 from runtime.config import RuntimeConfig
 from runtime.wsgi import CgiScript, InstanceInfo, WsgiApp, build_environ, call_app
 
@@ -83,8 +84,11 @@ class AppLoader:
             return app
 
 
-# Exit status of an instance that must be replaced (a handler ignored its deadline).
+# Exit status of an instance that must be replaced (a handler ignored its deadline, or memory ran over).
 EXIT_REPLACE = 75
+# Past the memory limit times this, the instance stops at once (App Engine's hard limit), failing its requests.
+HARD_MEMORY_FACTOR = 1.25
+MEMORY_CHECK_SECONDS = 0.1
 # What one request may log (App Engine kept a request's app logs bounded too).
 MAX_LOG_LINES = 1000
 MAX_LOG_LINE_CHARS = 8192
@@ -109,6 +113,7 @@ class Instance:
         limit = cfg.max_concurrent_requests or _app_concurrency(app_config)
         self._slots = asyncio.Semaphore(limit)
         self._bodies: bus.BodyStore | None = None
+        self._nc: Client | None = None
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=limit, thread_name_prefix="request")
         self._loader = AppLoader(str(cfg.app_dir.resolve()), app_config)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -117,8 +122,10 @@ class Instance:
         # Request id -> the thread running it, while the app's code may be running.
         self._running: dict[str, int] = {}
         self._running_lock = threading.Lock()
-        # Set when a handler ignored DeadlineExceededError: the instance must be replaced.
+        # Set when a handler ignored DeadlineExceededError or memory ran over: the instance must be replaced.
         self.doomed = asyncio.Event()
+        self.memory_limit_mb = cfg.memory_limit_mb or isolation.instance_memory_mb(app_config)
+        self._waiting: dict[int, Msg] = {}  # requests not answered yet, to fail if the instance must stop at once
 
     def export_environment(self) -> None:
         """Process-wide variables the app's SDK reads: service addresses and its identity token."""
@@ -128,16 +135,14 @@ class Instance:
             "CURRENT_VERSION_ID": f"{self.version_id}.{self.cfg.minor_version}",
             "INSTANCE_ID": self.cfg.instance_id,
             "AUTH_DOMAIN": self.cfg.auth_domain,
-            "KILN_APP_TOKEN": auth.mint_app_token(self.cfg.service_secret.get(), self.app_id),
+            "KILN_APP_TOKEN": self.cfg.app_token.get(),
             "KILN_DATASTORE_ADDR": self.cfg.datastore_addr,
             "KILN_MEMCACHE_ADDR": self.cfg.memcache_addr,
             "KILN_URLFETCH_ADDR": self.cfg.urlfetch_addr,
             "KILN_MAIL_ADDR": self.cfg.mail_addr,
             "KILN_IMAGES_ADDR": self.cfg.images_addr,
         })
-        # The secret that signs tokens is the platform's, not the app's.
-        for key in [k for k in os.environ if k.endswith("_SERVICE_SECRET")]:
-            del os.environ[key]
+        os.environ.pop("KILN_RUNTIME_APP_TOKEN", None)  # the SDK reads KILN_APP_TOKEN
         # From here on each request thread sees its own CGI variables in os.environ,
         # and app code runs under the sandbox's rules.
         kiln_runtime.install()
@@ -155,6 +160,7 @@ class Instance:
     def use_bus(self, nc: Client) -> None:
         """The NATS connection large bodies travel through (JetStream object store)."""
         self._bodies = bus.BodyStore(nc)
+        self._nc = nc
 
     async def on_message(self, msg: Msg) -> None:
         """NATS callback: handle each request in its own task so requests overlap."""
@@ -168,10 +174,45 @@ class Instance:
         return self._tasks
 
     async def _handle(self, msg: Msg) -> None:
-        async with self._slots:
-            resp = await self._serve(msg.data)
+        self._waiting[id(msg)] = msg
+        try:
+            async with self._slots:
+                resp = await self._serve(msg.data)
+        finally:
+            self._waiting.pop(id(msg), None)
         if msg.reply:
             await msg.respond(resp.SerializeToString())
+        self._check_soft_memory()
+
+    def _check_soft_memory(self) -> None:
+        used = rss_mb()
+        if used > self.memory_limit_mb and not self.doomed.is_set():
+            log.critical("Exceeded soft memory limit of %d MB with %.0f MB after servicing %d requests total. "
+                         "After handling this request, this instance was found to be using too much memory and "
+                         "will be replaced.", self.memory_limit_mb, used, self.served)
+            self.doomed.set()
+
+    async def watch_memory(self) -> None:
+        """Stop the instance at once when it passes its hard memory limit, failing the requests it holds."""
+        hard = self.memory_limit_mb * HARD_MEMORY_FACTOR
+        while True:
+            await asyncio.sleep(MEMORY_CHECK_SECONDS)
+            used = rss_mb()
+            if used <= hard:
+                continue
+            log.critical("Exceeded hard memory limit of %.0f MB with %.0f MB while handling %d requests; this "
+                         "instance stops now and will be replaced.", hard, used, len(self._waiting))
+            for msg in list(self._waiting.values()):
+                if msg.reply:
+                    resp = _error(500, f"the instance exceeded its hard memory limit of {hard:.0f} MB",
+                                  self.cfg.instance_id)
+                    with contextlib.suppress(Exception):
+                        await msg.respond(resp.SerializeToString())
+            if self._nc is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self._nc.flush(), 2)
+            logging.shutdown()
+            os._exit(EXIT_REPLACE)
 
     async def _serve(self, data: bytes) -> http_pb2.HttpResponse:
         try:
@@ -283,6 +324,15 @@ class Instance:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
+def rss_mb() -> float:
+    """This process's resident memory, in MiB."""
+    with open("/proc/self/statm", "rb") as statm:
+        return int(statm.read().split()[1]) * _PAGE / (1024 * 1024)
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
 def _error(status: int, reason: str, instance_id: str, public: str | None = None) -> http_pb2.HttpResponse:
     body = public or {400: "Bad Request", 500: "Internal Server Error"}.get(status, "Error")
     resp = http_pb2.HttpResponse(status=status, body=f"<html><body><h1>{status} {body}</h1></body></html>".encode(),
@@ -340,11 +390,13 @@ async def serve(cfg: RuntimeConfig) -> None:
     if cfg.ready_file:
         grpcserver.write_ready_file(cfg.ready_file, health.address)
     beats = asyncio.create_task(_heartbeats(nc, instance, cfg.heartbeat_seconds))
+    memory = asyncio.create_task(instance.watch_memory())
     signal_task = asyncio.create_task(grpcserver.wait_for_signal())
     doomed_task = asyncio.create_task(instance.doomed.wait())
     await asyncio.wait([signal_task, doomed_task], return_when=asyncio.FIRST_COMPLETED)
     log.info("stopping: draining requests")
     beats.cancel()
+    memory.cancel()
     await sub.drain()  # type: ignore[no-untyped-call]  # nats-py leaves Subscription.drain unannotated
     await direct.drain()  # type: ignore[no-untyped-call]
     await instance.finish(cfg.grace_seconds)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import typing
 import uuid
 
 from kiln.bus import DEFAULT_URL
-from kiln.config import GrpcServiceConfig, field
+from kiln.config import GrpcServiceConfig, Secret, field
 
 
 def _instance_id() -> str:
@@ -18,8 +19,13 @@ def _instance_id() -> str:
 class RuntimeConfig(GrpcServiceConfig):
     """Runtime instance settings (env prefix ``KILN_RUNTIME_``).
 
-    ``listen`` serves gRPC health checking for the instance.
+    ``listen`` serves gRPC health checking for the instance. The instance holds
+    its app's identity token, never the service secret that signs tokens: app
+    code can read its own process's environment (``/proc/self/environ``), so a
+    secret there would let it act as any app.
     """
+
+    requires_service_secret: typing.ClassVar[bool] = False
 
     app_dir: pathlib.Path = field(pathlib.Path("."), "directory of the app (holds app.yaml)")
     app_id: str = field("", "the app's id (default: app.yaml's application, else the directory name)")
@@ -27,6 +33,8 @@ class RuntimeConfig(GrpcServiceConfig):
     minor_version: int = field(1, "minor version, so CURRENT_VERSION_ID is major.minor")
     instance_id: str = dataclasses.field(default_factory=_instance_id,
                                          metadata={"help": "this instance's id (default: random)"})
+    app_token: Secret = field(Secret(""), "this app's identity token for kiln's services (required; the instance "
+                                          "manager mints it)")
     nats_url: str = field(DEFAULT_URL, "NATS server URL(s), comma-separated")
     datastore_addr: str = field("127.0.0.1:50051", "datastore_svc gRPC address given to the app")
     memcache_addr: str = field("127.0.0.1:50052", "memcache_svc gRPC address given to the app")
@@ -40,4 +48,14 @@ class RuntimeConfig(GrpcServiceConfig):
     heartbeat_seconds: float = field(1.0, "how often the instance reports its load to the instance manager")
     deadline_grace_seconds: float = field(1.0, "after DeadlineExceededError is raised in a handler, how long it "
                                                "may take to write its own response")
+    memory_limit_mb: int = field(0, "instance memory: past it after a request the instance is replaced, and past "
+                                    "1.25 times it at any moment it stops at once (0: app.yaml's instance_class)")
     max_concurrent_requests: int = field(0, "requests served at once (0: app.yaml's automatic_scaling value, else 10)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.service_secret:
+            raise ValueError("service_secret: the runtime must not hold the service secret (app code could read it); "
+                             "give it the app's token with --app-token or KILN_RUNTIME_APP_TOKEN")
+        if not self.app_token:
+            raise ValueError("app_token: required (set KILN_RUNTIME_APP_TOKEN or --app-token; runtime.manager mints it)")

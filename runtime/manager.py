@@ -20,20 +20,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
+import json
 import logging
 import math
+import os
 import pathlib
 import signal
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 
-from kiln.supervisor import Child, Supervisor, python_module
-from kiln import appyaml, bus
+from kiln import appyaml, auth, bus
 from kiln import log as kiln_log
+from kiln.errors import ConfigError
 from kiln.pb.runtime.v1 import events_pb2
+from kiln.supervisor import Child, Confinement, StartError, Supervisor, python_module
+from runtime import isolation
 
 log = logging.getLogger(__name__)
 
@@ -80,66 +85,131 @@ class _Instance:
     child: Child
     instance_id: str
     started: float
+    ready_file: pathlib.Path
+    home: pathlib.Path | None = None
+    ready: bool = False
     active: int = 0
     busy_at: float = dataclasses.field(default_factory=time.monotonic)
+
+
+@dataclasses.dataclass(frozen=True)
+class Launch:
+    """How instances of the version are started: the runtime's arguments, its environment and OS confinement."""
+
+    runtime_args: Sequence[str]
+    env: Mapping[str, str]
+    confinement: Confinement
+    app_root: pathlib.Path | None = None  # with user isolation: the app's directory under the isolation root
+    uid: int | None = None
+
+
+# An instance that exits before it serves is restarted after a delay that doubles, up to this.
+MAX_RESTART_DELAY = 30.0
+# Initial instances failing this many times in a row before serving: the version cannot start.
+START_ATTEMPTS = 3
 
 
 class Manager:
     """Runs the instances of one version (see module docstring)."""
 
-    def __init__(self, supervisor: Supervisor, runtime_args: Sequence[str], scaling: Scaling) -> None:
+    def __init__(self, supervisor: Supervisor, launch: Launch, scaling: Scaling) -> None:
         self._sup = supervisor
-        self._args = list(runtime_args)
+        self._launch = launch
         self.scaling = scaling
         self.instances: dict[str, _Instance] = {}
-        self._starting: set[str] = set()
+        self._failures = 0  # consecutive exits before serving
+        self._next_start = 0.0
+        self.ever_ready = False
+        self.on_change: Callable[[], None] = lambda: None
 
-    def start_instance(self) -> None:
+    def start_instance(self) -> _Instance:
         instance_id = uuid.uuid4().hex
-        ready = self._sup.run_dir / f"instance-{instance_id}.addr"
+        env = dict(self._launch.env)
+        home = None
+        if self._launch.app_root is not None and self._launch.uid is not None:
+            home = isolation.instance_dir(self._launch.app_root, instance_id, self._launch.uid)
+            env.update(HOME=str(home), TMPDIR=str(home))
+            ready = home / "ready.addr"
+        else:
+            ready = self._sup.run_dir / f"instance-{instance_id}.addr"
         child = self._sup.spawn(f"instance-{instance_id[:8]}", python_module(
-            "runtime", *self._args, "--instance-id", instance_id, "--ready-file", str(ready)), ready_file=ready)
-        self.instances[instance_id] = _Instance(child, instance_id, time.monotonic())
-        self._starting.add(instance_id)
-        log.info("starting instance %s (%d running)", instance_id, len(self.instances))
+            "runtime", *self._launch.runtime_args, "--instance-id", instance_id, "--ready-file", str(ready)),
+            env=env, ready_file=ready, confinement=self._launch.confinement, cwd=home)
+        inst = self.instances[instance_id] = _Instance(child, instance_id, time.monotonic(), ready, home)
+        log.info("starting instance %s (pid %d; %d running)", instance_id, child.proc.pid, len(self.instances))
+        self.on_change()
+        return inst
 
     def stop_instance(self, instance_id: str) -> None:
         found = self.instances.pop(instance_id, None)
         if found is not None and found.child.proc.poll() is None:
             log.info("stopping idle instance %s", instance_id)
             found.child.proc.send_signal(signal.SIGTERM)
+        self.on_change()
 
     def on_heartbeat(self, beat: events_pb2.InstanceHeartbeat) -> None:
         found = self.instances.get(beat.instance_id)
         if found is None:
             return
-        self._starting.discard(beat.instance_id)
         found.active = beat.active_requests
         if beat.active_requests:
             found.busy_at = time.monotonic()
 
+    @property
+    def starting(self) -> bool:
+        return any(not i.ready for i in self.instances.values())
+
     def tick(self) -> None:
-        """One scaling decision."""
+        """One scaling decision.
+
+        Raises:
+            StartError: the first instances keep exiting before they serve.
+        """
+        now = time.monotonic()
         for instance_id, inst in list(self.instances.items()):
-            if inst.child.proc.poll() is not None:
-                log.warning("instance %s exited with status %s; replacing it", instance_id, inst.child.proc.returncode)
-                self.instances.pop(instance_id)
-                self._starting.discard(instance_id)
-                self._sup.children.remove(inst.child)
+            if not inst.ready and inst.ready_file.exists():
+                inst.ready = self.ever_ready = True
+                self._failures = 0
+                self.on_change()
+            if inst.child.proc.poll() is None:
+                continue
+            status = inst.child.proc.returncode
+            self.instances.pop(instance_id)
+            self._sup.children.remove(inst.child)
+            if inst.home is not None:
+                isolation.remove_instance_dir(inst.home)
+            if inst.ready:
+                log.warning("instance %s exited with status %s; replacing it", instance_id, status)
+            else:
+                self._failures += 1
+                delay = min(MAX_RESTART_DELAY, 0.5 * 2 ** (self._failures - 1))
+                self._next_start = now + delay
+                log.error("instance %s exited with status %s before serving (retrying in %.1f s):\n%s",
+                          instance_id, status, delay, inst.child.log_tail())
+                if not self.ever_ready and self._failures >= START_ATTEMPTS:
+                    raise StartError(f"the version's instances exit before serving (status {status}):\n"
+                                     f"{inst.child.log_tail()}")
+            self.on_change()
+        if now < self._next_start:
+            return
         current = len(self.instances)
         active = sum(i.active for i in self.instances.values())
         wanted = self.scaling.wanted(active)
-        if wanted > current and not self._starting:
-            self.start_instance()
-        elif current < self.scaling.min_instances:
+        if current < self.scaling.min_instances or (wanted > current and not self.starting):
             self.start_instance()
         elif current > self.scaling.min_instances:
-            now = time.monotonic()
             idle = [i for i in self.instances.values()
-                    if i.active == 0 and now - i.busy_at > self.scaling.idle_seconds and i.instance_id not in
-                    self._starting]
+                    if i.ready and i.active == 0 and now - i.busy_at > self.scaling.idle_seconds]
             if idle and current > wanted:
                 self.stop_instance(min(idle, key=lambda i: i.busy_at).instance_id)
+
+    def write_state(self, path: pathlib.Path) -> None:
+        """Record the running instances (id, pid, ready) for operators and tests."""
+        state = [{"instance_id": i.instance_id, "pid": i.child.proc.pid, "ready": i.ready}
+                 for i in self.instances.values()]
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, path)
 
 
 async def run(manager: Manager, nats_url: str, app_id: str, version_id: str, ready_file: pathlib.Path | None) -> int:
@@ -152,24 +222,64 @@ async def run(manager: Manager, nats_url: str, app_id: str, version_id: str, rea
             log.warning("ignoring a malformed heartbeat")
 
     await nc.subscribe(bus.heartbeat_subject(app_id, version_id), cb=on_beat)
-    for _ in range(manager.scaling.min_instances):
-        manager.start_instance()
-    if ready_file is not None:
-        ready_file.write_text("managing\n")
     stop = asyncio.Event()
+    wake = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    while not stop.is_set():
-        manager.tick()
-        try:
-            await asyncio.wait_for(stop.wait(), timeout=0.25)
-        except TimeoutError:
-            pass
-    log.info("stopping %d instances", len(manager.instances))
-    await loop.run_in_executor(None, manager._sup.stop_all)
-    await nc.drain()
-    return 0
+    state_file = manager._sup.run_dir / "instances.json"
+    watched: dict[int, int] = {}  # pid -> pidfd, so an exit wakes the loop at once
+
+    def changed() -> None:
+        manager.write_state(state_file)
+        for inst in manager.instances.values():
+            pid = inst.child.proc.pid
+            if pid not in watched:
+                with contextlib.suppress(OSError):
+                    fd = watched[pid] = os.pidfd_open(pid)
+                    loop.add_reader(fd, wake.set)
+        for pid in [p for p in watched if all(i.child.proc.pid != p for i in manager.instances.values())]:
+            loop.remove_reader(watched[pid])
+            os.close(watched.pop(pid))
+
+    manager.on_change = changed
+    status = 0
+    try:
+        while not stop.is_set():
+            try:
+                manager.tick()
+            except StartError as exc:
+                log.error("%s", exc)
+                status = 1
+                break
+            if ready_file is not None and manager.ever_ready and not ready_file.exists():
+                ready_file.write_text("managing\n")
+            wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(_first(stop.wait(), wake.wait()), timeout=0.1 if manager.starting else 0.25)
+    finally:
+        log.info("stopping %d instances", len(manager.instances))
+        await loop.run_in_executor(None, manager._sup.stop_all)
+        manager.instances.clear()
+        changed()
+        await nc.drain()
+    return status
+
+
+async def _first(*waits: Coroutine[object, object, object]) -> None:
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+def instance_env(base: Mapping[str, str], app_token: str) -> dict[str, str]:
+    """The environment of an instance: the manager's, less every secret, plus the app's token."""
+    env = {k: v for k, v in base.items() if not (k.startswith("KILN_") and "SECRET" in k)}
+    env["KILN_RUNTIME_APP_TOKEN"] = app_token
+    return env
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -178,7 +288,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("usage: python -m runtime.manager [OPTIONS] -- RUNTIME_ARGS...", file=sys.stderr)
         return 2
     split = argv.index("--")
-    parser = argparse.ArgumentParser(prog="python -m runtime.manager", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m runtime.manager", description=__doc__.split("\n\n")[0],
+                                     epilog="The service secret comes from KILN_MANAGER_SERVICE_SECRET; instances get "
+                                            "only their app's token.")
     parser.add_argument("--app-dir", required=True, type=pathlib.Path, help="the version's directory (app.yaml)")
     parser.add_argument("--app-id", required=True)
     parser.add_argument("--version-id", required=True)
@@ -188,16 +300,75 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-instances", type=int)
     parser.add_argument("--max-concurrent-requests", type=int)
     parser.add_argument("--idle-seconds", type=float)
-    parser.add_argument("--ready-file", type=pathlib.Path)
+    parser.add_argument("--ready-file", type=pathlib.Path, help="written once the first instances serve")
+    parser.add_argument("--isolation", choices=("auto", "user", "none"), default="auto",
+                        help="user: each app's instances run as the app's own Unix user on a private copy of its "
+                             "files (needs root); none: as the manager's user; auto: user when running as root "
+                             "and the platform is readable by app users (default: %(default)s)")
+    parser.add_argument("--isolation-root", type=pathlib.Path, default=isolation.DEFAULT_ROOT,
+                        help="where app users and staged files live (default: %(default)s)")
+    parser.add_argument("--first-app-uid", type=int, default=isolation.DEFAULT_FIRST_UID,
+                        help="app users are numbered from here (default: %(default)s)")
+    parser.add_argument("--stage-exclude", type=pathlib.Path, action="append", default=[],
+                        help="a directory inside the app directory not to copy (e.g. kiln dev's data)")
+    parser.add_argument("--memory-mb", type=int, help="instance memory (default: app.yaml's instance_class)")
     args = parser.parse_args(argv[:split])
     kiln_log.setup(component="manager")
+    try:
+        manager = build(args, argv[split + 1:], os.environ)
+    except (ConfigError, OSError) as exc:
+        log.error("%s", exc)
+        return 2
+    return asyncio.run(run(manager, args.nats_url, args.app_id, args.version_id, args.ready_file))
+
+
+# Address space allowed beyond the instance's memory: thread stacks and allocator arenas
+# reserve far more than they touch (measured: an idle instance maps ~1 GiB, 60 MiB resident).
+ADDRESS_SPACE_HEADROOM_MB = 2048
+OPEN_FILES = 4096
+APP_PROCESSES = 2048  # threads count too; shared by all of one app's instances on a host
+
+
+def build(args: argparse.Namespace, extra_runtime_args: Sequence[str], environ: Mapping[str, str]) -> Manager:
+    """The manager for a version: its scaling, and how its instances are launched and confined.
+
+    Raises:
+        ConfigError: app.yaml, the secret or the isolation settings are not usable.
+    """
+    secret = environ.get("KILN_MANAGER_SERVICE_SECRET", "")
+    if not secret:
+        raise ConfigError("KILN_MANAGER_SERVICE_SECRET: required (the manager mints the app's token from it)")
     config = appyaml.load(args.app_dir / "app.yaml")
     scaling = Scaling.from_app(config, min_instances=args.min_instances, max_instances=args.max_instances,
                                max_concurrent_requests=args.max_concurrent_requests, idle_seconds=args.idle_seconds)
-    runtime_args = ["--app-dir", str(args.app_dir), "--app-id", args.app_id, "--version-id", args.version_id,
-                    "--nats-url", args.nats_url, *argv[split + 1:]]
-    manager = Manager(Supervisor(args.run_dir), runtime_args, scaling)
-    return asyncio.run(run(manager, args.nats_url, args.app_id, args.version_id, args.ready_file))
+    memory_mb = args.memory_mb or isolation.instance_memory_mb(config)
+    mode = args.isolation
+    if mode == "auto":
+        blocked = isolation.platform_blocked() if os.geteuid() == 0 else "not running as root"
+        mode = "none" if blocked else "user"
+        if blocked:
+            log.warning("instances run as the manager's user, without per-app users: %s", blocked)
+    rlimits = {"nofile": OPEN_FILES, "core": 0, "as": (memory_mb + ADDRESS_SPACE_HEADROOM_MB) * 1024 * 1024}
+    app_dir, app_root, uid = args.app_dir.resolve(), None, None
+    if mode == "user":
+        if os.geteuid() != 0:
+            raise ConfigError("--isolation user: the manager must run as root to start instances as app users")
+        blocked = isolation.platform_blocked()
+        if blocked:
+            raise ConfigError(f"--isolation user: app users could not run kiln's Python: {blocked}. Install kiln and "
+                              "Python where other users may read them, or use --isolation none")
+        isolation.prepare_root(args.isolation_root)
+        uid = isolation.app_user(args.isolation_root, args.app_id, args.first_app_uid)
+        app_root = isolation.app_root(args.isolation_root, args.app_id, uid)
+        staged = app_root / f"{args.version_id}-{os.getpid()}"
+        isolation.stage(app_dir, staged, config, uid, exclude=[args.run_dir, *args.stage_exclude])
+        app_dir = staged
+        rlimits["nproc"] = APP_PROCESSES
+    runtime_args = ["--app-dir", str(app_dir), "--app-id", args.app_id, "--version-id", args.version_id,
+                    "--nats-url", args.nats_url, "--memory-limit-mb", str(memory_mb), *extra_runtime_args]
+    launch = Launch(runtime_args=runtime_args, env=instance_env(environ, auth.mint_app_token(secret, args.app_id)),
+                    confinement=Confinement(uid=uid, gid=uid, rlimits=rlimits), app_root=app_root, uid=uid)
+    return Manager(Supervisor(args.run_dir), launch, scaling)
 
 
 if __name__ == "__main__":

@@ -31,9 +31,16 @@ SERVICES = {
 
 def service_env() -> dict[str, str]:
     env = dict(os.environ)
-    for name in [*SERVICES, "runtime"]:
+    for name in [*SERVICES, "manager", "logs"]:
         env[f"KILN_{name.upper()}_SERVICE_SECRET"] = SECRET
     env["KILN_ROUTER_SESSION_SECRET"] = "integration-session-secret"
+    return env
+
+
+def runtime_env(app_id: str) -> dict[str, str]:
+    """What a runtime instance started by hand gets: no secrets, only its app's token (as runtime.manager gives)."""
+    env = {k: v for k, v in os.environ.items() if not (k.startswith("KILN_") and "SECRET" in k)}
+    env["KILN_RUNTIME_APP_TOKEN"] = auth.mint_app_token(SECRET, app_id)
     return env
 
 

@@ -66,7 +66,7 @@ def fetch(server, path):
 
 
 def runtime_log(server):
-    return "".join(p.read_text() for p in server.run_dir.glob("runtime*.log"))
+    return "".join(p.read_text() for p in server.instances_dir.glob("instance-*.log"))
 
 
 def test_warmup_request_runs_before_the_first_user_request(server):

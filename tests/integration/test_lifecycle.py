@@ -14,7 +14,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kiln.supervisor import Supervisor, python_module
-from tests.integration.conftest import ROOT, SERVICES, service_env
+from tests.integration.conftest import ROOT, SERVICES, runtime_env, service_env
 
 pytestmark = pytest.mark.nats
 
@@ -57,13 +57,29 @@ def test_service_without_secret_refuses_to_start_with_a_clear_error(tmp_path):
     assert "Traceback" not in output
 
 
+def test_runtime_given_the_service_secret_refuses_to_start(tmp_path):
+    sup = Supervisor(tmp_path)
+    env = {**runtime_env("lifecycle"), "KILN_RUNTIME_SERVICE_SECRET": "a-secret"}
+    child = sup.spawn("runtime", python_module("runtime", "--app-dir", str(ROOT / "examples" / "guestbook")), env=env)
+    assert child.proc.wait(timeout=30) == 2
+    assert "the runtime must not hold the service secret" in child.log_path.read_text()
+
+
+def test_runtime_without_an_app_token_refuses_to_start(tmp_path):
+    sup = Supervisor(tmp_path)
+    env = {k: v for k, v in runtime_env("lifecycle").items() if k != "KILN_RUNTIME_APP_TOKEN"}
+    child = sup.spawn("runtime", python_module("runtime", "--app-dir", str(ROOT / "examples" / "guestbook")), env=env)
+    assert child.proc.wait(timeout=30) == 2
+    assert "app_token: required" in child.log_path.read_text()
+
+
 def test_runtime_and_router_are_healthy_then_stop_cleanly(nats_url, tmp_path):
     sup = Supervisor(tmp_path)
     app_dir = ROOT / "examples" / "guestbook"
     try:
         runtime = sup.start("runtime", python_module(
             "runtime", "--app-dir", str(app_dir), "--app-id", "lifecycle", "--nats-url", nats_url,
-            "--listen", "127.0.0.1:0", "--ready-file", str(tmp_path / "rt")), env=service_env(),
+            "--listen", "127.0.0.1:0", "--ready-file", str(tmp_path / "rt")), env=runtime_env("lifecycle"),
             ready_file=tmp_path / "rt")
         router = sup.start("router", python_module(
             "router", "--listen", "127.0.0.1:0", "--nats-url", nats_url, "--dev-app", "lifecycle=v1",

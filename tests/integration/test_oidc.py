@@ -9,7 +9,7 @@ import urllib.parse
 import pytest
 
 from kiln.supervisor import free_port, python_module
-from tests.integration.conftest import ROOT, service_env
+from tests.integration.conftest import ROOT, runtime_env, service_env
 
 pytestmark = pytest.mark.nats
 
@@ -41,7 +41,7 @@ def stack(tmp_path_factory, supervisor, nats_url):
     env = service_env()
     supervisor.start("runtime-oidc", python_module(
         "runtime", "--app-dir", str(app_dir), "--app-id", "signin", "--version-id", "v1", "--nats-url", nats_url,
-        "--listen", "127.0.0.1:0", "--ready-file", str(run / "runtime-oidc.addr")), env=env,
+        "--listen", "127.0.0.1:0", "--ready-file", str(run / "runtime-oidc.addr")), env=runtime_env("signin"),
         ready_file=run / "runtime-oidc.addr")
     router = supervisor.start("router-oidc", python_module(
         "router", "--listen", "127.0.0.1:0", "--nats-url", nats_url, "--domain", "example.test",

@@ -435,7 +435,7 @@ def test_default_content_type_is_text_html_and_date_is_set(server):
 @pytest.fixture(scope="module")
 def production(tmp_path_factory, supervisor, nats_url):
     from kiln.supervisor import python_module
-    from tests.integration.conftest import service_env
+    from tests.integration.conftest import runtime_env, service_env
     app_dir = tmp_path_factory.mktemp("hostapp")
     (app_dir / "app.yaml").write_text("runtime: python27\napi_version: 1\nthreadsafe: true\n"
                                       "handlers:\n- url: /.*\n  script: main.app\n")
@@ -450,7 +450,7 @@ def production(tmp_path_factory, supervisor, nats_url):
     for n in (1, 2):  # two instances of the version, so instance addressing has a choice to make
         supervisor.start(f"runtime-hosts-{n}", python_module(
             "runtime", "--app-dir", str(app_dir), "--app-id", "probe", "--version-id", "v1", "--nats-url", nats_url,
-            "--listen", "127.0.0.1:0", "--ready-file", str(run / f"runtime-hosts-{n}.addr")), env=env,
+            "--listen", "127.0.0.1:0", "--ready-file", str(run / f"runtime-hosts-{n}.addr")), env=runtime_env("probe"),
             ready_file=run / f"runtime-hosts-{n}.addr")
     router = supervisor.start("router-hosts", python_module(
         "router", "--listen", "127.0.0.1:0", "--nats-url", nats_url, "--domain", "example.test",

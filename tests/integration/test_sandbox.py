@@ -42,6 +42,9 @@ MAIN = textwrap.dedent(r'''
         name = environ["PATH_INFO"].strip("/")
         if name == "read-own-file":
             body = {"ok": (HERE / "data.txt").read_text()}
+        elif name == "process-environ":
+            raw = pathlib.Path("/proc/self/environ").read_bytes()
+            body = {"environ": raw.decode("latin-1")}
         elif name in ATTEMPTS:
             try:
                 ATTEMPTS[name]()
@@ -108,3 +111,11 @@ def test_nothing_was_changed_on_disk(server):
 
 def test_reading_the_apps_own_files_works(server):
     assert attempt(server, "read-own-file") == {"ok": "the app's own data"}
+
+
+def test_the_instance_process_holds_no_secret_only_its_apps_token(server):
+    """App code can read its process's initial environment; no secret that signs tokens may be in it."""
+    environ = dict(item.split("=", 1) for item in attempt(server, "process-environ")["environ"].split("\0") if item)
+    assert not [name for name in environ if "SECRET" in name]
+    assert server._secret not in "".join(environ.values())
+    assert environ["KILN_RUNTIME_APP_TOKEN"].startswith(server.app_id + ".")

@@ -1,0 +1,163 @@
+"""The OS layer of the app sandbox: an app's instances run as the app's own user, on a private copy of its files.
+
+What each layer guarantees (the Python layer is :mod:`runtime.sandbox`):
+
+- **Every instance** is its own process, started with resource limits (open
+  files, no core dumps, address space) and ``PR_SET_NO_NEW_PRIVS``, and a
+  memory watchdog in the runtime replaces it past its instance class's memory
+  (:mod:`runtime.app`). It never holds the service secret, only its own app's
+  token, so it cannot act as another app towards kiln's services.
+- **With user isolation** (``runtime.manager --isolation user``, the default
+  when the manager runs as root), each app gets its own Unix user and group
+  (numbered from ``--first-app-uid``, recorded in ``app-users.json`` under the
+  isolation root so a number is never reused for another app) and a limit on
+  its processes. Its instances run as that user, on a copy of the version's
+  files (``skip_files`` honoured, as a deploy does) readable only by that group
+  and writable by nobody but root. Another app's files, its processes'
+  memory (``/proc/PID/mem``) and environment (``/proc/PID/environ``) and kiln's
+  own data are then closed to it by the kernel, whatever the app's code does.
+
+Not covered by either layer yet: apps share the host's network namespace and
+NATS server, so code that got past the Python layer could open a socket to
+them; per-app NATS credentials and a network namespace per instance would
+close that.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import pathlib
+import shutil
+import stat
+import sys
+import sysconfig
+from collections.abc import Iterable
+
+from kiln import appyaml
+from kiln.errors import ConfigError
+
+DEFAULT_ROOT = pathlib.Path("/var/lib/kiln")
+DEFAULT_FIRST_UID = 200_000
+MAX_APPS = 100_000
+
+# App Engine's instance classes (second generation): memory in MiB.
+INSTANCE_MEMORY_MB = {"F1": 384, "F2": 768, "F4": 1536, "F4_1G": 3072,
+                      "B1": 384, "B2": 768, "B4": 1536, "B4_1G": 3072, "B8": 3072}
+
+
+def instance_memory_mb(config: appyaml.AppConfig) -> int:
+    """The memory an instance of this app may use: its ``instance_class`` (F1, or B2 with basic/manual scaling)."""
+    default = "B2" if (config.basic_scaling or config.manual_scaling) else "F1"
+    return INSTANCE_MEMORY_MB[config.instance_class or default]
+
+
+def app_user(root: pathlib.Path, app_id: str, first_uid: int = DEFAULT_FIRST_UID) -> int:
+    """The uid (and gid) of ``app_id``: allocated once, recorded under ``root``, never given to another app."""
+    registry = root / "app-users.json"
+    with open(root / "app-users.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        users: dict[str, int] = json.loads(registry.read_text()) if registry.exists() else {}
+        if app_id not in users:
+            if len(users) >= MAX_APPS:
+                raise ConfigError(f"{registry}: no app uids left (at most {MAX_APPS} apps)")
+            users[app_id] = max(users.values(), default=first_uid - 1) + 1
+            tmp = registry.with_suffix(".tmp")
+            tmp.write_text(json.dumps(users, indent=1, sort_keys=True))
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, registry)
+        return users[app_id]
+
+
+def prepare_root(root: pathlib.Path) -> None:
+    """Create the isolation root: traversable by app users, listable by none."""
+    root.mkdir(parents=True, exist_ok=True)
+    os.chown(root, 0, 0)
+    os.chmod(root, 0o711)
+    blocked = _blocked(root.resolve(), need_read=False)
+    if blocked:
+        raise ConfigError(f"isolation root {root}: app users cannot reach it ({blocked}); choose another "
+                          "--isolation-root")
+
+
+def platform_blocked() -> str | None:
+    """Why app users cannot run kiln's Python (a directory they cannot enter or a file they cannot read), or None."""
+    paths = {pathlib.Path(os.path.realpath(sys.executable)), pathlib.Path(sysconfig.get_paths()["stdlib"]),
+             pathlib.Path(sysconfig.get_paths()["purelib"]), pathlib.Path(__file__).resolve().parent.parent / "kiln"}
+    for path in sorted(paths):
+        blocked = _blocked(path.resolve(), need_read=True)
+        if blocked:
+            return blocked
+    return None
+
+
+def _blocked(path: pathlib.Path, *, need_read: bool) -> str | None:
+    for parent in reversed(path.parents):
+        if not os.stat(parent).st_mode & stat.S_IXOTH:
+            return f"{parent} is not searchable by other users"
+    mode = os.stat(path).st_mode
+    if need_read and not mode & stat.S_IROTH:
+        return f"{path} is not readable by other users"
+    if stat.S_ISDIR(mode) and not mode & stat.S_IXOTH:
+        return f"{path} is not searchable by other users"
+    return None
+
+
+def stage(app_dir: pathlib.Path, dest: pathlib.Path, config: appyaml.AppConfig, gid: int,
+          exclude: Iterable[pathlib.Path] = ()) -> None:
+    """Copy the app's files (less ``skip_files`` and ``exclude``) to ``dest``: root's, readable by group ``gid`` only."""
+    source = app_dir.resolve()
+    excluded = {p.resolve() for p in exclude}
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    for here, dirs, files in os.walk(source):
+        rel_dir = pathlib.Path(here).relative_to(source)
+        dirs[:] = [d for d in dirs if (pathlib.Path(here) / d).resolve() not in excluded
+                   and not config.skips((rel_dir / d).as_posix() + "/")]
+        (dest / rel_dir).mkdir(exist_ok=True)
+        for name in files:
+            rel = (rel_dir / name).as_posix()
+            src = pathlib.Path(here) / name
+            # A link out of the app directory would let root copy a file the app may not read.
+            if config.skips(rel) or not src.is_file() or not src.resolve().is_relative_to(source):
+                continue
+            shutil.copyfile(src, dest / rel)
+    for here, dirs, files in os.walk(dest):
+        for name in [*dirs, *files]:
+            _own(pathlib.Path(here) / name, gid, 0o750 if name in dirs else 0o640)
+    _own(dest, gid, 0o750)
+
+
+def instance_dir(app_root: pathlib.Path, instance_id: str, uid: int) -> pathlib.Path:
+    """A directory the instance owns (its ready file, HOME and TMPDIR), closed to everyone else."""
+    path = app_root / "instances" / instance_id
+    path.mkdir(parents=True, exist_ok=True)
+    os.chown(path, uid, uid)
+    os.chmod(path, 0o700)
+    return path
+
+
+def app_root(root: pathlib.Path, app_id: str, gid: int) -> pathlib.Path:
+    """The app's directory under the isolation root, entered only by the app's group."""
+    path = root / "apps" / app_id
+    path.mkdir(parents=True, exist_ok=True)
+    _own(root / "apps", 0, 0o711)
+    _own(path, gid, 0o750)
+    instances = path / "instances"
+    instances.mkdir(exist_ok=True)
+    _own(instances, gid, 0o750)
+    return path
+
+
+def remove_instance_dir(path: pathlib.Path) -> None:
+    with contextlib.suppress(OSError):
+        shutil.rmtree(path)
+
+
+def _own(path: pathlib.Path, gid: int, mode: int) -> None:
+    os.chown(path, 0, gid, follow_symlinks=False)
+    if not path.is_symlink():
+        os.chmod(path, mode)
