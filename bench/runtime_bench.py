@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
+import signal
 import statistics
 import sys
 import tempfile
@@ -52,23 +53,21 @@ def _rss_mib(pid: int) -> float:
 
 def cold_start(server: DevServer) -> tuple[float, float]:
     """Replace the instance; return (seconds to the first 200, idle RSS MiB of the new instance)."""
-    old = server.instance
-    assert old is not None
+    (old_pid,) = server.instances().values()
     started = time.monotonic()
-    old.proc.terminate()  # the dev monitor starts a fresh instance, as an instance manager would
+    os.kill(old_pid, signal.SIGTERM)  # the instance manager starts a fresh instance
     while True:
         try:
             with urllib.request.urlopen(server.url, timeout=5) as resp:
-                if resp.status == 200 and server.instance is not old:
+                if resp.status == 200 and old_pid not in server.instances().values():
                     break
         except (urllib.error.URLError, OSError):
             pass
         time.sleep(0.005)
     elapsed = time.monotonic() - started
     time.sleep(1)
-    new = server.instance
-    assert new is not None
-    return elapsed, _rss_mib(new.proc.pid)
+    (new_pid,) = server.instances().values()
+    return elapsed, _rss_mib(new_pid)
 
 
 def main() -> int:
@@ -93,12 +92,11 @@ def main() -> int:
             seconds, rss = cold_start(server)
             starts.append(seconds)
             memory.append(rss)
-        runtime = server.instance
-        assert runtime is not None
+        (runtime_pid,) = server.instances().values()
         wrk(server.url, 32, 2)
-        before = _cpu_seconds(runtime.proc.pid)
+        before = _cpu_seconds(runtime_pid)
         result = wrk(server.url, 32, args.seconds)
-        cpu = _cpu_seconds(runtime.proc.pid) - before
+        cpu = _cpu_seconds(runtime_pid) - before
     finally:
         server.stop()
     requests = result["rps"] * args.seconds

@@ -18,6 +18,7 @@ import dataclasses
 import importlib
 import logging
 import os
+import pathlib
 import sys
 import threading
 import time
@@ -26,6 +27,7 @@ import urllib.parse
 import uuid
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from kiln import appyaml, bus, grpcserver
 from kiln import runtime as kiln_runtime
@@ -66,8 +68,6 @@ class AppLoader:
         with self._lock:
             found = self._scripts.get(script)
             if found is None:
-                if self._app_dir not in sys.path:
-                    sys.path.insert(0, self._app_dir)
                 found = self._scripts[script] = CgiScript(os.path.join(self._app_dir, script))
             return found
 
@@ -76,8 +76,6 @@ class AppLoader:
             app = self._apps.get(script)
             if app is None:
                 module_name, _, attr = script.rpartition(".")
-                if self._app_dir not in sys.path:
-                    sys.path.insert(0, self._app_dir)
                 module = importlib.import_module(module_name)
                 app = getattr(module, attr)
                 self._apps[script] = app
@@ -114,6 +112,7 @@ class Instance:
         self._slots = asyncio.Semaphore(limit)
         self._bodies: bus.BodyStore | None = None
         self._nc: Client | None = None
+        self.subscriptions: list[Subscription] = []
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=limit, thread_name_prefix="request")
         self._loader = AppLoader(str(cfg.app_dir.resolve()), app_config)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -143,10 +142,16 @@ class Instance:
             "KILN_IMAGES_ADDR": self.cfg.images_addr,
         })
         os.environ.pop("KILN_RUNTIME_APP_TOKEN", None)  # the SDK reads KILN_APP_TOKEN
+        # The app's code first, then its requirements, then the libraries it selected (App Engine's order).
+        app_dirs = [self.cfg.app_dir.resolve()]
+        if self.cfg.requirements_path:
+            app_dirs.append(pathlib.Path(self.cfg.requirements_path).resolve())
+        library_dirs = [pathlib.Path(p).resolve() for p in self.cfg.library_path.split(os.pathsep) if p]
+        sys.path[0:0] = [str(p) for p in [*app_dirs, *library_dirs] if str(p) not in sys.path]
         # From here on each request thread sees its own CGI variables in os.environ,
         # and app code runs under the sandbox's rules.
         kiln_runtime.install()
-        sandbox.install()
+        sandbox.install(app_dirs, library_dirs)
 
     async def warm_up(self) -> None:
         """App Engine's warmup request: ``GET /_ah/warmup`` before the instance takes traffic."""
@@ -164,6 +169,7 @@ class Instance:
 
     async def on_message(self, msg: Msg) -> None:
         """NATS callback: handle each request in its own task so requests overlap."""
+        self._waiting[id(msg)] = msg
         task = asyncio.create_task(self._handle(msg))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -174,7 +180,6 @@ class Instance:
         return self._tasks
 
     async def _handle(self, msg: Msg) -> None:
-        self._waiting[id(msg)] = msg
         try:
             async with self._slots:
                 resp = await self._serve(msg.data)
@@ -202,12 +207,21 @@ class Instance:
                 continue
             log.critical("Exceeded hard memory limit of %.0f MB with %.0f MB while handling %d requests; this "
                          "instance stops now and will be replaced.", hard, used, len(self._waiting))
+            for sub in self.subscriptions:  # no more requests; then answer every one received
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+            if self._nc is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self._nc.flush(), 2)
+            await asyncio.sleep(0)  # let messages already read reach on_message
             for msg in list(self._waiting.values()):
                 if msg.reply:
                     resp = _error(500, f"the instance exceeded its hard memory limit of {hard:.0f} MB",
                                   self.cfg.instance_id)
-                    with contextlib.suppress(Exception):
+                    try:
                         await msg.respond(resp.SerializeToString())
+                    except Exception:  # noqa: BLE001 - the instance is going anyway
+                        log.exception("could not answer request")
             if self._nc is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self._nc.flush(), 2)
@@ -385,6 +399,7 @@ async def serve(cfg: RuntimeConfig) -> None:
     sub = await nc.subscribe(bus.http_subject(instance.app_id, instance.version_id),
                              queue=bus.RUNTIME_QUEUE, cb=instance.on_message)
     direct = await nc.subscribe(bus.instance_subject(cfg.instance_id), cb=instance.on_message)
+    instance.subscriptions = [sub, direct]
     await nc.flush()
     log.info("instance %s serving %s/%s", cfg.instance_id, instance.app_id, instance.version_id)
     if cfg.ready_file:

@@ -35,6 +35,9 @@ class RuntimeConfig(GrpcServiceConfig):
                                          metadata={"help": "this instance's id (default: random)"})
     app_token: Secret = field(Secret(""), "this app's identity token for kiln's services (required; the instance "
                                           "manager mints it)")
+    library_path: str = field("", "directories of the platform libraries app.yaml selected (os.pathsep-separated; "
+                                  "runtime.manager installs them)")
+    requirements_path: str = field("", "directory of the packages of the version's requirements.txt")
     nats_url: str = field(DEFAULT_URL, "NATS server URL(s), comma-separated")
     datastore_addr: str = field("127.0.0.1:50051", "datastore_svc gRPC address given to the app")
     memcache_addr: str = field("127.0.0.1:50052", "memcache_svc gRPC address given to the app")

@@ -82,15 +82,31 @@ def prepare_root(root: pathlib.Path) -> None:
                           "--isolation-root")
 
 
-def platform_blocked() -> str | None:
-    """Why app users cannot run kiln's Python (a directory they cannot enter or a file they cannot read), or None."""
+def _platform_paths() -> list[pathlib.Path]:
     paths = {pathlib.Path(os.path.realpath(sys.executable)), pathlib.Path(sysconfig.get_paths()["stdlib"]),
              pathlib.Path(sysconfig.get_paths()["purelib"]), pathlib.Path(__file__).resolve().parent.parent / "kiln"}
-    for path in sorted(paths):
-        blocked = _blocked(path.resolve(), need_read=True)
+    return sorted(p.resolve() for p in paths)
+
+
+def platform_blocked() -> str | None:
+    """Why app users cannot run kiln's Python (a directory they cannot enter or a file they cannot read), or None."""
+    for path in _platform_paths():
+        blocked = _blocked(path, need_read=True)
         if blocked:
             return blocked
     return None
+
+
+def grant_search() -> list[pathlib.Path]:
+    """Let other users search (not list) the directories above kiln's Python; return those changed."""
+    changed = []
+    for path in _platform_paths():
+        for parent in reversed(path.parents):
+            mode = os.stat(parent).st_mode
+            if not mode & stat.S_IXOTH:
+                os.chmod(parent, stat.S_IMODE(mode) | stat.S_IXOTH)
+                changed.append(parent)
+    return changed
 
 
 def _blocked(path: pathlib.Path, *, need_read: bool) -> str | None:
@@ -125,10 +141,24 @@ def stage(app_dir: pathlib.Path, dest: pathlib.Path, config: appyaml.AppConfig, 
             if config.skips(rel) or not src.is_file() or not src.resolve().is_relative_to(source):
                 continue
             shutil.copyfile(src, dest / rel)
-    for here, dirs, files in os.walk(dest):
+    share(dest, gid)
+
+
+def copy_for(source: pathlib.Path, dest: pathlib.Path, gid: int) -> pathlib.Path:
+    """Copy a directory the platform prepared (an installed library, requirements) for group ``gid`` to read."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(source, dest, symlinks=True)
+    share(dest, gid)
+    return dest
+
+
+def share(tree: pathlib.Path, gid: int) -> None:
+    """Make ``tree`` root's, readable (not writable) by group ``gid``, closed to everyone else."""
+    for here, dirs, files in os.walk(tree):
         for name in [*dirs, *files]:
             _own(pathlib.Path(here) / name, gid, 0o750 if name in dirs else 0o640)
-    _own(dest, gid, 0o750)
+    _own(tree, gid, 0o750)
 
 
 def instance_dir(app_root: pathlib.Path, instance_id: str, uid: int) -> pathlib.Path:
@@ -161,3 +191,22 @@ def _own(path: pathlib.Path, gid: int, mode: int) -> None:
     os.chown(path, 0, gid, follow_symlinks=False)
     if not path.is_symlink():
         os.chmod(path, mode)
+
+
+def main(argv: list[str]) -> int:
+    """``python -m runtime.isolation check|prepare``: can app users run kiln's Python; make it so (root)."""
+    if argv not in (["check"], ["prepare"]):
+        print("usage: python -m runtime.isolation check|prepare\n  check: say whether instances can run as app "
+              "users\n  prepare: grant other users search permission on the directories above kiln's Python",
+              file=sys.stderr)
+        return 2
+    if argv == ["prepare"]:
+        for path in grant_search():
+            print(f"granted search permission to other users on {path}")
+    blocked = platform_blocked()
+    print(f"per-app users: not possible: {blocked}" if blocked else "per-app users: possible")
+    return 1 if blocked else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -27,6 +27,7 @@ import logging
 import math
 import os
 import pathlib
+import shutil
 import signal
 import sys
 import time
@@ -38,7 +39,7 @@ from kiln import log as kiln_log
 from kiln.errors import ConfigError
 from kiln.pb.runtime.v1 import events_pb2
 from kiln.supervisor import Child, Confinement, StartError, Supervisor, python_module
-from runtime import isolation
+from runtime import isolation, libraries
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,7 @@ class Launch:
     confinement: Confinement
     app_root: pathlib.Path | None = None  # with user isolation: the app's directory under the isolation root
     uid: int | None = None
+    staged: pathlib.Path | None = None  # with user isolation: the private copy of the version's files
 
 
 # An instance that exits before it serves is restarted after a delay that doubles, up to this.
@@ -203,6 +205,17 @@ class Manager:
             if idle and current > wanted:
                 self.stop_instance(min(idle, key=lambda i: i.busy_at).instance_id)
 
+    def shutdown(self) -> None:
+        """Stop every instance (SIGTERM, so each finishes its requests) and remove the staged files."""
+        self._sup.stop_all()
+        self.instances.clear()
+        if self._launch.staged is not None:
+            shutil.rmtree(self._launch.staged, ignore_errors=True)
+
+    @property
+    def run_dir(self) -> pathlib.Path:
+        return self._sup.run_dir
+
     def write_state(self, path: pathlib.Path) -> None:
         """Record the running instances (id, pid, ready) for operators and tests."""
         state = [{"instance_id": i.instance_id, "pid": i.child.proc.pid, "ready": i.ready}
@@ -227,7 +240,7 @@ async def run(manager: Manager, nats_url: str, app_id: str, version_id: str, rea
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    state_file = manager._sup.run_dir / "instances.json"
+    state_file = manager.run_dir / "instances.json"
     watched: dict[int, int] = {}  # pid -> pidfd, so an exit wakes the loop at once
 
     def changed() -> None:
@@ -259,8 +272,7 @@ async def run(manager: Manager, nats_url: str, app_id: str, version_id: str, rea
                 await asyncio.wait_for(_first(stop.wait(), wake.wait()), timeout=0.1 if manager.starting else 0.25)
     finally:
         log.info("stopping %d instances", len(manager.instances))
-        await loop.run_in_executor(None, manager._sup.stop_all)
-        manager.instances.clear()
+        await loop.run_in_executor(None, manager.shutdown)
         changed()
         await nc.drain()
     return status
@@ -312,6 +324,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--stage-exclude", type=pathlib.Path, action="append", default=[],
                         help="a directory inside the app directory not to copy (e.g. kiln dev's data)")
     parser.add_argument("--memory-mb", type=int, help="instance memory (default: app.yaml's instance_class)")
+    parser.add_argument("--cache-dir", type=pathlib.Path, default=pathlib.Path.home() / ".cache" / "kiln",
+                        help="where platform libraries and requirements.txt environments are installed "
+                             "(default: %(default)s)")
     args = parser.parse_args(argv[:split])
     kiln_log.setup(component="manager")
     try:
@@ -350,6 +365,7 @@ def build(args: argparse.Namespace, extra_runtime_args: Sequence[str], environ: 
             log.warning("instances run as the manager's user, without per-app users: %s", blocked)
     rlimits = {"nofile": OPEN_FILES, "core": 0, "as": (memory_mb + ADDRESS_SPACE_HEADROOM_MB) * 1024 * 1024}
     app_dir, app_root, uid = args.app_dir.resolve(), None, None
+    environment = libraries.prepare(app_dir, config, args.cache_dir)
     if mode == "user":
         if os.geteuid() != 0:
             raise ConfigError("--isolation user: the manager must run as root to start instances as app users")
@@ -361,13 +377,21 @@ def build(args: argparse.Namespace, extra_runtime_args: Sequence[str], environ: 
         uid = isolation.app_user(args.isolation_root, args.app_id, args.first_app_uid)
         app_root = isolation.app_root(args.isolation_root, args.app_id, uid)
         staged = app_root / f"{args.version_id}-{os.getpid()}"
-        isolation.stage(app_dir, staged, config, uid, exclude=[args.run_dir, *args.stage_exclude])
-        app_dir = staged
+        isolation.stage(app_dir, staged / "app", config, uid, exclude=[args.run_dir, *args.stage_exclude])
+        # The app's user reads its libraries and requirements from its own copy, not from the platform's cache.
+        environment = libraries.Environment(
+            tuple(isolation.copy_for(d, staged / "libraries" / d.name, uid) for d in environment.library_dirs),
+            environment.requirements_dir and isolation.copy_for(environment.requirements_dir,
+                                                                staged / "requirements", uid))
+        isolation.share(staged, uid)
+        app_dir = staged / "app"
         rlimits["nproc"] = APP_PROCESSES
     runtime_args = ["--app-dir", str(app_dir), "--app-id", args.app_id, "--version-id", args.version_id,
-                    "--nats-url", args.nats_url, "--memory-limit-mb", str(memory_mb), *extra_runtime_args]
+                    "--nats-url", args.nats_url, "--memory-limit-mb", str(memory_mb), *environment.runtime_args(),
+                    *extra_runtime_args]
     launch = Launch(runtime_args=runtime_args, env=instance_env(environ, auth.mint_app_token(secret, args.app_id)),
-                    confinement=Confinement(uid=uid, gid=uid, rlimits=rlimits), app_root=app_root, uid=uid)
+                    confinement=Confinement(uid=uid, gid=uid, rlimits=rlimits), app_root=app_root, uid=uid,
+                    staged=app_dir.parent if mode == "user" else None)
     return Manager(Supervisor(args.run_dir), launch, scaling)
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import pathlib
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 from deploy.dev import DevOptions, DevServer
 
@@ -39,3 +40,13 @@ def fetch(server: DevServer, path: str, data: bytes | None = None) -> tuple[int,
             return resp.status, dict(resp.headers), resp.read()
     except urllib.error.HTTPError as err:
         return err.code, dict(err.headers), err.read()
+
+
+def wait_for(predicate: Callable[[], object], seconds: float) -> None:
+    """Poll ``predicate`` until it is true; fail the test after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"not true within {seconds:g} s: {predicate}")

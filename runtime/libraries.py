@@ -1,0 +1,168 @@
+"""A version's Python environment: the platform libraries app.yaml selects, and its requirements.txt.
+
+App Engine's Python runtime offered third-party libraries by name and version
+(``libraries:`` in app.yaml), the only code besides the standard library whose
+C extensions an app could load; anything else the app vendored in its own
+directory. kiln keeps that model and adds ``requirements.txt``:
+
+- :data:`CATALOG` lists the libraries kiln provides, each version pinned to
+  exact wheels (with its dependencies, so the set is reproducible). They are
+  installed once per host into a shared cache, owned by the platform; their
+  C extensions may load.
+- ``requirements.txt`` is installed at deploy time into that version's own
+  directory (keyed by the file's hash), never into the platform's environment.
+  Only wheels are used (``--only-binary :all:``), so installing runs none of
+  the app's code; only plain requirement lines are accepted (no options, URLs
+  or paths). Packages from it are the app's code: their C extensions are
+  refused like any other app-shipped native code.
+
+Everything is installed into a temporary directory and renamed into place, so
+a failed or concurrent install never leaves a half-filled environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import hashlib
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+from packaging.requirements import InvalidRequirement, Requirement
+
+from kiln import appyaml
+from kiln.errors import ConfigError
+
+# name -> version -> the exact distributions installed for it (the library and its dependencies).
+CATALOG: dict[str, dict[str, tuple[str, ...]]] = {
+    "django": {"5.2": ("Django==5.2.8", "asgiref==3.10.0", "sqlparse==0.5.3")},
+    "flask": {"3.1": ("Flask==3.1.3", "Werkzeug==3.1.9", "Jinja2==3.1.6", "MarkupSafe==3.0.3",
+                      "itsdangerous==2.2.0", "click==8.3.1", "blinker==1.9.0")},
+    "jinja2": {"3.1": ("Jinja2==3.1.6", "MarkupSafe==3.0.3")},
+    "lxml": {"6.0": ("lxml==6.0.2",)},
+    "markupsafe": {"3.0": ("MarkupSafe==3.0.3",)},
+    "numpy": {"2.3": ("numpy==2.3.5",)},
+    "PIL": {"12.0": ("pillow==12.0.0",)},
+    "pytz": {"2026.1": ("pytz==2026.1",)},
+    "six": {"1.17": ("six==1.17.0",)},
+    "webob": {"1.8": ("WebOb==1.8.9",)},
+    "werkzeug": {"3.1": ("Werkzeug==3.1.9", "MarkupSafe==3.0.3")},
+    "yaml": {"6.0": ("PyYAML==6.0.3",)},
+}
+
+INSTALL_TIMEOUT_SECONDS = 600
+
+
+@dataclasses.dataclass(frozen=True)
+class Environment:
+    """Where a version's code beyond its own directory comes from."""
+
+    library_dirs: tuple[pathlib.Path, ...] = ()  # platform libraries: C extensions allowed
+    requirements_dir: pathlib.Path | None = None  # the app's requirements.txt: app code
+
+    def runtime_args(self) -> list[str]:
+        """Options of ``python -m runtime`` that put this environment on the instance's path."""
+        args = []
+        if self.library_dirs:
+            args += ["--library-path", os.pathsep.join(str(d) for d in self.library_dirs)]
+        if self.requirements_dir is not None:
+            args += ["--requirements-path", str(self.requirements_dir)]
+        return args
+
+
+def resolve(name: str, version: str) -> tuple[str, ...]:
+    """The pinned distributions of a catalogued library.
+
+    Raises:
+        ConfigError: kiln does not provide that library or version; the message lists what it does.
+    """
+    versions = CATALOG.get(name)
+    if versions is None:
+        raise ConfigError(f"libraries: kiln does not provide {name!r}; it provides {', '.join(sorted(CATALOG, key=str.lower))} "
+                          "(vendor other pure-Python packages in the app directory, or list them in requirements.txt)")
+    if version == "latest":
+        version = max(versions, key=lambda v: tuple(int(p) for p in v.split(".")))
+    if version not in versions:
+        raise ConfigError(f"libraries: {name} {version!r} is not provided; versions: {', '.join(sorted(versions))}, "
+                          "latest")
+    return versions[version]
+
+
+def read_requirements(path: pathlib.Path) -> list[str]:
+    """The requirement lines of ``requirements.txt``, validated.
+
+    Raises:
+        ConfigError: a line is an option, a URL or path, or not a valid requirement; the message names it.
+    """
+    out = []
+    for number, raw in enumerate(path.read_text().splitlines(), 1):
+        line = re.sub(r"(^|\s)#.*$", "", raw).strip()
+        if not line:
+            continue
+        where = f"{path.name}:{number}"
+        if line.startswith("-"):
+            raise ConfigError(f"{where}: options are not allowed ({line.split()[0]}); list plain requirements "
+                              "such as 'requests==2.32.3'")
+        try:
+            req = Requirement(line)
+        except InvalidRequirement as exc:
+            raise ConfigError(f"{where}: not a valid requirement: {exc}") from None
+        if req.url:
+            raise ConfigError(f"{where}: URLs and paths are not allowed ({req.url}); name a package on the index")
+        out.append(str(req))
+    return out
+
+
+def prepare(app_dir: pathlib.Path, config: appyaml.AppConfig, cache_dir: pathlib.Path) -> Environment:
+    """Install what the version needs (once per host for each library and each requirements.txt).
+
+    Raises:
+        ConfigError: an unknown library, an invalid requirements.txt, or pip could not install it.
+    """
+    library_dirs = []
+    for lib in config.libraries:
+        pins = resolve(lib.name, lib.version)
+        key = hashlib.sha256("\n".join(pins).encode()).hexdigest()[:16]
+        library_dirs.append(_install(cache_dir / "libraries" / f"{lib.name}-{key}", pins, deps=False,
+                                     what=f"library {lib.name} {lib.version}"))
+    requirements_dir = None
+    req_file = app_dir / "requirements.txt"
+    if req_file.is_file():
+        lines = read_requirements(req_file)
+        if lines:
+            key = hashlib.sha256(("\n".join(lines) + sys.version).encode()).hexdigest()[:16]
+            requirements_dir = _install(cache_dir / "requirements" / key, tuple(lines), deps=True,
+                                        what="requirements.txt")
+    return Environment(tuple(library_dirs), requirements_dir)
+
+
+def _install(target: pathlib.Path, requirements: tuple[str, ...], *, deps: bool, what: str) -> pathlib.Path:
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / ".install.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if target.is_dir():  # another manager installed it while this one waited
+            return target
+        tmp = pathlib.Path(tempfile.mkdtemp(prefix=".installing-", dir=target.parent))
+        try:
+            cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                   "--no-input", "--only-binary", ":all:", "--no-compile", "--target", str(tmp),
+                   *([] if deps else ["--no-deps"]), *requirements]
+            try:
+                done = subprocess.run(cmd, capture_output=True, text=True, timeout=INSTALL_TIMEOUT_SECONDS)
+            except subprocess.TimeoutExpired:
+                raise ConfigError(f"{what}: pip did not finish within {INSTALL_TIMEOUT_SECONDS} s") from None
+            if done.returncode != 0:
+                detail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+                raise ConfigError(f"{what}: could not install {' '.join(requirements)}: {detail}")
+            os.chmod(tmp, 0o755)
+            os.replace(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target

@@ -1,0 +1,81 @@
+"""An instance's memory is bounded by its instance class, as on App Engine: past the limit after a request the
+instance is replaced, past the hard limit it stops at once; either way the app keeps serving from a new instance.
+Through router, NATS, the instance manager and the runtime."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from tests.integration import apps
+from tests.integration.apps import running
+
+pytestmark = pytest.mark.nats
+
+APP_YAML = """
+runtime: python27
+api_version: 1
+threadsafe: true
+instance_class: F1
+handlers:
+- url: /.*
+  script: main.app
+"""
+
+MAIN = textwrap.dedent('''
+    import os
+    KEPT = []
+
+    def app(environ, start_response):
+        path = environ["PATH_INFO"]
+        if path == "/keep":  # 360 MB held after the request: over F1's 384 MB with the runtime, under 1.25x
+            KEPT.extend(b"x" * (1 << 20) for _ in range(360))
+        elif path == "/hog":  # without bound
+            while True:
+                KEPT.append(b"x" * (8 << 20))
+        elif path == "/huge":  # one allocation larger than the instance's address space
+            KEPT.append(bytearray(64 << 30))
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [os.environ["INSTANCE_ID"].encode()]
+''')
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with running(tmp_path_factory.mktemp("memory"), {"main.py": MAIN}, app_yaml=APP_YAML) as srv:
+        yield srv
+
+
+def instance_log(server):
+    return "".join(p.read_text() for p in server.instances_dir.glob("instance-*.log"))
+
+
+def serving_instance(server):
+    """The id of the instance that answered, or None while none answers."""
+    status, _, body = apps.fetch(server, "/")
+    return body.decode() if status == 200 else None
+
+
+def test_memory_kept_past_the_soft_limit_finishes_the_request_then_replaces_the_instance(server):
+    before = serving_instance(server)
+    status, _, body = apps.fetch(server, "/keep")
+    assert (status, body.decode()) == (200, before)
+    apps.wait_for(lambda: serving_instance(server) not in (before, None), 30)
+    assert "Exceeded soft memory limit of 384 MB" in instance_log(server)
+
+
+def test_allocating_without_bound_gives_500_and_a_fresh_instance_serves_next(server):
+    before = serving_instance(server)
+    status, _, body = apps.fetch(server, "/hog")
+    assert status == 500 and b"Internal Server Error" in body
+    assert "Exceeded hard memory limit of 480 MB" in instance_log(server)
+    apps.wait_for(lambda: serving_instance(server) not in (before, None), 30)
+
+
+def test_an_allocation_beyond_the_address_space_is_a_memory_error_in_that_request_only(server):
+    before = serving_instance(server)
+    status, _, _ = apps.fetch(server, "/huge")
+    assert status == 500
+    assert "MemoryError" in instance_log(server)
+    assert serving_instance(server) == before

@@ -1,0 +1,164 @@
+"""The OS layer of the sandbox: two apps, each run by runtime.manager as its own Unix user on a private copy of its
+files; neither can read the other's files, process memory or environment, even with code the Python layer allows
+(reading files is allowed there). Through router, NATS, the instance manager and the runtime."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+import urllib.parse
+
+import pytest
+
+from kiln.supervisor import python_module
+from runtime import isolation
+from tests.integration.apps import wait_for
+from tests.integration.conftest import service_env
+
+pytestmark = pytest.mark.nats
+
+MAIN = r'''
+import json, os, pathlib, urllib.parse
+
+def attempt(action):
+    try:
+        return {"ok": action()}
+    except Exception as exc:
+        return {"error": type(exc).__name__, "message": str(exc)}
+
+def app(environ, start_response):
+    query = dict(urllib.parse.parse_qsl(environ["QUERY_STRING"]))
+    path = environ["PATH_INFO"]
+    if path == "/whoami":
+        body = {"uid": os.getuid(), "gid": os.getgid(), "groups": os.getgroups(), "pid": os.getpid(),
+                "here": str(pathlib.Path(__file__).resolve().parent)}
+    elif path == "/read":
+        body = attempt(lambda: pathlib.Path(query["path"]).read_text())
+    elif path == "/list":
+        body = attempt(lambda: sorted(os.listdir(query["path"])))
+    elif path == "/memory":
+        def peek():
+            pid = int(query["pid"])
+            maps = pathlib.Path(f"/proc/{pid}/maps").read_text().splitlines()
+            start = int(maps[0].split("-")[0], 16)
+            with open(f"/proc/{pid}/mem", "rb") as mem:
+                mem.seek(start)
+                return mem.read(16).hex()
+        body = attempt(peek)
+    elif path == "/import":
+        body = attempt(lambda: __import__(query["name"]).__file__)
+    elif path == "/environ":
+        body = attempt(lambda: pathlib.Path(f"/proc/{query['pid']}/environ").read_text())
+    else:
+        body = {"alive": True}
+    start_response("200 OK", [("Content-Type", "application/json")])
+    return [json.dumps(body).encode()]
+'''
+
+APPS = ("isola", "isolb")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, supervisor, nats_url):
+    if os.geteuid() != 0 or isolation.platform_blocked():
+        pytest.fail("per-app users need root and a Python other users can run: "
+                    "python -m runtime.isolation prepare (as root) says what it changes; .ci/run runs it")
+    # The isolation root must be reachable by app users: not under pytest's private temporary directory.
+    root = pathlib.Path(tempfile.mkdtemp(prefix="kiln-isolation-", dir="/tmp"))
+    run = supervisor.run_dir
+    env = service_env()
+    router = supervisor.start("router-isolation", python_module(
+        "router", "--listen", "127.0.0.1:0", "--nats-url", nats_url, "--domain", "example.test",
+        "--apps", ",".join(f"{a}=v1" for a in APPS), "--ready-file", str(run / "router-isolation.addr")),
+        env=env, ready_file=run / "router-isolation.addr")
+    sources = {}
+    for app_id in APPS:
+        app_dir = sources[app_id] = tmp_path_factory.mktemp(app_id)
+        (app_dir / "app.yaml").write_text("runtime: python27\napi_version: 1\nthreadsafe: true\n"
+                                          "libraries:\n- name: six\n  version: latest\n"
+                                          "handlers:\n- url: /.*\n  script: main.app\n")
+        (app_dir / "requirements.txt").write_text("itsdangerous==2.2.0\n")
+        (app_dir / "main.py").write_text(MAIN)
+        (app_dir / "secret.txt").write_text(f"{app_id}'s private data")
+        supervisor.start(f"manager-{app_id}", python_module(
+            "runtime.manager", "--app-dir", str(app_dir), "--app-id", app_id, "--version-id", "v1",
+            "--nats-url", nats_url, "--run-dir", str(run / f"{app_id}-instances"), "--isolation", "user",
+            "--isolation-root", str(root), "--ready-file", str(run / f"manager-{app_id}.ready"), "--",
+            "--listen", "127.0.0.1:0"), env=env, ready_file=run / f"manager-{app_id}.ready", timeout=120)
+    yield router.address, root, sources
+    for app_id in APPS:
+        for child in [c for c in supervisor.children if c.name == f"manager-{app_id}"]:
+            child.proc.terminate()
+            child.proc.wait(timeout=30)
+            supervisor.children.remove(child)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def call(stack, app_id, url_path, **query):
+    address = stack[0]
+    name, _, port = address.rpartition(":")
+    conn = http.client.HTTPConnection(name, int(port), timeout=30)
+    try:
+        conn.request("GET", url_path + ("?" + urllib.parse.urlencode(query) if query else ""),
+                     headers={"Host": f"{app_id}.example.test"})
+        resp = conn.getresponse()
+        assert resp.status == 200
+        return json.loads(resp.read())
+    finally:
+        conn.close()
+
+
+def whoami(stack, app_id):
+    found = {}
+    wait_for(lambda: found.update(call(stack, app_id, "/whoami")) or found, 30)
+    return found
+
+
+def test_each_app_runs_as_its_own_unprivileged_user(stack):
+    a, b = whoami(stack, "isola"), whoami(stack, "isolb")
+    assert a["uid"] != 0 and b["uid"] != 0 and a["uid"] != b["uid"]
+    assert a["gid"] == a["uid"] and a["groups"] == []
+
+
+def test_an_app_reads_its_own_files(stack):
+    here = whoami(stack, "isola")["here"]
+    assert call(stack, "isola", "/read", path=f"{here}/secret.txt") == {"ok": "isola's private data"}
+
+
+def test_an_app_cannot_read_or_list_another_apps_files(stack):
+    other = whoami(stack, "isolb")["here"]
+    assert call(stack, "isola", "/read", path=f"{other}/secret.txt")["error"] == "PermissionError"
+    assert call(stack, "isola", "/list", path=other)["error"] == "PermissionError"
+    source = stack[2]["isolb"]  # nor the directory it was deployed from
+    assert call(stack, "isola", "/read", path=f"{source}/secret.txt")["error"] == "PermissionError"
+
+
+def test_an_app_cannot_read_another_apps_process_memory_or_environment(stack):
+    other_pid = whoami(stack, "isolb")["pid"]
+    memory = call(stack, "isola", "/memory", pid=other_pid)
+    assert memory["error"] == "PermissionError", memory
+    assert call(stack, "isola", "/environ", pid=other_pid)["error"] == "PermissionError"
+
+
+def test_an_app_cannot_read_the_platforms_data(stack, supervisor):
+    run = supervisor.run_dir  # NATS store, service logs, the embedded datastore's files live under here
+    assert call(stack, "isola", "/list", path=str(run))["error"] == "PermissionError"
+    registry = stack[1] / "app-users.json"
+    assert call(stack, "isola", "/read", path=str(registry))["error"] == "PermissionError"
+
+
+def test_the_same_app_keeps_its_user_and_apps_never_share_one(stack):
+    users = json.loads((stack[1] / "app-users.json").read_text())
+    assert set(users) == set(APPS) and len(set(users.values())) == len(APPS)
+    assert users["isola"] == whoami(stack, "isola")["uid"]
+
+
+def test_an_isolated_app_imports_its_libraries_and_requirements_from_its_own_copy(stack):
+    here = pathlib.Path(whoami(stack, "isola")["here"])  # .../apps/isola/VERSION/app
+    six = call(stack, "isola", "/import", name="six")["ok"]
+    assert six.startswith(f"{here.parent}/libraries/")
+    assert call(stack, "isola", "/import", name="itsdangerous")["ok"].startswith(f"{here.parent}/requirements/")
