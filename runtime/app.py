@@ -125,6 +125,7 @@ class Instance:
         self.doomed = asyncio.Event()
         self.memory_limit_mb = cfg.memory_limit_mb or isolation.instance_memory_mb(app_config)
         self._waiting: dict[int, Msg] = {}  # requests not answered yet, to fail if the instance must stop at once
+        self._queued: dict[int, float] = {}  # requests waiting for a free slot -> when they arrived
 
     def export_environment(self) -> None:
         """Process-wide variables the app's SDK reads: service addresses and its identity token."""
@@ -170,9 +171,15 @@ class Instance:
     async def on_message(self, msg: Msg) -> None:
         """NATS callback: handle each request in its own task so requests overlap."""
         self._waiting[id(msg)] = msg
+        self._queued[id(msg)] = time.monotonic()
         task = asyncio.create_task(self._handle(msg))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def pending(self) -> tuple[int, float]:
+        """Requests waiting for a free slot, and how long (seconds) the longest has waited."""
+        oldest = min(self._queued.values(), default=None)
+        return len(self._queued), 0.0 if oldest is None else time.monotonic() - oldest
 
     @property
     def active(self) -> set[asyncio.Task[None]]:
@@ -182,9 +189,11 @@ class Instance:
     async def _handle(self, msg: Msg) -> None:
         try:
             async with self._slots:
+                self._queued.pop(id(msg), None)
                 resp = await self._serve(msg.data)
         finally:
             self._waiting.pop(id(msg), None)
+            self._queued.pop(id(msg), None)
         if msg.reply:
             await msg.respond(resp.SerializeToString())
         self._check_soft_memory()
@@ -369,9 +378,11 @@ async def _heartbeats(nc: Client, instance: Instance, period: float) -> None:
     started = time.time()
     subject = bus.heartbeat_subject(instance.app_id, instance.version_id)
     while True:
+        pending, waited = instance.pending()
         beat = events_pb2.InstanceHeartbeat(instance_id=instance.cfg.instance_id, app_id=instance.app_id,
                                             version_id=instance.version_id, active_requests=len(instance.active),
-                                            requests_served=instance.served)
+                                            requests_served=instance.served, pending_requests=pending,
+                                            pending_latency_ms=int(waited * 1000))
         beat.started_at.FromNanoseconds(int(started * 1e9))
         beat.sent_at.GetCurrentTime()
         try:

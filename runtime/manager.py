@@ -56,6 +56,8 @@ class Scaling:
     max_concurrent_requests: int = DEFAULT_MAX_CONCURRENT
     target_utilization: float = DEFAULT_TARGET_UTILIZATION
     idle_seconds: float = 900.0
+    min_pending_latency: float = 0.0  # seconds a request must wait before load may add an instance
+    max_pending_latency: float | None = None  # past this wait, add an instance whatever the utilization
 
     @classmethod
     def from_app(cls, config: appyaml.AppConfig, **overrides: float | int | None) -> Scaling:
@@ -66,6 +68,8 @@ class Scaling:
             out.max_instances = auto.max_instances or out.max_instances
             out.max_concurrent_requests = auto.max_concurrent_requests or out.max_concurrent_requests
             out.target_utilization = auto.target_throughput_utilization or out.target_utilization
+            out.min_pending_latency = auto.min_pending_latency_seconds or 0.0
+            out.max_pending_latency = auto.max_pending_latency_seconds
         if not config.threadsafe:
             out.max_concurrent_requests = 1
         for name, value in overrides.items():
@@ -74,10 +78,21 @@ class Scaling:
         out.max_instances = max(out.max_instances, out.min_instances)
         return out
 
-    def wanted(self, active_requests: int) -> int:
-        """How many instances the load asks for."""
+    def wanted(self, active_requests: int, current: int, pending_seconds: float) -> int:
+        """How many instances the load asks for.
+
+        ``active_requests`` are those the instances hold (running or queued);
+        ``pending_seconds`` is how long the longest-queued request has waited.
+        As App Engine's ``min_pending_latency``, load adds no instance until a
+        request has waited that long; as its ``max_pending_latency``, a longer
+        wait adds one even when utilization would not.
+        """
         per_instance = max(self.max_concurrent_requests * self.target_utilization, 1e-9)
         need = math.ceil(active_requests / per_instance)
+        if need > current and pending_seconds < self.min_pending_latency:
+            need = current
+        if self.max_pending_latency is not None and pending_seconds > self.max_pending_latency:
+            need = max(need, current + 1)
         return min(self.max_instances, max(self.min_instances, need))
 
 
@@ -90,6 +105,7 @@ class _Instance:
     home: pathlib.Path | None = None
     ready: bool = False
     active: int = 0
+    pending_seconds: float = 0.0
     busy_at: float = dataclasses.field(default_factory=time.monotonic)
 
 
@@ -154,6 +170,7 @@ class Manager:
         if found is None:
             return
         found.active = beat.active_requests
+        found.pending_seconds = beat.pending_latency_ms / 1000
         if beat.active_requests:
             found.busy_at = time.monotonic()
 
@@ -196,7 +213,8 @@ class Manager:
             return
         current = len(self.instances)
         active = sum(i.active for i in self.instances.values())
-        wanted = self.scaling.wanted(active)
+        pending = max((i.pending_seconds for i in self.instances.values()), default=0.0)
+        wanted = self.scaling.wanted(active, current, pending)
         if current < self.scaling.min_instances or (wanted > current and not self.starting):
             self.start_instance()
         elif current > self.scaling.min_instances:

@@ -14,6 +14,7 @@ import time
 import pytest
 
 from kiln.supervisor import python_module
+from tests.integration import apps
 from tests.integration.conftest import service_env
 
 pytestmark = pytest.mark.nats
@@ -124,3 +125,32 @@ def test_instances_are_added_under_load_and_removed_when_idle(stack):
             seen |= {body for _, body in pool.map(lambda _: get(stack, "/slow"), range(10))}
         assert len(instance_pids()) >= 3
     wait_until(lambda: len(instance_pids()) == 2, 40)
+
+
+PATIENT_YAML = """
+runtime: python27
+api_version: 1
+threadsafe: false
+automatic_scaling:
+  min_pending_latency: 10s
+  max_instances: 3
+handlers:
+- url: /.*
+  script: main.app
+"""
+
+
+def test_min_pending_latency_keeps_requests_queued_on_one_instance(tmp_path):
+    """One request at a time per instance, and requests must wait 10 s before load may add an instance:
+    three concurrent slow requests queue on the single instance instead of starting two more."""
+    with apps.running(tmp_path / "patient", {"main.py": MAIN}, app_yaml=PATIENT_YAML) as server:
+        seen_instances = set()
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            pending = [pool.submit(apps.fetch, server, "/slow") for _ in range(3)]
+            while not all(f.done() for f in pending):
+                seen_instances |= set(server.instances())
+                time.sleep(0.1)
+            results = [f.result() for f in pending]
+        assert [status for status, _, _ in results] == [200, 200, 200]
+        assert len({body for _, _, body in results}) == 1  # all served by the one instance, in turn
+        assert len(seen_instances) == 1

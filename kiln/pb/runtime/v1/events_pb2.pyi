@@ -34,6 +34,8 @@ class InstanceHeartbeat(_message.Message):
     REQUESTS_SERVED_FIELD_NUMBER: _builtins.int
     STARTED_AT_FIELD_NUMBER: _builtins.int
     SENT_AT_FIELD_NUMBER: _builtins.int
+    PENDING_REQUESTS_FIELD_NUMBER: _builtins.int
+    PENDING_LATENCY_MS_FIELD_NUMBER: _builtins.int
     instance_id: _builtins.str
     """The instance."""
     app_id: _builtins.str
@@ -46,6 +48,10 @@ class InstanceHeartbeat(_message.Message):
     """Requests in flight now."""
     requests_served: _builtins.int
     """Requests served since start."""
+    pending_requests: _builtins.int
+    """Requests received and waiting for a free slot (not running yet); included in active_requests."""
+    pending_latency_ms: _builtins.int
+    """How long the longest-waiting pending request has waited so far, in milliseconds (0 when none waits)."""
     @_builtins.property
     def started_at(self) -> _timestamp_pb2.Timestamp:
         """When the instance started."""
@@ -65,10 +71,12 @@ class InstanceHeartbeat(_message.Message):
         requests_served: _builtins.int = ...,
         started_at: _timestamp_pb2.Timestamp | None = ...,
         sent_at: _timestamp_pb2.Timestamp | None = ...,
+        pending_requests: _builtins.int = ...,
+        pending_latency_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["sent_at", b"sent_at", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_requests", b"active_requests", "app_id", b"app_id", "deployment_id", b"deployment_id", "instance_id", b"instance_id", "requests_served", b"requests_served", "sent_at", b"sent_at", "started_at", b"started_at", "version_id", b"version_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_requests", b"active_requests", "app_id", b"app_id", "deployment_id", b"deployment_id", "instance_id", b"instance_id", "pending_latency_ms", b"pending_latency_ms", "pending_requests", b"pending_requests", "requests_served", b"requests_served", "sent_at", b"sent_at", "started_at", b"started_at", "version_id", b"version_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
