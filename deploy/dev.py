@@ -49,6 +49,7 @@ class DevOptions:
     cassandra_hosts: str = ""
     request_deadline: float = 60.0
     isolation: str = "none"
+    urlfetch_allow_internal: str = ""  # CIDR[;CIDR]: internal networks the app may fetch from
 
 
 def default_data_dir(app_id: str) -> pathlib.Path:
@@ -131,6 +132,8 @@ class DevServer:
         pending = []
         for svc in SERVICES:
             args = ["--listen", "127.0.0.1:0", "--ready-file", str(run / f"{svc}.addr")]
+            if svc == "urlfetch_svc" and self.opts.urlfetch_allow_internal:
+                args += ["--allow-internal", f"{self.app_id}={self.opts.urlfetch_allow_internal}"]
             if svc == "logs_svc":
                 args += ["--nats-url", self.nats_url, "--data-dir", str(self.data_dir / "logs")]
             if svc == "datastore_svc":

@@ -36,7 +36,7 @@ from kiln.log import app_id as app_id_var
 from kiln.log import request_id as request_id_var
 from kiln.pb.logs.v1 import logs_pb2
 from kiln.pb.runtime.v1 import events_pb2, http_pb2
-from runtime import isolation, sandbox
+from runtime import httpfetch, isolation, sandbox
 from runtime.config import RuntimeConfig
 from runtime.wsgi import CgiScript, InstanceInfo, WsgiApp, build_environ, call_app
 
@@ -152,6 +152,7 @@ class Instance:
         # From here on each request thread sees its own CGI variables in os.environ,
         # and app code runs under the sandbox's rules.
         kiln_runtime.install()
+        httpfetch.install()  # urllib and http.client go through URL Fetch, as on App Engine
         sandbox.install(app_dirs, library_dirs)
 
     async def warm_up(self) -> None:

@@ -1,19 +1,21 @@
-"""Wiring of urlfetch_svc.
-
-The contract (``kiln.pb.urlfetch.v1.UrlFetchService``) is served and discoverable by
-reflection and health checks; its methods answer UNIMPLEMENTED until issue #6
-builds them.
-"""
+"""Wiring of urlfetch_svc: the address policies from config, the servicer, the gRPC server."""
 
 from __future__ import annotations
 
-from urlfetch_svc.config import UrlFetchConfig
 from kiln import grpcserver
-from kiln.pb.urlfetch.v1 import urlfetch_pb2
+from kiln.pb.urlfetch.v1 import urlfetch_pb2, urlfetch_pb2_grpc
+from urlfetch_svc.config import UrlFetchConfig
+from urlfetch_svc.policy import Policies
+from urlfetch_svc.service import UrlFetchService
 
-SERVICE = urlfetch_pb2.DESCRIPTOR.services_by_name["UrlFetchService"]
+SERVICE_NAME = urlfetch_pb2.DESCRIPTOR.services_by_name["UrlFetchService"].full_name
 
 
 async def serve(cfg: UrlFetchConfig) -> None:
     """Run the service until SIGTERM."""
-    await grpcserver.serve(cfg, [], [(SERVICE.full_name, grpcserver.unimplemented(SERVICE, issue="issue #6"))])
+    service = UrlFetchService(secret=cfg.service_secret.get(),
+                              policies=Policies.parse(cfg.allow_internal, cfg.internal_networks),
+                              max_in_flight=cfg.max_in_flight)
+    registration = grpcserver.Registration(SERVICE_NAME, urlfetch_pb2_grpc.add_UrlFetchServiceServicer_to_server,
+                                           service)
+    await grpcserver.serve(cfg, [registration], on_stop=service.close)

@@ -12,3 +12,10 @@ class UrlFetchConfig(GrpcServiceConfig):
     """URL fetch service settings (env prefix ``KILN_URLFETCH_``)."""
 
     listen: str = field("127.0.0.1:50053", "host:port to serve gRPC on")
+    # A 32 MB response plus its envelope must fit in one message.
+    max_message_bytes: int = field(40 * 1024 * 1024, "largest gRPC message accepted or sent, in bytes")
+    allow_internal: str = field("", "internal networks an app may fetch from, app=CIDR[;CIDR][,app2=...]; '*' is "
+                                    "every app (default: none — loopback, private and link-local are refused)")
+    internal_networks: str = field("", "more networks to treat as internal (cluster networks on public "
+                                       "addresses), CIDR[,CIDR]")
+    max_in_flight: int = field(64, "fetches performed at once (each may hold a 32 MB response)")

@@ -23,7 +23,8 @@ _lock = threading.Lock()
 _stubs: dict[str, Any] = {}
 
 DEFAULT_TIMEOUT = 30.0
-MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+# A URL Fetch response may carry 32 MB of content plus its envelope.
+MAX_MESSAGE_BYTES = 40 * 1024 * 1024
 
 
 def stub(service: str, factory: Callable[[grpc.Channel], T]) -> T:
@@ -48,9 +49,14 @@ def reset() -> None:
         _stubs.clear()
 
 
+def app_token() -> str:
+    """The app's identity token, which every call carries."""
+    return os.environ.get("KILN_APP_TOKEN", "")
+
+
 def call(method: Callable[..., T], request: Any, *, timeout: float = DEFAULT_TIMEOUT) -> T:
     """Call a stub method with the app token; gRPC errors become kiln errors."""
-    token = os.environ.get("KILN_APP_TOKEN", "")
+    token = app_token()
     try:
         return method(request, timeout=timeout, metadata=(("authorization", f"Bearer {token}"),))
     except grpc.RpcError as exc:

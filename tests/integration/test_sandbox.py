@@ -33,7 +33,7 @@ MAIN = textwrap.dedent(r'''
         "kill": lambda: os.kill(os.getppid(), signal.SIGTERM),
         "socket": lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM),
         "raw-socket": lambda: socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP),
-        "urllib": lambda: __import__("urllib.request").request.urlopen("http://127.0.0.1:9/"),
+        "urllib": lambda: __import__("urllib.request").request.urlopen("http://127.0.0.1:8080/"),
         "ctypes": lambda: ctypes.CDLL("libc.so.6"),
         "c-extension": lambda: __import__("evil_ext"),
     }
@@ -88,10 +88,10 @@ def test_escape_is_refused_with_a_permission_error_naming_the_rule(server, name)
     assert attempt(server, "still-alive") == {"alive": True}
 
 
-def test_urllib_cannot_open_its_own_socket(server):
+def test_urllib_goes_through_url_fetch_which_refuses_kilns_own_network(server):
     result = attempt(server, "urllib")
-    assert result["error"] == "URLError"  # urllib wraps the refusal, as it wraps any socket error
-    assert "kiln sandbox: apps cannot open sockets" in result["message"]
+    assert result["error"] == "URLError"  # urllib wraps the refusal, as it wraps any connection error
+    assert "URL Fetch: ForbiddenDestinationError" in result["message"] and "127.0.0.1" in result["message"]
 
 
 def test_c_extension_shipped_with_the_app_is_refused(server):

@@ -1,0 +1,114 @@
+"""An app's outbound HTTP on kiln, as on App Engine: kiln.api.urlfetch, and the standard library's urllib and
+http.client carried by the URL Fetch service (the app's process opens no socket). Through router, NATS, the
+runtime and urlfetch_svc, against real local HTTP and HTTPS servers."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+
+from tests.integration import webservers
+from tests.integration.apps import fetch, running
+
+pytestmark = pytest.mark.nats
+
+MAIN = textwrap.dedent(r'''
+    import http.client, json, urllib.error, urllib.parse, urllib.request
+    from kiln.api import urlfetch
+
+    def run(action, target):
+        if action == "urlfetch":
+            result = urlfetch.fetch(target, headers={"X-From": "app"})
+            return {"status": result.status_code, "body": result.content.decode()}
+        if action == "urllib":
+            with urllib.request.urlopen(target) as resp:
+                return {"status": resp.status, "body": resp.read().decode(), "type": resp.headers["Content-Type"]}
+        if action == "urllib-post":
+            with urllib.request.urlopen(urllib.request.Request(target, data=b"a=1")) as resp:
+                return {"status": resp.status, "body": resp.read().decode()}
+        if action == "urllib-404":
+            try:
+                urllib.request.urlopen(target)
+            except urllib.error.HTTPError as exc:
+                return {"status": exc.code, "body": exc.read().decode()}
+        if action == "http-client":
+            parts = urllib.parse.urlsplit(target)
+            conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+            out = []
+            for _ in range(2):  # the connection object is reusable, as a real one is
+                conn.request("PUT", parts.path, body=b"payload", headers={"X-Run": "1"})
+                resp = conn.getresponse()
+                out.append({"status": resp.status, "body": resp.read().decode()})
+            conn.close()
+            return out
+        if action == "urllib-https-untrusted":
+            try:
+                urllib.request.urlopen(target)
+            except urllib.error.URLError as exc:
+                return {"error": str(exc.reason)}
+        raise ValueError(action)
+
+    def app(environ, start_response):
+        query = dict(urllib.parse.parse_qsl(environ["QUERY_STRING"]))
+        body = run(environ["PATH_INFO"].strip("/"), query["url"])
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [json.dumps(body).encode()]
+''')
+
+
+@pytest.fixture(scope="module")
+def targets(tmp_path_factory):
+    with webservers.serving("127.0.0.2") as plain, \
+            webservers.serving("127.0.0.2", tls_dir=tmp_path_factory.mktemp("tls")) as tls:
+        yield plain.base, tls.base
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, targets):
+    with running(tmp_path_factory.mktemp("outbound"), {"main.py": MAIN},
+                 urlfetch_allow_internal="127.0.0.2/32") as srv:
+        yield srv
+
+
+def call(server, action, url):
+    status, _, body = fetch(server, f"/{action}?url={url.replace('?', '%3F').replace('&', '%26')}")
+    assert status == 200, body
+    return json.loads(body)
+
+
+def test_kiln_api_urlfetch_fetches_for_the_app(server, targets):
+    result = call(server, "urlfetch", targets[0] + "/echo")
+    echoed = json.loads(result["body"])
+    assert result["status"] == 200 and echoed["headers"]["X-From"] == "app"
+    assert echoed["headers"]["User-Agent"].endswith(f"appid: {server.app_id})")
+
+
+def test_urllib_get_goes_through_url_fetch(server, targets):
+    result = call(server, "urllib", targets[0] + "/")
+    assert result == {"status": 200, "body": "hello from 127.0.0.2", "type": "text/plain"}
+
+
+def test_urllib_post_sends_its_body(server, targets):
+    result = call(server, "urllib-post", targets[0] + "/echo")
+    assert json.loads(result["body"])["method"] == "POST" and json.loads(result["body"])["body"] == "a=1"
+
+
+def test_urllib_follows_redirects_itself(server, targets):
+    result = call(server, "urllib", targets[0] + "/redirect?to=/status?code=200")
+    assert result["body"] == "status 200"
+
+
+def test_urllib_error_statuses_are_http_errors(server, targets):
+    assert call(server, "urllib-404", targets[0] + "/status?code=404") == {"status": 404, "body": "status 404"}
+
+
+def test_http_client_connection_sends_requests_through_url_fetch(server, targets):
+    results = call(server, "http-client", targets[0] + "/echo")
+    assert [r["status"] for r in results] == [200, 200]
+    assert [json.loads(r["body"])["body"] for r in results] == ["payload", "payload"]
+
+
+def test_urllib_https_validates_the_certificate(server, targets):
+    assert "SSLCertificateError" in call(server, "urllib-https-untrusted", targets[1] + "/")["error"]
