@@ -131,9 +131,9 @@ class DevServer:
         env = {**os.environ, **{f"KILN_{svc.split('_')[0].upper()}_SERVICE_SECRET": self._secret for svc in SERVICES}}
         pending = []
         for svc in SERVICES:
+            if svc == "urlfetch_svc":
+                continue  # after the router, whose address it needs
             args = ["--listen", "127.0.0.1:0", "--ready-file", str(run / f"{svc}.addr")]
-            if svc == "urlfetch_svc" and self.opts.urlfetch_allow_internal:
-                args += ["--allow-internal", f"{self.app_id}={self.opts.urlfetch_allow_internal}"]
             if svc == "logs_svc":
                 args += ["--nats-url", self.nats_url, "--data-dir", str(self.data_dir / "logs")]
             if svc == "datastore_svc":
@@ -150,7 +150,8 @@ class DevServer:
         # The router starts first so that, given port 0, its bound port is known
         # before the runtime is told its default hostname.
         router_addr = f"{self.opts.host}:{self.opts.port}"
-        router_env = {**env, "KILN_ROUTER_SESSION_SECRET": self._session_key()}
+        inbound = secrets.token_hex(32)
+        router_env = {**env, "KILN_ROUTER_SESSION_SECRET": self._session_key(), "KILN_ROUTER_INBOUND_SECRET": inbound}
         router = sup.start("router", python_module(
             "router", "--listen", router_addr, "--nats-url", self.nats_url,
             "--dev-app", f"{self.app_id}={self.version_id}",
@@ -159,6 +160,15 @@ class DevServer:
             "--ready-file", str(run / "router.addr")), env=router_env, ready_file=run / "router.addr")
         self.addresses["router"] = router.address
         router_port = router.address.rpartition(":")[2]
+        # URL Fetch: the app may call itself through the router (with X-AppEngine-Inbound-AppId), and reach
+        # the internal networks it was allowed; nothing else internal.
+        args = ["--listen", "127.0.0.1:0", "--ready-file", str(run / "urlfetch_svc.addr"),
+                "--front-doors", f"127.0.0.1:{router_port}", "--apps-domains", "localhost"]
+        if self.opts.urlfetch_allow_internal:
+            args += ["--allow-internal", f"{self.app_id}={self.opts.urlfetch_allow_internal}"]
+        urlfetch = sup.start("urlfetch_svc", python_module("urlfetch_svc", *args),
+                             env={**env, "KILN_URLFETCH_INBOUND_SECRET": inbound}, ready_file=run / "urlfetch_svc.addr")
+        self.addresses["urlfetch_svc"] = urlfetch.address
         runtime_args = [
             "--dev", "--listen", "127.0.0.1:0", "--request-deadline-seconds", str(self.opts.request_deadline),
             "--default-hostname", f"{'localhost' if self.opts.host in ('127.0.0.1', '0.0.0.0') else self.opts.host}"

@@ -58,3 +58,32 @@ def app_from_metadata(secret: str, metadata: Iterable[tuple[str, str | bytes]] |
                 raise UnauthenticatedError("authorization metadata must be 'Bearer <app token>'")
             return verify_app_token(secret, token.strip())
     raise UnauthenticatedError("no app token: send 'authorization: Bearer <app token>' metadata")
+
+
+# --- App Engine's X-AppEngine-Inbound-AppId between kiln apps ---------------------------------------
+
+INBOUND_APP_HEADER = "X-AppEngine-Inbound-AppId"
+INBOUND_SIGNATURE_HEADER = "X-Kiln-Inbound-Signature"
+INBOUND_MAX_AGE_SECONDS = 60
+
+
+def _inbound_mac(secret: str, stamp: int, app_id: str, method: str, host: str, path: str) -> str:
+    message = "\n".join(("kiln-inbound", str(stamp), app_id, method.upper(), host.lower(), path))
+    return hmac.new(secret.encode(), message.encode(), hashlib.sha256).hexdigest()
+
+
+def sign_inbound(secret: str, app_id: str, method: str, host: str, path: str, now: float) -> str:
+    """The signature URL Fetch sends with ``X-AppEngine-Inbound-AppId``: it binds the calling app to one
+    request (method, host without port, path with query) for :data:`INBOUND_MAX_AGE_SECONDS`."""
+    stamp = int(now)
+    return f"{stamp}.{_inbound_mac(secret, stamp, app_id, method, host, path)}"
+
+
+def verify_inbound(secret: str, signature: str, app_id: str, method: str, host: str, path: str, now: float) -> bool:
+    """True if ``signature`` is URL Fetch's, for this app and request, and recent (the router keeps the header)."""
+    stamp, sep, mac = signature.partition(".")
+    if not sep or not stamp.isdigit() or not APP_ID_RE.match(app_id):
+        return False
+    if abs(now - int(stamp)) > INBOUND_MAX_AGE_SECONDS:
+        return False
+    return hmac.compare_digest(mac, _inbound_mac(secret, int(stamp), app_id, method, host, path))

@@ -28,7 +28,7 @@ import nats.errors
 from aiohttp import web
 from nats.aio.client import Client
 
-from kiln import bus, grpcserver
+from kiln import auth, bus, grpcserver
 from kiln.pb.logs.v1 import logs_pb2
 from kiln.pb.runtime.v1 import http_pb2
 from router import hosts, oidc, responses, static, users
@@ -208,6 +208,17 @@ class Router:
             return False
         return any(ip in net for net in self.trusted)
 
+    def _inbound_app(self, request: web.Request) -> str | None:
+        """The calling app's id, when URL Fetch signed this request for it (App Engine's Inbound-AppId)."""
+        secret = self.cfg.inbound_secret.get()
+        caller = request.headers.get(auth.INBOUND_APP_HEADER, "")
+        signature = request.headers.get(auth.INBOUND_SIGNATURE_HEADER, "")
+        if not (secret and caller and signature):
+            return None
+        host = (request.host or "").rsplit(":", 1)[0] if not (request.host or "").endswith("]") else request.host
+        ok = auth.verify_inbound(secret, signature, caller, request.method, host, request.raw_path, time.time())
+        return caller if ok else None
+
     def _envelope(self, request: web.Request, target: hosts.Target, request_id: str, host: str, body: bytes,
                   started: float, client_ip: str, scheme: str,
                   user: http_pb2.SignedInUser | None) -> http_pb2.HttpRequest:
@@ -225,9 +236,12 @@ class Router:
         consumed = ("x-forwarded-for", "x-forwarded-proto") if self._is_trusted(request.remote or "") else ()
         for name, value in request.headers.items():
             lower = name.lower()
-            if lower in REQUEST_DROP or lower.startswith("x-appengine-") or lower in consumed:
+            if lower in REQUEST_DROP or lower.startswith(("x-appengine-", "x-kiln-")) or lower in consumed:
                 continue
             env.headers.add(name=name, value=value)
+        caller = self._inbound_app(request)
+        if caller:
+            env.headers.add(name=auth.INBOUND_APP_HEADER, value=caller)
         env.headers.add(name="Host", value=request.host or host)
         env.headers.add(name="X-AppEngine-Request-Log-Id", value=request_id)
         for name, value in self.geo.headers(client_ip).items():

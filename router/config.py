@@ -26,6 +26,8 @@ class RouterConfig:
                               "app/version=/path[,...] (kiln dev passes its app)")
     session_secret: Secret = field(Secret(""), "key that signs sign-in session cookies (required; the same on "
                                                "every router)")
+    inbound_secret: Secret = field(Secret(""), "key URL Fetch signs X-AppEngine-Inbound-AppId with (the same as "
+                                                "urlfetch_svc's); empty: the header never reaches apps")
     auth_domain: str = field("gmail.com", "AUTH_DOMAIN of signed-in users")
     oidc_issuer: str = field("", "OpenID Connect provider (issuer URL) that signs users in; empty: development "
                                  "sign-in page under dev_app, else sign-in is unavailable")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from kiln.config import GrpcServiceConfig, field
+from kiln.config import GrpcServiceConfig, Secret, field
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -18,4 +18,10 @@ class UrlFetchConfig(GrpcServiceConfig):
                                     "every app (default: none — loopback, private and link-local are refused)")
     internal_networks: str = field("", "more networks to treat as internal (cluster networks on public "
                                        "addresses), CIDR[,CIDR]")
+    front_doors: str = field("", "the routers, IP:PORT[,IP:PORT]: every app may fetch them (how apps call apps), "
+                                 "even on internal addresses")
+    apps_domains: str = field("", "domains apps are served under (APP.DOMAIN), comma-separated: fetches there "
+                                  "carry X-AppEngine-Inbound-AppId when redirects are not followed")
+    inbound_secret: Secret = field(Secret(""), "key that signs X-AppEngine-Inbound-AppId for the routers (the "
+                                                "same as the routers' --inbound-secret)")
     max_in_flight: int = field(64, "fetches performed at once (each may hold a 32 MB response)")

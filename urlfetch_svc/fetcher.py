@@ -89,7 +89,7 @@ class _CheckedResolver(AbstractResolver):
         refused: ForbiddenDestination | None = None
         for entry in found:
             try:
-                policy.check(entry["host"])
+                policy.check(entry["host"], port)
                 allowed.append(entry)
             except ForbiddenDestination as exc:
                 refused = exc
@@ -189,7 +189,7 @@ def _check_literal(target: Target, policy: Policy) -> None:
         ipaddress.ip_address(target.host)
     except ValueError:
         return
-    policy.check(target.host)
+    policy.check(target.host, target.port)
 
 
 async def _read_limited(resp: aiohttp.ClientResponse) -> tuple[bytes, bool]:

@@ -85,13 +85,14 @@ class Policy:
 
     allowed: tuple[Network, ...] = ()
     internal: tuple[Network, ...] = ()
+    front_doors: frozenset[tuple[Address, int]] = frozenset()  # the routers: how apps reach apps
 
-    def check(self, address: str) -> None:
-        """Raise :class:`ForbiddenDestination` unless ``address`` may be connected to."""
+    def check(self, address: str, port: int | None = None) -> None:
+        """Raise :class:`ForbiddenDestination` unless ``address`` (and ``port``) may be connected to."""
         ip = ipaddress.ip_address(address.split("%", 1)[0])
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
             ip = ip.ipv4_mapped
-        if not self.is_internal(ip):
+        if not self.is_internal(ip) or (ip, port) in self.front_doors:
             return
         if any(ip in net for net in self.allowed):
             return
@@ -106,18 +107,22 @@ class Policy:
 class Policies:
     """Each app's :class:`Policy`, from the service's configuration."""
 
-    def __init__(self, allow: Mapping[str, tuple[Network, ...]], internal: Iterable[Network] = ()) -> None:
+    def __init__(self, allow: Mapping[str, tuple[Network, ...]], internal: Iterable[Network] = (),
+                 front_doors: Iterable[tuple[Address, int]] = ()) -> None:
         self._internal = tuple(internal)
+        doors = frozenset(front_doors)
         everyone = allow.get("*", ())
-        self._default = Policy(everyone, self._internal)
-        self._by_app = {app: Policy(nets + everyone, self._internal) for app, nets in allow.items() if app != "*"}
+        self._default = Policy(everyone, self._internal, doors)
+        self._by_app = {app: Policy(nets + everyone, self._internal, doors)
+                        for app, nets in allow.items() if app != "*"}
 
     def for_app(self, app_id: str) -> Policy:
         return self._by_app.get(app_id, self._default)
 
     @classmethod
-    def parse(cls, allow: str, internal: str) -> Policies:
-        """``allow``: ``app=CIDR;CIDR,app2=CIDR`` (``*`` for every app); ``internal``: ``CIDR,CIDR``.
+    def parse(cls, allow: str, internal: str, front_doors: str = "") -> Policies:
+        """``allow``: ``app=CIDR;CIDR,app2=CIDR`` (``*`` for every app); ``internal``: ``CIDR,CIDR``;
+        ``front_doors``: ``IP:PORT,IP:PORT`` (the routers, reachable by every app even on internal addresses).
 
         Raises:
             ConfigError: a malformed entry, named.
@@ -129,7 +134,14 @@ class Policies:
                 raise ConfigError(f"allow_internal: expected app=CIDR[;CIDR], got {entry!r}")
             by_app[app.strip()] = by_app.get(app.strip(), ()) + tuple(
                 _network(n, "allow_internal") for n in nets.split(";") if n.strip())
-        return cls(by_app, [_network(n, "internal_networks") for n in internal.split(",") if n.strip()])
+        doors = []
+        for entry in filter(None, (e.strip() for e in front_doors.split(","))):
+            host, sep, port = entry.rpartition(":")
+            try:
+                doors.append((ipaddress.ip_address(host.strip("[]")), int(port)))
+            except ValueError:
+                raise ConfigError(f"front_doors: expected IP:PORT, got {entry!r}") from None
+        return cls(by_app, [_network(n, "internal_networks") for n in internal.split(",") if n.strip()], doors)
 
 
 def _network(text: str, setting: str) -> Network:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
+import urllib.parse
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
@@ -21,7 +24,7 @@ log = logging.getLogger(__name__)
 _METHODS = {pb.METHOD_UNSPECIFIED: "GET", pb.METHOD_GET: "GET", pb.METHOD_POST: "POST", pb.METHOD_HEAD: "HEAD",
             pb.METHOD_PUT: "PUT", pb.METHOD_DELETE: "DELETE", pb.METHOD_PATCH: "PATCH"}
 # App Engine drops these from an app's request: the service sets them, or they would let an app pose as another.
-_DROPPED = {"content-length", "host", "vary", "via", "x-appengine-inbound-appid", "x-forwarded-for",
+_DROPPED = {"x-kiln-inbound-signature", "content-length", "host", "vary", "via", "x-appengine-inbound-appid", "x-forwarded-for",
             "x-proxyuser-ip", "connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "upgrade",
             "trailer", "proxy-authorization"}
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
@@ -67,9 +70,12 @@ def user_agent(app_id: str, given: str | None) -> str:
 class UrlFetchService(urlfetch_pb2_grpc.UrlFetchServiceServicer):
     """Implements ``kiln.pb.urlfetch.v1.UrlFetchService``."""
 
-    def __init__(self, *, secret: str, policies: Policies, max_in_flight: int = 64) -> None:
+    def __init__(self, *, secret: str, policies: Policies, max_in_flight: int = 64, inbound_secret: str = "",
+                 apps_domains: Sequence[str] = ()) -> None:
         self._secret = secret
         self._policies = policies
+        self._inbound_secret = inbound_secret
+        self._apps_domains = tuple(apps_domains)
         self._fetcher = Fetcher()
         # Bounds memory: each fetch may hold up to MAX_RESPONSE_BYTES.
         self._slots = asyncio.Semaphore(max_in_flight)
@@ -115,11 +121,23 @@ class UrlFetchService(urlfetch_pb2_grpc.UrlFetchServiceServicer):
         if not 0 < deadline:
             raise errors.BadRequestError(f"deadline must be positive, got {request.deadline_seconds}")
         headers = self._headers(request, app)
+        if not request.follow_redirects:
+            headers += self._inbound(method, request.url, app)
         return fetcher.Request(method=method, url=request.url, headers=headers, payload=request.payload,
                                follow_redirects=request.follow_redirects,
                                deadline=min(deadline, fetcher.MAX_DEADLINE),
                                validate_certificate=request.validate_certificate,
                                allow_truncated=request.allow_truncated)
+
+    def _inbound(self, method: str, url: str, app: str) -> list[tuple[str, str]]:
+        """App Engine's X-AppEngine-Inbound-AppId for a call to another kiln app, signed for the router."""
+        parts = urllib.parse.urlsplit(url)
+        host = (parts.hostname or "").lower()
+        if not self._inbound_secret or not any(host == d or host.endswith("." + d) for d in self._apps_domains):
+            return []
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        signature = auth.sign_inbound(self._inbound_secret, app, method, host, path, time.time())
+        return [(auth.INBOUND_APP_HEADER, app), (auth.INBOUND_SIGNATURE_HEADER, signature)]
 
     @staticmethod
     def _headers(request: pb.FetchRequest, app: str) -> list[tuple[str, str]]:

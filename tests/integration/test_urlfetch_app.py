@@ -52,7 +52,15 @@ MAIN = textwrap.dedent(r'''
 
     def app(environ, start_response):
         query = dict(urllib.parse.parse_qsl(environ["QUERY_STRING"]))
-        body = run(environ["PATH_INFO"].strip("/"), query["url"])
+        action = environ["PATH_INFO"].strip("/")
+        if action == "caller":
+            body = {"caller": environ.get("HTTP_X_APPENGINE_INBOUND_APPID")}
+        elif action == "call-self":
+            own = "http://" + environ["DEFAULT_VERSION_HOSTNAME"] + "/caller"
+            result = urlfetch.fetch(own, follow_redirects=query["follow"] == "1")
+            body = json.loads(result.content)
+        else:
+            body = run(action, query["url"])
         start_response("200 OK", [("Content-Type", "application/json")])
         return [json.dumps(body).encode()]
 ''')
@@ -112,3 +120,21 @@ def test_http_client_connection_sends_requests_through_url_fetch(server, targets
 
 def test_urllib_https_validates_the_certificate(server, targets):
     assert "SSLCertificateError" in call(server, "urllib-https-untrusted", targets[1] + "/")["error"]
+
+
+def test_an_app_calling_an_app_through_the_router_is_named_by_x_appengine_inbound_appid(server):
+    status, _, body = fetch(server, "/call-self?follow=0")
+    assert status == 200 and json.loads(body) == {"caller": server.app_id}
+
+
+def test_inbound_appid_is_not_sent_when_redirects_are_followed(server):
+    status, _, body = fetch(server, "/call-self?follow=1")
+    assert status == 200 and json.loads(body) == {"caller": None}
+
+
+def test_a_client_cannot_forge_inbound_appid(server):
+    import urllib.request
+    req = urllib.request.Request(server.url + "caller", headers={
+        "X-AppEngine-Inbound-AppId": "someone", "X-Kiln-Inbound-Signature": "9999999999.deadbeef"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        assert json.loads(resp.read()) == {"caller": None}

@@ -31,3 +31,15 @@ def test_missing_metadata_is_unauthenticated():
 def test_metadata_needs_bearer_scheme():
     with pytest.raises(UnauthenticatedError, match="Bearer"):
         auth.app_from_metadata("secret", (("authorization", "Basic abc"),))
+
+
+
+def test_an_inbound_signature_verifies_only_for_its_request_and_while_fresh():
+    sig = auth.sign_inbound("s", "caller", "GET", "Target.Example.com", "/p?q=1", now=1000)
+    assert auth.verify_inbound("s", sig, "caller", "get", "target.example.com", "/p?q=1", now=1030)
+    assert not auth.verify_inbound("s", sig, "other", "GET", "target.example.com", "/p?q=1", now=1030)
+    assert not auth.verify_inbound("s", sig, "caller", "POST", "target.example.com", "/p?q=1", now=1030)
+    assert not auth.verify_inbound("s", sig, "caller", "GET", "target.example.com", "/p?q=2", now=1030)
+    assert not auth.verify_inbound("s", sig, "caller", "GET", "target.example.com", "/p?q=1", now=1061)
+    assert not auth.verify_inbound("other-secret", sig, "caller", "GET", "target.example.com", "/p?q=1", now=1030)
+    assert not auth.verify_inbound("s", "garbage", "caller", "GET", "target.example.com", "/p?q=1", now=1030)

@@ -72,3 +72,10 @@ def test_operator_networks_count_as_internal_even_when_public():
 def test_malformed_settings_are_config_errors(allow, internal):
     with pytest.raises(ConfigError):
         Policies.parse(allow, internal)
+
+
+def test_the_routers_front_door_is_reachable_but_not_other_ports_on_its_address():
+    policy = Policies.parse("", "", "127.0.0.1:8080").for_app("a")
+    policy.check("127.0.0.1", 8080)
+    with pytest.raises(ForbiddenDestination):
+        policy.check("127.0.0.1", 50051)
