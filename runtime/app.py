@@ -151,7 +151,7 @@ class Instance:
         sys.path[0:0] = [str(p) for p in [*app_dirs, *library_dirs] if str(p) not in sys.path]
         # From here on each request thread sees its own CGI variables in os.environ,
         # and app code runs under the sandbox's rules.
-        kiln_runtime.install()
+        kiln_runtime.install([str(p) for p in [*app_dirs, *library_dirs]])
         httpfetch.install()  # urllib and http.client go through URL Fetch, as on App Engine
         sandbox.install(app_dirs, library_dirs)
 

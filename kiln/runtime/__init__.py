@@ -25,7 +25,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from typing import Any
 
 __all__ = ["DeadlineExceededError", "install", "request_environ", "serving"]
@@ -65,11 +65,21 @@ def serving(environ: dict[str, Any], logs: list[LogLine] | None = None) -> Itera
 
 
 class _RequestLogHandler(logging.Handler):
-    """Collects records logged on a request's threads into that request's log."""
+    """Collects records logged on a request's threads into that request's log.
+
+    The app's DEBUG lines are kept, as on App Engine; DEBUG lines of the
+    platform's own code (kiln, gRPC…) that run on a request thread are not.
+    """
+
+    def __init__(self, app_dirs: tuple[str, ...]) -> None:
+        super().__init__(logging.DEBUG)
+        self._app_dirs = app_dirs
 
     def emit(self, record: logging.LogRecord) -> None:
         lines: list[LogLine] | None = getattr(_local, "logs", None)
         if lines is None:
+            return
+        if record.levelno < logging.INFO and not record.pathname.startswith(self._app_dirs):
             return
         try:
             message = record.getMessage()
@@ -187,12 +197,21 @@ class _RequestEnviron(MutableMapping[str, str]):
         return self._base
 
 
-def install() -> None:
-    """Make ``os.environ`` request-aware and threads request-bound (once per process)."""
+def install(app_dirs: Sequence[str] = ()) -> None:
+    """Make ``os.environ`` request-aware, threads request-bound and logging request-captured (once per process).
+
+    ``app_dirs`` hold the app's code, whose DEBUG lines are captured too. The
+    root logger then passes DEBUG records; the process's own log handlers keep
+    the level they had.
+    """
     if not isinstance(os.environ, _RequestEnviron):
         os.environ = _RequestEnviron(os.environ)  # type: ignore[assignment]
     threading.Thread.start = _start_in_request  # type: ignore[method-assign]
-    if not any(isinstance(h, _RequestLogHandler) for h in logging.getLogger().handlers):
-        logging.getLogger().addHandler(_RequestLogHandler())
+    root = logging.getLogger()
+    if not any(isinstance(h, _RequestLogHandler) for h in root.handlers):
+        for handler in root.handlers:
+            handler.setLevel(max(handler.level, root.level))
+        root.setLevel(logging.DEBUG)
+        root.addHandler(_RequestLogHandler(tuple(os.path.join(os.path.realpath(d), "") for d in app_dirs)))
     if not isinstance(sys.stderr, _RequestStderr):
         sys.stderr = _RequestStderr(sys.stderr)

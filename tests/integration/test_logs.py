@@ -73,6 +73,7 @@ def test_request_log_records_the_request_and_the_app_log_lines(server):
     assert status == 200 and record.status == 200 and record.method == "GET"
     assert record.version_id == "v1" and record.instance_id
     messages = [(line.level, line.message) for line in record.app_logs]
+    assert (logs_pb2.LOG_LEVEL_DEBUG, "a debug line") in messages
     assert (logs_pb2.LOG_LEVEL_INFO, "an info line") in messages
     assert (logs_pb2.LOG_LEVEL_WARNING, "a warning line") in messages
     assert (logs_pb2.LOG_LEVEL_INFO, "written to stderr") in messages
