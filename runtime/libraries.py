@@ -17,7 +17,10 @@ directory. kiln keeps that model and adds ``requirements.txt``:
   refused like any other app-shipped native code.
 
 Everything is installed into a temporary directory and renamed into place, so
-a failed or concurrent install never leaves a half-filled environment.
+a failed or concurrent install never leaves a half-filled environment. pip
+compiles the modules as it installs them: instances never write bytecode (the
+sandbox forbids writes), so without it every cold start would compile the
+library from source (Flask: about half a second here).
 """
 
 from __future__ import annotations
@@ -152,7 +155,7 @@ def _install(target: pathlib.Path, requirements: tuple[str, ...], *, deps: bool,
         tmp = pathlib.Path(tempfile.mkdtemp(prefix=".installing-", dir=target.parent))
         try:
             cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                   "--no-input", "--only-binary", ":all:", "--no-compile", "--target", str(tmp),
+                   "--no-input", "--only-binary", ":all:", "--target", str(tmp),
                    *([] if deps else ["--no-deps"]), *requirements]
             try:
                 done = subprocess.run(cmd, capture_output=True, text=True, timeout=INSTALL_TIMEOUT_SECONDS)
