@@ -152,6 +152,8 @@ class Instance:
         # From here on each request thread sees its own CGI variables in os.environ,
         # and app code runs under the sandbox's rules.
         kiln_runtime.install([str(p) for p in [*app_dirs, *library_dirs]])
+        kiln_runtime.allow_background_threads(
+            self.app_config.manual_scaling is not None or self.app_config.basic_scaling is not None)
         httpfetch.install()  # urllib and http.client go through URL Fetch, as on App Engine
         sandbox.install(app_dirs, library_dirs)
 

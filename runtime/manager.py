@@ -70,6 +70,12 @@ class Scaling:
             out.target_utilization = auto.target_throughput_utilization or out.target_utilization
             out.min_pending_latency = auto.min_pending_latency_seconds or 0.0
             out.max_pending_latency = auto.max_pending_latency_seconds
+        if config.manual_scaling is not None:  # a fixed number of resident instances
+            out.min_instances = out.max_instances = config.manual_scaling.instances
+        elif config.basic_scaling is not None:
+            # App Engine starts basic instances on the first request; kiln keeps one ready (no start on demand yet).
+            out.max_instances = config.basic_scaling.max_instances
+            out.idle_seconds = float(config.basic_scaling.idle_timeout_seconds)
         if not config.threadsafe:
             out.max_concurrent_requests = 1
         for name, value in overrides.items():

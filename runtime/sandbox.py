@@ -65,7 +65,7 @@ class SandboxImportError(ImportError):
 
 
 def _in_app() -> bool:
-    return kiln_runtime.request_environ() is not None
+    return kiln_runtime.in_app_code()
 
 
 def _refuse(what: str, detail: str = "") -> None:

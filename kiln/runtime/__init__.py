@@ -10,7 +10,9 @@ environment.
 
 Threads an app starts during a request belong to that request, as on App
 Engine: they see its environment, and the request does not finish until they
-have (they cannot outlive it).
+have (they cannot outlive it). Only instances of manual or basic scaling may
+start background threads that outlive requests
+(:mod:`kiln.api.background_thread`).
 
 What a request's threads log (the ``logging`` module, and lines written to
 ``sys.stderr``) is collected for its request log (:func:`request_logs`).
@@ -28,7 +30,7 @@ import time
 from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from typing import Any
 
-__all__ = ["DeadlineExceededError", "install", "request_environ", "serving"]
+__all__ = ["DeadlineExceededError", "in_app_code", "install", "request_environ", "serving"]
 
 _local = threading.local()
 
@@ -41,6 +43,31 @@ def request_environ() -> dict[str, Any] | None:
     """The environment of the request this thread is serving, or ``None``."""
     found: dict[str, Any] | None = getattr(_local, "environ", None)
     return found
+
+
+def in_app_code() -> bool:
+    """True on a thread running the app's code: serving a request, or one of its background threads."""
+    return getattr(_local, "environ", None) is not None or getattr(_local, "background", False)
+
+
+# Whether this instance may run background threads (App Engine: manual and basic scaling only); set by the runtime.
+_background_threads_allowed = False
+MAX_BACKGROUND_THREADS = 10
+
+
+def allow_background_threads(allowed: bool) -> None:
+    """The runtime says whether the version's scaling allows threads that outlive requests."""
+    global _background_threads_allowed
+    _background_threads_allowed = allowed
+
+
+def background_threads_allowed() -> bool:
+    return _background_threads_allowed
+
+
+def mark_background() -> None:
+    """Called first on a background thread: it runs app code (the sandbox applies) outside any request."""
+    _local.background = True
 
 
 LogLine = tuple[float, int, str]  # time, logging level, message
@@ -134,7 +161,18 @@ def _start_in_request(self: threading.Thread) -> None:
     """``Thread.start`` that ties the thread to the request starting it (see module docstring)."""
     owned: list[threading.Thread] | None = getattr(_local, "threads", None)
     environ: dict[str, str] | None = getattr(_local, "environ", None)
-    if owned is not None and environ is not None:
+    if getattr(self, "kiln_background", False):
+        pass  # a background thread belongs to no request
+    elif getattr(_local, "background", False):
+        # Threads a background thread starts run app code too.
+        target_run = self.run
+
+        def run_in_background() -> None:
+            _local.background = True
+            target_run()
+
+        self.run = run_in_background  # type: ignore[method-assign]
+    elif owned is not None and environ is not None:
         owned.append(self)
         target_run = self.run
         shared = environ

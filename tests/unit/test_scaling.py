@@ -37,3 +37,20 @@ def test_max_pending_latency_adds_an_instance_whatever_the_utilization():
 
 def test_one_request_at_a_time_when_not_threadsafe():
     assert scaling(threadsafe="false").max_concurrent_requests == 1
+
+
+def manual_or_basic(block: str) -> Scaling:
+    text = ("runtime: python27\napi_version: 1\nthreadsafe: true\n" + block +
+            "handlers:\n- url: /.*\n  script: main.app\n")
+    return Scaling.from_app(appyaml.parse(text, filename="app.yaml"))
+
+
+def test_manual_scaling_keeps_exactly_its_instances():
+    s = manual_or_basic("manual_scaling:\n  instances: 3\n")
+    assert (s.min_instances, s.max_instances) == (3, 3)
+    assert s.wanted(100, current=3, pending_seconds=9) == 3
+
+
+def test_basic_scaling_bounds_instances_and_idles_them_out():
+    s = manual_or_basic("basic_scaling:\n  max_instances: 4\n  idle_timeout: 10m\n")
+    assert (s.max_instances, s.idle_seconds) == (4, 600.0)
