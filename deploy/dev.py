@@ -26,7 +26,7 @@ import threading
 import grpc
 
 from kiln.supervisor import Supervisor, python_module
-from kiln import appyaml, auth, indexyaml
+from kiln import appyaml, auth, indexyaml, natsauth
 from kiln.errors import ConfigError
 from kiln.pb.datastore.v1 import datastore_pb2, datastore_pb2_grpc
 
@@ -126,8 +126,11 @@ class DevServer:
 
     def _start_all(self, cassandra_hosts: str) -> None:
         sup, run = self.supervisor, self.run_dir
-        nats = sup.start_nats(self.data_dir / "nats")
-        self.nats_url = f"nats://{nats.address}"
+        # NATS users: the platform's, and the app's own, restricted to its subjects (kiln.natsauth).
+        platform_password, nats_app_secret = secrets.token_hex(24), secrets.token_hex(32)
+        nats = sup.start_nats(self.data_dir / "nats",
+                              config=natsauth.server_config(platform_password, nats_app_secret, [self.app_id]))
+        self.nats_url = natsauth.with_credentials(f"nats://{nats.address}", natsauth.PLATFORM_USER, platform_password)
         env = {**os.environ, **{f"KILN_{svc.split('_')[0].upper()}_SERVICE_SECRET": self._secret for svc in SERVICES}}
         pending = []
         for svc in SERVICES:
@@ -135,14 +138,16 @@ class DevServer:
                 continue  # after the router, whose address it needs
             args = ["--listen", "127.0.0.1:0", "--ready-file", str(run / f"{svc}.addr")]
             if svc == "logs_svc":
-                args += ["--nats-url", self.nats_url, "--data-dir", str(self.data_dir / "logs")]
+                args += ["--data-dir", str(self.data_dir / "logs")]
             if svc == "datastore_svc":
                 args += ["--storage", self.opts.storage, "--data-dir", str(self.data_dir / "datastore"),
                          "--index-cache-seconds", "0", "--auto-index-file", str(self.index_yaml)]
                 if cassandra_hosts:
                     args += ["--cassandra-hosts", cassandra_hosts, "--cassandra-keyspace", self._keyspace()]
-            pending.append((svc, sup.spawn(svc, python_module(svc, *args), env=env,
-                                           ready_file=run / f"{svc}.addr")))
+            # NATS credentials travel in the environment, not on command lines other users can read.
+            child = sup.spawn(svc, python_module(svc, *args), env={**env, "KILN_LOGS_NATS_URL": self.nats_url},
+                              ready_file=run / f"{svc}.addr")
+            pending.append((svc, child))
         for svc, child in pending:
             sup.wait_ready(child, ready_file=run / f"{svc}.addr")
             self.addresses[svc] = child.address
@@ -151,9 +156,10 @@ class DevServer:
         # before the runtime is told its default hostname.
         router_addr = f"{self.opts.host}:{self.opts.port}"
         inbound = secrets.token_hex(32)
-        router_env = {**env, "KILN_ROUTER_SESSION_SECRET": self._session_key(), "KILN_ROUTER_INBOUND_SECRET": inbound}
+        router_env = {**env, "KILN_ROUTER_SESSION_SECRET": self._session_key(), "KILN_ROUTER_INBOUND_SECRET": inbound,
+                      "KILN_ROUTER_NATS_URL": self.nats_url}
         router = sup.start("router", python_module(
-            "router", "--listen", router_addr, "--nats-url", self.nats_url,
+            "router", "--listen", router_addr,
             "--dev-app", f"{self.app_id}={self.version_id}",
             "--app-dirs", f"{self.app_id}/{self.version_id}={self.opts.app_dir.resolve()}",
             "--request-timeout-seconds", str(self.opts.request_deadline + 5),
@@ -167,7 +173,8 @@ class DevServer:
         if self.opts.urlfetch_allow_internal:
             args += ["--allow-internal", f"{self.app_id}={self.opts.urlfetch_allow_internal}"]
         urlfetch = sup.start("urlfetch_svc", python_module("urlfetch_svc", *args),
-                             env={**env, "KILN_URLFETCH_INBOUND_SECRET": inbound}, ready_file=run / "urlfetch_svc.addr")
+                             env={**env, "KILN_URLFETCH_INBOUND_SECRET": inbound},
+                             ready_file=run / "urlfetch_svc.addr")
         self.addresses["urlfetch_svc"] = urlfetch.address
         runtime_args = [
             "--dev", "--listen", "127.0.0.1:0", "--request-deadline-seconds", str(self.opts.request_deadline),
@@ -176,10 +183,11 @@ class DevServer:
         ]
         for svc in ("datastore", "memcache", "urlfetch", "mail", "images"):
             runtime_args += [f"--{svc}-addr", self.addresses[f"{svc}_svc"]]
-        manager_env = {**env, "KILN_MANAGER_SERVICE_SECRET": self._secret}
+        manager_env = {**env, "KILN_MANAGER_SERVICE_SECRET": self._secret, "KILN_MANAGER_NATS_URL": self.nats_url,
+                       "KILN_MANAGER_NATS_APP_SECRET": nats_app_secret}
         sup.start("manager", python_module(
             "runtime.manager", "--app-dir", str(self.opts.app_dir.resolve()), "--app-id", self.app_id,
-            "--version-id", self.version_id, "--nats-url", self.nats_url, "--run-dir", str(self.instances_dir),
+            "--version-id", self.version_id, "--run-dir", str(self.instances_dir),
             "--isolation", self.opts.isolation, "--stage-exclude", str(self.data_dir),
             "--ready-file", str(run / "manager.ready"), "--", *runtime_args),
             env=manager_env, ready_file=run / "manager.ready", timeout=120)

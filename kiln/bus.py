@@ -21,8 +21,12 @@ log = logging.getLogger(__name__)
 DEFAULT_URL = "nats://127.0.0.1:4222"
 
 
-async def connect(url: str, *, name: str) -> Client:
-    """Connect to NATS at ``url`` (comma-separated for a cluster) as ``name``."""
+async def connect(url: str, *, name: str, inbox_prefix: str = "_INBOX") -> Client:
+    """Connect to NATS at ``url`` (comma-separated for a cluster; credentials in the URLs) as ``name``.
+
+    An app's instances use their own ``inbox_prefix`` (:func:`app_inbox_prefix`),
+    the only inboxes their NATS user may subscribe to.
+    """
 
     async def on_error(exc: Exception) -> None:
         log.warning("nats error: %s", exc)
@@ -43,6 +47,7 @@ async def connect(url: str, *, name: str) -> Client:
         error_cb=on_error,
         disconnected_cb=on_disconnect,
         reconnected_cb=on_reconnect,
+        inbox_prefix=inbox_prefix,
     )
 
 
@@ -51,9 +56,14 @@ def http_subject(app_id: str, version_id: str) -> str:
     return f"kiln.http.{app_id}.{version_id}"
 
 
-def instance_subject(instance_id: str) -> str:
-    """The subject that reaches one runtime instance."""
-    return f"kiln.instance.{instance_id}"
+def instance_subject(app_id: str, instance_id: str) -> str:
+    """The subject that reaches one runtime instance (under its app, so apps' permissions can be told apart)."""
+    return f"kiln.instance.{app_id}.{instance_id}"
+
+
+def app_inbox_prefix(app_id: str) -> str:
+    """Reply inboxes of an app's instances."""
+    return f"_INBOX_{app_id}"
 
 
 RUNTIME_QUEUE = "runtime"
@@ -66,19 +76,31 @@ ERROR_HEADER = "Kiln-Error-Code"
 
 
 # Bodies too large for one NATS message travel through a JetStream object store
-# bucket; the envelope carries the object's name. Objects expire on their own
-# if a process dies before deleting them.
-BODY_BUCKET = "kiln-bodies"
+# bucket, one per app (an app's NATS user may use only its own); the envelope
+# carries the object's name. Objects expire on their own if a process dies
+# before deleting them.
+BODY_BUCKET_PREFIX = "kiln-bodies-"
 BODY_TTL_SECONDS = 600.0
 # Envelope fields besides the body, so a body this close to max_payload still fits.
 ENVELOPE_ALLOWANCE = 64 * 1024
 
 
-class BodyStore:
-    """Large request and response bodies in the ``kiln-bodies`` object store."""
+def body_bucket(app_id: str) -> str:
+    """The object store bucket of an app's large bodies."""
+    return BODY_BUCKET_PREFIX + app_id
 
-    def __init__(self, nc: Client) -> None:
+
+class BodyStore:
+    """Large request and response bodies of one app, in its object store bucket.
+
+    The platform (routers, instance managers) creates the bucket; an app's
+    instances may only open it (``create=False``).
+    """
+
+    def __init__(self, nc: Client, app_id: str, *, create: bool = True) -> None:
         self._nc = nc
+        self._name = body_bucket(app_id)
+        self._create = create
         self._store: ObjectStore | None = None
 
     def fits_inline(self, size: int) -> bool:
@@ -89,11 +111,17 @@ class BodyStore:
         if self._store is None:
             js = self._nc.jetstream()
             try:
-                self._store = await js.object_store(BODY_BUCKET)
+                self._store = await js.object_store(self._name)
             except nats.js.errors.BucketNotFoundError:
+                if not self._create:
+                    raise
                 self._store = await js.create_object_store(
-                    BODY_BUCKET, config=ObjectStoreConfig(ttl=BODY_TTL_SECONDS))
+                    self._name, config=ObjectStoreConfig(ttl=BODY_TTL_SECONDS))
         return self._store
+
+    async def ensure(self) -> None:
+        """Open (creating if allowed) the bucket now rather than at the first large body."""
+        await self._bucket()
 
     async def put(self, name: str, body: bytes) -> str:
         """Store a body under ``name``; returns the name for the envelope."""

@@ -119,17 +119,26 @@ class Supervisor:
         child = self.spawn(name, argv, env=env, ready_file=ready_file)
         return self.wait_ready(child, ready_file=ready_file, ready_port=ready_port, timeout=timeout)
 
-    def start_nats(self, store_dir: pathlib.Path, *, name: str = "nats-server", timeout: float = 60.0) -> Child:
+    def start_nats(self, store_dir: pathlib.Path, *, name: str = "nats-server", timeout: float = 60.0,
+                   config: Mapping[str, object] | None = None) -> Child:
         """Start ``nats-server`` with JetStream on a port it picks itself; ``address`` is ``host:port``.
 
         The server chooses its port (``-p -1``) and reports it in a ports file, so
-        nothing else can take the port between choosing and binding it.
+        nothing else can take the port between choosing and binding it. ``config``
+        (e.g. the users of :func:`kiln.natsauth.server_config`) is written to a
+        file only the parent's user can read.
         """
         ports_dir = self.run_dir / f"{name}.ports.d"
         shutil.rmtree(ports_dir, ignore_errors=True)
         ports_dir.mkdir(parents=True)
-        child = self.spawn(name, [nats_server_binary(), "-a", "127.0.0.1", "-p", "-1", "-js", "-sd", str(store_dir),
-                                  "--ports_file_dir", str(ports_dir)])
+        extra: list[str] = []
+        if config is not None:
+            conf = self.run_dir / f"{name}.conf"
+            conf.touch(mode=0o600)
+            conf.write_text(json.dumps(config, indent=1))
+            extra = ["-c", str(conf)]
+        child = self.spawn(name, [nats_server_binary(), *extra, "-a", "127.0.0.1", "-p", "-1", "-js", "-sd",
+                                  str(store_dir), "--ports_file_dir", str(ports_dir)])
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if child.proc.poll() is not None:

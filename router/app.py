@@ -64,8 +64,15 @@ class Router:
         self.geo = GeoIP(cfg.geoip_db)
         self.trusted = [ipaddress.ip_network(n.strip()) for n in cfg.trusted_proxies.split(",") if n.strip()]
         self.files = static.FileCache()
-        self.bodies = bus.BodyStore(nc)
+        self._bodies: dict[str, bus.BodyStore] = {}
         self._statics: dict[tuple[str, str], static.StaticFiles] = {}
+
+    def bodies(self, app_id: str) -> bus.BodyStore:
+        """Where large bodies to and from ``app_id``'s instances travel (its own bucket)."""
+        found = self._bodies.get(app_id)
+        if found is None:
+            found = self._bodies[app_id] = bus.BodyStore(self.nc, app_id)
+        return found
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """aiohttp handler for every path."""
@@ -104,11 +111,12 @@ class Router:
         except _TooLarge:
             return responses.plain(413, "Request body too large.")
         envelope = self._envelope(request, target, request_id, host, body, started, client_ip, scheme, user)
-        if not self.bodies.fits_inline(len(body)):
-            envelope.body_object = await self.bodies.put(f"req-{request_id}", body)
+        bodies = self.bodies(target.app_id)
+        if not bodies.fits_inline(len(body)):
+            envelope.body_object = await bodies.put(f"req-{request_id}", body)
             envelope.ClearField("body")
         try:
-            subject = (bus.instance_subject(target.instance_id) if target.instance_id
+            subject = (bus.instance_subject(target.app_id, target.instance_id) if target.instance_id
                        else bus.http_subject(target.app_id, target.version_id))
             msg = await self.nc.request(subject, envelope.SerializeToString(),
                                         timeout=self.cfg.request_timeout_seconds)
@@ -124,11 +132,11 @@ class Router:
         if resp.deadline_exceeded:
             return await self._error_page(version, "timeout", 500, "The request did not finish in time.")
         if resp.body_object:
-            if await self.bodies.size(resp.body_object) > self.cfg.max_response_bytes:
-                await self.bodies.discard(resp.body_object)
+            if await bodies.size(resp.body_object) > self.cfg.max_response_bytes:
+                await bodies.discard(resp.body_object)
                 resp.body = b"x" * (self.cfg.max_response_bytes + 1)  # becomes the empty 500 below
             else:
-                resp.body = await self.bodies.take(resp.body_object)
+                resp.body = await bodies.take(resp.body_object)
         out = responses.build(resp, request, max_bytes=self.cfg.max_response_bytes)
         if user is not None and user.is_admin:
             out.headers.update(responses.usage_headers(time.time() - started, resp.cpu_micros,

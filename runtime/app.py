@@ -168,7 +168,7 @@ class Instance:
 
     def use_bus(self, nc: Client) -> None:
         """The NATS connection large bodies travel through (JetStream object store)."""
-        self._bodies = bus.BodyStore(nc)
+        self._bodies = bus.BodyStore(nc, self.app_id, create=False)
         self._nc = nc
 
     async def on_message(self, msg: Msg) -> None:
@@ -406,13 +406,14 @@ async def serve(cfg: RuntimeConfig) -> None:
     instance.export_environment()
     # The instance writes the ready file itself, once subscribed, not the health server.
     health = await grpcserver.start(dataclasses.replace(cfg, ready_file=None), [])
-    nc = await bus.connect(cfg.nats_url, name=f"runtime-{cfg.instance_id}")
+    nc = await bus.connect(cfg.nats_url, name=f"runtime-{cfg.instance_id}",
+                           inbox_prefix=bus.app_inbox_prefix(instance.app_id))
     instance.use_bus(nc)
     if "warmup" in app_config.inbound_services:
         await instance.warm_up()
     sub = await nc.subscribe(bus.http_subject(instance.app_id, instance.version_id),
                              queue=bus.RUNTIME_QUEUE, cb=instance.on_message)
-    direct = await nc.subscribe(bus.instance_subject(cfg.instance_id), cb=instance.on_message)
+    direct = await nc.subscribe(bus.instance_subject(instance.app_id, cfg.instance_id), cb=instance.on_message)
     instance.subscriptions = [sub, direct]
     await nc.flush()
     log.info("instance %s serving %s/%s", cfg.instance_id, instance.app_id, instance.version_id)

@@ -34,7 +34,7 @@ import time
 import uuid
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 
-from kiln import appyaml, auth, bus
+from kiln import appyaml, auth, bus, natsauth
 from kiln import log as kiln_log
 from kiln.errors import ConfigError
 from kiln.pb.runtime.v1 import events_pb2
@@ -259,6 +259,7 @@ async def run(manager: Manager, nats_url: str, app_id: str, version_id: str, rea
             log.warning("ignoring a malformed heartbeat")
 
     await nc.subscribe(bus.heartbeat_subject(app_id, version_id), cb=on_beat)
+    await bus.BodyStore(nc, app_id).ensure()  # the app's instances may use its bucket, not create it
     stop = asyncio.Event()
     wake = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -313,7 +314,8 @@ async def _first(*waits: Coroutine[object, object, object]) -> None:
 
 def instance_env(base: Mapping[str, str], app_token: str) -> dict[str, str]:
     """The environment of an instance: the manager's, less every secret, plus the app's token."""
-    env = {k: v for k, v in base.items() if not (k.startswith("KILN_") and "SECRET" in k)}
+    env = {k: v for k, v in base.items()
+           if not (k.startswith("KILN_") and ("SECRET" in k or k.endswith("_NATS_URL")))}
     env["KILN_RUNTIME_APP_TOKEN"] = app_token
     return env
 
@@ -330,7 +332,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--app-dir", required=True, type=pathlib.Path, help="the version's directory (app.yaml)")
     parser.add_argument("--app-id", required=True)
     parser.add_argument("--version-id", required=True)
-    parser.add_argument("--nats-url", required=True)
+    parser.add_argument("--nats-url", default=os.environ.get("KILN_MANAGER_NATS_URL", ""),
+                        help="the platform's NATS URL (default: KILN_MANAGER_NATS_URL, where credentials are kept "
+                             "off the command line)")
     parser.add_argument("--run-dir", required=True, type=pathlib.Path, help="where instance logs and files go")
     parser.add_argument("--min-instances", type=int)
     parser.add_argument("--max-instances", type=int)
@@ -352,6 +356,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="where platform libraries and requirements.txt environments are installed "
                              "(default: %(default)s)")
     args = parser.parse_args(argv[:split])
+    if not args.nats_url:
+        parser.error("--nats-url or KILN_MANAGER_NATS_URL is required")
     kiln_log.setup(component="manager")
     try:
         manager = build(args, argv[split + 1:], os.environ)
@@ -411,9 +417,14 @@ def build(args: argparse.Namespace, extra_runtime_args: Sequence[str], environ: 
         app_dir = staged / "app"
         rlimits["nproc"] = APP_PROCESSES
     runtime_args = ["--app-dir", str(app_dir), "--app-id", args.app_id, "--version-id", args.version_id,
-                    "--nats-url", args.nats_url, "--memory-limit-mb", str(memory_mb), *environment.runtime_args(),
-                    *extra_runtime_args]
-    launch = Launch(runtime_args=runtime_args, env=instance_env(environ, auth.mint_app_token(secret, args.app_id)),
+                    "--memory-limit-mb", str(memory_mb), *environment.runtime_args(), *extra_runtime_args]
+    env = instance_env(environ, auth.mint_app_token(secret, args.app_id))
+    # The instance connects as the app's own NATS user when the platform has one per app, never as the platform.
+    nats_secret = environ.get("KILN_MANAGER_NATS_APP_SECRET", "")
+    env["KILN_RUNTIME_NATS_URL"] = natsauth.with_credentials(
+        args.nats_url, natsauth.app_user(args.app_id) if nats_secret else None,
+        natsauth.app_password(nats_secret, args.app_id) if nats_secret else None)
+    launch = Launch(runtime_args=runtime_args, env=env,
                     confinement=Confinement(uid=uid, gid=uid, rlimits=rlimits), app_root=app_root, uid=uid,
                     staged=app_dir.parent if mode == "user" else None)
     return Manager(Supervisor(args.run_dir), launch, scaling)

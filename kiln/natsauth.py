@@ -1,0 +1,82 @@
+"""Who may do what on NATS: the platform's user, and one user per app with only its own subjects.
+
+An app's instances hold a NATS connection in the app's own process, so app
+code that got past the Python sandbox could use it. Each app's instances
+therefore connect as the app's own NATS user, which may only:
+
+- receive its own requests: ``kiln.http.APP.>`` and ``kiln.instance.APP.>``,
+  and answer them (``allow_responses``);
+- report its load: publish ``kiln.heartbeat.APP.>``;
+- use its own reply inboxes (``_INBOX_APP.>``) and its own large-body bucket
+  (``kiln-bodies-APP``: the JetStream API calls and ``$O`` subjects of that
+  bucket alone).
+
+It cannot read another app's requests or bodies, send requests to other apps
+(they go through the router, over HTTP), publish request logs, or touch any
+other stream. The platform's user (routers, services, instance managers) may
+do everything. An app's password is derived from a secret only the platform
+holds, so an instance manager can hand it to the app's instances without a
+list of passwords. The NATS server needs every app's user in its
+configuration (:func:`server_config`; reload the server when an app is added).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import urllib.parse
+from collections.abc import Iterable
+from typing import Any
+
+from kiln import bus
+
+PLATFORM_USER = "kiln"
+
+
+def app_user(app_id: str) -> str:
+    return f"app-{app_id}"
+
+
+def app_password(secret: str, app_id: str) -> str:
+    """The app's NATS password: derived from the platform's secret, so it needs no storage."""
+    return hmac.new(secret.encode(), b"kiln-nats-app:" + app_id.encode(), hashlib.sha256).hexdigest()
+
+
+def app_permissions(app_id: str) -> dict[str, Any]:
+    """The NATS permissions of an app's user (see the module docstring)."""
+    stream = "OBJ_" + bus.body_bucket(app_id)
+    inbox = bus.app_inbox_prefix(app_id)
+    return {
+        "publish": {"allow": [
+            f"kiln.heartbeat.{app_id}.>",
+            f"$O.{bus.body_bucket(app_id)}.>",
+            f"$JS.API.STREAM.INFO.{stream}", f"$JS.API.STREAM.MSG.GET.{stream}", f"$JS.API.STREAM.PURGE.{stream}",
+            f"$JS.API.DIRECT.GET.{stream}", f"$JS.API.DIRECT.GET.{stream}.>",
+            f"$JS.API.CONSUMER.CREATE.{stream}", f"$JS.API.CONSUMER.CREATE.{stream}.>",
+            f"$JS.API.CONSUMER.DELETE.{stream}.>", f"$JS.API.CONSUMER.INFO.{stream}.>",
+            "$JS.API.STREAM.NAMES", f"$JS.FC.{stream}.>", f"$JS.ACK.{stream}.>",
+        ]},
+        "subscribe": {"allow": [f"kiln.http.{app_id}.>", f"kiln.instance.{app_id}.>", f"{inbox}.>"]},
+        "allow_responses": True,
+    }
+
+
+def server_config(platform_password: str, app_secret: str, app_ids: Iterable[str]) -> dict[str, Any]:
+    """The ``authorization`` block of nats-server's configuration (its config format accepts JSON)."""
+    users: list[dict[str, Any]] = [{"user": PLATFORM_USER, "password": platform_password}]
+    users += [{"user": app_user(a), "password": app_password(app_secret, a), "permissions": app_permissions(a)}
+              for a in sorted(set(app_ids))]
+    return {"authorization": {"users": users}}
+
+
+def with_credentials(url: str, user: str | None, password: str | None) -> str:
+    """``url`` (comma-separated servers) with each server's credentials replaced (or removed, given None)."""
+    out = []
+    for server in (u.strip() for u in url.split(",") if u.strip()):
+        parts = urllib.parse.urlsplit(server if "://" in server else f"nats://{server}")
+        host = parts.hostname or ""
+        netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
+        if user is not None:
+            netloc = f"{urllib.parse.quote(user, safe='')}:{urllib.parse.quote(password or '', safe='')}@{netloc}"
+        out.append(urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", "")))
+    return ",".join(out)
