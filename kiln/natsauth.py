@@ -80,3 +80,30 @@ def with_credentials(url: str, user: str | None, password: str | None) -> str:
             netloc = f"{urllib.parse.quote(user, safe='')}:{urllib.parse.quote(password or '', safe='')}@{netloc}"
         out.append(urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", "")))
     return ",".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m kiln.natsauth --app APP...``: print the ``authorization`` block for nats-server.
+
+    Reads the platform's password from ``KILN_NATS_PLATFORM_PASSWORD`` and the secret apps' passwords are
+    derived from from ``KILN_NATS_APP_SECRET`` (the instance managers' ``KILN_MANAGER_NATS_APP_SECRET``).
+    """
+    import argparse
+    import json
+    import os
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m kiln.natsauth", description=main.__doc__.split("\n\n")[0]
+                                     if main.__doc__ else None)
+    parser.add_argument("--app", action="append", default=[], help="an app id (repeat for each app)")
+    args = parser.parse_args(argv)
+    platform, secret = os.environ.get("KILN_NATS_PLATFORM_PASSWORD", ""), os.environ.get("KILN_NATS_APP_SECRET", "")
+    if not platform or not secret:
+        print("python -m kiln.natsauth: set KILN_NATS_PLATFORM_PASSWORD and KILN_NATS_APP_SECRET", file=sys.stderr)
+        return 2
+    print(json.dumps(server_config(platform, secret, args.app), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
