@@ -59,6 +59,12 @@ def wrk(url: str, connections: int, seconds: int) -> dict[str, float]:
     return {"rps": rps, "p50": latency["50"], "p99": latency["99"]}
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process so far."""
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def wait_http(url: str) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -95,9 +101,14 @@ def main() -> int:
         for url in (kiln_url, guni_url):  # warm up
             wrk(url, 32, 2)
         rounds = []
+        (instance_pid,) = kiln.instances().values()
+        runtime_cpu: list[float] = []  # the instance's CPU seconds per request at 32 connections
         for _ in range(args.rounds):
+            before = _cpu_seconds(instance_pid)
+            kiln32 = wrk(kiln_url, 32, args.seconds)
+            runtime_cpu.append((_cpu_seconds(instance_pid) - before) / (kiln32["rps"] * args.seconds))
             rounds.append({
-                "kiln32": wrk(kiln_url, 32, args.seconds), "guni32": wrk(guni_url, 32, args.seconds),
+                "kiln32": kiln32, "guni32": wrk(guni_url, 32, args.seconds),
                 "kiln1": wrk(kiln_url, 1, args.seconds), "guni1": wrk(guni_url, 1, args.seconds),
                 "kiln_static": wrk(kiln_url + "static/page.html", 32, args.seconds),
                 "guni_static": wrk(guni_url + "static/page.html", 32, args.seconds),
@@ -125,6 +136,8 @@ def main() -> int:
     added = statistics.median(r["kiln1"]["p50"] - r["guni1"]["p50"] for r in rounds)
     print(f"kiln added p50 at 1 connection: {added:.2f} ms  (aim < 0.5 ms)")
     print(f"static file kiln/gunicorn requests/s: {ratio('kiln_static', 'guni_static', 'rps')}  (aim >= 2x)")
+    print(f"runtime overhead per request at 32 connections (instance CPU outside the app's few us of code): "
+          f"{statistics.median(runtime_cpu) * 1e6:.0f} us")
     return 0
 
 
