@@ -27,6 +27,7 @@ import uuid
 import nats.errors
 from aiohttp import web
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 
 from kiln import auth, bus, grpcserver
 from kiln.pb.logs.v1 import logs_pb2
@@ -66,6 +67,18 @@ class Router:
         self.files = static.FileCache()
         self._bodies: dict[str, bus.BodyStore] = {}
         self._statics: dict[tuple[str, str], static.StaticFiles] = {}
+
+    async def _request(self, subject: str, data: bytes, started: float, patient: bool) -> Msg:
+        """NATS request-reply to an instance; when ``patient``, retry "no responders" until the pending timeout."""
+        delay = 0.02
+        while True:
+            try:
+                return await self.nc.request(subject, data, timeout=self.cfg.request_timeout_seconds)
+            except nats.errors.NoRespondersError:
+                if not patient or time.time() + delay - started > self.cfg.pending_timeout_seconds:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
 
     def bodies(self, app_id: str) -> bus.BodyStore:
         """Where large bodies to and from ``app_id``'s instances travel (its own bucket)."""
@@ -115,11 +128,13 @@ class Router:
         if not bodies.fits_inline(len(body)):
             envelope.body_object = await bodies.put(f"req-{request_id}", body)
             envelope.ClearField("body")
+        subject = (bus.instance_subject(target.app_id, target.instance_id) if target.instance_id
+                   else bus.http_subject(target.app_id, target.version_id))
+        # The default version exists; while none of its instances listens (one is starting or being
+        # replaced), the request waits in a pending queue, as on App Engine, instead of failing.
+        patient = not (target.instance_id or target.explicit_version)
         try:
-            subject = (bus.instance_subject(target.app_id, target.instance_id) if target.instance_id
-                       else bus.http_subject(target.app_id, target.version_id))
-            msg = await self.nc.request(subject, envelope.SerializeToString(),
-                                        timeout=self.cfg.request_timeout_seconds)
+            msg = await self._request(subject, envelope.SerializeToString(), started, patient)
         except nats.errors.NoRespondersError:
             if target.instance_id:
                 return responses.plain(404, f"Instance {target.instance_id!r} is not serving.")

@@ -42,6 +42,8 @@ class RouterConfig:
     max_response_bytes: int = field(32 * 1024 * 1024, "larger app responses become an empty 500")
     idle_timeout_seconds: float = field(30.0, "close connections that send no complete request within this "
                                               "time (idle keep-alives and slow clients sending headers)")
+    pending_timeout_seconds: float = field(10.0, "how long a request to an app's default version waits for an "
+                                                 "instance while none is serving (one starting or being replaced)")
     request_timeout_seconds: float = field(70.0, "how long to wait for an instance's answer")
     ready_file: pathlib.Path | None = field(None, "write the bound address here once serving")
     log_level: str = field("INFO", "log level")

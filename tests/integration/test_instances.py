@@ -154,3 +154,20 @@ def test_min_pending_latency_keeps_requests_queued_on_one_instance(tmp_path):
         assert [status for status, _, _ in results] == [200, 200, 200]
         assert len({body for _, _, body in results}) == 1  # all served by the one instance, in turn
         assert len(seen_instances) == 1
+
+
+def test_requests_arriving_while_the_only_instance_is_replaced_wait_for_the_new_one(tmp_path):
+    """App Engine's pending queue: with no instance listening, a request to the default version waits for
+    the one the manager is starting, instead of failing."""
+    with apps.running(tmp_path / "sole", {"main.py": MAIN}) as server:
+        (old_pid,) = server.instances().values()
+        status, _, before = apps.fetch(server, "/")
+        os.kill(old_pid, signal.SIGKILL)
+        # Once the manager has seen it die, NATS has too (its socket closed with it): no instance
+        # listens until the replacement has started.
+        apps.wait_for(lambda: old_pid not in server.instances().values(), 10)
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(lambda _: apps.fetch(server, "/"), range(4)))
+        assert status == 200
+        assert [r[0] for r in results] == [200] * 4
+        assert all(r[2] != before for r in results)  # served by the replacement
