@@ -19,7 +19,7 @@ from kiln import bus, grpcserver
 from kiln.pb.logs.v1 import logs_pb2, logs_pb2_grpc
 from logs_svc.config import LogsConfig
 from logs_svc.service import LogsService
-from logs_svc.store import LogStore
+from logs_svc.store import LogStore, Store
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ CONSUMER = "logs-svc"
 BATCH = 200
 
 
-async def consume(js: JetStreamContext, store: LogStore, stopping: asyncio.Event) -> None:
+async def consume(js: JetStreamContext, store: Store, stopping: asyncio.Event) -> None:
     """Move records from the stream into the store until ``stopping`` is set."""
     sub = await js.pull_subscribe(bus.REQUEST_LOG_SUBJECT, durable=CONSUMER, stream=bus.LOG_STREAM)
     # A stop flag rather than cancellation: nats-py's fetch turns a cancellation
@@ -56,7 +56,7 @@ async def consume(js: JetStreamContext, store: LogStore, stopping: asyncio.Event
     await sub.unsubscribe()
 
 
-async def expire(store: LogStore, retention_days: int) -> None:
+async def expire(store: Store, retention_days: int) -> None:
     """Delete records past retention, hourly."""
     while True:
         removed = await store.expire(int((time.time() - retention_days * 86400) * 1_000_000))
@@ -65,9 +65,18 @@ async def expire(store: LogStore, retention_days: int) -> None:
         await asyncio.sleep(3600)
 
 
+def open_store(cfg: LogsConfig) -> Store:
+    """The configured store; Cassandra's driver is imported only when used."""
+    if cfg.storage == "cassandra":
+        from logs_svc.cassandra_store import CassandraLogStore
+        return CassandraLogStore(cfg.cassandra_hosts, cfg.cassandra_keyspace, cfg.cassandra_datacenter,
+                                 cfg.cassandra_replication, cfg.retention_days)
+    return LogStore(cfg.data_dir / "logs.sqlite3")
+
+
 async def serve(cfg: LogsConfig) -> None:
     """Run the logs service until SIGTERM."""
-    store = LogStore(cfg.data_dir / "logs.sqlite3")
+    store = open_store(cfg)
     await store.open()
     nc = await bus.connect(cfg.nats_url, name="logs_svc")
     await bus.ensure_log_stream(nc)

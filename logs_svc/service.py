@@ -10,7 +10,7 @@ import grpc
 from kiln import auth
 from kiln.errors import BadRequestError, PermissionDeniedError
 from kiln.pb.logs.v1 import logs_pb2, logs_pb2_grpc
-from logs_svc.store import LogStore
+from logs_svc.store import Store
 
 DEFAULT_PAGE = 20
 MAX_PAGE = 1000
@@ -19,7 +19,7 @@ MAX_PAGE = 1000
 class LogsService(logs_pb2_grpc.LogsServiceServicer):
     """Queries by version, time range, minimum level and request ids, newest first, paged."""
 
-    def __init__(self, store: LogStore, *, secret: str) -> None:
+    def __init__(self, store: Store, *, secret: str) -> None:
         self._store = store
         self._secret = secret
 

@@ -13,7 +13,7 @@ import concurrent.futures
 import pathlib
 import sqlite3
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from kiln.pb.logs.v1 import logs_pb2
 
@@ -27,6 +27,22 @@ CREATE TABLE IF NOT EXISTS request_logs (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS request_logs_by_time ON request_logs (app, start_us DESC, request_id DESC);
 """
+
+
+class Store(Protocol):
+    """What the logs service needs of a store (SQLite here, Cassandra in :mod:`logs_svc.cassandra_store`)."""
+
+    async def open(self) -> None: ...
+
+    async def add(self, records: Sequence[logs_pb2.RequestLog]) -> None: ...
+
+    async def query(self, app: str, *, versions: Sequence[str], start_us: int | None, end_us: int | None,
+                    min_level: int | None, request_ids: Sequence[str], after: tuple[int, str] | None,
+                    limit: int) -> list[logs_pb2.RequestLog]: ...
+
+    async def expire(self, before_us: int) -> int: ...
+
+    async def close(self) -> None: ...
 
 
 class LogStore:

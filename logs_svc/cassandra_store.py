@@ -1,0 +1,136 @@
+"""Request logs on Cassandra, so that any number of logs_svc replicas share them.
+
+Two tables:
+
+- ``request_logs`` — partitioned by app and UTC day, clustered newest first
+  (start time, then request id): App Engine's log reader pages backwards in
+  time, so a query walks the day partitions from the newest and reads each in
+  clustering order, the page token being the last (start, request id);
+- ``request_logs_by_id`` — the same record under (app, request id), for
+  queries by request id.
+
+Writes are idempotent (same primary keys), so a record JetStream redelivers
+is stored once. Retention is Cassandra's TTL, set on every row.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from kiln import cassandra
+from kiln.errors import ConfigError
+from kiln.pb.logs.v1 import logs_pb2
+
+log = logging.getLogger(__name__)
+
+DAY_US = 86_400 * 1_000_000
+
+
+def _schema(ks: str, datacenter: str, replication: int) -> list[str]:
+    return [
+        f"CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = "
+        f"{{'class': 'NetworkTopologyStrategy', '{datacenter}': {replication}}}",
+        f"CREATE TABLE IF NOT EXISTS {ks}.request_logs (app text, day int, start_us bigint, request_id text, "
+        "version text, max_level int, record blob, PRIMARY KEY ((app, day), start_us, request_id)) "
+        "WITH CLUSTERING ORDER BY (start_us DESC, request_id DESC)",
+        f"CREATE TABLE IF NOT EXISTS {ks}.request_logs_by_id (app text, request_id text, start_us bigint, "
+        "version text, max_level int, record blob, PRIMARY KEY ((app, request_id)))",
+    ]
+
+
+class CassandraLogStore:
+    """The same operations as :class:`logs_svc.store.LogStore`, on Cassandra (see module docstring)."""
+
+    def __init__(self, hosts: str, keyspace: str, datacenter: str, replication: int, retention_days: int) -> None:
+        if not keyspace.isidentifier():
+            raise ConfigError(f"cassandra_keyspace: {keyspace!r} is not a valid keyspace name")
+        self._hosts, self._ks, self._dc, self._rf = hosts, keyspace, datacenter, replication
+        self._ttl = retention_days * 86_400
+        self._cluster: Any = None
+        self._session: Any = None
+        self._stmts: dict[str, Any] = {}
+
+    async def open(self) -> None:
+        self._cluster, self._session = await cassandra.connect(self._hosts, self._dc)
+        for stmt in _schema(self._ks, self._dc, self._rf):
+            await cassandra.execute(self._session, stmt)
+        ks = self._ks
+        prepare = self._session.prepare
+        self._stmts = {
+            "add": prepare(f"INSERT INTO {ks}.request_logs (app, day, start_us, request_id, version, max_level, "
+                           "record) VALUES (?,?,?,?,?,?,?) USING TTL ?"),
+            "add_id": prepare(f"INSERT INTO {ks}.request_logs_by_id (app, request_id, start_us, version, "
+                              "max_level, record) VALUES (?,?,?,?,?,?) USING TTL ?"),
+            "by_id": prepare(f"SELECT start_us, version, max_level, record FROM {ks}.request_logs_by_id "
+                             "WHERE app = ? AND request_id = ?"),
+            "day": prepare(f"SELECT start_us, request_id, version, max_level, record FROM {ks}.request_logs "
+                           "WHERE app = ? AND day = ? AND start_us < ? LIMIT ?"),
+            "day_after": prepare(f"SELECT start_us, request_id, version, max_level, record FROM {ks}.request_logs "
+                                 "WHERE app = ? AND day = ? AND (start_us, request_id) < (?, ?) LIMIT ?"),
+        }
+        log.info("request logs on cassandra: %s keyspace %s", self._hosts, ks)
+
+    async def add(self, records: Sequence[logs_pb2.RequestLog]) -> None:
+        for r in records:
+            start = r.start_time.ToMicroseconds()
+            level = max((line.level for line in r.app_logs), default=0)
+            raw = r.SerializeToString()
+            await cassandra.execute(self._session, self._stmts["add"],
+                                    (r.app_id, start // DAY_US, start, r.request_id, r.version_id, level, raw, self._ttl))
+            await cassandra.execute(self._session, self._stmts["add_id"],
+                                    (r.app_id, r.request_id, start, r.version_id, level, raw, self._ttl))
+
+    async def query(self, app: str, *, versions: Sequence[str], start_us: int | None, end_us: int | None,
+                    min_level: int | None, request_ids: Sequence[str], after: tuple[int, str] | None,
+                    limit: int) -> list[logs_pb2.RequestLog]:
+        """Newest first, as App Engine's log reader returned them."""
+        def wanted(start: int, request_id: str, version: str, level: int) -> bool:
+            return ((not versions or version in versions) and (start_us is None or start >= start_us)
+                    and (end_us is None or start < end_us) and (min_level is None or level >= min_level)
+                    and (after is None or (start, request_id) < after))
+
+        if request_ids:
+            found = []
+            for request_id in dict.fromkeys(request_ids):
+                for start, version, level, raw in await cassandra.execute(
+                        self._session, self._stmts["by_id"], (app, request_id)):
+                    if wanted(start, request_id, version, level):
+                        found.append((start, request_id, raw))
+            found.sort(reverse=True)
+            return [logs_pb2.RequestLog.FromString(raw) for _, _, raw in found[:limit]]
+        newest = min(end_us if end_us is not None else 2**62, (after[0] + 1) if after else 2**62,
+                     int(time.time() * 1_000_000) + DAY_US)
+        oldest = start_us if start_us is not None else int(time.time() * 1_000_000) - self._ttl * 1_000_000
+        out: list[logs_pb2.RequestLog] = []
+        cursor = after
+        for day in range(newest // DAY_US, oldest // DAY_US - 1, -1):
+            while len(out) < limit:
+                batch = max(limit - len(out), 50)
+                if cursor is not None and cursor[0] // DAY_US == day:
+                    rows = await cassandra.execute(self._session, self._stmts["day_after"],
+                                                   (app, day, cursor[0], cursor[1], batch))
+                else:
+                    rows = await cassandra.execute(self._session, self._stmts["day"], (app, day, newest, batch))
+                for start, request_id, version, level, raw in rows:
+                    if wanted(start, request_id, version, level) and len(out) < limit:
+                        out.append(logs_pb2.RequestLog.FromString(raw))
+                if len(rows) < batch:
+                    break  # the day is exhausted
+                last = rows[-1]
+                cursor = (last[0], last[1])
+                if start_us is not None and last[0] < start_us:
+                    break
+            if len(out) >= limit:
+                break
+        return out
+
+    async def expire(self, before_us: int) -> int:
+        """Nothing to do: rows carry a TTL of the retention period."""
+        return 0
+
+    async def close(self) -> None:
+        if self._cluster is not None:
+            self._cluster.shutdown()

@@ -1,0 +1,123 @@
+"""The request-log stores answer App Engine's log queries the same way: SQLite (one replica) and Cassandra (many
+replicas sharing it), against a real Cassandra node; and two logs_svc replicas on Cassandra share one log."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import grpc
+import pytest
+
+from kiln import bus
+from kiln.pb.logs.v1 import logs_pb2, logs_pb2_grpc
+from kiln.supervisor import python_module
+from logs_svc.cassandra_store import DAY_US, CassandraLogStore
+from logs_svc.store import LogStore
+from tests.integration.conftest import app_metadata, service_env
+
+pytestmark = pytest.mark.nats
+
+NOW_US = int(time.time() * 1_000_000)
+
+
+def record(app: str, request_id: str, start_us: int, version: str = "v1", level: int | None = None):
+    r = logs_pb2.RequestLog(app_id=app, version_id=version, request_id=request_id, method="GET", status=200)
+    r.start_time.FromMicroseconds(start_us)
+    if level is not None:
+        r.app_logs.add(level=level, message="line")
+    return r
+
+
+@pytest.fixture(params=["embedded", pytest.param("cassandra", marks=pytest.mark.cassandra)])
+async def store(request, tmp_path):
+    if request.param == "cassandra":
+        hosts = request.getfixturevalue("cassandra_hosts")
+        found = CassandraLogStore(hosts, "kiln_logs_test", "datacenter1", 1, retention_days=30)
+    else:
+        found = LogStore(tmp_path / "logs.sqlite3")
+    await found.open()
+    yield found
+    await found.close()
+
+
+def app_id() -> str:
+    return "a" + uuid.uuid4().hex[:12]
+
+
+async def query(store, app, **kw):
+    args = dict(versions=[], start_us=None, end_us=None, min_level=None, request_ids=[], after=None, limit=100)
+    args.update(kw)
+    return [r.request_id for r in await store.query(app, **args)]
+
+
+async def test_records_come_newest_first_across_days(store):
+    app = app_id()
+    await store.add([record(app, "old", NOW_US - 2 * DAY_US), record(app, "new", NOW_US),
+                     record(app, "mid", NOW_US - DAY_US)])
+    assert await query(store, app) == ["new", "mid", "old"]
+
+
+async def test_pages_resume_after_the_last_record_even_across_days(store):
+    app = app_id()
+    await store.add([record(app, f"r{i}", NOW_US - i * DAY_US // 3) for i in range(7)])
+    first = await store.query(app, versions=[], start_us=None, end_us=None, min_level=None, request_ids=[],
+                              after=None, limit=3)
+    after = (first[-1].start_time.ToMicroseconds(), first[-1].request_id)
+    assert [r.request_id for r in first] == ["r0", "r1", "r2"]
+    assert await query(store, app, after=after, limit=3) == ["r3", "r4", "r5"]
+
+
+async def test_filters_by_version_time_range_and_minimum_level(store):
+    app = app_id()
+    await store.add([record(app, "a", NOW_US - 3000, "v1", logs_pb2.LOG_LEVEL_ERROR),
+                     record(app, "b", NOW_US - 2000, "v2", logs_pb2.LOG_LEVEL_INFO),
+                     record(app, "c", NOW_US - 1000, "v1")])
+    assert await query(store, app, versions=["v1"]) == ["c", "a"]
+    assert await query(store, app, start_us=NOW_US - 2500, end_us=NOW_US - 500) == ["c", "b"]
+    assert await query(store, app, min_level=logs_pb2.LOG_LEVEL_WARNING) == ["a"]
+
+
+async def test_request_ids_find_their_records_and_nothing_of_other_apps(store):
+    app, other = app_id(), app_id()
+    await store.add([record(app, "x", NOW_US - 10), record(app, "y", NOW_US), record(other, "z", NOW_US)])
+    assert await query(store, app, request_ids=["x", "z", "missing"]) == ["x"]
+
+
+async def test_a_redelivered_record_is_stored_once(store):
+    app = app_id()
+    await store.add([record(app, "same", NOW_US)])
+    await store.add([record(app, "same", NOW_US)])
+    assert await query(store, app) == ["same"]
+
+
+@pytest.mark.cassandra
+async def test_two_replicas_on_cassandra_share_the_log(supervisor, nats_url, cassandra_hosts):
+    addresses = []
+    for n in (1, 2):
+        ready = supervisor.run_dir / f"logs-cass-{n}.addr"
+        child = supervisor.start(f"logs-cass-{n}", python_module(
+            "logs_svc", "--listen", "127.0.0.1:0", "--ready-file", str(ready), "--nats-url", nats_url,
+            "--storage", "cassandra", "--cassandra-hosts", cassandra_hosts, "--cassandra-keyspace",
+            "kiln_logs_replicas"), env=service_env(), ready_file=ready, timeout=120)
+        addresses.append(child.address)
+    app = app_id()
+    nc = await bus.connect(nats_url, name="test-logs-publisher")
+    await bus.ensure_log_stream(nc)
+    for i in range(6):
+        await nc.publish(bus.REQUEST_LOG_SUBJECT, record(app, f"req{i}", NOW_US + i).SerializeToString())
+    await nc.drain()
+
+    async def ids(address):
+        async with grpc.aio.insecure_channel(address) as channel:
+            resp = await logs_pb2_grpc.LogsServiceStub(channel).Query(
+                logs_pb2.QueryRequest(page_size=100), metadata=app_metadata(app), timeout=10)
+            return [r.request_id for r in resp.logs]
+
+    expected = [f"req{i}" for i in reversed(range(6))]
+    for _ in range(100):
+        if await ids(addresses[0]) == expected:
+            break
+        await asyncio.sleep(0.2)
+    assert await ids(addresses[0]) == expected and await ids(addresses[1]) == expected
