@@ -49,6 +49,7 @@ from typing import Any
 
 from datastore_svc.engine.base import GroupCommit, Ref, RowsOf, StoredIndex, Write
 from datastore_svc.index import IndexDef, IndexRow, metadata_of
+from kiln import cassandra as kiln_cassandra
 from kiln.errors import ConcurrentTransactionError, ConfigError, UnavailableError
 
 log = logging.getLogger(__name__)
@@ -632,33 +633,15 @@ async def create(hosts: str, keyspace: str, datacenter: str, replication: int, *
     ``index_shards`` applies when this call creates the keyspace; an existing
     keyspace keeps the count it was created with (changing it needs a reindex).
     """
-    from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable
-    from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
-
     if not keyspace.isidentifier():
         raise ConfigError(f"cassandra_keyspace: {keyspace!r} is not a valid keyspace name")
-    points = []
-    port = 9042
-    for item in hosts.split(","):
-        host, _, p = item.strip().rpartition(":")
-        if not host:
-            host, p = p, "9042"
-        points.append(host)
-        port = int(p)
-    profile = ExecutionProfile(
-        load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=datacenter)),
-        row_factory=_row_factory, request_timeout=30)
-    cluster = Cluster(points, port=port, protocol_version=5, execution_profiles={EXEC_PROFILE_DEFAULT: profile})
+    cluster, session = await kiln_cassandra.connect(hosts, datacenter, row_factory=_row_factory)
     loop = asyncio.get_running_loop()
     try:
-        session = await loop.run_in_executor(None, cluster.connect)
         for stmt in _schema(keyspace, datacenter, replication):
             await loop.run_in_executor(None, functools.partial(session.execute, stmt, timeout=60))
         shards = await loop.run_in_executor(None, _settled_shards, session, keyspace, index_shards)
         engine = await loop.run_in_executor(None, CassandraEngine, session, cluster, keyspace, shards)
-    except NoHostAvailable as exc:
-        cluster.shutdown()
-        raise UnavailableError(f"cassandra: cannot connect to {hosts}: {exc}") from exc
     except Exception:
         cluster.shutdown()
         raise
