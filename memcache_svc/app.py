@@ -1,19 +1,49 @@
-"""Wiring of memcache_svc.
-
-The contract (``kiln.pb.memcache.v1.MemcacheService``) is served and discoverable by
-reflection and health checks; its methods answer UNIMPLEMENTED until issue #6
-builds them.
-"""
+"""Wiring of memcache_svc: the cache, its gRPC servicer, the optional memcached text protocol, expiry sweeps."""
 
 from __future__ import annotations
 
-from memcache_svc.config import MemcacheConfig
-from kiln import grpcserver
-from kiln.pb.memcache.v1 import memcache_pb2
+import asyncio
+import contextlib
+import logging
 
-SERVICE = memcache_pb2.DESCRIPTOR.services_by_name["MemcacheService"]
+from kiln import grpcserver
+from kiln.config import parse_hostport
+from kiln.pb.memcache.v1 import memcache_pb2, memcache_pb2_grpc
+from memcache_svc import textproto
+from memcache_svc.config import MemcacheConfig
+from memcache_svc.service import MemcacheService
+from memcache_svc.store import Cache
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = memcache_pb2.DESCRIPTOR.services_by_name["MemcacheService"].full_name
+
+
+async def sweep(cache: Cache) -> None:
+    """Drop expired items every second, a bounded number at a time."""
+    while True:
+        await asyncio.sleep(1)
+        cache.sweep()
 
 
 async def serve(cfg: MemcacheConfig) -> None:
     """Run the service until SIGTERM."""
-    await grpcserver.serve(cfg, [], [(SERVICE.full_name, grpcserver.unimplemented(SERVICE, issue="issue #6"))])
+    cache = Cache(cfg.max_bytes)
+    sweeper = asyncio.create_task(sweep(cache))
+    text_server = None
+    if cfg.text_listen:
+        host, port = parse_hostport(cfg.text_listen, "text_listen")
+        text_server = await textproto.start(cache, cfg.text_app, host, port)
+        log.info("memcached text protocol for app %s on %s", cfg.text_app, cfg.text_listen)
+
+    async def stop() -> None:
+        sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeper
+        if text_server is not None:
+            text_server.close()
+            await text_server.wait_closed()
+
+    registration = grpcserver.Registration(SERVICE_NAME, memcache_pb2_grpc.add_MemcacheServiceServicer_to_server,
+                                           MemcacheService(cache, secret=cfg.service_secret.get()))
+    await grpcserver.serve(cfg, [registration], on_stop=stop)

@@ -1,0 +1,384 @@
+"""App Engine's memcache API (``google.appengine.api.memcache``) for kiln apps.
+
+Values of any picklable type round-trip with their type (bytes, str, int,
+bool as themselves; anything else pickled), keys are str or bytes (longer
+than 250 bytes once prefixed, they are replaced by their SHA-1, as App Engine
+did), values are at most 1,000,000 bytes, expiry is relative seconds up to 30
+days or an absolute Unix time beyond, and every call works in the current
+namespace (:mod:`kiln.api.namespace_manager`) unless given one.
+
+Scale: ``KILN_MEMCACHE_ADDR`` may list several shards (``host:port,...``).
+Keys are spread over them by consistent hashing (:class:`Ring`), so adding a
+shard moves only the share of keys it takes. A shard that does not answer
+turns into misses and failed stores, as a cache should: the app keeps
+working; it is skipped for a few seconds before being tried again.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import os
+import pickle
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import grpc
+
+from kiln.api import _rpc, namespace_manager
+from kiln.pb.memcache.v1 import memcache_pb2 as pb
+from kiln.pb.memcache.v1 import memcache_pb2_grpc
+
+__all__ = ["Client", "DELETE_ITEM_MISSING", "DELETE_NETWORK_FAILURE", "DELETE_SUCCESSFUL", "MAX_KEY_SIZE",
+           "MAX_VALUE_SIZE", "Ring", "add", "add_multi", "decr", "delete", "delete_multi", "flush_all", "get",
+           "get_multi", "get_stats", "incr", "offset_multi", "replace", "replace_multi", "set", "set_multi"]
+
+DELETE_NETWORK_FAILURE, DELETE_ITEM_MISSING, DELETE_SUCCESSFUL = 0, 1, 2
+MAX_KEY_SIZE = 250
+MAX_VALUE_SIZE = 1_000_000
+# Types recorded in an item's flags (App Engine's memcache used the same numbers).
+TYPE_BYTES, TYPE_STR, TYPE_PICKLED, TYPE_INT, TYPE_BOOL = 0, 1, 2, 3, 5
+CALL_TIMEOUT = 2.0
+DOWN_SECONDS = 5.0
+VIRTUAL_NODES = 160
+
+
+class Ring:
+    """Consistent hashing: each shard owns many points on a circle; a key goes to the next point."""
+
+    def __init__(self, shards: Sequence[str]) -> None:
+        points = []
+        for shard in shards:
+            for i in range(VIRTUAL_NODES):
+                points.append((self._hash(f"{shard}#{i}".encode()), shard))
+        points.sort()
+        self._hashes = [h for h, _ in points]
+        self._shards = [s for _, s in points]
+        self.shards = list(dict.fromkeys(shards))
+
+    @staticmethod
+    def _hash(data: bytes) -> int:
+        return int.from_bytes(hashlib.md5(data, usedforsecurity=False).digest()[:8], "big")
+
+    def shard_for(self, key: bytes) -> str:
+        if not self._hashes:
+            raise RuntimeError("no memcache shards configured")
+        i = bisect.bisect(self._hashes, self._hash(key)) % len(self._hashes)
+        return self._shards[i]
+
+
+def _encode_key(key: Any, prefix: bytes) -> bytes:
+    if isinstance(key, tuple) and len(key) == 2:  # App Engine accepted (hash, key)
+        key = key[1]
+    if isinstance(key, str):
+        raw = key.encode("utf-8")
+    elif isinstance(key, bytes):
+        raw = key
+    else:
+        raise TypeError(f"memcache keys must be str or bytes, got {type(key).__name__}")
+    raw = prefix + raw
+    if not raw:
+        raise ValueError("a memcache key must not be empty")
+    if len(raw) > MAX_KEY_SIZE:
+        raw = hashlib.sha1(raw).hexdigest().encode()
+    return raw
+
+
+def _encode_value(value: Any) -> tuple[bytes, int]:
+    if isinstance(value, bytes):
+        data, flags = value, TYPE_BYTES
+    elif isinstance(value, str):
+        data, flags = value.encode("utf-8"), TYPE_STR
+    elif isinstance(value, bool):
+        data, flags = (b"1" if value else b"0"), TYPE_BOOL
+    elif isinstance(value, int):
+        data, flags = str(value).encode(), TYPE_INT
+    else:
+        try:
+            data, flags = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL), TYPE_PICKLED
+        except (pickle.PicklingError, TypeError, AttributeError) as exc:
+            raise ValueError(f"memcache values must be picklable: {type(value).__name__} is not ({exc})") from None
+    if len(data) > MAX_VALUE_SIZE:
+        raise ValueError(f"Values may not be more than {MAX_VALUE_SIZE} bytes in length; received {len(data)} bytes")
+    return data, flags
+
+
+def _decode_value(data: bytes, flags: int) -> Any:
+    if flags == TYPE_STR:
+        return data.decode("utf-8")
+    if flags == TYPE_BOOL:
+        return data == b"1"
+    if flags == TYPE_INT:
+        return int(data)
+    if flags == TYPE_PICKLED:
+        return pickle.loads(data)
+    return data
+
+
+class _Shards:
+    """One stub per shard address, and which shards are resting after a failure."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stubs: dict[str, memcache_pb2_grpc.MemcacheServiceStub] = {}
+        self._down_until: dict[str, float] = {}
+        self._ring: Ring | None = None
+        self._addresses = ""
+
+    def ring(self) -> Ring:
+        addresses = os.environ.get("KILN_MEMCACHE_ADDR", "")
+        with self._lock:
+            if self._ring is None or addresses != self._addresses:
+                shards = [a.strip() for a in addresses.split(",") if a.strip()]
+                if not shards:
+                    raise RuntimeError("KILN_MEMCACHE_ADDR is not set: run the app under kiln")
+                self._ring, self._addresses = Ring(shards), addresses
+            return self._ring
+
+    def stub(self, address: str) -> memcache_pb2_grpc.MemcacheServiceStub | None:
+        with self._lock:
+            if self._down_until.get(address, 0) > time.monotonic():
+                return None
+            found = self._stubs.get(address)
+            if found is None:
+                found = self._stubs[address] = memcache_pb2_grpc.MemcacheServiceStub(grpc.insecure_channel(address))
+            return found
+
+    def failed(self, address: str) -> None:
+        with self._lock:
+            self._down_until[address] = time.monotonic() + DOWN_SECONDS
+
+    def reset(self) -> None:
+        with self._lock:
+            self._stubs.clear()
+            self._down_until.clear()
+            self._ring = None
+
+
+_shards = _Shards()
+
+
+def _metadata() -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {_rpc.app_token()}"),)
+
+
+def _namespace(namespace: str | None) -> str:
+    ns = namespace_manager.get_namespace() if namespace is None else namespace
+    namespace_manager.validate_namespace(ns, ValueError)
+    return ns
+
+
+def _call_each(method: str, by_shard: Mapping[str, Any]) -> dict[str, Any]:
+    """Call ``method`` on each shard concurrently; a shard that fails maps to None (and rests a while)."""
+    futures = {}
+    for address, request in by_shard.items():
+        stub = _shards.stub(address)
+        if stub is not None:
+            futures[address] = getattr(stub, method).future(request, timeout=CALL_TIMEOUT, metadata=_metadata())
+    out: dict[str, Any] = dict.fromkeys(by_shard)
+    for address, future in futures.items():
+        try:
+            out[address] = future.result()
+        except grpc.RpcError as exc:
+            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                _shards.failed(address)
+            elif exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAUTHENTICATED):
+                raise ValueError(f"memcache: {exc.details()}") from None
+    return out
+
+
+class Client:
+    """App Engine's memcache ``Client``: the module's operations, plus ``gets``/``cas`` remembering cas ids."""
+
+    def __init__(self) -> None:
+        self._cas_ids: dict[tuple[str, bytes], int] = {}
+
+    # ---------------------------------------------------------------- reads
+
+    def get(self, key: Any, namespace: str | None = None, for_cas: bool = False) -> Any:
+        return self.get_multi([key], namespace=namespace, for_cas=for_cas).get(key)
+
+    def gets(self, key: Any, namespace: str | None = None) -> Any:
+        return self.get(key, namespace=namespace, for_cas=True)
+
+    def get_multi(self, keys: Iterable[Any], key_prefix: str | bytes = "", namespace: str | None = None,
+                  for_cas: bool = False) -> dict[Any, Any]:
+        ns, prefix = _namespace(namespace), _prefix(key_prefix)
+        wanted = {_encode_key(k, prefix): k for k in keys}
+        ring = _shards.ring()
+        by_shard: dict[str, pb.GetRequest] = {}
+        for raw in wanted:
+            by_shard.setdefault(ring.shard_for(raw), pb.GetRequest(namespace=ns, for_cas=for_cas)).keys.append(raw)
+        found: dict[Any, Any] = {}
+        for resp in _call_each("Get", by_shard).values():
+            for item in resp.items if resp is not None else ():
+                original = wanted.get(item.key)
+                if original is None:
+                    continue
+                found[original] = _decode_value(item.value, item.flags)
+                if for_cas:
+                    self._cas_ids[(ns, item.key)] = item.cas_id
+        return found
+
+    # ---------------------------------------------------------------- writes
+
+    def set(self, key: Any, value: Any, time: float = 0, min_compress_len: int = 0,
+            namespace: str | None = None) -> bool:
+        return not self._store("set", {key: value}, time, "", namespace)
+
+    def add(self, key: Any, value: Any, time: float = 0, min_compress_len: int = 0,
+            namespace: str | None = None) -> bool:
+        return not self._store("add", {key: value}, time, "", namespace)
+
+    def replace(self, key: Any, value: Any, time: float = 0, min_compress_len: int = 0,
+                namespace: str | None = None) -> bool:
+        return not self._store("replace", {key: value}, time, "", namespace)
+
+    def cas(self, key: Any, value: Any, time: float = 0, min_compress_len: int = 0,
+            namespace: str | None = None) -> bool:
+        return not self._store("cas", {key: value}, time, "", namespace)
+
+    def set_multi(self, mapping: Mapping[Any, Any], time: float = 0, key_prefix: str | bytes = "",
+                  min_compress_len: int = 0, namespace: str | None = None) -> list[Any]:
+        return self._store("set", mapping, time, key_prefix, namespace)
+
+    def add_multi(self, mapping: Mapping[Any, Any], time: float = 0, key_prefix: str | bytes = "",
+                  min_compress_len: int = 0, namespace: str | None = None) -> list[Any]:
+        return self._store("add", mapping, time, key_prefix, namespace)
+
+    def replace_multi(self, mapping: Mapping[Any, Any], time: float = 0, key_prefix: str | bytes = "",
+                      min_compress_len: int = 0, namespace: str | None = None) -> list[Any]:
+        return self._store("replace", mapping, time, key_prefix, namespace)
+
+    def cas_multi(self, mapping: Mapping[Any, Any], time: float = 0, key_prefix: str | bytes = "",
+                  min_compress_len: int = 0, namespace: str | None = None) -> list[Any]:
+        return self._store("cas", mapping, time, key_prefix, namespace)
+
+    def cas_reset(self) -> None:
+        self._cas_ids.clear()
+
+    def _store(self, policy: str, mapping: Mapping[Any, Any], expiry: float, key_prefix: str | bytes,
+               namespace: str | None) -> list[Any]:
+        """Store under ``policy``; return the keys that were not stored."""
+        if expiry < 0:
+            raise ValueError(f"Expiration must not be negative, got {expiry}")
+        ns, prefix = _namespace(namespace), _prefix(key_prefix)
+        policy_id = {"set": pb.SET_POLICY_SET, "add": pb.SET_POLICY_ADD, "replace": pb.SET_POLICY_REPLACE,
+                     "cas": pb.SET_POLICY_CAS}[policy]
+        ring = _shards.ring()
+        by_shard: dict[str, pb.SetRequest] = {}
+        order: dict[str, list[Any]] = {}
+        failed: list[Any] = []
+        for key, value in mapping.items():
+            raw = _encode_key(key, prefix)
+            data, flags = _encode_value(value)
+            cas_id = self._cas_ids.get((ns, raw), 0)
+            if policy == "cas" and not cas_id:
+                failed.append(key)  # never read with gets(): nothing to compare with
+                continue
+            shard = ring.shard_for(raw)
+            by_shard.setdefault(shard, pb.SetRequest(namespace=ns, policy=policy_id)).items.add(
+                key=raw, value=data, flags=flags, expiration=int(expiry), cas_id=cas_id)
+            order.setdefault(shard, []).append(key)
+        for shard, resp in _call_each("Set", by_shard).items():
+            if resp is None:
+                failed += order[shard]
+                continue
+            failed += [key for key, status in zip(order[shard], resp.statuses) if status != pb.SET_STATUS_STORED]
+        return failed
+
+    def delete(self, key: Any, seconds: float = 0, namespace: str | None = None) -> int:
+        ns, raw = _namespace(namespace), _encode_key(key, b"")
+        shard = _shards.ring().shard_for(raw)
+        resp = _call_each("Delete", {shard: pb.DeleteRequest(namespace=ns, keys=[raw],
+                                                              lockout_seconds=int(seconds))})[shard]
+        if resp is None:
+            return DELETE_NETWORK_FAILURE
+        return DELETE_SUCCESSFUL if resp.statuses[0] == pb.DELETE_STATUS_DELETED else DELETE_ITEM_MISSING
+
+    def delete_multi(self, keys: Iterable[Any], seconds: float = 0, key_prefix: str | bytes = "",
+                     namespace: str | None = None) -> bool:
+        ns, prefix = _namespace(namespace), _prefix(key_prefix)
+        ring = _shards.ring()
+        by_shard: dict[str, pb.DeleteRequest] = {}
+        for key in keys:
+            raw = _encode_key(key, prefix)
+            by_shard.setdefault(ring.shard_for(raw),
+                                pb.DeleteRequest(namespace=ns, lockout_seconds=int(seconds))).keys.append(raw)
+        return all(resp is not None for resp in _call_each("Delete", by_shard).values())
+
+    # ---------------------------------------------------------------- counters
+
+    def incr(self, key: Any, delta: int = 1, namespace: str | None = None,
+             initial_value: int | None = None) -> int | None:
+        return self._offset(key, delta, False, namespace, initial_value)
+
+    def decr(self, key: Any, delta: int = 1, namespace: str | None = None,
+             initial_value: int | None = None) -> int | None:
+        return self._offset(key, delta, True, namespace, initial_value)
+
+    def offset_multi(self, mapping: Mapping[Any, int], key_prefix: str | bytes = "", namespace: str | None = None,
+                     initial_value: int | None = None) -> dict[Any, int | None]:
+        prefix = _prefix(key_prefix)
+        return {key: self._offset(key, abs(delta), delta < 0, namespace, initial_value, prefix)
+                for key, delta in mapping.items()}
+
+    def _offset(self, key: Any, delta: int, decrement: bool, namespace: str | None, initial: int | None,
+                prefix: bytes = b"") -> int | None:
+        if not isinstance(delta, int) or isinstance(delta, bool):
+            raise TypeError(f"delta must be an integer, got {type(delta).__name__}")
+        if delta < 0:
+            raise ValueError("Delta must not be negative")
+        if initial is not None and not 0 <= initial < 2**64:
+            raise ValueError("initial_value must be a 64-bit unsigned integer")
+        ns, raw = _namespace(namespace), _encode_key(key, prefix)
+        request = pb.IncrementRequest(namespace=ns, key=raw, delta=delta % 2**64, decrement=decrement)
+        if initial is not None:
+            request.initial_value = initial
+        shard = _shards.ring().shard_for(raw)
+        stub = _shards.stub(shard)
+        if stub is None:
+            return None
+        try:
+            resp = stub.Increment(request, timeout=CALL_TIMEOUT, metadata=_metadata())
+        except grpc.RpcError as exc:
+            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                _shards.failed(shard)
+            return None  # missing shard, or a value that is not a number: App Engine returned None too
+        return resp.new_value if resp.HasField("new_value") else None
+
+    # ---------------------------------------------------------------- whole cache
+
+    def flush_all(self) -> bool:
+        shards = _shards.ring().shards
+        return all(r is not None for r in _call_each("Flush", {s: pb.FlushRequest() for s in shards}).values())
+
+    def get_stats(self) -> dict[str, int] | None:
+        shards = _shards.ring().shards
+        results = [r for r in _call_each("Stats", {s: pb.StatsRequest() for s in shards}).values() if r is not None]
+        if not results:
+            return None
+        out = {name: sum(getattr(r, name) for r in results)
+               for name in ("hits", "misses", "byte_hits", "items", "bytes")}
+        out["oldest_item_age"] = max(r.oldest_item_age for r in results)
+        return out
+
+
+def _prefix(key_prefix: str | bytes) -> bytes:
+    return key_prefix.encode("utf-8") if isinstance(key_prefix, str) else bytes(key_prefix)
+
+
+def reset() -> None:
+    """Forget shard connections and rest periods (after KILN_MEMCACHE_ADDR changed, e.g. in tests)."""
+    _shards.reset()
+
+
+_client = Client()
+get, gets, get_multi = _client.get, _client.gets, _client.get_multi
+set, add, replace = _client.set, _client.add, _client.replace  # noqa: A001 - App Engine's names
+set_multi, add_multi, replace_multi = _client.set_multi, _client.add_multi, _client.replace_multi
+delete, delete_multi = _client.delete, _client.delete_multi
+incr, decr, offset_multi = _client.incr, _client.decr, _client.offset_multi
+flush_all, get_stats = _client.flush_all, _client.get_stats

@@ -1,0 +1,276 @@
+"""Memcache: kiln.api.memcache against real memcache_svc shards (python -m memcache_svc), including a shard that
+goes down, one that is added, App Engine's semantics end to end, bad input, and the memcached text protocol
+spoken to pymemcache."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import signal
+
+import grpc
+import pytest
+from pymemcache.client.base import Client as TextClient
+from pymemcache.exceptions import MemcacheClientError
+
+from kiln import auth
+from kiln.api import memcache, namespace_manager
+from kiln.pb.memcache.v1 import memcache_pb2 as pb
+from kiln.pb.memcache.v1 import memcache_pb2_grpc
+from kiln.supervisor import free_port, python_module
+from tests.integration.conftest import SECRET, app_metadata, service_env
+
+pytestmark = pytest.mark.nats
+
+
+def start_shard(supervisor, name, *extra):
+    ready = supervisor.run_dir / f"{name}.addr"
+    return supervisor.start(name, python_module("memcache_svc", "--listen", "127.0.0.1:0", "--ready-file",
+                                                str(ready), *extra), env=service_env(), ready_file=ready)
+
+
+@pytest.fixture(scope="module")
+def shards(supervisor):
+    return [start_shard(supervisor, f"memcache-shard-{n}") for n in range(3)]
+
+
+@pytest.fixture
+def as_app(shards, monkeypatch):
+    def use(app_id, addresses=None):
+        monkeypatch.setenv("KILN_MEMCACHE_ADDR", ",".join(addresses or [s.address for s in shards]))
+        monkeypatch.setenv("KILN_APP_TOKEN", auth.mint_app_token(SECRET, app_id))
+        memcache.reset()
+    use("cacher")
+    memcache.flush_all()
+    yield use
+    memcache.reset()
+
+
+def test_values_keep_their_type_through_the_service(as_app):
+    values = {"b": b"raw", "s": "text \u00e9", "i": 7, "t": True, "f": 2.5, "o": {"nested": [1, 2]}}
+    assert memcache.set_multi(values) == []
+    assert memcache.get_multi(list(values)) == values
+
+
+def test_add_replace_and_their_failures(as_app):
+    assert memcache.replace("k", 1) is False
+    assert memcache.add("k", 1) is True
+    assert memcache.add("k", 2) is False
+    assert memcache.replace("k", 3) is True and memcache.get("k") == 3
+
+
+def test_multi_calls_with_a_prefix_report_the_keys_not_stored(as_app):
+    memcache.set("p:a", 1)
+    assert sorted(memcache.add_multi({"a": 10, "b": 20}, key_prefix="p:")) == ["a"]
+    assert memcache.get_multi(["a", "b", "c"], key_prefix="p:") == {"a": 1, "b": 20}
+
+
+def test_delete_reports_missing_and_locks_out_add(as_app):
+    memcache.set("gone", 1)
+    assert memcache.delete("gone", seconds=30) == memcache.DELETE_SUCCESSFUL
+    assert memcache.delete("gone") == memcache.DELETE_ITEM_MISSING
+    assert memcache.add("gone", 2) is False
+    assert memcache.set("gone", 3) is True
+
+
+def test_counters_follow_app_engines_rules(as_app):
+    assert memcache.incr("n") is None
+    assert memcache.incr("n", initial_value=10) == 11
+    assert memcache.decr("n", 100) == 0
+    memcache.set("big", 2**64 - 1)
+    assert memcache.incr("big", 2) == 1
+    memcache.set("word", "abc")
+    assert memcache.incr("word") is None
+    assert memcache.offset_multi({"x": 5, "y": -3}, initial_value=10) == {"x": 15, "y": 7}
+    with pytest.raises(ValueError):
+        memcache.incr("n", -1)
+
+
+def test_gets_and_cas_lose_to_a_concurrent_write(as_app):
+    client = memcache.Client()
+    memcache.set("c", "v1")
+    assert client.gets("c") == "v1"
+    memcache.set("c", "v2")  # someone else writes in between
+    assert client.cas("c", "mine") is False
+    assert client.gets("c") == "v2"
+    assert client.cas("c", "mine") is True and memcache.get("c") == "mine"
+
+
+def test_concurrent_cas_increments_lose_no_update(as_app):
+    memcache.set("counter", 0)
+
+    def bump(_):
+        client = memcache.Client()
+        while True:
+            value = client.gets("counter")
+            if client.cas("counter", value + 1):
+                return
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(bump, range(40)))
+    assert memcache.get("counter") == 40
+
+
+def test_namespaces_and_apps_are_separate_caches(as_app):
+    memcache.set("k", "default")
+    memcache.set("k", "other ns", namespace="ns1")
+    namespace_manager.set_namespace("ns2")
+    try:
+        memcache.set("k", "current ns")
+        assert memcache.get("k") == "current ns"
+    finally:
+        namespace_manager.set_namespace("")
+    assert (memcache.get("k"), memcache.get("k", namespace="ns1")) == ("default", "other ns")
+    as_app("another-app")
+    assert memcache.get("k") is None
+
+
+def test_stats_count_this_apps_hits_misses_and_items(as_app):
+    as_app("counted")  # an app of its own: hits and misses are counted since each shard started
+    memcache.set_multi({"a": b"1234", "b": b"5678"})
+    memcache.get("a")
+    memcache.get("missing")
+    stats = memcache.get_stats()
+    assert (stats["hits"], stats["misses"], stats["byte_hits"], stats["items"], stats["bytes"]) == (1, 1, 4, 2, 8)
+
+
+def test_flush_all_empties_only_this_apps_cache(as_app):
+    memcache.set("mine", 1)
+    as_app("neighbour")
+    memcache.set("theirs", 2)
+    as_app("cacher")
+    assert memcache.flush_all() is True
+    assert memcache.get("mine") is None
+    as_app("neighbour")
+    assert memcache.get("theirs") == 2
+
+
+def test_oversized_values_and_bad_keys_are_refused_before_sending(as_app):
+    with pytest.raises(ValueError):
+        memcache.set("big", b"x" * 1_000_001)
+    with pytest.raises(TypeError):
+        memcache.set(3.5, "v")
+    with pytest.raises(ValueError):
+        memcache.set("k", "v", namespace="bad namespace!")
+
+
+def test_a_long_key_works_through_its_hash(as_app):
+    key = "k" * 1000
+    assert memcache.set(key, "long") is True and memcache.get(key) == "long"
+
+
+def test_the_service_refuses_bad_requests_precisely(shards):
+    with grpc.insecure_channel(shards[0].address) as channel:
+        stub = memcache_pb2_grpc.MemcacheServiceStub(channel)
+        cases = [pb.SetRequest(items=[pb.Item(key=b"k" * 251, value=b"v")]),
+                 pb.SetRequest(items=[pb.Item(key=b"k", value=b"v" * 1_000_001)]),
+                 pb.SetRequest(namespace="no spaces", items=[pb.Item(key=b"k", value=b"v")]),
+                 pb.SetRequest(items=[pb.Item(key=b"", value=b"v")])]
+        for request in cases:
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Set(request, metadata=app_metadata("cacher"), timeout=5)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, request
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Get(pb.GetRequest(keys=[b"k"]), timeout=5)
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert stub.Stats(pb.StatsRequest(), metadata=app_metadata("cacher"), timeout=5) is not None
+
+
+def test_lru_eviction_keeps_a_shard_within_its_memory_bound(supervisor, as_app):
+    small = start_shard(supervisor, "memcache-small", "--max-bytes", str(2 * 1024 * 1024))
+    as_app("cacher", [small.address])
+    for i in range(40):
+        assert memcache.set(f"k{i}", b"x" * 100_000) is True
+    stats = memcache.get_stats()
+    assert stats["bytes"] <= 2 * 1024 * 1024 and stats["items"] < 40
+    assert memcache.get("k39") == b"x" * 100_000 and memcache.get("k0") is None
+    small.proc.terminate()
+    small.proc.wait(10)
+    supervisor.children.remove(small)
+
+
+def test_a_shard_that_goes_down_turns_into_misses_not_errors(supervisor, as_app):
+    extra = [start_shard(supervisor, f"memcache-doomed-{n}") for n in range(2)]
+    as_app("cacher", [c.address for c in extra])
+    keys = [f"d{i}" for i in range(50)]
+    assert memcache.set_multi({k: k for k in keys}) == []
+    extra[0].proc.send_signal(signal.SIGKILL)
+    extra[0].proc.wait(10)
+    supervisor.children.remove(extra[0])
+    found = memcache.get_multi(keys)
+    assert 0 < len(found) < len(keys) and all(found[k] == k for k in found)  # the live shard's half
+    failed = memcache.set_multi({k: "again" for k in keys})
+    assert 0 < len(failed) < len(keys)
+    assert memcache.get("d0") in (None, "d0", "again")
+    extra[1].proc.terminate()
+    extra[1].proc.wait(10)
+    supervisor.children.remove(extra[1])
+
+
+def test_adding_a_shard_moves_only_its_share_of_keys(supervisor, shards, as_app):
+    keys = [f"m{i}" for i in range(300)]
+    assert memcache.set_multi({k: k for k in keys}) == []
+    newcomer = start_shard(supervisor, "memcache-newcomer")
+    as_app("cacher", [s.address for s in shards] + [newcomer.address])
+    still = memcache.get_multi(keys)
+    assert 0.6 * len(keys) < len(still) < 0.9 * len(keys)  # about a quarter moved to the empty newcomer
+    newcomer.proc.terminate()
+    newcomer.proc.wait(10)
+    supervisor.children.remove(newcomer)
+
+
+@pytest.fixture(scope="module")
+def text_shard(supervisor):
+    port = free_port()
+    child = start_shard(supervisor, "memcache-text", "--text-listen", f"127.0.0.1:{port}", "--text-app", "tools")
+    return child, port
+
+
+def test_pymemcache_speaks_to_the_text_protocol(text_shard):
+    _, port = text_shard
+    client = TextClient(("127.0.0.1", port), default_noreply=False, connect_timeout=5, timeout=5)
+    assert client.set("k", b"v", expire=60) is True
+    assert client.get("k") == b"v"
+    assert client.add("k", b"w") is False and client.replace("k", b"w") is True
+    value, cas = client.gets("k")
+    assert value == b"w" and client.cas("k", b"x", cas) is True and client.cas("k", b"y", cas) is False
+    assert client.incr("n", 1) is None
+    client.set("n", b"41")
+    assert client.incr("n", 1) == 42 and client.decr("n", 50) == 0
+    assert client.append("k", b"!") is True and client.get("k") == b"x!"
+    assert client.touch("k", 100) is True
+    assert client.delete("k") is True and client.get("k") is None
+    assert client.get_many(["n", "zz"]) == {"n": b"0"}
+    assert b"get_hits" in b" ".join(k for k in client.stats())
+    assert client.version()
+    client.close()
+
+
+def test_the_text_protocol_serves_its_app_through_the_grpc_api_too(text_shard, monkeypatch):
+    child, port = text_shard
+    client = TextClient(("127.0.0.1", port), default_noreply=False, timeout=5)
+    client.set("shared", b"from-text")
+    client.close()
+    monkeypatch.setenv("KILN_MEMCACHE_ADDR", child.address)
+    monkeypatch.setenv("KILN_APP_TOKEN", auth.mint_app_token(SECRET, "tools"))
+    memcache.reset()
+    assert memcache.get("shared") == b"from-text"
+    memcache.reset()
+
+
+def test_the_text_protocol_rejects_bad_input_and_keeps_serving(text_shard):
+    _, port = text_shard
+    client = TextClient(("127.0.0.1", port), default_noreply=False, timeout=5)
+    with pytest.raises(MemcacheClientError):
+        client.set("bad key", b"v")  # pymemcache refuses it itself
+    import socket
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        reader = raw.makefile("rb")
+        raw.sendall(b"bogus command\r\n")
+        assert reader.readline() == b"ERROR\r\n"
+        raw.sendall(b"incr\r\n")
+        assert reader.readline().startswith(b"CLIENT_ERROR")
+        raw.sendall(b"set k 0 0 2000000\r\n")
+        assert reader.readline().startswith(b"CLIENT_ERROR object too large")
+        reader.close()
+    assert client.set("ok", b"1") is True
+    client.close()
