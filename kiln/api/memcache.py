@@ -17,12 +17,13 @@ working; it is skipped for a few seconds before being tried again.
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 import os
 import pickle
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -172,15 +173,20 @@ def _namespace(namespace: str | None) -> str:
 
 def _call_each(method: str, by_shard: Mapping[str, Any]) -> dict[str, Any]:
     """Call ``method`` on each shard concurrently; a shard that fails maps to None (and rests a while)."""
-    futures = {}
+    out: dict[str, Any] = dict.fromkeys(by_shard)
+    calls: dict[str, Callable[[], Any]] = {}
     for address, request in by_shard.items():
         stub = _shards.stub(address)
-        if stub is not None:
-            futures[address] = getattr(stub, method).future(request, timeout=CALL_TIMEOUT, metadata=_metadata())
-    out: dict[str, Any] = dict.fromkeys(by_shard)
-    for address, future in futures.items():
+        if stub is None:
+            continue
+        rpc = getattr(stub, method)
+        if len(by_shard) == 1:  # one shard: a blocking call costs less than a future
+            calls[address] = functools.partial(rpc, request, timeout=CALL_TIMEOUT, metadata=_metadata())
+        else:
+            calls[address] = rpc.future(request, timeout=CALL_TIMEOUT, metadata=_metadata()).result
+    for address, wait in calls.items():
         try:
-            out[address] = future.result()
+            out[address] = wait()
         except grpc.RpcError as exc:
             if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 _shards.failed(address)
