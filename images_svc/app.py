@@ -1,19 +1,21 @@
-"""Wiring of images_svc.
-
-The contract (``kiln.pb.images.v1.ImagesService``) is served and discoverable by
-reflection and health checks; its methods answer UNIMPLEMENTED until issue #7
-builds them.
-"""
+"""Wiring of images_svc: Pillow's process-wide limits, the servicer, the gRPC server."""
 
 from __future__ import annotations
 
+from images_svc import imaging
 from images_svc.config import ImagesConfig
+from images_svc.service import ImagesService
 from kiln import grpcserver
-from kiln.pb.images.v1 import images_pb2
+from kiln.pb.images.v1 import images_pb2, images_pb2_grpc
 
-SERVICE = images_pb2.DESCRIPTOR.services_by_name["ImagesService"]
+SERVICE_NAME = images_pb2.DESCRIPTOR.services_by_name["ImagesService"].full_name
 
 
 async def serve(cfg: ImagesConfig) -> None:
     """Run the service until SIGTERM."""
-    await grpcserver.serve(cfg, [], [(SERVICE.full_name, grpcserver.unimplemented(SERVICE, issue="issue #7"))])
+    imaging.configure(cfg.max_pixels)
+    service = ImagesService(secret=cfg.service_secret.get(), max_pixels=cfg.max_pixels, workers=cfg.workers,
+                            max_waiting=cfg.max_waiting, jpeg_draft=cfg.jpeg_draft)
+    registration = grpcserver.Registration(SERVICE_NAME, images_pb2_grpc.add_ImagesServiceServicer_to_server,
+                                           service)
+    await grpcserver.serve(cfg, [registration], on_stop=service.close)

@@ -50,7 +50,7 @@ CATALOG: dict[str, dict[str, tuple[str, ...]]] = {
     "lxml": {"6.0": ("lxml==6.0.2",)},
     "markupsafe": {"3.0": ("MarkupSafe==3.0.3",)},
     "numpy": {"2.3": ("numpy==2.3.5",)},
-    "PIL": {"12.0": ("pillow==12.0.0",)},
+    "PIL": {"12.0": ("pillow==12.0.0",), "13.0": ("pillow==13.0.0",)},
     "pytz": {"2026.1": ("pytz==2026.1",)},
     "six": {"1.17": ("six==1.17.0",)},
     "webob": {"1.8": ("WebOb==1.8.9",)},

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ekiln/pb/images/v1/images.proto\x12\x11kiln.pb.images.v1\"\x1c\n\tImageData\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\x0c\"\xb3\x03\n\tTransform\x12\x12\n\x05width\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x13\n\x06height\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x13\n\x0b\x63rop_to_fit\x18\x03 \x01(\x08\x12\x15\n\rcrop_offset_x\x18\x04 \x01(\x02\x12\x15\n\rcrop_offset_y\x18\x05 \x01(\x02\x12\x15\n\rallow_stretch\x18\x06 \x01(\x08\x12\x13\n\x06rotate\x18\x07 \x01(\x05H\x02\x88\x01\x01\x12\x17\n\x0fhorizontal_flip\x18\x08 \x01(\x08\x12\x15\n\rvertical_flip\x18\t \x01(\x08\x12\x18\n\x0b\x63rop_left_x\x18\n \x01(\x02H\x03\x88\x01\x01\x12\x17\n\ncrop_top_y\x18\x0b \x01(\x02H\x04\x88\x01\x01\x12\x19\n\x0c\x63rop_right_x\x18\x0c \x01(\x02H\x05\x88\x01\x01\x12\x1a\n\rcrop_bottom_y\x18\r \x01(\x02H\x06\x88\x01\x01\x12\x12\n\nautolevels\x18\x0e \x01(\x08\x42\x08\n\x06_widthB\t\n\x07_heightB\t\n\x07_rotateB\x0e\n\x0c_crop_left_xB\r\n\x0b_crop_top_yB\x0f\n\r_crop_right_xB\x10\n\x0e_crop_bottom_y\"]\n\x0eOutputSettings\x12)\n\x06\x66ormat\x18\x01 \x01(\x0e\x32\x19.kiln.pb.images.v1.Format\x12\x14\n\x07quality\x18\x02 \x01(\x05H\x00\x88\x01\x01\x42\n\n\x08_quality\"\xc1\x01\n\x10TransformRequest\x12+\n\x05image\x18\x01 \x01(\x0b\x32\x1c.kiln.pb.images.v1.ImageData\x12\x30\n\ntransforms\x18\x02 \x03(\x0b\x32\x1c.kiln.pb.images.v1.Transform\x12\x31\n\x06output\x18\x03 \x01(\x0b\x32!.kiln.pb.images.v1.OutputSettings\x12\x1b\n\x13\x63orrect_orientation\x18\x04 \x01(\x08\"_\n\x11TransformResponse\x12+\n\x05image\x18\x01 \x01(\x0b\x32\x1c.kiln.pb.images.v1.ImageData\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x0e\n\x06height\x18\x03 \x01(\x05\"\x86\x01\n\x0e\x43ompositeLayer\x12\x14\n\x0csource_index\x18\x01 \x01(\x05\x12\x10\n\x08x_offset\x18\x02 \x01(\x05\x12\x10\n\x08y_offset\x18\x03 \x01(\x05\x12\x0f\n\x07opacity\x18\x04 \x01(\x02\x12)\n\x06\x61nchor\x18\x05 \x01(\x0e\x32\x19.kiln.pb.images.v1.Anchor\"\xd4\x01\n\x10\x43ompositeRequest\x12,\n\x06images\x18\x01 \x03(\x0b\x32\x1c.kiln.pb.images.v1.ImageData\x12\x31\n\x06layers\x18\x02 \x03(\x0b\x32!.kiln.pb.images.v1.CompositeLayer\x12\r\n\x05width\x18\x03 \x01(\x05\x12\x0e\n\x06height\x18\x04 \x01(\x05\x12\r\n\x05\x63olor\x18\x05 \x01(\r\x12\x31\n\x06output\x18\x06 \x01(\x0b\x32!.kiln.pb.images.v1.OutputSettings\"@\n\x11\x43ompositeResponse\x12+\n\x05image\x18\x01 \x01(\x0b\x32\x1c.kiln.pb.images.v1.ImageData\"?\n\x10HistogramRequest\x12+\n\x05image\x18\x01 \x01(\x0b\x32\x1c.kiln.pb.images.v1.ImageData\"=\n\x11HistogramResponse\x12\x0b\n\x03red\x18\x01 \x03(\x05\x12\r\n\x05green\x18\x02 \x03(\x05\x12\x0c\n\x04\x62lue\x18\x03 \x03(\x05\"=\n\x0eGetInfoRequest\x12+\n\x05image\x18\x01 \x01(\x0b\x32\x1c.kiln.pb.images.v1.ImageData\"[\n\x0fGetInfoResponse\x12)\n\x06\x66ormat\x18\x01 \x01(\x0e\x32\x19.kiln.pb.images.v1.Format\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x0e\n\x06height\x18\x03 \x01(\x05*\xc1\x02\n\x0fImagesErrorCode\x12!\n\x1dIMAGES_ERROR_CODE_UNSPECIFIED\x10\x00\x12(\n$IMAGES_ERROR_CODE_BAD_TRANSFORM_DATA\x10\x01\x12\x1f\n\x1bIMAGES_ERROR_CODE_NOT_IMAGE\x10\x02\x12$\n IMAGES_ERROR_CODE_BAD_IMAGE_DATA\x10\x03\x12%\n!IMAGES_ERROR_CODE_IMAGE_TOO_LARGE\x10\x04\x12&\n\"IMAGES_ERROR_CODE_INVALID_BLOB_KEY\x10\x05\x12#\n\x1fIMAGES_ERROR_CODE_ACCESS_DENIED\x10\x06\x12&\n\"IMAGES_ERROR_CODE_OBJECT_NOT_FOUND\x10\x07*\x93\x01\n\x06\x46ormat\x12\x16\n\x12\x46ORMAT_UNSPECIFIED\x10\x00\x12\x0e\n\nFORMAT_PNG\x10\x01\x12\x0f\n\x0b\x46ORMAT_JPEG\x10\x02\x12\x0f\n\x0b\x46ORMAT_WEBP\x10\x03\x12\x0e\n\nFORMAT_GIF\x10\x04\x12\x0e\n\nFORMAT_BMP\x10\x05\x12\x0f\n\x0b\x46ORMAT_TIFF\x10\x06\x12\x0e\n\nFORMAT_ICO\x10\x07*\xf8\x01\n\x06\x41nchor\x12\x16\n\x12\x41NCHOR_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x41NCHOR_TOP_LEFT\x10\x01\x12\x15\n\x11\x41NCHOR_TOP_CENTER\x10\x02\x12\x14\n\x10\x41NCHOR_TOP_RIGHT\x10\x03\x12\x16\n\x12\x41NCHOR_CENTER_LEFT\x10\x04\x12\x18\n\x14\x41NCHOR_CENTER_CENTER\x10\x05\x12\x17\n\x13\x41NCHOR_CENTER_RIGHT\x10\x06\x12\x16\n\x12\x41NCHOR_BOTTOM_LEFT\x10\x07\x12\x18\n\x14\x41NCHOR_BOTTOM_CENTER\x10\x08\x12\x17\n\x13\x41NCHOR_BOTTOM_RIGHT\x10\t2\xe9\x02\n\rImagesService\x12V\n\tTransform\x12#.kiln.pb.images.v1.TransformRequest\x1a$.kiln.pb.images.v1.TransformResponse\x12V\n\tComposite\x12#.kiln.pb.images.v1.CompositeRequest\x1a$.kiln.pb.images.v1.CompositeResponse\x12V\n\tHistogram\x12#.kiln.pb.images.v1.HistogramRequest\x1a$.kiln.pb.images.v1.HistogramResponse\x12P\n\x07GetInfo\x12!.kiln.pb.images.v1.GetInfoRequest\x1a\".kiln.pb.images.v1.GetInfoResponseBB\n\x15\x64\x65v.kiln.pb.images.v1P\x01Z\'kiln.dev/gen/kiln/pb/images/v1;imagesv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ekiln/pb/images/v1/images.proto\x12\x11kiln.pb.images.v1\".\n\tImageData\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\x0c\x12\x10\n\x08\x62lob_key\x18\x02 \x01(\t\"\xe1\x03\n\tTransform\x12\x12\n\x05width\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x13\n\x06height\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x13\n\x0b\x63rop_to_fit\x18\x03 \x01(\x08\x12\x1a\n\rcrop_offset_x\x18\x04 \x01(\x02H\x02\x88\x01\x01\x12\x1a\n\rcrop_offset_y\x18\x05 \x01(\x02H\x03\x88\x01\x01\x12\x15\n\rallow_stretch\x18\x06 \x01(\x08\x12\x13\n\x06rotate\x18\x07 \x01(\x05H\x04\x88\x01\x01\x12\x17\n\x0fhorizontal_flip\x18\x08 \x01(\x08\x12\x15\n\rvertical_flip\x18\t \x01(\x08\x12\x18\n\x0b\x63rop_left_x\x18\n \x01(\x02H\x05\x88\x01\x01\x12\x17\n\ncrop_top_y\x18\x0b \x01(\x02H\x06\x88\x01\x01\x12\x19\n\x0c\x63rop_right_x\x18\x0c \x01(\x02H\x07\x88\x01\x01\x12\x1a\n\rcrop_bottom_y\x18\r \x01(\x02H\x08\x88\x01\x01\x12\x12\n\nautolevels\x18\x0e \x01(\x08\x42\x08\n\x06_widthB\t\n\x07_heightB\x10\n\x0e_crop_offset_xB\x10\n\x0e_crop_offset_yB\t\n\x07_rotateB\x0e\n\x0c_crop_left_xB\r\n\x0b_crop_top_yB\x0f\n\r_crop_right_xB\x10\n\x0e_crop_bottom_y\"]\n\x0eOutputSettings\x12)\n\x06\x66ormat\x18\x01 \x01(\x0e\x32\x19.kiln.pb.images.v1.Format\x12\x14\n\x07quality\x18\x02 \x01(\x05H\x00\x88\x01\x01\x42\n\n\x08_quality\"\xa5\x02\n\x10TransformRequest\x12+\n\x05image\x18\x01 \x01(\x0b\x32\x1c.kiln.pb.images.v1.ImageData\x12\x30\n\ntransforms\x18\x02 \x03(\x0b\x32\x1c.kiln.pb.images.v1.Transform\x12\x31\n\x06output\x18\x03 \x01(\x0b\x32!.kiln.pb.images.v1.OutputSettings\x12\x1b\n\x13\x63orrect_orientation\x18\x04 \x01(\x08\x12\x16\n\x0eparse_metadata\x18\x05 \x01(\x08\x12)\n\x1ctransparent_substitution_rgb\x18\x06 \x01(\rH\x00\x88\x01\x01\x42\x1f\n\x1d_transparent_substitution_rgb\"x\n\x11TransformResponse\x12+\n\x05image\x18\x01 \x01(\x0b\x32\x1c.kiln.pb.images.v1.ImageData\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x0e\n\x06height\x18\x03 \x01(\x05\x12\x17\n\x0fsource_metadata\x18\x04 \x01(\t\"\x97\x01\n\x0e\x43ompositeLayer\x12\x14\n\x0csource_index\x18\x01 \x01(\x05\x12\x10\n\x08x_offset\x18\x02 \x01(\x05\x12\x10\n\x08y_offset\x18\x03 \x01(\x05\x12\x14\n\x07opacity\x18\x04 \x01(\x02H\x00\x88\x01\x01\x12)\n\x06\x61nchor\x18\x05 \x01(\x0e\x32\x19.kiln.pb.images.v1.AnchorB\n\n\x08_opacity\"\xd4\x01\n\x10\x43ompositeRequest\x12,\n\x06images\x18\x01 \x03(\x0b\x32\x1c.kiln.pb.images.v1.ImageData\x12\x31\n\x06layers\x18\x02 \x03(\x0b\x32!.kiln.pb.images.v1.CompositeLayer\x12\r\n\x05width\x18\x03 \x01(\x05\x12\x0e\n\x06height\x18\x04 \x01(\x05\x12\r\n\x05\x63olor\x18\x05 \x01(\r\x12\x31\n\x06output\x18\x06 \x01(\x0b\x32!.kiln.pb.images.v1.OutputSettings\"@\n\x11\x43ompositeResponse\x12+\n\x05image\x18\x01 \x01(\x0b\x32\x1c.kiln.pb.images.v1.ImageData\"?\n\x10HistogramRequest\x12+\n\x05image\x18\x01 \x01(\x0b\x32\x1c.kiln.pb.images.v1.ImageData\"=\n\x11HistogramResponse\x12\x0b\n\x03red\x18\x01 \x03(\x05\x12\r\n\x05green\x18\x02 \x03(\x05\x12\x0c\n\x04\x62lue\x18\x03 \x03(\x05\"=\n\x0eGetInfoRequest\x12+\n\x05image\x18\x01 \x01(\x0b\x32\x1c.kiln.pb.images.v1.ImageData\"[\n\x0fGetInfoResponse\x12)\n\x06\x66ormat\x18\x01 \x01(\x0e\x32\x19.kiln.pb.images.v1.Format\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x0e\n\x06height\x18\x03 \x01(\x05*\xc1\x02\n\x0fImagesErrorCode\x12!\n\x1dIMAGES_ERROR_CODE_UNSPECIFIED\x10\x00\x12(\n$IMAGES_ERROR_CODE_BAD_TRANSFORM_DATA\x10\x01\x12\x1f\n\x1bIMAGES_ERROR_CODE_NOT_IMAGE\x10\x02\x12$\n IMAGES_ERROR_CODE_BAD_IMAGE_DATA\x10\x03\x12%\n!IMAGES_ERROR_CODE_IMAGE_TOO_LARGE\x10\x04\x12&\n\"IMAGES_ERROR_CODE_INVALID_BLOB_KEY\x10\x05\x12#\n\x1fIMAGES_ERROR_CODE_ACCESS_DENIED\x10\x06\x12&\n\"IMAGES_ERROR_CODE_OBJECT_NOT_FOUND\x10\x07*\x93\x01\n\x06\x46ormat\x12\x16\n\x12\x46ORMAT_UNSPECIFIED\x10\x00\x12\x0e\n\nFORMAT_PNG\x10\x01\x12\x0f\n\x0b\x46ORMAT_JPEG\x10\x02\x12\x0f\n\x0b\x46ORMAT_WEBP\x10\x03\x12\x0e\n\nFORMAT_GIF\x10\x04\x12\x0e\n\nFORMAT_BMP\x10\x05\x12\x0f\n\x0b\x46ORMAT_TIFF\x10\x06\x12\x0e\n\nFORMAT_ICO\x10\x07*\xf8\x01\n\x06\x41nchor\x12\x16\n\x12\x41NCHOR_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x41NCHOR_TOP_LEFT\x10\x01\x12\x15\n\x11\x41NCHOR_TOP_CENTER\x10\x02\x12\x14\n\x10\x41NCHOR_TOP_RIGHT\x10\x03\x12\x16\n\x12\x41NCHOR_CENTER_LEFT\x10\x04\x12\x18\n\x14\x41NCHOR_CENTER_CENTER\x10\x05\x12\x17\n\x13\x41NCHOR_CENTER_RIGHT\x10\x06\x12\x16\n\x12\x41NCHOR_BOTTOM_LEFT\x10\x07\x12\x18\n\x14\x41NCHOR_BOTTOM_CENTER\x10\x08\x12\x17\n\x13\x41NCHOR_BOTTOM_RIGHT\x10\t2\xe9\x02\n\rImagesService\x12V\n\tTransform\x12#.kiln.pb.images.v1.TransformRequest\x1a$.kiln.pb.images.v1.TransformResponse\x12V\n\tComposite\x12#.kiln.pb.images.v1.CompositeRequest\x1a$.kiln.pb.images.v1.CompositeResponse\x12V\n\tHistogram\x12#.kiln.pb.images.v1.HistogramRequest\x1a$.kiln.pb.images.v1.HistogramResponse\x12P\n\x07GetInfo\x12!.kiln.pb.images.v1.GetInfoRequest\x1a\".kiln.pb.images.v1.GetInfoResponseBB\n\x15\x64\x65v.kiln.pb.images.v1P\x01Z\'kiln.dev/gen/kiln/pb/images/v1;imagesv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,36 +33,36 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kiln.pb.images.v1.images_pb
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\025dev.kiln.pb.images.v1P\001Z\'kiln.dev/gen/kiln/pb/images/v1;imagesv1'
-  _globals['_IMAGESERRORCODE']._serialized_start=1612
-  _globals['_IMAGESERRORCODE']._serialized_end=1933
-  _globals['_FORMAT']._serialized_start=1936
-  _globals['_FORMAT']._serialized_end=2083
-  _globals['_ANCHOR']._serialized_start=2086
-  _globals['_ANCHOR']._serialized_end=2334
+  _globals['_IMAGESERRORCODE']._serialized_start=1818
+  _globals['_IMAGESERRORCODE']._serialized_end=2139
+  _globals['_FORMAT']._serialized_start=2142
+  _globals['_FORMAT']._serialized_end=2289
+  _globals['_ANCHOR']._serialized_start=2292
+  _globals['_ANCHOR']._serialized_end=2540
   _globals['_IMAGEDATA']._serialized_start=53
-  _globals['_IMAGEDATA']._serialized_end=81
-  _globals['_TRANSFORM']._serialized_start=84
-  _globals['_TRANSFORM']._serialized_end=519
-  _globals['_OUTPUTSETTINGS']._serialized_start=521
-  _globals['_OUTPUTSETTINGS']._serialized_end=614
-  _globals['_TRANSFORMREQUEST']._serialized_start=617
-  _globals['_TRANSFORMREQUEST']._serialized_end=810
-  _globals['_TRANSFORMRESPONSE']._serialized_start=812
-  _globals['_TRANSFORMRESPONSE']._serialized_end=907
-  _globals['_COMPOSITELAYER']._serialized_start=910
-  _globals['_COMPOSITELAYER']._serialized_end=1044
-  _globals['_COMPOSITEREQUEST']._serialized_start=1047
-  _globals['_COMPOSITEREQUEST']._serialized_end=1259
-  _globals['_COMPOSITERESPONSE']._serialized_start=1261
-  _globals['_COMPOSITERESPONSE']._serialized_end=1325
-  _globals['_HISTOGRAMREQUEST']._serialized_start=1327
-  _globals['_HISTOGRAMREQUEST']._serialized_end=1390
-  _globals['_HISTOGRAMRESPONSE']._serialized_start=1392
-  _globals['_HISTOGRAMRESPONSE']._serialized_end=1453
-  _globals['_GETINFOREQUEST']._serialized_start=1455
-  _globals['_GETINFOREQUEST']._serialized_end=1516
-  _globals['_GETINFORESPONSE']._serialized_start=1518
-  _globals['_GETINFORESPONSE']._serialized_end=1609
-  _globals['_IMAGESSERVICE']._serialized_start=2337
-  _globals['_IMAGESSERVICE']._serialized_end=2698
+  _globals['_IMAGEDATA']._serialized_end=99
+  _globals['_TRANSFORM']._serialized_start=102
+  _globals['_TRANSFORM']._serialized_end=583
+  _globals['_OUTPUTSETTINGS']._serialized_start=585
+  _globals['_OUTPUTSETTINGS']._serialized_end=678
+  _globals['_TRANSFORMREQUEST']._serialized_start=681
+  _globals['_TRANSFORMREQUEST']._serialized_end=974
+  _globals['_TRANSFORMRESPONSE']._serialized_start=976
+  _globals['_TRANSFORMRESPONSE']._serialized_end=1096
+  _globals['_COMPOSITELAYER']._serialized_start=1099
+  _globals['_COMPOSITELAYER']._serialized_end=1250
+  _globals['_COMPOSITEREQUEST']._serialized_start=1253
+  _globals['_COMPOSITEREQUEST']._serialized_end=1465
+  _globals['_COMPOSITERESPONSE']._serialized_start=1467
+  _globals['_COMPOSITERESPONSE']._serialized_end=1531
+  _globals['_HISTOGRAMREQUEST']._serialized_start=1533
+  _globals['_HISTOGRAMREQUEST']._serialized_end=1596
+  _globals['_HISTOGRAMRESPONSE']._serialized_start=1598
+  _globals['_HISTOGRAMRESPONSE']._serialized_end=1659
+  _globals['_GETINFOREQUEST']._serialized_start=1661
+  _globals['_GETINFOREQUEST']._serialized_end=1722
+  _globals['_GETINFORESPONSE']._serialized_start=1724
+  _globals['_GETINFORESPONSE']._serialized_end=1815
+  _globals['_IMAGESSERVICE']._serialized_start=2543
+  _globals['_IMAGESSERVICE']._serialized_end=2904
 # @@protoc_insertion_point(module_scope)
