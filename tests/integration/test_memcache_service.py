@@ -274,3 +274,12 @@ def test_the_text_protocol_rejects_bad_input_and_keeps_serving(text_shard):
         reader.close()
     assert client.set("ok", b"1") is True
     client.close()
+
+
+def test_items_expire_relative_or_at_an_absolute_time(as_app):
+    import time
+    memcache.set("short", "v", time=1)
+    memcache.set("absolute", "v", time=time.time() + 1)
+    memcache.set("kept", "v", time=3600)
+    time.sleep(1.5)
+    assert memcache.get_multi(["short", "absolute", "kept"]) == {"kept": "v"}
