@@ -41,6 +41,8 @@ def _dev(args: argparse.Namespace) -> int:
         return 1
     print(f"kiln dev: serving app {server.app_id!r} (version {server.version_id}, storage {opts.storage}) "
           f"at {server.url}", flush=True)
+    print(f"kiln dev: mail goes to {server.outbox_dir}; SMTP for *@{server.app_id}.mail.localhost on "
+          f"{server.addresses['mail_smtp']}", flush=True)
     print(f"kiln dev: data in {server.data_dir}; logs in {server.run_dir}; Ctrl-C stops", flush=True)
     try:
         status = server.wait()

@@ -134,8 +134,8 @@ class DevServer:
         env = {**os.environ, **{f"KILN_{svc.split('_')[0].upper()}_SERVICE_SECRET": self._secret for svc in SERVICES}}
         pending = []
         for svc in SERVICES:
-            if svc == "urlfetch_svc":
-                continue  # after the router, whose address it needs
+            if svc in ("urlfetch_svc", "mail_svc"):
+                continue  # after the router, whose address they need
             args = ["--listen", "127.0.0.1:0", "--ready-file", str(run / f"{svc}.addr")]
             if svc == "logs_svc":
                 args += ["--data-dir", str(self.data_dir / "logs")]
@@ -155,9 +155,9 @@ class DevServer:
         # The router starts first so that, given port 0, its bound port is known
         # before the runtime is told its default hostname.
         router_addr = f"{self.opts.host}:{self.opts.port}"
-        inbound = secrets.token_hex(32)
+        inbound, platform = secrets.token_hex(32), secrets.token_hex(32)
         router_env = {**env, "KILN_ROUTER_SESSION_SECRET": self._session_key(), "KILN_ROUTER_INBOUND_SECRET": inbound,
-                      "KILN_ROUTER_NATS_URL": self.nats_url}
+                      "KILN_ROUTER_PLATFORM_SECRET": platform, "KILN_ROUTER_NATS_URL": self.nats_url}
         router = sup.start("router", python_module(
             "router", "--listen", router_addr,
             "--dev-app", f"{self.app_id}={self.version_id}",
@@ -176,6 +176,17 @@ class DevServer:
                              env={**env, "KILN_URLFETCH_INBOUND_SECRET": inbound},
                              ready_file=run / "urlfetch_svc.addr")
         self.addresses["urlfetch_svc"] = urlfetch.address
+        # Mail: no relay, so messages go to the development outbox (and the log); an SMTP listener on a free
+        # port takes inbound mail for *@APP.mail.localhost and posts it to the app through the router.
+        mail = sup.start("mail_svc", python_module(
+            "mail_svc", "--listen", "127.0.0.1:0", "--ready-file", str(run / "mail_svc.addr"),
+            "--outbox-dir", str(self.outbox_dir), "--inbound-listen", "127.0.0.1:0",
+            "--inbound-ready-file", str(run / "mail_svc.smtp"), "--router-url", f"http://127.0.0.1:{router_port}",
+            "--apps-domain", "localhost"),
+            env={**env, "KILN_MAIL_NATS_URL": self.nats_url, "KILN_MAIL_PLATFORM_SECRET": platform},
+            ready_file=run / "mail_svc.addr")
+        self.addresses["mail_svc"] = mail.address
+        self.addresses["mail_smtp"] = (run / "mail_svc.smtp").read_text().strip()
         runtime_args = [
             "--dev", "--listen", "127.0.0.1:0", "--request-deadline-seconds", str(self.opts.request_deadline),
             "--default-hostname", f"{'localhost' if self.opts.host in ('127.0.0.1', '0.0.0.0') else self.opts.host}"
@@ -192,6 +203,11 @@ class DevServer:
             "--ready-file", str(run / "manager.ready"), "--", *runtime_args),
             env=manager_env, ready_file=run / "manager.ready", timeout=120)
         self.url = f"http://{router.address}/"
+
+    @property
+    def outbox_dir(self) -> pathlib.Path:
+        """The development outbox: mail the app sent, one ``.eml`` (and ``.json``) per message under APP/."""
+        return self.data_dir / "mail-outbox"
 
     @property
     def instances_dir(self) -> pathlib.Path:

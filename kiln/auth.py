@@ -87,3 +87,61 @@ def verify_inbound(secret: str, signature: str, app_id: str, method: str, host: 
     if abs(now - int(stamp)) > INBOUND_MAX_AGE_SECONDS:
         return False
     return hmac.compare_digest(mac, _inbound_mac(secret, int(stamp), app_id, method, host, path))
+
+
+# --- The signed-in user, vouched for by the router -------------------------------------------------------------
+#
+# A service that must know who is signed in (mail's sender rule) cannot believe the app: the router signs the
+# user it established for a request, for that app, until the request's deadline; the runtime hands the proof to
+# the app's SDK, which sends it along. With it an app can act as that user only as long as the request could.
+
+def _user_mac(secret: str, expires: int, app_id: str, email: str) -> str:
+    message = "\n".join(("kiln-user", str(expires), app_id, email.lower()))
+    return hmac.new(secret.encode(), message.encode(), hashlib.sha256).hexdigest()
+
+
+def sign_user(secret: str, app_id: str, email: str, expires: float) -> str:
+    """The proof that ``email`` is signed in to a request of ``app_id`` that ends by ``expires`` (Unix time)."""
+    stamp = int(expires) + 1
+    return f"{stamp}.{_user_mac(secret, stamp, app_id, email)}"
+
+
+def verify_user(secret: str, proof: str, app_id: str, email: str, now: float) -> bool:
+    """True if ``proof`` is the router's, for this app and user, and not expired."""
+    stamp, sep, mac = proof.partition(".")
+    if not secret or not sep or not stamp.isdigit() or len(stamp) > 12 or not email:
+        return False
+    if now > int(stamp):
+        return False
+    return hmac.compare_digest(mac, _user_mac(secret, int(stamp), app_id, email))
+
+
+# --- Requests kiln's own services make to apps (inbound mail, cron) ---------------------------------------------
+
+PLATFORM_HEADER = "X-Kiln-Platform"
+PLATFORM_SIGNATURE_HEADER = "X-Kiln-Platform-Signature"
+PLATFORM_CALLERS = frozenset({"mail", "cron"})
+
+
+def _platform_mac(secret: str, stamp: int, caller: str, method: str, host: str, path: str) -> str:
+    message = "\n".join(("kiln-platform", str(stamp), caller, method.upper(), host.lower(), path))
+    return hmac.new(secret.encode(), message.encode(), hashlib.sha256).hexdigest()
+
+
+def sign_platform(secret: str, caller: str, method: str, host: str, path: str, now: float) -> str:
+    """The signature a kiln service (``caller``: mail, cron) sends with a request it makes to an app through the
+    router: it binds the service to one request (method, host without port, path with query) for
+    :data:`INBOUND_MAX_AGE_SECONDS`."""
+    stamp = int(now)
+    return f"{stamp}.{_platform_mac(secret, stamp, caller, method, host, path)}"
+
+
+def verify_platform(secret: str, signature: str, caller: str, method: str, host: str, path: str,
+                    now: float) -> bool:
+    """True if ``signature`` is kiln service ``caller``'s for this request, and recent."""
+    stamp, sep, mac = signature.partition(".")
+    if not secret or not sep or not stamp.isdigit() or caller not in PLATFORM_CALLERS:
+        return False
+    if abs(now - int(stamp)) > INBOUND_MAX_AGE_SECONDS:
+        return False
+    return hmac.compare_digest(mac, _platform_mac(secret, int(stamp), caller, method, host, path))

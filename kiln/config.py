@@ -209,3 +209,14 @@ def parse_hostport(value: str, name: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"{name}: expected host:port, got {value!r}")
     return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def parse_app_emails(spec: str, name: str) -> dict[str, frozenset[str]]:
+    """``app=email;email[,app=email...]`` (e.g. administrators per app) as app -> lower-cased emails."""
+    out: dict[str, frozenset[str]] = {}
+    for item in filter(None, (i.strip() for i in spec.split(","))):
+        app, sep, emails = item.partition("=")
+        if not sep or not app or not emails:
+            raise ValueError(f"{name}: expected app=email;email, got {item!r}")
+        out[app.strip()] = frozenset(e.strip().lower() for e in emails.split(";") if e.strip())
+    return out

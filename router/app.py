@@ -112,9 +112,14 @@ class Router:
         user = self.sessions.read(request.cookies.get(users.COOKIE))
         if user is not None and user.email.lower() in self.admins.get(target.app_id, frozenset()):
             user.is_admin = True
+        platform = self._platform_caller(request)
         version = self.local.get(target.app_id, target.version_id)
+        if request.path.startswith(INBOUND_MAIL_PREFIX):
+            refused = _refuse_inbound_mail(platform, version)
+            if refused is not None:
+                return refused
         if version is not None:
-            early = await self._apply_handler(request, version, scheme, user)
+            early = await self._apply_handler(request, version, scheme, user, platform)
             if early is not None:
                 return early
         if request.content_length is not None and request.content_length > self.cfg.max_request_bytes:
@@ -160,8 +165,12 @@ class Router:
         return out
 
     async def _apply_handler(self, request: web.Request, version: Version, scheme: str,
-                             user: http_pb2.SignedInUser | None) -> web.StreamResponse | None:
-        """secure, login and static handling; ``None`` to go on to the app."""
+                             user: http_pb2.SignedInUser | None, platform: str | None) -> web.StreamResponse | None:
+        """secure, login and static handling; ``None`` to go on to the app.
+
+        Requests from kiln's own services (``platform``: inbound mail, cron) pass ``login``, as App Engine's own
+        requests pass ``login: admin``.
+        """
         path = urllib.parse.unquote(request.raw_path.split("?", 1)[0])
         found = version.matcher.match(path)
         if found is None:
@@ -171,7 +180,7 @@ class Router:
             return _switch_scheme(request, "https", handler.redirect_http_response_code)
         if handler.secure == "never" and scheme == "https":
             return _switch_scheme(request, "http", handler.redirect_http_response_code)
-        if handler.login != "optional":
+        if handler.login != "optional" and platform is None:
             if user is None:
                 if handler.auth_fail_action == "unauthorized":
                     return responses.plain(401, "Login required.")
@@ -231,6 +240,17 @@ class Router:
             return False
         return any(ip in net for net in self.trusted)
 
+    def _platform_caller(self, request: web.Request) -> str | None:
+        """The kiln service (mail, cron) that signed this request, or ``None``."""
+        secret = self.cfg.platform_secret.get()
+        caller = request.headers.get(auth.PLATFORM_HEADER, "")
+        signature = request.headers.get(auth.PLATFORM_SIGNATURE_HEADER, "")
+        if not (secret and caller and signature):
+            return None
+        host = (request.host or "").rsplit(":", 1)[0] if not (request.host or "").endswith("]") else request.host
+        ok = auth.verify_platform(secret, signature, caller, request.method, host, request.raw_path, time.time())
+        return caller if ok else None
+
     def _inbound_app(self, request: web.Request) -> str | None:
         """The calling app's id, when URL Fetch signed this request for it (App Engine's Inbound-AppId)."""
         secret = self.cfg.inbound_secret.get()
@@ -254,6 +274,11 @@ class Router:
             deadline_ms=int(self.cfg.request_timeout_seconds * 1000))
         if user is not None:
             env.user.CopyFrom(user)
+            secret = self.cfg.platform_secret.get()
+            if secret:
+                # Vouches for the user to services (mail's sender rule) until the request's deadline.
+                env.user.proof = auth.sign_user(secret, target.app_id, user.email,
+                                                started + self.cfg.request_timeout_seconds)
         env.received_at.FromSeconds(int(started))
         # A trusted proxy's forwarding headers were consumed by _client(); the app sees the result.
         consumed = ("x-forwarded-for", "x-forwarded-proto") if self._is_trusted(request.remote or "") else ()
@@ -296,6 +321,18 @@ def _hostname(raw: str) -> str:
     if raw.startswith("["):
         return raw.split("]", 1)[0] + "]"
     return raw.rsplit(":", 1)[0]
+
+
+INBOUND_MAIL_PREFIX = "/_ah/mail/"
+
+
+def _refuse_inbound_mail(platform: str | None, version: Version | None) -> web.Response | None:
+    """``/_ah/mail/`` is for mail_svc only, and only for versions that declared ``inbound_services: mail``."""
+    if platform != "mail":
+        return responses.plain(403, "/_ah/mail/ receives mail from kiln's mail service only.")
+    if version is not None and "mail" not in version.config.inbound_services:
+        return responses.plain(403, "This app does not receive mail (add 'inbound_services: [mail]' to app.yaml).")
+    return None
 
 
 def _switch_scheme(request: web.Request, scheme: str, code: int | None) -> web.Response:

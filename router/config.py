@@ -7,7 +7,7 @@ import ipaddress
 import pathlib
 
 from kiln.bus import DEFAULT_URL
-from kiln.config import Secret, field, parse_hostport
+from kiln.config import Secret, field, parse_app_emails, parse_hostport
 from router import hosts
 from router.versions import parse_app_dirs
 
@@ -28,6 +28,10 @@ class RouterConfig:
                                                "every router)")
     inbound_secret: Secret = field(Secret(""), "key URL Fetch signs X-AppEngine-Inbound-AppId with (the same as "
                                                 "urlfetch_svc's); empty: the header never reaches apps")
+    platform_secret: Secret = field(Secret(""), "key shared with kiln's services that act toward apps (mail_svc, "
+                                                 "cron_svc): they sign their requests to apps with it (which then pass "
+                                                 "login: admin), and the router signs the signed-in user with it for "
+                                                 "them; empty: no inbound mail or cron requests, no user proof")
     auth_domain: str = field("gmail.com", "AUTH_DOMAIN of signed-in users")
     oidc_issuer: str = field("", "OpenID Connect provider (issuer URL) that signs users in; empty: development "
                                  "sign-in page under dev_app, else sign-in is unavailable")
@@ -86,13 +90,7 @@ class RouterConfig:
 
     def admin_map(self) -> dict[str, frozenset[str]]:
         """App -> the lower-cased emails of its administrators."""
-        out: dict[str, frozenset[str]] = {}
-        for item in filter(None, (i.strip() for i in self.admins.split(","))):
-            app, sep, emails = item.partition("=")
-            if not sep or not app or not emails:
-                raise ValueError(f"admins: expected app=email;email, got {item!r}")
-            out[app] = frozenset(e.strip().lower() for e in emails.split(";") if e.strip())
-        return out
+        return parse_app_emails(self.admins, "admins")
 
     def default_versions(self) -> dict[str, str]:
         """The app -> default version map from ``apps`` and ``dev_app``."""

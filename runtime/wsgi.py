@@ -74,6 +74,8 @@ def build_environ(req: http_pb2.HttpRequest, info: InstanceInfo) -> dict[str, An
         "USER_IS_ADMIN": "1" if req.user.is_admin else "0",
         "USER_NICKNAME": req.user.email.split("@")[0] if req.user.email else "",
         "USER_ORGANIZATION": "",
+        # The router's signature over the signed-in user: kiln.api.mail shows it to mail_svc (sender rule).
+        "KILN_USER_PROOF": req.user.proof,
     })
     for header in req.headers:
         name = header.name.upper().replace("-", "_")

@@ -61,8 +61,8 @@ def nats_url(supervisor, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def grpc_services(supervisor, tmp_path_factory):
-    """Every gRPC service started with ``python -m``; datastore on the embedded engine."""
+def grpc_services(supervisor, tmp_path_factory, nats_url):
+    """Every gRPC service started with ``python -m``; datastore on the embedded engine, mail to an outbox."""
     data = tmp_path_factory.mktemp("datastore")
     run = supervisor.run_dir
     children = {}
@@ -70,6 +70,8 @@ def grpc_services(supervisor, tmp_path_factory):
         args = ["--listen", "127.0.0.1:0", "--ready-file", str(run / f"{module}.addr")]
         if name == "datastore":
             args += ["--data-dir", str(data), "--index-cache-seconds", str(INDEX_CACHE_SECONDS)]
+        if name == "mail":
+            args += ["--nats-url", nats_url, "--outbox-dir", str(tmp_path_factory.mktemp("outbox"))]
         children[name] = supervisor.spawn(module, python_module(module, *args), env=service_env(),
                                           ready_file=run / f"{module}.addr")
     return {name: Supervisor.wait_ready(child, ready_file=run / f"{SERVICES[name]}.addr").address

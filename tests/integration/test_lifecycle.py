@@ -31,11 +31,13 @@ def _stop(child) -> tuple[int, str]:
 
 
 @pytest.mark.parametrize("module", sorted(SERVICES.values()))
-def test_grpc_service_is_healthy_then_stops_cleanly_on_sigterm(module, tmp_path):
+def test_grpc_service_is_healthy_then_stops_cleanly_on_sigterm(module, tmp_path, request):
     sup = Supervisor(tmp_path)
     args = ["--listen", "127.0.0.1:0", "--ready-file", str(tmp_path / "addr")]
     if module == "datastore_svc":
         args += ["--data-dir", str(tmp_path / "data")]
+    if module == "mail_svc":  # its queue lives on JetStream
+        args += ["--nats-url", request.getfixturevalue("nats_url"), "--outbox-dir", str(tmp_path / "outbox")]
     try:
         child = sup.start(module, python_module(module, *args), env=service_env(), ready_file=tmp_path / "addr")
         assert _health(child.address) == health_pb2.HealthCheckResponse.SERVING

@@ -204,8 +204,13 @@ class SendRequest(_message.Message):
 
     MESSAGE_FIELD_NUMBER: _builtins.int
     SIGNED_IN_USER_EMAIL_FIELD_NUMBER: _builtins.int
+    SIGNED_IN_USER_PROOF_FIELD_NUMBER: _builtins.int
     signed_in_user_email: _builtins.str
     """The signed-in user of the calling request (may be the sender)."""
+    signed_in_user_proof: _builtins.str
+    """The router's proof that this user is signed in to the calling request
+    (SignedInUser.proof); without it the signed-in user is not believed.
+    """
     @_builtins.property
     def message(self) -> Global___MailMessage:
         """The message."""
@@ -215,10 +220,11 @@ class SendRequest(_message.Message):
         *,
         message: Global___MailMessage | None = ...,
         signed_in_user_email: _builtins.str = ...,
+        signed_in_user_proof: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "signed_in_user_email", b"signed_in_user_email"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "signed_in_user_email", b"signed_in_user_email", "signed_in_user_proof", b"signed_in_user_proof"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -254,8 +260,11 @@ class SendToAdminsRequest(_message.Message):
 
     MESSAGE_FIELD_NUMBER: _builtins.int
     SIGNED_IN_USER_EMAIL_FIELD_NUMBER: _builtins.int
+    SIGNED_IN_USER_PROOF_FIELD_NUMBER: _builtins.int
     signed_in_user_email: _builtins.str
     """The signed-in user of the calling request."""
+    signed_in_user_proof: _builtins.str
+    """The router's proof that this user is signed in (see SendRequest)."""
     @_builtins.property
     def message(self) -> Global___MailMessage:
         """The message (recipients ignored)."""
@@ -265,10 +274,11 @@ class SendToAdminsRequest(_message.Message):
         *,
         message: Global___MailMessage | None = ...,
         signed_in_user_email: _builtins.str = ...,
+        signed_in_user_proof: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "signed_in_user_email", b"signed_in_user_email"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "signed_in_user_email", b"signed_in_user_email", "signed_in_user_proof", b"signed_in_user_proof"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -337,3 +347,155 @@ class InboundMail(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___InboundMail: _TypeAlias = InboundMail  # noqa: Y015
+
+@_typing.final
+class ListOutboxRequest(_message.Message):
+    """ListOutboxRequest asks for the newest messages of the development outbox."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LIMIT_FIELD_NUMBER: _builtins.int
+    limit: _builtins.int
+    """At most this many (default 100, at most 1000)."""
+    def __init__(
+        self,
+        *,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListOutboxRequest: _TypeAlias = ListOutboxRequest  # noqa: Y015
+
+@_typing.final
+class OutboxMessage(_message.Message):
+    """OutboxMessage is one message the development outbox kept instead of sending."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    ENVELOPE_FROM_FIELD_NUMBER: _builtins.int
+    RECIPIENTS_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    QUEUED_AT_FIELD_NUMBER: _builtins.int
+    RAW_FIELD_NUMBER: _builtins.int
+    message_id: _builtins.str
+    """The RFC 5322 Message-ID."""
+    envelope_from: _builtins.str
+    """The envelope sender."""
+    subject: _builtins.str
+    """Subject."""
+    raw: _builtins.bytes
+    """The whole RFC 5322 message as it would have gone to the relay."""
+    @_builtins.property
+    def recipients(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The envelope recipients (To, Cc and Bcc)."""
+
+    @_builtins.property
+    def queued_at(self) -> _timestamp_pb2.Timestamp:
+        """When the app sent it."""
+
+    def __init__(
+        self,
+        *,
+        message_id: _builtins.str = ...,
+        envelope_from: _builtins.str = ...,
+        recipients: _abc.Iterable[_builtins.str] | None = ...,
+        subject: _builtins.str = ...,
+        queued_at: _timestamp_pb2.Timestamp | None = ...,
+        raw: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["queued_at", b"queued_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["envelope_from", b"envelope_from", "message_id", b"message_id", "queued_at", b"queued_at", "raw", b"raw", "recipients", b"recipients", "subject", b"subject"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OutboxMessage: _TypeAlias = OutboxMessage  # noqa: Y015
+
+@_typing.final
+class ListOutboxResponse(_message.Message):
+    """ListOutboxResponse holds the messages."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___OutboxMessage]:
+        """Newest first."""
+
+    def __init__(
+        self,
+        *,
+        messages: _abc.Iterable[Global___OutboxMessage] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListOutboxResponse: _TypeAlias = ListOutboxResponse  # noqa: Y015
+
+@_typing.final
+class QueuedMail(_message.Message):
+    """QueuedMail is a message accepted by mail_svc and waiting for delivery on the
+    KILN_MAIL JetStream stream (between mail_svc replicas; apps never see it).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APP_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    ENVELOPE_FROM_FIELD_NUMBER: _builtins.int
+    RECIPIENTS_FIELD_NUMBER: _builtins.int
+    RAW_FIELD_NUMBER: _builtins.int
+    RAW_OBJECT_FIELD_NUMBER: _builtins.int
+    QUEUED_AT_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    app_id: _builtins.str
+    """The sending app."""
+    message_id: _builtins.str
+    """The RFC 5322 Message-ID, also the stream's de-duplication id and the key
+    that records a delivery (so a redelivered message is not sent again).
+    """
+    envelope_from: _builtins.str
+    """The envelope sender (MAIL FROM)."""
+    raw: _builtins.bytes
+    """The rendered message, when it fits in a stream message."""
+    raw_object: _builtins.str
+    """Name of the object in the mail bodies bucket holding the message, when it
+    does not.
+    """
+    subject: _builtins.str
+    """Subject (for logs and the outbox)."""
+    @_builtins.property
+    def recipients(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The envelope recipients (RCPT TO)."""
+
+    @_builtins.property
+    def queued_at(self) -> _timestamp_pb2.Timestamp:
+        """When the app sent it."""
+
+    def __init__(
+        self,
+        *,
+        app_id: _builtins.str = ...,
+        message_id: _builtins.str = ...,
+        envelope_from: _builtins.str = ...,
+        recipients: _abc.Iterable[_builtins.str] | None = ...,
+        raw: _builtins.bytes = ...,
+        raw_object: _builtins.str = ...,
+        queued_at: _timestamp_pb2.Timestamp | None = ...,
+        subject: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["queued_at", b"queued_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_id", b"app_id", "envelope_from", b"envelope_from", "message_id", b"message_id", "queued_at", b"queued_at", "raw", b"raw", "raw_object", b"raw_object", "recipients", b"recipients", "subject", b"subject"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QueuedMail: _TypeAlias = QueuedMail  # noqa: Y015

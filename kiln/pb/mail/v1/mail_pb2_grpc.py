@@ -46,6 +46,11 @@ class MailServiceStub:
                 request_serializer=kiln_dot_pb_dot_mail_dot_v1_dot_mail__pb2.SendToAdminsRequest.SerializeToString,
                 response_deserializer=kiln_dot_pb_dot_mail_dot_v1_dot_mail__pb2.SendToAdminsResponse.FromString,
                 _registered_method=True)
+        self.ListOutbox = channel.unary_unary(
+                '/kiln.pb.mail.v1.MailService/ListOutbox',
+                request_serializer=kiln_dot_pb_dot_mail_dot_v1_dot_mail__pb2.ListOutboxRequest.SerializeToString,
+                response_deserializer=kiln_dot_pb_dot_mail_dot_v1_dot_mail__pb2.ListOutboxResponse.FromString,
+                _registered_method=True)
 
 
 class MailServiceServicer:
@@ -66,6 +71,14 @@ class MailServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListOutbox(self, request, context):
+        """ListOutbox lists the calling app's messages in the development outbox
+        (mail_svc without a relay), newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MailServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -78,6 +91,11 @@ def add_MailServiceServicer_to_server(servicer, server):
                     servicer.SendToAdmins,
                     request_deserializer=kiln_dot_pb_dot_mail_dot_v1_dot_mail__pb2.SendToAdminsRequest.FromString,
                     response_serializer=kiln_dot_pb_dot_mail_dot_v1_dot_mail__pb2.SendToAdminsResponse.SerializeToString,
+            ),
+            'ListOutbox': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListOutbox,
+                    request_deserializer=kiln_dot_pb_dot_mail_dot_v1_dot_mail__pb2.ListOutboxRequest.FromString,
+                    response_serializer=kiln_dot_pb_dot_mail_dot_v1_dot_mail__pb2.ListOutboxResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -135,6 +153,33 @@ class MailService:
             '/kiln.pb.mail.v1.MailService/SendToAdmins',
             kiln_dot_pb_dot_mail_dot_v1_dot_mail__pb2.SendToAdminsRequest.SerializeToString,
             kiln_dot_pb_dot_mail_dot_v1_dot_mail__pb2.SendToAdminsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListOutbox(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kiln.pb.mail.v1.MailService/ListOutbox',
+            kiln_dot_pb_dot_mail_dot_v1_dot_mail__pb2.ListOutboxRequest.SerializeToString,
+            kiln_dot_pb_dot_mail_dot_v1_dot_mail__pb2.ListOutboxResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -41,6 +41,10 @@ class MailServiceStub:
     """Send validates and durably queues a message for delivery."""
     SendToAdmins: _grpc.UnaryUnaryMultiCallable[_mail_pb2.SendToAdminsRequest, _mail_pb2.SendToAdminsResponse]
     """SendToAdmins sends a message to the app's administrators."""
+    ListOutbox: _grpc.UnaryUnaryMultiCallable[_mail_pb2.ListOutboxRequest, _mail_pb2.ListOutboxResponse]
+    """ListOutbox lists the calling app's messages in the development outbox
+    (mail_svc without a relay), newest first.
+    """
 
 @_typing.type_check_only
 class MailServiceAsyncStub(MailServiceStub):
@@ -51,6 +55,10 @@ class MailServiceAsyncStub(MailServiceStub):
     """Send validates and durably queues a message for delivery."""
     SendToAdmins: _aio.UnaryUnaryMultiCallable[_mail_pb2.SendToAdminsRequest, _mail_pb2.SendToAdminsResponse]  # type: ignore[assignment]
     """SendToAdmins sends a message to the app's administrators."""
+    ListOutbox: _aio.UnaryUnaryMultiCallable[_mail_pb2.ListOutboxRequest, _mail_pb2.ListOutboxResponse]  # type: ignore[assignment]
+    """ListOutbox lists the calling app's messages in the development outbox
+    (mail_svc without a relay), newest first.
+    """
 
 class MailServiceServicer(metaclass=_abc_1.ABCMeta):
     """MailService sends mail for apps."""
@@ -70,5 +78,15 @@ class MailServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_mail_pb2.SendToAdminsResponse, _abc.Awaitable[_mail_pb2.SendToAdminsResponse]]:
         """SendToAdmins sends a message to the app's administrators."""
+
+    @_abc_1.abstractmethod
+    def ListOutbox(
+        self,
+        request: _mail_pb2.ListOutboxRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_mail_pb2.ListOutboxResponse, _abc.Awaitable[_mail_pb2.ListOutboxResponse]]:
+        """ListOutbox lists the calling app's messages in the development outbox
+        (mail_svc without a relay), newest first.
+        """
 
 def add_MailServiceServicer_to_server(servicer: MailServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

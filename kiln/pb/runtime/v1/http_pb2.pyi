@@ -65,6 +65,7 @@ class SignedInUser(_message.Message):
     USER_ID_FIELD_NUMBER: _builtins.int
     AUTH_DOMAIN_FIELD_NUMBER: _builtins.int
     IS_ADMIN_FIELD_NUMBER: _builtins.int
+    PROOF_FIELD_NUMBER: _builtins.int
     email: _builtins.str
     """Email address."""
     user_id: _builtins.str
@@ -73,6 +74,11 @@ class SignedInUser(_message.Message):
     """Authentication domain."""
     is_admin: _builtins.bool
     """True for an administrator of the app."""
+    proof: _builtins.str
+    """The router's signature over the app, the email and an expiry
+    (`<expires>.<hmac>`, kiln.auth.sign_user): services that must know who is
+    signed in (mail's sender rule) check it instead of believing the app.
+    """
     def __init__(
         self,
         *,
@@ -80,10 +86,11 @@ class SignedInUser(_message.Message):
         user_id: _builtins.str = ...,
         auth_domain: _builtins.str = ...,
         is_admin: _builtins.bool = ...,
+        proof: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["auth_domain", b"auth_domain", "email", b"email", "is_admin", b"is_admin", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auth_domain", b"auth_domain", "email", b"email", "is_admin", b"is_admin", "proof", b"proof", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,318 @@
+"""The durable mail queue on JetStream, and the workers that deliver from it.
+
+``Send`` returns only after JetStream has stored the message (a ``PubAck``), so an accepted message survives a
+crash of mail_svc, of the relay, or a restart of NATS itself (file storage). The stream ``KILN_MAIL`` is a
+work queue: a message leaves it when a worker acknowledges it, after delivery or after moving it to the
+dead-letter stream ``KILN_MAIL_DEAD``.
+
+Exactly once towards the relay: a worker records each delivery in the key-value bucket ``kiln-mail-delivered``
+(keyed by Message-ID and recipients) as soon as the relay has accepted the message, and only then acknowledges
+it on the stream; a message redelivered after a crash (or to another replica) whose delivery is recorded is
+acknowledged without being sent again. What remains is SMTP's own window — a crash between the relay's
+``250`` and the record, a few milliseconds — in which the relay has the message but kiln cannot know it.
+
+Failures: a temporary one (connection refused, timeouts, 4xx) puts the message back with exponential backoff
+(``nak`` with a delay); a permanent one (5xx), or the last allowed attempt, moves it to the dead-letter stream
+with the reason. Recipients refused temporarily while others were accepted are requeued on their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import (ConsumerConfig, KeyValueConfig, ObjectStoreConfig, RetentionPolicy, StorageType,
+                         StreamConfig)
+from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
+
+from kiln.errors import UnavailableError
+from kiln.pb.mail.v1 import mail_pb2 as pb
+from mail_svc.message import delivery_key
+from mail_svc.transport import Outcome, PermanentFailure, TemporaryFailure, Transport
+
+log = logging.getLogger(__name__)
+
+STREAM = "KILN_MAIL"
+SUBJECT_PREFIX = "kiln.mail.outbound."
+DEAD_STREAM = "KILN_MAIL_DEAD"
+DEAD_PREFIX = "kiln.mail.dead."
+CONSUMER = "mail-delivery"
+DELIVERED_BUCKET = "kiln-mail-delivered"
+BODIES_BUCKET = "kiln-mail-bodies"
+# Room for the QueuedMail envelope around an inline message.
+ENVELOPE_ALLOWANCE = 16 * 1024
+DEAD_MAX_AGE_SECONDS = 30 * 24 * 3600
+REQUEUED_HEADER = "Kiln-Requeued"
+
+
+@dataclasses.dataclass(frozen=True)
+class QueueSettings:
+    """How the queue stores and retries (from MailConfig)."""
+
+    replicas: int = 1
+    ack_wait_seconds: float = 120.0
+    retry_min_seconds: float = 10.0
+    retry_max_seconds: float = 1800.0
+    max_attempts: int = 20
+    max_age_seconds: float = 3 * 24 * 3600.0
+
+
+def backoff(attempt: int, settings: QueueSettings) -> float:
+    """Seconds before attempt ``attempt + 1``: doubling from the minimum, capped at the maximum."""
+    return float(min(settings.retry_max_seconds, settings.retry_min_seconds * 2 ** max(0, attempt - 1)))
+
+
+class MailQueue:
+    """The stream, the delivery records and the bucket of large messages, on one NATS connection."""
+
+    def __init__(self, nc: Client, settings: QueueSettings) -> None:
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream()
+        self.settings = settings
+        self._delivered: KeyValue | None = None
+        self._bodies: ObjectStore | None = None
+
+    async def open(self) -> None:
+        """Create (or find) the streams and buckets."""
+        s = self.settings
+        await _ensure_stream(self.js, StreamConfig(
+            name=STREAM, subjects=[SUBJECT_PREFIX + ">"], retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE, num_replicas=s.replicas, duplicate_window=120.0))
+        await _ensure_stream(self.js, StreamConfig(
+            name=DEAD_STREAM, subjects=[DEAD_PREFIX + ">"], storage=StorageType.FILE, num_replicas=s.replicas,
+            max_age=DEAD_MAX_AGE_SECONDS))
+        keep = s.max_age_seconds + DEAD_MAX_AGE_SECONDS
+        try:
+            self._delivered = await self.js.key_value(DELIVERED_BUCKET)
+        except nats.js.errors.BucketNotFoundError:
+            self._delivered = await self.js.create_key_value(KeyValueConfig(
+                bucket=DELIVERED_BUCKET, ttl=keep, storage=StorageType.FILE, replicas=s.replicas))
+        try:
+            self._bodies = await self.js.object_store(BODIES_BUCKET)
+        except nats.js.errors.BucketNotFoundError:
+            self._bodies = await self.js.create_object_store(BODIES_BUCKET, config=ObjectStoreConfig(
+                ttl=keep, storage=StorageType.FILE, replicas=s.replicas))
+
+    async def put(self, queued: pb.QueuedMail, raw: bytes, *, requeued: bool = False) -> None:
+        """Store a message durably; returns once JetStream has it (a second put of one Message-ID is a no-op).
+
+        ``requeued`` marks a copy a worker put back (deferred recipients): its delivery may be recorded even on
+        its first delivery (a replay after a crash), so the worker checks."""
+        try:
+            if len(raw) + ENVELOPE_ALLOWANCE <= self.nc.max_payload:
+                queued.raw = raw
+            else:
+                queued.raw_object = delivery_key(queued.message_id, list(queued.recipients))
+                assert self._bodies is not None
+                await self._bodies.put(queued.raw_object, raw)
+            await self.js.publish(SUBJECT_PREFIX + queued.app_id, queued.SerializeToString(),
+                                  headers={"Nats-Msg-Id": delivery_key(queued.message_id, list(queued.recipients)),
+                                           **({REQUEUED_HEADER: "1"} if requeued else {})},
+                                  timeout=10)
+        except (nats.errors.Error, asyncio.TimeoutError) as exc:
+            raise UnavailableError(f"the mail queue (NATS JetStream) did not store the message: {exc}") from None
+
+    async def raw(self, queued: pb.QueuedMail) -> bytes:
+        """The message's bytes (from the bucket when they did not fit in the stream message)."""
+        if not queued.raw_object:
+            return queued.raw
+        assert self._bodies is not None
+        result = await self._bodies.get(queued.raw_object)
+        return bytes(result.data or b"")
+
+    async def delivered(self, key: str) -> Outcome | None:
+        """The recorded outcome of a delivery the relay accepted, or ``None`` if there was none."""
+        assert self._delivered is not None
+        try:
+            entry = await self._delivered.get(key)
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        return Outcome.from_json(entry.value or b"{}")
+
+    async def record_delivery(self, key: str, outcome: Outcome) -> None:
+        assert self._delivered is not None
+        await self._delivered.put(key, outcome.to_json())
+
+    async def forget_body(self, queued: pb.QueuedMail) -> None:
+        if queued.raw_object and self._bodies is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await self._bodies.delete(queued.raw_object)
+
+    async def dead_letter(self, queued: pb.QueuedMail, reason: str) -> None:
+        """Keep a message that will not be delivered, with why, on the dead-letter stream."""
+        await self.js.publish(DEAD_PREFIX + queued.app_id, queued.SerializeToString(),
+                              headers={"Kiln-Reason": reason[:1000].replace("\r", " ").replace("\n", " "),
+                                       "Nats-Msg-Id": "dead-" + delivery_key(queued.message_id,
+                                                                             list(queued.recipients))},
+                              timeout=10)
+
+    async def subscribe(self) -> JetStreamContext.PullSubscription:
+        """The shared durable consumer every replica's workers pull from."""
+        return await self.js.pull_subscribe(SUBJECT_PREFIX + ">", durable=CONSUMER, stream=STREAM,
+                                            config=ConsumerConfig(ack_wait=self.settings.ack_wait_seconds,
+                                                                  max_deliver=-1, max_ack_pending=10_000))
+
+
+async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    assert config.name is not None
+    try:
+        await js.stream_info(config.name)
+    except nats.js.errors.NotFoundError:
+        try:
+            await js.add_stream(config)
+        except nats.js.errors.BadRequestError:
+            await js.stream_info(config.name)  # another replica created it meanwhile
+
+
+class Deliverer:
+    """Workers that take messages off the queue and hand them to the transport."""
+
+    def __init__(self, queue: MailQueue, transports: list[Transport], *, batch: int = 16) -> None:
+        self._queue = queue
+        self._transports = transports
+        self._batch = batch
+        self._stopping = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.delivered = 0
+
+    async def start(self) -> None:
+        sub = await self._queue.subscribe()
+        self._sub = sub
+        self._tasks = [asyncio.create_task(self._work(sub, transport)) for transport in self._transports]
+
+    async def stop(self) -> None:
+        """Finish the message in hand, put the rest of each batch back, close the transports."""
+        self._stopping.set()
+        done, pending = await asyncio.wait(self._tasks, timeout=10) if self._tasks else (set(), set())
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        with contextlib.suppress(nats.errors.Error):
+            await self._sub.unsubscribe()
+        for transport in self._transports:
+            await transport.close()
+
+    async def _work(self, sub: JetStreamContext.PullSubscription, transport: Transport) -> None:
+        while not self._stopping.is_set():
+            try:
+                msgs = await sub.fetch(self._batch, timeout=1.0)
+            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                continue
+            except nats.errors.Error as exc:
+                log.warning("reading the mail queue: %s", exc)
+                await asyncio.sleep(1)
+                continue
+            for i, msg in enumerate(msgs):
+                if self._stopping.is_set():
+                    for rest in msgs[i:]:
+                        with contextlib.suppress(nats.errors.Error):
+                            await rest.nak()
+                    break
+                try:
+                    await self._handle(msg, transport)
+                except nats.errors.Error as exc:
+                    # Not acknowledged: JetStream hands it out again after ack_wait.
+                    log.warning("mail queue error while handling a message: %s", exc)
+
+    async def _handle(self, msg: Msg, transport: Transport) -> None:
+        try:
+            queued = pb.QueuedMail.FromString(msg.data)
+        except Exception:  # noqa: BLE001 - a malformed entry cannot be delivered; keep it for inspection
+            log.error("malformed entry on the mail queue (%d bytes); moved to the dead-letter stream", len(msg.data))
+            await self._queue.js.publish(DEAD_PREFIX + "_malformed", msg.data, timeout=10)
+            await msg.ack_sync()
+            return
+        key = delivery_key(queued.message_id, list(queued.recipients))
+        attempt = msg.metadata.num_delivered or 1
+        # Only a message handed out before (or a requeued copy) can have a recorded delivery: the first
+        # delivery of a fresh message skips the lookup.
+        maybe_done = attempt > 1 or bool((msg.headers or {}).get(REQUEUED_HEADER))
+        before = await self._queue.delivered(key) if maybe_done else None
+        if before is not None:
+            log.info("mail %s was delivered before a restart; not sending it again", queued.message_id)
+            await self._after_partial(queued, before)  # idempotent: finishes what a crash may have cut short
+            await self._finish(msg, queued)
+            return
+        try:
+            raw = await self._queue.raw(queued)
+            async with _keep_alive(msg, self._queue.settings.ack_wait_seconds):
+                outcome = await transport.deliver(queued, raw)
+        except TemporaryFailure as exc:
+            await self._retry_or_give_up(msg, queued, attempt, str(exc))
+            return
+        except PermanentFailure as exc:
+            log.warning("mail %s of %s refused for good: %s", queued.message_id, queued.app_id, exc)
+            await self._queue.dead_letter(queued, str(exc))
+            await self._finish(msg, queued)
+            return
+        await self._queue.record_delivery(key, outcome)
+        self.delivered += 1
+        await self._after_partial(queued, outcome)
+        await self._finish(msg, queued)
+
+    async def _after_partial(self, queued: pb.QueuedMail, outcome: Outcome) -> None:
+        """Recipients the relay refused while it accepted others: dead-letter the permanent, requeue the rest."""
+        if outcome.refused_permanently:
+            dead = pb.QueuedMail()
+            dead.CopyFrom(queued)
+            del dead.recipients[:]
+            dead.recipients.extend(outcome.refused_permanently)
+            await self._queue.dead_letter(dead, "; ".join(f"{r}: {why}" for r, why in
+                                                         outcome.refused_permanently.items()))
+        if outcome.deferred:
+            again = pb.QueuedMail()
+            again.CopyFrom(queued)
+            del again.recipients[:]
+            again.recipients.extend(outcome.deferred)
+            raw = await self._queue.raw(queued)
+            again.ClearField("raw")
+            again.ClearField("raw_object")
+            await self._queue.put(again, raw, requeued=True)
+
+    async def _retry_or_give_up(self, msg: Msg, queued: pb.QueuedMail, attempt: int, reason: str) -> None:
+        settings = self._queue.settings
+        age = time.time() - queued.queued_at.ToSeconds()
+        if attempt >= settings.max_attempts or age >= settings.max_age_seconds:
+            log.warning("mail %s of %s not delivered after %d attempts: %s", queued.message_id, queued.app_id,
+                        attempt, reason)
+            await self._queue.dead_letter(queued, f"gave up after {attempt} attempts: {reason}")
+            await self._finish(msg, queued)
+            return
+        delay = backoff(attempt, settings)
+        log.info("mail %s: attempt %d failed (%s); next in %.1fs", queued.message_id, attempt, reason, delay)
+        await msg.nak(delay=delay)
+
+    async def _finish(self, msg: Msg, queued: pb.QueuedMail) -> None:
+        # Not waited for: should the acknowledgement be lost, the message comes back as a redelivery, whose
+        # recorded delivery keeps it from being sent again.
+        await msg.ack()
+        await self._queue.forget_body(queued)
+
+
+@contextlib.asynccontextmanager
+async def _keep_alive(msg: Msg, ack_wait: float) -> AsyncIterator[None]:
+    """Tell JetStream the message is still being worked on while a slow delivery runs (no redelivery)."""
+
+    async def beat() -> None:
+        while True:
+            await asyncio.sleep(max(0.5, ack_wait / 3))
+            with contextlib.suppress(nats.errors.Error):
+                await msg.in_progress()
+
+    task = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

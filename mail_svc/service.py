@@ -1,0 +1,96 @@
+"""``kiln.pb.mail.v1.MailService``: check an app's message, apply App Engine's sender rule, queue it durably."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import grpc
+
+from kiln import auth, mailrules
+from kiln.errors import BadRequestError, FailedPreconditionError
+from kiln.pb.mail.v1 import mail_pb2 as pb
+from kiln.pb.mail.v1 import mail_pb2_grpc
+from mail_svc.errors import UnauthorizedSenderError
+from mail_svc.message import Rendered, check_address, render
+from mail_svc.queue import MailQueue
+from mail_svc.transport import Outbox
+
+DEFAULT_OUTBOX_PAGE = 100
+MAX_OUTBOX_PAGE = 1000
+
+
+class SenderRule:
+    """Who may send an app's mail (App Engine's rule): an administrator of the app, the user signed in to the
+    calling request (vouched for by the router), or any address at the app's own mail domain."""
+
+    def __init__(self, *, admins: dict[str, frozenset[str]], mail_domain: str, platform_secret: str) -> None:
+        self.admins = admins
+        self.mail_domain = mail_domain.lower()
+        self._secret = platform_secret
+
+    def check(self, app_id: str, sender: str, user_email: str, user_proof: str) -> None:
+        address = mailrules.bare_address(sender)
+        if address in self.admins.get(app_id, frozenset()):
+            return
+        if address.endswith(f"@{app_id}.{self.mail_domain}"):
+            return
+        if user_email and address == user_email.lower() and \
+                auth.verify_user(self._secret, user_proof, app_id, user_email, time.time()):
+            return
+        raise UnauthorizedSenderError(
+            f"sender: {address!r} may not send mail for app {app_id!r}; use an administrator's address, the "
+            f"signed-in user's, or any address at {app_id}.{self.mail_domain}")
+
+
+class MailService(mail_pb2_grpc.MailServiceServicer):
+    """Implements the contract; delivery happens later, from the queue (:mod:`mail_svc.queue`)."""
+
+    def __init__(self, queue: MailQueue, rule: SenderRule, *, secret: str, max_mail_bytes: int,
+                 outbox: Outbox | None) -> None:
+        self._queue = queue
+        self._rule = rule
+        self._secret = secret
+        self._max = max_mail_bytes
+        self._outbox = outbox
+
+    async def Send(self, request: pb.SendRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.SendResponse:
+        app = auth.app_from_metadata(self._secret, context.invocation_metadata())
+        rendered = self._check(app, request.message, request.signed_in_user_email, request.signed_in_user_proof,
+                               None)
+        await self._enqueue(app, rendered)
+        return pb.SendResponse(message_id=rendered.message_id)
+
+    async def SendToAdmins(self, request: pb.SendToAdminsRequest,
+                           context: grpc.aio.ServicerContext[Any, Any]) -> pb.SendToAdminsResponse:
+        app = auth.app_from_metadata(self._secret, context.invocation_metadata())
+        admins = sorted(self._rule.admins.get(app, frozenset()))
+        if not admins and self._outbox is None:
+            raise FailedPreconditionError(f"app {app!r} has no administrators to mail (mail_svc --admins)")
+        # Under the outbox, an app without configured administrators still sees its message there.
+        rendered = self._check(app, request.message, request.signed_in_user_email, request.signed_in_user_proof,
+                               admins or [f"admins@{app}.{self._rule.mail_domain}"])
+        await self._enqueue(app, rendered)
+        return pb.SendToAdminsResponse(message_id=rendered.message_id)
+
+    async def ListOutbox(self, request: pb.ListOutboxRequest,
+                         context: grpc.aio.ServicerContext[Any, Any]) -> pb.ListOutboxResponse:
+        app = auth.app_from_metadata(self._secret, context.invocation_metadata())
+        if self._outbox is None:
+            raise FailedPreconditionError("this mail service delivers through a relay; it keeps no outbox")
+        if not 0 <= request.limit <= MAX_OUTBOX_PAGE:
+            raise BadRequestError(f"limit: must be between 0 and {MAX_OUTBOX_PAGE}, got {request.limit}")
+        return pb.ListOutboxResponse(messages=self._outbox.list(app, request.limit or DEFAULT_OUTBOX_PAGE))
+
+    def _check(self, app: str, message: pb.MailMessage, user_email: str, user_proof: str,
+               recipients: list[str] | None) -> Rendered:
+        check_address(message.sender, "sender")
+        self._rule.check(app, message.sender, user_email, user_proof)
+        return render(message, recipients_override=recipients, app_id=app, mail_domain=self._rule.mail_domain,
+                      max_bytes=self._max)
+
+    async def _enqueue(self, app: str, rendered: Rendered) -> None:
+        queued = pb.QueuedMail(app_id=app, message_id=rendered.message_id, envelope_from=rendered.envelope_from,
+                               recipients=rendered.recipients, subject=rendered.subject)
+        queued.queued_at.GetCurrentTime()
+        await self._queue.put(queued, rendered.raw)

@@ -1,0 +1,502 @@
+"""mail_svc against a real SMTP relay (aiosmtpd with STARTTLS and AUTH) and a real nats-server: what the relay
+receives, App Engine's sender rule, bad input, retries, dead letters, and exactly-once delivery when mail_svc is
+killed with messages queued or in flight."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+
+import grpc
+import nats
+import pytest
+
+from kiln import auth
+from kiln.api import mail
+from kiln.pb.mail.v1 import mail_pb2 as pb
+from kiln.pb.mail.v1 import mail_pb2_grpc
+from kiln.supervisor import free_port, python_module
+from mail_svc import queue as mail_queue
+from tests.integration import smtpservers
+from tests.integration.conftest import SECRET, app_metadata, service_env
+
+pytestmark = pytest.mark.nats
+
+PLATFORM_SECRET = "mail-test-platform-secret"
+RELAY_USER = ("kiln-relay-user", "relay password")
+APP = "mailer"
+ADMINS = "mailer=boss@example.com;ops@example.com"
+
+
+class MailService:
+    """One mail_svc process (restartable) and a stub to it."""
+
+    counter = 0
+
+    def __init__(self, supervisor, nats_url, relay, *extra, tmp_path=None):
+        self.supervisor, self.nats_url, self.relay, self.extra = supervisor, nats_url, relay, extra
+        self.child = None
+        self.channel = None
+        self.stub = None
+
+    def start(self):
+        MailService.counter += 1
+        name = f"mail_svc-{MailService.counter}"
+        ready = self.supervisor.run_dir / f"{name}.addr"
+        args = ["--listen", "127.0.0.1:0", "--ready-file", str(ready), "--nats-url", self.nats_url,
+                "--admins", ADMINS, "--platform-secret", PLATFORM_SECRET, "--retry-min-seconds", "0.3",
+                "--retry-max-seconds", "1", "--ack-wait-seconds", "2", "--workers", "2"]
+        if self.relay is not None:
+            args += ["--relay", self.relay.address, "--relay-ca-file", str(self.relay.cert_path),
+                     "--relay-username", RELAY_USER[0]]
+        env = {**service_env(), "KILN_MAIL_RELAY_PASSWORD": RELAY_USER[1]}
+        self.child = self.supervisor.start(name, python_module("mail_svc", *args, *self.extra), env=env,
+                                           ready_file=ready)
+        self.channel = grpc.insecure_channel(self.child.address)
+        self.stub = mail_pb2_grpc.MailServiceStub(self.channel)
+        return self
+
+    def kill(self):
+        self.child.proc.send_signal(signal.SIGKILL)
+        self.child.proc.wait(10)
+        self.close()
+
+    def stop(self):
+        if self.child is not None and self.child.proc.poll() is None:
+            self.child.proc.send_signal(signal.SIGTERM)
+            self.child.proc.wait(20)
+        self.close()
+
+    def close(self):
+        if self.channel is not None:
+            self.channel.close()
+            self.channel = None
+
+    def send(self, app=APP, user_email="", user_proof="", **fields):
+        fields.setdefault("sender", "boss@example.com")
+        fields.setdefault("subject", "hello")
+        fields.setdefault("text_body", "a body")
+        if "to" not in fields and "cc" not in fields and "bcc" not in fields:
+            fields["to"] = ["someone@example.org"]
+        request = pb.SendRequest(message=pb.MailMessage(**fields), signed_in_user_email=user_email,
+                                 signed_in_user_proof=user_proof)
+        return self.stub.Send(request, metadata=app_metadata(app), timeout=30)
+
+
+@pytest.fixture(scope="module")
+def nats_url(supervisor, tmp_path_factory):
+    return f"nats://{supervisor.start_nats(tmp_path_factory.mktemp('mailnats'), name='nats-mail').address}"
+
+
+@pytest.fixture(scope="module")
+def relay(tmp_path_factory):
+    with smtpservers.relay(tls_dir=tmp_path_factory.mktemp("relaytls"), credentials=RELAY_USER) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def service(supervisor, nats_url, relay):
+    svc = MailService(supervisor, nats_url, relay).start()
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture(autouse=True)
+def clean_relay(request):
+    if "relay" in request.fixturenames:
+        server = request.getfixturevalue("relay")
+        server.replies.clear()
+        server.data_replies.clear()
+        server.gate.set()
+    yield
+
+
+def own_nats(supervisor, tmp_path):
+    """A nats-server of the test's own: its mail queue is not shared with the module's mail service."""
+    (tmp_path / "nats").mkdir()
+    return f"nats://{supervisor.start_nats(tmp_path / 'nats', name=f'nats-{tmp_path.name}').address}"
+
+
+def received_by_id(relay, message_id, timeout=30.0):
+    found = relay.wait_for(lambda msgs: any(m.message_id == message_id for m in msgs), timeout)
+    return [m for m in found if m.message_id == message_id]
+
+
+def error_code(exc):
+    return dict(exc.trailing_metadata() or ()).get("kiln-error-code")
+
+
+# --- delivery ------------------------------------------------------------------------------------------------------
+
+def test_message_reaches_the_relay_over_starttls_with_auth(service, relay):
+    sent = service.send(subject="over TLS")
+    [got] = received_by_id(relay, sent.message_id)
+    assert got.tls is True
+    assert got.login == RELAY_USER[0]
+
+
+def test_relay_gets_every_field_and_bcc_only_in_the_envelope(service, relay):
+    sent = service.send(
+        sender="Boss <boss@example.com>", to=["To One <one@example.org>"], cc=["two@example.org"],
+        bcc=["hidden@example.org"], reply_to="replies@example.com", subject="Caf\u00e9 news",
+        text_body="plain text", html_body="<p>html</p>",
+        attachments=[pb.Attachment(file_name="notes.txt", data=b"attached bytes"),
+                     pb.Attachment(file_name="logo.png", data=b"\x89PNG fake", content_id="<logo>")],
+        headers=[pb.Header(name="In-Reply-To", value="<earlier@example.com>"),
+                 pb.Header(name="List-Id", value="news.example.com")])
+    [got] = received_by_id(relay, sent.message_id)
+    assert got.mail_from == "boss@example.com"
+    assert sorted(got.rcpt_tos) == ["hidden@example.org", "one@example.org", "two@example.org"]
+    message = got.message
+    assert "hidden@example.org" not in got.data.decode()
+    assert message["To"] == "To One <one@example.org>" and message["Cc"] == "two@example.org"
+    assert message["Reply-To"] == "replies@example.com"
+    assert message["Subject"] == "Caf\u00e9 news"
+    assert message["In-Reply-To"] == "<earlier@example.com>" and message["List-Id"] == "news.example.com"
+    assert message.get_body(("plain",)).get_content().strip() == "plain text"
+    assert message.get_body(("html",)).get_content().strip() == "<p>html</p>"
+    attachments = {part.get_filename(): part for part in message.iter_attachments()}
+    assert attachments["notes.txt"].get_payload(decode=True) == b"attached bytes"
+    assert attachments["logo.png"]["Content-ID"] == "<logo>"
+    assert attachments["logo.png"].get_content_type() == "image/png"
+
+
+def test_large_message_travels_through_the_bodies_bucket(service, relay):
+    big = bytes(range(256)) * 8192  # 2 MiB: over NATS's 1 MiB message limit
+    sent = service.send(attachments=[pb.Attachment(file_name="big.bin", data=big)])
+    [got] = received_by_id(relay, sent.message_id)
+    [part] = list(got.message.iter_attachments())
+    assert part.get_content() == big
+
+
+def test_send_to_admins_reaches_every_administrator(service, relay):
+    request = pb.SendToAdminsRequest(message=pb.MailMessage(sender="robot@mailer.mail.localhost",
+                                                            subject="to admins", text_body="hi"))
+    sent = service.stub.SendToAdmins(request, metadata=app_metadata(APP), timeout=30)
+    [got] = received_by_id(relay, sent.message_id)
+    assert sorted(got.rcpt_tos) == ["boss@example.com", "ops@example.com"]
+
+
+def test_send_to_admins_without_administrators_is_refused(service):
+    request = pb.SendToAdminsRequest(message=pb.MailMessage(sender="robot@noadmins.mail.localhost",
+                                                            subject="x", text_body="y"))
+    with pytest.raises(grpc.RpcError) as caught:
+        service.stub.SendToAdmins(request, metadata=app_metadata("noadmins"), timeout=30)
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_temporarily_refused_message_is_retried_until_the_relay_takes_it(service, relay):
+    relay.data_replies.extend(["451 4.3.0 try later", "421 4.3.2 busy"])
+    sent = service.send(subject="retried")
+    [got] = received_by_id(relay, sent.message_id)
+    assert got.message["Subject"] == "retried"
+    assert relay.data_replies == []
+
+
+async def dead_letters(nats_url):
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        info = await js.stream_info(mail_queue.DEAD_STREAM)
+        out = []
+        for seq in range(max(1, info.state.first_seq), info.state.last_seq + 1):
+            try:
+                msg = await js.get_msg(mail_queue.DEAD_STREAM, seq)
+            except nats.js.errors.NotFoundError:
+                continue
+            out.append((pb.QueuedMail.FromString(msg.data), (msg.headers or {}).get("Kiln-Reason", "")))
+        return out
+    finally:
+        await nc.close()
+
+
+def wait_dead(nats_url, message_id, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = [(q, why) for q, why in asyncio.run(dead_letters(nats_url)) if q.message_id == message_id]
+        if found:
+            return found
+        time.sleep(0.2)
+    raise AssertionError(f"{message_id} never reached the dead-letter stream")
+
+
+def test_permanently_refused_message_goes_to_the_dead_letter_stream(service, relay, nats_url):
+    relay.data_replies.append("554 5.7.1 rejected as spam")
+    sent = service.send(subject="refused for good")
+    [(queued, reason)] = wait_dead(nats_url, sent.message_id)
+    assert "554" in reason and "spam" in reason
+    assert queued.recipients == ["someone@example.org"]
+    assert not any(m.message_id == sent.message_id for m in relay.received)
+
+
+def test_refused_recipient_is_dead_lettered_while_the_others_get_the_message(service, relay, nats_url):
+    relay.replies["nobody@example.org"] = "550 5.1.1 no such user"
+    sent = service.send(to=["good@example.org", "nobody@example.org"], subject="partly")
+    [got] = received_by_id(relay, sent.message_id)
+    assert got.rcpt_tos == ["good@example.org"]
+    [(queued, reason)] = wait_dead(nats_url, sent.message_id)
+    assert list(queued.recipients) == ["nobody@example.org"] and "550" in reason
+
+
+def test_deferred_recipient_is_retried_on_its_own(service, relay):
+    relay.replies["later@example.org"] = "450 4.2.1 mailbox busy"
+    sent = service.send(to=["now@example.org", "later@example.org"], subject="deferred")
+    first = received_by_id(relay, sent.message_id)
+    assert [m.rcpt_tos for m in first] == [["now@example.org"]]
+    relay.replies.clear()
+    found = relay.wait_for(lambda msgs: sum(m.message_id == sent.message_id for m in msgs) == 2)
+    assert [m.rcpt_tos for m in found if m.message_id == sent.message_id] == [["now@example.org"],
+                                                                               ["later@example.org"]]
+
+
+# --- the sender rule ----------------------------------------------------------------------------------------------
+
+def test_an_administrator_may_send(service):
+    assert service.send(sender="ops@example.com").message_id
+
+
+def test_any_address_at_the_apps_mail_domain_may_send(service):
+    assert service.send(sender="Robot <no-reply@mailer.mail.localhost>").message_id
+
+
+def test_the_signed_in_user_may_send_with_the_routers_proof(service):
+    proof = auth.sign_user(PLATFORM_SECRET, APP, "visitor@example.net", time.time() + 60)
+    sent = service.send(sender="visitor@example.net", user_email="visitor@example.net", user_proof=proof)
+    assert sent.message_id
+
+
+@pytest.mark.parametrize("case", ["no proof", "forged proof", "proof for another app", "proof for another user",
+                                  "expired proof", "another apps domain", "stranger"])
+def test_anyone_else_is_refused_as_sender(service, case):
+    now = time.time()
+    user, proof, sender = "visitor@example.net", "", "visitor@example.net"
+    if case == "forged proof":
+        proof = auth.sign_user("not the platform secret", APP, user, now + 60)
+    elif case == "proof for another app":
+        proof = auth.sign_user(PLATFORM_SECRET, "other-app", user, now + 60)
+    elif case == "proof for another user":
+        proof = auth.sign_user(PLATFORM_SECRET, APP, "someone-else@example.net", now + 60)
+    elif case == "expired proof":
+        proof = auth.sign_user(PLATFORM_SECRET, APP, user, now - 5)
+    elif case == "another apps domain":
+        sender = "robot@other-app.mail.localhost"
+    elif case == "stranger":
+        user, sender = "", "stranger@example.com"
+    with pytest.raises(grpc.RpcError) as caught:
+        service.send(sender=sender, user_email=user, user_proof=proof)
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert error_code(caught.value) == "UNAUTHORIZED_SENDER"
+
+
+# --- bad input ------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fields, code", [
+    ({"to": ["victim@example.org\r\nBcc: spam@example.net"]}, "INVALID_EMAIL"),
+    ({"sender": "boss@example.com\nBcc: spam@example.net"}, "INVALID_EMAIL"),
+    ({"subject": "hi\r\nBcc: spam@example.net"}, "BAD_REQUEST"),
+    ({"reply_to": "not an address"}, "INVALID_EMAIL"),
+    ({"to": ["a@example.org, b@example.org"]}, "INVALID_EMAIL"),
+    ({"to": ["user@-bad-.example"]}, "INVALID_EMAIL"),
+    ({"to": [], "cc": [], "bcc": []}, "MISSING_RECIPIENTS"),
+    ({"text_body": "", "html_body": ""}, "BAD_REQUEST"),
+    ({"headers": [pb.Header(name="Bcc", value="spam@example.net")]}, "INVALID_HEADER_NAME"),
+    ({"headers": [pb.Header(name="References", value="<a@b>\r\nBcc: spam@example.net")]}, "INVALID_HEADER_NAME"),
+    ({"headers": [pb.Header(name="Bad Name", value="x")]}, "INVALID_HEADER_NAME"),
+    ({"attachments": [pb.Attachment(file_name="run.exe", data=b"MZ")]}, "INVALID_ATTACHMENT_TYPE"),
+    ({"attachments": [pb.Attachment(file_name="", data=b"x")]}, "INVALID_ATTACHMENT_TYPE"),
+    ({"attachments": [pb.Attachment(file_name="a.txt", data=b"x", content_id="no brackets")]},
+     "INVALID_CONTENT_ID"),
+])
+def test_malformed_message_gets_a_precise_error_and_nothing_is_sent(service, relay, fields, code):
+    if fields.get("to") == [] and "cc" in fields:
+        fields = {**fields}
+        request = pb.SendRequest(message=pb.MailMessage(sender="boss@example.com", subject="s", text_body="b"))
+        call = lambda: service.stub.Send(request, metadata=app_metadata(APP), timeout=30)  # noqa: E731
+    else:
+        call = lambda: service.send(**fields)  # noqa: E731
+    before = len(relay.received)
+    with pytest.raises(grpc.RpcError) as caught:
+        call()
+    assert caught.value.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED)
+    assert error_code(caught.value) == code
+    assert service.send(subject="still serving").message_id
+    time.sleep(0.3)
+    assert all("spam@example.net" not in m.rcpt_tos for m in relay.received[before:])
+
+
+def test_zip_holding_a_blocked_file_is_refused(service):
+    import io
+    import zipfile
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("readme.txt", "hi")
+        archive.writestr("tools/setup.bat", "echo")
+    with pytest.raises(grpc.RpcError) as caught:
+        service.send(attachments=[pb.Attachment(file_name="bundle.zip", data=buffer.getvalue())])
+    assert error_code(caught.value) == "INVALID_ATTACHMENT_TYPE"
+    assert "setup.bat" in caught.value.details()
+
+
+def test_oversized_message_is_refused(supervisor, nats_url, relay):
+    small = MailService(supervisor, nats_url, relay, "--max-mail-bytes", "100000").start()
+    try:
+        with pytest.raises(grpc.RpcError) as caught:
+            small.send(attachments=[pb.Attachment(file_name="big.bin", data=b"x" * 200_000)])
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "limit" in caught.value.details()
+        assert small.send(attachments=[pb.Attachment(file_name="ok.bin", data=b"x" * 1000)]).message_id
+    finally:
+        small.stop()
+
+
+def test_calls_without_a_valid_app_token_are_refused(service):
+    request = pb.SendRequest(message=pb.MailMessage(sender="a@b.com", to=["c@d.com"], subject="s", text_body="b"))
+    with pytest.raises(grpc.RpcError) as caught:
+        service.stub.Send(request, metadata=(("authorization", "Bearer mailer.forged"),), timeout=30)
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+# --- the Python API against the service ----------------------------------------------------------------------------
+
+@pytest.fixture
+def as_app(service, monkeypatch):
+    from kiln.api import _rpc
+    monkeypatch.setenv("KILN_MAIL_ADDR", service.child.address)
+    monkeypatch.setenv("KILN_APP_TOKEN", auth.mint_app_token(SECRET, APP))
+    _rpc.reset()
+    yield
+    _rpc.reset()
+
+
+def test_send_mail_raises_app_engines_errors(as_app):
+    with pytest.raises(mail.InvalidSenderError):
+        mail.send_mail("stranger@example.com", "x@example.org", "s", "b")
+    with pytest.raises(mail.InvalidAttachmentTypeError):
+        mail.send_mail("boss@example.com", "x@example.org", "s", "b", attachments=[("a.vbs", b"x")])
+    with pytest.raises(mail.InvalidHeaderNameError):
+        mail.send_mail("boss@example.com", "x@example.org", "s", "b", headers={"X-Custom": "1"})
+    with pytest.raises(mail.MissingRecipientsError):
+        mail.EmailMessage(sender="boss@example.com", subject="s", body="b").send()
+
+
+def test_email_message_is_delivered_through_the_api(as_app, relay):
+    message = mail.EmailMessage(sender="boss@example.com", to="a@example.org, B <b@example.org>",
+                                subject="via the API", body="text", html="<i>html</i>",
+                                attachments=[mail.Attachment("a.csv", b"1,2\n")])
+    message.send()
+    found = relay.wait_for(lambda msgs: any(m.message["Subject"] == "via the API" for m in msgs))
+    [got] = [m for m in found if m.message["Subject"] == "via the API"]
+    assert sorted(got.rcpt_tos) == ["a@example.org", "b@example.org"]
+    inbound = mail.InboundEmailMessage(got.data)
+    assert inbound.subject == "via the API"
+    assert [(a.filename, a.payload.decode()) for a in inbound.attachments] == [("a.csv", b"1,2\n")]
+    assert [ct for ct, _ in inbound.bodies()] == ["text/html", "text/plain"]
+
+
+# --- durability -------------------------------------------------------------------------------------------------------
+
+def ids_received(relay):
+    return [m.message_id for m in relay.received]
+
+
+def test_messages_queued_while_the_relay_is_down_are_delivered_once_it_is_up(supervisor, tmp_path):
+    nats_url = own_nats(supervisor, tmp_path)
+    down = smtpservers.Relay(tls_dir=tmp_path, credentials=RELAY_USER, port=free_port())
+    svc = MailService(supervisor, nats_url, down).start()
+    try:
+        sent = [svc.send(subject=f"while down {n}").message_id for n in range(3)]
+        time.sleep(1.5)  # connection refused, a few times
+        down.start()
+        try:
+            down.wait_for(lambda msgs: {m.message_id for m in msgs} >= set(sent), timeout=30)
+            time.sleep(1)
+            assert sorted(ids_received(down)) == sorted(sent)
+        finally:
+            down.stop()
+    finally:
+        svc.stop()
+
+
+def test_killed_mail_service_delivers_each_message_exactly_once_after_restart(supervisor, tmp_path):
+    nats_url = own_nats(supervisor, tmp_path)
+    """SIGKILL with messages queued, one held mid-delivery by the relay, and some delivered: after a restart
+    every message reaches the relay, none twice."""
+    relay = smtpservers.Relay(tls_dir=tmp_path, credentials=RELAY_USER).start()
+    svc = MailService(supervisor, nats_url, relay)
+    try:
+        relay.accept_before_holding = 3
+        svc.start()
+        sent = [svc.send(subject=f"crash {n}").message_id for n in range(12)]
+        relay.wait_for(lambda msgs: len(msgs) >= 3 and relay.held >= 1, timeout=30)
+        time.sleep(0.5)  # the delivered ones are recorded and acknowledged
+        svc.kill()
+        delivered_before = len(relay.received)
+        assert 3 <= delivered_before < 12
+        relay.gate.set()
+        svc.start()
+        relay.wait_for(lambda msgs: {m.message_id for m in msgs} >= set(sent), timeout=60)
+        time.sleep(3)  # past ack_wait: any redelivery would have happened by now
+        assert sorted(ids_received(relay)) == sorted(sent)
+    finally:
+        svc.stop()
+        relay.stop()
+
+
+def test_a_message_recorded_as_delivered_is_not_sent_again(supervisor, tmp_path):
+    nats_url = own_nats(supervisor, tmp_path)
+    """The state a crash between the relay's 250 and the stream acknowledgement leaves: the message was handed
+    out and its delivery recorded, but it is still unacknowledged on the stream. When it comes back, mail_svc
+    acknowledges it without sending it (and sends the one whose delivery was not recorded)."""
+    relay = smtpservers.Relay(tls_dir=tmp_path, credentials=RELAY_USER).start()
+    svc = MailService(supervisor, nats_url, relay)
+
+    async def leave_crash_state():
+        nc = await nats.connect(nats_url)
+        try:
+            queue = mail_queue.MailQueue(nc, mail_queue.QueueSettings(ack_wait_seconds=2))
+            await queue.open()
+            for n, recorded in ((0, True), (1, False)):
+                queued = pb.QueuedMail(app_id=APP, message_id=f"<crash-state-{n}-{time.time()}@test>",
+                                       envelope_from="boss@example.com", recipients=["r@example.org"],
+                                       subject=f"crash state {n}")
+                queued.queued_at.GetCurrentTime()
+                raw = f"Message-ID: {queued.message_id}\r\nSubject: x\r\n\r\nbody\r\n".encode()
+                if recorded:
+                    await queue.record_delivery(mail_queue.delivery_key(queued.message_id, ["r@example.org"]),
+                                                mail_queue.Outcome())
+                await queue.put(queued, raw)
+                ids.append(queued.message_id)
+            # A worker took both and died before acknowledging them.
+            taken = await (await queue.subscribe()).fetch(2, timeout=5)
+            assert len(taken) == 2
+        finally:
+            await nc.close()
+
+    ids: list[str] = []
+    try:
+        asyncio.run(leave_crash_state())
+        svc.start()
+        relay.wait_for(lambda msgs: ids[1] in {m.message_id for m in msgs}, timeout=30)
+        time.sleep(1)
+        assert ids_received(relay) == [ids[1]]
+    finally:
+        svc.stop()
+        relay.stop()
+
+
+def test_two_replicas_share_the_queue_and_deliver_each_message_once(supervisor, tmp_path):
+    nats_url = own_nats(supervisor, tmp_path)
+    relay = smtpservers.Relay(tls_dir=tmp_path, credentials=RELAY_USER).start()
+    first, second = MailService(supervisor, nats_url, relay), MailService(supervisor, nats_url, relay)
+    try:
+        first.start()
+        second.start()
+        sent = [(first if n % 2 else second).send(subject=f"replicas {n}").message_id for n in range(20)]
+        relay.wait_for(lambda msgs: {m.message_id for m in msgs} >= set(sent), timeout=60)
+        time.sleep(2.5)
+        assert sorted(ids_received(relay)) == sorted(sent)
+    finally:
+        first.stop()
+        second.stop()
+        relay.stop()
