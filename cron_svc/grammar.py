@@ -1,0 +1,281 @@
+"""App Engine's cron ``schedule`` grammar, and when a schedule fires.
+
+Two forms, case-insensitive:
+
+- **Intervals**: ``every N minutes|mins|hours``, optionally ``synchronized`` (aligned to 00:00 each day; N must
+  divide 24 hours) or ``from HH:MM to HH:MM`` (only inside that daily window, from its start, stepping by N; the
+  window may cross midnight). A plain interval is in absolute time: N after the previous run.
+- **Specific times**: ``[every|ORDINALS] DAYS [of MONTHS] HH:MM`` — ``every day 09:00``, ``every mon,wed 18:30``,
+  ``1st,3rd tuesday of month 10:00``, ``2nd wednesday of march,june 12:00``; ordinals ``1st``–``5th`` (or
+  ``first``–``fifth``): the N-th such weekday of the month (a month without a 5th one is skipped); days and
+  months by full or three-letter name.
+
+Wall-clock times are in the job's time zone. Across a DST change a time that does not exist that day (02:30 when
+clocks jump from 02:00 to 03:00) fires at the same offset after the jump (03:30); a time that happens twice (01:30
+when clocks fall back) fires once, at its first occurrence. Errors name the offending word and its position.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import re
+import zoneinfo
+
+UTC = datetime.timezone.utc
+DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+MONTHS = ("january", "february", "march", "april", "may", "june", "july", "august", "september", "october",
+          "november", "december")
+ORDINALS = {"1st": 1, "first": 1, "2nd": 2, "second": 2, "3rd": 3, "third": 3, "4th": 4, "fourth": 4,
+            "5th": 5, "fifth": 5}
+MINUTE_UNITS = ("minutes", "minute", "mins", "min")
+HOUR_UNITS = ("hours", "hour", "hrs", "hr")
+TIME_RE = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
+SEARCH_DAYS = 5 * 366 + 7  # a 5th weekday of one month recurs within this
+
+
+class ScheduleError(ValueError):
+    """The schedule text is not App Engine's grammar (the message names the word)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """A parsed schedule; :meth:`next_after` gives its firing times."""
+
+    text: str
+    interval_minutes: int = 0  # > 0: an interval schedule
+    synchronized: bool = False
+    window: tuple[int, int] | None = None  # minutes of the day, from and to (inclusive)
+    minute_of_day: int = 0
+    weekdays: frozenset[int] = frozenset()  # 0 = Monday; empty: every day
+    ordinals: frozenset[int] = frozenset()  # 1..5; empty: every occurrence
+    months: frozenset[int] = frozenset()  # 1..12; empty: every month
+
+    def next_after(self, after: datetime.datetime, tz: zoneinfo.ZoneInfo,
+                   previous: datetime.datetime | None = None) -> datetime.datetime:
+        """The first firing strictly after ``after`` (aware), in UTC. ``previous`` (the last scheduled firing)
+        matters only for plain intervals, which run N after it."""
+        after = after.astimezone(UTC)
+        if self.interval_minutes and not self.synchronized and self.window is None:
+            step = datetime.timedelta(minutes=self.interval_minutes)
+            if previous is None:
+                return _next_minute(after)
+            start = previous.astimezone(UTC) + step
+            if start > after:
+                return start
+            skipped = (after - start) // step + 1
+            return start + skipped * step
+        local_day = after.astimezone(tz).date()
+        if self.interval_minutes:
+            return self._next_interval(after, tz, local_day)
+        day = local_day - datetime.timedelta(days=1)
+        for _ in range(SEARCH_DAYS):
+            if self._matches(day):
+                fire = _at(day, self.minute_of_day, tz)
+                if fire > after:
+                    return fire
+            day += datetime.timedelta(days=1)
+        raise ScheduleError(f"schedule {self.text!r}: no firing time within five years")
+
+    def _next_interval(self, after: datetime.datetime, tz: zoneinfo.ZoneInfo,
+                       local_day: datetime.date) -> datetime.datetime:
+        # Wall-clock candidates of the days around `after`; their UTC times need not be in order across a DST
+        # change, so the smallest one after `after` is taken rather than the first.
+        for offset in range(-1, 3):
+            day = local_day + datetime.timedelta(days=offset)
+            found = [t for t in self._candidates(day, tz) if t > after]
+            if found:
+                return min(found)
+        raise ScheduleError(f"schedule {self.text!r}: no firing time found")  # unreachable for valid schedules
+
+    def _candidates(self, day: datetime.date, tz: zoneinfo.ZoneInfo) -> list[datetime.datetime]:
+        step = self.interval_minutes
+        if self.window is None:
+            return [_at(day, m, tz) for m in range(0, 24 * 60, step)]
+        start, end = self.window
+        if end < start:
+            end += 24 * 60  # the window crosses midnight
+        return [_at(day, m, tz) for m in range(start, end + 1, step)]
+
+    def _matches(self, day: datetime.date) -> bool:
+        if self.months and day.month not in self.months:
+            return False
+        if self.weekdays and day.weekday() not in self.weekdays:
+            return False
+        return not self.ordinals or (day.day - 1) // 7 + 1 in self.ordinals
+
+
+def _at(day: datetime.date, minutes: int, tz: zoneinfo.ZoneInfo) -> datetime.datetime:
+    """Wall-clock ``minutes`` after midnight of ``day`` in ``tz`` (may run into the next day), in UTC. fold=0:
+    a repeated time is its first occurrence; a skipped one lands the gap's length later."""
+    naive = datetime.datetime.combine(day, datetime.time()) + datetime.timedelta(minutes=minutes)
+    return naive.replace(tzinfo=tz, fold=0).astimezone(UTC)
+
+
+def _next_minute(after: datetime.datetime) -> datetime.datetime:
+    return after.replace(second=0, microsecond=0) + datetime.timedelta(minutes=1)
+
+
+def parse_timezone(name: str) -> zoneinfo.ZoneInfo:
+    """The IANA time zone ``name`` (e.g. ``America/New_York``)."""
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ScheduleError(f"unknown time zone {name!r}; use an IANA name such as Europe/London or UTC") from None
+
+
+class _Words:
+    """The schedule's words (commas are separators, not words) with positions for errors."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.tokens = re.findall(r"[^\s,]+|,", text.lower())
+        self.i = 0
+
+    def peek(self) -> str | None:
+        return self.tokens[self.i] if self.i < len(self.tokens) else None
+
+    def take(self) -> str | None:
+        word = self.peek()
+        if word is not None:
+            self.i += 1
+        return word
+
+    def position(self) -> int:
+        return sum(1 for t in self.tokens[: self.i] if t != ",") + 1
+
+    def fail(self, word: str | None, expected: str, *, at: int | None = None) -> ScheduleError:
+        where = at if at is not None else self.position()
+        if word is None:
+            return ScheduleError(f"schedule {self.text!r}: ends too early (after word {where - 1}); expected "
+                                 f"{expected}")
+        return ScheduleError(f"schedule {self.text!r}: unexpected word {word!r} (word {where}); expected {expected}")
+
+    def word(self, expected: str) -> str:
+        at = self.position()
+        word = self.take()
+        if word is None or word == ",":
+            raise self.fail(word, expected, at=at)
+        return word
+
+    def names(self, table: dict[str, int], expected: str) -> list[int]:
+        """A comma-separated list of names from ``table``; no repeats."""
+        out: list[int] = []
+        while True:
+            at = self.position()
+            word = self.word(expected)
+            if word not in table:
+                raise self.fail(word, expected, at=at)
+            if table[word] in out:
+                raise ScheduleError(f"schedule {self.text!r}: {word!r} (word {at}) is listed twice")
+            out.append(table[word])
+            if self.peek() != ",":
+                return out
+            self.take()
+
+
+def _name_table(names: tuple[str, ...], base: int) -> dict[str, int]:
+    table = {}
+    for i, name in enumerate(names):
+        table[name] = i + base
+        table[name[:3]] = i + base
+    return table
+
+
+_DAY_TABLE = _name_table(DAYS, 0)
+_MONTH_TABLE = _name_table(MONTHS, 1)
+_MONTH_TABLE["sept"] = 9
+
+
+def _time(words: _Words) -> int:
+    at = words.position()
+    word = words.word("a time HH:MM")
+    match = TIME_RE.match(word)
+    if not match:
+        raise words.fail(word, "a time HH:MM (00:00 to 23:59)", at=at)
+    return int(match.group(1)) * 60 + int(match.group(2))
+
+
+def parse(text: str) -> Schedule:
+    """Parse a schedule.
+
+    Raises:
+        ScheduleError: the message names the offending word and its position.
+    """
+    words = _Words(text)
+    if not words.tokens:
+        raise ScheduleError("schedule is empty; e.g. 'every 5 minutes' or 'every monday 09:00'")
+    first = words.peek()
+    if first == "every" and len(words.tokens) > 1 and words.tokens[1].isdigit():
+        schedule = _interval(words)
+    else:
+        schedule = _times(words)
+    if words.peek() is not None:
+        raise words.fail(words.peek(), "nothing more")
+    return schedule
+
+
+def _interval(words: _Words) -> Schedule:
+    words.take()  # every
+    at = words.position()
+    count = int(words.word("a number"))
+    if count < 1:
+        raise words.fail(str(count), "a number of at least 1", at=at)
+    at = words.position()
+    unit = words.word("minutes or hours")
+    if unit in MINUTE_UNITS:
+        minutes = count
+    elif unit in HOUR_UNITS:
+        minutes = count * 60
+    else:
+        raise words.fail(unit, "minutes or hours", at=at)
+    if minutes > 24 * 60 * 366:
+        raise words.fail(str(count), "an interval of at most a year", at=2)
+    option = words.peek()
+    if option is None:
+        return Schedule(text=words.text, interval_minutes=minutes)
+    if option == "synchronized":
+        words.take()
+        if (24 * 60) % minutes:
+            raise ScheduleError(f"schedule {words.text!r}: 'synchronized' needs an interval that divides 24 hours "
+                                f"evenly, got {minutes} minutes")
+        if words.peek() == "from":
+            raise words.fail("from", "nothing after 'synchronized' (it cannot have a from/to window)")
+        return Schedule(text=words.text, interval_minutes=minutes, synchronized=True)
+    if option == "from":
+        words.take()
+        start = _time(words)
+        at = words.position()
+        word = words.take()
+        if word != "to":
+            raise words.fail(word, "'to' and the window's end", at=at)
+        end = _time(words)
+        if words.peek() == "synchronized":
+            raise words.fail("synchronized", "nothing after the window (it cannot be synchronized)")
+        return Schedule(text=words.text, interval_minutes=minutes, window=(start, end))
+    raise words.fail(option, "'synchronized', 'from HH:MM to HH:MM' or nothing")
+
+
+def _times(words: _Words) -> Schedule:
+    ordinals: list[int] = []
+    if words.peek() == "every":
+        words.take()
+    else:
+        ordinals = words.names(ORDINALS, "'every' or an ordinal (1st, 2nd, 3rd, 4th, 5th, first…)")
+    weekdays: list[int] = []
+    if words.peek() == "day":
+        words.take()
+        if ordinals:
+            raise words.fail("day", "a weekday after an ordinal (e.g. 1st monday)", at=words.position() - 1)
+    else:
+        weekdays = words.names(_DAY_TABLE, "'day' or weekdays (monday or mon, …)")
+    months: list[int] = []
+    if words.peek() == "of":
+        words.take()
+        if words.peek() == "month":
+            words.take()
+        else:
+            months = words.names(_MONTH_TABLE, "'month' or months (january or jan, …)")
+    minute = _time(words)
+    return Schedule(text=words.text, minute_of_day=minute, weekdays=frozenset(weekdays),
+                    ordinals=frozenset(ordinals), months=frozenset(months))

@@ -1,0 +1,208 @@
+"""App Engine's cron schedule grammar (cron_svc.grammar) and cron.yaml (cron_svc.cronyaml): parsing, errors that
+point at the word, and firing times across time zones and DST changes."""
+
+from __future__ import annotations
+
+import datetime
+import zoneinfo
+
+import pytest
+
+from cron_svc import cronyaml
+from cron_svc.grammar import ScheduleError, parse, parse_timezone
+from kiln.appyaml import AppYamlError
+
+UTC = datetime.timezone.utc
+NY = zoneinfo.ZoneInfo("America/New_York")
+LONDON = zoneinfo.ZoneInfo("Europe/London")
+
+
+def at(text, tz=UTC):
+    return datetime.datetime.fromisoformat(text).replace(tzinfo=tz)
+
+
+def firings(schedule, start, tz=UTC, count=5):
+    out, t, previous = [], start, None
+    for _ in range(count):
+        t = schedule.next_after(t, tz, previous)
+        previous = t
+        out.append(t)
+    return out
+
+
+def test_every_n_minutes_runs_n_minutes_after_the_previous_run():
+    s = parse("every 5 minutes")
+    assert s.next_after(at("2026-01-01 10:00:30"), UTC) == at("2026-01-01 10:01")
+    assert s.next_after(at("2026-01-01 10:01:00"), UTC, previous=at("2026-01-01 10:01")) == at("2026-01-01 10:06")
+    assert s.next_after(at("2026-01-01 10:20:00"), UTC, previous=at("2026-01-01 10:01")) == at("2026-01-01 10:21")
+
+
+def test_plain_intervals_keep_their_spacing_across_dst():
+    s = parse("every 2 hours")
+    times = firings(s, at("2026-03-08 00:30", NY), NY, count=4)
+    assert [(b - a) for a, b in zip(times, times[1:])] == [datetime.timedelta(hours=2)] * 3
+
+
+def test_synchronized_interval_aligns_to_midnight():
+    s = parse("every 6 hours synchronized")
+    assert firings(s, at("2026-01-01 01:00"), count=4) == [
+        at("2026-01-01 06:00"), at("2026-01-01 12:00"), at("2026-01-01 18:00"), at("2026-01-02 00:00")]
+
+
+def test_synchronized_interval_must_divide_the_day():
+    with pytest.raises(ScheduleError, match="divides 24 hours"):
+        parse("every 7 hours synchronized")
+
+
+def test_window_fires_from_its_start_every_n_inside_it():
+    s = parse("every 30 mins from 10:00 to 11:00")
+    assert firings(s, at("2026-01-01 09:00"), count=4) == [
+        at("2026-01-01 10:00"), at("2026-01-01 10:30"), at("2026-01-01 11:00"), at("2026-01-02 10:00")]
+
+
+def test_window_may_cross_midnight():
+    s = parse("every 1 hours from 23:00 to 01:00")
+    assert firings(s, at("2026-01-01 12:00"), count=4) == [
+        at("2026-01-01 23:00"), at("2026-01-02 00:00"), at("2026-01-02 01:00"), at("2026-01-02 23:00")]
+
+
+def test_every_day_fires_at_the_wall_time_of_its_zone():
+    s = parse("every day 09:00")
+    assert s.next_after(at("2026-07-01 00:00"), LONDON) == at("2026-07-01 08:00")  # BST
+    assert s.next_after(at("2026-12-01 00:00"), LONDON) == at("2026-12-01 09:00")  # GMT
+
+
+def test_weekday_lists_and_abbreviations():
+    s = parse("every mon,Wednesday , fri 18:30")
+    assert firings(s, at("2026-11-23 19:00"), count=3) == [  # Monday 23 Nov 2026, after 18:30
+        at("2026-11-25 18:30"), at("2026-11-27 18:30"), at("2026-11-30 18:30")]
+
+
+def test_ordinal_weekdays_of_every_month():
+    s = parse("1st,3rd tuesday of month 10:00")
+    assert firings(s, at("2026-01-01"), count=3) == [at("2026-01-06 10:00"), at("2026-01-20 10:00"),
+                                                     at("2026-02-03 10:00")]
+
+
+def test_ordinal_weekday_of_listed_months():
+    s = parse("2nd wednesday of march,june 12:00")
+    assert firings(s, at("2026-01-01"), count=3) == [at("2026-03-11 12:00"), at("2026-06-10 12:00"),
+                                                     at("2027-03-10 12:00")]
+
+
+def test_fifth_weekday_skips_months_without_one():
+    s = parse("fifth friday of month 08:00")
+    assert firings(s, at("2026-01-01"), count=3) == [at("2026-01-30 08:00"), at("2026-05-29 08:00"),
+                                                     at("2026-07-31 08:00")]
+
+
+def test_every_weekday_of_a_month():
+    s = parse("every monday of sep 07:15")
+    assert s.next_after(at("2026-01-01"), UTC) == at("2026-09-07 07:15")
+
+
+def test_time_skipped_by_spring_forward_fires_after_the_jump():
+    s = parse("every day 02:30")
+    assert s.next_after(at("2026-03-07 12:00", NY), NY) == at("2026-03-08 03:30", NY)
+
+
+def test_time_repeated_by_fall_back_fires_once():
+    s = parse("every day 01:30")
+    first = s.next_after(at("2026-10-31 12:00", NY), NY)
+    assert first == datetime.datetime(2026, 11, 1, 5, 30, tzinfo=UTC)  # 01:30 EDT
+    assert s.next_after(first, NY) == datetime.datetime(2026, 11, 2, 6, 30, tzinfo=UTC)
+
+
+def test_window_across_a_dst_change_never_repeats_a_time():
+    s = parse("every 30 minutes from 00:00 to 04:00")
+    for day in ("2026-03-08", "2026-11-01"):
+        times = firings(s, at(f"{day} 00:00", NY) - datetime.timedelta(minutes=1), NY, count=8)
+        assert times == sorted(set(times))
+
+
+@pytest.mark.parametrize("text", ["every 5 minutes", "every 1 hours synchronized", "every 20 mins from 08:00 to 17:00",
+                                  "every day 00:00", "2nd,4th sat of jan,jul 23:59", "every sun 02:30"])
+def test_firing_times_strictly_increase_over_a_year(text):
+    s = parse(text)
+    t, previous = at("2026-01-01", NY), None
+    for _ in range(500):
+        nxt = s.next_after(t, NY, previous)
+        assert nxt > t
+        t = previous = nxt
+
+
+def test_grammar_is_case_insensitive():
+    assert parse("Every MONDAY 09:00").weekdays == frozenset({0})
+
+
+@pytest.mark.parametrize("text, word", [
+    ("every 5 minuts", "'minuts' (word 3)"), ("every 0 minutes", "'0' (word 2)"),
+    ("evry day 10:00", "'evry' (word 1)"), ("every day 25:00", "'25:00' (word 3)"),
+    ("every day 9:7x", "'9:7x' (word 3)"), ("every monday", "ends too early"),
+    ("1st day of month 10:00", "'day'"), ("every mon,mon 10:00", "listed twice"),
+    ("every day 10:00 please", "'please' (word 4)"), ("every 5 minutes from 10:00", "ends too early"),
+    ("every 5 minutes from 10:00 till 11:00", "'till' (word 6)"),
+    ("every 2 hours synchronized from 00:00 to 10:00", "'from'"), ("2nd wednesday of marsh 12:00", "'marsh'"),
+    ("", "empty"),
+])
+def test_invalid_schedules_name_the_word(text, word):
+    with pytest.raises(ScheduleError) as caught:
+        parse(text)
+    assert word in str(caught.value)
+
+
+def test_unknown_time_zone_is_refused():
+    with pytest.raises(ScheduleError, match="Mars/Olympus"):
+        parse_timezone("Mars/Olympus")
+
+
+CRON_YAML = """\
+cron:
+- description: daily summary
+  url: /tasks/summary?kind=daily
+  schedule: every day 09:00
+  timezone: Europe/London
+  target: beta
+  retry_parameters:
+    job_retry_limit: 3
+    job_age_limit: 2h
+    min_backoff_seconds: 10
+    max_backoff_seconds: 300
+    max_doublings: 2
+- url: /tasks/poll
+  schedule: every 5 minutes
+"""
+
+
+def test_cron_yaml_parses_every_field():
+    daily, poll = cronyaml.parse(CRON_YAML)
+    assert (daily.url, daily.timezone, daily.target, daily.description) == (
+        "/tasks/summary?kind=daily", "Europe/London", "beta", "daily summary")
+    assert daily.retry == cronyaml.RetryParameters(3, 7200, 10.0, 300.0, 2)
+    assert (poll.timezone, poll.target, poll.retry.retries) == ("UTC", "", False)
+    assert daily.key != poll.key
+
+
+def test_retry_backoff_doubles_then_grows_linearly_up_to_the_maximum():
+    retry = cronyaml.RetryParameters(job_retry_limit=5, min_backoff_seconds=10, max_backoff_seconds=100,
+                                     max_doublings=2)
+    assert [retry.backoff(n) for n in range(1, 6)] == [10, 20, 40, 80, 100]
+
+
+@pytest.mark.parametrize("text, where", [
+    ("cron:\n- url: /x\n  schedule: every 5 minuts\n", "cron.yaml:3: cron[0].schedule"),
+    ("cron:\n- url: x\n  schedule: every day 10:00\n", "cron.yaml:2: cron[0].url"),
+    ("cron:\n- url: /x\n  schedule: every day 10:00\n  timezone: Nowhere/City\n", "cron.yaml:4: cron[0].timezone"),
+    ("cron:\n- url: /x\n  schedule: every day 10:00\n  target: Bad_Version\n", "cron.yaml:4: cron[0].target"),
+    ("cron:\n- url: /x\n  schedule: every day 10:00\n  colour: red\n", "cron.yaml:4: cron[0].colour"),
+    ("cron:\n- url: /x\n  schedule: every day 10:00\n  retry_parameters:\n    job_retry_limit: 9\n",
+     "cron.yaml:5: cron[0].retry_parameters.job_retry_limit"),
+    ("cron:\n- url: /x\n  schedule: every day 10:00\n  retry_parameters:\n    job_age_limit: soon\n",
+     "cron.yaml:5: cron[0].retry_parameters.job_age_limit"),
+    ("cron:\n- url: /x\n  schedule: every day 10:00\n- url: /x\n  schedule: every day 10:00\n", "cron[1]"),
+    ("cron:\n- url: /x\n", "cron[0].schedule: required"),
+])
+def test_bad_cron_yaml_names_file_line_and_field(text, where):
+    with pytest.raises(AppYamlError) as caught:
+        cronyaml.parse(text)
+    assert where in str(caught.value)
