@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import pathlib
+import socket
 
-from kiln.config import GrpcServiceConfig, field
+from kiln.bus import DEFAULT_URL
+from kiln.config import GrpcServiceConfig, Secret, field
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -12,3 +16,31 @@ class CronConfig(GrpcServiceConfig):
     """cron service settings (env prefix ``KILN_CRON_``)."""
 
     listen: str = field("127.0.0.1:50056", "host:port to serve gRPC on")
+    nats_url: str = field(DEFAULT_URL, "NATS server URL(s) whose KV buckets hold claims, firing state and replicas")
+    cron_yaml: str = field("", "each app's cron.yaml until the control plane serves it: app=/path/cron.yaml[,...]")
+    router_url: str = field("http://127.0.0.1:8080", "the router cron requests go through")
+    apps_domain: str = field("localhost", "the router's domain: a job of APP goes to Host APP.<apps_domain> "
+                                          "(TARGET-dot-APP.<apps_domain> with a target)")
+    platform_secret: Secret = field(Secret(""), "the router's platform_secret: signs cron requests (required)")
+    replica_id: str = field(f"{socket.gethostname()}-{os.getpid()}", "this replica's name in claims and liveness")
+    liveness_seconds: float = field(6.0, "a replica silent this long is taken for dead and its firings taken over")
+    request_timeout_seconds: float = field(600.0, "how long a cron request may run (App Engine: 10 minutes)")
+    kv_replicas: int = field(1, "JetStream replicas of the KV buckets (3 on a NATS cluster)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.platform_secret:
+            raise ValueError("platform_secret: required (the router admits cron requests signed with it)")
+        if self.liveness_seconds < 1:
+            raise ValueError("liveness_seconds: must be at least 1")
+        self.cron_files()
+
+    def cron_files(self) -> dict[str, pathlib.Path]:
+        """App -> its cron.yaml."""
+        out = {}
+        for item in filter(None, (i.strip() for i in self.cron_yaml.split(","))):
+            app, sep, path = item.partition("=")
+            if not sep or not app or not path:
+                raise ValueError(f"cron_yaml: expected app=/path/cron.yaml, got {item!r}")
+            out[app.strip()] = pathlib.Path(path.strip())
+        return out

@@ -26,6 +26,7 @@ import threading
 import grpc
 
 from kiln.supervisor import Supervisor, python_module
+from cron_svc import cronyaml
 from kiln import appyaml, auth, indexyaml, natsauth
 from kiln.errors import ConfigError
 from kiln.pb.datastore.v1 import datastore_pb2, datastore_pb2_grpc
@@ -74,6 +75,7 @@ class DevServer:
         self.app_id = app_id_for(opts.app_dir, self.app_config)
         self.index_yaml = opts.app_dir.resolve() / "index.yaml"
         indexyaml.load(self.index_yaml)  # a malformed index.yaml fails here, naming file, line and field
+        cronyaml.load(opts.app_dir.resolve() / "cron.yaml")  # so does a malformed cron.yaml
         self.version_id = self.app_config.version or "v1"
         self.data_dir = (opts.data_dir or default_data_dir(self.app_id)).expanduser().resolve()
         self.run_dir = self.data_dir / "run"
@@ -134,7 +136,7 @@ class DevServer:
         env = {**os.environ, **{f"KILN_{svc.split('_')[0].upper()}_SERVICE_SECRET": self._secret for svc in SERVICES}}
         pending = []
         for svc in SERVICES:
-            if svc in ("urlfetch_svc", "mail_svc"):
+            if svc in ("urlfetch_svc", "mail_svc", "cron_svc"):
                 continue  # after the router, whose address they need
             args = ["--listen", "127.0.0.1:0", "--ready-file", str(run / f"{svc}.addr")]
             if svc == "logs_svc":
@@ -187,6 +189,15 @@ class DevServer:
             ready_file=run / "mail_svc.addr")
         self.addresses["mail_svc"] = mail.address
         self.addresses["mail_smtp"] = (run / "mail_svc.smtp").read_text().strip()
+        # Cron: the app's cron.yaml (if any), fired through the router with X-AppEngine-Cron.
+        cron_yaml = self.opts.app_dir.resolve() / "cron.yaml"
+        cron = sup.start("cron_svc", python_module(
+            "cron_svc", "--listen", "127.0.0.1:0", "--ready-file", str(run / "cron_svc.addr"),
+            "--cron-yaml", f"{self.app_id}={cron_yaml}" if cron_yaml.exists() else "",
+            "--router-url", f"http://127.0.0.1:{router_port}", "--apps-domain", "localhost"),
+            env={**env, "KILN_CRON_NATS_URL": self.nats_url, "KILN_CRON_PLATFORM_SECRET": platform},
+            ready_file=run / "cron_svc.addr")
+        self.addresses["cron_svc"] = cron.address
         runtime_args = [
             "--dev", "--listen", "127.0.0.1:0", "--request-deadline-seconds", str(self.opts.request_deadline),
             "--default-hostname", f"{'localhost' if self.opts.host in ('127.0.0.1', '0.0.0.0') else self.opts.host}"

@@ -104,7 +104,8 @@ class MemcacheService(memcache_pb2_grpc.MemcacheServiceServicer):
         check_key(request.key)
         initial = request.initial_value if request.HasField("initial_value") else None
         try:
-            new = self._cache.incr((app, request.namespace, request.key), request.delta, request.decrement, initial)
+            new = self._cache.incr((app, request.namespace, request.key), request.delta, request.decrement, initial,
+                                   request.initial_flags)
         except ValueError as exc:
             raise errors.FailedPreconditionError(str(exc)) from None
         out = pb.IncrementResponse()

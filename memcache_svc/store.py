@@ -155,8 +155,9 @@ class Cache:
             self._locked[key] = absolute_expiry(lockout_seconds, now)
         return found
 
-    def incr(self, key: Key, delta: int, decrement: bool, initial: int | None) -> int | None:
-        """The new value, or None if the key is missing and no ``initial`` was given.
+    def incr(self, key: Key, delta: int, decrement: bool, initial: int | None, initial_flags: int = 0) -> int | None:
+        """The new value, or None if the key is missing and no ``initial`` was given (an item created from
+        ``initial`` gets ``initial_flags``).
 
         Raises:
             ValueError: the stored value is not a decimal number below 2**64.
@@ -166,7 +167,7 @@ class Cache:
         if item is None:
             if initial is None:
                 return None
-            current, flags, expires = initial, 0, 0.0
+            current, flags, expires = initial, initial_flags, 0.0
         else:
             text = item.value.strip()
             if not text.isdigit() or int(text) >= U64:

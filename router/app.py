@@ -129,6 +129,8 @@ class Router:
         except _TooLarge:
             return responses.plain(413, "Request body too large.")
         envelope = self._envelope(request, target, request_id, host, body, started, client_ip, scheme, user)
+        if platform == "cron":
+            envelope.headers.add(name="X-AppEngine-Cron", value="true")  # only cron_svc's requests carry it
         bodies = self.bodies(target.app_id)
         if not bodies.fits_inline(len(body)):
             envelope.body_object = await bodies.put(f"req-{request_id}", body)

@@ -343,6 +343,7 @@ class Client:
         request = pb.IncrementRequest(namespace=ns, key=raw, delta=delta % 2**64, decrement=decrement)
         if initial is not None:
             request.initial_value = initial
+            request.initial_flags = TYPE_INT  # a later get returns an int, as on App Engine
         shard = _shards.ring().shard_for(raw)
         stub = _shards.stub(shard)
         if stub is None:

@@ -34,6 +34,7 @@ def service_env() -> dict[str, str]:
     for name in [*SERVICES, "manager", "logs"]:
         env[f"KILN_{name.upper()}_SERVICE_SECRET"] = SECRET
     env["KILN_ROUTER_SESSION_SECRET"] = "integration-session-secret"
+    env["KILN_CRON_PLATFORM_SECRET"] = "integration-platform-secret"
     return env
 
 
@@ -72,6 +73,8 @@ def grpc_services(supervisor, tmp_path_factory, nats_url):
             args += ["--data-dir", str(data), "--index-cache-seconds", str(INDEX_CACHE_SECONDS)]
         if name == "mail":
             args += ["--nats-url", nats_url, "--outbox-dir", str(tmp_path_factory.mktemp("outbox"))]
+        if name == "cron":
+            args += ["--nats-url", nats_url]
         children[name] = supervisor.spawn(module, python_module(module, *args), env=service_env(),
                                           ready_file=run / f"{module}.addr")
     return {name: Supervisor.wait_ready(child, ready_file=run / f"{SERVICES[name]}.addr").address

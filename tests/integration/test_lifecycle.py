@@ -38,6 +38,8 @@ def test_grpc_service_is_healthy_then_stops_cleanly_on_sigterm(module, tmp_path,
         args += ["--data-dir", str(tmp_path / "data")]
     if module == "mail_svc":  # its queue lives on JetStream
         args += ["--nats-url", request.getfixturevalue("nats_url"), "--outbox-dir", str(tmp_path / "outbox")]
+    if module == "cron_svc":  # its claims and state live in NATS KV
+        args += ["--nats-url", request.getfixturevalue("nats_url")]
     try:
         child = sup.start(module, python_module(module, *args), env=service_env(), ready_file=tmp_path / "addr")
         assert _health(child.address) == health_pb2.HealthCheckResponse.SERVING

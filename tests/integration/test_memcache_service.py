@@ -283,3 +283,9 @@ def test_items_expire_relative_or_at_an_absolute_time(as_app):
     memcache.set("kept", "v", time=3600)
     time.sleep(1.5)
     assert memcache.get_multi(["short", "absolute", "kept"]) == {"kept": "v"}
+
+
+def test_counter_created_by_incr_reads_back_as_an_int(as_app):
+    memcache.delete("fresh-counter")
+    assert memcache.incr("fresh-counter", initial_value=41) == 42
+    assert memcache.get("fresh-counter") == 42

@@ -79,6 +79,10 @@ def test_incr_wraps_at_two_to_the_64_and_decr_floors_at_zero(cache):
 def test_incr_of_a_missing_key_uses_the_initial_value_or_misses(cache):
     assert cache.incr(K, 1, False, None) is None
     assert cache.incr(K, 1, False, 10) == 11
+    assert cache.get(K).flags == 0
+    cache.delete(K, 0)
+    assert cache.incr(K, 1, False, 10, initial_flags=3) == 11
+    assert cache.get(K).flags == 3
 
 
 def test_incr_of_a_non_number_is_refused(cache):

@@ -329,6 +329,7 @@ class IncrementRequest(_message.Message):
     DELTA_FIELD_NUMBER: _builtins.int
     DECREMENT_FIELD_NUMBER: _builtins.int
     INITIAL_VALUE_FIELD_NUMBER: _builtins.int
+    INITIAL_FLAGS_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """Namespace."""
     key: _builtins.bytes
@@ -339,6 +340,10 @@ class IncrementRequest(_message.Message):
     """Decrement instead of increment."""
     initial_value: _builtins.int
     """If set and the key is absent, start from this value."""
+    initial_flags: _builtins.int
+    """Flags of the item created from initial_value (the client's type tag, so
+    that a later get returns an integer, as App Engine's did).
+    """
     def __init__(
         self,
         *,
@@ -347,10 +352,11 @@ class IncrementRequest(_message.Message):
         delta: _builtins.int = ...,
         decrement: _builtins.bool = ...,
         initial_value: _builtins.int | None = ...,
+        initial_flags: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_initial_value", b"_initial_value", "initial_value", b"initial_value"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_initial_value", b"_initial_value", "decrement", b"decrement", "delta", b"delta", "initial_value", b"initial_value", "key", b"key", "namespace", b"namespace"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_initial_value", b"_initial_value", "decrement", b"decrement", "delta", b"delta", "initial_flags", b"initial_flags", "initial_value", b"initial_value", "key", b"key", "namespace", b"namespace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__initial_value: _TypeAlias = _typing.Literal["initial_value"]  # noqa: Y015
     _WhichOneofArgType__initial_value: _TypeAlias = _typing.Literal["_initial_value", b"_initial_value"]  # noqa: Y015

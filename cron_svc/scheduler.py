@@ -1,0 +1,305 @@
+"""Firing cron jobs exactly once across any number of ``cron_svc`` replicas.
+
+Every replica computes every job's schedule; at a scheduled time each tries to **claim** the firing — a
+create-if-absent of the key ``APP.JOB.EPOCH`` in the NATS KV bucket ``kiln-cron-claims`` — and only the one whose
+create succeeds fires it. A claim stays listed in ``kiln-cron-open`` until its firing is finished (succeeded, or
+out of retries); each replica keeps a liveness key in ``kiln-cron-replicas`` (it expires a few seconds after the
+replica dies), and any replica that finds an open claim of a dead replica takes it over with a compare-and-set
+on the claim, so exactly one replica finishes it. (A replica that dies after its request reached the app but
+before it recorded the outcome leaves a firing whose outcome is unknown; the one that takes it over sends it
+again — the one window where an app can see a firing twice.)
+
+Plain intervals (``every 5 minutes``) run from an anchor all replicas share (the first firing, stored in
+``kiln-cron-state``), so every replica computes the same times. A job's last firing and status are kept in
+``kiln-cron-state``; when kiln comes back after being down through scheduled times, the latest missed firing of
+each job runs once (a claim like any other), the earlier ones not at all.
+
+A firing is ``GET <url>`` through the router to the job's target version (or the default version), signed as
+the cron service so the router adds ``X-AppEngine-Cron: true`` and lets it through ``login: admin``. A non-2xx
+answer is retried as the job's ``retry_parameters`` say.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import nats.errors
+import nats.js.errors
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.kv import KeyValue
+
+from cron_svc.cronyaml import CronJob
+
+log = logging.getLogger(__name__)
+
+UTC = datetime.timezone.utc
+CLAIMS = "kiln-cron-claims"
+OPEN = "kiln-cron-open"
+STATE = "kiln-cron-state"
+REPLICAS = "kiln-cron-replicas"
+CLAIM_TTL_SECONDS = 7 * 24 * 3600
+MAX_CATCH_UP = 200_000  # schedule steps walked to find the latest missed firing
+
+# (app, job, scheduled time, attempt) -> HTTP status (0: no answer)
+Fire = Callable[[str, CronJob, datetime.datetime, int], Awaitable[int]]
+
+
+@dataclasses.dataclass
+class Firing:
+    """The record of one scheduled firing, in its claim and in the job's state."""
+
+    app_id: str
+    job: str
+    url: str
+    scheduled: float
+    replica: str
+    attempt: int = 0
+    status: int = 0
+    done: bool = False
+    fired_at: float = 0.0
+
+    def to_json(self) -> bytes:
+        return json.dumps(dataclasses.asdict(self)).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes | None) -> Firing | None:
+        try:
+            return cls(**json.loads(data or b""))
+        except (ValueError, TypeError):
+            return None
+
+
+class Store:
+    """The KV buckets (created by whichever replica comes first)."""
+
+    def __init__(self, js: JetStreamContext, *, replicas: int = 1, liveness_seconds: float = 6.0) -> None:
+        self.js = js
+        self.replicas = replicas
+        self.liveness_seconds = liveness_seconds
+        self.claims: KeyValue
+        self.open: KeyValue
+        self.state: KeyValue
+        self.alive: KeyValue
+
+    async def open_buckets(self) -> None:
+        self.claims = await self._bucket(CLAIMS, ttl=CLAIM_TTL_SECONDS)
+        self.open = await self._bucket(OPEN, ttl=None)
+        self.state = await self._bucket(STATE, ttl=None)
+        self.alive = await self._bucket(REPLICAS, ttl=self.liveness_seconds)
+
+    async def _bucket(self, name: str, ttl: float | None) -> KeyValue:
+        try:
+            return await self.js.key_value(name)
+        except nats.js.errors.BucketNotFoundError:
+            try:
+                return await self.js.create_key_value(KeyValueConfig(
+                    bucket=name, ttl=ttl, storage=StorageType.FILE, replicas=self.replicas))
+            except nats.js.errors.BadRequestError:
+                return await self.js.key_value(name)
+
+    async def get(self, bucket: KeyValue, key: str) -> tuple[bytes | None, int]:
+        try:
+            entry = await bucket.get(key)
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+            return None, 0
+        return entry.value, entry.revision or 0
+
+
+def job_id(app_id: str, job: CronJob) -> str:
+    return f"{app_id}.{job.key}"
+
+
+class Scheduler:
+    """One replica's loop over every app's jobs."""
+
+    def __init__(self, store: Store, jobs: dict[str, list[CronJob]], fire: Fire, *, replica: str,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.jobs = jobs
+        self.fire = fire
+        self.replica = replica
+        self.clock = clock
+        self._next: dict[str, datetime.datetime] = {}
+        self._anchor: dict[str, datetime.datetime] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = asyncio.Event()
+
+    def now(self) -> datetime.datetime:
+        return datetime.datetime.fromtimestamp(self.clock(), UTC)
+
+    # --- the loop ---------------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Keep the liveness key, plan, fire and take over until :meth:`stop`."""
+        await self._heartbeat()
+        for app_id, jobs in self.jobs.items():
+            for job in jobs:
+                await self._plan(app_id, job)
+        last_scan = 0.0
+        while not self._stopping.is_set():
+            now = self.now()
+            for app_id, jobs in self.jobs.items():
+                for job in jobs:
+                    key = job_id(app_id, job)
+                    while self._next[key] <= now:
+                        await self._claim_and_fire(app_id, job, self._next[key])
+                        self._next[key] = self._after(job, self._next[key], key)
+            if self.clock() - last_scan >= self.store.liveness_seconds / 3:
+                last_scan = self.clock()
+                await self._heartbeat()
+                await self._take_over()
+            soonest = min(self._next.values(), default=now + datetime.timedelta(seconds=1))
+            wait = max(0.0, min(1.0, (soonest - self.now()).total_seconds()))
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), wait)
+
+    async def stop(self) -> None:
+        """Stop planning; firings in progress get a moment to finish (else another replica takes them over)."""
+        self._stopping.set()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5)
+        for task in self._tasks:
+            task.cancel()
+        with contextlib.suppress(nats.errors.Error):
+            await self.store.alive.delete(self.replica)
+
+    def next_run(self, app_id: str, job: CronJob) -> datetime.datetime | None:
+        return self._next.get(job_id(app_id, job))
+
+    async def last_firing(self, app_id: str, job: CronJob) -> Firing | None:
+        data, _ = await self.store.get(self.store.state, job_id(app_id, job))
+        return Firing.from_json(data)
+
+    # --- planning ---------------------------------------------------------------------------------------------
+
+    def _plain_interval(self, job: CronJob) -> bool:
+        s = job.schedule
+        return bool(s.interval_minutes) and not s.synchronized and s.window is None
+
+    def _after(self, job: CronJob, after: datetime.datetime, key: str) -> datetime.datetime:
+        return job.schedule.next_after(after, job.zone, self._anchor.get(key))
+
+    async def _plan(self, app_id: str, job: CronJob) -> None:
+        """The next firing, the shared anchor of a plain interval, and the latest firing missed while down."""
+        key = job_id(app_id, job)
+        now = self.now()
+        if self._plain_interval(job):
+            first = job.schedule.next_after(now, job.zone)
+            anchor_key = f"{key}.anchor"
+            try:
+                await self.store.state.create(anchor_key, str(first.timestamp()).encode())
+                self._anchor[key] = first
+            except nats.js.errors.KeyWrongLastSequenceError:
+                data, _ = await self.store.get(self.store.state, anchor_key)
+                self._anchor[key] = datetime.datetime.fromtimestamp(float(data or b"0"), UTC)
+        last = await self.last_firing(app_id, job)
+        if last is not None:
+            missed = None
+            t = datetime.datetime.fromtimestamp(last.scheduled, UTC)
+            for _ in range(MAX_CATCH_UP):
+                t = self._after(job, t, key)
+                if t > now:
+                    break
+                missed = t
+            if missed is not None:
+                log.info("cron %s %s: firing %s, missed while kiln was down", app_id, job.url, missed.isoformat())
+                await self._claim_and_fire(app_id, job, missed)
+        self._next[key] = self._after(job, now, key)
+
+    # --- claims -----------------------------------------------------------------------------------------------
+
+    async def _claim_and_fire(self, app_id: str, job: CronJob, scheduled: datetime.datetime) -> None:
+        key = f"{job_id(app_id, job)}.{int(scheduled.timestamp())}"
+        firing = Firing(app_id=app_id, job=job.key, url=job.url, scheduled=scheduled.timestamp(),
+                        replica=self.replica)
+        try:
+            revision = await self.store.claims.create(key, firing.to_json())
+        except nats.js.errors.KeyWrongLastSequenceError:
+            return  # another replica has it
+        except nats.errors.Error as exc:
+            log.warning("cron %s %s: could not claim %s: %s", app_id, job.url, scheduled.isoformat(), exc)
+            return
+        await self.store.open.put(key, b"1")
+        self._start(app_id, job, key, firing, revision)
+
+    def _start(self, app_id: str, job: CronJob, key: str, firing: Firing, revision: int) -> None:
+        task = asyncio.create_task(self._run_firing(app_id, job, key, firing, revision))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_firing(self, app_id: str, job: CronJob, key: str, firing: Firing, revision: int) -> None:
+        scheduled = datetime.datetime.fromtimestamp(firing.scheduled, UTC)
+        retry = job.retry
+        while True:
+            firing.attempt += 1
+            firing.fired_at = self.clock()
+            firing.status = await self.fire(app_id, job, scheduled, firing.attempt)
+            ok = 200 <= firing.status < 300
+            age = self.clock() - firing.scheduled
+            out_of_retries = (not retry.retries or (retry.job_retry_limit is not None
+                                                    and firing.attempt > retry.job_retry_limit)
+                              or (retry.job_age_limit_seconds is not None and age >= retry.job_age_limit_seconds))
+            firing.done = ok or out_of_retries
+            try:
+                revision = await self.store.claims.update(key, firing.to_json(), last=revision)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                log.warning("cron %s %s: firing %s was taken over; leaving it", app_id, job.url, scheduled)
+                return
+            await self.store.state.put(job_id(app_id, job), firing.to_json())
+            if firing.done:
+                with contextlib.suppress(nats.errors.Error):
+                    await self.store.open.delete(key)
+                if not ok:
+                    log.warning("cron %s %s: %s failed (status %d) after %d attempts", app_id, job.url,
+                                scheduled.isoformat(), firing.status, firing.attempt)
+                return
+            delay = retry.backoff(firing.attempt)
+            try:
+                await asyncio.wait_for(self._stopping.wait(), delay)
+                return  # stopping: another replica takes the retry over once this one's liveness key expires
+            except asyncio.TimeoutError:
+                pass
+
+    async def _heartbeat(self) -> None:
+        with contextlib.suppress(nats.errors.Error):
+            await self.store.alive.put(self.replica, str(self.clock()).encode())
+
+    async def _take_over(self) -> None:
+        """Finish open firings whose replica died."""
+        try:
+            keys = await self.store.open.keys()
+        except (nats.js.errors.NoKeysError, nats.errors.Error):
+            return
+        live: set[str] = set()
+        for key in keys:
+            data, revision = await self.store.get(self.store.claims, key)
+            firing = Firing.from_json(data)
+            if firing is None or firing.done:
+                with contextlib.suppress(nats.errors.Error):
+                    await self.store.open.delete(key)
+                continue
+            if firing.replica == self.replica or firing.replica in live:
+                continue
+            alive, _ = await self.store.get(self.store.alive, firing.replica)
+            if alive is not None:
+                live.add(firing.replica)
+                continue
+            job = next((j for j in self.jobs.get(firing.app_id, []) if j.key == firing.job), None)
+            if job is None:
+                continue
+            firing.replica = self.replica
+            try:
+                revision = await self.store.claims.update(key, firing.to_json(), last=revision)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                continue  # another replica took it first
+            log.info("cron %s %s: taking over firing %s from a replica that died", firing.app_id, firing.url,
+                     datetime.datetime.fromtimestamp(firing.scheduled, UTC).isoformat())
+            self._start(firing.app_id, job, key, firing, revision)

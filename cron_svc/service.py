@@ -1,0 +1,77 @@
+"""``kiln.pb.cron.v1.CronService``: an app's jobs with their next and last runs; schedule validation."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+import grpc
+
+from cron_svc import grammar
+from cron_svc.scheduler import Scheduler
+from kiln import auth
+from kiln.errors import BadRequestError, PermissionDeniedError
+from kiln.pb.cron.v1 import cron_pb2 as pb
+from kiln.pb.cron.v1 import cron_pb2_grpc
+
+MAX_UPCOMING = 100
+
+
+class CronService(cron_pb2_grpc.CronServiceServicer):
+    """Implements the contract."""
+
+    def __init__(self, scheduler: Scheduler, *, secret: str) -> None:
+        self._scheduler = scheduler
+        self._secret = secret
+
+    async def ListJobs(self, request: pb.ListJobsRequest,
+                       context: grpc.aio.ServicerContext[Any, Any]) -> pb.ListJobsResponse:
+        app = auth.app_from_metadata(self._secret, context.invocation_metadata())
+        if request.app_id and request.app_id != app:
+            raise PermissionDeniedError("an app may list only its own cron jobs")
+        out = pb.ListJobsResponse()
+        for job in self._scheduler.jobs.get(app, []):
+            item = out.jobs.add(url=job.url, schedule=job.schedule.text, timezone=job.timezone,
+                                description=job.description, target=job.target)
+            r = job.retry
+            if r.retries:
+                item.retry_parameters.min_backoff_seconds = r.min_backoff_seconds
+                item.retry_parameters.max_backoff_seconds = r.max_backoff_seconds
+                item.retry_parameters.max_doublings = r.max_doublings
+                if r.job_retry_limit is not None:
+                    item.retry_parameters.job_retry_limit = r.job_retry_limit
+                if r.job_age_limit_seconds is not None:
+                    item.retry_parameters.job_age_limit_seconds = r.job_age_limit_seconds
+            upcoming = self._scheduler.next_run(app, job)
+            if upcoming is not None:
+                item.next_run.FromDatetime(upcoming)
+            last = await self._scheduler.last_firing(app, job)
+            if last is not None:
+                item.last_firing.app_id = app
+                item.last_firing.version_id = job.target
+                item.last_firing.url = job.url
+                item.last_firing.scheduled_time.FromDatetime(
+                    datetime.datetime.fromtimestamp(last.scheduled, datetime.timezone.utc))
+                item.last_firing.attempt = last.attempt
+                item.last_firing.status = last.status
+                item.last_firing.fired_at.FromDatetime(
+                    datetime.datetime.fromtimestamp(last.fired_at, datetime.timezone.utc))
+        return out
+
+    async def ValidateSchedule(self, request: pb.ValidateScheduleRequest,
+                               context: grpc.aio.ServicerContext[Any, Any]) -> pb.ValidateScheduleResponse:
+        auth.app_from_metadata(self._secret, context.invocation_metadata())
+        if not 0 <= request.count <= MAX_UPCOMING:
+            raise BadRequestError(f"count: must be between 0 and {MAX_UPCOMING}, got {request.count}")
+        try:
+            schedule = grammar.parse(request.schedule)
+            zone = grammar.parse_timezone(request.timezone or "UTC")
+        except grammar.ScheduleError as exc:
+            raise BadRequestError(str(exc)) from None
+        out = pb.ValidateScheduleResponse()
+        t = datetime.datetime.now(datetime.timezone.utc)
+        previous = None
+        for _ in range(request.count or 5):
+            t = previous = schedule.next_after(t, zone, previous)
+            out.next_runs.add().FromDatetime(t)
+        return out
