@@ -23,6 +23,7 @@ import pathlib
 import time
 import urllib.parse
 import uuid
+from collections.abc import Callable
 
 import nats.errors
 from aiohttp import web
@@ -244,25 +245,13 @@ class Router:
 
     def _platform_caller(self, request: web.Request) -> str | None:
         """The kiln service (mail, cron) that signed this request, or ``None``."""
-        secret = self.cfg.platform_secret.get()
-        caller = request.headers.get(auth.PLATFORM_HEADER, "")
-        signature = request.headers.get(auth.PLATFORM_SIGNATURE_HEADER, "")
-        if not (secret and caller and signature):
-            return None
-        host = (request.host or "").rsplit(":", 1)[0] if not (request.host or "").endswith("]") else request.host
-        ok = auth.verify_platform(secret, signature, caller, request.method, host, request.raw_path, time.time())
-        return caller if ok else None
+        return _signed_caller(request, self.cfg.platform_secret.get(), auth.PLATFORM_HEADER,
+                              auth.PLATFORM_SIGNATURE_HEADER, auth.verify_platform)
 
     def _inbound_app(self, request: web.Request) -> str | None:
         """The calling app's id, when URL Fetch signed this request for it (App Engine's Inbound-AppId)."""
-        secret = self.cfg.inbound_secret.get()
-        caller = request.headers.get(auth.INBOUND_APP_HEADER, "")
-        signature = request.headers.get(auth.INBOUND_SIGNATURE_HEADER, "")
-        if not (secret and caller and signature):
-            return None
-        host = (request.host or "").rsplit(":", 1)[0] if not (request.host or "").endswith("]") else request.host
-        ok = auth.verify_inbound(secret, signature, caller, request.method, host, request.raw_path, time.time())
-        return caller if ok else None
+        return _signed_caller(request, self.cfg.inbound_secret.get(), auth.INBOUND_APP_HEADER,
+                              auth.INBOUND_SIGNATURE_HEADER, auth.verify_inbound)
 
     def _envelope(self, request: web.Request, target: hosts.Target, request_id: str, host: str, body: bytes,
                   started: float, client_ip: str, scheme: str,
@@ -326,6 +315,17 @@ def _hostname(raw: str) -> str:
 
 
 INBOUND_MAIL_PREFIX = "/_ah/mail/"
+
+
+def _signed_caller(request: web.Request, secret: str, caller_header: str, signature_header: str,
+                   verify: Callable[[str, str, str, str, str, str, float], bool]) -> str | None:
+    """The caller named in ``caller_header`` if ``signature_header`` signs this request for it with ``secret``."""
+    caller = request.headers.get(caller_header, "")
+    signature = request.headers.get(signature_header, "")
+    if not (secret and caller and signature):
+        return None
+    host = (request.host or "").rsplit(":", 1)[0] if not (request.host or "").endswith("]") else request.host
+    return caller if verify(secret, signature, caller, request.method, host, request.raw_path, time.time()) else None
 
 
 def _refuse_inbound_mail(platform: str | None, version: Version | None) -> web.Response | None:
