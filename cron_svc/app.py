@@ -10,9 +10,9 @@ import time
 
 import aiohttp
 
-from cron_svc import cronyaml
+from kiln import cronyaml
 from cron_svc.config import CronConfig
-from cron_svc.cronyaml import CronJob
+from kiln.cronyaml import CronJob
 from cron_svc.scheduler import Scheduler, Store
 from cron_svc.service import CronService
 from kiln import auth, bus, grpcserver

@@ -36,7 +36,7 @@ from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
-from cron_svc.cronyaml import CronJob
+from kiln.cronyaml import CronJob
 
 log = logging.getLogger(__name__)
 

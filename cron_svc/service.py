@@ -7,7 +7,7 @@ from typing import Any
 
 import grpc
 
-from cron_svc import grammar
+from kiln import cronschedule as grammar
 from cron_svc.scheduler import Scheduler
 from kiln import auth
 from kiln.errors import BadRequestError, PermissionDeniedError

@@ -26,7 +26,7 @@ import threading
 import grpc
 
 from kiln.supervisor import Supervisor, python_module
-from cron_svc import cronyaml
+from kiln import cronyaml
 from kiln import appyaml, auth, indexyaml, natsauth
 from kiln.errors import ConfigError
 from kiln.pb.datastore.v1 import datastore_pb2, datastore_pb2_grpc

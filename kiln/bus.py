@@ -151,6 +151,10 @@ class BodyStore:
 # Request logs: published on core NATS by the routers (no round trip per request)
 # and kept by a JetStream stream, so the logs service loses none while it is down.
 REQUEST_LOG_SUBJECT = "kiln.logs.request"
+# The control plane announces deployments here (kiln.pb.deploy.v1 events, core NATS): routers, runtime hosts and
+# cron act within a second, and re-read the control plane on reconnect and periodically for any event they missed.
+DEPLOY_VERSION_SUBJECT = "kiln.deploy.version"
+DEPLOY_DEFAULT_SUBJECT = "kiln.deploy.default"
 LOG_STREAM = "KILN_LOGS"
 LOG_STREAM_MAX_AGE_SECONDS = 7 * 24 * 3600
 

@@ -15,7 +15,7 @@ import time
 import nats
 import pytest
 
-from cron_svc import cronyaml
+from kiln import cronyaml
 from cron_svc.scheduler import Firing, Store, job_id
 from kiln import auth
 from kiln.supervisor import python_module

@@ -1,4 +1,4 @@
-"""App Engine's cron schedule grammar (cron_svc.grammar) and cron.yaml (cron_svc.cronyaml): parsing, errors that
+"""App Engine's cron schedule grammar (kiln.cronschedule) and cron.yaml (kiln.cronyaml): parsing, errors that
 point at the word, and firing times across time zones and DST changes."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import zoneinfo
 
 import pytest
 
-from cron_svc import cronyaml
-from cron_svc.grammar import ScheduleError, parse, parse_timezone
+from kiln import cronyaml
+from kiln.cronschedule import ScheduleError, parse, parse_timezone
 from kiln.appyaml import AppYamlError
 
 UTC = datetime.timezone.utc

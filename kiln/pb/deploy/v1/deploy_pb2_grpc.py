@@ -76,6 +76,16 @@ class DeployServiceStub:
                 request_serializer=kiln_dot_pb_dot_deploy_dot_v1_dot_deploy__pb2.DownloadBlobRequest.SerializeToString,
                 response_deserializer=kiln_dot_pb_dot_deploy_dot_v1_dot_deploy__pb2.DownloadBlobResponse.FromString,
                 _registered_method=True)
+        self.ListApps = channel.unary_unary(
+                '/kiln.pb.deploy.v1.DeployService/ListApps',
+                request_serializer=kiln_dot_pb_dot_deploy_dot_v1_dot_deploy__pb2.ListAppsRequest.SerializeToString,
+                response_deserializer=kiln_dot_pb_dot_deploy_dot_v1_dot_deploy__pb2.ListAppsResponse.FromString,
+                _registered_method=True)
+        self.AppToken = channel.unary_unary(
+                '/kiln.pb.deploy.v1.DeployService/AppToken',
+                request_serializer=kiln_dot_pb_dot_deploy_dot_v1_dot_deploy__pb2.AppTokenRequest.SerializeToString,
+                response_deserializer=kiln_dot_pb_dot_deploy_dot_v1_dot_deploy__pb2.AppTokenResponse.FromString,
+                _registered_method=True)
 
 
 class DeployServiceServicer:
@@ -139,6 +149,21 @@ class DeployServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListApps(self, request, context):
+        """ListApps lists every app with its default version (platform read tokens only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AppToken(self, request, context):
+        """AppToken exchanges an admin token for the app's identity token, with which
+        the CLI calls the app's services (logs, datastore, cron) as the app.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DeployServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -181,6 +206,16 @@ def add_DeployServiceServicer_to_server(servicer, server):
                     servicer.DownloadBlob,
                     request_deserializer=kiln_dot_pb_dot_deploy_dot_v1_dot_deploy__pb2.DownloadBlobRequest.FromString,
                     response_serializer=kiln_dot_pb_dot_deploy_dot_v1_dot_deploy__pb2.DownloadBlobResponse.SerializeToString,
+            ),
+            'ListApps': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListApps,
+                    request_deserializer=kiln_dot_pb_dot_deploy_dot_v1_dot_deploy__pb2.ListAppsRequest.FromString,
+                    response_serializer=kiln_dot_pb_dot_deploy_dot_v1_dot_deploy__pb2.ListAppsResponse.SerializeToString,
+            ),
+            'AppToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.AppToken,
+                    request_deserializer=kiln_dot_pb_dot_deploy_dot_v1_dot_deploy__pb2.AppTokenRequest.FromString,
+                    response_serializer=kiln_dot_pb_dot_deploy_dot_v1_dot_deploy__pb2.AppTokenResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -400,6 +435,60 @@ class DeployService:
             '/kiln.pb.deploy.v1.DeployService/DownloadBlob',
             kiln_dot_pb_dot_deploy_dot_v1_dot_deploy__pb2.DownloadBlobRequest.SerializeToString,
             kiln_dot_pb_dot_deploy_dot_v1_dot_deploy__pb2.DownloadBlobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListApps(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kiln.pb.deploy.v1.DeployService/ListApps',
+            kiln_dot_pb_dot_deploy_dot_v1_dot_deploy__pb2.ListAppsRequest.SerializeToString,
+            kiln_dot_pb_dot_deploy_dot_v1_dot_deploy__pb2.ListAppsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AppToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kiln.pb.deploy.v1.DeployService/AppToken',
+            kiln_dot_pb_dot_deploy_dot_v1_dot_deploy__pb2.AppTokenRequest.SerializeToString,
+            kiln_dot_pb_dot_deploy_dot_v1_dot_deploy__pb2.AppTokenResponse.FromString,
             options,
             channel_credentials,
             insecure,

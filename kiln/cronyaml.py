@@ -26,7 +26,7 @@ import pathlib
 import re
 import zoneinfo
 
-from cron_svc import grammar as schedules
+from kiln import cronschedule as schedules
 from kiln.appyaml import AppYamlError, _check_keys, _Ctx, _float, _int, _Map, _seq, _str, load_yaml, parse_duration
 
 MAX_JOBS = 250  # App Engine's limit per app

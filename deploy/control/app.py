@@ -1,0 +1,45 @@
+"""Wiring of the control plane: the store, the NATS connection events go out on, the gRPC service."""
+
+from __future__ import annotations
+
+import logging
+
+from deploy.control.config import ControlConfig
+from deploy.control.service import DeployService
+from deploy.control.store import EmbeddedStore, Store
+from kiln import bus, grpcserver
+from kiln.pb.deploy.v1 import deploy_pb2, deploy_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = deploy_pb2.DESCRIPTOR.services_by_name["DeployService"].full_name
+
+
+async def open_store(cfg: ControlConfig) -> Store:
+    """The configured store, opened; Cassandra's driver is imported only when used."""
+    if cfg.storage == "cassandra":
+        from deploy.control.cassandra_store import CassandraStore
+        store = CassandraStore(cfg.cassandra_hosts, cfg.cassandra_keyspace, cfg.cassandra_datacenter,
+                               cfg.cassandra_replication)
+        await store.open()
+        return store
+    return EmbeddedStore(cfg.data_dir.expanduser())
+
+
+async def serve(cfg: ControlConfig) -> None:
+    """Run the control plane until SIGTERM."""
+    store = await open_store(cfg)
+    nc = await bus.connect(cfg.nats_url, name="deploy-control")
+
+    async def publish(subject: str, data: bytes) -> None:
+        await nc.publish(subject, data)
+        await nc.flush()
+
+    async def stop() -> None:
+        await nc.drain()
+        await store.close()
+
+    service = DeployService(store, admin_secret=cfg.admin_secret.get(), service_secret=cfg.service_secret.get(),
+                            publish=publish)
+    registration = grpcserver.Registration(SERVICE_NAME, deploy_pb2_grpc.add_DeployServiceServicer_to_server, service)
+    await grpcserver.serve(cfg, [registration], on_stop=stop)

@@ -1,0 +1,184 @@
+"""The control plane's cluster engine: versions, defaults and blobs on Cassandra.
+
+Tables (keyspace from config):
+
+- ``versions``: one partition per app, one row per major version (its minor,
+  creation time and the serialized :class:`Version`); the default version and
+  its generation are *static* columns of the same partition, so switching the
+  default and deleting a version are lightweight transactions on one partition
+  and cannot race (a deleted version is never the default).
+- ``blob_chunks``: a blob's 1 MiB chunks, partitioned by ``(app, sha256)``;
+- ``blobs``: the blob's size and chunk count, written after every chunk — a
+  blob without this row is not stored (an interrupted upload is invisible and
+  uploaded again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from deploy.control.store import CHUNK_BYTES, Store, default_refused, loaded_form, no_version, stored_form
+from kiln import cassandra
+from kiln.errors import ConfigError, ConflictError, NotFoundError
+from kiln.pb.deploy.v1 import deploy_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+# Compare-and-set loops give up after this many lost races (another deploy kept winning).
+CAS_ATTEMPTS = 20
+
+
+def _schema(ks: str, datacenter: str, replication: int) -> list[str]:
+    return [
+        f"CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = "
+        f"{{'class': 'NetworkTopologyStrategy', '{datacenter}': {replication}}}",
+        f"CREATE TABLE IF NOT EXISTS {ks}.versions (app_id text, version_id text, minor bigint, created_us bigint, "
+        "data blob, default_version text STATIC, generation bigint STATIC, PRIMARY KEY (app_id, version_id))",
+        f"CREATE TABLE IF NOT EXISTS {ks}.blob_chunks (app_id text, sha256 text, idx int, data blob, "
+        "PRIMARY KEY ((app_id, sha256), idx))",
+        f"CREATE TABLE IF NOT EXISTS {ks}.blobs (app_id text, sha256 text, size bigint, chunks int, "
+        "PRIMARY KEY ((app_id, sha256)))",
+    ]
+
+
+class CassandraStore(Store):
+    """See module docstring. Call :meth:`open` first."""
+
+    def __init__(self, hosts: str, keyspace: str, datacenter: str, replication: int) -> None:
+        if not keyspace.isidentifier():
+            raise ConfigError(f"cassandra_keyspace: {keyspace!r} is not a valid keyspace name")
+        self._hosts, self._ks, self._dc, self._rf = hosts, keyspace, datacenter, replication
+        self._cluster: Any = None
+        self._session: Any = None
+        self._q: dict[str, Any] = {}
+
+    async def open(self) -> None:
+        from cassandra import ConsistencyLevel
+        from cassandra.query import dict_factory
+
+        self._cluster, self._session = await cassandra.connect(self._hosts, self._dc, row_factory=dict_factory)
+        for stmt in _schema(self._ks, self._dc, self._rf):
+            await cassandra.execute(self._session, stmt)
+        ks, prepare = self._ks, self._session.prepare
+        self._q = {
+            "have": prepare(f"SELECT sha256 FROM {ks}.blobs WHERE app_id = ? AND sha256 = ?"),
+            "blob": prepare(f"SELECT size, chunks FROM {ks}.blobs WHERE app_id = ? AND sha256 = ?"),
+            "put_chunk": prepare(f"INSERT INTO {ks}.blob_chunks (app_id, sha256, idx, data) VALUES (?, ?, ?, ?)"),
+            "put_blob": prepare(f"INSERT INTO {ks}.blobs (app_id, sha256, size, chunks) VALUES (?, ?, ?, ?)"),
+            "chunk": prepare(f"SELECT data FROM {ks}.blob_chunks WHERE app_id = ? AND sha256 = ? AND idx = ?"),
+            "minor": prepare(f"SELECT minor FROM {ks}.versions WHERE app_id = ? AND version_id = ?"),
+            "insert": prepare(f"INSERT INTO {ks}.versions (app_id, version_id, minor, created_us, data) "
+                              "VALUES (?, ?, ?, ?, ?) IF NOT EXISTS"),
+            "replace": prepare(f"UPDATE {ks}.versions SET minor = ?, created_us = ?, data = ? "
+                               "WHERE app_id = ? AND version_id = ? IF minor = ?"),
+            "get": prepare(f"SELECT data, default_version FROM {ks}.versions WHERE app_id = ? AND version_id = ?"),
+            "default": prepare(f"SELECT default_version, generation FROM {ks}.versions WHERE app_id = ? LIMIT 1"),
+            "list": prepare(f"SELECT data, created_us, default_version FROM {ks}.versions WHERE app_id = ?"),
+            "set_default": prepare(f"UPDATE {ks}.versions SET default_version = ?, generation = ? "
+                                   "WHERE app_id = ? AND version_id = ? IF minor > 0 AND generation = ?"),
+            "delete": prepare(f"DELETE FROM {ks}.versions WHERE app_id = ? AND version_id = ? "
+                              "IF minor > 0 AND default_version != ?"),
+            "apps": prepare(f"SELECT DISTINCT app_id, default_version, generation FROM {ks}.versions"),
+        }
+        for name in ("insert", "replace", "set_default", "delete"):
+            self._q[name].serial_consistency_level = ConsistencyLevel.LOCAL_SERIAL
+        for stmt in self._q.values():
+            stmt.consistency_level = ConsistencyLevel.LOCAL_QUORUM
+        log.info("control plane on cassandra: %s keyspace %s", self._hosts, ks)
+
+    async def _exec(self, name: str, *params: Any) -> list[dict[str, Any]]:
+        return await cassandra.execute(self._session, self._q[name], params)
+
+    async def missing_blobs(self, app_id: str, hashes: Sequence[str]) -> list[str]:
+        unique = list(dict.fromkeys(hashes))
+        sem = asyncio.Semaphore(64)
+
+        async def has(h: str) -> bool:
+            async with sem:
+                return bool(await self._exec("have", app_id, h))
+        found = await asyncio.gather(*(has(h) for h in unique))
+        return [h for h, ok in zip(unique, found) if not ok]
+
+    async def put_blob(self, app_id: str, sha256: str, data: bytes) -> None:
+        chunks = [data[i:i + CHUNK_BYTES] for i in range(0, len(data), CHUNK_BYTES)] or [b""]
+        await asyncio.gather(*(self._exec("put_chunk", app_id, sha256, i, c) for i, c in enumerate(chunks)))
+        await self._exec("put_blob", app_id, sha256, len(data), len(chunks))
+
+    async def read_blob(self, app_id: str, sha256: str) -> AsyncIterator[bytes]:
+        rows = await self._exec("blob", app_id, sha256)
+        if not rows:
+            raise NotFoundError(f"app {app_id!r} has no file with sha256 {sha256}")
+        for i in range(rows[0]["chunks"]):
+            chunk = await self._exec("chunk", app_id, sha256, i)
+            if not chunk:
+                raise NotFoundError(f"app {app_id!r}: file {sha256} lost chunk {i}")
+            yield chunk[0]["data"] or b""
+
+    async def _default(self, app_id: str) -> tuple[str | None, int | None]:
+        rows = await self._exec("default", app_id)
+        return (rows[0]["default_version"], rows[0]["generation"]) if rows else (None, None)
+
+    async def create_version(self, version: pb.Version) -> pb.Version:
+        stored = pb.Version()
+        stored.CopyFrom(version)
+        for _ in range(CAS_ATTEMPTS):
+            rows = await self._exec("minor", version.app_id, version.version_id)
+            previous = rows[0]["minor"] if rows else None
+            stored.minor = (previous or 0) + 1
+            stored.created_at.FromNanoseconds(time.time_ns())
+            created_us, data = stored.created_at.ToMicroseconds(), stored_form(stored)
+            if previous is None:
+                result = await self._exec("insert", version.app_id, version.version_id, stored.minor, created_us, data)
+            else:
+                result = await self._exec("replace", stored.minor, created_us, data, version.app_id,
+                                          version.version_id, previous)
+            if result[0]["[applied]"]:
+                stored.is_default = (await self._default(version.app_id))[0] == version.version_id
+                return stored
+        raise ConflictError(f"version {version.version_id!r}: other deploys of it kept winning; try again")
+
+    async def get_version(self, app_id: str, version_id: str) -> pb.Version | None:
+        wanted = version_id or (await self._default(app_id))[0]
+        if not wanted:
+            return None
+        rows = await self._exec("get", app_id, wanted)
+        if not rows or rows[0]["data"] is None:
+            return None
+        return loaded_form(rows[0]["data"], rows[0]["default_version"])
+
+    async def list_versions(self, app_id: str) -> list[pb.Version]:
+        rows = [r for r in await self._exec("list", app_id) if r["data"] is not None]
+        rows.sort(key=lambda r: r["created_us"] or 0, reverse=True)
+        return [loaded_form(r["data"], r["default_version"], files=False) for r in rows]
+
+    async def set_default(self, app_id: str, version_id: str) -> int:
+        for _ in range(CAS_ATTEMPTS):
+            generation = (await self._default(app_id))[1]
+            result = await self._exec("set_default", version_id, (generation or 0) + 1, app_id, version_id,
+                                      generation)
+            if result[0]["[applied]"]:
+                return (generation or 0) + 1
+            if result[0].get("minor") is None:
+                raise no_version(app_id, version_id)
+        raise ConflictError(f"app {app_id!r}: the default version kept changing; try again")
+
+    async def delete_version(self, app_id: str, version_id: str) -> None:
+        result = await self._exec("delete", app_id, version_id, version_id)
+        if result[0]["[applied]"]:
+            return
+        if result[0].get("minor") is None:
+            raise no_version(app_id, version_id)
+        raise default_refused(app_id, version_id)
+
+    async def list_apps(self) -> list[pb.AppInfo]:
+        rows = await self._exec("apps")
+        return sorted((pb.AppInfo(app_id=r["app_id"], default_version=r["default_version"] or "",
+                                  generation=r["generation"] or 0) for r in rows), key=lambda a: a.app_id)
+
+    async def close(self) -> None:
+        if self._cluster is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._cluster.shutdown)

@@ -1,0 +1,148 @@
+"""Uploading a version: what ``kiln deploy`` does.
+
+1. Walk the app directory, leaving out what app.yaml's ``skip_files`` matches
+   (App Engine's defaults: dotfiles, ``*.pyc``, backups…), and check App
+   Engine's limits locally so a person learns before anything is sent.
+2. Hash every file (SHA-256); ask the control plane which hashes it lacks
+   (``MissingBlobs``) and upload only those, several at once, in 1 MiB chunks.
+3. ``CreateVersion`` with the manifest: the version appears only now, whole.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import hashlib
+import os
+import pathlib
+import stat
+from collections.abc import Callable, Iterator
+
+import grpc
+
+from deploy.control import manifest
+from kiln import appyaml
+from kiln.errors import BadRequestError
+from kiln.pb.deploy.v1 import deploy_pb2 as pb
+from kiln.pb.deploy.v1 import deploy_pb2_grpc
+
+CHUNK_BYTES = 1024 * 1024
+PARALLEL_UPLOADS = 4
+
+Progress = Callable[[int, int], None]  # (bytes done, bytes total)
+
+
+@dataclasses.dataclass
+class LocalFile:
+    """One file to deploy."""
+
+    path: str  # relative, '/'-separated
+    full: pathlib.Path
+    size: int
+    mode: int
+    sha256: str = ""
+
+
+@dataclasses.dataclass
+class Result:
+    """What a deploy did."""
+
+    version: pb.Version
+    files: int
+    uploaded_files: int
+    uploaded_bytes: int
+
+
+def scan(app_dir: pathlib.Path, config: appyaml.AppConfig) -> list[LocalFile]:
+    """The files of the app directory that are deployed (``skip_files`` honoured), checked against the limits."""
+    out: list[LocalFile] = []
+    root = app_dir.resolve()
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = pathlib.Path(dirpath).relative_to(root).as_posix()
+        prefix = "" if rel_dir == "." else rel_dir + "/"
+        # A skipped directory is not walked (App Engine matches skip_files against directories too).
+        dirnames[:] = sorted(d for d in dirnames if not config.skips(prefix + d) and not config.skips(prefix + d + "/"))
+        for name in sorted(filenames):
+            rel = prefix + name
+            if config.skips(rel):
+                continue
+            full = pathlib.Path(dirpath) / name
+            st = full.stat()
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            out.append(LocalFile(rel, full, st.st_size, stat.S_IMODE(st.st_mode)))
+    manifest.check_files(pb.FileEntry(path=f.path, sha256="0" * 64, size=f.size) for f in out)
+    return out
+
+
+def hash_files(files: list[LocalFile]) -> None:
+    for f in files:
+        h = hashlib.sha256()
+        with open(f.full, "rb") as fh:
+            for block in iter(lambda: fh.read(CHUNK_BYTES), b""):
+                h.update(block)
+        f.sha256 = h.hexdigest()
+
+
+def _chunks(app_id: str, f: LocalFile, progress: Callable[[int], None]) -> Iterator[pb.UploadBlobRequest]:
+    with open(f.full, "rb") as fh:
+        first = True
+        while True:
+            block = fh.read(CHUNK_BYTES)
+            if first:
+                yield pb.UploadBlobRequest(app_id=app_id, sha256=f.sha256, size=f.size, chunk=block)
+                first = False
+            elif block:
+                yield pb.UploadBlobRequest(chunk=block)
+            progress(len(block))
+            if len(block) < CHUNK_BYTES:
+                return
+
+
+def deploy(channel: grpc.Channel, token: str, app_dir: pathlib.Path, app_id: str, version_id: str, *,
+           promote: bool, progress: Progress | None = None) -> Result:
+    """Upload ``app_dir`` as ``version_id`` of ``app_id`` (see module docstring).
+
+    Raises:
+        grpc.RpcError: the control plane refused (its message says why).
+        KilnError: app.yaml, cron.yaml or index.yaml is invalid, or a limit is exceeded.
+    """
+    manifest.check_version_id(version_id)
+    config = appyaml.load(app_dir / "app.yaml")
+    files = scan(app_dir, config)
+    hash_files(files)
+    texts = {}
+    for name in manifest.CONFIG_FILES:
+        path = app_dir / name
+        if name != "app.yaml" and config.skips(name):
+            continue
+        texts[name] = path.read_text() if path.is_file() else ""
+    if not any(f.path == "app.yaml" for f in files):
+        raise BadRequestError("app.yaml matches skip_files; it must be deployed")
+    stub = deploy_pb2_grpc.DeployServiceStub(channel)
+    metadata = (("authorization", f"Bearer {token}"),)
+    by_hash = {f.sha256: f for f in files}
+    missing = set(stub.MissingBlobs(pb.MissingBlobsRequest(app_id=app_id, sha256=list(by_hash)), metadata=metadata)
+                  .sha256)
+    todo = [by_hash[h] for h in by_hash if h in missing]
+    total, done = sum(f.size for f in todo), 0
+    if progress:
+        progress(0, total)
+
+    def advance(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress:
+            progress(done, total)
+
+    def upload(f: LocalFile) -> None:
+        stub.UploadBlob(_chunks(app_id, f, advance), metadata=metadata)
+
+    with concurrent.futures.ThreadPoolExecutor(PARALLEL_UPLOADS) as pool:
+        for fut in [pool.submit(upload, f) for f in todo]:
+            fut.result()
+    version = pb.Version(app_id=app_id, version_id=version_id, app_yaml=texts["app.yaml"],
+                         cron_yaml=texts.get("cron.yaml", ""), index_yaml=texts.get("index.yaml", ""),
+                         files=[pb.FileEntry(path=f.path, sha256=f.sha256, size=f.size, mode=f.mode) for f in files])
+    created = stub.CreateVersion(pb.CreateVersionRequest(version=version, promote=promote), metadata=metadata)
+    return Result(created.version, len(files), len(todo), total)
