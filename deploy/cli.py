@@ -1,9 +1,13 @@
 """The ``kiln`` command.
 
     kiln dev APP_DIR [--port 8080] [--data-dir DIR] [--storage embedded|cassandra] [--clear-datastore]
+    kiln deploy APP_DIR [--version V] [--promote]
+    kiln versions list|set-default VERSION|delete VERSION --app APP
 
-Errors are printed on one line with what to do; exit status 0 on success, 1 on
-a runtime failure, 2 on bad usage or configuration.
+Commands that talk to a cluster take ``--control-plane`` (``KILN_CONTROL_PLANE``),
+``--token`` (``KILN_TOKEN``) and ``--json``. Errors are printed on one line with
+what to do; exit status 0 on success, 1 when something refused or failed, 2 on
+bad usage or an invalid local file.
 """
 
 from __future__ import annotations
@@ -77,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--request-deadline", type=float, default=60.0, metavar="SECONDS",
                      help="the request timer (default 60)")
     dev.set_defaults(func=_dev)
+    from deploy import versions_cli
+    versions_cli.register(sub)
     return parser
 
 

@@ -31,12 +31,13 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from kiln import auth, bus, grpcserver
+from kiln.deployclient import VersionSource
 from kiln.pb.logs.v1 import logs_pb2
 from kiln.pb.runtime.v1 import http_pb2
 from router import hosts, oidc, responses, static, users
 from router.config import RouterConfig
 from router.geo import GeoIP
-from router.versions import LocalVersions, Version, parse_app_dirs
+from router.versions import ControlVersions, LocalVersions, Version, parse_app_dirs
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,12 @@ class Router:
         self.versions = cfg.default_versions()
         self.custom_domains = cfg.custom_domain_map()
         self.dev_app = cfg.dev_app.partition("=")[0] or None
-        self.local = LocalVersions(parse_app_dirs(cfg.app_dirs))
+        self.source: VersionSource | None = None
+        self.deployed: ControlVersions | None = None
+        self.local: LocalVersions | ControlVersions = LocalVersions(parse_app_dirs(cfg.app_dirs))
+        if cfg.control_plane:
+            self.source = VersionSource(cfg.control_plane, cfg.control_token.get(), cfg.cache_dir.expanduser())
+            self.local = self.deployed = ControlVersions(self.source, self.versions)
         self.sessions = users.Sessions(cfg.session_secret.get(), auth_domain=cfg.auth_domain)
         self.admins = cfg.admin_map()
         self.oidc = oidc.OidcClient(issuer=cfg.oidc_issuer, client_id=cfg.oidc_client_id,
@@ -67,7 +73,7 @@ class Router:
         self.trusted = [ipaddress.ip_network(n.strip()) for n in cfg.trusted_proxies.split(",") if n.strip()]
         self.files = static.FileCache()
         self._bodies: dict[str, bus.BodyStore] = {}
-        self._statics: dict[tuple[str, str], static.StaticFiles] = {}
+        self._statics: dict[tuple[str, str, int], static.StaticFiles] = {}
 
     async def _request(self, subject: str, data: bytes, started: float, patient: bool) -> Msg:
         """NATS request-reply to an instance; when ``patient``, retry "no responders" until the pending timeout."""
@@ -96,8 +102,10 @@ class Router:
         started = time.time()
         request_id = uuid.uuid4().hex
         host = _hostname(request.host or "")
-        target = self.custom_domains.get(host.lower())
-        if target is None:
+        custom = self.custom_domains.get(host.lower())
+        if custom is not None:
+            target = hosts.Target(custom, self.versions[custom]) if custom in self.versions else None
+        else:
             target = hosts.resolve(host, domain=self.cfg.domain, versions=self.versions, dev_app=self.dev_app)
         if target is None:
             return responses.plain(404, f"No app is served at host {host!r}.")
@@ -114,7 +122,9 @@ class Router:
         if user is not None and user.email.lower() in self.admins.get(target.app_id, frozenset()):
             user.is_admin = True
         platform = self._platform_caller(request)
-        version = self.local.get(target.app_id, target.version_id)
+        version = await self.local.get(target.app_id, target.version_id)
+        if version is None and self.deployed is not None:
+            return responses.plain(404, f"Version {target.version_id!r} of app {target.app_id!r} does not exist.")
         if request.path.startswith(INBOUND_MAIL_PREFIX):
             refused = _refuse_inbound_mail(platform, version)
             if refused is not None:
@@ -198,7 +208,7 @@ class Router:
         return None
 
     def _static_files(self, version: Version) -> static.StaticFiles:
-        key = (version.app_id, version.version_id)
+        key = (version.app_id, version.version_id, version.minor)
         found = self._statics.get(key)
         if found is None:
             found = self._statics[key] = static.StaticFiles(version.root, version.config, self.files)
@@ -372,6 +382,13 @@ async def serve(cfg: RouterConfig) -> None:
     nc = await bus.connect(cfg.nats_url, name="router")
     await bus.ensure_log_stream(nc)
     router = Router(cfg, nc)
+    follower = None
+    if router.deployed is not None:
+        try:
+            await router.deployed.resync()
+        except Exception as exc:  # noqa: BLE001 - serve anyway; the follower keeps trying
+            log.warning("control plane at %s not reachable yet: %s", cfg.control_plane, exc)
+        follower = asyncio.ensure_future(router.deployed.follow(nc, cfg.resync_seconds))
     app = web.Application(client_max_size=cfg.max_request_bytes + 1)
     app.router.add_route("*", "/{tail:.*}", router.handle)
     # keepalive_timeout also bounds how long a new connection may take to send its first
@@ -389,6 +406,11 @@ async def serve(cfg: RouterConfig) -> None:
     await grpcserver.wait_for_signal()
     log.info("stopping")
     await runner.cleanup()
+    if follower is not None:
+        follower.cancel()
+        await asyncio.gather(follower, return_exceptions=True)
+    if router.source is not None:
+        await router.source.close()
     if router.oidc is not None:
         await router.oidc.close()
     await nc.drain()

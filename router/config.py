@@ -8,7 +8,6 @@ import pathlib
 
 from kiln.bus import DEFAULT_URL
 from kiln.config import Secret, field, parse_app_emails, parse_hostport
-from router import hosts
 from router.versions import parse_app_dirs
 
 
@@ -24,6 +23,14 @@ class RouterConfig:
     custom_domains: str = field("", "custom domains: host=app[,host=app] (the app's default version)")
     app_dirs: str = field("", "app.yaml and static files of versions served from local directories: "
                               "app/version=/path[,...] (kiln dev passes its app)")
+    control_plane: str = field("", "the control plane's gRPC address (host:port): deployed versions, their files "
+                                   "and every app's default version come from it (instead of apps and app_dirs)")
+    control_token: Secret = field(Secret(""), "a platform read token for the control plane (python -m deploy.control "
+                                              "mint-token --app '*' --scope read --name router)")
+    cache_dir: pathlib.Path = field(pathlib.Path("~/.cache/kiln/router").expanduser(),
+                                    "where deployed versions' files are kept")
+    resync_seconds: float = field(10.0, "how often default versions are re-read from the control plane (events "
+                                        "switch them within a second; this catches missed events)")
     session_secret: Secret = field(Secret(""), "key that signs sign-in session cookies (required; the same on "
                                                "every router)")
     inbound_secret: Secret = field(Secret(""), "key URL Fetch signs X-AppEngine-Inbound-AppId with (the same as "
@@ -71,21 +78,27 @@ class RouterConfig:
             except ValueError:
                 raise ValueError(f"trusted_proxies: {net!r} is not a network like 10.0.0.0/8") from None
         parse_app_dirs(self.app_dirs)
+        if self.control_plane:
+            parse_hostport(self.control_plane, "control_plane")
+            if not self.control_token:
+                raise ValueError("control_token: required with control_plane (KILN_ROUTER_CONTROL_TOKEN)")
+            if self.apps or self.app_dirs or self.dev_app:
+                raise ValueError("control_plane: versions come from the control plane; drop apps, app_dirs, dev_app")
         self.admin_map()
         if self.oidc_issuer and not (self.oidc_client_id and self.oidc_client_secret):
             raise ValueError("oidc_issuer: needs oidc_client_id and oidc_client_secret too")
 
-    def custom_domain_map(self) -> dict[str, hosts.Target]:
-        """Custom domain -> the app's default version."""
+    def custom_domain_map(self) -> dict[str, str]:
+        """Custom domain -> app (served by the app's default version)."""
         versions = self.default_versions()
         out = {}
         for item in filter(None, (i.strip() for i in self.custom_domains.split(","))):
             host, sep, app = item.partition("=")
             if not sep or not host or not app:
                 raise ValueError(f"custom_domains: expected host=app, got {item!r}")
-            if app not in versions:
+            if app not in versions and not self.control_plane:
                 raise ValueError(f"custom_domains: app {app!r} has no default version in apps")
-            out[host.lower().rstrip(".")] = hosts.Target(app, versions[app])
+            out[host.lower().rstrip(".")] = app
         return out
 
     def admin_map(self) -> dict[str, frozenset[str]]:

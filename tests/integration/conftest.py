@@ -31,10 +31,11 @@ SERVICES = {
 
 def service_env() -> dict[str, str]:
     env = dict(os.environ)
-    for name in [*SERVICES, "manager", "logs"]:
+    for name in [*SERVICES, "manager", "logs", "control"]:
         env[f"KILN_{name.upper()}_SERVICE_SECRET"] = SECRET
     env["KILN_ROUTER_SESSION_SECRET"] = "integration-session-secret"
     env["KILN_CRON_PLATFORM_SECRET"] = "integration-platform-secret"
+    env["KILN_CONTROL_ADMIN_SECRET"] = "integration-admin-secret"
     return env
 
 

@@ -24,7 +24,7 @@ from tests.integration.conftest import service_env
 
 pytestmark = pytest.mark.nats
 
-ADMIN_SECRET = "integration-admin-secret"
+ADMIN_SECRET = "integration-admin-secret"  # conftest.service_env's
 APP_YAML = textwrap.dedent("""\
     runtime: python311
     handlers:
@@ -45,11 +45,9 @@ def auth(tok: str) -> tuple[tuple[str, str], ...]:
 
 def start_control(supervisor, tmp_path_factory, nats_url: str, name: str, *extra: str) -> str:
     ready = supervisor.run_dir / f"{name}.addr"
-    env = {**service_env(), "KILN_CONTROL_ADMIN_SECRET": ADMIN_SECRET,
-           "KILN_CONTROL_SERVICE_SECRET": "integration-test-secret"}
     child = supervisor.start(name, python_module(
         "deploy.control", "--listen", "127.0.0.1:0", "--ready-file", str(ready), "--nats-url", nats_url,
-        "--data-dir", str(tmp_path_factory.mktemp(name)), *extra), env=env, ready_file=ready, timeout=120)
+        "--data-dir", str(tmp_path_factory.mktemp(name)), *extra), env=service_env(), ready_file=ready, timeout=120)
     return child.address
 
 

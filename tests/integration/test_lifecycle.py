@@ -30,7 +30,7 @@ def _stop(child) -> tuple[int, str]:
     return code, child.log_path.read_text()
 
 
-@pytest.mark.parametrize("module", sorted(SERVICES.values()))
+@pytest.mark.parametrize("module", [*sorted(SERVICES.values()), "deploy.control"])
 def test_grpc_service_is_healthy_then_stops_cleanly_on_sigterm(module, tmp_path, request):
     sup = Supervisor(tmp_path)
     args = ["--listen", "127.0.0.1:0", "--ready-file", str(tmp_path / "addr")]
@@ -40,6 +40,8 @@ def test_grpc_service_is_healthy_then_stops_cleanly_on_sigterm(module, tmp_path,
         args += ["--nats-url", request.getfixturevalue("nats_url"), "--outbox-dir", str(tmp_path / "outbox")]
     if module == "cron_svc":  # its claims and state live in NATS KV
         args += ["--nats-url", request.getfixturevalue("nats_url")]
+    if module == "deploy.control":  # announces deployments on NATS
+        args += ["--nats-url", request.getfixturevalue("nats_url"), "--data-dir", str(tmp_path / "control")]
     try:
         child = sup.start(module, python_module(module, *args), env=service_env(), ready_file=tmp_path / "addr")
         assert _health(child.address) == health_pb2.HealthCheckResponse.SERVING

@@ -1,0 +1,105 @@
+"""What every ``kiln`` command shares: connection options, output (text or ``--json``, colours only on a
+terminal), and errors on one line with the fix.
+
+Exit status: 0 done; 1 the control plane or a service refused or could not be
+reached; 2 bad usage or a local file is invalid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, TextIO
+
+import grpc
+
+from kiln.errors import KilnError
+
+DEFAULT_CONTROL_PLANE = "127.0.0.1:50060"
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+# What to do about each refusal, after the server's own message.
+_FIXES = {
+    grpc.StatusCode.UNAUTHENTICATED: "pass a deploy token with --token or KILN_TOKEN (your operator mints it)",
+    grpc.StatusCode.UNAVAILABLE: "is the control plane running there? set --control-plane or KILN_CONTROL_PLANE",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "the control plane is slow or unreachable; try again",
+}
+
+
+def add_connection(parser: argparse.ArgumentParser, *, app: bool = True) -> None:
+    """``--control-plane``, ``--token``, ``--app`` and ``--json``."""
+    parser.add_argument("--control-plane", default=os.environ.get("KILN_CONTROL_PLANE", DEFAULT_CONTROL_PLANE),
+                        metavar="HOST:PORT", help="the control plane (default: KILN_CONTROL_PLANE, else %(default)s)")
+    parser.add_argument("--token", default=os.environ.get("KILN_TOKEN", ""),
+                        help="your deploy token for the app (default: KILN_TOKEN)")
+    if app:
+        parser.add_argument("--app", default=os.environ.get("KILN_APP", ""),
+                            help="the app id (default: KILN_APP)")
+    parser.add_argument("--json", action="store_true", help="print machine-readable JSON instead of text")
+
+
+class Output:
+    """Prints results: text (coloured only on a terminal, and never with NO_COLOR) or JSON."""
+
+    def __init__(self, *, as_json: bool, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stdout
+        self.as_json = as_json
+        self.color = self.stream.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
+
+    def paint(self, text: str, code: str) -> str:
+        return f"\033[{code}m{text}\033[0m" if self.color else text
+
+    def bold(self, text: str) -> str:
+        return self.paint(text, "1")
+
+    def green(self, text: str) -> str:
+        return self.paint(text, "32")
+
+    def json(self, value: Any) -> None:
+        json.dump(value, self.stream, indent=2, sort_keys=True)
+        self.stream.write("\n")
+
+    def line(self, text: str) -> None:
+        print(text, file=self.stream, flush=True)
+
+    def table(self, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+        widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows)]
+        self.line(self.bold("  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()))
+        for row in rows:
+            self.line("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
+def fail(command: str, message: str, status: int = EXIT_FAILED) -> int:
+    """Print ``kiln COMMAND: message`` on one line to stderr; return ``status``."""
+    one_line = " ".join(message.split())
+    print(f"kiln {command}: {one_line}", file=sys.stderr, flush=True)
+    return status
+
+
+def rpc_failure(command: str, exc: grpc.RpcError, where: str) -> int:
+    """A refused call as one line: the server's message, then what to do."""
+    code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+    details = (exc.details() if hasattr(exc, "details") else "") or code.name
+    fix = _FIXES.get(code)
+    if code == grpc.StatusCode.UNAVAILABLE:
+        details = f"cannot reach the control plane at {where}"
+    return fail(command, f"{details}" + (f" — {fix}" if fix else ""))
+
+
+def guarded(command: str, where: Callable[[], str], body: Callable[[], int]) -> int:
+    """Run ``body``, turning refusals and local errors into one-line messages and exit statuses."""
+    try:
+        return body()
+    except grpc.RpcError as exc:
+        return rpc_failure(command, exc, where())
+    except KilnError as exc:
+        return fail(command, str(exc), EXIT_USAGE)
+    except OSError as exc:
+        return fail(command, f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "), EXIT_USAGE)
+
+
+def metadata(token: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),)

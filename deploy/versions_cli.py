@@ -1,0 +1,163 @@
+"""``kiln deploy`` and ``kiln versions list|set-default|delete``."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import pathlib
+import sys
+from typing import Any
+
+import grpc
+
+from deploy import upload
+from deploy.cliutil import EXIT_OK, EXIT_USAGE, Output, add_connection, fail, guarded, metadata
+from kiln import appyaml
+from kiln.pb.deploy.v1 import deploy_pb2 as pb
+from kiln.pb.deploy.v1 import deploy_pb2_grpc
+
+
+def _app_id(args: argparse.Namespace, config: appyaml.AppConfig | None, app_dir: pathlib.Path | None) -> str:
+    if args.app:
+        return str(args.app)
+    if config is not None and app_dir is not None:
+        from deploy.dev import app_id_for
+        return app_id_for(app_dir, config)
+    return ""
+
+
+def _version_json(v: pb.Version) -> dict[str, Any]:
+    return {"app": v.app_id, "version": v.version_id, "minor": v.minor, "id": f"{v.version_id}.{v.minor}",
+            "default": v.is_default, "deployed_by": v.deployed_by,
+            "created": v.created_at.ToDatetime(datetime.timezone.utc).isoformat() if v.HasField("created_at") else None}
+
+
+class _Progress:
+    """A byte progress bar on stderr, drawn only on a terminal (tqdm)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self._enabled = enabled
+        self._bar: Any = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self._enabled or total == 0:
+            return
+        if self._bar is None:
+            from tqdm import tqdm
+            self._bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="uploading",
+                             file=sys.stderr, leave=False)
+        self._bar.update(done - self._bar.n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def deploy(args: argparse.Namespace) -> int:
+    out = Output(as_json=args.json)
+    app_dir = pathlib.Path(args.app_dir)
+    if not (app_dir / "app.yaml").is_file():
+        return fail("deploy", f"{app_dir / 'app.yaml'} not found; give the directory that holds your app.yaml",
+                    EXIT_USAGE)
+    if not args.token:
+        return fail("deploy", "no deploy token; pass --token or set KILN_TOKEN (your operator mints it)", EXIT_USAGE)
+
+    def body() -> int:
+        config = appyaml.load(app_dir / "app.yaml")
+        app_id = _app_id(args, config, app_dir)
+        version_id = args.version or config.version or datetime.datetime.now(datetime.timezone.utc).strftime(
+            "%Y%m%dt%H%M%S")
+        with grpc.insecure_channel(args.control_plane) as channel:
+            stub = deploy_pb2_grpc.DeployServiceStub(channel)
+            promote = args.promote
+            if not promote:
+                listed = stub.ListVersions(pb.ListVersionsRequest(app_id=app_id), metadata=metadata(args.token))
+                promote = not any(v.is_default for v in listed.versions)  # an app's first version serves it
+            progress = _Progress(sys.stderr.isatty() and not args.json)
+            try:
+                result = upload.deploy(channel, args.token, app_dir, app_id, version_id, promote=promote,
+                                       progress=progress)
+            finally:
+                progress.close()
+        v = result.version
+        if args.json:
+            out.json({**_version_json(v), "files": result.files, "uploaded_files": result.uploaded_files,
+                      "uploaded_bytes": result.uploaded_bytes})
+            return EXIT_OK
+        out.line(f"{out.green('deployed')} {out.bold(f'{v.version_id}.{v.minor}')} of app {app_id}: "
+                 f"{result.files} files, {result.uploaded_files} uploaded ({result.uploaded_bytes:,} bytes)")
+        out.line(f"  serving the app's domain (the default version)" if v.is_default else
+                 f"  reachable at {v.version_id}-dot-{app_id}.<domain>; make it the default with "
+                 f"kiln versions set-default {v.version_id} --app {app_id}")
+        return EXIT_OK
+    return guarded("deploy", lambda: args.control_plane, body)
+
+
+def _needs_app(args: argparse.Namespace, command: str) -> int | None:
+    if not args.app:
+        return fail(command, "which app? pass --app APP or set KILN_APP", EXIT_USAGE)
+    if not args.token:
+        return fail(command, "no deploy token; pass --token or set KILN_TOKEN (your operator mints it)", EXIT_USAGE)
+    return None
+
+
+def versions(args: argparse.Namespace) -> int:
+    command = f"versions {args.action}"
+    refused = _needs_app(args, command)
+    if refused is not None:
+        return refused
+    out = Output(as_json=args.json)
+
+    def body() -> int:
+        with grpc.insecure_channel(args.control_plane) as channel:
+            stub = deploy_pb2_grpc.DeployServiceStub(channel)
+            meta = metadata(args.token)
+            if args.action == "list":
+                listed = stub.ListVersions(pb.ListVersionsRequest(app_id=args.app), metadata=meta).versions
+                if args.json:
+                    out.json([_version_json(v) for v in listed])
+                else:
+                    out.table(["VERSION", "DEFAULT", "CREATED", "DEPLOYED BY"],
+                              [[f"{v.version_id}.{v.minor}", "*" if v.is_default else "",
+                                v.created_at.ToDatetime(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
+                                v.deployed_by] for v in listed])
+                return EXIT_OK
+            if args.action == "set-default":
+                stub.SetDefaultVersion(pb.SetDefaultVersionRequest(app_id=args.app, version_id=args.version),
+                                       metadata=meta)
+                verb = "is now the default"
+            else:
+                stub.DeleteVersion(pb.DeleteVersionRequest(app_id=args.app, version_id=args.version), metadata=meta)
+                verb = "deleted"
+        if args.json:
+            out.json({"app": args.app, "version": args.version, "action": args.action})
+        else:
+            out.line(f"version {out.bold(args.version)} of app {args.app} {verb}")
+        return EXIT_OK
+    return guarded(command, lambda: args.control_plane, body)
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add ``deploy`` and ``versions`` to the ``kiln`` parser."""
+    p = sub.add_parser("deploy", help="upload an app as a version",
+                       description="Upload APP_DIR as a version of the app: only files the control plane does not "
+                                   "have yet are sent; skip_files is honoured. Each upload of a version is a new "
+                                   "minor version. The app's first version becomes its default.")
+    p.add_argument("app_dir", metavar="APP_DIR", help="directory with app.yaml")
+    p.add_argument("--version", help="major version (default: app.yaml's version, else a timestamp)")
+    p.add_argument("--promote", action="store_true", help="make it the default version once uploaded")
+    add_connection(p)
+    p.set_defaults(func=deploy)
+    v = sub.add_parser("versions", help="list versions, switch the default, delete one",
+                       description="Manage an app's versions.")
+    vsub = v.add_subparsers(dest="action", required=True)
+    ls = vsub.add_parser("list", help="the app's versions, newest first (* marks the default)")
+    add_connection(ls)
+    sd = vsub.add_parser("set-default", help="make VERSION serve the app's domain (all routers within a second)")
+    sd.add_argument("version", metavar="VERSION")
+    add_connection(sd)
+    rm = vsub.add_parser("delete", help="delete VERSION (not the default)")
+    rm.add_argument("version", metavar="VERSION")
+    add_connection(rm)
+    for parser in (ls, sd, rm):
+        parser.set_defaults(func=versions)

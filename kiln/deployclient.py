@@ -1,0 +1,173 @@
+"""Reading deployed versions from the control plane: what routers and runtime hosts share.
+
+:class:`VersionSource` asks the control plane (``DeployService``, with a
+platform read token) for apps, default versions and version manifests, and
+*materializes* a version: its files downloaded once per content hash into
+``CACHE/blobs/APP/``, each checked against its SHA-256, then hard-linked (or
+copied) into ``CACHE/versions/APP/VERSION.MINOR/``, a directory built under a
+temporary name and renamed into place — a version directory exists whole or
+not at all, and a new minor never reuses an old one's directory.
+
+:func:`watch` follows the control plane's NATS events and calls back on each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import pathlib
+import shutil
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from nats.aio.client import Client
+
+from kiln import bus
+from kiln.errors import NotFoundError, UnavailableError
+from kiln.pb.deploy.v1 import deploy_pb2 as pb
+from kiln.pb.deploy.v1 import deploy_pb2_grpc, events_pb2
+
+log = logging.getLogger(__name__)
+
+PARALLEL_DOWNLOADS = 8
+
+
+def version_dir_name(version: pb.Version) -> str:
+    return f"{version.version_id}.{version.minor}"
+
+
+class VersionSource:
+    """The control plane as seen by routers and runtime hosts (see module docstring)."""
+
+    def __init__(self, address: str, token: str, cache_dir: pathlib.Path) -> None:
+        self._channel = grpc.aio.insecure_channel(address, options=[("grpc.max_receive_message_length", 64 << 20)])
+        self._stub = deploy_pb2_grpc.DeployServiceStub(self._channel)
+        self._meta = (("authorization", f"Bearer {token}"),)
+        self._cache = cache_dir
+        self._building: dict[tuple[str, str, int], asyncio.Future[pathlib.Path]] = {}
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def apps(self) -> list[pb.AppInfo]:
+        """Every app with its default version."""
+        try:
+            return list((await self._stub.ListApps(pb.ListAppsRequest(), metadata=self._meta)).apps)
+        except grpc.aio.AioRpcError as exc:
+            raise UnavailableError(f"control plane: {exc.details()}") from exc
+
+    async def versions(self, app_id: str) -> list[pb.Version]:
+        """The app's versions (without files)."""
+        try:
+            resp = await self._stub.ListVersions(pb.ListVersionsRequest(app_id=app_id), metadata=self._meta)
+        except grpc.aio.AioRpcError as exc:
+            raise UnavailableError(f"control plane: {exc.details()}") from exc
+        return list(resp.versions)
+
+    async def version(self, app_id: str, version_id: str) -> pb.Version | None:
+        """One version with its files, or None if the control plane has no such version."""
+        try:
+            resp = await self._stub.GetVersion(pb.GetVersionRequest(app_id=app_id, version_id=version_id),
+                                               metadata=self._meta)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+                return None
+            raise UnavailableError(f"control plane: {exc.details()}") from exc
+        return resp.version
+
+    async def materialize(self, version: pb.Version) -> pathlib.Path:
+        """The version's files in a local directory (built once per minor; concurrent callers share the work)."""
+        key = (version.app_id, version.version_id, version.minor)
+        target = self._cache / "versions" / version.app_id / version_dir_name(version)
+        if target.is_dir():
+            return target
+        pending = self._building.get(key)
+        if pending is None:
+            pending = self._building[key] = asyncio.ensure_future(self._build(version, target))
+            pending.add_done_callback(lambda _: self._building.pop(key, None))
+        return await asyncio.shield(pending)
+
+    async def _build(self, version: pb.Version, target: pathlib.Path) -> pathlib.Path:
+        blobs = self._cache / "blobs" / version.app_id
+        blobs.mkdir(parents=True, exist_ok=True)
+        sem = asyncio.Semaphore(PARALLEL_DOWNLOADS)
+
+        async def fetch(sha: str) -> None:
+            if (blobs / sha).exists():
+                return
+            async with sem:
+                await self._download(version.app_id, sha, blobs / sha)
+        await asyncio.gather(*(fetch(h) for h in {f.sha256 for f in version.files}))
+        await asyncio.to_thread(_link_tree, version, blobs, target)
+        log.info("app %s: version %s.%d ready in %s (%d files)", version.app_id, version.version_id, version.minor,
+                 target, len(version.files))
+        return target
+
+    async def _download(self, app_id: str, sha: str, dest: pathlib.Path) -> None:
+        h = hashlib.sha256()
+        tmp = dest.with_name(f".{sha}.{uuid.uuid4().hex}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                async for part in self._stub.DownloadBlob(pb.DownloadBlobRequest(app_id=app_id, sha256=sha),
+                                                          metadata=self._meta):
+                    h.update(part.chunk)
+                    f.write(part.chunk)
+            if h.hexdigest() != sha:
+                raise UnavailableError(f"control plane: file {sha} of app {app_id} arrived corrupted")
+            os.chmod(tmp, 0o444)
+            tmp.replace(dest)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                raise NotFoundError(f"control plane: app {app_id} lost file {sha}") from exc
+            raise UnavailableError(f"control plane: {exc.details()}") from exc
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def _link_tree(version: pb.Version, blobs: pathlib.Path, target: pathlib.Path) -> None:
+    building = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
+    try:
+        for f in version.files:
+            dest = building / f.path
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if f.mode & 0o111:  # an executable gets its own copy with its mode; the shared blob stays 0444
+                shutil.copyfile(blobs / f.sha256, dest)
+                os.chmod(dest, 0o555)
+                continue
+            try:
+                os.link(blobs / f.sha256, dest)
+            except OSError:
+                shutil.copyfile(blobs / f.sha256, dest)
+        building.rename(target)
+    except FileExistsError:  # built meanwhile by another process sharing the cache
+        pass
+    except OSError:
+        if not target.is_dir():
+            raise
+    finally:
+        if building.exists():
+            shutil.rmtree(building, ignore_errors=True)
+
+
+Callback = Callable[[str, bytes], Awaitable[None]]
+
+
+async def watch(nc: Client, on_event: Callback) -> list[Any]:
+    """Subscribe to deployment events; ``on_event(subject, data)`` runs for each. Returns the subscriptions."""
+    async def handler(msg: object) -> None:
+        try:
+            await on_event(msg.subject, msg.data)  # type: ignore[attr-defined]
+        except Exception:  # noqa: BLE001 - one bad event must not stop the subscription
+            log.exception("handling a deployment event")
+    return [await nc.subscribe(subject, cb=handler)
+            for subject in (bus.DEPLOY_VERSION_SUBJECT, bus.DEPLOY_DEFAULT_SUBJECT)]
+
+
+def parse_event(subject: str, data: bytes) -> events_pb2.VersionEvent | events_pb2.DefaultVersionEvent:
+    if subject == bus.DEPLOY_DEFAULT_SUBJECT:
+        return events_pb2.DefaultVersionEvent.FromString(data)
+    return events_pb2.VersionEvent.FromString(data)

@@ -1,0 +1,226 @@
+"""The runtime host: runs every deployed version on this machine, as the control plane says.
+
+``python -m runtime.host --control-plane HOST:PORT --run-dir DIR [--cache-dir DIR] -- RUNTIME_ARGS...``
+keeps one instance manager (:mod:`runtime.manager`) per deployed version:
+
+- at start, and every ``--resync-seconds``, it lists apps and versions from the
+  control plane and starts a manager for each version it does not run yet at
+  its current minor, and stops the managers of versions that are gone;
+- on ``kiln.deploy.version`` events it acts at once: a new version, or a new
+  minor of one, gets its files materialized by content hash
+  (:class:`kiln.deployclient.VersionSource`) and a new manager; only once that
+  manager's first instances serve is the old minor's manager stopped (it
+  drains its requests), so a redeploy drops no request; a deleted version's
+  manager is stopped.
+
+Environment: ``KILN_HOST_CONTROL_TOKEN`` (a platform read token) and, handed
+to the managers, ``KILN_MANAGER_SERVICE_SECRET`` and ``KILN_MANAGER_NATS_URL``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+
+from kiln import bus
+from kiln import log as kiln_log
+from kiln.deployclient import VersionSource, parse_event, watch
+from kiln.pb.deploy.v1 import deploy_pb2 as pb
+from kiln.pb.deploy.v1 import events_pb2
+from kiln.supervisor import Child, StartError, Supervisor, python_module
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT = 180.0
+STOP_GRACE = 30.0
+
+
+@dataclasses.dataclass
+class Running:
+    """One version's manager on this host."""
+
+    minor: int
+    child: Child
+
+
+class Host:
+    """Keeps a manager per deployed version (see module docstring)."""
+
+    def __init__(self, source: VersionSource, run_dir: pathlib.Path, manager_args: Sequence[str],
+                 runtime_args: Sequence[str]) -> None:
+        self._source = source
+        self._run_dir = run_dir
+        self._sup = Supervisor(run_dir)
+        self._manager_args = list(manager_args)
+        self._runtime_args = list(runtime_args)
+        self.running: dict[tuple[str, str], Running] = {}
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+
+    def _lock(self, key: tuple[str, str]) -> asyncio.Lock:
+        return self._locks.setdefault(key, asyncio.Lock())
+
+    async def reconcile(self) -> None:
+        """Run exactly the versions the control plane has, each at its current minor."""
+        wanted: dict[tuple[str, str], int] = {}
+        for app in await self._source.apps():
+            for version in await self._source.versions(app.app_id):
+                wanted[(app.app_id, version.version_id)] = version.minor
+        for (app_id, version_id), minor in wanted.items():
+            await self.ensure(app_id, version_id, minor)
+        for key in [k for k in self.running if k not in wanted]:
+            await self.stop(*key)
+
+    async def ensure(self, app_id: str, version_id: str, minor: int) -> None:
+        """Run ``minor`` (or newer) of the version; replace an older minor once the new one serves."""
+        key = (app_id, version_id)
+        async with self._lock(key):
+            current = self.running.get(key)
+            if current is not None and current.minor >= minor:
+                return
+            manifest = await self._source.version(app_id, version_id)
+            if manifest is None:
+                return  # deleted meanwhile
+            if current is not None and current.minor >= manifest.minor:
+                return
+            child = await self._start(manifest)
+            self.running[key] = Running(manifest.minor, child)
+            if current is not None:
+                log.info("app %s: version %s.%d replaces .%d", app_id, version_id, manifest.minor, current.minor)
+                await _stop_child(current.child)
+
+    async def stop(self, app_id: str, version_id: str) -> None:
+        key = (app_id, version_id)
+        async with self._lock(key):
+            current = self.running.pop(key, None)
+            if current is not None:
+                log.info("app %s: stopping version %s.%d", app_id, version_id, current.minor)
+                await _stop_child(current.child)
+
+    async def _start(self, manifest: pb.Version) -> Child:
+        root = await self._source.materialize(manifest)
+        name = f"{manifest.app_id}-{manifest.version_id}.{manifest.minor}"
+        run = self._run_dir / manifest.app_id / f"{manifest.version_id}.{manifest.minor}"
+        run.mkdir(parents=True, exist_ok=True)
+        ready = run / "manager.ready"
+        argv = python_module("runtime.manager", "--app-dir", str(root), "--app-id", manifest.app_id,
+                             "--version-id", manifest.version_id, "--run-dir", str(run), "--ready-file", str(ready),
+                             *self._manager_args, "--",
+                             "--minor-version", str(manifest.minor), *self._runtime_args)
+        child = self._sup.spawn(name, argv, env=os.environ, ready_file=ready)
+        try:
+            await asyncio.to_thread(Supervisor.wait_ready, child, ready_file=ready, timeout=START_TIMEOUT)
+        except StartError:
+            await _stop_child(child)
+            raise
+        log.info("app %s: version %s.%d serving", manifest.app_id, manifest.version_id, manifest.minor)
+        return child
+
+    async def on_event(self, subject: str, data: bytes) -> None:
+        event = parse_event(subject, data)
+        if not isinstance(event, events_pb2.VersionEvent):
+            return
+        if event.kind == events_pb2.VersionEvent.KIND_CREATED:
+            await self.ensure(event.app_id, event.version_id, event.minor)
+        elif event.kind == events_pb2.VersionEvent.KIND_DELETED:
+            await self.stop(event.app_id, event.version_id)
+
+    async def shutdown(self) -> None:
+        await asyncio.gather(*(self.stop(*key) for key in list(self.running)))
+
+
+async def _stop_child(child: Child) -> None:
+    """SIGTERM (the manager drains its instances), then SIGKILL after the grace period."""
+    proc = child.proc
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.to_thread(proc.wait, STOP_GRACE)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            await asyncio.to_thread(proc.wait)
+
+
+async def run(source: VersionSource, run_dir: pathlib.Path, manager_args: Sequence[str],
+              runtime_args: Sequence[str], nats_url: str, resync_seconds: float) -> int:
+    host = Host(source, run_dir, manager_args, runtime_args)
+    nc = await bus.connect(nats_url, name="runtime-host")
+    events: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+
+    async def enqueue(subject: str, data: bytes) -> None:
+        events.put_nowait((subject, data))  # handled in order by the loop below, never in the NATS callback
+    subs = await watch(nc, enqueue)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    async def resync() -> None:
+        while True:
+            try:
+                await host.reconcile()
+            except Exception as exc:  # noqa: BLE001 - the control plane may be away for a while
+                log.warning("reading versions from the control plane: %s", exc)
+            await asyncio.sleep(resync_seconds)
+
+    async def handle() -> None:
+        while True:
+            subject, data = await events.get()
+            try:
+                await host.on_event(subject, data)
+            except Exception as exc:  # noqa: BLE001 - the periodic resync retries
+                log.warning("acting on a deployment event: %s", exc)
+
+    tasks = [asyncio.ensure_future(resync()), asyncio.ensure_future(handle())]
+    try:
+        await stop.wait()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for sub in subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        await host.shutdown()
+        await source.close()
+        await nc.drain()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    split = argv.index("--") if "--" in argv else len(argv)
+    parser = argparse.ArgumentParser(prog="python -m runtime.host", description=__doc__.split("\n\n")[0],
+                                     epilog="Arguments after -- go to every runtime instance.")
+    parser.add_argument("--control-plane", required=True, help="the control plane's gRPC address (host:port)")
+    parser.add_argument("--run-dir", required=True, type=pathlib.Path, help="where managers and instances log")
+    parser.add_argument("--cache-dir", type=pathlib.Path, default=pathlib.Path.home() / ".cache" / "kiln" / "host",
+                        help="where deployed versions' files are kept (default: %(default)s)")
+    parser.add_argument("--resync-seconds", type=float, default=10.0,
+                        help="how often versions are re-read from the control plane (default: %(default)s)")
+    parser.add_argument("--manager-arg", action="append", default=[], dest="manager_args",
+                        help="an option passed to every runtime.manager (repeat), e.g. --manager-arg=--isolation=none")
+    args = parser.parse_args(argv[:split])
+    token = os.environ.get("KILN_HOST_CONTROL_TOKEN", "")
+    nats_url = os.environ.get("KILN_MANAGER_NATS_URL", "")
+    if not token or not nats_url:
+        parser.error("KILN_HOST_CONTROL_TOKEN (a platform read token) and KILN_MANAGER_NATS_URL are required")
+    kiln_log.setup(component="host")
+    args.run_dir.mkdir(parents=True, exist_ok=True)
+
+    async def main_async() -> int:
+        source = VersionSource(args.control_plane, token, args.cache_dir)  # its channel needs the running loop
+        return await run(source, args.run_dir, args.manager_args, argv[split + 1:], nats_url, args.resync_seconds)
+    return asyncio.run(main_async())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

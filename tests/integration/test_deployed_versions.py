@@ -1,0 +1,190 @@
+"""Deployed versions end to end: ``kiln deploy`` to the control plane, a runtime host running every version,
+a router serving them from the control plane — per-version URLs, the default switch by NATS event, deletion,
+redeploys and promotions under load without a dropped request."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import http.client
+import json
+import os
+import pathlib
+import threading
+import time
+
+import pytest
+
+from deploy import cli
+from kiln.supervisor import python_module
+from tests.integration.conftest import service_env
+from tests.integration.test_control_plane import start_control, token
+
+pytestmark = pytest.mark.nats
+
+APP = "shop"
+DOMAIN = "example.test"
+APP_YAML = ("runtime: python27\napi_version: 1\nthreadsafe: true\nhandlers:\n"
+            "- url: /static\n  static_dir: static\n- url: /.*\n  script: main.app\n")
+
+
+def main_py(marker: str) -> str:
+    return ("import os\n"
+            "def app(environ, start_response):\n"
+            "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
+            f"    return [(os.environ['CURRENT_VERSION_ID'] + ' {marker}').encode()]\n")
+
+
+@pytest.fixture(scope="module")
+def cluster(supervisor, tmp_path_factory, nats_url):
+    control = start_control(supervisor, tmp_path_factory, nats_url, "control-serving")
+    run = supervisor.run_dir
+    env = {**service_env(), "KILN_ROUTER_CONTROL_TOKEN": token("*", "read", "router"),
+           "KILN_HOST_CONTROL_TOKEN": token("*", "read", "host"), "KILN_MANAGER_NATS_URL": nats_url}
+    # resync-seconds 3600: only the NATS events can make the router notice a new default in these tests.
+    router = supervisor.start("router-deployed", python_module(
+        "router", "--listen", "127.0.0.1:0", "--nats-url", nats_url, "--domain", DOMAIN,
+        "--control-plane", control, "--cache-dir", str(tmp_path_factory.mktemp("router-cache")),
+        "--resync-seconds", "3600", "--ready-file", str(run / "router-deployed.addr")),
+        env=env, ready_file=run / "router-deployed.addr")
+    supervisor.spawn("runtime-host", python_module(
+        "runtime.host", "--control-plane", control, "--run-dir", str(tmp_path_factory.mktemp("host-run")),
+        "--cache-dir", str(tmp_path_factory.mktemp("host-cache")), "--resync-seconds", "3600",
+        "--manager-arg=--isolation=none", "--", "--listen", "127.0.0.1:0"), env=env)
+    return {"control": control, "router": router.address, "tmp": tmp_path_factory.mktemp("apps")}
+
+
+def get(address: str, host: str, path: str = "/") -> tuple[int, str]:
+    name, _, port = address.rpartition(":")
+    conn = http.client.HTTPConnection(name, int(port), timeout=30)
+    try:
+        conn.request("GET", path, headers={"Host": host})
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode()
+    finally:
+        conn.close()
+
+
+def wait_for(address: str, host: str, expected: str, seconds: float = 90) -> None:
+    deadline = time.monotonic() + seconds
+    last = None
+    while time.monotonic() < deadline:
+        last = get(address, host)
+        if last == (200, expected):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{host} never answered {expected!r}; last {last}")
+
+
+def kiln(cluster, *args: str, capsys=None) -> tuple[int, str]:
+    base = ["--control-plane", cluster["control"], "--token", token(APP, "admin", "dev")]
+    status = cli.main([*args, *base])
+    out = capsys.readouterr().out if capsys is not None else ""
+    return status, out
+
+
+def write_app(cluster, name: str, marker: str) -> pathlib.Path:
+    root = cluster["tmp"] / name
+    (root / "static").mkdir(parents=True, exist_ok=True)
+    (root / "app.yaml").write_text(APP_YAML)
+    (root / "main.py").write_text(main_py(marker))
+    (root / "static" / "hello.txt").write_text(f"static {marker}")
+    return root
+
+
+class Load:
+    """Requests to the app's domain in a loop on two threads, recording every answer."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.answers: list[tuple[int, str]] = []
+        self._stop = threading.Event()
+        self._pool = concurrent.futures.ThreadPoolExecutor(2)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.answers.append(get(self.address, f"{APP}.{DOMAIN}"))
+            except OSError as exc:
+                self.answers.append((0, repr(exc)))
+
+    def __enter__(self) -> Load:
+        self._futures = [self._pool.submit(self._loop) for _ in range(2)]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for f in self._futures:
+            f.result()
+        self._pool.shutdown()
+
+
+def test_the_first_deploy_serves_the_app_with_its_version_id(cluster, capsys):
+    status, out = kiln(cluster, "deploy", str(write_app(cluster, "one", "first")), "--app", APP, "--version", "v1",
+                       "--json", capsys=capsys)
+    assert status == 0
+    assert json.loads(out)["default"] is True  # an app's first version becomes its default
+    wait_for(cluster["router"], f"{APP}.{DOMAIN}", "v1.1 first")
+    assert get(cluster["router"], f"{APP}.{DOMAIN}", "/static/hello.txt") == (200, "static first")
+
+
+def test_each_version_has_its_own_url_and_the_default_switches_by_event(cluster, capsys):
+    assert kiln(cluster, "deploy", str(write_app(cluster, "two", "second")), "--app", APP, "--version", "v2")[0] == 0
+    wait_for(cluster["router"], f"v2-dot-{APP}.{DOMAIN}", "v2.1 second")
+    assert get(cluster["router"], f"{APP}.{DOMAIN}") == (200, "v1.1 first")
+    assert get(cluster["router"], f"v2-dot-{APP}.{DOMAIN}", "/static/hello.txt") == (200, "static second")
+    assert kiln(cluster, "versions", "set-default", "v2", "--app", APP)[0] == 0
+    wait_for(cluster["router"], f"{APP}.{DOMAIN}", "v2.1 second", seconds=10)
+    capsys.readouterr()
+    status, out = kiln(cluster, "versions", "list", "--app", APP, "--json", capsys=capsys)
+    assert status == 0
+    assert [(v["id"], v["default"], v["deployed_by"]) for v in json.loads(out)] == \
+        [("v2.1", True, "dev"), ("v1.1", False, "dev")]
+
+
+def test_the_default_cannot_be_deleted_and_a_deleted_version_stops_serving(cluster, capsys):
+    status = kiln(cluster, "versions", "delete", "v2", "--app", APP)[0]
+    assert status == 1
+    assert "set-default" in capsys.readouterr().err
+    assert kiln(cluster, "versions", "delete", "v1", "--app", APP)[0] == 0
+    deadline = time.monotonic() + 30
+    while get(cluster["router"], f"v1-dot-{APP}.{DOMAIN}")[0] != 404 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert get(cluster["router"], f"v1-dot-{APP}.{DOMAIN}")[0] == 404
+
+
+def test_an_unknown_version_is_not_found(cluster):
+    status, body = get(cluster["router"], f"nope-dot-{APP}.{DOMAIN}")
+    assert status == 404 and "nope" in body
+
+
+def test_redeploying_the_default_version_drops_no_request(cluster):
+    app = write_app(cluster, "two", "second, again")
+    with Load(cluster["router"]) as load:
+        time.sleep(0.5)
+        assert kiln(cluster, "deploy", str(app), "--app", APP, "--version", "v2")[0] == 0
+        wait_for(cluster["router"], f"{APP}.{DOMAIN}", "v2.2 second, again")
+        time.sleep(0.5)
+    assert load.answers and all(status == 200 for status, _ in load.answers), \
+        [a for a in load.answers if a[0] != 200][:5]
+    assert {body for _, body in load.answers} <= {"v2.1 second", "v2.2 second, again"}
+
+
+def test_promoting_a_new_version_drops_no_request(cluster):
+    app = write_app(cluster, "three", "third")
+    with Load(cluster["router"]) as load:
+        time.sleep(0.5)
+        assert kiln(cluster, "deploy", str(app), "--app", APP, "--version", "v3", "--promote")[0] == 0
+        wait_for(cluster["router"], f"{APP}.{DOMAIN}", "v3.1 third")
+        time.sleep(0.5)
+    assert load.answers and all(status == 200 for status, _ in load.answers), \
+        [a for a in load.answers if a[0] != 200][:5]
+    assert {body for _, body in load.answers} <= {"v2.2 second, again", "v3.1 third"}
+
+
+def test_cli_errors_are_one_line_with_the_fix(cluster, capsys):
+    status = cli.main(["versions", "list", "--app", APP, "--control-plane", cluster["control"],
+                       "--token", "kiln1.bogus"])
+    err = capsys.readouterr().err
+    assert status == 1 and err.count("\n") == 1 and "--token" in err
+    status = cli.main(["versions", "list", "--app", APP, "--control-plane", cluster["control"]])
+    assert status == 2 and "KILN_TOKEN" in capsys.readouterr().err
