@@ -27,7 +27,7 @@ from kiln.pb.deploy.v1 import deploy_pb2 as pb
 from kiln.pb.deploy.v1 import deploy_pb2_grpc
 
 CHUNK_BYTES = 1024 * 1024
-PARALLEL_UPLOADS = 4
+PARALLEL_UPLOADS = 8
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
 

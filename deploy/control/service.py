@@ -95,8 +95,7 @@ class DeployService(deploy_pb2_grpc.DeployServiceServicer):
             actual = hashlib.sha256(data).hexdigest()
             if actual != expected:
                 raise BadRequestError(f"blob {expected}: the content's sha256 is {actual}; nothing was stored")
-            if await self._store.missing_blobs(app_id, [expected]):
-                await self._store.put_blob(app_id, expected, data)
+            await self._store.put_blob(app_id, expected, data)  # idempotent: the same hash is the same bytes
         return pb.UploadBlobResponse(sha256=expected)
 
     async def _yaml_blobs(self, version: pb.Version) -> dict[str, bytes]:
