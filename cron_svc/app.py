@@ -69,8 +69,18 @@ async def serve(cfg: CronConfig) -> None:
     scheduler = Scheduler(store, jobs, RouterFirer(cfg, http), replica=cfg.replica_id)
     loop = asyncio.create_task(scheduler.run())
     log.info("cron: %d jobs of %d apps; replica %s", sum(map(len, jobs.values())), len(jobs), cfg.replica_id)
+    follower, source = None, None
+    if cfg.control_plane:
+        from cron_svc.deployed import DeployedJobs
+        from kiln.deployclient import VersionSource
+        source = VersionSource(cfg.control_plane, cfg.control_token.get())
+        follower = asyncio.create_task(DeployedJobs(source, scheduler).follow(nc, cfg.resync_seconds))
 
     async def stop() -> None:
+        if follower is not None and source is not None:
+            follower.cancel()
+            await asyncio.gather(follower, return_exceptions=True)
+            await source.close()
         await scheduler.stop()
         await asyncio.gather(loop, return_exceptions=True)
         await http.close()

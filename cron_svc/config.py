@@ -17,7 +17,12 @@ class CronConfig(GrpcServiceConfig):
 
     listen: str = field("127.0.0.1:50056", "host:port to serve gRPC on")
     nats_url: str = field(DEFAULT_URL, "NATS server URL(s) whose KV buckets hold claims, firing state and replicas")
-    cron_yaml: str = field("", "each app's cron.yaml until the control plane serves it: app=/path/cron.yaml[,...]")
+    cron_yaml: str = field("", "each app's cron.yaml from local files: app=/path/cron.yaml[,...] (kiln dev)")
+    control_plane: str = field("", "the control plane's gRPC address: every app's jobs come from its default "
+                                   "version's cron.yaml, updated when the default changes")
+    control_token: Secret = field(Secret(""), "a platform read token for the control plane")
+    resync_seconds: float = field(30.0, "how often cron.yaml files are re-read from the control plane (events "
+                                        "update them at once; this catches missed events)")
     router_url: str = field("http://127.0.0.1:8080", "the router cron requests go through")
     apps_domain: str = field("localhost", "the router's domain: a job of APP goes to Host APP.<apps_domain> "
                                           "(TARGET-dot-APP.<apps_domain> with a target)")
@@ -34,6 +39,8 @@ class CronConfig(GrpcServiceConfig):
         if self.liveness_seconds < 1:
             raise ValueError("liveness_seconds: must be at least 1")
         self.cron_files()
+        if self.control_plane and not self.control_token:
+            raise ValueError("control_token: required with control_plane (KILN_CRON_CONTROL_TOKEN)")
 
     def cron_files(self) -> dict[str, pathlib.Path]:
         """App -> its cron.yaml."""

@@ -146,10 +146,10 @@ class Scheduler:
         last_scan = 0.0
         while not self._stopping.is_set():
             now = self.now()
-            for app_id, jobs in self.jobs.items():
+            for app_id, jobs in list(self.jobs.items()):  # set_jobs may replace an app's jobs meanwhile
                 for job in jobs:
                     key = job_id(app_id, job)
-                    while self._next[key] <= now:
+                    while key in self._next and self._next[key] <= now:
                         await self._claim_and_fire(app_id, job, self._next[key])
                         self._next[key] = self._after(job, self._next[key], key)
             if self.clock() - last_scan >= self.store.liveness_seconds / 3:
@@ -160,6 +160,23 @@ class Scheduler:
             wait = max(0.0, min(1.0, (soonest - self.now()).total_seconds()))
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), wait)
+
+    async def set_jobs(self, app_id: str, jobs: list[CronJob]) -> None:
+        """Replace an app's jobs (a new default version's cron.yaml): new jobs are planned, removed ones dropped.
+
+        A job that stays (same url, schedule, time zone and target) keeps its plan and history.
+        """
+        before = {job_id(app_id, j) for j in self.jobs.get(app_id, [])}
+        for job in jobs:
+            if job_id(app_id, job) not in before:
+                await self._plan(app_id, job)
+        self.jobs[app_id] = jobs
+        after = {job_id(app_id, j) for j in jobs}
+        for key in before - after:
+            self._next.pop(key, None)
+            self._anchor.pop(key, None)
+        if before != after:
+            log.info("cron %s: %d jobs", app_id, len(jobs))
 
     async def stop(self) -> None:
         """Stop planning; firings in progress get a moment to finish (else another replica takes them over)."""

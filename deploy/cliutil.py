@@ -24,7 +24,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 # What to do about each refusal, after the server's own message.
 _FIXES = {
     grpc.StatusCode.UNAUTHENTICATED: "pass a deploy token with --token or KILN_TOKEN (your operator mints it)",
-    grpc.StatusCode.UNAVAILABLE: "is the control plane running there? set --control-plane or KILN_CONTROL_PLANE",
+    grpc.StatusCode.UNAVAILABLE: "is it running there? check --control-plane (KILN_CONTROL_PLANE) or the service address",
     grpc.StatusCode.DEADLINE_EXCEEDED: "the control plane is slow or unreachable; try again",
 }
 
@@ -85,7 +85,7 @@ def rpc_failure(command: str, exc: grpc.RpcError, where: str) -> int:
     details = (exc.details() if hasattr(exc, "details") else "") or code.name
     fix = _FIXES.get(code)
     if code == grpc.StatusCode.UNAVAILABLE:
-        details = f"cannot reach the control plane at {where}"
+        details = f"cannot reach {where}"
     return fail(command, f"{details}" + (f" — {fix}" if fix else ""))
 
 

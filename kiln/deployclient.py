@@ -43,7 +43,7 @@ def version_dir_name(version: pb.Version) -> str:
 class VersionSource:
     """The control plane as seen by routers and runtime hosts (see module docstring)."""
 
-    def __init__(self, address: str, token: str, cache_dir: pathlib.Path) -> None:
+    def __init__(self, address: str, token: str, cache_dir: pathlib.Path | None = None) -> None:
         self._channel = grpc.aio.insecure_channel(address, options=[("grpc.max_receive_message_length", 64 << 20)])
         self._stub = deploy_pb2_grpc.DeployServiceStub(self._channel)
         self._meta = (("authorization", f"Bearer {token}"),)
@@ -81,6 +81,8 @@ class VersionSource:
 
     async def materialize(self, version: pb.Version) -> pathlib.Path:
         """The version's files in a local directory (built once per minor; concurrent callers share the work)."""
+        if self._cache is None:
+            raise ValueError("VersionSource: materialize needs a cache_dir")
         key = (version.app_id, version.version_id, version.minor)
         target = self._cache / "versions" / version.app_id / version_dir_name(version)
         if target.is_dir():
@@ -92,7 +94,7 @@ class VersionSource:
         return await asyncio.shield(pending)
 
     async def _build(self, version: pb.Version, target: pathlib.Path) -> pathlib.Path:
-        blobs = self._cache / "blobs" / version.app_id
+        blobs = target.parents[2] / "blobs" / version.app_id
         blobs.mkdir(parents=True, exist_ok=True)
         sem = asyncio.Semaphore(PARALLEL_DOWNLOADS)
 

@@ -50,7 +50,13 @@ def cluster(supervisor, tmp_path_factory, nats_url):
         "runtime.host", "--control-plane", control, "--run-dir", str(tmp_path_factory.mktemp("host-run")),
         "--cache-dir", str(tmp_path_factory.mktemp("host-cache")), "--resync-seconds", "3600",
         "--manager-arg=--isolation=none", "--", "--listen", "127.0.0.1:0"), env=env)
-    return {"control": control, "router": router.address, "tmp": tmp_path_factory.mktemp("apps")}
+    cron = supervisor.start("cron-deployed", python_module(
+        "cron_svc", "--listen", "127.0.0.1:0", "--nats-url", nats_url, "--control-plane", control,
+        "--router-url", f"http://{router.address}", "--apps-domain", DOMAIN, "--resync-seconds", "3600",
+        "--ready-file", str(run / "cron-deployed.addr")),
+        env={**env, "KILN_CRON_CONTROL_TOKEN": token("*", "read", "cron")}, ready_file=run / "cron-deployed.addr")
+    return {"control": control, "router": router.address, "cron": cron.address,
+            "tmp": tmp_path_factory.mktemp("apps")}
 
 
 def get(address: str, host: str, path: str = "/") -> tuple[int, str]:
@@ -188,3 +194,27 @@ def test_cli_errors_are_one_line_with_the_fix(cluster, capsys):
     assert status == 1 and err.count("\n") == 1 and "--token" in err
     status = cli.main(["versions", "list", "--app", APP, "--control-plane", cluster["control"]])
     assert status == 2 and "KILN_TOKEN" in capsys.readouterr().err
+
+
+def cron_jobs(cluster, capsys) -> list[dict]:
+    capsys.readouterr()
+    status, out = kiln(cluster, "cron", "list", "--app", APP, "--cron", cluster["cron"], "--json", capsys=capsys)
+    assert status == 0
+    return json.loads(out)
+
+
+def test_cron_jobs_follow_the_default_versions_cron_yaml(cluster, capsys):
+    app = write_app(cluster, "five", "fifth")
+    (app / "cron.yaml").write_text("cron:\n- description: nightly report\n  url: /tasks/report\n"
+                                   "  schedule: every day 03:00\n  timezone: Europe/Paris\n")
+    assert kiln(cluster, "deploy", str(app), "--app", APP, "--version", "v5")[0] == 0
+    assert cron_jobs(cluster, capsys) == []  # v3, the default, has no cron.yaml
+    assert kiln(cluster, "versions", "set-default", "v5", "--app", APP)[0] == 0
+    deadline = time.monotonic() + 10
+    jobs = cron_jobs(cluster, capsys)
+    while not jobs and time.monotonic() < deadline:
+        time.sleep(0.1)
+        jobs = cron_jobs(cluster, capsys)
+    assert [(j["url"], j["schedule"], j["timezone"], j["description"]) for j in jobs] == \
+        [("/tasks/report", "every day 03:00", "Europe/Paris", "nightly report")]
+    assert jobs[0]["next_run"] is not None and jobs[0]["last_run"] is None
