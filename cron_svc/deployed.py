@@ -8,14 +8,13 @@ A job that stays the same keeps its plan and history; removed jobs stop.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from nats.aio.client import Client
 
 from cron_svc.scheduler import Scheduler
 from kiln import cronyaml
-from kiln.deployclient import VersionSource, parse_event, watch
+from kiln.deployclient import VersionSource, follow, parse_event
 from kiln.errors import KilnError
 
 log = logging.getLogger(__name__)
@@ -53,14 +52,4 @@ class DeployedJobs:
 
     async def follow(self, nc: Client, resync_seconds: float) -> None:
         """Apply events and re-read periodically until cancelled."""
-        subs = await watch(nc, self.on_event)
-        try:
-            while True:
-                try:
-                    await self.resync()
-                except Exception as exc:  # noqa: BLE001 - the control plane may be away for a while
-                    log.warning("reading cron.yaml files from the control plane: %s", exc)
-                await asyncio.sleep(resync_seconds)
-        finally:
-            for sub in subs:
-                await sub.unsubscribe()
+        await follow(nc, self.on_event, self.resync, resync_seconds, "cron.yaml files")

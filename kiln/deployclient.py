@@ -169,6 +169,26 @@ async def watch(nc: Client, on_event: Callback) -> list[Any]:
             for subject in (bus.DEPLOY_VERSION_SUBJECT, bus.DEPLOY_DEFAULT_SUBJECT)]
 
 
+async def follow(nc: Client, on_event: Callback, resync: Callable[[], Awaitable[None]], resync_seconds: float,
+                 what: str) -> None:
+    """Apply deployment events as they come and call ``resync`` now and every ``resync_seconds``, until cancelled.
+
+    ``resync`` re-reads the control plane, so an event missed while NATS was
+    away delays a change by at most ``resync_seconds``.
+    """
+    subs = await watch(nc, on_event)
+    try:
+        while True:
+            try:
+                await resync()
+            except Exception as exc:  # noqa: BLE001 - the control plane may be away for a while
+                log.warning("reading %s from the control plane: %s", what, exc)
+            await asyncio.sleep(resync_seconds)
+    finally:
+        for sub in subs:
+            await sub.unsubscribe()
+
+
 def parse_event(subject: str, data: bytes) -> events_pb2.VersionEvent | events_pb2.DefaultVersionEvent:
     if subject == bus.DEPLOY_DEFAULT_SUBJECT:
         return events_pb2.DefaultVersionEvent.FromString(data)

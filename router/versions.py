@@ -24,7 +24,7 @@ import time
 from nats.aio.client import Client
 
 from kiln import appyaml
-from kiln.deployclient import VersionSource, parse_event, watch
+from kiln.deployclient import VersionSource, follow, parse_event
 from kiln.handlers import Matcher
 from kiln.pb.deploy.v1 import events_pb2
 
@@ -145,18 +145,7 @@ class ControlVersions:
 
     async def follow(self, nc: Client, resync_seconds: float) -> None:
         """Apply events as they come, and re-read the defaults every ``resync_seconds``, until cancelled."""
-        subs = await watch(nc, self.on_event)
-        try:
-            while True:
-                try:
-                    await self.resync()
-                except Exception as exc:  # noqa: BLE001 - the control plane may be away for a while
-                    log.warning("reading default versions from the control plane: %s", exc)
-                await asyncio.sleep(resync_seconds)
-        finally:
-            for sub in subs:
-                await sub.unsubscribe()
-
+        await follow(nc, self.on_event, self.resync, resync_seconds, "default versions")
 
 def _log_failure(task: asyncio.Future[Version | None]) -> None:
     if not task.cancelled() and task.exception() is not None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import os
@@ -33,7 +32,7 @@ from collections.abc import Sequence
 
 from kiln import bus
 from kiln import log as kiln_log
-from kiln.deployclient import VersionSource, parse_event, watch
+from kiln.deployclient import VersionSource, follow, parse_event
 from kiln.pb.deploy.v1 import deploy_pb2 as pb
 from kiln.pb.deploy.v1 import events_pb2
 from kiln.supervisor import Child, StartError, Supervisor, python_module
@@ -157,19 +156,10 @@ async def run(source: VersionSource, run_dir: pathlib.Path, manager_args: Sequen
 
     async def enqueue(subject: str, data: bytes) -> None:
         events.put_nowait((subject, data))  # handled in order by the loop below, never in the NATS callback
-    subs = await watch(nc, enqueue)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-
-    async def resync() -> None:
-        while True:
-            try:
-                await host.reconcile()
-            except Exception as exc:  # noqa: BLE001 - the control plane may be away for a while
-                log.warning("reading versions from the control plane: %s", exc)
-            await asyncio.sleep(resync_seconds)
 
     async def handle() -> None:
         while True:
@@ -179,16 +169,14 @@ async def run(source: VersionSource, run_dir: pathlib.Path, manager_args: Sequen
             except Exception as exc:  # noqa: BLE001 - the periodic resync retries
                 log.warning("acting on a deployment event: %s", exc)
 
-    tasks = [asyncio.ensure_future(resync()), asyncio.ensure_future(handle())]
+    tasks = [asyncio.ensure_future(follow(nc, enqueue, host.reconcile, resync_seconds, "versions")),
+             asyncio.ensure_future(handle())]
     try:
         await stop.wait()
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        for sub in subs:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
         await host.shutdown()
         await source.close()
         await nc.drain()
