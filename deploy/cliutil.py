@@ -103,3 +103,11 @@ def guarded(command: str, where: Callable[[], str], body: Callable[[], int]) -> 
 
 def metadata(token: str) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),)
+
+
+def app_token(control_plane: str, token: str, app_id: str) -> str:
+    """The app's identity token for its services (logs, datastore, cron), given an admin deploy token."""
+    from kiln.pb.deploy.v1 import deploy_pb2, deploy_pb2_grpc
+    with grpc.insecure_channel(control_plane) as channel:
+        return str(deploy_pb2_grpc.DeployServiceStub(channel).AppToken(
+            deploy_pb2.AppTokenRequest(app_id=app_id), metadata=metadata(token)).token)

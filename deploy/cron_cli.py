@@ -13,19 +13,10 @@ from typing import Any
 
 import grpc
 
-from deploy.cliutil import EXIT_OK, EXIT_USAGE, Output, add_connection, fail, guarded, metadata
+from deploy.cliutil import EXIT_OK, EXIT_USAGE, Output, add_connection, app_token, fail, guarded, metadata
 from kiln.pb.cron.v1 import cron_pb2, cron_pb2_grpc
-from kiln.pb.deploy.v1 import deploy_pb2 as pb
-from kiln.pb.deploy.v1 import deploy_pb2_grpc
 
 DEFAULT_CRON = "127.0.0.1:50056"
-
-
-def app_token(control_plane: str, token: str, app_id: str) -> str:
-    """The app's identity token for its services, given an admin deploy token."""
-    with grpc.insecure_channel(control_plane) as channel:
-        return str(deploy_pb2_grpc.DeployServiceStub(channel).AppToken(
-            pb.AppTokenRequest(app_id=app_id), metadata=metadata(token)).token)
 
 
 def _when(ts: Any, present: bool) -> str:

@@ -28,8 +28,10 @@ APP_YAML = ("runtime: python27\napi_version: 1\nthreadsafe: true\nhandlers:\n"
 
 
 def main_py(marker: str) -> str:
-    return ("import os\n"
+    return ("import logging, os\n"
             "def app(environ, start_response):\n"
+            "    if environ['PATH_INFO'].startswith('/warn'):\n"
+            "        logging.warning('careful: %s', environ['PATH_INFO'])\n"
             "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
             f"    return [(os.environ['CURRENT_VERSION_ID'] + ' {marker}').encode()]\n")
 
@@ -55,7 +57,11 @@ def cluster(supervisor, tmp_path_factory, nats_url):
         "--router-url", f"http://{router.address}", "--apps-domain", DOMAIN, "--resync-seconds", "3600",
         "--ready-file", str(run / "cron-deployed.addr")),
         env={**env, "KILN_CRON_CONTROL_TOKEN": token("*", "read", "cron")}, ready_file=run / "cron-deployed.addr")
-    return {"control": control, "router": router.address, "cron": cron.address,
+    logs = supervisor.start("logs-deployed", python_module(
+        "logs_svc", "--listen", "127.0.0.1:0", "--nats-url", nats_url, "--data-dir",
+        str(tmp_path_factory.mktemp("logs")), "--ready-file", str(run / "logs-deployed.addr")),
+        env=env, ready_file=run / "logs-deployed.addr")
+    return {"control": control, "router": router.address, "cron": cron.address, "logs": logs.address,
             "tmp": tmp_path_factory.mktemp("apps")}
 
 
@@ -218,3 +224,76 @@ def test_cron_jobs_follow_the_default_versions_cron_yaml(cluster, capsys):
     assert [(j["url"], j["schedule"], j["timezone"], j["description"]) for j in jobs] == \
         [("/tasks/report", "every day 03:00", "Europe/Paris", "nightly report")]
     assert jobs[0]["next_run"] is not None and jobs[0]["last_run"] is None
+
+
+def download(cluster, path: pathlib.Path, *extra: str) -> int:
+    return kiln(cluster, "logs", str(path), "--app", APP, "--logs", cluster["logs"], *extra)[0]
+
+
+def wait_logged(cluster, tmp_path: pathlib.Path, marker: str, count: int) -> None:
+    """Until logs_svc has stored ``count`` requests whose path holds ``marker`` (they travel through JetStream)."""
+    probe = tmp_path / "probe.log"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert download(cluster, probe) == 0
+        if probe.read_text().count(marker) >= count:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"logs_svc never had {count} requests with {marker!r}")
+
+
+def ensure_serving(cluster) -> None:
+    """The app serves (the tests above leave v5 the default; run alone, deploy it)."""
+    if get(cluster["router"], f"{APP}.{DOMAIN}")[0] != 200:
+        assert kiln(cluster, "deploy", str(write_app(cluster, "five", "fifth")), "--app", APP, "--version", "v5",
+                    "--promote")[0] == 0
+        wait_for(cluster["router"], f"{APP}.{DOMAIN}", "v5.1 fifth")
+
+
+def requested(line: str) -> str:
+    return line.split('"GET ')[1].split()[0]
+
+
+def test_logs_download_appends_only_new_records(cluster, tmp_path):
+    ensure_serving(cluster)
+    for i in range(3):
+        assert get(cluster["router"], f"{APP}.{DOMAIN}", f"/first-batch/{i}")[0] == 200
+    wait_logged(cluster, tmp_path, "/first-batch/", 3)
+    out = tmp_path / "requests.log"
+    assert download(cluster, out, "--append") == 0
+    before = out.read_text().splitlines()
+    assert [requested(line) for line in before if "/first-batch/" in line] == \
+        ["/first-batch/0", "/first-batch/1", "/first-batch/2"]  # oldest first
+    for i in range(2):
+        assert get(cluster["router"], f"{APP}.{DOMAIN}", f"/second-batch/{i}")[0] == 200
+    wait_logged(cluster, tmp_path, "/second-batch/", 2)
+    assert download(cluster, out, "--append") == 0
+    after = out.read_text().splitlines()
+    assert after[:len(before)] == before
+    added = after[len(before):]
+    assert [requested(line) for line in added] == ["/second-batch/0", "/second-batch/1"]
+    assert len(set(after)) == len(after)  # no record twice
+
+
+def test_logs_severity_keeps_requests_that_logged_at_that_level(cluster, tmp_path):
+    ensure_serving(cluster)
+    assert get(cluster["router"], f"{APP}.{DOMAIN}", "/warn/now")[0] == 200
+    assert get(cluster["router"], f"{APP}.{DOMAIN}", "/quiet/now")[0] == 200
+    wait_logged(cluster, tmp_path, "/quiet/now", 1)
+    wait_logged(cluster, tmp_path, "/warn/now", 1)
+    out = tmp_path / "warnings.log"
+    assert download(cluster, out, "--severity", "warning") == 0
+    text = out.read_text()
+    assert "/warn/now" in text and "/quiet/now" not in text
+    assert "\t2:" in text and "careful: /warn/now" in text  # the app's line, at appcfg's level 2 (warning)
+
+
+def test_logs_json_format_and_version_filter(cluster, tmp_path):
+    ensure_serving(cluster)
+    assert get(cluster["router"], f"v5-dot-{APP}.{DOMAIN}", "/json-check")[0] == 200
+    wait_logged(cluster, tmp_path, "/json-check", 1)
+    out = tmp_path / "v5.jsonl"
+    assert download(cluster, out, "--format", "json", "--version", "v5") == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert records and {r["versionId"] for r in records} == {"v5"}
+    assert any(r["resource"] == "/json-check" and r["status"] == 200 for r in records)
