@@ -27,6 +27,8 @@ from kiln.pb.datastore.v1 import datastore_pb2 as pb
 
 log = logging.getLogger(__name__)
 
+Job = Callable[[str, IndexDef], Coroutine[Any, Any, None]]
+
 BUILDING, SERVING, DELETING, ERROR = "BUILDING", "SERVING", "DELETING", "ERROR"
 _PAGE = 500
 
@@ -39,7 +41,7 @@ class Catalog:
         self._ttl = ttl
         self._cache: dict[str, tuple[float, list[StoredIndex]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._running: set[tuple[str, IndexDef]] = set()
+        self._running: dict[tuple[str, IndexDef], tuple[Job, asyncio.Task[None]]] = {}
 
     async def all(self, app: str) -> list[StoredIndex]:
         """The app's index definitions (cached)."""
@@ -55,16 +57,30 @@ class Catalog:
                 self._start(app, stored.defn, self._delete)
         return found
 
-    def _start(self, app: str, defn: IndexDef, job: Callable[[str, IndexDef], Coroutine[Any, Any, None]]) -> None:
-        if (app, defn) in self._running:
+    def _start(self, app: str, defn: IndexDef, job: Job) -> None:
+        """Run ``job`` (a build or a deletion) for the index; a different job already running for it is cancelled
+        first (a vacuum stops a build still in progress, and a re-declared index stops its deletion)."""
+        key = (app, defn)
+        running = self._running.get(key)
+        if running is not None and running[0] == job:
             return
-        self._running.add((app, defn))
-        task = asyncio.create_task(job(app, defn))
+        previous = running[1] if running is not None else None
+        if previous is not None:
+            previous.cancel()
+
+        async def after_previous() -> None:
+            if previous is not None:
+                await asyncio.gather(previous, return_exceptions=True)
+            await job(app, defn)
+        task = asyncio.create_task(after_previous())
+        self._running[key] = (job, task)
         self._tasks.add(task)
 
         def done(t: asyncio.Task[None]) -> None:
             self._tasks.discard(t)
-            self._running.discard((app, defn))
+            current = self._running.get(key)
+            if current is not None and current[1] is t:
+                del self._running[key]
         task.add_done_callback(done)
 
     async def indexer(self, app: str) -> Indexer:
@@ -119,6 +135,9 @@ class Catalog:
             log.warning("index %s of %s failed to build: %s", defn, app, exc)
             await self._engine.put_index_def(app, StoredIndex(defn, ERROR, str(exc)))
             self.forget(app)
+            return
+        states = {d.defn: d.state for d in await self._engine.index_defs(app)}
+        if states.get(defn) != BUILDING:  # deleted (vacuumed) meanwhile, by this or another replica
             return
         await self._engine.put_index_def(app, StoredIndex(defn, SERVING))
         self.forget(app)
