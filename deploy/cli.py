@@ -4,6 +4,7 @@
     kiln deploy APP_DIR [--version V] [--promote]
     kiln versions list|set-default VERSION|delete VERSION --app APP
     kiln logs OUTPUT_FILE --app APP [--append] [--severity LEVEL] [--version V] [--start T] [--end T]
+    kiln indexes update|vacuum APP_DIR, kiln indexes list --app APP
     kiln cron list --app APP
 
 Commands that talk to a cluster take ``--control-plane`` (``KILN_CONTROL_PLANE``),
@@ -83,9 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--request-deadline", type=float, default=60.0, metavar="SECONDS",
                      help="the request timer (default 60)")
     dev.set_defaults(func=_dev)
-    from deploy import cron_cli, logs_cli, versions_cli
+    from deploy import cron_cli, indexes_cli, logs_cli, versions_cli
     versions_cli.register(sub)
     logs_cli.register(sub)
+    indexes_cli.register(sub)
     cron_cli.register(sub)
     return parser
 

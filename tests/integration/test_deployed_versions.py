@@ -297,3 +297,41 @@ def test_logs_json_format_and_version_filter(cluster, tmp_path):
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert records and {r["versionId"] for r in records} == {"v5"}
     assert any(r["resource"] == "/json-check" and r["status"] == 200 for r in records)
+
+
+INDEX_YAML = ("indexes:\n- kind: Order\n  properties:\n  - name: customer\n  - name: placed\n    direction: desc\n"
+              "- kind: Order\n  ancestor: yes\n  properties:\n  - name: total\n")
+
+
+def kiln_indexes(cluster, datastore_addr, capsys, *args: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    status = cli.main(["indexes", *args, "--app", "idxapp", "--datastore", datastore_addr,
+                       "--control-plane", cluster["control"], "--token", token("idxapp", "admin", "dev"), "--json"])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_indexes_update_builds_and_vacuum_deletes_only_unlisted_after_confirmation(cluster, datastore_addr, capsys,
+                                                                                    tmp_path):
+    app = tmp_path / "idx"
+    app.mkdir()
+    (app / "app.yaml").write_text(APP_YAML)
+    (app / "index.yaml").write_text(INDEX_YAML)
+    status, out, _ = kiln_indexes(cluster, datastore_addr, capsys, "update", str(app))
+    assert status == 0
+    assert sorted((i["kind"], i["ancestor"], [p["name"] for p in i["properties"]]) for i in json.loads(out)) == \
+        [("Order", False, ["customer", "placed"]), ("Order", True, ["total"])]
+    (app / "index.yaml").write_text(INDEX_YAML.split("- kind: Order\n  ancestor")[0])
+    status, _, err = kiln_indexes(cluster, datastore_addr, capsys, "vacuum", str(app))
+    assert status == 2 and "--yes" in err  # no terminal to ask on: nothing deleted
+    assert len(json.loads(kiln_indexes(cluster, datastore_addr, capsys, "list")[1])) == 2
+    status, out, _ = kiln_indexes(cluster, datastore_addr, capsys, "vacuum", str(app), "--yes")
+    assert status == 0
+    assert [(i["kind"], i["ancestor"]) for i in json.loads(out)["deleted"]] == [("Order", True)]
+    deadline = time.monotonic() + 30
+    remaining = json.loads(kiln_indexes(cluster, datastore_addr, capsys, "list")[1])
+    while len(remaining) > 1 and time.monotonic() < deadline:  # the deleted index's rows go in the background
+        assert remaining[-1]["state"] == "deleting" or remaining[0]["state"] == "deleting"
+        time.sleep(0.2)
+        remaining = json.loads(kiln_indexes(cluster, datastore_addr, capsys, "list")[1])
+    assert [[p["name"] for p in i["properties"]] for i in remaining] == [["customer", "placed"]]
