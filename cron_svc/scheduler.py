@@ -146,12 +146,15 @@ class Scheduler:
         last_scan = 0.0
         while not self._stopping.is_set():
             now = self.now()
+            due = []
             for app_id, jobs in list(self.jobs.items()):  # set_jobs may replace an app's jobs meanwhile
                 for job in jobs:
                     key = job_id(app_id, job)
                     while key in self._next and self._next[key] <= now:
-                        await self._claim_and_fire(app_id, job, self._next[key])
+                        due.append((app_id, job, self._next[key]))
                         self._next[key] = self._after(job, self._next[key], key)
+            # Claimed at once, not one after another: many jobs share a minute, and each claim is a round trip.
+            await asyncio.gather(*(self._claim_and_fire(app_id, job, when) for app_id, job, when in due))
             if self.clock() - last_scan >= self.store.liveness_seconds / 3:
                 last_scan = self.clock()
                 await self._heartbeat()
