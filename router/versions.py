@@ -92,6 +92,7 @@ class ControlVersions:
         self._loaded: dict[tuple[str, str], Version] = {}
         self._missing: dict[tuple[str, str], float] = {}
         self._epochs: dict[tuple[str, str], int] = {}
+        self._prefetching: set[asyncio.Future[Version | None]] = set()
 
     async def get(self, app_id: str, version_id: str) -> Version | None:
         """The version, or ``None`` if the control plane has no such version."""
@@ -141,7 +142,10 @@ class ControlVersions:
         self._missing.pop(key, None)
         if event.kind == events_pb2.VersionEvent.KIND_CREATED:
             # Fetch it now, so requests find it ready when it becomes the default.
-            asyncio.ensure_future(self.get(*key)).add_done_callback(_log_failure)
+            task = asyncio.ensure_future(self.get(*key))
+            self._prefetching.add(task)
+            task.add_done_callback(self._prefetching.discard)
+            task.add_done_callback(_log_failure)
 
     async def follow(self, nc: Client, resync_seconds: float) -> None:
         """Apply events as they come, and re-read the defaults every ``resync_seconds``, until cancelled."""
