@@ -42,6 +42,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from kiln import appyaml
+from kiln.api import datastore_types
 from kiln.errors import BadRequestError, ConfigError
 from kiln.pb.datastore.v1 import datastore_pb2 as pb
 
@@ -188,24 +189,11 @@ def _value(col: Column, text: str) -> pb.Value:
 
 
 def python_value(value: Any) -> pb.Value:
-    """A Python mapping function's result as a Value."""
-    if value is None:
-        return pb.Value(null_value=pb.NULL_VALUE_UNSPECIFIED)
-    if isinstance(value, bool):
-        return pb.Value(boolean_value=value)
-    if isinstance(value, int):
-        return pb.Value(integer_value=value)
-    if isinstance(value, float):
-        return pb.Value(double_value=value)
-    if isinstance(value, str):
-        return pb.Value(string_value=value)
-    if isinstance(value, bytes):
-        return pb.Value(blob_value=value, meaning=pb.MEANING_BLOB, exclude_from_indexes=True)
-    if isinstance(value, datetime.datetime):
-        out = pb.Value()
-        out.timestamp_value.FromDatetime(value if value.tzinfo else value.replace(tzinfo=UTC))
-        return out
-    raise RowError(f"the mapping function returned a {type(value).__name__}, which is not a datastore value")
+    """A Python mapping function's result as a Value (any type an App Engine app may store)."""
+    try:
+        return datastore_types.to_value(value)
+    except datastore_types.BadValueError as exc:
+        raise RowError(f"the mapping function returned an unstorable value: {exc}") from None
 
 
 def to_entity(mapping: Mapping, row: dict[str, str | None], app_id: str, namespace: str) -> pb.Entity:

@@ -16,7 +16,9 @@ import grpc
 
 from deploy import bulkload
 from deploy.bulkload import Mapping, RowError, State
-from deploy.cliutil import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Output, add_connection, app_token, fail, guarded, metadata
+from deploy.cliutil import (
+    EXIT_FAILED, EXIT_OK, EXIT_USAGE, Output, add_connection, app_token, fail, guarded, metadata,
+    missing_credentials)
 from kiln.pb.datastore.v1 import datastore_pb2 as pb
 from kiln.pb.datastore.v1 import datastore_pb2_grpc
 
@@ -165,10 +167,9 @@ class _Bar:
 
 def bulkload_command(args: argparse.Namespace) -> int:
     command = f"bulkload {args.action}"
-    if not args.app:
-        return fail(command, "which app? pass --app APP or set KILN_APP", EXIT_USAGE)
-    if not args.token:
-        return fail(command, "no deploy token; pass --token or set KILN_TOKEN (your operator mints it)", EXIT_USAGE)
+    refused = missing_credentials(command, args)
+    if refused is not None:
+        return refused
     out = Output(as_json=args.json)
     csv_path = pathlib.Path(args.csv)
     where = [args.control_plane]

@@ -111,3 +111,12 @@ def app_token(control_plane: str, token: str, app_id: str) -> str:
     with grpc.insecure_channel(control_plane) as channel:
         return str(deploy_pb2_grpc.DeployServiceStub(channel).AppToken(
             deploy_pb2.AppTokenRequest(app_id=app_id), metadata=metadata(token)).token)
+
+
+def missing_credentials(command: str, args: Any, *, app: bool = True) -> int | None:
+    """The exit status and message when ``--app`` (if needed) or ``--token`` is missing, else None."""
+    if app and not args.app:
+        return fail(command, "which app? pass --app APP or set KILN_APP", EXIT_USAGE)
+    if not args.token:
+        return fail(command, "no deploy token; pass --token or set KILN_TOKEN (your operator mints it)", EXIT_USAGE)
+    return None

@@ -13,7 +13,7 @@ from typing import Any
 
 import grpc
 
-from deploy.cliutil import EXIT_OK, EXIT_USAGE, Output, add_connection, app_token, fail, guarded, metadata
+from deploy.cliutil import EXIT_OK, Output, add_connection, app_token, guarded, metadata, missing_credentials
 from kiln.pb.cron.v1 import cron_pb2, cron_pb2_grpc
 
 DEFAULT_CRON = "127.0.0.1:50056"
@@ -26,10 +26,9 @@ def _when(ts: Any, present: bool) -> str:
 
 
 def cron_list(args: argparse.Namespace) -> int:
-    if not args.app:
-        return fail("cron list", "which app? pass --app APP or set KILN_APP", EXIT_USAGE)
-    if not args.token:
-        return fail("cron list", "no deploy token; pass --token or set KILN_TOKEN (your operator mints it)", EXIT_USAGE)
+    refused = missing_credentials("cron list", args)
+    if refused is not None:
+        return refused
     out = Output(as_json=args.json)
     where = [args.control_plane]
 

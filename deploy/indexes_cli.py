@@ -20,7 +20,8 @@ from typing import Any
 
 import grpc
 
-from deploy.cliutil import EXIT_OK, EXIT_USAGE, Output, add_connection, app_token, fail, guarded, metadata
+from deploy.cliutil import (
+    EXIT_OK, EXIT_USAGE, Output, add_connection, app_token, fail, guarded, metadata, missing_credentials)
 from kiln import appyaml, indexyaml
 from kiln.pb.datastore.v1 import datastore_pb2 as dpb
 from kiln.pb.datastore.v1 import datastore_pb2_grpc
@@ -65,8 +66,9 @@ def indexes(args: argparse.Namespace) -> int:
     if app_dir is not None and not (app_dir / "app.yaml").is_file():
         return fail(command, f"{app_dir / 'app.yaml'} not found; give the directory that holds your app.yaml",
                     EXIT_USAGE)
-    if not args.token:
-        return fail(command, "no deploy token; pass --token or set KILN_TOKEN (your operator mints it)", EXIT_USAGE)
+    refused = missing_credentials(command, args, app=False)
+    if refused is not None:
+        return refused
     where = [args.control_plane]
 
     def body() -> int:

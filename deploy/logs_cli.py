@@ -23,7 +23,7 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
-from deploy.cliutil import EXIT_OK, EXIT_USAGE, Output, add_connection, app_token, fail, guarded, metadata
+from deploy.cliutil import EXIT_OK, Output, add_connection, app_token, guarded, metadata, missing_credentials
 from kiln.errors import BadRequestError
 from kiln.pb.logs.v1 import logs_pb2, logs_pb2_grpc
 
@@ -87,10 +87,9 @@ def fetch(stub: Any, token: str, request: logs_pb2.QueryRequest) -> Iterator[log
 
 
 def logs(args: argparse.Namespace) -> int:
-    if not args.app:
-        return fail("logs", "which app? pass --app APP or set KILN_APP", EXIT_USAGE)
-    if not args.token:
-        return fail("logs", "no deploy token; pass --token or set KILN_TOKEN (your operator mints it)", EXIT_USAGE)
+    refused = missing_credentials("logs", args)
+    if refused is not None:
+        return refused
     out = Output(as_json=args.json)
     where = [args.control_plane]
     path = pathlib.Path(args.output)

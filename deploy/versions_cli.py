@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 
 from deploy import upload
-from deploy.cliutil import EXIT_OK, EXIT_USAGE, Output, add_connection, fail, guarded, metadata
+from deploy.cliutil import EXIT_OK, EXIT_USAGE, Output, add_connection, fail, guarded, metadata, missing_credentials
 from kiln import appyaml
 from kiln.pb.deploy.v1 import deploy_pb2 as pb
 from kiln.pb.deploy.v1 import deploy_pb2_grpc
@@ -59,8 +59,9 @@ def deploy(args: argparse.Namespace) -> int:
     if not (app_dir / "app.yaml").is_file():
         return fail("deploy", f"{app_dir / 'app.yaml'} not found; give the directory that holds your app.yaml",
                     EXIT_USAGE)
-    if not args.token:
-        return fail("deploy", "no deploy token; pass --token or set KILN_TOKEN (your operator mints it)", EXIT_USAGE)
+    refused = missing_credentials("deploy", args, app=False)
+    if refused is not None:
+        return refused
 
     def body() -> int:
         config = appyaml.load(app_dir / "app.yaml")
@@ -93,17 +94,9 @@ def deploy(args: argparse.Namespace) -> int:
     return guarded("deploy", lambda: args.control_plane, body)
 
 
-def _needs_app(args: argparse.Namespace, command: str) -> int | None:
-    if not args.app:
-        return fail(command, "which app? pass --app APP or set KILN_APP", EXIT_USAGE)
-    if not args.token:
-        return fail(command, "no deploy token; pass --token or set KILN_TOKEN (your operator mints it)", EXIT_USAGE)
-    return None
-
-
 def versions(args: argparse.Namespace) -> int:
     command = f"versions {args.action}"
-    refused = _needs_app(args, command)
+    refused = missing_credentials(command, args)
     if refused is not None:
         return refused
     out = Output(as_json=args.json)
