@@ -9,6 +9,9 @@ Two forms, case-insensitive:
   ``1st,3rd tuesday of month 10:00``, ``2nd wednesday of march,june 12:00``; ordinals ``1st``–``5th`` (or
   ``first``–``fifth``): the N-th such weekday of the month (a month without a 5th one is skipped); days and
   months by full or three-letter name.
+- **Days of the month**: ``DAYS of month|MONTHS HH:MM`` — ``1 of jan,april,july,oct 00:00``, ``1,15 of month
+  09:00``; a month without that day (the 31st of April, the 29th of February outside leap years) is skipped, and
+  a schedule no month can satisfy is refused.
 
 Wall-clock times are in the job's time zone. Across a DST change a time that does not exist that day (02:30 when
 clocks jump from 02:00 to 03:00) fires at the same offset after the jump (03:30); a time that happens twice (01:30
@@ -17,6 +20,7 @@ when clocks fall back) fires once, at its first occurrence. Errors name the offe
 
 from __future__ import annotations
 
+import calendar
 import dataclasses
 import datetime
 import re
@@ -31,7 +35,8 @@ ORDINALS = {"1st": 1, "first": 1, "2nd": 2, "second": 2, "3rd": 3, "third": 3, "
 MINUTE_UNITS = ("minutes", "minute", "mins", "min")
 HOUR_UNITS = ("hours", "hour", "hrs", "hr")
 TIME_RE = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
-SEARCH_DAYS = 5 * 366 + 7  # a 5th weekday of one month recurs within this
+SEARCH_MONTHS = 400 * 12 + 1  # the Gregorian calendar repeats every 400 years
+MONTH_LENGTHS = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)  # the longest each month gets
 
 
 class ScheduleError(ValueError):
@@ -50,6 +55,7 @@ class Schedule:
     weekdays: frozenset[int] = frozenset()  # 0 = Monday; empty: every day
     ordinals: frozenset[int] = frozenset()  # 1..5; empty: every occurrence
     months: frozenset[int] = frozenset()  # 1..12; empty: every month
+    monthdays: frozenset[int] = frozenset()  # 1..31; non-empty: these days of the month (not weekdays)
 
     def next_after(self, after: datetime.datetime, tz: zoneinfo.ZoneInfo,
                    previous: datetime.datetime | None = None) -> datetime.datetime:
@@ -68,14 +74,17 @@ class Schedule:
         local_day = after.astimezone(tz).date()
         if self.interval_minutes:
             return self._next_interval(after, tz, local_day)
-        day = local_day - datetime.timedelta(days=1)
-        for _ in range(SEARCH_DAYS):
-            if self._matches(day):
-                fire = _at(day, self.minute_of_day, tz)
-                if fire > after:
-                    return fire
-            day += datetime.timedelta(days=1)
-        raise ScheduleError(f"schedule {self.text!r}: no firing time within five years")
+        start = local_day - datetime.timedelta(days=1)
+        year, month = start.year, start.month
+        for _ in range(SEARCH_MONTHS):
+            if not self.months or month in self.months:
+                for day in self._days_of(year, month):
+                    if day >= start:
+                        fire = _at(day, self.minute_of_day, tz)
+                        if fire > after:
+                            return fire
+            year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+        raise ScheduleError(f"schedule {self.text!r}: never fires")  # parse refuses such schedules
 
     def _next_interval(self, after: datetime.datetime, tz: zoneinfo.ZoneInfo,
                        local_day: datetime.date) -> datetime.datetime:
@@ -97,12 +106,15 @@ class Schedule:
             end += 24 * 60  # the window crosses midnight
         return [_at(day, m, tz) for m in range(start, end + 1, step)]
 
-    def _matches(self, day: datetime.date) -> bool:
-        if self.months and day.month not in self.months:
-            return False
-        if self.weekdays and day.weekday() not in self.weekdays:
-            return False
-        return not self.ordinals or (day.day - 1) // 7 + 1 in self.ordinals
+    def _days_of(self, year: int, month: int) -> list[datetime.date]:
+        """The days of that month the schedule fires on, in order."""
+        length = calendar.monthrange(year, month)[1]
+        if self.monthdays:
+            return [datetime.date(year, month, d) for d in sorted(self.monthdays) if d <= length]
+        days = (datetime.date(year, month, d) for d in range(1, length + 1))
+        return [day for day in days
+                if (not self.weekdays or day.weekday() in self.weekdays)
+                and (not self.ordinals or (day.day - 1) // 7 + 1 in self.ordinals)]
 
 
 def _at(day: datetime.date, minutes: int, tz: zoneinfo.ZoneInfo) -> datetime.datetime:
@@ -185,6 +197,7 @@ def _name_table(names: tuple[str, ...], base: int) -> dict[str, int]:
 _DAY_TABLE = _name_table(DAYS, 0)
 _MONTH_TABLE = _name_table(MONTHS, 1)
 _MONTH_TABLE["sept"] = 9
+_MONTHDAY_TABLE = {str(d): d for d in range(1, 32)}
 
 
 def _time(words: _Words) -> int:
@@ -257,11 +270,15 @@ def _interval(words: _Words) -> Schedule:
 
 
 def _times(words: _Words) -> Schedule:
+    first = words.peek()
+    if first is not None and first.isdigit():
+        return _monthdays(words)
     ordinals: list[int] = []
-    if words.peek() == "every":
+    if first == "every":
         words.take()
     else:
-        ordinals = words.names(ORDINALS, "'every' or an ordinal (1st, 2nd, 3rd, 4th, 5th, first…)")
+        ordinals = words.names(ORDINALS, "'every', an ordinal (1st, 2nd, 3rd, 4th, 5th, first…) or days of the "
+                                         "month (1,15)")
     weekdays: list[int] = []
     if words.peek() == "day":
         words.take()
@@ -279,3 +296,24 @@ def _times(words: _Words) -> Schedule:
     minute = _time(words)
     return Schedule(text=words.text, minute_of_day=minute, weekdays=frozenset(weekdays),
                     ordinals=frozenset(ordinals), months=frozenset(months))
+
+
+def _monthdays(words: _Words) -> Schedule:
+    days = words.names(_MONTHDAY_TABLE, "a day of the month from 1 to 31")
+    at = words.position()
+    word = words.take()
+    if word != "of":
+        raise words.fail(word, "'of' and 'month' or months (1 of month, 15 of jan,jul)", at=at)
+    months: list[int] = []
+    at = words.position()
+    if words.peek() == "month":
+        words.take()
+    else:
+        months = words.names(_MONTH_TABLE, "'month' or months (january or jan, …)")
+    longest = max(MONTH_LENGTHS[m - 1] for m in months or range(1, 13))
+    if min(days) > longest:
+        names = ",".join(MONTHS[m - 1] for m in months)
+        raise ScheduleError(f"schedule {words.text!r}: {names} (word {at}) never has a day {min(days)}, so the job "
+                            f"would never run")
+    minute = _time(words)
+    return Schedule(text=words.text, minute_of_day=minute, months=frozenset(months), monthdays=frozenset(days))

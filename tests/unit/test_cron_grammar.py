@@ -101,6 +101,28 @@ def test_every_weekday_of_a_month():
     assert s.next_after(at("2026-01-01"), UTC) == at("2026-09-07 07:15")
 
 
+def test_days_of_listed_months():
+    s = parse("1 of jan,april,july,oct 00:00")
+    assert firings(s, at("2026-02-10"), count=4) == [at("2026-04-01"), at("2026-07-01"), at("2026-10-01"),
+                                                     at("2027-01-01")]
+
+
+def test_days_of_every_month_skip_months_too_short():
+    s = parse("15,31 of month 09:00")
+    assert firings(s, at("2026-03-20"), count=4) == [at("2026-03-31 09:00"), at("2026-04-15 09:00"),
+                                                     at("2026-05-15 09:00"), at("2026-05-31 09:00")]
+
+
+def test_february_29th_waits_for_a_leap_year():
+    assert parse("29 of feb 12:00").next_after(at("2026-03-01"), UTC) == at("2028-02-29 12:00")
+
+
+def test_rare_fifth_weekday_is_found_decades_ahead():
+    # February has a fifth Sunday only in a leap year whose 1 February is a Sunday: 2032, then 2060.
+    s = parse("5th sunday of february 10:00")
+    assert firings(s, at("2026-01-01"), count=2) == [at("2032-02-29 10:00"), at("2060-02-29 10:00")]
+
+
 def test_time_skipped_by_spring_forward_fires_after_the_jump():
     s = parse("every day 02:30")
     assert s.next_after(at("2026-03-07 12:00", NY), NY) == at("2026-03-08 03:30", NY)
@@ -121,7 +143,8 @@ def test_window_across_a_dst_change_never_repeats_a_time():
 
 
 @pytest.mark.parametrize("text", ["every 5 minutes", "every 1 hours synchronized", "every 20 mins from 08:00 to 17:00",
-                                  "every day 00:00", "2nd,4th sat of jan,jul 23:59", "every sun 02:30"])
+                                  "every day 00:00", "2nd,4th sat of jan,jul 23:59", "every sun 02:30",
+                                  "1,15,31 of month 02:30"])
 def test_firing_times_strictly_increase_over_a_year(text):
     s = parse(text)
     t, previous = at("2026-01-01", NY), None
@@ -144,6 +167,9 @@ def test_grammar_is_case_insensitive():
     ("every 5 minutes from 10:00 till 11:00", "'till' (word 6)"),
     ("every 2 hours synchronized from 00:00 to 10:00", "'from'"), ("2nd wednesday of marsh 12:00", "'marsh'"),
     ("", "empty"),
+    ("31 of april,june 10:00", "never has a day 31"), ("32 of month 10:00", "'32' (word 1)"),
+    ("1,1 of month 10:00", "listed twice"), ("1 monday 10:00", "'monday' (word 2)"),
+    ("0 of jan 10:00", "'0' (word 1)"),
 ])
 def test_invalid_schedules_name_the_word(text, word):
     with pytest.raises(ScheduleError) as caught:
