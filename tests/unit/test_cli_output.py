@@ -3,9 +3,13 @@ errors on stderr."""
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 
+import pytest
+
+from deploy import cli
 from deploy.cliutil import EXIT_USAGE, Output, fail
 
 
@@ -42,3 +46,30 @@ def test_json_output_is_parseable(monkeypatch):
 def test_errors_are_one_line_naming_the_command(capsys):
     assert fail("deploy", "first line\nsecond   line", EXIT_USAGE) == EXIT_USAGE
     assert capsys.readouterr().err == "kiln deploy: first line second line\n"
+
+
+def _command_paths(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every command and subcommand of the parser, as argv prefixes."""
+    paths = [prefix]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                paths += _command_paths(sub, (*prefix, name))
+    return paths
+
+
+COMMANDS = _command_paths(cli.build_parser())
+
+
+def test_every_command_is_reached_by_the_help_walk():
+    names = {path[0] for path in COMMANDS if path}
+    assert {"dev", "deploy", "versions", "logs", "indexes", "cron", "bulkload"} <= names
+
+
+@pytest.mark.parametrize("path", COMMANDS, ids=lambda p: " ".join(p) or "kiln")
+def test_help_works_for_every_command_and_exits_zero(path, capsys):
+    with pytest.raises(SystemExit) as done:
+        cli.main([*path, "--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: kiln {' '.join(path)}".rstrip())
