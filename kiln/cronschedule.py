@@ -66,11 +66,11 @@ class Schedule:
             step = datetime.timedelta(minutes=self.interval_minutes)
             if previous is None:
                 return _next_minute(after)
-            start = previous.astimezone(UTC) + step
-            if start > after:
-                return start
-            skipped = (after - start) // step + 1
-            return start + skipped * step
+            first = previous.astimezone(UTC) + step
+            if first > after:
+                return first
+            skipped = (after - first) // step + 1
+            return first + skipped * step
         local_day = after.astimezone(tz).date()
         if self.interval_minutes:
             return self._next_interval(after, tz, local_day)
