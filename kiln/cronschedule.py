@@ -88,23 +88,36 @@ class Schedule:
 
     def _next_interval(self, after: datetime.datetime, tz: zoneinfo.ZoneInfo,
                        local_day: datetime.date) -> datetime.datetime:
-        # Wall-clock candidates of the days around `after`; their UTC times need not be in order across a DST
-        # change, so the smallest one after `after` is taken rather than the first.
         for offset in range(-1, 3):
-            day = local_day + datetime.timedelta(days=offset)
-            found = [t for t in self._candidates(day, tz) if t > after]
-            if found:
-                return min(found)
+            found = self._first_after(local_day + datetime.timedelta(days=offset), tz, after)
+            if found is not None:
+                return found
         raise ScheduleError(f"schedule {self.text!r}: no firing time found")  # unreachable for valid schedules
 
-    def _candidates(self, day: datetime.date, tz: zoneinfo.ZoneInfo) -> list[datetime.datetime]:
-        step = self.interval_minutes
+    def _minutes(self) -> range:
+        """The day's wall-clock firing minutes after its midnight (past 1440 for a window crossing midnight)."""
         if self.window is None:
-            return [_at(day, m, tz) for m in range(0, 24 * 60, step)]
+            return range(0, 24 * 60, self.interval_minutes)
         start, end = self.window
         if end < start:
             end += 24 * 60  # the window crosses midnight
-        return [_at(day, m, tz) for m in range(start, end + 1, step)]
+        return range(start, end + 1, self.interval_minutes)
+
+    def _first_after(self, day: datetime.date, tz: zoneinfo.ZoneInfo,
+                     after: datetime.datetime) -> datetime.datetime | None:
+        """The earliest of ``day``'s firings after ``after``, or None."""
+        minutes = self._minutes()
+        midnight = datetime.datetime.combine(day, datetime.time())
+        if tz.utcoffset(midnight) == tz.utcoffset(midnight + datetime.timedelta(days=2)):
+            # No clock change that day: wall time and UTC keep their order, so the answer is found by arithmetic
+            # (an every-minute schedule would otherwise convert 1,440 times per call).
+            elapsed = (after.astimezone(tz).replace(tzinfo=None) - midnight) / datetime.timedelta(minutes=1)
+            index = 0 if elapsed < minutes.start else int((elapsed - minutes.start) // minutes.step) + 1
+            return _at(day, minutes[index], tz) if index < len(minutes) else None
+        # A clock change: the UTC times of the day's wall-clock minutes need not be in order (a time skipped by
+        # the jump lands after the jump), so the smallest one after `after` is taken rather than the first.
+        found = [t for t in (_at(day, m, tz) for m in minutes) if t > after]
+        return min(found) if found else None
 
     def _days_of(self, year: int, month: int) -> list[datetime.date]:
         """The days of that month the schedule fires on, in order."""

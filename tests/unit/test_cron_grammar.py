@@ -232,3 +232,34 @@ def test_bad_cron_yaml_names_file_line_and_field(text, where):
     with pytest.raises(AppYamlError) as caught:
         cronyaml.parse(text)
     assert where in str(caught.value)
+
+
+def brute_force_next(schedule, after, tz):
+    """Every wall-clock firing minute of the days around `after`, converted one by one: the smallest after it."""
+    local_day = after.astimezone(tz).date()
+    found = []
+    for offset in range(-1, 3):
+        day = local_day + datetime.timedelta(days=offset)
+        midnight = datetime.datetime.combine(day, datetime.time())
+        for m in schedule._minutes():
+            t = (midnight + datetime.timedelta(minutes=m)).replace(tzinfo=tz, fold=0).astimezone(UTC)
+            if t > after:
+                found.append(t)
+    return min(found)
+
+
+@pytest.mark.parametrize("text", ["every 1 minutes synchronized", "every 7 mins from 22:10 to 03:05",
+                                  "every 3 hours synchronized", "every 25 minutes from 01:00 to 03:30"])
+@pytest.mark.parametrize("tz", [UTC, NY, LONDON, zoneinfo.ZoneInfo("Australia/Lord_Howe")], ids=str)
+def test_interval_next_firing_matches_a_brute_force_search(text, tz):
+    import random
+    rng = random.Random(text)
+    s = parse(text)
+    midnights = [datetime.datetime(2026, 1, 1) + datetime.timedelta(days=d) for d in range(366)]
+    changes = [m for m in midnights if tz.utcoffset(m) != tz.utcoffset(m + datetime.timedelta(days=1))]
+    # Around every clock change of the year, and at random through it.
+    starts = [m.replace(tzinfo=tz) + datetime.timedelta(minutes=rng.randrange(-1440, 2880)) for m in changes * 8]
+    starts += [at("2026-01-01") + datetime.timedelta(seconds=rng.randrange(0, 366 * 86400)) for _ in range(16)]
+    for after in starts:
+        after = after.replace(second=rng.choice([0, 0, 17])).astimezone(UTC)  # exactly on a minute, often
+        assert s.next_after(after, tz) == brute_force_next(s, after, tz), after
