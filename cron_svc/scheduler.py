@@ -2,7 +2,10 @@
 
 Every replica computes every job's schedule; at a scheduled time each tries to **claim** the firing — a
 create-if-absent of the key ``APP.JOB.EPOCH`` in the NATS KV bucket ``kiln-cron-claims`` — and only the one whose
-create succeeds fires it. A claim stays listed in ``kiln-cron-open`` until its firing is finished (succeeded, or
+create succeeds fires it. So that replicas do not all race for every firing, one of the live replicas (by
+rendezvous hashing of the firing's key over the liveness keys) claims at once and the others only
+``BACKUP_CLAIM_SECONDS`` later, when their create fails unless that replica died; a replica that has not yet
+seen the others claims everything at once, which is merely slower. A claim stays listed in ``kiln-cron-open`` until its firing is finished (succeeded, or
 out of retries); each replica keeps a liveness key in ``kiln-cron-replicas`` (it expires a few seconds after the
 replica dies), and any replica that finds an open claim of a dead replica takes it over with a compare-and-set
 on the claim, so exactly one replica finishes it. (A replica that dies after its request reached the app but
@@ -25,6 +28,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime
+import hashlib
 import json
 import logging
 import time
@@ -47,6 +51,7 @@ STATE = "kiln-cron-state"
 REPLICAS = "kiln-cron-replicas"
 CLAIM_TTL_SECONDS = 7 * 24 * 3600
 MAX_CATCH_UP = 200_000  # schedule steps walked to find the latest missed firing
+BACKUP_CLAIM_SECONDS = 1.0  # how long the other replicas leave a firing to the replica it hashes to
 
 # (app, job, scheduled time, attempt) -> HTTP status (0: no answer)
 Fire = Callable[[str, CronJob, datetime.datetime, int], Awaitable[int]]
@@ -131,6 +136,7 @@ class Scheduler:
         self._anchor: dict[str, datetime.datetime] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
+        self._live: list[str] = [replica]
 
     def now(self) -> datetime.datetime:
         return datetime.datetime.fromtimestamp(self.clock(), UTC)
@@ -154,7 +160,14 @@ class Scheduler:
                         due.append((app_id, job, self._next[key]))
                         self._next[key] = self._after(job, self._next[key], key)
             # Claimed at once, not one after another: many jobs share a minute, and each claim is a round trip.
-            await asyncio.gather(*(self._claim_and_fire(app_id, job, when) for app_id, job, when in due))
+            # Firings that hash to another replica are left to it for a moment (claimed later, as a backup).
+            mine = []
+            for app_id, job, when in due:
+                if self._prefers_me(job_id(app_id, job), when):
+                    mine.append(self._claim_and_fire(app_id, job, when))
+                else:
+                    self._track(asyncio.create_task(self._backup_claim(app_id, job, when)))
+            await asyncio.gather(*mine)
             if self.clock() - last_scan >= self.store.liveness_seconds / 3:
                 last_scan = self.clock()
                 await self._heartbeat()
@@ -250,10 +263,23 @@ class Scheduler:
         await self.store.open.put(key, b"1")
         self._start(app_id, job, key, firing, revision)
 
-    def _start(self, app_id: str, job: CronJob, key: str, firing: Firing, revision: int) -> None:
-        task = asyncio.create_task(self._run_firing(app_id, job, key, firing, revision))
+    def _prefers_me(self, key: str, scheduled: datetime.datetime) -> bool:
+        """Whether this replica is the live replica the firing hashes to (rendezvous hashing)."""
+        firing = f"{key}.{int(scheduled.timestamp())}"
+        return max(self._live, key=lambda r: hashlib.sha256(f"{r}|{firing}".encode()).digest()) == self.replica
+
+    async def _backup_claim(self, app_id: str, job: CronJob, scheduled: datetime.datetime) -> None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), BACKUP_CLAIM_SECONDS)
+        if not self._stopping.is_set():
+            await self._claim_and_fire(app_id, job, scheduled)
+
+    def _track(self, task: asyncio.Task[None]) -> None:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _start(self, app_id: str, job: CronJob, key: str, firing: Firing, revision: int) -> None:
+        self._track(asyncio.create_task(self._run_firing(app_id, job, key, firing, revision)))
 
     async def _run_firing(self, app_id: str, job: CronJob, key: str, firing: Firing, revision: int) -> None:
         scheduled = datetime.datetime.fromtimestamp(firing.scheduled, UTC)
@@ -289,8 +315,11 @@ class Scheduler:
                 pass
 
     async def _heartbeat(self) -> None:
+        """Renew this replica's liveness key and read which replicas are alive."""
         with contextlib.suppress(nats.errors.Error):
             await self.store.alive.put(self.replica, str(self.clock()).encode())
+        with contextlib.suppress(nats.js.errors.NoKeysError, nats.errors.Error):
+            self._live = sorted(set(await self.store.alive.keys()) | {self.replica})
 
     async def _take_over(self) -> None:
         """Finish open firings whose replica died."""
