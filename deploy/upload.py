@@ -16,6 +16,7 @@ import hashlib
 import os
 import pathlib
 import stat
+from typing import Any
 from collections.abc import Callable, Iterator
 
 import grpc
@@ -28,6 +29,7 @@ from kiln.pb.deploy.v1 import deploy_pb2_grpc
 
 CHUNK_BYTES = 1024 * 1024
 PARALLEL_UPLOADS = 8
+UPLOAD_ROUNDS = 3  # ask-upload-create rounds when files vanish meanwhile (see deploy)
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
 
@@ -122,6 +124,28 @@ def deploy(channel: grpc.Channel, token: str, app_dir: pathlib.Path, app_id: str
     stub = deploy_pb2_grpc.DeployServiceStub(channel)
     metadata = (("authorization", f"Bearer {token}"),)
     by_hash = {f.sha256: f for f in files}
+    version = pb.Version(app_id=app_id, version_id=version_id, app_yaml=texts["app.yaml"],
+                         cron_yaml=texts.get("cron.yaml", ""), index_yaml=texts.get("index.yaml", ""),
+                         files=[pb.FileEntry(path=f.path, sha256=f.sha256, size=f.size, mode=f.mode) for f in files])
+    uploaded, total = 0, 0
+    for attempt in range(UPLOAD_ROUNDS):
+        todo = _upload_missing(stub, metadata, app_id, by_hash, progress)
+        uploaded, total = uploaded + len(todo), total + sum(f.size for f in todo)
+        try:
+            created = stub.CreateVersion(pb.CreateVersionRequest(version=version, promote=promote), metadata=metadata)
+            break
+        except grpc.RpcError as exc:
+            # A file the control plane had when asked was deleted before the version was created (it was unused:
+            # its version had just been deleted). Ask again and upload what is missing.
+            if exc.code() != grpc.StatusCode.FAILED_PRECONDITION or "not uploaded" not in (exc.details() or "") \
+                    or attempt == UPLOAD_ROUNDS - 1:
+                raise
+    return Result(created.version, len(files), uploaded, total)
+
+
+def _upload_missing(stub: Any, metadata: Any, app_id: str, by_hash: dict[str, LocalFile],
+                    progress: Progress | None) -> list[LocalFile]:
+    """Ask which files the control plane lacks and upload those, several at once; returns them."""
     missing = set(stub.MissingBlobs(pb.MissingBlobsRequest(app_id=app_id, sha256=list(by_hash)), metadata=metadata)
                   .sha256)
     todo = [by_hash[h] for h in by_hash if h in missing]
@@ -141,8 +165,4 @@ def deploy(channel: grpc.Channel, token: str, app_dir: pathlib.Path, app_id: str
     with concurrent.futures.ThreadPoolExecutor(PARALLEL_UPLOADS) as pool:
         for fut in [pool.submit(upload, f) for f in todo]:
             fut.result()
-    version = pb.Version(app_id=app_id, version_id=version_id, app_yaml=texts["app.yaml"],
-                         cron_yaml=texts.get("cron.yaml", ""), index_yaml=texts.get("index.yaml", ""),
-                         files=[pb.FileEntry(path=f.path, sha256=f.sha256, size=f.size, mode=f.mode) for f in files])
-    created = stub.CreateVersion(pb.CreateVersionRequest(version=version, promote=promote), metadata=metadata)
-    return Result(created.version, len(files), len(todo), total)
+    return todo

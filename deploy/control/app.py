@@ -35,11 +35,13 @@ async def serve(cfg: ControlConfig) -> None:
         await nc.publish(subject, data)
         await nc.flush()
 
+    service = DeployService(store, admin_secret=cfg.admin_secret.get(), service_secret=cfg.service_secret.get(),
+                            publish=publish, blob_grace_seconds=cfg.blob_grace_seconds)
+
     async def stop() -> None:
+        await service.close()
         await nc.drain()
         await store.close()
 
-    service = DeployService(store, admin_secret=cfg.admin_secret.get(), service_secret=cfg.service_secret.get(),
-                            publish=publish)
     registration = grpcserver.Registration(SERVICE_NAME, deploy_pb2_grpc.add_DeployServiceServicer_to_server, service)
     await grpcserver.serve(cfg, [registration], on_stop=stop)

@@ -10,7 +10,17 @@ Tables (keyspace from config):
 - ``blob_chunks``: a blob's 1 MiB chunks, partitioned by ``(app, sha256)``;
 - ``blobs``: the blob's size and chunk count, written after every chunk — a
   blob without this row is not stored (an interrupted upload is invisible and
-  uploaded again).
+  uploaded again);
+- ``app_blobs``: one partition per app listing its blobs with when they were
+  stored (written before the ``blobs`` row), for collecting unused ones.
+
+Creating a version and collecting garbage exclude each other through the
+static ``gc_epoch``/``gc_until`` of the app's versions partition: a collection
+takes it (epoch + 1, a lease), deletes, and releases it (epoch + 1 again); a
+version is created only with a lightweight transaction that the epoch it read
+before checking its blobs is still current and no collection holds the lease.
+Deletions carry the timestamp of the blob's own writes (``USING TIMESTAMP``),
+so an upload of the same content that races a collection survives it.
 """
 
 from __future__ import annotations
@@ -21,7 +31,8 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from deploy.control.store import CHUNK_BYTES, Store, default_refused, loaded_form, no_version, stored_form
+from deploy.control.store import (
+    CHUNK_BYTES, Store, default_refused, loaded_form, named_blobs, no_version, not_uploaded, stored_form)
 from kiln import cassandra
 from kiln.errors import ConfigError, ConflictError, NotFoundError
 from kiln.pb.deploy.v1 import deploy_pb2 as pb
@@ -30,6 +41,8 @@ log = logging.getLogger(__name__)
 
 # Compare-and-set loops give up after this many lost races (another deploy kept winning).
 CAS_ATTEMPTS = 20
+# A collection holds the app for at most this long (it stops deleting before; a dead one's lease runs out).
+GC_LEASE_SECONDS = 120.0
 
 
 def _schema(ks: str, datacenter: str, replication: int) -> list[str]:
@@ -37,12 +50,19 @@ def _schema(ks: str, datacenter: str, replication: int) -> list[str]:
         f"CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = "
         f"{{'class': 'NetworkTopologyStrategy', '{datacenter}': {replication}}}",
         f"CREATE TABLE IF NOT EXISTS {ks}.versions (app_id text, version_id text, minor bigint, created_us bigint, "
-        "data blob, default_version text STATIC, generation bigint STATIC, PRIMARY KEY (app_id, version_id))",
+        "data blob, default_version text STATIC, generation bigint STATIC, gc_epoch bigint STATIC, "
+        "gc_until_us bigint STATIC, PRIMARY KEY (app_id, version_id))",
         f"CREATE TABLE IF NOT EXISTS {ks}.blob_chunks (app_id text, sha256 text, idx int, data blob, "
         "PRIMARY KEY ((app_id, sha256), idx))",
         f"CREATE TABLE IF NOT EXISTS {ks}.blobs (app_id text, sha256 text, size bigint, chunks int, "
         "PRIMARY KEY ((app_id, sha256)))",
+        f"CREATE TABLE IF NOT EXISTS {ks}.app_blobs (app_id text, sha256 text, stored_us bigint, "
+        "PRIMARY KEY (app_id, sha256))",
     ]
+
+
+# Columns added after the first release: (table, column, type).
+_ADDED_COLUMNS = [("versions", "gc_epoch", "bigint static"), ("versions", "gc_until_us", "bigint static")]
 
 
 class CassandraStore(Store):
@@ -63,18 +83,37 @@ class CassandraStore(Store):
         self._cluster, self._session = await cassandra.connect(self._hosts, self._dc, row_factory=dict_factory)
         for stmt in _schema(self._ks, self._dc, self._rf):
             await cassandra.execute(self._session, stmt)
+        for table, column, kind in _ADDED_COLUMNS:
+            present = await cassandra.execute(
+                self._session, "SELECT column_name FROM system_schema.columns WHERE keyspace_name = %s AND "
+                "table_name = %s AND column_name = %s", (self._ks, table, column))
+            if not present:
+                await cassandra.execute(self._session, f"ALTER TABLE {self._ks}.{table} ADD {column} {kind}")
         ks, prepare = self._ks, self._session.prepare
         self._q = {
             "have": prepare(f"SELECT sha256 FROM {ks}.blobs WHERE app_id = ? AND sha256 = ?"),
             "blob": prepare(f"SELECT size, chunks FROM {ks}.blobs WHERE app_id = ? AND sha256 = ?"),
             "put_chunk": prepare(f"INSERT INTO {ks}.blob_chunks (app_id, sha256, idx, data) VALUES (?, ?, ?, ?)"),
             "put_blob": prepare(f"INSERT INTO {ks}.blobs (app_id, sha256, size, chunks) VALUES (?, ?, ?, ?)"),
+            "list_blob": prepare(f"INSERT INTO {ks}.app_blobs (app_id, sha256, stored_us) VALUES (?, ?, ?)"),
+            "app_blobs": prepare(f"SELECT sha256, stored_us, WRITETIME(stored_us) AS written FROM {ks}.app_blobs "
+                                 "WHERE app_id = ?"),
+            "blob_written": prepare(f"SELECT WRITETIME(size) AS written FROM {ks}.blobs WHERE app_id = ? AND sha256 = ?"),
+            "drop_blob": prepare(f"DELETE FROM {ks}.blobs USING TIMESTAMP ? WHERE app_id = ? AND sha256 = ?"),
+            "drop_chunks": prepare(f"DELETE FROM {ks}.blob_chunks USING TIMESTAMP ? WHERE app_id = ? AND sha256 = ?"),
+            "unlist_blob": prepare(f"DELETE FROM {ks}.app_blobs USING TIMESTAMP ? WHERE app_id = ? AND sha256 = ?"),
+            "gc_state": prepare(f"SELECT gc_epoch, gc_until_us FROM {ks}.versions WHERE app_id = ? LIMIT 1"),
+            "gc_set": prepare(f"UPDATE {ks}.versions SET gc_epoch = ?, gc_until_us = ? WHERE app_id = ? "
+                              "IF gc_epoch = ? AND gc_until_us = ?"),
+            "all_files": prepare(f"SELECT data FROM {ks}.versions WHERE app_id = ?"),
             "chunk": prepare(f"SELECT data FROM {ks}.blob_chunks WHERE app_id = ? AND sha256 = ? AND idx = ?"),
             "minor": prepare(f"SELECT minor FROM {ks}.versions WHERE app_id = ? AND version_id = ?"),
-            "insert": prepare(f"INSERT INTO {ks}.versions (app_id, version_id, minor, created_us, data) "
-                              "VALUES (?, ?, ?, ?, ?) IF NOT EXISTS"),
+            "insert": prepare(f"UPDATE {ks}.versions SET minor = ?, created_us = ?, data = ? "
+                              "WHERE app_id = ? AND version_id = ? IF minor = null AND gc_epoch = ? "
+                              "AND gc_until_us = null"),
             "replace": prepare(f"UPDATE {ks}.versions SET minor = ?, created_us = ?, data = ? "
-                               "WHERE app_id = ? AND version_id = ? IF minor = ?"),
+                               "WHERE app_id = ? AND version_id = ? IF minor = ? AND gc_epoch = ? "
+                               "AND gc_until_us = null"),
             "get": prepare(f"SELECT data, default_version FROM {ks}.versions WHERE app_id = ? AND version_id = ?"),
             "default": prepare(f"SELECT default_version, generation FROM {ks}.versions WHERE app_id = ? LIMIT 1"),
             "list": prepare(f"SELECT data, created_us, default_version FROM {ks}.versions WHERE app_id = ?"),
@@ -84,7 +123,7 @@ class CassandraStore(Store):
                               "IF minor > 0 AND default_version != ?"),
             "apps": prepare(f"SELECT DISTINCT app_id, default_version, generation FROM {ks}.versions"),
         }
-        for name in ("insert", "replace", "set_default", "delete"):
+        for name in ("insert", "replace", "set_default", "delete", "gc_set"):
             self._q[name].serial_consistency_level = ConsistencyLevel.LOCAL_SERIAL
         for stmt in self._q.values():
             stmt.consistency_level = ConsistencyLevel.LOCAL_QUORUM
@@ -106,6 +145,7 @@ class CassandraStore(Store):
     async def put_blob(self, app_id: str, sha256: str, data: bytes) -> None:
         chunks = [data[i:i + CHUNK_BYTES] for i in range(0, len(data), CHUNK_BYTES)] or [b""]
         await asyncio.gather(*(self._exec("put_chunk", app_id, sha256, i, c) for i, c in enumerate(chunks)))
+        await self._exec("list_blob", app_id, sha256, time.time_ns() // 1000)
         await self._exec("put_blob", app_id, sha256, len(data), len(chunks))
 
     async def read_blob(self, app_id: str, sha256: str) -> AsyncIterator[bytes]:
@@ -122,24 +162,73 @@ class CassandraStore(Store):
         rows = await self._exec("default", app_id)
         return (rows[0]["default_version"], rows[0]["generation"]) if rows else (None, None)
 
+    async def _gc_state(self, app_id: str) -> tuple[int | None, int | None]:
+        rows = await self._exec("gc_state", app_id)
+        return (rows[0]["gc_epoch"], rows[0]["gc_until_us"]) if rows else (None, None)
+
     async def create_version(self, version: pb.Version) -> pb.Version:
         stored = pb.Version()
         stored.CopyFrom(version)
-        for _ in range(CAS_ATTEMPTS):
+        hashes = [f.sha256 for f in version.files]
+        lost = 0
+        while lost < CAS_ATTEMPTS:
+            epoch, until = await self._gc_state(version.app_id)
+            if until is not None:  # a collection holds the app: wait for it, or break its lease if it died
+                if until > time.time_ns() // 1000:
+                    await asyncio.sleep(0.2)
+                else:
+                    await self._exec("gc_set", (epoch or 0) + 1, None, version.app_id, epoch, until)
+                continue
+            missing = await self.missing_blobs(version.app_id, hashes)
+            if missing:
+                raise not_uploaded(version, missing)
             rows = await self._exec("minor", version.app_id, version.version_id)
             previous = rows[0]["minor"] if rows else None
             stored.minor = (previous or 0) + 1
             stored.created_at.FromNanoseconds(time.time_ns())
             created_us, data = stored.created_at.ToMicroseconds(), stored_form(stored)
             if previous is None:
-                result = await self._exec("insert", version.app_id, version.version_id, stored.minor, created_us, data)
+                result = await self._exec("insert", stored.minor, created_us, data, version.app_id,
+                                          version.version_id, epoch)
             else:
                 result = await self._exec("replace", stored.minor, created_us, data, version.app_id,
-                                          version.version_id, previous)
+                                          version.version_id, previous, epoch)
             if result[0]["[applied]"]:
                 stored.is_default = (await self._default(version.app_id))[0] == version.version_id
                 return stored
+            lost += 1
         raise ConflictError(f"version {version.version_id!r}: other deploys of it kept winning; try again")
+
+    async def collect_garbage(self, app_id: str, grace_seconds: float) -> int:
+        started = time.time()
+        epoch, until = await self._gc_state(app_id)
+        if until is not None and until > time.time_ns() // 1000:
+            return 0  # another collection is running
+        mine = (epoch or 0) + 1
+        lease = int((started + GC_LEASE_SECONDS) * 1_000_000)
+        if not (await self._exec("gc_set", mine, lease, app_id, epoch, until))[0]["[applied]"]:
+            return 0
+        deleted = 0
+        try:
+            named = named_blobs([r["data"] for r in await self._exec("all_files", app_id) if r["data"] is not None])
+            cutoff = (time.time() - grace_seconds) * 1_000_000
+            for row in await self._exec("app_blobs", app_id):
+                if time.time() - started > GC_LEASE_SECONDS * 0.8:
+                    break  # the rest waits for the next collection; the lease must not run out mid-deletion
+                sha = row["sha256"]
+                if sha in named or (row["stored_us"] or 0) >= cutoff:
+                    continue
+                blob = await self._exec("blob_written", app_id, sha)
+                # The stored blob's last write (its blobs row; the listing's for an upload that never finished):
+                # an upload of the same content made since has later timestamps and survives these deletions.
+                ts = blob[0]["written"] if blob and blob[0]["written"] else row["written"]
+                await self._exec("drop_blob", ts, app_id, sha)
+                await self._exec("drop_chunks", ts, app_id, sha)
+                await self._exec("unlist_blob", ts, app_id, sha)
+                deleted += 1
+        finally:
+            await self._exec("gc_set", mine + 1, None, app_id, mine, lease)
+        return deleted
 
     async def get_version(self, app_id: str, version_id: str) -> pb.Version | None:
         wanted = version_id or (await self._default(app_id))[0]

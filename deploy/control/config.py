@@ -30,6 +30,8 @@ class ControlConfig(GrpcServiceConfig):
     cassandra_keyspace: str = field("kiln_control", "keyspace for versions and files")
     cassandra_datacenter: str = field("datacenter1", "local Cassandra datacenter")
     cassandra_replication: int = field(1, "replication factor when creating the keyspace (3 in production)")
+    blob_grace_seconds: float = field(3600.0, "files no version uses are deleted once they are this old (a deploy "
+                                              "in progress has uploaded files its version does not name yet)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -37,5 +39,7 @@ class ControlConfig(GrpcServiceConfig):
             raise ValueError("admin_secret: required (set KILN_CONTROL_ADMIN_SECRET or --admin-secret)")
         if self.storage not in ("embedded", "cassandra"):
             raise ValueError(f"storage: must be embedded or cassandra, got {self.storage!r}")
+        if self.blob_grace_seconds < 0:
+            raise ValueError("blob_grace_seconds: must be 0 or more")
         if self.cassandra_replication < 1:
             raise ValueError("cassandra_replication: must be at least 1")

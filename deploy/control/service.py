@@ -9,6 +9,8 @@ its manifest passes App Engine's limits, its configuration files parse and
 every file it names is stored, so no half-deployed version is ever visible.
 Each creation, deletion and switch of the default is announced on NATS
 (:data:`kiln.bus.DEPLOY_VERSION_SUBJECT`, :data:`kiln.bus.DEPLOY_DEFAULT_SUBJECT`).
+After a version is deleted or replaced by a new minor, the files no version
+names any more are deleted in the background (:meth:`Store.collect_garbage`).
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ from typing import Any
 import grpc
 
 from deploy.control import manifest, tokens
-from deploy.control.store import Store
+from deploy.control.store import Store, not_uploaded
 from kiln import auth, bus
-from kiln.errors import BadRequestError, FailedPreconditionError, NotFoundError, PermissionDeniedError, TooLargeError
+from kiln.errors import BadRequestError, NotFoundError, PermissionDeniedError, TooLargeError
 from kiln.pb.deploy.v1 import deploy_pb2 as pb
 from kiln.pb.deploy.v1 import deploy_pb2_grpc
 from kiln.pb.deploy.v1 import events_pb2
@@ -48,12 +50,16 @@ def check_app(app_id: str) -> None:
 class DeployService(deploy_pb2_grpc.DeployServiceServicer):
     """Implements the contract (see module docstring)."""
 
-    def __init__(self, store: Store, *, admin_secret: str, service_secret: str, publish: Publish) -> None:
+    def __init__(self, store: Store, *, admin_secret: str, service_secret: str, publish: Publish,
+                 blob_grace_seconds: float = 3600.0) -> None:
         self._store = store
         self._admin_secret = admin_secret
         self._service_secret = service_secret
         self._publish = publish
         self._uploads = asyncio.Semaphore(CONCURRENT_UPLOADS)
+        self._grace = blob_grace_seconds
+        self._collecting: dict[str, asyncio.Task[None]] = {}
+        self._collect_again: set[str] = set()
 
     def _grant(self, context: Context, app_id: str, scope: str) -> tokens.Grant:
         grant = tokens.from_metadata(self._admin_secret, context.invocation_metadata())
@@ -102,7 +108,10 @@ class DeployService(deploy_pb2_grpc.DeployServiceServicer):
         by_path = {f.path: f.sha256 for f in version.files}
         out = {}
         for path in manifest.include_paths(version):
-            out[path] = b"".join([c async for c in self._store.read_blob(version.app_id, by_path[path])])
+            try:
+                out[path] = b"".join([c async for c in self._store.read_blob(version.app_id, by_path[path])])
+            except NotFoundError:
+                raise not_uploaded(version, [by_path[path]]) from None
         return out
 
     async def CreateVersion(self, request: pb.CreateVersionRequest, context: Context) -> pb.CreateVersionResponse:
@@ -110,19 +119,16 @@ class DeployService(deploy_pb2_grpc.DeployServiceServicer):
         grant = self._grant(context, version.app_id, "admin")
         manifest.check_version_id(version.version_id)
         manifest.check_files(version.files)
-        missing = await self._store.missing_blobs(version.app_id, [f.sha256 for f in version.files])
-        if missing:
-            paths = [f.path for f in version.files if f.sha256 in set(missing)]
-            raise FailedPreconditionError(f"{len(paths)} file(s) not uploaded yet, e.g. {paths[0]!r}; upload them "
-                                          "(UploadBlob) before creating the version")
         config = manifest.check_configs(version, await self._yaml_blobs(version))
         manifest.check_files(version.files, skip=config)
         version.deployed_by = grant.name
         version.is_default = False
-        stored = await self._store.create_version(version)
+        stored = await self._store.create_version(version)  # refused if a file is not uploaded
         log.info("app %s: version %s.%d created by %s (%d files)", stored.app_id, stored.version_id, stored.minor,
                  grant.name, len(stored.files))
         await self._announce_version(stored, events_pb2.VersionEvent.KIND_CREATED)
+        if stored.minor > 1:
+            self.collect(stored.app_id)  # the previous minor's files may be unused now
         if request.promote:
             await self._promote(stored.app_id, stored.version_id)
             stored.is_default = True
@@ -156,6 +162,7 @@ class DeployService(deploy_pb2_grpc.DeployServiceServicer):
         log.info("app %s: version %s deleted", request.app_id, request.version_id)
         await self._announce_version(pb.Version(app_id=request.app_id, version_id=request.version_id),
                                      events_pb2.VersionEvent.KIND_DELETED)
+        self.collect(request.app_id)
         return pb.DeleteVersionResponse()
 
     async def DownloadBlob(self, request: pb.DownloadBlobRequest,
@@ -188,3 +195,31 @@ class DeployService(deploy_pb2_grpc.DeployServiceServicer):
                                         version_id=version.version_id, minor=version.minor)
         event.time.GetCurrentTime()
         await self._publish(bus.DEPLOY_VERSION_SUBJECT, event.SerializeToString())
+
+    def collect(self, app_id: str) -> None:
+        """Delete the app's unused files in the background (once more if asked again while running)."""
+        if app_id in self._collecting:
+            self._collect_again.add(app_id)
+            return
+        self._collecting[app_id] = asyncio.create_task(self._collect(app_id))
+
+    async def _collect(self, app_id: str) -> None:
+        try:
+            while True:
+                self._collect_again.discard(app_id)
+                try:
+                    deleted = await self._store.collect_garbage(app_id, self._grace)
+                except Exception:  # noqa: BLE001 - the next deletion collects again
+                    log.exception("app %s: could not delete unused files", app_id)
+                    return
+                if deleted:
+                    log.info("app %s: deleted %d files no version uses", app_id, deleted)
+                if app_id not in self._collect_again:
+                    return
+        finally:
+            del self._collecting[app_id]
+
+    async def close(self) -> None:
+        """Wait for collections in progress."""
+        if self._collecting:
+            await asyncio.wait(list(self._collecting.values()), timeout=30)

@@ -6,6 +6,13 @@ blob becomes visible only when all of it is stored; a version only when every
 blob it names is. The default version and its generation live with the
 versions, so switching the default and deleting a version cannot race.
 
+Blobs no version names any more (their versions were deleted or replaced by a
+new minor) are deleted by :meth:`Store.collect_garbage`, except those stored
+within a grace period (a deploy in progress has uploaded them but not yet
+created its version). Creating a version and collecting are exclusive: a
+version is never created naming a blob a collection deletes — it is refused
+as not uploaded, and the CLI uploads the file again.
+
 The embedded engine (``kiln dev``, one-machine installs) keeps SQLite rows in
 ``DATA_DIR/control.sqlite3`` and blobs as files under ``DATA_DIR/blobs``
 (written to a temporary name, fsynced, renamed). :mod:`deploy.control.cassandra_store`
@@ -64,7 +71,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def create_version(self, version: pb.Version) -> pb.Version:
-        """Store ``version`` as the next minor of its major version; returns it as stored."""
+        """Store ``version`` as the next minor of its major version; returns it as stored.
+        FailedPreconditionError (naming a file) if a blob it names is not stored."""
 
     @abc.abstractmethod
     async def get_version(self, app_id: str, version_id: str) -> pb.Version | None:
@@ -86,12 +94,29 @@ class Store(abc.ABC):
     async def list_apps(self) -> list[pb.AppInfo]:
         """Every app that has a version, with its default, sorted by id."""
 
+    @abc.abstractmethod
+    async def collect_garbage(self, app_id: str, grace_seconds: float) -> int:
+        """Delete the app's blobs that no version names and that were stored more than ``grace_seconds`` ago;
+        returns how many. Exclusive with :meth:`create_version` (see module docstring)."""
+
     async def close(self) -> None:
         """Release connections."""
 
 
 def no_version(app_id: str, version_id: str) -> NotFoundError:
     return NotFoundError(f"app {app_id!r} has no version {version_id!r}; kiln versions list shows its versions")
+
+
+def not_uploaded(version: pb.Version, missing: Sequence[str]) -> FailedPreconditionError:
+    absent = set(missing)
+    paths = [f.path for f in version.files if f.sha256 in absent]
+    return FailedPreconditionError(f"{len(paths)} file(s) not uploaded yet, e.g. {paths[0]!r}; upload them "
+                                   "(UploadBlob) before creating the version")
+
+
+def named_blobs(versions: Sequence[bytes]) -> set[str]:
+    """The hashes the stored versions name."""
+    return {f.sha256 for data in versions for f in pb.Version.FromString(data).files}
 
 
 def default_refused(app_id: str, version_id: str) -> FailedPreconditionError:
@@ -113,8 +138,11 @@ class EmbeddedStore(Store):
             CREATE TABLE IF NOT EXISTS apps (app_id TEXT PRIMARY KEY, default_version TEXT, generation INTEGER);
             CREATE TABLE IF NOT EXISTS versions (app_id TEXT, version_id TEXT, minor INTEGER, created REAL,
                                                  data BLOB, PRIMARY KEY (app_id, version_id));
-            CREATE TABLE IF NOT EXISTS blobs (app_id TEXT, sha256 TEXT, size INTEGER, PRIMARY KEY (app_id, sha256));
+            CREATE TABLE IF NOT EXISTS blobs (app_id TEXT, sha256 TEXT, size INTEGER, stored REAL,
+                                              PRIMARY KEY (app_id, sha256));
         """)
+        if "stored" not in {row[1] for row in self._db.execute("PRAGMA table_info(blobs)")}:
+            self._db.execute("ALTER TABLE blobs ADD COLUMN stored REAL")  # stores made before collection
         self._lock = threading.Lock()
 
     async def _run(self, fn: Any, *args: Any) -> Any:
@@ -139,41 +167,51 @@ class EmbeddedStore(Store):
     def _path(self, app_id: str, sha256: str) -> pathlib.Path:
         return self._blobs / app_id / sha256[:2] / sha256
 
+    def _missing(self, app_id: str, hashes: Sequence[str]) -> list[str]:
+        have: set[str] = set()
+        unique = list(dict.fromkeys(hashes))
+        for i in range(0, len(unique), 500):
+            part = unique[i:i + 500]
+            rows = self._db.execute(f"SELECT sha256 FROM blobs WHERE app_id = ? AND sha256 IN "
+                                    f"({','.join('?' * len(part))})", (app_id, *part))
+            have.update(r[0] for r in rows)
+        return [h for h in unique if h not in have]
+
     async def missing_blobs(self, app_id: str, hashes: Sequence[str]) -> list[str]:
-        def run() -> list[str]:
-            have: set[str] = set()
-            unique = list(dict.fromkeys(hashes))
-            for i in range(0, len(unique), 500):
-                part = unique[i:i + 500]
-                rows = self._db.execute(f"SELECT sha256 FROM blobs WHERE app_id = ? AND sha256 IN "
-                                        f"({','.join('?' * len(part))})", (app_id, *part))
-                have.update(r[0] for r in rows)
-            return [h for h in unique if h not in have]
-        result: list[str] = await self._run(run)
+        result: list[str] = await self._run(self._missing, app_id, hashes)
         return result
 
     async def put_blob(self, app_id: str, sha256: str, data: bytes) -> None:
         path = self._path(app_id, sha256)
+        tmp = path.with_name(f".{sha256}.{os.getpid()}.{threading.get_ident()}.tmp")
 
-        def write() -> None:
+        def write() -> None:  # outside the lock: files are written under unique names
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{sha256}.{os.getpid()}.{threading.get_ident()}.tmp")
             with open(tmp, "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
-            tmp.replace(path)
 
-        await asyncio.to_thread(write)  # outside the lock: files are written under unique names
-        await self._run(lambda: self._db.execute(
-            "INSERT OR IGNORE INTO blobs (app_id, sha256, size) VALUES (?, ?, ?)", (app_id, sha256, len(data))))
+        def publish() -> None:  # under the lock, so a collection never deletes the file between these two steps
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.replace(path)
+            self._db.execute("INSERT INTO blobs (app_id, sha256, size, stored) VALUES (?, ?, ?, ?) "
+                             "ON CONFLICT (app_id, sha256) DO UPDATE SET stored = excluded.stored",
+                             (app_id, sha256, len(data), time.time()))
+
+        await asyncio.to_thread(write)
+        await self._run(publish)
 
     async def read_blob(self, app_id: str, sha256: str) -> AsyncIterator[bytes]:
         known = await self._run(lambda: self._db.execute(
             "SELECT size FROM blobs WHERE app_id = ? AND sha256 = ?", (app_id, sha256)).fetchone())
         if known is None:
             raise NotFoundError(f"app {app_id!r} has no file with sha256 {sha256}")
-        with open(self._path(app_id, sha256), "rb") as f:
+        try:
+            f = open(self._path(app_id, sha256), "rb")
+        except FileNotFoundError:
+            raise NotFoundError(f"app {app_id!r} has no file with sha256 {sha256}") from None
+        with f:
             while True:
                 chunk = await asyncio.to_thread(f.read, CHUNK_BYTES)
                 if not chunk:
@@ -192,6 +230,9 @@ class EmbeddedStore(Store):
 
     async def create_version(self, version: pb.Version) -> pb.Version:
         def run(db: sqlite3.Connection) -> pb.Version:
+            missing = self._missing(version.app_id, [f.sha256 for f in version.files])
+            if missing:
+                raise not_uploaded(version, missing)
             row = db.execute("SELECT minor FROM versions WHERE app_id = ? AND version_id = ?",
                              (version.app_id, version.version_id)).fetchone()
             stored = pb.Version()
@@ -250,6 +291,27 @@ class EmbeddedStore(Store):
             rows = self._db.execute("SELECT app_id, default_version, generation FROM apps ORDER BY app_id")
             return [pb.AppInfo(app_id=r[0], default_version=r[1] or "", generation=r[2] or 0) for r in rows]
         result: list[pb.AppInfo] = await self._run(run)
+        return result
+
+    async def collect_garbage(self, app_id: str, grace_seconds: float) -> int:
+        def run() -> int:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                named = named_blobs([r[0] for r in self._db.execute(
+                    "SELECT data FROM versions WHERE app_id = ?", (app_id,))])
+                rows = self._db.execute("SELECT sha256 FROM blobs WHERE app_id = ? AND coalesce(stored, 0) < ?",
+                                        (app_id, time.time() - grace_seconds)).fetchall()
+                unused = [r[0] for r in rows if r[0] not in named]
+                self._db.executemany("DELETE FROM blobs WHERE app_id = ? AND sha256 = ?",
+                                     [(app_id, h) for h in unused])
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            for h in unused:  # still under the lock: put_blob cannot publish the same file meanwhile
+                self._path(app_id, h).unlink(missing_ok=True)
+            return len(unused)
+        result: int = await self._run(run)
         return result
 
     async def close(self) -> None:

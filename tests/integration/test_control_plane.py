@@ -9,6 +9,7 @@ import concurrent.futures
 import hashlib
 import pathlib
 import textwrap
+import time
 import uuid
 
 import grpc
@@ -51,15 +52,17 @@ def start_control(supervisor, tmp_path_factory, nats_url: str, name: str, *extra
     return child.address
 
 
+# Grace 0: unused files are deleted as soon as their version goes (tests of the grace are in test_control_store).
 @pytest.fixture(scope="session")
 def control_embedded(supervisor, tmp_path_factory, nats_url):
-    return start_control(supervisor, tmp_path_factory, nats_url, "control-embedded")
+    return start_control(supervisor, tmp_path_factory, nats_url, "control-embedded", "--blob-grace-seconds", "0")
 
 
 @pytest.fixture(scope="session")
 def control_cassandra(supervisor, tmp_path_factory, nats_url, cassandra_hosts):
     return start_control(supervisor, tmp_path_factory, nats_url, "control-cassandra", "--storage", "cassandra",
-                         "--cassandra-hosts", cassandra_hosts, "--cassandra-keyspace", "kiln_control_test")
+                         "--cassandra-hosts", cassandra_hosts, "--cassandra-keyspace", "kiln_control_test",
+                         "--blob-grace-seconds", "0")
 
 
 @pytest.fixture(params=["embedded", pytest.param("cassandra", marks=pytest.mark.cassandra)])
@@ -127,6 +130,55 @@ def test_redeploying_a_version_makes_a_new_minor_and_uploads_only_changed_files(
     changed = upload.deploy(channel, token(app_id), app, app_id, "v1", promote=False)
     assert [first.version.minor, same.version.minor, changed.version.minor] == [1, 2, 3]
     assert (first.uploaded_files, same.uploaded_files, changed.uploaded_files) == (3, 0, 1)
+
+
+def stored(stub, app_id: str, content: str) -> bool:
+    sha = hashlib.sha256(content.encode()).hexdigest()
+    try:
+        b"".join(r.chunk for r in stub.DownloadBlob(pb.DownloadBlobRequest(app_id=app_id, sha256=sha),
+                                                   metadata=auth(token(app_id))))
+        return True
+    except grpc.RpcError as exc:
+        assert exc.code() == grpc.StatusCode.NOT_FOUND, exc
+        return False
+
+
+def wait_deleted(stub, app_id: str, content: str, seconds: float = 30) -> None:
+    """Unused files are deleted in the background after the call that made them unused returns."""
+    deadline = time.monotonic() + seconds
+    while stored(stub, app_id, content):
+        assert time.monotonic() < deadline, f"{content!r} was never deleted"
+        time.sleep(0.1)
+
+
+def test_deleting_a_version_deletes_the_files_no_other_version_uses(channel, stub, app_id, tmp_path):
+    upload.deploy(channel, token(app_id), write_app(tmp_path / "one", {"one.txt": "v1 only"}), app_id, "v1",
+                  promote=True)
+    upload.deploy(channel, token(app_id), write_app(tmp_path / "two", {"two.txt": "v2 only"}), app_id, "v2",
+                  promote=True)
+    stub.DeleteVersion(pb.DeleteVersionRequest(app_id=app_id, version_id="v1"), metadata=auth(token(app_id)))
+    wait_deleted(stub, app_id, "v1 only")
+    assert stored(stub, app_id, "v2 only") and stored(stub, app_id, "hello")  # static/a.txt: both had it
+
+
+def test_a_new_minor_deletes_the_files_only_the_previous_minor_used(channel, stub, app_id, tmp_path):
+    app = write_app(tmp_path / "app", {"main.py": "old code"})
+    upload.deploy(channel, token(app_id), app, app_id, "v1", promote=True)
+    (app / "main.py").write_text("new code")
+    upload.deploy(channel, token(app_id), app, app_id, "v1", promote=False)
+    wait_deleted(stub, app_id, "old code")
+    assert stored(stub, app_id, "new code") and stored(stub, app_id, "hello")
+
+
+def test_a_deleted_versions_files_are_uploaded_again_when_it_is_redeployed(channel, stub, app_id, tmp_path):
+    upload.deploy(channel, token(app_id), write_app(tmp_path / "one"), app_id, "v1", promote=True)
+    two = write_app(tmp_path / "two", {"two.txt": "back again"})
+    upload.deploy(channel, token(app_id), two, app_id, "v2", promote=False)
+    stub.DeleteVersion(pb.DeleteVersionRequest(app_id=app_id, version_id="v2"), metadata=auth(token(app_id)))
+    wait_deleted(stub, app_id, "back again")
+    again = upload.deploy(channel, token(app_id), two, app_id, "v2", promote=False)
+    assert again.uploaded_files == 1
+    assert stored(stub, app_id, "back again")
 
 
 def test_skip_files_are_not_deployed(channel, stub, app_id, tmp_path):
