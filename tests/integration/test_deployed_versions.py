@@ -43,11 +43,12 @@ def cluster(supervisor, tmp_path_factory, nats_url):
     env = {**service_env(), "KILN_ROUTER_CONTROL_TOKEN": token("*", "read", "router"),
            "KILN_HOST_CONTROL_TOKEN": token("*", "read", "host"), "KILN_MANAGER_NATS_URL": nats_url}
     # resync-seconds 3600: only the NATS events can make the router notice a new default in these tests.
-    router = supervisor.start("router-deployed", python_module(
+    # Two routers, as a cluster has: a default switch must reach every one of them.
+    router, other_router = (supervisor.start(name, python_module(
         "router", "--listen", "127.0.0.1:0", "--nats-url", nats_url, "--domain", DOMAIN,
-        "--control-plane", control, "--cache-dir", str(tmp_path_factory.mktemp("router-cache")),
-        "--resync-seconds", "3600", "--ready-file", str(run / "router-deployed.addr")),
-        env=env, ready_file=run / "router-deployed.addr")
+        "--control-plane", control, "--cache-dir", str(tmp_path_factory.mktemp(f"{name}-cache")),
+        "--resync-seconds", "3600", "--ready-file", str(run / f"{name}.addr")),
+        env=env, ready_file=run / f"{name}.addr") for name in ("router-deployed", "router-deployed-2"))
     supervisor.spawn("runtime-host", python_module(
         "runtime.host", "--control-plane", control, "--run-dir", str(tmp_path_factory.mktemp("host-run")),
         "--cache-dir", str(tmp_path_factory.mktemp("host-cache")), "--resync-seconds", "3600",
@@ -61,7 +62,8 @@ def cluster(supervisor, tmp_path_factory, nats_url):
         "logs_svc", "--listen", "127.0.0.1:0", "--nats-url", nats_url, "--data-dir",
         str(tmp_path_factory.mktemp("logs")), "--ready-file", str(run / "logs-deployed.addr")),
         env=env, ready_file=run / "logs-deployed.addr")
-    return {"control": control, "router": router.address, "cron": cron.address, "logs": logs.address,
+    return {"control": control, "router": router.address, "other_router": other_router.address,
+            "cron": cron.address, "logs": logs.address,
             "tmp": tmp_path_factory.mktemp("apps")}
 
 
@@ -144,8 +146,10 @@ def test_each_version_has_its_own_url_and_the_default_switches_by_event(cluster,
     wait_for(cluster["router"], f"v2-dot-{APP}.{DOMAIN}", "v2.1 second")
     assert get(cluster["router"], f"{APP}.{DOMAIN}") == (200, "v1.1 first")
     assert get(cluster["router"], f"v2-dot-{APP}.{DOMAIN}", "/static/hello.txt") == (200, "static second")
+    wait_for(cluster["other_router"], f"{APP}.{DOMAIN}", "v1.1 first")
     assert kiln(cluster, "versions", "set-default", "v2", "--app", APP)[0] == 0
-    wait_for(cluster["router"], f"{APP}.{DOMAIN}", "v2.1 second", seconds=10)
+    for router in (cluster["router"], cluster["other_router"]):
+        wait_for(router, f"{APP}.{DOMAIN}", "v2.1 second", seconds=10)
     capsys.readouterr()
     status, out = kiln(cluster, "versions", "list", "--app", APP, "--json", capsys=capsys)
     assert status == 0
