@@ -16,6 +16,7 @@ import hashlib
 import os
 import pathlib
 import stat
+import threading
 from typing import Any
 from collections.abc import Callable, Iterator
 
@@ -150,14 +151,16 @@ def _upload_missing(stub: Any, metadata: Any, app_id: str, by_hash: dict[str, Lo
                   .sha256)
     todo = [by_hash[h] for h in by_hash if h in missing]
     total, done = sum(f.size for f in todo), 0
+    lock = threading.Lock()
     if progress:
         progress(0, total)
 
-    def advance(n: int) -> None:
+    def advance(n: int) -> None:  # from the upload threads: one at a time, so the figures only grow
         nonlocal done
-        done += n
-        if progress:
-            progress(done, total)
+        with lock:
+            done += n
+            if progress:
+                progress(done, total)
 
     def upload(f: LocalFile) -> None:
         stub.UploadBlob(_chunks(app_id, f, advance), metadata=metadata)

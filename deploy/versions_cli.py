@@ -42,6 +42,9 @@ class _Progress:
     def __call__(self, done: int, total: int) -> None:
         if not self._enabled or total == 0:
             return
+        if self._bar is not None and self._bar.total != total:  # another round (files vanished meanwhile)
+            self._bar.close()
+            self._bar = None
         if self._bar is None:
             from tqdm import tqdm
             self._bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="uploading",

@@ -7,7 +7,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import hashlib
+import io
+import os
 import pathlib
+import sys
 import textwrap
 import time
 import uuid
@@ -16,7 +19,7 @@ import grpc
 import nats
 import pytest
 
-from deploy import upload
+from deploy import cli, upload
 from deploy.control import tokens
 from kiln.pb.deploy.v1 import deploy_pb2 as pb
 from kiln.pb.deploy.v1 import deploy_pb2_grpc, events_pb2
@@ -130,6 +133,32 @@ def test_redeploying_a_version_makes_a_new_minor_and_uploads_only_changed_files(
     changed = upload.deploy(channel, token(app_id), app, app_id, "v1", promote=False)
     assert [first.version.minor, same.version.minor, changed.version.minor] == [1, 2, 3]
     assert (first.uploaded_files, same.uploaded_files, changed.uploaded_files) == (3, 0, 1)
+
+
+def test_deploy_reports_upload_progress_in_bytes(channel, app_id, tmp_path):
+    app = write_app(tmp_path / "app", {f"data/{i}.bin": os.urandom(300_000) for i in range(12)})
+    seen: list[tuple[int, int]] = []
+    upload.deploy(channel, token(app_id), app, app_id, "v1", promote=False, progress=lambda d, t: seen.append((d, t)))
+    total = sum(f.stat().st_size for f in app.rglob("*") if f.is_file())
+    assert seen[0] == (0, total) and seen[-1] == (total, total)
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen) and len(seen) > 12
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_kiln_deploy_draws_a_progress_bar_only_on_a_terminal(control_embedded, app_id, tmp_path, monkeypatch):
+    def deploy(version: str, stderr: io.StringIO) -> str:
+        app = write_app(tmp_path / version, {"data.bin": os.urandom(2_000_000)})
+        monkeypatch.setattr(sys, "stderr", stderr)
+        assert cli.main(["deploy", str(app), "--app", app_id, "--version", version, "--control-plane",
+                         control_embedded, "--token", token(app_id)]) == 0
+        return stderr.getvalue()
+    drawn = deploy("v1", Terminal())
+    assert "uploading" in drawn and "%|" in drawn
+    assert "uploading" not in deploy("v2", io.StringIO())
 
 
 def stored(stub, app_id: str, content: str) -> bool:
