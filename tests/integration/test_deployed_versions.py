@@ -303,6 +303,31 @@ def test_logs_json_format_and_version_filter(cluster, tmp_path):
     assert any(r["resource"] == "/json-check" and r["status"] == 200 for r in records)
 
 
+def json_records(path: pathlib.Path, prefix: str) -> list[dict]:
+    return [r for r in map(json.loads, path.read_text().splitlines()) if r["resource"].startswith(prefix)]
+
+
+def test_logs_by_request_id_and_time_range(cluster, tmp_path):
+    ensure_serving(cluster)
+    for name in ("early", "late"):
+        assert get(cluster["router"], f"{APP}.{DOMAIN}", f"/range-{name}")[0] == 200
+    wait_logged(cluster, tmp_path, "/range-late", 1)
+    wait_logged(cluster, tmp_path, "/range-early", 1)
+    every = tmp_path / "every.jsonl"
+    assert download(cluster, every, "--format", "json") == 0
+    early, late = sorted(json_records(every, "/range-"), key=lambda r: r["startTime"])
+    assert (early["resource"], late["resource"]) == ("/range-early", "/range-late")
+
+    def resources(*flags: str) -> list[str]:
+        out = tmp_path / f"part{len(list(tmp_path.iterdir()))}.jsonl"
+        assert download(cluster, out, "--format", "json", *flags) == 0
+        return [r["resource"] for r in json_records(out, "/range-")]
+
+    assert resources("--request-id", late["requestId"]) == ["/range-late"]
+    assert resources("--start", late["startTime"]) == ["/range-late"]  # from it, inclusive
+    assert resources("--end", late["startTime"]) == ["/range-early"]  # up to it, exclusive
+
+
 INDEX_YAML = ("indexes:\n- kind: Order\n  properties:\n  - name: customer\n  - name: placed\n    direction: desc\n"
               "- kind: Order\n  ancestor: yes\n  properties:\n  - name: total\n")
 
