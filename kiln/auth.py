@@ -5,6 +5,9 @@ app it runs, a token ``<app_id>.<hmac>`` signed with the deployment's shared
 service secret; the app's SDK sends it in the ``authorization`` metadata as
 ``Bearer <token>``, and each service recovers the app id from it. Without the
 secret an app cannot forge another app's token.
+
+Tokens handed to people (the control plane's ``AppToken``, which the CLI uses
+to read an app's logs and data) carry an expiry: ``<app_id>.<unix time>.<hmac>``.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import functools
 import hashlib
 import hmac
 import re
+import time
 from collections.abc import Iterable
 
 from kiln.errors import UnauthenticatedError
@@ -27,24 +31,29 @@ def _sign(secret: str, app_id: str) -> str:
     return hmac.new(secret.encode(), b"kiln-app:" + app_id.encode(), hashlib.sha256).hexdigest()
 
 
-def mint_app_token(secret: str, app_id: str) -> str:
-    """Return the token that proves to services that the caller is ``app_id``."""
+def mint_app_token(secret: str, app_id: str, *, expires_at: int | None = None) -> str:
+    """Return the token that proves to services that the caller is ``app_id`` (until ``expires_at``, a Unix
+    time, if given)."""
     if not APP_ID_RE.match(app_id):
         raise ValueError(f"invalid app id {app_id!r}")
-    return f"{app_id}.{_sign(secret, app_id)}"
+    body = app_id if expires_at is None else f"{app_id}.{expires_at}"
+    return f"{body}.{_sign(secret, body)}"
 
 
-def verify_app_token(secret: str, token: str) -> str:
+def verify_app_token(secret: str, token: str, *, now: float | None = None) -> str:
     """Return the app id a token was minted for.
 
     Raises:
-        UnauthenticatedError: the token is missing, malformed or not signed with ``secret``.
+        UnauthenticatedError: the token is missing, malformed, not signed with ``secret``, or expired.
     """
-    app_id, sep, mac = token.rpartition(".")
-    if not sep or not APP_ID_RE.match(app_id):
+    body, sep, mac = token.rpartition(".")
+    app_id, dot, expires = body.partition(".")
+    if not sep or not APP_ID_RE.match(app_id) or (dot and not (expires.isdigit() and len(expires) <= 12)):
         raise UnauthenticatedError("malformed app token")
-    if not hmac.compare_digest(mac, _sign(secret, app_id)):
+    if not hmac.compare_digest(mac, _sign(secret, body)):
         raise UnauthenticatedError("app token signature does not match")
+    if dot and int(expires) < (time.time() if now is None else now):
+        raise UnauthenticatedError(f"app token for {app_id!r} expired; run the command again for a new one")
     return app_id
 
 

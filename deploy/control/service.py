@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -34,6 +35,8 @@ from kiln.pb.deploy.v1 import events_pb2
 log = logging.getLogger(__name__)
 
 MAX_HASHES_PER_CALL = manifest.MAX_FILES
+# How long an app identity token handed out by AppToken lasts (a CLI command: a long bulk load resumes).
+APP_TOKEN_SECONDS = 12 * 3600
 # Uploads held in memory at once (each at most 32 MB) while their hash is checked.
 CONCURRENT_UPLOADS = 8
 
@@ -181,7 +184,8 @@ class DeployService(deploy_pb2_grpc.DeployServiceServicer):
 
     async def AppToken(self, request: pb.AppTokenRequest, context: Context) -> pb.AppTokenResponse:
         self._grant(context, request.app_id, "admin")
-        return pb.AppTokenResponse(token=auth.mint_app_token(self._service_secret, request.app_id))
+        expires = int(time.time() + APP_TOKEN_SECONDS)
+        return pb.AppTokenResponse(token=auth.mint_app_token(self._service_secret, request.app_id, expires_at=expires))
 
     async def _promote(self, app_id: str, version_id: str) -> None:
         generation = await self._store.set_default(app_id, version_id)

@@ -399,6 +399,9 @@ def test_app_token_gives_the_apps_identity_token(stub, app_id):
     from kiln import auth as app_auth
     got = stub.AppToken(pb.AppTokenRequest(app_id=app_id), metadata=auth(token(app_id))).token
     assert app_auth.verify_app_token("integration-test-secret", got) == app_id
+    # It expires (hours, not forever): a person's copy stops working even if the secret is never rotated.
+    with pytest.raises(app_auth.UnauthenticatedError, match="expired"):
+        app_auth.verify_app_token("integration-test-secret", got, now=time.time() + 13 * 3600)
 
 
 def test_concurrent_deploys_of_one_version_get_distinct_minors(channel, stub, app_id, tmp_path):

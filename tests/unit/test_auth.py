@@ -23,6 +23,31 @@ def test_token_signed_with_another_secret_is_refused():
         auth.verify_app_token("secret", auth.mint_app_token("other-secret", "guestbook"))
 
 
+def test_an_expiring_token_verifies_until_its_time():
+    token = auth.mint_app_token("secret", "guestbook", expires_at=2000)
+    assert auth.verify_app_token("secret", token, now=1999) == "guestbook"
+    with pytest.raises(UnauthenticatedError, match="expired"):
+        auth.verify_app_token("secret", token, now=2001)
+
+
+def test_an_expiring_tokens_time_cannot_be_extended():
+    token = auth.mint_app_token("secret", "guestbook", expires_at=2000)
+    with pytest.raises(UnauthenticatedError, match="does not match"):
+        auth.verify_app_token("secret", token.replace(".2000.", ".9999999999."), now=2001)
+
+
+def test_an_expiring_token_cannot_pass_as_a_permanent_one():
+    app, expires, mac = auth.mint_app_token("secret", "guestbook", expires_at=2000).split(".")
+    with pytest.raises(UnauthenticatedError):
+        auth.verify_app_token("secret", f"{app}.{mac}", now=0)
+
+
+@pytest.mark.parametrize("token", ["guestbook.soon.abc", "guestbook..abc", "guestbook.1.2.abc", "Guest.1.abc"])
+def test_malformed_expiring_tokens_are_refused(token):
+    with pytest.raises(UnauthenticatedError, match="malformed"):
+        auth.verify_app_token("secret", token)
+
+
 def test_missing_metadata_is_unauthenticated():
     with pytest.raises(UnauthenticatedError, match="no app token"):
         auth.app_from_metadata("secret", ())
