@@ -3,12 +3,15 @@
 Routers publish each request's log record on ``kiln.logs.request``; the
 ``KILN_LOGS`` stream keeps them, and this service reads the stream with a
 durable consumer, acknowledging a batch only after storing it — so a crash or
-restart of the service loses no record (a redelivered one is stored once).
+restart of the service loses no record (a redelivered one is stored once). A
+batch the store refuses (Cassandra timing out) is handed back to the stream
+and tried again a second later, by this replica or another.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
@@ -26,6 +29,7 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = logs_pb2.DESCRIPTOR.services_by_name["LogsService"].full_name
 CONSUMER = "logs-svc"
 BATCH = 200
+STORE_RETRY_SECONDS = 1.0  # after the store failed, before the batch is tried again
 
 
 async def consume(js: JetStreamContext, store: Store, stopping: asyncio.Event) -> None:
@@ -48,7 +52,15 @@ async def consume(js: JetStreamContext, store: Store, stopping: asyncio.Event) -
                 records.append(logs_pb2.RequestLog.FromString(msg.data))
             except Exception:  # noqa: BLE001 - a malformed record is dropped, not retried forever
                 log.warning("dropping a malformed request-log record (%d bytes)", len(msg.data))
-        await store.add(records)
+        try:
+            await store.add(records)
+        except Exception:  # noqa: BLE001 - storage trouble must not end the consumer; the batch comes back
+            log.exception("storing %d request logs failed; they will be delivered again", len(records))
+            for msg in msgs:
+                with contextlib.suppress(nats.errors.Error):
+                    await msg.nak(delay=STORE_RETRY_SECONDS)
+            await asyncio.sleep(STORE_RETRY_SECONDS)
+            continue
         for msg in msgs:
             await msg.ack()
     # Leave the pull subscription before the connection drains: nats-py's drain

@@ -121,3 +121,39 @@ async def test_two_replicas_on_cassandra_share_the_log(supervisor, nats_url, cas
             break
         await asyncio.sleep(0.2)
     assert await ids(addresses[0]) == expected and await ids(addresses[1]) == expected
+
+
+class FailingOnceStore:
+    """Stands in for Cassandra timing out on the first batch (a unit of ours, so a stand-in is fair)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.stored: list[str] = []
+
+    async def add(self, records) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            raise RuntimeError("write timeout")
+        self.stored.extend(r.request_id for r in records)
+
+
+async def test_the_consumer_outlives_a_failing_store_and_stores_the_batch_again(supervisor, tmp_path):
+    from logs_svc.app import consume
+    (tmp_path / "nats").mkdir()
+    nats_url = f"nats://{supervisor.start_nats(tmp_path / 'nats', name=f'nats-{tmp_path.name}').address}"
+    nc = await bus.connect(nats_url, name="test-logs-failing-store")
+    await bus.ensure_log_stream(nc)
+    app = app_id()
+    for i in range(3):
+        await nc.publish(bus.REQUEST_LOG_SUBJECT, record(app, f"r{i}", NOW_US + i).SerializeToString())
+    await nc.flush()
+    store, stopping = FailingOnceStore(), asyncio.Event()
+    consumer = asyncio.create_task(consume(nc.jetstream(), store, stopping))
+    deadline = time.monotonic() + 30
+    while sorted(set(store.stored)) != ["r0", "r1", "r2"] and time.monotonic() < deadline:
+        assert not consumer.done(), consumer  # the failure must not end the consumer
+        await asyncio.sleep(0.1)
+    stopping.set()
+    await consumer
+    assert store.calls >= 2 and sorted(set(store.stored)) == ["r0", "r1", "r2"]
+    await nc.drain()
