@@ -151,31 +151,41 @@ class Scheduler:
                 await self._plan(app_id, job)
         last_scan = 0.0
         while not self._stopping.is_set():
-            now = self.now()
-            due = []
-            for app_id, jobs in list(self.jobs.items()):  # set_jobs may replace an app's jobs meanwhile
-                for job in jobs:
-                    key = job_id(app_id, job)
-                    while key in self._next and self._next[key] <= now:
-                        due.append((app_id, job, self._next[key]))
-                        self._next[key] = self._after(job, self._next[key], key)
-            # Claimed at once, not one after another: many jobs share a minute, and each claim is a round trip.
-            # Firings that hash to another replica are left to it for a moment (claimed later, as a backup).
-            mine = []
-            for app_id, job, when in due:
-                if self._prefers_me(job_id(app_id, job), when):
-                    mine.append(self._claim_and_fire(app_id, job, when))
-                else:
-                    self._track(asyncio.create_task(self._backup_claim(app_id, job, when)))
-            await asyncio.gather(*mine)
-            if self.clock() - last_scan >= self.store.liveness_seconds / 3:
-                last_scan = self.clock()
-                await self._heartbeat()
-                await self._take_over()
-            soonest = min(self._next.values(), default=now + datetime.timedelta(seconds=1))
-            wait = max(0.0, min(1.0, (soonest - self.now()).total_seconds()))
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), wait)
+            try:
+                last_scan = await self._tick(last_scan)
+            except Exception:  # noqa: BLE001 - NATS trouble must not stop this replica's cron for good
+                log.exception("cron: scheduler step failed; going on")
+                await asyncio.sleep(1)
+
+    async def _tick(self, last_scan: float) -> float:
+        """Claim what is due, heartbeat and take over when it is time, wait for the next firing; returns when
+        it last scanned for take-overs."""
+        now = self.now()
+        due = []
+        for app_id, jobs in list(self.jobs.items()):  # set_jobs may replace an app's jobs meanwhile
+            for job in jobs:
+                key = job_id(app_id, job)
+                while key in self._next and self._next[key] <= now:
+                    due.append((app_id, job, self._next[key]))
+                    self._next[key] = self._after(job, self._next[key], key)
+        # Claimed at once, not one after another: many jobs share a minute, and each claim is a round trip.
+        # Firings that hash to another replica are left to it for a moment (claimed later, as a backup).
+        mine = []
+        for app_id, job, when in due:
+            if self._prefers_me(job_id(app_id, job), when):
+                mine.append(self._claim_and_fire(app_id, job, when))
+            else:
+                self._track(asyncio.create_task(self._backup_claim(app_id, job, when)))
+        await asyncio.gather(*mine)
+        if self.clock() - last_scan >= self.store.liveness_seconds / 3:
+            last_scan = self.clock()
+            await self._heartbeat()
+            await self._take_over()
+        soonest = min(self._next.values(), default=now + datetime.timedelta(seconds=1))
+        wait = max(0.0, min(1.0, (soonest - self.now()).total_seconds()))
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), wait)
+        return last_scan
 
     async def set_jobs(self, app_id: str, jobs: list[CronJob]) -> None:
         """Replace an app's jobs (a new default version's cron.yaml): new jobs are planned, removed ones dropped.
@@ -260,7 +270,11 @@ class Scheduler:
         except nats.errors.Error as exc:
             log.warning("cron %s %s: could not claim %s: %s", app_id, job.url, scheduled.isoformat(), exc)
             return
-        await self.store.open.put(key, b"1")
+        try:
+            await self.store.open.put(key, b"1")
+        except nats.errors.Error as exc:  # fire anyway; only a take-over after this replica dies would miss it
+            log.warning("cron %s %s: could not list firing %s as open: %s", app_id, job.url, scheduled.isoformat(),
+                        exc)
         self._start(app_id, job, key, firing, revision)
 
     def _prefers_me(self, key: str, scheduled: datetime.datetime) -> bool:
