@@ -93,7 +93,11 @@ async def test_a_redelivered_record_is_stored_once(store):
 
 
 @pytest.mark.cassandra
-async def test_two_replicas_on_cassandra_share_the_log(supervisor, nats_url, cassandra_hosts):
+async def test_two_replicas_on_cassandra_share_the_log(supervisor, cassandra_hosts, tmp_path):
+    # A nats-server of its own: the session's has other logs_svc instances on the same durable consumer, which
+    # would take some of these records into their own stores.
+    (tmp_path / "nats").mkdir()
+    nats_url = f"nats://{supervisor.start_nats(tmp_path / 'nats', name=f'nats-{tmp_path.name}').address}"
     addresses = []
     for n in (1, 2):
         ready = supervisor.run_dir / f"logs-cass-{n}.addr"
