@@ -83,7 +83,8 @@ def skews(arrivals: list[tuple[str, float]]) -> list[float]:
 def summary(values: list[float]) -> str:
     ordered = sorted(values)
     p95 = ordered[max(0, int(len(ordered) * 0.95) - 1)]
-    return f"p50 {statistics.median(ordered) * 1000:7.1f} ms  p95 {p95 * 1000:7.1f} ms  max {ordered[-1] * 1000:7.1f} ms"
+    return (f"p50 {statistics.median(ordered) * 1000:7.1f} ms  p95 {p95 * 1000:7.1f} ms  "
+            f"max {ordered[-1] * 1000:7.1f} ms")
 
 
 def in_minutes(arrivals: list[tuple[str, float]], first: int, count: int) -> list[tuple[str, float]]:

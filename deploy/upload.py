@@ -17,8 +17,8 @@ import os
 import pathlib
 import stat
 import threading
-from typing import Any
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import grpc
 

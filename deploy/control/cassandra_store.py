@@ -98,7 +98,8 @@ class CassandraStore(Store):
             "list_blob": prepare(f"INSERT INTO {ks}.app_blobs (app_id, sha256, stored_us) VALUES (?, ?, ?)"),
             "app_blobs": prepare(f"SELECT sha256, stored_us, WRITETIME(stored_us) AS written FROM {ks}.app_blobs "
                                  "WHERE app_id = ?"),
-            "blob_written": prepare(f"SELECT WRITETIME(size) AS written FROM {ks}.blobs WHERE app_id = ? AND sha256 = ?"),
+            "blob_written": prepare(f"SELECT WRITETIME(size) AS written FROM {ks}.blobs "
+                                    "WHERE app_id = ? AND sha256 = ?"),
             "drop_blob": prepare(f"DELETE FROM {ks}.blobs USING TIMESTAMP ? WHERE app_id = ? AND sha256 = ?"),
             "drop_chunks": prepare(f"DELETE FROM {ks}.blob_chunks USING TIMESTAMP ? WHERE app_id = ? AND sha256 = ?"),
             "unlist_blob": prepare(f"DELETE FROM {ks}.app_blobs USING TIMESTAMP ? WHERE app_id = ? AND sha256 = ?"),
