@@ -1,8 +1,8 @@
 """Firing cron jobs exactly once across any number of ``cron_svc`` replicas.
 
 Every replica computes every job's schedule; at a scheduled time each tries to **claim** the firing — a
-create-if-absent of the key ``APP.JOB.EPOCH`` in the NATS KV bucket ``kiln-cron-claims`` — and only the one whose create
-succeeds fires it. So that replicas do not all race for every firing at the same moment, one of the live replicas
+create-if-absent of the key ``APP.JOB.EPOCH`` in the NATS KV bucket ``kiln-cron-claims`` — and only the one
+whose create succeeds fires it. So that replicas do not all race for every firing at the same moment, one of the live replicas
 (by rendezvous hashing of the firing's key over the liveness keys) claims at once and the others only
 ``BACKUP_CLAIM_SECONDS`` later, when their create fails unless that replica died; a replica that has not yet seen
 the others claims everything at once, which is merely slower. A claim stays listed in ``kiln-cron-open`` until its
