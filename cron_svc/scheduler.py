@@ -2,15 +2,16 @@
 
 Every replica computes every job's schedule; at a scheduled time each tries to **claim** the firing — a
 create-if-absent of the key ``APP.JOB.EPOCH`` in the NATS KV bucket ``kiln-cron-claims`` — and only the one
-whose create succeeds fires it. So that replicas do not all race for every firing at the same moment, one of the live replicas
-(by rendezvous hashing of the firing's key over the liveness keys) claims at once and the others only
-``BACKUP_CLAIM_SECONDS`` later, when their create fails unless that replica died; a replica that has not yet seen
-the others claims everything at once, which is merely slower. A claim stays listed in ``kiln-cron-open`` until its
-firing is finished (succeeded, or out of retries); each replica keeps a liveness key in ``kiln-cron-replicas`` (it
-expires a few seconds after the replica dies), and any replica that finds an open claim of a dead replica takes it
-over with a compare-and-set on the claim, so exactly one replica finishes it. (A replica that dies after its
-request reached the app but before it recorded the outcome leaves a firing whose outcome is unknown; the one that
-takes it over sends it again — the one window where an app can see a firing twice.)
+whose create succeeds fires it. So that replicas do not all race for every firing at the same moment, one of
+the live replicas (by rendezvous hashing of the firing's key over the liveness keys) claims at once and the
+others only ``BACKUP_CLAIM_SECONDS`` later, when their create fails unless that replica died; a replica that
+has not yet seen the others claims everything at once, which is merely slower. A claim stays listed in
+``kiln-cron-open`` until its firing is finished (succeeded, or out of retries); each replica keeps a liveness
+key in ``kiln-cron-replicas`` (it expires a few seconds after the replica dies), and any replica that finds an
+open claim of a dead replica takes it over with a compare-and-set on the claim, so exactly one replica
+finishes it. (A replica that dies after its request reached the app but before it recorded the outcome leaves
+a firing whose outcome is unknown; the one that takes it over sends it again — the one window where an app can
+see a firing twice.)
 
 Plain intervals (``every 5 minutes``) run from an anchor all replicas share (the first firing, stored in
 ``kiln-cron-state``), so every replica computes the same times. A job's last firing and status are kept in
