@@ -55,20 +55,38 @@ def start_control(supervisor, tmp_path_factory, nats_url: str, name: str, *extra
     return child.address
 
 
-# Grace 0: unused files are deleted as soon as their version goes (tests of the grace are in test_control_store).
 @pytest.fixture(scope="session")
 def control_embedded(supervisor, tmp_path_factory, nats_url):
-    return start_control(supervisor, tmp_path_factory, nats_url, "control-embedded", "--blob-grace-seconds", "0")
+    return start_control(supervisor, tmp_path_factory, nats_url, "control-embedded")
 
 
 @pytest.fixture(scope="session")
 def control_cassandra(supervisor, tmp_path_factory, nats_url, cassandra_hosts):
-    return start_control(supervisor, tmp_path_factory, nats_url, "control-cassandra", "--storage", "cassandra",
-                         "--cassandra-hosts", cassandra_hosts, "--cassandra-keyspace", "kiln_control_test",
-                         "--blob-grace-seconds", "0")
+    return start_control(supervisor, tmp_path_factory, nats_url, "control-cassandra", *cassandra_args(cassandra_hosts))
 
 
-@pytest.fixture(params=["embedded", pytest.param("cassandra", marks=pytest.mark.cassandra)])
+# Grace 0: unused files are deleted as soon as their version goes (tests of the grace are in test_control_store).
+# Only the collection tests use these: with grace 0 a collection still running from one deploy may delete a file
+# the next deploy has just uploaded (it names no version yet), which the deploy then uploads again.
+@pytest.fixture(scope="session")
+def collecting_embedded(supervisor, tmp_path_factory, nats_url):
+    return start_control(supervisor, tmp_path_factory, nats_url, "collecting-embedded", "--blob-grace-seconds", "0")
+
+
+@pytest.fixture(scope="session")
+def collecting_cassandra(supervisor, tmp_path_factory, nats_url, cassandra_hosts):
+    return start_control(supervisor, tmp_path_factory, nats_url, "collecting-cassandra",
+                         *cassandra_args(cassandra_hosts), "--blob-grace-seconds", "0")
+
+
+def cassandra_args(hosts: str) -> tuple[str, ...]:
+    return "--storage", "cassandra", "--cassandra-hosts", hosts, "--cassandra-keyspace", "kiln_control_test"
+
+
+ENGINES = ["embedded", pytest.param("cassandra", marks=pytest.mark.cassandra)]
+
+
+@pytest.fixture(params=ENGINES)
 def channel(request):
     addr = request.getfixturevalue(f"control_{request.param}")
     with grpc.insecure_channel(addr) as ch:
@@ -78,6 +96,14 @@ def channel(request):
 @pytest.fixture
 def stub(channel):
     return deploy_pb2_grpc.DeployServiceStub(channel)
+
+
+@pytest.fixture(params=ENGINES)
+def collecting(request):
+    """A channel to a control plane that deletes unused files at once."""
+    addr = request.getfixturevalue(f"collecting_{request.param}")
+    with grpc.insecure_channel(addr) as ch:
+        yield ch
 
 
 _counter = iter(range(10**6))
@@ -180,32 +206,35 @@ def wait_deleted(stub, app_id: str, content: str, seconds: float = 30) -> None:
         time.sleep(0.1)
 
 
-def test_deleting_a_version_deletes_the_files_no_other_version_uses(channel, stub, app_id, tmp_path):
-    upload.deploy(channel, token(app_id), write_app(tmp_path / "one", {"one.txt": "v1 only"}), app_id, "v1",
+def test_deleting_a_version_deletes_the_files_no_other_version_uses(collecting, app_id, tmp_path):
+    stub = deploy_pb2_grpc.DeployServiceStub(collecting)
+    upload.deploy(collecting, token(app_id), write_app(tmp_path / "one", {"one.txt": "v1 only"}), app_id, "v1",
                   promote=True)
-    upload.deploy(channel, token(app_id), write_app(tmp_path / "two", {"two.txt": "v2 only"}), app_id, "v2",
+    upload.deploy(collecting, token(app_id), write_app(tmp_path / "two", {"two.txt": "v2 only"}), app_id, "v2",
                   promote=True)
     stub.DeleteVersion(pb.DeleteVersionRequest(app_id=app_id, version_id="v1"), metadata=auth(token(app_id)))
     wait_deleted(stub, app_id, "v1 only")
     assert stored(stub, app_id, "v2 only") and stored(stub, app_id, "hello")  # static/a.txt: both had it
 
 
-def test_a_new_minor_deletes_the_files_only_the_previous_minor_used(channel, stub, app_id, tmp_path):
+def test_a_new_minor_deletes_the_files_only_the_previous_minor_used(collecting, app_id, tmp_path):
+    stub = deploy_pb2_grpc.DeployServiceStub(collecting)
     app = write_app(tmp_path / "app", {"main.py": "old code"})
-    upload.deploy(channel, token(app_id), app, app_id, "v1", promote=True)
+    upload.deploy(collecting, token(app_id), app, app_id, "v1", promote=True)
     (app / "main.py").write_text("new code")
-    upload.deploy(channel, token(app_id), app, app_id, "v1", promote=False)
+    upload.deploy(collecting, token(app_id), app, app_id, "v1", promote=False)
     wait_deleted(stub, app_id, "old code")
     assert stored(stub, app_id, "new code") and stored(stub, app_id, "hello")
 
 
-def test_a_deleted_versions_files_are_uploaded_again_when_it_is_redeployed(channel, stub, app_id, tmp_path):
-    upload.deploy(channel, token(app_id), write_app(tmp_path / "one"), app_id, "v1", promote=True)
+def test_a_deleted_versions_files_are_uploaded_again_when_it_is_redeployed(collecting, app_id, tmp_path):
+    stub = deploy_pb2_grpc.DeployServiceStub(collecting)
+    upload.deploy(collecting, token(app_id), write_app(tmp_path / "one"), app_id, "v1", promote=True)
     two = write_app(tmp_path / "two", {"two.txt": "back again"})
-    upload.deploy(channel, token(app_id), two, app_id, "v2", promote=False)
+    upload.deploy(collecting, token(app_id), two, app_id, "v2", promote=False)
     stub.DeleteVersion(pb.DeleteVersionRequest(app_id=app_id, version_id="v2"), metadata=auth(token(app_id)))
     wait_deleted(stub, app_id, "back again")
-    again = upload.deploy(channel, token(app_id), two, app_id, "v2", promote=False)
+    again = upload.deploy(collecting, token(app_id), two, app_id, "v2", promote=False)
     assert again.uploaded_files == 1
     assert stored(stub, app_id, "back again")
 
