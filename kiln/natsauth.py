@@ -16,8 +16,9 @@ It cannot read another app's requests or bodies, send requests to other apps
 other stream. The platform's user (routers, services, instance managers) may
 do everything. An app's password is derived from a secret only the platform
 holds, so an instance manager can hand it to the app's instances without a
-list of passwords. The NATS server needs every app's user in its
-configuration (:func:`server_config`; reload the server when an app is added).
+list of passwords. Either the NATS server has every app's user in its
+configuration (:func:`server_config`; reload the server when an app is added),
+or it asks the auth callout (:mod:`kiln.natscallout`), which knows every app.
 """
 
 from __future__ import annotations
@@ -83,21 +84,45 @@ def with_credentials(url: str, user: str | None, password: str | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m kiln.natsauth --app APP...``: print the ``authorization`` block for nats-server.
+    """``python -m kiln.natsauth``: print the ``authorization`` block for nats-server.
 
-    Reads the platform's password from ``KILN_NATS_PLATFORM_PASSWORD`` and the secret apps' passwords are
-    derived from from ``KILN_NATS_APP_SECRET`` (the instance managers' ``KILN_MANAGER_NATS_APP_SECRET``).
+    ``--app APP...`` lists the apps' users in it (reload the servers when an app is added); ``--callout`` lists
+    only the platform's user and sends everyone else to the auth callout (``python -m kiln.natscallout``,
+    issuer from ``KILN_NATS_CALLOUT_SEED``), so a new app needs no reload; ``--new-callout-seed`` prints a
+    fresh issuer seed. Reads the platform's password from ``KILN_NATS_PLATFORM_PASSWORD`` and the secret apps'
+    passwords are derived from from ``KILN_NATS_APP_SECRET`` (the instance managers'
+    ``KILN_MANAGER_NATS_APP_SECRET``).
     """
     import argparse
     import json
     import os
     import sys
 
+    from kiln import natscallout
+
     parser = argparse.ArgumentParser(prog="python -m kiln.natsauth", description=main.__doc__.split("\n\n")[0]
                                      if main.__doc__ else None)
-    parser.add_argument("--app", action="append", default=[], help="an app id (repeat for each app)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--app", action="append", default=[], help="an app id (repeat for each app)")
+    mode.add_argument("--callout", action="store_true",
+                      help="the auth callout decides on apps' users (issuer seed in KILN_NATS_CALLOUT_SEED)")
+    mode.add_argument("--new-callout-seed", action="store_true", help="print a new issuer seed for the callout")
     args = parser.parse_args(argv)
+    if args.new_callout_seed:
+        print(natscallout.new_issuer_seed())
+        return 0
     platform, secret = os.environ.get("KILN_NATS_PLATFORM_PASSWORD", ""), os.environ.get("KILN_NATS_APP_SECRET", "")
+    if args.callout:
+        try:
+            config = natscallout.server_config(platform, os.environ.get("KILN_NATS_CALLOUT_SEED", ""))
+        except ValueError as exc:
+            print(f"python -m kiln.natsauth: KILN_NATS_CALLOUT_SEED: {exc}", file=sys.stderr)
+            return 2
+        if not platform:
+            print("python -m kiln.natsauth: set KILN_NATS_PLATFORM_PASSWORD", file=sys.stderr)
+            return 2
+        print(json.dumps(config, indent=1))
+        return 0
     if not platform or not secret:
         print("python -m kiln.natsauth: set KILN_NATS_PLATFORM_PASSWORD and KILN_NATS_APP_SECRET", file=sys.stderr)
         return 2

@@ -6,13 +6,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import socket
 
 import nats
 import nats.errors
 import pytest
 
-from kiln import bus, natsauth
+from kiln import bus, natsauth, natscallout
+from kiln.supervisor import python_module
 
 pytestmark = pytest.mark.nats
 
@@ -20,11 +22,23 @@ PLATFORM_PASSWORD = "platform-password"
 APP_SECRET = "app-secret"
 
 
-@pytest.fixture(scope="module")
-def server(supervisor, tmp_path_factory):
-    config = natsauth.server_config(PLATFORM_PASSWORD, APP_SECRET, ["alpha", "beta"])
-    child = supervisor.start_nats(tmp_path_factory.mktemp("nats-auth"), name="nats-auth", config=config)
-    return f"nats://{child.address}"
+@pytest.fixture(scope="module", params=["static", "callout"])
+def server(request, supervisor, tmp_path_factory):
+    """A nats-server with the apps' users either in its configuration (only alpha and beta) or decided by the auth
+    callout (``python -m kiln.natscallout``; the configuration names no app)."""
+    name = f"nats-auth-{request.param}"
+    if request.param == "static":
+        config = natsauth.server_config(PLATFORM_PASSWORD, APP_SECRET, ["alpha", "beta"])
+        return f"nats://{supervisor.start_nats(tmp_path_factory.mktemp(name), name=name, config=config).address}"
+    seed = natscallout.new_issuer_seed()
+    config = natscallout.server_config(PLATFORM_PASSWORD, seed)
+    url = f"nats://{supervisor.start_nats(tmp_path_factory.mktemp(name), name=name, config=config).address}"
+    env = {**os.environ, "KILN_NATSCALLOUT_ISSUER_SEED": seed, "KILN_NATSCALLOUT_APP_SECRET": APP_SECRET,
+           "KILN_NATSCALLOUT_NATS_URL": natsauth.with_credentials(url, natsauth.PLATFORM_USER, PLATFORM_PASSWORD)}
+    ready = supervisor.run_dir / "natscallout.addr"
+    supervisor.start("natscallout", python_module("kiln.natscallout", "--listen", "127.0.0.1:0", "--ready-file",
+                                                  str(ready)), env=env, ready_file=ready)
+    return url
 
 
 class Conn:
@@ -137,12 +151,48 @@ async def test_an_app_uses_its_own_body_bucket_but_cannot_create_or_open_another
     await platform.nc.close()
 
 
-def test_a_wrong_password_cannot_connect(server):
+def refused(server: str, user: str, password: str) -> bool:
+    """Whether nats-server answers a CONNECT with these credentials with an authorization violation."""
     host, _, port = server.removeprefix("nats://").rpartition(":")
-    with socket.create_connection((host, int(port)), timeout=5) as sock:
-        reader = sock.makefile("rb")
+    with socket.create_connection((host, int(port)), timeout=10) as sock, sock.makefile("rb") as reader:
         assert reader.readline().startswith(b"INFO ")
-        login = {"user": natsauth.app_user("alpha"), "pass": "guess", "verbose": False, "pedantic": False}
+        login = {"user": user, "pass": password, "verbose": False, "pedantic": False}
         sock.sendall(b"CONNECT " + json.dumps(login).encode() + b"\r\nPING\r\n")
-        assert b"Authorization Violation" in reader.readline()
-        reader.close()
+        answer = reader.readline()
+        assert answer in (b"PONG\r\n",) or b"Authorization Violation" in answer, answer
+        return b"Authorization Violation" in answer
+
+
+@pytest.mark.parametrize("user, password", [
+    (natsauth.app_user("alpha"), "guess"),
+    (natsauth.app_user("alpha"), natsauth.app_password(APP_SECRET, "beta")),  # another app's password
+    (natsauth.app_user("al.pha"), natsauth.app_password(APP_SECRET, "al.pha")),  # not an app id: subjects
+    (natsauth.PLATFORM_USER, natsauth.app_password(APP_SECRET, "alpha")),
+    ("", ""),
+])
+def test_wrong_credentials_cannot_connect(server, user, password):
+    assert refused(server, user, password)
+
+
+def test_an_app_with_its_password_connects(server):
+    assert not refused(server, natsauth.app_user("alpha"), natsauth.app_password(APP_SECRET, "alpha"))
+
+
+async def test_an_app_the_server_was_never_told_of_connects_only_through_the_callout(server, request):
+    if request.node.callspec.params["server"] == "static":  # only the configuration's apps exist
+        assert refused(server, natsauth.app_user("gamma"), natsauth.app_password(APP_SECRET, "gamma"))
+        return
+    platform, gamma = await as_platform(server), await as_app(server, "gamma")
+
+    async def answer(msg):
+        await msg.respond(b"gamma:" + msg.data)
+
+    await gamma.nc.subscribe(bus.http_subject("gamma", "v1"), queue=bus.RUNTIME_QUEUE, cb=answer)
+    await gamma.nc.flush()
+    assert (await platform.nc.request(bus.http_subject("gamma", "v1"), b"hi", timeout=5)).data == b"gamma:hi"
+    await gamma.nc.close()
+    await platform.nc.close()
+    intruder, own, platform = await as_app(server, "gamma"), await as_app(server, "gamma"), await as_platform(server)
+    seen = await delivered("kiln.http.alpha.v1", "kiln.http.gamma.v1", listeners=(intruder, own),
+                           senders=(platform, platform))
+    assert seen == ["kiln.http.gamma.v1"]
