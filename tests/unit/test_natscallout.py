@@ -91,3 +91,20 @@ def test_the_server_configuration_lists_only_the_platform_and_the_issuer():
     assert block["users"] == [{"user": natsauth.PLATFORM_USER, "password": "pw"}]
     assert block["auth_callout"] == {"issuer": natscallout.issuer_public_key(SEED),
                                      "auth_users": [natsauth.PLATFORM_USER]}
+
+
+def test_natsauth_prints_a_new_seed_and_the_callout_block(capsys, monkeypatch):
+    import json
+    assert natsauth.main(["--new-callout-seed"]) == 0
+    seed = capsys.readouterr().out.strip()
+    monkeypatch.setenv("KILN_NATS_PLATFORM_PASSWORD", "pw")
+    monkeypatch.setenv("KILN_NATS_CALLOUT_SEED", seed)
+    assert natsauth.main(["--callout"]) == 0
+    assert json.loads(capsys.readouterr().out) == natscallout.server_config("pw", seed)
+
+
+def test_natsauth_refuses_the_callout_block_without_a_valid_seed(capsys, monkeypatch):
+    monkeypatch.setenv("KILN_NATS_PLATFORM_PASSWORD", "pw")
+    monkeypatch.setenv("KILN_NATS_CALLOUT_SEED", "not-a-seed")
+    assert natsauth.main(["--callout"]) == 2
+    assert "KILN_NATS_CALLOUT_SEED" in capsys.readouterr().err
