@@ -1,10 +1,12 @@
 """Run a command that dies with the process that started it.
 
-``diewithparent.py PARENT_PID [--uid N --gid N] [--rlimit NAME=SOFT] [--no-new-privs] -- CMD [ARGS...]``
+``diewithparent.py PARENT_PID [--uid N --gid N] [--rlimit NAME=SOFT] [--no-new-privs] [--private-network]
+-- CMD [ARGS...]``
 
 Run as a script (by path) by :mod:`kiln.supervisor`, never imported.
 
-Applies the optional process settings (resource limits, then dropping to
+Applies the optional process settings (a network namespace of its own with
+only a loopback interface, resource limits, then dropping to
 ``--gid``/``--uid`` with no supplementary groups, then ``PR_SET_NO_NEW_PRIVS``),
 sets ``PR_SET_PDEATHSIG`` (SIGTERM; after the uid change, which would clear
 it) and execs the command, which keeps all of them. The supervisor starts
@@ -18,13 +20,18 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import fcntl
 import os
 import resource
 import signal
+import socket
+import struct
 import sys
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_NO_NEW_PRIVS = 38
+_CLONE_NEWNET = 0x40000000
+_SIOCGIFFLAGS, _SIOCSIFFLAGS, _IFF_UP = 0x8913, 0x8914, 0x1
 _RLIMITS = {"as": resource.RLIMIT_AS, "nofile": resource.RLIMIT_NOFILE, "nproc": resource.RLIMIT_NPROC,
             "core": resource.RLIMIT_CORE, "fsize": resource.RLIMIT_FSIZE, "stack": resource.RLIMIT_STACK}
 
@@ -34,6 +41,17 @@ def _rlimit(text: str) -> tuple[int, int]:
     if not sep or name not in _RLIMITS or not value.isdigit():
         raise argparse.ArgumentTypeError(f"expected NAME=NUMBER with NAME one of {', '.join(_RLIMITS)}, got {text!r}")
     return _RLIMITS[name], int(value)
+
+
+def _private_network(libc: ctypes.CDLL) -> str | None:
+    """Move into a new network namespace and bring its loopback interface up; an error message, or None."""
+    if libc.unshare(_CLONE_NEWNET) != 0:
+        return f"unshare(CLONE_NEWNET) failed: {os.strerror(ctypes.get_errno())}"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        request = struct.pack("16sh22x", b"lo", 0)
+        flags = struct.unpack("16sh22x", fcntl.ioctl(sock, _SIOCGIFFLAGS, request))[1]
+        fcntl.ioctl(sock, _SIOCSIFFLAGS, struct.pack("16sh22x", b"lo", flags | _IFF_UP))
+    return None
 
 
 def main(argv: list[str]) -> int:
@@ -47,11 +65,17 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--gid", type=int)
     parser.add_argument("--rlimit", type=_rlimit, action="append", default=[])
     parser.add_argument("--no-new-privs", action="store_true")
+    parser.add_argument("--private-network", action="store_true")
     args = parser.parse_args(argv[1:split])
     command = argv[split + 1:]
     if not command:
         parser.error("no command given after --")
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    if args.private_network:
+        failed = _private_network(libc)
+        if failed:
+            print(f"diewithparent.py: {failed}", file=sys.stderr)
+            return 126
     for which, soft in args.rlimit:
         _, hard = resource.getrlimit(which)
         # Both limits: a process cannot raise a hard limit again once lowered.

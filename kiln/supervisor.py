@@ -41,6 +41,7 @@ class Confinement:
     gid: int | None = None
     rlimits: Mapping[str, int] = dataclasses.field(default_factory=dict)
     no_new_privs: bool = True
+    private_network: bool = False  # a network namespace of its own: loopback only
 
     def wrapper_args(self) -> list[str]:
         """Options of ``diewithparent.py`` that apply these settings."""
@@ -48,6 +49,7 @@ class Confinement:
         args += [] if self.gid is None else ["--gid", str(self.gid)]
         for name, value in sorted(self.rlimits.items()):
             args += ["--rlimit", f"{name}={value}"]
+        args += ["--private-network"] if self.private_network else []
         return args + (["--no-new-privs"] if self.no_new_privs else [])
 
 

@@ -29,7 +29,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from kiln import appyaml, bus, grpcserver
+from kiln import appyaml, bus, forward, grpcserver
 from kiln import runtime as kiln_runtime
 from kiln.handlers import Matcher
 from kiln.log import app_id as app_id_var
@@ -395,6 +395,14 @@ async def _heartbeats(nc: Client, instance: Instance, period: float) -> None:
         await asyncio.sleep(period)
 
 
+def loopback_nats_url(url: str, port: int) -> str:
+    """``url``'s first server's credentials, on the loopback ``port``."""
+    first = url.split(",")[0].strip()
+    parts = urllib.parse.urlsplit(first if "://" in first else f"nats://{first}")
+    credentials = parts.netloc.rpartition("@")[0]
+    return f"nats://{credentials + '@' if credentials else ''}127.0.0.1:{port}"
+
+
 async def serve(cfg: RuntimeConfig) -> None:
     """Load the app, subscribe, serve until SIGTERM, then drain."""
     app_config = appyaml.load(cfg.app_dir / "app.yaml")
@@ -406,7 +414,11 @@ async def serve(cfg: RuntimeConfig) -> None:
     instance.export_environment()
     # The instance writes the ready file itself, once subscribed, not the health server.
     health = await grpcserver.start(dataclasses.replace(cfg, ready_file=None), [])
-    nc = await bus.connect(cfg.nats_url, name=f"runtime-{cfg.instance_id}",
+    nats_url, relay = cfg.nats_url, None
+    if cfg.nats_socket:  # no network but loopback: NATS through the manager's socket (kiln.forward)
+        relay = await forward.tcp_to_unix(pathlib.Path(cfg.nats_socket))
+        nats_url = loopback_nats_url(cfg.nats_url, relay.sockets[0].getsockname()[1])
+    nc = await bus.connect(nats_url, name=f"runtime-{cfg.instance_id}",
                            inbox_prefix=bus.app_inbox_prefix(instance.app_id))
     instance.use_bus(nc)
     if "warmup" in app_config.inbound_services:
@@ -431,6 +443,8 @@ async def serve(cfg: RuntimeConfig) -> None:
     await direct.drain()  # type: ignore[no-untyped-call]
     await instance.finish(cfg.grace_seconds)
     await nc.drain()
+    if relay is not None:
+        relay.close()
     await health.stop(0)
     log.info("stopped after %d requests", instance.served)
     if instance.doomed.is_set():

@@ -17,10 +17,15 @@ What each layer guarantees (the Python layer is :mod:`runtime.sandbox`):
   memory (``/proc/PID/mem``) and environment (``/proc/PID/environ``) and kiln's
   own data are then closed to it by the kernel, whatever the app's code does.
 
-Not covered by either layer yet: apps share the host's network namespace and
-NATS server, so code that got past the Python layer could open a socket to
-them; per-app NATS credentials and a network namespace per instance would
-close that.
+- **With a private network** (``runtime.manager --network-isolation``, on
+  by default with user isolation where the kernel allows network namespaces),
+  each instance runs in a network namespace of its own with only a loopback
+  interface. What it needs — NATS, as its app's own NATS user
+  (:mod:`kiln.natsauth`), and the services it calls — it reaches through Unix
+  sockets its manager forwards (:mod:`kiln.forward`), in a directory only the
+  app's group may enter. Code that got past the Python layer cannot open a
+  connection to anything else: not Cassandra, not another app's or kiln's
+  ports, not the internet (outbound HTTP goes through the URL fetch service).
 """
 
 from __future__ import annotations
@@ -32,8 +37,10 @@ import os
 import pathlib
 import shutil
 import stat
+import subprocess
 import sys
 import sysconfig
+import tempfile
 from collections.abc import Iterable
 
 from kiln import appyaml
@@ -95,6 +102,31 @@ def platform_blocked() -> str | None:
         if blocked:
             return blocked
     return None
+
+
+def network_blocked() -> str | None:
+    """Why instances cannot get a network namespace of their own here (not root, a kernel without network
+    namespaces, a container that forbids them), or None."""
+    if os.geteuid() != 0:
+        return "not running as root"
+    wrapper = pathlib.Path(__file__).resolve().parent.parent / "kiln" / "diewithparent.py"
+    try:
+        done = subprocess.run([sys.executable, str(wrapper), str(os.getpid()), "--private-network", "--", "true"],
+                              capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"the network namespace probe failed: {exc}"
+    return None if done.returncode == 0 else (done.stderr.strip() or f"the probe exited with {done.returncode}")
+
+
+def socket_dir(gid: int) -> pathlib.Path:
+    """A new directory for the Unix sockets an instance's manager forwards, entered only by the app's group.
+
+    Under the system's temporary directory: a Unix socket's path is limited to 107 bytes, which a path under
+    the isolation root (with app and version names) could exceed.
+    """
+    path = pathlib.Path(tempfile.mkdtemp(prefix="kiln-net-"))
+    _own(path, gid, 0o750)
+    return path
 
 
 def grant_search() -> list[pathlib.Path]:

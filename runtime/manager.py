@@ -31,15 +31,17 @@ import shutil
 import signal
 import sys
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 
-from kiln import appyaml, auth, bus, natsauth
+from kiln import appyaml, auth, bus, forward, natsauth
 from kiln import log as kiln_log
 from kiln.errors import ConfigError
 from kiln.pb.runtime.v1 import events_pb2
 from kiln.supervisor import Child, Confinement, StartError, Supervisor, python_module
 from runtime import isolation, libraries
+from runtime.config import RuntimeConfig
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +127,9 @@ class Launch:
     app_root: pathlib.Path | None = None  # with user isolation: the app's directory under the isolation root
     uid: int | None = None
     staged: pathlib.Path | None = None  # with user isolation: the private copy of the version's files
+    # With a private network: the Unix sockets instances reach NATS and the services through, and their directory.
+    forwards: Sequence[forward.UnixToTcp] = ()
+    socket_dir: pathlib.Path | None = None
 
 
 # An instance that exits before it serves is restarted after a delay that doubles, up to this.
@@ -229,6 +234,17 @@ class Manager:
             if idle and current > wanted:
                 self.stop_instance(min(idle, key=lambda i: i.busy_at).instance_id)
 
+    async def open_network(self) -> None:
+        """Start forwarding the instances' Unix sockets (with a private network)."""
+        for relay in self._launch.forwards:
+            await relay.start()
+
+    async def close_network(self) -> None:
+        for relay in self._launch.forwards:
+            await relay.close()
+        if self._launch.socket_dir is not None:
+            shutil.rmtree(self._launch.socket_dir, ignore_errors=True)
+
     def shutdown(self) -> None:
         """Stop every instance (SIGTERM, so each finishes its requests) and remove the staged files."""
         self._sup.stop_all()
@@ -260,6 +276,7 @@ async def run(manager: Manager, nats_url: str, app_id: str, version_id: str, rea
 
     await nc.subscribe(bus.heartbeat_subject(app_id, version_id), cb=on_beat)
     await bus.BodyStore(nc, app_id).ensure()  # the app's instances may use its bucket, not create it
+    await manager.open_network()
     stop = asyncio.Event()
     wake = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -299,6 +316,7 @@ async def run(manager: Manager, nats_url: str, app_id: str, version_id: str, rea
         log.info("stopping %d instances", len(manager.instances))
         await loop.run_in_executor(None, manager.shutdown)
         changed()
+        await manager.close_network()
         await nc.drain()
     return status
 
@@ -345,6 +363,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="user: each app's instances run as the app's own Unix user on a private copy of its "
                              "files (needs root); none: as the manager's user; auto: user when running as root "
                              "and the platform is readable by app users (default: %(default)s)")
+    parser.add_argument("--network-isolation", choices=("auto", "on", "off"), default="auto",
+                        help="on: each instance runs in a network namespace of its own and reaches only NATS and "
+                             "the services, through Unix sockets the manager forwards (needs --isolation user); "
+                             "auto: on with user isolation where the kernel allows it (default: %(default)s)")
     parser.add_argument("--isolation-root", type=pathlib.Path, default=isolation.DEFAULT_ROOT,
                         help="where app users and staged files live (default: %(default)s)")
     parser.add_argument("--first-app-uid", type=int, default=isolation.DEFAULT_FIRST_UID,
@@ -418,6 +440,13 @@ def build(args: argparse.Namespace, extra_runtime_args: Sequence[str], environ: 
         rlimits["nproc"] = APP_PROCESSES
     runtime_args = ["--app-dir", str(app_dir), "--app-id", args.app_id, "--version-id", args.version_id,
                     "--memory-limit-mb", str(memory_mb), *environment.runtime_args(), *extra_runtime_args]
+    forwards: list[forward.UnixToTcp] = []
+    sockets = None
+    if _private_network(args.network_isolation, mode, args.nats_url):
+        assert uid is not None  # user isolation
+        sockets = isolation.socket_dir(uid)
+        overrides, forwards = forwarded(sockets, uid, args.nats_url, service_addresses(runtime_args, environ))
+        runtime_args += overrides  # the last occurrence of a flag wins
     env = instance_env(environ, auth.mint_app_token(secret, args.app_id))
     # The instance connects as the app's own NATS user when the platform has one per app, never as the platform.
     nats_secret = environ.get("KILN_MANAGER_NATS_APP_SECRET", "")
@@ -425,9 +454,87 @@ def build(args: argparse.Namespace, extra_runtime_args: Sequence[str], environ: 
         args.nats_url, natsauth.app_user(args.app_id) if nats_secret else None,
         natsauth.app_password(nats_secret, args.app_id) if nats_secret else None)
     launch = Launch(runtime_args=runtime_args, env=env,
-                    confinement=Confinement(uid=uid, gid=uid, rlimits=rlimits), app_root=app_root, uid=uid,
-                    staged=app_dir.parent if mode == "user" else None)
+                    confinement=Confinement(uid=uid, gid=uid, rlimits=rlimits, private_network=sockets is not None),
+                    app_root=app_root, uid=uid, staged=app_dir.parent if mode == "user" else None,
+                    forwards=forwards, socket_dir=sockets)
     return Manager(Supervisor(args.run_dir), launch, scaling)
+
+
+SERVICES = ("datastore", "memcache", "urlfetch", "mail", "images")  # RuntimeConfig's ``<name>_addr`` settings
+
+
+def _private_network(setting: str, mode: str, nats_url: str) -> bool:
+    """Whether instances get a network of their own (``--network-isolation``).
+
+    Raises:
+        ConfigError: ``on`` where it cannot be.
+    """
+    if setting == "off":
+        return False
+    blocked = "needs --isolation user (the app's own Unix user)" if mode != "user" else (
+        isolation.network_blocked() or _unforwardable_nats(nats_url))
+    if blocked and setting == "on":
+        raise ConfigError(f"--network-isolation on: {blocked}")
+    if blocked and mode == "user":
+        log.warning("instances share the host's network: %s", blocked)
+    return not blocked
+
+
+def _unforwardable_nats(url: str) -> str | None:
+    for server in filter(None, (s.strip() for s in url.split(","))):
+        scheme = urllib.parse.urlsplit(server if "://" in server else f"nats://{server}").scheme
+        if scheme != "nats":
+            return (f"NATS over {scheme}:// is not forwarded (the client would check the server's certificate "
+                    "against the loopback address it dials)")
+    return None
+
+
+def service_addresses(runtime_args: Sequence[str], environ: Mapping[str, str]) -> dict[str, str]:
+    """The services' addresses the runtime would use: its flags, else ``KILN_RUNTIME_<NAME>_ADDR``, else its
+    defaults."""
+    parser = argparse.ArgumentParser(add_help=False)
+    for name in SERVICES:
+        parser.add_argument(f"--{name}-addr", dest=name)
+    given, _ = parser.parse_known_args(list(runtime_args))
+    defaults = {f.name: f.default for f in dataclasses.fields(RuntimeConfig)}
+    return {name: getattr(given, name) or environ.get(f"KILN_RUNTIME_{name.upper()}_ADDR")
+            or str(defaults[f"{name}_addr"]) for name in SERVICES}
+
+
+def forwarded(directory: pathlib.Path, gid: int, nats_url: str,
+              services: Mapping[str, str]) -> tuple[list[str], list[forward.UnixToTcp]]:
+    """The runtime flags that point an instance at Unix sockets in ``directory``, and the forwarders behind them.
+
+    Memcache shards keep their names (``NAME=unix:PATH``): the client's hash ring is over the names, so an
+    instance picks the same shard for a key as every other client.
+
+    Raises:
+        ConfigError: an address that is not host:port.
+    """
+    flags: list[str] = []
+    relays: list[forward.UnixToTcp] = []
+
+    def relay(name: str, targets: list[str]) -> str:
+        try:
+            relays.append(forward.UnixToTcp(directory / f"{name}.sock", targets, gid))
+        except ValueError as exc:
+            raise ConfigError(f"cannot forward {name} to instances without a network: {exc}") from None
+        return str(relays[-1].path)
+
+    servers = []
+    for server in filter(None, (s.strip() for s in nats_url.split(","))):
+        parts = urllib.parse.urlsplit(server if "://" in server else f"nats://{server}")
+        host = parts.hostname or ""
+        servers.append(f"[{host}]:{parts.port or 4222}" if ":" in host else f"{host}:{parts.port or 4222}")
+    flags += ["--nats-socket", relay("nats", servers)]
+    for name, address in services.items():
+        if name == "memcache":
+            shards = [a.strip() for a in address.split(",") if a.strip()]
+            value = ",".join(f"{shard}=unix:{relay(f'memcache-{i}', [shard])}" for i, shard in enumerate(shards))
+        else:
+            value = f"unix:{relay(name, [address])}"
+        flags += [f"--{name}-addr", value]
+    return flags, relays
 
 
 if __name__ == "__main__":

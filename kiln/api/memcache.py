@@ -8,7 +8,10 @@ days or an absolute Unix time beyond, and every call works in the current
 namespace (:mod:`kiln.api.namespace_manager`) unless given one.
 
 Scale: ``KILN_MEMCACHE_ADDR`` may list several shards (``host:port,...``).
-Keys are spread over them by consistent hashing (:class:`Ring`), so adding a
+A shard may be ``NAME=TARGET``: hashed as NAME, dialled at the gRPC target
+(an instance without a network reaches ``10.0.0.5:50052`` as
+``10.0.0.5:50052=unix:/…/memcache-0.sock``, and picks the shard every other
+client picks). Keys are spread over them by consistent hashing (:class:`Ring`), so adding a
 shard moves only the share of keys it takes. A shard that does not answer
 turns into misses and failed stores, as a cache should: the app keeps
 working; it is skipped for a few seconds before being tried again.
@@ -127,15 +130,18 @@ class _Shards:
         self._down_until: dict[str, float] = {}
         self._ring: Ring | None = None
         self._addresses = ""
+        self._targets: dict[str, str] = {}  # shard name -> where to dial it
 
     def ring(self) -> Ring:
         addresses = os.environ.get("KILN_MEMCACHE_ADDR", "")
         with self._lock:
             if self._ring is None or addresses != self._addresses:
-                shards = [a.strip() for a in addresses.split(",") if a.strip()]
-                if not shards:
+                entries = [a.strip() for a in addresses.split(",") if a.strip()]
+                if not entries:
                     raise RuntimeError("KILN_MEMCACHE_ADDR is not set: run the app under kiln")
-                self._ring, self._addresses = Ring(shards), addresses
+                named = [(e.partition("=")[0].strip(), e.partition("=")[2].strip() or e) for e in entries]
+                self._targets = dict(named)
+                self._ring, self._addresses = Ring([name for name, _ in named]), addresses
             return self._ring
 
     def stub(self, address: str) -> memcache_pb2_grpc.MemcacheServiceStub | None:
@@ -144,7 +150,8 @@ class _Shards:
                 return None
             found = self._stubs.get(address)
             if found is None:
-                found = self._stubs[address] = memcache_pb2_grpc.MemcacheServiceStub(grpc.insecure_channel(address))
+                channel = grpc.insecure_channel(self._targets.get(address, address))
+                found = self._stubs[address] = memcache_pb2_grpc.MemcacheServiceStub(channel)
             return found
 
     def failed(self, address: str) -> None:

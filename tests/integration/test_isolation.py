@@ -9,6 +9,9 @@ import json
 import os
 import pathlib
 import shutil
+import socket
+import subprocess
+import sys
 import tempfile
 import urllib.parse
 
@@ -53,6 +56,15 @@ def app(environ, start_response):
         body = attempt(lambda: __import__(query["name"]).__file__)
     elif path == "/environ":
         body = attempt(lambda: pathlib.Path(f"/proc/{query['pid']}/environ").read_text())
+    elif path == "/services":
+        from kiln.api import datastore, memcache
+        def use():
+            entity = datastore.Entity("Note", name="n")
+            entity["text"] = query["text"]
+            datastore.Put(entity)
+            memcache.set("note", query["text"])
+            return [datastore.Get(entity.key())["text"], memcache.get("note")]
+        body = attempt(use)
     else:
         body = {"alive": True}
     start_response("200 OK", [("Content-Type", "application/json")])
@@ -63,7 +75,7 @@ APPS = ("isola", "isolb")
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, supervisor, nats_url):
+def stack(tmp_path_factory, supervisor, nats_url, grpc_services):
     if os.geteuid() != 0 or isolation.platform_blocked():
         pytest.fail("per-app users need root and a Python other users can run: "
                     "python -m runtime.isolation prepare (as root) says what it changes; .ci/run runs it")
@@ -88,7 +100,8 @@ def stack(tmp_path_factory, supervisor, nats_url):
             "runtime.manager", "--app-dir", str(app_dir), "--app-id", app_id, "--version-id", "v1",
             "--nats-url", nats_url, "--run-dir", str(run / f"{app_id}-instances"), "--isolation", "user",
             "--isolation-root", str(root), "--ready-file", str(run / f"manager-{app_id}.ready"), "--",
-            "--listen", "127.0.0.1:0"), env=env, ready_file=run / f"manager-{app_id}.ready", timeout=120)
+            "--listen", "127.0.0.1:0", "--datastore-addr", grpc_services["datastore"], "--memcache-addr",
+            grpc_services["memcache"]), env=env, ready_file=run / f"manager-{app_id}.ready", timeout=120)
     yield router.address, root, sources
     for app_id in APPS:
         for child in [c for c in supervisor.children if c.name == f"manager-{app_id}"]:
@@ -162,3 +175,40 @@ def test_an_isolated_app_imports_its_libraries_and_requirements_from_its_own_cop
     six = call(stack, "isola", "/import", name="six")["ok"]
     assert six.startswith(f"{here.parent}/libraries/")
     assert call(stack, "isola", "/import", name="itsdangerous")["ok"].startswith(f"{here.parent}/requirements/")
+
+
+def from_inside(pid: int, host: str, port: int) -> str:
+    """Try a TCP connection from inside process ``pid``'s network namespace: "connected" or the error."""
+    code = ("import socket, sys\ntry:\n    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)\n"
+            "    print('connected')\nexcept OSError as exc:\n    print(type(exc).__name__, exc.errno)")
+    done = subprocess.run(["nsenter", "-t", str(pid), "-n", sys.executable, "-c", code, host, str(port)],
+                          capture_output=True, text=True, timeout=30, check=True)
+    return done.stdout.strip()
+
+
+def test_an_instance_has_a_network_of_its_own_with_nothing_on_it(stack, grpc_services, nats_url):
+    if isolation.network_blocked():
+        pytest.fail(f"network namespaces are needed here: {isolation.network_blocked()}")
+    pid = whoami(stack, "isola")["pid"]
+    assert os.readlink(f"/proc/{pid}/ns/net") != os.readlink("/proc/self/ns/net")
+    nats_host, _, nats_port = nats_url.removeprefix("nats://").rpartition(":")
+    ds_host, _, ds_port = grpc_services["datastore"].rpartition(":")
+    # The same connections from here succeed: only the namespace stops them.
+    assert from_inside(os.getpid(), nats_host, int(nats_port)) == "connected"
+    assert from_inside(pid, nats_host, int(nats_port)).startswith("ConnectionRefusedError")
+    assert from_inside(pid, ds_host, int(ds_port)).startswith("ConnectionRefusedError")
+    # A port open on every address of this machine, reached by its address on the network (not loopback).
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe, socket.create_server(("0.0.0.0", 0)) as server:
+        try:
+            probe.connect(("192.0.2.1", 9))  # no packet is sent: this picks the outgoing interface's address
+            outside = probe.getsockname()[0]
+        except OSError:  # a machine without a route beyond loopback: the loopback checks above are the test
+            return
+        port = server.getsockname()[1]
+        assert from_inside(os.getpid(), outside, port) == "connected"
+        assert from_inside(pid, outside, port).startswith("OSError 101")  # ENETUNREACH
+
+
+def test_an_instance_without_a_network_still_uses_nats_and_the_services(stack):
+    assert call(stack, "isola", "/services", text="through the sockets") == {
+        "ok": ["through the sockets", "through the sockets"]}

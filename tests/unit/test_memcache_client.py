@@ -53,3 +53,13 @@ def test_unpicklable_values_are_refused_with_the_type():
 def test_keys_must_be_strings_or_bytes():
     with pytest.raises(TypeError):
         memcache._encode_key(12, b"")
+
+
+def test_named_shards_hash_by_name_and_dial_their_target(monkeypatch):
+    keys = [f"k{i}".encode() for i in range(200)]
+    shards = memcache._Shards()
+    monkeypatch.setenv("KILN_MEMCACHE_ADDR", "10.0.0.5:50052,10.0.0.6:50052")
+    plain = [shards.ring().shard_for(k) for k in keys]
+    monkeypatch.setenv("KILN_MEMCACHE_ADDR", "10.0.0.5:50052=unix:/run/a.sock,10.0.0.6:50052=unix:/run/b.sock")
+    assert [shards.ring().shard_for(k) for k in keys] == plain
+    assert shards._targets == {"10.0.0.5:50052": "unix:/run/a.sock", "10.0.0.6:50052": "unix:/run/b.sock"}
