@@ -37,7 +37,8 @@ def _dev(args: argparse.Namespace) -> int:
     opts = DevOptions(app_dir=app_dir, host=args.host, port=args.port, data_dir=args.data_dir,
                       storage=args.storage, clear_datastore=args.clear_datastore,
                       cassandra_hosts=args.cassandra_hosts or "", request_deadline=args.request_deadline,
-                      isolation=args.isolation, urlfetch_allow_internal=args.urlfetch_allow_internal)
+                      isolation=args.isolation, network_isolation=args.network_isolation,
+                      urlfetch_allow_internal=args.urlfetch_allow_internal)
     try:
         server = DevServer(opts)
         server.start()
@@ -79,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--isolation", choices=("none", "user", "auto"), default="none",
                      help="run the app as its own Unix user on a private copy of its files (user; needs root), "
                           "or as you (none, the default)")
+    dev.add_argument("--network-isolation", choices=("auto", "on", "off"), default="auto",
+                     help="with --isolation user: the app's instances in a network of their own that reaches only "
+                          "NATS and kiln's services (auto: where the kernel allows it)")
     dev.add_argument("--urlfetch-allow-internal", default="", metavar="CIDR[;CIDR]",
                      help="internal networks the app may fetch from (URL Fetch refuses loopback, private and "
                           "link-local addresses by default), e.g. 127.0.0.1/32 for a service on this machine")

@@ -50,6 +50,7 @@ class DevOptions:
     cassandra_hosts: str = ""
     request_deadline: float = 60.0
     isolation: str = "none"
+    network_isolation: str = "auto"  # with user isolation: the instance in a network of its own (runtime.manager)
     urlfetch_allow_internal: str = ""  # CIDR[;CIDR]: internal networks the app may fetch from
 
 
@@ -210,7 +211,8 @@ class DevServer:
         sup.start("manager", python_module(
             "runtime.manager", "--app-dir", str(self.opts.app_dir.resolve()), "--app-id", self.app_id,
             "--version-id", self.version_id, "--run-dir", str(self.instances_dir),
-            "--isolation", self.opts.isolation, "--stage-exclude", str(self.data_dir),
+            "--isolation", self.opts.isolation, "--network-isolation", self.opts.network_isolation,
+            "--stage-exclude", str(self.data_dir),
             "--ready-file", str(run / "manager.ready"), "--", *runtime_args),
             env=manager_env, ready_file=run / "manager.ready", timeout=120)
         self.url = f"http://{router.address}/"
