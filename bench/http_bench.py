@@ -77,13 +77,21 @@ def wait_http(url: str) -> None:
     raise RuntimeError(f"{url} did not answer")
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def wrk_args(doc: str | None) -> argparse.Namespace | None:
+    """``--seconds``/``--rounds`` of a wrk benchmark; None (after saying why) when wrk is missing."""
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=10, help="duration of each wrk run")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         print("wrk is not installed: apt-get install wrk", file=sys.stderr)
+        return None
+    return args
+
+
+def main() -> int:
+    args = wrk_args(__doc__)
+    if args is None:
         return 2
     gunicorn = pathlib.Path(sys.executable).with_name("gunicorn")
     if not gunicorn.exists():

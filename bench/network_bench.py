@@ -14,7 +14,6 @@ Needs ``wrk`` (Debian package ``wrk``).
 
 from __future__ import annotations
 
-import argparse
 import os
 import pathlib
 import shutil
@@ -25,17 +24,13 @@ import tempfile
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.http_bench import APP, wrk  # noqa: E402
+from bench.http_bench import APP, wrk, wrk_args  # noqa: E402
 from deploy.dev import DevOptions, DevServer  # noqa: E402
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=int, default=10, help="duration of each wrk run")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
-    args = parser.parse_args()
-    if not shutil.which("wrk"):
-        print("wrk is not installed: apt-get install wrk", file=sys.stderr)
+    args = wrk_args(__doc__)
+    if args is None:
         return 2
     if os.geteuid() != 0:
         print("run as root: user isolation starts instances as the app's own user", file=sys.stderr)
