@@ -34,9 +34,9 @@ sys.path.insert(0, str(ROOT))
 import grpc  # noqa: E402
 
 from deploy import bulkload, bulkload_cli  # noqa: E402
-from kiln import auth  # noqa: E402
+from kiln_platform import auth  # noqa: E402
 from kiln.pb.datastore.v1 import datastore_pb2_grpc  # noqa: E402
-from kiln.supervisor import Supervisor, python_module  # noqa: E402
+from kiln_platform.supervisor import Supervisor, python_module  # noqa: E402
 
 SECRET = "bench-secret"
 APP = "bulkbench"

@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 import aiohttp  # noqa: E402
 from aiohttp import web  # noqa: E402
 
-from kiln.supervisor import Supervisor, python_module  # noqa: E402
+from kiln_platform.supervisor import Supervisor, python_module  # noqa: E402
 
 
 class Recorder:

@@ -36,8 +36,8 @@ import grpc
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from kiln.supervisor import Supervisor, python_module  # noqa: E402
-from kiln import auth  # noqa: E402
+from kiln_platform.supervisor import Supervisor, python_module  # noqa: E402
+from kiln_platform import auth  # noqa: E402
 from kiln.pb.datastore.v1 import datastore_pb2 as pb  # noqa: E402
 from kiln.pb.datastore.v1 import datastore_pb2_grpc  # noqa: E402
 

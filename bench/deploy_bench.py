@@ -33,7 +33,7 @@ import grpc  # noqa: E402
 
 from deploy import upload  # noqa: E402
 from deploy.control import tokens  # noqa: E402
-from kiln.supervisor import Supervisor, python_module  # noqa: E402
+from kiln_platform.supervisor import Supervisor, python_module  # noqa: E402
 
 ADMIN_SECRET = "bench-admin-secret"
 APP = "bench"

@@ -37,7 +37,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from deploy.dev import DevOptions, DevServer  # noqa: E402
-from kiln.supervisor import free_port  # noqa: E402
+from kiln_platform.supervisor import free_port  # noqa: E402
 
 APP = ROOT / "bench" / "hello"
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}

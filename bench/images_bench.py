@@ -35,9 +35,9 @@ sys.path.insert(0, str(ROOT))
 
 from PIL import Image, ImageDraw, ImageFilter  # noqa: E402
 
-from kiln import auth  # noqa: E402
+from kiln_platform import auth  # noqa: E402
 from kiln.api import _rpc, images  # noqa: E402
-from kiln.supervisor import Supervisor, python_module  # noqa: E402
+from kiln_platform.supervisor import Supervisor, python_module  # noqa: E402
 
 SECRET = "bench-secret"
 SOURCE_SIZE = (1600, 1250)

@@ -37,9 +37,9 @@ sys.path.insert(0, str(ROOT))
 
 from aiosmtpd.smtp import SMTP, Envelope, Session  # noqa: E402
 
-from kiln import auth  # noqa: E402
+from kiln_platform import auth  # noqa: E402
 from kiln.api import _rpc, mail  # noqa: E402
-from kiln.supervisor import Supervisor, python_module  # noqa: E402
+from kiln_platform.supervisor import Supervisor, python_module  # noqa: E402
 
 SECRET = "bench-secret"
 APP = "bench"

@@ -35,9 +35,9 @@ sys.path.insert(0, str(ROOT))
 
 from pymemcache.client.base import Client as TextClient  # noqa: E402
 
-from kiln import auth  # noqa: E402
+from kiln_platform import auth  # noqa: E402
 from kiln.api import memcache  # noqa: E402
-from kiln.supervisor import Supervisor, free_port, python_module  # noqa: E402
+from kiln_platform.supervisor import Supervisor, free_port, python_module  # noqa: E402
 
 SECRET = "bench-secret"
 VALUE = b"v" * 100

@@ -28,9 +28,9 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from kiln import auth  # noqa: E402
+from kiln_platform import auth  # noqa: E402
 from kiln.api import _rpc, urlfetch  # noqa: E402
-from kiln.supervisor import Supervisor, python_module  # noqa: E402
+from kiln_platform.supervisor import Supervisor, python_module  # noqa: E402
 
 SECRET = "bench-secret"
 SERVER = """
@@ -91,7 +91,7 @@ def main() -> int:
     args = parser.parse_args()
     sup = Supervisor(pathlib.Path(tempfile.mkdtemp(prefix="kiln-urlfetch-bench-")))
     try:
-        from kiln.supervisor import free_port
+        from kiln_platform.supervisor import free_port
         port = free_port()
         sup.start("http-server", [sys.executable, "-c", SERVER, str(port)], ready_port=port)
         ready = sup.run_dir / "urlfetch.addr"

@@ -2,7 +2,7 @@
 
 from cron_svc.app import serve
 from cron_svc.config import CronConfig
-from kiln import service_main
+from kiln_platform import service_main
 
 if __name__ == "__main__":
     raise SystemExit(service_main.run("cron_svc", "CRON", CronConfig, serve))

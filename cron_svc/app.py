@@ -10,12 +10,12 @@ import time
 
 import aiohttp
 
-from kiln import cronyaml
+from kiln_platform import cronyaml
 from cron_svc.config import CronConfig
-from kiln.cronyaml import CronJob
+from kiln_platform.cronyaml import CronJob
 from cron_svc.scheduler import Scheduler, Store
 from cron_svc.service import CronService
-from kiln import auth, bus, grpcserver
+from kiln_platform import auth, bus, grpcserver
 from kiln.pb.cron.v1 import cron_pb2, cron_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ async def serve(cfg: CronConfig) -> None:
     follower, source = None, None
     if cfg.control_plane:
         from cron_svc.deployed import DeployedJobs
-        from kiln.deployclient import VersionSource
+        from kiln_platform.deployclient import VersionSource
         source = VersionSource(cfg.control_plane, cfg.control_token.get())
         follower = asyncio.create_task(DeployedJobs(source, scheduler).follow(nc, cfg.resync_seconds))
 

@@ -7,8 +7,8 @@ import os
 import pathlib
 import socket
 
-from kiln.bus import DEFAULT_URL
-from kiln.config import GrpcServiceConfig, Secret, field
+from kiln_platform.bus import DEFAULT_URL
+from kiln_platform.config import GrpcServiceConfig, Secret, field
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -13,8 +13,8 @@ import logging
 from nats.aio.client import Client
 
 from cron_svc.scheduler import Scheduler
-from kiln import cronyaml
-from kiln.deployclient import VersionSource, follow, parse_event
+from kiln_platform import cronyaml
+from kiln_platform.deployclient import VersionSource, follow, parse_event
 from kiln.errors import KilnError
 
 log = logging.getLogger(__name__)

@@ -41,7 +41,7 @@ from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
-from kiln.cronyaml import CronJob
+from kiln_platform.cronyaml import CronJob
 
 log = logging.getLogger(__name__)
 

@@ -7,9 +7,9 @@ from typing import Any
 
 import grpc
 
-from kiln import cronschedule as grammar
+from kiln_platform import cronschedule as grammar
 from cron_svc.scheduler import Scheduler
-from kiln import auth
+from kiln_platform import auth
 from kiln.errors import BadRequestError, PermissionDeniedError
 from kiln.pb.cron.v1 import cron_pb2 as pb
 from kiln.pb.cron.v1 import cron_pb2_grpc

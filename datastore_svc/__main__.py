@@ -2,7 +2,7 @@
 
 from datastore_svc.app import serve
 from datastore_svc.config import DatastoreConfig
-from kiln import service_main
+from kiln_platform import service_main
 
 if __name__ == "__main__":
     raise SystemExit(service_main.run("datastore_svc", "DATASTORE", DatastoreConfig, serve))

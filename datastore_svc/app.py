@@ -10,7 +10,7 @@ from datastore_svc.config import DatastoreConfig
 from datastore_svc.engine.base import Engine
 from datastore_svc.catalog import AutoIndexFile
 from datastore_svc.service import DatastoreService
-from kiln import grpcserver
+from kiln_platform import grpcserver
 from kiln.pb.datastore.v1 import datastore_pb2, datastore_pb2_grpc
 
 log = logging.getLogger(__name__)

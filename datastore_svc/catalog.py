@@ -21,7 +21,7 @@ from datastore_svc import index
 from datastore_svc.engine.base import Engine, Ref, StoredIndex
 from datastore_svc.index import IndexDef, Indexer
 from datastore_svc.keys import PREFIX_END, group_of
-from kiln import indexyaml
+from kiln_platform import indexyaml
 from kiln.errors import KilnError
 from kiln.pb.datastore.v1 import datastore_pb2 as pb
 

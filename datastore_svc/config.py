@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 
-from kiln.config import GrpcServiceConfig, field
+from kiln_platform.config import GrpcServiceConfig, field
 
 ENGINES = ("embedded", "cassandra")
 

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping
 
 from datastore_svc import values
 from datastore_svc.keys import encode_path, escape, unescape
-from kiln import indexyaml
+from kiln_platform import indexyaml
 from kiln.errors import BadRequestError
 from kiln.pb.datastore.v1 import datastore_pb2 as pb
 

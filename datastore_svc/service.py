@@ -17,7 +17,7 @@ from datastore_svc.catalog import AutoIndexFile, Catalog
 from datastore_svc.engine.base import Engine, GroupCommit, Ref, RowsOf, StoredIndex, Write
 from datastore_svc.index import IndexDef, Indexer, IndexRow
 from datastore_svc.keys import encode_element, encode_path, group_of
-from kiln import auth
+from kiln_platform import auth
 from kiln.errors import BadRequestError, ConcurrentTransactionError, NeedIndexError
 from kiln.pb.datastore.v1 import datastore_pb2 as pb
 from kiln.pb.datastore.v1 import datastore_pb2_grpc

@@ -41,7 +41,7 @@ import runpy
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from kiln import appyaml
+from kiln_platform import appyaml
 from kiln.api import datastore_types
 from kiln.errors import BadRequestError, ConfigError
 from kiln.pb.datastore.v1 import datastore_pb2 as pb

@@ -21,13 +21,13 @@ import logging
 import pathlib
 import sys
 
-from kiln import log as kiln_log
+from kiln_platform import log as kiln_log
 from kiln.errors import KilnError
 
 
 def _dev(args: argparse.Namespace) -> int:
     from deploy.dev import DevOptions, DevServer
-    from kiln.supervisor import StartError
+    from kiln_platform.supervisor import StartError
 
     app_dir = pathlib.Path(args.app_dir)
     if not (app_dir / "app.yaml").is_file():

@@ -25,9 +25,9 @@ import threading
 
 import grpc
 
-from kiln.supervisor import Supervisor, python_module
-from kiln import cronyaml
-from kiln import appyaml, auth, indexyaml, natsauth
+from kiln_platform.supervisor import Supervisor, python_module
+from kiln_platform import cronyaml
+from kiln_platform import appyaml, auth, indexyaml, natsauth
 from kiln.errors import ConfigError
 from kiln.pb.datastore.v1 import datastore_pb2, datastore_pb2_grpc
 
@@ -129,7 +129,7 @@ class DevServer:
 
     def _start_all(self, cassandra_hosts: str) -> None:
         sup, run = self.supervisor, self.run_dir
-        # NATS users: the platform's, and the app's own, restricted to its subjects (kiln.natsauth).
+        # NATS users: the platform's, and the app's own, restricted to its subjects (kiln_platform.natsauth).
         platform_password, nats_app_secret = secrets.token_hex(24), secrets.token_hex(32)
         nats = sup.start_nats(self.data_dir / "nats",
                               config=natsauth.server_config(platform_password, nats_app_secret, [self.app_id]))

@@ -22,7 +22,7 @@ import grpc
 
 from deploy.cliutil import (
     EXIT_OK, EXIT_USAGE, Output, add_connection, app_token, fail, guarded, metadata, missing_credentials)
-from kiln import appyaml, indexyaml
+from kiln_platform import appyaml, indexyaml
 from kiln.pb.datastore.v1 import datastore_pb2 as dpb
 from kiln.pb.datastore.v1 import datastore_pb2_grpc
 

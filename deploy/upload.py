@@ -23,7 +23,7 @@ from typing import Any
 import grpc
 
 from deploy.control import manifest
-from kiln import appyaml
+from kiln_platform import appyaml
 from kiln.errors import BadRequestError
 from kiln.pb.deploy.v1 import deploy_pb2 as pb
 from kiln.pb.deploy.v1 import deploy_pb2_grpc

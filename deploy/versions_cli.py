@@ -12,7 +12,7 @@ import grpc
 
 from deploy import upload
 from deploy.cliutil import EXIT_OK, EXIT_USAGE, Output, add_connection, fail, guarded, metadata, missing_credentials
-from kiln import appyaml
+from kiln_platform import appyaml
 from kiln.pb.deploy.v1 import deploy_pb2 as pb
 from kiln.pb.deploy.v1 import deploy_pb2_grpc
 

@@ -2,7 +2,7 @@
 
 from images_svc.app import serve
 from images_svc.config import ImagesConfig
-from kiln import service_main
+from kiln_platform import service_main
 
 if __name__ == "__main__":
     raise SystemExit(service_main.run("images_svc", "IMAGES", ImagesConfig, serve))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from images_svc import imaging
 from images_svc.config import ImagesConfig
 from images_svc.service import ImagesService
-from kiln import grpcserver
+from kiln_platform import grpcserver
 from kiln.pb.images.v1 import images_pb2, images_pb2_grpc
 
 SERVICE_NAME = images_pb2.DESCRIPTOR.services_by_name["ImagesService"].full_name

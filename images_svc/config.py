@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from images_svc import ops
-from kiln.config import GrpcServiceConfig, field
+from kiln_platform.config import GrpcServiceConfig, field
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -22,7 +22,8 @@ import grpc
 from images_svc import imaging, ops
 from images_svc.errors import (BadTransformDataError, ImageTooLargeError, InvalidBlobKeyError, NotImageError,
                                ObjectNotFoundError)
-from kiln import auth, errors
+from kiln import errors
+from kiln_platform import auth
 from kiln.pb.images.v1 import images_pb2 as pb
 from kiln.pb.images.v1 import images_pb2_grpc
 

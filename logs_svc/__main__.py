@@ -1,6 +1,6 @@
 """``python -m logs_svc``: run the logs service."""
 
-from kiln import service_main
+from kiln_platform import service_main
 from logs_svc.app import serve
 from logs_svc.config import LogsConfig
 

@@ -18,7 +18,7 @@ import time
 import nats.errors
 from nats.js import JetStreamContext
 
-from kiln import bus, grpcserver
+from kiln_platform import bus, grpcserver
 from kiln.pb.logs.v1 import logs_pb2, logs_pb2_grpc
 from logs_svc.config import LogsConfig
 from logs_svc.service import LogsService

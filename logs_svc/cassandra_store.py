@@ -20,7 +20,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from kiln import cassandra
+from kiln_platform import cassandra
 from kiln.errors import ConfigError
 from kiln.pb.logs.v1 import logs_pb2
 

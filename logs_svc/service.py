@@ -7,7 +7,7 @@ from typing import Any
 
 import grpc
 
-from kiln import auth
+from kiln_platform import auth
 from kiln.errors import BadRequestError, PermissionDeniedError
 from kiln.pb.logs.v1 import logs_pb2, logs_pb2_grpc
 from logs_svc.store import Store

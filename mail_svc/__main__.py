@@ -2,7 +2,7 @@
 
 from mail_svc.app import serve
 from mail_svc.config import MailConfig
-from kiln import service_main
+from kiln_platform import service_main
 
 if __name__ == "__main__":
     raise SystemExit(service_main.run("mail_svc", "MAIL", MailConfig, serve))

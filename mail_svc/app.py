@@ -13,9 +13,9 @@ import socket
 
 import aiohttp
 
-from kiln import bus, grpcserver
-from kiln.config import parse_hostport
-from kiln.grpcserver import write_ready_file
+from kiln_platform import bus, grpcserver
+from kiln_platform.config import parse_hostport
+from kiln_platform.grpcserver import write_ready_file
 from kiln.pb.mail.v1 import mail_pb2, mail_pb2_grpc
 from mail_svc import inbound
 from mail_svc.config import MailConfig

@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 
-from kiln.bus import DEFAULT_URL
-from kiln.config import GrpcServiceConfig, Secret, field, parse_app_emails, parse_hostport
+from kiln_platform.bus import DEFAULT_URL
+from kiln_platform.config import GrpcServiceConfig, Secret, field, parse_app_emails, parse_hostport
 
 # App Engine's limit for a message with its attachments (31.5 MB).
 DEFAULT_MAX_MAIL_BYTES = 31 * 1024 * 1024 + 512 * 1024

@@ -23,8 +23,8 @@ from typing import Any
 import aiohttp
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from kiln import auth
-from kiln.auth import APP_ID_RE
+from kiln_platform import auth
+from kiln_platform.auth import APP_ID_RE
 
 log = logging.getLogger(__name__)
 

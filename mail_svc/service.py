@@ -7,7 +7,8 @@ from typing import Any
 
 import grpc
 
-from kiln import auth, mailrules
+from kiln import mailrules
+from kiln_platform import auth
 from kiln.errors import BadRequestError, FailedPreconditionError
 from kiln.pb.mail.v1 import mail_pb2 as pb
 from kiln.pb.mail.v1 import mail_pb2_grpc

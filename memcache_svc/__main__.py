@@ -2,7 +2,7 @@
 
 from memcache_svc.app import serve
 from memcache_svc.config import MemcacheConfig
-from kiln import service_main
+from kiln_platform import service_main
 
 if __name__ == "__main__":
     raise SystemExit(service_main.run("memcache_svc", "MEMCACHE", MemcacheConfig, serve))

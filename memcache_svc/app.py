@@ -6,8 +6,8 @@ import asyncio
 import contextlib
 import logging
 
-from kiln import grpcserver
-from kiln.config import parse_hostport
+from kiln_platform import grpcserver
+from kiln_platform.config import parse_hostport
 from kiln.pb.memcache.v1 import memcache_pb2, memcache_pb2_grpc
 from memcache_svc import textproto
 from memcache_svc.config import MemcacheConfig

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from kiln.config import GrpcServiceConfig, field
+from kiln_platform.config import GrpcServiceConfig, field
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

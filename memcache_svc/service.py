@@ -7,7 +7,8 @@ from typing import Any
 
 import grpc
 
-from kiln import auth, errors
+from kiln import errors
+from kiln_platform import auth
 from kiln.pb.memcache.v1 import memcache_pb2 as pb
 from kiln.pb.memcache.v1 import memcache_pb2_grpc
 from memcache_svc.store import MAX_KEY_BYTES, MAX_VALUE_BYTES, Cache

@@ -1,6 +1,6 @@
 """``python -m router``: run the HTTP front door."""
 
-from kiln import service_main
+from kiln_platform import service_main
 from router.app import serve
 from router.config import RouterConfig
 

@@ -1,7 +1,7 @@
 """The HTTP front door: Host -> app version -> handler -> static file or NATS request -> response.
 
 For each request the router resolves the app and version from the Host
-header, finds the ``app.yaml`` handler for the path (:mod:`kiln.handlers`),
+header, finds the ``app.yaml`` handler for the path (:mod:`kiln_platform.handlers`),
 enforces its ``secure`` and ``login`` settings with the signed-in user from the
 session cookie (:mod:`router.users`), serves static handlers itself
 (:mod:`router.static`), and sends everything else as an
@@ -30,8 +30,8 @@ from aiohttp import web
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from kiln import auth, bus, grpcserver
-from kiln.deployclient import VersionSource
+from kiln_platform import auth, bus, grpcserver
+from kiln_platform.deployclient import VersionSource
 from kiln.pb.logs.v1 import logs_pb2
 from kiln.pb.runtime.v1 import http_pb2
 from router import hosts, oidc, responses, static, users

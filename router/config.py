@@ -6,8 +6,8 @@ import dataclasses
 import ipaddress
 import pathlib
 
-from kiln.bus import DEFAULT_URL
-from kiln.config import Secret, field, parse_app_emails, parse_hostport
+from kiln_platform.bus import DEFAULT_URL
+from kiln_platform.config import Secret, field, parse_app_emails, parse_hostport
 from router.versions import parse_app_dirs
 
 

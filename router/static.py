@@ -20,7 +20,7 @@ from collections import OrderedDict
 
 from aiohttp import web
 
-from kiln.appyaml import AppConfig, Handler
+from kiln_platform.appyaml import AppConfig, Handler
 from router.responses import http_date
 
 DEFAULT_EXPIRATION_SECONDS = 600

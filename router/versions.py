@@ -23,9 +23,9 @@ import time
 
 from nats.aio.client import Client
 
-from kiln import appyaml
-from kiln.deployclient import VersionSource, follow, parse_event
-from kiln.handlers import Matcher
+from kiln_platform import appyaml
+from kiln_platform.deployclient import VersionSource, follow, parse_event
+from kiln_platform.handlers import Matcher
 from kiln.pb.deploy.v1 import events_pb2
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """``python -m runtime``: run one app instance."""
 
-from kiln import service_main
+from kiln_platform import service_main
 from runtime.app import serve
 from runtime.config import RuntimeConfig
 

@@ -29,11 +29,11 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from kiln import appyaml, bus, forward, grpcserver
+from kiln_platform import appyaml, bus, forward, grpcserver
 from kiln import runtime as kiln_runtime
-from kiln.handlers import Matcher
-from kiln.log import app_id as app_id_var
-from kiln.log import request_id as request_id_var
+from kiln_platform.handlers import Matcher
+from kiln_platform.log import app_id as app_id_var
+from kiln_platform.log import request_id as request_id_var
 from kiln.pb.logs.v1 import logs_pb2
 from kiln.pb.runtime.v1 import events_pb2, http_pb2
 from runtime import httpfetch, isolation, sandbox
@@ -415,7 +415,7 @@ async def serve(cfg: RuntimeConfig) -> None:
     # The instance writes the ready file itself, once subscribed, not the health server.
     health = await grpcserver.start(dataclasses.replace(cfg, ready_file=None), [])
     nats_url, relay = cfg.nats_url, None
-    if cfg.nats_socket:  # no network but loopback: NATS through the manager's socket (kiln.forward)
+    if cfg.nats_socket:  # no network but loopback: NATS through the manager's socket (kiln_platform.forward)
         relay = await forward.tcp_to_unix(pathlib.Path(cfg.nats_socket))
         nats_url = loopback_nats_url(cfg.nats_url, relay.sockets[0].getsockname()[1])
     nc = await bus.connect(nats_url, name=f"runtime-{cfg.instance_id}",

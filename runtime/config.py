@@ -7,8 +7,8 @@ import pathlib
 import typing
 import uuid
 
-from kiln.bus import DEFAULT_URL
-from kiln.config import GrpcServiceConfig, Secret, field
+from kiln_platform.bus import DEFAULT_URL
+from kiln_platform.config import GrpcServiceConfig, Secret, field
 
 
 def _instance_id() -> str:

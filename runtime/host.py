@@ -8,7 +8,7 @@ keeps one instance manager (:mod:`runtime.manager`) per deployed version:
   its current minor, and stops the managers of versions that are gone;
 - on ``kiln.deploy.version`` events it acts at once: a new version, or a new
   minor of one, gets its files materialized by content hash
-  (:class:`kiln.deployclient.VersionSource`) and a new manager; only once that
+  (:class:`kiln_platform.deployclient.VersionSource`) and a new manager; only once that
   manager's first instances serve is the old minor's manager stopped (it
   drains its requests), so a redeploy drops no request; a deleted version's
   manager is stopped.
@@ -30,12 +30,12 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-from kiln import bus
-from kiln import log as kiln_log
-from kiln.deployclient import VersionSource, follow, parse_event
+from kiln_platform import bus
+from kiln_platform import log as kiln_log
+from kiln_platform.deployclient import VersionSource, follow, parse_event
 from kiln.pb.deploy.v1 import deploy_pb2 as pb
 from kiln.pb.deploy.v1 import events_pb2
-from kiln.supervisor import Child, StartError, Supervisor, python_module
+from kiln_platform.supervisor import Child, StartError, Supervisor, python_module
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ What each layer guarantees (the Python layer is :mod:`runtime.sandbox`):
   by default with user isolation where the kernel allows network namespaces),
   each instance runs in a network namespace of its own with only a loopback
   interface. What it needs — NATS, as its app's own NATS user
-  (:mod:`kiln.natsauth`), and the services it calls — it reaches through Unix
-  sockets its manager forwards (:mod:`kiln.forward`), in a directory only the
+  (:mod:`kiln_platform.natsauth`), and the services it calls — it reaches through Unix
+  sockets its manager forwards (:mod:`kiln_platform.forward`), in a directory only the
   app's group may enter. Code that got past the Python layer cannot open a
   connection to anything else: not Cassandra, not another app's or kiln's
   ports, not the internet (outbound HTTP goes through the URL fetch service).
@@ -43,7 +43,7 @@ import sysconfig
 import tempfile
 from collections.abc import Iterable
 
-from kiln import appyaml
+from kiln_platform import appyaml
 from kiln.errors import ConfigError
 
 DEFAULT_ROOT = pathlib.Path("/var/lib/kiln")
@@ -109,7 +109,7 @@ def network_blocked() -> str | None:
     namespaces, a container that forbids them), or None."""
     if os.geteuid() != 0:
         return "not running as root"
-    wrapper = pathlib.Path(__file__).resolve().parent.parent / "kiln" / "diewithparent.py"
+    wrapper = pathlib.Path(__file__).resolve().parent.parent / "kiln_platform" / "diewithparent.py"
     try:
         done = subprocess.run([sys.executable, str(wrapper), str(os.getpid()), "--private-network", "--", "true"],
                               capture_output=True, text=True, timeout=30, check=False)

@@ -38,7 +38,7 @@ import tempfile
 
 from packaging.requirements import InvalidRequirement, Requirement
 
-from kiln import appyaml
+from kiln_platform import appyaml
 from kiln.errors import ConfigError
 
 # name -> version -> the exact distributions installed for it (the library and its dependencies).

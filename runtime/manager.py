@@ -35,11 +35,11 @@ import urllib.parse
 import uuid
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 
-from kiln import appyaml, auth, bus, forward, natsauth
-from kiln import log as kiln_log
+from kiln_platform import appyaml, auth, bus, forward, natsauth
+from kiln_platform import log as kiln_log
 from kiln.errors import ConfigError
 from kiln.pb.runtime.v1 import events_pb2
-from kiln.supervisor import Child, Confinement, StartError, Supervisor, python_module
+from kiln_platform.supervisor import Child, Confinement, StartError, Supervisor, python_module
 from runtime import isolation, libraries
 from runtime.config import RuntimeConfig
 

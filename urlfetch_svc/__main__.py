@@ -2,7 +2,7 @@
 
 from urlfetch_svc.app import serve
 from urlfetch_svc.config import UrlFetchConfig
-from kiln import service_main
+from kiln_platform import service_main
 
 if __name__ == "__main__":
     raise SystemExit(service_main.run("urlfetch_svc", "URLFETCH", UrlFetchConfig, serve))

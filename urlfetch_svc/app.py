@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kiln import grpcserver
+from kiln_platform import grpcserver
 from kiln.pb.urlfetch.v1 import urlfetch_pb2, urlfetch_pb2_grpc
 from urlfetch_svc.config import UrlFetchConfig
 from urlfetch_svc.policy import Policies

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from kiln.config import GrpcServiceConfig, Secret, field
+from kiln_platform.config import GrpcServiceConfig, Secret, field
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -12,7 +12,8 @@ from typing import Any
 
 import grpc
 
-from kiln import auth, errors
+from kiln import errors
+from kiln_platform import auth
 from kiln.pb.urlfetch.v1 import urlfetch_pb2 as pb
 from kiln.pb.urlfetch.v1 import urlfetch_pb2_grpc
 from urlfetch_svc import fetcher

@@ -49,7 +49,7 @@ from typing import Any
 
 from datastore_svc.engine.base import GroupCommit, Ref, RowsOf, StoredIndex, Write
 from datastore_svc.index import IndexDef, IndexRow, metadata_of
-from kiln import cassandra as kiln_cassandra
+from kiln_platform import cassandra as kiln_cassandra
 from kiln.errors import ConcurrentTransactionError, ConfigError, UnavailableError
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ import sys
 from deploy.control import tokens
 from deploy.control.app import serve
 from deploy.control.config import ControlConfig
-from kiln import service_main
+from kiln_platform import service_main
 
 
 def mint_token(argv: list[str]) -> int:

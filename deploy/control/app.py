@@ -7,7 +7,7 @@ import logging
 from deploy.control.config import ControlConfig
 from deploy.control.service import DeployService
 from deploy.control.store import EmbeddedStore, Store
-from kiln import bus, grpcserver
+from kiln_platform import bus, grpcserver
 from kiln.pb.deploy.v1 import deploy_pb2, deploy_pb2_grpc
 
 log = logging.getLogger(__name__)

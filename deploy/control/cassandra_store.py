@@ -33,7 +33,7 @@ from typing import Any
 
 from deploy.control.store import (
     CHUNK_BYTES, Store, default_refused, loaded_form, named_blobs, no_version, not_uploaded, stored_form)
-from kiln import cassandra
+from kiln_platform import cassandra
 from kiln.errors import ConfigError, ConflictError, NotFoundError
 from kiln.pb.deploy.v1 import deploy_pb2 as pb
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 
-from kiln.bus import DEFAULT_URL
-from kiln.config import GrpcServiceConfig, Secret, field
+from kiln_platform.bus import DEFAULT_URL
+from kiln_platform.config import GrpcServiceConfig, Secret, field
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

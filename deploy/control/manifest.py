@@ -17,7 +17,7 @@ import re
 import tempfile
 from collections.abc import Iterable, Mapping
 
-from kiln import appyaml, cronyaml, indexyaml
+from kiln_platform import appyaml, cronyaml, indexyaml
 from kiln.errors import BadRequestError, TooLargeError
 from kiln.pb.deploy.v1 import deploy_pb2 as pb
 

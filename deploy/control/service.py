@@ -8,7 +8,7 @@ a truncated or altered upload stores nothing. A version is created only when
 its manifest passes App Engine's limits, its configuration files parse and
 every file it names is stored, so no half-deployed version is ever visible.
 Each creation, deletion and switch of the default is announced on NATS
-(:data:`kiln.bus.DEPLOY_VERSION_SUBJECT`, :data:`kiln.bus.DEPLOY_DEFAULT_SUBJECT`).
+(:data:`kiln_platform.bus.DEPLOY_VERSION_SUBJECT`, :data:`kiln_platform.bus.DEPLOY_DEFAULT_SUBJECT`).
 After a version is deleted or replaced by a new minor, the files no version
 names any more are deleted in the background (:meth:`Store.collect_garbage`).
 """
@@ -26,7 +26,7 @@ import grpc
 
 from deploy.control import manifest, tokens
 from deploy.control.store import Store, not_uploaded
-from kiln import auth, bus
+from kiln_platform import auth, bus
 from kiln.errors import BadRequestError, NotFoundError, PermissionDeniedError, TooLargeError
 from kiln.pb.deploy.v1 import deploy_pb2 as pb
 from kiln.pb.deploy.v1 import deploy_pb2_grpc

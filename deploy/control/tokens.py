@@ -16,7 +16,7 @@ import hashlib
 import hmac
 import re
 
-from kiln.auth import APP_ID_RE
+from kiln_platform.auth import APP_ID_RE
 from kiln.errors import PermissionDeniedError, UnauthenticatedError
 
 PREFIX = "kiln1"

@@ -15,8 +15,8 @@ import subprocess
 import grpc
 import pytest
 
-from kiln.supervisor import Supervisor, free_port, python_module
-from kiln import auth
+from kiln_platform.supervisor import Supervisor, free_port, python_module
+from kiln_platform import auth
 from kiln.pb.datastore.v1 import datastore_pb2_grpc
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]

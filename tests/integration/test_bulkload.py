@@ -16,7 +16,7 @@ import pytest
 from deploy import cli
 from kiln.pb.datastore.v1 import datastore_pb2 as pb
 from kiln.pb.datastore.v1 import datastore_pb2_grpc
-from kiln.supervisor import free_port, python_module
+from kiln_platform.supervisor import free_port, python_module
 from tests.integration.conftest import ROOT, app_metadata, service_env
 from tests.integration.test_control_plane import start_control, token
 

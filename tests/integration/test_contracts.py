@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from kiln import auth
+from kiln_platform import auth
 from tests.integration.conftest import ROOT, SECRET
 
 pytestmark = [pytest.mark.go, pytest.mark.nats]

@@ -23,7 +23,7 @@ from deploy import cli, upload
 from deploy.control import tokens
 from kiln.pb.deploy.v1 import deploy_pb2 as pb
 from kiln.pb.deploy.v1 import deploy_pb2_grpc, events_pb2
-from kiln.supervisor import python_module
+from kiln_platform.supervisor import python_module
 from tests.integration.conftest import service_env
 
 pytestmark = pytest.mark.nats
@@ -425,7 +425,7 @@ def test_files_are_private_to_their_app(stub, app_id):
 
 
 def test_app_token_gives_the_apps_identity_token(stub, app_id):
-    from kiln import auth as app_auth
+    from kiln_platform import auth as app_auth
     got = stub.AppToken(pb.AppTokenRequest(app_id=app_id), metadata=auth(token(app_id))).token
     assert app_auth.verify_app_token("integration-test-secret", got) == app_id
     # It expires (hours, not forever): a person's copy stops working even if the secret is never rotated.

@@ -9,7 +9,7 @@ import textwrap
 import grpc
 import pytest
 
-from kiln import auth
+from kiln_platform import auth
 from kiln.pb.cron.v1 import cron_pb2 as pb
 from kiln.pb.cron.v1 import cron_pb2_grpc
 from tests.integration import apps

@@ -11,7 +11,7 @@ import nats.errors
 import pytest
 
 from cron_svc.scheduler import Scheduler, Store
-from kiln import cronyaml
+from kiln_platform import cronyaml
 
 pytestmark = pytest.mark.nats
 

@@ -15,10 +15,10 @@ import time
 import nats
 import pytest
 
-from kiln import cronyaml
+from kiln_platform import cronyaml
 from cron_svc.scheduler import Firing, Store, job_id
-from kiln import auth
-from kiln.supervisor import python_module
+from kiln_platform import auth
+from kiln_platform.supervisor import python_module
 from tests.integration.conftest import service_env
 
 pytestmark = pytest.mark.nats

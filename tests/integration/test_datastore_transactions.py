@@ -11,7 +11,7 @@ import pytest
 
 from kiln.pb.datastore.v1 import datastore_pb2 as pb
 from kiln.pb.datastore.v1 import datastore_pb2_grpc
-from kiln.supervisor import python_module
+from kiln_platform.supervisor import python_module
 from tests.integration.conftest import service_env
 from tests.integration.test_datastore_queries import Client, ent, error_of, flt, key, names, q
 

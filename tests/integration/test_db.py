@@ -16,7 +16,7 @@ import uuid
 import grpc
 import pytest
 
-from kiln import auth
+from kiln_platform import auth
 from kiln.api import _rpc, datastore, users
 from kiln.ext import db
 from kiln.pb.datastore.v1 import datastore_pb2 as pb

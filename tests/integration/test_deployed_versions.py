@@ -15,7 +15,7 @@ import time
 import pytest
 
 from deploy import cli
-from kiln.supervisor import python_module
+from kiln_platform.supervisor import python_module
 from tests.integration.conftest import service_env
 from tests.integration.test_control_plane import start_control, token
 

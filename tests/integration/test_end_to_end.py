@@ -234,7 +234,7 @@ def _dev_app(tmp_path, name, index_yaml=None):
 
 
 def _datastore(server):
-    from kiln import auth
+    from kiln_platform import auth
     from kiln.pb.datastore.v1 import datastore_pb2_grpc
     channel = grpc.insecure_channel(server.addresses["datastore_svc"])
     token = auth.mint_app_token(server._secret, server.app_id)

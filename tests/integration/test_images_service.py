@@ -13,11 +13,12 @@ import grpc
 import pytest
 from PIL import Image as PILImage
 
-from kiln import auth, errors
+from kiln import errors
+from kiln_platform import auth
 from kiln.api import _rpc, images
 from kiln.pb.images.v1 import images_pb2 as pb
 from kiln.pb.images.v1 import images_pb2_grpc
-from kiln.supervisor import python_module
+from kiln_platform.supervisor import python_module
 from tests.integration.conftest import SECRET, app_metadata, service_env
 
 RED, GREEN, BLUE, YELLOW = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from kiln.supervisor import python_module
+from kiln_platform.supervisor import python_module
 from tests.integration import apps
 from tests.integration.conftest import service_env
 

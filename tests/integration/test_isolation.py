@@ -17,7 +17,7 @@ import urllib.parse
 
 import pytest
 
-from kiln.supervisor import python_module
+from kiln_platform.supervisor import python_module
 from runtime import isolation
 from tests.integration.apps import wait_for
 from tests.integration.conftest import service_env

@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 
-from kiln.supervisor import StartError
+from kiln_platform.supervisor import StartError
 from tests.integration.apps import fetch, running
 
 pytestmark = pytest.mark.nats

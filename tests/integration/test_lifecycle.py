@@ -13,7 +13,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from kiln.supervisor import Supervisor, python_module
+from kiln_platform.supervisor import Supervisor, python_module
 from tests.integration.conftest import ROOT, SERVICES, runtime_env, service_env
 
 pytestmark = pytest.mark.nats
@@ -106,7 +106,7 @@ def test_children_die_with_a_parent_that_is_killed_outright(tmp_path):
     script.write_text(
         "import pathlib, sys, time\n"
         f"sys.path.insert(0, {str(ROOT)!r})\n"
-        "from kiln.supervisor import Supervisor\n"
+        "from kiln_platform.supervisor import Supervisor\n"
         f"child = Supervisor(pathlib.Path({str(tmp_path / 'run')!r})).spawn('sleeper', ['sleep', '300'])\n"
         "print(child.proc.pid, flush=True)\n"
         "time.sleep(300)\n")

@@ -11,7 +11,7 @@ import pytest
 
 from tests.integration import apps
 from tests.integration.apps import running
-from kiln import auth
+from kiln_platform import auth
 from kiln.pb.logs.v1 import logs_pb2, logs_pb2_grpc
 
 pytestmark = pytest.mark.nats

@@ -10,9 +10,9 @@ import uuid
 import grpc
 import pytest
 
-from kiln import bus
+from kiln_platform import bus
 from kiln.pb.logs.v1 import logs_pb2, logs_pb2_grpc
-from kiln.supervisor import python_module
+from kiln_platform.supervisor import python_module
 from logs_svc.cassandra_store import DAY_US, CassandraLogStore
 from logs_svc.store import LogStore
 from tests.integration.conftest import app_metadata, service_env

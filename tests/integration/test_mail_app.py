@@ -15,7 +15,7 @@ import urllib.parse
 import grpc
 import pytest
 
-from kiln import auth
+from kiln_platform import auth
 from kiln.pb.mail.v1 import mail_pb2 as pb
 from kiln.pb.mail.v1 import mail_pb2_grpc
 from tests.integration import apps

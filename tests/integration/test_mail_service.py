@@ -12,11 +12,11 @@ import grpc
 import nats
 import pytest
 
-from kiln import auth
+from kiln_platform import auth
 from kiln.api import mail
 from kiln.pb.mail.v1 import mail_pb2 as pb
 from kiln.pb.mail.v1 import mail_pb2_grpc
-from kiln.supervisor import free_port, python_module
+from kiln_platform.supervisor import free_port, python_module
 from mail_svc import queue as mail_queue
 from tests.integration import smtpservers
 from tests.integration.conftest import SECRET, app_metadata, service_env

@@ -12,11 +12,11 @@ import pytest
 from pymemcache.client.base import Client as TextClient
 from pymemcache.exceptions import MemcacheClientError
 
-from kiln import auth
+from kiln_platform import auth
 from kiln.api import memcache, namespace_manager
 from kiln.pb.memcache.v1 import memcache_pb2 as pb
 from kiln.pb.memcache.v1 import memcache_pb2_grpc
-from kiln.supervisor import free_port, python_module
+from kiln_platform.supervisor import free_port, python_module
 from tests.integration.conftest import SECRET, app_metadata, service_env
 
 pytestmark = pytest.mark.nats

@@ -1,4 +1,4 @@
-"""Each app's NATS user reaches only its own subjects and body bucket (kiln.natsauth), on a real nats-server:
+"""Each app's NATS user reaches only its own subjects and body bucket (kiln_platform.natsauth), on a real nats-server:
 what app code that got past the Python sandbox could do with its instance's connection."""
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ import nats
 import nats.errors
 import pytest
 
-from kiln import bus, natsauth, natscallout
-from kiln.supervisor import python_module
+from kiln_platform import bus, natsauth
+from natscallout import callout as natscallout
+from kiln_platform.supervisor import python_module
 
 pytestmark = pytest.mark.nats
 
@@ -25,18 +26,18 @@ APP_SECRET = "app-secret"
 @pytest.fixture(scope="module", params=["static", "callout"])
 def server(request, supervisor, tmp_path_factory):
     """A nats-server with the apps' users either in its configuration (only alpha and beta) or decided by the auth
-    callout (``python -m kiln.natscallout``; the configuration names no app)."""
+    callout (``python -m natscallout``; the configuration names no app)."""
     name = f"nats-auth-{request.param}"
     if request.param == "static":
         config = natsauth.server_config(PLATFORM_PASSWORD, APP_SECRET, ["alpha", "beta"])
         return f"nats://{supervisor.start_nats(tmp_path_factory.mktemp(name), name=name, config=config).address}"
-    seed = natscallout.new_issuer_seed()
-    config = natscallout.server_config(PLATFORM_PASSWORD, seed)
+    seed = natsauth.new_issuer_seed()
+    config = natsauth.callout_server_config(PLATFORM_PASSWORD, seed)
     url = f"nats://{supervisor.start_nats(tmp_path_factory.mktemp(name), name=name, config=config).address}"
     env = {**os.environ, "KILN_NATSCALLOUT_ISSUER_SEED": seed, "KILN_NATSCALLOUT_APP_SECRET": APP_SECRET,
            "KILN_NATSCALLOUT_NATS_URL": natsauth.with_credentials(url, natsauth.PLATFORM_USER, PLATFORM_PASSWORD)}
     ready = supervisor.run_dir / "natscallout.addr"
-    supervisor.start("natscallout", python_module("kiln.natscallout", "--listen", "127.0.0.1:0", "--ready-file",
+    supervisor.start("natscallout", python_module("natscallout", "--listen", "127.0.0.1:0", "--ready-file",
                                                   str(ready)), env=env, ready_file=ready)
     return url
 

@@ -8,7 +8,7 @@ import urllib.parse
 
 import pytest
 
-from kiln.supervisor import free_port, python_module
+from kiln_platform.supervisor import free_port, python_module
 from tests.integration.conftest import ROOT, runtime_env, service_env
 
 pytestmark = pytest.mark.nats

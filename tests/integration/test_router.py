@@ -434,7 +434,7 @@ def test_default_content_type_is_text_html_and_date_is_set(server):
 
 @pytest.fixture(scope="module")
 def production(tmp_path_factory, supervisor, nats_url):
-    from kiln.supervisor import python_module
+    from kiln_platform.supervisor import python_module
     from tests.integration.conftest import runtime_env, service_env
     app_dir = tmp_path_factory.mktemp("hostapp")
     (app_dir / "app.yaml").write_text("runtime: python27\napi_version: 1\nthreadsafe: true\n"

@@ -120,6 +120,6 @@ def test_the_instance_process_holds_no_secret_only_its_apps_token(server):
     assert not [name for name in environ if "SECRET" in name]
     assert server._secret not in "".join(environ.values())
     assert environ["KILN_RUNTIME_APP_TOKEN"].startswith(server.app_id + ".")
-    # NATS: the app's own restricted user (kiln.natsauth), never the platform's.
+    # NATS: the app's own restricted user (kiln_platform.natsauth), never the platform's.
     assert f"//app-{server.app_id}:" in environ["KILN_RUNTIME_NATS_URL"]
     assert server.nats_url.split("@")[0] not in "".join(environ.values())

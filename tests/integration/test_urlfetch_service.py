@@ -12,7 +12,7 @@ import pytest
 from kiln.api import _rpc, urlfetch
 from kiln.pb.urlfetch.v1 import urlfetch_pb2 as pb
 from kiln.pb.urlfetch.v1 import urlfetch_pb2_grpc
-from kiln.supervisor import python_module
+from kiln_platform.supervisor import python_module
 from tests.integration import webservers
 from tests.integration.conftest import SECRET, app_metadata, service_env
 
@@ -43,7 +43,7 @@ def servers(tmp_path_factory):
 def as_app(service, monkeypatch):
     """Make this test process an app's SDK: service address and the app's token."""
     def use(app_id: str) -> None:
-        from kiln import auth
+        from kiln_platform import auth
         monkeypatch.setenv("KILN_URLFETCH_ADDR", service)
         monkeypatch.setenv("KILN_APP_TOKEN", auth.mint_app_token(SECRET, app_id))
         _rpc.reset()

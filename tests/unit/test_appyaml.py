@@ -1,11 +1,11 @@
-"""kiln.appyaml: parsing and validating app.yaml."""
+"""kiln_platform.appyaml: parsing and validating app.yaml."""
 
 import pathlib
 import textwrap
 
 import pytest
 
-from kiln.appyaml import DEFAULT_SKIP_FILES, AppYamlError, load, parse, parse_duration
+from kiln_platform.appyaml import DEFAULT_SKIP_FILES, AppYamlError, load, parse, parse_duration
 
 BASE = """\
 runtime: python27

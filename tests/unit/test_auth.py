@@ -1,8 +1,8 @@
-"""kiln.auth: app identity tokens."""
+"""kiln_platform.auth: app identity tokens."""
 
 import pytest
 
-from kiln import auth
+from kiln_platform import auth
 from kiln.errors import UnauthenticatedError
 
 

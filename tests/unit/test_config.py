@@ -1,4 +1,4 @@
-"""kiln.config: precedence, conversion and errors."""
+"""kiln_platform.config: precedence, conversion and errors."""
 
 import dataclasses
 import pathlib
@@ -6,7 +6,7 @@ import pathlib
 import pytest
 
 from datastore_svc.config import DatastoreConfig
-from kiln.config import GrpcServiceConfig, Secret, load
+from kiln_platform.config import GrpcServiceConfig, Secret, load
 from kiln.errors import ConfigError
 
 ENV = {"KILN_DATASTORE_SERVICE_SECRET": "s"}

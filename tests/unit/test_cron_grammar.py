@@ -1,4 +1,4 @@
-"""App Engine's cron schedule grammar (kiln.cronschedule) and cron.yaml (kiln.cronyaml): parsing, errors that
+"""App Engine's cron schedule grammar (kiln_platform.cronschedule) and cron.yaml (kiln_platform.cronyaml): parsing, errors that
 point at the word, and firing times across time zones and DST changes."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import zoneinfo
 
 import pytest
 
-from kiln import cronyaml
-from kiln.cronschedule import ScheduleError, parse, parse_timezone
-from kiln.appyaml import AppYamlError
+from kiln_platform import cronyaml
+from kiln_platform.cronschedule import ScheduleError, parse, parse_timezone
+from kiln_platform.appyaml import AppYamlError
 
 UTC = datetime.timezone.utc
 NY = zoneinfo.ZoneInfo("America/New_York")

@@ -1,4 +1,4 @@
-"""kiln.forward: Unix socket <-> TCP forwarding, byte for byte, on loopback."""
+"""kiln_platform.forward: Unix socket <-> TCP forwarding, byte for byte, on loopback."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import stat
 
 import pytest
 
-from kiln import forward
+from kiln_platform import forward
 
 
 async def echo_server() -> tuple[asyncio.AbstractServer, str]:

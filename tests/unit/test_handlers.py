@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from kiln import appyaml
-from kiln.handlers import Matcher
+from kiln_platform import appyaml
+from kiln_platform.handlers import Matcher
 
 YAML = r"""
 runtime: python27

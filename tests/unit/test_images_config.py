@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from images_svc.config import ImagesConfig
-from kiln import config
+from kiln_platform import config
 from kiln.errors import ConfigError
 
 SECRET = {"KILN_IMAGES_SERVICE_SECRET": "s"}

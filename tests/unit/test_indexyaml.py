@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from kiln import indexyaml
-from kiln.appyaml import AppYamlError
+from kiln_platform import indexyaml
+from kiln_platform.appyaml import AppYamlError
 from kiln.pb.datastore.v1 import datastore_pb2 as pb
 
 GOOD = """indexes:

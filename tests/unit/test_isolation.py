@@ -7,7 +7,7 @@ import pathlib
 
 import pytest
 
-from kiln import appyaml
+from kiln_platform import appyaml
 from runtime import isolation
 
 

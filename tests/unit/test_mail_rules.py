@@ -1,5 +1,5 @@
 """App Engine's mail rules (kiln.mailrules), the service's message checks and rendering (mail_svc.message), the
-router's gate on /_ah/mail/, and the proofs that vouch for a signed-in user or a platform request (kiln.auth)."""
+router's gate on /_ah/mail/, and the proofs that vouch for a signed-in user or a platform request (kiln_platform.auth)."""
 
 from __future__ import annotations
 
@@ -11,14 +11,15 @@ import zipfile
 
 import pytest
 
-from kiln import appyaml, auth, mailrules
+from kiln import mailrules
+from kiln_platform import appyaml, auth
 from kiln.api import mail
 from kiln.pb.mail.v1 import mail_pb2 as pb
 from mail_svc import message as rendering
 from mail_svc.errors import (BadMessageError, InvalidAttachmentTypeError, InvalidEmailError, InvalidHeaderNameError,
                              MessageTooLargeError, MissingRecipientsError)
 from router.app import _refuse_inbound_mail
-from kiln.handlers import Matcher
+from kiln_platform.handlers import Matcher
 from router.versions import Version
 
 

@@ -1,4 +1,4 @@
-"""The NATS auth callout's answers (kiln.natscallout), without a server: what it signs and for whom. The server side
+"""The NATS auth callout's answers (natscallout), without a server: what it signs and for whom. The server side
 (nats-server accepting these answers and enforcing the permissions) is in tests/integration/test_nats_permissions."""
 
 from __future__ import annotations
@@ -9,10 +9,11 @@ import secrets
 import nkeys
 import pytest
 
-from kiln import natsauth, natscallout
+from kiln_platform import natsauth
+from natscallout import callout as natscallout
 
 APP_SECRET = "app-secret"
-SEED = natscallout.new_issuer_seed()
+SEED = natsauth.new_issuer_seed()
 SERVER = nkeys.from_seed(nkeys.encode_seed(secrets.token_bytes(32), nkeys.PREFIX_BYTE_SERVER))
 USER_NKEY = nkeys.from_seed(nkeys.encode_seed(secrets.token_bytes(32), nkeys.PREFIX_BYTE_USER)).public_key.decode()
 
@@ -38,7 +39,7 @@ def verified(token: str) -> bool:
 def test_an_apps_password_gets_a_user_jwt_with_its_permissions_for_the_requested_key():
     response = answer("app-alpha", natsauth.app_password(APP_SECRET, "alpha"))
     assert (response["sub"], response["aud"]) == (USER_NKEY, "NSERVERID")
-    assert response["iss"] == natscallout.issuer_public_key(SEED) and "error" not in response["nats"]
+    assert response["iss"] == natsauth.issuer_public_key(SEED) and "error" not in response["nats"]
     user = natscallout.jwt_claims(response["nats"]["jwt"])
     assert (user["sub"], user["aud"], user["name"]) == (USER_NKEY, "$G", "app-alpha")
     assert user["nats"]["sub"]["allow"] == natsauth.app_permissions("alpha")["subscribe"]["allow"]
@@ -82,14 +83,14 @@ def test_the_issuer_must_be_an_account_seed():
     user_seed = nkeys.encode_seed(secrets.token_bytes(32), nkeys.PREFIX_BYTE_USER).decode()
     for bad in (user_seed, "SAnot-a-seed", ""):
         with pytest.raises(ValueError):
-            natscallout.issuer_public_key(bad)
-    assert natscallout.issuer_public_key(SEED).startswith("A")
+            natsauth.issuer_public_key(bad)
+    assert natsauth.issuer_public_key(SEED).startswith("A")
 
 
 def test_the_server_configuration_lists_only_the_platform_and_the_issuer():
-    block = natscallout.server_config("pw", SEED)["authorization"]
+    block = natsauth.callout_server_config("pw", SEED)["authorization"]
     assert block["users"] == [{"user": natsauth.PLATFORM_USER, "password": "pw"}]
-    assert block["auth_callout"] == {"issuer": natscallout.issuer_public_key(SEED),
+    assert block["auth_callout"] == {"issuer": natsauth.issuer_public_key(SEED),
                                      "auth_users": [natsauth.PLATFORM_USER]}
 
 
@@ -100,7 +101,7 @@ def test_natsauth_prints_a_new_seed_and_the_callout_block(capsys, monkeypatch):
     monkeypatch.setenv("KILN_NATS_PLATFORM_PASSWORD", "pw")
     monkeypatch.setenv("KILN_NATS_CALLOUT_SEED", seed)
     assert natsauth.main(["--callout"]) == 0
-    assert json.loads(capsys.readouterr().out) == natscallout.server_config("pw", seed)
+    assert json.loads(capsys.readouterr().out) == natsauth.callout_server_config("pw", seed)
 
 
 def test_natsauth_refuses_the_callout_block_without_a_valid_seed(capsys, monkeypatch):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kiln import appyaml
+from kiln_platform import appyaml
 from runtime.manager import Scaling
 
 

@@ -26,8 +26,8 @@ import pathlib
 import re
 import zoneinfo
 
-from kiln import cronschedule as schedules
-from kiln.appyaml import AppYamlError, _check_keys, _Ctx, _float, _int, _Map, _seq, _str, load_yaml, parse_duration
+from kiln_platform import cronschedule as schedules
+from kiln_platform.appyaml import AppYamlError, _check_keys, _Ctx, _float, _int, _Map, _seq, _str, load_yaml, parse_duration
 
 MAX_JOBS = 250  # App Engine's limit per app
 VERSION_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")

@@ -1,35 +1,14 @@
-"""NATS auth callout: apps' NATS users without listing them in nats-server's configuration.
+"""The callout's answer: nats-server's authorization request in, a user JWT signed by the issuer out (see the
+package docstring)."""
 
-With static users (:func:`kiln.natsauth.server_config`) every app must be in
-the server's configuration, so adding an app means regenerating it and
-reloading every server. With the auth callout the server lists only the
-platform's user and asks this service about everyone else: nats-server sends
-each connection's credentials on ``$SYS.REQ.USER.AUTH`` as a JWT it signs, and
-takes the user JWT in the answer, which carries the user's permissions, if it
-is signed by the configured issuer (an account nkey whose seed only this
-service holds).
-
-An app's user ``app-APP`` is let in when its password is the one derived
-from the app secret (:func:`kiln.natsauth.app_password`, as the instance
-managers hand it out), with the same permissions as the static configuration
-(:func:`kiln.natsauth.app_permissions`). Anyone else is refused, with a reason
-in the server's log. Run two or more replicas: they share one queue group,
-and while none runs no app instance can connect (connections already open
-stay).
-
-The request is not encrypted (no ``xkey``): run it on the platform's
-network, with TLS to the servers as for every NATS client.
-"""
 
 from __future__ import annotations
 
 import base64
-import dataclasses
 import hashlib
 import hmac
 import json
 import logging
-import secrets
 import time
 from typing import Any
 
@@ -37,46 +16,15 @@ import nkeys
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from kiln import bus, grpcserver, natsauth
-from kiln.auth import APP_ID_RE
-from kiln.bus import DEFAULT_URL
-from kiln.config import GrpcServiceConfig, Secret, field
+from kiln_platform import natsauth
+from kiln_platform.auth import APP_ID_RE
+from kiln_platform.natsauth import issuer_public_key
 
-log = logging.getLogger("kiln.natscallout")
+log = logging.getLogger("natscallout")
 
 CALLOUT_SUBJECT = "$SYS.REQ.USER.AUTH"
 QUEUE = "kiln-natscallout"
 GLOBAL_ACCOUNT = "$G"  # nats-server's account for users when the configuration names no accounts
-
-
-def new_issuer_seed() -> str:
-    """A fresh account nkey seed (``SA…``) for ``issuer_seed``."""
-    seed: bytes = nkeys.encode_seed(secrets.token_bytes(32), nkeys.PREFIX_BYTE_ACCOUNT)
-    return seed.decode()
-
-
-def issuer_public_key(seed: str) -> str:
-    """The account public key (``A…``) nats-server's ``auth_callout.issuer`` names, from its seed.
-
-    Raises:
-        ValueError: ``seed`` is not an account nkey seed.
-    """
-    try:
-        key: str = nkeys.from_seed(seed.encode()).public_key.decode()
-    except (nkeys.ErrInvalidSeed, nkeys.ErrInvalidPrefixByte, ValueError) as exc:
-        raise ValueError(f"not an nkey seed: {type(exc).__name__}") from None
-    if not key.startswith("A"):
-        raise ValueError("the issuer must be an account nkey seed (SA…), e.g. from `python -m kiln.natsauth "
-                         "--new-callout-seed`")
-    return key
-
-
-def server_config(platform_password: str, issuer_seed: str) -> dict[str, Any]:
-    """nats-server's ``authorization`` block: the platform's user, and the callout for everyone else."""
-    return {"authorization": {
-        "users": [{"user": natsauth.PLATFORM_USER, "password": platform_password}],
-        "auth_callout": {"issuer": issuer_public_key(issuer_seed), "auth_users": [natsauth.PLATFORM_USER]},
-    }}
 
 
 # ------------------------------------------------------------------ JWTs (NATS's: ed25519 signatures by nkeys)
@@ -120,7 +68,7 @@ def jwt_claims(token: str) -> dict[str, Any]:
 
 
 def user_permissions(app_id: str) -> dict[str, Any]:
-    """:func:`kiln.natsauth.app_permissions` in a user JWT's terms."""
+    """:func:`kiln_platform.natsauth.app_permissions` in a user JWT's terms."""
     static = natsauth.app_permissions(app_id)
     return {
         "pub": {"allow": static["publish"]["allow"]},
@@ -181,42 +129,3 @@ class Callout:
     async def subscribe(self, nc: Client) -> None:
         await nc.subscribe(CALLOUT_SUBJECT, queue=QUEUE, cb=self.handle)
         await nc.flush()
-
-
-# ------------------------------------------------------------------ the service
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class CalloutConfig(GrpcServiceConfig):
-    """NATS auth callout settings (env prefix ``KILN_NATSCALLOUT_``)."""
-
-    requires_service_secret = False
-
-    listen: str = field("127.0.0.1:50061", "host:port to serve gRPC health checking on")
-    nats_url: str = field(DEFAULT_URL, "NATS URL(s) with the platform's user (put credentials in the environment)")
-    issuer_seed: Secret = field(Secret(""), "the callout issuer's account nkey seed (SA…); nats-server's "
-                                            "auth_callout.issuer is its public key (required)")
-    app_secret: Secret = field(Secret(""), "the secret apps' NATS passwords are derived from "
-                                           "(KILN_NATS_APP_SECRET; required)")
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not self.app_secret:
-            raise ValueError("app_secret: required (KILN_NATSCALLOUT_APP_SECRET)")
-        if not self.issuer_seed:
-            raise ValueError("issuer_seed: required (KILN_NATSCALLOUT_ISSUER_SEED; make one with "
-                             "`python -m kiln.natsauth --new-callout-seed`)")
-        issuer_public_key(self.issuer_seed.get())
-
-
-async def serve(cfg: CalloutConfig) -> None:
-    """Answer authorization requests until SIGTERM."""
-    callout = Callout(cfg.issuer_seed.get(), cfg.app_secret.get())
-    nc = await bus.connect(cfg.nats_url, name="natscallout")
-    await callout.subscribe(nc)
-    log.info("answering NATS authorization requests as issuer %s", issuer_public_key(cfg.issuer_seed.get()))
-    await grpcserver.serve(cfg, [], on_stop=nc.drain)
-
-
-if __name__ == "__main__":
-    from kiln import service_main
-    raise SystemExit(service_main.run("natscallout", "NATSCALLOUT", CalloutConfig, serve))

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from kiln import config, log
+from kiln_platform import config, log
 from kiln.errors import KilnError
 
 C = TypeVar("C")

@@ -22,7 +22,7 @@ import os
 import pathlib
 from collections.abc import Sequence
 
-log = logging.getLogger("kiln.forward")
+log = logging.getLogger("kiln_platform.forward")
 
 CHUNK = 256 * 1024
 

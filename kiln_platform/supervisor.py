@@ -127,7 +127,7 @@ class Supervisor:
 
         The server chooses its port (``-p -1``) and reports it in a ports file, so
         nothing else can take the port between choosing and binding it. ``config``
-        (e.g. the users of :func:`kiln.natsauth.server_config`) is written to a
+        (e.g. the users of :func:`kiln_platform.natsauth.server_config`) is written to a
         file only the parent's user can read.
         """
         ports_dir = self.run_dir / f"{name}.ports.d"

@@ -29,7 +29,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from kiln import errors
-from kiln.config import GrpcServiceConfig, parse_hostport
+from kiln_platform.config import GrpcServiceConfig, parse_hostport
 
 log = logging.getLogger(__name__)
 

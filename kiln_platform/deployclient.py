@@ -26,7 +26,7 @@ from typing import Any
 import grpc
 from nats.aio.client import Client
 
-from kiln import bus
+from kiln_platform import bus
 from kiln.errors import NotFoundError, UnavailableError
 from kiln.pb.deploy.v1 import deploy_pb2 as pb
 from kiln.pb.deploy.v1 import deploy_pb2_grpc, events_pb2

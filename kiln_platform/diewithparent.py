@@ -3,7 +3,7 @@
 ``diewithparent.py PARENT_PID [--uid N --gid N] [--rlimit NAME=SOFT] [--no-new-privs] [--private-network]
 -- CMD [ARGS...]``
 
-Run as a script (by path) by :mod:`kiln.supervisor`, never imported.
+Run as a script (by path) by :mod:`kiln_platform.supervisor`, never imported.
 
 Applies the optional process settings (a network namespace of its own with
 only a loopback interface, resource limits, then dropping to

@@ -14,7 +14,7 @@ import functools
 import posixpath
 import re
 
-from kiln.appyaml import AppConfig, Handler
+from kiln_platform.appyaml import AppConfig, Handler
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

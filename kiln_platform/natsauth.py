@@ -18,18 +18,21 @@ do everything. An app's password is derived from a secret only the platform
 holds, so an instance manager can hand it to the app's instances without a
 list of passwords. Either the NATS server has every app's user in its
 configuration (:func:`server_config`; reload the server when an app is added),
-or it asks the auth callout (:mod:`kiln.natscallout`), which knows every app.
+or it asks the auth callout (:mod:`natscallout`), which knows every app.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import secrets
 import urllib.parse
 from collections.abc import Iterable
 from typing import Any
 
-from kiln import bus
+import nkeys
+
+from kiln_platform import bus
 
 PLATFORM_USER = "kiln"
 
@@ -83,11 +86,43 @@ def with_credentials(url: str, user: str | None, password: str | None) -> str:
     return ",".join(out)
 
 
+# --- the auth callout's issuer (python -m natscallout answers for it) ---------------------------------------
+
+def new_issuer_seed() -> str:
+    """A fresh account nkey seed (``SA…``) for ``issuer_seed``."""
+    seed: bytes = nkeys.encode_seed(secrets.token_bytes(32), nkeys.PREFIX_BYTE_ACCOUNT)
+    return seed.decode()
+
+
+def issuer_public_key(seed: str) -> str:
+    """The account public key (``A…``) nats-server's ``auth_callout.issuer`` names, from its seed.
+
+    Raises:
+        ValueError: ``seed`` is not an account nkey seed.
+    """
+    try:
+        key: str = nkeys.from_seed(seed.encode()).public_key.decode()
+    except (nkeys.ErrInvalidSeed, nkeys.ErrInvalidPrefixByte, ValueError) as exc:
+        raise ValueError(f"not an nkey seed: {type(exc).__name__}") from None
+    if not key.startswith("A"):
+        raise ValueError("the issuer must be an account nkey seed (SA…), e.g. from `python -m kiln_platform.natsauth "
+                         "--new-callout-seed`")
+    return key
+
+
+def callout_server_config(platform_password: str, issuer_seed: str) -> dict[str, Any]:
+    """nats-server's ``authorization`` block: the platform's user, and the callout for everyone else."""
+    return {"authorization": {
+        "users": [{"user": PLATFORM_USER, "password": platform_password}],
+        "auth_callout": {"issuer": issuer_public_key(issuer_seed), "auth_users": [PLATFORM_USER]},
+    }}
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m kiln.natsauth``: print the ``authorization`` block for nats-server.
+    """``python -m kiln_platform.natsauth``: print the ``authorization`` block for nats-server.
 
     ``--app APP...`` lists the apps' users in it (reload the servers when an app is added); ``--callout`` lists
-    only the platform's user and sends everyone else to the auth callout (``python -m kiln.natscallout``,
+    only the platform's user and sends everyone else to the auth callout (``python -m natscallout``,
     issuer from ``KILN_NATS_CALLOUT_SEED``), so a new app needs no reload; ``--new-callout-seed`` prints a
     fresh issuer seed. Reads the platform's password from ``KILN_NATS_PLATFORM_PASSWORD`` and the secret apps'
     passwords are derived from from ``KILN_NATS_APP_SECRET`` (the instance managers'
@@ -98,9 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     import os
     import sys
 
-    from kiln import natscallout
-
-    parser = argparse.ArgumentParser(prog="python -m kiln.natsauth", description=main.__doc__.split("\n\n")[0]
+    parser = argparse.ArgumentParser(prog="python -m kiln_platform.natsauth", description=main.__doc__.split("\n\n")[0]
                                      if main.__doc__ else None)
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--app", action="append", default=[], help="an app id (repeat for each app)")
@@ -109,22 +142,22 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--new-callout-seed", action="store_true", help="print a new issuer seed for the callout")
     args = parser.parse_args(argv)
     if args.new_callout_seed:
-        print(natscallout.new_issuer_seed())
+        print(new_issuer_seed())
         return 0
     platform, secret = os.environ.get("KILN_NATS_PLATFORM_PASSWORD", ""), os.environ.get("KILN_NATS_APP_SECRET", "")
     if args.callout:
         try:
-            config = natscallout.server_config(platform, os.environ.get("KILN_NATS_CALLOUT_SEED", ""))
+            config = callout_server_config(platform, os.environ.get("KILN_NATS_CALLOUT_SEED", ""))
         except ValueError as exc:
-            print(f"python -m kiln.natsauth: KILN_NATS_CALLOUT_SEED: {exc}", file=sys.stderr)
+            print(f"python -m kiln_platform.natsauth: KILN_NATS_CALLOUT_SEED: {exc}", file=sys.stderr)
             return 2
         if not platform:
-            print("python -m kiln.natsauth: set KILN_NATS_PLATFORM_PASSWORD", file=sys.stderr)
+            print("python -m kiln_platform.natsauth: set KILN_NATS_PLATFORM_PASSWORD", file=sys.stderr)
             return 2
         print(json.dumps(config, indent=1))
         return 0
     if not platform or not secret:
-        print("python -m kiln.natsauth: set KILN_NATS_PLATFORM_PASSWORD and KILN_NATS_APP_SECRET", file=sys.stderr)
+        print("python -m kiln_platform.natsauth: set KILN_NATS_PLATFORM_PASSWORD and KILN_NATS_APP_SECRET", file=sys.stderr)
         return 2
     print(json.dumps(server_config(platform, secret, args.app), indent=1))
     return 0
