@@ -86,6 +86,6 @@ async def serve(cfg: CronConfig) -> None:
         await http.close()
         await nc.drain()
 
-    service = CronService(scheduler, secret=cfg.service_secret.get())
+    service = CronService(scheduler)
     registration = grpcserver.Registration(SERVICE_NAME, cron_pb2_grpc.add_CronServiceServicer_to_server, service)
     await grpcserver.serve(cfg, [registration], on_stop=stop)

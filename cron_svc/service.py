@@ -9,7 +9,7 @@ import grpc
 
 from kiln_platform import cronschedule as grammar
 from cron_svc.scheduler import Scheduler
-from kiln_platform import auth
+from kiln_platform import grpcserver
 from kiln.errors import BadRequestError, PermissionDeniedError
 from kiln.pb.cron.v1 import cron_pb2 as pb
 from kiln.pb.cron.v1 import cron_pb2_grpc
@@ -20,13 +20,12 @@ MAX_UPCOMING = 100
 class CronService(cron_pb2_grpc.CronServiceServicer):
     """Implements the contract."""
 
-    def __init__(self, scheduler: Scheduler, *, secret: str) -> None:
+    def __init__(self, scheduler: Scheduler) -> None:
         self._scheduler = scheduler
-        self._secret = secret
 
     async def ListJobs(self, request: pb.ListJobsRequest,
                        context: grpc.aio.ServicerContext[Any, Any]) -> pb.ListJobsResponse:
-        app = auth.app_from_metadata(self._secret, context.invocation_metadata())
+        app = grpcserver.caller_app()
         if request.app_id and request.app_id != app:
             raise PermissionDeniedError("an app may list only its own cron jobs")
         out = pb.ListJobsResponse()
@@ -60,7 +59,6 @@ class CronService(cron_pb2_grpc.CronServiceServicer):
 
     async def ValidateSchedule(self, request: pb.ValidateScheduleRequest,
                                context: grpc.aio.ServicerContext[Any, Any]) -> pb.ValidateScheduleResponse:
-        auth.app_from_metadata(self._secret, context.invocation_metadata())
         if not 0 <= request.count <= MAX_UPCOMING:
             raise BadRequestError(f"count: must be between 0 and {MAX_UPCOMING}, got {request.count}")
         try:

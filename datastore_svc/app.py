@@ -31,7 +31,7 @@ async def open_engine(cfg: DatastoreConfig) -> Engine:
 def servicer(engine: Engine, cfg: DatastoreConfig) -> DatastoreService:
     """The servicer, configured."""
     auto = AutoIndexFile(pathlib.Path(cfg.auto_index_file)) if cfg.auto_index_file else None
-    return DatastoreService(engine, secret=cfg.service_secret.get(), index_cache_seconds=cfg.index_cache_seconds,
+    return DatastoreService(engine, index_cache_seconds=cfg.index_cache_seconds,
                             auto_index=auto)
 
 

@@ -17,7 +17,7 @@ from datastore_svc.catalog import AutoIndexFile, Catalog
 from datastore_svc.engine.base import Engine, GroupCommit, Ref, RowsOf, StoredIndex, Write
 from datastore_svc.index import IndexDef, Indexer, IndexRow
 from datastore_svc.keys import encode_element, encode_path, group_of
-from kiln_platform import auth
+from kiln_platform import grpcserver
 from kiln.errors import BadRequestError, ConcurrentTransactionError, NeedIndexError
 from kiln.pb.datastore.v1 import datastore_pb2 as pb
 from kiln.pb.datastore.v1 import datastore_pb2_grpc
@@ -58,10 +58,9 @@ class DatastoreService(datastore_pb2_grpc.DatastoreServiceServicer):
     replica went away fails and the app's ``run_in_transaction`` retries it.
     """
 
-    def __init__(self, engine: Engine, *, secret: str, index_cache_seconds: float = 2.0,
+    def __init__(self, engine: Engine, *, index_cache_seconds: float = 2.0,
                  auto_index: AutoIndexFile | None = None) -> None:
         self._engine = engine
-        self._secret = secret
         self._catalog = Catalog(engine, ttl=index_cache_seconds)
         self._auto_index = auto_index
         self._txns: dict[bytes, _Transaction] = {}
@@ -70,13 +69,11 @@ class DatastoreService(datastore_pb2_grpc.DatastoreServiceServicer):
         """Stop background index work."""
         await self._catalog.close()
 
-    def _app(self, context: grpc.aio.ServicerContext[Any, Any]) -> str:
-        return auth.app_from_metadata(self._secret, context.invocation_metadata())
 
     # ---------------------------------------------------------------- reads
 
     async def Get(self, request: pb.GetRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.GetResponse:
-        app = self._app(context)
+        app = grpcserver.caller_app()
         if len(request.keys) > model.MAX_GET_BATCH:
             raise BadRequestError(f"at most {model.MAX_GET_BATCH} keys per Get, got {len(request.keys)}")
         for i, key in enumerate(request.keys):
@@ -105,7 +102,7 @@ class DatastoreService(datastore_pb2_grpc.DatastoreServiceServicer):
 
     async def RunQuery(self, request: pb.RunQueryRequest,
                        context: grpc.aio.ServicerContext[Any, Any]) -> pb.RunQueryResponse:
-        app = self._app(context)
+        app = grpcserver.caller_app()
         namespace = request.partition_id.namespace
         model.check_namespace(namespace)
         if request.partition_id.app_id and request.partition_id.app_id != app:
@@ -202,7 +199,7 @@ class DatastoreService(datastore_pb2_grpc.DatastoreServiceServicer):
     # ---------------------------------------------------------------- writes
 
     async def Put(self, request: pb.PutRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.PutResponse:
-        app = self._app(context)
+        app = grpcserver.caller_app()
         if len(request.entities) > model.MAX_BATCH:
             raise BadRequestError(f"at most {model.MAX_BATCH} entities per Put, got {len(request.entities)}")
         for i, entity in enumerate(request.entities):
@@ -212,7 +209,7 @@ class DatastoreService(datastore_pb2_grpc.DatastoreServiceServicer):
         return pb.PutResponse(keys=[e.key for e in request.entities])
 
     async def Delete(self, request: pb.DeleteRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.DeleteResponse:
-        app = self._app(context)
+        app = grpcserver.caller_app()
         if len(request.keys) > model.MAX_BATCH:
             raise BadRequestError(f"at most {model.MAX_BATCH} keys per Delete, got {len(request.keys)}")
         for i, key in enumerate(request.keys):
@@ -252,7 +249,7 @@ class DatastoreService(datastore_pb2_grpc.DatastoreServiceServicer):
 
     async def AllocateIds(self, request: pb.AllocateIdsRequest,
                           context: grpc.aio.ServicerContext[Any, Any]) -> pb.AllocateIdsResponse:
-        app = self._app(context)
+        app = grpcserver.caller_app()
         model.check_key(request.key, app, allow_incomplete=True, what="key")
         if not model.is_incomplete(request.key):
             raise BadRequestError("key: must be incomplete (the parent path and kind of the ids)")
@@ -272,7 +269,7 @@ class DatastoreService(datastore_pb2_grpc.DatastoreServiceServicer):
 
     async def BeginTransaction(self, request: pb.BeginTransactionRequest,
                                context: grpc.aio.ServicerContext[Any, Any]) -> pb.BeginTransactionResponse:
-        app = self._app(context)
+        app = grpcserver.caller_app()
         model.check_namespace(request.partition_id.namespace)
         self._expire_transactions()
         handle = secrets.token_bytes(16)
@@ -280,7 +277,7 @@ class DatastoreService(datastore_pb2_grpc.DatastoreServiceServicer):
         return pb.BeginTransactionResponse(transaction=handle)
 
     async def Commit(self, request: pb.CommitRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.CommitResponse:
-        app = self._app(context)
+        app = grpcserver.caller_app()
         txn = self._txn(request.transaction, app)
         if len(request.mutations) > model.MAX_BATCH:
             raise BadRequestError(f"at most {model.MAX_BATCH} mutations per Commit, got {len(request.mutations)}")
@@ -309,7 +306,7 @@ class DatastoreService(datastore_pb2_grpc.DatastoreServiceServicer):
 
     async def Rollback(self, request: pb.RollbackRequest,
                        context: grpc.aio.ServicerContext[Any, Any]) -> pb.RollbackResponse:
-        app = self._app(context)
+        app = grpcserver.caller_app()
         self._txn(request.transaction, app)
         self._txns.pop(request.transaction, None)
         return pb.RollbackResponse()
@@ -361,14 +358,14 @@ class DatastoreService(datastore_pb2_grpc.DatastoreServiceServicer):
 
     async def UpdateIndexes(self, request: pb.UpdateIndexesRequest,
                             context: grpc.aio.ServicerContext[Any, Any]) -> pb.UpdateIndexesResponse:
-        app = self._app(context)
+        app = grpcserver.caller_app()
         wanted = [IndexDef.from_pb(m, what=f"indexes[{i}]") for i, m in enumerate(request.indexes)]
         stored = await self._catalog.update(app, wanted, remove_unlisted=request.remove_unlisted)
         return pb.UpdateIndexesResponse(indexes=[_index_pb(s) for s in stored])
 
     async def ListIndexes(self, request: pb.ListIndexesRequest,
                           context: grpc.aio.ServicerContext[Any, Any]) -> pb.ListIndexesResponse:
-        app = self._app(context)
+        app = grpcserver.caller_app()
         self._catalog.forget(app)
         return pb.ListIndexesResponse(indexes=[_index_pb(s) for s in await self._catalog.all(app)])
 

@@ -14,7 +14,7 @@ SERVICE_NAME = images_pb2.DESCRIPTOR.services_by_name["ImagesService"].full_name
 async def serve(cfg: ImagesConfig) -> None:
     """Run the service until SIGTERM."""
     imaging.configure(cfg.max_pixels)
-    service = ImagesService(secret=cfg.service_secret.get(), max_pixels=cfg.max_pixels, workers=cfg.workers,
+    service = ImagesService(max_pixels=cfg.max_pixels, workers=cfg.workers,
                             max_waiting=cfg.max_waiting, jpeg_draft=cfg.jpeg_draft)
     registration = grpcserver.Registration(SERVICE_NAME, images_pb2_grpc.add_ImagesServiceServicer_to_server,
                                            service)

@@ -23,7 +23,7 @@ from images_svc import imaging, ops
 from images_svc.errors import (BadTransformDataError, ImageTooLargeError, InvalidBlobKeyError, NotImageError,
                                ObjectNotFoundError)
 from kiln import errors
-from kiln_platform import auth
+from kiln_platform import grpcserver
 from kiln.pb.images.v1 import images_pb2 as pb
 from kiln.pb.images.v1 import images_pb2_grpc
 
@@ -39,9 +39,8 @@ _FORMATS = {"PNG": pb.FORMAT_PNG, "JPEG": pb.FORMAT_JPEG, "WEBP": pb.FORMAT_WEBP
 class ImagesService(images_pb2_grpc.ImagesServiceServicer):
     """Implements ``kiln.pb.images.v1.ImagesService``."""
 
-    def __init__(self, *, secret: str, max_pixels: int, workers: int = 0, max_waiting: int = 64,
+    def __init__(self, *, max_pixels: int, workers: int = 0, max_waiting: int = 64,
                  jpeg_draft: bool = True) -> None:
-        self._secret = secret
         self._max_pixels = max_pixels
         self._jpeg_draft = jpeg_draft
         count = workers or os.cpu_count() or 1
@@ -56,7 +55,7 @@ class ImagesService(images_pb2_grpc.ImagesServiceServicer):
 
     async def Transform(self, request: pb.TransformRequest,
                         context: grpc.aio.ServicerContext[Any, Any]) -> pb.TransformResponse:
-        app = auth.app_from_metadata(self._secret, context.invocation_metadata())
+        app = grpcserver.caller_app()
         data = _content(request.image)
         steps = transforms_from_proto(request.transforms)
         substitution = (request.transparent_substitution_rgb
@@ -73,7 +72,6 @@ class ImagesService(images_pb2_grpc.ImagesServiceServicer):
 
     async def Composite(self, request: pb.CompositeRequest,
                         context: grpc.aio.ServicerContext[Any, Any]) -> pb.CompositeResponse:
-        auth.app_from_metadata(self._secret, context.invocation_metadata())
         sources = [_content(image) for image in request.images]
         total = sum(len(s) for s in sources)
         if total > ops.MAX_REQUEST_BYTES:
@@ -93,14 +91,12 @@ class ImagesService(images_pb2_grpc.ImagesServiceServicer):
 
     async def Histogram(self, request: pb.HistogramRequest,
                         context: grpc.aio.ServicerContext[Any, Any]) -> pb.HistogramResponse:
-        auth.app_from_metadata(self._secret, context.invocation_metadata())
         data = _content(request.image)
         red, green, blue = await self._run(functools.partial(imaging.histogram, data, self._max_pixels))
         return pb.HistogramResponse(red=red, green=green, blue=blue)
 
     async def GetInfo(self, request: pb.GetInfoRequest,
                       context: grpc.aio.ServicerContext[Any, Any]) -> pb.GetInfoResponse:
-        auth.app_from_metadata(self._secret, context.invocation_metadata())
         data = _content(request.image)
         found = await self._run(functools.partial(imaging.info, data, self._max_pixels))
         return pb.GetInfoResponse(format=_FORMATS[found.format], width=found.width, height=found.height)

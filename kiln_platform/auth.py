@@ -12,23 +12,18 @@ to read an app's logs and data) carry an expiry: ``<app_id>.<unix time>.<hmac>``
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import hmac
 import re
 import time
 from collections.abc import Iterable
 
 from kiln.errors import UnauthenticatedError
+from kiln_platform import signing
 
 APP_ID_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 METADATA_KEY = "authorization"
 
 
-@functools.lru_cache(maxsize=4096)
-def _sign(secret: str, app_id: str) -> str:
-    # Cached: services verify the same few apps' tokens on every call.
-    return hmac.new(secret.encode(), b"kiln-app:" + app_id.encode(), hashlib.sha256).hexdigest()
+_APP_TOKEN = "kiln-app"
 
 
 def mint_app_token(secret: str, app_id: str, *, expires_at: int | None = None) -> str:
@@ -37,7 +32,7 @@ def mint_app_token(secret: str, app_id: str, *, expires_at: int | None = None) -
     if not APP_ID_RE.match(app_id):
         raise ValueError(f"invalid app id {app_id!r}")
     body = app_id if expires_at is None else f"{app_id}.{expires_at}"
-    return f"{body}.{_sign(secret, body)}"
+    return f"{body}.{signing.sign(secret, _APP_TOKEN, body)}"
 
 
 def verify_app_token(secret: str, token: str, *, now: float | None = None) -> str:
@@ -50,23 +45,32 @@ def verify_app_token(secret: str, token: str, *, now: float | None = None) -> st
     app_id, dot, expires = body.partition(".")
     if not sep or not APP_ID_RE.match(app_id) or (dot and not (expires.isdigit() and len(expires) <= 12)):
         raise UnauthenticatedError("malformed app token")
-    if not hmac.compare_digest(mac, _sign(secret, body)):
+    if not signing.verify(secret, _APP_TOKEN, mac, body):
         raise UnauthenticatedError("app token signature does not match")
     if dot and int(expires) < (time.time() if now is None else now):
         raise UnauthenticatedError(f"app token for {app_id!r} expired; run the command again for a new one")
     return app_id
 
 
-def app_from_metadata(secret: str, metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
-    """Find the bearer token in gRPC metadata and verify it."""
+def bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None, what: str = "app token") -> str:
+    """The bearer token in gRPC ``authorization`` metadata (``what`` names it in errors), unverified.
+
+    Raises:
+        UnauthenticatedError: there is none, or it is not ``Bearer <token>`` in ASCII.
+    """
     for key, value in metadata or ():
         if key == METADATA_KEY:
-            text = value.decode() if isinstance(value, bytes) else value
+            text = value.decode("ascii", "replace") if isinstance(value, bytes) else value
             scheme, _, token = text.partition(" ")
-            if scheme.lower() != "bearer" or not token:
-                raise UnauthenticatedError("authorization metadata must be 'Bearer <app token>'")
-            return verify_app_token(secret, token.strip())
-    raise UnauthenticatedError("no app token: send 'authorization: Bearer <app token>' metadata")
+            if scheme.lower() != "bearer" or not token.strip() or not token.isascii():
+                raise UnauthenticatedError(f"authorization metadata must be 'Bearer <{what}>'")
+            return token.strip()
+    raise UnauthenticatedError(f"no {what}: send 'authorization: Bearer <{what}>' metadata")
+
+
+def app_from_metadata(secret: str, metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
+    """Find the bearer token in gRPC metadata and verify it."""
+    return verify_app_token(secret, bearer_token(metadata))
 
 
 # --- App Engine's X-AppEngine-Inbound-AppId between kiln apps ---------------------------------------
@@ -76,26 +80,18 @@ INBOUND_SIGNATURE_HEADER = "X-Kiln-Inbound-Signature"
 INBOUND_MAX_AGE_SECONDS = 60
 
 
-def _inbound_mac(secret: str, stamp: int, app_id: str, method: str, host: str, path: str) -> str:
-    message = "\n".join(("kiln-inbound", str(stamp), app_id, method.upper(), host.lower(), path))
-    return hmac.new(secret.encode(), message.encode(), hashlib.sha256).hexdigest()
-
-
 def sign_inbound(secret: str, app_id: str, method: str, host: str, path: str, now: float) -> str:
     """The signature URL Fetch sends with ``X-AppEngine-Inbound-AppId``: it binds the calling app to one
     request (method, host without port, path with query) for :data:`INBOUND_MAX_AGE_SECONDS`."""
-    stamp = int(now)
-    return f"{stamp}.{_inbound_mac(secret, stamp, app_id, method, host, path)}"
+    return signing.sign_stamped(secret, "kiln-inbound", int(now), app_id, method.upper(), host.lower(), path)
 
 
 def verify_inbound(secret: str, signature: str, app_id: str, method: str, host: str, path: str, now: float) -> bool:
     """True if ``signature`` is URL Fetch's, for this app and request, and recent (the router keeps the header)."""
-    stamp, sep, mac = signature.partition(".")
-    if not sep or not stamp.isdigit() or not APP_ID_RE.match(app_id):
+    if not APP_ID_RE.match(app_id):
         return False
-    if abs(now - int(stamp)) > INBOUND_MAX_AGE_SECONDS:
-        return False
-    return hmac.compare_digest(mac, _inbound_mac(secret, int(stamp), app_id, method, host, path))
+    stamp = signing.verify_stamped(secret, "kiln-inbound", signature, app_id, method.upper(), host.lower(), path)
+    return stamp is not None and abs(now - stamp) <= INBOUND_MAX_AGE_SECONDS
 
 
 # --- The signed-in user, vouched for by the router -------------------------------------------------------------
@@ -104,25 +100,17 @@ def verify_inbound(secret: str, signature: str, app_id: str, method: str, host: 
 # user it established for a request, for that app, until the request's deadline; the runtime hands the proof to
 # the app's SDK, which sends it along. With it an app can act as that user only as long as the request could.
 
-def _user_mac(secret: str, expires: int, app_id: str, email: str) -> str:
-    message = "\n".join(("kiln-user", str(expires), app_id, email.lower()))
-    return hmac.new(secret.encode(), message.encode(), hashlib.sha256).hexdigest()
-
-
 def sign_user(secret: str, app_id: str, email: str, expires: float) -> str:
     """The proof that ``email`` is signed in to a request of ``app_id`` that ends by ``expires`` (Unix time)."""
-    stamp = int(expires) + 1
-    return f"{stamp}.{_user_mac(secret, stamp, app_id, email)}"
+    return signing.sign_stamped(secret, "kiln-user", int(expires) + 1, app_id, email.lower())
 
 
 def verify_user(secret: str, proof: str, app_id: str, email: str, now: float) -> bool:
     """True if ``proof`` is the router's, for this app and user, and not expired."""
-    stamp, sep, mac = proof.partition(".")
-    if not secret or not sep or not stamp.isdigit() or len(stamp) > 12 or not email:
+    if not email:
         return False
-    if now > int(stamp):
-        return False
-    return hmac.compare_digest(mac, _user_mac(secret, int(stamp), app_id, email))
+    stamp = signing.verify_stamped(secret, "kiln-user", proof, app_id, email.lower())
+    return stamp is not None and now <= stamp
 
 
 # --- Requests kiln's own services make to apps (inbound mail, cron) ---------------------------------------------
@@ -132,25 +120,17 @@ PLATFORM_SIGNATURE_HEADER = "X-Kiln-Platform-Signature"
 PLATFORM_CALLERS = frozenset({"mail", "cron"})
 
 
-def _platform_mac(secret: str, stamp: int, caller: str, method: str, host: str, path: str) -> str:
-    message = "\n".join(("kiln-platform", str(stamp), caller, method.upper(), host.lower(), path))
-    return hmac.new(secret.encode(), message.encode(), hashlib.sha256).hexdigest()
-
-
 def sign_platform(secret: str, caller: str, method: str, host: str, path: str, now: float) -> str:
     """The signature a kiln service (``caller``: mail, cron) sends with a request it makes to an app through the
     router: it binds the service to one request (method, host without port, path with query) for
     :data:`INBOUND_MAX_AGE_SECONDS`."""
-    stamp = int(now)
-    return f"{stamp}.{_platform_mac(secret, stamp, caller, method, host, path)}"
+    return signing.sign_stamped(secret, "kiln-platform", int(now), caller, method.upper(), host.lower(), path)
 
 
 def verify_platform(secret: str, signature: str, caller: str, method: str, host: str, path: str,
                     now: float) -> bool:
     """True if ``signature`` is kiln service ``caller``'s for this request, and recent."""
-    stamp, sep, mac = signature.partition(".")
-    if not secret or not sep or not stamp.isdigit() or caller not in PLATFORM_CALLERS:
+    if caller not in PLATFORM_CALLERS:
         return False
-    if abs(now - int(stamp)) > INBOUND_MAX_AGE_SECONDS:
-        return False
-    return hmac.compare_digest(mac, _platform_mac(secret, int(stamp), caller, method, host, path))
+    stamp = signing.verify_stamped(secret, "kiln-platform", signature, caller, method.upper(), host.lower(), path)
+    return stamp is not None and abs(now - stamp) <= INBOUND_MAX_AGE_SECONDS

@@ -6,6 +6,11 @@
   server reflection, so ``grpcurl`` and clients in any language work from the
   ``.proto`` files alone;
 - a maximum message size;
+- one authentication rule for every call: the server's :class:`Authenticator` checks the caller's
+  credentials before any handler runs (app identity tokens by default; the control plane's deploy
+  tokens), and handlers read the verified caller with :func:`caller_app` / :func:`caller`. A method
+  is open to anyone only when its service lists it in ``public_methods`` (health checking and
+  reflection are always open); a server with no authenticator refuses every other call;
 - one error interceptor that maps :class:`kiln.errors.KilnError` subclasses to
   gRPC status codes through :data:`kiln.errors.ERROR_CODES` (walking the MRO),
   puts the stable code in the ``kiln-error-code`` trailing metadata, and turns
@@ -17,18 +22,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
 import logging
 import pathlib
 import signal
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, cast
+from typing import Any, Protocol, TypeVar, cast
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from kiln import errors
+from kiln_platform import auth
 from kiln_platform.config import GrpcServiceConfig, parse_hostport
 
 log = logging.getLogger(__name__)
@@ -38,15 +45,72 @@ ERROR_CODE_KEY = errors.ERROR_CODE_KEY
 
 @dataclasses.dataclass(frozen=True)
 class Registration:
-    """One servicer to add: its full service name and the generated ``add_*_to_server``."""
+    """One servicer to add: its full service name, the generated ``add_*_to_server``, and the methods (short
+    names) anyone may call without credentials."""
 
     name: str
     add: Callable[[Any, grpc.aio.Server], None]
     servicer: Any
+    public_methods: frozenset[str] = frozenset()
+
+
+# ------------------------------------------------------------------ authentication
+
+class Authenticator(Protocol):
+    """Turns a call's metadata into the verified caller, or raises :class:`kiln.errors.UnauthenticatedError`."""
+
+    def authenticate(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> object:
+        ...
+
+
+@dataclasses.dataclass(frozen=True)
+class AppTokens:
+    """The caller is the app named by the app identity token in ``authorization: Bearer`` (see
+    :mod:`kiln_platform.auth`); the caller object is the app id."""
+
+    secret: str
+
+    def authenticate(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
+        return auth.app_from_metadata(self.secret, metadata)
+
+
+class _NoCredentialsAccepted:
+    def authenticate(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> object:
+        raise errors.UnauthenticatedError("this server accepts no credentials for this method")
+
+
+_ALWAYS_PUBLIC = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+_caller: contextvars.ContextVar[object] = contextvars.ContextVar("kiln_grpc_caller")
+T = TypeVar("T")
+
+
+def caller(kind: type[T]) -> T:
+    """The verified caller of the call being served (as the server's authenticator made it)."""
+    found = _caller.get(None)
+    if not isinstance(found, kind):
+        # A handler of a public method asking who called: a programming error, answered as unauthenticated.
+        raise errors.UnauthenticatedError("this call carries no verified credentials")
+    return found
+
+
+def caller_app() -> str:
+    """The app id of the app calling (services authenticated by :class:`AppTokens`)."""
+    return caller(str)
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Maps exceptions raised by handlers to gRPC statuses (see module docstring)."""
+    """Authenticates every call and maps exceptions raised by handlers to gRPC statuses (see module docstring)."""
+
+    def __init__(self, authenticator: Authenticator | None = None, public_methods: Iterable[str] = ()) -> None:
+        self._authenticator = authenticator or _NoCredentialsAccepted()
+        self._public = frozenset(public_methods)
+
+    def _authenticate_for(self, method: str) -> Callable[[grpc.aio.ServicerContext[Any, Any]], object] | None:
+        if method in self._public or method.startswith(_ALWAYS_PUBLIC):
+            return None
+        authenticator = self._authenticator
+        return lambda context: authenticator.authenticate(
+            cast("Iterable[tuple[str, str | bytes]]", context.invocation_metadata()))
 
     async def intercept_service(
         self,
@@ -60,21 +124,36 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         # Requests are parsed here rather than by grpc, so a malformed protobuf
         # becomes INVALID_ARGUMENT naming the message instead of grpc's UNKNOWN.
         parse = _parser(handler.request_deserializer, method)
+        call = _Call(method, parse, self._authenticate_for(method))
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary, method, parse), response_serializer=handler.response_serializer)
+                _wrap_unary(handler.unary_unary, call), response_serializer=handler.response_serializer)
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                _wrap_unary(handler.stream_unary, method, parse, streaming=True),
+                _wrap_unary(handler.stream_unary, call, streaming=True),
                 response_serializer=handler.response_serializer)
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream, method, parse), response_serializer=handler.response_serializer)
+                _wrap_stream(handler.unary_stream, call), response_serializer=handler.response_serializer)
         # The last of the four behaviours: a handler always has exactly one set.
         stream_stream = cast("Callable[..., Any]", handler.stream_stream)
         return grpc.stream_stream_rpc_method_handler(
-            _wrap_stream(stream_stream, method, parse, streaming=True),
+            _wrap_stream(stream_stream, call, streaming=True),
             response_serializer=handler.response_serializer)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Call:
+    """What the wrappers need of one method: its name, its request parser and how its caller is verified."""
+
+    method: str
+    parse: Callable[[Any], Any]
+    authenticate: Callable[[grpc.aio.ServicerContext[Any, Any]], object] | None
+
+    def admit(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        """Verify the caller (before the request is even parsed) and remember it for :func:`caller`."""
+        if self.authenticate is not None:
+            _caller.set(self.authenticate(context))
 
 
 class MalformedRequestError(errors.BadRequestError):
@@ -108,28 +187,28 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException
     await context.abort(code.grpc, details, trailing_metadata=((ERROR_CODE_KEY, getattr(exc, "error_code", code.code)),))
 
 
-def _wrap_unary(fn: Callable[..., Any], method: str, parse: Callable[[Any], Any],
-                streaming: bool = False) -> Callable[..., Any]:
+def _wrap_unary(fn: Callable[..., Any], call: _Call, streaming: bool = False) -> Callable[..., Any]:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
-            return await fn(_parsed_stream(request, parse) if streaming else parse(request), context)
+            call.admit(context)
+            return await fn(_parsed_stream(request, call.parse) if streaming else call.parse(request), context)
         except (grpc.aio.AbortError, asyncio.CancelledError):
             raise
         except Exception as exc:  # noqa: BLE001 - this is the one place errors become statuses
-            await _abort(context, exc, method)
+            await _abort(context, exc, call.method)
     return wrapped
 
 
-def _wrap_stream(fn: Callable[..., Any], method: str, parse: Callable[[Any], Any],
-                 streaming: bool = False) -> Callable[..., Any]:
+def _wrap_stream(fn: Callable[..., Any], call: _Call, streaming: bool = False) -> Callable[..., Any]:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
-            async for item in fn(_parsed_stream(request, parse) if streaming else parse(request), context):
+            call.admit(context)
+            async for item in fn(_parsed_stream(request, call.parse) if streaming else call.parse(request), context):
                 yield item
         except (grpc.aio.AbortError, asyncio.CancelledError):
             raise
         except Exception as exc:  # noqa: BLE001
-            await _abort(context, exc, method)
+            await _abort(context, exc, call.method)
     return wrapped
 
 
@@ -188,14 +267,23 @@ class Server:
 
 
 async def start(cfg: GrpcServiceConfig, registrations: Iterable[Registration],
-                generic_handlers: Iterable[tuple[str, Any]] = ()) -> Server:
-    """Bind and start a server for ``registrations`` (and generic handlers by name)."""
+                generic_handlers: Iterable[tuple[str, Any]] = (), *,
+                authenticator: Authenticator | None = None) -> Server:
+    """Bind and start a server for ``registrations`` (and generic handlers by name).
+
+    Every call is authenticated by ``authenticator`` — by default app identity tokens signed with the
+    service secret — except the registrations' ``public_methods``.
+    """
     options = [
         ("grpc.max_receive_message_length", cfg.max_message_bytes),
         ("grpc.max_send_message_length", cfg.max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
-    server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=options)
+    registrations = list(registrations)
+    if authenticator is None and cfg.service_secret:
+        authenticator = AppTokens(cfg.service_secret.get())
+    public = [f"/{reg.name}/{m}" for reg in registrations for m in reg.public_methods]
+    server = grpc.aio.server(interceptors=[ErrorInterceptor(authenticator, public)], options=options)
     names = []
     for reg in registrations:
         reg.add(reg.servicer, server)
@@ -243,9 +331,10 @@ async def wait_for_signal() -> None:
 
 async def serve(cfg: GrpcServiceConfig, registrations: Iterable[Registration],
                 generic_handlers: Iterable[tuple[str, Any]] = (),
-                on_stop: Callable[[], Awaitable[None]] | None = None) -> None:
-    """Run a service until SIGTERM/SIGINT, then stop gracefully."""
-    srv = await start(cfg, registrations, generic_handlers)
+                on_stop: Callable[[], Awaitable[None]] | None = None, *,
+                authenticator: Authenticator | None = None) -> None:
+    """Run a service until SIGTERM/SIGINT, then stop gracefully (``authenticator``: see :func:`start`)."""
+    srv = await start(cfg, registrations, generic_handlers, authenticator=authenticator)
     await wait_for_signal()
     log.info("stopping (grace %.1fs)", cfg.grace_seconds)
     await srv.stop(cfg.grace_seconds)

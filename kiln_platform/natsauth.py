@@ -23,8 +23,6 @@ or it asks the auth callout (:mod:`natscallout`), which knows every app.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import secrets
 import urllib.parse
 from collections.abc import Iterable
@@ -32,7 +30,7 @@ from typing import Any
 
 import nkeys
 
-from kiln_platform import bus
+from kiln_platform import bus, signing
 
 PLATFORM_USER = "kiln"
 
@@ -41,9 +39,12 @@ def app_user(app_id: str) -> str:
     return f"app-{app_id}"
 
 
+APP_PASSWORD_PURPOSE = "kiln-nats-app"
+
+
 def app_password(secret: str, app_id: str) -> str:
     """The app's NATS password: derived from the platform's secret, so it needs no storage."""
-    return hmac.new(secret.encode(), b"kiln-nats-app:" + app_id.encode(), hashlib.sha256).hexdigest()
+    return signing.derive(secret, APP_PASSWORD_PURPOSE, app_id)
 
 
 def app_permissions(app_id: str) -> dict[str, Any]:

@@ -107,5 +107,5 @@ async def serve(cfg: LogsConfig) -> None:
         await store.close()
 
     registration = grpcserver.Registration(SERVICE_NAME, logs_pb2_grpc.add_LogsServiceServicer_to_server,
-                                           LogsService(store, secret=cfg.service_secret.get()))
+                                           LogsService(store))
     await grpcserver.serve(cfg, [registration], on_stop=stop)

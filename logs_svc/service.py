@@ -7,7 +7,7 @@ from typing import Any
 
 import grpc
 
-from kiln_platform import auth
+from kiln_platform import grpcserver
 from kiln.errors import BadRequestError, PermissionDeniedError
 from kiln.pb.logs.v1 import logs_pb2, logs_pb2_grpc
 from logs_svc.store import Store
@@ -19,13 +19,12 @@ MAX_PAGE = 1000
 class LogsService(logs_pb2_grpc.LogsServiceServicer):
     """Queries by version, time range, minimum level and request ids, newest first, paged."""
 
-    def __init__(self, store: Store, *, secret: str) -> None:
+    def __init__(self, store: Store) -> None:
         self._store = store
-        self._secret = secret
 
     async def Query(self, request: logs_pb2.QueryRequest,
                     context: grpc.aio.ServicerContext[Any, Any]) -> logs_pb2.QueryResponse:
-        app = auth.app_from_metadata(self._secret, context.invocation_metadata())
+        app = grpcserver.caller_app()
         if request.app_id and request.app_id != app:
             raise PermissionDeniedError("an app may read only its own logs")
         if not 0 <= request.page_size <= MAX_PAGE:

@@ -78,7 +78,7 @@ async def serve(cfg: MailConfig) -> None:
 
     rule = SenderRule(admins=cfg.admin_map(), mail_domain=cfg.mail_domain,
                       platform_secret=cfg.platform_secret.get())
-    service = MailService(queue, rule, secret=cfg.service_secret.get(), max_mail_bytes=cfg.max_mail_bytes,
+    service = MailService(queue, rule, max_mail_bytes=cfg.max_mail_bytes,
                           outbox=outbox)
     registration = grpcserver.Registration(SERVICE_NAME, mail_pb2_grpc.add_MailServiceServicer_to_server, service)
     await grpcserver.serve(cfg, [registration], on_stop=stop)

@@ -8,7 +8,7 @@ from typing import Any
 import grpc
 
 from kiln import mailrules
-from kiln_platform import auth
+from kiln_platform import auth, grpcserver
 from kiln.errors import BadRequestError, FailedPreconditionError
 from kiln.pb.mail.v1 import mail_pb2 as pb
 from kiln.pb.mail.v1 import mail_pb2_grpc
@@ -47,16 +47,15 @@ class SenderRule:
 class MailService(mail_pb2_grpc.MailServiceServicer):
     """Implements the contract; delivery happens later, from the queue (:mod:`mail_svc.queue`)."""
 
-    def __init__(self, queue: MailQueue, rule: SenderRule, *, secret: str, max_mail_bytes: int,
+    def __init__(self, queue: MailQueue, rule: SenderRule, *, max_mail_bytes: int,
                  outbox: Outbox | None) -> None:
         self._queue = queue
         self._rule = rule
-        self._secret = secret
         self._max = max_mail_bytes
         self._outbox = outbox
 
     async def Send(self, request: pb.SendRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.SendResponse:
-        app = auth.app_from_metadata(self._secret, context.invocation_metadata())
+        app = grpcserver.caller_app()
         rendered = self._check(app, request.message, request.signed_in_user_email, request.signed_in_user_proof,
                                None)
         await self._enqueue(app, rendered)
@@ -64,7 +63,7 @@ class MailService(mail_pb2_grpc.MailServiceServicer):
 
     async def SendToAdmins(self, request: pb.SendToAdminsRequest,
                            context: grpc.aio.ServicerContext[Any, Any]) -> pb.SendToAdminsResponse:
-        app = auth.app_from_metadata(self._secret, context.invocation_metadata())
+        app = grpcserver.caller_app()
         admins = sorted(self._rule.admins.get(app, frozenset()))
         if not admins and self._outbox is None:
             raise FailedPreconditionError(f"app {app!r} has no administrators to mail (mail_svc --admins)")
@@ -76,7 +75,7 @@ class MailService(mail_pb2_grpc.MailServiceServicer):
 
     async def ListOutbox(self, request: pb.ListOutboxRequest,
                          context: grpc.aio.ServicerContext[Any, Any]) -> pb.ListOutboxResponse:
-        app = auth.app_from_metadata(self._secret, context.invocation_metadata())
+        app = grpcserver.caller_app()
         if self._outbox is None:
             raise FailedPreconditionError("this mail service delivers through a relay; it keeps no outbox")
         if not 0 <= request.limit <= MAX_OUTBOX_PAGE:

@@ -45,5 +45,5 @@ async def serve(cfg: MemcacheConfig) -> None:
             await text_server.wait_closed()
 
     registration = grpcserver.Registration(SERVICE_NAME, memcache_pb2_grpc.add_MemcacheServiceServicer_to_server,
-                                           MemcacheService(cache, secret=cfg.service_secret.get()))
+                                           MemcacheService(cache))
     await grpcserver.serve(cfg, [registration], on_stop=stop)

@@ -8,7 +8,7 @@ from typing import Any
 import grpc
 
 from kiln import errors
-from kiln_platform import auth
+from kiln_platform import grpcserver
 from kiln.pb.memcache.v1 import memcache_pb2 as pb
 from kiln.pb.memcache.v1 import memcache_pb2_grpc
 from memcache_svc.store import MAX_KEY_BYTES, MAX_VALUE_BYTES, Cache
@@ -42,15 +42,12 @@ def check_batch(count: int) -> None:
 class MemcacheService(memcache_pb2_grpc.MemcacheServiceServicer):
     """Implements ``kiln.pb.memcache.v1.MemcacheService`` over a :class:`Cache`."""
 
-    def __init__(self, cache: Cache, *, secret: str) -> None:
+    def __init__(self, cache: Cache) -> None:
         self._cache = cache
-        self._secret = secret
 
-    def _app(self, context: grpc.aio.ServicerContext[Any, Any]) -> str:
-        return auth.app_from_metadata(self._secret, context.invocation_metadata())
 
     async def Get(self, request: pb.GetRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.GetResponse:
-        app = self._app(context)
+        app = grpcserver.caller_app()
         check_namespace(request.namespace)
         check_batch(len(request.keys))
         out = pb.GetResponse()
@@ -63,7 +60,7 @@ class MemcacheService(memcache_pb2_grpc.MemcacheServiceServicer):
         return out
 
     async def Set(self, request: pb.SetRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.SetResponse:
-        app = self._app(context)
+        app = grpcserver.caller_app()
         check_namespace(request.namespace)
         check_batch(len(request.items))
         policy = _POLICIES.get(request.policy)
@@ -85,7 +82,7 @@ class MemcacheService(memcache_pb2_grpc.MemcacheServiceServicer):
 
     async def Delete(self, request: pb.DeleteRequest,
                      context: grpc.aio.ServicerContext[Any, Any]) -> pb.DeleteResponse:
-        app = self._app(context)
+        app = grpcserver.caller_app()
         check_namespace(request.namespace)
         check_batch(len(request.keys))
         if request.lockout_seconds < 0:
@@ -100,7 +97,7 @@ class MemcacheService(memcache_pb2_grpc.MemcacheServiceServicer):
 
     async def Increment(self, request: pb.IncrementRequest,
                         context: grpc.aio.ServicerContext[Any, Any]) -> pb.IncrementResponse:
-        app = self._app(context)
+        app = grpcserver.caller_app()
         check_namespace(request.namespace)
         check_key(request.key)
         initial = request.initial_value if request.HasField("initial_value") else None
@@ -115,10 +112,10 @@ class MemcacheService(memcache_pb2_grpc.MemcacheServiceServicer):
         return out
 
     async def Flush(self, request: pb.FlushRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.FlushResponse:
-        self._cache.flush(self._app(context))
+        self._cache.flush(grpcserver.caller_app())
         return pb.FlushResponse()
 
     async def Stats(self, request: pb.StatsRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.StatsResponse:
-        stats, oldest = self._cache.stats(self._app(context))
+        stats, oldest = self._cache.stats(grpcserver.caller_app())
         return pb.StatsResponse(hits=stats.hits, misses=stats.misses, byte_hits=stats.byte_hits, items=stats.items,
                                 bytes=stats.bytes, oldest_item_age=oldest)

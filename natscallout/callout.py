@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import hmac
 import json
 import logging
 import time
@@ -16,7 +15,7 @@ import nkeys
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from kiln_platform import natsauth
+from kiln_platform import natsauth, signing
 from kiln_platform.auth import APP_ID_RE
 from kiln_platform.natsauth import issuer_public_key
 
@@ -110,8 +109,8 @@ class Callout:
         user, password = str(opts.get("user") or ""), str(opts.get("pass") or "")
         app_id = user.removeprefix("app-") if user.startswith("app-") else ""
         response: dict[str, Any] = {"type": "authorization_response", "version": 2}
-        if not APP_ID_RE.match(app_id) or not hmac.compare_digest(
-                password.encode(), natsauth.app_password(self._app_secret, app_id).encode()):
+        if not APP_ID_RE.match(app_id) or not signing.verify(self._app_secret, natsauth.APP_PASSWORD_PURPOSE,
+                                                              password, app_id):
             log.info("refused NATS user %r from %s", user[:100], (nats_claims.get("client_info") or {}).get("host"))
             response["error"] = "unknown user or wrong password"
         else:

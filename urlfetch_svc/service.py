@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 
 from kiln import errors
-from kiln_platform import auth
+from kiln_platform import auth, grpcserver
 from kiln.pb.urlfetch.v1 import urlfetch_pb2 as pb
 from kiln.pb.urlfetch.v1 import urlfetch_pb2_grpc
 from urlfetch_svc import fetcher
@@ -71,9 +71,8 @@ def user_agent(app_id: str, given: str | None) -> str:
 class UrlFetchService(urlfetch_pb2_grpc.UrlFetchServiceServicer):
     """Implements ``kiln.pb.urlfetch.v1.UrlFetchService``."""
 
-    def __init__(self, *, secret: str, policies: Policies, max_in_flight: int = 64, inbound_secret: str = "",
+    def __init__(self, *, policies: Policies, max_in_flight: int = 64, inbound_secret: str = "",
                  apps_domains: Sequence[str] = ()) -> None:
-        self._secret = secret
         self._policies = policies
         self._inbound_secret = inbound_secret
         self._apps_domains = tuple(apps_domains)
@@ -85,7 +84,7 @@ class UrlFetchService(urlfetch_pb2_grpc.UrlFetchServiceServicer):
         await self._fetcher.close()
 
     async def Fetch(self, request: pb.FetchRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.FetchResponse:
-        app = auth.app_from_metadata(self._secret, context.invocation_metadata())
+        app = grpcserver.caller_app()
         req = self._validate(request, app)
         async with self._slots:
             try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from deploy.control import tokens
 from deploy.control.config import ControlConfig
 from deploy.control.service import DeployService
 from deploy.control.store import EmbeddedStore, Store
@@ -35,7 +36,7 @@ async def serve(cfg: ControlConfig) -> None:
         await nc.publish(subject, data)
         await nc.flush()
 
-    service = DeployService(store, admin_secret=cfg.admin_secret.get(), service_secret=cfg.service_secret.get(),
+    service = DeployService(store, service_secret=cfg.service_secret.get(),
                             publish=publish, blob_grace_seconds=cfg.blob_grace_seconds)
 
     async def stop() -> None:
@@ -44,4 +45,5 @@ async def serve(cfg: ControlConfig) -> None:
         await store.close()
 
     registration = grpcserver.Registration(SERVICE_NAME, deploy_pb2_grpc.add_DeployServiceServicer_to_server, service)
-    await grpcserver.serve(cfg, [registration], on_stop=stop)
+    await grpcserver.serve(cfg, [registration], on_stop=stop,
+                           authenticator=tokens.DeployTokens(cfg.admin_secret.get()))

@@ -26,7 +26,7 @@ import grpc
 
 from deploy.control import manifest, tokens
 from deploy.control.store import Store, not_uploaded
-from kiln_platform import auth, bus
+from kiln_platform import auth, bus, grpcserver
 from kiln.errors import BadRequestError, NotFoundError, PermissionDeniedError, TooLargeError
 from kiln.pb.deploy.v1 import deploy_pb2 as pb
 from kiln.pb.deploy.v1 import deploy_pb2_grpc
@@ -53,10 +53,9 @@ def check_app(app_id: str) -> None:
 class DeployService(deploy_pb2_grpc.DeployServiceServicer):
     """Implements the contract (see module docstring)."""
 
-    def __init__(self, store: Store, *, admin_secret: str, service_secret: str, publish: Publish,
+    def __init__(self, store: Store, *, service_secret: str, publish: Publish,
                  blob_grace_seconds: float = 3600.0) -> None:
         self._store = store
-        self._admin_secret = admin_secret
         self._service_secret = service_secret
         self._publish = publish
         self._uploads = asyncio.Semaphore(CONCURRENT_UPLOADS)
@@ -65,7 +64,7 @@ class DeployService(deploy_pb2_grpc.DeployServiceServicer):
         self._collect_again: set[str] = set()
 
     def _grant(self, context: Context, app_id: str, scope: str) -> tokens.Grant:
-        grant = tokens.from_metadata(self._admin_secret, context.invocation_metadata())
+        grant = grpcserver.caller(tokens.Grant)
         check_app(app_id)
         grant.require(app_id, scope)
         return grant
@@ -176,7 +175,7 @@ class DeployService(deploy_pb2_grpc.DeployServiceServicer):
             yield pb.DownloadBlobResponse(chunk=chunk)
 
     async def ListApps(self, request: pb.ListAppsRequest, context: Context) -> pb.ListAppsResponse:
-        grant = tokens.from_metadata(self._admin_secret, context.invocation_metadata())
+        grant = grpcserver.caller(tokens.Grant)
         if grant.app != tokens.ALL_APPS:
             raise PermissionDeniedError("ListApps needs a platform token (for every app); an app's token lists "
                                         "its versions with ListVersions")

@@ -12,10 +12,10 @@ rotating the secret revokes every token.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import hmac
 import re
+from collections.abc import Iterable
 
+from kiln_platform import auth, signing
 from kiln_platform.auth import APP_ID_RE
 from kiln.errors import PermissionDeniedError, UnauthenticatedError
 
@@ -45,10 +45,6 @@ class Grant:
                                         f"for app {app_id!r}; ask your operator for one")
 
 
-def _mac(secret: str, body: str) -> str:
-    return hmac.new(secret.encode(), b"kiln-deploy:" + body.encode(), hashlib.sha256).hexdigest()
-
-
 def mint(secret: str, app: str, scope: str, name: str) -> str:
     """A token for ``app`` (or ``*``) with ``scope``, held by ``name``."""
     if not secret:
@@ -60,7 +56,7 @@ def mint(secret: str, app: str, scope: str, name: str) -> str:
     if not NAME_RE.match(name):
         raise ValueError(f"name: 1-64 of letters, digits, _ @ + -, got {name!r}")
     body = f"{PREFIX}.{app}.{scope}.{name}"
-    return f"{body}.{_mac(secret, body)}"
+    return f"{body}.{signing.sign(secret, 'kiln-deploy', body)}"
 
 
 def verify(secret: str, token: str) -> Grant:
@@ -75,18 +71,17 @@ def verify(secret: str, token: str) -> Grant:
     _, app, scope, name, mac = parts
     if scope not in SCOPES or not NAME_RE.match(name) or (app != ALL_APPS and not APP_ID_RE.match(app)):
         raise UnauthenticatedError("malformed deploy token: expected kiln1.APP.SCOPE.NAME.MAC")
-    if not hmac.compare_digest(mac, _mac(secret, token.rpartition(".")[0])):
+    if not signing.verify(secret, "kiln-deploy", mac, token.rpartition(".")[0]):
         raise UnauthenticatedError("deploy token signature does not match (wrong deployment, or revoked)")
     return Grant(app, scope, name)
 
 
-def from_metadata(secret: str, metadata: object) -> Grant:
-    """The grant of the bearer token in gRPC metadata."""
-    for key, value in metadata or ():  # type: ignore[attr-defined]
-        if key == "authorization":
-            text = value.decode() if isinstance(value, bytes) else str(value)
-            scheme, _, token = text.partition(" ")
-            if scheme.lower() != "bearer" or not token.strip():
-                raise UnauthenticatedError("authorization metadata must be 'Bearer <deploy token>'")
-            return verify(secret, token.strip())
-    raise UnauthenticatedError("no deploy token: send 'authorization: Bearer <token>' (kiln: --token or KILN_TOKEN)")
+@dataclasses.dataclass(frozen=True)
+class DeployTokens:
+    """The control plane's authenticator (:class:`kiln_platform.grpcserver.Authenticator`): the caller is the
+    :class:`Grant` of the deploy token in ``authorization: Bearer``."""
+
+    secret: str
+
+    def authenticate(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> Grant:
+        return verify(self.secret, auth.bearer_token(metadata, "deploy token"))

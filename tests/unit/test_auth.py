@@ -68,3 +68,9 @@ def test_an_inbound_signature_verifies_only_for_its_request_and_while_fresh():
     assert not auth.verify_inbound("s", sig, "caller", "GET", "target.example.com", "/p?q=1", now=1061)
     assert not auth.verify_inbound("other-secret", sig, "caller", "GET", "target.example.com", "/p?q=1", now=1030)
     assert not auth.verify_inbound("s", "garbage", "caller", "GET", "target.example.com", "/p?q=1", now=1030)
+
+
+@pytest.mark.parametrize("value", ["Bearer guestbook.\u00e9", "Bearer \uff47uestbook.abc", b"Bearer \xff\xfe"])
+def test_a_bearer_token_that_is_not_ascii_is_refused(value):
+    with pytest.raises(UnauthenticatedError):
+        auth.app_from_metadata("secret", (("authorization", value),))

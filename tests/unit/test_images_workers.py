@@ -24,7 +24,7 @@ async def until(predicate) -> None:
 
 @pytest.fixture
 async def service():
-    svc = ImagesService(secret="s", max_pixels=1000, workers=1, max_waiting=1)
+    svc = ImagesService(max_pixels=1000, workers=1, max_waiting=1)
     yield svc
     await svc.close()
 
