@@ -92,7 +92,8 @@ async def checked_addresses(target: Target, policy: Policy) -> list[ResolveResul
         policy.check(str(target.address), target.port)
         return []  # aiohttp connects to an IP host as it is, without a resolver
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(target.name, target.port, type=socket.SOCK_STREAM)
+        infos = await asyncio.get_running_loop().getaddrinfo(target.name, target.port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_ADDRCONFIG)
     except OSError as exc:
         raise FetchFailed("DNS_ERROR", f"could not resolve {target.host!r}: {exc.strerror or exc}") from None
     allowed: list[ResolveResult] = []

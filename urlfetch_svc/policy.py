@@ -6,10 +6,14 @@ is not on the public internet — loopback, link-local (cloud metadata
 services), private, carrier-grade NAT, unique-local, multicast, reserved and
 unspecified addresses, and any network the operator lists as cluster-internal
 — because that is where kiln's own services and the cluster's machines live.
-The check is made on the addresses a host name resolves to, for every
-connection (so also after each redirect), and the connection goes to the
-address that was checked, so a DNS answer that changes between check and
-connect (rebinding) gains nothing. An operator can allow an app (or every
+Each URL (the app's and every redirect's) is first normalised once by
+:func:`parse_url` — WHATWG URL rules: IDNA/UTS-46 with NFKC for names, every
+numeric form of an IPv4 address, compressed IPv6 — so the host checked is the
+host connected to, whatever Unicode digits, dots or number bases spell it.
+The check is made on that address, or on the addresses the name resolves
+to, and the connection goes to the address that was checked (the fetcher
+pins it), so a DNS answer that changes between check and connect
+(rebinding) gains nothing. An operator can allow an app (or every
 app, ``*``) specific internal networks.
 """
 
@@ -94,9 +98,9 @@ def parse_url(url: str) -> Target:
         raise InvalidUrl(_why_unparsable(url)) from None
     host = parsed.hostname.removeprefix("[").removesuffix("]")
     address = _address(host)
-    if _read_host(url) != host:
+    if (other := _read_host(url)) != host:
         raise InvalidUrl(f"the URL's authority is ambiguous: it names the host {host!r} by the URL standard but "
-                         f"{_read_host(url)!r} by RFC 3986")
+                         f"{other!r} by RFC 3986")
     if int(parsed.port or port) != port:
         raise InvalidUrl(f"the URL's port is ambiguous: {parsed.port or 'default'} or {port}")
     invalid = None
@@ -179,7 +183,7 @@ def _without_zone(url: str) -> tuple[str, str]:
 def _why_unparsable(url: str) -> str:
     """A precise reason for a URL the URL standard refuses (its host, nearly always)."""
     host = urllib.parse.urlsplit(url).hostname or ""
-    if host.startswith("[") or ":" in host:
+    if ":" in host:
         return f"the host {host!r} is not a valid IPv6 address"
     try:
         idna.encode(host, uts46=True)
