@@ -7,7 +7,6 @@ app 'fetcher' may reach only 127.0.0.2 (the "public" test server); 127.0.0.1 and
 from __future__ import annotations
 
 import json
-import pathlib
 import urllib.parse
 import urllib.request
 
