@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import http.client
 import io
+import re
 from collections.abc import Iterable
 from typing import Any
 
 from kiln.api import urlfetch
 
 _ORIGINAL = (http.client.HTTPConnection, http.client.HTTPSConnection)
+_ABSOLUTE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 class _Canned:
@@ -107,7 +109,8 @@ class FetchHTTPConnection(http.client.HTTPConnection):
         method, path, headers = self._fetch
         self._fetch = None
         self._HTTPConnection__state = http.client._CS_IDLE  # type: ignore[attr-defined]  # ready for the next request
-        url = path if "://" in path else f"{self.scheme}://{self._authority()}{path}"
+        # An absolute-form target (a proxy request) is the whole URL; an origin-form path may hold "://" in its query.
+        url = path if _ABSOLUTE.match(path) else f"{self.scheme}://{self._authority()}{path}"
         try:
             result = urlfetch.fetch(url, payload=b"".join(self._body) or None, method=method,
                                     headers=_merge(headers), follow_redirects=False, deadline=self.timeout,

@@ -1,13 +1,20 @@
 """Performing one fetch with App Engine's limits: size, deadline, redirects, certificates.
 
-aiohttp does the HTTP. kiln adds: every connection's address checked against
-the app's :class:`~urlfetch_svc.policy.Policy` (a resolver that refuses
-internal addresses, plus a check of literal IPs, on every redirect hop); one
-connection pool per policy, so a connection opened for an app allowed an
-internal network is never reused for another; redirects followed here, at
-most :data:`MAX_REDIRECTS`, with the method rules browsers use; the response
-read in bounded chunks, cut at :data:`MAX_RESPONSE_BYTES`; the whole fetch
-(connect, redirects, body) under one deadline.
+aiohttp does the HTTP. kiln adds, for every hop (the first and each
+redirect), three stages in this order: the URL is normalised once
+(:func:`~urlfetch_svc.policy.parse_url`: IDNA/NFKC, every numeric address
+form); the normalised host is resolved here and each address checked
+against the app's :class:`~urlfetch_svc.policy.Policy`; and aiohttp is
+handed the normalised URL and a resolver that only returns the addresses
+just checked (it never looks a name up itself), so the connection goes to
+exactly the address that was checked, while TLS still sends and verifies
+the host name. Also: one connection pool per policy, so a connection opened
+for an app allowed an internal network is never reused for another (a
+kept-alive connection was opened to an address checked under the same
+policy); redirects followed here, at most :data:`MAX_REDIRECTS`, with the
+method rules browsers use; the response read in bounded chunks, cut at
+:data:`MAX_RESPONSE_BYTES`; the whole fetch (connect, redirects, body) under
+one deadline.
 """
 
 from __future__ import annotations
@@ -15,18 +22,17 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import dataclasses
-import ipaddress
 import logging
 import socket
 import ssl
-import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import aiohttp
+import yarl
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from urlfetch_svc.policy import ForbiddenDestination, InvalidUrl, Policy, Target, parse_url
+from urlfetch_svc.policy import ForbiddenDestination, InvalidUrl, Policy, Target, join, parse_url
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +44,9 @@ MAX_DEADLINE = 60.0
 _CHUNK = 256 * 1024
 _REDIRECTS = {301, 302, 303, 307, 308}
 
-_policy: contextvars.ContextVar[Policy] = contextvars.ContextVar("urlfetch_policy")
+# The addresses checked for the current hop, by (host, port): all the pinned resolver may hand aiohttp.
+_pinned: contextvars.ContextVar[Mapping[tuple[str, int], list[ResolveResult]]] = contextvars.ContextVar(
+    "urlfetch_pinned")
 
 
 class FetchFailed(Exception):
@@ -72,33 +80,50 @@ class Response:
     final_url: str
 
 
-class _CheckedResolver(AbstractResolver):
-    """Resolves with the system resolver and keeps only addresses the current app's policy allows."""
+async def checked_addresses(target: Target, policy: Policy) -> list[ResolveResult]:
+    """The addresses ``target`` may be fetched from: its own (an IP host), or those its name resolves to that
+    ``policy`` allows; the connection is made to these and no others.
 
-    def __init__(self) -> None:
-        self._inner = aiohttp.ThreadedResolver()
+    Raises:
+        ForbiddenDestination: the address, or every address the name resolves to, is forbidden.
+        FetchFailed: the name does not resolve (``DNS_ERROR``).
+    """
+    if target.address is not None:
+        policy.check(str(target.address), target.port)
+        return []  # aiohttp connects to an IP host as it is, without a resolver
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(target.name, target.port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_ADDRCONFIG)
+    except OSError as exc:
+        raise FetchFailed("DNS_ERROR", f"could not resolve {target.host!r}: {exc.strerror or exc}") from None
+    allowed: list[ResolveResult] = []
+    refused: ForbiddenDestination | None = None
+    for family, _, proto, _, sockaddr in infos:
+        address = str(sockaddr[0])
+        try:
+            policy.check(address, target.port)
+        except ForbiddenDestination as exc:
+            refused = exc
+            continue
+        allowed.append(ResolveResult(hostname=target.host, host=address, port=target.port, family=family,
+                                     proto=proto, flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV))
+    if not allowed:
+        raise ForbiddenDestination(f"{target.host} resolves to a forbidden address: {refused}")
+    return allowed
+
+
+class _PinnedResolver(AbstractResolver):
+    """aiohttp's resolver: hands back the addresses checked for this hop (:data:`_pinned`) and never resolves."""
 
     async def resolve(self, host: str, port: int = 0,
                       family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
-        try:
-            found = await self._inner.resolve(host, port, family)
-        except OSError as exc:
-            raise FetchFailed("DNS_ERROR", f"could not resolve {host!r}: {exc.strerror or exc}") from None
-        policy = _policy.get()
-        allowed = []
-        refused: ForbiddenDestination | None = None
-        for entry in found:
-            try:
-                policy.check(entry["host"], port)
-                allowed.append(entry)
-            except ForbiddenDestination as exc:
-                refused = exc
-        if not allowed:
-            raise ForbiddenDestination(f"{host} resolves to a forbidden address: {refused}")
-        return allowed
+        found = _pinned.get({}).get((host, port))
+        if not found:  # only if aiohttp asked for a host this module did not give it: refuse, never look it up
+            raise ForbiddenDestination(f"{host}:{port} was not checked against the policy")
+        return found
 
     async def close(self) -> None:
-        await self._inner.close()
+        pass
 
 
 class Fetcher:
@@ -112,8 +137,9 @@ class Fetcher:
     def _session(self, policy: Policy) -> aiohttp.ClientSession:
         found = self._sessions.get(policy)
         if found is None or found.closed:
-            connector = aiohttp.TCPConnector(resolver=_CheckedResolver(), limit=self._max_connections,
-                                             ttl_dns_cache=10, enable_cleanup_closed=True)
+            # No DNS cache: each hop's connection uses the addresses checked for that hop, nothing remembered.
+            connector = aiohttp.TCPConnector(resolver=_PinnedResolver(), limit=self._max_connections,
+                                             use_dns_cache=False, enable_cleanup_closed=True)
             found = self._sessions[policy] = aiohttp.ClientSession(
                 connector=connector, auto_decompress=False, trust_env=False, cookie_jar=aiohttp.DummyCookieJar(),
                 skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"))
@@ -126,7 +152,6 @@ class Fetcher:
 
     async def fetch(self, req: Request, policy: Policy) -> Response:
         """Perform ``req``; raise :class:`FetchFailed`, :class:`InvalidUrl` or :class:`ForbiddenDestination`."""
-        _policy.set(policy)
         try:
             async with asyncio.timeout(req.deadline):
                 return await self._follow(req, policy)
@@ -137,24 +162,30 @@ class Fetcher:
     async def _follow(self, req: Request, policy: Policy) -> Response:
         method, url, payload, headers = req.method, req.url, req.payload, list(req.headers)
         for _ in range(MAX_REDIRECTS + 1):
-            target = parse_url(url)
-            _check_literal(target, policy)
-            resp = await self._once(method, target, headers, payload, req)
-            location = _header(resp.headers, "Location")
+            target = parse_url(url)  # 1. normalise: the host and port the connection will use
+            pinned = await checked_addresses(target, policy)  # 2. resolve and check: the addresses it may use
+            target.raise_if_invalid()  # what is wrong with a URL to an allowed place (credentials, zone id)
+            resp = await self._once(method, target, pinned, headers, payload, req, policy)  # 3. connect to those
+            resp.final_url = url  # as the app or the redirect wrote it (App Engine's final_url)
+            location = _location(resp.headers)
             if not (req.follow_redirects and resp.status in _REDIRECTS and location):
                 return resp
-            url = urllib.parse.urljoin(url, location)
+            url = join(target.url, location)
             if resp.status == 303 or (resp.status in (301, 302) and method == "POST"):
                 method, payload = ("HEAD" if method == "HEAD" else "GET"), b""
                 headers = [(k, v) for k, v in headers if k.lower() not in ("content-type", "content-length")]
         raise FetchFailed("TOO_MANY_REDIRECTS", f"more than {MAX_REDIRECTS} redirects (last: {url})")
 
-    async def _once(self, method: str, target: Target, headers: Sequence[tuple[str, str]], payload: bytes,
-                    req: Request) -> Response:
+    async def _once(self, method: str, target: Target, pinned: list[ResolveResult],
+                    headers: Sequence[tuple[str, str]], payload: bytes, req: Request, policy: Policy) -> Response:
         ssl_arg: Any = (self._verified if req.validate_certificate else False) if target.scheme == "https" else None
+        url = yarl.URL(target.url, encoded=True)
+        if (url.raw_host, url.port) != (target.host, target.port):  # the normalised form must reach aiohttp as is
+            raise InvalidUrl(f"the HTTP client reads {target.url!r} as host {url.raw_host!r}, port {url.port}")
+        token = _pinned.set({(target.host, target.port): pinned})
         try:
-            async with self._session(_policy.get()).request(
-                    method, target.url, headers=headers, data=payload or None, allow_redirects=False,
+            async with self._session(policy).request(
+                    method, url, headers=headers, data=payload or None, allow_redirects=False,
                     ssl=ssl_arg, timeout=aiohttp.ClientTimeout(total=None)) as resp:
                 content, truncated = await _read_limited(resp)
                 if truncated and not req.allow_truncated:
@@ -181,15 +212,8 @@ class Fetcher:
             raise FetchFailed("MALFORMED_REPLY", f"the server's reply was malformed: {exc}") from None
         except aiohttp.ClientError as exc:
             raise FetchFailed("FETCH_ERROR", f"the fetch failed: {exc}") from None
-
-
-def _check_literal(target: Target, policy: Policy) -> None:
-    """aiohttp does not resolve IP literals, so check them here."""
-    try:
-        ipaddress.ip_address(target.host)
-    except ValueError:
-        return
-    policy.check(target.host, target.port)
+        finally:
+            _pinned.reset(token)
 
 
 async def _read_limited(resp: aiohttp.ClientResponse) -> tuple[bytes, bool]:
@@ -204,6 +228,17 @@ async def _read_limited(resp: aiohttp.ClientResponse) -> tuple[bytes, bool]:
         size += len(chunk)
     resp.close()  # stop reading an endless or oversized body; the connection is not reused
     return b"".join(chunks)[:MAX_RESPONSE_BYTES], True
+
+
+def _location(headers: Sequence[tuple[str, str]]) -> str | None:
+    """The Location header, its bytes read as UTF-8 as browsers do (headers here are decoded as latin-1)."""
+    value = _header(headers, "Location")
+    if value is None:
+        return None
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeDecodeError:
+        return value
 
 
 def _header(headers: Sequence[tuple[str, str]], name: str) -> str | None:

@@ -6,10 +6,14 @@ is not on the public internet — loopback, link-local (cloud metadata
 services), private, carrier-grade NAT, unique-local, multicast, reserved and
 unspecified addresses, and any network the operator lists as cluster-internal
 — because that is where kiln's own services and the cluster's machines live.
-The check is made on the addresses a host name resolves to, for every
-connection (so also after each redirect), and the connection goes to the
-address that was checked, so a DNS answer that changes between check and
-connect (rebinding) gains nothing. An operator can allow an app (or every
+Each URL (the app's and every redirect's) is first normalised once by
+:func:`parse_url` — WHATWG URL rules: IDNA/UTS-46 with NFKC for names, every
+numeric form of an IPv4 address, compressed IPv6 — so the host checked is the
+host connected to, whatever Unicode digits, dots or number bases spell it.
+The check is made on that address, or on the addresses the name resolves
+to, and the connection goes to the address that was checked (the fetcher
+pins it), so a DNS answer that changes between check and connect
+(rebinding) gains nothing. An operator can allow an app (or every
 app, ``*``) specific internal networks.
 """
 
@@ -17,8 +21,12 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import re
 import urllib.parse
 from collections.abc import Iterable, Mapping
+
+import ada_url
+import idna
 
 from kiln.errors import ConfigError
 
@@ -32,6 +40,8 @@ _INTERNAL = [ipaddress.ip_network(n) for n in (
     "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
     "192.0.0.0/24", "192.168.0.0/16", "198.18.0.0/15", "224.0.0.0/4", "240.0.0.0/4",
     "::/128", "::1/128", "fc00::/7", "fe80::/10", "ff00::/8", "64:ff9b::/96")]
+_AUTHORITY = re.compile(r"^(?:[A-Za-z][A-Za-z0-9+.-]*:)?//")  # what comes before the authority (host)
+_ZONE = re.compile(r"\[([^\]%]*)%(?:25)?([^\]]*)\]")
 
 
 class InvalidUrl(ValueError):
@@ -44,22 +54,82 @@ class ForbiddenDestination(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Target:
-    """A validated URL, split."""
+    """A URL as it will be fetched, after normalisation: what the policy decides on is what is connected to."""
 
     scheme: str
-    host: str
+    host: str  # ASCII: an IDNA A-label name, a dotted-quad IPv4 address or an IPv6 address (without brackets)
     port: int
-    url: str
+    url: str  # the URL to request: normalised, without credentials or fragment
+    address: Address | None  # the host, when it is an IP address
+    # Why the URL is invalid even where its destination is allowed (credentials, a zone id). It is raised only
+    # after the destination was checked, so a URL naming a forbidden address is always refused as forbidden.
+    invalid: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The host name to resolve: the host without the trailing dot of an absolute name."""
+        return self.host[:-1] if self.host.endswith(".") else self.host
+
+    def raise_if_invalid(self) -> None:
+        if self.invalid:
+            raise InvalidUrl(self.invalid)
 
 
 def parse_url(url: str) -> Target:
-    """Validate ``url`` as App Engine did (absolute http/https, a host, an allowed port).
+    """Validate and normalise ``url``: the one place that decides which host a fetch goes to.
+
+    The URL is read by the WHATWG URL rules (what browsers do, via ada): the host is mapped and checked by
+    IDNA/UTS-46 (so NFKC folds full-width and circled digits and Unicode full stops to ASCII), percent-decoded,
+    read as an IPv4 address in every numeric form (decimal, octal, hex, short) when it ends in a number, and
+    written back in one canonical ASCII form. The fetch then uses exactly that host, so no later step of the HTTP
+    client can turn a name that passed the policy into a different one. App Engine's own rules (an absolute
+    http/https URL with a host, an allowed port) apply on top.
 
     Raises:
         InvalidUrl: the message says what is wrong.
     """
     if any(ord(c) < 0x21 or ord(c) == 0x7F for c in url):
         raise InvalidUrl("the URL contains spaces or control characters")
+    url, zone = _without_zone(url)
+    scheme, port = _split(url)
+    try:
+        parsed = ada_url.URL(url)
+    except ValueError:
+        raise InvalidUrl(_why_unparsable(url)) from None
+    host = parsed.hostname.removeprefix("[").removesuffix("]")
+    address = _address(host)
+    if (other := _read_host(url)) != host:
+        raise InvalidUrl(f"the URL's authority is ambiguous: it names the host {host!r} by the URL standard but "
+                         f"{other!r} by RFC 3986")
+    if int(parsed.port or port) != port:
+        raise InvalidUrl(f"the URL's port is ambiguous: {parsed.port or 'default'} or {port}")
+    invalid = None
+    if parsed.username or parsed.password:
+        invalid = "credentials in the URL are not allowed; send an Authorization header"
+    elif zone:
+        invalid = f"IPv6 zone ids (%{zone}) are not allowed"
+    request = ada_url.URL(parsed.href)
+    request.username = request.password = request.hash = ""
+    return Target(scheme, host, port, request.href, address, invalid)
+
+
+def join(base: str, location: str) -> str:
+    """Where a redirect from ``base`` to ``location`` leads, read by the same rules as :func:`parse_url`.
+
+    Raises:
+        InvalidUrl: ``location`` does not make a valid URL.
+    """
+    bare, zone = _without_zone(location)
+    try:
+        joined = ada_url.URL(bare, base).href
+    except ValueError:
+        raise InvalidUrl(f"the redirect location {location!r} is not a valid URL") from None
+    # The zone id goes back, for parse_url to refuse after the address was checked.
+    return joined.replace("]", f"%25{urllib.parse.quote(zone)}]", 1) if zone else joined
+
+
+def _split(url: str) -> tuple[str, int]:
+    """App Engine's rules, read as Python's urllib reads the URL: the scheme and the port."""
     try:
         parts = urllib.parse.urlsplit(url)
         port = parts.port
@@ -68,15 +138,61 @@ def parse_url(url: str) -> Target:
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https"):
         raise InvalidUrl(f"the scheme must be http or https, got {parts.scheme or 'none'!r}")
-    host = parts.hostname or ""
-    if not host:
+    if not parts.hostname or not parts.netloc:
         raise InvalidUrl("the URL has no host")
-    if parts.username is not None or parts.password is not None:
-        raise InvalidUrl("credentials in the URL are not allowed; send an Authorization header")
     port = port or (443 if scheme == "https" else 80)
     if not any(port in r for r in _ALLOWED_PORTS):
         raise InvalidUrl(f"port {port} is not allowed (App Engine allows 80-90, 440-450 and 1024-65535)")
-    return Target(scheme, host, port, url)
+    return scheme, port
+
+
+def _read_host(url: str) -> str:
+    """The host urllib reads in ``url``, normalised by the URL standard (for comparison with the standard's own
+    reading: where they differ, an app that checked the URL with urllib would be misled)."""
+    host = urllib.parse.urlsplit(url).hostname or ""
+    try:
+        found = ada_url.URL(f"http://[{host}]/" if ":" in host else f"http://{host}/").hostname
+    except ValueError:
+        return host
+    return found.removeprefix("[").removesuffix("]")
+
+
+def _address(host: str) -> Address | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None  # a name: the URL standard has already read every numeric form as an address
+
+
+def _without_zone(url: str) -> tuple[str, str]:
+    """``url`` without the zone id of an IPv6 host (``[fe80::1%25eth0]``), which the URL standard does not
+    allow, and the zone id; so that the address itself can be checked (and refused) like any other."""
+    start = _AUTHORITY.match(url)
+    if start is None:
+        return url, ""
+    rest = url[start.end():]
+    end = min([i for i in (rest.find(c) for c in "/?#\\") if i >= 0] or [len(rest)])
+    authority = rest[:end]
+    found = _ZONE.search(authority)
+    if found is None:
+        return url, ""
+    authority = authority[:found.start()] + f"[{found.group(1)}]" + authority[found.end():]
+    return url[:start.end()] + authority + rest[end:], urllib.parse.unquote(found.group(2))
+
+
+def _why_unparsable(url: str) -> str:
+    """A precise reason for a URL the URL standard refuses (its host, nearly always)."""
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if ":" in host:
+        return f"the host {host!r} is not a valid IPv6 address"
+    try:
+        idna.encode(host, uts46=True)
+    except idna.IDNAError as exc:
+        return f"the host {host!r} does not normalise to a valid domain name (IDNA): {exc}"
+    last = [label for label in host.split(".") if label][-1:] or [""]
+    if re.fullmatch(r"[0-9]+|0[xX][0-9a-fA-F]*", last[0]):
+        return f"the host {host!r} ends in a number but is not a valid IPv4 address"
+    return f"the host {host!r} is not a valid domain name or IP address"
 
 
 @dataclasses.dataclass(frozen=True)

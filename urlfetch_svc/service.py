@@ -106,7 +106,7 @@ class UrlFetchService(urlfetch_pb2_grpc.UrlFetchServiceServicer):
         if len(request.url) > MAX_URL_CHARS:
             raise InvalidUrlError("INVALID_URL", f"the URL is longer than {MAX_URL_CHARS} characters")
         try:
-            parse_url(request.url)
+            parse_url(request.url)  # fail early; the fetcher parses each hop again and checks its destination
         except InvalidUrl as exc:
             raise InvalidUrlError("INVALID_URL", f"invalid URL {request.url!r}: {exc}") from None
         method = _METHODS.get(request.method)
@@ -131,8 +131,9 @@ class UrlFetchService(urlfetch_pb2_grpc.UrlFetchServiceServicer):
 
     def _inbound(self, method: str, url: str, app: str) -> list[tuple[str, str]]:
         """App Engine's X-AppEngine-Inbound-AppId for a call to another kiln app, signed for the router."""
-        parts = urllib.parse.urlsplit(url)
-        host = (parts.hostname or "").lower()
+        target = parse_url(url)
+        parts = urllib.parse.urlsplit(target.url)  # normalised: the host and path the request will carry
+        host = target.host
         if not self._inbound_secret or not any(host == d or host.endswith("." + d) for d in self._apps_domains):
             return []
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")

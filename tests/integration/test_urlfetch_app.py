@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+import urllib.parse
 
 import pytest
 
@@ -43,6 +44,11 @@ MAIN = textwrap.dedent(r'''
                 out.append({"status": resp.status, "body": resp.read().decode()})
             conn.close()
             return out
+        if action == "urlfetch-refused":
+            try:
+                urlfetch.fetch(target)
+            except urlfetch.Error as exc:
+                return {"error": type(exc).__name__}
         if action == "urllib-https-untrusted":
             try:
                 urllib.request.urlopen(target)
@@ -74,6 +80,13 @@ def targets(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def loopback():
+    """A server on 127.0.0.1 (forbidden to the app) that records what it receives."""
+    with webservers.serving("127.0.0.1") as sink:
+        yield sink
+
+
+@pytest.fixture(scope="module")
 def server(tmp_path_factory, targets):
     with running(tmp_path_factory.mktemp("outbound"), {"main.py": MAIN},
                  urlfetch_allow_internal="127.0.0.2/32") as srv:
@@ -81,7 +94,7 @@ def server(tmp_path_factory, targets):
 
 
 def call(server, action, url):
-    status, _, body = fetch(server, f"/{action}?url={url.replace('?', '%3F').replace('&', '%26')}")
+    status, _, body = fetch(server, f"/{action}?url={urllib.parse.quote(url, safe='')}")
     assert status == 200, body
     return json.loads(body)
 
@@ -138,3 +151,13 @@ def test_a_client_cannot_forge_inbound_appid(server):
         "X-AppEngine-Inbound-AppId": "someone", "X-Kiln-Inbound-Signature": "9999999999.deadbeef"})
     with urllib.request.urlopen(req, timeout=30) as resp:
         assert json.loads(resp.read()) == {"caller": None}
+
+
+@pytest.mark.parametrize("host", ["①②⑦.0.0.1", "１２７。０。０。１", "127．0．0．1", "0x7f.1", "2130706433", "localhost",
+                                  "[::ffff:127.0.0.1]"])
+def test_an_app_cannot_reach_loopback_through_any_spelling_of_it(server, targets, loopback, host):
+    url = f"http://{host}:{loopback.server_address[1]}/secret"
+    assert call(server, "urlfetch-refused", url) == {"error": "ForbiddenDestinationError"}
+    redirect = targets[0] + "/redirect?to=" + urllib.parse.quote(url, safe="")
+    assert call(server, "urlfetch-refused", redirect) == {"error": "ForbiddenDestinationError"}
+    assert loopback.seen == []

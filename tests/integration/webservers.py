@@ -34,12 +34,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.send_response(status)
         for name, value in (headers or {}).items():
             self.send_header(name, value)
+        if "close" in self._query():  # ?close=1: no keep-alive, so the next request needs a new connection
+            self.send_header("Connection", "close")
+            self.close_connection = True
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
 
     def _route(self) -> None:
+        self.server.seen.append(self.path)
         path = urllib.parse.urlsplit(self.path).path
         q = self._query()
         length = int(self.headers.get("Content-Length") or 0)
@@ -49,7 +53,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
                                         "headers": dict(self.headers.items())}).encode(),
                        {"Content-Type": "application/json", "X-Multi": "a", "Set-Cookie": "k=v"})
         elif path == "/redirect":
-            self._send(int(q.get("status", "302")), b"moved", {"Location": q["to"]})
+            # A non-ASCII location goes out as raw UTF-8 bytes, as servers send it.
+            self._send(int(q.get("status", "302")), b"moved", {"Location": q["to"].encode().decode("latin-1")})
         elif path == "/loop":
             self._send(302, b"", {"Location": "/loop"})
         elif path == "/big":
@@ -98,21 +103,35 @@ class Handler(http.server.BaseHTTPRequestHandler):
 class Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
 
+    def __init__(self, address: tuple[str, int], handler: type[Handler]) -> None:
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        super().__init__(address, handler)
+        self.seen: list[str] = []  # the path of every request received, in order
+        self.server_names: list[str | None] = []  # the TLS server name (SNI) of every handshake
+        self.cert_dir: pathlib.Path | None = None  # where its certificate (cert.pem) is, when it serves TLS
+
     @property
     def base(self) -> str:
         host, port = self.server_address[:2]
+        host = f"[{host}]" if ":" in host else host
         return f"{'https' if isinstance(self.socket, ssl.SSLSocket) else 'http'}://{host}:{port}"
 
 
 def self_signed(directory: pathlib.Path, host: str) -> tuple[pathlib.Path, pathlib.Path]:
-    """A throwaway certificate for ``host`` (an IP), signed by itself: no client trusts it."""
+    """A throwaway certificate for ``host`` (an IP or a DNS name), signed by itself: no client trusts it unless
+    told to (``SSL_CERT_FILE``)."""
+    try:
+        alt_name: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        alt_name = x509.DNSName(host)
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
     now = datetime.datetime.now(datetime.timezone.utc)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(host))]), critical=False)
+            .add_extension(x509.SubjectAlternativeName([alt_name]), critical=False)
             .sign(key, hashes.SHA256()))
     cert_path, key_path = directory / "cert.pem", directory / "key.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
@@ -122,12 +141,15 @@ def self_signed(directory: pathlib.Path, host: str) -> tuple[pathlib.Path, pathl
 
 
 @contextlib.contextmanager
-def serving(host: str, *, tls_dir: pathlib.Path | None = None) -> Iterator[Server]:
-    """An HTTP (or, given ``tls_dir``, HTTPS) server on ``host`` and a free port, in a background thread."""
+def serving(host: str, *, tls_dir: pathlib.Path | None = None, cert_name: str | None = None) -> Iterator[Server]:
+    """An HTTP (or, given ``tls_dir``, HTTPS) server on ``host`` and a free port, in a background thread; its
+    certificate names ``cert_name`` (default: ``host``)."""
     server = Server((host, 0), Handler)
     if tls_dir is not None:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(*self_signed(tls_dir, host))
+        ctx.load_cert_chain(*self_signed(tls_dir, cert_name or host))
+        server.cert_dir = tls_dir
+        ctx.sni_callback = lambda sock, name, _ctx: server.server_names.append(name)
         server.socket = ctx.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
