@@ -13,7 +13,7 @@ import urllib.request
 import pytest
 
 from kiln.api import _rpc, urlfetch
-from kiln.supervisor import python_module
+from kiln_platform.supervisor import python_module
 from tests.integration import webservers
 from tests.integration.conftest import SECRET, service_env
 
@@ -79,7 +79,7 @@ def public():
 
 @pytest.fixture
 def as_fetcher(service, monkeypatch):
-    from kiln import auth
+    from kiln_platform import auth
     monkeypatch.setenv("KILN_URLFETCH_ADDR", service)
     monkeypatch.setenv("KILN_APP_TOKEN", auth.mint_app_token(SECRET, "fetcher"))
     _rpc.reset()
@@ -148,7 +148,7 @@ def tls_service(supervisor, named_tls):
 
 @pytest.fixture
 def as_tls_app(tls_service, monkeypatch):
-    from kiln import auth
+    from kiln_platform import auth
     monkeypatch.setenv("KILN_URLFETCH_ADDR", tls_service)
     monkeypatch.setenv("KILN_APP_TOKEN", auth.mint_app_token(SECRET, "tls"))
     _rpc.reset()
