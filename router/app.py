@@ -34,7 +34,7 @@ from kiln import auth, bus, grpcserver
 from kiln.deployclient import VersionSource
 from kiln.pb.logs.v1 import logs_pb2
 from kiln.pb.runtime.v1 import http_pb2
-from router import hosts, oidc, responses, static, users
+from router import cookies, hosts, oidc, responses, static, users
 from router.config import RouterConfig
 from router.geo import GeoIP
 from router.versions import ControlVersions, LocalVersions, Version, parse_app_dirs
@@ -112,13 +112,13 @@ class Router:
         client_ip, scheme = self._client(request)
         if request.path == users.LOGIN_PATH:
             if self.oidc is not None and self.dev_app is None:
-                return await oidc.login(request, self.oidc, scheme)
-            return await users.login(request, self.sessions, dev=self.dev_app is not None)
+                return await oidc.login(request, self.oidc, scheme, target.app_id)
+            return await users.login(request, self.sessions, app=target.app_id, dev=self.dev_app is not None)
         if request.path == oidc.CALLBACK_PATH and self.oidc is not None:
-            return await oidc.callback(request, self.oidc, self.sessions, scheme)
+            return await oidc.callback(request, self.oidc, self.sessions, scheme, target.app_id)
         if request.path == users.LOGOUT_PATH:
             return await users.logout(request)
-        user = self.sessions.read(request.cookies.get(users.COOKIE))
+        user = self.sessions.user(request, app=target.app_id, secure=scheme == "https")
         if user is not None and user.email.lower() in self.admins.get(target.app_id, frozenset()):
             user.is_admin = True
         platform = self._platform_caller(request)
@@ -288,6 +288,7 @@ class Router:
             if lower in REQUEST_DROP or lower.startswith(("x-appengine-", "x-kiln-")) or lower in consumed:
                 continue
             env.headers.add(name=name, value=value)
+        cookies.strip_router_cookies(env.headers)  # the app never sees the visitor's session
         caller = self._inbound_app(request)
         if caller:
             env.headers.add(name=auth.INBOUND_APP_HEADER, value=caller)
@@ -391,6 +392,7 @@ async def serve(cfg: RouterConfig) -> None:
         follower = asyncio.ensure_future(router.deployed.follow(nc, cfg.resync_seconds))
     app = web.Application(client_max_size=cfg.max_request_bytes + 1)
     app.router.add_route("*", "/{tail:.*}", router.handle)
+    app.on_response_prepare.append(users.renew_cookie)
     # keepalive_timeout also bounds how long a new connection may take to send its first
     # request's headers, so slowloris clients are closed instead of holding sockets.
     runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=cfg.idle_timeout_seconds)
