@@ -283,12 +283,11 @@ class Router:
         env.received_at.FromSeconds(int(started))
         # A trusted proxy's forwarding headers were consumed by _client(); the app sees the result.
         consumed = ("x-forwarded-for", "x-forwarded-proto") if self._is_trusted(request.remote or "") else ()
-        for name, value in request.headers.items():
+        for name, value in cookies.forwardable(request.headers.items()):  # the app never sees the session
             lower = name.lower()
             if lower in REQUEST_DROP or lower.startswith(("x-appengine-", "x-kiln-")) or lower in consumed:
                 continue
             env.headers.add(name=name, value=value)
-        cookies.strip_router_cookies(env.headers)  # the app never sees the visitor's session
         caller = self._inbound_app(request)
         if caller:
             env.headers.add(name=auth.INBOUND_APP_HEADER, value=caller)

@@ -18,9 +18,7 @@ Every pair that is not the router's keeps its exact text.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, MutableSequence
-
-from kiln.pb.runtime.v1 import http_pb2
+from collections.abc import Iterable
 
 SESSION = "kiln_login"
 NONCE = "kiln_oidc"
@@ -47,18 +45,19 @@ def without_router_cookies(header: str) -> str:
     return ";".join(kept).strip(" \t")
 
 
-def strip_router_cookies(headers: MutableSequence[http_pb2.Header]) -> None:
-    """Remove the router's cookies from the ``Cookie`` headers of a request bound for an app, in place.
+def forwardable(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Request headers bound for an app, with the router's cookies removed from every ``Cookie`` header.
 
-    A ``Cookie`` header left with no cookie is removed altogether.
+    A ``Cookie`` header left with no cookie is dropped altogether; other headers pass as they are.
     """
-    for index in reversed(range(len(headers))):
-        header = headers[index]
-        if header.name.lower() != "cookie":
-            continue
-        header.value = without_router_cookies(header.value)
-        if not header.value.strip(" \t;"):
-            del headers[index]
+    out = []
+    for name, value in headers:
+        if name.lower() == "cookie":
+            value = without_router_cookies(value)
+            if not value.strip(" \t;"):
+                continue
+        out.append((name, value))
+    return out
 
 
 def sets_router_cookie(set_cookie: str) -> bool:

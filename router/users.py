@@ -203,7 +203,11 @@ def _session_from(data: object) -> Session | None:
 
 
 def _set_session_cookie(response: web.StreamResponse, value: str, max_age: int, secure: bool) -> None:
-    response.set_cookie(COOKIE, value, max_age=max_age, path="/", httponly=True, samesite="Lax", secure=secure)
+    # Written as a header, not with response.set_cookie: an on_response_prepare hook runs after aiohttp
+    # has turned the response's cookies into headers.
+    # The value is base64url and hex: nothing to quote. Host-only (no Domain): see the module docstring.
+    attributes = f"Max-Age={max_age}; Path=/; HttpOnly; SameSite=Lax" + ("; Secure" if secure else "")
+    response.headers.add("Set-Cookie", f"{COOKIE}={value}; {attributes}")
     responses.keep_private(response)
 
 
