@@ -3,11 +3,13 @@
 ``/_ah/login?continue=URL`` sends the browser to the provider with a signed
 ``state`` (the app, the continue URL, a nonce and an expiry) and a random nonce
 kept in a short-lived cookie, so a callback can only complete the sign-in it
-belongs to, on the app it was started for. ``/_ah/login/callback`` checks the state and the cookie, exchanges the code
-at the token endpoint, verifies the ID token (signature against the provider's
-JWKS, issuer, audience, expiry, nonce, a verified email) and starts the
-session for that app (:mod:`router.users`). The provider's discovery document and keys are
-fetched once and cached; keys are refetched when a token names an unknown one.
+belongs to, on the app it was started for. ``/_ah/login/callback`` checks the
+state and the cookie, exchanges the code at the token endpoint, verifies the ID
+token (signature against the provider's JWKS, issuer, audience, expiry, nonce,
+a verified email) and starts the session for that app (:mod:`router.users`).
+States and nonce cookies of any other shape or content (non-ASCII included) are
+refused with 400. The provider's discovery document and keys are fetched once
+and cached; keys are refetched when a token names an unknown one.
 """
 
 from __future__ import annotations
@@ -100,7 +102,9 @@ class OidcClient:
             expires = data["x"]
         except (ValueError, TypeError, KeyError):
             raise SignInError("invalid sign-in state") from None
-        if data.get("a") != app or not isinstance(data.get("n"), str) or not isinstance(data.get("c"), str):
+        if not isinstance(data.get("n"), str) or not isinstance(data.get("c"), str):
+            raise SignInError("invalid sign-in state")
+        if data.get("a") != app:
             raise SignInError("this sign-in was started for another app")
         if type(expires) is not int or expires < time.time():
             raise SignInError("the sign-in took too long; start again")
