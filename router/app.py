@@ -34,7 +34,7 @@ from kiln_platform import auth, bus, grpcserver
 from kiln_platform.deployclient import VersionSource
 from kiln.pb.logs.v1 import logs_pb2
 from kiln.pb.runtime.v1 import http_pb2
-from router import hosts, oidc, responses, static, users
+from router import cookies, hosts, oidc, responses, static, users
 from router.config import RouterConfig
 from router.geo import GeoIP
 from router.versions import ControlVersions, LocalVersions, Version, parse_app_dirs
@@ -112,13 +112,13 @@ class Router:
         client_ip, scheme = self._client(request)
         if request.path == users.LOGIN_PATH:
             if self.oidc is not None and self.dev_app is None:
-                return await oidc.login(request, self.oidc, scheme)
-            return await users.login(request, self.sessions, dev=self.dev_app is not None)
+                return await oidc.login(request, self.oidc, scheme, target.app_id)
+            return await users.login(request, self.sessions, app=target.app_id, dev=self.dev_app is not None)
         if request.path == oidc.CALLBACK_PATH and self.oidc is not None:
-            return await oidc.callback(request, self.oidc, self.sessions, scheme)
+            return await oidc.callback(request, self.oidc, self.sessions, scheme, target.app_id)
         if request.path == users.LOGOUT_PATH:
             return await users.logout(request)
-        user = self.sessions.read(request.cookies.get(users.COOKIE))
+        user = self.sessions.user(request, app=target.app_id, secure=scheme == "https")
         if user is not None and user.email.lower() in self.admins.get(target.app_id, frozenset()):
             user.is_admin = True
         platform = self._platform_caller(request)
@@ -283,7 +283,7 @@ class Router:
         env.received_at.FromSeconds(int(started))
         # A trusted proxy's forwarding headers were consumed by _client(); the app sees the result.
         consumed = ("x-forwarded-for", "x-forwarded-proto") if self._is_trusted(request.remote or "") else ()
-        for name, value in request.headers.items():
+        for name, value in cookies.forwardable(request.headers.items()):  # the app never sees the session
             lower = name.lower()
             if lower in REQUEST_DROP or lower.startswith(("x-appengine-", "x-kiln-")) or lower in consumed:
                 continue
@@ -391,6 +391,7 @@ async def serve(cfg: RouterConfig) -> None:
         follower = asyncio.ensure_future(router.deployed.follow(nc, cfg.resync_seconds))
     app = web.Application(client_max_size=cfg.max_request_bytes + 1)
     app.router.add_route("*", "/{tail:.*}", router.handle)
+    app.on_response_prepare.append(users.renew_cookie)
     # keepalive_timeout also bounds how long a new connection may take to send its first
     # request's headers, so slowloris clients are closed instead of holding sockets.
     runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=cfg.idle_timeout_seconds)

@@ -1,22 +1,26 @@
 """Production sign-in: OpenID Connect (authorization code flow) against a configured provider.
 
 ``/_ah/login?continue=URL`` sends the browser to the provider with a signed
-``state`` (the continue URL, a nonce and an expiry) and a random nonce kept in
-a short-lived cookie, so a callback can only complete the sign-in it belongs
-to. ``/_ah/login/callback`` checks the state and the cookie, exchanges the code
-at the token endpoint, verifies the ID token (signature against the provider's
-JWKS, issuer, audience, expiry, nonce, a verified email) and starts the
-session (:mod:`router.users`). The provider's discovery document and keys are
-fetched once and cached; keys are refetched when a token names an unknown one.
+``state`` (the app, the continue URL, a nonce and an expiry) and a random nonce
+kept in a short-lived cookie, so a callback can only complete the sign-in it
+belongs to, on the app it was started for. ``/_ah/login/callback`` checks the
+state and the cookie, exchanges the code at the token endpoint, verifies the ID
+token (signature against the provider's JWKS, issuer, audience, expiry, nonce,
+a verified email) and starts the session for that app (:mod:`router.users`).
+States and nonce cookies of any other shape or content (non-ASCII included) are
+refused with 400. The provider's discovery document and keys are fetched once
+and cached; keys are refetched when a token names an unknown one.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
 import json
 import logging
+import re
 import secrets
 import time
 import urllib.parse
@@ -26,14 +30,15 @@ import aiohttp
 import jwt
 from aiohttp import web
 
-from router import users
+from router import cookies, users
 
 log = logging.getLogger(__name__)
 
 CALLBACK_PATH = "/_ah/login/callback"
-NONCE_COOKIE = "kiln_oidc"
+NONCE_COOKIE = cookies.NONCE
 STATE_SECONDS = 600
 _ALGORITHMS = ["RS256", "RS384", "RS512", "ES256", "ES384", "PS256"]
+_STATE_FORMAT = re.compile(r"[A-Za-z0-9_-]{1,8192}\.[0-9a-f]{64}", re.ASCII)
 
 
 class SignInError(Exception):
@@ -80,29 +85,40 @@ class OidcClient:
         mac = hmac.new(self._state_key, b"oidc-state:" + raw, hashlib.sha256).hexdigest()
         return base64.urlsafe_b64encode(raw).decode().rstrip("=") + "." + mac
 
-    def _unsign(self, state: str) -> dict[str, Any]:
+    def _unsign(self, state: str, app: str) -> dict[str, Any]:
+        """The payload of a state this router signed for ``app``; any other input is a :class:`SignInError`."""
+        if not _STATE_FORMAT.fullmatch(state):
+            raise SignInError("invalid sign-in state")
         encoded, _, mac = state.rpartition(".")
         try:
             raw = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
-        except ValueError:
+        except (ValueError, binascii.Error):
             raise SignInError("invalid sign-in state") from None
         expected = hmac.new(self._state_key, b"oidc-state:" + raw, hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(mac, expected):
+        if not hmac.compare_digest(mac.encode("ascii"), expected.encode("ascii")):
             raise SignInError("invalid sign-in state")
-        data: dict[str, Any] = json.loads(raw)
-        if int(data.get("x", 0)) < time.time():
+        try:
+            data = json.loads(raw)
+            expires = data["x"]
+        except (ValueError, TypeError, KeyError):
+            raise SignInError("invalid sign-in state") from None
+        if not isinstance(data.get("n"), str) or not isinstance(data.get("c"), str):
+            raise SignInError("invalid sign-in state")
+        if data.get("a") != app:
+            raise SignInError("this sign-in was started for another app")
+        if type(expires) is not int or expires < time.time():
             raise SignInError("the sign-in took too long; start again")
-        return data
+        return dict(data)
 
     @staticmethod
     def _redirect_uri(request: web.Request, scheme: str) -> str:
         return f"{scheme}://{request.host}{CALLBACK_PATH}"
 
-    async def start(self, request: web.Request, scheme: str) -> web.Response:
-        """``/_ah/login``: send the browser to the provider."""
+    async def start(self, request: web.Request, scheme: str, app: str) -> web.Response:
+        """``/_ah/login``: send the browser to the provider to sign in to ``app``."""
         config = await self._config()
         nonce = secrets.token_urlsafe(24)
-        state = self._sign({"c": users.safe_continue(request, request.query.get("continue")), "n": nonce,
+        state = self._sign({"a": app, "c": users.safe_continue(request, request.query.get("continue")), "n": nonce,
                             "x": int(time.time()) + STATE_SECONDS})
         query = urllib.parse.urlencode({
             "response_type": "code", "client_id": self.client_id, "scope": "openid email",
@@ -112,13 +128,14 @@ class OidcClient:
                             samesite="Lax", secure=scheme == "https")
         return response
 
-    async def finish(self, request: web.Request, scheme: str) -> tuple[str, str]:
-        """``/_ah/login/callback``: the verified email and where to continue."""
+    async def finish(self, request: web.Request, scheme: str, app: str) -> tuple[str, str]:
+        """``/_ah/login/callback``: the verified email and where to continue, for a sign-in to ``app``."""
         if "error" in request.query:
             raise SignInError(f"the identity provider refused the sign-in: {request.query['error']}")
-        state = self._unsign(request.query.get("state", ""))
-        cookie = request.cookies.get(NONCE_COOKIE, "")
-        if not cookie or not hmac.compare_digest(cookie, str(state["n"])):
+        state = self._unsign(request.query.get("state", ""), app)
+        nonce = str(state["n"]).encode()
+        sent = cookies.values(request.headers.getall("Cookie", []), NONCE_COOKIE)
+        if not any(hmac.compare_digest(value.encode("utf-8", "surrogateescape"), nonce) for value in sent):
             raise SignInError("this sign-in was not started in this browser")
         code = request.query.get("code")
         if not code:
@@ -174,24 +191,24 @@ class OidcClient:
         self._keys = keys
 
 
-async def login(request: web.Request, client: OidcClient, scheme: str) -> web.Response:
-    """``/_ah/login`` in production."""
+async def login(request: web.Request, client: OidcClient, scheme: str, app: str) -> web.Response:
+    """``/_ah/login`` in production, signing in to ``app``."""
     try:
-        return await client.start(request, scheme)
+        return await client.start(request, scheme, app)
     except SignInError as exc:
         log.warning("sign-in could not start: %s", exc)
         return web.Response(status=502, text=f"Sign-in is unavailable: {exc}\n", content_type="text/plain")
 
 
-async def callback(request: web.Request, client: OidcClient, sessions: users.Sessions, scheme: str) -> web.Response:
-    """``/_ah/login/callback``: finish the sign-in and start the session."""
+async def callback(request: web.Request, client: OidcClient, sessions: users.Sessions, scheme: str,
+                   app: str) -> web.Response:
+    """``/_ah/login/callback``: finish the sign-in and start the session for ``app``."""
     try:
-        email, destination = await client.finish(request, scheme)
+        email, destination = await client.finish(request, scheme, app)
     except SignInError as exc:
         log.info("sign-in failed: %s", exc)
         return web.Response(status=400, text=f"Sign-in failed: {exc}\n", content_type="text/plain")
     response = users.redirect(destination)
-    response.set_cookie(users.COOKIE, sessions.make(email, False), max_age=users.SESSION_SECONDS, path="/",
-                        httponly=True, samesite="Lax", secure=scheme == "https")
+    sessions.set_cookie(response, sessions.start(app, email, False), secure=scheme == "https")
     response.del_cookie(NONCE_COOKIE, path=CALLBACK_PATH)
     return response

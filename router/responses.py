@@ -9,7 +9,10 @@
   ``Content-Length`` is computed.
 - A response that sets a cookie gets ``Cache-Control: private`` unless the app
   asked for something stricter, and ``Expires`` of now, so shared caches never
-  keep one user's cookie.
+  keep one user's cookie (:func:`keep_private`; the router's own session
+  renewals get the same).
+- An app cannot set the router's own cookies (:mod:`router.cookies`): such
+  ``Set-Cookie`` headers are dropped.
 - With no ``Cache-Control`` from the app, the response is privately cacheable
   and varies on ``Accept-Encoding``.
 - Text-like bodies are gzipped for clients that send ``Accept-Encoding: gzip``
@@ -27,6 +30,7 @@ import time
 from aiohttp import web
 
 from kiln.pb.runtime.v1 import http_pb2
+from router import cookies
 
 RESPONSE_DROP = frozenset({"connection", "content-encoding", "content-length", "date", "keep-alive",
                            "proxy-authenticate", "server", "trailer", "transfer-encoding", "upgrade"})
@@ -52,20 +56,15 @@ def build(resp: http_pb2.HttpResponse, request: web.Request, *, max_bytes: int) 
             continue
         if header.name.lower() in RESPONSE_DROP:
             continue
+        if header.name.lower() == "set-cookie" and cookies.sets_router_cookie(header.value):
+            continue
         headers.append((header.name, header.value))
     lowered = {name.lower(): value for name, value in headers}
     if "content-type" not in lowered:
         headers.append(("Content-Type", "text/html"))
         lowered["content-type"] = "text/html"
     cache_control = lowered.get("cache-control")
-    if "set-cookie" in lowered:
-        if cache_control is None or not any(word in cache_control.lower() for word in _STRICT_CACHE):
-            headers = [(n, v) for n, v in headers if n.lower() not in ("cache-control", "expires")]
-            headers.append(("Cache-Control", "private"))
-        else:
-            headers = [(n, v) for n, v in headers if n.lower() != "expires"]
-        headers.append(("Expires", http_date()))
-    elif cache_control is None:
+    if cache_control is None and "set-cookie" not in lowered:
         headers.append(("Cache-Control", "private"))
         headers.append(("Vary", "Accept-Encoding"))
     body = resp.body
@@ -77,8 +76,18 @@ def build(resp: http_pb2.HttpResponse, request: web.Request, *, max_bytes: int) 
     out = web.Response(status=resp.status, body=body if request.method != "HEAD" else b"")
     for name, value in headers:
         out.headers.add(name, value)
+    if "set-cookie" in lowered:
+        keep_private(out)
     out.headers.update(_front_end_headers())
     return out
+
+
+def keep_private(out: web.StreamResponse) -> None:
+    """A response that sets a cookie: ``Cache-Control: private`` unless stricter already, and ``Expires`` now."""
+    cache_control = out.headers.get("Cache-Control")
+    if cache_control is None or not any(word in cache_control.lower() for word in _STRICT_CACHE):
+        out.headers["Cache-Control"] = "private"
+    out.headers["Expires"] = http_date()
 
 
 def _wants_gzip(request: web.Request, content_type: str, body: bytes) -> bool:

@@ -299,10 +299,23 @@ def test_forged_session_cookie_is_ignored(server):
     payload, _, mac = value.rpartition(".")
     import base64
     data = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    data["a"] = True
+    data["admin"] = True
     forged = base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=") + "." + mac
     status, _, _ = request(server, "/admin/panel", headers={"Cookie": f"{name}={forged}"})
     assert status == 302  # treated as not signed in
+
+
+def test_dev_sign_in_cookie_is_host_only_short_lived_and_never_reaches_the_app(server):
+    form = urllib.parse.urlencode({"email": "ann@example.com", "admin": "True"})
+    _, headers, _ = request(server, "/_ah/login?continue=/x", method="POST", body=form,
+                            headers={"Content-Type": "application/x-www-form-urlencoded"})
+    set_cookie = headers["set-cookie"][0]
+    attributes = {a.strip().partition("=")[0].lower(): a.strip().partition("=")[2] for a in set_cookie.split(";")[1:]}
+    assert "domain" not in attributes and attributes["max-age"] == "7200" and "httponly" in attributes
+    cookie = set_cookie.split(";")[0]
+    seen = json.loads(request(server, "/headers", headers={"Cookie": f"theme=dark; {cookie}; lang=en"})[2])
+    assert seen["HTTP_COOKIE"] == "theme=dark; lang=en"
+    assert json.loads(request(server, "/admin/whoami", headers={"Cookie": cookie})[2])["admin"] is True
 
 
 def test_logout_ends_the_session(server):
