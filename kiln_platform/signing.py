@@ -11,19 +11,24 @@ this module turns (secret, purpose, fields) into a MAC and checks one:
 - :func:`verify` is constant-time, and false (never an exception) for any input: non-ASCII text, wrong
   length, an empty secret, a field with a newline. Whatever a client sends is compared, never trusted.
 
-Time-limited signatures carry their Unix time in the token (``STAMP.MAC``, :func:`sign_stamped` /
+Small objects (sign-in sessions, OpenID Connect state) are sealed as ``BASE64URL(JSON).MAC``
+(:func:`seal` / :func:`unseal`). Time-limited signatures carry their Unix time in the token (``STAMP.MAC``, :func:`sign_stamped` /
 :func:`verify_stamped`); what the stamp means (issued at, or expires at) is the caller's choice.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import functools
 import hashlib
 import hmac
+import json
 import re
+from typing import Any
 
-_HEX_MAC = re.compile(r"^[0-9a-f]{64}$")
-_STAMP = re.compile(r"^[0-9]{1,12}$")
+_HEX_MAC = re.compile(r"[0-9a-f]{64}", re.ASCII)
+_STAMP = re.compile(r"[0-9]{1,12}", re.ASCII)
 
 
 @functools.lru_cache(maxsize=8192)
@@ -45,7 +50,7 @@ def sign(secret: str, purpose: str, *fields: str) -> str:
 
 def verify(secret: str, purpose: str, mac: str, *fields: str) -> bool:
     """True if ``mac`` is :func:`sign`'s for these fields; false for anything malformed."""
-    if not secret or not _HEX_MAC.match(mac) or "\n" in purpose or any("\n" in f for f in fields):
+    if not secret or not _HEX_MAC.fullmatch(mac) or "\n" in purpose or any("\n" in f for f in fields):
         return False
     return hmac.compare_digest(mac.encode("ascii"), sign(secret, purpose, *fields).encode("ascii"))
 
@@ -58,7 +63,7 @@ def sign_stamped(secret: str, purpose: str, stamp: int, *fields: str) -> str:
 def verify_stamped(secret: str, purpose: str, value: str, *fields: str) -> int | None:
     """The stamp of a valid ``STAMP.MAC`` for these fields, or None (malformed, or not signed with ``secret``)."""
     stamp, sep, mac = value.partition(".")
-    if not sep or not _STAMP.match(stamp):
+    if not sep or not _STAMP.fullmatch(stamp):
         return None
     return int(stamp) if verify(secret, purpose, mac, stamp, *fields) else None
 
@@ -66,3 +71,26 @@ def verify_stamped(secret: str, purpose: str, value: str, *fields: str) -> int |
 def derive(secret: str, purpose: str, value: str) -> str:
     """A secret derived from ``secret`` for one ``value`` (e.g. an app's NATS password): the MAC itself."""
     return sign(secret, purpose, value)
+
+
+_SEALED = re.compile(r"[A-Za-z0-9_-]{1,8192}\.[0-9a-f]{64}", re.ASCII)
+
+
+def seal(secret: str, purpose: str, payload: dict[str, Any]) -> str:
+    """``BASE64URL(JSON).MAC``: a small signed (not encrypted) object, e.g. a cookie or an OAuth ``state``."""
+    encoded = base64.urlsafe_b64encode(json.dumps(payload, separators=(",", ":")).encode()).decode().rstrip("=")
+    return f"{encoded}.{sign(secret, purpose, encoded)}"
+
+
+def unseal(secret: str, purpose: str, value: str) -> dict[str, Any] | None:
+    """The object :func:`seal` signed for ``purpose``, or None for anything else (any input is safe)."""
+    if not _SEALED.fullmatch(value):
+        return None
+    encoded, _, mac = value.partition(".")
+    if not verify(secret, purpose, mac, encoded):
+        return None
+    try:
+        data = json.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
+    except (ValueError, binascii.Error):
+        return None
+    return data if isinstance(data, dict) else None

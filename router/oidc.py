@@ -14,13 +14,8 @@ and cached; keys are refetched when a token names an unknown one.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
 import hmac
-import json
 import logging
-import re
 import secrets
 import time
 import urllib.parse
@@ -30,6 +25,7 @@ import aiohttp
 import jwt
 from aiohttp import web
 
+from kiln_platform import signing
 from router import cookies, users
 
 log = logging.getLogger(__name__)
@@ -38,7 +34,7 @@ CALLBACK_PATH = "/_ah/login/callback"
 NONCE_COOKIE = cookies.NONCE
 STATE_SECONDS = 600
 _ALGORITHMS = ["RS256", "RS384", "RS512", "ES256", "ES384", "PS256"]
-_STATE_FORMAT = re.compile(r"[A-Za-z0-9_-]{1,8192}\.[0-9a-f]{64}", re.ASCII)
+_STATE_PURPOSE = "oidc-state"
 
 
 class SignInError(Exception):
@@ -52,7 +48,7 @@ class OidcClient:
         self.issuer = issuer.rstrip("/")
         self.client_id = client_id
         self._client_secret = client_secret
-        self._state_key = state_key.encode()
+        self._state_key = state_key
         self._discovery: dict[str, Any] | None = None
         self._keys: dict[str, Any] = {}
         self._http: aiohttp.ClientSession | None = None
@@ -81,27 +77,14 @@ class OidcClient:
         return self._discovery
 
     def _sign(self, payload: dict[str, Any]) -> str:
-        raw = json.dumps(payload, separators=(",", ":")).encode()
-        mac = hmac.new(self._state_key, b"oidc-state:" + raw, hashlib.sha256).hexdigest()
-        return base64.urlsafe_b64encode(raw).decode().rstrip("=") + "." + mac
+        return signing.seal(self._state_key, _STATE_PURPOSE, payload)
 
     def _unsign(self, state: str, app: str) -> dict[str, Any]:
         """The payload of a state this router signed for ``app``; any other input is a :class:`SignInError`."""
-        if not _STATE_FORMAT.fullmatch(state):
+        data = signing.unseal(self._state_key, _STATE_PURPOSE, state)
+        if data is None:
             raise SignInError("invalid sign-in state")
-        encoded, _, mac = state.rpartition(".")
-        try:
-            raw = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
-        except (ValueError, binascii.Error):
-            raise SignInError("invalid sign-in state") from None
-        expected = hmac.new(self._state_key, b"oidc-state:" + raw, hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(mac.encode("ascii"), expected.encode("ascii")):
-            raise SignInError("invalid sign-in state")
-        try:
-            data = json.loads(raw)
-            expires = data["x"]
-        except (ValueError, TypeError, KeyError):
-            raise SignInError("invalid sign-in state") from None
+        expires = data.get("x")
         if not isinstance(data.get("n"), str) or not isinstance(data.get("c"), str):
             raise SignInError("invalid sign-in state")
         if data.get("a") != app:

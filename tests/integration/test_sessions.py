@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from kiln.supervisor import python_module
+from kiln_platform.supervisor import python_module
 from router.users import IDLE_SECONDS, MAX_SECONDS, RENEW_AFTER_SECONDS, Session, Sessions
 from tests.integration.conftest import runtime_env, service_env
 
