@@ -6,10 +6,13 @@ enforces its ``secure`` and ``login`` settings with the signed-in user from the
 session cookie (:mod:`router.users`), serves static handlers itself
 (:mod:`router.static`), and sends everything else as an
 :class:`~kiln.pb.runtime.v1.http_pb2.HttpRequest` over NATS request-reply to
-the version's queue group. Request headers are sanitised (hop-by-hop headers
-and any client-supplied ``X-AppEngine-*`` removed, so a client can never forge
-App Engine's trusted headers) and App Engine's are added (request log id,
-location from GeoIP). The app's response is post-processed
+the version's queue group. The request target and Host are read once
+(:mod:`router.paths`, :mod:`router.hosts`; malformed ones get 400) and every
+later step uses the normalised path and host. Request headers are sanitised
+(:mod:`router.headers`: hop-by-hop headers and any client-supplied
+``X-AppEngine-*``/``X-Kiln-*`` in any spelling removed, so a client can never
+forge App Engine's trusted headers) and App Engine's are added (request log
+id, location from GeoIP). The app's response is post-processed
 (:mod:`router.responses`) and a request-log record is published on
 ``kiln.logs.request``.
 """
@@ -19,9 +22,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import pathlib
 import time
-import urllib.parse
 import uuid
 from collections.abc import Callable
 
@@ -34,7 +35,7 @@ from kiln_platform import auth, bus, grpcserver
 from kiln_platform.deployclient import VersionSource
 from kiln.pb.logs.v1 import logs_pb2
 from kiln.pb.runtime.v1 import http_pb2
-from router import cookies, hosts, oidc, responses, static, users
+from router import connections, cookies, headers, hosts, oidc, paths, responses, static, users
 from router.config import RouterConfig
 from router.geo import GeoIP
 from router.versions import ControlVersions, LocalVersions, Version, parse_app_dirs
@@ -43,10 +44,6 @@ log = logging.getLogger(__name__)
 
 HEALTH_PATH = "/_ah/kiln/healthz"
 LOG_SUBJECT = bus.REQUEST_LOG_SUBJECT
-
-# App Engine removes these from requests before they reach the app.
-REQUEST_DROP = frozenset({"accept-encoding", "connection", "keep-alive", "proxy-authorization", "te",
-                          "trailer", "transfer-encoding", "host", "content-length"})
 
 
 class Router:
@@ -96,41 +93,45 @@ class Router:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """aiohttp handler for every path."""
-        if request.path == HEALTH_PATH:
-            return web.Response(text="ok" if self.nc.is_connected else "nats disconnected",
-                                status=200 if self.nc.is_connected else 503)
+        try:
+            url = paths.parse_target(request.raw_path)
+            if url.path == HEALTH_PATH:
+                return web.Response(text="ok" if self.nc.is_connected else "nats disconnected",
+                                    status=200 if self.nc.is_connected else 503)
+            host = hosts.request_host(request.headers.getall("Host", []), url.authority)
+        except (paths.BadPathError, hosts.BadHostError) as exc:
+            return responses.plain(400, f"Bad request: {exc}.")
         started = time.time()
         request_id = uuid.uuid4().hex
-        host = _hostname(request.host or "")
-        custom = self.custom_domains.get(host.lower())
+        custom = self.custom_domains.get(host.name)
         if custom is not None:
             target = hosts.Target(custom, self.versions[custom]) if custom in self.versions else None
         else:
-            target = hosts.resolve(host, domain=self.cfg.domain, versions=self.versions, dev_app=self.dev_app)
+            target = hosts.resolve(host.name, domain=self.cfg.domain, versions=self.versions, dev_app=self.dev_app)
         if target is None:
-            return responses.plain(404, f"No app is served at host {host!r}.")
+            return responses.plain(404, f"No app is served at host {host.name!r}.")
         client_ip, scheme = self._client(request)
-        if request.path == users.LOGIN_PATH:
+        if url.path == users.LOGIN_PATH:
             if self.oidc is not None and self.dev_app is None:
                 return await oidc.login(request, self.oidc, scheme, target.app_id)
             return await users.login(request, self.sessions, app=target.app_id, dev=self.dev_app is not None)
-        if request.path == oidc.CALLBACK_PATH and self.oidc is not None:
+        if url.path == oidc.CALLBACK_PATH and self.oidc is not None:
             return await oidc.callback(request, self.oidc, self.sessions, scheme, target.app_id)
-        if request.path == users.LOGOUT_PATH:
+        if url.path == users.LOGOUT_PATH:
             return await users.logout(request)
         user = self.sessions.user(request, app=target.app_id, secure=scheme == "https")
         if user is not None and user.email.lower() in self.admins.get(target.app_id, frozenset()):
             user.is_admin = True
-        platform = self._platform_caller(request)
+        platform = self._platform_caller(request, host)
         version = await self.local.get(target.app_id, target.version_id)
         if version is None and self.deployed is not None:
             return responses.plain(404, f"Version {target.version_id!r} of app {target.app_id!r} does not exist.")
-        if request.path.startswith(INBOUND_MAIL_PREFIX):
+        if url.path.startswith(INBOUND_MAIL_PREFIX):
             refused = _refuse_inbound_mail(platform, version)
             if refused is not None:
                 return refused
         if version is not None:
-            early = await self._apply_handler(request, version, scheme, user, platform)
+            early = await self._apply_handler(request, url, host, version, scheme, user, platform)
             if early is not None:
                 return early
         if request.content_length is not None and request.content_length > self.cfg.max_request_bytes:
@@ -139,7 +140,7 @@ class Router:
             body = await _read_limited(request, self.cfg.max_request_bytes)
         except _TooLarge:
             return responses.plain(413, "Request body too large.")
-        envelope = self._envelope(request, target, request_id, host, body, started, client_ip, scheme, user)
+        envelope = self._envelope(request, url, target, request_id, host, body, started, client_ip, scheme, user)
         if platform == "cron":
             envelope.headers.add(name="X-AppEngine-Cron", value="true")  # only cron_svc's requests carry it
         bodies = self.bodies(target.app_id)
@@ -177,22 +178,22 @@ class Router:
         await self._publish_log(envelope, resp, started, out.content_length or 0, request)
         return out
 
-    async def _apply_handler(self, request: web.Request, version: Version, scheme: str,
-                             user: http_pb2.SignedInUser | None, platform: str | None) -> web.StreamResponse | None:
+    async def _apply_handler(self, request: web.Request, url: paths.Target, host: hosts.Host, version: Version,
+                             scheme: str, user: http_pb2.SignedInUser | None,
+                             platform: str | None) -> web.StreamResponse | None:
         """secure, login and static handling; ``None`` to go on to the app.
 
         Requests from kiln's own services (``platform``: inbound mail, cron) pass ``login``, as App Engine's own
         requests pass ``login: admin``.
         """
-        path = urllib.parse.unquote(request.raw_path.split("?", 1)[0])
-        found = version.matcher.match(path)
+        found = version.matcher.match(url.path)
         if found is None:
             return responses.plain(404, "Not Found")
         handler = found.handler
         if handler.secure == "always" and scheme != "https":
-            return _switch_scheme(request, "https", handler.redirect_http_response_code)
+            return _switch_scheme(host, url, "https", handler.redirect_http_response_code)
         if handler.secure == "never" and scheme == "https":
-            return _switch_scheme(request, "http", handler.redirect_http_response_code)
+            return _switch_scheme(host, url, "http", handler.redirect_http_response_code)
         if handler.login != "optional" and platform is None:
             if user is None:
                 if handler.auth_fail_action == "unauthorized":
@@ -253,23 +254,24 @@ class Router:
             return False
         return any(ip in net for net in self.trusted)
 
-    def _platform_caller(self, request: web.Request) -> str | None:
+    def _platform_caller(self, request: web.Request, host: hosts.Host) -> str | None:
         """The kiln service (mail, cron) that signed this request, or ``None``."""
-        return _signed_caller(request, self.cfg.platform_secret.get(), auth.PLATFORM_HEADER,
+        return _signed_caller(request, host, self.cfg.platform_secret.get(), auth.PLATFORM_HEADER,
                               auth.PLATFORM_SIGNATURE_HEADER, auth.verify_platform)
 
-    def _inbound_app(self, request: web.Request) -> str | None:
+    def _inbound_app(self, request: web.Request, host: hosts.Host) -> str | None:
         """The calling app's id, when URL Fetch signed this request for it (App Engine's Inbound-AppId)."""
-        return _signed_caller(request, self.cfg.inbound_secret.get(), auth.INBOUND_APP_HEADER,
+        return _signed_caller(request, host, self.cfg.inbound_secret.get(), auth.INBOUND_APP_HEADER,
                               auth.INBOUND_SIGNATURE_HEADER, auth.verify_inbound)
 
-    def _envelope(self, request: web.Request, target: hosts.Target, request_id: str, host: str, body: bytes,
-                  started: float, client_ip: str, scheme: str,
+    def _envelope(self, request: web.Request, url: paths.Target, target: hosts.Target, request_id: str,
+                  host: hosts.Host, body: bytes, started: float, client_ip: str, scheme: str,
                   user: http_pb2.SignedInUser | None) -> http_pb2.HttpRequest:
+        # The app sees the path the router matched (normalised, see router.paths) and the query as sent.
         env = http_pb2.HttpRequest(
             request_id=request_id, app_id=target.app_id, version_id=target.version_id,
-            method=request.method, scheme=scheme, host=host,
-            port=_port(request, scheme), path=request.raw_path.split("?", 1)[0], query_string=request.query_string,
+            method=request.method, scheme=scheme, host=host.name,
+            port=host.port_for(scheme), path=url.wire_path, query_string=url.query,
             protocol=f"HTTP/{request.version.major}.{request.version.minor}",
             remote_addr=client_ip, body=body,
             deadline_ms=int(self.cfg.request_timeout_seconds * 1000))
@@ -283,15 +285,14 @@ class Router:
         env.received_at.FromSeconds(int(started))
         # A trusted proxy's forwarding headers were consumed by _client(); the app sees the result.
         consumed = ("x-forwarded-for", "x-forwarded-proto") if self._is_trusted(request.remote or "") else ()
-        for name, value in cookies.forwardable(request.headers.items()):  # the app never sees the session
-            lower = name.lower()
-            if lower in REQUEST_DROP or lower.startswith(("x-appengine-", "x-kiln-")) or lower in consumed:
-                continue
+        # The app never sees the router's cookies (the session) nor any header it could take for the router's.
+        for name, value in headers.from_client(cookies.forwardable(request.headers.items()), consumed=consumed):
             env.headers.add(name=name, value=value)
-        caller = self._inbound_app(request)
+        # Only the router's own headers from here on (they pass no filter: the router vouches for them).
+        caller = self._inbound_app(request, host)
         if caller:
             env.headers.add(name=auth.INBOUND_APP_HEADER, value=caller)
-        env.headers.add(name="Host", value=request.host or host)
+        env.headers.add(name="Host", value=host.raw)
         env.headers.add(name="X-AppEngine-Request-Log-Id", value=request_id)
         for name, value in self.geo.headers(client_ip).items():
             env.headers.add(name=name, value=value)
@@ -317,25 +318,22 @@ class Router:
             log.warning("request log not published: %s", exc)
 
 
-def _hostname(raw: str) -> str:
-    """The Host header without its port (IPv6 literals keep their brackets)."""
-    if raw.startswith("["):
-        return raw.split("]", 1)[0] + "]"
-    return raw.rsplit(":", 1)[0]
-
-
 INBOUND_MAIL_PREFIX = "/_ah/mail/"
 
 
-def _signed_caller(request: web.Request, secret: str, caller_header: str, signature_header: str,
+def _signed_caller(request: web.Request, host: hosts.Host, secret: str, caller_header: str, signature_header: str,
                    verify: Callable[[str, str, str, str, str, str, float], bool]) -> str | None:
-    """The caller named in ``caller_header`` if ``signature_header`` signs this request for it with ``secret``."""
+    """The caller named in ``caller_header`` if ``signature_header`` signs this request for it with ``secret``.
+
+    Signatures and caller names are ASCII; anything else is a bad signature (the HMAC comparison would raise on
+    it, and Unicode digits would pass ``isdigit``), never an error.
+    """
     caller = request.headers.get(caller_header, "")
     signature = request.headers.get(signature_header, "")
-    if not (secret and caller and signature):
+    if not (secret and caller and signature) or not (caller.isascii() and signature.isascii()):
         return None
-    host = (request.host or "").rsplit(":", 1)[0] if not (request.host or "").endswith("]") else request.host
-    return caller if verify(secret, signature, caller, request.method, host, request.raw_path, time.time()) else None
+    return caller if verify(secret, signature, caller, request.method, host.name, request.raw_path,
+                            time.time()) else None
 
 
 def _refuse_inbound_mail(platform: str | None, version: Version | None) -> web.Response | None:
@@ -347,11 +345,10 @@ def _refuse_inbound_mail(platform: str | None, version: Version | None) -> web.R
     return None
 
 
-def _switch_scheme(request: web.Request, scheme: str, code: int | None) -> web.Response:
-    host = request.host or ""
-    if scheme == "https" and host.endswith(":80"):
-        host = host[:-3]
-    return users.redirect(f"{scheme}://{host}{request.rel_url}", code or 302)
+def _switch_scheme(host: hosts.Host, url: paths.Target, scheme: str, code: int | None) -> web.Response:
+    authority = host.name if scheme == "https" and host.port == 80 else host.raw
+    query = f"?{url.query}" if url.query else ""
+    return users.redirect(f"{scheme}://{authority}{url.wire_path}{query}", code or 302)
 
 
 class _TooLarge(Exception):
@@ -368,15 +365,6 @@ async def _read_limited(request: web.Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _port(request: web.Request, scheme: str) -> int:
-    host = request.host or ""
-    if ":" in host.rsplit("]", 1)[-1]:
-        tail = host.rsplit(":", 1)[1]
-        if tail.isdigit():
-            return int(tail)
-    return 443 if scheme == "https" else 80
-
-
 async def serve(cfg: RouterConfig) -> None:
     """Serve HTTP until SIGTERM, then finish in-flight requests and drain NATS."""
     nc = await bus.connect(cfg.nats_url, name="router")
@@ -389,24 +377,28 @@ async def serve(cfg: RouterConfig) -> None:
         except Exception as exc:  # noqa: BLE001 - serve anyway; the follower keeps trying
             log.warning("control plane at %s not reachable yet: %s", cfg.control_plane, exc)
         follower = asyncio.ensure_future(router.deployed.follow(nc, cfg.resync_seconds))
-    app = web.Application(client_max_size=cfg.max_request_bytes + 1)
-    app.router.add_route("*", "/{tail:.*}", router.handle)
+    app = web.Application(client_max_size=cfg.max_request_bytes + 1, middlewares=[connections.track])
+    # Every path, including ones with an (encoded) newline, reaches Router.handle, which decides about it.
+    app.router.add_route("*", r"/{tail:[\s\S]*}", router.handle)
+    app.on_response_prepare.append(connections.server_header)
     app.on_response_prepare.append(users.renew_cookie)
-    # keepalive_timeout also bounds how long a new connection may take to send its first
-    # request's headers, so slowloris clients are closed instead of holding sockets.
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=cfg.idle_timeout_seconds)
+    runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
     host, port = cfg.listen.rsplit(":", 1)
-    site = web.TCPSite(runner, host.strip("[]"), int(port))
-    await site.start()
-    bound = runner.addresses[0]
+    # keepalive_timeout closes connections with no complete request for that long; the header deadline closes
+    # slow-header (slowloris) clients sooner (router.connections).
+    listener = await connections.listen(runner, host.strip("[]"), int(port), header_timeout=cfg.header_timeout_seconds,
+                                        access_log=None, keepalive_timeout=cfg.idle_timeout_seconds)
+    bound = listener.sockets[0].getsockname()
     address = f"{bound[0]}:{bound[1]}"
     log.info("router serving HTTP on %s", address)
     if cfg.ready_file:
         grpcserver.write_ready_file(cfg.ready_file, address)
     await grpcserver.wait_for_signal()
     log.info("stopping")
+    listener.close()
     await runner.cleanup()
+    await listener.wait_closed()
     if follower is not None:
         follower.cancel()
         await asyncio.gather(follower, return_exceptions=True)

@@ -53,6 +53,9 @@ class RouterConfig:
     max_response_bytes: int = field(32 * 1024 * 1024, "larger app responses become an empty 500")
     idle_timeout_seconds: float = field(30.0, "close connections that send no complete request within this "
                                               "time (idle keep-alives and slow clients sending headers)")
+    header_timeout_seconds: float = field(20.0, "close connections whose request headers are not complete within "
+                                                "this time of their first byte (slowloris; 408 when nothing else "
+                                                "is being answered on the connection); 0: no deadline")
     pending_timeout_seconds: float = field(10.0, "how long a request to an app's default version waits for an "
                                                  "instance while none is serving (one starting or being replaced)")
     request_timeout_seconds: float = field(70.0, "how long to wait for an instance's answer")
@@ -67,6 +70,8 @@ class RouterConfig:
                 app, sep, version = item.partition("=")
                 if not sep or not app or not version:
                     raise ValueError(f"{name}: expected app=version, got {item!r}")
+        if self.header_timeout_seconds < 0 or self.idle_timeout_seconds < 0:
+            raise ValueError("header_timeout_seconds, idle_timeout_seconds: must not be negative")
         if self.max_request_bytes < 0 or self.max_response_bytes < 0:
             raise ValueError("max_request_bytes, max_response_bytes: must not be negative")
         if not self.session_secret:

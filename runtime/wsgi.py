@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
+import re
 import runpy
 import sys
 import urllib.parse
@@ -25,6 +26,9 @@ log = logging.getLogger(__name__)
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 SERVER_VERSION = "0.1"
+# Header names that become HTTP_* variables: letters, digits and "-". A name with "_" (or anything else) would
+# share a variable with its "-" spelling, so it is dropped here as the router drops it (router.headers).
+_HEADER_NAME = re.compile(r"[A-Za-z0-9-]+")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +82,8 @@ def build_environ(req: http_pb2.HttpRequest, info: InstanceInfo) -> dict[str, An
         "KILN_USER_PROOF": req.user.proof,
     })
     for header in req.headers:
+        if not _HEADER_NAME.fullmatch(header.name):
+            continue
         name = header.name.upper().replace("-", "_")
         if name == "CONTENT_TYPE":
             environ["CONTENT_TYPE"] = header.value

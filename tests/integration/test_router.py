@@ -140,7 +140,8 @@ def server(tmp_path_factory):
     _mmdb(root / "geo.mmdb")
     saved = dict(os.environ)
     os.environ.update({"KILN_ROUTER_GEOIP_DB": str(root / "geo.mmdb"), "KILN_ROUTER_TRUSTED_PROXIES": "127.0.0.2/32",
-                       "KILN_ROUTER_MAX_RESPONSE_BYTES": "200000", "KILN_ROUTER_IDLE_TIMEOUT_SECONDS": "2"})
+                       "KILN_ROUTER_MAX_RESPONSE_BYTES": "200000", "KILN_ROUTER_IDLE_TIMEOUT_SECONDS": "2",
+                       "KILN_ROUTER_HEADER_TIMEOUT_SECONDS": "1"})
     srv = DevServer(DevOptions(app_dir=app_dir, port=0, data_dir=root / "data", request_deadline=1.0))
     try:
         srv.start()
@@ -206,12 +207,16 @@ def test_mime_type_of_the_handler_wins(server):
     assert status == 200 and headers["content-type"][0].startswith("text/x-custom")
 
 
-def test_paths_leaving_the_static_directory_are_404(server):
-    for path in ("/static/../main.py", "/static/%2e%2e/main.py", "/static/../../secret.txt",
-                 "/plain/../main.py", "/static/css/missing.css"):
+def test_paths_climbing_out_of_a_static_directory_never_serve_a_file_outside_it(server):
+    # The path is normalised before handler matching, so these reach the handler of the path they name (the
+    # script), never a file; what is left inside a static directory and missing is 404.
+    for path, answer in (("/static/../main.py", b"app:/main.py"), ("/static/%2e%2e/main.py", b"app:/main.py"),
+                         ("/static/../../secret.txt", b"app:/secret.txt"), ("/plain/../main.py", b"app:/main.py"),
+                         ("/plain/..%2f..%2fsecret.txt", b"app:/secret.txt"), ("/img/..%2F..%2Fsecret.png",
+                                                                                b"app:/secret.png")):
         status, _, body = request(server, path)
-        assert status == 404, path
-        assert b"outside the app" not in body and b"import" not in body
+        assert (status, body) == (200, answer), path
+    assert request(server, "/static/css/missing.css")[0] == 404
 
 
 def test_script_handler_reaches_the_app(server):
@@ -467,7 +472,7 @@ def production(tmp_path_factory, supervisor, nats_url):
             ready_file=run / f"runtime-hosts-{n}.addr")
     router = supervisor.start("router-hosts", python_module(
         "router", "--listen", "127.0.0.1:0", "--nats-url", nats_url, "--domain", "example.test",
-        "--apps", "probe=v1", "--custom-domains", "www.probe.org=probe",
+        "--apps", "probe=v1", "--custom-domains", "www.probe.org=probe", "--header-timeout-seconds", "1",
         "--ready-file", str(run / "router-hosts.addr")), env=env, ready_file=run / "router-hosts.addr")
 
     class Server:
@@ -535,33 +540,16 @@ def test_header_with_a_bare_newline_cannot_smuggle_a_second_header(server):
 
 
 def test_slow_client_trickling_headers_is_disconnected(server):
-    import socket
-    address, _, port = server.addresses["router"].rpartition(":")
-    with socket.create_connection((address, int(port)), timeout=10) as sock:
-        sock.sendall(b"GET /hello HTTP/1.1\r\nHost: localhost\r\n")
-        started = time.monotonic()
-        closed = False
-        while time.monotonic() - started < 8:
-            try:
-                sock.sendall(b"X-Slow: 1\r\n")
-            except OSError:
-                closed = True
-                break
-            sock.settimeout(0.5)
-            try:
-                if sock.recv(1024) == b"":
-                    closed = True
-                    break
-            except TimeoutError:
-                pass
-        assert closed
-        assert time.monotonic() - started < 6
+    with _connect(server) as sock:
+        sock.sendall(b"GET /hello HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
+        answer = _dribble_until_closed(sock, within=15)
+    assert answer.startswith(b"HTTP/1.1 408 ")
     assert request(server, "/hello")[0] == 200
 
 
 def test_malformed_host_header_is_a_clear_error(server):
     answer = _raw(server, b"GET / HTTP/1.1\r\nHost: bad host\x01\r\nConnection: close\r\n\r\n")
-    assert answer.split(b"\r\n", 1)[0].split(b" ")[1] in (b"400", b"404")
+    assert answer.split(b"\r\n", 1)[0].split(b" ")[1] == b"400"
     assert request(server, "/hello")[0] == 200
 
 
@@ -583,3 +571,271 @@ def test_an_instance_refuses_requests_for_another_version(production):
     instance = request(production, "/instance", host="probe.example.test")[2].decode()
     status, _, _ = request(production, "/instance", host=f"{instance}-dot-v2-dot-probe.example.test")
     assert status == 404
+
+
+# --- issue 14: attacks that must fail (raw bytes: an HTTP client library would clean most of them up) -----------
+
+def _send(server, head: bytes, body: bytes = b"") -> tuple[int, dict[str, list[str]], bytes]:
+    """One request written byte for byte (``head`` is the request line and headers); the router closes after it."""
+    answer = _raw(server, head + b"Connection: close\r\n\r\n" + body)
+    status_line, _, rest = answer.partition(b"\r\n")
+    head_out, _, body_out = rest.partition(b"\r\n\r\n")
+    headers: dict[str, list[str]] = {}
+    for line in head_out.split(b"\r\n"):
+        name, _, value = line.decode("latin-1").partition(":")
+        headers.setdefault(name.strip().lower(), []).append(value.strip())
+    return int(status_line.split(b" ")[1]), headers, body_out
+
+
+def _get(server, target: str | bytes, *lines: str | bytes, host: bytes = b"localhost"):
+    encode = (lambda v: v if isinstance(v, bytes) else v.encode())
+    head = b"GET " + encode(target) + b" HTTP/1.1\r\nHost: " + host + b"\r\n"
+    return _send(server, head + b"".join(encode(line) + b"\r\n" for line in lines))
+
+
+# Hole 9: one normalised path for handler matching, login checks, static files and the app.
+
+ADMIN_PATH_VARIANTS = ["//admin/panel", "/./admin/panel", "/x/../admin/panel", "/%2e%2e/admin/panel",
+                       "/x/%2E%2E/admin/panel", "/x%2F..%2Fadmin/panel", "/%2Fadmin/panel", "///admin//panel",
+                       "/admin/./panel", "/admin/x/../panel", "/static/../admin/panel", "/x/%2e%2E/admin/panel",
+                       "http://localhost//x/../admin/panel"]
+
+
+@pytest.fixture(scope="module")
+def non_admin(server):
+    return sign_in(server, "bob@example.com")
+
+
+@pytest.mark.parametrize("target", ADMIN_PATH_VARIANTS)
+def test_path_variants_of_an_admin_page_are_refused_to_non_administrators(server, non_admin, target):
+    status, _, body = _get(server, target, f"Cookie: {non_admin}")
+    assert status == 403, body
+
+
+@pytest.mark.parametrize("target", ADMIN_PATH_VARIANTS)
+def test_path_variants_of_an_admin_page_send_anonymous_visitors_to_sign_in(server, target):
+    status, headers, _ = _get(server, target)
+    assert status == 302 and headers["location"][0].startswith("/_ah/login?continue=")
+
+
+@pytest.mark.parametrize(("target", "seen"), [
+    ("/hello/../x//y", b"app:/x/y"), ("/a/%2e%2e/b%2Fc", b"app:/b/c"), ("/./q/.", b"app:/q/"),
+    ("/%2541dmin/panel", b"app:/%41dmin/panel"),  # decoded once: the runtime does not decode it again
+])
+def test_the_app_sees_the_path_the_router_matched(server, target, seen):
+    status, _, body = _get(server, target)
+    assert (status, body) == (200, seen)
+
+
+def test_static_files_are_found_by_the_normalised_path(server):
+    status, _, body = _get(server, "/x/..//static/./css/site.css")
+    assert (status, body) == (200, b"body { color: red }\n")
+
+
+@pytest.mark.parametrize("target", ["/admin;x/panel", "/ADMIN/panel", "/Admin/panel", "/admin%3Bx/panel",
+                                    "/admin..;/panel", "/admin"])
+def test_path_parameters_and_case_variants_are_other_paths_to_the_app_too(server, target):
+    # Not the admin handler's paths, and the app is given exactly the path that was matched, so it cannot serve
+    # its admin page for them either.
+    status, _, body = _get(server, target)
+    assert status == 200 and body.startswith(b"app:/") and not body.startswith(b"app:/admin/")
+
+
+@pytest.mark.parametrize("target", [b"/admin\\panel", b"/x\\..\\admin/panel", b"/%5c..%5cadmin/panel",
+                                    b"/%5C%2e%2e%5Cadmin/panel", b"/admin%00/panel", b"/admin/%0d%0aX-A:%20b",
+                                    b"/a%7f", b"ftp://localhost/admin/panel", b"*"])
+def test_ambiguous_request_paths_get_400(server, target):
+    status, headers, _ = _get(server, target)
+    assert status == 400 and headers["server"] == ["kiln"]
+    assert request(server, "/hello")[0] == 200
+
+
+# Hole 9: bad Host values are 400, never 500, in every mode.
+
+BAD_HOSTS = [b"bad host", b"bad\x01host", b"caf\xc3\xa9.test", b"\xff", b"", b"localhost:99999", b"localhost:0",
+             b"localhost:8o", b"localhost:80:80", b"[::1", b"[zz::1]", b"a..b", b"a/b"]
+
+
+@pytest.mark.parametrize("host", BAD_HOSTS)
+def test_bad_host_values_get_400_in_development(server, host):
+    status, headers, body = _get(server, "/hello", host=host)
+    assert status == 400 and b"Host" in body and headers["server"] == ["kiln"]
+
+
+@pytest.mark.parametrize("host", BAD_HOSTS)
+def test_bad_host_values_get_400_in_production(production, host):
+    status, _, body = _get(production, "/", host=host)
+    assert status == 400 and b"Host" in body
+
+
+@pytest.mark.parametrize("head", [
+    b"GET / HTTP/1.1\r\nHost: probe.example.test\r\nHost: other.test\r\n",
+    b"GET / HTTP/1.1\r\n",
+    b"GET http://bad%20host/ HTTP/1.1\r\nHost: probe.example.test\r\n",
+    b"GET http://probe.example.test:0/ HTTP/1.1\r\nHost: probe.example.test\r\n",
+])
+def test_several_missing_or_bad_absolute_hosts_get_400(production, head):
+    status, headers, _ = _send(production, head)
+    assert status == 400 and headers["server"] == ["kiln"]
+    assert request(production, "/", host="probe.example.test")[0] == 200
+
+
+# Hole 9: non-ASCII platform and inbound signatures are bad signatures, not crashes.
+
+def _non_ascii_signatures() -> list[bytes]:
+    now = str(int(time.time())).encode()
+    return [now + b"." + "\u00e9".encode() * 64, now + b".\xff\xfe", "\u0661\u0667\u0660\u0660.abc".encode(),
+            "\u00b2\u00b3.abc".encode(), now + ".\u0661".encode(), "\u03a9".encode(), b"\xff." + now]
+
+
+@pytest.mark.parametrize("signature", _non_ascii_signatures())
+def test_non_ascii_platform_signature_does_not_pass_login_admin(server, signature):
+    status, _, _ = _get(server, "/admin/panel", "X-Kiln-Platform: cron", b"X-Kiln-Platform-Signature: " + signature)
+    assert status == 302  # an anonymous visitor, sent to sign in
+
+
+@pytest.mark.parametrize("signature", _non_ascii_signatures())
+def test_non_ascii_platform_signature_cannot_deliver_mail(server, signature):
+    status, _, body = _send(server, b"POST /_ah/mail/a@probe.test HTTP/1.1\r\nHost: localhost\r\n"
+                                    b"X-Kiln-Platform: mail\r\nX-Kiln-Platform-Signature: " + signature +
+                                    b"\r\nContent-Length: 2\r\n", b"hi")
+    assert status == 403 and b"mail service only" in body
+
+
+@pytest.mark.parametrize("signature", _non_ascii_signatures())
+def test_non_ascii_inbound_signature_gives_no_inbound_app_id(server, signature):
+    status, _, body = _get(server, "/headers", "X-AppEngine-Inbound-AppId: probe",
+                           b"X-Kiln-Inbound-Signature: " + signature)
+    assert status == 200 and "HTTP_X_APPENGINE_INBOUND_APPID" not in json.loads(body)
+
+
+def test_non_ascii_caller_names_are_not_callers(server):
+    now = str(int(time.time())).encode()
+    status, _, _ = _get(server, "/admin/panel", "X-Kiln-Platform: cr\u00f6n".encode(),
+                        b"X-Kiln-Platform-Signature: " + now + b".abc")
+    assert status == 302
+
+
+# Hole 9: no Python or aiohttp version on any response.
+
+def test_router_made_responses_say_server_kiln(server, non_admin):
+    answers = [request(server, "/_ah/login"), request(server, "/_ah/logout"), request(server, "/static/css/site.css"),
+               request(server, "/account/home"), request(server, "/api/data"), request(server, "/static/css/gone.css"),
+               request(server, "/admin/panel", headers={"Cookie": non_admin}), request(server, "/_ah/kiln/healthz"),
+               request(server, "/_ah/login", method="POST", body=b"email=",
+                       headers={"Content-Type": "application/x-www-form-urlencoded"}),
+               _get(server, "/hello", host=b"bad host"), _send(server, b"GET / HTTP/1.1\r\n"),
+               _send(server, b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n"), _send(server, b"THIS IS NOT HTTP\r\n"),
+               _send(server, b"GET /x HTTP/1.1\r\nHost: localhost\r\nX-\xc3\xa9: 1\r\n")]
+    _, etagged, _ = request(server, "/static/css/site.css")
+    answers.append(request(server, "/static/css/site.css", headers={"If-None-Match": etagged["etag"][0]}))
+    statuses = [status for status, _, _ in answers]
+    assert {200, 302, 304, 400, 401, 403, 404} <= set(statuses)
+    for status, headers, _ in answers:
+        assert headers["server"] == ["kiln"], status
+
+
+def test_unknown_host_page_says_server_kiln(production):
+    status, headers, _ = request(production, "/", host="nope.example.test")
+    assert status == 404 and headers["server"] == ["kiln"]
+
+
+# Hole 9: slow-header clients (slowloris) are closed by the header deadline (1 s in these fixtures; the production
+# router's idle limit is the default 30 s, so only the header deadline can close them within the wait below).
+
+def _dribble_until_closed(sock, *, within: float) -> bytes:
+    """Send one more byte of a header line that never ends until the router closes; what it answered."""
+    received = b""
+    sock.settimeout(0.2)  # paces the bytes: a recv that waits, not a sleep
+    end = time.monotonic() + within
+    while time.monotonic() < end:
+        try:
+            sock.sendall(b"a")
+        except OSError:
+            return received
+        try:
+            chunk = sock.recv(4096)
+        except TimeoutError:
+            continue
+        except OSError:
+            return received
+        if not chunk:
+            return received
+        received += chunk
+    raise AssertionError(f"the router kept a slow-header connection open for {within} s")
+
+
+def _connect(server):
+    import socket
+    address, _, port = server.addresses["router"].rpartition(":")
+    return socket.create_connection((address, int(port)), timeout=10)
+
+
+@pytest.mark.parametrize("start", [b"GET /", b"GET / HTTP/1.1\r\nX-Slow: ",
+                                   b"GET / HTTP/1.1\r\nHost: probe.example.test\r\nX-Slow: ",
+                                   b"POST / HTTP/1.1\r\nHost: probe.example.test\r\nContent-Length: 5\r\nX-Slow: "])
+def test_a_client_that_never_finishes_its_headers_gets_408_and_is_closed(production, start):
+    with _connect(production) as sock:
+        sock.sendall(start)
+        answer = _dribble_until_closed(sock, within=15)
+    assert answer.startswith(b"HTTP/1.1 408 ") and b"Server: kiln\r\n" in answer
+    assert request(production, "/", host="probe.example.test")[0] == 200
+
+
+def test_a_client_that_connects_and_sends_nothing_gets_408_and_is_closed(production):
+    with _connect(production) as sock:
+        sock.settimeout(15)
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 408 ")
+
+
+def test_a_keep_alive_client_that_never_finishes_its_next_request_is_closed(production):
+    with _connect(production) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: probe.example.test\r\n\r\n")
+        first = b""
+        while b"\r\n\r\n" not in first or not first.endswith(b"v1.1"):
+            chunk = sock.recv(4096)
+            assert chunk, "the router closed before answering the first request"
+            first += chunk
+        assert first.startswith(b"HTTP/1.1 200 ")
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: probe.example.test\r\nX-Slow: ")
+        assert _dribble_until_closed(sock, within=15) == b""
+
+
+# Hole 2: App Engine's and kiln's trusted headers in any spelling never come from the client.
+
+TRUSTED_HEADERS = ["X-AppEngine-Cron", "X-AppEngine-User-Email", "X-AppEngine-User-Id", "X-AppEngine-User-Nickname",
+                   "X-AppEngine-User-Is-Admin", "X-AppEngine-User-Organization", "X-AppEngine-Inbound-AppId",
+                   "X-AppEngine-QueueName", "X-AppEngine-TaskName", "X-AppEngine-TaskRetryCount",
+                   "X-AppEngine-TaskExecutionCount", "X-AppEngine-TaskETA", "X-AppEngine-TaskPreviousResponse",
+                   "X-AppEngine-Country", "X-AppEngine-Region", "X-AppEngine-City", "X-AppEngine-CityLatLong",
+                   "X-AppEngine-Request-Log-Id", "X-AppEngine-Default-Version-Hostname", "X-AppEngine-Https",
+                   "X-Kiln-Platform", "X-Kiln-Platform-Signature", "X-Kiln-Inbound-Signature"]
+
+
+@pytest.mark.parametrize("spell", [lambda n: n.replace("-", "_"), lambda n: n.replace("-", "_").lower(),
+                                   lambda n: n.upper(), lambda n: n.replace("-", "_", 1),
+                                   lambda n: "_".join(n.rsplit("-", 1))],
+                         ids=["underscores", "lower-underscores", "upper", "first-underscore", "last-underscore"])
+def test_spellings_of_trusted_headers_never_reach_the_app(server, spell):
+    status, _, body = _get(server, "/headers", *(f"{spell(name)}: forged" for name in TRUSTED_HEADERS))
+    seen = json.loads(body)
+    assert status == 200 and b"forged" not in body
+    assert not any(name.startswith("HTTP_X_KILN") for name in seen)
+    assert seen["HTTP_X_APPENGINE_COUNTRY"] == "ZZ" and len(seen["HTTP_X_APPENGINE_REQUEST_LOG_ID"]) == 32
+
+
+def test_a_header_and_its_underscore_spelling_never_share_a_variable(server):
+    for lines in (["Foo-Bar: dash", "Foo_Bar: under"], ["Foo_Bar: under", "Foo-Bar: dash"],
+                  ["foo_bar: under", "FOO-BAR: dash"]):
+        seen = json.loads(_get(server, "/headers", *lines)[2])
+        assert seen["HTTP_FOO_BAR"] == "dash", lines
+
+
+def test_names_with_underscores_dots_and_the_proxy_header_are_dropped(server):
+    seen = json.loads(_get(server, "/headers", "X_Custom: a", "X.Custom: b", "Proxy: http://evil.test",
+                           "X-Custom-Ok: c")[2])
+    assert "HTTP_X_CUSTOM" not in seen and "HTTP_X.CUSTOM" not in seen and "HTTP_PROXY" not in seen
+    assert seen["HTTP_X_CUSTOM_OK"] == "c"

@@ -1,0 +1,58 @@
+"""Which of a client's request headers reach the app.
+
+The app reads headers as CGI variables: ``X-AppEngine-Cron`` becomes
+``HTTP_X_APPENGINE_CRON``, and so would ``X_AppEngine_Cron`` or
+``x-appengine_cron``, because ``-`` and ``_`` become the same character. So
+the rule is decided on that CGI form, never on the name as written:
+
+- A name that is not letters, digits and ``-`` is dropped. This removes every
+  underscore variant, so two headers can never become one variable and a
+  client cannot write a trusted header's variable with another spelling
+  (nginx's default ``underscores_in_headers off`` and Apache 2.4's CGI rule
+  do the same).
+- A name whose CGI form is one of App Engine's or kiln's own (``X-AppEngine-*``,
+  ``X-Kiln-*``) is dropped, whatever its case: only the router sets those
+  (request log id, location, cron, inbound app id), after this filter.
+- Hop-by-hop headers, ``Host`` and ``Content-Length`` (the router sets both
+  itself), ``Accept-Encoding`` (the router compresses) and ``Proxy`` (which an
+  app's HTTP library would read as its ``HTTP_PROXY`` setting: "httpoxy") are
+  dropped, as are forwarding headers the router has already consumed.
+
+The runtime applies the same name rule when it builds the environ
+(:mod:`runtime.wsgi`), so it holds end to end.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Iterable
+
+# App Engine removes these from requests before they reach the app.
+REQUEST_DROP = frozenset({"accept-encoding", "connection", "keep-alive", "proxy-authorization", "te",
+                          "trailer", "transfer-encoding", "upgrade", "host", "content-length", "proxy"})
+# Only the router writes headers under these prefixes (compared in CGI form: "_" read as "-", case folded).
+PROTECTED_PREFIXES = ("x-appengine-", "x-kiln-")
+NAME = re.compile(r"[A-Za-z0-9-]+")
+
+
+def cgi_form(name: str) -> str:
+    """``name`` as the app tells it apart: ``_`` read as ``-``, ASCII case folded."""
+    return name.replace("_", "-").lower()
+
+
+def from_client(headers: Iterable[tuple[str, str]], *, consumed: Collection[str] = ()) -> list[tuple[str, str]]:
+    """The client's headers that may reach the app (see module docstring).
+
+    Args:
+        headers: The request's headers, in order.
+        consumed: Lower-case names the router has already acted on (a trusted proxy's ``X-Forwarded-*``).
+    """
+    kept = []
+    for name, value in headers:
+        canonical = cgi_form(name)
+        if not NAME.fullmatch(name) or canonical in REQUEST_DROP or canonical in consumed:
+            continue
+        if canonical.startswith(PROTECTED_PREFIXES):
+            continue
+        kept.append((name, value))
+    return kept
