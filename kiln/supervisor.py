@@ -143,7 +143,7 @@ class Supervisor:
         """
         ports_dir = self.run_dir / f"{name}.ports.d"
         shutil.rmtree(ports_dir, ignore_errors=True)
-        ports_dir.mkdir(parents=True)
+        ports_dir.mkdir(parents=True, mode=0o700)
         extra: list[str] = []
         if config is not None:
             conf = self.run_dir / f"{name}.conf"

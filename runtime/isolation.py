@@ -1,31 +1,53 @@
-"""The OS layer of the app sandbox: an app's instances run as the app's own user, on a private copy of its files.
+"""The OS layer of the app sandbox: what confines an instance whatever its code does, mode by mode.
 
-What each layer guarantees (the Python layer is :mod:`runtime.sandbox`):
+The Python layer (:mod:`runtime.sandbox`) refuses what App Engine refused (writing files, sockets, subprocesses,
+most of ``os``) but runs in the app's own process: code that gets past it (ctypes, a missed path) is stopped
+only by what is below. Each layer, what it protects, and what it does not:
 
-- **Every instance** is its own process, started with resource limits (open
-  files, no core dumps, address space) and ``PR_SET_NO_NEW_PRIVS``, and a
-  memory watchdog in the runtime replaces it past its instance class's memory
-  (:mod:`runtime.app`). It never holds the service secret, only its own app's
-  token, so it cannot act as another app towards kiln's services.
-- **With user isolation** (``runtime.manager --isolation user``, the default
-  when the manager runs as root), each app gets its own Unix user and group
-  (numbered from ``--first-app-uid``, recorded in ``app-users.json`` under the
-  isolation root so a number is never reused for another app) and a limit on
-  its processes. Its instances run as that user, on a copy of the version's
-  files (``skip_files`` honoured, as a deploy does) readable only by that group
-  and writable by nobody but root. Another app's files, its processes'
-  memory (``/proc/PID/mem``) and environment (``/proc/PID/environ``) and kiln's
-  own data are then closed to it by the kernel, whatever the app's code does.
+- **Every instance, every mode.** Its own process, started through ``kiln/diewithparent.py`` with umask 077,
+  resource limits (open files, no core dumps, address space = the hard memory limit + 512 MB measured
+  headroom, with ``MALLOC_ARENA_MAX=2``) and ``PR_SET_NO_NEW_PRIVS``. It never holds the service secret, only
+  its own app's token, so it cannot act as another app towards kiln's services. Memory: past its instance
+  class's memory after a request it is replaced (soft limit); past 1.25 times that, the runtime's watchdog
+  stops it at once and answers each request it holds with a 500 (hard limit, polled every 0.1 s); one
+  allocation the address-space limit refuses is a ``MemoryError`` — the request gets a 500 and the instance
+  is replaced. *Not protected:* with isolation ``none`` the instance runs as kiln's own user, so code past the
+  Python layer can read kiln's files (data directory, logs, keys) and signal kiln's processes.
 
-- **With a private network** (``runtime.manager --network-isolation``, on
-  by default with user isolation where the kernel allows network namespaces),
-  each instance runs in a network namespace of its own with only a loopback
-  interface. What it needs — NATS, as its app's own NATS user
-  (:mod:`kiln.natsauth`), and the services it calls — it reaches through Unix
-  sockets its manager forwards (:mod:`kiln.forward`), in a directory only the
-  app's group may enter. Code that got past the Python layer cannot open a
-  connection to anything else: not Cassandra, not another app's or kiln's
-  ports, not the internet (outbound HTTP goes through the URL fetch service).
+- **As root, every mode: process and memory containment.** Each instance runs in a PID namespace of its own
+  (the wrapper's init is its PID 1): when the instance stops, is killed, or its manager dies (even by
+  SIGKILL, through ``PR_SET_PDEATHSIG``), the kernel kills every process in it — double-forked ``setsid``
+  daemons included. Its ``/proc`` shows only its own processes. It runs in a mount namespace where ``/tmp``,
+  ``/var/tmp`` and ``/dev/shm`` are one private tmpfs of its instance class's memory (App Engine's second
+  generation: ``/tmp`` is memory, counted against the instance), gone with the instance; host paths under
+  them that the instance needs (its files, sockets) are bound back. Where a memory cgroup can be made under
+  the manager's own (cgroup v1 ``memory``, or v2 with the memory controller delegated), each instance's
+  processes are held by the kernel to 1.5 times its memory (:mod:`runtime.cgroups`), tmpfs pages included;
+  the kernel kills past that, and the manager logs each instance's peak. Without a memory cgroup (a warning
+  says so) memory is bounded by the address-space limit and the watchdog only, and the tmpfs may add up to
+  its size. Without root (a warning says so) there are no namespaces: processes an instance starts may
+  outlive it and it shares the host's temporary directories. *Not protected:* an instance's requests in
+  flight when the kernel kills it fail with the router's timeout (a 500, late), not at once; the disk
+  under the instance's own directory (its HOME under user isolation) is writable by the app's user.
+
+- **With user isolation** (``runtime.manager --isolation user``, the default when the manager runs as root),
+  each app gets its own Unix user and group (numbered from ``--first-app-uid``, recorded in
+  ``app-users.json`` under the isolation root so a number is never reused for another app) and a limit on
+  its processes. Its instances run as that user, on a copy of the version's files (``skip_files`` honoured,
+  as a deploy does) and of its libraries, owned by root, readable by the app's group only (0750/0640) and
+  writable by nobody but root. Another app's files, its processes' memory (``/proc/PID/mem``) and
+  environment (``/proc/PID/environ``) and kiln's own data (0700/0600: every kiln process and child runs
+  with umask 077, data, run and cache directories are made 0700) are then closed to it by the kernel.
+  *Not protected:* what the app's user may read on the host beyond kiln (world-readable system files).
+
+- **With a private network** (``runtime.manager --network-isolation``, on by default with user isolation
+  where the kernel allows network namespaces), each instance runs in a network namespace of its own with
+  only a loopback interface. What it needs — NATS, as its app's own NATS user (:mod:`kiln.natsauth`), and
+  the services it calls — it reaches through Unix sockets its manager forwards (:mod:`kiln.forward`), in a
+  directory only the app's group may enter. Code that got past the Python layer cannot open a connection to
+  anything else: not Cassandra, not another app's or kiln's ports, not the internet (outbound HTTP goes
+  through the URL fetch service). *Not protected:* what the forwarded services and NATS themselves allow
+  the app's token and NATS user to do (their own checks).
 """
 
 from __future__ import annotations
