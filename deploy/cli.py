@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import pathlib
 import sys
 
@@ -101,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``kiln`` console script."""
     args = build_parser().parse_args(argv)
+    os.umask(0o077)  # kiln dev's data, logs and keys are the user's alone
     kiln_log.setup(level="INFO", component="kiln")
     logging.getLogger("deploy").setLevel(logging.INFO)
     return int(args.func(args))

@@ -95,7 +95,8 @@ class DevServer:
         """Start every part and wait until the router serves."""
         if self.opts.storage not in ("embedded", "cassandra"):
             raise ConfigError(f"--storage: must be embedded or cassandra, got {self.opts.storage!r}")
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.data_dir.chmod(0o700)  # the app's data, logs and keys; an older kiln left it open to all
         cassandra_hosts = ""
         if self.opts.storage == "cassandra":
             cassandra_hosts = self.opts.cassandra_hosts or self._start_cassandra()

@@ -18,6 +18,7 @@ C = TypeVar("C")
 def run(name: str, prefix: str, cls: type[C], serve: Callable[[C], Awaitable[None]],
         argv: list[str] | None = None) -> int:
     """Load ``cls`` from flags/env, set up logging, and run ``serve`` until SIGTERM."""
+    os.umask(0o077)  # what a service writes (its data, logs, sockets) is readable by the platform's user alone
     try:
         cfg = config.load(cls, prefix=prefix, argv=sys.argv[1:] if argv is None else argv,
                           env=os.environ, description=f"kiln {name}")

@@ -42,10 +42,20 @@ class Confinement:
     rlimits: Mapping[str, int] = dataclasses.field(default_factory=dict)
     no_new_privs: bool = True
     private_network: bool = False  # a network namespace of its own: loopback only
+    cgroups: Sequence[pathlib.Path] = ()  # control groups to join first
+    private_tmp_mb: int | None = None  # /tmp, /var/tmp and /dev/shm: one private tmpfs of this size
+    keep: Sequence[pathlib.Path] = ()  # paths under those the child still needs from the host
+    pid_namespace: bool = False  # everything it starts dies with it
 
     def wrapper_args(self) -> list[str]:
         """Options of ``diewithparent.py`` that apply these settings."""
         args = [] if self.uid is None else ["--uid", str(self.uid)]
+        for group in self.cgroups:
+            args += ["--cgroup", str(group)]
+        args += [] if self.private_tmp_mb is None else ["--private-tmp", str(self.private_tmp_mb)]
+        for path in self.keep:
+            args += ["--keep", str(path)]
+        args += ["--pid-namespace"] if self.pid_namespace else []
         args += [] if self.gid is None else ["--gid", str(self.gid)]
         for name, value in sorted(self.rlimits.items()):
             args += ["--rlimit", f"{name}={value}"]
@@ -79,6 +89,7 @@ class Supervisor:
     def __init__(self, run_dir: pathlib.Path) -> None:
         self.run_dir = run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
+        run_dir.chmod(0o700)  # children's logs and addresses are the platform's alone
         self.children: list[Child] = []
 
     def spawn(self, name: str, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
@@ -88,7 +99,7 @@ class Supervisor:
         log_path = self.run_dir / f"{name}.log"
         if ready_file is not None:
             ready_file.unlink(missing_ok=True)
-        with open(log_path, "ab") as out:
+        with open(os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab") as out:
             settings = confinement.wrapper_args() if confinement is not None else []
             wrapped = [sys.executable, str(_DIE_WITH_PARENT), str(os.getpid()), *settings, "--", *argv]
             proc = subprocess.Popen(wrapped, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -132,7 +143,7 @@ class Supervisor:
         """
         ports_dir = self.run_dir / f"{name}.ports.d"
         shutil.rmtree(ports_dir, ignore_errors=True)
-        ports_dir.mkdir(parents=True)
+        ports_dir.mkdir(parents=True, mode=0o700)
         extra: list[str] = []
         if config is not None:
             conf = self.run_dir / f"{name}.conf"

@@ -57,7 +57,8 @@ class LogStore:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     async def open(self) -> None:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
+        self._path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._path.parent.chmod(0o700)  # every app's request logs
 
         def _open() -> None:
             db = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)

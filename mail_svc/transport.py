@@ -183,7 +183,8 @@ class Outbox:
 
     def _write(self, queued: pb.QueuedMail, raw: bytes) -> None:
         folder = self.root / queued.app_id
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.root.chmod(0o700)  # every app's outgoing mail
         stem = f"{queued.queued_at.ToNanoseconds():020d}-{delivery_key(queued.message_id, list(queued.recipients))[:16]}"
         meta = {"message_id": queued.message_id, "envelope_from": queued.envelope_from,
                 "recipients": list(queued.recipients), "subject": queued.subject,

@@ -85,7 +85,7 @@ class AppLoader:
 # Exit status of an instance that must be replaced (a handler ignored its deadline, or memory ran over).
 EXIT_REPLACE = 75
 # Past the memory limit times this, the instance stops at once (App Engine's hard limit), failing its requests.
-HARD_MEMORY_FACTOR = 1.25
+HARD_MEMORY_FACTOR = isolation.HARD_MEMORY_FACTOR
 MEMORY_CHECK_SECONDS = 0.1
 # What one request may log (App Engine kept a request's app logs bounded too).
 MAX_LOG_LINES = 1000
@@ -124,6 +124,7 @@ class Instance:
         # Set when a handler ignored DeadlineExceededError or memory ran over: the instance must be replaced.
         self.doomed = asyncio.Event()
         self.memory_limit_mb = cfg.memory_limit_mb or isolation.instance_memory_mb(app_config)
+        self.out_of_memory = False  # an allocation failed in the app (RLIMIT_AS): replace the instance
         self._waiting: dict[int, Msg] = {}  # requests not answered yet, to fail if the instance must stop at once
         self._queued: dict[int, float] = {}  # requests waiting for a free slot -> when they arrived
 
@@ -202,6 +203,11 @@ class Instance:
         self._check_soft_memory()
 
     def _check_soft_memory(self) -> None:
+        if self.out_of_memory and not self.doomed.is_set():
+            log.critical("Exceeded hard memory limit of %d MB: an allocation was refused while handling this "
+                         "request; this instance will be replaced.", isolation.hard_memory_mb(self.memory_limit_mb))
+            self.doomed.set()
+            return
         used = rss_mb()
         if used > self.memory_limit_mb and not self.doomed.is_set():
             log.critical("Exceeded soft memory limit of %d MB with %.0f MB after servicing %d requests total. "
@@ -331,11 +337,13 @@ class Instance:
         try:
             with kiln_runtime.serving(environ, lines):
                 resp = app(environ) if isinstance(app, CgiScript) else call_app(app, environ)
-        except Exception:
+        except Exception as exc:
             # The app's traceback belongs in its request log as well as the instance's.
             lines.append((time.time(), logging.ERROR, "uncaught exception:\n" + traceback.format_exc()))
             resp = _error(500, "app raised an exception", self.cfg.instance_id)
             log.exception("unhandled exception serving %s %s", req.method, req.path)
+            if isinstance(exc, MemoryError):  # the kernel refused memory past the instance's limit
+                self.out_of_memory = True
         resp.cpu_micros = int((time.thread_time() - cpu_start) * 1_000_000)
         for created, level, message in lines[:MAX_LOG_LINES]:
             line = resp.app_logs.add(level=_LEVELS.get(level // 10 * 10, logs_pb2.LOG_LEVEL_CRITICAL),

@@ -202,7 +202,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not token or not nats_url:
         parser.error("KILN_HOST_CONTROL_TOKEN (a platform read token) and KILN_MANAGER_NATS_URL are required")
     kiln_log.setup(component="host")
-    args.run_dir.mkdir(parents=True, exist_ok=True)
+    os.umask(0o077)
+    for private in (args.run_dir, args.cache_dir):  # logs; every deployed app's files
+        private.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private.chmod(0o700)
 
     async def main_async() -> int:
         source = VersionSource(args.control_plane, token, args.cache_dir)  # its channel needs the running loop

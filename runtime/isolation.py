@@ -1,31 +1,53 @@
-"""The OS layer of the app sandbox: an app's instances run as the app's own user, on a private copy of its files.
+"""The OS layer of the app sandbox: what confines an instance whatever its code does, mode by mode.
 
-What each layer guarantees (the Python layer is :mod:`runtime.sandbox`):
+The Python layer (:mod:`runtime.sandbox`) refuses what App Engine refused (writing files, sockets, subprocesses,
+most of ``os``) but runs in the app's own process: code that gets past it (ctypes, a missed path) is stopped
+only by what is below. Each layer, what it protects, and what it does not:
 
-- **Every instance** is its own process, started with resource limits (open
-  files, no core dumps, address space) and ``PR_SET_NO_NEW_PRIVS``, and a
-  memory watchdog in the runtime replaces it past its instance class's memory
-  (:mod:`runtime.app`). It never holds the service secret, only its own app's
-  token, so it cannot act as another app towards kiln's services.
-- **With user isolation** (``runtime.manager --isolation user``, the default
-  when the manager runs as root), each app gets its own Unix user and group
-  (numbered from ``--first-app-uid``, recorded in ``app-users.json`` under the
-  isolation root so a number is never reused for another app) and a limit on
-  its processes. Its instances run as that user, on a copy of the version's
-  files (``skip_files`` honoured, as a deploy does) readable only by that group
-  and writable by nobody but root. Another app's files, its processes'
-  memory (``/proc/PID/mem``) and environment (``/proc/PID/environ``) and kiln's
-  own data are then closed to it by the kernel, whatever the app's code does.
+- **Every instance, every mode.** Its own process, started through ``kiln_platform/diewithparent.py`` with umask 077,
+  resource limits (open files, no core dumps, address space = the hard memory limit + 512 MB measured
+  headroom, with ``MALLOC_ARENA_MAX=2``) and ``PR_SET_NO_NEW_PRIVS``. It never holds the service secret, only
+  its own app's token, so it cannot act as another app towards kiln's services. Memory: past its instance
+  class's memory after a request it is replaced (soft limit); past 1.25 times that, the runtime's watchdog
+  stops it at once and answers each request it holds with a 500 (hard limit, polled every 0.1 s); one
+  allocation the address-space limit refuses is a ``MemoryError`` — the request gets a 500 and the instance
+  is replaced. *Not protected:* with isolation ``none`` the instance runs as kiln's own user, so code past the
+  Python layer can read kiln's files (data directory, logs, keys) and signal kiln's processes.
 
-- **With a private network** (``runtime.manager --network-isolation``, on
-  by default with user isolation where the kernel allows network namespaces),
-  each instance runs in a network namespace of its own with only a loopback
-  interface. What it needs — NATS, as its app's own NATS user
-  (:mod:`kiln_platform.natsauth`), and the services it calls — it reaches through Unix
-  sockets its manager forwards (:mod:`kiln_platform.forward`), in a directory only the
-  app's group may enter. Code that got past the Python layer cannot open a
-  connection to anything else: not Cassandra, not another app's or kiln's
-  ports, not the internet (outbound HTTP goes through the URL fetch service).
+- **As root, every mode: process and memory containment.** Each instance runs in a PID namespace of its own
+  (the wrapper's init is its PID 1): when the instance stops, is killed, or its manager dies (even by
+  SIGKILL, through ``PR_SET_PDEATHSIG``), the kernel kills every process in it — double-forked ``setsid``
+  daemons included. Its ``/proc`` shows only its own processes. It runs in a mount namespace where ``/tmp``,
+  ``/var/tmp`` and ``/dev/shm`` are one private tmpfs of its instance class's memory (App Engine's second
+  generation: ``/tmp`` is memory, counted against the instance), gone with the instance; host paths under
+  them that the instance needs (its files, sockets) are bound back. Where a memory cgroup can be made under
+  the manager's own (cgroup v1 ``memory``, or v2 with the memory controller delegated), each instance's
+  processes are held by the kernel to 1.5 times its memory (:mod:`runtime.cgroups`), tmpfs pages included;
+  the kernel kills past that, and the manager logs each instance's peak. Without a memory cgroup (a warning
+  says so) memory is bounded by the address-space limit and the watchdog only, and the tmpfs may add up to
+  its size. Without root (a warning says so) there are no namespaces: processes an instance starts may
+  outlive it and it shares the host's temporary directories. *Not protected:* an instance's requests in
+  flight when the kernel kills it fail with the router's timeout (a 500, late), not at once; the disk
+  under the instance's own directory (its HOME under user isolation) is writable by the app's user.
+
+- **With user isolation** (``runtime.manager --isolation user``, the default when the manager runs as root),
+  each app gets its own Unix user and group (numbered from ``--first-app-uid``, recorded in
+  ``app-users.json`` under the isolation root so a number is never reused for another app) and a limit on
+  its processes. Its instances run as that user, on a copy of the version's files (``skip_files`` honoured,
+  as a deploy does) and of its libraries, owned by root, readable by the app's group only (0750/0640) and
+  writable by nobody but root. Another app's files, its processes' memory (``/proc/PID/mem``) and
+  environment (``/proc/PID/environ``) and kiln's own data (0700/0600: every kiln process and child runs
+  with umask 077, data, run and cache directories are made 0700) are then closed to it by the kernel.
+  *Not protected:* what the app's user may read on the host beyond kiln (world-readable system files).
+
+- **With a private network** (``runtime.manager --network-isolation``, on by default with user isolation
+  where the kernel allows network namespaces), each instance runs in a network namespace of its own with
+  only a loopback interface. What it needs — NATS, as its app's own NATS user (:mod:`kiln_platform.natsauth`), and
+  the services it calls — it reaches through Unix sockets its manager forwards (:mod:`kiln_platform.forward`), in a
+  directory only the app's group may enter. Code that got past the Python layer cannot open a connection to
+  anything else: not Cassandra, not another app's or kiln's ports, not the internet (outbound HTTP goes
+  through the URL fetch service). *Not protected:* what the forwarded services and NATS themselves allow
+  the app's token and NATS user to do (their own checks).
 """
 
 from __future__ import annotations
@@ -55,10 +77,28 @@ INSTANCE_MEMORY_MB = {"F1": 384, "F2": 768, "F4": 1536, "F4_1G": 3072,
                       "B1": 384, "B2": 768, "B4": 1536, "B4_1G": 3072, "B8": 3072}
 
 
+# Past its memory times this the runtime stops an instance at once (App Engine's hard limit; runtime.app's watchdog).
+HARD_MEMORY_FACTOR = 1.25
+# What the kernel holds an instance's processes to (cgroup memory limit): above the watchdog's hard limit, so that
+# growth the watchdog sees in time gets App Engine's answer (a 500 for each request held) rather than a kill.
+KERNEL_MEMORY_FACTOR = 1.5
+# Address space allowed beyond the hard limit (RLIMIT_AS), so that one allocation far beyond the limit fails at once
+# (a MemoryError: the request gets a 500 and the instance is replaced). Measured: an instance serving 10 concurrent
+# requests (15 threads) with MALLOC_ARENA_MAX=2 maps 252 MB with 61 MB resident (1.1 GB without the arena limit).
+ADDRESS_SPACE_HEADROOM_MB = 512
+# glibc reserves 64 MB of address space per malloc arena, up to eight per core; two keep the headroom above true.
+MALLOC_ARENAS = 2
+
+
 def instance_memory_mb(config: appyaml.AppConfig) -> int:
     """The memory an instance of this app may use: its ``instance_class`` (F1, or B2 with basic/manual scaling)."""
     default = "B2" if (config.basic_scaling or config.manual_scaling) else "F1"
     return INSTANCE_MEMORY_MB[config.instance_class or default]
+
+
+def hard_memory_mb(memory_mb: int) -> int:
+    """The hard memory limit of an instance of ``memory_mb`` (App Engine's: past it the instance stops at once)."""
+    return int(memory_mb * HARD_MEMORY_FACTOR)
 
 
 def app_user(root: pathlib.Path, app_id: str, first_uid: int = DEFAULT_FIRST_UID) -> int:
@@ -109,12 +149,23 @@ def network_blocked() -> str | None:
     namespaces, a container that forbids them), or None."""
     if os.geteuid() != 0:
         return "not running as root"
+    return _probe("--private-network")
+
+
+def namespaces_blocked() -> str | None:
+    """Why instances cannot get a PID namespace and a mount namespace (for a private /tmp) here, or None."""
+    if os.geteuid() != 0:
+        return "not running as root"
+    return _probe("--pid-namespace", "--private-tmp", "1")
+
+
+def _probe(*options: str) -> str | None:
     wrapper = pathlib.Path(__file__).resolve().parent.parent / "kiln_platform" / "diewithparent.py"
     try:
-        done = subprocess.run([sys.executable, str(wrapper), str(os.getpid()), "--private-network", "--", "true"],
+        done = subprocess.run([sys.executable, str(wrapper), str(os.getpid()), *options, "--", "true"],
                               capture_output=True, text=True, timeout=30, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"the network namespace probe failed: {exc}"
+        return f"the namespace probe failed: {exc}"
     return None if done.returncode == 0 else (done.stderr.strip() or f"the probe exited with {done.returncode}")
 
 

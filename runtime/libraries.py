@@ -164,7 +164,7 @@ def _install(target: pathlib.Path, requirements: tuple[str, ...], *, deps: bool,
             if done.returncode != 0:
                 detail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
                 raise ConfigError(f"{what}: could not install {' '.join(requirements)}: {detail}")
-            os.chmod(tmp, 0o755)
+            os.chmod(tmp, 0o700)  # the manager's user reads it; an isolated app gets its own copy
             os.replace(tmp, target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

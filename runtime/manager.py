@@ -40,7 +40,7 @@ from kiln_platform import log as kiln_log
 from kiln.errors import ConfigError
 from kiln.pb.runtime.v1 import events_pb2
 from kiln_platform.supervisor import Child, Confinement, StartError, Supervisor, python_module
-from runtime import isolation, libraries
+from runtime import cgroups, isolation, libraries
 from runtime.config import RuntimeConfig
 
 log = logging.getLogger(__name__)
@@ -111,6 +111,7 @@ class _Instance:
     started: float
     ready_file: pathlib.Path
     home: pathlib.Path | None = None
+    group: cgroups.InstanceGroup | None = None
     ready: bool = False
     active: int = 0
     pending_seconds: float = 0.0
@@ -130,6 +131,9 @@ class Launch:
     # With a private network: the Unix sockets instances reach NATS and the services through, and their directory.
     forwards: Sequence[forward.UnixToTcp] = ()
     socket_dir: pathlib.Path | None = None
+    # Where the kernel can hold instances to a memory limit: the manager's cgroup, and the limit (bytes).
+    cgroup: cgroups.Parent | None = None
+    memory_cap: int = 0
 
 
 # An instance that exits before it serves is restarted after a delay that doubles, up to this.
@@ -150,21 +154,29 @@ class Manager:
         self._next_start = 0.0
         self.ever_ready = False
         self.on_change: Callable[[], None] = lambda: None
+        self._leftover: list[cgroups.InstanceGroup] = []  # groups whose last processes were still exiting
 
     def start_instance(self) -> _Instance:
         instance_id = uuid.uuid4().hex
         env = dict(self._launch.env)
         home = None
+        confinement = self._launch.confinement
         if self._launch.app_root is not None and self._launch.uid is not None:
             home = isolation.instance_dir(self._launch.app_root, instance_id, self._launch.uid)
             env.update(HOME=str(home), TMPDIR=str(home))
             ready = home / "ready.addr"
         else:
             ready = self._sup.run_dir / f"instance-{instance_id}.addr"
+        if confinement.private_tmp_mb is not None:
+            env.update(TMPDIR="/tmp")  # its own tmpfs, bounded, gone with the instance
+        group = None
+        if self._launch.cgroup is not None:
+            group = self._launch.cgroup.create(f"instance-{instance_id}", self._launch.memory_cap)
+            confinement = dataclasses.replace(confinement, cgroups=(group.path,))
         child = self._sup.spawn(f"instance-{instance_id[:8]}", python_module(
             "runtime", *self._launch.runtime_args, "--instance-id", instance_id, "--ready-file", str(ready)),
-            env=env, ready_file=ready, confinement=self._launch.confinement, cwd=home)
-        inst = self.instances[instance_id] = _Instance(child, instance_id, time.monotonic(), ready, home)
+            env=env, ready_file=ready, confinement=confinement, cwd=home)
+        inst = self.instances[instance_id] = _Instance(child, instance_id, time.monotonic(), ready, home, group)
         log.info("starting instance %s (pid %d; %d running)", instance_id, child.proc.pid, len(self.instances))
         self.on_change()
         return inst
@@ -208,6 +220,7 @@ class Manager:
             self._sup.children.remove(inst.child)
             if inst.home is not None:
                 isolation.remove_instance_dir(inst.home)
+            self._release(inst)
             if inst.ready:
                 log.warning("instance %s exited with status %s; replacing it", instance_id, status)
             else:
@@ -220,6 +233,7 @@ class Manager:
                     raise StartError(f"the version's instances exit before serving (status {status}):\n"
                                      f"{inst.child.log_tail()}")
             self.on_change()
+        self._leftover = [g for g in self._leftover if not g.remove()]
         if now < self._next_start:
             return
         current = len(self.instances)
@@ -233,6 +247,20 @@ class Manager:
                     if i.ready and i.active == 0 and now - i.busy_at > self.scaling.idle_seconds]
             if idle and current > wanted:
                 self.stop_instance(min(idle, key=lambda i: i.busy_at).instance_id)
+
+    def _release(self, inst: _Instance) -> None:
+        """Record what the instance's memory came to and delete its cgroup (killing anything left in it)."""
+        group = inst.group
+        if group is None:
+            return
+        peak, kills = group.peak_bytes(), group.oom_kills()
+        if kills:
+            log.critical("Exceeded the memory limit of %d MB: the kernel stopped %d process(es) of instance %s; "
+                         "the requests it held fail.", self._launch.memory_cap >> 20, kills, inst.instance_id)
+        log.info("instance %s used at most %s MB of memory (limit %d MB)", inst.instance_id,
+                 "?" if peak is None else peak >> 20, self._launch.memory_cap >> 20)
+        if not group.remove():
+            self._leftover.append(group)
 
     async def open_network(self) -> None:
         """Start forwarding the instances' Unix sockets (with a private network)."""
@@ -248,7 +276,15 @@ class Manager:
     def shutdown(self) -> None:
         """Stop every instance (SIGTERM, so each finishes its requests) and remove the staged files."""
         self._sup.stop_all()
+        for inst in self.instances.values():
+            self._release(inst)
         self.instances.clear()
+        deadline = time.monotonic() + 10
+        while self._leftover and time.monotonic() < deadline:  # a killed process takes a moment to leave
+            self._leftover = [g for g in self._leftover if not g.remove()]
+            time.sleep(0.05)
+        if self._launch.cgroup is not None:
+            self._launch.cgroup.remove()
         if self._launch.staged is not None:
             shutil.rmtree(self._launch.staged, ignore_errors=True)
 
@@ -258,8 +294,8 @@ class Manager:
 
     def write_state(self, path: pathlib.Path) -> None:
         """Record the running instances (id, pid, ready) for operators and tests."""
-        state = [{"instance_id": i.instance_id, "pid": i.child.proc.pid, "ready": i.ready}
-                 for i in self.instances.values()]
+        state = [{"instance_id": i.instance_id, "pid": i.child.proc.pid, "ready": i.ready,
+                  "cgroup": None if i.group is None else str(i.group.path)} for i in self.instances.values()]
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(state))
         os.replace(tmp, path)
@@ -381,6 +417,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.nats_url:
         parser.error("--nats-url or KILN_MANAGER_NATS_URL is required")
     kiln_log.setup(component="manager")
+    os.umask(0o077)  # staged files, logs and sockets get their modes explicitly; anything else is the platform's
+    args.cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    args.cache_dir.chmod(0o700)  # libraries and requirements installed for apps
     try:
         manager = build(args, argv[split + 1:], os.environ)
     except (ConfigError, OSError) as exc:
@@ -389,9 +428,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     return asyncio.run(run(manager, args.nats_url, args.app_id, args.version_id, args.ready_file))
 
 
-# Address space allowed beyond the instance's memory: thread stacks and allocator arenas
-# reserve far more than they touch (measured: an idle instance maps ~1 GiB, 60 MiB resident).
-ADDRESS_SPACE_HEADROOM_MB = 2048
 OPEN_FILES = 4096
 APP_PROCESSES = 2048  # threads count too; shared by all of one app's instances on a host
 
@@ -415,7 +451,8 @@ def build(args: argparse.Namespace, extra_runtime_args: Sequence[str], environ: 
         mode = "none" if blocked else "user"
         if blocked:
             log.warning("instances run as the manager's user, without per-app users: %s", blocked)
-    rlimits = {"nofile": OPEN_FILES, "core": 0, "as": (memory_mb + ADDRESS_SPACE_HEADROOM_MB) * 1024 * 1024}
+    hard_mb = isolation.hard_memory_mb(memory_mb)
+    rlimits = {"nofile": OPEN_FILES, "core": 0, "as": (hard_mb + isolation.ADDRESS_SPACE_HEADROOM_MB) << 20}
     app_dir, app_root, uid = args.app_dir.resolve(), None, None
     environment = libraries.prepare(app_dir, config, args.cache_dir)
     if mode == "user":
@@ -448,19 +485,46 @@ def build(args: argparse.Namespace, extra_runtime_args: Sequence[str], environ: 
         overrides, forwards = forwarded(sockets, uid, args.nats_url, service_addresses(runtime_args, environ))
         runtime_args += overrides  # the last occurrence of a flag wins
     env = instance_env(environ, auth.mint_app_token(secret, args.app_id))
+    env["MALLOC_ARENA_MAX"] = str(isolation.MALLOC_ARENAS)  # keeps the address-space headroom true
     # The instance connects as the app's own NATS user when the platform has one per app, never as the platform.
     nats_secret = environ.get("KILN_MANAGER_NATS_APP_SECRET", "")
     env["KILN_RUNTIME_NATS_URL"] = natsauth.with_credentials(
         args.nats_url, natsauth.app_user(args.app_id) if nats_secret else None,
         natsauth.app_password(nats_secret, args.app_id) if nats_secret else None)
+    namespaces = _process_namespaces()
+    # What instances read and write on the host; under a private /tmp it must stay visible (tests, kiln dev in /tmp).
+    keep = [app_dir, args.run_dir.resolve(), *environment.library_dirs,
+            *([environment.requirements_dir] if environment.requirements_dir else []),
+            *([sockets] if sockets else []), *([app_root] if app_root else [])]
+    memory = _memory_cgroup(f"{cgroups.PREFIX}{args.app_id}-{args.version_id}-{os.getpid()}")
     launch = Launch(runtime_args=runtime_args, env=env,
-                    confinement=Confinement(uid=uid, gid=uid, rlimits=rlimits, private_network=sockets is not None),
+                    confinement=Confinement(uid=uid, gid=uid, rlimits=rlimits, private_network=sockets is not None,
+                                            private_tmp_mb=memory_mb if namespaces else None,
+                                            pid_namespace=namespaces, keep=keep if namespaces else ()),
                     app_root=app_root, uid=uid, staged=app_dir.parent if mode == "user" else None,
-                    forwards=forwards, socket_dir=sockets)
+                    forwards=forwards, socket_dir=sockets, cgroup=memory,
+                    memory_cap=int(memory_mb * isolation.KERNEL_MEMORY_FACTOR) << 20)
     return Manager(Supervisor(args.run_dir), launch, scaling)
 
 
 SERVICES = ("datastore", "memcache", "urlfetch", "mail", "images")  # RuntimeConfig's ``<name>_addr`` settings
+
+
+def _process_namespaces() -> bool:
+    """Whether instances get a PID namespace and a private /tmp (root, and a kernel that allows them)."""
+    blocked = isolation.namespaces_blocked()
+    if blocked:
+        log.warning("processes an instance starts may outlive it, and it writes to the host's /tmp, /var/tmp and "
+                    "/dev/shm without bound: %s", blocked)
+    return blocked is None
+
+
+def _memory_cgroup(name: str) -> cgroups.Parent | None:
+    """The cgroup under which the kernel holds each instance to its memory limit, or None (with a warning)."""
+    found, why = cgroups.find(name)
+    if found is None:
+        log.warning("instance memory is bounded only by an address-space limit and the runtime's watchdog: %s", why)
+    return found
 
 
 def _private_network(setting: str, mode: str, nats_url: str) -> bool:

@@ -65,7 +65,8 @@ class EmbeddedEngine:
 
     async def open(self) -> None:
         """Create the file and schema if needed."""
-        self._path.parent.mkdir(parents=True, exist_ok=True)
+        self._path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._path.parent.chmod(0o700)  # the database and its -wal/-shm hold every app's data
 
         def _open() -> None:
             db = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)

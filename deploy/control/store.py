@@ -130,7 +130,8 @@ class EmbeddedStore(Store):
     def __init__(self, data_dir: pathlib.Path) -> None:
         self._dir = data_dir
         self._blobs = data_dir / "blobs"
-        self._blobs.mkdir(parents=True, exist_ok=True)
+        self._blobs.mkdir(mode=0o700, parents=True, exist_ok=True)
+        data_dir.chmod(0o700)  # every app's files and the platform's records
         self._db = sqlite3.connect(data_dir / "control.sqlite3", check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")

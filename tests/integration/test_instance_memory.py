@@ -34,8 +34,8 @@ MAIN = textwrap.dedent('''
         elif path == "/hog":  # without bound
             while True:
                 KEPT.append(b"x" * (8 << 20))
-        elif path == "/huge":  # one allocation larger than the instance's address space
-            KEPT.append(bytearray(64 << 30))
+        elif path == "/huge":  # one allocation far beyond the limit (1.2 GB against F1's 480 MB hard limit)
+            KEPT.append(bytearray(1200 << 20))
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [os.environ["INSTANCE_ID"].encode()]
 ''')
@@ -73,9 +73,18 @@ def test_allocating_without_bound_gives_500_and_a_fresh_instance_serves_next(ser
     apps.wait_for(lambda: serving_instance(server) not in (before, None), 30)
 
 
-def test_an_allocation_beyond_the_address_space_is_a_memory_error_in_that_request_only(server):
+def test_one_allocation_far_beyond_the_limit_is_refused_gives_500_and_a_fresh_instance_serves_next(server):
     before = serving_instance(server)
     status, _, _ = apps.fetch(server, "/huge")
     assert status == 500
     assert "MemoryError" in instance_log(server)
-    assert serving_instance(server) == before
+    assert "an allocation was refused" in instance_log(server)
+    apps.wait_for(lambda: serving_instance(server) not in (before, None), 30)
+    # The manager's record of the instance's memory (its cgroup's peak): never past the hard limit.
+    line = f"instance {before} used at most "
+    apps.wait_for(lambda: line in manager_log(server), 30)
+    assert int(manager_log(server).split(line)[1].split()[0]) <= 480
+
+
+def manager_log(server):
+    return (server.run_dir / "manager.log").read_text()

@@ -4,6 +4,7 @@ files; neither can read the other's files, process memory or environment, even w
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -72,6 +73,7 @@ def app(environ, start_response):
 '''
 
 APPS = ("isola", "isolb")
+ISOLATION_PARENT = pathlib.Path("/var/lib/kiln-tests")
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +81,11 @@ def stack(tmp_path_factory, supervisor, nats_url, grpc_services):
     if os.geteuid() != 0 or isolation.platform_blocked():
         pytest.fail("per-app users need root and a Python other users can run: "
                     "python -m runtime.isolation prepare (as root) says what it changes; .ci/run runs it")
-    # The isolation root must be reachable by app users: not under pytest's private temporary directory.
-    root = pathlib.Path(tempfile.mkdtemp(prefix="kiln-isolation-", dir="/tmp"))
+    # The isolation root must be reachable by app users (not under pytest's private temporary directory) and
+    # outside /tmp, which each instance sees as its own tmpfs: then only the app users' permissions separate apps.
+    ISOLATION_PARENT.mkdir(parents=True, exist_ok=True)
+    ISOLATION_PARENT.chmod(0o711)
+    root = pathlib.Path(tempfile.mkdtemp(prefix="kiln-isolation-", dir=ISOLATION_PARENT))
     run = supervisor.run_dir
     env = service_env()
     router = supervisor.start("router-isolation", python_module(
@@ -102,7 +107,7 @@ def stack(tmp_path_factory, supervisor, nats_url, grpc_services):
             "--isolation-root", str(root), "--ready-file", str(run / f"manager-{app_id}.ready"), "--",
             "--listen", "127.0.0.1:0", "--datastore-addr", grpc_services["datastore"], "--memcache-addr",
             grpc_services["memcache"]), env=env, ready_file=run / f"manager-{app_id}.ready", timeout=120)
-    yield router.address, root, sources
+    yield router.address, root, sources, run
     for app_id in APPS:
         for child in [c for c in supervisor.children if c.name == f"manager-{app_id}"]:
             child.proc.terminate()
@@ -142,24 +147,56 @@ def test_an_app_reads_its_own_files(stack):
     assert call(stack, "isola", "/read", path=f"{here}/secret.txt") == {"ok": "isola's private data"}
 
 
+# Refused by the kernel: closed to the app's user, or not there at all (under /tmp, which is the instance's own).
+REFUSED = ("PermissionError", "FileNotFoundError")
+
+
 def test_an_app_cannot_read_or_list_another_apps_files(stack):
     other = whoami(stack, "isolb")["here"]
     assert call(stack, "isola", "/read", path=f"{other}/secret.txt")["error"] == "PermissionError"
     assert call(stack, "isola", "/list", path=other)["error"] == "PermissionError"
     source = stack[2]["isolb"]  # nor the directory it was deployed from
-    assert call(stack, "isola", "/read", path=f"{source}/secret.txt")["error"] == "PermissionError"
+    assert call(stack, "isola", "/read", path=f"{source}/secret.txt")["error"] in REFUSED
+
+
+def instance_pids(stack, app_id):
+    """Host pids of the app's instances' processes (the manager's child and everything under it)."""
+    state = json.loads((stack[3] / f"{app_id}-instances" / "instances.json").read_text())
+    found, todo = [], [i["pid"] for i in state]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        with contextlib.suppress(OSError):
+            todo += [int(c) for c in pathlib.Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    return found
+
+
+def runtime_pid(stack, app_id):
+    """The host pid of one instance's runtime process (not the wrapper or the namespace's init)."""
+    whoami(stack, app_id)
+    for pid in instance_pids(stack, app_id):
+        if pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\x00")[1:3] == [b"-m", b"runtime"]:
+            return pid
+    raise AssertionError(f"no runtime process of {app_id}")
 
 
 def test_an_app_cannot_read_another_apps_process_memory_or_environment(stack):
-    other_pid = whoami(stack, "isolb")["pid"]
+    other_pid = runtime_pid(stack, "isolb")
+    assert os.stat(f"/proc/{other_pid}").st_uid == whoami(stack, "isolb")["uid"]
     memory = call(stack, "isola", "/memory", pid=other_pid)
-    assert memory["error"] == "PermissionError", memory
-    assert call(stack, "isola", "/environ", pid=other_pid)["error"] == "PermissionError"
+    assert memory["error"] in REFUSED, memory
+    assert call(stack, "isola", "/environ", pid=other_pid)["error"] in REFUSED
+
+
+def test_an_instance_sees_only_its_own_processes(stack):
+    listed = call(stack, "isola", "/list", path="/proc")["ok"]
+    # Its namespace's init (root's, the wrapper) and its runtime; no other app's process, nor the platform's.
+    assert sorted(int(p) for p in listed if p.isdigit()) == [1, whoami(stack, "isola")["pid"]]
 
 
 def test_an_app_cannot_read_the_platforms_data(stack, supervisor):
     run = supervisor.run_dir  # NATS store, service logs, the embedded datastore's files live under here
-    assert call(stack, "isola", "/list", path=str(run))["error"] == "PermissionError"
+    assert call(stack, "isola", "/list", path=str(run))["error"] in REFUSED
     registry = stack[1] / "app-users.json"
     assert call(stack, "isola", "/read", path=str(registry))["error"] == "PermissionError"
 
@@ -189,7 +226,7 @@ def from_inside(pid: int, host: str, port: int) -> str:
 def test_an_instance_has_a_network_of_its_own_with_nothing_on_it(stack, grpc_services, nats_url):
     if isolation.network_blocked():
         pytest.fail(f"network namespaces are needed here: {isolation.network_blocked()}")
-    pid = whoami(stack, "isola")["pid"]
+    pid = runtime_pid(stack, "isola")
     assert os.readlink(f"/proc/{pid}/ns/net") != os.readlink("/proc/self/ns/net")
     nats_host, _, nats_port = nats_url.removeprefix("nats://").rpartition(":")
     ds_host, _, ds_port = grpc_services["datastore"].rpartition(":")

@@ -8,7 +8,8 @@ import pathlib
 import pytest
 
 from kiln_platform import appyaml
-from runtime import isolation
+from kiln_platform.supervisor import Confinement
+from runtime import cgroups, isolation
 
 
 def config(extra: str = "") -> appyaml.AppConfig:
@@ -50,3 +51,46 @@ def test_staging_copies_the_app_less_skip_files_and_links_that_leave_it(tmp_path
     st = (dest / "main.py").stat()
     assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (0, 12345, 0o640)
     assert (dest / "pkg").stat().st_mode & 0o777 == 0o750
+
+
+def proc_files(tmp_path: pathlib.Path, mountinfo: list[str], cgroup: list[str]) -> pathlib.Path:
+    proc = tmp_path / "proc"
+    proc.mkdir()
+    (proc / "mountinfo").write_text("".join(line + "\n" for line in mountinfo))
+    (proc / "cgroup").write_text("".join(line + "\n" for line in cgroup))
+    return proc
+
+
+def test_the_instance_cgroups_nest_under_the_managers_own_v1_memory_cgroup(tmp_path):
+    own = tmp_path / "memory" / "jobs" / "a"
+    own.mkdir(parents=True)
+    proc = proc_files(tmp_path, [f"35 31 0:32 / {tmp_path / 'memory'} rw - cgroup cgroup rw,memory",
+                                 f"41 31 0:38 / {tmp_path / 'unified'} rw - cgroup2 cgroup2 rw"],
+                      ["4:memory:/jobs/a", "0::/"])
+    parent, why = cgroups.find("kiln-manager-x-1", proc)
+    assert why == "" and parent == cgroups.Parent(own / "kiln-manager-x-1", v2=False)
+
+
+def test_cgroup_v2_needs_the_memory_controller_for_the_managers_cgroup(tmp_path):
+    own = tmp_path / "unified" / "svc"
+    own.mkdir(parents=True)
+    (own / "cgroup.controllers").write_text("cpu io\n")
+    proc = proc_files(tmp_path, [f"41 31 0:38 / {tmp_path / 'unified'} rw - cgroup2 cgroup2 rw"], ["0::/svc"])
+    parent, why = cgroups.find("kiln-manager-x-1", proc)
+    assert parent is None and "memory controller is not available" in why
+    (own / "cgroup.controllers").write_text("cpu io memory\n")
+    (own / "cgroup.subtree_control").write_text("memory\n")
+    parent, why = cgroups.find("kiln-manager-x-1", proc)
+    assert parent is not None and parent.v2 and parent.path == own / "kiln-manager-x-1"
+
+
+def test_no_memory_controller_at_all_is_said(tmp_path):
+    proc = proc_files(tmp_path, ["27 1 254:0 / / rw - ext4 /dev/vda rw"], [])
+    assert cgroups.find("kiln-manager-x-1", proc) == (None, "no memory cgroup controller is mounted")
+
+
+def test_the_wrapper_is_told_each_confinement_setting():
+    args = Confinement(uid=7, gid=7, cgroups=(pathlib.Path("/cg/i"),), private_tmp_mb=384,
+                       keep=(pathlib.Path("/tmp/app"),), pid_namespace=True).wrapper_args()
+    assert args == ["--uid", "7", "--cgroup", "/cg/i", "--private-tmp", "384", "--keep", "/tmp/app",
+                    "--pid-namespace", "--gid", "7", "--no-new-privs"]
