@@ -66,13 +66,7 @@ def _stub() -> datastore_pb2_grpc.DatastoreServiceStub:
 
 def _call(method_name: str, request: Any) -> Any:
     """Call one DatastoreService method; errors come back under App Engine's names."""
-    try:
-        return _rpc.call(getattr(_stub(), method_name), request)
-    except errors.KilnError as exc:
-        translated = datastore_errors.translate(exc)
-        if translated is exc:
-            raise
-        raise translated from None
+    return _rpc.call(getattr(_stub(), method_name), request, table=datastore_errors.ERRORS)
 
 
 class Entity(dict[str, Any]):
