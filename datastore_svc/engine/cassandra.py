@@ -47,7 +47,7 @@ import zlib
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from datastore_svc.engine.base import GroupCommit, Ref, RowsOf, StoredIndex, Write
+from datastore_svc.engine.base import GroupCommit, Ref, RowsOf, StoredIndex, Write, counter_after
 from datastore_svc.index import IndexDef, IndexRow, metadata_of
 from kiln import cassandra as kiln_cassandra
 from kiln.errors import ConcurrentTransactionError, ConfigError, UnavailableError
@@ -564,7 +564,7 @@ class CassandraEngine:
         raise UnavailableError("cassandra: id allocation contention did not settle")
 
     async def allocate_ids(self, app: str, count: int) -> int:
-        return await self._cas_counter(app, lambda current: current + count)
+        return await self._cas_counter(app, lambda current: counter_after(current, count))
 
     async def reserve_ids_up_to(self, app: str, max_id: int) -> None:
         await self._cas_counter(app, lambda current: max_id + 1 if current <= max_id else None)

@@ -189,3 +189,59 @@ def test_allocated_ids_are_never_handed_out_again(datastore_stub):
     assert second.start > first.end
     auto = datastore_stub.Put(pb.PutRequest(entities=[_entity(_key("Alloc", None))]), metadata=MD).keys[0]
     assert auto.path[-1].id > second.end
+
+
+# App Engine's allocator hands out sequential ids up to 2**52 - 1 (_MAX_SEQUENTIAL_ID in Google's stub).
+MAX_ID = 2**52 - 1
+OUT_OF_RANGE = {
+    "size over the batch limit": dict(size=1_000_000_001),
+    "size near 2**63": dict(size=2**63 - 1),
+    "negative size": dict(size=-5),
+    "most negative size": dict(size=-(2**63)),
+    "max near 2**63": dict(max=2**63 - 1),
+    "max one past the largest id": dict(max=MAX_ID + 1),
+    "negative max": dict(max=-1),
+    "zero size and max": dict(),
+}
+
+
+@pytest.mark.parametrize("form", OUT_OF_RANGE.values(), ids=OUT_OF_RANGE.keys())
+def test_an_allocation_outside_the_id_space_is_refused_and_later_ones_work(datastore_stub, form):
+    md = app_metadata(f"alloc-{_unique()}")
+    before = datastore_stub.AllocateIds(pb.AllocateIdsRequest(key=_key("Alloc", None), size=5), metadata=md)
+    with pytest.raises(grpc.RpcError) as err:
+        datastore_stub.AllocateIds(pb.AllocateIdsRequest(key=_key("Alloc", None), **form), metadata=md)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert ("size:" in err.value.details() or "max:" in err.value.details()), err.value.details()
+    after = datastore_stub.AllocateIds(pb.AllocateIdsRequest(key=_key("Alloc", None), size=5), metadata=md)
+    assert after.start == before.end + 1  # the counter did not move
+    put = datastore_stub.Put(pb.PutRequest(entities=[_entity(_key("Alloc", None))]), metadata=md).keys[0]
+    assert put.path[-1].id == after.end + 1
+
+
+def test_the_largest_id_can_be_reserved_and_then_allocation_is_refused_precisely(datastore_stub):
+    md = app_metadata(f"alloc-{_unique()}")
+    reserved = datastore_stub.AllocateIds(pb.AllocateIdsRequest(key=_key("Alloc", None), max=MAX_ID), metadata=md)
+    assert (reserved.start, reserved.end) == (1, MAX_ID)
+    for request in (pb.AllocateIdsRequest(key=_key("Alloc", None), size=1),
+                    pb.PutRequest(entities=[_entity(_key("Alloc", None))])):
+        with pytest.raises(grpc.RpcError) as err:
+            getattr(datastore_stub, type(request).__name__.removesuffix("Request"))(request, metadata=md)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert f"largest allocatable id {MAX_ID}" in err.value.details() and "0 ids are left" in err.value.details()
+    # Entities with ids given by the app are unaffected, as are reservations below what is reserved.
+    named = _entity(_key("Alloc", MAX_ID))
+    assert datastore_stub.Put(pb.PutRequest(entities=[named]), metadata=md).keys[0].path[-1].id == MAX_ID
+    datastore_stub.AllocateIds(pb.AllocateIdsRequest(key=_key("Alloc", None), max=10), metadata=md)
+
+
+def test_a_range_that_would_pass_the_largest_id_leaves_the_counter_where_it_was(datastore_stub):
+    md = app_metadata(f"alloc-{_unique()}")
+    datastore_stub.AllocateIds(pb.AllocateIdsRequest(key=_key("Alloc", None), max=MAX_ID - 10), metadata=md)
+    with pytest.raises(grpc.RpcError) as err:
+        datastore_stub.AllocateIds(pb.AllocateIdsRequest(key=_key("Alloc", None), size=11), metadata=md)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    details = err.value.details()
+    assert f"ids {MAX_ID - 9}..{MAX_ID + 1} would pass" in details and "10 ids are left" in details
+    last = datastore_stub.AllocateIds(pb.AllocateIdsRequest(key=_key("Alloc", None), size=10), metadata=md)
+    assert (last.start, last.end) == (MAX_ID - 9, MAX_ID)
