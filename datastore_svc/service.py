@@ -236,7 +236,8 @@ class DatastoreService(datastore_pb2_grpc.DatastoreServiceServicer):
                 entity = mutation.upsert
                 key = entity.key
                 write = Write(encode_path(key.path), key.path[-1].kind,
-                              entity.SerializeToString(deterministic=True), frozenset(indexer.rows(entity)))
+                              entity.SerializeToString(deterministic=True),
+                              frozenset(indexer.rows(entity, check_limit=True)))
             else:
                 key = mutation.delete
                 write = Write(encode_path(key.path), key.path[-1].kind, None)

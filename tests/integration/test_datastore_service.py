@@ -245,3 +245,51 @@ def test_a_range_that_would_pass_the_largest_id_leaves_the_counter_where_it_was(
     assert f"ids {MAX_ID - 9}..{MAX_ID + 1} would pass" in details and "10 ids are left" in details
     last = datastore_stub.AllocateIds(pb.AllocateIdsRequest(key=_key("Alloc", None), size=10), metadata=md)
     assert (last.start, last.end) == (MAX_ID - 9, MAX_ID)
+
+
+# --- App Engine's 20,000 index entries per entity, built-in indexes included ------------------------------------
+
+def _listed(key, count):
+    entity = _entity(key)
+    entity.properties["tags"].array_value.values.extend(pb.Value(integer_value=i) for i in range(count))
+    return entity
+
+
+def _refused(call):
+    with pytest.raises(grpc.RpcError) as err:
+        call()
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith("Too many indexed properties for entity Big(")
+    return err.value.details()
+
+
+@pytest.mark.parametrize("count", [120_000, 20_001])
+def test_an_entity_with_more_indexed_values_than_the_limit_is_refused_and_not_stored(datastore_stub, count):
+    key = _key("Big", _unique())
+    details = _refused(lambda: datastore_stub.Put(pb.PutRequest(entities=[_listed(key, count)]), metadata=MD))
+    assert f"{count} indexed values" in details
+    assert not datastore_stub.Get(pb.GetRequest(keys=[key]), metadata=MD).results[0].HasField("entity")
+
+
+def test_a_batch_with_one_entity_over_the_limit_writes_nothing(datastore_stub):
+    fine, big = _key("Big", _unique()), _key("Big", _unique())
+    _refused(lambda: datastore_stub.Put(pb.PutRequest(entities=[_entity(fine), _listed(big, 120_000)]), metadata=MD))
+    results = datastore_stub.Get(pb.GetRequest(keys=[fine, big]), metadata=MD).results
+    assert [r.HasField("entity") for r in results] == [False, False]
+
+
+def test_a_transaction_writing_an_entity_over_the_limit_commits_nothing(datastore_stub):
+    fine, big = _key("Big", _unique()), _key("Big", _unique())
+    tx = datastore_stub.BeginTransaction(pb.BeginTransactionRequest(cross_group=True), metadata=MD).transaction
+    mutations = [pb.Mutation(upsert=_entity(fine)), pb.Mutation(upsert=_listed(big, 120_000))]
+    _refused(lambda: datastore_stub.Commit(pb.CommitRequest(transaction=tx, mutations=mutations), metadata=MD))
+    results = datastore_stub.Get(pb.GetRequest(keys=[fine, big]), metadata=MD).results
+    assert [r.HasField("entity") for r in results] == [False, False]
+
+
+def test_the_limit_itself_and_unindexed_lists_are_stored(datastore_stub):
+    at_limit, unindexed = _listed(_key("Big", _unique()), 20_000), _listed(_key("Big", _unique()), 120_000)
+    for value in unindexed.properties["tags"].array_value.values:
+        value.exclude_from_indexes = True
+    keys = datastore_stub.Put(pb.PutRequest(entities=[at_limit, unindexed]), metadata=MD).keys
+    assert all(r.HasField("entity") for r in datastore_stub.Get(pb.GetRequest(keys=keys), metadata=MD).results)
