@@ -52,7 +52,8 @@ def test_a_status_without_a_module_code_names_the_modules_error():
 @pytest.mark.parametrize("status", [grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN,
                                     grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DATA_LOSS])
 def test_unclassified_statuses_become_the_modules_root_error(status):
-    assert type(_rpc.error_from(FakeRpcError(status, "boom"), datastore_errors.ERRORS)) is datastore_errors.InternalError
+    found = _rpc.error_from(FakeRpcError(status, "boom"), datastore_errors.ERRORS)
+    assert type(found) is datastore_errors.InternalError
     assert type(_rpc.error_from(FakeRpcError(status, "boom"), images._ERRORS)) is images.Error
 
 
