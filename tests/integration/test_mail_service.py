@@ -21,6 +21,7 @@ from kiln.supervisor import free_port, python_module
 from mail_svc import queue as mail_queue
 from tests.integration import smtpservers
 from tests.integration.conftest import SECRET, app_metadata, service_env
+from tests.unit.zips import nested, zipped
 
 pytestmark = pytest.mark.nats
 
@@ -339,30 +340,13 @@ def test_zip_holding_a_blocked_file_is_refused(service):
     assert "setup.bat" in caught.value.details()
 
 
-def _zip(members):
-    import io
-    import zipfile
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name, data in members.items():
-            archive.writestr(name, data)
-    return buffer.getvalue()
-
-
-def _nested(depth, members):
-    data = _zip(members)
-    for level in range(depth - 1):
-        data = _zip({"readme.txt": "hi", f"level{level}.zip": data})
-    return data
-
-
 DISGUISED_ATTACHMENTS = {
     "trailing dot": ("x.exe.", b"MZ"), "trailing space": ("x.exe ", b"MZ"), "data stream": ("x.exe::$DATA", b"MZ"),
     "version suffix": ("x.exe;", b"MZ"), "upper case": ("X.EXE", b"MZ"), "full-width": ("x.\uff45\uff58\uff45", b"MZ"),
-    "lookalike dot": ("x\u2024bat", b"MZ"), "exe in a nested zip": ("bundle.zip", _nested(2, {"setup.exe": "MZ"})),
-    "disguised exe three zips deep": ("bundle.zip", _nested(3, {"tools/setup.exe. ": "MZ"})),
-    "nested zip without its name": ("bundle.zip", _zip({"photos.dat": _zip({"run.vbs": "x"})})),
-    "zips nested too deep": ("bundle.zip", _nested(6, {"a.txt": "harmless"})),
+    "lookalike dot": ("x\u2024bat", b"MZ"), "exe in a nested zip": ("bundle.zip", nested(2, {"setup.exe": "MZ"})),
+    "disguised exe three zips deep": ("bundle.zip", nested(3, {"tools/setup.exe. ": "MZ"})),
+    "nested zip without its name": ("bundle.zip", zipped({"photos.dat": zipped({"run.vbs": "x"})})),
+    "zips nested too deep": ("bundle.zip", nested(6, {"a.txt": "harmless"})),
 }
 
 
