@@ -29,7 +29,9 @@ from kiln.errors import BadRequestError
 from kiln.pb.datastore.v1 import datastore_pb2 as pb
 
 KEY_PROPERTY = "__key__"
-# App Engine: "Maximum number of index entries for an entity: 20000".
+# App Engine: "Maximum number of index entries for an entity: 20000". Its SDK counted one entry per indexed
+# property value (each element of a list; ``_MAX_INDEXED_PROPERTIES`` over ``EntityProto.property``), and a
+# composite index adds one entry per combination of values it indexes.
 MAX_INDEX_ENTRIES = 20_000
 
 
@@ -144,6 +146,32 @@ def _collect(props: Mapping[str, pb.Value], prefix: str, out: dict[str, set[byte
                 out.setdefault(full, set()).add(values.encode(item))
 
 
+def indexed_value_count(props: Mapping[str, pb.Value]) -> int:
+    """How many indexed values ``props`` hold, counted as App Engine did: every element of a list, duplicates
+    too, and the properties of indexed embedded entities."""
+    count = 0
+    for value in props.values():
+        items: Iterable[pb.Value] = value.array_value.values if value.HasField("array_value") else (value,)
+        for item in items:
+            if item.HasField("entity_value"):
+                if not item.exclude_from_indexes:
+                    count += indexed_value_count(item.entity_value.properties)
+            elif values.is_indexable(item):
+                count += 1
+    return count
+
+
+def _key_text(key: pb.Key) -> str:
+    return "/".join(f"{e.kind}({e.id if e.WhichOneof('id_type') == 'id' else repr(e.name)})" for e in key.path)
+
+
+def _too_many(key: pb.Key, built_in: int, composite: int, detail: str = "") -> BadRequestError:
+    return BadRequestError(
+        f"Too many indexed properties for entity {_key_text(key)}: {built_in} indexed values and {composite} "
+        f"composite index entries{detail}; the limit is {MAX_INDEX_ENTRIES} index entries (exclude values "
+        "from indexes or index fewer list values)")
+
+
 def _ancestor_paths(key: pb.Key) -> list[bytes]:
     return [encode_path(key.path[:n]) for n in range(1, len(key.path) + 1)]
 
@@ -154,12 +182,21 @@ class Indexer:
     def __init__(self, composites: Iterable[IndexDef] = ()) -> None:
         self.composites = tuple(composites)
 
-    def rows(self, entity: pb.Entity) -> set[IndexRow]:
+    def rows(self, entity: pb.Entity, *, check_limit: bool = False) -> set[IndexRow]:
         """All index rows of ``entity`` (built-in and composite).
 
+        Args:
+            check_limit: refuse an entity past App Engine's :data:`MAX_INDEX_ENTRIES` (entities being
+                written); rows of stored entities are computed without it, so that entities written under
+                another index set can still be overwritten and deleted.
+
         Raises:
-            BadRequestError: more than :data:`MAX_INDEX_ENTRIES` rows.
+            BadRequestError: over the limit; and always, a composite index whose combinations alone pass it
+                (an exploding index, never expanded).
         """
+        built_in = indexed_value_count(entity.properties)
+        if check_limit and built_in > MAX_INDEX_ENTRIES:
+            raise _too_many(entity.key, built_in, 0)
         kind = entity.key.path[-1].kind
         path = encode_path(entity.key.path)
         vals = indexed_values(entity)
@@ -169,14 +206,17 @@ class Indexer:
             for enc in encs:
                 out.add(IndexRow(asc, enc + path, path))
                 out.add(IndexRow(desc, values.complement(enc) + path, path))
+        composite = 0
         for defn in self.composites:
             if defn.kind == kind:
-                out.update(self._composite(defn, entity.key, path, vals, len(out)))
+                rows = self._composite(defn, entity.key, path, vals, built_in if check_limit else 0, composite)
+                composite += len(rows)
+                out.update(rows)
         return out
 
     @staticmethod
     def _composite(defn: IndexDef, key: pb.Key, path: bytes, vals: dict[str, list[bytes]],
-                   so_far: int) -> list[IndexRow]:
+                   built_in: int, composite: int) -> list[IndexRow]:
         columns = []
         for name, desc in defn.props:
             if name == KEY_PROPERTY:
@@ -190,10 +230,10 @@ class Indexer:
         for col in columns:
             combos *= len(col)
         ancestors = _ancestor_paths(key) if defn.ancestor else [b""]
-        if so_far + combos * len(ancestors) > MAX_INDEX_ENTRIES:
-            raise BadRequestError(
-                f"entity would have more than {MAX_INDEX_ENTRIES} index entries (exploding index on "
-                f"{', '.join(name for name, _ in defn.props)}); index fewer list values")
+        if built_in + composite + combos * len(ancestors) > MAX_INDEX_ENTRIES:
+            names = ", ".join(name for name, _ in defn.props)
+            raise _too_many(key, built_in, composite + combos * len(ancestors),
+                            f" (the index on {defn.kind}: {names} explodes into {combos * len(ancestors)})")
         rows = []
         for anc in ancestors:
             idx = composite_idx(defn, anc)

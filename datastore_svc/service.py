@@ -14,7 +14,7 @@ import grpc
 
 from datastore_svc import execute, gqlquery, metadata, model, query
 from datastore_svc.catalog import AutoIndexFile, Catalog
-from datastore_svc.engine.base import Engine, GroupCommit, Ref, RowsOf, StoredIndex, Write
+from datastore_svc.engine.base import MAX_ALLOCATED_ID, Engine, GroupCommit, Ref, RowsOf, StoredIndex, Write
 from datastore_svc.index import IndexDef, Indexer, IndexRow
 from datastore_svc.keys import encode_element, encode_path, group_of
 from kiln_platform import grpcserver
@@ -233,7 +233,8 @@ class DatastoreService(datastore_pb2_grpc.DatastoreServiceServicer):
                 entity = mutation.upsert
                 key = entity.key
                 write = Write(encode_path(key.path), key.path[-1].kind,
-                              entity.SerializeToString(deterministic=True), frozenset(indexer.rows(entity)))
+                              entity.SerializeToString(deterministic=True),
+                              frozenset(indexer.rows(entity, check_limit=True)))
             else:
                 key = mutation.delete
                 write = Write(encode_path(key.path), key.path[-1].kind, None)
@@ -256,12 +257,14 @@ class DatastoreService(datastore_pb2_grpc.DatastoreServiceServicer):
         if request.size and request.max:
             raise BadRequestError("give either size or max, not both")
         if request.max:
-            if request.max < 1:
-                raise BadRequestError(f"max: must be positive, got {request.max}")
+            if not 1 <= request.max <= MAX_ALLOCATED_ID:
+                raise BadRequestError(f"max: must be between 1 and the largest allocatable id {MAX_ALLOCATED_ID} "
+                                      f"(2**52 - 1), got {request.max}")
             await self._engine.reserve_ids_up_to(app, request.max)
             return pb.AllocateIdsResponse(start=1, end=request.max)
         if not 1 <= request.size <= MAX_ALLOCATE:
-            raise BadRequestError(f"size: must be between 1 and {MAX_ALLOCATE}, got {request.size}")
+            raise BadRequestError(f"size: must be between 1 and {MAX_ALLOCATE}, got {request.size} "
+                                  "(or give max to reserve ids up to it)")
         start = await self._engine.allocate_ids(app, request.size)
         return pb.AllocateIdsResponse(start=start, end=start + request.size - 1)
 

@@ -3,7 +3,9 @@ did) and ``mail_svc`` (which checks again: it never trusts a client).
 
 - Addresses: one mailbox per value, ``addr@domain`` or ``Name <addr@domain>``; no control characters (a line
   break in a field would let a caller add headers of its own).
-- Attachments: no file name with an extension App Engine blocks, and no ZIP file holding one.
+- Attachments: no file name with an extension App Engine blocks, and no ZIP file holding one. Names are
+  compared as Windows would act on them (:func:`extension`), and ZIP files inside ZIP files are searched too,
+  to a bounded depth and size (an archive too deeply nested or expanding too far is refused, not expanded).
 - Extra headers: only App Engine's allow-list.
 """
 
@@ -15,6 +17,7 @@ import email.utils
 import io
 import mimetypes
 import re
+import unicodedata
 import zipfile
 from collections.abc import Sequence
 
@@ -78,29 +81,110 @@ def bare_address(value: str) -> str:
     return email.utils.parseaddr(value)[1].lower()
 
 
+# What a ZIP search may expand: how deep archives nest (the attachment itself is depth 1), how many names it
+# reads, and how many bytes of nested archives it decompresses. Past any of them the attachment is refused.
+MAX_ZIP_DEPTH = 4
+MAX_ZIP_MEMBERS = 10_000
+MAX_ZIP_EXPANSION = 64 * 1024 * 1024
+_ZIP_MAGIC = b"PK\x03\x04"
+# Windows ignores these at the end of a name ("x.exe." and "x.exe " run x.exe).
+_IGNORED_AT_END = " .\t\r\n\v\f"
+
+
 def extension(file_name: str) -> str:
-    """The lower-cased extension of ``file_name`` without its dot ('' if none)."""
-    base = file_name.rsplit("/", 1)[-1].rsplit("\\", 1)[-1]
-    return base.rsplit(".", 1)[1].lower() if "." in base else ""
+    """The lower-cased extension Windows would act on for ``file_name``, without its dot ('' if none).
+
+    The name is read as Windows reads it: NFKC-normalised (full-width letters and lookalike dots become
+    ASCII), invisible format characters dropped, the last path component only, the part before an
+    alternate data stream or version suffix (``x.exe::$DATA``, ``x.exe:stream``, ``x.exe;1``), and
+    without the trailing dots and spaces Windows ignores; case does not matter.
+    """
+    return _extensions(file_name)[0]
+
+
+def _extensions(file_name: str) -> list[str]:
+    """The extension of the file itself, then those of any stream or version parts of its name."""
+    name = "".join(c for c in unicodedata.normalize("NFKC", file_name) if unicodedata.category(c) != "Cf")
+    base = re.split(r"[/\\]", name.rstrip(_IGNORED_AT_END + "/\\"))[-1]
+    out = []
+    for part in re.split(r"[:;]", base):
+        part = part.rstrip(_IGNORED_AT_END)
+        out.append(part.rsplit(".", 1)[1].casefold() if "." in part else "")
+    return out
+
+
+def _blocked(file_name: str) -> str | None:
+    return next((ext for ext in _extensions(file_name) if ext in BLOCKED_EXTENSIONS), None)
 
 
 def attachment_problem(file_name: str, data: bytes) -> str | None:
     """Why an attachment may not be sent (a blocked extension, itself or inside a ZIP), or ``None``."""
     if not file_name or has_control(file_name):
         return "an attachment needs a file name without control characters"
-    ext = extension(file_name)
-    if ext in BLOCKED_EXTENSIONS:
+    ext = _blocked(file_name)
+    if ext is not None:
         return f"file extension {ext!r} of {file_name!r} is not allowed"
-    if ext == "zip" or data[:4] == b"PK\x03\x04":
+    if extension(file_name) == "zip" or data[:4] == _ZIP_MAGIC:
+        return _ZipSearch(file_name).problem(data, extension(file_name) == "zip", 1)
+    return None
+
+
+class _ZipSearch:
+    """Looks through a ZIP file and the ZIP files inside it for blocked names, within the bounds above."""
+
+    def __init__(self, file_name: str) -> None:
+        self.file_name = file_name
+        self.members = 0
+        self.expanded = 0
+
+    def problem(self, data: bytes, named_zip: bool, depth: int, where: str = "") -> str | None:
+        where = where or repr(self.file_name)
+        if depth > MAX_ZIP_DEPTH:
+            return f"{where} nests ZIP files more than {MAX_ZIP_DEPTH} deep"
         try:
             with zipfile.ZipFile(io.BytesIO(data)) as archive:
-                for member in archive.namelist():
-                    if extension(member) in BLOCKED_EXTENSIONS:
-                        return f"{file_name!r} holds {member!r}, whose file extension is not allowed"
-        except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError):
-            if ext == "zip":
-                return f"{file_name!r} is not a readable ZIP file"
-    return None
+                return self._members(archive, depth, where)
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, NotImplementedError, EOFError):
+            return f"{where} is not a readable ZIP file" if named_zip else None
+
+    def _members(self, archive: zipfile.ZipFile, depth: int, where: str) -> str | None:
+        for info in archive.infolist():
+            self.members += 1
+            if self.members > MAX_ZIP_MEMBERS:
+                return f"{where} holds more than {MAX_ZIP_MEMBERS} files"
+            ext = _blocked(info.filename)
+            if ext is not None:
+                return f"{where} holds {info.filename!r}, whose file extension {ext!r} is not allowed"
+            if info.is_dir():
+                continue
+            named_zip = extension(info.filename) == "zip"
+            encrypted = bool(info.flag_bits & 0x1)
+            if encrypted:
+                if named_zip:
+                    return f"{where} holds {info.filename!r}, an encrypted ZIP file that cannot be inspected"
+                continue
+            with archive.open(info) as member:
+                if not named_zip and member.read(4) != _ZIP_MAGIC:
+                    continue
+            inner = self._expand(archive, info, where)
+            if isinstance(inner, str):
+                return inner
+            found = self.problem(inner, named_zip, depth + 1, f"{where} > {info.filename!r}")
+            if found is not None:
+                return found
+        return None
+
+    def _expand(self, archive: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> bytes | str:
+        """The bytes of a nested archive, or why it is refused (it would expand past the bound)."""
+        left = MAX_ZIP_EXPANSION - self.expanded
+        if info.file_size > left:
+            return f"{where} expands past {MAX_ZIP_EXPANSION} bytes of nested ZIP files"
+        with archive.open(info) as member:
+            data = member.read(left + 1)  # the declared size may lie; never read past the bound
+        self.expanded += len(data)
+        if len(data) > left:
+            return f"{where} expands past {MAX_ZIP_EXPANSION} bytes of nested ZIP files"
+        return data
 
 
 def header_problem(name: str, value: str) -> str | None:

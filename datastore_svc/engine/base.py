@@ -23,6 +23,26 @@ from collections.abc import Callable
 from typing import Protocol
 
 from datastore_svc.index import IndexDef, IndexRow
+from kiln.errors import BadRequestError
+
+#: The largest id the allocator hands out or reserves. App Engine's allocator counted its sequential ids up
+#: to 2**52 - 1 (``_MAX_SEQUENTIAL_ID`` in Google's datastore stub; ids above were its scattered ids), which
+#: also keeps every counter value far from the end of int64.
+MAX_ALLOCATED_ID = (1 << 52) - 1
+
+
+def counter_after(next_id: int, count: int) -> int:
+    """The id counter after handing out ``count`` ids from ``next_id``; every engine allocates through this.
+
+    Raises:
+        BadRequestError: the range would pass :data:`MAX_ALLOCATED_ID` (the counter must then stay as it is).
+    """
+    last = next_id + count - 1
+    if last > MAX_ALLOCATED_ID:
+        left = max(MAX_ALLOCATED_ID - next_id + 1, 0)
+        raise BadRequestError(f"cannot allocate {count} ids: ids {next_id}..{last} would pass the largest "
+                              f"allocatable id {MAX_ALLOCATED_ID} (2**52 - 1); {left} ids are left")
+    return next_id + count
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

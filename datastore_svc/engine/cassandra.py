@@ -44,10 +44,10 @@ import struct
 import time
 import uuid
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from datastore_svc.engine.base import GroupCommit, Ref, RowsOf, StoredIndex, Write
+from datastore_svc.engine.base import GroupCommit, Ref, RowsOf, StoredIndex, Write, counter_after
 from datastore_svc.index import IndexDef, IndexRow, metadata_of
 from kiln_platform import cassandra as kiln_cassandra
 from kiln.errors import ConcurrentTransactionError, ConfigError, UnavailableError
@@ -361,7 +361,7 @@ class CassandraEngine:
                                                          commit_ts)))
             else:
                 stmts.append(self._exec(self._irow_del, (commit_ts, app, namespace, r.idx, self._shard(r), r.row)))
-        await asyncio.gather(*stmts)
+        await _bounded(stmts)
         await self._note_metadata(app, namespace, metadata_of(r for op, r in changes if op == _ADD))
 
     async def _note_metadata(self, app: str, namespace: str, facts: set[tuple[str, str, bytes]]) -> None:
@@ -507,12 +507,11 @@ class CassandraEngine:
     async def add_index_rows(self, app: str, namespace: str, rows: list[IndexRow]) -> None:
         # Timestamp 1: older than any commit, so a later commit's delete or
         # insert of the same row always wins over a backfilled one.
-        await asyncio.gather(*(self._exec(self._irow_add, (app, namespace, r.idx, self._shard(r), r.row, r.path, 1))
-                               for r in rows))
+        await _bounded(self._exec(self._irow_add, (app, namespace, r.idx, self._shard(r), r.row, r.path, 1))
+                       for r in rows)
 
     async def delete_index_rows(self, app: str, namespace: str, rows: list[IndexRow]) -> None:
-        await asyncio.gather(*(self._exec(self._irow_drop, (app, namespace, r.idx, self._shard(r), r.row))
-                               for r in rows))
+        await _bounded(self._exec(self._irow_drop, (app, namespace, r.idx, self._shard(r), r.row)) for r in rows)
 
     def _shard(self, row: IndexRow) -> int:
         return zlib.crc32(row.path) % self._shards if self._shards > 1 else 0
@@ -564,13 +563,28 @@ class CassandraEngine:
         raise UnavailableError("cassandra: id allocation contention did not settle")
 
     async def allocate_ids(self, app: str, count: int) -> int:
-        return await self._cas_counter(app, lambda current: current + count)
+        return await self._cas_counter(app, lambda current: counter_after(current, count))
 
     async def reserve_ids_up_to(self, app: str, max_id: int) -> None:
         await self._cas_counter(app, lambda current: max_id + 1 if current <= max_id else None)
 
     async def close(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self._cluster.shutdown)
+
+
+# Statements one call keeps in flight at most: an entity at the 20,000-entry limit writes 40,001 index rows,
+# and that many at once overrun a node's write queue and time out.
+MAX_IN_FLIGHT = 128
+
+
+async def _bounded(statements: Iterable[Awaitable[Any]]) -> None:
+    """Await ``statements`` (not yet started coroutines) with at most :data:`MAX_IN_FLIGHT` running."""
+    gate = asyncio.Semaphore(MAX_IN_FLIGHT)
+
+    async def one(statement: Awaitable[Any]) -> None:
+        async with gate:
+            await statement
+    await asyncio.gather(*(one(s) for s in statements))
 
 
 def _pack(*fields: bytes) -> bytes:

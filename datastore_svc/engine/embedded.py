@@ -18,7 +18,7 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from datastore_svc.engine.base import GroupCommit, Ref, RowsOf, StoredIndex
+from datastore_svc.engine.base import GroupCommit, Ref, RowsOf, StoredIndex, counter_after
 from datastore_svc.index import IndexDef, IndexRow, metadata_of
 from kiln.errors import ConcurrentTransactionError, ConfigError
 
@@ -218,9 +218,10 @@ class EmbeddedEngine:
     async def allocate_ids(self, app: str, count: int) -> int:
         def _alloc(db: sqlite3.Connection) -> int:
             row = db.execute("SELECT next_id FROM id_counters WHERE app=?", (app,)).fetchone()
-            start = row[0] if row else 1
-            db.execute("INSERT OR REPLACE INTO id_counters (app, next_id) VALUES (?, ?)", (app, start + count))
-            return int(start)
+            start = int(row[0]) if row else 1
+            db.execute("INSERT OR REPLACE INTO id_counters (app, next_id) VALUES (?, ?)",
+                       (app, counter_after(start, count)))
+            return start
         return await self._run(self._tx, _alloc)
 
     async def reserve_ids_up_to(self, app: str, max_id: int) -> None:

@@ -56,6 +56,8 @@ DEFAULT_TRANSACTION_RETRIES = 3
 DEFAULT_RETRY_PAUSE_SECONDS = 0.01
 #: …up to this bound.
 DEFAULT_MAX_RETRY_PAUSE_SECONDS = 0.5
+#: App Engine's limit of ids one AllocateIds call may allocate.
+MAX_ID_BATCH_SIZE = 1_000_000_000
 
 T = TypeVar("T")
 
@@ -66,13 +68,7 @@ def _stub() -> datastore_pb2_grpc.DatastoreServiceStub:
 
 def _call(method_name: str, request: Any) -> Any:
     """Call one DatastoreService method; errors come back under App Engine's names."""
-    try:
-        return _rpc.call(getattr(_stub(), method_name), request)
-    except errors.KilnError as exc:
-        translated = datastore_errors.translate(exc)
-        if translated is exc:
-            raise
-        raise translated from None
+    return _rpc.call(getattr(_stub(), method_name), request, table=datastore_errors.ERRORS)
 
 
 class Entity(dict[str, Any]):
@@ -405,6 +401,11 @@ def AllocateIds(model_key: Key | Entity | str, size: int | None = None,  # noqa:
     (key,) = _keys([model_key])
     if (size is None) == (max is None):
         raise BadArgumentError("give exactly one of size and max")
+    # App Engine's client checks (the service refuses what passes the id space's end).
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= MAX_ID_BATCH_SIZE):
+        raise BadArgumentError(f"size: allocate between 1 and {MAX_ID_BATCH_SIZE} ids at a time; received {size!r}")
+    if max is not None and (not isinstance(max, int) or isinstance(max, bool) or not 1 <= max < 2**63):
+        raise BadArgumentError(f"max: must be a positive 64-bit integer; received {max!r}")
     incomplete = key.to_pb()
     incomplete.path[-1].ClearField("id_type")
     req = pb.AllocateIdsRequest(key=incomplete, size=size or 0, max=max or 0)

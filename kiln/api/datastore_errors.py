@@ -10,7 +10,10 @@ datastore call raises on purpose is a ``datastore_errors.Error``.
 
 from __future__ import annotations
 
+import grpc
+
 from kiln import errors
+from kiln.api import _rpc
 from kiln.api.datastore_types import BadKeyError, BadValueError
 
 __all__ = [
@@ -90,16 +93,7 @@ class ReferencePropertyResolveError(errors.NotFoundError):
     """A ``ReferenceProperty`` points at an entity that does not exist (any more)."""
 
 
-def translate(exc: errors.KilnError) -> errors.KilnError:
-    """Return ``exc`` as the App Engine error an app would catch for it.
-
-    :func:`kiln.api._rpc.call` gives the generic kiln classes for statuses
-    without a more specific code; App Engine apps catch ``Timeout`` and
-    ``InternalError`` for those, so they are re-typed here (the new classes
-    still subclass what ``call`` raised, except for the unclassified root).
-    """
-    if type(exc) is errors.DeadlineExceededError:
-        return Timeout(*exc.args)
-    if type(exc) is errors.KilnError:
-        return InternalError(*exc.args)
-    return exc
+# What the transport raises for the service's statuses, as App Engine apps catch them: Timeout for a
+# deadline, InternalError for what kiln's classes leave unclassified (both still subclass the generic
+# kiln classes, except for the unclassified root).
+ERRORS = _rpc.ErrorTable(statuses={grpc.StatusCode.DEADLINE_EXCEEDED: Timeout}, unclassified=InternalError)

@@ -31,9 +31,6 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
-import grpc
-
-from kiln import errors
 from kiln.api import _rpc
 from kiln.api.images_errors import (AccessDeniedError, BadImageError, BadRequestError, BlobKeyRequiredError, Error,
                                     InvalidBlobKeyError, LargeImageError, NotImageError, ObjectNotFoundError,
@@ -76,11 +73,11 @@ DEFAULT_DEADLINE = 30.0
 _ENCODINGS = {JPEG: pb.FORMAT_JPEG, PNG: pb.FORMAT_PNG, WEBP: pb.FORMAT_WEBP}
 _FORMATS = {pb.FORMAT_JPEG: JPEG, pb.FORMAT_PNG: PNG, pb.FORMAT_WEBP: WEBP, pb.FORMAT_GIF: GIF, pb.FORMAT_BMP: BMP,
             pb.FORMAT_TIFF: TIFF, pb.FORMAT_ICO: ICO}
-_ERRORS: dict[str, type[Error]] = {
+_ERRORS = _rpc.ErrorTable(codes={
     "BAD_TRANSFORM_DATA": BadRequestError, "NOT_IMAGE": NotImageError, "BAD_IMAGE_DATA": BadImageError,
     "IMAGE_TOO_LARGE": LargeImageError, "ACCESS_DENIED": AccessDeniedError, "OBJECT_NOT_FOUND": ObjectNotFoundError,
     "UNSPECIFIED": TransformationError,
-}
+}, unclassified=lambda details: Error(f"the images service failed: {details}"))
 
 
 # --- argument checks (what App Engine's SDK checked before calling) ---------------------------------------
@@ -141,64 +138,7 @@ def _output(output_encoding: int, quality: int | None) -> pb.OutputSettings:
 
 # --- calls ---------------------------------------------------------------------------------------------------
 
-class RPC:
-    """An asynchronous Images call (App Engine's ``UserRPC`` for the images service)."""
-
-    def __init__(self, deadline: float | None = None, callback: Callable[[], Any] | None = None) -> None:
-        self.deadline = deadline
-        self.callback = callback
-        self._started = False
-        self._future: Any = None
-        self._hook: Callable[[Any], Any] = lambda response: response
-        self._blob_key: str | None = None
-        self._result: Any = None
-        self._error: BaseException | None = None
-        self._done = False
-
-    def _start(self, method: str, request: Any, hook: Callable[[Any], Any], blob_key: str | None = None, *,
-               now: bool = False) -> RPC:
-        """Send the call; ``now`` waits for it in this thread (the synchronous functions), which costs about a
-        millisecond less than collecting a future, whose answer is handed over from gRPC's own thread."""
-        if self._started:
-            raise AssertionError("this RPC was already used for a call; create a new one")
-        self._started = True
-        self._hook, self._blob_key = hook, blob_key
-        method_stub = getattr(_rpc.stub("IMAGES", images_pb2_grpc.ImagesServiceStub), method)
-        options: dict[str, Any] = {"timeout": self.deadline if self.deadline is not None else DEFAULT_DEADLINE,
-                                   "metadata": (("authorization", f"Bearer {_rpc.app_token()}"),)}
-        if now:
-            self._settle(lambda: method_stub(request, **options))
-        else:
-            self._future = method_stub.future(request, **options)
-        return self
-
-    def _settle(self, response: Callable[[], Any]) -> None:
-        try:
-            self._result = self._hook(response())
-        except grpc.RpcError as exc:
-            self._error = _error_from(exc, self._blob_key)
-        self._done = True
-        if self.callback is not None:
-            self.callback()
-
-    def wait(self) -> None:
-        """Block until the call finished; run the callback once."""
-        if self._done:
-            return
-        if self._future is None:
-            raise AssertionError("no call was made with this RPC")
-        self._settle(self._future.result)
-
-    def check_success(self) -> None:
-        """Raise the call's error, if it failed."""
-        self.wait()
-        if self._error is not None:
-            raise self._error
-
-    def get_result(self) -> Any:
-        """The call's result, or its error raised."""
-        self.check_success()
-        return self._result
+RPC = _rpc.UserRPC  # App Engine's ``UserRPC`` for the images service
 
 
 def create_rpc(deadline: float | None = None, callback: Callable[[], Any] | None = None) -> RPC:
@@ -206,19 +146,12 @@ def create_rpc(deadline: float | None = None, callback: Callable[[], Any] | None
     return RPC(deadline, callback)
 
 
-def _error_from(exc: grpc.RpcError, blob_key: str | None) -> BaseException:
-    """The service's status as App Engine's exception class (the code rides in ``kiln-error-code``)."""
-    # types-grpcio types the pairs as _Metadatum objects; at runtime they are (key, value) tuples.
-    pairs = cast("tuple[tuple[str, str], ...] | None", exc.trailing_metadata())
-    code = dict(pairs or ()).get(errors.ERROR_CODE_KEY, "")
-    details = exc.details() or code
-    if code == "INVALID_BLOB_KEY":
-        return InvalidBlobKeyError(blob_key)
-    if code in _ERRORS:
-        return _ERRORS[code](details)
-    if exc.code() in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
-        return Error(f"the images service failed: {details}")
-    return errors.from_grpc(exc.code(), details, code or None)
+def _start(rpc: RPC | None, method: str, request: Any, hook: Callable[[Any], Any], blob_key: str | None = None, *,
+           now: bool = False) -> RPC:
+    """Send ``request`` to the service's ``method`` on ``rpc`` (a new one when ``None``)."""
+    call = getattr(_rpc.stub("IMAGES", images_pb2_grpc.ImagesServiceStub), method)
+    table = _ERRORS.with_codes({"INVALID_BLOB_KEY": lambda _details: InvalidBlobKeyError(blob_key)})
+    return (rpc or RPC()).make_call(call, request, hook=hook, table=table, default_timeout=DEFAULT_DEADLINE, now=now)
 
 
 # --- Image ---------------------------------------------------------------------------------------------------
@@ -285,7 +218,7 @@ class Image:
         """Ask the service for the header's size and format (nothing is decoded)."""
         request = pb.GetInfoRequest()
         self._set_image(request.image)
-        response = cast(pb.GetInfoResponse, RPC()._start("GetInfo", request, lambda r: r, self._blob_key,
+        response = cast(pb.GetInfoResponse, _start(None, "GetInfo", request, lambda r: r, self._blob_key,
                                                          now=True).get_result())
         self._width, self._height = response.width, response.height
         self._format = _FORMATS.get(response.format)
@@ -439,7 +372,7 @@ class Image:
             self._width, self._height, self._format = response.width, response.height, output_encoding
             self._original_metadata = json.loads(response.source_metadata) if response.source_metadata else None
             return content
-        return (rpc or RPC())._start("Transform", request, done, self._blob_key, now=now)
+        return _start(rpc, "Transform", request, done, self._blob_key, now=now)
 
     def histogram(self, rpc: RPC | None = None) -> list[list[int]]:
         """Three 256-entry lists — red, green, blue — counting each value's pixels (colour weighted by alpha)."""
@@ -454,12 +387,12 @@ class Image:
             return [list(response.red), list(response.green), list(response.blue)]
         request = pb.HistogramRequest()
         self._set_image(request.image)
-        return (rpc or RPC())._start("Histogram", request, done, self._blob_key, now=now)
+        return _start(rpc, "Histogram", request, done, self._blob_key, now=now)
 
 
 # --- one-call functions ------------------------------------------------------------------------------------
 # Each synchronous function is its *_async twin collected at once, except that it waits for the call in this
-# thread (see RPC._start).
+# thread (see _start).
 
 def _single(image_data: bytes, queue: Callable[[Image], None], output_encoding: int, quality: int | None,
             correct_orientation: int, rpc: RPC | None, transparent_substitution_rgb: int | None, *,
@@ -657,7 +590,7 @@ def composite_async(inputs: Sequence[CompositeInput], width: int, height: int, c
 def _composite(inputs: Sequence[CompositeInput], width: int, height: int, color: int, output_encoding: int,
                quality: int | None, rpc: RPC | None, *, now: bool) -> RPC:
     request = composite_request(inputs, width, height, color, output_encoding, quality)
-    return (rpc or RPC())._start("Composite", request, lambda response: response.image.content, now=now)
+    return _start(rpc, "Composite", request, lambda response: response.image.content, now=now)
 
 
 def composite(inputs: Sequence[CompositeInput], width: int, height: int, color: int = 0, output_encoding: int = PNG,

@@ -21,9 +21,6 @@ import quopri
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, cast
 
-import grpc
-
-from kiln import errors as kiln_errors
 from kiln import mailrules
 from kiln.api import _rpc
 from kiln.api.mail_errors import (BadRequestError, Error, InvalidAttachmentTypeError, InvalidContentIdError,
@@ -48,12 +45,12 @@ __all__ = [
 BLOCKED_EXTENSIONS = mailrules.BLOCKED_EXTENSIONS
 HEADER_WHITELIST = frozenset(h.title() for h in mailrules.ALLOWED_HEADERS)
 
-_ERRORS: dict[str, type[Error]] = {
+_ERRORS = _rpc.ErrorTable(codes={
     "BAD_REQUEST": BadRequestError, "UNAUTHORIZED_SENDER": InvalidSenderError,
     "INVALID_ATTACHMENT_TYPE": InvalidAttachmentTypeError, "INVALID_HEADER_NAME": InvalidHeaderNameError,
     "INVALID_CONTENT_ID": InvalidContentIdError, "MISSING_RECIPIENTS": MissingRecipientsError,
     "INVALID_EMAIL": InvalidEmailError,
-}
+})
 
 
 # --- addresses and headers ------------------------------------------------------------------------------------
@@ -324,17 +321,12 @@ class _EmailMessageBase:
         message = self._proto()
         stub = _rpc.stub("MAIL", mail_pb2_grpc.MailServiceStub)
         user_email, proof = os.environ.get("USER_EMAIL", ""), os.environ.get("KILN_USER_PROOF", "")
-        metadata = (("authorization", f"Bearer {_rpc.app_token()}"),)
-        try:
-            if self._SERVICE_METHOD == "Send":
-                stub.Send(pb.SendRequest(message=message, signed_in_user_email=user_email,
-                                         signed_in_user_proof=proof), timeout=_rpc.DEFAULT_TIMEOUT, metadata=metadata)
-            else:
-                stub.SendToAdmins(pb.SendToAdminsRequest(message=message, signed_in_user_email=user_email,
-                                                         signed_in_user_proof=proof),
-                                  timeout=_rpc.DEFAULT_TIMEOUT, metadata=metadata)
-        except grpc.RpcError as exc:
-            raise _error_from(exc) from None
+        if self._SERVICE_METHOD == "Send":
+            _rpc.call(stub.Send, pb.SendRequest(message=message, signed_in_user_email=user_email,
+                                                signed_in_user_proof=proof), table=_ERRORS)
+        else:
+            _rpc.call(stub.SendToAdmins, pb.SendToAdminsRequest(message=message, signed_in_user_email=user_email,
+                                                                signed_in_user_proof=proof), table=_ERRORS)
 
     def update_from_mime_message(self, mime_message: email.message.Message | str | bytes) -> None:
         """Take the fields of a MIME message (sender, subject, recipients, bodies, attachments)."""
@@ -370,15 +362,6 @@ def send_mail(sender: Any, to: Any, subject: str, body: str, make_sync_call: Any
 def send_mail_to_admins(sender: Any, subject: str, body: str, make_sync_call: Any = None, **kw: Any) -> None:
     """Send a message to every administrator of the app."""
     AdminEmailMessage(sender=sender, subject=subject, body=body, **kw).send(make_sync_call)
-
-
-def _error_from(exc: grpc.RpcError) -> BaseException:
-    pairs = cast("tuple[tuple[str, str], ...] | None", exc.trailing_metadata())
-    code = dict(pairs or ()).get(kiln_errors.ERROR_CODE_KEY, "")
-    details = exc.details() or code
-    if code in _ERRORS:
-        return _ERRORS[code](details)
-    return kiln_errors.from_grpc(exc.code(), details, code or None)
 
 
 # --- incoming messages ----------------------------------------------------------------------------------------

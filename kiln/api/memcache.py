@@ -12,25 +12,32 @@ A shard may be ``NAME=TARGET``: hashed as NAME, dialled at the gRPC target
 (an instance without a network reaches ``10.0.0.5:50052`` as
 ``10.0.0.5:50052=unix:/…/memcache-0.sock``, and picks the shard every other
 client picks). Keys are spread over them by consistent hashing (:class:`Ring`), so adding a
-shard moves only the share of keys it takes. A shard that does not answer
-turns into misses and failed stores, as a cache should: the app keeps
-working; it is skipped for a few seconds before being tried again.
+shard moves only the share of keys it takes.
+
+Failures are App Engine's: a call the service cannot serve (a shard that does
+not answer or runs past the deadline, a response over the size limit, an
+internal error) is logged and answered as App Engine's client answered it —
+misses, ``False``, ``None`` — so the app keeps working; a shard that did not
+answer rests a few seconds before being tried again. What App Engine raised,
+kiln raises: ``ValueError`` for a request the service refuses as invalid, and
+the transport's errors for an app whose identity the service does not accept.
 """
 
 from __future__ import annotations
 
 import bisect
-import functools
 import hashlib
+import logging
 import os
 import pickle
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import grpc
 
+from kiln import errors
 from kiln.api import _rpc, namespace_manager
 from kiln.pb.memcache.v1 import memcache_pb2 as pb
 from kiln.pb.memcache.v1 import memcache_pb2_grpc
@@ -47,6 +54,17 @@ TYPE_BYTES, TYPE_STR, TYPE_PICKLED, TYPE_INT, TYPE_BOOL = 0, 1, 2, 3, 5
 CALL_TIMEOUT = 2.0
 DOWN_SECONDS = 5.0
 VIRTUAL_NODES = 160
+
+log = logging.getLogger(__name__)
+
+# A request the service refuses as invalid is the app's mistake: App Engine's client raised ValueError for it.
+_ERRORS = _rpc.ErrorTable(
+    statuses={grpc.StatusCode.INVALID_ARGUMENT: lambda details: ValueError(f"memcache: {details}")})
+# Raised, not swallowed: the app's mistake, or an app whose identity the service refuses (a deployment fault a
+# cache that silently misses would hide). App Engine swallowed every error of the service call itself.
+_RAISED = (ValueError, errors.UnauthenticatedError, errors.PermissionDeniedError)
+# A shard that reports one of these rests for DOWN_SECONDS.
+_SHARD_DOWN = (errors.UnavailableError, errors.DeadlineExceededError)
 
 
 class Ring:
@@ -150,7 +168,7 @@ class _Shards:
                 return None
             found = self._stubs.get(address)
             if found is None:
-                channel = grpc.insecure_channel(self._targets.get(address, address))
+                channel = _rpc.channel(self._targets.get(address, address))
                 found = self._stubs[address] = memcache_pb2_grpc.MemcacheServiceStub(channel)
             return found
 
@@ -168,10 +186,6 @@ class _Shards:
 _shards = _Shards()
 
 
-def _metadata() -> tuple[tuple[str, str], ...]:
-    return (("authorization", f"Bearer {_rpc.app_token()}"),)
-
-
 def _namespace(namespace: str | None) -> str:
     ns = namespace_manager.get_namespace() if namespace is None else namespace
     namespace_manager.validate_namespace(ns, ValueError)
@@ -179,27 +193,38 @@ def _namespace(namespace: str | None) -> str:
 
 
 def _call_each(method: str, by_shard: Mapping[str, Any]) -> dict[str, Any]:
-    """Call ``method`` on each shard concurrently; a shard that fails maps to None (and rests a while)."""
-    out: dict[str, Any] = dict.fromkeys(by_shard)
-    calls: dict[str, Callable[[], Any]] = {}
+    """Call ``method`` on each shard concurrently; a shard whose call failed maps to None (see the module doc)."""
+    rpcs: dict[str, _rpc.UserRPC] = {}
     for address, request in by_shard.items():
         stub = _shards.stub(address)
         if stub is None:
+            log.debug("memcache %s: shard %s is resting after a failure; answering as App Engine did", method, address)
             continue
-        rpc = getattr(stub, method)
-        if len(by_shard) == 1:  # one shard: a blocking call costs less than a future
-            calls[address] = functools.partial(rpc, request, timeout=CALL_TIMEOUT, metadata=_metadata())
-        else:
-            calls[address] = rpc.future(request, timeout=CALL_TIMEOUT, metadata=_metadata()).result
-    for address, wait in calls.items():
-        try:
-            out[address] = wait()
-        except grpc.RpcError as exc:
-            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                _shards.failed(address)
-            elif exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAUTHENTICATED):
-                raise ValueError(f"memcache: {exc.details()}") from None
+        # One shard: a blocking call costs less than a future.
+        rpcs[address] = _rpc.UserRPC(CALL_TIMEOUT).make_call(getattr(stub, method), request, table=_ERRORS,
+                                                             now=len(by_shard) == 1)
+    out: dict[str, Any] = dict.fromkeys(by_shard)
+    for address, rpc in rpcs.items():
+        out[address] = _result(rpc, method, address)
     return out
+
+
+def _result(rpc: _rpc.UserRPC, method: str, address: str,
+            answers: tuple[type[BaseException], ...] = ()) -> Any:
+    """The call's response, or None for a failure App Engine's client swallowed too (logged) and for the
+    errors that are one of the call's ``answers``."""
+    try:
+        return rpc.get_result()
+    except answers:
+        return None
+    except _RAISED:
+        raise
+    except errors.KilnError as exc:
+        if isinstance(exc, _SHARD_DOWN):
+            _shards.failed(address)
+        log.warning("memcache %s on shard %s failed (%s: %s); answering as App Engine did", method, address,
+                    type(exc).__name__, exc)
+        return None
 
 
 class Client:
@@ -355,13 +380,10 @@ class Client:
         stub = _shards.stub(shard)
         if stub is None:
             return None
-        try:
-            resp = stub.Increment(request, timeout=CALL_TIMEOUT, metadata=_metadata())
-        except grpc.RpcError as exc:
-            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                _shards.failed(shard)
-            return None  # missing shard, or a value that is not a number: App Engine returned None too
-        return resp.new_value if resp.HasField("new_value") else None
+        rpc = _rpc.UserRPC(CALL_TIMEOUT).make_call(stub.Increment, request, table=_ERRORS, now=True)
+        # A value that is not a number fails the precondition: App Engine returned None for it too.
+        resp = _result(rpc, "Increment", shard, answers=(errors.FailedPreconditionError,))
+        return resp.new_value if resp is not None and resp.HasField("new_value") else None
 
     # ---------------------------------------------------------------- whole cache
 

@@ -22,7 +22,6 @@ from typing import Any, cast
 
 import grpc
 
-from kiln import errors
 from kiln.api import _rpc
 from kiln.api.urlfetch_errors import (ConnectionClosedError, DeadlineExceededError, DNSLookupError, DownloadError,
                                       Error, ForbiddenDestinationError, InternalTransientError, InvalidMethodError,
@@ -46,13 +45,19 @@ MAX_PAYLOAD_BYTES = 10 * 1024 * 1024
 # Extra time the gRPC call gets beyond the fetch's own deadline, so the service reports the timeout.
 _CALL_MARGIN = 2.0
 
-_ERRORS: dict[str, type[Error]] = {
+_ERRORS = _rpc.ErrorTable(codes={
     "INVALID_URL": InvalidURLError, "FETCH_ERROR": DownloadError, "DEADLINE_EXCEEDED": DeadlineExceededError,
     "SSL_CERTIFICATE_ERROR": SSLCertificateError, "DNS_ERROR": DNSLookupError, "CLOSED": ConnectionClosedError,
     "TOO_MANY_REDIRECTS": TooManyRedirectsError, "MALFORMED_REPLY": MalformedReplyError,
     "CONNECTION_ERROR": DownloadError, "PAYLOAD_TOO_LARGE": PayloadTooLargeError,
     "FORBIDDEN_DESTINATION": ForbiddenDestinationError,
-}
+    "RESPONSE_TOO_LARGE": lambda _details: ResponseTooLargeError(None),
+}, statuses={
+    grpc.StatusCode.DEADLINE_EXCEEDED:
+        lambda _details: DeadlineExceededError("the URL Fetch service did not answer in time"),
+    grpc.StatusCode.UNAVAILABLE:
+        lambda details: InternalTransientError(f"the URL Fetch service is unavailable: {details}"),
+})
 
 _settings = threading.local()
 
@@ -111,73 +116,17 @@ class _URLFetchResult:
         return f"<_URLFetchResult status_code={self.status_code} content={len(self.content)} bytes>"
 
 
-class RPC:
+class RPC(_rpc.UserRPC):
     """An asynchronous fetch (App Engine's ``UserRPC`` for URL Fetch)."""
-
-    def __init__(self, deadline: float | None = None, callback: Callable[[], Any] | None = None) -> None:
-        self.deadline = deadline
-        self.callback = callback
-        self._future: Any = None
-        self._url = ""
-        self._result: _URLFetchResult | None = None
-        self._error: BaseException | None = None
-        self._done = False
-
-    def _start(self, request: pb.FetchRequest, url: str) -> None:
-        if self._future is not None:
-            raise AssertionError("this RPC was already used for a fetch; create a new one")
-        self._url = url
-        stub = _rpc.stub("URLFETCH", urlfetch_pb2_grpc.UrlFetchServiceStub)
-        token = _rpc.app_token()
-        self._future = stub.Fetch.future(request, timeout=request.deadline_seconds + _CALL_MARGIN,
-                                         metadata=(("authorization", f"Bearer {token}"),))
-
-    def wait(self) -> None:
-        """Block until the fetch finished; run the callback once."""
-        if self._done:
-            return
-        if self._future is None:
-            raise AssertionError("make_fetch_call() was not called with this RPC")
-        try:
-            self._result = _URLFetchResult(self._future.result(), self._url)
-        except grpc.RpcError as exc:
-            self._error = _error_from(exc)
-        self._done = True
-        if self.callback is not None:
-            self.callback()
-
-    def check_success(self) -> None:
-        """Raise the fetch's error, if it failed."""
-        self.wait()
-        if self._error is not None:
-            raise self._error
-
-    def get_result(self) -> _URLFetchResult:
-        """The result, or the fetch's error raised (``ResponseTooLargeError`` keeps the first part)."""
-        self.check_success()
-        assert self._result is not None
-        if self._result.content_was_truncated and not self._allow_truncated:
-            raise ResponseTooLargeError(self._result)
-        return self._result
 
     _allow_truncated = False
 
-
-def _error_from(exc: grpc.RpcError) -> BaseException:
-    # types-grpcio types the pairs as _Metadatum objects; at runtime they are (key, value) tuples.
-    pairs = cast("tuple[tuple[str, str], ...] | None", exc.trailing_metadata())
-    code = dict(pairs or ()).get(errors.ERROR_CODE_KEY, "")
-    details = exc.details() or code
-    if code == "RESPONSE_TOO_LARGE":
-        return ResponseTooLargeError(None)
-    if code in _ERRORS:
-        return _ERRORS[code](details)
-    status = exc.code()
-    if status == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return DeadlineExceededError("the URL Fetch service did not answer in time")
-    if status == grpc.StatusCode.UNAVAILABLE:
-        return InternalTransientError(f"the URL Fetch service is unavailable: {details}")
-    return errors.from_grpc(status, details, code or None)
+    def get_result(self) -> _URLFetchResult:
+        """The result, or the fetch's error raised (``ResponseTooLargeError`` keeps the first part)."""
+        result = cast(_URLFetchResult, super().get_result())
+        if result.content_was_truncated and not self._allow_truncated:
+            raise ResponseTooLargeError(result)
+        return result
 
 
 def create_rpc(deadline: float | None = None, callback: Callable[[], Any] | None = None) -> RPC:
@@ -207,7 +156,9 @@ def make_fetch_call(rpc: RPC, url: str, payload: bytes | str | None = None, meth
     for name, value in (headers or {}).items():
         request.headers.add(name=str(name), value=str(value))
     rpc._allow_truncated = allow_truncated
-    rpc._start(request, url)
+    rpc.make_call(_rpc.stub("URLFETCH", urlfetch_pb2_grpc.UrlFetchServiceStub).Fetch, request,
+                  hook=lambda response: _URLFetchResult(response, url), table=_ERRORS,
+                  timeout=deadline + _CALL_MARGIN)
     return rpc
 
 

@@ -189,3 +189,107 @@ def test_allocated_ids_are_never_handed_out_again(datastore_stub):
     assert second.start > first.end
     auto = datastore_stub.Put(pb.PutRequest(entities=[_entity(_key("Alloc", None))]), metadata=MD).keys[0]
     assert auto.path[-1].id > second.end
+
+
+# App Engine's allocator hands out sequential ids up to 2**52 - 1 (_MAX_SEQUENTIAL_ID in Google's stub).
+MAX_ID = 2**52 - 1
+OUT_OF_RANGE = {
+    "size over the batch limit": dict(size=1_000_000_001),
+    "size near 2**63": dict(size=2**63 - 1),
+    "negative size": dict(size=-5),
+    "most negative size": dict(size=-(2**63)),
+    "max near 2**63": dict(max=2**63 - 1),
+    "max one past the largest id": dict(max=MAX_ID + 1),
+    "negative max": dict(max=-1),
+    "zero size and max": dict(),
+}
+
+
+@pytest.mark.parametrize("form", OUT_OF_RANGE.values(), ids=OUT_OF_RANGE.keys())
+def test_an_allocation_outside_the_id_space_is_refused_and_later_ones_work(datastore_stub, form):
+    md = app_metadata(f"alloc-{_unique()}")
+    before = datastore_stub.AllocateIds(pb.AllocateIdsRequest(key=_key("Alloc", None), size=5), metadata=md)
+    with pytest.raises(grpc.RpcError) as err:
+        datastore_stub.AllocateIds(pb.AllocateIdsRequest(key=_key("Alloc", None), **form), metadata=md)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert ("size:" in err.value.details() or "max:" in err.value.details()), err.value.details()
+    after = datastore_stub.AllocateIds(pb.AllocateIdsRequest(key=_key("Alloc", None), size=5), metadata=md)
+    assert after.start == before.end + 1  # the counter did not move
+    put = datastore_stub.Put(pb.PutRequest(entities=[_entity(_key("Alloc", None))]), metadata=md).keys[0]
+    assert put.path[-1].id == after.end + 1
+
+
+def test_the_largest_id_can_be_reserved_and_then_allocation_is_refused_precisely(datastore_stub):
+    md = app_metadata(f"alloc-{_unique()}")
+    reserved = datastore_stub.AllocateIds(pb.AllocateIdsRequest(key=_key("Alloc", None), max=MAX_ID), metadata=md)
+    assert (reserved.start, reserved.end) == (1, MAX_ID)
+    for request in (pb.AllocateIdsRequest(key=_key("Alloc", None), size=1),
+                    pb.PutRequest(entities=[_entity(_key("Alloc", None))])):
+        with pytest.raises(grpc.RpcError) as err:
+            getattr(datastore_stub, type(request).__name__.removesuffix("Request"))(request, metadata=md)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert f"largest allocatable id {MAX_ID}" in err.value.details() and "0 ids are left" in err.value.details()
+    # Entities with ids given by the app are unaffected, as are reservations below what is reserved.
+    named = _entity(_key("Alloc", MAX_ID))
+    assert datastore_stub.Put(pb.PutRequest(entities=[named]), metadata=md).keys[0].path[-1].id == MAX_ID
+    datastore_stub.AllocateIds(pb.AllocateIdsRequest(key=_key("Alloc", None), max=10), metadata=md)
+
+
+def test_a_range_that_would_pass_the_largest_id_leaves_the_counter_where_it_was(datastore_stub):
+    md = app_metadata(f"alloc-{_unique()}")
+    datastore_stub.AllocateIds(pb.AllocateIdsRequest(key=_key("Alloc", None), max=MAX_ID - 10), metadata=md)
+    with pytest.raises(grpc.RpcError) as err:
+        datastore_stub.AllocateIds(pb.AllocateIdsRequest(key=_key("Alloc", None), size=11), metadata=md)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    details = err.value.details()
+    assert f"ids {MAX_ID - 9}..{MAX_ID + 1} would pass" in details and "10 ids are left" in details
+    last = datastore_stub.AllocateIds(pb.AllocateIdsRequest(key=_key("Alloc", None), size=10), metadata=md)
+    assert (last.start, last.end) == (MAX_ID - 9, MAX_ID)
+
+
+# --- App Engine's 20,000 index entries per entity, built-in indexes included ------------------------------------
+
+def _listed(key, count):
+    entity = _entity(key)
+    entity.properties["tags"].array_value.values.extend(pb.Value(integer_value=i) for i in range(count))
+    return entity
+
+
+def _refused(call):
+    with pytest.raises(grpc.RpcError) as err:
+        call()
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith("Too many indexed properties for entity Big(")
+    return err.value.details()
+
+
+@pytest.mark.parametrize("count", [120_000, 20_001])
+def test_an_entity_with_more_indexed_values_than_the_limit_is_refused_and_not_stored(datastore_stub, count):
+    key = _key("Big", _unique())
+    details = _refused(lambda: datastore_stub.Put(pb.PutRequest(entities=[_listed(key, count)]), metadata=MD))
+    assert f"{count} indexed values" in details
+    assert not datastore_stub.Get(pb.GetRequest(keys=[key]), metadata=MD).results[0].HasField("entity")
+
+
+def test_a_batch_with_one_entity_over_the_limit_writes_nothing(datastore_stub):
+    fine, big = _key("Big", _unique()), _key("Big", _unique())
+    _refused(lambda: datastore_stub.Put(pb.PutRequest(entities=[_entity(fine), _listed(big, 120_000)]), metadata=MD))
+    results = datastore_stub.Get(pb.GetRequest(keys=[fine, big]), metadata=MD).results
+    assert [r.HasField("entity") for r in results] == [False, False]
+
+
+def test_a_transaction_writing_an_entity_over_the_limit_commits_nothing(datastore_stub):
+    fine, big = _key("Big", _unique()), _key("Big", _unique())
+    tx = datastore_stub.BeginTransaction(pb.BeginTransactionRequest(cross_group=True), metadata=MD).transaction
+    mutations = [pb.Mutation(upsert=_entity(fine)), pb.Mutation(upsert=_listed(big, 120_000))]
+    _refused(lambda: datastore_stub.Commit(pb.CommitRequest(transaction=tx, mutations=mutations), metadata=MD))
+    results = datastore_stub.Get(pb.GetRequest(keys=[fine, big]), metadata=MD).results
+    assert [r.HasField("entity") for r in results] == [False, False]
+
+
+def test_the_limit_itself_and_unindexed_lists_are_stored(datastore_stub):
+    at_limit, unindexed = _listed(_key("Big", _unique()), 20_000), _listed(_key("Big", _unique()), 120_000)
+    for value in unindexed.properties["tags"].array_value.values:
+        value.exclude_from_indexes = True
+    keys = datastore_stub.Put(pb.PutRequest(entities=[at_limit, unindexed]), metadata=MD).keys
+    assert all(r.HasField("entity") for r in datastore_stub.Get(pb.GetRequest(keys=keys), metadata=MD).results)

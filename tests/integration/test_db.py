@@ -17,7 +17,7 @@ import grpc
 import pytest
 
 from kiln_platform import auth
-from kiln.api import _rpc, datastore, users
+from kiln.api import _rpc, datastore, datastore_errors, users
 from kiln.ext import db
 from kiln.pb.datastore.v1 import datastore_pb2 as pb
 from kiln.pb.datastore.v1 import datastore_pb2_grpc
@@ -665,3 +665,17 @@ def test_low_level_run_in_transaction(app):
 
     assert datastore.RunInTransaction(withdraw, 3) == 7
     assert datastore.Get(key)["balance"] == 7
+
+
+# -- limits ----------------------------------------------------------------------------------------
+
+
+class Tagged(db.Model):
+    tags = db.ListProperty(int)
+
+
+def test_a_model_with_more_indexed_values_than_the_limit_raises_app_engines_error(app):
+    with pytest.raises(datastore_errors.BadRequestError, match="^Too many indexed properties for entity Tagged"):
+        Tagged(key_name="big", tags=list(range(120_000))).put()
+    assert Tagged.get_by_key_name("big") is None
+    assert Tagged(key_name="fine", tags=list(range(100))).put().name() == "fine"  # the service keeps serving

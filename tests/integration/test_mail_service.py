@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+import uuid
 
 import grpc
 import nats
@@ -20,6 +21,7 @@ from kiln_platform.supervisor import free_port, python_module
 from mail_svc import queue as mail_queue
 from tests.integration import smtpservers
 from tests.integration.conftest import SECRET, app_metadata, service_env
+from tests.unit.zips import nested, zipped
 
 pytestmark = pytest.mark.nats
 
@@ -338,6 +340,29 @@ def test_zip_holding_a_blocked_file_is_refused(service):
     assert "setup.bat" in caught.value.details()
 
 
+DISGUISED_ATTACHMENTS = {
+    "trailing dot": ("x.exe.", b"MZ"), "trailing space": ("x.exe ", b"MZ"), "data stream": ("x.exe::$DATA", b"MZ"),
+    "version suffix": ("x.exe;", b"MZ"), "upper case": ("X.EXE", b"MZ"), "full-width": ("x.\uff45\uff58\uff45", b"MZ"),
+    "lookalike dot": ("x\u2024bat", b"MZ"), "exe in a nested zip": ("bundle.zip", nested(2, {"setup.exe": "MZ"})),
+    "disguised exe three zips deep": ("bundle.zip", nested(3, {"tools/setup.exe. ": "MZ"})),
+    "nested zip without its name": ("bundle.zip", zipped({"photos.dat": zipped({"run.vbs": "x"})})),
+    "zips nested too deep": ("bundle.zip", nested(6, {"a.txt": "harmless"})),
+}
+
+
+@pytest.mark.parametrize("name, data", DISGUISED_ATTACHMENTS.values(), ids=DISGUISED_ATTACHMENTS.keys())
+def test_disguised_blocked_attachments_are_refused_and_nothing_is_sent(service, relay, name, data):
+    subject = f"refused {uuid.uuid4().hex}"
+    with pytest.raises(grpc.RpcError) as caught:
+        service.send(subject=subject, attachments=[pb.Attachment(file_name=name, data=data)])
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_code(caught.value) == "INVALID_ATTACHMENT_TYPE"
+    assert "not allowed" in caught.value.details() or "deep" in caught.value.details()
+    after = service.send(subject="still serving")  # the service keeps serving; its queue holds nothing refused
+    received_by_id(relay, after.message_id)
+    assert all(m.message["Subject"] != subject for m in relay.received)
+
+
 def test_oversized_message_is_refused(supervisor, nats_url, relay):
     small = MailService(supervisor, nats_url, relay, "--max-mail-bytes", "100000").start()
     try:
@@ -378,6 +403,13 @@ def test_send_mail_raises_app_engines_errors(as_app):
         mail.send_mail("boss@example.com", "x@example.org", "s", "b", headers={"X-Custom": "1"})
     with pytest.raises(mail.MissingRecipientsError):
         mail.EmailMessage(sender="boss@example.com", subject="s", body="b").send()
+
+
+@pytest.mark.parametrize("name, data", [DISGUISED_ATTACHMENTS[k] for k in ("trailing dot", "exe in a nested zip")],
+                         ids=["trailing dot", "exe in a nested zip"])
+def test_send_mail_refuses_disguised_attachments_with_app_engines_error(as_app, name, data):
+    with pytest.raises(mail.InvalidAttachmentTypeError):
+        mail.send_mail("boss@example.com", "x@example.org", "s", "b", attachments=[(name, data)])
 
 
 def test_email_message_is_delivered_through_the_api(as_app, relay):

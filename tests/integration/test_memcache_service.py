@@ -12,6 +12,7 @@ import pytest
 from pymemcache.client.base import Client as TextClient
 from pymemcache.exceptions import MemcacheClientError
 
+from kiln import errors
 from kiln_platform import auth
 from kiln.api import memcache, namespace_manager
 from kiln.pb.memcache.v1 import memcache_pb2 as pb
@@ -289,3 +290,82 @@ def test_counter_created_by_incr_reads_back_as_an_int(as_app):
     memcache.delete("fresh-counter")
     assert memcache.incr("fresh-counter", initial_value=41) == 42
     assert memcache.get("fresh-counter") == 42
+
+
+# --- large responses, and which failures are misses (App Engine's client swallowed service errors only) ---------
+
+LARGE_VALUES = {
+    "6 values of 900 KB": {f"big{i}": bytes([i]) * 900_000 for i in range(6)},
+    "40 strings of 200 KB": {f"s{i}": chr(0x41 + i % 26) * 200_000 for i in range(40)},
+    "5 pickled lists of 1 MB": {f"p{i}": [bytes([i]) * 999_900] for i in range(5)},
+}
+
+
+@pytest.mark.parametrize("values", LARGE_VALUES.values(), ids=LARGE_VALUES.keys())
+def test_get_multi_returns_values_totalling_more_than_four_megabytes(shards, as_app, values):
+    as_app("cacher", [shards[0].address])  # one shard: the whole answer travels in one response
+    assert memcache.set_multi(values) == []
+    assert memcache.get_multi(list(values)) == values
+
+
+def test_gets_of_many_large_values_keeps_their_cas_ids(shards, as_app):
+    as_app("cacher", [shards[0].address])
+    values = LARGE_VALUES["6 values of 900 KB"]
+    memcache.set_multi(values)
+    client = memcache.Client()
+    assert client.get_multi(list(values), for_cas=True) == values
+    assert client.cas("big0", b"new") is True and memcache.get("big0") == b"new"
+
+
+def test_a_response_over_the_shards_limit_is_a_logged_miss(supervisor, as_app, caplog):
+    # App Engine's client answered a response too large for the service with {} as well; kiln also logs it.
+    small = start_shard(supervisor, "memcache-small-messages", "--max-message-bytes", str(2 * 1024 * 1024))
+    try:
+        as_app("cacher", [small.address])
+        values = {f"v{i}": bytes([i]) * 900_000 for i in range(3)}
+        assert all(memcache.set(key, value) for key, value in values.items())  # each request fits
+        with caplog.at_level("WARNING", logger="kiln.api.memcache"):
+            assert memcache.get_multi(list(values)) == {}
+        assert any("memcache Get" in r.getMessage() and small.address in r.getMessage() for r in caplog.records)
+        assert memcache.get("v0") == values["v0"]  # the shard keeps serving what fits
+    finally:
+        small.proc.terminate()
+        small.proc.wait(10)
+        supervisor.children.remove(small)
+
+
+def test_a_shard_that_goes_down_is_logged_when_answered_as_a_miss(supervisor, as_app, caplog):
+    doomed = start_shard(supervisor, "memcache-doomed-logged")
+    as_app("cacher", [doomed.address])
+    memcache.set("k", 1)
+    doomed.proc.send_signal(signal.SIGKILL)
+    doomed.proc.wait(10)
+    supervisor.children.remove(doomed)
+    with caplog.at_level("WARNING", logger="kiln.api.memcache"):
+        assert memcache.get("k") is None
+    assert any("memcache Get" in r.getMessage() and "UnavailableError" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("call", [
+    lambda: memcache.get("k"),
+    lambda: memcache.get_multi(["a", "b", "c"]),
+    lambda: memcache.set("k", 1),
+    lambda: memcache.add_multi({"a": 1}),
+    lambda: memcache.delete("k"),
+    lambda: memcache.incr("n", initial_value=1),
+    lambda: memcache.flush_all(),
+    lambda: memcache.get_stats(),
+], ids=["get", "get_multi", "set", "add_multi", "delete", "incr", "flush_all", "get_stats"])
+def test_an_app_the_service_does_not_accept_gets_an_error_not_a_miss(as_app, monkeypatch, call):
+    monkeypatch.setenv("KILN_APP_TOKEN", "not-a-token")
+    with pytest.raises(errors.UnauthenticatedError):
+        call()
+
+
+def test_a_request_the_service_refuses_raises_value_error(shards, as_app):
+    as_app("cacher", [shards[0].address])
+    too_many = [f"k{i}" for i in range(10_001)]  # over the service's 10,000 keys per call
+    with pytest.raises(ValueError, match="10001 keys in one call"):
+        memcache.get_multi(too_many)
+    with pytest.raises(ValueError, match="10001 keys in one call"):
+        memcache.delete_multi(too_many)

@@ -239,6 +239,16 @@ def test_allocate_ids_needs_size_or_max(fake):
         datastore.AllocateIds(Key.from_path("K", 1))
 
 
+@pytest.mark.parametrize("form", [dict(size=0), dict(size=-1), dict(size=1_000_000_001), dict(size=2**64),
+                                  dict(size=1.5), dict(max=-1), dict(max=2**63), dict(max="9")],
+                         ids=["size 0", "negative size", "size over 1e9", "size 2**64", "float size", "negative max",
+                              "max 2**63", "string max"])
+def test_allocate_ids_refuses_out_of_range_arguments_before_calling(fake, form):
+    with pytest.raises(datastore_errors.BadArgumentError, match="size:|max:"):
+        datastore.AllocateIds(Key.from_path("K", 1), **form)
+    assert fake.requests("AllocateIds") == []
+
+
 # -- errors ------------------------------------------------------------------------------------------
 
 

@@ -21,6 +21,7 @@ from mail_svc.errors import (BadMessageError, InvalidAttachmentTypeError, Invali
 from router.app import _refuse_inbound_mail
 from kiln_platform.handlers import Matcher
 from router.versions import Version
+from tests.unit.zips import nested, zipped
 
 
 @pytest.mark.parametrize("value", ["a@example.com", "Ann Example <ann@example.com>", '"odd name"@example.com',
@@ -48,6 +49,67 @@ def test_zip_holding_a_blocked_file_is_refused():
     with zipfile.ZipFile(buffer, "w") as archive:
         archive.writestr("inner/setup.CMD", "x")
     assert "setup.CMD" in mailrules.attachment_problem("bundle.zip", buffer.getvalue())
+
+
+# Names Windows runs as x.exe (or x.bat…): trailing dots, spaces and other ignored characters, stream and version
+# suffixes, case, full-width and lookalike characters NFKC maps to ASCII, invisible format characters.
+DISGUISED = ["x.exe.", "x.exe ", "x.exe. . .", "x.exe\u3000", "x.exe::$DATA", "x.exe:hidden", "x.txt:payload.exe",
+             "x.exe;", "x.exe;1", "X.ExE", "x.\uff45\uff58\uff45", "x\u2024exe", "x.e\u200bxe", "x.exe\u200e",
+             "x.\u24d4xe", "dir\\x.exe", "dir/x.exe/", "x.exe\u00a0", "ｘ．ＢＡＴ"]
+
+
+@pytest.mark.parametrize("name", DISGUISED)
+def test_blocked_extensions_are_refused_in_every_form_windows_runs(name):
+    assert "not allowed" in (mailrules.attachment_problem(name, b"data") or "")
+
+
+@pytest.mark.parametrize("name", ["report.pdf", "exe.txt", "archive.tar.gz", "notes", "x.exes", "x.ex"])
+def test_names_that_only_look_similar_pass(name):
+    assert mailrules.attachment_problem(name, b"data") is None
+
+
+@pytest.mark.parametrize("inner", ["setup.exe", "setup.exe.", "setup.exe ", "SETUP.EXE::$DATA", "run.vbs;1"])
+@pytest.mark.parametrize("depth", [2, 3, 4])
+def test_a_blocked_file_in_a_nested_zip_is_refused(inner, depth):
+    problem = mailrules.attachment_problem("bundle.zip", nested(depth, {"readme.txt": "hi", inner: "MZ"}))
+    assert problem is not None and "not allowed" in problem and repr(inner) in problem
+
+
+def test_a_nested_zip_found_by_its_contents_is_searched_too():
+    problem = mailrules.attachment_problem("bundle.zip", zipped({"photos.dat": zipped({"x.exe": "MZ"})}))
+    assert problem is not None and "'x.exe'" in problem
+
+
+def test_zips_nested_deeper_than_the_bound_are_refused_not_expanded():
+    problem = mailrules.attachment_problem("bundle.zip", nested(mailrules.MAX_ZIP_DEPTH + 1, {"a.txt": "harmless"}))
+    assert problem is not None and f"more than {mailrules.MAX_ZIP_DEPTH} deep" in problem
+
+
+def test_a_harmless_nested_zip_within_the_bound_passes():
+    assert mailrules.attachment_problem("bundle.zip", nested(mailrules.MAX_ZIP_DEPTH, {"a.txt": "x"})) is None
+
+
+def test_a_nested_zip_bomb_is_refused_by_its_declared_size(monkeypatch):
+    monkeypatch.setattr(mailrules, "MAX_ZIP_EXPANSION", 1024 * 1024)
+    bomb = zipped({"bomb.zip": zipped({"zeros.txt": b"\0" * (2 * 1024 * 1024)}) + b"\0" * (1024 * 1024)})
+    problem = mailrules.attachment_problem("bundle.zip", bomb)
+    assert problem is not None and "expands past" in problem
+
+
+def test_an_archive_with_too_many_files_is_refused(monkeypatch):
+    monkeypatch.setattr(mailrules, "MAX_ZIP_MEMBERS", 50)
+    problem = mailrules.attachment_problem("bundle.zip", zipped({f"f{i}.txt": "x" for i in range(51)}))
+    assert problem is not None and "more than 50 files" in problem
+
+
+def test_an_encrypted_nested_zip_cannot_hide_a_file():
+    data = bytearray(zipped({"inner.zip": zipped({"a.txt": "x"})}))
+    # Mark the member encrypted in its local and central headers (general-purpose flag bit 0).
+    for signature, flag_at in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        at = data.index(signature)
+        data[at + flag_at] |= 1
+    problem = mailrules.attachment_problem("bundle.zip", bytes(data))
+    assert problem is not None and "encrypted" in problem
 
 
 def test_corrupt_zip_is_refused_and_harmless_files_pass():

@@ -112,6 +112,69 @@ def test_exploding_composite_index_is_refused_past_the_entry_limit():
         indexer.rows(entity)
 
 
+def _listed(count, name="l", **flags):
+    entity = pb.Entity(key=key("K", 1).key_value)
+    for i in range(count):
+        entity.properties[name].array_value.values.add(integer_value=i, **flags)
+    return entity
+
+
+def _many_properties(count):
+    entity = pb.Entity(key=key("K", 1).key_value)
+    for i in range(count):
+        entity.properties[f"p{i}"].integer_value = i
+    return entity
+
+
+def _embedded(count):
+    entity = pb.Entity(key=key("K", 1).key_value)
+    for i in range(count):
+        entity.properties["e"].array_value.values.add().entity_value.properties["x"].integer_value = i
+    return entity
+
+
+def _duplicates(count):
+    entity = pb.Entity(key=key("K", 1).key_value)
+    for _ in range(count):
+        entity.properties["l"].array_value.values.add(string_value="same")
+    return entity
+
+
+OVER_BUILT_IN = {"a list of 120000 values": lambda: _listed(120_000), "20001 values": lambda: _listed(20_001),
+                 "20001 properties": lambda: _many_properties(20_001),
+                 "20001 embedded entities": lambda: _embedded(20_001),
+                 "20001 equal values": lambda: _duplicates(20_001)}
+
+
+@pytest.mark.parametrize("make", OVER_BUILT_IN.values(), ids=OVER_BUILT_IN.keys())
+def test_built_in_index_entries_past_the_limit_are_refused_as_app_engine_did(make):
+    with pytest.raises(index.BadRequestError, match=r"^Too many indexed properties for entity K\(1\): 1?2000"):
+        index.Indexer().rows(make(), check_limit=True)
+
+
+def test_the_limit_itself_is_allowed():
+    assert len(index.Indexer().rows(_listed(20_000), check_limit=True)) == 1 + 2 * 20_000
+
+
+def test_values_excluded_from_indexes_do_not_count():
+    rows = index.Indexer().rows(_listed(120_000, exclude_from_indexes=True), check_limit=True)
+    assert len(rows) == 1  # the kind row
+
+
+def test_built_in_and_composite_entries_count_together():
+    entity = _listed(19_000, name="a")
+    for i in range(2):
+        entity.properties["b"].array_value.values.add(integer_value=i)
+    indexer = index.Indexer([index.IndexDef("K", False, (("a", False), ("b", False)))])
+    with pytest.raises(index.BadRequestError, match="19002 indexed values and 38000 composite index entries"):
+        indexer.rows(entity, check_limit=True)
+
+
+def test_stored_entities_past_the_limit_still_give_their_rows():
+    # An entity stored before the limit applied must stay deletable and overwritable.
+    assert len(index.Indexer().rows(_listed(20_001))) == 1 + 2 * 20_001
+
+
 def test_composite_rows_end_with_the_entity_path():
     entity = pb.Entity(key=key("P", 1, "K", 2).key_value)
     entity.properties["a"].integer_value = 1
