@@ -568,7 +568,7 @@ def test_a_message_another_worker_is_sending_is_not_sent_again(supervisor, tmp_p
     relay = smtpservers.Relay(tls_dir=tmp_path, credentials=RELAY_USER).start()
     svc = MailService(supervisor, nats_url, relay)
     try:
-        message_id, key = queued_with_claim(nats_url, "claimed elsewhere", time.time())
+        _, key = queued_with_claim(nats_url, "claimed elsewhere", time.time())
         svc.start()
         marker = svc.send(subject="after the claimed one").message_id
         received_by_id(relay, marker)
@@ -596,17 +596,12 @@ def test_a_claim_left_by_a_dead_worker_is_taken_over_and_the_message_sent_once(s
         relay.stop()
 
 
-def restartable_nats(supervisor, tmp_path):
-    """A nats-server on a fixed port, so that it can be killed and started again where its clients look."""
-    port = free_port()
-    argv = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(tmp_path / "nats-store")]
-    return argv, port
-
-
 def test_messages_in_flight_when_nats_server_is_killed_are_each_delivered_once(supervisor, tmp_path):
     """kill -9 of nats-server while mail_svc delivers, then a restart on the same store: every message the
     service accepted reaches the relay exactly once."""
-    argv, port = restartable_nats(supervisor, tmp_path)
+    # A fixed port, so that nats-server can be killed and started again where its clients look.
+    port = free_port()
+    argv = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(tmp_path / "nats-store")]
     nats_url = f"nats://127.0.0.1:{port}"
     server = supervisor.start(f"nats-{tmp_path.name}", argv, ready_port=port)
     relay = smtpservers.Relay(tls_dir=tmp_path, credentials=RELAY_USER).start()
