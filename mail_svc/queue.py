@@ -148,20 +148,22 @@ class MailQueue:
         claim = Claim(key, uuid.uuid4().hex)
         for _ in range(3):  # a concurrent claimer can win each compare-and-set; three rounds settle who
             try:
-                entry = await self._delivered.get(key)
-            except nats.js.errors.KeyNotFoundError:  # also a deleted (released) claim
-                entry = None
-            if entry is not None:
-                held = _claimed_at(entry.value or b"")
-                if held is None:
-                    return Outcome.from_json(entry.value or b"{}")
-                if time.time() - held < self.settings.ack_wait_seconds:
-                    return None
+                # The common case, a message nobody sent yet: one atomic create (it also replaces a released claim).
+                claim.revision = await self._delivered.create(key, claim.value())
+                return claim
+            except nats.js.errors.KeyWrongLastSequenceError:
+                pass
             try:
-                if entry is None:
-                    claim.revision = await self._delivered.create(key, claim.value())
-                else:
-                    claim.revision = await self._delivered.update(key, claim.value(), last=entry.revision)
+                entry = await self._delivered.get(key)
+            except nats.js.errors.KeyNotFoundError:  # released meanwhile
+                continue
+            held = _claimed_at(entry.value or b"")
+            if held is None:
+                return Outcome.from_json(entry.value or b"{}")
+            if time.time() - held < self.settings.ack_wait_seconds:
+                return None
+            try:  # a stale claim: its worker died before sending (or before recording what it sent)
+                claim.revision = await self._delivered.update(key, claim.value(), last=entry.revision)
                 return claim
             except nats.js.errors.KeyWrongLastSequenceError:
                 continue
