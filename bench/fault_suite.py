@@ -171,7 +171,8 @@ class Phase:
 
     fault: str
     outcomes: list[Outcome] = dataclasses.field(default_factory=list)
-    recovery_seconds: float = 0.0
+    recovery_seconds: float = 0.0  # from the kill until every kind of request had succeeded again
+    restart_seconds: float = 0.0  # from the kill until the part was back and ready (or its replacement asked for)
     restarted_at: float = 0.0  # time.monotonic() when the killed part was back and ready
     recovered_at: float = 0.0  # time.monotonic() when the system had served every kind of request again
     lost_puts: list[int] = dataclasses.field(default_factory=list)
@@ -211,7 +212,7 @@ class Phase:
     def row(self) -> str:
         return (f"{self.fault:<14}{self.sent:>6}{self.served:>8}{self.failed:>8}{len(self.acknowledged('put')):>8}"
                 f"{len(self.acknowledged('mail')):>8}{self.lost:>6}{len(self.duplicated_mails):>6}"
-                f"{self.recovery_seconds:>10.2f}")
+                f"{self.restart_seconds:>10.2f}{self.recovery_seconds:>10.2f}")
 
     def as_dict(self) -> dict[str, object]:
         return {"fault": self.fault, "sent": self.sent, "served": self.served, "failed": self.failed,
@@ -219,13 +220,14 @@ class Phase:
                 "acknowledged_mails": len(self.acknowledged("mail")),
                 "lost": self.lost, "lost_puts": self.lost_puts, "lost_mails": self.lost_mails,
                 "missing_reads": self.missing_reads, "duplicated_mails": self.duplicated_mails,
+                "restart_seconds": round(self.restart_seconds, 3),
                 "recovery_seconds": round(self.recovery_seconds, 3),
                 "served_after_recovery": sum(o.served for o in self.after_recovery),
                 "failed_after_recovery": sum(not o.served for o in self.after_recovery)}
 
 
 HEADER = (f"{'fault':<14}{'sent':>6}{'served':>8}{'failed':>8}{'puts':>8}{'mails':>8}{'lost':>6}{'dup':>6}"
-          f"{'recover s':>10}")
+          f"{'back s':>10}{'recover s':>10}")
 
 
 @dataclasses.dataclass
@@ -245,6 +247,7 @@ class Report:
         total.missing_reads = [i for p in self.phases for i in p.missing_reads]
         total.duplicated_mails = [i for p in self.phases for i in p.duplicated_mails]
         total.recovery_seconds = max((p.recovery_seconds for p in self.phases), default=0.0)
+        total.restart_seconds = max((p.restart_seconds for p in self.phases), default=0.0)
         lines = [HEADER, *(p.row() for p in self.phases), total.row()]
         return "\n".join(lines)
 
@@ -411,6 +414,18 @@ class Stack:
 
     def stop(self) -> None:
         self.supervisor.stop_all()
+        if self.opts.storage == "cassandra":
+            self._drop_keyspace()
+
+    def _drop_keyspace(self) -> None:
+        from cassandra.cluster import Cluster
+
+        host, _, port = self.opts.cassandra_hosts.split(",")[0].rpartition(":")
+        cluster = Cluster([host], port=int(port), protocol_version=5)
+        try:
+            cluster.connect().execute(f"DROP KEYSPACE IF EXISTS {self.keyspace}", timeout=60)
+        finally:
+            cluster.shutdown()
 
     # checking ---------------------------------------------------------------------------------------------------
     def stored(self, idents: Sequence[int]) -> set[int]:
@@ -571,6 +586,7 @@ def _inject(stack: Stack, workload: Workload, fault: str, opts: Options) -> Phas
     workload.wait_answered(killed_at, opts.outage, opts.outage_seconds)
     stack.restart(fault)
     phase.restarted_at = time.monotonic()
+    phase.restart_seconds = phase.restarted_at - killed_at
     _recover(stack, workload, fault, opts.recover_seconds)
     phase.recovered_at = time.monotonic()
     phase.recovery_seconds = phase.recovered_at - killed_at
@@ -684,7 +700,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 subprocess.run(["bash", str(CASSANDRA_SCRIPT), "stop", "--data-dir",
                                 str(pathlib.Path(tmp) / "cassandra")], capture_output=True)
     print(f"\nfault suite: {args.clients} clients, {os.cpu_count()} CPUs, storage {args.storage}; "
-          "puts/mails = acknowledged writes, lost = acknowledged but absent (must be 0), dup = mails delivered twice")
+          "puts/mails = acknowledged writes, lost = acknowledged but absent (must be 0), dup = mails delivered twice;\n"
+          "back s = from the kill until the part was ready again (it stays down while the workload meets the outage), "
+          "recover s = until every kind of request had succeeded again")
     print(report.table())
     if args.json:
         args.json.write_text(json.dumps([p.as_dict() for p in report.phases], indent=1))
