@@ -660,7 +660,9 @@ def run_suite(opts: Options, *, progress: Callable[[str], None] = lambda line: N
 
 
 def _start_cassandra(work: pathlib.Path) -> str:
-    done = subprocess.run(["bash", str(CASSANDRA_SCRIPT), "start", "--data-dir", str(work / "cassandra")],
+    # Ports of its own, so that a node someone else runs on the default ports is left alone.
+    done = subprocess.run(["bash", str(CASSANDRA_SCRIPT), "start", "--data-dir", str(work / "cassandra"),
+                           "--cql-port", str(free_port()), "--storage-port", str(free_port()), "--heap", "768M"],
                           capture_output=True, text=True)
     if done.returncode != 0:
         raise SuiteError(f"could not start Cassandra with {CASSANDRA_SCRIPT}:\n{done.stderr.strip()}")
