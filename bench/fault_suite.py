@@ -59,6 +59,7 @@ import grpc  # noqa: E402
 
 from kiln import auth, natsauth  # noqa: E402
 from kiln.pb.datastore.v1 import datastore_pb2, datastore_pb2_grpc  # noqa: E402
+from kiln.pb.logs.v1 import logs_pb2, logs_pb2_grpc  # noqa: E402
 from kiln.supervisor import Child, Supervisor, free_port, nats_server_binary, python_module  # noqa: E402
 from tests.integration.smtpservers import Relay  # noqa: E402
 
@@ -73,6 +74,7 @@ FAULTS = ("datastore_svc", "memcache_svc", "mail_svc", "logs_svc", "urlfetch_svc
 KINDS = ("put", "get", "mail", "cache", "fetch")
 # How often each kind of request is sent (writes dominate: they are what the suite checks).
 FAILURE_PAUSE_SECONDS = 0.05
+MAIL_WORKERS = 2
 WEIGHTS = {"put": 5, "get": 2, "mail": 2, "cache": 1, "fetch": 1}
 
 APP_YAML = f"""\
@@ -138,6 +140,7 @@ class Options:
     after: int = 20  # requests after the system serves again, before the next fault
     recover_seconds: float = 90.0  # a part that does not serve again within this is a failure of the suite
     mail_seconds: float = 60.0  # how long acknowledged mail may take to reach the SMTP server at the end
+    logs_seconds: float = 20.0  # how long request logs may take to reach logs_svc at the end
     faults: tuple[str, ...] = FAULTS
     storage: str = "embedded"
     cassandra_hosts: str = ""
@@ -179,6 +182,7 @@ class Phase:
     lost_mails: list[int] = dataclasses.field(default_factory=list)
     missing_reads: list[int] = dataclasses.field(default_factory=list)  # a /get of an acknowledged put said 404
     duplicated_mails: list[int] = dataclasses.field(default_factory=list)
+    unlogged: int = 0  # served requests without a request log at logs_svc (reported, not counted as lost)
 
     @property
     def sent(self) -> int:
@@ -212,7 +216,7 @@ class Phase:
     def row(self) -> str:
         return (f"{self.fault:<14}{self.sent:>6}{self.served:>8}{self.failed:>8}{len(self.acknowledged('put')):>8}"
                 f"{len(self.acknowledged('mail')):>8}{self.lost:>6}{len(self.duplicated_mails):>6}"
-                f"{self.restart_seconds:>10.2f}{self.recovery_seconds:>10.2f}")
+                f"{self.unlogged:>8}{self.restart_seconds:>10.2f}{self.recovery_seconds:>10.2f}")
 
     def as_dict(self) -> dict[str, object]:
         return {"fault": self.fault, "sent": self.sent, "served": self.served, "failed": self.failed,
@@ -220,6 +224,7 @@ class Phase:
                 "acknowledged_mails": len(self.acknowledged("mail")),
                 "lost": self.lost, "lost_puts": self.lost_puts, "lost_mails": self.lost_mails,
                 "missing_reads": self.missing_reads, "duplicated_mails": self.duplicated_mails,
+                "served_without_request_log": self.unlogged,
                 "restart_seconds": round(self.restart_seconds, 3),
                 "recovery_seconds": round(self.recovery_seconds, 3),
                 "served_after_recovery": sum(o.served for o in self.after_recovery),
@@ -227,7 +232,7 @@ class Phase:
 
 
 HEADER = (f"{'fault':<14}{'sent':>6}{'served':>8}{'failed':>8}{'puts':>8}{'mails':>8}{'lost':>6}{'dup':>6}"
-          f"{'back s':>10}{'recover s':>10}")
+          f"{'no log':>8}{'back s':>10}{'recover s':>10}")
 
 
 @dataclasses.dataclass
@@ -246,6 +251,7 @@ class Report:
         total.lost_mails = [i for p in self.phases for i in p.lost_mails]
         total.missing_reads = [i for p in self.phases for i in p.missing_reads]
         total.duplicated_mails = [i for p in self.phases for i in p.duplicated_mails]
+        total.unlogged = sum(p.unlogged for p in self.phases)
         total.recovery_seconds = max((p.recovery_seconds for p in self.phases), default=0.0)
         total.restart_seconds = max((p.restart_seconds for p in self.phases), default=0.0)
         lines = [HEADER, *(p.row() for p in self.phases), total.row()]
@@ -318,7 +324,7 @@ class Stack:
                              {**env, "KILN_URLFETCH_INBOUND_SECRET": inbound}),
             # Short waits, so that a mail in hand when mail_svc dies is handed out again within the run.
             "mail_svc": (["--relay", self.relay_address, "--relay-security", "none", "--ack-wait-seconds", "3",
-                          "--retry-min-seconds", "0.5", "--retry-max-seconds", "2", "--workers", "2"],
+                          "--retry-min-seconds", "0.5", "--retry-max-seconds", "2", "--workers", str(MAIL_WORKERS)],
                          {**env, "KILN_MAIL_NATS_URL": nats_url, "KILN_MAIL_PLATFORM_SECRET": platform}),
         }
         pending = [self._spawn(Part(name, python_module(name, "--listen", "127.0.0.1:0", "--ready-file",
@@ -411,6 +417,21 @@ class Stack:
     def dead(self) -> list[str]:
         """Parts that exited on their own (not killed by the suite and not yet restarted)."""
         return [p.name for p in self.parts.values() if p.child is not None and p.child.proc.poll() is not None]
+
+    def logged(self) -> set[str]:
+        """The resources (path and query) of every request log logs_svc holds for the app."""
+        token = auth.mint_app_token(self.secret, APP_ID)
+        found: set[str] = set()
+        with grpc.insecure_channel(self.address("logs_svc")) as channel:
+            stub = logs_pb2_grpc.LogsServiceStub(channel)
+            page = ""
+            while True:
+                response = stub.Query(logs_pb2.QueryRequest(page_size=1000, page_token=page), timeout=60,
+                                      metadata=(("authorization", f"Bearer {token}"),))
+                found.update(record.resource for record in response.logs)
+                page = response.next_page_token
+                if not page:
+                    return found
 
     def stop(self) -> None:
         self.supervisor.stop_all()
@@ -594,7 +615,7 @@ def _inject(stack: Stack, workload: Workload, fault: str, opts: Options) -> Phas
     return phase
 
 
-def _check(stack: Stack, relay: Relay, phases: list[Phase], mail_seconds: float) -> None:
+def _check(stack: Stack, relay: Relay, phases: list[Phase], mail_seconds: float, logs_seconds: float) -> None:
     """Fill in each phase's lost and duplicated writes."""
     puts = [i for p in phases for i in p.acknowledged("put")]
     stored = stack.stored(puts)
@@ -610,11 +631,22 @@ def _check(stack: Stack, relay: Relay, phases: list[Phase], mail_seconds: float)
 
     wait_until(lambda: mails <= set(received()), mail_seconds, interval=0.1)
     counts = received()
+    # Request logs: each served request with an id of its own (reads repeat ids) should have one.
+    served = {f"/{o.kind}?id={o.ident}" for p in phases for o in p.outcomes if o.served and o.kind != "get"}
+    logged: set[str] = set()
+
+    def all_logged() -> bool:
+        logged.update(stack.logged())
+        return served <= logged
+
+    wait_until(all_logged, logs_seconds, interval=0.5)
     for phase in phases:
         phase.lost_puts = [i for i in phase.acknowledged("put") if i not in stored]
         phase.lost_mails = [i for i in phase.acknowledged("mail") if counts[i] == 0]
         phase.missing_reads = [o.ident for o in phase.outcomes if o.kind == "get" and o.status == 404]
         phase.duplicated_mails = [i for i in phase.acknowledged("mail") if counts[i] > 1]
+        phase.unlogged = sum(o.served and o.kind != "get" and f"/{o.kind}?id={o.ident}" not in logged
+                             for o in phase.outcomes)
 
 
 @contextlib.contextmanager
@@ -655,7 +687,7 @@ def run_suite(opts: Options, *, progress: Callable[[str], None] = lambda line: N
                 progress(f"{fault}: recovered in {phases[-1].recovery_seconds:.2f}s")
         finally:
             workload.stop()
-        _check(stack, relay, phases, opts.mail_seconds)
+        _check(stack, relay, phases, opts.mail_seconds, opts.logs_seconds)
         return Report(phases)
 
 

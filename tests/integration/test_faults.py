@@ -57,9 +57,19 @@ def test_once_recovered_no_request_fails(report, fault):
     assert [(o.kind, o.status, o.body) for o in found.after_recovery if not o.served] == []
 
 
+@pytest.mark.parametrize("fault", fault_suite.FAULTS)
+def test_every_served_request_has_its_request_log(report, fault):
+    assert phase(report, fault).unlogged == 0
+
+
 @pytest.mark.parametrize("fault", [f for f in fault_suite.FAULTS if f != "mail_svc"])
 def test_acknowledged_mail_reaches_the_relay_exactly_once(report, fault):
     assert phase(report, fault).duplicated_mails == []
+
+
+def test_killing_mail_svc_sends_again_at_most_the_mail_each_worker_had_just_handed_over(report):
+    """SMTP's own window: killed between the relay's 250 and the record of it, a worker's mail goes out again."""
+    assert len(phase(report, "mail_svc").duplicated_mails) <= fault_suite.MAIL_WORKERS
 
 
 # --- stopping while nats-server is down -----------------------------------------------------------------------
