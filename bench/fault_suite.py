@@ -15,9 +15,11 @@ Then, for each fault in turn: once the workload is under way it sends SIGKILL to
 memcache_svc, mail_svc, logs_svc, urlfetch_svc, the router, the app's runtime instance, the instance manager,
 nats-server), lets the workload meet the outage, restarts the part on the same port and data directory (the
 instance manager replaces a killed instance itself), and waits until every kind of request succeeds again (the
-time to recover). At the end it reads every acknowledged entity straight from datastore_svc and waits for every
-acknowledged mail at the SMTP server. Per fault it reports requests sent, served (200), failed, acknowledged
-writes (puts and mails), lost (acknowledged but absent: must be 0), duplicated mails, and the time to recover.
+time to recover). At the end it reads every acknowledged entity straight from datastore_svc, waits for every
+acknowledged mail at the SMTP server and for every served request's log at logs_svc. Per fault it reports
+requests sent, served (200), failed, acknowledged writes (puts and mails), lost (acknowledged but absent: must
+be 0), mails delivered twice, served requests without a request log, and the times until the part was back and
+until every kind of request succeeded again.
 Failures while a part is down are expected; a lost acknowledged write is a bug. Exits 1 when anything was lost.
 
 Usage::
@@ -580,7 +582,8 @@ def wait_until(predicate: Callable[[], bool], seconds: float, interval: float = 
 
 
 def _recover(stack: Stack, workload: Workload, fault: str, seconds: float) -> None:
-    """Wait until one request of every kind succeeds in a row (sent by this thread, besides the workload)."""
+    """Wait until a request of each kind has succeeded since the restart (sent by this thread, one kind after
+    the other, beside the workload's)."""
     deadline = time.monotonic() + seconds
     pending = list(KINDS)
     while pending:
@@ -616,7 +619,7 @@ def _inject(stack: Stack, workload: Workload, fault: str, opts: Options) -> Phas
 
 
 def _check(stack: Stack, relay: Relay, phases: list[Phase], mail_seconds: float, logs_seconds: float) -> None:
-    """Fill in each phase's lost and duplicated writes."""
+    """Fill in each phase's lost and duplicated writes and its requests without a log."""
     puts = [i for p in phases for i in p.acknowledged("put")]
     stored = stack.stored(puts)
     mails = {i for p in phases for i in p.acknowledged("mail")}
