@@ -9,7 +9,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from kiln import config, log
+from kiln import config, handover, log
 from kiln.errors import KilnError
 
 C = TypeVar("C")
@@ -19,9 +19,10 @@ def run(name: str, prefix: str, cls: type[C], serve: Callable[[C], Awaitable[Non
         argv: list[str] | None = None) -> int:
     """Load ``cls`` from flags/env, set up logging, and run ``serve`` until SIGTERM."""
     try:
+        # Secrets a parent handed over through a pipe (kiln.handover) join the environment here, in memory only.
         cfg = config.load(cls, prefix=prefix, argv=sys.argv[1:] if argv is None else argv,
-                          env=os.environ, description=f"kiln {name}")
-    except KilnError as exc:
+                          env=handover.receive(os.environ), description=f"kiln {name}")
+    except (KilnError, ValueError, OSError) as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         return 2
     log.setup(level=getattr(cfg, "log_level", "INFO"), fmt=getattr(cfg, "log_format", "text"), component=name)

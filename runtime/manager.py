@@ -35,7 +35,7 @@ import urllib.parse
 import uuid
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 
-from kiln import appyaml, auth, bus, forward, natsauth
+from kiln import appyaml, auth, bus, forward, handover, natsauth
 from kiln import log as kiln_log
 from kiln.errors import ConfigError
 from kiln.pb.runtime.v1 import events_pb2
@@ -344,13 +344,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("usage: python -m runtime.manager [OPTIONS] -- RUNTIME_ARGS...", file=sys.stderr)
         return 2
     split = argv.index("--")
+    environ = handover.receive(os.environ)  # the secrets kiln dev handed over through a pipe, never the environment
     parser = argparse.ArgumentParser(prog="python -m runtime.manager", description=__doc__.split("\n\n")[0],
-                                     epilog="The service secret comes from KILN_MANAGER_SERVICE_SECRET; instances get "
+                                     epilog="The service secret comes from KILN_MANAGER_SERVICE_SECRET (in the environment, "
+                                            "or handed over through the pipe KILN_SECRETS_FD names); instances get "
                                             "only their app's token.")
     parser.add_argument("--app-dir", required=True, type=pathlib.Path, help="the version's directory (app.yaml)")
     parser.add_argument("--app-id", required=True)
     parser.add_argument("--version-id", required=True)
-    parser.add_argument("--nats-url", default=os.environ.get("KILN_MANAGER_NATS_URL", ""),
+    parser.add_argument("--nats-url", default=environ.get("KILN_MANAGER_NATS_URL", ""),
                         help="the platform's NATS URL (default: KILN_MANAGER_NATS_URL, where credentials are kept "
                              "off the command line)")
     parser.add_argument("--run-dir", required=True, type=pathlib.Path, help="where instance logs and files go")
@@ -382,7 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--nats-url or KILN_MANAGER_NATS_URL is required")
     kiln_log.setup(component="manager")
     try:
-        manager = build(args, argv[split + 1:], os.environ)
+        manager = build(args, argv[split + 1:], environ)
     except (ConfigError, OSError) as exc:
         log.error("%s", exc)
         return 2
