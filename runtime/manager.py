@@ -440,8 +440,12 @@ def build(args: argparse.Namespace, extra_runtime_args: Sequence[str], environ: 
         isolation.share(staged, uid)
         app_dir = staged / "app"
         rlimits["nproc"] = APP_PROCESSES
+    # kiln's own files (the run directory; kiln dev's data directory, which may lie inside the app's) are not
+    # the app's to read.
+    private = os.pathsep.join(str(d.resolve()) for d in [args.run_dir, *args.stage_exclude])
     runtime_args = ["--app-dir", str(app_dir), "--app-id", args.app_id, "--version-id", args.version_id,
-                    "--memory-limit-mb", str(memory_mb), *environment.runtime_args(), *extra_runtime_args]
+                    "--memory-limit-mb", str(memory_mb), "--private-dirs", private, *environment.runtime_args(),
+                    *extra_runtime_args]
     forwards: list[forward.UnixToTcp] = []
     sockets = None
     if _private_network(args.network_isolation, mode, args.nats_url):
