@@ -95,6 +95,7 @@ import pathlib
 import site
 import sys
 import sysconfig
+import tempfile
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from types import FrameType, ModuleType
@@ -133,6 +134,7 @@ _INTERPRETER = {
     "gc.get_objects": "walk the interpreter's objects", "gc.get_referrers": "walk the interpreter's objects",
     "gc.get_referents": "walk the interpreter's objects", "sys._current_frames": "read other threads' frames",
     "sys.settrace": "set trace functions", "sys.setprofile": "set profile functions",
+    # Refusing this one makes Python leave the hook out silently (it drops the error): the app's hook never runs.
     "sys.addaudithook": "add audit hooks",
 }
 # Functions that raise no audit event of their own: module -> attribute -> the rule refusing them in app code.
@@ -142,6 +144,7 @@ _GUARDED: dict[str, dict[str, str]] = {
     "signal": {"pidfd_send_signal": "signal processes"},
     "_signal": {"pidfd_send_signal": "signal processes"},
     "_posixsubprocess": {"fork_exec": "start processes"},
+    "subprocess": {"_fork_exec": "start processes"},
     "_posixshmem": {"shm_open": "create shared memory", "shm_unlink": "remove shared memory"},
     "_multiprocessing": {"SemLock": "create POSIX semaphores", "sem_unlink": "remove POSIX semaphores"},
     "ctypes": {"memmove": "address raw memory with ctypes", "memset": "address raw memory with ctypes",
@@ -190,8 +193,9 @@ class _Places:
         self.pid_dir = f"/proc/{os.getpid()}/"
 
     def private_code(self, path: str) -> bool:
-        """Whether ``path`` is code of kiln's that apps may not load as their own."""
-        return _under(path, self.platform) and not _under(path, self.app_code) and not _under(path, self.app_api)
+        """Whether ``path`` is a file of kiln's code that apps may not load as their own."""
+        return (_under(path, self.platform) and not _under(path, self.app_code) and not _under(path, self.app_api)
+                and os.path.isfile(path))
 
     def importer_is_app(self, frame: FrameType | None) -> bool:
         """Whether the code asking for an import or a load (the first frame outside the import machinery) is the
@@ -397,10 +401,9 @@ def _check(event: str, args: tuple[Any, ...], places: _Places) -> None:
         _refuse(_INTERPRETER[event], event)
     elif event == _CALL:
         _refuse(args[0], args[1])
-    elif event == "compile" and len(args) > 1 and isinstance(args[1], (str, bytes)):
+    elif event in ("compile", "code.__new__") and len(args) > 1 and isinstance(args[1], (str, bytes)) \
+            and os.path.isabs(os.fsdecode(args[1])):  # code from strings is named "<string>" and the like
         _check_load(os.path.realpath(os.fsdecode(args[1])), places)
-    elif event == "code.__new__" and len(args) > 1 and isinstance(args[1], str):
-        _check_load(os.path.realpath(args[1]), places)
     elif event == "marshal.loads":
         _check_load(_loaded_from(_caller(3)), places)
 
@@ -541,7 +544,11 @@ def _guard_imp(guard: _ImportGuard) -> None:
 
 
 def _guard_functions() -> None:
+    """Put the guards in place of the originals: in their modules, and wherever a loaded module copied one
+    (``subprocess._fork_exec`` is ``_posixsubprocess.fork_exec``, ``threading._start_new_thread`` is
+    ``_thread.start_new_thread``)."""
     import _thread
+    guards: dict[int, tuple[object, object]] = {}  # id(original) -> (original, guard)
     for module_name, functions in _GUARDED.items():
         module = sys.modules.get(module_name)
         if module is None:
@@ -551,12 +558,18 @@ def _guard_functions() -> None:
                 continue
         for attr, what in functions.items():
             original = getattr(module, attr, None)
-            if original is not None:
-                setattr(module, attr, _guard(original, what, f"{module_name}.{attr}"))
-    start = _guard_thread_start(_thread.start_new_thread)
-    _thread.start_new_thread = start
-    _thread.start_new = start
-    threading._start_new_thread = start  # type: ignore[attr-defined]
+            if original is not None and id(original) not in guards:
+                guards[id(original)] = (original, _guard(original, what, f"{module_name}.{attr}"))
+    for original in (_thread.start_new_thread, _thread.start_new):
+        guards[id(original)] = (original, _guard_thread_start(original))
+    for module in list(sys.modules.values()):
+        namespace = getattr(module, "__dict__", None)
+        if not isinstance(namespace, dict) or module is sys.modules[__name__]:
+            continue
+        for attr, value in list(namespace.items()):
+            found = guards.get(id(value))
+            if found is not None and found[0] is value:
+                namespace[attr] = found[1]
 
 
 _installed = False
@@ -576,6 +589,9 @@ def install(app_dirs: Sequence[pathlib.Path], library_dirs: Sequence[pathlib.Pat
         return
     _installed = True
     sys.dont_write_bytecode = True  # the app directory is read-only to apps, and to their imports
+    # tempfile finds its directory by writing a probe file, which the sandbox refuses: found once here, app code's
+    # tempfile calls get the sandbox's own error instead of "no usable temporary directory".
+    tempfile.tempdir = tempfile.gettempdir()
     places = _Places(app_dirs, library_dirs, private_dirs)
     guard = _ImportGuard(places)
     guard.release_shadowed([*app_dirs, *library_dirs])
