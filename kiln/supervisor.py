@@ -151,6 +151,7 @@ class Supervisor:
         ports_dir.mkdir(parents=True)
         extra: list[str] = []
         conf_fd = None
+        (self.run_dir / f"{name}.conf").unlink(missing_ok=True)  # earlier versions left the users in a file
         if config is not None:
             read_end, write_end = os.pipe()  # written before the server starts: the text fits the pipe's buffer
             with os.fdopen(write_end, "w") as conf:

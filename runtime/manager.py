@@ -346,9 +346,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     split = argv.index("--")
     environ = handover.receive(os.environ)  # the secrets kiln dev handed over through a pipe, never the environment
     parser = argparse.ArgumentParser(prog="python -m runtime.manager", description=__doc__.split("\n\n")[0],
-                                     epilog="The service secret comes from KILN_MANAGER_SERVICE_SECRET (in the environment, "
-                                            "or handed over through the pipe KILN_SECRETS_FD names); instances get "
-                                            "only their app's token.")
+                                     epilog="The service secret comes from KILN_MANAGER_SERVICE_SECRET (in the "
+                                            "environment, or handed over through the pipe KILN_SECRETS_FD names); "
+                                            "instances get only their app's token.")
     parser.add_argument("--app-dir", required=True, type=pathlib.Path, help="the version's directory (app.yaml)")
     parser.add_argument("--app-id", required=True)
     parser.add_argument("--version-id", required=True)
