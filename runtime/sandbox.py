@@ -54,11 +54,14 @@ boundary; the OS layer — per-app Unix users (``--isolation user``), a network
 namespace (``--network-isolation``), a seccomp filter and a PID namespace or
 cgroup in ``runtime.isolation`` — must):
 
-- Python objects are introspectable. The originals the guards wrap sit in
-  their closures (``f.__closure__``), ``_imp.create_builtin`` re-creates a
-  built-in module with its original functions, and a ``ctypes`` function
-  pointer or pointer object kiln already made can be pointed at any address:
-  with any of them app code can undo every rule here. Only the OS layer
+- Python objects are introspectable and mostly mutable. The originals the
+  guards wrap sit in their closures (``f.__closure__``, whose cells can even
+  be rewritten), the import guard is an object in ``sys.meta_path`` whose
+  class, like every module global of kiln's code, can be rebound (only
+  replacing a function's ``__code__`` or defaults raises an audit event, and
+  that is refused), and a ``ctypes`` function pointer or pointer object kiln
+  already made can be pointed at any address: with any of them app code can
+  undo every rule here. Only the OS layer
   bounds a process whose own code rewrites it: without a network namespace
   such code reaches any address, without a per-app user any file of kiln's
   user, and without seccomp any system call (``fork``, ``mknod``,
@@ -98,7 +101,7 @@ import sysconfig
 import tempfile
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from types import FrameType, ModuleType
+from types import FrameType, FunctionType, ModuleType
 from typing import Any
 
 __all__ = ["APP_THREADS", "APP_THREAD_EVENT", "SandboxError", "SandboxImportError", "install"]
@@ -111,6 +114,7 @@ _CALL = "kiln.sandbox.call"  # a guarded function is called: (name, detail)
 _START = "kiln.sandbox.start_thread"  # a thread is about to start: (function, verdict list)
 _BOOT = "kiln.sandbox.boot_thread"  # first thing on a new thread: (token,)
 _QUERY = "kiln.sandbox.in_app"  # does the calling thread run app code: (verdict list,)
+_OPEN_AT = "kiln.sandbox.open_at"  # os.open relative to a directory descriptor: (resolved path, flags)
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 _FILE_CHANGES = {
@@ -151,6 +155,7 @@ _GUARDED: dict[str, dict[str, str]] = {
                "cast": "address raw memory with ctypes"},
     "threading": {"settrace": "set trace functions", "setprofile": "set profile functions"},
 }
+_FUNCTION_PARTS = frozenset({"__code__", "__defaults__", "__kwdefaults__"})
 _UNCHECKED = frozenset({"sys._getframe", "object.__getattr__"})
 _IMP = ("create_builtin", "create_dynamic", "exec_builtin", "exec_dynamic")
 
@@ -167,10 +172,13 @@ def _refuse(what: str, detail: str = "") -> None:
     raise SandboxError(f"kiln sandbox: apps cannot {what}" + (f" ({detail})" if detail else ""))
 
 
-def _in_app() -> bool:
-    """Whether the calling thread runs app code (asked of the hook, which alone holds the answer)."""
+def _in_app(audit: Callable[..., None] = sys.audit) -> bool:
+    """Whether the calling thread runs app code (asked of the hook, which alone holds the answer).
+
+    ``sys.audit`` is bound when kiln loads, so an app replacing it does not answer for the hook.
+    """
     verdict: list[bool] = []
-    sys.audit(_QUERY, verdict)
+    audit(_QUERY, verdict)
     return bool(verdict)
 
 
@@ -389,6 +397,8 @@ def _check(event: str, args: tuple[Any, ...], places: _Places) -> None:
     """Refuse ``event`` (raised on a thread running app code) if the sandbox forbids it."""
     if event == "open":
         _check_open(args, places)
+    elif event == _OPEN_AT:
+        _check_open((args[0], None, args[1]), places)
     elif event in _FILE_CHANGES:
         _refuse(_FILE_CHANGES[event], f"{event} {args[0]!r}" if args else event)
     elif event in _PROCESSES or event.startswith("os.exec") or event.startswith("os.spawn"):
@@ -401,6 +411,10 @@ def _check(event: str, args: tuple[Any, ...], places: _Places) -> None:
         _refuse(_INTERPRETER[event], event)
     elif event == _CALL:
         _refuse(args[0], args[1])
+    elif event == "object.__setattr__" and isinstance(args[0], FunctionType) and args[1] in _FUNCTION_PARTS:
+        where = args[0].__code__.co_filename
+        if os.path.isabs(where) and not _under(os.path.realpath(where), places.app_code):
+            _refuse("change kiln's functions", f"{args[0].__qualname__}.{args[1]}")
     elif event in ("compile", "code.__new__") and len(args) > 1 and isinstance(args[1], (str, bytes)) \
             and os.path.isabs(os.fsdecode(args[1])):  # code from strings is named "<string>" and the like
         _check_load(os.path.realpath(os.fsdecode(args[1])), places)
@@ -520,6 +534,22 @@ def _guard_thread_start(original: Callable[..., Any]) -> Callable[..., Any]:
     return start_new_thread
 
 
+def _guard_open_at(original: Callable[..., int]) -> Callable[..., int]:
+    """``os.open``: a path relative to ``dir_fd`` is checked as the file it names (the ``open`` event has no
+    ``dir_fd``, so ``os.open("1/environ", dir_fd=<fd of /proc>)`` would otherwise pass as a relative path)."""
+    audit = sys.audit
+
+    def open(path: Any, flags: int, mode: int = 0o777, *, dir_fd: int | None = None) -> int:  # noqa: A001
+        if dir_fd is not None:
+            name = os.fsdecode(path)
+            if not os.path.isabs(name):
+                audit(_OPEN_AT, os.path.join(os.readlink(f"/proc/self/fd/{dir_fd}"), name), flags)
+        return original(path, flags, mode, dir_fd=dir_fd)
+
+    open.__doc__ = original.__doc__
+    return open
+
+
 def _guard_imp(guard: _ImportGuard) -> None:
     """Creating or re-running built-in and extension modules: the native rule, and no fresh copy of a guarded one."""
     import _imp
@@ -562,6 +592,7 @@ def _guard_functions() -> None:
                 guards[id(original)] = (original, _guard(original, what, f"{module_name}.{attr}"))
     for original in (_thread.start_new_thread, _thread.start_new):
         guards[id(original)] = (original, _guard_thread_start(original))
+    guards[id(os.open)] = (os.open, _guard_open_at(os.open))
     for module in list(sys.modules.values()):
         namespace = getattr(module, "__dict__", None)
         if not isinstance(namespace, dict) or module is sys.modules[__name__]:

@@ -136,6 +136,12 @@ MAIN = textwrap.dedent(r'''
         "parent-cmdline": lambda: pathlib.Path(f"/proc/{os.getppid()}/cmdline").read_bytes(),
         "parent-environ-via-self": lambda: open(f"/proc/self/../{os.getppid()}/environ", "rb").read(),
         "init-environ": lambda: os.open("/proc/1/environ", os.O_RDONLY),
+        "parent-environ-at": lambda: os.open(f"{os.getppid()}/environ", os.O_RDONLY,
+                                             dir_fd=os.open("/proc", os.O_RDONLY)),
+        "parent-environ-opener": lambda: open("environ", "rb", opener=lambda path, flags: os.open(
+            path, flags, dir_fd=os.open(f"/proc/{os.getppid()}", os.O_RDONLY))),
+        "kiln-run-dir-at": lambda: os.open("run/router.addr", os.O_RDONLY,
+                                           dir_fd=os.open(HERE / "data", os.O_RDONLY)),
         "parent-memory": lambda: open(f"/proc/{os.getppid()}/mem", "rb"),
         "kiln-run-dir": lambda: (HERE / "data" / "run" / "router.addr").read_text(),
         "kiln-instances-json": lambda: (HERE / "data" / "run" / "instances" / "instances.json").read_text(),
@@ -155,6 +161,8 @@ MAIN = textwrap.dedent(r'''
         "current-frames": lambda: sys._current_frames(),
         "settrace": lambda: sys.settrace(lambda *a: None),
         "setprofile": lambda: sys.setprofile(lambda *a: None),
+        "rewrite-kiln-function": lambda: setattr(kiln.runtime.request_environ, "__code__", (lambda: None).__code__),
+        "rewrite-kiln-defaults": lambda: setattr(kiln.runtime.install, "__defaults__", ((),)),
         "recreate-posix": lambda: _imp.create_builtin(sys.modules["posix"].__spec__),
         "recreate-thread": lambda: _imp.create_builtin(sys.modules["_thread"].__spec__),
         "grpc-from-its-file": load_grpc_copy,
@@ -238,13 +246,13 @@ PROCESSES = ["fork-exec", "subprocess-fork-exec", "posix-spawn", "pty-spawn", "m
              "pidfd-send-signal"]
 FILES = ["mkfifo", "mkfifo-tmp", "mknod", "sqlite-file", "sqlite-memory", "io-fileio", "pathlib-write",
          "shutil-copy", "tempfile-mkstemp", "tempfile-dir", "dbm", "shelve", "shared-memory", "semaphore"]
-READS = ["parent-environ", "parent-cmdline", "parent-environ-via-self", "init-environ", "parent-memory",
-         "kiln-run-dir", "kiln-instances-json"]
+READS = ["parent-environ", "parent-cmdline", "parent-environ-via-self", "init-environ", "parent-environ-at",
+         "parent-environ-opener", "parent-memory", "kiln-run-dir", "kiln-instances-json", "kiln-run-dir-at"]
 NATIVE = ["ctypes-dlopen", "ctypes-dlsym", "ctypes-string-at", "ctypes-from-address", "ctypes-addressof",
           "ctypes-memmove", "ctypes-memset", "ctypes-cast"]
 INTERPRETER = ["gc-objects", "gc-referrers", "gc-referents", "current-frames", "settrace", "setprofile",
-               "settrace-threads", "recreate-posix", "recreate-thread", "grpc-from-its-file",
-               "grpc-compiled-under-its-name"]
+               "settrace-threads", "rewrite-kiln-function", "rewrite-kiln-defaults", "recreate-posix",
+               "recreate-thread", "grpc-from-its-file", "grpc-compiled-under-its-name"]
 IMPORTS = ["import-statement", "exec-import", "eval-import", "compile-import", "import-module", "importlib-import",
            "gcd-import", "runpy", "pkgutil", "submodule", "nats", "yaml"]
 
