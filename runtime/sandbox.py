@@ -50,9 +50,10 @@ per-request environment (``os.environ``, ``kiln.runtime``'s thread-local
 state) changes nothing here.
 
 What this layer cannot close (an in-process sandbox is not a security
-boundary; the OS layer — per-app Unix users (``--isolation user``), a network
-namespace (``--network-isolation``), a seccomp filter and a PID namespace or
-cgroup in ``runtime.isolation`` — must):
+boundary; the OS layer in ``runtime.isolation`` must: per-app Unix users
+(``--isolation user``) and a network namespace (``--network-isolation``),
+which exist, and a seccomp filter refusing the system calls below, which
+does not yet):
 
 - Python objects are introspectable and mostly mutable. The originals the
   guards wrap sit in their closures (``f.__closure__``, whose cells can even
@@ -61,30 +62,37 @@ cgroup in ``runtime.isolation`` — must):
   replacing a function's ``__code__`` or defaults raises an audit event, and
   that is refused), and a ``ctypes`` function pointer or pointer object kiln
   already made can be pointed at any address: with any of them app code can
-  undo every rule here. Only the OS layer
-  bounds a process whose own code rewrites it: without a network namespace
-  such code reaches any address, without a per-app user any file of kiln's
-  user, and without seccomp any system call (``fork``, ``mknod``,
-  ``pidfd_send_signal``, ``ptrace``, ``process_vm_readv``).
+  undo every rule here. Only the OS layer bounds a process whose own code
+  rewrites it: without a network namespace such code reaches any address,
+  without a per-app user any file and process of kiln's user (all of them,
+  if kiln runs as root), and without seccomp any system call (``fork``,
+  ``execve``, ``mknod``, ``kill``, ``pidfd_send_signal``, ``ptrace``,
+  ``process_vm_readv``).
 - Modules kiln has loaded are objects the app can reach (``sys.modules``,
   attributes of ``kiln``'s API modules): the import rule governs import
   statements, not the objects. ``sys.modules["grpc"]`` gives gRPC, whose
   C core opens sockets no audit event reports; only a network namespace stops
   it reaching addresses other than kiln's services.
 - Callbacks that are built-in functions or kiln's own (``atexit.register(
-  os.system, cmd)``, ``signal.signal(SIGALRM, functools.partial(...))``, a
-  module attribute of the standard library replaced by a built-in, code the
-  app compiled from a string) run on kiln's threads with no frame of the app
-  on the stack: indistinguishable from kiln's own calls.
+  os.system, cmd)``, ``weakref.finalize(obj, os.system, cmd)`` collected on
+  kiln's thread, a module attribute of the standard library replaced by a
+  built-in, functions the app compiled from a string) run on kiln's threads
+  with no frame of the app's files on the stack: indistinguishable from
+  kiln's own calls.
+- Reading is refused by path as the ``open`` event names it; what names a
+  file without opening it (``os.stat``, ``os.listdir``) is not refused.
 - ``kiln.api`` calls gRPC and NATS for the app; what an app can do with its
   own token and NATS user is bounded by those services, not by this layer.
 
 With ``--isolation none`` (``kiln dev``'s default) the instance runs as
 kiln's own Unix user; ``kiln dev`` therefore keeps every secret out of the
 instance's reach: none is in any process's environment or command line or in
-any file (they travel through pipes, :mod:`kiln.handover`), and the
-processes holding them are non-dumpable, so the same user cannot read their
-memory through ``/proc`` (root can; per-app users are the OS layer for that).
+any file (they travel through pipes, :mod:`kiln.handover`; the sign-in key
+is made anew at each start instead of being kept in the data directory), and
+the processes holding them are non-dumpable, so the same user cannot read
+their memory through ``/proc`` (root can: run ``kiln dev`` as an ordinary
+user, or use per-app users). The instance itself holds only its app's token
+and its app's NATS user, and inherits no descriptor but its standard ones.
 """
 
 from __future__ import annotations

@@ -46,7 +46,10 @@ def request_environ() -> dict[str, Any] | None:
 
 
 def in_app_code() -> bool:
-    """True on a thread running the app's code: serving a request, or one of its background threads."""
+    """True on a thread running the app's code: serving a request, or one of its background threads.
+
+    App code can change what this answers; the sandbox (``runtime.sandbox``) does not ask it.
+    """
     return getattr(_local, "environ", None) is not None or getattr(_local, "background", False)
 
 
