@@ -43,6 +43,8 @@ from runtime.wsgi import CgiScript, InstanceInfo, WsgiApp, build_environ, call_a
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_CONCURRENT = 10
+# Looked up once, here: the sandbox refuses ctypes symbol lookups on request threads, where it is also called.
+_SET_ASYNC_EXC = ctypes.pythonapi.PyThreadState_SetAsyncExc
 
 
 class AppLoader:
@@ -113,7 +115,8 @@ class Instance:
         self._bodies: bus.BodyStore | None = None
         self._nc: Client | None = None
         self.subscriptions: list[Subscription] = []
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=limit, thread_name_prefix="request")
+        # Request threads run app code: the sandbox knows them by name, from the moment they start.
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=limit, thread_name_prefix=sandbox.APP_THREADS)
         self._loader = AppLoader(str(cfg.app_dir.resolve()), app_config)
         self._tasks: set[asyncio.Task[None]] = set()
         self._loaded = False
@@ -156,7 +159,8 @@ class Instance:
         kiln_runtime.allow_background_threads(
             self.app_config.manual_scaling is not None or self.app_config.basic_scaling is not None)
         httpfetch.install()  # urllib and http.client go through URL Fetch, as on App Engine
-        sandbox.install(app_dirs, library_dirs)
+        sandbox.install(app_dirs, library_dirs,
+                        [pathlib.Path(p) for p in self.cfg.private_dirs.split(os.pathsep) if p])
 
     async def warm_up(self) -> None:
         """App Engine's warmup request: ``GET /_ah/warmup`` before the instance takes traffic."""
@@ -303,8 +307,7 @@ class Instance:
         with self._running_lock:
             ident = self._running.get(request_id)
             if ident is not None:
-                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident),
-                                                           ctypes.py_object(kiln_runtime.DeadlineExceededError))
+                _SET_ASYNC_EXC(ctypes.c_ulong(ident), ctypes.py_object(kiln_runtime.DeadlineExceededError))
 
     def _deadline_error(self, req: http_pb2.HttpRequest) -> http_pb2.HttpResponse:
         resp = _error(500, f"request exceeded its {self.cfg.request_deadline_seconds:g} s deadline",
@@ -325,7 +328,7 @@ class Instance:
             with self._running_lock:
                 self._running.pop(req.request_id, None)
                 # An interruption not delivered yet must not land in the runtime's own code.
-                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), None)
+                _SET_ASYNC_EXC(ctypes.c_ulong(ident), None)
 
     def _call(self, req: http_pb2.HttpRequest) -> http_pb2.HttpResponse:
         app = self._loader.resolve(urllib.parse.unquote(req.path))
