@@ -210,7 +210,13 @@ def safe_continue(request: web.Request, target: str | None) -> str:
     path = parts.path if parts.path.startswith("/") else "/"
     if path.startswith("//") or "\\" in path:
         return "/"
-    return path + (f"?{parts.query}" if parts.query else "")
+    # ``continue`` arrives decoded: what is not a URL character (CR, LF, spaces, non-ASCII) is encoded again, so
+    # it can never end or split the Location header it goes into.
+    query = f"?{urllib.parse.quote(parts.query, safe=_URL_SAFE)}" if parts.query else ""
+    return urllib.parse.quote(path, safe=_URL_SAFE) + query
+
+
+_URL_SAFE = "/!$&'()*+,;=:@-._~%?"
 
 
 async def login(request: web.Request, sessions: Sessions, *, app: str, dev: bool) -> web.Response:
