@@ -27,10 +27,11 @@ byte a client may send (aiohttp refuses controls with 400) reaches the app as
 sent, and nothing a client sends can fail to fit the envelope.
 
 Fields that hold one value (:data:`SINGLE`) are refused with 400 when repeated
-(:func:`repeated_single`): a second ``Content-Type`` or ``Authorization`` means
-the router, a proxy in front of it and the app could each believe another one.
-aiohttp already refuses a repeated ``Content-Length`` (even with equal values),
-a list in it, and ``Content-Length`` with ``Transfer-Encoding``;
+(:func:`repeated_single`): a second ``Authorization`` or ``Origin`` means the
+router, a proxy in front of it and the app could each believe another one.
+aiohttp's parser refuses some of these first (a repeated ``Content-Type`` or
+``User-Agent`` in one spelling), and a repeated ``Content-Length`` (even with
+equal values), a list in it, and ``Content-Length`` with ``Transfer-Encoding``;
 :mod:`router.hosts` refuses a repeated ``Host``. ``Set-Cookie`` is a response
 header and is dropped from requests. A repeated ``Cookie`` is joined with ``; ``
 by the runtime (:mod:`runtime.wsgi`), every other repeated header with ``,``.
