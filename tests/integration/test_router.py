@@ -864,8 +864,8 @@ def test_names_with_underscores_dots_and_the_proxy_header_are_dropped(server):
 # Header values are bytes: any byte a client may send reaches the app as ISO-8859-1 text (PEP 3333), never a 500.
 
 @pytest.mark.parametrize(("raw", "text"), [
-    (b"\xff", "\xff"), (b"caf\xc3\xa9", "caf\u00c3\u00a9"), (b"caf\xe9", "caf\u00e9"), (b"\x80\x81\xfe\xff", "\x80\x81\xfe\xff"),
-    (b"\xed\xa0\x80", "\xed\xa0\x80"), (b"a\tb \xc3", "a\tb \xc3")])
+    (b"\xff", "\xff"), (b"caf\xc3\xa9", "caf\u00c3\u00a9"), (b"caf\xe9", "caf\u00e9"),
+    (b"\x80\x81\xfe\xff", "\x80\x81\xfe\xff"), (b"\xed\xa0\x80", "\xed\xa0\x80"), (b"a\tb \xc3", "a\tb \xc3")])
 def test_header_bytes_that_are_not_utf_8_reach_the_app_exactly_as_iso_8859_1(server, raw, text):
     status, _, body = _get(server, "/headers", b"X-Foo: " + raw, b"Accept-Language: " + raw)
     seen = json.loads(body)
@@ -1073,3 +1073,18 @@ def test_a_chunked_upload_sent_in_pieces_reaches_the_app(production):
     status, _, body = _send(production, b"POST /length HTTP/1.1\r\nHost: probe.example.test\r\n"
                                         b"Transfer-Encoding: chunked\r\n", chunks)
     assert (status, body) == (200, b"50000")
+
+
+@pytest.mark.parametrize(("content_type", "form"), [
+    (b"application/x-www-form-urlencoded", b"email=\xff@x.test"),
+    (b"application/x-www-form-urlencoded; charset=no-such-charset", b"email=a@x.test"),
+    (b"multipart/form-data; boundary=B", b"--B\r\nContent-Disposition: form-data; name=\"email\"\r\n\r\n\xff@x.test\r\n"
+                                         b"--B--\r\n"),
+    (b"multipart/form-data; boundary=B", b"--B\r\nContent-Disposition: form-data; name=\"email\"\r\n"
+                                         b"Content-Type: application/octet-stream\r\n\r\na@x.test\r\n--B--\r\n"),
+])
+def test_a_sign_in_form_that_is_not_text_gets_400(server, content_type, form):
+    status, headers, _ = _send(server, b"POST /_ah/login HTTP/1.1\r\nHost: localhost\r\nContent-Type: " +
+                               content_type + b"\r\nContent-Length: %d\r\n" % len(form), form)
+    assert status == 400 and "set-cookie" not in headers
+    assert request(server, "/hello")[0] == 200
