@@ -5,6 +5,12 @@ request headers as ``HTTP_*``, and App Engine's own variables
 (``APPLICATION_ID``, ``CURRENT_VERSION_ID``, ``INSTANCE_ID``, ``REQUEST_LOG_ID``,
 ``SERVER_SOFTWARE``, ``AUTH_DOMAIN``, ``USER_*``…). The environ is a fresh dict
 per request, so concurrent requests never see each other's values.
+
+Header values arrive as the bytes the client sent and become ISO-8859-1 text
+(PEP 3333); the app's response header values go back as their ISO-8859-1
+bytes, and one HTTP cannot carry (:mod:`kiln_platform.httpfields`) turns the
+response into a 500 (:class:`BadResponseHeaderError`), as gunicorn and waitress
+refuse them.
 """
 
 from __future__ import annotations
