@@ -38,7 +38,7 @@ from kiln.pb.logs.v1 import logs_pb2
 from kiln.pb.runtime.v1 import events_pb2, http_pb2
 from runtime import httpfetch, isolation, sandbox
 from runtime.config import RuntimeConfig
-from runtime.wsgi import CgiScript, InstanceInfo, WsgiApp, build_environ, call_app
+from runtime.wsgi import BadResponseHeaderError, CgiScript, InstanceInfo, WsgiApp, build_environ, call_app
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ class Instance:
         req = http_pb2.HttpRequest(request_id=uuid.uuid4().hex, app_id=self.app_id, version_id=self.version_id,
                                    method="GET", scheme="http", host=self.cfg.default_hostname.split(":")[0],
                                    path="/_ah/warmup", protocol="HTTP/1.1", remote_addr="0.1.0.3")
-        req.headers.add(name="X-AppEngine-Request-Log-Id", value=req.request_id)
+        req.headers.add(name="X-AppEngine-Request-Log-Id", value=req.request_id.encode())
         resp = await self._serve(req.SerializeToString())
         log.info("warmup request answered %d", resp.status)
 
@@ -340,6 +340,11 @@ class Instance:
         try:
             with kiln_runtime.serving(environ, lines):
                 resp = app(environ) if isinstance(app, CgiScript) else call_app(app, environ)
+        except BadResponseHeaderError as exc:
+            # The app's mistake, said once, plainly, where its owner reads (its request log) and in the instance's.
+            lines.append((time.time(), logging.ERROR, f"{exc}; the client gets 500"))
+            resp = _error(500, "the app's response had a header HTTP cannot carry", self.cfg.instance_id)
+            log.error("%s %s: %s; answering 500", req.method, req.path, exc)
         except Exception as exc:
             # The app's traceback belongs in its request log as well as the instance's.
             lines.append((time.time(), logging.ERROR, "uncaught exception:\n" + traceback.format_exc()))
@@ -374,7 +379,7 @@ def _error(status: int, reason: str, instance_id: str, public: str | None = None
     body = public or {400: "Bad Request", 500: "Internal Server Error"}.get(status, "Error")
     resp = http_pb2.HttpResponse(status=status, body=f"<html><body><h1>{status} {body}</h1></body></html>".encode(),
                                  runtime_error=reason, instance_id=instance_id)
-    resp.headers.add(name="Content-Type", value="text/html; charset=utf-8")
+    resp.headers.add(name="Content-Type", value=b"text/html; charset=utf-8")
     return resp
 
 
