@@ -29,7 +29,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from kiln_platform import appyaml, bus, forward, grpcserver
+from kiln_platform import appyaml, bus, forward, grpcserver, requestscope
 from kiln import runtime as kiln_runtime
 from kiln_platform.handlers import Matcher
 from kiln_platform.log import app_id as app_id_var
@@ -155,8 +155,8 @@ class Instance:
         sys.path[0:0] = [str(p) for p in [*app_dirs, *library_dirs] if str(p) not in sys.path]
         # From here on each request thread sees its own CGI variables in os.environ,
         # and app code runs under the sandbox's rules.
-        kiln_runtime.install([str(p) for p in [*app_dirs, *library_dirs]])
-        kiln_runtime.allow_background_threads(
+        requestscope.install([str(p) for p in [*app_dirs, *library_dirs]])
+        requestscope.allow_background_threads(
             self.app_config.manual_scaling is not None or self.app_config.basic_scaling is not None)
         httpfetch.install()  # urllib and http.client go through URL Fetch, as on App Engine
         sandbox.install(app_dirs, library_dirs,
@@ -336,9 +336,9 @@ class Instance:
             return _error(404, "no handler matches this URL", self.cfg.instance_id, public="Not Found")
         environ = build_environ(req, self.info)
         cpu_start = time.thread_time()
-        lines: list[kiln_runtime.LogLine] = []
+        lines: list[requestscope.LogLine] = []
         try:
-            with kiln_runtime.serving(environ, lines):
+            with requestscope.serving(environ, lines):
                 resp = app(environ) if isinstance(app, CgiScript) else call_app(app, environ)
         except BadResponseHeaderError as exc:
             # The app's mistake, said once, plainly, where its owner reads (its request log) and in the instance's.

@@ -162,7 +162,7 @@ MAIN = textwrap.dedent(r'''
         "settrace": lambda: sys.settrace(lambda *a: None),
         "setprofile": lambda: sys.setprofile(lambda *a: None),
         "rewrite-kiln-function": lambda: setattr(kiln.runtime.request_environ, "__code__", (lambda: None).__code__),
-        "rewrite-kiln-defaults": lambda: setattr(kiln.runtime.install, "__defaults__", ((),)),
+        "rewrite-kiln-defaults": lambda: setattr(kiln.runtime.request_environ, "__defaults__", ((),)),
         "recreate-posix": lambda: _imp.create_builtin(sys.modules["posix"].__spec__),
         "recreate-thread": lambda: _imp.create_builtin(sys.modules["_thread"].__spec__),
         "grpc-from-its-file": load_grpc_copy,

@@ -52,3 +52,13 @@ def test_no_kiln_module_imports_platform_code():
     offenders = {str(path.relative_to(KILN)): sorted(_imported_tops(path) & PLATFORM)
                  for path in KILN.rglob("*.py") if _imported_tops(path) & PLATFORM}
     assert offenders == {}
+
+
+def test_kiln_runtime_offers_apps_only_its_public_face():
+    import kiln.runtime
+
+    assert sorted(kiln.runtime.__all__) == ["DeadlineExceededError", "MAX_BACKGROUND_THREADS",
+                                            "background_threads_allowed", "in_app_code", "mark_background",
+                                            "request_environ"]
+    public = {name for name in vars(kiln.runtime) if not name.startswith("_")}
+    assert not public & {"install", "serving", "allow_background_threads"}
