@@ -8,14 +8,14 @@ import pathlib
 import socket
 
 from kiln_platform.bus import DEFAULT_URL
-from kiln_platform.config import GrpcServiceConfig, Secret, field
+from kiln_platform.config import GrpcServiceConfig, Secret, ListenAddress, field
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class CronConfig(GrpcServiceConfig):
     """cron service settings (env prefix ``KILN_CRON_``)."""
 
-    listen: str = field("127.0.0.1:50056", "host:port to serve gRPC on")
+    listen: ListenAddress = field(ListenAddress("127.0.0.1", 50056), "host:port to serve gRPC on")
     nats_url: str = field(DEFAULT_URL, "NATS server URL(s) whose KV buckets hold claims, firing state and replicas")
     cron_yaml: str = field("", "each app's cron.yaml from local files: app=/path/cron.yaml[,...] (kiln dev)")
     control_plane: str = field("", "the control plane's gRPC address: every app's jobs come from its default "

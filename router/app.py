@@ -59,7 +59,7 @@ class Router:
         self.deployed: ControlVersions | None = None
         self.local: LocalVersions | ControlVersions = LocalVersions(parse_app_dirs(cfg.app_dirs))
         if cfg.control_plane:
-            self.source = VersionSource(cfg.control_plane, cfg.control_token.get(), cfg.cache_dir.expanduser())
+            self.source = VersionSource(str(cfg.control_plane), cfg.control_token.get(), cfg.cache_dir.expanduser())
             self.local = self.deployed = ControlVersions(self.source, self.versions)
         self.sessions = users.Sessions(cfg.session_secret.get(), auth_domain=cfg.auth_domain)
         self.admins = cfg.admin_map()
@@ -384,10 +384,10 @@ async def serve(cfg: RouterConfig) -> None:
     app.on_response_prepare.append(users.renew_cookie)
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
-    host, port = cfg.listen.rsplit(":", 1)
     # keepalive_timeout closes connections with no complete request for that long; the header deadline closes
     # slow-header (slowloris) clients sooner (router.connections).
-    listener = await connections.listen(runner, host.strip("[]"), int(port), header_timeout=cfg.header_timeout_seconds,
+    listener = await connections.listen(runner, cfg.listen.host, cfg.listen.port,
+                                        header_timeout=cfg.header_timeout_seconds,
                                         access_log=None, keepalive_timeout=cfg.idle_timeout_seconds)
     bound = listener.sockets[0].getsockname()
     address = f"{bound[0]}:{bound[1]}"

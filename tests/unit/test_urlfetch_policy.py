@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kiln.errors import ConfigError
+from kiln_platform.config import HostPort
 from urlfetch_svc.policy import ForbiddenDestination, InvalidUrl, Policies, Policy, join, parse_url
 
 
@@ -74,7 +75,7 @@ def test_malformed_settings_are_config_errors(allow, internal):
 
 
 def test_the_routers_front_door_is_reachable_but_not_other_ports_on_its_address():
-    policy = Policies.parse("", "", "127.0.0.1:8080").for_app("a")
+    policy = Policies.parse("", "", [HostPort("127.0.0.1", 8080)]).for_app("a")
     policy.check("127.0.0.1", 8080)
     with pytest.raises(ForbiddenDestination):
         policy.check("127.0.0.1", 50051)
