@@ -191,9 +191,13 @@ def _convert(name: str, tp: Any, raw: Any) -> Any:
             raise ConfigError(f"{name}: expected host:port, got {raw!r}")
         return tp.parse(str(raw), name)
     if origin is tuple:
+        # Comma lists are split here and nowhere else; blank items (a trailing comma) are dropped.
+        if isinstance(raw, (dict, bytes)) or not isinstance(raw, (str, list, tuple)):
+            raise ConfigError(f"{name}: expected a comma-separated list, got {raw!r}")
         items = raw.split(",") if isinstance(raw, str) else list(raw)
         (inner, _) = typing.get_args(tp)
-        return tuple(_convert(name, inner, i.strip() if isinstance(i, str) else i) for i in items if i != "")
+        stripped = (i.strip() if isinstance(i, str) else i for i in items)
+        return tuple(_convert(name, inner, i) for i in stripped if i != "")
     raise ConfigError(f"{name}: unsupported config type {tp!r}")  # a programming error, caught by tests
 
 

@@ -67,7 +67,7 @@ class Router:
                                     client_secret=cfg.oidc_client_secret.get(),
                                     state_key=cfg.session_secret.get()) if cfg.oidc_issuer else None
         self.geo = GeoIP(cfg.geoip_db)
-        self.trusted = [ipaddress.ip_network(n.strip()) for n in cfg.trusted_proxies.split(",") if n.strip()]
+        self.trusted = [ipaddress.ip_network(n) for n in cfg.trusted_proxies]
         self.files = static.FileCache()
         self._bodies: dict[str, bus.BodyStore] = {}
         self._statics: dict[tuple[str, str, int], static.StaticFiles] = {}

@@ -46,7 +46,7 @@ class RouterConfig:
     oidc_client_secret: Secret = field(Secret(""), "this deployment's client secret at the provider")
     admins: str = field("", "administrators per app: app=email;email[,app=email...] (login: admin, admin headers)")
     geoip_db: pathlib.Path | None = field(None, "MaxMind DB file for X-AppEngine-Country/Region/City headers")
-    trusted_proxies: str = field("", "networks (CIDR, comma-separated) of proxies whose X-Forwarded-For and "
+    trusted_proxies: tuple[str, ...] = field((), "networks (CIDR, comma-separated) of proxies whose X-Forwarded-For and "
                                      "X-Forwarded-Proto are believed")
     instance_hour_usd: float = field(0.05, "price of an instance hour, for administrators' cost estimate header")
     max_request_bytes: int = field(32 * 1024 * 1024, "larger request bodies get 413 without reaching the app")
@@ -76,7 +76,7 @@ class RouterConfig:
         if not self.session_secret:
             raise ValueError("session_secret: required (set KILN_ROUTER_SESSION_SECRET or --session-secret)")
         self.custom_domain_map()
-        for net in filter(None, (n.strip() for n in self.trusted_proxies.split(","))):
+        for net in self.trusted_proxies:
             try:
                 ipaddress.ip_network(net)
             except ValueError:

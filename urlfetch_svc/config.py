@@ -16,7 +16,7 @@ class UrlFetchConfig(GrpcServiceConfig):
     max_message_bytes: int = field(40 * 1024 * 1024, "largest gRPC message accepted or sent, in bytes")
     allow_internal: str = field("", "internal networks an app may fetch from, app=CIDR[;CIDR][,app2=...]; '*' is "
                                     "every app (default: none — loopback, private and link-local are refused)")
-    internal_networks: str = field("", "more networks to treat as internal (cluster networks on public "
+    internal_networks: tuple[str, ...] = field((), "more networks to treat as internal (cluster networks on public "
                                        "addresses), CIDR[,CIDR]")
     front_doors: tuple[HostPort, ...] = field((), "the routers, IP:PORT[,IP:PORT]: every app may fetch them (how apps call apps), "
                                  "even on internal addresses")

@@ -237,8 +237,8 @@ class Policies:
         return self._by_app.get(app_id, self._default)
 
     @classmethod
-    def parse(cls, allow: str, internal: str, front_doors: Sequence[HostPort] = ()) -> Policies:
-        """``allow``: ``app=CIDR;CIDR,app2=CIDR`` (``*`` for every app); ``internal``: ``CIDR,CIDR``;
+    def parse(cls, allow: str, internal: Sequence[str], front_doors: Sequence[HostPort] = ()) -> Policies:
+        """``allow``: ``app=CIDR;CIDR,app2=CIDR`` (``*`` for every app); ``internal``: CIDRs;
         ``front_doors``: IP:PORT addresses (the routers, reachable by every app even on internal addresses).
 
         Raises:
@@ -257,7 +257,7 @@ class Policies:
                 doors.append((ipaddress.ip_address(door.host), door.port))
             except ValueError:
                 raise ConfigError(f"front_doors: expected IP:PORT, got {str(door)!r} (not an IP address)") from None
-        return cls(by_app, [_network(n, "internal_networks") for n in internal.split(",") if n.strip()], doors)
+        return cls(by_app, [_network(n, "internal_networks") for n in internal], doors)
 
 
 def _network(text: str, setting: str) -> Network:

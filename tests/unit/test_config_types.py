@@ -171,3 +171,19 @@ def test_the_engine_is_picked_by_its_name():
 def test_services_refuse_a_bad_address_naming_their_setting(cls, prefix, key, env):
     with pytest.raises(ConfigError, match=f"^{key.lower()}: expected host:port, got 'localhost:８０'"):
         load(cls, prefix=prefix, env={**env, f"KILN_{prefix}_{key}": "localhost:８０"})
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Lists:
+    names: tuple[str, ...] = ()
+
+
+def test_comma_lists_are_split_once_with_blank_items_dropped():
+    assert load(Lists, prefix="L", env={"KILN_L_NAMES": " a , ,b,"}).names == ("a", "b")
+
+
+def test_a_mapping_is_not_a_list(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("names: {a: 1}\n")
+    with pytest.raises(ConfigError, match="^names: expected a comma-separated list"):
+        load(Lists, prefix="L", argv=["--config", str(path)])
