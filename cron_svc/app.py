@@ -84,7 +84,7 @@ async def serve(cfg: CronConfig) -> None:
         await scheduler.stop()
         await asyncio.gather(loop, return_exceptions=True)
         await http.close()
-        await nc.drain()
+        await bus.shutdown(nc)
 
     service = CronService(scheduler)
     registration = grpcserver.Registration(SERVICE_NAME, cron_pb2_grpc.add_CronServiceServicer_to_server, service)

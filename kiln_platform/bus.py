@@ -7,6 +7,7 @@ request-replies and subscriptions finish instead of being cut.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import urllib.parse
 
@@ -57,6 +58,18 @@ async def connect(url: str, *, name: str, inbox_prefix: str = "_INBOX") -> Clien
         reconnected_cb=on_reconnect,
         inbox_prefix=inbox_prefix,
     )
+
+
+async def shutdown(nc: Client) -> None:
+    """Drain ``nc`` (in-flight request-replies and subscriptions finish), or, while NATS is unreachable and there
+    is nothing to drain, close it: a process told to stop during a NATS outage stops cleanly."""
+    try:
+        await nc.drain()
+    except (nats.errors.ConnectionReconnectingError, nats.errors.ConnectionClosedError):
+        # nats-py (2.16) then writes what it buffered for the server to the dead connection and raises
+        # RuntimeError: those messages cannot reach anyone anyway.
+        with contextlib.suppress(RuntimeError, OSError):
+            await nc.close()
 
 
 def http_subject(app_id: str, version_id: str) -> str:

@@ -94,3 +94,8 @@ def unseal(secret: str, purpose: str, value: str) -> dict[str, Any] | None:
     except (ValueError, binascii.Error):
         return None
     return data if isinstance(data, dict) else None
+
+
+def same_secret(given: str, expected: str) -> bool:
+    """True if ``given`` (from a client) equals ``expected`` (a secret or nonce), in constant time, for any input."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass"))

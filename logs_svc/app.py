@@ -102,7 +102,7 @@ async def serve(cfg: LogsConfig) -> None:
         if not done:
             consumer.cancel()
         await asyncio.gather(consumer, expiry, return_exceptions=True)
-        await nc.drain()
+        await bus.shutdown(nc)
         await store.close()
 
     registration = grpcserver.Registration(SERVICE_NAME, logs_pb2_grpc.add_LogsServiceServicer_to_server,

@@ -72,7 +72,7 @@ async def serve(cfg: MailConfig) -> None:
         if http is not None:
             await http.close()
         await deliverer.stop()
-        await nc.drain()
+        await bus.shutdown(nc)
 
     rule = SenderRule(admins=cfg.admin_map(), mail_domain=cfg.mail_domain,
                       platform_secret=cfg.platform_secret.get())

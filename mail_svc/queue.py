@@ -5,11 +5,16 @@ crash of mail_svc, of the relay, or a restart of NATS itself (file storage). The
 work queue: a message leaves it when a worker acknowledges it, after delivery or after moving it to the
 dead-letter stream ``KILN_MAIL_DEAD``.
 
-Exactly once towards the relay: a worker records each delivery in the key-value bucket ``kiln-mail-delivered``
-(keyed by Message-ID and recipients) as soon as the relay has accepted the message, and only then acknowledges
-it on the stream; a message redelivered after a crash (or to another replica) whose delivery is recorded is
-acknowledged without being sent again. What remains is SMTP's own window — a crash between the relay's
-``250`` and the record, a few milliseconds — in which the relay has the message but kiln cannot know it.
+Exactly once towards the relay: before sending, a worker claims the delivery in the key-value bucket
+``kiln-mail-delivered`` (keyed by Message-ID and recipients; an atomic create, or a compare-and-set over a claim
+older than ``ack_wait``), and as soon as the relay has accepted the message it replaces the claim with the
+record of the delivery, and only then acknowledges the message on the stream. A message handed out again after
+a crash (or to another replica) whose delivery is recorded is acknowledged without being sent again; one whose
+delivery another worker has claimed comes back later. The claim matters because JetStream's count of deliveries
+is no proof that nobody else holds a message: a nats-server killed outright forgets recent consumer state and
+hands out a message a worker is still sending as a first delivery, and a reconnected client can still hold a
+message the old connection fetched. What remains is SMTP's own window — a crash between the relay's ``250``
+and the record, a few milliseconds — in which the relay has the message but kiln cannot know it.
 
 Failures: a temporary one (connection refused, timeouts, 4xx) puts the message back with exponential backoff
 (``nak`` with a delay); a permanent one (5xx), or the last allowed attempt, moves it to the dead-letter stream
@@ -21,8 +26,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator
 
 import nats.errors
@@ -52,7 +59,6 @@ BODIES_BUCKET = "kiln-mail-bodies"
 # Room for the QueuedMail envelope around an inline message.
 ENVELOPE_ALLOWANCE = 16 * 1024
 DEAD_MAX_AGE_SECONDS = 30 * 24 * 3600
-REQUEUED_HEADER = "Kiln-Requeued"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,11 +109,8 @@ class MailQueue:
             self._bodies = await self.js.create_object_store(BODIES_BUCKET, config=ObjectStoreConfig(
                 ttl=keep, storage=StorageType.FILE, replicas=s.replicas))
 
-    async def put(self, queued: pb.QueuedMail, raw: bytes, *, requeued: bool = False) -> None:
-        """Store a message durably; returns once JetStream has it (a second put of one Message-ID is a no-op).
-
-        ``requeued`` marks a copy a worker put back (deferred recipients): its delivery may be recorded even on
-        its first delivery (a replay after a crash), so the worker checks."""
+    async def put(self, queued: pb.QueuedMail, raw: bytes) -> None:
+        """Store a message durably; returns once JetStream has it (a second put of one Message-ID is a no-op)."""
         try:
             if len(raw) + ENVELOPE_ALLOWANCE <= self.nc.max_payload:
                 queued.raw = raw
@@ -116,8 +119,7 @@ class MailQueue:
                 assert self._bodies is not None
                 await self._bodies.put(queued.raw_object, raw)
             await self.js.publish(SUBJECT_PREFIX + queued.app_id, queued.SerializeToString(),
-                                  headers={"Nats-Msg-Id": delivery_key(queued.message_id, list(queued.recipients)),
-                                           **({REQUEUED_HEADER: "1"} if requeued else {})},
+                                  headers={"Nats-Msg-Id": delivery_key(queued.message_id, list(queued.recipients))},
                                   timeout=10)
         except (nats.errors.Error, asyncio.TimeoutError) as exc:
             raise UnavailableError(f"the mail queue (NATS JetStream) did not store the message: {exc}") from None
@@ -130,18 +132,54 @@ class MailQueue:
         result = await self._bodies.get(queued.raw_object)
         return bytes(result.data or b"")
 
-    async def delivered(self, key: str) -> Outcome | None:
-        """The recorded outcome of a delivery the relay accepted, or ``None`` if there was none."""
-        assert self._delivered is not None
-        try:
-            entry = await self._delivered.get(key)
-        except nats.js.errors.KeyNotFoundError:
-            return None
-        return Outcome.from_json(entry.value or b"{}")
-
     async def record_delivery(self, key: str, outcome: Outcome) -> None:
         assert self._delivered is not None
         await self._delivered.put(key, outcome.to_json())
+
+    async def claim(self, key: str) -> Claim | Outcome | None:
+        """Take the delivery ``key`` for this worker.
+
+        Returns:
+            a :class:`Claim` to send the message under; the recorded :class:`Outcome` if it was delivered
+            already; ``None`` if another worker claimed it less than ``ack_wait_seconds`` ago (it may be
+            sending it right now).
+        """
+        assert self._delivered is not None
+        claim = Claim(key, uuid.uuid4().hex)
+        for _ in range(3):  # a concurrent claimer can win each compare-and-set; three rounds settle who
+            try:
+                # The common case, a message nobody sent yet: one atomic create (it also replaces a released claim).
+                claim.revision = await self._delivered.create(key, claim.value())
+                return claim
+            except nats.js.errors.KeyWrongLastSequenceError:
+                pass
+            try:
+                entry = await self._delivered.get(key)
+            except nats.js.errors.KeyNotFoundError:  # released meanwhile
+                continue
+            held = _claimed_at(entry.value or b"")
+            if held is None:
+                return Outcome.from_json(entry.value or b"{}")
+            if time.time() - held < self.settings.ack_wait_seconds:
+                return None
+            try:  # a stale claim: its worker died before sending (or before recording what it sent)
+                claim.revision = await self._delivered.update(key, claim.value(), last=entry.revision)
+                return claim
+            except nats.js.errors.KeyWrongLastSequenceError:
+                continue
+        return None
+
+    async def refresh(self, claim: Claim) -> None:
+        """Renew a claim during a long delivery (no-op if it was lost meanwhile: the record overwrites it)."""
+        assert self._delivered is not None
+        with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
+            claim.revision = await self._delivered.update(claim.key, claim.value(), last=claim.revision)
+
+    async def release(self, claim: Claim) -> None:
+        """Give a claim up after a delivery that did not happen (so a retry need not wait for it to go stale)."""
+        assert self._delivered is not None
+        with contextlib.suppress(nats.errors.Error):
+            await self._delivered.delete(claim.key, last=claim.revision)
 
     async def forget_body(self, queued: pb.QueuedMail) -> None:
         if queued.raw_object and self._bodies is not None:
@@ -161,6 +199,27 @@ class MailQueue:
         return await self.js.pull_subscribe(SUBJECT_PREFIX + ">", durable=CONSUMER, stream=STREAM,
                                             config=ConsumerConfig(ack_wait=self.settings.ack_wait_seconds,
                                                                   max_deliver=-1, max_ack_pending=10_000))
+
+
+@dataclasses.dataclass
+class Claim:
+    """One worker's claim on one delivery: it alone may send the message while the claim is fresh."""
+
+    key: str
+    owner: str
+    revision: int = 0
+
+    def value(self) -> bytes:
+        return json.dumps({"claimed_by": self.owner, "at": time.time()}).encode()
+
+
+def _claimed_at(value: bytes) -> float | None:
+    """When a bucket entry that is a claim was made (``None``: the entry records a delivery)."""
+    try:
+        found = json.loads(value)
+    except ValueError:
+        return None
+    return float(found["at"]) if isinstance(found, dict) and "claimed_by" in found else None
 
 
 async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
@@ -234,31 +293,48 @@ class Deliverer:
             return
         key = delivery_key(queued.message_id, list(queued.recipients))
         attempt = msg.metadata.num_delivered or 1
-        # Only a message handed out before (or a requeued copy) can have a recorded delivery: the first
-        # delivery of a fresh message skips the lookup.
-        maybe_done = attempt > 1 or bool((msg.headers or {}).get(REQUEUED_HEADER))
-        before = await self._queue.delivered(key) if maybe_done else None
-        if before is not None:
+        claim = await self._queue.claim(key)
+        if isinstance(claim, Outcome):
             log.info("mail %s was delivered before a restart; not sending it again", queued.message_id)
-            await self._after_partial(queued, before)  # idempotent: finishes what a crash may have cut short
+            await self._after_partial(queued, claim)  # idempotent: finishes what a crash may have cut short
             await self._finish(msg, queued)
+            return
+        if claim is None:
+            log.info("mail %s is being delivered by another worker; looking again later", queued.message_id)
+            await msg.nak(delay=self._queue.settings.ack_wait_seconds)
             return
         try:
             raw = await self._queue.raw(queued)
-            async with _keep_alive(msg, self._queue.settings.ack_wait_seconds):
+            async with _keep_alive(msg, self._queue, claim):
                 outcome = await transport.deliver(queued, raw)
         except TemporaryFailure as exc:
+            await self._queue.release(claim)
             await self._retry_or_give_up(msg, queued, attempt, str(exc))
             return
         except PermanentFailure as exc:
             log.warning("mail %s of %s refused for good: %s", queued.message_id, queued.app_id, exc)
             await self._queue.dead_letter(queued, str(exc))
+            await self._queue.release(claim)
             await self._finish(msg, queued)
             return
-        await self._queue.record_delivery(key, outcome)
+        await self._record(key, outcome)
         self.delivered += 1
         await self._after_partial(queued, outcome)
         await self._finish(msg, queued)
+
+    async def _record(self, key: str, outcome: Outcome) -> None:
+        """Record a delivery the relay accepted, retrying while NATS is unreachable (as during its restart):
+        an unrecorded delivery would be sent again once the claim goes stale."""
+        deadline = time.monotonic() + self._queue.settings.ack_wait_seconds / 2
+        while True:
+            try:
+                await self._queue.record_delivery(key, outcome)
+                return
+            except (nats.errors.Error, asyncio.TimeoutError) as exc:
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("recording a delivery: %s; trying again", exc)
+                await asyncio.sleep(0.2)
 
     async def _after_partial(self, queued: pb.QueuedMail, outcome: Outcome) -> None:
         """Recipients the relay refused while it accepted others: dead-letter the permanent, requeue the rest."""
@@ -277,7 +353,7 @@ class Deliverer:
             raw = await self._queue.raw(queued)
             again.ClearField("raw")
             again.ClearField("raw_object")
-            await self._queue.put(again, raw, requeued=True)
+            await self._queue.put(again, raw)
 
     async def _retry_or_give_up(self, msg: Msg, queued: pb.QueuedMail, attempt: int, reason: str) -> None:
         settings = self._queue.settings
@@ -300,14 +376,16 @@ class Deliverer:
 
 
 @contextlib.asynccontextmanager
-async def _keep_alive(msg: Msg, ack_wait: float) -> AsyncIterator[None]:
-    """Tell JetStream the message is still being worked on while a slow delivery runs (no redelivery)."""
+async def _keep_alive(msg: Msg, queue: MailQueue, claim: Claim) -> AsyncIterator[None]:
+    """Tell JetStream the message is still being worked on while a slow delivery runs (no redelivery), and
+    keep the claim on its delivery fresh."""
 
     async def beat() -> None:
         while True:
-            await asyncio.sleep(max(0.5, ack_wait / 3))
+            await asyncio.sleep(max(0.5, queue.settings.ack_wait_seconds / 3))
             with contextlib.suppress(nats.errors.Error):
                 await msg.in_progress()
+                await queue.refresh(claim)
 
     task = asyncio.create_task(beat())
     try:

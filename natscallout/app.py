@@ -18,4 +18,4 @@ async def serve(cfg: CalloutConfig) -> None:
     nc = await bus.connect(cfg.nats_url, name="natscallout")
     await callout.subscribe(nc)
     log.info("answering NATS authorization requests as issuer %s", issuer_public_key(cfg.issuer_seed.get()))
-    await grpcserver.serve(cfg, [], on_stop=nc.drain)
+    await grpcserver.serve(cfg, [], on_stop=lambda: bus.shutdown(nc))

@@ -406,6 +406,6 @@ async def serve(cfg: RouterConfig) -> None:
         await router.source.close()
     if router.oidc is not None:
         await router.oidc.close()
-    await nc.drain()
+    await bus.shutdown(nc)
     log.info("stopped")
 

@@ -14,7 +14,6 @@ and cached; keys are refetched when a token names an unknown one.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import secrets
 import time
@@ -116,9 +115,9 @@ class OidcClient:
         if "error" in request.query:
             raise SignInError(f"the identity provider refused the sign-in: {request.query['error']}")
         state = self._unsign(request.query.get("state", ""), app)
-        nonce = str(state["n"]).encode()
+        nonce = str(state["n"])
         sent = cookies.values(request.headers.getall("Cookie", []), NONCE_COOKIE)
-        if not any(hmac.compare_digest(value.encode("utf-8", "surrogateescape"), nonce) for value in sent):
+        if not any(signing.same_secret(value, nonce) for value in sent):
             raise SignInError("this sign-in was not started in this browser")
         code = request.query.get("code")
         if not code:

@@ -449,7 +449,7 @@ async def serve(cfg: RuntimeConfig) -> None:
     await sub.drain()  # type: ignore[no-untyped-call]  # nats-py leaves Subscription.drain unannotated
     await direct.drain()  # type: ignore[no-untyped-call]
     await instance.finish(cfg.grace_seconds)
-    await nc.drain()
+    await bus.shutdown(nc)
     if relay is not None:
         relay.close()
     await health.stop(0)

@@ -179,7 +179,7 @@ async def run(source: VersionSource, run_dir: pathlib.Path, manager_args: Sequen
         await asyncio.gather(*tasks, return_exceptions=True)
         await host.shutdown()
         await source.close()
-        await nc.drain()
+        await bus.shutdown(nc)
     return 0
 
 

@@ -353,7 +353,7 @@ async def run(manager: Manager, nats_url: str, app_id: str, version_id: str, rea
         await loop.run_in_executor(None, manager.shutdown)
         changed()
         await manager.close_network()
-        await nc.drain()
+        await bus.shutdown(nc)
     return status
 
 

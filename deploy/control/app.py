@@ -43,7 +43,7 @@ async def serve(cfg: ControlConfig) -> None:
 
     async def stop() -> None:
         await service.close()
-        await nc.drain()
+        await bus.shutdown(nc)
         await store.close()
 
     registration = grpcserver.Registration(SERVICE_NAME, deploy_pb2_grpc.add_DeployServiceServicer_to_server, service)

@@ -5,7 +5,10 @@ killed with messages queued or in flight."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import signal
+import threading
 import time
 import uuid
 
@@ -17,7 +20,7 @@ from kiln_platform import auth
 from kiln.api import mail
 from kiln.pb.mail.v1 import mail_pb2 as pb
 from kiln.pb.mail.v1 import mail_pb2_grpc
-from kiln_platform.supervisor import free_port, python_module
+from kiln_platform.supervisor import free_port, nats_server_binary, python_module
 from mail_svc import queue as mail_queue
 from tests.integration import smtpservers
 from tests.integration.conftest import SECRET, app_metadata, service_env
@@ -532,3 +535,151 @@ def test_two_replicas_share_the_queue_and_deliver_each_message_once(supervisor, 
         first.stop()
         second.stop()
         relay.stop()
+
+
+# --- one sender per delivery: claims ------------------------------------------------------------------------------
+# Two workers can hold one message at once: a nats-server killed outright forgets recent consumer state and hands
+# out again, as a first delivery, a message a worker is still sending; a reconnected client still holds messages
+# the old connection fetched. The delivery's claim in the bucket keeps the second holder from sending it too.
+
+def queue_drained(nats_url, timeout=60.0):
+    """Wait until every message of the mail queue was acknowledged (a work queue drops a message only then)."""
+
+    async def remaining():
+        nc = await nats.connect(nats_url)
+        try:
+            return (await nc.jetstream().stream_info(mail_queue.STREAM)).state.messages
+        finally:
+            await nc.close()
+
+    deadline = time.monotonic() + timeout
+    while (left := asyncio.run(remaining())) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert left == 0, f"{left} messages still on the mail queue after {timeout}s"
+
+
+def queued_with_claim(nats_url, subject, claimed_at):
+    """Put one message on the queue whose delivery another worker claimed at ``claimed_at``; returns its id."""
+
+    async def put():
+        nc = await nats.connect(nats_url)
+        try:
+            queue = mail_queue.MailQueue(nc, mail_queue.QueueSettings(ack_wait_seconds=2))
+            await queue.open()
+            queued = pb.QueuedMail(app_id=APP, message_id=f"<{subject.replace(' ', '-')}-{time.time()}@test>",
+                                   envelope_from="boss@example.com", recipients=["r@example.org"], subject=subject)
+            queued.queued_at.GetCurrentTime()
+            key = mail_queue.delivery_key(queued.message_id, ["r@example.org"])
+            claim = await queue.claim(key)
+            assert isinstance(claim, mail_queue.Claim)
+            bucket = await nc.jetstream().key_value(mail_queue.DELIVERED_BUCKET)
+            await bucket.put(key, json.dumps({"claimed_by": "another worker", "at": claimed_at}).encode())
+            await queue.put(queued, f"Message-ID: {queued.message_id}\r\nSubject: {subject}\r\n\r\nbody\r\n".encode())
+            return queued.message_id, key
+        finally:
+            await nc.close()
+
+    return asyncio.run(put())
+
+
+@contextlib.contextmanager
+def claim_kept_fresh(nats_url, key):
+    """Refresh another worker's claim on ``key`` twice a second while the block runs (a live worker's refresh)."""
+    done = threading.Event()
+
+    async def refresh():
+        nc = await nats.connect(nats_url)
+        try:
+            bucket = await nc.jetstream().key_value(mail_queue.DELIVERED_BUCKET)
+            while not done.is_set():
+                await bucket.put(key, json.dumps({"claimed_by": "another worker", "at": time.time()}).encode())
+                await asyncio.get_running_loop().run_in_executor(None, done.wait, 0.5)
+        finally:
+            await nc.close()
+
+    refresher = threading.Thread(target=asyncio.run, args=(refresh(),))
+    refresher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        refresher.join(30)
+
+
+def record_delivery(nats_url, key):
+    async def record():
+        nc = await nats.connect(nats_url)
+        try:
+            queue = mail_queue.MailQueue(nc, mail_queue.QueueSettings(ack_wait_seconds=2))
+            await queue.open()
+            await queue.record_delivery(key, mail_queue.Outcome())
+        finally:
+            await nc.close()
+
+    asyncio.run(record())
+
+
+def test_a_message_another_worker_is_sending_is_not_sent_again(supervisor, tmp_path):
+    """Another holder's fresh claim: the message waits; once that holder records the delivery, it is acknowledged
+    without being sent."""
+    nats_url = own_nats(supervisor, tmp_path)
+    relay = smtpservers.Relay(tls_dir=tmp_path, credentials=RELAY_USER).start()
+    svc = MailService(supervisor, nats_url, relay)
+    try:
+        _, key = queued_with_claim(nats_url, "claimed elsewhere", time.time())
+        with claim_kept_fresh(nats_url, key):  # as the live worker sending it does, however slowly mail_svc starts
+            svc.start()
+            marker = svc.send(subject="after the claimed one").message_id
+            received_by_id(relay, marker)
+        record_delivery(nats_url, key)
+        queue_drained(nats_url)
+        assert ids_received(relay) == [marker]
+    finally:
+        svc.stop()
+        relay.stop()
+
+
+def test_a_claim_left_by_a_dead_worker_is_taken_over_and_the_message_sent_once(supervisor, tmp_path):
+    """A claim older than ack_wait belongs to a worker that died before sending: the message is sent, once."""
+    nats_url = own_nats(supervisor, tmp_path)
+    relay = smtpservers.Relay(tls_dir=tmp_path, credentials=RELAY_USER).start()
+    svc = MailService(supervisor, nats_url, relay)
+    try:
+        message_id, _ = queued_with_claim(nats_url, "claimed by the dead", time.time() - 3600)
+        svc.start()
+        received_by_id(relay, message_id)
+        queue_drained(nats_url)
+        assert ids_received(relay) == [message_id]
+    finally:
+        svc.stop()
+        relay.stop()
+
+
+def test_messages_in_flight_when_nats_server_is_killed_are_each_delivered_once(supervisor, tmp_path):
+    """kill -9 of nats-server while mail_svc delivers, then a restart on the same store: every message the
+    service accepted reaches the relay exactly once."""
+    # A fixed port, so that nats-server can be killed and started again where its clients look.
+    port = free_port()
+    argv = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(tmp_path / "nats-store")]
+    nats_url = f"nats://127.0.0.1:{port}"
+    server = supervisor.start(f"nats-{tmp_path.name}", argv, ready_port=port)
+    relay = smtpservers.Relay(tls_dir=tmp_path, credentials=RELAY_USER).start()
+    svc = MailService(supervisor, nats_url, relay)
+    sent: list[str] = []
+    try:
+        svc.start()
+        for round_ in range(3):
+            relay.gate.clear()  # deliveries wait at DATA, so the kill finds messages in workers' hands
+            sent += [svc.send(subject=f"round {round_} message {n}").message_id for n in range(10)]
+            relay.wait_for(lambda msgs: relay.held >= 2, timeout=30)
+            server.proc.send_signal(signal.SIGKILL)
+            server.proc.wait(10)
+            relay.gate.set()
+            server = supervisor.start(f"nats-{tmp_path.name}-{round_}", argv, ready_port=port)
+            relay.wait_for(lambda msgs: {m.message_id for m in msgs} >= set(sent), timeout=60)
+            queue_drained(nats_url)
+        assert sorted(ids_received(relay)) == sorted(sent)
+    finally:
+        svc.stop()
+        relay.stop()
+        server.proc.send_signal(signal.SIGTERM)

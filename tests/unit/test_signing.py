@@ -69,3 +69,17 @@ def test_request_signatures_with_non_ascii_text_are_refused(verify, signature):
 def test_fields_holding_undecodable_bytes_are_signed_not_an_error():
     path = b"/caf\xe9".decode("utf-8", "surrogateescape")
     assert signing.verify(SECRET, "kiln-test", signing.sign(SECRET, "kiln-test", path), path)
+
+
+def test_no_module_of_kiln_but_the_signing_module_uses_hmac():
+    import pathlib
+    root = pathlib.Path(__file__).resolve().parents[2]
+    users = sorted(str(p.relative_to(root)) for p in root.rglob("*.py")
+                   if ".venv" not in p.parts and "tests" not in p.parts and "import hmac" in p.read_text())
+    assert users == ["kiln_platform/signing.py"]
+
+
+@pytest.mark.parametrize("given", ["nonce", "nonc", "nonce ", "n\u00f6nce", b"\xff".decode("utf-8", "surrogateescape"),
+                                   ""])
+def test_secrets_are_compared_exactly_for_any_input(given):
+    assert signing.same_secret(given, "nonce") is (given == "nonce")
