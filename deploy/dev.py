@@ -27,7 +27,7 @@ import grpc
 
 from kiln_platform.supervisor import Supervisor, python_module
 from kiln_platform import cronyaml
-from kiln_platform import appyaml, auth, indexyaml, natsauth
+from kiln_platform import appyaml, auth, cassandra, indexyaml, natsauth
 from kiln_platform.config import STORAGE_ENGINES, CassandraHost, HostPort
 from kiln.errors import ConfigError
 from kiln.pb.datastore.v1 import datastore_pb2, datastore_pb2_grpc
@@ -122,13 +122,7 @@ class DevServer:
         log.info("clearing the datastore of %s", self.app_id)
         shutil.rmtree(self.data_dir / "datastore", ignore_errors=True)
         if cassandra_hosts:
-            from cassandra.cluster import Cluster
-            hosts = CassandraHost.parse_list(cassandra_hosts, "--cassandra-hosts")
-            cluster = Cluster([(h.host, h.port) for h in hosts], protocol_version=5)
-            try:
-                cluster.connect().execute(f"DROP KEYSPACE IF EXISTS {self._keyspace()}", timeout=60)
-            finally:
-                cluster.shutdown()
+            cassandra.drop_keyspace(cassandra_hosts, self._keyspace(), setting="--cassandra-hosts")
 
     def _start_all(self, cassandra_hosts: str) -> None:
         sup, run = self.supervisor, self.run_dir

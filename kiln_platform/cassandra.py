@@ -12,8 +12,8 @@ import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
-from kiln.errors import UnavailableError
-from kiln_platform.config import StorageConfig
+from kiln.errors import ConfigError, UnavailableError
+from kiln_platform.config import CassandraHost, StorageConfig
 
 # The consistency levels kiln uses (names of the driver's ``ConsistencyLevel``).
 Consistency = Literal["LOCAL_ONE", "LOCAL_QUORUM", "QUORUM", "SERIAL", "LOCAL_SERIAL"]
@@ -140,3 +140,25 @@ async def open_keyspace(settings: StorageConfig, tables: Callable[[str], Sequenc
         cluster.shutdown()
         raise
     return keyspace
+
+
+def drop_keyspace(hosts: str, keyspace: str, *, setting: str = "cassandra_hosts") -> None:
+    """Drop ``keyspace`` (if it exists) on the cluster at ``hosts`` (``host:port[,…]``); blocking, for tools
+    (``kiln dev --clear-datastore``, benchmarks) that reset a keyspace outside any service.
+
+    Raises:
+        ConfigError: ``hosts`` or ``keyspace`` is malformed (the message names ``setting``).
+    """
+    from cassandra.cluster import Cluster
+
+    try:
+        settings = StorageConfig(storage="cassandra", cassandra_hosts=CassandraHost.parse_list(hosts, setting),
+                                 cassandra_keyspace=keyspace)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    cluster = Cluster([(h.host, h.port) for h in settings.cassandra_hosts], protocol_version=5)
+    try:
+        cluster.connect().execute(f"DROP KEYSPACE IF EXISTS {settings.cassandra_keyspace}",
+                                  timeout=SCHEMA_TIMEOUT_SECONDS)
+    finally:
+        cluster.shutdown()

@@ -9,6 +9,7 @@ import pytest
 from datastore_svc.config import DatastoreConfig
 from deploy.control.config import ControlConfig
 from kiln.errors import ConfigError
+from kiln_platform import cassandra
 from kiln_platform.config import CassandraHost, HostPort, ListenAddress, StorageConfig, load
 from logs_svc.config import LogsConfig
 from mail_svc.config import MailConfig
@@ -187,3 +188,13 @@ def test_a_mapping_is_not_a_list(tmp_path):
     path.write_text("names: {a: 1}\n")
     with pytest.raises(ConfigError, match="^names: expected a comma-separated list"):
         load(Lists, prefix="L", argv=["--config", str(path)])
+
+
+@pytest.mark.parametrize(("hosts", "keyspace", "message"), [
+    ("db:x", "k", "^--cassandra-hosts: expected host:port, got 'db:x'"),
+    ("db:9042,[::1", "k", "^--cassandra-hosts: expected host:port, got '\\[::1'"),
+    ("db:9042", "k; DROP TABLE t", "^cassandra_keyspace: "),
+])
+def test_dropping_a_keyspace_refuses_bad_settings_before_connecting(hosts, keyspace, message):
+    with pytest.raises(ConfigError, match=message):
+        cassandra.drop_keyspace(hosts, keyspace, setting="--cassandra-hosts")
