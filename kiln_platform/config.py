@@ -201,6 +201,15 @@ def _convert(name: str, tp: Any, raw: Any) -> Any:
     raise ConfigError(f"{name}: unsupported config type {tp!r}")  # a programming error, caught by tests
 
 
+def _shown(default: Any) -> str:
+    """A default as it would be written in a flag."""
+    if isinstance(default, HostPort):
+        return repr(str(default))
+    if isinstance(default, tuple):
+        return repr(",".join(str(i) for i in default))
+    return repr(default)
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -233,7 +242,7 @@ def load(
     parser.add_argument("--config", type=pathlib.Path, help="YAML file with settings (keys = field names)")
     for f in fields:
         default = f.default if f.default is not dataclasses.MISSING else None
-        shown = "" if isinstance(default, Secret) else f" (default: {default!r}; env {env_prefix}{f.name.upper()})"
+        shown = "" if isinstance(default, Secret) else f" (default: {_shown(default)}; env {env_prefix}{f.name.upper()})"
         if hints[f.name] is bool:
             parser.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
                                 help=f.metadata.get("help", "") + shown)
