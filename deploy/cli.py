@@ -40,6 +40,8 @@ def _dev(args: argparse.Namespace) -> int:
                       cassandra_hosts=args.cassandra_hosts or "", request_deadline=args.request_deadline,
                       isolation=args.isolation, network_isolation=args.network_isolation,
                       urlfetch_allow_internal=args.urlfetch_allow_internal)
+    from kiln_platform import handover
+    handover.undumpable()  # kiln dev holds every secret: no process of the same user may read its memory
     try:
         server = DevServer(opts)
         server.start()

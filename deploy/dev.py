@@ -86,6 +86,9 @@ class DevServer:
         self.url = ""
         self.nats_url = ""
         self._secret = secrets.token_hex(32)
+        # Every secret kiln dev made, by name: each reaches only the processes that need it, through a pipe
+        # (kiln_platform.handover), never an environment or a file an app instance could read.
+        self.secrets: dict[str, str] = {"service": self._secret}
         self._own_cassandra = False
         self._lock = threading.Lock()
 
@@ -131,7 +134,9 @@ class DevServer:
         nats = sup.start_nats(self.data_dir / "nats",
                               config=natsauth.server_config(platform_password, nats_app_secret, [self.app_id]))
         self.nats_url = natsauth.with_credentials(f"nats://{nats.address}", natsauth.PLATFORM_USER, platform_password)
-        env = {**os.environ, **{f"KILN_{svc.split('_')[0].upper()}_SERVICE_SECRET": self._secret for svc in SERVICES}}
+        self.secrets.update(nats_platform=platform_password, nats_apps=nats_app_secret)
+        env = dict(os.environ)
+        service = {f"KILN_{svc.split('_')[0].upper()}_SERVICE_SECRET": self._secret for svc in SERVICES}
         pending = []
         for svc in SERVICES:
             if svc in ("urlfetch_svc", "mail_svc", "cron_svc"):
@@ -144,9 +149,8 @@ class DevServer:
                          "--index-cache-seconds", "0", "--auto-index-file", str(self.index_yaml)]
                 if cassandra_hosts:
                     args += ["--cassandra-hosts", cassandra_hosts, "--cassandra-keyspace", self._keyspace()]
-            # NATS credentials travel in the environment, not on command lines other users can read.
-            child = sup.spawn(svc, python_module(svc, *args), env={**env, "KILN_LOGS_NATS_URL": self.nats_url},
-                              ready_file=run / f"{svc}.addr")
+            child = sup.spawn(svc, python_module(svc, *args), env=env, ready_file=run / f"{svc}.addr",
+                              secrets={**service, "KILN_LOGS_NATS_URL": self.nats_url})
             pending.append((svc, child))
         for svc, child in pending:
             sup.wait_ready(child, ready_file=run / f"{svc}.addr")
@@ -156,14 +160,17 @@ class DevServer:
         # before the runtime is told its default hostname.
         router_addr = f"{self.opts.host}:{self.opts.port}"
         inbound, platform = secrets.token_hex(32), secrets.token_hex(32)
-        router_env = {**env, "KILN_ROUTER_SESSION_SECRET": self._session_key(), "KILN_ROUTER_INBOUND_SECRET": inbound,
-                      "KILN_ROUTER_PLATFORM_SECRET": platform, "KILN_ROUTER_NATS_URL": self.nats_url}
+        session = self._session_key()
+        self.secrets.update(inbound=inbound, platform=platform, session=session)
+        router_secrets = {"KILN_ROUTER_SESSION_SECRET": session,
+                          "KILN_ROUTER_INBOUND_SECRET": inbound, "KILN_ROUTER_PLATFORM_SECRET": platform,
+                          "KILN_ROUTER_NATS_URL": self.nats_url}
         router = sup.start("router", python_module(
             "router", "--listen", router_addr,
             "--dev-app", f"{self.app_id}={self.version_id}",
             "--app-dirs", f"{self.app_id}/{self.version_id}={self.opts.app_dir.resolve()}",
             "--request-timeout-seconds", str(self.opts.request_deadline + 5),
-            "--ready-file", str(run / "router.addr")), env=router_env, ready_file=run / "router.addr")
+            "--ready-file", str(run / "router.addr")), env=env, secrets=router_secrets, ready_file=run / "router.addr")
         self.addresses["router"] = router.address
         router_port = HostPort.parse(router.address, "router address").port
         # URL Fetch: the app may call itself through the router (with X-AppEngine-Inbound-AppId), and reach
@@ -173,7 +180,7 @@ class DevServer:
         if self.opts.urlfetch_allow_internal:
             args += ["--allow-internal", f"{self.app_id}={self.opts.urlfetch_allow_internal}"]
         urlfetch = sup.start("urlfetch_svc", python_module("urlfetch_svc", *args),
-                             env={**env, "KILN_URLFETCH_INBOUND_SECRET": inbound},
+                             env=env, secrets={**service, "KILN_URLFETCH_INBOUND_SECRET": inbound},
                              ready_file=run / "urlfetch_svc.addr")
         self.addresses["urlfetch_svc"] = urlfetch.address
         # Mail: no relay, so messages go to the development outbox (and the log); an SMTP listener on a free
@@ -183,7 +190,7 @@ class DevServer:
             "--outbox-dir", str(self.outbox_dir), "--inbound-listen", "127.0.0.1:0",
             "--inbound-ready-file", str(run / "mail_svc.smtp"), "--router-url", f"http://127.0.0.1:{router_port}",
             "--apps-domain", "localhost"),
-            env={**env, "KILN_MAIL_NATS_URL": self.nats_url, "KILN_MAIL_PLATFORM_SECRET": platform},
+            env=env, secrets={**service, "KILN_MAIL_NATS_URL": self.nats_url, "KILN_MAIL_PLATFORM_SECRET": platform},
             ready_file=run / "mail_svc.addr")
         self.addresses["mail_svc"] = mail.address
         self.addresses["mail_smtp"] = (run / "mail_svc.smtp").read_text().strip()
@@ -193,7 +200,7 @@ class DevServer:
             "cron_svc", "--listen", "127.0.0.1:0", "--ready-file", str(run / "cron_svc.addr"),
             "--cron-yaml", f"{self.app_id}={cron_yaml}" if cron_yaml.exists() else "",
             "--router-url", f"http://127.0.0.1:{router_port}", "--apps-domain", "localhost"),
-            env={**env, "KILN_CRON_NATS_URL": self.nats_url, "KILN_CRON_PLATFORM_SECRET": platform},
+            env=env, secrets={**service, "KILN_CRON_NATS_URL": self.nats_url, "KILN_CRON_PLATFORM_SECRET": platform},
             ready_file=run / "cron_svc.addr")
         self.addresses["cron_svc"] = cron.address
         runtime_args = [
@@ -203,15 +210,15 @@ class DevServer:
         ]
         for svc in ("datastore", "memcache", "urlfetch", "mail", "images"):
             runtime_args += [f"--{svc}-addr", self.addresses[f"{svc}_svc"]]
-        manager_env = {**env, "KILN_MANAGER_SERVICE_SECRET": self._secret, "KILN_MANAGER_NATS_URL": self.nats_url,
-                       "KILN_MANAGER_NATS_APP_SECRET": nats_app_secret}
+        manager_secrets = {"KILN_MANAGER_SERVICE_SECRET": self._secret, "KILN_MANAGER_NATS_URL": self.nats_url,
+                           "KILN_MANAGER_NATS_APP_SECRET": nats_app_secret}
         sup.start("manager", python_module(
             "runtime.manager", "--app-dir", str(self.opts.app_dir.resolve()), "--app-id", self.app_id,
             "--version-id", self.version_id, "--run-dir", str(self.instances_dir),
             "--isolation", self.opts.isolation, "--network-isolation", self.opts.network_isolation,
             "--stage-exclude", str(self.data_dir),
             "--ready-file", str(run / "manager.ready"), "--", *runtime_args),
-            env=manager_env, ready_file=run / "manager.ready", timeout=120)
+            env=env, secrets=manager_secrets, ready_file=run / "manager.ready", timeout=120)
         self.url = f"http://{router.address}/"
 
     @property
@@ -233,12 +240,13 @@ class DevServer:
         return {i["instance_id"]: i["pid"] for i in state if i["ready"]}
 
     def _session_key(self) -> str:
-        """The key that signs sign-in cookies, kept with the data so sign-ins survive restarts."""
-        path = self.data_dir / "session.key"
-        if not path.exists():
-            path.touch(mode=0o600)
-            path.write_text(secrets.token_hex(32))
-        return path.read_text().strip()
+        """The key that signs sign-in cookies: new on each start, so sign-ins end with ``kiln dev``.
+
+        It is not kept in the data directory: with ``--isolation none`` the app runs as kiln's own user, and a
+        file of that user is one the app could read. (Earlier versions kept ``session.key`` there; it is removed.)
+        """
+        (self.data_dir / "session.key").unlink(missing_ok=True)
+        return secrets.token_hex(32)
 
     def _declare_indexes(self) -> None:
         """Send index.yaml to the datastore, which builds what is new (dev_appserver read it at start too)."""

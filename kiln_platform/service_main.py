@@ -9,7 +9,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from kiln_platform import config, log
+from kiln_platform import config, handover, log
 from kiln.errors import KilnError
 
 C = TypeVar("C")
@@ -20,9 +20,10 @@ def run(name: str, prefix: str, cls: type[C], serve: Callable[[C], Awaitable[Non
     """Load ``cls`` from flags/env, set up logging, and run ``serve`` until SIGTERM."""
     os.umask(0o077)  # what a service writes (its data, logs, sockets) is readable by the platform's user alone
     try:
+        # Secrets a parent handed over through a pipe (kiln_platform.handover) join the environment here, in memory only.
         cfg = config.load(cls, prefix=prefix, argv=sys.argv[1:] if argv is None else argv,
-                          env=os.environ, description=f"kiln {name}")
-    except KilnError as exc:
+                          env=handover.receive(os.environ), description=f"kiln {name}")
+    except (KilnError, ValueError, OSError) as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         return 2
     log.setup(level=getattr(cfg, "log_level", "INFO"), fmt=getattr(cfg, "log_format", "text"), component=name)

@@ -24,6 +24,8 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 
+from kiln_platform import handover
+
 log = logging.getLogger(__name__)
 
 # Children are started through this script, which arms PR_SET_PDEATHSIG and execs them.
@@ -94,16 +96,30 @@ class Supervisor:
 
     def spawn(self, name: str, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
               ready_file: pathlib.Path | None = None, confinement: Confinement | None = None,
-              cwd: pathlib.Path | None = None) -> Child:
-        """Start ``argv`` without waiting; see :meth:`wait_ready`."""
+              cwd: pathlib.Path | None = None, secrets: Mapping[str, str] | None = None,
+              pass_fds: Sequence[int] = ()) -> Child:
+        """Start ``argv`` without waiting; see :meth:`wait_ready`.
+
+        ``secrets`` reach the child through a pipe (:mod:`kiln_platform.handover`), never its environment, which other
+        processes of the same user can read; ``pass_fds`` are descriptors the child inherits.
+        """
         log_path = self.run_dir / f"{name}.log"
         if ready_file is not None:
             ready_file.unlink(missing_ok=True)
-        with open(os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab") as out:
-            settings = confinement.wrapper_args() if confinement is not None else []
-            wrapped = [sys.executable, str(_DIE_WITH_PARENT), str(os.getpid()), *settings, "--", *argv]
-            proc = subprocess.Popen(wrapped, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env=dict(env) if env is not None else None, start_new_session=True, cwd=cwd)
+        child_env = dict(os.environ if env is None else env)
+        fds = list(pass_fds)
+        if secrets is not None:
+            fds.append(handover.pipe(secrets))
+            child_env[handover.FD_VARIABLE] = str(fds[-1])
+        try:
+            with open(os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab") as out:
+                settings = confinement.wrapper_args() if confinement is not None else []
+                wrapped = [sys.executable, str(_DIE_WITH_PARENT), str(os.getpid()), *settings, "--", *argv]
+                proc = subprocess.Popen(wrapped, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                        env=child_env, start_new_session=True, cwd=cwd, pass_fds=fds)
+        finally:
+            if secrets is not None:
+                os.close(fds[-1])
         child = Child(name, proc, log_path)
         self.children.append(child)
         return child
@@ -127,9 +143,9 @@ class Supervisor:
 
     def start(self, name: str, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
               ready_file: pathlib.Path | None = None, ready_port: int | None = None,
-              timeout: float = 60.0) -> Child:
-        """Start ``argv`` and wait until it is ready."""
-        child = self.spawn(name, argv, env=env, ready_file=ready_file)
+              timeout: float = 60.0, secrets: Mapping[str, str] | None = None) -> Child:
+        """Start ``argv`` and wait until it is ready (``secrets`` as in :meth:`spawn`)."""
+        child = self.spawn(name, argv, env=env, ready_file=ready_file, secrets=secrets)
         return self.wait_ready(child, ready_file=ready_file, ready_port=ready_port, timeout=timeout)
 
     def start_nats(self, store_dir: pathlib.Path, *, name: str = "nats-server", timeout: float = 60.0,
@@ -145,13 +161,21 @@ class Supervisor:
         shutil.rmtree(ports_dir, ignore_errors=True)
         ports_dir.mkdir(parents=True, mode=0o700)
         extra: list[str] = []
+        conf_fd = None
+        (self.run_dir / f"{name}.conf").unlink(missing_ok=True)  # earlier versions left the users in a file
         if config is not None:
-            conf = self.run_dir / f"{name}.conf"
-            conf.touch(mode=0o600)
-            conf.write_text(json.dumps(config, indent=1))
-            extra = ["-c", str(conf)]
-        child = self.spawn(name, [nats_server_binary(), *extra, "-a", "127.0.0.1", "-p", "-1", "-js", "-sd",
-                                  str(store_dir), "--ports_file_dir", str(ports_dir)])
+            read_end, write_end = os.pipe()  # written before the server starts: the text fits the pipe's buffer
+            with os.fdopen(write_end, "w") as conf:
+                conf.write(json.dumps(config))
+            conf_fd = read_end
+            extra = ["-c", f"/dev/fd/{conf_fd}"]
+        try:
+            child = self.spawn(name, [nats_server_binary(), *extra, "-a", "127.0.0.1", "-p", "-1", "-js", "-sd",
+                                      str(store_dir), "--ports_file_dir", str(ports_dir)],
+                               pass_fds=() if conf_fd is None else (conf_fd,))
+        finally:
+            if conf_fd is not None:
+                os.close(conf_fd)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if child.proc.poll() is not None:

@@ -31,7 +31,7 @@ from aiohttp import web
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from kiln_platform import auth, bus, grpcserver
+from kiln_platform import auth, bus, grpcserver, httpfields
 from kiln_platform.deployclient import VersionSource
 from kiln.pb.logs.v1 import logs_pb2
 from kiln.pb.runtime.v1 import http_pb2
@@ -101,6 +101,10 @@ class Router:
             host = hosts.request_host(request.headers.getall("Host", []), url.authority)
         except (paths.BadPathError, hosts.BadHostError) as exc:
             return responses.plain(400, f"Bad request: {exc}.")
+        fields = headers.received(request.raw_headers)  # the bytes as sent, as ISO-8859-1 text
+        repeated = headers.repeated_single(fields)
+        if repeated is not None:
+            return responses.plain(400, f"Bad request: the {repeated} header may appear only once.")
         started = time.time()
         request_id = uuid.uuid4().hex
         custom = self.custom_domains.get(host.name)
@@ -140,9 +144,10 @@ class Router:
             body = await _read_limited(request, self.cfg.max_request_bytes)
         except _TooLarge:
             return responses.plain(413, "Request body too large.")
-        envelope = self._envelope(request, url, target, request_id, host, body, started, client_ip, scheme, user)
+        envelope = self._envelope(request, fields, url, target, request_id, host, body, started, client_ip, scheme,
+                                  user)
         if platform == "cron":
-            envelope.headers.add(name="X-AppEngine-Cron", value="true")  # only cron_svc's requests carry it
+            envelope.headers.add(name="X-AppEngine-Cron", value=b"true")  # only cron_svc's requests carry it
         bodies = self.bodies(target.app_id)
         if not bodies.fits_inline(len(body)):
             envelope.body_object = await bodies.put(f"req-{request_id}", body)
@@ -171,11 +176,17 @@ class Router:
                 resp.body = b"x" * (self.cfg.max_response_bytes + 1)  # becomes the empty 500 below
             else:
                 resp.body = await bodies.take(resp.body_object)
-        out = responses.build(resp, request, max_bytes=self.cfg.max_response_bytes)
+        try:
+            out = responses.build(resp, request, max_bytes=self.cfg.max_response_bytes)
+        except responses.BadResponseHeaderError as exc:
+            log.error("app %s version %s (instance %s, request %s): %s; answering 500", target.app_id,
+                      target.version_id, resp.instance_id, request_id, exc)
+            resp.status = 500
+            out = await self._error_page(version, None, 500, "The app's response could not be sent.")
         if user is not None and user.is_admin:
             out.headers.update(responses.usage_headers(time.time() - started, resp.cpu_micros,
                                                        self.cfg.instance_hour_usd))
-        await self._publish_log(envelope, resp, started, out.content_length or 0, request)
+        await self._publish_log(envelope, resp, started, out.content_length or 0, url, fields)
         return out
 
     async def _apply_handler(self, request: web.Request, url: paths.Target, host: hosts.Host, version: Version,
@@ -239,6 +250,8 @@ class Router:
         forwarded = [a.strip() for a in request.headers.get("X-Forwarded-For", "").split(",") if a.strip()]
         client = peer
         for address in reversed(forwarded):
+            if not _is_address(address):
+                break  # not an address: the chain is broken here, the last hop we could read is the client
             client = address
             if not self._is_trusted(address):
                 break
@@ -264,9 +277,9 @@ class Router:
         return _signed_caller(request, host, self.cfg.inbound_secret.get(), auth.INBOUND_APP_HEADER,
                               auth.INBOUND_SIGNATURE_HEADER, auth.verify_inbound)
 
-    def _envelope(self, request: web.Request, url: paths.Target, target: hosts.Target, request_id: str,
-                  host: hosts.Host, body: bytes, started: float, client_ip: str, scheme: str,
-                  user: http_pb2.SignedInUser | None) -> http_pb2.HttpRequest:
+    def _envelope(self, request: web.Request, fields: list[tuple[str, str]], url: paths.Target,
+                  target: hosts.Target, request_id: str, host: hosts.Host, body: bytes, started: float,
+                  client_ip: str, scheme: str, user: http_pb2.SignedInUser | None) -> http_pb2.HttpRequest:
         # The app sees the path the router matched (normalised, see router.paths) and the query as sent.
         env = http_pb2.HttpRequest(
             request_id=request_id, app_id=target.app_id, version_id=target.version_id,
@@ -286,25 +299,27 @@ class Router:
         # A trusted proxy's forwarding headers were consumed by _client(); the app sees the result.
         consumed = ("x-forwarded-for", "x-forwarded-proto") if self._is_trusted(request.remote or "") else ()
         # The app never sees the router's cookies (the session) nor any header it could take for the router's.
-        for name, value in headers.from_client(cookies.forwardable(request.headers.items()), consumed=consumed):
-            env.headers.add(name=name, value=value)
+        for name, value in headers.from_client(cookies.forwardable(fields), consumed=consumed):
+            env.headers.add(name=name, value=httpfields.wire(value))
         # Only the router's own headers from here on (they pass no filter: the router vouches for them).
         caller = self._inbound_app(request, host)
         if caller:
-            env.headers.add(name=auth.INBOUND_APP_HEADER, value=caller)
-        env.headers.add(name="Host", value=host.raw)
-        env.headers.add(name="X-AppEngine-Request-Log-Id", value=request_id)
+            env.headers.add(name=auth.INBOUND_APP_HEADER, value=caller.encode())
+        env.headers.add(name="Host", value=host.raw.encode())
+        env.headers.add(name="X-AppEngine-Request-Log-Id", value=request_id.encode())
         for name, value in self.geo.headers(client_ip).items():
-            env.headers.add(name=name, value=value)
+            env.headers.add(name=name, value=value.encode())
         return env
 
     async def _publish_log(self, env: http_pb2.HttpRequest, resp: http_pb2.HttpResponse, started: float,
-                     size: int, request: web.Request) -> None:
+                           size: int, url: paths.Target, fields: list[tuple[str, str]]) -> None:
+        # Client text as the app saw it (ISO-8859-1 from the bytes sent): always valid in a proto string.
+        sent = {name.lower(): value for name, value in fields}
         record = logs_pb2.RequestLog(
             app_id=env.app_id, version_id=env.version_id, request_id=env.request_id, ip=env.remote_addr,
-            method=env.method, resource=request.path_qs, http_version=env.protocol, status=resp.status,
-            response_size=size, referrer=request.headers.get("Referer", ""),
-            user_agent=request.headers.get("User-Agent", ""), host=env.host, instance_id=resp.instance_id,
+            method=env.method, resource=url.wire_path + (f"?{url.query}" if url.query else ""),
+            http_version=env.protocol, status=resp.status, response_size=size, referrer=sent.get("referer", ""),
+            user_agent=sent.get("user-agent", ""), host=env.host, instance_id=resp.instance_id,
             was_loading_request=resp.loading_request, finished=True, app_logs=resp.app_logs,
             nickname=env.user.email.split("@")[0] if env.user.email else "")
         record.start_time.FromNanoseconds(int(started * 1e9))
@@ -343,6 +358,14 @@ def _refuse_inbound_mail(platform: str | None, version: Version | None) -> web.R
     if version is not None and "mail" not in version.config.inbound_services:
         return responses.plain(403, "This app does not receive mail (add 'inbound_services: [mail]' to app.yaml).")
     return None
+
+
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _switch_scheme(host: hosts.Host, url: paths.Target, scheme: str, code: int | None) -> web.Response:
@@ -385,9 +408,11 @@ async def serve(cfg: RouterConfig) -> None:
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
     # keepalive_timeout closes connections with no complete request for that long; the header deadline closes
-    # slow-header (slowloris) clients sooner (router.connections).
+    # slow-header (slowloris) clients sooner, the body rate slow-body ones (router.connections).
+    body_rate = connections.BodyRate(grace_seconds=cfg.body_grace_seconds,
+                                     min_bytes_per_second=cfg.body_min_bytes_per_second)
     listener = await connections.listen(runner, cfg.listen.host, cfg.listen.port,
-                                        header_timeout=cfg.header_timeout_seconds,
+                                        header_timeout=cfg.header_timeout_seconds, body_rate=body_rate,
                                         access_log=None, keepalive_timeout=cfg.idle_timeout_seconds)
     bound = listener.sockets[0].getsockname()
     address = f"{bound[0]}:{bound[1]}"

@@ -56,6 +56,12 @@ class RouterConfig:
     header_timeout_seconds: float = field(20.0, "close connections whose request headers are not complete within "
                                                 "this time of their first byte (slowloris; 408 when nothing else "
                                                 "is being answered on the connection); 0: no deadline")
+    body_grace_seconds: float = field(20.0, "a request body may take this long, plus one second for every "
+                                            "body_min_bytes_per_second bytes received; a slower client gets 408 "
+                                            "and is closed (as Apache's mod_reqtimeout body=20,MinRate=500); "
+                                            "0: no limit")
+    body_min_bytes_per_second: float = field(500.0, "the minimum rate a request body must keep after the grace "
+                                                    "period (see body_grace_seconds)")
     pending_timeout_seconds: float = field(10.0, "how long a request to an app's default version waits for an "
                                                  "instance while none is serving (one starting or being replaced)")
     request_timeout_seconds: float = field(70.0, "how long to wait for an instance's answer")
@@ -69,8 +75,10 @@ class RouterConfig:
                 app, sep, version = item.partition("=")
                 if not sep or not app or not version:
                     raise ValueError(f"{name}: expected app=version, got {item!r}")
-        if self.header_timeout_seconds < 0 or self.idle_timeout_seconds < 0:
-            raise ValueError("header_timeout_seconds, idle_timeout_seconds: must not be negative")
+        if self.header_timeout_seconds < 0 or self.idle_timeout_seconds < 0 or self.body_grace_seconds < 0:
+            raise ValueError("header_timeout_seconds, idle_timeout_seconds, body_grace_seconds: must not be negative")
+        if not self.body_min_bytes_per_second > 0:
+            raise ValueError("body_min_bytes_per_second: must be more than 0")
         if self.max_request_bytes < 0 or self.max_response_bytes < 0:
             raise ValueError("max_request_bytes, max_response_bytes: must not be negative")
         if not self.session_secret:

@@ -9,6 +9,18 @@ connection's opening for the first request): when it passes before the headers
 are complete, the router answers 408 (if no response is under way on the
 connection) and closes it.
 
+A client may equally hold a connection (and the router's handler, which waits
+for the body before it asks the app) by sending complete headers and then the
+body a few bytes at a time. So request bodies must arrive at a minimum rate,
+as Apache's mod_reqtimeout ``body=20,MinRate=500`` has it: the body may take
+``body_grace_seconds``, plus one second for every ``body_min_bytes_per_second``
+bytes received. A client slower than that gets 408 (:class:`SlowBodyError`,
+turned into the answer by :func:`track`, whichever handler was reading) and the
+connection is closed. A fast upload earns time as it goes, so any size within
+``max_request_bytes`` passes; time the router itself does not read (aiohttp
+pauses reading while the handler has not consumed what arrived) does not count
+against the client.
+
 The router learns that a request's headers are complete when aiohttp hands
 the request to it (:func:`track`), and that the connection waits for the next
 request when the handler returns.
@@ -22,11 +34,14 @@ no version of Python or aiohttp is revealed.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiohttp import web
+from aiohttp import streams, web
 from aiohttp.web_protocol import RequestHandler
+
+from router import responses
 
 SERVER = "kiln"
 _TIMEOUT_TEXT = b"The request headers did not arrive in time.\n"
@@ -34,16 +49,33 @@ _TIMEOUT_RESPONSE = (b"HTTP/1.1 408 Request Timeout\r\nServer: kiln\r\nConnectio
                      b"Content-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s" % (len(_TIMEOUT_TEXT), _TIMEOUT_TEXT))
 
 
+class SlowBodyError(Exception):
+    """The request body arrived slower than the minimum rate (raised where the handler reads it)."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BodyRate:
+    """The minimum transfer rate of request bodies (see module docstring); ``grace_seconds`` 0: none."""
+
+    grace_seconds: float
+    min_bytes_per_second: float
+
+
 class Connection(RequestHandler):
     """One client connection (see module docstring)."""
 
     def __init__(self, manager: web.Server, *, loop: asyncio.AbstractEventLoop, header_timeout: float,
-                 **kwargs: Any) -> None:
+                 body_rate: BodyRate, **kwargs: Any) -> None:
         super().__init__(manager, loop=loop, **kwargs)
         self._header_timeout = header_timeout
         self._header_timer: asyncio.TimerHandle | None = None
         self._between_requests = True  # waiting for a request's first byte, or reading its headers
         self._served = 0
+        self._body_rate = body_rate
+        self._body: streams.StreamReader | None = None  # the body being received, while it is watched
+        self._body_started = 0.0  # when it started; moved on by the time the router paused reading
+        self._body_timer: asyncio.TimerHandle | None = None
+        self._paused_at: float | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -56,7 +88,19 @@ class Connection(RequestHandler):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._stop_header_timer()
+        self._stop_body_timer()
         super().connection_lost(exc)
+
+    def pause_reading(self) -> None:
+        if self._paused_at is None:
+            self._paused_at = self._loop.time()
+        super().pause_reading()
+
+    def resume_reading(self, resume_parser: bool = True) -> None:
+        if self._paused_at is not None:
+            self._body_started += self._loop.time() - self._paused_at  # the router's wait, not the client's
+            self._paused_at = None
+        super().resume_reading(resume_parser)
 
     def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:
@@ -65,15 +109,45 @@ class Connection(RequestHandler):
         response.headers["Server"] = SERVER
         return response
 
-    def headers_complete(self) -> None:
-        """A request's headers have arrived (its handler starts)."""
+    def headers_complete(self, body: streams.StreamReader) -> None:
+        """A request's headers have arrived (its handler starts); ``body`` is still to come."""
         self._between_requests = False
         self._stop_header_timer()
+        if self._body_rate.grace_seconds > 0 and not body.is_eof():
+            self._body = body
+            self._body_started = self._loop.time()
+            self._body_timer = self._loop.call_at(self._body_deadline(), self._check_body)
 
     def request_done(self) -> None:
         """The handler returned: the next bytes start the next request."""
         self._between_requests = True
         self._served += 1
+        self._stop_body_timer()
+
+    def _body_deadline(self) -> float:
+        assert self._body is not None
+        earned = self._body.total_bytes / self._body_rate.min_bytes_per_second
+        return self._body_started + self._body_rate.grace_seconds + earned
+
+    def _check_body(self) -> None:
+        """At the body's deadline (as it was when set): fail the body if the client has not earned more time."""
+        self._body_timer = None
+        body = self._body
+        if body is None or body.is_eof():
+            return
+        now = self._loop.time()
+        deadline = self._body_deadline() if self._paused_at is None else now + self._body_rate.grace_seconds
+        if now < deadline:
+            self._body_timer = self._loop.call_at(deadline, self._check_body)
+            return
+        body.set_exception(SlowBodyError(f"the request body arrived slower than "
+                                         f"{self._body_rate.min_bytes_per_second:g} bytes a second"))
+
+    def _stop_body_timer(self) -> None:
+        self._body = None
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
 
     def _start_header_timer(self) -> None:
         if self._header_timeout > 0:
@@ -103,9 +177,13 @@ async def track(request: web.Request, handler: Handler) -> web.StreamResponse:
     connection = transport.get_protocol() if transport is not None else None
     if not isinstance(connection, Connection):
         return await handler(request)
-    connection.headers_complete()
+    connection.headers_complete(request.content)
     try:
         return await handler(request)
+    except SlowBodyError as exc:
+        answer = responses.plain(408, f"Request timeout: {exc}.")
+        answer.force_close()  # the rest of the body may still come, slowly: never wait for it
+        return answer
     finally:
         connection.request_done()
 
@@ -115,7 +193,7 @@ async def server_header(request: web.Request, response: web.StreamResponse) -> N
     response.headers["Server"] = SERVER
 
 
-async def listen(runner: web.AppRunner, host: str, port: int, *, header_timeout: float,
+async def listen(runner: web.AppRunner, host: str, port: int, *, header_timeout: float, body_rate: BodyRate,
                  **handler_options: Any) -> asyncio.Server:
     """Accept connections for ``runner``'s application on ``host:port`` (after ``runner.setup()``).
 
@@ -126,5 +204,5 @@ async def listen(runner: web.AppRunner, host: str, port: int, *, header_timeout:
     assert manager is not None, "runner.setup() first"
     loop = asyncio.get_running_loop()
     return await loop.create_server(
-        lambda: Connection(manager, loop=loop, header_timeout=header_timeout, **handler_options), host, port,
-        reuse_address=True)
+        lambda: Connection(manager, loop=loop, header_timeout=header_timeout, body_rate=body_rate, **handler_options),
+        host, port, reuse_address=True)

@@ -20,6 +20,21 @@ the rule is decided on that CGI form, never on the name as written:
 
 The runtime applies the same name rule when it builds the environ
 (:mod:`runtime.wsgi`), so it holds end to end.
+
+Values are bytes (:mod:`kiln_platform.httpfields`): the router reads them from
+the request's raw header lines (:func:`received`) as ISO-8859-1 text, so every
+byte a client may send (aiohttp refuses controls with 400) reaches the app as
+sent, and nothing a client sends can fail to fit the envelope.
+
+Fields that hold one value (:data:`SINGLE`) are refused with 400 when repeated
+(:func:`repeated_single`): a second ``Authorization`` or ``Origin`` means the
+router, a proxy in front of it and the app could each believe another one.
+aiohttp's parser refuses some of these first (a repeated ``Content-Type`` or
+``User-Agent`` in one spelling), and a repeated ``Content-Length`` (even with
+equal values), a list in it, and ``Content-Length`` with ``Transfer-Encoding``;
+:mod:`router.hosts` refuses a repeated ``Host``. ``Set-Cookie`` is a response
+header and is dropped from requests. A repeated ``Cookie`` is joined with ``; ``
+by the runtime (:mod:`runtime.wsgi`), every other repeated header with ``,``.
 """
 
 from __future__ import annotations
@@ -27,9 +42,16 @@ from __future__ import annotations
 import re
 from collections.abc import Collection, Iterable
 
+from kiln_platform import httpfields
+
 # App Engine removes these from requests before they reach the app.
 REQUEST_DROP = frozenset({"accept-encoding", "connection", "keep-alive", "proxy-authorization", "te",
-                          "trailer", "transfer-encoding", "upgrade", "host", "content-length", "proxy"})
+                          "trailer", "transfer-encoding", "upgrade", "host", "content-length", "proxy",
+                          "set-cookie"})
+# Fields with one value (RFC 9110: not lists), compared in CGI form; Host and Content-Length are checked elsewhere.
+SINGLE = frozenset({"authorization", "content-type", "content-range", "content-location", "content-md5", "origin",
+                    "referer", "user-agent", "range", "if-range", "if-modified-since", "if-unmodified-since",
+                    "max-forwards", "from"})
 # Only the router writes headers under these prefixes (compared in CGI form: "_" read as "-", case folded).
 PROTECTED_PREFIXES = ("x-appengine-", "x-kiln-")
 NAME = re.compile(r"[A-Za-z0-9-]+")
@@ -56,3 +78,20 @@ def from_client(headers: Iterable[tuple[str, str]], *, consumed: Collection[str]
             continue
         kept.append((name, value))
     return kept
+
+
+def received(raw_headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+    """A request's header lines (aiohttp's ``raw_headers``) as ISO-8859-1 text: every byte kept, in order."""
+    return [(httpfields.text(name), httpfields.text(value)) for name, value in raw_headers]
+
+
+def repeated_single(headers: Iterable[tuple[str, str]]) -> str | None:
+    """The name of a one-value field (:data:`SINGLE`) the request has more than once, or ``None``."""
+    seen: set[str] = set()
+    for name, _ in headers:
+        canonical = cgi_form(name)
+        if canonical in SINGLE:
+            if canonical in seen:
+                return name
+            seen.add(canonical)
+    return None

@@ -3,8 +3,14 @@
 - Hop-by-hop and front-end-owned headers are dropped (``Connection``,
   ``Content-Encoding``, ``Content-Length``, ``Date``, ``Keep-Alive``,
   ``Proxy-Authenticate``, ``Server``, ``Trailer``, ``Transfer-Encoding``,
-  ``Upgrade``), as are headers whose name or value is not printable ASCII (so
-  an app cannot inject headers or split the response with CR/LF).
+  ``Upgrade``).
+- A header HTTP cannot carry (a name that is not a token, a value with CR, LF,
+  NUL or another control, non-ASCII bytes that are not UTF-8:
+  :mod:`kiln_platform.httpfields`) makes the whole response a 500, with a log
+  line (:class:`BadResponseHeaderError`), so an app can neither inject headers
+  nor split the response, and no header is silently changed. The runtime applies
+  the same rule first, so an app's own request log says why; the router checks
+  again because it trusts no runtime. Values are sent as the app's bytes.
 - ``Content-Type`` defaults to ``text/html``; ``Date`` and ``Server`` are set;
   ``Content-Length`` is computed.
 - A response that sets a cookie gets ``Cache-Control: private`` unless the app
@@ -24,17 +30,16 @@ from __future__ import annotations
 
 import email.utils
 import gzip
-import re
 import time
 
 from aiohttp import web
 
 from kiln.pb.runtime.v1 import http_pb2
+from kiln_platform import httpfields
 from router import cookies
 
 RESPONSE_DROP = frozenset({"connection", "content-encoding", "content-length", "date", "keep-alive",
                            "proxy-authenticate", "server", "trailer", "transfer-encoding", "upgrade"})
-_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _STRICT_CACHE = ("private", "no-cache", "no-store")
 _TEXT_TYPES = ("text/", "application/json", "application/javascript", "application/x-javascript",
                "application/xml", "application/xhtml+xml", "application/rss+xml", "application/atom+xml",
@@ -42,23 +47,26 @@ _TEXT_TYPES = ("text/", "application/json", "application/javascript", "applicati
 GZIP_MIN_BYTES = 64
 
 
-def _printable(value: str) -> bool:
-    return value.isascii() and all(" " <= c <= "~" or c == "\t" for c in value)
+class BadResponseHeaderError(ValueError):
+    """The app's response has a header that cannot be sent; the message names it (for the log, not the client)."""
 
 
 def build(resp: http_pb2.HttpResponse, request: web.Request, *, max_bytes: int) -> web.Response:
-    """The HTTP response for an app's answer (see module docstring)."""
+    """The HTTP response for an app's answer (see module docstring), or :class:`BadResponseHeaderError`."""
     if len(resp.body) > max_bytes:
         return web.Response(status=500, body=b"", headers=_front_end_headers())
     headers: list[tuple[str, str]] = []
     for header in resp.headers:
-        if not _TOKEN.match(header.name) or not _printable(header.value):
-            continue
+        problem = httpfields.response_problem(header.name, header.value)
+        if problem is not None:
+            raise BadResponseHeaderError(f"the app's response header cannot be sent: {problem}")
         if header.name.lower() in RESPONSE_DROP:
             continue
-        if header.name.lower() == "set-cookie" and cookies.sets_router_cookie(header.value):
+        # Checked above: ASCII or UTF-8, which aiohttp writes back as exactly these bytes.
+        value = header.value.decode("utf-8")
+        if header.name.lower() == "set-cookie" and cookies.sets_router_cookie(value):
             continue
-        headers.append((header.name, header.value))
+        headers.append((header.name, value))
     lowered = {name.lower(): value for name, value in headers}
     if "content-type" not in lowered:
         headers.append(("Content-Type", "text/html"))

@@ -210,7 +210,13 @@ def safe_continue(request: web.Request, target: str | None) -> str:
     path = parts.path if parts.path.startswith("/") else "/"
     if path.startswith("//") or "\\" in path:
         return "/"
-    return path + (f"?{parts.query}" if parts.query else "")
+    # ``continue`` arrives decoded: what is not a URL character (CR, LF, spaces, non-ASCII) is encoded again, so
+    # it can never end or split the Location header it goes into.
+    query = f"?{urllib.parse.quote(parts.query, safe=_URL_SAFE)}" if parts.query else ""
+    return urllib.parse.quote(path, safe=_URL_SAFE) + query
+
+
+_URL_SAFE = "/!$&'()*+,;=:@-._~%?"
 
 
 async def login(request: web.Request, sessions: Sessions, *, app: str, dev: bool) -> web.Response:
@@ -220,9 +226,13 @@ async def login(request: web.Request, sessions: Sessions, *, app: str, dev: bool
                             content_type="text/plain")
     destination = safe_continue(request, request.query.get("continue"))
     if request.method == "POST":
-        form = await request.post()
-        email = str(form.get("email", "")).strip()
-        if not email or "@" not in email or any(c in email for c in "\r\n;, "):
+        try:
+            form = await request.post()
+        except (UnicodeDecodeError, LookupError):  # bytes that are not the form's charset, or no such charset
+            return web.Response(status=400, text="The form is not text in its charset.\n", content_type="text/plain")
+        email = form.get("email", "")
+        email = email.strip() if isinstance(email, str) else ""
+        if not email or "@" not in email or not email.isprintable() or any(c in email for c in "\r\n;, "):
             return web.Response(status=400, text="A valid email address is required.\n", content_type="text/plain")
         response = redirect(destination)
         sessions.set_cookie(response, sessions.start(app, email, form.get("admin") == "True"),

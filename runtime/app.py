@@ -38,11 +38,13 @@ from kiln.pb.logs.v1 import logs_pb2
 from kiln.pb.runtime.v1 import events_pb2, http_pb2
 from runtime import httpfetch, isolation, sandbox
 from runtime.config import RuntimeConfig
-from runtime.wsgi import CgiScript, InstanceInfo, WsgiApp, build_environ, call_app
+from runtime.wsgi import BadResponseHeaderError, CgiScript, InstanceInfo, WsgiApp, build_environ, call_app
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_CONCURRENT = 10
+# Looked up once, here: the sandbox refuses ctypes symbol lookups on request threads, where it is also called.
+_SET_ASYNC_EXC = ctypes.pythonapi.PyThreadState_SetAsyncExc
 
 
 class AppLoader:
@@ -113,7 +115,8 @@ class Instance:
         self._bodies: bus.BodyStore | None = None
         self._nc: Client | None = None
         self.subscriptions: list[Subscription] = []
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=limit, thread_name_prefix="request")
+        # Request threads run app code: the sandbox knows them by name, from the moment they start.
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=limit, thread_name_prefix=sandbox.APP_THREADS)
         self._loader = AppLoader(str(cfg.app_dir.resolve()), app_config)
         self._tasks: set[asyncio.Task[None]] = set()
         self._loaded = False
@@ -156,14 +159,15 @@ class Instance:
         kiln_runtime.allow_background_threads(
             self.app_config.manual_scaling is not None or self.app_config.basic_scaling is not None)
         httpfetch.install()  # urllib and http.client go through URL Fetch, as on App Engine
-        sandbox.install(app_dirs, library_dirs)
+        sandbox.install(app_dirs, library_dirs,
+                        [pathlib.Path(p) for p in self.cfg.private_dirs.split(os.pathsep) if p])
 
     async def warm_up(self) -> None:
         """App Engine's warmup request: ``GET /_ah/warmup`` before the instance takes traffic."""
         req = http_pb2.HttpRequest(request_id=uuid.uuid4().hex, app_id=self.app_id, version_id=self.version_id,
                                    method="GET", scheme="http", host=self.cfg.default_hostname.split(":")[0],
                                    path="/_ah/warmup", protocol="HTTP/1.1", remote_addr="0.1.0.3")
-        req.headers.add(name="X-AppEngine-Request-Log-Id", value=req.request_id)
+        req.headers.add(name="X-AppEngine-Request-Log-Id", value=req.request_id.encode())
         resp = await self._serve(req.SerializeToString())
         log.info("warmup request answered %d", resp.status)
 
@@ -303,8 +307,7 @@ class Instance:
         with self._running_lock:
             ident = self._running.get(request_id)
             if ident is not None:
-                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident),
-                                                           ctypes.py_object(kiln_runtime.DeadlineExceededError))
+                _SET_ASYNC_EXC(ctypes.c_ulong(ident), ctypes.py_object(kiln_runtime.DeadlineExceededError))
 
     def _deadline_error(self, req: http_pb2.HttpRequest) -> http_pb2.HttpResponse:
         resp = _error(500, f"request exceeded its {self.cfg.request_deadline_seconds:g} s deadline",
@@ -325,7 +328,7 @@ class Instance:
             with self._running_lock:
                 self._running.pop(req.request_id, None)
                 # An interruption not delivered yet must not land in the runtime's own code.
-                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), None)
+                _SET_ASYNC_EXC(ctypes.c_ulong(ident), None)
 
     def _call(self, req: http_pb2.HttpRequest) -> http_pb2.HttpResponse:
         app = self._loader.resolve(urllib.parse.unquote(req.path))
@@ -337,6 +340,11 @@ class Instance:
         try:
             with kiln_runtime.serving(environ, lines):
                 resp = app(environ) if isinstance(app, CgiScript) else call_app(app, environ)
+        except BadResponseHeaderError as exc:
+            # The app's mistake, said once, plainly, where its owner reads (its request log) and in the instance's.
+            lines.append((time.time(), logging.ERROR, f"{exc}; the client gets 500"))
+            resp = _error(500, "the app's response had a header HTTP cannot carry", self.cfg.instance_id)
+            log.error("%s %s: %s; answering 500", req.method, req.path, exc)
         except Exception as exc:
             # The app's traceback belongs in its request log as well as the instance's.
             lines.append((time.time(), logging.ERROR, "uncaught exception:\n" + traceback.format_exc()))
@@ -371,7 +379,7 @@ def _error(status: int, reason: str, instance_id: str, public: str | None = None
     body = public or {400: "Bad Request", 500: "Internal Server Error"}.get(status, "Error")
     resp = http_pb2.HttpResponse(status=status, body=f"<html><body><h1>{status} {body}</h1></body></html>".encode(),
                                  runtime_error=reason, instance_id=instance_id)
-    resp.headers.add(name="Content-Type", value="text/html; charset=utf-8")
+    resp.headers.add(name="Content-Type", value=b"text/html; charset=utf-8")
     return resp
 
 

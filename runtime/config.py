@@ -38,6 +38,8 @@ class RuntimeConfig(GrpcServiceConfig):
     library_path: str = field("", "directories of the platform libraries app.yaml selected (os.pathsep-separated; "
                                   "runtime.manager installs them)")
     requirements_path: str = field("", "directory of the packages of the version's requirements.txt")
+    private_dirs: str = field("", "directories app code may not read, os.pathsep-separated: kiln's run and data "
+                                  "directories (runtime.manager sets them)")
     nats_url: str = field(DEFAULT_URL, "NATS server URL(s), comma-separated")
     nats_socket: str = field("", "a Unix socket that reaches NATS, for an instance without a network of its own: "
                                  "the instance listens on its loopback and forwards there (runtime.manager sets it)")

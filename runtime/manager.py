@@ -34,7 +34,7 @@ import time
 import uuid
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 
-from kiln_platform import appyaml, auth, bus, forward, natsauth
+from kiln_platform import appyaml, auth, bus, forward, handover, natsauth
 from kiln_platform import log as kiln_log
 from kiln.errors import ConfigError
 from kiln.pb.runtime.v1 import events_pb2
@@ -380,13 +380,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("usage: python -m runtime.manager [OPTIONS] -- RUNTIME_ARGS...", file=sys.stderr)
         return 2
     split = argv.index("--")
+    environ = handover.receive(os.environ)  # the secrets kiln dev handed over through a pipe, never the environment
     parser = argparse.ArgumentParser(prog="python -m runtime.manager", description=__doc__.split("\n\n")[0],
-                                     epilog="The service secret comes from KILN_MANAGER_SERVICE_SECRET; instances get "
-                                            "only their app's token.")
+                                     epilog="The service secret comes from KILN_MANAGER_SERVICE_SECRET (in the "
+                                            "environment, or handed over through the pipe KILN_SECRETS_FD names); "
+                                            "instances get only their app's token.")
     parser.add_argument("--app-dir", required=True, type=pathlib.Path, help="the version's directory (app.yaml)")
     parser.add_argument("--app-id", required=True)
     parser.add_argument("--version-id", required=True)
-    parser.add_argument("--nats-url", default=os.environ.get("KILN_MANAGER_NATS_URL", ""),
+    parser.add_argument("--nats-url", default=environ.get("KILN_MANAGER_NATS_URL", ""),
                         help="the platform's NATS URL (default: KILN_MANAGER_NATS_URL, where credentials are kept "
                              "off the command line)")
     parser.add_argument("--run-dir", required=True, type=pathlib.Path, help="where instance logs and files go")
@@ -421,7 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     args.cache_dir.chmod(0o700)  # libraries and requirements installed for apps
     try:
-        manager = build(args, argv[split + 1:], os.environ)
+        manager = build(args, argv[split + 1:], environ)
     except (ConfigError, OSError) as exc:
         log.error("%s", exc)
         return 2
@@ -475,8 +477,12 @@ def build(args: argparse.Namespace, extra_runtime_args: Sequence[str], environ: 
         isolation.share(staged, uid)
         app_dir = staged / "app"
         rlimits["nproc"] = APP_PROCESSES
+    # kiln's own files (the run directory; kiln dev's data directory, which may lie inside the app's) are not
+    # the app's to read.
+    private = os.pathsep.join(str(d.resolve()) for d in [args.run_dir, *args.stage_exclude])
     runtime_args = ["--app-dir", str(app_dir), "--app-id", args.app_id, "--version-id", args.version_id,
-                    "--memory-limit-mb", str(memory_mb), *environment.runtime_args(), *extra_runtime_args]
+                    "--memory-limit-mb", str(memory_mb), "--private-dirs", private, *environment.runtime_args(),
+                    *extra_runtime_args]
     forwards: list[forward.UnixToTcp] = []
     sockets = None
     if _private_network(args.network_isolation, mode, args.nats_url):

@@ -5,6 +5,12 @@ request headers as ``HTTP_*``, and App Engine's own variables
 (``APPLICATION_ID``, ``CURRENT_VERSION_ID``, ``INSTANCE_ID``, ``REQUEST_LOG_ID``,
 ``SERVER_SOFTWARE``, ``AUTH_DOMAIN``, ``USER_*``…). The environ is a fresh dict
 per request, so concurrent requests never see each other's values.
+
+Header values arrive as the bytes the client sent and become ISO-8859-1 text
+(PEP 3333); the app's response header values go back as their ISO-8859-1
+bytes, and one HTTP cannot carry (:mod:`kiln_platform.httpfields`) turns the
+response into a 500 (:class:`BadResponseHeaderError`), as gunicorn and waitress
+refuse them.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from kiln.pb.runtime.v1 import http_pb2
+from kiln_platform import httpfields
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +36,14 @@ SERVER_VERSION = "0.1"
 # Header names that become HTTP_* variables: letters, digits and "-". A name with "_" (or anything else) would
 # share a variable with its "-" spelling, so it is dropped here as the router drops it (router.headers).
 _HEADER_NAME = re.compile(r"[A-Za-z0-9-]+")
+# Repeated headers become one variable, joined with "," (RFC 9110 5.3), except Cookie: its pairs are separated by
+# "; " (RFC 6265 5.4; HTTP/2 splits and rejoins it the same way, RFC 9113 8.2.3), and a "," would make two cookies
+# one (``a=1,b=2`` is one cookie ``a`` to every cookie parser).
+_JOINERS = {"COOKIE": "; "}
+
+
+class BadResponseHeaderError(ValueError):
+    """The app answered with a header HTTP cannot carry (:mod:`kiln_platform.httpfields`); the client gets 500."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,13 +100,14 @@ def build_environ(req: http_pb2.HttpRequest, info: InstanceInfo) -> dict[str, An
         if not _HEADER_NAME.fullmatch(header.name):
             continue
         name = header.name.upper().replace("-", "_")
+        value = httpfields.text(header.value)  # the bytes as sent, one character each (PEP 3333)
         if name == "CONTENT_TYPE":
-            environ["CONTENT_TYPE"] = header.value
+            environ["CONTENT_TYPE"] = value  # the router refuses a request with two
         elif name == "CONTENT_LENGTH":
             continue  # recomputed from the body below: the body is authoritative
         else:
             key = "HTTP_" + name
-            environ[key] = f"{environ[key]},{header.value}" if key in environ else header.value
+            environ[key] = f"{environ[key]}{_JOINERS.get(name, ',')}{value}" if key in environ else value
     environ["CONTENT_LENGTH"] = str(len(req.body))
     environ.setdefault("CONTENT_TYPE", "")
     return environ
@@ -123,8 +139,21 @@ def call_app(app: WsgiApp, environ: dict[str, Any]) -> http_pb2.HttpResponse:
     code = int(str(state["status"]).split(" ", 1)[0])
     resp = http_pb2.HttpResponse(status=code, body=b"".join(chunks))
     for name, value in state["headers"]:
-        resp.headers.add(name=str(name), value=str(value))
+        _add_header(resp, str(name), str(value))
     return resp
+
+
+def _add_header(resp: http_pb2.HttpResponse, name: str, value: str) -> None:
+    """Add the app's header ``name: value`` (ISO-8859-1 text, PEP 3333), or :class:`BadResponseHeaderError`."""
+    try:
+        raw = httpfields.wire(value)
+    except UnicodeEncodeError:
+        raise BadResponseHeaderError(f"the app's response header {name[:80]!r} has a value that is not ISO-8859-1 "
+                                     f"text (PEP 3333: encode it, e.g. RFC 8187 for file names)") from None
+    problem = httpfields.response_problem(name, raw)
+    if problem is not None:
+        raise BadResponseHeaderError(f"the app's response header cannot be sent: {problem}")
+    resp.headers.add(name=name, value=raw)
 
 
 class CgiScript:
@@ -183,7 +212,7 @@ def parse_cgi_output(raw: bytes) -> http_pb2.HttpResponse:
                 raise ValueError(f"CGI Status header is not a status: {value!r}")
             resp.status = int(code)
         else:
-            resp.headers.add(name=name, value=value)
+            _add_header(resp, name, value)
     if resp.status == 200 and any(h.name.lower() == "location" for h in resp.headers):
         resp.status = 302
     return resp

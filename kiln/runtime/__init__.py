@@ -46,7 +46,10 @@ def request_environ() -> dict[str, Any] | None:
 
 
 def in_app_code() -> bool:
-    """True on a thread running the app's code: serving a request, or one of its background threads."""
+    """True on a thread running the app's code: serving a request, or one of its background threads.
+
+    App code can change what this answers; the sandbox (``runtime.sandbox``) does not ask it.
+    """
     return getattr(_local, "environ", None) is not None or getattr(_local, "background", False)
 
 
@@ -65,8 +68,13 @@ def background_threads_allowed() -> bool:
     return _background_threads_allowed
 
 
+# The runtime's sandbox (runtime.sandbox) treats the thread raising this audit event as running app code from then on.
+_APP_THREAD_EVENT = "kiln.sandbox.app_thread"
+
+
 def mark_background() -> None:
     """Called first on a background thread: it runs app code (the sandbox applies) outside any request."""
+    sys.audit(_APP_THREAD_EVENT)
     _local.background = True
 
 
@@ -80,6 +88,7 @@ def serving(environ: dict[str, Any], logs: list[LogLine] | None = None) -> Itera
     Threads started in the block are joined before it ends; what the request
     logs is appended to ``logs``.
     """
+    sys.audit(_APP_THREAD_EVENT)
     previous = (getattr(_local, "environ", None), getattr(_local, "threads", None), getattr(_local, "logs", None))
     _local.environ = {k: v for k, v in environ.items() if isinstance(v, str)}
     _local.threads = []
@@ -160,6 +169,7 @@ _original_start = threading.Thread.start
 def _start_in_request(self: threading.Thread) -> None:
     """``Thread.start`` that ties the thread to the request starting it (see module docstring)."""
     owned: list[threading.Thread] | None = getattr(_local, "threads", None)
+    self._kiln_start = True  # type: ignore[attr-defined]  # the sandbox lets app code start threads this way only
     environ: dict[str, str] | None = getattr(_local, "environ", None)
     if getattr(self, "kiln_background", False):
         pass  # a background thread belongs to no request

@@ -98,10 +98,9 @@ def app(environ, start_response):
     if path == "/huge":
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [b"x" * 2000000]
-    if path == "/inject":
-        start_response("200 OK", [("X-Good", "fine"), ("X-Bad", "a\r\nSet-Cookie: evil=1"), ("X-Caf\u00e9", "v"),
-                                  ("X-Val", "caf\u00e9"), ("Connection", "close"), ("Server", "app"),
-                                  ("Content-Encoding", "br")])
+    if path == "/front-end-headers":
+        start_response("200 OK", [("X-Good", "fine"), ("Connection", "close"), ("Server", "app"),
+                                  ("Content-Encoding", "br"), ("Set-Cookie", "kiln_login=forged")])
         return [b"ok"]
     if path == "/slow":
         end = time.monotonic() + 8
@@ -141,7 +140,8 @@ def server(tmp_path_factory):
     saved = dict(os.environ)
     os.environ.update({"KILN_ROUTER_GEOIP_DB": str(root / "geo.mmdb"), "KILN_ROUTER_TRUSTED_PROXIES": "127.0.0.2/32",
                        "KILN_ROUTER_MAX_RESPONSE_BYTES": "200000", "KILN_ROUTER_IDLE_TIMEOUT_SECONDS": "2",
-                       "KILN_ROUTER_HEADER_TIMEOUT_SECONDS": "1"})
+                       "KILN_ROUTER_HEADER_TIMEOUT_SECONDS": "1", "KILN_ROUTER_BODY_GRACE_SECONDS": "1",
+                       "KILN_ROUTER_BODY_MIN_BYTES_PER_SECOND": "100"})
     srv = DevServer(DevOptions(app_dir=app_dir, port=0, data_dir=root / "data", request_deadline=1.0))
     try:
         srv.start()
@@ -432,11 +432,10 @@ def test_request_body_over_the_limit_gets_413_without_reaching_the_app(server):
     assert status == 413
 
 
-def test_injected_and_non_ascii_response_headers_are_dropped(server):
-    status, headers, _ = request(server, "/inject")
+def test_front_end_owned_response_headers_and_router_cookies_from_the_app_are_dropped(server):
+    status, headers, _ = request(server, "/front-end-headers")
     assert status == 200
     assert headers["x-good"] == ["fine"]
-    assert "x-bad" not in headers and "x-val" not in headers
     assert "set-cookie" not in headers
     assert headers["server"] == ["kiln"]
     assert "content-encoding" not in headers
@@ -450,6 +449,12 @@ def test_default_content_type_is_text_html_and_date_is_set(server):
 
 # --- hosts in production mode (no kiln dev: a router with a domain, and one runtime) --------------
 
+# Response headers a WSGI app may try that HTTP cannot carry (kiln_platform.httpfields).
+BAD_RESPONSE_HEADERS = [("X-Bad", "a\r\nSet-Cookie: evil=1"), ("X-Bad", "a\nb"), ("X-Bad", "a\rb"), ("X-Bad", "a\x00b"),
+                        ("X-Bad", "\x1b[2J"), ("X-Bad", "caf\u00e9"), ("X-Bad", "\u20ac"), ("X-Caf\u00e9", "v"),
+                        ("X Bad", "v"), ("X-Bad:", "v")]
+
+
 @pytest.fixture(scope="module")
 def production(tmp_path_factory, supervisor, nats_url):
     from kiln_platform.supervisor import python_module
@@ -458,9 +463,20 @@ def production(tmp_path_factory, supervisor, nats_url):
     (app_dir / "app.yaml").write_text("runtime: python27\napi_version: 1\nthreadsafe: true\n"
                                       "handlers:\n- url: /.*\n  script: main.app\n")
     (app_dir / "main.py").write_text(
+        "import json\n"
+        f"BAD_HEADERS = {BAD_RESPONSE_HEADERS!a}\n"
         "def app(environ, start_response):\n"
+        "    path = environ['PATH_INFO']\n"
+        "    if path.startswith('/bad-header/'):\n"
+        "        start_response('200 OK', [('X-Fine', 'yes'), tuple(BAD_HEADERS[int(path.rsplit('/', 1)[1])])])\n"
+        "        return [b'sent']\n"
+        "    if path == '/utf-8-header':\n"
+        "        start_response('200 OK', [('X-Name', 'caf\\u00c3\\u00a9 \\u00e2\\u0082\\u00ac')])\n"
+        "        return [b'sent']\n"
         "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
-        "    if environ['PATH_INFO'] == '/instance':\n"
+        "    if path == '/length':\n"
+        "        return [str(len(environ['wsgi.input'].read())).encode()]\n"
+        "    if path == '/instance':\n"
         "        return [environ['INSTANCE_ID'].encode()]\n"
         "    return [(environ['SERVER_NAME'] + ' ' + environ['CURRENT_VERSION_ID']).encode()]\n")
     run = supervisor.run_dir
@@ -473,10 +489,14 @@ def production(tmp_path_factory, supervisor, nats_url):
     router = supervisor.start("router-hosts", python_module(
         "router", "--listen", "127.0.0.1:0", "--nats-url", nats_url, "--domain", "example.test",
         "--apps", "probe=v1", "--custom-domains", "www.probe.org=probe", "--header-timeout-seconds", "1",
+        "--body-grace-seconds", "1", "--body-min-bytes-per-second", "100",
         "--ready-file", str(run / "router-hosts.addr")), env=env, ready_file=run / "router-hosts.addr")
 
     class Server:
         addresses = {"router": router.address}
+        nats = nats_url
+        router_log = run / "router-hosts.log"
+        runtime_logs = [run / f"runtime-hosts-{n}.log" for n in (1, 2)]
     return Server()
 
 
@@ -839,3 +859,232 @@ def test_names_with_underscores_dots_and_the_proxy_header_are_dropped(server):
                            "X-Custom-Ok: c")[2])
     assert "HTTP_X_CUSTOM" not in seen and "HTTP_X.CUSTOM" not in seen and "HTTP_PROXY" not in seen
     assert seen["HTTP_X_CUSTOM_OK"] == "c"
+
+
+# Header values are bytes: any byte a client may send reaches the app as ISO-8859-1 text (PEP 3333), never a 500.
+
+@pytest.mark.parametrize(("raw", "text"), [
+    (b"\xff", "\xff"), (b"caf\xc3\xa9", "caf\u00c3\u00a9"), (b"caf\xe9", "caf\u00e9"),
+    (b"\x80\x81\xfe\xff", "\x80\x81\xfe\xff"), (b"\xed\xa0\x80", "\xed\xa0\x80"), (b"a\tb \xc3", "a\tb \xc3")])
+def test_header_bytes_that_are_not_utf_8_reach_the_app_exactly_as_iso_8859_1(server, raw, text):
+    status, _, body = _get(server, "/headers", b"X-Foo: " + raw, b"Accept-Language: " + raw)
+    seen = json.loads(body)
+    assert status == 200 and seen["HTTP_X_FOO"] == text and seen["HTTP_ACCEPT_LANGUAGE"] == text
+
+
+@pytest.mark.parametrize("raw", [b"\xff", b"caf\xe9", b"\xc3\xa9", b"\"\xfe\""])
+def test_an_app_cookie_holding_any_bytes_reaches_the_app_beside_a_session(server, raw):
+    session = sign_in(server, "ann@example.com").encode()
+    status, _, body = _get(server, "/headers", b"Cookie: theme=" + raw + b"; " + session + b"; lang=en")
+    assert status == 200 and json.loads(body)["HTTP_COOKIE"] == "theme=" + raw.decode("latin-1") + "; lang=en"
+
+
+@pytest.mark.parametrize("name", [b"Referer", b"User-Agent", b"Cookie", b"Accept", b"Authorization"])
+def test_non_utf_8_bytes_in_headers_the_router_reads_itself_are_not_a_500(server, name):
+    status, _, body = _send(server, b"POST /headers HTTP/1.1\r\nHost: localhost\r\n" + name + b": x\xff\xe9\r\n"
+                                    b"Content-Length: 0\r\n")
+    assert status == 200 and "x\xff\xe9" in json.loads(body).values()
+
+
+@pytest.mark.parametrize("forwarded", [b"\xff", b"81.2.69.160\xff", b"not-an-address", b"81.2.69.160, \xfe\xff"])
+def test_a_forwarded_for_that_is_not_an_address_is_not_believed(server, forwarded):
+    status, _, body = _send(server, b"GET /headers HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: " + forwarded +
+                            b"\r\n")
+    assert status == 200 and json.loads(body)["REMOTE_ADDR"] == "127.0.0.1"
+
+
+@pytest.mark.parametrize("value", [b"a\x00b", b"a\rb", b"a\x01b", b"a\x1b[2Jb", b"a\x7fb", b"a\x0bb"])
+@pytest.mark.parametrize("name", [b"X-Foo", b"Cookie", b"User-Agent"])
+def test_control_characters_in_request_header_values_get_400(server, name, value):
+    status, headers, _ = _get(server, "/headers", name + b": " + value)
+    assert status == 400 and headers["server"] == ["kiln"]
+    assert request(server, "/hello")[0] == 200
+
+
+@pytest.mark.parametrize("target", ["/_ah/logout?continue=/a%00b", "/_ah/logout?continue=/a%0d%0aSet-Cookie:x=1",
+                                    "/_ah/logout?continue=/a%0bb", "/_ah/logout?continue=/%ff%fe",
+                                    "/_ah/logout?continue=/a?q=%00%7f", "/_ah/login?continue=/a%1b"])
+def test_a_continue_target_with_controls_or_odd_bytes_redirects_without_a_500(server, target):
+    status, headers, _ = _get(server, target)
+    assert status in (200, 302)
+    location = "".join(headers.get("location", []))
+    assert location.isascii() and location.isprintable() and "Set-Cookie" not in headers.get("set-cookie", [""])[0]
+
+
+# Several Cookie headers are one cookie list ("; "), never "a=1,b=2"; one-value fields come once.
+
+@pytest.mark.parametrize(("lines", "cookie"), [
+    ([b"Cookie: a=1", b"Cookie: b=2"], "a=1; b=2"),
+    ([b"Cookie: a=1; b=2", b"Cookie: c=3", b"Cookie: d=4"], "a=1; b=2; c=3; d=4"),
+    ([b"cookie: a=1", b"COOKIE: b=2"], "a=1; b=2"),
+])
+def test_several_cookie_headers_reach_the_app_joined_by_semicolons(server, lines, cookie):
+    status, _, body = _get(server, "/headers", *lines)
+    assert status == 200 and json.loads(body)["HTTP_COOKIE"] == cookie
+
+
+def test_the_session_cookie_in_its_own_cookie_header_is_removed_and_the_others_joined(server):
+    session = sign_in(server, "ann@example.com").encode()
+    status, _, body = _get(server, "/headers", b"Cookie: a=1", b"Cookie: " + session, b"Cookie: b=2")
+    assert status == 200 and json.loads(body)["HTTP_COOKIE"] == "a=1; b=2"
+
+
+def test_set_cookie_sent_by_a_client_never_reaches_the_app(server):
+    seen = json.loads(_get(server, "/headers", b"Set-Cookie: a=1", b"set-cookie: b=2", b"X-Ok: 1")[2])
+    assert "HTTP_SET_COOKIE" not in seen and seen["HTTP_X_OK"] == "1"
+
+
+@pytest.mark.parametrize("lines", [
+    [b"Content-Type: text/plain", b"Content-Type: application/json"],
+    [b"Content-Type: text/plain", b"content-type: text/plain"],
+    [b"Authorization: Basic YTpi", b"Authorization: Basic Yzpk"],
+    [b"authorization: Bearer x", b"AUTHORIZATION: Bearer x"],
+    [b"Origin: https://a.test", b"Origin: https://b.test"],
+    [b"Range: bytes=0-1", b"Range: bytes=5-9"],
+    [b"Referer: https://a.test/", b"Referer: https://b.test/"],
+    [b"If-Modified-Since: Sat, 01 Jan 2000 00:00:00 GMT", b"if-modified-since: Sun, 02 Jan 2000 00:00:00 GMT"],
+])
+def test_a_repeated_one_value_header_gets_400(server, lines):
+    status, headers, body = _get(server, "/headers", *lines)
+    assert status == 400 and lines[0].split(b":")[0].lower() in body.lower() and headers["server"] == ["kiln"]
+
+
+@pytest.mark.parametrize("lines", [
+    b"Content-Length: 3\r\nContent-Length: 4\r\n", b"Content-Length: 3\r\nContent-Length: 3\r\n",
+    b"Content-Length: 3, 3\r\n", b"Content-Length: 3\r\nTransfer-Encoding: chunked\r\n",
+    b"Content-Length: +3\r\n", b"Content-Length: 0x3\r\n",
+])
+def test_repeated_listed_or_contradicted_content_lengths_get_400(server, lines):
+    status, headers, _ = _send(server, b"POST /headers HTTP/1.1\r\nHost: localhost\r\n" + lines, b"abcd")
+    assert status == 400 and headers["server"] == ["kiln"]
+    assert request(server, "/hello")[0] == 200
+
+
+# Response headers HTTP cannot carry: the runtime answers 500 and says why in the app's log; the router, which
+# trusts no runtime, checks again.
+
+def _wait_for_line(paths: list[pathlib.Path], needle: str, *, within: float = 20) -> str:
+    end = time.monotonic() + within
+    while time.monotonic() < end:
+        for path in paths:
+            for line in path.read_text(errors="replace").splitlines():
+                if needle in line:
+                    return line
+        time.sleep(0.05)
+    raise AssertionError(f"no log line with {needle!r} in {[p.name for p in paths]}")
+
+
+@pytest.mark.parametrize("index", range(len(BAD_RESPONSE_HEADERS)))
+def test_a_response_header_http_cannot_carry_becomes_a_500_with_a_log_line(production, index):
+    status, headers, body = _get(production, f"/bad-header/{index}", host=b"probe.example.test")
+    assert status == 500 and b"sent" not in body and "x-fine" not in headers and "evil=1" not in str(headers)
+    line = _wait_for_line(production.runtime_logs, f"/bad-header/{index}: the app's response header")
+    assert "answering 500" in line
+    assert request(production, "/", host="probe.example.test")[0] == 200
+
+
+def test_a_response_header_of_utf_8_bytes_reaches_the_client_exactly(production):
+    answer = _raw(production, b"GET /utf-8-header HTTP/1.1\r\nHost: probe.example.test\r\nConnection: close\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200 ") and "X-Name: café €\r\n".encode() in answer
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("X-Bad", b"a\r\nSet-Cookie: evil=1"), ("X-Bad", b"a\nb"), ("X-Bad", b"\x00"), ("X-Bad", b"caf\xe9"),
+    ("X-Bad", b"\xff\xfe"), ("X-Bad", "a\u0085b".encode()), ("X Bad", b"v"), ("X-Caf\u00e9", b"v"),
+    ("Set-Cookie\r\nX-Injected", b"1")])
+async def test_the_router_refuses_bad_response_headers_from_a_hostile_runtime(production, name, value):
+    # An app controls its runtime's process, so it can answer the router with any HttpResponse at all.
+    import asyncio
+    import nats as nats_client
+    from kiln.pb.runtime.v1 import http_pb2
+    nc = await nats_client.connect(production.nats)
+
+    async def answer(msg):
+        resp = http_pb2.HttpResponse(status=200, body=b"sent", instance_id="hostile")
+        resp.headers.add(name="X-Fine", value=b"yes")
+        resp.headers.add(name=name, value=value)
+        await msg.respond(resp.SerializeToString())
+
+    sub = await nc.subscribe("kiln.http.probe.hostile", cb=answer)
+    await nc.flush()
+    try:
+        status, headers, body = await asyncio.to_thread(_get, production, "/", host=b"hostile-dot-probe.example.test")
+    finally:
+        await sub.unsubscribe()
+        await nc.close()
+    assert status == 500 and body != b"sent" and "x-fine" not in headers
+    line = _wait_for_line([production.router_log], "(instance hostile")
+    assert "the app's response header cannot be sent" in line and "answering 500" in line
+    assert request(production, "/", host="probe.example.test")[0] == 200
+
+
+# Slow request bodies: a client must keep a minimum rate (1 s grace, then 100 bytes a second in these fixtures).
+
+def _closed_within(sock, within: float) -> bytes:
+    """Everything the router sends until it closes the connection, or AssertionError after ``within`` seconds."""
+    sock.settimeout(within)
+    answer = b""
+    while chunk := sock.recv(4096):
+        answer += chunk
+    return answer
+
+
+@pytest.mark.parametrize(("head", "start"), [
+    (b"POST /length HTTP/1.1\r\nHost: probe.example.test\r\nContent-Length: 100000\r\n\r\n", b""),
+    (b"POST /length HTTP/1.1\r\nHost: probe.example.test\r\nContent-Length: 100000\r\n\r\n", b"x" * 150),
+    (b"PUT /length HTTP/1.1\r\nHost: probe.example.test\r\nTransfer-Encoding: chunked\r\n\r\n", b"10000\r\n"),
+    (b"POST / HTTP/1.1\r\nHost: probe.example.test\r\nContent-Length: 100000\r\nExpect: 100-continue\r\n\r\n", b""),
+])
+def test_a_client_that_dribbles_its_request_body_gets_408_and_is_closed(production, head, start):
+    with _connect(production) as sock:
+        sock.sendall(head + start)
+        answer = _dribble_until_closed(sock, within=15)
+    assert b"HTTP/1.1 408 " in answer and b"Server: kiln\r\n" in answer and b"bytes a second" in answer
+    assert request(production, "/", host="probe.example.test")[0] == 200
+
+
+def test_a_client_that_sends_headers_and_no_body_gets_408_and_is_closed(production):
+    with _connect(production) as sock:
+        sock.sendall(b"POST /length HTTP/1.1\r\nHost: probe.example.test\r\nContent-Length: 10\r\n\r\n")
+        try:
+            answer = _closed_within(sock, 15)
+        except TimeoutError:
+            raise AssertionError("the router kept a connection with a missing body open for 15 s") from None
+    assert answer.startswith(b"HTTP/1.1 408 ")
+
+
+def test_a_slow_body_to_the_routers_own_sign_in_form_gets_408(server):
+    with _connect(server) as sock:
+        sock.sendall(b"POST /_ah/login HTTP/1.1\r\nHost: localhost\r\n"
+                     b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 5000\r\n\r\nemail=")
+        answer = _dribble_until_closed(sock, within=15)
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert request(server, "/hello")[0] == 200
+
+
+@pytest.mark.parametrize("size", [200_000, 6 * 1024 * 1024])
+def test_big_uploads_at_a_normal_rate_still_reach_the_app(production, size):
+    status, _, body = request(production, "/length", method="POST", body=b"u" * size, host="probe.example.test")
+    assert (status, body) == (200, str(size).encode())
+
+
+def test_a_chunked_upload_sent_in_pieces_reaches_the_app(production):
+    chunks = b"".join(b"%x\r\n%s\r\n" % (1000, b"c" * 1000) for _ in range(50)) + b"0\r\n\r\n"
+    status, _, body = _send(production, b"POST /length HTTP/1.1\r\nHost: probe.example.test\r\n"
+                                        b"Transfer-Encoding: chunked\r\n", chunks)
+    assert (status, body) == (200, b"50000")
+
+
+@pytest.mark.parametrize(("content_type", "form"), [
+    (b"application/x-www-form-urlencoded", b"email=\xff@x.test"),
+    (b"application/x-www-form-urlencoded; charset=no-such-charset", b"email=a@x.test"),
+    (b"multipart/form-data; boundary=B", b"--B\r\nContent-Disposition: form-data; name=\"email\"\r\n\r\n\xff@x.test\r\n"
+                                         b"--B--\r\n"),
+    (b"multipart/form-data; boundary=B", b"--B\r\nContent-Disposition: form-data; name=\"email\"\r\n"
+                                         b"Content-Type: application/octet-stream\r\n\r\na@x.test\r\n--B--\r\n"),
+])
+def test_a_sign_in_form_that_is_not_text_gets_400(server, content_type, form):
+    status, headers, _ = _send(server, b"POST /_ah/login HTTP/1.1\r\nHost: localhost\r\nContent-Type: " +
+                               content_type + b"\r\nContent-Length: %d\r\n" % len(form), form)
+    assert status == 400 and "set-cookie" not in headers
+    assert request(server, "/hello")[0] == 200

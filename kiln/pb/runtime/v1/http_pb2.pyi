@@ -38,14 +38,18 @@ class Header(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     VALUE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """Header name as received (case preserved)."""
-    value: _builtins.str
-    """Header value."""
+    """Header name as received (case preserved): an HTTP token, so ASCII."""
+    value: _builtins.bytes
+    """Header value, the bytes exactly as on the wire (without surrounding
+    whitespace). HTTP header values are bytes, not text: a client may send
+    any byte but controls, and the app reads them as ISO-8859-1 text (PEP
+    3333). Responses: what the app set, encoded ISO-8859-1.
+    """
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
-        value: _builtins.str = ...,
+        value: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -134,9 +138,11 @@ class HttpRequest(_message.Message):
     port: _builtins.int
     """The port the client used."""
     path: _builtins.str
-    """The raw path, percent-encoded as received."""
+    """The normalised path, percent-encoded (ASCII: the router re-encodes it)."""
     query_string: _builtins.str
-    """The raw query string without '?'."""
+    """The raw query string without '?' (ASCII: the router refuses a request
+    target with any other byte).
+    """
     protocol: _builtins.str
     """"HTTP/1.1" etc."""
     remote_addr: _builtins.str
