@@ -36,6 +36,7 @@ import grpc  # noqa: E402
 from deploy import bulkload, bulkload_cli  # noqa: E402
 from kiln_platform import auth  # noqa: E402
 from kiln.pb.datastore.v1 import datastore_pb2_grpc  # noqa: E402
+from kiln_platform.config import CassandraHost  # noqa: E402
 from kiln_platform.supervisor import Supervisor, python_module  # noqa: E402
 
 SECRET = "bench-secret"
@@ -62,8 +63,7 @@ def direct(hosts: str, rows: list[tuple[str, int, datetime.date, str]], batch: i
     from cassandra.cluster import Cluster
     from cassandra.query import BatchStatement, BatchType
 
-    host, _, port = hosts.rpartition(":")
-    cluster = Cluster([host], port=int(port), protocol_version=5)
+    cluster = Cluster([(h.host, h.port) for h in CassandraHost.parse_list(hosts, "--cassandra")], protocol_version=5)
     try:
         session = cluster.connect()
         session.execute("CREATE KEYSPACE IF NOT EXISTS bench_direct WITH replication = "

@@ -36,6 +36,7 @@ import grpc
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from kiln_platform.config import CassandraHost  # noqa: E402
 from kiln_platform.supervisor import Supervisor, python_module  # noqa: E402
 from kiln_platform import auth  # noqa: E402
 from kiln.pb.datastore.v1 import datastore_pb2 as pb  # noqa: E402
@@ -108,8 +109,7 @@ async def bench_direct(hosts: str, ops: int) -> dict[str, float]:
     from cassandra import ConsistencyLevel
     from cassandra.cluster import Cluster
 
-    host, _, port = hosts.rpartition(":")
-    cluster = Cluster([host], port=int(port), protocol_version=5)
+    cluster = Cluster([(h.host, h.port) for h in CassandraHost.parse_list(hosts, "--cassandra")], protocol_version=5)
     session = cluster.connect()
     session.execute("CREATE KEYSPACE IF NOT EXISTS bench_direct WITH replication = "
                     "{'class': 'NetworkTopologyStrategy', 'datacenter1': 1}")

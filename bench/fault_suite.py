@@ -59,7 +59,7 @@ if str(ROOT) not in sys.path:
 
 import grpc  # noqa: E402
 
-from kiln_platform import auth, natsauth  # noqa: E402
+from kiln_platform import auth, cassandra, natsauth  # noqa: E402
 from kiln.pb.datastore.v1 import datastore_pb2, datastore_pb2_grpc  # noqa: E402
 from kiln.pb.logs.v1 import logs_pb2, logs_pb2_grpc  # noqa: E402
 from kiln_platform.supervisor import Child, Supervisor, free_port, nats_server_binary, python_module  # noqa: E402
@@ -441,14 +441,7 @@ class Stack:
             self._drop_keyspace()
 
     def _drop_keyspace(self) -> None:
-        from cassandra.cluster import Cluster
-
-        host, _, port = self.opts.cassandra_hosts.split(",")[0].rpartition(":")
-        cluster = Cluster([host], port=int(port), protocol_version=5)
-        try:
-            cluster.connect().execute(f"DROP KEYSPACE IF EXISTS {self.keyspace}", timeout=60)
-        finally:
-            cluster.shutdown()
+        cassandra.drop_keyspace(self.opts.cassandra_hosts, self.keyspace, setting="--cassandra-hosts")
 
     # checking ---------------------------------------------------------------------------------------------------
     def stored(self, idents: Sequence[int]) -> set[int]:

@@ -73,7 +73,7 @@ async def serve(cfg: CronConfig) -> None:
     if cfg.control_plane:
         from cron_svc.deployed import DeployedJobs
         from kiln_platform.deployclient import VersionSource
-        source = VersionSource(cfg.control_plane, cfg.control_token.get())
+        source = VersionSource(str(cfg.control_plane), cfg.control_token.get())
         follower = asyncio.create_task(DeployedJobs(source, scheduler).follow(nc, cfg.resync_seconds))
 
     async def stop() -> None:

@@ -8,17 +8,17 @@ import pathlib
 import socket
 
 from kiln_platform.bus import DEFAULT_URL
-from kiln_platform.config import GrpcServiceConfig, Secret, field
+from kiln_platform.config import GrpcServiceConfig, HostPort, ListenAddress, Secret, field
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class CronConfig(GrpcServiceConfig):
     """cron service settings (env prefix ``KILN_CRON_``)."""
 
-    listen: str = field("127.0.0.1:50056", "host:port to serve gRPC on")
+    listen: ListenAddress = field(ListenAddress("127.0.0.1", 50056), "host:port to serve gRPC on")
     nats_url: str = field(DEFAULT_URL, "NATS server URL(s) whose KV buckets hold claims, firing state and replicas")
-    cron_yaml: str = field("", "each app's cron.yaml from local files: app=/path/cron.yaml[,...] (kiln dev)")
-    control_plane: str = field("", "the control plane's gRPC address: every app's jobs come from its default "
+    cron_yaml: tuple[str, ...] = field((), "each app's cron.yaml from local files: app=/path/cron.yaml[,...] (kiln dev)")
+    control_plane: HostPort | None = field(None, "the control plane's gRPC address: every app's jobs come from its default "
                                    "version's cron.yaml, updated when the default changes")
     control_token: Secret = field(Secret(""), "a platform read token for the control plane")
     resync_seconds: float = field(30.0, "how often cron.yaml files are re-read from the control plane (events "
@@ -45,7 +45,7 @@ class CronConfig(GrpcServiceConfig):
     def cron_files(self) -> dict[str, pathlib.Path]:
         """App -> its cron.yaml."""
         out = {}
-        for item in filter(None, (i.strip() for i in self.cron_yaml.split(","))):
+        for item in self.cron_yaml:
             app, sep, path = item.partition("=")
             if not sep or not app or not path:
                 raise ValueError(f"cron_yaml: expected app=/path/cron.yaml, got {item!r}")

@@ -20,12 +20,14 @@ SERVICE_NAME = datastore_pb2.DESCRIPTOR.services_by_name["DatastoreService"].ful
 
 async def open_engine(cfg: DatastoreConfig) -> Engine:
     """Pick the engine named by ``cfg.storage``; drivers are imported lazily."""
-    if cfg.storage == "cassandra":
+    async def on_embedded() -> Engine:
+        from datastore_svc.engine import embedded
+        return await embedded.create(cfg.data_dir)
+
+    async def on_cassandra() -> Engine:
         from datastore_svc.engine import cassandra
-        return await cassandra.create(cfg.cassandra_hosts, cfg.cassandra_keyspace, cfg.cassandra_datacenter,
-                                      cfg.cassandra_replication, index_shards=cfg.cassandra_index_shards)
-    from datastore_svc.engine import embedded
-    return await embedded.create(cfg.data_dir)
+        return await cassandra.create(cfg, index_shards=cfg.cassandra_index_shards)
+    return await cfg.pick({"embedded": on_embedded, "cassandra": on_cassandra})
 
 
 def servicer(engine: Engine, cfg: DatastoreConfig) -> DatastoreService:

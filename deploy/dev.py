@@ -27,7 +27,8 @@ import grpc
 
 from kiln_platform.supervisor import Supervisor, python_module
 from kiln_platform import cronyaml
-from kiln_platform import appyaml, auth, indexyaml, natsauth
+from kiln_platform import appyaml, auth, cassandra, indexyaml, natsauth
+from kiln_platform.config import STORAGE_ENGINES, CassandraHost, HostPort
 from kiln.errors import ConfigError
 from kiln.pb.datastore.v1 import datastore_pb2, datastore_pb2_grpc
 
@@ -96,8 +97,9 @@ class DevServer:
 
     def start(self) -> None:
         """Start every part and wait until the router serves."""
-        if self.opts.storage not in ("embedded", "cassandra"):
+        if self.opts.storage not in STORAGE_ENGINES:
             raise ConfigError(f"--storage: must be embedded or cassandra, got {self.opts.storage!r}")
+        CassandraHost.parse_list(self.opts.cassandra_hosts, "--cassandra-hosts")
         self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.data_dir.chmod(0o700)  # the app's data, logs and keys; an older kiln left it open to all
         cassandra_hosts = ""
@@ -123,13 +125,7 @@ class DevServer:
         log.info("clearing the datastore of %s", self.app_id)
         shutil.rmtree(self.data_dir / "datastore", ignore_errors=True)
         if cassandra_hosts:
-            from cassandra.cluster import Cluster
-            host, _, port = cassandra_hosts.split(",")[0].rpartition(":")
-            cluster = Cluster([host], port=int(port), protocol_version=5)
-            try:
-                cluster.connect().execute(f"DROP KEYSPACE IF EXISTS {self._keyspace()}", timeout=60)
-            finally:
-                cluster.shutdown()
+            cassandra.drop_keyspace(cassandra_hosts, self._keyspace(), setting="--cassandra-hosts")
 
     def _start_all(self, cassandra_hosts: str) -> None:
         sup, run = self.supervisor, self.run_dir
@@ -176,7 +172,7 @@ class DevServer:
             "--request-timeout-seconds", str(self.opts.request_deadline + 5),
             "--ready-file", str(run / "router.addr")), env=env, secrets=router_secrets, ready_file=run / "router.addr")
         self.addresses["router"] = router.address
-        router_port = router.address.rpartition(":")[2]
+        router_port = HostPort.parse(router.address, "router address").port
         # URL Fetch: the app may call itself through the router (with X-AppEngine-Inbound-AppId), and reach
         # the internal networks it was allowed; nothing else internal.
         args = ["--listen", "127.0.0.1:0", "--ready-file", str(run / "urlfetch_svc.addr"),

@@ -5,14 +5,14 @@ from __future__ import annotations
 import dataclasses
 
 from images_svc import ops
-from kiln_platform.config import GrpcServiceConfig, field
+from kiln_platform.config import GrpcServiceConfig, ListenAddress, field
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ImagesConfig(GrpcServiceConfig):
     """images service settings (env prefix ``KILN_IMAGES_``)."""
 
-    listen: str = field("127.0.0.1:50055", "host:port to serve gRPC on")
+    listen: ListenAddress = field(ListenAddress("127.0.0.1", 50055), "host:port to serve gRPC on")
     # A 32 MB image (App Engine's request limit) plus its envelope must fit in one message, both ways.
     max_message_bytes: int = field(40 * 1024 * 1024, "largest gRPC message accepted or sent, in bytes")
     workers: int = field(0, "images decoded and transformed at once, each on its own thread (0: one per CPU); "

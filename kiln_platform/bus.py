@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import urllib.parse
 
 import nats
 import nats.errors
@@ -20,6 +21,13 @@ from nats.js.object_store import ObjectStore
 log = logging.getLogger(__name__)
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
+
+
+def servers(url: str) -> list[urllib.parse.SplitResult]:
+    """The servers of a NATS URL setting (comma-separated for a cluster), each with its scheme (``nats://`` when
+    it has none): the one place the list is split."""
+    return [urllib.parse.urlsplit(s if "://" in s else f"nats://{s}") for s in (u.strip() for u in url.split(","))
+            if s]
 
 
 async def connect(url: str, *, name: str, inbox_prefix: str = "_INBOX") -> Client:
@@ -39,7 +47,7 @@ async def connect(url: str, *, name: str, inbox_prefix: str = "_INBOX") -> Clien
         log.info("nats reconnected")
 
     return await nats.connect(
-        servers=[u.strip() for u in url.split(",") if u.strip()],
+        servers=[s.geturl() for s in servers(url)],
         name=name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,

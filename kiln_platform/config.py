@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import pathlib
+import re
 import types
 import typing
-from collections.abc import Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar, TypeVar
 
 import yaml
 
@@ -55,6 +57,91 @@ class Secret:
         return "Secret('**********')" if self._value else "Secret('')"
 
     __str__ = __repr__
+
+
+# A host name or an IPv4 address: ASCII letters, digits, '-', '_' and '.', so no name the resolver would
+# normalise (full-width or circled digits, ideographic dots) reaches a connection as another host.
+_HOST = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
+_PORT = re.compile(r"[0-9]{1,5}")
+
+
+@dataclasses.dataclass(frozen=True)
+class HostPort:
+    """A ``host:port`` setting, parsed once: ``host`` is a name or an IP address (an IPv6 one without its
+    brackets; it is written ``[v6]:port``), ``port`` 1 to 65535.
+
+    Fields of this type (or ``tuple[HostPort, ...]`` for a comma list) are parsed by :func:`load`;
+    subclasses change what a setting accepts through the class variables.
+    """
+
+    host: str
+    port: int
+
+    # The port of a bare ``host`` (None: the port is required).
+    default_port: ClassVar[int | None] = None
+    # The lowest port accepted (0 for listen addresses: the system picks a free port).
+    min_port: ClassVar[int] = 1
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @classmethod
+    def parse(cls, text: str, name: str) -> typing.Self:
+        """Parse ``host:port``, ``[v6]:port`` (or a bare host when the class has a default port).
+
+        Raises:
+            ConfigError: the value is not one; the message names the setting ``name`` and says what is wrong.
+        """
+        value = text.strip()
+
+        def bad(why: str) -> ConfigError:
+            return ConfigError(f"{name}: expected host:port, got {text!r} ({why})")
+
+        if not value:
+            raise bad("empty")
+        if value.startswith("["):
+            host, sep, rest = value[1:].partition("]")
+            if not sep:
+                raise bad("no ']' after the IPv6 address")
+            try:
+                ipaddress.IPv6Address(host)
+            except ValueError:
+                raise bad(f"{host!r} in brackets is not an IPv6 address") from None
+            if rest and not rest.startswith(":"):
+                raise bad("':port' must follow the ']'")
+            port = rest[1:] if rest else None
+        elif value.count(":") > 1:
+            raise bad("an IPv6 address is written in brackets, [v6]:port")
+        else:
+            host, sep, after = value.partition(":")
+            port = after if sep else None
+            if not host:
+                raise bad("no host")
+            if not _HOST.fullmatch(host):
+                raise bad(f"{host!r} is not a host name or IP address")
+        if port is None:
+            if cls.default_port is None:
+                raise bad("no port")
+            return cls(host, cls.default_port)
+        if not _PORT.fullmatch(port) or not cls.min_port <= int(port) <= 65535:
+            raise bad(f"the port must be a number from {cls.min_port} to 65535")
+        return cls(host, int(port))
+
+    @classmethod
+    def parse_list(cls, text: str, name: str) -> tuple[typing.Self, ...]:
+        """Parse ``host:port[,host:port...]`` as :func:`load` does a ``tuple[HostPort, ...]`` field.
+
+        Raises:
+            ConfigError: an item is not host:port; the message names ``name`` and the item.
+        """
+        parsed: tuple[typing.Self, ...] = _convert(name, tuple[cls, ...], text)  # type: ignore[valid-type]
+        return parsed
+
+
+class ListenAddress(HostPort):
+    """An address to serve on: port 0 lets the system pick a free port."""
+
+    min_port = 0
 
 
 def field(default: Any, help: str, **kwargs: Any) -> Any:  # noqa: A002 - mirrors argparse
@@ -97,11 +184,30 @@ def _convert(name: str, tp: Any, raw: Any) -> Any:
         return pathlib.Path(str(raw)).expanduser()
     if tp is Secret:
         return raw if isinstance(raw, Secret) else Secret(str(raw))
+    if isinstance(tp, type) and issubclass(tp, HostPort):
+        if isinstance(raw, tp):
+            return raw
+        if not isinstance(raw, (str, int)):
+            raise ConfigError(f"{name}: expected host:port, got {raw!r}")
+        return tp.parse(str(raw), name)
     if origin is tuple:
+        # Comma lists are split here and nowhere else; blank items (a trailing comma) are dropped.
+        if isinstance(raw, (dict, bytes)) or not isinstance(raw, (str, list, tuple)):
+            raise ConfigError(f"{name}: expected a comma-separated list, got {raw!r}")
         items = raw.split(",") if isinstance(raw, str) else list(raw)
         (inner, _) = typing.get_args(tp)
-        return tuple(_convert(name, inner, i.strip() if isinstance(i, str) else i) for i in items if i != "")
+        stripped = (i.strip() if isinstance(i, str) else i for i in items)
+        return tuple(_convert(name, inner, i) for i in stripped if i != "")
     raise ConfigError(f"{name}: unsupported config type {tp!r}")  # a programming error, caught by tests
+
+
+def _shown(default: Any) -> str:
+    """A default as it would be written in a flag."""
+    if isinstance(default, HostPort):
+        return repr(str(default))
+    if isinstance(default, tuple):
+        return repr(",".join(str(i) for i in default))
+    return repr(default)
 
 
 def _flag(name: str) -> str:
@@ -136,7 +242,7 @@ def load(
     parser.add_argument("--config", type=pathlib.Path, help="YAML file with settings (keys = field names)")
     for f in fields:
         default = f.default if f.default is not dataclasses.MISSING else None
-        shown = "" if isinstance(default, Secret) else f" (default: {default!r}; env {env_prefix}{f.name.upper()})"
+        shown = "" if isinstance(default, Secret) else f" (default: {_shown(default)}; env {env_prefix}{f.name.upper()})"
         if hints[f.name] is bool:
             parser.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
                                 help=f.metadata.get("help", "") + shown)
@@ -185,7 +291,8 @@ class GrpcServiceConfig:
     # Services verify app tokens with the service secret; the runtime holds only its app's token.
     requires_service_secret: typing.ClassVar[bool] = True
 
-    listen: str = field("127.0.0.1:0", "host:port to serve gRPC on (port 0 picks a free port)")
+    listen: ListenAddress = field(ListenAddress("127.0.0.1", 0), "host:port to serve gRPC on (port 0 picks a "
+                                                                  "free port)")
     max_message_bytes: int = field(32 * 1024 * 1024, "largest gRPC message accepted or sent, in bytes")
     grace_seconds: float = field(5.0, "on SIGTERM, how long in-flight calls may finish")
     service_secret: Secret = field(Secret(""), "shared secret that signs app identity tokens (required)")
@@ -200,15 +307,67 @@ class GrpcServiceConfig:
             raise ValueError(f"log_format: must be text or json, got {self.log_format!r}")
         if self.max_message_bytes < 1024:
             raise ValueError("max_message_bytes: must be at least 1024")
-        parse_hostport(self.listen, "listen")
 
 
-def parse_hostport(value: str, name: str) -> tuple[str, int]:
-    """Split ``host:port`` (``[v6]:port`` allowed) and validate the port."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"{name}: expected host:port, got {value!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)
+class CassandraHost(HostPort):
+    """A Cassandra contact point: ``host:port``, or a bare host for the native protocol's port."""
+
+    default_port = 9042
+
+
+STORAGE_ENGINES = ("embedded", "cassandra")
+# Cassandra's unquoted identifiers; keyspace names are at most 48 characters.
+_KEYSPACE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,47}")
+# Datacenter names go into CREATE KEYSPACE as a string literal: no quotes, nothing a snitch does not produce.
+_DATACENTER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StorageConfig:
+    """Where a service keeps its data: the settings block the datastore, logs and control plane share.
+
+    Mix it in before :class:`GrpcServiceConfig` and override the defaults that differ (``data_dir``,
+    ``cassandra_keyspace``); env names are the service's (``KILN_LOGS_CASSANDRA_HOSTS``…). Build a store
+    with :meth:`pick`.
+    """
+
+    storage: str = field("embedded", "where data is kept: embedded (SQLite and files under data_dir; one "
+                                     "replica) or cassandra (any number of replicas)")
+    data_dir: pathlib.Path = field(pathlib.Path("~/.local/share/kiln/data").expanduser(),
+                                   "directory of the embedded store")
+    cassandra_hosts: tuple[CassandraHost, ...] = field(
+        (CassandraHost("127.0.0.1", 9042),),
+        "Cassandra contact points, host:port[,host:port] ([v6]:port for IPv6; a bare host means port 9042)")
+    cassandra_keyspace: str = field("kiln", "Cassandra keyspace (created if missing)")
+    cassandra_datacenter: str = field("datacenter1", "local Cassandra datacenter")
+    cassandra_replication: int = field(1, "replication factor when creating the keyspace (3 in production)")
+
+    def __post_init__(self) -> None:
+        parent: Callable[[], None] | None = getattr(super(), "__post_init__", None)
+        if parent is not None:
+            parent()
+        if self.storage not in STORAGE_ENGINES:
+            raise ValueError(f"storage: must be one of {', '.join(STORAGE_ENGINES)}, got {self.storage!r}")
+        if not _KEYSPACE.fullmatch(self.cassandra_keyspace):
+            raise ValueError(f"cassandra_keyspace: {self.cassandra_keyspace!r} is not a valid keyspace name "
+                             "(a letter, then up to 47 letters, digits or '_')")
+        if not _DATACENTER.fullmatch(self.cassandra_datacenter):
+            raise ValueError(f"cassandra_datacenter: {self.cassandra_datacenter!r} is not a datacenter name")
+        if self.cassandra_replication < 1:
+            raise ValueError("cassandra_replication: must be at least 1")
+        if self.storage == "cassandra" and not self.cassandra_hosts:
+            raise ValueError("cassandra_hosts: required with storage cassandra")
+
+    def pick(self, engines: Mapping[str, Callable[[], T]]) -> T:
+        """Call the factory of the engine named by ``storage`` (each factory imports its own driver).
+
+        Raises:
+            ConfigError: the service has no such engine.
+        """
+        factory = engines.get(self.storage)
+        if factory is None:
+            raise ConfigError(f"storage: must be one of {', '.join(engines)}, got {self.storage!r}")
+        return factory()
 
 
 def parse_app_emails(spec: str, name: str) -> dict[str, frozenset[str]]:

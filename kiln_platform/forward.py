@@ -22,6 +22,9 @@ import os
 import pathlib
 from collections.abc import Sequence
 
+from kiln.errors import ConfigError
+from kiln_platform.config import HostPort
+
 log = logging.getLogger("kiln_platform.forward")
 
 CHUNK = 256 * 1024
@@ -72,10 +75,11 @@ def parse_target(target: str) -> tuple[str, int]:
     Raises:
         ValueError: not host:port.
     """
-    host, sep, port = target.strip().rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"expected host:port, got {target!r}")
-    return host.strip("[]"), int(port)
+    try:
+        parsed = HostPort.parse(target, "target")
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+    return parsed.host, parsed.port
 
 
 class UnixToTcp:

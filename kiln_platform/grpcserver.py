@@ -36,7 +36,7 @@ from grpc_reflection.v1alpha import reflection
 
 from kiln import errors
 from kiln_platform import auth
-from kiln_platform.config import GrpcServiceConfig, parse_hostport
+from kiln_platform.config import GrpcServiceConfig, HostPort
 
 log = logging.getLogger(__name__)
 
@@ -253,7 +253,7 @@ class Server:
         self._health = health_servicer
         self._names = names
         self.port = port
-        self.address = f"{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{port}"
+        self.address = str(HostPort('127.0.0.1' if host in ('0.0.0.0', '::', '') else host, port))
 
     async def stop(self, grace: float) -> None:
         """Flip health to NOT_SERVING and stop, letting in-flight calls finish."""
@@ -295,14 +295,13 @@ async def start(cfg: GrpcServiceConfig, registrations: Iterable[Registration],
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-    host, port = parse_hostport(cfg.listen, "listen")
-    bound = server.add_insecure_port(cfg.listen)
+    bound = server.add_insecure_port(str(cfg.listen))
     if bound == 0:
         raise errors.ConfigError(f"listen: cannot bind {cfg.listen}")
     await server.start()
     for name in ["", *names]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    srv = Server(server, health_servicer, names, bound, host)
+    srv = Server(server, health_servicer, names, bound, cfg.listen.host)
     log.info("serving %s on %s", ", ".join(names), srv.address)
     if cfg.ready_file:
         write_ready_file(cfg.ready_file, srv.address)

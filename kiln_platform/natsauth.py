@@ -77,8 +77,7 @@ def server_config(platform_password: str, app_secret: str, app_ids: Iterable[str
 def with_credentials(url: str, user: str | None, password: str | None) -> str:
     """``url`` (comma-separated servers) with each server's credentials replaced (or removed, given None)."""
     out = []
-    for server in (u.strip() for u in url.split(",") if u.strip()):
-        parts = urllib.parse.urlsplit(server if "://" in server else f"nats://{server}")
+    for parts in bus.servers(url):
         host = parts.hostname or ""
         netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
         if user is not None:

@@ -79,11 +79,10 @@ async def expire(store: Store, retention_days: int) -> None:
 
 def open_store(cfg: LogsConfig) -> Store:
     """The configured store; Cassandra's driver is imported only when used."""
-    if cfg.storage == "cassandra":
+    def on_cassandra() -> Store:
         from logs_svc.cassandra_store import CassandraLogStore
-        return CassandraLogStore(cfg.cassandra_hosts, cfg.cassandra_keyspace, cfg.cassandra_datacenter,
-                                 cfg.cassandra_replication, cfg.retention_days)
-    return LogStore(cfg.data_dir / "logs.sqlite3")
+        return CassandraLogStore(cfg, cfg.retention_days)
+    return cfg.pick({"embedded": lambda: LogStore(cfg.data_dir / "logs.sqlite3"), "cassandra": on_cassandra})
 
 
 async def serve(cfg: LogsConfig) -> None:

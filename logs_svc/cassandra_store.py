@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from kiln_platform import cassandra
-from kiln.errors import ConfigError
+from kiln_platform.config import StorageConfig
 from kiln.pb.logs.v1 import logs_pb2
 
 log = logging.getLogger(__name__)
@@ -29,10 +29,8 @@ log = logging.getLogger(__name__)
 DAY_US = 86_400 * 1_000_000
 
 
-def _schema(ks: str, datacenter: str, replication: int) -> list[str]:
+def _tables(ks: str) -> list[str]:
     return [
-        f"CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = "
-        f"{{'class': 'NetworkTopologyStrategy', '{datacenter}': {replication}}}",
         f"CREATE TABLE IF NOT EXISTS {ks}.request_logs (app text, day int, start_us bigint, request_id text, "
         "version text, max_level int, record blob, PRIMARY KEY ((app, day), start_us, request_id)) "
         "WITH CLUSTERING ORDER BY (start_us DESC, request_id DESC)",
@@ -44,21 +42,15 @@ def _schema(ks: str, datacenter: str, replication: int) -> list[str]:
 class CassandraLogStore:
     """The same operations as :class:`logs_svc.store.LogStore`, on Cassandra (see module docstring)."""
 
-    def __init__(self, hosts: str, keyspace: str, datacenter: str, replication: int, retention_days: int) -> None:
-        if not keyspace.isidentifier():
-            raise ConfigError(f"cassandra_keyspace: {keyspace!r} is not a valid keyspace name")
-        self._hosts, self._ks, self._dc, self._rf = hosts, keyspace, datacenter, replication
+    def __init__(self, settings: StorageConfig, retention_days: int) -> None:
+        self._settings = settings
         self._ttl = retention_days * 86_400
-        self._cluster: Any = None
-        self._session: Any = None
+        self._ks: cassandra.Keyspace | None = None
         self._stmts: dict[str, Any] = {}
 
     async def open(self) -> None:
-        self._cluster, self._session = await cassandra.connect(self._hosts, self._dc)
-        for stmt in _schema(self._ks, self._dc, self._rf):
-            await cassandra.execute(self._session, stmt)
-        ks = self._ks
-        prepare = self._session.prepare
+        self._ks = await cassandra.open_keyspace(self._settings, _tables)
+        ks, prepare = self._ks.name, self._ks.prepare
         self._stmts = {
             "add": prepare(f"INSERT INTO {ks}.request_logs (app, day, start_us, request_id, version, max_level, "
                            "record) VALUES (?,?,?,?,?,?,?) USING TTL ?"),
@@ -71,17 +63,22 @@ class CassandraLogStore:
             "day_after": prepare(f"SELECT start_us, request_id, version, max_level, record FROM {ks}.request_logs "
                                  "WHERE app = ? AND day = ? AND (start_us, request_id) < (?, ?) LIMIT ?"),
         }
-        log.info("request logs on cassandra: %s keyspace %s", self._hosts, ks)
+        log.info("request logs on cassandra: keyspace %s", ks)
+
+    @property
+    def _keyspace(self) -> cassandra.Keyspace:
+        if self._ks is None:
+            raise RuntimeError("CassandraLogStore.open() was not called")
+        return self._ks
 
     async def add(self, records: Sequence[logs_pb2.RequestLog]) -> None:
         for r in records:
             start = r.start_time.ToMicroseconds()
             level = max((line.level for line in r.app_logs), default=0)
-            raw = r.SerializeToString()
-            await cassandra.execute(self._session, self._stmts["add"],
-                                    (r.app_id, start // DAY_US, start, r.request_id, r.version_id, level, raw, self._ttl))
-            await cassandra.execute(self._session, self._stmts["add_id"],
-                                    (r.app_id, r.request_id, start, r.version_id, level, raw, self._ttl))
+            raw, ks = r.SerializeToString(), self._keyspace
+            await ks.execute(self._stmts["add"],
+                             (r.app_id, start // DAY_US, start, r.request_id, r.version_id, level, raw, self._ttl))
+            await ks.execute(self._stmts["add_id"], (r.app_id, r.request_id, start, r.version_id, level, raw, self._ttl))
 
     async def query(self, app: str, *, versions: Sequence[str], start_us: int | None, end_us: int | None,
                     min_level: int | None, request_ids: Sequence[str], after: tuple[int, str] | None,
@@ -95,8 +92,8 @@ class CassandraLogStore:
         if request_ids:
             found = []
             for request_id in dict.fromkeys(request_ids):
-                for start, version, level, raw in await cassandra.execute(
-                        self._session, self._stmts["by_id"], (app, request_id)):
+                for start, version, level, raw in await self._keyspace.execute(
+                        self._stmts["by_id"], (app, request_id)):
                     if wanted(start, request_id, version, level):
                         found.append((start, request_id, raw))
             found.sort(reverse=True)
@@ -110,10 +107,10 @@ class CassandraLogStore:
             while len(out) < limit:
                 batch = max(limit - len(out), 50)
                 if cursor is not None and cursor[0] // DAY_US == day:
-                    rows = await cassandra.execute(self._session, self._stmts["day_after"],
-                                                   (app, day, cursor[0], cursor[1], batch))
+                    rows = await self._keyspace.execute(self._stmts["day_after"],
+                                                        (app, day, cursor[0], cursor[1], batch))
                 else:
-                    rows = await cassandra.execute(self._session, self._stmts["day"], (app, day, newest, batch))
+                    rows = await self._keyspace.execute(self._stmts["day"], (app, day, newest, batch))
                 for start, request_id, version, level, raw in rows:
                     if wanted(start, request_id, version, level) and len(out) < limit:
                         out.append(logs_pb2.RequestLog.FromString(raw))
@@ -132,5 +129,5 @@ class CassandraLogStore:
         return 0
 
     async def close(self) -> None:
-        if self._cluster is not None:
-            self._cluster.shutdown()
+        if self._ks is not None:
+            await self._ks.close()

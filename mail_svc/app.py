@@ -14,7 +14,6 @@ import socket
 import aiohttp
 
 from kiln_platform import bus, grpcserver
-from kiln_platform.config import parse_hostport
 from kiln_platform.grpcserver import write_ready_file
 from kiln.pb.mail.v1 import mail_pb2, mail_pb2_grpc
 from mail_svc import inbound
@@ -30,11 +29,11 @@ SERVICE_NAME = mail_pb2.DESCRIPTOR.services_by_name["MailService"].full_name
 
 def transports(cfg: MailConfig, outbox: Outbox | None) -> list[Transport]:
     """One transport per worker: a relay connection each, or the shared outbox."""
-    if outbox is not None:
-        return [outbox for _ in range(cfg.workers)]
-    host, port = parse_hostport(cfg.relay, "relay")
-    settings = RelaySettings(host=host, port=port, security=cfg.relay_security, username=cfg.relay_username,
-                             password=cfg.relay_password.get(), ca_file=cfg.relay_ca_file,
+    if cfg.relay is None:
+        shared = outbox if outbox is not None else Outbox(cfg.outbox_dir)
+        return [shared for _ in range(cfg.workers)]
+    settings = RelaySettings(host=cfg.relay.host, port=cfg.relay.port, security=cfg.relay_security,
+                             username=cfg.relay_username, password=cfg.relay_password.get(), ca_file=cfg.relay_ca_file,
                              timeout=cfg.relay_timeout_seconds)
     return [SmtpRelay(settings) for _ in range(cfg.workers)]
 
@@ -59,9 +58,8 @@ async def serve(cfg: MailConfig) -> None:
         handler = inbound.InboundHandler(mail_domain=cfg.mail_domain, router_url=cfg.router_url,
                                          apps_domain=cfg.apps_domain, platform_secret=cfg.platform_secret.get(),
                                          session=http)
-        host, port = parse_hostport(cfg.inbound_listen, "inbound_listen")
-        smtp_server = await inbound.listen(handler, host, port, max_bytes=cfg.max_mail_bytes,
-                                           hostname=socket.getfqdn())
+        smtp_server = await inbound.listen(handler, cfg.inbound_listen.host, cfg.inbound_listen.port,
+                                           max_bytes=cfg.max_mail_bytes, hostname=socket.getfqdn())
         bound = smtp_server.sockets[0].getsockname()
         log.info("receiving mail for *@APP.%s on %s:%d", cfg.mail_domain, bound[0], bound[1])
         if cfg.inbound_ready_file:

@@ -6,7 +6,7 @@ import dataclasses
 import pathlib
 
 from kiln_platform.bus import DEFAULT_URL
-from kiln_platform.config import GrpcServiceConfig, Secret, field, parse_app_emails, parse_hostport
+from kiln_platform.config import GrpcServiceConfig, HostPort, ListenAddress, Secret, field, parse_app_emails
 
 # App Engine's limit for a message with its attachments (31.5 MB).
 DEFAULT_MAX_MAIL_BYTES = 31 * 1024 * 1024 + 512 * 1024
@@ -16,11 +16,11 @@ DEFAULT_MAX_MAIL_BYTES = 31 * 1024 * 1024 + 512 * 1024
 class MailConfig(GrpcServiceConfig):
     """mail service settings (env prefix ``KILN_MAIL_``)."""
 
-    listen: str = field("127.0.0.1:50054", "host:port to serve gRPC on")
+    listen: ListenAddress = field(ListenAddress("127.0.0.1", 50054), "host:port to serve gRPC on")
     # A 31.5 MB message plus its envelope must fit in one call.
     max_message_bytes: int = field(40 * 1024 * 1024, "largest gRPC message accepted or sent, in bytes")
     nats_url: str = field(DEFAULT_URL, "NATS server URL(s) whose JetStream keeps the mail queue")
-    relay: str = field("", "SMTP relay host:port that delivers mail; empty: the development outbox (outbox_dir)")
+    relay: HostPort | None = field(None, "SMTP relay host:port that delivers mail; empty: the development outbox (outbox_dir)")
     relay_security: str = field("starttls", "starttls (required before sending), tls (implicit TLS, port 465) "
                                             "or none (a relay on a trusted network only)")
     relay_username: str = field("", "user name for SMTP AUTH at the relay (none when empty)")
@@ -42,7 +42,7 @@ class MailConfig(GrpcServiceConfig):
     platform_secret: Secret = field(Secret(""), "the router's platform_secret: checks the signed-in user's proof "
                                                 "(sender rule) and signs inbound mail requests to apps")
     max_mail_bytes: int = field(DEFAULT_MAX_MAIL_BYTES, "largest message, attachments included, sent or received")
-    inbound_listen: str = field("", "host:port of the SMTP listener for mail to *@APP.<mail_domain> (off when "
+    inbound_listen: ListenAddress | None = field(None, "host:port of the SMTP listener for mail to *@APP.<mail_domain> (off when "
                                     "empty)")
     inbound_ready_file: pathlib.Path | None = field(None, "write the SMTP listener's bound address here")
     router_url: str = field("http://127.0.0.1:8080", "the router that inbound mail is posted through")
@@ -50,14 +50,11 @@ class MailConfig(GrpcServiceConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.relay:
-            parse_hostport(self.relay, "relay")
         if self.relay_security not in ("starttls", "tls", "none"):
             raise ValueError(f"relay_security: must be starttls, tls or none, got {self.relay_security!r}")
         if self.relay_username and not self.relay_password:
             raise ValueError("relay_password: required with relay_username")
         if self.inbound_listen:
-            parse_hostport(self.inbound_listen, "inbound_listen")
             if not self.platform_secret:
                 raise ValueError("platform_secret: required with inbound_listen (the router checks it)")
         if self.workers < 1:

@@ -7,7 +7,6 @@ import contextlib
 import logging
 
 from kiln_platform import grpcserver
-from kiln_platform.config import parse_hostport
 from kiln.pb.memcache.v1 import memcache_pb2, memcache_pb2_grpc
 from memcache_svc import textproto
 from memcache_svc.config import MemcacheConfig
@@ -32,8 +31,7 @@ async def serve(cfg: MemcacheConfig) -> None:
     sweeper = asyncio.create_task(sweep(cache))
     text_server = None
     if cfg.text_listen:
-        host, port = parse_hostport(cfg.text_listen, "text_listen")
-        text_server = await textproto.start(cache, cfg.text_app, host, port)
+        text_server = await textproto.start(cache, cfg.text_app, cfg.text_listen.host, cfg.text_listen.port)
         log.info("memcached text protocol for app %s on %s", cfg.text_app, cfg.text_listen)
 
     async def stop() -> None:

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 
-from kiln_platform.config import GrpcServiceConfig, field
+from kiln_platform.config import GrpcServiceConfig, ListenAddress, field
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class MemcacheConfig(GrpcServiceConfig):
     """memcache service settings (env prefix ``KILN_MEMCACHE_``)."""
 
-    listen: str = field("127.0.0.1:50052", "host:port to serve gRPC on")
+    listen: ListenAddress = field(ListenAddress("127.0.0.1", 50052), "host:port to serve gRPC on")
     max_bytes: int = field(256 * 1024 * 1024, "memory bound of the cache, in bytes (least recently used items go)")
-    text_listen: str = field("", "host:port for the memcached text protocol (off when empty); it has no "
+    text_listen: ListenAddress | None = field(None, "host:port for the memcached text protocol (off when empty); it has no "
                                  "authentication, so it serves one app (text_app) and should listen only where "
                                  "that app's tools run")
     text_app: str = field("", "the app whose cache the text protocol serves (namespace '')")

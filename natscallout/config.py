@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from kiln_platform.bus import DEFAULT_URL
-from kiln_platform.config import GrpcServiceConfig, Secret, field
+from kiln_platform.config import GrpcServiceConfig, Secret, ListenAddress, field
 from kiln_platform.natsauth import issuer_public_key
 
 
@@ -15,7 +15,7 @@ class CalloutConfig(GrpcServiceConfig):
 
     requires_service_secret = False
 
-    listen: str = field("127.0.0.1:50061", "host:port to serve gRPC health checking on")
+    listen: ListenAddress = field(ListenAddress("127.0.0.1", 50061), "host:port to serve gRPC health checking on")
     nats_url: str = field(DEFAULT_URL, "NATS URL(s) with the platform's user (put credentials in the environment)")
     issuer_seed: Secret = field(Secret(""), "the callout issuer's account nkey seed (SA…); nats-server's "
                                             "auth_callout.issuer is its public key (required)")

@@ -59,7 +59,7 @@ class Router:
         self.deployed: ControlVersions | None = None
         self.local: LocalVersions | ControlVersions = LocalVersions(parse_app_dirs(cfg.app_dirs))
         if cfg.control_plane:
-            self.source = VersionSource(cfg.control_plane, cfg.control_token.get(), cfg.cache_dir.expanduser())
+            self.source = VersionSource(str(cfg.control_plane), cfg.control_token.get(), cfg.cache_dir.expanduser())
             self.local = self.deployed = ControlVersions(self.source, self.versions)
         self.sessions = users.Sessions(cfg.session_secret.get(), auth_domain=cfg.auth_domain)
         self.admins = cfg.admin_map()
@@ -67,7 +67,7 @@ class Router:
                                     client_secret=cfg.oidc_client_secret.get(),
                                     state_key=cfg.session_secret.get()) if cfg.oidc_issuer else None
         self.geo = GeoIP(cfg.geoip_db)
-        self.trusted = [ipaddress.ip_network(n.strip()) for n in cfg.trusted_proxies.split(",") if n.strip()]
+        self.trusted = [ipaddress.ip_network(n) for n in cfg.trusted_proxies]
         self.files = static.FileCache()
         self._bodies: dict[str, bus.BodyStore] = {}
         self._statics: dict[tuple[str, str, int], static.StaticFiles] = {}
@@ -407,14 +407,13 @@ async def serve(cfg: RouterConfig) -> None:
     app.on_response_prepare.append(users.renew_cookie)
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
-    host, port = cfg.listen.rsplit(":", 1)
     # keepalive_timeout closes connections with no complete request for that long; the header deadline closes
     # slow-header (slowloris) clients sooner, the body rate slow-body ones (router.connections).
     body_rate = connections.BodyRate(grace_seconds=cfg.body_grace_seconds,
                                      min_bytes_per_second=cfg.body_min_bytes_per_second)
-    listener = await connections.listen(runner, host.strip("[]"), int(port), header_timeout=cfg.header_timeout_seconds,
-                                        body_rate=body_rate, access_log=None,
-                                        keepalive_timeout=cfg.idle_timeout_seconds)
+    listener = await connections.listen(runner, cfg.listen.host, cfg.listen.port,
+                                        header_timeout=cfg.header_timeout_seconds, body_rate=body_rate,
+                                        access_log=None, keepalive_timeout=cfg.idle_timeout_seconds)
     bound = listener.sockets[0].getsockname()
     address = f"{bound[0]}:{bound[1]}"
     log.info("router serving HTTP on %s", address)

@@ -7,7 +7,7 @@ import ipaddress
 import pathlib
 
 from kiln_platform.bus import DEFAULT_URL
-from kiln_platform.config import Secret, field, parse_app_emails, parse_hostport
+from kiln_platform.config import HostPort, ListenAddress, Secret, field, parse_app_emails
 from router.versions import parse_app_dirs
 
 
@@ -15,7 +15,7 @@ from router.versions import parse_app_dirs
 class RouterConfig:
     """Router settings (env prefix ``KILN_ROUTER_``)."""
 
-    listen: str = field("127.0.0.1:8080", "host:port to serve HTTP on")
+    listen: ListenAddress = field(ListenAddress("127.0.0.1", 8080), "host:port to serve HTTP on")
     nats_url: str = field(DEFAULT_URL, "NATS server URL(s), comma-separated")
     domain: str = field("localhost", "apps are served at APP.DOMAIN and VERSION-dot-APP.DOMAIN")
     apps: str = field("", "default version per app until the control plane serves it: app=version[,app=version]")
@@ -23,7 +23,7 @@ class RouterConfig:
     custom_domains: str = field("", "custom domains: host=app[,host=app] (the app's default version)")
     app_dirs: str = field("", "app.yaml and static files of versions served from local directories: "
                               "app/version=/path[,...] (kiln dev passes its app)")
-    control_plane: str = field("", "the control plane's gRPC address (host:port): deployed versions, their files "
+    control_plane: HostPort | None = field(None, "the control plane's gRPC address (host:port): deployed versions, their files "
                                    "and every app's default version come from it (instead of apps and app_dirs)")
     control_token: Secret = field(Secret(""), "a platform read token for the control plane (python -m deploy.control "
                                               "mint-token --app '*' --scope read --name router)")
@@ -46,7 +46,7 @@ class RouterConfig:
     oidc_client_secret: Secret = field(Secret(""), "this deployment's client secret at the provider")
     admins: str = field("", "administrators per app: app=email;email[,app=email...] (login: admin, admin headers)")
     geoip_db: pathlib.Path | None = field(None, "MaxMind DB file for X-AppEngine-Country/Region/City headers")
-    trusted_proxies: str = field("", "networks (CIDR, comma-separated) of proxies whose X-Forwarded-For and "
+    trusted_proxies: tuple[str, ...] = field((), "networks (CIDR, comma-separated) of proxies whose X-Forwarded-For and "
                                      "X-Forwarded-Proto are believed")
     instance_hour_usd: float = field(0.05, "price of an instance hour, for administrators' cost estimate header")
     max_request_bytes: int = field(32 * 1024 * 1024, "larger request bodies get 413 without reaching the app")
@@ -70,7 +70,6 @@ class RouterConfig:
     log_format: str = field("text", "log format: text or json")
 
     def __post_init__(self) -> None:
-        parse_hostport(self.listen, "listen")
         for name in ("apps", "dev_app"):
             for item in filter(None, getattr(self, name).split(",")):
                 app, sep, version = item.partition("=")
@@ -85,14 +84,13 @@ class RouterConfig:
         if not self.session_secret:
             raise ValueError("session_secret: required (set KILN_ROUTER_SESSION_SECRET or --session-secret)")
         self.custom_domain_map()
-        for net in filter(None, (n.strip() for n in self.trusted_proxies.split(","))):
+        for net in self.trusted_proxies:
             try:
                 ipaddress.ip_network(net)
             except ValueError:
                 raise ValueError(f"trusted_proxies: {net!r} is not a network like 10.0.0.0/8") from None
         parse_app_dirs(self.app_dirs)
         if self.control_plane:
-            parse_hostport(self.control_plane, "control_plane")
             if not self.control_token:
                 raise ValueError("control_token: required with control_plane (KILN_ROUTER_CONTROL_TOKEN)")
             if self.apps or self.app_dirs or self.dev_app:

@@ -413,9 +413,8 @@ async def _heartbeats(nc: Client, instance: Instance, period: float) -> None:
 
 def loopback_nats_url(url: str, port: int) -> str:
     """``url``'s first server's credentials, on the loopback ``port``."""
-    first = url.split(",")[0].strip()
-    parts = urllib.parse.urlsplit(first if "://" in first else f"nats://{first}")
-    credentials = parts.netloc.rpartition("@")[0]
+    first = next(iter(bus.servers(url)), None)
+    credentials = first.netloc.rpartition("@")[0] if first is not None else ""
     return f"nats://{credentials + '@' if credentials else ''}127.0.0.1:{port}"
 
 

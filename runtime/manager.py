@@ -31,7 +31,6 @@ import shutil
 import signal
 import sys
 import time
-import urllib.parse
 import uuid
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 
@@ -39,6 +38,7 @@ from kiln_platform import appyaml, auth, bus, forward, handover, natsauth
 from kiln_platform import log as kiln_log
 from kiln.errors import ConfigError
 from kiln.pb.runtime.v1 import events_pb2
+from kiln_platform.config import HostPort
 from kiln_platform.supervisor import Child, Confinement, StartError, Supervisor, python_module
 from runtime import cgroups, isolation, libraries
 from runtime.config import RuntimeConfig
@@ -551,8 +551,7 @@ def _private_network(setting: str, mode: str, nats_url: str) -> bool:
 
 
 def _unforwardable_nats(url: str) -> str | None:
-    for server in filter(None, (s.strip() for s in url.split(","))):
-        scheme = urllib.parse.urlsplit(server if "://" in server else f"nats://{server}").scheme
+    for scheme in (server.scheme for server in bus.servers(url)):
         if scheme != "nats":
             return (f"NATS over {scheme}:// is not forwarded (the client would check the server's certificate "
                     "against the loopback address it dials)")
@@ -592,10 +591,8 @@ def forwarded(directory: pathlib.Path, gid: int, nats_url: str,
         return str(relays[-1].path)
 
     servers = []
-    for server in filter(None, (s.strip() for s in nats_url.split(","))):
-        parts = urllib.parse.urlsplit(server if "://" in server else f"nats://{server}")
-        host = parts.hostname or ""
-        servers.append(f"[{host}]:{parts.port or 4222}" if ":" in host else f"{host}:{parts.port or 4222}")
+    for parts in bus.servers(nats_url):
+        servers.append(str(HostPort(parts.hostname or "", parts.port or 4222)))
     flags += ["--nats-socket", relay("nats", servers)]
     for name, address in services.items():
         if name == "memcache":

@@ -13,9 +13,9 @@ SERVICE_NAME = urlfetch_pb2.DESCRIPTOR.services_by_name["UrlFetchService"].full_
 
 async def serve(cfg: UrlFetchConfig) -> None:
     """Run the service until SIGTERM."""
-    service = UrlFetchService(                              policies=Policies.parse(cfg.allow_internal, cfg.internal_networks, cfg.front_doors),
+    service = UrlFetchService(policies=Policies.parse(cfg.allow_internal, cfg.internal_networks, cfg.front_doors),
                               max_in_flight=cfg.max_in_flight, inbound_secret=cfg.inbound_secret.get(),
-                              apps_domains=[d.strip().lower() for d in cfg.apps_domains.split(",") if d.strip()])
+                              apps_domains=[d.lower() for d in cfg.apps_domains])
     registration = grpcserver.Registration(SERVICE_NAME, urlfetch_pb2_grpc.add_UrlFetchServiceServicer_to_server,
                                            service)
     await grpcserver.serve(cfg, [registration], on_stop=service.close)

@@ -23,12 +23,13 @@ import dataclasses
 import ipaddress
 import re
 import urllib.parse
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import ada_url
 import idna
 
 from kiln.errors import ConfigError
+from kiln_platform.config import HostPort
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -236,9 +237,9 @@ class Policies:
         return self._by_app.get(app_id, self._default)
 
     @classmethod
-    def parse(cls, allow: str, internal: str, front_doors: str = "") -> Policies:
-        """``allow``: ``app=CIDR;CIDR,app2=CIDR`` (``*`` for every app); ``internal``: ``CIDR,CIDR``;
-        ``front_doors``: ``IP:PORT,IP:PORT`` (the routers, reachable by every app even on internal addresses).
+    def parse(cls, allow: str, internal: Sequence[str], front_doors: Sequence[HostPort] = ()) -> Policies:
+        """``allow``: ``app=CIDR;CIDR,app2=CIDR`` (``*`` for every app); ``internal``: CIDRs;
+        ``front_doors``: IP:PORT addresses (the routers, reachable by every app even on internal addresses).
 
         Raises:
             ConfigError: a malformed entry, named.
@@ -251,13 +252,12 @@ class Policies:
             by_app[app.strip()] = by_app.get(app.strip(), ()) + tuple(
                 _network(n, "allow_internal") for n in nets.split(";") if n.strip())
         doors = []
-        for entry in filter(None, (e.strip() for e in front_doors.split(","))):
-            host, sep, port = entry.rpartition(":")
+        for door in front_doors:
             try:
-                doors.append((ipaddress.ip_address(host.strip("[]")), int(port)))
+                doors.append((ipaddress.ip_address(door.host), door.port))
             except ValueError:
-                raise ConfigError(f"front_doors: expected IP:PORT, got {entry!r}") from None
-        return cls(by_app, [_network(n, "internal_networks") for n in internal.split(",") if n.strip()], doors)
+                raise ConfigError(f"front_doors: expected IP:PORT, got {str(door)!r} (not an IP address)") from None
+        return cls(by_app, [_network(n, "internal_networks") for n in internal], doors)
 
 
 def _network(text: str, setting: str) -> Network:

@@ -50,7 +50,8 @@ from typing import Any
 from datastore_svc.engine.base import GroupCommit, Ref, RowsOf, StoredIndex, Write, counter_after
 from datastore_svc.index import IndexDef, IndexRow, metadata_of
 from kiln_platform import cassandra as kiln_cassandra
-from kiln.errors import ConcurrentTransactionError, ConfigError, UnavailableError
+from kiln_platform.config import StorageConfig
+from kiln.errors import ConcurrentTransactionError, UnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +83,8 @@ def _row_factory(colnames: list[str], rows: list[Any]) -> list[Any]:
     return [make(r) for r in rows]
 
 
-def _schema(ks: str, datacenter: str, replication: int) -> list[str]:
+def _tables(ks: str) -> list[str]:
     return [
-        f"CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = "
-        f"{{'class': 'NetworkTopologyStrategy', '{datacenter}': {replication}}}",
         f"""CREATE TABLE IF NOT EXISTS {ks}.entities (
               app text, ns text, grp blob, path blob, kind text, entity blob, version bigint,
               gv bigint static, commit_ts bigint static, pending blob static, lock_txid uuid static,
@@ -142,30 +141,22 @@ class CassandraEngine:
 
     features = frozenset({"atomic_cross_group"})
 
-    def __init__(self, session: Any, cluster: Any, keyspace: str, index_shards: int) -> None:
-        from cassandra import ConsistencyLevel as CL
-        from cassandra.query import BatchStatement, BatchType
-
-        self._session = session
-        self._cluster = cluster
-        self._batch: Callable[[], Any] = lambda: BatchStatement(
-            batch_type=BatchType.UNLOGGED, consistency_level=CL.LOCAL_QUORUM, serial_consistency_level=CL.SERIAL)
+    def __init__(self, keyspace: kiln_cassandra.Keyspace, index_shards: int) -> None:
+        self._keyspace = keyspace
+        self._batch: Callable[[], Any] = lambda: keyspace.batch(consistency="LOCAL_QUORUM", serial="SERIAL")
         self._known_meta: set[tuple[str, str, tuple[str, str, bytes]]] = set()
         self._known_ns: set[tuple[str, str]] = set()
         self._shards = index_shards
-        ks = keyspace
+        ks = keyspace.name
 
-        def prep(cql: str, cl: Any = CL.LOCAL_QUORUM) -> Any:
-            stmt = session.prepare(cql)
-            stmt.consistency_level = cl
-            stmt.serial_consistency_level = CL.SERIAL
-            return stmt
+        def prep(cql: str, consistency: kiln_cassandra.Consistency = "LOCAL_QUORUM") -> Any:
+            return keyspace.prepare(cql, consistency=consistency, serial="SERIAL")
 
         pk = "app=? AND ns=? AND grp=?"
         self._get = prep(f"SELECT entity, lock_txid FROM {ks}.entities WHERE {pk} AND path=?")
-        self._get_serial = prep(f"SELECT entity, lock_txid FROM {ks}.entities WHERE {pk} AND path=?", CL.SERIAL)
+        self._get_serial = prep(f"SELECT entity, lock_txid FROM {ks}.entities WHERE {pk} AND path=?", "SERIAL")
         state = f"SELECT gv, commit_ts, pending, lock_txid FROM {ks}.entities WHERE {pk} LIMIT 1"
-        self._state = prep(state, CL.SERIAL)
+        self._state = prep(state, "SERIAL")
         # Commits read the group at LOCAL_QUORUM: their conditional batch
         # re-checks gv with Paxos, so a stale read only costs a retry.
         self._state_commit = prep(state)
@@ -197,7 +188,7 @@ class CassandraEngine:
                                "IF status='preparing'")
         self._xg_abort = prep(f"UPDATE {ks}.xg_txns SET status='aborted' WHERE app=? AND txid=? "
                               "IF status='preparing'")
-        self._xg_read = prep(f"SELECT status, staged, created FROM {ks}.xg_txns WHERE app=? AND txid=?", CL.SERIAL)
+        self._xg_read = prep(f"SELECT status, staged, created FROM {ks}.xg_txns WHERE app=? AND txid=?", "SERIAL")
         self._meta_add = prep(f"INSERT INTO {ks}.metadata (app, ns, kind, prop, rep) VALUES (?,?,?,?,?)")
         self._meta_read = prep(f"SELECT kind, prop, rep FROM {ks}.metadata WHERE app=? AND ns=?")
         self._ns_add = prep(f"INSERT INTO {ks}.namespaces (app, ns) VALUES (?,?)")
@@ -205,44 +196,14 @@ class CassandraEngine:
         self._def_put = prep(f"INSERT INTO {ks}.index_defs (app, id, definition, state, error) VALUES (?,?,?,?,?)")
         self._def_del = prep(f"DELETE FROM {ks}.index_defs WHERE app=? AND id=?")
         self._def_read = prep(f"SELECT definition, state, error FROM {ks}.index_defs WHERE app=?")
-        self._ctr_read = prep(f"SELECT next_id, op_id FROM {ks}.id_counters WHERE app=? AND space=?", CL.SERIAL)
+        self._ctr_read = prep(f"SELECT next_id, op_id FROM {ks}.id_counters WHERE app=? AND space=?", "SERIAL")
         self._ctr_init = prep(f"INSERT INTO {ks}.id_counters (app, space, next_id, op_id) VALUES (?,?,?,?) "
                               "IF NOT EXISTS")
         self._ctr_cas = prep(f"UPDATE {ks}.id_counters SET next_id=?, op_id=? WHERE app=? AND space=? IF next_id=?")
 
     async def _exec(self, stmt: Any, params: Any = None) -> list[Any]:
         """Run a statement; returns its rows (one page: callers bound their reads with LIMIT)."""
-        from cassandra import DriverException
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Any] = loop.create_future()
-
-        def ok(rows: Any) -> None:
-            def settle() -> None:
-                if not fut.done():
-                    fut.set_result(rows)
-            loop.call_soon_threadsafe(settle)
-
-        def fail(exc: BaseException) -> None:
-            def settle() -> None:
-                if not fut.done():
-                    fut.set_exception(exc)
-            loop.call_soon_threadsafe(settle)
-
-        try:
-            rf = self._session.execute_async(stmt, params)
-        except DriverException as exc:
-            raise UnavailableError(f"cassandra: {exc}") from exc
-        rf.add_callbacks(ok, fail)
-        try:
-            rows = await fut
-            return list(rows) if rows is not None else []
-        except DriverException as exc:
-            raise UnavailableError(f"cassandra: {exc}") from exc
-        except Exception as exc:
-            # cassandra.* request errors (timeouts, unavailable) are not all DriverExceptions.
-            if type(exc).__module__.startswith("cassandra"):
-                raise UnavailableError(f"cassandra: {exc}") from exc
-            raise
+        return await self._keyspace.execute(stmt, params)
 
     # ------------------------------------------------------------------ reads
 
@@ -569,7 +530,7 @@ class CassandraEngine:
         await self._cas_counter(app, lambda current: max_id + 1 if current <= max_id else None)
 
     async def close(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, self._cluster.shutdown)
+        await self._keyspace.close()
 
 
 # Statements one call keeps in flight at most: an entity at the 20,000-entry limit writes 40,001 index rows,
@@ -625,39 +586,31 @@ def _decode_staged(raw: bytes) -> list[tuple[GroupCommit, list[tuple[int, IndexR
     return out
 
 
-def _settled_shards(session: Any, keyspace: str, wanted: int) -> int:
+async def _settled_shards(keyspace: kiln_cassandra.Keyspace, wanted: int) -> int:
     """The keyspace's shard count: the first service to create it decides (LWT), everyone reads it."""
-    from cassandra import ConsistencyLevel
-    from cassandra.query import SimpleStatement
-    session.execute(f"INSERT INTO {keyspace}.settings (name, value) VALUES ('index_shards', %s) IF NOT EXISTS",
-                    (str(wanted),))
-    read = SimpleStatement(f"SELECT value FROM {keyspace}.settings WHERE name = 'index_shards'",
-                           consistency_level=ConsistencyLevel.SERIAL)
-    shards = int(session.execute(read).one()[0])
+    ks = keyspace.name
+    await keyspace.execute(f"INSERT INTO {ks}.settings (name, value) VALUES ('index_shards', %s) IF NOT EXISTS",
+                           (str(wanted),))
+    read = keyspace.statement(f"SELECT value FROM {ks}.settings WHERE name = 'index_shards'", consistency="SERIAL")
+    shards = int((await keyspace.execute(read))[0][0])
     if shards != wanted:
-        log.warning("keyspace %s has %d index shards (created so); ignoring the configured %d",
-                    keyspace, shards, wanted)
+        log.warning("keyspace %s has %d index shards (created so); ignoring the configured %d", ks, shards, wanted)
     return shards
 
 
-async def create(hosts: str, keyspace: str, datacenter: str, replication: int, *,
-                 index_shards: int = 1) -> CassandraEngine:
-    """Connect to Cassandra at ``hosts`` (``h1:port,h2:port``) and create the schema if needed.
+async def create(settings: StorageConfig, *, index_shards: int = 1) -> CassandraEngine:
+    """Connect to Cassandra as ``settings`` say and create the schema if needed.
 
     ``index_shards`` applies when this call creates the keyspace; an existing
     keyspace keeps the count it was created with (changing it needs a reindex).
     """
-    if not keyspace.isidentifier():
-        raise ConfigError(f"cassandra_keyspace: {keyspace!r} is not a valid keyspace name")
-    cluster, session = await kiln_cassandra.connect(hosts, datacenter, row_factory=_row_factory)
-    loop = asyncio.get_running_loop()
+    keyspace = await kiln_cassandra.open_keyspace(settings, _tables, row_factory=_row_factory)
     try:
-        for stmt in _schema(keyspace, datacenter, replication):
-            await loop.run_in_executor(None, functools.partial(session.execute, stmt, timeout=60))
-        shards = await loop.run_in_executor(None, _settled_shards, session, keyspace, index_shards)
-        engine = await loop.run_in_executor(None, CassandraEngine, session, cluster, keyspace, shards)
-    except Exception:
-        cluster.shutdown()
+        shards = await _settled_shards(keyspace, index_shards)
+        # Preparing the statements blocks on the cluster.
+        engine = await asyncio.get_running_loop().run_in_executor(None, CassandraEngine, keyspace, shards)
+    except BaseException:
+        await keyspace.close()
         raise
-    log.info("cassandra engine ready: %s keyspace %s", hosts, keyspace)
+    log.info("cassandra engine ready: keyspace %s", keyspace.name)
     return engine

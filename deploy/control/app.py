@@ -18,13 +18,15 @@ SERVICE_NAME = deploy_pb2.DESCRIPTOR.services_by_name["DeployService"].full_name
 
 async def open_store(cfg: ControlConfig) -> Store:
     """The configured store, opened; Cassandra's driver is imported only when used."""
-    if cfg.storage == "cassandra":
+    async def embedded() -> Store:
+        return EmbeddedStore(cfg.data_dir.expanduser())
+
+    async def on_cassandra() -> Store:
         from deploy.control.cassandra_store import CassandraStore
-        store = CassandraStore(cfg.cassandra_hosts, cfg.cassandra_keyspace, cfg.cassandra_datacenter,
-                               cfg.cassandra_replication)
+        store = CassandraStore(cfg)
         await store.open()
         return store
-    return EmbeddedStore(cfg.data_dir.expanduser())
+    return await cfg.pick({"embedded": embedded, "cassandra": on_cassandra})
 
 
 async def serve(cfg: ControlConfig) -> None:

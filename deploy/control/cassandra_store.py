@@ -34,7 +34,8 @@ from typing import Any
 from deploy.control.store import (
     CHUNK_BYTES, Store, default_refused, loaded_form, named_blobs, no_version, not_uploaded, stored_form)
 from kiln_platform import cassandra
-from kiln.errors import ConfigError, ConflictError, NotFoundError
+from kiln_platform.config import StorageConfig
+from kiln.errors import ConflictError, NotFoundError
 from kiln.pb.deploy.v1 import deploy_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -45,10 +46,8 @@ CAS_ATTEMPTS = 20
 GC_LEASE_SECONDS = 120.0
 
 
-def _schema(ks: str, datacenter: str, replication: int) -> list[str]:
+def _tables(ks: str) -> list[str]:
     return [
-        f"CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = "
-        f"{{'class': 'NetworkTopologyStrategy', '{datacenter}': {replication}}}",
         f"CREATE TABLE IF NOT EXISTS {ks}.versions (app_id text, version_id text, minor bigint, created_us bigint, "
         "data blob, default_version text STATIC, generation bigint STATIC, gc_epoch bigint STATIC, "
         "gc_until_us bigint STATIC, PRIMARY KEY (app_id, version_id))",
@@ -68,70 +67,71 @@ _ADDED_COLUMNS = [("versions", "gc_epoch", "bigint static"), ("versions", "gc_un
 class CassandraStore(Store):
     """See module docstring. Call :meth:`open` first."""
 
-    def __init__(self, hosts: str, keyspace: str, datacenter: str, replication: int) -> None:
-        if not keyspace.isidentifier():
-            raise ConfigError(f"cassandra_keyspace: {keyspace!r} is not a valid keyspace name")
-        self._hosts, self._ks, self._dc, self._rf = hosts, keyspace, datacenter, replication
-        self._cluster: Any = None
-        self._session: Any = None
+    def __init__(self, settings: StorageConfig) -> None:
+        self._settings = settings
+        self._ks_open: cassandra.Keyspace | None = None
         self._q: dict[str, Any] = {}
 
+    @property
+    def _ks(self) -> cassandra.Keyspace:
+        if self._ks_open is None:
+            raise RuntimeError("CassandraStore.open() was not called")
+        return self._ks_open
+
     async def open(self) -> None:
-        from cassandra import ConsistencyLevel
         from cassandra.query import dict_factory
 
-        self._cluster, self._session = await cassandra.connect(self._hosts, self._dc, row_factory=dict_factory)
-        for stmt in _schema(self._ks, self._dc, self._rf):
-            await cassandra.execute(self._session, stmt)
+        self._ks_open = await cassandra.open_keyspace(self._settings, _tables, row_factory=dict_factory)
         for table, column, kind in _ADDED_COLUMNS:
-            present = await cassandra.execute(
-                self._session, "SELECT column_name FROM system_schema.columns WHERE keyspace_name = %s AND "
-                "table_name = %s AND column_name = %s", (self._ks, table, column))
+            present = await self._ks.execute(
+                "SELECT column_name FROM system_schema.columns WHERE keyspace_name = %s AND "
+                "table_name = %s AND column_name = %s", (self._ks.name, table, column))
             if not present:
-                await cassandra.execute(self._session, f"ALTER TABLE {self._ks}.{table} ADD {column} {kind}")
-        ks, prepare = self._ks, self._session.prepare
-        self._q = {
-            "have": prepare(f"SELECT sha256 FROM {ks}.blobs WHERE app_id = ? AND sha256 = ?"),
-            "blob": prepare(f"SELECT size, chunks FROM {ks}.blobs WHERE app_id = ? AND sha256 = ?"),
-            "put_chunk": prepare(f"INSERT INTO {ks}.blob_chunks (app_id, sha256, idx, data) VALUES (?, ?, ?, ?)"),
-            "put_blob": prepare(f"INSERT INTO {ks}.blobs (app_id, sha256, size, chunks) VALUES (?, ?, ?, ?)"),
-            "list_blob": prepare(f"INSERT INTO {ks}.app_blobs (app_id, sha256, stored_us) VALUES (?, ?, ?)"),
-            "app_blobs": prepare(f"SELECT sha256, stored_us, WRITETIME(stored_us) AS written FROM {ks}.app_blobs "
-                                 "WHERE app_id = ?"),
-            "blob_written": prepare(f"SELECT WRITETIME(size) AS written FROM {ks}.blobs "
-                                    "WHERE app_id = ? AND sha256 = ?"),
-            "drop_blob": prepare(f"DELETE FROM {ks}.blobs USING TIMESTAMP ? WHERE app_id = ? AND sha256 = ?"),
-            "drop_chunks": prepare(f"DELETE FROM {ks}.blob_chunks USING TIMESTAMP ? WHERE app_id = ? AND sha256 = ?"),
-            "unlist_blob": prepare(f"DELETE FROM {ks}.app_blobs USING TIMESTAMP ? WHERE app_id = ? AND sha256 = ?"),
-            "gc_state": prepare(f"SELECT gc_epoch, gc_until_us FROM {ks}.versions WHERE app_id = ? LIMIT 1"),
-            "gc_set": prepare(f"UPDATE {ks}.versions SET gc_epoch = ?, gc_until_us = ? WHERE app_id = ? "
-                              "IF gc_epoch = ? AND gc_until_us = ?"),
-            "all_files": prepare(f"SELECT data FROM {ks}.versions WHERE app_id = ?"),
-            "chunk": prepare(f"SELECT data FROM {ks}.blob_chunks WHERE app_id = ? AND sha256 = ? AND idx = ?"),
-            "minor": prepare(f"SELECT minor FROM {ks}.versions WHERE app_id = ? AND version_id = ?"),
-            "insert": prepare(f"UPDATE {ks}.versions SET minor = ?, created_us = ?, data = ? "
-                              "WHERE app_id = ? AND version_id = ? IF minor = null AND gc_epoch = ? "
-                              "AND gc_until_us = null"),
-            "replace": prepare(f"UPDATE {ks}.versions SET minor = ?, created_us = ?, data = ? "
-                               "WHERE app_id = ? AND version_id = ? IF minor = ? AND gc_epoch = ? "
-                               "AND gc_until_us = null"),
-            "get": prepare(f"SELECT data, default_version FROM {ks}.versions WHERE app_id = ? AND version_id = ?"),
-            "default": prepare(f"SELECT default_version, generation FROM {ks}.versions WHERE app_id = ? LIMIT 1"),
-            "list": prepare(f"SELECT data, created_us, default_version FROM {ks}.versions WHERE app_id = ?"),
-            "set_default": prepare(f"UPDATE {ks}.versions SET default_version = ?, generation = ? "
-                                   "WHERE app_id = ? AND version_id = ? IF minor > 0 AND generation = ?"),
-            "delete": prepare(f"DELETE FROM {ks}.versions WHERE app_id = ? AND version_id = ? "
-                              "IF minor > 0 AND default_version != ?"),
-            "apps": prepare(f"SELECT DISTINCT app_id, default_version, generation FROM {ks}.versions"),
+                await self._ks.execute(f"ALTER TABLE {self._ks.name}.{table} ADD {column} {kind}",
+                                       timeout=cassandra.SCHEMA_TIMEOUT_SECONDS)
+        ks = self._ks.name
+        lwt = {"insert", "replace", "set_default", "delete", "gc_set"}
+        queries = {
+            "have": f"SELECT sha256 FROM {ks}.blobs WHERE app_id = ? AND sha256 = ?",
+            "blob": f"SELECT size, chunks FROM {ks}.blobs WHERE app_id = ? AND sha256 = ?",
+            "put_chunk": f"INSERT INTO {ks}.blob_chunks (app_id, sha256, idx, data) VALUES (?, ?, ?, ?)",
+            "put_blob": f"INSERT INTO {ks}.blobs (app_id, sha256, size, chunks) VALUES (?, ?, ?, ?)",
+            "list_blob": f"INSERT INTO {ks}.app_blobs (app_id, sha256, stored_us) VALUES (?, ?, ?)",
+            "app_blobs": f"SELECT sha256, stored_us, WRITETIME(stored_us) AS written FROM {ks}.app_blobs "
+                          "WHERE app_id = ?",
+            "blob_written": f"SELECT WRITETIME(size) AS written FROM {ks}.blobs "
+                             "WHERE app_id = ? AND sha256 = ?",
+            "drop_blob": f"DELETE FROM {ks}.blobs USING TIMESTAMP ? WHERE app_id = ? AND sha256 = ?",
+            "drop_chunks": f"DELETE FROM {ks}.blob_chunks USING TIMESTAMP ? WHERE app_id = ? AND sha256 = ?",
+            "unlist_blob": f"DELETE FROM {ks}.app_blobs USING TIMESTAMP ? WHERE app_id = ? AND sha256 = ?",
+            "gc_state": f"SELECT gc_epoch, gc_until_us FROM {ks}.versions WHERE app_id = ? LIMIT 1",
+            "gc_set": f"UPDATE {ks}.versions SET gc_epoch = ?, gc_until_us = ? WHERE app_id = ? "
+                       "IF gc_epoch = ? AND gc_until_us = ?",
+            "all_files": f"SELECT data FROM {ks}.versions WHERE app_id = ?",
+            "chunk": f"SELECT data FROM {ks}.blob_chunks WHERE app_id = ? AND sha256 = ? AND idx = ?",
+            "minor": f"SELECT minor FROM {ks}.versions WHERE app_id = ? AND version_id = ?",
+            "insert": f"UPDATE {ks}.versions SET minor = ?, created_us = ?, data = ? "
+                       "WHERE app_id = ? AND version_id = ? IF minor = null AND gc_epoch = ? "
+                       "AND gc_until_us = null",
+            "replace": f"UPDATE {ks}.versions SET minor = ?, created_us = ?, data = ? "
+                        "WHERE app_id = ? AND version_id = ? IF minor = ? AND gc_epoch = ? "
+                        "AND gc_until_us = null",
+            "get": f"SELECT data, default_version FROM {ks}.versions WHERE app_id = ? AND version_id = ?",
+            "default": f"SELECT default_version, generation FROM {ks}.versions WHERE app_id = ? LIMIT 1",
+            "list": f"SELECT data, created_us, default_version FROM {ks}.versions WHERE app_id = ?",
+            "set_default": f"UPDATE {ks}.versions SET default_version = ?, generation = ? "
+                            "WHERE app_id = ? AND version_id = ? IF minor > 0 AND generation = ?",
+            "delete": f"DELETE FROM {ks}.versions WHERE app_id = ? AND version_id = ? "
+                       "IF minor > 0 AND default_version != ?",
+            "apps": f"SELECT DISTINCT app_id, default_version, generation FROM {ks}.versions",
         }
-        for name in ("insert", "replace", "set_default", "delete", "gc_set"):
-            self._q[name].serial_consistency_level = ConsistencyLevel.LOCAL_SERIAL
-        for stmt in self._q.values():
-            stmt.consistency_level = ConsistencyLevel.LOCAL_QUORUM
-        log.info("control plane on cassandra: %s keyspace %s", self._hosts, ks)
+        self._q = {name: self._ks.prepare(cql, consistency="LOCAL_QUORUM",
+                                          serial="LOCAL_SERIAL" if name in lwt else None)
+                   for name, cql in queries.items()}
+        log.info("control plane on cassandra: keyspace %s", ks)
 
     async def _exec(self, name: str, *params: Any) -> list[dict[str, Any]]:
-        return await cassandra.execute(self._session, self._q[name], params)
+        return await self._ks.execute(self._q[name], params)
 
     async def missing_blobs(self, app_id: str, hashes: Sequence[str]) -> list[str]:
         unique = list(dict.fromkeys(hashes))
@@ -270,5 +270,5 @@ class CassandraStore(Store):
                                   generation=r["generation"] or 0) for r in rows), key=lambda a: a.app_id)
 
     async def close(self) -> None:
-        if self._cluster is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self._cluster.shutdown)
+        if self._ks_open is not None:
+            await self._ks_open.close()

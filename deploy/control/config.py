@@ -6,30 +6,25 @@ import dataclasses
 import pathlib
 
 from kiln_platform.bus import DEFAULT_URL
-from kiln_platform.config import GrpcServiceConfig, Secret, field
+from kiln_platform.config import GrpcServiceConfig, ListenAddress, Secret, StorageConfig, field
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class ControlConfig(GrpcServiceConfig):
-    """Control plane settings (env prefix ``KILN_CONTROL_``).
+class ControlConfig(StorageConfig, GrpcServiceConfig):
+    """Control plane settings (env prefix ``KILN_CONTROL_``); storage settings from :class:`StorageConfig`.
 
     ``service_secret`` is the deployment's service secret: the control plane
     hands an app's identity token to holders of the app's admin token (the CLI
     reads the app's logs and data with it).
     """
 
-    listen: str = field("127.0.0.1:50060", "host:port to serve gRPC on")
+    listen: ListenAddress = field(ListenAddress("127.0.0.1", 50060), "host:port to serve gRPC on")
     admin_secret: Secret = field(Secret(""), "key that signs deploy tokens (required; mint tokens with "
                                              "python -m deploy.control mint-token)")
     nats_url: str = field(DEFAULT_URL, "NATS server URL(s) deployment events are published on")
-    storage: str = field("embedded", "where versions and files are kept: embedded (SQLite and files under data_dir; "
-                                     "one replica) or cassandra (any number of replicas)")
     data_dir: pathlib.Path = field(pathlib.Path("~/.local/share/kiln/control").expanduser(),
                                    "directory of the embedded store")
-    cassandra_hosts: str = field("127.0.0.1:9042", "Cassandra contact points, host:port[,host:port]")
     cassandra_keyspace: str = field("kiln_control", "keyspace for versions and files")
-    cassandra_datacenter: str = field("datacenter1", "local Cassandra datacenter")
-    cassandra_replication: int = field(1, "replication factor when creating the keyspace (3 in production)")
     blob_grace_seconds: float = field(3600.0, "files no version uses are deleted once they are this old (a deploy "
                                               "in progress has uploaded files its version does not name yet)")
 
@@ -37,9 +32,5 @@ class ControlConfig(GrpcServiceConfig):
         super().__post_init__()
         if not self.admin_secret:
             raise ValueError("admin_secret: required (set KILN_CONTROL_ADMIN_SECRET or --admin-secret)")
-        if self.storage not in ("embedded", "cassandra"):
-            raise ValueError(f"storage: must be embedded or cassandra, got {self.storage!r}")
         if self.blob_grace_seconds < 0:
             raise ValueError("blob_grace_seconds: must be 0 or more")
-        if self.cassandra_replication < 1:
-            raise ValueError("cassandra_replication: must be at least 1")

@@ -11,13 +11,16 @@ from datastore_svc.engine import cassandra
 from datastore_svc.engine.base import GroupCommit, Write
 from datastore_svc.keys import PREFIX_END, encode_element, encode_path
 from kiln.pb.datastore.v1 import datastore_pb2 as pb
+from kiln_platform.config import StorageConfig, load
 
 pytestmark = pytest.mark.cassandra
 
 
 @pytest.fixture
 async def engine(cassandra_hosts):
-    eng = await cassandra.create(cassandra_hosts, "kiln_engine_test", "datacenter1", 1, index_shards=2)
+    settings = load(StorageConfig, prefix="TEST", argv=["--storage", "cassandra", "--cassandra-hosts", cassandra_hosts,
+                                                        "--cassandra-keyspace", "kiln_engine_test"])
+    eng = await cassandra.create(settings, index_shards=2)
     yield eng
     await eng.close()
 

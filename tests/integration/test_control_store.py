@@ -12,6 +12,7 @@ import pytest
 from deploy.control.store import EmbeddedStore, Store
 from kiln.errors import FailedPreconditionError, NotFoundError
 from kiln.pb.deploy.v1 import deploy_pb2 as pb
+from kiln_platform.config import StorageConfig, load
 
 
 @pytest.fixture(params=["embedded", pytest.param("cassandra", marks=pytest.mark.cassandra)])
@@ -22,8 +23,9 @@ def open_store(request, tmp_path):
 
     async def cassandra() -> Store:
         from deploy.control.cassandra_store import CassandraStore
-        store = CassandraStore(request.getfixturevalue("cassandra_hosts"), "kiln_control_store_test",
-                               "datacenter1", 1)
+        store = CassandraStore(load(StorageConfig, prefix="TEST", argv=[
+            "--storage", "cassandra", "--cassandra-hosts", request.getfixturevalue("cassandra_hosts"),
+            "--cassandra-keyspace", "kiln_control_store_test"]))
         await store.open()
         return store
     if request.param == "cassandra":

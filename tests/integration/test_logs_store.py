@@ -11,6 +11,7 @@ import grpc
 import pytest
 
 from kiln_platform import bus
+from kiln_platform.config import StorageConfig, load
 from kiln.pb.logs.v1 import logs_pb2, logs_pb2_grpc
 from kiln_platform.supervisor import python_module
 from logs_svc.cassandra_store import DAY_US, CassandraLogStore
@@ -34,7 +35,9 @@ def record(app: str, request_id: str, start_us: int, version: str = "v1", level:
 async def store(request, tmp_path):
     if request.param == "cassandra":
         hosts = request.getfixturevalue("cassandra_hosts")
-        found = CassandraLogStore(hosts, "kiln_logs_test", "datacenter1", 1, retention_days=30)
+        settings = load(StorageConfig, prefix="TEST", argv=["--storage", "cassandra", "--cassandra-hosts", hosts,
+                                                            "--cassandra-keyspace", "kiln_logs_test"])
+        found = CassandraLogStore(settings, retention_days=30)
     else:
         found = LogStore(tmp_path / "logs.sqlite3")
     await found.open()

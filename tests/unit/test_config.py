@@ -6,7 +6,7 @@ import pathlib
 import pytest
 
 from datastore_svc.config import DatastoreConfig
-from kiln_platform.config import GrpcServiceConfig, Secret, load
+from kiln_platform.config import GrpcServiceConfig, ListenAddress, Secret, load
 from kiln.errors import ConfigError
 
 ENV = {"KILN_DATASTORE_SERVICE_SECRET": "s"}
@@ -14,7 +14,7 @@ ENV = {"KILN_DATASTORE_SERVICE_SECRET": "s"}
 
 def test_defaults_apply_when_nothing_is_given():
     cfg = load(DatastoreConfig, prefix="DATASTORE", env=ENV)
-    assert cfg.listen == "127.0.0.1:50051"
+    assert cfg.listen == ListenAddress("127.0.0.1", 50051)
     assert cfg.storage == "embedded"
 
 
@@ -24,7 +24,7 @@ def test_env_overrides_yaml_and_flags_override_env(tmp_path):
     env = {**ENV, "KILN_DATASTORE_LISTEN": "127.0.0.1:2222"}
     cfg = load(DatastoreConfig, prefix="DATASTORE", env=env,
                argv=["--config", str(yaml_file), "--storage", "cassandra"])
-    assert cfg.listen == "127.0.0.1:2222"
+    assert str(cfg.listen) == "127.0.0.1:2222"
     assert cfg.max_message_bytes == 2048
     assert cfg.storage == "cassandra"
 

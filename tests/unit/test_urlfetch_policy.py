@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kiln.errors import ConfigError
+from kiln_platform.config import HostPort
 from urlfetch_svc.policy import ForbiddenDestination, InvalidUrl, Policies, Policy, join, parse_url
 
 
@@ -45,7 +46,7 @@ def test_public_addresses_are_allowed(address):
 
 
 def test_an_apps_allowance_opens_only_its_networks():
-    policies = Policies.parse("app1=127.0.0.2/32;10.0.0.0/8,app2=192.168.0.0/16", "")
+    policies = Policies.parse("app1=127.0.0.2/32;10.0.0.0/8,app2=192.168.0.0/16", ())
     policies.for_app("app1").check("10.9.9.9")
     policies.for_app("app1").check("127.0.0.2")
     with pytest.raises(ForbiddenDestination):
@@ -55,26 +56,26 @@ def test_an_apps_allowance_opens_only_its_networks():
 
 
 def test_an_allowance_for_every_app_applies_to_all():
-    policies = Policies.parse("*=127.0.0.0/8", "")
+    policies = Policies.parse("*=127.0.0.0/8", ())
     policies.for_app("anyone").check("127.0.0.5")
 
 
 def test_operator_networks_count_as_internal_even_when_public():
-    policy = Policies.parse("", "203.0.113.0/24").for_app("a")
+    policy = Policies.parse("", ["203.0.113.0/24"]).for_app("a")
     with pytest.raises(ForbiddenDestination):
         policy.check("203.0.113.7")
     policy.check("8.8.8.8")
 
 
-@pytest.mark.parametrize("allow, internal", [("app1", ""), ("=10.0.0.0/8", ""), ("a=10.0.0.300/8", ""),
-                                             ("", "nonsense")])
+@pytest.mark.parametrize("allow, internal", [("app1", ()), ("=10.0.0.0/8", ()), ("a=10.0.0.300/8", ()),
+                                             ("", ["nonsense"])])
 def test_malformed_settings_are_config_errors(allow, internal):
     with pytest.raises(ConfigError):
         Policies.parse(allow, internal)
 
 
 def test_the_routers_front_door_is_reachable_but_not_other_ports_on_its_address():
-    policy = Policies.parse("", "", "127.0.0.1:8080").for_app("a")
+    policy = Policies.parse("", (), [HostPort("127.0.0.1", 8080)]).for_app("a")
     policy.check("127.0.0.1", 8080)
     with pytest.raises(ForbiddenDestination):
         policy.check("127.0.0.1", 50051)
