@@ -212,38 +212,6 @@ def _wrap_stream(fn: Callable[..., Any], call: _Call, streaming: bool = False) -
     return wrapped
 
 
-def unimplemented(service: Any, *, issue: str) -> Any:
-    """A generic handler answering UNIMPLEMENTED, naming the issue that will build it.
-
-    Used for contracts that are published and discoverable by reflection but
-    whose behaviour belongs to a later piece of work.
-    """
-    name = service.full_name
-
-    async def handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        raise errors.UnimplementedError(f"{name} is not implemented yet ({issue})")
-
-    async def stream_handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        raise errors.UnimplementedError(f"{name} is not implemented yet ({issue})")
-        yield  # pragma: no cover - makes this an async generator
-
-    from google.protobuf import message_factory
-    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
-    for m in service.methods:
-        req = message_factory.GetMessageClass(m.input_type)
-        resp = message_factory.GetMessageClass(m.output_type)
-        kw: dict[str, Any] = {"request_deserializer": req.FromString, "response_serializer": resp.SerializeToString}
-        if m.server_streaming and m.client_streaming:
-            handlers[m.name] = grpc.stream_stream_rpc_method_handler(stream_handler, **kw)
-        elif m.server_streaming:
-            handlers[m.name] = grpc.unary_stream_rpc_method_handler(stream_handler, **kw)
-        elif m.client_streaming:
-            handlers[m.name] = grpc.stream_unary_rpc_method_handler(handler, **kw)
-        else:
-            handlers[m.name] = grpc.unary_unary_rpc_method_handler(handler, **kw)
-    return grpc.method_handlers_generic_handler(name, handlers)
-
-
 class Server:
     """A running gRPC server with health and reflection; see :func:`start`."""
 

@@ -9,14 +9,16 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from deploy.control import tokens
-from kiln.pb.cron.v1 import cron_pb2
+from kiln.errors import UnauthenticatedError
+from kiln.pb.cron.v1 import cron_pb2, cron_pb2_grpc
 from kiln.pb.datastore.v1 import datastore_pb2
 from kiln.pb.deploy.v1 import deploy_pb2
 from kiln.pb.images.v1 import images_pb2
 from kiln.pb.mail.v1 import mail_pb2
 from kiln.pb.memcache.v1 import memcache_pb2
 from kiln.pb.urlfetch.v1 import urlfetch_pb2
-from kiln_platform import auth
+from kiln_platform import auth, grpcserver
+from kiln_platform.config import GrpcServiceConfig, load
 from tests.integration.conftest import SECRET
 from tests.integration.test_control_plane import start_control
 
@@ -98,3 +100,46 @@ def test_a_deploy_token_of_another_deployment_is_refused_by_the_control_plane(co
                       deploy_pb2.DESCRIPTOR.services_by_name["DeployService"].methods_by_name["ListApps"],
                       (("authorization", f"Bearer {forged}"),))
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+class _WhoCalls(cron_pb2_grpc.CronServiceServicer):
+    """A servicer that answers with who called it, as far as the server verified (as a real one reads it)."""
+
+    async def ListJobs(self, request, context):
+        try:
+            caller = grpcserver.caller_app()
+        except UnauthenticatedError:
+            caller = "anonymous"
+        return cron_pb2.ListJobsResponse(jobs=[cron_pb2.Job(url=caller)])
+
+    async def ValidateSchedule(self, request, context):
+        return cron_pb2.ValidateScheduleResponse(next_runs=[{"seconds": len(grpcserver.caller_app())}])
+
+
+@pytest.fixture
+async def opted_out_server():
+    cfg = load(GrpcServiceConfig, prefix="TEST", env={"KILN_TEST_SERVICE_SECRET": SECRET})
+    registration = grpcserver.Registration("kiln.pb.cron.v1.CronService",
+                                           cron_pb2_grpc.add_CronServiceServicer_to_server, _WhoCalls(),
+                                           public_methods=frozenset({"ListJobs"}))
+    server = await grpcserver.start(cfg, [registration])
+    yield server.address
+    await server.stop(0)
+
+
+async def test_a_method_listed_as_public_is_served_without_credentials_and_knows_no_caller(opted_out_server):
+    async with grpc.aio.insecure_channel(opted_out_server) as channel:
+        reply = await cron_pb2_grpc.CronServiceStub(channel).ListJobs(cron_pb2.ListJobsRequest(), timeout=20)
+    assert [job.url for job in reply.jobs] == ["anonymous"]
+
+
+async def test_the_other_methods_of_a_service_with_a_public_one_still_need_credentials(opted_out_server):
+    async with grpc.aio.insecure_channel(opted_out_server) as channel:
+        stub = cron_pb2_grpc.CronServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.ValidateSchedule(cron_pb2.ValidateScheduleRequest(), timeout=20)
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        token = auth.mint_app_token(SECRET, "guestbook")
+        reply = await stub.ValidateSchedule(cron_pb2.ValidateScheduleRequest(), timeout=20,
+                                            metadata=(("authorization", f"Bearer {token}"),))
+    assert [t.seconds for t in reply.next_runs] == [len("guestbook")]
