@@ -22,6 +22,8 @@ MAIN = textwrap.dedent(r'''
     import kiln.runtime
 
     HERE = pathlib.Path(__file__).parent
+    # kiln dev's data directory (under user isolation the app runs on a copy of its files, elsewhere).
+    DATA = pathlib.Path((HERE / "kiln-data-dir.txt").read_text())
     RAN = []  # what threads the app tried to start managed to do
     GRPC_INIT = pathlib.Path(sysconfig.get_paths()["purelib"]) / "grpc" / "__init__.py"
 
@@ -141,10 +143,10 @@ MAIN = textwrap.dedent(r'''
         "parent-environ-opener": lambda: open("environ", "rb", opener=lambda path, flags: os.open(
             path, flags, dir_fd=os.open(f"/proc/{os.getppid()}", os.O_RDONLY))),
         "kiln-run-dir-at": lambda: os.open("run/router.addr", os.O_RDONLY,
-                                           dir_fd=os.open(HERE / "data", os.O_RDONLY)),
+                                           dir_fd=os.open(DATA, os.O_RDONLY)),
         "parent-memory": lambda: open(f"/proc/{os.getppid()}/mem", "rb"),
-        "kiln-run-dir": lambda: (HERE / "data" / "run" / "router.addr").read_text(),
-        "kiln-instances-json": lambda: (HERE / "data" / "run" / "instances" / "instances.json").read_text(),
+        "kiln-run-dir": lambda: (DATA / "run" / "router.addr").read_text(),
+        "kiln-instances-json": lambda: (DATA / "run" / "instances" / "instances.json").read_text(),
         # ctypes
         "ctypes-dlopen": lambda: ctypes.CDLL(None),
         "ctypes-dlsym": lambda: ctypes.pythonapi.Py_GetVersion,
@@ -220,6 +222,10 @@ MAIN = textwrap.dedent(r'''
             body = {"seen": seen}
         elif name == "readable":
             body = readable()
+        elif name == "left":  # what the app sees of its own directory, /tmp and /dev/shm (its own under user isolation)
+            body = {"files": sorted(p.name for p in HERE.iterdir()),
+                    "tmp-fifo": os.path.exists("/tmp/kiln-sandbox-fifo"),
+                    "shm": sorted(n for n in os.listdir("/dev/shm") if "kiln-sandbox" in n)}
         elif name.startswith("import/"):
             try:
                 module = IMPORTS[name.partition("/")[2]]()
@@ -257,10 +263,13 @@ IMPORTS = ["import-statement", "exec-import", "eval-import", "compile-import", "
            "gcd-import", "runpy", "pkgutil", "submodule", "nats", "yaml"]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+@pytest.fixture(scope="module", params=["none", "user"])
+def server(request, tmp_path_factory):
+    """The app under ``kiln dev``, in both isolation modes: each escape must fail in the Python layer whatever
+    the OS layer below it."""
     app_dir = tmp_path_factory.mktemp("bypasses")
-    with running(app_dir, {"main.py": MAIN}) as srv:
+    with running(app_dir, {"main.py": MAIN, "kiln-data-dir.txt": str(app_dir / "data")},
+                 isolation=request.param) as srv:
         srv.app_dir = app_dir
         yield srv
 
@@ -301,7 +310,10 @@ def test_every_way_to_start_or_signal_a_process_is_refused(server, name):
 def test_every_way_to_create_a_file_fifo_database_or_shared_memory_is_refused(server, name):
     before = set(os.listdir("/dev/shm"))
     assert_refused(attempt(server, name))
-    left = {p.name for p in server.app_dir.iterdir()} - {"main.py", "app.yaml", "data"}
+    seen = json.loads(fetch(server, "/left")[2])
+    assert set(seen["files"]) - {"main.py", "app.yaml", "data", "kiln-data-dir.txt"} == set()
+    assert not seen["tmp-fifo"] and seen["shm"] == []
+    left = {p.name for p in server.app_dir.iterdir()} - {"main.py", "app.yaml", "data", "kiln-data-dir.txt"}
     assert not left, left
     assert not os.path.exists("/tmp/kiln-sandbox-fifo")
     assert not {n for n in set(os.listdir("/dev/shm")) - before if "kiln-sandbox" in n}
