@@ -135,6 +135,16 @@ def _platform_paths() -> list[pathlib.Path]:
     return sorted(p.resolve() for p in paths)
 
 
+def platform_paths() -> list[pathlib.Path]:
+    """What every instance needs of kiln's own installation: the interpreter as started (a virtual environment's
+    ``bin/python`` included), its libraries, and kiln's code. Under a private ``/tmp`` these stay visible, wherever
+    kiln is installed (a checkout under ``/tmp`` included)."""
+    source_root = pathlib.Path(__file__).resolve().parent.parent
+    paths = {*_platform_paths(), pathlib.Path(sys.prefix), pathlib.Path(sys.exec_prefix),
+             pathlib.Path(sys.executable).parent, source_root}
+    return sorted(paths)
+
+
 def platform_blocked() -> str | None:
     """Why app users cannot run kiln's Python (a directory they cannot enter or a file they cannot read), or None."""
     for path in _platform_paths():

@@ -498,8 +498,9 @@ def build(args: argparse.Namespace, extra_runtime_args: Sequence[str], environ: 
         args.nats_url, natsauth.app_user(args.app_id) if nats_secret else None,
         natsauth.app_password(nats_secret, args.app_id) if nats_secret else None)
     namespaces = _process_namespaces()
-    # What instances read and write on the host; under a private /tmp it must stay visible (tests, kiln dev in /tmp).
-    keep = [app_dir, args.run_dir.resolve(), *environment.library_dirs,
+    # What instances read and write on the host, kiln's own installation included; under a private /tmp it must
+    # stay visible (tests, kiln dev, or kiln itself installed under /tmp).
+    keep = [*isolation.platform_paths(), app_dir, args.run_dir.resolve(), *environment.library_dirs,
             *([environment.requirements_dir] if environment.requirements_dir else []),
             *([sockets] if sockets else []), *([app_root] if app_root else [])]
     memory = _memory_cgroup(f"{cgroups.PREFIX}{args.app_id}-{args.version_id}-{os.getpid()}")

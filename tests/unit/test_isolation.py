@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import pathlib
+import sys
 
 import pytest
 
 from kiln_platform import appyaml
 from kiln_platform.supervisor import Confinement
+import runtime
 from runtime import cgroups, isolation
 
 
@@ -94,3 +96,13 @@ def test_the_wrapper_is_told_each_confinement_setting():
                        keep=(pathlib.Path("/tmp/app"),), pid_namespace=True).wrapper_args()
     assert args == ["--uid", "7", "--cgroup", "/cg/i", "--private-tmp", "384", "--keep", "/tmp/app",
                     "--pid-namespace", "--gid", "7", "--no-new-privs"]
+
+
+def test_kilns_own_installation_stays_visible_to_instances_under_a_private_tmp():
+    import grpc
+
+    import kiln_platform
+
+    kept = [str(p) for p in isolation.platform_paths()]
+    for needed in (sys.executable, kiln_platform.__file__, runtime.__file__, grpc.__file__):
+        assert any(needed == k or needed.startswith(k + "/") for k in kept), (needed, kept)
