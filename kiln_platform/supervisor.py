@@ -94,8 +94,12 @@ class Supervisor:
 
     def spawn(self, name: str, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
               ready_file: pathlib.Path | None = None, confinement: Confinement | None = None,
-              cwd: pathlib.Path | None = None) -> Child:
-        """Start ``argv`` without waiting; see :meth:`wait_ready`."""
+              cwd: pathlib.Path | None = None, pass_fds: Sequence[int] = ()) -> Child:
+        """Start ``argv`` without waiting; see :meth:`wait_ready`.
+
+        ``pass_fds`` stay open, at the same numbers, in the child (through the wrapper, which keeps them), as with
+        :class:`subprocess.Popen`; no other descriptor of this process reaches it.
+        """
         log_path = self.run_dir / f"{name}.log"
         if ready_file is not None:
             ready_file.unlink(missing_ok=True)
@@ -103,7 +107,8 @@ class Supervisor:
             settings = confinement.wrapper_args() if confinement is not None else []
             wrapped = [sys.executable, str(_DIE_WITH_PARENT), str(os.getpid()), *settings, "--", *argv]
             proc = subprocess.Popen(wrapped, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env=dict(env) if env is not None else None, start_new_session=True, cwd=cwd)
+                                    env=dict(env) if env is not None else None, start_new_session=True, cwd=cwd,
+                                    pass_fds=tuple(pass_fds))
         child = Child(name, proc, log_path)
         self.children.append(child)
         return child

@@ -17,15 +17,19 @@ THREADSAFE_YAML = ("runtime: python27\napi_version: 1\nthreadsafe: true\n"
 
 @contextlib.contextmanager
 def running(app_dir: pathlib.Path, files: Mapping[str, str], *, app_yaml: str = THREADSAFE_YAML,
-            request_deadline: float = 60.0, urlfetch_allow_internal: str = "") -> Iterator[DevServer]:
-    """Write the app's files and serve it with every kiln part, stopping everything afterwards."""
+            request_deadline: float = 60.0, urlfetch_allow_internal: str = "",
+            isolation: str = "none") -> Iterator[DevServer]:
+    """Write the app's files and serve it with every kiln part, stopping everything afterwards.
+
+    The router waits ``request_deadline`` + 5 s for an instance's answer (``kiln dev``'s setting).
+    """
     app_dir.mkdir(parents=True, exist_ok=True)
     (app_dir / "app.yaml").write_text(app_yaml)
     for name, text in files.items():
         (app_dir / name).write_text(text)
     server = DevServer(DevOptions(app_dir=app_dir, port=0, data_dir=app_dir / "data",
                                   request_deadline=request_deadline,
-                                  urlfetch_allow_internal=urlfetch_allow_internal))
+                                  urlfetch_allow_internal=urlfetch_allow_internal, isolation=isolation))
     server.start()
     try:
         yield server
