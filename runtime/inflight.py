@@ -45,8 +45,9 @@ REPLY_SUBJECT = re.compile(rb"_INBOX\.[A-Za-z0-9]{1,64}(?:\.[A-Za-z0-9]{1,64})?"
 # Requests one instance may hold as far as its manager cares: far above what one instance queues, bounded so a
 # hostile app cannot grow its manager's memory or make it publish without end.
 MAX_HELD = 10_000
-# The pipe's capacity (Linux allows up to /proc/sys/fs/pipe-max-size, 1 MiB by default, to anyone): room for
-# ~20,000 lines while the manager's loop is busy.
+# The pipe's capacity (Linux allows up to /proc/sys/fs/pipe-max-size, 1 MiB by default, to anyone): ~20,000 lines.
+# The manager reads it every quarter second (runtime.manager: Manager.tick), far more than an instance serves
+# meanwhile; even the default 64 KiB holds ~1,400 lines.
 PIPE_BYTES = 1 << 20
 _STARTED, _FINISHED = b"+", b"-"
 
