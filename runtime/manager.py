@@ -248,7 +248,7 @@ class Manager:
             if inst.child.proc.poll() is not None:
                 del self.stopping[instance_id]
                 self._sup.children.remove(inst.child)
-                self._ended(inst)
+                log.info("stopped instance %s %s", instance_id, self._ended(inst))
                 if inst.home is not None:
                     isolation.remove_instance_dir(inst.home)
                 self._release(inst)
@@ -294,8 +294,8 @@ class Manager:
             if idle and current > wanted:
                 self.stop_instance(min(idle, key=lambda i: i.busy_at).instance_id)
 
-    def _ended(self, inst: _Instance) -> None:
-        """Say why an instance that is gone ended, and queue a 500 for each request it still held."""
+    def _ended(self, inst: _Instance) -> str:
+        """Queue a 500 for each request an instance that is gone still held; how it ended ("exited with status 0")."""
         status = inst.child.proc.returncode
         kills = 0 if inst.group is None else inst.group.oom_kills()
         if kills:
@@ -320,6 +320,7 @@ class Manager:
                       reason, len(held))
             self.orphans.append(Orphans(inst.instance_id, held, inflight.exited_response(
                 inst.instance_id, out_of_memory=kills > 0, reason=reason)))
+        return reason
 
     def take_orphans(self) -> list[Orphans]:
         found, self.orphans = self.orphans, []

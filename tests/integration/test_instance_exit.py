@@ -106,13 +106,15 @@ def holding(server):
     return int(body) if status == 200 else -1
 
 
-def instance_pid(server):
-    """The manager's child for the serving instance: the wrapper outside the instance's PID namespace."""
-    return next(iter(server.instances().values()))
+def instance_pid(server, instance_id):
+    """The manager's child for the instance: the wrapper outside the instance's PID namespace (once the manager has
+    recorded it as ready, which may be a moment after it first serves)."""
+    apps.wait_for(lambda: instance_id in server.instances(), 30)
+    return server.instances()[instance_id]
 
 
-def runtime_pid(server):
-    todo = [instance_pid(server)]
+def runtime_pid(server, instance_id):
+    todo = [instance_pid(server, instance_id)]
     while todo:
         pid = todo.pop()
         if pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[1:3] == [b"-m", b"runtime"]:
@@ -145,8 +147,8 @@ def hold_requests(server, pool, release):
     return pending
 
 
-def victim(server, which):
-    return instance_pid(server) if which == "wrapper" else runtime_pid(server)
+def victim(server, which, instance_id):
+    return instance_pid(server, instance_id) if which == "wrapper" else runtime_pid(server, instance_id)
 
 
 @pytest.mark.parametrize(("which", "sig"), [("runtime", signal.SIGKILL), ("runtime", signal.SIGSEGV),
@@ -155,7 +157,7 @@ def test_requests_held_by_an_instance_that_dies_get_a_500_at_once(server, which,
     before = serving_instance(server)
     with concurrent.futures.ThreadPoolExecutor(HELD) as pool:
         pending = hold_requests(server, pool, f"never-{time.monotonic_ns()}")
-        os.kill(victim(server, which), sig)
+        os.kill(victim(server, which, before), sig)
         results = [f.result() for f in pending]
     for status, body, seconds in results:
         assert status == 500 and b"Internal Server Error" in body
@@ -169,7 +171,7 @@ def test_the_request_log_records_each_as_a_500_with_app_engines_message(server):
     before = serving_instance(server)
     with concurrent.futures.ThreadPoolExecutor(HELD) as pool:
         pending = hold_requests(server, pool, f"never-{time.monotonic_ns()}")
-        os.kill(runtime_pid(server), signal.SIGKILL)
+        os.kill(runtime_pid(server, before), signal.SIGKILL)
         assert [f.result()[0] for f in pending] == [500] * HELD
     apps.wait_for(lambda: len(held_requests_logged(server, before)) >= HELD, 30)
     failed = held_requests_logged(server, before)
@@ -184,7 +186,7 @@ def test_an_instance_stopped_with_sigterm_answers_what_it_holds_and_no_500_is_ma
     here = pathlib.Path(fetch(server, "/here")[1].decode())
     with concurrent.futures.ThreadPoolExecutor(HELD) as pool:
         pending = hold_requests(server, pool, release)
-        os.kill(instance_pid(server), signal.SIGTERM)
+        os.kill(instance_pid(server, before), signal.SIGTERM)
         logs = list(server.instances_dir.glob(f"instance-{before[:8]}*.log"))
         apps.wait_for(lambda: "stopping: draining requests" in logs[0].read_text(), 30)  # in flight while it drains
         (here / release).touch()
@@ -206,7 +208,7 @@ def test_a_request_answered_before_the_instance_dies_is_not_answered_again(serve
         (here / release).touch()
         assert answered.result()[:2] == (200, b"released")
         pending = hold_requests(server, pool, f"never-{time.monotonic_ns()}")
-        os.kill(runtime_pid(server), signal.SIGKILL)
+        os.kill(runtime_pid(server, before), signal.SIGKILL)
         assert [f.result()[0] for f in pending] == [500] * HELD
     apps.wait_for(lambda: f"instance {before} was killed" in manager_log(server), 30)
     assert f"instance {before} was killed by SIGKILL while holding {HELD} request(s)" in manager_log(server)
