@@ -49,6 +49,8 @@ MAIN = textwrap.dedent('''
     HERE = os.path.dirname(os.path.abspath(__file__))
     LOCK = threading.Lock()
     HOLDING = [0]
+    FORGED = [b"+kiln.http.other.v1\\n", b"+_INBOX_other.abc.def\\n", b"+$JS.API.STREAM.DELETE.KILN_LOGS\\n",
+              b"+_INBOX.>\\n"]
 
     def app(environ, start_response):
         path = environ["PATH_INFO"]
@@ -65,6 +67,12 @@ MAIN = textwrap.dedent('''
             body = b"released"
         elif path == "/holding":
             body = str(HOLDING[0]).encode()
+        elif path == "/forge":  # hostile code: the pipe to the manager is in its process too
+            import sys
+            fd = int(sys.argv[sys.argv.index("--inflight-fd") + 1])
+            for line in FORGED:
+                os.write(fd, line)
+            body = b"forged"
         elif path == "/here":
             body = HERE.encode()
         else:
@@ -213,3 +221,16 @@ def test_a_request_answered_before_the_instance_dies_is_not_answered_again(serve
     apps.wait_for(lambda: f"instance {before} was killed" in manager_log(server), 30)
     assert f"instance {before} was killed by SIGKILL while holding {HELD} request(s)" in manager_log(server)
 
+
+def test_what_app_code_writes_into_the_pipe_is_refused_unless_it_is_a_routers_reply_inbox(server):
+    """App code can write into the pipe; the manager answers only the router's inboxes, never another subject."""
+    before = serving_instance(server)
+    assert fetch(server, "/forge")[:2] == (200, b"forged")
+    with concurrent.futures.ThreadPoolExecutor(HELD) as pool:
+        pending = hold_requests(server, pool, f"never-{time.monotonic_ns()}")
+        os.kill(runtime_pid(server, before), signal.SIGKILL)
+        assert [f.result()[0] for f in pending] == [500] * HELD
+    apps.wait_for(lambda: f"instance {before} wrote" in manager_log(server), 30)
+    assert (f"instance {before} wrote 4 line(s) into its request pipe that were not its requests' reply subjects "
+            "(ignored)") in manager_log(server)
+    assert f"instance {before} was killed by SIGKILL while holding {HELD} request(s)" in manager_log(server)
