@@ -15,6 +15,8 @@ host's), resource limits,
 then dropping to ``--gid``/``--uid`` with no supplementary groups, then
 ``PR_SET_NO_NEW_PRIVS``), sets ``PR_SET_PDEATHSIG`` (SIGTERM; after the uid
 change, which would clear it) and execs the command, which keeps all of them.
+Descriptors the supervisor passed (``pass_fds``, such as an instance's pipe to
+its manager, :mod:`runtime.inflight`) reach the command at the same numbers.
 
 With ``--pid-namespace`` the command runs in a PID namespace of its own: this
 process stays (outside, forwarding signals, exiting with the command's status)

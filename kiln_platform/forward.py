@@ -20,6 +20,10 @@ import contextlib
 import logging
 import os
 import pathlib
+import select
+import socket
+import struct
+import time
 from collections.abc import Sequence
 
 from kiln.errors import ConfigError
@@ -93,6 +97,7 @@ class UnixToTcp:
         self.targets = [parse_target(t) for t in targets]
         self._gid = gid
         self._server: asyncio.AbstractServer | None = None
+        self._peers: dict[asyncio.Task[None] | None, int] = {}  # connection -> pidfd of the process at its Unix end
 
     async def start(self) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -104,6 +109,29 @@ class UnixToTcp:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         _hold()
+        pidfd = _peer_pidfd(writer)
+        if pidfd is None:
+            await self._forward(reader, writer)
+            return
+        task = asyncio.current_task()
+        self._peers[task] = pidfd
+        try:
+            await self._forward(reader, writer)
+        finally:
+            del self._peers[task]
+            os.close(pidfd)
+
+    async def settle(self, timeout: float) -> None:
+        """Wait (at most ``timeout`` seconds) until no connection is left whose process at the Unix end has exited.
+
+        A dead instance's connections end when this loop reads their end of stream and passes it on; until then
+        the destination (NATS) still counts the instance's connection, and its subscriptions, as alive.
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and any(_exited(fd) for fd in self._peers.values()):
+            await asyncio.sleep(0.005)
+
+    async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         for host, port in self.targets:
             try:
                 upstream = await asyncio.wait_for(asyncio.open_connection(host, port), 10)
@@ -121,6 +149,23 @@ class UnixToTcp:
             await self._server.wait_closed()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
+
+
+_PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+def _peer_pidfd(writer: asyncio.StreamWriter) -> int | None:
+    """A pidfd of the process that connected (SO_PEERCRED), or None where the kernel does not say."""
+    sock = writer.get_extra_info("socket")
+    try:
+        pid = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))[0]
+        return os.pidfd_open(pid) if pid > 0 else None
+    except (OSError, AttributeError):
+        return None
+
+
+def _exited(pidfd: int) -> bool:
+    return bool(select.select([pidfd], [], [], 0)[0])  # a pidfd is readable once its process has exited
 
 
 async def tcp_to_unix(path: pathlib.Path) -> asyncio.Server:

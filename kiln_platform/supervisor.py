@@ -101,7 +101,8 @@ class Supervisor:
         """Start ``argv`` without waiting; see :meth:`wait_ready`.
 
         ``secrets`` reach the child through a pipe (:mod:`kiln_platform.handover`), never its environment, which other
-        processes of the same user can read; ``pass_fds`` are descriptors the child inherits.
+        processes of the same user can read. ``pass_fds`` stay open, at the same numbers, in the child (through the
+        wrapper, which keeps them), as with :class:`subprocess.Popen`; no other descriptor of this process reaches it.
         """
         log_path = self.run_dir / f"{name}.log"
         if ready_file is not None:

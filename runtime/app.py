@@ -36,7 +36,7 @@ from kiln_platform.log import app_id as app_id_var
 from kiln_platform.log import request_id as request_id_var
 from kiln.pb.logs.v1 import logs_pb2
 from kiln.pb.runtime.v1 import events_pb2, http_pb2
-from runtime import httpfetch, isolation, sandbox
+from runtime import httpfetch, inflight, isolation, sandbox
 from runtime.config import RuntimeConfig
 from runtime.wsgi import BadResponseHeaderError, CgiScript, InstanceInfo, WsgiApp, build_environ, call_app
 
@@ -130,6 +130,7 @@ class Instance:
         self.out_of_memory = False  # an allocation failed in the app (RLIMIT_AS): replace the instance
         self._waiting: dict[int, Msg] = {}  # requests not answered yet, to fail if the instance must stop at once
         self._queued: dict[int, float] = {}  # requests waiting for a free slot -> when they arrived
+        self.inflight = inflight.Reporter(cfg.inflight_fd)  # the manager answers these if this process dies
 
     def export_environment(self) -> None:
         """Process-wide variables the app's SDK reads: service addresses and its identity token."""
@@ -180,6 +181,7 @@ class Instance:
         """NATS callback: handle each request in its own task so requests overlap."""
         self._waiting[id(msg)] = msg
         self._queued[id(msg)] = time.monotonic()
+        self.inflight.started(msg.reply)
         task = asyncio.create_task(self._handle(msg))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -203,7 +205,10 @@ class Instance:
             self._waiting.pop(id(msg), None)
             self._queued.pop(id(msg), None)
         if msg.reply:
-            await msg.respond(resp.SerializeToString())
+            try:
+                await msg.respond(resp.SerializeToString())
+            finally:
+                self.inflight.finished(msg.reply)
         self._check_soft_memory()
 
     def _check_soft_memory(self) -> None:
@@ -242,6 +247,7 @@ class Instance:
                                   self.cfg.instance_id)
                     try:
                         await msg.respond(resp.SerializeToString())
+                        self.inflight.finished(msg.reply)
                     except Exception:  # noqa: BLE001 - the instance is going anyway
                         log.exception("could not answer request")
             if self._nc is not None:
@@ -375,12 +381,7 @@ def rss_mb() -> float:
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
-def _error(status: int, reason: str, instance_id: str, public: str | None = None) -> http_pb2.HttpResponse:
-    body = public or {400: "Bad Request", 500: "Internal Server Error"}.get(status, "Error")
-    resp = http_pb2.HttpResponse(status=status, body=f"<html><body><h1>{status} {body}</h1></body></html>".encode(),
-                                 runtime_error=reason, instance_id=instance_id)
-    resp.headers.add(name="Content-Type", value=b"text/html; charset=utf-8")
-    return resp
+_error = inflight.error_response
 
 
 def _app_concurrency(config: appyaml.AppConfig) -> int:

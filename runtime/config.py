@@ -58,6 +58,8 @@ class RuntimeConfig(GrpcServiceConfig):
     memory_limit_mb: int = field(0, "instance memory: past it after a request the instance is replaced, and past "
                                     "1.25 times it at any moment it stops at once (0: app.yaml's instance_class)")
     max_concurrent_requests: int = field(0, "requests served at once (0: app.yaml's automatic_scaling value, else 10)")
+    inflight_fd: int = field(-1, "a pipe to the instance manager, told of each request's start and end so that it "
+                                 "answers them should the instance die (runtime.inflight; runtime.manager sets it)")
 
     def __post_init__(self) -> None:
         super().__post_init__()

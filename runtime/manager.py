@@ -13,7 +13,10 @@ and keeps their number where the load wants it:
 
 Instances share the version's NATS queue group, so a new instance takes work
 as soon as it subscribes and a stopping one drains its requests first; a
-killed instance costs only the requests it held.
+killed instance costs only the requests it held, and those get a 500 at once,
+as on App Engine: each instance tells the manager which requests it holds
+(:mod:`runtime.inflight`), and when one ends with requests unanswered, whatever
+ended it, the manager answers each with a 500 on its own NATS connection.
 """
 
 from __future__ import annotations
@@ -34,13 +37,15 @@ import time
 import uuid
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 
+from nats.aio.client import Client
+
 from kiln_platform import appyaml, auth, bus, forward, handover, natsauth
 from kiln_platform import log as kiln_log
 from kiln.errors import ConfigError
-from kiln.pb.runtime.v1 import events_pb2
+from kiln.pb.runtime.v1 import events_pb2, http_pb2
 from kiln_platform.config import HostPort
 from kiln_platform.supervisor import Child, Confinement, StartError, Supervisor, python_module
-from runtime import cgroups, isolation, libraries
+from runtime import cgroups, inflight, isolation, libraries
 from runtime.config import RuntimeConfig
 
 log = logging.getLogger(__name__)
@@ -110,6 +115,7 @@ class _Instance:
     instance_id: str
     started: float
     ready_file: pathlib.Path
+    tracker: inflight.Tracker
     home: pathlib.Path | None = None
     group: cgroups.InstanceGroup | None = None
     ready: bool = False
@@ -140,6 +146,17 @@ class Launch:
 MAX_RESTART_DELAY = 30.0
 # Initial instances failing this many times in a row before serving: the version cannot start.
 START_ATTEMPTS = 3
+# How long an ended instance's last processes may take to go (killed) before its requests are answered anyway.
+EXIT_WAIT_SECONDS = 2.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Orphans:
+    """Requests an instance held when it ended: each reply subject gets ``response``."""
+
+    instance_id: str
+    subjects: Sequence[str]
+    response: http_pb2.HttpResponse
 
 
 class Manager:
@@ -150,6 +167,8 @@ class Manager:
         self._launch = launch
         self.scaling = scaling
         self.instances: dict[str, _Instance] = {}
+        self.stopping: dict[str, _Instance] = {}  # sent SIGTERM (scaled down), not yet gone
+        self.orphans: list[Orphans] = []  # requests of ended instances, for run() to answer
         self._failures = 0  # consecutive exits before serving
         self._next_start = 0.0
         self.ever_ready = False
@@ -173,20 +192,33 @@ class Manager:
         if self._launch.cgroup is not None:
             group = self._launch.cgroup.create(f"instance-{instance_id}", self._launch.memory_cap)
             confinement = dataclasses.replace(confinement, cgroups=(group.path,))
-        child = self._sup.spawn(f"instance-{instance_id[:8]}", python_module(
-            "runtime", *self._launch.runtime_args, "--instance-id", instance_id, "--ready-file", str(ready)),
-            env=env, ready_file=ready, confinement=confinement, cwd=home)
-        inst = self.instances[instance_id] = _Instance(child, instance_id, time.monotonic(), ready, home, group)
+        tracker = inflight.Tracker()
+        try:
+            child = self._sup.spawn(f"instance-{instance_id[:8]}", python_module(
+                "runtime", *self._launch.runtime_args, "--instance-id", instance_id, "--ready-file", str(ready),
+                "--inflight-fd", str(tracker.write_fd)),
+                env=env, ready_file=ready, confinement=confinement, cwd=home, pass_fds=(tracker.write_fd,))
+        finally:
+            tracker.spawned()
+        inst = self.instances[instance_id] = _Instance(child, instance_id, time.monotonic(), ready, tracker, home,
+                                                       group)
         log.info("starting instance %s (pid %d; %d running)", instance_id, child.proc.pid, len(self.instances))
         self.on_change()
         return inst
 
     def stop_instance(self, instance_id: str) -> None:
         found = self.instances.pop(instance_id, None)
-        if found is not None and found.child.proc.poll() is None:
-            log.info("stopping idle instance %s", instance_id)
-            found.child.proc.send_signal(signal.SIGTERM)
+        if found is not None:
+            self.stopping[instance_id] = found  # until it is gone: it may still answer what it holds
+            if found.child.proc.poll() is None:
+                log.info("stopping idle instance %s", instance_id)
+                found.child.proc.send_signal(signal.SIGTERM)
         self.on_change()
+
+    @property
+    def running(self) -> list[_Instance]:
+        """Every instance whose process may still run (serving, starting or stopping)."""
+        return [*self.instances.values(), *self.stopping.values()]
 
     def on_heartbeat(self, beat: events_pb2.InstanceHeartbeat) -> None:
         found = self.instances.get(beat.instance_id)
@@ -208,6 +240,19 @@ class Manager:
             StartError: the first instances keep exiting before they serve.
         """
         now = time.monotonic()
+        for inst in self.running:
+            # Read in batches, not as each line arrives: waking for every request cost the manager 50 µs of CPU per
+            # request; the pipe holds a quarter second of lines many times over.
+            inst.tracker.feed()
+        for instance_id, inst in list(self.stopping.items()):
+            if inst.child.proc.poll() is not None:
+                del self.stopping[instance_id]
+                self._sup.children.remove(inst.child)
+                log.info("stopped instance %s %s", instance_id, self._ended(inst))
+                if inst.home is not None:
+                    isolation.remove_instance_dir(inst.home)
+                self._release(inst)
+                self.on_change()
         for instance_id, inst in list(self.instances.items()):
             if not inst.ready and inst.ready_file.exists():
                 inst.ready = self.ever_ready = True
@@ -218,6 +263,7 @@ class Manager:
             status = inst.child.proc.returncode
             self.instances.pop(instance_id)
             self._sup.children.remove(inst.child)
+            self._ended(inst)
             if inst.home is not None:
                 isolation.remove_instance_dir(inst.home)
             self._release(inst)
@@ -248,15 +294,44 @@ class Manager:
             if idle and current > wanted:
                 self.stop_instance(min(idle, key=lambda i: i.busy_at).instance_id)
 
+    def _ended(self, inst: _Instance) -> str:
+        """Queue a 500 for each request an instance that is gone still held; how it ended ("exited with status 0")."""
+        status = inst.child.proc.returncode
+        kills = 0 if inst.group is None else inst.group.oom_kills()
+        if kills:
+            reason = f"was killed by the kernel for passing its memory limit of {self._launch.memory_cap >> 20} MB"
+            log.critical("instance %s %s (%d process(es) killed)", inst.instance_id, reason, kills)
+        else:
+            reason = exit_reason(status, namespaced=self._launch.confinement.pid_namespace)
+        if inst.group is not None:
+            # Its wrapper may have died first (the runtime then dies a moment later, with its PID namespace): only
+            # once no process of it is left has it written its last line, and has NATS seen its connection close,
+            # so that a client who retries on the 500 is not routed to it.
+            inst.group.kill()
+            gone = time.monotonic() + EXIT_WAIT_SECONDS
+            while inst.group.processes() and time.monotonic() < gone:
+                time.sleep(0.005)
+        held = inst.tracker.close()
+        if inst.tracker.refused:
+            log.warning("instance %s wrote %d line(s) into its request pipe that were not its requests' reply "
+                        "subjects (ignored)", inst.instance_id, inst.tracker.refused)
+        if held:
+            log.error("instance %s %s while holding %d request(s): answering each with a 500", inst.instance_id,
+                      reason, len(held))
+            self.orphans.append(Orphans(inst.instance_id, held, inflight.exited_response(
+                inst.instance_id, out_of_memory=kills > 0, reason=reason)))
+        return reason
+
+    def take_orphans(self) -> list[Orphans]:
+        found, self.orphans = self.orphans, []
+        return found
+
     def _release(self, inst: _Instance) -> None:
         """Record what the instance's memory came to and delete its cgroup (killing anything left in it)."""
         group = inst.group
         if group is None:
             return
-        peak, kills = group.peak_bytes(), group.oom_kills()
-        if kills:
-            log.critical("Exceeded the memory limit of %d MB: the kernel stopped %d process(es) of instance %s; "
-                         "the requests it held fail.", self._launch.memory_cap >> 20, kills, inst.instance_id)
+        peak = group.peak_bytes()
         log.info("instance %s used at most %s MB of memory (limit %d MB)", inst.instance_id,
                  "?" if peak is None else peak >> 20, self._launch.memory_cap >> 20)
         if not group.remove():
@@ -267,6 +342,11 @@ class Manager:
         for relay in self._launch.forwards:
             await relay.start()
 
+    async def settle_network(self) -> None:
+        """Let the forwarders pass on the end of ended instances' connections (see :meth:`UnixToTcp.settle`)."""
+        for relay in self._launch.forwards:
+            await relay.settle(EXIT_WAIT_SECONDS)
+
     async def close_network(self) -> None:
         for relay in self._launch.forwards:
             await relay.close()
@@ -276,9 +356,11 @@ class Manager:
     def shutdown(self) -> None:
         """Stop every instance (SIGTERM, so each finishes its requests) and remove the staged files."""
         self._sup.stop_all()
-        for inst in self.instances.values():
+        for inst in self.running:
+            self._ended(inst)
             self._release(inst)
         self.instances.clear()
+        self.stopping.clear()
         deadline = time.monotonic() + 10
         while self._leftover and time.monotonic() < deadline:  # a killed process takes a moment to leave
             self._leftover = [g for g in self._leftover if not g.remove()]
@@ -323,13 +405,14 @@ async def run(manager: Manager, nats_url: str, app_id: str, version_id: str, rea
 
     def changed() -> None:
         manager.write_state(state_file)
-        for inst in manager.instances.values():
+        running = manager.running
+        for inst in running:
             pid = inst.child.proc.pid
             if pid not in watched:
                 with contextlib.suppress(OSError):
                     fd = watched[pid] = os.pidfd_open(pid)
                     loop.add_reader(fd, wake.set)
-        for pid in [p for p in watched if all(i.child.proc.pid != p for i in manager.instances.values())]:
+        for pid in [p for p in watched if all(i.child.proc.pid != p for i in running)]:
             loop.remove_reader(watched[pid])
             os.close(watched.pop(pid))
 
@@ -343,6 +426,8 @@ async def run(manager: Manager, nats_url: str, app_id: str, version_id: str, rea
                 log.error("%s", exc)
                 status = 1
                 break
+            finally:
+                await answer(nc, manager)
             if ready_file is not None and manager.ever_ready and not ready_file.exists():
                 ready_file.write_text("managing\n")
             wake.clear()
@@ -351,10 +436,46 @@ async def run(manager: Manager, nats_url: str, app_id: str, version_id: str, rea
     finally:
         log.info("stopping %d instances", len(manager.instances))
         await loop.run_in_executor(None, manager.shutdown)
+        await answer(nc, manager)
         changed()
         await manager.close_network()
         await bus.shutdown(nc)
     return status
+
+
+async def answer(nc: Client, manager: Manager) -> None:
+    """Answer each request of the ended instances with its 500, on the manager's connection.
+
+    First NATS must have seen each ended instance's connection close (with a private network, through the
+    manager's own forwarders), or a client retrying on the 500 could be routed to the dead instance again.
+    The reply subjects are the router's inboxes (``_INBOX.>``), which the platform's NATS user, the manager's, may
+    publish to; an app's own user could not (it may answer only requests delivered to it).
+    """
+    orphans = manager.take_orphans()
+    if not orphans:
+        return
+    await manager.settle_network()
+    try:
+        for found in orphans:
+            payload = found.response.SerializeToString()
+            for subject in found.subjects:
+                await nc.publish(subject, payload)
+        await nc.flush(timeout=5)
+    except Exception as exc:  # noqa: BLE001 - the router's timeout still answers them
+        log.warning("could not answer the requests of ended instances: %s", exc)
+
+
+def exit_reason(status: int | None, *, namespaced: bool) -> str:
+    """How an instance's process ended, from its wrapper's exit status (128 + N when the command died of signal N
+    inside a PID namespace, the signal itself otherwise)."""
+    if status is None:
+        return "ended"
+    number = -status if status < 0 else status - 128 if namespaced and status > 128 else 0
+    if number:
+        with contextlib.suppress(ValueError):
+            return f"was killed by {signal.Signals(number).name}"
+        return f"was killed by signal {number}"
+    return f"exited with status {status}"
 
 
 async def _first(*waits: Coroutine[object, object, object]) -> None:

@@ -19,7 +19,10 @@ THREADSAFE_YAML = ("runtime: python27\napi_version: 1\nthreadsafe: true\n"
 def running(app_dir: pathlib.Path, files: Mapping[str, str], *, app_yaml: str = THREADSAFE_YAML,
             request_deadline: float = 60.0, urlfetch_allow_internal: str = "",
             isolation: str = "none") -> Iterator[DevServer]:
-    """Write the app's files and serve it with every kiln part, stopping everything afterwards."""
+    """Write the app's files and serve it with every kiln part, stopping everything afterwards.
+
+    The router waits ``request_deadline`` + 5 s for an instance's answer (``kiln dev``'s setting).
+    """
     app_dir.mkdir(parents=True, exist_ok=True)
     (app_dir / "app.yaml").write_text(app_yaml)
     for name, text in files.items():

@@ -117,14 +117,22 @@ def test_a_killed_instance_costs_only_the_requests_it_held(stack):
     wait_until(lambda: len(instance_pids()) == 2 and victim_id not in instance_pids(), 30)
 
 
-def test_instances_are_added_under_load_and_removed_when_idle(stack):
+def test_instances_are_added_under_load_and_removed_when_idle(stack, supervisor):
+    statuses = set()
     with concurrent.futures.ThreadPoolExecutor(10) as pool:
-        seen = set()
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and len(instance_pids()) < 4:
-            seen |= {body for _, body in pool.map(lambda _: get(stack, "/slow"), range(10))}
+            statuses |= {status for status, _ in pool.map(lambda _: get(stack, "/slow"), range(10))}
         assert len(instance_pids()) >= 3
     wait_until(lambda: len(instance_pids()) == 2, 40)
+    assert statuses == {200}
+    # Each instance scaled down drained before it stopped: its manager saw it go and answered nothing for it.
+    log = supervisor.run_dir / "manager-scaled.log"
+    stopped = [line.split("stopping idle instance ")[1].split()[0] for line in log.read_text().splitlines()
+               if "stopping idle instance " in line]
+    assert stopped
+    wait_until(lambda: all(f"stopped instance {i} exited with status 0" in log.read_text() for i in stopped), 30)
+    assert not [i for i in stopped if f"instance {i} exited with status 0 while holding" in log.read_text()]
 
 
 PATIENT_YAML = """
