@@ -437,6 +437,8 @@ async def serve(cfg: RuntimeConfig) -> None:
     nc = await bus.connect(nats_url, name=f"runtime-{cfg.instance_id}",
                            inbox_prefix=bus.app_inbox_prefix(instance.app_id))
     instance.use_bus(nc)
+    # Last step before app code can run (its module is imported by the first request, warmup included).
+    isolation.confine_syscalls(allow_missing=cfg.allow_missing_syscall_filter)
     if "warmup" in app_config.inbound_services:
         await instance.warm_up()
     sub = await nc.subscribe(bus.http_subject(instance.app_id, instance.version_id),

@@ -60,6 +60,9 @@ class RuntimeConfig(GrpcServiceConfig):
     max_concurrent_requests: int = field(0, "requests served at once (0: app.yaml's automatic_scaling value, else 10)")
     inflight_fd: int = field(-1, "a pipe to the instance manager, told of each request's start and end so that it "
                                  "answers them should the instance die (runtime.inflight; runtime.manager sets it)")
+    allow_missing_syscall_filter: bool = field(False, "start even where the seccomp filter cannot be installed (no "
+                                                      "libseccomp, or no seccomp in the kernel), with a critical "
+                                                      "log line; never in production")
 
     def __post_init__(self) -> None:
         super().__post_init__()

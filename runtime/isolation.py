@@ -53,10 +53,13 @@ only by what is below. Each layer, what it protects, and what it does not:
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
+import logging
 import os
 import pathlib
+import platform
 import shutil
 import stat
 import subprocess
@@ -67,6 +70,8 @@ from collections.abc import Iterable
 
 from kiln_platform import appyaml
 from kiln.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 DEFAULT_ROOT = pathlib.Path("/var/lib/kiln")
 DEFAULT_FIRST_UID = 200_000
@@ -284,6 +289,98 @@ def _own(path: pathlib.Path, gid: int, mode: int) -> None:
     os.chown(path, 0, gid, follow_symlinks=False)
     if not path.is_symlink():
         os.chmod(path, mode)
+
+
+# The system calls no instance may make once app code can run (App Engine's sandbox allowed none of them), each
+# refused with EPERM: the app gets a PermissionError it can report, not a killed instance. Threads stay possible
+# (``clone`` is decided by its flags, below), and so does signalling the instance's own process (``kill`` and its kin).
+REFUSED_SYSCALLS = (
+    # other processes: none may be created or replaced (execve is also how a file the app wrote would run)
+    "fork", "vfork", "execve", "execveat",
+    # FIFOs and device nodes
+    "mknod", "mknodat",
+    # reaching other processes: pidfds, tracing, their memory (tkill names a thread of any process: glibc uses tgkill)
+    "tkill", "pidfd_open", "pidfd_send_signal", "pidfd_getfd", "ptrace", "process_vm_readv", "process_vm_writev",
+    "process_madvise",
+    # namespaces and mounts (the new mount API too, which would otherwise do what mount does)
+    "unshare", "setns", "mount", "umount2", "pivot_root", "chroot", "fsopen", "fsconfig", "fsmount", "fspick",
+    "move_mount", "open_tree", "mount_setattr",
+    # the kernel itself: BPF programs, performance counters, keyrings, page-fault handlers, modules, the machine,
+    # files by handle (past directory permissions, with CAP_DAC_READ_SEARCH) and I/O ports
+    "bpf", "perf_event_open", "keyctl", "add_key", "request_key", "userfaultfd", "init_module", "finit_module",
+    "delete_module", "kexec_load", "kexec_file_load", "reboot", "swapon", "swapoff", "acct", "quotactl",
+    "quotactl_fd", "open_by_handle_at", "iopl", "ioperm",
+    # a ring runs the operations submitted to it without passing this filter. The event loop's own ring (uvloop's
+    # libuv batches epoll_ctl through one, made before the filter) keeps io_uring_enter and io_uring_register, which
+    # refusing would stop the loop: io_uring has no operation for any system call refused here.
+    "io_uring_setup",
+)
+# Syscalls that signal a process named by their first argument: refused unless it is the instance's own process.
+SIGNAL_SYSCALLS = ("kill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo")
+_CLONE_THREAD = 0x00010000
+# A thread in new namespaces: refused like unshare.
+_CLONE_NAMESPACES = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000, 0x40000000)
+_PERSONALITY_QUERY = 0xFFFFFFFF  # personality(0xffffffff) reads the persona without changing it
+
+
+def confine_syscalls(*, allow_missing: bool = False) -> bool:
+    """Refuse :data:`REFUSED_SYSCALLS` (and the rest of the instance filter) to every thread of this process, for good.
+
+    Installed by the runtime once kiln's own threads run and modules are imported, before any app code: a seccomp
+    filter (libseccomp, through ``pyseccomp``), synchronised to all threads (gRPC's C threads included) and inherited
+    by every thread started later. It needs no privilege: it sets ``PR_SET_NO_NEW_PRIVS`` (the instance's wrapper has
+    already). Beyond the list, ``clone`` is refused unless it makes a thread (``CLONE_THREAD``) in no new namespace,
+    ``clone3`` answers ENOSYS (so glibc makes threads with ``clone``, whose flags a filter can read), ``kill``,
+    ``tgkill``, ``rt_sigqueueinfo`` and ``rt_tgsigqueueinfo`` are refused for any process but this one,
+    ``personality`` may only be read, and system calls of another ABI (32-bit ``int 0x80``, x32) are refused.
+
+    Args:
+        allow_missing: where the filter cannot be installed (no libseccomp, or a kernel without seccomp), log a
+            warning and return False instead of raising. Never in production.
+
+    Returns:
+        Whether the filter is installed.
+
+    Raises:
+        ConfigError: the filter cannot be installed and ``allow_missing`` is false.
+    """
+    try:
+        _load_filter()
+    except (OSError, RuntimeError) as exc:  # pyseccomp raises RuntimeError when it finds no libseccomp
+        why = f"the seccomp filter could not be installed ({exc}); app code past the Python sandbox could start " \
+              "processes, signal, trace and mount"
+        if not allow_missing:
+            raise ConfigError(f"{why}. Install libseccomp (Debian: libseccomp2), or start the instance with "
+                              "--allow-missing-syscall-filter (never in production)") from exc
+        log.critical("%s: starting anyway, because --allow-missing-syscall-filter is set", why)
+        return False
+    return True
+
+
+def _load_filter() -> None:
+    import pyseccomp as seccomp
+
+    refuse = seccomp.ERRNO(errno.EPERM)
+    rules = seccomp.SyscallFilter(seccomp.ALLOW)
+    rules.set_attr(seccomp.Attr.CTL_TSYNC, 1)  # every thread of the process, not only the calling one
+    rules.set_attr(seccomp.Attr.CTL_NNP, 1)
+    rules.set_attr(seccomp.Attr.ACT_BADARCH, refuse)
+    for name in REFUSED_SYSCALLS:
+        number = seccomp.resolve_syscall(seccomp.Arch.NATIVE, name)
+        if number == -1:  # __NR_SCMP_ERROR: a libseccomp older than the system call
+            log.warning("libseccomp does not know the system call %s: it is not refused", name)
+            continue
+        rules.add_rule(refuse, number)
+    flags = 1 if platform.machine().startswith("s390") else 0  # clone's flags argument
+    rules.add_rule(refuse, "clone", seccomp.Arg(flags, seccomp.MASKED_EQ, _CLONE_THREAD, 0))
+    for namespace in _CLONE_NAMESPACES:
+        rules.add_rule(refuse, "clone", seccomp.Arg(flags, seccomp.MASKED_EQ, namespace, namespace))
+    rules.add_rule(seccomp.ERRNO(errno.ENOSYS), "clone3")
+    own = os.getpid()
+    for name in SIGNAL_SYSCALLS:
+        rules.add_rule(refuse, name, seccomp.Arg(0, seccomp.NE, own))
+    rules.add_rule(refuse, "personality", seccomp.Arg(0, seccomp.NE, _PERSONALITY_QUERY))
+    rules.load()
 
 
 def main(argv: list[str]) -> int:
