@@ -346,7 +346,7 @@ def confine_syscalls(*, allow_missing: bool = False) -> bool:
     """
     try:
         _load_filter()
-    except (OSError, RuntimeError) as exc:  # pyseccomp raises RuntimeError when it finds no libseccomp
+    except (ImportError, OSError, RuntimeError) as exc:  # pyseccomp: RuntimeError when it finds no libseccomp
         why = f"the seccomp filter could not be installed ({exc}); app code past the Python sandbox could start " \
               "processes, signal, trace and mount"
         if not allow_missing:

@@ -444,3 +444,191 @@ def test_app_code_run_on_the_runtimes_own_thread_is_still_sandboxed(tmp_path):
 
         wait_for(logged, 30)
     assert seen[0]["error"] == "SandboxError" and seen[0]["message"].startswith("kiln sandbox: apps cannot open")
+
+
+# What the Python layer cannot close (runtime.sandbox's docstring), done by app code: each reaches the kernel, where
+# the instance's seccomp filter (runtime.isolation.confine_syscalls) refuses it with EPERM, to no effect.
+SYSCALL_MAIN = textwrap.dedent(r'''
+    import _posixsubprocess, atexit, ctypes, errno, functools, json, operator, os, signal, stat, struct, sys
+    import weakref
+
+    MARKERS = "/tmp/kiln-seccomp-"  # the instance's own /tmp: the app reports what is there
+
+
+    def original(guarded):
+        """The function a sandbox guard wraps, from its closure."""
+        return next(cell.cell_contents for cell in guarded.__closure__
+                    if getattr(cell.cell_contents, "__name__", None) == guarded.__name__
+                    and cell.cell_contents is not guarded)
+
+
+    def touch_argv(name):
+        return [b"/bin/sh", b"-c", b"touch " + (MARKERS + name).encode()]
+
+
+    def fork_exec(fn):
+        errpipe_read, errpipe_write = os.pipe()
+        return fn(touch_argv("fork-exec"), [b"/bin/sh"], True, (errpipe_write,), None, None, -1, -1, -1, -1, -1, -1,
+                  errpipe_read, errpipe_write, True, False, -1, None, None, None, -1, None, False)
+
+
+    CLOSURES = {
+        "mkfifo": lambda: original(os.mkfifo)(MARKERS + "fifo"),
+        "mknod": lambda: original(os.mknod)(MARKERS + "node", stat.S_IFIFO | 0o600),
+        "fork-exec": lambda: fork_exec(original(_posixsubprocess.fork_exec)),
+        "pidfd-open": lambda: original(os.pidfd_open)(os.getpid()),
+        "pidfd-send-signal": lambda: original(signal.pidfd_send_signal)(0, 0),
+    }
+
+
+    def libc(name, *argtypes):
+        """libc's ``name`` called by its address (libc's base in /proc/self/maps plus the symbol's offset in its ELF
+        file): a ctypes function made from an address, which no audit event reports."""
+        for line in open("/proc/self/maps"):
+            fields = line.split()
+            if len(fields) == 6 and os.path.basename(fields[5]).startswith("libc.so") and int(fields[2], 16) == 0:
+                path, base = fields[5], int(fields[0].split("-")[0], 16)
+                break
+        data = open(path, "rb").read()
+        shoff, = struct.unpack_from("<Q", data, 0x28)
+        entsize, count = struct.unpack_from("<HH", data, 0x3A)
+        sections = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * entsize) for i in range(count)]
+        for _, kind, _, _, offset, size, link, _, _, symsize in sections:
+            if kind != 11:  # SHT_DYNSYM
+                continue
+            names = sections[link][4]
+            for at in range(offset, offset + size, symsize):
+                name_at, _, _, _, value, _ = struct.unpack_from("<IBBHQQ", data, at)
+                end = data.index(b"\0", names + name_at)
+                if data[names + name_at:end] == name.encode() and value:
+                    return ctypes.CFUNCTYPE(ctypes.c_int, *argtypes, use_errno=True)(base + value)
+        raise LookupError(name)
+
+
+    def libc_fork():
+        pid = libc("fork")()
+        if pid == 0:
+            os._exit(0)
+        return pid
+
+
+    LIBC = {
+        "fork": libc_fork,
+        "execl": lambda: libc("execl")(b"/bin/sh", *touch_argv("execl")[1:], None),
+        "mkfifo": lambda: libc("mkfifo", ctypes.c_char_p, ctypes.c_uint)((MARKERS + "libc-fifo").encode(), 0o600),
+        "ptrace": lambda: libc("ptrace", ctypes.c_long, ctypes.c_long, ctypes.c_long, ctypes.c_long)(0, 0, 0, 0),
+        "unshare": lambda: libc("unshare", ctypes.c_int)(0x10000000),  # CLONE_NEWUSER
+        "kill-parent": lambda: libc("kill", ctypes.c_int, ctypes.c_int)(os.getppid(), 0),
+    }
+
+    # Set by /kiln-thread/start: what the runtime's memory watchdog calls on its event loop thread.
+    COMMANDS = iter(())
+    SAVED = {}
+
+
+    def left():
+        """Markers in /tmp, and the processes this instance's PID namespace holds besides its init and itself."""
+        return {"markers": sorted(n for n in os.listdir("/tmp") if n.startswith("kiln-seccomp-")),
+                "processes": sorted(set(p for p in os.listdir("/proc") if p.isdigit()) - {"1", str(os.getpid())})}
+
+
+    class Kept:
+        pass
+
+
+    def describe(exc):
+        return {"error": type(exc).__name__, "errno": errno.errorcode.get(getattr(exc, "errno", None) or 0),
+                "message": str(exc)}
+
+
+    def app(environ, start_response):
+        global COMMANDS
+        kind, _, name = environ["PATH_INFO"].strip("/").partition("/")
+        if kind == "closure":
+            try:
+                body = {"escaped": CLOSURES[name]()}
+            except Exception as exc:
+                body = describe(exc)
+        elif kind == "libc":
+            result = LIBC[name]()
+            body = {"result": result, "errno": errno.errorcode.get(ctypes.get_errno())}
+        elif kind == "kiln-thread" and name == "start":
+            # A built-in callback in place of a function of kiln's: it runs on kiln's event loop thread, no frame of
+            # the app's on the stack (sum of bools keeps the "memory" it returns at most 1 MB).
+            runtime_app = sys.modules["runtime.app"]
+            COMMANDS = iter([b"touch " + (MARKERS + "kiln-thread").encode()])
+            SAVED["rss_mb"] = runtime_app.rss_mb
+            runtime_app.rss_mb = functools.partial(sum, map(bool, map(os.system, COMMANDS)))
+            body = {"started": True}
+        elif kind == "kiln-thread" and name == "ran":
+            ran = operator.length_hint(COMMANDS) == 0
+            if ran and "rss_mb" in SAVED:
+                sys.modules["runtime.app"].rss_mb = SAVED.pop("rss_mb")
+            body = {"ran": ran}
+        elif kind == "atexit":
+            # At exit, on the main thread, with no frame of the app's: each raises what the kernel answered.
+            atexit.register(original(os.mkfifo), MARKERS + "atexit-fifo")
+            atexit.register(os.execv, "/bin/sh", [s.decode() for s in touch_argv("atexit-exec")])
+            SAVED["finalized"] = Kept()  # alive until exit, when weakref's own atexit hook runs its finalizer
+            weakref.finalize(SAVED["finalized"], os.fork)
+            body = {"registered": True}
+        else:
+            body = left()
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [json.dumps(body).encode()]
+''')
+
+CLOSURES = ["mkfifo", "mknod", "fork-exec", "pidfd-open", "pidfd-send-signal"]
+LIBC = ["fork", "execl", "mkfifo", "ptrace", "unshare", "kill-parent"]
+
+
+@pytest.fixture(scope="module", params=["none", "user"])
+def confined(request, tmp_path_factory):
+    with running(tmp_path_factory.mktemp("syscalls"), {"main.py": SYSCALL_MAIN}, isolation=request.param) as srv:
+        yield srv
+
+
+def get(server, path):
+    status, _, body = fetch(server, path)
+    assert status == 200, body
+    return json.loads(body)
+
+
+def assert_no_effect(server):
+    assert get(server, "/left") == {"markers": [], "processes": []}
+
+
+@pytest.mark.parametrize("name", CLOSURES)
+def test_the_originals_in_the_guards_closures_are_refused_by_the_kernel(confined, name):
+    result = get(confined, f"/closure/{name}")
+    assert "escaped" not in result, result
+    assert result["error"] == "PermissionError" and result["errno"] == "EPERM", result
+    assert not result["message"].startswith("kiln sandbox"), result  # the kernel's answer, not the Python layer's
+    assert_no_effect(confined)
+
+
+@pytest.mark.parametrize("name", LIBC)
+def test_libc_called_by_address_is_refused_by_the_kernel(confined, name):
+    assert get(confined, f"/libc/{name}") == {"result": -1, "errno": "EPERM"}
+    assert_no_effect(confined)
+
+
+def test_a_builtin_callback_on_the_runtimes_own_thread_starts_no_process(confined):
+    from tests.integration.apps import wait_for
+
+    assert get(confined, "/kiln-thread/start") == {"started": True}
+    wait_for(lambda: get(confined, "/kiln-thread/ran")["ran"], 30)  # os.system was called, on kiln's thread
+    assert_no_effect(confined)
+
+
+@pytest.mark.parametrize("isolation", ["none", "user"])
+def test_callbacks_run_at_exit_are_refused_by_the_kernel(tmp_path, isolation):
+    with running(tmp_path / "atexit", {"main.py": SYSCALL_MAIN}, isolation=isolation) as srv:
+        assert get(srv, "/atexit") == {"registered": True}
+        logs = srv.instances_dir
+    text = "\n".join(p.read_text(errors="replace") for p in logs.glob("instance-*.log"))
+    assert "Exception ignored in atexit callback: <built-in function mkfifo>" in text, text
+    assert "Exception ignored in atexit callback: <built-in function execv>" in text, text
+    refusals = text.count("PermissionError: [Errno 1] Operation not permitted")
+    assert refusals == 3, text  # mkfifo, execv, and the finalizer's fork
+    assert "/bin/sh" not in text and "kiln sandbox" not in text
