@@ -12,7 +12,29 @@ only by what is below. Each layer, what it protects, and what it does not:
   stops it at once and answers each request it holds with a 500 (hard limit, polled every 0.1 s); one
   allocation the address-space limit refuses is a ``MemoryError`` — the request gets a 500 and the instance
   is replaced. *Not protected:* with isolation ``none`` the instance runs as kiln's own user, so code past the
-  Python layer can read kiln's files (data directory, logs, keys) and signal kiln's processes.
+  Python layer can read kiln's files (data directory, logs, keys); signalling kiln's processes is closed by
+  the seccomp filter below.
+
+- **Every instance, every mode: a seccomp filter** (:func:`confine_syscalls`, libseccomp through ``pyseccomp``),
+  installed on every thread of the instance once kiln's own threads run and its modules are loaded, before the
+  app's module is imported, and kept for the process's life. It answers EPERM (an error the app sees, not a kill)
+  to what no App Engine app could do, whatever code makes the call (kiln's too; kiln needs none of it by then):
+  creating processes (``fork``, ``vfork``, ``clone`` without ``CLONE_THREAD`` or with a namespace flag; ``clone3``
+  answers ENOSYS so glibc makes threads with ``clone``), ``execve``/``execveat``, ``mknod``/``mknodat``, signals
+  to any process but the instance's own (``kill``, ``tgkill``, ``rt_sigqueueinfo``, ``rt_tgsigqueueinfo`` by their
+  target; ``tkill`` and pidfds always), ``ptrace``, ``process_vm_readv``/``writev``, namespaces and mounts
+  (``unshare``, ``setns``, ``mount`` and the new mount API, ``umount2``, ``pivot_root``, ``chroot``), the
+  kernel's own interfaces (``bpf``, ``perf_event_open``, keyrings, ``userfaultfd``, modules, ``kexec``,
+  ``reboot``, swap, ``acct``, ``quotactl``, ``open_by_handle_at``, I/O ports), changing the ``personality``,
+  new ``io_uring`` rings, and every system call of another ABI (``int 0x80``, x32). What gets past the Python
+  layer (the originals in its guards' closures, libc called by address through ctypes, built-in callbacks run on
+  kiln's threads or at exit) therefore still cannot start, replace or signal a process. The request timer needs
+  none of it (``PyThreadState_SetAsyncExc``, no signal). An instance where the filter cannot be installed (no
+  libseccomp, a kernel without seccomp) refuses to start, unless ``--allow-missing-syscall-filter`` (never in
+  production) lets it start with a critical log line. *Not protected:* what the filter allows — files, sockets
+  and memory within the process are the user, namespace and limits' business (below); the event loop's own
+  ``io_uring`` ring (uvloop's libuv makes it before the filter) runs what is submitted to it unfiltered, but
+  io_uring has no operation for any refused call.
 
 - **As root, every mode: process and memory containment.** Each instance runs in a PID namespace of its own
   (the wrapper's init is its PID 1): when the instance stops, is killed, or its manager dies (even by

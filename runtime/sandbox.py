@@ -50,10 +50,11 @@ per-request environment (``os.environ``, ``kiln.runtime``'s thread-local
 state) changes nothing here.
 
 What this layer cannot close (an in-process sandbox is not a security
-boundary; the OS layer in ``runtime.isolation`` must: per-app Unix users
-(``--isolation user``) and a network namespace (``--network-isolation``),
-which exist, and a seccomp filter refusing the system calls below, which
-does not yet):
+boundary; the OS layer in ``runtime.isolation`` does: per-app Unix users
+(``--isolation user``), a network namespace (``--network-isolation``) and,
+in every mode, a seccomp filter that answers EPERM to starting, replacing
+or signalling processes, ``mknod``, ``ptrace``, ``process_vm_readv``,
+namespaces, mounts and the kernel's own interfaces, whoever calls them):
 
 - Python objects are introspectable and mostly mutable. The originals the
   guards wrap sit in their closures (``f.__closure__``, whose cells can even
@@ -61,13 +62,16 @@ does not yet):
   class, like every module global of kiln's code, can be rebound (only
   replacing a function's ``__code__`` or defaults raises an audit event, and
   that is refused), and a ``ctypes`` function pointer or pointer object kiln
-  already made can be pointed at any address: with any of them app code can
+  already made can be pointed at any address, and one made from an address
+  (``ctypes.CFUNCTYPE(...)(address)``, with libc's from ``/proc/self/maps``
+  and its ELF file) raises no audit event: with any of them app code can
   undo every rule here. Only the OS layer bounds a process whose own code
   rewrites it: without a network namespace such code reaches any address,
-  without a per-app user any file and process of kiln's user (all of them,
-  if kiln runs as root), and without seccomp any system call (``fork``,
-  ``execve``, ``mknod``, ``kill``, ``pidfd_send_signal``, ``ptrace``,
-  ``process_vm_readv``).
+  and without a per-app user any file of kiln's user (all of them, if kiln
+  runs as root); the seccomp filter refuses it ``fork``, ``execve``,
+  ``mknod``, ``kill`` of another process, pidfds, ``ptrace`` and
+  ``process_vm_readv`` in every mode (tests/integration/
+  test_sandbox_bypasses.py calls the guards' originals and libc by address).
 - Modules kiln has loaded are objects the app can reach (``sys.modules``,
   attributes of ``kiln``'s API modules): the import rule governs import
   statements, not the objects. ``sys.modules["grpc"]`` gives gRPC, whose
@@ -78,7 +82,8 @@ does not yet):
   kiln's thread, a module attribute of the standard library replaced by a
   built-in, functions the app compiled from a string) run on kiln's threads
   with no frame of the app's files on the stack: indistinguishable from
-  kiln's own calls.
+  kiln's own calls. The seccomp filter refuses them what it refuses the app
+  (``os.system`` starts nothing); what it allows (files, sockets) they may do.
 - Reading is refused by path as the ``open`` event names it; what names a
   file without opening it (``os.stat``, ``os.listdir``) is not refused.
 - ``kiln.api`` calls gRPC and NATS for the app; what an app can do with its
