@@ -346,15 +346,16 @@ _PERSONALITY_QUERY = 0xFFFFFFFF  # personality(0xffffffff) reads the persona wit
 
 
 def confine_syscalls(*, allow_missing: bool = False) -> bool:
-    """Refuse :data:`REFUSED_SYSCALLS` (and the rest of the instance filter) to every thread of this process, for good.
+    """Refuse :data:`REFUSED_SYSCALLS` (and the rest of the instance's filter) to every thread of this process.
 
     Installed by the runtime once kiln's own threads run and modules are imported, before any app code: a seccomp
-    filter (libseccomp, through ``pyseccomp``), synchronised to all threads (gRPC's C threads included) and inherited
-    by every thread started later. It needs no privilege: it sets ``PR_SET_NO_NEW_PRIVS`` (the instance's wrapper has
-    already). Beyond the list, ``clone`` is refused unless it makes a thread (``CLONE_THREAD``) in no new namespace,
-    ``clone3`` answers ENOSYS (so glibc makes threads with ``clone``, whose flags a filter can read), ``kill``,
-    ``tgkill``, ``rt_sigqueueinfo`` and ``rt_tgsigqueueinfo`` are refused for any process but this one,
-    ``personality`` may only be read, and system calls of another ABI (32-bit ``int 0x80``, x32) are refused.
+    filter (libseccomp, through ``pyseccomp``), synchronised to all threads (gRPC's C threads included), inherited
+    by every thread started later, and never removed. It needs no privilege: it sets ``PR_SET_NO_NEW_PRIVS`` (the
+    instance's wrapper has already). Beyond the list, ``clone`` is refused unless it makes a thread
+    (``CLONE_THREAD``) in no new namespace, ``clone3`` answers ENOSYS (so glibc makes threads with ``clone``, whose
+    flags a filter can read), ``kill``, ``tgkill``, ``rt_sigqueueinfo`` and ``rt_tgsigqueueinfo`` are refused for
+    any process but this one, ``personality`` may only be read, and system calls of another ABI (32-bit
+    ``int 0x80``, x32) are refused.
 
     Args:
         allow_missing: where the filter cannot be installed (no libseccomp, or a kernel without seccomp), log a
