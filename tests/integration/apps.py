@@ -55,3 +55,14 @@ def wait_for(predicate: Callable[[], object], seconds: float) -> None:
             return
         time.sleep(0.1)
     raise AssertionError(f"not true within {seconds:g} s: {predicate}")
+
+
+def runtime_below(wrapper_pid: int) -> int:
+    """The host pid of the runtime process under an instance's wrapper (past the init of its PID namespace)."""
+    todo = [wrapper_pid]
+    while todo:
+        pid = todo.pop()
+        if pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[1:3] == [b"-m", b"runtime"]:
+            return pid
+        todo += [int(c) for c in pathlib.Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    raise AssertionError(f"no runtime process below {wrapper_pid}")

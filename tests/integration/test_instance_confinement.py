@@ -21,7 +21,7 @@ import pytest
 
 from kiln_platform.supervisor import python_module
 from runtime import isolation
-from tests.integration.apps import wait_for
+from tests.integration.apps import runtime_below, wait_for
 from tests.integration.conftest import service_env
 
 pytestmark = pytest.mark.nats
@@ -87,13 +87,7 @@ class Version:
         return next(i["pid"] for i in state if i["ready"])
 
     def runtime_pid(self) -> int:
-        todo = [self.instance_pid()]
-        while todo:
-            pid = todo.pop()
-            if pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[1:3] == [b"-m", b"runtime"]:
-                return pid
-            todo += [int(c) for c in pathlib.Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-        raise AssertionError("no runtime process")
+        return runtime_below(self.instance_pid())
 
     def inside(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run ``argv`` in the instance's PID and mount namespaces, as its user: what escaped app code could do."""

@@ -122,13 +122,7 @@ def instance_pid(server, instance_id):
 
 
 def runtime_pid(server, instance_id):
-    todo = [instance_pid(server, instance_id)]
-    while todo:
-        pid = todo.pop()
-        if pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[1:3] == [b"-m", b"runtime"]:
-            return pid
-        todo += [int(c) for c in pathlib.Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    raise AssertionError("no runtime process")
+    return apps.runtime_below(instance_pid(server, instance_id))
 
 
 def manager_log(server):
