@@ -324,8 +324,10 @@ class Stack:
             "logs_svc": (["--data-dir", str(data / "logs")], {**env, "KILN_LOGS_NATS_URL": nats_url}),
             "urlfetch_svc": (["--allow-internal", f"{APP_ID}=127.0.0.1/32"],
                              {**env, "KILN_URLFETCH_INBOUND_SECRET": inbound}),
-            # Short waits, so that a mail in hand when mail_svc dies is handed out again within the run.
-            "mail_svc": (["--relay", self.relay_address, "--relay-security", "none", "--ack-wait-seconds", "3",
+            # Short waits, so that a mail in hand when mail_svc dies is handed out again within the run; but not
+            # shorter than a worker's stalls on two loaded cores (a claim not refreshed for ack_wait is taken over,
+            # and with 3 s a mail was sent twice while memcache restarted; production's default is 120 s).
+            "mail_svc": (["--relay", self.relay_address, "--relay-security", "none", "--ack-wait-seconds", "10",
                           "--retry-min-seconds", "0.5", "--retry-max-seconds", "2", "--workers", str(MAIL_WORKERS)],
                          {**env, "KILN_MAIL_NATS_URL": nats_url, "KILN_MAIL_PLATFORM_SECRET": platform}),
         }
