@@ -58,6 +58,47 @@ CATALOG: dict[str, dict[str, tuple[str, ...]]] = {
     "yaml": {"6.0": ("PyYAML==6.0.3",)},
 }
 
+# Google's App Engine SDK (``google.appengine``: ndb, db, deferred, the API clients) by the version an app may
+# ask for, pinned with its whole dependency set. The packages kiln's own runtime also loads (grpcio, protobuf,
+# cryptography, Pillow…) are pinned to kiln's versions: the instance has loaded those before the app's paths.
+GAE_SDK: dict[str, tuple[str, ...]] = {
+    "3.1.0": (
+        "appengine-python-standard==3.1.0",
+        "attrs==26.1.0",
+        "certifi==2026.10.19.post1",
+        "cffi==2.1.1",
+        "charset-normalizer==3.5.3",
+        "cryptography==50.0.2",
+        "frozendict==2.5.1",
+        "google-api-core==2.44.0",
+        "google-auth==2.63.1",
+        "google-cloud-tasks==2.26.0",
+        "googleapis-common-protos==1.76.0",
+        "grpc-google-iam-v1==0.14.6",
+        "grpcio==1.85.1",
+        "grpcio-status==1.85.1",
+        "grpcio-tools==1.85.1",
+        "idna==3.21",
+        "legacy-cgi==2.6.4",
+        "mock==5.2.0",
+        "opentelemetry-api==1.45.3",
+        "pillow==13.0.0",
+        "proto-plus==1.29.0",
+        "protobuf==7.36.2",
+        "pyasn1==0.6.5",
+        "pyasn1_modules==0.4.2",
+        "pycparser==3.12",
+        "pytz==2026.6",
+        "requests==2.34.2",
+        "rsa==4.9.1",
+        "ruamel.yaml==0.19.1",
+        "setuptools==84.2.1",
+        "six==1.17.0",
+        "typing_extensions==4.16.0",
+        "urllib3==1.26.20",
+    ),
+}
+
 INSTALL_TIMEOUT_SECONDS = 600
 
 
