@@ -62,6 +62,29 @@ CATALOG: dict[str, dict[str, tuple[str, ...]]] = {
 # ask for, pinned with its whole dependency set. The packages kiln's own runtime also loads (grpcio, protobuf,
 # cryptography, Pillow…) are pinned to kiln's versions: the instance has loaded those before the app's paths.
 GAE_SDK: dict[str, tuple[str, ...]] = {
+    # Google's own samples pin 1.1.4 (appengine/standard_python3/bundled-services/mail/flask).
+    "1.1.4": (
+        "appengine-python-standard==1.1.4",
+        "attrs==26.1.0",
+        "certifi==2026.10.19.post1",
+        "cffi==2.1.1",
+        "charset-normalizer==3.5.3",
+        "cryptography==50.0.2",
+        "frozendict==2.5.1",
+        "google-auth==2.63.1",
+        "idna==3.21",
+        "mock==5.2.0",
+        "pillow==13.0.0",
+        "protobuf==7.36.2",
+        "pyasn1==0.6.5",
+        "pyasn1_modules==0.4.2",
+        "pycparser==3.12",
+        "pytz==2026.6",
+        "requests==2.34.2",
+        "ruamel.yaml==0.19.1",
+        "six==1.17.0",
+        "urllib3==1.26.20",
+    ),
     "3.1.0": (
         "appengine-python-standard==3.1.0",
         "attrs==26.1.0",
