@@ -106,6 +106,7 @@ import builtins
 import importlib
 import importlib.abc
 import importlib.machinery
+import importlib.metadata
 import os
 import pathlib
 import site
@@ -341,12 +342,33 @@ class _ImportGuard(importlib.abc.MetaPathFinder):
         kiln's code that already holds the platform's module keeps it.
         """
         provided = {_module_name(entry) for d in dirs if d.is_dir() for entry in d.iterdir()} - {""}
+        versions = _distribution_versions(dirs)
         for name in provided - APP_PACKAGES - set(sys.builtin_module_names):
             module = sys.modules.get(name)
             where = os.path.realpath(getattr(module, "__file__", None) or "") if module is not None else ""
             if where and _under(where, self._places.site):
+                if name in versions and versions[name] == _distribution_versions(
+                        [pathlib.Path(p) for p in site.getsitepackages()]).get(name):
+                    # The very version kiln loaded (Google's SDK pins grpcio, protobuf… to kiln's): the app uses the
+                    # loaded copy, as its own. A second copy of a C extension such as gRPC's core would split its
+                    # classes in two (an error raised by one copy is not the other's ``RpcError``).
+                    self._verdicts[name] = True
+                    continue
                 for loaded in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
                     del sys.modules[loaded]
+
+
+def _distribution_versions(dirs: Sequence[pathlib.Path]) -> dict[str, str]:
+    """Top-level module name -> the version of the distribution installed in ``dirs`` that provides it."""
+    out: dict[str, str] = {}
+    for dist in importlib.metadata.distributions(path=[str(d) for d in dirs if d.is_dir()]):
+        names = (dist.read_text("top_level.txt") or "").split()
+        if not names:
+            names = [str(f).split("/")[0].removesuffix(".py") for f in dist.files or () if "/" in str(f)
+                     and not str(f).split("/")[0].endswith((".dist-info", ".libs", ".data"))]
+        for name in names:
+            out.setdefault(name, dist.version)
+    return out
 
 
 def _module_name(entry: pathlib.Path) -> str:
