@@ -190,10 +190,14 @@ def sdk_requirement(req_file: pathlib.Path, lines: list[str]) -> tuple[str | Non
 
 def sdk_dir(version: str, cache_dir: pathlib.Path) -> pathlib.Path:
     """Google's App Engine SDK ``version`` with its pinned dependencies, installed once per host under ``cache_dir``."""
-    pins = GAE_SDK[version]
-    key = hashlib.sha256("\n".join(pins).encode()).hexdigest()[:16]
-    return _install(cache_dir / "libraries" / f"{GAE_SDK_DISTRIBUTION}-{key}", pins, deps=False,
+    return _install(sdk_target(version, cache_dir), GAE_SDK[version], deps=False,
                     what=f"{GAE_SDK_DISTRIBUTION} {version}")
+
+
+def sdk_target(version: str, cache_dir: pathlib.Path) -> pathlib.Path:
+    """Where :func:`sdk_dir` installs the SDK ``version`` (keyed by its pins)."""
+    key = hashlib.sha256("\n".join(GAE_SDK[version]).encode()).hexdigest()[:16]
+    return cache_dir / "libraries" / f"{GAE_SDK_DISTRIBUTION}-{key}"
 
 
 def _version_key(version: str) -> tuple[int, ...]:

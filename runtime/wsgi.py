@@ -110,8 +110,18 @@ def build_environ(req: http_pb2.HttpRequest, info: InstanceInfo) -> dict[str, An
             environ[key] = f"{environ[key]}{_JOINERS.get(name, ',')}{value}" if key in environ else value
     environ["CONTENT_LENGTH"] = str(len(req.body))
     environ.setdefault("CONTENT_TYPE", "")
-    environ.update(appengine_headers(req, info))  # after the client's headers: these are the runtime's own
+    for key in _RUNTIME_OWNED:  # the runtime's own, whatever reached it under those names
+        environ.pop(key, None)
+    environ.update(appengine_headers(req, info))
     return environ
+
+
+# The X-AppEngine-* variables only the runtime sets (appengine_headers, and the API ticket).
+_RUNTIME_OWNED = ("HTTP_X_APPENGINE_USER_EMAIL", "HTTP_X_APPENGINE_USER_ID", "HTTP_X_APPENGINE_USER_NICKNAME",
+                  "HTTP_X_APPENGINE_USER_ORGANIZATION", "HTTP_X_APPENGINE_USER_IS_ADMIN",
+                  "HTTP_X_APPENGINE_AUTH_DOMAIN", "HTTP_X_APPENGINE_DEFAULT_VERSION_HOSTNAME",
+                  "HTTP_X_APPENGINE_REQUEST_LOG_ID", "HTTP_X_APPENGINE_HTTPS", "HTTP_X_APPENGINE_USER_IP",
+                  "HTTP_X_APPENGINE_API_TICKET", "HTTP_X_APPENGINE_DEV_REQUEST_ID")
 
 
 def appengine_headers(req: http_pb2.HttpRequest, info: InstanceInfo) -> dict[str, str]:

@@ -24,6 +24,7 @@ from google.appengine.api.memcache import memcache_service_pb2 as gae
 from google.appengine.runtime import apiproxy_errors
 
 from kiln import errors
+from kiln.api import _rpc
 from kiln.api import memcache as kiln_memcache
 from kiln.pb.memcache.v1 import memcache_pb2 as pb
 from kiln.sdk.service import CallContext
@@ -95,8 +96,8 @@ def _set(request: gae.MemcacheSetRequest, response: gae.MemcacheSetResponse) -> 
                            cas_id=item.cas_id)
         batch[1].append(index)
     statuses = [gae.MemcacheSetResponse.ERROR] * len(request.item)
-    for (shard, policy), (batch, indexes) in batches.items():
-        reply = _calls("Set", {shard: batch})[shard]
+    for (shard, _), (set_request, indexes) in batches.items():
+        reply = _calls("Set", {shard: set_request})[shard]
         if reply is None:
             continue
         for index, status in zip(indexes, reply.statuses):
@@ -114,8 +115,8 @@ def _delete(request: gae.MemcacheDeleteRequest, response: gae.MemcacheDeleteResp
         batch[0].keys.append(item.key)
         batch[1].append(index)
     statuses = [gae.MemcacheDeleteResponse.OTHER_ERROR] * len(request.item)
-    for (shard, _), (batch, indexes) in batches.items():
-        reply = _calls("Delete", {shard: batch})[shard]
+    for (shard, _), (delete_request, indexes) in batches.items():
+        reply = _calls("Delete", {shard: delete_request})[shard]
         if reply is None:
             continue
         for index, status in zip(indexes, reply.statuses):
@@ -135,7 +136,7 @@ def _offset(namespace: str, item: gae.MemcacheIncrementRequest, out: gae.Memcach
     if stub is None:
         out.increment_status = gae.MemcacheIncrementResponse.UNREACHABLE
         return
-    rpc = kiln_memcache._rpc.UserRPC(kiln_memcache.CALL_TIMEOUT).make_call(
+    rpc = _rpc.UserRPC(kiln_memcache.CALL_TIMEOUT).make_call(
         stub.Increment, request, table=kiln_memcache._ERRORS, now=True)
     try:
         reply = rpc.get_result()

@@ -162,7 +162,7 @@ class KilnRPC(apiproxy_rpc.RPC):  # type: ignore[misc]  # the SDK has no type in
         stub: KilnStub = self.stub
         request = stub.proxy.admit(self.package, self.call)
         self._request = request
-        self.future = concurrent.futures.Future()
+        self.future: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._state = apiproxy_rpc.RPC.RUNNING
         if not tickets.track(request, self._cancel):
             self._state = apiproxy_rpc.RPC.IDLE
