@@ -102,8 +102,7 @@ def test_vendored_packages_and_the_standard_library_and_kilns_api_import(server)
     assert "file" in get(server, "kiln.api.datastore")
 
 
-# (grpc is not among them for a python27 app: Google's SDK, which such an app gets, brings it; test_sdk_app.py)
-@pytest.mark.parametrize("name", ["nats", "aiohttp", "cassandra", "router", "datastore_svc"])
+@pytest.mark.parametrize("name", ["grpc", "nats", "aiohttp", "cassandra", "router", "datastore_svc"])
 def test_kilns_own_packages_are_not_importable_by_the_app(server, name):
     result = get(server, name)
     assert result["error"] == "ModuleNotFoundError"

@@ -74,6 +74,14 @@ MAIN = textwrap.dedent(r'''
         elif path == "/late":
             GO_ON.set()
             body = {"late": LATE.get("result")}
+        elif path == "/grpc":
+            try:
+                import grpc
+                own = "imported"
+            except ImportError as exc:
+                own = type(exc).__name__
+            from google.appengine.api import images  # the SDK's module imports grpc itself
+            body = {"app_imports_grpc": own, "sdk_images": images.__name__}
         elif path == "/import":
             body = {"at_import": AT_IMPORT}
         elif path == "/environment":
@@ -156,6 +164,11 @@ def test_the_runtime_sets_app_engines_variables_and_a_ticket_per_request(server)
     assert found == {"GAE_APPLICATION": "sdkapp0", "GAE_SERVICE": "default", "GAE_VERSION": "v1",
                      "GAE_ENV": "standard", "GAE_RUNTIME": "python27", "GOOGLE_CLOUD_PROJECT": "sdkapp0",
                      "CURRENT_MODULE_ID": "default", "DATASTORE_APP_ID": None, "HTTP_X_APPENGINE_HTTPS": "off"}
+
+
+def test_the_sdk_uses_kilns_grpc_which_the_apps_own_code_still_cannot_import(server):
+    assert get(server, "/grpc") == {"app_imports_grpc": "ModuleNotFoundError",
+                                    "sdk_images": "google.appengine.api.images"}
 
 
 def test_an_app_written_for_kiln_api_works_unchanged_next_to_the_sdk(server):
