@@ -57,12 +57,12 @@ def test_the_sdks_line_is_taken_out_of_the_requirements_pip_installs(tmp_path):
     assert (found, rest) == ("3.1.0", ["flask==3.1.3", "requests"])
 
 
-@pytest.mark.parametrize("line", ["appengine-python-standard==1.1.4", "appengine-python-standard<3",
-                                  "appengine_python_standard>3.1.0"])
+@pytest.mark.parametrize("line", ["appengine-python-standard==1.1.3", "appengine-python-standard<1.1",
+                                  "appengine_python_standard>3.1.0", "appengine-python-standard==2.0.1"])
 def test_an_sdk_version_kiln_does_not_pin_is_refused_with_file_line_and_versions(tmp_path, cache, line):
     app_dir, config = app(tmp_path, PY3, f"flask==3.1.3\n\n{line}\n")
     with pytest.raises(ConfigError, match=r"requirements.txt:3: kiln does not provide appengine-python-standard.*"
-                                          r"supported versions: 3\.1\.0"):
+                                          r"supported versions: 1\.1\.4, 3\.1\.0"):
         libraries.prepare(app_dir, config, cache)
 
 
@@ -122,3 +122,11 @@ def test_runtime_owned_variables_never_come_from_a_header_that_reached_the_runti
     assert "forged" not in {v for k, v in environ.items() if k.startswith("HTTP_X_APPENGINE_")}
     assert "HTTP_X_APPENGINE_USER_EMAIL" not in environ  # nobody is signed in
     assert environ["HTTP_X_APPENGINE_USER_IS_ADMIN"] == "0"
+
+
+@pytest.mark.parametrize(("line", "version"), [("appengine-python-standard==1.1.4", "1.1.4"),
+                                               ("appengine-python-standard<2", "1.1.4"),
+                                               ("appengine-python-standard>=0.2.3", "3.1.0")])
+def test_the_newest_pinned_sdk_the_specifier_admits_is_chosen(tmp_path, line, version):
+    found, rest = libraries.sdk_requirement(tmp_path / "requirements.txt", [line, "flask==3.1.3"])
+    assert (found, rest) == (version, ["flask==3.1.3"])
