@@ -686,11 +686,12 @@ def _check_style(ctx: _Ctx, data: _Map, legacy: bool) -> None:
 def _check_script_style(ctx: _Ctx, seq: _Seq, i: int, h: Handler, legacy: bool) -> None:
     if h.script is None:
         return
+    where = seq[i]  # the handler's mapping: errors name the script line
     if legacy and h.script == AUTO_SCRIPT:
-        raise ctx.fail(seq, i, f"handlers[{i}].script", "script: auto is for Python 3 runtimes; python27 handlers "
+        raise ctx.fail(where, "script", f"handlers[{i}].script", "script: auto is for Python 3 runtimes; python27 handlers "
                                                          "name their WSGI app (script: main.app)")
     if not legacy and h.script != AUTO_SCRIPT:
-        raise ctx.fail(seq, i, f"handlers[{i}].script",
+        raise ctx.fail(where, "script", f"handlers[{i}].script",
                        f"Python 3 runtimes serve every script handler with the entrypoint's app, so script must be "
                        f"auto, got {h.script!r}; name the app in entrypoint (e.g. entrypoint: gunicorn -b :$PORT "
                        f"{_as_entrypoint_app(h.script)}) and use script: auto")
