@@ -520,11 +520,11 @@ def parse(text: str, *, filename: str = "app.yaml", base_dir: pathlib.Path | Non
         raise ctx.fail(data, "handlers", "handlers", f"at most {MAX_HANDLERS} handlers, got {len(raw_handlers)}")
     handlers = tuple(_handler(ctx, h, raw_handlers, i) for i, h in enumerate(raw_handlers))
     for i, h in enumerate(handlers):
+        _check_script_style(ctx, raw_handlers, i, h, legacy)
         if threadsafe and h.is_cgi:
             raise ctx.fail(raw_handlers, i, f"handlers[{i}].script",
                            f"CGI script {h.script!r} is not allowed with threadsafe: true; "
                            "use a WSGI app (module.app) or set threadsafe: false")
-        _check_script_style(ctx, raw_handlers, i, h, legacy)
     wsgi_target = None
     if not legacy:
         # Whatever no handler serves goes to the entrypoint's app, as on App Engine's Python 3 runtimes.
@@ -688,8 +688,8 @@ def _check_script_style(ctx: _Ctx, seq: _Seq, i: int, h: Handler, legacy: bool) 
         return
     where = seq[i]  # the handler's mapping: errors name the script line
     if legacy and h.script == AUTO_SCRIPT:
-        raise ctx.fail(where, "script", f"handlers[{i}].script", "script: auto is for Python 3 runtimes; python27 handlers "
-                                                         "name their WSGI app (script: main.app)")
+        raise ctx.fail(where, "script", f"handlers[{i}].script",
+                       "script: auto is for Python 3 runtimes; python27 handlers name their WSGI app (script: main.app)")
     if not legacy and h.script != AUTO_SCRIPT:
         raise ctx.fail(where, "script", f"handlers[{i}].script",
                        f"Python 3 runtimes serve every script handler with the entrypoint's app, so script must be "

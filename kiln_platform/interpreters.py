@@ -79,13 +79,12 @@ def find(config: appyaml.AppConfig, *, filename: str = "app.yaml", search: Searc
     found = lookup(wanted, search)
     if found is not None:
         return found
-    name = f"python{wanted[0]}.{wanted[1]}"
+    version = f"{wanted[0]}.{wanted[1]}"
     raise appyaml.AppYamlError(
         filename, config.runtime_line, "runtime",
-        f"{config.runtime} runs on Python {wanted[0]}.{wanted[1]}, and this host has none: kiln looked for {name} on "
-        "the search path (KILN_PYTHON_PATH, default PATH) and under "
-        f"{search.pyenv_root / 'versions'}/{wanted[0]}.{wanted[1]}.*. Install it (pyenv install {wanted[0]}.{wanted[1]}, "
-        f"or your system's {name} package) and start again")
+        f"{config.runtime} runs on Python {version}, and this host has none: kiln looked for python{version} on the "
+        f"search path (KILN_PYTHON_PATH, default PATH) and under {search.pyenv_root / 'versions'}/{version}.*. "
+        f"Install it (pyenv install {version}, or your system's python{version} package) and start again")
 
 
 def lookup(version: tuple[int, int], search: Search) -> Interpreter | None:

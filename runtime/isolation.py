@@ -425,13 +425,15 @@ def _load_filter() -> None:
 
 
 def main(argv: list[str]) -> int:
-    """``python -m runtime.isolation check|prepare``: can app users run kiln's Python; make it so (root)."""
+    """``python -m runtime.isolation check|prepare``: can app users run kiln's Python and the other Pythons of App
+    Engine's runtimes found on this host (:mod:`kiln_platform.interpreters`); make it so (root)."""
     if argv not in (["check"], ["prepare"]):
         print("usage: python -m runtime.isolation check|prepare\n  check: say whether instances can run as app "
               "users\n  prepare: grant other users search permission on the directories above kiln's Python",
               file=sys.stderr)
         return 2
-    runtimes = [found for version in interpreters.PYTHON3_VERSIONS
+    # The Pythons of App Engine's runtimes found here, other than kiln's own (whose paths are checked below).
+    runtimes = [found for version in interpreters.PYTHON3_VERSIONS if version != interpreters.own().version
                 if (found := interpreters.lookup(version, interpreters.Search.from_env())) is not None]
     if argv == ["prepare"]:
         extra = [p for found in runtimes for p in interpreter_paths(found.executable)]
