@@ -29,7 +29,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from kiln_platform import appyaml, bus, forward, grpcserver, requestscope
+from kiln_platform import appyaml, bus, entrypoint, forward, grpcserver, requestscope
 from kiln import runtime as kiln_runtime
 from kiln_platform.handlers import Matcher
 from kiln_platform.log import app_id as app_id_var
@@ -53,6 +53,7 @@ class AppLoader:
 
     def __init__(self, app_dir: str, config: appyaml.AppConfig) -> None:
         self._app_dir = app_dir
+        self._target = config.wsgi_target  # Python 3 runtimes: what script: auto serves
         self._matcher = Matcher(config)
         self._apps: dict[str, WsgiApp] = {}
         self._scripts: dict[str, CgiScript] = {}
@@ -77,7 +78,9 @@ class AppLoader:
     def _load(self, script: str) -> WsgiApp:
         with self._lock:
             app = self._apps.get(script)
-            if app is None:
+            if app is None and script == appyaml.AUTO_SCRIPT and self._target is not None:
+                app = self._apps[script] = entrypoint.load(self._target)
+            elif app is None:
                 module_name, _, attr = script.rpartition(".")
                 module = importlib.import_module(module_name)
                 app = getattr(module, attr)
@@ -150,8 +153,11 @@ class Instance:
             "KILN_IMAGES_ADDR": self.cfg.images_addr,
         })
         os.environ.pop("KILN_RUNTIME_APP_TOKEN", None)  # the SDK reads KILN_APP_TOKEN
+        os.environ.update(_entrypoint_environment(self.app_config))
         # The app's code first, then its requirements, then the libraries it selected (App Engine's order).
         app_dirs = [self.cfg.app_dir.resolve()]
+        target = self.app_config.wsgi_target  # the entrypoint's --pythonpath/--chdir come first, as its server does
+        app_dirs[0:0] = [app_dirs[0] / p for p in (target.paths if target else ()) if p != "."]
         if self.cfg.requirements_path:
             app_dirs.append(pathlib.Path(self.cfg.requirements_path).resolve())
         library_dirs = [pathlib.Path(p).resolve() for p in self.cfg.library_path.split(os.pathsep) if p]
@@ -385,6 +391,12 @@ _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 _error = inflight.error_response
+
+
+def _entrypoint_environment(config: appyaml.AppConfig) -> dict[str, str]:
+    """The variables a Python 3 app's entrypoint sets for its server (e.g. gunicorn's ``--env``); App Engine's own
+    variables (``GAE_RUNTIME``, ``PORT``…) come from :mod:`runtime.appengine`."""
+    return dict(config.wsgi_target.env) if config.wsgi_target is not None else {}
 
 
 def _app_concurrency(config: appyaml.AppConfig) -> int:
