@@ -147,7 +147,7 @@ def _request_bound(timeout: float) -> tuple[float, _runtime._Deadline | None]:
     return (left, deadline) if left < timeout else (timeout, None)
 
 
-def _raise_from(exc: grpc.RpcError, table: ErrorTable, cut_by: _runtime._Deadline | None) -> BaseException:
+def _error_for(exc: grpc.RpcError, table: ErrorTable, cut_by: _runtime._Deadline | None) -> BaseException:
     """The exception for a failed call; for a call the request's deadline cut, first the request timer's own."""
     if cut_by is not None and exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED and not cut_by.passed.is_set():
         # The timer raises DeadlineExceededError in this thread as soon as it runs Python code after the timer
@@ -163,7 +163,7 @@ def call(method: Callable[..., T], request: Any, *, timeout: float = DEFAULT_TIM
     try:
         return method(request, timeout=timeout, metadata=metadata())
     except grpc.RpcError as exc:
-        raise _raise_from(exc, table, cut_by) from None
+        raise _error_for(exc, table, cut_by) from None
 
 
 class UserRPC:
@@ -217,7 +217,7 @@ class UserRPC:
         try:
             self._result = self._hook(response())
         except grpc.RpcError as exc:
-            self._error = _raise_from(exc, self._table, self._cut_by)
+            self._error = _error_for(exc, self._table, self._cut_by)
         self._done = True
         if self.callback is not None:
             self.callback()
