@@ -94,11 +94,20 @@ EXIT_REPLACE = 75
 HARD_MEMORY_FACTOR = isolation.HARD_MEMORY_FACTOR
 MEMORY_CHECK_SECONDS = 0.1
 # What one request may log (App Engine kept a request's app logs bounded too).
-MAX_LOG_LINES = 1000
-MAX_LOG_LINE_CHARS = 8192
+MAX_LOG_LINES = requestscope.MAX_LOG_LINES
+MAX_LOG_LINE_CHARS = requestscope.MAX_LOG_LINE_CHARS
 _LEVELS = {logging.DEBUG: logs_pb2.LOG_LEVEL_DEBUG, logging.INFO: logs_pb2.LOG_LEVEL_INFO,
            logging.WARNING: logs_pb2.LOG_LEVEL_WARNING, logging.ERROR: logs_pb2.LOG_LEVEL_ERROR,
            logging.CRITICAL: logs_pb2.LOG_LEVEL_CRITICAL, 0: logs_pb2.LOG_LEVEL_DEBUG}
+
+
+@dataclasses.dataclass
+class _Running:
+    """A request whose app code may be running: what the request timer needs to interrupt it."""
+
+    ident: int  # the thread running it
+    deadline: kiln_runtime._Deadline
+    environ: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 class Instance:
@@ -126,7 +135,7 @@ class Instance:
         self._loaded = False
         self.served = 0
         # Request id -> the thread running it, while the app's code may be running.
-        self._running: dict[str, int] = {}
+        self._running: dict[str, _Running] = {}
         self._running_lock = threading.Lock()
         # Set when a handler ignored DeadlineExceededError or memory ran over: the instance must be replaced.
         self.doomed = asyncio.Event()
@@ -303,7 +312,9 @@ class Instance:
 
     async def _timed(self, req: http_pb2.HttpRequest) -> http_pb2.HttpResponse:
         """Run the app under the request timer (App Engine's DeadlineExceededError)."""
-        work = asyncio.get_running_loop().run_in_executor(self._pool, self._run_app, req)
+        at = time.monotonic() + self.cfg.request_deadline_seconds
+        deadline = kiln_runtime._Deadline(at, at + self.cfg.deadline_grace_seconds)
+        work = asyncio.get_running_loop().run_in_executor(self._pool, self._run_app, req, deadline)
         try:
             return await asyncio.wait_for(asyncio.shield(work), timeout=self.cfg.request_deadline_seconds)
         except TimeoutError:
@@ -319,10 +330,13 @@ class Instance:
             return self._deadline_error(req)
 
     def _interrupt(self, request_id: str) -> None:
+        # The exception first, then the wake-up: a wait it wakes returns straight into the exception.
         with self._running_lock:
-            ident = self._running.get(request_id)
-            if ident is not None:
-                _SET_ASYNC_EXC(ctypes.c_ulong(ident), ctypes.py_object(kiln_runtime.DeadlineExceededError))
+            running = self._running.get(request_id)
+            if running is None:
+                return
+            _SET_ASYNC_EXC(ctypes.c_ulong(running.ident), ctypes.py_object(kiln_runtime.DeadlineExceededError))
+        requestscope.deadline_passed(running.deadline, running.environ)
 
     def _deadline_error(self, req: http_pb2.HttpRequest) -> http_pb2.HttpResponse:
         resp = _error(500, f"request exceeded its {self.cfg.request_deadline_seconds:g} s deadline",
@@ -330,12 +344,13 @@ class Instance:
         resp.deadline_exceeded = True
         return resp
 
-    def _run_app(self, req: http_pb2.HttpRequest) -> http_pb2.HttpResponse:
+    def _run_app(self, req: http_pb2.HttpRequest, deadline: kiln_runtime._Deadline) -> http_pb2.HttpResponse:
         ident = threading.get_ident()
+        running = _Running(ident, deadline)
         try:
             with self._running_lock:
-                self._running[req.request_id] = ident
-            return self._call(req)
+                self._running[req.request_id] = running
+            return self._call(req, running)
         except kiln_runtime.DeadlineExceededError:
             log.error("request %s did not handle DeadlineExceededError", req.request_id)
             return self._deadline_error(req)
@@ -345,7 +360,7 @@ class Instance:
                 # An interruption not delivered yet must not land in the runtime's own code.
                 _SET_ASYNC_EXC(ctypes.c_ulong(ident), None)
 
-    def _call(self, req: http_pb2.HttpRequest) -> http_pb2.HttpResponse:
+    def _call(self, req: http_pb2.HttpRequest, running: _Running) -> http_pb2.HttpResponse:
         app = self._loader.resolve(urllib.parse.unquote(req.path))
         if app is None:
             return _error(404, "no handler matches this URL", self.cfg.instance_id, public="Not Found")
@@ -353,8 +368,12 @@ class Instance:
         cpu_start = time.thread_time()
         lines: list[requestscope.LogLine] = []
         try:
-            with tickets.opened(self.app_id, environ), requestscope.serving(environ, lines):
-                resp = app(environ) if isinstance(app, CgiScript) else call_app(app, environ)
+            # The SDK's API ticket lives as long as the request may (its grace included); the timer's hook
+            # (runtime.appengine) cancels the request's calls in flight through it.
+            with tickets.opened(self.app_id, environ, expires_at=running.deadline.hard_at):
+                running.environ = {k: v for k, v in environ.items() if isinstance(v, str)}
+                with requestscope.serving(environ, lines, running.deadline):
+                    resp = app(environ) if isinstance(app, CgiScript) else call_app(app, environ)
         except BadResponseHeaderError as exc:
             # The app's mistake, said once, plainly, where its owner reads (its request log) and in the instance's.
             lines.append((time.time(), logging.ERROR, f"{exc}; the client gets 500"))
