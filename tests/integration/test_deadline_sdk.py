@@ -1,21 +1,16 @@
 """With Google's SDK in the app's environment, the request timer raises ``google.appengine.runtime``'s
 DeadlineExceededError, the same class ``kiln.runtime`` exposes; without it, kiln's own. Real ``kiln dev`` apps.
 
-The SDK is installed from its ``GAE_SDK`` pins with ``runtime.libraries`` into kiln's library cache, and the app
-vendors its ``google/appengine`` package (App Engine apps vendored libraries in their directory); listing it in
-requirements.txt would also bring the SDK's copy of gRPC, which replaces kiln's in the instance.
+A ``runtime: python27`` app gets the SDK as App Engine bundled it; a Python 3 app whose requirements.txt does not
+name ``appengine-python-standard`` has no SDK.
 """
 
 from __future__ import annotations
 
-import hashlib
-import pathlib
-import shutil
 import textwrap
 
 import pytest
 
-from runtime import libraries
 from tests.integration import apps
 from tests.integration.apps import running
 
@@ -65,20 +60,9 @@ PLAIN_MAIN = textwrap.dedent('''
 ''')
 
 
-@pytest.fixture(scope="session")
-def gae_sdk() -> pathlib.Path:
-    """Google's SDK with its pinned dependencies, installed once per host as kiln installs libraries."""
-    pins = libraries.GAE_SDK["3.1.0"]
-    key = hashlib.sha256("\n".join(pins).encode()).hexdigest()[:16]
-    return libraries._install(pathlib.Path.home() / ".cache" / "kiln" / "libraries" / f"gae-sdk-{key}", pins,
-                              deps=False, what="Google's App Engine SDK 3.1.0")
-
-
 @pytest.fixture(scope="module")
-def sdk_app(tmp_path_factory, gae_sdk):
-    app_dir = tmp_path_factory.mktemp("sdkdeadline")
-    shutil.copytree(gae_sdk / "google" / "appengine", app_dir / "google" / "appengine")
-    with running(app_dir, {"main.py": SDK_MAIN}, request_deadline=1.0) as srv:
+def sdk_app(tmp_path_factory):
+    with running(tmp_path_factory.mktemp("sdkdeadline"), {"main.py": SDK_MAIN}, request_deadline=1.0) as srv:
         yield srv
 
 
@@ -101,6 +85,6 @@ def test_kiln_runtimes_name_catches_the_sdks_deadline_error(sdk_app):
 
 
 def test_without_the_sdk_the_timer_raises_kilns_own_deadline_error(tmp_path):
-    with running(tmp_path / "plain", {"main.py": PLAIN_MAIN}) as srv:
+    with running(tmp_path / "plain", {"main.py": PLAIN_MAIN}, app_yaml="runtime: python311\n") as srv:
         status, _, body = apps.fetch(srv, "/")
     assert (status, body) == (200, b"kiln.runtime sdk absent")
