@@ -58,7 +58,7 @@ MAIN = textwrap.dedent('''
                                subject="from a user", body="hi")
             elif path == "/send-from-appspotmail":
                 # As Google's samples write it (GOOGLE_CLOUD_PROJECT is the app id there).
-                mail.send_mail(sender=f"Sample <noreply@{os.environ['APPLICATION_ID']}.appspotmail.com>",
+                mail.send_mail(sender=f"Sample <noreply@{os.environ['GOOGLE_CLOUD_PROJECT']}.appspotmail.com>",
                                to="friend@example.org", subject="from appspotmail", body="hi")
             elif path == "/send-from-another-apps-appspotmail":
                 mail.send_mail(sender="noreply@another-app.appspotmail.com", to="friend@example.org",
