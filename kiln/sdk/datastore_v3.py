@@ -237,7 +237,7 @@ class _Translator:
         elif value.HasField("doubleValue"):
             out.double_value = value.doubleValue
         elif value.HasField("stringValue"):
-            self._string_in(value.stringValue, meaning, prop.meaning_uri, out, what)
+            self._string_in(value.stringValue, meaning, prop, out, what)
         elif value.HasField("pointvalue"):
             out.geo_point_value.latitude = value.pointvalue.x
             out.geo_point_value.longitude = value.pointvalue.y
@@ -253,7 +253,7 @@ class _Translator:
             out.null_value = pb.NULL_VALUE_UNSPECIFIED
         return out
 
-    def _string_in(self, raw: bytes, meaning: int, meaning_uri: str, out: pb.Value, what: str) -> None:
+    def _string_in(self, raw: bytes, meaning: int, prop: Any, out: pb.Value, what: str) -> None:
         if meaning == _P.ENTITY_PROTO:
             inner = epb.EntityProto()
             try:
@@ -264,15 +264,15 @@ class _Translator:
             return
         if meaning == _P.BLOB:
             out.blob_value = raw
-            out.meaning = pb.MEANING_ZLIB if meaning_uri == ZLIB else pb.MEANING_BLOB
+            out.meaning = pb.MEANING_ZLIB if prop.meaning_uri == ZLIB else pb.MEANING_BLOB
             return
         if meaning not in _STRING_MEANINGS and meaning != _P.NO_MEANING:
             raise _bad(f"{what}: a string with meaning {meaning} is not supported")
         try:
             out.string_value = raw.decode("utf-8")
         except UnicodeDecodeError:
-            if meaning not in (_P.NO_MEANING, _P.BYTESTRING):
-                raise _bad(f"{what}: a value with meaning {meaning} must be UTF-8 text") from None
+            if meaning != _P.BYTESTRING:  # App Engine's words
+                raise _bad(f'String property "{prop.name}" value is not valid UTF-8.') from None
             out.blob_value = raw
         if meaning != _P.NO_MEANING:
             out.meaning = _STRING_MEANINGS[meaning]  # type: ignore[assignment]

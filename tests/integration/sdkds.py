@@ -81,7 +81,12 @@ def gae_sdk():
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", PendingDeprecationWarning)
         from google.appengine.api import apiproxy_stub_map
-        from google.appengine.ext import db, ndb  # noqa: F401 - loaded here, under the filter
+        from google.appengine.api import datastore, namespace_manager, users  # noqa: F401 - loaded here,
+        from google.appengine.ext import blobstore, db, ndb  # noqa: F401 - under the filter
+        from google.appengine.ext.db import metadata as db_metadata  # noqa: F401
+        from google.appengine.ext.ndb import metadata  # noqa: F401
+
+        from tests.integration import sdk_models  # noqa: F401 - the tests' models
 
         from kiln.sdk.datastore_v3 import DatastoreV3
 
@@ -103,3 +108,18 @@ def start_app(adapter: Adapter, addr: str, monkeypatch: pytest.MonkeyPatch, *, p
     from google.appengine.ext import db, ndb
 
     return SdkApp(app_id, addr, adapter, ndb, db)
+
+
+def on_google_stub(scenario: Any) -> Any:
+    """Run ``scenario()`` on Google's own datastore stub (the SDK's reference behaviour) instead of kiln's."""
+    import os
+
+    from google.appengine.api import apiproxy_stub_map, datastore_file_stub
+
+    kiln_stub = apiproxy_stub_map.apiproxy.GetStub("datastore_v3")
+    google = datastore_file_stub.DatastoreFileStub(os.environ["GAE_APPLICATION"], None)
+    apiproxy_stub_map.apiproxy.ReplaceStub("datastore_v3", google)
+    try:
+        return scenario()
+    finally:
+        apiproxy_stub_map.apiproxy.ReplaceStub("datastore_v3", kiln_stub)
