@@ -8,7 +8,11 @@ translates the answer back. What App Engine's datastore kept between calls lives
 - **Transactions.** App Engine's handle is a 64-bit number, kiln's opaque bytes: each ``BeginTransaction`` maps a
   fresh number to a kiln transaction. Puts and deletes made inside it are buffered and sent with one kiln
   ``Commit`` (so they take effect only then, and a transaction does not see its own writes, as on App Engine);
-  incomplete keys get their ids at ``Put`` time from ``AllocateIds``.
+  incomplete keys get their ids at ``Put`` time from ``AllocateIds``. kiln's datastore refuses a read inside a
+  transaction as soon as a concurrent commit has changed the entity group (App Engine would have read its
+  snapshot and failed only at commit), but the SDK retries a transaction only when its *commit* fails: such a
+  transaction is therefore marked lost, its reads are answered with the latest data, and its commit answers
+  ``CONCURRENT_TRANSACTION``, so ndb and db run the function again as on App Engine.
 - **Queries.** ``RunQuery`` answers one batch; when more may follow, its ``cursor`` names the query's state here
   (the structured kiln query, moved on to the batch's end, with what remains of offset and limit) for ``Next``.
 - **Cursors** that apps see (``CompiledCursor``) carry kiln's cursor bytes in ``position.start_key``.
@@ -433,6 +437,8 @@ class _Transaction:
     handle: bytes
     app_id: str
     started: float
+    # Why the transaction cannot commit any more (a read saw a concurrent commit); None while it can.
+    lost: str | None = None
     # By entity path, so that a later write of the same key replaces an earlier one (as the commit would).
     mutations: dict[bytes, pb.Mutation] = dataclasses.field(default_factory=dict)
 
@@ -443,6 +449,7 @@ class _Query:
 
     request: pb.RunQueryRequest
     app_id: str
+    transaction: _Transaction | None
     spelling: str
     offset: int
     limit: int | None
@@ -550,9 +557,8 @@ class DatastoreV3:
             raise _bad("read_time_epoch_micros: kiln's datastore reads the latest data only")
         t = _Translator(ctx.app_id, request.key[0].app if request.key else "")
         req = pb.GetRequest(keys=[t.key_in(ref, f"key[{i}]") for i, ref in enumerate(request.key)])
-        if request.HasField("transaction"):
-            req.read_options.transaction = self._transaction(request.transaction, ctx, "transaction")[1].handle
-        found = self._call("Get", req, ctx).results if req.keys else []
+        tx = self._transaction(request.transaction, ctx, "transaction")[1] if request.HasField("transaction") else None
+        found = self._read("Get", req, tx, ctx).results if req.keys else []
         response.in_order = True
         for ref, result in zip(request.key, found):
             out = response.entity.add()
@@ -577,6 +583,19 @@ class DatastoreV3:
             keys = []
         for sent, key in zip(request.entity, keys):
             _Translator(ctx.app_id, sent.key.app).key_out(key, response.key.add())
+
+    def _read(self, method: str, request: Any, tx: _Transaction | None, ctx: CallContext) -> Any:
+        """A read, in ``tx`` if there is one; once ``tx`` is lost, the latest data (see the module docstring)."""
+        if tx is not None and tx.lost is None:
+            request.read_options.transaction = tx.handle
+            try:
+                return self._call(method, request, ctx)
+            except apiproxy_errors.ApplicationError as exc:
+                if exc.application_error != CONCURRENT_TRANSACTION:
+                    raise
+                tx.lost = exc.error_detail
+        request.ClearField("read_options")
+        return self._call(method, request, ctx)
 
     def _complete_keys(self, entities: list[pb.Entity], ctx: CallContext) -> None:
         """Give incomplete keys their ids now (a transaction's Put returns final keys): one call per id space."""
@@ -618,9 +637,19 @@ class DatastoreV3:
     def _commit(self, request: Any, response: Any, ctx: CallContext) -> None:
         handle, _ = self._transaction(request, ctx, "transaction")
         tx = self._transactions.get(handle, ctx.app_id, pop=True)
+        if tx.lost is not None:
+            self._abandon(tx, ctx)
+            raise apiproxy_errors.ApplicationError(CONCURRENT_TRANSACTION, tx.lost)
         with self._lock:
             mutations = list(tx.mutations.values())
         self._call("Commit", pb.CommitRequest(transaction=tx.handle, mutations=mutations), ctx)
+
+    def _abandon(self, tx: _Transaction, ctx: CallContext) -> None:
+        """Roll back a lost transaction in kiln; it can commit nothing either way, so a failure changes nothing."""
+        try:
+            self._call("Rollback", pb.RollbackRequest(transaction=tx.handle), ctx)
+        except apiproxy_errors.ApplicationError:
+            pass
 
     def _rollback(self, request: Any, response: Any, ctx: CallContext) -> None:
         handle, _ = self._transaction(request, ctx, "transaction")
@@ -679,9 +708,8 @@ class DatastoreV3:
         t.check_app(query.app, "app")
         req = pb.RunQueryRequest(query=self._query_in(query, t))
         req.partition_id.namespace = query.name_space
-        if query.HasField("transaction"):
-            req.read_options.transaction = self._transaction(query.transaction, ctx, "transaction")[1].handle
-        state = _Query(req, ctx.app_id, query.app, query.offset, query.limit if query.HasField("limit") else None,
+        tx = self._transaction(query.transaction, ctx, "transaction")[1] if query.HasField("transaction") else None
+        state = _Query(req, ctx.app_id, tx, query.app, query.offset, query.limit if query.HasField("limit") else None,
                        bool(query.property_name), time.monotonic())
         req.query.ClearField("offset")
         req.query.ClearField("limit")
@@ -746,7 +774,7 @@ class DatastoreV3:
         if count > 0:
             req.batch_size = count
         try:
-            batch = self._call("RunQuery", req, ctx).batch
+            batch = self._read("RunQuery", req, state.transaction, ctx).batch
         except BaseException:
             if handle is not None:
                 self._queries.drop(handle)
