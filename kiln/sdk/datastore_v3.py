@@ -460,7 +460,9 @@ class _Query:
 class _Bounded:
     """A lock-guarded, size-bounded table of handles (oldest dropped first) with a lifetime."""
 
-    def __init__(self, *, size: int, seconds: float, what: str) -> None:
+    def __init__(self, *, size: int, seconds: float, what: str,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
         self._items: collections.OrderedDict[int, Any] = collections.OrderedDict()
         self._lock = threading.Lock()
         self._size = size
@@ -473,7 +475,7 @@ class _Bounded:
             self._expire()
             while len(self._items) >= self._size:
                 self._items.popitem(last=False)
-            self._items[handle] = (time.monotonic(), item)
+            self._items[handle] = (self._clock(), item)
         return handle
 
     def get(self, handle: int, app_id: str, *, pop: bool = False) -> Any:
@@ -482,7 +484,7 @@ class _Bounded:
             found = self._items.pop(handle, None) if pop else self._items.get(handle)
             if found is not None and not pop:
                 self._items.move_to_end(handle)
-                self._items[handle] = (time.monotonic(), found[1])
+                self._items[handle] = (self._clock(), found[1])
         if found is None or found[1].app_id != app_id:
             raise _bad(f"{self._what} {handle}: unknown, already finished, or expired")
         return found[1]
@@ -493,10 +495,11 @@ class _Bounded:
 
     def __len__(self) -> int:
         with self._lock:
+            self._expire()
             return len(self._items)
 
     def _expire(self) -> None:
-        limit = time.monotonic() - self._seconds
+        limit = self._clock() - self._seconds
         while self._items:
             handle, (touched, _) = next(iter(self._items.items()))
             if touched >= limit:

@@ -101,17 +101,22 @@ def gae_sdk():
 
 def start_app(adapter: Adapter, addr: str, monkeypatch: pytest.MonkeyPatch, *, prefix: str = "s~") -> SdkApp:
     """Run as a fresh app on the datastore at ``addr``: kiln's token and App Engine's environment."""
-    app_id = "sdk-" + uuid.uuid4().hex[:12]
-    monkeypatch.setenv("KILN_DATASTORE_ADDR", addr)
-    monkeypatch.setenv("KILN_APP_TOKEN", auth.mint_app_token(SECRET, app_id))
-    monkeypatch.setenv("GAE_APPLICATION", prefix + app_id)
+    from google.appengine.ext import db, ndb
+
+    app = SdkApp("sdk-" + uuid.uuid4().hex[:12], addr, adapter, ndb, db)
+    become(app, monkeypatch, prefix=prefix)
+    return app
+
+
+def become(app: SdkApp, monkeypatch: pytest.MonkeyPatch, *, prefix: str = "s~") -> None:
+    """Make the calls that follow ``app``'s (after another app's)."""
+    monkeypatch.setenv("KILN_DATASTORE_ADDR", app.addr)
+    monkeypatch.setenv("KILN_APP_TOKEN", auth.mint_app_token(SECRET, app.app_id))
+    monkeypatch.setenv("GAE_APPLICATION", prefix + app.app_id)
     monkeypatch.delenv("APPLICATION_ID", raising=False)
     monkeypatch.setenv("GAE_ENV", "standard")
     _rpc.reset()
-    adapter.app_id = app_id
-    from google.appengine.ext import db, ndb
-
-    return SdkApp(app_id, addr, adapter, ndb, db)
+    app.adapter.app_id = app.app_id
 
 
 def on_google_stub(scenario: Any) -> Any:
