@@ -47,6 +47,7 @@ from typing import Any
 import grpc
 from google.appengine.datastore import entity_bytes_pb2 as epb  # the SDK's datastore_rpc uses the *_bytes modules
 from google.appengine.runtime import apiproxy_errors
+from google.protobuf import message
 
 from kiln.api import _rpc
 from kiln.pb.datastore.v1 import datastore_pb2 as pb
@@ -262,7 +263,7 @@ class _Translator:
             inner = epb.EntityProto()
             try:
                 inner.MergeFromString(raw)
-            except Exception as exc:  # the SDK's DecodeError; nothing of it is worth keeping
+            except message.DecodeError as exc:
                 raise _bad(f"{what}: an ENTITY_PROTO value that is not a serialized EntityProto ({exc})") from None
             out.entity_value.CopyFrom(self.entity_in(inner, f"{what} (embedded)", embedded=True))
             return
@@ -279,7 +280,7 @@ class _Translator:
                 raise _bad(f'String property "{prop.name}" value is not valid UTF-8.') from None
             out.blob_value = raw
         if meaning != _P.NO_MEANING:
-            out.meaning = _STRING_MEANINGS[meaning]  # type: ignore[assignment]
+            out.meaning = _STRING_MEANINGS[meaning]
 
     def value_out(self, value: pb.Value, prop: Any, what: str) -> None:
         """Fill one ``Property``'s value and meaning from kiln's (non-list) value."""
@@ -841,7 +842,7 @@ def _filter_in(f: Any, t: _Translator, what: str) -> pb.Filter:
     elif f.op in _FILTER_OPS:
         if len(props) != 1:
             raise _bad(f"{what}: operator {f.op} takes one value, got {len(props)}")
-        out.op = _FILTER_OPS[f.op]  # type: ignore[assignment]
+        out.op = _FILTER_OPS[f.op]
         out.value.CopyFrom(t.value_in(props[0], f"{what}.{name}"))
     else:
         raise _bad(f"{what}: unknown operator {f.op}")
@@ -854,4 +855,4 @@ def _buffer(tx: _Transaction, key: pb.Key, mutation: pb.Mutation) -> None:
     tx.mutations[path] = mutation
 
 
-__all__ = ["BAD_REQUEST", "CONCURRENT_TRANSACTION", "DatastoreV3", "ERRORS", "INTERNAL_ERROR", "NEED_INDEX", "TIMEOUT"]
+__all__ = ["BAD_REQUEST", "CONCURRENT_TRANSACTION", "ERRORS", "INTERNAL_ERROR", "NEED_INDEX", "TIMEOUT", "DatastoreV3"]

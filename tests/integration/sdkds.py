@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from kiln_platform import auth
 from kiln.api import _rpc
+from kiln_platform import auth
 from runtime import libraries
 from tests.integration.conftest import SECRET
 
@@ -84,15 +84,13 @@ def gae_sdk():
         # Importing the SDK warns about itself (its cgi import, its ruamel.yaml use); tests turn warnings into errors.
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", PendingDeprecationWarning)
-        from google.appengine.api import apiproxy_stub_map
-        from google.appengine.api import datastore, namespace_manager, users  # noqa: F401 - loaded here,
+        from google.appengine.api import apiproxy_stub_map, datastore, namespace_manager, users  # noqa: F401 - loaded here,
         from google.appengine.ext import blobstore, db, ndb  # noqa: F401 - under the filter
         from google.appengine.ext.db import metadata as db_metadata  # noqa: F401
         from google.appengine.ext.ndb import metadata  # noqa: F401
 
-        from tests.integration import sdk_models  # noqa: F401 - the tests' models
-
         from kiln.sdk.datastore_v3 import DatastoreV3
+        from tests.integration import sdk_models  # noqa: F401 - the tests' models
 
     adapter = Adapter(DatastoreV3())
     apiproxy_stub_map.apiproxy.ReplaceStub("datastore_v3", adapter)
