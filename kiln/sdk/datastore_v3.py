@@ -49,6 +49,7 @@ from google.appengine.datastore import entity_bytes_pb2 as epb  # the SDK's data
 from google.appengine.runtime import apiproxy_errors
 from google.protobuf import message
 
+from kiln import errors
 from kiln.api import _rpc
 from kiln.pb.datastore.v1 import datastore_pb2 as pb
 from kiln.pb.datastore.v1 import datastore_pb2_grpc
@@ -548,7 +549,11 @@ class DatastoreV3:
     @staticmethod
     def _call(method: str, request: Any, ctx: CallContext) -> Any:
         timeout = ctx.deadline if ctx.deadline is not None else _rpc.DEFAULT_TIMEOUT
-        return _rpc.call(getattr(_stub(), method), request, timeout=timeout, table=ERRORS)
+        try:
+            stub = _stub()
+        except errors.KilnError as exc:  # the instance was started without the datastore's address
+            raise apiproxy_errors.ApplicationError(INTERNAL_ERROR, str(exc)) from None
+        return _rpc.call(getattr(stub, method), request, timeout=timeout, table=ERRORS)
 
     def _transaction(self, tx: Any, ctx: CallContext, what: str) -> tuple[int, _Transaction]:
         _Translator(ctx.app_id, "").check_app(tx.app, f"{what}.app")

@@ -193,3 +193,15 @@ def test_query_and_transaction_tables_forget_what_outlived_its_lifetime():
 
     with pytest.raises(apiproxy_errors.ApplicationError, match="expired"):
         table.get(old, "a")
+
+
+def test_an_instance_without_the_datastores_address_gets_internal_error_naming_it(sdk, v3, monkeypatch):
+    from google.appengine.api import datastore_errors
+    from google.appengine.ext import ndb
+
+    from kiln.api import _rpc
+
+    monkeypatch.delenv("KILN_DATASTORE_ADDR")
+    _rpc.reset()
+    with pytest.raises(datastore_errors.InternalError, match="KILN_DATASTORE_ADDR"):
+        ndb.Key("Thing", "x").get(use_cache=False, use_memcache=False)
