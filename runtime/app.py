@@ -36,7 +36,8 @@ from kiln_platform.log import app_id as app_id_var
 from kiln_platform.log import request_id as request_id_var
 from kiln.pb.logs.v1 import logs_pb2
 from kiln.pb.runtime.v1 import events_pb2, http_pb2
-from runtime import httpfetch, inflight, isolation, sandbox
+from kiln.sdk import tickets
+from runtime import appengine, httpfetch, inflight, isolation, sandbox
 from runtime.config import RuntimeConfig
 from runtime.wsgi import BadResponseHeaderError, CgiScript, InstanceInfo, WsgiApp, build_environ, call_app
 
@@ -134,11 +135,12 @@ class Instance:
 
     def export_environment(self) -> None:
         """Process-wide variables the app's SDK reads: service addresses and its identity token."""
+        appengine.drop_cloud_datastore_switches()
+        os.environ.update(appengine.process_variables(
+            app_id=self.app_id, version_id=self.version_id, minor_version=self.cfg.minor_version,
+            instance_id=self.cfg.instance_id, memory_mb=self.memory_limit_mb, config=self.app_config))
         os.environ.update(self.info.env_variables)
         os.environ.update({
-            "APPLICATION_ID": self.app_id,
-            "CURRENT_VERSION_ID": f"{self.version_id}.{self.cfg.minor_version}",
-            "INSTANCE_ID": self.cfg.instance_id,
             "AUTH_DOMAIN": self.cfg.auth_domain,
             "KILN_APP_TOKEN": self.cfg.app_token.get(),
             "KILN_DATASTORE_ADDR": self.cfg.datastore_addr,
@@ -160,6 +162,7 @@ class Instance:
         requestscope.allow_background_threads(
             self.app_config.manual_scaling is not None or self.app_config.basic_scaling is not None)
         httpfetch.install()  # urllib and http.client go through URL Fetch, as on App Engine
+        appengine.load_sdk(self.app_id)  # Google's SDK, where the app has it: before the app's code, with kiln's proxy
         sandbox.install(app_dirs, library_dirs,
                         [pathlib.Path(p) for p in self.cfg.private_dirs.split(os.pathsep) if p])
 
@@ -344,7 +347,7 @@ class Instance:
         cpu_start = time.thread_time()
         lines: list[requestscope.LogLine] = []
         try:
-            with requestscope.serving(environ, lines):
+            with tickets.opened(self.app_id, environ), requestscope.serving(environ, lines):
                 resp = app(environ) if isinstance(app, CgiScript) else call_app(app, environ)
         except BadResponseHeaderError as exc:
             # The app's mistake, said once, plainly, where its owner reads (its request log) and in the instance's.

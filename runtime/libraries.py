@@ -37,6 +37,7 @@ import sys
 import tempfile
 
 from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
 
 from kiln_platform import appyaml
 from kiln.errors import ConfigError
@@ -62,6 +63,29 @@ CATALOG: dict[str, dict[str, tuple[str, ...]]] = {
 # ask for, pinned with its whole dependency set. The packages kiln's own runtime also loads (grpcio, protobuf,
 # cryptography, Pillow…) are pinned to kiln's versions: the instance has loaded those before the app's paths.
 GAE_SDK: dict[str, tuple[str, ...]] = {
+    # Google's own samples pin 1.1.4 (appengine/standard_python3/bundled-services/mail/flask).
+    "1.1.4": (
+        "appengine-python-standard==1.1.4",
+        "attrs==26.1.0",
+        "certifi==2026.10.19.post1",
+        "cffi==2.1.1",
+        "charset-normalizer==3.5.3",
+        "cryptography==50.0.2",
+        "frozendict==2.5.1",
+        "google-auth==2.63.1",
+        "idna==3.21",
+        "mock==5.2.0",
+        "pillow==13.0.0",
+        "protobuf==7.36.2",
+        "pyasn1==0.6.5",
+        "pyasn1_modules==0.4.2",
+        "pycparser==3.12",
+        "pytz==2026.6",
+        "requests==2.34.2",
+        "ruamel.yaml==0.19.1",
+        "six==1.17.0",
+        "urllib3==1.26.20",
+    ),
     "3.1.0": (
         "appengine-python-standard==3.1.0",
         "attrs==26.1.0",
@@ -100,6 +124,10 @@ GAE_SDK: dict[str, tuple[str, ...]] = {
 }
 
 INSTALL_TIMEOUT_SECONDS = 600
+# The SDK's distribution name, as requirements.txt names it (compared canonicalised: "appengine_python_standard"…).
+GAE_SDK_DISTRIBUTION = "appengine-python-standard"
+# The version a ``runtime: python27`` app gets: App Engine bundled its SDK with that runtime.
+GAE_SDK_BUNDLED = "3.1.0"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,6 +190,52 @@ def read_requirements(path: pathlib.Path) -> list[str]:
     return out
 
 
+def sdk_requirement(req_file: pathlib.Path, lines: list[str]) -> tuple[str | None, list[str]]:
+    """The SDK version ``requirements.txt`` asks for (the newest pinned one its specifier admits), and its other lines.
+
+    Raises:
+        ConfigError: the file names the SDK with a specifier no pinned version satisfies (file, line, versions).
+    """
+    wanted = canonicalize_name(GAE_SDK_DISTRIBUTION)
+    for index, line in enumerate(lines):
+        req = Requirement(line)
+        if canonicalize_name(req.name) != wanted:
+            continue
+        admitted = [v for v in GAE_SDK if req.specifier.contains(v, prereleases=True)]
+        if not admitted:
+            number = _line_number(req_file, req.name)
+            raise ConfigError(f"{req_file.name}:{number}: kiln does not provide {GAE_SDK_DISTRIBUTION}"
+                              f"{req.specifier}; supported versions: {', '.join(GAE_SDK)} (e.g. "
+                              f"'{GAE_SDK_DISTRIBUTION}=={max(GAE_SDK, key=_version_key)}')")
+        return max(admitted, key=_version_key), lines[:index] + lines[index + 1:]
+    return None, lines
+
+
+def sdk_dir(version: str, cache_dir: pathlib.Path) -> pathlib.Path:
+    """Google's App Engine SDK ``version`` with its pinned dependencies, installed once per host under ``cache_dir``."""
+    return _install(sdk_target(version, cache_dir), GAE_SDK[version], deps=False,
+                    what=f"{GAE_SDK_DISTRIBUTION} {version}")
+
+
+def sdk_target(version: str, cache_dir: pathlib.Path) -> pathlib.Path:
+    """Where :func:`sdk_dir` installs the SDK ``version`` (keyed by its pins)."""
+    key = hashlib.sha256("\n".join(GAE_SDK[version]).encode()).hexdigest()[:16]
+    return cache_dir / "libraries" / f"{GAE_SDK_DISTRIBUTION}-{key}"
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("."))
+
+
+def _line_number(req_file: pathlib.Path, name: str) -> int:
+    wanted = canonicalize_name(name)
+    for number, raw in enumerate(req_file.read_text().splitlines(), 1):
+        found = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", raw)
+        if found and canonicalize_name(found.group(1)) == wanted:
+            return number
+    return 0
+
+
 def prepare(app_dir: pathlib.Path, config: appyaml.AppConfig, cache_dir: pathlib.Path) -> Environment:
     """Install what the version needs (once per host for each library and each requirements.txt).
 
@@ -176,12 +250,16 @@ def prepare(app_dir: pathlib.Path, config: appyaml.AppConfig, cache_dir: pathlib
                                      what=f"library {lib.name} {lib.version}"))
     requirements_dir = None
     req_file = app_dir / "requirements.txt"
-    if req_file.is_file():
-        lines = read_requirements(req_file)
-        if lines:
-            key = hashlib.sha256(("\n".join(lines) + sys.version).encode()).hexdigest()[:16]
-            requirements_dir = _install(cache_dir / "requirements" / key, tuple(lines), deps=True,
-                                        what="requirements.txt")
+    lines = read_requirements(req_file) if req_file.is_file() else []
+    sdk_version, lines = sdk_requirement(req_file, lines)
+    if sdk_version is None and config.runtime == "python27":
+        sdk_version = GAE_SDK_BUNDLED
+    if sdk_version is not None:
+        library_dirs.append(sdk_dir(sdk_version, cache_dir))
+    if lines:
+        key = hashlib.sha256(("\n".join(lines) + sys.version).encode()).hexdigest()[:16]
+        requirements_dir = _install(cache_dir / "requirements" / key, tuple(lines), deps=True,
+                                    what="requirements.txt")
     return Environment(tuple(library_dirs), requirements_dir)
 
 

@@ -106,6 +106,7 @@ import builtins
 import importlib
 import importlib.abc
 import importlib.machinery
+import importlib.metadata
 import os
 import pathlib
 import site
@@ -203,6 +204,7 @@ class _Places:
         prefixes = {pathlib.Path(p).resolve() for p in (sys.base_prefix, sys.prefix, sys.exec_prefix)}
         self.native_ok = _dirs([*prefixes, *library_dirs])
         self.app_code = _dirs([*app_dirs, *library_dirs])
+        self.libraries = _dirs(list(library_dirs))
         paths = sysconfig.get_paths()
         self.stdlib = _dirs([pathlib.Path(paths["stdlib"]), pathlib.Path(paths["platstdlib"])])
         self.site = _dirs([pathlib.Path(p) for p in site.getsitepackages()])
@@ -217,6 +219,12 @@ class _Places:
         """Whether ``path`` is a file of kiln's code that apps may not load as their own."""
         return (_under(path, self.platform) and not _under(path, self.app_code) and not _under(path, self.app_api)
                 and os.path.isfile(path))
+
+    def importer_is_library(self, frame: FrameType | None) -> bool:
+        """Whether the code asking for an import is one of the platform libraries the app selected."""
+        while frame is not None and frame.f_code.co_filename.startswith(_IMPORT_MACHINERY):
+            frame = frame.f_back
+        return frame is not None and _under(os.path.realpath(frame.f_code.co_filename), self.libraries)
 
     def importer_is_app(self, frame: FrameType | None) -> bool:
         """Whether the code asking for an import or a load (the first frame outside the import machinery) is the
@@ -254,6 +262,7 @@ class _ImportGuard(importlib.abc.MetaPathFinder):
     def __init__(self, places: _Places) -> None:
         self._places = places
         self._verdicts: dict[str, bool] = {}  # top-level module name -> may app code import it
+        self._library_only: set[str] = set()  # kiln's transports a selected library uses (release_shadowed)
         self._import = builtins.__import__
         self._import_module = importlib.import_module
         self._gcd_import = importlib._bootstrap._gcd_import  # type: ignore[attr-defined]
@@ -303,6 +312,8 @@ class _ImportGuard(importlib.abc.MetaPathFinder):
         allowed = self._verdicts.get(top)
         if allowed is None:
             allowed = self._verdicts[top] = self._allowed(top)
+        if not allowed and top in self._library_only and self._places.importer_is_library(_caller(2)):
+            return
         if not allowed and self._places.importer_is_app(_caller(2)):
             raise ModuleNotFoundError(f"No module named {top!r} (kiln: it is not part of the runtime apps see; select "
                                       "it under libraries: in app.yaml, list it in requirements.txt or vendor it in "
@@ -341,12 +352,36 @@ class _ImportGuard(importlib.abc.MetaPathFinder):
         kiln's code that already holds the platform's module keeps it.
         """
         provided = {_module_name(entry) for d in dirs if d.is_dir() for entry in d.iterdir()} - {""}
+        versions = _distribution_versions(dirs)
         for name in provided - APP_PACKAGES - set(sys.builtin_module_names):
             module = sys.modules.get(name)
             where = os.path.realpath(getattr(module, "__file__", None) or "") if module is not None else ""
             if where and _under(where, self._places.site):
+                if name in versions and versions[name] == _distribution_versions(
+                        [pathlib.Path(p) for p in site.getsitepackages()]).get(name):
+                    # The very version kiln loaded (Google's SDK pins grpcio, protobuf… to kiln's): the app uses the
+                    # loaded copy, as its own. A second copy of a C extension such as gRPC's core would split its
+                    # classes in two (an error raised by one copy is not the other's ``RpcError``).
+                    if name in _TRANSPORTS:
+                        self._library_only.add(name)  # a library's code may use it; the app's own code may not
+                    else:
+                        self._verdicts[name] = True
+                    continue
                 for loaded in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
                     del sys.modules[loaded]
+
+
+def _distribution_versions(dirs: Sequence[pathlib.Path]) -> dict[str, str]:
+    """Top-level module name -> the version of the distribution installed in ``dirs`` that provides it."""
+    out: dict[str, str] = {}
+    for dist in importlib.metadata.distributions(path=[str(d) for d in dirs if d.is_dir()]):
+        names = (dist.read_text("top_level.txt") or "").split()
+        if not names:
+            names = [str(f).split("/")[0].removesuffix(".py") for f in dist.files or () if "/" in str(f)
+                     and not str(f).split("/")[0].endswith((".dist-info", ".libs", ".data"))]
+        for name in names:
+            out.setdefault(name, dist.version)
+    return out
 
 
 def _module_name(entry: pathlib.Path) -> str:
@@ -355,6 +390,10 @@ def _module_name(entry: pathlib.Path) -> str:
     stem = entry.name.split(".")[0]
     return stem if entry.suffix in (".py", ".so", ".pyc") and stem.isidentifier() else ""
 
+
+# kiln's own transports: when a selected library brings the very version kiln loaded (Google's SDK brings grpcio),
+# the library's code uses kiln's copy, and the app's own code still may not import it.
+_TRANSPORTS = frozenset({"grpc"})
 
 # Top-level packages of kiln's environment that app code may import: the App Engine API.
 APP_PACKAGES = frozenset({"kiln"})

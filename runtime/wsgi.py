@@ -110,7 +110,42 @@ def build_environ(req: http_pb2.HttpRequest, info: InstanceInfo) -> dict[str, An
             environ[key] = f"{environ[key]}{_JOINERS.get(name, ',')}{value}" if key in environ else value
     environ["CONTENT_LENGTH"] = str(len(req.body))
     environ.setdefault("CONTENT_TYPE", "")
+    for key in _RUNTIME_OWNED:  # the runtime's own, whatever reached it under those names
+        environ.pop(key, None)
+    environ.update(appengine_headers(req, info))
     return environ
+
+
+# The X-AppEngine-* variables only the runtime sets (appengine_headers, and the API ticket).
+_RUNTIME_OWNED = ("HTTP_X_APPENGINE_USER_EMAIL", "HTTP_X_APPENGINE_USER_ID", "HTTP_X_APPENGINE_USER_NICKNAME",
+                  "HTTP_X_APPENGINE_USER_ORGANIZATION", "HTTP_X_APPENGINE_USER_IS_ADMIN",
+                  "HTTP_X_APPENGINE_AUTH_DOMAIN", "HTTP_X_APPENGINE_DEFAULT_VERSION_HOSTNAME",
+                  "HTTP_X_APPENGINE_REQUEST_LOG_ID", "HTTP_X_APPENGINE_HTTPS", "HTTP_X_APPENGINE_USER_IP",
+                  "HTTP_X_APPENGINE_API_TICKET", "HTTP_X_APPENGINE_DEV_REQUEST_ID")
+
+
+def appengine_headers(req: http_pb2.HttpRequest, info: InstanceInfo) -> dict[str, str]:
+    """The ``X-AppEngine-*`` variables Google's SDK reads, from what the router established (never the client's).
+
+    The router drops every ``X-AppEngine-*`` header a client sends; these are the runtime's, as App Engine's front
+    end sent them (the SDK's middleware turns them into ``USER_EMAIL``, ``AUTH_DOMAIN``…). The API ticket is added
+    per request by the runtime (:mod:`kiln.sdk.tickets`).
+    """
+    out = {
+        "HTTP_X_APPENGINE_AUTH_DOMAIN": info.auth_domain,
+        "HTTP_X_APPENGINE_DEFAULT_VERSION_HOSTNAME": info.default_hostname,
+        "HTTP_X_APPENGINE_REQUEST_LOG_ID": req.request_id,
+        "HTTP_X_APPENGINE_HTTPS": "on" if req.scheme == "https" else "off",
+        "HTTP_X_APPENGINE_USER_IP": req.remote_addr,
+        "HTTP_X_APPENGINE_USER_IS_ADMIN": "1" if req.user.is_admin else "0",
+    }
+    if req.user.email:  # App Engine sent the user's headers only for a signed-in user
+        out.update({
+            "HTTP_X_APPENGINE_USER_EMAIL": req.user.email,
+            "HTTP_X_APPENGINE_USER_ID": req.user.user_id,
+            "HTTP_X_APPENGINE_USER_NICKNAME": req.user.email.split("@")[0],
+        })
+    return out
 
 
 def call_app(app: WsgiApp, environ: dict[str, Any]) -> http_pb2.HttpResponse:

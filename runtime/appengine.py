@@ -1,0 +1,72 @@
+"""What an instance sets up for apps written for App Engine: its runtime's variables, and Google's SDK.
+
+- :func:`process_variables`: the process environment Google's Python runtime sets and its SDK reads
+  (``GAE_APPLICATION``, ``GAE_SERVICE``, ``GAE_VERSION``, ``GAE_INSTANCE``, ``GAE_ENV``, ``GAE_RUNTIME``,
+  ``GAE_MEMORY_MB``, ``GAE_DEPLOYMENT_ID``, ``GOOGLE_CLOUD_PROJECT``, ``PORT`` and the first generation's
+  ``APPLICATION_ID``, ``CURRENT_VERSION_ID``, ``CURRENT_MODULE_ID``, ``INSTANCE_ID``), for every app. The app id
+  carries no partition (``s~``): kiln's services, and ``kiln.api``'s keys, name an app by its bare id.
+  ``DATASTORE_APP_ID``/``DATASTORE_PROJECT_ID`` (and the other variables that switch ndb to Cloud Datastore) are
+  never inherited: ndb would leave App Engine's datastore API for a client the instance does not have.
+- :func:`load_sdk`: when the instance's environment has Google's SDK (``google.appengine``), import it before the
+  app's code and register kiln's API proxy (:mod:`kiln.sdk.proxy`) in it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import os
+
+from kiln_platform import appyaml
+
+log = logging.getLogger(__name__)
+
+# Variables that make the SDK's ndb use Cloud Datastore (a client kiln's instances do not have).
+_CLOUD_DATASTORE_SWITCHES = ("DATASTORE_APP_ID", "DATASTORE_PROJECT_ID", "DATASTORE_ADDITIONAL_APP_IDS",
+                             "DATASTORE_USE_PROJECT_ID_AS_APP_ID")
+# The port Google's runtime tells the app's server to listen on; kiln's runtime serves the app itself.
+DEFAULT_PORT = "8080"
+
+
+def process_variables(*, app_id: str, version_id: str, minor_version: int, instance_id: str, memory_mb: int,
+                      config: appyaml.AppConfig) -> dict[str, str]:
+    """The process environment of App Engine's Python runtime for this instance (module docstring)."""
+    service = config.service or "default"
+    return {
+        "GAE_APPLICATION": app_id,
+        "GAE_SERVICE": service,
+        "GAE_VERSION": version_id,
+        "GAE_INSTANCE": instance_id,
+        "GAE_ENV": "standard",
+        "GAE_RUNTIME": config.runtime,
+        "GAE_MEMORY_MB": str(memory_mb),
+        "GAE_DEPLOYMENT_ID": str(minor_version),
+        "GOOGLE_CLOUD_PROJECT": app_id,
+        "PORT": DEFAULT_PORT,
+        "APPLICATION_ID": app_id,
+        "CURRENT_VERSION_ID": f"{version_id}.{minor_version}",
+        "CURRENT_MODULE_ID": service,
+        "INSTANCE_ID": instance_id,
+    }
+
+
+def drop_cloud_datastore_switches() -> None:
+    """Never inherit the variables that would send ndb to Cloud Datastore (module docstring)."""
+    for name in _CLOUD_DATASTORE_SWITCHES:
+        os.environ.pop(name, None)
+
+
+def load_sdk(app_id: str) -> bool:
+    """Import Google's SDK and register kiln's API proxy in it, if the instance's environment has the SDK."""
+    try:
+        found = importlib.util.find_spec("google.appengine")
+    except ModuleNotFoundError:
+        found = None
+    if found is None:
+        return False
+    importlib.import_module("google.appengine.api.apiproxy_stub_map")
+    proxy = importlib.import_module("kiln.sdk.proxy")
+    installed = proxy.install(app_id)
+    log.info("Google's App Engine SDK loaded; kiln serves %s", ", ".join(sorted(installed.services)))
+    return True
