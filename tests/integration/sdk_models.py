@@ -116,3 +116,10 @@ class Greeting(db.Model):
     author = db.UserProperty()
     content = db.StringProperty(multiline=True)
     date = db.DateTimeProperty(auto_now_add=True)
+
+
+class Cached(ndb.Model):
+    """A model with ndb's memcache-backed global cache on (ndb's default), the in-context cache off."""
+
+    _use_cache = False
+    value = ndb.IntegerProperty(default=0)

@@ -17,15 +17,14 @@ import pytest
 from kiln.pb.datastore.v1 import datastore_pb2 as pb
 from kiln.pb.datastore.v1 import datastore_pb2_grpc
 from tests.integration.conftest import app_metadata
-from tests.integration.sdkds import gae_sdk, on_google_stub, start_app  # noqa: F401 - fixtures
+from tests.integration.sdkds import gae_sdk, on_google_stub, sdk_fixture, start_app  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.nats
 
 
 @pytest.fixture(params=["embedded", pytest.param("cassandra", marks=pytest.mark.cassandra)])
 def sdk(request, gae_sdk, monkeypatch):  # noqa: F811 - the fixture imported above
-    addr = request.getfixturevalue("datastore_addr" if request.param == "embedded" else "datastore_cassandra_addr")
-    return start_app(gae_sdk, addr, monkeypatch)
+    return sdk_fixture(request, gae_sdk, monkeypatch)
 
 
 @pytest.fixture
@@ -218,8 +217,8 @@ def test_db_put_get_delete_by_key(sdk, m):
 
 @pytest.mark.parametrize("prefix", ["s~", "e~", ""])
 def test_keys_carry_the_app_as_the_sdk_spells_it_and_urlsafe_keys_round_trip(gae_sdk, datastore_addr,  # noqa: F811
-                                                                            monkeypatch, prefix):
-    sdk = start_app(gae_sdk, datastore_addr, monkeypatch, prefix=prefix)
+                                                                            grpc_services, monkeypatch, prefix):
+    sdk = start_app(gae_sdk, datastore_addr, grpc_services["memcache"], monkeypatch, prefix=prefix)
     from google.appengine.ext import ndb
 
     from tests.integration import sdk_models as m

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.sdkds import become, gae_sdk, start_app  # noqa: F401 - fixtures
+from tests.integration.sdkds import become, gae_sdk, sdk_fixture, start_app  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.nats
 
 
 @pytest.fixture
-def sdk(gae_sdk, datastore_addr, monkeypatch):  # noqa: F811 - the fixture imported above
-    return start_app(gae_sdk, datastore_addr, monkeypatch)
+def sdk(request, gae_sdk, monkeypatch):  # noqa: F811 - the fixture imported above
+    return sdk_fixture(request, gae_sdk, monkeypatch)
 
 
 @pytest.fixture
@@ -132,7 +132,7 @@ def test_next_with_an_unknown_cursor_is_bad_request(sdk, v3):
 
 
 def test_a_query_read_to_its_end_frees_its_state_and_another_apps_cursor_is_refused(sdk, v3, gae_sdk,  # noqa: F811
-                                                                                    monkeypatch, datastore_addr):
+                                                                                    monkeypatch):
     req = v3.d.PutRequest()
     req.entity.extend(entity(sdk, v3, f"e{i}", n=i) for i in range(5))
     call(sdk, "Put", req, v3.d.PutResponse())
@@ -141,7 +141,7 @@ def test_a_query_read_to_its_end_frees_its_state_and_another_apps_cursor_is_refu
     first = call(sdk, "RunQuery", query, v3.d.QueryResult())
     assert first.more_results and len(first.result) == 2
     assert sdk.service.open_queries() == before + 1
-    other = start_app(gae_sdk, datastore_addr, monkeypatch)
+    other = start_app(gae_sdk, sdk.addr, sdk.memcache_addr, monkeypatch)
     nxt = v3.d.NextRequest(count=10)
     nxt.cursor.CopyFrom(first.cursor)
     bad_request(other, "Next", nxt, v3.d.QueryResult(), "is not the calling app")

@@ -13,15 +13,14 @@ import threading
 import pytest
 
 from tests.integration.apps import wait_for
-from tests.integration.sdkds import gae_sdk, start_app  # noqa: F401 - fixtures
+from tests.integration.sdkds import gae_sdk, sdk_fixture  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.nats
 
 
 @pytest.fixture(params=["embedded", pytest.param("cassandra", marks=pytest.mark.cassandra)])
 def sdk(request, gae_sdk, monkeypatch):  # noqa: F811 - the fixture imported above
-    addr = request.getfixturevalue("datastore_addr" if request.param == "embedded" else "datastore_cassandra_addr")
-    return start_app(gae_sdk, addr, monkeypatch)
+    return sdk_fixture(request, gae_sdk, monkeypatch)
 
 
 @pytest.fixture
