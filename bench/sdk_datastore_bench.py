@@ -3,13 +3,13 @@
 
 Prints the p50 and p95 latency of each (one call at a time), and the ratio SDK/kiln.api of the p50s (the
 issue's aim: within 1.3×). The SDK path is ndb → the SDK's ``datastore_rpc`` and ``apiproxy_stub_map`` →
+kiln's API proxy (:mod:`kiln.sdk.proxy`, installed as the runtime installs it, with a ticket as a request has) →
 ``kiln.sdk.datastore_v3`` → kiln's gRPC transport; ndb's caches are off (``use_cache``/``use_memcache``) so that
-every get reaches the datastore, as kiln.api's does. Until kiln's API proxy lands, the SDK reaches the Service
-through the tests' adapter (``tests/integration/sdkds.py``), which calls ``handle`` in the SDK's RPC thread pool.
+every get reaches the datastore, as kiln.api's does. ext.db's figures are printed beside ndb's.
 
 Usage::
 
-    .venv/bin/python bench/sdk_datastore_bench.py [--ops 2000] [--rounds 3] [--profile]
+    .venv/bin/python bench/sdk_datastore_bench.py [--ops 2000] [--rounds 3] [--profile] [--ndb-debug-off]
 """
 
 from __future__ import annotations
@@ -59,13 +59,12 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true", help="profile ndb puts and print the top functions")
     parser.add_argument("--ndb-debug-off", action="store_true",
                         help="set ndb.utils.DEBUG = False (ndb records a stack for every future when it is on)")
-    parser.add_argument("--inline", action="store_true",
-                        help="run each call in the caller's thread when the SDK waits for it (no thread pool hop)")
     args = parser.parse_args()
 
-    from tests.integration.sdkds import Adapter, install_sdk
+    from runtime import libraries
 
-    sys.path.append(str(install_sdk()))
+    cache = pathlib.Path(os.environ.get("KILN_TEST_CACHE_DIR") or pathlib.Path.home() / ".cache" / "kiln")
+    sys.path.append(str(libraries.sdk_dir(libraries.GAE_SDK_BUNDLED, cache)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from google.appengine.api import apiproxy_stub_map
@@ -76,6 +75,7 @@ def main() -> int:
 
         utils.DEBUG = False
     from kiln.api import _rpc, datastore
+    from kiln.sdk import proxy, tickets
     from kiln.sdk.datastore_v3 import DatastoreV3
 
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="kiln-bench-"))
@@ -91,12 +91,8 @@ def main() -> int:
         os.environ.update(KILN_DATASTORE_ADDR=addr, KILN_APP_TOKEN=auth.mint_app_token(SECRET, app_id),
                           GAE_APPLICATION="s~" + app_id)
         _rpc.reset()
-        adapter = Adapter(DatastoreV3())
-        if args.inline:
-            adapter.THREADSAFE = False  # the SDK's RPC reads it from the class
-            type(adapter).THREADSAFE = False
-        adapter.app_id = app_id
-        apiproxy_stub_map.apiproxy.ReplaceStub("datastore_v3", adapter)
+        proxy.install(app_id, [DatastoreV3()], stubmap=apiproxy_stub_map.apiproxy)
+        tickets.open_ticket(app_id, os.environ)  # one request for the whole run
 
         class Bench(ndb.Model):
             _use_cache = False
