@@ -370,7 +370,7 @@ class _Translator:
             _path_out(entity.key.path[:1], out.entity_group)  # the root element names the entity group
         for name in sorted(entity.properties):
             value = entity.properties[name]
-            where = f"{name}"
+            where = name
             if projection:
                 prop = out.property.add(name=name, multiple=False)
                 self.value_out(value, prop, where)
@@ -555,9 +555,11 @@ class DatastoreV3:
             raise apiproxy_errors.ApplicationError(INTERNAL_ERROR, str(exc)) from None
         return _rpc.call(getattr(stub, method), request, timeout=timeout, table=ERRORS)
 
-    def _transaction(self, tx: Any, ctx: CallContext, what: str) -> tuple[int, _Transaction]:
-        _Translator(ctx.app_id, "").check_app(tx.app, f"{what}.app")
-        return tx.handle, self._transactions.get(tx.handle, ctx.app_id)
+    def _transaction(self, tx: Any, ctx: CallContext, *, pop: bool = False) -> _Transaction:
+        """The open transaction an App Engine ``Transaction`` names (``pop``: and forget it)."""
+        _Translator(ctx.app_id, "").check_app(tx.app, "transaction.app")
+        found: _Transaction = self._transactions.get(tx.handle, ctx.app_id, pop=pop)
+        return found
 
     # -- Get / Put / Delete
 
@@ -566,7 +568,7 @@ class DatastoreV3:
             raise _bad("read_time_epoch_micros: kiln's datastore reads the latest data only")
         t = _Translator(ctx.app_id, request.key[0].app if request.key else "")
         req = pb.GetRequest(keys=[t.key_in(ref, f"key[{i}]") for i, ref in enumerate(request.key)])
-        tx = self._transaction(request.transaction, ctx, "transaction")[1] if request.HasField("transaction") else None
+        tx = self._transaction(request.transaction, ctx) if request.HasField("transaction") else None
         found = self._read("Get", req, tx, ctx).results if req.keys else []
         response.in_order = True
         for ref, result in zip(request.key, found):
@@ -580,7 +582,7 @@ class DatastoreV3:
         t = _Translator(ctx.app_id, request.entity[0].key.app if request.entity else "")
         entities = [t.entity_in(e, f"entity[{i}]") for i, e in enumerate(request.entity)]
         if request.HasField("transaction"):
-            _, tx = self._transaction(request.transaction, ctx, "transaction")
+            tx = self._transaction(request.transaction, ctx)
             self._complete_keys(entities, ctx)
             with self._lock:
                 for entity in entities:
@@ -623,7 +625,7 @@ class DatastoreV3:
         t = _Translator(ctx.app_id, "")
         keys = [t.key_in(ref, f"key[{i}]") for i, ref in enumerate(request.key)]
         if request.HasField("transaction"):
-            _, tx = self._transaction(request.transaction, ctx, "transaction")
+            tx = self._transaction(request.transaction, ctx)
             with self._lock:
                 for key in keys:
                     _buffer(tx, key, pb.Mutation(delete=key))
@@ -644,8 +646,7 @@ class DatastoreV3:
         response.app = request.app or ctx.app_id
 
     def _commit(self, request: Any, response: Any, ctx: CallContext) -> None:
-        handle, _ = self._transaction(request, ctx, "transaction")
-        tx = self._transactions.get(handle, ctx.app_id, pop=True)
+        tx = self._transaction(request, ctx, pop=True)
         if tx.lost is not None:
             self._abandon(tx, ctx)
             raise apiproxy_errors.ApplicationError(CONCURRENT_TRANSACTION, tx.lost)
@@ -661,8 +662,7 @@ class DatastoreV3:
             pass
 
     def _rollback(self, request: Any, response: Any, ctx: CallContext) -> None:
-        handle, _ = self._transaction(request, ctx, "transaction")
-        tx = self._transactions.get(handle, ctx.app_id, pop=True)
+        tx = self._transaction(request, ctx, pop=True)
         self._call("Rollback", pb.RollbackRequest(transaction=tx.handle), ctx)
 
     # -- ids and indexes
@@ -717,7 +717,7 @@ class DatastoreV3:
         t.check_app(query.app, "app")
         req = pb.RunQueryRequest(query=self._query_in(query, t))
         req.partition_id.namespace = query.name_space
-        tx = self._transaction(query.transaction, ctx, "transaction")[1] if query.HasField("transaction") else None
+        tx = self._transaction(query.transaction, ctx) if query.HasField("transaction") else None
         state = _Query(req, ctx.app_id, tx, query.app, query.offset, query.limit if query.HasField("limit") else None,
                        bool(query.property_name), time.monotonic())
         req.query.ClearField("offset")
