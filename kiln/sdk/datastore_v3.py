@@ -481,14 +481,17 @@ class _Bounded:
         return handle
 
     def get(self, handle: int, app_id: str, *, pop: bool = False) -> Any:
+        """The item of ``handle`` if it is ``app_id``'s (a use renews its lifetime; ``pop`` removes it)."""
         with self._lock:
             self._expire()
-            found = self._items.pop(handle, None) if pop else self._items.get(handle)
-            if found is not None and not pop:
+            found = self._items.get(handle)
+            if found is None or found[1].app_id != app_id:
+                raise _bad(f"{self._what} {handle}: unknown, already finished, or expired")
+            if pop:
+                del self._items[handle]
+            else:
                 self._items.move_to_end(handle)
                 self._items[handle] = (self._clock(), found[1])
-        if found is None or found[1].app_id != app_id:
-            raise _bad(f"{self._what} {handle}: unknown, already finished, or expired")
         return found[1]
 
     def drop(self, handle: int) -> None:
