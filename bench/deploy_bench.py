@@ -42,7 +42,7 @@ APP = "bench"
 def make_app(root: pathlib.Path, files: int, size: int) -> None:
     """``files`` files (app.yaml, main.py, the rest spread over directories of 100) of ``size`` bytes each."""
     root.mkdir(parents=True)
-    (root / "app.yaml").write_text("runtime: python311\nhandlers:\n- url: /.*\n  script: main.app\n")
+    (root / "app.yaml").write_text("runtime: python311\nhandlers:\n- url: /.*\n  script: auto\n")
     (root / "main.py").write_text("def app(environ, start_response):\n    return []\n")
     for i in range(files - 2):
         d = root / f"pkg{i // 100}"

@@ -27,7 +27,7 @@ import grpc
 
 from kiln_platform.supervisor import Supervisor, python_module
 from kiln_platform import cronyaml
-from kiln_platform import appyaml, auth, cassandra, indexyaml, natsauth
+from kiln_platform import appyaml, auth, cassandra, indexyaml, interpreters, natsauth
 from kiln_platform.config import STORAGE_ENGINES, CassandraHost, HostPort
 from kiln.errors import ConfigError
 from kiln.pb.datastore.v1 import datastore_pb2, datastore_pb2_grpc
@@ -74,6 +74,8 @@ class DevServer:
     def __init__(self, opts: DevOptions) -> None:
         self.opts = opts
         self.app_config = appyaml.load(opts.app_dir / "app.yaml")
+        # The Python its runtime names must be on this host (the instance manager looks the same way).
+        interpreters.find(self.app_config, filename=str(opts.app_dir / "app.yaml"))
         self.app_id = app_id_for(opts.app_dir, self.app_config)
         self.index_yaml = opts.app_dir.resolve() / "index.yaml"
         indexyaml.load(self.index_yaml)  # a malformed index.yaml fails here, naming file, line and field

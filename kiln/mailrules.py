@@ -7,6 +7,9 @@ did) and ``mail_svc`` (which checks again: it never trusts a client).
   compared as Windows would act on them (:func:`extension`), and ZIP files inside ZIP files are searched too,
   to a bounded depth and size (an archive too deeply nested or expanding too far is refused, not expanded).
 - Extra headers: only App Engine's allow-list.
+- App Engine's own sender form, ``anything@APP_ID.appspotmail.com`` (Google's samples send from it), is the same
+  mailbox as ``anything@APP_ID.<mail domain>`` of the deployment, which is what delivers it
+  (:func:`deployment_sender`); the sender rule itself is ``mail_svc``'s (``SenderRule``).
 """
 
 from __future__ import annotations
@@ -79,6 +82,21 @@ def _domain_problem(domain: str) -> str | None:
 def bare_address(value: str) -> str:
     """The ``addr@domain`` part of a valid mailbox, lower-cased."""
     return email.utils.parseaddr(value)[1].lower()
+
+
+# App Engine's domain for an app's own mail addresses: APP_ID.appspotmail.com.
+APPSPOTMAIL_DOMAIN = "appspotmail.com"
+
+
+def deployment_sender(sender: str, app_id: str, mail_domain: str) -> str:
+    """``sender`` as the deployment sends it: in App Engine's form ``anything@APP_ID.appspotmail.com``, the same
+    mailbox at the app's own mail domain (``anything@APP_ID.<mail_domain>``, display name kept); any other sender
+    as it is. ``sender`` is one valid mailbox (:func:`address_problem`)."""
+    name, addr = email.utils.parseaddr(sender)
+    local, _, domain = addr.rpartition("@")
+    if domain.lower() != f"{app_id}.{APPSPOTMAIL_DOMAIN}".lower():
+        return sender
+    return email.utils.formataddr((name, f"{local}@{app_id}.{mail_domain}"))
 
 
 # What a ZIP search may expand: how deep archives nest (the attachment itself is depth 1), how many names it

@@ -6,10 +6,18 @@ parsed into frozen dataclasses and checked. Any mistake raises
 
     app.yaml:12: handlers[2].login: must be one of optional, required, admin, got 'root'
 
-Runtimes: ``python27`` (App Engine's first-generation runtime, which requires
-``api_version``, ``threadsafe`` and ``handlers``) and ``python3``/``python3NN``
-(where ``handlers`` may be omitted: the app is then served by ``main.app``, as
-App Engine's default entrypoint does). kiln runs all of them on CPython 3.11.
+Runtimes, in App Engine's two styles, which one file may not mix (Google's
+``appinfo`` model and its deploy rules are the reference):
+
+- ``python27`` (the first generation): ``api_version: 1``, ``threadsafe`` and
+  ``handlers`` naming a WSGI app (``module.app``) or a CGI script (``file.py``);
+  ``libraries`` select platform libraries. kiln runs it on its own Python 3.
+- ``python3NN`` (the second generation; kiln runs ``python311`` and newer, each on
+  the Python it names, :mod:`runtime.interpreters`): the app is the WSGI callable
+  ``entrypoint`` names (default ``gunicorn -b :$PORT main:app``,
+  :mod:`kiln_platform.entrypoint`); handlers are static or ``script: auto``, and
+  any request no handler matches goes to the app, as on App Engine;
+  ``app_engine_apis: true`` turns on the bundled services.
 
 Line numbers come from PyYAML's node marks: the file is parsed with a safe
 loader whose mappings and sequences remember where each item started.
@@ -25,9 +33,13 @@ from typing import Any, cast
 import yaml
 
 from kiln.errors import ConfigError
+from kiln_platform import entrypoint as entrypoints
 
 MAX_HANDLERS = 100
-RUNTIME_RE = re.compile(r"^python(27|3\d*)$")
+RUNTIME_RE = re.compile(r"^python(27|3(\d{1,2}))$")
+# The oldest Python 3 runtime kiln runs (its runtime needs 3.11); App Engine has ended support for the older ones.
+MIN_PYTHON3 = (3, 11)
+AUTO_SCRIPT = "auto"  # a Python 3 handler: the request goes to the entrypoint's app
 WSGI_SCRIPT_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+$")
 DURATION_RE = re.compile(r"^\s*(\d+[dhms]\s*)+$")
 LATENCY_RE = re.compile(r"^(\d+(\.\d+)?)(ms|s)$")
@@ -159,6 +171,17 @@ class AppConfig:
     error_handlers: tuple[ErrorHandler, ...] = ()
     entrypoint: str | None = None
     app_engine_apis: bool = False
+    # Python 3 runtimes: the WSGI callable ``entrypoint`` (or App Engine's default) names.
+    wsgi_target: entrypoints.WsgiTarget | None = None
+    runtime_line: int | None = dataclasses.field(default=None, compare=False)  # for errors found later
+
+    @property
+    def python_version(self) -> tuple[int, int] | None:
+        """The Python ``runtime`` names (``python312`` -> (3, 12)); ``None`` for ``python27`` (kiln's own Python)."""
+        found = RUNTIME_RE.match(self.runtime)
+        if found is None or found.group(2) is None:
+            return None
+        return 3, int(found.group(2))
 
     def skips(self, path: str) -> bool:
         """True if ``path`` (relative, '/'-separated) matches ``skip_files``."""
@@ -367,9 +390,9 @@ def _handler(ctx: _Ctx, h: Any, seq: _Seq, i: int) -> Handler:
     else:
         _regex(ctx, h, "url", f"{where}url", url)
     script = _str(ctx, h, "script", where)
-    if script is not None and not (script.endswith(".py") or WSGI_SCRIPT_RE.match(script)):
+    if script is not None and not (script.endswith(".py") or WSGI_SCRIPT_RE.match(script) or script == AUTO_SCRIPT):
         raise ctx.fail(h, "script", f"{where}script",
-                       f"must be a WSGI app path like main.app or a CGI file like main.py, got {script!r}")
+                       f"must be a WSGI app path like main.app, a CGI file like main.py or auto, got {script!r}")
     upload = _str(ctx, h, "upload", where)
     if kinds[0] == "static_files":
         if upload is None:
@@ -428,7 +451,8 @@ def _automatic(ctx: _Ctx, m: _Map) -> AutomaticScaling:
 _TOP_KEYS = {"application", "version", "module", "service", "runtime", "api_version", "threadsafe", "handlers",
              "env_variables", "libraries", "skip_files", "instance_class", "automatic_scaling", "basic_scaling",
              "manual_scaling", "inbound_services", "default_expiration", "builtins", "includes", "error_handlers",
-             "entrypoint", "app_engine_apis", "env"}
+             "entrypoint", "app_engine_apis", "env", "service_account", "build_env_variables", "vpc_access_connector",
+             "runtime_config"}
 
 
 def _merge_includes(ctx: _Ctx, data: _Map, base_dir: pathlib.Path | None, seen: tuple[pathlib.Path, ...]) -> _Map:
@@ -477,11 +501,9 @@ def parse(text: str, *, filename: str = "app.yaml", base_dir: pathlib.Path | Non
     _check_keys(ctx, data, _TOP_KEYS, "")
     data = _merge_includes(ctx, data, base_dir, (base_dir / filename,) if base_dir else ())
 
-    runtime = _str(ctx, data, "runtime", "", required=True)
-    assert runtime is not None
-    if not RUNTIME_RE.match(runtime):
-        raise ctx.fail(data, "runtime", "runtime", f"must be python27 or python3 (python3NN), got {runtime!r}")
+    runtime = _runtime(ctx, data)
     legacy = runtime == "python27"
+    _check_style(ctx, data, legacy)
     if "env" in data and data["env"] not in ("standard", "std"):
         raise ctx.fail(data, "env", "env", f"kiln runs the standard environment only, got {data['env']!r}")
     api_version = _str(ctx, data, "api_version", "", required=legacy)
@@ -492,20 +514,28 @@ def parse(text: str, *, filename: str = "app.yaml", base_dir: pathlib.Path | Non
     threadsafe = _bool(ctx, data, "threadsafe", "", default=not legacy)
 
     raw_handlers = _seq(ctx, data, "handlers", "")
-    if not raw_handlers:
-        if legacy:
-            raise ctx.fail(data, "handlers", "handlers", "python27 apps need at least one handler")
-        raw_handlers = _Seq([_default_handler()])
-        raw_handlers.lines = [data.line]
+    if not raw_handlers and legacy:
+        raise ctx.fail(data, "handlers", "handlers", "python27 apps need at least one handler")
     if len(raw_handlers) > MAX_HANDLERS:
         raise ctx.fail(data, "handlers", "handlers", f"at most {MAX_HANDLERS} handlers, got {len(raw_handlers)}")
     handlers = tuple(_handler(ctx, h, raw_handlers, i) for i, h in enumerate(raw_handlers))
     for i, h in enumerate(handlers):
+        _check_script_style(ctx, raw_handlers, i, h, legacy)
         if threadsafe and h.is_cgi:
             raise ctx.fail(raw_handlers, i, f"handlers[{i}].script",
                            f"CGI script {h.script!r} is not allowed with threadsafe: true; "
                            "use a WSGI app (module.app) or set threadsafe: false")
+    wsgi_target = None
+    if not legacy:
+        # Whatever no handler serves goes to the entrypoint's app, as on App Engine's Python 3 runtimes.
+        handlers = (*handlers, Handler(url="/.*", script=AUTO_SCRIPT))
+        wsgi_target = _entrypoint(ctx, data)
 
+    # Accepted as App Engine accepts them; nothing in kiln depends on them (kiln builds nothing, has no VPC
+    # connectors, and gives every app its own identity).
+    _str(ctx, data, "service_account", "")
+    for key in ("build_env_variables", "vpc_access_connector", "runtime_config"):
+        _map(ctx, data, key, "")
     env_raw = _map(ctx, data, "env_variables", "") or _Map()
     env_variables = {}
     for key, value in env_raw.items():
@@ -613,13 +643,71 @@ def parse(text: str, *, filename: str = "app.yaml", base_dir: pathlib.Path | Non
         manual_scaling=manual, inbound_services=tuple(inbound),
         default_expiration_seconds=_duration(ctx, data, "default_expiration", ""), builtins=builtins,
         includes=tuple(str(i) for i in _seq(ctx, data, "includes", "")), error_handlers=tuple(error_handlers),
-        entrypoint=_str(ctx, data, "entrypoint", ""), app_engine_apis=_bool(ctx, data, "app_engine_apis", ""))
+        entrypoint=_str(ctx, data, "entrypoint", ""), app_engine_apis=_bool(ctx, data, "app_engine_apis", ""),
+        wsgi_target=wsgi_target, runtime_line=data.lines.get("runtime"))
 
 
-def _default_handler() -> _Map:
-    m = _Map(url="/.*", script="main.app")
-    m.line, m.lines = 0, {}
-    return m
+def _runtime(ctx: _Ctx, data: _Map) -> str:
+    runtime = _str(ctx, data, "runtime", "", required=True)
+    assert runtime is not None
+    found = RUNTIME_RE.match(runtime)
+    if found is None:
+        raise ctx.fail(data, "runtime", "runtime", f"kiln runs python27 and python311, python312, python313 (python3NN "
+                                                   f"from 3.11 on), got {runtime!r}")
+    if found.group(2) is not None and (3, int(found.group(2))) < MIN_PYTHON3:
+        raise ctx.fail(data, "runtime", "runtime", f"{runtime}: App Engine has ended support for it and kiln's runtime "
+                                                   "needs Python 3.11 or newer; use python311, python312 or python313")
+    return runtime
+
+
+# Fields of one style that the other refuses, with the fix.
+_PYTHON27_ONLY = {
+    "api_version": "Python 3 runtimes have no API version: remove api_version",
+    "threadsafe": "Python 3 runtimes always serve requests concurrently (set automatic_scaling."
+                  "max_concurrent_requests: 1 for one at a time): remove threadsafe",
+    "libraries": "Python 3 runtimes take their packages from requirements.txt: list them there and remove libraries",
+}
+_PYTHON3_ONLY = {
+    "entrypoint": "python27 apps name their WSGI app in each handler's script (module.app): remove entrypoint, or "
+                  "use a Python 3 runtime (python312…)",
+    "app_engine_apis": "python27 apps always have the bundled services: remove app_engine_apis, or use a Python 3 "
+                       "runtime (python312…)",
+}
+
+
+def _check_style(ctx: _Ctx, data: _Map, legacy: bool) -> None:
+    """Refuse a field of the other style (App Engine's python27 and Python 3 runtimes take different ones)."""
+    runtime = data["runtime"]
+    for key, fix in (_PYTHON3_ONLY if legacy else _PYTHON27_ONLY).items():
+        if key in data:
+            raise ctx.fail(data, key, key, f"not a setting of runtime {runtime}; {fix}")
+
+
+def _check_script_style(ctx: _Ctx, seq: _Seq, i: int, h: Handler, legacy: bool) -> None:
+    if h.script is None:
+        return
+    where = seq[i]  # the handler's mapping: errors name the script line
+    if legacy and h.script == AUTO_SCRIPT:
+        raise ctx.fail(where, "script", f"handlers[{i}].script",
+                       "script: auto is for Python 3 runtimes; python27 handlers name their WSGI app (script: main.app)")
+    if not legacy and h.script != AUTO_SCRIPT:
+        raise ctx.fail(where, "script", f"handlers[{i}].script",
+                       f"Python 3 runtimes serve every script handler with the entrypoint's app, so script must be "
+                       f"auto, got {h.script!r}; name the app in entrypoint (e.g. entrypoint: gunicorn -b :$PORT "
+                       f"{_as_entrypoint_app(h.script)}) and use script: auto")
+
+
+def _as_entrypoint_app(script: str) -> str:
+    module, _, attr = script.rpartition(".")
+    return f"{module}:{attr}" if module and not script.endswith(".py") else "main:app"
+
+
+def _entrypoint(ctx: _Ctx, data: _Map) -> entrypoints.WsgiTarget:
+    command = _str(ctx, data, "entrypoint", "")
+    try:
+        return entrypoints.parse(entrypoints.DEFAULT_ENTRYPOINT if command is None else command)
+    except entrypoints.EntrypointError as exc:
+        raise ctx.fail(data, "entrypoint", "entrypoint", str(exc)) from None
 
 
 def load(path: pathlib.Path | str) -> AppConfig:

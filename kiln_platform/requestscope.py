@@ -7,8 +7,37 @@ request's variables over the process environment, and sends that thread's
 writes to the request alone; outside a request it is the process environment.
 Threads an app starts during a request belong to that request: they see its
 environment, and the request does not finish until they have. What a
-request's threads log (``logging``, and lines written to ``sys.stderr``) is
-collected for its request log (:func:`serving`).
+request's threads log (``logging``, and what they write to ``sys.stdout`` and
+``sys.stderr``) is collected for its request log (:func:`serving`).
+
+**Printed output.** As on Google's Python 3 runtime, what an app writes to
+``sys.stdout`` and ``sys.stderr`` is logged line by line as it is written:
+each complete line goes to the instance's log at once (the process's own
+stream, flushed), and, on a request's threads, into that request's log,
+stdout at INFO and stderr at ERROR (Google's log agent files plain text from
+stdout as INFO and from stderr as ERROR). A partial line waits for its
+newline, or for the end of the request (or of the thread that wrote it).
+Lines and their number are bounded per request (:data:`MAX_LOG_LINES`,
+:data:`MAX_LOG_LINE_CHARS`), as ``logging``'s are. Lines that a ``logging``
+handler writes to these streams are not logged a second time: the record
+itself is already in the request log, at its own level. Outside a request
+(background threads, kiln's own threads) output goes to the instance's log
+only, flushed at each newline.
+
+**Deadlines.** The request timer raises ``DeadlineExceededError`` in the
+request's thread with ``PyThreadState_SetAsyncExc``, which Python delivers
+only while the thread runs Python code. So that a thread blocked in a wait
+gets it too, waits on the request's own thread end by the deadline
+(``kiln.runtime._Deadline``): ``time.sleep`` waits on the wake-up the timer
+sets (:func:`deadline_passed`); ``threading.Condition.wait`` — hence
+``Event.wait``, ``Semaphore.acquire``, ``queue.Queue`` and gRPC futures —
+and ``Thread.join`` wait in slices that end at the deadline; ``kiln.api``
+calls get the request's deadline as their gRPC deadline
+(``kiln.api._rpc``). Not covered: bare ``Lock``/``RLock.acquire`` (C code
+that cannot be woken from Python), blocking C extensions, and waits on
+threads the request started (only the request's own thread gets the timer's
+exception). Platform code with its own waits (the SDK's API proxy) registers
+with :func:`on_deadline` to be told when a request passes its deadline.
 
 The state is kept in :mod:`kiln.runtime`, whose public face apps read
 (:func:`kiln.runtime.request_environ`, :func:`kiln.runtime.background_threads_allowed`);
@@ -18,17 +47,28 @@ only the runtime, through this module, sets it.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import logging
 import os
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping, MutableMapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
+from typing import Any, SupportsIndex
 
 import kiln.runtime as kiln_runtime
-from kiln.runtime import _APP_THREAD_EVENT, _local
+from kiln.runtime import _APP_THREAD_EVENT, _Deadline, _local
+
+log = logging.getLogger(__name__)
+
+# What one request may log (App Engine kept a request's app logs bounded too).
+MAX_LOG_LINES = 1000
+MAX_LOG_LINE_CHARS = 8192
+
+# Google's SDK module whose DeadlineExceededError the request timer raises when the app's environment has it.
+SDK_RUNTIME_MODULE = "google.appengine.runtime"
+
 
 def allow_background_threads(allowed: bool) -> None:
     """The runtime says whether the version's scaling allows threads that outlive requests."""
@@ -38,23 +78,62 @@ def allow_background_threads(allowed: bool) -> None:
 LogLine = tuple[float, int, str]  # time, logging level, message
 
 
+def _keep(lines: list[LogLine], created: float, level: int, message: str) -> None:
+    """Add a line to a request's log, within the request's bounds."""
+    if len(lines) < MAX_LOG_LINES:
+        lines.append((created, level, message[:MAX_LOG_LINE_CHARS]))
+
+
+# Called with a request's environment when it passes its deadline (see on_deadline).
+_deadline_hooks: list[Callable[[Mapping[str, str]], None]] = []
+
+
+def on_deadline(hook: Callable[[Mapping[str, str]], None]) -> None:
+    """Call ``hook`` with a request's environment when the request passes its deadline.
+
+    For platform code whose waits the request's thread cannot be woken from (the SDK's API proxy
+    fails the request's calls in flight). The hook runs on the runtime's event loop, just after
+    ``DeadlineExceededError`` was raised in the request's thread: it must not block.
+    """
+    _deadline_hooks.append(hook)
+
+
+def deadline_passed(deadline: _Deadline, environ: Mapping[str, str]) -> None:
+    """The request timer says the request passed its deadline: wake its waits, tell the hooks.
+
+    Called after the timer raised ``DeadlineExceededError`` in the request's thread, so that a
+    wait this wakes returns straight into that error.
+    """
+    deadline.passed.set()
+    for hook in list(_deadline_hooks):
+        try:
+            hook(environ)
+        except Exception:  # noqa: BLE001 - one hook's failure must not stop the timer
+            log.exception("deadline hook %r failed", hook)
+
+
 @contextlib.contextmanager
-def serving(environ: dict[str, Any], logs: list[LogLine] | None = None) -> Iterator[None]:
+def serving(environ: dict[str, Any], logs: list[LogLine] | None = None,
+            deadline: _Deadline | None = None) -> Iterator[None]:
     """Make ``environ`` this thread's request environment for the block (the runtime uses this).
 
     Threads started in the block are joined before it ends; what the request
-    logs is appended to ``logs``.
+    logs is appended to ``logs`` (at most :data:`MAX_LOG_LINES` lines); waits on
+    this thread end by ``deadline`` (see module docstring).
     """
     sys.audit(_APP_THREAD_EVENT)
-    previous = (getattr(_local, "environ", None), getattr(_local, "threads", None), getattr(_local, "logs", None))
+    previous = (getattr(_local, "environ", None), getattr(_local, "threads", None), getattr(_local, "logs", None),
+                getattr(_local, "deadline", None))
     _local.environ = {k: v for k, v in environ.items() if isinstance(v, str)}
     _local.threads = []
     _local.logs = logs if logs is not None else []
+    _local.deadline = deadline
     try:
         yield
         _join(_local.threads)
     finally:
-        _local.environ, _local.threads, _local.logs = previous
+        _flush_partial_lines()
+        _local.environ, _local.threads, _local.logs, _local.deadline = previous
 
 
 class _RequestLogHandler(logging.Handler):
@@ -80,34 +159,85 @@ class _RequestLogHandler(logging.Handler):
                 message += "\n" + logging.Formatter().formatException(record.exc_info)
         except Exception:  # noqa: BLE001 - a bad log call must not break the request
             message = str(record.msg)
-        lines.append((record.created, record.levelno, message))
+        _keep(lines, record.created, record.levelno, message)
 
 
-class _RequestStderr(io.TextIOBase):
-    """``sys.stderr`` that also puts a request's lines into its log (at INFO)."""
+# The code of the method through which a logging handler writes a record to a stream (see _AppStream.write).
+_STREAM_EMIT = logging.StreamHandler.emit.__code__
 
-    def __init__(self, real: Any) -> None:
+
+class _AppStream(io.TextIOBase):
+    """``sys.stdout`` or ``sys.stderr`` for app code: logged line by line (see module docstring)."""
+
+    def __init__(self, real: Any, level: int) -> None:
         self._real = real
+        self._level = level
+        self._partial = threading.local()  # the line a request's thread has begun and not ended yet
+
+    @property
+    def real(self) -> Any:
+        """The process's own stream underneath: the instance's log."""
+        return self._real
 
     def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
         lines: list[LogLine] | None = getattr(_local, "logs", None)
-        if lines is not None:
-            pending = getattr(_local, "stderr_partial", "") + text
-            *complete, rest = pending.split("\n")
-            _local.stderr_partial = rest
-            now = time.time()
-            lines.extend((now, logging.INFO, line) for line in complete if line)
-        return int(self._real.write(text))
+        if lines is None or sys._getframe(1).f_code is _STREAM_EMIT:
+            # Outside a request, or a logging record (already in the request log at its own level).
+            self._real.write(text)
+            if "\n" in text:
+                self._real.flush()
+            return len(text)
+        pending = getattr(self._partial, "text", "") + text
+        *complete, rest = pending.split("\n")
+        # A line longer than the bound keeps its beginning; the rest of it is dropped as it comes.
+        self._partial.text = rest[:MAX_LOG_LINE_CHARS + 1]
+        if complete:
+            self._emit(lines, complete)
+        return len(text)
+
+    def _emit(self, lines: list[LogLine], complete: list[str]) -> None:
+        now = time.time()
+        for line in complete:
+            _keep(lines, now, self._level, line)
+        self._real.write("".join(line[:MAX_LOG_LINE_CHARS] + "\n" for line in complete))
+        self._real.flush()
+
+    def end_line(self) -> None:
+        """The request (or its thread) ends: a line it began and did not end is logged as it is."""
+        rest = getattr(self._partial, "text", "")
+        self._partial.text = ""
+        lines: list[LogLine] | None = getattr(_local, "logs", None)
+        if rest and lines is not None:
+            self._emit(lines, [rest])
 
     def flush(self) -> None:
         self._real.flush()
 
+    def writable(self) -> bool:
+        return True
+
     def fileno(self) -> int:
         return int(self._real.fileno())
+
+    def isatty(self) -> bool:
+        return bool(self._real.isatty())
 
     @property
     def encoding(self) -> str:  # type: ignore[override]
         return str(getattr(self._real, "encoding", "utf-8"))
+
+    @property
+    def errors(self) -> str | None:  # type: ignore[override]
+        found = getattr(self._real, "errors", None)
+        return None if found is None else str(found)
+
+
+def _flush_partial_lines() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, _AppStream):
+            stream.end_line()
 
 
 def _join(threads: list[threading.Thread]) -> None:
@@ -149,7 +279,10 @@ def _start_in_request(self: threading.Thread) -> None:
         def run() -> None:
             _local.environ = shared
             _local.logs = shared_logs
-            target_run()
+            try:
+                target_run()
+            finally:
+                _flush_partial_lines()
 
         self.run = run  # type: ignore[method-assign]
     _original_start(self)
@@ -218,5 +351,87 @@ def install(app_dirs: Sequence[str] = ()) -> None:
             handler.setLevel(max(handler.level, root.level))
         root.setLevel(logging.DEBUG)
         root.addHandler(_RequestLogHandler(tuple(os.path.join(os.path.realpath(d), "") for d in app_dirs)))
-    if not isinstance(sys.stderr, _RequestStderr):
-        sys.stderr = _RequestStderr(sys.stderr)
+    if not isinstance(sys.stdout, _AppStream):
+        sys.stdout = _AppStream(sys.stdout, logging.INFO)
+    if not isinstance(sys.stderr, _AppStream):
+        sys.stderr = _AppStream(sys.stderr, logging.ERROR)
+    _install_deadline_waits()
+    _adopt_sdk_deadline_error()
+
+
+def _adopt_sdk_deadline_error() -> None:
+    """With Google's SDK in the app's environment, the timer raises the SDK's ``DeadlineExceededError``.
+
+    ``kiln.runtime.DeadlineExceededError`` becomes that class, before any app code runs, so an app's
+    ``except`` naming either (``google.appengine.runtime`` or ``kiln.runtime``) catches what the timer raises.
+    """
+    try:
+        sdk = importlib.import_module(SDK_RUNTIME_MODULE)
+    except ImportError:
+        return
+    found = getattr(sdk, "DeadlineExceededError", None)
+    if isinstance(found, type) and issubclass(found, BaseException):
+        setattr(kiln_runtime, "DeadlineExceededError", found)  # noqa: B010 - mypy refuses rebinding a class name
+
+
+_original_sleep = time.sleep
+_original_condition_wait = threading.Condition.wait
+_original_join = threading.Thread.join
+
+
+def _sleep(seconds: float | SupportsIndex) -> None:
+    """``time.sleep`` that the request timer wakes (see module docstring)."""
+    deadline: _Deadline | None = getattr(_local, "deadline", None)
+    if deadline is None or not isinstance(seconds, (int, float)) or not seconds >= 0:
+        _original_sleep(seconds)  # also raises time.sleep's own errors
+        return
+    end = time.monotonic() + seconds
+    while not deadline.passed.is_set():
+        left = end - time.monotonic()
+        if left <= 0:
+            return
+        # Returns early when the timer fires; its DeadlineExceededError then lands right here. Past the
+        # deadline, sleeps end at once: the handler has only the grace left to answer.
+        deadline.passed.wait(min(left, threading.TIMEOUT_MAX))
+
+
+def _condition_wait(self: threading.Condition, timeout: float | None = None) -> bool:
+    """``Condition.wait`` that ends its waits at the request's deadline, and then waits on in short slices."""
+    deadline: _Deadline | None = getattr(_local, "deadline", None)
+    if deadline is None:
+        return _original_condition_wait(self, timeout)
+    end = None if timeout is None else time.monotonic() + timeout
+    while True:
+        step = deadline.step()
+        if end is not None:
+            left = end - time.monotonic()
+            if left <= step:
+                return _original_condition_wait(self, max(left, 0.0))
+        # The lock is held again between slices, so no notify is missed.
+        if _original_condition_wait(self, min(step, threading.TIMEOUT_MAX)):
+            return True
+
+
+def _thread_join(self: threading.Thread, timeout: float | None = None) -> None:
+    """``Thread.join`` that ends its waits at the request's deadline, and then waits on in short slices."""
+    deadline: _Deadline | None = getattr(_local, "deadline", None)
+    if deadline is None:
+        _original_join(self, timeout)
+        return
+    end = None if timeout is None else time.monotonic() + timeout
+    while True:
+        step = deadline.step()
+        if end is not None:
+            left = end - time.monotonic()
+            if left <= step:
+                _original_join(self, max(left, 0.0))
+                return
+        _original_join(self, min(step, threading.TIMEOUT_MAX))
+        if not self.is_alive():
+            return
+
+
+def _install_deadline_waits() -> None:
+    time.sleep = _sleep
+    threading.Condition.wait = _condition_wait  # type: ignore[method-assign]
+    threading.Thread.join = _thread_join  # type: ignore[method-assign]

@@ -23,7 +23,9 @@ MAX_OUTBOX_PAGE = 1000
 
 class SenderRule:
     """Who may send an app's mail (App Engine's rule): an administrator of the app, the user signed in to the
-    calling request (vouched for by the router), or any address at the app's own mail domain."""
+    calling request (vouched for by the router), or any address at the app's own mail domain — ``APP.<mail_domain>``,
+    or App Engine's ``APP.appspotmail.com``, which is delivered from ``APP.<mail_domain>``
+    (:func:`kiln.mailrules.deployment_sender`)."""
 
     def __init__(self, *, admins: dict[str, frozenset[str]], mail_domain: str, platform_secret: str) -> None:
         self.admins = admins
@@ -34,14 +36,19 @@ class SenderRule:
         address = mailrules.bare_address(sender)
         if address in self.admins.get(app_id, frozenset()):
             return
-        if address.endswith(f"@{app_id}.{self.mail_domain}"):
+        if mailrules.bare_address(self.delivered_as(app_id, sender)).endswith(f"@{app_id}.{self.mail_domain}"):
             return
         if user_email and address == user_email.lower() and \
                 auth.verify_user(self._secret, user_proof, app_id, user_email, time.time()):
             return
         raise UnauthorizedSenderError(
             f"sender: {address!r} may not send mail for app {app_id!r}; use an administrator's address, the "
-            f"signed-in user's, or any address at {app_id}.{self.mail_domain}")
+            f"signed-in user's, or any address at {app_id}.{self.mail_domain} or "
+            f"{app_id}.{mailrules.APPSPOTMAIL_DOMAIN}")
+
+    def delivered_as(self, app_id: str, sender: str) -> str:
+        """The sender the message goes out with (App Engine's appspotmail.com form becomes the app's mail domain)."""
+        return mailrules.deployment_sender(sender, app_id, self.mail_domain)
 
 
 class MailService(mail_pb2_grpc.MailServiceServicer):
@@ -86,6 +93,12 @@ class MailService(mail_pb2_grpc.MailServiceServicer):
                recipients: list[str] | None) -> Rendered:
         check_address(message.sender, "sender")
         self._rule.check(app, message.sender, user_email, user_proof)
+        sender = self._rule.delivered_as(app, message.sender)
+        if sender != message.sender:
+            delivered = pb.MailMessage()
+            delivered.CopyFrom(message)
+            delivered.sender = sender
+            message = delivered
         return render(message, recipients_override=recipients, app_id=app, mail_domain=self._rule.mail_domain,
                       max_bytes=self._max)
 

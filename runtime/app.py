@@ -29,7 +29,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from kiln_platform import appyaml, bus, forward, grpcserver, requestscope
+from kiln_platform import appyaml, bus, entrypoint, forward, grpcserver, requestscope
 from kiln import runtime as kiln_runtime
 from kiln_platform.handlers import Matcher
 from kiln_platform.log import app_id as app_id_var
@@ -53,6 +53,7 @@ class AppLoader:
 
     def __init__(self, app_dir: str, config: appyaml.AppConfig) -> None:
         self._app_dir = app_dir
+        self._target = config.wsgi_target  # Python 3 runtimes: what script: auto serves
         self._matcher = Matcher(config)
         self._apps: dict[str, WsgiApp] = {}
         self._scripts: dict[str, CgiScript] = {}
@@ -77,7 +78,9 @@ class AppLoader:
     def _load(self, script: str) -> WsgiApp:
         with self._lock:
             app = self._apps.get(script)
-            if app is None:
+            if app is None and script == appyaml.AUTO_SCRIPT and self._target is not None:
+                app = self._apps[script] = entrypoint.load(self._target)
+            elif app is None:
                 module_name, _, attr = script.rpartition(".")
                 module = importlib.import_module(module_name)
                 app = getattr(module, attr)
@@ -91,11 +94,20 @@ EXIT_REPLACE = 75
 HARD_MEMORY_FACTOR = isolation.HARD_MEMORY_FACTOR
 MEMORY_CHECK_SECONDS = 0.1
 # What one request may log (App Engine kept a request's app logs bounded too).
-MAX_LOG_LINES = 1000
-MAX_LOG_LINE_CHARS = 8192
+MAX_LOG_LINES = requestscope.MAX_LOG_LINES
+MAX_LOG_LINE_CHARS = requestscope.MAX_LOG_LINE_CHARS
 _LEVELS = {logging.DEBUG: logs_pb2.LOG_LEVEL_DEBUG, logging.INFO: logs_pb2.LOG_LEVEL_INFO,
            logging.WARNING: logs_pb2.LOG_LEVEL_WARNING, logging.ERROR: logs_pb2.LOG_LEVEL_ERROR,
            logging.CRITICAL: logs_pb2.LOG_LEVEL_CRITICAL, 0: logs_pb2.LOG_LEVEL_DEBUG}
+
+
+@dataclasses.dataclass
+class _Running:
+    """A request whose app code may be running: what the request timer needs to interrupt it."""
+
+    ident: int  # the thread running it
+    deadline: kiln_runtime._Deadline
+    environ: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 class Instance:
@@ -123,7 +135,7 @@ class Instance:
         self._loaded = False
         self.served = 0
         # Request id -> the thread running it, while the app's code may be running.
-        self._running: dict[str, int] = {}
+        self._running: dict[str, _Running] = {}
         self._running_lock = threading.Lock()
         # Set when a handler ignored DeadlineExceededError or memory ran over: the instance must be replaced.
         self.doomed = asyncio.Event()
@@ -150,8 +162,11 @@ class Instance:
             "KILN_IMAGES_ADDR": self.cfg.images_addr,
         })
         os.environ.pop("KILN_RUNTIME_APP_TOKEN", None)  # the SDK reads KILN_APP_TOKEN
+        os.environ.update(_entrypoint_environment(self.app_config))
         # The app's code first, then its requirements, then the libraries it selected (App Engine's order).
         app_dirs = [self.cfg.app_dir.resolve()]
+        target = self.app_config.wsgi_target  # the entrypoint's --pythonpath/--chdir come first, as its server does
+        app_dirs[0:0] = [app_dirs[0] / p for p in (target.paths if target else ()) if p != "."]
         if self.cfg.requirements_path:
             app_dirs.append(pathlib.Path(self.cfg.requirements_path).resolve())
         library_dirs = [pathlib.Path(p).resolve() for p in self.cfg.library_path.split(os.pathsep) if p]
@@ -297,7 +312,9 @@ class Instance:
 
     async def _timed(self, req: http_pb2.HttpRequest) -> http_pb2.HttpResponse:
         """Run the app under the request timer (App Engine's DeadlineExceededError)."""
-        work = asyncio.get_running_loop().run_in_executor(self._pool, self._run_app, req)
+        at = time.monotonic() + self.cfg.request_deadline_seconds
+        deadline = kiln_runtime._Deadline(at, at + self.cfg.deadline_grace_seconds)
+        work = asyncio.get_running_loop().run_in_executor(self._pool, self._run_app, req, deadline)
         try:
             return await asyncio.wait_for(asyncio.shield(work), timeout=self.cfg.request_deadline_seconds)
         except TimeoutError:
@@ -313,10 +330,13 @@ class Instance:
             return self._deadline_error(req)
 
     def _interrupt(self, request_id: str) -> None:
+        # The exception first, then the wake-up: a wait it wakes returns straight into the exception.
         with self._running_lock:
-            ident = self._running.get(request_id)
-            if ident is not None:
-                _SET_ASYNC_EXC(ctypes.c_ulong(ident), ctypes.py_object(kiln_runtime.DeadlineExceededError))
+            running = self._running.get(request_id)
+            if running is None:
+                return
+            _SET_ASYNC_EXC(ctypes.c_ulong(running.ident), ctypes.py_object(kiln_runtime.DeadlineExceededError))
+        requestscope.deadline_passed(running.deadline, running.environ)
 
     def _deadline_error(self, req: http_pb2.HttpRequest) -> http_pb2.HttpResponse:
         resp = _error(500, f"request exceeded its {self.cfg.request_deadline_seconds:g} s deadline",
@@ -324,12 +344,13 @@ class Instance:
         resp.deadline_exceeded = True
         return resp
 
-    def _run_app(self, req: http_pb2.HttpRequest) -> http_pb2.HttpResponse:
+    def _run_app(self, req: http_pb2.HttpRequest, deadline: kiln_runtime._Deadline) -> http_pb2.HttpResponse:
         ident = threading.get_ident()
+        running = _Running(ident, deadline)
         try:
             with self._running_lock:
-                self._running[req.request_id] = ident
-            return self._call(req)
+                self._running[req.request_id] = running
+            return self._call(req, running)
         except kiln_runtime.DeadlineExceededError:
             log.error("request %s did not handle DeadlineExceededError", req.request_id)
             return self._deadline_error(req)
@@ -339,7 +360,7 @@ class Instance:
                 # An interruption not delivered yet must not land in the runtime's own code.
                 _SET_ASYNC_EXC(ctypes.c_ulong(ident), None)
 
-    def _call(self, req: http_pb2.HttpRequest) -> http_pb2.HttpResponse:
+    def _call(self, req: http_pb2.HttpRequest, running: _Running) -> http_pb2.HttpResponse:
         app = self._loader.resolve(urllib.parse.unquote(req.path))
         if app is None:
             return _error(404, "no handler matches this URL", self.cfg.instance_id, public="Not Found")
@@ -347,8 +368,12 @@ class Instance:
         cpu_start = time.thread_time()
         lines: list[requestscope.LogLine] = []
         try:
-            with tickets.opened(self.app_id, environ), requestscope.serving(environ, lines):
-                resp = app(environ) if isinstance(app, CgiScript) else call_app(app, environ)
+            # The SDK's API ticket lives as long as the request may (its grace included); the timer's hook
+            # (runtime.appengine) cancels the request's calls in flight through it.
+            with tickets.opened(self.app_id, environ, expires_at=running.deadline.hard_at):
+                running.environ = {k: v for k, v in environ.items() if isinstance(v, str)}
+                with requestscope.serving(environ, lines, running.deadline):
+                    resp = app(environ) if isinstance(app, CgiScript) else call_app(app, environ)
         except BadResponseHeaderError as exc:
             # The app's mistake, said once, plainly, where its owner reads (its request log) and in the instance's.
             lines.append((time.time(), logging.ERROR, f"{exc}; the client gets 500"))
@@ -385,6 +410,12 @@ _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 _error = inflight.error_response
+
+
+def _entrypoint_environment(config: appyaml.AppConfig) -> dict[str, str]:
+    """The variables a Python 3 app's entrypoint sets for its server (e.g. gunicorn's ``--env``); App Engine's own
+    variables (``GAE_RUNTIME``, ``PORT``…) come from :mod:`runtime.appengine`."""
+    return dict(config.wsgi_target.env) if config.wsgi_target is not None else {}
 
 
 def _app_concurrency(config: appyaml.AppConfig) -> int:

@@ -17,8 +17,10 @@ import importlib
 import importlib.util
 import logging
 import os
+from collections.abc import Mapping
 
-from kiln_platform import appyaml
+from kiln.sdk import tickets
+from kiln_platform import appyaml, requestscope
 
 log = logging.getLogger(__name__)
 
@@ -68,5 +70,14 @@ def load_sdk(app_id: str) -> bool:
     importlib.import_module("google.appengine.api.apiproxy_stub_map")
     proxy = importlib.import_module("kiln.sdk.proxy")
     installed = proxy.install(app_id)
+    # A request past its deadline: its SDK calls in flight fail at once (they wait in the SDK's code, which the
+    # timer's exception reaches only when they return).
+    requestscope.on_deadline(_cancel_calls)
     log.info("Google's App Engine SDK loaded; kiln serves %s", ", ".join(sorted(installed.services)))
     return True
+
+
+def _cancel_calls(environ: Mapping[str, str]) -> None:
+    ticket = environ.get(tickets.ENVIRON_KEY)
+    if ticket:
+        tickets.cancel(ticket)

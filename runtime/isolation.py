@@ -90,7 +90,7 @@ import sysconfig
 import tempfile
 from collections.abc import Iterable
 
-from kiln_platform import appyaml
+from kiln_platform import appyaml, interpreters
 from kiln.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -172,6 +172,23 @@ def platform_paths() -> list[pathlib.Path]:
     return sorted(paths)
 
 
+def interpreter_paths(executable: pathlib.Path) -> list[pathlib.Path]:
+    """What an instance needs of another Python than kiln's (a runtime's, :mod:`kiln_platform.interpreters`): the
+    interpreter and its standard library (``PREFIX/lib/pythonX.Y``)."""
+    real = pathlib.Path(os.path.realpath(executable))
+    stdlib = sorted(real.parent.parent.glob(f"lib/{real.name.removesuffix('t')}"))
+    return [real, *stdlib]
+
+
+def interpreter_blocked(executable: pathlib.Path) -> str | None:
+    """Why app users cannot run ``executable`` (see :func:`interpreter_paths`), or None."""
+    for path in interpreter_paths(executable):
+        blocked = _blocked(path, need_read=True)
+        if blocked:
+            return blocked
+    return None
+
+
 def platform_blocked() -> str | None:
     """Why app users cannot run kiln's Python (a directory they cannot enter or a file they cannot read), or None."""
     for path in _platform_paths():
@@ -217,10 +234,11 @@ def socket_dir(gid: int) -> pathlib.Path:
     return path
 
 
-def grant_search() -> list[pathlib.Path]:
-    """Let other users search (not list) the directories above kiln's Python; return those changed."""
+def grant_search(extra: Iterable[pathlib.Path] = ()) -> list[pathlib.Path]:
+    """Let other users search (not list) the directories above kiln's Python (and ``extra`` paths); return those
+    changed."""
     changed = []
-    for path in _platform_paths():
+    for path in [*_platform_paths(), *extra]:
         for parent in reversed(path.parents):
             mode = os.stat(parent).st_mode
             if not mode & stat.S_IXOTH:
@@ -407,16 +425,24 @@ def _load_filter() -> None:
 
 
 def main(argv: list[str]) -> int:
-    """``python -m runtime.isolation check|prepare``: can app users run kiln's Python; make it so (root)."""
+    """``python -m runtime.isolation check|prepare``: can app users run kiln's Python and the other Pythons of App
+    Engine's runtimes found on this host (:mod:`kiln_platform.interpreters`); make it so (root)."""
     if argv not in (["check"], ["prepare"]):
         print("usage: python -m runtime.isolation check|prepare\n  check: say whether instances can run as app "
               "users\n  prepare: grant other users search permission on the directories above kiln's Python",
               file=sys.stderr)
         return 2
+    # The Pythons of App Engine's runtimes found here, other than kiln's own (whose paths are checked below).
+    runtimes = [found for version in interpreters.PYTHON3_VERSIONS if version != interpreters.own().version
+                if (found := interpreters.lookup(version, interpreters.Search.from_env())) is not None]
     if argv == ["prepare"]:
-        for path in grant_search():
+        extra = [p for found in runtimes for p in interpreter_paths(found.executable)]
+        for path in grant_search(extra):
             print(f"granted search permission to other users on {path}")
     blocked = platform_blocked()
+    for found in runtimes:
+        why = interpreter_blocked(found.executable)
+        print(f"{found.name} ({found.executable}): {'not usable by app users: ' + why if why else 'usable'}")
     print(f"per-app users: not possible: {blocked}" if blocked else "per-app users: possible")
     return 1 if blocked else 0
 

@@ -35,11 +35,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable, Sequence
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
-from kiln_platform import appyaml
+from kiln_platform import appyaml, interpreters
 from kiln.errors import ConfigError
 
 # name -> version -> the exact distributions installed for it (the library and its dependencies).
@@ -211,15 +212,17 @@ def sdk_requirement(req_file: pathlib.Path, lines: list[str]) -> tuple[str | Non
     return None, lines
 
 
-def sdk_dir(version: str, cache_dir: pathlib.Path) -> pathlib.Path:
-    """Google's App Engine SDK ``version`` with its pinned dependencies, installed once per host under ``cache_dir``."""
-    return _install(sdk_target(version, cache_dir), GAE_SDK[version], deps=False,
-                    what=f"{GAE_SDK_DISTRIBUTION} {version}")
+def sdk_dir(version: str, cache_dir: pathlib.Path, *,
+            python: interpreters.Interpreter | None = None) -> pathlib.Path:
+    """Google's App Engine SDK ``version`` with its pinned dependencies, installed once per host (and Python)."""
+    return _install(sdk_target(version, cache_dir, python=python), GAE_SDK[version], deps=False,
+                    what=f"{GAE_SDK_DISTRIBUTION} {version}", python=python)
 
 
-def sdk_target(version: str, cache_dir: pathlib.Path) -> pathlib.Path:
-    """Where :func:`sdk_dir` installs the SDK ``version`` (keyed by its pins)."""
-    key = hashlib.sha256("\n".join(GAE_SDK[version]).encode()).hexdigest()[:16]
+def sdk_target(version: str, cache_dir: pathlib.Path, *,
+               python: interpreters.Interpreter | None = None) -> pathlib.Path:
+    """Where :func:`sdk_dir` installs the SDK ``version`` for ``python`` (kiln's own by default)."""
+    key = _cache_key(python or interpreters.own(), GAE_SDK[version])
     return cache_dir / "libraries" / f"{GAE_SDK_DISTRIBUTION}-{key}"
 
 
@@ -236,18 +239,21 @@ def _line_number(req_file: pathlib.Path, name: str) -> int:
     return 0
 
 
-def prepare(app_dir: pathlib.Path, config: appyaml.AppConfig, cache_dir: pathlib.Path) -> Environment:
-    """Install what the version needs (once per host for each library and each requirements.txt).
+def prepare(app_dir: pathlib.Path, config: appyaml.AppConfig, cache_dir: pathlib.Path, *,
+            python: interpreters.Interpreter | None = None) -> Environment:
+    """Install what the version needs (once per host for each library and each requirements.txt), with the
+    interpreter its instances run on (default: kiln's own), so that wheels and environment markers are that Python's.
 
     Raises:
         ConfigError: an unknown library, an invalid requirements.txt, or pip could not install it.
     """
+    python = python or interpreters.own()
     library_dirs = []
     for lib in config.libraries:
         pins = resolve(lib.name, lib.version)
-        key = hashlib.sha256("\n".join(pins).encode()).hexdigest()[:16]
+        key = _cache_key(python, pins)
         library_dirs.append(_install(cache_dir / "libraries" / f"{lib.name}-{key}", pins, deps=False,
-                                     what=f"library {lib.name} {lib.version}"))
+                                     what=f"library {lib.name} {lib.version}", python=python))
     requirements_dir = None
     req_file = app_dir / "requirements.txt"
     lines = read_requirements(req_file) if req_file.is_file() else []
@@ -255,15 +261,29 @@ def prepare(app_dir: pathlib.Path, config: appyaml.AppConfig, cache_dir: pathlib
     if sdk_version is None and config.runtime == "python27":
         sdk_version = GAE_SDK_BUNDLED
     if sdk_version is not None:
-        library_dirs.append(sdk_dir(sdk_version, cache_dir))
+        library_dirs.append(sdk_dir(sdk_version, cache_dir, python=python))
     if lines:
-        key = hashlib.sha256(("\n".join(lines) + sys.version).encode()).hexdigest()[:16]
-        requirements_dir = _install(cache_dir / "requirements" / key, tuple(lines), deps=True,
-                                    what="requirements.txt")
+        requirements_dir = _install(cache_dir / "requirements" / _cache_key(python, lines), tuple(lines),
+                                    deps=True, what="requirements.txt", python=python)
     return Environment(tuple(library_dirs), requirements_dir)
 
 
-def _install(target: pathlib.Path, requirements: tuple[str, ...], *, deps: bool, what: str) -> pathlib.Path:
+def _cache_key(python: interpreters.Interpreter, requirements: Sequence[str]) -> str:
+    """What an installed set depends on: its requirements and the Python (wheels and markers are per version)."""
+    text = "\n".join([*requirements, f"python{python.version[0]}.{python.version[1]}",
+                      sys.version if python.own else str(python.executable)])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _install(target: pathlib.Path, requirements: tuple[str, ...], *, deps: bool, what: str,
+             python: interpreters.Interpreter | None = None) -> pathlib.Path:
+    executable = str((python or interpreters.own()).executable)
+    return install_atomically(target, lambda tmp: pip_install(executable, tmp, requirements, deps=deps, what=what))
+
+
+def install_atomically(target: pathlib.Path, fill: Callable[[pathlib.Path], None]) -> pathlib.Path:
+    """``target``, filled once by ``fill`` (given an empty directory beside it, renamed into place when it returns),
+    so a failed or concurrent install never leaves a half-filled directory."""
     if target.is_dir():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -273,18 +293,27 @@ def _install(target: pathlib.Path, requirements: tuple[str, ...], *, deps: bool,
             return target
         tmp = pathlib.Path(tempfile.mkdtemp(prefix=".installing-", dir=target.parent))
         try:
-            cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                   "--no-input", "--only-binary", ":all:", "--target", str(tmp),
-                   *([] if deps else ["--no-deps"]), *requirements]
-            try:
-                done = subprocess.run(cmd, capture_output=True, text=True, timeout=INSTALL_TIMEOUT_SECONDS)
-            except subprocess.TimeoutExpired:
-                raise ConfigError(f"{what}: pip did not finish within {INSTALL_TIMEOUT_SECONDS} s") from None
-            if done.returncode != 0:
-                detail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
-                raise ConfigError(f"{what}: could not install {' '.join(requirements)}: {detail}")
+            fill(tmp)
             os.chmod(tmp, 0o700)  # the manager's user reads it; an isolated app gets its own copy
             os.replace(tmp, target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def pip_install(python: str, target: pathlib.Path, requirements: Sequence[str], *, deps: bool, what: str) -> None:
+    """Install wheels (only) of ``requirements`` into ``target`` with the interpreter ``python``'s pip.
+
+    Raises:
+        ConfigError: pip failed or did not finish in time; the message names ``what`` and pip's last line.
+    """
+    cmd = [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-input",
+           "--root-user-action", "ignore", "--only-binary", ":all:", "--target", str(target),
+           *([] if deps else ["--no-deps"]), *requirements]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=INSTALL_TIMEOUT_SECONDS)
+    except subprocess.TimeoutExpired:
+        raise ConfigError(f"{what}: pip did not finish within {INSTALL_TIMEOUT_SECONDS} s") from None
+    if done.returncode != 0:
+        detail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise ConfigError(f"{what}: could not install {' '.join(requirements)}: {detail}")

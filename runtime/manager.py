@@ -39,13 +39,13 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 
 from nats.aio.client import Client
 
-from kiln_platform import appyaml, auth, bus, forward, handover, natsauth
+from kiln_platform import appyaml, auth, bus, forward, handover, interpreters, natsauth
 from kiln_platform import log as kiln_log
 from kiln.errors import ConfigError
 from kiln.pb.runtime.v1 import events_pb2, http_pb2
 from kiln_platform.config import HostPort
-from kiln_platform.supervisor import Child, Confinement, StartError, Supervisor, python_module
-from runtime import cgroups, inflight, isolation, libraries
+from kiln_platform.supervisor import Child, Confinement, StartError, Supervisor
+from runtime import cgroups, inflight, isolation, libraries, runtimeenv
 from runtime.config import RuntimeConfig
 
 log = logging.getLogger(__name__)
@@ -140,6 +140,7 @@ class Launch:
     # Where the kernel can hold instances to a memory limit: the manager's cgroup, and the limit (bytes).
     cgroup: cgroups.Parent | None = None
     memory_cap: int = 0
+    python: pathlib.Path = pathlib.Path(sys.executable)  # runs ``-m runtime``: the Python app.yaml's runtime names
 
 
 # An instance that exits before it serves is restarted after a delay that doubles, up to this.
@@ -194,9 +195,9 @@ class Manager:
             confinement = dataclasses.replace(confinement, cgroups=(group.path,))
         tracker = inflight.Tracker()
         try:
-            child = self._sup.spawn(f"instance-{instance_id[:8]}", python_module(
-                "runtime", *self._launch.runtime_args, "--instance-id", instance_id, "--ready-file", str(ready),
-                "--inflight-fd", str(tracker.write_fd)),
+            child = self._sup.spawn(f"instance-{instance_id[:8]}", [
+                str(self._launch.python), "-m", "runtime", *self._launch.runtime_args, "--instance-id", instance_id,
+                "--ready-file", str(ready), "--inflight-fd", str(tracker.write_fd)],
                 env=env, ready_file=ready, confinement=confinement, cwd=home, pass_fds=(tracker.write_fd,))
         finally:
             tracker.spawned()
@@ -565,6 +566,8 @@ def build(args: argparse.Namespace, extra_runtime_args: Sequence[str], environ: 
     if not secret:
         raise ConfigError("KILN_MANAGER_SERVICE_SECRET: required (the manager mints the app's token from it)")
     config = appyaml.load(args.app_dir / "app.yaml")
+    interpreter = interpreters.find(config, filename=str(args.app_dir / "app.yaml"),
+                                    search=interpreters.Search.from_env(environ))
     scaling = Scaling.from_app(config, min_instances=args.min_instances, max_instances=args.max_instances,
                                max_concurrent_requests=args.max_concurrent_requests, idle_seconds=args.idle_seconds)
     memory_mb = args.memory_mb or isolation.instance_memory_mb(config)
@@ -577,7 +580,8 @@ def build(args: argparse.Namespace, extra_runtime_args: Sequence[str], environ: 
     hard_mb = isolation.hard_memory_mb(memory_mb)
     rlimits = {"nofile": OPEN_FILES, "core": 0, "as": (hard_mb + isolation.ADDRESS_SPACE_HEADROOM_MB) << 20}
     app_dir, app_root, uid = args.app_dir.resolve(), None, None
-    environment = libraries.prepare(app_dir, config, args.cache_dir)
+    environment = libraries.prepare(app_dir, config, args.cache_dir, python=interpreter)
+    python = runtimeenv.python_for(interpreter, args.cache_dir)
     if mode == "user":
         if os.geteuid() != 0:
             raise ConfigError("--isolation user: the manager must run as root to start instances as app users")
@@ -586,6 +590,12 @@ def build(args: argparse.Namespace, extra_runtime_args: Sequence[str], environ: 
             raise ConfigError(f"--isolation user: app users could not run kiln's Python: {blocked}. Install kiln and "
                               "Python where other users may read them, or use --isolation none")
         isolation.prepare_root(args.isolation_root)
+        if not interpreter.own:  # the app's user runs kiln's runtime on that Python: both must be readable by it
+            blocked = isolation.interpreter_blocked(interpreter.executable)
+            if blocked:
+                raise ConfigError(f"--isolation user: app users could not run {interpreter.executable}: {blocked}. "
+                                  "Run python -m runtime.isolation prepare, or use --isolation none")
+            python = runtimeenv.publish(python.parent.parent, args.isolation_root / "runtimes") / "bin" / "python"
         uid = isolation.app_user(args.isolation_root, args.app_id, args.first_app_uid)
         app_root = isolation.app_root(args.isolation_root, args.app_id, uid)
         staged = app_root / f"{args.version_id}-{os.getpid()}"
@@ -623,7 +633,8 @@ def build(args: argparse.Namespace, extra_runtime_args: Sequence[str], environ: 
     # stay visible (tests, kiln dev, or kiln itself installed under /tmp).
     keep = [*isolation.platform_paths(), app_dir, args.run_dir.resolve(), *environment.library_dirs,
             *([environment.requirements_dir] if environment.requirements_dir else []),
-            *([sockets] if sockets else []), *([app_root] if app_root else [])]
+            *([sockets] if sockets else []), *([app_root] if app_root else []),
+            *([] if interpreter.own else [python.parent.parent, *isolation.interpreter_paths(interpreter.executable)])]
     memory = _memory_cgroup(f"{cgroups.PREFIX}{args.app_id}-{args.version_id}-{os.getpid()}")
     launch = Launch(runtime_args=runtime_args, env=env,
                     confinement=Confinement(uid=uid, gid=uid, rlimits=rlimits, private_network=sockets is not None,
@@ -631,7 +642,7 @@ def build(args: argparse.Namespace, extra_runtime_args: Sequence[str], environ: 
                                             pid_namespace=namespaces, keep=keep if namespaces else ()),
                     app_root=app_root, uid=uid, staged=app_dir.parent if mode == "user" else None,
                     forwards=forwards, socket_dir=sockets, cgroup=memory,
-                    memory_cap=int(memory_mb * isolation.KERNEL_MEMORY_FACTOR) << 20)
+                    memory_cap=int(memory_mb * isolation.KERNEL_MEMORY_FACTOR) << 20, python=python)
     return Manager(Supervisor(args.run_dir), launch, scaling)
 
 

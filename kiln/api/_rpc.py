@@ -7,7 +7,10 @@
 - **Identity**: every call carries the app's token (``KILN_APP_TOKEN``) as its
   ``authorization`` metadata (:func:`metadata`).
 - **Deadlines**: every call has one; :data:`DEFAULT_TIMEOUT` unless the module or the app's
-  ``rpc.deadline`` gives another.
+  ``rpc.deadline`` gives another. On a thread serving a request, no call outlasts the request:
+  its deadline is cut to the request's, and a call cut that way ends in the request timer's
+  ``DeadlineExceededError`` (:func:`_request_bound`), as on App Engine, where a request blocked
+  in an API call at its deadline gets that error and not the call's.
 - **Errors**: :func:`error_from` turns a gRPC status into the module's App Engine exception;
   each module supplies only its :class:`ErrorTable` (stable code → class, status → class).
 - **Calls**: :func:`call` for a blocking call, :class:`UserRPC` for App Engine's asynchronous
@@ -19,12 +22,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, cast
 
 import grpc
 
 from kiln import errors
+from kiln import runtime as _runtime
 
 T = TypeVar("T")
 
@@ -133,13 +138,32 @@ def error_from(exc: grpc.RpcError, table: ErrorTable = KILN_ERRORS) -> BaseExcep
 
 # --- calls -----------------------------------------------------------------------------------------------------
 
+def _request_bound(timeout: float) -> tuple[float, _runtime._Deadline | None]:
+    """``timeout`` cut to what is left of the request this thread serves, and that request's deadline if it cut it."""
+    deadline = _runtime._current_deadline()
+    if deadline is None:
+        return timeout, None
+    left = deadline.time_left()
+    return (left, deadline) if left < timeout else (timeout, None)
+
+
+def _error_for(exc: grpc.RpcError, table: ErrorTable, cut_by: _runtime._Deadline | None) -> BaseException:
+    """The exception for a failed call; for a call the request's deadline cut, first the request timer's own."""
+    if cut_by is not None and exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED and not cut_by.passed.is_set():
+        # The timer raises DeadlineExceededError in this thread as soon as it runs Python code after the timer
+        # fired: wait for that moment (it is the request's deadline, where the call stopped), up to the grace.
+        cut_by.passed.wait(max(0.0, cut_by.hard_at - time.monotonic()))
+    return error_from(exc, table)
+
+
 def call(method: Callable[..., T], request: Any, *, timeout: float = DEFAULT_TIMEOUT,
          table: ErrorTable = KILN_ERRORS) -> T:
     """Call a stub method with the app token and a deadline; a failure raises the module's exception."""
+    timeout, cut_by = _request_bound(timeout)
     try:
         return method(request, timeout=timeout, metadata=metadata())
     except grpc.RpcError as exc:
-        raise error_from(exc, table) from None
+        raise _error_for(exc, table, cut_by) from None
 
 
 class UserRPC:
@@ -160,6 +184,7 @@ class UserRPC:
         self._result: Any = None
         self._error: BaseException | None = None
         self._done = False
+        self._cut_by: _runtime._Deadline | None = None
 
     def make_call(self, method: Any, request: Any, *, hook: Callable[[Any], Any] | None = None,
                   table: ErrorTable = KILN_ERRORS, timeout: float | None = None,
@@ -181,6 +206,7 @@ class UserRPC:
         self._table = table
         if timeout is None:
             timeout = self.deadline if self.deadline is not None else default_timeout
+        timeout, self._cut_by = _request_bound(timeout)
         if now:
             self._settle(lambda: method(request, timeout=timeout, metadata=metadata()))
         else:
@@ -191,7 +217,7 @@ class UserRPC:
         try:
             self._result = self._hook(response())
         except grpc.RpcError as exc:
-            self._error = error_from(exc, self._table)
+            self._error = _error_for(exc, self._table, self._cut_by)
         self._done = True
         if self.callback is not None:
             self.callback()

@@ -333,6 +333,8 @@ class _EmailMessageBase:
         parsed = _parse(mime_message)
         fields = _fields_of(parsed)
         for name, value in fields.items():
+            if name in ("to", "cc"):
+                value = _mailboxes(value)
             if name in self.PROPERTIES and value:
                 setattr(self, name, value)
 
@@ -378,8 +380,26 @@ def _header(message: email.message.Message, name: str) -> str:
     value = message.get(name)
     if value is None:
         return ""
-    parts = email.header.decode_header(str(value))
-    return str(email.header.make_header(parts))
+    return _decoded(str(value))
+
+
+def _recipients(message: email.message.Message, name: str) -> str | list[str]:
+    """A recipient header as App Engine's InboundEmailMessage gives it: the header's decoded text (one string, however
+    many addresses it lists), or a list of them when the message repeats the header; ``""`` when it has none."""
+    values = [_decoded(str(value)) for value in message.get_all(name) or []]
+    if len(values) == 1:
+        return values[0]
+    return values or ""
+
+
+def _mailboxes(header: str | list[str]) -> list[str]:
+    """The addresses a recipient header lists (groups and empty entries left out)."""
+    values = [header] if isinstance(header, str) else header
+    return [email.utils.formataddr(pair) for pair in email.utils.getaddresses(values) if pair[1]]
+
+
+def _decoded(value: str) -> str:
+    return str(email.header.make_header(email.header.decode_header(value)))
 
 
 def _payload(part: email.message.Message) -> EncodedPayload:
@@ -406,9 +426,7 @@ def _fields_of(message: email.message.Message) -> dict[str, Any]:
     if message.get("From"):
         fields["sender"] = _header(message, "From")
     for name, header in (("to", "To"), ("cc", "Cc")):
-        values = message.get_all(header) or []
-        found = [email.utils.formataddr(pair) for pair in email.utils.getaddresses([str(v) for v in values])
-                 if pair[1]]
+        found = _recipients(message, header)
         if found:
             fields[name] = found
     if message.get("Reply-To"):
@@ -442,8 +460,9 @@ class InboundEmailMessage:
         self.original = _parse(mime_message if mime_message is not None else b"")
         fields = _fields_of(self.original)
         self.sender: str = fields.get("sender", "")
-        self.to: list[str] = fields.get("to", [])
-        self.cc: list[str] = fields.get("cc", [])
+        # Strings, as App Engine's are: "a@example.org, B <b@example.org>" (a list only if the header repeats).
+        self.to: str | list[str] = fields.get("to", "")
+        self.cc: str | list[str] = fields.get("cc", "")
         self.reply_to: str = fields.get("reply_to", "")
         self.subject: str = fields.get("subject", "")
         self.date: str = _header(self.original, "Date")

@@ -8,7 +8,12 @@ only instances of manual or basic scaling may start background threads that
 outlive requests (:mod:`kiln.api.background_thread`).
 
 This module is what apps may use of that: the request's deadline error, the
-current request's environment, and the background-thread rules. The
+current request's environment, and the background-thread rules.
+
+:class:`DeadlineExceededError` is the one class the request timer raises. When
+the app's environment has Google's SDK, the runtime makes it the SDK's own
+``google.appengine.runtime.DeadlineExceededError`` before any app code runs,
+so ``except`` clauses naming either catch it. The
 machinery that sets the state up — per-request ``os.environ``, request-bound
 threads, log capture, whether background threads are allowed — is the
 runtime's own (``kiln_platform.requestscope``), which app code cannot import.
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from typing import Any
 
 __all__ = ["MAX_BACKGROUND_THREADS", "DeadlineExceededError", "background_threads_allowed", "in_app_code",
@@ -32,6 +38,39 @@ _local = threading.local()
 
 class DeadlineExceededError(BaseException):
     """The request ran past its deadline (App Engine's; a BaseException so ``except Exception`` misses it)."""
+
+
+class _Deadline:
+    """When the request a thread serves must end, and the wake-up its timer gives blocked waits.
+
+    The runtime makes one per request; waits on the request's thread (``time.sleep``,
+    ``threading`` conditions, ``kiln.api`` calls) end by :attr:`at`, so that the timer's
+    :class:`DeadlineExceededError`, raised only while Python code runs, is not held up.
+    """
+
+    # After the deadline, how often a wait that cannot be woken directly returns to Python code.
+    POLL_SECONDS = 0.05
+
+    def __init__(self, at: float, hard_at: float) -> None:
+        self.at = at  # time.monotonic() of the request deadline
+        self.hard_at = hard_at  # past this the runtime gives up on the request (the grace has run out)
+        self.passed = threading.Event()  # set by the timer, just after it raised DeadlineExceededError
+
+    def time_left(self) -> float:
+        """Seconds a wait may block now: until the deadline, or after it until the end of the grace."""
+        now = time.monotonic()
+        return max(0.0, (self.at if now < self.at else self.hard_at) - now)
+
+    def step(self) -> float:
+        """Seconds a wait that only the clock can end may block before it looks again."""
+        now = time.monotonic()
+        return self.at - now if now < self.at else self.POLL_SECONDS
+
+
+def _current_deadline() -> _Deadline | None:
+    """The deadline of the request this thread serves (its own thread, not threads it started), or ``None``."""
+    found: _Deadline | None = getattr(_local, "deadline", None)
+    return found
 
 
 def request_environ() -> dict[str, Any] | None:

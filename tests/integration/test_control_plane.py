@@ -35,7 +35,7 @@ APP_YAML = textwrap.dedent("""\
     - url: /static
       static_dir: static
     - url: /.*
-      script: main.app
+      script: auto
     """)
 
 

@@ -76,7 +76,7 @@ def test_request_log_records_the_request_and_the_app_log_lines(server):
     assert (logs_pb2.LOG_LEVEL_DEBUG, "a debug line") in messages
     assert (logs_pb2.LOG_LEVEL_INFO, "an info line") in messages
     assert (logs_pb2.LOG_LEVEL_WARNING, "a warning line") in messages
-    assert (logs_pb2.LOG_LEVEL_INFO, "written to stderr") in messages
+    assert (logs_pb2.LOG_LEVEL_ERROR, "written to stderr") in messages
 
 
 def test_uncaught_exception_is_logged_with_its_traceback(server):

@@ -39,7 +39,7 @@ APP_YAML = textwrap.dedent("""\
 """)
 
 MAIN = textwrap.dedent('''
-    import json
+    import json, os
     from kiln.api import mail, memcache, users
 
     def reply(start_response, status, text):
@@ -56,6 +56,13 @@ MAIN = textwrap.dedent('''
             elif path == "/send-as-user":
                 mail.send_mail(sender=users.get_current_user().email(), to="friend@example.org",
                                subject="from a user", body="hi")
+            elif path == "/send-from-appspotmail":
+                # As Google's samples write it (GOOGLE_CLOUD_PROJECT is the app id there).
+                mail.send_mail(sender=f"Sample <noreply@{os.environ['GOOGLE_CLOUD_PROJECT']}.appspotmail.com>",
+                               to="friend@example.org", subject="from appspotmail", body="hi")
+            elif path == "/send-from-another-apps-appspotmail":
+                mail.send_mail(sender="noreply@another-app.appspotmail.com", to="friend@example.org",
+                               subject="not mine", body="x")
             elif path == "/send-as-stranger":
                 mail.send_mail(sender="stranger@example.com", to="friend@example.org", subject="nope", body="x")
             elif path == "/admins":
@@ -143,6 +150,34 @@ def test_signed_in_user_may_send_as_themselves(server):
     assert kept.envelope_from == "visitor@example.net"
 
 
+def test_app_may_send_from_app_engines_appspotmail_form_delivered_from_its_mail_domain(server):
+    status, _, body = request(server, "/send-from-appspotmail")
+    assert (status, body) == (200, b"done")
+    [kept] = wait_outbox(server, "from appspotmail")
+    assert kept.envelope_from == "noreply@mailapp.mail.localhost"
+    message = email.message_from_bytes(kept.raw, policy=email.policy.default)
+    assert message["From"] == "Sample <noreply@mailapp.mail.localhost>"
+
+
+def test_app_may_not_send_from_another_apps_appspotmail_address(server):
+    status, _, body = request(server, "/send-from-another-apps-appspotmail")
+    assert status == 403
+    assert body.startswith(b"InvalidSenderError: ")
+
+
+def test_inbound_mail_to_several_recipients_gives_the_app_to_as_one_string(server):
+    message = email.message.EmailMessage()
+    message["From"] = "writer@example.com"
+    message["To"] = "Support <support@mailapp.mail.localhost>, sales@mailapp.mail.localhost"
+    message["Subject"] = "two of you"
+    message.set_content("hello both")
+    with smtp(server) as client:
+        assert client.send_message(message) == {}
+    apps.wait_for(lambda: json.loads(request(server, "/inbound")[2] or b"{}").get("subject") == "two of you", 20)
+    got = json.loads(request(server, "/inbound")[2])
+    assert got["to"] == "Support <support@mailapp.mail.localhost>, sales@mailapp.mail.localhost"
+
+
 def test_app_may_not_send_as_a_stranger(server):
     status, _, body = request(server, "/send-as-stranger")
     assert status == 403
@@ -174,7 +209,7 @@ def test_inbound_mail_reaches_the_app_as_a_post_to_ah_mail(server):
     got = json.loads(body)
     assert got["path"] == "/_ah/mail/support@mailapp.mail.localhost"
     assert got["content_type"] == "message/rfc822"
-    assert got["sender"] == "Writer <writer@example.com>" and got["to"] == ["support@mailapp.mail.localhost"]
+    assert got["sender"] == "Writer <writer@example.com>" and got["to"] == "support@mailapp.mail.localhost"
     assert got["subject"] == "I need help" and got["body"].strip() == "please help"
     assert got["attachments"] == [["app.log", "log lines"]]
 

@@ -265,6 +265,29 @@ def test_any_address_at_the_apps_mail_domain_may_send(service):
     assert service.send(sender="Robot <no-reply@mailer.mail.localhost>").message_id
 
 
+@pytest.mark.parametrize("sender, envelope, header", [
+    ("noreply@mailer.appspotmail.com", "noreply@mailer.mail.localhost", "noreply@mailer.mail.localhost"),
+    ("Mailer Robot <robot@Mailer.AppSpotMail.com>", "robot@mailer.mail.localhost",
+     "Mailer Robot <robot@mailer.mail.localhost>"),
+    ("Caf\u00e9 <news@mailer.appspotmail.com>", "news@mailer.mail.localhost", "Caf\u00e9 <news@mailer.mail.localhost>"),
+])
+def test_app_engines_appspotmail_sender_is_delivered_from_the_apps_mail_domain(service, relay, sender, envelope,
+                                                                               header):
+    sent = service.send(sender=sender, subject=f"appspotmail {envelope}")
+    [got] = received_by_id(relay, sent.message_id)
+    assert got.mail_from == envelope
+    assert got.message["From"] == header
+    assert "appspotmail.com" not in got.data.decode(errors="replace")
+
+
+def test_send_to_admins_from_appspotmail_is_delivered_from_the_apps_mail_domain(service, relay):
+    sent = service.stub.SendToAdmins(pb.SendToAdminsRequest(message=pb.MailMessage(
+        sender="alerts@mailer.appspotmail.com", subject="admins from appspotmail", text_body="x")),
+        metadata=app_metadata(APP), timeout=30)
+    [got] = received_by_id(relay, sent.message_id)
+    assert got.mail_from == "alerts@mailer.mail.localhost" and got.message["From"] == "alerts@mailer.mail.localhost"
+
+
 def test_the_signed_in_user_may_send_with_the_routers_proof(service):
     proof = auth.sign_user(PLATFORM_SECRET, APP, "visitor@example.net", time.time() + 60)
     sent = service.send(sender="visitor@example.net", user_email="visitor@example.net", user_proof=proof)
@@ -272,7 +295,9 @@ def test_the_signed_in_user_may_send_with_the_routers_proof(service):
 
 
 @pytest.mark.parametrize("case", ["no proof", "forged proof", "proof for another app", "proof for another user",
-                                  "expired proof", "another apps domain", "stranger"])
+                                  "expired proof", "another apps domain", "stranger", "another apps appspotmail",
+                                  "appspotmail without an app", "appspotmail as a subdomain",
+                                  "the app's appspotmail under another domain"])
 def test_anyone_else_is_refused_as_sender(service, case):
     now = time.time()
     user, proof, sender = "visitor@example.net", "", "visitor@example.net"
@@ -288,6 +313,14 @@ def test_anyone_else_is_refused_as_sender(service, case):
         sender = "robot@other-app.mail.localhost"
     elif case == "stranger":
         user, sender = "", "stranger@example.com"
+    elif case == "another apps appspotmail":
+        sender = "robot@other-app.appspotmail.com"
+    elif case == "appspotmail without an app":
+        sender = "robot@appspotmail.com"
+    elif case == "appspotmail as a subdomain":
+        sender = "robot@x.mailer.appspotmail.com"
+    elif case == "the app's appspotmail under another domain":
+        sender = "robot@mailer.appspotmail.com.example.net"
     with pytest.raises(grpc.RpcError) as caught:
         service.send(sender=sender, user_email=user, user_proof=proof)
     assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED

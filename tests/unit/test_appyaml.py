@@ -122,7 +122,7 @@ def test_missing_runtime_is_reported():
 
 
 def test_unsupported_runtime_is_rejected():
-    with pytest.raises(AppYamlError, match="runtime: must be python27 or python3"):
+    with pytest.raises(AppYamlError, match=r"app.yaml:1: runtime: kiln runs python27 and python311.*'go111'"):
         parse(BASE.replace("python27", "go111"))
 
 
@@ -131,9 +131,9 @@ def test_python27_requires_threadsafe():
         parse(BASE.replace("threadsafe: true\n", ""))
 
 
-def test_python3_without_handlers_serves_main_app():
+def test_python3_without_handlers_serves_the_entrypoints_app():
     cfg = parse("runtime: python311\n")
-    assert cfg.handlers[0].url == "/.*" and cfg.handlers[0].script == "main.app"
+    assert [(h.url, h.script) for h in cfg.handlers] == [("/.*", "auto")]
 
 
 def test_handler_needs_exactly_one_of_script_static_dir_static_files():

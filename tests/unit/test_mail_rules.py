@@ -4,7 +4,9 @@ router's gate on /_ah/mail/, and the proofs that vouch for a signed-in user or a
 from __future__ import annotations
 
 import email
+import email.header
 import email.policy
+import email.utils
 import io
 import pathlib
 import zipfile
@@ -220,7 +222,7 @@ def test_inbound_message_parses_bodies_and_attachments():
     outgoing = mail.EmailMessage(sender="a@example.com", to="b@example.org", subject="S\u00e9", body="plain",
                                  html="<p>rich</p>", attachments=[mail.Attachment("data.csv", b"1,2")])
     inbound = mail.InboundEmailMessage(outgoing.to_mime_message().as_bytes())
-    assert (inbound.sender, inbound.to, inbound.subject) == ("a@example.com", ["b@example.org"], "S\u00e9")
+    assert (inbound.sender, inbound.to, inbound.subject) == ("a@example.com", "b@example.org", "S\u00e9")
     assert inbound.body.decode().strip() == "plain" and inbound.html.decode().strip() == "<p>rich</p>"
     assert [(a.filename, a.payload.decode()) for a in inbound.attachments] == [("data.csv", b"1,2")]
     assert [ct for ct, _ in inbound.bodies("text/plain")] == ["text/plain"]
@@ -232,3 +234,43 @@ def test_encoded_payload_names_unknown_encodings_and_charsets():
     with pytest.raises(mail.UnknownCharsetError):
         mail.EncodedPayload("x", charset="no-such-charset").decode()
     assert mail.EncodedPayload("aGk=", charset="utf-8", encoding="base64").decode() == "hi"
+
+
+@pytest.mark.parametrize("headers, to, cc", [
+    ("To: one@example.org\r\n", "one@example.org", ""),
+    ("To: One <one@example.org>, two@example.org\r\nCc: three@example.org, Four <four@example.org>\r\n",
+     "One <one@example.org>, two@example.org", "three@example.org, Four <four@example.org>"),
+    ("To: =?utf-8?q?Caf=C3=A9?= <cafe@example.org>, two@example.org\r\n", "Caf\u00e9 <cafe@example.org>, two@example.org",
+     ""),
+    ("To: one@example.org\r\nTo: two@example.org, three@example.org\r\n",
+     ["one@example.org", "two@example.org, three@example.org"], ""),
+    ("Cc: only-cc@example.org\r\n", "", "only-cc@example.org"),
+])
+def test_inbound_recipients_are_the_header_text_as_app_engines_are(headers, to, cc):
+    inbound = mail.InboundEmailMessage(f"From: a@example.com\r\n{headers}Subject: s\r\n\r\nbody\r\n".encode())
+    assert (inbound.to, inbound.cc) == (to, cc)
+
+
+def test_a_message_built_from_an_inbound_one_keeps_its_recipients_as_a_list():
+    inbound = b"From: a@example.com\r\nTo: One <one@example.org>, two@example.org\r\nSubject: s\r\n\r\nbody\r\n"
+    assert mail.EmailMessage(inbound).to == ["One <one@example.org>", "two@example.org"]
+
+
+@pytest.mark.parametrize("sender, name, address", [
+    ("noreply@app.appspotmail.com", "", "noreply@app.mail.example.com"),
+    ("Robot <robot@App.AppSpotMail.COM>", "Robot", "robot@app.mail.example.com"),
+    ('"odd name"@app.appspotmail.com', "", '"odd name"@app.mail.example.com'),
+    ("Caf\u00e9 <news@app.appspotmail.com>", "Caf\u00e9", "news@app.mail.example.com"),
+])
+def test_app_engines_appspotmail_sender_becomes_the_apps_mail_domain(sender, name, address):
+    delivered = mailrules.deployment_sender(sender, "app", "mail.example.com")
+    assert mailrules.address_problem(delivered) is None
+    found_name, found_address = email.utils.parseaddr(delivered)
+    assert (str(email.header.make_header(email.header.decode_header(found_name))), found_address) == (name, address)
+
+
+@pytest.mark.parametrize("sender", ["robot@other.appspotmail.com", "robot@appspotmail.com",
+                                    "robot@x.app.appspotmail.com", "robot@app.appspotmail.com.example.net",
+                                    "robot@app.mail.example.com", "Boss <boss@example.com>"])
+def test_other_senders_are_delivered_as_they_are(sender):
+    assert mailrules.deployment_sender(sender, "app", "mail.example.com") == sender

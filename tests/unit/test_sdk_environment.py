@@ -15,7 +15,7 @@ from runtime import appengine, libraries
 from runtime.wsgi import InstanceInfo, build_environ
 
 PY27 = "runtime: python27\napi_version: 1\nthreadsafe: true\nhandlers:\n- url: /.*\n  script: main.app\n"
-PY3 = "runtime: python311\nhandlers:\n- url: /.*\n  script: main.app\n"
+PY3 = "runtime: python311\napp_engine_apis: true\nhandlers:\n- url: /.*\n  script: auto\n"
 
 
 @pytest.fixture
