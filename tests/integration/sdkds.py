@@ -1,10 +1,11 @@
 """Fixtures for running Google's SDK (ndb, ext.db) in the pytest process against kiln's services.
 
 The SDK (``runtime.libraries.GAE_SDK_BUNDLED``) is installed once per host into kiln's library cache and appended
-to the END of ``sys.path`` (kiln's own packages win). kiln's API proxy (:mod:`kiln.sdk.proxy`) is installed in the
-SDK's ``apiproxy`` once per session, as the runtime installs it in an instance, with kiln's services for the SDK
-(``datastore_v3``, ``memcache``…). Each test runs as an app of its own, inside a "request": the app's token for
-kiln's services, App Engine's environment, and a ticket for the proxy, as the runtime gives a request.
+to the END of ``sys.path`` (kiln's own packages win). kiln's API proxy (:mod:`kiln.sdk.proxy`) is installed once
+per session, as the runtime installs it in an instance, with kiln's services for the SDK (``datastore_v3``,
+``memcache``…), into a stub map of its own that is the SDK's ``apiproxy`` only while a test of these modules runs
+(other tests of the session install their own). Each test runs as an app of its own, inside a "request": the app's
+token for kiln's services, App Engine's environment, and a ticket for the proxy, as the runtime gives a request.
 """
 
 from __future__ import annotations
@@ -65,7 +66,11 @@ def gae_sdk():
         from kiln.sdk import proxy
         from tests.integration import sdk_models  # noqa: F401 - the tests' models
 
-    installed = proxy.install("no-app-yet")
+    from google.appengine.api import apiproxy_stub_map
+
+    stubmap = apiproxy_stub_map.APIProxyStubMap()
+    installed = proxy.install("no-app-yet", stubmap=stubmap)
+    installed.stubmap = stubmap
     yield installed
     from kiln.sdk import tickets
 
@@ -90,7 +95,11 @@ def start_app(proxy: Any, addr: str, memcache_addr: str, monkeypatch: pytest.Mon
 
 def become(app: SdkApp, monkeypatch: pytest.MonkeyPatch, *, prefix: str = "s~") -> None:
     """Make the calls that follow ``app``'s (after another app's)."""
+    from google.appengine.api import apiproxy_stub_map
+
     from kiln.api import memcache
+
+    monkeypatch.setattr(apiproxy_stub_map, "apiproxy", app.proxy.stubmap)
 
     monkeypatch.setenv("KILN_DATASTORE_ADDR", app.addr)
     monkeypatch.setenv("KILN_MEMCACHE_ADDR", app.memcache_addr)
