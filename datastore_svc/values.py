@@ -37,7 +37,7 @@ _SIGN = 1 << 63
 _UINT64 = struct.Struct(">Q")
 _DOUBLE = struct.Struct(">d")
 
-UNINDEXED_MEANINGS = frozenset({pb.MEANING_TEXT, pb.MEANING_BLOB})
+UNINDEXED_MEANINGS = frozenset({pb.MEANING_TEXT, pb.MEANING_BLOB, pb.MEANING_ZLIB})
 
 
 def _terminated(raw: bytes) -> bytes:

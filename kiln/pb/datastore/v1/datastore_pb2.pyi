@@ -98,6 +98,10 @@ class _MeaningEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Meaning.Value
     """db.IM (string_value "protocol address")."""
     MEANING_BLOB_KEY: _Meaning.ValueType  # 13
     """blobstore.BlobKey (string_value)."""
+    MEANING_ZLIB: _Meaning.ValueType  # 14
+    """Long, unindexed, zlib-compressed binary data (blob_value): App Engine's
+    BLOB with meaning_uri "ZLIB" (ndb's compressed properties).
+    """
 
 class Meaning(_Meaning, metaclass=_MeaningEnumTypeWrapper):
     """Meaning refines a value's type with App Engine's semantic sub-types."""
@@ -130,6 +134,10 @@ MEANING_IM: Meaning.ValueType  # 12
 """db.IM (string_value "protocol address")."""
 MEANING_BLOB_KEY: Meaning.ValueType  # 13
 """blobstore.BlobKey (string_value)."""
+MEANING_ZLIB: Meaning.ValueType  # 14
+"""Long, unindexed, zlib-compressed binary data (blob_value): App Engine's
+BLOB with meaning_uri "ZLIB" (ndb's compressed properties).
+"""
 Global___Meaning: _TypeAlias = Meaning  # noqa: Y015
 
 class _NullValue:
