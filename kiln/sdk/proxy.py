@@ -19,8 +19,11 @@ calls, and a call made with a dead ticket must not look like a cache miss.
 How a call runs (:class:`KilnRPC`): ``make_call`` queues it for a small pool of worker threads and returns, so
 asynchronous calls proceed while the app works (as on App Engine). Whoever takes the call first runs it: a
 ``wait()`` on a call no worker has started yet runs it on the caller's own thread, so a synchronous call
-(``memcache.get``) costs no thread hop; ``UserRPC.wait_any`` waits on each call's ``future`` (a
-``concurrent.futures.Future`` done once the call finished and its callback ran), which the workers complete.
+(``memcache.get``) costs no thread hop. ``UserRPC.wait_any`` (ndb's event loop) waits on each call's ``future`` (a
+``concurrent.futures.Future`` done once the call finished and its callback ran): reading ``future`` runs a call no
+worker has started on the reader's thread too, before handing it over, so ndb's waits cost no hop either. A worker
+still takes any call queued behind one running on the caller's thread (which releases the GIL while it waits for
+kiln's service), so calls made together still overlap.
 States go ``RUNNING`` → ``FINISHING`` as in the SDK's ``apiproxy_rpc.RPC``; the callback runs on the thread that
 ran the call, and one run by ``wait()`` on the caller's thread may raise into it (``wait_any`` relies on that).
 
@@ -158,11 +161,23 @@ class KilnRPC(apiproxy_rpc.RPC):  # type: ignore[misc]  # the SDK has no type in
         self._finished = False
         self._request: tickets.Request | None = None
 
+    @property
+    def future(self) -> concurrent.futures.Future[None] | None:
+        """The call's future; reading it runs the call here if no worker has started it (module docstring)."""
+        found = self._future
+        if found is not None and not found.done() and self._state == apiproxy_rpc.RPC.RUNNING:
+            self.take(inline=False)
+        return found
+
+    @future.setter
+    def future(self, value: concurrent.futures.Future[None] | None) -> None:
+        self._future = value
+
     def _MakeCallImpl(self) -> None:
         stub: KilnStub = self.stub
         request = stub.proxy.admit(self.package, self.call)
         self._request = request
-        self.future: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._future = concurrent.futures.Future()
         self._state = apiproxy_rpc.RPC.RUNNING
         if not tickets.track(request, self._cancel):
             self._state = apiproxy_rpc.RPC.IDLE
@@ -172,17 +187,18 @@ class KilnRPC(apiproxy_rpc.RPC):  # type: ignore[misc]  # the SDK has no type in
 
     def _WaitImpl(self) -> bool:
         if not self.take(inline=True):
-            concurrent.futures.wait([self.future])
+            assert self._future is not None
+            concurrent.futures.wait([self._future])
         return True
 
     def take(self, *, inline: bool) -> bool:
         """Run the call here if nobody has taken it yet; ``False`` if someone had."""
         if not self._taken.acquire(blocking=False):
             return False
-        assert self._request is not None
+        assert self._request is not None and self._future is not None
         error: BaseException | None = None
         try:
-            if not self.future.set_running_or_notify_cancel():
+            if not self._future.set_running_or_notify_cancel():
                 error = apiproxy_errors.CancelledError(f"The API call {self.package}.{self.call}() was cancelled")
             else:
                 self.stub.serve(self.package, self.call, self.request, self.response, self._context(self._request))
@@ -221,8 +237,8 @@ class KilnRPC(apiproxy_rpc.RPC):  # type: ignore[misc]  # the SDK has no type in
             if self.callback:
                 self._run_callback(reraise_callback)
         finally:
-            if not self.future.done():
-                self.future.set_result(None)
+            if self._future is not None and not self._future.done():
+                self._future.set_result(None)
 
     def _run_callback(self, reraise: bool) -> None:
         try:

@@ -164,6 +164,7 @@ def test_a_call_goes_running_then_finishing_and_its_callback_runs_once_it_finish
     seen = []
     rpc = gate_rpc("states", callback=lambda: seen.append((rpc.state, rpc.future.done())))
     assert rpc.state == apiproxy_rpc.RPC.RUNNING
+    assert gate.started["states"].wait(10)  # a worker runs it: reading its future now does not take it over
     assert not rpc.future.done()
     release.set()
     assert rpc.get_result() is None
@@ -194,6 +195,26 @@ def test_calls_made_asynchronously_run_on_workers_while_the_caller_works(sdk, ti
     assert gate.threads["background"] != threading.get_ident()
     release.set()
     rpc.get_result()
+
+
+def test_reading_the_future_of_a_call_no_worker_started_runs_it_on_the_readers_thread(sdk, ticket):
+    from google.appengine.api import apiproxy_stub_map
+
+    from kiln.sdk import proxy
+
+    _, gate = sdk
+    busy = [f"busy{i}" for i in range(proxy.WORKERS)]
+    releases = [gate.expect(key) for key in busy]
+    held = [gate_rpc(key) for key in busy]
+    for key in busy:  # every worker is held by a call
+        assert gate.started[key].wait(10)
+    queued = gate_rpc("queued")
+    assert apiproxy_stub_map.UserRPC.wait_any([queued]) is queued  # ndb's wait: no worker was free
+    assert gate.threads["queued"] == threading.get_ident()
+    for release in releases:
+        release.set()
+    apiproxy_stub_map.UserRPC.wait_all(held)
+    assert {r.response.login_url for r in held} == {f"done:{k}:{APP}" for k in busy}
 
 
 def test_wait_any_returns_the_call_that_finished_first_of_several(sdk, ticket):
