@@ -42,7 +42,8 @@ _ERRORS = _errors.table({
     "IMAGE_TOO_LARGE": _ERR.IMAGE_TOO_LARGE, "INVALID_BLOB_KEY": _ERR.INVALID_BLOB_KEY,
     "ACCESS_DENIED": _ERR.ACCESS_DENIED, "OBJECT_NOT_FOUND": _ERR.OBJECT_NOT_FOUND,
     "UNSPECIFIED": _ERR.UNSPECIFIED_ERROR,
-}, {grpc.StatusCode.INVALID_ARGUMENT: _ERR.BAD_TRANSFORM_DATA, grpc.StatusCode.RESOURCE_EXHAUSTED: _ERR.IMAGE_TOO_LARGE})
+}, {grpc.StatusCode.INVALID_ARGUMENT: _ERR.BAD_TRANSFORM_DATA,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: _ERR.IMAGE_TOO_LARGE})
 _FORMATS = {gae.OutputSettings.PNG: pb.FORMAT_PNG, gae.OutputSettings.JPEG: pb.FORMAT_JPEG,
             gae.OutputSettings.WEBP: pb.FORMAT_WEBP}
 # The fields of the SDK's Transform that kiln's has under the same name and meaning (rotate: any multiple of 90).
@@ -97,7 +98,8 @@ def _image(source: gae.ImageData, target: pb.ImageData) -> None:
     content = source.content
     if len(content) > kiln_images.MAX_REQUEST_SIZE:
         raise apiproxy_errors.ApplicationError(
-            _ERR.IMAGE_TOO_LARGE, f"the image data is {len(content)} bytes; the limit is {kiln_images.MAX_REQUEST_SIZE}")
+            _ERR.IMAGE_TOO_LARGE,
+            f"the image data is {len(content)} bytes; the limit is {kiln_images.MAX_REQUEST_SIZE}")
     target.content = content
 
 
