@@ -41,6 +41,18 @@ def test_the_proxy_serves_urlfetch_mail_images_and_app_identity(sdk):
     assert {"urlfetch", "mail", "images", "app_identity_service"} <= set(sdk.services)
 
 
+def test_installing_for_another_app_replaces_every_stub_the_default_too(gae_sdk):
+    from google.appengine.api import apiproxy_stub_map
+
+    from kiln.sdk import proxy
+
+    stubmap = apiproxy_stub_map.APIProxyStubMap()
+    proxy.install("first-app", [], stubmap)
+    second = proxy.install("second-app", [], stubmap)
+    assert stubmap.GetStub("urlfetch").proxy is second
+    assert stubmap.GetStub("no_such_service").proxy is second
+
+
 # --- urlfetch ----------------------------------------------------------------------------------------------------
 
 def fetch_request(**fields):
