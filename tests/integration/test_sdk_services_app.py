@@ -59,6 +59,9 @@ MAIN = textwrap.dedent(r'''
                                body="hi")
             elif query["as"] == "stranger":
                 mail.send_mail(sender="stranger@example.com", to="friend@example.org", subject="nope", body="x")
+            elif query["as"] == "appspotmail":
+                sender = "Sample <noreply@{}.appspotmail.com>".format(app_identity.get_application_id())
+                mail.send_mail(sender=sender, to="friend@example.org", subject="sdk appspotmail", body="hi")
             elif query["as"] == "admins":
                 mail.send_mail_to_admins(sender="robot@sdkmail.mail.localhost", subject="sdk admins", body="x")
         except mail.Error as exc:
@@ -199,6 +202,12 @@ def test_the_signed_in_user_may_send_as_themselves_through_the_sdk(server):
     assert (status, json.loads(body)) == (200, {"sent": True})
     [kept] = wait_outbox(server, "sdk user mail")
     assert kept.envelope_from == "visitor@example.net"
+
+
+def test_app_engines_appspotmail_sender_is_sent_from_the_apps_mail_domain(server):
+    assert get(server, "/mail?as=appspotmail") == {"sent": True}
+    [kept] = wait_outbox(server, "sdk appspotmail")
+    assert kept.envelope_from == "noreply@sdkmail.mail.localhost"
 
 
 def test_an_unauthorized_sender_is_refused_with_the_sdks_invalid_sender_error(server):
