@@ -18,6 +18,7 @@ from kiln.api import _rpc
 from kiln.pb.mail.v1 import mail_pb2 as mail_pb
 from kiln.pb.mail.v1 import mail_pb2_grpc
 from tests.integration import webservers
+from tests.integration.apps import wait_for
 from tests.integration.conftest import SECRET, app_metadata, service_env
 from tests.unit.conftest import gae_sdk  # noqa: F401 - the fixture: the SDK importable in this process
 
@@ -222,10 +223,7 @@ def outbox(services, subject):
                                                    timeout=30).messages if m.subject == subject]
             return found
 
-        deadline = time.monotonic() + 20
-        while not present():
-            assert time.monotonic() < deadline, f"no message {subject!r} in the outbox"
-            time.sleep(0.1)
+        wait_for(present, 20)
         return found
     finally:
         channel.close()
