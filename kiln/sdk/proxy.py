@@ -65,6 +65,7 @@ _SERVICE_MODULES = (
     ("kiln.sdk.memcache", "Memcache"), ("kiln.sdk.user", "User"), ("kiln.sdk.capability", "Capability"),
     ("kiln.sdk.system", "System"), ("kiln.sdk.modules", "Modules"), ("kiln.sdk.datastore_v3", "DatastoreV3"),
     ("kiln.sdk.urlfetch", "URLFetch"), ("kiln.sdk.mail", "Mail"), ("kiln.sdk.images", "Images"),
+    ("kiln.sdk.app_identity", "AppIdentity"),
 )
 # Worker threads running calls made asynchronously (each thread's stack counts in the instance's address space).
 WORKERS = 8
@@ -308,7 +309,9 @@ def install(app_id: str, services: Iterable[Service] | None = None,
     target = apiproxy_stub_map.apiproxy if stubmap is None else stubmap
     for name in sorted({*SDK_SERVICES, *served}):
         target.ReplaceStub(name, KilnStub(name, proxy))
-    target.SetDefaultStub(KilnStub(None, proxy))  # names no one knows
+    # Names no one knows. Through the class: a second install (another app in the same process, as in tests) must
+    # replace the first one's default, which the instance's SetDefaultStub below no longer does.
+    type(target).SetDefaultStub(target, KilnStub(None, proxy))
     # wrap_wsgi_app() sets the SDK's HTTP transport as the default stub: it would send calls for names no one knows
     # to appengine.googleapis.internal. kiln's stays: such a call gets CallNotFoundError here.
     target.SetDefaultStub = _keep_kilns_default
