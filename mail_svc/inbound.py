@@ -6,6 +6,10 @@ the listener posts through the router, signed as the mail service (``X-Kiln-Plat
 routed, logged and let through ``login: admin`` like any request App Engine makes itself, and nobody else can
 post to ``/_ah/mail/``.
 
+Each message is stamped as a receiving mail server stamps it (RFC 5321 4.4; what App Engine's own mail servers
+did before the app saw it): a ``Received:`` trace line, and ``Date:`` and ``Message-ID:`` when the sender left
+them out, so the app's ``InboundEmailMessage.date`` is always there.
+
 The SMTP answer reflects the outcome, so the sending server keeps any message kiln could not hand over: ``250``
 when every recipient's app took it (2xx), ``451`` (try later) when an app failed or could not be reached, and
 ``550`` when no recipient's app receives mail. Nothing is queued here: a message is either with its app or
@@ -15,6 +19,8 @@ still with its sender.
 from __future__ import annotations
 
 import asyncio
+import email.parser
+import email.utils
 import logging
 import time
 import urllib.parse
@@ -42,6 +48,7 @@ class InboundHandler:
         self._apps_domain = apps_domain
         self._secret = platform_secret
         self._http = session
+        self._hostname = "mail." + mail_domain.lower()
 
     def app_of(self, address: str) -> str | None:
         """The app whose mail domain ``address`` is at, or ``None``."""
@@ -62,7 +69,8 @@ class InboundHandler:
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        raw = envelope.original_content or b""
+        raw = stamp(envelope.original_content or b"", helo=session.host_name or "unknown",
+                    peer=str(session.peer[0]) if session.peer else "unknown", by=self._hostname)
         results = await asyncio.gather(*(self._post(address, raw) for address in envelope.rcpt_tos))
         if any(r == "temporary" for r in results):
             return "451 4.3.0 An app could not take the message now; try again later"
@@ -95,6 +103,24 @@ class InboundHandler:
             return "refused"
         log.warning("inbound mail for %s: app %s answered %d; the sender will retry", address, app, status)
         return "temporary"
+
+
+def stamp(raw: bytes, *, helo: str, peer: str, by: str) -> bytes:
+    """``raw`` with the headers a receiving mail server adds: ``Received:`` always, ``Date:`` and ``Message-ID:``
+    when missing (module docstring). The message itself is kept byte for byte below them."""
+    present = {name.lower() for name in email.parser.BytesHeaderParser().parsebytes(raw).keys()}
+    now = email.utils.formatdate(usegmt=True)
+    added = [f"Received: from {_clean(helo)} ([{_clean(peer)}]) by {by} (kiln mail_svc) with ESMTP; {now}"]
+    if "date" not in present:
+        added.append(f"Date: {now}")
+    if "message-id" not in present:
+        added.append(f"Message-ID: {email.utils.make_msgid(domain=by)}")
+    return "".join(line + "\r\n" for line in added).encode("ascii") + raw
+
+
+def _clean(text: str) -> str:
+    """A client-given name fit for a header: printable ASCII without spaces, at most 255 characters."""
+    return "".join(c for c in text if "!" <= c <= "~")[:255] or "unknown"
 
 
 async def listen(handler: InboundHandler, host: str, port: int, *, max_bytes: int,

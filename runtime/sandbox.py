@@ -214,11 +214,15 @@ class _Places:
         self.platform = _dirs([kiln_dir.parent, *map(pathlib.Path, site.getsitepackages())])
         self.private = _dirs(list(private_dirs))
         self.pid_dir = f"/proc/{os.getpid()}/"
+        # Files of kiln's environment that a selected library also ships at the very same version (Google's SDK
+        # pins protobuf to kiln's): the loaded package is kiln's copy, so its modules not loaded yet come from
+        # kiln's files (Sandbox.release_shadowed fills this in).
+        self.shared: frozenset[str] = frozenset()
 
     def private_code(self, path: str) -> bool:
         """Whether ``path`` is a file of kiln's code that apps may not load as their own."""
         return (_under(path, self.platform) and not _under(path, self.app_code) and not _under(path, self.app_api)
-                and os.path.isfile(path))
+                and path not in self.shared and os.path.isfile(path))
 
     def importer_is_library(self, frame: FrameType | None) -> bool:
         """Whether the code asking for an import is one of the platform libraries the app selected."""
@@ -353,6 +357,7 @@ class _ImportGuard(importlib.abc.MetaPathFinder):
         """
         provided = {_module_name(entry) for d in dirs if d.is_dir() for entry in d.iterdir()} - {""}
         versions = _distribution_versions(dirs)
+        self._places.shared = _shared_files([pathlib.Path(d) for d in self._places.libraries])
         for name in provided - APP_PACKAGES - set(sys.builtin_module_names):
             module = sys.modules.get(name)
             where = os.path.realpath(getattr(module, "__file__", None) or "") if module is not None else ""
@@ -367,8 +372,30 @@ class _ImportGuard(importlib.abc.MetaPathFinder):
                     else:
                         self._verdicts[name] = True
                     continue
+                if name in _TRANSPORTS:
+                    # Another version of kiln's transport (an app's requirements bring gRPC for a Google Cloud
+                    # client): kiln's stays loaded, since its own code imports parts of itself lazily, and the
+                    # app's code still may not import it.
+                    continue
                 for loaded in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
                     del sys.modules[loaded]
+
+
+def _shared_files(library_dirs: Sequence[pathlib.Path]) -> frozenset[str]:
+    """The files of kiln's environment whose distribution a selected library ships at the very same version
+    (kiln's transports excepted: their code stays the library's alone)."""
+    site_dists = {dist.metadata["Name"].lower().replace("_", "-"): dist
+                  for dist in importlib.metadata.distributions(path=site.getsitepackages())}
+    out: set[str] = set()
+    for dist in importlib.metadata.distributions(path=[str(d) for d in library_dirs if d.is_dir()]):
+        mine = site_dists.get(dist.metadata["Name"].lower().replace("_", "-"))
+        if mine is None or mine.version != dist.version:
+            continue
+        files = [f for f in mine.files or () if str(f).endswith((".py", ".pyc", ".so"))]
+        if {str(f).split("/")[0].removesuffix(".py") for f in files} & _TRANSPORTS:
+            continue
+        out.update(os.path.realpath(str(mine.locate_file(f))) for f in files)
+    return frozenset(out)
 
 
 def _distribution_versions(dirs: Sequence[pathlib.Path]) -> dict[str, str]:
