@@ -387,8 +387,7 @@ def built_wheel(wheels_dir: pathlib.Path, pin: str) -> pathlib.Path:
 
 
 def _pip_wheel(args: list[str], *, what: str) -> None:
-    cmd = [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check", "--no-input",
-           "--root-user-action", "ignore", *args]
+    cmd = [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check", "--no-input", *args]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=INSTALL_TIMEOUT_SECONDS)
     except subprocess.TimeoutExpired:
