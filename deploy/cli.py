@@ -23,6 +23,7 @@ import os
 import pathlib
 import signal
 import sys
+import threading
 
 from kiln_platform import log as kiln_log
 from kiln.errors import KilnError
@@ -44,11 +45,23 @@ def _dev(args: argparse.Namespace) -> int:
                       urlfetch_allow_internal=args.urlfetch_allow_internal)
     from kiln_platform import handover
     handover.undumpable()  # kiln dev holds every secret: no process of the same user may read its memory
-    for sig in STOP_SIGNALS:  # while starting, any of them stops what has started (start()'s cleanup), as Ctrl-C does
-        signal.signal(sig, _interrupt)
+    # Ctrl-C, kill and the terminal closing all stop kiln dev the same way. While it starts, they interrupt the
+    # start (which stops what had started); once it serves, they end its wait and everything stops in order.
+    stop, starting = threading.Event(), threading.Event()
+    starting.set()
+
+    def on_stop_signal(signum: int, _frame: object) -> None:
+        stop.set()
+        if starting.is_set():
+            raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, on_stop_signal)
+    server = None
     try:
         server = DevServer(opts)
         server.start()
+        starting.clear()
     except KilnError as exc:
         print(f"kiln dev: {exc}", file=sys.stderr)
         return 2
@@ -56,6 +69,9 @@ def _dev(args: argparse.Namespace) -> int:
         print(f"kiln dev: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        starting.clear()
+        if server is not None:
+            server.stop()
         _say("kiln dev: stopped before serving")
         return 1
     _say(f"kiln dev: serving app {server.app_id!r} (version {server.version_id}, storage {opts.storage}) "
@@ -64,15 +80,11 @@ def _dev(args: argparse.Namespace) -> int:
          f"{server.addresses['mail_smtp']}")
     _say(f"kiln dev: data in {server.data_dir}; logs in {server.run_dir}; Ctrl-C stops")
     try:
-        status = server.wait()
+        status = server.wait(stop)
     finally:
         server.stop()
     _say("kiln dev: stopped")
     return status
-
-
-def _interrupt(signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def _say(line: str) -> None:

@@ -314,11 +314,16 @@ class DevServer:
             self._own_cassandra = False
         return codes
 
-    def wait(self) -> int:
-        """Block until a :data:`STOP_SIGNALS` signal or a child dies; returns the exit status for the CLI."""
-        stop = threading.Event()
-        for sig in STOP_SIGNALS:
-            signal.signal(sig, lambda *_: stop.set())
+    def wait(self, stop: threading.Event | None = None) -> int:
+        """Block until ``stop`` is set or a child dies; returns the exit status for the CLI.
+
+        Without ``stop``, a :data:`STOP_SIGNALS` signal sets one (the handlers are installed here; the CLI installs
+        its own before starting, so that a signal during the start is not missed).
+        """
+        if stop is None:
+            stop = event = threading.Event()
+            for sig in STOP_SIGNALS:
+                signal.signal(sig, lambda *_: event.set())
         while not stop.wait(0.5):
             with self._lock:
                 dead = self.supervisor.first_exited()

@@ -120,6 +120,27 @@ def test_kiln_dev_stops_every_child_in_order_on_each_stop_signal(tmp_path, sig):
     assert {name: "Traceback" for name, text in logs.items() if "Traceback" in text} == {}
 
 
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)
+def test_a_stop_signal_while_kiln_dev_starts_stops_what_had_started(tmp_path, sig):
+    proc = _kiln_dev(_app(tmp_path), tmp_path / "data", "--port", "0")
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "data" / "run" / "datastore_svc.log").exists():  # NATS is up, the services start
+            assert time.monotonic() < deadline and proc.poll() is None, "kiln dev did not start its services"
+            time.sleep(0.05)
+        children = _descendants(proc.pid)
+        os.killpg(proc.pid, sig)
+        out, _ = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    err = _stderr(tmp_path)
+    assert (proc.returncode, out) == (1, "kiln dev: stopped before serving\n"), err
+    assert "Traceback" not in err
+    assert children and [pid for pid in children if _alive(pid)] == []
+
+
 # --- each run's logs ---------------------------------------------------------------------------------------------
 
 
