@@ -17,17 +17,20 @@ bad usage or an invalid local file.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import pathlib
+import signal
 import sys
+import threading
 
 from kiln_platform import log as kiln_log
 from kiln.errors import KilnError
 
 
 def _dev(args: argparse.Namespace) -> int:
-    from deploy.dev import DevOptions, DevServer
+    from deploy.dev import STOP_SIGNALS, DevOptions, DevServer
     from kiln_platform.supervisor import StartError
 
     app_dir = pathlib.Path(args.app_dir)
@@ -42,26 +45,52 @@ def _dev(args: argparse.Namespace) -> int:
                       urlfetch_allow_internal=args.urlfetch_allow_internal)
     from kiln_platform import handover
     handover.undumpable()  # kiln dev holds every secret: no process of the same user may read its memory
+    # Ctrl-C, kill and the terminal closing all stop kiln dev the same way. While it starts, they interrupt the
+    # start (which stops what had started); once it serves, they end its wait and everything stops in order.
+    stop, starting = threading.Event(), threading.Event()
+    starting.set()
+
+    def on_stop_signal(signum: int, _frame: object) -> None:
+        stop.set()
+        if starting.is_set():
+            raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, on_stop_signal)
+    server = None
     try:
         server = DevServer(opts)
         server.start()
+        starting.clear()
     except KilnError as exc:
         print(f"kiln dev: {exc}", file=sys.stderr)
         return 2
     except StartError as exc:
         print(f"kiln dev: {exc}", file=sys.stderr)
         return 1
-    print(f"kiln dev: serving app {server.app_id!r} (version {server.version_id}, storage {opts.storage}) "
-          f"at {server.url}", flush=True)
-    print(f"kiln dev: mail goes to {server.outbox_dir}; SMTP for *@{server.app_id}.mail.localhost on "
-          f"{server.addresses['mail_smtp']}", flush=True)
-    print(f"kiln dev: data in {server.data_dir}; logs in {server.run_dir}; Ctrl-C stops", flush=True)
+    except KeyboardInterrupt:
+        starting.clear()
+        if server is not None:
+            server.stop()
+        _say("kiln dev: stopped before serving")
+        return 1
+    _say(f"kiln dev: serving app {server.app_id!r} (version {server.version_id}, storage {opts.storage}) "
+         f"at {server.url}")
+    _say(f"kiln dev: mail goes to {server.outbox_dir}; SMTP for *@{server.app_id}.mail.localhost on "
+         f"{server.addresses['mail_smtp']}")
+    _say(f"kiln dev: data in {server.data_dir}; logs in {server.run_dir}; Ctrl-C stops")
     try:
-        status = server.wait()
+        status = server.wait(stop)
     finally:
         server.stop()
-    print("kiln dev: stopped", flush=True)
+    _say("kiln dev: stopped")
     return status
+
+
+def _say(line: str) -> None:
+    """Print a line of kiln dev's own; once the terminal has closed (SIGHUP) there is no one to read it."""
+    with contextlib.suppress(OSError):
+        print(line, flush=True)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,12 +6,14 @@ engine by default, or on Cassandra), the router, and the instance manager
 (``runtime.manager``), which runs the app's instances as a deployment does:
 scaled by app.yaml's ``automatic_scaling``, replaced when they crash. Any Host reaches the app's default version. Data lives under
 ``--data-dir`` and survives restarts; ``--clear-datastore`` wipes it first,
-as dev_appserver's flag did. SIGINT/SIGTERM stop every child, last started first.
+as dev_appserver's flag did. SIGINT, SIGTERM and SIGHUP (the terminal closing) stop every child, last started
+first. A port already in use stops ``kiln dev`` before anything starts, with one line naming ``--port``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -20,12 +22,13 @@ import re
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 
 import grpc
 
-from kiln_platform.supervisor import Supervisor, python_module
+from kiln_platform.supervisor import StartError, Supervisor, python_module
 from kiln_platform import cronyaml
 from kiln_platform import appyaml, auth, cassandra, indexyaml, interpreters, natsauth
 from kiln_platform.config import STORAGE_ENGINES, CassandraHost, HostPort
@@ -53,6 +56,38 @@ class DevOptions:
     isolation: str = "none"
     network_isolation: str = "auto"  # with user isolation: the instance in a network of its own (runtime.manager)
     urlfetch_allow_internal: str = ""  # CIDR[;CIDR]: internal networks the app may fetch from
+
+
+# What stops kiln dev in order (every child stopped, last started first): Ctrl-C, kill, and the terminal closing.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class PortInUseError(StartError):
+    """The HTTP port ``kiln dev`` was asked to serve on is taken; the message names the fix."""
+
+    def __init__(self, host: str, port: int) -> None:
+        super().__init__(f"{host}:{port} is already in use (another kiln dev, or another server?); stop it, or "
+                         f"serve on another port: kiln dev APP_DIR --port {port + 1 if port < 65535 else 8081}")
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise :class:`PortInUseError` if nothing could listen on ``host:port`` now (port 0 is always free).
+
+    Binds as the router will (``SO_REUSEADDR``, so a port in TIME_WAIT counts as free).
+
+    Raises:
+        PortInUseError: something listens there already.
+    """
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.create_server((host, port), family=family):
+            pass
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise PortInUseError(host, port) from None
+        raise
 
 
 def default_data_dir(app_id: str) -> pathlib.Path:
@@ -102,6 +137,7 @@ class DevServer:
         if self.opts.storage not in STORAGE_ENGINES:
             raise ConfigError(f"--storage: must be embedded or cassandra, got {self.opts.storage!r}")
         CassandraHost.parse_list(self.opts.cassandra_hosts, "--cassandra-hosts")
+        check_port_free(self.opts.host, self.opts.port)  # before anything starts: one line, not a child's traceback
         self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.data_dir.chmod(0o700)  # the app's data, logs and keys; an older kiln left it open to all
         cassandra_hosts = ""
@@ -167,12 +203,18 @@ class DevServer:
         router_secrets = {"KILN_ROUTER_SESSION_SECRET": session,
                           "KILN_ROUTER_INBOUND_SECRET": inbound, "KILN_ROUTER_PLATFORM_SECRET": platform,
                           "KILN_ROUTER_NATS_URL": self.nats_url}
-        router = sup.start("router", python_module(
-            "router", "--listen", router_addr,
-            "--dev-app", f"{self.app_id}={self.version_id}",
-            "--app-dirs", f"{self.app_id}/{self.version_id}={self.opts.app_dir.resolve()}",
-            "--request-timeout-seconds", str(self.opts.request_deadline + 5),
-            "--ready-file", str(run / "router.addr")), env=env, secrets=router_secrets, ready_file=run / "router.addr")
+        try:
+            router = sup.start("router", python_module(
+                "router", "--listen", router_addr,
+                "--dev-app", f"{self.app_id}={self.version_id}",
+                "--app-dirs", f"{self.app_id}/{self.version_id}={self.opts.app_dir.resolve()}",
+                "--request-timeout-seconds", str(self.opts.request_deadline + 5),
+                "--ready-file", str(run / "router.addr")), env=env, secrets=router_secrets,
+                ready_file=run / "router.addr")
+        except StartError as exc:
+            if f"[Errno {errno.EADDRINUSE}]" in str(exc):  # taken since check_port_free
+                raise PortInUseError(self.opts.host, self.opts.port) from None
+            raise
         self.addresses["router"] = router.address
         router_port = HostPort.parse(router.address, "router address").port
         # URL Fetch: the app may call itself through the router (with X-AppEngine-Inbound-AppId), and reach
@@ -272,11 +314,16 @@ class DevServer:
             self._own_cassandra = False
         return codes
 
-    def wait(self) -> int:
-        """Block until SIGINT/SIGTERM or a child dies; returns the exit status for the CLI."""
-        stop = threading.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: stop.set())
+    def wait(self, stop: threading.Event | None = None) -> int:
+        """Block until ``stop`` is set or a child dies; returns the exit status for the CLI.
+
+        Without ``stop``, a :data:`STOP_SIGNALS` signal sets one (the handlers are installed here; the CLI installs
+        its own before starting, so that a signal during the start is not missed).
+        """
+        if stop is None:
+            stop = event = threading.Event()
+            for sig in STOP_SIGNALS:
+                signal.signal(sig, lambda *_: event.set())
         while not stop.wait(0.5):
             with self._lock:
                 dead = self.supervisor.first_exited()

@@ -4,7 +4,8 @@ Used by ``kiln dev``, the instance manager (``runtime.manager``) and the integra
 session (so a terminal's Ctrl-C reaches only the parent, which then stops the
 children in order) and gets ``PR_SET_PDEATHSIG`` so it dies with the parent
 even if the parent is killed outright. Readiness is a file the child writes
-with its bound address once it serves.
+with its bound address once it serves. Each child logs to ``RUN_DIR/NAME.log``, begun afresh by each supervisor
+(the previous run's is kept as ``NAME.log.1``).
 """
 
 from __future__ import annotations
@@ -93,6 +94,7 @@ class Supervisor:
         run_dir.mkdir(parents=True, exist_ok=True)
         run_dir.chmod(0o700)  # children's logs and addresses are the platform's alone
         self.children: list[Child] = []
+        self._logged: set[str] = set()  # names whose log this supervisor has started
 
     def spawn(self, name: str, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
               ready_file: pathlib.Path | None = None, confinement: Confinement | None = None,
@@ -105,6 +107,12 @@ class Supervisor:
         wrapper, which keeps them), as with :class:`subprocess.Popen`; no other descriptor of this process reaches it.
         """
         log_path = self.run_dir / f"{name}.log"
+        if name not in self._logged:
+            # Each run starts its logs fresh (the one before is kept as NAME.log.1), so a child's error shown at
+            # start is this run's; a child this supervisor restarts appends to its own earlier lines.
+            self._logged.add(name)
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(log_path, log_path.with_name(f"{name}.log.1"))
         if ready_file is not None:
             ready_file.unlink(missing_ok=True)
         child_env = dict(os.environ if env is None else env)

@@ -8,7 +8,11 @@ directory. kiln keeps that model and adds ``requirements.txt``:
 - :data:`CATALOG` lists the libraries kiln provides, each version pinned to
   exact wheels (with its dependencies, so the set is reproducible). They are
   installed once per host into a shared cache, owned by the platform; their
-  C extensions may load.
+  C extensions may load. App Engine's own names and versions of its libraries
+  resolve to these (:data:`APP_ENGINE_VERSIONS`); what Python 3's standard
+  library holds needs nothing, and what kiln cannot provide is refused naming
+  the alternative. A library PyPI has only as source (webapp2's Python 3
+  release) is built into a wheel once per host from its sdist, pinned by hash.
 - ``requirements.txt`` is installed at deploy time into that version's own
   directory (keyed by the file's hash), never into the platform's environment.
   Only wheels are used (``--only-binary :all:``), so installing runs none of
@@ -54,8 +58,13 @@ CATALOG: dict[str, dict[str, tuple[str, ...]]] = {
     "numpy": {"2.3": ("numpy==2.3.5",)},
     "PIL": {"12.0": ("pillow==12.0.0",), "13.0": ("pillow==13.0.0",)},
     "pytz": {"2026.1": ("pytz==2026.1",)},
+    "setuptools": {"84.2": ("setuptools==84.2.1",)},
     "six": {"1.17": ("six==1.17.0",)},
-    "webob": {"1.8": ("WebOb==1.8.9",)},
+    # webapp2's Python 3 release; PyPI has it only as source (see SOURCE_BUILDS). It imports ``cgi``, which
+    # Python 3.13 dropped: legacy-cgi provides it there, as WebOb itself requires.
+    "webapp2": {"3.0": ("webapp2==3.0.0b1", "WebOb==1.8.9", "six==1.17.0",
+                        'legacy-cgi==2.6.4; python_version >= "3.13"')},
+    "webob": {"1.8": ("WebOb==1.8.9", 'legacy-cgi==2.6.4; python_version >= "3.13"')},
     "werkzeug": {"3.1": ("Werkzeug==3.1.9", "MarkupSafe==3.0.3")},
     "yaml": {"6.0": ("PyYAML==6.0.3",)},
 }
@@ -124,6 +133,60 @@ GAE_SDK: dict[str, tuple[str, ...]] = {
     ),
 }
 
+# App Engine's Python 2.7 runtime offered its libraries under these names and versions. kiln serves each of them
+# with the newest Python 3 release it pins of that library (an app listing webob "1.1.1" gets WebOb 1.8): apps
+# written for Python 3 syntax already use those releases' APIs, and the old ones have no Python 3 build.
+APP_ENGINE_VERSIONS: dict[str, tuple[str, ...]] = {
+    "django": ("1.2", "1.3", "1.4", "1.5", "1.9", "1.11"),
+    "jinja2": ("2.6",),
+    "lxml": ("2.3", "2.3.5", "3.7.3"),
+    "markupsafe": ("0.15", "0.23"),
+    "numpy": ("1.6.1",),
+    "PIL": ("1.1.7",),
+    "pytz": ("2016.4", "2017.2", "2017.3"),
+    "setuptools": ("0.6c11", "36.6.0"),
+    "six": ("1.9.0", "1.12.0"),
+    "webapp2": ("2.3", "2.5.1", "2.5.2"),
+    "webob": ("1.1.1", "1.2.3"),
+    "werkzeug": ("0.11.10",),
+    "yaml": ("3.10",),
+}
+
+# App Engine's libraries that Python 3's standard library now holds (ssl, concurrent.futures, enum): there is
+# nothing to install, and the app imports them as it did.
+STANDARD_LIBRARY: dict[str, tuple[str, ...]] = {
+    "enum": ("0.9.23",),
+    "futures": ("3.0.5",),
+    "ssl": ("2.7", "2.7.11", "2.7.16"),
+}
+
+# App Engine's libraries that kiln cannot provide, each with what to use instead.
+NOT_PROVIDED: dict[str, str] = {
+    "backports.ssl_match_hostname": "Python 3's ssl module checks host names itself (ssl.create_default_context)",
+    "crcmod": "use zlib.crc32 or binascii.crc32 from the standard library, or vendor crcmod's pure-Python modules",
+    "endpoints": "Cloud Endpoints Frameworks are not part of kiln; serve JSON from a webapp2 or WSGI handler",
+    "grpcio": "apps cannot load kiln's own gRPC runtime; call kiln's services through google.appengine or kiln.api",
+    "matplotlib": "not in kiln's catalogue; draw charts in the browser, or with PIL",
+    "MySQLdb": "kiln has no Cloud SQL; use the datastore, or a pure-Python MySQL client (PyMySQL) in "
+               "requirements.txt with --urlfetch-allow-internal for the server's network",
+    "protobuf": "list protobuf in requirements.txt (its pure-Python implementation serves), or use google.appengine",
+    "protorpc": "ProtoRPC is not part of kiln; serve JSON from a webapp2 or WSGI handler",
+    "pycrypto": "PyCrypto has no Python 3 build and its successors load native code through ctypes, which the "
+                "sandbox refuses; use hashlib, hmac and secrets from the standard library, or a pure-Python "
+                "cipher package (such as pyaes) in requirements.txt",
+    "PyAMF": "PyAMF has no Python 3 release; serve JSON instead of AMF",
+    "ujson": "use the standard library's json",
+}
+
+# Distributions PyPI has only as source, by pin: the sdist's sha256 (a changed upload is refused). Each is built
+# into a wheel once per host and then installed like any other pin.
+SOURCE_BUILDS: dict[str, str] = {
+    "webapp2==3.0.0b1": "4215a2ab407f0e0ad1c1ec134ff5bebcdfd7995b0ce99c1cc9cc9ba28a6814ce",
+}
+
+# The build backend pip installs into the isolated environment that builds them, pinned.
+BUILD_CONSTRAINTS = ("setuptools==84.2.1",)
+
 INSTALL_TIMEOUT_SECONDS = 600
 # The SDK's distribution name, as requirements.txt names it (compared canonicalised: "appengine_python_standard"…).
 GAE_SDK_DISTRIBUTION = "appengine-python-standard"
@@ -149,20 +212,34 @@ class Environment:
 
 
 def resolve(name: str, version: str) -> tuple[str, ...]:
-    """The pinned distributions of a catalogued library.
+    """The pinned distributions of a catalogued library (none for what the standard library holds).
+
+    App Engine's own versions of a library (:data:`APP_ENGINE_VERSIONS`) resolve to the newest release kiln pins.
 
     Raises:
-        ConfigError: kiln does not provide that library or version; the message lists what it does.
+        ConfigError: kiln does not provide that library or version; the message lists what it does, or names
+            what to use instead.
     """
+    if name in NOT_PROVIDED:
+        raise ConfigError(f"libraries: kiln cannot provide {name!r}: {NOT_PROVIDED[name]}")
+    if name in STANDARD_LIBRARY:
+        if version != "latest" and version not in STANDARD_LIBRARY[name]:
+            raise ConfigError(f"libraries: {name} {version!r} is not one of App Engine's versions "
+                              f"({', '.join(STANDARD_LIBRARY[name])}, latest); Python 3's standard library has it")
+        return ()
     versions = CATALOG.get(name)
     if versions is None:
-        raise ConfigError(f"libraries: kiln does not provide {name!r}; it provides {', '.join(sorted(CATALOG, key=str.lower))} "
+        raise ConfigError(f"libraries: kiln does not provide {name!r}; it provides "
+                          f"{', '.join(sorted(CATALOG, key=str.lower))} "
                           "(vendor other pure-Python packages in the app directory, or list them in requirements.txt)")
-    if version == "latest":
-        version = max(versions, key=lambda v: tuple(int(p) for p in v.split(".")))
+    newest = max(versions, key=_version_key)
+    app_engine = APP_ENGINE_VERSIONS.get(name, ())
+    if version == "latest" or version in app_engine:
+        version = newest
     if version not in versions:
+        also = f" (App Engine's {', '.join(app_engine)} mean {newest})" if app_engine else ""
         raise ConfigError(f"libraries: {name} {version!r} is not provided; versions: {', '.join(sorted(versions))}, "
-                          "latest")
+                          f"latest{also}")
     return versions[version]
 
 
@@ -251,9 +328,13 @@ def prepare(app_dir: pathlib.Path, config: appyaml.AppConfig, cache_dir: pathlib
     library_dirs = []
     for lib in config.libraries:
         pins = resolve(lib.name, lib.version)
-        key = _cache_key(python, pins)
-        library_dirs.append(_install(cache_dir / "libraries" / f"{lib.name}-{key}", pins, deps=False,
-                                     what=f"library {lib.name} {lib.version}", python=python))
+        if not pins:
+            continue  # the standard library has it
+        target = cache_dir / "libraries" / f"{lib.name}-{_cache_key(python, pins)}"
+        if not target.is_dir():
+            pins = tuple(str(built_wheel(cache_dir / "wheels", pin)) if pin in SOURCE_BUILDS else pin for pin in pins)
+        library_dirs.append(_install(target, pins, deps=False, what=f"library {lib.name} {lib.version}",
+                                     python=python))
     requirements_dir = None
     req_file = app_dir / "requirements.txt"
     lines = read_requirements(req_file) if req_file.is_file() else []
@@ -273,6 +354,50 @@ def _cache_key(python: interpreters.Interpreter, requirements: Sequence[str]) ->
     text = "\n".join([*requirements, f"python{python.version[0]}.{python.version[1]}",
                       sys.version if python.own else str(python.executable)])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def built_wheel(wheels_dir: pathlib.Path, pin: str) -> pathlib.Path:
+    """The wheel of a :data:`SOURCE_BUILDS` pin, built once per host from its sdist (whose sha256 must match).
+
+    pip downloads the sdist, checks its hash and builds it in an isolated environment with the pinned
+    :data:`BUILD_CONSTRAINTS`; nothing from pip's cache is used, so the wheel comes from the checked sdist. The
+    wheels built are pure Python (``py3-none-any``): one serves every interpreter.
+
+    Raises:
+        ConfigError: the download, the hash check or the build failed; the message says which.
+    """
+    sha256 = SOURCE_BUILDS[pin]
+    name, version = pin.split("==")
+
+    def build(tmp: pathlib.Path) -> None:
+        requirement, constraints = tmp / ".requirement.txt", tmp / ".build-constraints.txt"
+        requirement.write_text(f"{pin} --hash=sha256:{sha256}\n")
+        constraints.write_text("".join(f"{c}\n" for c in BUILD_CONSTRAINTS))
+        _pip_wheel(["--no-deps", "--no-cache-dir", "--no-binary", name, "--require-hashes",
+                    "--build-constraint", str(constraints), "--wheel-dir", str(tmp), "-r", str(requirement)],
+                   what=f"{name} {version}: building its wheel from the sdist (sha256 {sha256})")
+        requirement.unlink()
+        constraints.unlink()
+
+    target = install_atomically(wheels_dir / f"{name}-{version}-{sha256[:16]}", build)
+    wheels = sorted(target.glob("*.whl"))
+    if len(wheels) != 1:
+        raise ConfigError(f"{name} {version}: {target} should hold one wheel, holds {len(wheels)}; remove it")
+    return wheels[0]
+
+
+def _pip_wheel(args: list[str], *, what: str) -> None:
+    cmd = [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check", "--no-input", *args]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=INSTALL_TIMEOUT_SECONDS)
+    except subprocess.TimeoutExpired:
+        raise ConfigError(f"{what}: pip did not finish within {INSTALL_TIMEOUT_SECONDS} s") from None
+    if done.returncode != 0:
+        detail = (done.stderr.strip().splitlines() or ["(no output)"])[-1].strip()
+        got = re.search(r"^\s*Got\s+([0-9a-f]{64})$", done.stderr, re.MULTILINE)
+        if "DO NOT MATCH THE HASHES" in done.stderr and got:
+            detail = f"the downloaded file's sha256 is {got[1]}, not the pinned one: refused (the upload changed)"
+        raise ConfigError(f"{what}: {detail}")
 
 
 def _install(target: pathlib.Path, requirements: tuple[str, ...], *, deps: bool, what: str,

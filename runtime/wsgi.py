@@ -76,6 +76,9 @@ def build_environ(req: http_pb2.HttpRequest, info: InstanceInfo) -> dict[str, An
         "wsgi.version": (1, 0),
         "wsgi.url_scheme": req.scheme or "http",
         "wsgi.input": io.BytesIO(req.body),
+        # The body is in memory and seekable: WebOb (webapp2's base) reads it in place instead of copying it into
+        # a temporary file, which the sandbox refuses (webapp2 copies any body: request_body_tempfile_limit 0).
+        "webob.is_body_seekable": True,
         "wsgi.errors": sys.stderr,
         "wsgi.multithread": True,
         "wsgi.multiprocess": True,

@@ -1,7 +1,8 @@
 """One request the whole way: HTTP -> router -> NATS -> runtime -> WSGI app -> datastore and back.
 
-These start the suite exactly as ``kiln dev`` does (DevServer), with the
-guestbook example, on the embedded engine and on a real Cassandra.
+These start the suite exactly as ``kiln dev`` does (DevServer), with a guestbook
+written against ``kiln.ext.db`` (tests/integration/kilnbook), on the embedded engine
+and on a real Cassandra. (The bundled example on Google's SDK: test_guestbook.py.)
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from tests.integration.conftest import ROOT
 
 pytestmark = pytest.mark.nats
 
-GUESTBOOK = ROOT / "examples" / "guestbook"
+GUESTBOOK = ROOT / "tests" / "integration" / "kilnbook"
 
 
 def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:

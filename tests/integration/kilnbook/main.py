@@ -1,4 +1,6 @@
-"""A guestbook: App Engine's classic first app, on kiln.
+"""A guestbook written against kiln's own API (``kiln.ext.db``): the end-to-end tests' app.
+
+(The bundled example, ``examples/guestbook``, is App Engine's canonical guestbook on Google's SDK.)
 
 Greetings are ``db.Model`` entities, children of one guestbook key, so listing
 them is an ancestor query: strongly consistent, as App Engine's tutorial
