@@ -288,6 +288,9 @@ def _start_in_request(self: threading.Thread) -> None:
     _original_start(self)
 
 
+_MISSING = object()
+
+
 class _RequestEnviron(MutableMapping[str, str]):
     """``os.environ`` with the current request's variables on top (see module docstring)."""
 
@@ -302,6 +305,20 @@ class _RequestEnviron(MutableMapping[str, str]):
         if overlay is not None and key in overlay:
             return overlay[key]
         return self._base[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        # Looked up many times per API call by Google's SDK (ndb reads its context from os.environ): without
+        # raising KeyError for each variable that is not set.
+        overlay = self._overlay()
+        if overlay is not None:
+            found = overlay.get(key, _MISSING)
+            if found is not _MISSING:
+                return found
+        return self._base.get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        overlay = self._overlay()
+        return (overlay is not None and key in overlay) or key in self._base
 
     def __setitem__(self, key: str, value: str) -> None:
         overlay = self._overlay()
