@@ -344,9 +344,27 @@ def prepare(app_dir: pathlib.Path, config: appyaml.AppConfig, cache_dir: pathlib
     if sdk_version is not None:
         library_dirs.append(sdk_dir(sdk_version, cache_dir, python=python))
     if lines:
-        requirements_dir = _install(cache_dir / "requirements" / _cache_key(python, lines), tuple(lines),
-                                    deps=True, what="requirements.txt", python=python)
+        try:
+            requirements_dir = _install(cache_dir / "requirements" / _cache_key(python, lines), tuple(lines),
+                                        deps=True, what="requirements.txt", python=python)
+        except ConfigError as exc:
+            raise ConfigError(_where_pip_failed(req_file, lines, str(exc), python)) from None
     return Environment(tuple(library_dirs), requirements_dir)
+
+
+def _where_pip_failed(req_file: pathlib.Path, lines: Sequence[str], message: str,
+                      python: interpreters.Interpreter) -> str:
+    """pip's failure for ``requirements.txt``, led by the file and line of the requirement pip names, and the fix."""
+    detail = message.rpartition(": ")[2]
+    for line in lines:
+        name = Requirement(line).name
+        if re.search(rf"(?<![\w.-]){re.escape(name)}(?![\w.-])", detail, re.IGNORECASE):
+            number = _line_number(req_file, name)
+            version = f"{python.version[0]}.{python.version[1]}"
+            return (f"{req_file.name}:{number}: pip could not install {line!r} for Python {version}: {detail} "
+                    "(kiln installs wheels only: pick a version with a wheel for this Python on the package index, "
+                    "or vendor a pure-Python copy in the app's directory)")
+    return message
 
 
 def _cache_key(python: interpreters.Interpreter, requirements: Sequence[str]) -> str:

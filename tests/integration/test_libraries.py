@@ -123,9 +123,10 @@ def test_a_requirements_line_with_options_stops_the_deploy_naming_the_line(tmp_p
             pass
 
 
-def test_a_requirement_that_cannot_be_installed_stops_the_deploy(tmp_path):
-    files = {"main.py": MAIN, "requirements.txt": "kiln-no-such-package-anywhere==1.0\n"}
-    with pytest.raises(StartError, match="requirements.txt: could not install"):
+def test_a_requirement_that_cannot_be_installed_stops_the_deploy_naming_its_line_and_the_fix(tmp_path):
+    files = {"main.py": MAIN, "requirements.txt": "six\n# the next one does not exist\nkiln-no-such-package-anywhere==1.0\n"}
+    with pytest.raises(StartError, match=r"requirements.txt:3: pip could not install 'kiln-no-such-package-anywhere"
+                                         r"==1.0' for Python 3\.\d+: .*kiln installs wheels only"):
         with running(tmp_path / "missing", files):
             pass
     assert not list((pathlib.Path.home() / ".cache" / "kiln" / "requirements").glob(".installing-*"))

@@ -119,3 +119,24 @@ def test_source_builds_are_pinned_to_an_exact_version_and_a_sha256():
         assert re.fullmatch(r"[A-Za-z0-9_.-]+==[0-9][0-9a-z.]*", pin)
         assert re.fullmatch(r"[0-9a-f]{64}", sha256)
     assert all(re.fullmatch(r"[A-Za-z0-9_.-]+==[0-9.]+", c) for c in libraries.BUILD_CONSTRAINTS)
+
+
+def test_pips_failure_names_the_line_of_the_requirement_pip_names_not_one_whose_name_it_contains(tmp_path):
+    from kiln_platform import interpreters
+
+    req_file = tmp_path / "requirements.txt"
+    req_file.write_text("six\n\nsixteen==1.0\n")
+    message = libraries._where_pip_failed(req_file, ["six", "sixteen==1.0"],
+                                          "requirements.txt: could not install six sixteen==1.0: ERROR: No matching "
+                                          "distribution found for sixteen==1.0", interpreters.own())
+    assert message.startswith("requirements.txt:3: pip could not install 'sixteen==1.0' for Python 3.")
+    assert message.endswith("vendor a pure-Python copy in the app's directory)")
+
+
+def test_pips_failure_naming_no_requirement_is_passed_on_as_it_is(tmp_path):
+    from kiln_platform import interpreters
+
+    req_file = tmp_path / "requirements.txt"
+    req_file.write_text("six\n")
+    message = "requirements.txt: could not install six: ERROR: network is unreachable"
+    assert libraries._where_pip_failed(req_file, ["six"], message, interpreters.own()) == message
