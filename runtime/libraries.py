@@ -192,6 +192,10 @@ INSTALL_TIMEOUT_SECONDS = 600
 GAE_SDK_DISTRIBUTION = "appengine-python-standard"
 # The version a ``runtime: python27`` app gets: App Engine bundled its SDK with that runtime.
 GAE_SDK_BUNDLED = "3.1.0"
+# What the SDK kiln bundles with python27 apps leaves out: Pillow, which the SDK itself needs only for its local
+# images stub (kiln's images service decodes images), and which App Engine's python27 gave an app only when
+# ``libraries:`` named PIL. A Python 3 app that lists the SDK in requirements.txt gets it all, as pip would.
+GAE_SDK_NOT_BUNDLED = frozenset({"pillow"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -289,17 +293,26 @@ def sdk_requirement(req_file: pathlib.Path, lines: list[str]) -> tuple[str | Non
     return None, lines
 
 
-def sdk_dir(version: str, cache_dir: pathlib.Path, *,
-            python: interpreters.Interpreter | None = None) -> pathlib.Path:
+def sdk_pins(version: str, *, bundled: bool = False) -> tuple[str, ...]:
+    """The distributions installed for the SDK ``version``: all its pins, or for the SDK kiln bundles with python27
+    apps, those less :data:`GAE_SDK_NOT_BUNDLED`."""
+    pins = GAE_SDK[version]
+    if not bundled:
+        return pins
+    return tuple(p for p in pins if Requirement(p).name.lower() not in GAE_SDK_NOT_BUNDLED)
+
+
+def sdk_dir(version: str, cache_dir: pathlib.Path, *, python: interpreters.Interpreter | None = None,
+            bundled: bool = False) -> pathlib.Path:
     """Google's App Engine SDK ``version`` with its pinned dependencies, installed once per host (and Python)."""
-    return _install(sdk_target(version, cache_dir, python=python), GAE_SDK[version], deps=False,
-                    what=f"{GAE_SDK_DISTRIBUTION} {version}", python=python)
+    return _install(sdk_target(version, cache_dir, python=python, bundled=bundled), sdk_pins(version, bundled=bundled),
+                    deps=False, what=f"{GAE_SDK_DISTRIBUTION} {version}", python=python)
 
 
-def sdk_target(version: str, cache_dir: pathlib.Path, *,
-               python: interpreters.Interpreter | None = None) -> pathlib.Path:
+def sdk_target(version: str, cache_dir: pathlib.Path, *, python: interpreters.Interpreter | None = None,
+               bundled: bool = False) -> pathlib.Path:
     """Where :func:`sdk_dir` installs the SDK ``version`` for ``python`` (kiln's own by default)."""
-    key = _cache_key(python or interpreters.own(), GAE_SDK[version])
+    key = _cache_key(python or interpreters.own(), sdk_pins(version, bundled=bundled))
     return cache_dir / "libraries" / f"{GAE_SDK_DISTRIBUTION}-{key}"
 
 
@@ -339,10 +352,11 @@ def prepare(app_dir: pathlib.Path, config: appyaml.AppConfig, cache_dir: pathlib
     req_file = app_dir / "requirements.txt"
     lines = read_requirements(req_file) if req_file.is_file() else []
     sdk_version, lines = sdk_requirement(req_file, lines)
-    if sdk_version is None and config.runtime == "python27":
+    bundled = sdk_version is None and config.runtime == "python27"
+    if bundled:
         sdk_version = GAE_SDK_BUNDLED
     if sdk_version is not None:
-        library_dirs.append(sdk_dir(sdk_version, cache_dir, python=python))
+        library_dirs.append(sdk_dir(sdk_version, cache_dir, python=python, bundled=bundled))
     if lines:
         try:
             requirements_dir = _install(cache_dir / "requirements" / _cache_key(python, lines), tuple(lines),

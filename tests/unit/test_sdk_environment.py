@@ -23,6 +23,7 @@ def cache(tmp_path):
     """A library cache where the SDK is already installed (no pip: an empty stand-in directory)."""
     cache = tmp_path / "cache"
     libraries.sdk_target(libraries.GAE_SDK_BUNDLED, cache).mkdir(parents=True)
+    libraries.sdk_target(libraries.GAE_SDK_BUNDLED, cache, bundled=True).mkdir(parents=True)
     return cache
 
 
@@ -38,7 +39,7 @@ def app(tmp_path: pathlib.Path, yaml: str, requirements: str | None = None) -> t
 def test_a_python27_app_gets_the_bundled_sdk_as_a_platform_library(tmp_path, cache):
     app_dir, config = app(tmp_path, PY27)
     env = libraries.prepare(app_dir, config, cache)
-    assert env.library_dirs == (libraries.sdk_target("3.1.0", cache),)
+    assert env.library_dirs == (libraries.sdk_target("3.1.0", cache, bundled=True),)
     assert env.requirements_dir is None
 
 
@@ -130,3 +131,8 @@ def test_runtime_owned_variables_never_come_from_a_header_that_reached_the_runti
 def test_the_newest_pinned_sdk_the_specifier_admits_is_chosen(tmp_path, line, version):
     found, rest = libraries.sdk_requirement(tmp_path / "requirements.txt", [line, "flask==3.1.3"])
     assert (found, rest) == (version, ["flask==3.1.3"])
+
+
+def test_the_sdk_bundled_with_python27_apps_leaves_pillow_to_libraries_and_nothing_else():
+    full, bundled = libraries.sdk_pins("3.1.0"), libraries.sdk_pins("3.1.0", bundled=True)
+    assert set(full) - set(bundled) == {"pillow==13.0.0"}
