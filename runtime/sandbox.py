@@ -103,6 +103,7 @@ and its app's NATS user, and inherits no descriptor but its standard ones.
 from __future__ import annotations
 
 import builtins
+import functools
 import importlib
 import importlib.abc
 import importlib.machinery
@@ -358,12 +359,14 @@ class _ImportGuard(importlib.abc.MetaPathFinder):
         provided = {_module_name(entry) for d in dirs if d.is_dir() for entry in d.iterdir()} - {""}
         versions = _distribution_versions(dirs)
         self._places.shared = _shared_files([pathlib.Path(d) for d in self._places.libraries])
+        site_versions: dict[str, str] | None = None
         for name in provided - APP_PACKAGES - set(sys.builtin_module_names):
             module = sys.modules.get(name)
             where = os.path.realpath(getattr(module, "__file__", None) or "") if module is not None else ""
             if where and _under(where, self._places.site):
-                if name in versions and versions[name] == _distribution_versions(
-                        [pathlib.Path(p) for p in site.getsitepackages()]).get(name):
+                if site_versions is None:  # read once: scanning the environment's metadata is slow
+                    site_versions = _distribution_versions([pathlib.Path(p) for p in site.getsitepackages()])
+                if name in versions and versions[name] == site_versions.get(name):
                     # The very version kiln loaded (Google's SDK pins grpcio, protobuf… to kiln's): the app uses the
                     # loaded copy, as its own. A second copy of a C extension such as gRPC's core would split its
                     # classes in two (an error raised by one copy is not the other's ``RpcError``).
@@ -384,30 +387,45 @@ class _ImportGuard(importlib.abc.MetaPathFinder):
 def _shared_files(library_dirs: Sequence[pathlib.Path]) -> frozenset[str]:
     """The files of kiln's environment whose distribution a selected library ships at the very same version
     (kiln's transports excepted: their code stays the library's alone)."""
-    site_dists = {dist.metadata["Name"].lower().replace("_", "-"): dist
-                  for dist in importlib.metadata.distributions(path=site.getsitepackages())}
+    site_dists = {name: (version, dist) for name, version, dist in
+                  _distributions([pathlib.Path(p) for p in site.getsitepackages()])}
     out: set[str] = set()
-    for dist in importlib.metadata.distributions(path=[str(d) for d in library_dirs if d.is_dir()]):
-        mine = site_dists.get(dist.metadata["Name"].lower().replace("_", "-"))
-        if mine is None or mine.version != dist.version:
+    for name, version, _ in _distributions(library_dirs):
+        mine = site_dists.get(name)
+        if mine is None or mine[0] != version:
             continue
-        files = [f for f in mine.files or () if str(f).endswith((".py", ".pyc", ".so"))]
+        files = [f for f in mine[1].files or () if str(f).endswith((".py", ".pyc", ".so"))]
         if {str(f).split("/")[0].removesuffix(".py") for f in files} & _TRANSPORTS:
             continue
-        out.update(os.path.realpath(str(mine.locate_file(f))) for f in files)
+        out.update(os.path.realpath(str(mine[1].locate_file(f))) for f in files)
     return frozenset(out)
+
+
+def _distributions(dirs: Sequence[pathlib.Path]) -> list[tuple[str, str, importlib.metadata.Distribution]]:
+    """(normalised name, version, distribution) of each distribution installed in ``dirs``; the metadata is read
+    once each per process (parsing it is most of the cost of an instance's start when a library brings many)."""
+    return _distributions_in(tuple(str(d) for d in dirs if d.is_dir()))
+
+
+@functools.lru_cache(maxsize=8)
+def _distributions_in(dirs: tuple[str, ...]) -> list[tuple[str, str, importlib.metadata.Distribution]]:
+    out = []
+    for dist in importlib.metadata.distributions(path=list(dirs)):
+        meta = dist.metadata
+        out.append((str(meta["Name"]).lower().replace("_", "-"), str(meta["Version"]), dist))
+    return out
 
 
 def _distribution_versions(dirs: Sequence[pathlib.Path]) -> dict[str, str]:
     """Top-level module name -> the version of the distribution installed in ``dirs`` that provides it."""
     out: dict[str, str] = {}
-    for dist in importlib.metadata.distributions(path=[str(d) for d in dirs if d.is_dir()]):
+    for _, version, dist in _distributions(dirs):
         names = (dist.read_text("top_level.txt") or "").split()
         if not names:
             names = [str(f).split("/")[0].removesuffix(".py") for f in dist.files or () if "/" in str(f)
                      and not str(f).split("/")[0].endswith((".dist-info", ".libs", ".data"))]
         for name in names:
-            out.setdefault(name, dist.version)
+            out.setdefault(name, version)
     return out
 
 
