@@ -12,6 +12,7 @@ import grpc
 import pytest
 
 from kiln.pb.datastore.v1 import datastore_pb2 as pb
+from tests.integration import indexes
 from tests.integration.conftest import app_metadata
 
 pytestmark = pytest.mark.nats
@@ -54,20 +55,7 @@ class Client:
             query.offset = max(0, query.offset - batch.skipped_results)
 
     def indexes(self, *defs, remove_unlisted=False):
-        req = pb.UpdateIndexesRequest(remove_unlisted=remove_unlisted)
-        for kind, ancestor, props in defs:
-            index = req.indexes.add(kind=kind, ancestor=ancestor)
-            for name in props:
-                index.properties.add(property=pb.PropertyReference(name=name.lstrip("-")),
-                                     direction=DESC if name.startswith("-") else ASC)
-        self.stub.UpdateIndexes(req, metadata=self.md)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            states = [i.state for i in self.stub.ListIndexes(pb.ListIndexesRequest(), metadata=self.md).indexes]
-            if len(states) == len(defs) and all(s == pb.CompositeIndex.STATE_SERVING for s in states):
-                return
-            time.sleep(0.1)
-        raise AssertionError(f"indexes did not become SERVING: {states}")
+        indexes.declare(self.stub, self.md, *defs, remove_unlisted=remove_unlisted)
 
 
 @pytest.fixture

@@ -19,8 +19,8 @@ import pytest
 from kiln_platform import auth
 from kiln.api import _rpc, datastore, datastore_errors, users
 from kiln.ext import db
-from kiln.pb.datastore.v1 import datastore_pb2 as pb
 from kiln.pb.datastore.v1 import datastore_pb2_grpc
+from tests.integration import indexes
 from tests.integration.conftest import SECRET, app_metadata
 
 pytestmark = pytest.mark.nats
@@ -35,25 +35,8 @@ class App:
 
     def declare_indexes(self, *defs: tuple[str, bool, list[str]]) -> None:
         """Declare composite indexes, as ``kiln deploy`` does with index.yaml, and wait until they serve."""
-        req = pb.UpdateIndexesRequest()
-        for kind, ancestor, props in defs:
-            index = req.indexes.add(kind=kind, ancestor=ancestor)
-            for name in props:
-                index.properties.add(
-                    property=pb.PropertyReference(name=name.lstrip("-")),
-                    direction=pb.PropertyOrder.DIRECTION_DESCENDING if name.startswith("-")
-                    else pb.PropertyOrder.DIRECTION_ASCENDING)
-        md = app_metadata(self.app_id)
         with grpc.insecure_channel(self.addr) as channel:
-            stub = datastore_pb2_grpc.DatastoreServiceStub(channel)
-            stub.UpdateIndexes(req, metadata=md)
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                states = [i.state for i in stub.ListIndexes(pb.ListIndexesRequest(), metadata=md).indexes]
-                if len(states) == len(defs) and all(s == pb.CompositeIndex.STATE_SERVING for s in states):
-                    return
-                time.sleep(0.1)
-        raise AssertionError(f"indexes did not become SERVING: {states}")
+            indexes.declare(datastore_pb2_grpc.DatastoreServiceStub(channel), app_metadata(self.app_id), *defs)
 
 
 @pytest.fixture(params=["embedded", pytest.param("cassandra", marks=pytest.mark.cassandra)])

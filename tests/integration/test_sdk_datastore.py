@@ -9,13 +9,12 @@ app of its own, on the embedded engine and on a real Cassandra node.
 from __future__ import annotations
 
 import datetime
-import time
 
 import grpc
 import pytest
 
-from kiln.pb.datastore.v1 import datastore_pb2 as pb
 from kiln.pb.datastore.v1 import datastore_pb2_grpc
+from tests.integration import indexes
 from tests.integration.conftest import app_metadata
 from tests.integration.sdkds import gae_sdk, on_google_stub, sdk_fixture, start_app  # noqa: F401 - fixtures
 
@@ -37,24 +36,8 @@ def m(sdk):
 
 def declare_indexes(sdk, *defs: tuple[str, bool, list[str]]) -> None:
     """Declare composite indexes, as ``kiln deploy`` does with index.yaml, and wait until they serve."""
-    req = pb.UpdateIndexesRequest()
-    for kind, ancestor, props in defs:
-        index = req.indexes.add(kind=kind, ancestor=ancestor)
-        for name in props:
-            index.properties.add(property=pb.PropertyReference(name=name.lstrip("-")),
-                                 direction=pb.PropertyOrder.DIRECTION_DESCENDING if name.startswith("-")
-                                 else pb.PropertyOrder.DIRECTION_ASCENDING)
-    md = app_metadata(sdk.app_id)
     with grpc.insecure_channel(sdk.addr) as channel:
-        stub = datastore_pb2_grpc.DatastoreServiceStub(channel)
-        stub.UpdateIndexes(req, metadata=md)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            states = [i.state for i in stub.ListIndexes(pb.ListIndexesRequest(), metadata=md).indexes]
-            if len(states) == len(defs) and all(s == pb.CompositeIndex.STATE_SERVING for s in states):
-                return
-            time.sleep(0.05)
-    raise AssertionError(f"indexes did not become SERVING: {states}")
+        indexes.declare(datastore_pb2_grpc.DatastoreServiceStub(channel), app_metadata(sdk.app_id), *defs)
 
 
 def items(m, **values_by_name):
