@@ -413,39 +413,31 @@ def _sleep(seconds: float | SupportsIndex) -> None:
 
 
 def _condition_wait(self: threading.Condition, timeout: float | None = None) -> bool:
-    """``Condition.wait`` that ends its waits at the request's deadline, and then waits on in short slices."""
-    deadline: _Deadline | None = getattr(_local, "deadline", None)
-    if deadline is None:
-        return _original_condition_wait(self, timeout)
-    end = None if timeout is None else time.monotonic() + timeout
-    while True:
-        step = deadline.step()
-        if end is not None:
-            left = end - time.monotonic()
-            if left <= step:
-                return _original_condition_wait(self, max(left, 0.0))
-        # The lock is held again between slices, so no notify is missed.
-        if _original_condition_wait(self, min(step, threading.TIMEOUT_MAX)):
-            return True
+    """``Condition.wait`` that ends its waits at the request's deadline, and then waits on in short slices (the lock
+    is held again between slices, so no notify is missed)."""
+    return bool(_in_slices(lambda seconds: _original_condition_wait(self, seconds), timeout))
 
 
 def _thread_join(self: threading.Thread, timeout: float | None = None) -> None:
     """``Thread.join`` that ends its waits at the request's deadline, and then waits on in short slices."""
+    _in_slices(lambda seconds: (_original_join(self, seconds), not self.is_alive())[1], timeout)
+
+
+def _in_slices(wait: Callable[[float | None], bool], timeout: float | None) -> bool:
+    """``wait(seconds)`` (true once what it waits for happened) for at most ``timeout``, in slices that end at the
+    request's deadline and after it every :attr:`_Deadline.POLL_SECONDS`, so the timer's exception can land."""
     deadline: _Deadline | None = getattr(_local, "deadline", None)
     if deadline is None:
-        _original_join(self, timeout)
-        return
+        return wait(timeout)
     end = None if timeout is None else time.monotonic() + timeout
     while True:
         step = deadline.step()
         if end is not None:
             left = end - time.monotonic()
             if left <= step:
-                _original_join(self, max(left, 0.0))
-                return
-        _original_join(self, min(step, threading.TIMEOUT_MAX))
-        if not self.is_alive():
-            return
+                return wait(max(left, 0.0))
+        if wait(min(step, threading.TIMEOUT_MAX)):
+            return True
 
 
 def _install_deadline_waits() -> None:
