@@ -7,13 +7,11 @@ environment", "Request logs", "The request timer", and the getting-started guest
 
 from __future__ import annotations
 
-import http.client
 import re
-import urllib.parse
 
 import pytest
 
-from tests.integration.apps import running
+from tests.integration.apps import request, running, sign_in
 
 pytestmark = pytest.mark.nats
 
@@ -153,25 +151,6 @@ def server(tmp_path_factory):
     files = {"main.py": MAIN, "mymodule.py": MYMODULE, "env.py": ENV, "cgi_main.py": CGI_MAIN}
     with running(tmp_path_factory.mktemp("docsamples"), files, app_yaml=APP_YAML, request_deadline=3) as srv:
         yield srv
-
-
-def request(server, path, *, method="GET", headers=None, body=None):
-    address, _, port = server.addresses["router"].rpartition(":")
-    conn = http.client.HTTPConnection(address, int(port), timeout=60)
-    try:
-        conn.request(method, path, body=body, headers={"Host": f"localhost:{port}", **(headers or {})})
-        resp = conn.getresponse()
-        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
-    finally:
-        conn.close()
-
-
-def sign_in(server, email_address):
-    status, headers, _ = request(server, "/_ah/login?continue=/", method="POST",
-                                 body=urllib.parse.urlencode({"email": email_address}),
-                                 headers={"Content-Type": "application/x-www-form-urlencoded"})
-    assert status == 302
-    return headers["set-cookie"].split(";")[0]
 
 
 def test_app_caching_keeps_imported_modules_between_requests(server):

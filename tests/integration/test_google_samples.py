@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import email.message
 import email.policy
-import http.client
 import pathlib
 import shutil
 import smtplib
@@ -41,17 +40,6 @@ def sample(request, tmp_path_factory):
     shutil.copytree(SAMPLES / request.param, app_dir, dirs_exist_ok=True)
     with running(app_dir, {}, app_yaml=(app_dir / "app.yaml").read_text()) as srv:
         yield srv
-
-
-def call(server, path, *, method="GET", headers=None, body=None):
-    address, _, port = server.addresses["router"].rpartition(":")
-    conn = http.client.HTTPConnection(address, int(port), timeout=60)
-    try:
-        conn.request(method, path, body=body, headers={"Host": f"localhost:{port}", **(headers or {})})
-        resp = conn.getresponse()
-        return resp.status, resp.read()
-    finally:
-        conn.close()
 
 
 def _metadata(server):
@@ -90,16 +78,16 @@ def outbox(server, subject: str) -> list[mail_pb.OutboxMessage]:
 
 
 def test_the_samples_form_is_served(sample):
-    status, body = call(sample, "/")
+    status, _, body = apps.request(sample, "/")
     assert status == 200
     assert b"<h1>Send Email from App Engine</h1>" in body
 
 
 def test_the_sample_sends_mail_from_its_appspotmail_address_delivered_from_the_apps_mail_domain(sample):
     recipient = f"friend-{time.monotonic_ns()}@example.org"
-    status, body = call(sample, "/", method="POST", body=urllib.parse.urlencode({"email": recipient,
-                                                                                 "body": "hello there"}),
-                        headers={"Content-Type": "application/x-www-form-urlencoded"})
+    form = urllib.parse.urlencode({"email": recipient, "body": "hello there"})
+    status, _, body = apps.request(sample, "/", method="POST", body=form,
+                                   headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert (status, body) == (201, f"Successfully sent mail to {recipient}.".encode())
     found: list[mail_pb.OutboxMessage] = []
     apps.wait_for(lambda: found.extend(m for m in outbox(sample, "App Engine Outgoing Email")

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import datetime
 import html
-import http.client
 import re
 import shutil
 import urllib.parse
 
 import pytest
 
-from tests.integration.apps import running
+from tests.integration import apps
+from tests.integration.apps import running, sign_in
 from tests.integration.conftest import ROOT
 
 pytestmark = pytest.mark.nats
@@ -34,27 +34,13 @@ def server(tmp_path_factory):
 
 def request(server, path, *, method="GET", cookie=None, form=None):
     """One request through the router: status, headers (lower-case names), body as text."""
-    address, _, port = server.addresses["router"].rpartition(":")
-    conn = http.client.HTTPConnection(address, int(port), timeout=60)
-    headers = {"Host": f"localhost:{port}"}
+    headers = {"Cookie": cookie} if cookie else {}
     body = None
-    if cookie:
-        headers["Cookie"] = cookie
     if form is not None:
         body = urllib.parse.urlencode(form)
         headers["Content-Type"] = "application/x-www-form-urlencoded"
-    try:
-        conn.request(method, path, body=body, headers=headers)
-        resp = conn.getresponse()
-        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read().decode("utf-8", "replace")
-    finally:
-        conn.close()
-
-
-def sign_in(server, email):
-    status, headers, _ = request(server, "/_ah/login?continue=/", method="POST", form={"email": email})
-    assert status == 302
-    return headers["set-cookie"].split(";")[0]
+    status, found, raw = apps.request(server, path, method=method, headers=headers, body=body)
+    return status, found, raw.decode("utf-8", "replace")
 
 
 def sign(server, content, *, book="default_guestbook", cookie=None):

@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import email
 import email.policy
-import http.client
 import json
 import smtplib
 import textwrap
-import urllib.parse
 
 import grpc
 import pytest
@@ -19,7 +17,7 @@ from kiln_platform import auth
 from kiln.pb.mail.v1 import mail_pb2 as pb
 from kiln.pb.mail.v1 import mail_pb2_grpc
 from tests.integration import apps
-from tests.integration.apps import running
+from tests.integration.apps import request, running, sign_in
 
 pytestmark = pytest.mark.nats
 
@@ -85,25 +83,6 @@ MAIN = textwrap.dedent('''
 def server(tmp_path_factory):
     with running(tmp_path_factory.mktemp("mailapp"), {"main.py": MAIN}, app_yaml=APP_YAML) as srv:
         yield srv
-
-
-def request(server, path, *, method="GET", headers=None, body=None):
-    address, _, port = server.addresses["router"].rpartition(":")
-    conn = http.client.HTTPConnection(address, int(port), timeout=30)
-    try:
-        conn.request(method, path, body=body, headers={"Host": f"localhost:{port}", **(headers or {})})
-        resp = conn.getresponse()
-        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
-    finally:
-        conn.close()
-
-
-def sign_in(server, email_address):
-    status, headers, _ = request(server, "/_ah/login?continue=/x", method="POST",
-                                 body=urllib.parse.urlencode({"email": email_address}),
-                                 headers={"Content-Type": "application/x-www-form-urlencoded"})
-    assert status == 302
-    return headers["set-cookie"].split(";")[0]
 
 
 def outbox(server):
