@@ -10,7 +10,6 @@ import email.policy
 import http.client
 import pathlib
 import shutil
-import time
 import urllib.parse
 
 import grpc
@@ -20,6 +19,7 @@ from deploy import cli
 from kiln.pb.mail.v1 import mail_pb2 as mail_pb
 from kiln.pb.mail.v1 import mail_pb2_grpc
 from kiln_platform.supervisor import python_module
+from tests.integration import apps
 from tests.integration.conftest import ROOT, app_metadata, service_env
 from tests.integration.test_control_plane import start_control, token
 
@@ -78,14 +78,7 @@ def call(cluster, app: str, path: str = "/", *, form: dict[str, str] | None = No
 
 def wait_serving(cluster, app: str, path: str = "/", seconds: float = 240) -> None:
     """Until the app's first version answers 200 (the first deploy installs its libraries and Python)."""
-    deadline = time.monotonic() + seconds
-    last = None
-    while time.monotonic() < deadline:
-        last = call(cluster, app, path)
-        if last[0] == 200:
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"{app} never served; last answer {last}")
+    apps.wait_for(lambda: call(cluster, app, path)[0] == 200, seconds)
 
 
 def test_the_deployed_guestbook_stores_and_lists_a_greeting_through_ndb(cluster):
@@ -103,18 +96,16 @@ def test_googles_flask_mail_sample_sends_mail_after_kiln_deploy(cluster):
     wait_serving(cluster, "mailsample")
     status, body = call(cluster, "mailsample", "/", form={"email": "friend@example.org", "body": "from a cluster"})
     assert (status, body) == (201, "Successfully sent mail to friend@example.org.")
-    channel = grpc.insecure_channel(cluster["mail"])
-    try:
-        stub = mail_pb2_grpc.MailServiceStub(channel)
-        deadline = time.monotonic() + 30
-        found = []
-        while not found and time.monotonic() < deadline:
-            found = [m for m in stub.ListOutbox(mail_pb.ListOutboxRequest(), metadata=app_metadata("mailsample"),
-                                                timeout=30).messages if m.subject == "App Engine Outgoing Email"]
-            time.sleep(0.1)
-    finally:
-        channel.close()
-    assert found, "the sample's mail never reached the outbox"
+    found: list[mail_pb.OutboxMessage] = []
+
+    def kept() -> list[mail_pb.OutboxMessage]:
+        with grpc.insecure_channel(cluster["mail"]) as channel:
+            found[:] = [m for m in mail_pb2_grpc.MailServiceStub(channel).ListOutbox(
+                mail_pb.ListOutboxRequest(), metadata=app_metadata("mailsample"), timeout=30).messages
+                if m.subject == "App Engine Outgoing Email"]
+        return found
+
+    apps.wait_for(kept, 30)
     message = email.message_from_bytes(found[0].raw, policy=email.policy.default)
     assert message["From"].addresses[0].username == "demo-app"
     assert message.get_content().strip() == "from a cluster"
