@@ -5,7 +5,6 @@ log at once. Through router, NATS, runtime and logs_svc under ``kiln dev``."""
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 import textwrap
 
@@ -100,13 +99,14 @@ def app_log_of(server, path: str) -> list[tuple[int, str]]:
     before = {r.request_id for r in query(server)}
     status, _, _ = apps.fetch(server, path)
     assert status == 200
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        new = [r for r in query(server) if r.request_id not in before and r.resource == path]
-        if new:
-            return [(line.level, line.message) for line in new[0].app_logs]
-        time.sleep(0.1)
-    raise AssertionError(f"no request log for {path}")
+    new: list[logs_pb2.RequestLog] = []
+
+    def logged() -> list[logs_pb2.RequestLog]:
+        new[:] = [r for r in query(server) if r.request_id not in before and r.resource == path]
+        return new
+
+    apps.wait_for(logged, 20)
+    return [(line.level, line.message) for line in new[0].app_logs]
 
 
 def instance_log(server) -> str:
