@@ -25,6 +25,8 @@ import time
 import traceback
 import urllib.parse
 import uuid
+from typing import Any
+
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -107,7 +109,7 @@ class _Running:
 
     ident: int  # the thread running it
     deadline: kiln_runtime._Deadline
-    environ: dict[str, str] = dataclasses.field(default_factory=dict)
+    environ: dict[str, Any] = dataclasses.field(default_factory=dict)  # its WSGI environ (read only if it overruns)
 
 
 class Instance:
@@ -336,7 +338,9 @@ class Instance:
             if running is None:
                 return
             _SET_ASYNC_EXC(ctypes.c_ulong(running.ident), ctypes.py_object(kiln_runtime.DeadlineExceededError))
-        requestscope.deadline_passed(running.deadline, running.environ)
+        # A copy of the request's string variables, taken only now that the request overran (not on every request).
+        requestscope.deadline_passed(running.deadline,
+                                     {k: v for k, v in dict(running.environ).items() if isinstance(v, str)})
 
     def _deadline_error(self, req: http_pb2.HttpRequest) -> http_pb2.HttpResponse:
         resp = _error(500, f"request exceeded its {self.cfg.request_deadline_seconds:g} s deadline",
@@ -371,7 +375,7 @@ class Instance:
             # The SDK's API ticket lives as long as the request may (its grace included); the timer's hook
             # (runtime.appengine) cancels the request's calls in flight through it.
             with tickets.opened(self.app_id, environ, expires_at=running.deadline.hard_at):
-                running.environ = {k: v for k, v in environ.items() if isinstance(v, str)}
+                running.environ = environ
                 with requestscope.serving(environ, lines, running.deadline):
                     resp = app(environ) if isinstance(app, CgiScript) else call_app(app, environ)
         except BadResponseHeaderError as exc:
