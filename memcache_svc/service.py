@@ -50,13 +50,34 @@ class MemcacheService(memcache_pb2_grpc.MemcacheServiceServicer):
         app = grpcserver.caller_app()
         check_namespace(request.namespace)
         check_batch(len(request.keys))
-        out = pb.GetResponse()
         for key in request.keys:
             check_key(key)
+        if request.for_peek:
+            return self._peek(app, request)
+        out = pb.GetResponse()
+        for key in request.keys:
             item = self._cache.get((app, request.namespace, key))
             if item is not None:
                 out.items.add(key=key, value=item.value, flags=item.flags,
                               cas_id=item.cas if request.for_cas else 0)
+        return out
+
+    def _peek(self, app: str, request: pb.GetRequest) -> pb.GetResponse:
+        out = pb.GetResponse()
+        for key in request.keys:
+            peeked = self._cache.peek((app, request.namespace, key))
+            if peeked is None:
+                continue
+            reply = out.items.add(key=key, delete_locked=peeked.locked_until > 0)
+            reply.timestamps.delete_lock_time = int(peeked.locked_until)
+            if peeked.item is None:  # locked: as the SDK's stub, it "expires" when the lock ends
+                reply.timestamps.expiration_time = int(peeked.locked_until)
+                reply.timestamps.last_access_time = int(peeked.locked_accessed)
+                continue
+            reply.value, reply.flags = peeked.item.value, peeked.item.flags
+            reply.cas_id = peeked.item.cas if request.for_cas else 0
+            reply.timestamps.expiration_time = int(peeked.item.expires)
+            reply.timestamps.last_access_time = int(peeked.item.accessed)
         return out
 
     async def Set(self, request: pb.SetRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.SetResponse:

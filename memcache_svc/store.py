@@ -10,6 +10,11 @@ relative seconds and larger ones absolute Unix times; ``delete`` with
 ``seconds`` locks the key out of ``add`` (and ``replace``) for that long;
 ``incr`` wraps at 2**64 and ``decr`` stops at zero; a value that is not a
 decimal number cannot be incremented.
+
+The lock-out follows Google's SDK stub (the reference): only a key that was
+there is locked; a plain ``set`` stores over the lock and ends it; ``add``,
+``replace`` and ``cas`` are refused while it lasts; a locked key is a miss for
+``get`` and shown, valueless, by :meth:`Cache.peek`.
 """
 
 from __future__ import annotations
@@ -41,6 +46,16 @@ class Item:
         return len(key[2]) + len(self.value) + ITEM_OVERHEAD
 
 
+@dataclasses.dataclass(frozen=True)
+class Peeked:
+    """What a peek reports about one key: its item (None while delete-locked) and, if locked, until when and when
+    the deleted item was last accessed."""
+
+    item: Item | None
+    locked_until: float = 0.0
+    locked_accessed: float = 0.0
+
+
 @dataclasses.dataclass
 class Stats:
     hits: int = 0
@@ -66,7 +81,7 @@ class Cache:
         self.max_bytes = max_bytes
         self._clock = clock
         self._items: collections.OrderedDict[Key, Item] = collections.OrderedDict()
-        self._locked: dict[Key, float] = {}
+        self._locked: dict[Key, tuple[float, float]] = {}  # until, the deleted item's last access
         self._stats: dict[str, Stats] = collections.defaultdict(Stats)
         self._bytes = 0
         self._cas = itertools.count(1)
@@ -87,7 +102,7 @@ class Cache:
         self._bytes -= item.size(key)
         stats = self._stats[key[0]]
         stats.items -= 1
-        stats.bytes -= len(item.value)
+        stats.bytes -= len(key[2]) + len(item.value)
 
     def _store(self, key: Key, value: bytes, flags: int, expires: float, now: float) -> None:
         if key in self._items:
@@ -97,13 +112,13 @@ class Cache:
         self._bytes += item.size(key)
         stats = self._stats[key[0]]
         stats.items += 1
-        stats.bytes += len(value)
+        stats.bytes += len(key[2]) + len(value)
         while self._bytes > self.max_bytes and self._items:
             self._remove(next(iter(self._items)))  # least recently used first
 
     def _is_locked(self, key: Key, now: float) -> bool:
-        until = self._locked.get(key)
-        if until is None:
+        until = self._locked.get(key, (0.0, 0.0))[0]
+        if not until:
             return False
         if until <= now:
             del self._locked[key]
@@ -120,20 +135,40 @@ class Cache:
             if count:
                 stats.misses += 1
             return None
-        item.accessed = now
+        if not item.expires:  # as the SDK's stub: an item that expires keeps the access time it was stored with
+            item.accessed = now
         self._items.move_to_end(key)
         if count:
             stats.hits += 1
-            stats.byte_hits += len(item.value)
+            stats.byte_hits += len(key[2]) + len(item.value)
         return item
+
+    def peek(self, key: Key) -> Peeked | None:
+        """The item and its lock-out without touching it: its last access and LRU place stay as they were. A
+        delete-locked key is reported with no item; a missing one is None. Counted as a hit, as the SDK's stub does."""
+        now = self._clock()
+        item = self._live(key, now)
+        locked = self._is_locked(key, now)
+        if item is None and not locked:
+            self._stats[key[0]].misses += 1
+            return None
+        stats = self._stats[key[0]]
+        stats.hits += 1
+        stats.byte_hits += len(key[2]) + (len(item.value) if item is not None else 0)
+        if locked:
+            until, accessed = self._locked[key]
+            return Peeked(item, until, accessed)
+        return Peeked(item)
 
     def set(self, key: Key, value: bytes, flags: int, expiration: int, policy: str, cas: int = 0) -> str:
         """Store under ``policy`` (set, add, replace, cas); returns STORED, NOT_STORED or EXISTS."""
         now = self._clock()
         current = self._live(key, now)
-        if policy == "add" and (current is not None or self._is_locked(key, now)):
+        if policy != "set" and self._is_locked(key, now):
             return "NOT_STORED"
-        if policy == "replace" and (current is None or self._is_locked(key, now)):
+        if policy == "add" and current is not None:
+            return "NOT_STORED"
+        if policy == "replace" and current is None:
             return "NOT_STORED"
         if policy == "cas":
             if current is None:
@@ -142,22 +177,25 @@ class Cache:
                 return "EXISTS"
         if len(key[2]) + len(value) + ITEM_OVERHEAD > self.max_bytes:
             return "NOT_STORED"
+        self._locked.pop(key, None)
         self._store(key, value, flags, absolute_expiry(expiration, now), now)
         return "STORED"
 
     def delete(self, key: Key, lockout_seconds: int = 0) -> bool:
-        """Remove; True if it was there. ``lockout_seconds`` keeps ``add``/``replace`` from storing it meanwhile."""
+        """Remove; True if it was there. ``lockout_seconds`` then keeps ``add``/``replace``/``cas`` from storing
+        it meanwhile (a key that was not there is not locked)."""
         now = self._clock()
-        found = self._live(key, now) is not None
-        if found:
-            self._remove(key)
+        item = self._live(key, now)
+        if item is None:
+            return False
+        self._remove(key)
         if lockout_seconds > 0:
-            self._locked[key] = absolute_expiry(lockout_seconds, now)
-        return found
+            self._locked[key] = (absolute_expiry(lockout_seconds, now), item.accessed)
+        return True
 
     def incr(self, key: Key, delta: int, decrement: bool, initial: int | None, initial_flags: int = 0) -> int | None:
-        """The new value, or None if the key is missing and no ``initial`` was given (an item created from
-        ``initial`` gets ``initial_flags``).
+        """The new value, or None if the key is missing (or delete-locked) and no ``initial`` was given (an item
+        created from ``initial`` gets ``initial_flags``).
 
         Raises:
             ValueError: the stored value is not a decimal number below 2**64.
@@ -168,6 +206,7 @@ class Cache:
             if initial is None:
                 return None
             current, flags, expires = initial, initial_flags, 0.0
+            self._locked.pop(key, None)  # a counter created from ``initial`` ends a lock-out, as in the SDK's stub
         else:
             text = item.value.strip()
             if not text.isdigit() or int(text) >= U64:
@@ -186,11 +225,15 @@ class Cache:
         item.expires = absolute_expiry(expiration, now)
         return True
 
-    def flush(self, app: str) -> None:
+    def flush(self, app: str, *, reset_stats: bool = True) -> None:
+        """Remove every item and lock-out of ``app``; its counters start again unless ``reset_stats`` is false
+        (App Engine's flush, as the SDK's stub, resets them; memcached's ``flush_all`` keeps them)."""
         for key in [k for k in self._items if k[0] == app]:
             self._remove(key)
         for key in [k for k in self._locked if k[0] == app]:
             del self._locked[key]
+        if reset_stats:
+            self._stats[app] = Stats()
 
     def stats(self, app: str) -> tuple[Stats, int]:
         """The app's statistics and the age, in seconds, of its least recently used item."""
@@ -205,7 +248,7 @@ class Cache:
                    if item.expires and item.expires <= now]
         for key in expired:
             self._remove(key)
-        for key in [k for k, until in self._locked.items() if until <= now]:
+        for key in [k for k, (until, _) in self._locked.items() if until <= now]:
             del self._locked[key]
         return len(expired)
 

@@ -99,7 +99,7 @@ class _Session:
             found = self._cache.touch(self._k(_key(args[0])), _number(args[1], "exptime"))
             reply = b"TOUCHED\r\n" if found else b"NOT_FOUND\r\n"
         elif cmd == b"flush_all":
-            self._cache.flush(self._app)
+            self._cache.flush(self._app, reset_stats=False)  # memcached keeps its counters
             reply = b"OK\r\n"
         elif cmd == b"stats":
             reply = self._stats()

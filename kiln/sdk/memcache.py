@@ -11,8 +11,8 @@ answers as a miss, ``ERROR``/``OTHER_ERROR`` statuses or ``UNAVAILABLE``, which 
 ``None``/``False`` as App Engine's did. A request the service refuses as invalid is ``INVALID_VALUE``; an app whose
 identity it refuses, ``PERMISSION_DENIED``; another app's cache (``override``) is refused the same way.
 
-``for_peek``: kiln's memcache does not report an item's timestamps; a peek returns the item with empty
-timestamps (``0``: unknown).
+``for_peek`` is kiln's peek: each item's expiry, last access and delete lock-out (absolute seconds), delete-locked
+keys included without a value, and the items' last access and eviction order left as they were.
 """
 
 from __future__ import annotations
@@ -71,15 +71,17 @@ def _get(request: gae.MemcacheGetRequest, response: gae.MemcacheGetResponse) -> 
     by_shard: dict[str, pb.GetRequest] = {}
     for key in request.key:
         by_shard.setdefault(ring.shard_for(key), pb.GetRequest(
-            namespace=request.name_space, for_cas=request.for_cas)).keys.append(key)
+            namespace=request.name_space, for_cas=request.for_cas, for_peek=request.for_peek)).keys.append(key)
     for reply in _calls("Get", by_shard).values():
         for item in reply.items if reply is not None else ():
             out = response.item.add(key=item.key, value=item.value, flags=item.flags)
             if request.for_cas:
                 out.cas_id = item.cas_id
             if request.for_peek:
-                out.timestamps.SetInParent()
-                out.is_delete_locked = False
+                out.is_delete_locked = item.delete_locked
+                out.timestamps.expiration_time_sec = item.timestamps.expiration_time
+                out.timestamps.last_access_time_sec = item.timestamps.last_access_time
+                out.timestamps.delete_lock_time_sec = item.timestamps.delete_lock_time
 
 
 def _set(request: gae.MemcacheSetRequest, response: gae.MemcacheSetResponse) -> None:

@@ -131,7 +131,7 @@ def test_stats_count_this_apps_hits_misses_and_items(as_app):
     memcache.get("a")
     memcache.get("missing")
     stats = memcache.get_stats()
-    assert (stats["hits"], stats["misses"], stats["byte_hits"], stats["items"], stats["bytes"]) == (1, 1, 4, 2, 8)
+    assert (stats["hits"], stats["misses"], stats["byte_hits"], stats["items"], stats["bytes"]) == (1, 1, 5, 2, 10)
 
 
 def test_flush_all_empties_only_this_apps_cache(as_app):

@@ -60,14 +60,61 @@ def test_cas_stores_only_if_unchanged_since_read(cache):
     assert cache.set(K, b"3", 0, 0, "cas", cache.get(K).cas) == "STORED"
 
 
-def test_delete_with_seconds_locks_out_add(cache, clock):
+def test_delete_with_seconds_locks_out_add_replace_and_cas_until_it_ends(cache, clock):
     cache.set(K, b"1", 0, 0, "set")
+    seen = cache.get(K).cas
     assert cache.delete(K, lockout_seconds=5) is True
-    assert cache.set(K, b"2", 0, 0, "add") == "NOT_STORED"
-    assert cache.set(K, b"2", 0, 0, "set") == "STORED"  # set ignores the lock-out, as on App Engine
-    cache.delete(K, lockout_seconds=5)
+    assert [cache.set(K, b"2", 0, 0, policy, seen) for policy in ("add", "replace", "cas")] == ["NOT_STORED"] * 3
     clock.now += 6
     assert cache.set(K, b"2", 0, 0, "add") == "STORED"
+
+
+def test_a_plain_set_stores_over_a_lock_out_and_ends_it(cache):
+    cache.set(K, b"1", 0, 0, "set")
+    cache.delete(K, lockout_seconds=5)
+    assert cache.set(K, b"2", 0, 0, "set") == "STORED"
+    assert cache.set(K, b"3", 0, 0, "replace") == "STORED"
+
+
+def test_deleting_a_missing_key_with_seconds_locks_nothing(cache):
+    assert cache.delete(K, lockout_seconds=5) is False
+    assert cache.set(K, b"1", 0, 0, "add") == "STORED"
+
+
+def test_a_counter_created_from_its_initial_value_ends_a_lock_out(cache):
+    cache.set(K, b"1", 0, 0, "set")
+    cache.delete(K, lockout_seconds=5)
+    assert cache.incr(K, 1, False, None) is None
+    assert cache.incr(K, 1, False, 10) == 11
+    assert cache.set(K, b"3", 0, 0, "replace") == "STORED"
+
+
+def test_peek_reports_expiry_last_access_and_leaves_them_alone(cache, clock):
+    cache.set(K, b"v", 0, 0, "set")
+    stored_at = clock.now
+    clock.now += 5
+    peeked = cache.peek(K)
+    assert (peeked.item.value, peeked.item.expires, peeked.item.accessed, peeked.locked_until) == (
+        b"v", 0.0, stored_at, 0.0)
+    cache.get(K)
+    assert cache.peek(K).item.accessed == stored_at + 5
+
+
+def test_peek_shows_a_delete_locked_key_without_an_item(cache, clock):
+    cache.set(K, b"v", 0, 0, "set")
+    cache.delete(K, lockout_seconds=30)
+    assert cache.get(K) is None
+    peeked = cache.peek(K)
+    assert (peeked.item, peeked.locked_until) == (None, clock.now + 30)
+
+
+def test_peek_does_not_move_an_item_in_the_eviction_order(clock):
+    small = Cache(3 * (1 + 1 + ITEM_OVERHEAD), clock)
+    for name in (b"a", b"b", b"c"):
+        small.set(("app", "", name), b"v", 0, 0, "set")
+    small.peek(("app", "", b"a"))
+    small.set(("app", "", b"d"), b"v", 0, 0, "set")
+    assert small.peek(("app", "", b"a")) is None and small.peek(("app", "", b"b")) is not None
 
 
 def test_incr_wraps_at_two_to_the_64_and_decr_floors_at_zero(cache):
@@ -118,5 +165,15 @@ def test_stats_count_hits_misses_and_bytes(cache, clock):
     cache.get(("app", "", b"missing"))
     clock.now += 7
     stats, oldest = cache.stats("app")
-    assert (stats.hits, stats.misses, stats.byte_hits, stats.items, stats.bytes) == (1, 1, 5, 1, 5)
+    # As the SDK's stub counts them: a key's bytes with its value's.
+    assert (stats.hits, stats.misses, stats.byte_hits, stats.items, stats.bytes) == (1, 1, 6, 1, 6)
     assert oldest == 7
+
+
+def test_a_flush_starts_the_apps_counters_again_unless_told_to_keep_them(cache):
+    cache.set(K, b"v", 0, 0, "set")
+    cache.get(K)
+    cache.flush("app", reset_stats=False)
+    assert cache.stats("app")[0].hits == 1
+    cache.flush("app")
+    assert (cache.stats("app")[0].hits, cache.stats("app")[0].items) == (0, 0)

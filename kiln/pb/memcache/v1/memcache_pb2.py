@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"kiln/pb/memcache/v1/memcache.proto\x12\x13kiln.pb.memcache.v1\"U\n\x04Item\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\r\n\x05\x66lags\x18\x03 \x01(\r\x12\x12\n\nexpiration\x18\x04 \x01(\x03\x12\x0e\n\x06\x63\x61s_id\x18\x05 \x01(\x04\">\n\nGetRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04keys\x18\x02 \x03(\x0c\x12\x0f\n\x07\x66or_cas\x18\x03 \x01(\x08\"7\n\x0bGetResponse\x12(\n\x05items\x18\x01 \x03(\x0b\x32\x19.kiln.pb.memcache.v1.Item\"y\n\nSetRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12(\n\x05items\x18\x02 \x03(\x0b\x32\x19.kiln.pb.memcache.v1.Item\x12.\n\x06policy\x18\x03 \x01(\x0e\x32\x1e.kiln.pb.memcache.v1.SetPolicy\"?\n\x0bSetResponse\x12\x30\n\x08statuses\x18\x01 \x03(\x0e\x32\x1e.kiln.pb.memcache.v1.SetStatus\"I\n\rDeleteRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04keys\x18\x02 \x03(\x0c\x12\x17\n\x0flockout_seconds\x18\x03 \x01(\x03\"E\n\x0e\x44\x65leteResponse\x12\x33\n\x08statuses\x18\x01 \x03(\x0e\x32!.kiln.pb.memcache.v1.DeleteStatus\"\x99\x01\n\x10IncrementRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\x0c\x12\r\n\x05\x64\x65lta\x18\x03 \x01(\x04\x12\x11\n\tdecrement\x18\x04 \x01(\x08\x12\x1a\n\rinitial_value\x18\x05 \x01(\x04H\x00\x88\x01\x01\x12\x15\n\rinitial_flags\x18\x06 \x01(\rB\x10\n\x0e_initial_value\"9\n\x11IncrementResponse\x12\x16\n\tnew_value\x18\x01 \x01(\x04H\x00\x88\x01\x01\x42\x0c\n\n_new_value\"\x0e\n\x0c\x46lushRequest\"\x0f\n\rFlushResponse\"\x0e\n\x0cStatsRequest\"w\n\rStatsResponse\x12\x0c\n\x04hits\x18\x01 \x01(\x04\x12\x0e\n\x06misses\x18\x02 \x01(\x04\x12\x11\n\tbyte_hits\x18\x03 \x01(\x04\x12\r\n\x05items\x18\x04 \x01(\x04\x12\r\n\x05\x62ytes\x18\x05 \x01(\x04\x12\x17\n\x0foldest_item_age\x18\x06 \x01(\x04*{\n\tSetPolicy\x12\x1a\n\x16SET_POLICY_UNSPECIFIED\x10\x00\x12\x12\n\x0eSET_POLICY_SET\x10\x01\x12\x12\n\x0eSET_POLICY_ADD\x10\x02\x12\x16\n\x12SET_POLICY_REPLACE\x10\x03\x12\x12\n\x0eSET_POLICY_CAS\x10\x04*\x86\x01\n\tSetStatus\x12\x1a\n\x16SET_STATUS_UNSPECIFIED\x10\x00\x12\x15\n\x11SET_STATUS_STORED\x10\x01\x12\x19\n\x15SET_STATUS_NOT_STORED\x10\x02\x12\x14\n\x10SET_STATUS_ERROR\x10\x03\x12\x15\n\x11SET_STATUS_EXISTS\x10\x04*e\n\x0c\x44\x65leteStatus\x12\x1d\n\x19\x44\x45LETE_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15\x44\x45LETE_STATUS_DELETED\x10\x01\x12\x1b\n\x17\x44\x45LETE_STATUS_NOT_FOUND\x10\x02\x32\xf4\x03\n\x0fMemcacheService\x12H\n\x03Get\x12\x1f.kiln.pb.memcache.v1.GetRequest\x1a .kiln.pb.memcache.v1.GetResponse\x12H\n\x03Set\x12\x1f.kiln.pb.memcache.v1.SetRequest\x1a .kiln.pb.memcache.v1.SetResponse\x12Q\n\x06\x44\x65lete\x12\".kiln.pb.memcache.v1.DeleteRequest\x1a#.kiln.pb.memcache.v1.DeleteResponse\x12Z\n\tIncrement\x12%.kiln.pb.memcache.v1.IncrementRequest\x1a&.kiln.pb.memcache.v1.IncrementResponse\x12N\n\x05\x46lush\x12!.kiln.pb.memcache.v1.FlushRequest\x1a\".kiln.pb.memcache.v1.FlushResponse\x12N\n\x05Stats\x12!.kiln.pb.memcache.v1.StatsRequest\x1a\".kiln.pb.memcache.v1.StatsResponseBH\n\x17\x64\x65v.kiln.pb.memcache.v1P\x01Z+kiln.dev/gen/kiln/pb/memcache/v1;memcachev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"kiln/pb/memcache/v1/memcache.proto\x12\x13kiln.pb.memcache.v1\"\xa1\x01\n\x04Item\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\r\n\x05\x66lags\x18\x03 \x01(\r\x12\x12\n\nexpiration\x18\x04 \x01(\x03\x12\x0e\n\x06\x63\x61s_id\x18\x05 \x01(\x04\x12\x33\n\ntimestamps\x18\x06 \x01(\x0b\x32\x1f.kiln.pb.memcache.v1.Timestamps\x12\x15\n\rdelete_locked\x18\x07 \x01(\x08\"Y\n\nTimestamps\x12\x17\n\x0f\x65xpiration_time\x18\x01 \x01(\x03\x12\x18\n\x10last_access_time\x18\x02 \x01(\x03\x12\x18\n\x10\x64\x65lete_lock_time\x18\x03 \x01(\x03\"P\n\nGetRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04keys\x18\x02 \x03(\x0c\x12\x0f\n\x07\x66or_cas\x18\x03 \x01(\x08\x12\x10\n\x08\x66or_peek\x18\x04 \x01(\x08\"7\n\x0bGetResponse\x12(\n\x05items\x18\x01 \x03(\x0b\x32\x19.kiln.pb.memcache.v1.Item\"y\n\nSetRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12(\n\x05items\x18\x02 \x03(\x0b\x32\x19.kiln.pb.memcache.v1.Item\x12.\n\x06policy\x18\x03 \x01(\x0e\x32\x1e.kiln.pb.memcache.v1.SetPolicy\"?\n\x0bSetResponse\x12\x30\n\x08statuses\x18\x01 \x03(\x0e\x32\x1e.kiln.pb.memcache.v1.SetStatus\"I\n\rDeleteRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04keys\x18\x02 \x03(\x0c\x12\x17\n\x0flockout_seconds\x18\x03 \x01(\x03\"E\n\x0e\x44\x65leteResponse\x12\x33\n\x08statuses\x18\x01 \x03(\x0e\x32!.kiln.pb.memcache.v1.DeleteStatus\"\x99\x01\n\x10IncrementRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\x0c\x12\r\n\x05\x64\x65lta\x18\x03 \x01(\x04\x12\x11\n\tdecrement\x18\x04 \x01(\x08\x12\x1a\n\rinitial_value\x18\x05 \x01(\x04H\x00\x88\x01\x01\x12\x15\n\rinitial_flags\x18\x06 \x01(\rB\x10\n\x0e_initial_value\"9\n\x11IncrementResponse\x12\x16\n\tnew_value\x18\x01 \x01(\x04H\x00\x88\x01\x01\x42\x0c\n\n_new_value\"\x0e\n\x0c\x46lushRequest\"\x0f\n\rFlushResponse\"\x0e\n\x0cStatsRequest\"w\n\rStatsResponse\x12\x0c\n\x04hits\x18\x01 \x01(\x04\x12\x0e\n\x06misses\x18\x02 \x01(\x04\x12\x11\n\tbyte_hits\x18\x03 \x01(\x04\x12\r\n\x05items\x18\x04 \x01(\x04\x12\r\n\x05\x62ytes\x18\x05 \x01(\x04\x12\x17\n\x0foldest_item_age\x18\x06 \x01(\x04*{\n\tSetPolicy\x12\x1a\n\x16SET_POLICY_UNSPECIFIED\x10\x00\x12\x12\n\x0eSET_POLICY_SET\x10\x01\x12\x12\n\x0eSET_POLICY_ADD\x10\x02\x12\x16\n\x12SET_POLICY_REPLACE\x10\x03\x12\x12\n\x0eSET_POLICY_CAS\x10\x04*\x86\x01\n\tSetStatus\x12\x1a\n\x16SET_STATUS_UNSPECIFIED\x10\x00\x12\x15\n\x11SET_STATUS_STORED\x10\x01\x12\x19\n\x15SET_STATUS_NOT_STORED\x10\x02\x12\x14\n\x10SET_STATUS_ERROR\x10\x03\x12\x15\n\x11SET_STATUS_EXISTS\x10\x04*e\n\x0c\x44\x65leteStatus\x12\x1d\n\x19\x44\x45LETE_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15\x44\x45LETE_STATUS_DELETED\x10\x01\x12\x1b\n\x17\x44\x45LETE_STATUS_NOT_FOUND\x10\x02\x32\xf4\x03\n\x0fMemcacheService\x12H\n\x03Get\x12\x1f.kiln.pb.memcache.v1.GetRequest\x1a .kiln.pb.memcache.v1.GetResponse\x12H\n\x03Set\x12\x1f.kiln.pb.memcache.v1.SetRequest\x1a .kiln.pb.memcache.v1.SetResponse\x12Q\n\x06\x44\x65lete\x12\".kiln.pb.memcache.v1.DeleteRequest\x1a#.kiln.pb.memcache.v1.DeleteResponse\x12Z\n\tIncrement\x12%.kiln.pb.memcache.v1.IncrementRequest\x1a&.kiln.pb.memcache.v1.IncrementResponse\x12N\n\x05\x46lush\x12!.kiln.pb.memcache.v1.FlushRequest\x1a\".kiln.pb.memcache.v1.FlushResponse\x12N\n\x05Stats\x12!.kiln.pb.memcache.v1.StatsRequest\x1a\".kiln.pb.memcache.v1.StatsResponseBH\n\x17\x64\x65v.kiln.pb.memcache.v1P\x01Z+kiln.dev/gen/kiln/pb/memcache/v1;memcachev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,38 +33,40 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kiln.pb.memcache.v1.memcach
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\027dev.kiln.pb.memcache.v1P\001Z+kiln.dev/gen/kiln/pb/memcache/v1;memcachev1'
-  _globals['_SETPOLICY']._serialized_start=986
-  _globals['_SETPOLICY']._serialized_end=1109
-  _globals['_SETSTATUS']._serialized_start=1112
-  _globals['_SETSTATUS']._serialized_end=1246
-  _globals['_DELETESTATUS']._serialized_start=1248
-  _globals['_DELETESTATUS']._serialized_end=1349
-  _globals['_ITEM']._serialized_start=59
-  _globals['_ITEM']._serialized_end=144
-  _globals['_GETREQUEST']._serialized_start=146
-  _globals['_GETREQUEST']._serialized_end=208
-  _globals['_GETRESPONSE']._serialized_start=210
-  _globals['_GETRESPONSE']._serialized_end=265
-  _globals['_SETREQUEST']._serialized_start=267
-  _globals['_SETREQUEST']._serialized_end=388
-  _globals['_SETRESPONSE']._serialized_start=390
-  _globals['_SETRESPONSE']._serialized_end=453
-  _globals['_DELETEREQUEST']._serialized_start=455
-  _globals['_DELETEREQUEST']._serialized_end=528
-  _globals['_DELETERESPONSE']._serialized_start=530
-  _globals['_DELETERESPONSE']._serialized_end=599
-  _globals['_INCREMENTREQUEST']._serialized_start=602
-  _globals['_INCREMENTREQUEST']._serialized_end=755
-  _globals['_INCREMENTRESPONSE']._serialized_start=757
-  _globals['_INCREMENTRESPONSE']._serialized_end=814
-  _globals['_FLUSHREQUEST']._serialized_start=816
-  _globals['_FLUSHREQUEST']._serialized_end=830
-  _globals['_FLUSHRESPONSE']._serialized_start=832
-  _globals['_FLUSHRESPONSE']._serialized_end=847
-  _globals['_STATSREQUEST']._serialized_start=849
-  _globals['_STATSREQUEST']._serialized_end=863
-  _globals['_STATSRESPONSE']._serialized_start=865
-  _globals['_STATSRESPONSE']._serialized_end=984
-  _globals['_MEMCACHESERVICE']._serialized_start=1352
-  _globals['_MEMCACHESERVICE']._serialized_end=1852
+  _globals['_SETPOLICY']._serialized_start=1172
+  _globals['_SETPOLICY']._serialized_end=1295
+  _globals['_SETSTATUS']._serialized_start=1298
+  _globals['_SETSTATUS']._serialized_end=1432
+  _globals['_DELETESTATUS']._serialized_start=1434
+  _globals['_DELETESTATUS']._serialized_end=1535
+  _globals['_ITEM']._serialized_start=60
+  _globals['_ITEM']._serialized_end=221
+  _globals['_TIMESTAMPS']._serialized_start=223
+  _globals['_TIMESTAMPS']._serialized_end=312
+  _globals['_GETREQUEST']._serialized_start=314
+  _globals['_GETREQUEST']._serialized_end=394
+  _globals['_GETRESPONSE']._serialized_start=396
+  _globals['_GETRESPONSE']._serialized_end=451
+  _globals['_SETREQUEST']._serialized_start=453
+  _globals['_SETREQUEST']._serialized_end=574
+  _globals['_SETRESPONSE']._serialized_start=576
+  _globals['_SETRESPONSE']._serialized_end=639
+  _globals['_DELETEREQUEST']._serialized_start=641
+  _globals['_DELETEREQUEST']._serialized_end=714
+  _globals['_DELETERESPONSE']._serialized_start=716
+  _globals['_DELETERESPONSE']._serialized_end=785
+  _globals['_INCREMENTREQUEST']._serialized_start=788
+  _globals['_INCREMENTREQUEST']._serialized_end=941
+  _globals['_INCREMENTRESPONSE']._serialized_start=943
+  _globals['_INCREMENTRESPONSE']._serialized_end=1000
+  _globals['_FLUSHREQUEST']._serialized_start=1002
+  _globals['_FLUSHREQUEST']._serialized_end=1016
+  _globals['_FLUSHRESPONSE']._serialized_start=1018
+  _globals['_FLUSHRESPONSE']._serialized_end=1033
+  _globals['_STATSREQUEST']._serialized_start=1035
+  _globals['_STATSREQUEST']._serialized_end=1049
+  _globals['_STATSRESPONSE']._serialized_start=1051
+  _globals['_STATSRESPONSE']._serialized_end=1170
+  _globals['_MEMCACHESERVICE']._serialized_start=1538
+  _globals['_MEMCACHESERVICE']._serialized_end=2038
 # @@protoc_insertion_point(module_scope)

@@ -123,6 +123,8 @@ class Item(_message.Message):
     FLAGS_FIELD_NUMBER: _builtins.int
     EXPIRATION_FIELD_NUMBER: _builtins.int
     CAS_ID_FIELD_NUMBER: _builtins.int
+    TIMESTAMPS_FIELD_NUMBER: _builtins.int
+    DELETE_LOCKED_FIELD_NUMBER: _builtins.int
     key: _builtins.bytes
     """Key, at most 250 bytes (clients hash longer keys as App Engine does)."""
     value: _builtins.bytes
@@ -133,6 +135,14 @@ class Item(_message.Message):
     """Expiry: 0 = never; <= 30 days = relative seconds; else absolute Unix time."""
     cas_id: _builtins.int
     """Compare-and-set id (from Get with for_cas; used by the CAS policy)."""
+    delete_locked: _builtins.bool
+    """Only in replies to Get with for_peek: the key is locked out by a Delete with lockout_seconds (the item then
+    has no value).
+    """
+    @_builtins.property
+    def timestamps(self) -> Global___Timestamps:
+        """Only in replies to Get with for_peek: what the item's timestamps are."""
+
     def __init__(
         self,
         *,
@@ -141,14 +151,46 @@ class Item(_message.Message):
         flags: _builtins.int = ...,
         expiration: _builtins.int = ...,
         cas_id: _builtins.int = ...,
+        timestamps: Global___Timestamps | None = ...,
+        delete_locked: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["timestamps", b"timestamps"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cas_id", b"cas_id", "expiration", b"expiration", "flags", b"flags", "key", b"key", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cas_id", b"cas_id", "delete_locked", b"delete_locked", "expiration", b"expiration", "flags", b"flags", "key", b"key", "timestamps", b"timestamps", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Item: _TypeAlias = Item  # noqa: Y015
+
+@_typing.final
+class Timestamps(_message.Message):
+    """Timestamps describe an item for a peek, in absolute Unix seconds (0 = none)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXPIRATION_TIME_FIELD_NUMBER: _builtins.int
+    LAST_ACCESS_TIME_FIELD_NUMBER: _builtins.int
+    DELETE_LOCK_TIME_FIELD_NUMBER: _builtins.int
+    expiration_time: _builtins.int
+    """When the item expires; 0 = never."""
+    last_access_time: _builtins.int
+    """When the item was last read or written (a peek does not count)."""
+    delete_lock_time: _builtins.int
+    """Until when a Delete with lockout_seconds keeps add, replace and cas from storing it; 0 = not locked."""
+    def __init__(
+        self,
+        *,
+        expiration_time: _builtins.int = ...,
+        last_access_time: _builtins.int = ...,
+        delete_lock_time: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delete_lock_time", b"delete_lock_time", "expiration_time", b"expiration_time", "last_access_time", b"last_access_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Timestamps: _TypeAlias = Timestamps  # noqa: Y015
 
 @_typing.final
 class GetRequest(_message.Message):
@@ -159,10 +201,15 @@ class GetRequest(_message.Message):
     NAMESPACE_FIELD_NUMBER: _builtins.int
     KEYS_FIELD_NUMBER: _builtins.int
     FOR_CAS_FIELD_NUMBER: _builtins.int
+    FOR_PEEK_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """Namespace."""
     for_cas: _builtins.bool
     """Return cas ids."""
+    for_peek: _builtins.bool
+    """Peek: return timestamps and delete-locked keys, and leave each item's last access and eviction order as they
+    were.
+    """
     @_builtins.property
     def keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
         """Keys."""
@@ -173,10 +220,11 @@ class GetRequest(_message.Message):
         namespace: _builtins.str = ...,
         keys: _abc.Iterable[_builtins.bytes] | None = ...,
         for_cas: _builtins.bool = ...,
+        for_peek: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["for_cas", b"for_cas", "keys", b"keys", "namespace", b"namespace"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["for_cas", b"for_cas", "for_peek", b"for_peek", "keys", b"keys", "namespace", b"namespace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
