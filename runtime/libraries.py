@@ -526,4 +526,8 @@ def pip_install(python: str, target: pathlib.Path, requirements: Sequence[str], 
         raise ConfigError(f"{what}: pip did not finish within {INSTALL_TIMEOUT_SECONDS} s") from None
     if done.returncode != 0:
         detail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+        # pip names the requirement a missing dependency came from on an earlier line (pip 24 not on the last one).
+        parent = re.search(r"the requirement \S+ \(from (?!versions:)([^)]+)\)", done.stderr)
+        if parent and "(from " not in detail:
+            detail += f" (from {parent[1]})"
         raise ConfigError(f"{what}: could not install {' '.join(requirements)}: {detail}")

@@ -100,7 +100,7 @@ class Hosts:
         install = f"pyenv install {version[0]}.{version[1]}" if version is not None else "restart it"
         raise FailedPreconditionError(
             f"runtime {runtime} needs {needs}, which no runtime host has: the hosts are {named}{more}. Install it "
-            f"on a host ({install}; the host reports it within seconds), or use a runtime the hosts have")
+            f"on a host ({install}; the host reports it within a minute), or use a runtime the hosts have")
 
 
 def python_version(runtime: str) -> tuple[int, int] | None:
