@@ -24,9 +24,9 @@ from kiln.pb.deploy.v1 import deploy_pb2 as pb
 from kiln.pb.deploy.v1 import deploy_pb2_grpc
 from kiln_platform import interpreters
 from kiln_platform.supervisor import python_module
-from tests.integration import wheels
 from tests.integration.conftest import service_env
 from tests.integration.test_control_plane import auth, start_control, token, wait_for_host
+from tests.unit import wheels
 
 pytestmark = pytest.mark.nats
 

@@ -1,4 +1,5 @@
-"""Wheels made by tests for a local package index (a ``--find-links`` directory), so pip needs no network."""
+"""Wheels made by tests for a local package index (a ``--find-links`` directory), so pip needs no network (unit
+and integration tests)."""
 
 from __future__ import annotations
 
