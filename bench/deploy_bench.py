@@ -83,10 +83,10 @@ def main() -> None:
             version = f"v{int(time.time())}"
             with grpc.insecure_channel(control.address) as channel:
                 started = time.perf_counter()
-                first = upload.deploy(channel, token, app, APP, version, promote=True)
+                first = upload.deploy(channel, token, app, APP, version, promote=True, host_check=False)
                 first_s = time.perf_counter() - started
                 started = time.perf_counter()
-                again = upload.deploy(channel, token, app, APP, version, promote=False)
+                again = upload.deploy(channel, token, app, APP, version, promote=False, host_check=False)
                 again_s = time.perf_counter() - started
         finally:
             sup.stop_all()

@@ -1,7 +1,7 @@
 """The ``kiln`` command.
 
     kiln dev APP_DIR [--port 8080] [--data-dir DIR] [--storage embedded|cassandra] [--clear-datastore]
-    kiln deploy APP_DIR [--version V] [--promote]
+    kiln deploy APP_DIR [--version V] [--promote] [--no-host-check] [--skip-requirements-check]
     kiln versions list|set-default VERSION|delete VERSION --app APP
     kiln logs OUTPUT_FILE --app APP [--append] [--severity LEVEL] [--version V] [--start T] [--end T]
     kiln indexes update|vacuum APP_DIR, kiln indexes list --app APP

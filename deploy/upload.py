@@ -3,9 +3,14 @@
 1. Walk the app directory, leaving out what app.yaml's ``skip_files`` matches
    (App Engine's defaults: dotfiles, ``*.pyc``, backups…), and check App
    Engine's limits locally so a person learns before anything is sent.
-2. Hash every file (SHA-256); ask the control plane which hashes it lacks
+2. Check that the version can run, before anything is sent: ``requirements.txt``'s
+   lines and SDK version (:func:`runtime.libraries.sdk_requirement`); a live runtime
+   host that has the Python ``runtime:`` names (``CheckRuntime``; the control plane
+   checks it again at ``CreateVersion``); and that pip can resolve the requirements
+   for each Python those hosts would run it on (:func:`runtime.libraries.check_requirements`).
+3. Hash every file (SHA-256); ask the control plane which hashes it lacks
    (``MissingBlobs``) and upload only those, several at once, in 1 MiB chunks.
-3. ``CreateVersion`` with the manifest: the version appears only now, whole.
+4. ``CreateVersion`` with the manifest: the version appears only now, whole.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ from typing import Any
 import grpc
 
 from deploy.control import manifest
-from kiln_platform import appyaml
+from kiln_platform import appyaml, interpreters
+from runtime import libraries
 from kiln.errors import BadRequestError
 from kiln.pb.deploy.v1 import deploy_pb2 as pb
 from kiln.pb.deploy.v1 import deploy_pb2_grpc
@@ -103,16 +109,25 @@ def _chunks(app_id: str, f: LocalFile, progress: Callable[[int], None]) -> Itera
 
 
 def deploy(channel: grpc.Channel, token: str, app_dir: pathlib.Path, app_id: str, version_id: str, *,
-           promote: bool, progress: Progress | None = None) -> Result:
+           promote: bool, progress: Progress | None = None, host_check: bool = True,
+           requirements_check: bool = True) -> Result:
     """Upload ``app_dir`` as ``version_id`` of ``app_id`` (see module docstring).
 
+    ``host_check=False`` stores the version though no live runtime host can run it (hosts come later);
+    ``requirements_check=False`` leaves pip's resolution of ``requirements.txt`` to the hosts.
+
     Raises:
-        grpc.RpcError: the control plane refused (its message says why).
-        KilnError: app.yaml, cron.yaml or index.yaml is invalid, or a limit is exceeded.
+        grpc.RpcError: the control plane refused (its message says why), e.g. FAILED_PRECONDITION: no live runtime
+            host has the Python the version's runtime needs.
+        KilnError: app.yaml, cron.yaml, index.yaml or requirements.txt is invalid, pip cannot resolve
+            requirements.txt (file and line), or a limit is exceeded.
     """
     manifest.check_version_id(version_id)
     config = appyaml.load(app_dir / "app.yaml")
     files = scan(app_dir, config)
+    stub = deploy_pb2_grpc.DeployServiceStub(channel)
+    metadata = (("authorization", f"Bearer {token}"),)
+    check(stub, metadata, app_dir, app_id, config, host_check=host_check, requirements_check=requirements_check)
     hash_files(files)
     texts = {}
     for name in manifest.CONFIG_FILES:
@@ -122,8 +137,6 @@ def deploy(channel: grpc.Channel, token: str, app_dir: pathlib.Path, app_id: str
         texts[name] = path.read_text() if path.is_file() else ""
     if not any(f.path == "app.yaml" for f in files):
         raise BadRequestError("app.yaml matches skip_files; it must be deployed")
-    stub = deploy_pb2_grpc.DeployServiceStub(channel)
-    metadata = (("authorization", f"Bearer {token}"),)
     by_hash = {f.sha256: f for f in files}
     version = pb.Version(app_id=app_id, version_id=version_id, app_yaml=texts["app.yaml"],
                          cron_yaml=texts.get("cron.yaml", ""), index_yaml=texts.get("index.yaml", ""),
@@ -133,7 +146,8 @@ def deploy(channel: grpc.Channel, token: str, app_dir: pathlib.Path, app_id: str
         todo = _upload_missing(stub, metadata, app_id, by_hash, progress)
         uploaded, total = uploaded + len(todo), total + sum(f.size for f in todo)
         try:
-            created = stub.CreateVersion(pb.CreateVersionRequest(version=version, promote=promote), metadata=metadata)
+            created = stub.CreateVersion(pb.CreateVersionRequest(version=version, promote=promote,
+                                                                 skip_host_check=not host_check), metadata=metadata)
             break
         except grpc.RpcError as exc:
             # A file the control plane had when asked was deleted before the version was created (it was unused:
@@ -142,6 +156,25 @@ def deploy(channel: grpc.Channel, token: str, app_dir: pathlib.Path, app_id: str
                     or attempt == UPLOAD_ROUNDS - 1:
                 raise
     return Result(created.version, len(files), uploaded, total)
+
+
+def check(stub: Any, metadata: Any, app_dir: pathlib.Path, app_id: str, config: appyaml.AppConfig, *,
+          host_check: bool, requirements_check: bool) -> None:
+    """Step 2 of the module docstring: refuse, before anything is uploaded, a version no host could run."""
+    req_file: pathlib.Path | None = app_dir / "requirements.txt"
+    if req_file is not None and req_file.is_file() and not config.skips("requirements.txt"):
+        libraries.sdk_requirement(req_file, libraries.read_requirements(req_file))
+    else:
+        req_file = None  # not deployed: the hosts install nothing from it
+    if host_check:
+        hosts = stub.CheckRuntime(pb.CheckRuntimeRequest(app_id=app_id, runtime=config.runtime),
+                                  metadata=metadata).hosts
+        versions = {tuple(int(p) for p in h.python_version.split(".")[:2]) for h in hosts}
+    else:  # the Python its runtime names; python27 runs on kiln's own, taken to be this machine's
+        versions = {config.python_version or interpreters.own().version}
+    if req_file is not None and requirements_check:
+        for major, minor in sorted(versions):
+            libraries.check_requirements(req_file, (major, minor))
 
 
 def _upload_missing(stub: Any, metadata: Any, app_id: str, by_hash: dict[str, LocalFile],

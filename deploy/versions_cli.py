@@ -80,7 +80,8 @@ def deploy(args: argparse.Namespace) -> int:
             progress = _Progress(sys.stderr.isatty() and not args.json)
             try:
                 result = upload.deploy(channel, args.token, app_dir, app_id, version_id, promote=promote,
-                                       progress=progress)
+                                       progress=progress, host_check=not args.no_host_check,
+                                       requirements_check=not args.skip_requirements_check)
             finally:
                 progress.close()
         v = result.version
@@ -138,10 +139,20 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("deploy", help="upload an app as a version",
                        description="Upload APP_DIR as a version of the app: only files the control plane does not "
                                    "have yet are sent; skip_files is honoured. Each upload of a version is a new "
-                                   "minor version. The app's first version becomes its default.")
+                                   "minor version. The app's first version becomes its default. Before anything is "
+                                   "sent, a live runtime host must have the Python app.yaml's runtime needs, and "
+                                   "requirements.txt must name an SDK version kiln provides and resolve with pip "
+                                   "for that Python.")
     p.add_argument("app_dir", metavar="APP_DIR", help="directory with app.yaml")
     p.add_argument("--version", help="major version (default: app.yaml's version, else a timestamp)")
     p.add_argument("--promote", action="store_true", help="make it the default version once uploaded")
+    p.add_argument("--no-host-check", action="store_true",
+                   help="deploy though no live runtime host can run the version's runtime (e.g. the hosts start "
+                        "later); it runs once one that can reports")
+    p.add_argument("--skip-requirements-check", action="store_true",
+                   help="do not resolve requirements.txt with pip here (this machine cannot reach the hosts' "
+                        "package index, or is another platform than the hosts); the hosts still refuse what pip "
+                        "cannot install")
     add_connection(p)
     p.set_defaults(func=deploy)
     v = sub.add_parser("versions", help="list versions, switch the default, delete one",

@@ -176,6 +176,10 @@ REQUEST_LOG_SUBJECT = "kiln.logs.request"
 # cron act within a second, and re-read the control plane on reconnect and periodically for any event they missed.
 DEPLOY_VERSION_SUBJECT = "kiln.deploy.version"
 DEPLOY_DEFAULT_SUBJECT = "kiln.deploy.default"
+# Runtime hosts' heartbeats (HostHeartbeat: the Pythons each can run), heard by every control plane replica, and
+# the control plane's request, when it starts, that every host report at once.
+DEPLOY_HOST_SUBJECT = "kiln.deploy.host"
+DEPLOY_HOST_REPORT_SUBJECT = "kiln.deploy.host.report"
 LOG_STREAM = "KILN_LOGS"
 LOG_STREAM_MAX_AGE_SECONDS = 7 * 24 * 3600
 

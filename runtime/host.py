@@ -11,7 +11,11 @@ keeps one instance manager (:mod:`runtime.manager`) per deployed version:
   (:class:`kiln_platform.deployclient.VersionSource`) and a new manager; only once that
   manager's first instances serve is the old minor's manager stopped (it
   drains its requests), so a redeploy drops no request; a deleted version's
-  manager is stopped.
+  manager is stopped;
+- every ``--heartbeat-seconds`` (and when a control plane starts) it publishes
+  what it can run on ``kiln.deploy.host`` (:func:`heartbeat`): the Pythons its
+  managers would find (:mod:`kiln_platform.interpreters`, with the environment
+  the managers get), so the control plane refuses a version no host can run.
 
 Environment: ``KILN_HOST_CONTROL_TOKEN`` (a platform read token) and, handed
 to the managers, ``KILN_MANAGER_SERVICE_SECRET`` and ``KILN_MANAGER_NATS_URL``.
@@ -21,16 +25,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
 import pathlib
 import signal
+import socket
 import subprocess
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 
-from kiln_platform import bus
+from nats.aio.client import Client
+
+from kiln_platform import bus, interpreters
 from kiln_platform import log as kiln_log
 from kiln_platform.deployclient import VersionSource, follow, parse_event
 from kiln.pb.deploy.v1 import deploy_pb2 as pb
@@ -41,6 +50,10 @@ log = logging.getLogger(__name__)
 
 START_TIMEOUT = 180.0
 STOP_GRACE = 30.0
+# A host counts as live at the control plane for this many heartbeat periods after its last one.
+HEARTBEAT_TTL_PERIODS = 3
+# How often the Pythons on the host are looked for again (a Python installed meanwhile is reported).
+INTERPRETERS_REFRESH_SECONDS = 60.0
 
 
 @dataclasses.dataclass
@@ -148,8 +161,51 @@ async def _stop_child(child: Child) -> None:
             await asyncio.to_thread(proc.wait)
 
 
+def python_versions(environ: Mapping[str, str]) -> list[str]:
+    """The Pythons an instance manager started with ``environ`` finds on this host, kiln's own first, as "3.12"."""
+    own = interpreters.own().version
+    found = [own] + [v for v in interpreters.PYTHON3_VERSIONS if v != own and
+                     interpreters.lookup(v, interpreters.Search.from_env(environ)) is not None]
+    return [f"{major}.{minor}" for major, minor in found]
+
+
+def heartbeat(name: str, versions: Sequence[str], period: float) -> events_pb2.HostHeartbeat:
+    """What this host tells the control plane it can run."""
+    own = interpreters.own().version
+    beat = events_pb2.HostHeartbeat(host=name, python_versions=list(versions), own_python_version=f"{own[0]}.{own[1]}",
+                                    ttl_seconds=period * HEARTBEAT_TTL_PERIODS)
+    beat.sent_at.GetCurrentTime()
+    return beat
+
+
+async def report(nc: Client, name: str, period: float) -> None:
+    """Publish this host's heartbeat every ``period`` seconds and whenever a control plane asks, until cancelled."""
+    asked = asyncio.Event()
+
+    async def on_ask(_msg: object) -> None:
+        asked.set()
+    sub = await nc.subscribe(bus.DEPLOY_HOST_REPORT_SUBJECT, cb=on_ask)
+    versions: list[str] = []
+    looked = -INTERPRETERS_REFRESH_SECONDS
+    try:
+        while True:
+            if time.monotonic() - looked >= INTERPRETERS_REFRESH_SECONDS:
+                versions = await asyncio.to_thread(python_versions, os.environ)  # the managers' environment
+                looked = time.monotonic()
+            try:
+                await nc.publish(bus.DEPLOY_HOST_SUBJECT, heartbeat(name, versions, period).SerializeToString())
+            except Exception as exc:  # noqa: BLE001 - NATS away: the next period tries again
+                log.warning("runtime host heartbeat not sent: %s", exc)
+            asked.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asked.wait(), period)
+    finally:
+        await sub.unsubscribe()
+
+
 async def run(source: VersionSource, run_dir: pathlib.Path, manager_args: Sequence[str],
-              runtime_args: Sequence[str], nats_url: str, resync_seconds: float) -> int:
+              runtime_args: Sequence[str], nats_url: str, resync_seconds: float, *, name: str,
+              heartbeat_seconds: float) -> int:
     host = Host(source, run_dir, manager_args, runtime_args)
     nc = await bus.connect(nats_url, name="runtime-host")
     events: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
@@ -170,7 +226,7 @@ async def run(source: VersionSource, run_dir: pathlib.Path, manager_args: Sequen
                 log.warning("acting on a deployment event: %s", exc)
 
     tasks = [asyncio.ensure_future(follow(nc, enqueue, host.reconcile, resync_seconds, "versions")),
-             asyncio.ensure_future(handle())]
+             asyncio.ensure_future(handle()), asyncio.ensure_future(report(nc, name, heartbeat_seconds))]
     try:
         await stop.wait()
     finally:
@@ -194,6 +250,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="where deployed versions' files are kept (default: %(default)s)")
     parser.add_argument("--resync-seconds", type=float, default=10.0,
                         help="how often versions are re-read from the control plane (default: %(default)s)")
+    parser.add_argument("--name", default=socket.gethostname(),
+                        help="this host's name at the control plane, unique in the cluster (default: %(default)s)")
+    parser.add_argument("--heartbeat-seconds", type=float, default=5.0,
+                        help="how often the host tells the control plane which Pythons it has (default: %(default)s)")
     parser.add_argument("--manager-arg", action="append", default=[], dest="manager_args",
                         help="an option passed to every runtime.manager (repeat), e.g. --manager-arg=--isolation=none")
     args = parser.parse_args(argv[:split])
@@ -209,7 +269,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     async def main_async() -> int:
         source = VersionSource(args.control_plane, token, args.cache_dir)  # its channel needs the running loop
-        return await run(source, args.run_dir, args.manager_args, argv[split + 1:], nats_url, args.resync_seconds)
+        return await run(source, args.run_dir, args.manager_args, argv[split + 1:], nats_url, args.resync_seconds,
+                         name=args.name, heartbeat_seconds=args.heartbeat_seconds)
     return asyncio.run(main_async())
 
 

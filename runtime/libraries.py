@@ -366,6 +366,57 @@ def prepare(app_dir: pathlib.Path, config: appyaml.AppConfig, cache_dir: pathlib
     return Environment(tuple(library_dirs), requirements_dir)
 
 
+def check_requirements(req_file: pathlib.Path, version: tuple[int, int], *,
+                       search: interpreters.Search | None = None) -> None:
+    """What ``kiln deploy`` checks of ``requirements.txt`` before uploading, for the Python ``version`` the hosts
+    will run it on: the lines :func:`read_requirements` accepts, an SDK version kiln provides
+    (:func:`sdk_requirement`), and that pip can resolve the rest as the hosts' :func:`prepare` installs them (wheels
+    only, dependencies included), without installing anything.
+
+    pip is that of a Python ``version`` on this machine when there is one (the same lookup as the hosts'), so
+    environment markers and wheel tags are exactly the hosts'. Without one it is kiln's own pip with
+    ``--python-version`` (wheel tags and ``Requires-Python`` of ``version``): the file's own markers are evaluated
+    for ``version`` here, but pip evaluates its dependencies' markers for kiln's Python. pip uses its own
+    configuration (``PIP_INDEX_URL``, ``pip.conf``…), so the check asks the index the hosts will use only when this
+    machine's pip is configured as theirs.
+
+    Raises:
+        ConfigError: a line kiln refuses, an SDK version it does not provide, or what pip could not resolve — each
+            led by the file and line, with the fix.
+    """
+    lines = read_requirements(req_file)
+    _, lines = sdk_requirement(req_file, lines)
+    own = interpreters.own()
+    local = own if version == own.version else interpreters.lookup(version, search or interpreters.Search.from_env())
+    options = ["--dry-run", "--ignore-installed"]
+    if local is None:
+        environment = {"python_version": f"{version[0]}.{version[1]}",
+                       "python_full_version": f"{version[0]}.{version[1]}.0"}
+        lines = [_without_marker(req) for req in map(Requirement, lines)
+                 if req.marker is None or req.marker.evaluate(environment)]
+        options += ["--python-version", f"{version[0]}.{version[1]}"]
+    if not lines:
+        return
+    python = local or interpreters.Interpreter(version, own.executable)
+    with tempfile.TemporaryDirectory(prefix="kiln-requirements-") as tmp:
+        try:
+            pip_install(str((local or own).executable), pathlib.Path(tmp), lines, deps=True, what="requirements.txt",
+                        options=options)
+        except ConfigError as exc:
+            message = _where_pip_failed(req_file, lines, str(exc), python)
+            if local is None:
+                name, mine = python.name, f"{own.version[0]}.{own.version[1]}"
+                message += (f"; there is no {name} on this machine, so kiln's Python {mine} checked it, reading the "
+                            f"dependencies' environment markers for {mine}: install {name} here for an exact check, "
+                            "or skip it with kiln deploy --skip-requirements-check")
+            raise ConfigError(message) from None
+
+
+def _without_marker(req: Requirement) -> str:
+    req.marker = None
+    return str(req)
+
+
 def _where_pip_failed(req_file: pathlib.Path, lines: Sequence[str], message: str,
                       python: interpreters.Interpreter) -> str:
     """pip's failure for ``requirements.txt``, led by the file and line of the requirement pip names, and the fix."""
@@ -458,19 +509,25 @@ def install_atomically(target: pathlib.Path, fill: Callable[[pathlib.Path], None
     return target
 
 
-def pip_install(python: str, target: pathlib.Path, requirements: Sequence[str], *, deps: bool, what: str) -> None:
-    """Install wheels (only) of ``requirements`` into ``target`` with the interpreter ``python``'s pip.
+def pip_install(python: str, target: pathlib.Path, requirements: Sequence[str], *, deps: bool, what: str,
+                options: Sequence[str] = ()) -> None:
+    """Install wheels (only) of ``requirements`` into ``target`` with the interpreter ``python``'s pip (with
+    ``options`` too, e.g. ``--dry-run``).
 
     Raises:
         ConfigError: pip failed or did not finish in time; the message names ``what`` and pip's last line.
     """
     cmd = [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-input",
            "--root-user-action", "ignore", "--only-binary", ":all:", "--target", str(target),
-           *([] if deps else ["--no-deps"]), *requirements]
+           *([] if deps else ["--no-deps"]), *options, *requirements]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=INSTALL_TIMEOUT_SECONDS)
     except subprocess.TimeoutExpired:
         raise ConfigError(f"{what}: pip did not finish within {INSTALL_TIMEOUT_SECONDS} s") from None
     if done.returncode != 0:
         detail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+        # pip names the requirement a missing dependency came from on an earlier line (pip 24 not on the last one).
+        parent = re.search(r"the requirement \S+ \(from (?!versions:)([^)]+)\)", done.stderr)
+        if parent and "(from " not in detail:
+            detail += f" (from {parent[1]})"
         raise ConfigError(f"{what}: could not install {' '.join(requirements)}: {detail}")

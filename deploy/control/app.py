@@ -6,10 +6,11 @@ import logging
 
 from deploy.control import tokens
 from deploy.control.config import ControlConfig
+from deploy.control.hosts import Hosts
 from deploy.control.service import DeployService
 from deploy.control.store import EmbeddedStore, Store
 from kiln_platform import bus, grpcserver
-from kiln.pb.deploy.v1 import deploy_pb2, deploy_pb2_grpc
+from kiln.pb.deploy.v1 import deploy_pb2, deploy_pb2_grpc, events_pb2
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +39,18 @@ async def serve(cfg: ControlConfig) -> None:
         await nc.publish(subject, data)
         await nc.flush()
 
-    service = DeployService(store, service_secret=cfg.service_secret.get(),
-                            publish=publish, blob_grace_seconds=cfg.blob_grace_seconds)
+    hosts = Hosts()
+
+    async def on_host(msg: object) -> None:
+        try:
+            hosts.observe(events_pb2.HostHeartbeat.FromString(msg.data))  # type: ignore[attr-defined]
+        except Exception:  # noqa: BLE001 - a malformed heartbeat is ignored
+            log.warning("ignoring a malformed runtime host heartbeat")
+    await nc.subscribe(bus.DEPLOY_HOST_SUBJECT, cb=on_host)
+    await nc.publish(bus.DEPLOY_HOST_REPORT_SUBJECT, b"")  # hosts report now, not at their next heartbeat
+    await nc.flush()
+    service = DeployService(store, service_secret=cfg.service_secret.get(), publish=publish, hosts=hosts,
+                            blob_grace_seconds=cfg.blob_grace_seconds)
 
     async def stop() -> None:
         await service.close()

@@ -6,7 +6,9 @@ also accept a platform read token. Uploads are verified before anything is
 stored: the declared size, the 32 MB limit and the SHA-256 of what arrived —
 a truncated or altered upload stores nothing. A version is created only when
 its manifest passes App Engine's limits, its configuration files parse and
-every file it names is stored, so no half-deployed version is ever visible.
+every file it names is stored, so no half-deployed version is ever visible,
+and only when a live runtime host can run its runtime (:mod:`deploy.control.hosts`;
+``CheckRuntime`` asks the same before anything is uploaded).
 Each creation, deletion and switch of the default is announced on NATS
 (:data:`kiln_platform.bus.DEPLOY_VERSION_SUBJECT`, :data:`kiln_platform.bus.DEPLOY_DEFAULT_SUBJECT`).
 After a version is deleted or replaced by a new minor, the files no version
@@ -25,6 +27,7 @@ from typing import Any
 import grpc
 
 from deploy.control import manifest, tokens
+from deploy.control.hosts import Hosts
 from deploy.control.store import Store, not_uploaded
 from kiln_platform import auth, bus, grpcserver
 from kiln.errors import BadRequestError, NotFoundError, PermissionDeniedError, TooLargeError
@@ -53,9 +56,10 @@ def check_app(app_id: str) -> None:
 class DeployService(deploy_pb2_grpc.DeployServiceServicer):
     """Implements the contract (see module docstring)."""
 
-    def __init__(self, store: Store, *, service_secret: str, publish: Publish,
+    def __init__(self, store: Store, *, service_secret: str, publish: Publish, hosts: Hosts,
                  blob_grace_seconds: float = 3600.0) -> None:
         self._store = store
+        self._hosts = hosts
         self._service_secret = service_secret
         self._publish = publish
         self._uploads = asyncio.Semaphore(CONCURRENT_UPLOADS)
@@ -123,6 +127,8 @@ class DeployService(deploy_pb2_grpc.DeployServiceServicer):
         manifest.check_files(version.files)
         config = manifest.check_configs(version, await self._yaml_blobs(version))
         manifest.check_files(version.files, skip=config)
+        if not request.skip_host_check:
+            self._hosts.check(config.runtime)
         version.deployed_by = grant.name
         version.is_default = False
         stored = await self._store.create_version(version)  # refused if a file is not uploaded
@@ -135,6 +141,10 @@ class DeployService(deploy_pb2_grpc.DeployServiceServicer):
             await self._promote(stored.app_id, stored.version_id)
             stored.is_default = True
         return pb.CreateVersionResponse(version=stored)
+
+    async def CheckRuntime(self, request: pb.CheckRuntimeRequest, context: Context) -> pb.CheckRuntimeResponse:
+        self._grant(context, request.app_id, "admin")
+        return pb.CheckRuntimeResponse(hosts=self._hosts.check(request.runtime))
 
     async def GetVersion(self, request: pb.GetVersionRequest, context: Context) -> pb.GetVersionResponse:
         self._grant(context, request.app_id, "read")

@@ -55,6 +55,25 @@ def start_control(supervisor, tmp_path_factory, nats_url: str, name: str, *extra
     return child.address
 
 
+def host_can_run(control: str, runtime: str) -> bool:
+    """Whether a live runtime host of the control plane at ``control`` can run ``runtime`` (CheckRuntime)."""
+    with grpc.insecure_channel(control) as chan:
+        try:
+            deploy_pb2_grpc.DeployServiceStub(chan).CheckRuntime(
+                pb.CheckRuntimeRequest(app_id="probe", runtime=runtime), metadata=auth(token("probe")), timeout=30)
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
+                raise
+            return False
+    return True
+
+
+def wait_for_host(control: str, runtime: str, seconds: float = 120) -> None:
+    """Until a runtime host started beside the control plane has reported that it can run ``runtime``."""
+    from tests.integration import apps
+    apps.wait_for(lambda: host_can_run(control, runtime), seconds)
+
+
 @pytest.fixture(scope="session")
 def control_embedded(supervisor, tmp_path_factory, nats_url):
     return start_control(supervisor, tmp_path_factory, nats_url, "control-embedded")
@@ -140,7 +159,8 @@ def put(stub, app_id: str, data: bytes, tok: str | None = None) -> str:
 
 
 def test_deploy_creates_a_version_with_its_files(channel, stub, app_id, tmp_path):
-    result = upload.deploy(channel, token(app_id), write_app(tmp_path / "app"), app_id, "v1", promote=True)
+    result = upload.deploy(channel, token(app_id), write_app(tmp_path / "app"), app_id, "v1", promote=True,
+                           host_check=False)
     assert (result.version.version_id, result.version.minor, result.version.is_default) == ("v1", 1, True)
     assert result.version.deployed_by == "tester"
     got = stub.GetVersion(pb.GetVersionRequest(app_id=app_id), metadata=auth(token(app_id))).version
@@ -153,10 +173,10 @@ def test_deploy_creates_a_version_with_its_files(channel, stub, app_id, tmp_path
 
 def test_redeploying_a_version_makes_a_new_minor_and_uploads_only_changed_files(channel, app_id, tmp_path):
     app = write_app(tmp_path / "app")
-    first = upload.deploy(channel, token(app_id), app, app_id, "v1", promote=False)
-    same = upload.deploy(channel, token(app_id), app, app_id, "v1", promote=False)
+    first = upload.deploy(channel, token(app_id), app, app_id, "v1", promote=False, host_check=False)
+    same = upload.deploy(channel, token(app_id), app, app_id, "v1", promote=False, host_check=False)
     (app / "main.py").write_text("def app(e, s):\n    return [b'2']\n")
-    changed = upload.deploy(channel, token(app_id), app, app_id, "v1", promote=False)
+    changed = upload.deploy(channel, token(app_id), app, app_id, "v1", promote=False, host_check=False)
     assert [first.version.minor, same.version.minor, changed.version.minor] == [1, 2, 3]
     assert (first.uploaded_files, same.uploaded_files, changed.uploaded_files) == (3, 0, 1)
 
@@ -164,7 +184,8 @@ def test_redeploying_a_version_makes_a_new_minor_and_uploads_only_changed_files(
 def test_deploy_reports_upload_progress_in_bytes(channel, app_id, tmp_path):
     app = write_app(tmp_path / "app", {f"data/{i}.bin": os.urandom(300_000) for i in range(12)})
     seen: list[tuple[int, int]] = []
-    upload.deploy(channel, token(app_id), app, app_id, "v1", promote=False, progress=lambda d, t: seen.append((d, t)))
+    upload.deploy(channel, token(app_id), app, app_id, "v1", promote=False, progress=lambda d, t: seen.append((d, t)),
+                  host_check=False)
     total = sum(f.stat().st_size for f in app.rglob("*") if f.is_file())
     assert seen[0] == (0, total) and seen[-1] == (total, total)
     assert [d for d, _ in seen] == sorted(d for d, _ in seen) and len(seen) > 12
@@ -180,7 +201,7 @@ def test_kiln_deploy_draws_a_progress_bar_only_on_a_terminal(control_embedded, a
         app = write_app(tmp_path / version, {"data.bin": os.urandom(2_000_000)})
         monkeypatch.setattr(sys, "stderr", stderr)
         assert cli.main(["deploy", str(app), "--app", app_id, "--version", version, "--control-plane",
-                         control_embedded, "--token", token(app_id)]) == 0
+                         control_embedded, "--token", token(app_id), "--no-host-check"]) == 0
         return stderr.getvalue()
     drawn = deploy("v1", Terminal())
     assert "uploading" in drawn and "%|" in drawn
@@ -209,9 +230,9 @@ def wait_deleted(stub, app_id: str, content: str, seconds: float = 30) -> None:
 def test_deleting_a_version_deletes_the_files_no_other_version_uses(collecting, app_id, tmp_path):
     stub = deploy_pb2_grpc.DeployServiceStub(collecting)
     upload.deploy(collecting, token(app_id), write_app(tmp_path / "one", {"one.txt": "v1 only"}), app_id, "v1",
-                  promote=True)
+                  promote=True, host_check=False)
     upload.deploy(collecting, token(app_id), write_app(tmp_path / "two", {"two.txt": "v2 only"}), app_id, "v2",
-                  promote=True)
+                  promote=True, host_check=False)
     stub.DeleteVersion(pb.DeleteVersionRequest(app_id=app_id, version_id="v1"), metadata=auth(token(app_id)))
     wait_deleted(stub, app_id, "v1 only")
     assert stored(stub, app_id, "v2 only") and stored(stub, app_id, "hello")  # static/a.txt: both had it
@@ -220,28 +241,28 @@ def test_deleting_a_version_deletes_the_files_no_other_version_uses(collecting, 
 def test_a_new_minor_deletes_the_files_only_the_previous_minor_used(collecting, app_id, tmp_path):
     stub = deploy_pb2_grpc.DeployServiceStub(collecting)
     app = write_app(tmp_path / "app", {"main.py": "old code"})
-    upload.deploy(collecting, token(app_id), app, app_id, "v1", promote=True)
+    upload.deploy(collecting, token(app_id), app, app_id, "v1", promote=True, host_check=False)
     (app / "main.py").write_text("new code")
-    upload.deploy(collecting, token(app_id), app, app_id, "v1", promote=False)
+    upload.deploy(collecting, token(app_id), app, app_id, "v1", promote=False, host_check=False)
     wait_deleted(stub, app_id, "old code")
     assert stored(stub, app_id, "new code") and stored(stub, app_id, "hello")
 
 
 def test_a_deleted_versions_files_are_uploaded_again_when_it_is_redeployed(collecting, app_id, tmp_path):
     stub = deploy_pb2_grpc.DeployServiceStub(collecting)
-    upload.deploy(collecting, token(app_id), write_app(tmp_path / "one"), app_id, "v1", promote=True)
+    upload.deploy(collecting, token(app_id), write_app(tmp_path / "one"), app_id, "v1", promote=True, host_check=False)
     two = write_app(tmp_path / "two", {"two.txt": "back again"})
-    upload.deploy(collecting, token(app_id), two, app_id, "v2", promote=False)
+    upload.deploy(collecting, token(app_id), two, app_id, "v2", promote=False, host_check=False)
     stub.DeleteVersion(pb.DeleteVersionRequest(app_id=app_id, version_id="v2"), metadata=auth(token(app_id)))
     wait_deleted(stub, app_id, "back again")
-    again = upload.deploy(collecting, token(app_id), two, app_id, "v2", promote=False)
+    again = upload.deploy(collecting, token(app_id), two, app_id, "v2", promote=False, host_check=False)
     assert again.uploaded_files == 1
     assert stored(stub, app_id, "back again")
 
 
 def test_skip_files_are_not_deployed(channel, stub, app_id, tmp_path):
     app = write_app(tmp_path / "app", {".git/config": "secret", "main.pyc": b"\0", "notes.txt~": "x"})
-    upload.deploy(channel, token(app_id), app, app_id, "v1", promote=True)
+    upload.deploy(channel, token(app_id), app, app_id, "v1", promote=True, host_check=False)
     got = stub.GetVersion(pb.GetVersionRequest(app_id=app_id, version_id="v1"), metadata=auth(token(app_id))).version
     assert sorted(f.path for f in got.files) == ["app.yaml", "main.py", "static/a.txt"]
 
@@ -259,16 +280,16 @@ def test_a_manifest_with_a_skipped_file_is_refused_naming_it(stub, app_id):
 
 def test_versions_list_newest_first_with_the_default_marked(channel, stub, app_id, tmp_path):
     app = write_app(tmp_path / "app")
-    upload.deploy(channel, token(app_id), app, app_id, "v1", promote=True)
-    upload.deploy(channel, token(app_id), app, app_id, "v2", promote=False)
+    upload.deploy(channel, token(app_id), app, app_id, "v1", promote=True, host_check=False)
+    upload.deploy(channel, token(app_id), app, app_id, "v2", promote=False, host_check=False)
     listed = stub.ListVersions(pb.ListVersionsRequest(app_id=app_id), metadata=auth(token(app_id))).versions
     assert [(v.version_id, v.is_default, len(v.files)) for v in listed] == [("v2", False, 0), ("v1", True, 0)]
 
 
 def test_set_default_switches_and_the_default_cannot_be_deleted(channel, stub, app_id, tmp_path):
     app = write_app(tmp_path / "app")
-    upload.deploy(channel, token(app_id), app, app_id, "v1", promote=True)
-    upload.deploy(channel, token(app_id), app, app_id, "v2", promote=False)
+    upload.deploy(channel, token(app_id), app, app_id, "v1", promote=True, host_check=False)
+    upload.deploy(channel, token(app_id), app, app_id, "v2", promote=False, host_check=False)
     meta = auth(token(app_id))
     code, details = code_of(lambda: stub.DeleteVersion(pb.DeleteVersionRequest(app_id=app_id, version_id="v1"),
                                                        metadata=meta))
@@ -324,7 +345,8 @@ def test_a_version_whose_files_are_not_all_uploaded_is_not_created(stub, app_id)
     sha = put(stub, app_id, APP_YAML.encode())
     files = [pb.FileEntry(path="main.py", sha256="b" * 64, size=10)]
     code, details = code_of(lambda: stub.CreateVersion(
-        pb.CreateVersionRequest(version=manifest_with(files, app_id, sha)), metadata=auth(token(app_id))))
+        pb.CreateVersionRequest(version=manifest_with(files, app_id, sha), skip_host_check=True),
+        metadata=auth(token(app_id))))
     assert code == grpc.StatusCode.FAILED_PRECONDITION and "'main.py'" in details
     assert not stub.ListVersions(pb.ListVersionsRequest(app_id=app_id), metadata=auth(token(app_id))).versions
 
@@ -370,7 +392,7 @@ def test_invalid_app_yaml_is_refused_naming_the_line(stub, app_id):
 def test_an_invalid_cron_schedule_is_refused_pointing_at_the_word(channel, app_id, tmp_path):
     app = write_app(tmp_path / "app", {"cron.yaml": "cron:\n- url: /tick\n  schedule: every 5 minuets\n"})
     with pytest.raises(grpc.RpcError) as info:
-        upload.deploy(channel, token(app_id), app, app_id, "v1", promote=True)
+        upload.deploy(channel, token(app_id), app, app_id, "v1", promote=True, host_check=False)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "cron.yaml:3" in info.value.details() and "minuets" in info.value.details()
 
@@ -398,7 +420,7 @@ def test_another_apps_token_is_denied(stub, app_id):
 
 
 def test_a_read_token_reads_but_cannot_change(channel, stub, app_id, tmp_path):
-    upload.deploy(channel, token(app_id), write_app(tmp_path / "app"), app_id, "v1", promote=True)
+    upload.deploy(channel, token(app_id), write_app(tmp_path / "app"), app_id, "v1", promote=True, host_check=False)
     reader = auth(token("*", "read", "router"))
     assert stub.GetVersion(pb.GetVersionRequest(app_id=app_id), metadata=reader).version.version_id == "v1"
     assert app_id in [a.app_id for a in stub.ListApps(pb.ListAppsRequest(), metadata=reader).apps]
@@ -435,9 +457,10 @@ def test_app_token_gives_the_apps_identity_token(stub, app_id):
 
 def test_concurrent_deploys_of_one_version_get_distinct_minors(channel, stub, app_id, tmp_path):
     app = write_app(tmp_path / "app")
-    upload.deploy(channel, token(app_id), app, app_id, "v1", promote=False)
+    upload.deploy(channel, token(app_id), app, app_id, "v1", promote=False, host_check=False)
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(lambda _: upload.deploy(channel, token(app_id), app, app_id, "v1", promote=False),
+        results = list(pool.map(lambda _: upload.deploy(channel, token(app_id), app, app_id, "v1", promote=False,
+                                                        host_check=False),
                                 range(4)))
     assert sorted(r.version.minor for r in results) == [2, 3, 4, 5]
 
@@ -456,7 +479,7 @@ def test_deployments_are_announced_on_nats(channel, app_id, tmp_path, nats_url):
         await nc.flush()
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, lambda: upload.deploy(channel, token(app_id), write_app(tmp_path / "app"),
-                                                               app_id, "v7", promote=True))
+                                                               app_id, "v7", promote=True, host_check=False))
         await asyncio.wait_for(done.wait(), 5)
         await nc.close()
         return got

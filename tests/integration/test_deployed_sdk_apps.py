@@ -21,7 +21,7 @@ from kiln.pb.mail.v1 import mail_pb2_grpc
 from kiln_platform.supervisor import python_module
 from tests.integration import apps
 from tests.integration.conftest import ROOT, app_metadata, service_env
-from tests.integration.test_control_plane import start_control, token
+from tests.integration.test_control_plane import start_control, token, wait_for_host
 
 pytestmark = pytest.mark.nats
 
@@ -45,6 +45,7 @@ def cluster(supervisor, tmp_path_factory, nats_url, grpc_services):
         "runtime.host", "--control-plane", control, "--run-dir", str(tmp_path_factory.mktemp("host-sdk-run")),
         "--cache-dir", str(pathlib.Path.home() / ".cache" / "kiln"), "--manager-arg=--isolation=none", "--",
         "--listen", "127.0.0.1:0", *services), env=env)
+    wait_for_host(control, "python312")  # kiln deploy refuses a version no live host can run
     return {"control": control, "router": router.address, "mail": grpc_services["mail"],
             "datastore": grpc_services["datastore"],
             "tmp": tmp_path_factory.mktemp("sdk-apps")}

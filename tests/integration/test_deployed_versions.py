@@ -17,7 +17,7 @@ import pytest
 from deploy import cli
 from kiln_platform.supervisor import python_module
 from tests.integration.conftest import service_env
-from tests.integration.test_control_plane import start_control, token
+from tests.integration.test_control_plane import start_control, token, wait_for_host
 
 pytestmark = pytest.mark.nats
 
@@ -62,6 +62,7 @@ def cluster(supervisor, tmp_path_factory, nats_url):
         "logs_svc", "--listen", "127.0.0.1:0", "--nats-url", nats_url, "--data-dir",
         str(tmp_path_factory.mktemp("logs")), "--ready-file", str(run / "logs-deployed.addr")),
         env=env, ready_file=run / "logs-deployed.addr")
+    wait_for_host(control, "python27")  # kiln deploy refuses a version no live host can run
     return {"control": control, "router": router.address, "other_router": other_router.address,
             "cron": cron.address, "logs": logs.address,
             "tmp": tmp_path_factory.mktemp("apps")}

@@ -4,9 +4,10 @@
 isort:skip_file
 The control plane: apps, versions, their files and the default version.
 Every call needs a deploy token in the `authorization` metadata
-(`Bearer <token>`): an admin token of the app for changes, or a platform read
-token (routers, runtime hosts, cron) for GetVersion, ListVersions, ListApps
-and DownloadBlob; anyone else gets UNAUTHENTICATED or PERMISSION_DENIED.
+(`Bearer <token>`): an admin token of the app for changes (and CheckRuntime),
+or a platform read token (routers, runtime hosts, cron) for GetVersion,
+ListVersions, ListApps and DownloadBlob; anyone else gets UNAUTHENTICATED or
+PERMISSION_DENIED.
 """
 
 from collections import abc as _abc
@@ -237,8 +238,13 @@ class CreateVersionRequest(_message.Message):
 
     VERSION_FIELD_NUMBER: _builtins.int
     PROMOTE_FIELD_NUMBER: _builtins.int
+    SKIP_HOST_CHECK_FIELD_NUMBER: _builtins.int
     promote: _builtins.bool
     """Make it the default once created."""
+    skip_host_check: _builtins.bool
+    """Store it even if no live runtime host can run its runtime (`kiln deploy
+    --no-host-check`: hosts that can are started later).
+    """
     @_builtins.property
     def version(self) -> Global___Version:
         """The version; minor, created_at and is_default are assigned by the service."""
@@ -248,14 +254,91 @@ class CreateVersionRequest(_message.Message):
         *,
         version: Global___Version | None = ...,
         promote: _builtins.bool = ...,
+        skip_host_check: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["version", b"version"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["promote", b"promote", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["promote", b"promote", "skip_host_check", b"skip_host_check", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CreateVersionRequest: _TypeAlias = CreateVersionRequest  # noqa: Y015
+
+@_typing.final
+class CheckRuntimeRequest(_message.Message):
+    """CheckRuntimeRequest names the runtime a version would run on."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APP_ID_FIELD_NUMBER: _builtins.int
+    RUNTIME_FIELD_NUMBER: _builtins.int
+    app_id: _builtins.str
+    """App (an admin token of it is needed)."""
+    runtime: _builtins.str
+    """app.yaml's `runtime`, e.g. python313."""
+    def __init__(
+        self,
+        *,
+        app_id: _builtins.str = ...,
+        runtime: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_id", b"app_id", "runtime", b"runtime"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckRuntimeRequest: _TypeAlias = CheckRuntimeRequest  # noqa: Y015
+
+@_typing.final
+class HostRuntime(_message.Message):
+    """HostRuntime is one live runtime host able to run the runtime asked about."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOST_FIELD_NUMBER: _builtins.int
+    PYTHON_VERSION_FIELD_NUMBER: _builtins.int
+    host: _builtins.str
+    """The host's name."""
+    python_version: _builtins.str
+    """The Python it would run the version on, e.g. "3.13"."""
+    def __init__(
+        self,
+        *,
+        host: _builtins.str = ...,
+        python_version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["host", b"host", "python_version", b"python_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HostRuntime: _TypeAlias = HostRuntime  # noqa: Y015
+
+@_typing.final
+class CheckRuntimeResponse(_message.Message):
+    """CheckRuntimeResponse lists the live hosts that can run the runtime."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOSTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def hosts(self) -> _containers.RepeatedCompositeFieldContainer[Global___HostRuntime]:
+        """Sorted by host name; never empty (no host is FAILED_PRECONDITION)."""
+
+    def __init__(
+        self,
+        *,
+        hosts: _abc.Iterable[Global___HostRuntime] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hosts", b"hosts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckRuntimeResponse: _TypeAlias = CheckRuntimeResponse  # noqa: Y015
 
 @_typing.final
 class CreateVersionResponse(_message.Message):

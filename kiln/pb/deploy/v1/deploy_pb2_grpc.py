@@ -46,6 +46,11 @@ class DeployServiceStub:
                 request_serializer=kiln_dot_pb_dot_deploy_dot_v1_dot_deploy__pb2.UploadBlobRequest.SerializeToString,
                 response_deserializer=kiln_dot_pb_dot_deploy_dot_v1_dot_deploy__pb2.UploadBlobResponse.FromString,
                 _registered_method=True)
+        self.CheckRuntime = channel.unary_unary(
+                '/kiln.pb.deploy.v1.DeployService/CheckRuntime',
+                request_serializer=kiln_dot_pb_dot_deploy_dot_v1_dot_deploy__pb2.CheckRuntimeRequest.SerializeToString,
+                response_deserializer=kiln_dot_pb_dot_deploy_dot_v1_dot_deploy__pb2.CheckRuntimeResponse.FromString,
+                _registered_method=True)
         self.CreateVersion = channel.unary_unary(
                 '/kiln.pb.deploy.v1.DeployService/CreateVersion',
                 request_serializer=kiln_dot_pb_dot_deploy_dot_v1_dot_deploy__pb2.CreateVersionRequest.SerializeToString,
@@ -107,8 +112,18 @@ class DeployServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CheckRuntime(self, request, context):
+        """CheckRuntime tells, before anything is uploaded, whether a live runtime host
+        can run a runtime (the hosts report on `kiln.deploy.host`); FAILED_PRECONDITION
+        names the runtime, the interpreter it needs and the hosts there are.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateVersion(self, request, context):
-        """CreateVersion records a version from a manifest whose blobs are all stored.
+        """CreateVersion records a version from a manifest whose blobs are all stored,
+        refusing one whose runtime no live host can run (as CheckRuntime).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -176,6 +191,11 @@ def add_DeployServiceServicer_to_server(servicer, server):
                     servicer.UploadBlob,
                     request_deserializer=kiln_dot_pb_dot_deploy_dot_v1_dot_deploy__pb2.UploadBlobRequest.FromString,
                     response_serializer=kiln_dot_pb_dot_deploy_dot_v1_dot_deploy__pb2.UploadBlobResponse.SerializeToString,
+            ),
+            'CheckRuntime': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckRuntime,
+                    request_deserializer=kiln_dot_pb_dot_deploy_dot_v1_dot_deploy__pb2.CheckRuntimeRequest.FromString,
+                    response_serializer=kiln_dot_pb_dot_deploy_dot_v1_dot_deploy__pb2.CheckRuntimeResponse.SerializeToString,
             ),
             'CreateVersion': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateVersion,
@@ -273,6 +293,33 @@ class DeployService:
             '/kiln.pb.deploy.v1.DeployService/UploadBlob',
             kiln_dot_pb_dot_deploy_dot_v1_dot_deploy__pb2.UploadBlobRequest.SerializeToString,
             kiln_dot_pb_dot_deploy_dot_v1_dot_deploy__pb2.UploadBlobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckRuntime(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kiln.pb.deploy.v1.DeployService/CheckRuntime',
+            kiln_dot_pb_dot_deploy_dot_v1_dot_deploy__pb2.CheckRuntimeRequest.SerializeToString,
+            kiln_dot_pb_dot_deploy_dot_v1_dot_deploy__pb2.CheckRuntimeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -4,9 +4,10 @@
 isort:skip_file
 The control plane: apps, versions, their files and the default version.
 Every call needs a deploy token in the `authorization` metadata
-(`Bearer <token>`): an admin token of the app for changes, or a platform read
-token (routers, runtime hosts, cron) for GetVersion, ListVersions, ListApps
-and DownloadBlob; anyone else gets UNAUTHENTICATED or PERMISSION_DENIED.
+(`Bearer <token>`): an admin token of the app for changes (and CheckRuntime),
+or a platform read token (routers, runtime hosts, cron) for GetVersion,
+ListVersions, ListApps and DownloadBlob; anyone else gets UNAUTHENTICATED or
+PERMISSION_DENIED.
 """
 
 from collections import abc as _abc
@@ -45,8 +46,15 @@ class DeployServiceStub:
     """
     UploadBlob: _grpc.StreamUnaryMultiCallable[_deploy_pb2.UploadBlobRequest, _deploy_pb2.UploadBlobResponse]
     """UploadBlob stores one file's content, streamed in chunks."""
+    CheckRuntime: _grpc.UnaryUnaryMultiCallable[_deploy_pb2.CheckRuntimeRequest, _deploy_pb2.CheckRuntimeResponse]
+    """CheckRuntime tells, before anything is uploaded, whether a live runtime host
+    can run a runtime (the hosts report on `kiln.deploy.host`); FAILED_PRECONDITION
+    names the runtime, the interpreter it needs and the hosts there are.
+    """
     CreateVersion: _grpc.UnaryUnaryMultiCallable[_deploy_pb2.CreateVersionRequest, _deploy_pb2.CreateVersionResponse]
-    """CreateVersion records a version from a manifest whose blobs are all stored."""
+    """CreateVersion records a version from a manifest whose blobs are all stored,
+    refusing one whose runtime no live host can run (as CheckRuntime).
+    """
     GetVersion: _grpc.UnaryUnaryMultiCallable[_deploy_pb2.GetVersionRequest, _deploy_pb2.GetVersionResponse]
     """GetVersion returns one version's manifest and configuration."""
     ListVersions: _grpc.UnaryUnaryMultiCallable[_deploy_pb2.ListVersionsRequest, _deploy_pb2.ListVersionsResponse]
@@ -75,8 +83,15 @@ class DeployServiceAsyncStub(DeployServiceStub):
     """
     UploadBlob: _aio.StreamUnaryMultiCallable[_deploy_pb2.UploadBlobRequest, _deploy_pb2.UploadBlobResponse]  # type: ignore[assignment]
     """UploadBlob stores one file's content, streamed in chunks."""
+    CheckRuntime: _aio.UnaryUnaryMultiCallable[_deploy_pb2.CheckRuntimeRequest, _deploy_pb2.CheckRuntimeResponse]  # type: ignore[assignment]
+    """CheckRuntime tells, before anything is uploaded, whether a live runtime host
+    can run a runtime (the hosts report on `kiln.deploy.host`); FAILED_PRECONDITION
+    names the runtime, the interpreter it needs and the hosts there are.
+    """
     CreateVersion: _aio.UnaryUnaryMultiCallable[_deploy_pb2.CreateVersionRequest, _deploy_pb2.CreateVersionResponse]  # type: ignore[assignment]
-    """CreateVersion records a version from a manifest whose blobs are all stored."""
+    """CreateVersion records a version from a manifest whose blobs are all stored,
+    refusing one whose runtime no live host can run (as CheckRuntime).
+    """
     GetVersion: _aio.UnaryUnaryMultiCallable[_deploy_pb2.GetVersionRequest, _deploy_pb2.GetVersionResponse]  # type: ignore[assignment]
     """GetVersion returns one version's manifest and configuration."""
     ListVersions: _aio.UnaryUnaryMultiCallable[_deploy_pb2.ListVersionsRequest, _deploy_pb2.ListVersionsResponse]  # type: ignore[assignment]
@@ -116,12 +131,25 @@ class DeployServiceServicer(metaclass=_abc_1.ABCMeta):
         """UploadBlob stores one file's content, streamed in chunks."""
 
     @_abc_1.abstractmethod
+    def CheckRuntime(
+        self,
+        request: _deploy_pb2.CheckRuntimeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_deploy_pb2.CheckRuntimeResponse, _abc.Awaitable[_deploy_pb2.CheckRuntimeResponse]]:
+        """CheckRuntime tells, before anything is uploaded, whether a live runtime host
+        can run a runtime (the hosts report on `kiln.deploy.host`); FAILED_PRECONDITION
+        names the runtime, the interpreter it needs and the hosts there are.
+        """
+
+    @_abc_1.abstractmethod
     def CreateVersion(
         self,
         request: _deploy_pb2.CreateVersionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_deploy_pb2.CreateVersionResponse, _abc.Awaitable[_deploy_pb2.CreateVersionResponse]]:
-        """CreateVersion records a version from a manifest whose blobs are all stored."""
+        """CreateVersion records a version from a manifest whose blobs are all stored,
+        refusing one whose runtime no live host can run (as CheckRuntime).
+        """
 
     @_abc_1.abstractmethod
     def GetVersion(

@@ -5,12 +5,16 @@ isort:skip_file
 Deployment events, published on NATS so every router and runtime host learns
 of them within a second: `kiln.deploy.version` and `kiln.deploy.default`.
 Listeners also re-read the control plane on reconnect and periodically, so a
-missed event delays a change but never loses it.
+missed event delays a change but never loses it. Runtime hosts publish what
+they can run on `kiln.deploy.host` (only the platform's NATS user may), heard
+by every control plane replica.
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
@@ -121,3 +125,50 @@ class DefaultVersionEvent(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DefaultVersionEvent: _TypeAlias = DefaultVersionEvent  # noqa: Y015
+
+@_typing.final
+class HostHeartbeat(_message.Message):
+    """HostHeartbeat is published by every runtime host on `kiln.deploy.host` every
+    few seconds: the Pythons it can run versions on. The control plane counts a
+    host as live until ttl_seconds after its last heartbeat.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOST_FIELD_NUMBER: _builtins.int
+    PYTHON_VERSIONS_FIELD_NUMBER: _builtins.int
+    OWN_PYTHON_VERSION_FIELD_NUMBER: _builtins.int
+    TTL_SECONDS_FIELD_NUMBER: _builtins.int
+    SENT_AT_FIELD_NUMBER: _builtins.int
+    host: _builtins.str
+    """The host's name (unique in the cluster; its host name by default)."""
+    own_python_version: _builtins.str
+    """kiln's own Python on the host, which python27 apps run on, as "3.11"."""
+    ttl_seconds: _builtins.float
+    """How long after this heartbeat the host counts as live without another."""
+    @_builtins.property
+    def python_versions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The Pythons found on the host (its own included), as "3.12": a `pythonXY`
+        runtime runs where "X.Y" is listed.
+        """
+
+    @_builtins.property
+    def sent_at(self) -> _timestamp_pb2.Timestamp:
+        """When sent."""
+
+    def __init__(
+        self,
+        *,
+        host: _builtins.str = ...,
+        python_versions: _abc.Iterable[_builtins.str] | None = ...,
+        own_python_version: _builtins.str = ...,
+        ttl_seconds: _builtins.float = ...,
+        sent_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["sent_at", b"sent_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["host", b"host", "own_python_version", b"own_python_version", "python_versions", b"python_versions", "sent_at", b"sent_at", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HostHeartbeat: _TypeAlias = HostHeartbeat  # noqa: Y015

@@ -5,7 +5,9 @@ isort:skip_file
 Deployment events, published on NATS so every router and runtime host learns
 of them within a second: `kiln.deploy.version` and `kiln.deploy.default`.
 Listeners also re-read the control plane on reconnect and periodically, so a
-missed event delays a change but never loses it.
+missed event delays a change but never loses it. Runtime hosts publish what
+they can run on `kiln.deploy.host` (only the platform's NATS user may), heard
+by every control plane replica.
 """
 
 from collections import abc as _abc
