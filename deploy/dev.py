@@ -37,7 +37,8 @@ from kiln.pb.datastore.v1 import datastore_pb2, datastore_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-SERVICES = ("datastore_svc", "memcache_svc", "urlfetch_svc", "mail_svc", "images_svc", "cron_svc", "logs_svc")
+SERVICES = ("datastore_svc", "memcache_svc", "urlfetch_svc", "mail_svc", "images_svc", "cron_svc", "logs_svc",
+            "identity_svc")
 CASSANDRA_SCRIPT = pathlib.Path(__file__).resolve().parent / "cassandra.sh"
 
 
@@ -182,13 +183,18 @@ class DevServer:
             args = ["--listen", "127.0.0.1:0", "--ready-file", str(run / f"{svc}.addr")]
             if svc == "logs_svc":
                 args += ["--data-dir", str(self.data_dir / "logs")]
+            own: dict[str, str] = {}
             if svc == "datastore_svc":
                 args += ["--storage", self.opts.storage, "--data-dir", str(self.data_dir / "datastore"),
                          "--index-cache-seconds", "0", "--auto-index-file", str(self.index_yaml)]
-                if cassandra_hosts:
-                    args += ["--cassandra-hosts", cassandra_hosts, "--cassandra-keyspace", self._keyspace()]
+            if svc == "identity_svc":
+                args += ["--storage", self.opts.storage, "--data-dir", str(self.data_dir / "identity"),
+                         "--apps-domain", "localhost"]
+                own["KILN_IDENTITY_KEY_SECRET"] = self._identity_key_secret()
+            if svc in ("datastore_svc", "identity_svc") and cassandra_hosts:
+                args += ["--cassandra-hosts", cassandra_hosts, "--cassandra-keyspace", self._keyspace()]
             child = sup.spawn(svc, python_module(svc, *args), env=env, ready_file=run / f"{svc}.addr",
-                              secrets={**service, "KILN_LOGS_NATS_URL": self.nats_url})
+                              secrets={**service, "KILN_LOGS_NATS_URL": self.nats_url, **own})
             pending.append((svc, child))
         for svc, child in pending:
             sup.wait_ready(child, ready_file=run / f"{svc}.addr")
@@ -252,7 +258,7 @@ class DevServer:
             "--default-hostname", f"{'localhost' if self.opts.host in ('127.0.0.1', '0.0.0.0') else self.opts.host}"
                                   f":{router_port}",
         ]
-        for svc in ("datastore", "memcache", "urlfetch", "mail", "images"):
+        for svc in ("datastore", "memcache", "urlfetch", "mail", "images", "identity"):
             runtime_args += [f"--{svc}-addr", self.addresses[f"{svc}_svc"]]
         manager_secrets = {"KILN_MANAGER_SERVICE_SECRET": self._secret, "KILN_MANAGER_NATS_URL": self.nats_url,
                            "KILN_MANAGER_NATS_APP_SECRET": nats_app_secret}
@@ -291,6 +297,19 @@ class DevServer:
         """
         (self.data_dir / "session.key").unlink(missing_ok=True)
         return secrets.token_hex(32)
+
+    def _identity_key_secret(self) -> str:
+        """The secret that seals the app's signing keys at rest: kept in the data directory (readable by kiln's
+        user alone), so the app's keys, and the signatures and tokens they made, survive a restart of kiln dev."""
+        path = self.data_dir / "identity.key"
+        try:
+            return path.read_text().strip()
+        except FileNotFoundError:
+            pass
+        made = secrets.token_hex(32)
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+            out.write(made)
+        return made
 
     def _declare_indexes(self) -> None:
         """Send index.yaml to the datastore, which builds what is new (dev_appserver read it at start too)."""
