@@ -306,3 +306,35 @@ def test_a_new_key_becomes_current_each_period_and_the_previous_stays_published(
     newest = wait_for_new_key(wait_for_new_key(new_name, 3 * ROTATION)[0], 3 * ROTATION)[0]
     assert old_name not in [c.key_name for c in app_identity.get_public_certificates()] and newest != old_name
     stop(supervisor, svc)
+
+
+# --- Cassandra: replicas share keys --------------------------------------------------------------------------------
+
+@pytest.mark.cassandra
+def test_replicas_on_cassandra_racing_to_make_an_apps_first_key_all_sign_with_one(supervisor, tmp_path,
+                                                                                   cassandra_hosts):
+    import concurrent.futures
+    import uuid
+
+    storage = ("--storage", "cassandra", "--cassandra-hosts", cassandra_hosts, "--cassandra-keyspace",
+               "kiln_identity_test")
+    replicas = [start_identity(supervisor, f"identity_svc-cassandra-{n}", tmp_path / str(n), *storage)
+                for n in range(2)]
+    try:
+        for _ in range(3):  # three fresh apps, each raced for from both replicas at once
+            app = "raced-" + uuid.uuid4().hex[:8]
+            clients = [stub(r.address) for r in replicas]
+
+            def sign(n, clients=clients, app=app):
+                return clients[n % 2].SignForApp(pb.SignForAppRequest(bytes_to_sign=b"race"),
+                                                 metadata=app_metadata(app), timeout=60).key_name
+            with concurrent.futures.ThreadPoolExecutor(8) as pool:
+                names = set(pool.map(sign, range(16)))
+            assert len(names) == 1
+            published = [[c.key_name for c in client.GetPublicCertificates(
+                pb.GetPublicCertificatesRequest(), metadata=app_metadata(app), timeout=60).certificates]
+                for client in clients]
+            assert published[0] == published[1] and published[0][0] in names
+    finally:
+        for replica in replicas:
+            stop(supervisor, replica)
