@@ -187,12 +187,11 @@ class DevServer:
             if svc == "datastore_svc":
                 args += ["--storage", self.opts.storage, "--data-dir", str(self.data_dir / "datastore"),
                          "--index-cache-seconds", "0", "--auto-index-file", str(self.index_yaml)]
+                if cassandra_hosts:
+                    args += ["--cassandra-hosts", cassandra_hosts, "--cassandra-keyspace", self._keyspace()]
             if svc == "identity_svc":
-                args += ["--storage", self.opts.storage, "--data-dir", str(self.data_dir / "identity"),
-                         "--apps-domain", "localhost"]
-                own["KILN_IDENTITY_KEY_SECRET"] = self._identity_key_secret()
-            if svc in ("datastore_svc", "identity_svc") and cassandra_hosts:
-                args += ["--cassandra-hosts", cassandra_hosts, "--cassandra-keyspace", self._keyspace()]
+                args += ["--data-dir", str(self._identity_keys()), "--apps-domain", "localhost"]
+                own["KILN_IDENTITY_KEY_SECRET"] = self.secrets["identity_key"] = secrets.token_hex(32)
             child = sup.spawn(svc, python_module(svc, *args), env=env, ready_file=run / f"{svc}.addr",
                               secrets={**service, "KILN_LOGS_NATS_URL": self.nats_url, **own})
             pending.append((svc, child))
@@ -298,18 +297,17 @@ class DevServer:
         (self.data_dir / "session.key").unlink(missing_ok=True)
         return secrets.token_hex(32)
 
-    def _identity_key_secret(self) -> str:
-        """The secret that seals the app's signing keys at rest: kept in the data directory (readable by kiln's
-        user alone), so the app's keys, and the signatures and tokens they made, survive a restart of kiln dev."""
-        path = self.data_dir / "identity.key"
-        try:
-            return path.read_text().strip()
-        except FileNotFoundError:
-            pass
-        made = secrets.token_hex(32)
-        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
-            out.write(made)
-        return made
+    def _identity_keys(self) -> pathlib.Path:
+        """Where identity_svc keeps the app's signing keys for this run (always the embedded store: one machine).
+
+        The secret that seals them is made anew at each start, as the sign-in key is, because a file of kiln's user
+        is one the app could read with ``--isolation none``: so the keys of an earlier run, which no longer open,
+        are removed, and the app gets a new key each run (signatures and tokens of an earlier run no longer
+        verify, as App Engine's development server never made ones that did).
+        """
+        keys = self.data_dir / "identity"
+        shutil.rmtree(keys, ignore_errors=True)
+        return keys
 
     def _declare_indexes(self) -> None:
         """Send index.yaml to the datastore, which builds what is new (dev_appserver read it at start too)."""

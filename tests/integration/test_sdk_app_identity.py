@@ -148,9 +148,13 @@ def test_the_metadata_server_refuses_what_it_does_not_answer(server, path, flavo
     assert get(server, "/metadata", at=path, flavor=flavor)["status"] == status
 
 
-def test_the_apps_key_survives_a_restart_of_kiln_dev(tmp_path):
+def test_kiln_dev_gives_the_app_a_new_key_each_run_as_its_key_secret_is_in_no_file(tmp_path):
     with running(tmp_path, {"main.py": MAIN}, app_yaml=APP_YAML) as first:
         signed = get(first, "/sign", data="before")
+        key_secret = first.secrets["identity_key"]
+        assert not [p for p in first.data_dir.rglob("*") if p.is_file() and key_secret.encode() in p.read_bytes()]
     with running(tmp_path, {"main.py": MAIN}, app_yaml=APP_YAML) as second:
-        assert get(second, "/sign", data="after")["key_name"] == signed["key_name"]
-        assert verifies(certificates(second)[signed["key_name"]], b"before", base64.b64decode(signed["signature"]))
+        renewed = get(second, "/sign", data="after")
+        certs = certificates(second)
+        assert renewed["key_name"] != signed["key_name"] and signed["key_name"] not in certs
+        assert verifies(certs[renewed["key_name"]], b"after", base64.b64decode(renewed["signature"]))
