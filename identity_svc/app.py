@@ -34,4 +34,9 @@ async def serve(cfg: IdentityConfig) -> None:
     servicer = IdentityService(keyring, apps_domain=cfg.apps_domain, token_seconds=cfg.access_token_seconds)
     registration = grpcserver.Registration(SERVICE_NAME, identity_pb2_grpc.add_IdentityServiceServicer_to_server,
                                            servicer, public_methods=PUBLIC_METHODS)
-    await grpcserver.serve(cfg, [registration], on_stop=store.close)
+
+    async def stop() -> None:
+        await keyring.close()
+        await store.close()
+
+    await grpcserver.serve(cfg, [registration], on_stop=stop)

@@ -2,13 +2,17 @@
 
 :class:`Keyring` sits over a :class:`~identity_svc.store.KeyStore` with an injected clock. It keeps opened keys
 in memory (bounded, least recently used first out), and within one process makes each period's key once; across
-replicas the store's insert-if-absent decides (:mod:`identity_svc.keys`).
+replicas the store's insert-if-absent decides (:mod:`identity_svc.keys`). Using an app's current key also makes its
+next period's key, in the background, so that its certificate is published (and cached by whoever verifies) before
+the key signs anything, even for clients that only ever look certificates up.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import logging
 import time
 from collections.abc import Callable
 
@@ -16,6 +20,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from identity_svc import errors, keys
 from identity_svc.store import KeyStore
+
+log = logging.getLogger(__name__)
 
 DEFAULT_CACHE_KEYS = 4096
 
@@ -34,13 +40,39 @@ class Keyring:
         self._opened: collections.OrderedDict[tuple[str, int], tuple[keys.StoredKey, rsa.RSAPrivateKey]] = (
             collections.OrderedDict())
         self._making: dict[tuple[str, int], asyncio.Lock] = {}
+        self._ahead: set[asyncio.Task[object]] = set()
 
     def now(self) -> float:
         return self._clock()
 
     async def current(self, app: str) -> tuple[keys.StoredKey, rsa.RSAPrivateKey]:
-        """The app's key for the period now, made if it has none yet, and its private key."""
-        return await self._key(app, self.rotation.start(self._clock()))
+        """The app's key for the period now, made if it has none yet, and its private key (the next period's is made
+        in the background)."""
+        start = self.rotation.start(self._clock())
+        found = await self._key(app, start)
+        upcoming = (app, start + self.rotation.seconds)
+        if upcoming not in self._opened and upcoming not in self._making:
+            task: asyncio.Task[object] = asyncio.create_task(self._key(*upcoming))
+            self._ahead.add(task)
+            task.add_done_callback(self._made_ahead)
+        return found
+
+    def _made_ahead(self, task: asyncio.Task[object]) -> None:
+        self._ahead.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("making an app's next key ahead of time failed", exc_info=task.exception())
+
+    async def settle(self) -> None:
+        """Wait for the keys being made ahead of time."""
+        while self._ahead:
+            await asyncio.wait(set(self._ahead))
+
+    async def close(self) -> None:
+        """Stop making keys ahead of time (before the store closes)."""
+        for task in list(self._ahead):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def published(self, app: str) -> list[keys.StoredKey]:
         """The keys whose certificates the app publishes: current, next (both made if missing), previous."""

@@ -138,16 +138,22 @@ class Clock:
         return self.now
 
 
+_RINGS: list[Keyring] = []
+
+
 @pytest.fixture
 async def store(tmp_path):
     found = SqliteKeyStore(tmp_path / "keys.sqlite3")
     await found.open()
     yield found
+    while _RINGS:  # keys being made ahead finish before their store closes
+        await _RINGS.pop().settle()
     await found.close()
 
 
 def keyring(store, clock, secret=SECRET):
-    return Keyring(store, keys.Sealer(secret), ROTATION, token_seconds=60, clock=clock)
+    _RINGS.append(Keyring(store, keys.Sealer(secret), ROTATION, token_seconds=60, clock=clock))
+    return _RINGS[-1]
 
 
 async def test_an_app_signs_with_one_key_throughout_a_period(store):
@@ -178,6 +184,17 @@ async def test_a_new_period_makes_the_announced_next_key_current_and_keeps_the_p
     assert old.key_name not in [k.key_name for k in await ring.published("app")]
 
 
+async def test_signing_makes_the_next_key_ahead_so_a_lookup_already_finds_it(store):
+    clock = Clock(1000)
+    ring = keyring(store, clock)
+    current, _ = await ring.current("app")
+    await ring.settle()
+    announced = [k.key_name for k in await ring.published_existing("app")]
+    assert announced[0] == current.key_name and len(announced) == 2
+    clock.now = 1100
+    assert (await ring.current("app"))[0].key_name == announced[1]
+
+
 async def test_a_lookup_by_anyone_makes_no_key(store):
     ring = keyring(store, Clock(1000))
     assert await ring.published_existing("never-signed") == []
@@ -188,7 +205,9 @@ async def test_replicas_racing_for_a_period_sign_with_the_same_key(store):
     rings = [keyring(store, Clock(1000)) for _ in range(3)]
     found = await asyncio.gather(*(ring.current("raced") for ring in rings for _ in range(3)))
     assert len({stored.key_name for stored, _ in found}) == 1
-    assert len(await store.since("raced", 0)) == 1
+    for ring in rings:
+        await ring.settle()
+    assert [k.period_start for k in await store.since("raced", 0)] == [1100, 1000]  # one each: this and the next
 
 
 async def test_a_keyring_with_another_key_secret_refuses_the_stored_key_precisely(store):
