@@ -18,7 +18,9 @@ to anyone (certificates are public) and never creates a key.
 
 Errors carry App Engine's AppIdentityServiceError code name in the trailing
 metadata key `kiln-error-code`: BLOB_TOO_LARGE (INVALID_ARGUMENT),
-UNKNOWN_SCOPE (INVALID_ARGUMENT), NOT_A_VALID_APP (NOT_FOUND).
+UNKNOWN_SCOPE (INVALID_ARGUMENT), NOT_A_VALID_APP (INVALID_ARGUMENT), and
+UNKNOWN_ERROR (FAILED_PRECONDITION) when a stored key does not open with
+the service's key secret.
 """
 
 from collections import abc as _abc
