@@ -37,7 +37,8 @@ from kiln.pb.datastore.v1 import datastore_pb2, datastore_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-SERVICES = ("datastore_svc", "memcache_svc", "urlfetch_svc", "mail_svc", "images_svc", "cron_svc", "logs_svc")
+SERVICES = ("datastore_svc", "memcache_svc", "urlfetch_svc", "mail_svc", "images_svc", "cron_svc", "logs_svc",
+            "identity_svc")
 CASSANDRA_SCRIPT = pathlib.Path(__file__).resolve().parent / "cassandra.sh"
 
 
@@ -182,13 +183,17 @@ class DevServer:
             args = ["--listen", "127.0.0.1:0", "--ready-file", str(run / f"{svc}.addr")]
             if svc == "logs_svc":
                 args += ["--data-dir", str(self.data_dir / "logs")]
+            own: dict[str, str] = {}
             if svc == "datastore_svc":
                 args += ["--storage", self.opts.storage, "--data-dir", str(self.data_dir / "datastore"),
                          "--index-cache-seconds", "0", "--auto-index-file", str(self.index_yaml)]
                 if cassandra_hosts:
                     args += ["--cassandra-hosts", cassandra_hosts, "--cassandra-keyspace", self._keyspace()]
+            if svc == "identity_svc":
+                args += ["--data-dir", str(self._identity_keys()), "--apps-domain", "localhost"]
+                own["KILN_IDENTITY_KEY_SECRET"] = self.secrets["identity_key"] = secrets.token_hex(32)
             child = sup.spawn(svc, python_module(svc, *args), env=env, ready_file=run / f"{svc}.addr",
-                              secrets={**service, "KILN_LOGS_NATS_URL": self.nats_url})
+                              secrets={**service, "KILN_LOGS_NATS_URL": self.nats_url, **own})
             pending.append((svc, child))
         for svc, child in pending:
             sup.wait_ready(child, ready_file=run / f"{svc}.addr")
@@ -252,7 +257,7 @@ class DevServer:
             "--default-hostname", f"{'localhost' if self.opts.host in ('127.0.0.1', '0.0.0.0') else self.opts.host}"
                                   f":{router_port}",
         ]
-        for svc in ("datastore", "memcache", "urlfetch", "mail", "images"):
+        for svc in ("datastore", "memcache", "urlfetch", "mail", "images", "identity"):
             runtime_args += [f"--{svc}-addr", self.addresses[f"{svc}_svc"]]
         manager_secrets = {"KILN_MANAGER_SERVICE_SECRET": self._secret, "KILN_MANAGER_NATS_URL": self.nats_url,
                            "KILN_MANAGER_NATS_APP_SECRET": nats_app_secret}
@@ -291,6 +296,18 @@ class DevServer:
         """
         (self.data_dir / "session.key").unlink(missing_ok=True)
         return secrets.token_hex(32)
+
+    def _identity_keys(self) -> pathlib.Path:
+        """Where identity_svc keeps the app's signing keys for this run (always the embedded store: one machine).
+
+        The secret that seals them is made anew at each start, as the sign-in key is, because a file of kiln's user
+        is one the app could read with ``--isolation none``: so the keys of an earlier run, which no longer open,
+        are removed, and the app gets a new key each run (signatures and tokens of an earlier run no longer
+        verify, as App Engine's development server never made ones that did).
+        """
+        keys = self.data_dir / "identity"
+        shutil.rmtree(keys, ignore_errors=True)
+        return keys
 
     def _declare_indexes(self) -> None:
         """Send index.yaml to the datastore, which builds what is new (dev_appserver read it at start too)."""

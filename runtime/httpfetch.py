@@ -9,7 +9,9 @@ same: :func:`install` replaces ``http.client.HTTPConnection`` and
 parsed from the fetched status, headers and body. No socket is opened by the
 app's process; the URL Fetch service's rules (sizes, deadline, forbidden
 internal addresses) apply. A failed fetch raises ``OSError`` (``urllib``
-turns it into ``URLError``), naming URL Fetch's error.
+turns it into ``URLError``), naming URL Fetch's error. Requests for the
+metadata server (``metadata.google.internal``) never leave the process:
+:mod:`runtime.metadata` answers them.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from kiln.api import urlfetch
+from runtime import metadata
 
 _ORIGINAL = (http.client.HTTPConnection, http.client.HTTPSConnection)
 _ABSOLUTE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
@@ -111,21 +114,26 @@ class FetchHTTPConnection(http.client.HTTPConnection):
         self._HTTPConnection__state = http.client._CS_IDLE  # type: ignore[attr-defined]  # ready for the next request
         # An absolute-form target (a proxy request) is the whole URL; an origin-form path may hold "://" in its query.
         url = path if _ABSOLUTE.match(path) else f"{self.scheme}://{self._authority()}{path}"
+        status, header_list, content = metadata.answer(method, url, _merge(headers)) or self._fetched(method, url,
+                                                                                                   headers)
+        raw = [f"HTTP/1.1 {status} {http.client.responses.get(status, '')}\r\n"]
+        for name, value in header_list:
+            if name.lower() not in ("content-length", "transfer-encoding", "connection"):
+                raw.append(f"{name}: {value}\r\n")
+        raw.append(f"Content-Length: {len(content)}\r\nConnection: close\r\n\r\n")
+        reply = http.client.HTTPResponse(_Canned("".join(raw).encode("latin-1") + content),  # type: ignore[arg-type]
+                                         method=method, url=url)
+        reply.begin()
+        return reply
+
+    def _fetched(self, method: str, url: str, headers: list[tuple[str, str]]) -> metadata.Answer:
         try:
             result = urlfetch.fetch(url, payload=b"".join(self._body) or None, method=method,
                                     headers=_merge(headers), follow_redirects=False, deadline=self.timeout,
                                     allow_truncated=False)
         except urlfetch.Error as exc:
             raise OSError(f"URL Fetch: {type(exc).__name__}: {exc}") from exc
-        raw = [f"HTTP/1.1 {result.status_code} {http.client.responses.get(result.status_code, '')}\r\n"]
-        for name, value in result.header_list:
-            if name.lower() not in ("content-length", "transfer-encoding", "connection"):
-                raw.append(f"{name}: {value}\r\n")
-        raw.append(f"Content-Length: {len(result.content)}\r\nConnection: close\r\n\r\n")
-        reply = http.client.HTTPResponse(_Canned("".join(raw).encode("latin-1") + result.content),  # type: ignore[arg-type]
-                                         method=method, url=url)
-        reply.begin()
-        return reply
+        return result.status_code, list(result.header_list), result.content
 
     def _authority(self) -> str:
         default = 443 if self.scheme == "https" else 80

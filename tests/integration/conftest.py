@@ -25,7 +25,7 @@ SECRET = "integration-test-secret"
 INDEX_CACHE_SECONDS = 0.2
 SERVICES = {
     "datastore": "datastore_svc", "memcache": "memcache_svc", "urlfetch": "urlfetch_svc",
-    "mail": "mail_svc", "images": "images_svc", "cron": "cron_svc",
+    "mail": "mail_svc", "images": "images_svc", "cron": "cron_svc", "identity": "identity_svc",
 }
 
 
@@ -36,6 +36,7 @@ def service_env() -> dict[str, str]:
     env["KILN_ROUTER_SESSION_SECRET"] = "integration-session-secret"
     env["KILN_CRON_PLATFORM_SECRET"] = "integration-platform-secret"
     env["KILN_CONTROL_ADMIN_SECRET"] = "integration-admin-secret"
+    env["KILN_IDENTITY_KEY_SECRET"] = "integration-identity-key-secret"
     return env
 
 
@@ -76,6 +77,8 @@ def grpc_services(supervisor, tmp_path_factory, nats_url):
             args += ["--nats-url", nats_url, "--outbox-dir", str(tmp_path_factory.mktemp("outbox"))]
         if name == "cron":
             args += ["--nats-url", nats_url]
+        if name == "identity":
+            args += ["--data-dir", str(tmp_path_factory.mktemp("identity"))]
         children[name] = supervisor.spawn(module, python_module(module, *args), env=service_env(),
                                           ready_file=run / f"{module}.addr")
     return {name: Supervisor.wait_ready(child, ready_file=run / f"{SERVICES[name]}.addr").address

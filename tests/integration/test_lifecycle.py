@@ -34,7 +34,7 @@ def _stop(child) -> tuple[int, str]:
 def test_grpc_service_is_healthy_then_stops_cleanly_on_sigterm(module, tmp_path, request):
     sup = Supervisor(tmp_path)
     args = ["--listen", "127.0.0.1:0", "--ready-file", str(tmp_path / "addr")]
-    if module == "datastore_svc":
+    if module in ("datastore_svc", "identity_svc"):
         args += ["--data-dir", str(tmp_path / "data")]
     if module == "mail_svc":  # its queue lives on JetStream
         args += ["--nats-url", request.getfixturevalue("nats_url"), "--outbox-dir", str(tmp_path / "outbox")]

@@ -348,17 +348,25 @@ def test_the_sdks_get_service_account_name_answers_through_the_proxy(environ):
     assert app_identity.get_service_account_name() == "unit-app@apps.example.test"
 
 
-@pytest.mark.parametrize("call, named", [
-    (lambda m: m.get_default_gcs_bucket_name(), "Cloud Storage"),
-    (lambda m: m.sign_blob(b"data"), "signing key"),
-    (lambda m: m.get_public_certificates(), "signing key"),
-])
-def test_what_needs_google_fails_with_feature_not_enabled_naming_what_kiln_lacks(environ, call, named):
+def test_the_default_bucket_fails_with_feature_not_enabled_naming_cloud_storage(environ):
     from google.appengine.api import app_identity
     from google.appengine.runtime import apiproxy_errors
 
-    with pytest.raises(apiproxy_errors.FeatureNotEnabledError, match=named):
-        call(app_identity)
+    with pytest.raises(apiproxy_errors.FeatureNotEnabledError, match="Cloud Storage"):
+        app_identity.get_default_gcs_bucket_name()
+
+
+@pytest.mark.parametrize("field", [{"service_account_id": 7}, {"service_account_name": "other@example.test"}])
+def test_an_access_token_for_another_service_account_is_not_allowed(environ, field):
+    from google.appengine.api import apiproxy_stub_map
+    from google.appengine.api.app_identity import app_identity_service_pb2 as gae
+    from google.appengine.runtime import apiproxy_errors
+
+    with pytest.raises(apiproxy_errors.ApplicationError) as caught:
+        apiproxy_stub_map.MakeSyncCall("app_identity_service", "GetAccessToken",
+                                       gae.GetAccessTokenRequest(scope=["email"], **field),
+                                       gae.GetAccessTokenResponse())
+    assert caught.value.application_error == gae.AppIdentityServiceError.NOT_ALLOWED
 
 
 def test_an_unknown_app_identity_method_is_call_not_found(environ):
