@@ -20,6 +20,7 @@ id, location from GeoIP). The app's response is post-processed
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import time
@@ -148,6 +149,10 @@ class Router:
                                   user)
         if platform == "cron":
             envelope.headers.add(name="X-AppEngine-Cron", value=b"true")  # only cron_svc's requests carry it
+        if platform == "taskqueue":  # only taskqueue_svc's requests carry the task's headers (signed with it)
+            for name, value in zip(auth.TASK_HEADERS, auth.task_header_values(request.headers)):
+                if value:
+                    envelope.headers.add(name=name, value=httpfields.wire(value))
         bodies = self.bodies(target.app_id)
         if not bodies.fits_inline(len(body)):
             envelope.body_object = await bodies.put(f"req-{request_id}", body)
@@ -194,8 +199,8 @@ class Router:
                              platform: str | None) -> web.StreamResponse | None:
         """secure, login and static handling; ``None`` to go on to the app.
 
-        Requests from kiln's own services (``platform``: inbound mail, cron) pass ``login``, as App Engine's own
-        requests pass ``login: admin``.
+        Requests from kiln's own services (``platform``: inbound mail, cron, push tasks) pass ``login``, as App
+        Engine's own requests pass ``login: admin``.
         """
         found = version.matcher.match(url.path)
         if found is None:
@@ -268,9 +273,12 @@ class Router:
         return any(ip in net for net in self.trusted)
 
     def _platform_caller(self, request: web.Request, host: hosts.Host) -> str | None:
-        """The kiln service (mail, cron) that signed this request, or ``None``."""
+        """The kiln service (mail, cron, taskqueue) that signed this request, or ``None``. The task queue's
+        signature also covers the task's App Engine headers (:data:`kiln_platform.auth.TASK_HEADERS`)."""
+        tasks = request.headers.get(auth.PLATFORM_HEADER) == "taskqueue"
+        bound = auth.task_header_values(request.headers) if tasks else ()
         return _signed_caller(request, host, self.cfg.platform_secret.get(), auth.PLATFORM_HEADER,
-                              auth.PLATFORM_SIGNATURE_HEADER, auth.verify_platform)
+                              auth.PLATFORM_SIGNATURE_HEADER, functools.partial(auth.verify_platform, bound=bound))
 
     def _inbound_app(self, request: web.Request, host: hosts.Host) -> str | None:
         """The calling app's id, when URL Fetch signed this request for it (App Engine's Inbound-AppId)."""

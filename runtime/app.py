@@ -162,6 +162,7 @@ class Instance:
             "KILN_URLFETCH_ADDR": self.cfg.urlfetch_addr,
             "KILN_MAIL_ADDR": self.cfg.mail_addr,
             "KILN_IMAGES_ADDR": self.cfg.images_addr,
+            "KILN_TASKQUEUE_ADDR": self.cfg.taskqueue_addr,
         })
         os.environ.pop("KILN_RUNTIME_APP_TOKEN", None)  # the SDK reads KILN_APP_TOKEN
         os.environ.update(_entrypoint_environment(self.app_config))
