@@ -50,6 +50,9 @@ QUEUE_YAML = textwrap.dedent("""\
         max_backoff_seconds: 1
     - name: paused
       rate: 0
+    - name: narrow
+      rate: 100/s
+      max_concurrent_requests: 2
 """)
 
 MAIN = textwrap.dedent('''
@@ -72,6 +75,11 @@ MAIN = textwrap.dedent('''
             memcache.set("seen%s#%d" % (path, n), json.dumps(seen))
             if path.startswith("/work/fail"):
                 status = "500 Internal Server Error"
+            if path.startswith("/work/slow"):
+                running = memcache.incr("running", initial_value=0)
+                memcache.set("together-%d" % running, 1)
+                time.sleep(0.4)
+                memcache.decr("running")
         elif path == "/enqueue":
             task = taskqueue.add(url="/work/from-app", params={"x": "1", "y": ["a", "b"]}, queue_name="fast",
                                  headers={"X-Custom": "kept"})
@@ -195,6 +203,14 @@ def test_a_failing_task_is_retried_with_backoff_then_dropped_while_other_tasks_f
     assert len(ok) == 5 and count(server, "/work/fail") == 3  # limit reached: dropped, no fourth attempt
     with pytest.raises(taskqueue.TombstonedTaskError):
         queue.add(taskqueue.Task(name="always-fails", url="/work/fail"))
+
+
+def test_no_more_tasks_of_a_queue_run_at_once_than_its_max_concurrent_requests(server, as_app):
+    taskqueue.Queue("narrow").add([taskqueue.Task(url="/work/slow") for _ in range(6)])
+    apps.wait_for(lambda: count(server, "/work/slow") == 6 and taskqueue.Queue("narrow").fetch_statistics().tasks == 0,
+                  60)
+    together = [apps.fetch(server, f"/seen?together-{n}")[2] for n in (1, 2, 3)]
+    assert together == [b"1", b"1", b""]  # two at once, never three
 
 
 def test_a_countdown_task_is_not_delivered_before_its_eta(server, as_app):
