@@ -121,7 +121,8 @@ PLATFORM_CALLERS = frozenset({"mail", "cron", "taskqueue"})
 # App Engine's headers of a push task: taskqueue_svc sends them to the router, which passes them to the app only
 # on a request the task queue signed (its signature covers their values, see task_header_values).
 TASK_HEADERS = ("X-AppEngine-QueueName", "X-AppEngine-TaskName", "X-AppEngine-TaskRetryCount",
-                "X-AppEngine-TaskExecutionCount", "X-AppEngine-TaskETA", "X-AppEngine-TaskPreviousResponse")
+                "X-AppEngine-TaskExecutionCount", "X-AppEngine-TaskETA", "X-AppEngine-TaskPreviousResponse",
+                "X-AppEngine-Current-Namespace")
 
 
 def task_header_values(headers: Mapping[str, str]) -> tuple[str, ...]:

@@ -178,14 +178,18 @@ class TaskStore:
         """Drop every task of a queue; the names of those waiting are tombstoned as deleted."""
         try:
             await self.js.purge_stream(STREAM, subject=subject(app_id, queue))
+            watcher = await self.names.watch(name_key(app_id, queue, ">"), ignore_deletes=True)
+            waiting = []
             try:
-                keys = await self.names.keys(filters=[name_key(app_id, queue, "*")])
-            except nats.js.errors.NoKeysError:
-                keys = []
-            for key in keys:
-                name = key.rpartition(".")[2]
-                if await self.state(app_id, queue, name) == QUEUED:
-                    await self.tombstone(pb.StoredTask(app_id=app_id, queue=queue, name=name), DELETED)
+                async for entry in watcher:
+                    if entry is None:  # the current values have all been seen
+                        break
+                    if entry.value == QUEUED:
+                        waiting.append(entry.key.rpartition(".")[2])
+            finally:
+                await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it untyped
+            for name in waiting:
+                await self.tombstone(pb.StoredTask(app_id=app_id, queue=queue, name=name), DELETED)
         except _NATS_ERRORS as exc:
             raise TransientError(f"the task store is not reachable now ({exc})") from None
 

@@ -28,6 +28,9 @@ BODY_METHODS = frozenset({"POST", "PUT"})
 # Headers only the platform sets (compared with "_" read as "-", as the app reads them) and ones the router sets.
 _PLATFORM_PREFIXES = ("x-appengine-", "x-kiln-")
 _ROUTER_SET = frozenset({"host", "content-length"})
+# The one App Engine header a task may carry: the namespace of the request that added it (Google's SDK sets it).
+NAMESPACE_HEADER = "X-AppEngine-Current-Namespace"
+NAMESPACE_RE = re.compile(r"^[0-9A-Za-z._-]{0,100}$")
 
 
 def queue_for(name: str, queues: dict[str, Queue]) -> Queue:
@@ -94,16 +97,23 @@ def check_task(task: pb.Task, app_id: str, queues: dict[str, Queue], now: dateti
     if task.payload and method not in BODY_METHODS:
         raise errors.InvalidRequestError(f"a payload may only be sent with POST or PUT, not {method}")
     size = len(url) + len(task.payload)
+    headers = []
     for header in task.headers:
         problem = httpfields.response_problem(header.name, header.value)
         folded = header.name.replace("_", "-").lower()
-        if problem is None and folded.startswith(_PLATFORM_PREFIXES):
+        if problem is None and folded == NAMESPACE_HEADER.lower():
+            if not NAMESPACE_RE.match(header.value.decode("latin-1")):
+                raise errors.InvalidRequestError(f"{NAMESPACE_HEADER} must be a namespace matching "
+                                                 f"{NAMESPACE_RE.pattern}")
+            header = pb.Header(name=NAMESPACE_HEADER, value=header.value)
+        elif problem is None and folded.startswith(_PLATFORM_PREFIXES):
             problem = f"the header {header.name!r} is set by the platform only"
         if problem is None and folded in _ROUTER_SET:
             problem = f"the header {header.name!r} is set by the router"
         if problem is not None:
             raise errors.InvalidRequestError(problem)
         size += len(header.name) + len(header.value)
+        headers.append(header)
     if size > MAX_PUSH_TASK_BYTES:
         raise errors.TaskTooLargeError(f"the task is {size} bytes (url, headers and payload); a push task may have "
                                        f"at most {MAX_PUSH_TASK_BYTES}")
@@ -111,7 +121,7 @@ def check_task(task: pb.Task, app_id: str, queues: dict[str, Queue], now: dateti
     if target and not TARGET_RE.match(target):
         raise errors.InvalidRequestError(f"target must be a version name, got {target[:120]!r}")
     stored = pb.StoredTask(app_id=app_id, queue=queue.name, name=task.name or new_name(), named=bool(task.name),
-                           url=url, method=method, headers=task.headers, payload=task.payload,
+                           url=url, method=method, headers=headers, payload=task.payload,
                            target=target.partition(".")[0] if "." in target else target)
     stored.eta.FromDatetime(_eta(task, now))
     stored.original_eta.CopyFrom(stored.eta)

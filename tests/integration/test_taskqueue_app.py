@@ -163,7 +163,7 @@ def test_push_tasks_of_every_method_carry_their_query_and_payload(server, as_app
 
 
 def test_a_named_task_is_added_once_and_its_name_stays_tombstoned_after_it_ran(server, as_app):
-    task = taskqueue.add(name="once-only", url="/work/once", queue_name="fast")
+    task = taskqueue.add(name="once-only", url="/work/once", queue_name="fast", countdown=2)  # queued below
     assert task.was_enqueued and task.name == "once-only"
     with pytest.raises(taskqueue.TaskAlreadyExistsError):
         taskqueue.add(name="once-only", url="/work/once", queue_name="fast")

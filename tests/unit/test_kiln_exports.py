@@ -23,7 +23,7 @@ APP_MODULES = {
     "kiln.ext.db._properties", "kiln.ext.db._query", "kiln.gql", "kiln.mailrules", "kiln.pb", "kiln.runtime",
     "kiln.sdk", "kiln.sdk._errors", "kiln.sdk.app_identity", "kiln.sdk.capability", "kiln.sdk.datastore_v3",
     "kiln.sdk.images", "kiln.sdk.mail", "kiln.sdk.memcache", "kiln.sdk.modules", "kiln.sdk.proxy", "kiln.sdk.service",
-    "kiln.sdk.system", "kiln.sdk.tickets", "kiln.sdk.urlfetch", "kiln.sdk.user",
+    "kiln.sdk.system", "kiln.sdk.taskqueue", "kiln.sdk.tickets", "kiln.sdk.urlfetch", "kiln.sdk.user",
 }
 CONTRACTS = {"kiln.pb.cron", "kiln.pb.datastore", "kiln.pb.deploy", "kiln.pb.images", "kiln.pb.logs", "kiln.pb.mail",
              "kiln.pb.memcache", "kiln.pb.runtime", "kiln.pb.taskqueue", "kiln.pb.urlfetch"}

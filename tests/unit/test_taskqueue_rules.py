@@ -78,6 +78,8 @@ def _eta_task(delta: datetime.timedelta) -> pb.Task:
     (pb.Task(headers=[pb.Header(name="X-AppEngine-TaskName", value=b"forged")]), errors.InvalidRequestError),
     (pb.Task(headers=[pb.Header(name="x_appengine_queuename", value=b"forged")]), errors.InvalidRequestError),
     (pb.Task(headers=[pb.Header(name="X-Kiln-Platform", value=b"cron")]), errors.InvalidRequestError),
+    (pb.Task(headers=[pb.Header(name="X-AppEngine-Current-Namespace", value=b"no spaces")]),
+     errors.InvalidRequestError),
     (pb.Task(headers=[pb.Header(name="Host", value=b"other.example")]), errors.InvalidRequestError),
     (pb.Task(headers=[pb.Header(name="Bad Name", value=b"v")]), errors.InvalidRequestError),
     (pb.Task(headers=[pb.Header(name="X-Split", value=b"a\r\nInjected: 1")]), errors.InvalidRequestError),
@@ -92,6 +94,15 @@ def test_each_invalid_task_refuses_its_whole_batch_with_app_engines_error(task, 
     with pytest.raises(error) as err:
         check(pb.Task(name="fine"), task)
     assert str(err.value).startswith("task 1: ")
+
+
+def test_the_adding_requests_namespace_is_the_one_app_engine_header_a_task_carries():
+    [stored] = check(pb.Task(headers=[pb.Header(name="x-appengine-current-namespace", value=b"tenant-1")]))
+    assert [(h.name, h.value) for h in stored.headers] == [("X-AppEngine-Current-Namespace", b"tenant-1")]
+    headers = _sender().headers(stored, NOW.timestamp())
+    assert headers["X-AppEngine-Current-Namespace"] == "tenant-1"
+    assert auth.verify_platform("platform", headers[auth.PLATFORM_SIGNATURE_HEADER], "taskqueue", "POST",
+                                "app.localhost", stored.url, NOW.timestamp(), auth.task_header_values(headers))
 
 
 @pytest.mark.parametrize("request_,error", [
