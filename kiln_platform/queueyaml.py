@@ -228,8 +228,7 @@ def _number(ctx: _Ctx, m: _Map, key: str, where: str, *, integer: bool) -> float
     if key not in m:
         return None
     value = m[key]
-    kinds: tuple[type, ...] = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or value < 0:
+    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)) or value < 0:
         raise ctx.fail(m, key, f"{where}.{key}", f"must be {'an integer' if integer else 'a number'} of 0 or more, "
                                                  f"got {value!r}")
     return float(value)
