@@ -129,7 +129,18 @@ async def serve(cfg: TaskQueueConfig) -> None:
         await queues.set(app, parsed)
         log.info("taskqueue %s: queues %s", app, ", ".join(sorted(parsed.queues)))
 
+    follower, source = None, None
+    if cfg.control_plane:
+        from kiln_platform.deployclient import VersionSource
+        from taskqueue_svc.deployed import DeployedQueues
+        source = VersionSource(str(cfg.control_plane), cfg.control_token.get())
+        follower = asyncio.create_task(DeployedQueues(source, queues.set).follow(nc, cfg.resync_seconds))
+
     async def stop() -> None:
+        if follower is not None and source is not None:
+            follower.cancel()
+            await asyncio.gather(follower, return_exceptions=True)
+            await source.close()
         await queues.stop()
         await http.close()
         await bus.shutdown(nc)

@@ -6,7 +6,7 @@ import dataclasses
 import pathlib
 
 from kiln_platform.bus import DEFAULT_URL
-from kiln_platform.config import GrpcServiceConfig, ListenAddress, Secret, field
+from kiln_platform.config import GrpcServiceConfig, HostPort, ListenAddress, Secret, field
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -17,6 +17,11 @@ class TaskQueueConfig(GrpcServiceConfig):
     nats_url: str = field(DEFAULT_URL, "NATS server URL(s) whose JetStream holds the tasks and their names")
     queue_yaml: tuple[str, ...] = field((), "each app's queue.yaml from local files: app=/path/queue.yaml[,...] "
                                              "(kiln dev); an app without one has the default queue only")
+    control_plane: HostPort | None = field(None, "the control plane's gRPC address: every app's queues come from "
+                                                 "its default version's queue.yaml, updated when the default changes")
+    control_token: Secret = field(Secret(""), "a platform read token for the control plane")
+    resync_seconds: float = field(30.0, "how often queue.yaml files are re-read from the control plane (events "
+                                        "update them at once; this catches missed events)")
     router_url: str = field("http://127.0.0.1:8080", "the router push tasks go through")
     apps_domain: str = field("localhost", "the router's domain: a task of APP goes to Host APP.<apps_domain> "
                                           "(TARGET-dot-APP.<apps_domain> with a target)")
@@ -33,6 +38,8 @@ class TaskQueueConfig(GrpcServiceConfig):
         if self.request_timeout_seconds <= 0 or self.default_max_concurrent < 1:
             raise ValueError("request_timeout_seconds, default_max_concurrent: must be positive")
         self.queue_files()
+        if self.control_plane and not self.control_token:
+            raise ValueError("control_token: required with control_plane (KILN_TASKQUEUE_CONTROL_TOKEN)")
 
     def queue_files(self) -> dict[str, pathlib.Path]:
         """App -> its queue.yaml."""
