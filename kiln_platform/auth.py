@@ -120,6 +120,10 @@ PLATFORM_SIGNATURE_HEADER = "X-Kiln-Platform-Signature"
 PLATFORM_CALLERS = frozenset({"mail", "cron", "taskqueue"})
 # App Engine's headers of a push task: taskqueue_svc sends them to the router, which passes them to the app only
 # on a request the task queue signed (its signature covers their values, see task_header_values).
+# A push task's request may run this long (App Engine: 10 minutes), where other requests have the runtime's
+# request deadline: the router gives it this long, and the runtime's timer gives a request carrying
+# X-AppEngine-QueueName (which only the router sets, for the task queue's signed requests) this long.
+TASK_REQUEST_DEADLINE_SECONDS = 600.0
 TASK_HEADERS = ("X-AppEngine-QueueName", "X-AppEngine-TaskName", "X-AppEngine-TaskRetryCount",
                 "X-AppEngine-TaskExecutionCount", "X-AppEngine-TaskETA", "X-AppEngine-TaskPreviousResponse",
                 "X-AppEngine-Current-Namespace")

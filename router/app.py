@@ -73,12 +73,12 @@ class Router:
         self._bodies: dict[str, bus.BodyStore] = {}
         self._statics: dict[tuple[str, str, int], static.StaticFiles] = {}
 
-    async def _request(self, subject: str, data: bytes, started: float, patient: bool) -> Msg:
+    async def _request(self, subject: str, data: bytes, started: float, patient: bool, timeout: float) -> Msg:
         """NATS request-reply to an instance; when ``patient``, retry "no responders" until the pending timeout."""
         delay = 0.02
         while True:
             try:
-                return await self.nc.request(subject, data, timeout=self.cfg.request_timeout_seconds)
+                return await self.nc.request(subject, data, timeout=timeout)
             except nats.errors.NoRespondersError:
                 if not patient or time.time() + delay - started > self.cfg.pending_timeout_seconds:
                     raise
@@ -149,10 +149,14 @@ class Router:
                                   user)
         if platform == "cron":
             envelope.headers.add(name="X-AppEngine-Cron", value=b"true")  # only cron_svc's requests carry it
+        timeout = self.cfg.request_timeout_seconds
         if platform == "taskqueue":  # only taskqueue_svc's requests carry the task's headers (signed with it)
             for name, value in zip(auth.TASK_HEADERS, auth.task_header_values(request.headers)):
                 if value:
                     envelope.headers.add(name=name, value=httpfields.wire(value))
+            # App Engine's 10 minutes for a task, plus the margin the router gives every request over its deadline.
+            envelope.deadline_ms = int(auth.TASK_REQUEST_DEADLINE_SECONDS * 1000)
+            timeout = max(timeout, auth.TASK_REQUEST_DEADLINE_SECONDS + 10)
         bodies = self.bodies(target.app_id)
         if not bodies.fits_inline(len(body)):
             envelope.body_object = await bodies.put(f"req-{request_id}", body)
@@ -163,7 +167,7 @@ class Router:
         # replaced), the request waits in a pending queue, as on App Engine, instead of failing.
         patient = not (target.instance_id or target.explicit_version)
         try:
-            msg = await self._request(subject, envelope.SerializeToString(), started, patient)
+            msg = await self._request(subject, envelope.SerializeToString(), started, patient, timeout)
         except nats.errors.NoRespondersError:
             if target.instance_id:
                 return responses.plain(404, f"Instance {target.instance_id!r} is not serving.")

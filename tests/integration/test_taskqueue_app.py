@@ -24,6 +24,8 @@ from tests.integration.apps import running
 
 pytestmark = pytest.mark.nats
 
+REQUEST_DEADLINE = 3.0
+
 APP_YAML = textwrap.dedent("""\
     application: tqapp
     runtime: python27
@@ -75,6 +77,8 @@ MAIN = textwrap.dedent('''
             memcache.set("seen%s#%d" % (path, n), json.dumps(seen))
             if path.startswith("/work/fail"):
                 status = "500 Internal Server Error"
+            if path.startswith("/work/long"):
+                time.sleep(float(environ["QUERY_STRING"]))
             if path.startswith("/work/slow"):
                 running = memcache.incr("running", initial_value=0)
                 memcache.set("together-%d" % running, 1)
@@ -87,6 +91,8 @@ MAIN = textwrap.dedent('''
         elif path == "/seen":
             key = unquote(environ["QUERY_STRING"])
             body = str(memcache.get(key) or "").encode()
+        elif path == "/long":
+            time.sleep(float(environ["QUERY_STRING"]))
         elif path == "/echo":
             body = json.dumps({k: v for k, v in environ.items() if k.startswith("HTTP_X_APPENGINE")}).encode()
         start_response(status, [("Content-Type", "text/plain")])
@@ -98,7 +104,8 @@ MAIN = textwrap.dedent('''
 def server(tmp_path_factory):
     app_dir = tmp_path_factory.mktemp("tqapp")
     (app_dir / "queue.yaml").write_text(QUEUE_YAML)
-    with running(app_dir, {"main.py": MAIN}, app_yaml=APP_YAML) as srv:
+    # A short request deadline for the app's own requests: a push task still has App Engine's 10 minutes.
+    with running(app_dir, {"main.py": MAIN}, app_yaml=APP_YAML, request_deadline=REQUEST_DEADLINE) as srv:
         yield srv
 
 
@@ -211,6 +218,15 @@ def test_no_more_tasks_of_a_queue_run_at_once_than_its_max_concurrent_requests(s
                   60)
     together = [apps.fetch(server, f"/seen?together-{n}")[2] for n in (1, 2, 3)]
     assert together == [b"1", b"1", b""]  # two at once, never three
+
+
+def test_a_task_may_run_past_the_request_deadline_that_other_requests_have(server, as_app):
+    overrun = REQUEST_DEADLINE + 2
+    assert apps.fetch(server, f"/long?{overrun}")[0] == 500  # the app's own request: cut at its deadline
+    taskqueue.add(url=f"/work/long?{overrun}", queue_name="fast")
+    apps.wait_for(lambda: count(server, "/work/long") == 1 and taskqueue.Queue("fast").fetch_statistics().tasks == 0,
+                  60)
+    assert count(server, "/work/long") == 1  # it answered 200 after its sleep: no retry
 
 
 def test_a_countdown_task_is_not_delivered_before_its_eta(server, as_app):
