@@ -104,25 +104,39 @@ class QueueRunner:
         self._attempts: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
-        """Deliver until :meth:`stop`."""
-        sub = await self._store.subscribe(self.app_id, self.queue.name, self._ack_wait)
-        try:
-            while not self._stopping.is_set():
-                await self._slots.acquire()
-                try:
-                    msg = await self._next(sub)
-                except BaseException:
-                    self._slots.release()
-                    raise
-                if msg is None:
-                    self._slots.release()
-                    continue
-                attempt = asyncio.create_task(self._attempt(msg))
-                self._attempts.add(attempt)
-                attempt.add_done_callback(self._attempts.discard)
-        finally:
-            with contextlib.suppress(*_NATS_ERRORS):
-                await sub.unsubscribe()
+        """Deliver until :meth:`stop`; while NATS cannot be reached, try again every second."""
+        while not self._stopping.is_set():
+            try:
+                sub = await self._store.subscribe(self.app_id, self.queue.name, self._ack_wait)
+            except _NATS_ERRORS as exc:
+                log.warning("taskqueue %s/%s: cannot read the queue: %s", self.app_id, self.queue.name, exc)
+                await self._sleep(1.0)
+                continue
+            try:
+                await self._deliver_from(sub)
+            finally:
+                with contextlib.suppress(*_NATS_ERRORS):
+                    await sub.unsubscribe()
+
+    async def _deliver_from(self, sub: JetStreamContext.PullSubscription) -> None:
+        while not self._stopping.is_set():
+            await self._slots.acquire()
+            try:
+                msg = await self._next(sub)
+            except _NATS_ERRORS as exc:
+                self._slots.release()
+                log.warning("taskqueue %s/%s: reading the queue: %s", self.app_id, self.queue.name, exc)
+                await self._sleep(1.0)
+                continue
+            except BaseException:
+                self._slots.release()
+                raise
+            if msg is None:
+                self._slots.release()
+                continue
+            attempt = asyncio.create_task(self._attempt(msg))
+            self._attempts.add(attempt)
+            attempt.add_done_callback(self._attempts.discard)
 
     async def _next(self, sub: JetStreamContext.PullSubscription) -> Msg | None:
         """The next due message, with a token spent for it; ``None`` when there is none now."""
@@ -132,7 +146,7 @@ class QueueRunner:
             return None
         try:
             [msg] = await sub.fetch(1, timeout=2.0)
-        except _NATS_ERRORS:
+        except (nats.errors.TimeoutError, asyncio.TimeoutError):  # nothing due now
             return None
         try:
             task = pb.StoredTask.FromString(msg.data)
