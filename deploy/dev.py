@@ -29,7 +29,7 @@ import threading
 import grpc
 
 from kiln_platform.supervisor import StartError, Supervisor, python_module
-from kiln_platform import cronyaml
+from kiln_platform import cronyaml, queueyaml
 from kiln_platform import appyaml, auth, cassandra, indexyaml, interpreters, natsauth
 from kiln_platform.config import STORAGE_ENGINES, CassandraHost, HostPort
 from kiln.errors import ConfigError
@@ -38,7 +38,7 @@ from kiln.pb.datastore.v1 import datastore_pb2, datastore_pb2_grpc
 log = logging.getLogger(__name__)
 
 SERVICES = ("datastore_svc", "memcache_svc", "urlfetch_svc", "mail_svc", "images_svc", "cron_svc", "logs_svc",
-            "identity_svc")
+            "identity_svc", "taskqueue_svc")
 CASSANDRA_SCRIPT = pathlib.Path(__file__).resolve().parent / "cassandra.sh"
 
 
@@ -116,6 +116,7 @@ class DevServer:
         self.index_yaml = opts.app_dir.resolve() / "index.yaml"
         indexyaml.load(self.index_yaml)  # a malformed index.yaml fails here, naming file, line and field
         cronyaml.load(opts.app_dir.resolve() / "cron.yaml")  # so does a malformed cron.yaml
+        queueyaml.load(opts.app_dir.resolve() / "queue.yaml")  # and a malformed queue.yaml
         self.version_id = self.app_config.version or "v1"
         self.data_dir = (opts.data_dir or default_data_dir(self.app_id)).expanduser().resolve()
         self.run_dir = self.data_dir / "run"
@@ -178,7 +179,7 @@ class DevServer:
         service = {f"KILN_{svc.split('_')[0].upper()}_SERVICE_SECRET": self._secret for svc in SERVICES}
         pending = []
         for svc in SERVICES:
-            if svc in ("urlfetch_svc", "mail_svc", "cron_svc"):
+            if svc in ("urlfetch_svc", "mail_svc", "cron_svc", "taskqueue_svc"):
                 continue  # after the router, whose address they need
             args = ["--listen", "127.0.0.1:0", "--ready-file", str(run / f"{svc}.addr")]
             if svc == "logs_svc":
@@ -252,12 +253,22 @@ class DevServer:
             env=env, secrets={**service, "KILN_CRON_NATS_URL": self.nats_url, "KILN_CRON_PLATFORM_SECRET": platform},
             ready_file=run / "cron_svc.addr")
         self.addresses["cron_svc"] = cron.address
+        # Task queues: the app's queue.yaml (default queue only without one), push tasks sent through the router.
+        queue_yaml = self.opts.app_dir.resolve() / "queue.yaml"
+        taskqueue = sup.start("taskqueue_svc", python_module(
+            "taskqueue_svc", "--listen", "127.0.0.1:0", "--ready-file", str(run / "taskqueue_svc.addr"),
+            "--queue-yaml", f"{self.app_id}={queue_yaml}" if queue_yaml.exists() else "",
+            "--router-url", f"http://127.0.0.1:{router_port}", "--apps-domain", "localhost"),
+            env=env, secrets={**service, "KILN_TASKQUEUE_NATS_URL": self.nats_url,
+                              "KILN_TASKQUEUE_PLATFORM_SECRET": platform},
+            ready_file=run / "taskqueue_svc.addr")
+        self.addresses["taskqueue_svc"] = taskqueue.address
         runtime_args = [
             "--dev", "--listen", "127.0.0.1:0", "--request-deadline-seconds", str(self.opts.request_deadline),
             "--default-hostname", f"{'localhost' if self.opts.host in ('127.0.0.1', '0.0.0.0') else self.opts.host}"
                                   f":{router_port}",
         ]
-        for svc in ("datastore", "memcache", "urlfetch", "mail", "images", "identity"):
+        for svc in ("datastore", "memcache", "urlfetch", "mail", "images", "identity", "taskqueue"):
             runtime_args += [f"--{svc}-addr", self.addresses[f"{svc}_svc"]]
         manager_secrets = {"KILN_MANAGER_SERVICE_SECRET": self._secret, "KILN_MANAGER_NATS_URL": self.nats_url,
                            "KILN_MANAGER_NATS_APP_SECRET": nats_app_secret}

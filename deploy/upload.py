@@ -140,6 +140,7 @@ def deploy(channel: grpc.Channel, token: str, app_dir: pathlib.Path, app_id: str
     by_hash = {f.sha256: f for f in files}
     version = pb.Version(app_id=app_id, version_id=version_id, app_yaml=texts["app.yaml"],
                          cron_yaml=texts.get("cron.yaml", ""), index_yaml=texts.get("index.yaml", ""),
+                         queue_yaml=texts.get("queue.yaml", ""),
                          files=[pb.FileEntry(path=f.path, sha256=f.sha256, size=f.size, mode=f.mode) for f in files])
     uploaded, total = 0, 0
     for attempt in range(UPLOAD_ROUNDS):

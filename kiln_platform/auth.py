@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 
 from kiln.errors import UnauthenticatedError
 from kiln_platform import signing
@@ -113,24 +113,41 @@ def verify_user(secret: str, proof: str, app_id: str, email: str, now: float) ->
     return stamp is not None and now <= stamp
 
 
-# --- Requests kiln's own services make to apps (inbound mail, cron) ---------------------------------------------
+# --- Requests kiln's own services make to apps (inbound mail, cron, push tasks) -------------------------------
 
 PLATFORM_HEADER = "X-Kiln-Platform"
 PLATFORM_SIGNATURE_HEADER = "X-Kiln-Platform-Signature"
-PLATFORM_CALLERS = frozenset({"mail", "cron"})
+PLATFORM_CALLERS = frozenset({"mail", "cron", "taskqueue"})
+# App Engine's headers of a push task: taskqueue_svc sends them to the router, which passes them to the app only
+# on a request the task queue signed (its signature covers their values, see task_header_values).
+# A push task's request may run this long (App Engine: 10 minutes), where other requests have the runtime's
+# request deadline: the router gives it this long, and the runtime's timer gives a request carrying
+# X-AppEngine-QueueName (which only the router sets, for the task queue's signed requests) this long.
+TASK_REQUEST_DEADLINE_SECONDS = 600.0
+TASK_HEADERS = ("X-AppEngine-QueueName", "X-AppEngine-TaskName", "X-AppEngine-TaskRetryCount",
+                "X-AppEngine-TaskExecutionCount", "X-AppEngine-TaskETA", "X-AppEngine-TaskPreviousResponse",
+                "X-AppEngine-Current-Namespace")
 
 
-def sign_platform(secret: str, caller: str, method: str, host: str, path: str, now: float) -> str:
-    """The signature a kiln service (``caller``: mail, cron) sends with a request it makes to an app through the
-    router: it binds the service to one request (method, host without port, path with query) for
-    :data:`INBOUND_MAX_AGE_SECONDS`."""
-    return signing.sign_stamped(secret, "kiln-platform", int(now), caller, method.upper(), host.lower(), path)
+def task_header_values(headers: Mapping[str, str]) -> tuple[str, ...]:
+    """The values of :data:`TASK_HEADERS` in ``headers`` (``""`` for those absent), in that order."""
+    return tuple(headers.get(name, "") for name in TASK_HEADERS)
+
+
+def sign_platform(secret: str, caller: str, method: str, host: str, path: str, now: float,
+                  bound: Sequence[str] = ()) -> str:
+    """The signature a kiln service (``caller``: mail, cron, taskqueue) sends with a request it makes to an app
+    through the router: it binds the service to one request (method, host without port, path with query, and
+    ``bound``: the task queue's :func:`task_header_values`) for :data:`INBOUND_MAX_AGE_SECONDS`."""
+    return signing.sign_stamped(secret, "kiln-platform", int(now), caller, method.upper(), host.lower(), path,
+                                *bound)
 
 
 def verify_platform(secret: str, signature: str, caller: str, method: str, host: str, path: str,
-                    now: float) -> bool:
-    """True if ``signature`` is kiln service ``caller``'s for this request, and recent."""
+                    now: float, bound: Sequence[str] = ()) -> bool:
+    """True if ``signature`` is kiln service ``caller``'s for this request (and ``bound``), and recent."""
     if caller not in PLATFORM_CALLERS:
         return False
-    stamp = signing.verify_stamped(secret, "kiln-platform", signature, caller, method.upper(), host.lower(), path)
+    stamp = signing.verify_stamped(secret, "kiln-platform", signature, caller, method.upper(), host.lower(), path,
+                                   *bound)
     return stamp is not None and abs(now - stamp) <= INBOUND_MAX_AGE_SECONDS

@@ -51,11 +51,18 @@ class RetryParameters:
     def backoff(self, attempt: int) -> float:
         """Seconds before retry number ``attempt`` (1 = first retry): doubling ``max_doublings`` times from the
         minimum, then growing linearly by the last doubled step, never past the maximum."""
-        doublings = min(attempt - 1, self.max_doublings)
-        delay = self.min_backoff_seconds * 2 ** doublings
-        if attempt - 1 > self.max_doublings:
-            delay += self.min_backoff_seconds * 2 ** self.max_doublings * (attempt - 1 - self.max_doublings)
-        return float(min(self.max_backoff_seconds, delay))
+        return backoff_delay(attempt, self.min_backoff_seconds, self.max_backoff_seconds, self.max_doublings)
+
+
+def backoff_delay(attempt: int, low: float, high: float, doublings: int) -> float:
+    """App Engine's retry backoff (cron jobs and push tasks): seconds before retry number ``attempt`` (1 = first
+    retry), doubling ``doublings`` times from ``low``, then growing linearly by the last doubled step, never past
+    ``high``."""
+    done = min(attempt - 1, doublings)
+    delay = low * 2 ** done
+    if attempt - 1 > doublings:
+        delay += low * 2 ** doublings * (attempt - 1 - doublings)
+    return float(min(high, delay))
 
 
 @dataclasses.dataclass(frozen=True)

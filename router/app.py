@@ -20,6 +20,7 @@ id, location from GeoIP). The app's response is post-processed
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import time
@@ -72,12 +73,12 @@ class Router:
         self._bodies: dict[str, bus.BodyStore] = {}
         self._statics: dict[tuple[str, str, int], static.StaticFiles] = {}
 
-    async def _request(self, subject: str, data: bytes, started: float, patient: bool) -> Msg:
+    async def _request(self, subject: str, data: bytes, started: float, patient: bool, timeout: float) -> Msg:
         """NATS request-reply to an instance; when ``patient``, retry "no responders" until the pending timeout."""
         delay = 0.02
         while True:
             try:
-                return await self.nc.request(subject, data, timeout=self.cfg.request_timeout_seconds)
+                return await self.nc.request(subject, data, timeout=timeout)
             except nats.errors.NoRespondersError:
                 if not patient or time.time() + delay - started > self.cfg.pending_timeout_seconds:
                     raise
@@ -148,6 +149,14 @@ class Router:
                                   user)
         if platform == "cron":
             envelope.headers.add(name="X-AppEngine-Cron", value=b"true")  # only cron_svc's requests carry it
+        timeout = self.cfg.request_timeout_seconds
+        if platform == "taskqueue":  # only taskqueue_svc's requests carry the task's headers (signed with it)
+            for name, value in zip(auth.TASK_HEADERS, auth.task_header_values(request.headers)):
+                if value:
+                    envelope.headers.add(name=name, value=httpfields.wire(value))
+            # App Engine's 10 minutes for a task, plus the margin the router gives every request over its deadline.
+            envelope.deadline_ms = int(auth.TASK_REQUEST_DEADLINE_SECONDS * 1000)
+            timeout = max(timeout, auth.TASK_REQUEST_DEADLINE_SECONDS + 10)
         bodies = self.bodies(target.app_id)
         if not bodies.fits_inline(len(body)):
             envelope.body_object = await bodies.put(f"req-{request_id}", body)
@@ -158,7 +167,7 @@ class Router:
         # replaced), the request waits in a pending queue, as on App Engine, instead of failing.
         patient = not (target.instance_id or target.explicit_version)
         try:
-            msg = await self._request(subject, envelope.SerializeToString(), started, patient)
+            msg = await self._request(subject, envelope.SerializeToString(), started, patient, timeout)
         except nats.errors.NoRespondersError:
             if target.instance_id:
                 return responses.plain(404, f"Instance {target.instance_id!r} is not serving.")
@@ -194,8 +203,8 @@ class Router:
                              platform: str | None) -> web.StreamResponse | None:
         """secure, login and static handling; ``None`` to go on to the app.
 
-        Requests from kiln's own services (``platform``: inbound mail, cron) pass ``login``, as App Engine's own
-        requests pass ``login: admin``.
+        Requests from kiln's own services (``platform``: inbound mail, cron, push tasks) pass ``login``, as App
+        Engine's own requests pass ``login: admin``.
         """
         found = version.matcher.match(url.path)
         if found is None:
@@ -268,9 +277,12 @@ class Router:
         return any(ip in net for net in self.trusted)
 
     def _platform_caller(self, request: web.Request, host: hosts.Host) -> str | None:
-        """The kiln service (mail, cron) that signed this request, or ``None``."""
+        """The kiln service (mail, cron, taskqueue) that signed this request, or ``None``. The task queue's
+        signature also covers the task's App Engine headers (:data:`kiln_platform.auth.TASK_HEADERS`)."""
+        tasks = request.headers.get(auth.PLATFORM_HEADER) == "taskqueue"
+        bound = auth.task_header_values(request.headers) if tasks else ()
         return _signed_caller(request, host, self.cfg.platform_secret.get(), auth.PLATFORM_HEADER,
-                              auth.PLATFORM_SIGNATURE_HEADER, auth.verify_platform)
+                              auth.PLATFORM_SIGNATURE_HEADER, functools.partial(auth.verify_platform, bound=bound))
 
     def _inbound_app(self, request: web.Request, host: hosts.Host) -> str | None:
         """The calling app's id, when URL Fetch signed this request for it (App Engine's Inbound-AppId)."""

@@ -33,6 +33,7 @@ from nats.aio.subscription import Subscription
 
 from kiln_platform import appyaml, bus, entrypoint, forward, grpcserver, requestscope
 from kiln import runtime as kiln_runtime
+from kiln_platform.auth import TASK_REQUEST_DEADLINE_SECONDS
 from kiln_platform.handlers import Matcher
 from kiln_platform.log import app_id as app_id_var
 from kiln_platform.log import request_id as request_id_var
@@ -163,6 +164,7 @@ class Instance:
             "KILN_MAIL_ADDR": self.cfg.mail_addr,
             "KILN_IMAGES_ADDR": self.cfg.images_addr,
             "KILN_IDENTITY_ADDR": self.cfg.identity_addr,
+            "KILN_TASKQUEUE_ADDR": self.cfg.taskqueue_addr,
         })
         os.environ.pop("KILN_RUNTIME_APP_TOKEN", None)  # the SDK reads KILN_APP_TOKEN
         os.environ.update(_entrypoint_environment(self.app_config))
@@ -313,17 +315,25 @@ class Instance:
         self.served += 1
         return resp
 
+    def _deadline_seconds(self, req: http_pb2.HttpRequest) -> float:
+        """The request timer's length: App Engine's 10 minutes for a push task (the router alone sets
+        X-AppEngine-QueueName, on the task queue's signed requests), else the configured deadline."""
+        if any(h.name.lower() == "x-appengine-queuename" for h in req.headers):
+            return max(self.cfg.request_deadline_seconds, TASK_REQUEST_DEADLINE_SECONDS)
+        return self.cfg.request_deadline_seconds
+
     async def _timed(self, req: http_pb2.HttpRequest) -> http_pb2.HttpResponse:
         """Run the app under the request timer (App Engine's DeadlineExceededError)."""
-        at = time.monotonic() + self.cfg.request_deadline_seconds
+        seconds = self._deadline_seconds(req)
+        at = time.monotonic() + seconds
         deadline = kiln_runtime._Deadline(at, at + self.cfg.deadline_grace_seconds)
         work = asyncio.get_running_loop().run_in_executor(self._pool, self._run_app, req, deadline)
         try:
-            return await asyncio.wait_for(asyncio.shield(work), timeout=self.cfg.request_deadline_seconds)
+            return await asyncio.wait_for(asyncio.shield(work), timeout=seconds)
         except TimeoutError:
             pass
         log.warning("request %s passed its %.1f s deadline: raising DeadlineExceededError in it",
-                    req.request_id, self.cfg.request_deadline_seconds)
+                    req.request_id, seconds)
         self._interrupt(req.request_id)
         try:
             return await asyncio.wait_for(asyncio.shield(work), timeout=self.cfg.deadline_grace_seconds)
@@ -344,7 +354,7 @@ class Instance:
                                      {k: v for k, v in dict(running.environ).items() if isinstance(v, str)})
 
     def _deadline_error(self, req: http_pb2.HttpRequest) -> http_pb2.HttpResponse:
-        resp = _error(500, f"request exceeded its {self.cfg.request_deadline_seconds:g} s deadline",
+        resp = _error(500, f"request exceeded its {self._deadline_seconds(req):g} s deadline",
                       self.cfg.instance_id)
         resp.deadline_exceeded = True
         return resp

@@ -646,7 +646,7 @@ def build(args: argparse.Namespace, extra_runtime_args: Sequence[str], environ: 
     return Manager(Supervisor(args.run_dir), launch, scaling)
 
 
-SERVICES = ("datastore", "memcache", "urlfetch", "mail", "images", "identity")  # RuntimeConfig's ``<name>_addr`` settings
+SERVICES = ("datastore", "memcache", "urlfetch", "mail", "images", "identity", "taskqueue")  # RuntimeConfig's ``<name>_addr`` settings
 
 
 def _process_namespaces() -> bool:

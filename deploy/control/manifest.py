@@ -4,7 +4,7 @@ The control plane checks every manifest it is sent (the CLI checks the same
 before uploading, so a person learns early): version names as App Engine
 allows them, at most 10,000 files, at most 1,000 in one directory, at most
 32 MB per file, safe relative paths, no file that ``skip_files`` excludes,
-and ``app.yaml``, ``cron.yaml`` and ``index.yaml`` that parse — each error
+and ``app.yaml``, ``cron.yaml``, ``index.yaml`` and ``queue.yaml`` that parse — each error
 names the offending file or field.
 """
 
@@ -17,7 +17,7 @@ import re
 import tempfile
 from collections.abc import Iterable, Mapping
 
-from kiln_platform import appyaml, cronyaml, indexyaml
+from kiln_platform import appyaml, cronyaml, indexyaml, queueyaml
 from kiln.errors import BadRequestError, TooLargeError
 from kiln.pb.deploy.v1 import deploy_pb2 as pb
 
@@ -28,7 +28,7 @@ MAX_PATH_BYTES = 1024
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 VERSION_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 RESERVED_VERSIONS = frozenset({"default", "latest"})
-CONFIG_FILES = ("app.yaml", "cron.yaml", "index.yaml")
+CONFIG_FILES = ("app.yaml", "cron.yaml", "index.yaml", "queue.yaml")
 
 
 def check_version_id(version_id: str) -> None:
@@ -97,7 +97,8 @@ def check_configs(version: pb.Version, blobs: Mapping[str, bytes]) -> appyaml.Ap
     what was checked. Returns the parsed app.yaml.
     """
     by_path = {f.path: f for f in version.files}
-    texts = {"app.yaml": version.app_yaml, "cron.yaml": version.cron_yaml, "index.yaml": version.index_yaml}
+    texts = {"app.yaml": version.app_yaml, "cron.yaml": version.cron_yaml, "index.yaml": version.index_yaml,
+             "queue.yaml": version.queue_yaml}
     if "app.yaml" not in by_path or not version.app_yaml:
         raise BadRequestError("app.yaml: missing; a version needs its app.yaml among its files and in app_yaml")
     for name, text in texts.items():
@@ -120,6 +121,8 @@ def check_configs(version: pb.Version, blobs: Mapping[str, bytes]) -> appyaml.Ap
         cronyaml.parse(version.cron_yaml, filename="cron.yaml")
     if version.index_yaml:
         indexyaml.parse(version.index_yaml, filename="index.yaml")
+    if version.queue_yaml:
+        queueyaml.parse(version.queue_yaml, filename="queue.yaml")
     return config
 
 

@@ -16,7 +16,8 @@ def test_service_addresses_come_from_flags_then_environment_then_defaults():
     found = manager.service_addresses(["--listen", "x", "--datastore-addr", "ds:1", "--mail-addr=mx:2"],
                                       {"KILN_RUNTIME_MAIL_ADDR": "env:3", "KILN_RUNTIME_IMAGES_ADDR": "img:4"})
     assert found == {"datastore": "ds:1", "mail": "mx:2", "images": "img:4", "memcache": "127.0.0.1:50052",
-                     "urlfetch": "127.0.0.1:50053", "identity": "127.0.0.1:50058"}
+                     "urlfetch": "127.0.0.1:50053", "identity": "127.0.0.1:50058",
+                     "taskqueue": "127.0.0.1:50059"}
 
 
 def test_every_destination_gets_a_socket_and_the_runtime_flags_point_at_them(tmp_path):

@@ -135,7 +135,7 @@ def test_a_ticket_of_another_app_is_refused(sdk, monkeypatch):
             users.create_login_url("/")
 
 
-@pytest.mark.parametrize("service, call", [("taskqueue", "BulkAdd"), ("search", "Search"), ("blobstore", "DeleteBlob"),
+@pytest.mark.parametrize("service, call", [("channel", "CreateChannel"), ("search", "Search"), ("blobstore", "DeleteBlob"),
                                            ("xmpp", "SendMessage"), ("logservice", "Read"),
                                            ("no_such_service", "Anything")])
 def test_a_service_kiln_does_not_serve_fails_with_call_not_found_naming_it(sdk, ticket, service, call):
@@ -147,13 +147,12 @@ def test_a_service_kiln_does_not_serve_fails_with_call_not_found_naming_it(sdk, 
         apiproxy_stub_map.MakeSyncCall(service, call, api_base_pb2.VoidProto(), api_base_pb2.VoidProto())
 
 
-def test_the_sdks_own_taskqueue_client_gets_the_named_error(sdk, ticket, monkeypatch):
+def test_the_sdks_pull_queue_calls_get_call_not_found_naming_the_method(sdk, ticket):
     from google.appengine.api import taskqueue
     from google.appengine.runtime import apiproxy_errors
 
-    monkeypatch.setenv("HTTP_HOST", "unit-app.example.test")
-    with pytest.raises(apiproxy_errors.CallNotFoundError, match="'taskqueue'"):
-        taskqueue.add(url="/work")
+    with pytest.raises(apiproxy_errors.CallNotFoundError, match=r"taskqueue\.QueryAndOwnTasks\(\) is not served"):
+        taskqueue.Queue("pulled").lease_tasks(60, 10)
 
 
 def test_a_call_goes_running_then_finishing_and_its_callback_runs_once_it_finished(sdk, ticket):

@@ -76,6 +76,7 @@ class Version(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     DEPLOYED_BY_FIELD_NUMBER: _builtins.int
     IS_DEFAULT_FIELD_NUMBER: _builtins.int
+    QUEUE_YAML_FIELD_NUMBER: _builtins.int
     app_id: _builtins.str
     """App."""
     version_id: _builtins.str
@@ -92,6 +93,8 @@ class Version(_message.Message):
     """Who deployed it."""
     is_default: _builtins.bool
     """True if it serves the app's domain."""
+    queue_yaml: _builtins.str
+    """queue.yaml text, if any."""
     @_builtins.property
     def files(self) -> _containers.RepeatedCompositeFieldContainer[Global___FileEntry]:
         """The files."""
@@ -113,10 +116,11 @@ class Version(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         deployed_by: _builtins.str = ...,
         is_default: _builtins.bool = ...,
+        queue_yaml: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_id", b"app_id", "app_yaml", b"app_yaml", "created_at", b"created_at", "cron_yaml", b"cron_yaml", "deployed_by", b"deployed_by", "files", b"files", "index_yaml", b"index_yaml", "is_default", b"is_default", "minor", b"minor", "version_id", b"version_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_id", b"app_id", "app_yaml", b"app_yaml", "created_at", b"created_at", "cron_yaml", b"cron_yaml", "deployed_by", b"deployed_by", "files", b"files", "index_yaml", b"index_yaml", "is_default", b"is_default", "minor", b"minor", "queue_yaml", b"queue_yaml", "version_id", b"version_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,380 @@
+"""App Engine's Task Queue API (``google.appengine.api.taskqueue``) for push queues, served by kiln's taskqueue_svc.
+
+::
+
+    from kiln.api import taskqueue
+
+    taskqueue.add(url="/work", params={"key": "42"})
+    taskqueue.Queue("mail").add([taskqueue.Task(payload=b"...", countdown=60), ...])
+    task = taskqueue.add(name="nightly-2026-12-06", url="/nightly")   # at most once: a second add raises
+    taskqueue.Queue("mail").delete_tasks_by_name("nightly-2026-12-06")
+
+Tasks are checked on the service (App Engine's limits and errors); a batch that has a malformed task adds nothing.
+A named task whose name is taken raises :class:`TaskAlreadyExistsError` (still queued) or
+:class:`TombstonedTaskError` (it ran or was deleted, for about seven days after), and the batch's other tasks are
+added, as App Engine did. Not served yet: pull queues (``lease_tasks``…), transactional adds
+(``transactional=True`` raises :class:`BadTransactionStateError`), ``tag`` and ``dispatch_deadline``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+import time
+import urllib.parse
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import grpc
+
+from kiln.api import _rpc
+from kiln.pb.taskqueue.v1 import taskqueue_pb2 as pb
+from kiln.pb.taskqueue.v1 import taskqueue_pb2_grpc
+
+DEFAULT_QUEUE = "default"
+MAX_TASKS_PER_ADD = 100
+MAX_TASK_NAME_LENGTH = 500
+MAX_QUEUE_NAME_LENGTH = 100
+MAX_PUSH_TASK_SIZE_BYTES = 100 * 1024
+MAX_URL_LENGTH = 2083
+_MAX_COUNTDOWN_SECONDS = 30 * 86400
+_TASK_NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,500}$")
+_QUEUE_NAME_RE = re.compile(r"^[a-zA-Z0-9-]{1,100}$")
+_METHODS = frozenset({"GET", "POST", "HEAD", "PUT", "DELETE"})
+_BODY_METHODS = frozenset({"POST", "PUT"})
+
+
+# --- App Engine's errors ------------------------------------------------------------------------------------------
+
+class Error(Exception):
+    """Base class of the Task Queue API's errors."""
+
+
+class UnknownQueueError(Error):
+    """The queue is not declared in queue.yaml."""
+
+
+class TransientError(Error):
+    """The service could not do it now; try again."""
+
+
+class InternalError(Error):
+    """A fault of the service."""
+
+
+class InvalidTaskError(Error):
+    """The task is not valid."""
+
+
+class InvalidTaskNameError(InvalidTaskError):
+    """The task name is not valid."""
+
+
+class TaskTooLargeError(InvalidTaskError):
+    """The task is too large (url, headers and payload over 100 KB for a push task)."""
+
+
+class TaskAlreadyExistsError(InvalidTaskError):
+    """A task of that name is queued."""
+
+
+class TombstonedTaskError(InvalidTaskError):
+    """A task of that name ran or was deleted not long ago (App Engine kept names about seven days)."""
+
+
+class InvalidUrlError(InvalidTaskError):
+    """The url is not a relative path."""
+
+
+class InvalidEtaError(InvalidTaskError):
+    """The ETA is more than 30 days ahead."""
+
+
+class BadTaskStateError(Error):
+    """The task is in a state that does not allow this (added twice, or transactional: not served yet)."""
+
+
+class InvalidQueueError(Error):
+    """The queue is not valid."""
+
+
+class InvalidQueueNameError(InvalidQueueError):
+    """The queue name is not valid."""
+
+
+class PermissionDeniedError(Error):
+    """Not allowed."""
+
+
+class DuplicateTaskNameError(Error):
+    """Two tasks of one add have the same name."""
+
+
+class TooManyTasksError(Error):
+    """More than 100 tasks in one add."""
+
+
+class InvalidTaskRetryOptionsError(Error):
+    """The retry options are not valid."""
+
+
+class InvalidQueueModeError(Error):
+    """A push task for a pull queue (pull queues are not served yet)."""
+
+
+class BadTransactionStateError(Error):
+    """Transactional adds are not served yet."""
+
+
+_CODES: dict[str, type[Error]] = {
+    "UNKNOWN_QUEUE": UnknownQueueError, "TRANSIENT_ERROR": TransientError, "INTERNAL_ERROR": InternalError,
+    "TASK_TOO_LARGE": TaskTooLargeError, "INVALID_TASK_NAME": InvalidTaskNameError,
+    "INVALID_QUEUE_NAME": InvalidQueueNameError, "INVALID_URL": InvalidUrlError,
+    "PERMISSION_DENIED": PermissionDeniedError, "TASK_ALREADY_EXISTS": TaskAlreadyExistsError,
+    "TOMBSTONED_TASK": TombstonedTaskError, "INVALID_ETA": InvalidEtaError, "INVALID_REQUEST": InvalidTaskError,
+    "UNKNOWN_TASK": Error, "DUPLICATE_TASK_NAME": DuplicateTaskNameError, "TOO_MANY_TASKS": TooManyTasksError,
+    "INVALID_QUEUE_MODE": InvalidQueueModeError,
+}
+_ERRORS = _rpc.ErrorTable(codes=_CODES, statuses={grpc.StatusCode.UNAVAILABLE: TransientError,
+                                                  grpc.StatusCode.DEADLINE_EXCEEDED: TransientError,
+                                                  grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError},
+                          unclassified=InternalError)
+
+
+def _stub() -> taskqueue_pb2_grpc.TaskQueueServiceStub:
+    return _rpc.stub("TASKQUEUE", taskqueue_pb2_grpc.TaskQueueServiceStub)
+
+
+# --- tasks ---------------------------------------------------------------------------------------------------------
+
+class TaskRetryOptions:
+    """A task's own retry parameters (unset ones keep the queue's)."""
+
+    def __init__(self, *, min_backoff_seconds: float | None = None, max_backoff_seconds: float | None = None,
+                 task_age_limit: int | None = None, max_doublings: int | None = None,
+                 task_retry_limit: int | None = None) -> None:
+        for name, value in (("min_backoff_seconds", min_backoff_seconds), ("max_backoff_seconds",
+                            max_backoff_seconds), ("task_age_limit", task_age_limit),
+                            ("max_doublings", max_doublings), ("task_retry_limit", task_retry_limit)):
+            if value is not None and not value >= 0:
+                raise InvalidTaskRetryOptionsError(f"{name} must be 0 or more, got {value!r}")
+        if (min_backoff_seconds is not None and max_backoff_seconds is not None
+                and min_backoff_seconds > max_backoff_seconds):
+            raise InvalidTaskRetryOptionsError("min_backoff_seconds must not be above max_backoff_seconds")
+        self.min_backoff_seconds = min_backoff_seconds
+        self.max_backoff_seconds = max_backoff_seconds
+        self.task_age_limit = task_age_limit
+        self.max_doublings = max_doublings
+        self.task_retry_limit = task_retry_limit
+
+    def _to_pb(self) -> pb.RetryOptions:
+        out = pb.RetryOptions()
+        if self.task_retry_limit is not None:
+            out.task_retry_limit = int(self.task_retry_limit)
+        if self.task_age_limit is not None:
+            out.task_age_limit_seconds = int(self.task_age_limit)
+        if self.min_backoff_seconds is not None:
+            out.min_backoff_seconds = float(self.min_backoff_seconds)
+        if self.max_backoff_seconds is not None:
+            out.max_backoff_seconds = float(self.max_backoff_seconds)
+        if self.max_doublings is not None:
+            out.max_doublings = int(self.max_doublings)
+        return out
+
+
+class Task:
+    """One push task (App Engine's ``Task``)."""
+
+    def __init__(self, payload: bytes | str | None = None, *, name: str = "", method: str = "POST",
+                 url: str | None = None, headers: Mapping[str, str] | None = None,
+                 params: Mapping[str, Any] | None = None, countdown: float | None = None,
+                 eta: datetime.datetime | None = None, target: str | None = None,
+                 retry_options: TaskRetryOptions | None = None) -> None:
+        method = method.upper()
+        if method not in _METHODS:
+            raise InvalidTaskError(f"method must be one of {', '.join(sorted(_METHODS))}, got {method!r}")
+        if name and not _TASK_NAME_RE.match(name):
+            raise InvalidTaskNameError(f"the task name does not match {_TASK_NAME_RE.pattern}: {name[:120]!r}")
+        if countdown is not None and eta is not None:
+            raise InvalidTaskError("give countdown or eta, not both")
+        if params is not None and payload is not None:
+            raise InvalidTaskError("give params or payload, not both")
+        if payload is not None and method not in _BODY_METHODS:
+            raise InvalidTaskError(f"a payload may only be sent with POST or PUT, not {method}")
+        self._headers = dict(headers or {})
+        body = payload.encode("utf-8") if isinstance(payload, str) else payload
+        query = ""
+        if params is not None:
+            encoded = urllib.parse.urlencode(params, doseq=True)
+            if method in _BODY_METHODS:
+                body = encoded.encode("ascii")
+                self._headers.setdefault("Content-Type", "application/x-www-form-urlencoded")
+            else:
+                query = encoded
+        self._url = url
+        if url is not None and (not url.startswith("/") or url.startswith("//")):
+            raise InvalidUrlError(f"the url must be a relative path starting with /, got {url[:120]!r}")
+        self._query = query
+        self.payload = body
+        self.method = method
+        self.target = target
+        self.retry_options = retry_options
+        self._name = name
+        self._countdown = countdown
+        if eta is not None and eta.tzinfo is None:
+            eta = eta.replace(tzinfo=datetime.timezone.utc)  # a naive ETA is UTC, as App Engine read it
+        self._eta = eta if eta is not None else datetime.datetime.fromtimestamp(
+            time.time() + (countdown or 0), datetime.timezone.utc)
+        self.queue_name: str | None = None
+        self.was_enqueued = False
+        self.was_deleted = False
+        if self.size > MAX_PUSH_TASK_SIZE_BYTES:
+            raise TaskTooLargeError(f"the task is {self.size} bytes; a push task may have at most "
+                                    f"{MAX_PUSH_TASK_SIZE_BYTES}")
+
+    @property
+    def name(self) -> str:
+        """The task's name (chosen by the service once added, if it was given none)."""
+        return self._name
+
+    @property
+    def url(self) -> str:
+        """The relative URL the task requests (``/_ah/queue/QUEUE`` by default, once its queue is known)."""
+        base = self._url if self._url is not None else f"/_ah/queue/{self.queue_name or DEFAULT_QUEUE}"
+        if not self._query:
+            return base
+        return f"{base}{'&' if '?' in base else '?'}{self._query}"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return dict(self._headers)
+
+    @property
+    def eta(self) -> datetime.datetime:
+        """When the task runs at the earliest (UTC)."""
+        return self._eta
+
+    @property
+    def eta_posix(self) -> float:
+        return self._eta.timestamp()
+
+    @property
+    def size(self) -> int:
+        """Bytes counted against the limit: url, headers and payload."""
+        return (len(self.url) + len(self.payload or b"")
+                + sum(len(k) + len(v) for k, v in self._headers.items()))
+
+    def _to_pb(self, queue_name: str) -> pb.Task:
+        out = pb.Task(queue=queue_name, name=self._name, method=self.method, payload=self.payload or b"",
+                      target=self.target or "")
+        self.queue_name = self.queue_name or queue_name
+        out.url = self.url
+        for key, value in self._headers.items():
+            out.headers.add(name=key, value=str(value).encode("latin-1"))
+        if self._countdown is not None:
+            out.countdown_seconds = float(self._countdown)
+        else:
+            out.eta.FromDatetime(self._eta)
+        if self.retry_options is not None:
+            out.retry_options.CopyFrom(self.retry_options._to_pb())
+        return out
+
+    def add(self, queue_name: str = DEFAULT_QUEUE, transactional: bool = False) -> Task:
+        """Add this task to ``queue_name``."""
+        result = Queue(queue_name).add(self, transactional=transactional)
+        assert isinstance(result, Task)
+        return result
+
+    def __repr__(self) -> str:
+        return f"Task(name={self._name!r}, queue={self.queue_name!r}, url={self.url!r}, eta={self._eta.isoformat()})"
+
+
+class QueueStatistics:
+    """A queue's counts (App Engine's ``QueueStatistics``)."""
+
+    def __init__(self, queue: Queue, tasks: int, executed_last_minute: int, in_flight: int,
+                 enforced_rate: float) -> None:
+        self.queue = queue
+        self.tasks = tasks
+        self.oldest_eta_usec: int | None = None  # not reported yet
+        self.executed_last_minute = executed_last_minute
+        self.in_flight = in_flight
+        self.enforced_rate = enforced_rate
+
+
+class Queue:
+    """A queue of the app's queue.yaml (App Engine's ``Queue``)."""
+
+    def __init__(self, name: str = DEFAULT_QUEUE) -> None:
+        if not _QUEUE_NAME_RE.match(name):
+            raise InvalidQueueNameError(f"the queue name does not match {_QUEUE_NAME_RE.pattern}: {name[:120]!r}")
+        self.name = name
+
+    def add(self, task: Task | Iterable[Task], transactional: bool = False) -> Task | list[Task]:
+        """Add one task (returns it) or several (returns the list); see the module docstring for errors."""
+        if transactional:
+            raise BadTransactionStateError("transactional task adds are not served by kiln yet")
+        many = not isinstance(task, Task)
+        batch = list(task) if not isinstance(task, Task) else [task]
+        if len(batch) > MAX_TASKS_PER_ADD:
+            raise TooManyTasksError(f"at most {MAX_TASKS_PER_ADD} tasks in one add, got {len(batch)}")
+        for item in batch:
+            if item.was_enqueued:
+                raise BadTaskStateError(f"the task {item.name!r} was added already")
+        if not batch:
+            return []
+        response = _rpc.call(_stub().Add, pb.AddRequest(tasks=[t._to_pb(self.name) for t in batch]), table=_ERRORS)
+        failure: Error | None = None
+        for item, result in zip(batch, response.results):
+            if not result.error:
+                item._name = result.task_name
+                item.queue_name = self.name
+                item._eta = result.eta.ToDatetime(datetime.timezone.utc)
+                item.was_enqueued = True
+            elif failure is None or isinstance(failure, (TaskAlreadyExistsError, TombstonedTaskError)):
+                failure = _CODES.get(result.error, Error)(f"task {item.name!r}: {result.error}")
+        if failure is not None:
+            raise failure
+        return batch if many else batch[0]
+
+    def delete_tasks_by_name(self, task_name: str | Iterable[str]) -> Any:
+        """Delete tasks by name (a name, or several); their names stay tombstoned."""
+        names = [task_name] if isinstance(task_name, str) else list(task_name)
+        response = _rpc.call(_stub().Delete, pb.DeleteRequest(queue=self.name, task_names=names), table=_ERRORS)
+        tasks = []
+        for name, error in zip(names, response.errors):
+            task = Task(name=name)
+            task.queue_name = self.name
+            task.was_deleted = not error
+            tasks.append(task)
+        return tasks[0] if isinstance(task_name, str) else tasks
+
+    def delete_tasks(self, task: Task | Iterable[Task]) -> Any:
+        """Delete tasks (a task, or several) by their names."""
+        batch = [task] if isinstance(task, Task) else list(task)
+        deleted = self.delete_tasks_by_name([t.name for t in batch])
+        for item, result in zip(batch, deleted):
+            item.was_deleted = result.was_deleted
+        return task
+
+    def purge(self) -> None:
+        """Delete every task of the queue."""
+        _rpc.call(_stub().Purge, pb.PurgeRequest(queue=self.name), table=_ERRORS)
+
+    def fetch_statistics(self, deadline: float = 10) -> QueueStatistics:
+        """The queue's counts."""
+        response = _rpc.call(_stub().QueueStats, pb.QueueStatsRequest(queues=[self.name]), timeout=deadline,
+                             table=_ERRORS)
+        [stats] = response.queues
+        return QueueStatistics(self, stats.tasks, stats.executed_last_minute, stats.in_flight,
+                               stats.rate_per_second)
+
+    def __repr__(self) -> str:
+        return f"Queue({self.name!r})"
+
+
+def add(*args: Any, **kwargs: Any) -> Task:
+    """``Task(*args, **kwargs).add(queue_name=..., transactional=...)``."""
+    queue_name = kwargs.pop("queue_name", DEFAULT_QUEUE)
+    transactional = kwargs.pop("transactional", False)
+    return Task(*args, **kwargs).add(queue_name=queue_name, transactional=transactional)

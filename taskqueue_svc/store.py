@@ -1,0 +1,208 @@
+"""Where tasks live: NATS JetStream, nothing home-made.
+
+- **Tasks**: the work-queue stream ``KILN_TASKS``, one subject per app and queue (``kiln.tasks.APP.QUEUE``), each
+  message a :class:`~kiln.pb.taskqueue.v1.taskqueue_pb2.StoredTask`. A retry is a new message (with the next retry
+  count and ETA) published before the failed one is acknowledged; ``Nats-Msg-Id`` (``APP.QUEUE.NAME.RETRY``) makes
+  JetStream drop a second copy of the same attempt within its duplicate window.
+- **Names**: the KV bucket ``KILN_TASK_NAMES``, key ``APP.QUEUE.NAME``, value ``queued`` while the task waits or runs,
+  then ``ran`` or ``deleted``. A name is taken with the bucket's create-if-absent, so it is used at most once; the
+  ``ran``/``deleted`` value is the task's tombstone and is written with a per-message TTL of
+  :data:`TOMBSTONE_SECONDS` (seven days, as App Engine kept a task's name unavailable "for about seven days" after
+  it ran or was deleted), after which the name may be used again. Every task has its entry, named or not (the
+  service names unnamed ones), so Delete finds any task and delivery skips deleted ones.
+
+A batch is all or nothing: names are taken first, then the messages published; if NATS fails on the way, the
+messages already published are deleted by sequence and the names released, and the caller gets
+``TRANSIENT_ERROR``. What is not covered: a service killed between taking a name and publishing its task leaves
+the name ``queued`` with no task (a later add of that name answers ``TASK_ALREADY_EXISTS``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import nats.errors
+import nats.js.errors
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
+from nats.js.kv import KeyValue
+
+from kiln.pb.taskqueue.v1 import taskqueue_pb2 as pb
+from taskqueue_svc.errors import TransientError
+
+log = logging.getLogger(__name__)
+
+STREAM = "KILN_TASKS"
+SUBJECT_PREFIX = "kiln.tasks."
+NAMES_BUCKET = "KILN_TASK_NAMES"
+TOMBSTONE_SECONDS = 7 * 86400
+QUEUED, RAN, DELETED = b"queued", b"ran", b"deleted"
+_NATS_ERRORS = (nats.errors.Error, asyncio.TimeoutError)
+
+
+def subject(app_id: str, queue: str) -> str:
+    """The stream subject of one queue of one app."""
+    return f"{SUBJECT_PREFIX}{app_id}.{queue}"
+
+
+def name_key(app_id: str, queue: str, name: str) -> str:
+    """The KV key of a task name."""
+    return f"{app_id}.{queue}.{name}"
+
+
+def consumer_name(app_id: str, queue: str) -> str:
+    """The durable consumer that delivers one queue (shared by every replica)."""
+    return f"tq-{app_id}-{queue}"
+
+
+class TaskStore:
+    """The stream and the name bucket (see module docstring)."""
+
+    def __init__(self, js: JetStreamContext, *, replicas: int = 1) -> None:
+        self.js = js
+        self._replicas = replicas
+        self._names: KeyValue | None = None
+
+    async def open(self) -> None:
+        """Create (or find) the stream and the bucket."""
+        try:
+            await self.js.stream_info(STREAM)
+        except nats.js.errors.NotFoundError:
+            with contextlib.suppress(nats.js.errors.BadRequestError):  # another replica made it meanwhile
+                await self.js.add_stream(StreamConfig(
+                    name=STREAM, subjects=[SUBJECT_PREFIX + ">"], retention=RetentionPolicy.WORK_QUEUE,
+                    storage=StorageType.FILE, num_replicas=self._replicas, duplicate_window=120.0))
+        try:
+            self._names = await self.js.key_value(NAMES_BUCKET)
+        except nats.js.errors.BucketNotFoundError:
+            self._names = await self.js.create_key_value(bucket=NAMES_BUCKET, history=1, replicas=self._replicas,
+                                                         storage=StorageType.FILE)
+
+    @property
+    def names(self) -> KeyValue:
+        assert self._names is not None, "open() first"
+        return self._names
+
+    async def add(self, tasks: list[pb.StoredTask]) -> list[str]:
+        """Store valid tasks; per task ``""`` (added), ``TASK_ALREADY_EXISTS`` or ``TOMBSTONED_TASK``.
+
+        Raises:
+            TransientError: NATS failed; nothing of the batch is kept.
+        """
+        results: list[str] = []
+        taken: list[str] = []
+        published: list[int] = []
+        try:
+            accepted = []
+            for task in tasks:
+                key = name_key(task.app_id, task.queue, task.name)
+                try:
+                    await self.names.create(key, QUEUED)
+                except nats.js.errors.KeyWrongLastSequenceError:
+                    state = await self.state(task.app_id, task.queue, task.name)
+                    results.append("TASK_ALREADY_EXISTS" if state == QUEUED else "TOMBSTONED_TASK")
+                    continue
+                taken.append(key)
+                accepted.append(task)
+                results.append("")
+            for task in accepted:
+                msg_id = f"{name_key(task.app_id, task.queue, task.name)}.0"
+                ack = await self.js.publish(subject(task.app_id, task.queue), task.SerializeToString(),
+                                            stream=STREAM, headers={"Nats-Msg-Id": msg_id})
+                published.append(ack.seq)
+        except _NATS_ERRORS as exc:
+            await self._undo(published, taken)
+            raise TransientError(f"the task store is not reachable now; nothing was added ({exc})") from None
+        return results
+
+    async def _undo(self, published: list[int], taken: list[str]) -> None:
+        for seq in published:
+            with contextlib.suppress(*_NATS_ERRORS):
+                await self.js.delete_msg(STREAM, seq)
+        for key in taken:
+            with contextlib.suppress(*_NATS_ERRORS):
+                await self.names.delete(key)
+
+    async def state(self, app_id: str, queue: str, name: str) -> bytes | None:
+        """``queued``, ``ran``, ``deleted``, or ``None`` (no such name, or its tombstone expired)."""
+        try:
+            entry = await self.names.get(name_key(app_id, queue, name))
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+            return None
+        return entry.value
+
+    async def tombstone(self, task: pb.StoredTask, value: bytes = RAN, *, last: int | None = None) -> None:
+        """Mark a task's name as used (``ran`` or ``deleted``) for :data:`TOMBSTONE_SECONDS`.
+
+        With ``last``, only if the entry is still at that revision (raises ``KeyWrongLastSequenceError``).
+        """
+        headers = {"Nats-Expected-Last-Subject-Sequence": str(last)} if last is not None else None
+        await self.js.publish(f"$KV.{NAMES_BUCKET}.{name_key(task.app_id, task.queue, task.name)}", value,
+                              headers=headers, msg_ttl=TOMBSTONE_SECONDS)
+
+    async def retry(self, task: pb.StoredTask) -> None:
+        """Queue the next attempt of a task (its retry count and ETA already set)."""
+        await self.js.publish(subject(task.app_id, task.queue), task.SerializeToString(), stream=STREAM,
+                              headers={"Nats-Msg-Id": f"{name_key(task.app_id, task.queue, task.name)}."
+                                                      f"{task.retry_count}"})
+
+    async def delete(self, app_id: str, queue: str, names: list[str]) -> list[str]:
+        """Delete tasks by name: per name ``""``, ``UNKNOWN_TASK`` or ``TOMBSTONED_TASK``. A deleted task's message
+        stays in the stream until delivery meets it and drops it unsent."""
+        out = []
+        try:
+            for name in names:
+                key = name_key(app_id, queue, name)
+                try:
+                    entry = await self.names.get(key)
+                except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+                    out.append("UNKNOWN_TASK")
+                    continue
+                if entry.value != QUEUED:
+                    out.append("TOMBSTONED_TASK")
+                    continue
+                try:
+                    await self.tombstone(pb.StoredTask(app_id=app_id, queue=queue, name=name), DELETED,
+                                         last=entry.revision)
+                except nats.js.errors.APIError:  # it finished meanwhile
+                    out.append("TOMBSTONED_TASK")
+                    continue
+                out.append("")
+        except _NATS_ERRORS as exc:
+            raise TransientError(f"the task store is not reachable now ({exc})") from None
+        return out
+
+    async def purge(self, app_id: str, queue: str) -> None:
+        """Drop every task of a queue; the names of those waiting are tombstoned as deleted."""
+        try:
+            await self.js.purge_stream(STREAM, subject=subject(app_id, queue))
+            watcher = await self.names.watch(name_key(app_id, queue, ">"), ignore_deletes=True)
+            waiting = []
+            try:
+                async for entry in watcher:
+                    if entry is None:  # the current values have all been seen
+                        break
+                    if entry.value == QUEUED:
+                        waiting.append(entry.key.rpartition(".")[2])
+            finally:
+                await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it untyped
+            for name in waiting:
+                await self.tombstone(pb.StoredTask(app_id=app_id, queue=queue, name=name), DELETED)
+        except _NATS_ERRORS as exc:
+            raise TransientError(f"the task store is not reachable now ({exc})") from None
+
+    async def subscribe(self, app_id: str, queue: str, ack_wait: float) -> JetStreamContext.PullSubscription:
+        """The durable pull consumer of one queue."""
+        return await self.js.pull_subscribe(
+            subject(app_id, queue), durable=consumer_name(app_id, queue), stream=STREAM,
+            config=ConsumerConfig(ack_wait=ack_wait, max_deliver=-1, max_ack_pending=-1))
+
+    async def waiting(self, app_id: str, queue: str) -> int:
+        """Tasks of a queue not finished (waiting for their ETA, due, or being sent)."""
+        try:
+            info = await self.js.consumer_info(STREAM, consumer_name(app_id, queue))
+        except nats.js.errors.NotFoundError:
+            return 0
+        return int((info.num_pending or 0) + (info.num_ack_pending or 0))
