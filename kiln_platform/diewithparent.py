@@ -241,6 +241,7 @@ def main(argv: list[str]) -> int:
     command = argv[split + 1:]
     if not command:
         parser.error("no command given after --")
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())  # the supervisor holds stop signals while it starts us
     os.umask(0o077)
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)

@@ -23,7 +23,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 from kiln_platform import handover
 
@@ -117,20 +117,23 @@ class Supervisor:
             ready_file.unlink(missing_ok=True)
         child_env = dict(os.environ if env is None else env)
         fds = list(pass_fds)
-        if secrets is not None:
-            fds.append(handover.pipe(secrets))
-            child_env[handover.FD_VARIABLE] = str(fds[-1])
-        try:
-            with open(os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab") as out:
-                settings = confinement.wrapper_args() if confinement is not None else []
-                wrapped = [sys.executable, str(_DIE_WITH_PARENT), str(os.getpid()), *settings, "--", *argv]
-                proc = subprocess.Popen(wrapped, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        env=child_env, start_new_session=True, cwd=cwd, pass_fds=fds)
-        finally:
+        # A stop signal (whose handler may raise, as kiln dev's does while starting) is held until the child is
+        # in ``children``, so stop_all always finds what was started; the wrapper lets the child receive them.
+        with _stop_signals_held():
             if secrets is not None:
-                os.close(fds[-1])
-        child = Child(name, proc, log_path)
-        self.children.append(child)
+                fds.append(handover.pipe(secrets))
+                child_env[handover.FD_VARIABLE] = str(fds[-1])
+            try:
+                with open(os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab") as out:
+                    settings = confinement.wrapper_args() if confinement is not None else []
+                    wrapped = [sys.executable, str(_DIE_WITH_PARENT), str(os.getpid()), *settings, "--", *argv]
+                    proc = subprocess.Popen(wrapped, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            env=child_env, start_new_session=True, cwd=cwd, pass_fds=fds)
+            finally:
+                if secrets is not None:
+                    os.close(fds[-1])
+            child = Child(name, proc, log_path)
+            self.children.append(child)
         return child
 
     @staticmethod
@@ -216,6 +219,19 @@ class Supervisor:
             codes[child.name] = child.proc.returncode
         self.children.clear()
         return codes
+
+
+_STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
+
+
+@contextlib.contextmanager
+def _stop_signals_held() -> Iterator[None]:
+    """Hold SIGINT, SIGTERM and SIGHUP for this thread until the block ends (then they are delivered)."""
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def port_open(host: str, port: int) -> bool:

@@ -21,6 +21,8 @@ FULL_NAMES = {
     "mail": "kiln.pb.mail.v1.MailService",
     "images": "kiln.pb.images.v1.ImagesService",
     "cron": "kiln.pb.cron.v1.CronService",
+    "identity": "kiln.pb.identity.v1.IdentityService",
+    "taskqueue": "kiln.pb.taskqueue.v1.TaskQueueService",
 }
 
 
