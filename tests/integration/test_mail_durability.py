@@ -24,6 +24,7 @@ import pytest
 from kiln_platform.supervisor import free_port, nats_server_binary
 from mail_svc import queue as mail_queue
 from tests.integration import smtpservers
+from tests.integration.apps import wait_for
 from tests.integration.test_mail_service import (RELAY_USER, MailService, ids_received, queue_drained,
                                                  queued_with_claim)
 
@@ -87,13 +88,6 @@ def refused_reconnects(svc) -> int:
     return svc.child.log_path.read_text(errors="replace").count("Connection refused")
 
 
-def wait_until(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"{what}: not within {timeout}s"
-        time.sleep(0.05)
-
-
 @pytest.fixture
 def stack(supervisor, tmp_path):
     server = Nats(supervisor, tmp_path).start()
@@ -123,11 +117,12 @@ def test_a_delivery_the_relay_accepted_during_a_long_nats_outage_is_recorded_and
     server, relay, mail_service = stack
     # One worker in the frozen case, so that what reaches the frozen server is that worker's record request.
     svc = mail_service(*(["--workers", "1"] if death.startswith("frozen") else []))
+    replicas = [svc]
     relay.gate.clear()
     message_id = svc.send(subject=f"outage {uuid.uuid4().hex}").message_id
     relay.wait_for(lambda msgs: relay.held >= 1)
     if death.endswith("second replica"):
-        mail_service("--workers", "1")  # idle until the outage: then it may be handed the message
+        replicas.append(mail_service("--workers", "1"))  # idle until the outage: then it may be handed the message
     if death.startswith("killed"):
         server.kill()
         relay.gate.set()
@@ -137,12 +132,13 @@ def test_a_delivery_the_relay_accepted_during_a_long_nats_outage_is_recorded_and
         unread = server.received_unread(svc.child.proc.pid)
         relay.gate.set()
         relay.wait_for(lambda msgs: [m.message_id for m in msgs] == [message_id])
-        wait_until(lambda: server.received_unread(svc.child.proc.pid) > unread, 30,
-                   "the record request reaching the frozen server")
+        wait_for(lambda: server.received_unread(svc.child.proc.pid) > unread, 30)  # its record request
         server.kill()
-    wait_until(lambda: refused_reconnects(svc) >= REFUSED_RECONNECTS, 60, "mail_svc meeting the outage")
+    wait_for(lambda: refused_reconnects(svc) >= REFUSED_RECONNECTS, 60)  # the outage, as mail_svc meets it
     server.start()
     queue_drained(server.url)
+    for replica in replicas:  # a stop lets each worker finish the message in hand: nothing can be sent later
+        replica.stop()
     assert ids_received(relay) == [message_id]
     assert delivery_recorded(server.url, message_id)
 
@@ -166,7 +162,7 @@ def test_a_stale_claim_whose_holder_shows_itself_within_the_grace_is_not_sent(st
     """A claim that looks stale (its holder could not refresh it during a NATS outage) is taken over, but the
     holder is alive: it re-asserts its claim, then records its delivery. The message is not sent again."""
     server, relay, mail_service = stack
-    message_id, key = queued_with_claim(server.url, "held through an outage", time.time() - 3600)
+    _, key = queued_with_claim(server.url, "held through an outage", time.time() - 3600)
     mail_service()
 
     async def live_holder() -> None:
