@@ -17,7 +17,8 @@ are kiln's pipeline rather than cryptography):
 
 Usage::
 
-    .venv/bin/python bench/mail_bench.py [--messages 1000] [--clients 8] [--connections 4] [--window] [--nats-sync always]
+    .venv/bin/python bench/mail_bench.py [--messages 1000] [--clients 8] [--connections 4] [--window]
+        [--nats-sync always]
 """
 
 from __future__ import annotations

@@ -20,12 +20,14 @@ unreachable (each attempt is short, so a request lost with a killed nats-server 
 back). A claim that looks stale may belong to such a worker, or to one whose claim refreshes could not get
 through: whoever takes a stale claim over waits :data:`TAKEOVER_GRACE_SECONDS` and sends only if nobody wrote
 the entry meanwhile, and a live holder writes it within that time (it refreshes its claim, and re-asserts it over
-a takeover, at least every ``TAKEOVER_GRACE_SECONDS / 2.5``; it retries its record at least as often). What
-remains is SMTP's own window: mail_svc itself dying between the relay's ``250`` and the stored record (on
-loopback a few milliseconds, see ``bench/mail_bench.py --window``; for as long as NATS stays unreachable
-when it is): the relay has the message but kiln cannot know it, and sends it again. JetStream writes each message to its file before it acknowledges it
-(``write()``, without ``fsync``), so a kill -9 of nats-server loses no acknowledged record; a crash of the machine
-can lose what the kernel had not written to disk yet (nats-server's ``sync_interval``, 2 minutes by default).
+a takeover, at least every ``TAKEOVER_GRACE_SECONDS / 2.5``; it retries its record at least as often).
+
+What remains is SMTP's own window: mail_svc itself dying between the relay's ``250`` and the stored record (on
+loopback a few milliseconds, see ``bench/mail_bench.py --window``; for as long as NATS stays unreachable when it
+is): the relay has the message but kiln cannot know it, and it is sent again. JetStream writes each message to
+its file before it acknowledges it (``write()``, without ``fsync``), so a kill -9 of nats-server loses no
+acknowledged record; a crash of the machine can lose what the kernel had not written to disk yet (nats-server's
+``sync_interval``, 2 minutes by default).
 
 Failures: a temporary one (connection refused, timeouts, 4xx) puts the message back with exponential backoff
 (``nak`` with a delay); a permanent one (5xx), or the last allowed attempt, moves it to the dead-letter stream
