@@ -10,11 +10,15 @@ are kiln's pipeline rather than cryptography):
   JetStream) from ``--clients`` threads; the rate at which calls return, and their latency;
 - kiln delivered: from the first call until the server has every message (mail_svc's workers take them off
   the queue, deliver over ``--connections`` relay connections, record each delivery and acknowledge it);
-- the ratios of both rates to the baseline.
+- the ratios of both rates to the baseline;
+- with ``--nats-sync always``: the same with nats-server fsyncing every JetStream write;
+- with ``--window``: SMTP's own window, how long after the relay's ``250`` each delivery's record was stored
+  (mail_svc logs it at DEBUG) — a crash of mail_svc inside it is the one way a mail goes out twice.
 
 Usage::
 
-    .venv/bin/python bench/mail_bench.py [--messages 1000] [--clients 8] [--connections 4]
+    .venv/bin/python bench/mail_bench.py [--messages 1000] [--clients 8] [--connections 4] [--window]
+        [--nats-sync always]
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import asyncio
 import concurrent.futures
 import os
 import pathlib
+import re
 import smtplib
 import statistics
 import sys
@@ -43,6 +48,7 @@ from kiln_platform.supervisor import Supervisor, python_module  # noqa: E402
 
 SECRET = "bench-secret"
 APP = "bench"
+RECORDED = re.compile(r"recorded ([0-9.]+) ms after the relay accepted it")
 BODY = ("A line of an ordinary notification message, about sixty chars.\n" * 30)  # ~2 KB
 
 
@@ -100,20 +106,28 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=1000)
     parser.add_argument("--clients", type=int, default=8, help="threads calling send_mail at once")
     parser.add_argument("--connections", type=int, default=4, help="SMTP connections (baseline) and mail_svc workers")
+    parser.add_argument("--window", action="store_true",
+                        help="also measure the time from the relay's 250 to the stored record (mail_svc at DEBUG)")
+    parser.add_argument("--nats-sync", default="", metavar="INTERVAL",
+                        help="nats-server's jetstream sync_interval (e.g. 'always': fsync every write; default: "
+                             "nats-server's own, 2 min)")
     args = parser.parse_args()
+    windows: list[float] = []
 
     server = CountingServer()
     server.start()
     with tempfile.TemporaryDirectory() as tmp:
         sup = Supervisor(pathlib.Path(tmp) / "run")
         try:
-            nats = sup.start_nats(pathlib.Path(tmp) / "nats")
+            nats = sup.start_nats(pathlib.Path(tmp) / "nats", config={"jetstream": {"sync_interval": args.nats_sync}}
+                                  if args.nats_sync else None)
             ready = pathlib.Path(tmp) / "run" / "mail.addr"
             env = {**os.environ, "KILN_MAIL_SERVICE_SECRET": SECRET}
             svc = sup.start("mail_svc", python_module(
                 "mail_svc", "--listen", "127.0.0.1:0", "--ready-file", str(ready), "--nats-url",
                 f"nats://{nats.address}", "--relay", f"127.0.0.1:{server.port}", "--relay-security", "none",
-                "--workers", str(args.connections), "--log-level", "WARNING"), env=env, ready_file=ready)
+                "--workers", str(args.connections), "--log-level", "DEBUG" if args.window else "WARNING"), env=env,
+                ready_file=ready)
 
             direct = baseline(server.port, args.messages, args.connections)
             before = server.count
@@ -140,6 +154,9 @@ def main() -> None:
                 list(pool.map(send, range(args.messages)))
             accepted_at = time.perf_counter()
             delivered_at = server.wait_count(before + args.messages)
+            if args.window:
+                sup.stop_all()
+                windows = sorted(float(ms) for ms in RECORDED.findall(svc.log_path.read_text(errors="replace")))
         finally:
             sup.stop_all()
             server.loop.call_soon_threadsafe(server.loop.stop)
@@ -150,11 +167,16 @@ def main() -> None:
     p50 = statistics.median(latencies) * 1000
     p99 = latencies[int(len(latencies) * 0.99) - 1] * 1000
     print(f"mail benchmark: {args.messages} messages of {len(BODY)} bytes, {args.clients} sending threads, "
-          f"{args.connections} SMTP connections, {os.cpu_count()} CPUs")
+          f"{args.connections} SMTP connections, {os.cpu_count()} CPUs, "
+          f"nats-server sync_interval {args.nats_sync or 'default'}")
     print(f"  baseline smtplib -> SMTP server directly : {direct:8.0f} msgs/s")
     print(f"  kiln send_mail accepted (queued durably) : {accepted:8.0f} msgs/s  "
           f"(p50 {p50:.2f} ms, p99 {p99:.2f} ms per call)  ratio {accepted / direct:.2f}x")
     print(f"  kiln delivered to the SMTP server        : {delivered:8.0f} msgs/s  ratio {delivered / direct:.2f}x")
+    if windows:
+        print(f"  relay's 250 -> delivery recorded         : p50 {statistics.median(windows):.2f} ms, "
+              f"p99 {windows[int(len(windows) * 0.99) - 1]:.2f} ms, max {windows[-1]:.2f} ms "
+              f"({len(windows)} deliveries)")
 
 
 if __name__ == "__main__":

@@ -13,8 +13,21 @@ a crash (or to another replica) whose delivery is recorded is acknowledged witho
 delivery another worker has claimed comes back later. The claim matters because JetStream's count of deliveries
 is no proof that nobody else holds a message: a nats-server killed outright forgets recent consumer state and
 hands out a message a worker is still sending as a first delivery, and a reconnected client can still hold a
-message the old connection fetched. What remains is SMTP's own window — a crash between the relay's ``250``
-and the record, a few milliseconds — in which the relay has the message but kiln cannot know it.
+message the old connection fetched.
+
+A worker that holds a delivery the relay accepted keeps it until the record is stored, however long NATS is
+unreachable (each attempt is short, so a request lost with a killed nats-server is sent again as soon as NATS is
+back). A claim that looks stale may belong to such a worker, or to one whose claim refreshes could not get
+through: whoever takes a stale claim over waits :data:`TAKEOVER_GRACE_SECONDS` and sends only if nobody wrote
+the entry meanwhile, and a live holder writes it within that time (it refreshes its claim, and re-asserts it over
+a takeover, at least every ``TAKEOVER_GRACE_SECONDS / 2.5``; it retries its record at least as often).
+
+What remains is SMTP's own window: mail_svc itself dying between the relay's ``250`` and the stored record (on
+loopback a few milliseconds, see ``bench/mail_bench.py --window``; for as long as NATS stays unreachable when it
+is): the relay has the message but kiln cannot know it, and it is sent again. JetStream writes each message to
+its file before it acknowledges it (``write()``, without ``fsync``), so a kill -9 of nats-server loses no
+acknowledged record; a crash of the machine can lose what the kernel had not written to disk yet (nats-server's
+``sync_interval``, 2 minutes by default).
 
 Failures: a temporary one (connection refused, timeouts, 4xx) puts the message back with exponential backoff
 (``nak`` with a delay); a permanent one (5xx), or the last allowed attempt, moves it to the dead-letter stream
@@ -59,6 +72,14 @@ BODIES_BUCKET = "kiln-mail-bodies"
 # Room for the QueuedMail envelope around an inline message.
 ENVELOPE_ALLOWANCE = 16 * 1024
 DEAD_MAX_AGE_SECONDS = 30 * 24 * 3600
+# How long one attempt to store a delivery's record may take. Short, because a request that a killed nats-server
+# swallowed is never answered: the next attempt goes out on the new connection.
+RECORD_ATTEMPT_SECONDS = 2.0
+RECORD_PAUSE_SECONDS = 0.2
+# A worker taking over a stale claim waits this long for a live holder to show itself before it sends.
+TAKEOVER_GRACE_SECONDS = 5.0
+# How often a holder refreshes its claim during a delivery (at most; a third of ack_wait when that is shorter).
+REFRESH_SECONDS = TAKEOVER_GRACE_SECONDS / 2.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,9 +153,10 @@ class MailQueue:
         result = await self._bodies.get(queued.raw_object)
         return bytes(result.data or b"")
 
-    async def record_delivery(self, key: str, outcome: Outcome) -> None:
+    async def record_delivery(self, key: str, outcome: Outcome, *, timeout: float = RECORD_ATTEMPT_SECONDS) -> None:
+        """Store that the relay accepted the delivery ``key`` (over any claim: the sender's word is final)."""
         assert self._delivered is not None
-        await self._delivered.put(key, outcome.to_json())
+        await asyncio.wait_for(self._delivered.put(key, outcome.to_json()), timeout)
 
     async def claim(self, key: str) -> Claim | Outcome | None:
         """Take the delivery ``key`` for this worker.
@@ -162,18 +184,59 @@ class MailQueue:
                 return Outcome.from_json(entry.value or b"{}")
             if time.time() - held < self.settings.ack_wait_seconds:
                 return None
-            try:  # a stale claim: its worker died before sending (or before recording what it sent)
+            try:  # a stale claim: its worker died before sending (or before recording what it sent)...
                 claim.revision = await self._delivered.update(key, claim.value(), last=entry.revision)
-                return claim
             except nats.js.errors.KeyWrongLastSequenceError:
                 continue
+            return await self._after_grace(claim)
+        return None
+
+    async def _after_grace(self, claim: Claim) -> Claim | Outcome | None:
+        """...or it is alive and could not write for a while (NATS was down): a live holder records its delivery
+        or re-asserts its claim within the grace, and then the message is not sent here. Meanwhile this worker
+        keeps its own claim fresh (compare-and-set: any other write ends the wait), so that nobody else takes
+        it over in turn."""
+        assert self._delivered is not None
+        deadline = time.monotonic() + TAKEOVER_GRACE_SECONDS
+        while (left := deadline - time.monotonic()) > 0:
+            await asyncio.sleep(min(left, _refresh_interval(self.settings)))
+            try:
+                claim.revision = await self._delivered.update(claim.key, claim.value(), last=claim.revision)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                break
+        try:
+            entry = await self._delivered.get(claim.key)
+        except nats.js.errors.KeyNotFoundError:  # its holder gave it up after a failed attempt: it comes back
+            return None
+        if entry.revision == claim.revision:
+            return claim
+        if _claimed_at(entry.value or b"") is None:
+            return Outcome.from_json(entry.value or b"{}")
+        log.info("a claim taken over as stale was re-asserted by its live holder; not sending")
         return None
 
     async def refresh(self, claim: Claim) -> None:
-        """Renew a claim during a long delivery (no-op if it was lost meanwhile: the record overwrites it)."""
+        """Renew a claim during a long delivery. A holder that is sending is the one sender: should its claim
+        have changed (a refresh whose answer was lost with a killed nats-server, or a takeover by a worker that
+        found it stale while NATS was down), it writes it again, over anything but a record."""
         assert self._delivered is not None
-        with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
-            claim.revision = await self._delivered.update(claim.key, claim.value(), last=claim.revision)
+        last = claim.revision
+        for _ in range(3):
+            try:
+                claim.revision = await self._delivered.update(claim.key, claim.value(), last=last)
+                return
+            except nats.js.errors.KeyWrongLastSequenceError:
+                pass
+            try:
+                entry = await self._delivered.get(claim.key)
+            except nats.js.errors.KeyNotFoundError:
+                with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
+                    claim.revision = await self._delivered.create(claim.key, claim.value())
+                    return
+                continue
+            if _claimed_at(entry.value or b"") is None:
+                return  # recorded as delivered already
+            last = entry.revision or 0
 
     async def release(self, claim: Claim) -> None:
         """Give a claim up after a delivery that did not happen (so a retry need not wait for it to go stale)."""
@@ -211,6 +274,12 @@ class Claim:
 
     def value(self) -> bytes:
         return json.dumps({"claimed_by": self.owner, "at": time.time()}).encode()
+
+
+def _refresh_interval(settings: QueueSettings) -> float:
+    """How often a holder writes its claim again: well within ack_wait (after which the claim looks stale) and
+    within the takeover grace."""
+    return min(REFRESH_SECONDS, max(0.5, settings.ack_wait_seconds / 3))
 
 
 def _claimed_at(value: bytes) -> float | None:
@@ -317,24 +386,36 @@ class Deliverer:
             await self._queue.release(claim)
             await self._finish(msg, queued)
             return
-        await self._record(key, outcome)
+        await self._record(queued, key, outcome, time.monotonic())
         self.delivered += 1
         await self._after_partial(queued, outcome)
         await self._finish(msg, queued)
 
-    async def _record(self, key: str, outcome: Outcome) -> None:
-        """Record a delivery the relay accepted, retrying while NATS is unreachable (as during its restart):
-        an unrecorded delivery would be sent again once the claim goes stale."""
-        deadline = time.monotonic() + self._queue.settings.ack_wait_seconds / 2
-        while True:
-            try:
-                await self._queue.record_delivery(key, outcome)
-                return
-            except (nats.errors.Error, asyncio.TimeoutError) as exc:
-                if time.monotonic() > deadline:
-                    raise
-                log.warning("recording a delivery: %s; trying again", exc)
-                await asyncio.sleep(0.2)
+    async def _record(self, queued: pb.QueuedMail, key: str, outcome: Outcome, accepted_at: float) -> None:
+        """Record a delivery the relay accepted, however long NATS stays unreachable: an unrecorded delivery would
+        be sent again once its claim goes stale. Only mail_svc stopping (cancellation) ends the attempts."""
+        failed = 0
+        try:
+            while True:
+                try:
+                    await self._queue.record_delivery(key, outcome)
+                    break
+                except (nats.errors.Error, asyncio.TimeoutError) as exc:
+                    failed += 1
+                    if failed == 1 or failed % 25 == 0:
+                        log.warning("recording the delivery of mail %s: %s; trying again", queued.message_id,
+                                    exc or type(exc).__name__)
+                    await asyncio.sleep(RECORD_PAUSE_SECONDS)
+        except asyncio.CancelledError:
+            log.error("stopping before the delivery of mail %s could be recorded (NATS unreachable): it will be "
+                      "sent again", queued.message_id)
+            raise
+        took = time.monotonic() - accepted_at
+        if failed:
+            log.info("delivery of mail %s recorded %.1fs after the relay accepted it", queued.message_id, took)
+        else:
+            log.debug("delivery of mail %s recorded %.2f ms after the relay accepted it", queued.message_id,
+                      took * 1000)
 
     async def _after_partial(self, queued: pb.QueuedMail, outcome: Outcome) -> None:
         """Recipients the relay refused while it accepted others: dead-letter the permanent, requeue the rest."""
@@ -382,10 +463,11 @@ async def _keep_alive(msg: Msg, queue: MailQueue, claim: Claim) -> AsyncIterator
 
     async def beat() -> None:
         while True:
-            await asyncio.sleep(max(0.5, queue.settings.ack_wait_seconds / 3))
-            with contextlib.suppress(nats.errors.Error):
+            await asyncio.sleep(_refresh_interval(queue.settings))
+            with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError):
                 await msg.in_progress()
-                await queue.refresh(claim)
+            with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError):
+                await asyncio.wait_for(queue.refresh(claim), RECORD_ATTEMPT_SECONDS)
 
     task = asyncio.create_task(beat())
     try:
