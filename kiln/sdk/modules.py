@@ -51,7 +51,7 @@ from kiln.pb.modules.v1 import modules_pb2_grpc
 from kiln.sdk import _errors
 from kiln.sdk.service import CallContext
 
-__all__ = ["Modules", "answer"]
+__all__ = ["App", "Modules", "answer"]
 
 _ERR = gae.ModulesServiceError
 _ERRORS = _errors.table({}, {grpc.StatusCode.UNAVAILABLE: _ERR.TRANSIENT_ERROR,
@@ -81,7 +81,8 @@ class Modules:
 
     def handle(self, method: str, request: Any, response: Any, ctx: CallContext) -> None:
         if method not in _READS and method not in _WRITES:
-            raise apiproxy_errors.CallNotFoundError(f"modules.{method}() is not a method of App Engine's modules service")
+            raise apiproxy_errors.CallNotFoundError(
+                f"modules.{method}() is not a method of App Engine's modules service")
         app = self.local if self.local is not None else _ask(ctx)
         answer(method, request, response, App(app, os.environ.get("GAE_SERVICE") or "default",
                                                os.environ.get("GAE_VERSION", ""),

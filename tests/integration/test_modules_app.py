@@ -98,7 +98,8 @@ def start_cluster(supervisor, tmp_path_factory, nats_url, name: str, versions, *
         (app_dir / "main.py").write_text(MAIN)
         assert kiln(found, app, "deploy", str(app_dir), "--app", app, "--version", version) == 0
     for app, version in versions:
-        apps.wait_for(lambda: get(found, f"{version}-dot-{app}.{DOMAIN}", "current")[0] == 200, 240)
+        host = f"{version}-dot-{app}.{DOMAIN}"
+        apps.wait_for(lambda host=host: get(found, host, "current")[0] == 200, 240)
     return found
 
 
@@ -256,9 +257,8 @@ def test_the_control_plane_refuses_to_describe_an_app_without_its_app_token(clus
     lambda stub: stub.ListApps(deploy_pb2.ListAppsRequest(), metadata=app_metadata(APP), timeout=30),
 ], ids=["list-versions", "set-default", "list-apps"])
 def test_an_app_token_opens_none_of_the_control_planes_deploy_methods(cluster, call):
-    with grpc.insecure_channel(cluster["control"]) as channel:
-        with pytest.raises(grpc.RpcError) as caught:
-            call(deploy_pb2_grpc.DeployServiceStub(channel))
+    with grpc.insecure_channel(cluster["control"]) as channel, pytest.raises(grpc.RpcError) as caught:
+        call(deploy_pb2_grpc.DeployServiceStub(channel))
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert ask(cluster, "v2", "default") == {"result": "v1"}
 
