@@ -8,7 +8,9 @@
 - a maximum message size;
 - one authentication rule for every call: the server's :class:`Authenticator` checks the caller's
   credentials before any handler runs (app identity tokens by default; the control plane's deploy
-  tokens), and handlers read the verified caller with :func:`caller_app` / :func:`caller`. A method
+  tokens), and handlers read the verified caller with :func:`caller_app` / :func:`caller`. A
+  registration may name its own authenticator, which then alone admits calls to its service (the
+  control plane serves apps' ``ModulesService`` with app tokens beside its deploy-token service). A method
   is open to anyone only when its service lists it in ``public_methods`` (health checking and
   reflection are always open); a server with no authenticator refuses every other call;
 - one error interceptor that maps :class:`kiln.errors.KilnError` subclasses to
@@ -27,7 +29,7 @@ import dataclasses
 import logging
 import pathlib
 import signal
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Protocol, TypeVar, cast
 
 import grpc
@@ -52,6 +54,7 @@ class Registration:
     add: Callable[[Any, grpc.aio.Server], None]
     servicer: Any
     public_methods: frozenset[str] = frozenset()
+    authenticator: Authenticator | None = None  # None: the server's
 
 
 # ------------------------------------------------------------------ authentication
@@ -101,14 +104,18 @@ def caller_app() -> str:
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
     """Authenticates every call and maps exceptions raised by handlers to gRPC statuses (see module docstring)."""
 
-    def __init__(self, authenticator: Authenticator | None = None, public_methods: Iterable[str] = ()) -> None:
+    def __init__(self, authenticator: Authenticator | None = None, public_methods: Iterable[str] = (),
+                 service_authenticators: Mapping[str, Authenticator] | None = None) -> None:
         self._authenticator = authenticator or _NoCredentialsAccepted()
         self._public = frozenset(public_methods)
+        self._by_service = dict(service_authenticators or {})
 
     def _authenticate_for(self, method: str) -> Callable[[grpc.aio.ServicerContext[Any, Any]], object] | None:
         if method in self._public or method.startswith(_ALWAYS_PUBLIC):
             return None
-        authenticator = self._authenticator
+        # "/package.Service/Method": a service with an authenticator of its own accepts no other credentials.
+        authenticator = self._by_service.get(method.split("/")[1] if method.count("/") == 2 else "",
+                                             self._authenticator)
         return lambda context: authenticator.authenticate(
             cast("Iterable[tuple[str, str | bytes]]", context.invocation_metadata()))
 
@@ -240,7 +247,7 @@ async def start(cfg: GrpcServiceConfig, registrations: Iterable[Registration],
     """Bind and start a server for ``registrations`` (and generic handlers by name).
 
     Every call is authenticated by ``authenticator`` — by default app identity tokens signed with the
-    service secret — except the registrations' ``public_methods``.
+    service secret — or by its registration's own, except the registrations' ``public_methods``.
     """
     options = [
         ("grpc.max_receive_message_length", cfg.max_message_bytes),
@@ -251,7 +258,8 @@ async def start(cfg: GrpcServiceConfig, registrations: Iterable[Registration],
     if authenticator is None and cfg.service_secret:
         authenticator = AppTokens(cfg.service_secret.get())
     public = [f"/{reg.name}/{m}" for reg in registrations for m in reg.public_methods]
-    server = grpc.aio.server(interceptors=[ErrorInterceptor(authenticator, public)], options=options)
+    own = {reg.name: reg.authenticator for reg in registrations if reg.authenticator is not None}
+    server = grpc.aio.server(interceptors=[ErrorInterceptor(authenticator, public, own)], options=options)
     names = []
     for reg in registrations:
         reg.add(reg.servicer, server)

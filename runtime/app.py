@@ -166,6 +166,8 @@ class Instance:
             "KILN_IDENTITY_ADDR": self.cfg.identity_addr,
             "KILN_TASKQUEUE_ADDR": self.cfg.taskqueue_addr,
         })
+        if self.cfg.modules_addr:  # else the SDK's modules service answers from this version alone (kiln dev)
+            os.environ["KILN_MODULES_ADDR"] = self.cfg.modules_addr
         os.environ.pop("KILN_RUNTIME_APP_TOKEN", None)  # the SDK reads KILN_APP_TOKEN
         os.environ.update(_entrypoint_environment(self.app_config))
         # The app's code first, then its requirements, then the libraries it selected (App Engine's order).
@@ -182,7 +184,10 @@ class Instance:
         requestscope.allow_background_threads(
             self.app_config.manual_scaling is not None or self.app_config.basic_scaling is not None)
         httpfetch.install()  # urllib and http.client go through URL Fetch, as on App Engine
-        appengine.load_sdk(self.app_id)  # Google's SDK, where the app has it: before the app's code, with kiln's proxy
+        # Google's SDK, where the app has it: before the app's code, with kiln's proxy. Without the control plane's
+        # address (kiln dev) its modules service describes the one version this instance runs.
+        appengine.load_sdk(self.app_id, local=None if self.cfg.modules_addr else appengine.local_modules(
+            self.version_id, self.app_config))
         sandbox.install(app_dirs, library_dirs,
                         [pathlib.Path(p) for p in self.cfg.private_dirs.split(os.pathsep) if p])
 

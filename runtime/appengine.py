@@ -8,7 +8,8 @@
   ``DATASTORE_APP_ID``/``DATASTORE_PROJECT_ID`` (and the other variables that switch ndb to Cloud Datastore) are
   never inherited: ndb would leave App Engine's datastore API for a client the instance does not have.
 - :func:`load_sdk`: when the instance's environment has Google's SDK (``google.appengine``), import it before the
-  app's code and register kiln's API proxy (:mod:`kiln.sdk.proxy`) in it.
+  app's code and register kiln's API proxy (:mod:`kiln.sdk.proxy`) in it. Its ``modules`` service asks the control
+  plane, or, without one (``kiln dev``), describes the one version the instance runs (:func:`local_modules`).
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ import logging
 import os
 from collections.abc import Mapping
 
+from kiln.pb.modules.v1 import modules_pb2
 from kiln.sdk import tickets
-from kiln_platform import appyaml, requestscope
+from kiln_platform import appyaml, modules, requestscope
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +36,7 @@ DEFAULT_PORT = "8080"
 def process_variables(*, app_id: str, version_id: str, minor_version: int, instance_id: str, memory_mb: int,
                       config: appyaml.AppConfig) -> dict[str, str]:
     """The process environment of App Engine's Python runtime for this instance (module docstring)."""
-    service = config.service or "default"
+    service = modules.module_name(config)
     return {
         "GAE_APPLICATION": app_id,
         "GAE_SERVICE": service,
@@ -59,8 +61,19 @@ def drop_cloud_datastore_switches() -> None:
         os.environ.pop(name, None)
 
 
-def load_sdk(app_id: str) -> bool:
-    """Import Google's SDK and register kiln's API proxy in it, if the instance's environment has the SDK."""
+def local_modules(version_id: str, config: appyaml.AppConfig) -> modules_pb2.ListModulesResponse:
+    """The app as ``kiln dev`` runs it, for the Modules API: one service, one version, which is the default."""
+    return modules_pb2.ListModulesResponse(
+        modules=[modules_pb2.Module(name=modules.module_name(config),
+                                    versions=[modules.module_version(config, version_id)])],
+        default_version=version_id)
+
+
+def load_sdk(app_id: str, *, local: modules_pb2.ListModulesResponse | None = None) -> bool:
+    """Import Google's SDK and register kiln's API proxy in it, if the instance's environment has the SDK.
+
+    ``local``: what the SDK's ``modules`` service answers from, when there is no control plane to ask.
+    """
     try:
         found = importlib.util.find_spec("google.appengine")
     except ModuleNotFoundError:
@@ -69,7 +82,11 @@ def load_sdk(app_id: str) -> bool:
         return False
     importlib.import_module("google.appengine.api.apiproxy_stub_map")
     proxy = importlib.import_module("kiln.sdk.proxy")
-    installed = proxy.install(app_id)
+    services = proxy.default_services()
+    if local is not None:
+        services = [s for s in services if s.name != "modules"]
+        services.append(importlib.import_module("kiln.sdk.modules").Modules(local=local))
+    installed = proxy.install(app_id, services)
     # A request past its deadline: its SDK calls in flight fail at once (they wait in the SDK's code, which the
     # timer's exception reaches only when they return).
     requestscope.on_deadline(_cancel_calls)

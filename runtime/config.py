@@ -50,6 +50,9 @@ class RuntimeConfig(GrpcServiceConfig):
     images_addr: str = field("127.0.0.1:50055", "images_svc gRPC address given to the app")
     identity_addr: str = field("127.0.0.1:50058", "identity_svc gRPC address given to the app")
     taskqueue_addr: str = field("127.0.0.1:50059", "taskqueue_svc gRPC address given to the app")
+    modules_addr: str = field("", "the control plane's gRPC address, where the app's SDK asks which services and "
+                                  "versions the app has (App Engine's Modules API; runtime.host sets it); empty: "
+                                  "answer from the one version this instance runs (kiln dev)")
     auth_domain: str = field("gmail.com", "AUTH_DOMAIN given to the app")
     default_hostname: str = field("localhost:8080", "DEFAULT_VERSION_HOSTNAME given to the app")
     dev: bool = field(False, "development server: SERVER_SOFTWARE is Development/x.y")

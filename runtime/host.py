@@ -12,6 +12,9 @@ keeps one instance manager (:mod:`runtime.manager`) per deployed version:
   manager's first instances serve is the old minor's manager stopped (it
   drains its requests), so a redeploy drops no request; a deleted version's
   manager is stopped;
+- each instance gets the control plane's address (``--modules-addr``), where the app's SDK asks which
+  services and versions the app has (App Engine's Modules API), with the app's own token, and, with
+  ``--apps-domain``, its app's ``DEFAULT_VERSION_HOSTNAME`` (``APP.DOMAIN``);
 - every ``--heartbeat-seconds`` (and when a control plane starts) it publishes
   what it can run on ``kiln.deploy.host`` (:func:`heartbeat`): the Pythons its
   managers would find (:mod:`kiln_platform.interpreters`, with the environment
@@ -68,8 +71,10 @@ class Host:
     """Keeps a manager per deployed version (see module docstring)."""
 
     def __init__(self, source: VersionSource, run_dir: pathlib.Path, manager_args: Sequence[str],
-                 runtime_args: Sequence[str]) -> None:
+                 runtime_args: Sequence[str], *, control_plane: str, apps_domain: str = "") -> None:
         self._source = source
+        self._control_plane = control_plane  # instances ask it for their app's services and versions
+        self._apps_domain = apps_domain
         self._run_dir = run_dir
         self._sup = Supervisor(run_dir)
         self._manager_args = list(manager_args)
@@ -125,8 +130,9 @@ class Host:
         ready = run / "manager.ready"
         argv = python_module("runtime.manager", "--app-dir", str(root), "--app-id", manifest.app_id,
                              "--version-id", manifest.version_id, "--run-dir", str(run), "--ready-file", str(ready),
-                             *self._manager_args, "--",
-                             "--minor-version", str(manifest.minor), *self._runtime_args)
+                             *self._manager_args, "--", "--minor-version", str(manifest.minor),
+                             "--modules-addr", self._control_plane, *self._default_hostname(manifest.app_id),
+                             *self._runtime_args)
         child = self._sup.spawn(name, argv, env=os.environ, ready_file=ready)
         try:
             await asyncio.to_thread(Supervisor.wait_ready, child, ready_file=ready, timeout=START_TIMEOUT)
@@ -135,6 +141,10 @@ class Host:
             raise
         log.info("app %s: version %s.%d serving", manifest.app_id, manifest.version_id, manifest.minor)
         return child
+
+    def _default_hostname(self, app_id: str) -> list[str]:
+        """The app's ``DEFAULT_VERSION_HOSTNAME`` (``APP.DOMAIN``) for its instances, when the domain is known."""
+        return ["--default-hostname", f"{app_id}.{self._apps_domain}"] if self._apps_domain else []
 
     async def on_event(self, subject: str, data: bytes) -> None:
         event = parse_event(subject, data)
@@ -205,8 +215,8 @@ async def report(nc: Client, name: str, period: float) -> None:
 
 async def run(source: VersionSource, run_dir: pathlib.Path, manager_args: Sequence[str],
               runtime_args: Sequence[str], nats_url: str, resync_seconds: float, *, name: str,
-              heartbeat_seconds: float) -> int:
-    host = Host(source, run_dir, manager_args, runtime_args)
+              heartbeat_seconds: float, control_plane: str, apps_domain: str = "") -> int:
+    host = Host(source, run_dir, manager_args, runtime_args, control_plane=control_plane, apps_domain=apps_domain)
     nc = await bus.connect(nats_url, name="runtime-host")
     events: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
 
@@ -254,6 +264,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="this host's name at the control plane, unique in the cluster (default: %(default)s)")
     parser.add_argument("--heartbeat-seconds", type=float, default=5.0,
                         help="how often the host tells the control plane which Pythons it has (default: %(default)s)")
+    parser.add_argument("--apps-domain", default="",
+                        help="the domain apps are served under (the router's --domain): each app's instances get "
+                             "DEFAULT_VERSION_HOSTNAME APP.DOMAIN, which modules.get_hostname() and the SDK's "
+                             "app_identity read (default: the runtime's --default-hostname)")
     parser.add_argument("--manager-arg", action="append", default=[], dest="manager_args",
                         help="an option passed to every runtime.manager (repeat), e.g. --manager-arg=--isolation=none")
     args = parser.parse_args(argv[:split])
@@ -270,7 +284,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     async def main_async() -> int:
         source = VersionSource(args.control_plane, token, args.cache_dir)  # its channel needs the running loop
         return await run(source, args.run_dir, args.manager_args, argv[split + 1:], nats_url, args.resync_seconds,
-                         name=args.name, heartbeat_seconds=args.heartbeat_seconds)
+                         name=args.name, heartbeat_seconds=args.heartbeat_seconds,
+                         control_plane=args.control_plane, apps_domain=args.apps_domain)
     return asyncio.run(main_async())
 
 

@@ -646,7 +646,9 @@ def build(args: argparse.Namespace, extra_runtime_args: Sequence[str], environ: 
     return Manager(Supervisor(args.run_dir), launch, scaling)
 
 
-SERVICES = ("datastore", "memcache", "urlfetch", "mail", "images", "identity", "taskqueue")  # RuntimeConfig's ``<name>_addr`` settings
+# RuntimeConfig's ``<name>_addr`` settings ("modules": the control plane, for App Engine's Modules API; unset under
+# kiln dev, where the instance answers from its own version).
+SERVICES = ("datastore", "memcache", "urlfetch", "mail", "images", "identity", "taskqueue", "modules")
 
 
 def _process_namespaces() -> bool:
@@ -728,6 +730,8 @@ def forwarded(directory: pathlib.Path, gid: int, nats_url: str,
         servers.append(str(HostPort(parts.hostname or "", parts.port or 4222)))
     flags += ["--nats-socket", relay("nats", servers)]
     for name, address in services.items():
+        if not address:
+            continue  # not given to the instance (modules under kiln dev)
         if name == "memcache":
             shards = [a.strip() for a in address.split(",") if a.strip()]
             value = ",".join(f"{shard}=unix:{relay(f'memcache-{i}', [shard])}" for i, shard in enumerate(shards))

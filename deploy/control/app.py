@@ -7,14 +7,17 @@ import logging
 from deploy.control import tokens
 from deploy.control.config import ControlConfig
 from deploy.control.hosts import Hosts
+from deploy.control.modules import ModulesService
 from deploy.control.service import DeployService
 from deploy.control.store import EmbeddedStore, Store
 from kiln_platform import bus, grpcserver
 from kiln.pb.deploy.v1 import deploy_pb2, deploy_pb2_grpc, events_pb2
+from kiln.pb.modules.v1 import modules_pb2, modules_pb2_grpc
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = deploy_pb2.DESCRIPTOR.services_by_name["DeployService"].full_name
+MODULES_SERVICE_NAME = modules_pb2.DESCRIPTOR.services_by_name["ModulesService"].full_name
 
 
 async def open_store(cfg: ControlConfig) -> Store:
@@ -58,5 +61,10 @@ async def serve(cfg: ControlConfig) -> None:
         await store.close()
 
     registration = grpcserver.Registration(SERVICE_NAME, deploy_pb2_grpc.add_DeployServiceServicer_to_server, service)
-    await grpcserver.serve(cfg, [registration], on_stop=stop,
+    # Apps' instances ask for their own services and versions with the app's token (App Engine's Modules API);
+    # that token is accepted by ModulesService alone, deploy tokens by DeployService alone.
+    modules = grpcserver.Registration(MODULES_SERVICE_NAME, modules_pb2_grpc.add_ModulesServiceServicer_to_server,
+                                      ModulesService(store),
+                                      authenticator=grpcserver.AppTokens(cfg.service_secret.get()))
+    await grpcserver.serve(cfg, [registration, modules], on_stop=stop,
                            authenticator=tokens.DeployTokens(cfg.admin_secret.get()))

@@ -53,6 +53,18 @@ def check_app(app_id: str) -> None:
                               "digits, hyphens; at most 63)")
 
 
+async def yaml_blobs(store: Store, version: pb.Version) -> dict[str, bytes]:
+    """The YAML files app.yaml's includes may read, by path (:func:`manifest.include_paths`), from ``store``."""
+    by_path = {f.path: f.sha256 for f in version.files}
+    out = {}
+    for path in manifest.include_paths(version):
+        try:
+            out[path] = b"".join([c async for c in store.read_blob(version.app_id, by_path[path])])
+        except NotFoundError:
+            raise not_uploaded(version, [by_path[path]]) from None
+    return out
+
+
 class DeployService(deploy_pb2_grpc.DeployServiceServicer):
     """Implements the contract (see module docstring)."""
 
@@ -110,22 +122,12 @@ class DeployService(deploy_pb2_grpc.DeployServiceServicer):
             await self._store.put_blob(app_id, expected, data)  # idempotent: the same hash is the same bytes
         return pb.UploadBlobResponse(sha256=expected)
 
-    async def _yaml_blobs(self, version: pb.Version) -> dict[str, bytes]:
-        by_path = {f.path: f.sha256 for f in version.files}
-        out = {}
-        for path in manifest.include_paths(version):
-            try:
-                out[path] = b"".join([c async for c in self._store.read_blob(version.app_id, by_path[path])])
-            except NotFoundError:
-                raise not_uploaded(version, [by_path[path]]) from None
-        return out
-
     async def CreateVersion(self, request: pb.CreateVersionRequest, context: Context) -> pb.CreateVersionResponse:
         version = request.version
         grant = self._grant(context, version.app_id, "admin")
         manifest.check_version_id(version.version_id)
         manifest.check_files(version.files)
-        config = manifest.check_configs(version, await self._yaml_blobs(version))
+        config = manifest.check_configs(version, await yaml_blobs(self._store, version))
         manifest.check_files(version.files, skip=config)
         if not request.skip_host_check:
             self._hosts.check(config.runtime)

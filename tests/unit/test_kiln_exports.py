@@ -26,7 +26,7 @@ APP_MODULES = {
     "kiln.sdk.system", "kiln.sdk.taskqueue", "kiln.sdk.tickets", "kiln.sdk.urlfetch", "kiln.sdk.user",
 }
 CONTRACTS = {"kiln.pb.cron", "kiln.pb.datastore", "kiln.pb.deploy", "kiln.pb.identity", "kiln.pb.images", "kiln.pb.logs",
-             "kiln.pb.mail", "kiln.pb.memcache", "kiln.pb.runtime", "kiln.pb.taskqueue",
+             "kiln.pb.mail", "kiln.pb.memcache", "kiln.pb.modules", "kiln.pb.runtime", "kiln.pb.taskqueue",
              "kiln.pb.urlfetch"}
 # Top-level packages of kiln's own deployables and platform: never imported by anything in ``kiln``.
 PLATFORM = {"kiln_platform", "natscallout", "router", "runtime", "deploy", "datastore_svc", "memcache_svc",

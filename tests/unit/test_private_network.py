@@ -17,7 +17,7 @@ def test_service_addresses_come_from_flags_then_environment_then_defaults():
                                       {"KILN_RUNTIME_MAIL_ADDR": "env:3", "KILN_RUNTIME_IMAGES_ADDR": "img:4"})
     assert found == {"datastore": "ds:1", "mail": "mx:2", "images": "img:4", "memcache": "127.0.0.1:50052",
                      "urlfetch": "127.0.0.1:50053", "identity": "127.0.0.1:50058",
-                     "taskqueue": "127.0.0.1:50059"}
+                     "taskqueue": "127.0.0.1:50059", "modules": ""}
 
 
 def test_every_destination_gets_a_socket_and_the_runtime_flags_point_at_them(tmp_path):
@@ -31,6 +31,18 @@ def test_every_destination_gets_a_socket_and_the_runtime_flags_point_at_them(tmp
     targets = {r.path.name: r.targets for r in relays}
     assert targets["nats.sock"] == [("n1", 4222), ("n2", 4222)]
     assert targets["memcache-1.sock"] == [("m2", 12)] and targets["images.sock"] == [("im", 5)]
+
+
+def test_the_control_plane_for_the_modules_api_is_forwarded_when_the_instance_is_given_one(tmp_path):
+    flags, relays = manager.forwarded(tmp_path, 1, "nats://n:4222", {"datastore": "ds:1", "modules": "control:60"})
+    assert dict(zip(flags[::2], flags[1::2]))["--modules-addr"] == f"unix:{tmp_path / 'modules.sock'}"
+    assert {r.path.name: r.targets for r in relays}["modules.sock"] == [("control", 60)]
+
+
+def test_no_socket_is_made_for_a_service_the_instance_is_not_given(tmp_path):
+    flags, relays = manager.forwarded(tmp_path, 1, "nats://n:4222", {"datastore": "ds:1", "modules": ""})
+    assert "--modules-addr" not in flags
+    assert sorted(r.path.name for r in relays) == ["datastore.sock", "nats.sock"]
 
 
 def test_an_address_that_cannot_be_forwarded_is_a_config_error(tmp_path):

@@ -1,7 +1,8 @@
 """kiln's API proxy for Google's SDK (kiln.sdk.proxy): stubs, tickets, call states, futures, threads, errors.
 
 The SDK itself makes the calls (its apiproxy, UserRPC, and its API modules); the services behind the proxy are
-test services, or kiln's services that need no socket (user, capability_service, system, modules).
+test services, or kiln's services that need no socket (user, capability_service, system); modules has its own
+tests (test_sdk_modules.py).
 """
 
 from __future__ import annotations
@@ -320,20 +321,3 @@ def test_background_threads_are_refused_where_scaling_does_not_allow_them(sdk, t
 
     with pytest.raises(background_thread.FrontendsNotSupported):
         background_thread.start_new_background_thread(print, ["never"])
-
-
-def test_modules_answer_from_what_the_instance_knows(sdk, ticket, monkeypatch):
-    from google.appengine.api import modules
-    from google.appengine.runtime import apiproxy_errors
-
-    monkeypatch.setenv("GAE_SERVICE", "default")
-    monkeypatch.setenv("GAE_VERSION", "v7")
-    assert modules.get_modules() == ["default"]
-    assert modules.get_versions() == ["v7"]
-    assert modules.get_hostname() == "unit-app.example.test"
-    assert modules.get_hostname(version="v2") == "v2-dot-unit-app.example.test"
-    assert modules.get_hostname(version="v2", instance="3") == "3-dot-v2-dot-unit-app.example.test"
-    with pytest.raises(modules.InvalidModuleError):
-        modules.get_versions(module="backend")
-    with pytest.raises(apiproxy_errors.FeatureNotEnabledError, match="control plane"):
-        modules.get_default_version()
