@@ -7,6 +7,9 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import os
+import secrets
+import socket
 import time
 
 import aiohttp
@@ -18,6 +21,7 @@ from kiln_platform.queueyaml import Queue
 from taskqueue_svc.config import TaskQueueConfig
 from taskqueue_svc.delivery import QueueRunner, QueueState
 from taskqueue_svc.service import TaskQueueService
+from taskqueue_svc.shared import SharedQueues
 from taskqueue_svc.store import TaskStore
 
 log = logging.getLogger(__name__)
@@ -70,10 +74,11 @@ class RouterSender:
 class Queues:
     """Every app's queues and the delivery loops of its push queues."""
 
-    def __init__(self, cfg: TaskQueueConfig, store: TaskStore, send: RouterSender) -> None:
+    def __init__(self, cfg: TaskQueueConfig, store: TaskStore, send: RouterSender, shared: SharedQueues) -> None:
         self._cfg = cfg
         self._store = store
         self._send = send
+        self._shared = shared
         self._queues: dict[str, dict[str, Queue]] = {}
         self._runners: dict[tuple[str, str], tuple[QueueRunner, asyncio.Task[None]]] = {}
 
@@ -101,8 +106,7 @@ class Queues:
     def _start_missing(self, app_id: str) -> None:
         for queue in self._queues[app_id].values():
             if queue.mode == "push" and (app_id, queue.name) not in self._runners:
-                runner = QueueRunner(app_id, queue, self._store, self._send,
-                                     request_timeout=self._cfg.request_timeout_seconds,
+                runner = QueueRunner(app_id, queue, self._store, self._send, self._shared,
                                      default_max_concurrent=self._cfg.default_max_concurrent)
                 self._runners[(app_id, queue.name)] = (runner, asyncio.create_task(runner.run()))
 
@@ -123,8 +127,13 @@ async def serve(cfg: TaskQueueConfig) -> None:
     nc = await bus.connect(cfg.nats_url, name="taskqueue_svc")
     store = TaskStore(nc.jetstream(), replicas=cfg.stream_replicas)
     await store.open()
+    # This process's name in the shared leases: unique per start, readable in `kiln taskqueue list --json`.
+    replica = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+    shared = SharedQueues(nc.jetstream(), replica, replicas=cfg.stream_replicas, lease_seconds=cfg.lease_seconds,
+                          clock=time.time)
+    await shared.open()
     http = aiohttp.ClientSession()
-    queues = Queues(cfg, store, RouterSender(cfg, http))
+    queues = Queues(cfg, store, RouterSender(cfg, http), shared)
     for app, parsed in files.items():
         await queues.set(app, parsed)
         log.info("taskqueue %s: queues %s", app, ", ".join(sorted(parsed.queues)))
@@ -145,7 +154,7 @@ async def serve(cfg: TaskQueueConfig) -> None:
         await http.close()
         await bus.shutdown(nc)
 
-    service = TaskQueueService(store, queues.of, queues.running)
+    service = TaskQueueService(store, shared, queues.of, queues.running)
     registration = grpcserver.Registration(SERVICE_NAME, taskqueue_pb2_grpc.add_TaskQueueServiceServicer_to_server,
                                            service)
     await grpcserver.serve(cfg, [registration], on_stop=stop)

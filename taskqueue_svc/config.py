@@ -29,14 +29,18 @@ class TaskQueueConfig(GrpcServiceConfig):
     request_timeout_seconds: float = field(600.0, "how long a task's request may run (App Engine: 10 minutes)")
     default_max_concurrent: int = field(100, "tasks of one queue sent at once when its queue.yaml sets no "
                                              "max_concurrent_requests")
+    lease_seconds: float = field(30.0, "how long a replica's hold on a task and its concurrency slots lasts "
+                                       "unrenewed: a replica that dies has its tasks redelivered and its slots "
+                                       "freed after this (it renews them every third of it while it lives)")
     stream_replicas: int = field(1, "JetStream replicas of the task stream and name bucket (3 on a NATS cluster)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not self.platform_secret:
             raise ValueError("platform_secret: required (the router admits task requests signed with it)")
-        if self.request_timeout_seconds <= 0 or self.default_max_concurrent < 1:
-            raise ValueError("request_timeout_seconds, default_max_concurrent: must be positive")
+        if self.request_timeout_seconds <= 0 or self.default_max_concurrent < 1 or not self.lease_seconds >= 1:
+            raise ValueError("request_timeout_seconds, default_max_concurrent: must be positive; lease_seconds: at "
+                             "least 1")
         self.queue_files()
         if self.control_plane and not self.control_token:
             raise ValueError("control_token: required with control_plane (KILN_TASKQUEUE_CONTROL_TOKEN)")

@@ -8,13 +8,14 @@ sent through the router by the :class:`Sender`. A 2xx answer completes it (its n
 until ``task_retry_limit``/``task_age_limit`` give it up: it is then dropped and logged. Failing tasks never hold
 up the others: a retry waits in the stream, not in a slot.
 
-**Across replicas (not done yet).** Every replica pulls from the same durable consumer, so each message goes to one
-replica at a time; but the bucket and the slots are this replica's own, so N replicas allow up to N × rate. The
-plan: each replica takes tokens from a shared bucket in NATS KV (``APP.QUEUE`` → tokens and refill time, changed
-with compare-and-set on the revision, a batch of tokens at a time so the KV is not the bottleneck), and slots
-likewise as leases (a key per running task with a TTL of the request deadline, counted before taking a message).
-A replica that dies leaves its messages unacknowledged: JetStream redelivers them after ``ack_wait`` (the request
-deadline plus a margin), which is App Engine's at-least-once contract.
+**Across replicas.** Every replica pulls from the same durable consumer, so each message goes to one replica at
+a time; the bucket, the slots and the paused flag are shared in NATS KV (:mod:`taskqueue_svc.shared`), so the rate
+and ``max_concurrent_requests`` hold for the sum of the replicas. A replica keeps the messages it holds (waiting
+for a token, or being sent) alive with in-progress acknowledgements every third of the lease (``lease_seconds``,
+30 s by default), which is also the consumer's ``ack_wait``: a task request may run App Engine's 10 minutes
+without being handed to another replica, and a replica that dies has its messages redelivered to the others
+within one lease, while its slots expire at the same time. That is App Engine's at-least-once contract: the only
+duplicate runs are of the attempts the dead replica had in flight (sent, not yet recorded).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import dataclasses
 import datetime
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import nats.errors
 from nats.aio.msg import Msg
@@ -35,43 +36,16 @@ from nats.js import JetStreamContext
 from kiln.pb.taskqueue.v1 import taskqueue_pb2 as pb
 from kiln_platform.queueyaml import Queue
 from taskqueue_svc import tasks
+from taskqueue_svc.shared import LOCAL_TOKEN_SECONDS, SharedQueues, batch_for
 from taskqueue_svc.store import DELETED, QUEUED, TaskStore
 
 log = logging.getLogger(__name__)
+# What an operator of kiln dev wants to see as it happens (kiln dev prints this logger's lines).
+events = logging.getLogger("taskqueue_svc.events")
 
 # Sends one attempt of a task through the router; its HTTP status, or 0 when there was no answer.
 Sender = Callable[[pb.StoredTask], Awaitable[int]]
 _NATS_ERRORS = (nats.errors.Error, asyncio.TimeoutError)
-
-
-class TokenBucket:
-    """App Engine's token bucket: ``rate`` tokens a second, at most ``capacity`` saved up (full at the start)."""
-
-    def __init__(self, rate: float, capacity: int, clock: Callable[[], float] = time.monotonic) -> None:
-        self.rate = rate
-        self.capacity = float(capacity)
-        self._tokens = float(capacity)
-        self._clock = clock
-        self._at = clock()
-
-    def _refill(self) -> None:
-        now = self._clock()
-        self._tokens = min(self.capacity, self._tokens + (now - self._at) * self.rate)
-        self._at = now
-
-    def wait_seconds(self) -> float:
-        """Seconds until a token is there (0: one is there now; infinite at rate 0, App Engine's paused queue)."""
-        if self.rate <= 0:
-            return float("inf")
-        self._refill()
-        if self._tokens >= 1:
-            return 0.0
-        return (1 - self._tokens) / self.rate
-
-    def take(self) -> None:
-        """Spend one token (call after :meth:`wait_seconds` said 0)."""
-        self._refill()
-        self._tokens -= 1
 
 
 @dataclasses.dataclass
@@ -90,21 +64,39 @@ class QueueState:
 class QueueRunner:
     """Delivers one queue of one app (see module docstring)."""
 
-    def __init__(self, app_id: str, queue: Queue, store: TaskStore, send: Sender, *, request_timeout: float,
+    def __init__(self, app_id: str, queue: Queue, store: TaskStore, send: Sender, shared: SharedQueues, *,
                  default_max_concurrent: int) -> None:
         self.app_id = app_id
         self.queue = queue
         self.state = QueueState()
         self._store = store
         self._send = send
-        self._ack_wait = request_timeout + 60  # the attempt's deadline, then a margin before JetStream redelivers
-        self._bucket = TokenBucket(queue.rate_per_second, queue.bucket_size)
+        self._shared = shared
+        # The consumer's ack_wait: held messages are kept alive three times per lease (see module docstring).
+        self._ack_wait = shared.lease_seconds
+        self._keepalive = shared.lease_seconds / 3
+        self._limit = queue.max_concurrent_requests or None
         self._slots = asyncio.Semaphore(queue.max_concurrent_requests or default_max_concurrent)
+        self._held = 0  # slots (attempts) this replica holds; its lease in the shared entry says so
+        self._lease_lock = asyncio.Lock()
+        self._batch = batch_for(queue.rate_per_second, queue.bucket_size)
+        self._tokens = 0  # taken from the shared bucket, not spent yet
+        self._tokens_until = 0.0
+        self._paused = False
         self._stopping = asyncio.Event()
         self._attempts: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
         """Deliver until :meth:`stop`; while NATS cannot be reached, try again every second."""
+        renewer = asyncio.create_task(self._renew())
+        try:
+            await self._run()
+        finally:
+            renewer.cancel()
+            await asyncio.gather(renewer, return_exceptions=True)
+            await self._shared.release_all(self.app_id, self.queue.name)
+
+    async def _run(self) -> None:
         while not self._stopping.is_set():
             try:
                 sub = await self._store.subscribe(self.app_id, self.queue.name, self._ack_wait)
@@ -120,30 +112,70 @@ class QueueRunner:
 
     async def _deliver_from(self, sub: JetStreamContext.PullSubscription) -> None:
         while not self._stopping.is_set():
+            if self.queue.rate_per_second <= 0:  # paused in queue.yaml (App Engine's rate 0)
+                await self._sleep(5.0)
+                continue
+            if self._paused:
+                await self._sleep(1.0)
+                bucket = await self._shared.bucket(self.app_id, self.queue.name)
+                self._paused = bucket is not None and bucket.paused
+                continue
             await self._slots.acquire()
+            counted = False
             try:
-                msg = await self._next(sub)
+                counted = await self._take_slot()
+                msg = await self._next(sub) if counted else None
             except _NATS_ERRORS as exc:
-                self._slots.release()
+                await self._give_back(counted=counted)
                 log.warning("taskqueue %s/%s: reading the queue: %s", self.app_id, self.queue.name, exc)
                 await self._sleep(1.0)
                 continue
             except BaseException:
-                self._slots.release()
+                await self._give_back(counted=counted)
                 raise
             if msg is None:
-                self._slots.release()
+                await self._give_back(counted=counted)
                 continue
             attempt = asyncio.create_task(self._attempt(msg))
             self._attempts.add(attempt)
             attempt.add_done_callback(self._attempts.discard)
 
+    async def _take_slot(self) -> bool:
+        """Count one more attempt of this replica; with ``max_concurrent_requests``, only if the replicas'
+        leases together leave a slot (else wait a little and say no)."""
+        async with self._lease_lock:
+            if self._limit is not None and not await self._shared.hold(self.app_id, self.queue.name, self._held + 1,
+                                                                       limit=self._limit):
+                taken = False
+            else:
+                self._held += 1
+                taken = True
+        if not taken:
+            await self._sleep(0.05)
+        return taken
+
+    async def _give_back(self, *, counted: bool = True) -> None:
+        """End an attempt (or a try at one): its local and shared slot are free again."""
+        try:
+            if counted:
+                async with self._lease_lock:
+                    self._held -= 1
+                    if self._limit is not None:
+                        with contextlib.suppress(*_NATS_ERRORS):  # the lease expires by itself
+                            await self._shared.hold(self.app_id, self.queue.name, self._held, limit=None)
+        finally:
+            self._slots.release()
+
+    async def _renew(self) -> None:
+        """Renew this replica's lease (and report its in-flight count) while it runs."""
+        while not self._stopping.is_set():
+            await self._sleep(min(self._keepalive, 2.0))
+            with contextlib.suppress(*_NATS_ERRORS):
+                async with self._lease_lock:
+                    await self._shared.hold(self.app_id, self.queue.name, self._held, limit=None)
+
     async def _next(self, sub: JetStreamContext.PullSubscription) -> Msg | None:
         """The next due message, with a token spent for it; ``None`` when there is none now."""
-        wait = self._bucket.wait_seconds()
-        if wait > 0:
-            await self._sleep(min(wait, 5.0))
-            return None
         try:
             [msg] = await sub.fetch(1, timeout=2.0)
         except (nats.errors.TimeoutError, asyncio.TimeoutError):  # nothing due now
@@ -158,8 +190,47 @@ class QueueRunner:
         if early > 0.001:
             await msg.nak(delay=early)
             return None
-        self._bucket.take()
+        async with self._kept_alive(msg):
+            token = await self._token()
+        if not token:  # paused (or stopping) while it waited: back to the stream, untouched
+            await msg.nak(delay=1.0)
+            return None
         return msg
+
+    async def _token(self) -> bool:
+        """Spend a token of the shared bucket, waiting for one; False when the queue is paused or stopping."""
+        while not self._stopping.is_set():
+            if self._tokens and time.monotonic() < self._tokens_until:
+                self._tokens -= 1
+                return True
+            got, wait, paused = await self._shared.take_tokens(self.app_id, self.queue.name,
+                                                               self.queue.rate_per_second, self.queue.bucket_size,
+                                                               self._batch)
+            if got:
+                self._tokens, self._tokens_until = got - 1, time.monotonic() + LOCAL_TOKEN_SECONDS
+                return True
+            if paused:
+                self._paused = True
+                return False
+            await self._sleep(min(wait, 1.0))
+        return False
+
+    @contextlib.asynccontextmanager
+    async def _kept_alive(self, msg: Msg) -> AsyncIterator[None]:
+        """Tell JetStream the message is still being worked on, so it is not redelivered while this replica
+        lives (a task request may run 10 minutes; the consumer's ack_wait is one lease)."""
+        async def beat() -> None:
+            while True:
+                await asyncio.sleep(self._keepalive)
+                with contextlib.suppress(*_NATS_ERRORS):
+                    await msg.in_progress()
+
+        beating = asyncio.create_task(beat())
+        try:
+            yield
+        finally:
+            beating.cancel()
+            await asyncio.gather(beating, return_exceptions=True)
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(asyncio.TimeoutError):
@@ -168,7 +239,8 @@ class QueueRunner:
     async def _attempt(self, msg: Msg) -> None:
         self.state.in_flight += 1
         try:
-            await self._deliver(msg, pb.StoredTask.FromString(msg.data))
+            async with self._kept_alive(msg):
+                await self._deliver(msg, pb.StoredTask.FromString(msg.data))
         except _NATS_ERRORS as exc:  # the message stays unacknowledged: JetStream redelivers it after ack_wait
             log.warning("taskqueue %s/%s: task store not reachable: %s", self.app_id, self.queue.name, exc)
         except Exception:  # noqa: BLE001 - one task's fault never stops the queue
@@ -176,7 +248,7 @@ class QueueRunner:
         finally:
             self.state.in_flight -= 1
             self.state.finished.append(time.monotonic())
-            self._slots.release()
+            await self._give_back()
 
     async def _deliver(self, msg: Msg, task: pb.StoredTask) -> None:
         state = await self._store.state(task.app_id, task.queue, task.name)
@@ -197,9 +269,9 @@ class QueueRunner:
         retry = tasks.retry_of(self.queue, task.retry_options if task.HasField("retry_options") else None)
         age = (now - task.first_attempt.ToDatetime(datetime.timezone.utc)).total_seconds()
         if retry.exhausted(task.retry_count, age):
-            log.warning("taskqueue %s/%s: task %s (%s %s) failed %d times (last answer %s); dropped after its "
-                        "retry limits", self.app_id, self.queue.name, task.name, task.method, task.url,
-                        task.retry_count + 1, status or "none")
+            events.warning("taskqueue %s/%s: task %s (%s %s) failed %d times (last answer %s); dropped after its "
+                           "retry limits", self.app_id, self.queue.name, task.name, task.method, task.url,
+                           task.retry_count + 1, status or "none")
             await self._store.tombstone(task)
             await msg.ack()
             return

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import logging
 
 import nats.errors
@@ -38,6 +39,7 @@ STREAM = "KILN_TASKS"
 SUBJECT_PREFIX = "kiln.tasks."
 NAMES_BUCKET = "KILN_TASK_NAMES"
 TOMBSTONE_SECONDS = 7 * 86400
+OLDEST_ETA_SCAN = 1000  # tasks read to find a queue's oldest ETA
 QUEUED, RAN, DELETED = b"queued", b"ran", b"deleted"
 _NATS_ERRORS = (nats.errors.Error, asyncio.TimeoutError)
 
@@ -194,10 +196,38 @@ class TaskStore:
             raise TransientError(f"the task store is not reachable now ({exc})") from None
 
     async def subscribe(self, app_id: str, queue: str, ack_wait: float) -> JetStreamContext.PullSubscription:
-        """The durable pull consumer of one queue."""
-        return await self.js.pull_subscribe(
-            subject(app_id, queue), durable=consumer_name(app_id, queue), stream=STREAM,
-            config=ConsumerConfig(ack_wait=ack_wait, max_deliver=-1, max_ack_pending=-1))
+        """The durable pull consumer of one queue, made or updated to ``ack_wait`` (a consumer of an earlier
+        version waited the whole request deadline before redelivering a dead replica's messages)."""
+        durable = consumer_name(app_id, queue)
+        await self.js.add_consumer(STREAM, ConsumerConfig(
+            name=durable, durable_name=durable, filter_subject=subject(app_id, queue), ack_wait=ack_wait,
+            max_deliver=-1, max_ack_pending=-1))
+        return await self.js.pull_subscribe_bind(durable=durable, stream=STREAM)
+
+    async def oldest_eta(self, app_id: str, queue: str, *, limit: int = OLDEST_ETA_SCAN) -> float | None:
+        """The earliest ETA (Unix time) of a queue's stored tasks, among the first ``limit`` of them (None: none).
+
+        Tasks are read one by one in stream order (a work-queue stream admits no second consumer to scan it with).
+        """
+        earliest, seq = None, 0
+        try:
+            for _ in range(limit):
+                try:
+                    msg = await self.js.get_msg(STREAM, seq + 1, subject=subject(app_id, queue), next=True)
+                except nats.js.errors.NotFoundError:
+                    break
+                seq = msg.seq or seq + 1
+                try:
+                    task = pb.StoredTask.FromString(msg.data or b"")
+                except Exception:  # noqa: BLE001 - not a task: delivery drops it
+                    continue
+                state = await self.state(app_id, queue, task.name)
+                eta = task.eta.ToDatetime(datetime.timezone.utc).timestamp()
+                if state == QUEUED and (earliest is None or eta < earliest):
+                    earliest = eta
+        except _NATS_ERRORS as exc:
+            raise TransientError(f"the task store is not reachable now ({exc})") from None
+        return earliest
 
     async def waiting(self, app_id: str, queue: str) -> int:
         """Tasks of a queue not finished (waiting for their ETA, due, or being sent)."""

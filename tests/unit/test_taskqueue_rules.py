@@ -1,6 +1,6 @@
-"""taskqueue_svc's rules without sockets: what makes a push task valid (taskqueue_svc.tasks), the queue's token
-bucket (taskqueue_svc.delivery), and the router-bound signature of a task's App Engine headers (kiln_platform.auth,
-taskqueue_svc.app.RouterSender)."""
+"""taskqueue_svc's rules without sockets: what makes a push task valid (taskqueue_svc.tasks) and the router-bound
+signature of a task's App Engine headers (kiln_platform.auth, taskqueue_svc.app.RouterSender). The shared token
+bucket and slots are in test_taskqueue_shared.py."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from kiln_platform.config import Secret
 from taskqueue_svc import errors, tasks
 from taskqueue_svc.app import RouterSender
 from taskqueue_svc.config import TaskQueueConfig
-from taskqueue_svc.delivery import TokenBucket
 
 NOW = datetime.datetime(2026, 12, 6, 12, 0, tzinfo=datetime.timezone.utc)
 QUEUES = queueyaml.parse("queue:\n- name: mail\n  rate: 1/s\n  target: beta\n  retry_parameters:\n"
@@ -128,34 +127,6 @@ def test_a_tasks_retry_options_override_only_what_they_set():
     merged = tasks.retry_of(queue, pb.RetryOptions(max_doublings=1))
     assert (merged.task_retry_limit, merged.min_backoff_seconds, merged.max_doublings) == (3, 2.0, 1)
     assert tasks.retry_of(queue, None) == queue.retry
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def test_the_token_bucket_starts_full_then_refills_at_the_rate():
-    clock = Clock()
-    bucket = TokenBucket(2.0, 3, clock)
-    for _ in range(3):
-        assert bucket.wait_seconds() == 0
-        bucket.take()
-    assert bucket.wait_seconds() == pytest.approx(0.5)
-    clock.now += 0.5
-    assert bucket.wait_seconds() == 0
-    bucket.take()
-    clock.now += 3600  # never more than the bucket holds
-    for _ in range(3):
-        bucket.take()
-    assert bucket.wait_seconds() == pytest.approx(0.5)
-
-
-def test_a_queue_at_rate_zero_is_paused_even_with_a_full_bucket():
-    assert TokenBucket(0.0, 5, Clock()).wait_seconds() == float("inf")
 
 
 def _sender() -> RouterSender:

@@ -397,6 +397,11 @@ class QueueStatsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     QUEUES_FIELD_NUMBER: _builtins.int
+    WITH_OLDEST_ETA_FIELD_NUMBER: _builtins.int
+    with_oldest_eta: _builtins.bool
+    """Also find each queue's oldest ETA (QueueStats.oldest_eta): reads the
+    queue's stored tasks, up to the first 1,000 of them.
+    """
     @_builtins.property
     def queues(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Queue names; none means every queue of the app."""
@@ -405,10 +410,11 @@ class QueueStatsRequest(_message.Message):
         self,
         *,
         queues: _abc.Iterable[_builtins.str] | None = ...,
+        with_oldest_eta: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["queues", b"queues"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["queues", b"queues", "with_oldest_eta", b"with_oldest_eta"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -428,6 +434,8 @@ class QueueStats(_message.Message):
     RATE_PER_SECOND_FIELD_NUMBER: _builtins.int
     BUCKET_SIZE_FIELD_NUMBER: _builtins.int
     MAX_CONCURRENT_REQUESTS_FIELD_NUMBER: _builtins.int
+    OLDEST_ETA_FIELD_NUMBER: _builtins.int
+    PAUSED_FIELD_NUMBER: _builtins.int
     queue: _builtins.str
     """Queue name."""
     mode: _builtins.str
@@ -435,7 +443,9 @@ class QueueStats(_message.Message):
     tasks: _builtins.int
     """Tasks stored and not finished (including ones not due yet)."""
     in_flight: _builtins.int
-    """Tasks being sent to the app now."""
+    """Tasks being sent to the app now, by every replica (their leases in the
+    KILN_TASK_QUEUES bucket, each at most a few seconds old).
+    """
     executed_last_minute: _builtins.int
     """Attempts that finished in the last minute (this replica)."""
     rate_per_second: _builtins.float
@@ -444,6 +454,14 @@ class QueueStats(_message.Message):
     """Bucket size."""
     max_concurrent_requests: _builtins.int
     """max_concurrent_requests (0: no limit)."""
+    paused: _builtins.bool
+    """Paused with Pause (kiln taskqueue pause) on any replica."""
+    @_builtins.property
+    def oldest_eta(self) -> _timestamp_pb2.Timestamp:
+        """The earliest ETA of the queue's waiting tasks (unset: none, or not
+        asked for: see QueueStatsRequest.with_oldest_eta).
+        """
+
     def __init__(
         self,
         *,
@@ -455,10 +473,12 @@ class QueueStats(_message.Message):
         rate_per_second: _builtins.float = ...,
         bucket_size: _builtins.int = ...,
         max_concurrent_requests: _builtins.int = ...,
+        oldest_eta: _timestamp_pb2.Timestamp | None = ...,
+        paused: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["oldest_eta", b"oldest_eta"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket_size", b"bucket_size", "executed_last_minute", b"executed_last_minute", "in_flight", b"in_flight", "max_concurrent_requests", b"max_concurrent_requests", "mode", b"mode", "queue", b"queue", "rate_per_second", b"rate_per_second", "tasks", b"tasks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket_size", b"bucket_size", "executed_last_minute", b"executed_last_minute", "in_flight", b"in_flight", "max_concurrent_requests", b"max_concurrent_requests", "mode", b"mode", "oldest_eta", b"oldest_eta", "paused", b"paused", "queue", b"queue", "rate_per_second", b"rate_per_second", "tasks", b"tasks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -487,6 +507,195 @@ class QueueStatsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___QueueStatsResponse: _TypeAlias = QueueStatsResponse  # noqa: Y015
+
+@_typing.final
+class PauseRequest(_message.Message):
+    """PauseRequest names the queue to pause."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUEUE_FIELD_NUMBER: _builtins.int
+    queue: _builtins.str
+    """Queue name; empty means "default"."""
+    def __init__(
+        self,
+        *,
+        queue: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["queue", b"queue"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PauseRequest: _TypeAlias = PauseRequest  # noqa: Y015
+
+@_typing.final
+class PauseResponse(_message.Message):
+    """PauseResponse is empty."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PauseResponse: _TypeAlias = PauseResponse  # noqa: Y015
+
+@_typing.final
+class ResumeRequest(_message.Message):
+    """ResumeRequest names the queue to resume."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUEUE_FIELD_NUMBER: _builtins.int
+    queue: _builtins.str
+    """Queue name; empty means "default"."""
+    def __init__(
+        self,
+        *,
+        queue: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["queue", b"queue"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeRequest: _TypeAlias = ResumeRequest  # noqa: Y015
+
+@_typing.final
+class ResumeResponse(_message.Message):
+    """ResumeResponse is empty."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeResponse: _TypeAlias = ResumeResponse  # noqa: Y015
+
+@_typing.final
+class SharedBucket(_message.Message):
+    """SharedBucket is a push queue's token bucket, shared by every replica: the
+    value of key APP.QUEUE.bucket in the KV bucket KILN_TASK_QUEUES, changed
+    only by compare-and-set on its revision (a NATS payload).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKENS_FIELD_NUMBER: _builtins.int
+    REFILLED_AT_FIELD_NUMBER: _builtins.int
+    PAUSED_FIELD_NUMBER: _builtins.int
+    tokens: _builtins.float
+    """Tokens left at refilled_at (refilled at the queue's rate up to its
+    bucket_size).
+    """
+    refilled_at: _builtins.float
+    """Unix time (seconds) of the last refill."""
+    paused: _builtins.bool
+    """Paused by Pause: no replica takes a token (nor sends a task)."""
+    def __init__(
+        self,
+        *,
+        tokens: _builtins.float = ...,
+        refilled_at: _builtins.float = ...,
+        paused: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["paused", b"paused", "refilled_at", b"refilled_at", "tokens", b"tokens"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SharedBucket: _TypeAlias = SharedBucket  # noqa: Y015
+
+@_typing.final
+class SlotLease(_message.Message):
+    """SlotLease is what one replica holds of a queue's concurrency."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HELD_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    held: _builtins.int
+    """Tasks the replica is sending now (slots it holds)."""
+    expires_at: _builtins.float
+    """Unix time (seconds) after which the lease counts for nothing: the replica
+    renews it while it runs, so a dead replica's slots free themselves.
+    """
+    def __init__(
+        self,
+        *,
+        held: _builtins.int = ...,
+        expires_at: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "held", b"held"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SlotLease: _TypeAlias = SlotLease  # noqa: Y015
+
+@_typing.final
+class SlotLeases(_message.Message):
+    """SlotLeases is a push queue's max_concurrent_requests shared by every
+    replica: the value of key APP.QUEUE.slots in KILN_TASK_QUEUES, changed by
+    compare-and-set (a NATS payload).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class ReplicasEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___SlotLease: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___SlotLease | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    REPLICAS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def replicas(self) -> _containers.MessageMap[_builtins.str, Global___SlotLease]:
+        """Replica id -> its lease."""
+
+    def __init__(
+        self,
+        *,
+        replicas: _abc.Mapping[_builtins.str, Global___SlotLease] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["replicas", b"replicas"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SlotLeases: _TypeAlias = SlotLeases  # noqa: Y015
 
 @_typing.final
 class StoredTask(_message.Message):

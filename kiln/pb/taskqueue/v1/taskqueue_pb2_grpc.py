@@ -56,6 +56,16 @@ class TaskQueueServiceStub:
                 request_serializer=kiln_dot_pb_dot_taskqueue_dot_v1_dot_taskqueue__pb2.QueueStatsRequest.SerializeToString,
                 response_deserializer=kiln_dot_pb_dot_taskqueue_dot_v1_dot_taskqueue__pb2.QueueStatsResponse.FromString,
                 _registered_method=True)
+        self.Pause = channel.unary_unary(
+                '/kiln.pb.taskqueue.v1.TaskQueueService/Pause',
+                request_serializer=kiln_dot_pb_dot_taskqueue_dot_v1_dot_taskqueue__pb2.PauseRequest.SerializeToString,
+                response_deserializer=kiln_dot_pb_dot_taskqueue_dot_v1_dot_taskqueue__pb2.PauseResponse.FromString,
+                _registered_method=True)
+        self.Resume = channel.unary_unary(
+                '/kiln.pb.taskqueue.v1.TaskQueueService/Resume',
+                request_serializer=kiln_dot_pb_dot_taskqueue_dot_v1_dot_taskqueue__pb2.ResumeRequest.SerializeToString,
+                response_deserializer=kiln_dot_pb_dot_taskqueue_dot_v1_dot_taskqueue__pb2.ResumeResponse.FromString,
+                _registered_method=True)
 
 
 class TaskQueueServiceServicer:
@@ -85,6 +95,21 @@ class TaskQueueServiceServicer:
 
     def QueueStats(self, request, context):
         """QueueStats counts the tasks of queues.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Pause(self, request, context):
+        """Pause stops delivery of a push queue on every replica until Resume (its
+        tasks stay stored; adds are still accepted). The state lives in NATS KV.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Resume(self, request, context):
+        """Resume restarts delivery of a paused queue.
         Later, for pull queues (not served yet):
         rpc Lease(LeaseRequest) returns (LeaseResponse);             // QueryAndOwnTasks
         rpc ModifyLease(ModifyLeaseRequest) returns (ModifyLeaseResponse);
@@ -115,6 +140,16 @@ def add_TaskQueueServiceServicer_to_server(servicer, server):
                     servicer.QueueStats,
                     request_deserializer=kiln_dot_pb_dot_taskqueue_dot_v1_dot_taskqueue__pb2.QueueStatsRequest.FromString,
                     response_serializer=kiln_dot_pb_dot_taskqueue_dot_v1_dot_taskqueue__pb2.QueueStatsResponse.SerializeToString,
+            ),
+            'Pause': grpc.unary_unary_rpc_method_handler(
+                    servicer.Pause,
+                    request_deserializer=kiln_dot_pb_dot_taskqueue_dot_v1_dot_taskqueue__pb2.PauseRequest.FromString,
+                    response_serializer=kiln_dot_pb_dot_taskqueue_dot_v1_dot_taskqueue__pb2.PauseResponse.SerializeToString,
+            ),
+            'Resume': grpc.unary_unary_rpc_method_handler(
+                    servicer.Resume,
+                    request_deserializer=kiln_dot_pb_dot_taskqueue_dot_v1_dot_taskqueue__pb2.ResumeRequest.FromString,
+                    response_serializer=kiln_dot_pb_dot_taskqueue_dot_v1_dot_taskqueue__pb2.ResumeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -226,6 +261,60 @@ class TaskQueueService:
             '/kiln.pb.taskqueue.v1.TaskQueueService/QueueStats',
             kiln_dot_pb_dot_taskqueue_dot_v1_dot_taskqueue__pb2.QueueStatsRequest.SerializeToString,
             kiln_dot_pb_dot_taskqueue_dot_v1_dot_taskqueue__pb2.QueueStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Pause(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kiln.pb.taskqueue.v1.TaskQueueService/Pause',
+            kiln_dot_pb_dot_taskqueue_dot_v1_dot_taskqueue__pb2.PauseRequest.SerializeToString,
+            kiln_dot_pb_dot_taskqueue_dot_v1_dot_taskqueue__pb2.PauseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Resume(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kiln.pb.taskqueue.v1.TaskQueueService/Resume',
+            kiln_dot_pb_dot_taskqueue_dot_v1_dot_taskqueue__pb2.ResumeRequest.SerializeToString,
+            kiln_dot_pb_dot_taskqueue_dot_v1_dot_taskqueue__pb2.ResumeResponse.FromString,
             options,
             channel_credentials,
             insecure,

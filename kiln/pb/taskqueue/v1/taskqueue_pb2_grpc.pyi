@@ -58,7 +58,13 @@ class TaskQueueServiceStub:
     Purge: _grpc.UnaryUnaryMultiCallable[_taskqueue_pb2.PurgeRequest, _taskqueue_pb2.PurgeResponse]
     """Purge deletes every task of a queue."""
     QueueStats: _grpc.UnaryUnaryMultiCallable[_taskqueue_pb2.QueueStatsRequest, _taskqueue_pb2.QueueStatsResponse]
-    """QueueStats counts the tasks of queues.
+    """QueueStats counts the tasks of queues."""
+    Pause: _grpc.UnaryUnaryMultiCallable[_taskqueue_pb2.PauseRequest, _taskqueue_pb2.PauseResponse]
+    """Pause stops delivery of a push queue on every replica until Resume (its
+    tasks stay stored; adds are still accepted). The state lives in NATS KV.
+    """
+    Resume: _grpc.UnaryUnaryMultiCallable[_taskqueue_pb2.ResumeRequest, _taskqueue_pb2.ResumeResponse]
+    """Resume restarts delivery of a paused queue.
     Later, for pull queues (not served yet):
       rpc Lease(LeaseRequest) returns (LeaseResponse);             // QueryAndOwnTasks
       rpc ModifyLease(ModifyLeaseRequest) returns (ModifyLeaseResponse);
@@ -76,7 +82,13 @@ class TaskQueueServiceAsyncStub(TaskQueueServiceStub):
     Purge: _aio.UnaryUnaryMultiCallable[_taskqueue_pb2.PurgeRequest, _taskqueue_pb2.PurgeResponse]  # type: ignore[assignment]
     """Purge deletes every task of a queue."""
     QueueStats: _aio.UnaryUnaryMultiCallable[_taskqueue_pb2.QueueStatsRequest, _taskqueue_pb2.QueueStatsResponse]  # type: ignore[assignment]
-    """QueueStats counts the tasks of queues.
+    """QueueStats counts the tasks of queues."""
+    Pause: _aio.UnaryUnaryMultiCallable[_taskqueue_pb2.PauseRequest, _taskqueue_pb2.PauseResponse]  # type: ignore[assignment]
+    """Pause stops delivery of a push queue on every replica until Resume (its
+    tasks stay stored; adds are still accepted). The state lives in NATS KV.
+    """
+    Resume: _aio.UnaryUnaryMultiCallable[_taskqueue_pb2.ResumeRequest, _taskqueue_pb2.ResumeResponse]  # type: ignore[assignment]
+    """Resume restarts delivery of a paused queue.
     Later, for pull queues (not served yet):
       rpc Lease(LeaseRequest) returns (LeaseResponse);             // QueryAndOwnTasks
       rpc ModifyLease(ModifyLeaseRequest) returns (ModifyLeaseResponse);
@@ -115,7 +127,25 @@ class TaskQueueServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _taskqueue_pb2.QueueStatsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_taskqueue_pb2.QueueStatsResponse, _abc.Awaitable[_taskqueue_pb2.QueueStatsResponse]]:
-        """QueueStats counts the tasks of queues.
+        """QueueStats counts the tasks of queues."""
+
+    @_abc_1.abstractmethod
+    def Pause(
+        self,
+        request: _taskqueue_pb2.PauseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_taskqueue_pb2.PauseResponse, _abc.Awaitable[_taskqueue_pb2.PauseResponse]]:
+        """Pause stops delivery of a push queue on every replica until Resume (its
+        tasks stay stored; adds are still accepted). The state lives in NATS KV.
+        """
+
+    @_abc_1.abstractmethod
+    def Resume(
+        self,
+        request: _taskqueue_pb2.ResumeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_taskqueue_pb2.ResumeResponse, _abc.Awaitable[_taskqueue_pb2.ResumeResponse]]:
+        """Resume restarts delivery of a paused queue.
         Later, for pull queues (not served yet):
           rpc Lease(LeaseRequest) returns (LeaseResponse);             // QueryAndOwnTasks
           rpc ModifyLease(ModifyLeaseRequest) returns (ModifyLeaseResponse);
