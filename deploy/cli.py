@@ -6,6 +6,7 @@
     kiln logs OUTPUT_FILE --app APP [--append] [--severity LEVEL] [--version V] [--start T] [--end T]
     kiln indexes update|vacuum APP_DIR, kiln indexes list --app APP
     kiln cron list --app APP
+    kiln taskqueue list --app APP, kiln taskqueue purge|pause|resume QUEUE --app APP
     kiln bulkload upload|download CSV --mapping MAP.yaml|MAP.py --app APP
 
 Commands that talk to a cluster take ``--control-plane`` (``KILN_CONTROL_PLANE``),
@@ -121,12 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--request-deadline", type=float, default=60.0, metavar="SECONDS",
                      help="the request timer (default 60)")
     dev.set_defaults(func=_dev)
-    from deploy import bulkload_cli, cron_cli, indexes_cli, logs_cli, versions_cli
+    from deploy import bulkload_cli, cron_cli, indexes_cli, logs_cli, taskqueue_cli, versions_cli
     versions_cli.register(sub)
     logs_cli.register(sub)
     indexes_cli.register(sub)
     bulkload_cli.register(sub)
     cron_cli.register(sub)
+    taskqueue_cli.register(sub)
     return parser
 
 

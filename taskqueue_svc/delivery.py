@@ -144,8 +144,8 @@ class QueueRunner:
         """Count one more attempt of this replica; with ``max_concurrent_requests``, only if the replicas'
         leases together leave a slot (else wait a little and say no)."""
         async with self._lease_lock:
-            if self._limit is not None and not await self._shared.hold(self.app_id, self.queue.name, self._held + 1,
-                                                                       limit=self._limit):
+            if self._limit is not None and not await self._shared.hold(
+                    self.app_id, self.queue.name, self._held + 1, limit=self._limit, sending=self.state.in_flight):
                 taken = False
             else:
                 self._held += 1
@@ -162,7 +162,8 @@ class QueueRunner:
                     self._held -= 1
                     if self._limit is not None:
                         with contextlib.suppress(*_NATS_ERRORS):  # the lease expires by itself
-                            await self._shared.hold(self.app_id, self.queue.name, self._held, limit=None)
+                            await self._shared.hold(self.app_id, self.queue.name, self._held, limit=None,
+                                                    sending=self.state.in_flight)
         finally:
             self._slots.release()
 
@@ -172,7 +173,8 @@ class QueueRunner:
             await self._sleep(min(self._keepalive, 2.0))
             with contextlib.suppress(*_NATS_ERRORS):
                 async with self._lease_lock:
-                    await self._shared.hold(self.app_id, self.queue.name, self._held, limit=None)
+                    await self._shared.hold(self.app_id, self.queue.name, self._held, limit=None,
+                                            sending=self.state.in_flight)
 
     async def _next(self, sub: JetStreamContext.PullSubscription) -> Msg | None:
         """The next due message, with a token spent for it; ``None`` when there is none now."""

@@ -18,7 +18,7 @@ Design (issue 16: rates and ``max_concurrent_requests`` hold across any number o
   dies stops renewing, and its slots count for nothing once its lease expires — the same time after which
   JetStream hands its unacknowledged messages to another replica. Queues without ``max_concurrent_requests`` take
   no slots (no cost per task); their leases are only written by the renewal, as the in-flight count of the
-  queue's statistics.
+  queue's statistics (each lease also says how many tasks the replica is *sending*, as opposed to holding).
 - **Pause**: a flag of the bucket entry. A paused queue has no tokens to give, so no replica sends its tasks;
   replicas re-read the entry every second while it is paused.
 
@@ -99,16 +99,24 @@ def live_held(leases: pb.SlotLeases | None, now: float, *, besides: str = "") ->
                if replica != besides and lease.expires_at > now)
 
 
-def with_held(leases: pb.SlotLeases | None, replica: str, held: int, now: float,
-              lease_seconds: float) -> pb.SlotLeases:
-    """``leases`` with ``replica`` holding ``held`` slots (renewed), and expired leases of others removed."""
+def live_sending(leases: pb.SlotLeases | None, now: float) -> int:
+    """Tasks being sent by replicas whose lease has not expired."""
+    if leases is None:
+        return 0
+    return sum(lease.sending for lease in leases.replicas.values() if lease.expires_at > now)
+
+
+def with_held(leases: pb.SlotLeases | None, replica: str, held: int, now: float, lease_seconds: float, *,
+              sending: int = 0) -> pb.SlotLeases:
+    """``leases`` with ``replica`` holding ``held`` slots and sending ``sending`` tasks (renewed), and expired
+    leases of others removed."""
     out = pb.SlotLeases()
     if leases is not None:
         for other, lease in leases.replicas.items():
             if other != replica and lease.expires_at > now:
                 out.replicas[other].CopyFrom(lease)
-    if held > 0:
-        out.replicas[replica].CopyFrom(pb.SlotLease(held=held, expires_at=now + lease_seconds))
+    if held > 0 or sending > 0:
+        out.replicas[replica].CopyFrom(pb.SlotLease(held=held, sending=sending, expires_at=now + lease_seconds))
     return out
 
 
@@ -190,11 +198,11 @@ class SharedQueues:
         return pb.SlotLeases.FromString(value) if value is not None else None
 
     async def in_flight(self, app_id: str, queue: str) -> int:
-        return live_held(await self.slots(app_id, queue), self._clock())
+        return live_sending(await self.slots(app_id, queue), self._clock())
 
-    async def hold(self, app_id: str, queue: str, held: int, *, limit: int | None) -> bool:
-        """Set this replica's lease to ``held`` slots (renewed); with ``limit``, only if every live lease together
-        stays within it (False: no slot free now)."""
+    async def hold(self, app_id: str, queue: str, held: int, *, limit: int | None, sending: int = 0) -> bool:
+        """Set this replica's lease to ``held`` slots and ``sending`` tasks (renewed); with ``limit``, only if every
+        live lease together stays within it (False: no slot free now)."""
         key = slots_key(app_id, queue)
         for _ in range(_MAX_CONFLICTS):
             value, revision = await self._read(key)
@@ -202,10 +210,10 @@ class SharedQueues:
             now = self._clock()
             if limit is not None and live_held(before, now, besides=self.replica) + held > limit:
                 return False
-            if held == 0 and (before is None or self.replica not in before.replicas):
+            if held == 0 and sending == 0 and (before is None or self.replica not in before.replicas):
                 return True  # nothing to write
-            if await self._write(key, with_held(before, self.replica, held, now, self.lease_seconds)
-                                 .SerializeToString(), revision):
+            after = with_held(before, self.replica, held, now, self.lease_seconds, sending=sending)
+            if await self._write(key, after.SerializeToString(), revision):
                 return True
         return False
 

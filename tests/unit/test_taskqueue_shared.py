@@ -81,3 +81,11 @@ def test_renewing_a_lease_keeps_the_live_others_and_drops_the_expired():
 def test_a_replica_holding_nothing_leaves_the_leases():
     out = shared.with_held(_leases(a=(2, 110.0), c=(1, 110.0)), "c", 0, 100.0, 30.0)
     assert list(out.replicas) == ["a"]
+
+
+def test_a_lease_says_how_many_tasks_are_being_sent_and_only_live_ones_count_as_in_flight():
+    leases = shared.with_held(_leases(a=(2, 99.0)), "b", 3, 100.0, 30.0, sending=1)
+    leases = shared.with_held(leases, "c", 0, 100.0, 30.0, sending=2)  # its slots freed, requests still under way
+    assert shared.live_sending(leases, 100.0) == 3
+    assert shared.live_held(leases, 100.0) == 3
+    assert shared.live_sending(leases, 131.0) == 0

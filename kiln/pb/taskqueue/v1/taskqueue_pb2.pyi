@@ -629,21 +629,29 @@ class SlotLease(_message.Message):
 
     HELD_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    SENDING_FIELD_NUMBER: _builtins.int
     held: _builtins.int
-    """Tasks the replica is sending now (slots it holds)."""
+    """Slots the replica holds: tasks it is sending, or has in hand (due, waiting
+    for a token).
+    """
     expires_at: _builtins.float
     """Unix time (seconds) after which the lease counts for nothing: the replica
     renews it while it runs, so a dead replica's slots free themselves.
+    """
+    sending: _builtins.int
+    """Tasks whose request is under way (QueueStats.in_flight), as of the
+    replica's last write (at most a few seconds old).
     """
     def __init__(
         self,
         *,
         held: _builtins.int = ...,
         expires_at: _builtins.float = ...,
+        sending: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "held", b"held"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "held", b"held", "sending", b"sending"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -652,7 +660,7 @@ Global___SlotLease: _TypeAlias = SlotLease  # noqa: Y015
 @_typing.final
 class SlotLeases(_message.Message):
     """SlotLeases is a push queue's max_concurrent_requests shared by every
-    replica: the value of key APP.QUEUE.slots in KILN_TASK_QUEUES, changed by
+    replica (and its in-flight count, written for every queue): the value of key APP.QUEUE.slots in KILN_TASK_QUEUES, changed by
     compare-and-set (a NATS payload).
     """
 
