@@ -81,7 +81,7 @@ def _dev(args: argparse.Namespace) -> int:
          f"{server.addresses['mail_smtp']}")
     _say(f"kiln dev: data in {server.data_dir}; logs in {server.run_dir}; Ctrl-C stops")
     try:
-        status = server.wait(stop)
+        status = server.wait(stop, on_event=lambda line: _say(f"kiln dev: {line}"))
     finally:
         server.stop()
     _say("kiln dev: stopped")

@@ -25,9 +25,11 @@ import signal
 import socket
 import subprocess
 import threading
+from collections.abc import Callable
 
 import grpc
 
+from deploy.devevents import LogEvents
 from kiln_platform.supervisor import StartError, Supervisor, python_module
 from kiln_platform import cronyaml, queueyaml
 from kiln_platform import appyaml, auth, cassandra, indexyaml, interpreters, natsauth
@@ -342,17 +344,22 @@ class DevServer:
             self._own_cassandra = False
         return codes
 
-    def wait(self, stop: threading.Event | None = None) -> int:
+    def wait(self, stop: threading.Event | None = None, on_event: Callable[[str], None] | None = None) -> int:
         """Block until ``stop`` is set or a child dies; returns the exit status for the CLI.
 
         Without ``stop``, a :data:`STOP_SIGNALS` signal sets one (the handlers are installed here; the CLI installs
-        its own before starting, so that a signal during the start is not missed).
+        its own before starting, so that a signal during the start is not missed). ``on_event`` gets each task
+        queue event as it happens (a task dropped after its retry limits, a queue paused or resumed); by default
+        they are logged.
         """
         if stop is None:
             stop = event = threading.Event()
             for sig in STOP_SIGNALS:
                 signal.signal(sig, lambda *_: event.set())
+        queue_events = LogEvents(self.run_dir / "taskqueue_svc.log", "taskqueue_svc.events")
         while not stop.wait(0.5):
+            for line in queue_events.new():
+                (on_event or log.info)(line)
             with self._lock:
                 dead = self.supervisor.first_exited()
             if dead is not None:
