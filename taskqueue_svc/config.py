@@ -31,7 +31,8 @@ class TaskQueueConfig(GrpcServiceConfig):
                                              "max_concurrent_requests")
     lease_seconds: float = field(30.0, "how long a replica's hold on a task and its concurrency slots lasts "
                                        "unrenewed: a replica that dies has its tasks redelivered and its slots "
-                                       "freed after this (it renews them every third of it while it lives)")
+                                       "freed after this (it renews them every third of it while it lives); "
+                                       "the same on every replica: it is the queue consumers' ack_wait")
     stream_replicas: int = field(1, "JetStream replicas of the task stream and name bucket (3 on a NATS cluster)")
 
     def __post_init__(self) -> None:

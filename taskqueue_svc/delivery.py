@@ -117,28 +117,52 @@ class QueueRunner:
                 continue
             if self._paused:
                 await self._sleep(1.0)
-                bucket = await self._shared.bucket(self.app_id, self.queue.name)
-                self._paused = bucket is not None and bucket.paused
+                with contextlib.suppress(*_NATS_ERRORS):  # still paused as far as this replica knows
+                    bucket = await self._shared.bucket(self.app_id, self.queue.name)
+                    self._paused = bucket is not None and bucket.paused
                 continue
-            await self._slots.acquire()
-            counted = False
+            slots = 0
             try:
-                counted = await self._take_slot()
-                msg = await self._next(sub) if counted else None
-            except _NATS_ERRORS as exc:
-                await self._give_back(counted=counted)
+                slots = await self._reserve()
+                msgs = await self._fetch(sub, slots) if slots else []
+                due = await self._due(msgs)
+            except _NATS_ERRORS as exc:  # messages in hand are redelivered after ack_wait
+                for _ in range(slots):
+                    await self._give_back()
                 log.warning("taskqueue %s/%s: reading the queue: %s", self.app_id, self.queue.name, exc)
                 await self._sleep(1.0)
                 continue
             except BaseException:
-                await self._give_back(counted=counted)
+                for _ in range(slots):
+                    await self._give_back()
                 raise
-            if msg is None:
-                await self._give_back(counted=counted)
-                continue
-            attempt = asyncio.create_task(self._attempt(msg))
-            self._attempts.add(attempt)
-            attempt.add_done_callback(self._attempts.discard)
+            for _ in range(slots - len(due)):
+                await self._give_back()
+            for msg in due:
+                attempt = asyncio.create_task(self._attempt(msg))
+                self._attempts.add(attempt)
+                attempt.add_done_callback(self._attempts.discard)
+
+    async def _reserve(self) -> int:
+        """Slots for the next fetch: with ``max_concurrent_requests`` one at a time from the replicas' shared
+        leases (0: none free now); without, as many free local slots as a batch of tokens (at least one)."""
+        await self._slots.acquire()
+        if self._limit is not None:
+            try:
+                if await self._take_slot():
+                    return 1
+            except BaseException:
+                self._slots.release()
+                raise
+            self._slots.release()
+            return 0
+        n = 1
+        while n < self._batch and not self._slots.locked():
+            await self._slots.acquire()  # free: returns at once
+            n += 1
+        async with self._lease_lock:
+            self._held += n
+        return n
 
     async def _take_slot(self) -> bool:
         """Count one more attempt of this replica; with ``max_concurrent_requests``, only if the replicas'
@@ -176,28 +200,36 @@ class QueueRunner:
                     await self._shared.hold(self.app_id, self.queue.name, self._held, limit=None,
                                             sending=self.state.in_flight)
 
-    async def _next(self, sub: JetStreamContext.PullSubscription) -> Msg | None:
-        """The next due message, with a token spent for it; ``None`` when there is none now."""
+    async def _fetch(self, sub: JetStreamContext.PullSubscription, n: int) -> list[Msg]:
+        """Up to ``n`` messages (what is there now, else the first to come within 2 s; none then)."""
         try:
-            [msg] = await sub.fetch(1, timeout=2.0)
+            return list(await sub.fetch(n, timeout=2.0))
         except (nats.errors.TimeoutError, asyncio.TimeoutError):  # nothing due now
-            return None
-        try:
-            task = pb.StoredTask.FromString(msg.data)
-        except Exception:  # noqa: BLE001 - not ours: never retried
-            log.error("taskqueue %s/%s: dropping a message that is not a task", self.app_id, self.queue.name)
-            await msg.term()
-            return None
-        early = task.eta.ToDatetime(datetime.timezone.utc).timestamp() - time.time()
-        if early > 0.001:
-            await msg.nak(delay=early)
-            return None
-        async with self._kept_alive(msg):
-            token = await self._token()
-        if not token:  # paused (or stopping) while it waited: back to the stream, untouched
-            await msg.nak(delay=1.0)
-            return None
-        return msg
+            return []
+
+    async def _due(self, msgs: list[Msg]) -> list[Msg]:
+        """The messages whose task is due, with a token spent for each; the others go back to the stream (a task
+        not due yet until its ETA, the rest at once if the queue was paused meanwhile)."""
+        out, held = [], list(msgs)
+        async with self._kept_alive(held):
+            for msg in msgs:
+                try:
+                    task = pb.StoredTask.FromString(msg.data)
+                except Exception:  # noqa: BLE001 - not ours: never retried
+                    log.error("taskqueue %s/%s: dropping a message that is not a task", self.app_id, self.queue.name)
+                    held.remove(msg)
+                    await msg.term()
+                    continue
+                early = task.eta.ToDatetime(datetime.timezone.utc).timestamp() - time.time()
+                if early > 0.001:
+                    held.remove(msg)  # no longer kept alive: that would push its redelivery back
+                    await msg.nak(delay=early)
+                elif await self._token():
+                    out.append(msg)
+                else:  # paused (or stopping) while it waited: back to the stream, untouched
+                    held.remove(msg)
+                    await msg.nak(delay=1.0)
+        return out
 
     async def _token(self) -> bool:
         """Spend a token of the shared bucket, waiting for one; False when the queue is paused or stopping."""
@@ -218,14 +250,15 @@ class QueueRunner:
         return False
 
     @contextlib.asynccontextmanager
-    async def _kept_alive(self, msg: Msg) -> AsyncIterator[None]:
-        """Tell JetStream the message is still being worked on, so it is not redelivered while this replica
+    async def _kept_alive(self, msgs: list[Msg]) -> AsyncIterator[None]:
+        """Tell JetStream the messages are still being worked on, so they are not redelivered while this replica
         lives (a task request may run 10 minutes; the consumer's ack_wait is one lease)."""
         async def beat() -> None:
             while True:
                 await asyncio.sleep(self._keepalive)
-                with contextlib.suppress(*_NATS_ERRORS):
-                    await msg.in_progress()
+                for msg in list(msgs):
+                    with contextlib.suppress(*_NATS_ERRORS):
+                        await msg.in_progress()
 
         beating = asyncio.create_task(beat())
         try:
@@ -241,7 +274,7 @@ class QueueRunner:
     async def _attempt(self, msg: Msg) -> None:
         self.state.in_flight += 1
         try:
-            async with self._kept_alive(msg):
+            async with self._kept_alive([msg]):
                 await self._deliver(msg, pb.StoredTask.FromString(msg.data))
         except _NATS_ERRORS as exc:  # the message stays unacknowledged: JetStream redelivers it after ack_wait
             log.warning("taskqueue %s/%s: task store not reachable: %s", self.app_id, self.queue.name, exc)

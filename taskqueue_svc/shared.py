@@ -138,7 +138,7 @@ class SharedQueues:
         except nats.js.errors.BucketNotFoundError:
             try:
                 self._kv = await self._js.create_key_value(KeyValueConfig(
-                    bucket=BUCKET, history=1, storage=StorageType.FILE, replicas=self._replicas))
+                    bucket=BUCKET, history=1, storage=StorageType.FILE, replicas=self._replicas, direct=True))
             except nats.js.errors.BadRequestError:  # another replica made it meanwhile
                 self._kv = await self._js.key_value(BUCKET)
 

@@ -79,8 +79,9 @@ class TaskStore:
         try:
             self._names = await self.js.key_value(NAMES_BUCKET)
         except nats.js.errors.BucketNotFoundError:
+            # Direct gets: a name's state is read before every attempt, and the API's JSON form costs far more.
             self._names = await self.js.create_key_value(bucket=NAMES_BUCKET, history=1, replicas=self._replicas,
-                                                         storage=StorageType.FILE)
+                                                         storage=StorageType.FILE, direct=True)
 
     @property
     def names(self) -> KeyValue:

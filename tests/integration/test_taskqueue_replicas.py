@@ -69,6 +69,9 @@ MAIN = textwrap.dedent('''
             memcache.set("together-%d" % running, 1)
             time.sleep(1.0)
             memcache.decr("running")
+        elif path == "/work/long":
+            memcache.incr("ran-" + name, initial_value=0)
+            time.sleep(float(environ["QUERY_STRING"]))
         elif path.startswith("/work/"):
             memcache.incr("ran-" + name, initial_value=0)
             memcache.set("at-" + name, time.time())
@@ -216,3 +219,10 @@ def test_a_queue_paused_on_one_replica_is_paused_on_all_and_resumed_from_another
     call(server, addresses[2], "Resume", pb.ResumeRequest(queue="switch"))
     apps.wait_for(lambda: len(app_values(server, [f"ran-{n}" for n in names])) == 20, 60)
     assert not any(stats(server, a, "switch").paused for a in addresses)
+
+
+def test_a_task_running_several_leases_long_is_kept_by_its_replica_and_runs_once(server, replicas):
+    # JetStream would hand the task to another replica after one lease without the replica's in-progress acks.
+    add(server, "switch", ["long-1", "long-2"], f"/work/long?{LEASE_SECONDS * 2.5}")
+    apps.wait_for(lambda: waiting(server, "switch") == 0, 60)
+    assert app_values(server, ["ran-long-1", "ran-long-2"]) == {"ran-long-1": 1, "ran-long-2": 1}
