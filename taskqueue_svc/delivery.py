@@ -83,6 +83,7 @@ class QueueRunner:
         self._tokens = 0  # taken from the shared bucket, not spent yet
         self._tokens_until = 0.0
         self._paused = False
+        self._backlog = False  # the last fetch came back full: fetch a batch next
         self._stopping = asyncio.Event()
         self._attempts: set[asyncio.Task[None]] = set()
 
@@ -201,11 +202,17 @@ class QueueRunner:
                                             sending=self.state.in_flight)
 
     async def _fetch(self, sub: JetStreamContext.PullSubscription, n: int) -> list[Msg]:
-        """Up to ``n`` messages (what is there now, else the first to come within 2 s; none then)."""
+        """Up to ``n`` messages: while the last fetch came back full, as many as are there (waiting at most 0.1 s);
+        else the first to come within 2 s. (A fetch of several that finds none waits for all of them until its
+        timeout, which would hold a task whose ETA just came.)"""
+        batch = n > 1 and self._backlog
         try:
-            return list(await sub.fetch(n, timeout=2.0))
+            msgs = list(await sub.fetch(n if batch else 1, timeout=0.1 if batch else 2.0))
         except (nats.errors.TimeoutError, asyncio.TimeoutError):  # nothing due now
+            self._backlog = False
             return []
+        self._backlog = len(msgs) == (n if batch else 1)
+        return msgs
 
     async def _due(self, msgs: list[Msg]) -> list[Msg]:
         """The messages whose task is due, with a token spent for each; the others go back to the stream (a task
