@@ -226,3 +226,18 @@ def test_a_task_running_several_leases_long_is_kept_by_its_replica_and_runs_once
     add(server, "switch", ["long-1", "long-2"], f"/work/long?{LEASE_SECONDS * 2.5}")
     apps.wait_for(lambda: waiting(server, "switch") == 0, 60)
     assert app_values(server, ["ran-long-1", "ran-long-2"]) == {"ran-long-1": 1, "ran-long-2": 1}
+
+
+def test_every_replica_reports_the_tasks_in_flight_on_all_of_them_and_zero_once_done(server, replicas):
+    addresses = [child.address for child in replicas]
+    add(server, "slow", [f"f-{i}" for i in range(24)], "/work/slow")
+    seen: list[list[int]] = []
+
+    def all_see_several() -> bool:
+        seen.append([stats(server, a, "slow").in_flight for a in addresses])
+        return min(seen[-1]) >= 2
+
+    apps.wait_for(all_see_several, 30)
+    assert max(max(row) for row in seen) <= SLOW_LIMIT
+    apps.wait_for(lambda: waiting(server, "slow") == 0, 60)
+    apps.wait_for(lambda: all(stats(server, a, "slow").in_flight == 0 for a in addresses), 10)
