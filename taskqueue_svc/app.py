@@ -1,6 +1,7 @@
 """Wiring of taskqueue_svc: the apps' queues (queue.yaml), the task store on JetStream
-(:mod:`taskqueue_svc.store`, pull tasks in :mod:`taskqueue_svc.pullstore`), a delivery loop per push queue (:mod:`taskqueue_svc.delivery`) whose requests go
-through the router signed as the platform caller ``taskqueue``, and the gRPC service."""
+(:mod:`taskqueue_svc.store`; pull tasks in :mod:`taskqueue_svc.pullstore`), a delivery loop per push queue
+(:mod:`taskqueue_svc.delivery`) whose requests go through the router signed as the platform caller ``taskqueue``,
+and the gRPC service."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""App Engine's Task Queue API (``google.appengine.api.taskqueue``), push and pull queues, served by kiln's taskqueue_svc.
+"""App Engine's Task Queue API (``google.appengine.api.taskqueue``), push and pull queues, served by taskqueue_svc.
 
 ::
 
