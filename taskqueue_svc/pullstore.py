@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 PULL_BUCKET = "KILN_PULL_TASKS"
 BODIES_BUCKET = "KILN_PULL_BODIES"
 INLINE_PAYLOAD_BYTES = 16 * 1024
+_SCAN_STEP_SECONDS = 10.0
 _NATS_ERRORS = (nats.errors.Error, asyncio.TimeoutError)
 _GONE = (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError)
 
@@ -145,11 +146,12 @@ class PullStore:
         try:
             watcher = await self.kv.watch(f"{app_id}.{queue}.*", ignore_deletes=True)
             try:
-                async for entry in watcher:
+                while True:  # each next entry within a bound: a NATS outage fails the call instead of hanging it
+                    entry = await watcher.updates(timeout=_SCAN_STEP_SECONDS)  # type: ignore[no-untyped-call]
                     if entry is None:  # the current values have all been seen
                         break
                     if entry.value:
-                        out.append(leases.Entry(pb.StoredTask.FromString(entry.value), entry.revision))
+                        out.append(leases.Entry(pb.StoredTask.FromString(entry.value), int(entry.revision or 0)))
             finally:
                 await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it untyped
         except _NATS_ERRORS as exc:
