@@ -1,6 +1,7 @@
 """Wiring of taskqueue_svc: the apps' queues (queue.yaml), the task store on JetStream
-(:mod:`taskqueue_svc.store`), a delivery loop per push queue (:mod:`taskqueue_svc.delivery`) whose requests go
-through the router signed as the platform caller ``taskqueue``, and the gRPC service."""
+(:mod:`taskqueue_svc.store`; pull tasks in :mod:`taskqueue_svc.pullstore`), a delivery loop per push queue
+(:mod:`taskqueue_svc.delivery`) whose requests go through the router signed as the platform caller ``taskqueue``,
+and the gRPC service."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from kiln_platform import auth, bus, grpcserver, httpfields, queueyaml
 from kiln_platform.queueyaml import Queue
 from taskqueue_svc.config import TaskQueueConfig
 from taskqueue_svc.delivery import QueueRunner, QueueState
+from taskqueue_svc.pullstore import PullStore
 from taskqueue_svc.service import TaskQueueService
 from taskqueue_svc.store import TaskStore
 
@@ -123,6 +125,8 @@ async def serve(cfg: TaskQueueConfig) -> None:
     nc = await bus.connect(cfg.nats_url, name="taskqueue_svc")
     store = TaskStore(nc.jetstream(), replicas=cfg.stream_replicas)
     await store.open()
+    pull = PullStore(store.js, store, replicas=cfg.stream_replicas)
+    await pull.open()
     http = aiohttp.ClientSession()
     queues = Queues(cfg, store, RouterSender(cfg, http))
     for app, parsed in files.items():
@@ -145,7 +149,7 @@ async def serve(cfg: TaskQueueConfig) -> None:
         await http.close()
         await bus.shutdown(nc)
 
-    service = TaskQueueService(store, queues.of, queues.running)
+    service = TaskQueueService(store, queues.of, queues.running, pull=pull)
     registration = grpcserver.Registration(SERVICE_NAME, taskqueue_pb2_grpc.add_TaskQueueServiceServicer_to_server,
                                            service)
     await grpcserver.serve(cfg, [registration], on_stop=stop)

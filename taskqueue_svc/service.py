@@ -1,5 +1,6 @@
 """``kiln.pb.taskqueue.v1.TaskQueueService``: thin — the caller's app from its token, the checks of
-:mod:`taskqueue_svc.tasks`, the storage of :mod:`taskqueue_svc.store`."""
+:mod:`taskqueue_svc.tasks` and :mod:`taskqueue_svc.leases`, the storage of :mod:`taskqueue_svc.store` (push tasks)
+and :mod:`taskqueue_svc.pullstore` (pull tasks and their leases)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from kiln.pb.taskqueue.v1 import taskqueue_pb2 as pb
 from kiln.pb.taskqueue.v1 import taskqueue_pb2_grpc
 from kiln_platform import grpcserver
 from kiln_platform.queueyaml import DEFAULT, DEFAULT_QUEUE, Queue
-from taskqueue_svc import errors, tasks
+from taskqueue_svc import errors, leases, tasks
 from taskqueue_svc.delivery import QueueState
+from taskqueue_svc.pullstore import PullStore
 from taskqueue_svc.store import TaskStore
 
 MAX_NAMES_PER_DELETE = 1000
@@ -25,10 +27,12 @@ class TaskQueueService(taskqueue_pb2_grpc.TaskQueueServiceServicer):
     """Implements the contract for the app named by each call's token."""
 
     def __init__(self, store: TaskStore, queues: Callable[[str], dict[str, Queue]],
-                 running: Callable[[str, str], QueueState | None]) -> None:
+                 running: Callable[[str, str], QueueState | None], *, pull: PullStore) -> None:
         self._store = store
         self._queues = queues
         self._running = running
+        self._pull = pull
+        self._leased: dict[tuple[str, str], QueueState] = {}  # pull queues: leases of the last minute (this replica)
 
     def _app_queues(self, app: str) -> dict[str, Queue]:
         return self._queues(app) or {DEFAULT_QUEUE: DEFAULT}
@@ -37,7 +41,8 @@ class TaskQueueService(taskqueue_pb2_grpc.TaskQueueServiceServicer):
         app = grpcserver.caller_app()
         now = datetime.datetime.now(datetime.timezone.utc)
         stored = tasks.check_batch(request, app, self._app_queues(app), now)
-        results = await self._store.add(stored)
+        pull = stored[0].method == "PULL"  # a batch is all pull or all push tasks
+        results = await (self._pull.add(stored) if pull else self._store.add(stored))
         out = pb.AddResponse()
         for task, error in zip(stored, results):
             out.results.add(error=error, task_name=task.name, eta=task.eta)
@@ -53,11 +58,16 @@ class TaskQueueService(taskqueue_pb2_grpc.TaskQueueServiceServicer):
             if not tasks.TASK_NAME_RE.match(name):
                 raise errors.InvalidTaskNameError(f"task name {name[:120]!r} must be 1 to 500 letters, digits, "
                                                   f"underscores and hyphens")
-        return pb.DeleteResponse(errors=await self._store.delete(app, queue.name, list(request.task_names)))
+        names = list(request.task_names)
+        if queue.mode == "pull":
+            return pb.DeleteResponse(errors=await self._pull.delete(app, queue.name, names))
+        return pb.DeleteResponse(errors=await self._store.delete(app, queue.name, names))
 
     async def Purge(self, request: pb.PurgeRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.PurgeResponse:
         app = grpcserver.caller_app()
         queue = tasks.queue_for(request.queue, self._app_queues(app))
+        if queue.mode == "pull":
+            await self._pull.purge(app, queue.name)
         await self._store.purge(app, queue.name)
         return pb.PurgeResponse()
 
@@ -69,10 +79,48 @@ class TaskQueueService(taskqueue_pb2_grpc.TaskQueueServiceServicer):
         out = pb.QueueStatsResponse()
         for name in names:
             queue = tasks.queue_for(name, queues)
+            if queue.mode == "pull":
+                count, oldest, held = await self._pull.stats(app, queue.name, _now_usec())
+                recent = self._leased.get((app, queue.name))
+                out.queues.add(queue=queue.name, mode=queue.mode, tasks=count, oldest_eta_usec=oldest, leased=held,
+                               executed_last_minute=recent.executed_last_minute(time.monotonic()) if recent else 0)
+                continue
             state = self._running(app, queue.name)
             out.queues.add(queue=queue.name, mode=queue.mode, tasks=await self._store.waiting(app, queue.name),
                            in_flight=state.in_flight if state else 0,
                            executed_last_minute=state.executed_last_minute(time.monotonic()) if state else 0,
                            rate_per_second=queue.rate_per_second, bucket_size=queue.bucket_size,
-                           max_concurrent_requests=queue.max_concurrent_requests or 0)
+                           max_concurrent_requests=queue.max_concurrent_requests or 0, oldest_eta_usec=-1)
         return out
+
+    def _pull_queue(self, app: str, name: str) -> Queue:
+        queue = tasks.queue_for(name, self._app_queues(app))
+        if queue.mode != "pull":
+            raise errors.InvalidQueueModeError(f"queue {queue.name!r} is a push queue; only pull queues lease tasks")
+        return queue
+
+    async def Lease(self, request: pb.LeaseRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.LeaseResponse:
+        app = grpcserver.caller_app()
+        queue = self._pull_queue(app, request.queue)
+        leases.check_lease(request)
+        taken = await self._pull.lease(app, queue.name, request, _now_usec(), lambda t: leases.exhausted(queue, t))
+        recent = self._leased.setdefault((app, queue.name), QueueState())
+        recent.finished.extend([time.monotonic()] * len(taken))
+        out = pb.LeaseResponse()
+        for task in taken:
+            item = out.tasks.add(name=task.name, eta_usec=task.eta.ToMicroseconds(), retry_count=task.retry_count,
+                                 payload=task.payload)
+            if task.HasField("tag"):
+                item.tag = task.tag
+        return out
+
+    async def ModifyLease(self, request: pb.ModifyLeaseRequest,
+                          context: grpc.aio.ServicerContext[Any, Any]) -> pb.ModifyLeaseResponse:
+        app = grpcserver.caller_app()
+        queue = self._pull_queue(app, request.queue)
+        leases.check_modify(request)
+        return pb.ModifyLeaseResponse(eta_usec=await self._pull.modify(app, queue.name, request, _now_usec()))
+
+
+def _now_usec() -> int:
+    return time.time_ns() // 1000
