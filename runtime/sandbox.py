@@ -304,22 +304,28 @@ class _ImportGuard(importlib.abc.MetaPathFinder):
                 locals: Mapping[str, object] | None = None, fromlist: Sequence[str] | None = (),
                 level: int = 0) -> ModuleType:
         """``builtins.__import__``: refuses kiln's own packages to app code, cached or not."""
-        if level == 0 and _in_app():
-            self._check(name.partition(".")[0])
+        if level == 0 and self._may_refuse(top := name.partition(".")[0]) and _in_app():
+            self._check(top)
         return self._import(name, globals, locals, fromlist, level)
 
     def import_module(self, name: str, package: str | None = None) -> ModuleType:
         """``importlib.import_module``, with the same rule as :meth:`import_`."""
-        if not name.startswith(".") and _in_app():
-            self._check(name.partition(".")[0])
+        if not name.startswith(".") and self._may_refuse(top := name.partition(".")[0]) and _in_app():
+            self._check(top)
         return self._import_module(name, package)
 
     def gcd_import(self, name: str, package: str | None = None, level: int = 0) -> ModuleType:
         """``importlib._bootstrap._gcd_import``, with the same rule as :meth:`import_`."""
-        if level == 0 and _in_app():
-            self._check(name.partition(".")[0])
+        if level == 0 and self._may_refuse(top := name.partition(".")[0]) and _in_app():
+            self._check(top)
         module: ModuleType = self._gcd_import(name, package, level)
         return module
+
+    def _may_refuse(self, top: str) -> bool:
+        """Whether :meth:`_check` could refuse ``top``: not once it found app code may import it. Most imports at run
+        time (function-level ones in the SDK's code, several per API call) are of such modules, and need not ask the
+        hook whether the thread runs app code."""
+        return self._verdicts.get(top) is not True
 
     def _check(self, top: str) -> None:
         allowed = self._verdicts.get(top)
