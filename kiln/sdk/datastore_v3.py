@@ -611,7 +611,9 @@ class DatastoreV3:
 
     def _read(self, method: str, request: Any, tx: _Transaction | None, ctx: CallContext) -> Any:
         """A read, in ``tx`` if there is one; once ``tx`` is lost, the latest data (see the module docstring)."""
-        if tx is not None and tx.lost is None:
+        if tx is None:
+            return self._call(method, request, ctx)
+        if tx.lost is None:
             request.read_options.transaction = tx.handle
             try:
                 return self._call(method, request, ctx)
