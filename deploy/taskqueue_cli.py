@@ -38,12 +38,14 @@ def _row(stats: pb.QueueStats) -> dict[str, Any]:
     else:
         state = "running"
     oldest = None
-    if stats.HasField("oldest_eta"):
-        oldest = stats.oldest_eta.ToDatetime(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    if stats.oldest_eta_usec >= 0:
+        oldest = datetime.datetime.fromtimestamp(stats.oldest_eta_usec / 1e6, datetime.timezone.utc).strftime(
+            "%Y-%m-%d %H:%M:%S")
+    # A pull queue's tasks in flight are its leased ones.
     return {"queue": stats.queue, "mode": stats.mode, "state": state, "rate": _rate(stats.rate_per_second),
             "rate_per_second": stats.rate_per_second, "bucket_size": stats.bucket_size,
             "max_concurrent_requests": stats.max_concurrent_requests or None, "tasks": stats.tasks,
-            "in_flight": stats.in_flight, "oldest_eta": oldest}
+            "in_flight": stats.leased if stats.mode == "pull" else stats.in_flight, "oldest_eta": oldest}
 
 
 def _call(args: argparse.Namespace, command: str, act: Any) -> int:
@@ -106,7 +108,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = sub.add_parser("taskqueue", help="an app's task queues",
                             description="Task queues of an app (its default version's queue.yaml).")
     tsub = parser.add_subparsers(dest="action", required=True)
-    actions = [("list", "each queue's state, rate, waiting tasks, tasks in flight and oldest ETA", queue_list)]
+    actions = [("list", "each queue's state, rate, waiting tasks, tasks in flight (leased, for a pull queue) and "
+                        "oldest ETA", queue_list)]
     actions += [(name, text, _one(name, done, call, request)) for name, (text, done, call, request) in ACTIONS.items()]
     for name, text, func in actions:
         action = tsub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")

@@ -21,19 +21,20 @@ import pathlib
 import shutil
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import grpc
 from nats.aio.client import Client
 
 from kiln_platform import bus
-from kiln.errors import NotFoundError, UnavailableError
+from kiln.errors import KilnError, NotFoundError, UnavailableError
 from kiln.pb.deploy.v1 import deploy_pb2 as pb
 from kiln.pb.deploy.v1 import deploy_pb2_grpc, events_pb2
 
 log = logging.getLogger(__name__)
 
 PARALLEL_DOWNLOADS = 8
+T = TypeVar("T")
 
 
 def version_dir_name(version: pb.Version) -> str:
@@ -193,3 +194,51 @@ def parse_event(subject: str, data: bytes) -> events_pb2.VersionEvent | events_p
     if subject == bus.DEPLOY_DEFAULT_SUBJECT:
         return events_pb2.DefaultVersionEvent.FromString(data)
     return events_pb2.VersionEvent.FromString(data)
+
+
+class DefaultVersionFile(Generic[T]):
+    """Keeps a service's state equal to one file of each app's default version (``cron.yaml``, ``queue.yaml``…),
+    read from the control plane.
+
+    At start and every ``resync_seconds`` every app's file is re-read; a ``kiln.deploy.default`` event (a new
+    default) or a ``kiln.deploy.version`` event for the default version (a new minor of it) re-reads that app's at
+    once. ``read`` takes the file's text from a version ("" when it has none), ``parse(text, filename)`` makes the
+    value (raising :class:`KilnError` when invalid), ``empty`` is the value of an app without the file or without a
+    default version, and ``apply(app_id, value)`` hands it to the service. A file that is invalid now (the control
+    plane checked it when it was deployed) is logged and the app keeps what it had.
+    """
+
+    def __init__(self, source: VersionSource, name: str, read: Callable[[pb.Version], str],
+                 parse: Callable[[str, str], T], empty: Callable[[], T],
+                 apply: Callable[[str, T], Awaitable[None]]) -> None:
+        self._source = source
+        self._name = name
+        self._read, self._parse, self._empty, self._apply = read, parse, empty, apply
+        self._defaults: dict[str, str] = {}
+
+    async def refresh(self, app_id: str) -> None:
+        version = await self._source.version(app_id, "")
+        value = self._empty()
+        if version is not None:
+            self._defaults[app_id] = version.version_id
+            text = self._read(version)
+            if text:
+                try:
+                    value = self._parse(text, f"{app_id}/{version.version_id}/{self._name}")
+                except KilnError as exc:
+                    log.error("%s of %s: %s", self._name, app_id, exc)
+                    return
+        await self._apply(app_id, value)
+
+    async def resync(self) -> None:
+        for app in await self._source.apps():
+            await self.refresh(app.app_id)
+
+    async def on_event(self, subject: str, data: bytes) -> None:
+        event = parse_event(subject, data)
+        if hasattr(event, "generation") or self._defaults.get(event.app_id) == event.version_id:
+            await self.refresh(event.app_id)
+
+    async def follow(self, nc: Client, resync_seconds: float) -> None:
+        """Apply events and re-read periodically until cancelled."""
+        await follow(nc, self.on_event, self.resync, resync_seconds, f"{self._name} files")

@@ -172,6 +172,14 @@ _GUARDED: dict[str, dict[str, str]] = {
 }
 _FUNCTION_PARTS = frozenset({"__code__", "__defaults__", "__kwdefaults__"})
 _UNCHECKED = frozenset({"sys._getframe", "object.__getattr__"})
+# The events the hook acts on: those a rule of _check names (exactly, or by one of _RULED_PREFIXES) and the hook's own.
+# Every other event returns at once, before any thread or frame work: the hook runs for every audited event of every
+# process thread (one datastore call through ndb raises about 45, most of them _UNCHECKED ones, and kiln's own
+# threads raise theirs), and telling whether a thread not known to run app code has app code on its stack walks it.
+_RULED = frozenset({"open", _OPEN_AT, *_FILE_CHANGES, *_PROCESSES, "socket.__new__", *_INTERPRETER, _CALL,
+                    "object.__setattr__", "compile", "code.__new__", "marshal.loads",
+                    APP_THREAD_EVENT, _BOOT, _QUERY, _START})
+_RULED_PREFIXES = ("os.exec", "os.spawn", "ctypes.")
 _IMP = ("create_builtin", "create_dynamic", "exec_builtin", "exec_dynamic")
 
 
@@ -296,22 +304,28 @@ class _ImportGuard(importlib.abc.MetaPathFinder):
                 locals: Mapping[str, object] | None = None, fromlist: Sequence[str] | None = (),
                 level: int = 0) -> ModuleType:
         """``builtins.__import__``: refuses kiln's own packages to app code, cached or not."""
-        if level == 0 and _in_app():
-            self._check(name.partition(".")[0])
+        if level == 0 and self._may_refuse(top := name.partition(".")[0]) and _in_app():
+            self._check(top)
         return self._import(name, globals, locals, fromlist, level)
 
     def import_module(self, name: str, package: str | None = None) -> ModuleType:
         """``importlib.import_module``, with the same rule as :meth:`import_`."""
-        if not name.startswith(".") and _in_app():
-            self._check(name.partition(".")[0])
+        if not name.startswith(".") and self._may_refuse(top := name.partition(".")[0]) and _in_app():
+            self._check(top)
         return self._import_module(name, package)
 
     def gcd_import(self, name: str, package: str | None = None, level: int = 0) -> ModuleType:
         """``importlib._bootstrap._gcd_import``, with the same rule as :meth:`import_`."""
-        if level == 0 and _in_app():
-            self._check(name.partition(".")[0])
+        if level == 0 and self._may_refuse(top := name.partition(".")[0]) and _in_app():
+            self._check(top)
         module: ModuleType = self._gcd_import(name, package, level)
         return module
+
+    def _may_refuse(self, top: str) -> bool:
+        """Whether :meth:`_check` could refuse ``top``: not once it found app code may import it. Most imports at run
+        time (function-level ones in the SDK's code, several per API call) are of such modules, and need not ask the
+        hook whether the thread runs app code."""
+        return self._verdicts.get(top) is not True
 
     def _check(self, top: str) -> None:
         allowed = self._verdicts.get(top)
@@ -490,8 +504,14 @@ def _loaded_from(frame: FrameType | None) -> str:
     return ""
 
 
+def _ruled(event: str) -> bool:
+    """Whether the hook acts on ``event``: a rule of :func:`_check` names it, or it is one of the hook's own."""
+    return event in _RULED or event.startswith(_RULED_PREFIXES)
+
+
 def _check(event: str, args: tuple[Any, ...], places: _Places) -> None:
-    """Refuse ``event`` (raised on a thread running app code) if the sandbox forbids it."""
+    """Refuse ``event`` (raised on a thread running app code) if the sandbox forbids it; only :func:`_ruled`
+    events reach it."""
     if event == "open":
         _check_open(args, places)
     elif event == _OPEN_AT:
@@ -555,7 +575,7 @@ def _make_hook(places: _Places) -> Callable[[str, tuple[Any, ...]], None]:
 
     def hook(event: str, args: tuple[Any, ...]) -> None:
         nonlocal app_threads, pending_app, pending_platform
-        if event in _UNCHECKED:  # never refused; and the hook's own frame walks raise them
+        if event in _UNCHECKED or not _ruled(event):  # never refused (the hook's own frame walks raise the former)
             return
         if event == _BOOT:  # a thread kiln's guard started: decided when it was started
             token = args[0]

@@ -1,6 +1,7 @@
 """Wiring of taskqueue_svc: the apps' queues (queue.yaml), the task store on JetStream
-(:mod:`taskqueue_svc.store`), a delivery loop per push queue (:mod:`taskqueue_svc.delivery`) whose requests go
-through the router signed as the platform caller ``taskqueue``, and the gRPC service."""
+(:mod:`taskqueue_svc.store`; pull tasks in :mod:`taskqueue_svc.pullstore`), a delivery loop per push queue
+(:mod:`taskqueue_svc.delivery`) whose requests go through the router signed as the platform caller ``taskqueue``,
+and the gRPC service."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from kiln_platform import auth, bus, grpcserver, httpfields, queueyaml
 from kiln_platform.queueyaml import Queue
 from taskqueue_svc.config import TaskQueueConfig
 from taskqueue_svc.delivery import QueueRunner, QueueState
+from taskqueue_svc.pullstore import PullStore
 from taskqueue_svc.service import TaskQueueService
 from taskqueue_svc.shared import SharedQueues
 from taskqueue_svc.store import TaskStore
@@ -132,6 +134,8 @@ async def serve(cfg: TaskQueueConfig) -> None:
     shared = SharedQueues(nc.jetstream(), replica, replicas=cfg.stream_replicas, lease_seconds=cfg.lease_seconds,
                           clock=time.time)
     await shared.open()
+    pull = PullStore(store.js, store, replicas=cfg.stream_replicas)
+    await pull.open()
     http = aiohttp.ClientSession()
     queues = Queues(cfg, store, RouterSender(cfg, http), shared)
     for app, parsed in files.items():
@@ -154,7 +158,7 @@ async def serve(cfg: TaskQueueConfig) -> None:
         await http.close()
         await bus.shutdown(nc)
 
-    service = TaskQueueService(store, shared, queues.of, queues.running)
+    service = TaskQueueService(store, shared, queues.of, queues.running, pull=pull)
     registration = grpcserver.Registration(SERVICE_NAME, taskqueue_pb2_grpc.add_TaskQueueServiceServicer_to_server,
                                            service)
     await grpcserver.serve(cfg, [registration], on_stop=stop)

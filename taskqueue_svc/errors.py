@@ -26,7 +26,7 @@ class InvalidQueueNameError(BadRequestError):
 
 
 class InvalidQueueModeError(FailedPreconditionError):
-    """A push task for a pull queue (pull queues are not served yet)."""
+    """A push task or operation on a pull queue, or a pull one on a push queue."""
 
     error_code = "INVALID_QUEUE_MODE"
 
@@ -71,3 +71,27 @@ class TransientError(UnavailableError):
     """NATS JetStream could not be reached; nothing of the call was kept."""
 
     error_code = "TRANSIENT_ERROR"
+
+
+class InvalidTagError(BadRequestError):
+    """A pull task's tag is over 500 bytes."""
+
+    error_code = "INVALID_TAG"
+
+
+class UnknownTaskError(NotFoundError):
+    """No task of that name (ModifyLease)."""
+
+    error_code = "UNKNOWN_TASK"
+
+
+class TombstonedTaskError(FailedPreconditionError):
+    """The task was deleted (ModifyLease)."""
+
+    error_code = "TOMBSTONED_TASK"
+
+
+class TaskLeaseExpiredError(FailedPreconditionError):
+    """ModifyLease: the lease has ended, or its ETA is not the current lease's."""
+
+    error_code = "TASK_LEASE_EXPIRED"

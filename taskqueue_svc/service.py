@@ -1,5 +1,6 @@
 """``kiln.pb.taskqueue.v1.TaskQueueService``: thin — the caller's app from its token, the checks of
-:mod:`taskqueue_svc.tasks`, the storage of :mod:`taskqueue_svc.store`."""
+:mod:`taskqueue_svc.tasks` and :mod:`taskqueue_svc.leases`, the storage of :mod:`taskqueue_svc.store` (push tasks)
+and :mod:`taskqueue_svc.pullstore` (pull tasks and their leases)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from kiln.pb.taskqueue.v1 import taskqueue_pb2 as pb
 from kiln.pb.taskqueue.v1 import taskqueue_pb2_grpc
 from kiln_platform import grpcserver
 from kiln_platform.queueyaml import DEFAULT, DEFAULT_QUEUE, Queue
-from taskqueue_svc import errors, tasks
+from taskqueue_svc import errors, leases, tasks
 from taskqueue_svc.delivery import QueueState, events
+from taskqueue_svc.pullstore import PullStore
 from taskqueue_svc.shared import SharedQueues
 from taskqueue_svc.store import TaskStore
 
@@ -28,11 +30,13 @@ class TaskQueueService(taskqueue_pb2_grpc.TaskQueueServiceServicer):
     """Implements the contract for the app named by each call's token."""
 
     def __init__(self, store: TaskStore, shared: SharedQueues, queues: Callable[[str], dict[str, Queue]],
-                 running: Callable[[str, str], QueueState | None]) -> None:
+                 running: Callable[[str, str], QueueState | None], *, pull: PullStore) -> None:
         self._store = store
         self._shared = shared
         self._queues = queues
         self._running = running
+        self._pull = pull
+        self._leased: dict[tuple[str, str], QueueState] = {}  # pull queues: leases of the last minute (this replica)
 
     def _app_queues(self, app: str) -> dict[str, Queue]:
         return self._queues(app) or {DEFAULT_QUEUE: DEFAULT}
@@ -41,7 +45,8 @@ class TaskQueueService(taskqueue_pb2_grpc.TaskQueueServiceServicer):
         app = grpcserver.caller_app()
         now = datetime.datetime.now(datetime.timezone.utc)
         stored = tasks.check_batch(request, app, self._app_queues(app), now)
-        results = await self._store.add(stored)
+        pull = stored[0].method == "PULL"  # a batch is all pull or all push tasks
+        results = await (self._pull.add(stored) if pull else self._store.add(stored))
         out = pb.AddResponse()
         for task, error in zip(stored, results):
             out.results.add(error=error, task_name=task.name, eta=task.eta)
@@ -57,11 +62,16 @@ class TaskQueueService(taskqueue_pb2_grpc.TaskQueueServiceServicer):
             if not tasks.TASK_NAME_RE.match(name):
                 raise errors.InvalidTaskNameError(f"task name {name[:120]!r} must be 1 to 500 letters, digits, "
                                                   f"underscores and hyphens")
-        return pb.DeleteResponse(errors=await self._store.delete(app, queue.name, list(request.task_names)))
+        names = list(request.task_names)
+        if queue.mode == "pull":
+            return pb.DeleteResponse(errors=await self._pull.delete(app, queue.name, names))
+        return pb.DeleteResponse(errors=await self._store.delete(app, queue.name, names))
 
     async def Purge(self, request: pb.PurgeRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.PurgeResponse:
         app = grpcserver.caller_app()
         queue = tasks.queue_for(request.queue, self._app_queues(app))
+        if queue.mode == "pull":
+            await self._pull.purge(app, queue.name)
         await self._store.purge(app, queue.name)
         return pb.PurgeResponse()
 
@@ -73,6 +83,12 @@ class TaskQueueService(taskqueue_pb2_grpc.TaskQueueServiceServicer):
         out = pb.QueueStatsResponse()
         for name in names:
             queue = tasks.queue_for(name, queues)
+            if queue.mode == "pull":
+                count, oldest, held = await self._pull.stats(app, queue.name, _now_usec())
+                recent = self._leased.get((app, queue.name))
+                out.queues.add(queue=queue.name, mode=queue.mode, tasks=count, oldest_eta_usec=oldest, leased=held,
+                               executed_last_minute=recent.executed_last_minute(time.monotonic()) if recent else 0)
+                continue
             state = self._running(app, queue.name)
             try:
                 bucket = await self._shared.bucket(app, queue.name)
@@ -84,11 +100,12 @@ class TaskQueueService(taskqueue_pb2_grpc.TaskQueueServiceServicer):
                 in_flight=in_flight,
                 executed_last_minute=state.executed_last_minute(time.monotonic()) if state else 0,
                 rate_per_second=queue.rate_per_second, bucket_size=queue.bucket_size,
-                max_concurrent_requests=queue.max_concurrent_requests or 0, paused=bool(bucket and bucket.paused))
+                max_concurrent_requests=queue.max_concurrent_requests or 0, paused=bool(bucket and bucket.paused),
+                oldest_eta_usec=-1)
             if request.with_oldest_eta:
-                oldest = await self._store.oldest_eta(app, queue.name)
-                if oldest is not None:
-                    stats.oldest_eta.FromDatetime(datetime.datetime.fromtimestamp(oldest, datetime.timezone.utc))
+                earliest = await self._store.oldest_eta(app, queue.name)
+                if earliest is not None:
+                    stats.oldest_eta_usec = int(earliest * 1_000_000)
         return out
 
     async def Pause(self, request: pb.PauseRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.PauseResponse:
@@ -111,3 +128,35 @@ class TaskQueueService(taskqueue_pb2_grpc.TaskQueueServiceServicer):
         except (nats.errors.Error, asyncio.TimeoutError) as exc:
             raise errors.TransientError(f"the queue state is not reachable now ({exc})") from None
         events.info("taskqueue %s/%s: %s on every replica", app, queue.name, "paused" if paused else "resumed")
+
+    def _pull_queue(self, app: str, name: str) -> Queue:
+        queue = tasks.queue_for(name, self._app_queues(app))
+        if queue.mode != "pull":
+            raise errors.InvalidQueueModeError(f"queue {queue.name!r} is a push queue; only pull queues lease tasks")
+        return queue
+
+    async def Lease(self, request: pb.LeaseRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.LeaseResponse:
+        app = grpcserver.caller_app()
+        queue = self._pull_queue(app, request.queue)
+        leases.check_lease(request)
+        taken = await self._pull.lease(app, queue.name, request, _now_usec(), lambda t: leases.exhausted(queue, t))
+        recent = self._leased.setdefault((app, queue.name), QueueState())
+        recent.finished.extend([time.monotonic()] * len(taken))
+        out = pb.LeaseResponse()
+        for task in taken:
+            item = out.tasks.add(name=task.name, eta_usec=task.eta.ToMicroseconds(), retry_count=task.retry_count,
+                                 payload=task.payload)
+            if task.HasField("tag"):
+                item.tag = task.tag
+        return out
+
+    async def ModifyLease(self, request: pb.ModifyLeaseRequest,
+                          context: grpc.aio.ServicerContext[Any, Any]) -> pb.ModifyLeaseResponse:
+        app = grpcserver.caller_app()
+        queue = self._pull_queue(app, request.queue)
+        leases.check_modify(request)
+        return pb.ModifyLeaseResponse(eta_usec=await self._pull.modify(app, queue.name, request, _now_usec()))
+
+
+def _now_usec() -> int:
+    return time.time_ns() // 1000

@@ -20,6 +20,8 @@ from taskqueue_svc import errors
 
 MAX_TASKS_PER_ADD = 100
 MAX_PUSH_TASK_BYTES = 100 * 1024  # App Engine's limit for a push task: url, headers and payload
+MAX_PULL_TASK_BYTES = 1024 * 1024  # App Engine's limit for a pull task's payload
+MAX_TAG_BYTES = 500
 MAX_URL_LENGTH = 2083
 MAX_ETA_AHEAD = datetime.timedelta(days=30)
 TASK_NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,500}$")
@@ -76,20 +78,22 @@ def check_batch(request: pb.AddRequest, app_id: str, queues: dict[str, Queue],
             raise errors.DuplicateTaskNameError(f"task {i}: the name {stored.name!r} is used twice in this batch")
         seen.add(key)
         out.append(stored)
+    if len({task.method == "PULL" for task in out}) > 1:
+        raise errors.InvalidRequestError("a batch's tasks are all pull tasks or all push tasks")
     return out
 
 
 def check_task(task: pb.Task, app_id: str, queues: dict[str, Queue], now: datetime.datetime) -> pb.StoredTask:
     """One task's stored form (see :func:`check_batch`)."""
     queue = queue_for(task.queue, queues)
-    if queue.mode != "push":
-        raise errors.InvalidQueueModeError(f"queue {queue.name!r} is a pull queue; pull queues are not served yet")
+    method = task.method.upper() or "POST"
+    if queue.mode == "pull" or method == "PULL":
+        return check_pull_task(task, app_id, queue, now)
     if task.name and not TASK_NAME_RE.match(task.name):
         raise errors.InvalidTaskNameError(f"task name {task.name[:120]!r} must be 1 to 500 letters, digits, "
                                           f"underscores and hyphens")
-    method = task.method.upper() or "POST"
-    if method == "PULL":
-        raise errors.InvalidQueueModeError("PULL tasks go to pull queues, which are not served yet")
+    if task.HasField("tag"):
+        raise errors.InvalidRequestError("only pull tasks have a tag")
     if method not in METHODS:
         raise errors.InvalidRequestError(f"method must be one of {', '.join(sorted(METHODS))}, got {task.method!r}")
     url = task.url or f"/_ah/queue/{queue.name}"
@@ -130,6 +134,47 @@ def check_task(task: pb.Task, app_id: str, queues: dict[str, Queue], now: dateti
         retry_of(queue, task.retry_options)  # refuses options that cannot hold
         stored.retry_options.CopyFrom(task.retry_options)
     return stored
+
+
+def check_pull_task(task: pb.Task, app_id: str, queue: Queue, now: datetime.datetime) -> pb.StoredTask:
+    """A pull task's stored form: method ``PULL`` on a pull queue, a payload of at most 1 MiB, no url, headers (but
+    the namespace Google's SDK may set) or target, a tag of at most 500 bytes (see :func:`check_batch`)."""
+    method = task.method.upper() or "POST"
+    if queue.mode != "pull":
+        raise errors.InvalidQueueModeError(f"queue {queue.name!r} is a push queue; a PULL task goes to a pull queue")
+    if method != "PULL":
+        raise errors.InvalidQueueModeError(f"queue {queue.name!r} is a pull queue; its tasks have method PULL, "
+                                           f"not {method}")
+    if task.name and not TASK_NAME_RE.match(task.name):
+        raise errors.InvalidTaskNameError(f"task name {task.name[:120]!r} must be 1 to 500 letters, digits, "
+                                          f"underscores and hyphens")
+    if task.url or task.target:
+        raise errors.InvalidRequestError("a pull task has no url or target (it is leased, not sent)")
+    for header in task.headers:
+        if header.name.replace("_", "-").lower() != NAMESPACE_HEADER.lower():
+            raise errors.InvalidRequestError(f"a pull task has no headers, got {header.name[:120]!r}")
+    if task.HasField("tag") and len(task.tag) > MAX_TAG_BYTES:
+        raise errors.InvalidTagError(f"the tag is {len(task.tag)} bytes; at most {MAX_TAG_BYTES}")
+    if len(task.payload) > MAX_PULL_TASK_BYTES:
+        raise errors.TaskTooLargeError(f"the payload is {len(task.payload)} bytes; a pull task may have at most "
+                                       f"{MAX_PULL_TASK_BYTES}")
+    stored = pb.StoredTask(app_id=app_id, queue=queue.name, name=task.name or new_name(), named=bool(task.name),
+                           method="PULL", payload=task.payload)
+    if task.HasField("tag"):
+        stored.tag = task.tag
+    stored.eta.FromMicroseconds(_usec(_eta(task, now)))
+    stored.original_eta.CopyFrom(stored.eta)
+    stored.added.FromDatetime(now)
+    if task.HasField("retry_options"):
+        retry_of(queue, task.retry_options)  # refuses options that cannot hold
+        stored.retry_options.CopyFrom(task.retry_options)
+    return stored
+
+
+def _usec(when: datetime.datetime) -> int:
+    """Whole microseconds since the epoch: a pull task's ETA is its lease token, compared exactly."""
+    delta = when - datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def _check_url(url: str) -> None:

@@ -1,4 +1,4 @@
-"""App Engine's Task Queue API (``google.appengine.api.taskqueue``) for push queues, served by kiln's taskqueue_svc.
+"""App Engine's Task Queue API (``google.appengine.api.taskqueue``), push and pull queues, served by taskqueue_svc.
 
 ::
 
@@ -9,11 +9,19 @@
     task = taskqueue.add(name="nightly-2026-12-06", url="/nightly")   # at most once: a second add raises
     taskqueue.Queue("mail").delete_tasks_by_name("nightly-2026-12-06")
 
+    pulled = taskqueue.Queue("work")                                   # mode: pull in queue.yaml
+    pulled.add(taskqueue.Task(payload=b"job", method="PULL", tag="user-7"))
+    for task in pulled.lease_tasks(lease_seconds=60, max_tasks=100):   # or lease_tasks_by_tag(60, 100, tag=...)
+        ...                                                             # nobody else holds it for 60 s
+        pulled.delete_tasks(task)                                       # done; or modify_task_lease(task, 120)
+
 Tasks are checked on the service (App Engine's limits and errors); a batch that has a malformed task adds nothing.
 A named task whose name is taken raises :class:`TaskAlreadyExistsError` (still queued) or
 :class:`TombstonedTaskError` (it ran or was deleted, for about seven days after), and the batch's other tasks are
-added, as App Engine did. Not served yet: pull queues (``lease_tasks``…), transactional adds
-(``transactional=True`` raises :class:`BadTransactionStateError`), ``tag`` and ``dispatch_deadline``.
+added, as App Engine did. A leased task is held by its leaser alone until its lease ends; its ``eta`` is the
+lease's end, which :meth:`Queue.modify_task_lease` checks (:class:`TaskLeaseExpiredError` once it has passed or the
+task was leased again). Not served yet: transactional adds (``transactional=True`` raises
+:class:`BadTransactionStateError`) and ``dispatch_deadline``.
 """
 
 from __future__ import annotations
@@ -36,6 +44,10 @@ MAX_TASKS_PER_ADD = 100
 MAX_TASK_NAME_LENGTH = 500
 MAX_QUEUE_NAME_LENGTH = 100
 MAX_PUSH_TASK_SIZE_BYTES = 100 * 1024
+MAX_PULL_TASK_SIZE_BYTES = 2 ** 20
+MAX_TASKS_PER_LEASE = 1000
+MAX_TAG_LENGTH = 500
+MAX_LEASE_SECONDS = 3600 * 24 * 7
 MAX_URL_LENGTH = 2083
 _MAX_COUNTDOWN_SECONDS = 30 * 86400
 _TASK_NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,500}$")
@@ -119,7 +131,27 @@ class InvalidTaskRetryOptionsError(Error):
 
 
 class InvalidQueueModeError(Error):
-    """A push task for a pull queue (pull queues are not served yet)."""
+    """A push task or operation on a pull queue, or a pull one on a push queue."""
+
+
+class InvalidLeaseTimeError(Error):
+    """lease_seconds is out of range (more than 0 to a week; 0 allowed to end a lease)."""
+
+
+class InvalidMaxTasksError(Error):
+    """max_tasks is out of range (1 to 1000)."""
+
+
+class InvalidTagError(Error):
+    """The tag is over 500 bytes."""
+
+
+class TaskLeaseExpiredError(Error):
+    """The task's lease ended, or the task was leased again since this lease."""
+
+
+class QueuePausedError(Error):
+    """The queue is paused."""
 
 
 class BadTransactionStateError(Error):
@@ -133,7 +165,8 @@ _CODES: dict[str, type[Error]] = {
     "PERMISSION_DENIED": PermissionDeniedError, "TASK_ALREADY_EXISTS": TaskAlreadyExistsError,
     "TOMBSTONED_TASK": TombstonedTaskError, "INVALID_ETA": InvalidEtaError, "INVALID_REQUEST": InvalidTaskError,
     "UNKNOWN_TASK": Error, "DUPLICATE_TASK_NAME": DuplicateTaskNameError, "TOO_MANY_TASKS": TooManyTasksError,
-    "INVALID_QUEUE_MODE": InvalidQueueModeError,
+    "INVALID_QUEUE_MODE": InvalidQueueModeError, "TASK_LEASE_EXPIRED": TaskLeaseExpiredError,
+    "INVALID_TAG": InvalidTagError, "QUEUE_PAUSED": QueuePausedError,
 }
 _ERRORS = _rpc.ErrorTable(codes=_CODES, statuses={grpc.StatusCode.UNAVAILABLE: TransientError,
                                                   grpc.StatusCode.DEADLINE_EXCEEDED: TransientError,
@@ -183,15 +216,32 @@ class TaskRetryOptions:
 
 
 class Task:
-    """One push task (App Engine's ``Task``)."""
+    """One task (App Engine's ``Task``): a push task, or with ``method="PULL"`` a pull task (a payload of up to 1 MiB
+    and an optional ``tag``, no url, headers or target)."""
 
     def __init__(self, payload: bytes | str | None = None, *, name: str = "", method: str = "POST",
                  url: str | None = None, headers: Mapping[str, str] | None = None,
                  params: Mapping[str, Any] | None = None, countdown: float | None = None,
                  eta: datetime.datetime | None = None, target: str | None = None,
-                 retry_options: TaskRetryOptions | None = None) -> None:
+                 retry_options: TaskRetryOptions | None = None, tag: str | bytes | None = None) -> None:
         method = method.upper()
-        if method not in _METHODS:
+        self.tag = tag.encode("utf-8") if isinstance(tag, str) else tag
+        self.retry_count = 0
+        if method == "PULL":
+            if url is not None or headers or target:
+                raise InvalidTaskError("a pull task has no url, headers or target")
+            if params is not None:
+                if payload is not None:
+                    raise InvalidTaskError("give params or payload, not both")
+                payload = urllib.parse.urlencode(params, doseq=True)
+                params = None
+            if payload is None:
+                raise InvalidTaskError("a pull task needs a payload (or params)")
+            if self.tag is not None and len(self.tag) > MAX_TAG_LENGTH:
+                raise InvalidTagError(f"the tag is {len(self.tag)} bytes; at most {MAX_TAG_LENGTH}")
+        elif tag is not None:
+            raise InvalidTaskError("only pull tasks (method='PULL') have a tag")
+        elif method not in _METHODS:
             raise InvalidTaskError(f"method must be one of {', '.join(sorted(_METHODS))}, got {method!r}")
         if name and not _TASK_NAME_RE.match(name):
             raise InvalidTaskNameError(f"the task name does not match {_TASK_NAME_RE.pattern}: {name[:120]!r}")
@@ -199,7 +249,7 @@ class Task:
             raise InvalidTaskError("give countdown or eta, not both")
         if params is not None and payload is not None:
             raise InvalidTaskError("give params or payload, not both")
-        if payload is not None and method not in _BODY_METHODS:
+        if payload is not None and method not in _BODY_METHODS and method != "PULL":
             raise InvalidTaskError(f"a payload may only be sent with POST or PUT, not {method}")
         self._headers = dict(headers or {})
         body = payload.encode("utf-8") if isinstance(payload, str) else payload
@@ -228,9 +278,10 @@ class Task:
         self.queue_name: str | None = None
         self.was_enqueued = False
         self.was_deleted = False
-        if self.size > MAX_PUSH_TASK_SIZE_BYTES:
-            raise TaskTooLargeError(f"the task is {self.size} bytes; a push task may have at most "
-                                    f"{MAX_PUSH_TASK_SIZE_BYTES}")
+        limit = MAX_PULL_TASK_SIZE_BYTES if method == "PULL" else MAX_PUSH_TASK_SIZE_BYTES
+        if self.size > limit:
+            raise TaskTooLargeError(f"the task is {self.size} bytes; a {'pull' if method == 'PULL' else 'push'} task "
+                                    f"may have at most {limit}")
 
     @property
     def name(self) -> str:
@@ -260,7 +311,9 @@ class Task:
 
     @property
     def size(self) -> int:
-        """Bytes counted against the limit: url, headers and payload."""
+        """Bytes counted against the limit: url, headers and payload (a pull task's payload alone)."""
+        if self.method == "PULL":
+            return len(self.payload or b"")
         return (len(self.url) + len(self.payload or b"")
                 + sum(len(k) + len(v) for k, v in self._headers.items()))
 
@@ -268,7 +321,10 @@ class Task:
         out = pb.Task(queue=queue_name, name=self._name, method=self.method, payload=self.payload or b"",
                       target=self.target or "")
         self.queue_name = self.queue_name or queue_name
-        out.url = self.url
+        if self.tag is not None:
+            out.tag = self.tag
+        if self.method != "PULL":
+            out.url = self.url
         for key, value in self._headers.items():
             out.headers.add(name=key, value=str(value).encode("latin-1"))
         if self._countdown is not None:
@@ -285,6 +341,22 @@ class Task:
         assert isinstance(result, Task)
         return result
 
+    @classmethod
+    def _leased(cls, queue_name: str, leased: pb.LeasedTask) -> Task:
+        task = cls(leased.payload, name=leased.name, method="PULL",
+                   tag=leased.tag if leased.HasField("tag") else None)
+        task._eta = datetime.datetime.fromtimestamp(0, datetime.timezone.utc) + datetime.timedelta(
+            microseconds=leased.eta_usec)
+        task.retry_count = leased.retry_count
+        task.queue_name = queue_name
+        task.was_enqueued = True
+        return task
+
+    @property
+    def _eta_usec(self) -> int:
+        delta = self._eta - datetime.datetime.fromtimestamp(0, datetime.timezone.utc)
+        return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+
     def __repr__(self) -> str:
         return f"Task(name={self._name!r}, queue={self.queue_name!r}, url={self.url!r}, eta={self._eta.isoformat()})"
 
@@ -293,10 +365,11 @@ class QueueStatistics:
     """A queue's counts (App Engine's ``QueueStatistics``)."""
 
     def __init__(self, queue: Queue, tasks: int, executed_last_minute: int, in_flight: int,
-                 enforced_rate: float) -> None:
+                 enforced_rate: float, oldest_eta_usec: int | None = None, leased: int | None = None) -> None:
         self.queue = queue
         self.tasks = tasks
-        self.oldest_eta_usec: int | None = None  # not reported yet
+        self.oldest_eta_usec = oldest_eta_usec  # pull queues (None for push queues: not reported yet)
+        self.leased = leased  # pull queues: tasks whose lease has not ended (kiln's addition)
         self.executed_last_minute = executed_last_minute
         self.in_flight = in_flight
         self.enforced_rate = enforced_rate
@@ -366,11 +439,61 @@ class Queue:
         response = _rpc.call(_stub().QueueStats, pb.QueueStatsRequest(queues=[self.name]), timeout=deadline,
                              table=_ERRORS)
         [stats] = response.queues
+        pull = stats.mode == "pull"
         return QueueStatistics(self, stats.tasks, stats.executed_last_minute, stats.in_flight,
-                               stats.rate_per_second)
+                               stats.rate_per_second,
+                               oldest_eta_usec=stats.oldest_eta_usec if stats.oldest_eta_usec >= 0 else None,
+                               leased=stats.leased if pull else None)
+
+    def lease_tasks(self, lease_seconds: float, max_tasks: int, deadline: float = 10) -> list[Task]:
+        """Lease up to ``max_tasks`` due tasks of this pull queue for ``lease_seconds`` (more than 0, at most a
+        week), oldest ETA first; each is held by this caller alone until its lease ends."""
+        return self._lease(pb.LeaseRequest(queue=self.name, lease_seconds=_lease_seconds(lease_seconds, lease=True),
+                                           max_tasks=_max_tasks(max_tasks)), deadline)
+
+    def lease_tasks_by_tag(self, lease_seconds: float, max_tasks: int, tag: str | bytes | None = None,
+                           deadline: float = 10) -> list[Task]:
+        """As :meth:`lease_tasks`, only tasks tagged ``tag`` (without one: the tag of the oldest due task)."""
+        request = pb.LeaseRequest(queue=self.name, lease_seconds=_lease_seconds(lease_seconds, lease=True),
+                                  max_tasks=_max_tasks(max_tasks), group_by_tag=True)
+        if tag is not None:
+            request.tag = tag.encode("utf-8") if isinstance(tag, str) else tag
+            if len(request.tag) > MAX_TAG_LENGTH:
+                raise InvalidTagError(f"the tag is {len(request.tag)} bytes; at most {MAX_TAG_LENGTH}")
+        return self._lease(request, deadline)
+
+    def _lease(self, request: pb.LeaseRequest, deadline: float) -> list[Task]:
+        response = _rpc.call(_stub().Lease, request, timeout=deadline, table=_ERRORS)
+        return [Task._leased(self.name, item) for item in response.tasks]
+
+    def modify_task_lease(self, task: Task, lease_seconds: float) -> None:
+        """Make the lease of ``task`` (leased by this caller) end ``lease_seconds`` from now (0: now, so that it may
+        be leased again); the task's ``eta`` becomes the new end."""
+        response = _rpc.call(_stub().ModifyLease, pb.ModifyLeaseRequest(
+            queue=self.name, task_name=task.name, eta_usec=task._eta_usec,
+            lease_seconds=_lease_seconds(lease_seconds, lease=False)), table=_ERRORS)
+        task._eta = datetime.datetime.fromtimestamp(0, datetime.timezone.utc) + datetime.timedelta(
+            microseconds=response.eta_usec)
 
     def __repr__(self) -> str:
         return f"Queue({self.name!r})"
+
+
+def _lease_seconds(value: float, *, lease: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError("lease_seconds must be a float or an integer")
+    if not (value > 0 if lease else value >= 0) or not value <= MAX_LEASE_SECONDS:
+        raise InvalidLeaseTimeError(f"lease_seconds must be {'more than 0' if lease else '0 or more'} and at most "
+                                    f"{MAX_LEASE_SECONDS}, got {value!r}")
+    return float(value)
+
+
+def _max_tasks(value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError("max_tasks must be an integer")
+    if not 1 <= value <= MAX_TASKS_PER_LEASE:
+        raise InvalidMaxTasksError(f"max_tasks must be 1 to {MAX_TASKS_PER_LEASE}, got {value}")
+    return value
 
 
 def add(*args: Any, **kwargs: Any) -> Task:

@@ -164,23 +164,24 @@ class _Translator:
 
     # -- keys
 
-    def key_in(self, ref: Any, what: str, *, allow_incomplete: bool = False) -> pb.Key:
-        """A ``Reference`` as kiln's key."""
+    def key_in(self, ref: Any, what: str, *, allow_incomplete: bool = False, out: pb.Key | None = None) -> pb.Key:
+        """A ``Reference`` as kiln's key (written into ``out`` when given: the message it goes into, not a copy)."""
         self.check_app(ref.app, what)
         if ref.database_id:
             raise _bad(f"{what}: database_id {ref.database_id!r}: kiln has one database per app")
-        key = pb.Key(partition_id=pb.PartitionId(namespace=ref.name_space))
+        key = pb.Key() if out is None else out
+        key.partition_id.namespace = ref.name_space
         elements = ref.path.element
         if not elements:
             raise _bad(f"{what}: a key needs at least one path element")
         for i, element in enumerate(elements):
-            out = key.path.add(kind=element.type)
+            step = key.path.add(kind=element.type)
             if element.HasField("id") and element.HasField("name"):
                 raise _bad(f"{what}: path element {i} has both an id and a name")
             if element.HasField("id"):
-                out.id = element.id
+                step.id = element.id
             elif element.HasField("name"):
-                out.name = element.name
+                step.name = element.name
             elif not (allow_incomplete and i == len(elements) - 1):
                 raise _bad(f"{what}: path element {i} ({element.type}) has neither id nor name")
         return key
@@ -220,14 +221,16 @@ class _Translator:
 
     # -- values
 
-    def value_in(self, prop: Any, what: str) -> pb.Value:
-        """One ``Property`` value (with its meaning) as kiln's value; lists are assembled by :meth:`entity_in`."""
+    def value_in(self, prop: Any, what: str, out: pb.Value | None = None) -> pb.Value:
+        """One ``Property`` value (with its meaning) as kiln's value, written into ``out`` when given; lists are
+        assembled by :meth:`entity_in`."""
         value = prop.value
         meaning = prop.meaning if prop.HasField("meaning") else _P.NO_MEANING
         if prop.meaning_uri and (prop.meaning_uri != ZLIB or meaning != _P.BLOB):
             raise _bad(f"{what}: meaning_uri {prop.meaning_uri!r} (meaning {meaning}) is not supported; kiln keeps "
                        f"only {ZLIB!r} on BLOB values (ndb's compressed properties)")
-        out = pb.Value()
+        if out is None:
+            out = pb.Value()
         if value.HasField("int64Value"):
             if meaning == _P.GD_WHEN:
                 seconds, micros = divmod(value.int64Value, 1_000_000)
@@ -266,7 +269,7 @@ class _Translator:
                 inner.MergeFromString(raw)
             except message.DecodeError as exc:
                 raise _bad(f"{what}: an ENTITY_PROTO value that is not a serialized EntityProto ({exc})") from None
-            out.entity_value.CopyFrom(self.entity_in(inner, f"{what} (embedded)", embedded=True))
+            self.entity_in(inner, f"{what} (embedded)", embedded=True, out=out.entity_value)
             return
         if meaning == _P.BLOB:
             out.blob_value = raw
@@ -334,11 +337,13 @@ class _Translator:
 
     # -- entities
 
-    def entity_in(self, entity: Any, what: str, *, embedded: bool = False) -> pb.Entity:
-        """An ``EntityProto`` as kiln's entity (``property[]`` indexed, ``raw_property[]`` not)."""
-        out = pb.Entity()
+    def entity_in(self, entity: Any, what: str, *, embedded: bool = False, out: pb.Entity | None = None) -> pb.Entity:
+        """An ``EntityProto`` as kiln's entity (``property[]`` indexed, ``raw_property[]`` not), written into ``out``
+        when given."""
+        if out is None:
+            out = pb.Entity()
         if entity.HasField("key") and (entity.key.path.element or not embedded):
-            out.key.CopyFrom(self.key_in(entity.key, f"{what}.key", allow_incomplete=True))
+            self.key_in(entity.key, f"{what}.key", allow_incomplete=True, out=out.key)
         named: dict[str, list[tuple[Any, bool]]] = collections.defaultdict(list)
         for indexed, props in ((True, entity.property), (False, entity.raw_property)):
             for prop in props:
@@ -350,16 +355,15 @@ class _Translator:
                 value.array_value.SetInParent()
                 value.exclude_from_indexes = not entries[0][1]
             elif any(prop.multiple for prop, _ in entries):
+                items = value.array_value.values
                 for i, (prop, indexed) in enumerate(entries):
-                    item = self.value_in(prop, f"{where}[{i}]")
-                    item.exclude_from_indexes = not indexed
-                    value.array_value.values.append(item)
+                    self.value_in(prop, f"{where}[{i}]", items.add()).exclude_from_indexes = not indexed
                 value.exclude_from_indexes = not all(indexed for _, indexed in entries)
             elif len(entries) > 1:
                 raise _bad(f"{where}: {len(entries)} values but multiple is not set")
             else:
                 prop, indexed = entries[0]
-                value.CopyFrom(self.value_in(prop, where))
+                self.value_in(prop, where, value)
                 value.exclude_from_indexes = not indexed
         return out
 
@@ -570,7 +574,9 @@ class DatastoreV3:
         if request.HasField("read_time_epoch_micros"):
             raise _bad("read_time_epoch_micros: kiln's datastore reads the latest data only")
         t = _Translator(ctx.app_id, request.key[0].app if request.key else "")
-        req = pb.GetRequest(keys=[t.key_in(ref, f"key[{i}]") for i, ref in enumerate(request.key)])
+        req = pb.GetRequest()
+        for i, ref in enumerate(request.key):
+            t.key_in(ref, f"key[{i}]", out=req.keys.add())
         tx = self._transaction(request.transaction, ctx) if request.HasField("transaction") else None
         found = self._read("Get", req, tx, ctx).results if req.keys else []
         response.in_order = True
@@ -583,7 +589,10 @@ class DatastoreV3:
 
     def _put(self, request: Any, response: Any, ctx: CallContext) -> None:
         t = _Translator(ctx.app_id, request.entity[0].key.app if request.entity else "")
-        entities = [t.entity_in(e, f"entity[{i}]") for i, e in enumerate(request.entity)]
+        req = pb.PutRequest()
+        for i, e in enumerate(request.entity):
+            t.entity_in(e, f"entity[{i}]", out=req.entities.add())
+        entities = list(req.entities)
         if request.HasField("transaction"):
             tx = self._transaction(request.transaction, ctx)
             self._complete_keys(entities, ctx)
@@ -592,15 +601,19 @@ class DatastoreV3:
                     _buffer(tx, entity.key, pb.Mutation(upsert=entity))
             keys = [e.key for e in entities]
         elif entities:
-            keys = list(self._call("Put", pb.PutRequest(entities=entities), ctx).keys)
+            keys = list(self._call("Put", req, ctx).keys)
         else:
             keys = []
         for sent, key in zip(request.entity, keys):
-            _Translator(ctx.app_id, sent.key.app).key_out(key, response.key.add())
+            if sent.key.app != t.spelling:  # keys go back spelt as each was sent
+                t = _Translator(ctx.app_id, sent.key.app)
+            t.key_out(key, response.key.add())
 
     def _read(self, method: str, request: Any, tx: _Transaction | None, ctx: CallContext) -> Any:
         """A read, in ``tx`` if there is one; once ``tx`` is lost, the latest data (see the module docstring)."""
-        if tx is not None and tx.lost is None:
+        if tx is None:
+            return self._call(method, request, ctx)
+        if tx.lost is None:
             request.read_options.transaction = tx.handle
             try:
                 return self._call(method, request, ctx)

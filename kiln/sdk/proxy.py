@@ -166,7 +166,8 @@ class KilnRPC(apiproxy_rpc.RPC):  # type: ignore[misc]  # the SDK has no type in
     def future(self) -> concurrent.futures.Future[None] | None:
         """The call's future; reading it runs the call here if no worker has started it (module docstring)."""
         found = self._future
-        if found is not None and not found.done() and self._state == apiproxy_rpc.RPC.RUNNING:
+        # ndb's event loop reads it several times a call: once the call finished, without taking the future's lock.
+        if found is not None and not self._finished and self._state == apiproxy_rpc.RPC.RUNNING:
             self.take(inline=False)
         return found
 

@@ -1,4 +1,4 @@
-"""App Engine's ``taskqueue`` service for Google's SDK: push tasks through kiln's task queue service.
+"""App Engine's ``taskqueue`` service for Google's SDK: push and pull tasks through kiln's task queue service.
 
 ``BulkAdd`` and ``Add`` (a task's queue, name, ETA, method, url, headers, body and retry parameters become kiln's
 ``Task``; the service checks it again), ``Delete``, ``PurgeQueue`` and ``FetchQueueStats``. The service answers with
@@ -7,8 +7,12 @@ exceptions (``TaskAlreadyExistsError``, ``TombstonedTaskError``, ``UnknownQueueE
 results (a taken name fails that task alone; ``SKIPPED`` is not used, as kiln refuses a batch with a malformed task
 whole, with that task's error).
 
-Not served yet (``CallNotFoundError`` naming the method, or ``INVALID_QUEUE_MODE``/``INVALID_REQUEST``): pull queues
-(``QueryAndOwnTasks``, ``ModifyTaskLease``…), transactional adds (a request with a transaction), queue updates.
+Pull queues: an add with ``mode: PULL`` becomes a ``PULL`` task (body and tag), ``QueryAndOwnTasks`` is kiln's
+``Lease`` (``lease_tasks``, ``lease_tasks_by_tag``) and ``ModifyTaskLease`` its ``ModifyLease`` (the task's
+``eta_usec`` is the lease's token, as on App Engine); ``FetchQueueStats`` reports a pull queue's oldest ETA.
+
+Not served yet (``CallNotFoundError`` naming the method, or ``INVALID_REQUEST``): transactional adds (a request with
+a transaction), queue updates, ``QueryTasks``.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ _ERR = gae.TaskQueueServiceError
 _NAMES = ("UNKNOWN_QUEUE", "TRANSIENT_ERROR", "INTERNAL_ERROR", "TASK_TOO_LARGE", "INVALID_TASK_NAME",
           "INVALID_QUEUE_NAME", "INVALID_URL", "PERMISSION_DENIED", "TASK_ALREADY_EXISTS", "TOMBSTONED_TASK",
           "INVALID_ETA", "INVALID_REQUEST", "UNKNOWN_TASK", "DUPLICATE_TASK_NAME", "TOO_MANY_TASKS",
-          "INVALID_QUEUE_MODE")
+          "INVALID_QUEUE_MODE", "TASK_LEASE_EXPIRED", "QUEUE_PAUSED", "INVALID_TAG")
 _CODES = {name: int(_ERR.ErrorCode.Value(name)) for name in _NAMES}
 _ERRORS = _errors.table(_CODES, {grpc.StatusCode.UNAVAILABLE: _CODES["TRANSIENT_ERROR"],
                                  grpc.StatusCode.INVALID_ARGUMENT: _CODES["INVALID_REQUEST"]})
@@ -76,13 +80,32 @@ class TaskQueue:
             stats = _rpc.call(_stub().QueueStats, pb.QueueStatsRequest(queues=queues), timeout=timeout,
                               table=_ERRORS)
             for queue in stats.queues:
-                item = response.queuestats.add(num_tasks=queue.tasks, oldest_eta_usec=-1)
+                item = response.queuestats.add(num_tasks=queue.tasks, oldest_eta_usec=queue.oldest_eta_usec)
                 item.scanner_info.executed_last_minute = queue.executed_last_minute
                 item.scanner_info.requests_in_flight = queue.in_flight
                 item.scanner_info.enforced_rate = queue.rate_per_second
+        elif method == "QueryAndOwnTasks":
+            lease = pb.LeaseRequest(queue=request.queue_name.decode("utf-8", "replace"),
+                                    lease_seconds=request.lease_seconds, max_tasks=request.max_tasks,
+                                    group_by_tag=request.group_by_tag)
+            if request.HasField("tag"):
+                lease.tag = request.tag
+            leased = _rpc.call(_stub().Lease, lease, timeout=timeout, table=_ERRORS)
+            for task in leased.tasks:
+                item = response.task.add(task_name=task.name.encode(), eta_usec=task.eta_usec,
+                                         retry_count=task.retry_count, body=task.payload)
+                if task.HasField("tag"):
+                    item.tag = task.tag
+        elif method == "ModifyTaskLease":
+            changed = _rpc.call(_stub().ModifyLease, pb.ModifyLeaseRequest(
+                queue=request.queue_name.decode("utf-8", "replace"),
+                task_name=request.task_name.decode("utf-8", "replace"), eta_usec=request.eta_usec,
+                lease_seconds=request.lease_seconds), timeout=timeout, table=_ERRORS)
+            response.updated_eta_usec = changed.eta_usec
         else:
-            raise apiproxy_errors.CallNotFoundError(f"taskqueue.{method}() is not served by kiln yet (push queues "
-                                                    f"only: Add, BulkAdd, Delete, PurgeQueue, FetchQueueStats)")
+            raise apiproxy_errors.CallNotFoundError(f"taskqueue.{method}() is not served by kiln yet (served: Add, "
+                                                    f"BulkAdd, Delete, PurgeQueue, FetchQueueStats, "
+                                                    f"QueryAndOwnTasks, ModifyTaskLease)")
 
 
 def target_of(host: str, default_host: str) -> str:
@@ -103,13 +126,18 @@ def translate(add: Any, default_host: str = "") -> pb.Task:
     """kiln's task for the SDK's ``TaskQueueAddRequest`` (its ``Host`` header becomes the task's target).
 
     Raises:
-        apiproxy_errors.ApplicationError: a pull task or a transactional add (not served yet).
+        apiproxy_errors.ApplicationError: a transactional add (not served yet).
     """
-    if add.mode == gae.TaskQueueMode.PULL:
-        raise apiproxy_errors.ApplicationError(_CODES["INVALID_QUEUE_MODE"], "pull queues are not served by kiln yet")
     if add.HasField("transaction") or add.HasField("datastore_transaction"):
         raise apiproxy_errors.ApplicationError(_CODES["INVALID_REQUEST"],
                                                "transactional task adds are not served by kiln yet")
+    if add.mode == gae.TaskQueueMode.PULL:
+        pull = pb.Task(queue=add.queue_name.decode("utf-8", "replace"), name=add.task_name.decode("utf-8", "replace"),
+                       method="PULL", payload=add.body)
+        pull.eta.FromMicroseconds(add.eta_usec)
+        if add.HasField("tag"):
+            pull.tag = add.tag
+        return pull
     task = pb.Task(queue=add.queue_name.decode("utf-8", "replace"), name=add.task_name.decode("utf-8", "replace"),
                    url=add.url.decode("latin-1"), method=_METHODS.get(add.method, "POST"), payload=add.body)
     task.eta.FromMicroseconds(add.eta_usec)

@@ -148,12 +148,14 @@ def test_a_service_kiln_does_not_serve_fails_with_call_not_found_naming_it(sdk, 
         apiproxy_stub_map.MakeSyncCall(service, call, api_base_pb2.VoidProto(), api_base_pb2.VoidProto())
 
 
-def test_the_sdks_pull_queue_calls_get_call_not_found_naming_the_method(sdk, ticket):
-    from google.appengine.api import taskqueue
+def test_a_taskqueue_call_kiln_does_not_serve_gets_call_not_found_naming_the_method(sdk, ticket):
+    from google.appengine.api import apiproxy_stub_map
+    from google.appengine.api.taskqueue import taskqueue_service_bytes_pb2 as gae
     from google.appengine.runtime import apiproxy_errors
 
-    with pytest.raises(apiproxy_errors.CallNotFoundError, match=r"taskqueue\.QueryAndOwnTasks\(\) is not served"):
-        taskqueue.Queue("pulled").lease_tasks(60, 10)
+    with pytest.raises(apiproxy_errors.CallNotFoundError, match=r"taskqueue\.UpdateQueue\(\) is not served"):
+        apiproxy_stub_map.MakeSyncCall("taskqueue", "UpdateQueue", gae.TaskQueueUpdateQueueRequest(),
+                                       gae.TaskQueueUpdateQueueResponse())
 
 
 def test_a_call_goes_running_then_finishing_and_its_callback_runs_once_it_finished(sdk, ticket):

@@ -119,7 +119,7 @@ def test_every_task_error_carries_app_engines_error_name():
              if isinstance(cls, type) and issubclass(cls, KilnError) and hasattr(cls, "error_code")}
     assert names == {"INVALID_REQUEST", "UNKNOWN_QUEUE", "INVALID_QUEUE_NAME", "INVALID_QUEUE_MODE", "TASK_TOO_LARGE",
                      "INVALID_TASK_NAME", "INVALID_URL", "INVALID_ETA", "DUPLICATE_TASK_NAME", "TOO_MANY_TASKS",
-                     "TRANSIENT_ERROR"}
+                     "TRANSIENT_ERROR", "INVALID_TAG", "UNKNOWN_TASK", "TOMBSTONED_TASK", "TASK_LEASE_EXPIRED"}
 
 
 def test_a_tasks_retry_options_override_only_what_they_set():

@@ -66,6 +66,16 @@ class TaskQueueServiceStub:
                 request_serializer=kiln_dot_pb_dot_taskqueue_dot_v1_dot_taskqueue__pb2.ResumeRequest.SerializeToString,
                 response_deserializer=kiln_dot_pb_dot_taskqueue_dot_v1_dot_taskqueue__pb2.ResumeResponse.FromString,
                 _registered_method=True)
+        self.Lease = channel.unary_unary(
+                '/kiln.pb.taskqueue.v1.TaskQueueService/Lease',
+                request_serializer=kiln_dot_pb_dot_taskqueue_dot_v1_dot_taskqueue__pb2.LeaseRequest.SerializeToString,
+                response_deserializer=kiln_dot_pb_dot_taskqueue_dot_v1_dot_taskqueue__pb2.LeaseResponse.FromString,
+                _registered_method=True)
+        self.ModifyLease = channel.unary_unary(
+                '/kiln.pb.taskqueue.v1.TaskQueueService/ModifyLease',
+                request_serializer=kiln_dot_pb_dot_taskqueue_dot_v1_dot_taskqueue__pb2.ModifyLeaseRequest.SerializeToString,
+                response_deserializer=kiln_dot_pb_dot_taskqueue_dot_v1_dot_taskqueue__pb2.ModifyLeaseResponse.FromString,
+                _registered_method=True)
 
 
 class TaskQueueServiceServicer:
@@ -110,9 +120,21 @@ class TaskQueueServiceServicer:
 
     def Resume(self, request, context):
         """Resume restarts delivery of a paused queue.
-        Later, for pull queues (not served yet):
-        rpc Lease(LeaseRequest) returns (LeaseResponse);             // QueryAndOwnTasks
-        rpc ModifyLease(ModifyLeaseRequest) returns (ModifyLeaseResponse);
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Lease(self, request, context):
+        """Lease leases due tasks of a pull queue (App Engine's QueryAndOwnTasks).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ModifyLease(self, request, context):
+        """ModifyLease extends or ends the lease of one leased task, for its holder
+        only (App Engine's ModifyTaskLease).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -150,6 +172,16 @@ def add_TaskQueueServiceServicer_to_server(servicer, server):
                     servicer.Resume,
                     request_deserializer=kiln_dot_pb_dot_taskqueue_dot_v1_dot_taskqueue__pb2.ResumeRequest.FromString,
                     response_serializer=kiln_dot_pb_dot_taskqueue_dot_v1_dot_taskqueue__pb2.ResumeResponse.SerializeToString,
+            ),
+            'Lease': grpc.unary_unary_rpc_method_handler(
+                    servicer.Lease,
+                    request_deserializer=kiln_dot_pb_dot_taskqueue_dot_v1_dot_taskqueue__pb2.LeaseRequest.FromString,
+                    response_serializer=kiln_dot_pb_dot_taskqueue_dot_v1_dot_taskqueue__pb2.LeaseResponse.SerializeToString,
+            ),
+            'ModifyLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.ModifyLease,
+                    request_deserializer=kiln_dot_pb_dot_taskqueue_dot_v1_dot_taskqueue__pb2.ModifyLeaseRequest.FromString,
+                    response_serializer=kiln_dot_pb_dot_taskqueue_dot_v1_dot_taskqueue__pb2.ModifyLeaseResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -315,6 +347,60 @@ class TaskQueueService:
             '/kiln.pb.taskqueue.v1.TaskQueueService/Resume',
             kiln_dot_pb_dot_taskqueue_dot_v1_dot_taskqueue__pb2.ResumeRequest.SerializeToString,
             kiln_dot_pb_dot_taskqueue_dot_v1_dot_taskqueue__pb2.ResumeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Lease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kiln.pb.taskqueue.v1.TaskQueueService/Lease',
+            kiln_dot_pb_dot_taskqueue_dot_v1_dot_taskqueue__pb2.LeaseRequest.SerializeToString,
+            kiln_dot_pb_dot_taskqueue_dot_v1_dot_taskqueue__pb2.LeaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ModifyLease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kiln.pb.taskqueue.v1.TaskQueueService/ModifyLease',
+            kiln_dot_pb_dot_taskqueue_dot_v1_dot_taskqueue__pb2.ModifyLeaseRequest.SerializeToString,
+            kiln_dot_pb_dot_taskqueue_dot_v1_dot_taskqueue__pb2.ModifyLeaseResponse.FromString,
             options,
             channel_credentials,
             insecure,
