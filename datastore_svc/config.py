@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 
-from kiln_platform.config import GrpcServiceConfig, ListenAddress, StorageConfig, field
+from kiln_platform.config import GrpcServiceConfig, HostPort, ListenAddress, StorageConfig, field
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -20,6 +20,8 @@ class DatastoreConfig(StorageConfig, GrpcServiceConfig):
                                             "is created)")
     index_cache_seconds: float = field(2.0, "how long a replica caches an app's index definitions; a new index "
                                             "is built this long after it is declared")
+    taskqueue: HostPort | None = field(None, "taskqueue_svc's gRPC address: tasks added in a transaction are "
+                                             "added there once it commits (without it such a commit is refused)")
     auto_index_file: str = field("", "kiln dev only: add composite indexes that queries need instead of "
                                      "failing with NeedIndexError, and append them to this index.yaml")
 

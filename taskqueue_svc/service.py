@@ -37,7 +37,8 @@ class TaskQueueService(taskqueue_pb2_grpc.TaskQueueServiceServicer):
         app = grpcserver.caller_app()
         now = datetime.datetime.now(datetime.timezone.utc)
         stored = tasks.check_batch(request, app, self._app_queues(app), now)
-        results = await self._store.add(stored)
+        # With a transaction the tasks are only checked: the datastore adds them once the transaction commits.
+        results = [""] * len(stored) if request.transaction else await self._store.add(stored)
         out = pb.AddResponse()
         for task, error in zip(stored, results):
             out.results.add(error=error, task_name=task.name, eta=task.eta)

@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$kiln/pb/taskqueue/v1/taskqueue.proto\x12\x14kiln.pb.taskqueue.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa4\x02\n\x0cRetryOptions\x12\x1d\n\x10task_retry_limit\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12#\n\x16task_age_limit_seconds\x18\x02 \x01(\x03H\x01\x88\x01\x01\x12 \n\x13min_backoff_seconds\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12 \n\x13max_backoff_seconds\x18\x04 \x01(\x01H\x03\x88\x01\x01\x12\x1a\n\rmax_doublings\x18\x05 \x01(\x05H\x04\x88\x01\x01\x42\x13\n\x11_task_retry_limitB\x19\n\x17_task_age_limit_secondsB\x16\n\x14_min_backoff_secondsB\x16\n\x14_max_backoff_secondsB\x10\n\x0e_max_doublings\"%\n\x06Header\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\"\xa7\x02\n\x04Task\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0b\n\x03url\x18\x03 \x01(\t\x12\x0e\n\x06method\x18\x04 \x01(\t\x12-\n\x07headers\x18\x05 \x03(\x0b\x32\x1c.kiln.pb.taskqueue.v1.Header\x12\x0f\n\x07payload\x18\x06 \x01(\x0c\x12)\n\x03\x65ta\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x12\x1b\n\x11\x63ountdown_seconds\x18\x08 \x01(\x01H\x00\x12\x0e\n\x06target\x18\t \x01(\t\x12\x39\n\rretry_options\x18\n \x01(\x0b\x32\".kiln.pb.taskqueue.v1.RetryOptionsB\x06\n\x04whenJ\x04\x08\x0b\x10\x0cJ\x04\x08\x0c\x10\r\"=\n\nAddRequest\x12)\n\x05tasks\x18\x01 \x03(\x0b\x32\x1a.kiln.pb.taskqueue.v1.TaskJ\x04\x08\x02\x10\x03\"W\n\nTaskResult\x12\r\n\x05\x65rror\x18\x01 \x01(\t\x12\x11\n\ttask_name\x18\x02 \x01(\t\x12\'\n\x03\x65ta\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"@\n\x0b\x41\x64\x64Response\x12\x31\n\x07results\x18\x01 \x03(\x0b\x32 .kiln.pb.taskqueue.v1.TaskResult\"2\n\rDeleteRequest\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x12\n\ntask_names\x18\x02 \x03(\t\" \n\x0e\x44\x65leteResponse\x12\x0e\n\x06\x65rrors\x18\x01 \x03(\t\"\x1d\n\x0cPurgeRequest\x12\r\n\x05queue\x18\x01 \x01(\t\"\x0f\n\rPurgeResponse\"#\n\x11QueueStatsRequest\x12\x0e\n\x06queues\x18\x01 \x03(\t\"\xb8\x01\n\nQueueStats\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x0c\n\x04mode\x18\x02 \x01(\t\x12\r\n\x05tasks\x18\x03 \x01(\x03\x12\x11\n\tin_flight\x18\x04 \x01(\x03\x12\x1c\n\x14\x65xecuted_last_minute\x18\x05 \x01(\x03\x12\x17\n\x0frate_per_second\x18\x06 \x01(\x01\x12\x13\n\x0b\x62ucket_size\x18\x07 \x01(\x05\x12\x1f\n\x17max_concurrent_requests\x18\x08 \x01(\x05\"F\n\x12QueueStatsResponse\x12\x30\n\x06queues\x18\x01 \x03(\x0b\x32 .kiln.pb.taskqueue.v1.QueueStats\"\xf2\x03\n\nStoredTask\x12\x0e\n\x06\x61pp_id\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\r\n\x05named\x18\x04 \x01(\x08\x12\x0b\n\x03url\x18\x05 \x01(\t\x12\x0e\n\x06method\x18\x06 \x01(\t\x12-\n\x07headers\x18\x07 \x03(\x0b\x32\x1c.kiln.pb.taskqueue.v1.Header\x12\x0f\n\x07payload\x18\x08 \x01(\x0c\x12\'\n\x03\x65ta\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06target\x18\n \x01(\t\x12\x39\n\rretry_options\x18\x0b \x01(\x0b\x32\".kiln.pb.taskqueue.v1.RetryOptions\x12\x13\n\x0bretry_count\x18\x0c \x01(\x05\x12\x17\n\x0f\x65xecution_count\x18\r \x01(\x05\x12\x19\n\x11previous_response\x18\x0e \x01(\x05\x12)\n\x05\x61\x64\x64\x65\x64\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rfirst_attempt\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0coriginal_eta\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\xe6\x02\n\x10TaskQueueService\x12J\n\x03\x41\x64\x64\x12 .kiln.pb.taskqueue.v1.AddRequest\x1a!.kiln.pb.taskqueue.v1.AddResponse\x12S\n\x06\x44\x65lete\x12#.kiln.pb.taskqueue.v1.DeleteRequest\x1a$.kiln.pb.taskqueue.v1.DeleteResponse\x12P\n\x05Purge\x12\".kiln.pb.taskqueue.v1.PurgeRequest\x1a#.kiln.pb.taskqueue.v1.PurgeResponse\x12_\n\nQueueStats\x12\'.kiln.pb.taskqueue.v1.QueueStatsRequest\x1a(.kiln.pb.taskqueue.v1.QueueStatsResponseBK\n\x18\x64\x65v.kiln.pb.taskqueue.v1P\x01Z-kiln.dev/gen/kiln/pb/taskqueue/v1;taskqueuev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$kiln/pb/taskqueue/v1/taskqueue.proto\x12\x14kiln.pb.taskqueue.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa4\x02\n\x0cRetryOptions\x12\x1d\n\x10task_retry_limit\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12#\n\x16task_age_limit_seconds\x18\x02 \x01(\x03H\x01\x88\x01\x01\x12 \n\x13min_backoff_seconds\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12 \n\x13max_backoff_seconds\x18\x04 \x01(\x01H\x03\x88\x01\x01\x12\x1a\n\rmax_doublings\x18\x05 \x01(\x05H\x04\x88\x01\x01\x42\x13\n\x11_task_retry_limitB\x19\n\x17_task_age_limit_secondsB\x16\n\x14_min_backoff_secondsB\x16\n\x14_max_backoff_secondsB\x10\n\x0e_max_doublings\"%\n\x06Header\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\"\xa7\x02\n\x04Task\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0b\n\x03url\x18\x03 \x01(\t\x12\x0e\n\x06method\x18\x04 \x01(\t\x12-\n\x07headers\x18\x05 \x03(\x0b\x32\x1c.kiln.pb.taskqueue.v1.Header\x12\x0f\n\x07payload\x18\x06 \x01(\x0c\x12)\n\x03\x65ta\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x12\x1b\n\x11\x63ountdown_seconds\x18\x08 \x01(\x01H\x00\x12\x0e\n\x06target\x18\t \x01(\t\x12\x39\n\rretry_options\x18\n \x01(\x0b\x32\".kiln.pb.taskqueue.v1.RetryOptionsB\x06\n\x04whenJ\x04\x08\x0b\x10\x0cJ\x04\x08\x0c\x10\r\"L\n\nAddRequest\x12)\n\x05tasks\x18\x01 \x03(\x0b\x32\x1a.kiln.pb.taskqueue.v1.Task\x12\x13\n\x0btransaction\x18\x02 \x01(\x0c\"W\n\nTaskResult\x12\r\n\x05\x65rror\x18\x01 \x01(\t\x12\x11\n\ttask_name\x18\x02 \x01(\t\x12\'\n\x03\x65ta\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"@\n\x0b\x41\x64\x64Response\x12\x31\n\x07results\x18\x01 \x03(\x0b\x32 .kiln.pb.taskqueue.v1.TaskResult\"2\n\rDeleteRequest\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x12\n\ntask_names\x18\x02 \x03(\t\" \n\x0e\x44\x65leteResponse\x12\x0e\n\x06\x65rrors\x18\x01 \x03(\t\"\x1d\n\x0cPurgeRequest\x12\r\n\x05queue\x18\x01 \x01(\t\"\x0f\n\rPurgeResponse\"#\n\x11QueueStatsRequest\x12\x0e\n\x06queues\x18\x01 \x03(\t\"\xb8\x01\n\nQueueStats\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x0c\n\x04mode\x18\x02 \x01(\t\x12\r\n\x05tasks\x18\x03 \x01(\x03\x12\x11\n\tin_flight\x18\x04 \x01(\x03\x12\x1c\n\x14\x65xecuted_last_minute\x18\x05 \x01(\x03\x12\x17\n\x0frate_per_second\x18\x06 \x01(\x01\x12\x13\n\x0b\x62ucket_size\x18\x07 \x01(\x05\x12\x1f\n\x17max_concurrent_requests\x18\x08 \x01(\x05\"F\n\x12QueueStatsResponse\x12\x30\n\x06queues\x18\x01 \x03(\x0b\x32 .kiln.pb.taskqueue.v1.QueueStats\"\xf2\x03\n\nStoredTask\x12\x0e\n\x06\x61pp_id\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\r\n\x05named\x18\x04 \x01(\x08\x12\x0b\n\x03url\x18\x05 \x01(\t\x12\x0e\n\x06method\x18\x06 \x01(\t\x12-\n\x07headers\x18\x07 \x03(\x0b\x32\x1c.kiln.pb.taskqueue.v1.Header\x12\x0f\n\x07payload\x18\x08 \x01(\x0c\x12\'\n\x03\x65ta\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06target\x18\n \x01(\t\x12\x39\n\rretry_options\x18\x0b \x01(\x0b\x32\".kiln.pb.taskqueue.v1.RetryOptions\x12\x13\n\x0bretry_count\x18\x0c \x01(\x05\x12\x17\n\x0f\x65xecution_count\x18\r \x01(\x05\x12\x19\n\x11previous_response\x18\x0e \x01(\x05\x12)\n\x05\x61\x64\x64\x65\x64\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rfirst_attempt\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0coriginal_eta\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\xe6\x02\n\x10TaskQueueService\x12J\n\x03\x41\x64\x64\x12 .kiln.pb.taskqueue.v1.AddRequest\x1a!.kiln.pb.taskqueue.v1.AddResponse\x12S\n\x06\x44\x65lete\x12#.kiln.pb.taskqueue.v1.DeleteRequest\x1a$.kiln.pb.taskqueue.v1.DeleteResponse\x12P\n\x05Purge\x12\".kiln.pb.taskqueue.v1.PurgeRequest\x1a#.kiln.pb.taskqueue.v1.PurgeResponse\x12_\n\nQueueStats\x12\'.kiln.pb.taskqueue.v1.QueueStatsRequest\x1a(.kiln.pb.taskqueue.v1.QueueStatsResponseBK\n\x18\x64\x65v.kiln.pb.taskqueue.v1P\x01Z-kiln.dev/gen/kiln/pb/taskqueue/v1;taskqueuev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,27 +41,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TASK']._serialized_start=430
   _globals['_TASK']._serialized_end=725
   _globals['_ADDREQUEST']._serialized_start=727
-  _globals['_ADDREQUEST']._serialized_end=788
-  _globals['_TASKRESULT']._serialized_start=790
-  _globals['_TASKRESULT']._serialized_end=877
-  _globals['_ADDRESPONSE']._serialized_start=879
-  _globals['_ADDRESPONSE']._serialized_end=943
-  _globals['_DELETEREQUEST']._serialized_start=945
-  _globals['_DELETEREQUEST']._serialized_end=995
-  _globals['_DELETERESPONSE']._serialized_start=997
-  _globals['_DELETERESPONSE']._serialized_end=1029
-  _globals['_PURGEREQUEST']._serialized_start=1031
-  _globals['_PURGEREQUEST']._serialized_end=1060
-  _globals['_PURGERESPONSE']._serialized_start=1062
-  _globals['_PURGERESPONSE']._serialized_end=1077
-  _globals['_QUEUESTATSREQUEST']._serialized_start=1079
-  _globals['_QUEUESTATSREQUEST']._serialized_end=1114
-  _globals['_QUEUESTATS']._serialized_start=1117
-  _globals['_QUEUESTATS']._serialized_end=1301
-  _globals['_QUEUESTATSRESPONSE']._serialized_start=1303
-  _globals['_QUEUESTATSRESPONSE']._serialized_end=1373
-  _globals['_STOREDTASK']._serialized_start=1376
-  _globals['_STOREDTASK']._serialized_end=1874
-  _globals['_TASKQUEUESERVICE']._serialized_start=1877
-  _globals['_TASKQUEUESERVICE']._serialized_end=2235
+  _globals['_ADDREQUEST']._serialized_end=803
+  _globals['_TASKRESULT']._serialized_start=805
+  _globals['_TASKRESULT']._serialized_end=892
+  _globals['_ADDRESPONSE']._serialized_start=894
+  _globals['_ADDRESPONSE']._serialized_end=958
+  _globals['_DELETEREQUEST']._serialized_start=960
+  _globals['_DELETEREQUEST']._serialized_end=1010
+  _globals['_DELETERESPONSE']._serialized_start=1012
+  _globals['_DELETERESPONSE']._serialized_end=1044
+  _globals['_PURGEREQUEST']._serialized_start=1046
+  _globals['_PURGEREQUEST']._serialized_end=1075
+  _globals['_PURGERESPONSE']._serialized_start=1077
+  _globals['_PURGERESPONSE']._serialized_end=1092
+  _globals['_QUEUESTATSREQUEST']._serialized_start=1094
+  _globals['_QUEUESTATSREQUEST']._serialized_end=1129
+  _globals['_QUEUESTATS']._serialized_start=1132
+  _globals['_QUEUESTATS']._serialized_end=1316
+  _globals['_QUEUESTATSRESPONSE']._serialized_start=1318
+  _globals['_QUEUESTATSRESPONSE']._serialized_end=1388
+  _globals['_STOREDTASK']._serialized_start=1391
+  _globals['_STOREDTASK']._serialized_end=1889
+  _globals['_TASKQUEUESERVICE']._serialized_start=1892
+  _globals['_TASKQUEUESERVICE']._serialized_end=2250
 # @@protoc_insertion_point(module_scope)

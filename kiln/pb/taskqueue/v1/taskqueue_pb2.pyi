@@ -221,6 +221,17 @@ class AddRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TASKS_FIELD_NUMBER: _builtins.int
+    TRANSACTION_FIELD_NUMBER: _builtins.int
+    transaction: _builtins.bytes
+    """The datastore transaction the tasks join (a transactional add). When
+    set, the service only checks the tasks, as for an add, and answers each
+    one's name and ETA; it stores nothing. The caller then sends the checked
+    tasks (with those names and ETAs) in the transaction's
+    `kiln.pb.datastore.v1.CommitRequest.tasks`: the datastore stores them
+    with the commit and adds them here once it committed (see
+    datastore_svc/outbox.py). At most 5 tasks, none named by the app
+    (INVALID_TASK_NAME), as App Engine.
+    """
     @_builtins.property
     def tasks(self) -> _containers.RepeatedCompositeFieldContainer[Global___Task]:
         """1 to 100 tasks, added all or (for name conflicts only) per task."""
@@ -229,10 +240,11 @@ class AddRequest(_message.Message):
         self,
         *,
         tasks: _abc.Iterable[Global___Task] | None = ...,
+        transaction: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["tasks", b"tasks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tasks", b"tasks", "transaction", b"transaction"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
