@@ -48,7 +48,8 @@ def task_forwarder(engine: Engine, cfg: DatastoreConfig) -> tuple[outbox.Outbox,
 
     def token_for(app: str) -> str:
         return auth.mint_app_token(secret, app, expires_at=int(time.time()) + 300)
-    return outbox.forwarder(engine, str(cfg.taskqueue), token_for, CHANNEL_OPTIONS)
+    return outbox.forwarder(engine, str(cfg.taskqueue), token_for, CHANNEL_OPTIONS,
+                            sweep_seconds=cfg.tasks_sweep_seconds, sweep_after_seconds=cfg.tasks_sweep_after_seconds)
 
 
 async def serve(cfg: DatastoreConfig) -> None:

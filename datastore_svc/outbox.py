@@ -17,8 +17,9 @@ datastore, with the transaction's own writes, and hands them to ``taskqueue_svc`
    app token it mints) under the names they were checked with, then deletes the record and the hint. Adding again
    is harmless: a name already taken (queued, or tombstoned for seven days after it ran) is answered
    ``TASK_ALREADY_EXISTS``/``TOMBSTONED_TASK``, which here means "already added".
-4. **Sweep.** Every replica looks at the hints older than :data:`SWEEP_AFTER_SECONDS` (kiln's Cassandra sweeper
-   and lock resolution have finished any commit by then): the record is there → forward as in 3; no record and the
+4. **Sweep.** Every replica looks, every :data:`SWEEP_SECONDS`, at the hints older than
+   :data:`SWEEP_AFTER_SECONDS` (the commit's own forwarding has had its chance by then; reading the record
+   strongly makes the Cassandra engine finish a cross-group commit left half-applied): the record is there → forward as in 3; no record and the
    outbox group was written (version > 0) → it was forwarded and deleted already: drop the hint; no record and
    version 0 → not committed: drop the hint once :data:`ABANDON_AFTER_SECONDS` have passed (a transaction expires
    after 60 s, so it can no longer commit).
@@ -37,7 +38,7 @@ Failure cases, and why none delivers a task of an uncommitted transaction or los
   task is dropped and logged, the others are added; this is the one way a committed task does not run.
 - Delivery after forwarding is ``taskqueue_svc``'s: at least once.
 - What is not covered: tasks of a committed transaction wait up to :data:`SWEEP_AFTER_SECONDS` (+ one sweep) when
-  the replica died between commit and forward; and a hint is a plain write, so if the hint write itself fails the
+  the replica died between commit and forward (or the task queue was down); and a hint is a plain write, so if the hint write itself fails the
   commit is not attempted (the app gets ``UNAVAILABLE`` and retries).
 """
 
@@ -141,6 +142,8 @@ class Outbox:
     engine: Engine
     taskqueue: taskqueue_pb2_grpc.TaskQueueServiceAsyncStub
     token_for: TokenFor
+    sweep_seconds: float = SWEEP_SECONDS
+    sweep_after_seconds: float = SWEEP_AFTER_SECONDS
     _pending: set[asyncio.Task[None]] = dataclasses.field(default_factory=set)
 
     async def hint(self, record: pb.TransactionTasks) -> None:
@@ -215,7 +218,7 @@ class Outbox:
                                                                    1000):
                 hint = pb.TransactionTasks.FromString(blob)
                 age = now - hint.started.ToMicroseconds() / 1e6
-                if age < SWEEP_AFTER_SECONDS:
+                if age < self.sweep_after_seconds:
                     continue
                 try:
                     if await self._settle(hint, age):
@@ -237,9 +240,9 @@ class Outbox:
         return False
 
     async def run(self) -> None:
-        """Sweep every :data:`SWEEP_SECONDS` until cancelled."""
+        """Sweep every ``sweep_seconds`` until cancelled."""
         while True:
-            await asyncio.sleep(SWEEP_SECONDS)
+            await asyncio.sleep(self.sweep_seconds)
             try:
                 settled = await self.sweep_once()
             except UnavailableError as exc:
@@ -255,9 +258,10 @@ class Outbox:
         await asyncio.gather(*self._pending, return_exceptions=True)
 
 
-def forwarder(engine: Engine, address: str, token_for: TokenFor,
-              options: tuple[tuple[str, int], ...]) -> tuple[Outbox, Callable[[], Awaitable[None]]]:
+def forwarder(engine: Engine, address: str, token_for: TokenFor, options: tuple[tuple[str, int], ...], *,
+              sweep_seconds: float = SWEEP_SECONDS,
+              sweep_after_seconds: float = SWEEP_AFTER_SECONDS) -> tuple[Outbox, Callable[[], Awaitable[None]]]:
     """An :class:`Outbox` sending to ``taskqueue_svc`` at ``address``, and the function that closes its channel."""
     channel = grpc.aio.insecure_channel(address, options=list(options))
     stub: taskqueue_pb2_grpc.TaskQueueServiceAsyncStub = taskqueue_pb2_grpc.TaskQueueServiceStub(channel)
-    return Outbox(engine, stub, token_for), channel.close
+    return Outbox(engine, stub, token_for, sweep_seconds, sweep_after_seconds), channel.close
