@@ -97,7 +97,7 @@ MAIN = textwrap.dedent(r'''
                     raise datastore.Rollback()
             datastore.RunInTransaction(txn)
         elif path == "/sdk-defer":
-            gdeferred.defer(globals()[q["fn"]], tag, _queue=queue, _url=SDK_URL)
+            gdeferred.defer(globals()[q["fn"]], tag, _queue=queue, _url=q.get("url", SDK_URL))
         elif path == "/sdk-defer-txn":
             @ndb.transactional(retries=0)
             def txn():
@@ -201,3 +201,38 @@ def test_the_deferred_handler_refuses_requests_that_are_not_tasks(server, path, 
     status, _, _ = apps.request(server, path, method="POST", body=payload,
                                 headers={header: "forged", "Content-Type": "application/octet-stream"})
     assert status == 403
+
+
+BUILTIN_YAML = textwrap.dedent("""\
+    application: deferredbuiltin
+    runtime: python27
+    api_version: 1
+    threadsafe: true
+    builtins:
+    - deferred: on
+    handlers:
+    - url: /.*
+      script: main.app
+""")
+
+
+@pytest.fixture(scope="module")
+def builtin_server(tmp_path_factory):
+    """An app that turns on App Engine's deferred builtin instead of mapping the handler itself."""
+    with running(tmp_path_factory.mktemp("deferredbuiltin"), {"main.py": MAIN}, app_yaml=BUILTIN_YAML) as srv:
+        yield srv
+
+
+@pytest.mark.parametrize("handler", ["/defer", "/sdk-defer-default"])
+def test_the_deferred_builtin_runs_kiln_and_sdk_deferred_calls(builtin_server, handler):
+    tag = f"builtin{handler.replace('/', '-')}"
+    if handler == "/defer":
+        call(builtin_server, handler, fn="bump", tag=tag)
+    else:  # Google's SDK, on its default URL
+        call(builtin_server, "/sdk-defer", fn="bump", tag=tag, url="/_ah/queue/deferred")
+    wait_for(lambda: runs(builtin_server, tag) == 1, 30)
+
+
+def test_the_deferred_builtin_is_for_administrators_only(builtin_server):
+    status, headers, _ = apps.request(builtin_server, "/_ah/queue/deferred", method="POST", body=b"x")
+    assert status == 302 and "login" in headers.get("location", "").lower()
