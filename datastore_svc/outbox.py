@@ -6,40 +6,39 @@ datastore, with the transaction's own writes, and hands them to ``taskqueue_svc`
 1. **Add.** The app's client asks ``taskqueue_svc`` to check the tasks (``AddRequest.transaction`` set: checked and
    named, nothing stored) and keeps the checked tasks with the transaction's buffered writes.
 2. **Commit.** ``CommitRequest.tasks`` carries them. Before committing, the service writes a *hint* (the app,
-   namespace and transaction; no tasks) to a platform-only place: the reserved pseudo-app :data:`HINT_APP`, in one
-   of :data:`HINT_SHARDS` groups. Then the transaction's commit includes one more entity group, the transaction's
-   own *outbox group* (:func:`outbox_group`, in the app's namespace, never written before: expected version 0),
-   holding one record: the tasks (:class:`~kiln.pb.datastore.v1.datastore_pb2.TransactionTasks`). The engine
-   commits it with the transaction's writes, atomically (the embedded engine: one SQLite transaction; Cassandra: a
-   cross-group commit, whose transaction record is the commit point). So the record exists if and only if the
-   transaction committed.
-3. **Forward.** After the commit the service adds the tasks to ``taskqueue_svc`` (as the app, with a short-lived
-   app token it mints) under the names they were checked with, then deletes the record and the hint. Adding again
-   is harmless: a name already taken (queued, or tombstoned for seven days after it ran) is answered
+   namespace and transaction; no tasks) to a platform-only place: the reserved pseudo-app :data:`HINT_APP`, in one of
+   :data:`HINT_SHARDS` groups. Then the transaction's commit includes one more entity group, the transaction's own
+   *outbox group* (:func:`outbox_group`, in the app's namespace, never written before: expected version 0), holding
+   one record: the tasks (:class:`~kiln.pb.datastore.v1.datastore_pb2.TransactionTasks`). The engine commits it with
+   the transaction's writes, atomically (the embedded engine: one SQLite transaction; Cassandra: a cross-group commit,
+   whose transaction record is the commit point). So the record exists if and only if the transaction committed.
+3. **Forward.** After the commit the service adds the tasks to ``taskqueue_svc`` (as the app, with a short-lived app
+   token it mints) under the names they were checked with, then deletes the record and the hint. Adding again is
+   harmless: a name already taken (queued, or tombstoned for seven days after it ran) is answered
    ``TASK_ALREADY_EXISTS``/``TOMBSTONED_TASK``, which here means "already added".
-4. **Sweep.** Every replica looks, every :data:`SWEEP_SECONDS`, at the hints older than
-   :data:`SWEEP_AFTER_SECONDS` (the commit's own forwarding has had its chance by then; reading the record
-   strongly makes the Cassandra engine finish a cross-group commit left half-applied): the record is there → forward as in 3; no record and the
-   outbox group was written (version > 0) → it was forwarded and deleted already: drop the hint; no record and
-   version 0 → not committed: drop the hint once :data:`ABANDON_AFTER_SECONDS` have passed (a transaction expires
-   after 60 s, so it can no longer commit).
+4. **Sweep.** Every replica looks, every :data:`SWEEP_SECONDS`, at the hints older than :data:`SWEEP_AFTER_SECONDS`
+   (the commit's own forwarding has had its chance by then; reading the record strongly makes the Cassandra engine
+   finish a cross-group commit left half-applied): the record is there → forward as in 3; no record and the outbox
+   group was written (version > 0) → it was forwarded and deleted already: drop the hint; no record and version 0 →
+   not committed: drop the hint once :data:`ABANDON_AFTER_SECONDS` have passed (a transaction expires after 60 s, so
+   it can no longer commit).
 
 Failure cases, and why none delivers a task of an uncommitted transaction or loses one of a committed one:
 
 - Rollback, contention (``ConcurrentTransactionError``), an expired or unknown transaction, a refused commit: no
-  record is written, so nothing is forwarded; a hint written before a failed commit is dropped at once or by the
-  sweep (version 0).
-- The datastore dies after the commit and before forwarding: the hint is there (written first), the sweep finds
-  the record and forwards it. ``taskqueue_svc`` or NATS down while forwarding: the record stays, the sweep retries
-  every :data:`SWEEP_SECONDS`.
+  record is written, so nothing is forwarded; a hint written before a failed commit is dropped at once or by the sweep
+  (version 0).
+- The datastore dies after the commit and before forwarding: the hint is there (written first), the sweep finds the
+  record and forwards it. ``taskqueue_svc`` or NATS down while forwarding: the record stays, the sweep retries every
+  :data:`SWEEP_SECONDS`.
 - Dies after forwarding and before deleting: the sweep forwards again; the names make that a no-op.
 - Two replicas sweep at once: both add (no-op for the second) and both delete (idempotent).
-- A task that ``taskqueue_svc`` refuses when forwarded (its queue was removed from queue.yaml after the add): the
-  task is dropped and logged, the others are added; this is the one way a committed task does not run.
+- A task that ``taskqueue_svc`` refuses when forwarded (its queue was removed from queue.yaml after the add): the task
+  is dropped and logged, the others are added; this is the one way a committed task does not run.
 - Delivery after forwarding is ``taskqueue_svc``'s: at least once.
-- What is not covered: tasks of a committed transaction wait up to :data:`SWEEP_AFTER_SECONDS` (+ one sweep) when
-  the replica died between commit and forward (or the task queue was down); and a hint is a plain write, so if the hint write itself fails the
-  commit is not attempted (the app gets ``UNAVAILABLE`` and retries).
+- What is not covered: tasks of a committed transaction wait up to :data:`SWEEP_AFTER_SECONDS` (+ one sweep) when the
+  replica died between commit and forward (or the task queue was down); and a hint is a plain write, so if the hint
+  write itself fails the commit is not attempted (the app gets ``UNAVAILABLE`` and retries).
 """
 
 from __future__ import annotations
@@ -151,8 +150,8 @@ class Outbox:
         ref = _hint_ref(record.transaction)
         hint = pb.TransactionTasks(app_id=record.app_id, namespace=record.namespace, transaction=record.transaction,
                                    started=record.started)
-        await self.engine.commit(HINT_APP, "", [GroupCommit(ref.group, (Write(ref.path, "", hint.SerializeToString()),))],
-                                 no_rows, atomic=False)
+        write = Write(ref.path, "", hint.SerializeToString())
+        await self.engine.commit(HINT_APP, "", [GroupCommit(ref.group, (write,))], no_rows, atomic=False)
 
     async def unhint(self, transaction: bytes) -> None:
         ref = _hint_ref(transaction)
