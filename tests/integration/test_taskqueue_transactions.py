@@ -32,10 +32,13 @@ MAIN = textwrap.dedent(r'''
     from kiln.api import datastore, memcache, taskqueue
     from google.appengine.api import datastore_errors
     from google.appengine.api import taskqueue as gtaskqueue
-    from google.appengine.ext import ndb
+    from google.appengine.ext import db, ndb
 
     class Thing(ndb.Model):
         v = ndb.IntegerProperty()
+
+    class DbThing(db.Model):
+        v = db.IntegerProperty()
 
     def failure(exc):
         return {"error": type(exc).__name__, "bases": [c.__name__ for c in type(exc).__mro__],
@@ -93,6 +96,21 @@ MAIN = textwrap.dedent(r'''
         except Exception as exc:
             return failure(exc)
 
+    def with_db(query):
+        tag = query["tag"]
+
+        def txn():
+            DbThing(key_name=tag, v=1).put()
+            gtaskqueue.add(url="/work/%s/0" % tag, queue_name="fast", transactional=True)
+            if query.get("mode") == "rollback":
+                raise db.Rollback()
+
+        try:
+            db.run_in_transaction(txn)
+        except Exception as exc:
+            return failure(exc)
+        return {"ok": True}
+
     def app(environ, start_response):
         path = environ["PATH_INFO"]
         query = dict(urllib.parse.parse_qsl(environ["QUERY_STRING"]))
@@ -106,6 +124,8 @@ MAIN = textwrap.dedent(r'''
             body = with_kiln(query)
         elif path == "/ndb":
             body = with_ndb(query)
+        elif path == "/db":
+            body = with_db(query)
         else:
             body = {}
         start_response("200 OK", [("Content-Type", "application/json")])
@@ -196,6 +216,14 @@ def test_ndb_transaction_rolled_back_delivers_nothing(server):
     assert answer.get("ok"), answer  # ndb's Rollback ends the transaction quietly
     settle(server, "after-ndb-rollback")
     assert runs(server, "/work/ndb-rollback/0") == 0
+
+
+def test_db_run_in_transaction_with_the_sdks_transactional_add_delivers_only_on_commit(server):
+    assert call(server, "/db", tag="db-rollback", mode="rollback") == {"ok": True}
+    assert call(server, "/db", tag="db") == {"ok": True}
+    wait_for(lambda: runs(server, "/work/db/0") == 1, 30)
+    settle(server, "after-db")
+    assert runs(server, "/work/db-rollback/0") == 0
 
 
 def test_the_sdk_raises_app_engines_error_for_a_sixth_task(server):
