@@ -5,12 +5,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import pathlib
+import time
+from collections.abc import Awaitable, Callable
 
 from datastore_svc.config import DatastoreConfig
 from datastore_svc.engine.base import Engine
 from datastore_svc.catalog import AutoIndexFile
+from datastore_svc import outbox
 from datastore_svc.service import DatastoreService
-from kiln_platform import grpcserver
+from kiln.api._rpc import CHANNEL_OPTIONS
+from kiln_platform import auth, grpcserver
 from kiln.pb.datastore.v1 import datastore_pb2, datastore_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -30,22 +34,40 @@ async def open_engine(cfg: DatastoreConfig) -> Engine:
     return await cfg.pick({"embedded": on_embedded, "cassandra": on_cassandra})
 
 
-def servicer(engine: Engine, cfg: DatastoreConfig) -> DatastoreService:
+def servicer(engine: Engine, cfg: DatastoreConfig, tasks: outbox.Outbox | None = None) -> DatastoreService:
     """The servicer, configured."""
     auto = AutoIndexFile(pathlib.Path(cfg.auto_index_file)) if cfg.auto_index_file else None
     return DatastoreService(engine, index_cache_seconds=cfg.index_cache_seconds,
-                            auto_index=auto)
+                            auto_index=auto, tasks=tasks)
+
+
+def task_forwarder(engine: Engine, cfg: DatastoreConfig) -> tuple[outbox.Outbox, Callable[[], Awaitable[None]]]:
+    """The outbox that adds committed transactions' tasks to ``cfg.taskqueue``, as each app (short-lived tokens)."""
+    assert cfg.taskqueue is not None
+    secret = cfg.service_secret.get()
+
+    def token_for(app: str) -> str:
+        return auth.mint_app_token(secret, app, expires_at=int(time.time()) + 300)
+    return outbox.forwarder(engine, str(cfg.taskqueue), token_for, CHANNEL_OPTIONS,
+                            sweep_seconds=cfg.tasks_sweep_seconds, sweep_after_seconds=cfg.tasks_sweep_after_seconds)
 
 
 async def serve(cfg: DatastoreConfig) -> None:
     """Run the datastore service until SIGTERM."""
     engine = await open_engine(cfg)
-    service = servicer(engine, cfg)
-    upkeep = asyncio.create_task(engine.maintain())
+    tasks, close_tasks = task_forwarder(engine, cfg) if cfg.taskqueue else (None, None)
+    service = servicer(engine, cfg, tasks)
+    upkeep = [asyncio.create_task(engine.maintain())]
+    if tasks is not None:
+        upkeep.append(asyncio.create_task(tasks.run()))
 
     async def stop() -> None:
-        upkeep.cancel()
-        await asyncio.gather(upkeep, return_exceptions=True)
+        for job in upkeep:
+            job.cancel()
+        await asyncio.gather(*upkeep, return_exceptions=True)
+        if tasks is not None and close_tasks is not None:
+            await tasks.close()
+            await close_tasks()
         await service.close()
         await engine.close()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 
-from kiln_platform.config import GrpcServiceConfig, ListenAddress, StorageConfig, field
+from kiln_platform.config import GrpcServiceConfig, HostPort, ListenAddress, StorageConfig, field
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -20,6 +20,13 @@ class DatastoreConfig(StorageConfig, GrpcServiceConfig):
                                             "is created)")
     index_cache_seconds: float = field(2.0, "how long a replica caches an app's index definitions; a new index "
                                             "is built this long after it is declared")
+    taskqueue: HostPort | None = field(None, "taskqueue_svc's gRPC address: tasks added in a transaction are "
+                                             "added there once it commits (without it such a commit is refused)")
+    tasks_sweep_seconds: float = field(5.0, "how often the datastore looks for committed transactions whose tasks "
+                                            "are not in the task queue yet (a crash or an outage between commit "
+                                            "and adding them)")
+    tasks_sweep_after_seconds: float = field(30.0, "a commit's tasks are left to its own replica this long before "
+                                                   "the sweep adds them")
     auto_index_file: str = field("", "kiln dev only: add composite indexes that queries need instead of "
                                      "failing with NeedIndexError, and append them to this index.yaml")
 
@@ -27,5 +34,7 @@ class DatastoreConfig(StorageConfig, GrpcServiceConfig):
         super().__post_init__()
         if not 0 <= self.index_cache_seconds <= 3600:
             raise ValueError("index_cache_seconds: must be between 0 and 3600")
+        if self.tasks_sweep_seconds <= 0 or self.tasks_sweep_after_seconds < 0:
+            raise ValueError("tasks_sweep_seconds, tasks_sweep_after_seconds: must be positive")
         if not 1 <= self.cassandra_index_shards <= 256:
             raise ValueError("cassandra_index_shards: must be between 1 and 256")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import logging
 import secrets
@@ -12,13 +13,14 @@ from typing import Any
 
 import grpc
 
-from datastore_svc import execute, gqlquery, metadata, model, query
+from datastore_svc import execute, gqlquery, metadata, model, outbox, query
 from datastore_svc.catalog import AutoIndexFile, Catalog
 from datastore_svc.engine.base import MAX_ALLOCATED_ID, Engine, GroupCommit, Ref, RowsOf, StoredIndex, Write
 from datastore_svc.index import IndexDef, Indexer, IndexRow
 from datastore_svc.keys import encode_element, encode_path, group_of
 from kiln_platform import grpcserver
-from kiln.errors import BadRequestError, ConcurrentTransactionError, NeedIndexError
+from kiln.errors import (BadRequestError, ConcurrentTransactionError, FailedPreconditionError, KilnError,
+                         NeedIndexError)
 from kiln.pb.datastore.v1 import datastore_pb2 as pb
 from kiln.pb.datastore.v1 import datastore_pb2_grpc
 
@@ -59,8 +61,9 @@ class DatastoreService(datastore_pb2_grpc.DatastoreServiceServicer):
     """
 
     def __init__(self, engine: Engine, *, index_cache_seconds: float = 2.0,
-                 auto_index: AutoIndexFile | None = None) -> None:
+                 auto_index: AutoIndexFile | None = None, tasks: outbox.Outbox | None = None) -> None:
         self._engine = engine
+        self._outbox = tasks
         self._catalog = Catalog(engine, ttl=index_cache_seconds)
         self._auto_index = auto_index
         self._txns: dict[bytes, _Transaction] = {}
@@ -224,8 +227,10 @@ class DatastoreService(datastore_pb2_grpc.DatastoreServiceServicer):
             for offset, entity in enumerate(incomplete):
                 entity.key.path[-1].id = start + offset
 
-    async def _write(self, app: str, mutations: list[pb.Mutation], *, versions: dict[bytes, int] | None) -> None:
-        """Commit mutations; ``versions`` (a transaction's read set) makes it conditional and atomic."""
+    async def _write(self, app: str, mutations: list[pb.Mutation], *, versions: dict[bytes, int] | None,
+                     extra: tuple[str, GroupCommit] | None = None) -> None:
+        """Commit mutations; ``versions`` (a transaction's read set) makes it conditional and atomic; ``extra``
+        (a namespace and a group commit: a transaction's task record) is committed with them, atomically."""
         indexer = await self._catalog.indexer(app)
         by_ns: dict[str, dict[bytes, list[Write]]] = collections.defaultdict(lambda: collections.defaultdict(list))
         for mutation in mutations:
@@ -240,12 +245,16 @@ class DatastoreService(datastore_pb2_grpc.DatastoreServiceServicer):
                 write = Write(encode_path(key.path), key.path[-1].kind, None)
             by_ns[key.partition_id.namespace][encode_element(key.path[0])].append(write)
         rows_of = _rows_of(indexer)
+        if extra is not None:
+            by_ns[extra[0]]  # noqa: B018 - the namespace commits even when the transaction wrote no entity
         for ns, groups in by_ns.items():
             if versions is None:
                 commits = [GroupCommit(g, tuple(ws)) for g, ws in groups.items()]
             else:
                 # Groups read but not written are checked too: their reads must still hold.
                 commits = [GroupCommit(g, tuple(groups.get(g, ())), versions[g]) for g in sorted(versions)]
+            if extra is not None and extra[0] == ns:
+                commits.append(extra[1])
             await self._engine.commit(app, ns, commits, rows_of, atomic=versions is not None)
 
     async def AllocateIds(self, request: pb.AllocateIdsRequest,
@@ -297,14 +306,34 @@ class DatastoreService(datastore_pb2_grpc.DatastoreServiceServicer):
             else:
                 raise BadRequestError(f"mutations[{i}]: neither upsert nor delete")
             self._check_txn_namespace(txn, key.partition_id.namespace)
+        tasks = outbox.check_tasks(list(request.tasks))
+        if tasks and self._outbox is None:
+            raise FailedPreconditionError("this transaction adds tasks, but this datastore service runs without the "
+                                          "task queue's address (--taskqueue)")
+        record = None
         try:
             await self._complete_keys(app, upserts)
             written = {encode_element((m.upsert.key if m.HasField("upsert") else m.delete).path[0])
                        for m in request.mutations}
             await self._record_groups(txn, written)
-            await self._write(app, list(request.mutations), versions=dict(txn.versions))
+            if tasks and self._outbox is not None:
+                # The tasks are stored with the commit (an outbox): see datastore_svc/outbox.py.
+                record = pb.TransactionTasks(app_id=app, namespace=txn.namespace or "",
+                                             transaction=request.transaction, tasks=tasks)
+                record.started.GetCurrentTime()
+                await self._outbox.hint(record)
+            try:
+                await self._write(app, list(request.mutations), versions=dict(txn.versions),
+                                  extra=(record.namespace, outbox.record_commit(record)) if record else None)
+            except ConcurrentTransactionError:
+                if record is not None and self._outbox is not None:
+                    with contextlib.suppress(KilnError):  # else the sweep drops it: nothing was committed
+                        await self._outbox.unhint(request.transaction)
+                raise
         finally:
             self._txns.pop(request.transaction, None)
+        if record is not None and self._outbox is not None:
+            self._outbox.committed(record)
         return pb.CommitResponse(keys=[m.upsert.key for m in request.mutations if m.HasField("upsert")])
 
     async def Rollback(self, request: pb.RollbackRequest,
@@ -375,6 +404,8 @@ class DatastoreService(datastore_pb2_grpc.DatastoreServiceServicer):
 
 def _rows_of(indexer: Indexer) -> RowsOf:
     def rows(blob: bytes) -> frozenset[IndexRow]:
+        if outbox.is_record(blob):
+            return frozenset()
         return frozenset(indexer.rows(pb.Entity.FromString(blob)))
     return rows
 

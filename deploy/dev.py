@@ -181,17 +181,12 @@ class DevServer:
         service = {f"KILN_{svc.split('_')[0].upper()}_SERVICE_SECRET": self._secret for svc in SERVICES}
         pending = []
         for svc in SERVICES:
-            if svc in ("urlfetch_svc", "mail_svc", "cron_svc", "taskqueue_svc"):
-                continue  # after the router, whose address they need
+            if svc in ("urlfetch_svc", "mail_svc", "cron_svc", "taskqueue_svc", "datastore_svc"):
+                continue  # after the router, whose address they need (the datastore: after the task queue)
             args = ["--listen", "127.0.0.1:0", "--ready-file", str(run / f"{svc}.addr")]
             if svc == "logs_svc":
                 args += ["--data-dir", str(self.data_dir / "logs")]
             own: dict[str, str] = {}
-            if svc == "datastore_svc":
-                args += ["--storage", self.opts.storage, "--data-dir", str(self.data_dir / "datastore"),
-                         "--index-cache-seconds", "0", "--auto-index-file", str(self.index_yaml)]
-                if cassandra_hosts:
-                    args += ["--cassandra-hosts", cassandra_hosts, "--cassandra-keyspace", self._keyspace()]
             if svc == "identity_svc":
                 args += ["--data-dir", str(self._identity_keys()), "--apps-domain", "localhost"]
                 own["KILN_IDENTITY_KEY_SECRET"] = self.secrets["identity_key"] = secrets.token_hex(32)
@@ -201,7 +196,6 @@ class DevServer:
         for svc, child in pending:
             sup.wait_ready(child, ready_file=run / f"{svc}.addr")
             self.addresses[svc] = child.address
-        self._declare_indexes()
         # The router starts first so that, given port 0, its bound port is known
         # before the runtime is told its default hostname.
         router_addr = f"{self.opts.host}:{self.opts.port}"
@@ -265,6 +259,17 @@ class DevServer:
                               "KILN_TASKQUEUE_PLATFORM_SECRET": platform},
             ready_file=run / "taskqueue_svc.addr")
         self.addresses["taskqueue_svc"] = taskqueue.address
+        # The datastore adds the tasks of committed transactions to the task queue (datastore_svc/outbox.py).
+        args = ["--listen", "127.0.0.1:0", "--ready-file", str(run / "datastore_svc.addr"),
+                "--storage", self.opts.storage, "--data-dir", str(self.data_dir / "datastore"),
+                "--index-cache-seconds", "0", "--auto-index-file", str(self.index_yaml),
+                "--taskqueue", taskqueue.address]
+        if cassandra_hosts:
+            args += ["--cassandra-hosts", cassandra_hosts, "--cassandra-keyspace", self._keyspace()]
+        datastore = sup.start("datastore_svc", python_module("datastore_svc", *args), env=env, secrets=service,
+                              ready_file=run / "datastore_svc.addr", timeout=180.0 if cassandra_hosts else 60.0)
+        self.addresses["datastore_svc"] = datastore.address
+        self._declare_indexes()
         runtime_args = [
             "--dev", "--listen", "127.0.0.1:0", "--request-deadline-seconds", str(self.opts.request_deadline),
             "--default-hostname", f"{'localhost' if self.opts.host in ('127.0.0.1', '0.0.0.0') else self.opts.host}"

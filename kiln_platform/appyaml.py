@@ -55,6 +55,9 @@ DEFAULT_SKIP_FILES = (
 INBOUND_SERVICES = frozenset({"mail", "mail_bounce", "warmup", "xmpp_message", "xmpp_presence",
                               "xmpp_subscribe", "xmpp_error", "channel_presence"})
 BUILTINS = frozenset({"appstats", "deferred", "remote_api"})
+#: ``builtins: - deferred: on`` maps App Engine's deferred URL, before the app's handlers, to kiln's deferred handler
+#: (which also runs tasks deferred with Google's SDK), ``login: admin`` as App Engine's builtin did.
+DEFERRED_BUILTIN = "kiln.api.deferred.application"
 AUTOMATIC_CLASSES = frozenset({"F1", "F2", "F4", "F4_1G"})
 BASIC_CLASSES = frozenset({"B1", "B2", "B4", "B4_1G", "B8"})
 ERROR_CODES = frozenset({"over_quota", "dos_api_denial", "timeout"})
@@ -633,6 +636,8 @@ def parse(text: str, *, filename: str = "app.yaml", base_dir: pathlib.Path | Non
                            f"a second handler for {code or 'the default error'}")
         assert file is not None
         error_handlers.append(ErrorHandler(file=file, error_code=code))
+    if builtins.get("deferred") and legacy:
+        handlers = (Handler(url="/_ah/queue/deferred", script=DEFERRED_BUILTIN, login="admin"), *handlers)
 
     return AppConfig(
         runtime=runtime, handlers=handlers, application=_str(ctx, data, "application", ""),

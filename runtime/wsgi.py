@@ -116,7 +116,15 @@ def build_environ(req: http_pb2.HttpRequest, info: InstanceInfo) -> dict[str, An
     for key in _RUNTIME_OWNED:  # the runtime's own, whatever reached it under those names
         environ.pop(key, None)
     environ.update(appengine_headers(req, info))
+    if "HTTP_X_APPENGINE_QUEUENAME" in environ:
+        # A push task (only the router sets the header, for the task queue's signed requests) comes from App Engine's
+        # task queue address, which the SDK's deferred handler checks outside the development server.
+        environ["REMOTE_ADDR"] = TASK_QUEUE_REMOTE_ADDR
     return environ
+
+
+#: App Engine's REMOTE_ADDR for push task requests.
+TASK_QUEUE_REMOTE_ADDR = "0.1.0.2"
 
 
 # The X-AppEngine-* variables only the runtime sets (appengine_headers, and the API ticket).

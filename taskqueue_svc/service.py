@@ -46,7 +46,10 @@ class TaskQueueService(taskqueue_pb2_grpc.TaskQueueServiceServicer):
         now = datetime.datetime.now(datetime.timezone.utc)
         stored = tasks.check_batch(request, app, self._app_queues(app), now)
         pull = stored[0].method == "PULL"  # a batch is all pull or all push tasks
-        results = await (self._pull.add(stored) if pull else self._store.add(stored))
+        if request.transaction:  # only checked: the datastore adds them once the transaction commits
+            results = [""] * len(stored)
+        else:
+            results = await (self._pull.add(stored) if pull else self._store.add(stored))
         out = pb.AddResponse()
         for task, error in zip(stored, results):
             out.results.add(error=error, task_name=task.name, eta=task.eta)

@@ -19,6 +19,7 @@ from kiln_platform.queueyaml import DEFAULT_QUEUE, QUEUE_NAME_RE, TARGET_RE, Que
 from taskqueue_svc import errors
 
 MAX_TASKS_PER_ADD = 100
+MAX_TASKS_PER_TRANSACTION = 5  # App Engine's limit on a transaction's tasks
 MAX_PUSH_TASK_BYTES = 100 * 1024  # App Engine's limit for a push task: url, headers and payload
 MAX_PULL_TASK_BYTES = 1024 * 1024  # App Engine's limit for a pull task's payload
 MAX_TAG_BYTES = 500
@@ -66,6 +67,13 @@ def check_batch(request: pb.AddRequest, app_id: str, queues: dict[str, Queue],
         raise errors.InvalidRequestError("add at least one task")
     if len(request.tasks) > MAX_TASKS_PER_ADD:
         raise errors.TooManyTasksError(f"at most {MAX_TASKS_PER_ADD} tasks in one add, got {len(request.tasks)}")
+    if request.transaction:
+        if len(request.tasks) > MAX_TASKS_PER_TRANSACTION:
+            raise errors.TooManyTasksError(f"at most {MAX_TASKS_PER_TRANSACTION} tasks in one transaction, got "
+                                           f"{len(request.tasks)}")
+        for i, task in enumerate(request.tasks):
+            if task.name:
+                raise errors.InvalidTaskNameError(f"task {i}: a task bound to a transaction cannot be named")
     out = []
     seen: set[tuple[str, str]] = set()
     for i, task in enumerate(request.tasks):

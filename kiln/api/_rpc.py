@@ -66,7 +66,7 @@ def stub(service: str, factory: Callable[[grpc.Channel], T]) -> T:
     with _lock:
         found = _stubs.get(service)
         if found is None:
-            address = os.environ.get(f"KILN_{service}_ADDR")
+            address = setting(f"KILN_{service}_ADDR")
             if not address:
                 raise errors.UnavailableError(
                     f"KILN_{service}_ADDR is not set: run the app under kiln (kiln dev or a runtime instance)")
@@ -75,14 +75,38 @@ def stub(service: str, factory: Callable[[grpc.Channel], T]) -> T:
 
 
 def reset() -> None:
-    """Forget channels (after the environment changed, e.g. in tests)."""
+    """Forget channels and remembered settings (after the environment changed, e.g. in tests)."""
     with _lock:
         _stubs.clear()
+        _settings.clear()
+
+
+# kiln's process-wide settings (KILN_*) as last read. Google's SDK makes ``os.environ`` request-local
+# (``wrap_wsgi_app``'s legacy context mode): a thread that serves no request — the workers of kiln's SDK proxy, which
+# run asynchronous API calls — then sees an empty one, and uses these.
+_settings: dict[str, str] = {}
+
+
+def setting(name: str) -> str:
+    """A process-wide setting of the runtime (``KILN_APP_TOKEN``, ``KILN_<SERVICE>_ADDR``); ``""`` if unset."""
+    value = os.environ.get(name, "")
+    if value:
+        _settings[name] = value
+        return value
+    return _settings.get(name, "")
+
+
+def remember_settings() -> None:
+    """Remember kiln's settings now (the runtime calls it before the app's code can make ``os.environ``
+    request-local)."""
+    for name, value in list(os.environ.items()):
+        if name.startswith("KILN_") and value:
+            _settings[name] = value
 
 
 def app_token() -> str:
     """The app's identity token, which every call carries."""
-    return os.environ.get("KILN_APP_TOKEN", "")
+    return setting("KILN_APP_TOKEN")
 
 
 def metadata() -> tuple[tuple[str, str], ...]:

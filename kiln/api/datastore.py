@@ -190,6 +190,8 @@ class _Transaction:
         self.handle = handle
         # Keyed by key path so that a later write of the same key replaces an earlier one.
         self.mutations: dict[tuple[Any, ...], pb.Mutation] = {}
+        # Push tasks added in the transaction (kiln.api.taskqueue, checked by the task queue), sent with the commit.
+        self.tasks: list[Any] = []
 
     @classmethod
     def begin(cls, *, xg: bool) -> _Transaction:
@@ -212,7 +214,8 @@ class _Transaction:
             self._record(key, pb.Mutation(delete=key.to_pb()))
 
     def commit(self) -> None:
-        _call("Commit", pb.CommitRequest(transaction=self.handle, mutations=list(self.mutations.values())))
+        _call("Commit", pb.CommitRequest(transaction=self.handle, mutations=list(self.mutations.values()),
+                                         tasks=self.tasks))
 
     def rollback(self) -> None:
         """Abandon the transaction; a failure is only logged (nothing was committed either way)."""

@@ -28,7 +28,6 @@ from __future__ import annotations
 import bisect
 import hashlib
 import logging
-import os
 import pickle
 import threading
 import time
@@ -151,7 +150,7 @@ class _Shards:
         self._targets: dict[str, str] = {}  # shard name -> where to dial it
 
     def ring(self) -> Ring:
-        addresses = os.environ.get("KILN_MEMCACHE_ADDR", "")
+        addresses = _rpc.setting("KILN_MEMCACHE_ADDR")
         with self._lock:
             if self._ring is None or addresses != self._addresses:
                 entries = [a.strip() for a in addresses.split(",") if a.strip()]

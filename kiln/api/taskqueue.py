@@ -20,8 +20,14 @@ A named task whose name is taken raises :class:`TaskAlreadyExistsError` (still q
 :class:`TombstonedTaskError` (it ran or was deleted, for about seven days after), and the batch's other tasks are
 added, as App Engine did. A leased task is held by its leaser alone until its lease ends; its ``eta`` is the
 lease's end, which :meth:`Queue.modify_task_lease` checks (:class:`TaskLeaseExpiredError` once it has passed or the
-task was leased again). Not served yet: transactional adds (``transactional=True`` raises
-:class:`BadTransactionStateError`) and ``dispatch_deadline``.
+task was leased again).
+
+``add(..., transactional=True)`` inside :func:`kiln.api.datastore.RunInTransaction` adds up to five unnamed tasks
+that run if and only if the transaction commits: they are checked (and named) by the service at once, kept with
+the transaction and stored by the datastore with its commit. Outside a transaction it raises
+:class:`BadTransactionStateError`, a named one :class:`InvalidTaskNameError`, a sixth in one transaction
+:class:`TransactionalBadRequestError` (a :class:`DatastoreError` and a datastore ``BadRequestError``, as App
+Engine's "Too many messages, maximum allowed 5"). Not served yet: ``dispatch_deadline``.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from typing import Any
 
 import grpc
 
-from kiln.api import _rpc
+from kiln.api import _rpc, datastore_errors
 from kiln.pb.taskqueue.v1 import taskqueue_pb2 as pb
 from kiln.pb.taskqueue.v1 import taskqueue_pb2_grpc
 
@@ -155,7 +161,15 @@ class QueuePausedError(Error):
 
 
 class BadTransactionStateError(Error):
-    """Transactional adds are not served yet."""
+    """A transactional add outside a transaction."""
+
+
+class DatastoreError(Error):
+    """The datastore refused a transactional add."""
+
+
+class TransactionalBadRequestError(DatastoreError, datastore_errors.BadRequestError):
+    """A transactional add the datastore refuses (more than five tasks in one transaction)."""
 
 
 _CODES: dict[str, type[Error]] = {
@@ -385,8 +399,6 @@ class Queue:
 
     def add(self, task: Task | Iterable[Task], transactional: bool = False) -> Task | list[Task]:
         """Add one task (returns it) or several (returns the list); see the module docstring for errors."""
-        if transactional:
-            raise BadTransactionStateError("transactional task adds are not served by kiln yet")
         many = not isinstance(task, Task)
         batch = list(task) if not isinstance(task, Task) else [task]
         if len(batch) > MAX_TASKS_PER_ADD:
@@ -394,9 +406,16 @@ class Queue:
         for item in batch:
             if item.was_enqueued:
                 raise BadTaskStateError(f"the task {item.name!r} was added already")
+        txn = _transaction_of(batch) if transactional else None
         if not batch:
             return []
-        response = _rpc.call(_stub().Add, pb.AddRequest(tasks=[t._to_pb(self.name) for t in batch]), table=_ERRORS)
+        request = pb.AddRequest(tasks=[t._to_pb(self.name) for t in batch], transaction=txn.handle if txn else b"")
+        response = _rpc.call(_stub().Add, request, table=_ERRORS)
+        if txn is not None:
+            for sent, result in zip(request.tasks, response.results):
+                sent.name = result.task_name  # the name and ETA the service chose: the datastore adds it so
+                sent.eta.CopyFrom(result.eta)
+            txn.tasks.extend(request.tasks)
         failure: Error | None = None
         for item, result in zip(batch, response.results):
             if not result.error:
@@ -494,6 +513,24 @@ def _max_tasks(value: int) -> int:
     if not 1 <= value <= MAX_TASKS_PER_LEASE:
         raise InvalidMaxTasksError(f"max_tasks must be 1 to {MAX_TASKS_PER_LEASE}, got {value}")
     return value
+
+
+MAX_TASKS_PER_TRANSACTION = 5
+
+
+def _transaction_of(batch: list[Task]) -> Any:
+    """The running datastore transaction a transactional add joins (App Engine's checks, in its order)."""
+    from kiln.api import datastore  # noqa: PLC0415 - datastore is loaded only by apps that use transactions
+
+    for item in batch:
+        if item.name:
+            raise InvalidTaskNameError("A task bound to a transaction cannot be named.")
+    txn = datastore._current()
+    if txn is None:
+        raise BadTransactionStateError("Transactional adds are not allowed outside of transactions")
+    if len(txn.tasks) + len(batch) > MAX_TASKS_PER_TRANSACTION:
+        raise TransactionalBadRequestError(f"Too many messages, maximum allowed {MAX_TASKS_PER_TRANSACTION}")
+    return txn
 
 
 def add(*args: Any, **kwargs: Any) -> Task:

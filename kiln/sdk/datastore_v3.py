@@ -13,6 +13,11 @@ translates the answer back. What App Engine's datastore kept between calls lives
   snapshot and failed only at commit), but the SDK retries a transaction only when its *commit* fails: such a
   transaction is therefore marked lost, its reads are answered with the latest data, and its commit answers
   ``CONCURRENT_TRANSACTION``, so ndb and db run the function again as on App Engine.
+- **Transactional tasks.** ``AddActions`` (which kiln's ``taskqueue`` service calls for a transactional add, as
+  App Engine's taskqueue stub did, with the tasks already checked and named) keeps up to five tasks with the
+  transaction; its ``Commit`` sends them in kiln's ``CommitRequest.tasks``, and kiln's datastore stores them with
+  the commit and adds them to the task queue once it committed. A sixth answers App Engine's ``BAD_REQUEST`` "Too
+  many messages, maximum allowed 5".
 - **Queries.** ``RunQuery`` answers one batch; when more may follow, its ``cursor`` names the query's state here
   (the structured kiln query, moved on to the batch's end, with what remains of offset and limit) for ``Next``.
 - **Cursors** that apps see (``CompiledCursor``) carry kiln's cursor bytes in ``position.start_key``.
@@ -66,6 +71,8 @@ COMMITTED_BUT_STILL_APPLYING = 8
 CAPABILITY_DISABLED = 9
 RESOURCE_EXHAUSTED = 12
 
+#: App Engine's limit on the tasks one transaction adds.
+MAX_TASKS_PER_TRANSACTION = 5
 #: How many running queries (waiting for ``Next``) and open transactions one process keeps.
 MAX_QUERIES = 1000
 MAX_TRANSACTIONS = 1000
@@ -447,6 +454,8 @@ class _Transaction:
     lost: str | None = None
     # By entity path, so that a later write of the same key replaces an earlier one (as the commit would).
     mutations: dict[bytes, pb.Mutation] = dataclasses.field(default_factory=dict)
+    # Tasks added in the transaction (checked by the task queue), sent with the commit.
+    tasks: list[Any] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -532,7 +541,7 @@ class DatastoreV3:
             "Get": self._get, "Put": self._put, "Delete": self._delete, "RunQuery": self._run_query,
             "Next": self._next, "DeleteCursor": self._delete_cursor, "BeginTransaction": self._begin,
             "Commit": self._commit, "Rollback": self._rollback, "AllocateIds": self._allocate_ids,
-            "GetIndices": self._get_indices,
+            "GetIndices": self._get_indices, "AddActions": self._add_actions,
         }
 
     def handle(self, method: str, request: Any, response: Any, ctx: CallContext) -> None:
@@ -668,7 +677,25 @@ class DatastoreV3:
             raise apiproxy_errors.ApplicationError(CONCURRENT_TRANSACTION, tx.lost)
         with self._lock:
             mutations = list(tx.mutations.values())
-        self._call("Commit", pb.CommitRequest(transaction=tx.handle, mutations=mutations), ctx)
+            tasks = list(tx.tasks)
+        self._call("Commit", pb.CommitRequest(transaction=tx.handle, mutations=mutations, tasks=tasks), ctx)
+
+    def _add_actions(self, request: Any, response: Any, ctx: CallContext) -> None:
+        """Keep a transactional add's tasks (a ``TaskQueueBulkAddRequest``, checked and named) with its transaction."""
+        if not request.add_request:
+            return
+        from kiln.sdk import taskqueue  # noqa: PLC0415 - the taskqueue module needs the SDK's taskqueue package
+
+        first = request.add_request[0].transaction
+        if any(add.transaction != first for add in request.add_request):
+            raise _bad("Cannot add requests to different transactions")
+        tx = self._transaction(first, ctx)
+        default_host = str(ctx.environ.get("DEFAULT_VERSION_HOSTNAME", "") or "")
+        tasks = [taskqueue.translate(add, default_host) for add in request.add_request]
+        with self._lock:
+            if len(tx.tasks) + len(tasks) > MAX_TASKS_PER_TRANSACTION:
+                raise _bad(f"Too many messages, maximum allowed {MAX_TASKS_PER_TRANSACTION}")
+            tx.tasks.extend(tasks)
 
     def _abandon(self, tx: _Transaction, ctx: CallContext) -> None:
         """Roll back a lost transaction in kiln; it can commit nothing either way, so a failure changes nothing."""

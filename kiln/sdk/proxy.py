@@ -46,6 +46,7 @@ from google.appengine.runtime import apiproxy_errors
 from google.appengine.runtime import context as gae_context
 
 from kiln import errors
+from kiln.api import _rpc
 from kiln.sdk import tickets
 from kiln.sdk.service import CallContext, Service
 
@@ -305,6 +306,8 @@ def install(app_id: str, services: Iterable[Service] | None = None,
         services: the services kiln serves (default: :func:`default_services`).
         stubmap: the SDK's stub map to register in (default: ``apiproxy_stub_map.apiproxy``).
     """
+    # The SDK may make os.environ request-local once the app runs; kiln's call workers then read these.
+    _rpc.remember_settings()
     served = {s.name: s for s in (default_services() if services is None else services)}
     proxy = Proxy(app_id, served)
     target = apiproxy_stub_map.apiproxy if stubmap is None else stubmap

@@ -11,8 +11,15 @@ Pull queues: an add with ``mode: PULL`` becomes a ``PULL`` task (body and tag), 
 ``Lease`` (``lease_tasks``, ``lease_tasks_by_tag``) and ``ModifyTaskLease`` its ``ModifyLease`` (the task's
 ``eta_usec`` is the lease's token, as on App Engine); ``FetchQueueStats`` reports a pull queue's oldest ETA.
 
-Not served yet (``CallNotFoundError`` naming the method, or ``INVALID_REQUEST``): transactional adds (a request with
-a transaction), queue updates, ``QueryTasks``.
+Transactional adds (a request with a ``transaction``, as ``taskqueue.add(transactional=True)`` inside a db or ndb
+transaction sends) work as App Engine's taskqueue stub did: the tasks are checked and named by the service
+(``AddRequest.transaction`` set: nothing stored), then handed to the ``datastore_v3`` service's ``AddActions`` in
+this process, which keeps them with the transaction until its commit (see :mod:`kiln.sdk.datastore_v3`); a
+datastore error comes back as ``DATASTORE_ERROR`` + its code, so the SDK raises its joint ``DatastoreError`` (a
+sixth task: ``BadRequestError`` "Too many messages, maximum allowed 5").
+
+Not served yet (``CallNotFoundError`` naming the method, or ``INVALID_REQUEST``): queue updates, ``QueryTasks``,
+Cloud Datastore (v1) transactions.
 """
 
 from __future__ import annotations
@@ -56,8 +63,18 @@ class TaskQueue:
         if method in ("Add", "BulkAdd"):
             adds = [request] if method == "Add" else list(request.add_request)
             default_host = str(ctx.environ.get("DEFAULT_VERSION_HOSTNAME", "") or "")
-            out = _rpc.call(_stub().Add, pb.AddRequest(tasks=[translate(a, default_host) for a in adds]),
+            transactional = bool(adds) and adds[0].HasField("transaction")
+            if any(a.HasField("datastore_transaction") for a in adds):
+                raise apiproxy_errors.ApplicationError(_CODES["INVALID_REQUEST"], "Cloud Datastore (v1) transactions "
+                                                       "are not served by kiln; use datastore_v3 (db, ndb)")
+            if any(a.HasField("transaction") != transactional for a in adds):
+                raise apiproxy_errors.ApplicationError(_CODES["INVALID_REQUEST"],
+                                                       "a batch mixes transactional and other tasks")
+            out = _rpc.call(_stub().Add, pb.AddRequest(tasks=[translate(a, default_host) for a in adds],
+                                                       transaction=b"datastore_v3" if transactional else b""),
                             timeout=timeout, table=_ERRORS)
+            if transactional:
+                _join_transaction(adds, out, ctx)
             if method == "Add":
                 [result] = out.results
                 if result.error:
@@ -108,6 +125,28 @@ class TaskQueue:
                                                     f"QueryAndOwnTasks, ModifyTaskLease)")
 
 
+def _join_transaction(adds: list[Any], checked: pb.AddResponse, ctx: CallContext) -> None:
+    """Hand checked tasks (with the names and ETAs the service chose) to the ``datastore_v3`` service's
+    ``AddActions``, which keeps them with their transaction, as App Engine's taskqueue stub did."""
+    from google.appengine.api import api_base_pb2, apiproxy_stub_map  # noqa: PLC0415
+
+    bulk = gae.TaskQueueBulkAddRequest()
+    for add, result in zip(adds, checked.results):
+        item = bulk.add_request.add()
+        item.CopyFrom(add)
+        item.task_name = result.task_name.encode()
+        item.eta_usec = result.eta.ToMicroseconds()
+    stub = apiproxy_stub_map.apiproxy.GetStub("datastore_v3")
+    datastore = getattr(getattr(stub, "proxy", None), "services", {}).get("datastore_v3")
+    if datastore is None:
+        raise apiproxy_errors.ApplicationError(_CODES["INTERNAL_ERROR"], "transactional adds need kiln's datastore_v3")
+    try:
+        datastore.handle("AddActions", bulk, api_base_pb2.VoidProto(), ctx)
+    except apiproxy_errors.ApplicationError as exc:
+        raise apiproxy_errors.ApplicationError(exc.application_error + _ERR.DATASTORE_ERROR,
+                                               exc.error_detail) from None
+
+
 def target_of(host: str, default_host: str) -> str:
     """The version a task's ``Host`` header names (the SDK sets it from the task's target, or from the adding
     request's host): ``[INSTANCE-dot-]VERSION-dot-APP.DOMAIN`` or ``VERSION.DEFAULT_HOSTNAME``; ``""`` for the
@@ -126,11 +165,8 @@ def translate(add: Any, default_host: str = "") -> pb.Task:
     """kiln's task for the SDK's ``TaskQueueAddRequest`` (its ``Host`` header becomes the task's target).
 
     Raises:
-        apiproxy_errors.ApplicationError: a transactional add (not served yet).
+        apiproxy_errors.ApplicationError: never for a well-formed add (the service checks the task).
     """
-    if add.HasField("transaction") or add.HasField("datastore_transaction"):
-        raise apiproxy_errors.ApplicationError(_CODES["INVALID_REQUEST"],
-                                               "transactional task adds are not served by kiln yet")
     if add.mode == gae.TaskQueueMode.PULL:
         pull = pb.Task(queue=add.queue_name.decode("utf-8", "replace"), name=add.task_name.decode("utf-8", "replace"),
                        method="PULL", payload=add.body)

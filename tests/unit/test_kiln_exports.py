@@ -17,7 +17,7 @@ KILN = pathlib.Path(kiln.__file__).parent
 
 APP_MODULES = {
     "kiln.api", "kiln.api._rpc", "kiln.api.app_identity", "kiln.api.background_thread", "kiln.api.datastore", "kiln.api.datastore_errors",
-    "kiln.api.datastore_types", "kiln.api.images", "kiln.api.images_errors", "kiln.api.mail", "kiln.api.mail_errors",
+    "kiln.api.datastore_types", "kiln.api.deferred", "kiln.api.images", "kiln.api.images_errors", "kiln.api.mail", "kiln.api.mail_errors",
     "kiln.api.memcache", "kiln.api.namespace_manager", "kiln.api.taskqueue", "kiln.api.urlfetch", "kiln.api.urlfetch_errors",
     "kiln.api.users", "kiln.errors", "kiln.ext", "kiln.ext.db", "kiln.ext.db._errors", "kiln.ext.db._model",
     "kiln.ext.db._properties", "kiln.ext.db._query", "kiln.gql", "kiln.mailrules", "kiln.pb", "kiln.runtime",

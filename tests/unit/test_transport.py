@@ -97,3 +97,38 @@ def test_a_user_rpc_decodes_the_error_and_runs_its_callback_once(monkeypatch):
         rpc.get_result()
     rpc.wait()
     assert ran == [1]
+
+
+@pytest.mark.parametrize("name", ["KILN_APP_TOKEN", "KILN_DATASTORE_ADDR", "KILN_MEMCACHE_ADDR"])
+def test_a_thread_that_sees_a_request_local_empty_environ_still_has_the_process_settings(monkeypatch, name):
+    # Google's SDK (wrap_wsgi_app, legacy context mode) replaces os.environ with a request-local mapping: a thread
+    # serving no request (kiln's SDK call workers) sees it empty.
+    monkeypatch.setenv(name, "set-by-the-runtime")
+    _rpc.reset()
+    _rpc.remember_settings()
+    monkeypatch.setattr("os.environ", {})
+    try:
+        assert _rpc.setting(name) == "set-by-the-runtime"
+        if name == "KILN_APP_TOKEN":
+            assert _rpc.metadata() == (("authorization", "Bearer set-by-the-runtime"),)
+    finally:
+        _rpc.reset()
+
+
+def test_a_setting_changed_by_the_environment_wins_over_the_remembered_one(monkeypatch):
+    monkeypatch.setenv("KILN_APP_TOKEN", "first")
+    _rpc.reset()
+    _rpc.remember_settings()
+    monkeypatch.setenv("KILN_APP_TOKEN", "second")
+    try:
+        assert _rpc.app_token() == "second"
+    finally:
+        _rpc.reset()
+
+
+def test_reset_forgets_remembered_settings(monkeypatch):
+    monkeypatch.setenv("KILN_APP_TOKEN", "gone-after-reset")
+    _rpc.remember_settings()
+    monkeypatch.delenv("KILN_APP_TOKEN")
+    _rpc.reset()
+    assert _rpc.app_token() == ""

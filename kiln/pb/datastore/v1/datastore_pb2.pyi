@@ -21,6 +21,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from kiln.pb.taskqueue.v1 import taskqueue_pb2 as _taskqueue_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -1321,25 +1322,81 @@ class CommitRequest(_message.Message):
 
     TRANSACTION_FIELD_NUMBER: _builtins.int
     MUTATIONS_FIELD_NUMBER: _builtins.int
+    TASKS_FIELD_NUMBER: _builtins.int
     transaction: _builtins.bytes
     """The transaction; empty for a non-transactional batch."""
     @_builtins.property
     def mutations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Mutation]:
         """The writes."""
 
+    @_builtins.property
+    def tasks(self) -> _containers.RepeatedCompositeFieldContainer[_taskqueue_pb2.Task]:
+        """Push tasks added in the transaction (at most 5, each checked by the task
+        queue service's Add with `transaction` set, with the name and ETA it
+        answered). They are stored with the commit, atomically, and added to the
+        task queue once the commit is done: delivered if and only if the
+        transaction commits. Only with a transaction.
+        """
+
     def __init__(
         self,
         *,
         transaction: _builtins.bytes = ...,
         mutations: _abc.Iterable[Global___Mutation] | None = ...,
+        tasks: _abc.Iterable[_taskqueue_pb2.Task] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["mutations", b"mutations", "transaction", b"transaction"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mutations", b"mutations", "tasks", b"tasks", "transaction", b"transaction"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CommitRequest: _TypeAlias = CommitRequest  # noqa: Y015
+
+@_typing.final
+class TransactionTasks(_message.Message):
+    """TransactionTasks is the datastore's record of a transaction's tasks (its
+    outbox entry), stored with the transaction's commit and deleted once the
+    tasks are in the task queue (a storage record, not part of the gRPC API).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APP_ID_FIELD_NUMBER: _builtins.int
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    TRANSACTION_FIELD_NUMBER: _builtins.int
+    TASKS_FIELD_NUMBER: _builtins.int
+    STARTED_FIELD_NUMBER: _builtins.int
+    app_id: _builtins.str
+    """The app."""
+    namespace: _builtins.str
+    """The namespace the transaction used (where the record is stored)."""
+    transaction: _builtins.bytes
+    """The transaction's handle (names the record)."""
+    @_builtins.property
+    def tasks(self) -> _containers.RepeatedCompositeFieldContainer[_taskqueue_pb2.Task]:
+        """The tasks, each named (so adding them again changes nothing)."""
+
+    @_builtins.property
+    def started(self) -> _timestamp_pb2.Timestamp:
+        """When the commit started."""
+
+    def __init__(
+        self,
+        *,
+        app_id: _builtins.str = ...,
+        namespace: _builtins.str = ...,
+        transaction: _builtins.bytes = ...,
+        tasks: _abc.Iterable[_taskqueue_pb2.Task] | None = ...,
+        started: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["started", b"started"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_id", b"app_id", "namespace", b"namespace", "started", b"started", "tasks", b"tasks", "transaction", b"transaction"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransactionTasks: _TypeAlias = TransactionTasks  # noqa: Y015
 
 @_typing.final
 class CommitResponse(_message.Message):
