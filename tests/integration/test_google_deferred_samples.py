@@ -7,6 +7,7 @@ through the deferred handler: without the task queue's signed request the SDK's 
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
 import pickle
 import shutil
@@ -26,12 +27,16 @@ SAMPLES = pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "google_sam
 VARIANTS = ["flask", "wsgi", "django"]
 
 
-@pytest.fixture(scope="module", params=VARIANTS)
-def sample(request, tmp_path_factory):
-    app_dir = tmp_path_factory.mktemp(f"deferredsample{request.param}")
-    shutil.copytree(SAMPLES / request.param, app_dir, dirs_exist_ok=True)
-    with running(app_dir, {}, app_yaml=(app_dir / "app.yaml").read_text()) as srv:
-        yield srv
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory):
+    """The three samples, each under its own ``kiln dev``, all at once: their countdowns then run side by side."""
+    with contextlib.ExitStack() as stack:
+        servers = {}
+        for variant in VARIANTS:
+            app_dir = tmp_path_factory.mktemp(f"deferredsample{variant}")
+            shutil.copytree(SAMPLES / variant, app_dir, dirs_exist_ok=True)
+            servers[variant] = stack.enter_context(running(app_dir, {}, app_yaml=(app_dir / "app.yaml").read_text()))
+        yield servers
 
 
 def counter(server) -> str:
@@ -48,7 +53,9 @@ def waiting_tasks(server) -> int:
     return stats.queues[0].tasks
 
 
-def test_a_forged_deferred_request_is_refused_and_runs_nothing(sample):
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_a_forged_deferred_request_is_refused_and_runs_nothing(samples, variant):
+    sample = samples[variant]
     assert counter(sample) == "0"
     payload = pickle.dumps((print, ("forged",), {}))
     for path in ("/_ah/queue/deferred", "/custom/path"):
@@ -59,12 +66,15 @@ def test_a_forged_deferred_request_is_refused_and_runs_nothing(sample):
     assert counter(sample) == "0"
 
 
-def test_the_samples_deferred_increments_run_now_and_after_their_countdowns(sample):
-    before = int(counter(sample))
-    status, _, body = apps.fetch(sample, "/counter/increment")
-    assert (status, body) == (200, b"Deferred counter increment.")
-    apps.wait_for(lambda: counter(sample) == str(before + 10), 30)
-    apps.wait_for(lambda: counter(sample) == str(before + 20), 90)   # _countdown=60
-    apps.wait_for(lambda: counter(sample) == str(before + 30), 90)   # _countdown=120, on /custom/path
-    apps.wait_for(lambda: waiting_tasks(sample) == 0, 30)            # nothing more is coming
-    assert counter(sample) == str(before + 30)
+def test_each_samples_deferred_increments_run_now_and_after_their_countdowns(samples):
+    before = {variant: int(counter(sample)) for variant, sample in samples.items()}
+    for variant, sample in samples.items():  # all three defer at once, so their countdowns run side by side
+        status, _, body = apps.fetch(sample, "/counter/increment")
+        assert (variant, status, body) == (variant, 200, b"Deferred counter increment.")
+    for step, seconds in ((10, 30), (20, 90), (30, 90)):  # now; _countdown=60; _countdown=120 on /custom/path
+        for variant, sample in samples.items():
+            apps.wait_for(lambda sample=sample, variant=variant: counter(sample) == str(before[variant] + step),
+                          seconds)
+    for variant, sample in samples.items():
+        apps.wait_for(lambda sample=sample: waiting_tasks(sample) == 0, 30)  # nothing more is coming
+        assert (variant, counter(sample)) == (variant, str(before[variant] + 30))
