@@ -99,23 +99,11 @@ class PullStore:
         Raises:
             TransientError: NATS failed; nothing of the batch is kept.
         """
-        results: list[str] = []
         taken: list[str] = []
         stored: list[str] = []
         objects: list[str] = []
         try:
-            accepted = []
-            for task in tasks:
-                key = name_key(task.app_id, task.queue, task.name)
-                try:
-                    await self._names.names.create(key, QUEUED)
-                except nats.js.errors.KeyWrongLastSequenceError:
-                    state = await self._names.state(task.app_id, task.queue, task.name)
-                    results.append("TASK_ALREADY_EXISTS" if state == QUEUED else "TOMBSTONED_TASK")
-                    continue
-                taken.append(key)
-                accepted.append(task)
-                results.append("")
+            results, accepted = await self._names.take_names(tasks, taken)
             for task in accepted:
                 key = name_key(task.app_id, task.queue, task.name)
                 entry = task
@@ -134,9 +122,7 @@ class PullStore:
             for key in objects:
                 with contextlib.suppress(*_NATS_ERRORS):
                     await self.bodies.delete(key)
-            for key in taken:
-                with contextlib.suppress(*_NATS_ERRORS):
-                    await self._names.names.delete(key)
+            await self._names.release_names(taken)
             raise errors.TransientError(f"the task store is not reachable now; nothing was added ({exc})") from None
         return results
 

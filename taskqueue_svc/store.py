@@ -94,22 +94,10 @@ class TaskStore:
         Raises:
             TransientError: NATS failed; nothing of the batch is kept.
         """
-        results: list[str] = []
         taken: list[str] = []
         published: list[int] = []
         try:
-            accepted = []
-            for task in tasks:
-                key = name_key(task.app_id, task.queue, task.name)
-                try:
-                    await self.names.create(key, QUEUED)
-                except nats.js.errors.KeyWrongLastSequenceError:
-                    state = await self.state(task.app_id, task.queue, task.name)
-                    results.append("TASK_ALREADY_EXISTS" if state == QUEUED else "TOMBSTONED_TASK")
-                    continue
-                taken.append(key)
-                accepted.append(task)
-                results.append("")
+            results, accepted = await self.take_names(tasks, taken)
             for task in accepted:
                 msg_id = f"{name_key(task.app_id, task.queue, task.name)}.0"
                 ack = await self.js.publish(subject(task.app_id, task.queue), task.SerializeToString(),
@@ -120,13 +108,41 @@ class TaskStore:
             raise TransientError(f"the task store is not reachable now; nothing was added ({exc})") from None
         return results
 
+    async def take_names(self, tasks: list[pb.StoredTask],
+                         taken: list[str]) -> tuple[list[str], list[pb.StoredTask]]:
+        """Take each task's name (create-if-absent in the names bucket): per task ``""``, ``TASK_ALREADY_EXISTS``
+        (still queued) or ``TOMBSTONED_TASK``, and the tasks whose name was taken. Each key taken is appended to
+        ``taken`` at once, so that a caller whose later step fails can give them back (:meth:`release_names`).
+
+        Raises:
+            The NATS errors of the bucket.
+        """
+        results: list[str] = []
+        accepted: list[pb.StoredTask] = []
+        for task in tasks:
+            key = name_key(task.app_id, task.queue, task.name)
+            try:
+                await self.names.create(key, QUEUED)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                state = await self.state(task.app_id, task.queue, task.name)
+                results.append("TASK_ALREADY_EXISTS" if state == QUEUED else "TOMBSTONED_TASK")
+                continue
+            taken.append(key)
+            accepted.append(task)
+            results.append("")
+        return results, accepted
+
+    async def release_names(self, taken: list[str]) -> None:
+        """Give back names :meth:`take_names` took (best effort: NATS may be what failed)."""
+        for key in taken:
+            with contextlib.suppress(*_NATS_ERRORS):
+                await self.names.delete(key)
+
     async def _undo(self, published: list[int], taken: list[str]) -> None:
         for seq in published:
             with contextlib.suppress(*_NATS_ERRORS):
                 await self.js.delete_msg(STREAM, seq)
-        for key in taken:
-            with contextlib.suppress(*_NATS_ERRORS):
-                await self.names.delete(key)
+        await self.release_names(taken)
 
     async def state(self, app_id: str, queue: str, name: str) -> bytes | None:
         """``queued``, ``ran``, ``deleted``, or ``None`` (no such name, or its tombstone expired)."""
