@@ -455,7 +455,7 @@ class Queue:
 
     def fetch_statistics(self, deadline: float = 10) -> QueueStatistics:
         """The queue's counts."""
-        response = _rpc.call(_stub().QueueStats, pb.QueueStatsRequest(queues=[self.name]), timeout=deadline,
+        response = _rpc.call(_stub().QueueStats, pb.QueueStatsRequest(queues=[self.name], with_oldest_eta=True), timeout=deadline,
                              table=_ERRORS)
         [stats] = response.queues
         pull = stats.mode == "pull"

@@ -94,7 +94,7 @@ class TaskQueue:
                       timeout=timeout, table=_ERRORS)
         elif method == "FetchQueueStats":
             queues = [q.decode("utf-8", "replace") for q in request.queue_name]
-            stats = _rpc.call(_stub().QueueStats, pb.QueueStatsRequest(queues=queues), timeout=timeout,
+            stats = _rpc.call(_stub().QueueStats, pb.QueueStatsRequest(queues=queues, with_oldest_eta=True), timeout=timeout,
                               table=_ERRORS)
             for queue in stats.queues:
                 item = response.queuestats.add(num_tasks=queue.tasks, oldest_eta_usec=queue.oldest_eta_usec)

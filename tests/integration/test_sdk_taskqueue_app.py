@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+import time
 import urllib.parse
 
 import pytest
@@ -36,7 +37,7 @@ MAIN = textwrap.dedent(r'''
                 return {"deleted": task.was_deleted}
             if op == "stats":
                 stats = taskqueue.Queue(query.get("queue", "default")).fetch_statistics()
-                return {"tasks": stats.tasks}
+                return {"tasks": stats.tasks, "oldest_eta_usec": stats.oldest_eta_usec}
             if op == "purge":
                 taskqueue.Queue(query.get("queue", "default")).purge()
                 return {}
@@ -123,3 +124,13 @@ def test_the_sdks_delete_stats_and_purge_act_on_the_queue(server):
     call(server, op="purge", queue="held")
     wait_for(lambda: call(server, op="stats", queue="held")["tasks"] == 0, 30)
     assert call(server, op="add", path="held", name="held-2", queue="held")["error"] == "TombstonedTaskError"
+
+
+def test_the_sdks_queue_statistics_give_a_push_queues_oldest_eta(server):
+    before = time.time()
+    call(server, op="add", path="eta", queue="held", countdown="500")
+    call(server, op="add", path="eta", queue="held", countdown="200")
+    oldest = call(server, op="stats", queue="held")["oldest_eta_usec"]
+    after = time.time()
+    call(server, op="purge", queue="held")
+    assert before + 200 <= oldest / 1e6 <= after + 200
