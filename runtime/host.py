@@ -195,13 +195,18 @@ async def report(nc: Client, name: str, period: float) -> None:
     async def on_ask(_msg: object) -> None:
         asked.set()
     sub = await nc.subscribe(bus.DEPLOY_HOST_REPORT_SUBJECT, cb=on_ask)
-    versions: list[str] = []
-    looked = -INTERPRETERS_REFRESH_SECONDS
+    # The managers' environment. Looking again runs every Python, which takes seconds on a busy host: it runs
+    # beside the heartbeats, which meanwhile report what was found last, so a busy host never looks dead.
+    versions = await asyncio.to_thread(python_versions, os.environ)
+    looking: asyncio.Task[list[str]] | None = None
+    looked = time.monotonic()
     try:
         while True:
-            if time.monotonic() - looked >= INTERPRETERS_REFRESH_SECONDS:
-                versions = await asyncio.to_thread(python_versions, os.environ)  # the managers' environment
+            if looking is not None and looking.done():
+                versions, looking = looking.result(), None
                 looked = time.monotonic()
+            if looking is None and time.monotonic() - looked >= INTERPRETERS_REFRESH_SECONDS:
+                looking = asyncio.create_task(asyncio.to_thread(python_versions, os.environ))
             try:
                 await nc.publish(bus.DEPLOY_HOST_SUBJECT, heartbeat(name, versions, period).SerializeToString())
             except Exception as exc:  # noqa: BLE001 - NATS away: the next period tries again
@@ -210,6 +215,8 @@ async def report(nc: Client, name: str, period: float) -> None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asked.wait(), period)
     finally:
+        if looking is not None:
+            looking.cancel()
         await sub.unsubscribe()
 
 
