@@ -39,6 +39,7 @@ from kiln.pb.runtime.v1 import http_pb2
 from router import connections, cookies, headers, hosts, oidc, paths, responses, static, users
 from router.config import RouterConfig
 from router.geo import GeoIP
+from router.logship import LogShipper
 from router.versions import ControlVersions, LocalVersions, Version, parse_app_dirs
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ class Router:
     def __init__(self, cfg: RouterConfig, nc: Client) -> None:
         self.cfg = cfg
         self.nc = nc
+        self.logs = LogShipper(nc, LOG_SUBJECT)
         self.versions = cfg.default_versions()
         self.custom_domains = cfg.custom_domain_map()
         self.dev_app = cfg.dev_app.partition("=")[0] or None
@@ -338,11 +340,7 @@ class Router:
         end = time.time()
         record.end_time.FromNanoseconds(int(end * 1e9))
         record.latency.FromNanoseconds(int((end - started) * 1e9))
-        try:
-            # Buffered by nats-py and flushed with other traffic: no round trip here.
-            await self.nc.publish(LOG_SUBJECT, record.SerializeToString())
-        except nats.errors.Error as exc:
-            log.warning("request log not published: %s", exc)
+        self.logs.ship(env.request_id, record.SerializeToString())  # in the background, until acknowledged
 
 
 INBOUND_MAIL_PREFIX = "/_ah/mail/"
@@ -443,6 +441,7 @@ async def serve(cfg: RouterConfig) -> None:
         await router.source.close()
     if router.oidc is not None:
         await router.oidc.close()
+    await router.logs.close()
     await bus.shutdown(nc)
     log.info("stopped")
 
