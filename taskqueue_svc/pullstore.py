@@ -44,14 +44,13 @@ from nats.js.object_store import ObjectStore
 
 from kiln.pb.taskqueue.v1 import taskqueue_pb2 as pb
 from taskqueue_svc import errors, leases
-from taskqueue_svc.store import DELETED, QUEUED, RAN, TaskStore, name_key
+from taskqueue_svc.store import DELETED, QUEUED, RAN, TaskStore, current_values, name_key
 
 log = logging.getLogger(__name__)
 
 PULL_BUCKET = "KILN_PULL_TASKS"
 BODIES_BUCKET = "KILN_PULL_BODIES"
 INLINE_PAYLOAD_BYTES = 16 * 1024
-_SCAN_STEP_SECONDS = 10.0
 _NATS_ERRORS = (nats.errors.Error, asyncio.TimeoutError)
 _GONE = (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError)
 
@@ -128,21 +127,11 @@ class PullStore:
 
     async def entries(self, app_id: str, queue: str) -> list[leases.Entry]:
         """Every stored task of a queue, with its revision."""
-        out = []
         try:
-            watcher = await self.kv.watch(f"{app_id}.{queue}.*", ignore_deletes=True)
-            try:
-                while True:  # each next entry within a bound: a NATS outage fails the call instead of hanging it
-                    entry = await watcher.updates(timeout=_SCAN_STEP_SECONDS)  # type: ignore[no-untyped-call]
-                    if entry is None:  # the current values have all been seen
-                        break
-                    if entry.value:
-                        out.append(leases.Entry(pb.StoredTask.FromString(entry.value), int(entry.revision or 0)))
-            finally:
-                await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it untyped
+            found = await current_values(self.js, PULL_BUCKET, f"{app_id}.{queue}.*")
         except _NATS_ERRORS as exc:
             raise _transient(exc) from None
-        return out
+        return [leases.Entry(pb.StoredTask.FromString(value), revision) for _, value, revision in found if value]
 
     async def lease(self, app_id: str, queue: str, request: pb.LeaseRequest, now_usec: int,
                     exhausted: Callable[[pb.StoredTask], bool]) -> list[pb.StoredTask]:

@@ -27,7 +27,7 @@ import logging
 import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.kv import KeyValue
 
 from kiln.pb.taskqueue.v1 import taskqueue_pb2 as pb
@@ -42,6 +42,39 @@ TOMBSTONE_SECONDS = 7 * 86400
 OLDEST_ETA_SCAN = 1000  # tasks read to find a queue's oldest ETA
 QUEUED, RAN, DELETED = b"queued", b"ran", b"deleted"
 _NATS_ERRORS = (nats.errors.Error, asyncio.TimeoutError)
+_SCAN_BATCH = 256
+_SCAN_STEP_SECONDS = 10.0  # each batch of a scan within this: a NATS outage fails the call instead of hanging it
+
+
+async def current_values(js: JetStreamContext, bucket: str, keys: str) -> list[tuple[str, bytes, int]]:
+    """Every live entry of a KV ``bucket`` whose key matches ``keys`` (a NATS subject pattern), as (key, value,
+    revision).
+
+    Not a KV watch: nats-py's watch marks "all current values seen" from the consumer's pending count, which a push
+    consumer may already have delivered (to the client, not yet to the watcher) — then the marker comes first and the
+    scan misses entries. A pull consumer delivers nothing until fetched, so its pending count at creation is exact.
+
+    Raises:
+        The NATS errors of the scan.
+    """
+    prefix = f"$KV.{bucket}."
+    sub = await js.pull_subscribe(prefix + keys, stream=f"KV_{bucket}", config=ConsumerConfig(
+        deliver_policy=DeliverPolicy.LAST_PER_SUBJECT, ack_policy=AckPolicy.NONE, inactive_threshold=60.0,
+        mem_storage=True))
+    try:
+        pending = int((await sub.consumer_info()).num_pending or 0)
+        out: list[tuple[str, bytes, int]] = []
+        seen = 0
+        while seen < pending:
+            for msg in await sub.fetch(min(_SCAN_BATCH, pending - seen), timeout=_SCAN_STEP_SECONDS):
+                seen += 1
+                if (msg.headers or {}).get("KV-Operation") in ("DEL", "PURGE"):
+                    continue
+                out.append((msg.subject[len(prefix):], msg.data, int(msg.metadata.sequence.stream)))
+        return out
+    finally:
+        with contextlib.suppress(*_NATS_ERRORS):
+            await sub.unsubscribe()
 
 
 def subject(app_id: str, queue: str) -> str:
@@ -197,16 +230,8 @@ class TaskStore:
         """Drop every task of a queue; the names of those waiting are tombstoned as deleted."""
         try:
             await self.js.purge_stream(STREAM, subject=subject(app_id, queue))
-            watcher = await self.names.watch(name_key(app_id, queue, ">"), ignore_deletes=True)
-            waiting = []
-            try:
-                async for entry in watcher:
-                    if entry is None:  # the current values have all been seen
-                        break
-                    if entry.value == QUEUED:
-                        waiting.append(entry.key.rpartition(".")[2])
-            finally:
-                await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it untyped
+            waiting = [key.rpartition(".")[2] for key, value, _ in
+                       await current_values(self.js, NAMES_BUCKET, name_key(app_id, queue, ">")) if value == QUEUED]
             for name in waiting:
                 await self.tombstone(pb.StoredTask(app_id=app_id, queue=queue, name=name), DELETED)
         except _NATS_ERRORS as exc:
