@@ -136,12 +136,7 @@ def check_task(task: pb.Task, app_id: str, queues: dict[str, Queue], now: dateti
                            url=url, method=method, headers=headers, payload=task.payload,
                            target=target.partition(".")[0] if "." in target else target)
     stored.eta.FromDatetime(_eta(task, now))
-    stored.original_eta.CopyFrom(stored.eta)
-    stored.added.FromDatetime(now)
-    if task.HasField("retry_options"):
-        retry_of(queue, task.retry_options)  # refuses options that cannot hold
-        stored.retry_options.CopyFrom(task.retry_options)
-    return stored
+    return _stamped(stored, task, queue, now)
 
 
 def check_pull_task(task: pb.Task, app_id: str, queue: Queue, now: datetime.datetime) -> pb.StoredTask:
@@ -171,6 +166,11 @@ def check_pull_task(task: pb.Task, app_id: str, queue: Queue, now: datetime.date
     if task.HasField("tag"):
         stored.tag = task.tag
     stored.eta.FromMicroseconds(_usec(_eta(task, now)))
+    return _stamped(stored, task, queue, now)
+
+
+def _stamped(stored: pb.StoredTask, task: pb.Task, queue: Queue, now: datetime.datetime) -> pb.StoredTask:
+    """``stored`` (its ETA set) with what every task keeps: its first ETA, when it was added, its retry options."""
     stored.original_eta.CopyFrom(stored.eta)
     stored.added.FromDatetime(now)
     if task.HasField("retry_options"):
