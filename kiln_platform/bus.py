@@ -15,8 +15,11 @@ import nats
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js.api import ObjectStoreConfig
 from nats.js.object_store import ObjectStore
+
+from kiln.pb.logs.v1 import logs_pb2
 
 log = logging.getLogger(__name__)
 
@@ -169,9 +172,10 @@ class BodyStore:
         return bytes(result.data or b"")
 
 
-# Request logs: published on core NATS by the routers (no round trip per request)
-# and kept by a JetStream stream, so the logs service loses none while it is down.
+# Request logs: published by the routers to a JetStream stream, many to a message (``RequestLogBatch``, marked by
+# LOG_BATCH_HEADER), so the logs service loses none while it is down.
 REQUEST_LOG_SUBJECT = "kiln.logs.request"
+LOG_BATCH_HEADER = "Kiln-Log-Batch"
 # The control plane announces deployments here (kiln.pb.deploy.v1 events, core NATS): routers, runtime hosts and
 # cron act within a second, and re-read the control plane on reconnect and periodically for any event they missed.
 DEPLOY_VERSION_SUBJECT = "kiln.deploy.version"
@@ -195,3 +199,10 @@ async def ensure_log_stream(nc: Client) -> None:
                                 max_age=LOG_STREAM_MAX_AGE_SECONDS)
         except nats.js.errors.BadRequestError:
             await js.stream_info(LOG_STREAM)  # another process created it meanwhile
+
+
+def request_logs_in(msg: Msg) -> list[bytes]:
+    """The serialized ``RequestLog`` records one message of the log stream holds (a batch, or a single record)."""
+    if msg.headers and msg.headers.get(LOG_BATCH_HEADER) == "1":
+        return list(logs_pb2.RequestLogBatch.FromString(msg.data).records)
+    return [msg.data]

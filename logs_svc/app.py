@@ -1,6 +1,6 @@
 """Wiring of logs_svc: the JetStream consumer that stores request logs, and the gRPC query service.
 
-Routers publish each request's log record on ``kiln.logs.request``; the
+Routers publish request log records on ``kiln.logs.request``, many to a message; the
 ``KILN_LOGS`` stream keeps them, and this service reads the stream with a
 durable consumer, acknowledging a batch only after storing it — so a crash or
 restart of the service loses no record (a redelivered one is stored once). A
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = logs_pb2.DESCRIPTOR.services_by_name["LogsService"].full_name
 CONSUMER = "logs-svc"
-BATCH = 200
+BATCH = 50  # messages a fetch; each holds up to a few hundred records (a router's batch)
 STORE_RETRY_SECONDS = 1.0  # after the store failed, before the batch is tried again
 
 
@@ -49,9 +49,15 @@ async def consume(js: JetStreamContext, store: Store, stopping: asyncio.Event) -
         records = []
         for msg in msgs:
             try:
-                records.append(logs_pb2.RequestLog.FromString(msg.data))
-            except Exception:  # noqa: BLE001 - a malformed record is dropped, not retried forever
-                log.warning("dropping a malformed request-log record (%d bytes)", len(msg.data))
+                raws = bus.request_logs_in(msg)
+            except Exception:  # noqa: BLE001 - a malformed message is dropped, not retried forever
+                log.warning("dropping a malformed request-log batch (%d bytes)", len(msg.data))
+                continue
+            for raw in raws:
+                try:
+                    records.append(logs_pb2.RequestLog.FromString(raw))
+                except Exception:  # noqa: BLE001 - a malformed record is dropped, not retried forever
+                    log.warning("dropping a malformed request-log record (%d bytes)", len(raw))
         try:
             await store.add(records)
         except Exception:  # noqa: BLE001 - storage trouble must not end the consumer; the batch comes back

@@ -15,6 +15,7 @@ is stored once. Retention is Cassandra's TTL, set on every row.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Sequence
@@ -27,6 +28,8 @@ from kiln.pb.logs.v1 import logs_pb2
 log = logging.getLogger(__name__)
 
 DAY_US = 86_400 * 1_000_000
+# Writes of one batch in flight at once (each record is two rows).
+_WRITES_IN_FLIGHT = 64
 
 
 def _tables(ks: str) -> list[str]:
@@ -72,13 +75,24 @@ class CassandraLogStore:
         return self._ks
 
     async def add(self, records: Sequence[logs_pb2.RequestLog]) -> None:
+        ks, slots = self._keyspace, asyncio.Semaphore(_WRITES_IN_FLIGHT)
+
+        async def write(stmt: str, params: tuple[Any, ...]) -> None:
+            async with slots:
+                await ks.execute(self._stmts[stmt], params)
+
+        writes = []
         for r in records:
             start = r.start_time.ToMicroseconds()
             level = max((line.level for line in r.app_logs), default=0)
-            raw, ks = r.SerializeToString(), self._keyspace
-            await ks.execute(self._stmts["add"],
-                             (r.app_id, start // DAY_US, start, r.request_id, r.version_id, level, raw, self._ttl))
-            await ks.execute(self._stmts["add_id"], (r.app_id, r.request_id, start, r.version_id, level, raw, self._ttl))
+            raw = r.SerializeToString()
+            writes.append(write("add", (r.app_id, start // DAY_US, start, r.request_id, r.version_id, level, raw,
+                                        self._ttl)))
+            writes.append(write("add_id", (r.app_id, r.request_id, start, r.version_id, level, raw, self._ttl)))
+        # Every write is tried before an error is raised: the batch comes back whole, and writing twice is harmless.
+        failed = [r for r in await asyncio.gather(*writes, return_exceptions=True) if isinstance(r, BaseException)]
+        if failed:
+            raise failed[0]
 
     async def query(self, app: str, *, versions: Sequence[str], start_us: int | None, end_us: int | None,
                     min_level: int | None, request_ids: Sequence[str], after: tuple[int, str] | None,

@@ -164,3 +164,40 @@ async def test_the_consumer_outlives_a_failing_store_and_stores_the_batch_again(
     await consumer
     assert store.calls >= 2 and sorted(set(store.stored)) == ["r0", "r1", "r2"]
     await nc.drain()
+
+
+class RecordingStore:
+    """Keeps what the consumer stores (a unit of ours)."""
+
+    def __init__(self) -> None:
+        self.stored: list[str] = []
+
+    async def add(self, records) -> None:
+        self.stored.extend(r.request_id for r in records)
+
+
+async def test_the_consumer_stores_each_record_of_batched_and_single_messages(supervisor, tmp_path):
+    from logs_svc.app import consume
+    (tmp_path / "nats").mkdir()
+    nats_url = f"nats://{supervisor.start_nats(tmp_path / 'nats', name=f'nats-{tmp_path.name}').address}"
+    nc = await bus.connect(nats_url, name="test-logs-batches")
+    await bus.ensure_log_stream(nc)
+    app = app_id()
+    batch = logs_pb2.RequestLogBatch(records=[record(app, f"b{i}", NOW_US + i).SerializeToString() for i in range(5)])
+    await nc.publish(bus.REQUEST_LOG_SUBJECT, batch.SerializeToString(), headers={bus.LOG_BATCH_HEADER: "1"})
+    await nc.publish(bus.REQUEST_LOG_SUBJECT, record(app, "single", NOW_US).SerializeToString())
+    # A batch with one record that is not a RequestLog: that record is dropped, its neighbours stored.
+    mixed = logs_pb2.RequestLogBatch(records=[record(app, "m0", NOW_US).SerializeToString(), b"\xff\xff\xff",
+                                              record(app, "m2", NOW_US).SerializeToString()])
+    await nc.publish(bus.REQUEST_LOG_SUBJECT, mixed.SerializeToString(), headers={bus.LOG_BATCH_HEADER: "1"})
+    await nc.flush()
+    store, stopping = RecordingStore(), asyncio.Event()
+    consumer = asyncio.create_task(consume(nc.jetstream(), store, stopping))
+    expected = sorted([f"b{i}" for i in range(5)] + ["single", "m0", "m2"])
+    deadline = time.monotonic() + 30
+    while sorted(store.stored) != expected and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    stopping.set()
+    await consumer
+    assert sorted(store.stored) == expected
+    await nc.drain()

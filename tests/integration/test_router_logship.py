@@ -1,6 +1,6 @@
-"""The router's request logs reach the ``KILN_LOGS`` stream across a nats-server death (``router.logship``): records
-written to a server that froze and was then killed with SIGKILL (so it never read them) are sent again once it is
-back, and each is stored once."""
+"""The router's request logs reach the ``KILN_LOGS`` stream (``router.logship``): records written to a server that
+froze and was then killed with SIGKILL (so it never read them) are sent again once it is back, and each is stored
+once; records shipped together travel in shared messages, in order, none larger than the batch limit."""
 
 from __future__ import annotations
 
@@ -27,10 +27,24 @@ async def _wait(predicate, seconds: float) -> None:
         await asyncio.sleep(0.1)
 
 
+async def _stored(js) -> tuple[int, list[bytes], list[int]]:
+    """The log stream's message count, every record in it in stream order, and each message's size."""
+    messages = (await js.stream_info(bus.LOG_STREAM)).state.messages
+    records, sizes = [], []
+    sub = await js.pull_subscribe(bus.REQUEST_LOG_SUBJECT, stream=bus.LOG_STREAM)
+    while len(sizes) < messages:
+        for msg in await sub.fetch(messages - len(sizes), timeout=10):
+            records += bus.request_logs_in(msg)
+            sizes.append(len(msg.data))
+            await msg.ack()
+    await sub.unsubscribe()
+    return messages, records, sizes
+
+
 def test_logs_written_to_a_server_that_died_unread_are_stored_once_when_it_is_back(supervisor, tmp_path):
     server = Nats(supervisor, tmp_path).start()
 
-    async def scenario() -> int:
+    async def scenario() -> list[bytes]:
         nc = await nats.connect(server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
         await bus.ensure_log_stream(nc)
         shipper = LogShipper(nc, bus.REQUEST_LOG_SUBJECT)
@@ -44,17 +58,61 @@ def test_logs_written_to_a_server_that_died_unread_are_stored_once_when_it_is_ba
         await _wait(written, 30)
         await asyncio.to_thread(server.kill)
         await asyncio.to_thread(server.start)
-        js = nc.jetstream()
 
         async def all_stored() -> bool:
             return shipper.pending == 0
         await _wait(all_stored, 60)
-        stored = (await js.stream_info(bus.LOG_STREAM)).state.messages
+        _, records, _ = await _stored(nc.jetstream())
         await shipper.close()
         await nc.close()
-        return stored
+        return records
 
     try:
-        assert asyncio.run(scenario()) == RECORDS
+        assert sorted(asyncio.run(scenario())) == sorted(f"record {n}".encode() for n in range(RECORDS))
     finally:
         server.stop()
+
+
+async def _ship_all(url: str, records: list[bytes], **options) -> tuple[int, list[bytes], list[int]]:
+    nc = await nats.connect(url)
+    await bus.ensure_log_stream(nc)
+    shipper = LogShipper(nc, bus.REQUEST_LOG_SUBJECT, **options)
+    for n, record in enumerate(records):  # all in one turn of the event loop, as under load
+        shipper.ship(f"request-{n}", record)
+
+    async def all_stored() -> bool:
+        return shipper.pending == 0
+    await _wait(all_stored, 30)
+    stored = await _stored(nc.jetstream())
+    await shipper.close()
+    await nc.close()
+    return stored
+
+
+@pytest.fixture
+def own_nats(supervisor, tmp_path):
+    """A nats-server of the test's own, so the log stream holds only its records."""
+    server = Nats(supervisor, tmp_path).start()
+    yield server.url
+    server.stop()
+
+
+def test_records_shipped_together_share_messages_and_keep_their_order(own_nats):
+    records = [f"record {n}".encode() for n in range(500)]
+    messages, stored, _ = asyncio.run(_ship_all(own_nats, records))
+    assert stored == records
+    assert messages <= 2  # one batch per sender: two senders at most
+
+
+def test_no_batch_exceeds_the_size_limit(own_nats):
+    records = [bytes([65 + n % 26]) * 900 for n in range(60)]
+    messages, stored, sizes = asyncio.run(_ship_all(own_nats, records, max_batch_bytes=4000))
+    assert stored == records
+    assert max(sizes) <= 4000 and messages >= 60 * 900 // 4000
+
+
+def test_a_record_larger_than_the_batch_limit_travels_alone(own_nats):
+    records = [b"small", b"L" * 5000, b"tail"]
+    _, stored, sizes = asyncio.run(_ship_all(own_nats, records, max_batch_bytes=1000, max_in_flight=1))
+    assert stored == records
+    assert len(sizes) == 3

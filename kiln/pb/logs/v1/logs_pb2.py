@@ -27,7 +27,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1akiln/pb/logs/v1/logs.proto\x12\x0fkiln.pb.logs.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"q\n\nAppLogLine\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x05level\x18\x02 \x01(\x0e\x32\x19.kiln.pb.logs.v1.LogLevel\x12\x0f\n\x07message\x18\x03 \x01(\t\"\x9b\x04\n\nRequestLog\x12\x0e\n\x06\x61pp_id\x18\x01 \x01(\t\x12\x12\n\nversion_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\n\n\x02ip\x18\x04 \x01(\t\x12\x10\n\x08nickname\x18\x05 \x01(\t\x12.\n\nstart_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x07latency\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06method\x18\t \x01(\t\x12\x10\n\x08resource\x18\n \x01(\t\x12\x14\n\x0chttp_version\x18\x0b \x01(\t\x12\x0e\n\x06status\x18\x0c \x01(\x05\x12\x15\n\rresponse_size\x18\r \x01(\x03\x12\x10\n\x08referrer\x18\x0e \x01(\t\x12\x12\n\nuser_agent\x18\x0f \x01(\t\x12\x15\n\rurl_map_entry\x18\x10 \x01(\t\x12\x0c\n\x04host\x18\x11 \x01(\t\x12\x13\n\x0binstance_id\x18\x12 \x01(\t\x12\x1b\n\x13was_loading_request\x18\x13 \x01(\x08\x12-\n\x08\x61pp_logs\x18\x14 \x03(\x0b\x32\x1b.kiln.pb.logs.v1.AppLogLine\x12\x10\n\x08\x63ombined\x18\x15 \x01(\t\x12\x10\n\x08\x66inished\x18\x16 \x01(\x08\"\xb8\x02\n\x0cQueryRequest\x12\x0e\n\x06\x61pp_id\x18\x01 \x01(\t\x12\x13\n\x0bversion_ids\x18\x02 \x03(\t\x12.\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x39\n\x11minimum_log_level\x18\x05 \x01(\x0e\x32\x19.kiln.pb.logs.v1.LogLevelH\x00\x88\x01\x01\x12\x13\n\x0brequest_ids\x18\x06 \x03(\t\x12\x18\n\x10include_app_logs\x18\x07 \x01(\x08\x12\x11\n\tpage_size\x18\x08 \x01(\x05\x12\x12\n\npage_token\x18\t \x01(\tB\x14\n\x12_minimum_log_level\"S\n\rQueryResponse\x12)\n\x04logs\x18\x01 \x03(\x0b\x32\x1b.kiln.pb.logs.v1.RequestLog\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\x92\x01\n\x08LogLevel\x12\x19\n\x15LOG_LEVEL_UNSPECIFIED\x10\x00\x12\x13\n\x0fLOG_LEVEL_DEBUG\x10\x01\x12\x12\n\x0eLOG_LEVEL_INFO\x10\x02\x12\x15\n\x11LOG_LEVEL_WARNING\x10\x03\x12\x13\n\x0fLOG_LEVEL_ERROR\x10\x04\x12\x16\n\x12LOG_LEVEL_CRITICAL\x10\x05\x32U\n\x0bLogsService\x12\x46\n\x05Query\x12\x1d.kiln.pb.logs.v1.QueryRequest\x1a\x1e.kiln.pb.logs.v1.QueryResponseB<\n\x13\x64\x65v.kiln.pb.logs.v1P\x01Z#kiln.dev/gen/kiln/pb/logs/v1;logsv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1akiln/pb/logs/v1/logs.proto\x12\x0fkiln.pb.logs.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"q\n\nAppLogLine\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x05level\x18\x02 \x01(\x0e\x32\x19.kiln.pb.logs.v1.LogLevel\x12\x0f\n\x07message\x18\x03 \x01(\t\"\x9b\x04\n\nRequestLog\x12\x0e\n\x06\x61pp_id\x18\x01 \x01(\t\x12\x12\n\nversion_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\n\n\x02ip\x18\x04 \x01(\t\x12\x10\n\x08nickname\x18\x05 \x01(\t\x12.\n\nstart_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x07latency\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06method\x18\t \x01(\t\x12\x10\n\x08resource\x18\n \x01(\t\x12\x14\n\x0chttp_version\x18\x0b \x01(\t\x12\x0e\n\x06status\x18\x0c \x01(\x05\x12\x15\n\rresponse_size\x18\r \x01(\x03\x12\x10\n\x08referrer\x18\x0e \x01(\t\x12\x12\n\nuser_agent\x18\x0f \x01(\t\x12\x15\n\rurl_map_entry\x18\x10 \x01(\t\x12\x0c\n\x04host\x18\x11 \x01(\t\x12\x13\n\x0binstance_id\x18\x12 \x01(\t\x12\x1b\n\x13was_loading_request\x18\x13 \x01(\x08\x12-\n\x08\x61pp_logs\x18\x14 \x03(\x0b\x32\x1b.kiln.pb.logs.v1.AppLogLine\x12\x10\n\x08\x63ombined\x18\x15 \x01(\t\x12\x10\n\x08\x66inished\x18\x16 \x01(\x08\"\"\n\x0fRequestLogBatch\x12\x0f\n\x07records\x18\x01 \x03(\x0c\"\xb8\x02\n\x0cQueryRequest\x12\x0e\n\x06\x61pp_id\x18\x01 \x01(\t\x12\x13\n\x0bversion_ids\x18\x02 \x03(\t\x12.\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x39\n\x11minimum_log_level\x18\x05 \x01(\x0e\x32\x19.kiln.pb.logs.v1.LogLevelH\x00\x88\x01\x01\x12\x13\n\x0brequest_ids\x18\x06 \x03(\t\x12\x18\n\x10include_app_logs\x18\x07 \x01(\x08\x12\x11\n\tpage_size\x18\x08 \x01(\x05\x12\x12\n\npage_token\x18\t \x01(\tB\x14\n\x12_minimum_log_level\"S\n\rQueryResponse\x12)\n\x04logs\x18\x01 \x03(\x0b\x32\x1b.kiln.pb.logs.v1.RequestLog\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\x92\x01\n\x08LogLevel\x12\x19\n\x15LOG_LEVEL_UNSPECIFIED\x10\x00\x12\x13\n\x0fLOG_LEVEL_DEBUG\x10\x01\x12\x12\n\x0eLOG_LEVEL_INFO\x10\x02\x12\x15\n\x11LOG_LEVEL_WARNING\x10\x03\x12\x13\n\x0fLOG_LEVEL_ERROR\x10\x04\x12\x16\n\x12LOG_LEVEL_CRITICAL\x10\x05\x32U\n\x0bLogsService\x12\x46\n\x05Query\x12\x1d.kiln.pb.logs.v1.QueryRequest\x1a\x1e.kiln.pb.logs.v1.QueryResponseB<\n\x13\x64\x65v.kiln.pb.logs.v1P\x01Z#kiln.dev/gen/kiln/pb/logs/v1;logsv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,16 +35,18 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kiln.pb.logs.v1.logs_pb2', 
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\023dev.kiln.pb.logs.v1P\001Z#kiln.dev/gen/kiln/pb/logs/v1;logsv1'
-  _globals['_LOGLEVEL']._serialized_start=1170
-  _globals['_LOGLEVEL']._serialized_end=1316
+  _globals['_LOGLEVEL']._serialized_start=1206
+  _globals['_LOGLEVEL']._serialized_end=1352
   _globals['_APPLOGLINE']._serialized_start=112
   _globals['_APPLOGLINE']._serialized_end=225
   _globals['_REQUESTLOG']._serialized_start=228
   _globals['_REQUESTLOG']._serialized_end=767
-  _globals['_QUERYREQUEST']._serialized_start=770
-  _globals['_QUERYREQUEST']._serialized_end=1082
-  _globals['_QUERYRESPONSE']._serialized_start=1084
-  _globals['_QUERYRESPONSE']._serialized_end=1167
-  _globals['_LOGSSERVICE']._serialized_start=1318
-  _globals['_LOGSSERVICE']._serialized_end=1403
+  _globals['_REQUESTLOGBATCH']._serialized_start=769
+  _globals['_REQUESTLOGBATCH']._serialized_end=803
+  _globals['_QUERYREQUEST']._serialized_start=806
+  _globals['_QUERYREQUEST']._serialized_end=1118
+  _globals['_QUERYRESPONSE']._serialized_start=1120
+  _globals['_QUERYRESPONSE']._serialized_end=1203
+  _globals['_LOGSSERVICE']._serialized_start=1354
+  _globals['_LOGSSERVICE']._serialized_end=1439
 # @@protoc_insertion_point(module_scope)

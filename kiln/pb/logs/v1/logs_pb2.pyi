@@ -208,6 +208,33 @@ class RequestLog(_message.Message):
 Global___RequestLog: _TypeAlias = RequestLog  # noqa: Y015
 
 @_typing.final
+class RequestLogBatch(_message.Message):
+    """RequestLogBatch is several request logs in one message of the KILN_LOGS stream: a router acknowledges many
+    requests' logs with one JetStream publish. Stream messages carrying the header `Kiln-Log-Batch: 1` hold one;
+    others hold a single RequestLog.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def records(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """Each a serialized RequestLog."""
+
+    def __init__(
+        self,
+        *,
+        records: _abc.Iterable[_builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["records", b"records"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RequestLogBatch: _TypeAlias = RequestLogBatch  # noqa: Y015
+
+@_typing.final
 class QueryRequest(_message.Message):
     """QueryRequest selects request logs."""
 
