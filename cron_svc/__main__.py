@@ -5,4 +5,4 @@ from cron_svc.config import CronConfig
 from kiln_platform import service_main
 
 if __name__ == "__main__":
-    raise SystemExit(service_main.run("cron_svc", "CRON", CronConfig, serve))
+    raise SystemExit(service_main.run("cron_svc", CronConfig, serve))

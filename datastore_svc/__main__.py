@@ -5,4 +5,4 @@ from datastore_svc.config import DatastoreConfig
 from kiln_platform import service_main
 
 if __name__ == "__main__":
-    raise SystemExit(service_main.run("datastore_svc", "DATASTORE", DatastoreConfig, serve))
+    raise SystemExit(service_main.run("datastore_svc", DatastoreConfig, serve))

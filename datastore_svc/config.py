@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 import pathlib
 
 from kiln_platform.config import GrpcServiceConfig, HostPort, ListenAddress, StorageConfig, field
@@ -11,6 +12,8 @@ from kiln_platform.config import GrpcServiceConfig, HostPort, ListenAddress, Sto
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DatastoreConfig(StorageConfig, GrpcServiceConfig):
     """Datastore service settings (env prefix ``KILN_DATASTORE_``); storage settings from :class:`StorageConfig`."""
+
+    env_prefix: typing.ClassVar[str] = "DATASTORE"  # its environment variables are KILN_DATASTORE_<SETTING>
 
     listen: ListenAddress = field(ListenAddress("127.0.0.1", 50051), "host:port to serve gRPC on")
     data_dir: pathlib.Path = field(pathlib.Path("~/.local/share/kiln/datastore").expanduser(),

@@ -5,4 +5,4 @@ from identity_svc.config import IdentityConfig
 from kiln_platform import service_main
 
 if __name__ == "__main__":
-    raise SystemExit(service_main.run("identity_svc", "IDENTITY", IdentityConfig, serve))
+    raise SystemExit(service_main.run("identity_svc", IdentityConfig, serve))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 import pathlib
 
 from kiln_platform.config import GrpcServiceConfig, ListenAddress, Secret, StorageConfig, field
@@ -17,13 +18,16 @@ DEFAULT_ROTATION_SECONDS = 86_400
 class IdentityConfig(StorageConfig, GrpcServiceConfig):
     """App identity service settings (env prefix ``KILN_IDENTITY_``); storage settings from :class:`StorageConfig`."""
 
+    env_prefix: typing.ClassVar[str] = "IDENTITY"  # its environment variables are KILN_IDENTITY_<SETTING>
+
     listen: ListenAddress = field(ListenAddress("127.0.0.1", 50058), "host:port to serve gRPC on")
     data_dir: pathlib.Path = field(pathlib.Path("~/.local/share/kiln/identity").expanduser(),
                                    "directory of the key store (SQLite)")
     cassandra_keyspace: str = field("kiln_identity", "keyspace for apps' signing keys")
-    key_secret: Secret = field(Secret(""), "encrypts apps' private keys at rest (AES-256-GCM; required). Keep it "
+    key_secret: Secret = field(Secret(""), "encrypts apps' private keys at rest (AES-256-GCM; at least 16 "
+                                           "characters). Keep it "
                                            "with the deployment's other secrets: keys stored under another "
-                                           "key_secret cannot be used")
+                                           "key_secret cannot be used", required=True)
     rotation_seconds: int = field(DEFAULT_ROTATION_SECONDS, "a new signing key becomes current for each app every "
                                                             "this many seconds (the previous one stays published "
                                                             "for one more period)")

@@ -5,4 +5,4 @@ from images_svc.config import ImagesConfig
 from kiln_platform import service_main
 
 if __name__ == "__main__":
-    raise SystemExit(service_main.run("images_svc", "IMAGES", ImagesConfig, serve))
+    raise SystemExit(service_main.run("images_svc", ImagesConfig, serve))

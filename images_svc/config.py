@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 
 from images_svc import ops
 from kiln_platform.config import GrpcServiceConfig, ListenAddress, field
@@ -11,6 +12,8 @@ from kiln_platform.config import GrpcServiceConfig, ListenAddress, field
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ImagesConfig(GrpcServiceConfig):
     """images service settings (env prefix ``KILN_IMAGES_``)."""
+
+    env_prefix: typing.ClassVar[str] = "IMAGES"  # its environment variables are KILN_IMAGES_<SETTING>
 
     listen: ListenAddress = field(ListenAddress("127.0.0.1", 50055), "host:port to serve gRPC on")
     # A 32 MB image (App Engine's request limit) plus its envelope must fit in one message, both ways.

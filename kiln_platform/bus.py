@@ -23,14 +23,18 @@ from kiln.pb.logs.v1 import logs_pb2
 
 log = logging.getLogger(__name__)
 
-DEFAULT_URL = "nats://127.0.0.1:4222"
-
 
 def servers(url: str) -> list[urllib.parse.SplitResult]:
     """The servers of a NATS URL setting (comma-separated for a cluster), each with its scheme (``nats://`` when
     it has none): the one place the list is split."""
     return [urllib.parse.urlsplit(s if "://" in s else f"nats://{s}") for s in (u.strip() for u in url.split(","))
             if s]
+
+
+def shown(url: str) -> str:
+    """A NATS URL setting as it may be logged: each server's address, without credentials."""
+    return ",".join(f"{p.scheme}://{p.hostname}:{p.port or 4222}" if ":" not in (p.hostname or "")
+                    else f"{p.scheme}://[{p.hostname}]:{p.port or 4222}" for p in servers(url))
 
 
 async def connect(url: str, *, name: str, inbox_prefix: str = "_INBOX") -> Client:
@@ -40,14 +44,16 @@ async def connect(url: str, *, name: str, inbox_prefix: str = "_INBOX") -> Clien
     the only inboxes their NATS user may subscribe to.
     """
 
+    where = shown(url)
+
     async def on_error(exc: Exception) -> None:
-        log.warning("nats error: %s", exc)
+        log.warning("nats at %s: %s", where, exc or type(exc).__name__)
 
     async def on_disconnect() -> None:
-        log.warning("nats disconnected")
+        log.warning("nats disconnected from %s", where)
 
     async def on_reconnect() -> None:
-        log.info("nats reconnected")
+        log.info("nats reconnected to %s", where)
 
     return await nats.connect(
         servers=[s.geturl() for s in servers(url)],

@@ -144,9 +144,22 @@ class ListenAddress(HostPort):
     min_port = 0
 
 
-def field(default: Any, help: str, **kwargs: Any) -> Any:  # noqa: A002 - mirrors argparse
-    """Declare a config field with a default and a help text."""
-    return dataclasses.field(default=default, metadata={"help": help, **kwargs})
+def field(default: Any, help: str, *, required: bool = False, **kwargs: Any) -> Any:  # noqa: A002 - argparse's
+    """Declare a config field with a default and a help text.
+
+    ``required``: :func:`load` refuses to build the config unless the setting is given a non-empty value (from the
+    YAML file, the environment or a flag), naming it, its environment variable and its flag. ``default`` is then
+    only what a test constructing the class directly gets.
+    """
+    return dataclasses.field(default=default, metadata={"help": help, "required": required, **kwargs})
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, whose errors are :class:`~kiln.errors.ConfigError` (one line, said by the caller) rather than a
+    usage text and an exit: every kiln process reports a bad or missing setting the same way."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        raise ConfigError(message)
 
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -214,6 +227,45 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def env_prefix(cls: type[Any]) -> str:
+    """The ``<SVC>`` of a part's environment variables ``KILN_<SVC>_<SETTING>``: its config class's ``env_prefix``."""
+    return str(cls.env_prefix)
+
+
+def is_required(cls: type[Any], f: dataclasses.Field[Any]) -> bool:
+    """Whether :func:`load` refuses ``cls`` without a value for ``f`` (see :func:`field`)."""
+    return bool(f.metadata.get("required")) and f.name not in getattr(cls, "not_required", ())
+
+
+def parser(cls: type[Any], *, prefix: str, description: str | None = None) -> Parser:
+    """The command line of a config class: a flag per field, whose help says its default and environment name
+    (a secret's too, never its value), and ``--config``. :func:`load` parses with it; the settings reference
+    (``deploy/settings_doc.py``) is written from it."""
+    hints = typing.get_type_hints(cls)
+    env_prefix = f"KILN_{prefix.upper()}_"
+    out = Parser(description=description, argument_default=argparse.SUPPRESS)
+    out.add_argument("--config", type=pathlib.Path,
+                     help=f"YAML file with settings (keys = field names; env {env_prefix}CONFIG)")
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        env_name = f"env {env_prefix}{f.name.upper()}"
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if is_required(cls, f):
+            shown = f" (required; {env_name})"
+        elif isinstance(default, Secret):
+            shown = f" ({env_name}; keep it out of command lines)"
+        else:
+            shown = f" (default: {_shown(default)}; {env_name})"
+        if hints[f.name] is bool:
+            out.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
+                             help=f.metadata.get("help", "") + shown)
+        else:
+            out.add_argument(_flag(f.name), dest=f.name, metavar=f.name.upper(),
+                             help=f.metadata.get("help", "") + shown)
+    return out
+
+
 def load(
     cls: type[T],
     *,
@@ -238,18 +290,7 @@ def load(
     hints = typing.get_type_hints(cls)
     fields = [f for f in dataclasses.fields(cls) if f.init]  # type: ignore[arg-type]
     env_prefix = f"KILN_{prefix.upper()}_"
-    parser = argparse.ArgumentParser(description=description, argument_default=argparse.SUPPRESS)
-    parser.add_argument("--config", type=pathlib.Path, help="YAML file with settings (keys = field names)")
-    for f in fields:
-        default = f.default if f.default is not dataclasses.MISSING else None
-        shown = "" if isinstance(default, Secret) else f" (default: {_shown(default)}; env {env_prefix}{f.name.upper()})"
-        if hints[f.name] is bool:
-            parser.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
-                                help=f.metadata.get("help", "") + shown)
-        else:
-            parser.add_argument(_flag(f.name), dest=f.name, metavar=f.name.upper(),
-                                help=f.metadata.get("help", "") + shown)
-    args = vars(parser.parse_args(list(argv or [])))
+    args = vars(parser(cls, prefix=prefix, description=description).parse_args(list(argv or [])))
 
     values: dict[str, Any] = {}
     config_file = args.pop("config", None) or env.get(env_prefix + "CONFIG")
@@ -260,6 +301,9 @@ def load(
         if key in env:
             values[f.name] = env[key]
     values.update(args)
+    for f in fields:
+        if is_required(cls, f) and (values.get(f.name) is None or str(values[f.name]).strip() == ""):
+            raise ConfigError(f"{f.name}: required (set {env_prefix}{f.name.upper()} or {_flag(f.name)})")
     kwargs = {name: _convert(name, hints[name], raw) for name, raw in values.items()}
     try:
         return cls(**kwargs)
@@ -288,21 +332,19 @@ def _read_yaml(path: pathlib.Path, known: set[str]) -> dict[str, Any]:
 class GrpcServiceConfig:
     """Settings every gRPC service shares. Services subclass it and override defaults."""
 
-    # Services verify app tokens with the service secret; the runtime holds only its app's token.
-    requires_service_secret: typing.ClassVar[bool] = True
+    # Required settings a subclass does not need (the runtime holds only its app's token, never the service secret).
+    not_required: typing.ClassVar[frozenset[str]] = frozenset()
 
     listen: ListenAddress = field(ListenAddress("127.0.0.1", 0), "host:port to serve gRPC on (port 0 picks a "
                                                                   "free port)")
     max_message_bytes: int = field(32 * 1024 * 1024, "largest gRPC message accepted or sent, in bytes")
     grace_seconds: float = field(5.0, "on SIGTERM, how long in-flight calls may finish")
-    service_secret: Secret = field(Secret(""), "shared secret that signs app identity tokens (required)")
+    service_secret: Secret = field(Secret(""), "shared secret that signs app identity tokens", required=True)
     ready_file: pathlib.Path | None = field(None, "write the bound address here once serving")
     log_level: str = field("INFO", "log level")
     log_format: str = field("text", "log format: text (local) or json (cluster)")
 
     def __post_init__(self) -> None:
-        if self.requires_service_secret and not self.service_secret:
-            raise ValueError("service_secret: required (set KILN_<SVC>_SERVICE_SECRET or --service-secret)")
         if self.log_format not in ("text", "json"):
             raise ValueError(f"log_format: must be text or json, got {self.log_format!r}")
         if self.max_message_bytes < 1024:

@@ -23,6 +23,7 @@ or it asks the auth callout (:mod:`natscallout`), which knows every app.
 
 from __future__ import annotations
 
+import argparse
 import secrets
 import urllib.parse
 from collections.abc import Iterable
@@ -118,6 +119,18 @@ def callout_server_config(platform_password: str, issuer_seed: str) -> dict[str,
     }}
 
 
+def parser() -> argparse.ArgumentParser:
+    """``python -m kiln_platform.natsauth``'s command line (:func:`main` says what it does)."""
+    parser = argparse.ArgumentParser(prog="python -m kiln_platform.natsauth",
+                                     description=main.__doc__.split("\n\n")[0] if main.__doc__ else None)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--app", action="append", default=[], help="an app id (repeat for each app)")
+    mode.add_argument("--callout", action="store_true",
+                      help="the auth callout decides on apps' users (issuer seed in KILN_NATS_CALLOUT_SEED)")
+    mode.add_argument("--new-callout-seed", action="store_true", help="print a new issuer seed for the callout")
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m kiln_platform.natsauth``: print the ``authorization`` block for nats-server.
 
@@ -128,19 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     passwords are derived from from ``KILN_NATS_APP_SECRET`` (the instance managers'
     ``KILN_MANAGER_NATS_APP_SECRET``).
     """
-    import argparse
     import json
     import os
     import sys
 
-    parser = argparse.ArgumentParser(prog="python -m kiln_platform.natsauth", description=main.__doc__.split("\n\n")[0]
-                                     if main.__doc__ else None)
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--app", action="append", default=[], help="an app id (repeat for each app)")
-    mode.add_argument("--callout", action="store_true",
-                      help="the auth callout decides on apps' users (issuer seed in KILN_NATS_CALLOUT_SEED)")
-    mode.add_argument("--new-callout-seed", action="store_true", help="print a new issuer seed for the callout")
-    args = parser.parse_args(argv)
+    args = parser().parse_args(argv)
     if args.new_callout_seed:
         print(new_issuer_seed())
         return 0

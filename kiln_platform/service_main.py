@@ -15,13 +15,13 @@ from kiln.errors import KilnError
 C = TypeVar("C")
 
 
-def run(name: str, prefix: str, cls: type[C], serve: Callable[[C], Awaitable[None]],
-        argv: list[str] | None = None) -> int:
-    """Load ``cls`` from flags/env, set up logging, and run ``serve`` until SIGTERM."""
+def run(name: str, cls: type[C], serve: Callable[[C], Awaitable[None]], argv: list[str] | None = None) -> int:
+    """Load ``cls`` from flags and its environment variables (``KILN_<cls.env_prefix>_*``), set up logging, and run
+    ``serve`` until SIGTERM."""
     os.umask(0o077)  # what a service writes (its data, logs, sockets) is readable by the platform's user alone
     try:
         # Secrets a parent handed over through a pipe (kiln_platform.handover) join the environment here, in memory only.
-        cfg = config.load(cls, prefix=prefix, argv=sys.argv[1:] if argv is None else argv,
+        cfg = config.load(cls, prefix=config.env_prefix(cls), argv=sys.argv[1:] if argv is None else argv,
                           env=handover.receive(os.environ), description=f"kiln {name}")
     except (KilnError, ValueError, OSError) as exc:
         print(f"{name}: {exc}", file=sys.stderr)

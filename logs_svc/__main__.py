@@ -5,4 +5,4 @@ from logs_svc.app import serve
 from logs_svc.config import LogsConfig
 
 if __name__ == "__main__":
-    raise SystemExit(service_main.run("logs_svc", "LOGS", LogsConfig, serve))
+    raise SystemExit(service_main.run("logs_svc", LogsConfig, serve))

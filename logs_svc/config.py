@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 import pathlib
 
-from kiln_platform.bus import DEFAULT_URL
 from kiln_platform.config import GrpcServiceConfig, ListenAddress, StorageConfig, field
 
 
@@ -13,8 +13,10 @@ from kiln_platform.config import GrpcServiceConfig, ListenAddress, StorageConfig
 class LogsConfig(StorageConfig, GrpcServiceConfig):
     """Logs service settings (env prefix ``KILN_LOGS_``); storage settings from :class:`StorageConfig`."""
 
+    env_prefix: typing.ClassVar[str] = "LOGS"  # its environment variables are KILN_LOGS_<SETTING>
+
     listen: ListenAddress = field(ListenAddress("127.0.0.1", 50057), "host:port to serve gRPC on")
-    nats_url: str = field(DEFAULT_URL, "NATS server URL(s) whose KILN_LOGS stream holds the request logs")
+    nats_url: str = field("", "NATS server URL(s) whose KILN_LOGS stream holds the request logs", required=True)
     data_dir: pathlib.Path = field(pathlib.Path("~/.local/share/kiln/logs").expanduser(),
                                    "directory of the log store (SQLite)")
     cassandra_keyspace: str = field("kiln_logs", "keyspace for request logs")

@@ -5,4 +5,4 @@ from mail_svc.config import MailConfig
 from kiln_platform import service_main
 
 if __name__ == "__main__":
-    raise SystemExit(service_main.run("mail_svc", "MAIL", MailConfig, serve))
+    raise SystemExit(service_main.run("mail_svc", MailConfig, serve))

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 import pathlib
 
-from kiln_platform.bus import DEFAULT_URL
 from kiln_platform.config import GrpcServiceConfig, HostPort, ListenAddress, Secret, field, parse_app_emails
 
 # App Engine's limit for a message with its attachments (31.5 MB).
@@ -16,10 +16,12 @@ DEFAULT_MAX_MAIL_BYTES = 31 * 1024 * 1024 + 512 * 1024
 class MailConfig(GrpcServiceConfig):
     """mail service settings (env prefix ``KILN_MAIL_``)."""
 
+    env_prefix: typing.ClassVar[str] = "MAIL"  # its environment variables are KILN_MAIL_<SETTING>
+
     listen: ListenAddress = field(ListenAddress("127.0.0.1", 50054), "host:port to serve gRPC on")
     # A 31.5 MB message plus its envelope must fit in one call.
     max_message_bytes: int = field(40 * 1024 * 1024, "largest gRPC message accepted or sent, in bytes")
-    nats_url: str = field(DEFAULT_URL, "NATS server URL(s) whose JetStream keeps the mail queue")
+    nats_url: str = field("", "NATS server URL(s) whose JetStream keeps the mail queue", required=True)
     relay: HostPort | None = field(None, "SMTP relay host:port that delivers mail; empty: the development outbox (outbox_dir)")
     relay_security: str = field("starttls", "starttls (required before sending), tls (implicit TLS, port 465) "
                                             "or none (a relay on a trusted network only)")

@@ -5,4 +5,4 @@ from memcache_svc.config import MemcacheConfig
 from kiln_platform import service_main
 
 if __name__ == "__main__":
-    raise SystemExit(service_main.run("memcache_svc", "MEMCACHE", MemcacheConfig, serve))
+    raise SystemExit(service_main.run("memcache_svc", MemcacheConfig, serve))

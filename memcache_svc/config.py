@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 
 from kiln_platform.config import GrpcServiceConfig, ListenAddress, field
 
@@ -10,6 +11,8 @@ from kiln_platform.config import GrpcServiceConfig, ListenAddress, field
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class MemcacheConfig(GrpcServiceConfig):
     """memcache service settings (env prefix ``KILN_MEMCACHE_``)."""
+
+    env_prefix: typing.ClassVar[str] = "MEMCACHE"  # its environment variables are KILN_MEMCACHE_<SETTING>
 
     listen: ListenAddress = field(ListenAddress("127.0.0.1", 50052), "host:port to serve gRPC on")
     max_bytes: int = field(256 * 1024 * 1024, "memory bound of the cache, in bytes (least recently used items go)")

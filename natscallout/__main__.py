@@ -5,4 +5,4 @@ from natscallout.app import serve
 from natscallout.config import CalloutConfig
 
 if __name__ == "__main__":
-    raise SystemExit(service_main.run("natscallout", "NATSCALLOUT", CalloutConfig, serve))
+    raise SystemExit(service_main.run("natscallout", CalloutConfig, serve))

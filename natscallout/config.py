@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 
-from kiln_platform.bus import DEFAULT_URL
 from kiln_platform.config import GrpcServiceConfig, Secret, ListenAddress, field
 from kiln_platform.natsauth import issuer_public_key
 
@@ -13,20 +13,19 @@ from kiln_platform.natsauth import issuer_public_key
 class CalloutConfig(GrpcServiceConfig):
     """NATS auth callout settings (env prefix ``KILN_NATSCALLOUT_``)."""
 
-    requires_service_secret = False
+    env_prefix: typing.ClassVar[str] = "NATSCALLOUT"  # its environment variables are KILN_NATSCALLOUT_<SETTING>
+
+    not_required = frozenset({"service_secret"})
 
     listen: ListenAddress = field(ListenAddress("127.0.0.1", 50061), "host:port to serve gRPC health checking on")
-    nats_url: str = field(DEFAULT_URL, "NATS URL(s) with the platform's user (put credentials in the environment)")
+    nats_url: str = field("", "NATS URL(s) with the platform's user (put credentials in the environment)",
+                          required=True)
     issuer_seed: Secret = field(Secret(""), "the callout issuer's account nkey seed (SA…); nats-server's "
-                                            "auth_callout.issuer is its public key (required)")
+                                            "auth_callout.issuer is its public key (make one with "
+                                            "`python -m kiln_platform.natsauth --new-callout-seed`)", required=True)
     app_secret: Secret = field(Secret(""), "the secret apps' NATS passwords are derived from "
-                                           "(KILN_NATS_APP_SECRET; required)")
+                                           "(KILN_NATS_APP_SECRET)", required=True)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not self.app_secret:
-            raise ValueError("app_secret: required (KILN_NATSCALLOUT_APP_SECRET)")
-        if not self.issuer_seed:
-            raise ValueError("issuer_seed: required (KILN_NATSCALLOUT_ISSUER_SEED; make one with "
-                             "`python -m kiln_platform.natsauth --new-callout-seed`)")
         issuer_public_key(self.issuer_seed.get())

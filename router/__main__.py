@@ -5,4 +5,4 @@ from router.app import serve
 from router.config import RouterConfig
 
 if __name__ == "__main__":
-    raise SystemExit(service_main.run("router", "ROUTER", RouterConfig, serve))
+    raise SystemExit(service_main.run("router", RouterConfig, serve))

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 import ipaddress
 import pathlib
 
-from kiln_platform.bus import DEFAULT_URL
 from kiln_platform.config import HostPort, ListenAddress, Secret, field, parse_app_emails
 from router.versions import parse_app_dirs
 
@@ -15,8 +15,10 @@ from router.versions import parse_app_dirs
 class RouterConfig:
     """Router settings (env prefix ``KILN_ROUTER_``)."""
 
+    env_prefix: typing.ClassVar[str] = "ROUTER"  # its environment variables are KILN_ROUTER_<SETTING>
+
     listen: ListenAddress = field(ListenAddress("127.0.0.1", 8080), "host:port to serve HTTP on")
-    nats_url: str = field(DEFAULT_URL, "NATS server URL(s), comma-separated")
+    nats_url: str = field("", "NATS server URL(s), comma-separated", required=True)
     domain: str = field("localhost", "apps are served at APP.DOMAIN and VERSION-dot-APP.DOMAIN")
     apps: str = field("", "default version per app until the control plane serves it: app=version[,app=version]")
     dev_app: str = field("", "development mode: every host reaches this app's default version (app=version)")
@@ -31,8 +33,8 @@ class RouterConfig:
                                     "where deployed versions' files are kept")
     resync_seconds: float = field(10.0, "how often default versions are re-read from the control plane (events "
                                         "switch them within a second; this catches missed events)")
-    session_secret: Secret = field(Secret(""), "key that signs sign-in session cookies (required; the same on "
-                                               "every router)")
+    session_secret: Secret = field(Secret(""), "key that signs sign-in session cookies (the same on every "
+                                               "router)", required=True)
     inbound_secret: Secret = field(Secret(""), "key URL Fetch signs X-AppEngine-Inbound-AppId with (the same as "
                                                 "urlfetch_svc's); empty: the header never reaches apps")
     platform_secret: Secret = field(Secret(""), "key shared with kiln's services that act toward apps (mail_svc, "
@@ -81,8 +83,6 @@ class RouterConfig:
             raise ValueError("body_min_bytes_per_second: must be more than 0")
         if self.max_request_bytes < 0 or self.max_response_bytes < 0:
             raise ValueError("max_request_bytes, max_response_bytes: must not be negative")
-        if not self.session_secret:
-            raise ValueError("session_secret: required (set KILN_ROUTER_SESSION_SECRET or --session-secret)")
         self.custom_domain_map()
         for net in self.trusted_proxies:
             try:

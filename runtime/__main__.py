@@ -5,4 +5,4 @@ from runtime.app import serve
 from runtime.config import RuntimeConfig
 
 if __name__ == "__main__":
-    raise SystemExit(service_main.run("runtime", "RUNTIME", RuntimeConfig, serve))
+    raise SystemExit(service_main.run("runtime", RuntimeConfig, serve))

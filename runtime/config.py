@@ -7,7 +7,6 @@ import pathlib
 import typing
 import uuid
 
-from kiln_platform.bus import DEFAULT_URL
 from kiln_platform.config import GrpcServiceConfig, Secret, field
 
 
@@ -25,7 +24,9 @@ class RuntimeConfig(GrpcServiceConfig):
     secret there would let it act as any app.
     """
 
-    requires_service_secret: typing.ClassVar[bool] = False
+    env_prefix: typing.ClassVar[str] = "RUNTIME"  # its environment variables are KILN_RUNTIME_<SETTING>
+
+    not_required: typing.ClassVar[frozenset[str]] = frozenset({"service_secret"})
 
     app_dir: pathlib.Path = field(pathlib.Path("."), "directory of the app (holds app.yaml)")
     app_id: str = field("", "the app's id (default: app.yaml's application, else the directory name)")
@@ -33,14 +34,14 @@ class RuntimeConfig(GrpcServiceConfig):
     minor_version: int = field(1, "minor version, so CURRENT_VERSION_ID is major.minor")
     instance_id: str = dataclasses.field(default_factory=_instance_id,
                                          metadata={"help": "this instance's id (default: random)"})
-    app_token: Secret = field(Secret(""), "this app's identity token for kiln's services (required; the instance "
-                                          "manager mints it)")
+    app_token: Secret = field(Secret(""), "this app's identity token for kiln's services (the instance manager "
+                                          "mints it)", required=True)
     library_path: str = field("", "directories of the platform libraries app.yaml selected (os.pathsep-separated; "
                                   "runtime.manager installs them)")
     requirements_path: str = field("", "directory of the packages of the version's requirements.txt")
     private_dirs: str = field("", "directories app code may not read, os.pathsep-separated: kiln's run and data "
                                   "directories (runtime.manager sets them)")
-    nats_url: str = field(DEFAULT_URL, "NATS server URL(s), comma-separated")
+    nats_url: str = field("", "NATS server URL(s), comma-separated", required=True)
     nats_socket: str = field("", "a Unix socket that reaches NATS, for an instance without a network of its own: "
                                  "the instance listens on its loopback and forwards there (runtime.manager sets it)")
     datastore_addr: str = field("127.0.0.1:50051", "datastore_svc gRPC address given to the app")
@@ -74,5 +75,3 @@ class RuntimeConfig(GrpcServiceConfig):
         if self.service_secret:
             raise ValueError("service_secret: the runtime must not hold the service secret (app code could read it); "
                              "give it the app's token with --app-token or KILN_RUNTIME_APP_TOKEN")
-        if not self.app_token:
-            raise ValueError("app_token: required (set KILN_RUNTIME_APP_TOKEN or --app-token; runtime.manager mints it)")

@@ -42,15 +42,18 @@ from collections.abc import Mapping, Sequence
 
 from nats.aio.client import Client
 
-from kiln_platform import bus, interpreters
+from kiln_platform import bus, config, interpreters
 from kiln_platform import log as kiln_log
 from kiln_platform.deployclient import VersionSource, follow, parse_event
 from kiln.pb.deploy.v1 import deploy_pb2 as pb
 from kiln.pb.deploy.v1 import events_pb2
 from kiln_platform.supervisor import Child, StartError, Supervisor, python_module
+from kiln.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+CONTROL_TOKEN_ENV = "KILN_HOST_CONTROL_TOKEN"
+NATS_URL_ENV = "KILN_MANAGER_NATS_URL"  # the managers' too: runtime.host hands its environment on
 START_TIMEOUT = 180.0
 STOP_GRACE = 30.0
 # A host counts as live at the control plane for this many heartbeat periods after its last one.
@@ -256,11 +259,11 @@ async def run(source: VersionSource, run_dir: pathlib.Path, manager_args: Sequen
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    split = argv.index("--") if "--" in argv else len(argv)
-    parser = argparse.ArgumentParser(prog="python -m runtime.host", description=__doc__.split("\n\n")[0],
-                                     epilog="Arguments after -- go to every runtime instance.")
+def parser() -> argparse.ArgumentParser:
+    """``python -m runtime.host``'s command line (its errors are one-line :class:`ConfigError`)."""
+    parser = config.Parser(prog="python -m runtime.host", description=__doc__.split("\n\n")[0],
+                           epilog="Arguments after -- go to every runtime instance. In the environment: "
+                                  f"{CONTROL_TOKEN_ENV} (a platform read token) and {NATS_URL_ENV} (required).")
     parser.add_argument("--control-plane", required=True, help="the control plane's gRPC address (host:port)")
     parser.add_argument("--run-dir", required=True, type=pathlib.Path, help="where managers and instances log")
     parser.add_argument("--cache-dir", type=pathlib.Path, default=pathlib.Path.home() / ".cache" / "kiln" / "host",
@@ -277,11 +280,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "app_identity read (default: the runtime's --default-hostname)")
     parser.add_argument("--manager-arg", action="append", default=[], dest="manager_args",
                         help="an option passed to every runtime.manager (repeat), e.g. --manager-arg=--isolation=none")
-    args = parser.parse_args(argv[:split])
-    token = os.environ.get("KILN_HOST_CONTROL_TOKEN", "")
-    nats_url = os.environ.get("KILN_MANAGER_NATS_URL", "")
-    if not token or not nats_url:
-        parser.error("KILN_HOST_CONTROL_TOKEN (a platform read token) and KILN_MANAGER_NATS_URL are required")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    split = argv.index("--") if "--" in argv else len(argv)
+    try:
+        args = parser().parse_args(argv[:split])
+        token, nats_url = (os.environ.get(name, "") for name in (CONTROL_TOKEN_ENV, NATS_URL_ENV))
+        for name, value in ((CONTROL_TOKEN_ENV, token), (NATS_URL_ENV, nats_url)):
+            if not value:
+                raise ConfigError(f"{name}: required in the environment")
+    except ConfigError as exc:
+        print(f"runtime.host: {exc}", file=sys.stderr)
+        return 2
     kiln_log.setup(component="host")
     os.umask(0o077)
     for private in (args.run_dir, args.cache_dir):  # logs; every deployed app's files

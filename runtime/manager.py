@@ -39,7 +39,7 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 
 from nats.aio.client import Client
 
-from kiln_platform import appyaml, auth, bus, forward, handover, interpreters, natsauth
+from kiln_platform import appyaml, auth, bus, config, forward, handover, interpreters, natsauth
 from kiln_platform import log as kiln_log
 from kiln.errors import ConfigError
 from kiln.pb.runtime.v1 import events_pb2, http_pb2
@@ -496,17 +496,12 @@ def instance_env(base: Mapping[str, str], app_token: str) -> dict[str, str]:
     return env
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "--" not in argv:
-        print("usage: python -m runtime.manager [OPTIONS] -- RUNTIME_ARGS...", file=sys.stderr)
-        return 2
-    split = argv.index("--")
-    environ = handover.receive(os.environ)  # the secrets kiln dev handed over through a pipe, never the environment
-    parser = argparse.ArgumentParser(prog="python -m runtime.manager", description=__doc__.split("\n\n")[0],
-                                     epilog="The service secret comes from KILN_MANAGER_SERVICE_SECRET (in the "
-                                            "environment, or handed over through the pipe KILN_SECRETS_FD names); "
-                                            "instances get only their app's token.")
+def parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
+    """``python -m runtime.manager``'s command line (its errors are one-line :class:`ConfigError`)."""
+    parser = config.Parser(prog="python -m runtime.manager", description=__doc__.split("\n\n")[0],
+                           epilog="The service secret comes from KILN_MANAGER_SERVICE_SECRET (in the environment, "
+                                  "or handed over through the pipe KILN_SECRETS_FD names); instances get only their "
+                                  "app's token.")
     parser.add_argument("--app-dir", required=True, type=pathlib.Path, help="the version's directory (app.yaml)")
     parser.add_argument("--app-id", required=True)
     parser.add_argument("--version-id", required=True)
@@ -537,9 +532,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cache-dir", type=pathlib.Path, default=pathlib.Path.home() / ".cache" / "kiln",
                         help="where platform libraries and requirements.txt environments are installed "
                              "(default: %(default)s)")
-    args = parser.parse_args(argv[:split])
-    if not args.nats_url:
-        parser.error("--nats-url or KILN_MANAGER_NATS_URL is required")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--" not in argv:
+        print("runtime.manager: usage: python -m runtime.manager [OPTIONS] -- RUNTIME_ARGS...", file=sys.stderr)
+        return 2
+    split = argv.index("--")
+    environ = handover.receive(os.environ)  # the secrets kiln dev handed over through a pipe, never the environment
+    try:
+        args = parser(environ).parse_args(argv[:split])
+        if not args.nats_url:
+            raise ConfigError("nats_url: required (set KILN_MANAGER_NATS_URL or --nats-url)")
+    except ConfigError as exc:
+        print(f"runtime.manager: {exc}", file=sys.stderr)
+        return 2
     kiln_log.setup(component="manager")
     os.umask(0o077)  # staged files, logs and sockets get their modes explicitly; anything else is the platform's
     args.cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -5,4 +5,4 @@ from taskqueue_svc.app import serve
 from taskqueue_svc.config import TaskQueueConfig
 
 if __name__ == "__main__":
-    raise SystemExit(service_main.run("taskqueue_svc", "TASKQUEUE", TaskQueueConfig, serve))
+    raise SystemExit(service_main.run("taskqueue_svc", TaskQueueConfig, serve))

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 import pathlib
 
-from kiln_platform.bus import DEFAULT_URL
 from kiln_platform.config import GrpcServiceConfig, HostPort, ListenAddress, Secret, field
 
 
@@ -13,8 +13,10 @@ from kiln_platform.config import GrpcServiceConfig, HostPort, ListenAddress, Sec
 class TaskQueueConfig(GrpcServiceConfig):
     """task queue service settings (env prefix ``KILN_TASKQUEUE_``)."""
 
+    env_prefix: typing.ClassVar[str] = "TASKQUEUE"  # its environment variables are KILN_TASKQUEUE_<SETTING>
+
     listen: ListenAddress = field(ListenAddress("127.0.0.1", 50059), "host:port to serve gRPC on")
-    nats_url: str = field(DEFAULT_URL, "NATS server URL(s) whose JetStream holds the tasks and their names")
+    nats_url: str = field("", "NATS server URL(s) whose JetStream holds the tasks and their names", required=True)
     queue_yaml: tuple[str, ...] = field((), "each app's queue.yaml from local files: app=/path/queue.yaml[,...] "
                                              "(kiln dev); an app without one has the default queue only")
     control_plane: HostPort | None = field(None, "the control plane's gRPC address: every app's queues come from "
@@ -25,7 +27,8 @@ class TaskQueueConfig(GrpcServiceConfig):
     router_url: str = field("http://127.0.0.1:8080", "the router push tasks go through")
     apps_domain: str = field("localhost", "the router's domain: a task of APP goes to Host APP.<apps_domain> "
                                           "(TARGET-dot-APP.<apps_domain> with a target)")
-    platform_secret: Secret = field(Secret(""), "the router's platform_secret: signs task requests (required)")
+    platform_secret: Secret = field(Secret(""), "the router's platform_secret: signs task requests",
+                                    required=True)
     request_timeout_seconds: float = field(600.0, "how long a task's request may run (App Engine: 10 minutes)")
     default_max_concurrent: int = field(100, "tasks of one queue sent at once when its queue.yaml sets no "
                                              "max_concurrent_requests")
@@ -37,8 +40,6 @@ class TaskQueueConfig(GrpcServiceConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not self.platform_secret:
-            raise ValueError("platform_secret: required (the router admits task requests signed with it)")
         if self.request_timeout_seconds <= 0 or self.default_max_concurrent < 1 or not self.lease_seconds >= 1:
             raise ValueError("request_timeout_seconds, default_max_concurrent: must be positive; lease_seconds: at "
                              "least 1")

@@ -5,4 +5,4 @@ from urlfetch_svc.config import UrlFetchConfig
 from kiln_platform import service_main
 
 if __name__ == "__main__":
-    raise SystemExit(service_main.run("urlfetch_svc", "URLFETCH", UrlFetchConfig, serve))
+    raise SystemExit(service_main.run("urlfetch_svc", UrlFetchConfig, serve))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 
 from kiln_platform.config import GrpcServiceConfig, Secret, HostPort, ListenAddress, field
 
@@ -10,6 +11,8 @@ from kiln_platform.config import GrpcServiceConfig, Secret, HostPort, ListenAddr
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class UrlFetchConfig(GrpcServiceConfig):
     """URL fetch service settings (env prefix ``KILN_URLFETCH_``)."""
+
+    env_prefix: typing.ClassVar[str] = "URLFETCH"  # its environment variables are KILN_URLFETCH_<SETTING>
 
     listen: ListenAddress = field(ListenAddress("127.0.0.1", 50053), "host:port to serve gRPC on")
     # A 32 MB response plus its envelope must fit in one message.

@@ -18,7 +18,8 @@ from deploy.control.config import ControlConfig
 from kiln_platform import service_main
 
 
-def mint_token(argv: list[str]) -> int:
+def mint_parser() -> argparse.ArgumentParser:
+    """``python -m deploy.control mint-token``'s command line."""
     parser = argparse.ArgumentParser(prog="python -m deploy.control mint-token",
                                      description="Print a deploy token signed with KILN_CONTROL_ADMIN_SECRET.")
     parser.add_argument("--app", required=True, help="the app the token is for, or '*' for every app (operators, "
@@ -26,7 +27,11 @@ def mint_token(argv: list[str]) -> int:
     parser.add_argument("--scope", choices=tokens.SCOPES, default="admin",
                         help="admin: deploy and manage the app; read: versions and files only (default admin)")
     parser.add_argument("--name", required=True, help="who holds it (shown as deployed_by), e.g. alice or router")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def mint_token(argv: list[str]) -> int:
+    args = mint_parser().parse_args(argv)
     secret = os.environ.get("KILN_CONTROL_ADMIN_SECRET", "")
     if not secret:
         print("mint-token: set KILN_CONTROL_ADMIN_SECRET to the control plane's admin secret", file=sys.stderr)
@@ -42,4 +47,4 @@ def mint_token(argv: list[str]) -> int:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["mint-token"]:
         raise SystemExit(mint_token(sys.argv[2:]))
-    raise SystemExit(service_main.run("deploy.control", "CONTROL", ControlConfig, serve))
+    raise SystemExit(service_main.run("deploy.control", ControlConfig, serve))

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 import pathlib
 
-from kiln_platform.bus import DEFAULT_URL
 from kiln_platform.config import GrpcServiceConfig, ListenAddress, Secret, StorageConfig, field
 
 
@@ -18,10 +18,12 @@ class ControlConfig(StorageConfig, GrpcServiceConfig):
     reads the app's logs and data with it).
     """
 
+    env_prefix: typing.ClassVar[str] = "CONTROL"  # its environment variables are KILN_CONTROL_<SETTING>
+
     listen: ListenAddress = field(ListenAddress("127.0.0.1", 50060), "host:port to serve gRPC on")
-    admin_secret: Secret = field(Secret(""), "key that signs deploy tokens (required; mint tokens with "
-                                             "python -m deploy.control mint-token)")
-    nats_url: str = field(DEFAULT_URL, "NATS server URL(s) deployment events are published on")
+    admin_secret: Secret = field(Secret(""), "key that signs deploy tokens (mint tokens with python -m "
+                                             "deploy.control mint-token)", required=True)
+    nats_url: str = field("", "NATS server URL(s) deployment events are published on", required=True)
     data_dir: pathlib.Path = field(pathlib.Path("~/.local/share/kiln/control").expanduser(),
                                    "directory of the embedded store")
     cassandra_keyspace: str = field("kiln_control", "keyspace for versions and files")
@@ -30,7 +32,5 @@ class ControlConfig(StorageConfig, GrpcServiceConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not self.admin_secret:
-            raise ValueError("admin_secret: required (set KILN_CONTROL_ADMIN_SECRET or --admin-secret)")
         if self.blob_grace_seconds < 0:
             raise ValueError("blob_grace_seconds: must be 0 or more")

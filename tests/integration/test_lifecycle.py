@@ -66,7 +66,8 @@ def test_service_without_secret_refuses_to_start_with_a_clear_error(tmp_path):
 def test_runtime_given_the_service_secret_refuses_to_start(tmp_path):
     sup = Supervisor(tmp_path)
     env = {**runtime_env("lifecycle"), "KILN_RUNTIME_SERVICE_SECRET": "a-secret"}
-    child = sup.spawn("runtime", python_module("runtime", "--app-dir", str(ROOT / "examples" / "guestbook")), env=env)
+    child = sup.spawn("runtime", python_module("runtime", "--app-dir", str(ROOT / "examples" / "guestbook"),
+                                                 "--nats-url", "nats://127.0.0.1:1"), env=env)
     assert child.proc.wait(timeout=30) == 2
     assert "the runtime must not hold the service secret" in child.log_path.read_text()
 
@@ -74,7 +75,8 @@ def test_runtime_given_the_service_secret_refuses_to_start(tmp_path):
 def test_runtime_without_an_app_token_refuses_to_start(tmp_path):
     sup = Supervisor(tmp_path)
     env = {k: v for k, v in runtime_env("lifecycle").items() if k != "KILN_RUNTIME_APP_TOKEN"}
-    child = sup.spawn("runtime", python_module("runtime", "--app-dir", str(ROOT / "examples" / "guestbook")), env=env)
+    child = sup.spawn("runtime", python_module("runtime", "--app-dir", str(ROOT / "examples" / "guestbook"),
+                                                 "--nats-url", "nats://127.0.0.1:1"), env=env)
     assert child.proc.wait(timeout=30) == 2
     assert "app_token: required" in child.log_path.read_text()
 

@@ -112,8 +112,8 @@ def test_a_cassandra_host_without_a_port_uses_the_native_protocol_port():
 
 @pytest.mark.parametrize(("cls", "prefix", "env"), [
     (DatastoreConfig, "DATASTORE", {}),
-    (LogsConfig, "LOGS", {}),
-    (ControlConfig, "CONTROL", {"KILN_CONTROL_ADMIN_SECRET": "a"}),
+    (LogsConfig, "LOGS", {"KILN_LOGS_NATS_URL": "nats://n:4222"}),
+    (ControlConfig, "CONTROL", {"KILN_CONTROL_ADMIN_SECRET": "a", "KILN_CONTROL_NATS_URL": "nats://n:4222"}),
 ])
 def test_the_three_stores_read_the_same_storage_settings_under_their_own_env_names(cls, prefix, env):
     cfg = load(cls, prefix=prefix, env={
@@ -128,9 +128,10 @@ def test_the_three_stores_read_the_same_storage_settings_under_their_own_env_nam
 
 def test_each_store_keeps_its_own_keyspace_and_directory_by_default():
     datastore = load(DatastoreConfig, prefix="DATASTORE", env=SECRET)
-    logs = load(LogsConfig, prefix="LOGS", env={"KILN_LOGS_SERVICE_SECRET": "s"})
+    logs = load(LogsConfig, prefix="LOGS", env={"KILN_LOGS_SERVICE_SECRET": "s", "KILN_LOGS_NATS_URL": "nats://n"})
     control = load(ControlConfig, prefix="CONTROL", env={"KILN_CONTROL_SERVICE_SECRET": "s",
-                                                         "KILN_CONTROL_ADMIN_SECRET": "a"})
+                                                         "KILN_CONTROL_ADMIN_SECRET": "a",
+                                                         "KILN_CONTROL_NATS_URL": "nats://n"})
     assert [c.cassandra_keyspace for c in (datastore, logs, control)] == ["kiln_datastore", "kiln_logs", "kiln_control"]
     assert len({c.data_dir for c in (datastore, logs, control)}) == 3
 
@@ -147,7 +148,8 @@ def test_each_store_keeps_its_own_keyspace_and_directory_by_default():
 ])
 def test_bad_storage_settings_are_refused_naming_the_setting(key, value, message):
     with pytest.raises(ConfigError, match="^" + message.replace("(", r"\(")):
-        load(LogsConfig, prefix="LOGS", env={"KILN_LOGS_SERVICE_SECRET": "s", f"KILN_LOGS_{key}": value})
+        load(LogsConfig, prefix="LOGS", env={"KILN_LOGS_SERVICE_SECRET": "s", "KILN_LOGS_NATS_URL": "nats://n",
+                                             f"KILN_LOGS_{key}": value})
 
 
 def test_cassandra_storage_needs_contact_points():
@@ -163,10 +165,12 @@ def test_the_engine_is_picked_by_its_name():
 
 
 @pytest.mark.parametrize(("cls", "prefix", "key", "env"), [
-    (RouterConfig, "ROUTER", "LISTEN", {"KILN_ROUTER_SESSION_SECRET": "s"}),
-    (RouterConfig, "ROUTER", "CONTROL_PLANE", {"KILN_ROUTER_SESSION_SECRET": "s", "KILN_ROUTER_CONTROL_TOKEN": "t"}),
-    (MailConfig, "MAIL", "RELAY", {"KILN_MAIL_SERVICE_SECRET": "s"}),
-    (MailConfig, "MAIL", "INBOUND_LISTEN", {"KILN_MAIL_SERVICE_SECRET": "s", "KILN_MAIL_PLATFORM_SECRET": "p"}),
+    (RouterConfig, "ROUTER", "LISTEN", {"KILN_ROUTER_SESSION_SECRET": "s", "KILN_ROUTER_NATS_URL": "nats://n"}),
+    (RouterConfig, "ROUTER", "CONTROL_PLANE", {"KILN_ROUTER_SESSION_SECRET": "s", "KILN_ROUTER_CONTROL_TOKEN": "t",
+                                               "KILN_ROUTER_NATS_URL": "nats://n"}),
+    (MailConfig, "MAIL", "RELAY", {"KILN_MAIL_SERVICE_SECRET": "s", "KILN_MAIL_NATS_URL": "nats://n"}),
+    (MailConfig, "MAIL", "INBOUND_LISTEN", {"KILN_MAIL_SERVICE_SECRET": "s", "KILN_MAIL_PLATFORM_SECRET": "p",
+                                            "KILN_MAIL_NATS_URL": "nats://n"}),
     (DatastoreConfig, "DATASTORE", "LISTEN", SECRET),
 ])
 def test_services_refuse_a_bad_address_naming_their_setting(cls, prefix, key, env):
