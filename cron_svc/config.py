@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import typing
 import os
 import pathlib
 import socket
+import typing
 
 from kiln_platform.config import GrpcServiceConfig, HostPort, ListenAddress, Secret, field
 

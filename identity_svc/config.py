@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import typing
 import pathlib
+import typing
 
 from kiln_platform.config import GrpcServiceConfig, ListenAddress, Secret, StorageConfig, field
 

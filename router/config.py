@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import typing
 import ipaddress
 import pathlib
+import typing
 
 from kiln_platform.config import HostPort, ListenAddress, Secret, field, parse_app_emails
 from router.versions import parse_app_dirs
