@@ -58,6 +58,9 @@ class Output:
     def green(self, text: str) -> str:
         return self.paint(text, "32")
 
+    def yellow(self, text: str) -> str:
+        return self.paint(text, "33")
+
     def json(self, value: Any) -> None:
         json.dump(value, self.stream, indent=2, sort_keys=True)
         self.stream.write("\n")

@@ -31,17 +31,6 @@ STATES = {dpb.CompositeIndex.STATE_BUILDING: "building", dpb.CompositeIndex.STAT
           dpb.CompositeIndex.STATE_DELETING: "deleting", dpb.CompositeIndex.STATE_ERROR: "error"}
 
 
-def _key(index: dpb.CompositeIndex) -> tuple[Any, ...]:
-    return (index.kind, index.ancestor,
-            tuple((p.property.name, p.direction == dpb.PropertyOrder.DIRECTION_DESCENDING) for p in index.properties))
-
-
-def _describe(index: dpb.CompositeIndex) -> str:
-    props = ", ".join(p.property.name + (" desc" if p.direction == dpb.PropertyOrder.DIRECTION_DESCENDING else "")
-                      for p in index.properties)
-    return f"{index.kind}({props})" + (" ancestor" if index.ancestor else "")
-
-
 def _json(index: dpb.CompositeIndex) -> dict[str, Any]:
     return {"kind": index.kind, "ancestor": index.ancestor, "state": STATES.get(index.state, "unknown"),
             "properties": [{"name": p.property.name, "direction": "desc" if p.direction ==
@@ -55,7 +44,7 @@ def _print(out: Output, indexes: list[dpb.CompositeIndex]) -> None:
     elif not indexes:
         out.line("no composite indexes")
     else:
-        out.table(["INDEX", "STATE"], [[_describe(i), STATES.get(i.state, "unknown") +
+        out.table(["INDEX", "STATE"], [[indexyaml.describe(i), STATES.get(i.state, "unknown") +
                                         (f": {i.error}" if i.error else "")] for i in indexes])
 
 
@@ -94,8 +83,8 @@ def indexes(args: argparse.Namespace) -> int:
                 _print(out, list(result))
                 return EXIT_OK
             current = list(stub.ListIndexes(dpb.ListIndexesRequest(), metadata=meta).indexes)
-            wanted = {_key(i) for i in declared}
-            unused = [i for i in current if _key(i) not in wanted]
+            wanted = {indexyaml.key(i) for i in declared}
+            unused = [i for i in current if indexyaml.key(i) not in wanted]
             if not unused:
                 if out.as_json:
                     out.json({"deleted": []})
@@ -107,7 +96,7 @@ def indexes(args: argparse.Namespace) -> int:
                     return fail(command, f"{len(unused)} unused index(es) would be deleted; pass --yes to confirm "
                                          "without a terminal", EXIT_USAGE)
                 for index in unused:
-                    print(f"  {_describe(index)}", file=sys.stderr)
+                    print(f"  {indexyaml.describe(index)}", file=sys.stderr)
                 answer = input(f"Delete these {len(unused)} index(es)? [y/N] ").strip().lower()
                 if answer not in ("y", "yes"):
                     return fail(command, "nothing deleted", EXIT_OK)
@@ -116,7 +105,7 @@ def indexes(args: argparse.Namespace) -> int:
             out.json({"deleted": [_json(i) for i in unused]})
         else:
             for index in unused:
-                out.line(f"deleted {_describe(index)}")
+                out.line(f"deleted {indexyaml.describe(index)}")
         return EXIT_OK
     return guarded(command, lambda: where[0], body)
 

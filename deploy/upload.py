@@ -60,6 +60,7 @@ class Result:
     files: int
     uploaded_files: int
     uploaded_bytes: int
+    indexes: pb.IndexReport = dataclasses.field(default_factory=pb.IndexReport)
 
 
 def scan(app_dir: pathlib.Path, config: appyaml.AppConfig) -> list[LocalFile]:
@@ -156,7 +157,7 @@ def deploy(channel: grpc.Channel, token: str, app_dir: pathlib.Path, app_id: str
             if exc.code() != grpc.StatusCode.FAILED_PRECONDITION or "not uploaded" not in (exc.details() or "") \
                     or attempt == UPLOAD_ROUNDS - 1:
                 raise
-    return Result(created.version, len(files), uploaded, total)
+    return Result(created.version, len(files), uploaded, total, created.indexes)
 
 
 def check(stub: Any, metadata: Any, app_dir: pathlib.Path, app_id: str, config: appyaml.AppConfig, *,

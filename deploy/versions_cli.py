@@ -26,6 +26,16 @@ def _app_id(args: argparse.Namespace, config: appyaml.AppConfig | None, app_dir:
     return ""
 
 
+def _index_lines(out: Output, report: pb.IndexReport, app_dir: pathlib.Path) -> None:
+    """What the deploy did to the app's indexes, as appcfg update said it."""
+    for name in report.serving:
+        out.line(f"  new index {name}: serving")
+    for name in report.building:
+        out.line(f"  new index {name}: building in the background (kiln indexes list shows when it serves)")
+    if report.not_applied:
+        out.line(f"  {out.yellow('index.yaml')}: {report.not_applied}; apply it with kiln indexes update {app_dir}")
+
+
 def _version_json(v: pb.Version) -> dict[str, Any]:
     return {"app": v.app_id, "version": v.version_id, "minor": v.minor, "id": f"{v.version_id}.{v.minor}",
             "default": v.is_default, "deployed_by": v.deployed_by,
@@ -86,11 +96,15 @@ def deploy(args: argparse.Namespace) -> int:
                 progress.close()
         v = result.version
         if args.json:
+            report = result.indexes
             out.json({**_version_json(v), "files": result.files, "uploaded_files": result.uploaded_files,
-                      "uploaded_bytes": result.uploaded_bytes})
+                      "uploaded_bytes": result.uploaded_bytes,
+                      "indexes": {"applied": report.applied, "serving": list(report.serving),
+                                  "building": list(report.building), "not_applied": report.not_applied}})
             return EXIT_OK
         out.line(f"{out.green('deployed')} {out.bold(f'{v.version_id}.{v.minor}')} of app {app_id}: "
                  f"{result.files} files, {result.uploaded_files} uploaded ({result.uploaded_bytes:,} bytes)")
+        _index_lines(out, result.indexes, app_dir)
         out.line(f"  serving the app's domain (the default version)" if v.is_default else
                  f"  reachable at {v.version_id}-dot-{app_id}.<domain>; make it the default with "
                  f"kiln versions set-default {v.version_id} --app {app_id}")

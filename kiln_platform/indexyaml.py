@@ -84,6 +84,19 @@ def load(path: pathlib.Path) -> list[pb.CompositeIndex]:
     return parse(text, filename=str(path))
 
 
+def key(index: pb.CompositeIndex) -> tuple[object, ...]:
+    """What makes two declarations the same index: kind, ancestor, properties and their directions."""
+    return (index.kind, index.ancestor,
+            tuple((p.property.name, p.direction == pb.PropertyOrder.DIRECTION_DESCENDING) for p in index.properties))
+
+
+def describe(index: pb.CompositeIndex) -> str:
+    """One index on one line: ``Kind(prop, prop desc)``, then `` ancestor`` for an ancestor index."""
+    props = ", ".join(p.property.name + (" desc" if p.direction == pb.PropertyOrder.DIRECTION_DESCENDING else "")
+                      for p in index.properties)
+    return f"{index.kind}({props})" + (" ancestor" if index.ancestor else "")
+
+
 def render(index: pb.CompositeIndex) -> str:
     """One index as index.yaml lines (an item of the ``indexes`` list)."""
     lines = [f"- kind: {index.kind}"]

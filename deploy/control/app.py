@@ -7,6 +7,7 @@ import logging
 from deploy.control import tokens
 from deploy.control.config import ControlConfig
 from deploy.control.hosts import Hosts
+from deploy.control.indexes import IndexApplier
 from deploy.control.modules import ModulesService
 from deploy.control.service import DeployService
 from deploy.control.store import EmbeddedStore, Store
@@ -52,8 +53,9 @@ async def serve(cfg: ControlConfig) -> None:
     await nc.subscribe(bus.DEPLOY_HOST_SUBJECT, cb=on_host)
     await nc.publish(bus.DEPLOY_HOST_REPORT_SUBJECT, b"")  # hosts report now, not at their next heartbeat
     await nc.flush()
+    indexes = IndexApplier(str(cfg.datastore_addr), cfg.service_secret.get()) if cfg.datastore_addr else None
     service = DeployService(store, service_secret=cfg.service_secret.get(), publish=publish, hosts=hosts,
-                            blob_grace_seconds=cfg.blob_grace_seconds)
+                            blob_grace_seconds=cfg.blob_grace_seconds, indexes=indexes)
 
     async def stop() -> None:
         await service.close()

@@ -6,7 +6,7 @@ import dataclasses
 import pathlib
 import typing
 
-from kiln_platform.config import GrpcServiceConfig, ListenAddress, Secret, StorageConfig, field
+from kiln_platform.config import GrpcServiceConfig, HostPort, ListenAddress, Secret, StorageConfig, field
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -27,6 +27,9 @@ class ControlConfig(StorageConfig, GrpcServiceConfig):
     data_dir: pathlib.Path = field(pathlib.Path("~/.local/share/kiln/control").expanduser(),
                                    "directory of the embedded store")
     cassandra_keyspace: str = field("kiln_control", "keyspace for versions and files")
+    datastore_addr: HostPort | None = field(None, "datastore_svc's gRPC address: each new version's index.yaml is "
+                                                  "declared there (new indexes build in the background; none is "
+                                                  "deleted); empty: deploys say index.yaml was not applied")
     blob_grace_seconds: float = field(3600.0, "files no version uses are deleted once they are this old (a deploy "
                                               "in progress has uploaded files its version does not name yet)")
 

@@ -28,6 +28,7 @@ import grpc
 
 from deploy.control import manifest, tokens
 from deploy.control.hosts import Hosts
+from deploy.control.indexes import IndexApplier
 from deploy.control.store import Store, not_uploaded
 from kiln_platform import auth, bus, grpcserver
 from kiln.errors import BadRequestError, NotFoundError, PermissionDeniedError, TooLargeError
@@ -69,8 +70,9 @@ class DeployService(deploy_pb2_grpc.DeployServiceServicer):
     """Implements the contract (see module docstring)."""
 
     def __init__(self, store: Store, *, service_secret: str, publish: Publish, hosts: Hosts,
-                 blob_grace_seconds: float = 3600.0) -> None:
+                 blob_grace_seconds: float = 3600.0, indexes: IndexApplier | None = None) -> None:
         self._store = store
+        self._indexes = indexes
         self._hosts = hosts
         self._service_secret = service_secret
         self._publish = publish
@@ -136,13 +138,19 @@ class DeployService(deploy_pb2_grpc.DeployServiceServicer):
         stored = await self._store.create_version(version)  # refused if a file is not uploaded
         log.info("app %s: version %s.%d created by %s (%d files)", stored.app_id, stored.version_id, stored.minor,
                  grant.name, len(stored.files))
+        # Its indexes before anything serves it (deploy/control/indexes.py).
+        report = pb.IndexReport()
+        if version.index_yaml:
+            report = (await self._indexes.apply(stored.app_id, version.index_yaml) if self._indexes is not None
+                      else pb.IndexReport(not_applied="the control plane has no datastore address (its "
+                                                      "--datastore-addr)"))
         await self._announce_version(stored, events_pb2.VersionEvent.KIND_CREATED)
         if stored.minor > 1:
             self.collect(stored.app_id)  # the previous minor's files may be unused now
         if request.promote:
             await self._promote(stored.app_id, stored.version_id)
             stored.is_default = True
-        return pb.CreateVersionResponse(version=stored)
+        return pb.CreateVersionResponse(version=stored, indexes=report)
 
     async def CheckRuntime(self, request: pb.CheckRuntimeRequest, context: Context) -> pb.CheckRuntimeResponse:
         self._grant(context, request.app_id, "admin")
@@ -238,3 +246,5 @@ class DeployService(deploy_pb2_grpc.DeployServiceServicer):
         """Wait for collections in progress."""
         if self._collecting:
             await asyncio.wait(list(self._collecting.values()), timeout=30)
+        if self._indexes is not None:
+            await self._indexes.close()

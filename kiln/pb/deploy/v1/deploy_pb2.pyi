@@ -351,22 +351,71 @@ class CreateVersionResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     VERSION_FIELD_NUMBER: _builtins.int
+    INDEXES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def version(self) -> Global___Version:
         """As stored."""
+
+    @_builtins.property
+    def indexes(self) -> Global___IndexReport:
+        """What became of the version's index.yaml (as `appcfg update` reported it)."""
 
     def __init__(
         self,
         *,
         version: Global___Version | None = ...,
+        indexes: Global___IndexReport | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["version", b"version"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["indexes", b"indexes", "version", b"version"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["indexes", b"indexes", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CreateVersionResponse: _TypeAlias = CreateVersionResponse  # noqa: Y015
+
+@_typing.final
+class IndexReport(_message.Message):
+    """IndexReport says what deploying a version did to its app's composite indexes: the control plane declares the
+    version's index.yaml to the datastore (new indexes are built in the background; none is deleted) before the
+    version can become the default, and waits a few seconds for new indexes to serve.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APPLIED_FIELD_NUMBER: _builtins.int
+    SERVING_FIELD_NUMBER: _builtins.int
+    BUILDING_FIELD_NUMBER: _builtins.int
+    NOT_APPLIED_FIELD_NUMBER: _builtins.int
+    applied: _builtins.bool
+    """index.yaml was declared to the datastore."""
+    not_applied: _builtins.str
+    """Why it was not applied (the control plane has no datastore address, or the datastore refused or was
+    unreachable); the version is deployed all the same, and `kiln indexes update` applies it.
+    """
+    @_builtins.property
+    def serving(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Indexes index.yaml added that were serving when the deploy answered, as `Kind(prop, prop desc)`."""
+
+    @_builtins.property
+    def building(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Indexes index.yaml added that were still building (`kiln indexes list` shows when they serve)."""
+
+    def __init__(
+        self,
+        *,
+        applied: _builtins.bool = ...,
+        serving: _abc.Iterable[_builtins.str] | None = ...,
+        building: _abc.Iterable[_builtins.str] | None = ...,
+        not_applied: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied", b"applied", "building", b"building", "not_applied", b"not_applied", "serving", b"serving"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IndexReport: _TypeAlias = IndexReport  # noqa: Y015
 
 @_typing.final
 class GetVersionRequest(_message.Message):
