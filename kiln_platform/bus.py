@@ -7,9 +7,12 @@ request-replies and subscriptions finish instead of being cut.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import time
 import urllib.parse
+from collections.abc import Awaitable, Callable
 
 import nats
 import nats.errors
@@ -45,8 +48,13 @@ async def connect(url: str, *, name: str, inbox_prefix: str = "_INBOX") -> Clien
     """
 
     where = shown(url)
+    refusals = Refusals(where, user=", ".join(sorted({p.username or "(none)" for p in servers(url)})))
 
     async def on_error(exc: Exception) -> None:
+        # nats-py raises AuthorizationError once connected, a plain Error with the server's text while connecting.
+        if isinstance(exc, nats.errors.AuthorizationError) or "authorization violation" in str(exc).lower():
+            await refusals.refused()  # said plainly, now and then; the next attempt waits longer
+            return
         log.warning("nats at %s: %s", where, exc or type(exc).__name__)
 
     async def on_disconnect() -> None:
@@ -54,8 +62,9 @@ async def connect(url: str, *, name: str, inbox_prefix: str = "_INBOX") -> Clien
 
     async def on_reconnect() -> None:
         log.info("nats reconnected to %s", where)
+        refusals.accepted()
 
-    return await nats.connect(
+    nc = await nats.connect(
         servers=[s.geturl() for s in servers(url)],
         name=name,
         max_reconnect_attempts=-1,
@@ -67,6 +76,44 @@ async def connect(url: str, *, name: str, inbox_prefix: str = "_INBOX") -> Clien
         reconnected_cb=on_reconnect,
         inbox_prefix=inbox_prefix,
     )
+    refusals.accepted()
+    return nc
+
+
+# A connection whose credentials NATS refuses tries again after 0.5 s, then 1 s, then every 2 s (nats-py retries
+# every reconnect_time_wait; the pause is added in its error callback, which its connect loop awaits): the refusal
+# is usually the auth callout being down or restarting, and the connection gets in within 2 s of its return.
+_REFUSAL_PAUSES = (0.0, 0.5, 1.5)
+REFUSAL_REPORT_SECONDS = 10.0
+
+
+class Refusals:
+    """Refused credentials of one connection: reported in one plain line at most every REFUSAL_REPORT_SECONDS, and
+    backed off (module notes above)."""
+
+    def __init__(self, where: str, *, user: str,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        self.where, self.user = where, user
+        self._sleep = sleep
+        self.count = 0
+        self._said = -REFUSAL_REPORT_SECONDS
+
+    async def refused(self) -> None:
+        self.count += 1
+        now = time.monotonic()
+        if now - self._said >= REFUSAL_REPORT_SECONDS:
+            self._said = now
+            log.error("NATS at %s refuses the credentials of user %s (%d time(s) so far); trying again every few "
+                      "seconds. An app's instances are let in by the NATS auth callout: check that `python -m "
+                      "natscallout` runs and reaches NATS, and that its app secret is the managers' "
+                      "KILN_MANAGER_NATS_APP_SECRET", self.where, self.user, self.count)
+        await self._sleep(_REFUSAL_PAUSES[min(self.count, len(_REFUSAL_PAUSES)) - 1])
+
+    def accepted(self) -> None:
+        if self.count:
+            log.info("NATS at %s accepted user %s after %d refusal(s)", self.where, self.user, self.count)
+        self.count = 0
+        self._said = -REFUSAL_REPORT_SECONDS
 
 
 async def shutdown(nc: Client) -> None:
