@@ -68,8 +68,12 @@ _HINT_BUCKET_SECONDS = 10
 _HINT_HORIZON_SECONDS = 3600
 _HINT_TTL_SECONDS = 6 * 3600
 _SWEEP_SECONDS = 5.0
-# A commit normally finishes its index writes well within this; the sweeper leaves younger hints alone.
+# A commit normally finishes its index writes well within this; the sweeper leaves younger hints of
+# commits that may still be running alone (hints from before this process started are handled at once).
 _SWEEP_GRACE_SECONDS = 5.0
+# A hint whose group shows no commit since it was written is kept until no commit can still be running
+# (the driver's request timeout is 30 s); then its commit never happened.
+_HINT_GIVE_UP_SECONDS = 120.0
 _SWEEP_CHECKPOINT = "hint_sweep_checkpoint"
 # Groups whose last commit's index changes this process applied (the next commit need not redo them).
 _APPLIED_CACHE = 65536
@@ -130,9 +134,14 @@ def _tables(ks: str) -> list[str]:
     ]
 
 
+def _uuid1_ticks(u: uuid.UUID) -> int:
+    """The Unix time in a version-1 UUID, in 100-ns ticks."""
+    return int(u.time - 0x01B21DD213814000)
+
+
 def _uuid1_seconds(u: uuid.UUID) -> float:
     """The Unix time in a version-1 UUID."""
-    return (u.time - 0x01B21DD213814000) / 1e7
+    return _uuid1_ticks(u) / 1e7
 
 
 def encode_changes(changes: Iterable[tuple[int, IndexRow]]) -> bytes:
@@ -169,6 +178,7 @@ class CassandraEngine:
         self._applied: collections.OrderedDict[tuple[str, str, bytes], int] = collections.OrderedDict()
         self._background: set[asyncio.Task[None]] = set()
         self._swept: int | None = None  # the last hint bucket fully handled
+        self._started = time.time()
         self._shards = index_shards
         ks = keyspace.name
 
@@ -475,12 +485,15 @@ class CassandraEngine:
         """Finish what crashed commits left: resolve locks and redo index changes of hinted groups.
 
         Reads the hint buckets from the last checkpoint (at most the horizon back) up to the one holding
-        ``now - older_than``, handles every hint older than that not marked done, and moves the checkpoint
+        ``now - older_than``, and handles every hint not marked done that is older than that or than this
+        process: it redoes the group's last commit's index changes (SERIAL read; idempotent), and marks the
+        hint done once the group shows a commit at or after the hint (that commit, or a later one that
+        redid it first) or the hint is too old for its commit to be still running. The checkpoint moves
         past each bucket that is closed and fully handled. Returns how many hints were handled.
         """
         now = time.time()
         cutoff = now - older_than
-        last = int(cutoff // _HINT_BUCKET_SECONDS)
+        last = int(max(cutoff, min(now, self._started)) // _HINT_BUCKET_SECONDS)
         if self._swept is None:
             row = _first(await self._exec(self._checkpoint_read))
             self._swept = int(row.value) if row is not None else -1
@@ -493,14 +506,19 @@ class CassandraEngine:
             for row in await self._exec(self._hint_read, (bucket,)):
                 if row.done:
                     continue
-                if _uuid1_seconds(row.id) >= cutoff:
+                written = _uuid1_seconds(row.id)
+                if written >= cutoff and written >= self._started:
                     ok = False
                     continue
                 try:
-                    await self._finish_group(row.app, row.ns, bytes(row.grp))
+                    state = await self._finish_group(row.app, row.ns, bytes(row.grp))
                 except UnavailableError as exc:
                     log.warning("sweeper: group still busy, will retry: %s", exc)
                     ok = False
+                    continue
+                committed_since = state is not None and (state.commit_ts or 0) * 10 + 10 >= _uuid1_ticks(row.id)
+                if not committed_since and now - written < _HINT_GIVE_UP_SECONDS:
+                    ok = False  # its commit may still be on its way: look again next time
                     continue
                 await self._exec(self._hint_done, (bucket, row.id))
                 handled += 1
@@ -513,11 +531,12 @@ class CassandraEngine:
             await self._exec(self._checkpoint_write, (str(closed_through),))
         return handled
 
-    async def _finish_group(self, app: str, namespace: str, group: bytes) -> None:
-        """Redo the index changes of the group's last commit unless this process wrote them."""
+    async def _finish_group(self, app: str, namespace: str, group: bytes) -> Any:
+        """Redo the index changes of the group's last commit unless this process wrote them; its state."""
         state = await self._group_state(app, namespace, group)
         if state is not None and state.pending and self._applied.get((app, namespace, group)) != state.commit_ts:
             await self._apply_changes(app, namespace, decode_changes(state.pending), state.commit_ts, group=group)
+        return state
 
     async def maintain(self) -> None:
         """Run the sweeper now (a restarted process finishes what it left) and every few seconds."""
