@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 import uuid
 
@@ -190,3 +191,25 @@ async def test_the_sweeper_reads_each_closed_bucket_once_and_resumes_from_its_ch
     finally:
         await restarted.close()
         await asyncio.get_running_loop().run_in_executor(None, drop_keyspace, cassandra_hosts, keyspace)
+
+
+async def test_an_index_scan_reads_on_in_the_shards_that_hold_most_of_the_first_rows(engine):
+    app = "skew" + uuid.uuid4().hex[:8]
+    idx = index.kind_idx("K")
+
+    def path(i):
+        return encode_path(pb.Key(path=[pb.PathElement(kind="K", id=i)]).path)
+
+    def shard(p):
+        return engine._shard(index.IndexRow(idx, p, p))
+
+    # The 60 smallest paths all in shard 0, then 40 in shard 1: a 50-row scan cannot stop at each shard's share.
+    ids = itertools.count(1)
+    low = [p for p in (path(next(ids)) for _ in range(400)) if shard(p) == 0][:60]
+    high = [p for p in (path(next(ids)) for _ in range(400)) if shard(p) == 1][:40]
+    rows = [index.IndexRow(idx, p, p) for p in low + high]
+    await engine.add_index_rows(app, "", rows)
+    assert await engine.scan_index(app, "", idx, b"", PREFIX_END, 50) == [(p, p) for p in sorted(low)[:50]]
+    every = sorted(low + high)
+    assert await engine.scan_index(app, "", idx, b"", PREFIX_END, 100) == [(p, p) for p in every]
+    assert await engine.scan_index(app, "", idx, every[30], PREFIX_END, 50) == [(p, p) for p in every[30:80]]
