@@ -219,3 +219,30 @@ async def test_a_100_entity_query_reads_the_index_then_the_entities_in_one_round
     assert recorder.statements == {"SELECT index_rows": 2,
                                    "SELECT entities": -(-100 // cassandra.GET_IN_SIZE)}
     assert recorder.round_trips == 2
+
+
+async def test_concurrent_gets_share_one_read(engine: cassandra.CassandraEngine, recorder: Recorder) -> None:
+    app = "count" + uuid.uuid4().hex[:8]
+    commits = [_commit(_entity(f"g{i}", i)) for i in range(20)]
+    await engine.commit(app, "", commits, _rows_of, atomic=False)
+    await _settled(engine)
+    recorder.start()
+    found = await asyncio.gather(*(engine.get(app, "", [cassandra.Ref(c.group, c.writes[0].path)]) for c in commits))
+    assert found == [[c.writes[0].entity] for c in commits]
+    assert recorder.statements == {"SELECT entities": -(-20 // cassandra.GET_IN_SIZE)}
+    assert recorder.round_trips == 1
+
+
+async def test_concurrent_puts_write_their_hints_in_one_batch(engine: cassandra.CassandraEngine,
+                                                             recorder: Recorder) -> None:
+    app = "count" + uuid.uuid4().hex[:8]
+    await _put(engine, app, _entity("first", 1))
+    await _settled(engine)
+    recorder.start()
+    await asyncio.gather(*(_put(engine, app, _entity(f"h{i}", i)) for i in range(10)))
+    await _settled(engine)
+    hint_statements = {label: n for label, n in recorder.statements.items() if "commit_hints" in label}
+    # Written before the commits' batches, marked done after: one single-partition batch each (a bucket
+    # boundary between them would split one in two).
+    assert sum(hint_statements.values()) in (2, 3, 4)
+    assert all(label.startswith("BATCH[") or n == 1 for label, n in hint_statements.items())
