@@ -232,6 +232,8 @@ class CassandraEngine:
         self._swept: int | None = None  # the last hint bucket fully handled
         self._started = time.time()
         self._reads = _Coalescer(self._read_rows, most=4 * GET_IN_SIZE)
+        self._index_writes = _Coalescer(self._write_index_rows, most=4 * _INDEX_BATCH_ROWS)
+        self._state_reads = _Coalescer(self._read_states, most=GET_IN_SIZE)
         self._hint_writes = _Coalescer(self._write_hints, most=_HINT_BATCH_ROWS)
         self._hint_marks = _Coalescer(self._mark_hints, most=_HINT_BATCH_ROWS)
         self._shards = index_shards
@@ -250,6 +252,8 @@ class CassandraEngine:
         # Commits read the group at LOCAL_QUORUM: their conditional batch
         # re-checks gv with Paxos, so a stale read only costs a retry.
         self._state_commit = prep(state)
+        self._states_in = prep(f"SELECT grp, gv, commit_ts, pending, lock_txid FROM {ks}.entities WHERE app=? "
+                               "AND ns=? AND grp IN ? PER PARTITION LIMIT 1")
         self._old_with_state = prep(f"SELECT path, entity, gv, commit_ts, pending, lock_txid FROM {ks}.entities "
                                     f"WHERE {pk} AND path IN ?")
         self._old = prep(f"SELECT path, entity FROM {ks}.entities WHERE {pk} AND path IN ?")
@@ -336,6 +340,21 @@ class CassandraEngine:
             found.update({(*app_ns, path): row for path, row in rows.items()})
         return [found.get((app, namespace, ref.path)) for app, namespace, ref in items]
 
+    async def _read_states(self, items: list[tuple[str, str, bytes]]) -> list[Any]:
+        """The static state (or None) of each ``(app, namespace, group)``, at LOCAL_QUORUM; one ``IN`` read per
+        namespace."""
+        if len(items) == 1:
+            return [_first(await self._exec(self._state_commit, items[0]))]
+        by_ns: dict[tuple[str, str], set[bytes]] = collections.defaultdict(set)
+        for app, namespace, group in items:
+            by_ns[app, namespace].add(group)
+        found: dict[tuple[str, str, bytes], Any] = {}
+        keys = list(by_ns)
+        for app_ns, rows in zip(keys, await asyncio.gather(
+                *(self._exec(self._states_in, (*app_ns, sorted(by_ns[app_ns]))) for app_ns in keys))):
+            found.update({(*app_ns, bytes(r.grp)): r for r in rows})
+        return [found.get(item) for item in items]
+
     async def _get_chunk(self, app: str, namespace: str, refs: list[Ref]) -> dict[bytes, Any]:
         """One read for several keys: every row is in exactly one of the named groups, so groups x paths
         finds each key once and nothing else."""
@@ -356,7 +375,10 @@ class CassandraEngine:
     async def _group_state(self, app: str, namespace: str, group: bytes, *, serial: bool = True) -> Any:
         """The group's static state, after resolving a cross-group lock left on it."""
         for _ in range(_RETRIES):
-            state = _first(await self._exec(self._state if serial else self._state_commit, (app, namespace, group)))
+            if serial:
+                state = _first(await self._exec(self._state, (app, namespace, group)))
+            else:  # commits of this loop turn read their groups together
+                state = await self._state_reads.submit((app, namespace, group))
             if state is None or state.lock_txid is None:
                 return state
             if not await self._resolve_lock(app, namespace, group, state.lock_txid):
@@ -503,19 +525,15 @@ class CassandraEngine:
         in unlogged batches (one message each, not atomic, which replaying ``pending`` does not need). With
         ``group``, remember that this commit's changes are written, so the group's next commit skips them.
         """
-        stmts: list[Awaitable[Any]] = []
-        batch: Any = None
-        size = 0
-        for op, r in changes:
-            if batch is None or len(batch) >= _INDEX_BATCH_ROWS or size >= _INDEX_BATCH_BYTES:
-                batch, size = self._keyspace.batch(consistency="LOCAL_QUORUM", serial="SERIAL"), 0
-                stmts.append(self._exec(batch))
-            if op == _ADD:
-                batch.add(self._irow_add, (app, namespace, r.idx, self._shard(r), r.row, r.path, commit_ts))
-            else:
-                batch.add(self._irow_del, (commit_ts, app, namespace, r.idx, self._shard(r), r.row))
-            size += len(r.idx) + len(r.row) + len(r.path)
-        await _bounded(stmts)
+        writes = [(self._irow_add, (app, namespace, r.idx, self._shard(r), r.row, r.path, commit_ts)) if op == _ADD
+                  else (self._irow_del, (commit_ts, app, namespace, r.idx, self._shard(r), r.row))
+                  for op, r in changes]
+        if len(writes) <= _INDEX_BATCH_ROWS:
+            # Small commits of this loop turn share batches.
+            await asyncio.gather(*(self._index_writes.submit(w) for w in writes))
+        else:
+            await _bounded(self._write_index_rows(writes[i:i + _INDEX_BATCH_ROWS], whole=True)
+                           for i in range(0, len(writes), _INDEX_BATCH_ROWS))
         await self._note_metadata(app, namespace, metadata_of(r for op, r in changes if op == _ADD))
         if group is not None:
             key = (app, namespace, group)
@@ -524,6 +542,20 @@ class CassandraEngine:
                 self._applied.move_to_end(key)
                 if len(self._applied) > _APPLIED_CACHE:
                     self._applied.popitem(last=False)
+
+    async def _write_index_rows(self, writes: list[tuple[Any, tuple[Any, ...]]], *, whole: bool = False) -> list[None]:
+        """Index row writes in unlogged batches of at most :data:`_INDEX_BATCH_ROWS` rows and about
+        :data:`_INDEX_BATCH_BYTES` (``whole``: ``writes`` is already one batch's worth)."""
+        batches: list[Any] = []
+        size = 0
+        for stmt, params in writes:
+            if not batches or (not whole and (len(batches[-1]) >= _INDEX_BATCH_ROWS or size >= _INDEX_BATCH_BYTES)):
+                batches.append(self._keyspace.batch(consistency="LOCAL_QUORUM", serial="SERIAL"))
+                size = 0
+            batches[-1].add(stmt, params)
+            size += sum(len(p) for p in params if isinstance(p, bytes))
+        await asyncio.gather(*(self._exec(b) for b in batches))
+        return [None] * len(writes)
 
     async def _note_metadata(self, app: str, namespace: str, facts: set[tuple[str, str, bytes]]) -> None:
         new = [f for f in facts if (app, namespace, f) not in self._known_meta]

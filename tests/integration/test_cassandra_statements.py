@@ -233,7 +233,7 @@ async def test_concurrent_gets_share_one_read(engine: cassandra.CassandraEngine,
     assert recorder.round_trips == 1
 
 
-async def test_concurrent_puts_write_their_hints_in_one_batch(engine: cassandra.CassandraEngine,
+async def test_concurrent_puts_read_their_groups_and_write_their_hints_together(engine: cassandra.CassandraEngine,
                                                              recorder: Recorder) -> None:
     app = "count" + uuid.uuid4().hex[:8]
     await _put(engine, app, _entity("first", 1))
@@ -246,3 +246,8 @@ async def test_concurrent_puts_write_their_hints_in_one_batch(engine: cassandra.
     # boundary between them would split one in two).
     assert sum(hint_statements.values()) in (2, 3, 4)
     assert all(label.startswith("BATCH[") or n == 1 for label, n in hint_statements.items())
+    # One IN read of the ten groups' state; each group still commits with its own Paxos batch.
+    assert recorder.statements["SELECT entities"] == 1
+    assert recorder.statements["BATCH[INSERT entities, UPDATE entities IF]"] == 10
+    index_rows = sum(n * label.count("index_rows") for label, n in recorder.statements.items())
+    assert index_rows == 10 * BENCH_INDEX_ROWS
