@@ -17,17 +17,31 @@ Schema (``shared/CASSANDRA.md`` has the research behind it):
   ``ALLOW FILTERING``. Written only with plain writes ``USING TIMESTAMP
   commit_ts`` after the group's commit, so replaying a commit's index changes
   (by the next writer of the group, which redoes ``pending``) can never undo a
-  later commit's. Each index is spread over ``index_shards`` partitions by a
+  later commit's. The rows live in other partitions than the group, so they
+  cannot join its conditional batch; they go in unlogged batches (not atomic,
+  which replaying needs not be). A commit redoes its group's previous
+  ``pending`` before its own batch replaces it, unless this process wrote
+  those rows itself. Each index is spread over ``index_shards`` partitions by a
   hash of the entity's key (fixed when the keyspace is created, kept in
   ``settings``), so no index partition holds more than its share of a kind;
-  a scan reads every shard's slice and merges them in order.
+  a scan reads each shard about its share of the rows and merges them in order.
+- ``commit_hints``: before its conditional batch, a commit writes a hint
+  ``(bucket of 10 s, timeuuid) -> group``; after its index rows it marks the
+  hint done (an upsert with the table's TTL: no tombstone). Rows expire after
+  6 h under time-window compaction. The sweeper reads each bucket from a
+  checkpoint kept in ``settings`` (a restarted process resumes there, at most an
+  hour back), redoes ``pending`` of the groups of hints not done, and marks a
+  hint done once its group shows a commit at or after the hint.
 - ``xg_txns``: cross-group transaction records, the commit point of a
   two-phase commit (LWT only, expiring after a day).
 - ``metadata``, ``index_defs``, ``id_counters`` (LWT only) as named.
 
 Consistency: group reads for transactions and commits are SERIAL (they finish
-any in-flight Paxos round); gets outside transactions and index reads are
-LOCAL_QUORUM; LWT commits use LOCAL_QUORUM. The driver is imported only when
+any in-flight Paxos round), except a commit's first read, LOCAL_QUORUM (its
+conditional batch re-checks ``gv``); gets outside transactions and index reads are
+LOCAL_QUORUM; LWT commits use LOCAL_QUORUM. Reads of concurrent requests (gets,
+commits' group states) and hint and index writes of one event-loop turn share
+statements (``IN`` reads, single-partition batches). The driver is imported only when
 this engine is chosen; its exceptions become :class:`~kiln.errors.UnavailableError`.
 """
 
