@@ -39,10 +39,11 @@ Schema (``shared/CASSANDRA.md`` has the research behind it):
 Consistency: group reads for transactions and commits are SERIAL (they finish
 any in-flight Paxos round), except a commit's first read, LOCAL_QUORUM (its
 conditional batch re-checks ``gv``); gets outside transactions and index reads are
-LOCAL_QUORUM; LWT commits use LOCAL_QUORUM. Reads of concurrent requests (gets,
-commits' group states) and hint and index writes of one event-loop turn share
-statements (``IN`` reads, single-partition batches). The driver is imported only when
-this engine is chosen; its exceptions become :class:`~kiln.errors.UnavailableError`.
+LOCAL_QUORUM; LWT commits use LOCAL_QUORUM. A get of several keys reads them with
+``IN`` reads. Requests are not merged into shared statements: at 32 in flight
+one event-loop turn held about 2.5 of them, and merging cost more CPU per
+request than it saved (measured). The driver is imported only when this engine
+is chosen; its exceptions become :class:`~kiln.errors.UnavailableError`.
 """
 
 from __future__ import annotations
@@ -95,8 +96,6 @@ _APPLIED_CACHE = 65536
 # Index rows written per unlogged batch: Cassandra warns above 10 partitions or 5 KiB per batch.
 _INDEX_BATCH_ROWS = 10
 _INDEX_BATCH_BYTES = 4096
-# Hint rows (one bucket's partition) written or marked per single-partition batch.
-_HINT_BATCH_ROWS = 32
 #: Keys per ``IN`` read of a multi-key get (the read names each key's group and path; Cassandra looks up
 #: groups x paths, so the lists stay short).
 GET_IN_SIZE = 25
@@ -181,55 +180,6 @@ def decode_changes(raw: bytes) -> list[tuple[int, IndexRow]]:
     return out
 
 
-class _Coalescer:
-    """Runs the items submitted during one turn of the event loop as one call (``run(items)`` returns one
-    result per item, in order), at most ``most`` at a time.
-
-    Concurrent requests then share statements: the driver's cost per statement (query plan, framing, a
-    thread hop each way) is most of a key read's CPU, and one statement naming many keys costs little more
-    than one naming one. A lone item is run alone at once (one loop turn later), so nothing waits for company.
-    """
-
-    def __init__(self, run: Callable[[list[Any]], Awaitable[list[Any]]], *, most: int) -> None:
-        self._run, self._most = run, most
-        self._items: list[tuple[Any, asyncio.Future[Any]]] = []
-        self._scheduled = False
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def submit(self, item: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Any] = loop.create_future()
-        self._items.append((item, fut))
-        if len(self._items) >= self._most:
-            self._flush()
-        elif not self._scheduled:
-            self._scheduled = True
-            loop.call_soon(self._flush)
-        return await fut
-
-    def _flush(self) -> None:
-        self._scheduled = False
-        items, self._items = self._items, []
-        if items:
-            task = asyncio.get_running_loop().create_task(self._settle(items))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _settle(self, items: list[tuple[Any, asyncio.Future[Any]]]) -> None:
-        try:
-            results = await self._run([item for item, _ in items])
-        except BaseException as exc:  # every waiter gets the statement's failure
-            for _, fut in items:
-                if not fut.done():
-                    fut.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
-        else:
-            for (_, fut), result in zip(items, results):
-                if not fut.done():
-                    fut.set_result(result)
-
-
 class CassandraEngine:
     """Cassandra-backed :class:`~datastore_svc.engine.base.Engine` (see module docstring)."""
 
@@ -245,11 +195,6 @@ class CassandraEngine:
         self._background: set[asyncio.Task[None]] = set()
         self._swept: int | None = None  # the last hint bucket fully handled
         self._started = time.time()
-        self._reads = _Coalescer(self._read_rows, most=4 * GET_IN_SIZE)
-        self._index_writes = _Coalescer(self._write_index_rows, most=4 * _INDEX_BATCH_ROWS)
-        self._state_reads = _Coalescer(self._read_states, most=GET_IN_SIZE)
-        self._hint_writes = _Coalescer(self._write_hints, most=_HINT_BATCH_ROWS)
-        self._hint_marks = _Coalescer(self._mark_hints, most=_HINT_BATCH_ROWS)
         self._shards = index_shards
         ks = keyspace.name
 
@@ -266,8 +211,6 @@ class CassandraEngine:
         # Commits read the group at LOCAL_QUORUM: their conditional batch
         # re-checks gv with Paxos, so a stale read only costs a retry.
         self._state_commit = prep(state)
-        self._states_in = prep(f"SELECT grp, gv, commit_ts, pending, lock_txid FROM {ks}.entities WHERE app=? "
-                               "AND ns=? AND grp IN ? PER PARTITION LIMIT 1")
         self._old_with_state = prep(f"SELECT path, entity, gv, commit_ts, pending, lock_txid FROM {ks}.entities "
                                     f"WHERE {pk} AND path IN ?")
         self._old = prep(f"SELECT path, entity FROM {ks}.entities WHERE {pk} AND path IN ?")
@@ -322,59 +265,34 @@ class CassandraEngine:
     async def get(self, app: str, namespace: str, refs: list[Ref], *, strong: bool = False) -> list[bytes | None]:
         stmt = self._get_serial if strong else self._get
 
-        async def again(ref: Ref, row: Any) -> bytes | None:
+        async def one(ref: Ref) -> bytes | None:
+            row = _first(await self._exec(stmt, (app, namespace, ref.group, ref.path)))
             if row is not None and row.lock_txid is not None:
                 # A cross-group commit holds the group: finish or undo it, then read again.
                 await self._resolve_lock(app, namespace, ref.group, row.lock_txid)
                 row = _first(await self._exec(stmt, (app, namespace, ref.group, ref.path)))
             return bytes(row.entity) if row is not None and row.entity is not None else None
 
+        if len(refs) == 1:
+            return [await one(refs[0])]
         if strong:  # SERIAL reads name one partition each
-            async def one(ref: Ref) -> bytes | None:
-                return await again(ref, _first(await self._exec(stmt, (app, namespace, ref.group, ref.path))))
             return list(await asyncio.gather(*(one(r) for r in refs)))
-        # Reads of every request in this loop turn go together (see _Coalescer).
-        rows = await asyncio.gather(*(self._reads.submit((app, namespace, r)) for r in refs))
-        return [await again(ref, row) for ref, row in zip(refs, rows)]
-
-    async def _read_rows(self, items: list[tuple[str, str, Ref]]) -> list[Any]:
-        """The entity row (or None) for each ``(app, namespace, ref)``: one read for one key, else ``IN``
-        reads of up to :data:`GET_IN_SIZE` keys of one namespace each, all at once."""
-        if len(items) == 1:
-            app, namespace, ref = items[0]
-            return [_first(await self._exec(self._get, (app, namespace, ref.group, ref.path)))]
-        by_ns: dict[tuple[str, str], list[Ref]] = collections.defaultdict(list)
-        for app, namespace, ref in items:
-            by_ns[app, namespace].append(ref)
-        chunks = [(app_ns, refs[i:i + GET_IN_SIZE]) for app_ns, refs in by_ns.items()
-                  for i in range(0, len(refs), GET_IN_SIZE)]
-        found: dict[tuple[str, str, bytes], Any] = {}
-        for (app_ns, _), rows in zip(chunks, await asyncio.gather(
-                *(self._get_chunk(*app_ns, refs) for app_ns, refs in chunks))):
-            found.update({(*app_ns, path): row for path, row in rows.items()})
-        return [found.get((app, namespace, ref.path)) for app, namespace, ref in items]
-
-    async def _read_states(self, items: list[tuple[str, str, bytes]]) -> list[Any]:
-        """The static state (or None) of each ``(app, namespace, group)``, at LOCAL_QUORUM; one ``IN`` read per
-        namespace."""
-        if len(items) == 1:
-            return [_first(await self._exec(self._state_commit, items[0]))]
-        by_ns: dict[tuple[str, str], set[bytes]] = collections.defaultdict(set)
-        for app, namespace, group in items:
-            by_ns[app, namespace].add(group)
-        found: dict[tuple[str, str, bytes], Any] = {}
-        keys = list(by_ns)
-        for app_ns, rows in zip(keys, await asyncio.gather(
-                *(self._exec(self._states_in, (*app_ns, sorted(by_ns[app_ns]))) for app_ns in keys))):
-            found.update({(*app_ns, bytes(r.grp)): r for r in rows})
-        return [found.get(item) for item in items]
+        chunks = [refs[i:i + GET_IN_SIZE] for i in range(0, len(refs), GET_IN_SIZE)]
+        found: dict[bytes, Any] = {}
+        for rows in await asyncio.gather(*(self._get_chunk(app, namespace, chunk) for chunk in chunks)):
+            found.update(rows)
+        out: list[bytes | None] = []
+        for ref in refs:
+            row = found.get(ref.path)
+            if row is not None and row.lock_txid is not None:
+                out.append(await one(ref))
+            else:
+                out.append(bytes(row.entity) if row is not None and row.entity is not None else None)
+        return out
 
     async def _get_chunk(self, app: str, namespace: str, refs: list[Ref]) -> dict[bytes, Any]:
         """One read for several keys: every row is in exactly one of the named groups, so groups x paths
         finds each key once and nothing else."""
-        if len(refs) == 1:
-            row = _first(await self._exec(self._get, (app, namespace, refs[0].group, refs[0].path)))
-            return {} if row is None else {refs[0].path: row}
         groups = sorted({r.group for r in refs})
         paths = sorted({r.path for r in refs})
         rows = await self._exec(self._get_in, (app, namespace, groups, paths))
@@ -389,10 +307,7 @@ class CassandraEngine:
     async def _group_state(self, app: str, namespace: str, group: bytes, *, serial: bool = True) -> Any:
         """The group's static state, after resolving a cross-group lock left on it."""
         for _ in range(_RETRIES):
-            if serial:
-                state = _first(await self._exec(self._state, (app, namespace, group)))
-            else:  # commits of this loop turn read their groups together
-                state = await self._state_reads.submit((app, namespace, group))
+            state = _first(await self._exec(self._state if serial else self._state_commit, (app, namespace, group)))
             if state is None or state.lock_txid is None:
                 return state
             if not await self._resolve_lock(app, namespace, group, state.lock_txid):
@@ -452,7 +367,7 @@ class CassandraEngine:
             hint_write: list[Awaitable[Any]] = []
             if hint is None:
                 hint = self._new_hint()
-                hint_write.append(self._hint_writes.submit((*hint, app, namespace, gc.group)))
+                hint_write.append(self._exec(self._hint_add, (*hint, app, namespace, gc.group)))
             state, old = await self._read_for_commit(app, namespace, gc, key, serial=attempt > 0, also=hint_write)
             gv = state.gv if state is not None else None
             if gc.expected_version is not None and (gv or 0) != gc.expected_version:
@@ -539,15 +454,19 @@ class CassandraEngine:
         in unlogged batches (one message each, not atomic, which replaying ``pending`` does not need). With
         ``group``, remember that this commit's changes are written, so the group's next commit skips them.
         """
-        writes = [(self._irow_add, (app, namespace, r.idx, self._shard(r), r.row, r.path, commit_ts)) if op == _ADD
-                  else (self._irow_del, (commit_ts, app, namespace, r.idx, self._shard(r), r.row))
-                  for op, r in changes]
-        if len(writes) <= _INDEX_BATCH_ROWS:
-            # Small commits of this loop turn share batches.
-            await asyncio.gather(*(self._index_writes.submit(w) for w in writes))
-        else:
-            await _bounded(self._write_index_rows(writes[i:i + _INDEX_BATCH_ROWS], whole=True)
-                           for i in range(0, len(writes), _INDEX_BATCH_ROWS))
+        stmts: list[Awaitable[Any]] = []
+        batch: Any = None
+        size = 0
+        for op, r in changes:
+            if batch is None or len(batch) >= _INDEX_BATCH_ROWS or size >= _INDEX_BATCH_BYTES:
+                batch, size = self._keyspace.batch(consistency="LOCAL_QUORUM", serial="SERIAL"), 0
+                stmts.append(self._exec(batch))
+            if op == _ADD:
+                batch.add(self._irow_add, (app, namespace, r.idx, self._shard(r), r.row, r.path, commit_ts))
+            else:
+                batch.add(self._irow_del, (commit_ts, app, namespace, r.idx, self._shard(r), r.row))
+            size += len(r.idx) + len(r.row) + len(r.path)
+        await _bounded(stmts)
         await self._note_metadata(app, namespace, metadata_of(r for op, r in changes if op == _ADD))
         if group is not None:
             key = (app, namespace, group)
@@ -556,20 +475,6 @@ class CassandraEngine:
                 self._applied.move_to_end(key)
                 if len(self._applied) > _APPLIED_CACHE:
                     self._applied.popitem(last=False)
-
-    async def _write_index_rows(self, writes: list[tuple[Any, tuple[Any, ...]]], *, whole: bool = False) -> list[None]:
-        """Index row writes in unlogged batches of at most :data:`_INDEX_BATCH_ROWS` rows and about
-        :data:`_INDEX_BATCH_BYTES` (``whole``: ``writes`` is already one batch's worth)."""
-        batches: list[Any] = []
-        size = 0
-        for stmt, params in writes:
-            if not batches or (not whole and (len(batches[-1]) >= _INDEX_BATCH_ROWS or size >= _INDEX_BATCH_BYTES)):
-                batches.append(self._keyspace.batch(consistency="LOCAL_QUORUM", serial="SERIAL"))
-                size = 0
-            batches[-1].add(stmt, params)
-            size += sum(len(p) for p in params if isinstance(p, bytes))
-        await asyncio.gather(*(self._exec(b) for b in batches))
-        return [None] * len(writes)
 
     async def _note_metadata(self, app: str, namespace: str, facts: set[tuple[str, str, bytes]]) -> None:
         new = [f for f in facts if (app, namespace, f) not in self._known_meta]
@@ -590,38 +495,14 @@ class CassandraEngine:
     async def _hint(self, app: str, namespace: str, group: bytes) -> tuple[int, uuid.UUID]:
         """Record that a commit to ``group`` is starting (plain write; the sweeper re-checks the group)."""
         hint = self._new_hint()
-        await self._hint_writes.submit((*hint, app, namespace, group))
+        await self._exec(self._hint_add, (*hint, app, namespace, group))
         return hint
 
     def _mark_done(self, hint: tuple[int, uuid.UUID] | None) -> None:
         """Mark a commit's hint done, off the response path (an upsert: no tombstone). If it is lost, the
         sweeper checks the group instead."""
         if hint is not None:
-            self._later(self._hint_marks.submit(hint))
-
-    async def _write_hints(self, rows: list[tuple[int, uuid.UUID, str, str, bytes]]) -> list[None]:
-        """Insert hints; those of one bucket (one partition) in one batch, applied as one write."""
-        await self._per_bucket(self._hint_add, rows)
-        return [None] * len(rows)
-
-    async def _mark_hints(self, hints: list[tuple[int, uuid.UUID]]) -> list[None]:
-        await self._per_bucket(self._hint_done, hints)
-        return [None] * len(hints)
-
-    async def _per_bucket(self, stmt: Any, rows: list[Any]) -> None:
-        buckets: dict[int, list[Any]] = collections.defaultdict(list)
-        for row in rows:
-            buckets[row[0]].append(row)
-        statements = []
-        for same in buckets.values():
-            if len(same) == 1:
-                statements.append(self._exec(stmt, same[0]))
-                continue
-            batch = self._keyspace.batch(consistency="LOCAL_QUORUM", serial="SERIAL")
-            for row in same:
-                batch.add(stmt, row)
-            statements.append(self._exec(batch))
-        await asyncio.gather(*statements)
+            self._later(self._exec(self._hint_done, hint))
 
     def _later(self, work: Awaitable[Any]) -> None:
         async def run() -> None:

@@ -220,34 +220,3 @@ async def test_a_100_entity_query_reads_the_index_then_the_entities_in_one_round
                                    "SELECT entities": -(-100 // cassandra.GET_IN_SIZE)}
     assert recorder.round_trips == 2
 
-
-async def test_concurrent_gets_share_one_read(engine: cassandra.CassandraEngine, recorder: Recorder) -> None:
-    app = "count" + uuid.uuid4().hex[:8]
-    commits = [_commit(_entity(f"g{i}", i)) for i in range(20)]
-    await engine.commit(app, "", commits, _rows_of, atomic=False)
-    await _settled(engine)
-    recorder.start()
-    found = await asyncio.gather(*(engine.get(app, "", [cassandra.Ref(c.group, c.writes[0].path)]) for c in commits))
-    assert found == [[c.writes[0].entity] for c in commits]
-    assert recorder.statements == {"SELECT entities": -(-20 // cassandra.GET_IN_SIZE)}
-    assert recorder.round_trips == 1
-
-
-async def test_concurrent_puts_read_their_groups_and_write_their_hints_together(engine: cassandra.CassandraEngine,
-                                                             recorder: Recorder) -> None:
-    app = "count" + uuid.uuid4().hex[:8]
-    await _put(engine, app, _entity("first", 1))
-    await _settled(engine)
-    recorder.start()
-    await asyncio.gather(*(_put(engine, app, _entity(f"h{i}", i)) for i in range(10)))
-    await _settled(engine)
-    inserts = {label: n for label, n in recorder.statements.items() if "INSERT commit_hints" in label}
-    # The ten hints go in one single-partition batch before the commits' Paxos batches (a bucket boundary
-    # between them would split it in two).
-    assert sum(n * label.count("INSERT commit_hints") for label, n in inserts.items()) == 10
-    assert sum(inserts.values()) in (1, 2)
-    # One IN read of the ten groups' state; each group still commits with its own Paxos batch.
-    assert recorder.statements["SELECT entities"] == 1
-    assert recorder.statements["BATCH[INSERT entities, UPDATE entities IF]"] == 10
-    index_rows = sum(n * label.count("index_rows") for label, n in recorder.statements.items())
-    assert index_rows == 10 * BENCH_INDEX_ROWS
