@@ -1,21 +1,25 @@
-"""Datastore benchmark: kiln's datastore service against cassandra-driver on the same Cassandra.
+"""Datastore benchmark: kiln's datastore service against cassandra-driver on the same Cassandra node.
 
-Prints, in one run on one machine:
+Prints, measured in one run with kiln and its baseline interleaved round by round:
 
-- put and get-by-key throughput through kiln's datastore API (gRPC, as every
-  app's SDK calls it) with 1 and 32 requests in flight, on the Cassandra engine;
-- the same operations done directly with cassandra-driver against the same
-  Cassandra node (a plain key/value table, same payload), and the ratio
-  kiln/direct;
-- the latency of a query returning 100 entities (a property filter and sort);
-- the embedded (SQLite) engine's figures for the same operations.
+- get by key, 32 in flight: kiln's Get (gRPC, as every app's SDK calls it) against a driver ``SELECT`` of
+  the same payload from a plain key/value table;
+- put, 32 in flight: kiln's Put (a new entity: one Paxos round, the entity group's optimistic check)
+  against a driver ``INSERT … IF NOT EXISTS`` (one Paxos round) on a plain table; a driver plain
+  ``INSERT`` is shown for information;
+- a query returning 100 entities (a property filter and sort), p50 and p95;
+
+each with the median of the rounds, the ratio kiln/baseline in every round and the median of those
+ratios, and the CPU microseconds per operation of datastore_svc, this benchmark client and Cassandra
+(utime + stime from /proc before and after each measurement, divided by operations). The load average
+at the start is printed first: four other engineers share this 2-core machine.
 
 Usage::
 
-    .venv/bin/python bench/datastore_bench.py [--ops 4000] [--cassandra host:port]
+    .venv/bin/python bench/datastore_bench.py [--ops 3000] [--rounds 3] [--cassandra host:port] [--embedded]
 
-Without ``--cassandra`` it starts a node with ``deploy/cassandra.sh`` (cached
-jars) in a temporary directory and stops it afterwards.
+Without ``--cassandra`` it starts a node with ``deploy/cassandra.sh`` (cached jars) in a temporary
+directory and stops it afterwards.
 """
 
 from __future__ import annotations
@@ -24,12 +28,15 @@ import argparse
 import asyncio
 import os
 import pathlib
+import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import grpc
 
@@ -44,6 +51,8 @@ from kiln.pb.datastore.v1 import datastore_pb2_grpc  # noqa: E402
 
 SECRET = "bench-secret"
 PAYLOAD = "x" * 900  # with the other properties, about 1 KB an entity
+INFLIGHT = 32
+TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def entity(app_key: str, i: int) -> pb.Entity:
@@ -55,7 +64,68 @@ def entity(app_key: str, i: int) -> pb.Entity:
     return e
 
 
-async def run_concurrent(total: int, inflight: int, op) -> float:  # type: ignore[no-untyped-def]
+# ---------------------------------------------------------------- CPU accounting
+
+
+def _children() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = pathlib.Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            kids.setdefault(ppid, []).append(int(entry))
+    return kids
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (utime + stime) of ``pid`` and its descendants (the supervisor's wrapper execs or forks)."""
+    kids = _children()
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        todo += kids.get(p, [])
+        try:
+            fields = pathlib.Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / TICKS
+    return total
+
+
+def self_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def listener_pid(port: int) -> int | None:
+    """The process listening on a local TCP port (Cassandra, when the benchmark did not start it)."""
+    out = subprocess.run(["ss", "-ltnpH", f"sport = :{port}"], capture_output=True, text=True, check=False).stdout
+    marker = "pid="
+    if marker not in out:
+        return None
+    return int(out.split(marker, 1)[1].split(",", 1)[0])
+
+
+class Meter:
+    """CPU of the service, this client and Cassandra over one measurement."""
+
+    def __init__(self, service_pid: int | None, cassandra_pid: int | None) -> None:
+        self._pids = {"svc": service_pid, "cassandra": cassandra_pid}
+
+    def read(self) -> dict[str, float]:
+        out = {name: tree_cpu(pid) for name, pid in self._pids.items() if pid is not None}
+        out["client"] = self_cpu()
+        return out
+
+    @staticmethod
+    def per_op(before: dict[str, float], after: dict[str, float], ops: int) -> dict[str, float]:
+        return {name: (after[name] - before[name]) / ops * 1e6 for name in before}
+
+
+async def run_concurrent(total: int, inflight: int, op: Callable[[int], Awaitable[None]]) -> float:
     """Run ``op(i)`` for i in range(total) with ``inflight`` at a time; return operations per second."""
     counter = iter(range(total))
 
@@ -68,99 +138,174 @@ async def run_concurrent(total: int, inflight: int, op) -> float:  # type: ignor
     return total / (time.perf_counter() - start)
 
 
-async def bench_kiln(address: str, ops: int) -> dict[str, float]:
+async def measured(meter: Meter, total: int, op: Callable[[int], Awaitable[None]]) -> dict[str, Any]:
+    before = meter.read()
+    rate = await run_concurrent(total, INFLIGHT, op)
+    return {"rate": rate, "cpu": Meter.per_op(before, meter.read(), total)}
+
+
+# ---------------------------------------------------------------- kiln
+
+
+async def bench_kiln(address: str, ops: int, meter: Meter) -> dict[str, Any]:
     app = "bench" + uuid.uuid4().hex[:8]
     md = (("authorization", f"Bearer {auth.mint_app_token(SECRET, app)}"),)
-    out: dict[str, float] = {}
+    out: dict[str, Any] = {}
     async with grpc.aio.insecure_channel(address) as channel:
         stub = datastore_pb2_grpc.DatastoreServiceStub(channel)
-        for inflight in (1, 32):
-            n = ops // 8 if inflight == 1 else ops
-            tag = uuid.uuid4().hex[:6]
+        tag = uuid.uuid4().hex[:6]
+        puts = [pb.PutRequest(entities=[entity(tag, i)]) for i in range(ops)]
+        gets = [pb.GetRequest(keys=[puts[i].entities[0].key]) for i in range(ops)]
 
-            async def put(i: int) -> None:
-                await stub.Put(pb.PutRequest(entities=[entity(tag, i)]), metadata=md)
+        async def put(i: int) -> None:
+            await stub.Put(puts[i], metadata=md)
 
-            async def get(i: int) -> None:
-                resp = await stub.Get(pb.GetRequest(keys=[entity(tag, i).key]), metadata=md)
-                assert resp.results[0].HasField("entity")
+        async def get(i: int) -> None:
+            resp = await stub.Get(gets[i], metadata=md)
+            assert resp.results[0].HasField("entity")
 
-            out[f"put@{inflight}"] = await run_concurrent(n, inflight, put)
-            out[f"get@{inflight}"] = await run_concurrent(n, inflight, get)
-        # A 100-entity query: owner = X ORDER BY n, on data written above (ops/10 per owner).
+        out["put"] = await measured(meter, ops, put)
+        out["get"] = await measured(meter, ops, get)
+        # A 100-entity query: n >= 0 ORDER BY n, on the entities written above.
         query = pb.Query(kind="Bench", limit=100)
         query.filter.property_filter.property.name = "n"
         query.filter.property_filter.op = pb.PropertyFilter.OPERATOR_GREATER_THAN_OR_EQUAL
         query.filter.property_filter.value.integer_value = 0
         query.order.add(property=pb.PropertyReference(name="n"), direction=pb.PropertyOrder.DIRECTION_ASCENDING)
         latencies = []
+        before = meter.read()
         for _ in range(30):
             start = time.perf_counter()
             resp = await stub.RunQuery(pb.RunQueryRequest(query=query, batch_size=100), metadata=md)
             latencies.append((time.perf_counter() - start) * 1000)
             assert len(resp.batch.entity_results) == 100
-        out["query100_p50_ms"] = statistics.median(latencies)
-        out["query100_p95_ms"] = sorted(latencies)[int(len(latencies) * 0.95) - 1]
+        out["query"] = {"p50": statistics.median(latencies), "p95": sorted(latencies)[int(len(latencies) * 0.95) - 1],
+                        "cpu": Meter.per_op(before, meter.read(), len(latencies))}
     return out
 
 
-async def bench_direct(hosts: str, ops: int) -> dict[str, float]:
-    """The same puts and gets straight to Cassandra: the baseline."""
-    from cassandra import ConsistencyLevel
-    from cassandra.cluster import Cluster
+# ---------------------------------------------------------------- the driver alone
 
-    cluster = Cluster([(h.host, h.port) for h in CassandraHost.parse_list(hosts, "--cassandra")], protocol_version=5)
-    session = cluster.connect()
-    session.execute("CREATE KEYSPACE IF NOT EXISTS bench_direct WITH replication = "
-                    "{'class': 'NetworkTopologyStrategy', 'datacenter1': 1}")
-    session.execute("CREATE TABLE IF NOT EXISTS bench_direct.kv (k text PRIMARY KEY, v blob)")
-    ins = session.prepare("INSERT INTO bench_direct.kv (k, v) VALUES (?, ?)")
-    sel = session.prepare("SELECT v FROM bench_direct.kv WHERE k = ?")
-    ins.consistency_level = sel.consistency_level = ConsistencyLevel.LOCAL_QUORUM
-    loop = asyncio.get_running_loop()
 
-    async def execute(stmt, params):  # type: ignore[no-untyped-def]
+class Direct:
+    """cassandra-driver on a plain table: the baseline."""
+
+    def __init__(self, hosts: str) -> None:
+        from cassandra import ConsistencyLevel
+        from cassandra.cluster import Cluster
+
+        self.cluster = Cluster([(h.host, h.port) for h in CassandraHost.parse_list(hosts, "--cassandra")],
+                               protocol_version=5)
+        self.session = session = self.cluster.connect()
+        session.execute("CREATE KEYSPACE IF NOT EXISTS bench_direct WITH replication = "
+                        "{'class': 'NetworkTopologyStrategy', 'datacenter1': 1}")
+        session.execute("CREATE TABLE IF NOT EXISTS bench_direct.kv (k text PRIMARY KEY, v blob)")
+        self.ins = session.prepare("INSERT INTO bench_direct.kv (k, v) VALUES (?, ?)")
+        self.lwt = session.prepare("INSERT INTO bench_direct.kv (k, v) VALUES (?, ?) IF NOT EXISTS")
+        self.sel = session.prepare("SELECT v FROM bench_direct.kv WHERE k = ?")
+        # The query's floor: what a hand-written app would do, an index slice and one read of the 100 rows.
+        session.execute("CREATE TABLE IF NOT EXISTS bench_direct.idx (p text, n int, k text, PRIMARY KEY (p, n, k))")
+        self.idx_ins = session.prepare("INSERT INTO bench_direct.idx (p, n, k) VALUES (?, ?, ?)")
+        self.idx_scan = session.prepare("SELECT k FROM bench_direct.idx WHERE p = ? AND n >= ? LIMIT 100")
+        self.sel_in = session.prepare("SELECT k, v FROM bench_direct.kv WHERE k IN ?")
+        for stmt in (self.ins, self.lwt, self.sel, self.idx_ins, self.idx_scan, self.sel_in):
+            stmt.consistency_level = ConsistencyLevel.LOCAL_QUORUM
+        self.lwt.serial_consistency_level = ConsistencyLevel.SERIAL
+        self.blob = entity("direct", 0).SerializeToString()
+
+    async def execute(self, stmt: Any, params: Any) -> Any:
+        loop = asyncio.get_running_loop()
         fut = loop.create_future()
-        rf = session.execute_async(stmt, params)
+        rf = self.session.execute_async(stmt, params)
         rf.add_callbacks(lambda rows: loop.call_soon_threadsafe(fut.set_result, rows),
                          lambda exc: loop.call_soon_threadsafe(fut.set_exception, exc))
         return await fut
 
-    blob = entity("direct", 0).SerializeToString()
-    out: dict[str, float] = {}
-    try:
-        for inflight in (1, 32):
-            n = ops // 8 if inflight == 1 else ops
-            tag = uuid.uuid4().hex[:6]
+    async def bench(self, ops: int, meter: Meter) -> dict[str, Any]:
+        tag = uuid.uuid4().hex[:6]
+        out: dict[str, Any] = {}
 
-            async def put(i: int) -> None:
-                await execute(ins, (f"{tag}-{i}", blob))
+        async def lwt(i: int) -> None:
+            rows = await self.execute(self.lwt, (f"{tag}-{i}", self.blob))
+            assert rows[0][0]
 
-            async def get(i: int) -> None:
-                rows = await execute(sel, (f"{tag}-{i}",))
-                assert rows
+        async def put(i: int) -> None:
+            await self.execute(self.ins, (f"{tag}-p{i}", self.blob))
 
-            out[f"put@{inflight}"] = await run_concurrent(n, inflight, put)
-            out[f"get@{inflight}"] = await run_concurrent(n, inflight, get)
-    finally:
-        cluster.shutdown()
-    return out
+        async def get(i: int) -> None:
+            assert await self.execute(self.sel, (f"{tag}-{i}",))
+
+        out["put"] = await measured(meter, ops, lwt)
+        out["plain"] = await measured(meter, ops, put)
+        out["get"] = await measured(meter, ops, get)
+        await asyncio.gather(*(self.execute(self.idx_ins, (tag, i, f"{tag}-{i}")) for i in range(min(ops, 1000))))
+        latencies = []
+        before = meter.read()
+        for _ in range(30):
+            start = time.perf_counter()
+            keys = [r[0] for r in await self.execute(self.idx_scan, (tag, 0))]
+            rows = await self.execute(self.sel_in, (keys,))
+            latencies.append((time.perf_counter() - start) * 1000)
+            assert len(rows) == 100
+        out["query"] = {"p50": statistics.median(latencies), "p95": sorted(latencies)[int(len(latencies) * 0.95) - 1],
+                        "cpu": Meter.per_op(before, meter.read(), len(latencies))}
+        return out
 
 
-def start_service(sup: Supervisor, name: str, *args: str) -> str:
+def start_service(sup: Supervisor, name: str, *args: str, extra_env: dict[str, str] | None = None,
+                  cwd: pathlib.Path | None = None) -> tuple[str, int]:
     ready = sup.run_dir / f"{name}.addr"
-    env = {**os.environ, "KILN_DATASTORE_SERVICE_SECRET": SECRET}
-    return sup.start(name, python_module("datastore_svc", "--listen", "127.0.0.1:0", "--ready-file", str(ready),
-                                         "--log-level", "warning", *args), env=env, ready_file=ready,
-                     timeout=180).address
+    env = {**os.environ, "KILN_DATASTORE_SERVICE_SECRET": SECRET, **(extra_env or {})}
+    argv = python_module("datastore_svc", "--listen", "127.0.0.1:0", "--ready-file", str(ready), "--log-level",
+                         "warning", *args)
+    child = sup.wait_ready(sup.spawn(name, argv, env=env, ready_file=ready, cwd=cwd), ready_file=ready,
+                           timeout=180)
+    return child.address, child.proc.pid
+
+
+def _cpu(cpus: list[dict[str, float]]) -> str:
+    return "  ".join(f"{name} {statistics.median(c[name] for c in cpus):.0f}" for name in ("svc", "client", "cassandra")
+                     if all(name in c for c in cpus))
+
+
+def report(rounds: list[dict[str, dict[str, Any]]], variants: list[str]) -> None:
+    print(f"{'path':<30}{'kiln':>12}{'baseline':>12}{'ratio per round':>20}{'median':>8}   "
+          "CPU µs/op: kiln | baseline")
+    rows = [("get by key, 32 in flight", "get", "driver SELECT"),
+            ("put, 32 in flight", "put", "driver INSERT IF NOT EXISTS")]
+    for title, op, what in rows:
+        base = statistics.median(r["driver"][op]["rate"] for r in rounds)
+        for variant in variants:
+            kiln = statistics.median(r[variant][op]["rate"] for r in rounds)
+            ratios = [r[variant][op]["rate"] / r["driver"][op]["rate"] for r in rounds]
+            name = title if variant == "kiln" else f"  {variant}"
+            print(f"{name:<30}{kiln:>8.0f} op/s{base:>8.0f} op/s{' '.join(f'{x:.0%}' for x in ratios):>20}"
+                  f"{statistics.median(ratios):>8.0%}   {_cpu([r[variant][op]['cpu'] for r in rounds])} | "
+                  f"{_cpu([r['driver'][op]['cpu'] for r in rounds])} ({what})")
+    plain = statistics.median(r["driver"]["plain"]["rate"] for r in rounds)
+    print(f"{'  (info) driver plain INSERT':<30}{'':>12}{plain:>8.0f} op/s{'':>28}   "
+          f"{_cpu([r['driver']['plain']['cpu'] for r in rounds])}")
+    for variant in [*variants, "driver"]:
+        p50s = [r[variant]["query"]["p50"] for r in rounds]
+        ratios = [r[variant]["query"]["p50"] / r["driver"]["query"]["p50"] for r in rounds]
+        name = {"kiln": "100-entity query", "driver": "  (floor) driver slice + IN"}.get(variant, f"  {variant}")
+        print(f"{name:<30} p50 {statistics.median(p50s):.1f} ms (rounds: {', '.join(f'{p:.1f}' for p in p50s)}), "
+              f"p95 {statistics.median(r[variant]['query']['p95'] for r in rounds):.1f} ms, "
+              f"x floor {' '.join(f'{x:.1f}' for x in ratios)} (median {statistics.median(ratios):.1f})   "
+              f"{_cpu([r[variant]['query']['cpu'] for r in rounds])}")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ops", type=int, default=4000, help="operations per measurement at 32 in flight")
+    parser.add_argument("--ops", type=int, default=3000, help="operations per measurement (32 in flight)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of kiln and the baseline")
     parser.add_argument("--cassandra", default="", help="host:port of a running node (default: start one)")
+    parser.add_argument("--embedded", action="store_true", help="also measure the embedded (SQLite) engine")
+    parser.add_argument("--also", default="", metavar="DIR",
+                        help="also measure, in every round, a datastore_svc run from another source tree (e.g. "
+                             "`git archive` of an earlier commit): before/after figures from the same run")
     args = parser.parse_args()
+    print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} CPUs)")
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="kiln-bench-"))
     sup = Supervisor(tmp / "run")
     hosts = args.cassandra
@@ -170,39 +315,49 @@ def main() -> int:
             done = subprocess.run(["bash", str(ROOT / "deploy" / "cassandra.sh"), "start", "--data-dir",
                                    str(tmp / "cassandra")], capture_output=True, text=True, check=True)
             hosts, started = done.stdout.strip().splitlines()[-1], True
-        cass_addr = start_service(sup, "datastore_svc-cassandra", "--storage", "cassandra", "--cassandra-hosts",
-                                  hosts, "--cassandra-keyspace", "kiln_bench")
-        emb_addr = start_service(sup, "datastore_svc-embedded", "--storage", "embedded", "--data-dir",
-                                 str(tmp / "embedded"))
+        cass_pid = listener_pid(CassandraHost.parse_list(hosts, "--cassandra")[0].port)
+        cass_addr, svc_pid = start_service(sup, "datastore_svc-cassandra", "--storage", "cassandra",
+                                           "--cassandra-hosts", hosts, "--cassandra-keyspace", "kiln_bench")
+        services = {"kiln": (cass_addr, Meter(svc_pid, cass_pid))}
+        if args.also:
+            # ``python -m`` puts the working directory first on sys.path: run the other tree from itself.
+            also_addr, also_pid = start_service(sup, "datastore_svc-also", "--storage", "cassandra",
+                                                "--cassandra-hosts", hosts, "--cassandra-keyspace", "kiln_bench_also",
+                                                extra_env={"PYTHONPATH": args.also}, cwd=pathlib.Path(args.also))
+            services[f"kiln from {pathlib.Path(args.also).name}"] = (also_addr, Meter(also_pid, cass_pid))
+        direct = Direct(hosts)
+        direct_meter = Meter(None, cass_pid)
         # Rounds interleave kiln and the baseline so that the machine's noise hits both alike;
         # the figures are medians and each ratio is taken within its round.
-        rounds = []
-        for _ in range(args.rounds):
-            direct = asyncio.run(bench_direct(hosts, args.ops))
-            kiln_cass = asyncio.run(bench_kiln(cass_addr, args.ops))
-            rounds.append((direct, kiln_cass))
-        kiln_emb = asyncio.run(bench_kiln(emb_addr, args.ops))
+        rounds: list[dict[str, dict[str, Any]]] = []
+        try:
+            warm = max(args.ops // 10, 100)
+            asyncio.run(direct.bench(warm, direct_meter))
+            for addr, meter in services.values():
+                asyncio.run(bench_kiln(addr, warm, meter))
+            for _ in range(args.rounds):
+                results = {"driver": asyncio.run(direct.bench(args.ops, direct_meter))}
+                for name, (addr, meter) in services.items():
+                    results[name] = asyncio.run(bench_kiln(addr, args.ops, meter))
+                rounds.append(results)
+        finally:
+            direct.cluster.shutdown()
+        emb = None
+        if args.embedded:
+            emb_addr, emb_pid = start_service(sup, "datastore_svc-embedded", "--storage", "embedded", "--data-dir",
+                                              str(tmp / "embedded"))
+            emb = asyncio.run(bench_kiln(emb_addr, args.ops, Meter(emb_pid, None)))
     finally:
         sup.stop_all()
         if started:
             subprocess.run(["bash", str(ROOT / "deploy" / "cassandra.sh"), "stop", "--data-dir",
-                            str(tmp / "cassandra")], capture_output=True)
-    print(f"datastore benchmark ({os.cpu_count()} CPUs, {args.ops} ops at 32 in flight, {args.ops // 8} at 1, "
-          f"median of {args.rounds} interleaved rounds)")
-    print(f"{'operation':<12}{'kiln/cassandra':>16}{'direct driver':>16}{'kiln/direct':>24}{'kiln/embedded':>16}")
-    for op in ("put@1", "get@1", "put@32", "get@32"):
-        ratios = sorted(k[op] / d[op] for d, k in rounds)
-        kiln = statistics.median(k[op] for _, k in rounds)
-        direct = statistics.median(d[op] for d, _ in rounds)
-        spread = f"{statistics.median(ratios):.0%} ({ratios[0]:.0%}-{ratios[-1]:.0%})"
-        print(f"{op:<12}{kiln:>12.0f} op/s{direct:>12.0f} op/s{spread:>24}{kiln_emb[op]:>12.0f} op/s")
-    p50 = statistics.median(k["query100_p50_ms"] for _, k in rounds)
-    p95 = statistics.median(k["query100_p95_ms"] for _, k in rounds)
-    print(f"100-entity query on cassandra: p50 {p50:.1f} ms, p95 {p95:.1f} ms")
-    print(f"100-entity query on embedded: p50 {kiln_emb['query100_p50_ms']:.1f} ms, "
-          f"p95 {kiln_emb['query100_p95_ms']:.1f} ms")
-    get32 = statistics.median(k["get@32"] / d["get@32"] for d, k in rounds)
-    print(f"aim: get@32 at least 60% of direct: {get32:.0%}")
+                            str(tmp / "cassandra")], capture_output=True, check=False)
+    print(f"datastore on Cassandra: {args.ops} ops per measurement at {INFLIGHT} in flight, "
+          f"{args.rounds} interleaved rounds (medians)")
+    report(rounds, list(services))
+    if emb is not None:
+        print(f"embedded engine: get {emb['get']['rate']:.0f} op/s, put {emb['put']['rate']:.0f} op/s, "
+              f"100-entity query p50 {emb['query']['p50']:.1f} ms")
     return 0
 
 

@@ -17,18 +17,33 @@ Schema (``shared/CASSANDRA.md`` has the research behind it):
   ``ALLOW FILTERING``. Written only with plain writes ``USING TIMESTAMP
   commit_ts`` after the group's commit, so replaying a commit's index changes
   (by the next writer of the group, which redoes ``pending``) can never undo a
-  later commit's. Each index is spread over ``index_shards`` partitions by a
+  later commit's. The rows live in other partitions than the group, so they
+  cannot join its conditional batch; they go in unlogged batches (not atomic,
+  which replaying needs not be). A commit redoes its group's previous
+  ``pending`` before its own batch replaces it, unless this process wrote
+  those rows itself. Each index is spread over ``index_shards`` partitions by a
   hash of the entity's key (fixed when the keyspace is created, kept in
   ``settings``), so no index partition holds more than its share of a kind;
-  a scan reads every shard's slice and merges them in order.
+  a scan reads each shard about its share of the rows and merges them in order.
+- ``commit_hints``: before its conditional batch, a commit writes a hint
+  ``(bucket of 10 s, timeuuid) -> group``; after its index rows it marks the
+  hint done (an upsert with the table's TTL: no tombstone). Rows expire after
+  6 h under time-window compaction. The sweeper reads each bucket from a
+  checkpoint kept in ``settings`` (a restarted process resumes there, at most an
+  hour back), redoes ``pending`` of the groups of hints not done, and marks a
+  hint done once its group shows a commit at or after the hint.
 - ``xg_txns``: cross-group transaction records, the commit point of a
   two-phase commit (LWT only, expiring after a day).
 - ``metadata``, ``index_defs``, ``id_counters`` (LWT only) as named.
 
 Consistency: group reads for transactions and commits are SERIAL (they finish
-any in-flight Paxos round); gets outside transactions and index reads are
-LOCAL_QUORUM; LWT commits use LOCAL_QUORUM. The driver is imported only when
-this engine is chosen; its exceptions become :class:`~kiln.errors.UnavailableError`.
+any in-flight Paxos round), except a commit's first read, LOCAL_QUORUM (its
+conditional batch re-checks ``gv``); gets outside transactions and index reads are
+LOCAL_QUORUM; LWT commits use LOCAL_QUORUM. A get of several keys reads them with
+``IN`` reads. Requests are not merged into shared statements: at 32 in flight
+one event-loop turn held about 2.5 of them, and merging cost more CPU per
+request than it saved (measured). The driver is imported only when this engine
+is chosen; its exceptions become :class:`~kiln.errors.UnavailableError`.
 """
 
 from __future__ import annotations
@@ -39,6 +54,7 @@ import functools
 import heapq
 import itertools
 import logging
+import math
 import random
 import struct
 import time
@@ -61,10 +77,28 @@ _RETRIES = 50
 # reached its commit point is abandoned by whoever finds its locks.
 _XG_ABANDON_SECONDS = 60.0
 _ADD, _DEL = 1, 2
-# Commit hints: a partition per minute; the sweeper looks an hour back every few seconds.
-_HINT_BUCKET_SECONDS = 60
+# Commit hints: a partition per ten seconds, each row TTL'd; the sweeper reads each bucket once it is old
+# enough (and the open one's older hints), then moves a checkpoint past it. A restarted process resumes
+# from the checkpoint, never further back than the horizon.
+_HINT_BUCKET_SECONDS = 10
 _HINT_HORIZON_SECONDS = 3600
+_HINT_TTL_SECONDS = 6 * 3600
 _SWEEP_SECONDS = 5.0
+# A commit normally finishes its index writes well within this; the sweeper leaves younger hints of
+# commits that may still be running alone (hints from before this process started are handled at once).
+_SWEEP_GRACE_SECONDS = 5.0
+# A hint whose group shows no commit since it was written is kept until no commit can still be running
+# (the driver's request timeout is 30 s); then its commit never happened.
+_HINT_GIVE_UP_SECONDS = 120.0
+_SWEEP_CHECKPOINT = "hint_sweep_checkpoint"
+# Groups whose last commit's index changes this process applied (the next commit need not redo them).
+_APPLIED_CACHE = 65536
+# Index rows written per unlogged batch: Cassandra warns above 10 partitions or 5 KiB per batch.
+_INDEX_BATCH_ROWS = 10
+_INDEX_BATCH_BYTES = 4096
+#: Keys per ``IN`` read of a multi-key get (the read names each key's group and path; Cassandra looks up
+#: groups x paths, so the lists stay short).
+GET_IN_SIZE = 25
 _HDR = struct.Struct(">BIII")
 
 
@@ -101,9 +135,14 @@ def _tables(ks: str) -> list[str]:
         f"CREATE TABLE IF NOT EXISTS {ks}.namespaces (app text, ns text, PRIMARY KEY (app, ns))",
         f"""CREATE TABLE IF NOT EXISTS {ks}.index_defs (
               app text, id blob, definition text, state text, error text, PRIMARY KEY (app, id))""",
-        f"""CREATE TABLE IF NOT EXISTS {ks}.pending_hints (
-              bucket bigint, id timeuuid, app text, ns text, grp blob,
-              PRIMARY KEY (bucket, id)) WITH default_time_to_live = 86400""",
+        # Written once per commit and marked done (a TTL'd cell, no tombstone); rows expire whole, and
+        # time-window compaction drops expired SSTables without reading them.
+        f"""CREATE TABLE IF NOT EXISTS {ks}.commit_hints (
+              bucket bigint, id timeuuid, app text, ns text, grp blob, done boolean,
+              PRIMARY KEY (bucket, id)) WITH default_time_to_live = {_HINT_TTL_SECONDS}
+              AND gc_grace_seconds = 3600
+              AND compaction = {{'class': 'TimeWindowCompactionStrategy',
+                                 'compaction_window_unit': 'HOURS', 'compaction_window_size': 1}}""",
         f"CREATE TABLE IF NOT EXISTS {ks}.settings (name text PRIMARY KEY, value text)",
         f"""CREATE TABLE IF NOT EXISTS {ks}.id_counters (
               app text, space text, next_id bigint, op_id uuid,
@@ -111,9 +150,14 @@ def _tables(ks: str) -> list[str]:
     ]
 
 
+def _uuid1_ticks(u: uuid.UUID) -> int:
+    """The Unix time in a version-1 UUID, in 100-ns ticks."""
+    return int(u.time - 0x01B21DD213814000)
+
+
 def _uuid1_seconds(u: uuid.UUID) -> float:
     """The Unix time in a version-1 UUID."""
-    return (u.time - 0x01B21DD213814000) / 1e7
+    return _uuid1_ticks(u) / 1e7
 
 
 def encode_changes(changes: Iterable[tuple[int, IndexRow]]) -> bytes:
@@ -146,6 +190,11 @@ class CassandraEngine:
         self._batch: Callable[[], Any] = lambda: keyspace.batch(consistency="LOCAL_QUORUM", serial="SERIAL")
         self._known_meta: set[tuple[str, str, tuple[str, str, bytes]]] = set()
         self._known_ns: set[tuple[str, str]] = set()
+        # (app, ns, group) -> commit_ts of the group's last commit whose index changes this process wrote.
+        self._applied: collections.OrderedDict[tuple[str, str, bytes], int] = collections.OrderedDict()
+        self._background: set[asyncio.Task[None]] = set()
+        self._swept: int | None = None  # the last hint bucket fully handled
+        self._started = time.time()
         self._shards = index_shards
         ks = keyspace.name
 
@@ -154,12 +203,16 @@ class CassandraEngine:
 
         pk = "app=? AND ns=? AND grp=?"
         self._get = prep(f"SELECT entity, lock_txid FROM {ks}.entities WHERE {pk} AND path=?")
+        self._get_in = prep(f"SELECT path, entity, lock_txid FROM {ks}.entities WHERE app=? AND ns=? AND grp IN ? "
+                            "AND path IN ?")
         self._get_serial = prep(f"SELECT entity, lock_txid FROM {ks}.entities WHERE {pk} AND path=?", "SERIAL")
         state = f"SELECT gv, commit_ts, pending, lock_txid FROM {ks}.entities WHERE {pk} LIMIT 1"
         self._state = prep(state, "SERIAL")
         # Commits read the group at LOCAL_QUORUM: their conditional batch
         # re-checks gv with Paxos, so a stale read only costs a retry.
         self._state_commit = prep(state)
+        self._old_with_state = prep(f"SELECT path, entity, gv, commit_ts, pending, lock_txid FROM {ks}.entities "
+                                    f"WHERE {pk} AND path IN ?")
         self._old = prep(f"SELECT path, entity FROM {ks}.entities WHERE {pk} AND path IN ?")
         self._bump = prep(f"UPDATE {ks}.entities SET gv=?, commit_ts=?, pending=? WHERE {pk} IF gv=? AND lock_txid=null")
         self._bump_new = prep(f"UPDATE {ks}.entities SET gv=?, commit_ts=?, pending=? WHERE {pk} IF gv=null AND lock_txid=null")
@@ -179,9 +232,11 @@ class CassandraEngine:
         self._irow_drop = prep(f"DELETE FROM {ks}.index_rows WHERE app=? AND ns=? AND idx=? AND shard=? AND row=?")
         self._iscan = prep(f"SELECT row, path FROM {ks}.index_rows WHERE app=? AND ns=? AND idx=? AND shard=? "
                            "AND row >= ? AND row < ? LIMIT ?")
-        self._hint_add = prep(f"INSERT INTO {ks}.pending_hints (bucket, id, app, ns, grp) VALUES (?,?,?,?,?)")
-        self._hint_del = prep(f"DELETE FROM {ks}.pending_hints WHERE bucket=? AND id=?")
-        self._hint_read = prep(f"SELECT id, app, ns, grp FROM {ks}.pending_hints WHERE bucket=?")
+        self._hint_add = prep(f"INSERT INTO {ks}.commit_hints (bucket, id, app, ns, grp) VALUES (?,?,?,?,?)")
+        self._hint_done = prep(f"UPDATE {ks}.commit_hints SET done=true WHERE bucket=? AND id=?")
+        self._hint_read = prep(f"SELECT id, app, ns, grp, done FROM {ks}.commit_hints WHERE bucket=?")
+        self._checkpoint_read = prep(f"SELECT value FROM {ks}.settings WHERE name='{_SWEEP_CHECKPOINT}'")
+        self._checkpoint_write = prep(f"INSERT INTO {ks}.settings (name, value) VALUES ('{_SWEEP_CHECKPOINT}', ?)")
         self._xg_new = prep(f"INSERT INTO {ks}.xg_txns (app, txid, status, created) VALUES (?,?,'preparing',?) "
                             "IF NOT EXISTS")
         self._xg_commit = prep(f"UPDATE {ks}.xg_txns SET status='committed', staged=? WHERE app=? AND txid=? "
@@ -220,7 +275,28 @@ class CassandraEngine:
 
         if len(refs) == 1:
             return [await one(refs[0])]
-        return list(await asyncio.gather(*(one(r) for r in refs)))
+        if strong:  # SERIAL reads name one partition each
+            return list(await asyncio.gather(*(one(r) for r in refs)))
+        chunks = [refs[i:i + GET_IN_SIZE] for i in range(0, len(refs), GET_IN_SIZE)]
+        found: dict[bytes, Any] = {}
+        for rows in await asyncio.gather(*(self._get_chunk(app, namespace, chunk) for chunk in chunks)):
+            found.update(rows)
+        out: list[bytes | None] = []
+        for ref in refs:
+            row = found.get(ref.path)
+            if row is not None and row.lock_txid is not None:
+                out.append(await one(ref))
+            else:
+                out.append(bytes(row.entity) if row is not None and row.entity is not None else None)
+        return out
+
+    async def _get_chunk(self, app: str, namespace: str, refs: list[Ref]) -> dict[bytes, Any]:
+        """One read for several keys: every row is in exactly one of the named groups, so groups x paths
+        finds each key once and nothing else."""
+        groups = sorted({r.group for r in refs})
+        paths = sorted({r.path for r in refs})
+        rows = await self._exec(self._get_in, (app, namespace, groups, paths))
+        return {bytes(r.path): r for r in rows}
 
     async def group_versions(self, app: str, namespace: str, groups: list[bytes]) -> list[int]:
         async def one(group: bytes) -> int:
@@ -246,10 +322,32 @@ class CassandraEngine:
 
     async def scan_index(self, app: str, namespace: str, idx: bytes, lo: bytes, hi: bytes,
                          limit: int) -> list[tuple[bytes, bytes]]:
-        slices = await asyncio.gather(*(self._exec(self._iscan, (app, namespace, idx, shard, lo, hi, limit))
-                                        for shard in range(self._shards)))
-        merged = heapq.merge(*([(bytes(r.row), bytes(r.path)) for r in rows] for rows in slices))
-        return list(itertools.islice(merged, limit))
+        """The first ``limit`` rows over every shard, merged.
+
+        Rows are spread over the shards by a hash, so each shard holds about ``limit / shards`` of the first
+        ``limit``: each is read that far plus a margin (three standard deviations), not ``limit`` deep.
+        Rows up to the lowest last row of the shards cut short are certainly the smallest; only if fewer
+        than ``limit`` are, the cut shards are read on from where they stopped.
+        """
+        if self._shards == 1:
+            rows = await self._exec(self._iscan, (app, namespace, idx, 0, lo, hi, limit))
+            return [(bytes(r.row), bytes(r.path)) for r in rows]
+        share = limit / self._shards
+        first = min(limit, int(share + 3 * math.sqrt(share * (1 - 1 / self._shards))) + 2)
+        slices = [[(bytes(r.row), bytes(r.path)) for r in rows] for rows in await asyncio.gather(
+            *(self._exec(self._iscan, (app, namespace, idx, shard, lo, hi, first)) for shard in range(self._shards)))]
+        cut = [shard for shard, rows in enumerate(slices) if len(rows) == first]
+        if cut and first < limit:
+            bound = min(slices[shard][-1][0] for shard in cut)
+            if sum(1 for rows in slices for row, _ in rows if row <= bound) < limit:
+                more = await asyncio.gather(*(self._exec(self._iscan, (app, namespace, idx, shard,
+                                                                      slices[shard][-1][0] + b"\x00", hi,
+                                                                      limit - first)) for shard in cut))
+                for shard, rows in zip(cut, more):
+                    slices[shard] += [(bytes(r.row), bytes(r.path)) for r in rows]
+            else:
+                slices = [[r for r in rows if r[0] <= bound] for rows in slices]
+        return list(itertools.islice(heapq.merge(*slices), limit))
 
     # ------------------------------------------------------------------ commits
 
@@ -262,17 +360,31 @@ class CassandraEngine:
         await self._note_namespace(app, namespace)
 
     async def _commit_group(self, app: str, namespace: str, gc: GroupCommit, rows_of: RowsOf) -> None:
+        key = (app, namespace, gc.group)
+        hint: tuple[int, uuid.UUID] | None = None
         for attempt in range(_RETRIES):
-            state = await self._group_state(app, namespace, gc.group, serial=attempt > 0)
+            # The recovery hint must be stored before the conditional batch, so it goes with the first read.
+            hint_write: list[Awaitable[Any]] = []
+            if hint is None:
+                hint = self._new_hint()
+                hint_write.append(self._exec(self._hint_add, (*hint, app, namespace, gc.group)))
+            state, old = await self._read_for_commit(app, namespace, gc, key, serial=attempt > 0, also=hint_write)
             gv = state.gv if state is not None else None
             if gc.expected_version is not None and (gv or 0) != gc.expected_version:
+                self._mark_done(hint)
                 raise ConcurrentTransactionError(
                     "the transaction conflicted with a concurrent commit to the same entity group; retry it")
-            if state is not None and state.pending:
-                await self._apply_changes(app, namespace, decode_changes(state.pending), state.commit_ts)
+            if state is not None and state.pending and self._applied.get(key) != state.commit_ts:
+                # The group's last commit may not have finished its index writes: redo them first, as this
+                # commit's record replaces its record.
+                await self._apply_changes(app, namespace, decode_changes(state.pending), state.commit_ts,
+                                          group=gc.group)
             if not gc.writes:
+                self._mark_done(hint)
                 return
-            changes = await self._changes(app, namespace, gc, rows_of)
+            if old is None:
+                old = await self._old_versions(app, namespace, gc)
+            changes = self._changes(gc, old, rows_of)
             commit_ts = max(int(time.time() * 1_000_000), (state.commit_ts or 0) + 1 if state else 0)
             batch = self._batch()
             record = encode_changes(changes)
@@ -281,24 +393,46 @@ class CassandraEngine:
             else:
                 batch.add(self._bump, (gv + 1, commit_ts, record, app, namespace, gc.group, gv))
             self._add_writes(batch, app, namespace, gc, commit_ts)
-            hint = await self._hint(app, namespace, gc.group)
             if _first(await self._exec(batch))[0]:  # [applied]
-                await self._apply_changes(app, namespace, changes, commit_ts)
-                await self._unhint(hint)
+                await self._apply_changes(app, namespace, changes, commit_ts, group=gc.group)
+                self._mark_done(hint)
                 return
-            await self._unhint(hint)
             if gc.expected_version is not None:
+                self._mark_done(hint)
                 raise ConcurrentTransactionError(
                     "the transaction conflicted with a concurrent commit to the same entity group; retry it")
             await asyncio.sleep(random.random() * 0.01 * (attempt + 1))
         raise UnavailableError("cassandra: too much contention on one entity group (App Engine allows about one "
                                "write per second per group)")
 
-    async def _changes(self, app: str, namespace: str, gc: GroupCommit, rows_of: RowsOf) -> list[tuple[int, IndexRow]]:
-        """Index rows to add and delete: new rows against the stored entities' rows."""
+    async def _read_for_commit(self, app: str, namespace: str, gc: GroupCommit, key: tuple[str, str, bytes], *,
+                               serial: bool, also: list[Awaitable[Any]]) -> tuple[Any, dict[bytes, bytes] | None]:
+        """The group's state and, when known here, the stored versions of the entities ``gc`` writes.
+
+        Old versions must be read no earlier than the state they are checked against (the batch's ``IF gv``),
+        so they are either read in one statement with the state (one partition read is isolated from a
+        conditional batch) or after it. The single read serves a group this process wrote before, when it
+        finds a written entity (the static columns come with its rows); a group never written (no state)
+        holds no entities, so a new group's put reads nothing else. ``None`` for old: read them next.
+        """
+        if not serial and gc.writes and key in self._applied:
+            rows, *_ = await asyncio.gather(
+                self._exec(self._old_with_state, (app, namespace, gc.group, [w.path for w in gc.writes])), *also)
+            also = []
+            if rows and rows[0].lock_txid is None:
+                return rows[0], {bytes(r.path): bytes(r.entity) for r in rows if r.entity is not None}
+        state, *_ = await asyncio.gather(self._group_state(app, namespace, gc.group, serial=serial), *also)
+        return state, ({} if state is None else None)
+
+    async def _old_versions(self, app: str, namespace: str, gc: GroupCommit) -> dict[bytes, bytes]:
+        """The stored entities ``gc`` overwrites or deletes."""
         paths = [w.path for w in gc.writes]
-        old = {bytes(r.path): bytes(r.entity) for r in await self._exec(self._old, (app, namespace, gc.group, paths))
-               if r.entity is not None}
+        return {bytes(r.path): bytes(r.entity) for r in await self._exec(self._old, (app, namespace, gc.group, paths))
+                if r.entity is not None}
+
+    @staticmethod
+    def _changes(gc: GroupCommit, old: dict[bytes, bytes], rows_of: RowsOf) -> list[tuple[int, IndexRow]]:
+        """Index rows to add and delete: new rows against the stored entities' rows."""
         changes: list[tuple[int, IndexRow]] = []
         for w in gc.writes:
             before = rows_of(old[w.path]) if w.path in old else frozenset()
@@ -313,17 +447,34 @@ class CassandraEngine:
                 batch.add(self._put, (app, namespace, gc.group, w.path, w.kind, w.entity, commit_ts))
 
     async def _apply_changes(self, app: str, namespace: str, changes: list[tuple[int, IndexRow]],
-                             commit_ts: int) -> None:
-        """Write a commit's index changes; idempotent, and never undoes a later commit (timestamps)."""
-        stmts = []
+                             commit_ts: int, *, group: bytes | None = None) -> None:
+        """Write a commit's index changes; idempotent, and never undoes a later commit (timestamps).
+
+        The rows live in other partitions than the group, so they cannot join its conditional batch; they go
+        in unlogged batches (one message each, not atomic, which replaying ``pending`` does not need). With
+        ``group``, remember that this commit's changes are written, so the group's next commit skips them.
+        """
+        stmts: list[Awaitable[Any]] = []
+        batch: Any = None
+        size = 0
         for op, r in changes:
+            if batch is None or len(batch) >= _INDEX_BATCH_ROWS or size >= _INDEX_BATCH_BYTES:
+                batch, size = self._keyspace.batch(consistency="LOCAL_QUORUM", serial="SERIAL"), 0
+                stmts.append(self._exec(batch))
             if op == _ADD:
-                stmts.append(self._exec(self._irow_add, (app, namespace, r.idx, self._shard(r), r.row, r.path,
-                                                         commit_ts)))
+                batch.add(self._irow_add, (app, namespace, r.idx, self._shard(r), r.row, r.path, commit_ts))
             else:
-                stmts.append(self._exec(self._irow_del, (commit_ts, app, namespace, r.idx, self._shard(r), r.row)))
+                batch.add(self._irow_del, (commit_ts, app, namespace, r.idx, self._shard(r), r.row))
+            size += len(r.idx) + len(r.row) + len(r.path)
         await _bounded(stmts)
         await self._note_metadata(app, namespace, metadata_of(r for op, r in changes if op == _ADD))
+        if group is not None:
+            key = (app, namespace, group)
+            if self._applied.get(key, -1) < commit_ts:
+                self._applied[key] = commit_ts
+                self._applied.move_to_end(key)
+                if len(self._applied) > _APPLIED_CACHE:
+                    self._applied.popitem(last=False)
 
     async def _note_metadata(self, app: str, namespace: str, facts: set[tuple[str, str, bytes]]) -> None:
         new = [f for f in facts if (app, namespace, f) not in self._known_meta]
@@ -337,49 +488,105 @@ class CassandraEngine:
 
     # ------------------------------------------------------------------ recovery
 
+    @staticmethod
+    def _new_hint() -> tuple[int, uuid.UUID]:
+        return int(time.time() // _HINT_BUCKET_SECONDS), uuid.uuid1()
+
     async def _hint(self, app: str, namespace: str, group: bytes) -> tuple[int, uuid.UUID]:
         """Record that a commit to ``group`` is starting (plain write; the sweeper re-checks the group)."""
-        hint = (int(time.time() // _HINT_BUCKET_SECONDS), uuid.uuid1())
+        hint = self._new_hint()
         await self._exec(self._hint_add, (*hint, app, namespace, group))
         return hint
 
-    async def _unhint(self, hint: tuple[int, uuid.UUID]) -> None:
-        await self._exec(self._hint_del, hint)
+    def _mark_done(self, hint: tuple[int, uuid.UUID] | None) -> None:
+        """Mark a commit's hint done, off the response path (an upsert: no tombstone). If it is lost, the
+        sweeper checks the group instead."""
+        if hint is not None:
+            self._later(self._exec(self._hint_done, hint))
 
-    async def sweep_once(self, *, older_than: float = 10.0) -> int:
+    def _later(self, work: Awaitable[Any]) -> None:
+        async def run() -> None:
+            try:
+                await work
+            except UnavailableError as exc:
+                log.warning("background write failed (the sweeper covers it): %s", exc)
+        task = asyncio.get_running_loop().create_task(run())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def drain(self) -> None:
+        """Wait for the writes started off the response path."""
+        while self._background:
+            await asyncio.gather(*list(self._background))
+
+    async def sweep_once(self, *, older_than: float = _SWEEP_GRACE_SECONDS) -> int:
         """Finish what crashed commits left: resolve locks and redo index changes of hinted groups.
 
-        Returns how many hints were handled.
+        Reads the hint buckets from the last checkpoint (at most the horizon back) up to the one holding
+        ``now - older_than``, and handles every hint not marked done that is older than that or than this
+        process: it redoes the group's last commit's index changes (SERIAL read; idempotent), and marks the
+        hint done once the group shows a commit at or after the hint (that commit, or a later one that
+        redid it first) or the hint is too old for its commit to be still running. The checkpoint moves
+        past each bucket that is closed and fully handled. Returns how many hints were handled.
         """
         now = time.time()
+        cutoff = now - older_than
+        last = int(max(cutoff, min(now, self._started)) // _HINT_BUCKET_SECONDS)
+        if self._swept is None:
+            row = _first(await self._exec(self._checkpoint_read))
+            self._swept = int(row.value) if row is not None else -1
+        first = max(self._swept + 1, int((now - _HINT_HORIZON_SECONDS) // _HINT_BUCKET_SECONDS))
         handled = 0
-        first = int((now - _HINT_HORIZON_SECONDS) // _HINT_BUCKET_SECONDS)
-        for bucket in range(first, int(now // _HINT_BUCKET_SECONDS) + 1):
+        closed_through = self._swept
+        settled = True
+        for bucket in range(first, last + 1):
+            ok = True
             for row in await self._exec(self._hint_read, (bucket,)):
-                if now - _uuid1_seconds(row.id) < older_than:
+                if row.done:
+                    continue
+                written = _uuid1_seconds(row.id)
+                if written >= cutoff and written >= self._started:
+                    ok = False
                     continue
                 try:
-                    state = await self._group_state(row.app, row.ns, bytes(row.grp))
-                    if state is not None and state.pending:
-                        await self._apply_changes(row.app, row.ns, decode_changes(state.pending), state.commit_ts)
+                    state = await self._finish_group(row.app, row.ns, bytes(row.grp))
                 except UnavailableError as exc:
                     log.warning("sweeper: group still busy, will retry: %s", exc)
+                    ok = False
                     continue
-                await self._unhint((bucket, row.id))
+                committed_since = state is not None and (state.commit_ts or 0) * 10 + 10 >= _uuid1_ticks(row.id)
+                if not committed_since and now - written < _HINT_GIVE_UP_SECONDS:
+                    ok = False  # its commit may still be on its way: look again next time
+                    continue
+                await self._exec(self._hint_done, (bucket, row.id))
                 handled += 1
+            closed = (bucket + 1) * _HINT_BUCKET_SECONDS <= cutoff
+            settled = settled and ok and closed
+            if settled:
+                closed_through = bucket
+        if closed_through != self._swept:
+            self._swept = closed_through
+            await self._exec(self._checkpoint_write, (str(closed_through),))
         return handled
 
+    async def _finish_group(self, app: str, namespace: str, group: bytes) -> Any:
+        """Redo the index changes of the group's last commit unless this process wrote them; its state."""
+        state = await self._group_state(app, namespace, group)
+        if state is not None and state.pending and self._applied.get((app, namespace, group)) != state.commit_ts:
+            await self._apply_changes(app, namespace, decode_changes(state.pending), state.commit_ts, group=group)
+        return state
+
     async def maintain(self) -> None:
-        """Run the sweeper every few seconds until cancelled."""
+        """Run the sweeper now (a restarted process finishes what it left) and every few seconds."""
         while True:
-            await asyncio.sleep(_SWEEP_SECONDS)
             try:
                 handled = await self.sweep_once()
             except UnavailableError as exc:
                 log.warning("sweeper: %s", exc)
-                continue
-            if handled:
-                log.info("sweeper: finished %d interrupted commit(s)", handled)
+            else:
+                if handled:
+                    log.info("sweeper: finished %d interrupted commit(s)", handled)
+            await asyncio.sleep(_SWEEP_SECONDS)
 
     # ------------------------------------------------------------------ cross-group transactions
 
@@ -387,7 +594,7 @@ class CassandraEngine:
         """Two-phase commit: lock every group at its read version, record the commit point, apply."""
         txid = uuid.uuid4()
         # Hints first: if this process dies anywhere below, the sweeper finds the groups.
-        hints = [await self._hint(app, namespace, gc.group) for gc in commits]
+        hints = list(await asyncio.gather(*(self._hint(app, namespace, gc.group) for gc in commits)))
         await self._exec(self._xg_new, (app, txid, int(time.time() * 1000)))
         locked: list[bytes] = []
         staged: list[tuple[GroupCommit, list[tuple[int, IndexRow]], int]] = []
@@ -406,8 +613,9 @@ class CassandraEngine:
                         "the transaction conflicted with a concurrent commit to an entity group; retry it")
                 locked.append(gc.group)
                 if state is not None and state.pending:
-                    await self._apply_changes(app, namespace, decode_changes(state.pending), state.commit_ts)
-                changes = await self._changes(app, namespace, gc, rows_of) if gc.writes else []
+                    await self._apply_changes(app, namespace, decode_changes(state.pending), state.commit_ts,
+                                              group=gc.group)
+                changes = self._changes(gc, await self._old_versions(app, namespace, gc), rows_of) if gc.writes else []
                 commit_ts = max(int(time.time() * 1_000_000), (state.commit_ts or 0) + 1 if state else 0)
                 staged.append((gc, changes, commit_ts))
             record = _encode_staged(staged)
@@ -416,13 +624,13 @@ class CassandraEngine:
         except BaseException:
             await self._abort_xg(app, namespace, txid, locked)
             for hint in hints:
-                await self._unhint(hint)
+                self._mark_done(hint)
             raise
         # Committed: from here on anyone who finds a lock can finish the job.
         await asyncio.gather(*(self._apply_staged(app, namespace, txid, gc, changes, ts)
                                for gc, changes, ts in staged))
         for hint in hints:
-            await self._unhint(hint)
+            self._mark_done(hint)
 
     async def _abort_xg(self, app: str, namespace: str, txid: uuid.UUID, locked: list[bytes]) -> None:
         try:
@@ -441,7 +649,7 @@ class CassandraEngine:
                                    encode_changes(changes), app, namespace, gc.group, txid))
         self._add_writes(batch, app, namespace, gc, commit_ts)
         if _first(await self._exec(batch))[0]:
-            await self._apply_changes(app, namespace, changes, commit_ts)
+            await self._apply_changes(app, namespace, changes, commit_ts, group=gc.group)
 
     async def _resolve_lock(self, app: str, namespace: str, group: bytes, txid: uuid.UUID) -> bool:
         """Finish (committed) or undo (aborted, abandoned) the transaction holding ``group``.
@@ -530,6 +738,7 @@ class CassandraEngine:
         await self._cas_counter(app, lambda current: max_id + 1 if current <= max_id else None)
 
     async def close(self) -> None:
+        await self.drain()
         await self._keyspace.close()
 
 
