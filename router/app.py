@@ -38,7 +38,7 @@ from kiln_platform import auth, bus, grpcserver, httpfields
 from kiln_platform.deployclient import VersionSource
 from kiln.pb.logs.v1 import logs_pb2
 from kiln.pb.runtime.v1 import http_pb2
-from router import connections, cookies, headers, hosts, oidc, paths, responses, static, users, workers
+from router import connections, cookies, headers, hosts, oidc, paths, replies, responses, static, users, workers
 from router.config import RouterConfig
 from router.geo import GeoIP
 from router.logship import LogShipper
@@ -58,6 +58,7 @@ class Router:
         self.cfg = cfg
         self.nc = nc
         self.logs = LogShipper(nc, LOG_SUBJECT)
+        self.replies = replies.Requester(nc)
         self.versions = cfg.default_versions()
         self.custom_domains = cfg.custom_domain_map()
         self.dev_app = cfg.dev_app.partition("=")[0] or None
@@ -83,7 +84,7 @@ class Router:
         delay = 0.02
         while True:
             try:
-                return await self.nc.request(subject, data, timeout=timeout)
+                return await self.replies.request(subject, data, timeout=timeout)
             except nats.errors.NoRespondersError:
                 if not patient or time.time() + delay - started > self.cfg.pending_timeout_seconds:
                     raise
@@ -447,6 +448,7 @@ async def serve(cfg: RouterConfig) -> None:
     nc = await bus.connect(cfg.nats_url, name="router")
     await bus.ensure_log_stream(nc)
     router = Router(cfg, nc)
+    await router.replies.start()
     follower = None
     if router.deployed is not None:
         try:
