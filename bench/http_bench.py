@@ -10,8 +10,10 @@ sync workers (2 workers), plus kiln with one router process as a row:
 - ``/`` at one connection: p50, and kiln's added p50;
 - a static file served by kiln's router against the same file returned by the
   app under gunicorn (gunicorn has no static handler);
-- CPU microseconds per request of each kiln process (router, runtime instance,
-  nats-server) at 32 connections, from /proc (utime+stime before/after);
+- CPU microseconds per request of each kiln process on the request's path
+  (router with its workers, runtime instance, nats-server, and logs_svc, which
+  stores the request log) at 32 connections, from /proc (utime+stime
+  before/after);
 - with ``--prototype DIR`` (the throwaway router -> NATS -> worker prototype,
   not part of kiln, run from its own directory): the same rows for it, as a
   yardstick of what the architecture alone costs.
@@ -179,7 +181,8 @@ def main() -> int:
         for name, kiln in kilns.items():
             (instance_pid,) = kiln.instances().values()
             children = {c.name: c.proc.pid for c in kiln.supervisor.children}
-            pids[name] = {"router": children["router"], "runtime": instance_pid, "nats-server": children["nats-server"]}
+            pids[name] = {"router": children["router"], "runtime": instance_pid, "nats-server": children["nats-server"],
+                          "logs_svc": children["logs_svc"]}  # stores each request's log record
         if proto is not None:
             pids["proto"] = {name: p.pid for name, p in proto.procs.items()}
         for number in range(args.rounds):
