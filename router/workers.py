@@ -43,9 +43,9 @@ import sys
 import tempfile
 import typing
 
+from kiln.errors import KilnError
 from kiln_platform import grpcserver, handover
 from kiln_platform.config import HostPort, Secret
-from kiln.errors import KilnError
 from router.config import RouterConfig
 
 log = logging.getLogger(__name__)
@@ -94,9 +94,7 @@ def _text(value: object) -> str:
         return "true" if value else "false"
     if isinstance(value, tuple):
         return ",".join(_text(v) for v in value)
-    if isinstance(value, HostPort):
-        return str(value)
-    return str(value)
+    return str(value)  # numbers, paths, host:port
 
 
 class _Worker:

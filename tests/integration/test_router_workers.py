@@ -84,9 +84,12 @@ def test_a_killed_worker_is_replaced(router):
     before = _children(router.proc.pid)
     victim = min(before)
     os.kill(victim, signal.SIGKILL)
-    after = _wait_for("a new worker replaces the killed one",
-                      lambda: (lambda now: now if len(now) == WORKERS and victim not in now else None)(
-                          _children(router.proc.pid)))
+
+    def replaced() -> set[int] | None:
+        now = _children(router.proc.pid)
+        return now if len(now) == WORKERS and victim not in now else None
+
+    after = _wait_for("a new worker replaces the killed one", replaced)
     assert len(after - before) == 1
     assert _all_workers_answer(router.address)
 
