@@ -1,22 +1,31 @@
 """HTTP benchmark: a hello-world WSGI app through kiln against the same app under gunicorn.
 
 In one run on one machine, with the same load generator (``wrk``) and the
-same connections, it measures:
+same connections, it measures, like with like (the same number of serving
+processes): kiln with ``router --workers 2`` (router -> NATS -> runtime,
+started by ``kiln dev`` machinery, one runtime instance) against gunicorn's
+sync workers (2 workers), plus kiln with one router process as a row:
 
-- kiln (router -> NATS -> runtime, started by ``kiln dev`` machinery) and
-  gunicorn's sync workers (2 workers) on ``/`` at 32 connections: requests/s
-  and p50/p99 latency, and their ratio;
-- both at one connection: p50, and kiln's added p50;
+- ``/`` at 32 connections: requests/s and p50/p99 latency, and their ratios;
+- ``/`` at one connection: p50, and kiln's added p50;
 - a static file served by kiln's router against the same file returned by the
-  app under gunicorn (gunicorn has no static handler).
+  app under gunicorn (gunicorn has no static handler);
+- CPU microseconds per request of each kiln process on the request's path
+  (router with its workers, runtime instance, nats-server, and logs_svc, which
+  stores the request log) at 32 connections, from /proc (utime+stime
+  before/after);
+- with ``--prototype DIR`` (the throwaway router -> NATS -> worker prototype,
+  not part of kiln, run from its own directory): the same rows for it, as a
+  yardstick of what the architecture alone costs.
 
-Rounds interleave kiln and gunicorn; figures are medians, ratios per round.
+Rounds interleave every configuration; figures are medians, ratios are per
+round (then their median, min-max). The load average at the start is printed.
 
 Usage::
 
-    .venv/bin/python bench/http_bench.py [--seconds 10] [--rounds 3]
+    .venv/bin/python bench/http_bench.py [--seconds 5] [--rounds 3] [--prototype /work/shared/perf-prototype]
 
-Needs ``wrk`` (Debian package ``wrk``) and ``gunicorn`` (``pip install gunicorn==27.0.1``).
+Needs ``wrk`` (Debian package ``wrk``) and ``gunicorn`` (``pip install -e .[bench]``).
 """
 
 from __future__ import annotations
@@ -32,12 +41,13 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from deploy.dev import DevOptions, DevServer  # noqa: E402
-from kiln_platform.supervisor import free_port  # noqa: E402
+from kiln_platform.supervisor import free_port, port_open  # noqa: E402
 
 APP = ROOT / "bench" / "hello"
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
@@ -92,11 +102,14 @@ def wait_http(url: str) -> None:
     raise RuntimeError(f"{url} did not answer")
 
 
-def wrk_args(doc: str | None) -> argparse.Namespace | None:
+def wrk_args(doc: str | None, extra: Callable[[argparse.ArgumentParser], None] | None = None,
+             ) -> argparse.Namespace | None:
     """``--seconds``/``--rounds`` of a wrk benchmark; None (after saying why) when wrk is missing."""
     parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=10, help="duration of each wrk run")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
+    if extra is not None:
+        extra(parser)
     args = parser.parse_args()
     if not shutil.which("wrk"):
         print("wrk is not installed: apt-get install wrk", file=sys.stderr)
@@ -104,63 +117,139 @@ def wrk_args(doc: str | None) -> argparse.Namespace | None:
     return args
 
 
+def _options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workers", type=int, default=2, help="kiln router workers and gunicorn workers")
+    parser.add_argument("--prototype", type=pathlib.Path, default=None,
+                        help="directory of the router -> NATS -> worker prototype to measure as a yardstick")
+
+
+class _Prototype:
+    """The perf prototype (nats-server, one worker, its aiohttp front end), run from its own directory."""
+
+    def __init__(self, directory: pathlib.Path) -> None:
+        bindir = pathlib.Path(sys.executable).parent
+        nats_port, self.port = free_port(), free_port()
+        url = f"nats://127.0.0.1:{nats_port}"
+        self.procs = {"nats-server": subprocess.Popen([str(bindir / "nats-server"), "-a", "127.0.0.1", "-p",
+                                                        str(nats_port)], stdout=subprocess.DEVNULL,
+                                                       stderr=subprocess.DEVNULL)}
+        deadline = time.monotonic() + 20
+        while not port_open("127.0.0.1", nats_port) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.procs["worker"] = subprocess.Popen([sys.executable, "nats_path_proto/worker.py", "--nats", url,
+                                                 "--uvloop"], cwd=directory, stdout=subprocess.DEVNULL)
+        self.procs["router"] = subprocess.Popen([sys.executable, "nats_path_proto/router.py", "--mode", "nats",
+                                                 "--nats", url, "--port", str(self.port)], cwd=directory,
+                                                stdout=subprocess.DEVNULL)
+        self.url = f"http://127.0.0.1:{self.port}/"
+
+    def stop(self) -> None:
+        for proc in reversed(list(self.procs.values())):
+            proc.terminate()
+            proc.wait()
+
+
 def main() -> int:
-    args = wrk_args(__doc__)
+    args = wrk_args(__doc__, _options)
     if args is None:
         return 2
     gunicorn = pathlib.Path(sys.executable).with_name("gunicorn")
     if not gunicorn.exists():
-        print("gunicorn is not installed: .venv/bin/pip install gunicorn==27.0.1", file=sys.stderr)
+        print("gunicorn is not installed: .venv/bin/pip install -e .[bench]", file=sys.stderr)
         return 2
+    load = pathlib.Path("/proc/loadavg").read_text().split()[:3]
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="kiln-http-bench-"))
-    kiln = DevServer(DevOptions(app_dir=APP, port=0, data_dir=tmp / "data"))
+    kilns = {"kiln": DevServer(DevOptions(app_dir=APP, port=0, data_dir=tmp / "data", router_workers=args.workers)),
+             "kiln_w1": DevServer(DevOptions(app_dir=APP, port=0, data_dir=tmp / "data1", router_workers=1))}
     port = free_port()
-    guni = subprocess.Popen([str(gunicorn), "-w", "2", "-k", "sync", "-b", f"127.0.0.1:{port}", "--chdir", str(APP),
-                             "--log-level", "warning", "main:app"], stdout=subprocess.DEVNULL)
+    guni = subprocess.Popen([str(gunicorn), "-w", str(args.workers), "-k", "sync", "-b", f"127.0.0.1:{port}",
+                             "--chdir", str(APP), "--log-level", "warning", "main:app"], stdout=subprocess.DEVNULL)
+    proto = _Prototype(args.prototype) if args.prototype else None
+    rounds: list[dict[str, dict[str, float]]] = []
+    cpu: dict[str, list[dict[str, float]]] = {name: [] for name in (*kilns, "proto")}
     try:
-        kiln.start()
-        kiln_url, guni_url = kiln.url, f"http://127.0.0.1:{port}/"
-        wait_http(guni_url)
-        for url in (kiln_url, guni_url):  # warm up
-            wrk(url, 32, 2)
-        rounds = []
-        (instance_pid,) = kiln.instances().values()
-        runtime_cpu: list[float] = []  # the instance's CPU seconds per request at 32 connections
-        for _ in range(args.rounds):
-            before = _cpu_seconds(instance_pid)
-            kiln32 = wrk(kiln_url, 32, args.seconds)
-            runtime_cpu.append((_cpu_seconds(instance_pid) - before) / (kiln32["rps"] * args.seconds))
-            rounds.append({
-                "kiln32": kiln32, "guni32": wrk(guni_url, 32, args.seconds),
-                "kiln1": wrk(kiln_url, 1, args.seconds), "guni1": wrk(guni_url, 1, args.seconds),
-                "kiln_static": wrk(kiln_url + "static/page.html", 32, args.seconds),
-                "guni_static": wrk(guni_url + "static/page.html", 32, args.seconds),
-            })
+        for kiln in kilns.values():
+            kiln.start()
+        urls = {name: kiln.url for name, kiln in kilns.items()}
+        urls["guni"] = f"http://127.0.0.1:{port}/"
+        if proto is not None:
+            urls["proto"] = proto.url
+        for url in urls.values():
+            wait_http(url)
+            wrk(url, 32, 2)  # warm up
+        pids: dict[str, dict[str, int]] = {}
+        for name, kiln in kilns.items():
+            (instance_pid,) = kiln.instances().values()
+            children = {c.name: c.proc.pid for c in kiln.supervisor.children}
+            pids[name] = {"router": children["router"], "runtime": instance_pid, "nats-server": children["nats-server"],
+                          "logs_svc": children["logs_svc"]}  # stores each request's log record
+        if proto is not None:
+            pids["proto"] = {name: p.pid for name, p in proto.procs.items()}
+        for number in range(args.rounds):
+            found: dict[str, dict[str, float]] = {}
+            order = list(urls) if number % 2 == 0 else list(reversed(urls))  # neither side always goes first
+            for name in order:
+                before = {proc: _cpu_seconds(pid) for proc, pid in pids.get(name, {}).items()}
+                found[f"{name}32"] = wrk(urls[name], 32, args.seconds)
+                served = found[f"{name}32"]["rps"] * args.seconds
+                if before:
+                    cpu[name].append({proc: (_cpu_seconds(pids[name][proc]) - t) / served * 1e6
+                                      for proc, t in before.items()})
+            for name in order:
+                found[f"{name}1"] = wrk(urls[name], 1, args.seconds)
+            for name in order:
+                if name != "proto":
+                    found[f"{name}_static"] = wrk(urls[name] + "static/page.html", 32, args.seconds)
+            rounds.append(found)
+            print(f"round {number + 1}: " + "  ".join(f"{key} {value['rps']:.0f}/s" for key, value in found.items()),
+                  flush=True)
     finally:
         guni.terminate()
         guni.wait()
-        kiln.stop()
+        if proto is not None:
+            proto.stop()
+        for kiln in kilns.values():
+            kiln.stop()
 
     def med(key: str, field: str) -> float:
         return statistics.median(r[key][field] for r in rounds)
 
     def ratio(a: str, b: str, field: str) -> str:
-        values = sorted(r[a][field] / r[b][field] for r in rounds)
-        return f"{statistics.median(values):.2f}x ({values[0]:.2f}-{values[-1]:.2f})"
+        values = [r[a][field] / r[b][field] for r in rounds]
+        per_round = " ".join(f"{v:.2f}" for v in values)
+        return f"{statistics.median(values):.2f}x ({min(values):.2f}-{max(values):.2f}; rounds: {per_round})"
 
-    print(f"HTTP benchmark ({os.cpu_count()} CPUs, wrk {args.seconds}s runs, median of {args.rounds} rounds)")
-    print(f"{'':28}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}")
-    for label, key in (("kiln, 32 connections", "kiln32"), ("gunicorn sync x2, 32", "guni32"),
-                       ("kiln, 1 connection", "kiln1"), ("gunicorn sync x2, 1", "guni1"),
-                       ("kiln static file, 32", "kiln_static"), ("gunicorn same file, 32", "guni_static")):
-        print(f"{label:28}{med(key, 'rps'):>10.0f}{med(key, 'p50'):>9.2f}{med(key, 'p99'):>9.2f}")
+    w = args.workers
+    print(f"HTTP benchmark ({os.cpu_count()} CPUs, load average at start {' '.join(load)}, wrk {args.seconds}s runs, "
+          f"median of {args.rounds} interleaved rounds)")
+    print(f"like with like: kiln with router --workers {w} (one runtime instance) against gunicorn sync with {w} "
+          f"workers; 'kiln, 1 router' is router --workers 1")
+    print(f"{'':34}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}")
+    rows = [(f"kiln ({w} routers), 32 connections", "kiln32"), ("kiln (1 router), 32 connections", "kiln_w132"),
+            (f"gunicorn sync x{w}, 32", "guni32"), (f"kiln ({w} routers), 1 connection", "kiln1"),
+            ("kiln (1 router), 1 connection", "kiln_w11"), (f"gunicorn sync x{w}, 1", "guni1"),
+            (f"kiln ({w} routers) static file, 32", "kiln_static"), ("kiln (1 router) static file, 32", "kiln_w1_static"),
+            ("gunicorn same file, 32", "guni_static")]
+    if proto is not None:
+        rows += [("prototype (not kiln), 32", "proto32"), ("prototype (not kiln), 1", "proto1")]
+    for label, key in rows:
+        print(f"{label:34}{med(key, 'rps'):>10.0f}{med(key, 'p50'):>9.2f}{med(key, 'p99'):>9.2f}")
     print(f"kiln/gunicorn requests/s at 32: {ratio('kiln32', 'guni32', 'rps')}  (aim >= 1.2x)")
     print(f"kiln/gunicorn p99 at 32: {ratio('kiln32', 'guni32', 'p99')}  (aim <= 1.2x)")
-    added = statistics.median(r["kiln1"]["p50"] - r["guni1"]["p50"] for r in rounds)
-    print(f"kiln added p50 at 1 connection: {added:.2f} ms  (aim < 0.5 ms)")
-    print(f"static file kiln/gunicorn requests/s: {ratio('kiln_static', 'guni_static', 'rps')}  (aim >= 2x)")
-    print(f"runtime overhead per request at 32 connections (instance CPU outside the app's few us of code): "
-          f"{statistics.median(runtime_cpu) * 1e6:.0f} us")
+    print(f"kiln (1 router)/gunicorn requests/s at 32: {ratio('kiln_w132', 'guni32', 'rps')}")
+    added = [r["kiln1"]["p50"] - r["guni1"]["p50"] for r in rounds]
+    print(f"kiln added p50 at 1 connection: {statistics.median(added):.2f} ms "
+          f"(rounds: {' '.join(f'{a:.2f}' for a in added)})  (aim <= +0.4 ms)")
+    print(f"static file kiln/gunicorn requests/s: {ratio('kiln_static', 'guni_static', 'rps')}  (aim >= 2.5x)")
+    if proto is not None:
+        print(f"prototype/gunicorn requests/s at 32: {ratio('proto32', 'guni32', 'rps')}; "
+              f"kiln/prototype: {ratio('kiln32', 'proto32', 'rps')}")
+    for name, label in (("kiln", f"kiln ({w} routers)"), ("kiln_w1", "kiln (1 router)"), ("proto", "prototype")):
+        if cpu[name]:
+            parts = {proc: statistics.median(c[proc] for c in cpu[name]) for proc in cpu[name][0]}
+            print(f"CPU us per request at 32 connections, {label}: "
+                  + ", ".join(f"{proc} {value:.0f}" for proc, value in parts.items())
+                  + f"; total {sum(parts.values()):.0f}")
     return 0
 
 

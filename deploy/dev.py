@@ -59,6 +59,7 @@ class DevOptions:
     isolation: str = "none"
     network_isolation: str = "auto"  # with user isolation: the instance in a network of its own (runtime.manager)
     urlfetch_allow_internal: str = ""  # CIDR[;CIDR]: internal networks the app may fetch from
+    router_workers: int = 1  # router processes sharing the HTTP port (router --workers)
 
 
 # What stops kiln dev in order (every child stopped, last started first): Ctrl-C, kill, and the terminal closing.
@@ -211,6 +212,7 @@ class DevServer:
                 "--dev-app", f"{self.app_id}={self.version_id}",
                 "--app-dirs", f"{self.app_id}/{self.version_id}={self.opts.app_dir.resolve()}",
                 "--request-timeout-seconds", str(self.opts.request_deadline + 5),
+                "--workers", str(self.opts.router_workers),
                 "--ready-file", str(run / "router.addr")), env=env, secrets=router_secrets,
                 ready_file=run / "router.addr")
         except StartError as exc:

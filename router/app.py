@@ -25,10 +25,13 @@ import ipaddress
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
+import aiohttp
 import nats.errors
 from aiohttp import web
+from google.protobuf import duration_pb2, timestamp_pb2
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
@@ -36,7 +39,7 @@ from kiln_platform import auth, bus, grpcserver, httpfields
 from kiln_platform.deployclient import VersionSource
 from kiln.pb.logs.v1 import logs_pb2
 from kiln.pb.runtime.v1 import http_pb2
-from router import connections, cookies, headers, hosts, oidc, paths, responses, static, users
+from router import connections, cookies, headers, hosts, oidc, paths, replies, responses, static, users, workers
 from router.config import RouterConfig
 from router.geo import GeoIP
 from router.logship import LogShipper
@@ -46,6 +49,7 @@ log = logging.getLogger(__name__)
 
 HEALTH_PATH = "/_ah/kiln/healthz"
 LOG_SUBJECT = bus.REQUEST_LOG_SUBJECT
+WORKER_HEADER = "X-Kiln-Router-Worker"  # on health answers of a router with workers: the worker's number
 
 
 class Router:
@@ -55,6 +59,7 @@ class Router:
         self.cfg = cfg
         self.nc = nc
         self.logs = LogShipper(nc, LOG_SUBJECT)
+        self.replies = replies.Requester(nc)
         self.versions = cfg.default_versions()
         self.custom_domains = cfg.custom_domain_map()
         self.dev_app = cfg.dev_app.partition("=")[0] or None
@@ -70,6 +75,8 @@ class Router:
                                     client_secret=cfg.oidc_client_secret.get(),
                                     state_key=cfg.session_secret.get()) if cfg.oidc_issuer else None
         self.geo = GeoIP(cfg.geoip_db)
+        # Without a database every request gets the same location headers: encoded once, here.
+        self._fixed_geo = [(n, v.encode()) for n, v in self.geo.headers("").items()] if self.geo.fixed else None
         self.trusted = [ipaddress.ip_network(n) for n in cfg.trusted_proxies]
         self.files = static.FileCache()
         self._bodies: dict[str, bus.BodyStore] = {}
@@ -80,7 +87,7 @@ class Router:
         delay = 0.02
         while True:
             try:
-                return await self.nc.request(subject, data, timeout=timeout)
+                return await self.replies.request(subject, data, timeout=timeout)
             except nats.errors.NoRespondersError:
                 if not patient or time.time() + delay - started > self.cfg.pending_timeout_seconds:
                     raise
@@ -99,8 +106,7 @@ class Router:
         try:
             url = paths.parse_target(request.raw_path)
             if url.path == HEALTH_PATH:
-                return web.Response(text="ok" if self.nc.is_connected else "nats disconnected",
-                                    status=200 if self.nc.is_connected else 503)
+                return self._health()
             host = hosts.request_host(request.headers.getall("Host", []), url.authority)
         except (paths.BadPathError, hosts.BadHostError) as exc:
             return responses.plain(400, f"Bad request: {exc}.")
@@ -198,6 +204,14 @@ class Router:
             out.headers.update(responses.usage_headers(time.time() - started, resp.cpu_micros,
                                                        self.cfg.instance_hour_usd))
         await self._publish_log(envelope, resp, started, out.content_length or 0, url, fields)
+        return out
+
+    def _health(self) -> web.Response:
+        """The router's health: NATS connected or not; with workers, which one answered (a number, no pid)."""
+        out = web.Response(text="ok" if self.nc.is_connected else "nats disconnected",
+                           status=200 if self.nc.is_connected else 503)
+        if self.cfg.worker:
+            out.headers[WORKER_HEADER] = str(self.cfg.worker)
         return out
 
     async def _apply_handler(self, request: web.Request, url: paths.Target, host: hosts.Host, version: Version,
@@ -321,29 +335,47 @@ class Router:
             env.headers.add(name=auth.INBOUND_APP_HEADER, value=caller.encode())
         env.headers.add(name="Host", value=host.raw.encode())
         env.headers.add(name="X-AppEngine-Request-Log-Id", value=request_id.encode())
-        for name, value in self.geo.headers(client_ip).items():
-            env.headers.add(name=name, value=value.encode())
+        located = self._fixed_geo
+        if located is None:
+            located = [(n, v.encode()) for n, v in self.geo.headers(client_ip).items()]
+        for name, encoded in located:
+            env.headers.add(name=name, value=encoded)
         return env
 
     async def _publish_log(self, env: http_pb2.HttpRequest, resp: http_pb2.HttpResponse, started: float,
                            size: int, url: paths.Target, fields: list[tuple[str, str]]) -> None:
-        # Client text as the app saw it (ISO-8859-1 from the bytes sent): always valid in a proto string.
-        sent = {name.lower(): value for name, value in fields}
+        # Client text as the app saw it (ISO-8859-1 from the bytes sent): always valid in a proto string. Both are
+        # one-value fields (a repeated one was refused with 400), so the first found is the one.
+        referrer = user_agent = ""
+        for name, value in fields:
+            lowered = name.lower()
+            if lowered == "referer" and not referrer:
+                referrer = value
+            elif lowered == "user-agent" and not user_agent:
+                user_agent = value
+        start_ns = int(started * 1e9)
+        end_ns = time.time_ns()
         record = logs_pb2.RequestLog(
             app_id=env.app_id, version_id=env.version_id, request_id=env.request_id, ip=env.remote_addr,
             method=env.method, resource=url.wire_path + (f"?{url.query}" if url.query else ""),
-            http_version=env.protocol, status=resp.status, response_size=size, referrer=sent.get("referer", ""),
-            user_agent=sent.get("user-agent", ""), host=env.host, instance_id=resp.instance_id,
+            http_version=env.protocol, status=resp.status, response_size=size, referrer=referrer,
+            user_agent=user_agent, host=env.host, instance_id=resp.instance_id,
             was_loading_request=resp.loading_request, finished=True, app_logs=resp.app_logs,
-            nickname=env.user.email.split("@")[0] if env.user.email else "")
-        record.start_time.FromNanoseconds(int(started * 1e9))
-        end = time.time()
-        record.end_time.FromNanoseconds(int(end * 1e9))
-        record.latency.FromNanoseconds(int((end - started) * 1e9))
+            nickname=env.user.email.split("@")[0] if env.user.email else "",
+            # Built in C (FromNanoseconds is Python, three calls a request).
+            start_time=timestamp_pb2.Timestamp(**_seconds_nanos(start_ns)),
+            end_time=timestamp_pb2.Timestamp(**_seconds_nanos(end_ns)),
+            latency=duration_pb2.Duration(**_seconds_nanos(max(0, end_ns - start_ns))))
         self.logs.ship(env.request_id, record.SerializeToString())  # in the background, until acknowledged
 
 
 INBOUND_MAIL_PREFIX = "/_ah/mail/"
+
+
+def _seconds_nanos(nanoseconds: int) -> dict[str, int]:
+    """A Timestamp (since the epoch) or a non-negative Duration, as constructor fields."""
+    seconds, nanos = divmod(nanoseconds, 1_000_000_000)
+    return {"seconds": seconds, "nanos": nanos}
 
 
 def _signed_caller(request: web.Request, host: hosts.Host, secret: str, caller_header: str, signature_header: str,
@@ -398,11 +430,46 @@ async def _read_limited(request: web.Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def front_door(handle: connections.Handler) -> Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]:
+    """``handle`` with what every request gets around it: ``Expect: 100-continue`` answered, the connection told
+    when the headers are complete and the handler done (:func:`router.connections.track`), ``Server: kiln``, and
+    the session's renewed cookie (:func:`router.users.renew_cookie`)."""
+
+    async def entry(request: web.BaseRequest) -> web.StreamResponse:
+        assert isinstance(request, web.Request)  # serve's request factory makes them
+        try:
+            if request.headers.get("Expect"):
+                await _expect(request)
+            response = await connections.track(request, handle)
+        except web.HTTPException as exc:  # aiohttp's own refusals (e.g. a form over the size limit)
+            response = web.Response(status=exc.status, reason=exc.reason, body=exc.body, headers=exc.headers)
+        response.headers["Server"] = connections.SERVER
+        await users.renew_cookie(request, response)
+        return response
+
+    return entry
+
+
+async def _expect(request: web.Request) -> None:
+    """``Expect: 100-continue``: tell the client to send the body (an Application's routes did this)."""
+    if request.version != aiohttp.HttpVersion11:
+        return
+    if request.headers["Expect"].lower() != "100-continue":
+        raise web.HTTPExpectationFailed(text=f"Unknown Expect: {request.headers['Expect']}")
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    request.writer.output_size = 0  # the response proper has not started
+
+
 async def serve(cfg: RouterConfig) -> None:
-    """Serve HTTP until SIGTERM, then finish in-flight requests and drain NATS."""
+    """Serve HTTP until SIGTERM, then finish in-flight requests and drain NATS (``workers`` > 1: see
+    :mod:`router.workers`)."""
+    if cfg.workers > 1:
+        await workers.supervise(cfg)
+        return
     nc = await bus.connect(cfg.nats_url, name="router")
     await bus.ensure_log_stream(nc)
     router = Router(cfg, nc)
+    await router.replies.start()
     follower = None
     if router.deployed is not None:
         try:
@@ -410,12 +477,16 @@ async def serve(cfg: RouterConfig) -> None:
         except Exception as exc:  # noqa: BLE001 - serve anyway; the follower keeps trying
             log.warning("control plane at %s not reachable yet: %s", cfg.control_plane, exc)
         follower = asyncio.ensure_future(router.deployed.follow(nc, cfg.resync_seconds))
-    app = web.Application(client_max_size=cfg.max_request_bytes + 1, middlewares=[connections.track])
-    # Every path, including ones with an (encoded) newline, reaches Router.handle, which decides about it.
-    app.router.add_route("*", r"/{tail:[\s\S]*}", router.handle)
-    app.on_response_prepare.append(connections.server_header)
-    app.on_response_prepare.append(users.renew_cookie)
-    runner = web.AppRunner(app, handle_signals=False)
+    # aiohttp's low-level server: every path, including ones with an (encoded) newline, reaches Router.handle,
+    # which decides about it, so the Application's URL dispatcher, middleware chain and signals would only add
+    # per-request work (front_door does what they did: Expect, connection tracking, Server, session renewal).
+    loop = asyncio.get_running_loop()
+
+    def make_request(message: Any, payload: Any, protocol: Any, writer: Any, task: Any) -> web.Request:
+        return web.Request(message, payload, protocol, writer, task, loop, client_max_size=cfg.max_request_bytes + 1)
+
+    runner = web.ServerRunner(web.Server(front_door(router.handle), request_factory=make_request),
+                              handle_signals=False)
     await runner.setup()
     # keepalive_timeout closes connections with no complete request for that long; the header deadline closes
     # slow-header (slowloris) clients sooner, the body rate slow-body ones (router.connections).
@@ -423,7 +494,8 @@ async def serve(cfg: RouterConfig) -> None:
                                      min_bytes_per_second=cfg.body_min_bytes_per_second)
     listener = await connections.listen(runner, cfg.listen.host, cfg.listen.port,
                                         header_timeout=cfg.header_timeout_seconds, body_rate=body_rate,
-                                        access_log=None, keepalive_timeout=cfg.idle_timeout_seconds)
+                                        access_log=None, keepalive_timeout=cfg.idle_timeout_seconds,
+                                        reuse_port=cfg.worker > 0)
     bound = listener.sockets[0].getsockname()
     address = f"{bound[0]}:{bound[1]}"
     log.info("router serving HTTP on %s", address)

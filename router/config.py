@@ -68,6 +68,11 @@ class RouterConfig:
                                                  "instance while none is serving (one starting or being replaced)")
     request_timeout_seconds: float = field(70.0, "how long to wait for an instance's answer")
     ready_file: pathlib.Path | None = field(None, "write the bound address here once serving")
+    workers: int = field(1, "router processes serving the listen address (SO_REUSEPORT), each with its own NATS "
+                            "connection; more than 1: a parent starts them, replaces one that dies, and stops "
+                            "them all on SIGTERM (see router/workers.py); use one per core")
+    worker: int = field(0, "set by a router with workers for each of its worker processes (1..workers): listen "
+                           "with SO_REUSEPORT on the parent's port; 0: not a worker")
     log_level: str = field("INFO", "log level")
     log_format: str = field("text", "log format: text or json")
 
@@ -79,6 +84,10 @@ class RouterConfig:
                     raise ValueError(f"{name}: expected app=version, got {item!r}")
         if self.header_timeout_seconds < 0 or self.idle_timeout_seconds < 0 or self.body_grace_seconds < 0:
             raise ValueError("header_timeout_seconds, idle_timeout_seconds, body_grace_seconds: must not be negative")
+        if self.workers < 1 or self.worker < 0:
+            raise ValueError("workers: must be at least 1; worker: must not be negative")
+        if self.workers > 1 and self.worker:
+            raise ValueError("worker: a worker process runs with workers 1")
         if not self.body_min_bytes_per_second > 0:
             raise ValueError("body_min_bytes_per_second: must be more than 0")
         if self.max_request_bytes < 0 or self.max_response_bytes < 0:

@@ -193,9 +193,12 @@ async def server_header(request: web.Request, response: web.StreamResponse) -> N
     response.headers["Server"] = SERVER
 
 
-async def listen(runner: web.AppRunner, host: str, port: int, *, header_timeout: float, body_rate: BodyRate,
-                 **handler_options: Any) -> asyncio.Server:
-    """Accept connections for ``runner``'s application on ``host:port`` (after ``runner.setup()``).
+async def listen(runner: web.BaseRunner, host: str, port: int, *, header_timeout: float, body_rate: BodyRate,
+                 reuse_port: bool = False, **handler_options: Any) -> asyncio.Server:
+    """Accept connections for ``runner``'s server on ``host:port`` (after ``runner.setup()``).
+
+    ``reuse_port``: share the port with other processes listening on it with ``SO_REUSEPORT`` (the router's
+    workers, :mod:`router.workers`); the kernel spreads new connections over them.
 
     ``handler_options`` are aiohttp's per-connection options (``keepalive_timeout``, ``access_log``…).
     The caller closes the returned server before ``runner.cleanup()``.
@@ -205,4 +208,4 @@ async def listen(runner: web.AppRunner, host: str, port: int, *, header_timeout:
     loop = asyncio.get_running_loop()
     return await loop.create_server(
         lambda: Connection(manager, loop=loop, header_timeout=header_timeout, body_rate=body_rate, **handler_options),
-        host, port, reuse_address=True)
+        host, port, reuse_address=True, reuse_port=reuse_port or None)

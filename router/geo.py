@@ -27,6 +27,11 @@ class GeoIP:
             import maxminddb
             self._reader = maxminddb.open_database(str(path))
 
+    @property
+    def fixed(self) -> bool:
+        """Whether every address gets :data:`UNKNOWN` (no database): callers may compute the headers once."""
+        return self._reader is None
+
     def headers(self, address: str) -> dict[str, str]:
         """The X-AppEngine location headers for a client address."""
         if self._reader is None:

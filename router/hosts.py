@@ -13,6 +13,7 @@ request, and every later use takes the :class:`Host` it returns.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import re
 
@@ -86,8 +87,11 @@ class Host:
         return self.port if self.port is not None else (443 if scheme == "https" else 80)
 
 
+@functools.lru_cache(maxsize=256)
 def parse_host(value: str) -> Host:
     """The Host for one ``host[:port]`` value (RFC 9110 7.2), or :class:`BadHostError`.
+
+    Kept for the latest values, as :func:`router.paths.parse_target` (a :class:`Host` is immutable).
 
     Only ASCII host names (letters, digits, ``-``, ``_``, dots), IPv4 addresses
     and bracketed IPv6 literals are accepted, so a name with spaces, control

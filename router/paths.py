@@ -29,6 +29,7 @@ the runtime's single decoding gives back exactly the path the router matched.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import urllib.parse
 
@@ -58,8 +59,13 @@ class Target:
     authority: str | None = None
 
 
+@functools.lru_cache(maxsize=256)
 def parse_target(raw: str) -> Target:
-    """The :class:`Target` for a request line's target, or :class:`BadPathError`."""
+    """The :class:`Target` for a request line's target, or :class:`BadPathError`.
+
+    The answer depends on ``raw`` alone and is immutable, so the latest targets' answers are kept (a site's
+    busy paths are parsed once, not on every request); a refused target is checked again each time.
+    """
     if "#" in raw:
         raise BadPathError("the request target has a fragment")
     if not raw.isascii() or not raw.isprintable():

@@ -541,6 +541,21 @@ def _raw(server, data: bytes) -> bytes:
         return b"".join(chunks)
 
 
+def test_expect_100_continue_is_answered_before_the_body_is_sent(server):
+    import socket
+    address, _, port = server.addresses["router"].rpartition(":")
+    with socket.create_connection((address, int(port)), timeout=10) as sock:
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\nExpect: 100-continue\r\n"
+                     b"Connection: close\r\n\r\n")
+        interim = sock.recv(65536)
+        assert interim.startswith(b"HTTP/1.1 100 Continue\r\n")
+        sock.sendall(b"hello")
+        rest = b""
+        while chunk := sock.recv(65536):
+            rest += chunk
+    assert (interim + rest).split(b"\r\n\r\n", 1)[1].startswith(b"HTTP/1.1 200 ")
+
+
 def test_malformed_request_line_gets_400_and_the_router_keeps_serving(server):
     answer = _raw(server, b"THIS IS NOT HTTP\r\n\r\n")
     assert answer.split(b"\r\n", 1)[0].endswith(b" 400 Bad Request")

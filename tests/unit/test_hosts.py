@@ -82,3 +82,14 @@ def test_an_absolute_form_authority_wins_over_the_host_header():
 
 def test_the_port_defaults_to_the_schemes():
     assert (parse_host("a.test").port_for("https"), parse_host("a.test").port_for("http")) == (443, 80)
+
+
+def test_a_host_is_parsed_once_and_a_refused_one_every_time():
+    parse_host.cache_clear()
+    first = parse_host("Cached.Test:8080")
+    assert parse_host("Cached.Test:8080") is first
+    for _ in range(2):
+        with pytest.raises(BadHostError):
+            parse_host("bad host")
+    info = parse_host.cache_info()
+    assert (info.hits, info.currsize) == (1, 1)

@@ -55,3 +55,14 @@ def test_the_query_is_kept_as_sent():
 def test_an_absolute_form_target_gives_its_path_and_authority():
     target = parse_target("http://Other.Test:81//x/../admin/panel?q=1")
     assert (target.path, target.query, target.authority) == ("/admin/panel", "q=1", "Other.Test:81")
+
+
+def test_a_target_is_parsed_once_and_a_refused_one_every_time():
+    parse_target.cache_clear()
+    first = parse_target("/cached/../path?q=1")
+    assert parse_target("/cached/../path?q=1") is first
+    for _ in range(2):
+        with pytest.raises(BadPathError):
+            parse_target("/a\\b")
+    info = parse_target.cache_info()
+    assert (info.hits, info.currsize) == (1, 1)
