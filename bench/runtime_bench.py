@@ -15,7 +15,9 @@ In one run on one machine it prints:
   router -> NATS -> worker path), in the same run, interleaved round by round,
   the prototype worker's CPU per request under the same load: the floor of a
   nats-py subscriber calling the WSGI app with none of kiln's guarantees; the
-  ratio is taken per round.
+  ratio is taken per round. The same prototype calling the app in a pool of 10
+  threads is measured too: what the two thread hops alone cost (kiln runs app
+  code on request threads only: the sandbox knows them by thread).
 
 Usage::
 
@@ -102,8 +104,9 @@ def loaded_cpu(url: str, pid: int, seconds: int, main_thread: bool = True) -> tu
 class Prototype:
     """The stripped router -> NATS -> worker path of ``DIR`` (nats-server, its aiohttp router, one uvloop worker)."""
 
-    def __init__(self, directory: pathlib.Path) -> None:
+    def __init__(self, directory: pathlib.Path, threads: int = 0) -> None:
         self.directory = directory
+        self.threads = threads  # 0: the app is called on the worker's event loop; N: in a pool of N threads
         self.procs: list[subprocess.Popen[bytes]] = []
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
@@ -115,7 +118,8 @@ class Prototype:
         self._spawn([str(pathlib.Path(sys.executable).with_name("nats-server")), "-a", "127.0.0.1", "-p",
                      str(nats_port)])
         self._wait(nats_port)
-        worker = self._spawn([sys.executable, "nats_path_proto/worker.py", "--nats", nats, "--uvloop"])
+        worker = self._spawn([sys.executable, "nats_path_proto/worker.py", "--nats", nats, "--uvloop",
+                              "--threads", str(self.threads)])
         self.worker_pid = worker.pid
         self._spawn([sys.executable, "nats_path_proto/router.py", "--mode", "nats", "--nats", nats,
                      "--port", str(self.port)])
@@ -161,32 +165,41 @@ def cpu_rounds(args: argparse.Namespace, tmp: pathlib.Path) -> None:
     server = DevServer(DevOptions(app_dir=APP, port=0, data_dir=tmp / "cpu-data"))
     server.start()
     proto = Prototype(pathlib.Path(args.prototype)) if args.prototype else None
-    kiln_rows, proto_rows, ratios = [], [], []
+    # The same prototype calling the app in a thread pool (what a threadsafe app needs): the cost of the hops alone.
+    threaded = Prototype(pathlib.Path(args.prototype), threads=10) if args.prototype else None
+    kiln_rows, proto_rows, threaded_rows, ratios = [], [], [], []
     try:
-        if proto is not None:
+        if proto is not None and threaded is not None:
             proto.start()
+            threaded.start()
         (instance_pid,) = server.instances().values()
         runtime_pid = _runtime_process(instance_pid)
+        configs = ["kiln", "proto", "threaded"]
         for n in range(args.cpu_rounds):
-            order = ["kiln", "proto"] if n % 2 == 0 else ["proto", "kiln"]
+            order = configs[n % 3:] + configs[:n % 3]  # each configuration first in turn
             row: dict[str, tuple[float, float, float]] = {}
             for which in order:
                 if which == "kiln":
                     row["kiln"] = loaded_cpu(server.url, runtime_pid, args.seconds)
-                elif proto is not None:
+                elif which == "proto" and proto is not None:
                     row["proto"] = loaded_cpu(proto.url, proto.worker_pid, args.seconds)
+                elif which == "threaded" and threaded is not None:
+                    row["threaded"] = loaded_cpu(threaded.url, threaded.worker_pid, args.seconds)
             kiln_rows.append(row["kiln"])
             line = (f"round {n + 1}: runtime {row['kiln'][0]:.0f} us/request (event loop thread {row['kiln'][1]:.0f}) "
                     f"at {row['kiln'][2]:.0f} req/s")
             if "proto" in row:
                 proto_rows.append(row["proto"])
                 ratios.append(row["kiln"][0] / row["proto"][0])
-                line += (f"; prototype worker {row['proto'][0]:.0f} us/request at {row['proto'][2]:.0f} req/s; "
-                         f"ratio {ratios[-1]:.2f}")
+                threaded_rows.append(row["threaded"])
+                line += (f"; prototype worker {row['proto'][0]:.0f} us/request at {row['proto'][2]:.0f} req/s "
+                         f"(ratio {ratios[-1]:.2f}); prototype worker with a thread pool {row['threaded'][0]:.0f} "
+                         f"us/request at {row['threaded'][2]:.0f} req/s")
             print(line, flush=True)
     finally:
-        if proto is not None:
-            proto.stop()
+        for started in (proto, threaded):
+            if started is not None:
+                started.stop()
         server.stop()
     print(f"runtime CPU per request at 32 connections: median {statistics.median(r[0] for r in kiln_rows):.0f} us "
           f"(min {min(r[0] for r in kiln_rows):.0f}, max {max(r[0] for r in kiln_rows):.0f}); event loop thread "
@@ -197,6 +210,10 @@ def cpu_rounds(args: argparse.Namespace, tmp: pathlib.Path) -> None:
               f"{statistics.median(r[0] for r in proto_rows):.0f} us (min {min(r[0] for r in proto_rows):.0f}, "
               f"max {max(r[0] for r in proto_rows):.0f}); runtime / prototype per round: median "
               f"{statistics.median(ratios):.2f} (min {min(ratios):.2f}, max {max(ratios):.2f})")
+        print(f"prototype worker calling the app in a pool of 10 threads (one hop there, one back), same run: median "
+              f"{statistics.median(r[0] for r in threaded_rows):.0f} us (min {min(r[0] for r in threaded_rows):.0f}, "
+              f"max {max(r[0] for r in threaded_rows):.0f}) at "
+              f"{statistics.median(r[2] for r in threaded_rows):.0f} req/s")
 
 
 def cold_start(server: DevServer) -> tuple[float, float]:
