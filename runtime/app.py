@@ -6,11 +6,22 @@ its own ``kiln.instance.<id>`` subject. Each request runs the WSGI app on a
 worker thread; at most ``max_concurrent_requests`` run at once (1 when the app
 is not ``threadsafe``). On SIGTERM the instance stops taking requests, lets the
 ones in flight finish, then drains its NATS connection.
+
+**One hop each way.** Waking another thread costs tens of microseconds on a
+small machine, more than the rest of a small request's work, so a request
+crosses threads exactly twice: the event loop hands the message to a request
+thread (the pool's queue), and the request thread, having run the app and
+encoded the answer, hands the bytes back (one ``call_soon_threadsafe``) to be
+published. Nothing on the loop waits for the app: no task, future or timer per
+request. The request timer is one watcher for all requests
+(:mod:`runtime.timer`); the request thread files its deadline when the handler
+starts and takes it back when it ends.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import ctypes
@@ -25,6 +36,7 @@ import time
 import traceback
 import urllib.parse
 import uuid
+from collections.abc import Collection
 from typing import Any
 
 from nats.aio.client import Client
@@ -40,7 +52,7 @@ from kiln_platform.log import request_id as request_id_var
 from kiln.pb.logs.v1 import logs_pb2
 from kiln.pb.runtime.v1 import events_pb2, http_pb2
 from kiln.sdk import tickets
-from runtime import appengine, httpfetch, inflight, isolation, sandbox
+from runtime import appengine, httpfetch, inflight, isolation, sandbox, timer
 from runtime.config import RuntimeConfig
 from runtime.wsgi import BadResponseHeaderError, CgiScript, InstanceInfo, WsgiApp, build_environ, call_app
 
@@ -104,13 +116,20 @@ _LEVELS = {logging.DEBUG: logs_pb2.LOG_LEVEL_DEBUG, logging.INFO: logs_pb2.LOG_L
            logging.CRITICAL: logs_pb2.LOG_LEVEL_CRITICAL, 0: logs_pb2.LOG_LEVEL_DEBUG}
 
 
-@dataclasses.dataclass
-class _Running:
-    """A request whose app code may be running: what the request timer needs to interrupt it."""
+@dataclasses.dataclass(eq=False, slots=True)
+class _Request:
+    """One request from its arrival until it is answered; what the request timer needs to interrupt it."""
 
-    ident: int  # the thread running it
-    deadline: kiln_runtime._Deadline
+    msg: Msg | None  # None: the instance's own warmup request
+    arrived: float  # time.monotonic() when it arrived
+    req: http_pb2.HttpRequest | None = None
+    done: asyncio.Future[http_pb2.HttpResponse] | None = None  # the warmup request's answer
+    ident: int = 0  # the thread running it
+    running: bool = False  # its app code may be running (read and written under Instance._running_lock)
+    deadline: kiln_runtime._Deadline | None = None
+    seconds: float = 0.0  # the length of its deadline
     environ: dict[str, Any] = dataclasses.field(default_factory=dict)  # its WSGI environ (read only if it overruns)
+    answered: bool = False  # set on the event loop by the one answer it gets
 
 
 class Instance:
@@ -127,24 +146,31 @@ class Instance:
             instance_id=cfg.instance_id, auth_domain=cfg.auth_domain, default_hostname=cfg.default_hostname,
             dev=cfg.dev, env_variables=env_vars)
         limit = cfg.max_concurrent_requests or _app_concurrency(app_config)
-        self._slots = asyncio.Semaphore(limit)
         self._bodies: bus.BodyStore | None = None
         self._nc: Client | None = None
         self.subscriptions: list[Subscription] = []
-        # Request threads run app code: the sandbox knows them by name, from the moment they start.
+        # Request threads run app code: the sandbox knows them by name, from the moment they start. At most
+        # `limit` run at once; the pool's queue holds the rest in the order they arrived.
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=limit, thread_name_prefix=sandbox.APP_THREADS)
         self._loader = AppLoader(str(cfg.app_dir.resolve()), app_config)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: set[asyncio.Task[None]] = set()  # the few requests that need the loop (large bodies)
         self._loaded = False
         self.served = 0
-        # Request id -> the thread running it, while the app's code may be running.
-        self._running: dict[str, _Running] = {}
-        self._running_lock = threading.Lock()
+        # The request timer: every running request's deadline (runtime.timer); the shortest is the configured one.
+        self._timer: timer.RequestTimer[_Request] = timer.RequestTimer(cfg.request_deadline_seconds)
+        self._running_lock = threading.Lock()  # a request's `running` flag and the timer's exception go together
+        # Answers encoded by request threads, published by the loop in arrival order of the answers.
+        self._outbox: collections.deque[tuple[Msg, bytes]] = collections.deque()
+        self._outbox_ready = asyncio.Event()
+        self._idle = asyncio.Event()  # set while every request received has been answered
+        self._idle.set()
+        self._statm = os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC)  # read after each request
         # Set when a handler ignored DeadlineExceededError or memory ran over: the instance must be replaced.
         self.doomed = asyncio.Event()
         self.memory_limit_mb = cfg.memory_limit_mb or isolation.instance_memory_mb(app_config)
         self.out_of_memory = False  # an allocation failed in the app (RLIMIT_AS): replace the instance
-        self._waiting: dict[int, Msg] = {}  # requests not answered yet, to fail if the instance must stop at once
+        self._waiting: dict[int, _Request] = {}  # requests not answered yet, to fail if the instance must stop
         self._queued: dict[int, float] = {}  # requests waiting for a free slot -> when they arrived
         self.inflight = inflight.Reporter(cfg.inflight_fd)  # the manager answers these if this process dies
 
@@ -197,7 +223,11 @@ class Instance:
                                    method="GET", scheme="http", host=self.cfg.default_hostname.split(":")[0],
                                    path="/_ah/warmup", protocol="HTTP/1.1", remote_addr="0.1.0.3")
         req.headers.add(name="X-AppEngine-Request-Log-Id", value=req.request_id.encode())
-        resp = await self._serve(req.SerializeToString())
+        loop = self._bind_loop()
+        state = _Request(None, time.monotonic(), req, done=loop.create_future())
+        self._arrived(state)
+        self._pool.submit(self._work, state)
+        resp = await state.done  # type: ignore[misc]  # set just above
         log.info("warmup request answered %d", resp.status)
 
     def use_bus(self, nc: Client) -> None:
@@ -205,52 +235,160 @@ class Instance:
         self._bodies = bus.BodyStore(nc, self.app_id, create=False)
         self._nc = nc
 
+    def _bind_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
+
     async def on_message(self, msg: Msg) -> None:
-        """NATS callback: handle each request in its own task so requests overlap."""
-        self._waiting[id(msg)] = msg
-        self._queued[id(msg)] = time.monotonic()
+        """NATS callback: hand the request to a request thread (no task, no wait: requests overlap)."""
+        self._bind_loop()
         self.inflight.started(msg.reply)
-        task = asyncio.create_task(self._handle(msg))
+        state = _Request(msg, time.monotonic())
+        self._arrived(state)
+        try:
+            state.req = http_pb2.HttpRequest.FromString(msg.data)
+        except Exception:  # noqa: BLE001 - a malformed envelope must not kill the instance
+            log.warning("dropping a malformed HttpRequest envelope (%d bytes)", len(msg.data))
+            self._answer_now(state, _error(400, "malformed request envelope", self.cfg.instance_id))
+            return
+        req = state.req
+        if req.app_id != self.app_id or req.version_id != self.version_id:
+            # Addressed by instance id, but the host named another app or version.
+            self._answer_now(state, _error(404, "this instance serves another app or version", self.cfg.instance_id,
+                                           public="Not Found"))
+            return
+        if req.body_object:  # the body is in the object store: fetch it first, on the loop
+            self._spawn(self._fetch_body(state))
+            return
+        self._pool.submit(self._work, state)
+
+    def _arrived(self, state: _Request) -> None:
+        self._waiting[id(state)] = state
+        self._queued[id(state)] = state.arrived
+        self._idle.clear()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def _fetch_body(self, state: _Request) -> None:
+        assert self._bodies is not None and state.req is not None, "use_bus() not called"
+        try:
+            state.req.body = await self._bodies.take(state.req.body_object)
+        except Exception:  # noqa: BLE001 - a lost body fails this request, not the instance
+            log.exception("request body %s could not be fetched", state.req.body_object)
+            self._answer_now(state, _error(500, "request body lost in transit", self.cfg.instance_id))
+            return
+        self._pool.submit(self._work, state)
+
     def pending(self) -> tuple[int, float]:
-        """Requests waiting for a free slot, and how long (seconds) the longest has waited."""
-        oldest = min(self._queued.values(), default=None)
+        """Requests waiting for a free request thread, and how long (seconds) the longest has waited."""
+        # A copy first: request threads remove their requests meanwhile (list() of a dict's values is one step).
+        oldest = min(list(self._queued.values()), default=None)
         return len(self._queued), 0.0 if oldest is None else time.monotonic() - oldest
 
     @property
-    def active(self) -> set[asyncio.Task[None]]:
+    def active(self) -> Collection[object]:
         """Requests received and not yet answered (queued or running)."""
-        return self._tasks
+        return self._waiting
 
-    async def _handle(self, msg: Msg) -> None:
+    def _work(self, state: _Request) -> None:
+        """On a request thread: run the request, encode its answer, hand it to the loop (the one hop back)."""
+        self._queued.pop(id(state), None)
+        loop = self._loop
+        assert loop is not None and state.req is not None
         try:
-            async with self._slots:
-                self._queued.pop(id(msg), None)
-                resp = await self._serve(msg.data)
-        finally:
-            self._waiting.pop(id(msg), None)
-            self._queued.pop(id(msg), None)
-        if msg.reply:
-            try:
-                await msg.respond(resp.SerializeToString())
-            finally:
-                self.inflight.finished(msg.reply)
-        self._check_soft_memory()
+            resp = self._serve(state)
+            if state.msg is not None and (self._bodies is None or self._bodies.fits_inline(len(resp.body))):
+                loop.call_soon_threadsafe(self._answer, state, None, resp.SerializeToString(), True)
+            else:  # the warmup request's answer, or a body for the object store: the loop finishes it
+                loop.call_soon_threadsafe(self._answer, state, resp, b"", True)
+        except BaseException:  # noqa: BLE001 - the request is answered whatever happened; the thread serves on
+            log.exception("request %s failed in the runtime", state.req.request_id)
+            resp = _error(500, "the runtime failed serving the request", self.cfg.instance_id)
+            loop.call_soon_threadsafe(self._answer_now, state, resp)
+        self._check_soft_memory(loop)
 
-    def _check_soft_memory(self) -> None:
-        if self.out_of_memory and not self.doomed.is_set():
-            log.critical("Exceeded hard memory limit of %d MB: an allocation was refused while handling this "
-                         "request; this instance will be replaced.", isolation.hard_memory_mb(self.memory_limit_mb))
-            self.doomed.set()
+    def _answer_now(self, state: _Request, resp: http_pb2.HttpResponse) -> None:
+        """On the loop: answer a request that never reached a request thread (or that the timer gave up on)."""
+        self._answer(state, None if state.msg is not None else resp, resp.SerializeToString(), False)
+
+    def _answer(self, state: _Request, resp: http_pb2.HttpResponse | None, data: bytes, served: bool) -> None:
+        """On the loop: the request's one answer (a later one, from a request thread the timer gave up on, is
+        dropped). ``data`` is the encoded answer, or ``resp`` one still to finish."""
+        if state.answered:
             return
-        used = rss_mb()
+        if resp is not None and state.msg is not None and state.req is not None:  # a body for the object store
+            self._spawn(self._store_body(state, resp, served))
+            return
+        state.answered = True
+        self.served += served
+        self._waiting.pop(id(state), None)
+        self._queued.pop(id(state), None)
+        if state.msg is None:
+            if state.done is not None and not state.done.done():
+                state.done.set_result(resp if resp is not None else http_pb2.HttpResponse.FromString(data))
+            self._settled()
+        elif state.msg.reply:
+            self._outbox.append((state.msg, data))
+            self._outbox_ready.set()
+        else:
+            self._settled()
+
+    async def _store_body(self, state: _Request, resp: http_pb2.HttpResponse, served: bool) -> None:
+        assert self._bodies is not None and state.req is not None
+        try:
+            resp.body_object = await self._bodies.put(f"resp-{state.req.request_id}", resp.body)
+            resp.ClearField("body")
+        except Exception:  # noqa: BLE001 - a body that cannot be stored fails this request, not the instance
+            log.exception("response body of %s could not be stored", state.req.request_id)
+            resp = _error(500, "response body lost in transit", self.cfg.instance_id)
+        self._answer(state, None, resp.SerializeToString(), served)
+
+    async def publish_answers(self) -> None:
+        """Publish the answers request threads encoded, each as its request's NATS reply (runs for the instance's
+        life; one task for all requests, woken once per batch)."""
+        while True:
+            await self._outbox_ready.wait()
+            self._outbox_ready.clear()
+            while self._outbox:
+                msg, data = self._outbox.popleft()
+                try:
+                    await msg.respond(data)
+                except Exception:  # noqa: BLE001 - one lost reply must not stop the others
+                    log.exception("could not answer request")
+                finally:
+                    self.inflight.finished(msg.reply)
+                    self._settled()
+
+    def _settled(self) -> None:
+        if not self._waiting and not self._outbox:
+            self._idle.set()
+
+    def _check_soft_memory(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On a request thread, after its request: past the soft limit, the loop dooms the instance."""
+        if self.out_of_memory and not self.doomed.is_set():
+            loop.call_soon_threadsafe(self._doom, (
+                ("Exceeded hard memory limit of %d MB: an allocation was refused while handling this request; this "
+                 "instance will be replaced."), isolation.hard_memory_mb(self.memory_limit_mb)))
+            return
+        used = self._rss_mb()
         if used > self.memory_limit_mb and not self.doomed.is_set():
-            log.critical("Exceeded soft memory limit of %d MB with %.0f MB after servicing %d requests total. "
-                         "After handling this request, this instance was found to be using too much memory and "
-                         "will be replaced.", self.memory_limit_mb, used, self.served)
+            loop.call_soon_threadsafe(self._doom, (
+                ("Exceeded soft memory limit of %d MB with %.0f MB after servicing %d requests total. After handling "
+                 "this request, this instance was found to be using too much memory and will be replaced."),
+                self.memory_limit_mb, used, self.served))
+
+    def _doom(self, message: tuple[Any, ...]) -> None:
+        if not self.doomed.is_set():
+            log.critical(*message)
             self.doomed.set()
+
+    def _rss_mb(self) -> float:
+        """This process's resident memory, in MiB (the file kept open: one read, not an open and close)."""
+        return int(os.pread(self._statm, 64, 0).split()[1]) * _PAGE / (1024 * 1024)
 
     async def watch_memory(self) -> None:
         """Stop the instance at once when it passes its hard memory limit, failing the requests it holds."""
@@ -269,8 +407,10 @@ class Instance:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self._nc.flush(), 2)
             await asyncio.sleep(0)  # let messages already read reach on_message
-            for msg in list(self._waiting.values()):
-                if msg.reply:
+            for state in list(self._waiting.values()):
+                msg = state.msg
+                if msg is not None and msg.reply and not state.answered:
+                    state.answered = True
                     resp = _error(500, f"the instance exceeded its hard memory limit of {hard:.0f} MB",
                                   self.cfg.instance_id)
                     try:
@@ -284,40 +424,21 @@ class Instance:
             logging.shutdown()
             os._exit(EXIT_REPLACE)
 
-    async def _serve(self, data: bytes) -> http_pb2.HttpResponse:
-        try:
-            req = http_pb2.HttpRequest.FromString(data)
-        except Exception:  # noqa: BLE001 - a malformed envelope must not kill the instance
-            log.warning("dropping a malformed HttpRequest envelope (%d bytes)", len(data))
-            return _error(400, "malformed request envelope", self.cfg.instance_id)
+    def _serve(self, state: _Request) -> http_pb2.HttpResponse:
+        """On a request thread: the request's response, under the request timer."""
+        req = state.req
+        assert req is not None
         request_id_var.set(req.request_id)
         app_id_var.set(self.app_id)
-        if req.app_id != self.app_id or req.version_id != self.version_id:
-            # Addressed by instance id, but the host named another app or version.
-            return _error(404, "this instance serves another app or version", self.cfg.instance_id,
-                          public="Not Found")
-        if req.body_object:
-            assert self._bodies is not None, "use_bus() not called"
-            try:
-                req.body = await self._bodies.take(req.body_object)
-            except Exception:  # noqa: BLE001 - a lost body fails this request, not the instance
-                log.exception("request body %s could not be fetched", req.body_object)
-                return _error(500, "request body lost in transit", self.cfg.instance_id)
         loading = not self._loaded
         try:
-            resp = await self._timed(req)
-        except kiln_runtime.DeadlineExceededError:
-            resp = self._deadline_error(req)
+            resp = self._timed(state)
         except Exception:  # noqa: BLE001 - app errors become a 500, never a crash
             log.exception("unhandled exception serving %s %s", req.method, req.path)
             resp = _error(500, "app raised an exception", self.cfg.instance_id)
         self._loaded = True
-        if self._bodies is not None and not self._bodies.fits_inline(len(resp.body)):
-            resp.body_object = await self._bodies.put(f"resp-{req.request_id}", resp.body)
-            resp.ClearField("body")
         resp.instance_id = self.cfg.instance_id
         resp.loading_request = loading
-        self.served += 1
         return resp
 
     def _deadline_seconds(self, req: http_pb2.HttpRequest) -> float:
@@ -327,36 +448,59 @@ class Instance:
             return max(self.cfg.request_deadline_seconds, TASK_REQUEST_DEADLINE_SECONDS)
         return self.cfg.request_deadline_seconds
 
-    async def _timed(self, req: http_pb2.HttpRequest) -> http_pb2.HttpResponse:
-        """Run the app under the request timer (App Engine's DeadlineExceededError)."""
-        seconds = self._deadline_seconds(req)
-        at = time.monotonic() + seconds
-        deadline = kiln_runtime._Deadline(at, at + self.cfg.deadline_grace_seconds)
-        work = asyncio.get_running_loop().run_in_executor(self._pool, self._run_app, req, deadline)
+    def _timed(self, state: _Request) -> http_pb2.HttpResponse:
+        """Run the app with its deadline filed with the request timer (App Engine's DeadlineExceededError)."""
+        req = state.req
+        assert req is not None
+        ident = state.ident = threading.get_ident()
+        state.seconds = self._deadline_seconds(req)
         try:
-            return await asyncio.wait_for(asyncio.shield(work), timeout=seconds)
-        except TimeoutError:
-            pass
-        log.warning("request %s passed its %.1f s deadline: raising DeadlineExceededError in it",
-                    req.request_id, seconds)
-        self._interrupt(req.request_id)
-        try:
-            return await asyncio.wait_for(asyncio.shield(work), timeout=self.cfg.deadline_grace_seconds)
-        except TimeoutError:
-            log.error("request %s ignored DeadlineExceededError; this instance will be replaced", req.request_id)
-            self.doomed.set()
+            with self._running_lock:
+                state.running = True
+                at = self._timer.start(id(state), state.seconds, state)
+                state.deadline = kiln_runtime._Deadline(at, at + self.cfg.deadline_grace_seconds)
+            return self._call(req, state)
+        except kiln_runtime.DeadlineExceededError:
+            log.error("request %s did not handle DeadlineExceededError", req.request_id)
             return self._deadline_error(req)
+        finally:
+            with self._running_lock:
+                state.running = False
+                self._timer.stop(id(state), state.seconds)
+                # An interruption not delivered yet must not land in the runtime's own code.
+                _SET_ASYNC_EXC(ctypes.c_ulong(ident), None)
 
-    def _interrupt(self, request_id: str) -> None:
+    async def watch_deadlines(self) -> None:
+        """The request timer's one watcher (runtime.timer): interrupts the requests that pass their deadline."""
+        while True:
+            passed, wake = self._timer.due(time.monotonic())
+            for state in passed:
+                self._overran(state)
+            await asyncio.sleep(max(0.0, wake - time.monotonic()))
+
+    def _overran(self, state: _Request) -> None:
+        assert state.req is not None
+        log.warning("request %s passed its %.1f s deadline: raising DeadlineExceededError in it",
+                    state.req.request_id, state.seconds)
+        self._interrupt(state)
+        asyncio.get_running_loop().call_later(self.cfg.deadline_grace_seconds, self._past_grace, state)
+
+    def _past_grace(self, state: _Request) -> None:
+        if state.answered or state.req is None:
+            return  # the handler answered within its grace
+        log.error("request %s ignored DeadlineExceededError; this instance will be replaced", state.req.request_id)
+        self.doomed.set()
+        self._answer_now(state, self._deadline_error(state.req))
+
+    def _interrupt(self, state: _Request) -> None:
         # The exception first, then the wake-up: a wait it wakes returns straight into the exception.
         with self._running_lock:
-            running = self._running.get(request_id)
-            if running is None:
+            if not state.running or state.deadline is None:
                 return
-            _SET_ASYNC_EXC(ctypes.c_ulong(running.ident), ctypes.py_object(kiln_runtime.DeadlineExceededError))
+            _SET_ASYNC_EXC(ctypes.c_ulong(state.ident), ctypes.py_object(kiln_runtime.DeadlineExceededError))
         # A copy of the request's string variables, taken only now that the request overran (not on every request).
-        requestscope.deadline_passed(running.deadline,
-                                     {k: v for k, v in dict(running.environ).items() if isinstance(v, str)})
+        requestscope.deadline_passed(state.deadline,
+                                     {k: v for k, v in dict(state.environ).items() if isinstance(v, str)})
 
     def _deadline_error(self, req: http_pb2.HttpRequest) -> http_pb2.HttpResponse:
         resp = _error(500, f"request exceeded its {self._deadline_seconds(req):g} s deadline",
@@ -364,23 +508,7 @@ class Instance:
         resp.deadline_exceeded = True
         return resp
 
-    def _run_app(self, req: http_pb2.HttpRequest, deadline: kiln_runtime._Deadline) -> http_pb2.HttpResponse:
-        ident = threading.get_ident()
-        running = _Running(ident, deadline)
-        try:
-            with self._running_lock:
-                self._running[req.request_id] = running
-            return self._call(req, running)
-        except kiln_runtime.DeadlineExceededError:
-            log.error("request %s did not handle DeadlineExceededError", req.request_id)
-            return self._deadline_error(req)
-        finally:
-            with self._running_lock:
-                self._running.pop(req.request_id, None)
-                # An interruption not delivered yet must not land in the runtime's own code.
-                _SET_ASYNC_EXC(ctypes.c_ulong(ident), None)
-
-    def _call(self, req: http_pb2.HttpRequest, running: _Running) -> http_pb2.HttpResponse:
+    def _call(self, req: http_pb2.HttpRequest, running: _Request) -> http_pb2.HttpResponse:
         app = self._loader.resolve(urllib.parse.unquote(req.path))
         if app is None:
             return _error(404, "no handler matches this URL", self.cfg.instance_id, public="Not Found")
@@ -390,6 +518,7 @@ class Instance:
         try:
             # The SDK's API ticket lives as long as the request may (its grace included); the timer's hook
             # (runtime.appengine) cancels the request's calls in flight through it.
+            assert running.deadline is not None
             with tickets.opened(self.app_id, environ, expires_at=running.deadline.hard_at):
                 running.environ = environ
                 with requestscope.serving(environ, lines, running.deadline):
@@ -414,9 +543,9 @@ class Instance:
         return resp
 
     async def finish(self, timeout: float) -> None:
-        """Wait for in-flight requests."""
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=timeout)
+        """Wait for in-flight requests to be answered."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout)
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
@@ -493,6 +622,8 @@ async def serve(cfg: RuntimeConfig) -> None:
     instance.use_bus(nc)
     # Last step before app code can run (its module is imported by the first request, warmup included).
     isolation.confine_syscalls(allow_missing=cfg.allow_missing_syscall_filter)
+    deadlines = asyncio.create_task(instance.watch_deadlines())
+    answers = asyncio.create_task(instance.publish_answers())
     if "warmup" in app_config.inbound_services:
         await instance.warm_up()
     sub = await nc.subscribe(bus.http_subject(instance.app_id, instance.version_id),
@@ -514,6 +645,8 @@ async def serve(cfg: RuntimeConfig) -> None:
     await sub.drain()  # type: ignore[no-untyped-call]  # nats-py leaves Subscription.drain unannotated
     await direct.drain()  # type: ignore[no-untyped-call]
     await instance.finish(cfg.grace_seconds)
+    deadlines.cancel()
+    answers.cancel()
     await bus.shutdown(nc)
     if relay is not None:
         relay.close()

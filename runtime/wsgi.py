@@ -16,6 +16,7 @@ refuse them.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import logging
 import re
@@ -58,51 +59,49 @@ class InstanceInfo:
     default_hostname: str
     dev: bool
     env_variables: dict[str, str]
+    # What every request's environ starts from (see _instance_environ): computed once, here.
+    base_environ: dict[str, Any] = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "base_environ", _instance_environ(self))  # frozen: set once, never changed
 
 
 def build_environ(req: http_pb2.HttpRequest, info: InstanceInfo) -> dict[str, Any]:
-    """The WSGI environ for one request."""
-    environ: dict[str, Any] = dict(info.env_variables)
+    """The WSGI environ for one request.
+
+    What is the same for every request of the instance is computed once (:func:`_instance_environ`); a request
+    copies it and adds its own values, in the order that decides which wins: the app's ``env_variables`` first, then
+    the request's and App Engine's variables, then its headers, then the variables only the runtime sets.
+    """
+    environ = info.base_environ.copy()
+    https = req.scheme == "https"
+    user = req.user
+    email = user.email
     environ.update({
         "REQUEST_METHOD": req.method,
-        "SCRIPT_NAME": "",
         "PATH_INFO": urllib.parse.unquote(req.path, encoding="latin-1"),
         "QUERY_STRING": req.query_string,
         "SERVER_NAME": req.host,
-        "SERVER_PORT": str(req.port or (443 if req.scheme == "https" else 80)),
+        "SERVER_PORT": str(req.port or (443 if https else 80)),
         "SERVER_PROTOCOL": req.protocol or "HTTP/1.1",
         "REMOTE_ADDR": req.remote_addr,
-        "HTTPS": "on" if req.scheme == "https" else "off",
-        "wsgi.version": (1, 0),
+        "HTTPS": "on" if https else "off",
         "wsgi.url_scheme": req.scheme or "http",
         "wsgi.input": io.BytesIO(req.body),
-        # The body is in memory and seekable: WebOb (webapp2's base) reads it in place instead of copying it into
-        # a temporary file, which the sandbox refuses (webapp2 copies any body: request_body_tempfile_limit 0).
-        "webob.is_body_seekable": True,
-        "wsgi.errors": sys.stderr,
-        "wsgi.multithread": True,
-        "wsgi.multiprocess": True,
-        "wsgi.run_once": False,
-        "APPLICATION_ID": info.app_id,
-        "CURRENT_VERSION_ID": f"{info.version_id}.{info.minor_version}",
-        "INSTANCE_ID": info.instance_id,
-        "AUTH_DOMAIN": info.auth_domain,
-        "DEFAULT_VERSION_HOSTNAME": info.default_hostname,
+        "wsgi.errors": sys.stderr,  # read per request: the runtime replaces it once app code may run
         "REQUEST_LOG_ID": req.request_id,
         "REQUEST_ID_HASH": req.request_id[:8].upper(),
-        "SERVER_SOFTWARE": f"Development/{SERVER_VERSION}" if info.dev else f"kiln/{SERVER_VERSION}",
-        "USER_EMAIL": req.user.email,
-        "USER_ID": req.user.user_id,
-        "USER_IS_ADMIN": "1" if req.user.is_admin else "0",
-        "USER_NICKNAME": req.user.email.split("@")[0] if req.user.email else "",
-        "USER_ORGANIZATION": "",
+        "USER_EMAIL": email,
+        "USER_ID": user.user_id,
+        "USER_IS_ADMIN": "1" if user.is_admin else "0",
+        "USER_NICKNAME": email.split("@")[0] if email else "",
         # The router's signature over the signed-in user: kiln.api.mail shows it to mail_svc (sender rule).
-        "KILN_USER_PROOF": req.user.proof,
+        "KILN_USER_PROOF": user.proof,
     })
     for header in req.headers:
-        if not _HEADER_NAME.fullmatch(header.name):
+        name = _cgi_name(header.name)
+        if name is None:
             continue
-        name = header.name.upper().replace("-", "_")
         value = httpfields.text(header.value)  # the bytes as sent, one character each (PEP 3333)
         if name == "CONTENT_TYPE":
             environ["CONTENT_TYPE"] = value  # the router refuses a request with two
@@ -121,6 +120,62 @@ def build_environ(req: http_pb2.HttpRequest, info: InstanceInfo) -> dict[str, An
         # task queue address, which the SDK's deferred handler checks outside the development server.
         environ["REMOTE_ADDR"] = TASK_QUEUE_REMOTE_ADDR
     return environ
+
+
+def _instance_environ(info: InstanceInfo) -> dict[str, Any]:
+    """The part of every request's environ that only depends on the instance (computed once per instance).
+
+    Every key here that a request also sets is set again by :func:`build_environ`, so its position in the dict, and
+    what it overrides, stay as if it were built per request.
+    """
+    found: dict[str, Any] = dict(info.env_variables)
+    found.update({
+        "REQUEST_METHOD": "",
+        "SCRIPT_NAME": "",
+        "PATH_INFO": "",
+        "QUERY_STRING": "",
+        "SERVER_NAME": "",
+        "SERVER_PORT": "",
+        "SERVER_PROTOCOL": "",
+        "REMOTE_ADDR": "",
+        "HTTPS": "",
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": "",
+        "wsgi.input": None,
+        # The body is in memory and seekable: WebOb (webapp2's base) reads it in place instead of copying it
+        # into a temporary file, which the sandbox refuses (webapp2 copies any body: request_body_tempfile_limit 0).
+        "webob.is_body_seekable": True,
+        "wsgi.errors": None,
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": True,
+        "wsgi.run_once": False,
+        "APPLICATION_ID": info.app_id,
+        "CURRENT_VERSION_ID": f"{info.version_id}.{info.minor_version}",
+        "INSTANCE_ID": info.instance_id,
+        "AUTH_DOMAIN": info.auth_domain,
+        "DEFAULT_VERSION_HOSTNAME": info.default_hostname,
+        "REQUEST_LOG_ID": "",
+        "REQUEST_ID_HASH": "",
+        "SERVER_SOFTWARE": f"Development/{SERVER_VERSION}" if info.dev else f"kiln/{SERVER_VERSION}",
+        "USER_EMAIL": "",
+        "USER_ID": "",
+        "USER_IS_ADMIN": "",
+        "USER_NICKNAME": "",
+        "USER_ORGANIZATION": "",
+        "KILN_USER_PROOF": "",
+    })
+    return found
+
+
+@functools.lru_cache(maxsize=1024)
+def _cgi_name(name: str) -> str | None:
+    """A request header's CGI name (``X-Foo`` -> ``X_FOO``), or ``None`` for a name that must not become a variable.
+
+    Header names come from a small set (the client's usual headers and the router's): cached, bounded.
+    """
+    if not _HEADER_NAME.fullmatch(name):
+        return None
+    return name.upper().replace("-", "_")
 
 
 #: App Engine's REMOTE_ADDR for push task requests.
