@@ -84,6 +84,8 @@ class Ring:
         return int.from_bytes(hashlib.md5(data, usedforsecurity=False).digest()[:8], "big")
 
     def shard_for(self, key: bytes) -> str:
+        if len(self.shards) == 1:  # every key's shard: no hash to compute
+            return self.shards[0]
         if not self._hashes:
             raise RuntimeError("no memcache shards configured")
         i = bisect.bisect(self._hashes, self._hash(key)) % len(self._hashes)
@@ -151,6 +153,9 @@ class _Shards:
 
     def ring(self) -> Ring:
         addresses = _rpc.setting("KILN_MEMCACHE_ADDR")
+        ring = self._ring
+        if ring is not None and addresses == self._addresses:  # set after the ring it names (below)
+            return ring
         with self._lock:
             if self._ring is None or addresses != self._addresses:
                 entries = [a.strip() for a in addresses.split(",") if a.strip()]
