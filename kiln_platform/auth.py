@@ -12,6 +12,7 @@ to read an app's logs and data) carry an expiry: ``<app_id>.<unix time>.<hmac>``
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -41,6 +42,16 @@ def verify_app_token(secret: str, token: str, *, now: float | None = None) -> st
     Raises:
         UnauthenticatedError: the token is missing, malformed, not signed with ``secret``, or expired.
     """
+    return verify_app_token_until(secret, token, now=now)[0]
+
+
+def verify_app_token_until(secret: str, token: str, *, now: float | None = None) -> tuple[str, float]:
+    """Return the app id a token was minted for, and the Unix time until which the token is valid (``math.inf``
+    for a token without expiry): until then, the same token gives the same answer.
+
+    Raises:
+        UnauthenticatedError: as :func:`verify_app_token`.
+    """
     body, sep, mac = token.rpartition(".")
     app_id, dot, expires = body.partition(".")
     if not sep or not APP_ID_RE.match(app_id) or (dot and not (expires.isdigit() and len(expires) <= 12)):
@@ -49,7 +60,7 @@ def verify_app_token(secret: str, token: str, *, now: float | None = None) -> st
         raise UnauthenticatedError("app token signature does not match")
     if dot and int(expires) < (time.time() if now is None else now):
         raise UnauthenticatedError(f"app token for {app_id!r} expired; run the command again for a new one")
-    return app_id
+    return app_id, (float(expires) if dot else math.inf)
 
 
 def bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None, what: str = "app token") -> str:

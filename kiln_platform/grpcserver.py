@@ -29,6 +29,7 @@ import dataclasses
 import logging
 import pathlib
 import signal
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Protocol, TypeVar, cast
 
@@ -69,12 +70,31 @@ class Authenticator(Protocol):
 @dataclasses.dataclass(frozen=True)
 class AppTokens:
     """The caller is the app named by the app identity token in ``authorization: Bearer`` (see
-    :mod:`kiln_platform.auth`); the caller object is the app id."""
+    :mod:`kiln_platform.auth`); the caller object is the app id.
+
+    A token that verified is remembered with its app id until it expires (tokens of running apps carry no
+    expiry), so the calls of an app check its token's signature once: the same token bytes under the same secret
+    give the same answer until then. Only verified tokens are remembered (one needs the secret to make one), at
+    most :data:`MAX_VERIFIED_TOKENS` at a time.
+    """
 
     secret: str
+    _verified: dict[str, tuple[str, float]] = dataclasses.field(default_factory=dict, init=False, repr=False,
+                                                                 compare=False)
 
     def authenticate(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
-        return auth.app_from_metadata(self.secret, metadata)
+        token = auth.bearer_token(metadata)
+        known = self._verified.get(token)
+        if known is not None and time.time() <= known[1]:
+            return known[0]
+        app_id, until = auth.verify_app_token_until(self.secret, token)
+        if len(self._verified) >= MAX_VERIFIED_TOKENS:
+            self._verified.clear()
+        self._verified[token] = (app_id, until)
+        return app_id
+
+
+MAX_VERIFIED_TOKENS = 4096
 
 
 class _NoCredentialsAccepted:
@@ -83,6 +103,7 @@ class _NoCredentialsAccepted:
 
 
 _ALWAYS_PUBLIC = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+_MAX_WRAPPED_METHODS = 4096
 _caller: contextvars.ContextVar[object] = contextvars.ContextVar("kiln_grpc_caller")
 T = TypeVar("T")
 
@@ -109,6 +130,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         self._authenticator = authenticator or _NoCredentialsAccepted()
         self._public = frozenset(public_methods)
         self._by_service = dict(service_authenticators or {})
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]] = {}
 
     def _authenticate_for(self, method: str) -> Callable[[grpc.aio.ServicerContext[Any, Any]], object] | None:
         if method in self._public or method.startswith(_ALWAYS_PUBLIC):
@@ -128,6 +150,17 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = handler_call_details.method
+        # The wrapped handler depends only on the method and the handler grpc found for it, so it is made once per
+        # method (every call still runs through it: the caller is verified per call, in the wrapper).
+        known = self._wrapped.get(method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        wrapped = self._wrap(handler, method)
+        if len(self._wrapped) < _MAX_WRAPPED_METHODS:  # a generic handler may answer any name a client sends
+            self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, handler: grpc.RpcMethodHandler[Any, Any], method: str) -> grpc.RpcMethodHandler[Any, Any]:
         # Requests are parsed here rather than by grpc, so a malformed protobuf
         # becomes INVALID_ARGUMENT naming the message instead of grpc's UNKNOWN.
         parse = _parser(handler.request_deserializer, method)

@@ -48,18 +48,20 @@ class MemcacheService(memcache_pb2_grpc.MemcacheServiceServicer):
 
     async def Get(self, request: pb.GetRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.GetResponse:
         app = grpcserver.caller_app()
-        check_namespace(request.namespace)
-        check_batch(len(request.keys))
-        for key in request.keys:
+        namespace = request.namespace
+        check_namespace(namespace)
+        keys = list(request.keys)  # each read of a repeated field makes new objects: read it once
+        check_batch(len(keys))
+        for key in keys:
             check_key(key)
         if request.for_peek:
             return self._peek(app, request)
         out = pb.GetResponse()
-        for key in request.keys:
-            item = self._cache.get((app, request.namespace, key))
+        add, get, for_cas = out.items.add, self._cache.get, request.for_cas
+        for key in keys:
+            item = get((app, namespace, key))
             if item is not None:
-                out.items.add(key=key, value=item.value, flags=item.flags,
-                              cas_id=item.cas if request.for_cas else 0)
+                add(key=key, value=item.value, flags=item.flags, cas_id=item.cas if for_cas else 0)
         return out
 
     def _peek(self, app: str, request: pb.GetRequest) -> pb.GetResponse:

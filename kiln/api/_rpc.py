@@ -111,7 +111,16 @@ def app_token() -> str:
 
 def metadata() -> tuple[tuple[str, str], ...]:
     """The metadata every call sends: the app's token."""
-    return (("authorization", f"Bearer {app_token()}"),)
+    global _metadata
+    token = app_token()
+    known = _metadata
+    if known[0] != token:
+        known = _metadata = (token, (("authorization", f"Bearer {token}"),))
+    return known[1]
+
+
+# The last token seen and its metadata, built once rather than per call (one tuple: threads read it whole).
+_metadata: tuple[str, tuple[tuple[str, str], ...]] = ("", ())
 
 
 # --- errors ----------------------------------------------------------------------------------------------------

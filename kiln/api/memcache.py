@@ -84,6 +84,8 @@ class Ring:
         return int.from_bytes(hashlib.md5(data, usedforsecurity=False).digest()[:8], "big")
 
     def shard_for(self, key: bytes) -> str:
+        if len(self.shards) == 1:  # every key's shard: no hash to compute
+            return self.shards[0]
         if not self._hashes:
             raise RuntimeError("no memcache shards configured")
         i = bisect.bisect(self._hashes, self._hash(key)) % len(self._hashes)
@@ -151,6 +153,9 @@ class _Shards:
 
     def ring(self) -> Ring:
         addresses = _rpc.setting("KILN_MEMCACHE_ADDR")
+        ring = self._ring
+        if ring is not None and addresses == self._addresses:  # set after the ring it names (below)
+            return ring
         with self._lock:
             if self._ring is None or addresses != self._addresses:
                 entries = [a.strip() for a in addresses.split(",") if a.strip()]
@@ -245,9 +250,13 @@ class Client:
         ns, prefix = _namespace(namespace), _prefix(key_prefix)
         wanted = {_encode_key(k, prefix): k for k in keys}
         ring = _shards.ring()
-        by_shard: dict[str, pb.GetRequest] = {}
+        keys_by_shard: dict[str, list[bytes]] = {}
         for raw in wanted:
-            by_shard.setdefault(ring.shard_for(raw), pb.GetRequest(namespace=ns, for_cas=for_cas)).keys.append(raw)
+            shard = ring.shard_for(raw)
+            keys_by_shard.setdefault(shard, []).append(raw)
+        # One request per shard, built once with all its keys.
+        by_shard = {shard: pb.GetRequest(namespace=ns, keys=shard_keys, for_cas=for_cas)
+                    for shard, shard_keys in keys_by_shard.items()}
         found: dict[Any, Any] = {}
         for resp in _call_each("Get", by_shard).values():
             for item in resp.items if resp is not None else ():
@@ -305,7 +314,7 @@ class Client:
         policy_id = {"set": pb.SET_POLICY_SET, "add": pb.SET_POLICY_ADD, "replace": pb.SET_POLICY_REPLACE,
                      "cas": pb.SET_POLICY_CAS}[policy]
         ring = _shards.ring()
-        by_shard: dict[str, pb.SetRequest] = {}
+        items_by_shard: dict[str, list[pb.Item]] = {}
         order: dict[str, list[Any]] = {}
         failed: list[Any] = []
         for key, value in mapping.items():
@@ -316,9 +325,11 @@ class Client:
                 failed.append(key)  # never read with gets(): nothing to compare with
                 continue
             shard = ring.shard_for(raw)
-            by_shard.setdefault(shard, pb.SetRequest(namespace=ns, policy=policy_id)).items.add(
-                key=raw, value=data, flags=flags, expiration=int(expiry), cas_id=cas_id)
+            items_by_shard.setdefault(shard, []).append(
+                pb.Item(key=raw, value=data, flags=flags, expiration=int(expiry), cas_id=cas_id))
             order.setdefault(shard, []).append(key)
+        by_shard = {shard: pb.SetRequest(namespace=ns, policy=policy_id, items=items)
+                    for shard, items in items_by_shard.items()}
         for shard, resp in _call_each("Set", by_shard).items():
             if resp is None:
                 failed += order[shard]

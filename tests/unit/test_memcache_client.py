@@ -63,3 +63,8 @@ def test_named_shards_hash_by_name_and_dial_their_target(monkeypatch):
     monkeypatch.setenv("KILN_MEMCACHE_ADDR", "10.0.0.5:50052=unix:/run/a.sock,10.0.0.6:50052=unix:/run/b.sock")
     assert [shards.ring().shard_for(k) for k in keys] == plain
     assert shards._targets == {"10.0.0.5:50052": "unix:/run/a.sock", "10.0.0.6:50052": "unix:/run/b.sock"}
+
+
+def test_a_ring_of_one_shard_gives_it_every_key():
+    ring = memcache.Ring(["only:1"])
+    assert {ring.shard_for(f"k{i}".encode()) for i in range(200)} == {"only:1"}

@@ -132,3 +132,10 @@ def test_reset_forgets_remembered_settings(monkeypatch):
     monkeypatch.delenv("KILN_APP_TOKEN")
     _rpc.reset()
     assert _rpc.app_token() == ""
+
+
+def test_the_call_metadata_follows_the_app_token_when_it_changes(monkeypatch):
+    monkeypatch.setenv("KILN_APP_TOKEN", "app-a.first")
+    assert _rpc.metadata() == (("authorization", "Bearer app-a.first"),)
+    monkeypatch.setenv("KILN_APP_TOKEN", "app-a.second")
+    assert _rpc.metadata() == (("authorization", "Bearer app-a.second"),)
