@@ -41,6 +41,7 @@ from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
+from kiln_platform.cronschedule import ScheduleError
 from kiln_platform.cronyaml import CronJob
 
 log = logging.getLogger(__name__)
@@ -235,6 +236,11 @@ class Scheduler:
         """The next firing, the shared anchor of a plain interval, and the latest firing missed while down."""
         key = job_id(app_id, job)
         now = self.now()
+        try:
+            job.schedule.next_after(now, job.zone)
+        except ScheduleError as exc:  # e.g. a time every occurrence of which a DST jump skips in this zone
+            log.warning("cron %s %s: not planned: %s", app_id, job.url, exc)
+            return
         if self._plain_interval(job):
             first = job.schedule.next_after(now, job.zone)
             anchor_key = f"{key}.anchor"

@@ -70,6 +70,9 @@ class CronService(cron_pb2_grpc.CronServiceServicer):
         t = datetime.datetime.now(datetime.timezone.utc)
         previous = None
         for _ in range(request.count or 5):
-            t = previous = schedule.next_after(t, zone, previous)
+            try:
+                t = previous = schedule.next_after(t, zone, previous)
+            except grammar.ScheduleError as exc:  # never fires in this zone (a DST jump skips every occurrence)
+                raise BadRequestError(str(exc)) from None
             out.next_runs.add().FromDatetime(t)
         return out

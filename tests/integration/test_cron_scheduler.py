@@ -67,3 +67,37 @@ async def test_a_nats_timeout_while_claiming_neither_stops_the_loop_nor_loses_th
         await nc.close()
     assert store.open.failed == 1
     assert [t.strftime("%H:%M") for t in fired] == ["12:01", "12:02", "12:03"]
+
+
+async def test_a_job_that_never_fires_in_its_zone_is_not_planned_and_the_others_run(supervisor, tmp_path):
+    (tmp_path / "nats").mkdir()
+    nc = await nats.connect(f"nats://{supervisor.start_nats(tmp_path / 'nats', name=f'nats-{tmp_path.name}').address}")
+    store = Store(nc.jetstream())
+    await store.open_buckets()
+    # New York's clocks jump from 02:00 to 03:00 on the 2nd Sunday of March: 02:30 that day never exists.
+    jobs = cronyaml.parse("cron:\n- url: /never\n  schedule: 2nd sunday of march 02:30\n  timezone: America/New_York\n"
+                          "- url: /tick\n  schedule: every 1 minutes synchronized\n")
+    fired: list[str] = []
+
+    async def fire(app_id, job, scheduled, attempt):
+        fired.append(job.url)
+        return 200
+
+    now = [START]
+    scheduler = Scheduler(store, {"app": jobs}, fire, replica="only", clock=lambda: now[0])
+    loop = asyncio.create_task(scheduler.run())
+    try:
+        while scheduler.next_run("app", jobs[1]) is None:
+            assert not loop.done(), loop
+            await asyncio.sleep(0.01)
+        now[0] = START - 30 + 60 + 1  # 12:01
+        for _ in range(100):
+            if fired:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await scheduler.stop()
+        await asyncio.gather(loop, return_exceptions=True)
+        await nc.close()
+    assert scheduler.next_run("app", jobs[0]) is None
+    assert fired == ["/tick"]
