@@ -116,3 +116,25 @@ def test_a_record_larger_than_the_batch_limit_travels_alone(own_nats):
     _, stored, sizes = asyncio.run(_ship_all(own_nats, records, max_batch_bytes=1000, max_in_flight=1))
     assert stored == records
     assert len(sizes) == 3
+
+
+def test_records_finished_one_at_a_time_within_the_linger_share_a_message(own_nats):
+    async def scenario() -> tuple[int, list[bytes]]:
+        nc = await nats.connect(own_nats)
+        await bus.ensure_log_stream(nc)
+        shipper = LogShipper(nc, bus.REQUEST_LOG_SUBJECT, linger=5.0)
+        for n in range(10):  # each in a turn of its own, as requests answered one after another
+            shipper.ship(f"request-{n}", f"record {n}".encode())
+            await asyncio.sleep(0.01)
+
+        async def all_stored() -> bool:
+            return shipper.pending == 0
+        await _wait(all_stored, 30)
+        messages, stored, _ = await _stored(nc.jetstream())
+        await shipper.close()
+        await nc.close()
+        return messages, stored
+
+    messages, stored = asyncio.run(scenario())
+    assert stored == [f"record {n}".encode() for n in range(10)]
+    assert messages <= 2  # one batch per sender
