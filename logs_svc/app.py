@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = logs_pb2.DESCRIPTOR.services_by_name["LogsService"].full_name
 CONSUMER = "logs-svc"
 BATCH = 50  # messages a fetch; each holds up to a few hundred records (a router's batch)
+GATHER_SECONDS = 0.25  # after the first message of a batch, how long to gather more before storing them
+GATHER_MESSAGES = 200  # at most this many messages (each up to a few hundred records) stored together
 STORE_RETRY_SECONDS = 1.0  # after the store failed, before the batch is tried again
 
 
@@ -40,6 +42,14 @@ async def consume(js: JetStreamContext, store: Store, stopping: asyncio.Event) -
     while not stopping.is_set():
         try:
             msgs = await sub.fetch(BATCH, timeout=1.0)
+            # Each store commit is an fsync (SQLite, synchronous=FULL), most of a record's cost when records come
+            # in small batches: gather what arrives for a moment longer and store it together.
+            gather_until = asyncio.get_running_loop().time() + GATHER_SECONDS
+            while len(msgs) < GATHER_MESSAGES and (left := gather_until - asyncio.get_running_loop().time()) > 0:
+                try:
+                    msgs += await sub.fetch(BATCH, timeout=left)
+                except (nats.errors.TimeoutError, TimeoutError):
+                    break
         except (nats.errors.TimeoutError, TimeoutError):
             continue
         except nats.errors.Error as exc:
