@@ -6,15 +6,16 @@ served. So records are published through JetStream, off the request's path (the 
 each publish waiting for the stream's acknowledgement and sent again, with a growing pause, until it gets one.
 
 An acknowledged publish is a request-reply (a reply subscription, a future, the server's answer): about 20 times
-the CPU of a plain publish. So records are not published one by one: they wait in a queue, and a sender takes
-everything queued (up to a size well inside the server's message limit) into one ``RequestLogBatch`` message
-(``kiln_platform.bus.request_logs_in`` reads it back). At most ``max_in_flight`` batches are unacknowledged at
-once, so under load a batch fills while the previous one waits for its acknowledgement; a sender that starts
-waits ``linger`` (50 ms) before its first batch, so that requests served one at a time share messages too. The
-response never waits for any of it; a record reaches the stream at most ``linger`` later. A batch's ``Nats-Msg-Id`` is its first
-record's request id and its size, so a batch sent twice (its first acknowledgement lost) is stored once within
-the stream's duplicate window (2 minutes by default; one that takes longer to get through may be stored twice,
-which the logs service stores once, by request id).
+the CPU of a plain publish. So records finished in the same turn of the event loop travel together: the first
+record of a turn schedules a send for the end of that turn, which takes everything queued by then (up to a size
+well inside the server's message limit) into one ``RequestLogBatch`` message (``kiln_platform.bus.request_logs_in``
+reads it back). A record never waits for an earlier batch's acknowledgement, nor for a timer: it is written to
+NATS in the turn after its request finished, as it was when each record was its own publish, so a router killed
+right after answering has its records on their way (a linger that gathered more records per message halved the
+latency at one connection, and lost the logs of requests answered in the 50 ms before a kill -9: the fault suite
+caught it). A batch's ``Nats-Msg-Id`` is its first record's request id and its size, so a batch sent twice (its
+first acknowledgement lost) is stored once within the stream's duplicate window (2 minutes by default; one that
+takes longer to get through may be stored twice, which the logs service stores once, by request id).
 
 Memory is bounded: at most ``max_pending`` records wait at once; beyond that a new record is dropped and counted
 in a warning (NATS has been away long enough that the router would otherwise grow without bound). On shutdown
@@ -36,10 +37,6 @@ from kiln.pb.logs.v1 import logs_pb2
 log = logging.getLogger(__name__)
 
 ACK_TIMEOUT_SECONDS = 5.0
-# How long a sender waits before taking its first batch: at one request at a time, each record would
-# otherwise be a JetStream publish, acknowledgement and logs_svc store of its own (measured at one connection:
-# about 1 ms of CPU per request in logs_svc and as much in nats-server, on the cores that serve requests).
-LINGER_SECONDS = 0.05
 MAX_PAUSE_SECONDS = 5.0
 # Room left in a message for the batch's framing and headers.
 _HEADROOM = 4096
@@ -49,17 +46,16 @@ _BATCH_HEADERS = {bus.LOG_BATCH_HEADER: "1"}
 class LogShipper:
     """Publishes request logs to JetStream in acknowledged batches (module docstring)."""
 
-    def __init__(self, nc: Client, subject: str, *, max_pending: int = 50_000, max_in_flight: int = 2,
-                 max_batch_bytes: int = 512 * 1024, linger: float = LINGER_SECONDS) -> None:
+    def __init__(self, nc: Client, subject: str, *, max_pending: int = 50_000,
+                 max_batch_bytes: int = 512 * 1024) -> None:
         self._nc = nc
-        self._linger = linger
         self._js = nc.jetstream()
         self._subject = subject
         self._max_pending = max_pending
-        self._max_in_flight = max_in_flight
         self._max_batch_bytes = max_batch_bytes
         self._queue: collections.deque[tuple[str, bytes]] = collections.deque()
         self._in_flight = 0  # records taken into batches not yet acknowledged
+        self._send_scheduled = False
         self._senders: set[asyncio.Task[None]] = set()
         self._dropped = 0
 
@@ -72,23 +68,19 @@ class LogShipper:
                             self.pending, self._dropped)
             return
         self._queue.append((request_id, record))
-        if len(self._senders) < self._max_in_flight:
-            task = asyncio.create_task(self._drain())
-            self._senders.add(task)
-            task.add_done_callback(self._senders.discard)
+        if not self._send_scheduled:  # the first record of this turn: send at its end
+            self._send_scheduled = True
+            asyncio.get_running_loop().call_soon(self._send_queued)
 
-    async def _drain(self) -> None:
-        """Send batches until the queue is empty, the first after ``linger`` seconds (records finished meanwhile
-        join it)."""
-        if self._linger > 0:
-            await asyncio.sleep(self._linger)
+    def _send_queued(self) -> None:
+        """Start sending everything queued, as few messages as fit."""
+        self._send_scheduled = False
         while self._queue:
             first_id, batch = self._take()
             self._in_flight += len(batch)
-            try:
-                await self._send(f"{first_id}+{len(batch)}", batch)
-            finally:
-                self._in_flight -= len(batch)
+            task = asyncio.create_task(self._send(f"{first_id}+{len(batch)}", batch))
+            self._senders.add(task)
+            task.add_done_callback(self._senders.discard)
 
     def _take(self) -> tuple[str, list[bytes]]:
         """The queued records that fit one message, oldest first (always at least one)."""
@@ -102,6 +94,12 @@ class LogShipper:
         return first_id, batch
 
     async def _send(self, batch_id: str, records: list[bytes]) -> None:
+        try:
+            await self._publish(batch_id, records)
+        finally:
+            self._in_flight -= len(records)
+
+    async def _publish(self, batch_id: str, records: list[bytes]) -> None:
         payload = logs_pb2.RequestLogBatch(records=records).SerializeToString()
         pause = 0.1
         while True:
@@ -125,6 +123,8 @@ class LogShipper:
 
     async def close(self, grace: float = 5.0) -> None:
         """Give waiting records ``grace`` seconds to get through, then give up on the rest (logged)."""
+        if self._queue:  # records of this turn whose send has not started yet
+            self._send_queued()
         if not self._senders:
             return
         _, left = await asyncio.wait(set(self._senders), timeout=grace)

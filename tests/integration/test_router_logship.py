@@ -101,7 +101,7 @@ def test_records_shipped_together_share_messages_and_keep_their_order(own_nats):
     records = [f"record {n}".encode() for n in range(500)]
     messages, stored, _ = asyncio.run(_ship_all(own_nats, records))
     assert stored == records
-    assert messages <= 2  # one batch per sender: two senders at most
+    assert messages == 1  # all shipped in one turn of the event loop
 
 
 def test_no_batch_exceeds_the_size_limit(own_nats):
@@ -113,28 +113,45 @@ def test_no_batch_exceeds_the_size_limit(own_nats):
 
 def test_a_record_larger_than_the_batch_limit_travels_alone(own_nats):
     records = [b"small", b"L" * 5000, b"tail"]
-    _, stored, sizes = asyncio.run(_ship_all(own_nats, records, max_batch_bytes=1000, max_in_flight=1))
+    _, stored, sizes = asyncio.run(_ship_all(own_nats, records, max_batch_bytes=1000))
     assert stored == records
     assert len(sizes) == 3
 
 
-def test_records_finished_one_at_a_time_within_the_linger_share_a_message(own_nats):
-    async def scenario() -> tuple[int, list[bytes]]:
-        nc = await nats.connect(own_nats)
+def test_a_record_is_written_to_nats_in_the_next_turn_even_while_earlier_batches_wait(supervisor, tmp_path):
+    """A record never waits for an earlier batch's acknowledgement or a timer: with the server frozen (nothing is
+    acknowledged), each record shipped is written to the connection within a turn of the event loop, so a router
+    killed right after answering has already sent its requests' logs."""
+    server = Nats(supervisor, tmp_path).start()
+
+    async def scenario() -> list[int]:
+        nc = await nats.connect(server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
         await bus.ensure_log_stream(nc)
-        shipper = LogShipper(nc, bus.REQUEST_LOG_SUBJECT, linger=5.0)
-        for n in range(10):  # each in a turn of its own, as requests answered one after another
-            shipper.ship(f"request-{n}", f"record {n}".encode())
-            await asyncio.sleep(0.01)
+        shipper = LogShipper(nc, bus.REQUEST_LOG_SUBJECT)
+        server.child.proc.send_signal(signal.SIGSTOP)
+        written = [server.received_unread(os.getpid())]
+        for n in range(3):
+            published = nc.stats["out_msgs"]
+            shipper.ship(f"request-{n}", b"r" * 2000)
+            for _ in range(5):  # a few turns of the loop, no time: a timer (a linger) would not have fired
+                await asyncio.sleep(0)
+            assert nc.stats["out_msgs"] == published + 1
+
+            async def sent() -> bool:
+                return server.received_unread(os.getpid()) >= written[-1] + 2000
+            await _wait(sent, 10)  # no acknowledgement can come: the server is frozen
+            written.append(server.received_unread(os.getpid()))
+        server.child.proc.send_signal(signal.SIGCONT)
 
         async def all_stored() -> bool:
             return shipper.pending == 0
         await _wait(all_stored, 30)
-        messages, stored, _ = await _stored(nc.jetstream())
         await shipper.close()
         await nc.close()
-        return messages, stored
+        return written
 
-    messages, stored = asyncio.run(scenario())
-    assert stored == [f"record {n}".encode() for n in range(10)]
-    assert messages <= 2  # one batch per sender
+    try:
+        written = asyncio.run(scenario())
+        assert written == sorted(written) and len(set(written)) == 4
+    finally:
+        server.stop()
