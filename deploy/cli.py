@@ -24,14 +24,13 @@ import os
 import pathlib
 import signal
 import sys
-import threading
 
 from kiln_platform import log as kiln_log
 from kiln.errors import KilnError
 
 
 def _dev(args: argparse.Namespace) -> int:
-    from deploy.dev import STOP_SIGNALS, DevOptions, DevServer
+    from deploy.dev import STOP_SIGNALS, DevOptions, DevServer, StopFlag
     from kiln_platform.supervisor import StartError
 
     app_dir = pathlib.Path(args.app_dir)
@@ -48,7 +47,7 @@ def _dev(args: argparse.Namespace) -> int:
     handover.undumpable()  # kiln dev holds every secret: no process of the same user may read its memory
     # Ctrl-C, kill and the terminal closing all stop kiln dev the same way. While it starts, they interrupt the
     # start (which stops what had started); once it serves, they end its wait and everything stops in order.
-    stop, starting = threading.Event(), threading.Event()
+    stop, starting = StopFlag(), StopFlag()  # set by the signal handler: no locks (deploy.dev.StopFlag)
     starting.set()
 
     def on_stop_signal(signum: int, _frame: object) -> None:
@@ -62,7 +61,7 @@ def _dev(args: argparse.Namespace) -> int:
     try:
         server = DevServer(opts)
         server.start()
-        starting.clear()
+        starting.reset()
     except KilnError as exc:
         print(f"kiln dev: {exc}", file=sys.stderr)
         return 2
@@ -70,7 +69,7 @@ def _dev(args: argparse.Namespace) -> int:
         print(f"kiln dev: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        starting.clear()
+        starting.reset()
         if server is not None:
             server.stop()
         _say("kiln dev: stopped before serving")

@@ -25,6 +25,7 @@ import signal
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Callable
 
 import grpc
@@ -105,6 +106,31 @@ def app_id_for(app_dir: pathlib.Path, config: appyaml.AppConfig) -> str:
     if config.application:
         return config.application
     return re.sub(r"[^a-z0-9-]", "-", app_dir.resolve().name.lower()).strip("-") or "app"
+
+
+class StopFlag:
+    """A stop request a signal handler may set: a plain attribute, no lock. ``threading.Event.set`` in a handler
+    deadlocks when the signal lands while the main thread is inside ``Event.wait`` holding the event's lock (seen
+    in CI: kiln dev never stopped on Ctrl-C)."""
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def set(self) -> None:
+        self._set = True
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def reset(self) -> None:
+        self._set = False
+
+    def wait(self, timeout: float) -> bool:
+        """Whether it is set, looking every 50 ms for up to ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while not self._set and (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(left, 0.05))
+        return self._set
 
 
 class DevServer:
@@ -351,7 +377,7 @@ class DevServer:
             self._own_cassandra = False
         return codes
 
-    def wait(self, stop: threading.Event | None = None, on_event: Callable[[str], None] | None = None) -> int:
+    def wait(self, stop: StopFlag | None = None, on_event: Callable[[str], None] | None = None) -> int:
         """Block until ``stop`` is set or a child dies; returns the exit status for the CLI.
 
         Without ``stop``, a :data:`STOP_SIGNALS` signal sets one (the handlers are installed here; the CLI installs
@@ -360,9 +386,9 @@ class DevServer:
         they are logged.
         """
         if stop is None:
-            stop = event = threading.Event()
+            stop = flag = StopFlag()
             for sig in STOP_SIGNALS:
-                signal.signal(sig, lambda *_: event.set())
+                signal.signal(sig, lambda *_: flag.set())
         queue_events = LogEvents(self.run_dir / "taskqueue_svc.log", "taskqueue_svc.events")
         while not stop.wait(0.5):
             for line in queue_events.new():
