@@ -23,7 +23,7 @@ round (then their median, min-max). The load average at the start is printed.
 
 Usage::
 
-    .venv/bin/python bench/http_bench.py [--seconds 5] [--rounds 3] [--prototype /work/shared/perf-prototype]
+    .venv/bin/python bench/http_bench.py [--seconds 5] [--rounds 3] [--prototype DIR]
 
 Needs ``wrk`` (Debian package ``wrk``) and ``gunicorn`` (``pip install -e .[bench]``).
 """

@@ -11,7 +11,7 @@ In one run on one machine it prints:
   instance process's CPU time (every thread: the event loop, the request
   threads, gRPC's) divided by the requests served, per round, with its
   event-loop thread's share; the hello-world app's own code is a few us of it;
-- with ``--prototype DIR`` (``/work/shared/perf-prototype``, the stripped
+- with ``--prototype DIR`` (a checkout of the team's stripped
   router -> NATS -> worker path), in the same run, interleaved round by round,
   the prototype worker's CPU per request under the same load: the floor of a
   nats-py subscriber calling the WSGI app with none of kiln's guarantees; the
