@@ -17,12 +17,11 @@ import grpc
 from deploy import bulkload
 from deploy.bulkload import Mapping, RowError, State
 from deploy.cliutil import (
-    EXIT_FAILED, EXIT_OK, EXIT_USAGE, Output, add_connection, app_token, fail, guarded, metadata,
+    EXIT_FAILED, EXIT_OK, EXIT_USAGE, Output, add_connection, app_metadata, fail, guarded,
     missing_credentials)
 from kiln.pb.datastore.v1 import datastore_pb2 as pb
 from kiln.pb.datastore.v1 import datastore_pb2_grpc
 
-DEFAULT_DATASTORE = "127.0.0.1:50051"
 
 
 @dataclasses.dataclass
@@ -172,22 +171,19 @@ def bulkload_command(args: argparse.Namespace) -> int:
         return refused
     out = Output(as_json=args.json)
     csv_path = pathlib.Path(args.csv)
-    where = [args.control_plane]
 
     def body() -> int:
         mapping = bulkload.load_mapping(pathlib.Path(args.mapping), args.kind or "")
         if args.action == "upload" and not csv_path.is_file():
             return fail(command, f"{csv_path}: no such file", EXIT_USAGE)
-        identity = app_token(args.control_plane, args.token, args.app)
-        where[0] = args.datastore
         tty = sys.stderr.isatty() and not args.json
-        with grpc.insecure_channel(args.datastore) as channel:
+        with grpc.insecure_channel(args.control_plane) as channel:
             stub = datastore_pb2_grpc.DatastoreServiceStub(channel)
             if args.action == "download":
                 bar = _Bar(tty, None, "entities")
                 started = time.perf_counter()
                 try:
-                    count = download(stub, metadata(identity), csv_path, mapping, args.app, namespace=args.namespace,
+                    count = download(stub, app_metadata(args), csv_path, mapping, args.app, namespace=args.namespace,
                                      progress=bar)
                 finally:
                     bar.close()
@@ -205,7 +201,7 @@ def bulkload_command(args: argparse.Namespace) -> int:
             bar = _Bar(tty, total, "rows")
             rejects = pathlib.Path(args.rejects) if args.rejects else None
             try:
-                result = upload(stub, metadata(identity), csv_path, mapping, args.app, namespace=args.namespace,
+                result = upload(stub, app_metadata(args), csv_path, mapping, args.app, namespace=args.namespace,
                                 batch_size=args.batch_size, rejects_path=rejects, restart=args.restart, progress=bar)
             except grpc.RpcError as exc:
                 bar.close()
@@ -230,7 +226,7 @@ def bulkload_command(args: argparse.Namespace) -> int:
             if s.rejected:
                 out.line(f"  rejected rows and why: {rejects or rejects_default(csv_path, mapping.kind)}")
         return EXIT_OK
-    return guarded(command, lambda: where[0], body)
+    return guarded(command, lambda: args.control_plane, body)
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -249,8 +245,5 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         parser.add_argument("--mapping", required=True, help="YAML (.yaml) or Python (.py) mapping of columns")
         parser.add_argument("--kind", help="the kind (default: the mapping's)")
         parser.add_argument("--namespace", default="", help="the namespace (default: the empty one)")
-        parser.add_argument("--datastore", default=os.environ.get("KILN_DATASTORE_ADDR", DEFAULT_DATASTORE),
-                            metavar="HOST:PORT", help="datastore_svc's gRPC address (default: KILN_DATASTORE_ADDR, "
-                                                      "else %(default)s)")
         add_connection(parser)
         parser.set_defaults(func=bulkload_command)

@@ -12,11 +12,11 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import grpc
 
-from kiln.errors import KilnError
+from kiln.errors import ERROR_CODE_KEY, KilnError
 
 DEFAULT_CONTROL_PLANE = "127.0.0.1:50060"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -87,9 +87,15 @@ def rpc_failure(command: str, exc: grpc.RpcError, where: str) -> int:
     code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
     details = (exc.details() if hasattr(exc, "details") else "") or code.name
     fix = _FIXES.get(code)
-    if code == grpc.StatusCode.UNAVAILABLE:
+    if code == grpc.StatusCode.UNAVAILABLE and not _from_kiln(exc):
         details = f"cannot reach {where}"
     return fail(command, f"{details}" + (f" — {fix}" if fix else ""))
+
+
+def _from_kiln(exc: grpc.RpcError) -> bool:
+    """A status a kiln server sent (with kiln's error code, e.g. the gateway naming a service it cannot reach)."""
+    trailing = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
+    return any(item[0] == ERROR_CODE_KEY for item in cast("Sequence[tuple[str, Any]]", trailing or ()))
 
 
 def guarded(command: str, where: Callable[[], str], body: Callable[[], int]) -> int:
@@ -104,22 +110,34 @@ def guarded(command: str, where: Callable[[], str], body: Callable[[], int]) -> 
         return fail(command, f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "), EXIT_USAGE)
 
 
-def metadata(token: str) -> tuple[tuple[str, str], ...]:
+Metadata = tuple[tuple[str, str], ...]
+APP_METADATA_KEY = "kiln-app"  # the app a call through the control plane's gateway acts on (deploy/control/gateway.py)
+
+
+def metadata(token: str) -> Metadata:
     return (("authorization", f"Bearer {token}"),)
 
 
-def app_token(control_plane: str, token: str, app_id: str) -> str:
-    """The app's identity token for its services (logs, datastore, cron), given an admin deploy token."""
-    from kiln.pb.deploy.v1 import deploy_pb2, deploy_pb2_grpc
-    with grpc.insecure_channel(control_plane) as channel:
-        return str(deploy_pb2_grpc.DeployServiceStub(channel).AppToken(
-            deploy_pb2.AppTokenRequest(app_id=app_id), metadata=metadata(token)).token)
+def app_metadata(args: Any, app_id: str = "") -> Metadata:
+    """A call to an app's service through the control plane's gateway: the deploy token and the app."""
+    return (*metadata(args.token), (APP_METADATA_KEY, app_id or args.app))
+
+
+def app_of_token(token: str) -> str:
+    """The one app a deploy token (``kiln1.APP.SCOPE.NAME.MAC``) names, or "" (every app, or not a token).
+
+    Read without verifying: it only fills in ``--app``; the control plane verifies the token.
+    """
+    parts = token.split(".")
+    return parts[1] if len(parts) == 5 and parts[0] == "kiln1" and parts[1] != "*" else ""
 
 
 def missing_credentials(command: str, args: Any, *, app: bool = True) -> int | None:
     """The exit status and message when ``--app`` (if needed) or ``--token`` is missing, else None."""
     if app and not args.app:
-        return fail(command, "which app? pass --app APP or set KILN_APP", EXIT_USAGE)
+        args.app = app_of_token(args.token)
+    if app and not args.app:
+        return fail(command, "which app? pass --app APP or set KILN_APP (a token for one app names it)", EXIT_USAGE)
     if not args.token:
         return fail(command, "no deploy token; pass --token or set KILN_TOKEN (your operator mints it)", EXIT_USAGE)
     return None

@@ -1,23 +1,19 @@
 """``kiln cron list``: an app's cron jobs with their next and last runs, from ``cron_svc``.
 
-The CLI trades the person's deploy token for the app's identity token at the
-control plane (``AppToken``) and asks ``cron_svc`` as the app.
+The CLI asks ``cron_svc`` through the control plane's gateway with the person's deploy token
+(:mod:`deploy.control.gateway`).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
-import os
 from typing import Any
 
 import grpc
 
-from deploy.cliutil import EXIT_OK, Output, add_connection, app_token, guarded, metadata, missing_credentials
+from deploy.cliutil import EXIT_OK, Output, add_connection, app_metadata, guarded, missing_credentials
 from kiln.pb.cron.v1 import cron_pb2, cron_pb2_grpc
-
-DEFAULT_CRON = "127.0.0.1:50056"
-
 
 def _when(ts: Any, present: bool) -> str:
     if not present:
@@ -30,14 +26,11 @@ def cron_list(args: argparse.Namespace) -> int:
     if refused is not None:
         return refused
     out = Output(as_json=args.json)
-    where = [args.control_plane]
 
     def body() -> int:
-        identity = app_token(args.control_plane, args.token, args.app)
-        where[0] = args.cron
-        with grpc.insecure_channel(args.cron) as channel:
+        with grpc.insecure_channel(args.control_plane) as channel:
             jobs = cron_pb2_grpc.CronServiceStub(channel).ListJobs(cron_pb2.ListJobsRequest(app_id=args.app),
-                                                                   metadata=metadata(identity)).jobs
+                                                                   metadata=app_metadata(args)).jobs
         rows: list[dict[str, Any]] = []
         for job in jobs:
             last = job.last_firing
@@ -56,7 +49,7 @@ def cron_list(args: argparse.Namespace) -> int:
                         r["last_run"] or "", "" if r["last_status"] is None else str(r["last_status"])]
                        for r in rows])
         return EXIT_OK
-    return guarded("cron list", lambda: where[0], body)
+    return guarded("cron list", lambda: args.control_plane, body)
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -65,6 +58,4 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     csub = cron.add_subparsers(dest="action", required=True)
     ls = csub.add_parser("list", help="jobs with their schedule, next run and last run")
     add_connection(ls)
-    ls.add_argument("--cron", default=os.environ.get("KILN_CRON_ADDR", DEFAULT_CRON), metavar="HOST:PORT",
-                    help="cron_svc's gRPC address (default: KILN_CRON_ADDR, else %(default)s)")
     ls.set_defaults(func=cron_list)

@@ -6,14 +6,13 @@ indexes are built for the existing entities (BUILDING, then SERVING); nothing
 is deleted. ``vacuum APP_DIR`` deletes the app's indexes that ``index.yaml``
 no longer lists — after showing them and asking (``--yes`` skips the question;
 without a terminal it is required). ``list`` shows every index with its state.
-The CLI calls the datastore as the app, with the identity token the control
-plane issues for the person's admin token.
+The CLI calls the datastore through the control plane's gateway with the
+person's admin token (:mod:`deploy.control.gateway`), which calls it as the app.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import pathlib
 import sys
 from typing import Any
@@ -21,12 +20,11 @@ from typing import Any
 import grpc
 
 from deploy.cliutil import (
-    EXIT_OK, EXIT_USAGE, Output, add_connection, app_token, fail, guarded, metadata, missing_credentials)
+    EXIT_OK, EXIT_USAGE, Output, add_connection, app_metadata, app_of_token, fail, guarded, missing_credentials)
 from kiln_platform import appyaml, indexyaml
 from kiln.pb.datastore.v1 import datastore_pb2 as dpb
 from kiln.pb.datastore.v1 import datastore_pb2_grpc
 
-DEFAULT_DATASTORE = "127.0.0.1:50051"
 STATES = {dpb.CompositeIndex.STATE_BUILDING: "building", dpb.CompositeIndex.STATE_SERVING: "serving",
           dpb.CompositeIndex.STATE_DELETING: "deleting", dpb.CompositeIndex.STATE_ERROR: "error"}
 
@@ -58,10 +56,9 @@ def indexes(args: argparse.Namespace) -> int:
     refused = missing_credentials(command, args, app=False)
     if refused is not None:
         return refused
-    where = [args.control_plane]
 
     def body() -> int:
-        app_id = args.app
+        app_id = args.app or app_of_token(args.token)  # a token for one app can act on no other
         declared: list[dpb.CompositeIndex] = []
         if app_dir is not None:
             if not app_id:
@@ -70,11 +67,9 @@ def indexes(args: argparse.Namespace) -> int:
             declared = indexyaml.load(app_dir / "index.yaml")
         if not app_id:
             return fail(command, "which app? pass --app APP or set KILN_APP", EXIT_USAGE)
-        identity = app_token(args.control_plane, args.token, app_id)
-        where[0] = args.datastore
-        with grpc.insecure_channel(args.datastore) as channel:
+        with grpc.insecure_channel(args.control_plane) as channel:
             stub = datastore_pb2_grpc.DatastoreServiceStub(channel)
-            meta = metadata(identity)
+            meta = app_metadata(args, app_id)
             if args.action == "list":
                 _print(out, list(stub.ListIndexes(dpb.ListIndexesRequest(), metadata=meta).indexes))
                 return EXIT_OK
@@ -107,7 +102,7 @@ def indexes(args: argparse.Namespace) -> int:
             for index in unused:
                 out.line(f"deleted {indexyaml.describe(index)}")
         return EXIT_OK
-    return guarded(command, lambda: where[0], body)
+    return guarded(command, lambda: args.control_plane, body)
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -123,7 +118,4 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     ls = isub.add_parser("list", help="every composite index of the app with its state")
     for parser in (up, vac, ls):
         add_connection(parser)
-        parser.add_argument("--datastore", default=os.environ.get("KILN_DATASTORE_ADDR", DEFAULT_DATASTORE),
-                            metavar="HOST:PORT", help="datastore_svc's gRPC address (default: KILN_DATASTORE_ADDR, "
-                                                      "else %(default)s)")
         parser.set_defaults(func=indexes)

@@ -23,11 +23,10 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
-from deploy.cliutil import EXIT_OK, Output, add_connection, app_token, guarded, metadata, missing_credentials
+from deploy.cliutil import EXIT_OK, Metadata, Output, add_connection, app_metadata, guarded, missing_credentials
 from kiln.errors import BadRequestError
 from kiln.pb.logs.v1 import logs_pb2, logs_pb2_grpc
 
-DEFAULT_LOGS = "127.0.0.1:50057"
 PAGE = 1000
 LEVELS = {"debug": logs_pb2.LOG_LEVEL_DEBUG, "info": logs_pb2.LOG_LEVEL_INFO,
           "warning": logs_pb2.LOG_LEVEL_WARNING, "error": logs_pb2.LOG_LEVEL_ERROR,
@@ -76,10 +75,10 @@ def _read_state(path: pathlib.Path) -> tuple[int, set[str]]:
         return 0, set()
 
 
-def fetch(stub: Any, token: str, request: logs_pb2.QueryRequest) -> Iterator[logs_pb2.RequestLog]:
+def fetch(stub: Any, meta: Metadata, request: logs_pb2.QueryRequest) -> Iterator[logs_pb2.RequestLog]:
     """Every matching record, newest first, across pages."""
     while True:
-        page = stub.Query(request, metadata=metadata(token))
+        page = stub.Query(request, metadata=meta)
         yield from page.logs
         if not page.next_page_token:
             return
@@ -91,7 +90,6 @@ def logs(args: argparse.Namespace) -> int:
     if refused is not None:
         return refused
     out = Output(as_json=args.json)
-    where = [args.control_plane]
     path = pathlib.Path(args.output)
 
     def body() -> int:
@@ -109,10 +107,8 @@ def logs(args: argparse.Namespace) -> int:
             request.start_time.FromMicroseconds(start_us)
         if args.end:
             request.end_time.FromDatetime(parse_time(args.end, "--end"))
-        identity = app_token(args.control_plane, args.token, args.app)
-        where[0] = args.logs
-        with grpc.insecure_channel(args.logs) as channel:
-            records = [r for r in fetch(logs_pb2_grpc.LogsServiceStub(channel), identity, request)
+        with grpc.insecure_channel(args.control_plane) as channel:
+            records = [r for r in fetch(logs_pb2_grpc.LogsServiceStub(channel), app_metadata(args), request)
                        if not (r.start_time.ToMicroseconds() == newest_us and r.request_id in ids_at_newest)]
         records.reverse()  # oldest first
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -133,7 +129,7 @@ def logs(args: argparse.Namespace) -> int:
             out.line(f"wrote {len(records)} request log{'s' if len(records) != 1 else ''} of app {args.app} "
                      f"to {path}" + (" (appended)" if args.append else ""))
         return EXIT_OK
-    return guarded("logs", lambda: where[0], body)
+    return guarded("logs", lambda: args.control_plane, body)
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -152,7 +148,5 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--append", action="store_true", help="add only records newer than the last run's to the file")
     p.add_argument("--format", choices=("combined", "json"), default="combined",
                    help="Apache combined lines (default) or one JSON object per request")
-    p.add_argument("--logs", default=os.environ.get("KILN_LOGS_ADDR", DEFAULT_LOGS), metavar="HOST:PORT",
-                   help="logs_svc's gRPC address (default: KILN_LOGS_ADDR, else %(default)s)")
     add_connection(p)
     p.set_defaults(func=logs)

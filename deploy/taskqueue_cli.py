@@ -1,7 +1,7 @@
 """``kiln taskqueue list|purge|pause|resume``: an app's push and pull queues, from ``taskqueue_svc``.
 
-As ``kiln cron list``, the CLI trades the person's deploy token for the app's identity token at the control plane
-(``AppToken``: only a token that may deploy the app gets one) and calls ``taskqueue_svc`` as the app. Pause and
+As ``kiln cron list``, the CLI calls ``taskqueue_svc`` through the control plane's gateway with the person's deploy
+token (:mod:`deploy.control.gateway`: only a token that may deploy the app is forwarded, as the app). Pause and
 resume are kept in NATS KV, so they hold on every replica; purge drops the queue's waiting tasks.
 """
 
@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
 from typing import Any
 
 import grpc
 
-from deploy.cliutil import EXIT_OK, Output, add_connection, app_token, guarded, metadata, missing_credentials
+from deploy.cliutil import EXIT_OK, Output, add_connection, app_metadata, guarded, missing_credentials
 from kiln.pb.taskqueue.v1 import taskqueue_pb2 as pb
 from kiln.pb.taskqueue.v1 import taskqueue_pb2_grpc
 
-DEFAULT_TASKQUEUE = "127.0.0.1:50059"
 
 
 def _rate(per_second: float) -> str:
@@ -53,14 +51,11 @@ def _call(args: argparse.Namespace, command: str, act: Any) -> int:
     refused = missing_credentials(command, args)
     if refused is not None:
         return refused
-    where = [args.control_plane]
 
     def body() -> int:
-        identity = app_token(args.control_plane, args.token, args.app)
-        where[0] = args.taskqueue
-        with grpc.insecure_channel(args.taskqueue) as channel:
-            return int(act(taskqueue_pb2_grpc.TaskQueueServiceStub(channel), metadata(identity)))
-    return guarded(command, lambda: where[0], body)
+        with grpc.insecure_channel(args.control_plane) as channel:
+            return int(act(taskqueue_pb2_grpc.TaskQueueServiceStub(channel), app_metadata(args)))
+    return guarded(command, lambda: args.control_plane, body)
 
 
 def queue_list(args: argparse.Namespace) -> int:
@@ -116,7 +111,4 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         if name != "list":
             action.add_argument("queue", metavar="QUEUE", help="the queue's name (as in queue.yaml)")
         add_connection(action)
-        action.add_argument("--taskqueue", default=os.environ.get("KILN_TASKQUEUE_ADDR", DEFAULT_TASKQUEUE),
-                            metavar="HOST:PORT",
-                            help="taskqueue_svc's gRPC address (default: KILN_TASKQUEUE_ADDR, else %(default)s)")
         action.set_defaults(func=func)

@@ -6,6 +6,7 @@ import logging
 
 from deploy.control import tokens
 from deploy.control.config import ControlConfig
+from deploy.control.gateway import Gateway
 from deploy.control.hosts import Hosts
 from deploy.control.indexes import IndexApplier
 from deploy.control.modules import ModulesService
@@ -57,8 +58,14 @@ async def serve(cfg: ControlConfig) -> None:
     service = DeployService(store, service_secret=cfg.service_secret.get(), publish=publish, hosts=hosts,
                             blob_grace_seconds=cfg.blob_grace_seconds, indexes=indexes)
 
+    # kiln's developer commands reach the app's services through here, with a deploy token (deploy/control/gateway.py).
+    gateway = Gateway({setting: str(getattr(cfg, setting)) if getattr(cfg, setting) else None
+                       for setting in ("logs_addr", "datastore_addr", "cron_addr", "taskqueue_addr")},
+                      cfg.service_secret.get())
+
     async def stop() -> None:
         await service.close()
+        await gateway.close()
         await bus.shutdown(nc)
         await store.close()
 
@@ -68,5 +75,5 @@ async def serve(cfg: ControlConfig) -> None:
     modules = grpcserver.Registration(MODULES_SERVICE_NAME, modules_pb2_grpc.add_ModulesServiceServicer_to_server,
                                       ModulesService(store),
                                       authenticator=grpcserver.AppTokens(cfg.service_secret.get()))
-    await grpcserver.serve(cfg, [registration, modules], on_stop=stop,
+    await grpcserver.serve(cfg, [registration, modules], gateway.handlers(), on_stop=stop,
                            authenticator=tokens.DeployTokens(cfg.admin_secret.get()))

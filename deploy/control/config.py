@@ -29,7 +29,16 @@ class ControlConfig(StorageConfig, GrpcServiceConfig):
     cassandra_keyspace: str = field("kiln_control", "keyspace for versions and files")
     datastore_addr: HostPort | None = field(None, "datastore_svc's gRPC address: each new version's index.yaml is "
                                                   "declared there (new indexes build in the background; none is "
-                                                  "deleted); empty: deploys say index.yaml was not applied")
+                                                  "deleted), and kiln indexes and kiln bulkload reach it through "
+                                                  "the control plane; empty: deploys say index.yaml was not "
+                                                  "applied")
+    logs_addr: HostPort | None = field(None, "logs_svc's gRPC address, which kiln logs reaches through the control "
+                                             "plane; empty: kiln logs is refused, naming this setting")
+    cron_addr: HostPort | None = field(None, "cron_svc's gRPC address, which kiln cron reaches through the control "
+                                             "plane; empty: kiln cron is refused, naming this setting")
+    taskqueue_addr: HostPort | None = field(None, "taskqueue_svc's gRPC address, which kiln taskqueue reaches "
+                                                  "through the control plane; empty: kiln taskqueue is refused, "
+                                                  "naming this setting")
     blob_grace_seconds: float = field(3600.0, "files no version uses are deleted once they are this old (a deploy "
                                               "in progress has uploaded files its version does not name yet)")
 

@@ -28,8 +28,9 @@ MAPPING = ("kind: Book\nkey: isbn\nproperties:\n- column: title\n  required: tru
 
 @pytest.fixture(scope="module")
 def stack(supervisor, tmp_path_factory, nats_url):
-    control = start_control(supervisor, tmp_path_factory, nats_url, "control-bulkload")
     port = free_port()
+    control = start_control(supervisor, tmp_path_factory, nats_url, "control-bulkload", "--datastore-addr",
+                            f"127.0.0.1:{port}")
     data = tmp_path_factory.mktemp("bulk-datastore")
     run = supervisor.run_dir
 
@@ -43,7 +44,7 @@ def stack(supervisor, tmp_path_factory, nats_url):
 
 
 def args(stack, app: str, *extra: str) -> list[str]:
-    return [*extra, "--app", app, "--datastore", stack["datastore"], "--control-plane", stack["control"],
+    return [*extra, "--app", app, "--control-plane", stack["control"],
             "--token", token(app, "admin", "loader"), "--json"]
 
 

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from deploy import cli
-from kiln_platform.supervisor import python_module
+from kiln_platform.supervisor import free_port, python_module
 from tests.integration.conftest import service_env
 from tests.integration.test_control_plane import start_control, token, wait_for_host
 
@@ -37,8 +37,11 @@ def main_py(marker: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def cluster(supervisor, tmp_path_factory, nats_url):
-    control = start_control(supervisor, tmp_path_factory, nats_url, "control-serving")
+def cluster(supervisor, tmp_path_factory, nats_url, datastore_addr):
+    # An operator gives the control plane the services' addresses; developers' commands reach them through it.
+    cron_addr, logs_addr = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    control = start_control(supervisor, tmp_path_factory, nats_url, "control-serving", "--logs-addr", logs_addr,
+                            "--cron-addr", cron_addr, "--datastore-addr", datastore_addr)
     run = supervisor.run_dir
     env = {**service_env(), "KILN_ROUTER_CONTROL_TOKEN": token("*", "read", "router"),
            "KILN_HOST_CONTROL_TOKEN": token("*", "read", "host"), "KILN_MANAGER_NATS_URL": nats_url}
@@ -54,12 +57,12 @@ def cluster(supervisor, tmp_path_factory, nats_url):
         "--cache-dir", str(tmp_path_factory.mktemp("host-cache")), "--resync-seconds", "3600",
         "--manager-arg=--isolation=none", "--", "--listen", "127.0.0.1:0"), env=env)
     cron = supervisor.start("cron-deployed", python_module(
-        "cron_svc", "--listen", "127.0.0.1:0", "--nats-url", nats_url, "--control-plane", control,
+        "cron_svc", "--listen", cron_addr, "--nats-url", nats_url, "--control-plane", control,
         "--router-url", f"http://{router.address}", "--apps-domain", DOMAIN, "--resync-seconds", "3600",
         "--ready-file", str(run / "cron-deployed.addr")),
         env={**env, "KILN_CRON_CONTROL_TOKEN": token("*", "read", "cron")}, ready_file=run / "cron-deployed.addr")
     logs = supervisor.start("logs-deployed", python_module(
-        "logs_svc", "--listen", "127.0.0.1:0", "--nats-url", nats_url, "--data-dir",
+        "logs_svc", "--listen", logs_addr, "--nats-url", nats_url, "--data-dir",
         str(tmp_path_factory.mktemp("logs")), "--ready-file", str(run / "logs-deployed.addr")),
         env=env, ready_file=run / "logs-deployed.addr")
     wait_for_host(control, "python27")  # kiln deploy refuses a version no live host can run
@@ -209,7 +212,7 @@ def test_cli_errors_are_one_line_with_the_fix(cluster, capsys):
 
 def cron_jobs(cluster, capsys) -> list[dict]:
     capsys.readouterr()
-    status, out = kiln(cluster, "cron", "list", "--app", APP, "--cron", cluster["cron"], "--json", capsys=capsys)
+    status, out = kiln(cluster, "cron", "list", "--app", APP, "--json", capsys=capsys)
     assert status == 0
     return json.loads(out)
 
@@ -232,7 +235,7 @@ def test_cron_jobs_follow_the_default_versions_cron_yaml(cluster, capsys):
 
 
 def download(cluster, path: pathlib.Path, *extra: str) -> int:
-    return kiln(cluster, "logs", str(path), "--app", APP, "--logs", cluster["logs"], *extra)[0]
+    return kiln(cluster, "logs", str(path), "--app", APP, *extra)[0]
 
 
 def wait_logged(cluster, tmp_path: pathlib.Path, marker: str, count: int) -> None:
@@ -333,35 +336,35 @@ INDEX_YAML = ("indexes:\n- kind: Order\n  properties:\n  - name: customer\n  - n
               "- kind: Order\n  ancestor: yes\n  properties:\n  - name: total\n")
 
 
-def kiln_indexes(cluster, datastore_addr, capsys, *args: str) -> tuple[int, str, str]:
+def kiln_indexes(cluster, capsys, *args: str) -> tuple[int, str, str]:
+    """``kiln indexes`` with only the control plane's address and a token for the one app (which names it)."""
     capsys.readouterr()
-    status = cli.main(["indexes", *args, "--app", "idxapp", "--datastore", datastore_addr,
-                       "--control-plane", cluster["control"], "--token", token("idxapp", "admin", "dev"), "--json"])
+    status = cli.main(["indexes", *args, "--control-plane", cluster["control"], "--token",
+                       token("idxapp", "admin", "dev"), "--json"])
     captured = capsys.readouterr()
     return status, captured.out, captured.err
 
 
-def test_indexes_update_builds_and_vacuum_deletes_only_unlisted_after_confirmation(cluster, datastore_addr, capsys,
-                                                                                    tmp_path):
+def test_indexes_update_builds_and_vacuum_deletes_only_unlisted_after_confirmation(cluster, capsys, tmp_path):
     app = tmp_path / "idx"
     app.mkdir()
     (app / "app.yaml").write_text(APP_YAML)
     (app / "index.yaml").write_text(INDEX_YAML)
-    status, out, _ = kiln_indexes(cluster, datastore_addr, capsys, "update", str(app))
+    status, out, _ = kiln_indexes(cluster, capsys, "update", str(app))
     assert status == 0
     assert sorted((i["kind"], i["ancestor"], [p["name"] for p in i["properties"]]) for i in json.loads(out)) == \
         [("Order", False, ["customer", "placed"]), ("Order", True, ["total"])]
     (app / "index.yaml").write_text(INDEX_YAML.split("- kind: Order\n  ancestor")[0])
-    status, _, err = kiln_indexes(cluster, datastore_addr, capsys, "vacuum", str(app))
+    status, _, err = kiln_indexes(cluster, capsys, "vacuum", str(app))
     assert status == 2 and "--yes" in err  # no terminal to ask on: nothing deleted
-    assert len(json.loads(kiln_indexes(cluster, datastore_addr, capsys, "list")[1])) == 2
-    status, out, _ = kiln_indexes(cluster, datastore_addr, capsys, "vacuum", str(app), "--yes")
+    assert len(json.loads(kiln_indexes(cluster, capsys, "list")[1])) == 2
+    status, out, _ = kiln_indexes(cluster, capsys, "vacuum", str(app), "--yes")
     assert status == 0
     assert [(i["kind"], i["ancestor"]) for i in json.loads(out)["deleted"]] == [("Order", True)]
     deadline = time.monotonic() + 30
-    remaining = json.loads(kiln_indexes(cluster, datastore_addr, capsys, "list")[1])
+    remaining = json.loads(kiln_indexes(cluster, capsys, "list")[1])
     while len(remaining) > 1 and time.monotonic() < deadline:  # the deleted index's rows go in the background
         assert remaining[-1]["state"] == "deleting" or remaining[0]["state"] == "deleting"
         time.sleep(0.2)
-        remaining = json.loads(kiln_indexes(cluster, datastore_addr, capsys, "list")[1])
+        remaining = json.loads(kiln_indexes(cluster, capsys, "list")[1])
     assert [[p["name"] for p in i["properties"]] for i in remaining] == [["customer", "placed"]]
