@@ -7,7 +7,6 @@ from __future__ import annotations
 import concurrent.futures
 import http.client
 import json
-import os
 import pathlib
 import threading
 import time
