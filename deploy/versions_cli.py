@@ -11,15 +11,21 @@ from typing import Any
 import grpc
 
 from deploy import upload
-from deploy.cliutil import EXIT_OK, EXIT_USAGE, Output, add_connection, fail, guarded, metadata, missing_credentials
+from deploy.cliutil import (
+    EXIT_OK, EXIT_USAGE, Output, add_connection, app_of_token, fail, guarded, metadata, missing_credentials)
 from kiln_platform import appyaml
 from kiln.pb.deploy.v1 import deploy_pb2 as pb
 from kiln.pb.deploy.v1 import deploy_pb2_grpc
 
 
 def _app_id(args: argparse.Namespace, config: appyaml.AppConfig | None, app_dir: pathlib.Path | None) -> str:
+    """--app, else app.yaml's ``application``, else the one app the deploy token names, else the directory's name."""
     if args.app:
         return str(args.app)
+    if config is not None and config.application:
+        return config.application
+    if app_of_token(args.token):
+        return app_of_token(args.token)
     if config is not None and app_dir is not None:
         from deploy.dev import app_id_for
         return app_id_for(app_dir, config)
