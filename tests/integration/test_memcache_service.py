@@ -270,8 +270,10 @@ def test_the_text_protocol_rejects_bad_input_and_keeps_serving(text_shard):
         assert reader.readline() == b"ERROR\r\n"
         raw.sendall(b"incr\r\n")
         assert reader.readline().startswith(b"CLIENT_ERROR")
-        raw.sendall(b"set k 0 0 2000000\r\n")
-        assert reader.readline().startswith(b"CLIENT_ERROR object too large")
+        raw.sendall(b"set k 0 0 2000000\r\n" + b"v" * 2_000_000 + b"\r\n")  # as memcached: refused, data skipped
+        assert reader.readline() == b"SERVER_ERROR object too large for cache\r\n"
+        raw.sendall(b"get k\r\n")
+        assert reader.readline() == b"END\r\n"
         reader.close()
     assert client.set("ok", b"1") is True
     client.close()
