@@ -337,7 +337,7 @@ class _Session:
             return self._noreply(tokens, b"CLIENT_ERROR bad command line format\r\n")
         flags, exptime, size = _strtoul(tokens[2], 32), _strtol(tokens[3]), _strtol(tokens[4])
         cas = _strtoul(tokens[5], 64) if policy == "cas" else 0
-        if flags is None or exptime is None or size is None or cas is None or size < 0:
+        if flags is None or exptime is None or size is None or cas is None or not 0 <= size <= _I32_MAX - 2:
             return self._noreply(tokens, b"CLIENT_ERROR bad command line format\r\n")
         self._counters.cmd_set += 1
         if size > MAX_VALUE_BYTES:
@@ -576,7 +576,7 @@ class _Session:
         if len(tokens) > _META_MAX_TOKENS:
             return b"CLIENT_ERROR options flags too long\r\n"
         size = _strtol(tokens[2])
-        if size is None or size < 0:
+        if size is None or not 0 <= size <= _I32_MAX - 2:
             return b"CLIENT_ERROR bad command line format\r\n"
         meta = _Meta(tokens[3:])
         error = meta.error

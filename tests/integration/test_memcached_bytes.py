@@ -187,6 +187,24 @@ CORPUS: dict[str, list[bytes]] = {
     "ma-bad": [b"ma\r\nma n Dx\r\nma n Jx\r\nma n MX\r\nma n zz\r\n"],
     "ma-non-numeric": [b"set n 0 0 1\r\nx\r\nma n\r\n"],
     "ma-quiet": [b"set n 0 0 1\r\n1\r\nma n q\r\nmg n v\r\n"],
+    "ma-keeps-width": [b"set n 0 0 3\r\n100\r\nma n MD v\r\nget n\r\n"],
+    "ma-vivify-wraps": [b"ma n MI\r\nma n N0 J18446744073709551615\r\nma n v\r\n"],
+    "ma-flags-echo": [b"set n 0 0 1\r\n1\r\nma n c t k Ox\r\n"],
+    "mg-quiet": [b"mg a k q\r\nmg a k v Ox\r\nset a 0 0 1\r\nx\r\nmg a q v\r\nmg a q\r\nmn\r\n"],
+    "mg-limits": [b"mg a v 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20\r\nmg a v O1 O2\r\nmg a\xff\r\n"],
+    "md-quiet-miss": [b"md a q\r\nmd a k Oz\r\nmn\r\n"],
+    "ms-expired": [b"ms a 1 T-1\r\nx\r\nmg a v\r\n"],
+    "ms-flags": [b"ms a 1 c k Ox\r\nx\r\nms a 1 s\r\nx\r\nms a 1 v f t\r\nx\r\nms a S1\r\nx\r\n"],
+    "meta-unknown": [b"mgx a\r\nm\r\nmz a\r\n"],
+    "length-int-max": [b"set a 0 0 2147483647\r\nms a 2147483647\r\n"],
+    "length-wraps": [b"set a 0 0 4294967297\r\nx\r\nget a\r\n"],
+    "too-many-tokens": [b"set a 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26\r\n",
+                        b"get a 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26\r\n"],
+    "incr-long-zero-padded": [b"set n 0 0 21\r\n000000000000000000001\r\nincr n 1\r\nget n\r\n"],
+    "incr-too-big-value": [b"set n 0 0 20\r\n18446744073709551616\r\nincr n 1\r\n"],
+    "value-holding-end": [b"set a 0 0 5\r\nEND\r\n\r\nget a\r\n"],
+    "cas-noreply": [b"cas a 0 0 1 1 noreply\r\nx\r\nset a 0 0 1\r\nx\r\ncas a 0 0 1 1 noreply\r\ny\r\nget a\r\n"],
+    "debug-commands": [b"misbehave\r\ndebugtime 1\r\nextstore x\r\n"],
 }
 
 # kiln's documented departures (README, Memcache): case -> (why, the bytes sent, kiln's answer).
@@ -206,6 +224,20 @@ DIFFERENCES: dict[str, tuple[str, list[bytes], bytes]] = {
          "store does not keep; kiln refuses them as memcached refuses unknown flags"),
         [b"mg a N30 v\r\nmg a v\r\n"],
         b"CLIENT_ERROR invalid flag\r\nEN\r\n"),
+    "meta-base64-keys": (
+        ("the meta commands' b flag (base64 keys) is refused: kiln's keys are bytes already, and memcached marks "
+         "such items to echo their keys in base64 later, bookkeeping kiln does not keep"),
+        [b"ms YQ== 1 b\r\nx\r\nmg a v\r\n"],
+        b"CLIENT_ERROR invalid flag\r\nEN\r\n"),
+    "meta-debug": (
+        "me (meta debug) reports memcached's slab class, internal size and fetch bit, which kiln does not have",
+        [b"set a 0 0 1\r\nx\r\nme a\r\n"],
+        b"STORED\r\nERROR\r\n"),
+    "memcached-administration": (
+        ("slabs, lru, lru_crawler and watch administer memcached's slab allocator, LRU crawler and log stream, "
+         "which kiln does not have (its memory bound and logs are its operator's)"),
+        [b"slabs automove 0\r\nlru mode flat\r\nlru_crawler crawl all\r\nwatch\r\n"],
+        b"ERROR\r\nERROR\r\nERROR\r\nERROR\r\n"),
 }
 
 
