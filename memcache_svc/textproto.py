@@ -188,10 +188,10 @@ _META_FLAGS = "OPLkstcfvqTFCMJD"
 
 
 class _Session:
-    def __init__(self, cache: Cache, app: str, counters: Counters, flush_later: Callable[[int], None],
+    def __init__(self, cache: Cache, app: str, counters: Counters, flush: Callable[[int], None],
                  reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._cache, self._app, self._counters = cache, app, counters
-        self._flush_later = flush_later
+        self._flush = flush
         self._reader, self._writer = reader, writer
         self._buf = bytearray()
         self._out: list[bytes] = []  # answers not yet written
@@ -436,10 +436,7 @@ class _Session:
             if parsed is None:
                 return self._noreply(tokens, b"CLIENT_ERROR invalid exptime argument\r\n")
             delay = parsed
-        if delay > 0:
-            self._flush_later(delay)
-        else:
-            self._cache.flush(self._app, reset_stats=False)  # memcached keeps its counters
+        self._flush(delay)
         return self._noreply(tokens, b"OK\r\n")
 
     async def _stats(self, tokens: list[bytes]) -> bytes:
@@ -699,22 +696,29 @@ async def start(cache: Cache, app: str, host: str, port: int) -> asyncio.Server:
     """Listen for memcached text protocol clients."""
     counters = Counters()
     loop = asyncio.get_running_loop()
+    delayed: list[asyncio.TimerHandle] = []  # the pending delayed flush_all, if any
 
-    def flush_later(delay: int) -> None:
-        # memcached's delayed flush_all: what is there when the delay ends goes.
-        loop.call_later(delay if delay <= THIRTY_DAYS else max(delay - time.time(), 0),
-                        lambda: cache.flush(app, reset_stats=False))
+    def flush(delay: int) -> None:
+        """flush_all: now, or (a delay, relative or an absolute time) what is there when it ends; a later flush_all
+        replaces a pending one, as in memcached. Counters are kept, as memcached keeps them."""
+        while delayed:
+            delayed.pop().cancel()
+        if delay <= 0:
+            cache.flush(app, reset_stats=False)
+            return
+        seconds = delay if delay <= THIRTY_DAYS else max(delay - time.time(), 0)
+        delayed.append(loop.call_later(seconds, lambda: cache.flush(app, reset_stats=False)))
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         counters.curr_connections += 1
         counters.total_connections += 1
         try:
-            await _Session(cache, app, counters, flush_later, reader, writer).run()
+            await _Session(cache, app, counters, flush, reader, writer).run()
             with contextlib.suppress(ConnectionError):
                 await writer.drain()
         except ConnectionError:
             pass
-        except Exception:
+        except Exception:  # noqa: BLE001 - one client's failure must not stop the listener
             log.exception("memcached text protocol session failed")
         finally:
             counters.curr_connections -= 1
