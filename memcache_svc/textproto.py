@@ -188,6 +188,9 @@ _META_FLAGS = "OPLkstcfvqTFCMJD"
 
 
 class _Session:
+    """One client connection: reads command lines and data blocks from its own buffer (so it sees the stream as
+    memcached does: any split, any pipeline), answers each command, and writes the answers when input runs out."""
+
     def __init__(self, cache: Cache, app: str, counters: Counters, flush: Callable[[int], None],
                  reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._cache, self._app, self._counters = cache, app, counters
@@ -374,14 +377,14 @@ class _Session:
     async def _delete(self, tokens: list[bytes]) -> bytes:
         if not 2 <= len(tokens) <= 4:
             return b"ERROR\r\n"
-        if len(tokens[1]) > MAX_KEY_BYTES:
-            return self._noreply(tokens, b"CLIENT_ERROR bad command line format\r\n")
-        if len(tokens) > 2:
+        if len(tokens) > 2:  # only "0" (App Engine's lock-out seconds have no place here) and noreply
             hold_is_zero, noreply = tokens[2] == b"0", tokens[-1] == b"noreply"
             if not ((len(tokens) == 3 and (hold_is_zero or noreply)) or (len(tokens) == 4 and hold_is_zero
                                                                         and noreply)):
                 return self._noreply(tokens, b"CLIENT_ERROR bad command line format.  "
                                      b"Usage: delete <key> [noreply]\r\n")
+        if len(tokens[1]) > MAX_KEY_BYTES:
+            return self._noreply(tokens, b"CLIENT_ERROR bad command line format\r\n")
         found = self._cache.delete(self._k(tokens[1]))
         self._counters.delete_hits += found
         self._counters.delete_misses += not found
@@ -661,12 +664,13 @@ class _Session:
             new = self._cache.incr(k, meta.number("D", 1), mode in ("D", "-"), None, keep_width=True)
         except ValueError:
             return b"CLIENT_ERROR cannot increment or decrement non-numeric value\r\n"
-        if new is None and meta.has("N"):
+        created = new is None and meta.has("N")
+        if created:
             new = meta.number("J")
             self._cache.set(k, b"%d" % new, 0, _exptime(meta.number("N")), "add")
         if new is None:
             return b"NF" + meta.echo(key) + b"\r\n"
-        if meta.has("q"):
+        if meta.has("q") and not created:  # quiet hides a nominal answer; memcached still reports a creation
             return b""
         if meta.has("T"):
             self._cache.touch(k, _exptime(meta.number("T")))
