@@ -9,12 +9,15 @@ installed, as its CI does). Its TLS test is skipped by pymemcache itself (``pyte
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 
 import pytest
 
@@ -36,8 +39,12 @@ def unpacked_suite() -> pathlib.Path:
     CACHE.mkdir(parents=True, exist_ok=True)
     subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-binary", ":all:", "--no-deps",
                     f"pymemcache=={VERSION}", "-d", str(CACHE)], check=True, timeout=240)
+    unpacking = pathlib.Path(tempfile.mkdtemp(dir=CACHE))  # then renamed whole: a concurrent run sees all or nothing
     with tarfile.open(CACHE / f"pymemcache-{VERSION}.tar.gz") as sdist:
-        sdist.extractall(CACHE, filter="data")
+        sdist.extractall(unpacking, filter="data")
+    with contextlib.suppress(OSError):  # another run put it there first
+        (unpacking / root.name).rename(root)
+    shutil.rmtree(unpacking, ignore_errors=True)
     return root
 
 
