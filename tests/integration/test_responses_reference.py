@@ -71,11 +71,11 @@ REPEATED_HEADER = ("A header the app sends twice: kiln sends the two lines as th
                    "twice (four `X-Custom` lines: a dev_appserver defect).")
 
 _SCRIPTS = ("script_text", "script_head", "script_no_content_type", "script_created", "script_teapot",
-            "script_error_500", "script_app_404", "script_repeated_header", "script_front_end_headers",
+            "script_error_500", "no_handler_app_404", "script_repeated_header", "script_front_end_headers",
             "script_redirect", "script_redirect_permanent", "script_post", "text_gzip", "text_gzip_no_user_agent",
             "text_identity", "json_gzip", "binary_gzip", "big_body", "big_body_gzip", "big_body_head",
             "bad_header_newline", "bad_header_control", "bad_header_name", "login_required_signed_in",
-            "login_admin_admin")
+            "login_admin_admin", "static_dir_prefix_only")
 _STATIC_OK = ("static_dir_file", "static_dir_file_head", "static_dir_big_text", "static_dir_big_text_gzip",
               "static_dir_if_none_match_other")
 _EMPTY = {"length": 0, "sha256": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", "text": ""}
