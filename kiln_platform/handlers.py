@@ -3,7 +3,9 @@
 Handlers are tried in order; the first whose ``url`` matches wins. A script or
 ``static_files`` handler's ``url`` is a regular expression that must match the
 whole path, and its groups can be referred to as ``\\1``… in ``static_files``;
-a ``static_dir`` handler's ``url`` is a path prefix. The router and the runtime
+a ``static_dir`` handler's ``url`` is a path prefix: it serves ``<url>/…``, and
+the bare ``<url>`` goes on to the next handler (App Engine's SDK defines
+``static_dir`` as ``url: <url>/(.*)``). The router and the runtime
 both use this module, so they always agree on which handler serves a path.
 """
 
@@ -39,8 +41,8 @@ class Matcher:
         for index, handler, pattern in self._routes:
             if handler.static_dir is not None:
                 prefix = handler.url.rstrip("/")
-                if path == prefix or path.startswith(prefix + "/"):
-                    rest = path[len(prefix):].lstrip("/")
+                if path.startswith(prefix + "/"):
+                    rest = path[len(prefix) + 1:].lstrip("/")
                     return Match(index, handler, _inside(handler.static_dir, rest))
                 continue
             assert pattern is not None

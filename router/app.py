@@ -240,8 +240,7 @@ class Router:
         if handler.is_static:
             if request.method not in ("GET", "HEAD"):
                 return responses.plain(405, "Static files answer only GET and HEAD.")
-            served = await self._static_files(version).serve(request, found.static_path, handler, found.index)
-            return served if served is not None else responses.plain(404, "Not Found")
+            return await self._static_files(version).serve(request, found.static_path, handler, found.index)
         return None
 
     def _static_files(self, version: Version) -> static.StaticFiles:

@@ -13,10 +13,12 @@
   again because it trusts no runtime. Values are sent as the app's bytes.
 - ``Content-Type`` defaults to ``text/html``; ``Date`` and ``Server`` are set;
   ``Content-Length`` is computed.
-- A response that sets a cookie gets ``Cache-Control: private`` unless the app
-  asked for something stricter, and ``Expires`` of now, so shared caches never
-  keep one user's cookie (:func:`keep_private`; the router's own session
-  renewals get the same).
+- A response that sets a cookie loses any ``public`` directive and gets
+  ``private`` added unless it already says ``private``, ``no-cache`` or
+  ``no-store`` (its other directives, such as ``max-age``, stay), and an
+  ``Expires`` of now unless the app's is already past, so shared caches never
+  keep one user's cookie (:func:`keep_private`, App Engine's rule; the router's
+  own session renewals get the same).
 - An app cannot set the router's own cookies (:mod:`router.cookies`): such
   ``Set-Cookie`` headers are dropped.
 - With no ``Cache-Control`` from the app, the response is privately cacheable
@@ -40,7 +42,7 @@ from router import cookies
 
 RESPONSE_DROP = frozenset({"connection", "content-encoding", "content-length", "date", "keep-alive",
                            "proxy-authenticate", "server", "trailer", "transfer-encoding", "upgrade"})
-_STRICT_CACHE = ("private", "no-cache", "no-store")
+_STRICT_CACHE = frozenset({"private", "no-cache", "no-store"})  # directives as strict as private
 _TEXT_TYPES = ("text/", "application/json", "application/javascript", "application/x-javascript",
                "application/xml", "application/xhtml+xml", "application/rss+xml", "application/atom+xml",
                "image/svg+xml")
@@ -91,11 +93,32 @@ def build(resp: http_pb2.HttpResponse, request: web.Request, *, max_bytes: int) 
 
 
 def keep_private(out: web.StreamResponse) -> None:
-    """A response that sets a cookie: ``Cache-Control: private`` unless stricter already, and ``Expires`` now."""
-    cache_control = out.headers.get("Cache-Control")
-    if cache_control is None or not any(word in cache_control.lower() for word in _STRICT_CACHE):
-        out.headers["Cache-Control"] = "private"
-    out.headers["Expires"] = http_date()
+    """A response that sets a cookie: no shared cache may keep it (App Engine: ``Cache-Control`` "set to private,
+    if it is not already more restrictive", ``Expires`` "to the current date, if it is not already in the past").
+
+    ``public`` is dropped and ``private`` appended unless a directive already as strict is there; the others
+    (``max-age=60``...) are kept as the app wrote them, in its order, as App Engine's front end does.
+    """
+    directives = [d.strip() for value in out.headers.getall("Cache-Control", ()) for d in value.split(",")]
+    kept = [d for d in directives if d and d.lower() != "public"]
+    if not any(d.lower() in _STRICT_CACHE for d in kept):
+        kept.append("private")
+    out.headers["Cache-Control"] = ", ".join(kept)
+    if not _already_past(out.headers.get("Expires")):
+        out.headers["Expires"] = http_date()
+
+
+def _already_past(expires: str | None) -> bool:
+    """Whether an ``Expires`` value is a valid date before now (an unreadable one is not: it gets replaced)."""
+    if expires is None:
+        return False
+    parsed = email.utils.parsedate_tz(expires)
+    if parsed is None:
+        return False
+    try:
+        return email.utils.mktime_tz(parsed) < time.time()
+    except (OverflowError, ValueError):  # a year no clock can hold
+        return False
 
 
 def _wants_gzip(request: web.Request, content_type: str, body: bytes) -> bool:
@@ -122,6 +145,11 @@ def http_date(offset: float = 0) -> str:
 
 def _front_end_headers() -> dict[str, str]:
     return {"Server": "kiln", "Date": http_date()}
+
+
+def empty(status: int) -> web.Response:
+    """A response of the router's own with no body and so no ``Content-Type`` (App Engine's missing static file)."""
+    return web.Response(status=status, body=b"", headers=_front_end_headers())
 
 
 def plain(status: int, text: str) -> web.Response:

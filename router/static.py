@@ -5,7 +5,8 @@ Files come from the version's directory; a path that would leave it, a file
 carry the handler's ``mime_type`` (else one guessed from the name), caching
 headers from ``expiration`` / ``default_expiration`` (App Engine's default is
 10 minutes), the handler's ``http_headers``, and an ETag; a conditional GET
-whose ``If-None-Match`` matches gets 304.
+whose ``If-None-Match`` matches gets 304. A missing file is App Engine's bare
+404: an empty body, no type (:func:`not_found`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from collections import OrderedDict
 from aiohttp import web
 
 from kiln_platform.appyaml import AppConfig, Handler
-from router.responses import http_date
+from router.responses import empty, http_date
 
 DEFAULT_EXPIRATION_SECONDS = 600
 _CACHE_BYTES = 64 * 1024 * 1024
@@ -92,16 +93,16 @@ class StaticFiles:
         return path
 
     async def serve(self, request: web.Request, relative: str | None, handler: Handler,
-                    handler_index: int) -> web.Response | None:
-        """The static response, or ``None`` when there is no such file (the caller answers 404)."""
+                    handler_index: int) -> web.Response:
+        """The static response, or :func:`not_found` when there is no such file."""
         if relative is None:
-            return None
+            return not_found()
         path = self._locate(relative, handler_index)
         if path is None:
-            return None
+            return not_found()
         found = await self._cache.read(path)
         if found is None:
-            return None
+            return not_found()
         data, etag = found
         seconds = _expiration(handler, self._config)
         headers = {"Cache-Control": f"public, max-age={seconds}", "Expires": http_date(seconds), "ETag": etag,
@@ -117,6 +118,11 @@ class StaticFiles:
         if ";" in content_type:
             response.headers["Content-Type"] = content_type
         return response
+
+
+def not_found() -> web.Response:
+    """App Engine's answer for a static file that does not exist: 404 with an empty body and no Content-Type."""
+    return empty(404)
 
 
 @functools.lru_cache(maxsize=1024)

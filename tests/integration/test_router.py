@@ -219,6 +219,13 @@ def test_paths_climbing_out_of_a_static_directory_never_serve_a_file_outside_it(
     assert request(server, "/static/css/missing.css")[0] == 404
 
 
+@pytest.mark.parametrize("path", ["/static/css/missing.css", "/img/missing.png", "/plain/missing.txt"])
+def test_missing_static_file_is_an_empty_404_without_a_type(server, path):
+    status, headers, body = request(server, path)
+    assert (status, body) == (404, b"")
+    assert "content-type" not in headers and headers["content-length"] == ["0"]
+
+
 def test_script_handler_reaches_the_app(server):
     status, _, body = request(server, "/hello")
     assert status == 200 and body == b"app:/hello"
@@ -381,9 +388,9 @@ def test_hop_by_hop_request_headers_are_removed(server):
 # --- responses ----------------------------------------------------------------------------------
 
 
-def test_response_setting_a_cookie_is_private_and_expires_now(server):
+def test_response_setting_a_cookie_is_private_keeps_max_age_and_expires_now(server):
     _, headers, _ = request(server, "/cookie")
-    assert headers["cache-control"] == ["private"]
+    assert headers["cache-control"] == ["max-age=300, private"]  # public dropped, the rest kept (App Engine)
     assert "expires" in headers
 
 

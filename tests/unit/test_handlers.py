@@ -39,6 +39,12 @@ def test_static_dir_is_a_prefix_mapped_to_the_directory():
     assert M.match("/staticky").handler.script == "main.app"
 
 
+def test_the_bare_static_dir_url_is_left_to_the_next_handler():
+    # App Engine's static_dir is "<url>/(.*)": "/static" itself is not one of its files.
+    assert M.match("/static").handler.script == "main.app"
+    assert M.match("/static/").index == 0
+
+
 def test_static_files_use_back_references():
     assert M.match("/img/small/cat.png").static_path == "pictures/cat/small.png"
 
