@@ -110,6 +110,15 @@ class BlobKey:
         return hash((BlobKey, self._key))
 
 
+# What kiln's blob keys are made of (as blobstore_svc checks them): other text names no blob.
+_KEY_CHARACTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+
+
+def could_be_key(text: str) -> bool:
+    """Whether ``text`` could be a blob key of kiln's (1 to 200 URL-safe characters)."""
+    return 0 < len(text) <= 200 and _KEY_CHARACTERS.issuperset(text)
+
+
 def _key_text(blob: Any) -> str:
     """A BlobKey, a BlobInfo or text as the key's text."""
     if isinstance(blob, BlobInfo):
@@ -341,6 +350,7 @@ def fetch_data(blob: Any, start_index: int, end_index: int, rpc: RPC | None = No
 def delete_async(blob_keys: Any, rpc: RPC | None = None, _token: Any = None) -> RPC:
     """Start :func:`delete`."""
     keys = [_key_text(k) for k in (blob_keys if isinstance(blob_keys, list | tuple) else [blob_keys])]
+    keys = [k for k in keys if could_be_key(k)]  # other text names no blob; deleting nothing is no error
     return _start(rpc, _stub().DeleteBlobs, pb.DeleteBlobsRequest(blob_keys=keys), lambda _response: None)
 
 
@@ -349,12 +359,13 @@ def delete(blob_keys: Any, rpc: RPC | None = None, _token: Any = None) -> None:
     delete_async(blob_keys, rpc).get_result()
 
 
-def _upload_base() -> str:
-    """``scheme://host`` of the request being served (else of the app's default version)."""
-    environ = _runtime.request_environ() or {}
-    host = environ.get("HTTP_HOST") or _rpc.setting("DEFAULT_VERSION_HOSTNAME") or "localhost"
+def upload_url(environ: Any, upload_id: str) -> str:
+    """The URL of upload ``upload_id``: on the host the request came to (``HTTP_HOST``), else the app's default
+    version's (``DEFAULT_VERSION_HOSTNAME``); the SDK's service (kiln.sdk.blobstore) builds it here too."""
+    host = environ.get("HTTP_HOST") or environ.get("DEFAULT_VERSION_HOSTNAME") or _rpc.setting(
+        "DEFAULT_VERSION_HOSTNAME") or "localhost"
     scheme = environ.get("wsgi.url_scheme") or "http"
-    return f"{scheme}://{host}"
+    return f"{scheme}://{host}{UPLOAD_PATH}{upload_id}"
 
 
 def create_upload_url_async(success_path: str, max_bytes_per_blob: int | None = None,
@@ -372,12 +383,13 @@ def create_upload_url_async(success_path: str, max_bytes_per_blob: int | None = 
         if value < 1:
             raise ValueError(f"{name} must be positive.")
         limits[name] = value
+    if limits.get("max_bytes_total", 1 << 62) < limits.get("max_bytes_per_blob", 0):
+        raise ValueError("max_bytes_total can not be less than max_upload_size_per_blob_bytes")
     if gs_bucket_name is not None:
         raise Error("kiln has no Cloud Storage: gs_bucket_name is not supported")
-    base = _upload_base()
+    environ = _runtime.request_environ() or {}
     request = pb.CreateUploadUrlRequest(success_path=success_path, **limits)
-    return _start(rpc, _stub().CreateUploadUrl, request,
-                  lambda response: f"{base}{UPLOAD_PATH}{response.upload_url.id}")
+    return _start(rpc, _stub().CreateUploadUrl, request, lambda response: upload_url(environ, response.upload_url.id))
 
 
 def create_upload_url(success_path: str, max_bytes_per_blob: int | None = None, max_bytes_total: int | None = None,

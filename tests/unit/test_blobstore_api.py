@@ -24,6 +24,7 @@ def test_fetch_data_checks_its_indexes_as_app_engine_does(start, end, error):
     ({"max_bytes_total": -1}, ValueError),
     ({"max_bytes_total": "10"}, TypeError),
     ({"gs_bucket_name": "bucket"}, blobstore.Error),
+    ({"max_bytes_per_blob": 10, "max_bytes_total": 5}, ValueError),
 ])
 def test_create_upload_url_checks_its_limits(kwargs, error):
     with pytest.raises(error):
