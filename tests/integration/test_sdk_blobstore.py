@@ -5,6 +5,7 @@ kiln.sdk, and each error is the SDK's own exception."""
 from __future__ import annotations
 
 import hashlib
+import uuid
 
 import grpc
 import pytest
@@ -36,6 +37,9 @@ def request_env(grpc_services, proxy, monkeypatch):
 
     monkeypatch.setenv("KILN_BLOBSTORE_ADDR", grpc_services["blobstore"])
     monkeypatch.setenv("KILN_APP_TOKEN", auth.mint_app_token(SECRET, APP))
+    monkeypatch.setenv("GAE_APPLICATION", f"s~{APP}")
+    monkeypatch.setenv("GAE_ENV", "standard")
+    monkeypatch.delenv("APPLICATION_ID", raising=False)
     _rpc.reset()
     environ = {"HTTP_HOST": "sdkblobs.apps.example.test:8080", "wsgi.url_scheme": "https"}
     ticket = tickets.open_ticket(APP, environ)
@@ -106,3 +110,50 @@ def test_sdk_create_upload_url_into_cloud_storage_is_permission_denied(request_e
 
     with pytest.raises(blobstore.PermissionDeniedError):
         blobstore.create_upload_url("/done", gs_bucket_name="bucket")
+
+
+# --- BlobInfo: the __BlobInfo__ kind, read through the datastore calls of the SDK -------------------------------
+
+def test_sdk_blob_info_get_reads_the_blobs_properties(request_env, put):
+    from google.appengine.ext import blobstore
+
+    key = put(b"hello", filename="hello.txt")
+    info = blobstore.BlobInfo.get(key)
+    assert (str(info.key()), info.filename, info.size, info.content_type, info.md5_hash) == (
+        key, "hello.txt", 5, "application/x-test", hashlib.md5(b"hello").hexdigest())
+    assert info.creation.year >= 2024
+    assert blobstore.BlobInfo.get("A" * 43) is None
+    assert [i and i.filename for i in blobstore.BlobInfo.get([key, "A" * 43])] == ["hello.txt", None]
+
+
+def test_sdk_blob_info_all_filters_orders_and_counts(request_env, proxy, put, monkeypatch):
+    from google.appengine.ext import blobstore
+
+    from kiln.sdk import tickets
+
+    # A fresh app, so that its blobs are exactly these.
+    app = f"sdkblobs-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setattr(proxy, "app_id", app)
+    monkeypatch.setenv("KILN_APP_TOKEN", auth.mint_app_token(SECRET, app))
+    monkeypatch.setenv("GAE_APPLICATION", f"s~{app}")
+    _rpc.reset()
+    with tickets.opened(app, {}) as ticket:
+        monkeypatch.setenv(TICKET, ticket)
+        for n in (3, 1, 2):
+            put(b"x" * n, filename=f"f{n}", app=app)
+        assert sorted(i.size for i in blobstore.BlobInfo.all()) == [1, 2, 3]
+        assert [i.filename for i in blobstore.BlobInfo.all().order("-size")] == ["f3", "f2", "f1"]
+        assert [i.size for i in blobstore.BlobInfo.all().filter("size >", 1).order("size")] == [2, 3]
+        assert [i.size for i in blobstore.BlobInfo.gql("WHERE filename = :1", "f2")] == [2]
+        assert blobstore.BlobInfo.all().count() == 3
+        assert [i.size for i in blobstore.BlobInfo.all().order("size").fetch(1, offset=1)] == [2]
+
+
+def test_sdk_blob_info_open_reads_with_a_blob_reader(request_env, put):
+    from google.appengine.ext import blobstore
+
+    data = b"".join(f"line {n}\n".encode() for n in range(3000))
+    reader = blobstore.BlobInfo.get(put(data)).open()
+    assert reader.readline() == b"line 0\n"
+    reader.seek(0)
+    assert reader.read() == data

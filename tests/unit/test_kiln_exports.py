@@ -21,7 +21,7 @@ APP_MODULES = {
     "kiln.api.memcache", "kiln.api.namespace_manager", "kiln.api.taskqueue", "kiln.api.urlfetch", "kiln.api.urlfetch_errors",
     "kiln.api.users", "kiln.errors", "kiln.ext", "kiln.ext.db", "kiln.ext.db._errors", "kiln.ext.db._model",
     "kiln.ext.db._properties", "kiln.ext.db._query", "kiln.gql", "kiln.mailrules", "kiln.pb", "kiln.runtime",
-    "kiln.sdk", "kiln.sdk._errors", "kiln.sdk.app_identity", "kiln.sdk.blobstore", "kiln.sdk.capability", "kiln.sdk.datastore_v3",
+    "kiln.sdk", "kiln.sdk._errors", "kiln.sdk.app_identity", "kiln.sdk.blobinfo", "kiln.sdk.blobstore", "kiln.sdk.capability", "kiln.sdk.datastore_v3",
     "kiln.sdk.images", "kiln.sdk.mail", "kiln.sdk.memcache", "kiln.sdk.modules", "kiln.sdk.proxy", "kiln.sdk.service",
     "kiln.sdk.system", "kiln.sdk.taskqueue", "kiln.sdk.tickets", "kiln.sdk.urlfetch", "kiln.sdk.user",
 }
