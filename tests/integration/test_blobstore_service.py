@@ -325,3 +325,47 @@ def test_bad_success_path_is_refused(stub, still_serving, path, code):
     with pytest.raises(grpc.RpcError) as caught:
         create_upload(stub, path)
     assert error_code(caught.value) == code
+
+
+# --- a service killed mid-write --------------------------------------------------------------------------
+
+def test_blob_half_written_when_the_service_was_killed_is_swept_at_restart(supervisor, tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("blobstore-killed")
+
+    def start(name: str):
+        ready = supervisor.run_dir / f"{name}.addr"
+        ready.unlink(missing_ok=True)
+        return supervisor.start(name, python_module("blobstore_svc", "--listen", "127.0.0.1:0", "--ready-file",
+                                                    str(ready), "--data-dir", str(data_dir)),
+                                env=service_env(), ready_file=ready)
+
+    first = start("blobstore-killed-1")
+    channel = grpc.insecure_channel(first.address)
+    stub = blobstore_pb2_grpc.BlobstoreServiceStub(channel)
+
+    def messages():
+        yield pb.CreateBlobRequest(data=payload(2 * MB))
+        while True:  # never finishes: the service is killed under it
+            time.sleep(0.05)
+            yield pb.CreateBlobRequest(data=b"")
+
+    call = stub.CreateBlob.future(messages(), **as_app("crashy"))
+    deadline = time.monotonic() + 30
+    while not list((data_dir / "incoming").glob("*")) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert list((data_dir / "incoming").glob("*")), "the write never started"
+    first.proc.kill()
+    first.proc.wait(30)
+    call.cancel()
+    channel.close()
+    second = start("blobstore-killed-2")
+    try:
+        assert list((data_dir / "incoming").iterdir()) == []
+        assert list((data_dir / "blobs").rglob("*")) == []
+        channel = grpc.insecure_channel(second.address)
+        stub = blobstore_pb2_grpc.BlobstoreServiceStub(channel)
+        assert list(stub.QueryBlobInfo(pb.QueryBlobInfoRequest(), **as_app("crashy")).infos) == []
+        channel.close()
+    finally:
+        second.proc.terminate()
+        second.proc.wait(30)
