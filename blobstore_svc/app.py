@@ -5,8 +5,8 @@ from __future__ import annotations
 from blobstore_svc.config import BlobstoreConfig
 from blobstore_svc.service import BlobstoreService
 from blobstore_svc.store import EmbeddedStore, Store
-from kiln_platform import grpcserver
 from kiln.pb.blobstore.v1 import blobstore_pb2, blobstore_pb2_grpc
+from kiln_platform import grpcserver
 
 SERVICE_NAME = blobstore_pb2.DESCRIPTOR.services_by_name["BlobstoreService"].full_name
 

@@ -24,7 +24,13 @@ from typing import Any
 
 from blobstore_svc.errors import UploadUrlNotFoundError, UploadUrlUsedError
 from blobstore_svc.store import (
-    CHUNK_BYTES, UPLOAD_RECORD_KEEP_SECONDS, BlobRecord, BlobWriter, Store, UploadRecord)
+    CHUNK_BYTES,
+    UPLOAD_RECORD_KEEP_SECONDS,
+    BlobRecord,
+    BlobWriter,
+    Store,
+    UploadRecord,
+)
 from kiln_platform import cassandra
 from kiln_platform.config import StorageConfig
 
@@ -38,15 +44,15 @@ WRITES_IN_FLIGHT = 4
 
 def _tables(ks: str) -> list[str]:
     return [
-        f"CREATE TABLE IF NOT EXISTS {ks}.blobstore_chunks (app_id text, blob_key text, idx int, data blob, "
-        "PRIMARY KEY ((app_id, blob_key), idx))",
-        f"CREATE TABLE IF NOT EXISTS {ks}.blobstore_info (app_id text, blob_key text, content_type text, "
-        "creation_us bigint, filename text, size bigint, md5_hash text, PRIMARY KEY (app_id, blob_key))",
-        f"CREATE TABLE IF NOT EXISTS {ks}.blobstore_pending (app_id text, blob_key text, started_us bigint, "
-        "PRIMARY KEY ((app_id, blob_key)))",
-        f"CREATE TABLE IF NOT EXISTS {ks}.blobstore_uploads (app_id text, id text, success_path text, "
-        "max_bytes_per_blob bigint, max_bytes_total bigint, expires_us bigint, used boolean, "
-        "PRIMARY KEY ((app_id, id)))",
+        (f"CREATE TABLE IF NOT EXISTS {ks}.blobstore_chunks (app_id text, blob_key text, idx int, data blob, "
+         "PRIMARY KEY ((app_id, blob_key), idx))"),
+        (f"CREATE TABLE IF NOT EXISTS {ks}.blobstore_info (app_id text, blob_key text, content_type text, "
+         "creation_us bigint, filename text, size bigint, md5_hash text, PRIMARY KEY (app_id, blob_key))"),
+        (f"CREATE TABLE IF NOT EXISTS {ks}.blobstore_pending (app_id text, blob_key text, started_us bigint, "
+         "PRIMARY KEY ((app_id, blob_key)))"),
+        (f"CREATE TABLE IF NOT EXISTS {ks}.blobstore_uploads (app_id text, id text, success_path text, "
+         "max_bytes_per_blob bigint, max_bytes_total bigint, expires_us bigint, used boolean, "
+         "PRIMARY KEY ((app_id, id)))"),
     ]
 
 

@@ -17,13 +17,28 @@ from typing import Any
 
 import grpc
 
-from blobstore_svc.errors import (ArgumentOutOfRangeError, BlobFetchSizeTooLargeError, BlobNotFoundError,
-                                  BlobTooLargeError, DataIndexOutOfRangeError, InvalidBlobKeyError,
-                                  UploadUrlExpiredError, UploadUrlNotFoundError, UrlTooLongError)
-from blobstore_svc.store import CHUNK_BYTES, KEY_PATTERN, BlobRecord, Store, UploadRecord, new_key
-from kiln_platform import grpcserver
+from blobstore_svc.errors import (
+    ArgumentOutOfRangeError,
+    BlobFetchSizeTooLargeError,
+    BlobNotFoundError,
+    BlobTooLargeError,
+    DataIndexOutOfRangeError,
+    InvalidBlobKeyError,
+    UploadUrlExpiredError,
+    UploadUrlNotFoundError,
+    UrlTooLongError,
+)
+from blobstore_svc.store import (
+    CHUNK_BYTES,
+    KEY_PATTERN,
+    BlobRecord,
+    Store,
+    UploadRecord,
+    new_key,
+)
 from kiln.pb.blobstore.v1 import blobstore_pb2 as pb
 from kiln.pb.blobstore.v1 import blobstore_pb2_grpc
+from kiln_platform import grpcserver
 
 log = logging.getLogger(__name__)
 

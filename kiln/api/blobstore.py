@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import datetime
 import operator
+import typing
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -33,11 +34,33 @@ from kiln.api import _rpc
 from kiln.pb.blobstore.v1 import blobstore_pb2 as pb
 from kiln.pb.blobstore.v1 import blobstore_pb2_grpc
 
-__all__ = ["BlobKey", "BlobInfo", "BlobInfoQuery", "BlobReader", "get", "delete", "delete_async", "fetch_data",
-           "fetch_data_async", "create_upload_url", "create_upload_url_async", "create_rpc", "RPC",
-           "BLOB_INFO_KIND", "BLOB_KEY_HEADER", "BLOB_RANGE_HEADER", "MAX_BLOB_FETCH_SIZE",
-           "UPLOAD_INFO_CREATION_HEADER", "Error", "InternalError", "BlobNotFoundError", "DataIndexOutOfRangeError",
-           "BlobFetchSizeTooLargeError", "PermissionDeniedError", "CreationFormatError"]
+__all__ = [
+    "BLOB_INFO_KIND",
+    "BLOB_KEY_HEADER",
+    "BLOB_RANGE_HEADER",
+    "MAX_BLOB_FETCH_SIZE",
+    "RPC",
+    "UPLOAD_INFO_CREATION_HEADER",
+    "BlobFetchSizeTooLargeError",
+    "BlobInfo",
+    "BlobInfoQuery",
+    "BlobKey",
+    "BlobNotFoundError",
+    "BlobReader",
+    "CreationFormatError",
+    "DataIndexOutOfRangeError",
+    "Error",
+    "InternalError",
+    "PermissionDeniedError",
+    "create_rpc",
+    "create_upload_url",
+    "create_upload_url_async",
+    "delete",
+    "delete_async",
+    "fetch_data",
+    "fetch_data_async",
+    "get",
+]
 
 BLOB_INFO_KIND = "__BlobInfo__"
 BLOB_KEY_HEADER = "X-AppEngine-BlobKey"
@@ -516,7 +539,7 @@ class BlobReader:
             raise StopIteration
         return line
 
-    def __enter__(self) -> BlobReader:
+    def __enter__(self) -> typing.Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -12,6 +12,7 @@ import hashlib
 import pathlib
 import random
 import time
+import uuid
 
 import grpc
 import pytest
@@ -23,7 +24,9 @@ from kiln_platform.supervisor import python_module
 from tests.integration.conftest import app_metadata, service_env
 
 MB = 1024 * 1024
-APP, OTHER = "blobber", "stranger"
+# Apps of their own per run: a Cassandra keyspace outlives a test session.
+RUN = uuid.uuid4().hex[:8]
+APP, OTHER = f"blobber-{RUN}", f"stranger-{RUN}"
 KEYSPACE = "kiln_blobstore_test"
 
 
@@ -167,11 +170,11 @@ def test_empty_blob_is_stored_and_reads_empty(stub):
 
 
 def test_query_lists_the_apps_blobs_in_key_order_a_page_at_a_time(stub):
-    mine = {store(stub, b"a", app="lister").blob_key for _ in range(5)}
-    store(stub, b"b", app="other-lister")
-    first = stub.QueryBlobInfo(pb.QueryBlobInfoRequest(limit=3), **as_app("lister"))
+    mine = {store(stub, b"a", app=f"lister-{RUN}").blob_key for _ in range(5)}
+    store(stub, b"b", app=f"other-lister-{RUN}")
+    first = stub.QueryBlobInfo(pb.QueryBlobInfoRequest(limit=3), **as_app(f"lister-{RUN}"))
     rest = stub.QueryBlobInfo(pb.QueryBlobInfoRequest(limit=3, start_after=first.infos[-1].blob_key),
-                              **as_app("lister"))
+                              **as_app(f"lister-{RUN}"))
     keys = [i.blob_key for i in [*first.infos, *rest.infos]]
     assert (first.more, rest.more) == (True, False)
     assert keys == sorted(mine)
@@ -230,11 +233,11 @@ def test_call_without_a_token_is_unauthenticated(stub):
 
 
 def test_blob_over_its_max_bytes_is_refused_and_nothing_is_kept(stub, engine, still_serving):
-    before = [i.blob_key for i in stub.QueryBlobInfo(pb.QueryBlobInfoRequest(), **as_app("limited")).infos]
+    before = [i.blob_key for i in stub.QueryBlobInfo(pb.QueryBlobInfoRequest(), **as_app(f"limited-{RUN}")).infos]
     with pytest.raises(grpc.RpcError) as caught:
-        store(stub, payload(3 * MB), max_bytes=2 * MB, app="limited")
+        store(stub, payload(3 * MB), max_bytes=2 * MB, app=f"limited-{RUN}")
     assert (caught.value.code(), error_code(caught.value)) == (grpc.StatusCode.INVALID_ARGUMENT, "BLOB_TOO_LARGE")
-    after = [i.blob_key for i in stub.QueryBlobInfo(pb.QueryBlobInfoRequest(), **as_app("limited")).infos]
+    after = [i.blob_key for i in stub.QueryBlobInfo(pb.QueryBlobInfoRequest(), **as_app(f"limited-{RUN}")).infos]
     assert after == before
     assert engine.abandoned() == 0
 
@@ -252,7 +255,7 @@ def test_stream_cancelled_midway_leaves_nothing(stub, engine, still_serving):
                 return
             yield pb.CreateBlobRequest(data=b"")
 
-    call = stub.CreateBlob.future(messages(), **as_app("quitter"))
+    call = stub.CreateBlob.future(messages(), **as_app(f"quitter-{RUN}"))
     deadline = time.monotonic() + 30
     while not sent and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -262,7 +265,7 @@ def test_stream_cancelled_midway_leaves_nothing(stub, engine, still_serving):
     while engine.abandoned() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert engine.abandoned() == 0
-    assert list(stub.QueryBlobInfo(pb.QueryBlobInfoRequest(), **as_app("quitter")).infos) == []
+    assert list(stub.QueryBlobInfo(pb.QueryBlobInfoRequest(), **as_app(f"quitter-{RUN}")).infos) == []
 
 
 def test_header_fields_after_the_first_message_are_refused(stub, still_serving):
@@ -270,9 +273,9 @@ def test_header_fields_after_the_first_message_are_refused(stub, still_serving):
         yield pb.CreateBlobRequest(data=b"a")
         yield pb.CreateBlobRequest(filename="late.txt", data=b"b")
     with pytest.raises(grpc.RpcError) as caught:
-        stub.CreateBlob(messages(), **as_app("late"))
+        stub.CreateBlob(messages(), **as_app(f"late-{RUN}"))
     assert error_code(caught.value) == "ARGUMENT_OUT_OF_RANGE"
-    assert list(stub.QueryBlobInfo(pb.QueryBlobInfoRequest(), **as_app("late")).infos) == []
+    assert list(stub.QueryBlobInfo(pb.QueryBlobInfoRequest(), **as_app(f"late-{RUN}")).infos) == []
 
 
 # --- deletion --------------------------------------------------------------------------------------------
@@ -349,7 +352,7 @@ def test_blob_half_written_when_the_service_was_killed_is_swept_at_restart(super
             time.sleep(0.05)
             yield pb.CreateBlobRequest(data=b"")
 
-    call = stub.CreateBlob.future(messages(), **as_app("crashy"))
+    call = stub.CreateBlob.future(messages(), **as_app(f"crashy-{RUN}"))
     deadline = time.monotonic() + 30
     while not list((data_dir / "incoming").glob("*")) and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -364,7 +367,7 @@ def test_blob_half_written_when_the_service_was_killed_is_swept_at_restart(super
         assert list((data_dir / "blobs").rglob("*")) == []
         channel = grpc.insecure_channel(second.address)
         stub = blobstore_pb2_grpc.BlobstoreServiceStub(channel)
-        assert list(stub.QueryBlobInfo(pb.QueryBlobInfoRequest(), **as_app("crashy")).infos) == []
+        assert list(stub.QueryBlobInfo(pb.QueryBlobInfoRequest(), **as_app(f"crashy-{RUN}")).infos) == []
         channel.close()
     finally:
         second.proc.terminate()

@@ -5,7 +5,11 @@ from __future__ import annotations
 import pytest
 
 from blobstore_svc.config import BlobstoreConfig
-from blobstore_svc.errors import BlobFetchSizeTooLargeError, DataIndexOutOfRangeError, InvalidBlobKeyError
+from blobstore_svc.errors import (
+    BlobFetchSizeTooLargeError,
+    DataIndexOutOfRangeError,
+    InvalidBlobKeyError,
+)
 from blobstore_svc.service import MAX_BLOB_FETCH_SIZE, check_key, fetch_range
 from blobstore_svc.store import KEY_PATTERN, new_key
 from kiln.errors import ConfigError
