@@ -41,7 +41,7 @@ from kiln.pb.datastore.v1 import datastore_pb2, datastore_pb2_grpc
 log = logging.getLogger(__name__)
 
 SERVICES = ("datastore_svc", "memcache_svc", "urlfetch_svc", "mail_svc", "images_svc", "cron_svc", "logs_svc",
-            "identity_svc", "taskqueue_svc")
+            "identity_svc", "taskqueue_svc", "blobstore_svc")
 CASSANDRA_SCRIPT = pathlib.Path(__file__).resolve().parent / "cassandra.sh"
 
 
@@ -213,6 +213,11 @@ class DevServer:
             args = ["--listen", "127.0.0.1:0", "--ready-file", str(run / f"{svc}.addr")]
             if svc == "logs_svc":
                 args += ["--data-dir", str(self.data_dir / "logs")]
+            if svc == "blobstore_svc":  # on the datastore's engine; its Cassandra tables are named blobstore_*
+                args += ["--data-dir", str(self.data_dir / "blobstore")]
+                if cassandra_hosts:
+                    args += ["--storage", "cassandra", "--cassandra-hosts", cassandra_hosts,
+                             "--cassandra-keyspace", self._keyspace()]
             own: dict[str, str] = {}
             if svc == "identity_svc":
                 args += ["--data-dir", str(self._identity_keys()), "--apps-domain", "localhost"]
@@ -303,7 +308,7 @@ class DevServer:
             "--default-hostname", f"{'localhost' if self.opts.host in ('127.0.0.1', '0.0.0.0') else self.opts.host}"
                                   f":{router_port}",
         ]
-        for svc in ("datastore", "memcache", "urlfetch", "mail", "images", "identity", "taskqueue"):
+        for svc in ("datastore", "memcache", "urlfetch", "mail", "images", "identity", "taskqueue", "blobstore"):
             runtime_args += [f"--{svc}-addr", self.addresses[f"{svc}_svc"]]
         manager_secrets = {"KILN_MANAGER_SERVICE_SECRET": self._secret, "KILN_MANAGER_NATS_URL": self.nats_url,
                            "KILN_MANAGER_NATS_APP_SECRET": nats_app_secret}

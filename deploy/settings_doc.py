@@ -41,6 +41,7 @@ CONFIG_PARTS: tuple[tuple[str, str, str], ...] = (
     ("python -m cron_svc", "cron_svc.config", "CronConfig"),
     ("python -m identity_svc", "identity_svc.config", "IdentityConfig"),
     ("python -m taskqueue_svc", "taskqueue_svc.config", "TaskQueueConfig"),
+    ("python -m blobstore_svc", "blobstore_svc.config", "BlobstoreConfig"),
     ("python -m logs_svc", "logs_svc.config", "LogsConfig"),
     ("python -m natscallout", "natscallout.config", "CalloutConfig"),
     ("python -m deploy.control", "deploy.control.config", "ControlConfig"),

@@ -191,6 +191,7 @@ class Instance:
             "KILN_IMAGES_ADDR": self.cfg.images_addr,
             "KILN_IDENTITY_ADDR": self.cfg.identity_addr,
             "KILN_TASKQUEUE_ADDR": self.cfg.taskqueue_addr,
+            "KILN_BLOBSTORE_ADDR": self.cfg.blobstore_addr,
         })
         if self.cfg.modules_addr:  # else the SDK's modules service answers from this version alone (kiln dev)
             os.environ["KILN_MODULES_ADDR"] = self.cfg.modules_addr

@@ -51,6 +51,7 @@ class RuntimeConfig(GrpcServiceConfig):
     images_addr: str = field("127.0.0.1:50055", "images_svc gRPC address given to the app")
     identity_addr: str = field("127.0.0.1:50058", "identity_svc gRPC address given to the app")
     taskqueue_addr: str = field("127.0.0.1:50059", "taskqueue_svc gRPC address given to the app")
+    blobstore_addr: str = field("127.0.0.1:50062", "blobstore_svc gRPC address given to the app")
     modules_addr: str = field("", "the control plane's gRPC address, where the app's SDK asks which services and "
                                   "versions the app has (App Engine's Modules API; runtime.host sets it); empty: "
                                   "answer from the one version this instance runs (kiln dev)")

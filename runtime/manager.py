@@ -657,7 +657,7 @@ def build(args: argparse.Namespace, extra_runtime_args: Sequence[str], environ: 
 
 # RuntimeConfig's ``<name>_addr`` settings ("modules": the control plane, for App Engine's Modules API; unset under
 # kiln dev, where the instance answers from its own version).
-SERVICES = ("datastore", "memcache", "urlfetch", "mail", "images", "identity", "taskqueue", "modules")
+SERVICES = ("datastore", "memcache", "urlfetch", "mail", "images", "identity", "taskqueue", "blobstore", "modules")
 
 
 def _process_namespaces() -> bool:

@@ -58,6 +58,7 @@ from kiln import errors
 from kiln.api import _rpc
 from kiln.pb.datastore.v1 import datastore_pb2 as pb
 from kiln.pb.datastore.v1 import datastore_pb2_grpc
+from kiln.sdk import blobinfo
 from kiln.sdk.service import CallContext
 
 # App Engine's datastore_v3 error codes (``datastore_v3_pb2.Error.ErrorCode``).
@@ -587,12 +588,20 @@ class DatastoreV3:
         for i, ref in enumerate(request.key):
             t.key_in(ref, f"key[{i}]", out=req.keys.add())
         tx = self._transaction(request.transaction, ctx) if request.HasField("transaction") else None
-        found = self._read("Get", req, tx, ctx).results if req.keys else []
+        # __BlobInfo__ keys are answered by the blobstore service (kiln.sdk.blobinfo), the rest by the datastore.
+        blob_infos = [i for i, key in enumerate(req.keys) if blobinfo.is_blob_info(key)]
+        infos = dict(zip(blob_infos, blobinfo.get([req.keys[i] for i in blob_infos], ctx))) if blob_infos else {}
+        if infos:
+            plain = pb.GetRequest(keys=[k for i, k in enumerate(req.keys) if i not in infos])
+            req.CopyFrom(plain)
+        stored = iter([r.entity if r.HasField("entity") else None
+                       for r in (self._read("Get", req, tx, ctx).results if req.keys else [])])
         response.in_order = True
-        for ref, result in zip(request.key, found):
+        for i, ref in enumerate(request.key):
+            entity = infos[i] if i in infos else next(stored)
             out = response.entity.add()
-            if result.HasField("entity"):
-                t.entity_out(result.entity, out.entity)
+            if entity is not None:
+                t.entity_out(entity, out.entity)
             else:
                 out.key.CopyFrom(ref)
 
@@ -758,6 +767,9 @@ class DatastoreV3:
     def _run_query(self, query: Any, response: Any, ctx: CallContext) -> None:
         t = _Translator(ctx.app_id, query.app)
         t.check_app(query.app, "app")
+        if query.kind == blobinfo.KIND:
+            self._blob_info_query(query, t, response, ctx)
+            return
         req = pb.RunQueryRequest(query=self._query_in(query, t))
         req.partition_id.namespace = query.name_space
         tx = self._transaction(query.transaction, ctx) if query.HasField("transaction") else None
@@ -766,6 +778,20 @@ class DatastoreV3:
         req.query.ClearField("offset")
         req.query.ClearField("limit")
         self._batch(state, query.count if query.HasField("count") else 0, query.compile, response, ctx, None)
+
+    def _blob_info_query(self, query: Any, t: _Translator, response: Any, ctx: CallContext) -> None:
+        """A query of ``__BlobInfo__``: answered whole, in one batch, from the blobstore service."""
+        found, skipped = blobinfo.query(self._query_in(query, t), query.offset,
+                                        query.limit if query.HasField("limit") else None, ctx)
+        for entity in found:
+            t.entity_out(entity, response.result.add(), projection=False)
+        if query.keys_only:
+            for result in response.result:
+                result.ClearField("property")
+                result.ClearField("raw_property")
+        response.skipped_results = skipped
+        response.keys_only = query.keys_only
+        response.more_results = False
 
     def _next(self, request: Any, response: Any, ctx: CallContext) -> None:
         _Translator(ctx.app_id, "").check_app(request.cursor.app, "cursor.app")

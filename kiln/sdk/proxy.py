@@ -66,7 +66,7 @@ _SERVICE_MODULES = (
     ("kiln.sdk.memcache", "Memcache"), ("kiln.sdk.user", "User"), ("kiln.sdk.capability", "Capability"),
     ("kiln.sdk.system", "System"), ("kiln.sdk.modules", "Modules"), ("kiln.sdk.datastore_v3", "DatastoreV3"),
     ("kiln.sdk.urlfetch", "URLFetch"), ("kiln.sdk.mail", "Mail"), ("kiln.sdk.images", "Images"),
-    ("kiln.sdk.app_identity", "AppIdentity"), ("kiln.sdk.taskqueue", "TaskQueue"),
+    ("kiln.sdk.app_identity", "AppIdentity"), ("kiln.sdk.taskqueue", "TaskQueue"), ("kiln.sdk.blobstore", "Blobstore"),
 )
 # Worker threads running calls made asynchronously (each thread's stack counts in the instance's address space).
 WORKERS = 8

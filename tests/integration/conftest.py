@@ -26,6 +26,7 @@ INDEX_CACHE_SECONDS = 0.2
 SERVICES = {
     "datastore": "datastore_svc", "memcache": "memcache_svc", "urlfetch": "urlfetch_svc",
     "mail": "mail_svc", "images": "images_svc", "cron": "cron_svc", "identity": "identity_svc",
+    "blobstore": "blobstore_svc",
 }
 
 
@@ -79,6 +80,8 @@ def grpc_services(supervisor, tmp_path_factory, nats_url):
             args += ["--nats-url", nats_url]
         if name == "identity":
             args += ["--data-dir", str(tmp_path_factory.mktemp("identity"))]
+        if name == "blobstore":
+            args += ["--data-dir", str(tmp_path_factory.mktemp("blobstore-data"))]
         children[name] = supervisor.spawn(module, python_module(module, *args), env=service_env(),
                                           ready_file=run / f"{module}.addr")
     return {name: Supervisor.wait_ready(child, ready_file=run / f"{SERVICES[name]}.addr").address

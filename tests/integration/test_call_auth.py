@@ -10,6 +10,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from deploy.control import tokens
 from kiln.errors import UnauthenticatedError
+from kiln.pb.blobstore.v1 import blobstore_pb2
 from kiln.pb.cron.v1 import cron_pb2, cron_pb2_grpc
 from kiln.pb.datastore.v1 import datastore_pb2
 from kiln.pb.identity.v1 import identity_pb2
@@ -33,6 +34,7 @@ SERVICES = {
     "images": images_pb2.DESCRIPTOR.services_by_name["ImagesService"],
     "cron": cron_pb2.DESCRIPTOR.services_by_name["CronService"],
     "identity": identity_pb2.DESCRIPTOR.services_by_name["IdentityService"],
+    "blobstore": blobstore_pb2.DESCRIPTOR.services_by_name["BlobstoreService"],
 }
 # Methods open to anyone by design: identity_svc's certificate lookup (certificates are public; it makes no key).
 PUBLIC = {"kiln.pb.identity.v1.IdentityService": {"GetAppCertificates"}}

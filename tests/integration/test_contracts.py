@@ -23,6 +23,7 @@ FULL_NAMES = {
     "cron": "kiln.pb.cron.v1.CronService",
     "identity": "kiln.pb.identity.v1.IdentityService",
     "taskqueue": "kiln.pb.taskqueue.v1.TaskQueueService",
+    "blobstore": "kiln.pb.blobstore.v1.BlobstoreService",
 }
 
 

@@ -16,22 +16,22 @@ import kiln.pb
 KILN = pathlib.Path(kiln.__file__).parent
 
 APP_MODULES = {
-    "kiln.api", "kiln.api._rpc", "kiln.api.app_identity", "kiln.api.background_thread", "kiln.api.datastore", "kiln.api.datastore_errors",
+    "kiln.api", "kiln.api._rpc", "kiln.api.app_identity", "kiln.api.background_thread", "kiln.api.blobstore", "kiln.api.datastore", "kiln.api.datastore_errors",
     "kiln.api.datastore_types", "kiln.api.deferred", "kiln.api.images", "kiln.api.images_errors", "kiln.api.mail", "kiln.api.mail_errors",
     "kiln.api.memcache", "kiln.api.namespace_manager", "kiln.api.taskqueue", "kiln.api.urlfetch", "kiln.api.urlfetch_errors",
     "kiln.api.users", "kiln.errors", "kiln.ext", "kiln.ext.db", "kiln.ext.db._errors", "kiln.ext.db._model",
     "kiln.ext.db._properties", "kiln.ext.db._query", "kiln.gql", "kiln.mailrules", "kiln.pb", "kiln.runtime",
-    "kiln.sdk", "kiln.sdk._errors", "kiln.sdk.app_identity", "kiln.sdk.capability", "kiln.sdk.datastore_v3",
+    "kiln.sdk", "kiln.sdk._errors", "kiln.sdk.app_identity", "kiln.sdk.blobinfo", "kiln.sdk.blobstore", "kiln.sdk.capability", "kiln.sdk.datastore_v3",
     "kiln.sdk.images", "kiln.sdk.mail", "kiln.sdk.memcache", "kiln.sdk.modules", "kiln.sdk.proxy", "kiln.sdk.service",
     "kiln.sdk.system", "kiln.sdk.taskqueue", "kiln.sdk.tickets", "kiln.sdk.urlfetch", "kiln.sdk.user",
 }
-CONTRACTS = {"kiln.pb.cron", "kiln.pb.datastore", "kiln.pb.deploy", "kiln.pb.identity", "kiln.pb.images", "kiln.pb.logs",
+CONTRACTS = {"kiln.pb.blobstore", "kiln.pb.cron", "kiln.pb.datastore", "kiln.pb.deploy", "kiln.pb.identity", "kiln.pb.images", "kiln.pb.logs",
              "kiln.pb.mail", "kiln.pb.memcache", "kiln.pb.modules", "kiln.pb.runtime", "kiln.pb.taskqueue",
              "kiln.pb.urlfetch"}
 # Top-level packages of kiln's own deployables and platform: never imported by anything in ``kiln``.
 PLATFORM = {"kiln_platform", "natscallout", "router", "runtime", "deploy", "datastore_svc", "memcache_svc",
             "urlfetch_svc", "mail_svc", "images_svc", "cron_svc", "logs_svc", "identity_svc", "taskqueue_svc",
-            "nats"}
+            "blobstore_svc", "nats"}
 
 
 def test_kiln_package_holds_exactly_the_pinned_app_modules():

@@ -17,7 +17,7 @@ def test_service_addresses_come_from_flags_then_environment_then_defaults():
                                       {"KILN_RUNTIME_MAIL_ADDR": "env:3", "KILN_RUNTIME_IMAGES_ADDR": "img:4"})
     assert found == {"datastore": "ds:1", "mail": "mx:2", "images": "img:4", "memcache": "127.0.0.1:50052",
                      "urlfetch": "127.0.0.1:50053", "identity": "127.0.0.1:50058",
-                     "taskqueue": "127.0.0.1:50059", "modules": ""}
+                     "taskqueue": "127.0.0.1:50059", "blobstore": "127.0.0.1:50062", "modules": ""}
 
 
 def test_every_destination_gets_a_socket_and_the_runtime_flags_point_at_them(tmp_path):

@@ -136,7 +136,7 @@ def test_a_ticket_of_another_app_is_refused(sdk, monkeypatch):
             users.create_login_url("/")
 
 
-@pytest.mark.parametrize("service, call", [("channel", "CreateChannel"), ("search", "Search"), ("blobstore", "DeleteBlob"),
+@pytest.mark.parametrize("service, call", [("channel", "CreateChannel"), ("search", "Search"), ("file", "Open"),
                                            ("xmpp", "SendMessage"), ("logservice", "Read"),
                                            ("no_such_service", "Anything")])
 def test_a_service_kiln_does_not_serve_fails_with_call_not_found_naming_it(sdk, ticket, service, call):
