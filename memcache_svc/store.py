@@ -193,9 +193,11 @@ class Cache:
             self._locked[key] = (absolute_expiry(lockout_seconds, now), item.accessed)
         return True
 
-    def incr(self, key: Key, delta: int, decrement: bool, initial: int | None, initial_flags: int = 0) -> int | None:
+    def incr(self, key: Key, delta: int, decrement: bool, initial: int | None, initial_flags: int = 0, *,
+             keep_width: bool = False) -> int | None:
         """The new value, or None if the key is missing (or delete-locked) and no ``initial`` was given (an item
-        created from ``initial`` gets ``initial_flags``).
+        created from ``initial`` gets ``initial_flags``). With ``keep_width`` a new value shorter than the old one
+        is padded with spaces to the old length, as memcached's in-place update does (its text protocol).
 
         Raises:
             ValueError: the stored value is not a decimal number below 2**64.
@@ -213,7 +215,10 @@ class Cache:
                 raise ValueError("the value is not a decimal number that fits 64 unsigned bits")
             current, flags, expires = int(text), item.flags, item.expires
         new = max(current - delta, 0) if decrement else (current + delta) % U64
-        self._store(key, str(new).encode(), flags, expires, now)
+        text = str(new).encode()
+        if keep_width and item is not None and len(text) < len(item.value):
+            text = text.ljust(len(item.value))
+        self._store(key, text, flags, expires, now)
         return new
 
     def touch(self, key: Key, expiration: int) -> bool:
@@ -234,6 +239,12 @@ class Cache:
             del self._locked[key]
         if reset_stats:
             self._stats[app] = Stats()
+
+    def reset_counters(self, app: str) -> None:
+        """Start the app's hit and miss counters again; its items and their bytes stay (memcached's ``stats
+        reset``)."""
+        stats = self._stats[app]
+        stats.hits = stats.misses = stats.byte_hits = 0
 
     def stats(self, app: str) -> tuple[Stats, int]:
         """The app's statistics and the age, in seconds, of its least recently used item."""

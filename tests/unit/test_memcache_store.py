@@ -177,3 +177,26 @@ def test_a_flush_starts_the_apps_counters_again_unless_told_to_keep_them(cache):
     assert cache.stats("app")[0].hits == 1
     cache.flush("app")
     assert (cache.stats("app")[0].hits, cache.stats("app")[0].items) == (0, 0)
+
+
+def test_incr_keeping_width_pads_a_shorter_number_with_spaces(cache):
+    cache.set(K, b"100", 0, 0, "set")
+    assert cache.incr(K, 1, True, None, keep_width=True) == 99
+    assert cache.get(K).value == b"99 "
+    assert cache.incr(K, 1, False, None, keep_width=True) == 100
+    assert cache.get(K).value == b"100"
+
+
+def test_incr_without_keep_width_stores_the_bare_number(cache):
+    cache.set(K, b"100", 0, 0, "set")
+    cache.incr(K, 1, True, None)
+    assert cache.get(K).value == b"99"
+
+
+def test_reset_counters_zeroes_hits_and_misses_but_keeps_items(cache):
+    cache.set(K, b"v", 0, 0, "set")
+    cache.get(K)
+    cache.get(("app", "", b"missing"))
+    cache.reset_counters("app")
+    stats, _ = cache.stats("app")
+    assert (stats.hits, stats.misses, stats.byte_hits, stats.items, stats.bytes) == (0, 0, 0, 1, 2)
