@@ -19,7 +19,8 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js.api import ObjectStoreConfig
+from nats.js.api import KeyValueConfig, ObjectStoreConfig, RetentionPolicy
+from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
 from kiln.pb.logs.v1 import logs_pb2
@@ -237,6 +238,65 @@ DEPLOY_DEFAULT_SUBJECT = "kiln.deploy.default"
 # the control plane's request, when it starts, that every host report at once.
 DEPLOY_HOST_SUBJECT = "kiln.deploy.host"
 DEPLOY_HOST_REPORT_SUBJECT = "kiln.deploy.host.report"
+# Demand for a version no instance serves: a router whose request found no responder publishes one; runtime hosts
+# take each from a work queue, one host each, only while they have room for an instance (runtime/host.py). One
+# message per version per DEMAND_DEDUPE_SECONDS is stored (its message id names the version and that period).
+DEMAND_STREAM = "KILN_DEMAND"
+DEMAND_SUBJECTS = "kiln.demand.>"
+DEMAND_CONSUMER = "runtime-hosts"
+DEMAND_MAX_AGE_SECONDS = 60.0  # a request waits in the router's pending queue for less than this
+DEMAND_DEDUPE_SECONDS = 5.0
+
+
+def demand_subject(app_id: str, version_id: str) -> str:
+    """Where a request for a version no instance serves asks for one."""
+    return f"kiln.demand.{app_id}.{version_id}"
+
+
+def demand_of(subject: str) -> tuple[str, str] | None:
+    """The (app, version) a demand subject names, or None."""
+    parts = subject.split(".")
+    return (parts[2], parts[3]) if len(parts) == 4 and parts[:2] == ["kiln", "demand"] else None
+
+
+def demand_message_id(app_id: str, version_id: str, now: float) -> str:
+    """The id that makes the demand stream keep one message per version per period, whichever router sent it."""
+    return f"{app_id}.{version_id}.{int(now // DEMAND_DEDUPE_SECONDS)}"
+
+
+async def ensure_demand_stream(nc: Client) -> None:
+    """Create the demand work queue if it does not exist yet (routers and runtime hosts call this)."""
+    js = nc.jetstream()
+    try:
+        await js.stream_info(DEMAND_STREAM)
+    except nats.js.errors.NotFoundError:
+        try:
+            await js.add_stream(name=DEMAND_STREAM, subjects=[DEMAND_SUBJECTS],
+                                retention=RetentionPolicy.WORK_QUEUE, max_age=DEMAND_MAX_AGE_SECONDS,
+                                duplicate_window=DEMAND_DEDUPE_SECONDS)
+        except nats.js.errors.BadRequestError:
+            await js.stream_info(DEMAND_STREAM)  # another process created it meanwhile
+
+
+# Which runtime host runs a version started on demand: one key per version (APP.VERSION), its value the host's
+# name, created by the host that takes the demand (so a stale demand never starts a second manager elsewhere),
+# refreshed while the manager runs, deleted when it scales to zero; a dead host's keys expire after the TTL.
+PLACEMENT_BUCKET = "KILN_PLACEMENT"
+PLACEMENT_TTL_SECONDS = 30.0
+
+
+async def placement_bucket(nc: Client) -> KeyValue:
+    """The placement bucket (created if it does not exist yet)."""
+    js = nc.jetstream()
+    try:
+        return await js.key_value(PLACEMENT_BUCKET)
+    except nats.js.errors.BucketNotFoundError:
+        try:
+            return await js.create_key_value(KeyValueConfig(bucket=PLACEMENT_BUCKET, ttl=PLACEMENT_TTL_SECONDS))
+        except nats.js.errors.BadRequestError:
+            return await js.key_value(PLACEMENT_BUCKET)  # another host created it meanwhile
+
+
 LOG_STREAM = "KILN_LOGS"
 LOG_STREAM_MAX_AGE_SECONDS = 7 * 24 * 3600
 

@@ -41,6 +41,7 @@ from kiln.pb.logs.v1 import logs_pb2
 from kiln.pb.runtime.v1 import http_pb2
 from router import connections, cookies, headers, hosts, oidc, paths, replies, responses, static, users, workers
 from router.config import RouterConfig
+from router.demand import Demand
 from router.geo import GeoIP
 from router.logship import LogShipper
 from router.versions import ControlVersions, LocalVersions, Version, parse_app_dirs
@@ -66,9 +67,11 @@ class Router:
         self.source: VersionSource | None = None
         self.deployed: ControlVersions | None = None
         self.local: LocalVersions | ControlVersions = LocalVersions(parse_app_dirs(cfg.app_dirs))
+        self.demand: Demand | None = None  # deployed versions scale to zero: a request may have to ask for one
         if cfg.control_plane:
             self.source = VersionSource(str(cfg.control_plane), cfg.control_token.get(), cfg.cache_dir.expanduser())
             self.local = self.deployed = ControlVersions(self.source, self.versions)
+            self.demand = Demand(nc)
         self.sessions = users.Sessions(cfg.session_secret.get(), auth_domain=cfg.auth_domain)
         self.admins = cfg.admin_map()
         self.oidc = oidc.OidcClient(issuer=cfg.oidc_issuer, client_id=cfg.oidc_client_id,
@@ -82,8 +85,10 @@ class Router:
         self._bodies: dict[str, bus.BodyStore] = {}
         self._statics: dict[tuple[str, str, int], static.StaticFiles] = {}
 
-    async def _request(self, subject: str, data: bytes, started: float, patient: bool, timeout: float) -> Msg:
-        """NATS request-reply to an instance; when ``patient``, retry "no responders" until the pending timeout."""
+    async def _request(self, subject: str, data: bytes, started: float, patient: bool, timeout: float,
+                       version: tuple[str, str] | None = None) -> Msg:
+        """NATS request-reply to an instance; when ``patient``, retry "no responders" until the pending timeout,
+        asking runtime hosts for an instance of ``version`` (app, version) meanwhile."""
         delay = 0.02
         while True:
             try:
@@ -91,6 +96,8 @@ class Router:
             except nats.errors.NoRespondersError:
                 if not patient or time.time() + delay - started > self.cfg.pending_timeout_seconds:
                     raise
+                if version is not None and self.demand is not None:
+                    self.demand.ask(*version)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.5)
 
@@ -171,11 +178,12 @@ class Router:
             envelope.ClearField("body")
         subject = (bus.instance_subject(target.app_id, target.instance_id) if target.instance_id
                    else bus.http_subject(target.app_id, target.version_id))
-        # The default version exists; while none of its instances listens (one is starting or being
-        # replaced), the request waits in a pending queue, as on App Engine, instead of failing.
-        patient = not (target.instance_id or target.explicit_version)
+        # The version exists; while none of its instances listens (one is starting, being replaced, or the version
+        # scaled to zero and a host is asked for one), the request waits in a pending queue, as on App Engine.
+        patient = not target.instance_id
         try:
-            msg = await self._request(subject, envelope.SerializeToString(), started, patient, timeout)
+            msg = await self._request(subject, envelope.SerializeToString(), started, patient, timeout,
+                                      None if target.instance_id else (target.app_id, target.version_id))
         except nats.errors.NoRespondersError:
             if target.instance_id:
                 return responses.plain(404, f"Instance {target.instance_id!r} is not serving.")
@@ -467,6 +475,8 @@ async def serve(cfg: RouterConfig) -> None:
         return
     nc = await bus.connect(cfg.nats_url, name="router")
     await bus.ensure_log_stream(nc)
+    if cfg.control_plane:
+        await bus.ensure_demand_stream(nc)
     router = Router(cfg, nc)
     await router.replies.start()
     follower = None

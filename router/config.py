@@ -64,7 +64,7 @@ class RouterConfig:
                                             "0: no limit")
     body_min_bytes_per_second: float = field(500.0, "the minimum rate a request body must keep after the grace "
                                                     "period (see body_grace_seconds)")
-    pending_timeout_seconds: float = field(10.0, "how long a request to an app's default version waits for an "
+    pending_timeout_seconds: float = field(10.0, "how long a request to an app's version waits for an "
                                                  "instance while none is serving (one starting or being replaced)")
     request_timeout_seconds: float = field(70.0, "how long to wait for an instance's answer")
     ready_file: pathlib.Path | None = field(None, "write the bound address here once serving")

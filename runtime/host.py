@@ -1,17 +1,24 @@
-"""The runtime host: runs every deployed version on this machine, as the control plane says.
+"""The runtime host: runs deployed versions on this machine when requests want them, as App Engine scales.
 
 ``python -m runtime.host --control-plane HOST:PORT --run-dir DIR [--cache-dir DIR] -- RUNTIME_ARGS...``
-keeps one instance manager (:mod:`runtime.manager`) per deployed version:
+runs an instance manager (:mod:`runtime.manager`) for a deployed version only while the version needs one here:
 
-- at start, and every ``--resync-seconds``, it lists apps and versions from the
-  control plane and starts a manager for each version it does not run yet at
-  its current minor, and stops the managers of versions that are gone;
-- on ``kiln.deploy.version`` events it acts at once: a new version, or a new
-  minor of one, gets its files materialized by content hash
-  (:class:`kiln_platform.deployclient.VersionSource`) and a new manager; only once that
-  manager's first instances serve is the old minor's manager stopped (it
-  drains its requests), so a redeploy drops no request; a deleted version's
-  manager is stopped;
+- a version without resident instances (App Engine's default: ``automatic_scaling`` without ``min_instances``,
+  and ``basic_scaling``) runs nothing until a request wants it. A request that finds no instance makes the router
+  publish a demand for the version on a JetStream work queue (:mod:`router.demand`); each demand goes to one host,
+  which takes it only while it has room (``--capacity-mb``, each manager counted at its instance class's memory,
+  F1 384 MB and so on), so a host at capacity leaves it to another. The host that takes it starts the version's
+  manager with ``--scale-to-zero``: its first instance answers the waiting requests, and when its instances have
+  all gone idle (``idle_seconds``, 15 minutes by default) the manager exits and the version runs nothing again;
+- a version with resident instances (``min_instances`` ≥ 1, ``manual_scaling``) runs on every host, as before
+  (placing those by capacity is not built yet);
+- at start, and every ``--resync-seconds``, it lists apps and versions from the control plane, starts the resident
+  versions it does not run yet, moves the versions it runs to their current minor, stops the managers of
+  versions that are gone, and forgets managers that exited;
+- on ``kiln.deploy.version`` events it acts at once: a new minor of a version it runs (or of a resident one) gets
+  its files materialized by content hash (:class:`kiln_platform.deployclient.VersionSource`) and a new manager;
+  only once that manager's first instances serve is the old minor's manager stopped (it drains its requests), so a
+  redeploy drops no request; a deleted version's manager is stopped;
 - each instance gets the control plane's address (``--modules-addr``), where the app's SDK asks which
   services and versions the app has (App Engine's Modules API), with the app's own token, and, with
   ``--apps-domain``, its app's ``DEFAULT_VERSION_HOSTNAME`` (``APP.DOMAIN``);
@@ -42,13 +49,19 @@ from collections.abc import Mapping, Sequence
 
 from nats.aio.client import Client
 
-from kiln_platform import bus, config, interpreters
+import nats.errors
+import nats.js.errors
+from nats.js.kv import KeyValue
+
+from kiln_platform import appyaml, bus, config, interpreters
 from kiln_platform import log as kiln_log
 from kiln_platform.deployclient import VersionSource, follow, parse_event
 from kiln.pb.deploy.v1 import deploy_pb2 as pb
 from kiln.pb.deploy.v1 import events_pb2
 from kiln_platform.supervisor import Child, StartError, Supervisor, python_module
-from kiln.errors import ConfigError
+from kiln.errors import ConfigError, KilnError
+from runtime import isolation
+from runtime.manager import Scaling
 
 log = logging.getLogger(__name__)
 
@@ -62,20 +75,58 @@ HEARTBEAT_TTL_PERIODS = 3
 INTERPRETERS_REFRESH_SECONDS = 60.0
 
 
+# The share of the machine's memory instances may take by default (the rest: the host, managers, the system).
+DEFAULT_CAPACITY_SHARE = 0.8
+# How long a demand this host has no room for waits before the work queue offers it again (to any host).
+NO_ROOM_REDELIVERY_SECONDS = 0.5
+
+
 @dataclasses.dataclass
 class Running:
-    """One version's manager on this host."""
+    """One version's manager on this host, and the memory counted for it."""
 
     minor: int
     child: Child
+    memory_mb: int = 0
+    resident: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Needs:
+    """What running a version asks of a host."""
+
+    resident: bool  # min_instances >= 1: runs without requests
+    memory_mb: int  # one instance of its class
+
+    @classmethod
+    def of(cls, version: pb.Version) -> Needs:
+        """From the version's app.yaml (an app.yaml that cannot be read here counts as one F1 instance on demand)."""
+        try:
+            app = appyaml.parse(version.app_yaml)
+        except (KilnError, ValueError):
+            return cls(False, isolation.INSTANCE_MEMORY_MB["F1"])
+        return cls(Scaling.from_app(app).min_instances > 0, isolation.instance_memory_mb(app))
+
+
+def default_capacity_mb() -> int:
+    """:data:`DEFAULT_CAPACITY_SHARE` of the machine's memory."""
+    with open("/proc/meminfo", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                return int(int(line.split()[1]) / 1024 * DEFAULT_CAPACITY_SHARE)
+    raise ConfigError("--capacity-mb: cannot read the machine's memory from /proc/meminfo; give it")
 
 
 class Host:
     """Keeps a manager per deployed version (see module docstring)."""
 
     def __init__(self, source: VersionSource, run_dir: pathlib.Path, manager_args: Sequence[str],
-                 runtime_args: Sequence[str], *, control_plane: str, apps_domain: str = "") -> None:
+                 runtime_args: Sequence[str], *, control_plane: str, apps_domain: str = "",
+                 capacity_mb: int = 0, name: str = "") -> None:
         self._source = source
+        self.capacity_mb = capacity_mb
+        self.name = name
+        self.placement: KeyValue | None = None  # set once connected (bus.PLACEMENT_BUCKET)
         self._control_plane = control_plane  # instances ask it for their app's services and versions
         self._apps_domain = apps_domain
         self._run_dir = run_dir
@@ -83,21 +134,115 @@ class Host:
         self._manager_args = list(manager_args)
         self._runtime_args = list(runtime_args)
         self.running: dict[tuple[str, str], Running] = {}
+        self._starting: dict[tuple[str, str], int] = {}  # memory counted for managers not ready yet
+        self._starts: set[asyncio.Task[None]] = set()
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
 
     def _lock(self, key: tuple[str, str]) -> asyncio.Lock:
         return self._locks.setdefault(key, asyncio.Lock())
 
+    @property
+    def used_mb(self) -> int:
+        """The memory counted for the managers running and starting here."""
+        return sum(r.memory_mb for r in self.running.values()) + sum(self._starting.values())
+
+    def has_room(self, memory_mb: int) -> bool:
+        return self.used_mb + memory_mb <= self.capacity_mb
+
+    async def reap(self) -> None:
+        """Forget the managers that exited: scaled to zero (status 0), or failed (the next request asks again)."""
+        for key, found in list(self.running.items()):
+            status = found.child.proc.poll()
+            if status is None or self._lock(key).locked():
+                continue
+            del self.running[key]
+            with contextlib.suppress(ValueError):
+                self._sup.children.remove(found.child)
+            if not found.resident:
+                await self._release(key)
+            if status == 0:
+                log.info("app %s: version %s.%d scaled to zero", *key, found.minor)
+            else:
+                log.warning("app %s: the manager of version %s.%d exited with status %s:\n%s", *key, found.minor,
+                            status, found.child.log_tail())
+
+    async def _claim(self, key: tuple[str, str]) -> bool:
+        """Take the version's placement key for this host; False when another host holds it (runs or starts it)."""
+        if self.placement is None:
+            return True
+        try:
+            await self.placement.create(".".join(key), self.name.encode())
+            return True
+        except nats.js.errors.KeyWrongLastSequenceError:
+            with contextlib.suppress(nats.js.errors.KeyNotFoundError):
+                entry = await self.placement.get(".".join(key))
+                return entry.value == self.name.encode()  # ours already (an earlier manager of this host's)
+            return False
+
+    async def _release(self, key: tuple[str, str]) -> None:
+        """Give the version's placement key up (its manager here is gone), if this host holds it."""
+        if self.placement is None:
+            return
+        try:
+            entry = await self.placement.get(".".join(key))
+            if entry.value == self.name.encode():
+                await self.placement.delete(".".join(key), last=entry.revision)
+        except Exception as exc:  # noqa: BLE001 - it expires after bus.PLACEMENT_TTL_SECONDS anyway
+            log.debug("placement of %s/%s not released: %s", *key, exc)
+
+    async def keep_placements(self) -> None:
+        """Refresh the placement keys of the versions started on demand here, until cancelled (a dead host's keys
+        expire, and a demand for its versions is then taken by a host with room)."""
+        while True:
+            await asyncio.sleep(bus.PLACEMENT_TTL_SECONDS / 3)
+            if self.placement is None:
+                continue
+            for key, found in list(self.running.items()):
+                if not found.resident:
+                    try:
+                        await self.placement.put(".".join(key), self.name.encode())
+                    except Exception as exc:  # noqa: BLE001 - NATS away: the next round
+                        log.warning("placement of %s/%s not refreshed: %s", *key, exc)
+
     async def reconcile(self) -> None:
-        """Run exactly the versions the control plane has, each at its current minor."""
-        wanted: dict[tuple[str, str], int] = {}
+        """Run the resident versions, move the running ones to their current minor, stop the deleted ones."""
+        await self.reap()
+        wanted: dict[tuple[str, str], pb.Version] = {}
         for app in await self._source.apps():
             for version in await self._source.versions(app.app_id):
-                wanted[(app.app_id, version.version_id)] = version.minor
-        for (app_id, version_id), minor in wanted.items():
-            await self.ensure(app_id, version_id, minor)
+                wanted[(app.app_id, version.version_id)] = version
+        for (app_id, version_id), version in wanted.items():
+            if (app_id, version_id) in self.running or Needs.of(version).resident:
+                await self.ensure(app_id, version_id, version.minor)
         for key in [k for k in self.running if k not in wanted]:
             await self.stop(*key)
+
+    async def on_demand(self, app_id: str, version_id: str) -> bool:
+        """A request wants an instance of the version: start its manager here unless it runs here already. False
+        when this host has no room for it (another host may take the demand)."""
+        key = (app_id, version_id)
+        await self.reap()
+        if key in self.running or self._lock(key).locked():
+            return True  # running or starting here: its instances answer the waiting requests
+        manifest = await self._source.version(app_id, version_id)
+        if manifest is None:
+            return True  # deleted meanwhile: nothing to start
+        if not self.has_room(Needs.of(manifest).memory_mb):
+            return False
+        if not await self._claim(key):
+            return True  # another host runs or starts it (this demand came while it started)
+        task = asyncio.ensure_future(self._start_safely(app_id, version_id, manifest.minor))
+        self._starts.add(task)
+        task.add_done_callback(self._starts.discard)
+        return True
+
+    async def _start_safely(self, app_id: str, version_id: str, minor: int) -> None:
+        try:
+            await self.ensure(app_id, version_id, minor)
+        except Exception as exc:  # noqa: BLE001 - the next waiting request asks again
+            log.error("app %s: version %s could not start: %s", app_id, version_id, exc)
+        if (app_id, version_id) not in self.running:
+            await self._release((app_id, version_id))
 
     async def ensure(self, app_id: str, version_id: str, minor: int) -> None:
         """Run ``minor`` (or newer) of the version; replace an older minor once the new one serves."""
@@ -111,8 +256,18 @@ class Host:
                 return  # deleted meanwhile
             if current is not None and current.minor >= manifest.minor:
                 return
-            child = await self._start(manifest)
-            self.running[key] = Running(manifest.minor, child)
+            needs = Needs.of(manifest)
+            if current is None and not self.has_room(needs.memory_mb):
+                log.warning("app %s: no room on this host for version %s (%d of %d MB counted)", app_id, version_id,
+                            self.used_mb, self.capacity_mb)
+                return
+            # Counted from the start, so that demands taken meanwhile see the room it takes.
+            self._starting[key] = 0 if current is not None else needs.memory_mb
+            try:
+                child = await self._start(manifest)
+            finally:
+                del self._starting[key]
+            self.running[key] = Running(manifest.minor, child, needs.memory_mb, needs.resident)
             if current is not None:
                 log.info("app %s: version %s.%d replaces .%d", app_id, version_id, manifest.minor, current.minor)
                 await _stop_child(current.child)
@@ -131,9 +286,10 @@ class Host:
         run = self._run_dir / manifest.app_id / f"{manifest.version_id}.{manifest.minor}"
         run.mkdir(parents=True, exist_ok=True)
         ready = run / "manager.ready"
+        ready.unlink(missing_ok=True)  # an earlier manager of this minor's, which scaled to zero
         argv = python_module("runtime.manager", "--app-dir", str(root), "--app-id", manifest.app_id,
                              "--version-id", manifest.version_id, "--run-dir", str(run), "--ready-file", str(ready),
-                             *self._manager_args, "--", "--minor-version", str(manifest.minor),
+                             "--scale-to-zero", *self._manager_args, "--", "--minor-version", str(manifest.minor),
                              "--modules-addr", self._control_plane, *self._default_hostname(manifest.app_id),
                              *self._runtime_args)
         child = self._sup.spawn(name, argv, env=os.environ, ready_file=ready)
@@ -154,12 +310,21 @@ class Host:
         if not isinstance(event, events_pb2.VersionEvent):
             return
         if event.kind == events_pb2.VersionEvent.KIND_CREATED:
+            await self.reap()
+            if (event.app_id, event.version_id) not in self.running:
+                manifest = await self._source.version(event.app_id, event.version_id)
+                if manifest is None or not Needs.of(manifest).resident:
+                    log.info("app %s: version %s.%d runs nothing until a request wants it", event.app_id,
+                             event.version_id, event.minor)
+                    return
             await self.ensure(event.app_id, event.version_id, event.minor)
         elif event.kind == events_pb2.VersionEvent.KIND_DELETED:
             await self.stop(event.app_id, event.version_id)
 
     async def shutdown(self) -> None:
         await asyncio.gather(*(self.stop(*key) for key in list(self.running)))
+        await asyncio.to_thread(self._sup.stop_all)  # managers still starting (their start then fails at once)
+        await asyncio.gather(*self._starts, return_exceptions=True)
 
 
 async def _stop_child(child: Child) -> None:
@@ -189,6 +354,38 @@ def heartbeat(name: str, versions: Sequence[str], period: float) -> events_pb2.H
                                     ttl_seconds=period * HEARTBEAT_TTL_PERIODS)
     beat.sent_at.GetCurrentTime()
     return beat
+
+
+async def take_demands(nc: Client, host: Host) -> None:
+    """Take demands for versions from the work queue while this host has room (see the module docstring)."""
+    await bus.ensure_demand_stream(nc)
+    pulled = await nc.jetstream().pull_subscribe(bus.DEMAND_SUBJECTS, durable=bus.DEMAND_CONSUMER,
+                                                 stream=bus.DEMAND_STREAM)
+    smallest = min(isolation.INSTANCE_MEMORY_MB.values())
+    while True:
+        await host.reap()
+        if not host.has_room(smallest):
+            await asyncio.sleep(NO_ROOM_REDELIVERY_SECONDS)  # full: leave the queue to hosts with room
+            continue
+        try:
+            msgs = await pulled.fetch(1, timeout=5)
+        except (nats.errors.TimeoutError, TimeoutError):
+            continue
+        except Exception as exc:  # noqa: BLE001 - NATS away: try again shortly
+            log.warning("runtime host: reading demands: %s", exc)
+            await asyncio.sleep(1)
+            continue
+        for msg in msgs:
+            wanted = bus.demand_of(msg.subject)
+            try:
+                taken = wanted is None or await host.on_demand(*wanted)
+            except Exception as exc:  # noqa: BLE001 - the control plane away: another host, or later
+                log.warning("runtime host: demand for %s: %s", msg.subject, exc)
+                taken = False
+            if taken:
+                await msg.ack()
+            else:
+                await msg.nak(delay=NO_ROOM_REDELIVERY_SECONDS)
 
 
 async def report(nc: Client, name: str, period: float) -> None:
@@ -225,9 +422,11 @@ async def report(nc: Client, name: str, period: float) -> None:
 
 async def run(source: VersionSource, run_dir: pathlib.Path, manager_args: Sequence[str],
               runtime_args: Sequence[str], nats_url: str, resync_seconds: float, *, name: str,
-              heartbeat_seconds: float, control_plane: str, apps_domain: str = "") -> int:
-    host = Host(source, run_dir, manager_args, runtime_args, control_plane=control_plane, apps_domain=apps_domain)
+              heartbeat_seconds: float, control_plane: str, apps_domain: str = "", capacity_mb: int = 0) -> int:
+    host = Host(source, run_dir, manager_args, runtime_args, control_plane=control_plane, apps_domain=apps_domain,
+                capacity_mb=capacity_mb, name=name)
     nc = await bus.connect(nats_url, name="runtime-host")
+    host.placement = await bus.placement_bucket(nc)
     events: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
 
     async def enqueue(subject: str, data: bytes) -> None:
@@ -246,7 +445,8 @@ async def run(source: VersionSource, run_dir: pathlib.Path, manager_args: Sequen
                 log.warning("acting on a deployment event: %s", exc)
 
     tasks = [asyncio.ensure_future(follow(nc, enqueue, host.reconcile, resync_seconds, "versions")),
-             asyncio.ensure_future(handle()), asyncio.ensure_future(report(nc, name, heartbeat_seconds))]
+             asyncio.ensure_future(handle()), asyncio.ensure_future(report(nc, name, heartbeat_seconds)),
+             asyncio.ensure_future(take_demands(nc, host)), asyncio.ensure_future(host.keep_placements())]
     try:
         await stop.wait()
     finally:
@@ -278,6 +478,10 @@ def parser() -> argparse.ArgumentParser:
                         help="the domain apps are served under (the router's --domain): each app's instances get "
                              "DEFAULT_VERSION_HOSTNAME APP.DOMAIN, which modules.get_hostname() and the SDK's "
                              "app_identity read (default: the runtime's --default-hostname)")
+    parser.add_argument("--capacity-mb", type=int, default=0,
+                        help="memory this host gives instances: versions are started here only while their "
+                             "instance class fits (F1 384 MB, F2 768, F4 1536, F4_1G and B8 3072; B1-B4 as F1-F4) "
+                             f"(default: {DEFAULT_CAPACITY_SHARE:.0%} of the machine's memory)")
     parser.add_argument("--manager-arg", action="append", default=[], dest="manager_args",
                         help="an option passed to every runtime.manager (repeat), e.g. --manager-arg=--isolation=none")
     return parser
@@ -305,7 +509,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         source = VersionSource(args.control_plane, token, args.cache_dir)  # its channel needs the running loop
         return await run(source, args.run_dir, args.manager_args, argv[split + 1:], nats_url, args.resync_seconds,
                          name=args.name, heartbeat_seconds=args.heartbeat_seconds,
-                         control_plane=args.control_plane, apps_domain=args.apps_domain)
+                         control_plane=args.control_plane, apps_domain=args.apps_domain,
+                         capacity_mb=args.capacity_mb or default_capacity_mb())
     return asyncio.run(main_async())
 
 

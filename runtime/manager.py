@@ -4,12 +4,18 @@
 one app version (each ``python -m runtime RUNTIME_ARGS --instance-id ...``)
 and keeps their number where the load wants it:
 
-- never fewer than ``min_instances`` (app.yaml ``automatic_scaling``, default 1) —
-  an instance that exits (crashed, or stuck past a deadline) is replaced;
+- never fewer than ``min_instances`` (app.yaml ``automatic_scaling``; App Engine's default is 0) and, unless
+  ``--scale-to-zero``, never fewer than one — an instance that exits (crashed, or stuck past a deadline) is
+  replaced;
 - more while instances are busy: each heartbeat reports the requests an
   instance holds; when they average above ``max_concurrent_requests`` ×
   ``target_throughput_utilization`` a new instance starts, up to ``max_instances``;
 - fewer when instances stay idle longer than ``idle_seconds``.
+
+With ``--scale-to-zero`` (what ``runtime.host`` runs a version without resident instances with), the manager starts
+one instance at once (it was started because a request wants one), lets idle instances go down to
+``min_instances``, and, once none is left, exits with status 0: the version runs nothing until a request asks
+for it again (:mod:`runtime.host`). ``kiln dev`` keeps one instance ready.
 
 Instances share the version's NATS queue group, so a new instance takes work
 as soon as it subscribes and a stopping one drains its requests first; a
@@ -58,7 +64,7 @@ DEFAULT_TARGET_UTILIZATION = 0.6
 class Scaling:
     """The bounds and targets of automatic scaling."""
 
-    min_instances: int = 1
+    min_instances: int = 0  # App Engine's default: no instance is kept without traffic
     max_instances: int = 20
     max_concurrent_requests: int = DEFAULT_MAX_CONCURRENT
     target_utilization: float = DEFAULT_TARGET_UTILIZATION
@@ -80,7 +86,7 @@ class Scaling:
         if config.manual_scaling is not None:  # a fixed number of resident instances
             out.min_instances = out.max_instances = config.manual_scaling.instances
         elif config.basic_scaling is not None:
-            # App Engine starts basic instances on the first request; kiln keeps one ready (no start on demand yet).
+            # App Engine starts basic instances on the first request and stops them after idle_timeout.
             out.max_instances = config.basic_scaling.max_instances
             out.idle_seconds = float(config.basic_scaling.idle_timeout_seconds)
         if not config.threadsafe:
@@ -163,10 +169,12 @@ class Orphans:
 class Manager:
     """Runs the instances of one version (see module docstring)."""
 
-    def __init__(self, supervisor: Supervisor, launch: Launch, scaling: Scaling) -> None:
+    def __init__(self, supervisor: Supervisor, launch: Launch, scaling: Scaling, *,
+                 scale_to_zero: bool = False) -> None:
         self._sup = supervisor
         self._launch = launch
         self.scaling = scaling
+        self.scale_to_zero = scale_to_zero
         self.instances: dict[str, _Instance] = {}
         self.stopping: dict[str, _Instance] = {}  # sent SIGTERM (scaled down), not yet gone
         self.orphans: list[Orphans] = []  # requests of ended instances, for run() to answer
@@ -234,6 +242,19 @@ class Manager:
     def starting(self) -> bool:
         return any(not i.ready for i in self.instances.values())
 
+    @property
+    def floor(self) -> int:
+        """The fewest instances to keep: ``min_instances``; at least one without ``--scale-to-zero``, and at least one
+        until the first has served (a manager is started because a request wants an instance)."""
+        if not self.scale_to_zero or not self.ever_ready:
+            return max(1, self.scaling.min_instances)
+        return self.scaling.min_instances
+
+    @property
+    def scaled_to_zero(self) -> bool:
+        """With ``--scale-to-zero``: every instance has gone idle and stopped; the manager's work is done."""
+        return self.scale_to_zero and self.ever_ready and self.floor == 0 and not self.instances and not self.stopping
+
     def tick(self) -> None:
         """One scaling decision.
 
@@ -257,6 +278,7 @@ class Manager:
         for instance_id, inst in list(self.instances.items()):
             if not inst.ready and inst.ready_file.exists():
                 inst.ready = self.ever_ready = True
+                inst.busy_at = now  # idle from when it could first serve, not from when it was started
                 self._failures = 0
                 self.on_change()
             if inst.child.proc.poll() is None:
@@ -286,10 +308,11 @@ class Manager:
         current = len(self.instances)
         active = sum(i.active for i in self.instances.values())
         pending = max((i.pending_seconds for i in self.instances.values()), default=0.0)
-        wanted = self.scaling.wanted(active, current, pending)
-        if current < self.scaling.min_instances or (wanted > current and not self.starting):
+        floor = self.floor
+        wanted = max(floor, self.scaling.wanted(active, current, pending))
+        if current < floor or (wanted > current and not self.starting):
             self.start_instance()
-        elif current > self.scaling.min_instances:
+        elif current > floor:
             idle = [i for i in self.instances.values()
                     if i.ready and i.active == 0 and now - i.busy_at > self.scaling.idle_seconds]
             if idle and current > wanted:
@@ -431,6 +454,9 @@ async def run(manager: Manager, nats_url: str, app_id: str, version_id: str, rea
                 await answer(nc, manager)
             if ready_file is not None and manager.ever_ready and not ready_file.exists():
                 ready_file.write_text("managing\n")
+            if manager.scaled_to_zero:
+                log.info("every instance went idle and stopped: scaled to zero")
+                break
             wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(_first(stop.wait(), wake.wait()), timeout=0.1 if manager.starting else 0.25)
@@ -513,6 +539,9 @@ def parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     parser.add_argument("--max-instances", type=int)
     parser.add_argument("--max-concurrent-requests", type=int)
     parser.add_argument("--idle-seconds", type=float)
+    parser.add_argument("--scale-to-zero", action="store_true",
+                        help="start one instance now, let idle ones go down to min_instances, and exit once none is "
+                             "left (runtime.host starts the manager again when a request wants the version)")
     parser.add_argument("--ready-file", type=pathlib.Path, help="written once the first instances serve")
     parser.add_argument("--isolation", choices=("auto", "user", "none"), default="auto",
                         help="user: each app's instances run as the app's own Unix user on a private copy of its "
@@ -652,7 +681,7 @@ def build(args: argparse.Namespace, extra_runtime_args: Sequence[str], environ: 
                     app_root=app_root, uid=uid, staged=app_dir.parent if mode == "user" else None,
                     forwards=forwards, socket_dir=sockets, cgroup=memory,
                     memory_cap=int(memory_mb * isolation.KERNEL_MEMORY_FACTOR) << 20, python=python)
-    return Manager(Supervisor(args.run_dir), launch, scaling)
+    return Manager(Supervisor(args.run_dir), launch, scaling, scale_to_zero=args.scale_to_zero)
 
 
 # RuntimeConfig's ``<name>_addr`` settings ("modules": the control plane, for App Engine's Modules API; unset under

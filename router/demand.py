@@ -1,0 +1,53 @@
+"""Asking runtime hosts for an instance of a version none serves (scale to zero's way back).
+
+A version without traffic runs no instance (:mod:`runtime.host`, ``--scale-to-zero``). When a request for it finds
+no responder, the router publishes a demand for the version on the demand work queue
+(:func:`kiln_platform.bus.ensure_demand_stream`) and keeps the request in its pending queue; one runtime host with
+room takes the demand and starts the version's manager, whose first instance then answers the waiting requests.
+A router asks at most once per version every :data:`ASK_SECONDS` while requests wait, and the stream keeps one
+message per version per period whichever router sent it, so a burst of requests is one start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from nats.aio.client import Client
+
+from kiln_platform import bus
+
+log = logging.getLogger(__name__)
+
+ASK_SECONDS = bus.DEMAND_DEDUPE_SECONDS
+_MAX_REMEMBERED = 4096
+
+
+class Demand:
+    """Publishes demands for versions (see module docstring)."""
+
+    def __init__(self, nc: Client) -> None:
+        self._js = nc.jetstream()
+        self._asked: dict[tuple[str, str], float] = {}
+        self._sending: set[asyncio.Task[None]] = set()
+
+    def ask(self, app_id: str, version_id: str) -> None:
+        """Ask for an instance of the version, unless this router asked less than :data:`ASK_SECONDS` ago."""
+        key = (app_id, version_id)
+        now = time.monotonic()
+        if now - self._asked.get(key, -ASK_SECONDS) < ASK_SECONDS:
+            return
+        if len(self._asked) >= _MAX_REMEMBERED:
+            self._asked.clear()
+        self._asked[key] = now
+        task = asyncio.ensure_future(self._publish(app_id, version_id))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _publish(self, app_id: str, version_id: str) -> None:
+        try:
+            await self._js.publish(bus.demand_subject(app_id, version_id), b"", timeout=5,
+                                   headers={"Nats-Msg-Id": bus.demand_message_id(app_id, version_id, time.time())})
+        except Exception as exc:  # noqa: BLE001 - the next waiting request asks again
+            log.warning("could not ask for an instance of %s/%s: %s", app_id, version_id, exc)
