@@ -110,7 +110,7 @@ def _wait(predicate, seconds: float, what: str) -> None:  # type: ignore[no-unty
 def _deploy(control: str, app: str, source: pathlib.Path, tmp: pathlib.Path, version: str = "v1",
             extra: str = "") -> None:
     app_dir = tmp / f"{app}-{version}"
-    shutil.copytree(source, app_dir)
+    shutil.copytree(source, app_dir, dirs_exist_ok=True)  # again after a refused deploy
     if extra:
         text = (app_dir / "app.yaml").read_text()
         (app_dir / "app.yaml").write_text(text.replace("handlers:", extra + "handlers:", 1))
