@@ -252,3 +252,18 @@ async def test_the_consumer_takes_what_arrived_while_it_gathered_in_one_pull(sup
     assert len(pulls) - pulls_before == 1
     await watcher.drain()
     await nc.drain()
+
+
+async def test_a_batch_of_records_is_one_sqlite_transaction(tmp_path):
+    """The gathered batch is one commit (one WAL sync), not one per record."""
+    store = LogStore(tmp_path / "logs.sqlite3")
+    await store.open()
+    statements: list[str] = []
+    store._db.set_trace_callback(statements.append)
+    app = app_id()
+    await store.add([record(app, f"r{i}", NOW_US + i) for i in range(50)])
+    store._db.set_trace_callback(None)
+    assert [s for s in statements if s in ("BEGIN", "COMMIT")] == ["BEGIN", "COMMIT"]
+    assert statements[0] == "BEGIN" and statements[-1] == "COMMIT"
+    assert len(await query(store, app)) == 50
+    await store.close()
