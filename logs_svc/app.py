@@ -14,8 +14,10 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 import nats.errors
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from kiln_platform import bus, grpcserver
@@ -32,23 +34,44 @@ BATCH = 50  # messages a fetch; each holds up to a few hundred records (a router
 GATHER_SECONDS = 0.25  # after the first message of a batch, how long to gather more before storing them
 GATHER_MESSAGES = 200  # at most this many messages (each up to a few hundred records) stored together
 STORE_RETRY_SECONDS = 1.0  # after the store failed, before the batch is tried again
+# How long a pull that finds nothing waits (it returns at once with what the stream holds otherwise).
+_AVAILABLE_SECONDS = 0.05
 
 
-async def consume(js: JetStreamContext, store: Store, stopping: asyncio.Event) -> None:
-    """Move records from the stream into the store until ``stopping`` is set."""
+async def _available(sub: JetStreamContext.PullSubscription, most: int) -> list[Msg]:
+    """Up to ``most`` messages the stream holds for the consumer now (none if it holds none)."""
+    try:
+        return await sub.fetch(most, timeout=_AVAILABLE_SECONDS)
+    except (nats.errors.TimeoutError, TimeoutError):
+        return []
+
+
+async def consume(js: JetStreamContext, store: Store, stopping: asyncio.Event, *,
+                  gather: Callable[[], Awaitable[None]] | None = None) -> None:
+    """Move records from the stream into the store until ``stopping`` is set.
+
+    ``gather`` is awaited between the first messages of a batch and the rest (by default a wait of
+    ``GATHER_SECONDS``, cut short by ``stopping``).
+    """
+    async def gather_window() -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), GATHER_SECONDS)
+
     sub = await js.pull_subscribe(bus.REQUEST_LOG_SUBJECT, durable=CONSUMER, stream=bus.LOG_STREAM)
     # A stop flag rather than cancellation: nats-py's fetch turns a cancellation
     # into its own timeout error, which this loop would take for an empty batch.
     while not stopping.is_set():
         try:
-            msgs = await sub.fetch(BATCH, timeout=1.0)
-            # Each store commit is an fsync (SQLite, synchronous=FULL), most of a record's cost when records come
-            # in small batches: gather what arrives for a moment longer and store it together.
-            gather_until = asyncio.get_running_loop().time() + GATHER_SECONDS
-            while len(msgs) < GATHER_MESSAGES and (left := gather_until - asyncio.get_running_loop().time()) > 0:
-                try:
-                    msgs += await sub.fetch(BATCH, timeout=left)
-                except (nats.errors.TimeoutError, TimeoutError):
+            msgs = await sub.fetch(BATCH, timeout=1.0)  # waits for the first message, returns what is there
+            # Each store commit is an fsync (SQLite, synchronous=FULL), and each pull a request nats-server answers
+            # with what it holds *now*: pulling again and again while messages trickle in (one a request at one
+            # connection) cost a pull, a status message and a wake-up of both processes per message. So wait
+            # while messages gather in the stream, then take them all in as few pulls as the batch allows.
+            await (gather or gather_window)()
+            while (wanted := GATHER_MESSAGES - len(msgs)) > 0:
+                more = await _available(sub, wanted)
+                msgs += more
+                if len(more) < wanted:  # the stream had no more
                     break
         except (nats.errors.TimeoutError, TimeoutError):
             continue

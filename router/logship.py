@@ -17,6 +17,13 @@ caught it). A batch's ``Nats-Msg-Id`` is its first record's request id and its s
 first acknowledgement lost) is stored once within the stream's duplicate window (2 minutes by default; one that
 takes longer to get through may be stored twice, which the logs service stores once, by request id).
 
+An acknowledgement is matched without a task, a future or a timeout wrapper per batch (the cost of nats-py's
+JetStream ``publish``, which at one connection, one batch a request, was most of the router's log work): the
+shipper has one reply subscription of its own (``<inbox>.<counter>``, as :mod:`router.replies` does for requests),
+one task writes a turn's batches, and each batch waiting for its acknowledgement has one timer, which sends it
+again (after a pause) if no acknowledgement came within ``ACK_TIMEOUT_SECONDS``; an answer that is an error
+(no stream yet, the stream refusing) sends it again the same way.
+
 Memory is bounded: at most ``max_pending`` records wait at once; beyond that a new record is dropped and counted
 in a warning (NATS has been away long enough that the router would otherwise grow without bound). On shutdown
 :meth:`LogShipper.close` gives the waiting records a few seconds to get through.
@@ -26,10 +33,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
+import json
 import logging
 
 import nats.errors
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 
 from kiln_platform import bus
 from kiln.pb.logs.v1 import logs_pb2
@@ -38,9 +48,23 @@ log = logging.getLogger(__name__)
 
 ACK_TIMEOUT_SECONDS = 5.0
 MAX_PAUSE_SECONDS = 5.0
+FIRST_PAUSE_SECONDS = 0.1
 # Room left in a message for the batch's framing and headers.
 _HEADROOM = 4096
-_BATCH_HEADERS = {bus.LOG_BATCH_HEADER: "1"}
+_STATUS = "Status"
+
+
+class _Batch:
+    """One message of records on its way: sent, and sent again, until acknowledged."""
+
+    __slots__ = ("payload", "headers", "count", "pause", "timer")
+
+    def __init__(self, batch_id: str, records: list[bytes]) -> None:
+        self.payload = logs_pb2.RequestLogBatch(records=records).SerializeToString()
+        self.headers = {bus.LOG_BATCH_HEADER: "1", "Nats-Msg-Id": batch_id}
+        self.count = len(records)
+        self.pause = FIRST_PAUSE_SECONDS
+        self.timer: asyncio.TimerHandle | None = None
 
 
 class LogShipper:
@@ -49,14 +73,19 @@ class LogShipper:
     def __init__(self, nc: Client, subject: str, *, max_pending: int = 50_000,
                  max_batch_bytes: int = 512 * 1024) -> None:
         self._nc = nc
-        self._js = nc.jetstream()
         self._subject = subject
         self._max_pending = max_pending
         self._max_batch_bytes = max_batch_bytes
         self._queue: collections.deque[tuple[str, bytes]] = collections.deque()
         self._in_flight = 0  # records taken into batches not yet acknowledged
         self._send_scheduled = False
-        self._senders: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.Task[None]] = set()
+        self._waiting: dict[str, _Batch] = {}  # by the token of the attempt waiting for its acknowledgement
+        self._pausing: set[_Batch] = set()  # to be sent again after a pause
+        self._tokens = itertools.count()
+        self._prefix = ""  # of this shipper's acknowledgement subjects, once subscribed
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._dropped = 0
 
     def ship(self, request_id: str, record: bytes) -> None:
@@ -68,19 +97,21 @@ class LogShipper:
                             self.pending, self._dropped)
             return
         self._queue.append((request_id, record))
+        self._idle.clear()
         if not self._send_scheduled:  # the first record of this turn: send at its end
             self._send_scheduled = True
             asyncio.get_running_loop().call_soon(self._send_queued)
 
     def _send_queued(self) -> None:
-        """Start sending everything queued, as few messages as fit."""
+        """Start writing everything queued, as few messages as fit (one task for them all)."""
         self._send_scheduled = False
+        batches = []
         while self._queue:
-            first_id, batch = self._take()
-            self._in_flight += len(batch)
-            task = asyncio.create_task(self._send(f"{first_id}+{len(batch)}", batch))
-            self._senders.add(task)
-            task.add_done_callback(self._senders.discard)
+            first_id, records = self._take()
+            self._in_flight += len(records)
+            batches.append(_Batch(f"{first_id}+{len(records)}", records))
+        if batches:
+            self._write_soon(batches)
 
     def _take(self) -> tuple[str, list[bytes]]:
         """The queued records that fit one message, oldest first (always at least one)."""
@@ -93,28 +124,76 @@ class LogShipper:
             size += len(record) + 8  # a record's tag and length take at most 8 bytes
         return first_id, batch
 
-    async def _send(self, batch_id: str, records: list[bytes]) -> None:
-        try:
-            await self._publish(batch_id, records)
-        finally:
-            self._in_flight -= len(records)
+    def _write_soon(self, batches: list[_Batch]) -> None:
+        task = asyncio.create_task(self._write(batches))
+        self._writers.add(task)
+        task.add_done_callback(self._writers.discard)
 
-    async def _publish(self, batch_id: str, records: list[bytes]) -> None:
-        payload = logs_pb2.RequestLogBatch(records=records).SerializeToString()
-        pause = 0.1
-        while True:
+    async def _write(self, batches: list[_Batch]) -> None:
+        """Write ``batches`` to NATS, each waiting for its acknowledgement (or its timer) from then on."""
+        loop = asyncio.get_running_loop()
+        if not self._prefix:
+            prefix = self._nc.new_inbox() + "."
             try:
-                await self._js.publish(self._subject, payload, timeout=ACK_TIMEOUT_SECONDS,
-                                       headers={**_BATCH_HEADERS, "Nats-Msg-Id": batch_id})
+                await self._nc.subscribe(prefix + "*", cb=self._on_ack)
+                self._prefix = prefix
+            except nats.errors.Error as exc:
+                log.debug("request logs: subscribing to acknowledgements failed (%s); trying again", exc)
+                for batch in batches:
+                    self._again(batch)
                 return
+        for batch in batches:
+            token = format(next(self._tokens), "x")
+            try:
+                await self._nc.publish(self._subject, batch.payload, reply=self._prefix + token,
+                                       headers=batch.headers)
             except nats.errors.MaxPayloadError:
                 log.error("request logs dropped: %d record(s) of %d bytes exceed NATS's message limit (%d)",
-                          len(records), len(payload), self._nc.max_payload)
-                return
-            except (nats.errors.Error, asyncio.TimeoutError) as exc:
-                log.debug("request logs %s not acknowledged yet (%s); sending again", batch_id, exc)
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, MAX_PAUSE_SECONDS)
+                          batch.count, len(batch.payload), self._nc.max_payload)
+                self._done(batch)
+                continue
+            except nats.errors.Error as exc:
+                log.debug("request logs not written to NATS (%s); sending again", exc)
+                self._again(batch)
+                continue
+            self._waiting[token] = batch
+            batch.timer = loop.call_later(ACK_TIMEOUT_SECONDS, self._unanswered, token)
+
+    async def _on_ack(self, msg: Msg) -> None:
+        batch = self._waiting.pop(msg.subject[len(self._prefix):], None)
+        if batch is None:
+            return  # the answer to an attempt that timed out (and was sent again): the new attempt's counts
+        if batch.timer is not None:
+            batch.timer.cancel()
+        if msg.headers and msg.headers.get(_STATUS):  # 503: no stream listens (yet)
+            log.debug("request logs not stored (status %s); sending again", msg.headers.get(_STATUS))
+            self._again(batch)
+        elif b'"error"' in msg.data:  # a PubAck is {"stream":…,"seq":…}; an error names itself
+            log.debug("request logs not stored (%s); sending again", json.loads(msg.data).get("error"))
+            self._again(batch)
+        else:
+            self._done(batch)
+
+    def _unanswered(self, token: str) -> None:
+        batch = self._waiting.pop(token, None)
+        if batch is not None:
+            log.debug("request logs not acknowledged within %.0f s; sending again", ACK_TIMEOUT_SECONDS)
+            self._again(batch)
+
+    def _again(self, batch: _Batch) -> None:
+        """Send ``batch`` again after its pause, each pause longer than the last."""
+        pause, batch.pause = batch.pause, min(batch.pause * 2, MAX_PAUSE_SECONDS)
+        self._pausing.add(batch)
+        batch.timer = asyncio.get_running_loop().call_later(pause, self._resend, batch)
+
+    def _resend(self, batch: _Batch) -> None:
+        self._pausing.discard(batch)
+        self._write_soon([batch])
+
+    def _done(self, batch: _Batch) -> None:
+        self._in_flight -= batch.count
+        if not self.pending:
+            self._idle.set()
 
     @property
     def pending(self) -> int:
@@ -125,11 +204,15 @@ class LogShipper:
         """Give waiting records ``grace`` seconds to get through, then give up on the rest (logged)."""
         if self._queue:  # records of this turn whose send has not started yet
             self._send_queued()
-        if not self._senders:
-            return
-        _, left = await asyncio.wait(set(self._senders), timeout=grace)
-        for task in left:
-            task.cancel()
-        await asyncio.gather(*left, return_exceptions=True)
-        if self.pending:
+        try:
+            await asyncio.wait_for(self._idle.wait(), grace)
+        except TimeoutError:
             log.warning("%d request logs not acknowledged by NATS at shutdown; they are lost", self.pending)
+        for batch in [*self._waiting.values(), *self._pausing]:
+            if batch.timer is not None:
+                batch.timer.cancel()
+        self._waiting.clear()
+        self._pausing.clear()
+        for task in list(self._writers):
+            task.cancel()
+        await asyncio.gather(*self._writers, return_exceptions=True)

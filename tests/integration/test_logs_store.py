@@ -201,3 +201,69 @@ async def test_the_consumer_stores_each_record_of_batched_and_single_messages(su
     await consumer
     assert sorted(store.stored) == expected
     await nc.drain()
+
+
+class StoppingStore:
+    """Keeps the request ids of each ``add`` call, and stops the consumer after the first (a unit of ours)."""
+
+    def __init__(self, stopping: asyncio.Event) -> None:
+        self.adds: list[list[str]] = []
+        self._stopping = stopping
+
+    async def add(self, records) -> None:
+        self.adds.append([r.request_id for r in records])
+        self._stopping.set()
+
+
+async def test_the_consumer_takes_what_arrived_while_it_gathered_in_one_pull(supervisor, tmp_path):
+    """Messages that arrive one at a time (a router at one connection sends one a request) are not pulled one at a
+    time: after the first, the consumer waits out its gather window and takes the rest in one pull."""
+    from logs_svc.app import CONSUMER, consume
+    (tmp_path / "nats").mkdir()
+    nats_url = f"nats://{supervisor.start_nats(tmp_path / 'nats', name=f'nats-{tmp_path.name}').address}"
+    nc = await bus.connect(nats_url, name="test-logs-gather")
+    watcher = await bus.connect(nats_url, name="test-logs-pulls")
+    await bus.ensure_log_stream(nc)
+    pulls: list[bytes] = []
+
+    async def on_pull(msg) -> None:
+        pulls.append(msg.data)
+    await watcher.subscribe(f"$JS.API.CONSUMER.MSG.NEXT.{bus.LOG_STREAM}.{CONSUMER}", cb=on_pull)
+    await watcher.flush()
+    app = app_id()
+    js = nc.jetstream()  # acknowledged publishes: the stream holds each before the test goes on
+    await js.publish(bus.REQUEST_LOG_SUBJECT, record(app, "r0", NOW_US).SerializeToString())
+    stopping, gathering, released = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def gather() -> None:
+        gathering.set()
+        await released.wait()
+    store = StoppingStore(stopping)
+    consumer = asyncio.create_task(consume(js, store, stopping, gather=gather))
+    await asyncio.wait_for(gathering.wait(), 30)
+    await watcher.flush()  # the first pull, answered already, has reached the watcher
+    pulls_before = len(pulls)
+    for i in range(1, 31):  # one at a time, each sent before the next
+        await js.publish(bus.REQUEST_LOG_SUBJECT, record(app, f"r{i}", NOW_US + i).SerializeToString())
+    released.set()
+    await asyncio.wait_for(consumer, 30)
+    await watcher.flush()
+    assert [sorted(ids) for ids in store.adds] == [sorted(f"r{i}" for i in range(31))]
+    assert len(pulls) - pulls_before == 1
+    await watcher.drain()
+    await nc.drain()
+
+
+async def test_a_batch_of_records_is_one_sqlite_transaction(tmp_path):
+    """The gathered batch is one commit (one WAL sync), not one per record."""
+    store = LogStore(tmp_path / "logs.sqlite3")
+    await store.open()
+    statements: list[str] = []
+    store._db.set_trace_callback(statements.append)
+    app = app_id()
+    await store.add([record(app, f"r{i}", NOW_US + i) for i in range(50)])
+    store._db.set_trace_callback(None)
+    assert [s for s in statements if s in ("BEGIN", "COMMIT")] == ["BEGIN", "COMMIT"]
+    assert statements[0] == "BEGIN" and statements[-1] == "COMMIT"
+    assert len(await query(store, app)) == 50
+    await store.close()

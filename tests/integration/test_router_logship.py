@@ -155,3 +155,30 @@ def test_a_record_is_written_to_nats_in_the_next_turn_even_while_earlier_batches
         assert written == sorted(written) and len(set(written)) == 4
     finally:
         server.stop()
+
+
+def test_records_shipped_before_the_stream_exists_are_stored_once_it_is_created(own_nats):
+    """No stream answers (NATS's "no responders"): the batch is sent again, with a pause, until one does."""
+
+    async def scenario() -> tuple[int, list[bytes], int]:
+        nc = await nats.connect(own_nats)
+        shipper = LogShipper(nc, bus.REQUEST_LOG_SUBJECT)
+        refused = nc.stats["out_msgs"]
+        shipper.ship("request-0", b"record 0")
+
+        async def sent_again() -> bool:  # the first attempt was answered "no responders" and written again
+            return nc.stats["out_msgs"] >= refused + 2
+        await _wait(sent_again, 30)
+        assert shipper.pending == 1
+        await bus.ensure_log_stream(nc)
+
+        async def stored() -> bool:
+            return shipper.pending == 0
+        await _wait(stored, 30)
+        messages, records, _ = await _stored(nc.jetstream())
+        await shipper.close()
+        await nc.close()
+        return messages, records, shipper.pending
+
+    messages, records, pending = asyncio.run(scenario())
+    assert records == [b"record 0"] and messages == 1 and pending == 0
