@@ -35,7 +35,7 @@ from typing import Any, Protocol, TypeVar, cast
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from kiln import errors
 from kiln_platform import auth
@@ -367,7 +367,9 @@ async def start(cfg: GrpcServiceConfig, registrations: Iterable[Registration],
         names += [n for n, _ in generic]
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, as_server)
-    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], as_server)
+    # The asyncio servicer named directly: enable_server_reflection picks it only for a grpc.aio.Server instance.
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(  # type: ignore[no-untyped-call]  # generated, untyped
+        reflection.aio.ReflectionServicer([*names, health.SERVICE_NAME, reflection.SERVICE_NAME]), as_server)
     bound = server.add_insecure_port(str(cfg.listen))
     if bound == 0:
         raise errors.ConfigError(f"listen: cannot bind {cfg.listen}")
