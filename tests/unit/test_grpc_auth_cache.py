@@ -167,7 +167,8 @@ def test_every_handler_added_through_the_guarded_server_authenticates_its_calls(
     guarded = grpcserver._GuardedServer(recorder, grpcserver.CallGuard(grpcserver.AppTokens(SECRET)))  # type: ignore[arg-type]
     guarded.add_registered_method_handlers("test.Svc", {"Who": raw})
     guarded.add_generic_rpc_handlers([_Generic(raw)])
-    handlers = [recorder.registered["/test.Svc/Who"], recorder.generic[0].service(_Details())]
+    handlers = [generic.service(_Details()) for generic in recorder.generic]
+    assert len(handlers) == 2
     for handler in handlers:
         assert handler is not raw
         refused = _Context(_md(auth.mint_app_token("other-secret", "app-a")))
@@ -182,3 +183,11 @@ def test_the_guarded_server_offers_no_way_to_add_an_unwrapped_handler():
                                                                  "add_registered_method_handlers"]
     with pytest.raises(AttributeError):
         guarded.add_insecure_port  # type: ignore[attr-defined]  # noqa: B018
+
+
+def test_handlers_offered_for_registration_are_served_generically_so_grpcs_loop_waits_on_one_future():
+    recorder = _Recorder()
+    guarded = grpcserver._GuardedServer(recorder, grpcserver.CallGuard(grpcserver.AppTokens(SECRET)))  # type: ignore[arg-type]
+    guarded.add_registered_method_handlers("test.Svc", {"Who": grpc.unary_unary_rpc_method_handler(_who)})
+    assert recorder.registered == {}
+    assert recorder.generic[0].service(_Details()) is not None
