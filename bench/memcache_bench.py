@@ -10,7 +10,8 @@ In one run, round by round (the configurations interleaved within each round), o
   ``kiln.api._rpc``'s options, a deadline and the app's token as metadata; nothing checks it);
 - **memcached**: pymemcache against Debian's memcached (``noreply=False`` for sets).
 
-For each: p50/p99 and CPU µs per call of the client (this process, all its threads) and of the server process
+Within a round the configurations take turns in slices (``--slices``), so a burst of load on a shared machine
+falls on all of them alike. For each: p50/p99 and CPU µs per call of the client (this process, all its threads) and of the server process
 (utime+stime from /proc). It prints the medians over rounds, each round's ratios, and the median of the ratios:
 get p50 kiln ÷ bare grpcio (aim ≤ 1.2×), get_multi(100) p50 kiln ÷ memcached get_many(100) (aim ≤ 2×).
 
@@ -86,18 +87,40 @@ def _cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
-def measure(n: int, op: Callable[[int], object], server_pid: int) -> dict[str, float]:
-    """p50/p99 (ms) and client/server CPU µs per call of ``n`` calls one at a time."""
-    client0, server0 = _cpu(os.getpid()), _cpu(server_pid)
-    samples = []
-    for i in range(n):
-        start = time.perf_counter()
-        op(i)
-        samples.append(time.perf_counter() - start)
-    client1, server1 = _cpu(os.getpid()), _cpu(server_pid)
-    samples.sort()
-    return {"p50": samples[len(samples) // 2] * 1000, "p99": samples[min(n - 1, int(0.99 * n))] * 1000,
-            "client_us": (client1 - client0) * 1e6 / n, "server_us": (server1 - server0) * 1e6 / n}
+class _Tally:
+    """One configuration's samples and CPU over the slices of a round."""
+
+    def __init__(self) -> None:
+        self.samples: list[float] = []
+        self.client = self.server = 0.0
+
+    def run(self, start: int, n: int, op: Callable[[int], object], server_pid: int) -> None:
+        client0, server0 = _cpu(os.getpid()), _cpu(server_pid)
+        for i in range(start, start + n):
+            begin = time.perf_counter()
+            op(i)
+            self.samples.append(time.perf_counter() - begin)
+        self.client += _cpu(os.getpid()) - client0
+        self.server += _cpu(server_pid) - server0
+
+    def figures(self) -> dict[str, float]:
+        """p50/p99 (ms) and client/server CPU µs per call."""
+        n = len(self.samples)
+        samples = sorted(self.samples)
+        return {"p50": samples[n // 2] * 1000, "p99": samples[min(n - 1, int(0.99 * n))] * 1000,
+                "client_us": self.client * 1e6 / n, "server_us": self.server * 1e6 / n}
+
+
+def measure_round(configs: list[tuple[str, int, Callable[[int], object], int]],
+                  slices: int) -> dict[str, dict[str, float]]:
+    """One round: each configuration's calls in ``slices`` slices, the configurations taking turns slice by slice,
+    so a burst of load on the shared machine falls on all of them alike rather than on one."""
+    tallies = {name: _Tally() for name, _, _, _ in configs}
+    for k in range(slices):
+        for name, count, op, pid in configs:
+            per = max(1, count // slices)
+            tallies[name].run(k * per, per, op, pid)
+    return {name: tally.figures() for name, tally in tallies.items()}
 
 
 def main() -> int:
@@ -105,6 +128,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--ops", type=int, default=1000, help="single-key calls per configuration per round "
                         "(get_multi runs a tenth as many)")
+    parser.add_argument("--slices", type=int, default=6, help="each round's calls of a configuration are made in "
+                        "this many slices, the configurations taking turns (default 6)")
     parser.add_argument("--bare-server", type=pathlib.Path, help=argparse.SUPPRESS)  # the child's mode
     args = parser.parse_args()
     if args.bare_server:
@@ -157,14 +182,14 @@ def main() -> int:
             for i in range(50):
                 op(i)
         for _ in range(args.rounds):
-            rounds.append({name: measure(count, op, pid) for name, count, op, pid in configs})
+            rounds.append(measure_round(configs, args.slices))
     finally:
         daemon.terminate()
         daemon.wait()
         sup.stop_all()
     print(f"memcache benchmark: {os.cpu_count()} CPUs, load average at start {load[0]:.2f} {load[1]:.2f} "
           f"{load[2]:.2f}; 100-byte values, one call at a time; {args.rounds} interleaved rounds of {args.ops} calls "
-          f"({args.ops // 10} for 100 keys); medians over rounds")
+          f"({args.ops // 10} for 100 keys), in {args.slices} slices taking turns; medians over rounds")
     for name in rounds[0]:
         med = {k: statistics.median(r[name][k] for r in rounds) for k in ("p50", "p99", "client_us", "server_us")}
         print(f"  {name:28} p50 {med['p50']:6.3f} ms  p99 {med['p99']:6.3f} ms  ({1000 / med['p50']:6,.0f}/s)  "

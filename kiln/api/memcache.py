@@ -167,9 +167,13 @@ class _Shards:
             return self._ring
 
     def stub(self, address: str) -> memcache_pb2_grpc.MemcacheServiceStub | None:
+        # Reading the two dicts needs no lock (each read is atomic); only making a stub does.
+        if self._down_until and self._down_until.get(address, 0) > time.monotonic():
+            return None
+        found = self._stubs.get(address)
+        if found is not None:
+            return found
         with self._lock:
-            if self._down_until.get(address, 0) > time.monotonic():
-                return None
             found = self._stubs.get(address)
             if found is None:
                 channel = _rpc.channel(self._targets.get(address, address))
@@ -192,7 +196,8 @@ _shards = _Shards()
 
 def _namespace(namespace: str | None) -> str:
     ns = namespace_manager.get_namespace() if namespace is None else namespace
-    namespace_manager.validate_namespace(ns, ValueError)
+    if ns != "":  # the default namespace (a str, always valid) needs no check
+        namespace_manager.validate_namespace(ns, ValueError)
     return ns
 
 
@@ -224,11 +229,16 @@ def _result(rpc: _rpc.UserRPC, method: str, address: str,
     except _RAISED:
         raise
     except errors.KilnError as exc:
-        if isinstance(exc, _SHARD_DOWN):
-            _shards.failed(address)
-        log.warning("memcache %s on shard %s failed (%s: %s); answering as App Engine did", method, address,
-                    type(exc).__name__, exc)
+        _swallow(exc, method, address)
         return None
+
+
+def _swallow(exc: errors.KilnError, method: str, address: str) -> None:
+    """A failure App Engine's client answered as a miss: log it, and rest the shard if it did not answer."""
+    if isinstance(exc, _SHARD_DOWN):
+        _shards.failed(address)
+    log.warning("memcache %s on shard %s failed (%s: %s); answering as App Engine did", method, address,
+                type(exc).__name__, exc)
 
 
 class Client:
@@ -240,7 +250,28 @@ class Client:
     # ---------------------------------------------------------------- reads
 
     def get(self, key: Any, namespace: str | None = None, for_cas: bool = False) -> Any:
-        return self.get_multi([key], namespace=namespace, for_cas=for_cas).get(key)
+        # One key, one shard: the call made directly, without get_multi's grouping by shard and its futures (the
+        # same checks, encoding, deadline, token and error rules as every other call).
+        ns, raw = _namespace(namespace), _encode_key(key, b"")
+        shard = _shards.ring().shard_for(raw)
+        stub = _shards.stub(shard)
+        if stub is None:
+            log.debug("memcache Get: shard %s is resting after a failure; answering as App Engine did", shard)
+            return None
+        request = pb.GetRequest(namespace=ns, keys=(raw,), for_cas=for_cas)
+        try:
+            resp = _rpc.call(stub.Get, request, timeout=CALL_TIMEOUT, table=_ERRORS)
+        except _RAISED:
+            raise
+        except errors.KilnError as exc:
+            _swallow(exc, "Get", shard)
+            return None
+        for item in resp.items:
+            if item.key == raw:
+                if for_cas:
+                    self._cas_ids[(ns, raw)] = item.cas_id
+                return _decode_value(item.value, item.flags)
+        return None
 
     def gets(self, key: Any, namespace: str | None = None) -> Any:
         return self.get(key, namespace=namespace, for_cas=True)

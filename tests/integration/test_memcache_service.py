@@ -371,3 +371,49 @@ def test_a_request_the_service_refuses_raises_value_error(shards, as_app):
         memcache.get_multi(too_many)
     with pytest.raises(ValueError, match="10001 keys in one call"):
         memcache.delete_multi(too_many)
+
+
+# ------------------------------------------------------------------ the single-key get (a call of its own)
+
+@pytest.mark.parametrize("key", ["caf\u00e9 \u2603", "\u00e9" * 125, "\u00e9" * 200, "k" * 250, "k" * 251],
+                         ids=["non-ascii", "250 bytes of non-ascii", "hashed non-ascii", "250 bytes", "hashed"])
+def test_a_get_finds_what_get_multi_and_set_stored_under_every_key_form(as_app, key):
+    assert memcache.set(key, "v1") is True
+    assert memcache.get(key) == "v1"
+    assert memcache.get(key.encode("utf-8")) == "v1"  # a str key is its UTF-8 bytes
+    assert memcache.get((12345, key)) == "v1"  # App Engine's (hash, key) form
+    memcache.set_multi({key: "v2"})
+    assert memcache.get(key) == memcache.get_multi([key])[key] == "v2"
+
+
+def test_a_get_of_a_missing_key_or_in_another_namespace_is_a_miss(as_app):
+    memcache.set("k", "default")
+    assert memcache.get("absent") is None
+    assert memcache.get("k", namespace="other") is None
+    assert memcache.get("k", namespace="") == "default"
+
+
+def test_a_get_refuses_a_bad_namespace_or_key_before_sending(as_app):
+    with pytest.raises(ValueError):
+        memcache.get("k", namespace="bad namespace!")
+    with pytest.raises(ValueError):
+        memcache.get("")
+    with pytest.raises(TypeError):
+        memcache.get(3.5)
+
+
+def test_the_service_checks_a_one_key_get_as_a_many_key_one(shards):
+    with grpc.insecure_channel(shards[0].address) as channel:
+        stub = memcache_pb2_grpc.MemcacheServiceStub(channel)
+        for request in (pb.GetRequest(keys=[b""]), pb.GetRequest(keys=[b"k" * 251]),
+                        pb.GetRequest(namespace="no spaces", keys=[b"k"])):
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Get(request, metadata=app_metadata("checked"), timeout=5)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, request
+        stub.Set(pb.SetRequest(items=[pb.Item(key=b"k", value=b"v", flags=3)]), metadata=app_metadata("checked"),
+                 timeout=5)
+        plain = stub.Get(pb.GetRequest(keys=[b"k"]), metadata=app_metadata("checked"), timeout=5)
+        for_cas = stub.Get(pb.GetRequest(keys=[b"k"], for_cas=True), metadata=app_metadata("checked"), timeout=5)
+        assert [(i.key, i.value, i.flags, i.cas_id) for i in plain.items] == [(b"k", b"v", 3, 0)]
+        assert [(i.key, i.value, i.flags) for i in for_cas.items] == [(b"k", b"v", 3)] and for_cas.items[0].cas_id
+        assert not stub.Get(pb.GetRequest(keys=[b"k"]), metadata=app_metadata("other-app"), timeout=5).items

@@ -1,5 +1,5 @@
 """The server's one authentication rule stays exact when its work is remembered: verified app tokens until they
-expire, and each method's wrapped handler (no sockets: the interceptor is driven with a stand-in call context)."""
+expire, and each method's wrapped handler (no sockets: the guard is driven with a stand-in call context)."""
 
 from __future__ import annotations
 
@@ -88,36 +88,47 @@ class _Details:
     method = "/test.Svc/Who"
 
 
-def _serve(interceptor: grpcserver.ErrorInterceptor, handler: Any, context: _Context) -> tuple[Any, Any]:
-    """One call: the handler the interceptor gives for the method, and what it answered (None when aborted)."""
-    async def continuation(details: Any) -> Any:
-        return handler
+class _Generic(grpc.GenericRpcHandler):
+    def __init__(self, handler: Any) -> None:
+        self.handler = handler
 
-    async def run() -> tuple[Any, Any]:
-        wrapped = await interceptor.intercept_service(continuation, _Details())
+    def service(self, handler_call_details: Any) -> Any:
+        return self.handler
+
+
+def _answer(wrapped: Any, context: _Context) -> Any:
+    async def run() -> Any:
         try:
-            return wrapped, await wrapped.unary_unary(b"", context)
+            return await wrapped.unary_unary(b"", context)
         except _Aborted:
-            return wrapped, None
+            return None
     return asyncio.run(run())
 
 
-def test_each_method_is_wrapped_once_and_every_call_is_still_authenticated():
-    async def who(request: Any, context: Any) -> str:
-        return grpcserver.caller_app()
+def _serve(generic: grpc.GenericRpcHandler, context: _Context) -> tuple[Any, Any]:
+    """One call: the handler the guarded generic handler gives for the method, and what it answered (None when
+    aborted)."""
+    wrapped = generic.service(_Details())
+    return wrapped, _answer(wrapped, context)
 
-    handler = grpc.unary_unary_rpc_method_handler(who)
-    interceptor = grpcserver.ErrorInterceptor(grpcserver.AppTokens(SECRET))
+
+async def _who(request: Any, context: Any) -> str:
+    return grpcserver.caller_app()
+
+
+def test_each_method_is_wrapped_once_and_every_call_is_still_authenticated():
+    inner = _Generic(grpc.unary_unary_rpc_method_handler(_who))
+    generic = grpcserver.CallGuard(grpcserver.AppTokens(SECRET)).generic(inner)
     good = _Context(_md(auth.mint_app_token(SECRET, "app-a")))
-    first, answer = _serve(interceptor, handler, good)
+    first, answer = _serve(generic, good)
     assert answer == "app-a"
     refused = _Context(_md(auth.mint_app_token("other-secret", "app-a")))
-    again, answer = _serve(interceptor, handler, refused)
+    again, answer = _serve(generic, refused)
     assert again is first
     assert answer is None and refused.aborted is not None
     assert refused.aborted[0] is grpc.StatusCode.UNAUTHENTICATED
     anonymous = _Context(())
-    assert _serve(interceptor, handler, anonymous)[1] is None
+    assert _serve(generic, anonymous)[1] is None
     assert anonymous.aborted is not None and anonymous.aborted[0] is grpc.StatusCode.UNAUTHENTICATED
 
 
@@ -128,7 +139,55 @@ def test_a_method_whose_handler_changed_is_wrapped_afresh():
     async def two(request: Any, context: Any) -> str:
         return "two"
 
-    interceptor = grpcserver.ErrorInterceptor(grpcserver.AppTokens(SECRET))
+    inner = _Generic(grpc.unary_unary_rpc_method_handler(one))
+    generic = grpcserver.CallGuard(grpcserver.AppTokens(SECRET)).generic(inner)
     good = _Context(_md(auth.mint_app_token(SECRET, "app-a")))
-    assert _serve(interceptor, grpc.unary_unary_rpc_method_handler(one), good)[1] == "one"
-    assert _serve(interceptor, grpc.unary_unary_rpc_method_handler(two), good)[1] == "two"
+    assert _serve(generic, good)[1] == "one"
+    inner.handler = grpc.unary_unary_rpc_method_handler(two)
+    assert _serve(generic, good)[1] == "two"
+
+
+class _Recorder:
+    """What a grpc.aio server records of the handlers added to it."""
+
+    def __init__(self) -> None:
+        self.generic: list[Any] = []
+        self.registered: dict[str, Any] = {}
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        self.generic += list(handlers)
+
+    def add_registered_method_handlers(self, service: str, handlers: Any) -> None:
+        self.registered.update({f"/{service}/{name}": h for name, h in handlers.items()})
+
+
+def test_every_handler_added_through_the_guarded_server_authenticates_its_calls():
+    raw = grpc.unary_unary_rpc_method_handler(_who)
+    recorder = _Recorder()
+    guarded = grpcserver._GuardedServer(recorder, grpcserver.CallGuard(grpcserver.AppTokens(SECRET)))  # type: ignore[arg-type]
+    guarded.add_registered_method_handlers("test.Svc", {"Who": raw})
+    guarded.add_generic_rpc_handlers([_Generic(raw)])
+    handlers = [generic.service(_Details()) for generic in recorder.generic]
+    assert len(handlers) == 2
+    for handler in handlers:
+        assert handler is not raw
+        refused = _Context(_md(auth.mint_app_token("other-secret", "app-a")))
+        assert _answer(handler, refused) is None
+        assert refused.aborted is not None and refused.aborted[0] is grpc.StatusCode.UNAUTHENTICATED
+        assert _answer(handler, _Context(_md(auth.mint_app_token(SECRET, "app-b")))) == "app-b"
+
+
+def test_the_guarded_server_offers_no_way_to_add_an_unwrapped_handler():
+    guarded = grpcserver._GuardedServer(_Recorder(), grpcserver.CallGuard())  # type: ignore[arg-type]
+    assert [n for n in dir(guarded) if n.startswith("add_")] == ["add_generic_rpc_handlers",
+                                                                 "add_registered_method_handlers"]
+    with pytest.raises(AttributeError):
+        guarded.add_insecure_port  # type: ignore[attr-defined]  # noqa: B018
+
+
+def test_handlers_offered_for_registration_are_served_generically_so_grpcs_loop_waits_on_one_future():
+    recorder = _Recorder()
+    guarded = grpcserver._GuardedServer(recorder, grpcserver.CallGuard(grpcserver.AppTokens(SECRET)))  # type: ignore[arg-type]
+    guarded.add_registered_method_handlers("test.Svc", {"Who": grpc.unary_unary_rpc_method_handler(_who)})
+    assert recorder.registered == {}
+    assert recorder.generic[0].service(_Details()) is not None

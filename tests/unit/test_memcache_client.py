@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import time
+from typing import Any
 
+import grpc
 import pytest
 
+from kiln import errors
+from kiln import runtime as kiln_runtime
 from kiln.api import memcache
+from kiln.pb.memcache.v1 import memcache_pb2 as pb
+from kiln_platform import requestscope
+from tests.unit.fake_datastore import FakeRpcError
 
 
 def test_adding_a_shard_moves_only_about_its_share_of_keys():
@@ -68,3 +76,90 @@ def test_named_shards_hash_by_name_and_dial_their_target(monkeypatch):
 def test_a_ring_of_one_shard_gives_it_every_key():
     ring = memcache.Ring(["only:1"])
     assert {ring.shard_for(f"k{i}".encode()) for i in range(200)} == {"only:1"}
+
+
+# ------------------------------------------------------------------ the single-key get: what it sends, how it fails
+
+class _RecordingStub:
+    """Stands in for a shard's stub: records each Get as the transport sends it, answers or fails as told."""
+
+    def __init__(self, answer: Any) -> None:
+        self.answer = answer
+        self.calls: list[tuple[pb.GetRequest, float, Any]] = []
+
+    def Get(self, request: pb.GetRequest, *, timeout: float, metadata: Any) -> pb.GetResponse:
+        self.calls.append((request, timeout, metadata))
+        if isinstance(self.answer, BaseException):
+            raise self.answer
+        return self.answer
+
+
+@pytest.fixture
+def one_shard(monkeypatch):
+    def use(answer: Any) -> _RecordingStub:
+        stub = _RecordingStub(answer)
+        monkeypatch.setenv("KILN_MEMCACHE_ADDR", "shard-a:1")
+        monkeypatch.setenv("KILN_APP_TOKEN", "app-a.tok")
+        memcache.reset()
+        memcache._shards._stubs["shard-a:1"] = stub  # type: ignore[assignment]
+        return stub
+    yield use
+    memcache.reset()
+
+
+def _found(key: bytes, value: bytes, flags: int = memcache.TYPE_BYTES, cas_id: int = 0) -> pb.GetResponse:
+    return pb.GetResponse(items=[pb.Item(key=key, value=value, flags=flags, cas_id=cas_id)])
+
+
+def test_a_get_sends_one_request_with_its_key_namespace_token_and_deadline(one_shard, monkeypatch):
+    stub = one_shard(_found("caf\u00e9".encode(), b"7", memcache.TYPE_INT))
+    monkeypatch.setenv("HTTP_X_APPENGINE_CURRENT_NAMESPACE", "ns1")
+    assert memcache.get("caf\u00e9") == 7
+    [(request, timeout, metadata)] = stub.calls
+    assert request == pb.GetRequest(namespace="ns1", keys=["caf\u00e9".encode()])
+    assert timeout == memcache.CALL_TIMEOUT and metadata == (("authorization", "Bearer app-a.tok"),)
+
+
+def test_a_get_sends_a_long_key_as_its_sha1_and_ignores_items_for_other_keys(one_shard):
+    long_key = "\u00e9" * 200
+    hashed = hashlib.sha1(long_key.encode()).hexdigest().encode()
+    stub = one_shard(pb.GetResponse(items=[pb.Item(key=b"other", value=b"no"), pb.Item(key=hashed, value=b"yes")]))
+    assert memcache.get(long_key) == b"yes"
+    assert list(stub.calls[0][0].keys) == [hashed]
+
+
+def test_a_get_for_cas_remembers_the_items_cas_id_in_its_namespace(one_shard):
+    stub = one_shard(_found(b"k", b"v", cas_id=42))
+    client = memcache.Client()
+    assert client.gets("k", namespace="ns2") == b"v"
+    assert stub.calls[0][0].for_cas is True
+    assert client._cas_ids == {("ns2", b"k"): 42}
+
+
+def test_a_get_on_a_request_thread_is_bounded_by_the_requests_deadline(one_shard):
+    stub = one_shard(pb.GetResponse())
+    at = time.monotonic() + 0.5
+    with requestscope.serving({}, [], kiln_runtime._Deadline(at, at + 1)):
+        assert memcache.get("k") is None
+    assert 0 < stub.calls[0][1] <= 0.5
+
+
+def test_a_get_refused_as_invalid_raises_value_error(one_shard):
+    one_shard(FakeRpcError(grpc.StatusCode.INVALID_ARGUMENT, "bad key", "BAD_REQUEST"))
+    with pytest.raises(ValueError, match="memcache: bad key"):
+        memcache.get("k")
+
+
+def test_a_get_whose_identity_is_refused_raises(one_shard):
+    one_shard(FakeRpcError(grpc.StatusCode.UNAUTHENTICATED, "bad token"))
+    with pytest.raises(errors.UnauthenticatedError):
+        memcache.get("k")
+
+
+def test_a_get_from_a_shard_that_does_not_answer_is_a_miss_and_the_shard_rests(one_shard, caplog):
+    stub = one_shard(FakeRpcError(grpc.StatusCode.UNAVAILABLE, "connection refused"))
+    with caplog.at_level("WARNING", logger="kiln.api.memcache"):
+        assert memcache.get("k") is None
+    assert any("UnavailableError" in r.getMessage() for r in caplog.records)
+    assert memcache.get("k") is None
+    assert len(stub.calls) == 1  # resting: the second get made no call
