@@ -45,6 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Any
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -197,7 +198,7 @@ def main() -> int:
     nats_port = free_port()
     nats_url = f"nats://127.0.0.1:{nats_port}"
     bindir = pathlib.Path(sys.executable).parent
-    procs = [subprocess.Popen([str(bindir / "nats-server"), "-a", "127.0.0.1", "-p", str(nats_port), "-js",
+    procs: list[subprocess.Popen[Any]] = [subprocess.Popen([str(bindir / "nats-server"), "-a", "127.0.0.1", "-p", str(nats_port), "-js",
                                "-sd", str(tmp / "js")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
     routers: list[Router] = []
     try:
@@ -220,9 +221,9 @@ def main() -> int:
                     router.sequential(path, 100)  # warm up (imports, caches, the reply subscription)
                     subprocess.run(["callgrind_control", "-z", pid], check=True, capture_output=True)
                     router.sequential(path, args.requests)
-                    before = set(tmp.glob(f"{router.out.name}.cg.*"))
+                    dumps = set(tmp.glob(f"{router.out.name}.cg.*"))
                     subprocess.run(["callgrind_control", "-d", pid], check=True, capture_output=True)
-                    (dump,) = set(tmp.glob(f"{router.out.name}.cg.*")) - before
+                    (dump,) = set(tmp.glob(f"{router.out.name}.cg.*")) - dumps
                     match = re.search(r"^totals: (\d+)", dump.read_text(errors="replace"), re.M)
                     total = int(match.group(1)) if match else 0
                     if args.out:
