@@ -119,19 +119,25 @@ def _wants_gzip(request: web.Request, content_type: str, body: bytes) -> bool:
     return "gzip" in accepted and content_type.lower().startswith(_TEXT_TYPES)
 
 
-_date_cache: tuple[int, str] = (0, "")
+_date_cache: dict[int, tuple[int, str]] = {}  # offset -> (the second it was made in, the date)
+_DATE_OFFSETS_KEPT = 64  # whole-second offsets come from app.yaml expirations: a few per version
 
 
 def http_date(offset: float = 0) -> str:
-    """An HTTP date for now (+ ``offset`` seconds); the current second's is computed once."""
-    global _date_cache
+    """An HTTP date for now (+ ``offset`` seconds); each second's is computed once per whole-second offset
+    (static files' ``Expires`` asks for one on every response)."""
     now = time.time()
-    if offset:
+    if offset != int(offset):
         return email.utils.formatdate(now + offset, usegmt=True)
+    whole = int(offset)
     second = int(now)
-    if _date_cache[0] != second:
-        _date_cache = (second, email.utils.formatdate(second, usegmt=True))
-    return _date_cache[1]
+    cached = _date_cache.get(whole)
+    if cached is None or cached[0] != second:
+        if cached is None and len(_date_cache) >= _DATE_OFFSETS_KEPT:
+            _date_cache.clear()
+        # formatdate drops the fraction, so the date of now + a whole offset is that of the second + the offset.
+        cached = _date_cache[whole] = (second, email.utils.formatdate(second + whole, usegmt=True))
+    return cached[1]
 
 
 def _front_end_headers() -> dict[str, str]:
