@@ -19,7 +19,9 @@ before and after in the same run). Then, per tree:
   share of the samples (wall time of a running thread: a system call waiting
   for the CPU counts as long as it waits);
 - ``--mode cprofile``: as ``cpu`` under cProfile, the top functions by own time;
-- ``--mode latency``: ``wrk``'s p50 at one connection, rounds interleaved.
+- ``--mode latency``: ``wrk``'s p50 at one connection, rounds interleaved, and
+  in each round the p50 of a nats-py client asking the responder directly
+  (the round trip through NATS that no router can avoid), and the difference.
 
 ``--path`` picks the request (``/`` goes to the responder, ``/static/page.html``
 never leaves the router); ``callgrind`` takes several.
@@ -74,6 +76,30 @@ async def main():
     await asyncio.Event().wait()
 
 asyncio.run(main())
+"""
+
+NATS_ALONE = r"""
+import asyncio, statistics, sys, time
+import nats
+from kiln.pb.runtime.v1 import http_pb2
+
+async def main():
+    nc = await nats.connect(sys.argv[1])
+    data = http_pb2.HttpRequest(request_id="0" * 32, app_id="hello", version_id="v1", method="GET", path="/",
+                                protocol="HTTP/1.1").SerializeToString()
+    for _ in range(100):
+        await nc.request("kiln.http.hello.v1", data, timeout=10)
+    times = []
+    deadline = time.monotonic() + float(sys.argv[2])
+    while time.monotonic() < deadline:
+        start = time.perf_counter()
+        await nc.request("kiln.http.hello.v1", data, timeout=10)
+        times.append(time.perf_counter() - start)
+    print(statistics.median(times) * 1e3)
+    await nc.close()
+
+import uvloop
+uvloop.run(main())
 """
 
 
@@ -162,21 +188,31 @@ def _summarise(raw: pathlib.Path, top: int = 60) -> None:
         print(f"{n / total * 100:6.1f} {own.get(frame, 0) / total * 100:6.1f}  {frame[:150]}")
 
 
-def _latency(routers: list[Router], args: argparse.Namespace) -> int:
-    """wrk's p50 at one connection, per tree, rounds interleaved."""
+def _latency(routers: list[Router], args: argparse.Namespace, nats_url: str) -> int:
+    """wrk's p50 at one connection, per tree, rounds interleaved; with, in each round, the p50 of the same
+    responder asked directly by a nats-py client (the NATS round trip the router cannot avoid)."""
     found: dict[pathlib.Path, list[float]] = {r.tree: [] for r in routers}
+    alone: list[float] = []
     for router in routers:
         router.sequential(args.path[0], 100)
     for number in range(args.rounds):
+        out = subprocess.run([sys.executable, "-c", NATS_ALONE, nats_url, str(args.seconds)], capture_output=True,
+                             text=True, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout
+        alone.append(float(out))
         for router in (routers if number % 2 == 0 else list(reversed(routers))):
             out = subprocess.run(["wrk", "-t1", "-c1", f"-d{args.seconds}s", "--latency", router.url + args.path[0]],
                                  capture_output=True, text=True, check=True).stdout
             value, unit = re.search(r"\s50%\s+([\d.]+)(us|ms|s)\b", out).groups()  # type: ignore[union-attr]
             found[router.tree].append(float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit])
-        print(f"round {number + 1}: " + "  ".join(f"{t}: {v[-1]:.3f} ms" for t, v in found.items()), flush=True)
+        print(f"round {number + 1}: nats request alone {alone[-1]:.3f} ms  "
+              + "  ".join(f"{t}: {v[-1]:.3f} ms" for t, v in found.items()), flush=True)
+    print(f"nats-py request to the responder alone: p50 {statistics.median(alone):.3f} ms "
+          f"(rounds: {' '.join(f'{v:.3f}' for v in alone)})")
     for tree, values in found.items():
+        added = [v - a for v, a in zip(values, alone)]
         print(f"{tree}: p50 at one connection {statistics.median(values):.3f} ms "
-              f"(rounds: {' '.join(f'{v:.3f}' for v in values)})")
+              f"(rounds: {' '.join(f'{v:.3f}' for v in values)}); over the request alone "
+              f"{statistics.median(added):+.3f} ms (rounds: {' '.join(f'{a:+.3f}' for a in added)})")
     return 0
 
 
@@ -198,8 +234,9 @@ def main() -> int:
     nats_port = free_port()
     nats_url = f"nats://127.0.0.1:{nats_port}"
     bindir = pathlib.Path(sys.executable).parent
-    procs: list[subprocess.Popen[Any]] = [subprocess.Popen([str(bindir / "nats-server"), "-a", "127.0.0.1", "-p", str(nats_port), "-js",
-                               "-sd", str(tmp / "js")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    nats_cmd = [str(bindir / "nats-server"), "-a", "127.0.0.1", "-p", str(nats_port), "-js", "-sd", str(tmp / "js")]
+    procs: list[subprocess.Popen[Any]] = [subprocess.Popen(nats_cmd, stdout=subprocess.DEVNULL,
+                                                           stderr=subprocess.DEVNULL)]
     routers: list[Router] = []
     try:
         _wait(lambda: port_open("127.0.0.1", nats_port), "nats-server listening")
@@ -234,7 +271,7 @@ def main() -> int:
                 print(f"{tree}: instructions per request ({args.requests} sequential): {'; '.join(lines)}")
             return 0
         if args.mode == "latency":
-            return _latency(routers, args)
+            return _latency(routers, args, nats_url)
         per: dict[pathlib.Path, list[float]] = {r.tree: [] for r in routers}
         system: dict[pathlib.Path, list[float]] = {r.tree: [] for r in routers}
         for router in routers:
