@@ -13,7 +13,11 @@ sync workers (2 workers), plus kiln with one router process as a row:
 - CPU microseconds per request of each kiln process on the request's path
   (router with its workers, runtime instance, nats-server, and logs_svc, which
   stores the request log) at 32 connections, from /proc (utime+stime
-  before/after);
+  before/after), and gunicorn's (master and workers);
+- the CPU per request of the serving processes for the static file (kiln's
+  router, gunicorn) and their ratio: on a machine shared with other load,
+  requests/s follow how the scheduler shares the cores, while CPU per request
+  says what each request costs;
 - with ``--prototype DIR`` (the throwaway router -> NATS -> worker prototype,
   not part of kiln, run from its own directory): the same rows for it, as a
   yardstick of what the architecture alone costs.
@@ -166,7 +170,8 @@ def main() -> int:
                              "--chdir", str(APP), "--log-level", "warning", "main:app"], stdout=subprocess.DEVNULL)
     proto = _Prototype(args.prototype) if args.prototype else None
     rounds: list[dict[str, dict[str, float]]] = []
-    cpu: dict[str, list[dict[str, float]]] = {name: [] for name in (*kilns, "proto")}
+    cpu: dict[str, list[dict[str, float]]] = {name: [] for name in (*kilns, "proto", "guni")}
+    static_cpu: dict[str, list[float]] = {name: [] for name in (*kilns, "guni")}  # the serving processes only
     try:
         for kiln in kilns.values():
             kiln.start()
@@ -185,6 +190,7 @@ def main() -> int:
                           "logs_svc": children["logs_svc"]}  # stores each request's log record
         if proto is not None:
             pids["proto"] = {name: p.pid for name, p in proto.procs.items()}
+        pids["guni"] = {"gunicorn": guni.pid}  # its master and workers
         for number in range(args.rounds):
             found: dict[str, dict[str, float]] = {}
             order = list(urls) if number % 2 == 0 else list(reversed(urls))  # neither side always goes first
@@ -199,7 +205,12 @@ def main() -> int:
                 found[f"{name}1"] = wrk(urls[name], 1, args.seconds)
             for name in order:
                 if name != "proto":
+                    # A static file never leaves kiln's router: its CPU per request is the router's alone.
+                    server = pids[name]["router" if name in kilns else "gunicorn"]
+                    before_static = _cpu_seconds(server)
                     found[f"{name}_static"] = wrk(urls[name] + "static/page.html", 32, args.seconds)
+                    static_cpu[name].append((_cpu_seconds(server) - before_static)
+                                            / (found[f"{name}_static"]["rps"] * args.seconds) * 1e6)
             rounds.append(found)
             print(f"round {number + 1}: " + "  ".join(f"{key} {value['rps']:.0f}/s" for key, value in found.items()),
                   flush=True)
@@ -244,12 +255,19 @@ def main() -> int:
     if proto is not None:
         print(f"prototype/gunicorn requests/s at 32: {ratio('proto32', 'guni32', 'rps')}; "
               f"kiln/prototype: {ratio('kiln32', 'proto32', 'rps')}")
-    for name, label in (("kiln", f"kiln ({w} routers)"), ("kiln_w1", "kiln (1 router)"), ("proto", "prototype")):
+    for name, label in (("kiln", f"kiln ({w} routers)"), ("kiln_w1", "kiln (1 router)"), ("proto", "prototype"),
+                        ("guni", f"gunicorn sync x{w}")):
         if cpu[name]:
             parts = {proc: statistics.median(c[proc] for c in cpu[name]) for proc in cpu[name][0]}
             print(f"CPU us per request at 32 connections, {label}: "
                   + ", ".join(f"{proc} {value:.0f}" for proc, value in parts.items())
                   + f"; total {sum(parts.values()):.0f}")
+    static = {name: statistics.median(values) for name, values in static_cpu.items()}
+    efficiency = [g / k for g, k in zip(static_cpu["guni"], static_cpu["kiln"])]
+    print(f"static file CPU us per request (serving processes): kiln ({w} routers) {static['kiln']:.0f}, "
+          f"kiln (1 router) {static['kiln_w1']:.0f}, gunicorn {static['guni']:.0f}; gunicorn/kiln: "
+          f"{statistics.median(efficiency):.2f}x (rounds: {' '.join(f'{e:.2f}' for e in efficiency)})  (the "
+          f"requests/s a core buys each: the throughput ratio when both have the cores to themselves)")
     return 0
 
 

@@ -23,15 +23,14 @@ import asyncio
 import functools
 import ipaddress
 import logging
+import os
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 import nats.errors
 from aiohttp import web
-from google.protobuf import duration_pb2, timestamp_pb2
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
@@ -84,6 +83,10 @@ class Router:
         self.files = static.FileCache()
         self._bodies: dict[str, bus.BodyStore] = {}
         self._statics: dict[tuple[str, str, int], static.StaticFiles] = {}
+        self._ids = RequestIds()
+        # The router's own headers that are the same on every request, encoded once (see _encoded_header).
+        self._fixed_geo_encoded = (b"".join(_encoded_header(n, v) for n, v in self._fixed_geo)
+                                   if self._fixed_geo is not None else None)
 
     async def _request(self, subject: str, data: bytes, started: float, patient: bool, timeout: float,
                        version: tuple[str, str] | None = None) -> Msg:
@@ -122,7 +125,7 @@ class Router:
         if repeated is not None:
             return responses.plain(400, f"Bad request: the {repeated} header may appear only once.")
         started = time.time()
-        request_id = uuid.uuid4().hex
+        request_id = self._ids.next()
         custom = self.custom_domains.get(host.name)
         if custom is not None:
             target = hosts.Target(custom, self.versions[custom]) if custom in self.versions else None
@@ -160,15 +163,15 @@ class Router:
             body = await _read_limited(request, self.cfg.max_request_bytes)
         except _TooLarge:
             return responses.plain(413, "Request body too large.")
-        envelope = self._envelope(request, fields, url, target, request_id, host, body, started, client_ip, scheme,
-                                  user)
+        envelope, encoded = self._envelope(request, fields, url, target, request_id, host, body, started, client_ip,
+                                           scheme, user)
         if platform == "cron":
-            envelope.headers.add(name="X-AppEngine-Cron", value=b"true")  # only cron_svc's requests carry it
+            encoded.append(_encoded_header("X-AppEngine-Cron", b"true"))  # only cron_svc's requests carry it
         timeout = self.cfg.request_timeout_seconds
         if platform == "taskqueue":  # only taskqueue_svc's requests carry the task's headers (signed with it)
             for name, value in zip(auth.TASK_HEADERS, auth.task_header_values(request.headers)):
                 if value:
-                    envelope.headers.add(name=name, value=httpfields.wire(value))
+                    encoded.append(_encoded_header(name, httpfields.wire(value)))
             # App Engine's 10 minutes for a task, plus the margin the router gives every request over its deadline.
             envelope.deadline_ms = int(auth.TASK_REQUEST_DEADLINE_SECONDS * 1000)
             timeout = max(timeout, auth.TASK_REQUEST_DEADLINE_SECONDS + 10)
@@ -182,7 +185,10 @@ class Router:
         # scaled to zero and a host is asked for one), the request waits in a pending queue, as on App Engine.
         patient = not target.instance_id
         try:
-            msg = await self._request(subject, envelope.SerializeToString(), started, patient, timeout,
+            # One message: the envelope's fields, then its headers (protobuf appends a repeated field's entries
+            # from concatenated messages, in order).
+            encoded[0] = envelope.SerializeToString()
+            msg = await self._request(subject, b"".join(encoded), started, patient, timeout,
                                       None if target.instance_id else (target.app_id, target.version_id))
         except nats.errors.NoRespondersError:
             if target.instance_id:
@@ -211,7 +217,7 @@ class Router:
         if user is not None and user.is_admin:
             out.headers.update(responses.usage_headers(time.time() - started, resp.cpu_micros,
                                                        self.cfg.instance_hour_usd))
-        await self._publish_log(envelope, resp, started, out.content_length or 0, url, fields)
+        self._publish_log(envelope, resp, started, out.content_length or 0, url, fields)
         return out
 
     def _health(self) -> web.Response:
@@ -303,9 +309,10 @@ class Router:
         """The kiln service (mail, cron, taskqueue) that signed this request, or ``None``. The task queue's
         signature also covers the task's App Engine headers (:data:`kiln_platform.auth.TASK_HEADERS`)."""
         tasks = request.headers.get(auth.PLATFORM_HEADER) == "taskqueue"
-        bound = auth.task_header_values(request.headers) if tasks else ()
+        verify = (functools.partial(auth.verify_platform, bound=auth.task_header_values(request.headers)) if tasks
+                  else _VERIFY_PLATFORM_UNBOUND)
         return _signed_caller(request, host, self.cfg.platform_secret.get(), auth.PLATFORM_HEADER,
-                              auth.PLATFORM_SIGNATURE_HEADER, functools.partial(auth.verify_platform, bound=bound))
+                              auth.PLATFORM_SIGNATURE_HEADER, verify)
 
     def _inbound_app(self, request: web.Request, host: hosts.Host) -> str | None:
         """The calling app's id, when URL Fetch signed this request for it (App Engine's Inbound-AppId)."""
@@ -314,13 +321,16 @@ class Router:
 
     def _envelope(self, request: web.Request, fields: list[tuple[str, str]], url: paths.Target,
                   target: hosts.Target, request_id: str, host: hosts.Host, body: bytes, started: float,
-                  client_ip: str, scheme: str, user: http_pb2.SignedInUser | None) -> http_pb2.HttpRequest:
+                  client_ip: str, scheme: str, user: http_pb2.SignedInUser | None,
+                  ) -> tuple[http_pb2.HttpRequest, list[bytes]]:
+        """The request's envelope without its headers, and its headers serialized (:func:`_encoded_header`),
+        after a first item left for the envelope's own bytes."""
         # The app sees the path the router matched (normalised, see router.paths) and the query as sent.
         env = http_pb2.HttpRequest(
             request_id=request_id, app_id=target.app_id, version_id=target.version_id,
             method=request.method, scheme=scheme, host=host.name,
             port=host.port_for(scheme), path=url.wire_path, query_string=url.query,
-            protocol=f"HTTP/{request.version.major}.{request.version.minor}",
+            protocol=_PROTOCOLS.get(request.version) or f"HTTP/{request.version.major}.{request.version.minor}",
             remote_addr=client_ip, body=body,
             deadline_ms=int(self.cfg.request_timeout_seconds * 1000))
         if user is not None:
@@ -330,27 +340,27 @@ class Router:
                 # Vouches for the user to services (mail's sender rule) until the request's deadline.
                 env.user.proof = auth.sign_user(secret, target.app_id, user.email,
                                                 started + self.cfg.request_timeout_seconds)
-        env.received_at.FromSeconds(int(started))
+        env.received_at.seconds = int(started)
+        encoded = [b""]
         # A trusted proxy's forwarding headers were consumed by _client(); the app sees the result.
         consumed = ("x-forwarded-for", "x-forwarded-proto") if self._is_trusted(request.remote or "") else ()
         # The app never sees the router's cookies (the session) nor any header it could take for the router's.
         for name, value in headers.from_client(cookies.forwardable(fields), consumed=consumed):
-            env.headers.add(name=name, value=httpfields.wire(value))
+            encoded.append(_encoded_client_header(name, value))
         # Only the router's own headers from here on (they pass no filter: the router vouches for them).
         caller = self._inbound_app(request, host)
         if caller:
-            env.headers.add(name=auth.INBOUND_APP_HEADER, value=caller.encode())
-        env.headers.add(name="Host", value=host.raw.encode())
-        env.headers.add(name="X-AppEngine-Request-Log-Id", value=request_id.encode())
-        located = self._fixed_geo
-        if located is None:
-            located = [(n, v.encode()) for n, v in self.geo.headers(client_ip).items()]
-        for name, encoded in located:
-            env.headers.add(name=name, value=encoded)
-        return env
+            encoded.append(_encoded_header(auth.INBOUND_APP_HEADER, caller.encode()))
+        encoded.append(_encoded_client_header("Host", host.raw))
+        encoded.append(_LOG_ID_FIELD + request_id.encode())
+        if self._fixed_geo_encoded is not None:
+            encoded.append(self._fixed_geo_encoded)
+        else:
+            encoded.extend(_encoded_header(n, v.encode()) for n, v in self.geo.headers(client_ip).items())
+        return env, encoded
 
-    async def _publish_log(self, env: http_pb2.HttpRequest, resp: http_pb2.HttpResponse, started: float,
-                           size: int, url: paths.Target, fields: list[tuple[str, str]]) -> None:
+    def _publish_log(self, env: http_pb2.HttpRequest, resp: http_pb2.HttpResponse, started: float,
+                     size: int, url: paths.Target, fields: list[tuple[str, str]]) -> None:
         # Client text as the app saw it (ISO-8859-1 from the bytes sent): always valid in a proto string. Both are
         # one-value fields (a repeated one was refused with 400), so the first found is the one.
         referrer = user_agent = ""
@@ -362,27 +372,79 @@ class Router:
                 user_agent = value
         start_ns = int(started * 1e9)
         end_ns = time.time_ns()
+        email = env.user.email if env.HasField("user") else ""
         record = logs_pb2.RequestLog(
             app_id=env.app_id, version_id=env.version_id, request_id=env.request_id, ip=env.remote_addr,
             method=env.method, resource=url.wire_path + (f"?{url.query}" if url.query else ""),
             http_version=env.protocol, status=resp.status, response_size=size, referrer=referrer,
             user_agent=user_agent, host=env.host, instance_id=resp.instance_id,
-            was_loading_request=resp.loading_request, finished=True, app_logs=resp.app_logs,
-            nickname=env.user.email.split("@")[0] if env.user.email else "",
-            # Built in C (FromNanoseconds is Python, three calls a request).
-            start_time=timestamp_pb2.Timestamp(**_seconds_nanos(start_ns)),
-            end_time=timestamp_pb2.Timestamp(**_seconds_nanos(end_ns)),
-            latency=duration_pb2.Duration(**_seconds_nanos(max(0, end_ns - start_ns))))
+            was_loading_request=resp.loading_request, finished=True,
+            nickname=email.split("@")[0] if email else "")
+        app_logs = resp.app_logs
+        if app_logs:
+            record.app_logs.extend(app_logs)
+        # Set in place: a Timestamp given to the constructor is merged on a slow path (about 12 k instructions
+        # each, most of them formatting an AttributeError it then ignores), and FromNanoseconds is Python.
+        start, end, latency = record.start_time, record.end_time, record.latency
+        start.seconds, start.nanos = divmod(start_ns, 1_000_000_000)
+        end.seconds, end.nanos = divmod(end_ns, 1_000_000_000)
+        latency.seconds, latency.nanos = divmod(max(0, end_ns - start_ns), 1_000_000_000)
         self.logs.ship(env.request_id, record.SerializeToString())  # in the background, until acknowledged
 
 
 INBOUND_MAIL_PREFIX = "/_ah/mail/"
+_VERIFY_PLATFORM_UNBOUND = functools.partial(auth.verify_platform, bound=())
+_PROTOCOLS = {aiohttp.HttpVersion11: "HTTP/1.1", aiohttp.HttpVersion10: "HTTP/1.0"}
+_CACHED_VALUE_CHARS = 256  # longer client header values (cookies, tokens) are rarely sent twice: not cached
 
 
-def _seconds_nanos(nanoseconds: int) -> dict[str, int]:
-    """A Timestamp (since the epoch) or a non-negative Duration, as constructor fields."""
-    seconds, nanos = divmod(nanoseconds, 1_000_000_000)
-    return {"seconds": seconds, "nanos": nanos}
+def _encoded_header(name: str, value: bytes) -> bytes:
+    """The serialized bytes of an envelope holding only the header ``name: value``.
+
+    An envelope is sent as its other fields serialized, followed by these for each header: protobuf reads
+    concatenated messages as one, appending a repeated field's entries in order, so this is the message
+    ``SerializeToString`` would write with the headers added, without building a ``Header`` message for each.
+    """
+    return http_pb2.HttpRequest(headers=[http_pb2.Header(name=name, value=value)]).SerializeToString()
+
+
+@functools.lru_cache(maxsize=2048)
+def _encoded_short_header(name: str, value: str) -> bytes:
+    return _encoded_header(name, httpfields.wire(value))
+
+
+def _encoded_client_header(name: str, value: str) -> bytes:
+    """:func:`_encoded_header` of a header held as ISO-8859-1 text; the same few (``Accept``, ``User-Agent``,
+    ``Host``…) come on most requests, so short ones are remembered."""
+    if len(value) <= _CACHED_VALUE_CHARS:
+        return _encoded_short_header(name, value)
+    return _encoded_header(name, httpfields.wire(value))
+
+
+_LOG_ID_HEADER = "X-AppEngine-Request-Log-Id"
+_REQUEST_ID_BYTES = 16
+# Request ids have one length (32 hex digits), so their header's encoding is these bytes followed by the id.
+_LOG_ID_FIELD = _encoded_header(_LOG_ID_HEADER, b"0" * 2 * _REQUEST_ID_BYTES)[:-2 * _REQUEST_ID_BYTES]
+
+
+class RequestIds:
+    """Request (and request log) ids: 128 random bits from the OS's CSPRNG as 32 hex digits, as ``uuid4().hex``
+    gave, but read from ``os.urandom`` for many ids at once instead of one system call per request."""
+
+    _BATCH = 256
+
+    def __init__(self) -> None:
+        self._pool = b""
+        self._at = 0
+
+    def next(self) -> str:
+        """A new id."""
+        if self._at >= len(self._pool):
+            self._pool = os.urandom(_REQUEST_ID_BYTES * self._BATCH)
+            self._at = 0
+        start = self._at
+        self._at = start + _REQUEST_ID_BYTES
+        return self._pool[start:self._at].hex()
 
 
 def _signed_caller(request: web.Request, host: hosts.Host, secret: str, caller_header: str, signature_header: str,
@@ -451,7 +513,7 @@ def front_door(handle: connections.Handler) -> Callable[[web.BaseRequest], Await
         except web.HTTPException as exc:  # aiohttp's own refusals (e.g. a form over the size limit)
             response = web.Response(status=exc.status, reason=exc.reason, body=exc.body, headers=exc.headers)
         response.headers["Server"] = connections.SERVER
-        await users.renew_cookie(request, response)
+        users.renew_cookie(request, response)
         return response
 
     return entry

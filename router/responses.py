@@ -55,39 +55,53 @@ class BadResponseHeaderError(ValueError):
 
 def build(resp: http_pb2.HttpResponse, request: web.Request, *, max_bytes: int) -> web.Response:
     """The HTTP response for an app's answer (see module docstring), or :class:`BadResponseHeaderError`."""
-    if len(resp.body) > max_bytes:
+    body = resp.body  # read once: each read of a bytes field makes a new object
+    if len(body) > max_bytes:
         return web.Response(status=500, body=b"", headers=_front_end_headers())
     headers: list[tuple[str, str]] = []
-    for header in resp.headers:
-        problem = httpfields.response_problem(header.name, header.value)
+    # One pass: each name read and lower-cased once; the last value of a name counts, as in a dict of them.
+    content_type: str | None = None
+    cache_control: str | None = None
+    sets_cookie = False
+    app_headers = resp.headers
+    # By index: iterating a protobuf repeated field ends with an IndexError it formats (about 1.8 k instructions).
+    for index in range(len(app_headers)):
+        header = app_headers[index]
+        name, raw = header.name, header.value
+        problem = httpfields.response_problem(name, raw)
         if problem is not None:
             raise BadResponseHeaderError(f"the app's response header cannot be sent: {problem}")
-        if header.name.lower() in RESPONSE_DROP:
+        lowered = name.lower()
+        if lowered in RESPONSE_DROP:
             continue
         # Checked above: ASCII or UTF-8, which aiohttp writes back as exactly these bytes.
-        value = header.value.decode("utf-8")
-        if header.name.lower() == "set-cookie" and cookies.sets_router_cookie(value):
-            continue
-        headers.append((header.name, value))
-    lowered = {name.lower(): value for name, value in headers}
-    if "content-type" not in lowered:
+        value = raw.decode("utf-8")
+        if lowered == "set-cookie":
+            if cookies.sets_router_cookie(value):
+                continue
+            sets_cookie = True
+        elif lowered == "content-type":
+            content_type = value
+        elif lowered == "cache-control":
+            cache_control = value
+        headers.append((name, value))
+    if content_type is None:
         headers.append(("Content-Type", "text/html"))
-        lowered["content-type"] = "text/html"
-    cache_control = lowered.get("cache-control")
-    if cache_control is None and "set-cookie" not in lowered:
+        content_type = "text/html"
+    if cache_control is None and not sets_cookie:
         headers.append(("Cache-Control", "private"))
         headers.append(("Vary", "Accept-Encoding"))
-    body = resp.body
-    if _wants_gzip(request, lowered["content-type"], body):
+    if _wants_gzip(request, content_type, body):
         body = gzip.compress(body, compresslevel=6)
         headers.append(("Content-Encoding", "gzip"))
         if not any(n.lower() == "vary" and "accept-encoding" in v.lower() for n, v in headers):
             headers.append(("Vary", "Accept-Encoding"))
-    out = web.Response(status=resp.status, body=body if request.method != "HEAD" else b"")
-    for name, value in headers:
-        out.headers.add(name, value)
-    if "set-cookie" in lowered:
-        keep_private(out)
+    if not sets_cookie:
+        headers.append(("Server", "kiln"))
+        headers.append(("Date", http_date()))
+        return web.Response(status=resp.status, body=body if request.method != "HEAD" else b"", headers=headers)
+    out = web.Response(status=resp.status, body=body if request.method != "HEAD" else b"", headers=headers)
+    keep_private(out)
     out.headers.update(_front_end_headers())
     return out
 
@@ -128,19 +142,25 @@ def _wants_gzip(request: web.Request, content_type: str, body: bytes) -> bool:
     return "gzip" in accepted and content_type.lower().startswith(_TEXT_TYPES)
 
 
-_date_cache: tuple[int, str] = (0, "")
+_date_cache: dict[int, tuple[int, str]] = {}  # offset -> (the second it was made in, the date)
+_DATE_OFFSETS_KEPT = 64  # whole-second offsets come from app.yaml expirations: a few per version
 
 
 def http_date(offset: float = 0) -> str:
-    """An HTTP date for now (+ ``offset`` seconds); the current second's is computed once."""
-    global _date_cache
+    """An HTTP date for now (+ ``offset`` seconds); each second's is computed once per whole-second offset
+    (static files' ``Expires`` asks for one on every response)."""
     now = time.time()
-    if offset:
+    if offset != int(offset):
         return email.utils.formatdate(now + offset, usegmt=True)
+    whole = int(offset)
     second = int(now)
-    if _date_cache[0] != second:
-        _date_cache = (second, email.utils.formatdate(second, usegmt=True))
-    return _date_cache[1]
+    cached = _date_cache.get(whole)
+    if cached is None or cached[0] != second:
+        if cached is None and len(_date_cache) >= _DATE_OFFSETS_KEPT:
+            _date_cache.clear()
+        # formatdate drops the fraction, so the date of now + a whole offset is that of the second + the offset.
+        cached = _date_cache[whole] = (second, email.utils.formatdate(second + whole, usegmt=True))
+    return cached[1]
 
 
 def _front_end_headers() -> dict[str, str]:

@@ -16,6 +16,7 @@ import functools
 import hashlib
 import mimetypes
 import pathlib
+import stat
 import time
 from collections import OrderedDict
 
@@ -42,7 +43,7 @@ class FileCache:
             st = path.stat()
         except OSError:
             return None
-        if not path.is_file():
+        if not stat.S_ISREG(st.st_mode):  # what path.is_file() says, without a second stat call
             return None
         key = (str(path), st.st_size, st.st_mtime_ns)
         hit = self._items.get(key)

@@ -192,8 +192,9 @@ def _set_session_cookie(response: web.StreamResponse, value: str, max_age: int, 
     responses.keep_private(response)
 
 
-async def renew_cookie(request: web.Request, response: web.StreamResponse) -> None:
-    """``on_response_prepare`` hook: the renewed session cookie :meth:`Sessions.user` left for this response."""
+def renew_cookie(request: web.Request, response: web.StreamResponse) -> None:
+    """The renewed session cookie :meth:`Sessions.user` left for this request, set on its response (a plain call:
+    nothing here waits, and a coroutine per request cost more than the lookup)."""
     renewal = request.get(_RENEWAL)
     if renewal is not None:
         _set_session_cookie(response, renewal.value, renewal.max_age, renewal.secure)
