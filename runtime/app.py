@@ -40,7 +40,7 @@ import time
 import traceback
 import urllib.parse
 import uuid
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any
 
 from nats.aio.client import Client
@@ -152,51 +152,65 @@ class RequestThreads:
         :meth:`_hand_next`), not all at once: threads woken together only take the interpreter from each other, each
         waiting in turn.
         """
-        start = None
         with self._mutex:
             if self._stopped:
                 raise RuntimeError("the instance's request threads have stopped")
             self._waiting.append(state)
-            woken = self._hand_next()
-            if woken is None and not self._waking and len(self._threads) < self.limit:
-                start = threading.Thread(target=self._run, name=f"{sandbox.APP_THREADS}_{len(self._threads)}",
-                                         daemon=True)
-                self._threads.append(start)
-        if woken is not None:
-            woken.lock.release()  # wakes that thread alone
-        elif start is not None:
-            start.start()
+            wake = self._hand_next()
+        if wake is not None:
+            wake()
 
-    def _hand_next(self) -> _Parked | None:
-        """Under the mutex: unless a thread is waking already, hand the first waiting request to the thread that
-        went idle last, and return it (to be woken once the mutex is released)."""
-        if self._waking or not self._waiting or not self._idle:
+    def _hand_next(self) -> Callable[[], None] | None:
+        """Under the mutex, unless a thread is waking already and while requests wait: hand the first to the thread
+        that went idle last, or, with none idle, make a new thread (up to the limit). Returns what wakes that thread,
+        to be called once the mutex is released.
+
+        What this keeps true after every step under the mutex: a request waits only while a thread is waking (it
+        will call this again) or while every thread the limit allows is busy (each takes the next when it ends).
+        """
+        if self._waking or not self._waiting:
             return None
-        parked = self._idle.pop()
-        parked.state = self._waiting.popleft()
-        self._waking = True
-        return parked
+        if self._idle:
+            parked = self._idle.pop()
+            parked.state = self._waiting.popleft()
+            self._waking = True
+            return parked.lock.release  # wakes that thread alone
+        if len(self._threads) < self.limit:
+            thread = threading.Thread(target=self._run, name=f"{sandbox.APP_THREADS}_{len(self._threads)}",
+                                      daemon=True)
+            self._threads.append(thread)
+            self._waking = True
+            return thread.start
+        return None
 
     def _run(self) -> None:
         parked, work, mutex = _Parked(), self._work, self._mutex
+        with mutex:  # started for a waiting request: take it, and let the next thread wake
+            self._waking = False
+            state = self._waiting.popleft() if self._waiting else None
+            wake = self._hand_next()
+        if wake is not None:
+            wake()
         while True:
-            with mutex:
-                if self._stopped:
-                    return
-                state = self._waiting.popleft() if self._waiting else None
-                if state is None:
-                    self._idle.append(parked)
             if state is None:
-                parked.lock.acquire()  # until a request (or stop()) is handed to this thread
                 with mutex:
-                    self._waking = False
-                    state, parked.state = parked.state, None
-                    woken = self._hand_next()  # more arrived meanwhile: the next thread wakes while this one runs
-                if woken is not None:
-                    woken.lock.release()
+                    if self._stopped:
+                        return
+                    state = self._waiting.popleft() if self._waiting else None
+                    if state is None:
+                        self._idle.append(parked)
                 if state is None:
-                    return  # stop()
+                    parked.lock.acquire()  # until a request (or stop()) is handed to this thread
+                    with mutex:
+                        self._waking = False
+                        state, parked.state = parked.state, None
+                        wake = self._hand_next()  # more arrived meanwhile: the next thread wakes while this one runs
+                    if wake is not None:
+                        wake()
+                    if state is None:
+                        return  # stop()
             work(state)
+            state = None
 
     def stop(self) -> None:
         """Take no more requests; each thread ends after its current one (requests still waiting are dropped)."""

@@ -140,3 +140,37 @@ def test_stopped_threads_end_and_take_no_more_requests():
 def test_an_instance_needs_a_request_thread():
     with pytest.raises(ValueError):
         RequestThreads(0, lambda state: None)
+
+
+def test_requests_queued_while_a_thread_wakes_get_threads_of_their_own():
+    # One thread busy in app code, one idle: three requests arriving together that each wait for the other two
+    # must all run at once (one on the idle thread, two on threads started for them).
+    busy, barrier = threading.Event(), threading.Barrier(3, timeout=WAIT)
+    running, done, all_three = threading.Event(), threading.Event(), threading.Event()
+    finished: list[str] = []
+
+    def work(state: str) -> None:
+        if state == "busy":
+            running.set()
+            assert busy.wait(WAIT)
+        elif state == "quick":
+            done.set()
+        else:
+            barrier.wait()
+            finished.append(state)
+            if len(finished) == 3:
+                all_three.set()
+
+    threads = RequestThreads(5, work)
+    threads.submit("busy")  # type: ignore[arg-type]
+    assert running.wait(WAIT)
+    threads.submit("quick")  # type: ignore[arg-type]
+    assert done.wait(WAIT)
+    for name in ("a", "b", "c"):
+        threads.submit(name)  # type: ignore[arg-type]
+    try:
+        assert all_three.wait(WAIT)
+        assert sorted(finished) == ["a", "b", "c"]
+    finally:
+        busy.set()
+        threads.stop()
