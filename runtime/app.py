@@ -290,6 +290,7 @@ class Instance:
         # What request threads hand back to the loop (see _hand_back): (callback, its arguments), in order.
         self._handed_back: collections.deque[tuple[Any, tuple[Any, ...]]] = collections.deque()
         self._wake_scheduled = False  # a call of _take_handed_back is scheduled and has not started yet
+        self._memory_check_due = False  # answers were handed back: check memory once they are published
         # Answers encoded by request threads, published by the loop in arrival order of the answers.
         self._outbox: collections.deque[tuple[Msg, bytes]] = collections.deque()
         self._outbox_ready = asyncio.Event()
@@ -479,7 +480,10 @@ class Instance:
         while handed_back:
             callback, args = handed_back.popleft()
             callback(*args)
-        self._check_soft_memory()
+        if self._outbox:
+            self._memory_check_due = True  # after the answers are written (publish_answers): not in their way
+        else:
+            self._check_soft_memory()
 
     def _answer_now(self, state: _Request, resp: http_pb2.HttpResponse) -> None:
         """On the loop: answer a request that never reached a request thread (or that the timer gave up on)."""
@@ -536,6 +540,10 @@ class Instance:
                 self._report_arrivals()  # a request answered at once is reported as received first
                 self.inflight.finished_all(answered)  # one write for the batch
                 self._settled()
+            if self._memory_check_due:
+                self._memory_check_due = False
+                await asyncio.sleep(0)  # nats-py's flusher writes the answers first
+                self._check_soft_memory()
 
     def _settled(self) -> None:
         if not self._waiting and not self._outbox:
