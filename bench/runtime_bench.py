@@ -91,14 +91,31 @@ def _runtime_process(wrapper_pid: int) -> int:
     raise RuntimeError(f"no runtime process below pid {wrapper_pid}")
 
 
-def loaded_cpu(url: str, pid: int, seconds: int, main_thread: bool = True) -> tuple[float, float, float]:
-    """Load ``url`` with 32 connections; (CPU us per request of process ``pid``, of its main thread, req/s)."""
-    wrk(url, 32, 1)  # warm
+def _voluntary_switches(pid: int) -> int:
+    """Voluntary context switches of every thread of ``pid`` so far (each is a thread going to sleep: a wait for
+    work, for the interpreter lock, for I/O)."""
+    total = 0
+    for task in pathlib.Path(f"/proc/{pid}/task").iterdir():
+        try:
+            status = (task / "status").read_text()
+        except OSError:
+            continue  # a thread that ended meanwhile
+        total += int(status.split("\nvoluntary_ctxt_switches:", 1)[1].split()[0])
+    return total
+
+
+def loaded_cpu(url: str, pid: int, seconds: int, main_thread: bool = True,
+               connections: int = 32) -> tuple[float, float, float, float]:
+    """Load ``url``; (CPU us per request of process ``pid``, of its main thread, req/s, voluntary context switches
+    per request)."""
+    wrk(url, connections, 1)  # warm
     before, before_main = _cpu_seconds(pid), _thread_cpu_seconds(pid, pid) if main_thread else 0.0
-    result = wrk(url, 32, seconds)
+    switches = _voluntary_switches(pid)
+    result = wrk(url, connections, seconds)
     cpu, cpu_main = _cpu_seconds(pid) - before, (_thread_cpu_seconds(pid, pid) - before_main) if main_thread else 0.0
     requests = result["rps"] * seconds
-    return cpu / requests * 1e6, cpu_main / requests * 1e6, result["rps"]
+    return (cpu / requests * 1e6, cpu_main / requests * 1e6, result["rps"],
+            (_voluntary_switches(pid) - switches) / requests)
 
 
 class Prototype:
@@ -177,7 +194,7 @@ def cpu_rounds(args: argparse.Namespace, tmp: pathlib.Path) -> None:
         configs = ["kiln", "proto", "threaded"]
         for n in range(args.cpu_rounds):
             order = configs[n % 3:] + configs[:n % 3]  # each configuration first in turn
-            row: dict[str, tuple[float, float, float]] = {}
+            row: dict[str, tuple[float, float, float, float]] = {}
             for which in order:
                 if which == "kiln":
                     row["kiln"] = loaded_cpu(server.url, runtime_pid, args.seconds)
@@ -186,15 +203,16 @@ def cpu_rounds(args: argparse.Namespace, tmp: pathlib.Path) -> None:
                 elif which == "threaded" and threaded is not None:
                     row["threaded"] = loaded_cpu(threaded.url, threaded.worker_pid, args.seconds)
             kiln_rows.append(row["kiln"])
-            line = (f"round {n + 1}: runtime {row['kiln'][0]:.0f} us/request (event loop thread {row['kiln'][1]:.0f}) "
-                    f"at {row['kiln'][2]:.0f} req/s")
+            line = (f"round {n + 1}: runtime {row['kiln'][0]:.0f} us/request (event loop thread {row['kiln'][1]:.0f}; "
+                    f"{row['kiln'][3]:.2f} voluntary context switches/request) at {row['kiln'][2]:.0f} req/s")
             if "proto" in row:
                 proto_rows.append(row["proto"])
                 ratios.append(row["kiln"][0] / row["proto"][0])
                 threaded_rows.append(row["threaded"])
-                line += (f"; prototype worker {row['proto'][0]:.0f} us/request at {row['proto'][2]:.0f} req/s "
-                         f"(ratio {ratios[-1]:.2f}); prototype worker with a thread pool {row['threaded'][0]:.0f} "
-                         f"us/request at {row['threaded'][2]:.0f} req/s")
+                line += (f"; prototype worker {row['proto'][0]:.0f} us/request ({row['proto'][3]:.2f} switches) at "
+                         f"{row['proto'][2]:.0f} req/s (ratio {ratios[-1]:.2f}); prototype worker with a thread pool "
+                         f"{row['threaded'][0]:.0f} us/request ({row['threaded'][3]:.2f} switches) at "
+                         f"{row['threaded'][2]:.0f} req/s")
             print(line, flush=True)
     finally:
         for started in (proto, threaded):
@@ -203,7 +221,8 @@ def cpu_rounds(args: argparse.Namespace, tmp: pathlib.Path) -> None:
         server.stop()
     print(f"runtime CPU per request at 32 connections: median {statistics.median(r[0] for r in kiln_rows):.0f} us "
           f"(min {min(r[0] for r in kiln_rows):.0f}, max {max(r[0] for r in kiln_rows):.0f}); event loop thread "
-          f"{statistics.median(r[1] for r in kiln_rows):.0f} us; {statistics.median(r[2] for r in kiln_rows):.0f} "
+          f"{statistics.median(r[1] for r in kiln_rows):.0f} us; {statistics.median(r[3] for r in kiln_rows):.2f} "
+          f"voluntary context switches/request; {statistics.median(r[2] for r in kiln_rows):.0f} "
           f"req/s (the hello-world app's own code is a few us of it)")
     if proto_rows:
         print(f"prototype worker CPU per request, same load, same run: median "

@@ -10,19 +10,23 @@ ones in flight finish, then drains its NATS connection.
 **One hop each way.** Waking another thread costs tens of microseconds on a
 small machine, more than the rest of a small request's work, so a request
 crosses threads exactly twice: the event loop hands the message to a request
-thread (the pool's queue), and the request thread, having run the app and
-encoded the answer, hands the bytes back (one ``call_soon_threadsafe``) to be
-published. Nothing on the loop waits for the app: no task, future or timer per
-request. The request timer is one watcher for all requests
-(:mod:`runtime.timer`); the request thread files its deadline when the handler
-starts and takes it back when it ends.
+thread (:class:`RequestThreads`), and the request thread, having run the app
+and encoded the answer, hands the bytes back to be published. Both hops are
+shared by the requests that make them together: the requests one turn of the
+loop reads are told to the instance manager in one write and handed over at
+the end of the turn (:meth:`Instance._dispatch`), and the answers request
+threads finish while the loop is busy share one wake-up of the loop
+(:meth:`Instance._hand_back`), one write to the manager and one memory check.
+Nothing on the loop waits for the app: no task, future or timer per request.
+The request timer is one watcher for all requests (:mod:`runtime.timer`); the
+request thread files its deadline when the handler starts and takes it back
+when it ends.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
 import contextlib
 import ctypes
 import dataclasses
@@ -36,7 +40,7 @@ import time
 import traceback
 import urllib.parse
 import uuid
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any
 
 from nats.aio.client import Client
@@ -103,6 +107,126 @@ class AppLoader:
             return app
 
 
+class _Parked:
+    """An idle request thread's place: the lock it sleeps on (held, so acquiring it waits) and the request that
+    wakes it."""
+
+    __slots__ = ("lock", "state")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.lock.acquire()
+        self.state: _Request | None = None
+
+
+class RequestThreads:
+    """The threads that run app code: at most ``limit``, serving requests in the order they arrived.
+
+    Each idle thread sleeps on a lock of its own, so handing over a request wakes exactly one thread, the one
+    that went idle last (its memory is the likeliest to be in cache). A shared queue wakes more: CPython's
+    ``SimpleQueue`` (which ``ThreadPoolExecutor`` uses) releases its one lock again after each ``get``, waking a
+    second sleeping thread that finds nothing, takes the interpreter from the others and goes back to sleep — a
+    wasted wake-up per request, measured at one connection. A thread that finishes its request takes the next one
+    waiting without sleeping. Nothing is made per request (no future, no work item). Threads start when a request
+    finds none idle, up to ``limit``, named for the sandbox (:data:`runtime.sandbox.APP_THREADS`); they are daemons:
+    a thread stuck in app code must not keep a stopping instance alive.
+    """
+
+    def __init__(self, limit: int, work: Any) -> None:
+        if limit < 1:
+            raise ValueError(f"an instance needs at least one request thread, got {limit}")
+        self.limit = limit
+        self._work = work
+        # Guards the fields below; held for a few operations at a time, never while a thread sleeps or runs app code.
+        self._mutex = threading.Lock()
+        self._waiting: collections.deque[_Request] = collections.deque()  # requests no thread has taken yet
+        self._idle: list[_Parked] = []  # idle threads, the last one to go idle at the end
+        self._waking = False  # a thread was handed a request and has not started running yet
+        self._stopped = False
+        self._threads: list[threading.Thread] = []
+
+    def submit(self, state: _Request) -> None:
+        """On the event loop's thread: queue a request; wake an idle thread for it unless one is waking already.
+
+        Requests that arrive together wake their threads one after the other (each woken thread wakes the next,
+        :meth:`_hand_next`), not all at once: threads woken together only take the interpreter from each other, each
+        waiting in turn.
+        """
+        with self._mutex:
+            if self._stopped:
+                raise RuntimeError("the instance's request threads have stopped")
+            self._waiting.append(state)
+            wake = self._hand_next()
+        if wake is not None:
+            wake()
+
+    def _hand_next(self) -> Callable[[], None] | None:
+        """Under the mutex, unless a thread is waking already and while requests wait: hand the first to the thread
+        that went idle last, or, with none idle, make a new thread (up to the limit). Returns what wakes that thread,
+        to be called once the mutex is released.
+
+        What this keeps true after every step under the mutex: a request waits only while a thread is waking (it
+        will call this again) or while every thread the limit allows is busy (each takes the next when it ends).
+        """
+        if self._waking or not self._waiting:
+            return None
+        if self._idle:
+            parked = self._idle.pop()
+            parked.state = self._waiting.popleft()
+            self._waking = True
+            return parked.lock.release  # wakes that thread alone
+        if len(self._threads) < self.limit:
+            thread = threading.Thread(target=self._run, name=f"{sandbox.APP_THREADS}_{len(self._threads)}",
+                                      daemon=True)
+            self._threads.append(thread)
+            self._waking = True
+            return thread.start
+        return None
+
+    def _run(self) -> None:
+        parked, work, mutex = _Parked(), self._work, self._mutex
+        with mutex:  # started for a waiting request: take it, and let the next thread wake
+            self._waking = False
+            state = self._waiting.popleft() if self._waiting else None
+            wake = self._hand_next()
+        if wake is not None:
+            wake()
+        while True:
+            if state is None:
+                with mutex:
+                    if self._stopped:
+                        return
+                    state = self._waiting.popleft() if self._waiting else None
+                    if state is None:
+                        self._idle.append(parked)
+                if state is None:
+                    parked.lock.acquire()  # until a request (or stop()) is handed to this thread
+                    with mutex:
+                        self._waking = False
+                        state, parked.state = parked.state, None
+                        wake = self._hand_next()  # more arrived meanwhile: the next thread wakes while this one runs
+                    if wake is not None:
+                        wake()
+                    if state is None:
+                        return  # stop()
+            work(state)
+            state = None
+
+    def stop(self) -> None:
+        """Take no more requests; each thread ends after its current one (requests still waiting are dropped)."""
+        with self._mutex:
+            self._stopped = True
+            self._waiting.clear()
+            idle, self._idle = self._idle, []
+        for parked in idle:
+            parked.lock.release()
+
+    @property
+    def threads(self) -> list[threading.Thread]:
+        """The threads started so far."""
+        return list(self._threads)
+
+
 # Exit status of an instance that must be replaced (a handler ignored its deadline, or memory ran over).
 EXIT_REPLACE = 75
 # Past the memory limit times this, the instance stops at once (App Engine's hard limit), failing its requests.
@@ -150,8 +274,8 @@ class Instance:
         self._nc: Client | None = None
         self.subscriptions: list[Subscription] = []
         # Request threads run app code: the sandbox knows them by name, from the moment they start. At most
-        # `limit` run at once; the pool's queue holds the rest in the order they arrived.
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=limit, thread_name_prefix=sandbox.APP_THREADS)
+        # `limit` run at once; their queue holds the rest in the order they arrived.
+        self._threads = RequestThreads(limit, self._work)
         self._loader = AppLoader(str(cfg.app_dir.resolve()), app_config)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()  # the few requests that need the loop (large bodies)
@@ -160,6 +284,13 @@ class Instance:
         # The request timer: every running request's deadline (runtime.timer); the shortest is the configured one.
         self._timer: timer.RequestTimer[_Request] = timer.RequestTimer(cfg.request_deadline_seconds)
         self._running_lock = threading.Lock()  # a request's `running` flag and the timer's exception go together
+        # Requests received in this turn of the loop, handed to the request threads at its end (see _dispatch).
+        self._arriving: list[_Request] = []
+        self._unreported: list[str] = []  # their reply subjects, not yet told to the instance manager
+        # What request threads hand back to the loop (see _hand_back): (callback, its arguments), in order.
+        self._handed_back: collections.deque[tuple[Any, tuple[Any, ...]]] = collections.deque()
+        self._wake_scheduled = False  # a call of _take_handed_back is scheduled and has not started yet
+        self._memory_check_due = False  # answers were handed back: check memory once they are published
         # Answers encoded by request threads, published by the loop in arrival order of the answers.
         self._outbox: collections.deque[tuple[Msg, bytes]] = collections.deque()
         self._outbox_ready = asyncio.Event()
@@ -227,7 +358,7 @@ class Instance:
         loop = self._bind_loop()
         state = _Request(None, time.monotonic(), req, done=loop.create_future())
         self._arrived(state)
-        self._pool.submit(self._work, state)
+        self._threads.submit(state)
         resp = await state.done  # type: ignore[misc]  # set just above
         log.info("warmup request answered %d", resp.status)
 
@@ -243,8 +374,10 @@ class Instance:
 
     async def on_message(self, msg: Msg) -> None:
         """NATS callback: hand the request to a request thread (no task, no wait: requests overlap)."""
-        self._bind_loop()
-        self.inflight.started(msg.reply)
+        loop = self._bind_loop()
+        if not self._arriving and not self._unreported:
+            loop.call_soon(self._dispatch)  # after the other messages this turn of the loop delivers
+        self._unreported.append(msg.reply)
         state = _Request(msg, time.monotonic())
         self._arrived(state)
         try:
@@ -262,7 +395,25 @@ class Instance:
         if req.body_object:  # the body is in the object store: fetch it first, on the loop
             self._spawn(self._fetch_body(state))
             return
-        self._pool.submit(self._work, state)
+        self._arriving.append(state)
+
+    def _dispatch(self) -> None:
+        """On the loop, once per turn that received requests: tell the manager of them (one write), then wake the
+        request threads (a thread finishing its request takes the next one without sleeping).
+
+        The threads are woken only now, when the loop has read every message of this turn and is about to wait for
+        more: a thread woken earlier would compete with the loop for the interpreter and both would wait in turn.
+        """
+        self._report_arrivals()
+        arriving, self._arriving = self._arriving, []
+        for state in arriving:
+            self._threads.submit(state)
+
+    def _report_arrivals(self) -> None:
+        """Tell the instance manager of the requests received (before any of their answers is reported)."""
+        if self._unreported:
+            replies, self._unreported = self._unreported, []
+            self.inflight.started_all(replies)
 
     def _arrived(self, state: _Request) -> None:
         self._waiting[id(state)] = state
@@ -282,7 +433,8 @@ class Instance:
             log.exception("request body %s could not be fetched", state.req.body_object)
             self._answer_now(state, _error(500, "request body lost in transit", self.cfg.instance_id))
             return
-        self._pool.submit(self._work, state)
+        self._report_arrivals()
+        self._threads.submit(state)
 
     def pending(self) -> tuple[int, float]:
         """Requests waiting for a free request thread, and how long (seconds) the longest has waited."""
@@ -298,19 +450,41 @@ class Instance:
     def _work(self, state: _Request) -> None:
         """On a request thread: run the request, encode its answer, hand it to the loop (the one hop back)."""
         self._queued.pop(id(state), None)
-        loop = self._loop
-        assert loop is not None and state.req is not None
+        assert state.req is not None
         try:
             resp = self._serve(state)
             if state.msg is not None and (self._bodies is None or self._bodies.fits_inline(len(resp.body))):
-                loop.call_soon_threadsafe(self._answer, state, None, resp.SerializeToString(), True)
+                self._hand_back(self._answer, (state, None, resp.SerializeToString(), True))
             else:  # the warmup request's answer, or a body for the object store: the loop finishes it
-                loop.call_soon_threadsafe(self._answer, state, resp, b"", True)
+                self._hand_back(self._answer, (state, resp, b"", True))
         except BaseException:  # noqa: BLE001 - the request is answered whatever happened; the thread serves on
             log.exception("request %s failed in the runtime", state.req.request_id)
             resp = _error(500, "the runtime failed serving the request", self.cfg.instance_id)
-            loop.call_soon_threadsafe(self._answer_now, state, resp)
-        self._check_soft_memory(loop)
+            self._hand_back(self._answer_now, (state, resp))
+
+    def _hand_back(self, callback: Any, args: tuple[Any, ...]) -> None:
+        """On a request thread: have the loop run ``callback(*args)``. Answers finished while the loop is busy share
+        one wake-up of the loop: the first schedules it, the others only join the queue it empties."""
+        self._handed_back.append((callback, args))
+        if not self._wake_scheduled:
+            self._wake_scheduled = True
+            loop = self._loop
+            assert loop is not None
+            loop.call_soon_threadsafe(self._take_handed_back)
+
+    def _take_handed_back(self) -> None:
+        """On the loop: run what request threads handed back, then check the instance's memory once for them all."""
+        # Cleared before the queue is emptied: a thread that appends after this schedules another call, and one
+        # that appended before finds its item taken below. No item waits for a wake-up that never comes.
+        self._wake_scheduled = False
+        handed_back = self._handed_back
+        while handed_back:
+            callback, args = handed_back.popleft()
+            callback(*args)
+        if self._outbox:
+            self._memory_check_due = True  # after the answers are written (publish_answers): not in their way
+        else:
+            self._check_soft_memory()
 
     def _answer_now(self, state: _Request, resp: http_pb2.HttpResponse) -> None:
         """On the loop: answer a request that never reached a request thread (or that the timer gave up on)."""
@@ -354,30 +528,41 @@ class Instance:
         while True:
             await self._outbox_ready.wait()
             self._outbox_ready.clear()
-            while self._outbox:
-                msg, data = self._outbox.popleft()
-                try:
-                    await msg.respond(data)
-                except Exception:  # noqa: BLE001 - one lost reply must not stop the others
-                    log.exception("could not answer request")
-                finally:
-                    self.inflight.finished(msg.reply)
-                    self._settled()
+            answered: list[str] = []
+            try:
+                while self._outbox:
+                    msg, data = self._outbox.popleft()
+                    answered.append(msg.reply)
+                    try:
+                        await msg.respond(data)
+                    except Exception:  # noqa: BLE001 - one lost reply must not stop the others
+                        log.exception("could not answer request")
+            finally:
+                self._report_arrivals()  # a request answered at once is reported as received first
+                self.inflight.finished_all(answered)  # one write for the batch
+                self._settled()
+            if self._memory_check_due:
+                self._memory_check_due = False
+                await asyncio.sleep(0)  # nats-py's flusher writes the answers first
+                self._check_soft_memory()
 
     def _settled(self) -> None:
         if not self._waiting and not self._outbox:
             self._idle.set()
 
-    def _check_soft_memory(self, loop: asyncio.AbstractEventLoop) -> None:
-        """On a request thread, after its request: past the soft limit, the loop dooms the instance."""
-        if self.out_of_memory and not self.doomed.is_set():
-            loop.call_soon_threadsafe(self._doom, (
+    def _check_soft_memory(self) -> None:
+        """On the loop, after requests were answered (once for those answered together): past the soft limit, the
+        instance is doomed."""
+        if self.doomed.is_set():
+            return
+        if self.out_of_memory:
+            self._doom((
                 ("Exceeded hard memory limit of %d MB: an allocation was refused while handling this request; this "
                  "instance will be replaced."), isolation.hard_memory_mb(self.memory_limit_mb)))
             return
         used = self._rss_mb()
-        if used > self.memory_limit_mb and not self.doomed.is_set():
-            loop.call_soon_threadsafe(self._doom, (
+        if used > self.memory_limit_mb:
+            self._doom((
                 ("Exceeded soft memory limit of %d MB with %.0f MB after servicing %d requests total. After handling "
                  "this request, this instance was found to be using too much memory and will be replaced."),
                 self.memory_limit_mb, used, self.served))
@@ -547,7 +732,7 @@ class Instance:
         """Wait for in-flight requests to be answered."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), timeout)
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._threads.stop()
 
 
 def rss_mb() -> float:

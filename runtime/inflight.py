@@ -33,6 +33,8 @@ import fcntl
 import logging
 import os
 import re
+import select
+from collections.abc import Iterable
 
 from kiln.pb.logs.v1 import logs_pb2
 from kiln.pb.runtime.v1 import http_pb2
@@ -63,7 +65,8 @@ OUT_OF_MEMORY_MESSAGE = ("While handling this request, the process that handled 
 
 
 class Reporter:
-    """The instance's side: one line into the manager's pipe when a request arrives and when it is answered.
+    """The instance's side: one line into the manager's pipe when a request arrives and when it is answered (the
+    lines of requests that arrive, or are answered, in one turn of the instance's event loop share a write).
 
     With no pipe (``fd`` < 0: an instance started by hand) it does nothing. A full pipe (a manager that stopped
     reading) never blocks the instance: the line is dropped, and said once in the log.
@@ -77,16 +80,34 @@ class Reporter:
             os.set_blocking(fd, False)
 
     def started(self, reply: str) -> None:
-        self._write(_STARTED, reply)
+        self._write(_STARTED, (reply,))
 
     def finished(self, reply: str) -> None:
-        self._write(_FINISHED, reply)
+        self._write(_FINISHED, (reply,))
 
-    def _write(self, kind: bytes, reply: str) -> None:
-        if self._fd < 0 or not reply:
+    def started_all(self, replies: Iterable[str]) -> None:
+        """Several requests arrived (one event-loop turn's): their lines in as few writes as the pipe allows."""
+        self._write(_STARTED, replies)
+
+    def finished_all(self, replies: Iterable[str]) -> None:
+        """Several requests were answered: their lines in as few writes as the pipe allows."""
+        self._write(_FINISHED, replies)
+
+    def _write(self, kind: bytes, replies: Iterable[str]) -> None:
+        if self._fd < 0:
             return
+        lines = [kind + reply.encode() + b"\n" for reply in replies if reply]
         try:
-            os.write(self._fd, kind + reply.encode() + b"\n")
+            # Each write holds whole lines and at most PIPE_BUF bytes: atomic, so the manager never sees half a line
+            # from a write that failed, and lines of several writers never interleave.
+            start = 0
+            while start < len(lines):
+                end, size = start, 0
+                while end < len(lines) and (end == start or size + len(lines[end]) <= select.PIPE_BUF):
+                    size += len(lines[end])
+                    end += 1
+                os.write(self._fd, b"".join(lines[start:end]))
+                start = end
         except OSError as exc:
             if not self._dropped:
                 self._dropped = True

@@ -121,3 +121,23 @@ def test_the_response_for_memory_says_the_process_used_too_much_memory():
 ])
 def test_exit_reason_names_the_signal_or_the_status(status, namespaced, said):
     assert exit_reason(status, namespaced=namespaced) == said
+
+
+def test_requests_reported_together_are_held_and_released_together(pipe):
+    tracker, reporter = pipe
+    replies = [f"_INBOX.a.{i}" for i in range(5)]
+    reporter.started_all(replies)
+    tracker.feed()
+    assert tracker.held() == replies
+    reporter.finished_all(replies[:3])
+    tracker.feed()
+    assert tracker.held() == replies[3:]
+
+
+def test_a_batch_larger_than_one_atomic_pipe_write_arrives_whole(pipe):
+    tracker, reporter = pipe
+    replies = [f"_INBOX.TPBsRd3Q4oXh7fL0mYc2Ab.{i:040d}" for i in range(500)]  # ~35 KB of lines
+    reporter.started_all(replies)
+    tracker.feed()
+    assert tracker.held() == replies
+    assert tracker.refused == 0
