@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import datetime
 import math
-import pathlib
 import os
+import pathlib
 import tempfile
 from collections.abc import Callable
 from typing import Any
@@ -40,7 +40,8 @@ from tests.integration.sdkds import gae_sdk, sdk_fixture  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.nats
 
-EXAMPLES = int(os.environ.get("KILN_DSDIFF_EXAMPLES", "60"))  # data sets per engine, each with QUERIES_PER_SET queries at most
+# Data sets per engine, each with QUERIES_PER_SET queries at most (the environment variable is for exploring).
+EXAMPLES = int(os.environ.get("KILN_DSDIFF_EXAMPLES", "60"))
 QUERIES_PER_SET = 6
 COLLECT = os.environ.get("KILN_DSDIFF_COLLECT", "")  # exploring: append differences to this file, fail on none
 KINDS = ("DiffA", "DiffB")
@@ -325,7 +326,8 @@ def cleanup(data: list[dict[str, Any]]) -> None:
     assert data is not None
 
 
-def compare(data: list[dict[str, Any]], specs: list[dict[str, Any]], index_file: Indexes, google_stub: GoogleStub) -> int:
+def compare(data: list[dict[str, Any]], specs: list[dict[str, Any]], index_file: Indexes,
+            google_stub: GoogleStub) -> int:
     """Run the scenario on kiln then on Google's stub; assert equal answers; return the number of queries."""
     from google.appengine.ext import ndb
 
