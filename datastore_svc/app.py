@@ -26,7 +26,7 @@ async def open_engine(cfg: DatastoreConfig) -> Engine:
     """Pick the engine named by ``cfg.storage``; drivers are imported lazily."""
     async def on_embedded() -> Engine:
         from datastore_svc.engine import embedded
-        return await embedded.create(cfg.data_dir)
+        return await embedded.create(cfg.data_dir, consistency=cfg.consistency)
 
     async def on_cassandra() -> Engine:
         from datastore_svc.engine import cassandra

@@ -30,6 +30,10 @@ class DatastoreConfig(StorageConfig, GrpcServiceConfig):
                                             "and adding them)")
     tasks_sweep_after_seconds: float = field(30.0, "a commit's tasks are left to its own replica this long before "
                                                    "the sweep adds them")
+    consistency: float = field(1.0, "embedded engine (kiln dev): the probability that a commit is applied to "
+                                    "non-ancestor queries at each such query; below 1 gives App Engine's eventual "
+                                    "consistency (gets, ancestor queries and transactions always see every "
+                                    "commit), 1 applies every commit at once")
     auto_index_file: str = field("", "kiln dev only: add composite indexes that queries need instead of "
                                      "failing with NeedIndexError, and append them to this index.yaml")
 
@@ -39,5 +43,10 @@ class DatastoreConfig(StorageConfig, GrpcServiceConfig):
             raise ValueError("index_cache_seconds: must be between 0 and 3600")
         if self.tasks_sweep_seconds <= 0 or self.tasks_sweep_after_seconds < 0:
             raise ValueError("tasks_sweep_seconds, tasks_sweep_after_seconds: must be positive")
+        if not 0 <= self.consistency <= 1:
+            raise ValueError("consistency: must be between 0 and 1")
+        if self.consistency < 1 and self.storage != "embedded":
+            raise ValueError("consistency: below 1 only with the embedded engine (Cassandra's queries are strongly "
+                             "consistent)")
         if not 1 <= self.cassandra_index_shards <= 256:
             raise ValueError("cassandra_index_shards: must be between 1 and 256")

@@ -106,7 +106,7 @@ async def _entities(engine: Engine, app: str, namespace: str, items: list[Item])
     """The entities of the candidates (group scans carry theirs; the rest are fetched in one call)."""
     missing = [i for i, item in enumerate(items) if item.entity is None]
     fetched = await engine.get(app, namespace, [Ref(group_of(items[i].path), items[i].path)
-                                                for i in missing]) if missing else []
+                                                for i in missing], eventual=True) if missing else []
     blobs: list[bytes | None] = [item.entity for item in items]
     for i, blob in zip(missing, fetched):
         blobs[i] = blob

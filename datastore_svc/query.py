@@ -247,6 +247,7 @@ def _sub(kind: str, ancestor: bytes | None, filters: list[tuple[str, str, pb.Val
     ineq = Range()
     ineq_prop: str | None = None
     keys = KeyRange()
+    key_eq = False
     for name, op, value in filters:
         if name == KEY_PROPERTY:
             if not value.HasField("key_value"):
@@ -259,6 +260,7 @@ def _sub(kind: str, ancestor: bytes | None, filters: list[tuple[str, str, pb.Val
             if kind and key.path[-1].kind != kind and op == "=":
                 keys.add("<", b"")  # a key of another kind matches nothing
             keys.add(op, encode_path(key.path))
+            key_eq = key_eq or op == "="
             if op in INEQUALITIES:
                 ineq_prop = _one_inequality(ineq_prop, KEY_PROPERTY)
             continue
@@ -284,6 +286,8 @@ def _sub(kind: str, ancestor: bytes | None, filters: list[tuple[str, str, pb.Val
         normalized.append((name, desc))
         if name == KEY_PROPERTY:
             break  # keys are unique: later orders cannot matter
+    if key_eq:
+        normalized = []  # an equality filter on __key__ leaves at most one result: no order matters (App Engine's rule)
     if ineq_prop is not None:
         if not normalized:
             normalized = [(ineq_prop, False)]

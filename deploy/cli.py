@@ -40,6 +40,7 @@ def _dev(args: argparse.Namespace) -> int:
         return 2
     opts = DevOptions(app_dir=app_dir, host=args.host, port=args.port, data_dir=args.data_dir,
                       storage=args.storage, clear_datastore=args.clear_datastore,
+                      datastore_consistency=args.datastore_consistency,
                       cassandra_hosts=args.cassandra_hosts or "", request_deadline=args.request_deadline,
                       isolation=args.isolation, network_isolation=args.network_isolation,
                       urlfetch_allow_internal=args.urlfetch_allow_internal)
@@ -109,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "unless --cassandra-hosts is given)")
     dev.add_argument("--cassandra-hosts", default=None, help="use this Cassandra (host:port) instead of starting one")
     dev.add_argument("--clear-datastore", action="store_true", help="wipe the datastore before starting")
+    dev.add_argument("--datastore-consistency", type=datastore_consistency, default=1.0, metavar="POLICY",
+                     help="how soon non-ancestor queries see a write: consistent (the default), random (half of "
+                          "the writes not yet, as dev_appserver's --datastore_consistency_policy=random), or the "
+                          "probability 0..1 that a pending write is applied at each such query (embedded engine)")
     dev.add_argument("--isolation", choices=("none", "user", "auto"), default="none",
                      help="run the app as its own Unix user on a private copy of its files (user; needs root), "
                           "or as you (none, the default)")
@@ -129,6 +134,20 @@ def build_parser() -> argparse.ArgumentParser:
     cron_cli.register(sub)
     taskqueue_cli.register(sub)
     return parser
+
+
+def datastore_consistency(text: str) -> float:
+    """``--datastore-consistency``: consistent, random, or a probability between 0 and 1."""
+    named = {"consistent": 1.0, "random": 0.5}  # dev_appserver's names (its random policy's probability is 0.5)
+    if text in named:
+        return named[text]
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give consistent, random or a probability between 0 and 1")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -55,6 +55,7 @@ class DevOptions:
     data_dir: pathlib.Path | None = None
     storage: str = "embedded"
     clear_datastore: bool = False
+    datastore_consistency: float = 1.0  # below 1: App Engine's eventual consistency for non-ancestor queries
     cassandra_hosts: str = ""
     request_deadline: float = 60.0
     isolation: str = "none"
@@ -168,6 +169,8 @@ class DevServer:
         if self.opts.storage not in STORAGE_ENGINES:
             raise ConfigError(f"--storage: must be embedded or cassandra, got {self.opts.storage!r}")
         CassandraHost.parse_list(self.opts.cassandra_hosts, "--cassandra-hosts")
+        if self.opts.datastore_consistency < 1 and self.opts.storage != "embedded":
+            raise ConfigError("--datastore-consistency: eventual consistency is modelled by the embedded engine only")
         check_port_free(self.opts.host, self.opts.port)  # before anything starts: one line, not a child's traceback
         self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.data_dir.chmod(0o700)  # the app's data, logs and keys; an older kiln left it open to all
@@ -297,6 +300,8 @@ class DevServer:
                 "--storage", self.opts.storage, "--data-dir", str(self.data_dir / "datastore"),
                 "--index-cache-seconds", "0", "--auto-index-file", str(self.index_yaml),
                 "--taskqueue", taskqueue.address]
+        if self.opts.datastore_consistency < 1:
+            args += ["--consistency", str(self.opts.datastore_consistency)]
         if cassandra_hosts:
             args += ["--cassandra-hosts", cassandra_hosts, "--cassandra-keyspace", self._keyspace()]
         datastore = sup.start("datastore_svc", python_module("datastore_svc", *args), env=env, secrets=service,

@@ -20,6 +20,8 @@ from __future__ import annotations
 import pathlib
 from collections.abc import Iterable
 
+import yaml
+
 from kiln_platform.appyaml import AppYamlError, _check_keys, _Ctx, _Map, _seq, _str, load_yaml
 from kiln.pb.datastore.v1 import datastore_pb2 as pb
 
@@ -97,14 +99,22 @@ def describe(index: pb.CompositeIndex) -> str:
     return f"{index.kind}({props})" + (" ancestor" if index.ancestor else "")
 
 
+def _scalar(text: str) -> str:
+    """``text`` as a YAML string scalar, quoted where YAML would read it otherwise (``n`` is false in YAML 1.1, as
+    App Engine's index.yaml parser reads it)."""
+    if text in ("y", "Y", "n", "N"):  # YAML 1.1 booleans too, which PyYAML reads as strings but Google's SDK does not
+        return f"'{text}'"
+    return yaml.safe_dump(text, width=1 << 30, allow_unicode=True).split("\n", 1)[0]
+
+
 def render(index: pb.CompositeIndex) -> str:
     """One index as index.yaml lines (an item of the ``indexes`` list)."""
-    lines = [f"- kind: {index.kind}"]
+    lines = [f"- kind: {_scalar(index.kind)}"]
     if index.ancestor:
         lines.append("  ancestor: yes")
     lines.append("  properties:")
     for prop in index.properties:
-        lines.append(f"  - name: {prop.property.name}")
+        lines.append(f"  - name: {_scalar(prop.property.name)}")
         if prop.direction == pb.PropertyOrder.DIRECTION_DESCENDING:
             lines.append("    direction: desc")
     return "\n".join(lines)

@@ -91,10 +91,13 @@ class Engine(Protocol):
     #: Names of optional abilities.
     features: frozenset[str]
 
-    async def get(self, app: str, namespace: str, refs: list[Ref], *, strong: bool = False) -> list[bytes | None]:
+    async def get(self, app: str, namespace: str, refs: list[Ref], *, strong: bool = False,
+                  eventual: bool = False) -> list[bytes | None]:
         """The stored entity for each ref, ``None`` where absent, in order.
 
-        ``strong`` asks for a linearizable read (inside transactions).
+        ``strong`` asks for a linearizable read (inside transactions). ``eventual`` marks a non-ancestor query's
+        read of its results, which may see the state its index rows show (an engine that delays applying commits
+        to such queries, as the embedded one can, returns entities as applied, not the groups' latest).
         """
         ...
 

@@ -262,7 +262,8 @@ class CassandraEngine:
 
     # ------------------------------------------------------------------ reads
 
-    async def get(self, app: str, namespace: str, refs: list[Ref], *, strong: bool = False) -> list[bytes | None]:
+    async def get(self, app: str, namespace: str, refs: list[Ref], *, strong: bool = False,
+                  eventual: bool = False) -> list[bytes | None]:
         stmt = self._get_serial if strong else self._get
 
         async def one(ref: Ref) -> bytes | None:

@@ -7,13 +7,23 @@ SQLite transaction, so it is all-or-nothing even across entity groups, and a
 reader never sees an entity without its index rows. SQLite calls block, so
 they run on one worker thread (SQLite serialises writers anyway). BLOBs compare
 with memcmp, which is the order the index encodings are designed for.
+
+Eventual consistency (``kiln dev --datastore-consistency``): with a consistency below 1, a commit's writes to an
+entity group are durably queued (table ``pending``) instead of applied, as App Engine's datastore and Google's
+stub (``PseudoRandomHRConsistencyPolicy``) do: gets, ancestor queries and transactions of the group apply its
+queue first (they are strongly consistent), while each index scan of a non-ancestor query applies each group's
+queued commits, oldest first, each with that probability, stopping at the first it leaves queued. The default
+(1) applies every commit at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
+import json
 import pathlib
+import random
 import sqlite3
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -50,7 +60,39 @@ CREATE TABLE IF NOT EXISTS index_defs (
 CREATE TABLE IF NOT EXISTS id_counters (
   app TEXT PRIMARY KEY, next_id INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS pending (
+  app TEXT NOT NULL, ns TEXT NOT NULL, grp BLOB NOT NULL, seq INTEGER NOT NULL, job TEXT NOT NULL,
+  PRIMARY KEY (app, ns, grp, seq)
+) WITHOUT ROWID;
 """
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Applied:
+    """One write as applied to the tables: the entity (``None`` deletes) and its index rows' change."""
+
+    path: bytes
+    kind: str
+    entity: bytes | None
+    drop: tuple[IndexRow, ...]
+    add: tuple[IndexRow, ...]
+
+    def to_json(self) -> dict[str, object]:
+        return {"path": self.path.hex(), "kind": self.kind, "entity": None if self.entity is None
+                else self.entity.hex(), "drop": [[r.idx.hex(), r.row.hex()] for r in self.drop],
+                "add": [[r.idx.hex(), r.row.hex()] for r in self.add]}
+
+    @classmethod
+    def from_json(cls, d: dict[str, object]) -> _Applied:
+        path = bytes.fromhex(str(d["path"]))
+        entity = d["entity"]
+
+        def rows(key: str) -> tuple[IndexRow, ...]:
+            pairs = d[key]
+            assert isinstance(pairs, list)
+            return tuple(IndexRow(bytes.fromhex(i), bytes.fromhex(r), path) for i, r in pairs)
+        return cls(path, str(d["kind"]), None if entity is None else bytes.fromhex(str(entity)), rows("drop"),
+                   rows("add"))
 
 
 class EmbeddedEngine:
@@ -58,8 +100,12 @@ class EmbeddedEngine:
 
     features = frozenset({"atomic_cross_group"})
 
-    def __init__(self, path: pathlib.Path) -> None:
+    def __init__(self, path: pathlib.Path, *, consistency: float = 1.0, seed: int = 0) -> None:
+        if not 0 <= consistency <= 1:
+            raise ConfigError(f"consistency: must be between 0 and 1, got {consistency}")
         self._path = path
+        self._consistency = consistency
+        self._random = random.Random(seed)  # seeded: the same writes show the same staleness on every run
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._db: sqlite3.Connection | None = None
 
@@ -104,8 +150,12 @@ class EmbeddedEngine:
         # transaction of them, so it sees one consistent snapshot.
         return await self._run(self._tx, fn)
 
-    async def get(self, app: str, namespace: str, refs: list[Ref], *, strong: bool = False) -> list[bytes | None]:
+    async def get(self, app: str, namespace: str, refs: list[Ref], *, strong: bool = False,
+                  eventual: bool = False) -> list[bytes | None]:
         def _get(db: sqlite3.Connection) -> list[bytes | None]:
+            if not eventual:
+                for group in dict.fromkeys(ref.group for ref in refs):
+                    self._catch_up(db, app, namespace, group)
             out: list[bytes | None] = []
             for ref in refs:
                 row = db.execute("SELECT entity FROM entities WHERE app=? AND ns=? AND grp=? AND path=?",
@@ -131,25 +181,14 @@ class EmbeddedEngine:
                         "the transaction conflicted with a concurrent commit to the same entity group; retry it")
                 if not gc.writes:
                     continue  # a group the transaction only read: checked, not changed
-                new_meta: set[tuple[str, str, bytes]] = set()
-                for w in gc.writes:
-                    key = (app, namespace, gc.group, w.path)
-                    old = db.execute("SELECT entity FROM entities WHERE app=? AND ns=? AND grp=? AND path=?",
-                                     key).fetchone()
-                    old_rows = rows_of(bytes(old[0])) if old else frozenset()
-                    db.executemany("DELETE FROM index_rows WHERE app=? AND ns=? AND idx=? AND row=?",
-                                   [(app, namespace, r.idx, r.row) for r in old_rows - w.rows])
-                    added = w.rows - old_rows
-                    db.executemany("INSERT OR REPLACE INTO index_rows (app, ns, idx, row, path) VALUES (?,?,?,?,?)",
-                                   [(app, namespace, r.idx, r.row, r.path) for r in added])
-                    new_meta |= metadata_of(added)
-                    if w.entity is None:
-                        db.execute("DELETE FROM entities WHERE app=? AND ns=? AND grp=? AND path=?", key)
-                    else:
-                        db.execute("INSERT OR REPLACE INTO entities (app, ns, grp, path, kind, entity) "
-                                   "VALUES (?,?,?,?,?,?)", (*key, w.kind, w.entity))
-                db.executemany("INSERT OR IGNORE INTO metadata (app, ns, kind, prop, rep) VALUES (?,?,?,?,?)",
-                               [(app, namespace, *m) for m in new_meta])
+                applied = self._changes(db, app, namespace, gc, rows_of)
+                if self._consistency < 1:
+                    (seq,) = db.execute("SELECT coalesce(max(seq), 0) + 1 FROM pending WHERE app=? AND ns=? AND "
+                                        "grp=?", (app, namespace, gc.group)).fetchone()
+                    db.execute("INSERT INTO pending (app, ns, grp, seq, job) VALUES (?,?,?,?,?)",
+                               (app, namespace, gc.group, seq, json.dumps([a.to_json() for a in applied])))
+                else:
+                    _apply(db, app, namespace, gc.group, applied)
                 db.execute("INSERT OR REPLACE INTO groups (app, ns, grp, version) VALUES (?,?,?,?)",
                            (app, namespace, gc.group, version + 1))
             if commits:
@@ -157,9 +196,61 @@ class EmbeddedEngine:
                            (app, namespace))
         await self._run(self._tx, _commit)
 
+    def _changes(self, db: sqlite3.Connection, app: str, namespace: str, gc: GroupCommit,
+                 rows_of: RowsOf) -> list[_Applied]:
+        """Each write of ``gc`` as a change from the group's latest state (its queued commits included)."""
+        latest: dict[bytes, bytes | None] = {}
+        out = []
+        for w in gc.writes:
+            if w.path in latest:
+                old = latest[w.path]
+            else:
+                old = self._latest(db, app, namespace, gc.group, w.path)
+            old_rows = rows_of(old) if old is not None else frozenset()
+            out.append(_Applied(w.path, w.kind, w.entity, tuple(old_rows - w.rows), tuple(w.rows - old_rows)))
+            latest[w.path] = w.entity
+        return out
+
+    def _latest(self, db: sqlite3.Connection, app: str, namespace: str, group: bytes, path: bytes) -> bytes | None:
+        if self._consistency < 1:
+            jobs = db.execute("SELECT job FROM pending WHERE app=? AND ns=? AND grp=? ORDER BY seq DESC",
+                              (app, namespace, group)).fetchall()
+            for (job,) in jobs:
+                for write in reversed(json.loads(job)):
+                    if write["path"] == path.hex():
+                        return None if write["entity"] is None else bytes.fromhex(write["entity"])
+        row = db.execute("SELECT entity FROM entities WHERE app=? AND ns=? AND grp=? AND path=?",
+                         (app, namespace, group, path)).fetchone()
+        return bytes(row[0]) if row else None
+
+    def _catch_up(self, db: sqlite3.Connection, app: str, namespace: str, group: bytes) -> None:
+        """Apply the group's queued commits (a get, an ancestor query or a transaction reads the group)."""
+        if self._consistency < 1:
+            self._apply_queued(db, app, namespace, group, lambda: True)
+
+    def _apply_queued(self, db: sqlite3.Connection, app: str, namespace: str, group: bytes,
+                      should_apply: Callable[[], bool]) -> None:
+        jobs = db.execute("SELECT seq, job FROM pending WHERE app=? AND ns=? AND grp=? ORDER BY seq",
+                          (app, namespace, group)).fetchall()
+        for seq, job in jobs:
+            if not should_apply():
+                return
+            _apply(db, app, namespace, group, [_Applied.from_json(w) for w in json.loads(job)])
+            db.execute("DELETE FROM pending WHERE app=? AND ns=? AND grp=? AND seq=?", (app, namespace, group, seq))
+
+    def _groom(self, db: sqlite3.Connection, app: str, namespace: str) -> None:
+        """Before a non-ancestor query's scan: each queued commit applies with the consistency's probability."""
+        if self._consistency >= 1:
+            return
+        groups = [bytes(g) for (g,) in db.execute("SELECT DISTINCT grp FROM pending WHERE app=? AND ns=? ORDER BY "
+                                                  "grp", (app, namespace)).fetchall()]
+        for group in groups:
+            self._apply_queued(db, app, namespace, group, lambda: self._random.random() < self._consistency)
+
     async def scan_group(self, app: str, namespace: str, group: bytes, lo: bytes, hi: bytes,
                          limit: int) -> list[tuple[bytes, str, bytes]]:
         def _scan(db: sqlite3.Connection) -> list[tuple[bytes, str, bytes]]:
+            self._catch_up(db, app, namespace, group)
             cur = db.execute("SELECT path, kind, entity FROM entities WHERE app=? AND ns=? AND grp=? "
                              "AND path >= ? AND path < ? ORDER BY path LIMIT ?",
                              (app, namespace, group, lo, hi, limit))
@@ -169,6 +260,7 @@ class EmbeddedEngine:
     async def scan_index(self, app: str, namespace: str, idx: bytes, lo: bytes, hi: bytes,
                          limit: int) -> list[tuple[bytes, bytes]]:
         def _scan(db: sqlite3.Connection) -> list[tuple[bytes, bytes]]:
+            self._groom(db, app, namespace)
             cur = db.execute("SELECT row, path FROM index_rows WHERE app=? AND ns=? AND idx=? "
                              "AND row >= ? AND row < ? ORDER BY row LIMIT ?", (app, namespace, idx, lo, hi, limit))
             return [(bytes(r), bytes(p)) for r, p in cur.fetchall()]
@@ -206,6 +298,9 @@ class EmbeddedEngine:
 
     async def put_index_def(self, app: str, index: StoredIndex) -> None:
         def _put(db: sqlite3.Connection) -> None:
+            # An index is built from applied entities: everything queued is applied first.
+            for ns, group in db.execute("SELECT DISTINCT ns, grp FROM pending WHERE app=?", (app,)).fetchall():
+                self._catch_up(db, app, ns, bytes(group))
             db.execute("INSERT OR REPLACE INTO index_defs (app, id, definition, state, error) VALUES (?,?,?,?,?)",
                        (app, index.defn.id, index.defn.to_json(), index.state, index.error))
         await self._run(self._tx, _put)
@@ -244,13 +339,32 @@ class EmbeddedEngine:
         self._pool.shutdown(wait=True)
 
 
+def _apply(db: sqlite3.Connection, app: str, namespace: str, group: bytes, writes: list[_Applied]) -> None:
+    """Write entities and their index rows' changes, and the metadata they show."""
+    new_meta: set[tuple[str, str, bytes]] = set()
+    for w in writes:
+        key = (app, namespace, group, w.path)
+        db.executemany("DELETE FROM index_rows WHERE app=? AND ns=? AND idx=? AND row=?",
+                       [(app, namespace, r.idx, r.row) for r in w.drop])
+        db.executemany("INSERT OR REPLACE INTO index_rows (app, ns, idx, row, path) VALUES (?,?,?,?,?)",
+                       [(app, namespace, r.idx, r.row, r.path) for r in w.add])
+        new_meta |= metadata_of(w.add)
+        if w.entity is None:
+            db.execute("DELETE FROM entities WHERE app=? AND ns=? AND grp=? AND path=?", key)
+        else:
+            db.execute("INSERT OR REPLACE INTO entities (app, ns, grp, path, kind, entity) "
+                       "VALUES (?,?,?,?,?,?)", (*key, w.kind, w.entity))
+    db.executemany("INSERT OR IGNORE INTO metadata (app, ns, kind, prop, rep) VALUES (?,?,?,?,?)",
+                   [(app, namespace, *m) for m in new_meta])
+
+
 def _version(db: sqlite3.Connection, app: str, namespace: str, group: bytes) -> int:
     row = db.execute("SELECT version FROM groups WHERE app=? AND ns=? AND grp=?", (app, namespace, group)).fetchone()
     return int(row[0]) if row else 0
 
 
-async def create(data_dir: pathlib.Path) -> EmbeddedEngine:
+async def create(data_dir: pathlib.Path, *, consistency: float = 1.0) -> EmbeddedEngine:
     """Open (creating if needed) the embedded store under ``data_dir``."""
-    engine = EmbeddedEngine(data_dir / "datastore.sqlite3")
+    engine = EmbeddedEngine(data_dir / "datastore.sqlite3", consistency=consistency)
     await engine.open()
     return engine

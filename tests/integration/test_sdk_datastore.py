@@ -507,3 +507,21 @@ def test_db_allocate_ids_and_reserved_ranges(sdk, m):
     assert not start <= key.id() <= end
     db.allocate_id_range(db.Key.from_path("DbItem", 1), key.id() + 1000, key.id() + 1010)
     assert m.DbItem(n=2).put().id() > key.id() + 1010
+
+
+# -- found by the differential against Google's stub (test_sdk_datastore_differential.py), shrunk ----------------
+
+
+def test_an_equality_filter_on_key_drops_the_sort_orders_and_needs_no_index_as_on_googles_stub(sdk, m):
+    ndb = sdk.ndb
+    root = ndb.Key("Root", "r")
+
+    def scenario():
+        items(m, a={"color": "red", "n": 1})
+        m.Item(parent=root, id="c", name="c", color="red", n=2).put()
+        q = m.Item.query(m.Item.color == "red", m.Item.key == ndb.Key("Item", "a"))
+        child = m.Item.query(m.Item.color == "red", m.Item.key == ndb.Key("Item", "c", parent=root), ancestor=root)
+        return (names(q.order(-m.Item.n)), names(child.order(m.Item.n)),
+                names(m.Item.query(m.Item.key == ndb.Key("Item", "a")).order(-m.Item.key, m.Item.n)))
+
+    assert scenario() == on_google_stub(scenario) == (["a"], ["c"], ["a"])
