@@ -170,8 +170,10 @@ async def test_the_sweeper_reads_each_closed_bucket_once_and_resumes_from_its_ch
         swept = first._swept
         reads.clear()
         await first.sweep_once()
-        # Only buckets after the checkpoint (the open ones) are read again.
-        assert reads and min(reads) == swept + 1 and len(reads) <= 3
+        # Only buckets after the checkpoint (the open ones, and any that closed meanwhile on a slow machine) are
+        # read again: never the horizon.
+        assert reads and min(reads) == swept + 1 and len(reads) < horizon // 2
+        swept = first._swept  # the checkpoint this sweep stored
     finally:
         await first.close()
     restarted = await _engine(cassandra_hosts, keyspace)
@@ -187,7 +189,7 @@ async def test_the_sweeper_reads_each_closed_bucket_once_and_resumes_from_its_ch
         restarted._keyspace.execute = counted2
         await restarted.sweep_once()
         # A restarted process resumes from the stored checkpoint instead of the whole horizon.
-        assert reads and min(reads) == swept + 1 and len(reads) <= 3
+        assert reads and min(reads) == swept + 1 and len(reads) < horizon // 2
     finally:
         await restarted.close()
         await asyncio.get_running_loop().run_in_executor(None, drop_keyspace, cassandra_hosts, keyspace)
