@@ -217,7 +217,9 @@ class Router:
         if user is not None and user.is_admin:
             out.headers.update(responses.usage_headers(time.time() - started, resp.cpu_micros,
                                                        self.cfg.instance_hour_usd))
-        self._publish_log(envelope, resp, started, out.content_length or 0, url, fields)
+        reached = self._publish_log(envelope, resp, started, out.content_length or 0, url, fields)
+        if reached is not None:  # the response goes out only once its log is at nats-server (router/logship.py)
+            await asyncio.shield(reached)
         return out
 
     def _health(self) -> web.Response:
@@ -360,7 +362,7 @@ class Router:
         return env, encoded
 
     def _publish_log(self, env: http_pb2.HttpRequest, resp: http_pb2.HttpResponse, started: float,
-                     size: int, url: paths.Target, fields: list[tuple[str, str]]) -> None:
+                     size: int, url: paths.Target, fields: list[tuple[str, str]]) -> asyncio.Future[None] | None:
         # Client text as the app saw it (ISO-8859-1 from the bytes sent): always valid in a proto string. Both are
         # one-value fields (a repeated one was refused with 400), so the first found is the one.
         referrer = user_agent = ""
@@ -389,7 +391,8 @@ class Router:
         start.seconds, start.nanos = divmod(start_ns, 1_000_000_000)
         end.seconds, end.nanos = divmod(end_ns, 1_000_000_000)
         latency.seconds, latency.nanos = divmod(max(0, end_ns - start_ns), 1_000_000_000)
-        self.logs.ship(env.request_id, record.SerializeToString())  # in the background, until acknowledged
+        # In the background, until acknowledged; done once the record has reached nats-server.
+        return self.logs.ship(env.request_id, record.SerializeToString())
 
 
 INBOUND_MAIL_PREFIX = "/_ah/mail/"

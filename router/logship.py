@@ -24,6 +24,15 @@ one task writes a turn's batches, and each batch waiting for its acknowledgement
 again (after a pause) if no acknowledgement came within ``ACK_TIMEOUT_SECONDS``; an answer that is an error
 (no stream yet, the stream refusing) sends it again the same way.
 
+A served request's log must survive a ``kill -9`` of the router right after it answered, so the router sends a
+response only once its record has reached nats-server: :meth:`LogShipper.ship` returns the turn's future, which
+the writing task resolves after the turn's batches are published and a PING to the server has come back (the
+server has every byte written before it; it stores the batch whatever becomes of the router). At 32 connections
+one PING serves a turn's requests; at one connection it is one NATS round trip more per request. While NATS is
+not connected nothing can reach it and the future resolves at once (the records wait in memory, as before), and
+it never waits longer than :data:`REACH_TIMEOUT_SECONDS`. Before this, a record left the router two or three
+event-loop turns after its response, and a kill in between lost it (the fault suite caught it under load).
+
 Memory is bounded: at most ``max_pending`` records wait at once; beyond that a new record is dropped and counted
 in a warning (NATS has been away long enough that the router would otherwise grow without bound). On shutdown
 :meth:`LogShipper.close` gives the waiting records a few seconds to get through.
@@ -47,6 +56,7 @@ from kiln.pb.logs.v1 import logs_pb2
 log = logging.getLogger(__name__)
 
 ACK_TIMEOUT_SECONDS = 5.0
+REACH_TIMEOUT_SECONDS = 2  # the longest a response waits for its record to reach nats-server
 MAX_PAUSE_SECONDS = 5.0
 FIRST_PAUSE_SECONDS = 0.1
 # Room left in a message for the batch's framing and headers.
@@ -79,6 +89,7 @@ class LogShipper:
         self._queue: collections.deque[tuple[str, bytes]] = collections.deque()
         self._in_flight = 0  # records taken into batches not yet acknowledged
         self._send_scheduled = False
+        self._turn_reached: asyncio.Future[None] | None = None  # this turn's records reached nats-server
         self._writers: set[asyncio.Task[None]] = set()
         self._waiting: dict[str, _Batch] = {}  # by the token of the attempt waiting for its acknowledgement
         self._pausing: set[_Batch] = set()  # to be sent again after a pause
@@ -88,30 +99,38 @@ class LogShipper:
         self._idle.set()
         self._dropped = 0
 
-    def ship(self, request_id: str, record: bytes) -> None:
-        """Send ``record`` (a serialized ``RequestLog`` of request ``request_id``) in the background."""
+    def ship(self, request_id: str, record: bytes) -> asyncio.Future[None] | None:
+        """Send ``record`` (a serialized ``RequestLog`` of request ``request_id``) in the background, until
+        acknowledged; returns a future done once it has reached nats-server (module docstring; shared by the
+        records of a turn: await it shielded), or None when the record was dropped."""
         if self.pending >= self._max_pending:
             self._dropped += 1
             if self._dropped == 1 or self._dropped % 1000 == 0:
                 log.warning("request logs dropped: %d waiting for NATS already (%d dropped so far)",
                             self.pending, self._dropped)
-            return
+            return None
         self._queue.append((request_id, record))
         self._idle.clear()
         if not self._send_scheduled:  # the first record of this turn: send at its end
             self._send_scheduled = True
-            asyncio.get_running_loop().call_soon(self._send_queued)
+            loop = asyncio.get_running_loop()
+            self._turn_reached = loop.create_future()
+            loop.call_soon(self._send_queued)
+        return self._turn_reached
 
     def _send_queued(self) -> None:
         """Start writing everything queued, as few messages as fit (one task for them all)."""
         self._send_scheduled = False
+        reached, self._turn_reached = self._turn_reached, None
         batches = []
         while self._queue:
             first_id, records = self._take()
             self._in_flight += len(records)
             batches.append(_Batch(f"{first_id}+{len(records)}", records))
         if batches:
-            self._write_soon(batches)
+            self._write_soon(batches, reached)
+        elif reached is not None and not reached.done():
+            reached.set_result(None)
 
     def _take(self) -> tuple[str, list[bytes]]:
         """The queued records that fit one message, oldest first (always at least one)."""
@@ -124,10 +143,23 @@ class LogShipper:
             size += len(record) + 8  # a record's tag and length take at most 8 bytes
         return first_id, batch
 
-    def _write_soon(self, batches: list[_Batch]) -> None:
-        task = asyncio.create_task(self._write(batches))
+    def _write_soon(self, batches: list[_Batch], reached: asyncio.Future[None] | None = None) -> None:
+        task = asyncio.create_task(self._write_reaching(batches, reached))
         self._writers.add(task)
         task.add_done_callback(self._writers.discard)
+
+    async def _write_reaching(self, batches: list[_Batch], reached: asyncio.Future[None] | None) -> None:
+        """:meth:`_write`, then resolve ``reached`` once the server has what was written (a PING's answer)."""
+        try:
+            await self._write(batches)
+            if reached is not None and self._nc.is_connected:
+                try:
+                    await self._nc.flush(timeout=REACH_TIMEOUT_SECONDS)
+                except Exception as exc:  # noqa: BLE001 - the records wait for their acknowledgement anyway
+                    log.debug("request logs: no answer to the PING after writing them (%s)", exc)
+        finally:
+            if reached is not None and not reached.done():
+                reached.set_result(None)
 
     async def _write(self, batches: list[_Batch]) -> None:
         """Write ``batches`` to NATS, each waiting for its acknowledgement (or its timer) from then on."""

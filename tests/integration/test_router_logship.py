@@ -182,3 +182,31 @@ def test_records_shipped_before_the_stream_exists_are_stored_once_it_is_created(
 
     messages, records, pending = asyncio.run(scenario())
     assert records == [b"record 0"] and messages == 1 and pending == 0
+
+
+def test_a_records_future_is_done_only_once_nats_server_has_the_record(supervisor, tmp_path):
+    """The router answers a request only once its log has reached nats-server: ``ship`` hands back a future that
+    is not done when it returns, and once it is done the server has the record (a subscriber gets it)."""
+    server = Nats(supervisor, tmp_path).start()
+
+    async def scenario() -> tuple[bool, bytes]:
+        nc = await nats.connect(server.url)
+        watcher = await nats.connect(server.url)
+        try:
+            await bus.ensure_log_stream(nc)
+            sub = await watcher.subscribe(bus.REQUEST_LOG_SUBJECT)
+            await watcher.flush()
+            shipper = LogShipper(nc, bus.REQUEST_LOG_SUBJECT)
+            reached = shipper.ship("request-1", b"record 1")
+            done_at_once = reached is None or reached.done()
+            await asyncio.wait_for(asyncio.shield(reached), 10)
+            msg = await sub.next_msg(timeout=10)
+            await shipper.close()
+            return done_at_once, bus.request_logs_in(msg)[0]
+        finally:
+            await watcher.close()
+            await nc.close()
+
+    done_at_once, record = asyncio.run(scenario())
+    assert not done_at_once
+    assert record == b"record 1"
