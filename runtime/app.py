@@ -128,8 +128,10 @@ class RequestThreads:
     second sleeping thread that finds nothing, takes the interpreter from the others and goes back to sleep — a
     wasted wake-up per request, measured at one connection. A thread that finishes its request takes the next one
     waiting without sleeping. Nothing is made per request (no future, no work item). Threads start when a request
-    finds none idle, up to ``limit``, named for the sandbox (:data:`runtime.sandbox.APP_THREADS`); they are daemons:
-    a thread stuck in app code must not keep a stopping instance alive.
+    finds none idle, up to ``limit``, named for the sandbox (:data:`runtime.sandbox.APP_THREADS`). They are not
+    daemons: a thread inherits its starter's daemon flag, and the threads a request starts must be joined before
+    the request ends (:func:`kiln_platform.requestscope.serving` leaves daemon threads alone, as libraries start
+    those to outlive requests), so request threads that were daemons made every app thread one, never joined.
     """
 
     def __init__(self, limit: int, work: Any) -> None:
@@ -177,7 +179,7 @@ class RequestThreads:
             return parked.lock.release  # wakes that thread alone
         if len(self._threads) < self.limit:
             thread = threading.Thread(target=self._run, name=f"{sandbox.APP_THREADS}_{len(self._threads)}",
-                                      daemon=True)
+                                      daemon=False)  # see the class docstring
             self._threads.append(thread)
             self._waking = True
             return thread.start
