@@ -128,13 +128,14 @@ def call(cluster, app: str, path: str = "/", body: str | None = None) -> tuple[i
 
 
 def first_answer(cluster, app: str, path: str) -> tuple[int, str]:
-    """The app's first answer after a deploy: the router says 502-504 only while no instance has started yet (the
-    first deploy on a host installs the version's libraries)."""
+    """The app's first answer after a deploy: the router says 404 until it has heard of the app's new default
+    version (on NATS, a moment after the deploy returns), and 502-504 only while no instance has started yet (the
+    first start on a host installs the version's libraries). These apps answer none of those themselves."""
     answers: list[tuple[int, str]] = []
 
     def answered() -> bool:
         answers.append(call(cluster, app, path))
-        return answers[-1][0] not in (502, 503, 504)
+        return answers[-1][0] not in (404, 502, 503, 504)
     apps.wait_for(answered, 300)
     return answers[-1]
 

@@ -77,6 +77,25 @@ def get(cluster, app: str) -> tuple[int, str]:
         conn.close()
 
 
+def first_get(cluster, app: str) -> tuple[int, str]:
+    """The first answer for a just-deployed app: the router hears of a new app's default version on NATS a moment
+    after the deploy returns (a 404 until then); after that the request waits in the pending queue for an
+    instance."""
+    answers: list[tuple[int, str]] = []
+
+    def known() -> bool:
+        answers.append(get(cluster, app))
+        return answers[-1][0] != 404
+    apps.wait_for(known, 60)
+    return answers[-1]
+
+
+def router_knows(cluster, app: str) -> bool:
+    """Whether the router has heard of the app's default version (it logs it), without sending the app a request."""
+    text = (cluster["run_dir"] / "router-zero.log").read_text(errors="replace")
+    return f"app {app}: default version is now" in text
+
+
 def managers(cluster) -> list[tuple[str, str]]:
     """(app, host) of every runtime.manager process of this cluster's hosts, from /proc."""
     found = []
@@ -103,7 +122,7 @@ def test_twenty_deployed_versions_start_no_manager(cluster):
         deploy(cluster, "idle-many", version=f"v{n}")
     for host in cluster["hosts"]:  # each host has heard of all twenty, and started none
         apps.wait_for(lambda: sum("app idle-many: version v" in line and "runs nothing until a request" in line
-                                  for line in host_log(cluster, host).splitlines()) >= 20, 60)
+                                  for line in host_log(cluster, host).splitlines()) >= 20, 180)
     assert managers(cluster) == []
 
 
@@ -112,7 +131,7 @@ BASIC_B1_IDLE_1S = "instance_class: B1\nbasic_scaling:\n  max_instances: 1\n  id
 
 def test_an_idle_version_scales_to_zero_and_its_next_request_starts_it_again(cluster):
     deploy(cluster, "zero-back", BASIC_B1_IDLE_1S)
-    assert get(cluster, "zero-back")[0] == 200
+    assert first_get(cluster, "zero-back")[0] == 200
     apps.wait_for(lambda: "zero-back" not in [app for app, _ in managers(cluster)], 60)  # idle, stopped, exited
     assert get(cluster, "zero-back")[0] == 200
     assert [app for app, _ in managers(cluster)].count("zero-back") == 1
@@ -120,6 +139,7 @@ def test_an_idle_version_scales_to_zero_and_its_next_request_starts_it_again(clu
 
 def test_concurrent_first_requests_start_one_manager(cluster):
     deploy(cluster, "zero-burst", BASIC_B1_IDLE_1S)
+    apps.wait_for(lambda: router_knows(cluster, "zero-burst"), 60)
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(lambda _: get(cluster, "zero-burst")[0], range(8)))
     assert answers == [200] * 8
@@ -133,8 +153,9 @@ def test_a_host_at_capacity_leaves_the_next_version_to_another_and_none_takes_mo
     apps.wait_for(lambda: managers(cluster) == [], 60)  # the earlier tests' versions have gone idle
     for app in ("full-b", "full-c", "full-d"):
         deploy(cluster, app, BASIC_B2_IDLE_10M)
-    assert get(cluster, "full-b")[0] == 200
-    assert get(cluster, "full-c")[0] == 200
+    assert first_get(cluster, "full-b")[0] == 200
+    assert first_get(cluster, "full-c")[0] == 200
+    apps.wait_for(lambda: router_knows(cluster, "full-d"), 60)
     placed = dict(managers(cluster))
     assert set(placed) == {"full-b", "full-c"} and placed["full-b"] != placed["full-c"]  # one 768 MB each
     status, _ = get(cluster, "full-d")  # no host has room: it waits in the pending queue, then 503
