@@ -353,20 +353,27 @@ def compare(data: list[dict[str, Any]], specs: list[dict[str, Any]], index_file:
     """Run the scenario on kiln then on Google's stub; assert equal answers; return the number of queries."""
     from google.appengine.ext import ndb
 
+    # Caches off while comparing; the context outlives this test (ndb keeps one per thread), so the policies are
+    # put back afterwards: tests of ndb's caches run later in the same process.
     ctx = ndb.get_context()
+    saved = ctx.get_cache_policy(), ctx.get_memcache_policy()
     ctx.set_cache_policy(False)
     ctx.set_memcache_policy(False)
     try:
-        put_all(data)
-        kiln = [answer(spec, index_file.add_from) for spec in specs]
+        try:
+            put_all(data)
+            kiln = [answer(spec, index_file.add_from) for spec in specs]
+        finally:
+            cleanup(data)
+
+        def on_google() -> list[Any]:
+            put_all(data)
+            return [answer(spec, lambda exc: False) for spec in specs]
+
+        google = google_stub.run(on_google)
     finally:
-        cleanup(data)
-
-    def on_google() -> list[Any]:
-        put_all(data)
-        return [answer(spec, lambda exc: False) for spec in specs]
-
-    google = google_stub.run(on_google)
+        ctx.set_cache_policy(saved[0])
+        ctx.set_memcache_policy(saved[1])
     for spec, k, g in zip(specs, kiln, google):
         if COLLECT and k != g:
             with open(COLLECT, "a") as out:
