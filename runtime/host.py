@@ -77,6 +77,7 @@ INTERPRETERS_REFRESH_SECONDS = 60.0
 
 # The share of the machine's memory instances may take by default (the rest: the host, managers, the system).
 DEFAULT_CAPACITY_SHARE = 0.8
+MAX_NOTED_VERSIONS = 100_000
 # How long a demand this host has no room for waits before the work queue offers it again (to any host).
 NO_ROOM_REDELIVERY_SECONDS = 0.5
 
@@ -136,6 +137,7 @@ class Host:
         self.running: dict[tuple[str, str], Running] = {}
         self._starting: dict[tuple[str, str], int] = {}  # memory counted for managers not ready yet
         self._starts: set[asyncio.Task[None]] = set()
+        self._noted: set[tuple[str, str, int]] = set()  # versions said to wait for a request (_note_idle)
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
 
     def _lock(self, key: tuple[str, str]) -> asyncio.Lock:
@@ -165,6 +167,15 @@ class Host:
             else:
                 log.warning("app %s: the manager of version %s.%d exited with status %s:\n%s", *key, found.minor,
                             status, found.child.log_tail())
+
+    def _note_idle(self, app_id: str, version_id: str, minor: int) -> None:
+        """Say once per version minor (from its deploy event or, for a host started later, a resync) that it waits
+        for a request."""
+        if (app_id, version_id, minor) not in self._noted:
+            if len(self._noted) >= MAX_NOTED_VERSIONS:
+                self._noted.clear()
+            self._noted.add((app_id, version_id, minor))
+            log.info("app %s: version %s.%d runs nothing until a request wants it", app_id, version_id, minor)
 
     async def _claim(self, key: tuple[str, str]) -> bool:
         """Take the version's placement key for this host; False when another host holds it (runs or starts it)."""
@@ -214,19 +225,22 @@ class Host:
         for (app_id, version_id), version in wanted.items():
             if (app_id, version_id) in self.running or Needs.of(version).resident:
                 await self.ensure(app_id, version_id, version.minor)
+            else:
+                self._note_idle(app_id, version_id, version.minor)
         for key in [k for k in self.running if k not in wanted]:
             await self.stop(*key)
 
     async def on_demand(self, app_id: str, version_id: str) -> bool:
         """A request wants an instance of the version: start its manager here unless it runs here already. False
-        when this host has no room for it (another host may take the demand)."""
+        when this host has no room for it, or its control plane does not know the version (another host may take
+        the demand; a deleted version's demands expire with the stream's age)."""
         key = (app_id, version_id)
         await self.reap()
         if key in self.running or self._lock(key).locked():
             return True  # running or starting here: its instances answer the waiting requests
         manifest = await self._source.version(app_id, version_id)
         if manifest is None:
-            return True  # deleted meanwhile: nothing to start
+            return False  # not this control plane's (deleted meanwhile: the demand expires with the stream's age)
         if not self.has_room(Needs.of(manifest).memory_mb):
             return False
         if not await self._claim(key):
@@ -313,9 +327,10 @@ class Host:
             await self.reap()
             if (event.app_id, event.version_id) not in self.running:
                 manifest = await self._source.version(event.app_id, event.version_id)
-                if manifest is None or not Needs.of(manifest).resident:
-                    log.info("app %s: version %s.%d runs nothing until a request wants it", event.app_id,
-                             event.version_id, event.minor)
+                if manifest is None:
+                    return  # deleted meanwhile, or another control plane's
+                if not Needs.of(manifest).resident:
+                    self._note_idle(event.app_id, event.version_id, manifest.minor)
                     return
             await self.ensure(event.app_id, event.version_id, event.minor)
         elif event.kind == events_pb2.VersionEvent.KIND_DELETED:

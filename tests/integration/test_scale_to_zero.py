@@ -29,7 +29,10 @@ PENDING_SECONDS = 30
 
 
 @pytest.fixture(scope="module")
-def cluster(supervisor, tmp_path_factory, nats_url):
+def cluster(supervisor, tmp_path_factory):
+    # A nats-server of its own: the session's carries other tests' runtime hosts, which would hear these deploys,
+    # take these demands and count as the live host deploys wait for.
+    nats_url = f"nats://{supervisor.start_nats(tmp_path_factory.mktemp('nats-zero'), name='nats-zero').address}"
     control = start_control(supervisor, tmp_path_factory, nats_url, "control-zero")
     run = supervisor.run_dir
     env = {**service_env(), "KILN_ROUTER_CONTROL_TOKEN": token("*", "read", "router"),
