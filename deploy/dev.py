@@ -239,7 +239,8 @@ class DevServer:
         self.secrets.update(inbound=inbound, platform=platform, session=session)
         router_secrets = {"KILN_ROUTER_SESSION_SECRET": session,
                           "KILN_ROUTER_INBOUND_SECRET": inbound, "KILN_ROUTER_PLATFORM_SECRET": platform,
-                          "KILN_ROUTER_NATS_URL": self.nats_url}
+                          "KILN_ROUTER_NATS_URL": self.nats_url, "KILN_ROUTER_SERVICE_SECRET": self._secret,
+                          "KILN_ROUTER_BLOBSTORE_ADDR": self.addresses["blobstore_svc"]}
         try:
             router = sup.start("router", python_module(
                 "router", "--listen", router_addr,

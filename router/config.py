@@ -41,6 +41,12 @@ class RouterConfig:
                                                  "cron_svc): they sign their requests to apps with it (which then pass "
                                                  "login: admin), and the router signs the signed-in user with it for "
                                                  "them; empty: no inbound mail or cron requests, no user proof")
+    service_secret: Secret = field(Secret(""), "the services' shared secret (as KILN_<SERVICE>_SERVICE_SECRET): the "
+                                                "router acts toward blobstore_svc as the app whose request it handles, "
+                                                "with short-lived app tokens it mints; empty: no Blobstore uploads or "
+                                                "X-AppEngine-BlobKey serving")
+    blobstore_addr: HostPort | None = field(None, "blobstore_svc's gRPC address (host:port): Blobstore uploads and "
+                                                  "responses carrying X-AppEngine-BlobKey; needs service_secret")
     auth_domain: str = field("gmail.com", "AUTH_DOMAIN of signed-in users")
     oidc_issuer: str = field("", "OpenID Connect provider (issuer URL) that signs users in; empty: development "
                                  "sign-in page under dev_app, else sign-in is unavailable")
@@ -105,6 +111,8 @@ class RouterConfig:
             if self.apps or self.app_dirs or self.dev_app:
                 raise ValueError("control_plane: versions come from the control plane; drop apps, app_dirs, dev_app")
         self.admin_map()
+        if self.blobstore_addr and not self.service_secret:
+            raise ValueError("service_secret: required with blobstore_addr (KILN_ROUTER_SERVICE_SECRET)")
         if self.oidc_issuer and not (self.oidc_client_id and self.oidc_client_secret):
             raise ValueError("oidc_issuer: needs oidc_client_id and oidc_client_secret too")
 
