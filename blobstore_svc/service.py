@@ -236,3 +236,26 @@ class BlobstoreService(blobstore_pb2_grpc.BlobstoreServiceServicer):
         if record.expires_us < time.time_ns() // 1000:
             raise UploadUrlExpiredError(f"the upload URL {request.id!r} expired")
         return pb.ConsumeUploadUrlResponse(upload_url=upload_to_proto(record))
+
+    async def PutServingUrl(self, request: pb.PutServingUrlRequest,
+                            context: grpc.aio.ServicerContext[Any, Any]) -> pb.PutServingUrlResponse:
+        app = grpcserver.caller_app()
+        record = await self._record(app, request.blob_key)
+        await self._store.put_serving(app, record.key)
+        return pb.PutServingUrlResponse(info=info_to_proto(record))
+
+    async def DeleteServingUrl(self, request: pb.DeleteServingUrlRequest,
+                               context: grpc.aio.ServicerContext[Any, Any]) -> pb.DeleteServingUrlResponse:
+        app = grpcserver.caller_app()
+        await self._store.drop_serving(app, check_key(request.blob_key))
+        return pb.DeleteServingUrlResponse()
+
+    async def GetServingUrl(self, request: pb.GetServingUrlRequest,
+                            context: grpc.aio.ServicerContext[Any, Any]) -> pb.GetServingUrlResponse:
+        app = grpcserver.caller_app()
+        key = check_key(request.blob_key)
+        # The mark alone is not enough: a blob deleted while its URL was being made may have left one behind.
+        marked, found = await asyncio.gather(self._store.serving(app, key), self._store.infos(app, [key]))
+        if not marked or not found:
+            raise BlobNotFoundError(f"no blob with the key {key!r} has a serving URL")
+        return pb.GetServingUrlResponse(info=info_to_proto(found[0]))

@@ -213,6 +213,8 @@ class DevServer:
         for svc in SERVICES:
             if svc in ("urlfetch_svc", "mail_svc", "cron_svc", "taskqueue_svc", "datastore_svc"):
                 continue  # after the router, whose address they need (the datastore: after the task queue)
+            if svc == "images_svc":
+                continue  # after the blobstore, whose address it needs (it reads blobs as the calling app)
             args = ["--listen", "127.0.0.1:0", "--ready-file", str(run / f"{svc}.addr")]
             if svc == "logs_svc":
                 args += ["--data-dir", str(self.data_dir / "logs")]
@@ -231,6 +233,10 @@ class DevServer:
         for svc, child in pending:
             sup.wait_ready(child, ready_file=run / f"{svc}.addr")
             self.addresses[svc] = child.address
+        images = run / "images_svc.addr"
+        self.addresses["images_svc"] = sup.start("images_svc", python_module(
+            "images_svc", "--listen", "127.0.0.1:0", "--ready-file", str(images),
+            "--blobstore-addr", self.addresses["blobstore_svc"]), env=env, secrets=service, ready_file=images).address
         # The router starts first so that, given port 0, its bound port is known
         # before the runtime is told its default hostname.
         router_addr = f"{self.opts.host}:{self.opts.port}"
@@ -240,7 +246,8 @@ class DevServer:
         router_secrets = {"KILN_ROUTER_SESSION_SECRET": session,
                           "KILN_ROUTER_INBOUND_SECRET": inbound, "KILN_ROUTER_PLATFORM_SECRET": platform,
                           "KILN_ROUTER_NATS_URL": self.nats_url, "KILN_ROUTER_SERVICE_SECRET": self._secret,
-                          "KILN_ROUTER_BLOBSTORE_ADDR": self.addresses["blobstore_svc"]}
+                          "KILN_ROUTER_BLOBSTORE_ADDR": self.addresses["blobstore_svc"],
+                          "KILN_ROUTER_IMAGES_ADDR": self.addresses["images_svc"]}
         try:
             router = sup.start("router", python_module(
                 "router", "--listen", router_addr,

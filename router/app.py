@@ -38,7 +38,9 @@ from kiln_platform import auth, bus, grpcserver, httpfields
 from kiln_platform.deployclient import VersionSource
 from kiln.pb.logs.v1 import logs_pb2
 from kiln.pb.runtime.v1 import http_pb2
-from router import connections, cookies, headers, hosts, oidc, paths, replies, responses, static, users, workers
+from router import (connections, cookies, headers, hosts, imageserve, oidc, paths, replies, responses, static, users,
+                    workers)
+from router.appcalls import AppCredentials
 from router.config import RouterConfig
 from router.demand import Demand
 from router.geo import GeoIP
@@ -81,6 +83,9 @@ class Router:
         self._fixed_geo = [(n, v.encode()) for n, v in self.geo.headers("").items()] if self.geo.fixed else None
         self.trusted = [ipaddress.ip_network(n) for n in cfg.trusted_proxies]
         self.files = static.FileCache()
+        self.images = (imageserve.ImageServer(str(cfg.images_addr), AppCredentials(cfg.service_secret.get()),
+                                              max_message_bytes=cfg.max_response_bytes + 1024 * 1024)
+                       if cfg.images_addr else None)  # image serving URLs (router/imageserve.py)
         self._bodies: dict[str, bus.BodyStore] = {}
         self._statics: dict[tuple[str, str, int], static.StaticFiles] = {}
         self._ids = RequestIds()
@@ -149,6 +154,8 @@ class Router:
         version = await self.local.get(target.app_id, target.version_id)
         if version is None and self.deployed is not None:
             return responses.plain(404, f"Version {target.version_id!r} of app {target.app_id!r} does not exist.")
+        if url.path.startswith(imageserve.PREFIX) and self.images is not None:
+            return await self.images.serve(request, url.path, target.app_id)
         if url.path.startswith(INBOUND_MAIL_PREFIX):
             refused = _refuse_inbound_mail(platform, version)
             if refused is not None:
@@ -587,6 +594,8 @@ async def serve(cfg: RouterConfig) -> None:
         await router.source.close()
     if router.oidc is not None:
         await router.oidc.close()
+    if router.images is not None:
+        await router.images.close()
     await router.logs.close()
     await bus.shutdown(nc)
     log.info("stopped")
