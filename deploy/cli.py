@@ -2,6 +2,8 @@
 
     kiln dev APP_DIR [--port 8080] [--data-dir DIR] [--storage embedded|cassandra] [--clear-datastore]
     kiln deploy APP_DIR [--version V] [--promote] [--no-host-check] [--skip-requirements-check]
+    kiln deploy PATH/dispatch.yaml --app APP
+    kiln dispatch list --app APP
     kiln versions list|set-default VERSION|delete VERSION --app APP
     kiln logs OUTPUT_FILE --app APP [--append] [--severity LEVEL] [--version V] [--start T] [--end T]
     kiln indexes update|vacuum APP_DIR, kiln indexes list --app APP
@@ -126,12 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--request-deadline", type=float, default=60.0, metavar="SECONDS",
                      help="the request timer (default 60)")
     dev.set_defaults(func=_dev)
-    from deploy import bulkload_cli, cron_cli, indexes_cli, logs_cli, taskqueue_cli, versions_cli
+    from deploy import bulkload_cli, cron_cli, dispatch_cli, indexes_cli, logs_cli, taskqueue_cli, versions_cli
     versions_cli.register(sub)
     logs_cli.register(sub)
     indexes_cli.register(sub)
     bulkload_cli.register(sub)
     cron_cli.register(sub)
+    dispatch_cli.register(sub)
     taskqueue_cli.register(sub)
     return parser
 

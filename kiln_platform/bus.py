@@ -234,6 +234,7 @@ LOG_BATCH_HEADER = "Kiln-Log-Batch"
 # cron act within a second, and re-read the control plane on reconnect and periodically for any event they missed.
 DEPLOY_VERSION_SUBJECT = "kiln.deploy.version"
 DEPLOY_DEFAULT_SUBJECT = "kiln.deploy.default"
+DEPLOY_DISPATCH_SUBJECT = "kiln.deploy.dispatch"  # an app's dispatch rules were replaced (events_pb2.DispatchEvent)
 # Runtime hosts' heartbeats (HostHeartbeat: the Pythons each can run), heard by every control plane replica, and
 # the control plane's request, when it starts, that every host report at once.
 DEPLOY_HOST_SUBJECT = "kiln.deploy.host"
