@@ -32,7 +32,7 @@ import grpc
 
 from deploy.devevents import LogEvents
 from kiln_platform.supervisor import StartError, Supervisor, python_module
-from kiln_platform import cronyaml, queueyaml
+from kiln_platform import cronyaml, dispatchyaml, queueyaml
 from kiln_platform import appyaml, auth, cassandra, indexyaml, interpreters, natsauth
 from kiln_platform.config import STORAGE_ENGINES, CassandraHost, HostPort
 from kiln.errors import ConfigError
@@ -147,6 +147,13 @@ class DevServer:
         indexyaml.load(self.index_yaml)  # a malformed index.yaml fails here, naming file, line and field
         cronyaml.load(opts.app_dir.resolve() / "cron.yaml")  # so does a malformed cron.yaml
         queueyaml.load(opts.app_dir.resolve() / "queue.yaml")  # and a malformed queue.yaml
+        # and a malformed dispatch.yaml; its rules route between services, and kiln dev runs one (which serves every
+        # request), so they take effect only once deployed (kiln deploy).
+        self.dispatch_rules = dispatchyaml.load(opts.app_dir.resolve() / "dispatch.yaml")
+        if self.dispatch_rules:
+            log.warning("dispatch.yaml: %d rule(s) not applied: kiln dev runs one service (%s), which serves every "
+                        "request; they route between services once deployed (kiln deploy)",
+                        len(self.dispatch_rules), self.app_config.service or "default")
         self.version_id = self.app_config.version or "v1"
         self.data_dir = (opts.data_dir or default_data_dir(self.app_id)).expanduser().resolve()
         self.run_dir = self.data_dir / "run"

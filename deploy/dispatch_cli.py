@@ -25,7 +25,7 @@ def upload(channel: grpc.Channel, token: str, app_id: str, path: pathlib.Path) -
     """Check ``path`` locally, then make it the app's dispatch rules (``SetDispatch``)."""
     text = path.read_text()
     dispatchyaml.parse(text, filename=str(path))
-    return deploy_pb2_grpc.DeployServiceStub(channel).SetDispatch(  # type: ignore[no-any-return]
+    return deploy_pb2_grpc.DeployServiceStub(channel).SetDispatch(
         pb.SetDispatchRequest(app_id=app_id, dispatch_yaml=text), metadata=metadata(token))
 
 

@@ -40,6 +40,7 @@ from kiln.pb.logs.v1 import logs_pb2
 from kiln.pb.runtime.v1 import http_pb2
 from router import (connections, cookies, headers, hosts, imageserve, oidc, paths, replies, responses, static, users,
                     workers)
+from router import dispatch
 from router.appcalls import AppCredentials
 from router.config import RouterConfig
 from router.demand import Demand
@@ -69,10 +70,13 @@ class Router:
         self.deployed: ControlVersions | None = None
         self.local: LocalVersions | ControlVersions = LocalVersions(parse_app_dirs(cfg.app_dirs))
         self.demand: Demand | None = None  # deployed versions scale to zero: a request may have to ask for one
+        self.dispatch_tables: dict[str, dispatch.Table] = {}  # apps with dispatch.yaml rules (router/dispatch.py)
+        self.dispatch: dispatch.Dispatch | None = None
         if cfg.control_plane:
             self.source = VersionSource(str(cfg.control_plane), cfg.control_token.get(), cfg.cache_dir.expanduser())
             self.local = self.deployed = ControlVersions(self.source, self.versions)
             self.demand = Demand(nc)
+            self.dispatch = dispatch.Dispatch(self.source, cfg.cache_dir.expanduser(), self.dispatch_tables)
         self.sessions = users.Sessions(cfg.session_secret.get(), auth_domain=cfg.auth_domain)
         self.admins = cfg.admin_map()
         self.oidc = oidc.OidcClient(issuer=cfg.oidc_issuer, client_id=cfg.oidc_client_id,
@@ -138,6 +142,9 @@ class Router:
             target = hosts.resolve(host.name, domain=self.cfg.domain, versions=self.versions, dev_app=self.dev_app)
         if target is None:
             return responses.plain(404, f"No app is served at host {host.name!r}.")
+        rules = self.dispatch_tables.get(target.app_id)
+        if rules is not None and not target.explicit_version:  # the app's own host names (router/dispatch.py)
+            target = rules.route(target, host.name, url.path)
         client_ip, scheme = self._client(request)
         if url.path == users.LOGIN_PATH:
             if self.oidc is not None and self.dev_app is None:
@@ -551,13 +558,20 @@ async def serve(cfg: RouterConfig) -> None:
         await bus.ensure_demand_stream(nc)
     router = Router(cfg, nc)
     await router.replies.start()
-    follower = None
+    follower = dispatch_follower = None
     if router.deployed is not None:
         try:
             await router.deployed.resync()
         except Exception as exc:  # noqa: BLE001 - serve anyway; the follower keeps trying
             log.warning("control plane at %s not reachable yet: %s", cfg.control_plane, exc)
         follower = asyncio.ensure_future(router.deployed.follow(nc, cfg.resync_seconds))
+    if router.dispatch is not None:
+        router.dispatch.load_cache()  # the rules last seen, if the control plane does not answer now
+        try:
+            await router.dispatch.resync()
+        except Exception as exc:  # noqa: BLE001 - serve anyway; the follower keeps trying
+            log.warning("dispatch rules: control plane at %s not reachable yet: %s", cfg.control_plane, exc)
+        dispatch_follower = asyncio.ensure_future(router.dispatch.follow(nc, cfg.resync_seconds))
     # aiohttp's low-level server: every path, including ones with an (encoded) newline, reaches Router.handle,
     # which decides about it, so the Application's URL dispatcher, middleware chain and signals would only add
     # per-request work (front_door does what they did: Expect, connection tracking, Server, session renewal).
@@ -587,9 +601,10 @@ async def serve(cfg: RouterConfig) -> None:
     listener.close()
     await runner.cleanup()
     await listener.wait_closed()
-    if follower is not None:
-        follower.cancel()
-        await asyncio.gather(follower, return_exceptions=True)
+    for task in (follower, dispatch_follower):
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
     if router.source is not None:
         await router.source.close()
     if router.oidc is not None:

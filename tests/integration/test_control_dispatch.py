@@ -7,18 +7,48 @@ from __future__ import annotations
 import asyncio
 import json
 import pathlib
+import uuid
 
 import grpc
 import nats
 import pytest
 
 from deploy import cli, upload
+from deploy.control import tokens
 from kiln.pb.deploy.v1 import deploy_pb2 as pb
-from kiln.pb.deploy.v1 import events_pb2
-from tests.integration.test_control_plane import (  # noqa: F401 - fixtures
-    APP_YAML, app_id, auth, channel, code_of, control_cassandra, control_embedded, stub, token, write_app)
+from kiln.pb.deploy.v1 import deploy_pb2_grpc, events_pb2
+from tests.integration.test_control_plane import (
+    APP_YAML, ENGINES, auth, cassandra_args, code_of, start_control, token, write_app)
 
 pytestmark = pytest.mark.nats
+
+
+@pytest.fixture(scope="module")
+def control_embedded(supervisor, tmp_path_factory, nats_url):
+    return start_control(supervisor, tmp_path_factory, nats_url, "control-dispatch-embedded")
+
+
+@pytest.fixture(scope="module")
+def control_cassandra(supervisor, tmp_path_factory, nats_url, cassandra_hosts):
+    return start_control(supervisor, tmp_path_factory, nats_url, "control-dispatch-cassandra",
+                         *cassandra_args(cassandra_hosts))
+
+
+@pytest.fixture(params=ENGINES)
+def channel(request):
+    with grpc.insecure_channel(request.getfixturevalue(f"control_{request.param}")) as ch:
+        yield ch
+
+
+@pytest.fixture
+def stub(channel):
+    return deploy_pb2_grpc.DeployServiceStub(channel)
+
+
+@pytest.fixture
+def app_id():
+    """A fresh app per test (the stores are shared by the module)."""
+    return f"disp-{uuid.uuid4().hex[:12]}"
 
 RULES = "dispatch:\n- url: '*/api/*'\n  service: api\n- url: '*/favicon.ico'\n  service: default\n"
 
@@ -56,8 +86,9 @@ def test_new_rules_replace_the_old_as_a_whole(stub, two_services):
                             metadata=auth(token(app_id))).generation == 2
     got = stub.GetDispatch(pb.GetDispatchRequest(app_id=app_id), metadata=auth(token(app_id)))
     assert (got.dispatch_yaml, got.generation) == (fewer, 2)
-    assert [a.dispatch_generation for a in stub.ListApps(pb.ListAppsRequest(), metadata=auth(token("*", "read")))
-            .apps if a.app_id == app_id] == [2]
+    platform = auth(token(tokens.ALL_APPS, "read"))
+    listed = stub.ListApps(pb.ListAppsRequest(), metadata=platform).apps
+    assert [a.dispatch_generation for a in listed if a.app_id == app_id] == [2]
 
 
 def test_a_rule_for_a_service_the_app_does_not_have_is_refused_and_nothing_changes(stub, two_services):
