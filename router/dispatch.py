@@ -72,7 +72,7 @@ class Dispatch:
             return
         for path in sorted(self._dir.glob("*.pb")):
             try:
-                self._apply(path.stem, pb.GetDispatchResponse.FromString(path.read_bytes()), save=False)
+                self.apply(path.stem, pb.GetDispatchResponse.FromString(path.read_bytes()), save=False)
             except Exception as exc:  # noqa: BLE001 - a damaged copy is replaced at the first resync
                 log.warning("ignoring cached dispatch rules %s: %s", path, exc)
 
@@ -81,9 +81,10 @@ class Dispatch:
         lock = self._locks.setdefault(app_id, asyncio.Lock())
         async with lock:  # one read at a time per app, so an older answer never replaces a newer one
             got = await self._source.dispatch(app_id)
-            self._apply(app_id, got, save=True)
+            self.apply(app_id, got, save=True)
 
-    def _apply(self, app_id: str, got: pb.GetDispatchResponse, *, save: bool) -> None:
+    def apply(self, app_id: str, got: pb.GetDispatchResponse, *, save: bool) -> None:
+        """Take ``got`` as the app's rules (none when its text is empty); ``save`` keeps a copy in the cache."""
         if not got.dispatch_yaml:
             if self.tables.pop(app_id, None) is not None:
                 log.info("app %s: no dispatch rules (generation %d)", app_id, got.generation)
