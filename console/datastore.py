@@ -43,7 +43,7 @@ def decode_cursor(text: str) -> bytes:
         BadRequestError: ``text`` is not base64.
     """
     try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        return base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
     except (binascii.Error, ValueError):
         raise BadRequestError("cursor: not a page of this table (start again from the first page)") from None
 

@@ -80,10 +80,10 @@ def _time(ts: datetime.datetime) -> str:
 
 def row(record: logs_pb2.RequestLog) -> Row:
     """``record`` laid out for the page."""
-    lines = tuple((_time(line.time.ToDatetime(datetime.timezone.utc)), LEVEL_NAMES.get(line.level, "debug"),
+    lines = tuple((_time(line.time.ToDatetime(datetime.UTC)), LEVEL_NAMES.get(line.level, "debug"),
                    line.message) for line in record.app_logs)
     top = max((line.level for line in record.app_logs), default=None)
-    return Row(record=record, time=_time(record.start_time.ToDatetime(datetime.timezone.utc)),
+    return Row(record=record, time=_time(record.start_time.ToDatetime(datetime.UTC)),
                latency_ms=record.latency.ToMilliseconds(), lines=lines,
                level=LEVEL_NAMES.get(top, "") if top is not None else "")
 

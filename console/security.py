@@ -91,6 +91,11 @@ def middleware(sessions: Sessions, hosts: Callable[[], frozenset[str]],
                 response = await handler(request)
             except CsrfRefusedError as exc:
                 response = refused(request, str(exc), 403)
+            except web.HTTPException as exc:
+                if exc.status < 400:  # a redirect: sent as aiohttp raised it, with the same headers
+                    exc.headers.update(HEADERS)
+                    raise
+                response = refused(request, f"{exc.status}: {exc.reason}", exc.status)
             if new_session is not None:
                 response.set_cookie(COOKIE, new_session, httponly=True, samesite="Strict", path="/")
         response.headers.update(HEADERS)

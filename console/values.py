@@ -56,7 +56,7 @@ def decode_key(text: str) -> pb.Key:
         BadRequestError: ``text`` is not one (a complete key with a kind and an id or name in every element).
     """
     try:
-        key = pb.Key.FromString(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+        key = pb.Key.FromString(base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True))
     except (binascii.Error, ValueError, DecodeError):
         raise BadRequestError(f"not an entity key: {text[:100]!r}") from None
     if not key.path or any(not e.kind or e.WhichOneof("id_type") is None for e in key.path):
@@ -77,7 +77,7 @@ def _cut(text: str, full: bool) -> tuple[str, bool]:
 
 
 def _timestamp(value: pb.Value) -> str:
-    when = value.timestamp_value.ToDatetime(datetime.timezone.utc)
+    when = value.timestamp_value.ToDatetime(datetime.UTC)
     if value.meaning == pb.MEANING_DATE:
         return when.date().isoformat()
     if value.meaning == pb.MEANING_TIME:

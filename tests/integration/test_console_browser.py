@@ -122,7 +122,7 @@ def test_a_bad_filter_in_the_address_is_a_precise_error(page):
 @pytest.fixture(scope="module")
 def gadget(services) -> ds.Key:
     """An entity with a property of each type."""
-    when = datetime.datetime(2026, 5, 17, 8, 30, 15, tzinfo=datetime.timezone.utc)
+    when = datetime.datetime(2026, 5, 17, 8, 30, 15, tzinfo=datetime.UTC)
     other = ds.Key(path=[ds.PathElement(kind="Maker", name="acme")])
     return services.put("Gadget", "g1", {
         "name": ds.Value(string_value="Sprocket"),
