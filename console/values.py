@@ -14,7 +14,7 @@ from kiln.errors import BadRequestError
 from kiln.pb.datastore.v1 import datastore_pb2 as pb
 
 SHORT_CHARS = 80  # a string shown in a table is cut here (the entity page shows it whole)
-SHORT_BYTES = 24  # a blob shows this many bytes in hex in a table (the entity page shows up to FULL_BYTES)
+SHORT_BYTES = 8  # a blob shows this many bytes in hex in a table (the entity page shows up to FULL_BYTES)
 FULL_BYTES = 4096
 
 _MEANING_TYPES = {
@@ -118,7 +118,7 @@ def show(value: pb.Value, *, full: bool = False) -> Shown:
         return Shown(type_name, user.email + (f" ({user.auth_domain})" if user.auth_domain else ""), indexed=indexed)
     if kind == "array_value":
         items = tuple(show(v, full=full) for v in value.array_value.values)
-        return Shown(type_name, f"{len(items)} values", items=items, indexed=indexed)
+        return Shown(type_name, f"{len(items)} values" if items else "empty list", items=items, indexed=indexed)
     entity = value.entity_value
     props = tuple((name, show(entity.properties[name], full=full)) for name in sorted(entity.properties))
     return Shown(type_name, key_path(entity.key) if entity.key.path else "", properties=props, indexed=indexed)
