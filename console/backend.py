@@ -23,6 +23,7 @@ from google.protobuf.message import Message
 
 from kiln import errors
 from kiln.api import _rpc
+from kiln.pb.cron.v1 import cron_pb2_grpc
 from kiln.pb.datastore.v1 import datastore_pb2_grpc
 from kiln.pb.logs.v1 import logs_pb2_grpc
 from kiln.pb.memcache.v1 import memcache_pb2_grpc
@@ -33,6 +34,7 @@ STUBS: dict[str, Any] = {
     "logs": logs_pb2_grpc.LogsServiceStub,
     "datastore": datastore_pb2_grpc.DatastoreServiceStub,
     "memcache": memcache_pb2_grpc.MemcacheServiceStub,
+    "cron": cron_pb2_grpc.CronServiceStub,
 }
 
 

@@ -30,6 +30,7 @@ class ConsoleConfig:
     logs_addr: HostPort | None = field(None, "logs_svc's gRPC address (host:port): the Request logs page")
     datastore_addr: HostPort | None = field(None, "datastore_svc's gRPC address (host:port): the Datastore page")
     memcache_addr: HostPort | None = field(None, "memcache_svc's gRPC address (host:port): the Memcache page")
+    cron_addr: HostPort | None = field(None, "cron_svc's gRPC address (host:port): the Cron page")
     allowed_hosts: tuple[str, ...] = field((), "Host header values the console answers besides its listen "
                                                "address, localhost and 127.0.0.1 at its port (comma-separated; "
                                                "others get 421, which stops DNS rebinding)")

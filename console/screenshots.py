@@ -46,6 +46,15 @@ def app(environ, start_response):
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [b"ok"]
 '''
+CRON_YAML = """cron:
+- description: nightly sales report
+  url: /tasks/report
+  schedule: every day 03:00
+  timezone: Europe/Berlin
+- description: refresh the stock cache
+  url: /tasks/stock
+  schedule: every 15 minutes
+"""
 PATHS = ["/", "/products?page=2", "/products/17", "/admin/settings", "/cart", "/broken/checkout", "/",
          "/products/3", "/api/stock?sku=A-100"]
 
@@ -108,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         app_dir.mkdir()
         (app_dir / "app.yaml").write_text(APP_YAML)
         (app_dir / "main.py").write_text(MAIN)
+        (app_dir / "cron.yaml").write_text(CRON_YAML)
         server = DevServer(DevOptions(app_dir=app_dir, port=0, console_port=0, data_dir=app_dir / "data"))
         server.start()
         try:
@@ -131,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
                 page.screenshot(path=str(args.out / "entity.png"), full_page=True)
                 page.goto("/memcache?key=product%3A1002")
                 page.screenshot(path=str(args.out / "memcache.png"), full_page=True)
+                page.goto("/cron")
+                page.screenshot(path=str(args.out / "cron.png"), full_page=True)
                 phone = browser.new_page(viewport={"width": 390, "height": 844}, base_url=base)
                 phone.goto("/logs?status=5xx")
                 phone.screenshot(path=str(args.out / "logs-phone.png"), full_page=True)

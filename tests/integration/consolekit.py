@@ -22,6 +22,13 @@ from tests.integration.apps import THREADSAFE_YAML, wait_for
 
 CHROMIUM = pathlib.Path("/usr/bin/chromium")  # Debian's package (apt-get install chromium); never a download
 
+CRON_YAML = """cron:
+- description: nightly <b>report</b>
+  url: /tasks/report
+  schedule: every day 03:00
+  timezone: Europe/Berlin
+"""
+
 # The app: each request logs lines at its levels; /missing... answers 404 after an error line.
 MAIN = '''
 import logging
@@ -42,10 +49,12 @@ def app(environ, start_response):
 
 @contextlib.contextmanager
 def console_dev(app_dir: pathlib.Path) -> Iterator[DevServer]:
-    """``kiln dev`` (every part, the console on a free port) serving the logging app from ``app_dir``."""
+    """``kiln dev`` (every part, the console on a free port) serving the logging app from ``app_dir``, with a
+    daily cron job (that does not fire during a test)."""
     app_dir.mkdir(parents=True, exist_ok=True)
     (app_dir / "app.yaml").write_text(THREADSAFE_YAML)
     (app_dir / "main.py").write_text(MAIN)
+    (app_dir / "cron.yaml").write_text(CRON_YAML)
     server = DevServer(DevOptions(app_dir=app_dir, port=0, console_port=0, data_dir=app_dir / "data"))
     server.start()
     try:

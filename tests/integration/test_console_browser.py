@@ -306,3 +306,17 @@ def test_flushing_empties_the_cache_and_the_stats_say_so(page, services):
     expect(page.locator(".notice.ok")).to_have_text("Flushed the cache: every key is gone.")
     expect(page.locator("#mc-items")).to_have_text("0")
     assert services.call(services.memcache.Stats, mc.StatsRequest()).items == 0
+
+
+# --- cron --------------------------------------------------------------------------------------------------------
+
+
+def test_the_cron_page_lists_each_job_with_its_schedule_and_runs(page, services):
+    page.goto("/logs")
+    page.get_by_role("link", name="Cron").click()
+    row = page.locator("table.jobs tbody tr[data-url='/tasks/report']")
+    expect(row).to_have_count(1)
+    assert row.locator(".schedule").inner_text() == "every day 03:00 (Europe/Berlin)"
+    assert row.locator("td").first.inner_text() == "nightly <b>report</b>"  # the description, escaped
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:00 UTC", row.locator(".next").inner_text())
+    assert row.locator(".last").inner_text() == "never"

@@ -17,7 +17,7 @@ def test_a_new_browser_gets_a_session_and_its_token_is_accepted():
 
 def test_another_sessions_token_is_refused():
     sessions = Sessions()
-    mine, session = sessions.token(None)
+    _, session = sessions.token(None)
     theirs, _ = sessions.token(None)
     with pytest.raises(CsrfRefusedError):
         sessions.check(session, theirs)
