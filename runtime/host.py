@@ -50,6 +50,7 @@ from nats.aio.client import Client
 
 import nats.errors
 import nats.js.errors
+from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
 
 from kiln_platform import appyaml, bus, config, interpreters
@@ -79,16 +80,24 @@ DEFAULT_CAPACITY_SHARE = 0.8
 MAX_NOTED_VERSIONS = 100_000
 # How long a demand this host has no room for waits before the work queue offers it again (to any host).
 NO_ROOM_REDELIVERY_SECONDS = 0.5
+# How often managers' wishes for more instances are looked at (granted from this host's room, or asked elsewhere).
+BALANCE_SECONDS = 0.5
 
 
 @dataclasses.dataclass
 class Running:
-    """One version's manager on this host, and the memory counted for it."""
+    """One version's manager on this host, and the memory counted for it (``granted`` instances of
+    ``memory_mb``)."""
 
     minor: int
     child: Child
     memory_mb: int = 0
     resident: bool = False
+    run: pathlib.Path | None = None  # the manager's run directory: its grant file and what it wants
+    granted: int = 1
+    # Whether this host holds the version's placement key (it took the version's first demand); a host that took a
+    # demand for more holds a key of its own, APP.VERSION.HOST.
+    primary: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +106,7 @@ class Needs:
 
     resident: bool  # min_instances >= 1: runs without requests
     memory_mb: int  # one instance of its class
+    instances: int = 1  # how many a manager of it starts with (its min_instances, at least one)
 
     @classmethod
     def of(cls, version: pb.Version) -> Needs:
@@ -105,7 +115,8 @@ class Needs:
             app = appyaml.parse(version.app_yaml)
         except (KilnError, ValueError):
             return cls(False, isolation.INSTANCE_MEMORY_MB["F1"])
-        return cls(Scaling.from_app(app).min_instances > 0, isolation.instance_memory_mb(app))
+        least = Scaling.from_app(app).min_instances
+        return cls(least > 0, isolation.instance_memory_mb(app), max(1, least))
 
 
 def default_capacity_mb() -> int:
@@ -139,6 +150,9 @@ class Host:
         self._starts: set[asyncio.Task[None]] = set()
         self._noted: set[tuple[str, str, int]] = set()  # versions said to wait for a request (_note_idle)
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._extra: set[tuple[str, str]] = set()  # versions started here on a demand for more (not primary)
+        self._asked_more: dict[tuple[str, str], float] = {}
+        self.js: JetStreamContext | None = None  # set once connected: asks other hosts for more room
 
     def _lock(self, key: tuple[str, str]) -> asyncio.Lock:
         return self._locks.setdefault(key, asyncio.Lock())
@@ -146,7 +160,7 @@ class Host:
     @property
     def used_mb(self) -> int:
         """The memory counted for the managers running and starting here."""
-        return sum(r.memory_mb for r in self.running.values()) + sum(self._starting.values())
+        return sum(r.memory_mb * r.granted for r in self.running.values()) + sum(self._starting.values())
 
     def has_room(self, memory_mb: int) -> bool:
         return self.used_mb + memory_mb <= self.capacity_mb
@@ -158,10 +172,11 @@ class Host:
             if status is None or self._lock(key).locked():
                 continue
             del self.running[key]
+            self._extra.discard(key)
             with contextlib.suppress(ValueError):
                 self._sup.children.remove(found.child)
             if not found.resident:
-                await self._release(key)
+                await self._release(key, found.primary)
             if status == 0:
                 log.info("app %s: version %s.%d scaled to zero", *key, found.minor)
             else:
@@ -190,14 +205,18 @@ class Host:
                 return entry.value == self.name.encode()  # ours already (an earlier manager of this host's)
             return False
 
-    async def _release(self, key: tuple[str, str]) -> None:
+    def _placement_key(self, key: tuple[str, str], primary: bool) -> str:
+        """The version's key (the host that took its first demand), or this host's own key for it (more room)."""
+        return ".".join(key) if primary else ".".join((*key, self.name))
+
+    async def _release(self, key: tuple[str, str], primary: bool = True) -> None:
         """Give the version's placement key up (its manager here is gone), if this host holds it."""
         if self.placement is None:
             return
         try:
-            entry = await self.placement.get(".".join(key))
+            entry = await self.placement.get(self._placement_key(key, primary))
             if entry.value == self.name.encode():
-                await self.placement.delete(".".join(key), last=entry.revision)
+                await self.placement.delete(self._placement_key(key, primary), last=entry.revision)
         except Exception as exc:  # noqa: BLE001 - it expires after bus.PLACEMENT_TTL_SECONDS anyway
             log.debug("placement of %s/%s not released: %s", *key, exc)
 
@@ -211,9 +230,53 @@ class Host:
             for key, found in list(self.running.items()):
                 if not found.resident:
                     try:
-                        await self.placement.put(".".join(key), self.name.encode())
+                        await self.placement.put(self._placement_key(key, found.primary), self.name.encode())
                     except Exception as exc:  # noqa: BLE001 - NATS away: the next round
                         log.warning("placement of %s/%s not refreshed: %s", *key, exc)
+
+    async def balance(self) -> None:
+        """Give each manager whose load wants more instances than it was granted the room this host has left (its
+        ``grant`` file), take back what a manager no longer uses, and ask another host to run a version too when this
+        one has no room for all it wants (:func:`kiln_platform.bus.more_demand_subject`)."""
+        for key, found in list(self.running.items()):
+            if found.run is None or found.child.proc.poll() is not None:
+                continue
+            wanted, current = _read_wanted(found.run / "wanted", found.granted)
+            granted = found.granted
+            if wanted > granted:
+                fit = (self.capacity_mb - self.used_mb) // max(found.memory_mb, 1)
+                granted += max(0, min(wanted - granted, fit))
+            elif wanted < granted:
+                granted = max(wanted, current, 1)  # instances still running (idle ones stop after idle_seconds)
+            if granted != found.granted:
+                log.info("app %s: version %s may run %d instance(s) here (was %d; %d wanted)", *key, granted,
+                         found.granted, wanted)
+                found.granted = granted
+                _write_atomically(found.run / "grant", f"{granted}\n")
+            if wanted > granted:
+                await self._ask_more(key)
+
+    async def _ask_more(self, key: tuple[str, str]) -> None:
+        """Ask another host with room to run the version too (at most once per dedupe period)."""
+        now = time.monotonic()
+        if self.js is None or now - self._asked_more.get(key, -bus.DEMAND_DEDUPE_SECONDS) < bus.DEMAND_DEDUPE_SECONDS:
+            return
+        self._asked_more[key] = now
+        log.info("app %s: version %s wants more instances than this host has room for: asking another host", *key)
+        try:
+            await self.js.publish(bus.more_demand_subject(*key), self.name.encode(), timeout=5,
+                                  headers={"Nats-Msg-Id": bus.more_demand_message_id(*key, time.time())})
+        except Exception as exc:  # noqa: BLE001 - asked again next period while the load lasts
+            log.warning("app %s: could not ask another host for version %s: %s", *key, exc)
+
+    async def keep_balance(self) -> None:
+        """:meth:`balance` every :data:`BALANCE_SECONDS`, until cancelled."""
+        while True:
+            await asyncio.sleep(BALANCE_SECONDS)
+            try:
+                await self.balance()
+            except Exception as exc:  # noqa: BLE001 - the next round
+                log.warning("runtime host: balancing instances: %s", exc)
 
     async def reconcile(self) -> None:
         """Run the resident versions, move the running ones to their current minor, stop the deleted ones."""
@@ -230,21 +293,31 @@ class Host:
         for key in [k for k in self.running if k not in wanted]:
             await self.stop(*key)
 
-    async def on_demand(self, app_id: str, version_id: str) -> bool:
-        """A request wants an instance of the version: start its manager here unless it runs here already. False
-        when this host has no room for it, or its control plane does not know the version (another host may take
-        the demand; a deleted version's demands expire with the stream's age)."""
+    async def on_demand(self, app_id: str, version_id: str, *, more_for: str | None = None) -> bool:
+        """A request wants an instance of the version (or, with ``more_for``, the host of that name has no room for
+        all the instances its load wants): start its manager here unless it runs here already. False when this host
+        has no room for it, is the host asking for more, or its control plane does not know the version (another
+        host may take the demand; a deleted version's demands expire with the stream's age)."""
         key = (app_id, version_id)
         await self.reap()
+        if more_for == self.name:
+            return False  # for another host
         if key in self.running or self._lock(key).locked():
-            return True  # running or starting here: its instances answer the waiting requests
+            return True  # running or starting here: its instances answer the waiting requests, and its manager
+            # scales with the share of the load they get here
         manifest = await self._source.version(app_id, version_id)
         if manifest is None:
             return False  # not this control plane's (deleted meanwhile: the demand expires with the stream's age)
         if not self.has_room(Needs.of(manifest).memory_mb):
             return False
-        if not await self._claim(key):
+        if more_for is not None:
+            self._extra.add(key)
+            if self.placement is not None:
+                await self.placement.put(self._placement_key(key, False), self.name.encode())
+        elif not await self._claim(key):
             return True  # another host runs or starts it (this demand came while it started)
+        log.info("app %s: version %s wanted%s: starting its manager here", app_id, version_id,
+                 f" (host {more_for} has no room for more instances)" if more_for else "")
         task = asyncio.ensure_future(self._start_safely(app_id, version_id, manifest.minor))
         self._starts.add(task)
         task.add_done_callback(self._starts.discard)
@@ -256,7 +329,8 @@ class Host:
         except Exception as exc:  # noqa: BLE001 - the next waiting request asks again
             log.error("app %s: version %s could not start: %s", app_id, version_id, exc)
         if (app_id, version_id) not in self.running:
-            await self._release((app_id, version_id))
+            await self._release((app_id, version_id), (app_id, version_id) not in self._extra)
+            self._extra.discard((app_id, version_id))
 
     async def ensure(self, app_id: str, version_id: str, minor: int) -> None:
         """Run ``minor`` (or newer) of the version; replace an older minor once the new one serves."""
@@ -271,17 +345,19 @@ class Host:
             if current is not None and current.minor >= manifest.minor:
                 return
             needs = Needs.of(manifest)
-            if current is None and not self.has_room(needs.memory_mb):
+            if current is None and not self.has_room(needs.memory_mb * needs.instances):
                 log.warning("app %s: no room on this host for version %s (%d of %d MB counted)", app_id, version_id,
                             self.used_mb, self.capacity_mb)
                 return
             # Counted from the start, so that demands taken meanwhile see the room it takes.
-            self._starting[key] = 0 if current is not None else needs.memory_mb
+            self._starting[key] = 0 if current is not None else needs.memory_mb * needs.instances
             try:
                 child = await self._start(manifest)
             finally:
                 del self._starting[key]
-            self.running[key] = Running(manifest.minor, child, needs.memory_mb, needs.resident)
+            self.running[key] = Running(manifest.minor, child, needs.memory_mb, needs.resident,
+                                        self._version_run_dir(manifest), needs.instances,
+                                        primary=key not in self._extra)
             if current is not None:
                 log.info("app %s: version %s.%d replaces .%d", app_id, version_id, manifest.minor, current.minor)
                 await _stop_child(current.child)
@@ -294,15 +370,21 @@ class Host:
                 log.info("app %s: stopping version %s.%d", app_id, version_id, current.minor)
                 await _stop_child(current.child)
 
+    def _version_run_dir(self, manifest: pb.Version) -> pathlib.Path:
+        return self._run_dir / manifest.app_id / f"{manifest.version_id}.{manifest.minor}"
+
     async def _start(self, manifest: pb.Version) -> Child:
         root = await self._source.materialize(manifest)
         name = f"{manifest.app_id}-{manifest.version_id}.{manifest.minor}"
-        run = self._run_dir / manifest.app_id / f"{manifest.version_id}.{manifest.minor}"
+        run = self._version_run_dir(manifest)
         run.mkdir(parents=True, exist_ok=True)
         ready = run / "manager.ready"
         ready.unlink(missing_ok=True)  # an earlier manager of this minor's, which scaled to zero
+        (run / "wanted").unlink(missing_ok=True)
+        _write_atomically(run / "grant", f"{Needs.of(manifest).instances}\n")
         argv = python_module("runtime.manager", "--app-dir", str(root), "--app-id", manifest.app_id,
                              "--version-id", manifest.version_id, "--run-dir", str(run), "--ready-file", str(ready),
+                             "--grant-file", str(run / "grant"),
                              "--scale-to-zero", *self._manager_args, "--", "--minor-version", str(manifest.minor),
                              "--modules-addr", self._control_plane, *self._default_hostname(manifest.app_id),
                              *self._runtime_args)
@@ -345,6 +427,21 @@ class Host:
         self.running.clear()
         self._sup.children.clear()
         await asyncio.gather(*self._starts, return_exceptions=True)  # their managers are gone: they fail at once
+
+
+def _read_wanted(path: pathlib.Path, default: int) -> tuple[int, int]:
+    """What a manager wrote to its ``wanted`` file: instances its load wants, instances running."""
+    try:
+        wanted, current = (int(n) for n in path.read_text().split())
+        return wanted, current
+    except (OSError, ValueError):
+        return default, default  # not written yet
+
+
+def _write_atomically(path: pathlib.Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 async def _stop_child(child: Child) -> None:
@@ -409,9 +506,12 @@ async def take_demands(nc: Client, host: Host) -> None:
             await asyncio.sleep(1)
             continue
         for msg in msgs:
-            wanted = bus.demand_of(msg.subject)
+            wanted, more = bus.demand_of(msg.subject), bus.more_demand_of(msg.subject)
             try:
-                taken = wanted is None or await host.on_demand(*wanted)
+                if more is not None:
+                    taken = await host.on_demand(*more, more_for=msg.data.decode(errors="replace"))
+                else:
+                    taken = wanted is None or await host.on_demand(*wanted)
             except Exception as exc:  # noqa: BLE001 - the control plane away: another host, or later
                 log.warning("runtime host: demand for %s: %s", msg.subject, exc)
                 taken = False
@@ -460,6 +560,7 @@ async def run(source: VersionSource, run_dir: pathlib.Path, manager_args: Sequen
                 capacity_mb=capacity_mb, name=name)
     nc = await bus.connect(nats_url, name="runtime-host")
     host.placement = await bus.placement_bucket(nc)
+    host.js = nc.jetstream()
     events: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
 
     async def enqueue(subject: str, data: bytes) -> None:
@@ -479,7 +580,8 @@ async def run(source: VersionSource, run_dir: pathlib.Path, manager_args: Sequen
 
     tasks = [asyncio.ensure_future(follow(nc, enqueue, host.reconcile, resync_seconds, "versions")),
              asyncio.ensure_future(handle()), asyncio.ensure_future(report(nc, name, heartbeat_seconds)),
-             asyncio.ensure_future(take_demands(nc, host)), asyncio.ensure_future(host.keep_placements())]
+             asyncio.ensure_future(take_demands(nc, host)), asyncio.ensure_future(host.keep_placements()),
+             asyncio.ensure_future(host.keep_balance())]
     try:
         await stop.wait()
     finally:
