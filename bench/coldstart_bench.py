@@ -20,6 +20,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import datetime
 import http.client
 import os
 import pathlib
@@ -66,15 +67,17 @@ def _get(router: str, app: str) -> tuple[int, float]:
         conn.close()
 
 
-def _managers(app: str) -> list[int]:
-    """PIDs of runtime.manager processes of ``app``."""
+def _managers(app: str, under: pathlib.Path) -> list[int]:
+    """PIDs of runtime.manager processes of ``app`` whose run directory is under ``under`` (this run's host: other
+    runs on the machine may have an app of the same name)."""
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             argv = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
         except OSError:
             continue
-        if "runtime.manager" in argv and "--app-id" in argv and argv[argv.index("--app-id") + 1] == app:
+        if "runtime.manager" in argv and "--app-id" in argv and argv[argv.index("--app-id") + 1] == app and \
+                argv[argv.index("--run-dir") + 1].startswith(str(under)):
             found.append(int(pid))
     return found
 
@@ -126,18 +129,59 @@ def _deploy(control: str, app: str, source: pathlib.Path, tmp: pathlib.Path, ver
         time.sleep(0.5)  # no live runtime host has reported itself yet
 
 
-def cold_and_warm(router: str, app: str, rounds: int, warm: int) -> tuple[list[float], list[float]]:
-    cold, hot = [], []
+# The stages of a cold start, each ending at the first log line (at or after the request was sent) that matches:
+# (stage, log file pattern under the run directories, text of the line).
+STAGES = (
+    ("router -> demand -> host takes it", "run/host.log", "wanted: starting its manager here"),
+    ("manager process up (Python, imports)", "host/{app}-v1.1.log", "managing version"),
+    ("manager prepares, connects, spawns", "host/{app}-v1.1.log", "starting instance"),
+    ("instance up (Python, imports, SDK)", "host/{app}/v1.1/instance-*.log", "] "),
+    ("instance loads, connects, subscribes", "host/{app}/v1.1/instance-*.log", "serving"),
+)
+
+
+def _logged_at(tmp: pathlib.Path, pattern: str, text: str, since: float) -> float | None:
+    """The time of the first line containing ``text`` logged at or after ``since`` in the files ``pattern`` names."""
+    found = []
+    for path in tmp.glob(pattern):
+        for line in path.read_text(errors="replace").splitlines():
+            if text in line:
+                try:
+                    at = datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+                except ValueError:
+                    continue
+                if at >= since - 0.001:
+                    found.append(at)
+    return min(found, default=None)
+
+
+def _breakdown(tmp: pathlib.Path, app: str, sent: float, answered: float) -> dict[str, float]:
+    """Milliseconds of each stage of one cold start (from the parts' logs; log times have millisecond steps)."""
+    out, last = {}, sent
+    for stage, pattern, text in STAGES:
+        at = _logged_at(tmp, pattern.format(app=app), text, last)
+        if at is None:
+            return {}
+        out[stage], last = (at - last) * 1000, at
+    out["first request answered"] = (answered - last) * 1000
+    return out
+
+
+def cold_and_warm(router: str, app: str, rounds: int, warm: int,
+                  tmp: pathlib.Path) -> tuple[list[float], list[float], list[dict[str, float]]]:
+    cold, hot, stages = [], [], []
     for n in range(rounds):
-        _wait(lambda: not _managers(app), 120, f"{app} to scale to zero")
+        _wait(lambda: not _managers(app, tmp / "host"), 120, f"{app} to scale to zero")
+        sent = time.time()
         status, ms = _get(router, app)
         if status != 200:
             raise SystemExit(f"coldstart_bench: {app}'s cold request got {status}")
         cold.append(ms)
+        stages.append(_breakdown(tmp, app, sent, time.time()))
         hot += [_get(router, app)[1] for _ in range(warm)]
-        print(f"  {app} round {n + 1}: cold {ms:.0f} ms, warm p50 {statistics.median(hot[-warm:]):.1f} ms",
-              flush=True)
-    return cold, hot
+        print(f"  {app} round {n + 1}: cold {ms:.0f} ms, warm p50 {statistics.median(hot[-warm:]):.1f} ms; "
+              + ", ".join(f"{k} {v:.0f}" for k, v in stages[-1].items()), flush=True)
+    return cold, hot, stages
 
 
 def main() -> int:
@@ -171,14 +215,16 @@ def main() -> int:
         results = {}
         for app in () if args.skip_cold_starts else ("hello", "flask"):
             _get(router, app)  # the first start installs the version's libraries: not a cold start of an instance
-            results[app] = cold_and_warm(router, app, args.rounds, args.warm)
+            results[app] = cold_and_warm(router, app, args.rounds, args.warm, tmp)
         if results:
             print("\ncold start through the router (p50 of rounds), against the same app's warm p50:")
-        for app, (cold, hot) in results.items():
+        for app, (cold, hot, stages) in results.items():
             c, w = statistics.median(cold), statistics.median(hot)
             print(f"  {app:6s} cold p50 {c:7.0f} ms (min {min(cold):.0f}, max {max(cold):.0f}); "
                   f"warm p50 {w:6.1f} ms; cold/warm {c / w:.0f}x")
-        _wait(lambda: not _managers("hello") and not _managers("flask"), 120, "the apps to scale to zero")
+            for stage in stages[0] if stages and all(stages) else ():
+                print(f"         {stage:40s} p50 {statistics.median(s[stage] for s in stages):6.0f} ms")
+        _wait(lambda: not _managers("hello", tmp) and not _managers("flask", tmp), 120, "the apps to scale to zero")
         for n in range(args.versions):
             _deploy(control, "idle", HELLO, tmp, version=f"v{n}")
         host_log = tmp / "run" / "host.log"
@@ -189,14 +235,14 @@ def main() -> int:
         resident = "  min_instances: 1\n"
         for n in range(args.versions):
             _deploy(control, "resident", HELLO, tmp, version=f"v{n}", extra=resident)
-        _wait(lambda: len(_managers("resident")) >= args.versions, 600, "the resident versions' managers")
+        _wait(lambda: len(_managers("resident", tmp)) >= args.versions, 600, "the resident versions' managers")
         _wait(lambda: all((tmp / "host" / "resident" / f"v{n}.1" / "manager.ready").exists()
                           for n in range(args.versions)), 600, "the resident versions to serve")
         resident_mib = _tree_rss_mib(host.proc.pid) - idle_mib
         print(f"\nan idle runtime host with {args.versions} deployed versions: {idle_mib:.0f} MiB resident "
               f"(the host and what it started); the same {args.versions} versions with a resident instance each "
               f"(the cost of every version before scaling to zero): +{resident_mib:.0f} MiB "
-              f"({len(_managers('resident'))} managers)")
+              f"({len(_managers('resident', tmp))} managers)")
     finally:
         sup.stop_all()
         shutil.rmtree(tmp, ignore_errors=True)
