@@ -95,9 +95,23 @@ class Running:
     resident: bool = False
     run: pathlib.Path | None = None  # the manager's run directory: its grant file and what it wants
     granted: int = 1
-    # Whether this host holds the version's placement key (it took the version's first demand); a host that took a
-    # demand for more holds a key of its own, APP.VERSION.HOST.
+    # Whether this host holds the version's placement key (it took the version's first demand, or placed it as a
+    # resident version); every host running the version also holds a key of its own, APP.VERSION.HOST.
     primary: bool = True
+    floor: int | None = None  # of a resident version's min_instances, how many are kept here (None: app.yaml's)
+    needs_floor: int = 0  # the version's min_instances (across hosts)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What a manager starts with: the instances it may run here, and (resident versions) how many it keeps."""
+
+    granted: int = 1
+    floor: int | None = None
+
+    def grant_text(self) -> str:
+        """The grant file's text (see :meth:`runtime.manager.Manager.grant`)."""
+        return f"{self.granted}\n" if self.floor is None else f"{self.granted} {self.floor}\n"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,6 +165,7 @@ class Host:
         self._noted: set[tuple[str, str, int]] = set()  # versions said to wait for a request (_note_idle)
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._extra: set[tuple[str, str]] = set()  # versions started here on a demand for more (not primary)
+        self._plans: dict[tuple[str, str], Plan] = {}  # how the managers about to start here start
         self._asked_more: dict[tuple[str, str], float] = {}
         self.js: JetStreamContext | None = None  # set once connected: asks other hosts for more room
 
@@ -175,8 +190,7 @@ class Host:
             self._extra.discard(key)
             with contextlib.suppress(ValueError):
                 self._sup.children.remove(found.child)
-            if not found.resident:
-                await self._release(key, found.primary)
+            await self._release(key, found.primary)
             if status == 0:
                 log.info("app %s: version %s.%d scaled to zero", *key, found.minor)
             else:
@@ -210,29 +224,50 @@ class Host:
         return ".".join(key) if primary else ".".join((*key, self.name))
 
     async def _release(self, key: tuple[str, str], primary: bool = True) -> None:
-        """Give the version's placement key up (its manager here is gone), if this host holds it."""
+        """Give the version's placement keys up (its manager here is gone): this host's own, and the version's if this
+        host holds it."""
         if self.placement is None:
             return
         try:
-            entry = await self.placement.get(self._placement_key(key, primary))
-            if entry.value == self.name.encode():
-                await self.placement.delete(self._placement_key(key, primary), last=entry.revision)
+            with contextlib.suppress(nats.js.errors.KeyNotFoundError):
+                await self.placement.delete(self._placement_key(key, False))
+            if primary:
+                entry = await self.placement.get(self._placement_key(key, True))
+                if entry.value == self.name.encode():
+                    await self.placement.delete(self._placement_key(key, True), last=entry.revision)
         except Exception as exc:  # noqa: BLE001 - it expires after bus.PLACEMENT_TTL_SECONDS anyway
             log.debug("placement of %s/%s not released: %s", *key, exc)
 
+    async def _floors_elsewhere(self, key: tuple[str, str]) -> int:
+        """How many of a resident version's instances the other hosts running it keep (their own keys' values)."""
+        assert self.placement is not None
+        own, total = self._placement_key(key, False), 0
+        watcher = await self.placement.watch(".".join((*key, ">")), ignore_deletes=True)
+        try:
+            async for entry in watcher:
+                if entry is None:  # the end of the keys there are now
+                    break
+                if entry.key != own:
+                    with contextlib.suppress(ValueError):
+                        total += int(entry.value or b"0")
+        finally:
+            await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it unannotated
+        return total
+
     async def keep_placements(self) -> None:
-        """Refresh the placement keys of the versions started on demand here, until cancelled (a dead host's keys
-        expire, and a demand for its versions is then taken by a host with room)."""
+        """Refresh the placement keys of the versions running here, until cancelled (a dead host's keys expire: a
+        demand for its versions is then taken by a host with room, and its resident versions are placed again)."""
         while True:
             await asyncio.sleep(bus.PLACEMENT_TTL_SECONDS / 3)
             if self.placement is None:
                 continue
             for key, found in list(self.running.items()):
-                if not found.resident:
-                    try:
-                        await self.placement.put(self._placement_key(key, found.primary), self.name.encode())
-                    except Exception as exc:  # noqa: BLE001 - NATS away: the next round
-                        log.warning("placement of %s/%s not refreshed: %s", *key, exc)
+                try:
+                    await self.placement.put(self._placement_key(key, False), str(found.floor or 0).encode())
+                    if found.primary:
+                        await self.placement.put(self._placement_key(key, True), self.name.encode())
+                except Exception as exc:  # noqa: BLE001 - NATS away: the next round
+                    log.warning("placement of %s/%s not refreshed: %s", *key, exc)
 
     async def balance(self) -> None:
         """Give each manager whose load wants more instances than it was granted the room this host has left (its
@@ -247,24 +282,37 @@ class Host:
                 fit = (self.capacity_mb - self.used_mb) // max(found.memory_mb, 1)
                 granted += max(0, min(wanted - granted, fit))
             elif wanted < granted:
-                granted = max(wanted, current, 1)  # instances still running (idle ones stop after idle_seconds)
+                # instances still running (idle ones stop after idle_seconds), and those it keeps
+                granted = max(wanted, current, found.floor or 0, 1)
             if granted != found.granted:
                 log.info("app %s: version %s may run %d instance(s) here (was %d; %d wanted)", *key, granted,
                          found.granted, wanted)
                 found.granted = granted
-                _write_atomically(found.run / "grant", f"{granted}\n")
-            if wanted > granted:
-                await self._ask_more(key)
+                _write_atomically(found.run / "grant", Plan(granted, found.floor).grant_text())
+            missing = found.needs_floor - found.floor if found.primary and found.floor is not None else 0
+            if wanted > granted or missing > 0:
+                await self._ask_more(key, max(missing, 0), starved=wanted > granted)
 
-    async def _ask_more(self, key: tuple[str, str]) -> None:
-        """Ask another host with room to run the version too (at most once per dedupe period)."""
+    async def _ask_more(self, key: tuple[str, str], resident_missing: int = 0, *, starved: bool = True) -> None:
+        """Ask another host with room to run the version too (at most once per dedupe period); with
+        ``resident_missing``, for the part of a resident version's ``min_instances`` no host keeps yet (counted
+        from the other hosts' keys: none is asked for when they keep them already)."""
         now = time.monotonic()
         if self.js is None or now - self._asked_more.get(key, -bus.DEMAND_DEDUPE_SECONDS) < bus.DEMAND_DEDUPE_SECONDS:
             return
         self._asked_more[key] = now
-        log.info("app %s: version %s wants more instances than this host has room for: asking another host", *key)
+        if resident_missing:
+            resident_missing = max(0, resident_missing - (
+                await self._floors_elsewhere(key) if self.placement is not None else 0))
+        if resident_missing:
+            log.info("app %s: version %s keeps %d of its resident instances on no host yet: asking another host",
+                     *key, resident_missing)
+        elif starved:
+            log.info("app %s: version %s wants more instances than this host has room for: asking another host", *key)
+        else:
+            return
         try:
-            await self.js.publish(bus.more_demand_subject(*key), self.name.encode(), timeout=5,
+            await self.js.publish(bus.more_demand_subject(*key), f"{self.name} {resident_missing}".encode(), timeout=5,
                                   headers={"Nats-Msg-Id": bus.more_demand_message_id(*key, time.time())})
         except Exception as exc:  # noqa: BLE001 - asked again next period while the load lasts
             log.warning("app %s: could not ask another host for version %s: %s", *key, exc)
@@ -286,14 +334,18 @@ class Host:
             for version in await self._source.versions(app.app_id):
                 wanted[(app.app_id, version.version_id)] = version
         for (app_id, version_id), version in wanted.items():
-            if (app_id, version_id) in self.running or Needs.of(version).resident:
+            if (app_id, version_id) in self.running:
                 await self.ensure(app_id, version_id, version.minor)
+                await self._promote((app_id, version_id))
+            elif Needs.of(version).resident:
+                await self.place_resident(version)
             else:
                 self._note_idle(app_id, version_id, version.minor)
         for key in [k for k in self.running if k not in wanted]:
             await self.stop(*key)
 
-    async def on_demand(self, app_id: str, version_id: str, *, more_for: str | None = None) -> bool:
+    async def on_demand(self, app_id: str, version_id: str, *, more_for: str | None = None,
+                        resident_missing: int = 0) -> bool:
         """A request wants an instance of the version (or, with ``more_for``, the host of that name has no room for
         all the instances its load wants): start its manager here unless it runs here already. False when this host
         has no room for it, is the host asking for more, or its control plane does not know the version (another
@@ -308,20 +360,59 @@ class Host:
         manifest = await self._source.version(app_id, version_id)
         if manifest is None:
             return False  # not this control plane's (deleted meanwhile: the demand expires with the stream's age)
-        if not self.has_room(Needs.of(manifest).memory_mb):
+        needs = Needs.of(manifest)
+        if not self.has_room(needs.memory_mb):
             return False
         if more_for is not None:
             self._extra.add(key)
+            if needs.resident:  # of its min_instances, keeps those no other host keeps, as many as fit
+                if resident_missing and self.placement is not None:  # another host may have taken an earlier ask
+                    resident_missing = min(resident_missing, needs.instances - await self._floors_elsewhere(key))
+                    if resident_missing <= 0:
+                        return True  # kept elsewhere already
+                keep = min(resident_missing, (self.capacity_mb - self.used_mb) // needs.memory_mb)
+                self._plans[key] = Plan(max(1, keep), keep)
             if self.placement is not None:
-                await self.placement.put(self._placement_key(key, False), self.name.encode())
+                await self.placement.put(self._placement_key(key, False),
+                                         str(self._plans[key].floor or 0 if key in self._plans else 0).encode())
         elif not await self._claim(key):
             return True  # another host runs or starts it (this demand came while it started)
         log.info("app %s: version %s wanted%s: starting its manager here", app_id, version_id,
                  f" (host {more_for} has no room for more instances)" if more_for else "")
-        task = asyncio.ensure_future(self._start_safely(app_id, version_id, manifest.minor))
+        self._start_soon(app_id, version_id, manifest.minor)
+        return True
+
+    def _start_soon(self, app_id: str, version_id: str, minor: int) -> None:
+        task = asyncio.ensure_future(self._start_safely(app_id, version_id, minor))
         self._starts.add(task)
         task.add_done_callback(self._starts.discard)
-        return True
+
+    async def place_resident(self, version: pb.Version) -> None:
+        """A version with resident instances (``min_instances``) that does not run here: run it here if no host holds
+        its placement key and this host has room for one instance, keeping as many of its ``min_instances`` as fit
+        (the host that holds the key asks others for the rest, :meth:`balance`). A dead host's keys expire, and the
+        next host to look places the version again."""
+        key = (version.app_id, version.version_id)
+        needs = Needs.of(version)
+        fit = (self.capacity_mb - self.used_mb) // needs.memory_mb
+        if key in self.running or self._lock(key).locked() or fit < 1 or not await self._claim(key):
+            return
+        keep = min(needs.instances, fit)
+        self._plans[key] = Plan(keep, keep)
+        if self.placement is not None:  # what it keeps here counts for the other hosts at once
+            await self.placement.put(self._placement_key(key, False), str(keep).encode())
+        log.info("app %s: version %s placed here with %d of its %d resident instance(s)", *key, keep,
+                 needs.instances)
+        self._start_soon(version.app_id, version.version_id, version.minor)
+
+    async def _promote(self, key: tuple[str, str]) -> None:
+        """A version this host runs for more room whose placement key expired (its host died): hold the key, so that
+        this host asks for the resident instances no host keeps."""
+        found = self.running.get(key)
+        if found is not None and not found.primary and found.floor is not None and await self._claim(key):
+            found.primary = True
+            self._extra.discard(key)
+            log.info("app %s: version %s: this host now holds its placement (its first host is gone)", *key)
 
     async def _start_safely(self, app_id: str, version_id: str, minor: int) -> None:
         try:
@@ -345,19 +436,23 @@ class Host:
             if current is not None and current.minor >= manifest.minor:
                 return
             needs = Needs.of(manifest)
-            if current is None and not self.has_room(needs.memory_mb * needs.instances):
+            plan = self._plans.pop(key, None) or (
+                Plan(max(1, current.floor or 1), current.floor) if current is not None else
+                Plan(needs.instances, needs.instances) if needs.resident else Plan())
+            if current is None and not self.has_room(needs.memory_mb * plan.granted):
                 log.warning("app %s: no room on this host for version %s (%d of %d MB counted)", app_id, version_id,
                             self.used_mb, self.capacity_mb)
                 return
             # Counted from the start, so that demands taken meanwhile see the room it takes.
-            self._starting[key] = 0 if current is not None else needs.memory_mb * needs.instances
+            self._starting[key] = 0 if current is not None else needs.memory_mb * plan.granted
             try:
-                child = await self._start(manifest)
+                child = await self._start(manifest, plan)
             finally:
                 del self._starting[key]
             self.running[key] = Running(manifest.minor, child, needs.memory_mb, needs.resident,
-                                        self._version_run_dir(manifest), needs.instances,
-                                        primary=key not in self._extra)
+                                        self._version_run_dir(manifest), plan.granted,
+                                        primary=key not in self._extra if current is None else current.primary,
+                                        floor=plan.floor, needs_floor=needs.instances if needs.resident else 0)
             if current is not None:
                 log.info("app %s: version %s.%d replaces .%d", app_id, version_id, manifest.minor, current.minor)
                 await _stop_child(current.child)
@@ -373,7 +468,7 @@ class Host:
     def _version_run_dir(self, manifest: pb.Version) -> pathlib.Path:
         return self._run_dir / manifest.app_id / f"{manifest.version_id}.{manifest.minor}"
 
-    async def _start(self, manifest: pb.Version) -> Child:
+    async def _start(self, manifest: pb.Version, plan: Plan) -> Child:
         root = await self._source.materialize(manifest)
         name = f"{manifest.app_id}-{manifest.version_id}.{manifest.minor}"
         run = self._version_run_dir(manifest)
@@ -381,7 +476,7 @@ class Host:
         ready = run / "manager.ready"
         ready.unlink(missing_ok=True)  # an earlier manager of this minor's, which scaled to zero
         (run / "wanted").unlink(missing_ok=True)
-        _write_atomically(run / "grant", f"{Needs.of(manifest).instances}\n")
+        _write_atomically(run / "grant", plan.grant_text())
         argv = python_module("runtime.manager", "--app-dir", str(root), "--app-id", manifest.app_id,
                              "--version-id", manifest.version_id, "--run-dir", str(run), "--ready-file", str(ready),
                              "--grant-file", str(run / "grant"),
@@ -413,7 +508,9 @@ class Host:
                     return  # deleted meanwhile, or another control plane's
                 if not Needs.of(manifest).resident:
                     self._note_idle(event.app_id, event.version_id, manifest.minor)
-                    return
+                else:
+                    await self.place_resident(manifest)
+                return
             await self.ensure(event.app_id, event.version_id, event.minor)
         elif event.kind == events_pb2.VersionEvent.KIND_DELETED:
             await self.stop(event.app_id, event.version_id)
@@ -491,6 +588,16 @@ async def take_demands(nc: Client, host: Host) -> None:
     await bus.ensure_demand_stream(nc)
     pulled = await nc.jetstream().pull_subscribe(bus.DEMAND_SUBJECTS, durable=bus.DEMAND_CONSUMER,
                                                  stream=bus.DEMAND_STREAM)
+    try:
+        await _take_demands(pulled, host)
+    finally:
+        # A fetch cancelled here leaves the server's answer to it (a timeout status) unread in the subscription's
+        # queue, where draining the connection would wait for it for nats-py's whole drain timeout (30 s).
+        with contextlib.suppress(Exception):
+            await pulled.unsubscribe()
+
+
+async def _take_demands(pulled: JetStreamContext.PullSubscription, host: Host) -> None:
     smallest = min(isolation.INSTANCE_MEMORY_MB.values())
     while True:
         await host.reap()
@@ -509,7 +616,9 @@ async def take_demands(nc: Client, host: Host) -> None:
             wanted, more = bus.demand_of(msg.subject), bus.more_demand_of(msg.subject)
             try:
                 if more is not None:
-                    taken = await host.on_demand(*more, more_for=msg.data.decode(errors="replace"))
+                    asker, _, missing = msg.data.decode(errors="replace").partition(" ")
+                    taken = await host.on_demand(*more, more_for=asker,
+                                                 resident_missing=int(missing) if missing.isdigit() else 0)
                 else:
                     taken = wanted is None or await host.on_demand(*wanted)
             except Exception as exc:  # noqa: BLE001 - the control plane away: another host, or later

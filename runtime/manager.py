@@ -313,12 +313,14 @@ class Manager:
         current = len(self.instances)
         active = sum(i.active for i in self.instances.values())
         pending = max((i.pending_seconds for i in self.instances.values()), default=0.0)
+        grant = self.grant()
+        if grant is not None and grant[1] is not None:  # of a resident version's min_instances, those kept here
+            self.scaling.min_instances = grant[1]
         floor = self.floor
         wanted = max(floor, self.scaling.wanted(active, current, pending))
         self._say_wanted(wanted, current)
-        granted = self.granted()
-        if granted is not None:  # the rest runs on other hosts
-            floor, wanted = min(floor, granted), min(wanted, granted)
+        if grant is not None:  # the rest runs on other hosts
+            floor, wanted = min(floor, grant[0]), min(wanted, grant[0])
         if current < floor or (wanted > current and not self.starting):
             self.start_instance()
         elif current > floor:
@@ -327,14 +329,16 @@ class Manager:
             if idle and current > wanted:
                 self.stop_instance(min(idle, key=lambda i: i.busy_at).instance_id)
 
-    def granted(self) -> int | None:
-        """How many instances the host has room for (None: no host counts them, as under kiln dev)."""
+    def grant(self) -> tuple[int, int | None] | None:
+        """What the host's grant file says: how many instances it has room for here and, for a version with resident
+        instances, how many of them this manager keeps (None: no host counts them, as under kiln dev)."""
         if self.grant_file is None:
             return None
         try:
-            return max(1, int(self.grant_file.read_text()))
-        except (OSError, ValueError):
-            return 1  # the host writes it before starting the manager; one instance is what it counted
+            numbers = [int(n) for n in self.grant_file.read_text().split()]
+            return max(1, numbers[0]), (max(0, numbers[1]) if len(numbers) > 1 else None)
+        except (OSError, ValueError, IndexError):
+            return 1, None  # the host writes it before starting the manager; one instance is what it counted
 
     def _say_wanted(self, wanted: int, current: int) -> None:
         """Tell the host how many instances the load wants and how many run (when that changed)."""

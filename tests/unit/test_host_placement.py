@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from kiln_platform.supervisor import Child, Supervisor
-from runtime.host import Host, Running
+from runtime.host import Host, Plan, Running
 from runtime.manager import Manager, Scaling
 
 F1_MB = 384
@@ -59,12 +59,25 @@ async def test_a_host_does_not_take_its_own_demand_for_more_room(tmp_path):
     assert await host(tmp_path, capacity_mb=10 * F1_MB).on_demand("app", "v1", more_for="host-a") is False
 
 
-def test_a_manager_runs_no_more_instances_than_its_host_granted(tmp_path):
-    launch: Any = None  # granted() launches nothing
+def test_a_manager_reads_what_its_host_granted(tmp_path):
+    launch: Any = None  # grant() launches nothing
     grant = tmp_path / "grant"
     manager = Manager(Supervisor(tmp_path), launch, Scaling(), grant_file=grant)
-    assert manager.granted() == 1  # before the host wrote it: the one instance it counted
+    assert manager.grant() == (1, None)  # before the host wrote it: the one instance it counted
     grant.write_text("3\n")
-    assert manager.granted() == 3
-    assert Manager(Supervisor(tmp_path), launch, Scaling()).granted() is None  # kiln dev: no host counts
+    assert manager.grant() == (3, None)
+    grant.write_text("2 2\n")  # a resident version: two kept here
+    assert manager.grant() == (2, 2)
+    assert Manager(Supervisor(tmp_path), launch, Scaling()).grant() is None  # kiln dev: no host counts
 
+
+def test_plans_write_the_grant_a_manager_reads():
+    assert Plan(2).grant_text() == "2\n" and Plan(3, 1).grant_text() == "3 1\n"
+
+
+async def test_a_manager_keeping_resident_instances_keeps_their_room_when_its_load_wants_fewer(tmp_path, child):
+    found = host(tmp_path, capacity_mb=10 * F1_MB)
+    found.running[("app", "v1")] = version = running(tmp_path, child, granted=3, wanted="1 1\n")
+    version.floor = 2
+    await found.balance()
+    assert version.granted == 2 and (version.run / "grant").read_text() == "2 2\n"
