@@ -10,8 +10,18 @@ runs an instance manager (:mod:`runtime.manager`) for a deployed version only wh
   F1 384 MB and so on), so a host at capacity leaves it to another. The host that takes it starts the version's
   manager with ``--scale-to-zero``: its first instance answers the waiting requests, and when its instances have
   all gone idle (``idle_seconds``, 15 minutes by default) the manager exits and the version runs nothing again;
-- a version with resident instances (``min_instances`` ≥ 1, ``manual_scaling``) runs on every host, as before
-  (placing those by capacity is not built yet);
+- a version's instances run on as many hosts as its load needs, not on all: each manager is told, in its run
+  directory's ``grant`` file, how many instances this host has room for, and writes how many its load wants beside
+  it (``wanted``); every :data:`BALANCE_SECONDS` the host grants what its room allows and, when it has none left,
+  publishes a demand for more (:func:`kiln_platform.bus.more_demand_subject`) on the same work queue, which only a
+  host that does not run the version yet and has room takes. Both hosts' instances share the version's queue group,
+  so traffic spreads over them; each manager exits when its instances go idle;
+- a version with resident instances (``min_instances`` ≥ 1, ``manual_scaling``) is placed by capacity: the first
+  host with room to claim its key in ``KILN_PLACEMENT`` runs it and keeps as many of its ``min_instances`` as fit
+  (``grant`` then says ``GRANTED KEPT``); it asks others for the rest with a demand for more that carries the
+  missing count, checked by the taking host against the other hosts' keys (``APP.VERSION.HOST``: the instances each
+  keeps). A dead host's keys expire after ``PLACEMENT_TTL_SECONDS``: its versions are placed again at the next
+  resync (a host running the version as the extra one takes the version's key over and asks for the rest);
 - at start, and every ``--resync-seconds``, it lists apps and versions from the control plane, starts the resident
   versions it does not run yet, moves the versions it runs to their current minor, stops the managers of
   versions that are gone, and forgets managers that exited;
