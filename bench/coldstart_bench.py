@@ -7,7 +7,8 @@ managers idle out after 1 s):
   and then, ``--rounds`` times, left until its manager has exited (scaled to zero) and asked once through the
   router: that request's latency (router -> demand -> host -> manager -> instance -> answer); beside it, in the
   same rounds, the same app's warm latency (``--warm`` requests right after) — p50 of each and their ratio;
-- an idle host's memory with 20 deployed versions: the resident memory of the runtime host and everything it
+- an idle host's memory with 20 deployed versions, and how long the host then takes to stop with the 20 resident
+  versions' managers: the resident memory of the runtime host and everything it
   started, with 20 versions on App Engine's default scaling (they scale to zero: nothing runs), against the same
   20 versions asking for a resident instance each (``automatic_scaling: min_instances: 1``: what every version
   cost before scaling to zero: a manager and an instance each, on every host).
@@ -22,9 +23,11 @@ from __future__ import annotations
 import argparse
 import datetime
 import http.client
+import json
 import os
 import pathlib
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -167,6 +170,40 @@ def _breakdown(tmp: pathlib.Path, app: str, sent: float, answered: float) -> dic
     return out
 
 
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of a process so far (seconds)."""
+    try:
+        fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _tree(root_pid: int) -> list[int]:
+    """A process and all its descendants (an instance in a PID namespace runs under its wrapper)."""
+    children: dict[int, list[int]] = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            parent = int(pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except OSError:
+            continue
+        children.setdefault(parent, []).append(int(pid))
+    found, todo = [], [root_pid]
+    while todo:
+        found.append(todo.pop())
+        todo += children.get(found[-1], [])
+    return found
+
+
+def _start_cpu(tmp: pathlib.Path, app: str) -> dict[str, float]:
+    """CPU milliseconds the version's manager and its instance have used (right after the first request: their
+    start), which the machine's load does not stretch as it stretches their wall time."""
+    managers = _managers(app, tmp / "host")
+    state = json.loads((tmp / "host" / app / "v1.1" / "instances.json").read_text() or "[]")
+    return {"manager CPU": sum(map(_cpu_seconds, managers)) * 1000,
+            "instance CPU": sum(_cpu_seconds(p) for i in state for p in _tree(i["pid"])) * 1000}
+
+
 def cold_and_warm(router: str, app: str, rounds: int, warm: int,
                   tmp: pathlib.Path) -> tuple[list[float], list[float], list[dict[str, float]]]:
     cold, hot, stages = [], [], []
@@ -177,7 +214,7 @@ def cold_and_warm(router: str, app: str, rounds: int, warm: int,
         if status != 200:
             raise SystemExit(f"coldstart_bench: {app}'s cold request got {status}")
         cold.append(ms)
-        stages.append(_breakdown(tmp, app, sent, time.time()))
+        stages.append({**_breakdown(tmp, app, sent, time.time()), **_start_cpu(tmp, app)})
         hot += [_get(router, app)[1] for _ in range(warm)]
         print(f"  {app} round {n + 1}: cold {ms:.0f} ms, warm p50 {statistics.median(hot[-warm:]):.1f} ms; "
               + ", ".join(f"{k} {v:.0f}" for k, v in stages[-1].items()), flush=True)
@@ -243,6 +280,12 @@ def main() -> int:
               f"(the host and what it started); the same {args.versions} versions with a resident instance each "
               f"(the cost of every version before scaling to zero): +{resident_mib:.0f} MiB "
               f"({len(_managers('resident', tmp))} managers)")
+        managers = len(_managers("resident", tmp))
+        started = time.monotonic()
+        host.proc.send_signal(signal.SIGTERM)
+        host.proc.wait(120)
+        print(f"stopping the runtime host with {managers} managers (SIGTERM to exit): "
+              f"{time.monotonic() - started:.1f} s", flush=True)
     finally:
         sup.stop_all()
         shutil.rmtree(tmp, ignore_errors=True)
