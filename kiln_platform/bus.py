@@ -265,6 +265,23 @@ def demand_message_id(app_id: str, version_id: str, now: float) -> str:
     return f"{app_id}.{version_id}.{int(now // DEMAND_DEDUPE_SECONDS)}"
 
 
+def more_demand_subject(app_id: str, version_id: str) -> str:
+    """Where a runtime host whose room a version's load outgrows asks another host to run the version too (the
+    message's payload is the asking host's name)."""
+    return f"kiln.demand.{app_id}.{version_id}.more"
+
+
+def more_demand_of(subject: str) -> tuple[str, str] | None:
+    """The (app, version) a :func:`more_demand_subject` names, or None."""
+    parts = subject.split(".")
+    return (parts[2], parts[3]) if len(parts) == 5 and parts[:2] == ["kiln", "demand"] and parts[4] == "more" else None
+
+
+def more_demand_message_id(app_id: str, version_id: str, now: float) -> str:
+    """As :func:`demand_message_id`, for asking for more hosts."""
+    return f"{app_id}.{version_id}.more.{int(now // DEMAND_DEDUPE_SECONDS)}"
+
+
 async def ensure_demand_stream(nc: Client) -> None:
     """Create the demand work queue if it does not exist yet (routers and runtime hosts call this)."""
     js = nc.jetstream()
