@@ -38,7 +38,9 @@ from kiln_platform import auth, bus, grpcserver, httpfields
 from kiln_platform.deployclient import VersionSource
 from kiln.pb.logs.v1 import logs_pb2
 from kiln.pb.runtime.v1 import http_pb2
-from router import connections, cookies, headers, hosts, oidc, paths, replies, responses, static, users, workers
+from router import blobupload, connections, cookies, headers, hosts, oidc, paths, replies, responses, static, users
+from router import workers
+from router.appcalls import AppCredentials
 from router.config import RouterConfig
 from router.demand import Demand
 from router.geo import GeoIP
@@ -84,6 +86,8 @@ class Router:
         self._bodies: dict[str, bus.BodyStore] = {}
         self._statics: dict[tuple[str, str, int], static.StaticFiles] = {}
         self._ids = RequestIds()
+        self.uploads = (blobupload.Uploads(str(cfg.blobstore_addr), AppCredentials(cfg.service_secret.get()),
+                                           max_field_bytes=cfg.max_request_bytes) if cfg.blobstore_addr else None)
         # The router's own headers that are the same on every request, encoded once (see _encoded_header).
         self._fixed_geo_encoded = (b"".join(_encoded_header(n, v) for n, v in self._fixed_geo)
                                    if self._fixed_geo is not None else None)
@@ -133,6 +137,12 @@ class Router:
             target = hosts.resolve(host.name, domain=self.cfg.domain, versions=self.versions, dev_app=self.dev_app)
         if target is None:
             return responses.plain(404, f"No app is served at host {host.name!r}.")
+        upload: blobupload.Forward | None = None  # a Blobstore upload, stored, goes on to its success path
+        if url.path.startswith(blobupload.PREFIX) and self.uploads is not None:
+            taken = await self.uploads.receive(request, url, target.app_id, fields)
+            if not isinstance(taken, blobupload.Forward):
+                return taken
+            upload, url, fields = taken, taken.url, taken.fields
         client_ip, scheme = self._client(request)
         if url.path == users.LOGIN_PATH:
             if self.oidc is not None and self.dev_app is None:
@@ -157,10 +167,10 @@ class Router:
             early = await self._apply_handler(request, url, host, version, scheme, user, platform)
             if early is not None:
                 return early
-        if request.content_length is not None and request.content_length > self.cfg.max_request_bytes:
+        if upload is None and (request.content_length or 0) > self.cfg.max_request_bytes:
             return responses.plain(413, "Request body too large.")
         try:
-            body = await _read_limited(request, self.cfg.max_request_bytes)
+            body = upload.body if upload is not None else await _read_limited(request, self.cfg.max_request_bytes)
         except _TooLarge:
             return responses.plain(413, "Request body too large.")
         envelope, encoded = self._envelope(request, fields, url, target, request_id, host, body, started, client_ip,
@@ -587,6 +597,8 @@ async def serve(cfg: RouterConfig) -> None:
         await router.source.close()
     if router.oidc is not None:
         await router.oidc.close()
+    if router.uploads is not None:
+        await router.uploads.close()
     await router.logs.close()
     await bus.shutdown(nc)
     log.info("stopped")
