@@ -32,6 +32,7 @@ from blobstore_svc.store import (
     CHUNK_BYTES,
     KEY_PATTERN,
     BlobRecord,
+    BlobWriter,
     Store,
     UploadRecord,
     new_key,
@@ -105,6 +106,7 @@ class BlobstoreService(blobstore_pb2_grpc.BlobstoreServiceServicer):
         self._store = store
         self._max_blob_bytes = max_blob_bytes
         self._upload_url_seconds = upload_url_seconds
+        self._dropping: set[asyncio.Task[None]] = set()
 
     async def CreateBlob(self, request_iterator: AsyncIterator[pb.CreateBlobRequest],
                          context: grpc.aio.ServicerContext[Any, Any]) -> pb.CreateBlobResponse:
@@ -120,7 +122,14 @@ class BlobstoreService(blobstore_pb2_grpc.BlobstoreServiceServicer):
             raise ArgumentOutOfRangeError(f"max_bytes must be 0 or more, got {first.max_bytes}")
         limit = min(first.max_bytes or self._max_blob_bytes, self._max_blob_bytes)
         key = new_key()
-        writer = await self._store.begin(app, key)
+        beginning = asyncio.ensure_future(self._store.begin(app, key))
+        try:
+            writer = await asyncio.shield(beginning)
+        except asyncio.CancelledError:
+            # The client went away while the blob was being begun (its pending record or file may be made all the
+            # same): once begun, it is dropped, so nothing stays half-stored.
+            beginning.add_done_callback(self._drop_begun)
+            raise
         try:
             size, md5 = await self._write(writer, first.data, stream, limit)
             record = BlobRecord(key, first.content_type or DEFAULT_CONTENT_TYPE, time.time_ns() // 1000,
@@ -132,6 +141,12 @@ class BlobstoreService(blobstore_pb2_grpc.BlobstoreServiceServicer):
             raise
         log.debug("stored blob %s of %s: %d bytes", key, app, size)
         return pb.CreateBlobResponse(info=info_to_proto(record))
+
+    def _drop_begun(self, beginning: asyncio.Future[BlobWriter]) -> None:
+        if not beginning.cancelled() and beginning.exception() is None:
+            task = asyncio.ensure_future(beginning.result().abort())
+            self._dropping.add(task)  # held until done (the loop keeps only weak references to tasks)
+            task.add_done_callback(self._dropping.discard)
 
     @staticmethod
     async def _write(writer: Any, data: bytes, stream: AsyncIterator[pb.CreateBlobRequest],
