@@ -30,6 +30,7 @@ request are deleted before the refusal is sent.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import datetime
@@ -129,7 +130,7 @@ class Uploads:
             return responses.plain(500, f"The upload's success path cannot be served: {exc}.")
         except BaseException:
             # The client went away (the handler is cancelled) or the blob service failed: nothing stays stored.
-            await self._forget(stored, metadata)
+            await asyncio.shield(self._forget(stored, metadata))
             raise
         body = b"".join(parts) + f"--{boundary}--\r\n".encode()
         kept = [(n, v) for n, v in fields if n.lower() not in _BODY_HEADERS]
