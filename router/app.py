@@ -38,8 +38,8 @@ from kiln_platform import auth, bus, grpcserver, httpfields
 from kiln_platform.deployclient import VersionSource
 from kiln.pb.logs.v1 import logs_pb2
 from kiln.pb.runtime.v1 import http_pb2
-from router import (connections, cookies, headers, hosts, imageserve, oidc, paths, replies, responses, static, users,
-                    workers)
+from router import (blobupload, connections, cookies, headers, hosts, imageserve, oidc, paths, replies, responses,
+                    static, users, workers)
 from router import dispatch
 from router.appcalls import AppCredentials
 from router.config import RouterConfig
@@ -87,12 +87,17 @@ class Router:
         self._fixed_geo = [(n, v.encode()) for n, v in self.geo.headers("").items()] if self.geo.fixed else None
         self.trusted = [ipaddress.ip_network(n) for n in cfg.trusted_proxies]
         self.files = static.FileCache()
-        self.images = (imageserve.ImageServer(str(cfg.images_addr), AppCredentials(cfg.service_secret.get()),
+        # The router acts toward services as the app whose request it handles (kiln_platform/appcalls.py).
+        credentials = AppCredentials(cfg.service_secret.get()) if cfg.service_secret else None
+        self.images = (imageserve.ImageServer(str(cfg.images_addr), credentials,
                                               max_message_bytes=cfg.max_response_bytes + 1024 * 1024)
-                       if cfg.images_addr else None)  # image serving URLs (router/imageserve.py)
+                       if cfg.images_addr and credentials else None)  # image serving URLs (router/imageserve.py)
         self._bodies: dict[str, bus.BodyStore] = {}
         self._statics: dict[tuple[str, str, int], static.StaticFiles] = {}
         self._ids = RequestIds()
+        self.uploads = (blobupload.Uploads(str(cfg.blobstore_addr), credentials,
+                                           max_field_bytes=cfg.max_request_bytes)
+                        if cfg.blobstore_addr and credentials else None)
         # The router's own headers that are the same on every request, encoded once (see _encoded_header).
         self._fixed_geo_encoded = (b"".join(_encoded_header(n, v) for n, v in self._fixed_geo)
                                    if self._fixed_geo is not None else None)
@@ -145,6 +150,12 @@ class Router:
         rules = self.dispatch_tables.get(target.app_id)
         if rules is not None and not target.explicit_version:  # the app's own host names (router/dispatch.py)
             target = rules.route(target, host.name, url.path)
+        upload: blobupload.Forward | None = None  # a Blobstore upload, stored, goes on to its success path
+        if url.path.startswith(blobupload.PREFIX) and self.uploads is not None:
+            taken = await self.uploads.receive(request, url, target.app_id, fields)
+            if not isinstance(taken, blobupload.Forward):
+                return taken
+            upload, url, fields = taken, taken.url, taken.fields
         client_ip, scheme = self._client(request)
         if url.path == users.LOGIN_PATH:
             if self.oidc is not None and self.dev_app is None:
@@ -171,10 +182,10 @@ class Router:
             early = await self._apply_handler(request, url, host, version, scheme, user, platform)
             if early is not None:
                 return early
-        if request.content_length is not None and request.content_length > self.cfg.max_request_bytes:
+        if upload is None and (request.content_length or 0) > self.cfg.max_request_bytes:
             return responses.plain(413, "Request body too large.")
         try:
-            body = await _read_limited(request, self.cfg.max_request_bytes)
+            body = upload.body if upload is not None else await _read_limited(request, self.cfg.max_request_bytes)
         except _TooLarge:
             return responses.plain(413, "Request body too large.")
         envelope, encoded = self._envelope(request, fields, url, target, request_id, host, body, started, client_ip,
@@ -611,6 +622,8 @@ async def serve(cfg: RouterConfig) -> None:
         await router.oidc.close()
     if router.images is not None:
         await router.images.close()
+    if router.uploads is not None:
+        await router.uploads.close()
     await router.logs.close()
     await bus.shutdown(nc)
     log.info("stopped")
