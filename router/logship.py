@@ -62,6 +62,7 @@ FIRST_PAUSE_SECONDS = 0.1
 # Room left in a message for the batch's framing and headers.
 _HEADROOM = 4096
 _STATUS = "Status"
+_PING = b"PING\r\n"
 
 
 class _Batch:
@@ -150,15 +151,13 @@ class LogShipper:
 
     async def _write_reaching(self, batches: list[_Batch], reached: asyncio.Future[None] | None) -> None:
         """:meth:`_write`, then resolve ``reached`` once the server has what was written (a PING's answer)."""
+        pinged = False
         try:
             await self._write(batches)
             if reached is not None and self._nc.is_connected:
-                try:
-                    await self._nc.flush(timeout=REACH_TIMEOUT_SECONDS)
-                except Exception as exc:  # noqa: BLE001 - the records wait for their acknowledgement anyway
-                    log.debug("request logs: no answer to the PING after writing them (%s)", exc)
+                pinged = await _ping_after_pending(self._nc, reached)
         finally:
-            if reached is not None and not reached.done():
+            if not pinged and reached is not None and not reached.done():
                 reached.set_result(None)
 
     async def _write(self, batches: list[_Batch]) -> None:
@@ -248,3 +247,38 @@ class LogShipper:
         for task in list(self._writers):
             task.cancel()
         await asyncio.gather(*self._writers, return_exceptions=True)
+
+
+async def _ping_after_pending(nc: Client, reached: asyncio.Future[None]) -> bool:
+    """Send a PING behind what ``nc`` has written or queued so far, in the same write, and resolve ``reached`` on
+    its PONG (or after :data:`REACH_TIMEOUT_SECONDS`). False when no PING could be sent (``reached`` untouched).
+
+    nats-py's ``flush()`` writes its PING straight to the socket, ahead of the publishes still queued for its
+    flusher task (this turn's batches), so its PONG says nothing about them; here the PING joins that queue after
+    them. nats-server reads a connection in order, so once the PONG is back it has read every batch before it.
+    It also costs one write (the flusher's) where ``flush()`` made two, and no task or ``wait_for`` per turn.
+    nats-py 2.16's internals (pinned): ``_pongs`` (futures resolved in order by PONGs), ``_pending`` (the queued
+    bytes), ``_pending_data_size`` and ``_flush_pending`` (wakes the flusher).
+    """
+    pong: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    try:
+        nc._pongs.append(pong)
+        nc._pending.append(_PING)
+        nc._pending_data_size += len(_PING)
+        await nc._flush_pending()
+    except Exception as exc:  # noqa: BLE001 - the records wait for their acknowledgement anyway
+        log.debug("request logs: no PING after writing them (%s)", exc)
+        return False
+    timer = asyncio.get_running_loop().call_later(REACH_TIMEOUT_SECONDS, _resolve, reached, None)
+
+    def answered(_: asyncio.Future[bool]) -> None:
+        timer.cancel()
+        _resolve(reached, None)
+
+    pong.add_done_callback(answered)
+    return True
+
+
+def _resolve(future: asyncio.Future[None], _: object) -> None:
+    if not future.done():
+        future.set_result(None)
