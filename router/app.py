@@ -160,7 +160,8 @@ class Router:
         if request.content_length is not None and request.content_length > self.cfg.max_request_bytes:
             return responses.plain(413, "Request body too large.")
         try:
-            body = await _read_limited(request, self.cfg.max_request_bytes)
+            # A request without a body (aiohttp's empty payload: most GETs) has nothing to read.
+            body = await _read_limited(request, self.cfg.max_request_bytes) if request.body_exists else b""
         except _TooLarge:
             return responses.plain(413, "Request body too large.")
         envelope, encoded = self._envelope(request, fields, url, target, request_id, host, body, started, client_ip,
