@@ -171,15 +171,20 @@ def main() -> int:
         print(f"  {label:58}{took:8.2f}")
     print(f"  {'sum of the steps':58}{total:8.2f}")
 
-    async def whole() -> web.StreamResponse:
-        return await router.handle(_request())
+    async def handle_all(requests: list[web.Request]) -> None:
+        for one in requests:
+            await router.handle(one)
 
     taken = shipper.taken
-    handled = loop.run_until_complete(whole())
-    assert handled.status == 200 and shipper.taken == taken + 1, (handled.status, shipper.taken - taken)
-    took = _time(run(lambda: router.handle(_request())), args.number // 4, args.repeat)
-    made = _time(_request, args.number // 4, args.repeat)
-    print(f"  {'Router.handle whole (NATS and log stubbed), less making the request':58}{took - made:8.2f}")
+    loop.run_until_complete(handle_all([_request()]))
+    assert shipper.taken == taken + 1, "the request was not answered by the app"
+    count, best = args.number // 4, float("inf")
+    for _ in range(args.repeat):
+        requests = [_request() for _ in range(count)]  # made beforehand: only handle is timed
+        start = time.process_time()
+        loop.run_until_complete(handle_all(requests))
+        best = min(best, time.process_time() - start)
+    print(f"  {'Router.handle whole (NATS and log stubbed; mocked request)':58}{best / count * 1e6:8.2f}")
     loop.close()
     return 0
 
