@@ -155,7 +155,7 @@ class LogShipper:
         try:
             await self._write(batches)
             if reached is not None and self._nc.is_connected:
-                pinged = await _ping_after_pending(self._nc, reached)
+                pinged = _ping_after_pending(self._nc, reached)
         finally:
             if not pinged and reached is not None and not reached.done():
                 reached.set_result(None)
@@ -249,26 +249,33 @@ class LogShipper:
         await asyncio.gather(*self._writers, return_exceptions=True)
 
 
-async def _ping_after_pending(nc: Client, reached: asyncio.Future[None]) -> bool:
-    """Send a PING behind what ``nc`` has written or queued so far, in the same write, and resolve ``reached`` on
-    its PONG (or after :data:`REACH_TIMEOUT_SECONDS`). False when no PING could be sent (``reached`` untouched).
+def _ping_after_pending(nc: Client, reached: asyncio.Future[None]) -> bool:
+    """Write what ``nc`` has queued so far followed by a PING, in one write, and resolve ``reached`` on that PING's
+    PONG (or after :data:`REACH_TIMEOUT_SECONDS`). False when nothing could be written (``reached`` untouched).
 
     nats-py's ``flush()`` writes its PING straight to the socket, ahead of the publishes still queued for its
-    flusher task (this turn's batches), so its PONG says nothing about them; here the PING joins that queue after
-    them. nats-server reads a connection in order, so once the PONG is back it has read every batch before it.
-    It also costs one write (the flusher's) where ``flush()`` made two, and no task or ``wait_for`` per turn.
-    nats-py 2.16's internals (pinned): ``_pongs`` (futures resolved in order by PONGs), ``_pending`` (the queued
-    bytes), ``_pending_data_size`` and ``_flush_pending`` (wakes the flusher).
+    flusher task (this turn's batches), so its PONG says nothing about them; here the PING follows them in the same
+    write. nats-server reads a connection in order, so once the PONG is back it has read every batch before it.
+    The write and the PONG's place in the queue of expected PONGs are one step on the loop, as in nats-py's own
+    PING, so PONGs still match PINGs in order whoever else sends one. It also costs one write where ``flush()`` made
+    two, and no task wake-up or ``wait_for`` per turn.
+
+    Uses nats-py 2.16's internals (pinned): ``_transport``, ``_pending`` and ``_pending_data_size`` (the bytes
+    queued for the flusher, which finds none left), ``_pongs`` (futures resolved in order by PONGs).
     """
-    pong: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    transport = nc._transport
+    if transport is None:
+        return False
+    queued = nc._pending
     try:
-        nc._pongs.append(pong)
-        nc._pending.append(_PING)
-        nc._pending_data_size += len(_PING)
-        await nc._flush_pending()
+        transport.writelines([*queued, _PING])
     except Exception as exc:  # noqa: BLE001 - the records wait for their acknowledgement anyway
         log.debug("request logs: no PING after writing them (%s)", exc)
         return False
+    nc._pending = []
+    nc._pending_data_size = 0
+    pong: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    nc._pongs.append(pong)
     timer = asyncio.get_running_loop().call_later(REACH_TIMEOUT_SECONDS, _resolve, reached, None)
 
     def answered(_: asyncio.Future[bool]) -> None:
