@@ -185,7 +185,9 @@ class Router:
         if upload is None and (request.content_length or 0) > self.cfg.max_request_bytes:
             return responses.plain(413, "Request body too large.")
         try:
-            body = upload.body if upload is not None else await _read_limited(request, self.cfg.max_request_bytes)
+            # A request without a body (aiohttp's empty payload: most GETs) has nothing to read.
+            body = (upload.body if upload is not None
+                    else await _read_limited(request, self.cfg.max_request_bytes) if request.body_exists else b"")
         except _TooLarge:
             return responses.plain(413, "Request body too large.")
         envelope, encoded = self._envelope(request, fields, url, target, request_id, host, body, started, client_ip,

@@ -210,3 +210,69 @@ def test_a_records_future_is_done_only_once_nats_server_has_the_record(superviso
     done_at_once, record = asyncio.run(scenario())
     assert not done_at_once
     assert record == b"record 1"
+
+
+class _RecordingProxy:
+    """A TCP relay to nats-server that keeps every byte its client sent, in order (what the server reads)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.sent = bytearray()
+        self.server: asyncio.Server | None = None
+        self._relays: list[asyncio.Task] = []
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        return f"nats://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _accept(self, client_in: asyncio.StreamReader, client_out: asyncio.StreamWriter) -> None:
+        server_in, server_out = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self._writers += [client_out, server_out]
+        self._relays += [asyncio.create_task(self._pump(client_in, server_out, True)),
+                         asyncio.create_task(self._pump(server_in, client_out, False))]
+
+    async def _pump(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter, record: bool) -> None:
+        while data := await source.read(65536):
+            if record:
+                self.sent += data
+            sink.write(data)
+            await sink.drain()
+
+    async def close(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+        for writer in self._writers:
+            writer.close()
+        await asyncio.gather(*(w.wait_closed() for w in self._writers), *self._relays, return_exceptions=True)
+
+
+def test_the_ping_that_completes_a_records_future_is_sent_after_the_record(supervisor, tmp_path):
+    """The future of ``ship`` is done on the answer to a PING the shipper sends after the record's message, on the
+    same connection: nats-server reads a connection in order, so its PONG says it has read the record (a PING
+    written ahead of the record, as nats-py's ``flush`` writes it, would say nothing about the record)."""
+    server = Nats(supervisor, tmp_path).start()
+
+    async def scenario() -> bytes:
+        proxy = _RecordingProxy(server.port)
+        nc = await nats.connect(await proxy.start())
+        try:
+            await bus.ensure_log_stream(nc)
+            shipper = LogShipper(nc, bus.REQUEST_LOG_SUBJECT)
+            await nc.flush()
+            start = len(proxy.sent)
+            reached = shipper.ship("request-1", b"record 1")
+            assert reached is not None
+            await asyncio.wait_for(asyncio.shield(reached), 10)
+            written = bytes(proxy.sent[start:])
+            await shipper.close()
+            return written
+        finally:
+            await nc.close()
+            await proxy.close()
+
+    written = asyncio.run(scenario())
+    record_at = written.find(b"PUB " + bus.REQUEST_LOG_SUBJECT.encode())
+    assert record_at >= 0
+    assert b"PING\r\n" in written[record_at:]
