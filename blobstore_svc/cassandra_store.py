@@ -67,24 +67,11 @@ def _record(row: dict[str, Any]) -> BlobRecord:
                       row["size"] or 0, row["md5_hash"] or "")
 
 
-class CassandraStore(Store):
+class CassandraStore(cassandra.NamedStatements, Store):
     """See module docstring."""
 
-    def __init__(self, settings: StorageConfig) -> None:
-        self._settings = settings
-        self._ks_open: cassandra.Keyspace | None = None
-        self._q: dict[str, Any] = {}
-
-    @property
-    def _ks(self) -> cassandra.Keyspace:
-        if self._ks_open is None:
-            raise RuntimeError("CassandraStore.open() was not called")
-        return self._ks_open
-
     async def open(self) -> None:
-        from cassandra.query import dict_factory
-
-        self._ks_open = await cassandra.open_keyspace(self._settings, _tables, row_factory=dict_factory)
+        await self._open_keyspace(_tables)
         ks = self._ks.name
         queries = {
             "put_chunk": f"INSERT INTO {ks}.blobstore_chunks (app_id, blob_key, idx, data) VALUES (?, ?, ?, ?)",
@@ -108,14 +95,9 @@ class CassandraStore(Store):
             "upload": f"SELECT id, success_path, max_bytes_per_blob, max_bytes_total, expires_us "
                       f"FROM {ks}.blobstore_uploads WHERE app_id = ? AND id = ?",
         }
-        self._q = {name: self._ks.prepare(cql, consistency="LOCAL_QUORUM",
-                                          serial="LOCAL_SERIAL" if name == "take_upload" else None)
-                   for name, cql in queries.items()}
+        self._prepare(queries, lwt={"take_upload"})
         await self._sweep()
         log.info("blobstore on cassandra: keyspace %s", ks)
-
-    async def _exec(self, name: str, *params: Any) -> list[dict[str, Any]]:
-        return await self._ks.execute(self._q[name], params)
 
     async def _sweep(self) -> None:
         """Remove the chunks of blobs whose writers died long ago (their pending rows are old)."""
@@ -180,9 +162,6 @@ class CassandraStore(Store):
     async def serving(self, app: str, key: str) -> bool:
         return bool(await self._exec("serving", app, key))
 
-    async def close(self) -> None:
-        if self._ks_open is not None:
-            await self._ks_open.close()
 
 
 class _ChunkWriter(BlobWriter):

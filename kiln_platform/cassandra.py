@@ -9,7 +9,7 @@ into :class:`~kiln.errors.UnavailableError`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, Literal
 
 from kiln.errors import ConfigError, UnavailableError
@@ -162,3 +162,41 @@ def drop_keyspace(hosts: str, keyspace: str, *, setting: str = "cassandra_hosts"
                                   timeout=SCHEMA_TIMEOUT_SECONDS)
     finally:
         cluster.shutdown()
+
+
+class NamedStatements:
+    """What a store on one keyspace shares: the keyspace once opened, its statements prepared by name, and running
+    one by name. A store subclasses it (beside its own ``Store`` interface) and calls :meth:`_open_keyspace`,
+    then :meth:`_prepare` with its statements, from its ``open``."""
+
+    def __init__(self, settings: StorageConfig) -> None:
+        self._settings = settings
+        self._ks_open: Keyspace | None = None
+        self._q: dict[str, Any] = {}
+
+    @property
+    def _ks(self) -> Keyspace:
+        if self._ks_open is None:
+            raise RuntimeError(f"{type(self).__name__}.open() was not called")
+        return self._ks_open
+
+    async def _open_keyspace(self, tables: Callable[[str], Sequence[str]]) -> Keyspace:
+        """Connect and create the keyspace and ``tables`` (rows come back as dicts)."""
+        from cassandra.query import dict_factory
+
+        self._ks_open = await open_keyspace(self._settings, tables, row_factory=dict_factory)
+        return self._ks_open
+
+    def _prepare(self, queries: dict[str, str], *, lwt: Collection[str] = ()) -> None:
+        """Prepare each statement at LOCAL_QUORUM (the lightweight transactions ``lwt`` with a LOCAL_SERIAL
+        Paxos phase)."""
+        self._q = {name: self._ks.prepare(cql, consistency="LOCAL_QUORUM",
+                                          serial="LOCAL_SERIAL" if name in lwt else None)
+                   for name, cql in queries.items()}
+
+    async def _exec(self, name: str, *params: Any) -> list[dict[str, Any]]:
+        return await self._ks.execute(self._q[name], params)
+
+    async def close(self) -> None:
+        if self._ks_open is not None:
+            await self._ks_open.close()

@@ -68,24 +68,11 @@ _ADDED_COLUMNS = [("versions", "gc_epoch", "bigint static"), ("versions", "gc_un
                   ("versions", "dispatch_yaml", "text static"), ("versions", "dispatch_generation", "bigint static")]
 
 
-class CassandraStore(Store):
+class CassandraStore(cassandra.NamedStatements, Store):
     """See module docstring. Call :meth:`open` first."""
 
-    def __init__(self, settings: StorageConfig) -> None:
-        self._settings = settings
-        self._ks_open: cassandra.Keyspace | None = None
-        self._q: dict[str, Any] = {}
-
-    @property
-    def _ks(self) -> cassandra.Keyspace:
-        if self._ks_open is None:
-            raise RuntimeError("CassandraStore.open() was not called")
-        return self._ks_open
-
     async def open(self) -> None:
-        from cassandra.query import dict_factory
-
-        self._ks_open = await cassandra.open_keyspace(self._settings, _tables, row_factory=dict_factory)
+        await self._open_keyspace(_tables)
         for table, column, kind in _ADDED_COLUMNS:
             present = await self._ks.execute(
                 "SELECT column_name FROM system_schema.columns WHERE keyspace_name = %s AND "
@@ -132,13 +119,8 @@ class CassandraStore(Store):
             "set_dispatch": f"UPDATE {ks}.versions SET dispatch_yaml = ?, dispatch_generation = ? WHERE app_id = ? "
                              "IF dispatch_generation = ?",
         }
-        self._q = {name: self._ks.prepare(cql, consistency="LOCAL_QUORUM",
-                                          serial="LOCAL_SERIAL" if name in lwt else None)
-                   for name, cql in queries.items()}
+        self._prepare(queries, lwt=lwt)
         log.info("control plane on cassandra: keyspace %s", ks)
-
-    async def _exec(self, name: str, *params: Any) -> list[dict[str, Any]]:
-        return await self._ks.execute(self._q[name], params)
 
     async def missing_blobs(self, app_id: str, hashes: Sequence[str]) -> list[str]:
         unique = list(dict.fromkeys(hashes))
@@ -290,6 +272,3 @@ class CassandraStore(Store):
                 return (generation or 0) + 1
         raise ConflictError(f"app {app_id!r}: its dispatch rules kept changing; try again")
 
-    async def close(self) -> None:
-        if self._ks_open is not None:
-            await self._ks_open.close()
