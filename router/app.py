@@ -38,7 +38,9 @@ from kiln_platform import auth, bus, grpcserver, httpfields
 from kiln_platform.deployclient import VersionSource
 from kiln.pb.logs.v1 import logs_pb2
 from kiln.pb.runtime.v1 import http_pb2
-from router import connections, cookies, headers, hosts, oidc, paths, replies, responses, static, users, workers
+from router import (blobserve, connections, cookies, headers, hosts, oidc, paths, replies, responses, static, users,
+                    workers)
+from router.appcalls import AppCredentials
 from router.config import RouterConfig
 from router.demand import Demand
 from router.geo import GeoIP
@@ -84,6 +86,8 @@ class Router:
         self._bodies: dict[str, bus.BodyStore] = {}
         self._statics: dict[tuple[str, str, int], static.StaticFiles] = {}
         self._ids = RequestIds()
+        self.blobs = (blobserve.BlobServer(str(cfg.blobstore_addr), AppCredentials(cfg.service_secret.get()))
+                      if cfg.blobstore_addr else None)
         # The router's own headers that are the same on every request, encoded once (see _encoded_header).
         self._fixed_geo_encoded = (b"".join(_encoded_header(n, v) for n, v in self._fixed_geo)
                                    if self._fixed_geo is not None else None)
@@ -201,14 +205,21 @@ class Router:
         resp = http_pb2.HttpResponse.FromString(msg.data)
         if resp.deadline_exceeded:
             return await self._error_page(version, "timeout", 500, "The request did not finish in time.")
+        blob_key = blobserve.blob_key(resp)  # all a response pays for X-AppEngine-BlobKey when it has none
         if resp.body_object:
-            if await bodies.size(resp.body_object) > self.cfg.max_response_bytes:
+            if blob_key is not None:  # replaced by the blob
+                await bodies.discard(resp.body_object)
+            elif await bodies.size(resp.body_object) > self.cfg.max_response_bytes:
                 await bodies.discard(resp.body_object)
                 resp.body = b"x" * (self.cfg.max_response_bytes + 1)  # becomes the empty 500 below
             else:
                 resp.body = await bodies.take(resp.body_object)
+        out: web.StreamResponse
         try:
-            out = responses.build(resp, request, max_bytes=self.cfg.max_response_bytes)
+            if blob_key is None:
+                out = responses.build(resp, request, max_bytes=self.cfg.max_response_bytes)
+            else:
+                out = await self._blob(request, resp, blob_key, target.app_id)
         except responses.BadResponseHeaderError as exc:
             log.error("app %s version %s (instance %s, request %s): %s; answering 500", target.app_id,
                       target.version_id, resp.instance_id, request_id, exc)
@@ -217,10 +228,21 @@ class Router:
         if user is not None and user.is_admin:
             out.headers.update(responses.usage_headers(time.time() - started, resp.cpu_micros,
                                                        self.cfg.instance_hour_usd))
-        reached = self._publish_log(envelope, resp, started, out.content_length or 0, url, fields)
+        size = blobserve.sent_bytes(out) if blob_key is not None else out.content_length or 0
+        reached = self._publish_log(envelope, resp, started, size, url, fields)
         if reached is not None:  # the response goes out only once its log is at nats-server (router/logship.py)
             await asyncio.shield(reached)
         return out
+
+    async def _blob(self, request: web.Request, resp: http_pb2.HttpResponse, key: str,
+                    app_id: str) -> web.StreamResponse:
+        """The response naming blob ``key`` (:mod:`router.blobserve`)."""
+        if self.blobs is None:
+            log.error("app %s: a response names a blob, but this router has no blobstore_addr; answering 500",
+                      app_id)
+            resp.status = 500
+            return responses.empty(500)
+        return await self.blobs.respond(request, resp, key, app_id, max_bytes=self.cfg.max_response_bytes)
 
     def _health(self) -> web.Response:
         """The router's health: NATS connected or not; with workers, which one answered (a number, no pid)."""
@@ -588,6 +610,8 @@ async def serve(cfg: RouterConfig) -> None:
     if router.oidc is not None:
         await router.oidc.close()
     await router.logs.close()
+    if router.blobs is not None:
+        await router.blobs.close()
     await bus.shutdown(nc)
     log.info("stopped")
 
