@@ -32,17 +32,19 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from typing import Self
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import grpc  # noqa: E402
+import grpc
 
-from deploy.dev import DevOptions, DevServer  # noqa: E402
-from kiln.pb.blobstore.v1 import blobstore_pb2 as pb  # noqa: E402
-from kiln.pb.blobstore.v1 import blobstore_pb2_grpc  # noqa: E402
-from kiln_platform import auth  # noqa: E402
-from kiln_platform.supervisor import free_port, port_open  # noqa: E402
+from deploy.dev import DevOptions, DevServer
+from kiln.pb.blobstore.v1 import blobstore_pb2 as pb
+from kiln.pb.blobstore.v1 import blobstore_pb2_grpc
+from kiln_platform import auth
+from kiln_platform.supervisor import free_port, port_open
 
 MB = 1024 * 1024
 SIZES = {"1MB": 1 * MB, "100MB": 100 * MB}
@@ -146,7 +148,7 @@ class PeakRss:
     def __init__(self, pid: int) -> None:
         self.pid, self.peak, self._stop = pid, 0, threading.Event()
 
-    def __enter__(self) -> PeakRss:
+    def __enter__(self) -> Self:
         self.before = rss_kb(self.pid)
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
@@ -178,7 +180,7 @@ def put_blob(server: DevServer, data: bytes) -> str:
                                     options=[("grpc.max_send_message_length", 8 * MB)])
     token = auth.mint_app_token(server.secrets["service"], server.app_id)
 
-    def messages():  # type: ignore[no-untyped-def]
+    def messages() -> Iterator[pb.CreateBlobRequest]:
         yield pb.CreateBlobRequest(content_type="application/octet-stream", data=data[:MB])
         for start in range(MB, len(data), MB):
             yield pb.CreateBlobRequest(data=data[start:start + MB])

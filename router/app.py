@@ -38,8 +38,8 @@ from kiln_platform import auth, bus, grpcserver, httpfields
 from kiln_platform.deployclient import VersionSource
 from kiln.pb.logs.v1 import logs_pb2
 from kiln.pb.runtime.v1 import http_pb2
-from router import (blobserve, connections, cookies, headers, hosts, oidc, paths, replies, responses, static, users,
-                    workers)
+from router import connections, cookies, headers, hosts, oidc, paths, replies, responses, static, users, workers
+from router import blobserve
 from router.appcalls import AppCredentials
 from router.config import RouterConfig
 from router.demand import Demand
@@ -205,44 +205,49 @@ class Router:
         resp = http_pb2.HttpResponse.FromString(msg.data)
         if resp.deadline_exceeded:
             return await self._error_page(version, "timeout", 500, "The request did not finish in time.")
-        blob_key = blobserve.blob_key(resp)  # all a response pays for X-AppEngine-BlobKey when it has none
         if resp.body_object:
-            if blob_key is not None:  # replaced by the blob
-                await bodies.discard(resp.body_object)
-            elif await bodies.size(resp.body_object) > self.cfg.max_response_bytes:
+            if await bodies.size(resp.body_object) > self.cfg.max_response_bytes:
                 await bodies.discard(resp.body_object)
                 resp.body = b"x" * (self.cfg.max_response_bytes + 1)  # becomes the empty 500 below
             else:
                 resp.body = await bodies.take(resp.body_object)
         out: web.StreamResponse
+        blob = False
         try:
-            if blob_key is None:
-                out = responses.build(resp, request, max_bytes=self.cfg.max_response_bytes)
-            else:
-                out = await self._blob(request, resp, blob_key, target.app_id)
+            out = responses.build(resp, request, max_bytes=self.cfg.max_response_bytes)
+        except responses.NamesBlobError as named:
+            blob = True
+            out = await self._blob(request, resp, named.key, target, version, request_id)
         except responses.BadResponseHeaderError as exc:
-            log.error("app %s version %s (instance %s, request %s): %s; answering 500", target.app_id,
-                      target.version_id, resp.instance_id, request_id, exc)
-            resp.status = 500
-            out = await self._error_page(version, None, 500, "The app's response could not be sent.")
+            out = await self._bad_response(resp, exc, target, version, request_id)
         if user is not None and user.is_admin:
             out.headers.update(responses.usage_headers(time.time() - started, resp.cpu_micros,
                                                        self.cfg.instance_hour_usd))
-        size = blobserve.sent_bytes(out) if blob_key is not None else out.content_length or 0
+        size = blobserve.sent_bytes(out) if blob else out.content_length or 0
         reached = self._publish_log(envelope, resp, started, size, url, fields)
         if reached is not None:  # the response goes out only once its log is at nats-server (router/logship.py)
             await asyncio.shield(reached)
         return out
 
-    async def _blob(self, request: web.Request, resp: http_pb2.HttpResponse, key: str,
-                    app_id: str) -> web.StreamResponse:
-        """The response naming blob ``key`` (:mod:`router.blobserve`)."""
+    async def _blob(self, request: web.Request, resp: http_pb2.HttpResponse, key: str, target: hosts.Target,
+                    version: Version | None, request_id: str) -> web.StreamResponse:
+        """The response naming blob ``key``, served as the app the request was routed to (:mod:`router.blobserve`)."""
         if self.blobs is None:
             log.error("app %s: a response names a blob, but this router has no blobstore_addr; answering 500",
-                      app_id)
+                      target.app_id)
             resp.status = 500
             return responses.empty(500)
-        return await self.blobs.respond(request, resp, key, app_id, max_bytes=self.cfg.max_response_bytes)
+        try:
+            return await self.blobs.respond(request, resp, key, target.app_id, max_bytes=self.cfg.max_response_bytes)
+        except responses.BadResponseHeaderError as exc:
+            return await self._bad_response(resp, exc, target, version, request_id)
+
+    async def _bad_response(self, resp: http_pb2.HttpResponse, exc: responses.BadResponseHeaderError,
+                            target: hosts.Target, version: Version | None, request_id: str) -> web.Response:
+        log.error("app %s version %s (instance %s, request %s): %s; answering 500", target.app_id,
+                  target.version_id, resp.instance_id, request_id, exc)
+        resp.status = 500
+        return await self._error_page(version, None, 500, "The app's response could not be sent.")
 
     def _health(self) -> web.Response:
         """The router's health: NATS connected or not; with workers, which one answered (a number, no pid)."""

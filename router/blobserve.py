@@ -56,24 +56,11 @@ BLOB_KEY_HEADER = "X-AppEngine-BlobKey"
 BLOB_RANGE_HEADER = "X-AppEngine-BlobRange"
 AUTO_CONTENT_TYPE = "application/vnd.google.appengine.auto"  # App Engine's "use the blob's type"
 _KEY_NAME = BLOB_KEY_HEADER.lower()
-_KEY_NAME_LENGTH = len(_KEY_NAME)
 _BLOB_HEADERS = frozenset({_KEY_NAME, BLOB_RANGE_HEADER.lower()})
 _RANGE = re.compile(r"bytes=[ \t]*([0-9]*)-([0-9]*)[ \t]*")
 _ReadCall = grpc.aio.UnaryStreamCall[pb.ReadBlobRequest, pb.ReadBlobResponse]
 _ERROR_CODE_KEY = "kiln-error-code"
 _INDEX_ERROR = "DATA_INDEX_OUT_OF_RANGE"
-
-
-def blob_key(resp: http_pb2.HttpResponse) -> str | None:
-    """The value of the app's ``X-AppEngine-BlobKey`` response header, or ``None``: the one check every response
-    pays (names of another length are passed over without lower-casing them)."""
-    app_headers = resp.headers
-    for index in range(len(app_headers)):  # by index: see router.responses.build
-        header = app_headers[index]
-        name = header.name
-        if len(name) == _KEY_NAME_LENGTH and name.lower() == _KEY_NAME:
-            return header.value.decode("latin-1")
-    return None
 
 
 class Unsatisfiable(Exception):

@@ -1,4 +1,5 @@
-"""The rules of router/blobserve.py that need no sockets: finding the header, ranges, conditional requests."""
+"""The rules of router/blobserve.py that need no sockets: the response that names a blob, ranges, conditional
+requests."""
 
 from __future__ import annotations
 
@@ -6,19 +7,24 @@ import pytest
 from aiohttp.test_utils import make_mocked_request
 
 from kiln.pb.runtime.v1 import http_pb2
-from router import blobserve
+from router import blobserve, responses
 
 
 def response(*headers: tuple[str, bytes]) -> http_pb2.HttpResponse:
     return http_pb2.HttpResponse(status=200, headers=[http_pb2.Header(name=n, value=v) for n, v in headers])
 
 
-def test_blob_key_is_found_in_any_spelling():
-    assert blobserve.blob_key(response(("Content-Type", b"a/b"), ("x-appengine-BLOBKEY", b"k1"))) == "k1"
+def test_a_response_naming_a_blob_in_any_spelling_is_handed_to_blobserve():
+    with pytest.raises(responses.NamesBlobError) as raised:
+        responses.build(response(("Content-Type", b"a/b"), ("x-appengine-BLOBKEY", b"k1")),
+                        make_mocked_request("GET", "/"), max_bytes=100)
+    assert raised.value.key == "k1"
 
 
-def test_a_response_without_the_header_has_no_blob_key():
-    assert blobserve.blob_key(response(("Content-Type", b"a/b"), ("X-AppEngine-BlobRange", b"bytes=0-1"))) is None
+def test_a_response_with_only_a_blob_range_is_an_ordinary_response():
+    out = responses.build(response(("X-AppEngine-BlobRange", b"bytes=0-1")), make_mocked_request("GET", "/"),
+                          max_bytes=100)
+    assert out.status == 200
 
 
 @pytest.mark.parametrize(("value", "spec"), [
