@@ -8,7 +8,8 @@ Tables (keyspace from config):
 - ``blobstore_pending``: a row per blob being written, from before its first chunk until its info row is in; rows
   older than :data:`PENDING_SWEEP_SECONDS` (their writer died) have their chunks removed when a replica starts;
 - ``blobstore_uploads``: upload URL records (one partition each, with a TTL), taken once by a lightweight
-  transaction.
+  transaction;
+- ``blobstore_serving``: a row per blob with an image serving URL (``images.get_serving_url``).
 
 Deleting a blob deletes its info row, then its chunk partition (a partition tombstone: Cassandra frees the space at
 compaction).
@@ -53,6 +54,8 @@ def _tables(ks: str) -> list[str]:
         (f"CREATE TABLE IF NOT EXISTS {ks}.blobstore_uploads (app_id text, id text, success_path text, "
          "max_bytes_per_blob bigint, max_bytes_total bigint, expires_us bigint, used boolean, "
          "PRIMARY KEY ((app_id, id)))"),
+        (f"CREATE TABLE IF NOT EXISTS {ks}.blobstore_serving (app_id text, blob_key text, "
+         "PRIMARY KEY ((app_id, blob_key)))"),
     ]
 
 
@@ -99,6 +102,9 @@ class CassandraStore(Store):
                           "max_bytes_total, expires_us, used) VALUES (?, ?, ?, ?, ?, ?, false) USING TTL ?",
             "take_upload": f"UPDATE {ks}.blobstore_uploads SET used = true WHERE app_id = ? AND id = ? "
                            "IF used = false",
+            "put_serving": f"INSERT INTO {ks}.blobstore_serving (app_id, blob_key) VALUES (?, ?)",
+            "drop_serving": f"DELETE FROM {ks}.blobstore_serving WHERE app_id = ? AND blob_key = ?",
+            "serving": f"SELECT blob_key FROM {ks}.blobstore_serving WHERE app_id = ? AND blob_key = ?",
             "upload": f"SELECT id, success_path, max_bytes_per_blob, max_bytes_total, expires_us "
                       f"FROM {ks}.blobstore_uploads WHERE app_id = ? AND id = ?",
         }
@@ -147,6 +153,7 @@ class CassandraStore(Store):
     async def delete(self, app: str, keys: Sequence[str]) -> None:
         wanted = list(dict.fromkeys(keys))
         await asyncio.gather(*(self._exec("drop_info", app, k) for k in wanted))
+        await asyncio.gather(*(self._exec("drop_serving", app, k) for k in wanted))
         await asyncio.gather(*(self._exec("drop_chunks", app, k) for k in wanted))
 
     async def put_upload(self, app: str, record: UploadRecord) -> None:
@@ -163,6 +170,15 @@ class CassandraStore(Store):
         row = (await self._exec("upload", app, upload_id))[0]
         return UploadRecord(row["id"], row["success_path"] or "", row["max_bytes_per_blob"] or 0,
                             row["max_bytes_total"] or 0, row["expires_us"] or 0)
+
+    async def put_serving(self, app: str, key: str) -> None:
+        await self._exec("put_serving", app, key)
+
+    async def drop_serving(self, app: str, key: str) -> None:
+        await self._exec("drop_serving", app, key)
+
+    async def serving(self, app: str, key: str) -> bool:
+        return bool(await self._exec("serving", app, key))
 
     async def close(self) -> None:
         if self._ks_open is not None:

@@ -32,6 +32,7 @@ from blobstore_svc.store import (
     CHUNK_BYTES,
     KEY_PATTERN,
     BlobRecord,
+    BlobWriter,
     Store,
     UploadRecord,
     new_key,
@@ -105,6 +106,7 @@ class BlobstoreService(blobstore_pb2_grpc.BlobstoreServiceServicer):
         self._store = store
         self._max_blob_bytes = max_blob_bytes
         self._upload_url_seconds = upload_url_seconds
+        self._dropping: set[asyncio.Task[None]] = set()
 
     async def CreateBlob(self, request_iterator: AsyncIterator[pb.CreateBlobRequest],
                          context: grpc.aio.ServicerContext[Any, Any]) -> pb.CreateBlobResponse:
@@ -120,7 +122,14 @@ class BlobstoreService(blobstore_pb2_grpc.BlobstoreServiceServicer):
             raise ArgumentOutOfRangeError(f"max_bytes must be 0 or more, got {first.max_bytes}")
         limit = min(first.max_bytes or self._max_blob_bytes, self._max_blob_bytes)
         key = new_key()
-        writer = await self._store.begin(app, key)
+        beginning = asyncio.ensure_future(self._store.begin(app, key))
+        try:
+            writer = await asyncio.shield(beginning)
+        except asyncio.CancelledError:
+            # The client went away while the blob was being begun (its pending record or file may be made all the
+            # same): once begun, it is dropped, so nothing stays half-stored.
+            beginning.add_done_callback(self._drop_begun)
+            raise
         try:
             size, md5 = await self._write(writer, first.data, stream, limit)
             record = BlobRecord(key, first.content_type or DEFAULT_CONTENT_TYPE, time.time_ns() // 1000,
@@ -133,32 +142,47 @@ class BlobstoreService(blobstore_pb2_grpc.BlobstoreServiceServicer):
         log.debug("stored blob %s of %s: %d bytes", key, app, size)
         return pb.CreateBlobResponse(info=info_to_proto(record))
 
+    def _drop_begun(self, beginning: asyncio.Future[BlobWriter]) -> None:
+        if not beginning.cancelled() and beginning.exception() is None:
+            task = asyncio.ensure_future(beginning.result().abort())
+            self._dropping.add(task)  # held until done (the loop keeps only weak references to tasks)
+            task.add_done_callback(self._dropping.discard)
+
     @staticmethod
     async def _write(writer: Any, data: bytes, stream: AsyncIterator[pb.CreateBlobRequest],
                      limit: int) -> tuple[int, str]:
         """Write the stream's data in CHUNK_BYTES chunks; the size and MD5 of all of it."""
         digest = hashlib.md5(usedforsecurity=False)
-        pending = bytearray()
-        size = index = 0
+        # The pieces received since the last chunk, joined once a chunk's worth is held: each byte is copied once
+        # on its way to the store (an upload's 256 KiB messages make a 1 MiB chunk as one join, written as is).
+        pending: list[bytes] = []
+        held = size = index = 0
 
         async def take(piece: bytes) -> None:
-            nonlocal size, index
+            nonlocal size, index, held
             size += len(piece)
             if size > limit:
                 raise BlobTooLargeError(f"the blob is larger than its limit of {limit} bytes")
             digest.update(piece)
-            pending.extend(piece)
-            while len(pending) >= CHUNK_BYTES:
-                await writer.write(index, bytes(pending[:CHUNK_BYTES]))
-                del pending[:CHUNK_BYTES]
+            pending.append(piece)
+            held += len(piece)
+            if held < CHUNK_BYTES:
+                return
+            joined = b"".join(pending)
+            at = 0
+            while held - at >= CHUNK_BYTES:
+                await writer.write(index, joined if len(joined) == CHUNK_BYTES else joined[at:at + CHUNK_BYTES])
+                at += CHUNK_BYTES
                 index += 1
+            pending[:] = [joined[at:]] if at < held else []
+            held -= at
         await take(data)
         async for message in stream:
             if message.content_type or message.filename or message.max_bytes:
                 raise ArgumentOutOfRangeError("CreateBlob: only the first message may carry the header fields")
             await take(message.data)
-        if pending or index == 0:
-            await writer.write(index, bytes(pending))
+        if held or index == 0:
+            await writer.write(index, b"".join(pending))
         return size, digest.hexdigest()
 
     async def GetBlobInfo(self, request: pb.GetBlobInfoRequest,
@@ -236,3 +260,26 @@ class BlobstoreService(blobstore_pb2_grpc.BlobstoreServiceServicer):
         if record.expires_us < time.time_ns() // 1000:
             raise UploadUrlExpiredError(f"the upload URL {request.id!r} expired")
         return pb.ConsumeUploadUrlResponse(upload_url=upload_to_proto(record))
+
+    async def PutServingUrl(self, request: pb.PutServingUrlRequest,
+                            context: grpc.aio.ServicerContext[Any, Any]) -> pb.PutServingUrlResponse:
+        app = grpcserver.caller_app()
+        record = await self._record(app, request.blob_key)
+        await self._store.put_serving(app, record.key)
+        return pb.PutServingUrlResponse(info=info_to_proto(record))
+
+    async def DeleteServingUrl(self, request: pb.DeleteServingUrlRequest,
+                               context: grpc.aio.ServicerContext[Any, Any]) -> pb.DeleteServingUrlResponse:
+        app = grpcserver.caller_app()
+        await self._store.drop_serving(app, check_key(request.blob_key))
+        return pb.DeleteServingUrlResponse()
+
+    async def GetServingUrl(self, request: pb.GetServingUrlRequest,
+                            context: grpc.aio.ServicerContext[Any, Any]) -> pb.GetServingUrlResponse:
+        app = grpcserver.caller_app()
+        key = check_key(request.blob_key)
+        # The mark alone is not enough: a blob deleted while its URL was being made may have left one behind.
+        marked, found = await asyncio.gather(self._store.serving(app, key), self._store.infos(app, [key]))
+        if not marked or not found:
+            raise BlobNotFoundError(f"no blob with the key {key!r} has a serving URL")
+        return pb.GetServingUrlResponse(info=info_to_proto(found[0]))

@@ -126,6 +126,18 @@ class Store(abc.ABC):
             UploadUrlUsedError: it was taken before.
         """
 
+    @abc.abstractmethod
+    async def put_serving(self, app: str, key: str) -> None:
+        """Mark blob ``key`` of ``app`` as served by an image serving URL."""
+
+    @abc.abstractmethod
+    async def drop_serving(self, app: str, key: str) -> None:
+        """Remove the mark (none: nothing to do)."""
+
+    @abc.abstractmethod
+    async def serving(self, app: str, key: str) -> bool:
+        """Whether blob ``key`` of ``app`` is marked (the blob itself may be gone: check its record too)."""
+
     async def close(self) -> None:
         """Release connections."""
 
@@ -170,6 +182,7 @@ class EmbeddedStore(Store):
             CREATE TABLE IF NOT EXISTS uploads (app_id TEXT, id TEXT, success_path TEXT, max_bytes_per_blob INTEGER,
                                                 max_bytes_total INTEGER, expires_us INTEGER, used INTEGER,
                                                 PRIMARY KEY (app_id, id));
+            CREATE TABLE IF NOT EXISTS serving_urls (app_id TEXT, blob_key TEXT, PRIMARY KEY (app_id, blob_key));
         """)
         self._db = db
         self._sweep(db)
@@ -262,6 +275,8 @@ class EmbeddedStore(Store):
             db.execute("BEGIN IMMEDIATE")
             try:
                 db.executemany("DELETE FROM blobs WHERE app_id = ? AND blob_key = ?", [(app, k) for k in wanted])
+                db.executemany("DELETE FROM serving_urls WHERE app_id = ? AND blob_key = ?",
+                               [(app, k) for k in wanted])
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
@@ -297,6 +312,18 @@ class EmbeddedStore(Store):
                 raise UploadUrlUsedError(f"the upload URL {upload_id!r} was used already")
             return UploadRecord(*row[:5])
         return await self._run(take)
+
+    async def put_serving(self, app: str, key: str) -> None:
+        await self._run(lambda db: db.execute("INSERT OR IGNORE INTO serving_urls VALUES (?, ?)", (app, key)))
+
+    async def drop_serving(self, app: str, key: str) -> None:
+        await self._run(lambda db: db.execute("DELETE FROM serving_urls WHERE app_id = ? AND blob_key = ?",
+                                              (app, key)))
+
+    async def serving(self, app: str, key: str) -> bool:
+        row = await self._run(lambda db: db.execute("SELECT 1 FROM serving_urls WHERE app_id = ? AND blob_key = ?",
+                                                    (app, key)).fetchone())
+        return row is not None
 
     async def close(self) -> None:
         if self._db is not None:

@@ -34,7 +34,7 @@ import itertools
 from collections.abc import Sequence
 from typing import Protocol
 
-from datastore_svc import index, values
+from datastore_svc import index, indexneeds, values
 from datastore_svc.engine.base import Engine
 from datastore_svc.index import KEY_PROPERTY, IndexDef
 from datastore_svc.keys import PREFIX_END, encode_path, group_of
@@ -133,6 +133,10 @@ class SubQuery:
     keys: KeyRange
     orders: list[tuple[str, bool]]  # without the trailing __key__ ascending
     projection: tuple[str, ...]
+    # The composite index App Engine requires when it keeps __key__ as an index component (indexneeds), and the
+    # encoded path of a __key__ equality filter.
+    key_need: indexneeds.Requirement | None = None
+    key_eq: bytes | None = None
 
     def postfix(self) -> list[tuple[str, bool]]:
         """Index components after the equality prefix: sort orders, then other projected properties."""
@@ -193,7 +197,7 @@ def normalize(query: pb.Query, namespace: str, app: str = "") -> Normalized:
     for name, _, value in raw_filters:
         if value.HasField("key_value") and value.key_value.partition_id.app_id not in ("", app):
             raise BadRequestError(f"filter on {name!r}: the key belongs to another app")
-    subs = [_sub(kind, ancestor, fixed + list(choice), orders, projection, namespace)
+    subs = [_sub(kind, ancestor, fixed + list(choice), orders, projection, namespace, distinct)
             for choice in itertools.product(*splits)]
     if distinct:
         for name, _ in subs[0].orders:
@@ -242,12 +246,13 @@ def flatten(filt: pb.Filter) -> list[tuple[str, str, pb.Value]]:
 
 
 def _sub(kind: str, ancestor: bytes | None, filters: list[tuple[str, str, pb.Value]],
-         orders: list[tuple[str, bool]], projection: tuple[str, ...], namespace: str) -> SubQuery:
+         orders: list[tuple[str, bool]], projection: tuple[str, ...], namespace: str,
+         distinct: bool = False) -> SubQuery:
     eq: list[tuple[str, bytes]] = []
     ineq = Range()
     ineq_prop: str | None = None
     keys = KeyRange()
-    key_eq = False
+    key_eq: bytes | None = None
     for name, op, value in filters:
         if name == KEY_PROPERTY:
             if not value.HasField("key_value"):
@@ -260,7 +265,8 @@ def _sub(kind: str, ancestor: bytes | None, filters: list[tuple[str, str, pb.Val
             if kind and key.path[-1].kind != kind and op == "=":
                 keys.add("<", b"")  # a key of another kind matches nothing
             keys.add(op, encode_path(key.path))
-            key_eq = key_eq or op == "="
+            if op == "=":
+                key_eq = encode_path(key.path)
             if op in INEQUALITIES:
                 ineq_prop = _one_inequality(ineq_prop, KEY_PROPERTY)
             continue
@@ -286,8 +292,10 @@ def _sub(kind: str, ancestor: bytes | None, filters: list[tuple[str, str, pb.Val
         normalized.append((name, desc))
         if name == KEY_PROPERTY:
             break  # keys are unique: later orders cannot matter
-    if key_eq:
-        normalized = []  # an equality filter on __key__ leaves at most one result: no order matters (App Engine's rule)
+    if key_eq is not None and ineq_prop != KEY_PROPERTY:
+        # An equality filter on __key__ leaves at most one result: no order matters (App Engine's rule; with an
+        # inequality on __key__ too, the equality does not count and the orders are checked as usual).
+        normalized = []
     if ineq_prop is not None:
         if not normalized:
             normalized = [(ineq_prop, False)]
@@ -300,8 +308,10 @@ def _sub(kind: str, ancestor: bytes | None, filters: list[tuple[str, str, pb.Val
         raise BadRequestError("kindless queries can only be sorted by __key__ ascending")
     if ineq_prop == KEY_PROPERTY and normalized == [(KEY_PROPERTY, False)]:
         normalized = []
+    need = indexneeds.requirement(kind, ancestor is not None, [(name, op) for name, op, _ in filters], orders,
+                                  projection, distinct)
     return SubQuery(kind, ancestor, eq, None if ineq_prop == KEY_PROPERTY else ineq_prop, ineq, keys,
-                    normalized, projection)
+                    normalized, projection, need if need is not None and need.names_key else None, key_eq)
 
 
 def _one_inequality(current: str | None, name: str) -> str:
@@ -455,6 +465,13 @@ def choose(sub: SubQuery, engine: Engine, app: str, ns: str, serving: Sequence[I
     Raises:
         NeedIndexError: only a composite index that is not declared (or not built) would serve it.
     """
+    if sub.key_need is not None:
+        if not indexneeds.satisfied(sub.key_need, serving):
+            raise NeedIndexError("this query needs a composite index; add it to index.yaml:\n\nindexes:\n"
+                                 f"{needed_index(sub).yaml()}")
+        planned = _key_composite(sub, engine, app, ns, serving)
+        if planned is not None:
+            return planned
     postfix = sub.postfix()
     key_order_only = not postfix and sub.ineq_prop is None
     if sub.ancestor is not None and key_order_only:
@@ -509,8 +526,39 @@ def _composite(sub: SubQuery, engine: Engine, app: str, ns: str, serving: Sequen
                          f"{needed_index(sub).yaml()}")
 
 
+def _key_composite(sub: SubQuery, engine: Engine, app: str, ns: str,
+                   serving: Sequence[IndexDef]) -> Planned | None:
+    """A plan on one declared index that has ``__key__`` among its components, as App Engine requires for
+    ``sub`` (``sub.key_need``); ``None`` when only several indexes together satisfy it."""
+    need = sub.key_need
+    assert need is not None
+    for defn in serving:
+        if defn.kind != sub.kind or defn.ancestor != (sub.ancestor is not None):
+            continue
+        head = indexneeds.match_postfix(need, defn.props)
+        if head is None or {name for name, _ in head} != need.prefix:
+            continue
+        eq_values = dict(sub.eq)
+        if sub.key_eq is not None:
+            eq_values[KEY_PROPERTY] = index.key_encoding(sub.key_eq)
+        if any(name not in eq_values for name, _ in head):
+            continue
+        prefix = b"".join(index.field(eq_values[name], desc) for name, desc in head)
+        tail = list(defn.props[len(head):])
+        lo, hi = prefix, prefix + FF
+        if sub.ineq_prop is not None and tail and tail[0][0] == sub.ineq_prop:
+            flo, fhi = sub.ineq.field_bounds(tail[0][1])
+            lo, hi = prefix + flo, prefix + fhi
+        idx = index.composite_idx(defn, sub.ancestor or b"")
+        return Planned(sub, _IndexStream(engine, app, ns, idx, prefix, lo, hi), tail, idx, defn)
+    return None
+
+
 def needed_index(sub: SubQuery) -> IndexDef:
-    """The composite index App Engine would ask for: equality properties, then sort orders."""
+    """The composite index App Engine would ask for: equality properties, then sort orders (or, where App Engine
+    keeps ``__key__`` as a component, its own choice: :mod:`datastore_svc.indexneeds`)."""
+    if sub.key_need is not None:
+        return indexneeds.recommended(sub.key_need)
     return IndexDef(sub.kind, sub.ancestor is not None,
                     tuple((name, False) for name, _ in sub.eq) + tuple(sub.postfix()))
 

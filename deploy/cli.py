@@ -1,7 +1,9 @@
 """The ``kiln`` command.
 
-    kiln dev APP_DIR [--port 8080] [--data-dir DIR] [--storage embedded|cassandra] [--clear-datastore]
+    kiln dev APP_DIR [--port 8080] [--console-port 8000] [--data-dir DIR] [--storage embedded|cassandra] [--clear-datastore]
     kiln deploy APP_DIR [--version V] [--promote] [--no-host-check] [--skip-requirements-check]
+    kiln deploy PATH/dispatch.yaml --app APP
+    kiln dispatch list --app APP
     kiln versions list|set-default VERSION|delete VERSION --app APP
     kiln logs OUTPUT_FILE --app APP [--append] [--severity LEVEL] [--version V] [--start T] [--end T]
     kiln indexes update|vacuum APP_DIR, kiln indexes list --app APP
@@ -43,7 +45,7 @@ def _dev(args: argparse.Namespace) -> int:
                       datastore_consistency=args.datastore_consistency,
                       cassandra_hosts=args.cassandra_hosts or "", request_deadline=args.request_deadline,
                       isolation=args.isolation, network_isolation=args.network_isolation,
-                      urlfetch_allow_internal=args.urlfetch_allow_internal)
+                      urlfetch_allow_internal=args.urlfetch_allow_internal, console_port=args.console_port)
     from kiln_platform import handover
     handover.undumpable()  # kiln dev holds every secret: no process of the same user may read its memory
     # Ctrl-C, kill and the terminal closing all stop kiln dev the same way. While it starts, they interrupt the
@@ -77,6 +79,7 @@ def _dev(args: argparse.Namespace) -> int:
         return 1
     _say(f"kiln dev: serving app {server.app_id!r} (version {server.version_id}, storage {opts.storage}) "
          f"at {server.url}")
+    _say(f"kiln dev: console (logs, datastore, memcache, cron) at {server.console_url}")
     _say(f"kiln dev: mail goes to {server.outbox_dir}; SMTP for *@{server.app_id}.mail.localhost on "
          f"{server.addresses['mail_smtp']}")
     _say(f"kiln dev: data in {server.data_dir}; logs in {server.run_dir}; Ctrl-C stops")
@@ -103,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("app_dir", metavar="APP_DIR", help="directory with app.yaml")
     dev.add_argument("--host", default="127.0.0.1", help="address to serve HTTP on (default 127.0.0.1)")
     dev.add_argument("--port", type=int, default=8080, help="HTTP port (default 8080)")
+    dev.add_argument("--console-port", type=int, default=8000,
+                     help="the web console's port, on 127.0.0.1 only (default 8000, as dev_appserver's admin port; "
+                          "0 picks a free one)")
     dev.add_argument("--data-dir", type=pathlib.Path, default=None,
                      help="where data persists (default ~/.local/share/kiln/dev/APP_ID)")
     dev.add_argument("--storage", choices=("embedded", "cassandra"), default="embedded",
@@ -126,12 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--request-deadline", type=float, default=60.0, metavar="SECONDS",
                      help="the request timer (default 60)")
     dev.set_defaults(func=_dev)
-    from deploy import bulkload_cli, cron_cli, indexes_cli, logs_cli, taskqueue_cli, versions_cli
+    from deploy import bulkload_cli, cron_cli, dispatch_cli, indexes_cli, logs_cli, taskqueue_cli, versions_cli
     versions_cli.register(sub)
     logs_cli.register(sub)
     indexes_cli.register(sub)
     bulkload_cli.register(sub)
     cron_cli.register(sub)
+    dispatch_cli.register(sub)
     taskqueue_cli.register(sub)
     return parser
 

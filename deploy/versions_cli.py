@@ -10,10 +10,10 @@ from typing import Any
 
 import grpc
 
-from deploy import upload
+from deploy import dispatch_cli, upload
 from deploy.cliutil import (
     EXIT_OK, EXIT_USAGE, Output, add_connection, app_of_token, fail, guarded, metadata, missing_credentials)
-from kiln_platform import appyaml
+from kiln_platform import appyaml, dispatchyaml
 from kiln.pb.deploy.v1 import deploy_pb2 as pb
 from kiln.pb.deploy.v1 import deploy_pb2_grpc
 
@@ -75,6 +75,9 @@ class _Progress:
 def deploy(args: argparse.Namespace) -> int:
     out = Output(as_json=args.json)
     app_dir = pathlib.Path(args.app_dir)
+    if app_dir.name == dispatch_cli.FILENAME and app_dir.is_file():  # the app's dispatch rules alone
+        refused = missing_credentials("deploy", args, app=False)
+        return refused if refused is not None else dispatch_cli.deploy_file(args, _app_id(args, None, None))
     if not (app_dir / "app.yaml").is_file():
         return fail("deploy", f"{app_dir / 'app.yaml'} not found; give the directory that holds your app.yaml",
                     EXIT_USAGE)
@@ -87,6 +90,9 @@ def deploy(args: argparse.Namespace) -> int:
         app_id = _app_id(args, config, app_dir)
         version_id = args.version or config.version or datetime.datetime.now(datetime.timezone.utc).strftime(
             "%Y%m%dt%H%M%S")
+        rules_file = app_dir / dispatch_cli.FILENAME
+        if rules_file.is_file():  # refused before anything is uploaded when malformed
+            dispatchyaml.parse(rules_file.read_text(), filename=str(rules_file))
         with grpc.insecure_channel(args.control_plane) as channel:
             stub = deploy_pb2_grpc.DeployServiceStub(channel)
             promote = args.promote
@@ -100,17 +106,22 @@ def deploy(args: argparse.Namespace) -> int:
                                        requirements_check=not args.skip_requirements_check)
             finally:
                 progress.close()
+            # After the version: a rule may name the service it belongs to.
+            rules = dispatch_cli.upload(channel, args.token, app_id, rules_file) if rules_file.is_file() else None
         v = result.version
         if args.json:
             report = result.indexes
             out.json({**_version_json(v), "files": result.files, "uploaded_files": result.uploaded_files,
                       "uploaded_bytes": result.uploaded_bytes,
                       "indexes": {"applied": report.applied, "serving": list(report.serving),
-                                  "building": list(report.building), "not_applied": report.not_applied}})
+                                  "building": list(report.building), "not_applied": report.not_applied},
+                      **({"dispatch_rules": rules.rules} if rules is not None else {})})
             return EXIT_OK
         out.line(f"{out.green('deployed')} {out.bold(f'{v.version_id}.{v.minor}')} of app {app_id}: "
                  f"{result.files} files, {result.uploaded_files} uploaded ({result.uploaded_bytes:,} bytes)")
         _index_lines(out, result.indexes, app_dir)
+        if rules is not None:
+            out.line("  " + dispatch_cli.summary(out, app_id, rules))
         out.line(f"  serving the app's domain (the default version)" if v.is_default else
                  f"  reachable at {v.version_id}-dot-{app_id}.<domain>; make it the default with "
                  f"kiln versions set-default {v.version_id} --app {app_id}")
@@ -163,7 +174,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                                    "sent, a live runtime host must have the Python app.yaml's runtime needs, and "
                                    "requirements.txt must name an SDK version kiln provides and resolve with pip "
                                    "for that Python.")
-    p.add_argument("app_dir", metavar="APP_DIR", help="directory with app.yaml")
+    p.add_argument("app_dir", metavar="APP_DIR",
+                   help="directory with app.yaml (its dispatch.yaml, if any, is applied after the version), or a "
+                        "dispatch.yaml file to apply alone")
     p.add_argument("--version", help="major version (default: app.yaml's version, else a timestamp)")
     p.add_argument("--promote", action="store_true", help="make it the default version once uploaded")
     p.add_argument("--no-host-check", action="store_true",

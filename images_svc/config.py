@@ -6,7 +6,7 @@ import dataclasses
 import typing
 
 from images_svc import ops
-from kiln_platform.config import GrpcServiceConfig, ListenAddress, field
+from kiln_platform.config import GrpcServiceConfig, HostPort, ListenAddress, field
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -27,9 +27,16 @@ class ImagesConfig(GrpcServiceConfig):
                                    "the same picture, decoded faster")
     max_waiting: int = field(64, "calls waiting for a worker before more are refused as busy (each holds its "
                                  "request, up to 32 MB)")
+    blobstore_addr: HostPort | None = field(None, "blobstore_svc's gRPC address (host:port), read as the calling app: "
+                                                  "images named by blob key and serving URLs (get_serving_url); "
+                                                  "unset: blob keys name no image")
+    serving_cache_mb: float = field(64.0, "served images (serving URLs' results) kept in memory, in MB, least "
+                                          "recently used out first; one over an eighth of it is not kept")
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.serving_cache_mb < 0:
+            raise ValueError(f"serving_cache_mb: must be 0 or more, got {self.serving_cache_mb}")
         if self.workers < 0:
             raise ValueError(f"workers: must be 0 (one per CPU) or more, got {self.workers}")
         if not 0 < self.max_megapixels <= 1000:

@@ -4,6 +4,9 @@ Validation happens here, on the event loop, before anything is queued: a malform
 Decoding and transforming run on a thread pool of ``workers`` threads, so the loop keeps answering (health
 checks, other calls, cheap errors) while Pillow works, and at most ``workers`` images are decoded at once. Calls
 beyond ``max_waiting`` waiting for a worker are refused as busy rather than piling up requests in memory.
+
+An image named by a blob key is read from blobstore_svc as the calling app (:mod:`images_svc.blobs`); serving URLs
+(GetServingUrl, DeleteServingUrl, ServeImage) follow :mod:`images_svc.serving`.
 """
 
 from __future__ import annotations
@@ -19,9 +22,10 @@ from typing import Any, TypeVar
 
 import grpc
 
-from images_svc import imaging, ops
-from images_svc.errors import (BadTransformDataError, ImageTooLargeError, InvalidBlobKeyError, NotImageError,
-                               ObjectNotFoundError)
+from images_svc import imaging, ops, serving
+from images_svc.blobs import Blobs, caller_metadata
+from images_svc.errors import (BadImageDataError, BadTransformDataError, ImageTooLargeError, InvalidBlobKeyError,
+                               NotImageError, ObjectNotFoundError, TransformationFailedError)
 from kiln import errors
 from kiln_platform import grpcserver
 from kiln.pb.images.v1 import images_pb2 as pb
@@ -40,8 +44,11 @@ class ImagesService(images_pb2_grpc.ImagesServiceServicer):
     """Implements ``kiln.pb.images.v1.ImagesService``."""
 
     def __init__(self, *, max_pixels: int, workers: int = 0, max_waiting: int = 64,
-                 jpeg_draft: bool = True) -> None:
+                 jpeg_draft: bool = True, blobs: Blobs | None = None,
+                 cache_bytes: int = 64 * 1024 * 1024) -> None:
         self._max_pixels = max_pixels
+        self._blobs = blobs
+        self._served = serving.ResultCache(cache_bytes)
         self._jpeg_draft = jpeg_draft
         count = workers or os.cpu_count() or 1
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=count, thread_name_prefix="images")
@@ -52,15 +59,17 @@ class ImagesService(images_pb2_grpc.ImagesServiceServicer):
     async def close(self) -> None:
         """Stop the workers (in-flight calls had the server's grace period to finish)."""
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._blobs is not None:
+            await self._blobs.close()
 
     async def Transform(self, request: pb.TransformRequest,
                         context: grpc.aio.ServicerContext[Any, Any]) -> pb.TransformResponse:
         app = grpcserver.caller_app()
-        data = _content(request.image)
         steps = transforms_from_proto(request.transforms)
         substitution = (request.transparent_substitution_rgb
                         if request.HasField("transparent_substitution_rgb") else None)
         output = output_from_proto(request.output, substitution)
+        data = await self._content(request.image, context)
         log.debug("transform for %s: %d bytes, %d transforms", app, len(data), len(steps))
         result = await self._run(functools.partial(
             imaging.transform, data, steps, output, correct_orientation=request.correct_orientation,
@@ -72,7 +81,7 @@ class ImagesService(images_pb2_grpc.ImagesServiceServicer):
 
     async def Composite(self, request: pb.CompositeRequest,
                         context: grpc.aio.ServicerContext[Any, Any]) -> pb.CompositeResponse:
-        sources = [_content(image) for image in request.images]
+        sources = [await self._content(image, context) for image in request.images]
         total = sum(len(s) for s in sources)
         if total > ops.MAX_REQUEST_BYTES:
             raise ImageTooLargeError(f"the composite's images are {total} bytes together; the limit is "
@@ -91,15 +100,71 @@ class ImagesService(images_pb2_grpc.ImagesServiceServicer):
 
     async def Histogram(self, request: pb.HistogramRequest,
                         context: grpc.aio.ServicerContext[Any, Any]) -> pb.HistogramResponse:
-        data = _content(request.image)
+        data = await self._content(request.image, context)
         red, green, blue = await self._run(functools.partial(imaging.histogram, data, self._max_pixels))
         return pb.HistogramResponse(red=red, green=green, blue=blue)
 
     async def GetInfo(self, request: pb.GetInfoRequest,
                       context: grpc.aio.ServicerContext[Any, Any]) -> pb.GetInfoResponse:
-        data = _content(request.image)
+        data = await self._content(request.image, context)
         found = await self._run(functools.partial(imaging.info, data, self._max_pixels))
         return pb.GetInfoResponse(format=_FORMATS[found.format], width=found.width, height=found.height)
+
+    async def GetServingUrl(self, request: pb.GetServingUrlRequest,
+                            context: grpc.aio.ServicerContext[Any, Any]) -> pb.GetServingUrlResponse:
+        key = _blob_key(request.blob_key)
+        blobs, metadata = self._blobs_for(context), caller_metadata(context)
+        data = await blobs.read(key, metadata)
+        try:
+            await self._run(functools.partial(imaging.info, data, self._max_pixels))
+        except (NotImageError, BadImageDataError) as exc:
+            # App Engine's get_serving_url raises TransformationError for a blob it cannot serve as an image.
+            raise TransformationFailedError(f"the blob {key!r} cannot be served as an image: {exc}") from None
+        await blobs.mark(key, metadata)
+        return pb.GetServingUrlResponse(path=serving.SERVING_PATH + key)
+
+    async def DeleteServingUrl(self, request: pb.DeleteServingUrlRequest,
+                               context: grpc.aio.ServicerContext[Any, Any]) -> pb.DeleteServingUrlResponse:
+        key = _blob_key(request.blob_key)
+        await self._blobs_for(context).unmark(key, caller_metadata(context))
+        return pb.DeleteServingUrlResponse()
+
+    async def ServeImage(self, request: pb.ServeImageRequest,
+                         context: grpc.aio.ServicerContext[Any, Any]) -> pb.ServeImageResponse:
+        app = grpcserver.caller_app()
+        key = request.serving_id
+        if not serving.KEY_PATTERN.fullmatch(key):
+            raise ObjectNotFoundError(f"no serving URL {key[:100]!r}")
+        options = serving.Options(request.size if request.HasField("size") else None, request.crop)
+        blobs, metadata = self._blobs_for(context), caller_metadata(context)
+        info = await blobs.marked(key, metadata)  # every time: a deleted URL stops at once, cached or not
+        tag = serving.etag(info.md5_hash, options)
+        if request.if_none_match and serving.matches(request.if_none_match, tag):
+            return pb.ServeImageResponse(etag=tag, not_modified=True)
+        found = self._served.get((app, key, options))
+        if found is None:
+            data = await blobs.read(key, metadata, missing=ObjectNotFoundError)
+            found = await self._run(functools.partial(serving.render, data, options, max_pixels=self._max_pixels,
+                                                      draft=self._jpeg_draft))
+            self._served.put((app, key, options), found)
+        response = pb.ServeImageResponse(content_type=found.content_type, etag=tag)
+        response.content = found.content
+        return response
+
+    def _blobs_for(self, context: grpc.aio.ServicerContext[Any, Any]) -> Blobs:
+        if self._blobs is None:
+            raise InvalidBlobKeyError("this images service has no blobstore (its blobstore_addr is not set)")
+        return self._blobs
+
+    async def _content(self, image: pb.ImageData, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        """The bytes of an image: inline, or the calling app's blob read from blobstore_svc as that app."""
+        if image.blob_key and not image.blob_key.startswith("/gs/") and not image.content:
+            key = _blob_key(image.blob_key)
+            data = await self._blobs_for(context).read(key, caller_metadata(context))
+            if not data:
+                raise NotImageError(f"the blob {key!r} is empty")
+            return data
+        return _content(image)
 
     async def _run(self, work: Callable[[], T]) -> T:
         """Run ``work`` on a worker thread once one is free; refuse when too many calls already wait."""
@@ -116,15 +181,24 @@ class ImagesService(images_pb2_grpc.ImagesServiceServicer):
             self._slots.release()
 
 
+def _blob_key(key: str) -> str:
+    """``key`` if it could name a blob (blobstore_svc's key characters).
+
+    Raises:
+        InvalidBlobKeyError: it could not.
+    """
+    if not serving.KEY_PATTERN.fullmatch(key):
+        raise InvalidBlobKeyError(f"{key[:100]!r} is not a blob key")
+    return key
+
+
 def _content(image: pb.ImageData) -> bytes:
-    """The bytes of an inline image; blob keys name nothing in kiln, which has no Blobstore or Cloud Storage."""
+    """The bytes of an inline image (a ``/gs/`` name: kiln has no Cloud Storage)."""
     content = image.content   # read once: each read of a bytes field copies it
     if image.blob_key:
         if content:
             raise InvalidBlobKeyError("give an image's content or its blob key, not both")
-        if image.blob_key.startswith("/gs/"):
-            raise ObjectNotFoundError(f"{image.blob_key} does not exist (kiln has no Cloud Storage)")
-        raise InvalidBlobKeyError(f"no blob has the key {image.blob_key!r} (kiln has no Blobstore)")
+        raise ObjectNotFoundError(f"{image.blob_key} does not exist (kiln has no Cloud Storage)")
     if not content:
         raise NotImageError("the image data is empty")
     if len(content) > ops.MAX_REQUEST_BYTES:

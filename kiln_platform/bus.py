@@ -234,6 +234,7 @@ LOG_BATCH_HEADER = "Kiln-Log-Batch"
 # cron act within a second, and re-read the control plane on reconnect and periodically for any event they missed.
 DEPLOY_VERSION_SUBJECT = "kiln.deploy.version"
 DEPLOY_DEFAULT_SUBJECT = "kiln.deploy.default"
+DEPLOY_DISPATCH_SUBJECT = "kiln.deploy.dispatch"  # an app's dispatch rules were replaced (events_pb2.DispatchEvent)
 # Runtime hosts' heartbeats (HostHeartbeat: the Pythons each can run), heard by every control plane replica, and
 # the control plane's request, when it starts, that every host report at once.
 DEPLOY_HOST_SUBJECT = "kiln.deploy.host"
@@ -262,6 +263,23 @@ def demand_of(subject: str) -> tuple[str, str] | None:
 def demand_message_id(app_id: str, version_id: str, now: float) -> str:
     """The id that makes the demand stream keep one message per version per period, whichever router sent it."""
     return f"{app_id}.{version_id}.{int(now // DEMAND_DEDUPE_SECONDS)}"
+
+
+def more_demand_subject(app_id: str, version_id: str) -> str:
+    """Where a runtime host whose room a version's load outgrows asks another host to run the version too (the
+    message's payload is the asking host's name)."""
+    return f"kiln.demand.{app_id}.{version_id}.more"
+
+
+def more_demand_of(subject: str) -> tuple[str, str] | None:
+    """The (app, version) a :func:`more_demand_subject` names, or None."""
+    parts = subject.split(".")
+    return (parts[2], parts[3]) if len(parts) == 5 and parts[:2] == ["kiln", "demand"] and parts[4] == "more" else None
+
+
+def more_demand_message_id(app_id: str, version_id: str, now: float) -> str:
+    """As :func:`demand_message_id`, for asking for more hosts."""
+    return f"{app_id}.{version_id}.more.{int(now // DEMAND_DEDUPE_SECONDS)}"
 
 
 async def ensure_demand_stream(nc: Client) -> None:

@@ -69,6 +69,14 @@ class VersionSource:
             raise UnavailableError(f"control plane: {exc.details()}") from exc
         return list(resp.versions)
 
+    async def dispatch(self, app_id: str) -> pb.GetDispatchResponse:
+        """The app's dispatch rules and the version serving each of its services."""
+        try:
+            return await self._stub.GetDispatch(pb.GetDispatchRequest(app_id=app_id),
+                                                metadata=self._meta)
+        except grpc.aio.AioRpcError as exc:
+            raise UnavailableError(f"control plane: {exc.details()}") from exc
+
     async def version(self, app_id: str, version_id: str) -> pb.Version | None:
         """One version with its files, or None if the control plane has no such version."""
         try:
@@ -159,25 +167,29 @@ def _link_tree(version: pb.Version, blobs: pathlib.Path, target: pathlib.Path) -
 Callback = Callable[[str, bytes], Awaitable[None]]
 
 
-async def watch(nc: Client, on_event: Callback) -> list[Any]:
-    """Subscribe to deployment events; ``on_event(subject, data)`` runs for each. Returns the subscriptions."""
+VERSION_SUBJECTS = (bus.DEPLOY_VERSION_SUBJECT, bus.DEPLOY_DEFAULT_SUBJECT)
+
+
+async def watch(nc: Client, on_event: Callback, subjects: tuple[str, ...] = VERSION_SUBJECTS) -> list[Any]:
+    """Subscribe to deployment events (by default versions and defaults, which :func:`parse_event` reads);
+    ``on_event(subject, data)`` runs for each. Returns the subscriptions."""
     async def handler(msg: object) -> None:
         try:
             await on_event(msg.subject, msg.data)  # type: ignore[attr-defined]
         except Exception:  # noqa: BLE001 - one bad event must not stop the subscription
             log.exception("handling a deployment event")
     return [await nc.subscribe(subject, cb=handler)
-            for subject in (bus.DEPLOY_VERSION_SUBJECT, bus.DEPLOY_DEFAULT_SUBJECT)]
+            for subject in subjects]
 
 
 async def follow(nc: Client, on_event: Callback, resync: Callable[[], Awaitable[None]], resync_seconds: float,
-                 what: str) -> None:
+                 what: str, subjects: tuple[str, ...] = VERSION_SUBJECTS) -> None:
     """Apply deployment events as they come and call ``resync`` now and every ``resync_seconds``, until cancelled.
 
     ``resync`` re-reads the control plane, so an event missed while NATS was
     away delays a change by at most ``resync_seconds``.
     """
-    subs = await watch(nc, on_event)
+    subs = await watch(nc, on_event, subjects)
     try:
         while True:
             try:

@@ -38,7 +38,9 @@ from kiln_platform import auth, bus, grpcserver, httpfields
 from kiln_platform.deployclient import VersionSource
 from kiln.pb.logs.v1 import logs_pb2
 from kiln.pb.runtime.v1 import http_pb2
-from router import connections, cookies, headers, hosts, oidc, paths, replies, responses, static, users, workers
+from router import (blobupload, connections, cookies, headers, hosts, imageserve, oidc, paths, replies, responses,
+                    static, users, workers)
+from router import dispatch
 from router import blobserve
 from router.appcalls import AppCredentials
 from router.config import RouterConfig
@@ -69,10 +71,13 @@ class Router:
         self.deployed: ControlVersions | None = None
         self.local: LocalVersions | ControlVersions = LocalVersions(parse_app_dirs(cfg.app_dirs))
         self.demand: Demand | None = None  # deployed versions scale to zero: a request may have to ask for one
+        self.dispatch_tables: dict[str, dispatch.Table] = {}  # apps with dispatch.yaml rules (router/dispatch.py)
+        self.dispatch: dispatch.Dispatch | None = None
         if cfg.control_plane:
             self.source = VersionSource(str(cfg.control_plane), cfg.control_token.get(), cfg.cache_dir.expanduser())
             self.local = self.deployed = ControlVersions(self.source, self.versions)
             self.demand = Demand(nc)
+            self.dispatch = dispatch.Dispatch(self.source, cfg.cache_dir.expanduser(), self.dispatch_tables)
         self.sessions = users.Sessions(cfg.session_secret.get(), auth_domain=cfg.auth_domain)
         self.admins = cfg.admin_map()
         self.oidc = oidc.OidcClient(issuer=cfg.oidc_issuer, client_id=cfg.oidc_client_id,
@@ -83,11 +88,19 @@ class Router:
         self._fixed_geo = [(n, v.encode()) for n, v in self.geo.headers("").items()] if self.geo.fixed else None
         self.trusted = [ipaddress.ip_network(n) for n in cfg.trusted_proxies]
         self.files = static.FileCache()
+        # The router acts toward services as the app whose request it handles (kiln_platform/appcalls.py).
+        credentials = AppCredentials(cfg.service_secret.get()) if cfg.service_secret else None
+        self.images = (imageserve.ImageServer(str(cfg.images_addr), credentials,
+                                              max_message_bytes=cfg.max_response_bytes + 1024 * 1024)
+                       if cfg.images_addr and credentials else None)  # image serving URLs (router/imageserve.py)
         self._bodies: dict[str, bus.BodyStore] = {}
         self._statics: dict[tuple[str, str, int], static.StaticFiles] = {}
         self._ids = RequestIds()
-        self.blobs = (blobserve.BlobServer(str(cfg.blobstore_addr), AppCredentials(cfg.service_secret.get()))
-                      if cfg.blobstore_addr else None)
+        self.uploads = (blobupload.Uploads(str(cfg.blobstore_addr), credentials,
+                                           max_field_bytes=cfg.max_request_bytes)
+                        if cfg.blobstore_addr and credentials else None)
+        self.blobs = (blobserve.BlobServer(str(cfg.blobstore_addr), credentials)
+                      if cfg.blobstore_addr and credentials else None)  # X-AppEngine-BlobKey (router/blobserve.py)
         # The router's own headers that are the same on every request, encoded once (see _encoded_header).
         self._fixed_geo_encoded = (b"".join(_encoded_header(n, v) for n, v in self._fixed_geo)
                                    if self._fixed_geo is not None else None)
@@ -137,6 +150,15 @@ class Router:
             target = hosts.resolve(host.name, domain=self.cfg.domain, versions=self.versions, dev_app=self.dev_app)
         if target is None:
             return responses.plain(404, f"No app is served at host {host.name!r}.")
+        rules = self.dispatch_tables.get(target.app_id)
+        if rules is not None and not target.explicit_version:  # the app's own host names (router/dispatch.py)
+            target = rules.route(target, host.name, url.path)
+        upload: blobupload.Forward | None = None  # a Blobstore upload, stored, goes on to its success path
+        if url.path.startswith(blobupload.PREFIX) and self.uploads is not None:
+            taken = await self.uploads.receive(request, url, target.app_id, fields)
+            if not isinstance(taken, blobupload.Forward):
+                return taken
+            upload, url, fields = taken, taken.url, taken.fields
         client_ip, scheme = self._client(request)
         if url.path == users.LOGIN_PATH:
             if self.oidc is not None and self.dev_app is None:
@@ -153,6 +175,8 @@ class Router:
         version = await self.local.get(target.app_id, target.version_id)
         if version is None and self.deployed is not None:
             return responses.plain(404, f"Version {target.version_id!r} of app {target.app_id!r} does not exist.")
+        if url.path.startswith(imageserve.PREFIX) and self.images is not None:
+            return await self.images.serve(request, url.path, target.app_id)
         if url.path.startswith(INBOUND_MAIL_PREFIX):
             refused = _refuse_inbound_mail(platform, version)
             if refused is not None:
@@ -161,10 +185,10 @@ class Router:
             early = await self._apply_handler(request, url, host, version, scheme, user, platform)
             if early is not None:
                 return early
-        if request.content_length is not None and request.content_length > self.cfg.max_request_bytes:
+        if upload is None and (request.content_length or 0) > self.cfg.max_request_bytes:
             return responses.plain(413, "Request body too large.")
         try:
-            body = await _read_limited(request, self.cfg.max_request_bytes)
+            body = upload.body if upload is not None else await _read_limited(request, self.cfg.max_request_bytes)
         except _TooLarge:
             return responses.plain(413, "Request body too large.")
         envelope, encoded = self._envelope(request, fields, url, target, request_id, host, body, started, client_ip,
@@ -571,13 +595,20 @@ async def serve(cfg: RouterConfig) -> None:
         await bus.ensure_demand_stream(nc)
     router = Router(cfg, nc)
     await router.replies.start()
-    follower = None
+    follower = dispatch_follower = None
     if router.deployed is not None:
         try:
             await router.deployed.resync()
         except Exception as exc:  # noqa: BLE001 - serve anyway; the follower keeps trying
             log.warning("control plane at %s not reachable yet: %s", cfg.control_plane, exc)
         follower = asyncio.ensure_future(router.deployed.follow(nc, cfg.resync_seconds))
+    if router.dispatch is not None:
+        router.dispatch.load_cache()  # the rules last seen, if the control plane does not answer now
+        try:
+            await router.dispatch.resync()
+        except Exception as exc:  # noqa: BLE001 - serve anyway; the follower keeps trying
+            log.warning("dispatch rules: control plane at %s not reachable yet: %s", cfg.control_plane, exc)
+        dispatch_follower = asyncio.ensure_future(router.dispatch.follow(nc, cfg.resync_seconds))
     # aiohttp's low-level server: every path, including ones with an (encoded) newline, reaches Router.handle,
     # which decides about it, so the Application's URL dispatcher, middleware chain and signals would only add
     # per-request work (front_door does what they did: Expect, connection tracking, Server, session renewal).
@@ -607,13 +638,18 @@ async def serve(cfg: RouterConfig) -> None:
     listener.close()
     await runner.cleanup()
     await listener.wait_closed()
-    if follower is not None:
-        follower.cancel()
-        await asyncio.gather(follower, return_exceptions=True)
+    for task in (follower, dispatch_follower):
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
     if router.source is not None:
         await router.source.close()
     if router.oidc is not None:
         await router.oidc.close()
+    if router.images is not None:
+        await router.images.close()
+    if router.uploads is not None:
+        await router.uploads.close()
     await router.logs.close()
     if router.blobs is not None:
         await router.blobs.close()

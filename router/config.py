@@ -47,6 +47,8 @@ class RouterConfig:
                                                 "X-AppEngine-BlobKey serving")
     blobstore_addr: HostPort | None = field(None, "blobstore_svc's gRPC address (host:port): Blobstore uploads and "
                                                   "responses carrying X-AppEngine-BlobKey; needs service_secret")
+    images_addr: HostPort | None = field(None, "images_svc's gRPC address (host:port): image serving URLs "
+                                               "(/_ah/img/..., images.get_serving_url); needs service_secret")
     auth_domain: str = field("gmail.com", "AUTH_DOMAIN of signed-in users")
     oidc_issuer: str = field("", "OpenID Connect provider (issuer URL) that signs users in; empty: development "
                                  "sign-in page under dev_app, else sign-in is unavailable")
@@ -113,6 +115,8 @@ class RouterConfig:
         self.admin_map()
         if self.blobstore_addr and not self.service_secret:
             raise ValueError("service_secret: required with blobstore_addr (KILN_ROUTER_SERVICE_SECRET)")
+        if self.images_addr and not self.service_secret:
+            raise ValueError("service_secret: required with images_addr (KILN_ROUTER_SERVICE_SECRET)")
         if self.oidc_issuer and not (self.oidc_client_id and self.oidc_client_secret):
             raise ValueError("oidc_issuer: needs oidc_client_id and oidc_client_secret too")
 

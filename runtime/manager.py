@@ -170,8 +170,13 @@ class Manager:
     """Runs the instances of one version (see module docstring)."""
 
     def __init__(self, supervisor: Supervisor, launch: Launch, scaling: Scaling, *,
-                 scale_to_zero: bool = False) -> None:
+                 scale_to_zero: bool = False, grant_file: pathlib.Path | None = None) -> None:
         self._sup = supervisor
+        # With runtime.host: the file where the host says how many instances this host has room for (a number);
+        # the manager writes how many it wants beside it (``wanted``), and the host grants more when it can or asks
+        # another host to run the version too (see runtime.host).
+        self.grant_file = grant_file
+        self._said_wanted = ""
         self._launch = launch
         self.scaling = scaling
         self.scale_to_zero = scale_to_zero
@@ -308,8 +313,14 @@ class Manager:
         current = len(self.instances)
         active = sum(i.active for i in self.instances.values())
         pending = max((i.pending_seconds for i in self.instances.values()), default=0.0)
+        grant = self.grant()
+        if grant is not None and grant[1] is not None:  # of a resident version's min_instances, those kept here
+            self.scaling.min_instances = grant[1]
         floor = self.floor
         wanted = max(floor, self.scaling.wanted(active, current, pending))
+        self._say_wanted(wanted, current)
+        if grant is not None:  # the rest runs on other hosts
+            floor, wanted = min(floor, grant[0]), min(wanted, grant[0])
         if current < floor or (wanted > current and not self.starting):
             self.start_instance()
         elif current > floor:
@@ -317,6 +328,28 @@ class Manager:
                     if i.ready and i.active == 0 and now - i.busy_at > self.scaling.idle_seconds]
             if idle and current > wanted:
                 self.stop_instance(min(idle, key=lambda i: i.busy_at).instance_id)
+
+    def grant(self) -> tuple[int, int | None] | None:
+        """What the host's grant file says: how many instances it has room for here and, for a version with resident
+        instances, how many of them this manager keeps (None: no host counts them, as under kiln dev)."""
+        if self.grant_file is None:
+            return None
+        try:
+            numbers = [int(n) for n in self.grant_file.read_text().split()]
+            return max(1, numbers[0]), (max(0, numbers[1]) if len(numbers) > 1 else None)
+        except (OSError, ValueError, IndexError):
+            return 1, None  # the host writes it before starting the manager; one instance is what it counted
+
+    def _say_wanted(self, wanted: int, current: int) -> None:
+        """Tell the host how many instances the load wants and how many run (when that changed)."""
+        if self.grant_file is None:
+            return
+        said = f"{wanted} {current}\n"
+        if said != self._said_wanted:
+            tmp = self.grant_file.with_name("wanted.tmp")
+            tmp.write_text(said)
+            os.replace(tmp, self.grant_file.with_name("wanted"))
+            self._said_wanted = said
 
     def _ended(self, inst: _Instance) -> str:
         """Queue a 500 for each request an instance that is gone still held; how it ended ("exited with status 0")."""
@@ -543,6 +576,9 @@ def parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
                         help="start one instance now, let idle ones go down to min_instances, and exit once none is "
                              "left (runtime.host starts the manager again when a request wants the version)")
     parser.add_argument("--ready-file", type=pathlib.Path, help="written once the first instances serve")
+    parser.add_argument("--grant-file", type=pathlib.Path,
+                        help="(runtime.host) holds how many instances this host has room for; the manager writes "
+                             "how many it wants to 'wanted' beside it")
     parser.add_argument("--isolation", choices=("auto", "user", "none"), default="auto",
                         help="user: each app's instances run as the app's own Unix user on a private copy of its "
                              "files (needs root); none: as the manager's user; auto: user when running as root "
@@ -579,6 +615,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"runtime.manager: {exc}", file=sys.stderr)
         return 2
     kiln_log.setup(component="manager")
+    log.info("app %s: managing version %s", args.app_id, args.version_id)
     os.umask(0o077)  # staged files, logs and sockets get their modes explicitly; anything else is the platform's
     args.cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     args.cache_dir.chmod(0o700)  # libraries and requirements installed for apps
@@ -681,7 +718,8 @@ def build(args: argparse.Namespace, extra_runtime_args: Sequence[str], environ: 
                     app_root=app_root, uid=uid, staged=app_dir.parent if mode == "user" else None,
                     forwards=forwards, socket_dir=sockets, cgroup=memory,
                     memory_cap=int(memory_mb * isolation.KERNEL_MEMORY_FACTOR) << 20, python=python)
-    return Manager(Supervisor(args.run_dir), launch, scaling, scale_to_zero=args.scale_to_zero)
+    return Manager(Supervisor(args.run_dir), launch, scaling, scale_to_zero=args.scale_to_zero,
+                   grant_file=args.grant_file)
 
 
 # RuntimeConfig's ``<name>_addr`` settings ("modules": the control plane, for App Engine's Modules API; unset under

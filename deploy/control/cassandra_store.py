@@ -14,6 +14,9 @@ Tables (keyspace from config):
 - ``app_blobs``: one partition per app listing its blobs with when they were
   stored (written before the ``blobs`` row), for collecting unused ones.
 
+The app's ``dispatch.yaml`` and its generation are static columns of its versions partition too, replaced whole
+by a lightweight transaction on the generation.
+
 Creating a version and collecting garbage exclude each other through the
 static ``gc_epoch``/``gc_until`` of the app's versions partition: a collection
 takes it (epoch + 1, a lease), deletes, and releases it (epoch + 1 again); a
@@ -61,7 +64,8 @@ def _tables(ks: str) -> list[str]:
 
 
 # Columns added after the first release: (table, column, type).
-_ADDED_COLUMNS = [("versions", "gc_epoch", "bigint static"), ("versions", "gc_until_us", "bigint static")]
+_ADDED_COLUMNS = [("versions", "gc_epoch", "bigint static"), ("versions", "gc_until_us", "bigint static"),
+                  ("versions", "dispatch_yaml", "text static"), ("versions", "dispatch_generation", "bigint static")]
 
 
 class CassandraStore(Store):
@@ -90,7 +94,7 @@ class CassandraStore(Store):
                 await self._ks.execute(f"ALTER TABLE {self._ks.name}.{table} ADD {column} {kind}",
                                        timeout=cassandra.SCHEMA_TIMEOUT_SECONDS)
         ks = self._ks.name
-        lwt = {"insert", "replace", "set_default", "delete", "gc_set"}
+        lwt = {"insert", "replace", "set_default", "delete", "gc_set", "set_dispatch"}
         queries = {
             "have": f"SELECT sha256 FROM {ks}.blobs WHERE app_id = ? AND sha256 = ?",
             "blob": f"SELECT size, chunks FROM {ks}.blobs WHERE app_id = ? AND sha256 = ?",
@@ -123,7 +127,10 @@ class CassandraStore(Store):
                             "WHERE app_id = ? AND version_id = ? IF minor > 0 AND generation = ?",
             "delete": f"DELETE FROM {ks}.versions WHERE app_id = ? AND version_id = ? "
                        "IF minor > 0 AND default_version != ?",
-            "apps": f"SELECT DISTINCT app_id, default_version, generation FROM {ks}.versions",
+            "apps": f"SELECT DISTINCT app_id, default_version, generation, dispatch_generation FROM {ks}.versions",
+            "dispatch": f"SELECT dispatch_yaml, dispatch_generation FROM {ks}.versions WHERE app_id = ? LIMIT 1",
+            "set_dispatch": f"UPDATE {ks}.versions SET dispatch_yaml = ?, dispatch_generation = ? WHERE app_id = ? "
+                             "IF dispatch_generation = ?",
         }
         self._q = {name: self._ks.prepare(cql, consistency="LOCAL_QUORUM",
                                           serial="LOCAL_SERIAL" if name in lwt else None)
@@ -267,7 +274,21 @@ class CassandraStore(Store):
     async def list_apps(self) -> list[pb.AppInfo]:
         rows = await self._exec("apps")
         return sorted((pb.AppInfo(app_id=r["app_id"], default_version=r["default_version"] or "",
-                                  generation=r["generation"] or 0) for r in rows), key=lambda a: a.app_id)
+                                  generation=r["generation"] or 0, dispatch_generation=r["dispatch_generation"] or 0)
+                       for r in rows), key=lambda a: a.app_id)
+
+    async def get_dispatch(self, app_id: str) -> tuple[str, int]:
+        rows = await self._exec("dispatch", app_id)
+        return (rows[0]["dispatch_yaml"] or "", rows[0]["dispatch_generation"] or 0) if rows else ("", 0)
+
+    async def set_dispatch(self, app_id: str, dispatch_yaml: str) -> int:
+        for _ in range(CAS_ATTEMPTS):
+            rows = await self._exec("dispatch", app_id)
+            generation = rows[0]["dispatch_generation"] if rows else None
+            result = await self._exec("set_dispatch", dispatch_yaml, (generation or 0) + 1, app_id, generation)
+            if result[0]["[applied]"]:
+                return (generation or 0) + 1
+        raise ConflictError(f"app {app_id!r}: its dispatch rules kept changing; try again")
 
     async def close(self) -> None:
         if self._ks_open is not None:

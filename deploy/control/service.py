@@ -10,7 +10,9 @@ every file it names is stored, so no half-deployed version is ever visible,
 and only when a live runtime host can run its runtime (:mod:`deploy.control.hosts`;
 ``CheckRuntime`` asks the same before anything is uploaded).
 Each creation, deletion and switch of the default is announced on NATS
-(:data:`kiln_platform.bus.DEPLOY_VERSION_SUBJECT`, :data:`kiln_platform.bus.DEPLOY_DEFAULT_SUBJECT`).
+(:data:`kiln_platform.bus.DEPLOY_VERSION_SUBJECT`, :data:`kiln_platform.bus.DEPLOY_DEFAULT_SUBJECT`), and each
+replacement of an app's dispatch rules (:mod:`deploy.control.dispatch`) on
+:data:`kiln_platform.bus.DEPLOY_DISPATCH_SUBJECT`.
 After a version is deleted or replaced by a new minor, the files no version
 names any more are deleted in the background (:meth:`Store.collect_garbage`).
 """
@@ -27,6 +29,7 @@ from typing import Any
 import grpc
 
 from deploy.control import manifest, tokens
+from deploy.control.dispatch import Dispatch
 from deploy.control.hosts import Hosts
 from deploy.control.indexes import IndexApplier
 from deploy.control.store import Store, not_uploaded
@@ -80,6 +83,7 @@ class DeployService(deploy_pb2_grpc.DeployServiceServicer):
         self._grace = blob_grace_seconds
         self._collecting: dict[str, asyncio.Task[None]] = {}
         self._collect_again: set[str] = set()
+        self._dispatch = Dispatch(store, yaml_blobs)
 
     def _grant(self, context: Context, app_id: str, scope: str) -> tokens.Grant:
         grant = grpcserver.caller(tokens.Grant)
@@ -205,6 +209,21 @@ class DeployService(deploy_pb2_grpc.DeployServiceServicer):
         self._grant(context, request.app_id, "admin")
         expires = int(time.time() + APP_TOKEN_SECONDS)
         return pb.AppTokenResponse(token=auth.mint_app_token(self._service_secret, request.app_id, expires_at=expires))
+
+    async def SetDispatch(self, request: pb.SetDispatchRequest, context: Context) -> pb.SetDispatchResponse:
+        self._grant(context, request.app_id, "admin")
+        generation, rules = await self._dispatch.replace(request.app_id, request.dispatch_yaml)
+        log.info("app %s: %d dispatch rules (generation %d)", request.app_id, rules, generation)
+        event = events_pb2.DispatchEvent(app_id=request.app_id, generation=generation)
+        event.time.GetCurrentTime()
+        await self._publish(bus.DEPLOY_DISPATCH_SUBJECT, event.SerializeToString())
+        return pb.SetDispatchResponse(generation=generation, rules=rules)
+
+    async def GetDispatch(self, request: pb.GetDispatchRequest, context: Context) -> pb.GetDispatchResponse:
+        self._grant(context, request.app_id, "read")
+        text, generation = await self._store.get_dispatch(request.app_id)
+        services = await self._dispatch.services(request.app_id) if text else {}
+        return pb.GetDispatchResponse(dispatch_yaml=text, generation=generation, services=services)
 
     async def _promote(self, app_id: str, version_id: str) -> None:
         generation = await self._store.set_default(app_id, version_id)

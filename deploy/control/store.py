@@ -95,6 +95,14 @@ class Store(abc.ABC):
         """Every app that has a version, with its default, sorted by id."""
 
     @abc.abstractmethod
+    async def set_dispatch(self, app_id: str, dispatch_yaml: str) -> int:
+        """Replace the app's dispatch.yaml (checked by the caller) as a whole; returns its new generation."""
+
+    @abc.abstractmethod
+    async def get_dispatch(self, app_id: str) -> tuple[str, int]:
+        """The app's dispatch.yaml ("" when it has none) and its generation (0 when never set)."""
+
+    @abc.abstractmethod
     async def collect_garbage(self, app_id: str, grace_seconds: float) -> int:
         """Delete the app's blobs that no version names and that were stored more than ``grace_seconds`` ago;
         returns how many. Exclusive with :meth:`create_version` (see module docstring)."""
@@ -144,6 +152,9 @@ class EmbeddedStore(Store):
         """)
         if "stored" not in {row[1] for row in self._db.execute("PRAGMA table_info(blobs)")}:
             self._db.execute("ALTER TABLE blobs ADD COLUMN stored REAL")  # stores made before collection
+        if "dispatch_yaml" not in {row[1] for row in self._db.execute("PRAGMA table_info(apps)")}:
+            self._db.execute("ALTER TABLE apps ADD COLUMN dispatch_yaml TEXT")  # stores made before dispatch.yaml
+            self._db.execute("ALTER TABLE apps ADD COLUMN dispatch_generation INTEGER")
         self._lock = threading.Lock()
 
     async def _run(self, fn: Any, *args: Any) -> Any:
@@ -289,9 +300,30 @@ class EmbeddedStore(Store):
 
     async def list_apps(self) -> list[pb.AppInfo]:
         def run() -> list[pb.AppInfo]:
-            rows = self._db.execute("SELECT app_id, default_version, generation FROM apps ORDER BY app_id")
-            return [pb.AppInfo(app_id=r[0], default_version=r[1] or "", generation=r[2] or 0) for r in rows]
+            rows = self._db.execute("SELECT app_id, default_version, generation, dispatch_generation FROM apps "
+                                    "ORDER BY app_id")
+            return [pb.AppInfo(app_id=r[0], default_version=r[1] or "", generation=r[2] or 0,
+                               dispatch_generation=r[3] or 0) for r in rows]
         result: list[pb.AppInfo] = await self._run(run)
+        return result
+
+    async def set_dispatch(self, app_id: str, dispatch_yaml: str) -> int:
+        def run(db: sqlite3.Connection) -> int:
+            db.execute("INSERT OR IGNORE INTO apps (app_id, generation) VALUES (?, 0)", (app_id,))
+            row = db.execute("SELECT dispatch_generation FROM apps WHERE app_id = ?", (app_id,)).fetchone()
+            generation = (row[0] or 0) + 1
+            db.execute("UPDATE apps SET dispatch_yaml = ?, dispatch_generation = ? WHERE app_id = ?",
+                       (dispatch_yaml, generation, app_id))
+            return generation
+        result: int = await self._transaction(run)
+        return result
+
+    async def get_dispatch(self, app_id: str) -> tuple[str, int]:
+        def run() -> tuple[str, int]:
+            row = self._db.execute("SELECT dispatch_yaml, dispatch_generation FROM apps WHERE app_id = ?",
+                                   (app_id,)).fetchone()
+            return (row[0] or "", row[1] or 0) if row else ("", 0)
+        result: tuple[str, int] = await self._run(run)
         return result
 
     async def collect_garbage(self, app_id: str, grace_seconds: float) -> int:

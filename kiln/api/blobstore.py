@@ -11,8 +11,11 @@ apps, served by kiln's blobstore service.
   ``MAX_BLOB_FETCH_SIZE`` a call; a range past the end is cut at the end.
 - ``delete(keys)``, ``create_upload_url(success_path, max_bytes_per_blob=None, max_bytes_total=None)`` and
   their ``*_async`` forms returning an RPC whose ``get_result()`` collects the call.
+- ``get_uploads(environ, field_name=None)``: in the success handler of an upload URL, the ``BlobInfo`` of each
+  file uploaded (as ``BlobstoreUploadHandler.get_uploads``), read from the blob-info parts the router forwards;
+  ``parse_blob_info(field_storage)`` reads one such part from a ``cgi.FieldStorage``.
 - App Engine's errors: ``Error``, ``InternalError``, ``BlobNotFoundError``, ``DataIndexOutOfRangeError``,
-  ``BlobFetchSizeTooLargeError``, ``PermissionDeniedError``.
+  ``BlobFetchSizeTooLargeError``, ``PermissionDeniedError``, ``BlobInfoParseError``.
 
 An app sees only its own blobs: another app's key is not found. kiln has no Cloud Storage, so
 ``create_upload_url`` refuses ``gs_bucket_name``.
@@ -23,7 +26,13 @@ not offered. Google's SDK's ``BlobInfo.all()``/``gql`` run through kiln's API ho
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime
+import email.message
+import email.parser
+import email.policy
+import io
 import itertools
 import operator
 import typing
@@ -45,6 +54,7 @@ __all__ = [
     "UPLOAD_INFO_CREATION_HEADER",
     "BlobFetchSizeTooLargeError",
     "BlobInfo",
+    "BlobInfoParseError",
     "BlobInfoQuery",
     "BlobKey",
     "BlobNotFoundError",
@@ -62,6 +72,8 @@ __all__ = [
     "fetch_data",
     "fetch_data_async",
     "get",
+    "get_uploads",
+    "parse_blob_info",
 ]
 
 BLOB_INFO_KIND = "__BlobInfo__"
@@ -99,6 +111,10 @@ class PermissionDeniedError(Error):
 
 class CreationFormatError(Error):
     """An upload's creation time header is malformed."""
+
+
+class BlobInfoParseError(Error):
+    """An upload's blob-info part lacks a value or has a malformed one."""
 
 
 _ERRORS = _rpc.ErrorTable(codes={
@@ -569,3 +585,90 @@ class BlobReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# --- uploads ---------------------------------------------------------------------------------------------------
+
+_UPLOADS_KEY = "kiln.blobstore.uploads"  # where get_uploads keeps what it read, in the request's environ
+_CREATION_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
+
+
+def _upload_info(key: str | None, filename: str | None, inner: email.message.Message, field: str) -> BlobInfo:
+    """A BlobInfo from a blob-info part's key, file name and inner headers (App Engine's upload info)."""
+    values: dict[str, Any] = {"filename": filename}
+    for name, header in (("content_type", "Content-Type"), ("size", "Content-Length"),
+                         ("creation", UPLOAD_INFO_CREATION_HEADER), ("md5_hash", "Content-MD5")):
+        values[name] = inner.get(header)
+    missing = [n for n, v in values.items() if v is None] + ([] if key else ["blob_key"])
+    if missing:
+        raise BlobInfoParseError(f"Field {field} has no {missing[0]}.")
+    try:
+        values["size"] = int(values["size"])
+    except ValueError:
+        raise BlobInfoParseError(f"{values['size']} is not a valid value for {field} size.") from None
+    try:
+        values["creation"] = datetime.datetime.strptime(str(values["creation"]).strip(), _CREATION_FORMAT)
+    except ValueError:
+        raise CreationFormatError(f"Could not parse creation {values['creation']!r} in field {field}.") from None
+    try:
+        values["md5_hash"] = base64.urlsafe_b64decode(str(values["md5_hash"])).decode("ascii")
+    except (ValueError, binascii.Error):
+        raise BlobInfoParseError(f"Field {field} has a malformed Content-MD5.") from None
+    values["content_type"] = str(values["content_type"])
+    return BlobInfo(str(key), values)
+
+
+def parse_blob_info(field_storage: Any) -> BlobInfo | None:
+    """The BlobInfo of one blob-info part of an upload's forwarded form, as a ``cgi.FieldStorage`` (App Engine's
+    ``blobstore.parse_blob_info``); ``None`` for ``None``.
+
+    Raises:
+        BlobInfoParseError: the part lacks the file name, the blob key or one of the upload headers.
+    """
+    if field_storage is None:
+        return None
+    field_storage.file.seek(0)
+    inner = email.parser.Parser().parsestr(_text(field_storage.file.read()))
+    field_storage.file.seek(0)
+    return _upload_info(field_storage.type_options.get("blob-key"),
+                        field_storage.disposition_options.get("filename"), inner, str(field_storage.name))
+
+
+def _text(data: str | bytes) -> str:
+    return data.decode("utf-8") if isinstance(data, bytes) else data
+
+
+def _read_uploads(environ: Any) -> list[tuple[str, BlobInfo]]:
+    """(field name, BlobInfo) of each blob-info part of the request's form, in order; the body is put back."""
+    content_type = str(environ.get("CONTENT_TYPE", ""))
+    if not content_type.lower().startswith("multipart/form-data"):
+        return []
+    stream = environ["wsgi.input"]
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    body = stream.read(length) if length > 0 else stream.read()
+    environ["wsgi.input"] = io.BytesIO(body)  # the app may read the form itself too
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body)
+    found = []
+    for part in message.iter_parts() if message.is_multipart() else ():
+        if part.get_content_type() != "message/external-body" or part.get_param("blob-key") is None:
+            continue
+        field = str(part.get_param("name", header="content-disposition") or "")
+        inner = part.get_payload()
+        first = inner[0] if isinstance(inner, list) and inner else None
+        headers = first if isinstance(first, email.message.Message) else email.message.Message()
+        found.append((field, _upload_info(str(part.get_param("blob-key")), part.get_filename(), headers, field)))
+    return found
+
+
+def get_uploads(environ: Any, field_name: str | None = None) -> list[BlobInfo]:
+    """The BlobInfo of each file uploaded with this request (the success handler of an upload URL), in form
+    order; only field ``field_name``'s when given. The body is read once (the app may still read it).
+
+    Raises:
+        BlobInfoParseError: a blob-info part is malformed.
+    """
+    found = environ.get(_UPLOADS_KEY)
+    if found is None:
+        found = environ[_UPLOADS_KEY] = _read_uploads(environ)
+    return [info for name, info in found if field_name is None or name == field_name]

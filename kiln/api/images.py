@@ -20,9 +20,16 @@ service answers the rest: ``NotImageError``, ``BadImageError`` for corrupt or tr
 Limits: input data (all inputs of a composite together) up to 32 MB (``MAX_REQUEST_SIZE``); images up to 50
 megapixels (``MAX_IMAGE_PIXELS``, the service's default ``--max-megapixels``), which refuses decompression
 bombs from their header; resize targets and canvases up to 4000 pixels a side; an encoded result up to 32 MB.
-kiln has no Blobstore or Cloud Storage: an ``Image`` made from a ``blob_key`` raises ``InvalidBlobKeyError``
-when used, one made from a ``/gs/`` ``filename`` raises ``ObjectNotFoundError``. ``get_serving_url`` is not
-provided.
+An ``Image`` made from a ``blob_key`` is read by the service from the app's Blobstore (a key that names no blob of
+the app raises ``InvalidBlobKeyError`` when used); one made from a ``/gs/`` ``filename`` raises
+``ObjectNotFoundError`` (kiln has no Cloud Storage).
+
+``get_serving_url(blob_key, size=None, crop=False, secure_url=None)`` returns a stable URL on the app's own host,
+``http(s)://<host>/_ah/img/<blob key>``, with App Engine's options appended (``=s<size>``, ``=s<size>-c``; any
+of them may be appended to the URL later); the router serves it until ``delete_serving_url(blob_key)`` or the
+blob's deletion. Sizes are 0 to 1600 (``IMG_SERVING_SIZES_LIMIT``; 0: the original size); without a size the
+image is served at most 512 pixels on its longest side, as on App Engine. A blob that is not an image raises
+``TransformationError``.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
+from kiln import runtime as _runtime
 from kiln.api import _rpc
 from kiln.api.images_errors import (AccessDeniedError, BadImageError, BadRequestError, BlobKeyRequiredError, Error,
                                     InvalidBlobKeyError, LargeImageError, NotImageError, ObjectNotFoundError,
@@ -48,7 +56,8 @@ __all__ = ["Image", "RPC", "create_rpc", "resize", "resize_async", "crop", "crop
            "MAX_COMPOSITES_PER_REQUEST", "MAX_RESIZE_DIMENSION", "MAX_REQUEST_SIZE", "MAX_IMAGE_PIXELS",
            "Error", "TransformationError", "BadRequestError", "NotImageError", "BadImageError", "LargeImageError",
            "InvalidBlobKeyError", "BlobKeyRequiredError", "UnsupportedSizeError", "AccessDeniedError",
-           "ObjectNotFoundError"]
+           "ObjectNotFoundError", "get_serving_url", "get_serving_url_async", "delete_serving_url",
+           "delete_serving_url_async", "IMG_SERVING_SIZES_LIMIT"]
 
 # App Engine's values, so code comparing ``image.format == images.JPEG`` or storing them keeps working.
 JPEG, PNG, WEBP = 0, 1, 2
@@ -67,6 +76,7 @@ MAX_COMPOSITES_PER_REQUEST = 16
 MAX_RESIZE_DIMENSION = 4000
 MAX_REQUEST_SIZE = 32 * 1024 * 1024
 MAX_IMAGE_PIXELS = 50_000_000
+IMG_SERVING_SIZES_LIMIT = 1600
 # Decoding a 50-megapixel image takes seconds on a small machine; App Engine's "typically 5 seconds" is too short.
 DEFAULT_DEADLINE = 30.0
 
@@ -603,3 +613,66 @@ def composite(inputs: Sequence[CompositeInput], width: int, height: int, color: 
     """
     return cast(bytes, _composite(inputs, width, height, color, output_encoding, quality, rpc,
                                           now=True).get_result())
+
+
+# --- serving URLs ----------------------------------------------------------------------------------------------
+
+def serving_url(environ: Any, path: str, secure_url: bool | None, size: int | None = None,
+                crop: bool = False) -> str:
+    """The URL of a serving path on the host the request came to (``HTTP_HOST``), else the app's default version's
+    (``DEFAULT_VERSION_HOSTNAME``); the SDK's service (kiln.sdk.images) builds it here too."""
+    host = environ.get("HTTP_HOST") or environ.get("DEFAULT_VERSION_HOSTNAME") or _rpc.setting(
+        "DEFAULT_VERSION_HOSTNAME") or "localhost"
+    url = f"{'https' if secure_url else 'http'}://{host}{path}"
+    if size is not None:
+        url += f"=s{size}"
+    return url + "-c" if crop else url
+
+
+def get_serving_url_async(blob_key: Any, size: int | None = None, crop: bool = False,
+                          secure_url: bool | None = None, filename: str | None = None,
+                          rpc: RPC | None = None) -> RPC:
+    """Start :func:`get_serving_url`; the RPC's ``get_result()`` is the URL."""
+    if not blob_key and not filename:
+        raise BlobKeyRequiredError("A Blobkey or a filename is required for this operation.")
+    if crop and not size:
+        raise BadRequestError("Size should be set for crop operation")
+    if size is not None and (not _is_int(size) or not 0 <= size <= IMG_SERVING_SIZES_LIMIT):
+        raise UnsupportedSizeError("Unsupported size")
+    if secure_url is not None and not isinstance(secure_url, bool):
+        raise TypeError("secure_url must be boolean.")
+    if filename and blob_key:
+        raise BadRequestError("Cannot specify a blob_key and a filename.")
+    if filename:
+        raise ObjectNotFoundError(f"{filename} does not exist (kiln has no Cloud Storage)")
+    key = _blob_key_text(blob_key)
+    environ = _runtime.request_environ() or {}
+    return _start(rpc, "GetServingUrl", pb.GetServingUrlRequest(blob_key=key),
+                  lambda response: serving_url(environ, response.path, secure_url, size, crop), key)
+
+
+def get_serving_url(blob_key: Any, size: int | None = None, crop: bool = False, secure_url: bool | None = None,
+                    filename: str | None = None, rpc: RPC | None = None) -> str:
+    """A URL on the app's host that serves the image blob ``blob_key`` (see the module docstring).
+
+    Raises:
+        BlobKeyRequiredError: no blob key.
+        UnsupportedSizeError: ``size`` is not 0 to 1600.
+        BadRequestError: ``crop`` without a size.
+        InvalidBlobKeyError: no blob of the app has the key.
+        TransformationError: the blob is not an image.
+    """
+    return cast(str, get_serving_url_async(blob_key, size, crop, secure_url, filename, rpc).get_result())
+
+
+def delete_serving_url_async(blob_key: Any, rpc: RPC | None = None) -> RPC:
+    """Start :func:`delete_serving_url`."""
+    if not blob_key:
+        raise BlobKeyRequiredError("A Blobkey is required for this operation.")
+    key = _blob_key_text(blob_key)
+    return _start(rpc, "DeleteServingUrl", pb.DeleteServingUrlRequest(blob_key=key), lambda _response: None, key)
+
+
+def delete_serving_url(blob_key: Any, rpc: RPC | None = None) -> None:
+    """Stop the serving URL of ``blob_key``: it answers 404 from now on (none: nothing to do)."""
+    delete_serving_url_async(blob_key, rpc).get_result()

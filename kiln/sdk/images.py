@@ -8,14 +8,14 @@ images service (Pillow runs there, never in the app's process).
   carries the result's width and height, which the SDK keeps for ``Image.width``/``height``.
 - ``Composite``: the canvas (size, ARGB colour, output) and each layer (source, offsets, opacity, anchor).
 - ``Histogram``: red, green and blue counts.
-- ``GetUrlBase``/``DeleteUrlBase`` (``get_serving_url``, ``delete_serving_url``): serving URLs are served from the
-  Blobstore or Cloud Storage, which kiln does not have yet; they fail with ``UNSPECIFIED_ERROR`` saying so, which
-  the SDK raises as ``TransformationError`` (an ``images.Error``).
+- ``GetUrlBase``/``DeleteUrlBase`` (``get_serving_url``, ``delete_serving_url``): the images service's serving URLs
+  (``/_ah/img/<blob key>`` on the app's host, served by the router); the SDK appends the size and crop options
+  itself. A blob that is not an image fails with ``UNSPECIFIED_ERROR`` (``TransformationError``).
 
 The SDK checks arguments before calling, as kiln's service checks them again. Errors carry images' own codes, so
 the SDK raises its exception: ``NOT_IMAGE`` → ``NotImageError``, ``BAD_IMAGE_DATA`` → ``BadImageError``,
 ``IMAGE_TOO_LARGE`` → ``LargeImageError``, ``BAD_TRANSFORM_DATA`` → ``BadRequestError``, ``INVALID_BLOB_KEY`` →
-``InvalidBlobKeyError`` (kiln has no Blobstore, so no blob key names an image), ``OBJECT_NOT_FOUND`` →
+``InvalidBlobKeyError`` (no blob of the app has the key), ``OBJECT_NOT_FOUND`` →
 ``ObjectNotFoundError`` (nor Cloud Storage), ``UNSPECIFIED_ERROR`` → ``TransformationError``.
 """
 
@@ -50,8 +50,6 @@ _FORMATS = {gae.OutputSettings.PNG: pb.FORMAT_PNG, gae.OutputSettings.JPEG: pb.F
 _TRANSFORM_FIELDS = ("width", "height", "crop_to_fit", "crop_offset_x", "crop_offset_y", "allow_stretch", "rotate",
                      "horizontal_flip", "vertical_flip", "crop_left_x", "crop_top_y", "crop_right_x", "crop_bottom_y",
                      "autolevels")
-_NO_SERVING_URLS = ("kiln: serving URLs (get_serving_url, delete_serving_url) are served from the Blobstore or Cloud "
-                    "Storage, which kiln does not provide yet; serve the image from the app instead")
 
 
 class Images:
@@ -60,13 +58,33 @@ class Images:
     name = "images"
 
     def handle(self, method: str, request: Any, response: Any, ctx: CallContext) -> None:
-        if method in ("GetUrlBase", "DeleteUrlBase"):
-            raise apiproxy_errors.ApplicationError(_ERR.UNSPECIFIED_ERROR, _NO_SERVING_URLS)
         serve = _METHODS.get(method)
-        if serve is None:
+        url = _URL_METHODS.get(method)
+        if serve is None and url is None:
             raise apiproxy_errors.CallNotFoundError(f"images.{method}() is not a method of App Engine's images service")
         stub = _rpc.stub("IMAGES", images_pb2_grpc.ImagesServiceStub)
-        serve(stub, request, response, ctx.deadline if ctx.deadline is not None else kiln_images.DEFAULT_DEADLINE)
+        timeout = ctx.deadline if ctx.deadline is not None else kiln_images.DEFAULT_DEADLINE
+        if url is not None:  # serving URLs are made on the host of the request the call belongs to
+            url(stub, request, response, timeout, ctx)
+        elif serve is not None:
+            serve(stub, request, response, timeout)
+
+
+def _get_url_base(stub: images_pb2_grpc.ImagesServiceStub, request: gae.ImagesGetUrlBaseRequest,
+                  response: gae.ImagesGetUrlBaseResponse, timeout: float, ctx: CallContext) -> None:
+    if request.blob_key.startswith("/gs/"):
+        raise apiproxy_errors.ApplicationError(_ERR.OBJECT_NOT_FOUND,
+                                               f"{request.blob_key} does not exist (kiln has no Cloud Storage)")
+    reply = _rpc.call(stub.GetServingUrl, pb.GetServingUrlRequest(blob_key=request.blob_key), timeout=timeout,
+                      table=_ERRORS)
+    # The SDK appends =s<size> and -c to this URL itself.
+    response.url = kiln_images.serving_url(ctx.environ, reply.path, request.create_secure_url)
+
+
+def _delete_url_base(stub: images_pb2_grpc.ImagesServiceStub, request: gae.ImagesDeleteUrlBaseRequest,
+                     response: gae.ImagesDeleteUrlBaseResponse, timeout: float, ctx: CallContext) -> None:
+    _rpc.call(stub.DeleteServingUrl, pb.DeleteServingUrlRequest(blob_key=request.blob_key), timeout=timeout,
+              table=_ERRORS)
 
 
 def _transform(stub: images_pb2_grpc.ImagesServiceStub, request: gae.ImagesTransformRequest,
@@ -164,3 +182,4 @@ def composite_request(request: gae.ImagesCompositeRequest) -> pb.CompositeReques
 
 
 _METHODS: dict[str, Any] = {"Transform": _transform, "Composite": _composite, "Histogram": _histogram}
+_URL_METHODS: dict[str, Any] = {"GetUrlBase": _get_url_base, "DeleteUrlBase": _delete_url_base}

@@ -170,7 +170,8 @@ def test_guestbook_stores_its_greeting_in_real_cassandra(dev_server, cassandra_h
 
 def test_kiln_dev_command_serves_then_stops_every_child_on_sigterm(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "deploy.cli", "dev", str(GUESTBOOK), "--port", "0",
-                             "--data-dir", str(tmp_path / "data")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             "--console-port", "0", "--data-dir", str(tmp_path / "data")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     try:
         line = ""

@@ -38,8 +38,8 @@ def _kiln_dev(app_dir: pathlib.Path, data_dir: pathlib.Path, *args: str) -> subp
     """kiln dev with its stdout on a pipe and its stderr in ``stderr.txt`` beside the data directory."""
     # A session of its own, as a terminal gives its foreground job: signals to the group reach kiln dev alone.
     with open(data_dir.parent / "stderr.txt", "w") as err:
-        return subprocess.Popen([sys.executable, "-m", "deploy.cli", "dev", str(app_dir), "--data-dir",
-                                 str(data_dir), *args], stdout=subprocess.PIPE, stderr=err, text=True,
+        return subprocess.Popen([sys.executable, "-m", "deploy.cli", "dev", str(app_dir), "--console-port", "0",
+                                 "--data-dir", str(data_dir), *args], stdout=subprocess.PIPE, stderr=err, text=True,
                                 start_new_session=True, cwd=ROOT)
 
 

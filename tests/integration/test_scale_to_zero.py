@@ -12,6 +12,7 @@ import http.client
 import os
 import pathlib
 import textwrap
+import threading
 
 import pytest
 
@@ -54,14 +55,17 @@ def cluster(supervisor, tmp_path_factory):
             "tmp": tmp_path_factory.mktemp("zero")}
 
 
-def deploy(cluster, app: str, scaling: str = "", version: str = "v1") -> None:
+def deploy(cluster, app: str, scaling: str = "", version: str = "v1", threadsafe: bool = True) -> None:
     app_dir = cluster["tmp"] / f"{app}-{version}"
     app_dir.mkdir()
-    (app_dir / "app.yaml").write_text("runtime: python27\napi_version: 1\nthreadsafe: true\n" + scaling +
-                                      "handlers:\n- url: /.*\n  script: main.app\n")
+    (app_dir / "app.yaml").write_text(f"runtime: python27\napi_version: 1\nthreadsafe: {str(threadsafe).lower()}\n"
+                                      + scaling + "handlers:\n- url: /.*\n  script: main.app\n")
     (app_dir / "main.py").write_text(textwrap.dedent("""\
         import os
+        import time
         def app(environ, start_response):
+            if environ['PATH_INFO'] == '/slow':
+                time.sleep(0.5)
             start_response('200 OK', [('Content-Type', 'text/plain')])
             return [os.environ['CURRENT_VERSION_ID'].encode()]
         """))
@@ -69,11 +73,11 @@ def deploy(cluster, app: str, scaling: str = "", version: str = "v1") -> None:
                      cluster["control"], "--token", token(app, "admin", "dev")]) == 0
 
 
-def get(cluster, app: str) -> tuple[int, str]:
+def get(cluster, app: str, path: str = "/") -> tuple[int, str]:
     name, _, port = cluster["router"].rpartition(":")
     conn = http.client.HTTPConnection(name, int(port), timeout=PENDING_SECONDS + 60)
     try:
-        conn.request("GET", "/", headers={"Host": f"{app}.{DOMAIN}"})
+        conn.request("GET", path, headers={"Host": f"{app}.{DOMAIN}"})
         resp = conn.getresponse()
         return resp.status, resp.read().decode()
     finally:
@@ -147,6 +151,34 @@ def test_concurrent_first_requests_start_one_manager(cluster):
         answers = list(pool.map(lambda _: get(cluster, "zero-burst")[0], range(8)))
     assert answers == [200] * 8
     assert [app for app, _ in managers(cluster)].count("zero-burst") == 1
+
+
+# One instance at a time each (threadsafe: false), two at most; a B2 instance (768 MB) is all one host has room for.
+BASIC_B2_TWO_IDLE_1S = "instance_class: B2\nbasic_scaling:\n  max_instances: 2\n  idle_timeout: 1s\n"
+
+
+def test_a_version_whose_load_outgrows_its_host_runs_on_another_too_and_back_on_none_when_idle(cluster):
+    apps.wait_for(lambda: managers(cluster) == [], 60)  # the earlier tests' versions have gone idle
+    deploy(cluster, "spread", BASIC_B2_TWO_IDLE_1S, threadsafe=False)
+    assert first_get(cluster, "spread")[0] == 200
+    answers: list[int] = []
+    done = threading.Event()
+
+    def load() -> None:  # requests one after another, four at a time: more than one instance holds
+        while not done.is_set():
+            answers.append(get(cluster, "spread", "/slow")[0])
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        clients = [pool.submit(load) for _ in range(4)]
+        try:
+            apps.wait_for(lambda: sorted(host for app, host in managers(cluster) if app == "spread") ==
+                          sorted(cluster["hosts"]), 120)
+        finally:
+            done.set()
+        for client in clients:
+            client.result()
+    assert answers and set(answers) == {200}
+    assert "asking another host" in host_log(cluster, "zero-host-a") + host_log(cluster, "zero-host-b")
+    apps.wait_for(lambda: "spread" not in [app for app, _ in managers(cluster)], 60)  # idle: both scale to zero
 
 
 BASIC_B2_IDLE_10M = "instance_class: B2\nbasic_scaling:\n  max_instances: 1\n  idle_timeout: 10m\n"

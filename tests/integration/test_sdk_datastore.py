@@ -525,3 +525,25 @@ def test_an_equality_filter_on_key_drops_the_sort_orders_and_needs_no_index_as_o
                 names(m.Item.query(m.Item.key == ndb.Key("Item", "a")).order(-m.Item.key, m.Item.n)))
 
     assert scenario() == on_google_stub(scenario) == (["a"], ["c"], ["a"])
+
+
+def test_a_key_filter_with_an_inequality_or_a_projection_needs_the_stubs_index_and_is_served_with_it(sdk, m):
+    from google.appengine.api import datastore_errors
+
+    ndb = sdk.ndb
+    items(m, a={"color": "red", "n": 1}, b={"color": "blue", "n": 2}, c={"color": "green", "n": 3})
+    key_a, key_c = ndb.Key("Item", "a"), ndb.Key("Item", "c")
+    with pytest.raises(datastore_errors.NeedIndexError, match="__key__"):
+        m.Item.query(m.Item.key == key_a, m.Item.n > 0).fetch()
+    with pytest.raises(datastore_errors.NeedIndexError, match="__key__"):
+        m.Item.query(m.Item.key < key_c).fetch(projection=["color"])
+    declare_indexes(sdk, ("Item", False, ["__key__", "n"]), ("Item", False, ["__key__", "color"]))
+
+    def scenario():
+        items(m, a={"color": "red", "n": 1}, b={"color": "blue", "n": 2}, c={"color": "green", "n": 3})
+        return (names(m.Item.query(m.Item.key == key_a, m.Item.n > 0)),
+                names(m.Item.query(m.Item.key == key_a, m.Item.n > 5)),
+                [e.color for e in m.Item.query(m.Item.key < key_c).fetch(projection=["color"])],
+                [e.color for e in m.Item.query(m.Item.key == key_c).fetch(projection=["color"])])
+
+    assert scenario() == on_google_stub(scenario) == (["a"], [], ["red", "blue"], ["green"])

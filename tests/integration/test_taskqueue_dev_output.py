@@ -54,8 +54,9 @@ def test_kiln_dev_prints_a_line_when_a_task_is_dropped_after_its_retry_limit(tmp
     for name, text in {"app.yaml": APP_YAML, "queue.yaml": QUEUE_YAML, "main.py": MAIN}.items():
         (app_dir / name).write_text(text)
     with open(tmp_path / "stderr.txt", "w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "deploy.cli", "dev", str(app_dir), "--data-dir",
-                                 str(tmp_path / "data"), "--port", "0"], stdout=subprocess.PIPE, stderr=err,
+        proc = subprocess.Popen([sys.executable, "-m", "deploy.cli", "dev", str(app_dir), "--console-port", "0",
+                                 "--data-dir", str(tmp_path / "data"), "--port", "0"],
+                                stdout=subprocess.PIPE, stderr=err,
                                 text=True, start_new_session=True, cwd=ROOT)
     try:
         url = read_until(proc, "serving app", 120).split(" at ")[-1].strip()

@@ -1,4 +1,4 @@
-"""The router's app credentials toward services (router/appcalls.py)."""
+"""App credentials toward services (kiln_platform/appcalls.py, used by the router and the console)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 
 from kiln.errors import UnauthenticatedError
 from kiln_platform import auth
-from router.appcalls import AppCredentials
+from kiln_platform.appcalls import AppCredentials
 
 SECRET = "s" * 32
 

@@ -44,16 +44,16 @@ def test_min_instances_are_kept_even_with_scale_to_zero(tmp_path):
     assert found.floor == 2 and not found.scaled_to_zero
 
 
-@pytest.mark.parametrize("extra, resident, memory_mb", [
-    ("", False, 384),
-    ("automatic_scaling:\n  min_instances: 1\n", True, 384),
-    ("instance_class: F4\n", False, 1536),
-    ("manual_scaling:\n  instances: 2\n", True, 768),
-    ("instance_class: B1\nbasic_scaling:\n  max_instances: 3\n", False, 384),
+@pytest.mark.parametrize("extra, resident, memory_mb, instances", [
+    ("", False, 384, 1),
+    ("automatic_scaling:\n  min_instances: 1\n", True, 384, 1),
+    ("instance_class: F4\n", False, 1536, 1),
+    ("manual_scaling:\n  instances: 2\n", True, 768, 2),
+    ("instance_class: B1\nbasic_scaling:\n  max_instances: 3\n", False, 384, 1),
 ])
-def test_what_a_version_asks_of_a_host(extra, resident, memory_mb):
+def test_what_a_version_asks_of_a_host(extra, resident, memory_mb, instances):
     assert Needs.of(pb.Version(app_yaml=APP_YAML.replace("handlers:", extra + "handlers:"))) == \
-        Needs(resident, memory_mb)
+        Needs(resident, memory_mb, instances)
 
 
 def test_an_app_yaml_the_host_cannot_read_counts_as_one_f1_instance_on_demand():

@@ -316,17 +316,6 @@ def test_each_code_of_kilns_images_service_is_the_sdks_own_exception(gae_sdk, co
     assert type(found) is getattr(images, exception)
 
 
-@pytest.mark.parametrize("call", ["get", "delete"])
-def test_serving_urls_fail_with_the_sdks_images_error_naming_the_blobstore(environ, call):
-    from google.appengine.api import images
-
-    with pytest.raises(images.Error, match="Blobstore"):
-        if call == "get":
-            images.get_serving_url("a-blob-key")
-        else:
-            images.delete_serving_url("a-blob-key")
-
-
 # --- app_identity ------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("hostname, expected", [

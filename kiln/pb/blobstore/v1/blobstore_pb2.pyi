@@ -593,3 +593,134 @@ class ConsumeUploadUrlResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ConsumeUploadUrlResponse: _TypeAlias = ConsumeUploadUrlResponse  # noqa: Y015
+
+@_typing.final
+class PutServingUrlRequest(_message.Message):
+    """PutServingUrlRequest names a blob to serve as an image."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BLOB_KEY_FIELD_NUMBER: _builtins.int
+    blob_key: _builtins.str
+    """The blob."""
+    def __init__(
+        self,
+        *,
+        blob_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob_key", b"blob_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PutServingUrlRequest: _TypeAlias = PutServingUrlRequest  # noqa: Y015
+
+@_typing.final
+class PutServingUrlResponse(_message.Message):
+    """PutServingUrlResponse carries the blob's info."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INFO_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def info(self) -> Global___BlobInfo:
+        """The blob's info."""
+
+    def __init__(
+        self,
+        *,
+        info: Global___BlobInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["info", b"info"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["info", b"info"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PutServingUrlResponse: _TypeAlias = PutServingUrlResponse  # noqa: Y015
+
+@_typing.final
+class DeleteServingUrlRequest(_message.Message):
+    """DeleteServingUrlRequest names a blob no longer served as an image."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BLOB_KEY_FIELD_NUMBER: _builtins.int
+    blob_key: _builtins.str
+    """The blob."""
+    def __init__(
+        self,
+        *,
+        blob_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob_key", b"blob_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteServingUrlRequest: _TypeAlias = DeleteServingUrlRequest  # noqa: Y015
+
+@_typing.final
+class DeleteServingUrlResponse(_message.Message):
+    """DeleteServingUrlResponse confirms it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteServingUrlResponse: _TypeAlias = DeleteServingUrlResponse  # noqa: Y015
+
+@_typing.final
+class GetServingUrlRequest(_message.Message):
+    """GetServingUrlRequest names a blob served as an image."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BLOB_KEY_FIELD_NUMBER: _builtins.int
+    blob_key: _builtins.str
+    """The blob."""
+    def __init__(
+        self,
+        *,
+        blob_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob_key", b"blob_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetServingUrlRequest: _TypeAlias = GetServingUrlRequest  # noqa: Y015
+
+@_typing.final
+class GetServingUrlResponse(_message.Message):
+    """GetServingUrlResponse carries the blob's info."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INFO_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def info(self) -> Global___BlobInfo:
+        """The blob's info."""
+
+    def __init__(
+        self,
+        *,
+        info: Global___BlobInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["info", b"info"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["info", b"info"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetServingUrlResponse: _TypeAlias = GetServingUrlResponse  # noqa: Y015

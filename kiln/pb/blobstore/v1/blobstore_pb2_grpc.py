@@ -76,6 +76,21 @@ class BlobstoreServiceStub:
                 request_serializer=kiln_dot_pb_dot_blobstore_dot_v1_dot_blobstore__pb2.ConsumeUploadUrlRequest.SerializeToString,
                 response_deserializer=kiln_dot_pb_dot_blobstore_dot_v1_dot_blobstore__pb2.ConsumeUploadUrlResponse.FromString,
                 _registered_method=True)
+        self.PutServingUrl = channel.unary_unary(
+                '/kiln.pb.blobstore.v1.BlobstoreService/PutServingUrl',
+                request_serializer=kiln_dot_pb_dot_blobstore_dot_v1_dot_blobstore__pb2.PutServingUrlRequest.SerializeToString,
+                response_deserializer=kiln_dot_pb_dot_blobstore_dot_v1_dot_blobstore__pb2.PutServingUrlResponse.FromString,
+                _registered_method=True)
+        self.DeleteServingUrl = channel.unary_unary(
+                '/kiln.pb.blobstore.v1.BlobstoreService/DeleteServingUrl',
+                request_serializer=kiln_dot_pb_dot_blobstore_dot_v1_dot_blobstore__pb2.DeleteServingUrlRequest.SerializeToString,
+                response_deserializer=kiln_dot_pb_dot_blobstore_dot_v1_dot_blobstore__pb2.DeleteServingUrlResponse.FromString,
+                _registered_method=True)
+        self.GetServingUrl = channel.unary_unary(
+                '/kiln.pb.blobstore.v1.BlobstoreService/GetServingUrl',
+                request_serializer=kiln_dot_pb_dot_blobstore_dot_v1_dot_blobstore__pb2.GetServingUrlRequest.SerializeToString,
+                response_deserializer=kiln_dot_pb_dot_blobstore_dot_v1_dot_blobstore__pb2.GetServingUrlResponse.FromString,
+                _registered_method=True)
 
 
 class BlobstoreServiceServicer:
@@ -146,6 +161,31 @@ class BlobstoreServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PutServingUrl(self, request, context):
+        """PutServingUrl marks a blob of the app as served by an image serving URL
+        (the images service calls it for get_serving_url); BLOB_NOT_FOUND when no
+        blob of the app has the key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteServingUrl(self, request, context):
+        """DeleteServingUrl removes the mark (none: nothing to do). Deleting a blob
+        removes its mark too.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetServingUrl(self, request, context):
+        """GetServingUrl returns the info of a marked blob; BLOB_NOT_FOUND when the
+        blob or its mark does not exist.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BlobstoreServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -188,6 +228,21 @@ def add_BlobstoreServiceServicer_to_server(servicer, server):
                     servicer.ConsumeUploadUrl,
                     request_deserializer=kiln_dot_pb_dot_blobstore_dot_v1_dot_blobstore__pb2.ConsumeUploadUrlRequest.FromString,
                     response_serializer=kiln_dot_pb_dot_blobstore_dot_v1_dot_blobstore__pb2.ConsumeUploadUrlResponse.SerializeToString,
+            ),
+            'PutServingUrl': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutServingUrl,
+                    request_deserializer=kiln_dot_pb_dot_blobstore_dot_v1_dot_blobstore__pb2.PutServingUrlRequest.FromString,
+                    response_serializer=kiln_dot_pb_dot_blobstore_dot_v1_dot_blobstore__pb2.PutServingUrlResponse.SerializeToString,
+            ),
+            'DeleteServingUrl': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteServingUrl,
+                    request_deserializer=kiln_dot_pb_dot_blobstore_dot_v1_dot_blobstore__pb2.DeleteServingUrlRequest.FromString,
+                    response_serializer=kiln_dot_pb_dot_blobstore_dot_v1_dot_blobstore__pb2.DeleteServingUrlResponse.SerializeToString,
+            ),
+            'GetServingUrl': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetServingUrl,
+                    request_deserializer=kiln_dot_pb_dot_blobstore_dot_v1_dot_blobstore__pb2.GetServingUrlRequest.FromString,
+                    response_serializer=kiln_dot_pb_dot_blobstore_dot_v1_dot_blobstore__pb2.GetServingUrlResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -407,6 +462,87 @@ class BlobstoreService:
             '/kiln.pb.blobstore.v1.BlobstoreService/ConsumeUploadUrl',
             kiln_dot_pb_dot_blobstore_dot_v1_dot_blobstore__pb2.ConsumeUploadUrlRequest.SerializeToString,
             kiln_dot_pb_dot_blobstore_dot_v1_dot_blobstore__pb2.ConsumeUploadUrlResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutServingUrl(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kiln.pb.blobstore.v1.BlobstoreService/PutServingUrl',
+            kiln_dot_pb_dot_blobstore_dot_v1_dot_blobstore__pb2.PutServingUrlRequest.SerializeToString,
+            kiln_dot_pb_dot_blobstore_dot_v1_dot_blobstore__pb2.PutServingUrlResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteServingUrl(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kiln.pb.blobstore.v1.BlobstoreService/DeleteServingUrl',
+            kiln_dot_pb_dot_blobstore_dot_v1_dot_blobstore__pb2.DeleteServingUrlRequest.SerializeToString,
+            kiln_dot_pb_dot_blobstore_dot_v1_dot_blobstore__pb2.DeleteServingUrlResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetServingUrl(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kiln.pb.blobstore.v1.BlobstoreService/GetServingUrl',
+            kiln_dot_pb_dot_blobstore_dot_v1_dot_blobstore__pb2.GetServingUrlRequest.SerializeToString,
+            kiln_dot_pb_dot_blobstore_dot_v1_dot_blobstore__pb2.GetServingUrlResponse.FromString,
             options,
             channel_credentials,
             insecure,

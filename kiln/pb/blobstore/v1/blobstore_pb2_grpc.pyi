@@ -74,6 +74,19 @@ class BlobstoreServiceStub:
     record, later ones NOT_FOUND (UPLOAD_URL_USED), expired ones
     UPLOAD_URL_EXPIRED.
     """
+    PutServingUrl: _grpc.UnaryUnaryMultiCallable[_blobstore_pb2.PutServingUrlRequest, _blobstore_pb2.PutServingUrlResponse]
+    """PutServingUrl marks a blob of the app as served by an image serving URL
+    (the images service calls it for get_serving_url); BLOB_NOT_FOUND when no
+    blob of the app has the key.
+    """
+    DeleteServingUrl: _grpc.UnaryUnaryMultiCallable[_blobstore_pb2.DeleteServingUrlRequest, _blobstore_pb2.DeleteServingUrlResponse]
+    """DeleteServingUrl removes the mark (none: nothing to do). Deleting a blob
+    removes its mark too.
+    """
+    GetServingUrl: _grpc.UnaryUnaryMultiCallable[_blobstore_pb2.GetServingUrlRequest, _blobstore_pb2.GetServingUrlResponse]
+    """GetServingUrl returns the info of a marked blob; BLOB_NOT_FOUND when the
+    blob or its mark does not exist.
+    """
 
 @_typing.type_check_only
 class BlobstoreServiceAsyncStub(BlobstoreServiceStub):
@@ -109,6 +122,19 @@ class BlobstoreServiceAsyncStub(BlobstoreServiceStub):
     """ConsumeUploadUrl takes an upload URL once: the first call gets its
     record, later ones NOT_FOUND (UPLOAD_URL_USED), expired ones
     UPLOAD_URL_EXPIRED.
+    """
+    PutServingUrl: _aio.UnaryUnaryMultiCallable[_blobstore_pb2.PutServingUrlRequest, _blobstore_pb2.PutServingUrlResponse]  # type: ignore[assignment]
+    """PutServingUrl marks a blob of the app as served by an image serving URL
+    (the images service calls it for get_serving_url); BLOB_NOT_FOUND when no
+    blob of the app has the key.
+    """
+    DeleteServingUrl: _aio.UnaryUnaryMultiCallable[_blobstore_pb2.DeleteServingUrlRequest, _blobstore_pb2.DeleteServingUrlResponse]  # type: ignore[assignment]
+    """DeleteServingUrl removes the mark (none: nothing to do). Deleting a blob
+    removes its mark too.
+    """
+    GetServingUrl: _aio.UnaryUnaryMultiCallable[_blobstore_pb2.GetServingUrlRequest, _blobstore_pb2.GetServingUrlResponse]  # type: ignore[assignment]
+    """GetServingUrl returns the info of a marked blob; BLOB_NOT_FOUND when the
+    blob or its mark does not exist.
     """
 
 class BlobstoreServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -190,6 +216,37 @@ class BlobstoreServiceServicer(metaclass=_abc_1.ABCMeta):
         """ConsumeUploadUrl takes an upload URL once: the first call gets its
         record, later ones NOT_FOUND (UPLOAD_URL_USED), expired ones
         UPLOAD_URL_EXPIRED.
+        """
+
+    @_abc_1.abstractmethod
+    def PutServingUrl(
+        self,
+        request: _blobstore_pb2.PutServingUrlRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_blobstore_pb2.PutServingUrlResponse, _abc.Awaitable[_blobstore_pb2.PutServingUrlResponse]]:
+        """PutServingUrl marks a blob of the app as served by an image serving URL
+        (the images service calls it for get_serving_url); BLOB_NOT_FOUND when no
+        blob of the app has the key.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteServingUrl(
+        self,
+        request: _blobstore_pb2.DeleteServingUrlRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_blobstore_pb2.DeleteServingUrlResponse, _abc.Awaitable[_blobstore_pb2.DeleteServingUrlResponse]]:
+        """DeleteServingUrl removes the mark (none: nothing to do). Deleting a blob
+        removes its mark too.
+        """
+
+    @_abc_1.abstractmethod
+    def GetServingUrl(
+        self,
+        request: _blobstore_pb2.GetServingUrlRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_blobstore_pb2.GetServingUrlResponse, _abc.Awaitable[_blobstore_pb2.GetServingUrlResponse]]:
+        """GetServingUrl returns the info of a marked blob; BLOB_NOT_FOUND when the
+        blob or its mark does not exist.
         """
 
 def add_BlobstoreServiceServicer_to_server(servicer: BlobstoreServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -673,22 +673,26 @@ class AppInfo(_message.Message):
     APP_ID_FIELD_NUMBER: _builtins.int
     DEFAULT_VERSION_FIELD_NUMBER: _builtins.int
     GENERATION_FIELD_NUMBER: _builtins.int
+    DISPATCH_GENERATION_FIELD_NUMBER: _builtins.int
     app_id: _builtins.str
     """App."""
     default_version: _builtins.str
     """Default major version; empty before the first promotion."""
     generation: _builtins.int
     """Increases with every switch of the default."""
+    dispatch_generation: _builtins.int
+    """Increases with every SetDispatch; 0 when the app never had dispatch rules."""
     def __init__(
         self,
         *,
         app_id: _builtins.str = ...,
         default_version: _builtins.str = ...,
         generation: _builtins.int = ...,
+        dispatch_generation: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_id", b"app_id", "default_version", b"default_version", "generation", b"generation"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_id", b"app_id", "default_version", b"default_version", "dispatch_generation", b"dispatch_generation", "generation", b"generation"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -761,3 +765,131 @@ class AppTokenResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AppTokenResponse: _TypeAlias = AppTokenResponse  # noqa: Y015
+
+@_typing.final
+class SetDispatchRequest(_message.Message):
+    """SetDispatchRequest carries an app's dispatch.yaml."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APP_ID_FIELD_NUMBER: _builtins.int
+    DISPATCH_YAML_FIELD_NUMBER: _builtins.int
+    app_id: _builtins.str
+    """App (an admin token of it is needed)."""
+    dispatch_yaml: _builtins.str
+    """dispatch.yaml text; empty removes every rule."""
+    def __init__(
+        self,
+        *,
+        app_id: _builtins.str = ...,
+        dispatch_yaml: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_id", b"app_id", "dispatch_yaml", b"dispatch_yaml"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDispatchRequest: _TypeAlias = SetDispatchRequest  # noqa: Y015
+
+@_typing.final
+class SetDispatchResponse(_message.Message):
+    """SetDispatchResponse says what is stored."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GENERATION_FIELD_NUMBER: _builtins.int
+    RULES_FIELD_NUMBER: _builtins.int
+    generation: _builtins.int
+    """The new dispatch generation."""
+    rules: _builtins.int
+    """How many rules the app now has."""
+    def __init__(
+        self,
+        *,
+        generation: _builtins.int = ...,
+        rules: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["generation", b"generation", "rules", b"rules"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDispatchResponse: _TypeAlias = SetDispatchResponse  # noqa: Y015
+
+@_typing.final
+class GetDispatchRequest(_message.Message):
+    """GetDispatchRequest names the app."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APP_ID_FIELD_NUMBER: _builtins.int
+    app_id: _builtins.str
+    """App."""
+    def __init__(
+        self,
+        *,
+        app_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_id", b"app_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDispatchRequest: _TypeAlias = GetDispatchRequest  # noqa: Y015
+
+@_typing.final
+class GetDispatchResponse(_message.Message):
+    """GetDispatchResponse is the app's dispatch configuration."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class ServicesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    DISPATCH_YAML_FIELD_NUMBER: _builtins.int
+    GENERATION_FIELD_NUMBER: _builtins.int
+    SERVICES_FIELD_NUMBER: _builtins.int
+    dispatch_yaml: _builtins.str
+    """dispatch.yaml text as stored; empty without rules."""
+    generation: _builtins.int
+    """Increases with every SetDispatch."""
+    @_builtins.property
+    def services(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Each service of the app and the version serving it: the default version serves
+        its own service, any other service its most recently deployed version.
+        """
+
+    def __init__(
+        self,
+        *,
+        dispatch_yaml: _builtins.str = ...,
+        generation: _builtins.int = ...,
+        services: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dispatch_yaml", b"dispatch_yaml", "generation", b"generation", "services", b"services"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDispatchResponse: _TypeAlias = GetDispatchResponse  # noqa: Y015

@@ -91,6 +91,16 @@ class DeployServiceStub:
                 request_serializer=kiln_dot_pb_dot_deploy_dot_v1_dot_deploy__pb2.AppTokenRequest.SerializeToString,
                 response_deserializer=kiln_dot_pb_dot_deploy_dot_v1_dot_deploy__pb2.AppTokenResponse.FromString,
                 _registered_method=True)
+        self.SetDispatch = channel.unary_unary(
+                '/kiln.pb.deploy.v1.DeployService/SetDispatch',
+                request_serializer=kiln_dot_pb_dot_deploy_dot_v1_dot_deploy__pb2.SetDispatchRequest.SerializeToString,
+                response_deserializer=kiln_dot_pb_dot_deploy_dot_v1_dot_deploy__pb2.SetDispatchResponse.FromString,
+                _registered_method=True)
+        self.GetDispatch = channel.unary_unary(
+                '/kiln.pb.deploy.v1.DeployService/GetDispatch',
+                request_serializer=kiln_dot_pb_dot_deploy_dot_v1_dot_deploy__pb2.GetDispatchRequest.SerializeToString,
+                response_deserializer=kiln_dot_pb_dot_deploy_dot_v1_dot_deploy__pb2.GetDispatchResponse.FromString,
+                _registered_method=True)
 
 
 class DeployServiceServicer:
@@ -179,6 +189,23 @@ class DeployServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetDispatch(self, request, context):
+        """SetDispatch replaces the app's dispatch rules (its dispatch.yaml) as a whole
+        (admin token); INVALID_ARGUMENT for a malformed file or a rule naming a
+        service no version of the app belongs to. Announced on `kiln.deploy.dispatch`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDispatch(self, request, context):
+        """GetDispatch returns the app's dispatch rules and the version serving each of
+        its services (admin or platform read token).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DeployServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -236,6 +263,16 @@ def add_DeployServiceServicer_to_server(servicer, server):
                     servicer.AppToken,
                     request_deserializer=kiln_dot_pb_dot_deploy_dot_v1_dot_deploy__pb2.AppTokenRequest.FromString,
                     response_serializer=kiln_dot_pb_dot_deploy_dot_v1_dot_deploy__pb2.AppTokenResponse.SerializeToString,
+            ),
+            'SetDispatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetDispatch,
+                    request_deserializer=kiln_dot_pb_dot_deploy_dot_v1_dot_deploy__pb2.SetDispatchRequest.FromString,
+                    response_serializer=kiln_dot_pb_dot_deploy_dot_v1_dot_deploy__pb2.SetDispatchResponse.SerializeToString,
+            ),
+            'GetDispatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDispatch,
+                    request_deserializer=kiln_dot_pb_dot_deploy_dot_v1_dot_deploy__pb2.GetDispatchRequest.FromString,
+                    response_serializer=kiln_dot_pb_dot_deploy_dot_v1_dot_deploy__pb2.GetDispatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -536,6 +573,60 @@ class DeployService:
             '/kiln.pb.deploy.v1.DeployService/AppToken',
             kiln_dot_pb_dot_deploy_dot_v1_dot_deploy__pb2.AppTokenRequest.SerializeToString,
             kiln_dot_pb_dot_deploy_dot_v1_dot_deploy__pb2.AppTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetDispatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kiln.pb.deploy.v1.DeployService/SetDispatch',
+            kiln_dot_pb_dot_deploy_dot_v1_dot_deploy__pb2.SetDispatchRequest.SerializeToString,
+            kiln_dot_pb_dot_deploy_dot_v1_dot_deploy__pb2.SetDispatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDispatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kiln.pb.deploy.v1.DeployService/GetDispatch',
+            kiln_dot_pb_dot_deploy_dot_v1_dot_deploy__pb2.GetDispatchRequest.SerializeToString,
+            kiln_dot_pb_dot_deploy_dot_v1_dot_deploy__pb2.GetDispatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

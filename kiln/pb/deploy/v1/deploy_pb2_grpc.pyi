@@ -71,6 +71,15 @@ class DeployServiceStub:
     """AppToken exchanges an admin token for the app's identity token, with which
     the CLI calls the app's services (logs, datastore, cron) as the app.
     """
+    SetDispatch: _grpc.UnaryUnaryMultiCallable[_deploy_pb2.SetDispatchRequest, _deploy_pb2.SetDispatchResponse]
+    """SetDispatch replaces the app's dispatch rules (its dispatch.yaml) as a whole
+    (admin token); INVALID_ARGUMENT for a malformed file or a rule naming a
+    service no version of the app belongs to. Announced on `kiln.deploy.dispatch`.
+    """
+    GetDispatch: _grpc.UnaryUnaryMultiCallable[_deploy_pb2.GetDispatchRequest, _deploy_pb2.GetDispatchResponse]
+    """GetDispatch returns the app's dispatch rules and the version serving each of
+    its services (admin or platform read token).
+    """
 
 @_typing.type_check_only
 class DeployServiceAsyncStub(DeployServiceStub):
@@ -107,6 +116,15 @@ class DeployServiceAsyncStub(DeployServiceStub):
     AppToken: _aio.UnaryUnaryMultiCallable[_deploy_pb2.AppTokenRequest, _deploy_pb2.AppTokenResponse]  # type: ignore[assignment]
     """AppToken exchanges an admin token for the app's identity token, with which
     the CLI calls the app's services (logs, datastore, cron) as the app.
+    """
+    SetDispatch: _aio.UnaryUnaryMultiCallable[_deploy_pb2.SetDispatchRequest, _deploy_pb2.SetDispatchResponse]  # type: ignore[assignment]
+    """SetDispatch replaces the app's dispatch rules (its dispatch.yaml) as a whole
+    (admin token); INVALID_ARGUMENT for a malformed file or a rule naming a
+    service no version of the app belongs to. Announced on `kiln.deploy.dispatch`.
+    """
+    GetDispatch: _aio.UnaryUnaryMultiCallable[_deploy_pb2.GetDispatchRequest, _deploy_pb2.GetDispatchResponse]  # type: ignore[assignment]
+    """GetDispatch returns the app's dispatch rules and the version serving each of
+    its services (admin or platform read token).
     """
 
 class DeployServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -207,6 +225,27 @@ class DeployServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_deploy_pb2.AppTokenResponse, _abc.Awaitable[_deploy_pb2.AppTokenResponse]]:
         """AppToken exchanges an admin token for the app's identity token, with which
         the CLI calls the app's services (logs, datastore, cron) as the app.
+        """
+
+    @_abc_1.abstractmethod
+    def SetDispatch(
+        self,
+        request: _deploy_pb2.SetDispatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_deploy_pb2.SetDispatchResponse, _abc.Awaitable[_deploy_pb2.SetDispatchResponse]]:
+        """SetDispatch replaces the app's dispatch rules (its dispatch.yaml) as a whole
+        (admin token); INVALID_ARGUMENT for a malformed file or a rule naming a
+        service no version of the app belongs to. Announced on `kiln.deploy.dispatch`.
+        """
+
+    @_abc_1.abstractmethod
+    def GetDispatch(
+        self,
+        request: _deploy_pb2.GetDispatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_deploy_pb2.GetDispatchResponse, _abc.Awaitable[_deploy_pb2.GetDispatchResponse]]:
+        """GetDispatch returns the app's dispatch rules and the version serving each of
+        its services (admin or platform read token).
         """
 
 def add_DeployServiceServicer_to_server(servicer: DeployServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ekiln/pb/deploy/v1/events.proto\x12\x11kiln.pb.deploy.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe1\x01\n\x0cVersionEvent\x12\x32\n\x04kind\x18\x01 \x01(\x0e\x32$.kiln.pb.deploy.v1.VersionEvent.Kind\x12\x0e\n\x06\x61pp_id\x18\x02 \x01(\t\x12\x12\n\nversion_id\x18\x03 \x01(\t\x12\r\n\x05minor\x18\x04 \x01(\x03\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"@\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x10\n\x0cKIND_CREATED\x10\x01\x12\x10\n\x0cKIND_DELETED\x10\x02\"w\n\x13\x44\x65\x66\x61ultVersionEvent\x12\x0e\n\x06\x61pp_id\x18\x01 \x01(\t\x12\x12\n\nversion_id\x18\x02 \x01(\t\x12\x12\n\ngeneration\x18\x03 \x01(\x03\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x94\x01\n\rHostHeartbeat\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x17\n\x0fpython_versions\x18\x02 \x03(\t\x12\x1a\n\x12own_python_version\x18\x03 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x04 \x01(\x01\x12+\n\x07sent_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampBB\n\x15\x64\x65v.kiln.pb.deploy.v1P\x01Z\'kiln.dev/gen/kiln/pb/deploy/v1;deployv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ekiln/pb/deploy/v1/events.proto\x12\x11kiln.pb.deploy.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe1\x01\n\x0cVersionEvent\x12\x32\n\x04kind\x18\x01 \x01(\x0e\x32$.kiln.pb.deploy.v1.VersionEvent.Kind\x12\x0e\n\x06\x61pp_id\x18\x02 \x01(\t\x12\x12\n\nversion_id\x18\x03 \x01(\t\x12\r\n\x05minor\x18\x04 \x01(\x03\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"@\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x10\n\x0cKIND_CREATED\x10\x01\x12\x10\n\x0cKIND_DELETED\x10\x02\"w\n\x13\x44\x65\x66\x61ultVersionEvent\x12\x0e\n\x06\x61pp_id\x18\x01 \x01(\t\x12\x12\n\nversion_id\x18\x02 \x01(\t\x12\x12\n\ngeneration\x18\x03 \x01(\x03\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"]\n\rDispatchEvent\x12\x0e\n\x06\x61pp_id\x18\x01 \x01(\t\x12\x12\n\ngeneration\x18\x02 \x01(\x03\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x94\x01\n\rHostHeartbeat\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x17\n\x0fpython_versions\x18\x02 \x03(\t\x12\x1a\n\x12own_python_version\x18\x03 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x04 \x01(\x01\x12+\n\x07sent_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampBB\n\x15\x64\x65v.kiln.pb.deploy.v1P\x01Z\'kiln.dev/gen/kiln/pb/deploy/v1;deployv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,6 +40,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_VERSIONEVENT_KIND']._serialized_end=312
   _globals['_DEFAULTVERSIONEVENT']._serialized_start=314
   _globals['_DEFAULTVERSIONEVENT']._serialized_end=433
-  _globals['_HOSTHEARTBEAT']._serialized_start=436
-  _globals['_HOSTHEARTBEAT']._serialized_end=584
+  _globals['_DISPATCHEVENT']._serialized_start=435
+  _globals['_DISPATCHEVENT']._serialized_end=528
+  _globals['_HOSTHEARTBEAT']._serialized_start=531
+  _globals['_HOSTHEARTBEAT']._serialized_end=679
 # @@protoc_insertion_point(module_scope)

@@ -658,3 +658,163 @@ class GetInfoResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetInfoResponse: _TypeAlias = GetInfoResponse  # noqa: Y015
+
+@_typing.final
+class GetServingUrlRequest(_message.Message):
+    """GetServingUrlRequest names an image blob of the calling app."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BLOB_KEY_FIELD_NUMBER: _builtins.int
+    blob_key: _builtins.str
+    """The blob key."""
+    def __init__(
+        self,
+        *,
+        blob_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob_key", b"blob_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetServingUrlRequest: _TypeAlias = GetServingUrlRequest  # noqa: Y015
+
+@_typing.final
+class GetServingUrlResponse(_message.Message):
+    """GetServingUrlResponse is the URL's path; the caller puts it on the app's
+    host and appends App Engine's options (`=s200`, `=s200-c`).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    """"/_ah/img/<serving id>"."""
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["path", b"path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetServingUrlResponse: _TypeAlias = GetServingUrlResponse  # noqa: Y015
+
+@_typing.final
+class DeleteServingUrlRequest(_message.Message):
+    """DeleteServingUrlRequest names the blob whose URL stops."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BLOB_KEY_FIELD_NUMBER: _builtins.int
+    blob_key: _builtins.str
+    """The blob key."""
+    def __init__(
+        self,
+        *,
+        blob_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob_key", b"blob_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteServingUrlRequest: _TypeAlias = DeleteServingUrlRequest  # noqa: Y015
+
+@_typing.final
+class DeleteServingUrlResponse(_message.Message):
+    """DeleteServingUrlResponse confirms it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteServingUrlResponse: _TypeAlias = DeleteServingUrlResponse  # noqa: Y015
+
+@_typing.final
+class ServeImageRequest(_message.Message):
+    """ServeImageRequest is one request to a serving URL."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVING_ID_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    CROP_FIELD_NUMBER: _builtins.int
+    IF_NONE_MATCH_FIELD_NUMBER: _builtins.int
+    serving_id: _builtins.str
+    """The serving id, from the URL's path."""
+    size: _builtins.int
+    """`=s<size>`: the longest side in pixels, 0..1600 (0: the original size).
+    Unset: the original, made at most 512 pixels on its longest side (App
+    Engine's default).
+    """
+    crop: _builtins.bool
+    """`-c`: cropped to a size x size square (needs size)."""
+    if_none_match: _builtins.str
+    """The client's If-None-Match: when it holds this answer's ETag, the answer
+    is not_modified and carries no content (nothing is read or transformed).
+    """
+    def __init__(
+        self,
+        *,
+        serving_id: _builtins.str = ...,
+        size: _builtins.int | None = ...,
+        crop: _builtins.bool = ...,
+        if_none_match: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_size", b"_size", "size", b"size"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_size", b"_size", "crop", b"crop", "if_none_match", b"if_none_match", "serving_id", b"serving_id", "size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__size: _TypeAlias = _typing.Literal["size"]  # noqa: Y015
+    _WhichOneofArgType__size: _TypeAlias = _typing.Literal["_size", b"_size"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__size) -> _WhichOneofReturnType__size | None: ...
+
+Global___ServeImageRequest: _TypeAlias = ServeImageRequest  # noqa: Y015
+
+@_typing.final
+class ServeImageResponse(_message.Message):
+    """ServeImageResponse is the image to send."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTENT_FIELD_NUMBER: _builtins.int
+    CONTENT_TYPE_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    NOT_MODIFIED_FIELD_NUMBER: _builtins.int
+    content: _builtins.bytes
+    """Encoded image (empty when not_modified)."""
+    content_type: _builtins.str
+    """Its MIME type."""
+    etag: _builtins.str
+    """A strong ETag (quoted) of this blob at these options."""
+    not_modified: _builtins.bool
+    """The client's copy is current (its If-None-Match held etag)."""
+    def __init__(
+        self,
+        *,
+        content: _builtins.bytes = ...,
+        content_type: _builtins.str = ...,
+        etag: _builtins.str = ...,
+        not_modified: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "content_type", b"content_type", "etag", b"etag", "not_modified", b"not_modified"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ServeImageResponse: _TypeAlias = ServeImageResponse  # noqa: Y015

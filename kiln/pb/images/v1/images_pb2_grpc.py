@@ -56,6 +56,21 @@ class ImagesServiceStub:
                 request_serializer=kiln_dot_pb_dot_images_dot_v1_dot_images__pb2.GetInfoRequest.SerializeToString,
                 response_deserializer=kiln_dot_pb_dot_images_dot_v1_dot_images__pb2.GetInfoResponse.FromString,
                 _registered_method=True)
+        self.GetServingUrl = channel.unary_unary(
+                '/kiln.pb.images.v1.ImagesService/GetServingUrl',
+                request_serializer=kiln_dot_pb_dot_images_dot_v1_dot_images__pb2.GetServingUrlRequest.SerializeToString,
+                response_deserializer=kiln_dot_pb_dot_images_dot_v1_dot_images__pb2.GetServingUrlResponse.FromString,
+                _registered_method=True)
+        self.DeleteServingUrl = channel.unary_unary(
+                '/kiln.pb.images.v1.ImagesService/DeleteServingUrl',
+                request_serializer=kiln_dot_pb_dot_images_dot_v1_dot_images__pb2.DeleteServingUrlRequest.SerializeToString,
+                response_deserializer=kiln_dot_pb_dot_images_dot_v1_dot_images__pb2.DeleteServingUrlResponse.FromString,
+                _registered_method=True)
+        self.ServeImage = channel.unary_unary(
+                '/kiln.pb.images.v1.ImagesService/ServeImage',
+                request_serializer=kiln_dot_pb_dot_images_dot_v1_dot_images__pb2.ServeImageRequest.SerializeToString,
+                response_deserializer=kiln_dot_pb_dot_images_dot_v1_dot_images__pb2.ServeImageResponse.FromString,
+                _registered_method=True)
 
 
 class ImagesServiceServicer:
@@ -90,6 +105,33 @@ class ImagesServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetServingUrl(self, request, context):
+        """GetServingUrl makes the app's image blob servable at /_ah/img/<serving
+        id> on the app's own host and returns that path (the same path each time
+        for a blob). A blob that is not an image is refused (UNSPECIFIED, App
+        Engine's TransformationError); another app's key names no blob
+        (INVALID_BLOB_KEY).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteServingUrl(self, request, context):
+        """DeleteServingUrl stops a blob's serving URL (none: nothing to do).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ServeImage(self, request, context):
+        """ServeImage answers a serving URL of the calling app: OBJECT_NOT_FOUND
+        unless GetServingUrl made it and neither it nor the blob was deleted
+        since; BAD_TRANSFORM_DATA for a size outside 0..1600.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ImagesServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -112,6 +154,21 @@ def add_ImagesServiceServicer_to_server(servicer, server):
                     servicer.GetInfo,
                     request_deserializer=kiln_dot_pb_dot_images_dot_v1_dot_images__pb2.GetInfoRequest.FromString,
                     response_serializer=kiln_dot_pb_dot_images_dot_v1_dot_images__pb2.GetInfoResponse.SerializeToString,
+            ),
+            'GetServingUrl': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetServingUrl,
+                    request_deserializer=kiln_dot_pb_dot_images_dot_v1_dot_images__pb2.GetServingUrlRequest.FromString,
+                    response_serializer=kiln_dot_pb_dot_images_dot_v1_dot_images__pb2.GetServingUrlResponse.SerializeToString,
+            ),
+            'DeleteServingUrl': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteServingUrl,
+                    request_deserializer=kiln_dot_pb_dot_images_dot_v1_dot_images__pb2.DeleteServingUrlRequest.FromString,
+                    response_serializer=kiln_dot_pb_dot_images_dot_v1_dot_images__pb2.DeleteServingUrlResponse.SerializeToString,
+            ),
+            'ServeImage': grpc.unary_unary_rpc_method_handler(
+                    servicer.ServeImage,
+                    request_deserializer=kiln_dot_pb_dot_images_dot_v1_dot_images__pb2.ServeImageRequest.FromString,
+                    response_serializer=kiln_dot_pb_dot_images_dot_v1_dot_images__pb2.ServeImageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -223,6 +280,87 @@ class ImagesService:
             '/kiln.pb.images.v1.ImagesService/GetInfo',
             kiln_dot_pb_dot_images_dot_v1_dot_images__pb2.GetInfoRequest.SerializeToString,
             kiln_dot_pb_dot_images_dot_v1_dot_images__pb2.GetInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetServingUrl(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kiln.pb.images.v1.ImagesService/GetServingUrl',
+            kiln_dot_pb_dot_images_dot_v1_dot_images__pb2.GetServingUrlRequest.SerializeToString,
+            kiln_dot_pb_dot_images_dot_v1_dot_images__pb2.GetServingUrlResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteServingUrl(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kiln.pb.images.v1.ImagesService/DeleteServingUrl',
+            kiln_dot_pb_dot_images_dot_v1_dot_images__pb2.DeleteServingUrlRequest.SerializeToString,
+            kiln_dot_pb_dot_images_dot_v1_dot_images__pb2.DeleteServingUrlResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ServeImage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kiln.pb.images.v1.ImagesService/ServeImage',
+            kiln_dot_pb_dot_images_dot_v1_dot_images__pb2.ServeImageRequest.SerializeToString,
+            kiln_dot_pb_dot_images_dot_v1_dot_images__pb2.ServeImageResponse.FromString,
             options,
             channel_credentials,
             insecure,

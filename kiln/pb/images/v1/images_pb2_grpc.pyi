@@ -50,6 +50,20 @@ class ImagesServiceStub:
     """Histogram counts pixel values per channel."""
     GetInfo: _grpc.UnaryUnaryMultiCallable[_images_pb2.GetInfoRequest, _images_pb2.GetInfoResponse]
     """GetInfo returns an image's format and size without transforming it."""
+    GetServingUrl: _grpc.UnaryUnaryMultiCallable[_images_pb2.GetServingUrlRequest, _images_pb2.GetServingUrlResponse]
+    """GetServingUrl makes the app's image blob servable at /_ah/img/<serving
+    id> on the app's own host and returns that path (the same path each time
+    for a blob). A blob that is not an image is refused (UNSPECIFIED, App
+    Engine's TransformationError); another app's key names no blob
+    (INVALID_BLOB_KEY).
+    """
+    DeleteServingUrl: _grpc.UnaryUnaryMultiCallable[_images_pb2.DeleteServingUrlRequest, _images_pb2.DeleteServingUrlResponse]
+    """DeleteServingUrl stops a blob's serving URL (none: nothing to do)."""
+    ServeImage: _grpc.UnaryUnaryMultiCallable[_images_pb2.ServeImageRequest, _images_pb2.ServeImageResponse]
+    """ServeImage answers a serving URL of the calling app: OBJECT_NOT_FOUND
+    unless GetServingUrl made it and neither it nor the blob was deleted
+    since; BAD_TRANSFORM_DATA for a size outside 0..1600.
+    """
 
 @_typing.type_check_only
 class ImagesServiceAsyncStub(ImagesServiceStub):
@@ -64,6 +78,20 @@ class ImagesServiceAsyncStub(ImagesServiceStub):
     """Histogram counts pixel values per channel."""
     GetInfo: _aio.UnaryUnaryMultiCallable[_images_pb2.GetInfoRequest, _images_pb2.GetInfoResponse]  # type: ignore[assignment]
     """GetInfo returns an image's format and size without transforming it."""
+    GetServingUrl: _aio.UnaryUnaryMultiCallable[_images_pb2.GetServingUrlRequest, _images_pb2.GetServingUrlResponse]  # type: ignore[assignment]
+    """GetServingUrl makes the app's image blob servable at /_ah/img/<serving
+    id> on the app's own host and returns that path (the same path each time
+    for a blob). A blob that is not an image is refused (UNSPECIFIED, App
+    Engine's TransformationError); another app's key names no blob
+    (INVALID_BLOB_KEY).
+    """
+    DeleteServingUrl: _aio.UnaryUnaryMultiCallable[_images_pb2.DeleteServingUrlRequest, _images_pb2.DeleteServingUrlResponse]  # type: ignore[assignment]
+    """DeleteServingUrl stops a blob's serving URL (none: nothing to do)."""
+    ServeImage: _aio.UnaryUnaryMultiCallable[_images_pb2.ServeImageRequest, _images_pb2.ServeImageResponse]  # type: ignore[assignment]
+    """ServeImage answers a serving URL of the calling app: OBJECT_NOT_FOUND
+    unless GetServingUrl made it and neither it nor the blob was deleted
+    since; BAD_TRANSFORM_DATA for a size outside 0..1600.
+    """
 
 class ImagesServiceServicer(metaclass=_abc_1.ABCMeta):
     """ImagesService transforms images."""
@@ -99,5 +127,37 @@ class ImagesServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_images_pb2.GetInfoResponse, _abc.Awaitable[_images_pb2.GetInfoResponse]]:
         """GetInfo returns an image's format and size without transforming it."""
+
+    @_abc_1.abstractmethod
+    def GetServingUrl(
+        self,
+        request: _images_pb2.GetServingUrlRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_images_pb2.GetServingUrlResponse, _abc.Awaitable[_images_pb2.GetServingUrlResponse]]:
+        """GetServingUrl makes the app's image blob servable at /_ah/img/<serving
+        id> on the app's own host and returns that path (the same path each time
+        for a blob). A blob that is not an image is refused (UNSPECIFIED, App
+        Engine's TransformationError); another app's key names no blob
+        (INVALID_BLOB_KEY).
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteServingUrl(
+        self,
+        request: _images_pb2.DeleteServingUrlRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_images_pb2.DeleteServingUrlResponse, _abc.Awaitable[_images_pb2.DeleteServingUrlResponse]]:
+        """DeleteServingUrl stops a blob's serving URL (none: nothing to do)."""
+
+    @_abc_1.abstractmethod
+    def ServeImage(
+        self,
+        request: _images_pb2.ServeImageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_images_pb2.ServeImageResponse, _abc.Awaitable[_images_pb2.ServeImageResponse]]:
+        """ServeImage answers a serving URL of the calling app: OBJECT_NOT_FOUND
+        unless GetServingUrl made it and neither it nor the blob was deleted
+        since; BAD_TRANSFORM_DATA for a size outside 0..1600.
+        """
 
 def add_ImagesServiceServicer_to_server(servicer: ImagesServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,103 @@
+"""How the console reaches kiln: gRPC calls to the services, as the app it shows.
+
+Pages never build a channel or a token: they call :meth:`Services.call` with a service name, a method and a
+request. The credentials are a :class:`Credentials`, chosen once at start:
+
+* development (``kiln dev``): :class:`kiln_platform.appcalls.AppCredentials`, app tokens minted from the services'
+  shared secret, each service dialled at its own address;
+* a cluster (not built yet): the control plane's developer gateway (``deploy/control/gateway.py``) as the one
+  address of every service, with a server-side admin token and the ``kiln-app`` metadata naming the app the
+  signed-in administrator chose. Only this module changes for it; pages stay as they are.
+
+A failed call raises the kiln error its status names (:func:`kiln.api._rpc.error_from`), so pages show the
+service's own message; a service the console was not given raises :class:`ServiceMissingError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import grpc
+from google.protobuf.message import Message
+
+from kiln import errors
+from kiln.api import _rpc
+from kiln.pb.cron.v1 import cron_pb2_grpc
+from kiln.pb.datastore.v1 import datastore_pb2_grpc
+from kiln.pb.logs.v1 import logs_pb2_grpc
+from kiln.pb.memcache.v1 import memcache_pb2_grpc
+from kiln_platform.config import HostPort
+
+# Each service the console calls: its stub class, by the name pages use.
+STUBS: dict[str, Any] = {
+    "logs": logs_pb2_grpc.LogsServiceStub,
+    "datastore": datastore_pb2_grpc.DatastoreServiceStub,
+    "memcache": memcache_pb2_grpc.MemcacheServiceStub,
+    "cron": cron_pb2_grpc.CronServiceStub,
+}
+
+
+class Credentials(Protocol):
+    """The call metadata that lets the console act as an app."""
+
+    def metadata(self, app_id: str) -> tuple[tuple[str, str], ...]: ...
+
+
+class ServiceMissingError(errors.FailedPreconditionError):
+    """The console was started without this service's address (its page says which setting gives it)."""
+
+    def __init__(self, service: str) -> None:
+        super().__init__(f"the console was started without {service}_svc's address (--{service}-addr)")
+        self.service = service
+
+
+class Services:
+    """Channels to kiln's services and the identity to call them with (see module docstring)."""
+
+    def __init__(self, *, app_id: str, credentials: Credentials, addresses: Mapping[str, HostPort | None],
+                 timeout: float) -> None:
+        unknown = set(addresses) - set(STUBS)
+        if unknown:
+            raise ValueError(f"unknown services: {sorted(unknown)}")
+        self.app_id = app_id
+        self._credentials = credentials
+        self._timeout = timeout
+        self._addresses = {name: addr for name, addr in addresses.items() if addr is not None}
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._stubs: dict[str, Any] = {}
+
+    def has(self, service: str) -> bool:
+        """Whether the console was given ``service``'s address."""
+        return service in self._addresses
+
+    def _stub(self, service: str) -> Any:
+        found = self._stubs.get(service)
+        if found is None:
+            address = self._addresses.get(service)
+            if address is None:
+                raise ServiceMissingError(service)
+            channel = self._channels[service] = grpc.aio.insecure_channel(str(address),
+                                                                          options=list(_rpc.CHANNEL_OPTIONS))
+            found = self._stubs[service] = STUBS[service](channel)
+        return found
+
+    async def call(self, service: str, method: str, request: Message) -> Any:
+        """Call ``service``'s ``method`` with ``request`` as the console's app; its response.
+
+        Raises:
+            KilnError: the service's answer, as the kiln error its status names.
+            ServiceMissingError: the console has no address for ``service``.
+        """
+        rpc = getattr(self._stub(service), method)
+        try:
+            return await rpc(request, timeout=self._timeout, metadata=self._credentials.metadata(self.app_id))
+        except grpc.aio.AioRpcError as exc:
+            raise _rpc.error_from(exc) from None
+
+    async def close(self) -> None:
+        """Close every channel."""
+        for channel in self._channels.values():
+            await channel.close()
+        self._channels.clear()
+        self._stubs.clear()

@@ -1,0 +1,158 @@
+"""``python -m console.screenshots``: screenshots of each console page, for the README (docs/console/*.png).
+
+Starts ``kiln dev`` on a small demo app in a temporary directory, gives it some requests (so there are logs),
+entities of several kinds and types, and cache entries, then opens each page in Debian's Chromium (driven by
+Playwright, from the ``test`` extra) and saves what it shows. Run it again after changing a page, and commit the
+PNGs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import pathlib
+import tempfile
+import urllib.error
+import urllib.request
+
+from kiln.api import _rpc
+from kiln.pb.datastore.v1 import datastore_pb2 as ds
+from kiln.pb.datastore.v1 import datastore_pb2_grpc
+from kiln.pb.logs.v1 import logs_pb2, logs_pb2_grpc
+from kiln.pb.memcache.v1 import memcache_pb2 as mc
+from kiln.pb.memcache.v1 import memcache_pb2_grpc
+from kiln_platform.appcalls import AppCredentials
+
+OUT = pathlib.Path(__file__).resolve().parents[1] / "docs" / "console"
+CHROMIUM = "/usr/bin/chromium"
+APP_YAML = "runtime: python27\napi_version: 1\nthreadsafe: true\nhandlers:\n- url: /.*\n  script: main.app\n"
+MAIN = '''
+import logging
+
+
+def app(environ, start_response):
+    path = environ["PATH_INFO"]
+    if path.startswith("/admin"):
+        logging.warning("refused %s: not signed in", path)
+        start_response("403 Forbidden", [("Content-Type", "text/plain")])
+        return [b"no"]
+    if path.startswith("/broken"):
+        logging.error("Traceback (most recent call last):\\n  File \\"main.py\\", line 9, in app\\n"
+                      "ZeroDivisionError: division by zero")
+        start_response("500 Internal Server Error", [("Content-Type", "text/plain")])
+        return [b"error"]
+    logging.debug("routing %s", path)
+    logging.info("served %s from the cache", path)
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"ok"]
+'''
+CRON_YAML = """cron:
+- description: nightly sales report
+  url: /tasks/report
+  schedule: every day 03:00
+  timezone: Europe/Berlin
+- description: refresh the stock cache
+  url: /tasks/stock
+  schedule: every 15 minutes
+"""
+PATHS = ["/", "/products?page=2", "/products/17", "/admin/settings", "/cart", "/broken/checkout", "/",
+         "/products/3", "/api/stock?sku=A-100"]
+
+
+def _seed(addresses: dict[str, str], secret: str, app_id: str) -> None:
+    meta = AppCredentials(secret).metadata(app_id)
+    with _rpc.channel(addresses["datastore_svc"]) as channel:
+        datastore = datastore_pb2_grpc.DatastoreServiceStub(channel)
+        entities = []
+        for i, (name, price, tags) in enumerate([("Sprocket", 9.5, ["steel", "small"]), ("Flange", 4.25, ["steel"]),
+                                                 ("Gasket", 1.1, ["rubber"]), ("Widget <b>XL</b>", 19.0, [])]):
+            made = ds.Value()
+            made.timestamp_value.FromDatetime(datetime.datetime(2026, 11, 3 + i, 9, 30, tzinfo=datetime.UTC))
+            entities.append(ds.Entity(key=ds.Key(path=[ds.PathElement(kind="Product", id=1001 + i)]), properties={
+                "name": ds.Value(string_value=name), "price": ds.Value(double_value=price),
+                "in_stock": ds.Value(boolean_value=i % 2 == 0), "made": made,
+                "maker": ds.Value(key_value=ds.Key(path=[ds.PathElement(kind="Maker", name="acme")])),
+                "tags": ds.Value(array_value=ds.ArrayValue(values=[ds.Value(string_value=t) for t in tags])),
+                "description": ds.Value(string_value="A sturdy part for every workshop. " * 6,
+                                        meaning=ds.MEANING_TEXT, exclude_from_indexes=True),
+                "photo": ds.Value(blob_value=bytes(range(64)), meaning=ds.MEANING_BLOB, exclude_from_indexes=True),
+                "warehouse": ds.Value(geo_point_value=ds.GeoPoint(latitude=52.52, longitude=13.405)),
+            }))
+        entities.append(ds.Entity(key=ds.Key(path=[ds.PathElement(kind="Maker", name="acme")]), properties={
+            "name": ds.Value(string_value="ACME Corporation"),
+            "contact": ds.Value(user_value=ds.User(email="orders@acme.example", auth_domain="gmail.com"))}))
+        entities.append(ds.Entity(key=ds.Key(partition_id=ds.PartitionId(namespace="eu"),
+                                             path=[ds.PathElement(kind="Order", id=7)]),
+                                  properties={"total": ds.Value(integer_value=129)}))
+        datastore.Put(ds.PutRequest(entities=entities), metadata=meta, timeout=30)
+    with _rpc.channel(addresses["memcache_svc"]) as channel:
+        cache = memcache_pb2_grpc.MemcacheServiceStub(channel)
+        cache.Set(mc.SetRequest(items=[mc.Item(key=f"product:{1001 + i}".encode(), value=b"Sprocket" * (i + 1),
+                                               flags=1) for i in range(4)]), metadata=meta, timeout=30)
+        cache.Get(mc.GetRequest(keys=[b"product:1001", b"product:1002", b"product:9999"]), metadata=meta, timeout=30)
+
+
+def _wait_for_logs(addresses: dict[str, str], secret: str, app_id: str, count: int) -> None:
+    import time
+    meta = AppCredentials(secret).metadata(app_id)
+    deadline = time.monotonic() + 60
+    with _rpc.channel(addresses["logs_svc"]) as channel:
+        logs = logs_pb2_grpc.LogsServiceStub(channel)
+        while len(logs.Query(logs_pb2.QueryRequest(page_size=100), metadata=meta, timeout=30).logs) < count:
+            if time.monotonic() > deadline:
+                raise SystemExit("screenshots: the requests' logs did not arrive within 60 s")
+            time.sleep(0.2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m console.screenshots", description=__doc__)
+    parser.add_argument("--out", type=pathlib.Path, default=OUT, help=f"where the PNGs go (default {OUT})")
+    args = parser.parse_args(argv)
+    from playwright.sync_api import sync_playwright  # the test extra: only this script and the tests need it
+
+    from deploy.dev import DevOptions, DevServer
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        app_dir = pathlib.Path(tmp) / "shop"
+        app_dir.mkdir()
+        (app_dir / "app.yaml").write_text(APP_YAML)
+        (app_dir / "main.py").write_text(MAIN)
+        (app_dir / "cron.yaml").write_text(CRON_YAML)
+        server = DevServer(DevOptions(app_dir=app_dir, port=0, console_port=0, data_dir=app_dir / "data"))
+        server.start()
+        try:
+            for path in PATHS:
+                try:
+                    urllib.request.urlopen(server.url.rstrip("/") + path, timeout=60).read()
+                except urllib.error.HTTPError as err:
+                    err.read()
+            _seed(server.addresses, server.secrets["service"], server.app_id)
+            _wait_for_logs(server.addresses, server.secrets["service"], server.app_id, len(PATHS))
+            base = server.console_url.rstrip("/")
+            with sync_playwright() as playwright:
+                browser = playwright.chromium.launch(executable_path=CHROMIUM)
+                page = browser.new_page(viewport={"width": 1440, "height": 900}, base_url=base)
+                page.goto("/logs")
+                page.locator(".request", has_text="/broken/checkout").locator("summary").click()
+                page.screenshot(path=str(args.out / "logs.png"), full_page=True)
+                page.goto("/datastore?kind=Product")
+                page.screenshot(path=str(args.out / "datastore.png"), full_page=True)
+                page.locator("table.entities tbody th a").first.click()
+                page.screenshot(path=str(args.out / "entity.png"), full_page=True)
+                page.goto("/memcache?key=product%3A1002")
+                page.screenshot(path=str(args.out / "memcache.png"), full_page=True)
+                page.goto("/cron")
+                page.screenshot(path=str(args.out / "cron.png"), full_page=True)
+                phone = browser.new_page(viewport={"width": 390, "height": 844}, base_url=base)
+                phone.goto("/logs?status=5xx")
+                phone.screenshot(path=str(args.out / "logs-phone.png"), full_page=True)
+                browser.close()
+        finally:
+            server.stop()
+    for png in sorted(args.out.glob("*.png")):
+        print(png)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,115 @@
+"""What the console's tests share: a ``kiln dev`` serving a small app that logs, the services called as that app
+(to set up data and to check a page's effect), and Debian's Chromium driven by Playwright."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import pathlib
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+from deploy.dev import DevOptions, DevServer
+from kiln.api import _rpc
+from kiln.pb.datastore.v1 import datastore_pb2 as ds
+from kiln.pb.datastore.v1 import datastore_pb2_grpc
+from kiln.pb.logs.v1 import logs_pb2, logs_pb2_grpc
+from kiln.pb.memcache.v1 import memcache_pb2_grpc
+from kiln_platform.appcalls import AppCredentials
+from tests.integration.apps import THREADSAFE_YAML, wait_for
+
+CHROMIUM = pathlib.Path("/usr/bin/chromium")  # Debian's package (apt-get install chromium); never a download
+
+CRON_YAML = """cron:
+- description: nightly <b>report</b>
+  url: /tasks/report
+  schedule: every day 03:00
+  timezone: Europe/Berlin
+"""
+
+# The app: each request logs lines at its levels; /missing... answers 404 after an error line.
+MAIN = '''
+import logging
+
+
+def app(environ, start_response):
+    path = environ["PATH_INFO"]
+    if path.startswith("/missing"):
+        logging.error("no page at %s", path)
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"missing"]
+    logging.info("served %s", path)
+    logging.warning("careful with <b>%s</b>", path)
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"ok"]
+'''
+
+
+@contextlib.contextmanager
+def console_dev(app_dir: pathlib.Path) -> Iterator[DevServer]:
+    """``kiln dev`` (every part, the console on a free port) serving the logging app from ``app_dir``, with a
+    daily cron job (that does not fire during a test)."""
+    app_dir.mkdir(parents=True, exist_ok=True)
+    (app_dir / "app.yaml").write_text(THREADSAFE_YAML)
+    (app_dir / "main.py").write_text(MAIN)
+    (app_dir / "cron.yaml").write_text(CRON_YAML)
+    server = DevServer(DevOptions(app_dir=app_dir, port=0, console_port=0, data_dir=app_dir / "data"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class AsApp:
+    """The services of a ``kiln dev``, called as its app (the console's own identity)."""
+
+    def __init__(self, server: DevServer) -> None:
+        self.app_id = server.app_id
+        self._meta = AppCredentials(server.secrets["service"]).metadata(server.app_id)
+        self._channels = [_rpc.channel(server.addresses[name]) for name in ("datastore_svc", "memcache_svc",
+                                                                             "logs_svc")]
+        self.datastore = datastore_pb2_grpc.DatastoreServiceStub(self._channels[0])
+        self.memcache = memcache_pb2_grpc.MemcacheServiceStub(self._channels[1])
+        self.logs = logs_pb2_grpc.LogsServiceStub(self._channels[2])
+
+    def call(self, method: Any, request: Any) -> Any:
+        return method(request, metadata=self._meta, timeout=30)
+
+    def put(self, kind: str, name: str, properties: dict[str, ds.Value], namespace: str = "") -> ds.Key:
+        key = ds.Key(partition_id=ds.PartitionId(namespace=namespace), path=[ds.PathElement(kind=kind, name=name)])
+        answer = self.call(self.datastore.Put, ds.PutRequest(entities=[ds.Entity(key=key, properties=properties)]))
+        return answer.keys[0]
+
+    def get(self, key: ds.Key) -> ds.Entity | None:
+        result = self.call(self.datastore.Get, ds.GetRequest(keys=[key])).results[0]
+        return result.entity if result.HasField("entity") else None
+
+    def wait_for_logs(self, resources: set[str]) -> None:
+        """Until logs_svc holds a request for each of ``resources`` (records arrive through NATS)."""
+        def stored() -> bool:
+            found = self.call(self.logs.Query, logs_pb2.QueryRequest(app_id=self.app_id, page_size=1000))
+            return resources <= {r.resource for r in found.logs}
+        wait_for(stored, 60)
+
+    def close(self) -> None:
+        for channel in self._channels:
+            channel.close()
+
+
+def timestamp(when: datetime.datetime) -> ds.Value:
+    value = ds.Value()
+    value.timestamp_value.FromDatetime(when)
+    return value
+
+
+def fetch(server: DevServer, path: str) -> None:
+    """One request to the app (an error status is an answer too)."""
+    try:
+        with urllib.request.urlopen(server.url.rstrip("/") + path, timeout=60) as resp:
+            resp.read()
+    except urllib.error.HTTPError as err:
+        err.read()
+
