@@ -41,6 +41,7 @@ from kiln.pb.runtime.v1 import http_pb2
 from router import (blobupload, connections, cookies, headers, hosts, imageserve, oidc, paths, replies, responses,
                     static, users, workers)
 from router import dispatch
+from router import blobserve
 from router.appcalls import AppCredentials
 from router.config import RouterConfig
 from router.demand import Demand
@@ -98,6 +99,8 @@ class Router:
         self.uploads = (blobupload.Uploads(str(cfg.blobstore_addr), credentials,
                                            max_field_bytes=cfg.max_request_bytes)
                         if cfg.blobstore_addr and credentials else None)
+        self.blobs = (blobserve.BlobServer(str(cfg.blobstore_addr), credentials)
+                      if cfg.blobstore_addr and credentials else None)  # X-AppEngine-BlobKey (router/blobserve.py)
         # The router's own headers that are the same on every request, encoded once (see _encoded_header).
         self._fixed_geo_encoded = (b"".join(_encoded_header(n, v) for n, v in self._fixed_geo)
                                    if self._fixed_geo is not None else None)
@@ -234,20 +237,43 @@ class Router:
                 resp.body = b"x" * (self.cfg.max_response_bytes + 1)  # becomes the empty 500 below
             else:
                 resp.body = await bodies.take(resp.body_object)
+        out: web.StreamResponse
+        blob = False
         try:
             out = responses.build(resp, request, max_bytes=self.cfg.max_response_bytes)
+        except responses.NamesBlobError as named:
+            blob = True
+            out = await self._blob(request, resp, named.key, target, version, request_id)
         except responses.BadResponseHeaderError as exc:
-            log.error("app %s version %s (instance %s, request %s): %s; answering 500", target.app_id,
-                      target.version_id, resp.instance_id, request_id, exc)
-            resp.status = 500
-            out = await self._error_page(version, None, 500, "The app's response could not be sent.")
+            out = await self._bad_response(resp, exc, target, version, request_id)
         if user is not None and user.is_admin:
             out.headers.update(responses.usage_headers(time.time() - started, resp.cpu_micros,
                                                        self.cfg.instance_hour_usd))
-        reached = self._publish_log(envelope, resp, started, out.content_length or 0, url, fields)
+        size = blobserve.sent_bytes(out) if blob else out.content_length or 0
+        reached = self._publish_log(envelope, resp, started, size, url, fields)
         if reached is not None:  # the response goes out only once its log is at nats-server (router/logship.py)
             await asyncio.shield(reached)
         return out
+
+    async def _blob(self, request: web.Request, resp: http_pb2.HttpResponse, key: str, target: hosts.Target,
+                    version: Version | None, request_id: str) -> web.StreamResponse:
+        """The response naming blob ``key``, served as the app the request was routed to (:mod:`router.blobserve`)."""
+        if self.blobs is None:
+            log.error("app %s: a response names a blob, but this router has no blobstore_addr; answering 500",
+                      target.app_id)
+            resp.status = 500
+            return responses.empty(500)
+        try:
+            return await self.blobs.respond(request, resp, key, target.app_id, max_bytes=self.cfg.max_response_bytes)
+        except responses.BadResponseHeaderError as exc:
+            return await self._bad_response(resp, exc, target, version, request_id)
+
+    async def _bad_response(self, resp: http_pb2.HttpResponse, exc: responses.BadResponseHeaderError,
+                            target: hosts.Target, version: Version | None, request_id: str) -> web.Response:
+        log.error("app %s version %s (instance %s, request %s): %s; answering 500", target.app_id,
+                  target.version_id, resp.instance_id, request_id, exc)
+        resp.status = 500
+        return await self._error_page(version, None, 500, "The app's response could not be sent.")
 
     def _health(self) -> web.Response:
         """The router's health: NATS connected or not; with workers, which one answered (a number, no pid)."""
@@ -627,6 +653,8 @@ async def serve(cfg: RouterConfig) -> None:
     if router.uploads is not None:
         await router.uploads.close()
     await router.logs.close()
+    if router.blobs is not None:
+        await router.blobs.close()
     await bus.shutdown(nc)
     log.info("stopped")
 

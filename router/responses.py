@@ -26,6 +26,8 @@
 - Text-like bodies are gzipped for clients that send ``Accept-Encoding: gzip``
   and a ``User-Agent``.
 - A body over the size limit becomes an empty 500.
+- A response carrying ``X-AppEngine-BlobKey`` raises :class:`NamesBlobError`: its body is the blob
+  (:mod:`router.blobserve`).
 """
 
 from __future__ import annotations
@@ -51,6 +53,17 @@ GZIP_MIN_BYTES = 64
 
 class BadResponseHeaderError(ValueError):
     """The app's response has a header that cannot be sent; the message names it (for the log, not the client)."""
+
+
+class NamesBlobError(Exception):
+    """The app's response carries ``X-AppEngine-BlobKey`` (``key``): :mod:`router.blobserve` answers it."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+BLOB_KEY = "x-appengine-blobkey"
 
 
 def build(resp: http_pb2.HttpResponse, request: web.Request, *, max_bytes: int) -> web.Response:
@@ -84,6 +97,8 @@ def build(resp: http_pb2.HttpResponse, request: web.Request, *, max_bytes: int) 
             content_type = value
         elif lowered == "cache-control":
             cache_control = value
+        elif lowered == BLOB_KEY:  # what a response without it pays: this comparison for each header
+            raise NamesBlobError(value)
         headers.append((name, value))
     if content_type is None:
         headers.append(("Content-Type", "text/html"))

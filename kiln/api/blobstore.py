@@ -33,11 +33,13 @@ import email.message
 import email.parser
 import email.policy
 import io
+import itertools
 import operator
 import typing
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from kiln import gql as _gql
 from kiln import runtime as _runtime
 from kiln.api import _rpc
 from kiln.pb.blobstore.v1 import blobstore_pb2 as pb
@@ -256,6 +258,26 @@ class BlobInfo:
         return BlobInfoQuery()
 
     @classmethod
+    def gql(cls, query_string: str, *args: Any, **kwds: Any) -> BlobInfoQuery:
+        """A query from a GQL string without its ``SELECT * FROM __BlobInfo__``, e.g.
+        ``BlobInfo.gql("WHERE size > :1 ORDER BY size DESC LIMIT 10", 1000)`` (App Engine's ``BlobInfo.gql``).
+
+        Raises:
+            kiln.gql.GqlError: the string is not GQL, or binds its arguments wrongly.
+            ValueError: it filters or orders on something that is not a BlobInfo property, or names an ancestor.
+        """
+        bound = _gql.bind(_gql.parse(f"SELECT * FROM {BLOB_INFO_KIND} {query_string}"), args, kwds)
+        if bound.ancestor is not None or bound.keys_only or bound.projection or bound.distinct:
+            raise ValueError("BlobInfo.gql: only WHERE on properties, ORDER BY, LIMIT and OFFSET are supported")
+        query = BlobInfoQuery()
+        for cond in bound.conditions:
+            query.filter(f"{cond.prop} {cond.op}", cond.value)
+        for order in bound.orders:
+            query.order(f"-{order.prop}" if order.descending else order.prop)
+        query._limit, query._offset = bound.limit, bound.offset or 0
+        return query
+
+    @classmethod
     def kind(cls) -> str:
         return BLOB_INFO_KIND
 
@@ -287,7 +309,7 @@ def get(blob_keys: Any) -> Any:
 
 _OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
     "=": operator.eq, "==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt,
-    ">=": operator.ge}
+    ">=": operator.ge, "IN": lambda value, choices: value in choices, "in": lambda value, choices: value in choices}
 
 
 class BlobInfoQuery:
@@ -296,6 +318,8 @@ class BlobInfoQuery:
     def __init__(self) -> None:
         self._filters: list[tuple[str, Callable[[Any, Any], bool], Any]] = []
         self._orders: list[tuple[str, bool]] = []
+        self._limit: int | None = None  # GQL's LIMIT and OFFSET (BlobInfo.gql)
+        self._offset = 0
 
     def filter(self, property_operator: str, value: Any) -> BlobInfoQuery:
         """Keep the blobs whose property compares true, e.g. ``filter("size >", 1000)``."""
@@ -327,15 +351,16 @@ class BlobInfoQuery:
             start_after = page.infos[-1].blob_key
 
     def run(self) -> Iterator[BlobInfo]:
-        """The matching BlobInfos, ordered."""
+        """The matching BlobInfos, ordered (then cut by a GQL ``OFFSET`` and ``LIMIT``)."""
         found: Iterable[BlobInfo] = (info for info in self._listing()
                                      if all(op(getattr(info, name), value) for name, op, value in self._filters))
-        if not self._orders:
-            return iter(found)
-        ordered = list(found)
-        for name, descending in reversed(self._orders):
-            ordered.sort(key=lambda info, n=name: getattr(info, n), reverse=descending)  # type: ignore[misc]
-        return iter(ordered)
+        if self._orders:
+            ordered = list(found)
+            for name, descending in reversed(self._orders):
+                ordered.sort(key=lambda info, n=name: getattr(info, n), reverse=descending)  # type: ignore[misc]
+            found = ordered
+        stop = None if self._limit is None else self._offset + self._limit
+        return itertools.islice(found, self._offset, stop)
 
     def __iter__(self) -> Iterator[BlobInfo]:
         return self.run()

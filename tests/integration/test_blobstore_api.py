@@ -133,3 +133,83 @@ def test_create_upload_url_is_a_one_time_path_on_the_apps_host(app):
     other = blobstore.create_upload_url_async("/upload_done").get_result()
     assert url.startswith("http://") and "/_ah/upload/" in url
     assert url != other
+
+
+# --- the read API at chunk and buffer boundaries, fetch_data's limits, BlobInfo.gql ---------------------------
+
+def test_fetch_data_reads_across_the_services_chunk_boundary(put):
+    data = random.Random(5).randbytes(2 * MB + 100)
+    key = put(data)
+    assert blobstore.fetch_data(key, MB - 7, MB + 6) == data[MB - 7:MB + 7]
+    assert blobstore.fetch_data(key, 2 * MB - 1, 2 * MB + 500) == data[2 * MB - 1:]
+
+
+def test_fetch_data_takes_at_most_max_blob_fetch_size_bytes(put):
+    data = random.Random(6).randbytes(MB + 10)
+    key = put(data)
+    assert blobstore.fetch_data(key, 1, blobstore.MAX_BLOB_FETCH_SIZE) == data[1:blobstore.MAX_BLOB_FETCH_SIZE + 1]
+    with pytest.raises(blobstore.BlobFetchSizeTooLargeError):
+        blobstore.fetch_data(key, 0, blobstore.MAX_BLOB_FETCH_SIZE)
+
+
+def test_fetch_data_refuses_negative_and_reversed_indexes(put):
+    key = put(b"0123456789")
+    with pytest.raises(blobstore.DataIndexOutOfRangeError):
+        blobstore.fetch_data(key, -1, 5)
+    with pytest.raises(blobstore.DataIndexOutOfRangeError):
+        blobstore.fetch_data(key, 5, 4)
+    with pytest.raises(TypeError):
+        blobstore.fetch_data(key, 0.5, 4)
+
+
+def test_fetch_data_past_the_end_is_empty(put):
+    assert blobstore.fetch_data(put(b"0123456789"), 10, 20) == b""
+
+
+def test_blob_reader_lines_and_reads_span_the_chunk_boundary(put):
+    head = b"a" * (MB - 3)
+    data = head + b"xyz\nline two\n" + b"b" * 10
+    key = put(data)
+    for buffer_size in (4, 1000, blobstore.MAX_BLOB_FETCH_SIZE):
+        with blobstore.BlobReader(key, buffer_size=buffer_size, position=MB - 5) as reader:
+            assert reader.readline() == b"aaxyz\n"
+            assert reader.tell() == MB + 1
+            assert reader.readline(4) == b"line"
+            assert reader.read(6) == b" two\nb"
+            reader.seek(-3, 1)
+            assert reader.read() == b"o\n" + b"b" * 10
+            assert reader.tell() == len(data)
+
+
+def test_blob_reader_reads_nothing_past_the_end_and_refuses_a_position_before_the_start(put):
+    key = put(b"0123456789")
+    with blobstore.BlobReader(key) as reader:
+        reader.seek(50)
+        assert (reader.read(), reader.read(3), reader.readline(), reader.tell()) == (b"", b"", b"", 50)
+        with pytest.raises(OSError):
+            reader.seek(-1)
+    with pytest.raises(ValueError):
+        reader.read()  # closed
+
+
+def test_blob_reader_refuses_a_buffer_over_the_fetch_limit(put):
+    with pytest.raises(ValueError):
+        blobstore.BlobReader(put(b"x"), buffer_size=blobstore.MAX_BLOB_FETCH_SIZE + 1)
+
+
+def test_blob_info_gql_filters_orders_binds_and_limits(put):
+    for n in (4, 1, 3, 2):
+        put(b"x" * n, filename=f"f{n}")
+    assert [i.size for i in blobstore.BlobInfo.gql("WHERE size > :1 ORDER BY size DESC", 1)] == [4, 3, 2]
+    assert [i.filename for i in blobstore.BlobInfo.gql("WHERE filename = :name", name="f3")] == ["f3"]
+    assert [i.size for i in blobstore.BlobInfo.gql("ORDER BY size LIMIT 2 OFFSET 1")] == [2, 3]
+    assert [i.size for i in blobstore.BlobInfo.gql("WHERE size IN :1 ORDER BY size", [1, 4])] == [1, 4]
+
+
+def test_blob_info_gql_refuses_other_properties_and_bad_gql(put):
+    from kiln.gql import GqlError
+
+    with pytest.raises(ValueError):
+        blobstore.BlobInfo.gql("WHERE color = 'red'")
+    with pytest.raises(GqlError):
+        blobstore.BlobInfo.gql("WHERE size >")
