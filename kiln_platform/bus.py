@@ -260,9 +260,11 @@ def demand_of(subject: str) -> tuple[str, str] | None:
     return (parts[2], parts[3]) if len(parts) == 4 and parts[:2] == ["kiln", "demand"] else None
 
 
-def demand_message_id(app_id: str, version_id: str, now: float) -> str:
-    """The id that makes the demand stream keep one message per version per period, whichever router sent it."""
-    return f"{app_id}.{version_id}.{int(now // DEMAND_DEDUPE_SECONDS)}"
+def demand_message_id(app_id: str, version_id: str, now: float, answered: int = 0) -> str:
+    """The id that makes the demand stream keep one message per version per period, whichever router sent it
+    (``answered``: how many of the sending router's asks for it were answered, so that a new ask after an answer
+    is not taken for a repeat)."""
+    return f"{app_id}.{version_id}.{int(now // DEMAND_DEDUPE_SECONDS)}.{answered}"
 
 
 def more_demand_subject(app_id: str, version_id: str) -> str:

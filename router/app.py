@@ -110,14 +110,19 @@ class Router:
         """NATS request-reply to an instance; when ``patient``, retry "no responders" until the pending timeout,
         asking runtime hosts for an instance of ``version`` (app, version) meanwhile."""
         delay = 0.02
+        asked = False
         while True:
             try:
-                return await self.replies.request(subject, data, timeout=timeout)
+                msg = await self.replies.request(subject, data, timeout=timeout)
+                if asked and self.demand is not None and version is not None:
+                    self.demand.answered(*version)  # it serves again: when it scales to zero, ask again at once
+                return msg
             except nats.errors.NoRespondersError:
                 if not patient or time.time() + delay - started > self.cfg.pending_timeout_seconds:
                     raise
                 if version is not None and self.demand is not None:
                     self.demand.ask(*version)
+                    asked = True
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.5)
 

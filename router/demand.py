@@ -5,7 +5,10 @@ no responder, the router publishes a demand for the version on the demand work q
 (:func:`kiln_platform.bus.ensure_demand_stream`) and keeps the request in its pending queue; one runtime host with
 room takes the demand and starts the version's manager, whose first instance then answers the waiting requests.
 A router asks at most once per version every :data:`ASK_SECONDS` while requests wait, and the stream keeps one
-message per version per period whichever router sent it, so a burst of requests is one start.
+message per version per period whichever router sent it, so a burst of requests is one start. Once the version
+answers a request that had to ask, the router forgets its ask (and the next ask gets a new message id): a version
+that scales to zero again soon after is asked for at once, not when the period ends. Extra demands are harmless:
+a host starts a version only once (its placement key, :mod:`runtime.host`).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ class Demand:
     def __init__(self, nc: Client) -> None:
         self._js = nc.jetstream()
         self._asked: dict[tuple[str, str], float] = {}
+        self._rounds: dict[tuple[str, str], int] = {}  # asks answered so far, per version: part of the message id
         self._sending: set[asyncio.Task[None]] = set()
 
     def ask(self, app_id: str, version_id: str) -> None:
@@ -45,9 +49,19 @@ class Demand:
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
 
+    def answered(self, app_id: str, version_id: str) -> None:
+        """A request that asked for the version got its answer: forget the ask (see module docstring)."""
+        key = (app_id, version_id)
+        if self._asked.pop(key, None) is not None:
+            if len(self._rounds) >= _MAX_REMEMBERED:
+                self._rounds.clear()
+            self._rounds[key] = self._rounds.get(key, 0) + 1
+
     async def _publish(self, app_id: str, version_id: str) -> None:
+        answered = self._rounds.get((app_id, version_id), 0)
+        message_id = bus.demand_message_id(app_id, version_id, time.time(), answered)
         try:
             await self._js.publish(bus.demand_subject(app_id, version_id), b"", timeout=5,
-                                   headers={"Nats-Msg-Id": bus.demand_message_id(app_id, version_id, time.time())})
+                                   headers={"Nats-Msg-Id": message_id})
         except Exception as exc:  # noqa: BLE001 - the next waiting request asks again
             log.warning("could not ask for an instance of %s/%s: %s", app_id, version_id, exc)

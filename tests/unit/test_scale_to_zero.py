@@ -69,3 +69,9 @@ def test_a_demand_names_its_version_and_repeats_share_a_message_id_per_period():
                                                                                           10.5 * period)
     assert bus.demand_message_id("guestbook", "v2", 10 * period) != bus.demand_message_id("guestbook", "v2",
                                                                                           11 * period)
+
+
+def test_a_demand_after_an_answered_one_is_not_a_repeat_within_the_period():
+    period = bus.DEMAND_DEDUPE_SECONDS
+    assert bus.demand_message_id("guestbook", "v2", 10 * period, 1) != bus.demand_message_id("guestbook", "v2",
+                                                                                             10 * period, 0)
