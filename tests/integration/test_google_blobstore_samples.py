@@ -1,11 +1,12 @@
-"""Google's own Blobstore samples for the Python 3 runtime run unmodified on kiln (issue 19): upload a file.
+"""Google's own Blobstore samples for the Python 3 runtime run unmodified on kiln (issue 19), end to end: upload a
+photo, then view it.
 
 The apps under ``tests/fixtures/google_samples/blobstore/`` are Google's samples
 (``appengine/standard_python3/bundled-services/blobstore/``), byte for byte. Each runs under real ``kiln dev``:
 its form page holds an upload URL on the app's host, a file posted to it is stored by the router in blobstore_svc
 and forwarded to the sample's ``/upload_photo``, whose ``BlobstoreUploadHandler.get_uploads`` finds the blob,
-stores its key with ndb and redirects to ``/view_photo/<key>``. (Viewing the photo needs ``X-AppEngine-BlobKey``
-serving, which is another part of issue 19.)
+stores its key with ndb and redirects to ``/view_photo/<key>``, whose answer carries ``X-AppEngine-BlobKey``: the
+router replaces it with the blob.
 """
 
 from __future__ import annotations
@@ -77,3 +78,18 @@ def test_a_photo_posted_to_the_sample_is_stored_and_the_sample_redirects_to_it(s
     assert location.startswith("/view_photo/")
     info, data = stored(sample, location.removeprefix("/view_photo/"))
     assert (info.filename, info.content_type, info.size, data) == ("photo.png", "image/png", len(photo), photo)
+
+
+def test_the_photo_posted_to_the_sample_is_then_shown_by_it(sample):
+    _, _, page = request(sample, "/")
+    action = urllib.parse.urlsplit(re.search(rb'<form action="([^"]+)"', page).group(1).decode())
+    photo = os.urandom(300_000)
+    boundary = "samplephotoboundary"
+    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="cat.jpg"\r\n'
+            "Content-Type: image/jpeg\r\n\r\n").encode() + photo + f"\r\n--{boundary}--\r\n".encode()
+    status, headers, answer = request(sample, action.path, method="POST", body=body,
+                                      headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert status == 302, answer
+    status, headers, shown = request(sample, urllib.parse.urlsplit(headers["location"]).path)
+    assert (status, headers["content-type"], shown) == (200, "image/jpeg", photo)
+    assert "x-appengine-blobkey" not in headers
