@@ -123,7 +123,10 @@ class Router:
                 if version is not None and self.demand is not None:
                     self.demand.ask(*version)
                     asked = True
-            await asyncio.sleep(delay)
+            if asked and self.demand is not None and version is not None:
+                await self.demand.started(*version, delay)  # back as soon as its first instance serves
+            else:
+                await asyncio.sleep(delay)
             delay = min(delay * 2, 0.5)
 
     def bodies(self, app_id: str) -> bus.BodyStore:

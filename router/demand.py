@@ -9,15 +9,22 @@ message per version per period whichever router sent it, so a burst of requests 
 answers a request that had to ask, the router forgets its ask (and the next ask gets a new message id): a version
 that scales to zero again soon after is asked for at once, not when the period ends. Extra demands are harmless:
 a host starts a version only once (its placement key, :mod:`runtime.host`).
+
+Requests waiting for a version they asked for retry when its first instance says it serves (an instance sends its
+first heartbeat right after subscribing, :mod:`runtime.app`), not only on their back-off: :meth:`Demand.started`
+listens on the version's heartbeat subject while requests wait, for one heartbeat.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
 from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from kiln_platform import bus
 
@@ -34,6 +41,8 @@ class Demand:
         self._js = nc.jetstream()
         self._asked: dict[tuple[str, str], float] = {}
         self._rounds: dict[tuple[str, str], int] = {}  # asks answered so far, per version: part of the message id
+        self._nc = nc
+        self._started: dict[tuple[str, str], asyncio.Event] = {}  # set by the version's next heartbeat
         self._sending: set[asyncio.Task[None]] = set()
 
     def ask(self, app_id: str, version_id: str) -> None:
@@ -49,9 +58,38 @@ class Demand:
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
 
+    async def started(self, app_id: str, version_id: str, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for an instance of the version to send a heartbeat (it serves); whether
+        one did. Requests waiting for the same version share one subscription, which ends with the heartbeat."""
+        key = (app_id, version_id)
+        event = self._started.get(key)
+        if event is None or event.is_set():  # none yet, or one that an earlier instance set (it went away since)
+            event = self._started[key] = asyncio.Event()
+            if len(self._started) > _MAX_REMEMBERED:
+                self._started = {key: event}
+
+            listening: list[Subscription] = []
+
+            async def on_beat(_msg: Msg) -> None:
+                event.set()
+                for sub in listening:  # one heartbeat is all it waits for
+                    with contextlib.suppress(Exception):
+                        await sub.unsubscribe()
+
+            try:
+                listening.append(await self._nc.subscribe(bus.heartbeat_subject(app_id, version_id), cb=on_beat))
+            except Exception as exc:  # noqa: BLE001 - NATS away: the back-off alone decides
+                log.debug("cannot listen for %s/%s's heartbeats: %s", app_id, version_id, exc)
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+
     def answered(self, app_id: str, version_id: str) -> None:
         """A request that asked for the version got its answer: forget the ask (see module docstring)."""
         key = (app_id, version_id)
+        self._started.pop(key, None)
         if self._asked.pop(key, None) is not None:
             if len(self._rounds) >= _MAX_REMEMBERED:
                 self._rounds.clear()

@@ -59,3 +59,25 @@ async def test_an_answer_to_a_request_that_never_asked_changes_nothing(js):
     demand.ask("quiet", "v1")
     await settled(demand)
     assert await stored(js.jetstream(), subject) == 1
+
+
+async def test_a_waiting_request_hears_the_versions_first_heartbeat(js):
+    demand = Demand(js)
+    waiting = asyncio.ensure_future(demand.started("beats", "v1", 60))
+    async with asyncio.timeout(30):  # an instance heartbeats every few seconds: here, until the waiter heard one
+        while not waiting.done():
+            await js.publish(bus.heartbeat_subject("beats", "v1"), b"")
+            await asyncio.sleep(0.05)
+    assert waiting.result() is True
+
+
+async def test_without_a_heartbeat_the_wait_ends_at_its_timeout(js):
+    assert await Demand(js).started("silent", "v1", 0.05) is False
+
+
+async def test_another_versions_heartbeat_does_not_wake_it(js):
+    demand = Demand(js)
+    waiting = asyncio.ensure_future(demand.started("mine", "v1", 1))
+    await asyncio.sleep(0)
+    await js.publish(bus.heartbeat_subject("mine", "v2"), b"")
+    assert await waiting is False
