@@ -337,6 +337,24 @@ def _map(ctx: _Ctx, m: _Map, key: str, where: str) -> _Map | None:
     return m[key]  # type: ignore[no-any-return]
 
 
+def top_level_list(text: str, filename: str, key: str, allowed: set[str],
+                   what: str) -> tuple[_Ctx, _Map, _Seq]:
+    """The top level and its list under ``key``, of a file whose top level is a mapping with only the keys
+    ``allowed`` (cron.yaml, index.yaml, dispatch.yaml); an empty file is an empty list.
+
+    Raises:
+        AppYamlError: the message names the file, line and field (``what``: the list, as the message says it).
+    """
+    data = load_yaml(text, filename)
+    ctx = _Ctx(filename)
+    if data is None:
+        return ctx, _Map(), _Seq()
+    if not isinstance(data, _Map):
+        raise AppYamlError(filename, 1, "", f"the top level must be a mapping with {what}")
+    _check_keys(ctx, data, allowed, "")
+    return ctx, data, _seq(ctx, data, key, "")
+
+
 def _seq(ctx: _Ctx, m: _Map, key: str, where: str) -> _Seq:
     if key not in m or m[key] is None:
         return _Seq()

@@ -27,7 +27,7 @@ import re
 import zoneinfo
 
 from kiln_platform import cronschedule as schedules
-from kiln_platform.appyaml import AppYamlError, _check_keys, _Ctx, _float, _int, _Map, _seq, _str, load_yaml, parse_duration
+from kiln_platform.appyaml import _check_keys, _Ctx, _float, _int, _Map, _str, top_level_list, parse_duration
 
 MAX_JOBS = 250  # App Engine's limit per app
 VERSION_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
@@ -93,14 +93,7 @@ def parse(text: str, *, filename: str = "cron.yaml") -> list[CronJob]:
     Raises:
         AppYamlError: the message names the file, line and field.
     """
-    data = load_yaml(text, filename)
-    if data is None:
-        return []
-    ctx = _Ctx(filename)
-    if not isinstance(data, _Map):
-        raise AppYamlError(filename, 1, "", "the top level must be a mapping with a cron list")
-    _check_keys(ctx, data, {"cron"}, "")
-    entries = _seq(ctx, data, "cron", "")
+    ctx, data, entries = top_level_list(text, filename, "cron", {"cron"}, "a cron list")
     if len(entries) > MAX_JOBS:
         raise ctx.fail(data, "cron", "cron", f"at most {MAX_JOBS} jobs, got {len(entries)}")
     jobs: list[CronJob] = []

@@ -28,7 +28,7 @@ import ipaddress
 import pathlib
 import re
 
-from kiln_platform.appyaml import AppYamlError, _check_keys, _Ctx, _Map, _seq, _str, load_yaml
+from kiln_platform.appyaml import _check_keys, _Map, _str, top_level_list
 
 __all__ = ["DISPATCHED_AH_PREFIXES", "MAX_PART", "MAX_RULES", "Rule", "dispatched", "load", "match", "parse"]
 
@@ -124,14 +124,7 @@ def parse(text: str, *, filename: str = "dispatch.yaml") -> list[Rule]:
     Raises:
         AppYamlError: the message names the file, line and field.
     """
-    data = load_yaml(text, filename)
-    if data is None:
-        return []
-    ctx = _Ctx(filename)
-    if not isinstance(data, _Map):
-        raise AppYamlError(filename, 1, "", "the top level must be a mapping with a dispatch list")
-    _check_keys(ctx, data, {"application", "dispatch"}, "")
-    entries = _seq(ctx, data, "dispatch", "")
+    ctx, data, entries = top_level_list(text, filename, "dispatch", {"application", "dispatch"}, "a dispatch list")
     if len(entries) > MAX_RULES:
         raise ctx.fail(data, "dispatch", "dispatch", f"at most {MAX_RULES} rules, got {len(entries)}")
     rules: list[Rule] = []
