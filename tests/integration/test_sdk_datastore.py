@@ -547,3 +547,29 @@ def test_a_key_filter_with_an_inequality_or_a_projection_needs_the_stubs_index_a
                 [e.color for e in m.Item.query(m.Item.key == key_c).fetch(projection=["color"])])
 
     assert scenario() == on_google_stub(scenario) == (["a"], [], ["red", "blue"], ["green"])
+
+
+def test_several_equality_filters_on_one_property_with_a_sort_ask_for_the_stubs_index_and_are_served_with_it(sdk, m):
+    from google.appengine.api import datastore_errors
+
+    data = dict(a={"tags": ["x", "y"], "n": 3}, b={"tags": ["x"], "n": 4}, c={"tags": ["y", "x", "z"], "n": 1},
+                d={"tags": ["y"], "n": 2}, e={"tags": ["z", "y", "x"], "n": 5})
+    both = (m.Item.tags == "x", m.Item.tags == "y")
+    items(m, **data)
+    with pytest.raises(datastore_errors.NeedIndexError, match="- name: tags\n  - name: 'n'\n    direction: desc"):
+        m.Item.query(*both).order(-m.Item.n).fetch()
+    declare_indexes(sdk, ("Item", False, ["tags", "-n"]), ("Item", False, ["tags", "n"]))
+
+    def scenario():
+        items(m, **data)
+        q = m.Item.query(*both)
+        pages, cursor, more = [], None, True
+        while more:
+            page, cursor, more = q.order(-m.Item.n).fetch_page(2, start_cursor=cursor)
+            pages.append(names(page))
+        return (names(q.order(-m.Item.n)), names(q.filter(m.Item.n > 1)),
+                names(q.filter(m.Item.n < 5).order(-m.Item.n)), pages,
+                [e.n for e in q.order(m.Item.n).fetch(projection=["n"])])
+
+    assert scenario() == on_google_stub(scenario) == (
+        ["e", "a", "c"], ["a", "e"], ["a", "c"], [["e", "a"], ["c"]], [1, 3, 5])
