@@ -573,3 +573,22 @@ def test_several_equality_filters_on_one_property_with_a_sort_ask_for_the_stubs_
 
     assert scenario() == on_google_stub(scenario) == (
         ["e", "a", "c"], ["a", "e"], ["a", "c"], [["e", "a"], ["c"]], [1, 3, 5])
+
+
+def test_several_equality_filters_on_one_property_sorted_by_a_list_return_each_entity_at_its_first_position(sdk, m):
+    ndb = sdk.ndb
+    tags, nums = ndb.GenericProperty("tags"), ndb.GenericProperty("nums")
+    declare_indexes(sdk, ("Expando", False, ["tags", "nums"]), ("Expando", False, ["tags", "-nums"]))
+
+    def scenario():
+        ndb.put_multi([m.Expando(id="p", tags=["x", "y"], nums=[5, 1]), m.Expando(id="q", tags=["y", "x"], nums=[3]),
+                       m.Expando(id="r", tags=["x", "y", "z"], nums=[2, 7]), m.Expando(id="s", tags=["x"], nums=[0])])
+        q = m.Expando.query(tags == "x", tags == "y")
+        return ([e.key.id() for e in q.order(nums)], [e.key.id() for e in q.filter(nums > 2)],
+                [e.key.id() for e in q.order(-nums)],
+                [e.nums for e in q.order(nums).fetch(projection=["nums"])],
+                [e.nums for e in m.Expando.query(tags == "x", tags == "y", projection=["nums"], distinct=True)
+                 .order(-nums)])
+
+    assert scenario() == on_google_stub(scenario) == (
+        ["p", "r", "q"], ["q", "p", "r"], ["r", "p", "q"], [1, 2, 3, 5, 7], [7, 5, 3, 2, 1])
