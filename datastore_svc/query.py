@@ -16,7 +16,8 @@ returned. Plans, from cheapest:
 - a kind-index scan (kind, key order, optional ``__key__`` range);
 - one built-in property index (filters and/or sort on one property);
 - a merge join of property indexes (several equality filters, key order);
-- a composite index from ``index.yaml`` (everything else), or
+- a composite index from ``index.yaml`` (everything else; a property with several
+  equality values is scanned once per value and the scans merge-joined), or
   :class:`~kiln.errors.NeedIndexError` naming the index to add.
 
 Every candidate is checked against the entity it names before it is returned
@@ -501,29 +502,47 @@ def _kind_stream(engine: Engine, app: str, ns: str, kind: str, keys: KeyRange) -
 
 def _composite(sub: SubQuery, engine: Engine, app: str, ns: str, serving: Sequence[IndexDef],
                postfix: list[tuple[str, bool]]) -> Planned:
-    eq_names = [name for name, _ in sub.eq]
-    if len(set(eq_names)) != len(eq_names):
-        raise BadRequestError("several equality filters on one property need a merge join and cannot be "
-                              "combined with sort orders or inequality filters")
+    eq_values = _eq_values(sub)
     if not sub.kind:
         raise BadRequestError("kindless queries cannot use composite indexes")
     for defn in serving:
         if (defn.kind != sub.kind or defn.ancestor != (sub.ancestor is not None)
-                or len(defn.props) != len(eq_names) + len(postfix)):
+                or len(defn.props) != len(eq_values) + len(postfix)):
             continue
-        head, tail = defn.props[:len(eq_names)], list(defn.props[len(eq_names):])
-        if {name for name, _ in head} != set(eq_names) or tail != postfix:
+        head, tail = defn.props[:len(eq_values)], list(defn.props[len(eq_values):])
+        if {name for name, _ in head} != set(eq_values) or tail != postfix:
             continue
-        eq_values = dict(sub.eq)
-        prefix = b"".join(index.field(eq_values[name], desc) for name, desc in head)
-        lo, hi = prefix, prefix + FF
-        if sub.ineq_prop is not None and postfix and postfix[0][0] == sub.ineq_prop:
-            flo, fhi = sub.ineq.field_bounds(postfix[0][1])
-            lo, hi = prefix + flo, prefix + fhi
         idx = index.composite_idx(defn, sub.ancestor or b"")
-        return Planned(sub, _IndexStream(engine, app, ns, idx, prefix, lo, hi), postfix, idx, defn)
+        return Planned(sub, _prefix_join(sub, engine, app, ns, idx, head, eq_values, postfix), postfix, idx, defn)
     raise NeedIndexError("this query needs a composite index; add it to index.yaml:\n\nindexes:\n"
                          f"{needed_index(sub).yaml()}")
+
+
+def _eq_values(sub: SubQuery) -> dict[str, list[bytes]]:
+    """The equality filters' values by property, each property once, in the query's order."""
+    out: dict[str, list[bytes]] = {}
+    for name, enc in sub.eq:
+        if enc not in out.setdefault(name, []):
+            out[name].append(enc)
+    return out
+
+
+def _prefix_join(sub: SubQuery, engine: Engine, app: str, ns: str, idx: bytes, head: Sequence[tuple[str, bool]],
+                 eq_values: dict[str, list[bytes]], tail: Sequence[tuple[str, bool]]) -> Plan:
+    """The rows of a composite index under the equality prefix ``head``; where a property has several equality
+    values, the index is scanned once per value and the scans merge-joined on position (App Engine's zigzag join
+    over one index), so only entities with every value are candidates."""
+    first = {name: encs[0] for name, encs in eq_values.items()}
+    prefixes = [first] + [first | {name: enc} for name, encs in eq_values.items() for enc in encs[1:]]
+    streams: list[Plan] = []
+    for values_by_name in prefixes:
+        prefix = b"".join(index.field(values_by_name[name], desc) for name, desc in head)
+        lo, hi = prefix, prefix + FF
+        if sub.ineq_prop is not None and tail and tail[0][0] == sub.ineq_prop:
+            flo, fhi = sub.ineq.field_bounds(tail[0][1])
+            lo, hi = prefix + flo, prefix + fhi
+        streams.append(_IndexStream(engine, app, ns, idx, prefix, lo, hi))
+    return streams[0] if len(streams) == 1 else _MergeJoin(streams)
 
 
 def _key_composite(sub: SubQuery, engine: Engine, app: str, ns: str,
@@ -538,19 +557,15 @@ def _key_composite(sub: SubQuery, engine: Engine, app: str, ns: str,
         head = indexneeds.match_postfix(need, defn.props)
         if head is None or {name for name, _ in head} != need.prefix:
             continue
-        eq_values = dict(sub.eq)
+        eq_values = _eq_values(sub)
         if sub.key_eq is not None:
-            eq_values[KEY_PROPERTY] = index.key_encoding(sub.key_eq)
+            eq_values[KEY_PROPERTY] = [index.key_encoding(sub.key_eq)]
         if any(name not in eq_values for name, _ in head):
             continue
-        prefix = b"".join(index.field(eq_values[name], desc) for name, desc in head)
+        eq_values = {name: eq_values[name] for name, _ in head}
         tail = list(defn.props[len(head):])
-        lo, hi = prefix, prefix + FF
-        if sub.ineq_prop is not None and tail and tail[0][0] == sub.ineq_prop:
-            flo, fhi = sub.ineq.field_bounds(tail[0][1])
-            lo, hi = prefix + flo, prefix + fhi
         idx = index.composite_idx(defn, sub.ancestor or b"")
-        return Planned(sub, _IndexStream(engine, app, ns, idx, prefix, lo, hi), tail, idx, defn)
+        return Planned(sub, _prefix_join(sub, engine, app, ns, idx, head, eq_values, tail), tail, idx, defn)
     return None
 
 
@@ -560,7 +575,7 @@ def needed_index(sub: SubQuery) -> IndexDef:
     if sub.key_need is not None:
         return indexneeds.recommended(sub.key_need)
     return IndexDef(sub.kind, sub.ancestor is not None,
-                    tuple((name, False) for name, _ in sub.eq) + tuple(sub.postfix()))
+                    tuple((name, False) for name in _eq_values(sub)) + tuple(sub.postfix()))
 
 
 

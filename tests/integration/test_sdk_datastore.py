@@ -547,3 +547,48 @@ def test_a_key_filter_with_an_inequality_or_a_projection_needs_the_stubs_index_a
                 [e.color for e in m.Item.query(m.Item.key == key_c).fetch(projection=["color"])])
 
     assert scenario() == on_google_stub(scenario) == (["a"], [], ["red", "blue"], ["green"])
+
+
+def test_several_equality_filters_on_one_property_with_a_sort_ask_for_the_stubs_index_and_are_served_with_it(sdk, m):
+    from google.appengine.api import datastore_errors
+
+    data = dict(a={"tags": ["x", "y"], "n": 3}, b={"tags": ["x"], "n": 4}, c={"tags": ["y", "x", "z"], "n": 1},
+                d={"tags": ["y"], "n": 2}, e={"tags": ["z", "y", "x"], "n": 5})
+    both = (m.Item.tags == "x", m.Item.tags == "y")
+    items(m, **data)
+    with pytest.raises(datastore_errors.NeedIndexError, match="- name: tags\n  - name: 'n'\n    direction: desc"):
+        m.Item.query(*both).order(-m.Item.n).fetch()
+    declare_indexes(sdk, ("Item", False, ["tags", "-n"]), ("Item", False, ["tags", "n"]))
+
+    def scenario():
+        items(m, **data)
+        q = m.Item.query(*both)
+        pages, cursor, more = [], None, True
+        while more:
+            page, cursor, more = q.order(-m.Item.n).fetch_page(2, start_cursor=cursor)
+            pages.append(names(page))
+        return (names(q.order(-m.Item.n)), names(q.filter(m.Item.n > 1)),
+                names(q.filter(m.Item.n < 5).order(-m.Item.n)), pages,
+                [e.n for e in q.order(m.Item.n).fetch(projection=["n"])])
+
+    assert scenario() == on_google_stub(scenario) == (
+        ["e", "a", "c"], ["a", "e"], ["a", "c"], [["e", "a"], ["c"]], [1, 3, 5])
+
+
+def test_several_equality_filters_on_one_property_sorted_by_a_list_return_each_entity_at_its_first_position(sdk, m):
+    ndb = sdk.ndb
+    tags, nums = ndb.GenericProperty("tags"), ndb.GenericProperty("nums")
+    declare_indexes(sdk, ("Expando", False, ["tags", "nums"]), ("Expando", False, ["tags", "-nums"]))
+
+    def scenario():
+        ndb.put_multi([m.Expando(id="p", tags=["x", "y"], nums=[5, 1]), m.Expando(id="q", tags=["y", "x"], nums=[3]),
+                       m.Expando(id="r", tags=["x", "y", "z"], nums=[2, 7]), m.Expando(id="s", tags=["x"], nums=[0])])
+        q = m.Expando.query(tags == "x", tags == "y")
+        return ([e.key.id() for e in q.order(nums)], [e.key.id() for e in q.filter(nums > 2)],
+                [e.key.id() for e in q.order(-nums)],
+                [e.nums for e in q.order(nums).fetch(projection=["nums"])],
+                [e.nums for e in m.Expando.query(tags == "x", tags == "y", projection=["nums"], distinct=True)
+                 .order(-nums)])
+
+    assert scenario() == on_google_stub(scenario) == (
+        ["p", "r", "q"], ["q", "p", "r"], ["r", "p", "q"], [1, 2, 3, 5, 7], [7, 5, 3, 2, 1])

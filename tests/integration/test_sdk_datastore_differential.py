@@ -138,10 +138,6 @@ def queries(draw: st.DrawFn) -> dict[str, Any]:
             value: Any = ("key", (draw(st.sampled_from(KINDS)), draw(st.sampled_from(IDS))))
         else:
             ops = ("=", "in", "<", "<=", ">", ">=", "!=") if prop == ineq_prop else ("=", "in")
-            if any(f[0] == prop and f[1] in ("=", "in") for f in filters):
-                ops = tuple(o for o in ops if o not in ("=", "in")) or ("<",)  # a documented difference (README)
-                if prop != ineq_prop:
-                    continue
             op = draw(st.sampled_from(ops))
             if op == "in":
                 value = draw(st.lists(indexed_values, min_size=1, max_size=3))

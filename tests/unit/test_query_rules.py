@@ -129,3 +129,19 @@ def test_a_key_equality_with_an_inequality_on_a_property_needs_an_index_naming_t
     sub = query.normalize(key_filter(make("K", ("n", ">", 1)), "=", "e1"), "").subs[0]
     with pytest.raises(NeedIndexError, match="__key__"):
         query.choose(sub, None, "app", "", [], [])  # type: ignore[arg-type] - refused before any storage
+
+
+def test_several_equality_filters_on_one_property_with_a_sort_ask_for_the_property_once_as_googles_stub_does():
+    sub = query.normalize(make("K", ("a", "=", 1), ("a", "=", 2), order=["-b"]), "").subs[0]
+    assert query.needed_index(sub) == IndexDef("K", False, (("a", False), ("b", True)))
+    with pytest.raises(NeedIndexError) as raised:
+        query.choose(sub, None, "app", "", [], [])  # type: ignore[arg-type]
+    assert str(raised.value).count("name: a") == 1 and "name: b" in str(raised.value)
+
+
+def test_several_equality_filters_on_one_property_are_served_by_the_index_naming_it_once():
+    sub = query.normalize(make("K", ("a", "=", 1), ("a", "=", 2), ("b", ">", 0)), "").subs[0]
+    defn = IndexDef("K", False, (("a", False), ("b", False)))
+    planned = query.choose(sub, None, "app", "", [defn], [])  # type: ignore[arg-type]
+    assert planned.composite == defn
+    assert planned.components == [("b", False)]
