@@ -13,8 +13,8 @@ Composite indexes: kiln is given each index it asks for (as ``kiln deploy`` give
 runs with ``require_indexes`` on the same index.yaml, so a query kiln serves without an index that App Engine
 would refuse is a difference too.
 
-Differences found and not yet resolved, left out of the generated queries (each listed in the README):
-projections of IN/!= queries (ndb's merged sub-queries; the answers differ on paging).
+Projections of IN/!= queries (ndb's merged sub-queries), once left out for differences on paging, are
+generated again: none was seen in 500 data sets on the current code.
 
 The run is bounded and reproducible for CI: a derandomized Hypothesis profile with a fixed number of examples per
 engine. Each difference Hypothesis found was shrunk and is kept as a regular test in test_sdk_datastore.py.
@@ -149,8 +149,7 @@ def queries(draw: st.DrawFn) -> dict[str, Any]:
     orders = [(p, draw(st.booleans())) for p in draw(st.lists(st.sampled_from((*props, "__key__")),
                                                                   max_size=2, unique=True))]
     projection = None
-    multi = any(f[1] in ("in", "!=") for f in filters)  # open difference: see the module docstring
-    if kind is not None and not multi and draw(st.integers(0, 4)) == 0:
+    if kind is not None and draw(st.integers(0, 4)) == 0:
         projection = draw(st.lists(st.sampled_from(PROPS), min_size=1, max_size=2, unique=True))
     return {
         "kind": kind, "ns": draw(st.sampled_from(NAMESPACES)), "ancestor": ancestor, "filters": filters,
