@@ -34,6 +34,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import nats.errors
 import nats.js.errors
@@ -248,7 +249,8 @@ class Scheduler:
             await self.store.open.put(key, b"1")
         first: asyncio.Future[Firing] = asyncio.get_running_loop().create_future()
         task = self._start(app_id, job, key, firing, revision, first=first)
-        await asyncio.wait({first, task}, return_when=asyncio.FIRST_COMPLETED)
+        waits: set[asyncio.Future[Any]] = {first, task}
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         if not first.done():
             raise UnavailableError(f"cron job {job.url}: the run stopped before its first attempt was recorded")
         return first.result()
