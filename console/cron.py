@@ -1,6 +1,6 @@
-"""The Cron page: the app's cron.yaml jobs with their schedule, next run and last run (cron_svc's ListJobs).
-
-Running a job now needs an RPC cron_svc does not have yet (a proto addition): the page lists, it does not act.
+"""The Cron page: the app's cron.yaml jobs with their schedule, next run and last run (cron_svc's ListJobs), and
+a "Run now" button per job (cron_svc's RunJob: the same signed request a scheduled firing sends, recorded as the
+job's last run).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from console import render
 from console.backend import Services
+from kiln.errors import BadRequestError
 from kiln.pb.cron.v1 import cron_pb2 as pb
 
 
@@ -41,8 +42,22 @@ def row(job: pb.Job) -> JobRow:
 def routes(services: Services) -> list[web.RouteDef]:
     """The page's routes."""
 
-    async def cron_page(request: web.Request) -> web.StreamResponse:
+    async def show_page(request: web.Request, *, message: str = "") -> web.Response:
         answer = await services.call("cron", "ListJobs", pb.ListJobsRequest(app_id=services.app_id))
-        return render.page(request, "cron.html", jobs=[row(job) for job in answer.jobs])
+        return render.page(request, "cron.html", fragment="cron_main.html", jobs=[row(job) for job in answer.jobs],
+                           message=message)
 
-    return [web.get("/cron", cron_page)]
+    async def cron_page(request: web.Request) -> web.StreamResponse:
+        return await show_page(request)
+
+    async def run_job(request: web.Request) -> web.StreamResponse:
+        form = await request.post()
+        key = form.get("key", "")
+        if not isinstance(key, str) or not key:
+            raise BadRequestError("key: the job to run is missing")
+        answer = await services.call("cron", "RunJob", pb.RunJobRequest(app_id=services.app_id, key=key))
+        status = answer.firing.status
+        return await show_page(request, message=f"Ran {answer.firing.url}: "
+                                                + (f"status {status}." if status else "no answer."))
+
+    return [web.get("/cron", cron_page), web.post("/cron/run", run_job)]

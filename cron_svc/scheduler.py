@@ -34,6 +34,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import nats.errors
 import nats.js.errors
@@ -42,6 +43,7 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
 from kiln_platform.cronschedule import ScheduleError
+from kiln.errors import ConflictError, UnavailableError
 from kiln_platform.cronyaml import CronJob
 
 log = logging.getLogger(__name__)
@@ -223,6 +225,36 @@ class Scheduler:
         data, _ = await self.store.get(self.store.state, job_id(app_id, job))
         return Firing.from_json(data)
 
+    async def run_now(self, app_id: str, job: CronJob) -> Firing:
+        """Run ``job`` now, as a scheduled firing runs (claimed, signed, retried, recorded as its last firing);
+        returns the firing once its first attempt is recorded (any retries go on in the background).
+
+        Its claim key (``APP.JOB.now.MILLIS``) is apart from the scheduled ones', so a run on demand never takes
+        the place of a scheduled firing of the same second.
+
+        Raises:
+            ConflictError: the same run was already claimed (two asks in the same millisecond).
+            UnavailableError: NATS did not take the claim, or the run was taken over before its first attempt.
+        """
+        now = self.clock()
+        key = f"{job_id(app_id, job)}.now.{int(now * 1000)}"
+        firing = Firing(app_id=app_id, job=job.key, url=job.url, scheduled=now, replica=self.replica)
+        try:
+            revision = await self.store.claims.create(key, firing.to_json())
+        except nats.js.errors.KeyWrongLastSequenceError:
+            raise ConflictError(f"cron job {job.url} is already being run at this moment") from None
+        except nats.errors.Error as exc:
+            raise UnavailableError(f"cron job {job.url}: could not claim the run: {exc}") from None
+        with contextlib.suppress(nats.errors.Error):  # as for a scheduled firing: only a take-over would miss it
+            await self.store.open.put(key, b"1")
+        first: asyncio.Future[Firing] = asyncio.get_running_loop().create_future()
+        task = self._start(app_id, job, key, firing, revision, first=first)
+        waits: set[asyncio.Future[Any]] = {first, task}
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        if not first.done():
+            raise UnavailableError(f"cron job {job.url}: the run stopped before its first attempt was recorded")
+        return first.result()
+
     # --- planning ---------------------------------------------------------------------------------------------
 
     def _plain_interval(self, job: CronJob) -> bool:
@@ -299,10 +331,16 @@ class Scheduler:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _start(self, app_id: str, job: CronJob, key: str, firing: Firing, revision: int) -> None:
-        self._track(asyncio.create_task(self._run_firing(app_id, job, key, firing, revision)))
+    def _start(self, app_id: str, job: CronJob, key: str, firing: Firing, revision: int, *,
+               first: asyncio.Future[Firing] | None = None) -> asyncio.Task[None]:
+        task = asyncio.create_task(self._run_firing(app_id, job, key, firing, revision, first=first))
+        self._track(task)
+        return task
 
-    async def _run_firing(self, app_id: str, job: CronJob, key: str, firing: Firing, revision: int) -> None:
+    async def _run_firing(self, app_id: str, job: CronJob, key: str, firing: Firing, revision: int, *,
+                          first: asyncio.Future[Firing] | None = None) -> None:
+        """Attempt ``firing`` until it succeeds or is out of retries; ``first`` gets a copy of it once the first
+        attempt is recorded."""
         scheduled = datetime.datetime.fromtimestamp(firing.scheduled, UTC)
         retry = job.retry
         while True:
@@ -321,6 +359,8 @@ class Scheduler:
                 log.warning("cron %s %s: firing %s was taken over; leaving it", app_id, job.url, scheduled)
                 return
             await self.store.state.put(job_id(app_id, job), firing.to_json())
+            if first is not None and not first.done():
+                first.set_result(dataclasses.replace(firing))
             if firing.done:
                 with contextlib.suppress(nats.errors.Error):
                     await self.store.open.delete(key)

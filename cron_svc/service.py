@@ -1,4 +1,5 @@
-"""``kiln.pb.cron.v1.CronService``: an app's jobs with their next and last runs; schedule validation."""
+"""``kiln.pb.cron.v1.CronService``: an app's jobs with their next and last runs; running a job now; schedule
+validation."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from typing import Any
 import grpc
 
 from kiln_platform import cronschedule as grammar
-from cron_svc.scheduler import Scheduler
+from cron_svc.scheduler import Firing, Scheduler
+from kiln_platform.cronyaml import CronJob
 from kiln_platform import grpcserver
-from kiln.errors import BadRequestError, PermissionDeniedError
+from kiln.errors import BadRequestError, NotFoundError, PermissionDeniedError
 from kiln.pb.cron.v1 import cron_pb2 as pb
 from kiln.pb.cron.v1 import cron_pb2_grpc
 
@@ -31,7 +33,7 @@ class CronService(cron_pb2_grpc.CronServiceServicer):
         out = pb.ListJobsResponse()
         for job in self._scheduler.jobs.get(app, []):
             item = out.jobs.add(url=job.url, schedule=job.schedule.text, timezone=job.timezone,
-                                description=job.description, target=job.target)
+                                description=job.description, target=job.target, key=job.key)
             r = job.retry
             if r.retries:
                 item.retry_parameters.min_backoff_seconds = r.min_backoff_seconds
@@ -46,15 +48,19 @@ class CronService(cron_pb2_grpc.CronServiceServicer):
                 item.next_run.FromDatetime(upcoming)
             last = await self._scheduler.last_firing(app, job)
             if last is not None:
-                item.last_firing.app_id = app
-                item.last_firing.version_id = job.target
-                item.last_firing.url = job.url
-                item.last_firing.scheduled_time.FromDatetime(
-                    datetime.datetime.fromtimestamp(last.scheduled, datetime.timezone.utc))
-                item.last_firing.attempt = last.attempt
-                item.last_firing.status = last.status
-                item.last_firing.fired_at.FromDatetime(
-                    datetime.datetime.fromtimestamp(last.fired_at, datetime.timezone.utc))
+                _firing(item.last_firing, app, job, last)
+        return out
+
+    async def RunJob(self, request: pb.RunJobRequest,
+                     context: grpc.aio.ServicerContext[Any, Any]) -> pb.RunJobResponse:
+        app = grpcserver.caller_app()
+        if request.app_id and request.app_id != app:
+            raise PermissionDeniedError("an app may run only its own cron jobs")
+        job = next((j for j in self._scheduler.jobs.get(app, []) if j.key == request.key), None)
+        if job is None:
+            raise NotFoundError(f"key: app {app} has no cron job {request.key!r}")
+        out = pb.RunJobResponse()
+        _firing(out.firing, app, job, await self._scheduler.run_now(app, job))
         return out
 
     async def ValidateSchedule(self, request: pb.ValidateScheduleRequest,
@@ -76,3 +82,14 @@ class CronService(cron_pb2_grpc.CronServiceServicer):
                 raise BadRequestError(str(exc)) from None
             out.next_runs.add().FromDatetime(t)
         return out
+
+
+def _firing(out: pb.CronFiring, app: str, job: CronJob, firing: Firing) -> None:
+    """Fill ``out`` from the record of ``job``'s ``firing``."""
+    out.app_id = app
+    out.version_id = job.target
+    out.url = job.url
+    out.scheduled_time.FromDatetime(datetime.datetime.fromtimestamp(firing.scheduled, datetime.timezone.utc))
+    out.attempt = firing.attempt
+    out.status = firing.status
+    out.fired_at.FromDatetime(datetime.datetime.fromtimestamp(firing.fired_at, datetime.timezone.utc))

@@ -13,6 +13,7 @@ from typing import Any
 
 from deploy.dev import DevOptions, DevServer
 from kiln.api import _rpc
+from kiln.pb.cron.v1 import cron_pb2_grpc
 from kiln.pb.datastore.v1 import datastore_pb2 as ds
 from kiln.pb.datastore.v1 import datastore_pb2_grpc
 from kiln.pb.logs.v1 import logs_pb2, logs_pb2_grpc
@@ -70,10 +71,11 @@ class AsApp:
         self.app_id = server.app_id
         self._meta = AppCredentials(server.secrets["service"]).metadata(server.app_id)
         self._channels = [_rpc.channel(server.addresses[name]) for name in ("datastore_svc", "memcache_svc",
-                                                                             "logs_svc")]
+                                                                             "logs_svc", "cron_svc")]
         self.datastore = datastore_pb2_grpc.DatastoreServiceStub(self._channels[0])
         self.memcache = memcache_pb2_grpc.MemcacheServiceStub(self._channels[1])
         self.logs = logs_pb2_grpc.LogsServiceStub(self._channels[2])
+        self.cron = cron_pb2_grpc.CronServiceStub(self._channels[3])
 
     def call(self, method: Any, request: Any) -> Any:
         return method(request, metadata=self._meta, timeout=30)

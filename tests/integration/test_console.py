@@ -15,6 +15,7 @@ import pytest
 
 from console import security
 from deploy.dev import DevServer
+from kiln.pb.cron.v1 import cron_pb2 as cr
 from kiln.pb.memcache.v1 import memcache_pb2 as mc
 from tests.integration.apps import THREADSAFE_YAML
 from tests.integration.conftest import ROOT
@@ -105,6 +106,29 @@ def test_an_action_with_the_sessions_token_is_done(dev, services):
                             body=urllib.parse.urlencode({"csrf_token": token}))
     assert status == 200
     assert not _kept(services)
+
+
+def _report_job(services: AsApp) -> cr.Job:
+    jobs = services.call(services.cron.ListJobs, cr.ListJobsRequest()).jobs
+    return next(job for job in jobs if job.url == "/tasks/report")
+
+
+def test_running_a_cron_job_without_the_pages_token_is_refused_and_runs_nothing(dev, services):
+    cookie, _ = _session(dev)
+    status, _, html = _request(dev, "POST", "/cron/run", headers={**FORM, "Cookie": cookie},
+                               body=urllib.parse.urlencode({"key": _report_job(services).key}))
+    assert status == 403
+    assert "security token" in html
+    assert not _report_job(services).HasField("last_firing")
+
+
+def test_running_a_cron_job_that_is_gone_says_so_and_the_console_keeps_serving(dev):
+    cookie, token = _session(dev)
+    status, _, html = _request(dev, "POST", "/cron/run", headers={**FORM, "Cookie": cookie},
+                               body=urllib.parse.urlencode({"csrf_token": token, "key": "0123abcd"}))
+    assert status == 404
+    assert "has no cron job &#39;0123abcd&#39;" in html
+    assert _request(dev, "GET", "/cron")[0] == 200
 
 
 def test_the_session_cookie_is_http_only_and_same_site_strict(dev):

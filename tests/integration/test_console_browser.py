@@ -12,6 +12,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from deploy.dev import DevServer
 from kiln.pb.datastore.v1 import datastore_pb2 as ds
+from kiln.pb.logs.v1 import logs_pb2
 from kiln.pb.memcache.v1 import memcache_pb2 as mc
 from tests.integration.consolekit import CHROMIUM, AsApp, console_dev, fetch, timestamp
 
@@ -320,3 +321,20 @@ def test_the_cron_page_lists_each_job_with_its_schedule_and_runs(page, services)
     assert row.locator("td").first.inner_text() == "nightly <b>report</b>"  # the description, escaped
     assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:00 UTC", row.locator(".next").inner_text())
     assert row.locator(".last").inner_text() == "never"
+
+
+def test_cron_run_now_calls_the_jobs_handler_in_the_app_and_shows_the_run(page, services):
+    page.goto("/cron")
+    row = page.locator("table.jobs tbody tr[data-url='/tasks/report']")
+    page.once("dialog", lambda dialog: dialog.accept())
+    _mark_document(page)
+    row.get_by_role("button", name="Run now").click()
+    expect(page.locator(".notice.ok")).to_have_text("Ran /tasks/report: status 200.")
+    assert _not_reloaded(page)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", row.locator(".last").inner_text())
+    assert row.locator(".status").inner_text() == "200"
+    services.wait_for_logs({"/tasks/report"})
+    found = services.call(services.logs.Query, logs_pb2.QueryRequest(app_id=services.app_id, page_size=1000,
+                                                                     include_app_logs=True))
+    [ran] = [r for r in found.logs if r.resource == "/tasks/report"]
+    assert "served /tasks/report" in [line.message for line in ran.app_logs]  # the app's handler ran

@@ -101,3 +101,35 @@ async def test_a_job_that_never_fires_in_its_zone_is_not_planned_and_the_others_
         await nc.close()
     assert scheduler.next_run("app", jobs[0]) is None
     assert fired == ["/tick"]
+
+
+async def test_a_run_now_in_the_second_of_a_scheduled_firing_does_not_take_its_place(supervisor, tmp_path):
+    (tmp_path / "nats").mkdir()
+    nc = await nats.connect(f"nats://{supervisor.start_nats(tmp_path / 'nats', name=f'nats-{tmp_path.name}').address}")
+    store = Store(nc.jetstream())
+    await store.open_buckets()
+    jobs = cronyaml.parse("cron:\n- url: /tick\n  schedule: every 1 minutes synchronized\n")
+    fired: list[datetime.datetime] = []
+
+    async def fire(app_id, job, scheduled, attempt):
+        fired.append(scheduled)
+        return 200
+
+    now = [START]
+    scheduler = Scheduler(store, {"app": jobs}, fire, replica="only", clock=lambda: now[0])
+    loop = asyncio.create_task(scheduler.run())
+    try:
+        while scheduler.next_run("app", jobs[0]) is None:  # planned at 12:00:30: next firing 12:01:00
+            await asyncio.sleep(0.01)
+        now[0] = START + 30  # 12:01:00, the scheduled firing's own second
+        ran = await scheduler.run_now("app", jobs[0])
+        for _ in range(200):
+            if len(fired) == 2:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await scheduler.stop()
+        await asyncio.gather(loop, return_exceptions=True)
+        await nc.close()
+    assert (ran.status, ran.attempt) == (200, 1)
+    assert [t.strftime("%H:%M:%S") for t in fired] == ["12:01:00", "12:01:00"]  # the run now, and the scheduled one

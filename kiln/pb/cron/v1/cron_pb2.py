@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1akiln/pb/cron/v1/cron.proto\x12\x0fkiln.pb.cron.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa3\x02\n\x0fRetryParameters\x12\x1c\n\x0fjob_retry_limit\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\"\n\x15job_age_limit_seconds\x18\x02 \x01(\x03H\x01\x88\x01\x01\x12 \n\x13min_backoff_seconds\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12 \n\x13max_backoff_seconds\x18\x04 \x01(\x01H\x03\x88\x01\x01\x12\x1a\n\rmax_doublings\x18\x05 \x01(\x05H\x04\x88\x01\x01\x42\x12\n\x10_job_retry_limitB\x18\n\x16_job_age_limit_secondsB\x16\n\x14_min_backoff_secondsB\x16\n\x14_max_backoff_secondsB\x10\n\x0e_max_doublings\"\xf7\x01\n\x03Job\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x10\n\x08schedule\x18\x02 \x01(\t\x12\x10\n\x08timezone\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x0e\n\x06target\x18\x05 \x01(\t\x12:\n\x10retry_parameters\x18\x06 \x01(\x0b\x32 .kiln.pb.cron.v1.RetryParameters\x12,\n\x08next_run\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0blast_firing\x18\x08 \x01(\x0b\x32\x1b.kiln.pb.cron.v1.CronFiring\"\xc0\x01\n\nCronFiring\x12\x0e\n\x06\x61pp_id\x18\x01 \x01(\t\x12\x12\n\nversion_id\x18\x02 \x01(\t\x12\x0b\n\x03url\x18\x03 \x01(\t\x12\x32\n\x0escheduled_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\x05\x12\x0e\n\x06status\x18\x06 \x01(\x05\x12,\n\x08\x66ired_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"!\n\x0fListJobsRequest\x12\x0e\n\x06\x61pp_id\x18\x01 \x01(\t\"6\n\x10ListJobsResponse\x12\"\n\x04jobs\x18\x01 \x03(\x0b\x32\x14.kiln.pb.cron.v1.Job\"L\n\x17ValidateScheduleRequest\x12\x10\n\x08schedule\x18\x01 \x01(\t\x12\x10\n\x08timezone\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\x05\"I\n\x18ValidateScheduleResponse\x12-\n\tnext_runs\x18\x01 \x03(\x0b\x32\x1a.google.protobuf.Timestamp2\xc7\x01\n\x0b\x43ronService\x12O\n\x08ListJobs\x12 .kiln.pb.cron.v1.ListJobsRequest\x1a!.kiln.pb.cron.v1.ListJobsResponse\x12g\n\x10ValidateSchedule\x12(.kiln.pb.cron.v1.ValidateScheduleRequest\x1a).kiln.pb.cron.v1.ValidateScheduleResponseB<\n\x13\x64\x65v.kiln.pb.cron.v1P\x01Z#kiln.dev/gen/kiln/pb/cron/v1;cronv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1akiln/pb/cron/v1/cron.proto\x12\x0fkiln.pb.cron.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa3\x02\n\x0fRetryParameters\x12\x1c\n\x0fjob_retry_limit\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\"\n\x15job_age_limit_seconds\x18\x02 \x01(\x03H\x01\x88\x01\x01\x12 \n\x13min_backoff_seconds\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12 \n\x13max_backoff_seconds\x18\x04 \x01(\x01H\x03\x88\x01\x01\x12\x1a\n\rmax_doublings\x18\x05 \x01(\x05H\x04\x88\x01\x01\x42\x12\n\x10_job_retry_limitB\x18\n\x16_job_age_limit_secondsB\x16\n\x14_min_backoff_secondsB\x16\n\x14_max_backoff_secondsB\x10\n\x0e_max_doublings\"\x84\x02\n\x03Job\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x10\n\x08schedule\x18\x02 \x01(\t\x12\x10\n\x08timezone\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x0e\n\x06target\x18\x05 \x01(\t\x12:\n\x10retry_parameters\x18\x06 \x01(\x0b\x32 .kiln.pb.cron.v1.RetryParameters\x12,\n\x08next_run\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0blast_firing\x18\x08 \x01(\x0b\x32\x1b.kiln.pb.cron.v1.CronFiring\x12\x0b\n\x03key\x18\t \x01(\t\"\xc0\x01\n\nCronFiring\x12\x0e\n\x06\x61pp_id\x18\x01 \x01(\t\x12\x12\n\nversion_id\x18\x02 \x01(\t\x12\x0b\n\x03url\x18\x03 \x01(\t\x12\x32\n\x0escheduled_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\x05\x12\x0e\n\x06status\x18\x06 \x01(\x05\x12,\n\x08\x66ired_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"!\n\x0fListJobsRequest\x12\x0e\n\x06\x61pp_id\x18\x01 \x01(\t\"6\n\x10ListJobsResponse\x12\"\n\x04jobs\x18\x01 \x03(\x0b\x32\x14.kiln.pb.cron.v1.Job\"L\n\x17ValidateScheduleRequest\x12\x10\n\x08schedule\x18\x01 \x01(\t\x12\x10\n\x08timezone\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\x05\"I\n\x18ValidateScheduleResponse\x12-\n\tnext_runs\x18\x01 \x03(\x0b\x32\x1a.google.protobuf.Timestamp\",\n\rRunJobRequest\x12\x0e\n\x06\x61pp_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\"=\n\x0eRunJobResponse\x12+\n\x06\x66iring\x18\x01 \x01(\x0b\x32\x1b.kiln.pb.cron.v1.CronFiring2\x92\x02\n\x0b\x43ronService\x12O\n\x08ListJobs\x12 .kiln.pb.cron.v1.ListJobsRequest\x1a!.kiln.pb.cron.v1.ListJobsResponse\x12g\n\x10ValidateSchedule\x12(.kiln.pb.cron.v1.ValidateScheduleRequest\x1a).kiln.pb.cron.v1.ValidateScheduleResponse\x12I\n\x06RunJob\x12\x1e.kiln.pb.cron.v1.RunJobRequest\x1a\x1f.kiln.pb.cron.v1.RunJobResponseB<\n\x13\x64\x65v.kiln.pb.cron.v1P\x01Z#kiln.dev/gen/kiln/pb/cron/v1;cronv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,17 +37,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RETRYPARAMETERS']._serialized_start=81
   _globals['_RETRYPARAMETERS']._serialized_end=372
   _globals['_JOB']._serialized_start=375
-  _globals['_JOB']._serialized_end=622
-  _globals['_CRONFIRING']._serialized_start=625
-  _globals['_CRONFIRING']._serialized_end=817
-  _globals['_LISTJOBSREQUEST']._serialized_start=819
-  _globals['_LISTJOBSREQUEST']._serialized_end=852
-  _globals['_LISTJOBSRESPONSE']._serialized_start=854
-  _globals['_LISTJOBSRESPONSE']._serialized_end=908
-  _globals['_VALIDATESCHEDULEREQUEST']._serialized_start=910
-  _globals['_VALIDATESCHEDULEREQUEST']._serialized_end=986
-  _globals['_VALIDATESCHEDULERESPONSE']._serialized_start=988
-  _globals['_VALIDATESCHEDULERESPONSE']._serialized_end=1061
-  _globals['_CRONSERVICE']._serialized_start=1064
-  _globals['_CRONSERVICE']._serialized_end=1263
+  _globals['_JOB']._serialized_end=635
+  _globals['_CRONFIRING']._serialized_start=638
+  _globals['_CRONFIRING']._serialized_end=830
+  _globals['_LISTJOBSREQUEST']._serialized_start=832
+  _globals['_LISTJOBSREQUEST']._serialized_end=865
+  _globals['_LISTJOBSRESPONSE']._serialized_start=867
+  _globals['_LISTJOBSRESPONSE']._serialized_end=921
+  _globals['_VALIDATESCHEDULEREQUEST']._serialized_start=923
+  _globals['_VALIDATESCHEDULEREQUEST']._serialized_end=999
+  _globals['_VALIDATESCHEDULERESPONSE']._serialized_start=1001
+  _globals['_VALIDATESCHEDULERESPONSE']._serialized_end=1074
+  _globals['_RUNJOBREQUEST']._serialized_start=1076
+  _globals['_RUNJOBREQUEST']._serialized_end=1120
+  _globals['_RUNJOBRESPONSE']._serialized_start=1122
+  _globals['_RUNJOBRESPONSE']._serialized_end=1183
+  _globals['_CRONSERVICE']._serialized_start=1186
+  _globals['_CRONSERVICE']._serialized_end=1460
 # @@protoc_insertion_point(module_scope)

@@ -94,6 +94,7 @@ class Job(_message.Message):
     RETRY_PARAMETERS_FIELD_NUMBER: _builtins.int
     NEXT_RUN_FIELD_NUMBER: _builtins.int
     LAST_FIRING_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
     url: _builtins.str
     """url."""
     schedule: _builtins.str
@@ -104,6 +105,8 @@ class Job(_message.Message):
     """description."""
     target: _builtins.str
     """target version; empty means the default version."""
+    key: _builtins.str
+    """The job's stable id (a hash of url, schedule, timezone and target): what RunJob names."""
     @_builtins.property
     def retry_parameters(self) -> Global___RetryParameters:
         """retry_parameters."""
@@ -127,10 +130,11 @@ class Job(_message.Message):
         retry_parameters: Global___RetryParameters | None = ...,
         next_run: _timestamp_pb2.Timestamp | None = ...,
         last_firing: Global___CronFiring | None = ...,
+        key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_firing", b"last_firing", "next_run", b"next_run", "retry_parameters", b"retry_parameters"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "last_firing", b"last_firing", "next_run", b"next_run", "retry_parameters", b"retry_parameters", "schedule", b"schedule", "target", b"target", "timezone", b"timezone", "url", b"url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "key", b"key", "last_firing", b"last_firing", "next_run", b"next_run", "retry_parameters", b"retry_parameters", "schedule", b"schedule", "target", b"target", "timezone", b"timezone", "url", b"url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -285,3 +289,53 @@ class ValidateScheduleResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ValidateScheduleResponse: _TypeAlias = ValidateScheduleResponse  # noqa: Y015
+
+@_typing.final
+class RunJobRequest(_message.Message):
+    """RunJobRequest names one job of the app."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APP_ID_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    app_id: _builtins.str
+    """App (empty: the caller's)."""
+    key: _builtins.str
+    """Job.key of the job to run."""
+    def __init__(
+        self,
+        *,
+        app_id: _builtins.str = ...,
+        key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_id", b"app_id", "key", b"key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunJobRequest: _TypeAlias = RunJobRequest  # noqa: Y015
+
+@_typing.final
+class RunJobResponse(_message.Message):
+    """RunJobResponse is the outcome of the run's first attempt."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FIRING_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def firing(self) -> Global___CronFiring:
+        """The firing as recorded (status 0: no answer)."""
+
+    def __init__(
+        self,
+        *,
+        firing: Global___CronFiring | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["firing", b"firing"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["firing", b"firing"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunJobResponse: _TypeAlias = RunJobResponse  # noqa: Y015

@@ -27,7 +27,7 @@ if _version_not_supported:
 
 
 class CronServiceStub:
-    """CronService lists jobs and their history.
+    """CronService lists jobs and their history, and runs a job on demand.
     """
 
     def __init__(self, channel):
@@ -46,10 +46,15 @@ class CronServiceStub:
                 request_serializer=kiln_dot_pb_dot_cron_dot_v1_dot_cron__pb2.ValidateScheduleRequest.SerializeToString,
                 response_deserializer=kiln_dot_pb_dot_cron_dot_v1_dot_cron__pb2.ValidateScheduleResponse.FromString,
                 _registered_method=True)
+        self.RunJob = channel.unary_unary(
+                '/kiln.pb.cron.v1.CronService/RunJob',
+                request_serializer=kiln_dot_pb_dot_cron_dot_v1_dot_cron__pb2.RunJobRequest.SerializeToString,
+                response_deserializer=kiln_dot_pb_dot_cron_dot_v1_dot_cron__pb2.RunJobResponse.FromString,
+                _registered_method=True)
 
 
 class CronServiceServicer:
-    """CronService lists jobs and their history.
+    """CronService lists jobs and their history, and runs a job on demand.
     """
 
     def ListJobs(self, request, context):
@@ -61,6 +66,15 @@ class CronServiceServicer:
 
     def ValidateSchedule(self, request, context):
         """ValidateSchedule parses an App Engine schedule and returns upcoming times.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RunJob(self, request, context):
+        """RunJob runs one of the calling app's jobs now, as a scheduled firing does (the same signed request through
+        the router, retried per its retry_parameters, recorded as the job's last firing); it answers once the first
+        attempt is over. NOT_FOUND: the app has no job with that key.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -79,6 +93,11 @@ def add_CronServiceServicer_to_server(servicer, server):
                     request_deserializer=kiln_dot_pb_dot_cron_dot_v1_dot_cron__pb2.ValidateScheduleRequest.FromString,
                     response_serializer=kiln_dot_pb_dot_cron_dot_v1_dot_cron__pb2.ValidateScheduleResponse.SerializeToString,
             ),
+            'RunJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.RunJob,
+                    request_deserializer=kiln_dot_pb_dot_cron_dot_v1_dot_cron__pb2.RunJobRequest.FromString,
+                    response_serializer=kiln_dot_pb_dot_cron_dot_v1_dot_cron__pb2.RunJobResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'kiln.pb.cron.v1.CronService', rpc_method_handlers)
@@ -88,7 +107,7 @@ def add_CronServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class CronService:
-    """CronService lists jobs and their history.
+    """CronService lists jobs and their history, and runs a job on demand.
     """
 
     @staticmethod
@@ -135,6 +154,33 @@ class CronService:
             '/kiln.pb.cron.v1.CronService/ValidateSchedule',
             kiln_dot_pb_dot_cron_dot_v1_dot_cron__pb2.ValidateScheduleRequest.SerializeToString,
             kiln_dot_pb_dot_cron_dot_v1_dot_cron__pb2.ValidateScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kiln.pb.cron.v1.CronService/RunJob',
+            kiln_dot_pb_dot_cron_dot_v1_dot_cron__pb2.RunJobRequest.SerializeToString,
+            kiln_dot_pb_dot_cron_dot_v1_dot_cron__pb2.RunJobResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -31,7 +31,7 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class CronServiceStub:
-    """CronService lists jobs and their history."""
+    """CronService lists jobs and their history, and runs a job on demand."""
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
@@ -41,19 +41,29 @@ class CronServiceStub:
     """ListJobs lists an app's jobs with their next and last runs."""
     ValidateSchedule: _grpc.UnaryUnaryMultiCallable[_cron_pb2.ValidateScheduleRequest, _cron_pb2.ValidateScheduleResponse]
     """ValidateSchedule parses an App Engine schedule and returns upcoming times."""
+    RunJob: _grpc.UnaryUnaryMultiCallable[_cron_pb2.RunJobRequest, _cron_pb2.RunJobResponse]
+    """RunJob runs one of the calling app's jobs now, as a scheduled firing does (the same signed request through
+    the router, retried per its retry_parameters, recorded as the job's last firing); it answers once the first
+    attempt is over. NOT_FOUND: the app has no job with that key.
+    """
 
 @_typing.type_check_only
 class CronServiceAsyncStub(CronServiceStub):
-    """CronService lists jobs and their history."""
+    """CronService lists jobs and their history, and runs a job on demand."""
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListJobs: _aio.UnaryUnaryMultiCallable[_cron_pb2.ListJobsRequest, _cron_pb2.ListJobsResponse]  # type: ignore[assignment]
     """ListJobs lists an app's jobs with their next and last runs."""
     ValidateSchedule: _aio.UnaryUnaryMultiCallable[_cron_pb2.ValidateScheduleRequest, _cron_pb2.ValidateScheduleResponse]  # type: ignore[assignment]
     """ValidateSchedule parses an App Engine schedule and returns upcoming times."""
+    RunJob: _aio.UnaryUnaryMultiCallable[_cron_pb2.RunJobRequest, _cron_pb2.RunJobResponse]  # type: ignore[assignment]
+    """RunJob runs one of the calling app's jobs now, as a scheduled firing does (the same signed request through
+    the router, retried per its retry_parameters, recorded as the job's last firing); it answers once the first
+    attempt is over. NOT_FOUND: the app has no job with that key.
+    """
 
 class CronServiceServicer(metaclass=_abc_1.ABCMeta):
-    """CronService lists jobs and their history."""
+    """CronService lists jobs and their history, and runs a job on demand."""
 
     @_abc_1.abstractmethod
     def ListJobs(
@@ -70,5 +80,16 @@ class CronServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_cron_pb2.ValidateScheduleResponse, _abc.Awaitable[_cron_pb2.ValidateScheduleResponse]]:
         """ValidateSchedule parses an App Engine schedule and returns upcoming times."""
+
+    @_abc_1.abstractmethod
+    def RunJob(
+        self,
+        request: _cron_pb2.RunJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_cron_pb2.RunJobResponse, _abc.Awaitable[_cron_pb2.RunJobResponse]]:
+        """RunJob runs one of the calling app's jobs now, as a scheduled firing does (the same signed request through
+        the router, retried per its retry_parameters, recorded as the job's last firing); it answers once the first
+        attempt is over. NOT_FOUND: the app has no job with that key.
+        """
 
 def add_CronServiceServicer_to_server(servicer: CronServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
