@@ -59,8 +59,10 @@ def live_hosts(cluster) -> dict[str, pathlib.Path]:
     return {name: root for name, (root, child) in cluster["hosts"].items() if child.proc.poll() is None}
 
 
-def managers(cluster, app: str) -> list[str]:
-    """The live host of every runtime.manager process of ``app`` (from /proc)."""
+def managers(cluster, app: str, live: dict[str, pathlib.Path] | None = None) -> list[str]:
+    """The live host (of ``live``, by default those live now) of every runtime.manager process of ``app``
+    (from /proc)."""
+    live = live_hosts(cluster) if live is None else live
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -70,16 +72,17 @@ def managers(cluster, app: str) -> list[str]:
         if "runtime.manager" not in argv or "--app-id" not in argv or argv[argv.index("--app-id") + 1] != app:
             continue
         run_dir = argv[argv.index("--run-dir") + 1]
-        found += [host for host, root in live_hosts(cluster).items() if run_dir.startswith(str(root))]
+        found += [host for host, root in live.items() if run_dir.startswith(str(root))]
     return found
 
 
 def serving_instances(cluster, app: str) -> dict[str, int]:
     """Per live host running a manager of ``app``: its instances that serve (the manager's instances.json)."""
     counts = {}
-    for host in managers(cluster, app):
+    live = live_hosts(cluster)  # once: a host killed meanwhile is still read from its own directory
+    for host in managers(cluster, app, live):
         try:
-            state = json.loads((live_hosts(cluster)[host] / app / "v1.1" / "instances.json").read_text())
+            state = json.loads((live[host] / app / "v1.1" / "instances.json").read_text())
         except (OSError, ValueError):
             state = []
         counts[host] = sum(1 for instance in state if instance["ready"])
