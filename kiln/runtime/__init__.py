@@ -34,6 +34,7 @@ __all__ = ["MAX_BACKGROUND_THREADS", "DeadlineExceededError", "background_thread
            "mark_background", "request_environ"]
 
 _local = threading.local()
+_passed_lock = threading.Lock()  # makes each _Deadline's `passed` event once
 
 
 class DeadlineExceededError(BaseException):
@@ -54,7 +55,23 @@ class _Deadline:
     def __init__(self, at: float, hard_at: float) -> None:
         self.at = at  # time.monotonic() of the request deadline
         self.hard_at = hard_at  # past this the runtime gives up on the request (the grace has run out)
-        self.passed = threading.Event()  # set by the timer, just after it raised DeadlineExceededError
+        self._passed: threading.Event | None = None  # made when first asked for (see passed)
+
+    @property
+    def passed(self) -> threading.Event:
+        """Set by the timer, just after it raised DeadlineExceededError.
+
+        Made on first use, once (under a lock: the timer and the request's waits may ask at the same moment): only a
+        request that waits past its deadline, or whose deadline passes, needs it, and making an Event (a Condition
+        and its lock) for every request cost more than the request timer's own work.
+        """
+        passed = self._passed
+        if passed is None:
+            with _passed_lock:
+                passed = self._passed
+                if passed is None:
+                    passed = self._passed = threading.Event()
+        return passed
 
     def time_left(self) -> float:
         """Seconds a wait may block now: until the deadline, or after it until the end of the grace."""

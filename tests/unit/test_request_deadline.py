@@ -104,3 +104,22 @@ def test_sleep_outside_a_request_and_with_bad_arguments_behaves_as_time_sleep():
         requestscope._sleep(-1)
     with pytest.raises(TypeError):
         requestscope._sleep("1")  # type: ignore[arg-type]
+
+
+def test_a_deadline_has_one_passed_event_however_many_threads_ask_for_it_at_once():
+    deadline = far_deadline()
+    start = threading.Barrier(8)
+    seen: list[threading.Event] = []
+
+    def ask() -> None:
+        start.wait()
+        seen.append(deadline.passed)
+
+    threads = [threading.Thread(target=ask) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(seen) == 8 and all(event is seen[0] for event in seen)
+    requestscope.deadline_passed(deadline, {"REQUEST_LOG_ID": "r1"})
+    assert seen[0].is_set()
