@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
+import grpc
 import nats.errors
 from aiohttp import web
 from nats.aio.client import Client
@@ -36,6 +37,8 @@ from nats.aio.msg import Msg
 
 from kiln_platform import auth, bus, grpcserver, httpfields
 from kiln_platform.deployclient import VersionSource
+from kiln.api._rpc import CHANNEL_OPTIONS
+from kiln.pb.blobstore.v1 import blobstore_pb2_grpc
 from kiln.pb.logs.v1 import logs_pb2
 from kiln.pb.runtime.v1 import http_pb2
 from router import (blobupload, connections, cookies, headers, hosts, imageserve, oidc, paths, replies, responses,
@@ -96,11 +99,15 @@ class Router:
         self._bodies: dict[str, bus.BodyStore] = {}
         self._statics: dict[tuple[str, str, int], static.StaticFiles] = {}
         self._ids = RequestIds()
-        self.uploads = (blobupload.Uploads(str(cfg.blobstore_addr), credentials,
-                                           max_field_bytes=cfg.max_request_bytes)
-                        if cfg.blobstore_addr and credentials else None)
-        self.blobs = (blobserve.BlobServer(str(cfg.blobstore_addr), credentials)
-                      if cfg.blobstore_addr and credentials else None)  # X-AppEngine-BlobKey (router/blobserve.py)
+        # Blobstore uploads (router/blobupload.py) and X-AppEngine-BlobKey (router/blobserve.py), on one channel.
+        self.blob_channel = (grpc.aio.insecure_channel(str(cfg.blobstore_addr), options=list(CHANNEL_OPTIONS))
+                             if cfg.blobstore_addr and credentials else None)
+        self.uploads: blobupload.Uploads | None = None
+        self.blobs: blobserve.BlobServer | None = None
+        if self.blob_channel is not None and credentials is not None:
+            blob_stub = blobstore_pb2_grpc.BlobstoreServiceStub(self.blob_channel)
+            self.uploads = blobupload.Uploads(blob_stub, credentials, max_field_bytes=cfg.max_request_bytes)
+            self.blobs = blobserve.BlobServer(blob_stub, credentials)
         # The router's own headers that are the same on every request, encoded once (see _encoded_header).
         self._fixed_geo_encoded = (b"".join(_encoded_header(n, v) for n, v in self._fixed_geo)
                                    if self._fixed_geo is not None else None)
@@ -658,11 +665,9 @@ async def serve(cfg: RouterConfig) -> None:
         await router.oidc.close()
     if router.images is not None:
         await router.images.close()
-    if router.uploads is not None:
-        await router.uploads.close()
+    if router.blob_channel is not None:
+        await router.blob_channel.close()
     await router.logs.close()
-    if router.blobs is not None:
-        await router.blobs.close()
     await bus.shutdown(nc)
     log.info("stopped")
 

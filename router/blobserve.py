@@ -43,7 +43,6 @@ from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 from multidict import CIMultiDict
 
-from kiln.api import _rpc
 from kiln.pb.blobstore.v1 import blobstore_pb2 as pb
 from kiln.pb.blobstore.v1 import blobstore_pb2_grpc
 from kiln.pb.runtime.v1 import http_pb2
@@ -209,21 +208,12 @@ def sent_bytes(out: web.StreamResponse) -> int:
 class BlobServer:
     """Answers responses carrying ``X-AppEngine-BlobKey`` from blobstore_svc, as the app (see module docstring)."""
 
-    def __init__(self, address: str, credentials: AppCredentials) -> None:
-        self._address = address
+    def __init__(self, stub: blobstore_pb2_grpc.BlobstoreServiceAsyncStub, credentials: AppCredentials) -> None:
+        self._stub = stub  # on the router's one channel to blobstore_svc
         self._credentials = credentials
-        self._channel: grpc.aio.Channel | None = None
-        self._stub: blobstore_pb2_grpc.BlobstoreServiceAsyncStub | None = None
 
     def _service(self) -> blobstore_pb2_grpc.BlobstoreServiceAsyncStub:
-        if self._stub is None:  # made on first use, inside the serving event loop
-            self._channel = grpc.aio.insecure_channel(self._address, options=list(_rpc.CHANNEL_OPTIONS))
-            self._stub = blobstore_pb2_grpc.BlobstoreServiceStub(self._channel)
         return self._stub
-
-    async def close(self) -> None:
-        if self._channel is not None:
-            await self._channel.close()
 
     async def respond(self, request: web.Request, resp: http_pb2.HttpResponse, key: str, app_id: str, *,
                       max_bytes: int) -> web.StreamResponse:

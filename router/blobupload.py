@@ -44,7 +44,6 @@ import grpc
 from aiohttp import BodyPartReader, web
 
 from kiln import errors
-from kiln.api._rpc import CHANNEL_OPTIONS
 from kiln.pb.blobstore.v1 import blobstore_pb2 as pb
 from kiln.pb.blobstore.v1 import blobstore_pb2_grpc
 from router import paths, responses
@@ -95,16 +94,14 @@ class _Limits:
 
 
 class Uploads:
-    """Takes uploads for the router (module docstring); one per router process, one channel to blobstore_svc."""
+    """Takes uploads for the router (module docstring); one per router process, on the router's one channel to
+    blobstore_svc."""
 
-    def __init__(self, address: str, credentials: AppCredentials, *, max_field_bytes: int) -> None:
-        self._channel = grpc.aio.insecure_channel(address, options=list(CHANNEL_OPTIONS))
-        self._stub = blobstore_pb2_grpc.BlobstoreServiceStub(self._channel)
+    def __init__(self, stub: blobstore_pb2_grpc.BlobstoreServiceAsyncStub, credentials: AppCredentials, *,
+                 max_field_bytes: int) -> None:
+        self._stub = stub
         self._credentials = credentials
         self._max_field_bytes = max_field_bytes
-
-    async def close(self) -> None:
-        await self._channel.close()
 
     async def receive(self, request: web.Request, url: paths.Target, app_id: str,
                       fields: list[tuple[str, str]]) -> web.StreamResponse | Forward:
