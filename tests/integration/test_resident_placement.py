@@ -106,6 +106,9 @@ def test_a_resident_version_gets_its_min_instances_on_as_many_hosts_as_they_need
 def test_a_dead_hosts_resident_instances_are_placed_again_on_hosts_with_room(cluster):
     placed = serving_instances(cluster, "keep3")
     first = next(host for host in placed if "keep3: version v1 placed here" in host_log(cluster, host))
-    cluster["hosts"][first][1].proc.kill()  # its managers and instances die with it; its placement keys expire
+    host = cluster["hosts"][first][1].proc
+    host.kill()  # its managers and instances die with it; its placement keys expire
+    # Until the host is reaped it still counts as live, and its instances with it: sum == 3 would hold at once.
+    host.wait(timeout=60)
     apps.wait_for(lambda: sum(serving_instances(cluster, "keep3").values()) == 3, 240)
     assert first not in serving_instances(cluster, "keep3")
