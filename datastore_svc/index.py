@@ -137,6 +137,9 @@ def indexed_values(entity: pb.Entity) -> dict[str, list[bytes]]:
 def _collect(props: Mapping[str, pb.Value], prefix: str, out: dict[str, set[bytes]]) -> None:
     for name, value in props.items():
         full = prefix + name
+        if _indexed_empty_list(value):
+            out.setdefault(full, set()).add(values.NULL)
+            continue
         items: Iterable[pb.Value] = value.array_value.values if value.HasField("array_value") else (value,)
         for item in items:
             if item.HasField("entity_value"):
@@ -146,11 +149,20 @@ def _collect(props: Mapping[str, pb.Value], prefix: str, out: dict[str, set[byte
                 out.setdefault(full, set()).add(values.encode(item))
 
 
+def _indexed_empty_list(value: pb.Value) -> bool:
+    """Whether ``value`` is an indexed empty list, which App Engine indexes as one null: its SDK writes an empty list
+    as a null property (meaning ``EMPTY_LIST``), and Google's datastore stub finds it with ``= None``."""
+    return value.HasField("array_value") and not value.array_value.values and not value.exclude_from_indexes
+
+
 def indexed_value_count(props: Mapping[str, pb.Value]) -> int:
     """How many indexed values ``props`` hold, counted as App Engine did: every element of a list, duplicates
     too, and the properties of indexed embedded entities."""
     count = 0
     for value in props.values():
+        if _indexed_empty_list(value):
+            count += 1
+            continue
         items: Iterable[pb.Value] = value.array_value.values if value.HasField("array_value") else (value,)
         for item in items:
             if item.HasField("entity_value"):

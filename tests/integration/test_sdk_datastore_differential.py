@@ -116,8 +116,7 @@ entities = st.fixed_dictionaries({
     "id": st.sampled_from(IDS),
     "a": st.one_of(st.none(), indexed_values),
     "b": st.one_of(st.none(), indexed_values),
-    # Empty lists are left out: Google's stub matches them with "= None", kiln does not (README).
-    "l": st.one_of(st.none(), st.lists(indexed_values, min_size=1, max_size=3)),
+    "l": st.one_of(st.none(), st.lists(indexed_values, max_size=3)),  # [] too: indexed as a null
     "num": st.one_of(st.none(), st.sampled_from(INTS), st.lists(st.sampled_from(INTS), min_size=1, max_size=2)),
     "u": st.one_of(st.none(), unindexed_values),
     "a_unindexed": st.booleans(),
@@ -409,3 +408,19 @@ def test_random_queries_answer_as_on_googles_datastore_stub(sdk, request):
         reporter.write_line(line)
     print(line)
     assert compared["sets"] > 0
+
+
+def _spec(**fields: Any) -> dict[str, Any]:
+    return {"kind": "DiffA", "ns": "", "ancestor": None, "filters": [], "orders": [], "projection": None,
+            "distinct": False, "keys_only": False, "page": None, "limit": None, "offset": 0, **fields}
+
+
+def test_a_stored_empty_list_is_a_null_to_queries_as_on_googles_stub(sdk, tmp_path):
+    base = {"kind": "DiffA", "ns": "", "parent": None, "a": None, "b": None, "num": None, "u": None,
+            "a_unindexed": False}
+    data = [{**base, "id": "e1", "l": []}, {**base, "id": "e2", "l": [("int", 1)]}, {**base, "id": "e3", "l": None},
+            {**base, "id": "e4", "l": [("none", None)]}]
+    specs = [_spec(filters=[("l", "=", ("none", None))]), _spec(orders=[("l", False)]),
+             _spec(orders=[("l", True)]), _spec(filters=[("l", "in", [("none", None), ("int", 1)])]),
+             _spec(projection=["l"]), _spec(filters=[("l", "=", ("int", 1))])]
+    assert compare(data, specs, Indexes(sdk, tmp_path), GoogleStub(tmp_path)) == len(specs)

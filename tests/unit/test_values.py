@@ -96,6 +96,21 @@ def test_list_values_index_each_distinct_element_once():
     assert index.indexed_values(entity)["l"] == [values.encode(pb.Value(integer_value=n)) for n in (1, 3)]
 
 
+def test_an_empty_list_is_indexed_as_one_null_as_app_engine_stores_it():
+    entity = pb.Entity(key=key("K", 1).key_value)
+    entity.properties["l"].array_value.SetInParent()
+    assert index.indexed_values(entity) == {"l": [values.NULL]}
+    assert index.indexed_value_count(entity.properties) == 1
+
+
+def test_an_unindexed_empty_list_is_not_indexed():
+    entity = pb.Entity(key=key("K", 1).key_value)
+    entity.properties["l"].array_value.SetInParent()
+    entity.properties["l"].exclude_from_indexes = True
+    assert index.indexed_values(entity) == {}
+    assert index.indexed_value_count(entity.properties) == 0
+
+
 def test_embedded_entity_properties_index_under_dotted_names():
     entity = pb.Entity(key=key("K", 1).key_value)
     entity.properties["address"].entity_value.properties["city"].string_value = "Oslo"
