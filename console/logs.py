@@ -1,7 +1,8 @@
 """The Request logs page: an app's requests, newest first, each opening to the lines the app logged.
 
-logs_svc filters by minimum app log level itself; status and path are filtered here, over the service's pages
-(at most :data:`MAX_SCAN` records read per page shown), because its query has no such conditions.
+logs_svc filters by version, start-time range, request id and minimum app log level itself; status and path are
+filtered here, over the service's pages (at most :data:`MAX_SCAN` records read per page shown), because its
+query has no such conditions.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ LEVELS = {"debug": logs_pb2.LOG_LEVEL_DEBUG, "info": logs_pb2.LOG_LEVEL_INFO, "w
 LEVEL_NAMES = {number: name for name, number in LEVELS.items()} | {logs_pb2.LOG_LEVEL_UNSPECIFIED: "debug"}
 _STATUS = re.compile(r"[1-5](xx|[0-9]{2})")
 _TOKEN = re.compile(r"[A-Za-z0-9_=-]{0,1000}")
+_VERSION = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")  # App Engine's version ids (deploy/control/manifest)
+_REQUEST_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+FIELDS = ("level", "status", "path", "version", "request_id", "since", "until")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +40,10 @@ class LogFilter:
     level: str = ""  # the lowest app log level a request must have logged at
     status: str = ""  # "404", or a class such as "5xx"
     path: str = ""  # text the request's path (and query) must contain
+    version: str = ""  # the version that served it
+    request_id: str = ""  # one request (the others are then moot, as in logs_svc)
+    since: str = ""  # started at or after, "YYYY-MM-DDTHH:MM[:SS]" UTC (an HTML datetime-local value)
+    until: str = ""  # started before
 
     @classmethod
     def parse(cls, query: MultiMapping[str]) -> LogFilter:
@@ -44,17 +52,77 @@ class LogFilter:
         Raises:
             BadRequestError: a field is not one the page offers; the message names it.
         """
-        level, status, path = (query.get(name, "").strip() for name in ("level", "status", "path"))
+        level, status, path, version, request_id, since, until = (query.get(name, "").strip() for name in FIELDS)
         if level and level not in LEVELS:
             raise BadRequestError(f"level: expected one of {', '.join(LEVELS)}, got {level[:50]!r}")
         if status and not _STATUS.fullmatch(status.lower()):
             raise BadRequestError(f"status: expected a status such as 404 or a class such as 5xx, got {status[:50]!r}")
         if len(path) > MAX_PATH:
             raise BadRequestError(f"path: at most {MAX_PATH} characters")
-        return cls(level=level, status=status.lower(), path=path)
+        if version and not _VERSION.fullmatch(version):
+            raise BadRequestError(f"version: not a version id (lower-case letters, digits and -), got {version[:70]!r}")
+        if request_id and not _REQUEST_ID.fullmatch(request_id):
+            raise BadRequestError(f"request_id: not a request id, got {request_id[:130]!r}")
+        flt = cls(level=level, status=status.lower(), path=path, version=version, request_id=request_id,
+                  since=since, until=until)
+        start, end = flt.start(), flt.end()
+        if start is not None and end is not None and end <= start:
+            raise BadRequestError("until: must be after since")
+        return flt
+
+    @staticmethod
+    def _instant(name: str, text: str) -> datetime.datetime | None:
+        if not text:
+            return None
+        try:
+            moment = datetime.datetime.fromisoformat(text)
+        except ValueError:
+            raise BadRequestError(f"{name}: expected a time such as 2026-12-07T14:30 (UTC), got {text[:50]!r}") from None
+        if moment.tzinfo is not None:
+            raise BadRequestError(f"{name}: a time in UTC, without an offset, got {text[:50]!r}")
+        return moment.replace(tzinfo=datetime.UTC)
+
+    def start(self) -> datetime.datetime | None:
+        """The earliest start time shown (UTC), if any.
+
+        Raises:
+            BadRequestError: ``since`` is not a time.
+        """
+        return self._instant("since", self.since)
+
+    def end(self) -> datetime.datetime | None:
+        """The start time before which requests are shown (UTC), if any.
+
+        Raises:
+            BadRequestError: ``until`` is not a time.
+        """
+        return self._instant("until", self.until)
+
+    def params(self, **extra: str) -> dict[str, str]:
+        """The filter as a query string's fields (empty ones left out), with ``extra`` (e.g. the page)."""
+        fields = {name: getattr(self, name) for name in FIELDS} | extra
+        return {name: value for name, value in fields.items() if value}
+
+    def narrows(self) -> bool:
+        """Whether any field is set."""
+        return any(getattr(self, name) for name in FIELDS)
+
+    def apply(self, request: logs_pb2.QueryRequest) -> None:
+        """Put the conditions logs_svc filters on itself into ``request``."""
+        if self.level:
+            request.minimum_log_level = LEVELS[self.level]
+        if self.version:
+            request.version_ids.append(self.version)
+        if self.request_id:
+            request.request_ids.append(self.request_id)
+        start, end = self.start(), self.end()
+        if start is not None:
+            request.start_time.FromDatetime(start)
+        if end is not None:
+            request.end_time.FromDatetime(end)
 
     def matches(self, record: logs_pb2.RequestLog) -> bool:
-        """Whether ``record`` passes the status and path conditions (the level is the service's)."""
+        """Whether ``record`` passes the status and path conditions (the others are the service's)."""
         if self.status:
             shown = str(record.status)
             if self.status.endswith("xx") and shown[:1] != self.status[0] or \
@@ -92,8 +160,7 @@ async def fetch(services: Services, flt: LogFilter, token: str) -> tuple[list[Ro
     """A page of requests matching ``flt`` from ``token`` on: the rows, the next page's token, records read."""
     request = logs_pb2.QueryRequest(app_id=services.app_id, include_app_logs=True, page_size=SERVICE_PAGE,
                                     page_token=token)
-    if flt.level:
-        request.minimum_log_level = LEVELS[flt.level]
+    flt.apply(request)
     rows: list[Row] = []
     read = 0
     while True:

@@ -111,6 +111,45 @@ def test_log_filters_by_level_and_path_apply_without_reloading_the_page(page, lo
     assert _not_reloaded(page)
 
 
+def test_a_requests_id_link_shows_that_request_alone(page, logged, services):
+    page.goto("/logs")
+    row = page.locator(".request", has=page.locator(".resource", has_text=re.compile(r"^/second$")))
+    request_id = row.get_attribute("data-request-id")
+    row.locator("summary").click()
+    row.locator("a.request-link").click()
+    expect(page.locator(".request .resource")).to_have_text(["/second"])
+    assert page.locator(".request").get_attribute("data-request-id") == request_id
+    expect(page.locator("#f-request-id")).to_have_value(request_id or "")
+
+
+def test_log_filters_by_version_apply_without_reloading_the_page(page, logged):
+    page.goto("/logs")
+    _mark_document(page)
+    version = page.locator(".request .ids a.version-link").first.inner_text()
+    page.fill("#f-version", "no-such-version")
+    page.locator("#f-version").dispatch_event("change")
+    expect(page.locator("#log-rows .empty")).to_contain_text("No requests match these filters")
+    page.fill("#f-version", version)
+    page.locator("#f-version").dispatch_event("change")
+    expect(page.locator(".request .resource").first).to_have_text("/missing/page")
+    assert _not_reloaded(page)
+    assert f"version={version}" in page.url
+
+
+def test_log_filters_by_time_range_apply_without_reloading_the_page(page, logged):
+    page.goto("/logs")
+    _mark_document(page)
+    now = datetime.datetime.now(datetime.UTC)
+    page.fill("#f-since", (now + datetime.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M"))
+    expect(page.locator("#log-rows .empty")).to_contain_text("No requests match these filters")
+    page.fill("#f-since", (now - datetime.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M"))
+    page.fill("#f-until", (now + datetime.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M"))
+    expect(page.locator(".request .resource").first).to_have_text("/missing/page")
+    page.fill("#f-until", (now - datetime.timedelta(minutes=90)).strftime("%Y-%m-%dT%H:%M"))
+    expect(page.locator("#messages .notice.error")).to_contain_text("until: must be after since")
+    assert _not_reloaded(page)
+
+
 def test_a_bad_filter_in_the_address_is_a_precise_error(page):
     response = page.goto("/logs?status=teapot")
     assert response is not None and response.status == 400
