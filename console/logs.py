@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import re
+import time
 
 from aiohttp import web
 from multidict import MultiMapping
@@ -29,6 +30,7 @@ LEVEL_NAMES = {number: name for name, number in LEVELS.items()} | {logs_pb2.LOG_
 _STATUS = re.compile(r"[1-5](xx|[0-9]{2})")
 _TOKEN = re.compile(r"[A-Za-z0-9_=-]{0,1000}")
 _VERSION = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")  # App Engine's version ids (deploy/control/manifest)
+_MICROS = re.compile(r"[0-9]{1,19}")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 FIELDS = ("level", "status", "path", "version", "request_id", "since", "until")
 
@@ -156,20 +158,42 @@ def row(record: logs_pb2.RequestLog) -> Row:
                level=LEVEL_NAMES.get(top, "") if top is not None else "")
 
 
-async def fetch(services: Services, flt: LogFilter, token: str) -> tuple[list[Row], str, int]:
-    """A page of requests matching ``flt`` from ``token`` on: the rows, the next page's token, records read."""
+@dataclasses.dataclass(frozen=True)
+class Fetched:
+    """What one page's reads of logs_svc gave."""
+
+    rows: list[Row]  # the requests matching the filter, newest first
+    next_token: str  # the next page's token ("" at the end)
+    read: int  # records read
+    newest_us: int | None  # the start time (µs) of the newest record read, matching or not
+
+
+async def fetch(services: Services, flt: LogFilter, token: str, *, after_us: int | None = None) -> Fetched:
+    """A page of requests matching ``flt`` from ``token`` on (only those that started after ``after_us``, when
+    given: the live tail's)."""
     request = logs_pb2.QueryRequest(app_id=services.app_id, include_app_logs=True, page_size=SERVICE_PAGE,
                                     page_token=token)
     flt.apply(request)
+    if after_us is not None and (not request.HasField("start_time") or request.start_time.ToMicroseconds() <= after_us):
+        request.start_time.FromMicroseconds(after_us + 1)
     rows: list[Row] = []
     read = 0
+    newest: int | None = None
     while True:
         answer = await services.call("logs", "Query", request)
         read += len(answer.logs)
+        if newest is None and answer.logs:
+            newest = answer.logs[0].start_time.ToMicroseconds()
         rows.extend(row(r) for r in answer.logs if flt.matches(r))
         if not answer.next_page_token or len(rows) >= PAGE or read >= MAX_SCAN:
-            return rows, answer.next_page_token, read
+            return Fetched(rows, answer.next_page_token, read, newest)
         request.page_token = answer.next_page_token
+
+
+def _after(text: str) -> int:
+    if not _MICROS.fullmatch(text):
+        raise BadRequestError("after: not a time of this list (reload the page)")
+    return int(text)
 
 
 def routes(services: Services) -> list[web.RouteDef]:
@@ -180,8 +204,20 @@ def routes(services: Services) -> list[web.RouteDef]:
         token = request.query.get("page", "")
         if not _TOKEN.fullmatch(token):
             raise BadRequestError("page: not a page of this list (reload it from the first page)")
-        rows, next_token, read = await fetch(services, flt, token)
-        return render.page(request, "logs.html", fragment="logs_rows.html", rows=rows, filter=flt,
-                           levels=list(LEVELS), next_token=next_token, read=read, first=not token)
+        live = request.query.get("live", "") == "1"
+        got = await fetch(services, flt, token)
+        after = got.newest_us if got.newest_us is not None else time.time_ns() // 1000
+        return render.page(request, "logs.html", fragment="logs_rows.html", rows=got.rows, filter=flt,
+                           levels=list(LEVELS), next_token=got.next_token, read=got.read, first=not token,
+                           live=live, after=str(after))
 
-    return [web.get("/logs", logs_page)]
+    async def tail(request: web.Request) -> web.StreamResponse:
+        """The live tail's poll: the requests that started after ``after``, to go on top of the list."""
+        flt = LogFilter.parse(request.query)
+        after = _after(request.query.get("after", ""))
+        got = await fetch(services, flt, "", after_us=after)
+        newest = max(after, got.newest_us or after)
+        return render.page(request, "logs_tail.html", filter=flt, after=str(newest), tail_rows=got.rows,
+                           tail_more=bool(got.next_token))
+
+    return [web.get("/logs", logs_page), web.get("/logs/tail", tail)]

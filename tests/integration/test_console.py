@@ -167,6 +167,13 @@ def test_a_service_refusal_is_shown_in_the_page(dev):
     assert "page_token: not a token returned by this service" in html
 
 
+@pytest.mark.parametrize("after", ["", "soon", "1" * 20, "-5"])
+def test_a_live_tail_poll_without_a_time_of_the_list_is_refused(dev, after):
+    status, _, html = _request(dev, "GET", f"/logs/tail?after={after}")
+    assert status == 400 and "after: not a time of this list" in html
+    assert _request(dev, "GET", "/logs/tail?after=0")[0] == 200
+
+
 # --- kiln dev ----------------------------------------------------------------------------------------------------
 
 

@@ -150,6 +150,31 @@ def test_log_filters_by_time_range_apply_without_reloading_the_page(page, logged
     assert _not_reloaded(page)
 
 
+def test_the_live_tail_puts_new_requests_on_top_without_reloading_the_page(page, logged, dev, services):
+    page.goto("/logs")
+    _mark_document(page)
+    page.check("#f-live")
+    expect(page.locator("#log-tail")).to_be_visible()
+    fetch(dev, "/tailed")
+    services.wait_for_logs({"/tailed"})
+    expect(page.locator(".request .resource").first).to_have_text("/tailed", timeout=30_000)
+    for _ in range(2):  # two more polls: the request is not added again
+        with page.expect_response(lambda response: "/logs/tail?" in response.url, timeout=30_000):
+            pass
+    assert page.locator(".request .resource", has_text=re.compile(r"^/tailed$")).count() == 1
+    assert _not_reloaded(page)
+
+
+def test_the_live_tail_keeps_to_the_filters(page, logged, dev, services):
+    page.goto("/logs?status=4xx&live=1")
+    expect(page.locator("#log-tail")).to_be_visible()
+    fetch(dev, "/tailed-ok")
+    fetch(dev, "/missing/tailed")
+    services.wait_for_logs({"/tailed-ok", "/missing/tailed"})
+    expect(page.locator(".request .resource").first).to_have_text("/missing/tailed", timeout=30_000)
+    assert page.locator(".request .resource", has_text="/tailed-ok").count() == 0
+
+
 def test_a_bad_filter_in_the_address_is_a_precise_error(page):
     response = page.goto("/logs?status=teapot")
     assert response is not None and response.status == 400
