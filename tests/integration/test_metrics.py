@@ -240,3 +240,42 @@ def test_the_manager_counts_the_requests_its_instances_served(stack):
         assert get(router)[0] == 200
     wait_until(lambda: value(scrape(manager_metrics), name, **VERSION) >= before + 20, 30)
     assert value(scrape(manager_metrics), name, **VERSION) == before + 20
+
+
+# ------------------------------------------------------------------ kiln dev --metrics-port
+
+# The metric families each part's page carries (a labelled metric is listed before its first sample).
+FAMILIES = {"router": "kiln_router_requests", "manager": "kiln_runtime_instances"}
+
+
+@pytest.fixture(scope="module")
+def dev(tmp_path_factory):
+    from deploy.dev import DevOptions, DevServer
+    root = tmp_path_factory.mktemp("dev-metrics")
+    app_dir = root / "app"
+    app_dir.mkdir()
+    (app_dir / "app.yaml").write_text(APP_YAML)
+    (app_dir / "main.py").write_text(MAIN)
+    srv = DevServer(DevOptions(app_dir=app_dir, port=0, data_dir=root / "data", metrics_port=0))
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+def test_kiln_dev_with_metrics_port_gives_every_part_a_metrics_page(dev):
+    from deploy.dev import METRICS_PARTS
+    assert set(dev.metrics_addresses) == set(METRICS_PARTS)
+    for part, address in dev.metrics_addresses.items():
+        names = {family.name for family in text_string_to_metric_families(
+            urllib.request.urlopen(f"http://{address}/metrics", timeout=10).read().decode())}
+        assert FAMILIES.get(part, "kiln_grpc_requests") in names, part
+
+
+def test_kiln_dev_router_metrics_count_the_app_s_requests(dev):
+    router = dev.url.removeprefix("http://").rstrip("/")
+    before = scrape(dev.metrics_addresses["router"])
+    assert get(router, host="localhost")[0] == 200
+    after = scrape(dev.metrics_addresses["router"])
+    labels = {"app": dev.app_id, "version": dev.version_id, "status_class": "2xx"}
+    assert value(after, "kiln_router_requests_total", **labels) - value(before, "kiln_router_requests_total",
+                                                                        **labels) == 1
