@@ -7,7 +7,7 @@ import dataclasses
 import pathlib
 
 import pytest
-from prometheus_client import REGISTRY
+from prometheus_client import REGISTRY, CollectorRegistry
 
 from blobstore_svc.config import BlobstoreConfig
 from cron_svc.config import CronConfig
@@ -114,3 +114,39 @@ def test_the_manager_reports_its_instances_by_state():
                                             {"app": "unit-states", "version": "v1", "state": state})
            for state in metrics.INSTANCE_STATES}
     assert got == {"starting": 1, "serving": 2, "stopping": 3}
+
+
+def _table() -> tuple[metrics.Table, CollectorRegistry]:
+    table = metrics.Table(("service", "method"), "code", ("t_calls", "t_seconds", "t_in_flight"), ("c", "s", "f"))
+    registry = CollectorRegistry()
+    registry.register(table)
+    return table, registry
+
+
+def test_a_latency_counts_in_every_bucket_whose_bound_holds_it():
+    table, registry = _table()
+    series = table.get(("S", "M"))
+    series.done("OK", 0.001)  # exactly a bound: in that bucket (le means <=)
+    series.done("OK", 0.0011)
+    series.done("NOT_FOUND", 700.0)  # past the last finite bound: only +Inf
+
+    def bucket(le: str) -> float | None:
+        return registry.get_sample_value("t_seconds_bucket", {"service": "S", "method": "M", "le": le})
+    assert [bucket(le) for le in ("0.0005", "0.001", "0.0025", "600.0", "+Inf")] == [0, 1, 2, 2, 3]
+    assert registry.get_sample_value("t_seconds_count", {"service": "S", "method": "M"}) == 3
+
+
+def test_completions_are_counted_by_outcome():
+    table, registry = _table()
+    series = table.get(("S", "M"))
+    for outcome in ("OK", "OK", "UNAUTHENTICATED"):
+        series.done(outcome, 0.01)
+    got = {code: registry.get_sample_value("t_calls_total", {"service": "S", "method": "M", "code": code})
+           for code in ("OK", "UNAUTHENTICATED")}
+    assert got == {"OK": 2, "UNAUTHENTICATED": 1}
+
+
+def test_requests_under_way_are_exported_as_a_gauge():
+    table, registry = _table()
+    table.get(("S", "M")).under_way += 2
+    assert registry.get_sample_value("t_in_flight", {"service": "S", "method": "M"}) == 2
