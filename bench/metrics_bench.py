@@ -7,7 +7,7 @@ Three measures, in one run:
    CPU nanoseconds per call over a bare coroutine, by ``timeit`` (best of 5);
 2. gRPC: two memcache_svc processes, one with ``--metrics-listen``, driven alternately round by round with the
    same unary ``Get`` calls; the server's CPU microseconds per call (utime+stime from /proc before/after);
-3. the router: two ``kiln dev`` stacks of bench/hello (one with ``--metrics-port``), loaded alternately by
+3. the router: two ``kiln dev`` stacks of bench/hello (one with ``--metrics-port``, started first), loaded alternately by
    ``wrk``; the router's CPU microseconds per request, and requests/s.
 
 Rounds interleave the two configurations; figures are medians, ratios per round (metered / plain), then their
@@ -120,9 +120,9 @@ def grpc_rounds(sup: Supervisor, rounds: int, calls: int) -> list[dict[str, floa
         for _ in range(200):  # warm: channels connected, handlers wrapped
             stub.Get(request, metadata=metadata)
     out = []
-    for _ in range(rounds):
+    for i in range(rounds):
         row = {}
-        for name, stub in stubs.items():
+        for name, stub in sorted(stubs.items(), reverse=i % 2 == 1):  # each goes first every other round
             pid = servers[name].proc.pid
             before = cpu_seconds(pid)
             for _ in range(calls):
@@ -145,7 +145,7 @@ def router_rounds(rounds: int, seconds: int) -> list[dict[str, float]]:
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="metrics-bench-"))
     stacks = {}
     try:
-        for name, port in (("plain", None), ("metered", 0)):
+        for name, port in (("metered", 0), ("plain", None)):
             srv = DevServer(DevOptions(app_dir=ROOT / "bench" / "hello", port=0, data_dir=tmp / name,
                                        metrics_port=port))
             srv.start()
@@ -155,9 +155,9 @@ def router_rounds(rounds: int, seconds: int) -> list[dict[str, float]]:
         for srv in stacks.values():
             wrk(srv.url, 1)  # warm
         out = []
-        for _ in range(rounds):
+        for i in range(rounds):
             row = {}
-            for name, srv in stacks.items():
+            for name, srv in sorted(stacks.items(), reverse=i % 2 == 1):  # each goes first every other round
                 before = cpu_seconds(routers[name])
                 rate = wrk(srv.url, seconds)
                 row[name] = (cpu_seconds(routers[name]) - before) / (rate * seconds) * 1e6
@@ -172,7 +172,7 @@ def router_rounds(rounds: int, seconds: int) -> list[dict[str, float]]:
 def summary(title: str, rows: list[dict[str, float]], unit: str) -> None:
     print(f"\n{title}")
     for i, row in enumerate(rows, 1):
-        cells = ", ".join(f"{k} {v:.1f}" for k, v in row.items())
+        cells = ", ".join(f"{k} {row[k]:.1f}" for k in sorted(row))
         print(f"  round {i}: {cells}; ratio metered/plain {row['metered'] / row['plain']:.3f}")
     for key in rows[0]:
         print(f"  median {key}: {statistics.median(r[key] for r in rows):.1f} {'' if 'rps' in key else unit}")
@@ -184,17 +184,21 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--calls", type=int, default=3000, help="gRPC calls per server per round")
     parser.add_argument("--seconds", type=int, default=3, help="wrk seconds per router per round")
+    parser.add_argument("--only", choices=("hooks", "grpc", "router"), help="one measure only")
     args = parser.parse_args()
     print("load average at start:", " ".join(pathlib.Path("/proc/loadavg").read_text().split()[:3]))
-    for name, ns in hook_costs().items():
-        print(f"{name} (CPU added per call, in-process, best of 5): {ns:.0f}")
-    sup = Supervisor(pathlib.Path(tempfile.mkdtemp(prefix="metrics-bench-run-")))
-    try:
-        summary("memcache_svc Get: server CPU µs per call", grpc_rounds(sup, args.rounds, args.calls), "µs")
-    finally:
-        sup.stop_all()
-    summary("router (kiln dev, bench/hello, wrk -c8): router CPU µs per request",
-            router_rounds(args.rounds, args.seconds), "µs")
+    if args.only in (None, "hooks"):
+        for name, ns in hook_costs().items():
+            print(f"{name} (CPU added per call, in-process, best of 5): {ns:.0f}")
+    if args.only in (None, "grpc"):
+        sup = Supervisor(pathlib.Path(tempfile.mkdtemp(prefix="metrics-bench-run-")))
+        try:
+            summary("memcache_svc Get: server CPU µs per call", grpc_rounds(sup, args.rounds, args.calls), "µs")
+        finally:
+            sup.stop_all()
+    if args.only in (None, "router"):
+        summary("router (kiln dev, bench/hello, wrk -c8): router CPU µs per request",
+                router_rounds(args.rounds, args.seconds), "µs")
 
 
 if __name__ == "__main__":
