@@ -7,8 +7,8 @@ Three measures, in one run:
    CPU nanoseconds per call over a bare coroutine, by ``timeit`` (best of 5);
 2. gRPC: two memcache_svc processes, one with ``--metrics-listen``, driven alternately round by round with the
    same unary ``Get`` calls; the server's CPU microseconds per call (utime+stime from /proc before/after);
-3. the router: two ``kiln dev`` stacks of bench/hello (one with ``--metrics-port``, started first), loaded alternately by
-   ``wrk``; the router's CPU microseconds per request, and requests/s.
+3. the router: two ``kiln dev`` stacks of bench/hello (one with ``--metrics-port``, started first), loaded
+   alternately by ``wrk``; the router's CPU microseconds per request, and requests/s.
 
 Rounds interleave the two configurations; figures are medians, ratios per round (metered / plain), then their
 median. The load average at the start is printed.
