@@ -45,7 +45,8 @@ def _dev(args: argparse.Namespace) -> int:
                       datastore_consistency=args.datastore_consistency,
                       cassandra_hosts=args.cassandra_hosts or "", request_deadline=args.request_deadline,
                       isolation=args.isolation, network_isolation=args.network_isolation,
-                      urlfetch_allow_internal=args.urlfetch_allow_internal, console_port=args.console_port)
+                      urlfetch_allow_internal=args.urlfetch_allow_internal, console_port=args.console_port,
+                      metrics_port=args.metrics_port)
     from kiln_platform import handover
     handover.undumpable()  # kiln dev holds every secret: no process of the same user may read its memory
     # Ctrl-C, kill and the terminal closing all stop kiln dev the same way. While it starts, they interrupt the
@@ -82,6 +83,9 @@ def _dev(args: argparse.Namespace) -> int:
     _say(f"kiln dev: console (logs, datastore, memcache, cron) at {server.console_url}")
     _say(f"kiln dev: mail goes to {server.outbox_dir}; SMTP for *@{server.app_id}.mail.localhost on "
          f"{server.addresses['mail_smtp']}")
+    if server.metrics_addresses:
+        _say("kiln dev: Prometheus metrics at " + ", ".join(f"{part} http://{address}/metrics"
+                                                            for part, address in server.metrics_addresses.items()))
     _say(f"kiln dev: data in {server.data_dir}; logs in {server.run_dir}; Ctrl-C stops")
     try:
         status = server.wait(stop, on_event=lambda line: _say(f"kiln dev: {line}"))
@@ -131,6 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "link-local addresses by default), e.g. 127.0.0.1/32 for a service on this machine")
     dev.add_argument("--request-deadline", type=float, default=60.0, metavar="SECONDS",
                      help="the request timer (default 60)")
+    dev.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                     help="serve every part's Prometheus metrics on 127.0.0.1 at /metrics: the first part on PORT, "
+                          "the others on PORT+1... in the order datastore, memcache, urlfetch, mail, images, cron, "
+                          "logs, identity, taskqueue, blobstore, manager, router (0: a free port each); printed at "
+                          "start (default: off)")
     dev.set_defaults(func=_dev)
     from deploy import bulkload_cli, cron_cli, dispatch_cli, indexes_cli, logs_cli, taskqueue_cli, versions_cli
     versions_cli.register(sub)

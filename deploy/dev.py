@@ -32,7 +32,7 @@ from collections.abc import Callable
 import grpc
 
 from deploy.devevents import LogEvents
-from kiln_platform.supervisor import StartError, Supervisor, python_module
+from kiln_platform.supervisor import StartError, Supervisor, free_port, python_module
 from kiln_platform import cronyaml, dispatchyaml, queueyaml
 from kiln_platform import appyaml, auth, cassandra, indexyaml, interpreters, natsauth
 from kiln_platform.config import STORAGE_ENGINES, CassandraHost, HostPort
@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 SERVICES = ("datastore_svc", "memcache_svc", "urlfetch_svc", "mail_svc", "images_svc", "cron_svc", "logs_svc",
             "identity_svc", "taskqueue_svc", "blobstore_svc")
 CASSANDRA_SCRIPT = pathlib.Path(__file__).resolve().parent / "cassandra.sh"
+# The parts serving /metrics under ``kiln dev --metrics-port PORT``, on PORT, PORT + 1... in this order (the router
+# last: with workers, worker N serves on the router's port + N - 1).
+METRICS_PARTS = (*SERVICES, "manager", "router")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -64,6 +67,9 @@ class DevOptions:
     urlfetch_allow_internal: str = ""  # CIDR[;CIDR]: internal networks the app may fetch from
     router_workers: int = 1  # router processes sharing the HTTP port (router --workers)
     console_port: int = 0  # the console's port on 127.0.0.1 (0 = pick a free one; the CLI's default is 8000)
+    # Prometheus /metrics of every part on 127.0.0.1 (kiln_platform/metrics.py): None = off; a port: the first
+    # part's, the others' following in METRICS_PARTS order; 0 = a free port each (DevServer.metrics_addresses).
+    metrics_port: int | None = None
 
 
 # What stops kiln dev in order (every child stopped, last started first): Ctrl-C, kill, and the terminal closing.
@@ -73,6 +79,7 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # The console is an administrator's tool without sign-in under kiln dev: it listens on loopback only, whatever
 # --host the app is served on.
 CONSOLE_HOST = "127.0.0.1"
+METRICS_HOST = "127.0.0.1"  # so do the metrics endpoints (they have no authentication)
 
 
 class PortInUseError(StartError):
@@ -166,6 +173,7 @@ class DevServer:
         self.run_dir = self.data_dir / "run"
         self.supervisor = Supervisor(self.run_dir)
         self.addresses: dict[str, str] = {}
+        self.metrics_addresses: dict[str, str] = {}  # part -> host:port of its /metrics (--metrics-port)
         self.url = ""
         self.console_url = ""
         self.nats_url = ""
@@ -175,6 +183,16 @@ class DevServer:
         self.secrets: dict[str, str] = {"service": self._secret}
         self._own_cassandra = False
         self._lock = threading.Lock()
+
+    def _metrics(self, part: str) -> list[str]:
+        """The ``--metrics-listen`` arguments of ``part`` (one of :data:`METRICS_PARTS`): none without
+        ``--metrics-port``."""
+        if self.opts.metrics_port is None:
+            return []
+        base = self.opts.metrics_port
+        port = base + METRICS_PARTS.index(part) if base else free_port()
+        address = self.metrics_addresses[part] = f"{METRICS_HOST}:{port}"
+        return ["--metrics-listen", address]
 
     def _keyspace(self) -> str:
         return "kiln_dev_" + re.sub(r"[^a-z0-9_]", "_", self.app_id)
@@ -188,6 +206,9 @@ class DevServer:
             raise ConfigError("--datastore-consistency: eventual consistency is modelled by the embedded engine only")
         check_port_free(self.opts.host, self.opts.port)  # before anything starts: one line, not a child's traceback
         check_port_free(CONSOLE_HOST, self.opts.console_port, flag="--console-port")
+        if self.opts.metrics_port:
+            for offset in range(len(METRICS_PARTS) + self.opts.router_workers - 1):
+                check_port_free(METRICS_HOST, self.opts.metrics_port + offset, flag="--metrics-port")
         self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.data_dir.chmod(0o700)  # the app's data, logs and keys; an older kiln left it open to all
         cassandra_hosts = ""
@@ -231,7 +252,7 @@ class DevServer:
                 continue  # after the router, whose address they need (the datastore: after the task queue)
             if svc == "images_svc":
                 continue  # after the blobstore, whose address it needs (it reads blobs as the calling app)
-            args = ["--listen", "127.0.0.1:0", "--ready-file", str(run / f"{svc}.addr")]
+            args = ["--listen", "127.0.0.1:0", "--ready-file", str(run / f"{svc}.addr"), *self._metrics(svc)]
             if svc == "logs_svc":
                 args += ["--data-dir", str(self.data_dir / "logs")]
             if svc == "blobstore_svc":  # on the datastore's engine; its Cassandra tables are named blobstore_*
@@ -251,7 +272,7 @@ class DevServer:
             self.addresses[svc] = child.address
         images = run / "images_svc.addr"
         self.addresses["images_svc"] = sup.start("images_svc", python_module(
-            "images_svc", "--listen", "127.0.0.1:0", "--ready-file", str(images),
+            "images_svc", "--listen", "127.0.0.1:0", "--ready-file", str(images), *self._metrics("images_svc"),
             "--blobstore-addr", self.addresses["blobstore_svc"]), env=env, secrets=service, ready_file=images).address
         # The router starts first so that, given port 0, its bound port is known
         # before the runtime is told its default hostname.
@@ -270,7 +291,7 @@ class DevServer:
                 "--dev-app", f"{self.app_id}={self.version_id}",
                 "--app-dirs", f"{self.app_id}/{self.version_id}={self.opts.app_dir.resolve()}",
                 "--request-timeout-seconds", str(self.opts.request_deadline + 5),
-                "--workers", str(self.opts.router_workers),
+                "--workers", str(self.opts.router_workers), *self._metrics("router"),
                 "--ready-file", str(run / "router.addr")), env=env, secrets=router_secrets,
                 ready_file=run / "router.addr")
         except StartError as exc:
@@ -282,7 +303,8 @@ class DevServer:
         # URL Fetch: the app may call itself through the router (with X-AppEngine-Inbound-AppId), and reach
         # the internal networks it was allowed; nothing else internal.
         args = ["--listen", "127.0.0.1:0", "--ready-file", str(run / "urlfetch_svc.addr"),
-                "--front-doors", f"127.0.0.1:{router_port}", "--apps-domains", "localhost"]
+                "--front-doors", f"127.0.0.1:{router_port}", "--apps-domains", "localhost",
+                *self._metrics("urlfetch_svc")]
         if self.opts.urlfetch_allow_internal:
             args += ["--allow-internal", f"{self.app_id}={self.opts.urlfetch_allow_internal}"]
         urlfetch = sup.start("urlfetch_svc", python_module("urlfetch_svc", *args),
@@ -293,6 +315,7 @@ class DevServer:
         # port takes inbound mail for *@APP.mail.localhost and posts it to the app through the router.
         mail = sup.start("mail_svc", python_module(
             "mail_svc", "--listen", "127.0.0.1:0", "--ready-file", str(run / "mail_svc.addr"),
+            *self._metrics("mail_svc"),
             "--outbox-dir", str(self.outbox_dir), "--inbound-listen", "127.0.0.1:0",
             "--inbound-ready-file", str(run / "mail_svc.smtp"), "--router-url", f"http://127.0.0.1:{router_port}",
             "--apps-domain", "localhost"),
@@ -304,6 +327,7 @@ class DevServer:
         cron_yaml = self.opts.app_dir.resolve() / "cron.yaml"
         cron = sup.start("cron_svc", python_module(
             "cron_svc", "--listen", "127.0.0.1:0", "--ready-file", str(run / "cron_svc.addr"),
+            *self._metrics("cron_svc"),
             "--cron-yaml", f"{self.app_id}={cron_yaml}" if cron_yaml.exists() else "",
             "--router-url", f"http://127.0.0.1:{router_port}", "--apps-domain", "localhost"),
             env=env, secrets={**service, "KILN_CRON_NATS_URL": self.nats_url, "KILN_CRON_PLATFORM_SECRET": platform},
@@ -313,6 +337,7 @@ class DevServer:
         queue_yaml = self.opts.app_dir.resolve() / "queue.yaml"
         taskqueue = sup.start("taskqueue_svc", python_module(
             "taskqueue_svc", "--listen", "127.0.0.1:0", "--ready-file", str(run / "taskqueue_svc.addr"),
+            *self._metrics("taskqueue_svc"),
             "--queue-yaml", f"{self.app_id}={queue_yaml}" if queue_yaml.exists() else "",
             "--router-url", f"http://127.0.0.1:{router_port}", "--apps-domain", "localhost"),
             env=env, secrets={**service, "KILN_TASKQUEUE_NATS_URL": self.nats_url,
@@ -323,7 +348,7 @@ class DevServer:
         args = ["--listen", "127.0.0.1:0", "--ready-file", str(run / "datastore_svc.addr"),
                 "--storage", self.opts.storage, "--data-dir", str(self.data_dir / "datastore"),
                 "--index-cache-seconds", "0", "--auto-index-file", str(self.index_yaml),
-                "--taskqueue", taskqueue.address]
+                "--taskqueue", taskqueue.address, *self._metrics("datastore_svc")]
         if self.opts.datastore_consistency < 1:
             args += ["--consistency", str(self.opts.datastore_consistency)]
         if cassandra_hosts:
@@ -347,7 +372,7 @@ class DevServer:
             "--version-id", self.version_id, "--run-dir", str(self.instances_dir),
             "--isolation", self.opts.isolation, "--network-isolation", self.opts.network_isolation,
             "--stage-exclude", str(self.data_dir),
-            "--ready-file", str(run / "manager.ready"), "--", *runtime_args),
+            "--ready-file", str(run / "manager.ready"), *self._metrics("manager"), "--", *runtime_args),
             env=env, secrets=manager_secrets, ready_file=run / "manager.ready", timeout=120)
         self.url = f"http://{router.address}/"
 

@@ -328,6 +328,11 @@ def _read_yaml(path: pathlib.Path, known: set[str]) -> dict[str, Any]:
     return dict(data)
 
 
+# Every part's metrics_listen setting says the same (kiln_platform/metrics.py).
+METRICS_LISTEN_HELP = ("host:port to serve Prometheus metrics on, at /metrics (off when empty; port 0 picks a free "
+                       "port); no authentication, so keep it on loopback or a network only scrapers reach")
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class GrpcServiceConfig:
     """Settings every gRPC service shares. Services subclass it and override defaults."""
@@ -341,6 +346,7 @@ class GrpcServiceConfig:
     grace_seconds: float = field(5.0, "on SIGTERM, how long in-flight calls may finish")
     service_secret: Secret = field(Secret(""), "shared secret that signs app identity tokens", required=True)
     ready_file: pathlib.Path | None = field(None, "write the bound address here once serving")
+    metrics_listen: ListenAddress | None = field(None, METRICS_LISTEN_HELP)
     log_level: str = field("INFO", "log level")
     log_format: str = field("text", "log format: text (local) or json (cluster)")
 

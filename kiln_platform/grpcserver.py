@@ -17,6 +17,9 @@
   gRPC status codes through :data:`kiln.errors.ERROR_CODES` (walking the MRO),
   puts the stable code in the ``kiln-error-code`` trailing metadata, and turns
   anything unexpected into ``INTERNAL`` with the traceback logged, never sent;
+- with ``metrics_listen`` set, Prometheus metrics of every method (:mod:`kiln_platform.metrics`): calls by the
+  status each ended with (a refused call counts as ``UNAUTHENTICATED``), latency and calls in flight, measured
+  around the guard; without it, nothing is measured;
 - graceful shutdown on SIGTERM/SIGINT: health flips to NOT_SERVING, new calls
   are refused and in-flight calls get ``grace_seconds`` to finish.
 """
@@ -38,7 +41,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from kiln import errors
-from kiln_platform import auth
+from kiln_platform import auth, metrics
 from kiln_platform.config import GrpcServiceConfig, HostPort
 
 log = logging.getLogger(__name__)
@@ -143,8 +146,9 @@ class CallGuard:
     """
 
     def __init__(self, authenticator: Authenticator | None = None, public_methods: Iterable[str] = (),
-                 service_authenticators: Mapping[str, Authenticator] | None = None) -> None:
+                 service_authenticators: Mapping[str, Authenticator] | None = None, *, metered: bool = False) -> None:
         self._authenticator = authenticator or _NoCredentialsAccepted()
+        self._metered = metered  # measure every call (kiln_platform.metrics)
         self._public = frozenset(public_methods)
         self._by_service = dict(service_authenticators or {})
 
@@ -167,20 +171,25 @@ class CallGuard:
         # becomes INVALID_ARGUMENT naming the message instead of grpc's UNKNOWN.
         parse = _parser(handler.request_deserializer, method)
         call = _Call(method, parse, self._authenticate_for(method))
+        # Measured outside the guard, so the status counted is the one the guard made of whatever ended the call.
+        unary: Callable[[Callable[..., Any]], Callable[..., Any]] = (
+            (lambda fn: metrics.instrument_unary(fn, method)) if self._metered else (lambda fn: fn))
+        stream: Callable[[Callable[..., Any]], Callable[..., Any]] = (
+            (lambda fn: metrics.instrument_stream(fn, method)) if self._metered else (lambda fn: fn))
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary, call), response_serializer=handler.response_serializer)
+                unary(_wrap_unary(handler.unary_unary, call)), response_serializer=handler.response_serializer)
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                _wrap_unary(handler.stream_unary, call, streaming=True),
+                unary(_wrap_unary(handler.stream_unary, call, streaming=True)),
                 response_serializer=handler.response_serializer)
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream, call), response_serializer=handler.response_serializer)
+                stream(_wrap_stream(handler.unary_stream, call)), response_serializer=handler.response_serializer)
         # The last of the four behaviours: a handler always has exactly one set.
         stream_stream = cast("Callable[..., Any]", handler.stream_stream)
         return grpc.stream_stream_rpc_method_handler(
-            _wrap_stream(stream_stream, call, streaming=True),
+            stream(_wrap_stream(stream_stream, call, streaming=True)),
             response_serializer=handler.response_serializer)
 
 
@@ -333,8 +342,9 @@ class Server:
     """A running gRPC server with health and reflection; see :func:`start`."""
 
     def __init__(self, server: grpc.aio.Server, health_servicer: health.aio.HealthServicer,
-                 names: list[str], port: int, host: str) -> None:
+                 names: list[str], port: int, host: str, metrics_server: metrics.MetricsServer | None = None) -> None:
         self._server = server
+        self.metrics = metrics_server  # serving /metrics (metrics_listen), or None
         self._health = health_servicer
         self._names = names
         self.port = port
@@ -345,6 +355,8 @@ class Server:
         for name in ["", *self._names]:
             await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self._server.stop(grace)
+        if self.metrics is not None:
+            self.metrics.close()
 
     async def wait(self) -> None:
         """Wait until the server stops."""
@@ -371,7 +383,7 @@ async def start(cfg: GrpcServiceConfig, registrations: Iterable[Registration],
     own = {reg.name: reg.authenticator for reg in registrations if reg.authenticator is not None}
     server = grpc.aio.server(options=options)
     # Every handler reaches the server through the guard (no interceptor: see CallGuard).
-    guarded = _GuardedServer(server, CallGuard(authenticator, public, own))
+    guarded = _GuardedServer(server, CallGuard(authenticator, public, own, metered=cfg.metrics_listen is not None))
     # What the add functions call of a server is exactly what _GuardedServer has (anything else fails loudly).
     as_server = cast("grpc.aio.Server", guarded)
     names = []
@@ -393,7 +405,7 @@ async def start(cfg: GrpcServiceConfig, registrations: Iterable[Registration],
     await server.start()
     for name in ["", *names]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    srv = Server(server, health_servicer, names, bound, cfg.listen.host)
+    srv = Server(server, health_servicer, names, bound, cfg.listen.host, metrics.serve(cfg.metrics_listen))
     log.info("serving %s on %s", ", ".join(names), srv.address)
     if cfg.ready_file:
         write_ready_file(cfg.ready_file, srv.address)

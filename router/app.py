@@ -35,7 +35,7 @@ from aiohttp import web
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from kiln_platform import auth, bus, grpcserver, httpfields
+from kiln_platform import auth, bus, grpcserver, httpfields, metrics
 from kiln_platform.deployclient import VersionSource
 from kiln.api._rpc import CHANNEL_OPTIONS
 from kiln.pb.blobstore.v1 import blobstore_pb2_grpc
@@ -99,6 +99,7 @@ class Router:
         self._bodies: dict[str, bus.BodyStore] = {}
         self._statics: dict[tuple[str, str, int], static.StaticFiles] = {}
         self._ids = RequestIds()
+        self.metrics = metrics.RouterMetrics() if cfg.metrics_listen is not None else None  # kiln_platform/metrics.py
         # Blobstore uploads (router/blobupload.py) and X-AppEngine-BlobKey (router/blobserve.py), on one channel.
         self.blob_channel = (grpc.aio.insecure_channel(str(cfg.blobstore_addr), options=list(CHANNEL_OPTIONS))
                              if cfg.blobstore_addr and credentials else None)
@@ -118,23 +119,31 @@ class Router:
         asking runtime hosts for an instance of ``version`` (app, version) meanwhile."""
         delay = 0.02
         asked = False
-        while True:
-            try:
-                msg = await self.replies.request(subject, data, timeout=timeout)
+        waiting = None  # (app, version) counted as waiting for an instance (kiln_platform/metrics.py)
+        try:
+            while True:
+                try:
+                    msg = await self.replies.request(subject, data, timeout=timeout)
+                    if asked and self.demand is not None and version is not None:
+                        self.demand.answered(*version)  # it serves again: when it scales to zero, ask again at once
+                    return msg
+                except nats.errors.NoRespondersError:
+                    if not patient or time.time() + delay - started > self.cfg.pending_timeout_seconds:
+                        raise
+                    if version is not None and self.demand is not None:
+                        self.demand.ask(*version)
+                        asked = True
+                    if waiting is None and self.metrics is not None:
+                        waiting = version or metrics.NO_VERSION
+                        self.metrics.waiting(*waiting, 1)
                 if asked and self.demand is not None and version is not None:
-                    self.demand.answered(*version)  # it serves again: when it scales to zero, ask again at once
-                return msg
-            except nats.errors.NoRespondersError:
-                if not patient or time.time() + delay - started > self.cfg.pending_timeout_seconds:
-                    raise
-                if version is not None and self.demand is not None:
-                    self.demand.ask(*version)
-                    asked = True
-            if asked and self.demand is not None and version is not None:
-                await self.demand.started(*version, delay)  # back as soon as its first instance serves
-            else:
-                await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.5)
+                    await self.demand.started(*version, delay)  # back as soon as its first instance serves
+                else:
+                    await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.5)
+        finally:
+            if waiting is not None and self.metrics is not None:
+                self.metrics.waiting(*waiting, -1)
 
     def bodies(self, app_id: str) -> bus.BodyStore:
         """Where large bodies to and from ``app_id``'s instances travel (its own bucket)."""
@@ -188,6 +197,8 @@ class Router:
             user.is_admin = True
         platform = self._platform_caller(request, host)
         version = await self.local.get(target.app_id, target.version_id)
+        if self.metrics is not None and version is not None:  # the version's labels (metrics.router_handler)
+            request[metrics.VERSION_KEY] = (version.app_id, version.version_id)
         if version is None and self.deployed is not None:
             return responses.plain(404, f"Version {target.version_id!r} of app {target.app_id!r} does not exist.")
         if url.path.startswith(imageserve.PREFIX) and self.images is not None:
@@ -634,7 +645,10 @@ async def serve(cfg: RouterConfig) -> None:
     def make_request(message: Any, payload: Any, protocol: Any, writer: Any, task: Any) -> web.Request:
         return web.Request(message, payload, protocol, writer, task, loop, client_max_size=cfg.max_request_bytes + 1)
 
-    runner = web.ServerRunner(web.Server(front_door(router.handle), request_factory=make_request),
+    metrics_server = metrics.serve(metrics.worker_address(cfg.metrics_listen, cfg.worker))
+    handle = (metrics.router_handler(router.handle, router.metrics) if router.metrics is not None
+              else router.handle)
+    runner = web.ServerRunner(web.Server(front_door(handle), request_factory=make_request),
                               handle_signals=False)
     await runner.setup()
     # keepalive_timeout closes connections with no complete request for that long; the header deadline closes
@@ -669,5 +683,7 @@ async def serve(cfg: RouterConfig) -> None:
         await router.blob_channel.close()
     await router.logs.close()
     await bus.shutdown(nc)
+    if metrics_server is not None:
+        metrics_server.close()
     log.info("stopped")
 

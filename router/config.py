@@ -7,7 +7,7 @@ import ipaddress
 import pathlib
 import typing
 
-from kiln_platform.config import HostPort, ListenAddress, Secret, field, parse_app_emails
+from kiln_platform.config import METRICS_LISTEN_HELP, HostPort, ListenAddress, Secret, field, parse_app_emails
 from router.versions import parse_app_dirs
 
 
@@ -18,6 +18,8 @@ class RouterConfig:
     env_prefix: typing.ClassVar[str] = "ROUTER"  # its environment variables are KILN_ROUTER_<SETTING>
 
     listen: ListenAddress = field(ListenAddress("127.0.0.1", 8080), "host:port to serve HTTP on")
+    metrics_listen: ListenAddress | None = field(None, METRICS_LISTEN_HELP + "; with workers, worker N serves on "
+                                                 "this port + N - 1")
     nats_url: str = field("", "NATS server URL(s), comma-separated", required=True)
     domain: str = field("localhost", "apps are served at APP.DOMAIN and VERSION-dot-APP.DOMAIN")
     apps: str = field("", "default version per app until the control plane serves it: app=version[,app=version]")

@@ -45,7 +45,7 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 
 from nats.aio.client import Client
 
-from kiln_platform import appyaml, auth, bus, config, forward, handover, interpreters, natsauth
+from kiln_platform import appyaml, auth, bus, config, forward, handover, interpreters, metrics, natsauth
 from kiln_platform import log as kiln_log
 from kiln.errors import ConfigError
 from kiln.pb.runtime.v1 import events_pb2, http_pb2
@@ -440,14 +440,21 @@ class Manager:
         os.replace(tmp, path)
 
 
-async def run(manager: Manager, nats_url: str, app_id: str, version_id: str, ready_file: pathlib.Path | None) -> int:
+async def run(manager: Manager, nats_url: str, app_id: str, version_id: str, ready_file: pathlib.Path | None, *,
+              metrics_listen: config.ListenAddress | None = None) -> int:
     nc = await bus.connect(nats_url, name=f"manager-{app_id}-{version_id}")
+    measured = metrics.ManagerMetrics(app_id, version_id) if metrics_listen is not None else None
+    metrics_server = metrics.serve(metrics_listen)
 
     async def on_beat(msg: object) -> None:
         try:
-            manager.on_heartbeat(events_pb2.InstanceHeartbeat.FromString(msg.data))  # type: ignore[attr-defined]
+            beat = events_pb2.InstanceHeartbeat.FromString(msg.data)  # type: ignore[attr-defined]
         except Exception:  # noqa: BLE001 - a malformed heartbeat is ignored
             log.warning("ignoring a malformed heartbeat")
+            return
+        manager.on_heartbeat(beat)
+        if measured is not None and beat.instance_id in manager.instances:
+            measured.heartbeat(beat.instance_id, beat.requests_served)
 
     await nc.subscribe(bus.heartbeat_subject(app_id, version_id), cb=on_beat)
     await bus.BodyStore(nc, app_id).ensure()  # the app's instances may use its bucket, not create it
@@ -463,6 +470,10 @@ async def run(manager: Manager, nats_url: str, app_id: str, version_id: str, rea
     def changed() -> None:
         manager.write_state(state_file)
         running = manager.running
+        if measured is not None:
+            serving = sum(i.ready for i in manager.instances.values())
+            measured.instances(len(manager.instances) - serving, serving, len(manager.stopping))
+            measured.forget({i.instance_id for i in running})
         for inst in running:
             pid = inst.child.proc.pid
             if pid not in watched:
@@ -500,6 +511,8 @@ async def run(manager: Manager, nats_url: str, app_id: str, version_id: str, rea
         changed()
         await manager.close_network()
         await bus.shutdown(nc)
+        if metrics_server is not None:
+            metrics_server.close()
     return status
 
 
@@ -576,6 +589,9 @@ def parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
                         help="start one instance now, let idle ones go down to min_instances, and exit once none is "
                              "left (runtime.host starts the manager again when a request wants the version)")
     parser.add_argument("--ready-file", type=pathlib.Path, help="written once the first instances serve")
+    parser.add_argument("--metrics-listen", type=lambda text: config.ListenAddress.parse(text, "metrics_listen"),
+                        default=environ.get("KILN_MANAGER_METRICS_LISTEN") or None,
+                        help=f"{config.METRICS_LISTEN_HELP} (default: KILN_MANAGER_METRICS_LISTEN)")
     parser.add_argument("--grant-file", type=pathlib.Path,
                         help="(runtime.host) holds how many instances this host has room for; the manager writes "
                              "how many it wants to 'wanted' beside it")
@@ -624,7 +640,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, OSError) as exc:
         log.error("%s", exc)
         return 2
-    return asyncio.run(run(manager, args.nats_url, args.app_id, args.version_id, args.ready_file))
+    return asyncio.run(run(manager, args.nats_url, args.app_id, args.version_id, args.ready_file,
+                           metrics_listen=args.metrics_listen))
 
 
 OPEN_FILES = 4096
