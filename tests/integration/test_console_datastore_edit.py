@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+from console import forms, values
 from deploy.dev import DevServer
 from kiln.pb.datastore.v1 import datastore_pb2 as ds
 from kiln_platform.supervisor import python_module
@@ -265,3 +266,21 @@ def test_a_query_needing_a_composite_index_shows_the_index_yaml_entry(cluster_co
     entry = html.split('<pre class="yaml" id="gql-index">', 1)[1].split("</pre>", 1)[0]
     assert entry.startswith("indexes:\n- kind: Score\n")
     assert "name: level" in entry and "name: points" in entry and "direction: desc" in entry
+
+
+def test_a_save_without_the_pages_token_is_refused_and_writes_nothing(dev, services):
+    key = services.put("Widget", "guarded", {"count": ds.Value(integer_value=1)})
+    before = services.get(key)
+    assert before is not None
+    body = urllib.parse.urlencode({"key": values.encode_key(key), "version": forms.fingerprint(before), "rows": "1",
+                                   "p0.name": "count", "p0.type": "integer", "p0.value": "2", "p0.indexed": "on"})
+    host, _, port = dev.addresses["console"].rpartition(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        conn.request("POST", "/datastore/save", body=body,
+                     headers={"Content-Type": "application/x-www-form-urlencoded"})
+        status = conn.getresponse().status
+    finally:
+        conn.close()
+    assert status == 403
+    assert services.get(key) == before

@@ -7,7 +7,7 @@ import datetime
 
 import pytest
 
-from console import forms
+from console import datastore, forms
 from kiln.pb.datastore.v1 import datastore_pb2 as pb
 
 
@@ -169,3 +169,10 @@ def test_the_fingerprint_changes_when_the_stored_entity_changes():
 def test_a_row_count_beyond_the_form_is_refused():
     with pytest.raises(forms.FieldError, match="rows: at most"):
         forms.read_rows({"rows": str(forms.MAX_ROWS + 1)})
+
+
+def test_each_type_menu_lists_every_type_and_selects_its_own():
+    for chosen, _ in forms.type_options():
+        menu = str(datastore._TYPE_MENUS[chosen])
+        assert menu.count("<option ") == len(forms.type_options())
+        assert menu.count(" selected") == 1 and f'<option value="{chosen}" selected>' in menu
