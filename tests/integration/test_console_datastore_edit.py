@@ -208,6 +208,16 @@ def test_creating_an_entity_whose_key_exists_is_refused_and_keeps_the_existing_o
     assert stored is not None and stored.properties["v"].integer_value == 1
 
 
+def test_creating_an_entity_without_a_kind_says_so_by_the_field_and_writes_nothing(page, services):
+    page.goto("/datastore/new?ns=nokind")
+    _new_row(page, 0, "v", "integer", "1")
+    page.get_by_role("button", name="Create entity").click()
+    expect(page.locator("#kind-error")).to_have_text("a new entity needs a kind")
+    kinds = services.call(services.datastore.RunQuery, ds.RunQueryRequest(
+        partition_id=ds.PartitionId(namespace="nokind"), query=ds.Query(kind="__kind__", keys_only=True)))
+    assert list(kinds.batch.entity_results) == []
+
+
 # --- GQL ---------------------------------------------------------------------------------------------------------
 
 
