@@ -191,6 +191,9 @@ def _logs_floor(calls: Calls, *, level: logs_pb2.LogLevel.ValueType | None = Non
     return run
 
 
+GQL = f"SELECT * FROM {KIND} WHERE done = TRUE LIMIT 20"  # the GQL console's page: one RunQuery
+
+
 def pages(calls: Calls, entities: int) -> list[tuple[str, str, Callable[[], None]]]:
     """(name, console path, the gRPC calls the page makes) for each page measured."""
     get = calls(calls.datastore.RunQuery, ds.RunQueryRequest(query=ds.Query(kind=KIND, limit=1)))
@@ -209,6 +212,10 @@ def pages(calls: Calls, entities: int) -> list[tuple[str, str, Callable[[], None
          _datastore_floor(calls, deep_bytes)),
         ("datastore, one entity", "/datastore/entity?" + urllib.parse.urlencode({"key": values.encode_key(some_key)}),
          lambda: calls(calls.datastore.Get, ds.GetRequest(keys=[some_key]))),
+        ("datastore, new entity form", f"/datastore/new?kind={KIND}", lambda: None),
+        ("datastore, GQL (20 of a kind, filtered)", "/datastore/gql?" + urllib.parse.urlencode({"q": GQL}),
+         lambda: calls(calls.datastore.RunQuery, ds.RunQueryRequest(
+             gql_query=ds.GqlQuery(query_string=GQL), batch_size=console_datastore.GQL_ROWS))),
         ("memcache", "/memcache", lambda: calls(calls.memcache.Stats, memcache_pb2.StatsRequest())),
         ("cron", "/cron", lambda: calls(calls.cron.ListJobs, cron_pb2.ListJobsRequest())),
     ]

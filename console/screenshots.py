@@ -13,6 +13,7 @@ import datetime
 import pathlib
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 
 from kiln.api import _rpc
@@ -55,6 +56,7 @@ CRON_YAML = """cron:
   url: /tasks/stock
   schedule: every 15 minutes
 """
+GQL = "SELECT * FROM Product WHERE price > 2.0 ORDER BY price DESC"
 PATHS = ["/", "/products?page=2", "/products/17", "/admin/settings", "/cart", "/broken/checkout", "/",
          "/products/3", "/api/stock?sku=A-100"]
 
@@ -139,6 +141,14 @@ def main(argv: list[str] | None = None) -> int:
                 page.screenshot(path=str(args.out / "datastore.png"), full_page=True)
                 page.locator("table.entities tbody th a").first.click()
                 page.screenshot(path=str(args.out / "entity.png"), full_page=True)
+                page.locator("#entity-form tr[data-field=price] textarea").fill("cheap")  # a wrong type, shown
+                page.get_by_role("button", name="Save").click()
+                page.locator(".field-error").first.wait_for()
+                page.screenshot(path=str(args.out / "entity-edit.png"), full_page=True)
+                page.goto("/datastore/new?kind=Product")
+                page.screenshot(path=str(args.out / "entity-new.png"), full_page=True)
+                page.goto("/datastore/gql?q=" + urllib.parse.quote(GQL))
+                page.screenshot(path=str(args.out / "gql.png"), full_page=True)
                 page.goto("/memcache?key=product%3A1002")
                 page.screenshot(path=str(args.out / "memcache.png"), full_page=True)
                 page.goto("/cron")
