@@ -1,5 +1,6 @@
 """The Mail page: the development outbox (mail_svc's ListOutbox): the messages the app sent, newest first, and
-one message with its envelope, headers, plain part, HTML part and attachments.
+one message with its envelope, headers, plain part, HTML part and attachments. The list asks for envelopes and
+subjects only (``without_raw``); a message's page asks for that one message (``message_id``).
 
 A message is hostile input. Its text is escaped like every value; its HTML part is shown only inside an
 ``<iframe sandbox srcdoc=…>``: the empty ``sandbox`` runs no script and gives the frame an opaque origin (no
@@ -25,7 +26,6 @@ from kiln.errors import BadRequestError, NotFoundError
 from kiln.pb.mail.v1 import mail_pb2 as pb
 
 LIST_SIZE = 100  # messages on the list
-FIND_SIZE = 1000  # newest messages searched for the one a message page shows (ListOutbox's largest page)
 SHOWN_HEADERS = ("From", "To", "Cc", "Reply-To", "Subject", "Date")
 _PARSER = email.parser.BytesParser(policy=email.policy.default)
 
@@ -73,10 +73,9 @@ def message_url(message_id: str) -> str:
 
 
 def summary(item: pb.OutboxMessage) -> Summary:
-    """``item`` as the list shows it (its headers only are parsed)."""
-    headers = _PARSER.parsebytes(item.raw, headersonly=True)
-    return Summary(url=message_url(item.message_id), sender=str(headers.get("From", item.envelope_from)),
-                   to=", ".join(item.recipients), subject=item.subject, time=when(item))
+    """``item`` as the list shows it: its envelope and subject (the list asks for no message body)."""
+    return Summary(url=message_url(item.message_id), sender=item.envelope_from, to=", ".join(item.recipients),
+                   subject=item.subject, time=when(item))
 
 
 def _content(part: email.message.EmailMessage | None) -> str | None:
@@ -112,17 +111,16 @@ def routes(services: Services) -> list[web.RouteDef]:
     """The page's routes."""
 
     async def mail_page(request: web.Request) -> web.StreamResponse:
-        answer = await services.call("mail", "ListOutbox", pb.ListOutboxRequest(limit=LIST_SIZE))
+        answer = await services.call("mail", "ListOutbox", pb.ListOutboxRequest(limit=LIST_SIZE, without_raw=True))
         return render.page(request, "mail.html", messages=[summary(m) for m in answer.messages])
 
     async def message_page(request: web.Request) -> web.StreamResponse:
         message_id = request.query.get("id", "")
         if not message_id or len(message_id) > 1000:
             raise BadRequestError("id: name the message to show (its Message-ID)")
-        answer = await services.call("mail", "ListOutbox", pb.ListOutboxRequest(limit=FIND_SIZE))
-        for item in answer.messages:
-            if item.message_id == message_id:
-                return render.page(request, "mail_message.html", m=shown(item))
-        raise NotFoundError(f"the outbox has no message {message_id} among its newest {FIND_SIZE}")
+        answer = await services.call("mail", "ListOutbox", pb.ListOutboxRequest(limit=1, message_id=message_id))
+        if not answer.messages:
+            raise NotFoundError(f"the outbox has no message {message_id}")
+        return render.page(request, "mail_message.html", m=shown(answer.messages[0]))
 
     return [web.get("/mail", mail_page), web.get("/mail/message", message_page)]

@@ -75,8 +75,8 @@ def test_a_part_in_an_unknown_charset_is_shown_decoded_as_well_as_it_goes():
     assert mail.shown(item).text == "café\r\n"
 
 
-def test_the_list_shows_the_from_header_and_every_recipient():
+def test_the_list_shows_the_envelope_sender_and_every_recipient():
     summary = mail.summary(_outboxed(_message()))
-    assert (summary.sender, summary.to, summary.subject) == ("Robot <robot@app.example>", "ann@example.org", "Hello")
+    assert (summary.sender, summary.to, summary.subject) == ("robot@app.example", "ann@example.org", "Hello")
     assert summary.url == "/mail/message?id=%3Cm1%40example%3E"
     assert summary.time == "2027-01-15 08:00:00 UTC"
