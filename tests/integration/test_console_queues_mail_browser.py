@@ -5,12 +5,14 @@ mail_svc themselves. Each task-queue test has a queue of its own (queue.yaml bel
 from __future__ import annotations
 
 import datetime
+import http.client
 import re
 from collections.abc import Iterator
 
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+from console import security
 from deploy.dev import DevServer
 from kiln.api import _rpc
 from kiln.pb.mail.v1 import mail_pb2 as ml
@@ -39,6 +41,8 @@ QUEUE_YAML = """queue:
   rate: 5/s
 - name: pulled
   mode: pull
+- name: guarded
+  rate: 5/s
 """
 LATER = 3600.0  # countdown of tasks that must wait while a test runs
 HOSTILE_HTML = ('<p id="hello">Hello <b>friend</b></p><script>window.pwned = 1; parent.pwned = 1</script>'
@@ -234,6 +238,41 @@ def test_an_unknown_queue_in_the_address_is_a_precise_error(page):
     response = page.goto("/queues/tasks?queue=nosuch")
     assert response is not None and response.status == 404
     expect(page.locator(".notice.error")).to_have_text(re.compile("nosuch"))
+
+
+def _request(dev: DevServer, method: str, path: str, *, headers: dict[str, str] | None = None,
+             body: str | None = None) -> tuple[int, dict[str, str], str]:
+    host, _, port = dev.addresses["console"].rpartition(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read().decode()
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("action", ["run", "delete", "purge", "pause"])
+def test_a_queue_action_without_the_pages_token_is_refused_and_changes_nothing(dev, services, action):
+    services.add("guarded", f"kept-{action}")
+    before = services.names("guarded")
+    _, headers, _ = _request(dev, "GET", "/queues")
+    cookie = headers["set-cookie"].split(";")[0]
+    status, _, html = _request(dev, "POST", f"/queues/{action}", body=f"queue=guarded&task=kept-{action}",
+                               headers={"Content-Type": "application/x-www-form-urlencoded", "Cookie": cookie})
+    assert status == 403 and "security token" in html
+    assert services.names("guarded") == before
+    soon = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=LATER / 2)
+    waiting = services.call(services.tq.ListTasks, tq.ListTasksRequest(queue="guarded")).tasks
+    assert all(t.eta.ToDatetime(datetime.UTC) > soon for t in waiting)  # none was made due
+    assert not services.stats("guarded").paused
+
+
+@pytest.mark.parametrize("path", ["/queues", "/queues/tasks?queue=default", "/mail", "/mail/message?id=x"])
+def test_the_new_pages_carry_the_strict_content_security_policy(dev, path):
+    _, headers, _ = _request(dev, "GET", path)
+    assert headers["content-security-policy"] == security.CSP
+    assert headers["x-content-type-options"] == "nosniff"
 
 
 # --- mail --------------------------------------------------------------------------------------------------------
