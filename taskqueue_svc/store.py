@@ -351,7 +351,7 @@ class TaskStore:
             try:
                 await self.js.delete_msg(STREAM, at)
             except nats.js.errors.APIError:
-                raise UnknownTaskError(f"task {name!r} changed meanwhile (retried or being sent); "
+                raise UnknownTaskError(f"task {name!r} changed meanwhile (retried, made due or being sent); "
                                        f"nothing was done") from None
             task.eta.FromDatetime(now)
             try:

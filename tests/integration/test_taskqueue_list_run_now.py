@@ -6,16 +6,21 @@ empty. Delivery goes to a router that never answers, so an attempted task comes 
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import datetime
 import itertools
 
 import grpc
+import nats
+import nats.js.errors
 import pytest
 
 from kiln.pb.taskqueue.v1 import taskqueue_pb2 as pb
 from kiln.pb.taskqueue.v1 import taskqueue_pb2_grpc
 from kiln_platform.supervisor import python_module
 from tests.integration.apps import wait_for
+from taskqueue_svc import store
 from tests.integration.conftest import SECRET, app_metadata, service_env
 
 pytestmark = pytest.mark.nats
@@ -51,6 +56,7 @@ class Calls:
     """The contract as a fresh app."""
 
     def __init__(self, address: str, app_id: str) -> None:
+        self.app_id = app_id
         self._channel = grpc.insecure_channel(address)
         self.stub = taskqueue_pb2_grpc.TaskQueueServiceStub(self._channel)
         self.metadata = app_metadata(app_id)
@@ -169,3 +175,43 @@ def test_running_a_deleted_task_from_a_stale_page_says_it_was_deleted_and_runs_n
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "was deleted" in caught.value.details()
     assert tq.listed().tasks == []
+
+
+def _stored_messages(nats_url: str, app_id: str, queue: str, name: str) -> int:
+    """How many messages of task ``name`` the stream holds (read directly, as the service stores them)."""
+    async def count() -> int:
+        nc = await nats.connect(nats_url)
+        try:
+            js, seq, found = nc.jetstream(), 1, 0
+            while True:
+                try:
+                    msg = await js.get_msg(store.STREAM, seq, subject=store.subject(app_id, queue), next=True)
+                except nats.js.errors.NotFoundError:
+                    return found
+                seq = (msg.seq or seq) + 1
+                found += pb.StoredTask.FromString(msg.data or b"").name == name
+        finally:
+            await nc.close()
+    return asyncio.run(count())
+
+
+def test_concurrent_run_nows_of_one_task_leave_exactly_one_message_of_it(tq, nats_url):
+    tq.call("Pause", pb.PauseRequest(queue="work"))  # nothing is sent: what RunNow left stays to be counted
+    try:
+        tq.add(later("raced"))
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            outcomes = list(pool.map(lambda _: _outcome(tq, "raced"), range(4)))
+        assert "ok" in outcomes and set(outcomes) <= {"ok", "UNKNOWN_TASK"}
+        assert _stored_messages(nats_url, tq.app_id, "work", "raced") == 1
+        eta = tq.listed().tasks[0].eta.ToDatetime(datetime.timezone.utc)
+        assert eta <= datetime.datetime.now(datetime.timezone.utc)  # and it is the copy that is due now
+    finally:
+        tq.call("Resume", pb.ResumeRequest(queue="work"))
+
+
+def _outcome(tq: Calls, name: str) -> str:
+    try:
+        tq.call("RunNow", pb.RunNowRequest(queue="work", task_name=name))
+    except grpc.RpcError as exc:
+        return dict(exc.trailing_metadata() or ()).get("kiln-error-code", str(exc.code()))
+    return "ok"
