@@ -3,7 +3,8 @@
 
 A ``kiln dev`` (every part, the console on a free port) serves a small app; the bench seeds the datastore through
 the datastore service's ``Put`` (500 entities a call, every property type the table shows) and the request logs
-with real requests through the router (each logs two lines), and says how long each took. Then, for
+with real requests through the router (each logs two lines), ``--tasks`` waiting push tasks in one queue (Add, 100
+a call) and ``--mails`` messages in the development outbox (Send), and says how long each took. Then, for
 ``--rounds`` rounds, each page is fetched ``--requests`` times over one keep-alive connection to the console
 (time to the last byte, on loopback: the console's server time plus a loopback round trip), each followed in the
 same round by its *floor*: the same gRPC calls the page makes, made directly as the app (so page − floor is the
@@ -41,6 +42,8 @@ sys.path.insert(0, str(ROOT))
 from bench.http_bench import _cpu_seconds
 from console import datastore as console_datastore
 from console import logs as console_logs
+from console import mail as console_mail
+from console import taskqueues as console_taskqueues
 from console import values
 from deploy.dev import DevOptions, DevServer
 from kiln.api import _rpc
@@ -48,12 +51,16 @@ from kiln.pb.cron.v1 import cron_pb2, cron_pb2_grpc
 from kiln.pb.datastore.v1 import datastore_pb2 as ds
 from kiln.pb.datastore.v1 import datastore_pb2_grpc
 from kiln.pb.logs.v1 import logs_pb2, logs_pb2_grpc
+from kiln.pb.mail.v1 import mail_pb2, mail_pb2_grpc
 from kiln.pb.memcache.v1 import memcache_pb2, memcache_pb2_grpc
+from kiln.pb.taskqueue.v1 import taskqueue_pb2, taskqueue_pb2_grpc
 from kiln_platform.appcalls import AppCredentials
 
 KIND = "Bench"
 APP_YAML = "runtime: python27\napi_version: 1\nthreadsafe: true\nhandlers:\n- url: /.*\n  script: main.app\n"
 CRON_YAML = "cron:\n- description: nightly report\n  url: /tasks/report\n  schedule: every day 03:00\n"
+QUEUE = "bench"
+QUEUE_YAML = f"queue:\n- name: {QUEUE}\n  rate: 5/s\n"
 MAIN = textwrap.dedent('''
     import logging
 
@@ -72,11 +79,13 @@ class Calls:
         self.app_id = server.app_id
         self._meta = AppCredentials(server.secrets["service"]).metadata(server.app_id)
         self.channels = {name: _rpc.channel(server.addresses[f"{name}_svc"])
-                         for name in ("datastore", "logs", "memcache", "cron")}
+                         for name in ("datastore", "logs", "memcache", "cron", "taskqueue", "mail")}
         self.datastore = datastore_pb2_grpc.DatastoreServiceStub(self.channels["datastore"])
         self.logs = logs_pb2_grpc.LogsServiceStub(self.channels["logs"])
         self.memcache = memcache_pb2_grpc.MemcacheServiceStub(self.channels["memcache"])
         self.cron = cron_pb2_grpc.CronServiceStub(self.channels["cron"])
+        self.taskqueue = taskqueue_pb2_grpc.TaskQueueServiceStub(self.channels["taskqueue"])
+        self.mail = mail_pb2_grpc.MailServiceStub(self.channels["mail"])
 
     def __call__(self, method: Any, request: Any) -> Any:
         return method(request, metadata=self._meta, timeout=120)
@@ -106,6 +115,30 @@ def seed_entities(calls: Calls, count: int) -> float:
     for first in range(0, count, 500):
         batch = [_entity(i) for i in range(first, min(count, first + 500))]
         calls(calls.datastore.Put, ds.PutRequest(entities=batch))
+    return time.monotonic() - started
+
+
+def seed_tasks(calls: Calls, count: int) -> float:
+    """``count`` push tasks waiting a day in the queue (none runs during the bench)."""
+    started = time.monotonic()
+    for first in range(0, count, 100):
+        batch = [taskqueue_pb2.Task(queue=QUEUE, url=f"/tasks/t{i}", payload=b"x" * 200, countdown_seconds=86400)
+                 for i in range(first, min(count, first + 100))]
+        calls(calls.taskqueue.Add, taskqueue_pb2.AddRequest(tasks=batch))
+    return time.monotonic() - started
+
+
+def seed_mail(calls: Calls, count: int) -> float:
+    """``count`` messages (plain and HTML parts, one attachment) in the development outbox."""
+    started = time.monotonic()
+    for i in range(count):
+        message = mail_pb2.MailMessage(sender=f"robot@{calls.app_id}.appspotmail.com", to=["ann@example.org"],
+                                       subject=f"message {i}", text_body="hello " * 200,
+                                       html_body="<p>hello <b>there</b></p>" * 50,
+                                       attachments=[mail_pb2.Attachment(file_name="a.txt", data=b"0" * 4096)])
+        calls(calls.mail.Send, mail_pb2.SendRequest(message=message))
+    while len(calls(calls.mail.ListOutbox, mail_pb2.ListOutboxRequest(limit=1000)).messages) < min(count, 1000):
+        time.sleep(0.1)
     return time.monotonic() - started
 
 
@@ -201,6 +234,8 @@ def pages(calls: Calls, entities: int) -> list[tuple[str, str, Callable[[], None
     deep_skip = max(0, entities - console_datastore.PAGE)
     deep = deep_cursor(calls, deep_skip)
     deep_bytes = console_datastore.decode_cursor(deep) if deep else b""
+    outbox = calls(calls.mail.ListOutbox, mail_pb2.ListOutboxRequest(limit=1000, without_raw=True)).messages
+    oldest, mails = outbox[-1].message_id, len(outbox)
     return [
         ("logs, first page", "/logs", _logs_floor(calls)),
         ("logs, level ≥ warning", "/logs?level=warning", _logs_floor(calls, level=logs_pb2.LOG_LEVEL_WARNING)),
@@ -218,7 +253,22 @@ def pages(calls: Calls, entities: int) -> list[tuple[str, str, Callable[[], None
              gql_query=ds.GqlQuery(query_string=GQL), batch_size=console_datastore.GQL_ROWS))),
         ("memcache", "/memcache", lambda: calls(calls.memcache.Stats, memcache_pb2.StatsRequest())),
         ("cron", "/cron", lambda: calls(calls.cron.ListJobs, cron_pb2.ListJobsRequest())),
+        ("task queues", "/queues", lambda: calls(calls.taskqueue.QueueStats, taskqueue_pb2.QueueStatsRequest())),
+        ("a queue, first page of tasks", console_taskqueues.queue_url(QUEUE), _queue_floor(calls)),
+        ("mail, outbox list", "/mail",
+         lambda: calls(calls.mail.ListOutbox, mail_pb2.ListOutboxRequest(limit=console_mail.LIST_SIZE,
+                                                                          without_raw=True))),
+        (f"mail, the oldest of {mails:,} messages", console_mail.message_url(oldest),
+         lambda: calls(calls.mail.ListOutbox, mail_pb2.ListOutboxRequest(limit=1, message_id=oldest))),
     ]
+
+
+def _queue_floor(calls: Calls) -> Callable[[], None]:
+    def run() -> None:  # the queue's stats and one page of its tasks (console/taskqueues.py)
+        calls(calls.taskqueue.QueueStats, taskqueue_pb2.QueueStatsRequest(queues=[QUEUE]))
+        calls(calls.taskqueue.ListTasks, taskqueue_pb2.ListTasksRequest(queue=QUEUE,
+                                                                         page_size=console_taskqueues.PAGE_SIZE))
+    return run
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -230,6 +280,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--entities", type=int, default=10_000)
     ap.add_argument("--logs", type=int, default=10_000)
+    ap.add_argument("--tasks", type=int, default=1_000, help="waiting push tasks in one queue")
+    ap.add_argument("--mails", type=int, default=100, help="messages in the development outbox")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--requests", type=int, default=20, help="requests per page per round (p50/p95 over them)")
     args = ap.parse_args()
@@ -240,6 +292,7 @@ def main() -> None:
         (app / "app.yaml").write_text(APP_YAML)
         (app / "main.py").write_text(MAIN)
         (app / "cron.yaml").write_text(CRON_YAML)
+        (app / "queue.yaml").write_text(QUEUE_YAML)
         server = DevServer(DevOptions(app_dir=app, port=0, console_port=0, data_dir=app / "data"))
         server.start()
         calls = Calls(server)
@@ -248,6 +301,10 @@ def main() -> None:
             print(f"seeded {args.entities:,} entities of kind {KIND} in {took:.1f} s")
             took = seed_logs(server, calls, args.logs)
             print(f"seeded {args.logs:,} request logs (requests through the router, stored) in {took:.1f} s")
+            took = seed_tasks(calls, args.tasks)
+            print(f"seeded {args.tasks:,} waiting tasks in queue {QUEUE} in {took:.1f} s")
+            took = seed_mail(calls, max(1, args.mails))
+            print(f"seeded {max(1, args.mails):,} messages in the outbox in {took:.1f} s")
             console_pid = next(c.proc.pid for c in server.supervisor.children if c.name == "console")
             measured = pages(calls, args.entities)
             run(server, calls, measured, console_pid, args.rounds, args.requests)

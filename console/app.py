@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from console import cron, datastore, logs, memcache, render, security
+from console import cron, datastore, logs, mail, memcache, render, security, taskqueues
 from console.backend import Services
 from console.config import ConsoleConfig
 from kiln import errors
@@ -47,7 +47,7 @@ def make_app(services: Services, *, hosts: Callable[[], frozenset[str]]) -> web.
     app[SERVICES_KEY] = services
     app["app_id"] = services.app_id
     app.router.add_get("/", _home)
-    for module in (logs, datastore, memcache, cron):
+    for module in (logs, datastore, memcache, cron, taskqueues, mail):
         app.add_routes(module.routes(services))
     app.router.add_static("/static/", render.STATIC, append_version=False)
     return app
@@ -57,7 +57,9 @@ async def serve(cfg: ConsoleConfig) -> None:
     """Run the console until SIGTERM."""
     services = Services(app_id=cfg.app_id, credentials=AppCredentials(cfg.service_secret.get()),
                         addresses={"logs": cfg.logs_addr, "datastore": cfg.datastore_addr,
-                                   "memcache": cfg.memcache_addr, "cron": cfg.cron_addr}, timeout=cfg.call_timeout_seconds)
+                                   "memcache": cfg.memcache_addr, "cron": cfg.cron_addr,
+                                   "taskqueue": cfg.taskqueue_addr, "mail": cfg.mail_addr},
+                        timeout=cfg.call_timeout_seconds)
     bound: dict[str, frozenset[str]] = {"hosts": frozenset()}
     app = make_app(services, hosts=lambda: bound["hosts"])
     runner = web.AppRunner(app, access_log=None, handle_signals=False)

@@ -26,7 +26,9 @@ from kiln.api import _rpc
 from kiln.pb.cron.v1 import cron_pb2_grpc
 from kiln.pb.datastore.v1 import datastore_pb2_grpc
 from kiln.pb.logs.v1 import logs_pb2_grpc
+from kiln.pb.mail.v1 import mail_pb2_grpc
 from kiln.pb.memcache.v1 import memcache_pb2_grpc
+from kiln.pb.taskqueue.v1 import taskqueue_pb2_grpc
 from kiln_platform.config import HostPort
 
 # Each service the console calls: its stub class, by the name pages use.
@@ -35,6 +37,8 @@ STUBS: dict[str, Any] = {
     "datastore": datastore_pb2_grpc.DatastoreServiceStub,
     "memcache": memcache_pb2_grpc.MemcacheServiceStub,
     "cron": cron_pb2_grpc.CronServiceStub,
+    "taskqueue": taskqueue_pb2_grpc.TaskQueueServiceStub,
+    "mail": mail_pb2_grpc.MailServiceStub,
 }
 
 

@@ -31,6 +31,9 @@ class ConsoleConfig:
     datastore_addr: HostPort | None = field(None, "datastore_svc's gRPC address (host:port): the Datastore page")
     memcache_addr: HostPort | None = field(None, "memcache_svc's gRPC address (host:port): the Memcache page")
     cron_addr: HostPort | None = field(None, "cron_svc's gRPC address (host:port): the Cron page")
+    taskqueue_addr: HostPort | None = field(None, "taskqueue_svc's gRPC address (host:port): the Task queues page")
+    mail_addr: HostPort | None = field(None, "mail_svc's gRPC address (host:port): the Mail page (its development "
+                                             "outbox)")
     allowed_hosts: tuple[str, ...] = field((), "Host header values the console answers besides its listen "
                                                "address, localhost and 127.0.0.1 at its port (comma-separated; "
                                                "others get 421, which stops DNS rebinding)")

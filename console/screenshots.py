@@ -1,7 +1,7 @@
 """``python -m console.screenshots``: screenshots of each console page, for the README (docs/console/*.png).
 
 Starts ``kiln dev`` on a small demo app in a temporary directory, gives it some requests (so there are logs),
-entities of several kinds and types, and cache entries, then opens each page in Debian's Chromium (driven by
+entities of several kinds and types, cache entries, waiting tasks and mail, then opens each page in Debian's Chromium (driven by
 Playwright, from the ``test`` extra) and saves what it shows. Run it again after changing a page, and commit the
 PNGs.
 """
@@ -20,8 +20,12 @@ from kiln.api import _rpc
 from kiln.pb.datastore.v1 import datastore_pb2 as ds
 from kiln.pb.datastore.v1 import datastore_pb2_grpc
 from kiln.pb.logs.v1 import logs_pb2, logs_pb2_grpc
+from kiln.pb.mail.v1 import mail_pb2 as ml
+from kiln.pb.mail.v1 import mail_pb2_grpc
 from kiln.pb.memcache.v1 import memcache_pb2 as mc
 from kiln.pb.memcache.v1 import memcache_pb2_grpc
+from kiln.pb.taskqueue.v1 import taskqueue_pb2 as tq
+from kiln.pb.taskqueue.v1 import taskqueue_pb2_grpc
 from kiln_platform.appcalls import AppCredentials
 
 OUT = pathlib.Path(__file__).resolve().parents[1] / "docs" / "console"
@@ -57,6 +61,20 @@ CRON_YAML = """cron:
   schedule: every 15 minutes
 """
 GQL = "SELECT * FROM Product WHERE price > 2.0 ORDER BY price DESC"
+QUEUE_YAML = """queue:
+- name: emails
+  rate: 5/s
+  bucket_size: 10
+  retry_parameters:
+    task_retry_limit: 5
+- name: thumbnails
+  rate: 30/m
+  max_concurrent_requests: 4
+- name: imports
+  mode: pull
+"""
+ORDER_MAIL = """<h1>Thanks for your order</h1><p>Your <b>Sprocket</b> ships tomorrow.</p>
+<table><tr><td>Sprocket</td><td>9.50 EUR</td></tr><tr><td>Flange</td><td>4.25 EUR</td></tr></table>"""
 PATHS = ["/", "/products?page=2", "/products/17", "/admin/settings", "/cart", "/broken/checkout", "/",
          "/products/3", "/api/stock?sku=A-100"]
 
@@ -92,6 +110,40 @@ def _seed(addresses: dict[str, str], secret: str, app_id: str) -> None:
         cache.Set(mc.SetRequest(items=[mc.Item(key=f"product:{1001 + i}".encode(), value=b"Sprocket" * (i + 1),
                                                flags=1) for i in range(4)]), metadata=meta, timeout=30)
         cache.Get(mc.GetRequest(keys=[b"product:1001", b"product:1002", b"product:9999"]), metadata=meta, timeout=30)
+    with _rpc.channel(addresses["taskqueue_svc"]) as channel:
+        queues = taskqueue_pb2_grpc.TaskQueueServiceStub(channel)
+        tasks = [tq.Task(queue="emails", name=f"welcome-{n}", url=f"/tasks/mail/welcome?user={4000 + n}",
+                         payload=b"{}" * (n + 3), countdown_seconds=600 + 300 * n) for n in range(6)]
+        tasks += [tq.Task(queue="thumbnails", url=f"/tasks/thumb/{1001 + n}", method="GET",
+                          countdown_seconds=3600 * (n + 1)) for n in range(3)]
+        queues.Add(tq.AddRequest(tasks=tasks), metadata=meta, timeout=30)
+        queues.Add(tq.AddRequest(tasks=[tq.Task(queue="imports", method="PULL", payload=b"row" * 40, tag=b"csv")
+                                        for _ in range(4)]), metadata=meta, timeout=30)
+        queues.Pause(tq.PauseRequest(queue="thumbnails"), metadata=meta, timeout=30)
+    with _rpc.channel(addresses["mail_svc"]) as channel:
+        mail = mail_pb2_grpc.MailServiceStub(channel)
+        sender = f"Shop <orders@{app_id}.appspotmail.com>"
+        for n, (to, subject) in enumerate([("ann@example.org", "Welcome to the shop"),
+                                           ("bob@example.org", "Your password reset link"),
+                                           ("carl@example.org", "Order 1042 confirmed")]):
+            message = ml.MailMessage(sender=sender, to=[to], subject=subject,
+                                     text_body=f"Hello,\n\nthis is message {n + 1}.\n\n-- The shop",
+                                     html_body=ORDER_MAIL if n == 2 else "")
+            if n == 2:
+                message.attachments.add(file_name="invoice-1042.pdf", data=b"%PDF-1.7" + b"0" * 18000)
+            mail.Send(ml.SendRequest(message=message), metadata=meta, timeout=30)
+
+
+def _wait_for_mail(addresses: dict[str, str], secret: str, app_id: str, count: int) -> None:
+    import time
+    meta = AppCredentials(secret).metadata(app_id)
+    deadline = time.monotonic() + 60
+    with _rpc.channel(addresses["mail_svc"]) as channel:
+        mail = mail_pb2_grpc.MailServiceStub(channel)
+        while len(mail.ListOutbox(ml.ListOutboxRequest(), metadata=meta, timeout=30).messages) < count:
+            if time.monotonic() > deadline:
+                raise SystemExit("screenshots: the mail did not reach the outbox within 60 s")
+            time.sleep(0.2)
 
 
 def _wait_for_logs(addresses: dict[str, str], secret: str, app_id: str, count: int) -> None:
@@ -120,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         (app_dir / "app.yaml").write_text(APP_YAML)
         (app_dir / "main.py").write_text(MAIN)
         (app_dir / "cron.yaml").write_text(CRON_YAML)
+        (app_dir / "queue.yaml").write_text(QUEUE_YAML)
         server = DevServer(DevOptions(app_dir=app_dir, port=0, console_port=0, data_dir=app_dir / "data"))
         server.start()
         try:
@@ -130,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
                     err.read()
             _seed(server.addresses, server.secrets["service"], server.app_id)
             _wait_for_logs(server.addresses, server.secrets["service"], server.app_id, len(PATHS))
+            _wait_for_mail(server.addresses, server.secrets["service"], server.app_id, 3)
             base = server.console_url.rstrip("/")
             with sync_playwright() as playwright:
                 browser = playwright.chromium.launch(executable_path=CHROMIUM)
@@ -153,6 +207,14 @@ def main(argv: list[str] | None = None) -> int:
                 page.screenshot(path=str(args.out / "memcache.png"), full_page=True)
                 page.goto("/cron")
                 page.screenshot(path=str(args.out / "cron.png"), full_page=True)
+                page.goto("/queues")
+                page.screenshot(path=str(args.out / "queues.png"), full_page=True)
+                page.goto("/queues/tasks?queue=emails")
+                page.screenshot(path=str(args.out / "queue.png"), full_page=True)
+                page.goto("/mail")
+                page.screenshot(path=str(args.out / "mail.png"), full_page=True)
+                page.get_by_role("link", name="Order 1042 confirmed").click()
+                page.screenshot(path=str(args.out / "mail-message.png"), full_page=True)
                 phone = browser.new_page(viewport={"width": 390, "height": 844}, base_url=base)
                 phone.goto("/logs?status=5xx")
                 phone.screenshot(path=str(args.out / "logs-phone.png"), full_page=True)

@@ -384,6 +384,7 @@ class DevServer:
                 "console", "--listen", f"{CONSOLE_HOST}:{self.opts.console_port}", "--app-id", self.app_id,
                 "--logs-addr", self.addresses["logs_svc"], "--datastore-addr", self.addresses["datastore_svc"],
                 "--memcache-addr", self.addresses["memcache_svc"], "--cron-addr", self.addresses["cron_svc"],
+                "--taskqueue-addr", self.addresses["taskqueue_svc"], "--mail-addr", self.addresses["mail_svc"],
                 "--ready-file", str(run / "console.addr")),
                 env=env, secrets={"KILN_CONSOLE_SERVICE_SECRET": self._secret},
                 ready_file=run / "console.addr")

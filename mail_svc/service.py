@@ -19,6 +19,7 @@ from mail_svc.transport import Outbox
 
 DEFAULT_OUTBOX_PAGE = 100
 MAX_OUTBOX_PAGE = 1000
+MAX_MESSAGE_ID = 1000  # characters of ListOutboxRequest.message_id
 
 
 class SenderRule:
@@ -87,7 +88,11 @@ class MailService(mail_pb2_grpc.MailServiceServicer):
             raise FailedPreconditionError("this mail service delivers through a relay; it keeps no outbox")
         if not 0 <= request.limit <= MAX_OUTBOX_PAGE:
             raise BadRequestError(f"limit: must be between 0 and {MAX_OUTBOX_PAGE}, got {request.limit}")
-        return pb.ListOutboxResponse(messages=self._outbox.list(app, request.limit or DEFAULT_OUTBOX_PAGE))
+        if len(request.message_id) > MAX_MESSAGE_ID:
+            raise BadRequestError(f"message_id: at most {MAX_MESSAGE_ID} characters")
+        return pb.ListOutboxResponse(messages=self._outbox.list(app, request.limit or DEFAULT_OUTBOX_PAGE,
+                                                                with_raw=not request.without_raw,
+                                                                message_id=request.message_id))
 
     def _check(self, app: str, message: pb.MailMessage, user_email: str, user_proof: str,
                recipients: list[str] | None) -> Rendered:

@@ -194,16 +194,22 @@ class Outbox:
             tmp.write_bytes(data)
             os.replace(tmp, folder / f"{stem}{suffix}")
 
-    def list(self, app_id: str, limit: int) -> list[pb.OutboxMessage]:
-        """The app's newest ``limit`` messages, newest first."""
+    def list(self, app_id: str, limit: int, *, with_raw: bool = True,
+             message_id: str = "") -> list[pb.OutboxMessage]:
+        """The app's newest ``limit`` messages, newest first: without their raw message unless ``with_raw``; only
+        those whose Message-ID is ``message_id`` when that is given (their bodies are the only ones read)."""
         folder = self.root / app_id
         if not folder.is_dir():
             return []
-        out = []
-        for meta_path in sorted(folder.glob("*.json"), reverse=True)[:limit]:
+        out: list[pb.OutboxMessage] = []
+        for meta_path in sorted(folder.glob("*.json"), reverse=True):
+            if len(out) >= limit:
+                break
             try:
                 meta = json.loads(meta_path.read_text())
-                raw = meta_path.with_suffix(".eml").read_bytes()
+                if message_id and meta["message_id"] != message_id:
+                    continue
+                raw = meta_path.with_suffix(".eml").read_bytes() if with_raw else b""
             except (OSError, ValueError):
                 continue
             item = pb.OutboxMessage(message_id=meta["message_id"], envelope_from=meta["envelope_from"],

@@ -24,6 +24,7 @@ from taskqueue_svc.shared import SharedQueues
 from taskqueue_svc.store import TaskStore
 
 MAX_NAMES_PER_DELETE = 1000
+DEFAULT_LIST_PAGE, MAX_LIST_PAGE = 50, 100
 
 
 class TaskQueueService(taskqueue_pb2_grpc.TaskQueueServiceServicer):
@@ -159,6 +160,50 @@ class TaskQueueService(taskqueue_pb2_grpc.TaskQueueServiceServicer):
         queue = self._pull_queue(app, request.queue)
         leases.check_modify(request)
         return pb.ModifyLeaseResponse(eta_usec=await self._pull.modify(app, queue.name, request, _now_usec()))
+
+    async def ListTasks(self, request: pb.ListTasksRequest,
+                        context: grpc.aio.ServicerContext[Any, Any]) -> pb.ListTasksResponse:
+        app = grpcserver.caller_app()
+        queue = tasks.queue_for(request.queue, self._app_queues(app))
+        size = request.page_size or DEFAULT_LIST_PAGE
+        if not 1 <= size <= MAX_LIST_PAGE:
+            raise errors.InvalidRequestError(f"page_size: must be 0 to {MAX_LIST_PAGE}, got {request.page_size}")
+        out = pb.ListTasksResponse()
+        if queue.mode == "pull":
+            after = request.page_token
+            if after and not tasks.TASK_NAME_RE.match(after):
+                raise errors.InvalidRequestError("page_token: not a token of this queue's pages")
+            waiting = sorted((e.task for e in await self._pull.entries(app, queue.name) if e.task.name > after),
+                             key=lambda t: t.name)
+            page = waiting[:size]
+            out.next_page_token = page[-1].name if len(waiting) > size else ""
+        else:
+            token = request.page_token
+            if token and not (token.isascii() and token.isdigit() and 0 < int(token) < 2**63):
+                raise errors.InvalidRequestError("page_token: not a token of this queue's pages")
+            page, following = await self._store.page(app, queue.name, int(token or 1), size)
+            out.next_page_token = str(following) if following else ""
+        for task in page:
+            item = out.tasks.add(name=task.name, eta=task.eta, retry_count=task.retry_count, method=task.method,
+                                 url=task.url, execution_count=task.execution_count,
+                                 previous_response=task.previous_response, added=task.added,
+                                 payload_bytes=-1 if task.payload_object else len(task.payload))
+            if task.HasField("tag"):
+                item.tag = task.tag
+        return out
+
+    async def RunNow(self, request: pb.RunNowRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.RunNowResponse:
+        app = grpcserver.caller_app()
+        queue = tasks.queue_for(request.queue, self._app_queues(app))
+        if queue.mode != "push":
+            raise errors.InvalidQueueModeError(f"queue {queue.name!r} is a pull queue: its tasks are leased, not run")
+        if not tasks.TASK_NAME_RE.match(request.task_name):
+            raise errors.InvalidTaskNameError(f"task name {request.task_name[:120]!r} must be 1 to 500 letters, "
+                                              f"digits, underscores and hyphens")
+        task = await self._store.run_now(app, queue.name, request.task_name,
+                                         datetime.datetime.now(datetime.timezone.utc))
+        events.info("taskqueue %s/%s: task %s made due now from the console", app, queue.name, task.name)
+        return pb.RunNowResponse(eta=task.eta)
 
 
 def _now_usec() -> int:

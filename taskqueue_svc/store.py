@@ -31,7 +31,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolic
 from nats.js.kv import KeyValue
 
 from kiln.pb.taskqueue.v1 import taskqueue_pb2 as pb
-from taskqueue_svc.errors import TransientError
+from taskqueue_svc.errors import TombstonedTaskError, TransientError, UnknownTaskError
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,8 @@ SUBJECT_PREFIX = "kiln.tasks."
 NAMES_BUCKET = "KILN_TASK_NAMES"
 TOMBSTONE_SECONDS = 7 * 86400
 OLDEST_ETA_SCAN = 1000  # tasks read to find a queue's oldest ETA
+LIST_SCAN_FACTOR = 4  # a page of N listed tasks reads at most 4 N messages (deleted tasks' are skipped)
+RUN_NOW_SCAN = 10_000  # messages of a queue read to find the task to run now
 QUEUED, RAN, DELETED = b"queued", b"ran", b"deleted"
 _NATS_ERRORS = (nats.errors.Error, asyncio.TimeoutError)
 _SCAN_BATCH = 256
@@ -270,6 +272,98 @@ class TaskStore:
         except _NATS_ERRORS as exc:
             raise TransientError(f"the task store is not reachable now ({exc})") from None
         return earliest
+
+    async def _next(self, app_id: str, queue: str, seq: int) -> tuple[int, pb.StoredTask | None] | None:
+        """The queue's first message at or after stream sequence ``seq``: its sequence and task (None: not a task),
+        or None when there is none."""
+        try:
+            msg = await self.js.get_msg(STREAM, seq, subject=subject(app_id, queue), next=True)
+        except nats.js.errors.NotFoundError:
+            return None
+        try:
+            task: pb.StoredTask | None = pb.StoredTask.FromString(msg.data or b"")
+        except Exception:  # noqa: BLE001 - not a task: delivery drops it
+            task = None
+        return (msg.seq or seq), task
+
+    async def page(self, app_id: str, queue: str, start: int, size: int) -> tuple[list[pb.StoredTask], int]:
+        """Up to ``size`` waiting tasks of a queue, in stream order from sequence ``start`` (1: the first), and the
+        sequence the next page starts at (0: no more). Reads at most :data:`LIST_SCAN_FACTOR` × ``size`` messages,
+        so a page of a queue full of deleted tasks' messages may hold fewer than ``size``.
+
+        Raises:
+            TransientError: NATS failed.
+        """
+        found: dict[str, pb.StoredTask] = {}
+        seq = start
+        try:
+            for _ in range(LIST_SCAN_FACTOR * size):
+                if len(found) >= size:
+                    break
+                message = await self._next(app_id, queue, seq)
+                if message is None:
+                    return list(found.values()), 0
+                at, task = message
+                seq = at + 1
+                if task is not None and await self.state(app_id, queue, task.name) == QUEUED:
+                    found.pop(task.name, None)  # a retry's message replaces the attempt's it is about to follow
+                    found[task.name] = task
+            more = await self._next(app_id, queue, seq) is not None
+        except _NATS_ERRORS as exc:
+            raise TransientError(f"the task store is not reachable now ({exc})") from None
+        return list(found.values()), seq if more else 0
+
+    async def run_now(self, app_id: str, queue: str, name: str, now: datetime.datetime) -> pb.StoredTask:
+        """Make the waiting task ``name`` due at ``now``; the task as it now waits.
+
+        Its message is replaced: the old one is deleted by sequence (which also fails if delivery took it meanwhile,
+        so a task is never left to run twice), then a copy with ETA ``now`` is published. A task already due is
+        left as it is (delivery takes it as soon as a token allows).
+
+        Raises:
+            UnknownTaskError: no such task waits (never added, or it changed meanwhile: retried or being sent).
+            TombstonedTaskError: it ran or was deleted.
+            TransientError: NATS failed (if it failed between the delete and the publish, the old message is put
+                back).
+        """
+        try:
+            state = await self.state(app_id, queue, name)
+            if state is None:
+                raise UnknownTaskError(f"queue {queue!r} has no task {name!r}")
+            if state != QUEUED:
+                raise TombstonedTaskError(f"task {name!r} {'ran' if state == RAN else 'was deleted'} already")
+            found: tuple[int, pb.StoredTask] | None = None
+            seq = 1
+            for _ in range(RUN_NOW_SCAN):
+                message = await self._next(app_id, queue, seq)
+                if message is None:
+                    break
+                at, task = message
+                seq = at + 1
+                if task is not None and task.name == name:
+                    found = (at, task)  # the last one: a retry's message follows its attempt's
+            if found is None:
+                raise UnknownTaskError(f"task {name!r} of queue {queue!r} is not waiting (it is being sent now)")
+            at, task = found
+            if task.eta.ToDatetime(datetime.timezone.utc) <= now:
+                return task
+            original = task.SerializeToString()
+            try:
+                await self.js.delete_msg(STREAM, at)
+            except nats.js.errors.APIError:
+                raise UnknownTaskError(f"task {name!r} changed meanwhile (retried, made due or being sent); "
+                                       f"nothing was done") from None
+            task.eta.FromDatetime(now)
+            try:
+                await self.js.publish(subject(app_id, queue), task.SerializeToString(), stream=STREAM,
+                                      headers={"Nats-Msg-Id": f"{name_key(app_id, queue, name)}.now.{at}"})
+            except _NATS_ERRORS:
+                with contextlib.suppress(*_NATS_ERRORS):
+                    await self.js.publish(subject(app_id, queue), original, stream=STREAM)
+                raise
+        except _NATS_ERRORS as exc:
+            raise TransientError(f"the task store is not reachable now ({exc})") from None
+        return task
 
     async def waiting(self, app_id: str, queue: str) -> int:
         """Tasks of a queue not finished (waiting for their ETA, due, or being sent)."""

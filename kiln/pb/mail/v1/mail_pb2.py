@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1akiln/pb/mail/v1/mail.proto\x12\x0fkiln.pb.mail.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"A\n\nAttachment\x12\x11\n\tfile_name\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x12\n\ncontent_id\x18\x03 \x01(\t\"%\n\x06Header\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"\xfe\x01\n\x0bMailMessage\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x10\n\x08reply_to\x18\x02 \x01(\t\x12\n\n\x02to\x18\x03 \x03(\t\x12\n\n\x02\x63\x63\x18\x04 \x03(\t\x12\x0b\n\x03\x62\x63\x63\x18\x05 \x03(\t\x12\x0f\n\x07subject\x18\x06 \x01(\t\x12\x11\n\ttext_body\x18\x07 \x01(\t\x12\x11\n\thtml_body\x18\x08 \x01(\t\x12\x30\n\x0b\x61ttachments\x18\t \x03(\x0b\x32\x1b.kiln.pb.mail.v1.Attachment\x12(\n\x07headers\x18\n \x03(\x0b\x32\x17.kiln.pb.mail.v1.Header\x12\x15\n\ramp_html_body\x18\x0b \x01(\t\"x\n\x0bSendRequest\x12-\n\x07message\x18\x01 \x01(\x0b\x32\x1c.kiln.pb.mail.v1.MailMessage\x12\x1c\n\x14signed_in_user_email\x18\x02 \x01(\t\x12\x1c\n\x14signed_in_user_proof\x18\x03 \x01(\t\"\"\n\x0cSendResponse\x12\x12\n\nmessage_id\x18\x01 \x01(\t\"\x80\x01\n\x13SendToAdminsRequest\x12-\n\x07message\x18\x01 \x01(\x0b\x32\x1c.kiln.pb.mail.v1.MailMessage\x12\x1c\n\x14signed_in_user_email\x18\x02 \x01(\t\x12\x1c\n\x14signed_in_user_proof\x18\x03 \x01(\t\"*\n\x14SendToAdminsResponse\x12\x12\n\nmessage_id\x18\x01 \x01(\t\"\"\n\x11ListOutboxRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\"\x9b\x01\n\rOutboxMessage\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x15\n\renvelope_from\x18\x02 \x01(\t\x12\x12\n\nrecipients\x18\x03 \x03(\t\x12\x0f\n\x07subject\x18\x04 \x01(\t\x12-\n\tqueued_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0b\n\x03raw\x18\x06 \x01(\x0c\"F\n\x12ListOutboxResponse\x12\x30\n\x08messages\x18\x01 \x03(\x0b\x32\x1e.kiln.pb.mail.v1.OutboxMessage\"\xbc\x01\n\nQueuedMail\x12\x0e\n\x06\x61pp_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x15\n\renvelope_from\x18\x03 \x01(\t\x12\x12\n\nrecipients\x18\x04 \x03(\t\x12\x0b\n\x03raw\x18\x05 \x01(\x0c\x12\x12\n\nraw_object\x18\x06 \x01(\t\x12-\n\tqueued_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07subject\x18\x08 \x01(\t*\xc3\x02\n\rMailErrorCode\x12\x1f\n\x1bMAIL_ERROR_CODE_UNSPECIFIED\x10\x00\x12\x1f\n\x1bMAIL_ERROR_CODE_BAD_REQUEST\x10\x01\x12\'\n#MAIL_ERROR_CODE_UNAUTHORIZED_SENDER\x10\x02\x12+\n\'MAIL_ERROR_CODE_INVALID_ATTACHMENT_TYPE\x10\x03\x12\'\n#MAIL_ERROR_CODE_INVALID_HEADER_NAME\x10\x04\x12&\n\"MAIL_ERROR_CODE_INVALID_CONTENT_ID\x10\x05\x12&\n\"MAIL_ERROR_CODE_MISSING_RECIPIENTS\x10\x06\x12!\n\x1dMAIL_ERROR_CODE_INVALID_EMAIL\x10\x07\x32\x86\x02\n\x0bMailService\x12\x43\n\x04Send\x12\x1c.kiln.pb.mail.v1.SendRequest\x1a\x1d.kiln.pb.mail.v1.SendResponse\x12[\n\x0cSendToAdmins\x12$.kiln.pb.mail.v1.SendToAdminsRequest\x1a%.kiln.pb.mail.v1.SendToAdminsResponse\x12U\n\nListOutbox\x12\".kiln.pb.mail.v1.ListOutboxRequest\x1a#.kiln.pb.mail.v1.ListOutboxResponseB<\n\x13\x64\x65v.kiln.pb.mail.v1P\x01Z#kiln.dev/gen/kiln/pb/mail/v1;mailv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1akiln/pb/mail/v1/mail.proto\x12\x0fkiln.pb.mail.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"A\n\nAttachment\x12\x11\n\tfile_name\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x12\n\ncontent_id\x18\x03 \x01(\t\"%\n\x06Header\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"\xfe\x01\n\x0bMailMessage\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x10\n\x08reply_to\x18\x02 \x01(\t\x12\n\n\x02to\x18\x03 \x03(\t\x12\n\n\x02\x63\x63\x18\x04 \x03(\t\x12\x0b\n\x03\x62\x63\x63\x18\x05 \x03(\t\x12\x0f\n\x07subject\x18\x06 \x01(\t\x12\x11\n\ttext_body\x18\x07 \x01(\t\x12\x11\n\thtml_body\x18\x08 \x01(\t\x12\x30\n\x0b\x61ttachments\x18\t \x03(\x0b\x32\x1b.kiln.pb.mail.v1.Attachment\x12(\n\x07headers\x18\n \x03(\x0b\x32\x17.kiln.pb.mail.v1.Header\x12\x15\n\ramp_html_body\x18\x0b \x01(\t\"x\n\x0bSendRequest\x12-\n\x07message\x18\x01 \x01(\x0b\x32\x1c.kiln.pb.mail.v1.MailMessage\x12\x1c\n\x14signed_in_user_email\x18\x02 \x01(\t\x12\x1c\n\x14signed_in_user_proof\x18\x03 \x01(\t\"\"\n\x0cSendResponse\x12\x12\n\nmessage_id\x18\x01 \x01(\t\"\x80\x01\n\x13SendToAdminsRequest\x12-\n\x07message\x18\x01 \x01(\x0b\x32\x1c.kiln.pb.mail.v1.MailMessage\x12\x1c\n\x14signed_in_user_email\x18\x02 \x01(\t\x12\x1c\n\x14signed_in_user_proof\x18\x03 \x01(\t\"*\n\x14SendToAdminsResponse\x12\x12\n\nmessage_id\x18\x01 \x01(\t\"K\n\x11ListOutboxRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\x12\x13\n\x0bwithout_raw\x18\x02 \x01(\x08\x12\x12\n\nmessage_id\x18\x03 \x01(\t\"\x9b\x01\n\rOutboxMessage\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x15\n\renvelope_from\x18\x02 \x01(\t\x12\x12\n\nrecipients\x18\x03 \x03(\t\x12\x0f\n\x07subject\x18\x04 \x01(\t\x12-\n\tqueued_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0b\n\x03raw\x18\x06 \x01(\x0c\"F\n\x12ListOutboxResponse\x12\x30\n\x08messages\x18\x01 \x03(\x0b\x32\x1e.kiln.pb.mail.v1.OutboxMessage\"\xbc\x01\n\nQueuedMail\x12\x0e\n\x06\x61pp_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x15\n\renvelope_from\x18\x03 \x01(\t\x12\x12\n\nrecipients\x18\x04 \x03(\t\x12\x0b\n\x03raw\x18\x05 \x01(\x0c\x12\x12\n\nraw_object\x18\x06 \x01(\t\x12-\n\tqueued_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07subject\x18\x08 \x01(\t*\xc3\x02\n\rMailErrorCode\x12\x1f\n\x1bMAIL_ERROR_CODE_UNSPECIFIED\x10\x00\x12\x1f\n\x1bMAIL_ERROR_CODE_BAD_REQUEST\x10\x01\x12\'\n#MAIL_ERROR_CODE_UNAUTHORIZED_SENDER\x10\x02\x12+\n\'MAIL_ERROR_CODE_INVALID_ATTACHMENT_TYPE\x10\x03\x12\'\n#MAIL_ERROR_CODE_INVALID_HEADER_NAME\x10\x04\x12&\n\"MAIL_ERROR_CODE_INVALID_CONTENT_ID\x10\x05\x12&\n\"MAIL_ERROR_CODE_MISSING_RECIPIENTS\x10\x06\x12!\n\x1dMAIL_ERROR_CODE_INVALID_EMAIL\x10\x07\x32\x86\x02\n\x0bMailService\x12\x43\n\x04Send\x12\x1c.kiln.pb.mail.v1.SendRequest\x1a\x1d.kiln.pb.mail.v1.SendResponse\x12[\n\x0cSendToAdmins\x12$.kiln.pb.mail.v1.SendToAdminsRequest\x1a%.kiln.pb.mail.v1.SendToAdminsResponse\x12U\n\nListOutbox\x12\".kiln.pb.mail.v1.ListOutboxRequest\x1a#.kiln.pb.mail.v1.ListOutboxResponseB<\n\x13\x64\x65v.kiln.pb.mail.v1P\x01Z#kiln.dev/gen/kiln/pb/mail/v1;mailv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,8 +34,8 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kiln.pb.mail.v1.mail_pb2', 
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\023dev.kiln.pb.mail.v1P\001Z#kiln.dev/gen/kiln/pb/mail/v1;mailv1'
-  _globals['_MAILERRORCODE']._serialized_start=1234
-  _globals['_MAILERRORCODE']._serialized_end=1557
+  _globals['_MAILERRORCODE']._serialized_start=1275
+  _globals['_MAILERRORCODE']._serialized_end=1598
   _globals['_ATTACHMENT']._serialized_start=80
   _globals['_ATTACHMENT']._serialized_end=145
   _globals['_HEADER']._serialized_start=147
@@ -51,13 +51,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SENDTOADMINSRESPONSE']._serialized_start=732
   _globals['_SENDTOADMINSRESPONSE']._serialized_end=774
   _globals['_LISTOUTBOXREQUEST']._serialized_start=776
-  _globals['_LISTOUTBOXREQUEST']._serialized_end=810
-  _globals['_OUTBOXMESSAGE']._serialized_start=813
-  _globals['_OUTBOXMESSAGE']._serialized_end=968
-  _globals['_LISTOUTBOXRESPONSE']._serialized_start=970
-  _globals['_LISTOUTBOXRESPONSE']._serialized_end=1040
-  _globals['_QUEUEDMAIL']._serialized_start=1043
-  _globals['_QUEUEDMAIL']._serialized_end=1231
-  _globals['_MAILSERVICE']._serialized_start=1560
-  _globals['_MAILSERVICE']._serialized_end=1822
+  _globals['_LISTOUTBOXREQUEST']._serialized_end=851
+  _globals['_OUTBOXMESSAGE']._serialized_start=854
+  _globals['_OUTBOXMESSAGE']._serialized_end=1009
+  _globals['_LISTOUTBOXRESPONSE']._serialized_start=1011
+  _globals['_LISTOUTBOXRESPONSE']._serialized_end=1081
+  _globals['_QUEUEDMAIL']._serialized_start=1084
+  _globals['_QUEUEDMAIL']._serialized_end=1272
+  _globals['_MAILSERVICE']._serialized_start=1601
+  _globals['_MAILSERVICE']._serialized_end=1863
 # @@protoc_insertion_point(module_scope)

@@ -315,16 +315,28 @@ class ListOutboxRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     LIMIT_FIELD_NUMBER: _builtins.int
+    WITHOUT_RAW_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
     limit: _builtins.int
     """At most this many (default 100, at most 1000)."""
+    without_raw: _builtins.bool
+    """Leave OutboxMessage.raw empty (a list of messages needs only their
+    envelope and subject; the outbox then reads no message body).
+    """
+    message_id: _builtins.str
+    """Only the message with this Message-ID (none when the outbox has no such
+    message); empty: every message.
+    """
     def __init__(
         self,
         *,
         limit: _builtins.int = ...,
+        without_raw: _builtins.bool = ...,
+        message_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "message_id", b"message_id", "without_raw", b"without_raw"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

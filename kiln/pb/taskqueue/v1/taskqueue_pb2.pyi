@@ -1019,3 +1019,181 @@ class ModifyLeaseResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ModifyLeaseResponse: _TypeAlias = ModifyLeaseResponse  # noqa: Y015
+
+@_typing.final
+class ListTasksRequest(_message.Message):
+    """ListTasksRequest asks for one page of a queue's waiting tasks."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUEUE_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    queue: _builtins.str
+    """Queue name; empty means "default"."""
+    page_size: _builtins.int
+    """1 to 100 tasks; 0 means 50."""
+    page_token: _builtins.str
+    """The next_page_token of the previous page; empty for the first page."""
+    def __init__(
+        self,
+        *,
+        queue: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "queue", b"queue"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTasksRequest: _TypeAlias = ListTasksRequest  # noqa: Y015
+
+@_typing.final
+class ListedTask(_message.Message):
+    """ListedTask is one waiting task as ListTasks shows it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ETA_FIELD_NUMBER: _builtins.int
+    RETRY_COUNT_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    EXECUTION_COUNT_FIELD_NUMBER: _builtins.int
+    PREVIOUS_RESPONSE_FIELD_NUMBER: _builtins.int
+    ADDED_FIELD_NUMBER: _builtins.int
+    PAYLOAD_BYTES_FIELD_NUMBER: _builtins.int
+    TAG_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Task name."""
+    retry_count: _builtins.int
+    """Failed attempts so far (push) or leases so far (pull)."""
+    method: _builtins.str
+    """HTTP method (PULL for a pull task)."""
+    url: _builtins.str
+    """Relative URL (empty for a pull task)."""
+    execution_count: _builtins.int
+    """Attempts the app answered so far (push)."""
+    previous_response: _builtins.int
+    """HTTP status of the previous attempt (0: none)."""
+    payload_bytes: _builtins.int
+    """Payload size in bytes; -1 for a pull payload kept in the object store
+    KILN_PULL_BODIES (not read to list it).
+    """
+    tag: _builtins.bytes
+    """Pull tasks: the tag, if any."""
+    @_builtins.property
+    def eta(self) -> _timestamp_pb2.Timestamp:
+        """When it runs (push) or may be leased (pull) at the earliest; for a
+        leased pull task, the end of its lease.
+        """
+
+    @_builtins.property
+    def added(self) -> _timestamp_pb2.Timestamp:
+        """When the task was added."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        eta: _timestamp_pb2.Timestamp | None = ...,
+        retry_count: _builtins.int = ...,
+        method: _builtins.str = ...,
+        url: _builtins.str = ...,
+        execution_count: _builtins.int = ...,
+        previous_response: _builtins.int = ...,
+        added: _timestamp_pb2.Timestamp | None = ...,
+        payload_bytes: _builtins.int = ...,
+        tag: _builtins.bytes | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_tag", b"_tag", "added", b"added", "eta", b"eta", "tag", b"tag"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_tag", b"_tag", "added", b"added", "eta", b"eta", "execution_count", b"execution_count", "method", b"method", "name", b"name", "payload_bytes", b"payload_bytes", "previous_response", b"previous_response", "retry_count", b"retry_count", "tag", b"tag", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__tag: _TypeAlias = _typing.Literal["tag"]  # noqa: Y015
+    _WhichOneofArgType__tag: _TypeAlias = _typing.Literal["_tag", b"_tag"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__tag) -> _WhichOneofReturnType__tag | None: ...
+
+Global___ListedTask: _TypeAlias = ListedTask  # noqa: Y015
+
+@_typing.final
+class ListTasksResponse(_message.Message):
+    """ListTasksResponse is one page of tasks."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASKS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token of the next page; empty when this was the last."""
+    @_builtins.property
+    def tasks(self) -> _containers.RepeatedCompositeFieldContainer[Global___ListedTask]:
+        """Tasks of the page."""
+
+    def __init__(
+        self,
+        *,
+        tasks: _abc.Iterable[Global___ListedTask] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "tasks", b"tasks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTasksResponse: _TypeAlias = ListTasksResponse  # noqa: Y015
+
+@_typing.final
+class RunNowRequest(_message.Message):
+    """RunNowRequest names the push task to run now."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUEUE_FIELD_NUMBER: _builtins.int
+    TASK_NAME_FIELD_NUMBER: _builtins.int
+    queue: _builtins.str
+    """Queue name (a push queue); empty means "default"."""
+    task_name: _builtins.str
+    """Task name (UNKNOWN_TASK when no such task waits)."""
+    def __init__(
+        self,
+        *,
+        queue: _builtins.str = ...,
+        task_name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["queue", b"queue", "task_name", b"task_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunNowRequest: _TypeAlias = RunNowRequest  # noqa: Y015
+
+@_typing.final
+class RunNowResponse(_message.Message):
+    """RunNowResponse has the task's ETA."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ETA_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def eta(self) -> _timestamp_pb2.Timestamp:
+        """The task's ETA now: the time of the call, or its earlier ETA when it was
+        already due.
+        """
+
+    def __init__(
+        self,
+        *,
+        eta: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["eta", b"eta"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["eta", b"eta"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunNowResponse: _TypeAlias = RunNowResponse  # noqa: Y015

@@ -76,6 +76,16 @@ class TaskQueueServiceStub:
                 request_serializer=kiln_dot_pb_dot_taskqueue_dot_v1_dot_taskqueue__pb2.ModifyLeaseRequest.SerializeToString,
                 response_deserializer=kiln_dot_pb_dot_taskqueue_dot_v1_dot_taskqueue__pb2.ModifyLeaseResponse.FromString,
                 _registered_method=True)
+        self.ListTasks = channel.unary_unary(
+                '/kiln.pb.taskqueue.v1.TaskQueueService/ListTasks',
+                request_serializer=kiln_dot_pb_dot_taskqueue_dot_v1_dot_taskqueue__pb2.ListTasksRequest.SerializeToString,
+                response_deserializer=kiln_dot_pb_dot_taskqueue_dot_v1_dot_taskqueue__pb2.ListTasksResponse.FromString,
+                _registered_method=True)
+        self.RunNow = channel.unary_unary(
+                '/kiln.pb.taskqueue.v1.TaskQueueService/RunNow',
+                request_serializer=kiln_dot_pb_dot_taskqueue_dot_v1_dot_taskqueue__pb2.RunNowRequest.SerializeToString,
+                response_deserializer=kiln_dot_pb_dot_taskqueue_dot_v1_dot_taskqueue__pb2.RunNowResponse.FromString,
+                _registered_method=True)
 
 
 class TaskQueueServiceServicer:
@@ -140,6 +150,23 @@ class TaskQueueServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListTasks(self, request, context):
+        """ListTasks lists the waiting tasks of one queue, a page at a time (the
+        console's task list): push tasks in the order they were stored, pull
+        tasks by name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RunNow(self, request, context):
+        """RunNow makes a waiting push task due now (its ETA becomes now; its retry
+        count is kept). A task already due is left as it is.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TaskQueueServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -182,6 +209,16 @@ def add_TaskQueueServiceServicer_to_server(servicer, server):
                     servicer.ModifyLease,
                     request_deserializer=kiln_dot_pb_dot_taskqueue_dot_v1_dot_taskqueue__pb2.ModifyLeaseRequest.FromString,
                     response_serializer=kiln_dot_pb_dot_taskqueue_dot_v1_dot_taskqueue__pb2.ModifyLeaseResponse.SerializeToString,
+            ),
+            'ListTasks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTasks,
+                    request_deserializer=kiln_dot_pb_dot_taskqueue_dot_v1_dot_taskqueue__pb2.ListTasksRequest.FromString,
+                    response_serializer=kiln_dot_pb_dot_taskqueue_dot_v1_dot_taskqueue__pb2.ListTasksResponse.SerializeToString,
+            ),
+            'RunNow': grpc.unary_unary_rpc_method_handler(
+                    servicer.RunNow,
+                    request_deserializer=kiln_dot_pb_dot_taskqueue_dot_v1_dot_taskqueue__pb2.RunNowRequest.FromString,
+                    response_serializer=kiln_dot_pb_dot_taskqueue_dot_v1_dot_taskqueue__pb2.RunNowResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -401,6 +438,60 @@ class TaskQueueService:
             '/kiln.pb.taskqueue.v1.TaskQueueService/ModifyLease',
             kiln_dot_pb_dot_taskqueue_dot_v1_dot_taskqueue__pb2.ModifyLeaseRequest.SerializeToString,
             kiln_dot_pb_dot_taskqueue_dot_v1_dot_taskqueue__pb2.ModifyLeaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kiln.pb.taskqueue.v1.TaskQueueService/ListTasks',
+            kiln_dot_pb_dot_taskqueue_dot_v1_dot_taskqueue__pb2.ListTasksRequest.SerializeToString,
+            kiln_dot_pb_dot_taskqueue_dot_v1_dot_taskqueue__pb2.ListTasksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunNow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kiln.pb.taskqueue.v1.TaskQueueService/RunNow',
+            kiln_dot_pb_dot_taskqueue_dot_v1_dot_taskqueue__pb2.RunNowRequest.SerializeToString,
+            kiln_dot_pb_dot_taskqueue_dot_v1_dot_taskqueue__pb2.RunNowResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -71,6 +71,15 @@ class TaskQueueServiceStub:
     """ModifyLease extends or ends the lease of one leased task, for its holder
     only (App Engine's ModifyTaskLease).
     """
+    ListTasks: _grpc.UnaryUnaryMultiCallable[_taskqueue_pb2.ListTasksRequest, _taskqueue_pb2.ListTasksResponse]
+    """ListTasks lists the waiting tasks of one queue, a page at a time (the
+    console's task list): push tasks in the order they were stored, pull
+    tasks by name.
+    """
+    RunNow: _grpc.UnaryUnaryMultiCallable[_taskqueue_pb2.RunNowRequest, _taskqueue_pb2.RunNowResponse]
+    """RunNow makes a waiting push task due now (its ETA becomes now; its retry
+    count is kept). A task already due is left as it is.
+    """
 
 @_typing.type_check_only
 class TaskQueueServiceAsyncStub(TaskQueueServiceStub):
@@ -96,6 +105,15 @@ class TaskQueueServiceAsyncStub(TaskQueueServiceStub):
     ModifyLease: _aio.UnaryUnaryMultiCallable[_taskqueue_pb2.ModifyLeaseRequest, _taskqueue_pb2.ModifyLeaseResponse]  # type: ignore[assignment]
     """ModifyLease extends or ends the lease of one leased task, for its holder
     only (App Engine's ModifyTaskLease).
+    """
+    ListTasks: _aio.UnaryUnaryMultiCallable[_taskqueue_pb2.ListTasksRequest, _taskqueue_pb2.ListTasksResponse]  # type: ignore[assignment]
+    """ListTasks lists the waiting tasks of one queue, a page at a time (the
+    console's task list): push tasks in the order they were stored, pull
+    tasks by name.
+    """
+    RunNow: _aio.UnaryUnaryMultiCallable[_taskqueue_pb2.RunNowRequest, _taskqueue_pb2.RunNowResponse]  # type: ignore[assignment]
+    """RunNow makes a waiting push task due now (its ETA becomes now; its retry
+    count is kept). A task already due is left as it is.
     """
 
 class TaskQueueServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -167,6 +185,27 @@ class TaskQueueServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_taskqueue_pb2.ModifyLeaseResponse, _abc.Awaitable[_taskqueue_pb2.ModifyLeaseResponse]]:
         """ModifyLease extends or ends the lease of one leased task, for its holder
         only (App Engine's ModifyTaskLease).
+        """
+
+    @_abc_1.abstractmethod
+    def ListTasks(
+        self,
+        request: _taskqueue_pb2.ListTasksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_taskqueue_pb2.ListTasksResponse, _abc.Awaitable[_taskqueue_pb2.ListTasksResponse]]:
+        """ListTasks lists the waiting tasks of one queue, a page at a time (the
+        console's task list): push tasks in the order they were stored, pull
+        tasks by name.
+        """
+
+    @_abc_1.abstractmethod
+    def RunNow(
+        self,
+        request: _taskqueue_pb2.RunNowRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_taskqueue_pb2.RunNowResponse, _abc.Awaitable[_taskqueue_pb2.RunNowResponse]]:
+        """RunNow makes a waiting push task due now (its ETA becomes now; its retry
+        count is kept). A task already due is left as it is.
         """
 
 def add_TaskQueueServiceServicer_to_server(servicer: TaskQueueServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
