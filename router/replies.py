@@ -12,7 +12,10 @@ need, measured with cProfile on the router under load:
   secrecy, only uniqueness within the prefix;
 - the timeout is one timer on the loop, not :func:`asyncio.wait_for` (which
   wraps the future and adds callbacks);
-- the subject is checked once, by ``publish``.
+- the subject is checked once, by ``publish``;
+- a reply is handed to its request in the turn that read it (:func:`subscribe_inline`), not through the
+  subscription's queue and task (a queue put, a task wake-up, a coroutine per reply, and one event-loop turn
+  more before the request's task resumes).
 
 The semantics are nats-py's: :class:`nats.errors.NoRespondersError` when
 the server says no one listens (status 503), :class:`nats.errors.TimeoutError`
@@ -24,10 +27,16 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
+from collections.abc import Callable
+from typing import cast
 
 import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+log = logging.getLogger(__name__)
 
 _STATUS = "Status"
 _NO_RESPONDERS = "503"
@@ -50,9 +59,9 @@ class Requester:
     async def start(self) -> None:
         """Subscribe to this process's replies (once, before the first request)."""
         self._prefix = self._nc.new_inbox() + "."
-        await self._nc.subscribe(self._prefix + "*", cb=self._on_reply)
+        await subscribe_inline(self._nc, self._prefix + "*", self._on_reply)
 
-    async def _on_reply(self, msg: Msg) -> None:
+    def _on_reply(self, msg: Msg) -> None:
         future = self._waiting.pop(msg.subject[len(self._prefix):], None)
         if future is not None and not future.done():
             future.set_result(msg)
@@ -79,6 +88,33 @@ class Requester:
         if msg.headers and msg.headers.get(_STATUS) == _NO_RESPONDERS:
             raise nats.errors.NoRespondersError
         return msg
+
+
+class _Inline:
+    """Stands in for the future of nats-py's single-reply subscriptions: nats-py 2.16 (pinned) hands every message
+    of a subscription made with ``future=`` to ``future.set_result`` in its reading task, with no queue and no
+    task of the subscription's own; this passes each to ``handle`` there."""
+
+    __slots__ = ("_handle",)
+
+    def __init__(self, handle: Callable[[Msg], None]) -> None:
+        self._handle = handle
+
+    def cancelled(self) -> bool:
+        return False
+
+    def set_result(self, msg: Msg) -> None:
+        try:
+            self._handle(msg)
+        except Exception:  # noqa: BLE001 - never into nats-py's reading task: it would stop reading
+            log.exception("handling a message on %s failed", msg.subject)
+
+
+async def subscribe_inline(nc: Client, subject: str, handle: Callable[[Msg], None]) -> Subscription:
+    """Subscribe ``handle`` (a plain function: it must not block) to ``subject``, called for each message in the
+    turn nats-py reads it (see :class:`_Inline`); for the router's reply subscriptions, whose handlers only
+    resolve a future."""
+    return await nc.subscribe(subject, future=cast("asyncio.Future[Msg]", _Inline(handle)))
 
 
 def _expire(future: asyncio.Future[Msg]) -> None:
