@@ -128,3 +128,47 @@ async def test_a_failing_inline_handler_leaves_the_connection_reading(connection
         await asyncio.sleep(0.01)
     assert [data for data in seen if data != PROBE] == [b"first", b"second"]
     assert router.is_connected
+
+
+async def test_a_short_timeout_after_a_long_one_expires_at_its_own_deadline(connections):
+    router, responder = connections
+    held: asyncio.Queue = asyncio.Queue()
+
+    async def hold(msg):
+        await held.put(msg)
+
+    await listening(responder, "replies.held", hold, router)
+    requester = Requester(router)
+    await requester.start()
+    long = asyncio.ensure_future(requester.request("replies.held", b"long", timeout=600))
+    await held.get()
+    with pytest.raises(nats.errors.TimeoutError):  # the shared timer, set for the 600-s one, is set earlier
+        await asyncio.wait_for(requester.request("replies.held", b"short", timeout=0.2), 30)
+    assert not long.done() and requester.waiting == 1
+    long.cancel()
+    await asyncio.gather(long, return_exceptions=True)
+    assert requester.waiting == 0
+
+
+async def test_a_request_answered_before_its_deadline_leaves_later_requests_their_own(connections):
+    router, responder = connections
+    held: asyncio.Queue = asyncio.Queue()
+
+    async def hold(msg):
+        await held.put(msg)
+
+    await listening(responder, "replies.later", hold, router)
+    requester = Requester(router)
+    await requester.start()
+    first = asyncio.ensure_future(requester.request("replies.later", b"first", timeout=0.3))
+    msg = await held.get()
+    await responder.publish(msg.reply, b"first answer")
+    assert (await first).data == b"first answer"
+    second = asyncio.ensure_future(requester.request("replies.later", b"second", timeout=30))
+    current = await held.get()
+    # A third request, unanswered, times out after the first's deadline, for which the shared timer was set.
+    with pytest.raises(nats.errors.TimeoutError):
+        await asyncio.wait_for(requester.request("replies.later", b"third", timeout=0.5), 30)
+    assert not second.done()
+    await responder.publish(current.reply, b"second answer")
+    assert (await second).data == b"second answer"
