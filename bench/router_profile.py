@@ -18,7 +18,8 @@ before and after in the same run). Then, per tree:
   py-spy``) sampling the first round; prints each function's inclusive and own
   share of the samples (wall time of a running thread: a system call waiting
   for the CPU counts as long as it waits);
-- ``--mode cprofile``: as ``cpu`` under cProfile, the top functions by own time;
+- ``--mode cprofile``: as ``cpu`` under cProfile, the top functions by own time, then every function's own time
+  per request summed into the router's steps (:func:`_breakdown`; built-ins counted with their callers);
 - ``--mode latency``: ``wrk``'s p50 at one connection, rounds interleaved, and
   in each round the p50 of a nats-py client asking the responder directly
   (the round trip through NATS that no router can avoid), and the difference.
@@ -188,6 +189,67 @@ def _summarise(raw: pathlib.Path, top: int = 60) -> None:
         print(f"{n / total * 100:6.1f} {own.get(frame, 0) / total * 100:6.1f}  {frame[:150]}")
 
 
+# The router's steps, by where a function lives: the first (file part, function name or "") that matches wins.
+_STEPS: list[tuple[str, str, str]] = [
+    ("logship.py", "", "request log: shipping (router/logship.py: batch, publish, PING, ack)"),
+    ("app.py", "_publish_log", "request log: the record (Router._publish_log)"),
+    ("asyncio/tasks.py", "shield", "request log: waiting for it (asyncio.shield)"),
+    ("asyncio/streams.py", "", "nats: socket writes (nats-py's StreamWriter)"),
+    ("nats/aio/client.py", "_flusher", "nats: flusher task"),
+    ("nats/", "", "nats-py: publish, parse, dispatch of replies and acks"),
+    ("asyncio/queues.py", "", "nats-py: subscription queues (asyncio.Queue)"),
+    ("router/replies.py", "", "nats request-reply (router/replies.py)"),
+    ("http_writer.py", "_writelines", "http: socket writes (aiohttp)"),
+    ("router/connections.py", "", "http: connection timers and tracking (router/connections.py)"),
+    ("aiohttp/", "", "http: aiohttp server (protocol, request, response objects)"),
+    ("multidict", "", "http: aiohttp server (protocol, request, response objects)"),
+    ("yarl", "", "http: aiohttp server (protocol, request, response objects)"),
+    ("router/responses.py", "", "kiln rules: response build (router/responses.py)"),
+    ("httpfields.py", "", "kiln rules: response build (router/responses.py)"),
+    ("app.py", "_envelope", "kiln rules: envelope and header rules"),
+    ("router/headers.py", "", "kiln rules: envelope and header rules"),
+    ("router/cookies.py", "", "kiln rules: envelope and header rules"),
+    ("app.py", "_encoded", "kiln rules: envelope and header rules"),
+    ("router/", "", "kiln rules: the rest (Host, routing, handler, login, caller checks, glue in handle)"),
+    ("kiln_platform/", "", "kiln rules: the rest (Host, routing, handler, login, caller checks, glue in handle)"),
+    ("asyncio/runners.py", "", "event loop (uvloop's C: epoll, reads, callbacks, task steps)"),
+    ("asyncio/", "", "asyncio (futures, tasks, events)"),
+]
+
+
+def _step(func: tuple[str, int, str]) -> str | None:
+    path, _, name = func
+    for part, function, step in _STEPS:
+        if part in path and (not function or name.startswith(function)):
+            return step
+    return None
+
+
+def _breakdown(stats: pstats.Stats) -> None:
+    """Own time of every function per request (cProfile's inflated µs, and each step's share), summed into the
+    router's steps. A built-in's time is split over its callers (by the time each call site spent in it) and
+    counted with theirs; functions that belong to no step (imports, start-up) are left out."""
+    table: dict[Any, Any] = stats.stats  # type: ignore[attr-defined]
+    requests = sum(v[1] for k, v in table.items() if k[2] == "_publish_log")
+    steps: dict[str, float] = {}
+    for func, (_, _, own, _, callers) in table.items():
+        step = _step(func)
+        if step is not None:
+            steps[step] = steps.get(step, 0.0) + own
+            continue
+        if func[0] != "~":
+            continue
+        for caller, (_, _, spent, _) in callers.items():
+            step = _step(caller)
+            if step is not None:
+                steps[step] = steps.get(step, 0.0) + spent
+    total = sum(steps.values())
+    print(f"--- own time per request under cProfile ({requests} requests), by step; share of the total")
+    for step, seconds in sorted(steps.items(), key=lambda kv: -kv[1]):
+        print(f"{seconds / requests * 1e6:8.1f} us {seconds / total * 100:5.1f} %  {step}")
+    print(f"{total / requests * 1e6:8.1f} us 100.0 %  in all")
+
+
 def _latency(routers: list[Router], args: argparse.Namespace, nats_url: str) -> int:
     """wrk's p50 at one connection, per tree, rounds interleaved; with, in each round, the p50 of the same
     responder asked directly by a nats-py client (the NATS round trip the router cannot avoid)."""
@@ -310,6 +372,9 @@ def main() -> int:
                 router.stop()
                 print(f"--- {router.tree}")
                 pstats.Stats(f"{router.out}.prof").sort_stats("tottime").print_stats(45)
+                _breakdown(pstats.Stats(f"{router.out}.prof"))
+                if args.out:
+                    shutil.copy(f"{router.out}.prof", _mkdir(args.out) / f"{router.tree.name}.prof")
             routers = []
         return 0
     finally:

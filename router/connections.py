@@ -69,6 +69,7 @@ class Connection(RequestHandler):
         super().__init__(manager, loop=loop, **kwargs)
         self._header_timeout = header_timeout
         self._header_timer: asyncio.TimerHandle | None = None
+        self._header_started: float | None = None  # the first byte of the request whose headers are awaited
         self._between_requests = True  # waiting for a request's first byte, or reading its headers
         self._served = 0
         self._body_rate = body_rate
@@ -79,11 +80,11 @@ class Connection(RequestHandler):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        self._start_header_timer()
+        self._headers_start()
 
     def data_received(self, data: bytes) -> None:
-        if self._between_requests and self._header_timer is None:
-            self._start_header_timer()
+        if self._between_requests and self._header_started is None:
+            self._headers_start()
         super().data_received(data)
 
     def connection_lost(self, exc: BaseException | None) -> None:
@@ -112,7 +113,7 @@ class Connection(RequestHandler):
     def headers_complete(self, body: streams.StreamReader) -> None:
         """A request's headers have arrived (its handler starts); ``body`` is still to come."""
         self._between_requests = False
-        self._stop_header_timer()
+        self._header_started = None  # the timer stays: when it fires it finds nothing to do, or a later request
         if self._body_rate.grace_seconds > 0 and not body.is_eof():
             self._body = body
             self._body_started = self._loop.time()
@@ -149,9 +150,15 @@ class Connection(RequestHandler):
             self._body_timer.cancel()
             self._body_timer = None
 
-    def _start_header_timer(self) -> None:
+    def _headers_start(self) -> None:
+        """A request's first byte has come: its headers are due within the header timeout. One timer serves the
+        connection's requests (a keep-alive connection's requests each cost a clock read, not a timer): it is set
+        when none is running, and when it fires early for the current request it is set again for its deadline."""
         if self._header_timeout > 0:
-            self._header_timer = self._loop.call_later(self._header_timeout, self._headers_too_slow)
+            self._header_started = self._loop.time()
+            if self._header_timer is None:
+                self._header_timer = self._loop.call_at(self._header_started + self._header_timeout,
+                                                        self._headers_too_slow)
 
     def _stop_header_timer(self) -> None:
         if self._header_timer is not None:
@@ -160,7 +167,12 @@ class Connection(RequestHandler):
 
     def _headers_too_slow(self) -> None:
         self._header_timer = None
-        if not self._between_requests or self.transport is None:
+        started = self._header_started
+        if not self._between_requests or started is None or self.transport is None:
+            return  # no request's headers are awaited: the next request's first byte sets the timer again
+        deadline = started + self._header_timeout
+        if self._loop.time() < deadline:  # set for an earlier request: this one's headers have until its deadline
+            self._header_timer = self._loop.call_at(deadline, self._headers_too_slow)
             return
         if self._served == 0:  # nothing else is being written on this connection
             self.transport.write(_TIMEOUT_RESPONSE)

@@ -20,7 +20,8 @@ takes longer to get through may be stored twice, which the logs service stores o
 An acknowledgement is matched without a task, a future or a timeout wrapper per batch (the cost of nats-py's
 JetStream ``publish``, which at one connection, one batch a request, was most of the router's log work): the
 shipper has one reply subscription of its own (``<inbox>.<counter>``, as :mod:`router.replies` does for requests),
-one task writes a turn's batches, and each batch waiting for its acknowledgement has one timer, which sends it
+handled in the turn nats-py reads it (:func:`router.replies.subscribe_inline`), one task writes a turn's batches,
+and each batch waiting for its acknowledgement has one timer, which sends it
 again (after a pause) if no acknowledgement came within ``ACK_TIMEOUT_SECONDS``; an answer that is an error
 (no stream yet, the stream refusing) sends it again the same way.
 
@@ -52,6 +53,7 @@ from nats.aio.msg import Msg
 
 from kiln_platform import bus
 from kiln.pb.logs.v1 import logs_pb2
+from router import replies
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +168,7 @@ class LogShipper:
         if not self._prefix:
             prefix = self._nc.new_inbox() + "."
             try:
-                await self._nc.subscribe(prefix + "*", cb=self._on_ack)
+                await replies.subscribe_inline(self._nc, prefix + "*", self._on_ack)
                 self._prefix = prefix
             except nats.errors.Error as exc:
                 log.debug("request logs: subscribing to acknowledgements failed (%s); trying again", exc)
@@ -190,7 +192,7 @@ class LogShipper:
             self._waiting[token] = batch
             batch.timer = loop.call_later(ACK_TIMEOUT_SECONDS, self._unanswered, token)
 
-    async def _on_ack(self, msg: Msg) -> None:
+    def _on_ack(self, msg: Msg) -> None:
         batch = self._waiting.pop(msg.subject[len(self._prefix):], None)
         if batch is None:
             return  # the answer to an attempt that timed out (and was sent again): the new attempt's counts

@@ -10,9 +10,15 @@ need, measured with cProfile on the router under load:
   instance that received a request may publish to its reply subject (NATS
   ``allow_responses``, :mod:`kiln_platform.natsauth`), so a token needs no
   secrecy, only uniqueness within the prefix;
-- the timeout is one timer on the loop, not :func:`asyncio.wait_for` (which
-  wraps the future and adds callbacks);
-- the subject is checked once, by ``publish``.
+- the timeouts share one timer on the loop, set for the earliest deadline of
+  the requests waiting (not :func:`asyncio.wait_for`, which wraps the future
+  and adds callbacks, nor a timer made and cancelled per request): a request
+  costs a clock read, and the timer, when it fires, fails the requests whose
+  deadline has passed and is set again for the earliest of the others;
+- the subject is checked once, by ``publish``;
+- a reply is handed to its request in the turn that read it (:func:`subscribe_inline`), not through the
+  subscription's queue and task (a queue put, a task wake-up, a coroutine per reply, and one event-loop turn
+  more before the request's task resumes).
 
 The semantics are nats-py's: :class:`nats.errors.NoRespondersError` when
 the server says no one listens (status 503), :class:`nats.errors.TimeoutError`
@@ -24,10 +30,17 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
+import math
+from collections.abc import Callable
+from typing import cast
 
 import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+log = logging.getLogger(__name__)
 
 _STATUS = "Status"
 _NO_RESPONDERS = "503"
@@ -39,8 +52,10 @@ class Requester:
     def __init__(self, nc: Client) -> None:
         self._nc = nc
         self._prefix = ""
-        self._waiting: dict[str, asyncio.Future[Msg]] = {}
+        self._waiting: dict[str, tuple[asyncio.Future[Msg], float]] = {}  # by token: the future, its deadline
         self._tokens = itertools.count()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf  # when the timer fires (loop time); inf: not set
 
     @property
     def waiting(self) -> int:
@@ -50,12 +65,12 @@ class Requester:
     async def start(self) -> None:
         """Subscribe to this process's replies (once, before the first request)."""
         self._prefix = self._nc.new_inbox() + "."
-        await self._nc.subscribe(self._prefix + "*", cb=self._on_reply)
+        await subscribe_inline(self._nc, self._prefix + "*", self._on_reply)
 
-    async def _on_reply(self, msg: Msg) -> None:
-        future = self._waiting.pop(msg.subject[len(self._prefix):], None)
-        if future is not None and not future.done():
-            future.set_result(msg)
+    def _on_reply(self, msg: Msg) -> None:
+        waiting = self._waiting.pop(msg.subject[len(self._prefix):], None)
+        if waiting is not None and not waiting[0].done():
+            waiting[0].set_result(msg)
 
     async def request(self, subject: str, data: bytes, *, timeout: float) -> Msg:
         """The reply to ``data`` sent on ``subject``.
@@ -68,19 +83,64 @@ class Requester:
         token = format(next(self._tokens), "x")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Msg] = loop.create_future()
-        self._waiting[token] = future
-        timer = loop.call_later(timeout, _expire, future)
+        deadline = loop.time() + timeout
+        self._waiting[token] = (future, deadline)
+        if deadline < self._timer_at:  # the earliest deadline waiting (with one timeout for all: the first only)
+            self._set_timer(loop, deadline)
         try:
             await self._nc.publish(subject, data, reply=self._prefix + token)
             msg = await future
         finally:
-            timer.cancel()
             self._waiting.pop(token, None)
         if msg.headers and msg.headers.get(_STATUS) == _NO_RESPONDERS:
             raise nats.errors.NoRespondersError
         return msg
 
+    def _set_timer(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = loop.call_at(when, self._expire)
+        self._timer_at = when
 
-def _expire(future: asyncio.Future[Msg]) -> None:
-    if not future.done():
-        future.set_exception(nats.errors.TimeoutError)
+    def _expire(self) -> None:
+        """Fail the requests whose deadline has passed; set the timer for the earliest of the others."""
+        self._timer, self._timer_at = None, math.inf
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        earliest = math.inf
+        for token, (future, deadline) in list(self._waiting.items()):
+            if deadline <= now:
+                del self._waiting[token]
+                if not future.done():
+                    future.set_exception(nats.errors.TimeoutError)
+            elif deadline < earliest:
+                earliest = deadline
+        if earliest < math.inf:
+            self._set_timer(loop, earliest)
+
+
+class _Inline:
+    """Stands in for the future of nats-py's single-reply subscriptions: nats-py 2.16 (pinned) hands every message
+    of a subscription made with ``future=`` to ``future.set_result`` in its reading task, with no queue and no
+    task of the subscription's own; this passes each to ``handle`` there."""
+
+    __slots__ = ("_handle",)
+
+    def __init__(self, handle: Callable[[Msg], None]) -> None:
+        self._handle = handle
+
+    def cancelled(self) -> bool:
+        return False
+
+    def set_result(self, msg: Msg) -> None:
+        try:
+            self._handle(msg)
+        except Exception:  # noqa: BLE001 - never into nats-py's reading task: it would stop reading
+            log.exception("handling a message on %s failed", msg.subject)
+
+
+async def subscribe_inline(nc: Client, subject: str, handle: Callable[[Msg], None]) -> Subscription:
+    """Subscribe ``handle`` (a plain function: it must not block) to ``subject``, called for each message in the
+    turn nats-py reads it (see :class:`_Inline`); for the router's reply subscriptions, whose handlers only
+    resolve a future."""
+    return await nc.subscribe(subject, future=cast("asyncio.Future[Msg]", _Inline(handle)))

@@ -589,6 +589,25 @@ def test_slow_client_trickling_headers_is_disconnected(server):
     assert request(server, "/hello")[0] == 200
 
 
+def test_a_keep_alive_connection_busy_for_several_header_timeouts_is_never_cut_off(server):
+    # The header deadline's one timer per connection fires while requests come and go; it must only ever close a
+    # connection whose current request's headers are late (the server fixture's header timeout is 1 s).
+    address, _, port = server.addresses["router"].rpartition(":")
+    conn = http.client.HTTPConnection(address, int(port), timeout=30)
+    served = 0
+    end = time.monotonic() + 3.5
+    try:
+        while time.monotonic() < end:
+            conn.request("GET", "/hello", headers={"Host": f"localhost:{port}"})
+            resp = conn.getresponse()
+            resp.read()
+            assert resp.status == 200 and not resp.will_close
+            served += 1
+    finally:
+        conn.close()
+    assert served > 3
+
+
 def test_malformed_host_header_is_a_clear_error(server):
     answer = _raw(server, b"GET / HTTP/1.1\r\nHost: bad host\x01\r\nConnection: close\r\n\r\n")
     assert answer.split(b"\r\n", 1)[0].split(b" ")[1] == b"400"

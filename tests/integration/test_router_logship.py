@@ -9,6 +9,7 @@ import os
 import signal
 
 import nats
+import nats.errors
 import pytest
 
 from kiln_platform import bus
@@ -25,6 +26,23 @@ async def _wait(predicate, seconds: float) -> None:
     while not await predicate():
         assert asyncio.get_running_loop().time() < deadline, "not within the deadline"
         await asyncio.sleep(0.1)
+
+
+async def _subscriptions_in_place(watcher, publisher) -> None:
+    """Wait until nats-server has ``watcher``'s subscriptions made so far: a later one of its own receives a probe
+    (the server reads a connection in order). ``flush()`` proves nothing here: nats-py writes its PING straight to
+    the socket, possibly ahead of a SUB still queued for its flusher."""
+    probes = await watcher.subscribe("logship-test.probe")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while True:
+        await publisher.publish("logship-test.probe", b"")
+        try:
+            await probes.next_msg(timeout=0.05)
+            break
+        except nats.errors.TimeoutError:
+            assert loop.time() < deadline, "the watcher's subscriptions never reached nats-server"
+    await probes.unsubscribe()
 
 
 async def _stored(js) -> tuple[int, list[bytes], list[int]]:
@@ -195,7 +213,7 @@ def test_a_records_future_is_done_only_once_nats_server_has_the_record(superviso
         try:
             await bus.ensure_log_stream(nc)
             sub = await watcher.subscribe(bus.REQUEST_LOG_SUBJECT)
-            await watcher.flush()
+            await _subscriptions_in_place(watcher, nc)
             shipper = LogShipper(nc, bus.REQUEST_LOG_SUBJECT)
             reached = shipper.ship("request-1", b"record 1")
             done_at_once = reached is None or reached.done()
