@@ -17,7 +17,8 @@ What is emulated:
   ``jsonPayload`` (or ``protoPayload``) as compact JSON. ``dryRun`` validates and writes nothing. The answer is
   ``{}``.
 - The request is validated whole before anything is written (so ``partialSuccess`` changes nothing: a request
-  with one bad entry writes none): JSON shapes and field names, log names
+  with one bad entry writes none): JSON shapes and field names (JSON or proto names: ``dryRun`` or ``dry_run``, as
+  Google's JSON mapping accepts and google-cloud-logging sends), log names
   (``projects/<app id>/logs/<LOG_ID>``, LOG_ID URL-encoded, at most 512 characters of letters, digits, ``/ _ - .``),
   one payload at most, severities, timestamps, labels, at most 10 MB a request and 256 KB an entry. A bad request
   gets Cloud Logging's error shape, ``{"error": {"code": 400, "message": ..., "status": "INVALID_ARGUMENT"}}``
@@ -26,6 +27,8 @@ What is emulated:
   than ``entries:write`` get 501 ``UNIMPLEMENTED`` naming what kiln answers; other paths 404. ``resource``,
   ``labels``, ``httpRequest``, ``trace``… are validated as JSON shapes and not kept. The ``Authorization`` header is
   not checked: the request never leaves the app's process and its lines only reach that app's own logs.
+  google-cloud-logging adds a diagnostic entry (``{"logging.googleapis.com/diagnostic": …}``) to its first write in
+  a process; Cloud Logging keeps it, and so does kiln (one line).
 """
 
 from __future__ import annotations
