@@ -84,6 +84,16 @@ def _keep(lines: list[LogLine], created: float, level: int, message: str) -> Non
         lines.append((created, level, message[:MAX_LOG_LINE_CHARS]))
 
 
+def app_log(level: int, message: str, created: float | None = None) -> bool:
+    """Add a line to the current request's app log (as ``print()`` and ``logging`` do); ``False`` outside a
+    request, where the caller writes it to the instance's log instead."""
+    lines: list[LogLine] | None = getattr(_local, "logs", None)
+    if lines is None:
+        return False
+    _keep(lines, time.time() if created is None else created, level, message)
+    return True
+
+
 # Called with a request's environment when it passes its deadline (see on_deadline).
 _deadline_hooks: list[Callable[[Mapping[str, str]], None]] = []
 

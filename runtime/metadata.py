@@ -10,7 +10,10 @@ request for a metadata host to :func:`answer`, which answers it here, without a 
   ``identity_svc`` for this app (the call carries the instance's app token, so an app only ever gets its own), as
   JSON ``{access_token, expires_in, token_type}``; without ``scopes``, Compute Engine's default scope
   (:data:`DEFAULT_SCOPE`). A malformed scope is a 400 naming it. **Google's APIs do not accept these tokens.**
-- ``GET …/instance/service-accounts/{default|EMAIL}/email``: the app's service account name.
+- ``GET …/instance/service-accounts/{default|EMAIL}/email``: the app's service account name; ``…/scopes``:
+  :data:`DEFAULT_SCOPE`; ``…/{default|EMAIL}/?recursive=true``: both, with the alias ``default``, as JSON (what
+  google-auth's Compute Engine credentials read before their first token); without ``recursive``, the directory's
+  entries.
 - ``GET …/project/project-id``: the app id. ``GET /``: an empty answer with ``Metadata-Flavor: Google`` (how
   google-auth checks that a metadata server is there).
 - Anything else: 404 naming what kiln answers; no ``Metadata-Flavor`` header: 403; another method than GET: 405.
@@ -31,7 +34,7 @@ METADATA_HOSTS = frozenset({"metadata.google.internal", "metadata", "169.254.169
 DEFAULT_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 _ACCOUNTS = "/computeMetadata/v1/instance/service-accounts/"
 _ANSWERED = ("kiln's metadata server answers only /computeMetadata/v1/instance/service-accounts/default/token, "
-             "…/default/email and /computeMetadata/v1/project/project-id")
+             "…/default/email, …/default/scopes, …/default/ and /computeMetadata/v1/project/project-id")
 
 Answer = tuple[int, list[tuple[str, str]], bytes]
 
@@ -66,6 +69,14 @@ def answer(method: str, url: str, headers: Mapping[str, str]) -> Answer | None:
             return _text(404, f"no service account {account!r} here: an app has only its own ({own})")
         if what == "email":
             return _text(200, own)
+        if what == "scopes":
+            return _text(200, DEFAULT_SCOPE + "\n")
+        if what == "":  # the account's directory; google-auth reads it recursively, as JSON, before a token
+            if query.get("recursive", [""])[0].lower() == "true":
+                body = {"aliases": ["default"], "email": own, "scopes": [DEFAULT_SCOPE]}
+                return 200, [("Metadata-Flavor", "Google"), ("Content-Type", "application/json")], \
+                    json.dumps(body).encode()
+            return _text(200, "aliases\nemail\nscopes\ntoken\n")
         if what == "token":
             return _token(query.get("scopes", []))
     return _text(404, f"{path}: {_ANSWERED}")

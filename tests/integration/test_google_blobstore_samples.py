@@ -30,7 +30,7 @@ pytestmark = pytest.mark.nats
 SAMPLES = pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "google_samples" / "blobstore"
 
 
-@pytest.fixture(scope="module", params=["flask", "wsgi"])
+@pytest.fixture(scope="module", params=["flask", "wsgi", "django"])
 def sample(request, tmp_path_factory):
     app_dir = tmp_path_factory.mktemp(f"blobsample{request.param}")
     shutil.copytree(SAMPLES / request.param, app_dir, dirs_exist_ok=True)

@@ -4,6 +4,8 @@ tests/integration/test_sdk_app_identity.py."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from runtime import metadata
@@ -81,3 +83,20 @@ def test_another_service_account_is_not_there(account):
 def test_what_kiln_does_not_answer_is_a_404_naming_what_it_does(path):
     status, body = text(metadata.answer("GET", ROOT + path, GOOGLE))
     assert status == 404 and "kiln's metadata server answers only" in body
+
+
+def test_the_service_accounts_directory_is_read_recursively_as_google_auth_does_before_a_token():
+    status, headers, body = metadata.answer("GET", ROOT + "instance/service-accounts/default/?recursive=true", GOOGLE)
+    assert (status, ("Content-Type", "application/json")) == (200, headers[1])
+    assert json.loads(body) == {"aliases": ["default"], "email": "meta-app@apps.example.test",
+                                "scopes": [metadata.DEFAULT_SCOPE]}
+
+
+def test_the_service_accounts_directory_lists_its_entries_without_recursive():
+    assert text(metadata.answer("GET", ROOT + "instance/service-accounts/default/", GOOGLE)) == (
+        200, "aliases\nemail\nscopes\ntoken\n")
+
+
+def test_the_service_accounts_scopes_are_the_default_scope():
+    assert text(metadata.answer("GET", ROOT + "instance/service-accounts/default/scopes", GOOGLE)) == (
+        200, metadata.DEFAULT_SCOPE + "\n")
