@@ -29,7 +29,8 @@ from runtime import libraries
 
 # What ``python -m runtime`` imports beyond the standard library (their own dependencies follow from metadata).
 RUNTIME_DISTRIBUTIONS = ("grpcio", "grpcio-health-checking", "grpcio-reflection", "protobuf", "nats-py", "PyYAML",
-                         "uvloop", "pyseccomp", "idna", "packaging", "gunicorn", "waitress")
+                         "uvloop", "pyseccomp", "idna", "packaging", "gunicorn", "waitress",
+                         "prometheus-client")
 SOURCE_ROOT = pathlib.Path(__file__).resolve().parent.parent  # holds kiln/, kiln_platform/, runtime/
 VENV_TIMEOUT_SECONDS = 120
 
