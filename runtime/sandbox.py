@@ -334,9 +334,10 @@ class _ImportGuard(importlib.abc.MetaPathFinder):
         if not allowed and top in self._library_only and self._places.importer_is_library(_caller(2)):
             return
         if not allowed and self._places.importer_is_app(_caller(2)):
-            raise ModuleNotFoundError(f"No module named {top!r} (kiln: it is not part of the runtime apps see; select "
-                                      "it under libraries: in app.yaml, list it in requirements.txt or vendor it in "
-                                      "the app directory)", name=top)
+            hint = _TRANSPORT_HINT if top in _TRANSPORTS else ("select it under libraries: in app.yaml, list it in "
+                                                               "requirements.txt or vendor it in the app directory")
+            raise ModuleNotFoundError(f"No module named {top!r} (kiln: it is not part of the runtime apps see; {hint})",
+                                      name=top)
 
     def _allowed(self, top: str) -> bool:
         if top in APP_PACKAGES or top in sys.builtin_module_names:
@@ -453,6 +454,9 @@ def _module_name(entry: pathlib.Path) -> str:
 # kiln's own transports: when a selected library brings the very version kiln loaded (Google's SDK brings grpcio),
 # the library's code uses kiln's copy, and the app's own code still may not import it.
 _TRANSPORTS = frozenset({"grpc"})
+_TRANSPORT_HINT = ("app code may not use gRPC itself, even when requirements.txt brings it: its C core opens sockets "
+                   "the sandbox cannot see. Call kiln's services through Google's SDK or kiln.api; Google Cloud client "
+                   "libraries use their HTTP/JSON transport (the runtime sets GOOGLE_CLOUD_DISABLE_GRPC)")
 
 # Top-level packages of kiln's environment that app code may import: the App Engine API.
 APP_PACKAGES = frozenset({"kiln"})

@@ -79,6 +79,14 @@ def test_app_code_cannot_import_platform_code(server, how, name):
 
 
 @pytest.mark.parametrize("how", HOW)
+def test_a_refused_grpc_import_says_why_and_what_to_use_instead(server, how):
+    result = attempt(server, how, "grpc")
+    assert "may not use gRPC itself, even when requirements.txt brings it" in result["message"]
+    assert "GOOGLE_CLOUD_DISABLE_GRPC" in result["message"]
+    assert "list it in requirements.txt" not in result["message"]  # it would not help
+
+
+@pytest.mark.parametrize("how", HOW)
 @pytest.mark.parametrize("name", APP_API)
 def test_app_code_imports_kilns_app_api(server, how, name):
     assert attempt(server, how, name) == {"imported": True}
