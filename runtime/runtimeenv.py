@@ -29,7 +29,9 @@ from runtime import libraries
 
 # What ``python -m runtime`` imports beyond the standard library (their own dependencies follow from metadata).
 RUNTIME_DISTRIBUTIONS = ("grpcio", "grpcio-health-checking", "grpcio-reflection", "protobuf", "nats-py", "PyYAML",
-                         "uvloop", "pyseccomp", "idna", "packaging", "gunicorn", "waitress")
+                         "uvloop", "pyseccomp", "idna", "packaging", "gunicorn", "waitress",
+                         # an instance's traces (kiln_platform.tracing, imported only when otlp_endpoint is set)
+                         "opentelemetry-sdk", "opentelemetry-exporter-otlp-proto-http")
 SOURCE_ROOT = pathlib.Path(__file__).resolve().parent.parent  # holds kiln/, kiln_platform/, runtime/
 VENV_TIMEOUT_SECONDS = 120
 
