@@ -253,3 +253,35 @@ def test_a_part_without_otlp_endpoint_exports_nothing(supervisor, nats_url, tmp_
     router.proc.send_signal(signal.SIGTERM)
     assert router.proc.wait(timeout=30) == 0
     assert not [s for s in collector.spans if s.attributes.get("kiln.app") == "untraced"]
+
+
+# ------------------------------------------------------------------ kiln dev --otlp-endpoint
+
+@pytest.fixture(scope="module")
+def dev(tmp_path_factory, collector):
+    from deploy.dev import DevOptions, DevServer
+    root = tmp_path_factory.mktemp("dev-traces")
+    app_dir = root / "app"
+    app_dir.mkdir()
+    (app_dir / "app.yaml").write_text(APP_YAML)
+    (app_dir / "main.py").write_text(MAIN)
+    # The SDK's default batching: spans leave each part within 5 s (trace_of waits up to 30).
+    srv = DevServer(DevOptions(app_dir=app_dir, port=0, data_dir=root / "data", otlp_endpoint=collector.endpoint))
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+def test_kiln_dev_with_otlp_endpoint_traces_a_request_across_router_runtime_and_datastore(dev, collector):
+    address = dev.url.removeprefix("http://").rstrip("/")
+    name, _, port = address.rpartition(":")
+    conn = http.client.HTTPConnection(name, int(port), timeout=30)
+    conn.request("GET", "/visit/1", headers={"Host": "localhost"})
+    resp = conn.getresponse()
+    assert resp.status == 200
+    body = json.loads(resp.read())
+    conn.close()
+    router, runtime, datastore = trace_of(collector, body["request_id"])
+    assert runtime.parent_id == router.span_id
+    assert {s.parent_id for s in datastore} == {runtime.span_id}
+    assert router.attributes["kiln.app"] == dev.app_id
