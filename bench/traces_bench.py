@@ -17,9 +17,12 @@ interleave on and off (each goes first every other round); figures are medians, 
 their median. The load average at the start is printed. A request through kiln costs router + runtime + grpc × the
 API calls it makes.
 
+With ``--unsampled``, tracing is on but no request is sampled (the SDK's ``OTEL_TRACES_SAMPLER``): the cost of the
+hooks for a request not recorded.
+
 Usage::
 
-    .venv/bin/python bench/traces_bench.py [--rounds 5] [--calls 3000]
+    .venv/bin/python bench/traces_bench.py [--rounds 5] [--calls 3000] [--unsampled]
 """
 
 from __future__ import annotations
@@ -123,7 +126,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--calls", type=int, default=3000)
+    parser.add_argument("--unsampled", action="store_true",
+                        help="tracing on, no request sampled (OTEL_TRACES_SAMPLER=parentbased_traceidratio, ratio 0; "
+                             "the callers' traceparent not sampled): what tracing costs a request it does not record")
     args = parser.parse_args()
+    global PARENT
+    if args.unsampled:
+        os.environ["OTEL_TRACES_SAMPLER"] = "parentbased_traceidratio"
+        os.environ["OTEL_TRACES_SAMPLER_ARG"] = "0"
+        PARENT = PARENT[:-2] + "00"
     print(f"load average at start: {os.getloadavg()[0]:.2f}")
     port = free_port()
     collector = subprocess.Popen([sys.executable, "-c", COLLECTOR, str(port)])
