@@ -181,7 +181,9 @@ class CallGuard:
         stream: Callable[[Callable[..., Any]], Callable[..., Any]] = (
             (lambda fn: metrics.instrument_stream(fn, method)) if self._metered else (lambda fn: fn))
         traced = self._traced
-        if traced is not None:  # a span around the measured call (kiln_platform.tracing)
+        # A span around the measured call (kiln_platform.tracing); none for health checks and reflection, which
+        # belong to no request (a probe every few seconds would bury the requests' traces).
+        if traced is not None and not method.startswith(_ALWAYS_PUBLIC):
             measured_unary, measured_stream = unary, stream
             unary = lambda fn: tracing.instrument_unary(measured_unary(fn), method, traced)
             stream = lambda fn: tracing.instrument_stream(measured_stream(fn), method, traced)

@@ -13,7 +13,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
@@ -126,7 +128,7 @@ def collector():
 @pytest.fixture(scope="module")
 def stack(supervisor, nats_url, tmp_path_factory, collector):
     """A datastore_svc, a router and an instance manager, all tracing to ``collector``; and a second router that
-    trusts clients' traceparent. The routers' addresses: (default, trusting)."""
+    trusts clients' traceparent. Their addresses: (router, trusting router, datastore_svc)."""
     run = supervisor.run_dir
     env = traced_env()
     datastore = supervisor.start("datastore_svc-traced", python_module(
@@ -151,7 +153,7 @@ def stack(supervisor, nats_url, tmp_path_factory, collector):
     deadline = time.monotonic() + 60
     while get(routers[0].address)[0] != 200:
         assert time.monotonic() < deadline, "the app never answered"
-    return routers[0].address, routers[1].address
+    return routers[0].address, routers[1].address, datastore.address
 
 
 def get(address: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
@@ -285,3 +287,15 @@ def test_kiln_dev_with_otlp_endpoint_traces_a_request_across_router_runtime_and_
     assert runtime.parent_id == router.span_id
     assert {s.parent_id for s in datastore} == {runtime.span_id}
     assert router.attributes["kiln.app"] == dev.app_id
+
+
+def test_health_checks_make_no_spans(stack, collector):
+    with grpc.insecure_channel(stack[2]) as channel:
+        for _ in range(3):
+            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+    # A request after the checks: the datastore's spans leave in the order they ended, so once this request's
+    # have arrived, the checks' would have too.
+    status, body = get(stack[0])
+    assert status == 200
+    trace_of(collector, body["request_id"])
+    assert not [s for s in collector.spans if "Health" in s.name]

@@ -154,3 +154,9 @@ def test_parts_that_do_not_trace_never_import_the_sdk():
             "print(sorted(m for m in sys.modules if m.startswith('opentelemetry')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_request_its_caller_did_not_sample_is_not_recorded_and_stays_unsampled(tracer):
+    span, traceparent = tracer.runtime_span("GET", PARENT[:-2] + "00", "app", "v1", "instance", "request")
+    assert not span.is_recording()
+    assert traceparent.startswith("00-0af7651916cd43dd8448eb211c80319c-") and traceparent.endswith("-00")
