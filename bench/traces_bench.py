@@ -31,9 +31,11 @@ import argparse
 import asyncio
 import os
 import pathlib
+import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -47,6 +49,7 @@ from kiln_platform.supervisor import free_port
 
 PARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 FLUSH_EVERY = 500
+TICKS = os.sysconf("SC_CLK_TCK")
 COLLECTOR = """
 import http.server, sys
 class H(http.server.BaseHTTPRequestHandler):
@@ -122,6 +125,76 @@ async def _times(call: Callable[[], Awaitable[Any]], n: int) -> None:
         await call()
 
 
+def wrk(url: str, seconds: int) -> float:
+    done = subprocess.run(["wrk", "-t1", "-c8", f"-d{seconds}s", url], capture_output=True, text=True, check=True)
+    match = re.search(r"Requests/sec:\s+([\d.]+)", done.stdout)
+    assert match, done.stdout
+    return float(match.group(1))
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        total += (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
+    return total
+
+
+def instances_of(manager_pid: int) -> list[int]:
+    """The runtime instances under an instance manager (its descendants running ``-m runtime``)."""
+    found, todo = [], [manager_pid]
+    while todo:
+        pid = todo.pop()
+        children = pathlib.Path(f"/proc/{pid}/task/{pid}/children")
+        for child in map(int, children.read_text().split()) if children.exists() else ():
+            argv = pathlib.Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+            if b"runtime" in argv and b"-m" in argv:
+                found.append(child)
+            todo.append(child)
+    return found
+
+
+def e2e_rounds(rounds: int, seconds: int, endpoint: str) -> None:
+    """Two kiln dev stacks of bench/hello, one tracing to ``endpoint``, loaded alternately by wrk: the router's and
+    the instance's CPU µs per request."""
+    from deploy.dev import DevOptions, DevServer
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix="traces-bench-"))
+    stacks: dict[str, DevServer] = {}
+    try:
+        for name, otlp in (("traced", endpoint), ("plain", "")):
+            srv = DevServer(DevOptions(app_dir=ROOT / "bench" / "hello", port=0, data_dir=tmp / name,
+                                       otlp_endpoint=otlp))
+            srv.start()
+            stacks[name] = srv
+        pids = {}
+        for name, srv in stacks.items():
+            children = {c.name: c.proc.pid for c in srv.supervisor.children}
+            wrk(srv.url, 1)  # warm (and the instance started)
+            pids[name] = {"router": [children["router"]], "runtime": instances_of(children["manager"])}
+        rows = []
+        for i in range(rounds):
+            row: dict[str, float] = {}
+            for name, srv in sorted(stacks.items(), reverse=i % 2 == 1):  # each goes first every other round
+                before = {part: cpu_seconds(p) for part, p in pids[name].items()}
+                rate = wrk(srv.url, seconds)
+                for part, p in pids[name].items():
+                    row[f"{part} {name}"] = (cpu_seconds(p) - before[part]) / (rate * seconds) * 1e6
+                row[f"rps {name}"] = rate
+            rows.append(row)
+            print(f"round {i + 1}: " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(row.items())) + "; ratios " +
+                  ", ".join(f"{part} x{row[f'{part} traced'] / row[f'{part} plain']:.2f}"
+                            for part in ("router", "runtime", "rps")))
+        print("\nkiln dev, bench/hello, wrk -c8: median CPU µs per request (rps: requests/s)")
+        for key in sorted(rows[0]):
+            print(f"  {key}: {statistics.median(r[key] for r in rows):.1f}")
+        for part in ("router", "runtime", "rps"):
+            ratio = statistics.median(r[f"{part} traced"] / r[f"{part} plain"] for r in rows)
+            print(f"  median ratio traced/plain, {part}: x{ratio:.2f}")
+    finally:
+        for srv in stacks.values():
+            srv.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -129,6 +202,10 @@ def main() -> None:
     parser.add_argument("--unsampled", action="store_true",
                         help="tracing on, no request sampled (OTEL_TRACES_SAMPLER=parentbased_traceidratio, ratio 0; "
                              "the callers' traceparent not sampled): what tracing costs a request it does not record")
+    parser.add_argument("--e2e", action="store_true",
+                        help="instead: two kiln dev stacks of bench/hello, one tracing, loaded alternately by wrk "
+                             "(router and instance CPU per request)")
+    parser.add_argument("--seconds", type=int, default=3, help="--e2e: wrk seconds per stack per round")
     args = parser.parse_args()
     global PARENT
     if args.unsampled:
@@ -141,6 +218,9 @@ def main() -> None:
     os.environ["KILN_APP_TOKEN"] = "token"
     try:
         time.sleep(0.5)  # the collector binds its port (a benchmark, not a test)
+        if args.e2e:
+            e2e_rounds(args.rounds, args.seconds, f"http://127.0.0.1:{port}")
+            return
         tracer = tracing.Tracing(f"http://127.0.0.1:{port}", "kiln-bench")
         on, off = hooks(tracer), hooks(None)
         for name in on:  # warm up: imports, first connection
