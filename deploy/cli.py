@@ -40,13 +40,20 @@ def _dev(args: argparse.Namespace) -> int:
         print(f"kiln dev: {app_dir / 'app.yaml'} not found; give the directory that holds your app.yaml",
               file=sys.stderr)
         return 2
+    if args.otlp_endpoint:
+        from kiln_platform import tracing
+        try:
+            tracing.traces_url(args.otlp_endpoint)
+        except ValueError as exc:
+            print(f"kiln dev: --{exc}", file=sys.stderr)
+            return 2
     opts = DevOptions(app_dir=app_dir, host=args.host, port=args.port, data_dir=args.data_dir,
                       storage=args.storage, clear_datastore=args.clear_datastore,
                       datastore_consistency=args.datastore_consistency,
                       cassandra_hosts=args.cassandra_hosts or "", request_deadline=args.request_deadline,
                       isolation=args.isolation, network_isolation=args.network_isolation,
                       urlfetch_allow_internal=args.urlfetch_allow_internal, console_port=args.console_port,
-                      metrics_port=args.metrics_port)
+                      metrics_port=args.metrics_port, otlp_endpoint=args.otlp_endpoint)
     from kiln_platform import handover
     handover.undumpable()  # kiln dev holds every secret: no process of the same user may read its memory
     # Ctrl-C, kill and the terminal closing all stop kiln dev the same way. While it starts, they interrupt the
@@ -83,6 +90,8 @@ def _dev(args: argparse.Namespace) -> int:
     _say(f"kiln dev: console (logs, datastore, memcache, cron, task queues, mail) at {server.console_url}")
     _say(f"kiln dev: mail goes to {server.outbox_dir}; SMTP for *@{server.app_id}.mail.localhost on "
          f"{server.addresses['mail_smtp']}")
+    if opts.otlp_endpoint:
+        _say(f"kiln dev: traces exported to {opts.otlp_endpoint} (OTLP/HTTP)")
     if server.metrics_addresses:
         _say("kiln dev: Prometheus metrics at " + ", ".join(f"{part} http://{address}/metrics"
                                                             for part, address in server.metrics_addresses.items()))
@@ -140,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "the others on PORT+1... in the order datastore, memcache, urlfetch, mail, images, cron, "
                           "logs, identity, taskqueue, blobstore, manager, router (0: a free port each); printed at "
                           "start (default: off)")
+    dev.add_argument("--otlp-endpoint", default="", metavar="URL",
+                     help="export OpenTelemetry traces of every request (router, instance, services) to this "
+                          "OTLP/HTTP collector, e.g. http://127.0.0.1:4318 (default: off)")
     dev.set_defaults(func=_dev)
     from deploy import bulkload_cli, cron_cli, dispatch_cli, indexes_cli, logs_cli, taskqueue_cli, versions_cli
     versions_cli.register(sub)

@@ -70,6 +70,9 @@ class DevOptions:
     # Prometheus /metrics of every part on 127.0.0.1 (kiln_platform/metrics.py): None = off; a port: the first
     # part's, the others' following in METRICS_PARTS order; 0 = a free port each (DevServer.metrics_addresses).
     metrics_port: int | None = None
+    # OpenTelemetry traces of every part but the console, exported to this OTLP/HTTP collector
+    # (kiln_platform/tracing.py; e.g. http://127.0.0.1:4318); "" = off.
+    otlp_endpoint: str = ""
 
 
 # What stops kiln dev in order (every child stopped, last started first): Ctrl-C, kill, and the terminal closing.
@@ -194,6 +197,10 @@ class DevServer:
         address = self.metrics_addresses[part] = f"{METRICS_HOST}:{port}"
         return ["--metrics-listen", address]
 
+    def _traces(self) -> list[str]:
+        """The ``--otlp-endpoint`` arguments every traced part gets: none without ``--otlp-endpoint``."""
+        return ["--otlp-endpoint", self.opts.otlp_endpoint] if self.opts.otlp_endpoint else []
+
     def _keyspace(self) -> str:
         return "kiln_dev_" + re.sub(r"[^a-z0-9_]", "_", self.app_id)
 
@@ -252,7 +259,8 @@ class DevServer:
                 continue  # after the router, whose address they need (the datastore: after the task queue)
             if svc == "images_svc":
                 continue  # after the blobstore, whose address it needs (it reads blobs as the calling app)
-            args = ["--listen", "127.0.0.1:0", "--ready-file", str(run / f"{svc}.addr"), *self._metrics(svc)]
+            args = ["--listen", "127.0.0.1:0", "--ready-file", str(run / f"{svc}.addr"), *self._metrics(svc),
+                    *self._traces()]
             if svc == "logs_svc":
                 args += ["--data-dir", str(self.data_dir / "logs")]
             if svc == "blobstore_svc":  # on the datastore's engine; its Cassandra tables are named blobstore_*
@@ -273,6 +281,7 @@ class DevServer:
         images = run / "images_svc.addr"
         self.addresses["images_svc"] = sup.start("images_svc", python_module(
             "images_svc", "--listen", "127.0.0.1:0", "--ready-file", str(images), *self._metrics("images_svc"),
+            *self._traces(),
             "--blobstore-addr", self.addresses["blobstore_svc"]), env=env, secrets=service, ready_file=images).address
         # The router starts first so that, given port 0, its bound port is known
         # before the runtime is told its default hostname.
@@ -291,7 +300,7 @@ class DevServer:
                 "--dev-app", f"{self.app_id}={self.version_id}",
                 "--app-dirs", f"{self.app_id}/{self.version_id}={self.opts.app_dir.resolve()}",
                 "--request-timeout-seconds", str(self.opts.request_deadline + 5),
-                "--workers", str(self.opts.router_workers), *self._metrics("router"),
+                "--workers", str(self.opts.router_workers), *self._metrics("router"), *self._traces(),
                 "--ready-file", str(run / "router.addr")), env=env, secrets=router_secrets,
                 ready_file=run / "router.addr")
         except StartError as exc:
@@ -304,7 +313,7 @@ class DevServer:
         # the internal networks it was allowed; nothing else internal.
         args = ["--listen", "127.0.0.1:0", "--ready-file", str(run / "urlfetch_svc.addr"),
                 "--front-doors", f"127.0.0.1:{router_port}", "--apps-domains", "localhost",
-                *self._metrics("urlfetch_svc")]
+                *self._metrics("urlfetch_svc"), *self._traces()]
         if self.opts.urlfetch_allow_internal:
             args += ["--allow-internal", f"{self.app_id}={self.opts.urlfetch_allow_internal}"]
         urlfetch = sup.start("urlfetch_svc", python_module("urlfetch_svc", *args),
@@ -315,7 +324,7 @@ class DevServer:
         # port takes inbound mail for *@APP.mail.localhost and posts it to the app through the router.
         mail = sup.start("mail_svc", python_module(
             "mail_svc", "--listen", "127.0.0.1:0", "--ready-file", str(run / "mail_svc.addr"),
-            *self._metrics("mail_svc"),
+            *self._metrics("mail_svc"), *self._traces(),
             "--outbox-dir", str(self.outbox_dir), "--inbound-listen", "127.0.0.1:0",
             "--inbound-ready-file", str(run / "mail_svc.smtp"), "--router-url", f"http://127.0.0.1:{router_port}",
             "--apps-domain", "localhost"),
@@ -327,7 +336,7 @@ class DevServer:
         cron_yaml = self.opts.app_dir.resolve() / "cron.yaml"
         cron = sup.start("cron_svc", python_module(
             "cron_svc", "--listen", "127.0.0.1:0", "--ready-file", str(run / "cron_svc.addr"),
-            *self._metrics("cron_svc"),
+            *self._metrics("cron_svc"), *self._traces(),
             "--cron-yaml", f"{self.app_id}={cron_yaml}" if cron_yaml.exists() else "",
             "--router-url", f"http://127.0.0.1:{router_port}", "--apps-domain", "localhost"),
             env=env, secrets={**service, "KILN_CRON_NATS_URL": self.nats_url, "KILN_CRON_PLATFORM_SECRET": platform},
@@ -337,7 +346,7 @@ class DevServer:
         queue_yaml = self.opts.app_dir.resolve() / "queue.yaml"
         taskqueue = sup.start("taskqueue_svc", python_module(
             "taskqueue_svc", "--listen", "127.0.0.1:0", "--ready-file", str(run / "taskqueue_svc.addr"),
-            *self._metrics("taskqueue_svc"),
+            *self._metrics("taskqueue_svc"), *self._traces(),
             "--queue-yaml", f"{self.app_id}={queue_yaml}" if queue_yaml.exists() else "",
             "--router-url", f"http://127.0.0.1:{router_port}", "--apps-domain", "localhost"),
             env=env, secrets={**service, "KILN_TASKQUEUE_NATS_URL": self.nats_url,
@@ -348,7 +357,7 @@ class DevServer:
         args = ["--listen", "127.0.0.1:0", "--ready-file", str(run / "datastore_svc.addr"),
                 "--storage", self.opts.storage, "--data-dir", str(self.data_dir / "datastore"),
                 "--index-cache-seconds", "0", "--auto-index-file", str(self.index_yaml),
-                "--taskqueue", taskqueue.address, *self._metrics("datastore_svc")]
+                "--taskqueue", taskqueue.address, *self._metrics("datastore_svc"), *self._traces()]
         if self.opts.datastore_consistency < 1:
             args += ["--consistency", str(self.opts.datastore_consistency)]
         if cassandra_hosts:
@@ -365,6 +374,7 @@ class DevServer:
         ]
         for svc in ("datastore", "memcache", "urlfetch", "mail", "images", "identity", "taskqueue", "blobstore"):
             runtime_args += [f"--{svc}-addr", self.addresses[f"{svc}_svc"]]
+        runtime_args += self._traces()
         manager_secrets = {"KILN_MANAGER_SERVICE_SECRET": self._secret, "KILN_MANAGER_NATS_URL": self.nats_url,
                            "KILN_MANAGER_NATS_APP_SECRET": nats_app_secret}
         sup.start("manager", python_module(

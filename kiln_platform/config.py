@@ -28,6 +28,7 @@ from typing import Any, ClassVar, TypeVar
 import yaml
 
 from kiln.errors import ConfigError
+from kiln_platform.tracing import traces_url
 
 T = TypeVar("T")
 
@@ -328,6 +329,9 @@ def _read_yaml(path: pathlib.Path, known: set[str]) -> dict[str, Any]:
     return dict(data)
 
 
+# Every part's otlp_endpoint setting says the same (kiln_platform/tracing.py).
+OTLP_ENDPOINT_HELP = ("OTLP/HTTP collector to export traces to, e.g. http://127.0.0.1:4318 (spans are POSTed to "
+                      "<endpoint>/v1/traces); off when empty")
 # Every part's metrics_listen setting says the same (kiln_platform/metrics.py).
 METRICS_LISTEN_HELP = ("host:port to serve Prometheus metrics on, at /metrics (off when empty; port 0 picks a free "
                        "port); no authentication, so keep it on loopback or a network only scrapers reach")
@@ -347,6 +351,7 @@ class GrpcServiceConfig:
     service_secret: Secret = field(Secret(""), "shared secret that signs app identity tokens", required=True)
     ready_file: pathlib.Path | None = field(None, "write the bound address here once serving")
     metrics_listen: ListenAddress | None = field(None, METRICS_LISTEN_HELP)
+    otlp_endpoint: str = field("", OTLP_ENDPOINT_HELP)
     log_level: str = field("INFO", "log level")
     log_format: str = field("text", "log format: text (local) or json (cluster)")
 
@@ -355,6 +360,8 @@ class GrpcServiceConfig:
             raise ValueError(f"log_format: must be text or json, got {self.log_format!r}")
         if self.max_message_bytes < 1024:
             raise ValueError("max_message_bytes: must be at least 1024")
+        if self.otlp_endpoint:
+            traces_url(self.otlp_endpoint)  # a precise error at start, not a failed export later
 
 
 class CassandraHost(HostPort):

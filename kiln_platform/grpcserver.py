@@ -20,6 +20,8 @@
 - with ``metrics_listen`` set, Prometheus metrics of every method (:mod:`kiln_platform.metrics`): calls by the
   status each ended with (a refused call counts as ``UNAUTHENTICATED``), latency and calls in flight, measured
   around the guard; without it, nothing is measured;
+- with ``otlp_endpoint`` set, an OpenTelemetry server span per call (:mod:`kiln_platform.tracing`), the child of
+  the caller's ``traceparent`` metadata, around the metrics; without it, no tracer exists;
 - graceful shutdown on SIGTERM/SIGINT: health flips to NOT_SERVING, new calls
   are refused and in-flight calls get ``grace_seconds`` to finish.
 """
@@ -41,7 +43,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from kiln import errors
-from kiln_platform import auth, metrics
+from kiln_platform import auth, metrics, tracing
 from kiln_platform.config import GrpcServiceConfig, HostPort
 
 log = logging.getLogger(__name__)
@@ -146,9 +148,11 @@ class CallGuard:
     """
 
     def __init__(self, authenticator: Authenticator | None = None, public_methods: Iterable[str] = (),
-                 service_authenticators: Mapping[str, Authenticator] | None = None, *, metered: bool = False) -> None:
+                 service_authenticators: Mapping[str, Authenticator] | None = None, *, metered: bool = False,
+                 traced: tracing.Tracing | None = None) -> None:
         self._authenticator = authenticator or _NoCredentialsAccepted()
         self._metered = metered  # measure every call (kiln_platform.metrics)
+        self._traced = traced  # a span per call (kiln_platform.tracing), or None
         self._public = frozenset(public_methods)
         self._by_service = dict(service_authenticators or {})
 
@@ -176,6 +180,13 @@ class CallGuard:
             (lambda fn: metrics.instrument_unary(fn, method)) if self._metered else (lambda fn: fn))
         stream: Callable[[Callable[..., Any]], Callable[..., Any]] = (
             (lambda fn: metrics.instrument_stream(fn, method)) if self._metered else (lambda fn: fn))
+        traced = self._traced
+        # A span around the measured call (kiln_platform.tracing); none for health checks and reflection, which
+        # belong to no request (a probe every few seconds would bury the requests' traces).
+        if traced is not None and not method.startswith(_ALWAYS_PUBLIC):
+            measured_unary, measured_stream = unary, stream
+            unary = lambda fn: tracing.instrument_unary(measured_unary(fn), method, traced)
+            stream = lambda fn: tracing.instrument_stream(measured_stream(fn), method, traced)
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
                 unary(_wrap_unary(handler.unary_unary, call)), response_serializer=handler.response_serializer)
@@ -342,9 +353,11 @@ class Server:
     """A running gRPC server with health and reflection; see :func:`start`."""
 
     def __init__(self, server: grpc.aio.Server, health_servicer: health.aio.HealthServicer,
-                 names: list[str], port: int, host: str, metrics_server: metrics.MetricsServer | None = None) -> None:
+                 names: list[str], port: int, host: str, metrics_server: metrics.MetricsServer | None = None,
+                 tracer: tracing.Tracing | None = None) -> None:
         self._server = server
         self.metrics = metrics_server  # serving /metrics (metrics_listen), or None
+        self.tracing = tracer  # exporting spans (otlp_endpoint), or None
         self._health = health_servicer
         self._names = names
         self.port = port
@@ -357,6 +370,8 @@ class Server:
         await self._server.stop(grace)
         if self.metrics is not None:
             self.metrics.close()
+        if self.tracing is not None:
+            self.tracing.close()
 
     async def wait(self) -> None:
         """Wait until the server stops."""
@@ -383,7 +398,10 @@ async def start(cfg: GrpcServiceConfig, registrations: Iterable[Registration],
     own = {reg.name: reg.authenticator for reg in registrations if reg.authenticator is not None}
     server = grpc.aio.server(options=options)
     # Every handler reaches the server through the guard (no interceptor: see CallGuard).
-    guarded = _GuardedServer(server, CallGuard(authenticator, public, own, metered=cfg.metrics_listen is not None))
+    # kiln-datastore, kiln-runtime...: the service.name of the process's spans.
+    tracer = tracing.start(cfg.otlp_endpoint, f"kiln-{getattr(cfg, 'env_prefix', 'service').lower()}")
+    guarded = _GuardedServer(server, CallGuard(authenticator, public, own, metered=cfg.metrics_listen is not None,
+                                               traced=tracer))
     # What the add functions call of a server is exactly what _GuardedServer has (anything else fails loudly).
     as_server = cast("grpc.aio.Server", guarded)
     names = []
@@ -405,7 +423,7 @@ async def start(cfg: GrpcServiceConfig, registrations: Iterable[Registration],
     await server.start()
     for name in ["", *names]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    srv = Server(server, health_servicer, names, bound, cfg.listen.host, metrics.serve(cfg.metrics_listen))
+    srv = Server(server, health_servicer, names, bound, cfg.listen.host, metrics.serve(cfg.metrics_listen), tracer)
     log.info("serving %s on %s", ", ".join(names), srv.address)
     if cfg.ready_file:
         write_ready_file(cfg.ready_file, srv.address)

@@ -35,7 +35,7 @@ from aiohttp import web
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from kiln_platform import auth, bus, grpcserver, httpfields, metrics
+from kiln_platform import auth, bus, grpcserver, httpfields, metrics, tracing
 from kiln_platform.deployclient import VersionSource
 from kiln.api._rpc import CHANNEL_OPTIONS
 from kiln.pb.blobstore.v1 import blobstore_pb2_grpc
@@ -100,6 +100,7 @@ class Router:
         self._statics: dict[tuple[str, str, int], static.StaticFiles] = {}
         self._ids = RequestIds()
         self.metrics = metrics.RouterMetrics() if cfg.metrics_listen is not None else None  # kiln_platform/metrics.py
+        self.tracing = tracing.start(cfg.otlp_endpoint, "kiln-router")  # kiln_platform/tracing.py; None: off
         # Blobstore uploads (router/blobupload.py) and X-AppEngine-BlobKey (router/blobserve.py), on one channel.
         self.blob_channel = (grpc.aio.insecure_channel(str(cfg.blobstore_addr), options=list(CHANNEL_OPTIONS))
                              if cfg.blobstore_addr and credentials else None)
@@ -243,6 +244,8 @@ class Router:
         try:
             # One message: the envelope's fields, then its headers (protobuf appends a repeated field's entries
             # from concatenated messages, in order).
+            if self.tracing is not None:  # the router's span continues in the runtime (kiln_platform/tracing.py)
+                envelope.traceparent = tracing.envelope_traceparent(request, target.app_id, target.version_id)
             encoded[0] = envelope.SerializeToString()
             msg = await self._request(subject, b"".join(encoded), started, patient, timeout,
                                       None if target.instance_id else (target.app_id, target.version_id))
@@ -648,6 +651,8 @@ async def serve(cfg: RouterConfig) -> None:
     metrics_server = metrics.serve(metrics.worker_address(cfg.metrics_listen, cfg.worker))
     handle = (metrics.router_handler(router.handle, router.metrics) if router.metrics is not None
               else router.handle)
+    if router.tracing is not None:
+        handle = tracing.router_handler(handle, router.tracing, trust_client=cfg.trust_traceparent)
     runner = web.ServerRunner(web.Server(front_door(handle), request_factory=make_request),
                               handle_signals=False)
     await runner.setup()
@@ -685,5 +690,7 @@ async def serve(cfg: RouterConfig) -> None:
     await bus.shutdown(nc)
     if metrics_server is not None:
         metrics_server.close()
+    if router.tracing is not None:
+        router.tracing.close()
     log.info("stopped")
 

@@ -7,7 +7,9 @@ import ipaddress
 import pathlib
 import typing
 
-from kiln_platform.config import METRICS_LISTEN_HELP, HostPort, ListenAddress, Secret, field, parse_app_emails
+from kiln_platform.config import (METRICS_LISTEN_HELP, OTLP_ENDPOINT_HELP, HostPort, ListenAddress, Secret, field,
+                                  parse_app_emails)
+from kiln_platform.tracing import traces_url
 from router.versions import parse_app_dirs
 
 
@@ -20,6 +22,10 @@ class RouterConfig:
     listen: ListenAddress = field(ListenAddress("127.0.0.1", 8080), "host:port to serve HTTP on")
     metrics_listen: ListenAddress | None = field(None, METRICS_LISTEN_HELP + "; with workers, worker N serves on "
                                                  "this port + N - 1")
+    otlp_endpoint: str = field("", OTLP_ENDPOINT_HELP)
+    trust_traceparent: bool = field(False, "continue the trace a client's traceparent header names (the router "
+                                           "behind a proxy or gateway that traces); by default each request "
+                                           "starts a trace of its own")
     nats_url: str = field("", "NATS server URL(s), comma-separated", required=True)
     domain: str = field("localhost", "apps are served at APP.DOMAIN and VERSION-dot-APP.DOMAIN")
     apps: str = field("", "default version per app until the control plane serves it: app=version[,app=version]")
@@ -94,6 +100,8 @@ class RouterConfig:
                     raise ValueError(f"{name}: expected app=version, got {item!r}")
         if self.header_timeout_seconds < 0 or self.idle_timeout_seconds < 0 or self.body_grace_seconds < 0:
             raise ValueError("header_timeout_seconds, idle_timeout_seconds, body_grace_seconds: must not be negative")
+        if self.otlp_endpoint:
+            traces_url(self.otlp_endpoint)  # a precise error at start, not a failed export later
         if self.workers < 1 or self.worker < 0:
             raise ValueError("workers: must be at least 1; worker: must not be negative")
         if self.workers > 1 and self.worker:

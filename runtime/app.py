@@ -47,7 +47,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from kiln_platform import appyaml, bus, entrypoint, forward, grpcserver, requestscope
+from kiln_platform import appyaml, bus, entrypoint, forward, grpcserver, requestscope, tracing
 from kiln import runtime as kiln_runtime
 from kiln_platform.auth import TASK_REQUEST_DEADLINE_SECONDS
 from kiln_platform.handlers import Matcher
@@ -55,6 +55,7 @@ from kiln_platform.log import app_id as app_id_var
 from kiln_platform.log import request_id as request_id_var
 from kiln.pb.logs.v1 import logs_pb2
 from kiln.pb.runtime.v1 import events_pb2, http_pb2
+from kiln.api import _rpc
 from kiln.sdk import tickets
 from runtime import appengine, httpfetch, inflight, isolation, sandbox, timer
 from runtime.config import RuntimeConfig
@@ -256,6 +257,9 @@ class _Request:
     seconds: float = 0.0  # the length of its deadline
     environ: dict[str, Any] = dataclasses.field(default_factory=dict)  # its WSGI environ (read only if it overruns)
     answered: bool = False  # set on the event loop by the one answer it gets
+    span: Any = None  # its span, when the instance traces (kiln_platform/tracing.py): made and ended on the loop
+    traceparent: str | None = None  # that span's context, for the request's API calls (kiln.api._rpc)
+    status: int = 0  # the status it was answered with (set only when it has a span)
 
 
 class Instance:
@@ -306,6 +310,7 @@ class Instance:
         self._waiting: dict[int, _Request] = {}  # requests not answered yet, to fail if the instance must stop
         self._queued: dict[int, float] = {}  # requests waiting for a free slot -> when they arrived
         self.inflight = inflight.Reporter(cfg.inflight_fd)  # the manager answers these if this process dies
+        self.tracing: tracing.Tracing | None = None  # the instance's tracer (otlp_endpoint), set by serve(); None: off
 
     def export_environment(self) -> None:
         """Process-wide variables the app's SDK reads: service addresses and its identity token."""
@@ -394,6 +399,10 @@ class Instance:
             self._answer_now(state, _error(404, "this instance serves another app or version", self.cfg.instance_id,
                                            public="Not Found"))
             return
+        if self.tracing is not None:
+            state.span, state.traceparent = self.tracing.runtime_span(req.method, req.traceparent, self.app_id,
+                                                                       self.version_id, self.cfg.instance_id,
+                                                                       req.request_id)
         if req.body_object:  # the body is in the object store: fetch it first, on the loop
             self._spawn(self._fetch_body(state))
             return
@@ -502,6 +511,8 @@ class Instance:
             return
         state.answered = True
         self.served += served
+        if state.span is not None:
+            self._end_span(state)
         self._waiting.pop(id(state), None)
         self._queued.pop(id(state), None)
         if state.msg is None:
@@ -513,6 +524,11 @@ class Instance:
             self._outbox_ready.set()
         else:
             self._settled()
+
+    def _end_span(self, state: _Request) -> None:
+        """On the loop: end the request's span (answered with ``state.status``; 0: by the runtime, not the app)."""
+        assert self.tracing is not None
+        self.tracing.end_runtime_span(state.span, state.status)
 
     async def _store_body(self, state: _Request, resp: http_pb2.HttpResponse, served: bool) -> None:
         assert self._bodies is not None and state.req is not None
@@ -619,11 +635,18 @@ class Instance:
         request_id_var.set(req.request_id)
         app_id_var.set(self.app_id)
         loading = not self._loaded
+        if state.span is not None:  # the request's API calls continue its trace (kiln.api._rpc)
+            _rpc.set_trace_parent(state.traceparent)
         try:
             resp = self._timed(state)
         except Exception:  # noqa: BLE001 - app errors become a 500, never a crash
             log.exception("unhandled exception serving %s %s", req.method, req.path)
             resp = _error(500, "app raised an exception", self.cfg.instance_id)
+        finally:
+            if state.span is not None:
+                _rpc.set_trace_parent(None)
+        if state.span is not None:
+            state.status = resp.status
         self._loaded = True
         resp.instance_id = self.cfg.instance_id
         resp.loading_request = loading
@@ -798,9 +821,18 @@ async def serve(cfg: RuntimeConfig) -> None:
     # halved throughput in measurements; 0.5 ms keeps the loop responsive.
     sys.setswitchinterval(0.0005)
     instance = Instance(cfg, app_config)
+    otlp_relay = None  # no network but loopback: spans through the manager's socket (kiln_platform.forward)
+    otlp_endpoint = cfg.otlp_endpoint
+    if cfg.otlp_socket and otlp_endpoint:
+        otlp_relay = await forward.tcp_to_unix(pathlib.Path(cfg.otlp_socket))
+        otlp_endpoint = tracing.on_loopback(otlp_endpoint, otlp_relay.sockets[0].getsockname()[1])
+    # The instance writes the ready file itself, once subscribed, not the health server. Started before
+    # export_environment routes http.client through URL Fetch: the span exporter's HTTP client (urllib3, imported
+    # here when tracing is on) keeps the socket-opening http.client classes it subclassed, and its exporting thread
+    # runs before app code can.
+    health = await grpcserver.start(dataclasses.replace(cfg, ready_file=None, otlp_endpoint=otlp_endpoint), [])
+    instance.tracing = health.tracing
     instance.export_environment()
-    # The instance writes the ready file itself, once subscribed, not the health server.
-    health = await grpcserver.start(dataclasses.replace(cfg, ready_file=None), [])
     nats_url, relay = cfg.nats_url, None
     if cfg.nats_socket:  # no network but loopback: NATS through the manager's socket (kiln_platform.forward)
         relay = await forward.tcp_to_unix(pathlib.Path(cfg.nats_socket))
@@ -839,6 +871,8 @@ async def serve(cfg: RuntimeConfig) -> None:
     if relay is not None:
         relay.close()
     await health.stop(0)
+    if otlp_relay is not None:
+        otlp_relay.close()
     log.info("stopped after %d requests", instance.served)
     if instance.doomed.is_set():
         # A request thread is stuck in the app: it cannot be stopped from Python, so

@@ -44,6 +44,9 @@ class RuntimeConfig(GrpcServiceConfig):
     nats_url: str = field("", "NATS server URL(s), comma-separated", required=True)
     nats_socket: str = field("", "a Unix socket that reaches NATS, for an instance without a network of its own: "
                                  "the instance listens on its loopback and forwards there (runtime.manager sets it)")
+    otlp_socket: str = field("", "a Unix socket that reaches the OTLP collector, for an instance without a network "
+                                 "of its own: the instance listens on its loopback and exports there "
+                                 "(runtime.manager sets it)")
     datastore_addr: str = field("127.0.0.1:50051", "datastore_svc gRPC address given to the app")
     memcache_addr: str = field("127.0.0.1:50052", "memcache_svc gRPC address given to the app")
     urlfetch_addr: str = field("127.0.0.1:50053", "urlfetch_svc gRPC address given to the app")

@@ -45,7 +45,7 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 
 from nats.aio.client import Client
 
-from kiln_platform import appyaml, auth, bus, config, forward, handover, interpreters, metrics, natsauth
+from kiln_platform import appyaml, auth, bus, config, forward, handover, interpreters, metrics, natsauth, tracing
 from kiln_platform import log as kiln_log
 from kiln.errors import ConfigError
 from kiln.pb.runtime.v1 import events_pb2, http_pb2
@@ -711,7 +711,8 @@ def build(args: argparse.Namespace, extra_runtime_args: Sequence[str], environ: 
     if _private_network(args.network_isolation, mode, args.nats_url):
         assert uid is not None  # user isolation
         sockets = isolation.socket_dir(uid)
-        overrides, forwards = forwarded(sockets, uid, args.nats_url, service_addresses(runtime_args, environ))
+        overrides, forwards = forwarded(sockets, uid, args.nats_url, service_addresses(runtime_args, environ),
+                                        otlp_endpoint(runtime_args, environ))
         runtime_args += overrides  # the last occurrence of a flag wins
     env = instance_env(environ, auth.mint_app_token(secret, args.app_id))
     env["MALLOC_ARENA_MAX"] = str(isolation.MALLOC_ARENAS)  # keeps the address-space headroom true
@@ -798,9 +799,18 @@ def service_addresses(runtime_args: Sequence[str], environ: Mapping[str, str]) -
             or str(defaults[f"{name}_addr"]) for name in SERVICES}
 
 
-def forwarded(directory: pathlib.Path, gid: int, nats_url: str,
-              services: Mapping[str, str]) -> tuple[list[str], list[forward.UnixToTcp]]:
-    """The runtime flags that point an instance at Unix sockets in ``directory``, and the forwarders behind them.
+def otlp_endpoint(runtime_args: Sequence[str], environ: Mapping[str, str]) -> str:
+    """The OTLP collector the runtime would export traces to: its flag, else ``KILN_RUNTIME_OTLP_ENDPOINT``."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--otlp-endpoint", dest="otlp")
+    given, _ = parser.parse_known_args(list(runtime_args))
+    return str(given.otlp or environ.get("KILN_RUNTIME_OTLP_ENDPOINT", ""))
+
+
+def forwarded(directory: pathlib.Path, gid: int, nats_url: str, services: Mapping[str, str],
+              otlp: str = "") -> tuple[list[str], list[forward.UnixToTcp]]:
+    """The runtime flags that point an instance at Unix sockets in ``directory``, and the forwarders behind them
+    (NATS, the services, and the OTLP collector ``otlp`` when the instance traces).
 
     Memcache shards keep their names (``NAME=unix:PATH``): the client's hash ring is over the names, so an
     instance picks the same shard for a key as every other client.
@@ -831,6 +841,12 @@ def forwarded(directory: pathlib.Path, gid: int, nats_url: str,
         else:
             value = f"unix:{relay(name, [address])}"
         flags += [f"--{name}-addr", value]
+    if otlp:
+        try:
+            collector = tracing.collector_address(otlp)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        flags += ["--otlp-socket", relay("otlp", [collector])]
     return flags, relays
 
 

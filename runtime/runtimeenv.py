@@ -30,7 +30,10 @@ from runtime import libraries
 # What ``python -m runtime`` imports beyond the standard library (their own dependencies follow from metadata).
 RUNTIME_DISTRIBUTIONS = ("grpcio", "grpcio-health-checking", "grpcio-reflection", "protobuf", "nats-py", "PyYAML",
                          "uvloop", "pyseccomp", "idna", "packaging", "gunicorn", "waitress",
-                         "prometheus-client")
+                         # kiln_platform.grpcserver's metrics (the instance's health server imports them)
+                         "prometheus-client",
+                         # an instance's traces (kiln_platform.tracing, imported only when otlp_endpoint is set)
+                         "opentelemetry-sdk", "opentelemetry-exporter-otlp-proto-http")
 SOURCE_ROOT = pathlib.Path(__file__).resolve().parent.parent  # holds kiln/, kiln_platform/, runtime/
 VENV_TIMEOUT_SECONDS = 120
 

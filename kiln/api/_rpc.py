@@ -5,7 +5,8 @@
   service address comes from what the runtime exported (``KILN_<SERVICE>_ADDR``); memcache,
   which has several shards, dials each with :func:`channel`.
 - **Identity**: every call carries the app's token (``KILN_APP_TOKEN``) as its
-  ``authorization`` metadata (:func:`metadata`).
+  ``authorization`` metadata (:func:`metadata`), and, when kiln traces, the request's
+  ``traceparent``.
 - **Deadlines**: every call has one; :data:`DEFAULT_TIMEOUT` unless the module or the app's
   ``rpc.deadline`` gives another. On a thread serving a request, no call outlasts the request:
   its deadline is cut to the request's, and a call cut that way ends in the request timer's
@@ -110,13 +111,25 @@ def app_token() -> str:
 
 
 def metadata() -> tuple[tuple[str, str], ...]:
-    """The metadata every call sends: the app's token."""
+    """The metadata every call sends: the app's token, and on a request's thread when kiln traces, the request's
+    trace context (``traceparent``, so the service's span joins the request's trace)."""
     global _metadata
     token = app_token()
     known = _metadata
     if known[0] != token:
         known = _metadata = (token, (("authorization", f"Bearer {token}"),))
-    return known[1]
+    parent: str | None = getattr(_trace, "parent", None)
+    return known[1] if parent is None else (*known[1], ("traceparent", parent))
+
+
+# The trace context of the request this thread serves (W3C traceparent), set by the runtime around the request when
+# it traces (kiln_platform/tracing.py); never set otherwise.
+_trace = threading.local()
+
+
+def set_trace_parent(parent: str | None) -> None:
+    """The runtime names the trace context of the request this thread starts serving (``None``: it ended)."""
+    _trace.parent = parent
 
 
 # The last token seen and its metadata, built once rather than per call (one tuple: threads read it whole).

@@ -123,6 +123,7 @@ class HttpRequest(_message.Message):
     USER_FIELD_NUMBER: _builtins.int
     RECEIVED_AT_FIELD_NUMBER: _builtins.int
     DEADLINE_MS_FIELD_NUMBER: _builtins.int
+    TRACEPARENT_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """The request id (also REQUEST_LOG_ID)."""
     app_id: _builtins.str
@@ -153,6 +154,12 @@ class HttpRequest(_message.Message):
     """Name of the JetStream object holding the body, when it does not."""
     deadline_ms: _builtins.int
     """The handler's deadline, in milliseconds from received_at."""
+    traceparent: _builtins.str
+    """W3C trace context (`traceparent`) of the router's span of this request,
+    when the router traces (its otlp_endpoint setting): the runtime
+    continues the trace. Only the router writes it (a client's traceparent
+    header is an ordinary header and never lands here).
+    """
     @_builtins.property
     def headers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Header]:
         """Sanitised request headers (hop-by-hop and client X-AppEngine-* removed,
@@ -187,10 +194,11 @@ class HttpRequest(_message.Message):
         user: Global___SignedInUser | None = ...,
         received_at: _timestamp_pb2.Timestamp | None = ...,
         deadline_ms: _builtins.int = ...,
+        traceparent: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["received_at", b"received_at", "user", b"user"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_id", b"app_id", "body", b"body", "body_object", b"body_object", "deadline_ms", b"deadline_ms", "headers", b"headers", "host", b"host", "method", b"method", "path", b"path", "port", b"port", "protocol", b"protocol", "query_string", b"query_string", "received_at", b"received_at", "remote_addr", b"remote_addr", "request_id", b"request_id", "scheme", b"scheme", "user", b"user", "version_id", b"version_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_id", b"app_id", "body", b"body", "body_object", b"body_object", "deadline_ms", b"deadline_ms", "headers", b"headers", "host", b"host", "method", b"method", "path", b"path", "port", b"port", "protocol", b"protocol", "query_string", b"query_string", "received_at", b"received_at", "remote_addr", b"remote_addr", "request_id", b"request_id", "scheme", b"scheme", "traceparent", b"traceparent", "user", b"user", "version_id", b"version_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
