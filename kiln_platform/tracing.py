@@ -97,6 +97,34 @@ def _traceparent(span: Span) -> str:
     return f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
 
 
+def _own_session() -> Any:
+    """An HTTP session whose connections are urllib3's own sockets, whatever later happens to urllib3's pools.
+
+    In a runtime instance, :func:`runtime.httpfetch.install` gives urllib3's pool classes URL Fetch connections
+    for the app (urllib3 may be the very module the exporter loaded). The exporter's pools are subclasses that
+    name urllib3's own connection classes, so its spans still go to the collector's relay, not through URL Fetch.
+    """
+    import requests
+    import requests.adapters
+    from urllib3 import connection, connectionpool
+
+    class Pool(connectionpool.HTTPConnectionPool):
+        ConnectionCls = connection.HTTPConnection
+
+    class TlsPool(connectionpool.HTTPSConnectionPool):
+        ConnectionCls = connection.HTTPSConnection
+
+    class Adapter(requests.adapters.HTTPAdapter):
+        def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+            super().init_poolmanager(*args, **kwargs)
+            self.poolmanager.pool_classes_by_scheme = {"http": Pool, "https": TlsPool}
+
+    session = requests.Session()
+    session.mount("http://", Adapter())
+    session.mount("https://", Adapter())
+    return session
+
+
 class Tracing:
     """One process's tracer: spans batched and exported to ``endpoint`` (see the module docstring)."""
 
@@ -116,7 +144,7 @@ class Tracing:
         self.url = traces_url(endpoint)
         # Resource.create adds OTEL_RESOURCE_ATTRIBUTES; the attributes given here win.
         self.provider: TracerProvider = TracerProvider(resource=Resource.create({SERVICE_NAME: service}))
-        self.provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=self.url)))
+        self.provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=self.url, session=_own_session())))
         # The process's own provider, not the global one: nothing else in the process exports through it.
         self.tracer: Tracer = self.provider.get_tracer("kiln")
         self._propagator = TraceContextTextMapPropagator()
