@@ -11,6 +11,9 @@ import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
+import pytest
+from playwright.sync_api import Browser, Page, sync_playwright
+
 from deploy.dev import DevOptions, DevServer
 from kiln.api import _rpc
 from kiln.pb.cron.v1 import cron_pb2_grpc
@@ -115,3 +118,26 @@ def fetch(server: DevServer, path: str) -> None:
     except urllib.error.HTTPError as err:
         err.read()
 
+
+# -- fixtures of the browser tests (import them into a test module that defines ``dev``, a DevServer) ----------
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Debian's Chromium, driven by Playwright."""
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM))
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser: Browser, dev: DevServer) -> Iterator[Page]:
+    """A new tab on the module's console; the test fails if the page broke its own Content-Security-Policy."""
+    context = browser.new_context(base_url=dev.console_url.rstrip("/"))
+    tab = context.new_page()
+    refused: list[str] = []
+    tab.on("console", lambda msg: refused.append(msg.text) if "Content Security Policy" in msg.text else None)
+    yield tab
+    context.close()
+    assert refused == [], "the page broke its own Content-Security-Policy"

@@ -8,13 +8,13 @@ import re
 from collections.abc import Iterator
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
 from deploy.dev import DevServer
 from kiln.pb.datastore.v1 import datastore_pb2 as ds
 from kiln.pb.logs.v1 import logs_pb2
 from kiln.pb.memcache.v1 import memcache_pb2 as mc
-from tests.integration.consolekit import CHROMIUM, AsApp, console_dev, fetch, timestamp
+from tests.integration.consolekit import AsApp, browser, console_dev, fetch, page, timestamp  # noqa: F401 - fixtures
 
 pytestmark = [pytest.mark.nats, pytest.mark.browser]
 
@@ -32,25 +32,6 @@ def services(dev) -> Iterator[AsApp]:
     calls = AsApp(dev)
     yield calls
     calls.close()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM))
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture
-def page(browser, dev) -> Iterator[Page]:
-    context = browser.new_context(base_url=dev.console_url.rstrip("/"))
-    tab = context.new_page()
-    refused: list[str] = []
-    tab.on("console", lambda msg: refused.append(msg.text) if "Content Security Policy" in msg.text else None)
-    yield tab
-    context.close()
-    assert refused == [], "the page broke its own Content-Security-Policy"
 
 
 def _mark_document(page: Page) -> None:

@@ -10,7 +10,7 @@ import re
 from collections.abc import Iterator
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
 from console import security
 from deploy.dev import DevServer
@@ -21,7 +21,7 @@ from kiln.pb.taskqueue.v1 import taskqueue_pb2 as tq
 from kiln.pb.taskqueue.v1 import taskqueue_pb2_grpc
 from kiln_platform.appcalls import AppCredentials
 from tests.integration.apps import wait_for
-from tests.integration.consolekit import CHROMIUM, console_dev
+from tests.integration.consolekit import browser, console_dev, page  # noqa: F401 - fixtures
 
 pytestmark = [pytest.mark.nats, pytest.mark.browser]
 
@@ -97,25 +97,6 @@ def services(dev) -> Iterator[Calls]:
     calls = Calls(dev)
     yield calls
     calls.close()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM))
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture
-def page(browser, dev) -> Iterator[Page]:
-    context = browser.new_context(base_url=dev.console_url.rstrip("/"))
-    tab = context.new_page()
-    refused: list[str] = []
-    tab.on("console", lambda msg: refused.append(msg.text) if "Content Security Policy" in msg.text else None)
-    yield tab
-    context.close()
-    assert refused == [], "the page broke its own Content-Security-Policy"
 
 
 def _row(page: Page, task: str):
