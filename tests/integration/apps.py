@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import pathlib
+import re
 import time
 import urllib.error
 import urllib.parse
@@ -60,6 +61,22 @@ def request(server: DevServer, path: str, *, method: str = "GET", headers: Mappi
         return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
     finally:
         conn.close()
+
+
+def post_to_upload_form(server: DevServer, form_page: bytes, data: bytes, filename: str, content_type: str,
+                        *, fields: Mapping[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    """Post ``data`` as the file input ``file`` (and ``fields``) to the action of the first form in ``form_page``
+    (an upload URL, as Google's Blobstore samples make): status, headers (lower-case names), body."""
+    found = re.search(rb'<form action="([^"]+)"', form_page)
+    assert found is not None, form_page
+    action = urllib.parse.urlsplit(found.group(1).decode())
+    boundary = "samplephotoboundary"
+    parts = [(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+              f"Content-Type: {content_type}\r\n\r\n").encode() + data + b"\r\n"]
+    parts += [f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+              for name, value in (fields or {}).items()]
+    return request(server, action.path, method="POST", body=b"".join(parts) + f"--{boundary}--\r\n".encode(),
+                   headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
 
 
 def sign_in(server: DevServer, email: str, *, goto: str = "/") -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import re
 import shutil
 import textwrap
 import urllib.parse
@@ -20,7 +19,7 @@ import pytest
 from kiln.pb.logs.v1 import logs_pb2, logs_pb2_grpc
 from kiln_platform import auth
 from tests.integration import apps, webservers
-from tests.integration.apps import request, running
+from tests.integration.apps import post_to_upload_form, request, running
 
 pytestmark = pytest.mark.nats
 
@@ -167,13 +166,8 @@ def test_reading_entries_is_refused_as_not_implemented_naming_what_kiln_answers(
 
 def test_the_django_samples_photo_key_is_logged_with_its_upload_request(django_sample):
     _, _, page = request(django_sample, "/")
-    action = urllib.parse.urlsplit(re.search(rb'<form action="([^"]+)"', page).group(1).decode())
     photo = os.urandom(20_000)
-    boundary = "samplephotoboundary"
-    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="cat.png"\r\n'
-            "Content-Type: image/png\r\n\r\n").encode() + photo + f"\r\n--{boundary}--\r\n".encode()
-    status, headers, answer = request(django_sample, action.path, method="POST", body=body,
-                                      headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    status, headers, answer = post_to_upload_form(django_sample, page, photo, "cat.png", "image/png")
     assert status == 302, answer
     key = urllib.parse.urlsplit(headers["location"]).path.removeprefix("/view_photo/")
     upload = logged_with(django_sample, f"Photo key: {key}")

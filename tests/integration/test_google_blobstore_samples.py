@@ -23,7 +23,7 @@ import pytest
 from kiln.pb.blobstore.v1 import blobstore_pb2 as pb
 from kiln.pb.blobstore.v1 import blobstore_pb2_grpc
 from kiln_platform import auth
-from tests.integration.apps import request, running
+from tests.integration.apps import post_to_upload_form, request, running
 
 pytestmark = pytest.mark.nats
 
@@ -64,15 +64,9 @@ def test_the_samples_form_posts_to_an_upload_url_on_the_apps_host(sample):
 
 def test_a_photo_posted_to_the_sample_is_stored_and_the_sample_redirects_to_it(sample):
     _, _, page = request(sample, "/")
-    action = urllib.parse.urlsplit(re.search(rb'<form action="([^"]+)"', page).group(1).decode())
     photo = os.urandom(70_000)
-    boundary = "samplephotoboundary"
-    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="photo.png"\r\n'
-            "Content-Type: image/png\r\n\r\n").encode() + photo + (
-        f'\r\n--{boundary}\r\nContent-Disposition: form-data; name="submit"\r\n\r\nSubmit\r\n--{boundary}--\r\n'
-    ).encode()
-    status, headers, answer = request(sample, action.path, method="POST", body=body,
-                                      headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    status, headers, answer = post_to_upload_form(sample, page, photo, "photo.png", "image/png",
+                                                  fields={"submit": "Submit"})
     assert status == 302, answer
     location = urllib.parse.urlsplit(headers["location"]).path
     assert location.startswith("/view_photo/")
@@ -82,13 +76,8 @@ def test_a_photo_posted_to_the_sample_is_stored_and_the_sample_redirects_to_it(s
 
 def test_the_photo_posted_to_the_sample_is_then_shown_by_it(sample):
     _, _, page = request(sample, "/")
-    action = urllib.parse.urlsplit(re.search(rb'<form action="([^"]+)"', page).group(1).decode())
     photo = os.urandom(300_000)
-    boundary = "samplephotoboundary"
-    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="cat.jpg"\r\n'
-            "Content-Type: image/jpeg\r\n\r\n").encode() + photo + f"\r\n--{boundary}--\r\n".encode()
-    status, headers, answer = request(sample, action.path, method="POST", body=body,
-                                      headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    status, headers, answer = post_to_upload_form(sample, page, photo, "cat.jpg", "image/jpeg")
     assert status == 302, answer
     status, headers, shown = request(sample, urllib.parse.urlsplit(headers["location"]).path)
     assert (status, headers["content-type"], shown) == (200, "image/jpeg", photo)
