@@ -58,7 +58,8 @@ from kiln.pb.runtime.v1 import events_pb2, http_pb2
 from kiln.sdk import tickets
 from runtime import appengine, httpfetch, inflight, isolation, sandbox, timer
 from runtime.config import RuntimeConfig
-from runtime.wsgi import BadResponseHeaderError, CgiScript, InstanceInfo, WsgiApp, call_app, request_environ
+from runtime.wsgi import (BadResponseHeaderError, CgiScript, InstanceInfo, WsgiApp, call_app, request_environ,
+                          string_variables)
 
 log = logging.getLogger(__name__)
 
@@ -729,7 +730,8 @@ class Instance:
             assert running.deadline is not None
             with tickets.opened(self.app_id, environ, expires_at=running.deadline.hard_at):
                 running.environ = environ
-                with requestscope.serving(environ, lines, running.deadline):
+                with requestscope.serving(environ, lines, running.deadline,
+                                          variables=string_variables(environ, self.info)):
                     resp = app(environ) if isinstance(app, CgiScript) else call_app(app, environ)
         except BadResponseHeaderError as exc:
             # The app's mistake, said once, plainly, where its owner reads (its request log) and in the instance's.

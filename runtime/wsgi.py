@@ -63,9 +63,31 @@ class InstanceInfo:
     env_variables: dict[str, str]
     # What every request's environ starts from (see _instance_environ): computed once, here.
     base_environ: dict[str, Any] = dataclasses.field(init=False, repr=False, compare=False)
+    # The keys of a request's environ whose values are not strings (see string_variables): computed once, here.
+    other_keys: tuple[str, ...] = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "base_environ", _instance_environ(self))  # frozen: set once, never changed
+        base = _instance_environ(self)
+        object.__setattr__(self, "base_environ", base)  # frozen: set once, never changed
+        others = {key for key, value in base.items() if not isinstance(value, str)} | _REQUEST_OTHER_KEYS
+        object.__setattr__(self, "other_keys", tuple(sorted(others)))
+
+
+# The keys build_environ sets per request to values that are not strings (every other value it sets is a string).
+_REQUEST_OTHER_KEYS = frozenset({"wsgi.input", "wsgi.errors"})
+
+
+def string_variables(environ: dict[str, Any], info: InstanceInfo) -> dict[str, str]:
+    """A new dict of the string values of ``environ`` (one request's, from :func:`request_environ` plus string
+    values the runtime adds, such as its API ticket): the request's ``os.environ`` (the request scope's overlay).
+
+    The same as filtering every value by type, made by one copy and the removal of the few keys known to hold
+    other values (:attr:`InstanceInfo.other_keys`).
+    """
+    found = environ.copy()
+    for key in info.other_keys:
+        found.pop(key, None)
+    return found
 
 
 def build_environ(req: http_pb2.HttpRequest, info: InstanceInfo) -> dict[str, Any]:

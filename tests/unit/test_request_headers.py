@@ -6,7 +6,7 @@ from kiln.pb.runtime.v1 import http_pb2
 from kiln_platform.httpfields import response_problem
 from router.headers import from_client, received, repeated_single
 from runtime.wsgi import (BadResponseHeaderError, InstanceInfo, build_environ, call_app, parse_cgi_output,
-                          request_environ)
+                          request_environ, string_variables)
 
 TRUSTED = ["X-AppEngine-Cron", "X-AppEngine-User-Email", "X-AppEngine-User-Id", "X-AppEngine-User-Nickname",
            "X-AppEngine-User-Is-Admin", "X-AppEngine-User-Organization", "X-AppEngine-Inbound-AppId",
@@ -153,3 +153,19 @@ def test_a_request_without_a_queue_name_header_is_not_a_task_whatever_its_app_va
                                      env={"HTTP_X_APPENGINE_QUEUENAME": "from-app-yaml"})
     assert task is False
     assert environ["HTTP_X_APPENGINE_QUEUENAME"] == "from-app-yaml"
+
+
+def test_a_requests_os_environ_holds_exactly_the_string_values_of_its_wsgi_environ_in_a_dict_of_its_own():
+    req = http_pb2.HttpRequest(method="POST", path="/a%20b", host="a.test", scheme="https", body=b"x=1",
+                               user=http_pb2.SignedInUser(email="u@example.com", user_id="1", is_admin=True, proof="p"))
+    for name, value in (("Cookie", "a=1"), ("Cookie", "b=2"), ("X-AppEngine-QueueName", "q"), ("Content-Type", "t")):
+        req.headers.add(name=name, value=value.encode())
+    info = InstanceInfo(app_id="a", version_id="v", minor_version=1, instance_id="i", auth_domain="gmail.com",
+                        default_hostname="a.test", dev=True, env_variables={"MODE": "x", "wsgi.run_once": "shadow"})
+    environ, _ = request_environ(req, info)
+    environ["HTTP_X_APPENGINE_API_TICKET"] = "ticket"  # the runtime adds its ticket before the request scope
+    variables = string_variables(environ, info)
+    assert variables == {k: v for k, v in environ.items() if isinstance(v, str)}
+    assert list(variables) == [k for k, v in environ.items() if isinstance(v, str)]
+    variables["MODE"] = "changed"
+    assert environ["MODE"] == "x"
