@@ -36,7 +36,8 @@ import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+# KILN_STEPS_TREE: another checkout's code measured by this script (bench/runtime_instructions.py compares trees).
+ROOT = pathlib.Path(os.environ.get("KILN_STEPS_TREE") or pathlib.Path(__file__).resolve().parents[1]).resolve()
 sys.path.insert(0, str(ROOT))
 
 from aiohttp.test_utils import make_mocked_request  # noqa: E402
@@ -125,6 +126,8 @@ def main() -> int:
     parser.add_argument("--whole", type=int, default=20000, help="requests per run of the whole-request timings")
     parser.add_argument("--serve-only", type=int, default=0, metavar="N",
                         help="only run Instance._serve N times on a request thread (a slice for callgrind)")
+    parser.add_argument("--whole-only", type=int, default=0, metavar="N",
+                        help="only run N whole requests, 32 arriving per loop turn (a slice for callgrind)")
     args = parser.parse_args()
     sys.setswitchinterval(0.0005)  # as runtime.app.serve sets it
     number, repeat = args.number, args.repeat
@@ -197,7 +200,7 @@ def main() -> int:
 
         r("context variables (request id, app id)",
           lambda: (request_id_var.set(req0.request_id), app_id_var.set(instance.app_id)), "log correlation")
-        r("deadline length (scan headers for X-AppEngine-QueueName)", lambda: instance._deadline_seconds(req0),
+        r("deadline length (task flag from the environ's header pass)", lambda: instance._deadline_seconds(False),
           "guarantee: task deadline")
 
         def timer_pair() -> None:
@@ -221,8 +224,8 @@ def main() -> int:
         ident = threading.get_ident()
         r("  of which: PyThreadState_SetAsyncExc(ident, NULL) via ctypes",
           lambda: runtime_app._SET_ASYNC_EXC(runtime_app.ctypes.c_ulong(ident), None), "")
-        r("handler lookup (unquote, Matcher, app cache)",
-          lambda: instance._loader.resolve(urllib.parse.unquote(req0.path)), "avoidable in part")
+        r("handler lookup (per-path cache of unquote, Matcher, app)",
+          lambda: instance._loader.for_target(req0.path), "")
         r("WSGI environ (build_environ)", lambda: build_environ(req0, instance.info), "guarantee: App Engine CGI")
         environ = build_environ(req0, instance.info)
 
@@ -248,15 +251,6 @@ def main() -> int:
 
         r("  = Instance._serve whole (the request thread's own work)", serve, "")
         return out
-
-    rows.extend(_on_app_thread(app_side))
-    print(f"runtime steps for the hello request, CPU µs per call (best of {repeat} x {number}):")
-    total = 0.0
-    for label, took, kind in rows:
-        if not label.startswith("  "):
-            total += took
-        print(f"  {label:62}{took:8.2f}   {kind}")
-    print(f"  {'sum of the steps (not the = line)':62}{total:8.2f}")
 
     # --- the whole request through the real instance, request threads and loop; respond() only takes the bytes
     async def whole(batch: int, count: int) -> float:
@@ -287,6 +281,21 @@ def main() -> int:
         canned = resp0.SerializeToString()
         instance._serve = lambda state: http_pb2.HttpResponse.FromString(canned)  # type: ignore[method-assign]
         return took + [await whole(batch, args.whole) for batch in (1, 32)]
+
+    if args.whole_only:
+        repeat = 1
+        _on_app_thread(lambda: instance._serve(state0))  # the loading request, as the steps above serve it first
+        asyncio.run(whole(32, args.whole_only))
+        instance._threads.stop()  # request threads are not daemons: the process ends once they have
+        return 0
+    rows.extend(_on_app_thread(app_side))
+    print(f"runtime steps for the hello request, CPU µs per call (best of {repeat} x {number}):")
+    total = 0.0
+    for label, took, kind in rows:
+        if not label.startswith("  "):
+            total += took
+        print(f"  {label:62}{took:8.2f}   {kind}")
+    print(f"  {'sum of the steps (not the = line)':62}{total:8.2f}")
 
     print("whole request in one process (nats-py's socket work not included), CPU µs per request, every thread:")
     labels = [f"on_message to respond, {batch} arriving per loop turn" for batch in (1, 32)]

@@ -124,17 +124,21 @@ def deadline_passed(deadline: _Deadline, environ: Mapping[str, str]) -> None:
 
 @contextlib.contextmanager
 def serving(environ: dict[str, Any], logs: list[LogLine] | None = None,
-            deadline: _Deadline | None = None) -> Iterator[None]:
+            deadline: _Deadline | None = None, *, variables: dict[str, str] | None = None) -> Iterator[None]:
     """Make ``environ`` this thread's request environment for the block (the runtime uses this).
 
     Threads started in the block are joined before it ends; what the request
     logs is appended to ``logs`` (at most :data:`MAX_LOG_LINES` lines); waits on
-    this thread end by ``deadline`` (see module docstring).
+    this thread end by ``deadline`` (see module docstring). ``variables``, when
+    the caller has it, is a new dict of ``environ``'s string values made for this
+    scope alone (the runtime knows which of its keys hold other values:
+    :func:`runtime.wsgi.string_variables`); the request's ``os.environ`` writes go
+    to it, never to ``environ``.
     """
     sys.audit(_APP_THREAD_EVENT)
     previous = (getattr(_local, "environ", None), getattr(_local, "threads", None), getattr(_local, "logs", None),
                 getattr(_local, "deadline", None))
-    _local.environ = {k: v for k, v in environ.items() if isinstance(v, str)}
+    _local.environ = variables if variables is not None else {k: v for k, v in environ.items() if isinstance(v, str)}
     _local.threads = []
     _local.logs = logs if logs is not None else []
     _local.deadline = deadline

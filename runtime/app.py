@@ -59,11 +59,14 @@ from kiln.api import _rpc
 from kiln.sdk import tickets
 from runtime import appengine, httpfetch, inflight, isolation, sandbox, timer
 from runtime.config import RuntimeConfig
-from runtime.wsgi import BadResponseHeaderError, CgiScript, InstanceInfo, WsgiApp, build_environ, call_app
+from runtime.wsgi import (BadResponseHeaderError, CgiScript, InstanceInfo, WsgiApp, call_app, request_environ,
+                          string_variables)
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_CONCURRENT = 10
+# Request paths whose handler an instance remembers (AppLoader.for_target).
+MAX_CACHED_TARGETS = 1024
 # Looked up once, here: the sandbox refuses ctypes symbol lookups on request threads, where it is also called.
 _SET_ASYNC_EXC = ctypes.pythonapi.PyThreadState_SetAsyncExc
 
@@ -78,6 +81,22 @@ class AppLoader:
         self._apps: dict[str, WsgiApp] = {}
         self._scripts: dict[str, CgiScript] = {}
         self._lock = threading.Lock()
+        # Request target (as the router sent it, still %-encoded) -> what serves it: the matching is the same for
+        # every request of the version. Bounded: emptied when full, so one-off paths cannot grow it without end.
+        self._by_target: dict[str, WsgiApp | CgiScript | None] = {}
+
+    def for_target(self, raw_path: str) -> WsgiApp | CgiScript | None:
+        """:meth:`resolve` for the %-encoded request path, remembered per path once its handler has been found (a
+        handler whose app fails to import is looked up again on the next request)."""
+        try:
+            return self._by_target[raw_path]
+        except KeyError:
+            pass
+        found = self.resolve(urllib.parse.unquote(raw_path))
+        if len(self._by_target) >= MAX_CACHED_TARGETS:
+            self._by_target.clear()
+        self._by_target[raw_path] = found
+        return found
 
     def resolve(self, path: str) -> WsgiApp | CgiScript | None:
         """The WSGI app or CGI script for ``path``, or ``None`` when no script handler matches."""
@@ -652,10 +671,10 @@ class Instance:
         resp.loading_request = loading
         return resp
 
-    def _deadline_seconds(self, req: http_pb2.HttpRequest) -> float:
+    def _deadline_seconds(self, task: bool) -> float:
         """The request timer's length: App Engine's 10 minutes for a push task (the router alone sets
         X-AppEngine-QueueName, on the task queue's signed requests), else the configured deadline."""
-        if any(h.name.lower() == "x-appengine-queuename" for h in req.headers):
+        if task:
             return max(self.cfg.request_deadline_seconds, TASK_REQUEST_DEADLINE_SECONDS)
         return self.cfg.request_deadline_seconds
 
@@ -664,16 +683,19 @@ class Instance:
         req = state.req
         assert req is not None
         ident = state.ident = threading.get_ident()
-        state.seconds = self._deadline_seconds(req)
+        # Built before the timer starts (no app code runs in it): its pass over the headers also says whether this
+        # is a push task, which decides the timer's length.
+        environ, task = request_environ(req, self.info)
+        state.seconds = self._deadline_seconds(task)
         try:
             with self._running_lock:
                 state.running = True
                 at = self._timer.start(id(state), state.seconds, state)
                 state.deadline = kiln_runtime._Deadline(at, at + self.cfg.deadline_grace_seconds)
-            return self._call(req, state)
+            return self._call(req, state, environ)
         except kiln_runtime.DeadlineExceededError:
             log.error("request %s did not handle DeadlineExceededError", req.request_id)
-            return self._deadline_error(req)
+            return self._deadline_error(state)
         finally:
             with self._running_lock:
                 state.running = False
@@ -701,7 +723,7 @@ class Instance:
             return  # the handler answered within its grace
         log.error("request %s ignored DeadlineExceededError; this instance will be replaced", state.req.request_id)
         self.doomed.set()
-        self._answer_now(state, self._deadline_error(state.req))
+        self._answer_now(state, self._deadline_error(state))
 
     def _interrupt(self, state: _Request) -> None:
         # The exception first, then the wake-up: a wait it wakes returns straight into the exception.
@@ -713,17 +735,16 @@ class Instance:
         requestscope.deadline_passed(state.deadline,
                                      {k: v for k, v in dict(state.environ).items() if isinstance(v, str)})
 
-    def _deadline_error(self, req: http_pb2.HttpRequest) -> http_pb2.HttpResponse:
-        resp = _error(500, f"request exceeded its {self._deadline_seconds(req):g} s deadline",
+    def _deadline_error(self, state: _Request) -> http_pb2.HttpResponse:
+        resp = _error(500, f"request exceeded its {state.seconds:g} s deadline",
                       self.cfg.instance_id)
         resp.deadline_exceeded = True
         return resp
 
-    def _call(self, req: http_pb2.HttpRequest, running: _Request) -> http_pb2.HttpResponse:
-        app = self._loader.resolve(urllib.parse.unquote(req.path))
+    def _call(self, req: http_pb2.HttpRequest, running: _Request, environ: dict[str, Any]) -> http_pb2.HttpResponse:
+        app = self._loader.for_target(req.path)
         if app is None:
             return _error(404, "no handler matches this URL", self.cfg.instance_id, public="Not Found")
-        environ = build_environ(req, self.info)
         cpu_start = time.thread_time()
         lines: list[requestscope.LogLine] = []
         try:
@@ -732,7 +753,8 @@ class Instance:
             assert running.deadline is not None
             with tickets.opened(self.app_id, environ, expires_at=running.deadline.hard_at):
                 running.environ = environ
-                with requestscope.serving(environ, lines, running.deadline):
+                with requestscope.serving(environ, lines, running.deadline,
+                                          variables=string_variables(environ, self.info)):
                     resp = app(environ) if isinstance(app, CgiScript) else call_app(app, environ)
         except BadResponseHeaderError as exc:
             # The app's mistake, said once, plainly, where its owner reads (its request log) and in the instance's.

@@ -41,6 +41,8 @@ _HEADER_NAME = re.compile(r"[A-Za-z0-9-]+")
 # "; " (RFC 6265 5.4; HTTP/2 splits and rejoins it the same way, RFC 9113 8.2.3), and a "," would make two cookies
 # one (``a=1,b=2`` is one cookie ``a`` to every cookie parser).
 _JOINERS = {"COOKIE": "; "}
+# The CGI name of X-AppEngine-QueueName: a push task's request (request_environ).
+_QUEUE_NAME = "X_APPENGINE_QUEUENAME"
 
 
 class BadResponseHeaderError(ValueError):
@@ -61,19 +63,49 @@ class InstanceInfo:
     env_variables: dict[str, str]
     # What every request's environ starts from (see _instance_environ): computed once, here.
     base_environ: dict[str, Any] = dataclasses.field(init=False, repr=False, compare=False)
+    # The keys of a request's environ whose values are not strings (see string_variables): computed once, here.
+    other_keys: tuple[str, ...] = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "base_environ", _instance_environ(self))  # frozen: set once, never changed
+        base = _instance_environ(self)
+        object.__setattr__(self, "base_environ", base)  # frozen: set once, never changed
+        others = {key for key, value in base.items() if not isinstance(value, str)} | _REQUEST_OTHER_KEYS
+        object.__setattr__(self, "other_keys", tuple(sorted(others)))
+
+
+# The keys build_environ sets per request to values that are not strings (every other value it sets is a string).
+_REQUEST_OTHER_KEYS = frozenset({"wsgi.input", "wsgi.errors"})
+
+
+def string_variables(environ: dict[str, Any], info: InstanceInfo) -> dict[str, str]:
+    """A new dict of the string values of ``environ`` (one request's, from :func:`request_environ` plus string
+    values the runtime adds, such as its API ticket): the request's ``os.environ`` (the request scope's overlay).
+
+    The same as filtering every value by type, made by one copy and the removal of the few keys known to hold
+    other values (:attr:`InstanceInfo.other_keys`).
+    """
+    found = environ.copy()
+    for key in info.other_keys:
+        found.pop(key, None)
+    return found
 
 
 def build_environ(req: http_pb2.HttpRequest, info: InstanceInfo) -> dict[str, Any]:
-    """The WSGI environ for one request.
+    """The WSGI environ for one request (see :func:`request_environ`)."""
+    return request_environ(req, info)[0]
+
+
+def request_environ(req: http_pb2.HttpRequest, info: InstanceInfo) -> tuple[dict[str, Any], bool]:
+    """The WSGI environ for one request, and whether it is a push task's (an ``X-AppEngine-QueueName`` header).
 
     What is the same for every request of the instance is computed once (:func:`_instance_environ`); a request
     copies it and adds its own values, in the order that decides which wins: the app's ``env_variables`` first, then
-    the request's and App Engine's variables, then its headers, then the variables only the runtime sets.
+    the request's and App Engine's variables, then its headers, then the variables only the runtime sets. The task
+    flag comes from the same pass over the headers (the runtime's deadline length needs it; only the router sets
+    the header, on the task queue's signed requests).
     """
     environ = info.base_environ.copy()
+    task = False
     https = req.scheme == "https"
     user = req.user
     email = user.email
@@ -108,6 +140,8 @@ def build_environ(req: http_pb2.HttpRequest, info: InstanceInfo) -> dict[str, An
         elif name == "CONTENT_LENGTH":
             continue  # recomputed from the body below: the body is authoritative
         else:
+            if name == _QUEUE_NAME:
+                task = True
             key = "HTTP_" + name
             environ[key] = f"{environ[key]}{_JOINERS.get(name, ',')}{value}" if key in environ else value
     environ["CONTENT_LENGTH"] = str(len(req.body))
@@ -119,7 +153,7 @@ def build_environ(req: http_pb2.HttpRequest, info: InstanceInfo) -> dict[str, An
         # A push task (only the router sets the header, for the task queue's signed requests) comes from App Engine's
         # task queue address, which the SDK's deferred handler checks outside the development server.
         environ["REMOTE_ADDR"] = TASK_QUEUE_REMOTE_ADDR
-    return environ
+    return environ, task
 
 
 def _instance_environ(info: InstanceInfo) -> dict[str, Any]:

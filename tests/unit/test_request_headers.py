@@ -5,7 +5,8 @@ import pytest
 from kiln.pb.runtime.v1 import http_pb2
 from kiln_platform.httpfields import response_problem
 from router.headers import from_client, received, repeated_single
-from runtime.wsgi import BadResponseHeaderError, InstanceInfo, build_environ, call_app, parse_cgi_output
+from runtime.wsgi import (BadResponseHeaderError, InstanceInfo, build_environ, call_app, parse_cgi_output,
+                          request_environ, string_variables)
 
 TRUSTED = ["X-AppEngine-Cron", "X-AppEngine-User-Email", "X-AppEngine-User-Id", "X-AppEngine-User-Nickname",
            "X-AppEngine-User-Is-Admin", "X-AppEngine-User-Organization", "X-AppEngine-Inbound-AppId",
@@ -129,3 +130,42 @@ def test_the_runtime_sends_wsgi_header_values_as_their_iso_8859_1_bytes():
 def test_the_runtime_refuses_a_cgi_header_http_cannot_carry(output):
     with pytest.raises(BadResponseHeaderError):
         parse_cgi_output(output)
+
+
+def _request_environ(*headers: tuple[str, str], env: dict[str, str] | None = None) -> tuple[dict[str, object], bool]:
+    req = http_pb2.HttpRequest(method="POST", path="/task", host="a.test")
+    for name, value in headers:
+        req.headers.add(name=name, value=value.encode())
+    info = InstanceInfo(app_id="a", version_id="v", minor_version=1, instance_id="i", auth_domain="gmail.com",
+                        default_hostname="a.test", dev=False, env_variables=env or {})
+    return request_environ(req, info)
+
+
+@pytest.mark.parametrize("name", ["X-AppEngine-QueueName", "x-appengine-queuename", "X-APPENGINE-QUEUENAME"])
+def test_the_environs_header_pass_says_a_queue_name_header_makes_a_push_task(name):
+    environ, task = _request_environ(("Host", "a.test"), (name, "default"))
+    assert task is True
+    assert environ["HTTP_X_APPENGINE_QUEUENAME"] == "default"
+
+
+def test_a_request_without_a_queue_name_header_is_not_a_task_whatever_its_app_variables_say():
+    environ, task = _request_environ(("X-AppEngine-TaskName", "t1"), ("X_AppEngine_QueueName", "forged"),
+                                     env={"HTTP_X_APPENGINE_QUEUENAME": "from-app-yaml"})
+    assert task is False
+    assert environ["HTTP_X_APPENGINE_QUEUENAME"] == "from-app-yaml"
+
+
+def test_a_requests_os_environ_holds_exactly_the_string_values_of_its_wsgi_environ_in_a_dict_of_its_own():
+    req = http_pb2.HttpRequest(method="POST", path="/a%20b", host="a.test", scheme="https", body=b"x=1",
+                               user=http_pb2.SignedInUser(email="u@example.com", user_id="1", is_admin=True, proof="p"))
+    for name, value in (("Cookie", "a=1"), ("Cookie", "b=2"), ("X-AppEngine-QueueName", "q"), ("Content-Type", "t")):
+        req.headers.add(name=name, value=value.encode())
+    info = InstanceInfo(app_id="a", version_id="v", minor_version=1, instance_id="i", auth_domain="gmail.com",
+                        default_hostname="a.test", dev=True, env_variables={"MODE": "x", "wsgi.run_once": "shadow"})
+    environ, _ = request_environ(req, info)
+    environ["HTTP_X_APPENGINE_API_TICKET"] = "ticket"  # the runtime adds its ticket before the request scope
+    variables = string_variables(environ, info)
+    assert variables == {k: v for k, v in environ.items() if isinstance(v, str)}
+    assert list(variables) == [k for k, v in environ.items() if isinstance(v, str)]
+    variables["MODE"] = "changed"
+    assert environ["MODE"] == "x"
