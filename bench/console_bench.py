@@ -137,7 +137,10 @@ def seed_mail(calls: Calls, count: int) -> float:
                                        html_body="<p>hello <b>there</b></p>" * 50,
                                        attachments=[mail_pb2.Attachment(file_name="a.txt", data=b"0" * 4096)])
         calls(calls.mail.Send, mail_pb2.SendRequest(message=message))
+    deadline = time.monotonic() + 120
     while len(calls(calls.mail.ListOutbox, mail_pb2.ListOutboxRequest(limit=1000)).messages) < min(count, 1000):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"mail_svc's outbox did not hold {min(count, 1000)} messages within 120 s")
         time.sleep(0.1)
     return time.monotonic() - started
 

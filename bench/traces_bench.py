@@ -33,6 +33,7 @@ import os
 import pathlib
 import re
 import statistics
+import socket
 import subprocess
 import sys
 import tempfile
@@ -217,7 +218,15 @@ def main() -> None:
     collector = subprocess.Popen([sys.executable, "-c", COLLECTOR, str(port)])
     os.environ["KILN_APP_TOKEN"] = "token"
     try:
-        time.sleep(0.5)  # the collector binds its port (a benchmark, not a test)
+        deadline = time.monotonic() + 30
+        while True:  # until the collector listens
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or collector.poll() is not None:
+                    raise SystemExit("the OTLP collector did not start listening within 30 s") from None
+                time.sleep(0.05)
         if args.e2e:
             e2e_rounds(args.rounds, args.seconds, f"http://127.0.0.1:{port}")
             return

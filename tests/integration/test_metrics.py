@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import http.client
 import threading
-import time
 import urllib.request
 
 import grpc
@@ -14,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from kiln.pb.datastore.v1 import datastore_pb2, datastore_pb2_grpc
 from kiln_platform.supervisor import free_port, python_module
+from tests.integration.apps import wait_for
 from tests.integration.conftest import app_metadata, service_env
 
 pytestmark = pytest.mark.nats
@@ -45,13 +45,6 @@ def present(samples: Samples, name: str, **labels: str) -> bool:
     return (name, frozenset(labels.items())) in samples
 
 
-def wait_until(predicate, seconds=60.0):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError("condition not reached")
 
 
 # ------------------------------------------------------------------ gRPC services
@@ -150,7 +143,7 @@ def stack(supervisor, nats_url, tmp_path_factory):
         "--nats-url", nats_url, "--run-dir", str(run / "metered-instances"), "--metrics-listen", manager_metrics,
         "--ready-file", str(run / "manager-metered.ready"), "--", "--listen", "127.0.0.1:0"),
         env=env, ready_file=run / "manager-metered.ready")
-    wait_until(lambda: get(router.address)[0] == 200)
+    wait_for(lambda: get(router.address)[0] == 200, 60)
     return router.address, router_metrics, manager_metrics
 
 
@@ -207,7 +200,7 @@ def test_a_request_waiting_for_an_instance_is_counted_until_it_is_answered(stack
     waiter = threading.Thread(target=lambda: answered.append(get(router, host=f"{IDLE}.example.test")[0]))
     waiter.start()
     try:
-        wait_until(lambda: value(scrape(router_metrics), "kiln_router_requests_waiting", **idle) == 1, 30)
+        wait_for(lambda: value(scrape(router_metrics), "kiln_router_requests_waiting", **idle) == 1, 30)
     finally:
         waiter.join(60)
     after = scrape(router_metrics)
@@ -234,11 +227,11 @@ def test_the_manager_counts_the_requests_its_instances_served(stack):
     def settled() -> bool:
         last.append(value(scrape(manager_metrics), name, **VERSION))
         return len(last) > 15 and last[-1] == last[-15]  # unchanged over 1.5 s: more than one heartbeat
-    wait_until(settled, 60)
+    wait_for(settled, 60)
     before = last[-1]
     for _ in range(20):
         assert get(router)[0] == 200
-    wait_until(lambda: value(scrape(manager_metrics), name, **VERSION) >= before + 20, 30)
+    wait_for(lambda: value(scrape(manager_metrics), name, **VERSION) >= before + 20, 30)
     assert value(scrape(manager_metrics), name, **VERSION) == before + 20
 
 
