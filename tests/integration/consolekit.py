@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import http.client
 import pathlib
 import urllib.error
 import urllib.request
@@ -102,6 +103,19 @@ class AsApp:
     def close(self) -> None:
         for channel in self._channels:
             channel.close()
+
+
+def console_request(dev: DevServer, method: str, path: str, *, headers: dict[str, str] | None = None,
+                    body: str | None = None) -> tuple[int, dict[str, str], str]:
+    """One plain HTTP request to the console (no browser): status, headers (lower-case names), body."""
+    host, _, port = dev.addresses["console"].rpartition(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read().decode()
+    finally:
+        conn.close()
 
 
 def timestamp(when: datetime.datetime) -> ds.Value:

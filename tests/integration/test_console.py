@@ -19,7 +19,7 @@ from kiln.pb.cron.v1 import cron_pb2 as cr
 from kiln.pb.memcache.v1 import memcache_pb2 as mc
 from tests.integration.apps import THREADSAFE_YAML
 from tests.integration.conftest import ROOT
-from tests.integration.consolekit import MAIN, AsApp, console_dev
+from tests.integration.consolekit import MAIN, AsApp, console_dev, console_request
 
 pytestmark = pytest.mark.nats
 
@@ -37,21 +37,9 @@ def services(dev) -> Iterator[AsApp]:
     calls.close()
 
 
-def _request(dev: DevServer, method: str, path: str, *, headers: dict[str, str] | None = None,
-             body: str | None = None) -> tuple[int, dict[str, str], str]:
-    host, _, port = dev.addresses["console"].rpartition(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=30)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        resp = conn.getresponse()
-        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read().decode()
-    finally:
-        conn.close()
-
-
 def _session(dev: DevServer) -> tuple[str, str]:
     """A browser session: its cookie (name=value) and the token its pages carry."""
-    status, headers, html = _request(dev, "GET", "/memcache")
+    status, headers, html = console_request(dev, "GET", "/memcache")
     assert status == 200
     token = re.search(r'name="csrf_token" value="([^"]+)"', html)
     assert token is not None
@@ -72,7 +60,7 @@ FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 def test_an_action_without_the_pages_token_is_refused_and_changes_nothing(dev, services):
     _seed(services)
     cookie, _ = _session(dev)
-    status, _, html = _request(dev, "POST", "/memcache/flush", headers={**FORM, "Cookie": cookie}, body="")
+    status, _, html = console_request(dev, "POST", "/memcache/flush", headers={**FORM, "Cookie": cookie}, body="")
     assert status == 403
     assert "security token" in html
     assert _kept(services)
@@ -82,7 +70,7 @@ def test_an_action_with_another_sessions_token_is_refused(dev, services):
     _seed(services)
     cookie, _ = _session(dev)
     _, theirs = _session(dev)
-    status, _, _ = _request(dev, "POST", "/memcache/flush", headers={**FORM, "Cookie": cookie},
+    status, _, _ = console_request(dev, "POST", "/memcache/flush", headers={**FORM, "Cookie": cookie},
                             body=urllib.parse.urlencode({"csrf_token": theirs}))
     assert status == 403
     assert _kept(services)
@@ -91,7 +79,7 @@ def test_an_action_with_another_sessions_token_is_refused(dev, services):
 def test_an_action_from_another_origin_is_refused_even_with_the_token(dev, services):
     _seed(services)
     cookie, token = _session(dev)
-    status, _, html = _request(dev, "POST", "/memcache/flush", body="",
+    status, _, html = console_request(dev, "POST", "/memcache/flush", body="",
                                headers={**FORM, "Cookie": cookie, security.HEADER: token,
                                         "Origin": "http://evil.example"})
     assert status == 403
@@ -102,7 +90,7 @@ def test_an_action_from_another_origin_is_refused_even_with_the_token(dev, servi
 def test_an_action_with_the_sessions_token_is_done(dev, services):
     _seed(services)
     cookie, token = _session(dev)
-    status, _, _ = _request(dev, "POST", "/memcache/flush", headers={**FORM, "Cookie": cookie},
+    status, _, _ = console_request(dev, "POST", "/memcache/flush", headers={**FORM, "Cookie": cookie},
                             body=urllib.parse.urlencode({"csrf_token": token}))
     assert status == 200
     assert not _kept(services)
@@ -115,7 +103,7 @@ def _report_job(services: AsApp) -> cr.Job:
 
 def test_running_a_cron_job_without_the_pages_token_is_refused_and_runs_nothing(dev, services):
     cookie, _ = _session(dev)
-    status, _, html = _request(dev, "POST", "/cron/run", headers={**FORM, "Cookie": cookie},
+    status, _, html = console_request(dev, "POST", "/cron/run", headers={**FORM, "Cookie": cookie},
                                body=urllib.parse.urlencode({"key": _report_job(services).key}))
     assert status == 403
     assert "security token" in html
@@ -124,15 +112,15 @@ def test_running_a_cron_job_without_the_pages_token_is_refused_and_runs_nothing(
 
 def test_running_a_cron_job_that_is_gone_says_so_and_the_console_keeps_serving(dev):
     cookie, token = _session(dev)
-    status, _, html = _request(dev, "POST", "/cron/run", headers={**FORM, "Cookie": cookie},
+    status, _, html = console_request(dev, "POST", "/cron/run", headers={**FORM, "Cookie": cookie},
                                body=urllib.parse.urlencode({"csrf_token": token, "key": "0123abcd"}))
     assert status == 404
     assert "has no cron job &#39;0123abcd&#39;" in html
-    assert _request(dev, "GET", "/cron")[0] == 200
+    assert console_request(dev, "GET", "/cron")[0] == 200
 
 
 def test_the_session_cookie_is_http_only_and_same_site_strict(dev):
-    _, headers, _ = _request(dev, "GET", "/logs")
+    _, headers, _ = console_request(dev, "GET", "/logs")
     cookie = headers["set-cookie"].lower()
     assert "httponly" in cookie and "samesite=strict" in cookie
 
@@ -140,38 +128,38 @@ def test_the_session_cookie_is_http_only_and_same_site_strict(dev):
 @pytest.mark.parametrize("path", ["/logs", "/datastore", "/memcache", "/static/console.css", "/no-such-page",
                                   "/logs?level=loud"])
 def test_every_response_carries_the_strict_content_security_policy(dev, path):
-    _, headers, _ = _request(dev, "GET", path)
+    _, headers, _ = console_request(dev, "GET", path)
     assert headers["content-security-policy"] == security.CSP
     assert "'unsafe-inline'" not in security.CSP and "script-src 'self'" in security.CSP
     assert headers["x-content-type-options"] == "nosniff"
 
 
 def test_a_host_other_than_the_consoles_is_refused(dev):
-    status, headers, _ = _request(dev, "GET", "/logs", headers={"Host": "rebound.example:80"})
+    status, headers, _ = console_request(dev, "GET", "/logs", headers={"Host": "rebound.example:80"})
     assert status == 421
     assert headers["content-security-policy"] == security.CSP
 
 
 def test_bad_input_gets_a_precise_error_and_the_console_keeps_serving(dev):
-    status, _, html = _request(dev, "GET", "/datastore/entity?key=%3Cscript%3E")
+    status, _, html = console_request(dev, "GET", "/datastore/entity?key=%3Cscript%3E")
     assert status == 400
     assert "not an entity key: &#39;&lt;script&gt;&#39;" in html  # the input is named, escaped
-    status, _, html = _request(dev, "GET", "/datastore?kind=K&cursor=%25%25")
+    status, _, html = console_request(dev, "GET", "/datastore?kind=K&cursor=%25%25")
     assert status == 400 and "cursor: not a page of this table" in html
-    assert _request(dev, "GET", "/logs")[0] == 200
+    assert console_request(dev, "GET", "/logs")[0] == 200
 
 
 def test_a_service_refusal_is_shown_in_the_page(dev):
-    status, _, html = _request(dev, "GET", "/logs?page=bm90LWEtdG9rZW4")
+    status, _, html = console_request(dev, "GET", "/logs?page=bm90LWEtdG9rZW4")
     assert status == 400
     assert "page_token: not a token returned by this service" in html
 
 
 @pytest.mark.parametrize("after", ["", "soon", "1" * 20, "-5"])
 def test_a_live_tail_poll_without_a_time_of_the_list_is_refused(dev, after):
-    status, _, html = _request(dev, "GET", f"/logs/tail?after={after}")
+    status, _, html = console_request(dev, "GET", f"/logs/tail?after={after}")
     assert status == 400 and "after: not a time of this list" in html
-    assert _request(dev, "GET", "/logs/tail?after=0")[0] == 200
+    assert console_request(dev, "GET", "/logs/tail?after=0")[0] == 200
 
 
 # --- kiln dev ----------------------------------------------------------------------------------------------------

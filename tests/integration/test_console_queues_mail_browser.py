@@ -5,7 +5,6 @@ mail_svc themselves. Each task-queue test has a queue of its own (queue.yaml bel
 from __future__ import annotations
 
 import datetime
-import http.client
 import re
 from collections.abc import Iterator
 
@@ -21,7 +20,7 @@ from kiln.pb.taskqueue.v1 import taskqueue_pb2 as tq
 from kiln.pb.taskqueue.v1 import taskqueue_pb2_grpc
 from kiln_platform.appcalls import AppCredentials
 from tests.integration.apps import wait_for
-from tests.integration.consolekit import browser, console_dev, page  # noqa: F401 - fixtures
+from tests.integration.consolekit import browser, console_dev, console_request, page  # noqa: F401 - fixtures
 
 pytestmark = [pytest.mark.nats, pytest.mark.browser]
 
@@ -221,25 +220,13 @@ def test_an_unknown_queue_in_the_address_is_a_precise_error(page):
     expect(page.locator(".notice.error")).to_have_text(re.compile("nosuch"))
 
 
-def _request(dev: DevServer, method: str, path: str, *, headers: dict[str, str] | None = None,
-             body: str | None = None) -> tuple[int, dict[str, str], str]:
-    host, _, port = dev.addresses["console"].rpartition(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=30)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        resp = conn.getresponse()
-        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read().decode()
-    finally:
-        conn.close()
-
-
 @pytest.mark.parametrize("action", ["run", "delete", "purge", "pause"])
 def test_a_queue_action_without_the_pages_token_is_refused_and_changes_nothing(dev, services, action):
     services.add("guarded", f"kept-{action}")
     before = services.names("guarded")
-    _, headers, _ = _request(dev, "GET", "/queues")
+    _, headers, _ = console_request(dev, "GET", "/queues")
     cookie = headers["set-cookie"].split(";")[0]
-    status, _, html = _request(dev, "POST", f"/queues/{action}", body=f"queue=guarded&task=kept-{action}",
+    status, _, html = console_request(dev, "POST", f"/queues/{action}", body=f"queue=guarded&task=kept-{action}",
                                headers={"Content-Type": "application/x-www-form-urlencoded", "Cookie": cookie})
     assert status == 403 and "security token" in html
     assert services.names("guarded") == before
@@ -251,7 +238,7 @@ def test_a_queue_action_without_the_pages_token_is_refused_and_changes_nothing(d
 
 @pytest.mark.parametrize("path", ["/queues", "/queues/tasks?queue=default", "/mail", "/mail/message?id=x"])
 def test_the_new_pages_carry_the_strict_content_security_policy(dev, path):
-    _, headers, _ = _request(dev, "GET", path)
+    _, headers, _ = console_request(dev, "GET", path)
     assert headers["content-security-policy"] == security.CSP
     assert headers["x-content-type-options"] == "nosniff"
 
