@@ -13,6 +13,7 @@ import uuid
 
 import grpc
 import pytest
+from playwright.sync_api import expect, sync_playwright
 
 from console.values import encode_key
 from kiln.pb.datastore.v1 import datastore_pb2 as ds
@@ -20,6 +21,7 @@ from kiln.pb.datastore.v1 import datastore_pb2_grpc
 from kiln_platform import signing
 from kiln_platform.supervisor import free_port, python_module
 from tests.integration.conftest import ROOT, app_metadata, service_env
+from tests.integration.consolekit import CHROMIUM
 from tests.integration.test_control_plane import start_control, token
 
 pytestmark = pytest.mark.nats
@@ -243,3 +245,30 @@ def test_a_page_the_gateway_does_not_route_says_so(cluster):
     status, _, body = visitor.sign_in(ANN, f"http://{cluster.host(cluster.app_a)}/memcache")
     assert status >= 400
     assert "gateway does not route memcache_svc yet" in body
+
+
+@pytest.mark.browser
+def test_in_chromium_an_administrator_signs_in_sees_the_app_and_signs_out(cluster):
+    put_note(cluster, cluster.app_a, "seen-in-chromium")
+    url = f"http://{cluster.host(cluster.app_a)}/datastore?kind=Note"
+    resolve = "MAP console.test 127.0.0.1, MAP *.console.test 127.0.0.1"  # the picker's and the apps' hosts
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=[f"--host-resolver-rules={resolve}"])
+        try:
+            tab = chromium.new_page()
+            refused: list[str] = []
+            tab.on("console", lambda msg: refused.append(msg.text) if "Content Security Policy" in msg.text else None)
+            tab.goto(url)
+            assert tab.url.startswith(f"http://127.0.0.1:{cluster.provider_port}/default/authorize")
+            tab.fill("input[name=username]", "ann")
+            tab.fill("textarea[name=claims]", json.dumps({"email": ANN, "email_verified": True}))
+            tab.click("input[type=submit]")
+            expect(tab).to_have_url(url)
+            expect(tab.get_by_role("link", name="seen-in-chromium")).to_be_visible()
+            tab.get_by_role("button", name="Sign out").click()
+            expect(tab.get_by_role("heading", name="You are signed out")).to_be_visible()
+            tab.goto(url)
+            assert tab.url.startswith(f"http://127.0.0.1:{cluster.provider_port}/default/authorize")
+            assert refused == [], "a console page broke its own Content-Security-Policy"
+        finally:
+            chromium.close()
