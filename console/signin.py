@@ -112,9 +112,9 @@ class SignIn:
                 return await self._callback(request)
             if request.path.startswith("/static/"):  # the stylesheet and htmx: public files, no data
                 return await handler(request)
-            email = self.identity(request)
             if request.path == SIGNOUT_PATH:
                 return self._sign_out(request)
+            email = self.identity(request)
             if email is None:
                 if request.method in _SAFE_METHODS and not render.is_htmx(request):
                     return await self._start(request)
