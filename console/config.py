@@ -12,8 +12,8 @@ from kiln_platform.auth import APP_ID_RE
 from kiln_platform.config import HostPort, ListenAddress, Secret, field, parse_app_emails
 
 # The services the console reaches through the control plane's developer gateway in a cluster (the gateway does
-# not route memcache_svc and mail_svc yet: their pages say so).
-GATEWAY_SERVICES = ("logs", "datastore", "cron", "taskqueue")
+# not route mail_svc: the Mail page says so).
+GATEWAY_SERVICES = ("logs", "datastore", "cron", "taskqueue", "memcache")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -60,8 +60,8 @@ class ConsoleConfig:
                                                "every console replica)")
     session_hours: float = field(8.0, "cluster mode: how long a sign-in lasts")
     gateway: HostPort | None = field(None, "cluster mode: the control plane's gRPC address (host:port): its "
-                                           "developer gateway reaches each app's logs, datastore, cron and task "
-                                           "queues")
+                                           "developer gateway reaches each app's logs, datastore, cron, task "
+                                           "queues and memcache")
     gateway_token: Secret = field(Secret(""), "cluster mode: an admin deploy token for every app (python -m "
                                               "deploy.control mint-token --app '*' --scope admin --name console); "
                                               "kept on the server, never sent to browsers")

@@ -18,6 +18,8 @@ from playwright.sync_api import expect, sync_playwright
 from console.values import encode_key
 from kiln.pb.datastore.v1 import datastore_pb2 as ds
 from kiln.pb.datastore.v1 import datastore_pb2_grpc
+from kiln.pb.memcache.v1 import memcache_pb2 as mc
+from kiln.pb.memcache.v1 import memcache_pb2_grpc
 from kiln_platform import signing
 from kiln_platform.supervisor import free_port, python_module
 from tests.integration.conftest import ROOT, app_metadata, service_env
@@ -34,8 +36,8 @@ COOKIE, NONCE_COOKIE = "kiln_console_signin", "kiln_console_oidc"
 class Cluster:
     """The console's address, its public host (the picker's), and the two apps: A (ann's) and B (bob's)."""
 
-    def __init__(self, port: int, provider_port: int, datastore: str) -> None:
-        self.port, self.provider_port, self.datastore = port, provider_port, datastore
+    def __init__(self, port: int, provider_port: int, datastore: str, memcache: str) -> None:
+        self.port, self.provider_port, self.datastore, self.memcache = port, provider_port, datastore, memcache
         self.root = f"console.test:{port}"
         suffix = uuid.uuid4().hex[:6]
         self.app_a, self.app_b = f"cona{suffix}", f"conb{suffix}"
@@ -45,15 +47,15 @@ class Cluster:
 
 
 @pytest.fixture(scope="module")
-def cluster(supervisor, tmp_path_factory, nats_url, datastore_addr):
+def cluster(supervisor, tmp_path_factory, nats_url, grpc_services):
     provider_port = free_port()
     supervisor.start("oidc-provider-console", ["bash", str(ROOT / "tests" / "oidc" / "provider.sh"), "run",
                                                str(provider_port)],
                      env={**service_env(), "JSON_CONFIG": json.dumps({"interactiveLogin": True})},
                      ready_port=provider_port, timeout=300)
     control = start_control(supervisor, tmp_path_factory, nats_url, "control-console", "--datastore-addr",
-                            datastore_addr)
-    out = Cluster(free_port(), provider_port, datastore_addr)
+                            grpc_services["datastore"], "--memcache-addr", grpc_services["memcache"])
+    out = Cluster(free_port(), provider_port, grpc_services["datastore"], grpc_services["memcache"])
     ready = supervisor.run_dir / "console-cluster.addr"
     env = {**service_env(), "KILN_CONSOLE_OIDC_CLIENT_SECRET": "console-client-secret",
            "KILN_CONSOLE_SESSION_SECRET": SESSION_SECRET, "KILN_CONSOLE_GATEWAY_TOKEN": token("*", name="console")}
@@ -240,11 +242,22 @@ def test_sign_out_removes_the_sign_in(cluster):
     assert status == 302 and location.startswith(f"http://127.0.0.1:{cluster.provider_port}/default/")
 
 
+def test_the_memcache_page_reaches_the_apps_cache_through_the_gateway(cluster):
+    for app, value in ((cluster.app_a, b"cached-for-a"), (cluster.app_b, b"cached-for-b")):
+        with grpc.insecure_channel(cluster.memcache) as channel:
+            memcache_pb2_grpc.MemcacheServiceStub(channel).Set(
+                mc.SetRequest(items=[mc.Item(key=b"greeting", value=value, flags=1)]),  # flags 1: a str
+                metadata=app_metadata(app), timeout=30)
+    status, _, body = Visitor(cluster).sign_in(ANN, f"http://{cluster.host(cluster.app_a)}/memcache?key=greeting")
+    assert status == 200
+    assert "cached-for-a" in body and "cached-for-b" not in body
+
+
 def test_a_page_the_gateway_does_not_route_says_so(cluster):
     visitor = Visitor(cluster)
-    status, _, body = visitor.sign_in(ANN, f"http://{cluster.host(cluster.app_a)}/memcache")
-    assert status >= 400
-    assert "gateway does not route memcache_svc yet" in body
+    status, _, body = visitor.sign_in(ANN, f"http://{cluster.host(cluster.app_a)}/mail")
+    assert status == 412
+    assert "gateway does not route mail_svc yet" in body
 
 
 @pytest.mark.browser
