@@ -41,6 +41,7 @@ class Cluster:
         self.root = f"console.test:{port}"
         suffix = uuid.uuid4().hex[:6]
         self.app_a, self.app_b = f"cona{suffix}", f"conb{suffix}"
+        self.gateway_token = token("*", name="console")  # an admin token of every app, kept by the console
 
     def host(self, app: str) -> str:
         return f"{app}.{self.root}"
@@ -58,7 +59,7 @@ def cluster(supervisor, tmp_path_factory, nats_url, grpc_services):
     out = Cluster(free_port(), provider_port, grpc_services["datastore"], grpc_services["memcache"])
     ready = supervisor.run_dir / "console-cluster.addr"
     env = {**service_env(), "KILN_CONSOLE_OIDC_CLIENT_SECRET": "console-client-secret",
-           "KILN_CONSOLE_SESSION_SECRET": SESSION_SECRET, "KILN_CONSOLE_GATEWAY_TOKEN": token("*", name="console")}
+           "KILN_CONSOLE_SESSION_SECRET": SESSION_SECRET, "KILN_CONSOLE_GATEWAY_TOKEN": out.gateway_token}
     supervisor.start("console-cluster", python_module(
         "console", "--listen", f"127.0.0.1:{out.port}", "--ready-file", str(ready),
         "--oidc-issuer", f"http://127.0.0.1:{provider_port}/default", "--oidc-client-id", "kiln-console",
@@ -161,10 +162,18 @@ def test_a_page_without_sign_in_redirects_to_the_provider_with_state_nonce_and_p
 def test_an_administrator_signs_in_and_sees_the_apps_entities_through_the_gateway(cluster):
     put_note(cluster, cluster.app_a, "hello-a")
     put_note(cluster, cluster.app_b, "hello-b")
-    status, _, body = Visitor(cluster).sign_in(ANN, f"http://{cluster.host(cluster.app_a)}/datastore?kind=Note")
+    visitor = Visitor(cluster)
+    status, _, body = visitor.sign_in(ANN, f"http://{cluster.host(cluster.app_a)}/datastore?kind=Note")
     assert status == 200
     assert "hello-a" in body and "hello-b" not in body
     assert ANN in body and "Sign out" in body
+    assert cluster.gateway_token not in body and cluster.gateway_token not in str(visitor.cookies)
+
+
+def test_an_htmx_request_without_sign_in_is_told_to_sign_in_in_place(cluster):
+    status, _, body = Visitor(cluster).request("GET", f"http://{cluster.host(cluster.app_a)}/datastore?kind=Note",
+                                               headers={"HX-Request": "true"})
+    assert status == 401 and "sign in first" in body and "<html" not in body
 
 
 def test_the_sign_in_cookie_is_httponly_lax_and_reaches_the_app_hosts(cluster):
