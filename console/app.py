@@ -44,8 +44,8 @@ def make_app(services: Services, *, hosts: Callable[[], frozenset[str]] | None =
              signin: SignIn | None = None) -> web.Application:
     """The console's aiohttp application over ``services``.
 
-    Development: it answers the Host values ``hosts()`` gives. Cluster: ``signin`` says which hosts it answers
-    and who may see which app (:mod:`console.signin`).
+    Development: it answers the Host values ``hosts()`` gives. Cluster (``signin`` given; ``hosts`` is then
+    unused): ``signin`` says which hosts it answers and who may see which app (:mod:`console.signin`).
     """
     sessions = security.Sessions()
     if signin is not None:

@@ -5,10 +5,10 @@
   :meth:`console.signin.SignIn.host_ok`; who may see what is :mod:`console.signin`'s, after these guards.)
 * **Headers**: every response carries a strict Content-Security-Policy (scripts, styles and images from the
   console itself only, no inline script, no framing, forms posting only to it) and ``nosniff``.
-* **CSRF**: a browser session is a random id in an HttpOnly, SameSite=Strict cookie (Secure over https); the server keeps one random
-  token per session. Every request other than GET/HEAD must carry that token (the ``X-CSRF-Token`` header htmx
-  sends, or the ``csrf_token`` form field of a plain form) and, when the browser says where it comes from, an
-  ``Origin`` of the console itself. The token is not derived from the cookie, so a cookie planted by another
+* **CSRF**: a browser session is a random id in an HttpOnly, SameSite=Strict cookie (Secure over https); the
+  server keeps one random token per session. Every request other than GET/HEAD must carry that token (the
+  ``X-CSRF-Token`` header htmx sends, or the ``csrf_token`` form field of a plain form) and, when the browser
+  says where it comes from, an ``Origin`` of the console itself. The token is not derived from the cookie, so a cookie planted by another
   site on the same host (cookies ignore ports) gains nothing.
 """
 
