@@ -47,6 +47,17 @@ class Cluster:
         return f"{app}.{self.root}"
 
 
+def start_console(supervisor, cluster: Cluster, name: str, issuer: str, gateway: str) -> None:
+    """``python -m console`` in cluster mode at ``cluster.port``, ann administering app A and bob app B."""
+    ready = supervisor.run_dir / f"{name}.addr"
+    env = {**service_env(), "KILN_CONSOLE_OIDC_CLIENT_SECRET": "console-client-secret",
+           "KILN_CONSOLE_SESSION_SECRET": SESSION_SECRET, "KILN_CONSOLE_GATEWAY_TOKEN": cluster.gateway_token}
+    supervisor.start(name, python_module(
+        "console", "--listen", f"127.0.0.1:{cluster.port}", "--ready-file", str(ready), "--oidc-issuer", issuer,
+        "--oidc-client-id", "kiln-console", "--public-url", f"http://{cluster.root}", "--gateway", gateway,
+        "--admins", f"{cluster.app_a}={ANN},{cluster.app_b}={BOB}"), env=env, ready_file=ready)
+
+
 @pytest.fixture(scope="module")
 def cluster(supervisor, tmp_path_factory, nats_url, grpc_services):
     provider_port = free_port()
@@ -57,14 +68,7 @@ def cluster(supervisor, tmp_path_factory, nats_url, grpc_services):
     control = start_control(supervisor, tmp_path_factory, nats_url, "control-console", "--datastore-addr",
                             grpc_services["datastore"], "--memcache-addr", grpc_services["memcache"])
     out = Cluster(free_port(), provider_port, grpc_services["datastore"], grpc_services["memcache"])
-    ready = supervisor.run_dir / "console-cluster.addr"
-    env = {**service_env(), "KILN_CONSOLE_OIDC_CLIENT_SECRET": "console-client-secret",
-           "KILN_CONSOLE_SESSION_SECRET": SESSION_SECRET, "KILN_CONSOLE_GATEWAY_TOKEN": out.gateway_token}
-    supervisor.start("console-cluster", python_module(
-        "console", "--listen", f"127.0.0.1:{out.port}", "--ready-file", str(ready),
-        "--oidc-issuer", f"http://127.0.0.1:{provider_port}/default", "--oidc-client-id", "kiln-console",
-        "--public-url", f"http://{out.root}", "--gateway", control,
-        "--admins", f"{out.app_a}={ANN},{out.app_b}={BOB}"), env=env, ready_file=ready)
+    start_console(supervisor, out, "console-cluster", f"http://127.0.0.1:{provider_port}/default", control)
     return out
 
 
@@ -294,3 +298,13 @@ def test_in_chromium_an_administrator_signs_in_sees_the_app_and_signs_out(cluste
             assert refused == [], "a console page broke its own Content-Security-Policy"
         finally:
             chromium.close()
+
+
+def test_a_provider_that_cannot_be_reached_is_a_clear_502(supervisor, cluster):
+    down = Cluster(free_port(), free_port(), cluster.datastore, cluster.memcache)  # nothing listens at its provider
+    start_console(supervisor, down, "console-provider-down", f"http://127.0.0.1:{down.provider_port}/default",
+                  "127.0.0.1:1")
+    visitor = Visitor(down)
+    status, _, body = visitor.request("GET", f"http://{down.host(down.app_a)}/datastore")
+    assert status == 502 and "sign-in is unavailable" in body
+    assert NONCE_COOKIE not in visitor.cookies
