@@ -14,8 +14,9 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from console import cron, datastore, logs, mail, memcache, render, security, taskqueues
-from console.backend import Services
-from console.config import ConsoleConfig
+from console.backend import GatewayCredentials, Services
+from console.config import GATEWAY_SERVICES, ConsoleConfig
+from console.signin import SignIn
 from kiln import errors
 from kiln_platform import grpcserver
 from kiln_platform.appcalls import AppCredentials
@@ -39,13 +40,25 @@ async def _home(request: web.Request) -> web.StreamResponse:
     raise web.HTTPFound("/logs")
 
 
-def make_app(services: Services, *, hosts: Callable[[], frozenset[str]]) -> web.Application:
-    """The console's aiohttp application over ``services``, answering the Host values ``hosts()`` gives."""
+def make_app(services: Services, *, hosts: Callable[[], frozenset[str]] | None = None,
+             signin: SignIn | None = None) -> web.Application:
+    """The console's aiohttp application over ``services``.
+
+    Development: it answers the Host values ``hosts()`` gives. Cluster (``signin`` given; ``hosts`` is then
+    unused): ``signin`` says which hosts it answers and who may see which app (:mod:`console.signin`).
+    """
     sessions = security.Sessions()
-    app = web.Application(middlewares=[security.middleware(sessions, hosts, render.problem), _errors],
-                          client_max_size=2 * 1024 * 1024)
+    if signin is not None:
+        middlewares = [security.middleware(sessions, signin.host_ok, render.problem, scheme=signin.scheme),
+                       signin.middleware(), _errors]
+    elif hosts is not None:
+        known = hosts
+        middlewares = [security.middleware(sessions, lambda host: host in known(), render.problem), _errors]
+    else:
+        raise ValueError("make_app: hosts (development) or signin (cluster) is required")
+    app = web.Application(middlewares=middlewares, client_max_size=2 * 1024 * 1024)
     app[SERVICES_KEY] = services
-    app["app_id"] = services.app_id
+    app["app_id"] = "" if signin is not None else services.app_id  # cluster: each request's, set by signin
     app.router.add_get("/", _home)
     for module in (logs, datastore, memcache, cron, taskqueues, mail):
         app.add_routes(module.routes(services))
@@ -55,13 +68,22 @@ def make_app(services: Services, *, hosts: Callable[[], frozenset[str]]) -> web.
 
 async def serve(cfg: ConsoleConfig) -> None:
     """Run the console until SIGTERM."""
-    services = Services(app_id=cfg.app_id, credentials=AppCredentials(cfg.service_secret.get()),
-                        addresses={"logs": cfg.logs_addr, "datastore": cfg.datastore_addr,
-                                   "memcache": cfg.memcache_addr, "cron": cfg.cron_addr,
-                                   "taskqueue": cfg.taskqueue_addr, "mail": cfg.mail_addr},
-                        timeout=cfg.call_timeout_seconds)
+    signin: SignIn | None = None
+    if cfg.cluster:
+        signin = SignIn(cfg)
+        services = Services(app_id="", credentials=GatewayCredentials(cfg.gateway_token.get()),
+                            addresses={name: cfg.gateway for name in GATEWAY_SERVICES},
+                            timeout=cfg.call_timeout_seconds,
+                            missing="the control plane's gateway does not route {service}_svc yet, so this page is "
+                                    "not available in a cluster")
+    else:
+        services = Services(app_id=cfg.app_id, credentials=AppCredentials(cfg.service_secret.get()),
+                            addresses={"logs": cfg.logs_addr, "datastore": cfg.datastore_addr,
+                                       "memcache": cfg.memcache_addr, "cron": cfg.cron_addr,
+                                       "taskqueue": cfg.taskqueue_addr, "mail": cfg.mail_addr},
+                            timeout=cfg.call_timeout_seconds)
     bound: dict[str, frozenset[str]] = {"hosts": frozenset()}
-    app = make_app(services, hosts=lambda: bound["hosts"])
+    app = make_app(services, hosts=lambda: bound["hosts"], signin=signin)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     sock = socket.create_server((cfg.listen.host, cfg.listen.port),
@@ -71,7 +93,10 @@ async def serve(cfg: ConsoleConfig) -> None:
     port = sock.getsockname()[1]
     bound["hosts"] = security.allowed_hosts(port, cfg.allowed_hosts, cfg.listen.host)
     address = f"{cfg.listen.host}:{port}" if ":" not in cfg.listen.host else f"[{cfg.listen.host}]:{port}"
-    log.info("console for app %s serving on http://%s/", cfg.app_id, address)
+    if signin is not None:
+        log.info("console (cluster mode, sign-in at %s) serving on %s", cfg.public_url, address)
+    else:
+        log.info("console for app %s serving on http://%s/", cfg.app_id, address)
     if cfg.ready_file is not None:
         grpcserver.write_ready_file(cfg.ready_file, address)
     try:
@@ -79,4 +104,6 @@ async def serve(cfg: ConsoleConfig) -> None:
     finally:
         await runner.cleanup()
         await services.close()
+        if signin is not None:
+            await signin.client.close()
 

@@ -5,9 +5,10 @@ request. The credentials are a :class:`Credentials`, chosen once at start:
 
 * development (``kiln dev``): :class:`kiln_platform.appcalls.AppCredentials`, app tokens minted from the services'
   shared secret, each service dialled at its own address;
-* a cluster (not built yet): the control plane's developer gateway (``deploy/control/gateway.py``) as the one
-  address of every service, with a server-side admin token and the ``kiln-app`` metadata naming the app the
-  signed-in administrator chose. Only this module changes for it; pages stay as they are.
+* a cluster: :class:`GatewayCredentials`, the control plane's developer gateway (``deploy/control/gateway.py``) as
+  the one address of every service it routes, with a server-side admin deploy token and the ``kiln-app`` metadata
+  naming the app the signed-in administrator opened (:func:`acting_as`, set by :mod:`console.signin` for each
+  request once it has checked that the identity administers that app). Pages stay as they are.
 
 A failed call raises the kiln error its status names (:func:`kiln.api._rpc.error_from`), so pages show the
 service's own message; a service the console was not given raises :class:`ServiceMissingError`.
@@ -15,12 +16,15 @@ service's own message; a service the console was not given raises :class:`Servic
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import contextvars
+from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
 import grpc
 from google.protobuf.message import Message
 
+from deploy.control.gateway import APP_METADATA_KEY
 from kiln import errors
 from kiln.api import _rpc
 from kiln.pb.cron.v1 import cron_pb2_grpc
@@ -29,6 +33,7 @@ from kiln.pb.logs.v1 import logs_pb2_grpc
 from kiln.pb.mail.v1 import mail_pb2_grpc
 from kiln.pb.memcache.v1 import memcache_pb2_grpc
 from kiln.pb.taskqueue.v1 import taskqueue_pb2_grpc
+from kiln_platform import auth
 from kiln_platform.config import HostPort
 
 # Each service the console calls: its stub class, by the name pages use.
@@ -48,11 +53,37 @@ class Credentials(Protocol):
     def metadata(self, app_id: str) -> tuple[tuple[str, str], ...]: ...
 
 
+class GatewayCredentials:
+    """Calls through the control plane's developer gateway: an admin deploy token and the app acted on."""
+
+    def __init__(self, token: str) -> None:
+        if not token:
+            raise ValueError("gateway_token: required to call through the gateway")
+        self._authorization = (auth.METADATA_KEY, f"Bearer {token}")
+
+    def metadata(self, app_id: str) -> tuple[tuple[str, str], ...]:
+        return self._authorization, (APP_METADATA_KEY, app_id)
+
+
+# The app the current request acts on in a cluster (set only by console.signin, after its check).
+_ACTING_AS: contextvars.ContextVar[str] = contextvars.ContextVar("console_acting_as")
+
+
+@contextlib.contextmanager
+def acting_as(app_id: str) -> Iterator[None]:
+    """Within this block, :attr:`Services.app_id` is ``app_id`` (the app a signed-in administrator opened)."""
+    reset = _ACTING_AS.set(app_id)
+    try:
+        yield
+    finally:
+        _ACTING_AS.reset(reset)
+
+
 class ServiceMissingError(errors.FailedPreconditionError):
     """The console was started without this service's address (its page says which setting gives it)."""
 
-    def __init__(self, service: str) -> None:
-        super().__init__(f"the console was started without {service}_svc's address (--{service}-addr)")
+    def __init__(self, service: str, why: str | None = None) -> None:
+        super().__init__(why or f"the console was started without {service}_svc's address (--{service}-addr)")
         self.service = service
 
 
@@ -60,16 +91,29 @@ class Services:
     """Channels to kiln's services and the identity to call them with (see module docstring)."""
 
     def __init__(self, *, app_id: str, credentials: Credentials, addresses: Mapping[str, HostPort | None],
-                 timeout: float) -> None:
+                 timeout: float, missing: str | None = None) -> None:
+        """``app_id``: the app of every call, or empty when each request names it (:func:`acting_as`);
+        ``missing``: what a page of a service without an address says (else it names the setting)."""
         unknown = set(addresses) - set(STUBS)
         if unknown:
             raise ValueError(f"unknown services: {sorted(unknown)}")
-        self.app_id = app_id
+        self._app_id = app_id
+        self._missing = missing
         self._credentials = credentials
         self._timeout = timeout
         self._addresses = {name: addr for name, addr in addresses.items() if addr is not None}
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._stubs: dict[str, Any] = {}
+
+    @property
+    def app_id(self) -> str:
+        """The app the console acts as: the one it was started for, else the current request's."""
+        if self._app_id:
+            return self._app_id
+        found = _ACTING_AS.get("")
+        if not found:  # a page reached without console.signin's check: a bug, never a call as no app
+            raise RuntimeError("no app chosen for this request")
+        return found
 
     def has(self, service: str) -> bool:
         """Whether the console was given ``service``'s address."""
@@ -80,7 +124,7 @@ class Services:
         if found is None:
             address = self._addresses.get(service)
             if address is None:
-                raise ServiceMissingError(service)
+                raise ServiceMissingError(service, self._missing.format(service=service) if self._missing else None)
             channel = self._channels[service] = grpc.aio.insecure_channel(str(address),
                                                                           options=list(_rpc.CHANNEL_OPTIONS))
             found = self._stubs[service] = STUBS[service](channel)

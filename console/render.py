@@ -36,9 +36,10 @@ def page(request: web.Request, template: str, *, status: int = 200, fragment: st
          **context: Any) -> web.Response:
     """``template`` rendered for ``request``: the whole page, or its ``fragment`` template for htmx."""
     name = fragment if fragment is not None and is_htmx(request) else template
+    app_id = request.get("app_id", request.app["app_id"])  # a cluster's console: the app of the request's host
     html = ENV.get_template(name).render(
-        request_path=request.path, csrf_token=request["csrf_token"], pages=PAGES, app_id=request.app["app_id"],
-        htmx=HTMX, **context)
+        request_path=request.path, csrf_token=request["csrf_token"], pages=PAGES if app_id else (), app_id=app_id,
+        signed_in=request.get("signed_in"), htmx=HTMX, **context)
     response = web.Response(text=html, content_type="text/html", status=status)
     response.headers["Cache-Control"] = "no-store"
     response.headers["Vary"] = "HX-Request"

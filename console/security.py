@@ -1,13 +1,14 @@
 """The console's guards, each in one place: the Host check, security headers, and CSRF tokens.
 
 * **Host**: only the console's own names are answered (others get 421), so a page on a hostile domain that
-  rebinds its DNS to 127.0.0.1 cannot read the console.
+  rebinds its DNS to 127.0.0.1 cannot read the console. (In a cluster: the picker's host and the apps' hosts,
+  :meth:`console.signin.SignIn.host_ok`; who may see what is :mod:`console.signin`'s, after these guards.)
 * **Headers**: every response carries a strict Content-Security-Policy (scripts, styles and images from the
   console itself only, no inline script, no framing, forms posting only to it) and ``nosniff``.
-* **CSRF**: a browser session is a random id in an HttpOnly, SameSite=Strict cookie; the server keeps one random
-  token per session. Every request other than GET/HEAD must carry that token (the ``X-CSRF-Token`` header htmx
-  sends, or the ``csrf_token`` form field of a plain form) and, when the browser says where it comes from, an
-  ``Origin`` of the console itself. The token is not derived from the cookie, so a cookie planted by another
+* **CSRF**: a browser session is a random id in an HttpOnly, SameSite=Strict cookie (Secure over https); the
+  server keeps one random token per session. Every request other than GET/HEAD must carry that token (the
+  ``X-CSRF-Token`` header htmx sends, or the ``csrf_token`` form field of a plain form) and, when the browser
+  says where it comes from, an ``Origin`` of the console itself. The token is not derived from the cookie, so a cookie planted by another
   site on the same host (cookies ignore ports) gains nothing.
 """
 
@@ -73,13 +74,18 @@ def allowed_hosts(port: int, extra: Iterable[str], listen_host: str) -> frozense
     return frozenset({f"{n}:{port}" for n in names} | {h.strip().lower() for h in extra if h.strip()})
 
 
-def middleware(sessions: Sessions, hosts: Callable[[], frozenset[str]],
-               refused: Callable[[web.Request, str, int], web.StreamResponse]) -> Callable[..., Awaitable[web.StreamResponse]]:
-    """The aiohttp middleware that applies every guard above to every request."""
+def middleware(sessions: Sessions, host_ok: Callable[[str], bool],
+               refused: Callable[[web.Request, str, int], web.StreamResponse], *,
+               scheme: str | None = None) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """The aiohttp middleware that applies every guard above to every request.
+
+    ``host_ok`` says which Host values are answered; ``scheme`` is the one browsers use when it is not the
+    request's (a cluster's console behind a proxy that ends TLS), for the ``Origin`` check.
+    """
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.host.lower() not in hosts():
+        if not host_ok(request.host.lower()):
             response: web.StreamResponse = web.Response(status=421, text="421: this console does not serve this host\n")
         else:
             session = request.cookies.get(COOKIE)
@@ -87,7 +93,7 @@ def middleware(sessions: Sessions, hosts: Callable[[], frozenset[str]],
             request["csrf_token"] = token
             try:
                 if request.method not in SAFE_METHODS:
-                    await _check_action(request, sessions, session)
+                    await _check_action(request, sessions, session, scheme or request.scheme)
                 response = await handler(request)
             except CsrfRefusedError as exc:
                 response = refused(request, str(exc), 403)
@@ -97,16 +103,17 @@ def middleware(sessions: Sessions, hosts: Callable[[], frozenset[str]],
                     raise
                 response = refused(request, f"{exc.status}: {exc.reason}", exc.status)
             if new_session is not None:
-                response.set_cookie(COOKIE, new_session, httponly=True, samesite="Strict", path="/")
+                response.set_cookie(COOKIE, new_session, httponly=True, samesite="Strict", path="/",
+                                    secure=(scheme or request.scheme) == "https")
         response.headers.update(HEADERS)
         return response
 
     return guard
 
 
-async def _check_action(request: web.Request, sessions: Sessions, session: str | None) -> None:
+async def _check_action(request: web.Request, sessions: Sessions, session: str | None, scheme: str) -> None:
     origin = request.headers.get("Origin")
-    if origin is not None and origin != f"{request.scheme}://{request.host}":
+    if origin is not None and origin != f"{scheme}://{request.host}":
         raise CsrfRefusedError(f"an action from another site ({origin}) is refused")
     presented = request.headers.get(HEADER)
     if presented is None and request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):

@@ -39,6 +39,9 @@ class ControlConfig(StorageConfig, GrpcServiceConfig):
     taskqueue_addr: HostPort | None = field(None, "taskqueue_svc's gRPC address, which kiln taskqueue reaches "
                                                   "through the control plane; empty: kiln taskqueue is refused, "
                                                   "naming this setting")
+    memcache_addr: HostPort | None = field(None, "memcache_svc's gRPC address, which a cluster's console (its "
+                                                 "Memcache page) reaches through the control plane; empty: that "
+                                                 "page is refused, naming this setting")
     blob_grace_seconds: float = field(3600.0, "files no version uses are deleted once they are this old (a deploy "
                                               "in progress has uploaded files its version does not name yet)")
 
