@@ -1,9 +1,9 @@
 """The Datastore page: namespaces and kinds, a paged table of a kind's entities, one entity (edit, delete), a new
-entity, and the GQL console.
+entity, the GQL console, and the app's composite indexes with their states.
 
 Everything comes from datastore_svc's own queries as the console's app: ``__namespace__`` and ``__kind__``
-metadata queries for the lists, a kind query with cursors for the table, Get for one entity, Delete, and GQL run
-by the service's own parser (``RunQuery`` with ``gql_query``). A value is laid out by :mod:`console.values` and
+metadata queries for the lists, a kind query with cursors for the table, Get for one entity, Delete, GQL run
+by the service's own parser (``RunQuery`` with ``gql_query``), and ``ListIndexes`` for the indexes. A value is laid out by :mod:`console.values` and
 escaped by the templates; the entity form is read and type-checked by :mod:`console.forms`.
 
 A save reads the entity in a transaction, compares it with what the page showed (a fingerprint the form carries)
@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import dataclasses
 import urllib.parse
 from collections.abc import AsyncIterator, Iterable, Mapping
 
@@ -99,6 +100,30 @@ def table(results: Iterable[pb.EntityResult]) -> tuple[list[Row], list[str]]:
     rows: list[Row] = [(r.entity, values.encode_key(r.entity.key),
                         {name: values.show(v) for name, v in r.entity.properties.items()}) for r in results]
     return rows, sorted({name for _, _, props in rows for name in props})
+
+
+@dataclasses.dataclass(frozen=True)
+class ShownIndex:
+    """One composite index as the indexes page lists it."""
+
+    kind: str
+    ancestor: bool
+    properties: tuple[tuple[str, str], ...]  # (name, "asc" or "desc"), in index order
+    state: str  # "building", "serving", "deleting", "error" (or "unknown" from a newer service)
+    error: str  # why it could not be built (state "error")
+
+
+_INDEX_STATES = {pb.CompositeIndex.STATE_BUILDING: "building", pb.CompositeIndex.STATE_SERVING: "serving",
+                 pb.CompositeIndex.STATE_DELETING: "deleting", pb.CompositeIndex.STATE_ERROR: "error"}
+
+
+def shown_index(index: pb.CompositeIndex) -> ShownIndex:
+    """``index`` (from ``ListIndexes``) laid out for the page."""
+    return ShownIndex(
+        kind=index.kind, ancestor=index.ancestor,
+        properties=tuple((p.property.name, "desc" if p.direction == pb.PropertyOrder.DIRECTION_DESCENDING else "asc")
+                         for p in index.properties),
+        state=_INDEX_STATES.get(index.state, "unknown"), error=index.error)
 
 
 def entity_url(key: pb.Key, **notice: str) -> str:
@@ -277,6 +302,11 @@ def routes(services: Services) -> list[web.RouteDef]:
                            rows=rows, columns=columns, error=error, needed=needed, more=more, ran=ran,
                            limit=GQL_ROWS, key_path=values.key_path)
 
+    async def indexes_page(request: web.Request) -> web.StreamResponse:
+        answer = await services.call("datastore", "ListIndexes", pb.ListIndexesRequest())
+        shown = sorted((shown_index(i) for i in answer.indexes), key=lambda i: (i.kind, i.properties, i.ancestor))
+        return render.page(request, "indexes.html", indexes=shown)
+
     async def delete(request: web.Request) -> web.StreamResponse:
         form = await request.post()
         raw = form.get("key")
@@ -295,7 +325,7 @@ def routes(services: Services) -> list[web.RouteDef]:
     return [web.get("/datastore", datastore_page), web.get("/datastore/entity", entity_page),
             web.post("/datastore/delete", delete), web.post("/datastore/save", save),
             web.get("/datastore/new", new_page), web.post("/datastore/create", create),
-            web.get("/datastore/gql", gql_page)]
+            web.get("/datastore/gql", gql_page), web.get("/datastore/indexes", indexes_page)]
 
 
 def _edit_form(encoded: str, version: str, fields: list[forms.Field]) -> dict[str, object]:

@@ -16,6 +16,7 @@ from console import forms, values
 from deploy.dev import DevServer
 from kiln.pb.datastore.v1 import datastore_pb2 as ds
 from kiln_platform.supervisor import python_module
+from tests.integration.apps import wait_for
 from tests.integration.conftest import SECRET, service_env
 from tests.integration.consolekit import AsApp, browser, console_dev, page, timestamp  # noqa: F401 - fixtures
 
@@ -24,10 +25,26 @@ pytestmark = [pytest.mark.nats, pytest.mark.browser]
 HOSTILE = '<script>window.pwned = 1</script><img src="x" onerror="window.pwned = 2">'
 
 
+# The app declares one composite index (the indexes page lists it with its state).
+INDEX_YAML = """indexes:
+- kind: Album
+  ancestor: yes
+  properties:
+  - name: year
+    direction: desc
+  - name: title
+"""
+
+
 @pytest.fixture(scope="module")
 def dev(tmp_path_factory) -> Iterator[DevServer]:
-    with console_dev(tmp_path_factory.mktemp("console-edit") / "app") as server:
+    app_dir = tmp_path_factory.mktemp("console-edit") / "app"
+    app_dir.mkdir()
+    (app_dir / "index.yaml").write_text(INDEX_YAML)
+    with console_dev(app_dir) as server:
         yield server
+
+
 
 
 @pytest.fixture(scope="module")
@@ -227,6 +244,38 @@ def test_a_hostile_gql_query_is_shown_as_text(page):
     assert page.locator("#gql-q").input_value() == HOSTILE
     assert page.locator("main script, main img").count() == 0
     assert page.evaluate("window.pwned === undefined")
+
+
+# --- indexes -----------------------------------------------------------------------------------------------------
+
+
+def _states(services: AsApp) -> dict[str, int]:
+    answer = services.call(services.datastore.ListIndexes, ds.ListIndexesRequest())
+    return {i.kind: i.state for i in answer.indexes}
+
+
+def test_an_index_declared_in_index_yaml_is_listed_serving_with_its_properties(page, services):
+    wait_for(lambda: _states(services).get("Album") == ds.CompositeIndex.STATE_SERVING, 60)  # built in the background
+    page.goto("/datastore")
+    page.get_by_role("link", name="Indexes").click()
+    row = page.locator("table.indexes tbody tr", has=page.locator("th", has_text="Album"))
+    expect(row.locator(".ancestor")).to_have_text("yes")
+    expect(row.locator(".props li")).to_have_text(["year desc", "title asc"])
+    expect(row.locator(".state")).to_have_text("serving")
+
+
+def test_an_index_kiln_dev_added_for_a_gql_query_is_listed_serving(page, services):
+    services.put("Track", "t1", {"album": ds.Value(string_value="a"), "length": ds.Value(integer_value=3)})
+    page.goto("/datastore/gql")
+    page.locator("#gql-q").fill("SELECT * FROM Track WHERE album = 'a' ORDER BY length DESC")
+    page.get_by_role("button", name="Run").click()
+    expect(page.locator("table.entities tbody th")).to_have_text(["Track:'t1'"])
+    assert _states(services)["Track"] == ds.CompositeIndex.STATE_SERVING
+    page.goto("/datastore/indexes")
+    row = page.locator("table.indexes tbody tr", has=page.locator("th", has_text="Track"))
+    expect(row.locator(".ancestor")).to_have_text("no")
+    expect(row.locator(".props li")).to_have_text(["album asc", "length desc"])
+    expect(row.locator(".state")).to_have_text("serving")
 
 
 # --- the index a query needs (a datastore that does not add indexes itself, as in a cluster) -----------------------
