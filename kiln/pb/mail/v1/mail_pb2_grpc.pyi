@@ -47,6 +47,11 @@ class MailServiceStub:
     """ListOutbox lists the calling app's messages in the development outbox
     (mail_svc without a relay), newest first.
     """
+    ListDeadLetters: _grpc.UnaryUnaryMultiCallable[_mail_pb2.ListDeadLettersRequest, _mail_pb2.ListDeadLettersResponse]
+    """ListDeadLetters lists the calling app's mail that will not be delivered
+    (kept on the KILN_MAIL_DEAD stream with why), newest first, a page at a
+    time.
+    """
 
 @_typing.type_check_only
 class MailServiceAsyncStub(MailServiceStub):
@@ -60,6 +65,11 @@ class MailServiceAsyncStub(MailServiceStub):
     ListOutbox: _aio.UnaryUnaryMultiCallable[_mail_pb2.ListOutboxRequest, _mail_pb2.ListOutboxResponse]  # type: ignore[assignment]
     """ListOutbox lists the calling app's messages in the development outbox
     (mail_svc without a relay), newest first.
+    """
+    ListDeadLetters: _aio.UnaryUnaryMultiCallable[_mail_pb2.ListDeadLettersRequest, _mail_pb2.ListDeadLettersResponse]  # type: ignore[assignment]
+    """ListDeadLetters lists the calling app's mail that will not be delivered
+    (kept on the KILN_MAIL_DEAD stream with why), newest first, a page at a
+    time.
     """
 
 class MailServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -89,6 +99,17 @@ class MailServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_mail_pb2.ListOutboxResponse, _abc.Awaitable[_mail_pb2.ListOutboxResponse]]:
         """ListOutbox lists the calling app's messages in the development outbox
         (mail_svc without a relay), newest first.
+        """
+
+    @_abc_1.abstractmethod
+    def ListDeadLetters(
+        self,
+        request: _mail_pb2.ListDeadLettersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_mail_pb2.ListDeadLettersResponse, _abc.Awaitable[_mail_pb2.ListDeadLettersResponse]]:
+        """ListDeadLetters lists the calling app's mail that will not be delivered
+        (kept on the KILN_MAIL_DEAD stream with why), newest first, a page at a
+        time.
         """
 
 def add_MailServiceServicer_to_server(servicer: MailServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
