@@ -120,6 +120,7 @@ def shown(item: pb.OutboxMessage) -> Shown:
 class Dead:
     """One dead letter as its page lists it."""
 
+    sequence: int
     subject: str
     sender: str
     to: str
@@ -131,7 +132,7 @@ class Dead:
 
 def dead(letter: pb.DeadLetter) -> Dead:
     """``letter`` (from mail_svc's ``ListDeadLetters``) as the dead-letter page lists it."""
-    return Dead(subject=letter.subject, sender=letter.envelope_from, to=", ".join(letter.recipients),
+    return Dead(sequence=letter.sequence, subject=letter.subject, sender=letter.envelope_from, to=", ".join(letter.recipients),
                 reason=letter.reason, attempts=str(letter.attempts) if letter.attempts else "not recorded",
                 queued=_utc(letter.queued_at), dead=_utc(letter.dead_at))
 
@@ -161,15 +162,28 @@ def routes(services: Services) -> list[web.RouteDef]:
             raise NotFoundError(f"the outbox has no message {message_id}")
         return render.page(request, "mail_message.html", m=shown(answer.messages[0]))
 
-    async def dead_page(request: web.Request) -> web.StreamResponse:
-        token = request.query.get("page", "")
+    async def show_dead(request: web.Request, token: str, message: str = "") -> web.StreamResponse:
         if len(token) > MAX_TOKEN:
             raise BadRequestError("page: not a page of the dead letters (start again from the newest)")
         answer = await services.call("mail", "ListDeadLetters", pb.ListDeadLettersRequest(page_size=DEAD_PAGE,
                                                                                           page_token=token))
         return render.page(request, "mail_dead.html", fragment="mail_dead_rows.html",
-                           letters=[dead(d) for d in answer.dead_letters],
+                           letters=[dead(d) for d in answer.dead_letters], page=token, message=message,
                            next_url=dead_url(answer.next_page_token) if answer.next_page_token else "",
                            first_url=dead_url() if token else "")
 
-    return [web.get("/mail", mail_page), web.get("/mail/message", message_page), web.get("/mail/dead", dead_page)]
+    async def dead_page(request: web.Request) -> web.StreamResponse:
+        return await show_dead(request, request.query.get("page", ""))
+
+    async def delete_dead(request: web.Request) -> web.StreamResponse:
+        form = await request.post()
+        sequence, token = form.get("sequence"), form.get("page", "")
+        if not isinstance(sequence, str) or not sequence.isascii() or not sequence.isdigit() or len(sequence) > 20:
+            raise BadRequestError("sequence: name the dead letter to delete")
+        await services.call("mail", "DeleteDeadLetter", pb.DeleteDeadLetterRequest(sequence=int(sequence)))
+        if not render.is_htmx(request):
+            raise web.HTTPSeeOther(dead_url(token if isinstance(token, str) else ""))
+        return await show_dead(request, token if isinstance(token, str) else "", message="Deleted the dead letter.")
+
+    return [web.get("/mail", mail_page), web.get("/mail/message", message_page), web.get("/mail/dead", dead_page),
+            web.post("/mail/dead/delete", delete_dead)]

@@ -296,6 +296,20 @@ class MailQueue:
             return page[:limit], page[limit - 1].sequence
         return page, 0
 
+    async def delete_dead_letter(self, app_id: str, sequence: int) -> bool:
+        """Remove ``app_id``'s dead letter at stream sequence ``sequence``; False when there is none (another
+        app's letter is none too: it is neither deleted nor said to exist)."""
+        try:
+            found = await self.js.get_msg(DEAD_STREAM, seq=sequence)
+            if found.subject != DEAD_PREFIX + app_id:
+                return False
+            return bool(await self.js.delete_msg(DEAD_STREAM, sequence))
+        except nats.js.errors.NotFoundError:
+            return False
+        except (nats.errors.Error, asyncio.TimeoutError) as exc:
+            raise UnavailableError(f"the mail dead-letter stream (NATS JetStream) could not be changed: {exc}") \
+                from None
+
     async def subscribe(self) -> JetStreamContext.PullSubscription:
         """The shared durable consumer every replica's workers pull from."""
         return await self.js.pull_subscribe(SUBJECT_PREFIX + ">", durable=CONSUMER, stream=STREAM,

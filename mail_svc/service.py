@@ -9,7 +9,7 @@ import grpc
 
 from kiln import mailrules
 from kiln_platform import auth, grpcserver
-from kiln.errors import BadRequestError, FailedPreconditionError
+from kiln.errors import BadRequestError, FailedPreconditionError, NotFoundError
 from kiln.pb.mail.v1 import mail_pb2 as pb
 from kiln.pb.mail.v1 import mail_pb2_grpc
 from mail_svc.errors import UnauthorizedSenderError
@@ -110,6 +110,15 @@ class MailService(mail_pb2_grpc.MailServiceServicer):
         letters, next_before = await self._queue.dead_letters(app, limit=request.page_size or DEFAULT_DEAD_PAGE,
                                                               before=before)
         return pb.ListDeadLettersResponse(dead_letters=letters, next_page_token=str(next_before) if next_before else "")
+
+    async def DeleteDeadLetter(self, request: pb.DeleteDeadLetterRequest,
+                               context: grpc.aio.ServicerContext[Any, Any]) -> pb.DeleteDeadLetterResponse:
+        app = grpcserver.caller_app()
+        if request.sequence <= 0:
+            raise BadRequestError("sequence: name the dead letter (its DeadLetter.sequence)")
+        if not await self._queue.delete_dead_letter(app, request.sequence):
+            raise NotFoundError(f"no dead letter {request.sequence} of app {app!r} (it may have been deleted)")
+        return pb.DeleteDeadLetterResponse()
 
     def _check(self, app: str, message: pb.MailMessage, user_email: str, user_proof: str,
                recipients: list[str] | None) -> Rendered:

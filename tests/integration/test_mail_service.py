@@ -18,6 +18,7 @@ import uuid
 import grpc
 import nats
 import pytest
+from playwright.sync_api import expect, sync_playwright
 
 from kiln_platform import auth
 from kiln.api import mail
@@ -26,7 +27,9 @@ from kiln.pb.mail.v1 import mail_pb2_grpc
 from kiln_platform.supervisor import free_port, nats_server_binary, python_module
 from mail_svc import queue as mail_queue
 from tests.integration import smtpservers
+from tests.integration.apps import wait_for
 from tests.integration.conftest import SECRET, app_metadata, service_env
+from tests.integration.consolekit import CHROMIUM
 from tests.unit.zips import nested, zipped
 
 pytestmark = pytest.mark.nats
@@ -367,6 +370,72 @@ def test_the_consoles_dead_letter_pages_go_back_to_the_oldest_without_duplicates
     assert subjects <= set(shown)
     status, page = console_get(mail_console, "/mail/dead?page=not-a-token")
     assert status == 400 and "page_token: not a next_page_token of ListDeadLetters" in page
+
+
+def refused_letter(service, relay, app=APP, **fields):
+    """A message the relay refuses for good, once it is a dead letter (its ListDeadLetters entry)."""
+    relay.data_replies.append("554 5.7.1 refused")
+    sent = service.send(app=app, **fields)
+    found = []
+
+    def listed():  # through the RPC (a browser test's Playwright holds the thread's event loop)
+        found[:] = [d for d in dead_page(service, app=app, page_size=500).dead_letters
+                    if d.message_id == sent.message_id]
+        return found
+    wait_for(listed, 20)
+    return found[0]
+
+
+def delete_dead(service, sequence, app=APP):
+    return service.stub.DeleteDeadLetter(pb.DeleteDeadLetterRequest(sequence=sequence), metadata=app_metadata(app),
+                                         timeout=30)
+
+
+def test_an_app_deletes_its_own_dead_letter_and_a_second_delete_is_not_found(service, relay):
+    letter = refused_letter(service, relay, subject="delete me")
+    delete_dead(service, letter.sequence)
+    assert letter.message_id not in {d.message_id for d in dead_page(service, page_size=500).dead_letters}
+    with pytest.raises(grpc.RpcError) as err:
+        delete_dead(service, letter.sequence)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert err.value.details() == f"no dead letter {letter.sequence} of app 'mailer' (it may have been deleted)"
+
+
+def test_deleting_another_apps_dead_letter_is_not_found_and_keeps_it(service, relay):
+    letter = refused_letter(service, relay, app="other-app", sender="robot@other-app.mail.localhost")
+    with pytest.raises(grpc.RpcError) as err:
+        delete_dead(service, letter.sequence)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert letter.message_id in {d.message_id for d in dead_page(service, app="other-app").dead_letters}
+
+
+def test_deleting_dead_letter_zero_is_refused_precisely(service):
+    with pytest.raises(grpc.RpcError) as err:
+        delete_dead(service, 0)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details() == "sequence: name the dead letter (its DeadLetter.sequence)"
+
+
+@pytest.mark.browser
+def test_deleting_a_dead_letter_in_the_console_asks_first_and_removes_it(service, relay, mail_console):
+    letter = refused_letter(service, relay, subject="delete me in the browser")
+    # Playwright for this test alone (not consolekit's module-wide browser): its event loop would stay on the
+    # thread and the module's other tests use asyncio.run.
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM))
+        try:
+            page = browser.new_page(base_url=f"http://{mail_console}")
+            page.goto("/mail/dead")
+            row = page.locator("table.dead tbody tr", has_text="delete me in the browser")
+            asked = []
+            page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.accept()))
+            row.get_by_role("button", name="Delete").click()
+            expect(page.locator("#dead-message")).to_have_text("Deleted the dead letter.")
+            expect(row).to_have_count(0)
+            assert asked == ["Delete the dead letter delete me in the browser? It is not sent."]
+        finally:
+            browser.close()
+    assert letter.message_id not in {d.message_id for d in dead_page(service, page_size=500).dead_letters}
 
 
 def test_deferred_recipient_is_retried_on_its_own(service, relay):

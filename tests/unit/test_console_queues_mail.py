@@ -93,7 +93,7 @@ def _dead_letter(attempts: int) -> ml.DeadLetter:
 
 def test_a_dead_letter_is_listed_with_its_recipients_reason_attempts_and_times():
     assert mail.dead(_dead_letter(3)) == mail.Dead(
-        subject="Hi", sender="robot@app.example", to="ann@example.org, bob@example.org", reason="550 gone",
+        sequence=7, subject="Hi", sender="robot@app.example", to="ann@example.org, bob@example.org", reason="550 gone",
         attempts="3", queued="2027-01-15 08:00:00 UTC", dead="2027-01-15 08:01:30 UTC")
 
 

@@ -531,6 +531,45 @@ class ListDeadLettersResponse(_message.Message):
 Global___ListDeadLettersResponse: _TypeAlias = ListDeadLettersResponse  # noqa: Y015
 
 @_typing.final
+class DeleteDeadLetterRequest(_message.Message):
+    """DeleteDeadLetterRequest names the dead letter to remove."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """Its DeadLetter.sequence (NOT_FOUND unless it is one of the app's)."""
+    def __init__(
+        self,
+        *,
+        sequence: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sequence", b"sequence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteDeadLetterRequest: _TypeAlias = DeleteDeadLetterRequest  # noqa: Y015
+
+@_typing.final
+class DeleteDeadLetterResponse(_message.Message):
+    """DeleteDeadLetterResponse is empty."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteDeadLetterResponse: _TypeAlias = DeleteDeadLetterResponse  # noqa: Y015
+
+@_typing.final
 class QueuedMail(_message.Message):
     """QueuedMail is a message accepted by mail_svc and waiting for delivery on the
     KILN_MAIL JetStream stream (between mail_svc replicas; apps never see it).

@@ -56,6 +56,11 @@ class MailServiceStub:
                 request_serializer=kiln_dot_pb_dot_mail_dot_v1_dot_mail__pb2.ListDeadLettersRequest.SerializeToString,
                 response_deserializer=kiln_dot_pb_dot_mail_dot_v1_dot_mail__pb2.ListDeadLettersResponse.FromString,
                 _registered_method=True)
+        self.DeleteDeadLetter = channel.unary_unary(
+                '/kiln.pb.mail.v1.MailService/DeleteDeadLetter',
+                request_serializer=kiln_dot_pb_dot_mail_dot_v1_dot_mail__pb2.DeleteDeadLetterRequest.SerializeToString,
+                response_deserializer=kiln_dot_pb_dot_mail_dot_v1_dot_mail__pb2.DeleteDeadLetterResponse.FromString,
+                _registered_method=True)
 
 
 class MailServiceServicer:
@@ -93,6 +98,13 @@ class MailServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteDeadLetter(self, request, context):
+        """DeleteDeadLetter removes one of the calling app's dead letters.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MailServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -115,6 +127,11 @@ def add_MailServiceServicer_to_server(servicer, server):
                     servicer.ListDeadLetters,
                     request_deserializer=kiln_dot_pb_dot_mail_dot_v1_dot_mail__pb2.ListDeadLettersRequest.FromString,
                     response_serializer=kiln_dot_pb_dot_mail_dot_v1_dot_mail__pb2.ListDeadLettersResponse.SerializeToString,
+            ),
+            'DeleteDeadLetter': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteDeadLetter,
+                    request_deserializer=kiln_dot_pb_dot_mail_dot_v1_dot_mail__pb2.DeleteDeadLetterRequest.FromString,
+                    response_serializer=kiln_dot_pb_dot_mail_dot_v1_dot_mail__pb2.DeleteDeadLetterResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -226,6 +243,33 @@ class MailService:
             '/kiln.pb.mail.v1.MailService/ListDeadLetters',
             kiln_dot_pb_dot_mail_dot_v1_dot_mail__pb2.ListDeadLettersRequest.SerializeToString,
             kiln_dot_pb_dot_mail_dot_v1_dot_mail__pb2.ListDeadLettersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteDeadLetter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kiln.pb.mail.v1.MailService/DeleteDeadLetter',
+            kiln_dot_pb_dot_mail_dot_v1_dot_mail__pb2.DeleteDeadLetterRequest.SerializeToString,
+            kiln_dot_pb_dot_mail_dot_v1_dot_mail__pb2.DeleteDeadLetterResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -52,6 +52,8 @@ class MailServiceStub:
     (kept on the KILN_MAIL_DEAD stream with why), newest first, a page at a
     time.
     """
+    DeleteDeadLetter: _grpc.UnaryUnaryMultiCallable[_mail_pb2.DeleteDeadLetterRequest, _mail_pb2.DeleteDeadLetterResponse]
+    """DeleteDeadLetter removes one of the calling app's dead letters."""
 
 @_typing.type_check_only
 class MailServiceAsyncStub(MailServiceStub):
@@ -71,6 +73,8 @@ class MailServiceAsyncStub(MailServiceStub):
     (kept on the KILN_MAIL_DEAD stream with why), newest first, a page at a
     time.
     """
+    DeleteDeadLetter: _aio.UnaryUnaryMultiCallable[_mail_pb2.DeleteDeadLetterRequest, _mail_pb2.DeleteDeadLetterResponse]  # type: ignore[assignment]
+    """DeleteDeadLetter removes one of the calling app's dead letters."""
 
 class MailServiceServicer(metaclass=_abc_1.ABCMeta):
     """MailService sends mail for apps."""
@@ -111,5 +115,13 @@ class MailServiceServicer(metaclass=_abc_1.ABCMeta):
         (kept on the KILN_MAIL_DEAD stream with why), newest first, a page at a
         time.
         """
+
+    @_abc_1.abstractmethod
+    def DeleteDeadLetter(
+        self,
+        request: _mail_pb2.DeleteDeadLetterRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_mail_pb2.DeleteDeadLetterResponse, _abc.Awaitable[_mail_pb2.DeleteDeadLetterResponse]]:
+        """DeleteDeadLetter removes one of the calling app's dead letters."""
 
 def add_MailServiceServicer_to_server(servicer: MailServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
