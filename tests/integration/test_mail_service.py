@@ -416,6 +416,22 @@ def test_deleting_dead_letter_zero_is_refused_precisely(service):
     assert err.value.details() == "sequence: name the dead letter (its DeadLetter.sequence)"
 
 
+def test_deleting_a_dead_letter_in_the_console_without_the_pages_token_is_refused_and_keeps_it(service, relay,
+                                                                                              mail_console):
+    letter = refused_letter(service, relay, subject="kept without a token")
+    host, _, port = mail_console.rpartition(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        conn.request("POST", "/mail/dead/delete", body=f"sequence={letter.sequence}",
+                     headers={"Content-Type": "application/x-www-form-urlencoded"})
+        resp = conn.getresponse()
+        page = resp.read().decode()
+    finally:
+        conn.close()
+    assert resp.status == 403 and "security token" in page
+    assert letter.message_id in {d.message_id for d in dead_page(service, page_size=500).dead_letters}
+
+
 @pytest.mark.browser
 def test_deleting_a_dead_letter_in_the_console_asks_first_and_removes_it(service, relay, mail_console):
     letter = refused_letter(service, relay, subject="delete me in the browser")
