@@ -29,7 +29,7 @@ from mail_svc import queue as mail_queue
 from tests.integration import smtpservers
 from tests.integration.apps import wait_for
 from tests.integration.conftest import SECRET, app_metadata, service_env
-from tests.integration.consolekit import CHROMIUM
+from tests.integration.consolekit import CHROMIUM, mark_document, not_reloaded
 from tests.unit.zips import nested, zipped
 
 pytestmark = pytest.mark.nats
@@ -432,26 +432,51 @@ def test_deleting_a_dead_letter_in_the_console_without_the_pages_token_is_refuse
     assert letter.message_id in {d.message_id for d in dead_page(service, page_size=500).dead_letters}
 
 
-@pytest.mark.browser
-def test_deleting_a_dead_letter_in_the_console_asks_first_and_removes_it(service, relay, mail_console):
-    letter = refused_letter(service, relay, subject="delete me in the browser")
-    # Playwright for this test alone (not consolekit's module-wide browser): its event loop would stay on the
-    # thread and the module's other tests use asyncio.run.
+@pytest.fixture
+def console_tab(mail_console):
+    """A tab of Debian's Chromium on the mail console. Playwright for this test alone (not consolekit's module-wide
+    browser): its event loop would stay on the thread, and the module's other tests use asyncio.run."""
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM))
         try:
-            page = browser.new_page(base_url=f"http://{mail_console}")
-            page.goto("/mail/dead")
-            row = page.locator("table.dead tbody tr", has_text="delete me in the browser")
-            asked = []
-            page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.accept()))
-            row.get_by_role("button", name="Delete").click()
-            expect(page.locator("#dead-message")).to_have_text("Deleted the dead letter.")
-            expect(row).to_have_count(0)
-            assert asked == ["Delete the dead letter delete me in the browser? It is not sent."]
+            yield browser.new_page(base_url=f"http://{mail_console}")
         finally:
             browser.close()
+
+
+@pytest.mark.browser
+def test_deleting_a_dead_letter_in_the_console_asks_first_and_removes_it(service, relay, console_tab):
+    letter = refused_letter(service, relay, subject="delete me in the browser")
+    page = console_tab
+    page.goto("/mail/dead")
+    row = page.locator("table.dead tbody tr", has_text="delete me in the browser")
+    asked = []
+    page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.accept()))
+    row.get_by_role("button", name="Delete").click()
+    expect(page.locator("#dead-message")).to_have_text("Deleted the dead letter.")
+    expect(row).to_have_count(0)
+    assert asked == ["Delete the dead letter delete me in the browser? It is not sent."]
     assert letter.message_id not in {d.message_id for d in dead_page(service, page_size=500).dead_letters}
+
+
+@pytest.mark.browser
+def test_the_consoles_older_dead_letters_load_without_reloading_the_page(service, relay, console_tab):
+    relay.replies["gone@example.org"] = "550 5.1.1 gone"
+    have = len(dead_page(service, page_size=500).dead_letters)
+    for n in range(max(0, 51 - have)):
+        service.send(to=["gone@example.org"], subject=f"older {n}")
+    wait_for(lambda: len(dead_page(service, page_size=500).dead_letters) >= 51, 60)
+    total = len(dead_page(service, page_size=500).dead_letters)
+    page = console_tab
+    page.goto("/mail/dead")
+    mark_document(page)
+    first = page.locator("table.dead tbody th").all_inner_texts()
+    assert len(first) == 50
+    page.get_by_role("link", name="Older").click()
+    expect(page.get_by_role("link", name="Newest")).to_be_visible()
+    older = page.locator("table.dead tbody th").all_inner_texts()
+    assert len(older) == min(total - 50, 50)
+    assert not_reloaded(page)
 
 
 def test_deferred_recipient_is_retried_on_its_own(service, relay):
