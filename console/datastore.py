@@ -1,9 +1,10 @@
 """The Datastore page: namespaces and kinds, a paged table of a kind's entities, one entity (edit, delete), a new
-entity, and the GQL console.
+entity, the GQL console, and the app's composite indexes with their states.
 
 Everything comes from datastore_svc's own queries as the console's app: ``__namespace__`` and ``__kind__``
-metadata queries for the lists, a kind query with cursors for the table, Get for one entity, Delete, and GQL run
-by the service's own parser (``RunQuery`` with ``gql_query``). A value is laid out by :mod:`console.values` and
+metadata queries for the lists, a kind query with cursors for the table, Get for one entity, Delete, GQL run
+by the service's own parser (``RunQuery`` with ``gql_query``; its next pages by the cursor, in a link signed by
+:mod:`console.pagetokens`), and ``ListIndexes`` for the indexes. A value is laid out by :mod:`console.values` and
 escaped by the templates; the entity form is read and type-checked by :mod:`console.forms`.
 
 A save reads the entity in a transaction, compares it with what the page showed (a fingerprint the form carries)
@@ -16,13 +17,14 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import dataclasses
 import urllib.parse
 from collections.abc import AsyncIterator, Iterable, Mapping
 
 from aiohttp import web
 from markupsafe import Markup, escape
 
-from console import forms, render, values
+from console import forms, pagetokens, render, values
 from console.backend import Services
 from kiln.errors import (AlreadyExistsError, BadRequestError, ConflictError, KilnError, NeedIndexError,
                          NotFoundError)
@@ -99,6 +101,75 @@ def table(results: Iterable[pb.EntityResult]) -> tuple[list[Row], list[str]]:
     rows: list[Row] = [(r.entity, values.encode_key(r.entity.key),
                         {name: values.show(v) for name, v in r.entity.properties.items()}) for r in results]
     return rows, sorted({name for _, _, props in rows for name in props})
+
+
+@dataclasses.dataclass(frozen=True)
+class ShownIndex:
+    """One composite index as the indexes page lists it."""
+
+    kind: str
+    ancestor: bool
+    properties: tuple[tuple[str, str], ...]  # (name, "asc" or "desc"), in index order
+    state: str  # "building", "serving", "deleting", "error" (or "unknown" from a newer service)
+    error: str  # why it could not be built (state "error")
+
+
+_INDEX_STATES = {pb.CompositeIndex.STATE_BUILDING: "building", pb.CompositeIndex.STATE_SERVING: "serving",
+                 pb.CompositeIndex.STATE_DELETING: "deleting", pb.CompositeIndex.STATE_ERROR: "error"}
+
+
+def shown_index(index: pb.CompositeIndex) -> ShownIndex:
+    """``index`` (from ``ListIndexes``) laid out for the page."""
+    return ShownIndex(
+        kind=index.kind, ancestor=index.ancestor,
+        properties=tuple((p.property.name, "desc" if p.direction == pb.PropertyOrder.DIRECTION_DESCENDING else "asc")
+                         for p in index.properties),
+        state=_INDEX_STATES.get(index.state, "unknown"), error=index.error)
+
+
+def gql_url(namespace: str, text: str, cursor: str = "") -> str:
+    """The GQL page running ``text`` in ``namespace`` (from the page ``cursor`` starts)."""
+    return "/datastore/gql?" + urllib.parse.urlencode({"ns": namespace, "q": text} | ({"cursor": cursor} if cursor else {}))
+
+
+def next_gql_query(answer: pb.RunQueryResponse, shown: int) -> pb.Query | None:
+    """The structured query that returns what follows ``answer`` (None when nothing does).
+
+    The service answered with the query it compiled; the rest starts at the batch's end cursor, skips what is left
+    of the OFFSET, and returns what is left of the LIMIT.
+    """
+    batch = answer.batch
+    if shown < GQL_ROWS or batch.more_results != pb.QueryResultBatch.MORE_RESULTS_TYPE_NOT_FINISHED or \
+            not batch.end_cursor:
+        return None
+    rest = pb.Query()
+    rest.CopyFrom(answer.query)
+    rest.start_cursor = batch.end_cursor
+    rest.offset = max(0, answer.query.offset - batch.skipped_results)
+    if answer.query.HasField("limit"):
+        if answer.query.limit <= shown:
+            return None
+        rest.limit = answer.query.limit - shown
+    return rest
+
+
+def _gql_context(namespace: str, text: str) -> str:
+    return f"gql\0{namespace}\0{text}"
+
+
+def gql_page_token(tokens: pagetokens.PageTokens, namespace: str, text: str, rest: pb.Query, first: int) -> str:
+    """The signed token of the page that runs ``rest`` (of the GQL ``text``), its first result numbered ``first``."""
+    return tokens.sign(_gql_context(namespace, text), first.to_bytes(8, "big") + rest.SerializeToString())
+
+
+def open_gql_page(tokens: pagetokens.PageTokens, namespace: str, text: str, token: str) -> tuple[pb.Query, int]:
+    """The query and first result number a :func:`gql_page_token` carries for ``text`` in ``namespace``.
+
+    Raises:
+        BadRequestError: the token was not made by this console for this query, or was changed.
+    """
+    payload = tokens.open(_gql_context(namespace, text), token)
+    return pb.Query.FromString(payload[8:]), int.from_bytes(payload[:8], "big")
 
 
 def entity_url(key: pb.Key, **notice: str) -> str:
@@ -251,19 +322,28 @@ def routes(services: Services) -> list[web.RouteDef]:
             await txn.put(entity)
         return _moved(request, entity_url(key, saved="1"))
 
+    tokens = pagetokens.PageTokens()
+
     async def gql_page(request: web.Request) -> web.StreamResponse:
         namespace, text = _text(request, "ns"), request.query.get("q", "")
         if len(text) > MAX_GQL:
             raise BadRequestError(f"q: at most {MAX_GQL} characters")
+        token = request.query.get("cursor", "")
         rows: list[Row] = []
         columns: list[str] = []
-        error = needed = ""
-        more = ran = False
-        if text.strip():
+        error = needed = next_url = ""
+        first = 1
+        ran = False
+        if token:  # a next page: the rest of the query, as the service compiled it for the first page
+            rest, first = open_gql_page(tokens, namespace, text, token)
+            run = pb.RunQueryRequest(partition_id=pb.PartitionId(namespace=namespace), query=rest,
+                                     batch_size=GQL_ROWS)
+        else:
+            run = pb.RunQueryRequest(partition_id=pb.PartitionId(namespace=namespace),
+                                     gql_query=pb.GqlQuery(query_string=text), batch_size=GQL_ROWS)
+        if token or text.strip():
             try:
-                answer = await services.call("datastore", "RunQuery", pb.RunQueryRequest(
-                    partition_id=pb.PartitionId(namespace=namespace), gql_query=pb.GqlQuery(query_string=text),
-                    batch_size=GQL_ROWS))
+                answer = await services.call("datastore", "RunQuery", run)
             except NeedIndexError as exc:
                 error, _, needed = str(exc).partition("\n\n")
             except BadRequestError as exc:
@@ -271,11 +351,19 @@ def routes(services: Services) -> list[web.RouteDef]:
             else:
                 ran = True
                 rows, columns = table(answer.batch.entity_results[:GQL_ROWS])
-                more = len(rows) == GQL_ROWS and \
-                    answer.batch.more_results != pb.QueryResultBatch.MORE_RESULTS_TYPE_NO_MORE_RESULTS
+                following = next_gql_query(answer, len(rows))
+                if following is not None:
+                    next_url = gql_url(namespace, text, gql_page_token(tokens, namespace, text, following,
+                                                                       first + len(rows)))
         return render.page(request, "gql.html", fragment="gql_results.html", namespace=namespace, query=text,
-                           rows=rows, columns=columns, error=error, needed=needed, more=more, ran=ran,
-                           limit=GQL_ROWS, key_path=values.key_path)
+                           rows=rows, columns=columns, error=error, needed=needed, ran=ran, first=first,
+                           next_url=next_url, first_url=gql_url(namespace, text) if token else "",
+                           key_path=values.key_path)
+
+    async def indexes_page(request: web.Request) -> web.StreamResponse:
+        answer = await services.call("datastore", "ListIndexes", pb.ListIndexesRequest())
+        shown = sorted((shown_index(i) for i in answer.indexes), key=lambda i: (i.kind, i.properties, i.ancestor))
+        return render.page(request, "indexes.html", indexes=shown)
 
     async def delete(request: web.Request) -> web.StreamResponse:
         form = await request.post()
@@ -295,7 +383,7 @@ def routes(services: Services) -> list[web.RouteDef]:
     return [web.get("/datastore", datastore_page), web.get("/datastore/entity", entity_page),
             web.post("/datastore/delete", delete), web.post("/datastore/save", save),
             web.get("/datastore/new", new_page), web.post("/datastore/create", create),
-            web.get("/datastore/gql", gql_page)]
+            web.get("/datastore/gql", gql_page), web.get("/datastore/indexes", indexes_page)]
 
 
 def _edit_form(encoded: str, version: str, fields: list[forms.Field]) -> dict[str, object]:

@@ -1,6 +1,8 @@
 """The Mail page: the development outbox (mail_svc's ListOutbox): the messages the app sent, newest first, and
 one message with its envelope, headers, plain part, HTML part and attachments. The list asks for envelopes and
-subjects only (``without_raw``); a message's page asks for that one message (``message_id``).
+subjects only (``without_raw``); a message's page asks for that one message (``message_id``). In a cluster (mail
+through a relay) the dead-letter page lists the app's mail that will not be delivered, with why (mail_svc's
+``ListDeadLetters``, newest first, paged without a reload).
 
 A message is hostile input. Its text is escaped like every value; its HTML part is shown only inside an
 ``<iframe sandbox srcdoc=…>``: the empty ``sandbox`` runs no script and gives the frame an opaque origin (no
@@ -19,13 +21,16 @@ import email.policy
 import urllib.parse
 
 from aiohttp import web
+from google.protobuf import timestamp_pb2
 
 from console import render
 from console.backend import Services
-from kiln.errors import BadRequestError, NotFoundError
+from kiln.errors import BadRequestError, FailedPreconditionError, NotFoundError
 from kiln.pb.mail.v1 import mail_pb2 as pb
 
 LIST_SIZE = 100  # messages on the list
+DEAD_PAGE = 50  # dead letters a page
+MAX_TOKEN = 40  # characters of a dead-letter page token (mail_svc checks what it means)
 SHOWN_HEADERS = ("From", "To", "Cc", "Reply-To", "Subject", "Date")
 _PARSER = email.parser.BytesParser(policy=email.policy.default)
 
@@ -62,9 +67,13 @@ class Shown:
     attachments: list[Attachment]
 
 
+def _utc(stamp: timestamp_pb2.Timestamp) -> str:
+    return stamp.ToDatetime(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 def when(item: pb.OutboxMessage) -> str:
     """When the outbox kept ``item`` (UTC)."""
-    return item.queued_at.ToDatetime(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return _utc(item.queued_at)
 
 
 def message_url(message_id: str) -> str:
@@ -107,12 +116,42 @@ def shown(item: pb.OutboxMessage) -> Shown:
                  attachments=attachments)
 
 
+@dataclasses.dataclass(frozen=True)
+class Dead:
+    """One dead letter as its page lists it."""
+
+    sequence: int
+    subject: str
+    sender: str
+    to: str
+    reason: str
+    attempts: str
+    queued: str
+    dead: str
+
+
+def dead(letter: pb.DeadLetter) -> Dead:
+    """``letter`` (from mail_svc's ``ListDeadLetters``) as the dead-letter page lists it."""
+    return Dead(sequence=letter.sequence, subject=letter.subject, sender=letter.envelope_from, to=", ".join(letter.recipients),
+                reason=letter.reason, attempts=str(letter.attempts) if letter.attempts else "not recorded",
+                queued=_utc(letter.queued_at), dead=_utc(letter.dead_at))
+
+
+def dead_url(token: str = "") -> str:
+    """The dead-letter page (the older page ``token`` names)."""
+    return "/mail/dead" + ("?" + urllib.parse.urlencode({"page": token}) if token else "")
+
+
 def routes(services: Services) -> list[web.RouteDef]:
     """The page's routes."""
 
     async def mail_page(request: web.Request) -> web.StreamResponse:
-        answer = await services.call("mail", "ListOutbox", pb.ListOutboxRequest(limit=LIST_SIZE, without_raw=True))
-        return render.page(request, "mail.html", messages=[summary(m) for m in answer.messages])
+        try:
+            answer = await services.call("mail", "ListOutbox", pb.ListOutboxRequest(limit=LIST_SIZE,
+                                                                                    without_raw=True))
+        except FailedPreconditionError:  # a cluster's mail_svc delivers through a relay and keeps no outbox
+            return render.page(request, "mail.html", messages=[], outbox=False)
+        return render.page(request, "mail.html", messages=[summary(m) for m in answer.messages], outbox=True)
 
     async def message_page(request: web.Request) -> web.StreamResponse:
         message_id = request.query.get("id", "")
@@ -123,4 +162,28 @@ def routes(services: Services) -> list[web.RouteDef]:
             raise NotFoundError(f"the outbox has no message {message_id}")
         return render.page(request, "mail_message.html", m=shown(answer.messages[0]))
 
-    return [web.get("/mail", mail_page), web.get("/mail/message", message_page)]
+    async def show_dead(request: web.Request, token: str, message: str = "") -> web.StreamResponse:
+        if len(token) > MAX_TOKEN:
+            raise BadRequestError("page: not a page of the dead letters (start again from the newest)")
+        answer = await services.call("mail", "ListDeadLetters", pb.ListDeadLettersRequest(page_size=DEAD_PAGE,
+                                                                                          page_token=token))
+        return render.page(request, "mail_dead.html", fragment="mail_dead_rows.html",
+                           letters=[dead(d) for d in answer.dead_letters], page=token, message=message,
+                           next_url=dead_url(answer.next_page_token) if answer.next_page_token else "",
+                           first_url=dead_url() if token else "")
+
+    async def dead_page(request: web.Request) -> web.StreamResponse:
+        return await show_dead(request, request.query.get("page", ""))
+
+    async def delete_dead(request: web.Request) -> web.StreamResponse:
+        form = await request.post()
+        sequence, token = form.get("sequence"), form.get("page", "")
+        if not isinstance(sequence, str) or not sequence.isascii() or not sequence.isdigit() or len(sequence) > 20:
+            raise BadRequestError("sequence: name the dead letter to delete")
+        await services.call("mail", "DeleteDeadLetter", pb.DeleteDeadLetterRequest(sequence=int(sequence)))
+        if not render.is_htmx(request):
+            raise web.HTTPSeeOther(dead_url(token if isinstance(token, str) else ""))
+        return await show_dead(request, token if isinstance(token, str) else "", message="Deleted the dead letter.")
+
+    return [web.get("/mail", mail_page), web.get("/mail/message", message_page), web.get("/mail/dead", dead_page),
+            web.post("/mail/dead/delete", delete_dead)]

@@ -60,6 +60,18 @@ CRON_YAML = """cron:
   url: /tasks/stock
   schedule: every 15 minutes
 """
+INDEX_YAML = """indexes:
+- kind: Product
+  properties:
+  - name: tags
+  - name: price
+    direction: desc
+- kind: Order
+  ancestor: yes
+  properties:
+  - name: total
+    direction: desc
+"""
 GQL = "SELECT * FROM Product WHERE price > 2.0 ORDER BY price DESC"
 QUEUE_YAML = """queue:
 - name: emails
@@ -173,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         (app_dir / "main.py").write_text(MAIN)
         (app_dir / "cron.yaml").write_text(CRON_YAML)
         (app_dir / "queue.yaml").write_text(QUEUE_YAML)
+        (app_dir / "index.yaml").write_text(INDEX_YAML)
         server = DevServer(DevOptions(app_dir=app_dir, port=0, console_port=0, data_dir=app_dir / "data"))
         server.start()
         try:
@@ -203,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
                 page.screenshot(path=str(args.out / "entity-new.png"), full_page=True)
                 page.goto("/datastore/gql?q=" + urllib.parse.quote(GQL))
                 page.screenshot(path=str(args.out / "gql.png"), full_page=True)
+                page.goto("/datastore/indexes")
+                page.screenshot(path=str(args.out / "indexes.png"), full_page=True)
                 page.goto("/memcache?key=product%3A1002")
                 page.screenshot(path=str(args.out / "memcache.png"), full_page=True)
                 page.goto("/cron")

@@ -37,6 +37,7 @@ with the reason. Recipients refused temporarily while others were accepted are r
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import json
@@ -50,7 +51,7 @@ import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import (ConsumerConfig, KeyValueConfig, ObjectStoreConfig, RetentionPolicy, StorageType,
+from nats.js.api import (AckPolicy, ConsumerConfig, DeliverPolicy, KeyValueConfig, ObjectStoreConfig, RetentionPolicy, StorageType,
                          StreamConfig)
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
@@ -72,6 +73,9 @@ BODIES_BUCKET = "kiln-mail-bodies"
 # Room for the QueuedMail envelope around an inline message.
 ENVELOPE_ALLOWANCE = 16 * 1024
 DEAD_MAX_AGE_SECONDS = 30 * 24 * 3600
+ATTEMPTS_HEADER = "Kiln-Attempts"
+DEAD_READ_BATCH = 256  # dead letters read per round trip when listing
+DEAD_READER_IDLE_SECONDS = 30.0  # a listing's consumer vanishes this long after a reader died mid-page
 # How long one attempt to store a delivery's record may take. Short, because a request that a killed nats-server
 # swallowed is never answered: the next attempt goes out on the new connection.
 RECORD_ATTEMPT_SECONDS = 2.0
@@ -249,13 +253,62 @@ class MailQueue:
             with contextlib.suppress(nats.errors.Error):
                 await self._bodies.delete(queued.raw_object)
 
-    async def dead_letter(self, queued: pb.QueuedMail, reason: str) -> None:
-        """Keep a message that will not be delivered, with why, on the dead-letter stream."""
+    async def dead_letter(self, queued: pb.QueuedMail, reason: str, *, attempts: int) -> None:
+        """Keep a message that will not be delivered, with why and after how many attempts, on the dead-letter
+        stream (under the sending app's subject, which is what scopes :meth:`dead_letters`)."""
         await self.js.publish(DEAD_PREFIX + queued.app_id, queued.SerializeToString(),
                               headers={"Kiln-Reason": reason[:1000].replace("\r", " ").replace("\n", " "),
+                                       ATTEMPTS_HEADER: str(attempts),
                                        "Nats-Msg-Id": "dead-" + delivery_key(queued.message_id,
                                                                              list(queued.recipients))},
                               timeout=10)
+
+    async def dead_letters(self, app_id: str, *, limit: int, before: int | None) -> tuple[list[pb.DeadLetter], int]:
+        """A page of ``app_id``'s dead letters, newest first: at most ``limit`` of those stored before stream
+        sequence ``before`` (all when None), and the sequence to pass as ``before`` for the next page (0: none).
+
+        JetStream reads a subject forwards only, so this reads the app's letters older than ``before`` with an
+        ephemeral consumer filtered to its subject (in batches) and keeps the newest ``limit``: a page costs
+        the app's dead letters of the last :data:`DEAD_MAX_AGE_SECONDS`, not the stream's.
+        """
+        kept: collections.deque[pb.DeadLetter] = collections.deque(maxlen=limit + 1)
+        sub = await self.js.pull_subscribe(
+            DEAD_PREFIX + app_id, stream=DEAD_STREAM,
+            config=ConsumerConfig(ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL,
+                                  inactive_threshold=DEAD_READER_IDLE_SECONDS, mem_storage=True))
+        try:
+            pending = (await sub.consumer_info()).num_pending or 0
+            while pending > 0:
+                msgs = await sub.fetch(min(DEAD_READ_BATCH, pending), timeout=5)
+                for msg in msgs:
+                    pending = msg.metadata.num_pending
+                    if before is not None and msg.metadata.sequence.stream >= before:
+                        pending = 0
+                        break
+                    kept.append(_dead_letter(msg))
+        except (nats.errors.Error, asyncio.TimeoutError) as exc:
+            raise UnavailableError(f"the mail dead-letter stream (NATS JetStream) could not be read: {exc}") from None
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+        page = list(reversed(kept))
+        if len(page) > limit:
+            return page[:limit], page[limit - 1].sequence
+        return page, 0
+
+    async def delete_dead_letter(self, app_id: str, sequence: int) -> bool:
+        """Remove ``app_id``'s dead letter at stream sequence ``sequence``; False when there is none (another
+        app's letter is none too: it is neither deleted nor said to exist)."""
+        try:
+            found = await self.js.get_msg(DEAD_STREAM, seq=sequence)
+            if found.subject != DEAD_PREFIX + app_id:
+                return False
+            return bool(await self.js.delete_msg(DEAD_STREAM, sequence))
+        except nats.js.errors.NotFoundError:
+            return False
+        except (nats.errors.Error, asyncio.TimeoutError) as exc:
+            raise UnavailableError(f"the mail dead-letter stream (NATS JetStream) could not be changed: {exc}") \
+                from None
 
     async def subscribe(self) -> JetStreamContext.PullSubscription:
         """The shared durable consumer every replica's workers pull from."""
@@ -274,6 +327,19 @@ class Claim:
 
     def value(self) -> bytes:
         return json.dumps({"claimed_by": self.owner, "at": time.time()}).encode()
+
+
+def _dead_letter(msg: Msg) -> pb.DeadLetter:
+    """One message of the dead-letter stream as the contract shows it (its body, headers and place)."""
+    queued = pb.QueuedMail.FromString(msg.data)
+    headers = msg.headers or {}
+    attempts = headers.get(ATTEMPTS_HEADER, "")
+    letter = pb.DeadLetter(sequence=msg.metadata.sequence.stream, message_id=queued.message_id,
+                           envelope_from=queued.envelope_from, recipients=queued.recipients, subject=queued.subject,
+                           queued_at=queued.queued_at, reason=headers.get("Kiln-Reason", ""),
+                           attempts=int(attempts) if attempts.isdigit() else 0)
+    letter.dead_at.FromDatetime(msg.metadata.timestamp)
+    return letter
 
 
 def _refresh_interval(settings: QueueSettings) -> float:
@@ -365,7 +431,7 @@ class Deliverer:
         claim = await self._queue.claim(key)
         if isinstance(claim, Outcome):
             log.info("mail %s was delivered before a restart; not sending it again", queued.message_id)
-            await self._after_partial(queued, claim)  # idempotent: finishes what a crash may have cut short
+            await self._after_partial(queued, claim, attempt)  # idempotent: finishes what a crash may have cut short
             await self._finish(msg, queued)
             return
         if claim is None:
@@ -382,13 +448,13 @@ class Deliverer:
             return
         except PermanentFailure as exc:
             log.warning("mail %s of %s refused for good: %s", queued.message_id, queued.app_id, exc)
-            await self._queue.dead_letter(queued, str(exc))
+            await self._queue.dead_letter(queued, str(exc), attempts=attempt)
             await self._queue.release(claim)
             await self._finish(msg, queued)
             return
         await self._record(queued, key, outcome, time.monotonic())
         self.delivered += 1
-        await self._after_partial(queued, outcome)
+        await self._after_partial(queued, outcome, attempt)
         await self._finish(msg, queued)
 
     async def _record(self, queued: pb.QueuedMail, key: str, outcome: Outcome, accepted_at: float) -> None:
@@ -417,7 +483,7 @@ class Deliverer:
             log.debug("delivery of mail %s recorded %.2f ms after the relay accepted it", queued.message_id,
                       took * 1000)
 
-    async def _after_partial(self, queued: pb.QueuedMail, outcome: Outcome) -> None:
+    async def _after_partial(self, queued: pb.QueuedMail, outcome: Outcome, attempt: int) -> None:
         """Recipients the relay refused while it accepted others: dead-letter the permanent, requeue the rest."""
         if outcome.refused_permanently:
             dead = pb.QueuedMail()
@@ -425,7 +491,7 @@ class Deliverer:
             del dead.recipients[:]
             dead.recipients.extend(outcome.refused_permanently)
             await self._queue.dead_letter(dead, "; ".join(f"{r}: {why}" for r, why in
-                                                         outcome.refused_permanently.items()))
+                                                         outcome.refused_permanently.items()), attempts=attempt)
         if outcome.deferred:
             again = pb.QueuedMail()
             again.CopyFrom(queued)
@@ -442,7 +508,7 @@ class Deliverer:
         if attempt >= settings.max_attempts or age >= settings.max_age_seconds:
             log.warning("mail %s of %s not delivered after %d attempts: %s", queued.message_id, queued.app_id,
                         attempt, reason)
-            await self._queue.dead_letter(queued, f"gave up after {attempt} attempts: {reason}")
+            await self._queue.dead_letter(queued, f"gave up after {attempt} attempts: {reason}", attempts=attempt)
             await self._finish(msg, queued)
             return
         delay = backoff(attempt, settings)

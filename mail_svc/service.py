@@ -9,7 +9,7 @@ import grpc
 
 from kiln import mailrules
 from kiln_platform import auth, grpcserver
-from kiln.errors import BadRequestError, FailedPreconditionError
+from kiln.errors import BadRequestError, FailedPreconditionError, NotFoundError
 from kiln.pb.mail.v1 import mail_pb2 as pb
 from kiln.pb.mail.v1 import mail_pb2_grpc
 from mail_svc.errors import UnauthorizedSenderError
@@ -20,6 +20,8 @@ from mail_svc.transport import Outbox
 DEFAULT_OUTBOX_PAGE = 100
 MAX_OUTBOX_PAGE = 1000
 MAX_MESSAGE_ID = 1000  # characters of ListOutboxRequest.message_id
+DEFAULT_DEAD_PAGE = 50
+MAX_DEAD_PAGE = 500
 
 
 class SenderRule:
@@ -93,6 +95,30 @@ class MailService(mail_pb2_grpc.MailServiceServicer):
         return pb.ListOutboxResponse(messages=self._outbox.list(app, request.limit or DEFAULT_OUTBOX_PAGE,
                                                                 with_raw=not request.without_raw,
                                                                 message_id=request.message_id))
+
+    async def ListDeadLetters(self, request: pb.ListDeadLettersRequest,
+                              context: grpc.aio.ServicerContext[Any, Any]) -> pb.ListDeadLettersResponse:
+        app = grpcserver.caller_app()  # the app's own letters only: they are stored under its subject
+        if not 0 <= request.page_size <= MAX_DEAD_PAGE:
+            raise BadRequestError(f"page_size: must be between 0 and {MAX_DEAD_PAGE}, got {request.page_size}")
+        before: int | None = None
+        if request.page_token:
+            token = request.page_token
+            if not (token.isascii() and token.isdigit() and len(token) <= 20 and int(token) > 0):
+                raise BadRequestError("page_token: not a next_page_token of ListDeadLetters")
+            before = int(token)
+        letters, next_before = await self._queue.dead_letters(app, limit=request.page_size or DEFAULT_DEAD_PAGE,
+                                                              before=before)
+        return pb.ListDeadLettersResponse(dead_letters=letters, next_page_token=str(next_before) if next_before else "")
+
+    async def DeleteDeadLetter(self, request: pb.DeleteDeadLetterRequest,
+                               context: grpc.aio.ServicerContext[Any, Any]) -> pb.DeleteDeadLetterResponse:
+        app = grpcserver.caller_app()
+        if request.sequence <= 0:
+            raise BadRequestError("sequence: name the dead letter (its DeadLetter.sequence)")
+        if not await self._queue.delete_dead_letter(app, request.sequence):
+            raise NotFoundError(f"no dead letter {request.sequence} of app {app!r} (it may have been deleted)")
+        return pb.DeleteDeadLetterResponse()
 
     def _check(self, app: str, message: pb.MailMessage, user_email: str, user_proof: str,
                recipients: list[str] | None) -> Rendered:

@@ -133,6 +133,16 @@ def fetch(server: DevServer, path: str) -> None:
         err.read()
 
 
+def mark_document(page: Page) -> None:
+    """Leave a mark on the loaded document: it is gone after a full reload, kept by htmx's swaps."""
+    page.evaluate("window.notReloaded = true")
+
+
+def not_reloaded(page: Page) -> bool:
+    """Whether the document :func:`mark_document` marked is still the one shown (no full-page reload since)."""
+    return bool(page.evaluate("window.notReloaded === true"))
+
+
 # -- fixtures of the browser tests (import them into a test module that defines ``dev``, a DevServer) ----------
 
 

@@ -126,7 +126,7 @@ def test_the_session_cookie_is_http_only_and_same_site_strict(dev):
 
 
 @pytest.mark.parametrize("path", ["/logs", "/datastore", "/memcache", "/static/console.css", "/no-such-page",
-                                  "/logs?level=loud"])
+                                  "/logs?level=loud", "/datastore/indexes", "/mail/dead"])
 def test_every_response_carries_the_strict_content_security_policy(dev, path):
     _, headers, _ = console_request(dev, "GET", path)
     assert headers["content-security-policy"] == security.CSP

@@ -8,13 +8,14 @@ import re
 from collections.abc import Iterator
 
 import pytest
-from playwright.sync_api import Page, expect
+from playwright.sync_api import expect
 
 from deploy.dev import DevServer
 from kiln.pb.datastore.v1 import datastore_pb2 as ds
 from kiln.pb.logs.v1 import logs_pb2
 from kiln.pb.memcache.v1 import memcache_pb2 as mc
-from tests.integration.consolekit import AsApp, browser, console_dev, fetch, page, timestamp  # noqa: F401 - fixtures
+from tests.integration.consolekit import (AsApp, browser, console_dev, fetch, mark_document,  # noqa: F401 - fixtures
+                                          not_reloaded, page, timestamp)
 
 pytestmark = [pytest.mark.nats, pytest.mark.browser]
 
@@ -32,15 +33,6 @@ def services(dev) -> Iterator[AsApp]:
     calls = AsApp(dev)
     yield calls
     calls.close()
-
-
-def _mark_document(page: Page) -> None:
-    """Leave a mark on the loaded document: it is gone after a full reload, kept by htmx's swaps."""
-    page.evaluate("window.notReloaded = true")
-
-
-def _not_reloaded(page: Page) -> bool:
-    return bool(page.evaluate("window.notReloaded === true"))
 
 
 # --- request logs ------------------------------------------------------------------------------------------------
@@ -73,23 +65,23 @@ def test_a_request_expands_to_its_app_log_lines_with_levels(page, logged):
 
 def test_log_filters_by_status_apply_without_reloading_the_page(page, logged):
     page.goto("/logs")
-    _mark_document(page)
+    mark_document(page)
     page.select_option("#f-status", "4xx")
     expect(page.locator(".request .resource")).to_have_text(["/missing/page"])
-    assert _not_reloaded(page)
+    assert not_reloaded(page)
     assert "status=4xx" in page.url  # the filtered list has an address of its own
 
 
 def test_log_filters_by_level_and_path_apply_without_reloading_the_page(page, logged):
     page.goto("/logs")
-    _mark_document(page)
+    mark_document(page)
     page.select_option("#f-level", "warning")
     expect(page.locator(".request .resource")).to_have_text(["/missing/page", "/second", "/first"])
     page.fill("#f-path", "sec")
     expect(page.locator(".request .resource")).to_have_text(["/second"])
     page.select_option("#f-level", "error")
     expect(page.locator("#log-rows .empty")).to_contain_text("No requests match these filters")
-    assert _not_reloaded(page)
+    assert not_reloaded(page)
 
 
 def test_a_requests_id_link_shows_that_request_alone(page, logged, services):
@@ -105,7 +97,7 @@ def test_a_requests_id_link_shows_that_request_alone(page, logged, services):
 
 def test_log_filters_by_version_apply_without_reloading_the_page(page, logged):
     page.goto("/logs")
-    _mark_document(page)
+    mark_document(page)
     version = page.locator(".request .ids a.version-link").first.inner_text()
     page.fill("#f-version", "no-such-version")
     page.locator("#f-version").dispatch_event("change")
@@ -113,13 +105,13 @@ def test_log_filters_by_version_apply_without_reloading_the_page(page, logged):
     page.fill("#f-version", version)
     page.locator("#f-version").dispatch_event("change")
     expect(page.locator(".request .resource").first).to_have_text("/missing/page")
-    assert _not_reloaded(page)
+    assert not_reloaded(page)
     assert f"version={version}" in page.url
 
 
 def test_log_filters_by_time_range_apply_without_reloading_the_page(page, logged):
     page.goto("/logs")
-    _mark_document(page)
+    mark_document(page)
     now = datetime.datetime.now(datetime.UTC)
     page.fill("#f-since", (now + datetime.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M"))
     expect(page.locator("#log-rows .empty")).to_contain_text("No requests match these filters")
@@ -128,12 +120,12 @@ def test_log_filters_by_time_range_apply_without_reloading_the_page(page, logged
     expect(page.locator(".request .resource").first).to_have_text("/missing/page")
     page.fill("#f-until", (now - datetime.timedelta(minutes=90)).strftime("%Y-%m-%dT%H:%M"))
     expect(page.locator("#messages .notice.error")).to_contain_text("until: must be after since")
-    assert _not_reloaded(page)
+    assert not_reloaded(page)
 
 
 def test_the_live_tail_puts_new_requests_on_top_without_reloading_the_page(page, logged, dev, services):
     page.goto("/logs")
-    _mark_document(page)
+    mark_document(page)
     page.check("#f-live")
     expect(page.locator("#log-tail")).to_be_visible()
     fetch(dev, "/tailed")
@@ -143,7 +135,7 @@ def test_the_live_tail_puts_new_requests_on_top_without_reloading_the_page(page,
         with page.expect_response(lambda response: "/logs/tail?" in response.url, timeout=30_000):
             pass
     assert page.locator(".request .resource", has_text=re.compile(r"^/tailed$")).count() == 1
-    assert _not_reloaded(page)
+    assert not_reloaded(page)
 
 
 def test_the_live_tail_keeps_to_the_filters(page, logged, dev, services):
@@ -190,10 +182,10 @@ def gadget(services) -> ds.Key:
 
 def test_the_datastore_page_lists_kinds_and_a_table_of_their_entities(page, gadget):
     page.goto("/datastore")
-    _mark_document(page)
+    mark_document(page)
     page.get_by_role("link", name="Gadget", exact=True).click()
     expect(page.locator("table.entities tbody tr")).to_have_count(1)
-    assert _not_reloaded(page)
+    assert not_reloaded(page)
     row = page.locator("table.entities tbody tr").first
     assert row.locator("th").inner_text() == "Gadget:'g1'"
 
@@ -265,14 +257,14 @@ def test_the_entity_table_pages_with_cursors_without_reloading(page, services):
     for i in range(25):
         services.put("Row", f"r{i:02d}", {"n": ds.Value(integer_value=i)})
     page.goto("/datastore?kind=Row")
-    _mark_document(page)
+    mark_document(page)
     first = page.locator("table.entities tbody th").all_inner_texts()
     assert len(first) == 20
     page.get_by_role("link", name="Next page").click()
     expect(page.locator("table.entities tbody th")).to_have_count(5)
     second = page.locator("table.entities tbody th").all_inner_texts()
     assert sorted(first + second) == sorted(f"Row:'r{i:02d}'" for i in range(25))
-    assert _not_reloaded(page)
+    assert not_reloaded(page)
 
 
 def test_deleting_an_entity_asks_first_and_dismissing_keeps_it(page, services):
@@ -372,10 +364,10 @@ def test_cron_run_now_calls_the_jobs_handler_in_the_app_and_shows_the_run(page, 
     page.goto("/cron")
     row = page.locator("table.jobs tbody tr[data-url='/tasks/report']")
     page.once("dialog", lambda dialog: dialog.accept())
-    _mark_document(page)
+    mark_document(page)
     row.get_by_role("button", name="Run now").click()
     expect(page.locator(".notice.ok")).to_have_text("Ran /tasks/report: status 200.")
-    assert _not_reloaded(page)
+    assert not_reloaded(page)
     assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", row.locator(".last").inner_text())
     assert row.locator(".status").inner_text() == "200"
     services.wait_for_logs({"/tasks/report"})

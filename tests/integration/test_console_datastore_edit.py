@@ -16,17 +16,33 @@ from console import forms, values
 from deploy.dev import DevServer
 from kiln.pb.datastore.v1 import datastore_pb2 as ds
 from kiln_platform.supervisor import python_module
+from tests.integration.apps import wait_for
 from tests.integration.conftest import SECRET, service_env
-from tests.integration.consolekit import AsApp, browser, console_dev, page, timestamp  # noqa: F401 - fixtures
+from tests.integration.consolekit import (AsApp, browser, console_dev, console_request,  # noqa: F401 - fixtures
+                                          mark_document, not_reloaded, page, timestamp)
 
 pytestmark = [pytest.mark.nats, pytest.mark.browser]
 
 HOSTILE = '<script>window.pwned = 1</script><img src="x" onerror="window.pwned = 2">'
 
 
+# The app declares one composite index (the indexes page lists it with its state).
+INDEX_YAML = """indexes:
+- kind: Album
+  ancestor: yes
+  properties:
+  - name: year
+    direction: desc
+  - name: title
+"""
+
+
 @pytest.fixture(scope="module")
 def dev(tmp_path_factory) -> Iterator[DevServer]:
-    with console_dev(tmp_path_factory.mktemp("console-edit") / "app") as server:
+    app_dir = tmp_path_factory.mktemp("console-edit") / "app"
+    app_dir.mkdir()
+    (app_dir / "index.yaml").write_text(INDEX_YAML)
+    with console_dev(app_dir) as server:
         yield server
 
 
@@ -227,6 +243,97 @@ def test_a_hostile_gql_query_is_shown_as_text(page):
     assert page.locator("#gql-q").input_value() == HOSTILE
     assert page.locator("main script, main img").count() == 0
     assert page.evaluate("window.pwned === undefined")
+
+
+@pytest.fixture(scope="module")
+def many(services) -> list[str]:
+    """120 entities of kind Many, numbered 0 to 119 by ``n``; their keys as the table shows them, in that order."""
+    services.call(services.datastore.Put, ds.PutRequest(entities=[
+        ds.Entity(key=ds.Key(path=[ds.PathElement(kind="Many", name=f"m{i:03d}")]),
+                  properties={"n": ds.Value(integer_value=i)}) for i in range(120)]))
+    return [f"Many:'m{i:03d}'" for i in range(120)]
+
+
+def _shown_keys(page: Page) -> list[str]:
+    return page.locator("#gql-results table.entities tbody th").all_inner_texts()
+
+
+def test_gql_results_page_by_cursor_without_reloading_with_no_duplicates_or_gaps(page, many):
+    page.goto("/datastore/gql")
+    page.locator("#gql-q").fill("SELECT * FROM Many ORDER BY n")
+    page.get_by_role("button", name="Run").click()
+    expect(page.locator("#gql-count")).to_have_text("Results 1–50")
+    mark_document(page)
+    shown = _shown_keys(page)
+    for count in ("Results 51–100", "Results 101–120"):
+        page.get_by_role("link", name="Next page").click()
+        expect(page.locator("#gql-count")).to_have_text(count)
+        shown += _shown_keys(page)
+    assert shown == many
+    expect(page.get_by_role("link", name="Next page")).to_have_count(0)
+    assert not_reloaded(page)
+    page.get_by_role("link", name="First page").click()
+    expect(page.locator("#gql-count")).to_have_text("Results 1–50")
+
+
+def test_gql_paging_keeps_the_querys_limit_and_offset(page, many):
+    page.goto("/datastore/gql?" + urllib.parse.urlencode({"q": "SELECT * FROM Many ORDER BY n LIMIT 60 OFFSET 5"}))
+    expect(page.locator("#gql-count")).to_have_text("Results 1–50")
+    shown = _shown_keys(page)
+    page.get_by_role("link", name="Next page").click()
+    expect(page.locator("#gql-count")).to_have_text("Results 51–60")
+    shown += _shown_keys(page)
+    assert shown == many[5:65]
+    expect(page.get_by_role("link", name="Next page")).to_have_count(0)
+
+
+def test_a_tampered_gql_cursor_is_refused_with_a_message(page, dev, many):
+    page.goto("/datastore/gql?" + urllib.parse.urlencode({"q": "SELECT * FROM Many ORDER BY n"}))
+    target = page.get_by_role("link", name="Next page").get_attribute("href")
+    assert target is not None
+    params = urllib.parse.parse_qs(urllib.parse.urlsplit(target).query)
+    cursor = params["cursor"][0]
+    forged = cursor[:-2] + ("AA" if cursor[-2:] != "AA" else "BB")
+    for changed in ({"cursor": forged}, {"q": "SELECT * FROM Many ORDER BY n DESC"}):
+        status, _, body = console_request(dev, "GET", "/datastore/gql?" + urllib.parse.urlencode(
+            {k: v[0] for k, v in params.items()} | changed))
+        assert status == 400
+        assert "cursor: not a page of this query (it was changed, or the console restarted)" in body
+    page.goto("/datastore/gql?" + urllib.parse.urlencode({k: v[0] for k, v in params.items()} | {"cursor": forged}))
+    expect(page.locator("main")).to_contain_text("cursor: not a page of this query")
+    expect(page.locator("table.entities")).to_have_count(0)
+
+
+# --- indexes -----------------------------------------------------------------------------------------------------
+
+
+def _states(services: AsApp) -> dict[str, int]:
+    answer = services.call(services.datastore.ListIndexes, ds.ListIndexesRequest())
+    return {i.kind: i.state for i in answer.indexes}
+
+
+def test_an_index_declared_in_index_yaml_is_listed_serving_with_its_properties(page, services):
+    wait_for(lambda: _states(services).get("Album") == ds.CompositeIndex.STATE_SERVING, 60)  # built in the background
+    page.goto("/datastore")
+    page.get_by_role("link", name="Indexes").click()
+    row = page.locator("table.indexes tbody tr", has=page.locator("th", has_text="Album"))
+    expect(row.locator(".ancestor")).to_have_text("yes")
+    expect(row.locator(".props li")).to_have_text(["year desc", "title asc"])
+    expect(row.locator(".state")).to_have_text("serving")
+
+
+def test_an_index_kiln_dev_added_for_a_gql_query_is_listed_serving(page, services):
+    services.put("Track", "t1", {"album": ds.Value(string_value="a"), "length": ds.Value(integer_value=3)})
+    page.goto("/datastore/gql")
+    page.locator("#gql-q").fill("SELECT * FROM Track WHERE album = 'a' ORDER BY length DESC")
+    page.get_by_role("button", name="Run").click()
+    expect(page.locator("table.entities tbody th")).to_have_text(["Track:'t1'"])
+    assert _states(services)["Track"] == ds.CompositeIndex.STATE_SERVING
+    page.goto("/datastore/indexes")
+    row = page.locator("table.indexes tbody tr", has=page.locator("th", has_text="Track"))
+    expect(row.locator(".ancestor")).to_have_text("no")
+    expect(row.locator(".props li")).to_have_text(["album asc", "length desc"])
+    expect(row.locator(".state")).to_have_text("serving")
 
 
 # --- the index a query needs (a datastore that does not add indexes itself, as in a cluster) -----------------------

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import html
+import http.client
 import json
+import re
 import signal
 import threading
 import time
@@ -15,6 +18,7 @@ import uuid
 import grpc
 import nats
 import pytest
+from playwright.sync_api import expect, sync_playwright
 
 from kiln_platform import auth
 from kiln.api import mail
@@ -23,7 +27,9 @@ from kiln.pb.mail.v1 import mail_pb2_grpc
 from kiln_platform.supervisor import free_port, nats_server_binary, python_module
 from mail_svc import queue as mail_queue
 from tests.integration import smtpservers
+from tests.integration.apps import wait_for
 from tests.integration.conftest import SECRET, app_metadata, service_env
+from tests.integration.consolekit import CHROMIUM, mark_document, not_reloaded
 from tests.unit.zips import nested, zipped
 
 pytestmark = pytest.mark.nats
@@ -242,6 +248,235 @@ def test_refused_recipient_is_dead_lettered_while_the_others_get_the_message(ser
     assert got.rcpt_tos == ["good@example.org"]
     [(queued, reason)] = wait_dead(nats_url, sent.message_id)
     assert list(queued.recipients) == ["nobody@example.org"] and "550" in reason
+
+
+def dead_page(service, app=APP, **fields):
+    return service.stub.ListDeadLetters(pb.ListDeadLettersRequest(**fields), metadata=app_metadata(app), timeout=30)
+
+
+def test_a_recipient_refused_for_good_is_listed_as_a_dead_letter_with_its_reason(service, relay, nats_url):
+    relay.replies["gone@example.org"] = "550 5.1.1 no such user here"
+    sent = service.send(to=["gone@example.org"], subject="to nobody")
+    wait_dead(nats_url, sent.message_id)
+    newest = dead_page(service).dead_letters[0]
+    assert (newest.message_id, newest.subject, newest.envelope_from, list(newest.recipients)) == (
+        sent.message_id, "to nobody", "boss@example.com", ["gone@example.org"])
+    assert "550" in newest.reason and "no such user here" in newest.reason
+    assert newest.attempts == 1
+    assert newest.queued_at.seconds > 0 and newest.dead_at.ToDatetime() >= newest.queued_at.ToDatetime()
+
+
+def test_an_app_lists_only_its_own_dead_letters(service, relay, nats_url):
+    relay.data_replies.append("554 5.7.1 rejected as spam")
+    theirs = service.send(app="other-app", sender="robot@other-app.mail.localhost", subject="not yours")
+    wait_dead(nats_url, theirs.message_id)
+    assert theirs.message_id in {d.message_id for d in dead_page(service, app="other-app").dead_letters}
+    assert theirs.message_id not in {d.message_id for d in dead_page(service, page_size=500).dead_letters}
+
+
+def test_dead_letters_page_newest_first_without_gaps(service, relay, nats_url):
+    app = "pager-app"
+    sent = []
+    for n in range(5):
+        relay.data_replies.append("554 5.7.1 refused")
+        sent.append(service.send(app=app, sender=f"robot@{app}.mail.localhost", subject=f"dead {n}").message_id)
+        wait_dead(nats_url, sent[-1])  # one at a time: the relay's scripted replies go to the next message
+    pages, token = [], ""
+    while True:
+        page = dead_page(service, app=app, page_size=2, page_token=token)
+        pages.append([d.message_id for d in page.dead_letters])
+        token = page.next_page_token
+        if not token:
+            break
+    assert pages == [sent[4:2:-1], sent[2:0:-1], sent[:1]]
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"page_token": "12abc"}, "page_token: not a next_page_token of ListDeadLetters"),
+    ({"page_token": "0"}, "page_token: not a next_page_token of ListDeadLetters"),
+    ({"page_size": 501}, "page_size: must be between 0 and 500, got 501"),
+    ({"page_size": -1}, "page_size: must be between 0 and 500, got -1")])
+def test_a_bad_dead_letter_page_request_is_refused_precisely(service, fields, message):
+    with pytest.raises(grpc.RpcError) as err:
+        dead_page(service, **fields)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details() == message
+
+
+@pytest.fixture(scope="module")
+def mail_console(supervisor, service):
+    """The console of APP over the module's mail_svc (which delivers through the relay, as in a cluster)."""
+    ready = supervisor.run_dir / "console-mail.addr"
+    child = supervisor.start("console-mail", python_module(
+        "console", "--listen", "127.0.0.1:0", "--app-id", APP, "--mail-addr", service.child.address,
+        "--ready-file", str(ready)), env=service_env() | {"KILN_CONSOLE_SERVICE_SECRET": SECRET}, ready_file=ready)
+    return child.address
+
+
+def console_get(address, path):
+    host, _, port = address.rpartition(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode()
+    finally:
+        conn.close()
+
+
+def test_the_consoles_dead_letter_page_shows_each_letter_with_its_reason_escaped(service, relay, nats_url,
+                                                                                 mail_console):
+    relay.replies["nobody@example.org"] = "550 5.1.1 <b>no</b> such user"
+    sent = service.send(to=["nobody@example.org"], subject="<script>window.pwned = 1</script>")
+    wait_dead(nats_url, sent.message_id)
+    status, page = console_get(mail_console, "/mail/dead")
+    assert status == 200
+    row = page.split('<tbody>', 1)[1].split("</tr>", 1)[0]  # the newest letter
+    assert '<th scope="row" class="subject">&lt;script&gt;window.pwned = 1&lt;/script&gt;</th>' in row
+    assert '<td class="to">nobody@example.org</td>' in row
+    assert "550 5.1.1 &lt;b&gt;no&lt;/b&gt; such user" in row
+    assert '<td class="attempts">1</td>' in row
+    assert "<script>" not in page
+
+
+def test_the_consoles_mail_page_says_a_relay_keeps_no_outbox_and_links_the_dead_letters(mail_console):
+    status, page = console_get(mail_console, "/mail")
+    assert status == 200
+    assert "delivered through a relay: no outbox" in page and 'href="/mail/dead"' in page
+
+
+def test_the_consoles_dead_letter_pages_go_back_to_the_oldest_without_duplicates_or_gaps(service, relay,
+                                                                                       mail_console):
+    relay.replies["gone@example.org"] = "550 5.1.1 gone"
+    subjects = {f"paged {n}" for n in range(51)}
+    for subject in sorted(subjects):
+        service.send(to=["gone@example.org"], subject=subject)
+
+    def listed():
+        return {d.subject for d in dead_page(service, page_size=500).dead_letters}
+    deadline = time.monotonic() + 60
+    while not subjects <= listed():
+        assert time.monotonic() < deadline, "the refused messages did not all reach the dead letters"
+        time.sleep(0.2)
+    total = len(dead_page(service, page_size=500).dead_letters)
+    shown, path = [], "/mail/dead"
+    while path:
+        status, page = console_get(mail_console, path)
+        assert status == 200
+        shown += re.findall(r'<th scope="row" class="subject">([^<]*)</th>', page)
+        older = re.search(r'<a rel="next" href="([^"]+)"', page)
+        path = html.unescape(older.group(1)) if older else ""
+    assert len(shown) == len(set(shown)) == total > 50
+    assert subjects <= set(shown)
+    status, page = console_get(mail_console, "/mail/dead?page=not-a-token")
+    assert status == 400 and "page_token: not a next_page_token of ListDeadLetters" in page
+
+
+def refused_letter(service, relay, app=APP, **fields):
+    """A message the relay refuses for good, once it is a dead letter (its ListDeadLetters entry)."""
+    relay.data_replies.append("554 5.7.1 refused")
+    sent = service.send(app=app, **fields)
+    found = []
+
+    def listed():  # through the RPC (a browser test's Playwright holds the thread's event loop)
+        found[:] = [d for d in dead_page(service, app=app, page_size=500).dead_letters
+                    if d.message_id == sent.message_id]
+        return found
+    wait_for(listed, 20)
+    return found[0]
+
+
+def delete_dead(service, sequence, app=APP):
+    return service.stub.DeleteDeadLetter(pb.DeleteDeadLetterRequest(sequence=sequence), metadata=app_metadata(app),
+                                         timeout=30)
+
+
+def test_an_app_deletes_its_own_dead_letter_and_a_second_delete_is_not_found(service, relay):
+    letter = refused_letter(service, relay, subject="delete me")
+    delete_dead(service, letter.sequence)
+    assert letter.message_id not in {d.message_id for d in dead_page(service, page_size=500).dead_letters}
+    with pytest.raises(grpc.RpcError) as err:
+        delete_dead(service, letter.sequence)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert err.value.details() == f"no dead letter {letter.sequence} of app 'mailer' (it may have been deleted)"
+
+
+def test_deleting_another_apps_dead_letter_is_not_found_and_keeps_it(service, relay):
+    letter = refused_letter(service, relay, app="other-app", sender="robot@other-app.mail.localhost")
+    with pytest.raises(grpc.RpcError) as err:
+        delete_dead(service, letter.sequence)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert letter.message_id in {d.message_id for d in dead_page(service, app="other-app").dead_letters}
+
+
+def test_deleting_dead_letter_zero_is_refused_precisely(service):
+    with pytest.raises(grpc.RpcError) as err:
+        delete_dead(service, 0)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details() == "sequence: name the dead letter (its DeadLetter.sequence)"
+
+
+def test_deleting_a_dead_letter_in_the_console_without_the_pages_token_is_refused_and_keeps_it(service, relay,
+                                                                                              mail_console):
+    letter = refused_letter(service, relay, subject="kept without a token")
+    host, _, port = mail_console.rpartition(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        conn.request("POST", "/mail/dead/delete", body=f"sequence={letter.sequence}",
+                     headers={"Content-Type": "application/x-www-form-urlencoded"})
+        resp = conn.getresponse()
+        page = resp.read().decode()
+    finally:
+        conn.close()
+    assert resp.status == 403 and "security token" in page
+    assert letter.message_id in {d.message_id for d in dead_page(service, page_size=500).dead_letters}
+
+
+@pytest.fixture
+def console_tab(mail_console):
+    """A tab of Debian's Chromium on the mail console. Playwright for this test alone (not consolekit's module-wide
+    browser): its event loop would stay on the thread, and the module's other tests use asyncio.run."""
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM))
+        try:
+            yield browser.new_page(base_url=f"http://{mail_console}")
+        finally:
+            browser.close()
+
+
+@pytest.mark.browser
+def test_deleting_a_dead_letter_in_the_console_asks_first_and_removes_it(service, relay, console_tab):
+    letter = refused_letter(service, relay, subject="delete me in the browser")
+    page = console_tab
+    page.goto("/mail/dead")
+    row = page.locator("table.dead tbody tr", has_text="delete me in the browser")
+    asked = []
+    page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.accept()))
+    row.get_by_role("button", name="Delete").click()
+    expect(page.locator("#dead-message")).to_have_text("Deleted the dead letter.")
+    expect(row).to_have_count(0)
+    assert asked == ["Delete the dead letter delete me in the browser? It is not sent."]
+    assert letter.message_id not in {d.message_id for d in dead_page(service, page_size=500).dead_letters}
+
+
+@pytest.mark.browser
+def test_the_consoles_older_dead_letters_load_without_reloading_the_page(service, relay, console_tab):
+    relay.replies["gone@example.org"] = "550 5.1.1 gone"
+    have = len(dead_page(service, page_size=500).dead_letters)
+    for n in range(max(0, 51 - have)):
+        service.send(to=["gone@example.org"], subject=f"older {n}")
+    wait_for(lambda: len(dead_page(service, page_size=500).dead_letters) >= 51, 60)
+    total = len(dead_page(service, page_size=500).dead_letters)
+    page = console_tab
+    page.goto("/mail/dead")
+    mark_document(page)
+    first = page.locator("table.dead tbody th").all_inner_texts()
+    assert len(first) == 50
+    page.get_by_role("link", name="Older").click()
+    expect(page.get_by_role("link", name="Newest")).to_be_visible()
+    older = page.locator("table.dead tbody th").all_inner_texts()
+    assert len(older) == min(total - 50, 50)
+    assert not_reloaded(page)
 
 
 def test_deferred_recipient_is_retried_on_its_own(service, relay):

@@ -80,3 +80,27 @@ def test_the_list_shows_the_envelope_sender_and_every_recipient():
     assert (summary.sender, summary.to, summary.subject) == ("robot@app.example", "ann@example.org", "Hello")
     assert summary.url == "/mail/message?id=%3Cm1%40example%3E"
     assert summary.time == "2027-01-15 08:00:00 UTC"
+
+
+def _dead_letter(attempts: int) -> ml.DeadLetter:
+    letter = ml.DeadLetter(sequence=7, message_id="<m2@example>", envelope_from="robot@app.example",
+                           recipients=["ann@example.org", "bob@example.org"], subject="Hi", reason="550 gone",
+                           attempts=attempts)
+    letter.queued_at.FromSeconds(1_800_000_000)
+    letter.dead_at.FromSeconds(1_800_000_090)
+    return letter
+
+
+def test_a_dead_letter_is_listed_with_its_recipients_reason_attempts_and_times():
+    assert mail.dead(_dead_letter(3)) == mail.Dead(
+        sequence=7, subject="Hi", sender="robot@app.example", to="ann@example.org, bob@example.org", reason="550 gone",
+        attempts="3", queued="2027-01-15 08:00:00 UTC", dead="2027-01-15 08:01:30 UTC")
+
+
+def test_a_dead_letter_from_before_attempts_were_recorded_says_so():
+    assert mail.dead(_dead_letter(0)).attempts == "not recorded"
+
+
+def test_a_dead_letter_page_address_carries_its_token_encoded():
+    assert mail.dead_url() == "/mail/dead"
+    assert mail.dead_url("12&x") == "/mail/dead?page=12%26x"

@@ -413,6 +413,163 @@ class ListOutboxResponse(_message.Message):
 Global___ListOutboxResponse: _TypeAlias = ListOutboxResponse  # noqa: Y015
 
 @_typing.final
+class ListDeadLettersRequest(_message.Message):
+    """ListDeadLettersRequest asks for a page of the app's dead letters."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """At most this many (default 50, at most 500)."""
+    page_token: _builtins.str
+    """The next_page_token of the page before; empty for the newest."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDeadLettersRequest: _TypeAlias = ListDeadLettersRequest  # noqa: Y015
+
+@_typing.final
+class DeadLetter(_message.Message):
+    """DeadLetter is one message (or the recipients of one) the relay refused for
+    good, or that was given up after its last attempt.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    ENVELOPE_FROM_FIELD_NUMBER: _builtins.int
+    RECIPIENTS_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    QUEUED_AT_FIELD_NUMBER: _builtins.int
+    DEAD_AT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """Its place on the dead-letter stream (newer letters have larger ones)."""
+    message_id: _builtins.str
+    """The RFC 5322 Message-ID."""
+    envelope_from: _builtins.str
+    """The envelope sender."""
+    subject: _builtins.str
+    """Subject."""
+    reason: _builtins.str
+    """Why (the relay's reply, or the last temporary failure)."""
+    attempts: _builtins.int
+    """Delivery attempts made; 0 when not recorded (letters from before kiln
+    recorded them).
+    """
+    @_builtins.property
+    def recipients(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The recipients that did not get it."""
+
+    @_builtins.property
+    def queued_at(self) -> _timestamp_pb2.Timestamp:
+        """When the app sent it."""
+
+    @_builtins.property
+    def dead_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was given up."""
+
+    def __init__(
+        self,
+        *,
+        sequence: _builtins.int = ...,
+        message_id: _builtins.str = ...,
+        envelope_from: _builtins.str = ...,
+        recipients: _abc.Iterable[_builtins.str] | None = ...,
+        subject: _builtins.str = ...,
+        queued_at: _timestamp_pb2.Timestamp | None = ...,
+        dead_at: _timestamp_pb2.Timestamp | None = ...,
+        reason: _builtins.str = ...,
+        attempts: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dead_at", b"dead_at", "queued_at", b"queued_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "dead_at", b"dead_at", "envelope_from", b"envelope_from", "message_id", b"message_id", "queued_at", b"queued_at", "reason", b"reason", "recipients", b"recipients", "sequence", b"sequence", "subject", b"subject"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeadLetter: _TypeAlias = DeadLetter  # noqa: Y015
+
+@_typing.final
+class ListDeadLettersResponse(_message.Message):
+    """ListDeadLettersResponse is one page of dead letters."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEAD_LETTERS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Pass as page_token for the next (older) page; empty on the last page."""
+    @_builtins.property
+    def dead_letters(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeadLetter]:
+        """Newest first."""
+
+    def __init__(
+        self,
+        *,
+        dead_letters: _abc.Iterable[Global___DeadLetter] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dead_letters", b"dead_letters", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDeadLettersResponse: _TypeAlias = ListDeadLettersResponse  # noqa: Y015
+
+@_typing.final
+class DeleteDeadLetterRequest(_message.Message):
+    """DeleteDeadLetterRequest names the dead letter to remove."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """Its DeadLetter.sequence (NOT_FOUND unless it is one of the app's)."""
+    def __init__(
+        self,
+        *,
+        sequence: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sequence", b"sequence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteDeadLetterRequest: _TypeAlias = DeleteDeadLetterRequest  # noqa: Y015
+
+@_typing.final
+class DeleteDeadLetterResponse(_message.Message):
+    """DeleteDeadLetterResponse is empty."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteDeadLetterResponse: _TypeAlias = DeleteDeadLetterResponse  # noqa: Y015
+
+@_typing.final
 class QueuedMail(_message.Message):
     """QueuedMail is a message accepted by mail_svc and waiting for delivery on the
     KILN_MAIL JetStream stream (between mail_svc replicas; apps never see it).

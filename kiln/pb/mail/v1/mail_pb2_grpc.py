@@ -51,6 +51,16 @@ class MailServiceStub:
                 request_serializer=kiln_dot_pb_dot_mail_dot_v1_dot_mail__pb2.ListOutboxRequest.SerializeToString,
                 response_deserializer=kiln_dot_pb_dot_mail_dot_v1_dot_mail__pb2.ListOutboxResponse.FromString,
                 _registered_method=True)
+        self.ListDeadLetters = channel.unary_unary(
+                '/kiln.pb.mail.v1.MailService/ListDeadLetters',
+                request_serializer=kiln_dot_pb_dot_mail_dot_v1_dot_mail__pb2.ListDeadLettersRequest.SerializeToString,
+                response_deserializer=kiln_dot_pb_dot_mail_dot_v1_dot_mail__pb2.ListDeadLettersResponse.FromString,
+                _registered_method=True)
+        self.DeleteDeadLetter = channel.unary_unary(
+                '/kiln.pb.mail.v1.MailService/DeleteDeadLetter',
+                request_serializer=kiln_dot_pb_dot_mail_dot_v1_dot_mail__pb2.DeleteDeadLetterRequest.SerializeToString,
+                response_deserializer=kiln_dot_pb_dot_mail_dot_v1_dot_mail__pb2.DeleteDeadLetterResponse.FromString,
+                _registered_method=True)
 
 
 class MailServiceServicer:
@@ -79,6 +89,22 @@ class MailServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListDeadLetters(self, request, context):
+        """ListDeadLetters lists the calling app's mail that will not be delivered
+        (kept on the KILN_MAIL_DEAD stream with why), newest first, a page at a
+        time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteDeadLetter(self, request, context):
+        """DeleteDeadLetter removes one of the calling app's dead letters.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MailServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -96,6 +122,16 @@ def add_MailServiceServicer_to_server(servicer, server):
                     servicer.ListOutbox,
                     request_deserializer=kiln_dot_pb_dot_mail_dot_v1_dot_mail__pb2.ListOutboxRequest.FromString,
                     response_serializer=kiln_dot_pb_dot_mail_dot_v1_dot_mail__pb2.ListOutboxResponse.SerializeToString,
+            ),
+            'ListDeadLetters': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDeadLetters,
+                    request_deserializer=kiln_dot_pb_dot_mail_dot_v1_dot_mail__pb2.ListDeadLettersRequest.FromString,
+                    response_serializer=kiln_dot_pb_dot_mail_dot_v1_dot_mail__pb2.ListDeadLettersResponse.SerializeToString,
+            ),
+            'DeleteDeadLetter': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteDeadLetter,
+                    request_deserializer=kiln_dot_pb_dot_mail_dot_v1_dot_mail__pb2.DeleteDeadLetterRequest.FromString,
+                    response_serializer=kiln_dot_pb_dot_mail_dot_v1_dot_mail__pb2.DeleteDeadLetterResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -180,6 +216,60 @@ class MailService:
             '/kiln.pb.mail.v1.MailService/ListOutbox',
             kiln_dot_pb_dot_mail_dot_v1_dot_mail__pb2.ListOutboxRequest.SerializeToString,
             kiln_dot_pb_dot_mail_dot_v1_dot_mail__pb2.ListOutboxResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDeadLetters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kiln.pb.mail.v1.MailService/ListDeadLetters',
+            kiln_dot_pb_dot_mail_dot_v1_dot_mail__pb2.ListDeadLettersRequest.SerializeToString,
+            kiln_dot_pb_dot_mail_dot_v1_dot_mail__pb2.ListDeadLettersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteDeadLetter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kiln.pb.mail.v1.MailService/DeleteDeadLetter',
+            kiln_dot_pb_dot_mail_dot_v1_dot_mail__pb2.DeleteDeadLetterRequest.SerializeToString,
+            kiln_dot_pb_dot_mail_dot_v1_dot_mail__pb2.DeleteDeadLetterResponse.FromString,
             options,
             channel_credentials,
             insecure,

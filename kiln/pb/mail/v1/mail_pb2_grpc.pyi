@@ -47,6 +47,13 @@ class MailServiceStub:
     """ListOutbox lists the calling app's messages in the development outbox
     (mail_svc without a relay), newest first.
     """
+    ListDeadLetters: _grpc.UnaryUnaryMultiCallable[_mail_pb2.ListDeadLettersRequest, _mail_pb2.ListDeadLettersResponse]
+    """ListDeadLetters lists the calling app's mail that will not be delivered
+    (kept on the KILN_MAIL_DEAD stream with why), newest first, a page at a
+    time.
+    """
+    DeleteDeadLetter: _grpc.UnaryUnaryMultiCallable[_mail_pb2.DeleteDeadLetterRequest, _mail_pb2.DeleteDeadLetterResponse]
+    """DeleteDeadLetter removes one of the calling app's dead letters."""
 
 @_typing.type_check_only
 class MailServiceAsyncStub(MailServiceStub):
@@ -61,6 +68,13 @@ class MailServiceAsyncStub(MailServiceStub):
     """ListOutbox lists the calling app's messages in the development outbox
     (mail_svc without a relay), newest first.
     """
+    ListDeadLetters: _aio.UnaryUnaryMultiCallable[_mail_pb2.ListDeadLettersRequest, _mail_pb2.ListDeadLettersResponse]  # type: ignore[assignment]
+    """ListDeadLetters lists the calling app's mail that will not be delivered
+    (kept on the KILN_MAIL_DEAD stream with why), newest first, a page at a
+    time.
+    """
+    DeleteDeadLetter: _aio.UnaryUnaryMultiCallable[_mail_pb2.DeleteDeadLetterRequest, _mail_pb2.DeleteDeadLetterResponse]  # type: ignore[assignment]
+    """DeleteDeadLetter removes one of the calling app's dead letters."""
 
 class MailServiceServicer(metaclass=_abc_1.ABCMeta):
     """MailService sends mail for apps."""
@@ -90,5 +104,24 @@ class MailServiceServicer(metaclass=_abc_1.ABCMeta):
         """ListOutbox lists the calling app's messages in the development outbox
         (mail_svc without a relay), newest first.
         """
+
+    @_abc_1.abstractmethod
+    def ListDeadLetters(
+        self,
+        request: _mail_pb2.ListDeadLettersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_mail_pb2.ListDeadLettersResponse, _abc.Awaitable[_mail_pb2.ListDeadLettersResponse]]:
+        """ListDeadLetters lists the calling app's mail that will not be delivered
+        (kept on the KILN_MAIL_DEAD stream with why), newest first, a page at a
+        time.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteDeadLetter(
+        self,
+        request: _mail_pb2.DeleteDeadLetterRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_mail_pb2.DeleteDeadLetterResponse, _abc.Awaitable[_mail_pb2.DeleteDeadLetterResponse]]:
+        """DeleteDeadLetter removes one of the calling app's dead letters."""
 
 def add_MailServiceServicer_to_server(servicer: MailServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
