@@ -1,8 +1,8 @@
 """Page tokens: where a query's next page starts, signed so the browser can carry it but never change it.
 
 A "next page" link holds the rest of a query (its position, what is left of its LIMIT and OFFSET) in the URL. The
-browser is not trusted with it: a token is its payload and an HMAC-SHA256 over that payload and the context it
-belongs to (the namespace and the query text the page shows), with a key this console process drew at start. A
+browser is not trusted with it: a token is its payload and a MAC (kiln_platform/signing.py, purpose ``console-page``) over that payload and the
+context it belongs to (the namespace and the query text the page shows), with a key this console process drew at start. A
 changed, forged or foreign token, or one moved to another query, is refused with a message, and so is a token of
 an earlier console process (its key is gone): the user runs the query again from its first page.
 """
@@ -11,29 +11,31 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
-import hmac
 import secrets
 
+from kiln_platform import signing
 from kiln.errors import BadRequestError
 
 KEY_BYTES = 32
 MAX_TOKEN = 8_000  # characters: a URL aiohttp reads holds at most 8190
+PURPOSE = "console-page"
+
+
+def _text(data: bytes) -> str:
+    """``data`` as a signed field can hold it (URL-safe base64: no newline)."""
+    return base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")
 
 
 class PageTokens:
-    """Signs and opens page tokens with one key (a console process's)."""
+    """Signs and opens page tokens (``PAYLOAD.MAC``) with one key (a console process's)."""
 
-    def __init__(self, *, key: bytes | None = None) -> None:
-        self._key = key if key is not None else secrets.token_bytes(KEY_BYTES)
-
-    def _mac(self, context: str, payload: bytes) -> bytes:
-        framed = len(context.encode()).to_bytes(8, "big") + context.encode() + payload
-        return hmac.new(self._key, framed, hashlib.sha256).digest()
+    def __init__(self, *, key: str | None = None) -> None:
+        self._key = key if key is not None else secrets.token_hex(KEY_BYTES)
 
     def sign(self, context: str, payload: bytes) -> str:
         """A token carrying ``payload`` for ``context`` only (URL-safe text)."""
-        return base64.urlsafe_b64encode(self._mac(context, payload) + payload).decode("ascii").rstrip("=")
+        text = _text(payload)
+        return text + "." + signing.sign(self._key, PURPOSE, _text(context.encode("utf-8", "surrogatepass")), text)
 
     def open(self, context: str, token: str) -> bytes:
         """The payload of a token :meth:`sign` made for ``context``.
@@ -43,13 +45,11 @@ class PageTokens:
         """
         refused = BadRequestError("cursor: not a page of this query (it was changed, or the console restarted); "
                                   "run the query again from its first page")
-        if len(token) > MAX_TOKEN:
+        text, dot, mac = token.rpartition(".")
+        if len(token) > MAX_TOKEN or not dot or not signing.verify(
+                self._key, PURPOSE, mac, _text(context.encode("utf-8", "surrogatepass")), text):
             raise refused
         try:
-            raw = base64.b64decode(token + "=" * (-len(token) % 4), altchars=b"-_", validate=True)
+            return base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
         except (binascii.Error, ValueError):
             raise refused from None
-        mac, payload = raw[:hashlib.sha256().digest_size], raw[hashlib.sha256().digest_size:]
-        if not hmac.compare_digest(mac, self._mac(context, payload)):
-            raise refused
-        return payload

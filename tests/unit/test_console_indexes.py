@@ -40,7 +40,7 @@ class _Cells(html.parser.HTMLParser):
 
 def _rendered(*indexes: ds.CompositeIndex) -> str:
     return render.ENV.get_template("indexes.html").render(
-        request_path="/datastore/indexes", csrf_token="t", pages=render.PAGES, app_id="app", htmx=render.HTMX,
+        request_path="/datastore/indexes", csrf_token="t", pages=render.PAGES, app_id="app", htmx=render.HTMX, signed_in=None,
         indexes=[datastore.shown_index(i) for i in indexes])
 
 

@@ -27,10 +27,17 @@ def test_a_token_for_another_context_is_refused():
 
 def test_a_changed_payload_is_refused():
     tokens = pagetokens.PageTokens()
-    raw = bytearray(base64.urlsafe_b64decode(tokens.sign("ctx", b"payload") + "=="))
-    raw[-1] ^= 1
+    text, mac = tokens.sign("ctx", b"payload").split(".")
+    changed = base64.urlsafe_b64encode(b"paylOad").decode().rstrip("=")
     with pytest.raises(BadRequestError, match=REFUSED):
-        tokens.open("ctx", base64.urlsafe_b64encode(bytes(raw)).decode().rstrip("="))
+        tokens.open("ctx", f"{changed}.{mac}")
+
+
+def test_a_changed_mac_is_refused():
+    tokens = pagetokens.PageTokens()
+    text, mac = tokens.sign("ctx", b"payload").split(".")
+    with pytest.raises(BadRequestError, match=REFUSED):
+        tokens.open("ctx", f"{text}.{mac[:-1]}{'0' if mac[-1] != '0' else '1'}")
 
 
 def test_a_token_of_another_key_is_refused():
@@ -38,7 +45,7 @@ def test_a_token_of_another_key_is_refused():
         pagetokens.PageTokens().open("ctx", pagetokens.PageTokens().sign("ctx", b"p"))
 
 
-@pytest.mark.parametrize("token", ["", "not base64!", "abc", "A" * 9000])
+@pytest.mark.parametrize("token", ["", "not base64!", "abc", "abc.def", "A" * 9000, "A" * 7000 + "." + "0" * 64])
 def test_text_that_is_no_token_is_refused(token):
     with pytest.raises(BadRequestError, match=REFUSED):
         pagetokens.PageTokens().open("ctx", token)
