@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from console import cron, datastore, logs, mail, memcache, render, security, taskqueues
+from console import cron, dashboard, datastore, logs, mail, memcache, render, security, taskqueues
 from console.backend import Services
 from console.config import ConsoleConfig
 from kiln import errors
@@ -36,11 +36,13 @@ async def _errors(request: web.Request,
 
 
 async def _home(request: web.Request) -> web.StreamResponse:
-    raise web.HTTPFound("/logs")
+    raise web.HTTPFound("/dashboard")
 
 
-def make_app(services: Services, *, hosts: Callable[[], frozenset[str]]) -> web.Application:
-    """The console's aiohttp application over ``services``, answering the Host values ``hosts()`` gives."""
+def make_app(services: Services, *, hosts: Callable[[], frozenset[str]],
+             scraper: dashboard.Scraper | None = None) -> web.Application:
+    """The console's aiohttp application over ``services``, answering the Host values ``hosts()`` gives; its
+    dashboard plots what ``scraper`` reads (None: no metrics to plot)."""
     sessions = security.Sessions()
     app = web.Application(middlewares=[security.middleware(sessions, hosts, render.problem), _errors],
                           client_max_size=2 * 1024 * 1024)
@@ -49,6 +51,9 @@ def make_app(services: Services, *, hosts: Callable[[], frozenset[str]]) -> web.
     app.router.add_get("/", _home)
     for module in (logs, datastore, memcache, cron, taskqueues, mail):
         app.add_routes(module.routes(services))
+    app.add_routes(dashboard.routes(scraper))
+    if scraper is not None:
+        app.cleanup_ctx.append(scraper.running)
     app.router.add_static("/static/", render.STATIC, append_version=False)
     return app
 
@@ -61,7 +66,9 @@ async def serve(cfg: ConsoleConfig) -> None:
                                    "taskqueue": cfg.taskqueue_addr, "mail": cfg.mail_addr},
                         timeout=cfg.call_timeout_seconds)
     bound: dict[str, frozenset[str]] = {"hosts": frozenset()}
-    app = make_app(services, hosts=lambda: bound["hosts"])
+    scraper = (dashboard.Scraper(cfg.app_id, cfg.metrics_addrs, interval=cfg.metrics_scrape_seconds)
+               if cfg.metrics_addrs else None)
+    app = make_app(services, hosts=lambda: bound["hosts"], scraper=scraper)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     sock = socket.create_server((cfg.listen.host, cfg.listen.port),

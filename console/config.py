@@ -34,6 +34,11 @@ class ConsoleConfig:
     taskqueue_addr: HostPort | None = field(None, "taskqueue_svc's gRPC address (host:port): the Task queues page")
     mail_addr: HostPort | None = field(None, "mail_svc's gRPC address (host:port): the Mail page (its development "
                                              "outbox)")
+    metrics_addrs: tuple[HostPort, ...] = field((), "host:port of each /metrics endpoint the Dashboard page "
+                                                     "scrapes (comma-separated: the router's, its workers' and the "
+                                                     "instance managers'; kiln dev passes them); none: no dashboard")
+    metrics_scrape_seconds: float = field(10.0, "how often the Dashboard scrapes metrics_addrs (one point per "
+                                                "scrape, an hour kept)")
     allowed_hosts: tuple[str, ...] = field((), "Host header values the console answers besides its listen "
                                                "address, localhost and 127.0.0.1 at its port (comma-separated; "
                                                "others get 421, which stops DNS rebinding)")
@@ -46,5 +51,7 @@ class ConsoleConfig:
             raise ValueError(f"log_format: must be text or json, got {self.log_format!r}")
         if not APP_ID_RE.match(self.app_id):
             raise ValueError(f"app_id: expected an app id (lower-case letters, digits, '-'), got {self.app_id!r}")
+        if not 0.1 <= self.metrics_scrape_seconds <= 3600:
+            raise ValueError("metrics_scrape_seconds: must be between 0.1 and 3600")
         if not self.call_timeout_seconds > 0:
             raise ValueError("call_timeout_seconds: must be above 0")
