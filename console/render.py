@@ -25,7 +25,8 @@ ENV = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=T
                          undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
 
 # The navigation, in order: (path, title).
-PAGES = (("/dashboard", "Dashboard"), ("/logs", "Request logs"), ("/datastore", "Datastore"), ("/memcache", "Memcache"), ("/cron", "Cron"),
+PAGES = (("/dashboard", "Dashboard"),
+         ("/logs", "Request logs"), ("/datastore", "Datastore"), ("/memcache", "Memcache"), ("/cron", "Cron"),
          ("/queues", "Task queues"), ("/mail", "Mail"))
 
 

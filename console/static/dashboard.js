@@ -51,6 +51,18 @@
       });
       plots[name].setData(columns);
       figure.setAttribute("data-drawn", String(drawn));  // values plotted: for tests and assistive tools
+      // The latest values as text, under the plot: readable without seeing it (and by screen readers).
+      var now = figure.querySelector(".now");
+      if (!now) {
+        now = document.createElement("p");
+        now.className = "now";
+        figure.appendChild(now);
+      }
+      now.textContent = "Latest: " + CHARTS[name].map(function (s, i) {
+        var values = columns[i + 1], last = null;
+        for (var k = values.length - 1; k >= 0 && last === null; k -= 1) { last = values[k]; }
+        return s[1] + " " + (last === null ? "–" : (Math.round(last * 100) / 100).toString());
+      }).join(", ");
     });
   }
 

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import socket
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
 import pytest
 from aiohttp import web
 from playwright.sync_api import Page, expect
+from prometheus_client.parser import text_string_to_metric_families
 
 from console.dashboard import MAX_PAGE, Scraper
 from deploy.dev import DevServer
@@ -170,6 +173,31 @@ def test_the_dashboard_shows_latency_percentiles_instances_and_memory(dev):
 
 
 @pytest.mark.nats
+def test_the_dashboard_adds_up_the_requests_of_every_router_worker(tmp_path):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("KILN_CONSOLE_METRICS_SCRAPE_SECONDS", "0.5")
+        with console_dev(tmp_path / "app", router_workers=2) as workers:
+            router = HostPort.parse(workers.metrics_addresses["router"], "router metrics")
+            first, second = (f"{router.host}:{router.port + n}" for n in (0, 1))
+            assert workers.dashboard_metrics()[:2] == [first, second]  # the console scrapes both workers
+            before = settled(workers)
+            for i in range(40):
+                fetch(workers, f"/spread/{i}")
+            wait_for(lambda: round(counted(dashboard_data(workers), "rps") - counted(before, "rps"), 6) >= 40, 30)
+            assert counted(dashboard_data(workers), "rps") - counted(before, "rps") == pytest.approx(40)
+            # Both workers answered some of them (each counts its own): the sum is the dashboard's.
+            served = [scraped_requests(address, workers.app_id) for address in (first, second)]
+            assert all(n > 0 for n in served)
+
+
+def scraped_requests(address: str, app_id: str) -> float:
+    """The requests a router worker counted for the app, from its own metrics page."""
+    text = urllib.request.urlopen(f"http://{address}/metrics", timeout=10).read().decode()
+    return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples
+               if s.name == "kiln_router_requests_total" and s.labels.get("app") == app_id)
+
+
+@pytest.mark.nats
 def test_the_console_opens_on_the_dashboard(dev):
     status, headers, _ = console_request(dev, "GET", "/")
     assert status == 302 and headers["location"] == "/dashboard"
@@ -189,4 +217,5 @@ def test_the_dashboard_page_draws_its_plots_and_refreshes_them_without_reloading
     drawn = int(page.locator("figure[data-chart=requests]").get_attribute("data-drawn") or 0)
     wait_for(lambda: int(page.locator("figure[data-chart=requests]").get_attribute("data-drawn") or 0) > drawn, 30)
     assert page.evaluate("window.notReloaded === true")
+    expect(page.locator("figure[data-chart=instances] .now")).to_contain_text(re.compile(r"serving 1(,|$)"))
     expect(page.locator("nav a[aria-current=page]")).to_have_text("Dashboard")
