@@ -43,7 +43,11 @@ class Scraper:
     async def scrape(self, session: aiohttp.ClientSession) -> None:
         """Read every target once and add what they said to the history."""
         pages = await asyncio.gather(*(self._read(session, url) for url in self.urls))
-        self.history.add(time.time(), dict(zip(self.urls, pages)))
+        read_at = time.time()
+        # Parsed on a thread (the pages' lines cost tens of microseconds each), added on the loop that serves
+        # /dashboard/data, so a request never sees the history half-changed.
+        parsed = await asyncio.to_thread(self.history.parse_all, dict(zip(self.urls, pages)))
+        self.history.add_parsed(read_at, parsed)
         self.scrapes += 1
 
     async def _read(self, session: aiohttp.ClientSession, url: str) -> str | None:

@@ -36,7 +36,7 @@ INSTANCES = "kiln_runtime_instances"
 MEMORY = "kiln_runtime_instance_memory_bytes"
 WANTED = (REQUESTS, BUCKETS, INSTANCES, MEMORY)
 
-MAX_SERIES = 5000  # series kept from one process's page (the rest of a longer page is ignored)
+MAX_SERIES = 5000  # lines of the wanted metrics parsed from one process's page (the rest is ignored)
 MAX_VERSIONS = 20  # versions plotted (the first seen stay; others are left out until one goes)
 MAX_LABEL = 100  # characters of a label value (a longer one: the line is ignored)
 MAX_LINE = 2000  # characters of a line (a longer one is ignored)
@@ -53,12 +53,17 @@ def parse(text: str, app_id: str) -> dict[Key, float]:
     """The samples of ``app_id``'s versions in a page of metrics text, by series.
 
     Every other line (another metric, a comment, a malformed or oversized line, another app) is ignored; past
-    :data:`MAX_SERIES` series the rest of the page is.
+    :data:`MAX_SERIES` lines of the wanted metrics the rest of the page is (parsing costs tens of microseconds a
+    line: a page cannot make a scrape take long).
     """
     found: dict[Key, float] = {}
+    read = 0
     for line in text.splitlines():
         if not line.startswith(WANTED) or len(line) > MAX_LINE:
             continue
+        read += 1
+        if read > MAX_SERIES:
+            break
         sample = _sample(line)
         if sample is None:
             continue
@@ -79,8 +84,6 @@ def parse(text: str, app_id: str) -> dict[Key, float]:
         if not version or not math.isfinite(value) or value < 0:
             continue
         key = (name, version, third)
-        if key not in found and len(found) >= MAX_SERIES:
-            break
         found[key] = found.get(key, 0.0) + value
     return found
 
@@ -168,7 +171,15 @@ class History:
 
     def add(self, now: float, pages: Mapping[str, str | None]) -> None:
         """One scrape at ``now`` (seconds): each target's page of text (None: the scrape failed)."""
-        parsed = {target: parse(text, self.app_id) for target, text in pages.items() if text is not None}
+        self.add_parsed(now, self.parse_all(pages))
+
+    def parse_all(self, pages: Mapping[str, str | None]) -> dict[str, dict[Key, float] | None]:
+        """Each page parsed (:func:`parse`; pure, so it may run on another thread)."""
+        return {target: None if text is None else parse(text, self.app_id) for target, text in pages.items()}
+
+    def add_parsed(self, now: float, pages: Mapping[str, dict[Key, float] | None]) -> None:
+        """One scrape at ``now`` (seconds): each target's parsed page (None: the scrape failed)."""
+        parsed = {target: series for target, series in pages.items() if series is not None}
         dt = now - self._last_time if self._last_time is not None else 0.0
         grown: dict[Key, float] = {}  # increase of each counter series since the last scrape, summed over targets
         gauges: dict[Key, float] = {}

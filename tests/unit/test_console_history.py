@@ -159,7 +159,7 @@ def test_other_apps_other_metrics_and_oversized_labels_are_ignored():
     assert history.parse(text, APP) == {(history.REQUESTS, "v1", "2xx"): 5.0}
 
 
-def test_the_series_read_from_one_page_are_capped():
+def test_the_lines_read_from_one_page_are_capped():
     lines = "".join(f'kiln_runtime_instances{{app="shop",version="v{i}",state="serving"}} 1\n'
                     for i in range(history.MAX_SERIES + 50))
     assert len(history.parse(lines, APP)) == history.MAX_SERIES
