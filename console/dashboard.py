@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import AsyncIterator
 
@@ -20,6 +21,7 @@ from aiohttp import web
 
 from console import render
 from console.history import FIGURES, History
+from kiln.errors import BadRequestError
 from kiln_platform.config import HostPort
 
 log = logging.getLogger(__name__)
@@ -89,16 +91,37 @@ class Scraper:
             await task
 
 
-def data(scraper: Scraper | None, version: str) -> dict[str, object]:
-    """What ``/dashboard/data`` answers: the versions, the chosen one's series, and the targets that fail."""
+def data(scraper: Scraper | None, version: str, since: float | None = None) -> dict[str, object]:
+    """What ``/dashboard/data`` answers: the versions, the chosen one's series (its points after ``since`` only,
+    when given: the page adds them to those it has), and the targets that fail."""
     if scraper is None:
         return {"configured": False, "versions": [], "version": "", "series": None, "errors": {},
                 "interval": 0}
     versions = scraper.history.versions()
     chosen = version if version in versions else (versions[0] if versions else "")
+    if chosen != version:
+        since = None  # the page showed another version (or none): all of this one's points
     return {"configured": True, "versions": versions, "version": chosen,
-            "series": scraper.history.series(chosen) if chosen else None, "errors": dict(scraper.errors),
+            "series": scraper.history.series(chosen, since) if chosen else None, "errors": dict(scraper.errors),
+            "since": since,
             "interval": scraper.interval, "scrapes": scraper.scrapes, "figures": list(FIGURES)}
+
+
+def _since(text: str) -> float | None:
+    """The ``since`` parameter: a time in seconds (the newest point the page has), or None when absent.
+
+    Raises:
+        BadRequestError: it is not a finite number.
+    """
+    if not text:
+        return None
+    try:
+        since = float(text)
+    except ValueError:
+        since = math.nan
+    if not math.isfinite(since):
+        raise BadRequestError(f"since: expected a time in seconds, got {text[:40]!r}")
+    return since
 
 
 def routes(scraper: Scraper | None) -> list[web.RouteDef]:
@@ -110,7 +133,9 @@ def routes(scraper: Scraper | None) -> list[web.RouteDef]:
                            refresh_ms=int(1000 * min(max(interval, 1.0), 5.0)))
 
     async def dashboard_data(request: web.Request) -> web.StreamResponse:
-        response = web.json_response(data(scraper, request.query.get("version", "")))
+        since = _since(request.query.get("since", ""))
+        version = request.query.get("version", "")
+        response = web.json_response(data(scraper, version, since if version else None))
         response.headers["Cache-Control"] = "no-store"
         return response
 

@@ -224,13 +224,15 @@ class History:
             seen.update(dict.fromkeys(points))
         return list(seen)
 
-    def series(self, version: str) -> dict[str, list[float | None]]:
-        """``version``'s figures over the history: ``time`` (seconds) and each of :data:`FIGURES`, one value per
-        scrape (None where the version had no point)."""
+    def series(self, version: str, since: float | None = None) -> dict[str, list[float | None]]:
+        """``version``'s figures over the history (the scrapes after ``since`` only, when given): ``time``
+        (seconds) and each of :data:`FIGURES`, one value per scrape (None where the version had no point)."""
         out: dict[str, list[float | None]] = {"time": []}
         for name in FIGURES:
             out[name] = []
         for now, points in self._ticks:
+            if since is not None and now <= since:
+                continue
             point = points.get(version)
             out["time"].append(now)
             for name in FIGURES:

@@ -39,6 +39,22 @@
     return new uPlot(opts, [[]].concat(CHARTS[name].map(function () { return []; })), figure);
   }
 
+  // The points drawn (one version's); each refresh asks only for those after the newest (?since=).
+  var shown = {version: null, series: null};
+  var HOUR = 3600;
+
+  function merge(data) {
+    if (data.since === null || shown.version !== data.version || !shown.series) {
+      shown = {version: data.version, series: data.series};
+      return;
+    }
+    var series = shown.series;
+    Object.keys(series).forEach(function (name) { series[name] = series[name].concat(data.series[name]); });
+    var times = series.time, newest = times.length ? times[times.length - 1] : 0, drop = 0;
+    while (drop < times.length && times[drop] < newest - HOUR) { drop += 1; }
+    if (drop) { Object.keys(series).forEach(function (name) { series[name] = series[name].slice(drop); }); }
+  }
+
   function draw(series) {
     Array.prototype.forEach.call(root.querySelectorAll("figure[data-chart]"), function (figure) {
       var name = figure.getAttribute("data-chart");
@@ -98,12 +114,17 @@
   var timer = null;
   function refresh() {
     var url = endpoint + "?version=" + encodeURIComponent(select.value || "");
+    var times = shown.series && shown.version === select.value ? shown.series.time : [];
+    if (times.length) { url += "&since=" + encodeURIComponent(String(times[times.length - 1])); }
     fetch(url, {credentials: "same-origin", headers: {"Accept": "application/json"}})
       .then(function (r) { if (!r.ok) { throw new Error("HTTP " + r.status); } return r.json(); })
       .then(function (data) {
         versions(data.versions, data.version);
         say(data);
-        if (data.series) { draw(data.series); }
+        if (data.series) {
+          merge(data);
+          draw(shown.series);
+        }
       })
       .catch(function (err) { status.textContent = "Could not read the dashboard's data: " + err.message; })
       .then(function () {

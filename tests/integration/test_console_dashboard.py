@@ -198,6 +198,27 @@ def scraped_requests(address: str, app_id: str) -> float:
 
 
 @pytest.mark.nats
+def test_the_data_after_since_is_the_points_newer_than_it(dev):
+    full = settled(dev)
+    times = full["series"]["time"]  # type: ignore[index]
+    since = times[-2]
+    status, _, body = console_request(dev, "GET", f"/dashboard/data?version={dev.version_id}&since={since!r}")
+    newer = json.loads(body)
+    assert status == 200 and newer["since"] == since
+    assert newer["series"]["time"][0] == times[-1]  # the points after since, from the first one on
+    assert all(t > since for t in newer["series"]["time"])
+    assert set(newer["series"]) == set(full["series"])  # type: ignore[arg-type]
+
+
+@pytest.mark.nats
+@pytest.mark.parametrize("since", ["soon", "nan", "inf"])
+def test_a_since_that_is_not_a_time_is_refused_naming_it(dev, since):
+    status, _, body = console_request(dev, "GET", f"/dashboard/data?version={dev.version_id}&since={since}")
+    assert status == 400
+    assert f"since: expected a time in seconds, got &#39;{since}&#39;" in body
+
+
+@pytest.mark.nats
 def test_the_console_opens_on_the_dashboard(dev):
     status, headers, _ = console_request(dev, "GET", "/")
     assert status == 302 and headers["location"] == "/dashboard"
@@ -217,5 +238,10 @@ def test_the_dashboard_page_draws_its_plots_and_refreshes_them_without_reloading
     drawn = int(page.locator("figure[data-chart=requests]").get_attribute("data-drawn") or 0)
     wait_for(lambda: int(page.locator("figure[data-chart=requests]").get_attribute("data-drawn") or 0) > drawn, 30)
     assert page.evaluate("window.notReloaded === true")
+    # Refreshes add only the newer points (?since=): never more than the server has (read after the page's).
+    on_page = int(page.locator("figure[data-chart=instances]").get_attribute("data-drawn") or 0)
+    series = dashboard_data(dev)["series"]
+    assert isinstance(series, dict)
+    assert on_page <= sum(v is not None for state in ("serving", "starting", "stopping") for v in series[state])
     expect(page.locator("figure[data-chart=instances] .now")).to_contain_text(re.compile(r"serving 1(,|$)"))
     expect(page.locator("nav a[aria-current=page]")).to_have_text("Dashboard")

@@ -195,3 +195,12 @@ def test_a_failed_scrape_leaves_a_gap_and_the_next_page_starts_a_new_baseline():
     # No point while the target failed, none right after (no baseline: 60 requests would be counted in 10 s),
     # then rates again.
     assert hist.series("v1")["rps"] == [None, None, None, pytest.approx(1.0)]
+
+
+def test_the_series_since_a_time_are_the_points_after_it():
+    hist = History(APP, points=10)
+    for second in range(5):
+        hist.add(float(second), {"m": _manager_page({"serving": second}, 0)})
+    assert hist.series("v1", since=2.0)["time"] == [3.0, 4.0]
+    assert hist.series("v1", since=2.0)["serving"] == [3.0, 4.0]
+    assert hist.series("v1", since=9.0)["time"] == []
