@@ -223,7 +223,7 @@ class DevServer:
         return address
 
     def dashboard_metrics(self) -> list[str]:
-        """The metrics addresses the console's dashboard scrapes: the manager's, the router's and its workers'."""
+        """The metrics addresses the console's dashboard scrapes: the router's, its workers' and the manager's."""
         router = HostPort.parse(self._metrics_address("router") or "", "router metrics")
         manager = self._metrics_address("manager")
         return [f"{router.host}:{router.port + n}" for n in range(self.opts.router_workers)] + [manager or ""]
