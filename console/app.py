@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from console import cron, datastore, logs, mail, memcache, render, security, taskqueues
+from console import cron, dashboard, datastore, logs, mail, memcache, render, security, taskqueues
 from console.backend import GatewayCredentials, Services
 from console.config import GATEWAY_SERVICES, ConsoleConfig
 from console.signin import SignIn
@@ -37,12 +37,13 @@ async def _errors(request: web.Request,
 
 
 async def _home(request: web.Request) -> web.StreamResponse:
-    raise web.HTTPFound("/logs")
+    raise web.HTTPFound("/dashboard")
 
 
 def make_app(services: Services, *, hosts: Callable[[], frozenset[str]] | None = None,
-             signin: SignIn | None = None) -> web.Application:
-    """The console's aiohttp application over ``services``.
+             signin: SignIn | None = None, scraper: dashboard.Scraper | None = None) -> web.Application:
+    """The console's aiohttp application over ``services``; its dashboard plots what ``scraper`` reads (None: no
+    metrics to plot).
 
     Development: it answers the Host values ``hosts()`` gives. Cluster (``signin`` given; ``hosts`` is then
     unused): ``signin`` says which hosts it answers and who may see which app (:mod:`console.signin`).
@@ -62,6 +63,9 @@ def make_app(services: Services, *, hosts: Callable[[], frozenset[str]] | None =
     app.router.add_get("/", _home)
     for module in (logs, datastore, memcache, cron, taskqueues, mail):
         app.add_routes(module.routes(services))
+    app.add_routes(dashboard.routes(scraper))
+    if scraper is not None:
+        app.cleanup_ctx.append(scraper.running)
     app.router.add_static("/static/", render.STATIC, append_version=False)
     return app
 
@@ -83,7 +87,10 @@ async def serve(cfg: ConsoleConfig) -> None:
                                        "taskqueue": cfg.taskqueue_addr, "mail": cfg.mail_addr},
                             timeout=cfg.call_timeout_seconds)
     bound: dict[str, frozenset[str]] = {"hosts": frozenset()}
-    app = make_app(services, hosts=lambda: bound["hosts"], signin=signin)
+    # The dashboard's history is one app's (development); a cluster's console has no metrics addresses yet.
+    scraper = (dashboard.Scraper(cfg.app_id, cfg.metrics_addrs, interval=cfg.metrics_scrape_seconds)
+               if cfg.metrics_addrs and not cfg.cluster else None)
+    app = make_app(services, hosts=lambda: bound["hosts"], signin=signin, scraper=scraper)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     sock = socket.create_server((cfg.listen.host, cfg.listen.port),

@@ -44,6 +44,11 @@ class ConsoleConfig:
     taskqueue_addr: HostPort | None = field(None, "taskqueue_svc's gRPC address (host:port): the Task queues page")
     mail_addr: HostPort | None = field(None, "mail_svc's gRPC address (host:port): the Mail page (its development "
                                              "outbox)")
+    metrics_addrs: tuple[HostPort, ...] = field((), "host:port of each /metrics endpoint the Dashboard page "
+                                                     "scrapes (comma-separated: the router's, its workers' and the "
+                                                     "instance managers'; kiln dev passes them); none: no dashboard")
+    metrics_scrape_seconds: float = field(10.0, "how often the Dashboard scrapes metrics_addrs (one point per "
+                                                "scrape, an hour kept)")
     allowed_hosts: tuple[str, ...] = field((), "Host header values the console answers besides its listen "
                                                "address, localhost and 127.0.0.1 at its port (comma-separated; "
                                                "others get 421, which stops DNS rebinding)")
@@ -72,6 +77,8 @@ class ConsoleConfig:
     def __post_init__(self) -> None:
         if self.log_format not in ("text", "json"):
             raise ValueError(f"log_format: must be text or json, got {self.log_format!r}")
+        if not 0.1 <= self.metrics_scrape_seconds <= 3600:
+            raise ValueError("metrics_scrape_seconds: must be between 0.1 and 3600")
         if not self.call_timeout_seconds > 0:
             raise ValueError("call_timeout_seconds: must be above 0")
         if self.cluster:
@@ -96,7 +103,7 @@ class ConsoleConfig:
         if missing:
             raise ValueError(f"{', '.join(missing)}: required with oidc_issuer (cluster mode)")
         given = [name for name in ("app_id", "service_secret", "logs_addr", "datastore_addr", "memcache_addr",
-                                   "cron_addr", "taskqueue_addr", "mail_addr") if getattr(self, name)]
+                                   "cron_addr", "taskqueue_addr", "mail_addr", "metrics_addrs") if getattr(self, name)]
         if given:
             raise ValueError(f"{', '.join(given)}: development mode only; in cluster mode the console reaches the "
                              "services through the gateway")

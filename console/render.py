@@ -18,12 +18,15 @@ from kiln import errors
 TEMPLATES = pathlib.Path(__file__).resolve().parent / "templates"
 STATIC = pathlib.Path(__file__).resolve().parent / "static"
 HTMX = "vendor/htmx-2.0.11.min.js"  # vendored from npm's htmx.org 2.0.11 (0BSD; see static/vendor/)
+UPLOT_JS = "vendor/uPlot-1.6.32.iife.min.js"  # vendored from npm's uplot 1.6.32 (MIT; the dashboard's plots)
+UPLOT_CSS = "vendor/uPlot-1.6.32.min.css"
 
 ENV = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
                          undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
 
 # The navigation, in order: (path, title).
-PAGES = (("/logs", "Request logs"), ("/datastore", "Datastore"), ("/memcache", "Memcache"), ("/cron", "Cron"),
+PAGES = (("/dashboard", "Dashboard"),
+         ("/logs", "Request logs"), ("/datastore", "Datastore"), ("/memcache", "Memcache"), ("/cron", "Cron"),
          ("/queues", "Task queues"), ("/mail", "Mail"))
 
 
@@ -39,7 +42,7 @@ def page(request: web.Request, template: str, *, status: int = 200, fragment: st
     app_id = request.get("app_id", request.app["app_id"])  # a cluster's console: the app of the request's host
     html = ENV.get_template(name).render(
         request_path=request.path, csrf_token=request["csrf_token"], pages=PAGES if app_id else (), app_id=app_id,
-        signed_in=request.get("signed_in"), htmx=HTMX, **context)
+        signed_in=request.get("signed_in"), htmx=HTMX, uplot_js=UPLOT_JS, uplot_css=UPLOT_CSS, **context)
     response = web.Response(text=html, content_type="text/html", status=status)
     response.headers["Cache-Control"] = "no-store"
     response.headers["Vary"] = "HX-Request"

@@ -1,7 +1,8 @@
 """``python -m console.screenshots``: screenshots of each console page, for the README (docs/console/*.png).
 
 Starts ``kiln dev`` on a small demo app in a temporary directory, gives it some requests (so there are logs),
-entities of several kinds and types, cache entries, waiting tasks and mail, then opens each page in Debian's Chromium (driven by
+entities of several kinds and types, cache entries, waiting tasks, mail and 40 s of traffic (the dashboard's
+plots), then opens each page in Debian's Chromium (driven by
 Playwright, from the ``test`` extra) and saves what it shows. Run it again after changing a page, and commit the
 PNGs.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import pathlib
 import tempfile
 import urllib.error
@@ -170,6 +172,21 @@ def _wait_for_logs(addresses: dict[str, str], secret: str, app_id: str, count: i
             time.sleep(0.2)
 
 
+def _traffic(url: str, seconds: float) -> None:
+    """Requests for ``seconds``, at a rate that rises and falls, some of them failing: the dashboard's plots."""
+    import math
+    import time
+    started = time.monotonic()
+    while (elapsed := time.monotonic() - started) < seconds:
+        for n in range(int(6 + 5 * math.sin(elapsed / 4))):
+            path = "/broken/checkout" if n == 7 else "/admin/x" if n % 4 == 3 else f"/products/{n}"
+            try:
+                urllib.request.urlopen(url + path, timeout=60).read()
+            except urllib.error.HTTPError as err:
+                err.read()
+        time.sleep(0.2)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m console.screenshots", description=__doc__)
     parser.add_argument("--out", type=pathlib.Path, default=OUT, help=f"where the PNGs go (default {OUT})")
@@ -186,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         (app_dir / "cron.yaml").write_text(CRON_YAML)
         (app_dir / "queue.yaml").write_text(QUEUE_YAML)
         (app_dir / "index.yaml").write_text(INDEX_YAML)
+        os.environ.setdefault("KILN_CONSOLE_METRICS_SCRAPE_SECONDS", "1")  # the dashboard: a point a second
         server = DevServer(DevOptions(app_dir=app_dir, port=0, console_port=0, data_dir=app_dir / "data"))
         server.start()
         try:
@@ -230,6 +248,11 @@ def main(argv: list[str] | None = None) -> int:
                 page.screenshot(path=str(args.out / "mail.png"), full_page=True)
                 page.get_by_role("link", name="Order 1042 confirmed").click()
                 page.screenshot(path=str(args.out / "mail-message.png"), full_page=True)
+                _traffic(server.url.rstrip("/"), 40)
+                page.goto("/dashboard")
+                page.wait_for_function("document.querySelector('figure[data-chart=latency]')"
+                                       "?.getAttribute('data-drawn') > 20")
+                page.screenshot(path=str(args.out / "dashboard.png"), full_page=True)
                 phone = browser.new_page(viewport={"width": 390, "height": 844}, base_url=base)
                 phone.goto("/logs?status=5xx")
                 phone.screenshot(path=str(args.out / "logs-phone.png"), full_page=True)

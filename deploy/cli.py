@@ -87,7 +87,7 @@ def _dev(args: argparse.Namespace) -> int:
         return 1
     _say(f"kiln dev: serving app {server.app_id!r} (version {server.version_id}, storage {opts.storage}) "
          f"at {server.url}")
-    _say(f"kiln dev: console (logs, datastore, memcache, cron, task queues, mail) at {server.console_url}")
+    _say(f"kiln dev: console (dashboard, logs, datastore, memcache, cron, task queues, mail) at {server.console_url}")
     _say(f"kiln dev: mail goes to {server.outbox_dir}; SMTP for *@{server.app_id}.mail.localhost on "
          f"{server.addresses['mail_smtp']}")
     if opts.otlp_endpoint:
@@ -148,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="serve every part's Prometheus metrics on 127.0.0.1 at /metrics: the first part on PORT, "
                           "the others on PORT+1... in the order datastore, memcache, urlfetch, mail, images, cron, "
                           "logs, identity, taskqueue, blobstore, manager, router (0: a free port each); printed at "
-                          "start (default: off)")
+                          "start (default: only the router's and the manager's, on free ports, for the console's "
+                          "dashboard)")
     dev.add_argument("--otlp-endpoint", default="", metavar="URL",
                      help="export OpenTelemetry traces of every request (router, instance, services) to this "
                           "OTLP/HTTP collector, e.g. http://127.0.0.1:4318 (default: off)")

@@ -47,6 +47,9 @@ CASSANDRA_SCRIPT = pathlib.Path(__file__).resolve().parent / "cassandra.sh"
 # The parts serving /metrics under ``kiln dev --metrics-port PORT``, on PORT, PORT + 1... in this order (the router
 # last: with workers, worker N serves on the router's port + N - 1).
 METRICS_PARTS = (*SERVICES, "manager", "router")
+# The parts whose metrics the console's Dashboard page reads: served (on free loopback ports) even without
+# ``--metrics-port``, and passed to the console (its ``metrics_addrs``).
+DASHBOARD_PARTS = ("router", "manager")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -111,6 +114,19 @@ def check_port_free(host: str, port: int, *, flag: str = "--port") -> None:
         if exc.errno == errno.EADDRINUSE:
             raise PortInUseError(host, port, flag) from None
         raise
+
+
+def _free_ports(count: int) -> int:
+    """The first of ``count`` consecutive loopback ports free right now (see :func:`free_port`)."""
+    for _ in range(50):
+        first = free_port()
+        try:
+            for port in range(first + 1, first + count):
+                check_port_free(METRICS_HOST, port)
+        except PortInUseError:
+            continue
+        return first
+    raise StartError(f"found no {count} consecutive free ports on {METRICS_HOST}")
 
 
 def default_data_dir(app_id: str) -> pathlib.Path:
@@ -189,13 +205,28 @@ class DevServer:
 
     def _metrics(self, part: str) -> list[str]:
         """The ``--metrics-listen`` arguments of ``part`` (one of :data:`METRICS_PARTS`): none without
-        ``--metrics-port``."""
-        if self.opts.metrics_port is None:
-            return []
+        ``--metrics-port``, but for the :data:`DASHBOARD_PARTS` (free ports then)."""
+        address = self._metrics_address(part)
+        return [] if address is None else ["--metrics-listen", address]
+
+    def _metrics_address(self, part: str) -> str | None:
+        """Where ``part`` serves its metrics (chosen once), or None if it serves none."""
+        if part in self.metrics_addresses:
+            return self.metrics_addresses[part]
+        if self.opts.metrics_port is None and part not in DASHBOARD_PARTS:
+            return None
         base = self.opts.metrics_port
-        port = base + METRICS_PARTS.index(part) if base else free_port()
+        # The router's workers serve on the ports after its own (kiln_platform.metrics.worker_address).
+        port = base + METRICS_PARTS.index(part) if base else _free_ports(self.opts.router_workers if part == "router"
+                                                                         else 1)
         address = self.metrics_addresses[part] = f"{METRICS_HOST}:{port}"
-        return ["--metrics-listen", address]
+        return address
+
+    def dashboard_metrics(self) -> list[str]:
+        """The metrics addresses the console's dashboard scrapes: the router's, its workers' and the manager's."""
+        router = HostPort.parse(self._metrics_address("router") or "", "router metrics")
+        manager = self._metrics_address("manager")
+        return [f"{router.host}:{router.port + n}" for n in range(self.opts.router_workers)] + [manager or ""]
 
     def _traces(self) -> list[str]:
         """The ``--otlp-endpoint`` arguments every traced part gets: none without ``--otlp-endpoint``."""
@@ -395,7 +426,7 @@ class DevServer:
                 "--logs-addr", self.addresses["logs_svc"], "--datastore-addr", self.addresses["datastore_svc"],
                 "--memcache-addr", self.addresses["memcache_svc"], "--cron-addr", self.addresses["cron_svc"],
                 "--taskqueue-addr", self.addresses["taskqueue_svc"], "--mail-addr", self.addresses["mail_svc"],
-                "--ready-file", str(run / "console.addr")),
+                "--metrics-addrs", ",".join(self.dashboard_metrics()), "--ready-file", str(run / "console.addr")),
                 env=env, secrets={"KILN_CONSOLE_SERVICE_SECRET": self._secret},
                 ready_file=run / "console.addr")
         except StartError as exc:

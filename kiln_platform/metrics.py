@@ -16,8 +16,9 @@ freely (a path, a request id, a header) is ever a label.
 - The router: ``kiln_router_requests_total{app,version,status_class}``, ``kiln_router_request_seconds{app,version}``,
   ``kiln_router_requests_waiting{app,version}`` (requests waiting for an instance of their version to serve).
 - The instance manager (``runtime.manager``): ``kiln_runtime_instances{app,version,state}`` (``starting``,
-  ``serving``, ``stopping``) and ``kiln_runtime_requests_served_total{app,version}`` (as the instances' heartbeats
-  report them).
+  ``serving``, ``stopping``), ``kiln_runtime_requests_served_total{app,version}`` (as the instances' heartbeats
+  report them) and ``kiln_runtime_instance_memory_bytes{app,version}`` (its instances' memory, measured when
+  scraped).
 """
 
 from __future__ import annotations
@@ -129,6 +130,34 @@ INSTANCES = Gauge("kiln_runtime_instances", "a version's instances run by this m
 INSTANCE_STATES = ("starting", "serving", "stopping")
 SERVED = Counter("kiln_runtime_requests_served", "requests the version's instances served (their heartbeats' count)",
                  ("app", "version"))
+
+
+
+class _Memory(Collector):
+    """``kiln_runtime_instance_memory_bytes``: each version's instances' memory, measured when scraped (the
+    measure runs on the ``/metrics`` thread; reading ``/proc`` or a cgroup there costs the serving loop nothing)."""
+
+    NAME, HELP = "kiln_runtime_instance_memory_bytes", ("memory the version's instances run by this manager use now "
+                                                       "(their cgroups' usage, else their processes' resident sets)")
+
+    def __init__(self) -> None:
+        self.measures: dict[tuple[str, str], Callable[[], int]] = {}
+
+    def describe(self) -> Iterator[Any]:
+        return iter([GaugeMetricFamily(self.NAME, self.HELP, labels=["app", "version"])])
+
+    def collect(self) -> Iterator[Any]:
+        family = GaugeMetricFamily(self.NAME, self.HELP, labels=["app", "version"])
+        for labels, measure in list(self.measures.items()):
+            try:
+                family.add_metric(list(labels), measure())
+            except Exception:  # noqa: BLE001 - one failed measure must not fail the page
+                log.exception("could not measure the memory of %s/%s", *labels)
+        return iter([family])
+
+
+INSTANCE_MEMORY = _Memory()
+REGISTRY.register(INSTANCE_MEMORY)
 
 # A request the router answered without finding a version (a bad host, an unknown app): its own label values.
 NO_VERSION = ("", "")
@@ -292,7 +321,9 @@ def router_handler(handle: Callable[[Any], Any], router_metrics: RouterMetrics) 
 class ManagerMetrics:
     """The instance manager's instance counts by state and its instances' served requests, for one version."""
 
-    def __init__(self, app_id: str, version_id: str) -> None:
+    def __init__(self, app_id: str, version_id: str, *, memory: Callable[[], int] | None = None) -> None:
+        if memory is not None:  # the instances' memory in bytes, asked at each scrape
+            INSTANCE_MEMORY.measures[(app_id, version_id)] = memory
         self._states = {state: INSTANCES.labels(app_id, version_id, state) for state in INSTANCE_STATES}
         self._served = SERVED.labels(app_id, version_id)
         self._last_served: dict[str, int] = {}  # instance id -> the count its last heartbeat reported

@@ -43,6 +43,13 @@ class InstanceGroup:
             return int((self.path / name).read_text().split()[0])
         return None
 
+    def current_bytes(self) -> int | None:
+        """The memory its processes use now (None where the kernel does not say)."""
+        name = "memory.current" if self.v2 else "memory.usage_in_bytes"
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            return int((self.path / name).read_text().split()[0])
+        return None
+
     def oom_kills(self) -> int:
         """How many of its processes the kernel killed for passing the limit."""
         name = "memory.events" if self.v2 else "memory.oom_control"

@@ -32,6 +32,10 @@ runs an instance manager (:mod:`runtime.manager`) for a deployed version only wh
 - each instance gets the control plane's address (``--modules-addr``), where the app's SDK asks which
   services and versions the app has (App Engine's Modules API), with the app's own token, and, with
   ``--apps-domain``, its app's ``DEFAULT_VERSION_HOSTNAME`` (``APP.DOMAIN``);
+- with ``--manager-metrics HOST:FIRST-LAST`` each manager serves its Prometheus metrics (instances by state, their
+  requests served and memory: :mod:`kiln_platform.metrics`) on HOST at the lowest port of the range no other
+  manager of this host uses (:class:`MetricsPorts`), and the host lists the managers' addresses in
+  ``RUN_DIR/metrics-targets.json``, in the format of Prometheus' file-based discovery (``file_sd_configs``);
 - every ``--heartbeat-seconds`` (and when a control plane starts) it publishes
   what it can run on ``kiln.deploy.host`` (:func:`heartbeat`): the Pythons its
   managers would find (:mod:`kiln_platform.interpreters`, with the environment
@@ -47,6 +51,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import pathlib
@@ -143,6 +148,68 @@ class Needs:
         return cls(least > 0, isolation.instance_memory_mb(app), max(1, least))
 
 
+@dataclasses.dataclass(frozen=True)
+class PortRange:
+    """``HOST:FIRST-LAST``: where the managers of a host serve their metrics."""
+
+    host: str
+    first: int
+    last: int
+
+    @classmethod
+    def parse(cls, text: str) -> PortRange:
+        """Raises ConfigError naming ``--manager-metrics`` when ``text`` is not ``HOST:FIRST-LAST``."""
+        host, _, ports = text.rpartition(":")
+        first, _, last = ports.partition("-")
+        if not host or not first.isdigit() or not last.isdigit() or not 0 < int(first) <= int(last) <= 65535:
+            raise ConfigError(f"--manager-metrics: expected HOST:FIRST-LAST (e.g. 127.0.0.1:9300-9399), got {text!r}")
+        return cls(host.strip("[]"), int(first), int(last))
+
+
+class MetricsPorts:
+    """The metrics ports of a host's managers: each manager gets the lowest port of the range that no manager still
+    running holds and nothing else listens on; ``targets`` is what Prometheus' file-based discovery reads."""
+
+    def __init__(self, ports: PortRange, targets: pathlib.Path, host_name: str) -> None:
+        self.ports = ports
+        self.targets = targets
+        self._host_name = host_name
+        self._held: dict[int, Child] = {}  # port -> the manager serving on it
+
+    def take(self) -> str | None:
+        """A free ``host:port`` for a manager about to start (None: the range is used up), held by :meth:`hold`."""
+        self.forget_exited()
+        for port in range(self.ports.first, self.ports.last + 1):
+            if port in self._held:
+                continue
+            with contextlib.suppress(OSError), socket.create_server(
+                    (self.ports.host, port), family=socket.AF_INET6 if ":" in self.ports.host else socket.AF_INET):
+                return f"[{self.ports.host}]:{port}" if ":" in self.ports.host else f"{self.ports.host}:{port}"
+        log.warning("--manager-metrics: every port of %d-%d is in use: a manager starts without metrics",
+                    self.ports.first, self.ports.last)
+        return None
+
+    def hold(self, address: str, child: Child) -> None:
+        """``child`` serves its metrics at ``address`` (from :meth:`take`) until it exits."""
+        self._held[int(address.rpartition(":")[2])] = child
+        self.write()
+
+    def forget_exited(self) -> None:
+        """Free the ports of managers that exited (and list only the others)."""
+        gone = [port for port, child in self._held.items() if child.proc.poll() is not None]
+        for port in gone:
+            del self._held[port]
+        if gone:
+            self.write()
+
+    def write(self) -> None:
+        """``targets``: the address of every manager running, as Prometheus' ``file_sd_configs`` reads it."""
+        host = f"[{self.ports.host}]" if ":" in self.ports.host else self.ports.host
+        listing = [{"targets": [f"{host}:{port}" for port in sorted(self._held)],
+                    "labels": {"kiln_host": self._host_name}}] if self._held else []
+        _write_atomically(self.targets, json.dumps(listing, indent=1) + "\n")
+
+
 def default_capacity_mb() -> int:
     """:data:`DEFAULT_CAPACITY_SHARE` of the machine's memory."""
     with open("/proc/meminfo", encoding="ascii") as f:
@@ -157,8 +224,12 @@ class Host:
 
     def __init__(self, source: VersionSource, run_dir: pathlib.Path, manager_args: Sequence[str],
                  runtime_args: Sequence[str], *, control_plane: str, apps_domain: str = "",
-                 capacity_mb: int = 0, name: str = "", stop_grace: float = STOP_GRACE) -> None:
+                 capacity_mb: int = 0, name: str = "", stop_grace: float = STOP_GRACE,
+                 manager_metrics: PortRange | None = None) -> None:
         self._source = source
+        # Where managers serve their metrics (None: they serve none), listed in RUN_DIR/metrics-targets.json.
+        self.metrics = (MetricsPorts(manager_metrics, run_dir / "metrics-targets.json", name)
+                        if manager_metrics is not None else None)
         self.stop_grace = stop_grace  # how long a stopped manager may take to drain before it is killed
         self.capacity_mb = capacity_mb
         self.name = name
@@ -192,6 +263,8 @@ class Host:
 
     async def reap(self) -> None:
         """Forget the managers that exited: scaled to zero (status 0), or failed (the next request asks again)."""
+        if self.metrics is not None:
+            self.metrics.forget_exited()
         for key, found in list(self.running.items()):
             status = found.child.proc.poll()
             if status is None or self._lock(key).locked():
@@ -487,13 +560,16 @@ class Host:
         ready.unlink(missing_ok=True)  # an earlier manager of this minor's, which scaled to zero
         (run / "wanted").unlink(missing_ok=True)
         _write_atomically(run / "grant", plan.grant_text())
+        metrics = self.metrics.take() if self.metrics is not None else None
         argv = python_module("runtime.manager", "--app-dir", str(root), "--app-id", manifest.app_id,
                              "--version-id", manifest.version_id, "--run-dir", str(run), "--ready-file", str(ready),
-                             "--grant-file", str(run / "grant"),
+                             "--grant-file", str(run / "grant"), *(["--metrics-listen", metrics] if metrics else []),
                              "--scale-to-zero", *self._manager_args, "--", "--minor-version", str(manifest.minor),
                              "--modules-addr", self._control_plane, *self._default_hostname(manifest.app_id),
                              *self._runtime_args)
         child = self._sup.spawn(name, argv, env=os.environ, ready_file=ready)
+        if metrics is not None and self.metrics is not None:
+            self.metrics.hold(metrics, child)
         try:
             await asyncio.to_thread(Supervisor.wait_ready, child, ready_file=ready, timeout=START_TIMEOUT)
         except StartError:
@@ -674,9 +750,10 @@ async def report(nc: Client, name: str, period: float) -> None:
 
 async def run(source: VersionSource, run_dir: pathlib.Path, manager_args: Sequence[str],
               runtime_args: Sequence[str], nats_url: str, resync_seconds: float, *, name: str,
-              heartbeat_seconds: float, control_plane: str, apps_domain: str = "", capacity_mb: int = 0) -> int:
+              heartbeat_seconds: float, control_plane: str, apps_domain: str = "", capacity_mb: int = 0,
+              manager_metrics: PortRange | None = None) -> int:
     host = Host(source, run_dir, manager_args, runtime_args, control_plane=control_plane, apps_domain=apps_domain,
-                capacity_mb=capacity_mb, name=name)
+                capacity_mb=capacity_mb, name=name, manager_metrics=manager_metrics)
     nc = await bus.connect(nats_url, name="runtime-host")
     host.placement = await bus.placement_bucket(nc)
     host.js = nc.jetstream()
@@ -736,6 +813,10 @@ def parser() -> argparse.ArgumentParser:
                         help="memory this host gives instances: versions are started here only while their "
                              "instance class fits (F1 384 MB, F2 768, F4 1536, F4_1G and B8 3072; B1-B4 as F1-F4) "
                              f"(default: {DEFAULT_CAPACITY_SHARE:.0%} of the machine's memory)")
+    parser.add_argument("--manager-metrics", type=PortRange.parse, default=None, metavar="HOST:FIRST-LAST",
+                        help="each manager serves its Prometheus metrics on HOST at a free port of FIRST-LAST, "
+                             "listed in RUN_DIR/metrics-targets.json (Prometheus file_sd format); no "
+                             "authentication: an address only scrapers reach (default: none)")
     parser.add_argument("--manager-arg", action="append", default=[], dest="manager_args",
                         help="an option passed to every runtime.manager (repeat), e.g. --manager-arg=--isolation=none")
     return parser
@@ -764,7 +845,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return await run(source, args.run_dir, args.manager_args, argv[split + 1:], nats_url, args.resync_seconds,
                          name=args.name, heartbeat_seconds=args.heartbeat_seconds,
                          control_plane=args.control_plane, apps_domain=args.apps_domain,
-                         capacity_mb=args.capacity_mb or default_capacity_mb())
+                         capacity_mb=args.capacity_mb or default_capacity_mb(),
+                         manager_metrics=args.manager_metrics)
     return asyncio.run(main_async())
 
 

@@ -51,7 +51,7 @@ from kiln.errors import ConfigError
 from kiln.pb.runtime.v1 import events_pb2, http_pb2
 from kiln_platform.config import HostPort
 from kiln_platform.supervisor import Child, Confinement, StartError, Supervisor
-from runtime import cgroups, inflight, isolation, libraries, runtimeenv
+from runtime import cgroups, inflight, isolation, libraries, memory, runtimeenv
 from runtime.config import RuntimeConfig
 
 log = logging.getLogger(__name__)
@@ -233,6 +233,14 @@ class Manager:
     def running(self) -> list[_Instance]:
         """Every instance whose process may still run (serving, starting or stopping)."""
         return [*self.instances.values(), *self.stopping.values()]
+
+    def memory_bytes(self) -> int:
+        """The memory every running instance uses now (runtime.memory; called from the metrics thread)."""
+        total = 0
+        for inst in list(self.running):
+            used = inst.group.current_bytes() if inst.group is not None else None
+            total += used if used is not None else memory.resident_bytes(inst.child.proc.pid)
+        return total
 
     def on_heartbeat(self, beat: events_pb2.InstanceHeartbeat) -> None:
         found = self.instances.get(beat.instance_id)
@@ -443,7 +451,8 @@ class Manager:
 async def run(manager: Manager, nats_url: str, app_id: str, version_id: str, ready_file: pathlib.Path | None, *,
               metrics_listen: config.ListenAddress | None = None) -> int:
     nc = await bus.connect(nats_url, name=f"manager-{app_id}-{version_id}")
-    measured = metrics.ManagerMetrics(app_id, version_id) if metrics_listen is not None else None
+    measured = (metrics.ManagerMetrics(app_id, version_id, memory=manager.memory_bytes)
+                if metrics_listen is not None else None)
     metrics_server = metrics.serve(metrics_listen)
 
     async def on_beat(msg: object) -> None:

@@ -53,14 +53,14 @@ def app(environ, start_response):
 
 
 @contextlib.contextmanager
-def console_dev(app_dir: pathlib.Path) -> Iterator[DevServer]:
-    """``kiln dev`` (every part, the console on a free port) serving the logging app from ``app_dir``, with a
-    daily cron job (that does not fire during a test)."""
+def console_dev(app_dir: pathlib.Path, **options: Any) -> Iterator[DevServer]:
+    """``kiln dev`` (every part, the console on a free port; more :class:`DevOptions` in ``options``) serving the
+    logging app from ``app_dir``, with a daily cron job (that does not fire during a test)."""
     app_dir.mkdir(parents=True, exist_ok=True)
     (app_dir / "app.yaml").write_text(THREADSAFE_YAML)
     (app_dir / "main.py").write_text(MAIN)
     (app_dir / "cron.yaml").write_text(CRON_YAML)
-    server = DevServer(DevOptions(app_dir=app_dir, port=0, console_port=0, data_dir=app_dir / "data"))
+    server = DevServer(DevOptions(app_dir=app_dir, port=0, console_port=0, data_dir=app_dir / "data", **options))
     server.start()
     try:
         yield server

@@ -4,6 +4,8 @@ a datastore_svc, a router and an instance manager, each started with ``--metrics
 from __future__ import annotations
 
 import http.client
+import json
+import pathlib
 import threading
 import urllib.request
 
@@ -13,6 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from kiln.pb.datastore.v1 import datastore_pb2, datastore_pb2_grpc
 from kiln_platform.supervisor import free_port, python_module
+from runtime.cgroups import InstanceGroup
+from runtime.memory import resident_bytes
 from tests.integration.apps import wait_for
 from tests.integration.conftest import app_metadata, service_env
 
@@ -144,7 +148,7 @@ def stack(supervisor, nats_url, tmp_path_factory):
         "--ready-file", str(run / "manager-metered.ready"), "--", "--listen", "127.0.0.1:0"),
         env=env, ready_file=run / "manager-metered.ready")
     wait_for(lambda: get(router.address)[0] == 200, 60)
-    return router.address, router_metrics, manager_metrics
+    return router.address, router_metrics, manager_metrics, run / "metered-instances"
 
 
 def get(address: str, host: str = HOST) -> tuple[int, bytes]:
@@ -162,7 +166,7 @@ VERSION = {"app": APP, "version": "v1"}
 
 
 def test_router_requests_are_counted_by_version_and_status_class(stack):
-    router, router_metrics, _ = stack
+    router, router_metrics, *_ = stack
     before = scrape(router_metrics)
     statuses = [get(router)[0] for _ in range(20)]
     after = scrape(router_metrics)
@@ -172,7 +176,7 @@ def test_router_requests_are_counted_by_version_and_status_class(stack):
 
 
 def test_router_latency_histogram_counts_every_request(stack):
-    router, router_metrics, _ = stack
+    router, router_metrics, *_ = stack
     before = scrape(router_metrics)
     for _ in range(20):
         get(router)
@@ -182,7 +186,7 @@ def test_router_latency_histogram_counts_every_request(stack):
 
 
 def test_a_request_for_an_unknown_host_is_counted_without_an_app_label(stack):
-    router, router_metrics, _ = stack
+    router, router_metrics, *_ = stack
     before = scrape(router_metrics)
     status, _ = get(router, host="nothing-here.example.org")
     after = scrape(router_metrics)
@@ -193,7 +197,7 @@ def test_a_request_for_an_unknown_host_is_counted_without_an_app_label(stack):
 
 
 def test_a_request_waiting_for_an_instance_is_counted_until_it_is_answered(stack):
-    router, router_metrics, _ = stack
+    router, router_metrics, *_ = stack
     idle = {"app": IDLE, "version": "v1"}
     before = scrape(router_metrics)
     answered: list[int] = []
@@ -211,15 +215,33 @@ def test_a_request_waiting_for_an_instance_is_counted_until_it_is_answered(stack
 
 
 def test_the_manager_counts_its_instances_by_state(stack):
-    _, _, manager_metrics = stack
+    _, _, manager_metrics, _ = stack
     samples = scrape(manager_metrics)
     counts = {state: value(samples, "kiln_runtime_instances", **VERSION, state=state)
               for state in ("starting", "serving", "stopping")}
     assert counts == {"starting": 0, "serving": 1, "stopping": 0}
 
 
+def test_the_manager_reports_its_instances_memory(stack):
+    _, _, manager_metrics, instances_dir = stack
+    instances = json.loads((instances_dir / "instances.json").read_text())
+    assert len(instances) == 1
+    # Read here from the kernel: the instance's cgroup's usage (what its memory limit holds) where it has one,
+    # else its processes' resident set.
+    group = instances[0]["cgroup"]
+    if group is not None:
+        path = pathlib.Path(group)
+        v2 = (path / "memory.current").exists()
+        own = InstanceGroup(path, v2).current_bytes() or 0
+    else:
+        own = resident_bytes(instances[0]["pid"])
+    reported = value(scrape(manager_metrics), "kiln_runtime_instance_memory_bytes", **VERSION)
+    assert own > 5 << 20
+    assert 0.8 * own <= reported <= 1.25 * own  # the same memory read a moment apart
+
+
 def test_the_manager_counts_the_requests_its_instances_served(stack):
-    router, _, manager_metrics = stack
+    router, _, manager_metrics, _ = stack
     name = "kiln_runtime_requests_served_total"
     # The count arrives with heartbeats: wait until the earlier tests' requests are all counted (none is running).
     last: list[float] = []
