@@ -13,8 +13,8 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from console import cron, datastore, logs, mail, memcache, render, security, taskqueues
-from console.backend import Services
+from console import cron, datastore, logs, mail, memcache, render, security, taskqueues, versions
+from console.backend import DeployToken, Services
 from console.config import ConsoleConfig
 from kiln import errors
 from kiln_platform import grpcserver
@@ -47,7 +47,7 @@ def make_app(services: Services, *, hosts: Callable[[], frozenset[str]]) -> web.
     app[SERVICES_KEY] = services
     app["app_id"] = services.app_id
     app.router.add_get("/", _home)
-    for module in (logs, datastore, memcache, cron, taskqueues, mail):
+    for module in (versions, logs, datastore, memcache, cron, taskqueues, mail):
         app.add_routes(module.routes(services))
     app.router.add_static("/static/", render.STATIC, append_version=False)
     return app
@@ -58,8 +58,9 @@ async def serve(cfg: ConsoleConfig) -> None:
     services = Services(app_id=cfg.app_id, credentials=AppCredentials(cfg.service_secret.get()),
                         addresses={"logs": cfg.logs_addr, "datastore": cfg.datastore_addr,
                                    "memcache": cfg.memcache_addr, "cron": cfg.cron_addr,
-                                   "taskqueue": cfg.taskqueue_addr, "mail": cfg.mail_addr},
-                        timeout=cfg.call_timeout_seconds)
+                                   "taskqueue": cfg.taskqueue_addr, "mail": cfg.mail_addr,
+                                   "deploy": cfg.control_addr},
+                        timeout=cfg.call_timeout_seconds, credentials_for={"deploy": DeployToken(cfg.deploy_token)})
     bound: dict[str, frozenset[str]] = {"hosts": frozenset()}
     app = make_app(services, hosts=lambda: bound["hosts"])
     runner = web.AppRunner(app, access_log=None, handle_signals=False)

@@ -34,6 +34,10 @@ class ConsoleConfig:
     taskqueue_addr: HostPort | None = field(None, "taskqueue_svc's gRPC address (host:port): the Task queues page")
     mail_addr: HostPort | None = field(None, "mail_svc's gRPC address (host:port): the Mail page (its development "
                                              "outbox)")
+    control_addr: HostPort | None = field(None, "the control plane's gRPC address (host:port): the Apps and "
+                                                "versions page")
+    deploy_token: Secret = field(Secret(""), "an admin deploy token of app_id, with which the console calls the "
+                                             "control plane (it never reaches a browser); needed with control_addr")
     allowed_hosts: tuple[str, ...] = field((), "Host header values the console answers besides its listen "
                                                "address, localhost and 127.0.0.1 at its port (comma-separated; "
                                                "others get 421, which stops DNS rebinding)")
@@ -46,5 +50,7 @@ class ConsoleConfig:
             raise ValueError(f"log_format: must be text or json, got {self.log_format!r}")
         if not APP_ID_RE.match(self.app_id):
             raise ValueError(f"app_id: expected an app id (lower-case letters, digits, '-'), got {self.app_id!r}")
+        if self.control_addr is not None and not self.deploy_token:
+            raise ValueError("deploy_token: needed with control_addr (an admin deploy token of app_id)")
         if not self.call_timeout_seconds > 0:
             raise ValueError("call_timeout_seconds: must be above 0")
