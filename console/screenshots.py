@@ -1,8 +1,8 @@
 """``python -m console.screenshots``: screenshots of each console page, for the README (docs/console/*.png).
 
 Starts ``kiln dev`` on a small demo app in a temporary directory, gives it some requests (so there are logs),
-entities of several kinds and types, cache entries, waiting tasks and mail, then opens each page in Debian's Chromium (driven by
-Playwright, from the ``test`` extra) and saves what it shows. Run it again after changing a page, and commit the
+entities of several kinds and types, cache entries, waiting tasks and mail, then opens each page in Debian's
+Chromium (driven by Playwright, from the ``test`` extra) and saves what it shows. Run it again after changing a page, and commit the
 PNGs.
 """
 
@@ -188,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
             with sync_playwright() as playwright:
                 browser = playwright.chromium.launch(executable_path=CHROMIUM)
                 page = browser.new_page(viewport={"width": 1440, "height": 900}, base_url=base)
+                page.goto("/versions")
+                page.locator("table.instances tbody tr").first.wait_for(timeout=30_000)  # its first heartbeat
+                page.screenshot(path=str(args.out / "versions.png"), full_page=True)
                 page.goto("/logs")
                 page.locator(".request", has_text="/broken/checkout").locator("summary").click()
                 page.screenshot(path=str(args.out / "logs.png"), full_page=True)

@@ -823,7 +823,9 @@ async def _heartbeats(nc: Client, instance: Instance, period: float) -> None:
     while True:
         pending, waited = instance.pending()
         beat = events_pb2.InstanceHeartbeat(instance_id=instance.cfg.instance_id, app_id=instance.app_id,
-                                            version_id=instance.version_id, active_requests=len(instance.active),
+                                            version_id=instance.version_id,
+                                            deployment_id=f"{instance.version_id}.{instance.cfg.minor_version}",
+                                            active_requests=len(instance.active),
                                             requests_served=instance.served, pending_requests=pending,
                                             pending_latency_ms=int(waited * 1000),
                                             memory_bytes=instance.rss_bytes(),

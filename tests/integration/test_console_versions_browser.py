@@ -14,12 +14,13 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from deploy import upload
+from deploy.dev import DevServer
 from kiln.pb.deploy.v1 import deploy_pb2 as pb
 from kiln.pb.deploy.v1 import deploy_pb2_grpc
 from kiln_platform.supervisor import python_module
 from tests.integration.apps import wait_for
 from tests.integration.conftest import SECRET, service_env
-from tests.integration.consolekit import browser, console_request, page  # noqa: F401 - fixtures
+from tests.integration.consolekit import browser, console_dev, console_request, page  # noqa: F401 - fixtures
 from tests.integration.test_control_plane import auth, start_control, token, write_app
 
 pytestmark = [pytest.mark.nats, pytest.mark.browser]
@@ -187,3 +188,35 @@ def test_an_action_without_the_pages_security_token_is_refused_and_changes_nothi
                                       headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert status == 403 and "security token" in body
     assert "v3" in versions(stub)
+
+
+# --- under kiln dev ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def kiln_dev(tmp_path_factory) -> Iterator[DevServer]:
+    with console_dev(tmp_path_factory.mktemp("versions-dev") / "app") as server:
+        yield server
+
+
+@pytest.fixture
+def dev_page(browser, kiln_dev) -> Iterator[Page]:  # noqa: F811 - browser is consolekit's fixture
+    context = browser.new_context(base_url=kiln_dev.console_url.rstrip("/"))
+    yield context.new_page()
+    context.close()
+
+
+def test_kiln_dev_shows_its_version_as_the_default_and_stopping_its_instance_replaces_it(dev_page, kiln_dev):
+    wait_for(lambda: len(kiln_dev.instances()) == 1, 60)
+    [victim] = kiln_dev.instances()
+    row = section(dev_page, kiln_dev.version_id).locator(f'tr[data-instance="{victim}"]')
+
+    def shown() -> bool:
+        dev_page.goto("/versions")
+        return row.count() == 1
+    wait_for(shown, 30)
+    expect(section(dev_page, kiln_dev.version_id).locator(".badge.default")).to_have_text("default")
+    dev_page.once("dialog", lambda dialog: dialog.accept())
+    row.get_by_role("button", name="Stop").click()
+    expect(dev_page.locator(".notice.ok")).to_contain_text(f"Instance {victim} is stopping")
+    wait_for(lambda: kiln_dev.instances() and victim not in kiln_dev.instances(), 60)

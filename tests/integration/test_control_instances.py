@@ -71,7 +71,7 @@ def test_a_running_instance_is_listed_with_its_memory_and_start_time(stub, manag
     [instance_id] = running(manager_state)
     apps.wait_for(lambda: [i.instance_id for i in listed(stub)] == [instance_id], 30)
     [instance] = listed(stub)
-    assert instance.version_id == "v1" and not instance.stopping
+    assert (instance.version_id, instance.deployment_id, instance.stopping) == ("v1", "v1.1", False)
     assert instance.memory_bytes > 1 << 20 and instance.started_at.seconds > 0
 
 
