@@ -6,8 +6,8 @@ The control plane: apps, versions, their files and the default version.
 Every call needs a deploy token in the `authorization` metadata
 (`Bearer <token>`): an admin token of the app for changes (and CheckRuntime),
 or a platform read token (routers, runtime hosts, cron) for GetVersion,
-ListVersions, ListApps and DownloadBlob; anyone else gets UNAUTHENTICATED or
-PERMISSION_DENIED.
+ListVersions, ListApps and DownloadBlob; ListInstances and StopInstance need an
+admin token too. Anyone else gets UNAUTHENTICATED or PERMISSION_DENIED.
 """
 
 from collections import abc as _abc
