@@ -61,7 +61,8 @@ async def serve(cfg: ControlConfig) -> None:
         try:
             beat = runtime_events_pb2.InstanceHeartbeat.FromString(msg.data)  # type: ignore[attr-defined]
         except Exception:  # noqa: BLE001 - a malformed heartbeat is ignored
-            log.warning("ignoring a malformed instance heartbeat")
+            # At debug level: an app's own process sends these, and could send them many times a second.
+            log.debug("ignoring a malformed instance heartbeat on %s", msg.subject)  # type: ignore[attr-defined]
             return
         if named is not None:
             instances.observe(*named, beat)
