@@ -13,8 +13,8 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from console import cron, dashboard, datastore, logs, mail, memcache, render, security, taskqueues
-from console.backend import GatewayCredentials, Services
+from console import cron, dashboard, datastore, logs, mail, memcache, render, security, taskqueues, versions
+from console.backend import DeployToken, GatewayCredentials, Services
 from console.config import GATEWAY_SERVICES, ConsoleConfig
 from console.signin import SignIn
 from kiln import errors
@@ -61,7 +61,7 @@ def make_app(services: Services, *, hosts: Callable[[], frozenset[str]] | None =
     app[SERVICES_KEY] = services
     app["app_id"] = "" if signin is not None else services.app_id  # cluster: each request's, set by signin
     app.router.add_get("/", _home)
-    for module in (logs, datastore, memcache, cron, taskqueues, mail):
+    for module in (versions, logs, datastore, memcache, cron, taskqueues, mail):
         app.add_routes(module.routes(services))
     app.add_routes(dashboard.routes(scraper))
     if scraper is not None:
@@ -84,8 +84,10 @@ async def serve(cfg: ConsoleConfig) -> None:
         services = Services(app_id=cfg.app_id, credentials=AppCredentials(cfg.service_secret.get()),
                             addresses={"logs": cfg.logs_addr, "datastore": cfg.datastore_addr,
                                        "memcache": cfg.memcache_addr, "cron": cfg.cron_addr,
-                                       "taskqueue": cfg.taskqueue_addr, "mail": cfg.mail_addr},
-                            timeout=cfg.call_timeout_seconds)
+                                       "taskqueue": cfg.taskqueue_addr, "mail": cfg.mail_addr,
+                                       "deploy": cfg.control_addr},
+                            timeout=cfg.call_timeout_seconds,
+                            credentials_for={"deploy": DeployToken(cfg.deploy_token)})
     bound: dict[str, frozenset[str]] = {"hosts": frozenset()}
     # The dashboard's history is one app's (development); a cluster's console has no metrics addresses yet.
     scraper = (dashboard.Scraper(cfg.app_id, cfg.metrics_addrs, interval=cfg.metrics_scrape_seconds)

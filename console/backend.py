@@ -29,12 +29,13 @@ from kiln import errors
 from kiln.api import _rpc
 from kiln.pb.cron.v1 import cron_pb2_grpc
 from kiln.pb.datastore.v1 import datastore_pb2_grpc
+from kiln.pb.deploy.v1 import deploy_pb2_grpc
 from kiln.pb.logs.v1 import logs_pb2_grpc
 from kiln.pb.mail.v1 import mail_pb2_grpc
 from kiln.pb.memcache.v1 import memcache_pb2_grpc
 from kiln.pb.taskqueue.v1 import taskqueue_pb2_grpc
 from kiln_platform import auth
-from kiln_platform.config import HostPort
+from kiln_platform.config import HostPort, Secret
 
 # Each service the console calls: its stub class, by the name pages use.
 STUBS: dict[str, Any] = {
@@ -44,6 +45,7 @@ STUBS: dict[str, Any] = {
     "cron": cron_pb2_grpc.CronServiceStub,
     "taskqueue": taskqueue_pb2_grpc.TaskQueueServiceStub,
     "mail": mail_pb2_grpc.MailServiceStub,
+    "deploy": deploy_pb2_grpc.DeployServiceStub,  # the control plane (the Apps and versions page)
 }
 
 
@@ -79,11 +81,24 @@ def acting_as(app_id: str) -> Iterator[None]:
         _ACTING_AS.reset(reset)
 
 
+class DeployToken:
+    """The control plane's credentials: an admin deploy token of the app, held by the console's server (it never
+    reaches a browser)."""
+
+    def __init__(self, token: Secret) -> None:
+        self._token = token
+
+    def metadata(self, app_id: str) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self._token.get()}"),)
+
+
 class ServiceMissingError(errors.FailedPreconditionError):
     """The console was started without this service's address (its page says which setting gives it)."""
 
     def __init__(self, service: str, why: str | None = None) -> None:
-        super().__init__(why or f"the console was started without {service}_svc's address (--{service}-addr)")
+        what = ("the control plane's address (--control-addr)" if service == "deploy"
+                else f"{service}_svc's address (--{service}-addr)")
+        super().__init__(why or f"the console was started without {what}")
         self.service = service
 
 
@@ -91,15 +106,18 @@ class Services:
     """Channels to kiln's services and the identity to call them with (see module docstring)."""
 
     def __init__(self, *, app_id: str, credentials: Credentials, addresses: Mapping[str, HostPort | None],
-                 timeout: float, missing: str | None = None) -> None:
+                 timeout: float, missing: str | None = None,
+                 credentials_for: Mapping[str, Credentials] | None = None) -> None:
         """``app_id``: the app of every call, or empty when each request names it (:func:`acting_as`);
-        ``missing``: what a page of a service without an address says (else it names the setting)."""
+        ``missing``: what a page of a service without an address says (else it names the setting);
+        ``credentials_for``: a service's own credentials instead of ``credentials`` (the control plane's)."""
         unknown = set(addresses) - set(STUBS)
         if unknown:
             raise ValueError(f"unknown services: {sorted(unknown)}")
         self._app_id = app_id
         self._missing = missing
         self._credentials = credentials
+        self._credentials_for = dict(credentials_for or {})  # a service's own credentials (the control plane's)
         self._timeout = timeout
         self._addresses = {name: addr for name, addr in addresses.items() if addr is not None}
         self._channels: dict[str, grpc.aio.Channel] = {}
@@ -139,7 +157,8 @@ class Services:
         """
         rpc = getattr(self._stub(service), method)
         try:
-            return await rpc(request, timeout=self._timeout, metadata=self._credentials.metadata(self.app_id))
+            credentials = self._credentials_for.get(service, self._credentials)
+            return await rpc(request, timeout=self._timeout, metadata=credentials.metadata(self.app_id))
         except grpc.aio.AioRpcError as exc:
             raise _rpc.error_from(exc) from None
 

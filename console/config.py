@@ -13,7 +13,7 @@ from kiln_platform.config import HostPort, ListenAddress, Secret, field, parse_a
 
 # The services the console reaches through the control plane's developer gateway in a cluster (the gateway does
 # not route mail_svc: the Mail page says so).
-GATEWAY_SERVICES = ("logs", "datastore", "cron", "taskqueue", "memcache")
+GATEWAY_SERVICES = ("logs", "datastore", "cron", "taskqueue", "memcache", "deploy")  # deploy: the control plane itself
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -49,6 +49,10 @@ class ConsoleConfig:
                                                      "instance managers'; kiln dev passes them); none: no dashboard")
     metrics_scrape_seconds: float = field(10.0, "how often the Dashboard scrapes metrics_addrs (one point per "
                                                 "scrape, an hour kept)")
+    control_addr: HostPort | None = field(None, "the control plane's gRPC address (host:port): the Apps and "
+                                                "versions page")
+    deploy_token: Secret = field(Secret(""), "an admin deploy token of app_id, with which the console calls the "
+                                             "control plane (it never reaches a browser); needed with control_addr")
     allowed_hosts: tuple[str, ...] = field((), "Host header values the console answers besides its listen "
                                                "address, localhost and 127.0.0.1 at its port (comma-separated; "
                                                "others get 421, which stops DNS rebinding)")
@@ -79,6 +83,8 @@ class ConsoleConfig:
             raise ValueError(f"log_format: must be text or json, got {self.log_format!r}")
         if not 0.1 <= self.metrics_scrape_seconds <= 3600:
             raise ValueError("metrics_scrape_seconds: must be between 0.1 and 3600")
+        if self.control_addr is not None and not self.deploy_token:
+            raise ValueError("deploy_token: needed with control_addr (an admin deploy token of app_id)")
         if not self.call_timeout_seconds > 0:
             raise ValueError("call_timeout_seconds: must be above 0")
         if self.cluster:
@@ -103,7 +109,8 @@ class ConsoleConfig:
         if missing:
             raise ValueError(f"{', '.join(missing)}: required with oidc_issuer (cluster mode)")
         given = [name for name in ("app_id", "service_secret", "logs_addr", "datastore_addr", "memcache_addr",
-                                   "cron_addr", "taskqueue_addr", "mail_addr", "metrics_addrs") if getattr(self, name)]
+                                   "cron_addr", "taskqueue_addr", "mail_addr", "metrics_addrs", "control_addr",
+                                   "deploy_token") if getattr(self, name)]
         if given:
             raise ValueError(f"{', '.join(given)}: development mode only; in cluster mode the console reaches the "
                              "services through the gateway")

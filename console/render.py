@@ -25,7 +25,7 @@ ENV = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=T
                          undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
 
 # The navigation, in order: (path, title).
-PAGES = (("/dashboard", "Dashboard"),
+PAGES = (("/dashboard", "Dashboard"), ("/versions", "Versions"),
          ("/logs", "Request logs"), ("/datastore", "Datastore"), ("/memcache", "Memcache"), ("/cron", "Cron"),
          ("/queues", "Task queues"), ("/mail", "Mail"))
 

@@ -219,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
             with sync_playwright() as playwright:
                 browser = playwright.chromium.launch(executable_path=CHROMIUM)
                 page = browser.new_page(viewport={"width": 1440, "height": 900}, base_url=base)
+                page.goto("/versions")
+                page.locator("table.instances tbody tr").first.wait_for(timeout=30_000)  # its first heartbeat
+                page.screenshot(path=str(args.out / "versions.png"), full_page=True)
                 page.goto("/logs")
                 page.locator(".request", has_text="/broken/checkout").locator("summary").click()
                 page.screenshot(path=str(args.out / "logs.png"), full_page=True)

@@ -87,7 +87,7 @@ def _dev(args: argparse.Namespace) -> int:
         return 1
     _say(f"kiln dev: serving app {server.app_id!r} (version {server.version_id}, storage {opts.storage}) "
          f"at {server.url}")
-    _say(f"kiln dev: console (dashboard, logs, datastore, memcache, cron, task queues, mail) at {server.console_url}")
+    _say(f"kiln dev: console (dashboard, versions, logs, datastore, memcache, cron, task queues, mail) at {server.console_url}")
     _say(f"kiln dev: mail goes to {server.outbox_dir}; SMTP for *@{server.app_id}.mail.localhost on "
          f"{server.addresses['mail_smtp']}")
     if opts.otlp_endpoint:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -31,6 +32,7 @@ from collections.abc import Callable
 
 import grpc
 
+from deploy.control import manifest, tokens
 from deploy.devevents import LogEvents
 from kiln_platform.supervisor import StartError, Supervisor, free_port, python_module
 from kiln_platform import cronyaml, dispatchyaml, queueyaml
@@ -38,6 +40,7 @@ from kiln_platform import appyaml, auth, cassandra, indexyaml, interpreters, nat
 from kiln_platform.config import STORAGE_ENGINES, CassandraHost, HostPort
 from kiln.errors import ConfigError
 from kiln.pb.datastore.v1 import datastore_pb2, datastore_pb2_grpc
+from kiln.pb.deploy.v1 import deploy_pb2, deploy_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -306,6 +309,16 @@ class DevServer:
             child = sup.spawn(svc, python_module(svc, *args), env=env, ready_file=run / f"{svc}.addr",
                               secrets={**service, "KILN_LOGS_NATS_URL": self.nats_url, **own})
             pending.append((svc, child))
+        # The control plane, on the embedded store, for the console's Versions page (the app's version and its
+        # instances); kiln dev's router and manager do not need it. Made anew at each start: the version registered
+        # is then always minor 1, as the instances say (CURRENT_VERSION_ID v1.1).
+        self.secrets["control_admin"] = secrets.token_hex(32)
+        shutil.rmtree(self.data_dir / "control", ignore_errors=True)
+        pending.append(("control", sup.spawn("control", python_module(
+            "deploy.control", "--listen", "127.0.0.1:0", "--ready-file", str(run / "control.addr"),
+            "--data-dir", str(self.data_dir / "control")), env=env, ready_file=run / "control.addr",
+            secrets={"KILN_CONTROL_ADMIN_SECRET": self.secrets["control_admin"],
+                     "KILN_CONTROL_SERVICE_SECRET": self._secret, "KILN_CONTROL_NATS_URL": self.nats_url})))
         for svc, child in pending:
             sup.wait_ready(child, ready_file=run / f"{svc}.addr")
             self.addresses[svc] = child.address
@@ -397,6 +410,7 @@ class DevServer:
                               ready_file=run / "datastore_svc.addr", timeout=180.0 if cassandra_hosts else 60.0)
         self.addresses["datastore_svc"] = datastore.address
         self._declare_indexes()
+        self._register_version()
         self._start_console(env)
         runtime_args = [
             "--dev", "--listen", "127.0.0.1:0", "--request-deadline-seconds", str(self.opts.request_deadline),
@@ -426,8 +440,10 @@ class DevServer:
                 "--logs-addr", self.addresses["logs_svc"], "--datastore-addr", self.addresses["datastore_svc"],
                 "--memcache-addr", self.addresses["memcache_svc"], "--cron-addr", self.addresses["cron_svc"],
                 "--taskqueue-addr", self.addresses["taskqueue_svc"], "--mail-addr", self.addresses["mail_svc"],
-                "--metrics-addrs", ",".join(self.dashboard_metrics()), "--ready-file", str(run / "console.addr")),
-                env=env, secrets={"KILN_CONSOLE_SERVICE_SECRET": self._secret},
+                "--metrics-addrs", ",".join(self.dashboard_metrics()), "--control-addr", self.addresses["control"],
+                "--ready-file", str(run / "console.addr")),
+                env=env, secrets={"KILN_CONSOLE_SERVICE_SECRET": self._secret,
+                                  "KILN_CONSOLE_DEPLOY_TOKEN": self._deploy_token("console")},
                 ready_file=run / "console.addr")
         except StartError as exc:
             if f"[Errno {errno.EADDRINUSE}]" in str(exc):  # taken since check_port_free
@@ -474,6 +490,39 @@ class DevServer:
         keys = self.data_dir / "identity"
         shutil.rmtree(keys, ignore_errors=True)
         return keys
+
+    def _deploy_token(self, name: str) -> str:
+        """An admin deploy token of the app for kiln dev's control plane, held by ``name``."""
+        return tokens.mint(self.secrets["control_admin"], self.app_id, "admin", name)
+
+    def _register_version(self) -> None:
+        """Record the app's version with the control plane, as the default, for the console's Versions page.
+
+        Only its configuration files are stored (app.yaml, and cron.yaml, index.yaml, queue.yaml as text): the
+        instance manager runs the app directory itself, so nothing else is uploaded.
+        """
+        app_dir = self.opts.app_dir.resolve()
+        present = {name: (app_dir / name).read_bytes() for name in manifest.CONFIG_FILES if (app_dir / name).is_file()}
+        texts = {name: present.get(name, b"").decode() for name in manifest.CONFIG_FILES}
+        files = {name: hashlib.sha256(data).hexdigest() for name, data in present.items()}
+        metadata = (("authorization", f"Bearer {self._deploy_token('kiln-dev')}"),)
+        version = deploy_pb2.Version(
+            app_id=self.app_id, version_id=self.version_id, app_yaml=texts["app.yaml"], cron_yaml=texts["cron.yaml"],
+            index_yaml=texts["index.yaml"], queue_yaml=texts["queue.yaml"],
+            files=[deploy_pb2.FileEntry(path=name, sha256=sha, size=len(present[name]), mode=0o644)
+                   for name, sha in files.items()])
+        with grpc.insecure_channel(self.addresses["control"]) as channel:
+            stub = deploy_pb2_grpc.DeployServiceStub(channel)
+            try:
+                for name, sha in files.items():
+                    stub.UploadBlob(iter([deploy_pb2.UploadBlobRequest(
+                        app_id=self.app_id, sha256=sha, size=len(present[name]), chunk=present[name])]),
+                        metadata=metadata, timeout=60)
+                stub.CreateVersion(deploy_pb2.CreateVersionRequest(version=version, promote=True,
+                                                                   skip_host_check=True), metadata=metadata, timeout=60)
+            except grpc.RpcError as exc:  # the app still runs; only the console's list of versions lacks it
+                log.warning("the console's Versions page will not list version %s: the control plane refused it: %s",
+                            self.version_id, exc.details())
 
     def _declare_indexes(self) -> None:
         """Send index.yaml to the datastore, which builds what is new (dev_appserver read it at start too)."""

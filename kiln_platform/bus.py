@@ -150,6 +150,21 @@ RUNTIME_QUEUE = "runtime"
 def heartbeat_subject(app_id: str, version_id: str) -> str:
     """Where a version's instances report their load (InstanceHeartbeat) for the instance manager."""
     return f"kiln.heartbeat.{app_id}.{version_id}"
+
+
+HEARTBEAT_SUBJECTS = "kiln.heartbeat.*.*"  # every version's (the control plane lists instances from them)
+
+
+def heartbeat_of(subject: str) -> tuple[str, str] | None:
+    """The (app, version) a heartbeat subject names, or None for another subject."""
+    parts = subject.split(".")
+    return (parts[2], parts[3]) if len(parts) == 4 and parts[:2] == ["kiln", "heartbeat"] else None
+
+
+def manager_stop_subject(app_id: str, version_id: str) -> str:
+    """Where the control plane asks a version's instance managers to stop one instance (its id is the payload);
+    the manager running it answers, the others stay silent. Only the platform's NATS user may publish here."""
+    return f"kiln.manager.stop.{app_id}.{version_id}"
 ERROR_HEADER = "Kiln-Error-Code"
 
 

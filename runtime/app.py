@@ -306,6 +306,7 @@ class Instance:
         self._tasks: set[asyncio.Task[None]] = set()  # the few requests that need the loop (large bodies)
         self._loaded = False
         self.served = 0
+        self.latency_total = 0.0  # seconds from arrival to answer, summed over the requests served
         # The request timer: every running request's deadline (runtime.timer); the shortest is the configured one.
         self._timer: timer.RequestTimer[_Request] = timer.RequestTimer(cfg.request_deadline_seconds)
         self._running_lock = threading.Lock()  # a request's `running` flag and the timer's exception go together
@@ -529,7 +530,9 @@ class Instance:
             self._spawn(self._store_body(state, resp, served))
             return
         state.answered = True
-        self.served += served
+        if served:
+            self.served += 1
+            self.latency_total += time.monotonic() - state.arrived
         if state.span is not None:
             self._end_span(state)
         self._waiting.pop(id(state), None)
@@ -611,7 +614,11 @@ class Instance:
 
     def _rss_mb(self) -> float:
         """This process's resident memory, in MiB (the file kept open: one read, not an open and close)."""
-        return int(os.pread(self._statm, 64, 0).split()[1]) * _PAGE / (1024 * 1024)
+        return self.rss_bytes() / (1024 * 1024)
+
+    def rss_bytes(self) -> int:
+        """This process's resident memory, in bytes."""
+        return int(os.pread(self._statm, 64, 0).split()[1]) * _PAGE
 
     async def watch_memory(self) -> None:
         """Stop the instance at once when it passes its hard memory limit, failing the requests it holds."""
@@ -816,9 +823,14 @@ async def _heartbeats(nc: Client, instance: Instance, period: float) -> None:
     while True:
         pending, waited = instance.pending()
         beat = events_pb2.InstanceHeartbeat(instance_id=instance.cfg.instance_id, app_id=instance.app_id,
-                                            version_id=instance.version_id, active_requests=len(instance.active),
+                                            version_id=instance.version_id,
+                                            deployment_id=f"{instance.version_id}.{instance.cfg.minor_version}",
+                                            active_requests=len(instance.active),
                                             requests_served=instance.served, pending_requests=pending,
-                                            pending_latency_ms=int(waited * 1000))
+                                            pending_latency_ms=int(waited * 1000),
+                                            memory_bytes=instance.rss_bytes(),
+                                            average_latency_ms=(1000 * instance.latency_total / instance.served
+                                                                if instance.served else 0.0))
         beat.started_at.FromNanoseconds(int(started * 1e9))
         beat.sent_at.GetCurrentTime()
         try:

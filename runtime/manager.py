@@ -453,6 +453,7 @@ async def run(manager: Manager, nats_url: str, app_id: str, version_id: str, rea
     nc = await bus.connect(nats_url, name=f"manager-{app_id}-{version_id}")
     measured = (metrics.ManagerMetrics(app_id, version_id, memory=manager.memory_bytes)
                 if metrics_listen is not None else None)
+    wake = asyncio.Event()
     metrics_server = metrics.serve(metrics_listen)
 
     async def on_beat(msg: object) -> None:
@@ -466,10 +467,20 @@ async def run(manager: Manager, nats_url: str, app_id: str, version_id: str, rea
             measured.heartbeat(beat.instance_id, beat.requests_served)
 
     await nc.subscribe(bus.heartbeat_subject(app_id, version_id), cb=on_beat)
+
+    async def on_stop(msg: object) -> None:
+        # The control plane's StopInstance (deploy/control/instances.py): only the manager running it answers.
+        instance_id = msg.data.decode(errors="replace")  # type: ignore[attr-defined]
+        if instance_id in manager.instances:
+            log.info("stopping instance %s: an administrator asked for it", instance_id)
+            manager.stop_instance(instance_id)
+            wake.set()  # scaling starts another at once if the version needs one
+            await msg.respond(b"")  # type: ignore[attr-defined]
+
+    await nc.subscribe(bus.manager_stop_subject(app_id, version_id), cb=on_stop)
     await bus.BodyStore(nc, app_id).ensure()  # the app's instances may use its bucket, not create it
     await manager.open_network()
     stop = asyncio.Event()
-    wake = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)

@@ -9,12 +9,14 @@ from deploy.control.config import ControlConfig
 from deploy.control.gateway import Gateway
 from deploy.control.hosts import Hosts
 from deploy.control.indexes import IndexApplier
+from deploy.control.instances import Instances, stopper
 from deploy.control.modules import ModulesService
 from deploy.control.service import DeployService
 from deploy.control.store import EmbeddedStore, Store
 from kiln_platform import bus, grpcserver
 from kiln.pb.deploy.v1 import deploy_pb2, deploy_pb2_grpc, events_pb2
 from kiln.pb.modules.v1 import modules_pb2, modules_pb2_grpc
+from kiln.pb.runtime.v1 import events_pb2 as runtime_events_pb2
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +54,24 @@ async def serve(cfg: ControlConfig) -> None:
         except Exception:  # noqa: BLE001 - a malformed heartbeat is ignored
             log.warning("ignoring a malformed runtime host heartbeat")
     await nc.subscribe(bus.DEPLOY_HOST_SUBJECT, cb=on_host)
+    instances = Instances(stopper(nc))
+
+    async def on_instance(msg: object) -> None:
+        named = bus.heartbeat_of(msg.subject)  # type: ignore[attr-defined]
+        try:
+            beat = runtime_events_pb2.InstanceHeartbeat.FromString(msg.data)  # type: ignore[attr-defined]
+        except Exception:  # noqa: BLE001 - a malformed heartbeat is ignored
+            # At debug level: an app's own process sends these, and could send them many times a second.
+            log.debug("ignoring a malformed instance heartbeat on %s", msg.subject)  # type: ignore[attr-defined]
+            return
+        if named is not None:
+            instances.observe(*named, beat)
+    await nc.subscribe(bus.HEARTBEAT_SUBJECTS, cb=on_instance)
     await nc.publish(bus.DEPLOY_HOST_REPORT_SUBJECT, b"")  # hosts report now, not at their next heartbeat
     await nc.flush()
     indexes = IndexApplier(str(cfg.datastore_addr), cfg.service_secret.get()) if cfg.datastore_addr else None
     service = DeployService(store, service_secret=cfg.service_secret.get(), publish=publish, hosts=hosts,
-                            blob_grace_seconds=cfg.blob_grace_seconds, indexes=indexes)
+                            instances=instances, blob_grace_seconds=cfg.blob_grace_seconds, indexes=indexes)
 
     # kiln's developer commands reach the app's services through here, with a deploy token (deploy/control/gateway.py).
     gateway = Gateway({setting: str(getattr(cfg, setting)) if getattr(cfg, setting) else None

@@ -32,6 +32,7 @@ from deploy.control import manifest, tokens
 from deploy.control.dispatch import Dispatch
 from deploy.control.hosts import Hosts
 from deploy.control.indexes import IndexApplier
+from deploy.control.instances import Instances
 from deploy.control.store import Store, not_uploaded
 from kiln_platform import auth, bus, grpcserver
 from kiln.errors import BadRequestError, NotFoundError, PermissionDeniedError, TooLargeError
@@ -73,8 +74,10 @@ class DeployService(deploy_pb2_grpc.DeployServiceServicer):
     """Implements the contract (see module docstring)."""
 
     def __init__(self, store: Store, *, service_secret: str, publish: Publish, hosts: Hosts,
-                 blob_grace_seconds: float = 3600.0, indexes: IndexApplier | None = None) -> None:
+                 instances: Instances, blob_grace_seconds: float = 3600.0,
+                 indexes: IndexApplier | None = None) -> None:
         self._store = store
+        self._instances = instances
         self._indexes = indexes
         self._hosts = hosts
         self._service_secret = service_secret
@@ -224,6 +227,19 @@ class DeployService(deploy_pb2_grpc.DeployServiceServicer):
         text, generation = await self._store.get_dispatch(request.app_id)
         services = await self._dispatch.services(request.app_id) if text else {}
         return pb.GetDispatchResponse(dispatch_yaml=text, generation=generation, services=services)
+
+    async def ListInstances(self, request: pb.ListInstancesRequest, context: Context) -> pb.ListInstancesResponse:
+        self._grant(context, request.app_id, "admin")
+        if request.version_id:
+            manifest.check_version_id(request.version_id)
+        return pb.ListInstancesResponse(instances=self._instances.list(request.app_id, request.version_id))
+
+    async def StopInstance(self, request: pb.StopInstanceRequest, context: Context) -> pb.StopInstanceResponse:
+        grant = self._grant(context, request.app_id, "admin")
+        stopped = await self._instances.stop(request.app_id, request.instance_id)
+        log.info("app %s: instance %s of version %s stopped by %s", request.app_id, request.instance_id,
+                 stopped.version_id, grant.name)
+        return pb.StopInstanceResponse()
 
     async def _promote(self, app_id: str, version_id: str) -> None:
         generation = await self._store.set_default(app_id, version_id)

@@ -185,7 +185,7 @@ def test_kiln_dev_prints_the_consoles_address_and_serves_it_there(tmp_path):
             line = proc.stdout.readline()
             assert line, f"kiln dev ended before printing the console's address: {lines}"
             lines.append(line)
-        found = re.search(r"console \(dashboard, logs, datastore, memcache, cron, task queues, mail\) at "
+        found = re.search(r"console \(dashboard, versions, logs, datastore, memcache, cron, task queues, mail\) at "
                           r"http://127\.0\.0\.1:(\d+)/$", lines[-1].strip())
         assert found, lines[-1]
         conn = http.client.HTTPConnection("127.0.0.1", int(found.group(1)), timeout=30)

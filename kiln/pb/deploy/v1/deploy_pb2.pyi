@@ -6,8 +6,8 @@ The control plane: apps, versions, their files and the default version.
 Every call needs a deploy token in the `authorization` metadata
 (`Bearer <token>`): an admin token of the app for changes (and CheckRuntime),
 or a platform read token (routers, runtime hosts, cron) for GetVersion,
-ListVersions, ListApps and DownloadBlob; anyone else gets UNAUTHENTICATED or
-PERMISSION_DENIED.
+ListVersions, ListApps and DownloadBlob; ListInstances and StopInstance need an
+admin token too. Anyone else gets UNAUTHENTICATED or PERMISSION_DENIED.
 """
 
 from collections import abc as _abc
@@ -893,3 +893,158 @@ class GetDispatchResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetDispatchResponse: _TypeAlias = GetDispatchResponse  # noqa: Y015
+
+@_typing.final
+class ListInstancesRequest(_message.Message):
+    """ListInstancesRequest names the app and, optionally, one version."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APP_ID_FIELD_NUMBER: _builtins.int
+    VERSION_ID_FIELD_NUMBER: _builtins.int
+    app_id: _builtins.str
+    """App."""
+    version_id: _builtins.str
+    """Major version; empty lists every version's instances."""
+    def __init__(
+        self,
+        *,
+        app_id: _builtins.str = ...,
+        version_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_id", b"app_id", "version_id", b"version_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListInstancesRequest: _TypeAlias = ListInstancesRequest  # noqa: Y015
+
+@_typing.final
+class Instance(_message.Message):
+    """Instance is one running instance of a version."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    VERSION_ID_FIELD_NUMBER: _builtins.int
+    DEPLOYMENT_ID_FIELD_NUMBER: _builtins.int
+    ACTIVE_REQUESTS_FIELD_NUMBER: _builtins.int
+    REQUESTS_SERVED_FIELD_NUMBER: _builtins.int
+    MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    AVERAGE_LATENCY_MS_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    LAST_HEARTBEAT_FIELD_NUMBER: _builtins.int
+    STOPPING_FIELD_NUMBER: _builtins.int
+    instance_id: _builtins.str
+    """The instance."""
+    version_id: _builtins.str
+    """Major version served."""
+    deployment_id: _builtins.str
+    """Full version id served (major.minor), as the instance reported it."""
+    active_requests: _builtins.int
+    """Requests in flight now (0: idle)."""
+    requests_served: _builtins.int
+    """Requests served since start."""
+    memory_bytes: _builtins.int
+    """Resident memory, in bytes."""
+    average_latency_ms: _builtins.float
+    """Mean latency of the requests served since start, in milliseconds."""
+    stopping: _builtins.bool
+    """A stop was asked for (StopInstance) and the instance still reports."""
+    @_builtins.property
+    def started_at(self) -> _timestamp_pb2.Timestamp:
+        """When the instance started."""
+
+    @_builtins.property
+    def last_heartbeat(self) -> _timestamp_pb2.Timestamp:
+        """When its last heartbeat was sent."""
+
+    def __init__(
+        self,
+        *,
+        instance_id: _builtins.str = ...,
+        version_id: _builtins.str = ...,
+        deployment_id: _builtins.str = ...,
+        active_requests: _builtins.int = ...,
+        requests_served: _builtins.int = ...,
+        memory_bytes: _builtins.int = ...,
+        average_latency_ms: _builtins.float = ...,
+        started_at: _timestamp_pb2.Timestamp | None = ...,
+        last_heartbeat: _timestamp_pb2.Timestamp | None = ...,
+        stopping: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_heartbeat", b"last_heartbeat", "started_at", b"started_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_requests", b"active_requests", "average_latency_ms", b"average_latency_ms", "deployment_id", b"deployment_id", "instance_id", b"instance_id", "last_heartbeat", b"last_heartbeat", "memory_bytes", b"memory_bytes", "requests_served", b"requests_served", "started_at", b"started_at", "stopping", b"stopping", "version_id", b"version_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Instance: _TypeAlias = Instance  # noqa: Y015
+
+@_typing.final
+class ListInstancesResponse(_message.Message):
+    """ListInstancesResponse lists instances."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def instances(self) -> _containers.RepeatedCompositeFieldContainer[Global___Instance]:
+        """Sorted by version, then start time."""
+
+    def __init__(
+        self,
+        *,
+        instances: _abc.Iterable[Global___Instance] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instances", b"instances"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListInstancesResponse: _TypeAlias = ListInstancesResponse  # noqa: Y015
+
+@_typing.final
+class StopInstanceRequest(_message.Message):
+    """StopInstanceRequest names an instance."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APP_ID_FIELD_NUMBER: _builtins.int
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    app_id: _builtins.str
+    """App."""
+    instance_id: _builtins.str
+    """The instance (as ListInstances gave it)."""
+    def __init__(
+        self,
+        *,
+        app_id: _builtins.str = ...,
+        instance_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_id", b"app_id", "instance_id", b"instance_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StopInstanceRequest: _TypeAlias = StopInstanceRequest  # noqa: Y015
+
+@_typing.final
+class StopInstanceResponse(_message.Message):
+    """StopInstanceResponse is empty: the manager has begun stopping it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StopInstanceResponse: _TypeAlias = StopInstanceResponse  # noqa: Y015

@@ -101,6 +101,16 @@ class DeployServiceStub:
                 request_serializer=kiln_dot_pb_dot_deploy_dot_v1_dot_deploy__pb2.GetDispatchRequest.SerializeToString,
                 response_deserializer=kiln_dot_pb_dot_deploy_dot_v1_dot_deploy__pb2.GetDispatchResponse.FromString,
                 _registered_method=True)
+        self.ListInstances = channel.unary_unary(
+                '/kiln.pb.deploy.v1.DeployService/ListInstances',
+                request_serializer=kiln_dot_pb_dot_deploy_dot_v1_dot_deploy__pb2.ListInstancesRequest.SerializeToString,
+                response_deserializer=kiln_dot_pb_dot_deploy_dot_v1_dot_deploy__pb2.ListInstancesResponse.FromString,
+                _registered_method=True)
+        self.StopInstance = channel.unary_unary(
+                '/kiln.pb.deploy.v1.DeployService/StopInstance',
+                request_serializer=kiln_dot_pb_dot_deploy_dot_v1_dot_deploy__pb2.StopInstanceRequest.SerializeToString,
+                response_deserializer=kiln_dot_pb_dot_deploy_dot_v1_dot_deploy__pb2.StopInstanceResponse.FromString,
+                _registered_method=True)
 
 
 class DeployServiceServicer:
@@ -206,6 +216,25 @@ class DeployServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListInstances(self, request, context):
+        """ListInstances lists the app's running instances (admin token), as their last
+        heartbeats (`kiln.heartbeat.APP.VERSION`) described them; an instance silent
+        for 10 seconds is forgotten.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StopInstance(self, request, context):
+        """StopInstance asks the instance manager running an instance to stop it
+        gracefully (admin token): it finishes the requests it holds, and scaling
+        starts another if the version needs one (App Engine's "delete instance").
+        NOT_FOUND when no manager runs it any more.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DeployServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -273,6 +302,16 @@ def add_DeployServiceServicer_to_server(servicer, server):
                     servicer.GetDispatch,
                     request_deserializer=kiln_dot_pb_dot_deploy_dot_v1_dot_deploy__pb2.GetDispatchRequest.FromString,
                     response_serializer=kiln_dot_pb_dot_deploy_dot_v1_dot_deploy__pb2.GetDispatchResponse.SerializeToString,
+            ),
+            'ListInstances': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListInstances,
+                    request_deserializer=kiln_dot_pb_dot_deploy_dot_v1_dot_deploy__pb2.ListInstancesRequest.FromString,
+                    response_serializer=kiln_dot_pb_dot_deploy_dot_v1_dot_deploy__pb2.ListInstancesResponse.SerializeToString,
+            ),
+            'StopInstance': grpc.unary_unary_rpc_method_handler(
+                    servicer.StopInstance,
+                    request_deserializer=kiln_dot_pb_dot_deploy_dot_v1_dot_deploy__pb2.StopInstanceRequest.FromString,
+                    response_serializer=kiln_dot_pb_dot_deploy_dot_v1_dot_deploy__pb2.StopInstanceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -627,6 +666,60 @@ class DeployService:
             '/kiln.pb.deploy.v1.DeployService/GetDispatch',
             kiln_dot_pb_dot_deploy_dot_v1_dot_deploy__pb2.GetDispatchRequest.SerializeToString,
             kiln_dot_pb_dot_deploy_dot_v1_dot_deploy__pb2.GetDispatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListInstances(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kiln.pb.deploy.v1.DeployService/ListInstances',
+            kiln_dot_pb_dot_deploy_dot_v1_dot_deploy__pb2.ListInstancesRequest.SerializeToString,
+            kiln_dot_pb_dot_deploy_dot_v1_dot_deploy__pb2.ListInstancesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StopInstance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kiln.pb.deploy.v1.DeployService/StopInstance',
+            kiln_dot_pb_dot_deploy_dot_v1_dot_deploy__pb2.StopInstanceRequest.SerializeToString,
+            kiln_dot_pb_dot_deploy_dot_v1_dot_deploy__pb2.StopInstanceResponse.FromString,
             options,
             channel_credentials,
             insecure,

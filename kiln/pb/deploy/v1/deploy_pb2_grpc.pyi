@@ -6,8 +6,8 @@ The control plane: apps, versions, their files and the default version.
 Every call needs a deploy token in the `authorization` metadata
 (`Bearer <token>`): an admin token of the app for changes (and CheckRuntime),
 or a platform read token (routers, runtime hosts, cron) for GetVersion,
-ListVersions, ListApps and DownloadBlob; anyone else gets UNAUTHENTICATED or
-PERMISSION_DENIED.
+ListVersions, ListApps and DownloadBlob; ListInstances and StopInstance need an
+admin token too. Anyone else gets UNAUTHENTICATED or PERMISSION_DENIED.
 """
 
 from collections import abc as _abc
@@ -80,6 +80,17 @@ class DeployServiceStub:
     """GetDispatch returns the app's dispatch rules and the version serving each of
     its services (admin or platform read token).
     """
+    ListInstances: _grpc.UnaryUnaryMultiCallable[_deploy_pb2.ListInstancesRequest, _deploy_pb2.ListInstancesResponse]
+    """ListInstances lists the app's running instances (admin token), as their last
+    heartbeats (`kiln.heartbeat.APP.VERSION`) described them; an instance silent
+    for 10 seconds is forgotten.
+    """
+    StopInstance: _grpc.UnaryUnaryMultiCallable[_deploy_pb2.StopInstanceRequest, _deploy_pb2.StopInstanceResponse]
+    """StopInstance asks the instance manager running an instance to stop it
+    gracefully (admin token): it finishes the requests it holds, and scaling
+    starts another if the version needs one (App Engine's "delete instance").
+    NOT_FOUND when no manager runs it any more.
+    """
 
 @_typing.type_check_only
 class DeployServiceAsyncStub(DeployServiceStub):
@@ -125,6 +136,17 @@ class DeployServiceAsyncStub(DeployServiceStub):
     GetDispatch: _aio.UnaryUnaryMultiCallable[_deploy_pb2.GetDispatchRequest, _deploy_pb2.GetDispatchResponse]  # type: ignore[assignment]
     """GetDispatch returns the app's dispatch rules and the version serving each of
     its services (admin or platform read token).
+    """
+    ListInstances: _aio.UnaryUnaryMultiCallable[_deploy_pb2.ListInstancesRequest, _deploy_pb2.ListInstancesResponse]  # type: ignore[assignment]
+    """ListInstances lists the app's running instances (admin token), as their last
+    heartbeats (`kiln.heartbeat.APP.VERSION`) described them; an instance silent
+    for 10 seconds is forgotten.
+    """
+    StopInstance: _aio.UnaryUnaryMultiCallable[_deploy_pb2.StopInstanceRequest, _deploy_pb2.StopInstanceResponse]  # type: ignore[assignment]
+    """StopInstance asks the instance manager running an instance to stop it
+    gracefully (admin token): it finishes the requests it holds, and scaling
+    starts another if the version needs one (App Engine's "delete instance").
+    NOT_FOUND when no manager runs it any more.
     """
 
 class DeployServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -246,6 +268,29 @@ class DeployServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_deploy_pb2.GetDispatchResponse, _abc.Awaitable[_deploy_pb2.GetDispatchResponse]]:
         """GetDispatch returns the app's dispatch rules and the version serving each of
         its services (admin or platform read token).
+        """
+
+    @_abc_1.abstractmethod
+    def ListInstances(
+        self,
+        request: _deploy_pb2.ListInstancesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_deploy_pb2.ListInstancesResponse, _abc.Awaitable[_deploy_pb2.ListInstancesResponse]]:
+        """ListInstances lists the app's running instances (admin token), as their last
+        heartbeats (`kiln.heartbeat.APP.VERSION`) described them; an instance silent
+        for 10 seconds is forgotten.
+        """
+
+    @_abc_1.abstractmethod
+    def StopInstance(
+        self,
+        request: _deploy_pb2.StopInstanceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_deploy_pb2.StopInstanceResponse, _abc.Awaitable[_deploy_pb2.StopInstanceResponse]]:
+        """StopInstance asks the instance manager running an instance to stop it
+        gracefully (admin token): it finishes the requests it holds, and scaling
+        starts another if the version needs one (App Engine's "delete instance").
+        NOT_FOUND when no manager runs it any more.
         """
 
 def add_DeployServiceServicer_to_server(servicer: DeployServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

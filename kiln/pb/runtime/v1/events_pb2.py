@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fkiln/pb/runtime/v1/events.proto\x12\x12kiln.pb.runtime.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa8\x02\n\x11InstanceHeartbeat\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61pp_id\x18\x02 \x01(\t\x12\x12\n\nversion_id\x18\x03 \x01(\t\x12\x15\n\rdeployment_id\x18\x04 \x01(\t\x12\x17\n\x0f\x61\x63tive_requests\x18\x05 \x01(\x05\x12\x17\n\x0frequests_served\x18\x06 \x01(\x03\x12.\n\nstarted_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07sent_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10pending_requests\x18\t \x01(\x05\x12\x1a\n\x12pending_latency_ms\x18\n \x01(\x03\x42\x45\n\x16\x64\x65v.kiln.pb.runtime.v1P\x01Z)kiln.dev/gen/kiln/pb/runtime/v1;runtimev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fkiln/pb/runtime/v1/events.proto\x12\x12kiln.pb.runtime.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xda\x02\n\x11InstanceHeartbeat\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61pp_id\x18\x02 \x01(\t\x12\x12\n\nversion_id\x18\x03 \x01(\t\x12\x15\n\rdeployment_id\x18\x04 \x01(\t\x12\x17\n\x0f\x61\x63tive_requests\x18\x05 \x01(\x05\x12\x17\n\x0frequests_served\x18\x06 \x01(\x03\x12.\n\nstarted_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07sent_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10pending_requests\x18\t \x01(\x05\x12\x1a\n\x12pending_latency_ms\x18\n \x01(\x03\x12\x14\n\x0cmemory_bytes\x18\x0b \x01(\x03\x12\x1a\n\x12\x61verage_latency_ms\x18\x0c \x01(\x01\x42\x45\n\x16\x64\x65v.kiln.pb.runtime.v1P\x01Z)kiln.dev/gen/kiln/pb/runtime/v1;runtimev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,5 +35,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\026dev.kiln.pb.runtime.v1P\001Z)kiln.dev/gen/kiln/pb/runtime/v1;runtimev1'
   _globals['_INSTANCEHEARTBEAT']._serialized_start=89
-  _globals['_INSTANCEHEARTBEAT']._serialized_end=385
+  _globals['_INSTANCEHEARTBEAT']._serialized_end=435
 # @@protoc_insertion_point(module_scope)

@@ -36,6 +36,8 @@ class InstanceHeartbeat(_message.Message):
     SENT_AT_FIELD_NUMBER: _builtins.int
     PENDING_REQUESTS_FIELD_NUMBER: _builtins.int
     PENDING_LATENCY_MS_FIELD_NUMBER: _builtins.int
+    MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    AVERAGE_LATENCY_MS_FIELD_NUMBER: _builtins.int
     instance_id: _builtins.str
     """The instance."""
     app_id: _builtins.str
@@ -52,6 +54,10 @@ class InstanceHeartbeat(_message.Message):
     """Requests received and waiting for a free slot (not running yet); included in active_requests."""
     pending_latency_ms: _builtins.int
     """How long the longest-waiting pending request has waited so far, in milliseconds (0 when none waits)."""
+    memory_bytes: _builtins.int
+    """The instance process's resident memory (RSS) now, in bytes."""
+    average_latency_ms: _builtins.float
+    """Mean time from a request's arrival to its answer over the requests served since start, in milliseconds."""
     @_builtins.property
     def started_at(self) -> _timestamp_pb2.Timestamp:
         """When the instance started."""
@@ -73,10 +79,12 @@ class InstanceHeartbeat(_message.Message):
         sent_at: _timestamp_pb2.Timestamp | None = ...,
         pending_requests: _builtins.int = ...,
         pending_latency_ms: _builtins.int = ...,
+        memory_bytes: _builtins.int = ...,
+        average_latency_ms: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["sent_at", b"sent_at", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_requests", b"active_requests", "app_id", b"app_id", "deployment_id", b"deployment_id", "instance_id", b"instance_id", "pending_latency_ms", b"pending_latency_ms", "pending_requests", b"pending_requests", "requests_served", b"requests_served", "sent_at", b"sent_at", "started_at", b"started_at", "version_id", b"version_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_requests", b"active_requests", "app_id", b"app_id", "average_latency_ms", b"average_latency_ms", "deployment_id", b"deployment_id", "instance_id", b"instance_id", "memory_bytes", b"memory_bytes", "pending_latency_ms", b"pending_latency_ms", "pending_requests", b"pending_requests", "requests_served", b"requests_served", "sent_at", b"sent_at", "started_at", b"started_at", "version_id", b"version_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
