@@ -64,6 +64,12 @@ class NamesBlobError(Exception):
 
 
 BLOB_KEY = "x-appengine-blobkey"
+# Response headers that passed the check, as (lower-cased name, value text) by (name, value bytes): an app sends the
+# same few (Content-Type, Cache-Control…) on most responses. Only headers that passed are kept, so the check itself
+# is never skipped for a new header; long values (cookies, tokens) are rarely sent twice and are not kept.
+_passed: dict[tuple[str, bytes], tuple[str, str]] = {}
+_PASSED_KEPT = 1024
+_PASSED_VALUE_BYTES = 256
 
 
 def build(resp: http_pb2.HttpResponse, request: web.Request, *, max_bytes: int) -> web.Response:
@@ -81,14 +87,21 @@ def build(resp: http_pb2.HttpResponse, request: web.Request, *, max_bytes: int) 
     for index in range(len(app_headers)):
         header = app_headers[index]
         name, raw = header.name, header.value
-        problem = httpfields.response_problem(name, raw)
-        if problem is not None:
-            raise BadResponseHeaderError(f"the app's response header cannot be sent: {problem}")
-        lowered = name.lower()
+        key = (name, raw)
+        passed = _passed.get(key)
+        if passed is None:
+            problem = httpfields.response_problem(name, raw)
+            if problem is not None:
+                raise BadResponseHeaderError(f"the app's response header cannot be sent: {problem}")
+            # Checked: ASCII or UTF-8, which aiohttp writes back as exactly these bytes.
+            passed = (name.lower(), raw.decode("utf-8"))
+            if len(raw) <= _PASSED_VALUE_BYTES:
+                if len(_passed) >= _PASSED_KEPT:
+                    _passed.clear()
+                _passed[key] = passed
+        lowered, value = passed
         if lowered in RESPONSE_DROP:
             continue
-        # Checked above: ASCII or UTF-8, which aiohttp writes back as exactly these bytes.
-        value = raw.decode("utf-8")
         if lowered == "set-cookie":
             if cookies.sets_router_cookie(value):
                 continue

@@ -18,10 +18,11 @@ the runtime uses it in every instance.
 
 from __future__ import annotations
 
+import base64
 import collections
 import contextlib
 import dataclasses
-import secrets
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, MutableMapping
@@ -56,12 +57,40 @@ _open: dict[str, Request] = {}
 _ended: collections.OrderedDict[str, str] = collections.OrderedDict()  # ticket -> why it no longer works
 
 
+_TICKET_BYTES = 24  # 192 random bits, 32 URL-safe characters (as secrets.token_urlsafe(24) gave)
+_POOL_TICKETS = 256
+
+
+class _RandomPool:
+    """Random bytes from the OS's CSPRNG read for many tickets at once: one system call per 256 requests instead
+    of one per request. Emptied in a forked child, so two processes never hand out the same bytes."""
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.at = 0
+        os.register_at_fork(after_in_child=self.empty)
+
+    def empty(self) -> None:
+        self.data, self.at = b"", 0
+
+    def take(self) -> bytes:
+        """The next ticket's bytes (under ``_lock``)."""
+        if self.at >= len(self.data):
+            self.data, self.at = os.urandom(_TICKET_BYTES * _POOL_TICKETS), 0
+        start = self.at
+        self.at = start + _TICKET_BYTES
+        return self.data[start:self.at]
+
+
+_random = _RandomPool()
+
+
 def open_ticket(app_id: str, environ: MutableMapping[str, Any], *, expires_at: float | None = None) -> str:
     """Mint a ticket for a request of ``app_id``, put it in ``environ`` and register it; returns it."""
-    ticket = secrets.token_urlsafe(24)
-    environ[ENVIRON_KEY] = ticket
     with _lock:
+        ticket = base64.urlsafe_b64encode(_random.take()).decode("ascii")  # 24 bytes: no "=" padding
         _open[ticket] = Request(app_id, environ, expires_at)
+    environ[ENVIRON_KEY] = ticket
     return ticket
 
 

@@ -1129,3 +1129,59 @@ def test_a_sign_in_form_that_is_not_text_gets_400(server, content_type, form):
                                content_type + b"\r\nContent-Length: %d\r\n" % len(form), form)
     assert status == 400 and "set-cookie" not in headers
     assert request(server, "/hello")[0] == 200
+
+
+# --- the HTTP layer's contract: what the router's front door keeps, whichever HTTP server it runs on -------------
+
+def _responses(answer: bytes, methods: list[bytes]) -> list[tuple[int, bytes]]:
+    """Status and body of each response on one connection, read by their ``Content-Length`` (a ``HEAD``'s has no
+    body whatever its length says); fails when bytes are left over or a response is missing."""
+    out = []
+    for method in methods:
+        head, separator, answer = answer.partition(b"\r\n\r\n")
+        assert separator, f"a response is missing: {out}"
+        lines = head.split(b"\r\n")
+        lengths = [int(line.split(b":", 1)[1]) for line in lines[1:] if line.lower().startswith(b"content-length:")]
+        length = 0 if method == b"HEAD" else lengths[0]
+        out.append((int(lines[0].split(b" ")[1]), answer[:length]))
+        answer = answer[length:]
+    assert answer == b"", answer
+    return out
+
+
+def test_pipelined_requests_are_answered_in_order_on_one_connection(server):
+    requests = [b"GET /p%d HTTP/1.1\r\nHost: localhost\r\n\r\n" % n for n in range(3)]
+    answer = _raw(server, b"".join(requests) + b"GET /p3 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+    assert _responses(answer, [b"GET"] * 4) == [(200, b"app:/p%d" % n) for n in range(4)]
+
+
+def test_a_head_answer_sends_no_body_and_the_next_request_on_the_connection_is_read_whole(server):
+    answer = _raw(server, b"HEAD /first HTTP/1.1\r\nHost: localhost\r\n\r\n"
+                          b"GET /second HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+    assert _responses(answer, [b"HEAD", b"GET"]) == [(200, b""), (200, b"app:/second")]
+
+
+def test_a_chunked_request_body_over_the_limit_gets_413(server):
+    chunk = b"x" * (1024 * 1024)
+    body = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(33)) + b"0\r\n\r\n"
+    status, headers, _ = _send(server, b"POST /echo HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n",
+                               body)
+    assert status == 413 and headers["server"] == ["kiln"]
+
+
+@pytest.mark.parametrize("lines", [
+    b"X-Folded: one\r\n two\r\n",  # obsolete line folding (RFC 9112 5.2: reject or replace by spaces)
+    b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+    b"Transfer-Encoding: chunked, identity\r\n",
+    b"Transfer-Encoding: xchunked\r\n",
+    b"Transfer-Encoding : chunked\r\n",
+    b"Transfer-Encoding:\x0bchunked\r\n",
+    b"Content-Length: 4\r\nTransfer-Encoding: identity\r\n",
+])
+def test_ambiguous_framing_and_folded_headers_get_400_and_never_reach_the_app(server, lines):
+    # A request whose body's end two servers could see differently (request smuggling) is refused, as is a folded
+    # header a proxy before the router could read as two.
+    status, headers, body = _send(server, b"POST /headers HTTP/1.1\r\nHost: localhost\r\n" + lines,
+                                  b"4\r\nabcd\r\n0\r\n\r\n")
+    assert status in (400, 501) and b"HTTP_" not in body and headers["server"] == ["kiln"]
+    assert request(server, "/hello")[0] == 200

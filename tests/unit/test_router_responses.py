@@ -1,4 +1,4 @@
-"""router.responses.keep_private: App Engine's caching rule for a response that sets a cookie."""
+"""router.responses: the caching rule for a response that sets a cookie, and build's response header checks."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import time
 
 import pytest
 from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
 
+from kiln.pb.runtime.v1 import http_pb2
 from router import responses
 
 
@@ -67,3 +69,29 @@ def test_expires_in_the_future_or_unreadable_becomes_now(expires):
     found = _private(expires=expires).headers["Expires"]
     assert found != expires
     assert abs(email.utils.mktime_tz(email.utils.parsedate_tz(found)) - time.time()) < 5
+
+
+def _app_response(*headers: tuple[str, bytes]) -> http_pb2.HttpResponse:
+    out = http_pb2.HttpResponse(status=200, body=b"ok")
+    for name, value in headers:
+        out.headers.add(name=name, value=value)
+    return out
+
+
+def test_a_header_like_one_that_passed_is_still_checked():
+    # build remembers headers that passed its check; a value or name that differs in any byte is checked anew.
+    request = make_mocked_request("GET", "/")
+    assert responses.build(_app_response(("X-Note", b"fine")), request, max_bytes=100).headers["X-Note"] == "fine"
+    for header in [("X-Note", b"fine\r\nSet-Cookie: x=1"), ("X-Note", b"fine\x00"), ("X-Note ", b"fine"),
+                   ("X-Note", b"fine\xff")]:
+        with pytest.raises(responses.BadResponseHeaderError):
+            responses.build(_app_response(header), request, max_bytes=100)
+
+
+def test_a_remembered_header_is_dropped_or_kept_by_the_same_rules():
+    request = make_mocked_request("GET", "/")
+    for _ in range(2):  # the second time from what build remembered
+        out = responses.build(_app_response(("Content-Type", b"text/plain"), ("Server", b"app"),
+                                            ("Set-Cookie", b"kiln_login=forged")), request, max_bytes=100)
+        assert out.headers.getall("Content-Type") == ["text/plain"] and out.headers.getall("Server") == ["kiln"]
+        assert "Set-Cookie" not in out.headers
