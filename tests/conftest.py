@@ -10,6 +10,7 @@ Chromium) is on free ports and in its own temporary directories, so modules on d
 from __future__ import annotations
 
 import pytest
+from _pytest.nodeid import NodeId  # pytest 9's node ids (see below)
 
 CASSANDRA_GROUP = "cassandra"
 _CASSANDRA_FIXTURES = frozenset({"cassandra_hosts", "datastore_cassandra_addr"})
@@ -20,11 +21,14 @@ def _uses_cassandra(item: pytest.Item) -> bool:
             or not _CASSANDRA_FIXTURES.isdisjoint(getattr(item, "fixturenames", ())))
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the marks into node ids
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if config.getoption("dist", "no") != "loadgroup":
+    """Each test's group, as ``--dist loadgroup`` reads it: the ``@group`` suffix of its node id."""
+    if not getattr(config.option, "loadgroup", False):  # xdist sets it on its workers (the only ones collecting)
         return
     cassandra_modules = {item.nodeid.split("::", 1)[0] for item in items if _uses_cassandra(item)}
     for item in items:
         module = item.nodeid.split("::", 1)[0]
-        item.add_marker(pytest.mark.xdist_group(CASSANDRA_GROUP if module in cassandra_modules else module))
+        # What pytest-xdist 3.8 does for an xdist_group mark, done here: it sets item._nodeid, which pytest 9 no
+        # longer reads (a node's id is its NodeId, item._id), so its marks would leave every test a group of one.
+        item._id = NodeId.parse(f"{item.nodeid}@{CASSANDRA_GROUP if module in cassandra_modules else module}")
