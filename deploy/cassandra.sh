@@ -12,6 +12,7 @@
 #   deploy/cassandra.sh install
 #   deploy/cassandra.sh start  [--data-dir DIR] [--cql-port N] [--storage-port N] [--heap SIZE] [--timeout S]
 #   deploy/cassandra.sh stop   [--data-dir DIR]
+#   deploy/cassandra.sh kill   [--data-dir DIR]   (SIGKILL at once: for a node whose data is thrown away)
 #   deploy/cassandra.sh status [--data-dir DIR]
 #
 # start prints HOST:PORT of the CQL endpoint once a real CQL query succeeds.
@@ -28,7 +29,7 @@ STORAGE_PORT=7000
 HEAP=1G
 TIMEOUT=180
 
-usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "cassandra.sh: $*" >&2; exit 1; }
 
 find_java() {
@@ -196,10 +197,19 @@ stop_node() {
   rm -f "$DATA_DIR/cassandra.pid"
 }
 
+kill_node() {  # no drain, no flush: the tests' node, whose data directory is deleted next, needs neither
+  pid_alive || { rm -f "$DATA_DIR/cassandra.pid"; return 0; }
+  local pid; pid="$(cat "$DATA_DIR/cassandra.pid")"
+  kill -KILL "$pid" 2>/dev/null || true
+  for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  rm -f "$DATA_DIR/cassandra.pid"
+}
+
 case "${1:-}" in
   install) install; echo "$LIB" ;;
   start) shift; start "$@" ;;
   stop) shift; parse_opts "$@"; stop_node ;;
+  kill) shift; parse_opts "$@"; kill_node ;;
   status) shift; parse_opts "$@"
           if pid_alive && cql_ready "$(cat "$DATA_DIR/cql.port")"; then echo "127.0.0.1:$(cat "$DATA_DIR/cql.port")"; else exit 1; fi ;;
   -h|--help|help) usage ;;

@@ -5,6 +5,7 @@
 # real Cassandra node through deploy/cassandra.sh (or the node named by
 # KILN_TEST_CASSANDRA=host:port). Extra arguments go to pytest, e.g.
 #   deploy/test.sh -m "not cassandra"     # skip the Cassandra-backed tests
+#   deploy/test.sh -n 3 --dist loadgroup  # modules side by side on 3 workers (tests/conftest.py)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash deploy/install.sh

@@ -13,7 +13,7 @@ import textwrap
 import pytest
 
 from kiln_platform.supervisor import StartError
-from tests.integration.apps import fetch, running
+from tests.integration.apps import fetch, running, wait_for
 
 pytestmark = pytest.mark.nats
 
@@ -129,4 +129,7 @@ def test_a_requirement_that_cannot_be_installed_stops_the_deploy_naming_its_line
                                          r"==1.0' for Python 3\.\d+: .*kiln installs wheels only"):
         with running(tmp_path / "missing", files):
             pass
-    assert not list((pathlib.Path.home() / ".cache" / "kiln" / "requirements").glob(".installing-*"))
+    # Nothing half-installed is left behind. Another module's kiln dev (another xdist worker) may be installing its
+    # own requirements into the same cache meanwhile: its .installing- directory is renamed when it is done, while a
+    # leftover of ours would stay for good.
+    wait_for(lambda: not list((pathlib.Path.home() / ".cache" / "kiln" / "requirements").glob(".installing-*")), 120)
