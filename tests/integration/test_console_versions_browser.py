@@ -21,7 +21,7 @@ from kiln_platform.supervisor import python_module
 from tests.integration.apps import wait_for
 from tests.integration.conftest import SECRET, service_env
 from tests.integration.consolekit import browser, console_dev, console_request, page  # noqa: F401 - fixtures
-from tests.integration.test_control_plane import auth, start_control, token, write_app
+from tests.integration.test_control_plane import auth, start_control, start_one_instance_manager, token, write_app
 
 pytestmark = [pytest.mark.nats, pytest.mark.browser]
 
@@ -55,18 +55,7 @@ def dev(supervisor, control):
 @pytest.fixture(scope="module")
 def manager_state(supervisor, tmp_path_factory, nats_url, control):
     """A manager keeping one instance of shown/v1; the file where it records its instances."""
-    app_dir = tmp_path_factory.mktemp("shown-running")
-    (app_dir / "app.yaml").write_text("runtime: python27\napi_version: 1\nthreadsafe: true\n"
-                                      "handlers:\n- url: /.*\n  script: main.app\n")
-    (app_dir / "main.py").write_text("def app(environ, start_response):\n"
-                                     "    start_response('200 OK', [])\n    return [b'ok']\n")
-    run = supervisor.run_dir / "shown-instances"
-    ready = supervisor.run_dir / "manager-shown.ready"
-    supervisor.start("manager-shown", python_module(
-        "runtime.manager", "--app-dir", str(app_dir), "--app-id", APP, "--version-id", "v1", "--nats-url", nats_url,
-        "--run-dir", str(run), "--min-instances", "1", "--max-instances", "1", "--ready-file", str(ready),
-        "--", "--listen", "127.0.0.1:0"), env=service_env(), ready_file=ready)
-    return run / "instances.json"
+    return start_one_instance_manager(supervisor, tmp_path_factory, nats_url, APP, "shown")
 
 
 def deploy(control: str, tmp_path, version: str, *, promote: bool) -> None:

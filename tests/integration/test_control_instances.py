@@ -15,7 +15,7 @@ from kiln.pb.deploy.v1 import deploy_pb2_grpc
 from kiln_platform.supervisor import python_module
 from tests.integration import apps
 from tests.integration.conftest import service_env
-from tests.integration.test_control_plane import auth, code_of, start_control, token
+from tests.integration.test_control_plane import auth, code_of, start_control, start_one_instance_manager, token
 
 pytestmark = pytest.mark.nats
 
@@ -38,18 +38,7 @@ def router(supervisor, nats_url):
 @pytest.fixture(scope="module")
 def manager_state(supervisor, tmp_path_factory, nats_url, control):
     """A manager keeping one instance of listed/v1; the file where it records its instances."""
-    app_dir = tmp_path_factory.mktemp("listed")
-    (app_dir / "app.yaml").write_text("runtime: python27\napi_version: 1\nthreadsafe: true\n"
-                                      "handlers:\n- url: /.*\n  script: main.app\n")
-    (app_dir / "main.py").write_text("def app(environ, start_response):\n"
-                                     "    start_response('200 OK', [])\n    return [b'ok']\n")
-    run = supervisor.run_dir / "listed-instances"
-    ready = supervisor.run_dir / "manager-listed.ready"
-    supervisor.start("manager-listed", python_module(
-        "runtime.manager", "--app-dir", str(app_dir), "--app-id", APP, "--version-id", "v1", "--nats-url", nats_url,
-        "--run-dir", str(run), "--min-instances", "1", "--max-instances", "1", "--ready-file", str(ready),
-        "--", "--listen", "127.0.0.1:0"), env=service_env(), ready_file=ready)
-    return run / "instances.json"
+    return start_one_instance_manager(supervisor, tmp_path_factory, nats_url, APP, "listed")
 
 
 @pytest.fixture

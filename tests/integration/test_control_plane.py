@@ -47,6 +47,22 @@ def auth(tok: str) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {tok}"),)
 
 
+def start_one_instance_manager(supervisor, tmp_path_factory, nats_url: str, app_id: str, name: str) -> pathlib.Path:
+    """A manager keeping one instance of a hello-world app_id/v1; the file where it records its instances."""
+    app_dir = tmp_path_factory.mktemp(name)
+    (app_dir / "app.yaml").write_text("runtime: python27\napi_version: 1\nthreadsafe: true\n"
+                                      "handlers:\n- url: /.*\n  script: main.app\n")
+    (app_dir / "main.py").write_text("def app(environ, start_response):\n"
+                                     "    start_response('200 OK', [])\n    return [b'ok']\n")
+    run = supervisor.run_dir / f"{name}-instances"
+    ready = supervisor.run_dir / f"manager-{name}.ready"
+    supervisor.start(f"manager-{name}", python_module(
+        "runtime.manager", "--app-dir", str(app_dir), "--app-id", app_id, "--version-id", "v1", "--nats-url", nats_url,
+        "--run-dir", str(run), "--min-instances", "1", "--max-instances", "1", "--ready-file", str(ready),
+        "--", "--listen", "127.0.0.1:0"), env=service_env(), ready_file=ready)
+    return run / "instances.json"
+
+
 def start_control(supervisor, tmp_path_factory, nats_url: str, name: str, *extra: str) -> str:
     ready = supervisor.run_dir / f"{name}.addr"
     child = supervisor.start(name, python_module(
