@@ -16,6 +16,7 @@ import pytest
 from playwright.sync_api import expect, sync_playwright
 
 from console.values import encode_key
+from deploy import upload
 from kiln.pb.datastore.v1 import datastore_pb2 as ds
 from kiln.pb.datastore.v1 import datastore_pb2_grpc
 from kiln.pb.memcache.v1 import memcache_pb2 as mc
@@ -24,7 +25,7 @@ from kiln_platform import signing
 from kiln_platform.supervisor import free_port, python_module
 from tests.integration.conftest import ROOT, app_metadata, service_env
 from tests.integration.consolekit import CHROMIUM
-from tests.integration.test_control_plane import start_control, token
+from tests.integration.test_control_plane import start_control, token, write_app
 
 pytestmark = pytest.mark.nats
 
@@ -38,6 +39,7 @@ class Cluster:
 
     def __init__(self, port: int, provider_port: int, datastore: str, memcache: str) -> None:
         self.port, self.provider_port, self.datastore, self.memcache = port, provider_port, datastore, memcache
+        self.control = ""  # the control plane's address (its gateway's too)
         self.root = f"console.test:{port}"
         suffix = uuid.uuid4().hex[:6]
         self.app_a, self.app_b = f"cona{suffix}", f"conb{suffix}"
@@ -68,6 +70,7 @@ def cluster(supervisor, tmp_path_factory, nats_url, grpc_services):
     control = start_control(supervisor, tmp_path_factory, nats_url, "control-console", "--datastore-addr",
                             grpc_services["datastore"], "--memcache-addr", grpc_services["memcache"])
     out = Cluster(free_port(), provider_port, grpc_services["datastore"], grpc_services["memcache"])
+    out.control = control
     start_console(supervisor, out, "console-cluster", f"http://127.0.0.1:{provider_port}/default", control)
     return out
 
@@ -264,6 +267,17 @@ def test_the_memcache_page_reaches_the_apps_cache_through_the_gateway(cluster):
     status, _, body = Visitor(cluster).sign_in(ANN, f"http://{cluster.host(cluster.app_a)}/memcache?key=greeting")
     assert status == 200
     assert "cached-for-a" in body and "cached-for-b" not in body
+
+
+def test_the_versions_page_shows_the_apps_versions_from_the_control_plane(cluster, tmp_path):
+    shown, hidden = "annsonlyversion", "bobsonlyversion"
+    for app, version in ((cluster.app_a, shown), (cluster.app_b, hidden)):
+        with grpc.insecure_channel(cluster.control) as channel:
+            upload.deploy(channel, token(app), write_app(tmp_path / app), app, version, promote=True,
+                          host_check=False)
+    status, _, body = Visitor(cluster).sign_in(ANN, f"http://{cluster.host(cluster.app_a)}/versions")
+    assert status == 200
+    assert shown in body and hidden not in body
 
 
 def test_a_page_the_gateway_does_not_route_says_so(cluster):
