@@ -50,10 +50,12 @@ from kiln.api import _rpc
 from kiln.pb.cron.v1 import cron_pb2, cron_pb2_grpc
 from kiln.pb.datastore.v1 import datastore_pb2 as ds
 from kiln.pb.datastore.v1 import datastore_pb2_grpc
+from kiln.pb.deploy.v1 import deploy_pb2, deploy_pb2_grpc
 from kiln.pb.logs.v1 import logs_pb2, logs_pb2_grpc
 from kiln.pb.mail.v1 import mail_pb2, mail_pb2_grpc
 from kiln.pb.memcache.v1 import memcache_pb2, memcache_pb2_grpc
 from kiln.pb.taskqueue.v1 import taskqueue_pb2, taskqueue_pb2_grpc
+from deploy.control import tokens
 from kiln_platform.appcalls import AppCredentials
 
 KIND = "Bench"
@@ -86,9 +88,19 @@ class Calls:
         self.cron = cron_pb2_grpc.CronServiceStub(self.channels["cron"])
         self.taskqueue = taskqueue_pb2_grpc.TaskQueueServiceStub(self.channels["taskqueue"])
         self.mail = mail_pb2_grpc.MailServiceStub(self.channels["mail"])
+        # kiln dev's control plane, called with an admin deploy token of the app (as the console's versions page)
+        self.version_id = server.version_id
+        self.channels["control"] = _rpc.channel(server.addresses["control"])
+        self.control = deploy_pb2_grpc.DeployServiceStub(self.channels["control"])
+        self._admin = (("authorization", "Bearer " + tokens.mint(server.secrets["control_admin"], server.app_id,
+                                                                   "admin", "console-bench")),)
 
     def __call__(self, method: Any, request: Any) -> Any:
         return method(request, metadata=self._meta, timeout=120)
+
+    def admin(self, method: Any, request: Any) -> Any:
+        """A control plane call, as the console makes it."""
+        return method(request, metadata=self._admin, timeout=120)
 
     def close(self) -> None:
         for channel in self.channels.values():
@@ -263,7 +275,22 @@ def pages(calls: Calls, entities: int) -> list[tuple[str, str, Callable[[], None
                                                                           without_raw=True))),
         (f"mail, the oldest of {mails:,} messages", console_mail.message_url(oldest),
          lambda: calls(calls.mail.ListOutbox, mail_pb2.ListOutboxRequest(limit=1, message_id=oldest))),
+        ("mail, dead letters (none)", "/mail/dead",
+         lambda: calls(calls.mail.ListDeadLetters, mail_pb2.ListDeadLettersRequest(page_size=console_mail.DEAD_PAGE))),
+        ("datastore, indexes", "/datastore/indexes",
+         lambda: calls(calls.datastore.ListIndexes, ds.ListIndexesRequest())),
+        ("versions and instances", "/versions", _versions_floor(calls)),
+        ("dashboard", "/dashboard", lambda: None),  # no call: the page's script asks for its data
+        ("dashboard data (the history so far)", "/dashboard/data?" + urllib.parse.urlencode(
+            {"version": calls.version_id}), lambda: None),  # no call: read from the console's memory
     ]
+
+
+def _versions_floor(calls: Calls) -> Callable[[], None]:
+    def run() -> None:  # the app's versions and instances (console/versions.py)
+        calls.admin(calls.control.ListVersions, deploy_pb2.ListVersionsRequest(app_id=calls.app_id))
+        calls.admin(calls.control.ListInstances, deploy_pb2.ListInstancesRequest(app_id=calls.app_id))
+    return run
 
 
 def _queue_floor(calls: Calls) -> Callable[[], None]:
@@ -358,8 +385,10 @@ def run(server: DevServer, calls: Calls, measured: list[tuple[str, str, Callable
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name, _, _ in measured:
         row = results[name]
+        # A page that makes no gRPC call (its floor is the timer's own cost) has no ratio.
+        ratio = f"{med(row['ratio']):.2f}×" if med(row["f50"]) >= 0.05 else "— (no call)"
         print(f"| {name} | {med(row['p50']):.1f} | {med(row['p95']):.1f} | {med(row['f50']):.1f} | "
-              f"{med(row['f95']):.1f} | {med(row['ratio']):.2f}× | {med(row['cpu']):.1f} |")
+              f"{med(row['f95']):.1f} | {ratio} | {med(row['cpu']):.1f} |")
 
 
 if __name__ == "__main__":
