@@ -13,7 +13,7 @@ from kiln_platform.config import HostPort, ListenAddress, Secret, field, parse_a
 
 # The services the console reaches through the control plane's developer gateway in a cluster (the gateway does
 # not route mail_svc: the Mail page says so).
-GATEWAY_SERVICES = ("logs", "datastore", "cron", "taskqueue", "memcache", "deploy")  # deploy: the control plane itself
+GATEWAY_SERVICES = ("logs", "datastore", "cron", "taskqueue", "memcache", "mail", "deploy")  # deploy: the control plane itself
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -57,6 +57,10 @@ class NeedIndexError(FailedPreconditionError):
     """
 
 
+class NoOutboxError(FailedPreconditionError):
+    """mail_svc delivers through a relay, so it keeps no development outbox to list."""
+
+
 class ConcurrentTransactionError(ConflictError):
     """A datastore transaction lost to a concurrent commit on one of its entity groups."""
 
@@ -102,6 +106,7 @@ ERROR_CODES: dict[type[BaseException], ErrorCode] = {
     ConflictError: ErrorCode(grpc.StatusCode.ABORTED, 409, "CONFLICT"),
     FailedPreconditionError: ErrorCode(grpc.StatusCode.FAILED_PRECONDITION, 412, "FAILED_PRECONDITION"),
     NeedIndexError: ErrorCode(grpc.StatusCode.FAILED_PRECONDITION, 412, "NEED_INDEX"),
+    NoOutboxError: ErrorCode(grpc.StatusCode.FAILED_PRECONDITION, 412, "NO_OUTBOX"),
     ConcurrentTransactionError: ErrorCode(grpc.StatusCode.ABORTED, 409, "CONCURRENT_TRANSACTION"),
     DeadlineExceededError: ErrorCode(grpc.StatusCode.DEADLINE_EXCEEDED, 504, "DEADLINE_EXCEEDED"),
     UnavailableError: ErrorCode(grpc.StatusCode.UNAVAILABLE, 503, "UNAVAILABLE"),

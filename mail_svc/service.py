@@ -9,7 +9,7 @@ import grpc
 
 from kiln import mailrules
 from kiln_platform import auth, grpcserver
-from kiln.errors import BadRequestError, FailedPreconditionError, NotFoundError
+from kiln.errors import BadRequestError, FailedPreconditionError, NoOutboxError, NotFoundError
 from kiln.pb.mail.v1 import mail_pb2 as pb
 from kiln.pb.mail.v1 import mail_pb2_grpc
 from mail_svc.errors import UnauthorizedSenderError
@@ -87,7 +87,7 @@ class MailService(mail_pb2_grpc.MailServiceServicer):
                          context: grpc.aio.ServicerContext[Any, Any]) -> pb.ListOutboxResponse:
         app = grpcserver.caller_app()
         if self._outbox is None:
-            raise FailedPreconditionError("this mail service delivers through a relay; it keeps no outbox")
+            raise NoOutboxError("this mail service delivers through a relay; it keeps no outbox")
         if not 0 <= request.limit <= MAX_OUTBOX_PAGE:
             raise BadRequestError(f"limit: must be between 0 and {MAX_OUTBOX_PAGE}, got {request.limit}")
         if len(request.message_id) > MAX_MESSAGE_ID:

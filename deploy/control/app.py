@@ -76,7 +76,7 @@ async def serve(cfg: ControlConfig) -> None:
     # kiln's developer commands reach the app's services through here, with a deploy token (deploy/control/gateway.py).
     gateway = Gateway({setting: str(getattr(cfg, setting)) if getattr(cfg, setting) else None
                        for setting in ("logs_addr", "datastore_addr", "cron_addr", "taskqueue_addr",
-                                       "memcache_addr")},
+                                       "memcache_addr", "mail_addr")},
                       cfg.service_secret.get())
 
     async def stop() -> None:

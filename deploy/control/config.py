@@ -42,6 +42,9 @@ class ControlConfig(StorageConfig, GrpcServiceConfig):
     memcache_addr: HostPort | None = field(None, "memcache_svc's gRPC address, which a cluster's console (its "
                                                  "Memcache page) reaches through the control plane; empty: that "
                                                  "page is refused, naming this setting")
+    mail_addr: HostPort | None = field(None, "mail_svc's gRPC address, which a cluster's console (its Mail pages: "
+                                             "the dead letters) reaches through the control plane; empty: those "
+                                             "pages are refused, naming this setting")
     blob_grace_seconds: float = field(3600.0, "files no version uses are deleted once they are this old (a deploy "
                                               "in progress has uploaded files its version does not name yet)")
 

@@ -2,9 +2,9 @@
 services through the control plane, with nothing but its address and a deploy token.
 
 The control plane serves, under their own names, the services those commands and the console use
-(``LogsService``, ``DatastoreService``, ``CronService``, ``TaskQueueService``, ``MemcacheService``) for every
-service whose address it was given (``--logs-addr``, ``--datastore-addr``, ``--cron-addr``, ``--taskqueue-addr``,
-``--memcache-addr``). A call is forwarded only when its
+(``LogsService``, ``DatastoreService``, ``CronService``, ``TaskQueueService``, ``MemcacheService``,
+``MailService``) for every service whose address it was given (``--logs-addr``, ``--datastore-addr``,
+``--cron-addr``, ``--taskqueue-addr``, ``--memcache-addr``, ``--mail-addr``). A call is forwarded only when its
 deploy token (verified by the server's one interceptor, :mod:`kiln_platform.grpcserver`) is an admin token of the
 app named in the call's ``kiln-app`` metadata, or of every app; the app may be left out when the token names one.
 The call then goes on, as its bytes, to the service with that app's identity token, minted here with the service
@@ -29,6 +29,7 @@ from kiln.api import _rpc
 from kiln.pb.cron.v1 import cron_pb2
 from kiln.pb.datastore.v1 import datastore_pb2
 from kiln.pb.logs.v1 import logs_pb2
+from kiln.pb.mail.v1 import mail_pb2
 from kiln.pb.memcache.v1 import memcache_pb2
 from kiln.pb.taskqueue.v1 import taskqueue_pb2
 from kiln_platform import auth, grpcserver
@@ -45,6 +46,7 @@ ROUTES = (
     (cron_pb2.DESCRIPTOR.services_by_name["CronService"], "cron_addr", "cron_svc"),
     (taskqueue_pb2.DESCRIPTOR.services_by_name["TaskQueueService"], "taskqueue_addr", "taskqueue_svc"),
     (memcache_pb2.DESCRIPTOR.services_by_name["MemcacheService"], "memcache_addr", "memcache_svc"),
+    (mail_pb2.DESCRIPTOR.services_by_name["MailService"], "mail_addr", "mail_svc"),
 )
 
 

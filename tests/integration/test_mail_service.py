@@ -30,6 +30,7 @@ from tests.integration import smtpservers
 from tests.integration.apps import wait_for
 from tests.integration.conftest import SECRET, app_metadata, service_env
 from tests.integration.consolekit import CHROMIUM, mark_document, not_reloaded
+from tests.integration.test_console_signin import ANN, Visitor, start_cluster
 from tests.unit.zips import nested, zipped
 
 pytestmark = pytest.mark.nats
@@ -384,6 +385,26 @@ def refused_letter(service, relay, app=APP, **fields):
         return found
     wait_for(listed, 20)
     return found[0]
+
+
+@pytest.fixture(scope="module")
+def mail_cluster(supervisor, tmp_path_factory, nats_url, service):
+    """A cluster's console (behind sign-in) whose control plane forwards to the module's relay-delivering mail_svc."""
+    return start_cluster(supervisor, tmp_path_factory, nats_url, "mail", "", "", "--mail-addr", service.child.address)
+
+
+def test_a_clusters_console_shows_its_apps_dead_letters_with_their_reasons_through_the_gateway(service, relay,
+                                                                                            mail_cluster):
+    app_a, app_b = mail_cluster.app_a, mail_cluster.app_b
+    refused_letter(service, relay, app=app_a, sender=f"robot@{app_a}.mail.localhost", subject="refused for ann")
+    refused_letter(service, relay, app=app_b, sender=f"robot@{app_b}.mail.localhost", subject="refused for bob")
+    visitor = Visitor(mail_cluster)
+    status, _, page = visitor.sign_in(ANN, f"http://{mail_cluster.host(app_a)}/mail/dead")
+    assert status == 200
+    assert "refused for ann" in page and "554 5.7.1 refused" in page
+    assert "refused for bob" not in page
+    status, _, page = visitor.request("GET", f"http://{mail_cluster.host(app_a)}/mail")
+    assert status == 200 and "delivered through a relay: no outbox" in page
 
 
 def delete_dead(service, sequence, app=APP):
