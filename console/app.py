@@ -89,9 +89,10 @@ async def serve(cfg: ConsoleConfig) -> None:
                             timeout=cfg.call_timeout_seconds,
                             credentials_for={"deploy": DeployToken(cfg.deploy_token)})
     bound: dict[str, frozenset[str]] = {"hosts": frozenset()}
-    # The dashboard's history is one app's (development); a cluster's console has no metrics addresses yet.
-    scraper = (dashboard.Scraper(cfg.app_id, cfg.metrics_addrs, interval=cfg.metrics_scrape_seconds)
-               if cfg.metrics_addrs and not cfg.cluster else None)
+    # The dashboard's histories: the app's (development), or each app an administrator may open (cluster).
+    apps = tuple(sorted(cfg.admin_map())) if cfg.cluster else (cfg.app_id,)
+    scraper = (dashboard.Scraper(apps, cfg.metrics_addrs, interval=cfg.metrics_scrape_seconds)
+               if cfg.metrics_addrs else None)
     app = make_app(services, hosts=lambda: bound["hosts"], signin=signin, scraper=scraper)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()

@@ -42,11 +42,13 @@ class ConsoleConfig:
     memcache_addr: HostPort | None = field(None, "memcache_svc's gRPC address (host:port): the Memcache page")
     cron_addr: HostPort | None = field(None, "cron_svc's gRPC address (host:port): the Cron page")
     taskqueue_addr: HostPort | None = field(None, "taskqueue_svc's gRPC address (host:port): the Task queues page")
-    mail_addr: HostPort | None = field(None, "mail_svc's gRPC address (host:port): the Mail page (its development "
-                                             "outbox)")
+    mail_addr: HostPort | None = field(None, "mail_svc's gRPC address (host:port): the Mail pages (its development "
+                                             "outbox, or a relay's dead letters)")
     metrics_addrs: tuple[HostPort, ...] = field((), "host:port of each /metrics endpoint the Dashboard page "
-                                                     "scrapes (comma-separated: the router's, its workers' and the "
-                                                     "instance managers'; kiln dev passes them); none: no dashboard")
+                                                     "scrapes (comma-separated: the routers', their workers' and the "
+                                                     "instance managers'; kiln dev passes them; in a cluster, e.g. "
+                                                     "from the runtime hosts' metrics-targets.json); none: no "
+                                                     "dashboard")
     metrics_scrape_seconds: float = field(10.0, "how often the Dashboard scrapes metrics_addrs (one point per "
                                                 "scrape, an hour kept)")
     control_addr: HostPort | None = field(None, "the control plane's gRPC address (host:port): the Apps and "
@@ -109,7 +111,7 @@ class ConsoleConfig:
         if missing:
             raise ValueError(f"{', '.join(missing)}: required with oidc_issuer (cluster mode)")
         given = [name for name in ("app_id", "service_secret", "logs_addr", "datastore_addr", "memcache_addr",
-                                   "cron_addr", "taskqueue_addr", "mail_addr", "metrics_addrs", "control_addr",
+                                   "cron_addr", "taskqueue_addr", "mail_addr", "control_addr",
                                    "deploy_token") if getattr(self, name)]
         if given:
             raise ValueError(f"{', '.join(given)}: development mode only; in cluster mode the console reaches the "

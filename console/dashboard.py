@@ -20,7 +20,7 @@ import aiohttp
 from aiohttp import web
 
 from console import render
-from console.history import FIGURES, History
+from console.history import FIGURES, History, Key, parse_apps
 from kiln.errors import BadRequestError
 from kiln_platform.config import HostPort
 
@@ -33,14 +33,29 @@ PATH = "/metrics"
 
 
 class Scraper:
-    """Scrapes ``targets`` every ``interval`` seconds into :attr:`history`."""
+    """Scrapes ``targets`` every ``interval`` seconds into a :class:`History` per app: the console's one app under
+    ``kiln dev``, each app the console's administrators may open in a cluster."""
 
-    def __init__(self, app_id: str, targets: tuple[HostPort, ...], *, interval: float) -> None:
+    def __init__(self, app_ids: str | tuple[str, ...], targets: tuple[HostPort, ...], *, interval: float) -> None:
         self.interval = interval
         self.urls = tuple(f"http://{target}{PATH}" for target in targets)
-        self.history = History(app_id, points=min(int(HISTORY_SECONDS / interval) + 1, MAX_POINTS))
+        points = min(int(HISTORY_SECONDS / interval) + 1, MAX_POINTS)
+        self.histories = {app: History(app, points=points)
+                          for app in ((app_ids,) if isinstance(app_ids, str) else app_ids)}
         self.errors: dict[str, str] = {}  # url -> why its last scrape failed
         self.scrapes = 0
+
+    @property
+    def history(self) -> History:
+        """The history of the console's app (its first, under ``kiln dev`` its only one)."""
+        return next(iter(self.histories.values()))
+
+    def _parse(self, pages: dict[str, str | None]) -> dict[str, dict[str, dict[Key, float] | None]]:
+        """Each app's parse of each page (a page read once for every app; None: its scrape failed)."""
+        apps = frozenset(self.histories)
+        parsed = {url: None if text is None else parse_apps(text, apps) for url, text in pages.items()}
+        return {app: {url: None if by_app is None else by_app.get(app, {}) for url, by_app in parsed.items()}
+                for app in self.histories}
 
     async def scrape(self, session: aiohttp.ClientSession) -> None:
         """Read every target once and add what they said to the history."""
@@ -48,8 +63,9 @@ class Scraper:
         read_at = time.time()
         # Parsed on a thread (the pages' lines cost tens of microseconds each), added on the loop that serves
         # /dashboard/data, so a request never sees the history half-changed.
-        parsed = await asyncio.to_thread(self.history.parse_all, dict(zip(self.urls, pages)))
-        self.history.add_parsed(read_at, parsed)
+        parsed = await asyncio.to_thread(self._parse, dict(zip(self.urls, pages)))
+        for app, history in self.histories.items():
+            history.add_parsed(read_at, parsed[app])
         self.scrapes += 1
 
     async def _read(self, session: aiohttp.ClientSession, url: str) -> str | None:
@@ -91,18 +107,19 @@ class Scraper:
             await task
 
 
-def data(scraper: Scraper | None, version: str, since: float | None = None) -> dict[str, object]:
-    """What ``/dashboard/data`` answers: the versions, the chosen one's series (its points after ``since`` only,
-    when given: the page adds them to those it has), and the targets that fail."""
-    if scraper is None:
+def data(scraper: Scraper | None, app_id: str, version: str, since: float | None = None) -> dict[str, object]:
+    """What ``/dashboard/data`` answers for ``app_id``: the versions, the chosen one's series (its points after
+    ``since`` only, when given: the page adds them to those it has), and the targets that fail."""
+    history = scraper.histories.get(app_id) if scraper is not None else None
+    if scraper is None or history is None:
         return {"configured": False, "versions": [], "version": "", "series": None, "errors": {},
                 "interval": 0}
-    versions = scraper.history.versions()
+    versions = history.versions()
     chosen = version if version in versions else (versions[0] if versions else "")
     if chosen != version:
         since = None  # the page showed another version (or none): all of this one's points
     return {"configured": True, "versions": versions, "version": chosen,
-            "series": scraper.history.series(chosen, since) if chosen else None, "errors": dict(scraper.errors),
+            "series": history.series(chosen, since) if chosen else None, "errors": dict(scraper.errors),
             "since": since,
             "interval": scraper.interval, "scrapes": scraper.scrapes, "figures": list(FIGURES)}
 
@@ -135,7 +152,8 @@ def routes(scraper: Scraper | None) -> list[web.RouteDef]:
     async def dashboard_data(request: web.Request) -> web.StreamResponse:
         since = _since(request.query.get("since", ""))
         version = request.query.get("version", "")
-        response = web.json_response(data(scraper, version, since if version else None))
+        app_id = request.get("app_id", request.app["app_id"])  # a cluster's console: the app of the request's host
+        response = web.json_response(data(scraper, app_id, version, since if version else None))
         response.headers["Cache-Control"] = "no-store"
         return response
 

@@ -50,13 +50,19 @@ Key = tuple[str, str, str]
 
 
 def parse(text: str, app_id: str) -> dict[Key, float]:
-    """The samples of ``app_id``'s versions in a page of metrics text, by series.
+    """The samples of ``app_id``'s versions in a page of metrics text, by series (see :func:`parse_apps`)."""
+    return parse_apps(text, frozenset((app_id,))).get(app_id, {})
+
+
+def parse_apps(text: str, app_ids: frozenset[str]) -> dict[str, dict[Key, float]]:
+    """The samples of each of ``app_ids``' versions in a page of metrics text, by app, then by series (a page is
+    read once for every app a cluster's console plots).
 
     Every other line (another metric, a comment, a malformed or oversized line, another app) is ignored; past
     :data:`MAX_SERIES` lines of the wanted metrics the rest of the page is (parsing costs tens of microseconds a
     line: a page cannot make a scrape take long).
     """
-    found: dict[Key, float] = {}
+    apps: dict[str, dict[Key, float]] = {}
     read = 0
     for line in text.splitlines():
         if not line.startswith(WANTED) or len(line) > MAX_LINE:
@@ -68,7 +74,8 @@ def parse(text: str, app_id: str) -> dict[Key, float]:
         if sample is None:
             continue
         name, labels, value = sample
-        if labels.get("app") != app_id or any(len(v) > MAX_LABEL for v in labels.values()):
+        app = labels.get("app", "")
+        if app not in app_ids or any(len(v) > MAX_LABEL for v in labels.values()):
             continue
         version = labels.get("version", "")
         if name == REQUESTS:
@@ -84,8 +91,9 @@ def parse(text: str, app_id: str) -> dict[Key, float]:
         if not version or not math.isfinite(value) or value < 0:
             continue
         key = (name, version, third)
+        found = apps.setdefault(app, {})
         found[key] = found.get(key, 0.0) + value
-    return found
+    return apps
 
 
 def _sample(line: str) -> tuple[str, dict[str, str], float] | None:

@@ -63,6 +63,21 @@ async def test_the_scraper_turns_a_real_page_into_rates(metrics_server):
     assert scraper.errors == {}
 
 
+async def test_one_scraper_keeps_each_apps_versions_apart(metrics_server):
+    target, state = metrics_server
+    scraper = Scraper((APP, "other"), (target,), interval=1.0)
+    page = ROUTER_PAGE + 'kiln_router_requests_total{{app="other",version="v9",status_class="2xx"}} {m}\n'
+    async with aiohttp.ClientSession() as session:
+        state["body"] = page.format(n=0, m=0)
+        await scraper.scrape(session)
+        state["body"] = page.format(n=10, m=700)
+        await scraper.scrape(session)
+    assert scraper.histories[APP].versions() == ["v1"] and scraper.histories["other"].versions() == ["v9"]
+    shop, other = scraper.histories[APP].series("v1"), scraper.histories["other"].series("v9")
+    elapsed = shop["time"][1] - shop["time"][0]
+    assert shop["rps"][1] == pytest.approx(10 / elapsed) and other["rps"][1] == pytest.approx(700 / elapsed)
+
+
 async def test_a_page_longer_than_the_limit_fails_its_scrape_and_says_why(metrics_server):
     target, state = metrics_server
     scraper = Scraper(APP, (target,), interval=1.0)

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import base64
 import http.client
+import http.server
 import json
+import threading
 import time
 import urllib.parse
 import uuid
+from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -23,6 +26,7 @@ from kiln.pb.memcache.v1 import memcache_pb2 as mc
 from kiln.pb.memcache.v1 import memcache_pb2_grpc
 from kiln_platform import signing
 from kiln_platform.supervisor import free_port, python_module
+from tests.integration.apps import wait_for
 from tests.integration.conftest import ROOT, app_metadata, service_env
 from tests.integration.consolekit import CHROMIUM
 from tests.integration.test_control_plane import start_control, token, write_app
@@ -49,7 +53,7 @@ class Cluster:
         return f"{app}.{self.root}"
 
 
-def start_console(supervisor, cluster: Cluster, name: str, issuer: str, gateway: str) -> None:
+def start_console(supervisor, cluster: Cluster, name: str, issuer: str, gateway: str, *extra: str) -> None:
     """``python -m console`` in cluster mode at ``cluster.port``, ann administering app A and bob app B."""
     ready = supervisor.run_dir / f"{name}.addr"
     env = {**service_env(), "KILN_CONSOLE_OIDC_CLIENT_SECRET": "console-client-secret",
@@ -57,13 +61,13 @@ def start_console(supervisor, cluster: Cluster, name: str, issuer: str, gateway:
     supervisor.start(name, python_module(
         "console", "--listen", f"127.0.0.1:{cluster.port}", "--ready-file", str(ready), "--oidc-issuer", issuer,
         "--oidc-client-id", "kiln-console", "--public-url", f"http://{cluster.root}", "--gateway", gateway,
-        "--admins", f"{cluster.app_a}={ANN},{cluster.app_b}={BOB}"), env=env, ready_file=ready)
+        "--admins", f"{cluster.app_a}={ANN},{cluster.app_b}={BOB}", *extra), env=env, ready_file=ready)
 
 
 def start_cluster(supervisor, tmp_path_factory, nats_url: str, name: str, datastore: str, memcache: str,
-                  *control_args: str) -> Cluster:
+                  *control_args: str, console_args: tuple[str, ...] = ()) -> Cluster:
     """A real OpenID Connect provider, a control plane (its gateway given ``control_args``) and a cluster-mode
-    console over it; ``name`` keeps the processes of several modules apart."""
+    console over it (given ``console_args``); ``name`` keeps the processes of several modules apart."""
     provider_port = free_port()
     supervisor.start(f"oidc-provider-{name}", ["bash", str(ROOT / "tests" / "oidc" / "provider.sh"), "run",
                                                str(provider_port)],
@@ -72,15 +76,52 @@ def start_cluster(supervisor, tmp_path_factory, nats_url: str, name: str, datast
     control = start_control(supervisor, tmp_path_factory, nats_url, f"control-{name}", *control_args)
     out = Cluster(free_port(), provider_port, datastore, memcache)
     out.control = control
-    start_console(supervisor, out, f"console-{name}", f"http://127.0.0.1:{provider_port}/default", control)
+    start_console(supervisor, out, f"console-{name}", f"http://127.0.0.1:{provider_port}/default", control,
+                  *console_args)
     return out
 
 
+class MetricsPages:
+    """A real HTTP server on loopback answering /metrics with :attr:`text` (a router's page, as the test sets it)."""
+
+    def __init__(self) -> None:
+        self.text = ""
+        pages = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                body = pages.text.encode()
+                self.send_response(200 if self.path == "/metrics" else 404)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.address = f"127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 @pytest.fixture(scope="module")
-def cluster(supervisor, tmp_path_factory, nats_url, grpc_services):
+def metrics_pages() -> Iterator[MetricsPages]:
+    pages = MetricsPages()
+    yield pages
+    pages.close()
+
+
+@pytest.fixture(scope="module")
+def cluster(supervisor, tmp_path_factory, nats_url, grpc_services, metrics_pages):
     return start_cluster(supervisor, tmp_path_factory, nats_url, "console", grpc_services["datastore"],
                          grpc_services["memcache"], "--datastore-addr", grpc_services["datastore"],
-                         "--memcache-addr", grpc_services["memcache"])
+                         "--memcache-addr", grpc_services["memcache"],
+                         console_args=("--metrics-addrs", metrics_pages.address, "--metrics-scrape-seconds", "0.5"))
 
 
 class Visitor:
@@ -286,6 +327,22 @@ def test_the_versions_page_shows_the_apps_versions_from_the_control_plane(cluste
     status, _, body = Visitor(cluster).sign_in(ANN, f"http://{cluster.host(cluster.app_a)}/versions")
     assert status == 200
     assert shown in body and hidden not in body
+
+
+def test_the_dashboard_of_an_app_plots_that_apps_versions_only(cluster, metrics_pages):
+    metrics_pages.text = "".join(
+        f'kiln_router_requests_total{{app="{app}",version="{version}",status_class="2xx"}} 5\n'
+        for app, version in ((cluster.app_a, "annsversion"), (cluster.app_b, "bobsversion")))
+    visitor = Visitor(cluster)
+    status, _, _ = visitor.sign_in(ANN, f"http://{cluster.host(cluster.app_a)}/dashboard")
+    assert status == 200
+
+    def data() -> dict:
+        status, _, body = visitor.request("GET", f"http://{cluster.host(cluster.app_a)}/dashboard/data")
+        assert status == 200
+        return json.loads(body)
+    wait_for(lambda: data()["versions"], 30)
+    assert data()["versions"] == ["annsversion"]
 
 
 def test_a_page_whose_service_the_control_plane_was_not_given_names_the_setting(cluster):
