@@ -54,7 +54,7 @@ def instance_row(instance: pb.Instance) -> InstanceRow:
         state = f"busy ({instance.active_requests} in flight)"
     else:
         state = "idle"
-    return InstanceRow(instance=instance, state=state, memory=f"{instance.memory_bytes / (1 << 20):.1f} MB",
+    return InstanceRow(instance=instance, state=state, memory=f"{instance.memory_bytes / (1 << 20):.1f} MiB",
                        latency=f"{instance.average_latency_ms:.1f} ms" if instance.requests_served else "–",
                        started=_when(instance.started_at))
 

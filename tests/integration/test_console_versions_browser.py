@@ -150,7 +150,7 @@ def test_instances_are_shown_and_stopping_one_stops_it_at_its_manager(page, thre
     wait_for(shown, 30)
     expect(row.locator(".state")).to_have_text("idle")
     memory = row.locator(".memory").inner_text()
-    assert memory.endswith(" MB") and float(memory.split()[0]) > 1
+    assert memory.endswith(" MiB") and float(memory.split()[0]) > 1
     page.once("dialog", lambda dialog: dialog.accept())
     row.get_by_role("button", name="Stop").click()
     expect(page.locator(".notice.ok")).to_contain_text(f"Instance {victim} is stopping")

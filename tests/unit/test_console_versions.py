@@ -12,7 +12,7 @@ def test_an_instance_shows_its_state_memory_latency_and_start():
     instance.started_at.FromSeconds(1_800_000_000)
     row = instance_row(instance)
     assert (row.state, row.memory, row.latency, row.started) == (
-        "busy (2 in flight)", "45.0 MB", "12.3 ms", "2027-01-15 08:00:00 UTC")
+        "busy (2 in flight)", "45.0 MiB", "12.3 ms", "2027-01-15 08:00:00 UTC")
 
 
 def test_an_idle_instance_that_served_nothing_has_no_latency_and_a_stopping_one_says_so():
