@@ -92,6 +92,9 @@ class ConsoleConfig:
         if self.cluster:
             self._check_cluster()
             return
+        if not self.app_id:
+            raise ValueError("app_id: required in development mode (--app-id, KILN_CONSOLE_APP_ID); or set "
+                             "oidc_issuer for cluster mode")
         if not APP_ID_RE.match(self.app_id):
             raise ValueError(f"app_id: expected an app id (lower-case letters, digits, '-'), got {self.app_id!r} "
                              "(or set oidc_issuer for cluster mode)")
