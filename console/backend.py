@@ -89,7 +89,7 @@ class DeployToken:
         self._token = token
 
     def metadata(self, app_id: str) -> tuple[tuple[str, str], ...]:
-        return (("authorization", f"Bearer {self._token.get()}"),)
+        return ((auth.METADATA_KEY, f"Bearer {self._token.get()}"),)
 
 
 class ServiceMissingError(errors.FailedPreconditionError):
