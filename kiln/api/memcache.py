@@ -21,6 +21,16 @@ misses, ``False``, ``None`` — so the app keeps working; a shard that did not
 answer rests a few seconds before being tried again. What App Engine raised,
 kiln raises: ``ValueError`` for a request the service refuses as invalid, and
 the transport's errors for an app whose identity the service does not accept.
+
+A write whose outcome is unknown (its call failed, or was not made because the
+shard rests) must not leave the value it meant to replace: ndb's cache, for
+one, locks a key before a datastore put and deletes it after, and a reader's
+later ``cas`` of what it read before the put would otherwise store the old
+entity for good. So the keys of such a ``set``/``delete`` (any policy) are
+deleted from that shard later — before this process's next call to it, once it
+answers again — and a ``flush_all`` is repeated. At most
+:data:`MAX_INVALIDATIONS` keys wait per shard; beyond that the shard's part of
+the app's cache is flushed instead (see :class:`_Invalidations`).
 """
 
 from __future__ import annotations
@@ -52,6 +62,7 @@ MAX_VALUE_SIZE = 1_000_000
 TYPE_BYTES, TYPE_STR, TYPE_PICKLED, TYPE_INT, TYPE_BOOL = 0, 1, 2, 3, 5
 CALL_TIMEOUT = 2.0
 DOWN_SECONDS = 5.0
+MAX_INVALIDATIONS = 10_000  # keys waiting to be deleted from one shard before its part of the cache is flushed
 VIRTUAL_NODES = 160
 
 log = logging.getLogger(__name__)
@@ -140,13 +151,65 @@ def _decode_value(data: bytes, flags: int) -> Any:
     return data
 
 
+class _Invalidations:
+    """What one shard must forget before this process calls it again: keys (per namespace, with the longest
+    delete lock-out asked for) and whether the app's part of the cache there is to be flushed (``flushes`` counts
+    the reasons, so a flush asked for while an earlier one is on its way is not forgotten with it)."""
+
+    def __init__(self) -> None:
+        self.keys: dict[tuple[str, bytes], int] = {}
+        self.flushes = 0
+
+    def add(self, namespace: str, keys: Iterable[bytes], lockout: int) -> None:
+        for key in keys:
+            self.keys[(namespace, key)] = max(lockout, self.keys.get((namespace, key), 0))
+        if len(self.keys) > MAX_INVALIDATIONS:
+            self.flush()
+
+    def flush(self) -> None:
+        self.flushes, self.keys = self.flushes + 1, {}
+
+    def copy(self) -> _Invalidations:
+        done = _Invalidations()
+        done.keys, done.flushes = dict(self.keys), self.flushes
+        return done
+
+    def requests(self) -> list[tuple[str, Any]]:
+        """The calls that carry them out: one Flush (which covers the keys), or one Delete per (namespace,
+        lock-out)."""
+        if self.flushes:
+            return [("Flush", pb.FlushRequest())]
+        by: dict[tuple[str, int], pb.DeleteRequest] = {}
+        for (namespace, key), lockout in self.keys.items():
+            by.setdefault((namespace, lockout),
+                          pb.DeleteRequest(namespace=namespace, lockout_seconds=lockout)).keys.append(key)
+        return [("Delete", request) for request in by.values()]
+
+    def forget(self, done: _Invalidations) -> None:
+        """Drop what ``done`` (a copy taken before its calls) carried out; what was added meanwhile stays."""
+        if done.flushes and self.flushes == done.flushes:
+            self.flushes = 0
+        for entry, lockout in done.keys.items():
+            if self.keys.get(entry) == lockout:
+                del self.keys[entry]
+
+    def __bool__(self) -> bool:
+        return bool(self.keys) or self.flushes > 0
+
+
+# The calls whose keys must be deleted later when their outcome is unknown (module docstring).
+_WRITES = frozenset({"Set", "Delete", "Flush"})
+
+
 class _Shards:
-    """One stub per shard address, and which shards are resting after a failure."""
+    """One stub per shard address, which shards are resting after a failure, and the invalidations each owes."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._stubs: dict[str, memcache_pb2_grpc.MemcacheServiceStub] = {}
         self._down_until: dict[str, float] = {}
+        self._owed: dict[str, _Invalidations] = {}
+        self._owed_locks: dict[str, threading.Lock] = {}
         self._ring: Ring | None = None
         self._addresses = ""
         self._targets: dict[str, str] = {}  # shard name -> where to dial it
@@ -167,18 +230,55 @@ class _Shards:
             return self._ring
 
     def stub(self, address: str) -> memcache_pb2_grpc.MemcacheServiceStub | None:
-        # Reading the two dicts needs no lock (each read is atomic); only making a stub does.
+        """The shard's stub, or None while it rests. A shard that owes invalidations is sent them first; if that
+        fails it rests, so no call reaches it before they do."""
+        # Reading the dicts needs no lock (each read is atomic); only making a stub or owing one does.
         if self._down_until and self._down_until.get(address, 0) > time.monotonic():
             return None
         found = self._stubs.get(address)
-        if found is not None:
-            return found
+        if found is None:
+            with self._lock:
+                found = self._stubs.get(address)
+                if found is None:
+                    channel = _rpc.channel(self._targets.get(address, address))
+                    found = self._stubs[address] = memcache_pb2_grpc.MemcacheServiceStub(channel)
+        if self._owed and address in self._owed and not self._settle(address, found):
+            return None
+        return found
+
+    def owe(self, address: str, method: str, request: Any) -> None:
+        """Remember that ``request`` (a ``method`` in :data:`_WRITES`) may not have reached ``address``."""
         with self._lock:
-            found = self._stubs.get(address)
-            if found is None:
-                channel = _rpc.channel(self._targets.get(address, address))
-                found = self._stubs[address] = memcache_pb2_grpc.MemcacheServiceStub(channel)
-            return found
+            owed = self._owed.setdefault(address, _Invalidations())
+            self._owed_locks.setdefault(address, threading.Lock())
+            if method == "Flush":
+                owed.flush()
+            elif method == "Delete":
+                owed.add(request.namespace, request.keys, request.lockout_seconds)
+            else:
+                owed.add(request.namespace, (item.key for item in request.items), 0)
+
+    def _settle(self, address: str, stub: memcache_pb2_grpc.MemcacheServiceStub) -> bool:
+        """Send what ``address`` is owed; True once nothing is. One thread sends while the others wait for it."""
+        with self._owed_locks[address]:
+            with self._lock:
+                owed = self._owed.get(address)
+                if owed is None:
+                    return True
+                done = owed.copy()
+            for method, request in done.requests():
+                try:
+                    _rpc.call(getattr(stub, method), request, timeout=CALL_TIMEOUT, table=_ERRORS)
+                except (ValueError, errors.KilnError) as exc:
+                    self.failed(address)  # whatever the error, nothing may reach the shard before these do
+                    log.warning("memcache: shard %s still owes the deletes of writes that failed (%s: %s); it rests",
+                                address, type(exc).__name__, exc)
+                    return False
+            with self._lock:
+                owed.forget(done)
+                if not owed and self._owed.get(address) is owed:
+                    del self._owed[address]
+            return True
 
     def failed(self, address: str) -> None:
         with self._lock:
@@ -188,6 +288,7 @@ class _Shards:
         with self._lock:
             self._stubs.clear()
             self._down_until.clear()
+            self._owed.clear()
             self._ring = None
 
 
@@ -214,7 +315,17 @@ def _call_each(method: str, by_shard: Mapping[str, Any]) -> dict[str, Any]:
                                                              now=len(by_shard) == 1)
     out: dict[str, Any] = dict.fromkeys(by_shard)
     for address, rpc in rpcs.items():
-        out[address] = _result(rpc, method, address)
+        try:
+            out[address] = _result(rpc, method, address)
+        except _RAISED:
+            if method in _WRITES:
+                for unsure in (a for a, r in out.items() if r is None and a != address):
+                    _shards.owe(unsure, method, by_shard[unsure])
+            raise
+    if method in _WRITES:
+        for address, response in out.items():
+            if response is None:
+                _shards.owe(address, method, by_shard[address])
     return out
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import signal
+import time
+import types
 
 import grpc
 import pytest
@@ -18,6 +20,7 @@ from kiln.api import memcache, namespace_manager
 from kiln.pb.memcache.v1 import memcache_pb2 as pb
 from kiln.pb.memcache.v1 import memcache_pb2_grpc
 from kiln_platform.supervisor import free_port, python_module
+from tests.integration import apps
 from tests.integration.conftest import SECRET, app_metadata, service_env
 
 pytestmark = pytest.mark.nats
@@ -417,3 +420,73 @@ def test_the_service_checks_a_one_key_get_as_a_many_key_one(shards):
         assert [(i.key, i.value, i.flags, i.cas_id) for i in plain.items] == [(b"k", b"v", 3, 0)]
         assert [(i.key, i.value, i.flags) for i in for_cas.items] == [(b"k", b"v", 3)] and for_cas.items[0].cas_id
         assert not stub.Get(pb.GetRequest(keys=[b"k"]), metadata=app_metadata("other-app"), timeout=5).items
+
+
+# ------------------------------------------------------------------ writes whose outcome is unknown
+
+
+@pytest.fixture
+def stallable(supervisor, as_app, monkeypatch):
+    """A shard of its own, and a way to make this process rest it: stopped (SIGSTOP) so that one get runs past a
+    short deadline, then continued. Calls made while it rests are not sent."""
+    shard = start_shard(supervisor, "memcache-stallable")
+    as_app("cacher", [shard.address])
+    monkeypatch.setattr(memcache, "CALL_TIMEOUT", 0.3)
+    monkeypatch.setattr(memcache, "DOWN_SECONDS", 0.5)
+
+    def stall() -> None:
+        shard.proc.send_signal(signal.SIGSTOP)
+        try:
+            assert memcache.get("probe") is None  # past its deadline: the shard now rests
+        finally:
+            shard.proc.send_signal(signal.SIGCONT)
+
+    def rested() -> None:
+        apps.wait_for(lambda: memcache._shards._down_until.get(shard.address, 0) <= time.monotonic(), 10)
+
+    yield types.SimpleNamespace(shard=shard, stall=stall, rested=rested)
+    shard.proc.terminate()
+    shard.proc.wait(10)
+    supervisor.children.remove(shard)
+
+
+def test_a_delete_not_sent_while_a_shard_rests_is_carried_out_before_the_next_call(stallable):
+    assert memcache.set("k", "old") is True
+    stallable.stall()
+    assert memcache.delete("k") == memcache.DELETE_NETWORK_FAILURE
+    stallable.rested()
+    assert memcache.get("k") is None
+
+
+def test_a_set_past_its_deadline_leaves_no_value_behind(stallable):
+    assert memcache.set("k", "old") is True
+    stallable.shard.proc.send_signal(signal.SIGSTOP)
+    try:
+        assert memcache.set("k", "new") is False  # unknown: the stopped shard may still store it
+    finally:
+        stallable.shard.proc.send_signal(signal.SIGCONT)
+    stallable.rested()
+    assert memcache.get("k") is None
+
+
+def test_a_cas_of_what_was_read_before_a_write_that_was_not_sent_does_not_store_it(stallable):
+    # ndb's global cache: a reader locks the key and reads it for cas, then reads the datastore; a writer locks
+    # it, puts, and deletes it. If the writer's memcache calls are lost, the reader's cas must not store what
+    # it read before the put.
+    reader, writer = memcache.Client(), memcache.Client()
+    assert reader.set("entity", "locked by the reader") is True
+    assert reader.gets("entity") == "locked by the reader"
+    stallable.stall()
+    assert writer.set("entity", "locked by the writer") is False
+    assert writer.delete("entity") == memcache.DELETE_NETWORK_FAILURE
+    stallable.rested()
+    assert reader.cas("entity", "the entity before the put") is False
+    assert memcache.get("entity") is None
+
+
+def test_a_flush_not_sent_while_a_shard_rests_is_sent_before_the_next_call(stallable):
+    assert memcache.set_multi({"a": 1, "b": 2}) == []
+    stallable.stall()
+    assert memcache.flush_all() is False
+    stallable.rested()
+    assert memcache.get_multi(["a", "b"]) == {}

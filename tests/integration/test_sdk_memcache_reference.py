@@ -14,6 +14,7 @@ from kiln_platform import auth
 from kiln_platform.supervisor import python_module
 from kiln.api import _rpc
 from kiln.api import memcache as kiln_memcache
+from tests.integration.apps import wait_for
 from tests.integration.conftest import SECRET, service_env
 from tests.unit.conftest import gae_sdk  # noqa: F401 - the fixture: the SDK importable in this process
 
@@ -154,3 +155,32 @@ def test_kiln_observes_what_the_sdks_own_stub_observes(served_by, scenario):
         start = int(time.time())
         results[which] = scenario(memcache, since(start))
     assert same(results["kiln"], results["reference"]), results
+
+
+def test_ndbs_cache_lock_survives_writes_a_resting_shard_did_not_get(served_by, shards, supervisor, monkeypatch):
+    """ndb's global cache through the SDK's client: a reader locks an entity's key and reads it for cas before
+    reading the datastore; the writer's lock and delete around its put reach no shard (the shard rests after a
+    call ran past its deadline). The reader's cas of what it read before the put must not store it."""
+    import signal
+
+    from google.appengine.api import memcache
+
+    served_by("kiln")
+    stalled = next(c for c in supervisor.children if c.address == shards[0])
+    monkeypatch.setenv("KILN_MEMCACHE_ADDR", shards[0])
+    kiln_memcache.reset()
+    monkeypatch.setattr(kiln_memcache, "CALL_TIMEOUT", 0.3)
+    monkeypatch.setattr(kiln_memcache, "DOWN_SECONDS", 0.5)
+    reader, writer = memcache.Client(), memcache.Client()
+    assert reader.set("ndb-entity", "locked by the reader") is True
+    assert reader.gets("ndb-entity") == "locked by the reader"
+    stalled.proc.send_signal(signal.SIGSTOP)
+    try:
+        assert writer.get("probe") is None  # past its deadline: the shard rests
+    finally:
+        stalled.proc.send_signal(signal.SIGCONT)
+    assert writer.set("ndb-entity", "locked by the writer") is False
+    assert writer.delete("ndb-entity") == memcache.DELETE_NETWORK_FAILURE
+    wait_for(lambda: kiln_memcache._shards._down_until.get(shards[0], 0) <= time.monotonic(), 10)
+    assert reader.cas("ndb-entity", "the entity before the put") is False
+    assert reader.get("ndb-entity") is None

@@ -163,3 +163,80 @@ def test_a_get_from_a_shard_that_does_not_answer_is_a_miss_and_the_shard_rests(o
     assert any("UnavailableError" in r.getMessage() for r in caplog.records)
     assert memcache.get("k") is None
     assert len(stub.calls) == 1  # resting: the second get made no call
+
+
+# ------------------------------------------------------------------ deletes owed after writes whose outcome is unknown
+
+class _ShardStub:
+    """Stands in for a shard: records every call by method; each method answers or fails as told."""
+
+    def __init__(self, **answers: Any) -> None:
+        self.answers = answers
+        self.calls: list[tuple[str, Any]] = []
+
+    def __getattr__(self, method: str) -> Any:
+        def call(request: Any, *, timeout: float, metadata: Any) -> Any:
+            self.calls.append((method, request))
+            answer = self.answers[method]
+            if isinstance(answer, BaseException):
+                raise answer
+            return answer
+        return call
+
+
+@pytest.fixture
+def shard_stub(monkeypatch):
+    def use(stub: _ShardStub) -> None:
+        monkeypatch.setenv("KILN_MEMCACHE_ADDR", "shard-a:1")
+        monkeypatch.setenv("KILN_APP_TOKEN", "app-a.tok")
+        memcache.reset()
+        memcache._shards._stubs["shard-a:1"] = stub  # type: ignore[assignment]
+    yield use
+    memcache.reset()
+
+
+def test_the_keys_of_a_set_that_failed_are_deleted_before_the_next_call(shard_stub):
+    stub = _ShardStub(Set=FakeRpcError(grpc.StatusCode.INTERNAL, "boom"), Delete=pb.DeleteResponse(),
+                      Get=pb.GetResponse())
+    shard_stub(stub)
+    assert memcache.set_multi({"a": 1, "b": 2}, namespace="ns") == ["a", "b"]
+    assert memcache.get("a") is None
+    assert [m for m, _ in stub.calls] == ["Set", "Delete", "Get"]
+    assert stub.calls[1][1] == pb.DeleteRequest(namespace="ns", keys=[b"a", b"b"])
+    assert memcache.get("a") is None and [m for m, _ in stub.calls][3:] == ["Get"]  # owed once, not again
+
+
+def test_a_shard_that_fails_the_owed_deletes_rests_and_gets_no_other_call(shard_stub):
+    stub = _ShardStub(Delete=FakeRpcError(grpc.StatusCode.INTERNAL, "boom"), Get=pb.GetResponse())
+    shard_stub(stub)
+    assert memcache.delete("k", seconds=5) == memcache.DELETE_NETWORK_FAILURE
+    assert memcache.get("k") is None
+    assert [(m, r.lockout_seconds) for m, r in stub.calls] == [("Delete", 5), ("Delete", 5)]  # the get was not sent
+
+
+def test_owed_deletes_beyond_the_limit_become_one_flush(monkeypatch):
+    monkeypatch.setattr(memcache, "MAX_INVALIDATIONS", 3)
+    owed = memcache._Invalidations()
+    owed.add("", [b"a", b"b", b"c"], 0)
+    assert [m for m, _ in owed.requests()] == ["Delete"]
+    owed.add("", [b"d"], 0)
+    assert owed.requests() == [("Flush", pb.FlushRequest())]
+
+
+def test_keys_owed_while_earlier_ones_are_being_sent_stay_owed():
+    owed = memcache._Invalidations()
+    owed.add("", [b"a"], 0)
+    sending = owed.copy()
+    owed.add("", [b"b"], 0)
+    owed.add("", [b"a"], 9)  # a longer lock-out asked for meanwhile
+    owed.forget(sending)
+    assert owed.keys == {("", b"b"): 0, ("", b"a"): 9}
+
+
+def test_a_flush_owed_while_another_is_being_sent_stays_owed():
+    owed = memcache._Invalidations()
+    owed.flush()
+    sending = owed.copy()
+    owed.flush()
+    owed.forget(sending)
+    assert owed.requests() == [("Flush", pb.FlushRequest())]
