@@ -363,13 +363,22 @@ class CassandraEngine:
     async def _commit_group(self, app: str, namespace: str, gc: GroupCommit, rows_of: RowsOf) -> None:
         key = (app, namespace, gc.group)
         hint: tuple[int, uuid.UUID] | None = None
+        old: dict[bytes, bytes] | None
         for attempt in range(_RETRIES):
             # The recovery hint must be stored before the conditional batch, so it goes with the first read.
             hint_write: list[Awaitable[Any]] = []
             if hint is None:
                 hint = self._new_hint()
                 hint_write.append(self._exec(self._hint_add, (*hint, app, namespace, gc.group)))
-            state, old = await self._read_for_commit(app, namespace, gc, key, serial=attempt > 0, also=hint_write)
+            if attempt == 0 and gc.fresh and gc.expected_version is None:
+                # A group whose root id this call allocated has no state and no entities: no read. Its
+                # conditional batch still checks ``gv = null``; if the guess was wrong, it is not applied and
+                # the next attempt reads the group as usual.
+                await asyncio.gather(*hint_write)
+                state, old = None, {}
+            else:
+                state, old = await self._read_for_commit(app, namespace, gc, key, serial=attempt > 0,
+                                                         also=hint_write)
             gv = state.gv if state is not None else None
             if gc.expected_version is not None and (gv or 0) != gc.expected_version:
                 self._mark_done(hint)
