@@ -193,6 +193,8 @@ class CassandraEngine:
         # (app, ns, group) -> commit_ts of the group's last commit whose index changes this process wrote.
         self._applied: collections.OrderedDict[tuple[str, str, bytes], int] = collections.OrderedDict()
         self._background: set[asyncio.Task[None]] = set()
+        # app -> the id counter's value this process last saw (tried first by the next allocation).
+        self._counters: dict[str, int] = {}
         self._swept: int | None = None  # the last hint bucket fully handled
         self._started = time.time()
         self._shards = index_shards
@@ -715,11 +717,21 @@ class CassandraEngine:
     # ------------------------------------------------------------------ ids
 
     async def _cas_counter(self, app: str, new_next: Any) -> int:
-        """Advance the counter with LWT; ``new_next(current)`` gives the new value or None to stop."""
+        """Advance the counter with LWT; ``new_next(current)`` gives the new value or None to stop.
+
+        The counter's value this process last saw is remembered per app and tried first, without a read: the
+        conditional update checks it (``IF next_id = ?``), and when another process moved the counter since,
+        the update is not applied and returns the current value, which the next attempt uses. The counter only
+        grows, so a remembered value that is too low can only cost a failed update, never a duplicate id.
+        """
         from cassandra import WriteTimeout
+        known = self._counters.get(app)
         for _ in range(100):
-            row = _first(await self._exec(self._ctr_read, (app, _SEQ)))
-            current = row.next_id if row else None
+            if known is None:
+                row = _first(await self._exec(self._ctr_read, (app, _SEQ)))
+                current = row.next_id if row else None
+            else:
+                current = known
             target = new_next(current if current is not None else 1)
             if target is None:
                 return int(current if current is not None else 1)
@@ -730,16 +742,29 @@ class CassandraEngine:
                 else:
                     res = await self._exec(self._ctr_cas, (target, op, app, _SEQ, current))
             except UnavailableError as exc:
+                self._counters.pop(app, None)
                 if not isinstance(exc.__cause__, WriteTimeout):
                     raise
                 check = _first(await self._exec(self._ctr_read, (app, _SEQ)))
                 if check is not None and check.op_id == op:
+                    self._remember_counter(app, target)
                     return int(current if current is not None else 1)
+                known = None
                 continue
-            if _first(res)[0]:  # [applied]
+            outcome = _first(res)
+            if outcome[0]:  # [applied]
+                self._remember_counter(app, target)
                 return int(current if current is not None else 1)
+            # Not applied: the row as it is now comes back with the answer (its next_id; for IF NOT EXISTS, the
+            # existing row).
+            known = getattr(outcome, "next_id", None)
             await asyncio.sleep(0)
         raise UnavailableError("cassandra: id allocation contention did not settle")
+
+    def _remember_counter(self, app: str, next_id: int) -> None:
+        if len(self._counters) >= _APPLIED_CACHE:
+            self._counters.clear()
+        self._counters[app] = next_id
 
     async def allocate_ids(self, app: str, count: int) -> int:
         return await self._cas_counter(app, lambda current: counter_after(current, count))
