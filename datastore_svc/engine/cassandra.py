@@ -59,6 +59,7 @@ import random
 import struct
 import time
 import uuid
+import weakref
 import zlib
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -193,8 +194,10 @@ class CassandraEngine:
         # (app, ns, group) -> commit_ts of the group's last commit whose index changes this process wrote.
         self._applied: collections.OrderedDict[tuple[str, str, bytes], int] = collections.OrderedDict()
         self._background: set[asyncio.Task[None]] = set()
-        # app -> the id counter's value this process last saw (tried first by the next allocation).
+        # app -> the id counter's value this process last saw (tried first by the next allocation), and the lock
+        # that keeps one allocation per app in flight here (concurrent ones would only refuse each other's LWT).
         self._counters: dict[str, int] = {}
+        self._counter_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._swept: int | None = None  # the last hint bucket fully handled
         self._started = time.time()
         self._shards = index_shards
@@ -722,8 +725,18 @@ class CassandraEngine:
         The counter's value this process last saw is remembered per app and tried first, without a read: the
         conditional update checks it (``IF next_id = ?``), and when another process moved the counter since,
         the update is not applied and returns the current value, which the next attempt uses. The counter only
-        grows, so a remembered value that is too low can only cost a failed update, never a duplicate id.
+        grows, so a remembered value that is too low can only cost a failed update, never a duplicate id. One
+        allocation per app is in flight in this process at a time: concurrent ones would refuse each other's
+        conditional update (Paxos contention on one partition), so they take turns, each starting from the value
+        the previous one left.
         """
+        lock = self._counter_locks.get(app)
+        if lock is None:
+            lock = self._counter_locks[app] = asyncio.Lock()
+        async with lock:
+            return await self._cas_counter_locked(app, new_next)
+
+    async def _cas_counter_locked(self, app: str, new_next: Any) -> int:
         from cassandra import WriteTimeout
         known = self._counters.get(app)
         for _ in range(100):

@@ -215,6 +215,18 @@ async def test_ids_allocated_by_two_processes_in_turn_never_overlap_and_need_no_
         await other.close()
 
 
+async def test_concurrent_id_allocations_of_one_app_take_turns_instead_of_refusing_each_other(
+        engine: cassandra.CassandraEngine, recorder: Recorder) -> None:
+    app = "count" + uuid.uuid4().hex[:8]
+    await engine.allocate_ids(app, 1)  # the app's counter exists and its value is known here
+    recorder.start()
+    starts = await asyncio.gather(*(engine.allocate_ids(app, 5) for _ in range(32)))
+    ids = [i for start in starts for i in range(start, start + 5)]
+    assert sorted(ids) == list(range(2, 2 + 32 * 5))
+    # One conditional update each, none refused: 32 at once on one counter would refuse each other's Paxos rounds.
+    assert recorder.statements == {"UPDATE id_counters IF": 32}
+
+
 async def test_a_fresh_groups_commit_to_a_group_already_written_retries_with_a_read_and_replaces_its_index_rows(
         engine: cassandra.CassandraEngine, recorder: Recorder) -> None:
     app = "count" + uuid.uuid4().hex[:8]
