@@ -4,9 +4,17 @@ Prints, measured in one run with kiln and its baseline interleaved round by roun
 
 - get by key, 32 in flight: kiln's Get (gRPC, as every app's SDK calls it) against a driver ``SELECT`` of
   the same payload from a plain key/value table;
+- the floor of kiln's architecture for each: a bare gRPC service of the kind kiln's services are
+  (:mod:`bench.grpcfloor`, called the same way) whose Get does one prepared SELECT of the same row of kiln's
+  ``entities`` table (its keyspace, partition, clustering key and consistency) and whose Put does one
+  ``INSERT … IF NOT EXISTS`` of a new row there (one Paxos round); printed per round as floor ÷ driver (what the
+  gRPC hop costs) and kiln ÷ floor (what kiln's own work costs), with the floor's get also run reading the
+  static ``lock_txid`` column beside the entity, as kiln's get does (for information);
 - put, 32 in flight: kiln's Put (a new entity: one Paxos round, the entity group's optimistic check)
   against a driver ``INSERT … IF NOT EXISTS`` (one Paxos round) on a plain table; a driver plain
   ``INSERT`` is shown for information;
+- for information, kiln's Put of a new entity with an incomplete key (the Put allocates its id), against the
+  driver's ``INSERT … IF NOT EXISTS``;
 - a query returning 100 entities (a property filter and sort), p50 and p95;
 
 each with the median of the rounds, the ratio kiln/baseline in every round and the median of those
@@ -29,6 +37,7 @@ import asyncio
 import os
 import pathlib
 import resource
+import struct
 import statistics
 import subprocess
 import sys
@@ -43,6 +52,9 @@ import grpc
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench import grpcfloor  # noqa: E402
+from datastore_svc.keys import encode_element, encode_path  # noqa: E402
+from kiln.api._rpc import CHANNEL_OPTIONS, DEFAULT_TIMEOUT  # noqa: E402
 from kiln_platform.config import CassandraHost  # noqa: E402
 from kiln_platform.supervisor import Supervisor, python_module  # noqa: E402
 from kiln_platform import auth  # noqa: E402
@@ -144,27 +156,67 @@ async def measured(meter: Meter, total: int, op: Callable[[int], Awaitable[None]
     return {"rate": rate, "cpu": Meter.per_op(before, meter.read(), total)}
 
 
+async def alternating(meter: Meter, total: int, ops: dict[str, Callable[[int], Awaitable[None]]],
+                      slices: int = 6) -> dict[str, dict[str, Any]]:
+    """Like :func:`measured` for each of ``ops``, their calls made in ``slices`` slices taking turns, so that
+    Cassandra's background work (flushes, compactions) and the machine's noise fall on all of them alike."""
+    per = max(1, total // slices)
+    spent = {name: 0.0 for name in ops}
+    cpu: dict[str, dict[str, float]] = {name: {} for name in ops}
+    for k in range(slices):
+        for name, op in ops.items():
+            before = meter.read()
+            start = time.perf_counter()
+            await run_concurrent(per, INFLIGHT, lambda i, op=op, base=k * per: op(base + i))  # type: ignore[misc]
+            spent[name] += time.perf_counter() - start
+            for who, used in Meter.per_op(before, meter.read(), 1).items():
+                cpu[name][who] = cpu[name].get(who, 0.0) + used
+    done = per * slices
+    return {name: {"rate": done / spent[name], "cpu": {who: used / done for who, used in cpu[name].items()}}
+            for name in ops}
+
+
 # ---------------------------------------------------------------- kiln
 
 
-async def bench_kiln(address: str, ops: int, meter: Meter) -> dict[str, Any]:
-    app = "bench" + uuid.uuid4().hex[:8]
-    md = (("authorization", f"Bearer {auth.mint_app_token(SECRET, app)}"),)
+def app_metadata(app: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {auth.mint_app_token(SECRET, app)}"),)
+
+
+async def bench_kiln(address: str, ops: int, meter: Meter, app: str) -> dict[str, Any]:
+    """kiln's Put, Get and a query, called as apps' clients call it (their channel options, a deadline, the app's
+    token); ``out["written"]`` holds the entities written (the floor reads the same rows)."""
+    md = app_metadata(app)
     out: dict[str, Any] = {}
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
         stub = datastore_pb2_grpc.DatastoreServiceStub(channel)
         tag = uuid.uuid4().hex[:6]
         puts = [pb.PutRequest(entities=[entity(tag, i)]) for i in range(ops)]
         gets = [pb.GetRequest(keys=[puts[i].entities[0].key]) for i in range(ops)]
+        out["written"] = [p.entities[0] for p in puts]
 
         async def put(i: int) -> None:
-            await stub.Put(puts[i], metadata=md)
+            await stub.Put(puts[i], metadata=md, timeout=DEFAULT_TIMEOUT)
 
         async def get(i: int) -> None:
-            resp = await stub.Get(gets[i], metadata=md)
+            resp = await stub.Get(gets[i], metadata=md, timeout=DEFAULT_TIMEOUT)
             assert resp.results[0].HasField("entity")
 
+        auto = [pb.PutRequest(entities=[entity(tag + "a", i)]) for i in range(ops)]
+        for request in auto:
+            request.entities[0].key.path[0].ClearField("name")  # incomplete: the Put allocates the id
+
+        failed: list[str] = []
+
+        async def put_auto(i: int) -> None:
+            try:
+                await stub.Put(auto[i], metadata=md, timeout=DEFAULT_TIMEOUT)
+            except grpc.aio.AioRpcError as exc:  # counted and printed: an earlier tree gives up under contention
+                failed.append(f"{exc.code().name}: {exc.details()}")
+
         out["put"] = await measured(meter, ops, put)
+        out["put_auto"] = await measured(meter, ops, put_auto)
+        out["put_auto"]["failed"] = failed
         out["get"] = await measured(meter, ops, get)
         # A 100-entity query: n >= 0 ORDER BY n, on the entities written above.
         query = pb.Query(kind="Bench", limit=100)
@@ -176,11 +228,111 @@ async def bench_kiln(address: str, ops: int, meter: Meter) -> dict[str, Any]:
         before = meter.read()
         for _ in range(30):
             start = time.perf_counter()
-            resp = await stub.RunQuery(pb.RunQueryRequest(query=query, batch_size=100), metadata=md)
+            resp = await stub.RunQuery(pb.RunQueryRequest(query=query, batch_size=100), metadata=md,
+                                       timeout=DEFAULT_TIMEOUT)
             latencies.append((time.perf_counter() - start) * 1000)
             assert len(resp.batch.entity_results) == 100
         out["query"] = {"p50": statistics.median(latencies), "p95": sorted(latencies)[int(len(latencies) * 0.95) - 1],
                         "cpu": Meter.per_op(before, meter.read(), len(latencies))}
+    return out
+
+
+# ---------------------------------------------------------------- the floor: a bare gRPC service over the driver
+
+FLOOR_SERVICE = "kiln.bench.DatastoreFloor"
+
+
+def _pack(*fields: bytes) -> bytes:
+    return b"".join(struct.pack(">I", len(f)) + f for f in fields)
+
+
+def _unpack(raw: bytes) -> list[bytes]:
+    out, pos = [], 0
+    while pos < len(raw):
+        (size,) = struct.unpack_from(">I", raw, pos)
+        out.append(raw[pos + 4:pos + 4 + size])
+        pos += 4 + size
+    return out
+
+
+async def _floor_server(ready: pathlib.Path, hosts: str, keyspace: str) -> None:
+    """The floor service: Get does one prepared SELECT of a row of kiln's ``entities`` table (the statement,
+    consistency and row kiln's get reads, without the static ``lock_txid``) and returns the entity's bytes; Put
+    does one ``INSERT … IF NOT EXISTS`` of a row (one Paxos round). The driver is set up as kiln's engine sets it
+    up (protocol 5, token-aware over DC-aware round robin, the request timeout), rows as plain tuples; requests are
+    ``app, group, path[, kind, entity]`` length-prefixed, the namespace empty."""
+    from cassandra import ConsistencyLevel
+    from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
+    from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
+    from cassandra.query import tuple_factory
+
+    from kiln_platform.cassandra import REQUEST_TIMEOUT_SECONDS
+
+    profile = ExecutionProfile(load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc="datacenter1")),
+                               request_timeout=REQUEST_TIMEOUT_SECONDS, row_factory=tuple_factory)
+    cluster = Cluster([(h.host, h.port) for h in CassandraHost.parse_list(hosts, "--cassandra")],
+                      protocol_version=5, execution_profiles={EXEC_PROFILE_DEFAULT: profile})
+    session = cluster.connect()
+    where = "WHERE app=? AND ns='' AND grp=? AND path=?"
+    select = session.prepare(f"SELECT entity FROM {keyspace}.entities {where}")
+    # For information: the same read with the static column kiln's get also reads (a cross-group lock).
+    select_static = session.prepare(f"SELECT entity, lock_txid FROM {keyspace}.entities {where}")
+    insert = session.prepare(f"INSERT INTO {keyspace}.entities (app, ns, grp, path, kind, entity, version) "
+                             "VALUES (?, '', ?, ?, ?, ?, 1) IF NOT EXISTS")
+    for stmt in (select, select_static, insert):
+        stmt.consistency_level = ConsistencyLevel.LOCAL_QUORUM
+    insert.serial_consistency_level = ConsistencyLevel.SERIAL
+    loop = asyncio.get_running_loop()
+
+    async def execute(stmt: Any, params: Any) -> Any:
+        fut = loop.create_future()
+        session.execute_async(stmt, params).add_callbacks(
+            lambda rows: loop.call_soon_threadsafe(fut.set_result, rows),
+            lambda exc: loop.call_soon_threadsafe(fut.set_exception, exc))
+        return await fut
+
+    async def get(request: bytes, context: Any) -> bytes:
+        app, group, path = _unpack(request)
+        rows = await execute(select, (app.decode(), group, path))
+        return bytes(rows[0][0])
+
+    async def get_static(request: bytes, context: Any) -> bytes:
+        app, group, path = _unpack(request)
+        rows = await execute(select_static, (app.decode(), group, path))
+        return bytes(rows[0][0])
+
+    async def put(request: bytes, context: Any) -> bytes:
+        app, group, path, kind, blob = _unpack(request)
+        rows = await execute(insert, (app.decode(), group, path, kind.decode(), blob))
+        return b"\x01" if rows[0][0] else b"\x00"
+
+    await grpcfloor.serve(ready, FLOOR_SERVICE, {"Get": get, "GetStatic": get_static, "Put": put})
+
+
+async def bench_floor(address: str, ops: int, meter: Meter, app: str, written: list[pb.Entity]) -> dict[str, Any]:
+    """The floor called as :func:`bench_kiln` calls kiln: gets of the rows kiln wrote this round, puts of new
+    entities (a new group each, as kiln's)."""
+    md = app_metadata(app)
+    tag = uuid.uuid4().hex[:6]
+    puts = [_pack(app.encode(), encode_element(e.key.path[0]), encode_path(e.key.path), b"Bench",
+                  e.SerializeToString()) for e in (entity(tag, i) for i in range(ops))]
+    gets = [_pack(app.encode(), encode_element(e.key.path[0]), encode_path(e.key.path)) for e in written]
+    out: dict[str, Any] = {}
+    async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
+        put_call: Any = channel.unary_unary(f"/{FLOOR_SERVICE}/Put")
+
+        def getter(method: str) -> Callable[[int], Awaitable[None]]:
+            call: Any = channel.unary_unary(f"/{FLOOR_SERVICE}/{method}")
+
+            async def get(i: int) -> None:
+                assert await call(gets[i % len(gets)], metadata=md, timeout=DEFAULT_TIMEOUT)
+            return get
+
+        async def put(i: int) -> None:
+            assert await put_call(puts[i], metadata=md, timeout=DEFAULT_TIMEOUT) == b"\x01"
+
+        out["put"] = await measured(meter, ops, put)
+        out.update(await alternating(meter, ops, {"get": getter("Get"), "get_static": getter("GetStatic")}))
     return out
 
 
@@ -282,6 +434,27 @@ def report(rounds: list[dict[str, dict[str, Any]]], variants: list[str]) -> None
             print(f"{name:<30}{kiln:>8.0f} op/s{base:>8.0f} op/s{' '.join(f'{x:.0%}' for x in ratios):>20}"
                   f"{statistics.median(ratios):>8.0%}   {_cpu([r[variant][op]['cpu'] for r in rounds])} | "
                   f"{_cpu([r['driver'][op]['cpu'] for r in rounds])} ({what})")
+        floors = [("get", "floor: bare gRPC + SELECT"), ("get_static", "  (info) + static lock_txid")] \
+            if op == "get" else [("put", "floor: bare gRPC + LWT")]
+        for key, label in floors:
+            rate = statistics.median(r["floor"][key]["rate"] for r in rounds)
+            ratios = [r["floor"][key]["rate"] / r["driver"][op]["rate"] for r in rounds]
+            print(f"{'  ' + label:<30}{rate:>8.0f} op/s{base:>8.0f} op/s{' '.join(f'{x:.0%}' for x in ratios):>20}"
+                  f"{statistics.median(ratios):>8.0%}   {_cpu([r['floor'][key]['cpu'] for r in rounds])} | "
+                  f"{_cpu([r['driver'][op]['cpu'] for r in rounds])} (floor ÷ driver)")
+        for variant in variants:
+            ratios = [r[variant][op]["rate"] / r["floor"][op]["rate"] for r in rounds]
+            print(f"{'  ' + variant + ' ÷ floor':<30}{'':>24}{' '.join(f'{x:.0%}' for x in ratios):>20}"
+                  f"{statistics.median(ratios):>8.0%}")
+    for variant in variants:
+        rate = statistics.median(r[variant]["put_auto"]["rate"] for r in rounds)
+        ratios = [r[variant]["put_auto"]["rate"] / r["driver"]["put"]["rate"] for r in rounds]
+        print(f"{'  (info) ' + variant + ' put, new id':<30}{rate:>8.0f} op/s{'':>12}"
+              f"{' '.join(f'{x:.0%}' for x in ratios):>20}{statistics.median(ratios):>8.0%}   "
+              f"{_cpu([r[variant]['put_auto']['cpu'] for r in rounds])} (an incomplete key: the Put allocates its id)")
+        failed = [f for r in rounds for f in r[variant]["put_auto"]["failed"]]
+        if failed:
+            print(f"{'':<30}{len(failed)} of these puts failed over the rounds: {sorted(set(failed))}")
     plain = statistics.median(r["driver"]["plain"]["rate"] for r in rounds)
     print(f"{'  (info) driver plain INSERT':<30}{'':>12}{plain:>8.0f} op/s{'':>28}   "
           f"{_cpu([r['driver']['plain']['cpu'] for r in rounds])}")
@@ -300,11 +473,16 @@ def main() -> int:
     parser.add_argument("--ops", type=int, default=3000, help="operations per measurement (32 in flight)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of kiln and the baseline")
     parser.add_argument("--cassandra", default="", help="host:port of a running node (default: start one)")
+    parser.add_argument("--floor-server", type=pathlib.Path, help=argparse.SUPPRESS)  # the floor child's mode
+    parser.add_argument("--floor-keyspace", default="kiln_bench", help=argparse.SUPPRESS)
     parser.add_argument("--embedded", action="store_true", help="also measure the embedded (SQLite) engine")
     parser.add_argument("--also", default="", metavar="DIR",
                         help="also measure, in every round, a datastore_svc run from another source tree (e.g. "
                              "`git archive` of an earlier commit): before/after figures from the same run")
     args = parser.parse_args()
+    if args.floor_server:
+        grpcfloor.run(_floor_server(args.floor_server, args.cassandra, args.floor_keyspace))
+        return 0
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} CPUs)")
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="kiln-bench-"))
     sup = Supervisor(tmp / "run")
@@ -325,6 +503,10 @@ def main() -> int:
                                                 "--cassandra-hosts", hosts, "--cassandra-keyspace", "kiln_bench_also",
                                                 extra_env={"PYTHONPATH": args.also}, cwd=pathlib.Path(args.also))
             services[f"kiln from {pathlib.Path(args.also).name}"] = (also_addr, Meter(also_pid, cass_pid))
+        floor_ready = sup.run_dir / "floor.addr"
+        floor = sup.start("datastore-floor", [sys.executable, str(pathlib.Path(__file__).resolve()), "--floor-server",
+                                              str(floor_ready), "--cassandra", hosts], ready_file=floor_ready)
+        floor_meter = Meter(floor.proc.pid, cass_pid)
         direct = Direct(hosts)
         direct_meter = Meter(None, cass_pid)
         # Rounds interleave kiln and the baseline so that the machine's noise hits both alike;
@@ -333,12 +515,20 @@ def main() -> int:
         try:
             warm = max(args.ops // 10, 100)
             asyncio.run(direct.bench(warm, direct_meter))
-            for addr, meter in services.values():
-                asyncio.run(bench_kiln(addr, warm, meter))
+            for name, (addr, meter) in services.items():
+                app = "bench" + uuid.uuid4().hex[:8]
+                written = asyncio.run(bench_kiln(addr, warm, meter, app))["written"]
+                if name == "kiln":
+                    asyncio.run(bench_floor(floor.address, warm, floor_meter, app, written))
             for _ in range(args.rounds):
                 results = {"driver": asyncio.run(direct.bench(args.ops, direct_meter))}
                 for name, (addr, meter) in services.items():
-                    results[name] = asyncio.run(bench_kiln(addr, args.ops, meter))
+                    app = "bench" + uuid.uuid4().hex[:8]
+                    results[name] = asyncio.run(bench_kiln(addr, args.ops, meter, app))
+                    if name == "kiln":  # the floor reads the rows kiln wrote, in kiln's keyspace
+                        results["floor"] = asyncio.run(bench_floor(floor.address, args.ops, floor_meter, app,
+                                                                   results[name].pop("written")))
+                    results[name].pop("written", None)
                 rounds.append(results)
         finally:
             direct.cluster.shutdown()
@@ -346,7 +536,7 @@ def main() -> int:
         if args.embedded:
             emb_addr, emb_pid = start_service(sup, "datastore_svc-embedded", "--storage", "embedded", "--data-dir",
                                               str(tmp / "embedded"))
-            emb = asyncio.run(bench_kiln(emb_addr, args.ops, Meter(emb_pid, None)))
+            emb = asyncio.run(bench_kiln(emb_addr, args.ops, Meter(emb_pid, None), "bench" + uuid.uuid4().hex[:8]))
     finally:
         sup.stop_all()
         if started:

@@ -23,7 +23,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import pathlib
 import shutil
@@ -42,7 +41,8 @@ from pymemcache.client.base import Client as TextClient  # noqa: E402
 
 from kiln.api import _rpc, memcache  # noqa: E402
 from kiln.pb.memcache.v1 import memcache_pb2 as pb  # noqa: E402
-from kiln_platform import auth, grpcserver  # noqa: E402
+from bench import grpcfloor  # noqa: E402
+from kiln_platform import auth  # noqa: E402
 from kiln_platform.supervisor import Supervisor, free_port, python_module  # noqa: E402
 
 SECRET = "bench-secret"
@@ -59,14 +59,7 @@ async def _bare_server(ready: pathlib.Path, response_bytes: dict[int, bytes]) ->
     async def get(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
         return response_bytes[len(request)]
 
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 32 * 1024 * 1024),
-                                      ("grpc.max_send_message_length", 32 * 1024 * 1024), ("grpc.so_reuseport", 0)])
-    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
-        BARE_METHOD.split("/")[1], {"Get": grpc.unary_unary_rpc_method_handler(get)})])
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    grpcserver.write_ready_file(ready, f"127.0.0.1:{port}")
-    await server.wait_for_termination()
+    await grpcfloor.serve(ready, BARE_METHOD.split("/")[1], {"Get": get})
 
 
 def _messages() -> tuple[dict[str, bytes], dict[int, bytes]]:
@@ -133,8 +126,7 @@ def main() -> int:
     parser.add_argument("--bare-server", type=pathlib.Path, help=argparse.SUPPRESS)  # the child's mode
     args = parser.parse_args()
     if args.bare_server:
-        import uvloop  # as kiln's services run (kiln_platform.service_main)
-        uvloop.run(_bare_server(args.bare_server, _messages()[1]))
+        grpcfloor.run(_bare_server(args.bare_server, _messages()[1]))
         return 0
     binary = shutil.which("memcached")
     if binary is None:

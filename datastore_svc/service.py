@@ -207,8 +207,8 @@ class DatastoreService(datastore_pb2_grpc.DatastoreServiceServicer):
             raise BadRequestError(f"at most {model.MAX_BATCH} entities per Put, got {len(request.entities)}")
         for i, entity in enumerate(request.entities):
             model.check_entity(entity, app, what=f"entities[{i}]")
-        await self._complete_keys(app, request.entities)
-        await self._write(app, [pb.Mutation(upsert=e) for e in request.entities], versions=None)
+        fresh = await self._complete_keys(app, request.entities)
+        await self._write(app, [pb.Mutation(upsert=e) for e in request.entities], versions=None, fresh=fresh)
         return pb.PutResponse(keys=[e.key for e in request.entities])
 
     async def Delete(self, request: pb.DeleteRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.DeleteResponse:
@@ -220,17 +220,26 @@ class DatastoreService(datastore_pb2_grpc.DatastoreServiceServicer):
         await self._write(app, [pb.Mutation(delete=k) for k in request.keys], versions=None)
         return pb.DeleteResponse()
 
-    async def _complete_keys(self, app: str, entities: Iterable[pb.Entity]) -> None:
+    async def _complete_keys(self, app: str, entities: Iterable[pb.Entity]) -> set[tuple[str, bytes]]:
+        """Give incomplete keys their ids; returns the (namespace, group) of each root entity given one: groups
+        no commit can have reached yet (ids are allocated once per app)."""
         incomplete = [e for e in entities if model.is_incomplete(e.key)]
+        fresh: set[tuple[str, bytes]] = set()
         if incomplete:
             start = await self._engine.allocate_ids(app, len(incomplete))
             for offset, entity in enumerate(incomplete):
                 entity.key.path[-1].id = start + offset
+                if len(entity.key.path) == 1:
+                    fresh.add((entity.key.partition_id.namespace, encode_element(entity.key.path[0])))
+        return fresh
 
     async def _write(self, app: str, mutations: list[pb.Mutation], *, versions: dict[bytes, int] | None,
-                     extra: tuple[str, GroupCommit] | None = None) -> None:
+                     extra: tuple[str, GroupCommit] | None = None,
+                     fresh: set[tuple[str, bytes]] | None = None) -> None:
         """Commit mutations; ``versions`` (a transaction's read set) makes it conditional and atomic; ``extra``
-        (a namespace and a group commit: a transaction's task record) is committed with them, atomically."""
+        (a namespace and a group commit: a transaction's task record) is committed with them, atomically;
+        ``fresh`` names the (namespace, group) pairs whose root ids this call allocated (see
+        :class:`~datastore_svc.engine.base.GroupCommit`)."""
         indexer = await self._catalog.indexer(app)
         by_ns: dict[str, dict[bytes, list[Write]]] = collections.defaultdict(lambda: collections.defaultdict(list))
         for mutation in mutations:
@@ -249,7 +258,8 @@ class DatastoreService(datastore_pb2_grpc.DatastoreServiceServicer):
             by_ns[extra[0]]  # noqa: B018 - the namespace commits even when the transaction wrote no entity
         for ns, groups in by_ns.items():
             if versions is None:
-                commits = [GroupCommit(g, tuple(ws)) for g, ws in groups.items()]
+                commits = [GroupCommit(g, tuple(ws), fresh=fresh is not None and (ns, g) in fresh)
+                           for g, ws in groups.items()]
             else:
                 # Groups read but not written are checked too: their reads must still hold.
                 commits = [GroupCommit(g, tuple(groups.get(g, ())), versions[g]) for g in sorted(versions)]

@@ -65,11 +65,16 @@ class Write:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class GroupCommit:
-    """The writes to one entity group; ``expected_version`` set makes it conditional."""
+    """The writes to one entity group; ``expected_version`` set makes it conditional.
+
+    ``fresh``: the group's root id was allocated by the same call, so no commit can have reached the group yet;
+    an engine may skip reading its state (a wrong guess must only cost a retry, never a guarantee).
+    """
 
     group: bytes
     writes: tuple[Write, ...]
     expected_version: int | None = None
+    fresh: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -59,6 +59,7 @@ import random
 import struct
 import time
 import uuid
+import weakref
 import zlib
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -193,6 +194,10 @@ class CassandraEngine:
         # (app, ns, group) -> commit_ts of the group's last commit whose index changes this process wrote.
         self._applied: collections.OrderedDict[tuple[str, str, bytes], int] = collections.OrderedDict()
         self._background: set[asyncio.Task[None]] = set()
+        # app -> the id counter's value this process last saw (tried first by the next allocation), and the lock
+        # that keeps one allocation per app in flight here (concurrent ones would only refuse each other's LWT).
+        self._counters: dict[str, int] = {}
+        self._counter_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._swept: int | None = None  # the last hint bucket fully handled
         self._started = time.time()
         self._shards = index_shards
@@ -363,13 +368,22 @@ class CassandraEngine:
     async def _commit_group(self, app: str, namespace: str, gc: GroupCommit, rows_of: RowsOf) -> None:
         key = (app, namespace, gc.group)
         hint: tuple[int, uuid.UUID] | None = None
+        old: dict[bytes, bytes] | None
         for attempt in range(_RETRIES):
             # The recovery hint must be stored before the conditional batch, so it goes with the first read.
             hint_write: list[Awaitable[Any]] = []
             if hint is None:
                 hint = self._new_hint()
                 hint_write.append(self._exec(self._hint_add, (*hint, app, namespace, gc.group)))
-            state, old = await self._read_for_commit(app, namespace, gc, key, serial=attempt > 0, also=hint_write)
+            if attempt == 0 and gc.fresh and gc.expected_version is None:
+                # A group whose root id this call allocated has no state and no entities: no read. Its
+                # conditional batch still checks ``gv = null``; if the guess was wrong, it is not applied and
+                # the next attempt reads the group as usual.
+                await asyncio.gather(*hint_write)
+                state, old = None, {}
+            else:
+                state, old = await self._read_for_commit(app, namespace, gc, key, serial=attempt > 0,
+                                                         also=hint_write)
             gv = state.gv if state is not None else None
             if gc.expected_version is not None and (gv or 0) != gc.expected_version:
                 self._mark_done(hint)
@@ -706,11 +720,31 @@ class CassandraEngine:
     # ------------------------------------------------------------------ ids
 
     async def _cas_counter(self, app: str, new_next: Any) -> int:
-        """Advance the counter with LWT; ``new_next(current)`` gives the new value or None to stop."""
+        """Advance the counter with LWT; ``new_next(current)`` gives the new value or None to stop.
+
+        The counter's value this process last saw is remembered per app and tried first, without a read: the
+        conditional update checks it (``IF next_id = ?``), and when another process moved the counter since,
+        the update is not applied and returns the current value, which the next attempt uses. The counter only
+        grows, so a remembered value that is too low can only cost a failed update, never a duplicate id. One
+        allocation per app is in flight in this process at a time: concurrent ones would refuse each other's
+        conditional update (Paxos contention on one partition), so they take turns, each starting from the value
+        the previous one left.
+        """
+        lock = self._counter_locks.get(app)
+        if lock is None:
+            lock = self._counter_locks[app] = asyncio.Lock()
+        async with lock:
+            return await self._cas_counter_locked(app, new_next)
+
+    async def _cas_counter_locked(self, app: str, new_next: Any) -> int:
         from cassandra import WriteTimeout
+        known = self._counters.get(app)
         for _ in range(100):
-            row = _first(await self._exec(self._ctr_read, (app, _SEQ)))
-            current = row.next_id if row else None
+            if known is None:
+                row = _first(await self._exec(self._ctr_read, (app, _SEQ)))
+                current = row.next_id if row else None
+            else:
+                current = known
             target = new_next(current if current is not None else 1)
             if target is None:
                 return int(current if current is not None else 1)
@@ -721,16 +755,29 @@ class CassandraEngine:
                 else:
                     res = await self._exec(self._ctr_cas, (target, op, app, _SEQ, current))
             except UnavailableError as exc:
+                self._counters.pop(app, None)
                 if not isinstance(exc.__cause__, WriteTimeout):
                     raise
                 check = _first(await self._exec(self._ctr_read, (app, _SEQ)))
                 if check is not None and check.op_id == op:
+                    self._remember_counter(app, target)
                     return int(current if current is not None else 1)
+                known = None
                 continue
-            if _first(res)[0]:  # [applied]
+            outcome = _first(res)
+            if outcome[0]:  # [applied]
+                self._remember_counter(app, target)
                 return int(current if current is not None else 1)
+            # Not applied: the row as it is now comes back with the answer (its next_id; for IF NOT EXISTS, the
+            # existing row).
+            known = getattr(outcome, "next_id", None)
             await asyncio.sleep(0)
         raise UnavailableError("cassandra: id allocation contention did not settle")
+
+    def _remember_counter(self, app: str, next_id: int) -> None:
+        if len(self._counters) >= _APPLIED_CACHE:
+            self._counters.clear()
+        self._counters[app] = next_id
 
     async def allocate_ids(self, app: str, count: int) -> int:
         return await self._cas_counter(app, lambda current: counter_after(current, count))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import re
 import uuid
 from collections.abc import Iterator
@@ -20,7 +21,9 @@ from datastore_svc import execute, index, query
 from datastore_svc.engine import cassandra
 from datastore_svc.engine.base import GroupCommit, Write
 from datastore_svc.keys import encode_element, encode_path
+from datastore_svc.service import DatastoreService
 from kiln.pb.datastore.v1 import datastore_pb2 as pb
+from kiln_platform import grpcserver
 from kiln_platform.config import StorageConfig, load
 
 pytestmark = pytest.mark.cassandra
@@ -156,6 +159,89 @@ async def test_a_put_of_a_new_entity_reads_the_group_state_only(engine: cassandr
         "BATCH[" + ", ".join(["INSERT index_rows"] * BENCH_INDEX_ROWS) + "]": 1,
         "UPDATE commit_hints": 1,
     }
+
+
+async def test_a_put_of_an_entity_whose_id_it_allocated_reads_no_group_state(engine: cassandra.CassandraEngine,
+                                                                             recorder: Recorder) -> None:
+    app = "count" + uuid.uuid4().hex[:8]
+    service = DatastoreService(engine)
+    token = grpcserver._caller.set(app)
+    try:
+        first, new = _entity("ignored", 1), _entity("ignored", 1)
+        for e in (first, new):
+            e.key.path[0].ClearField("name")  # incomplete: the Put allocates its id
+        await service.Put(pb.PutRequest(entities=[first]), None)  # type: ignore[arg-type]  # the app's counter
+        await _settled(engine)
+        recorder.start()
+        resp = await service.Put(pb.PutRequest(entities=[new]), None)  # type: ignore[arg-type]
+        await _settled(engine)
+    finally:
+        grpcserver._caller.reset(token)
+        await service.close()
+    # The id is allocated by one conditional update of the app's counter (its value is known here from the first
+    # Put); the new group is known to have no commit, so no state is read: the hint, the Paxos batch, the index
+    # rows.
+    assert recorder.statements == {
+        "UPDATE id_counters IF": 1,
+        "INSERT commit_hints": 1,
+        "BATCH[INSERT entities, UPDATE entities IF]": 1,
+        "BATCH[" + ", ".join(["INSERT index_rows"] * BENCH_INDEX_ROWS) + "]": 1,
+        "UPDATE commit_hints": 1,
+    }
+    key = resp.keys[0]
+    stored = await engine.get(app, "", [cassandra.Ref(encode_element(key.path[0]), encode_path(key.path))])
+    assert stored[0] is not None and pb.Entity.FromString(stored[0]).properties["n"].integer_value == 1
+
+
+async def test_ids_allocated_by_two_processes_in_turn_never_overlap_and_need_no_read_of_the_counter(
+        engine: cassandra.CassandraEngine, cassandra_hosts: str) -> None:
+    app = "count" + uuid.uuid4().hex[:8]
+    other = await _other_engine(cassandra_hosts)
+    try:
+        ranges = []
+        for turn in range(6):
+            allocator = engine if turn % 2 == 0 else other
+            recorder = Recorder(allocator)
+            start = await allocator.allocate_ids(app, 10)
+            ranges.append(range(start, start + 10))
+            if turn >= 2:
+                # Each process remembers the counter as it left it; the other moved it since, so the first
+                # conditional update is refused and returns the current value, which the second one uses.
+                assert recorder.statements == {"UPDATE id_counters IF": 2}
+        ids = [i for r in ranges for i in r]
+        assert len(set(ids)) == len(ids) == 60
+        assert await engine.allocate_ids(app, 1) == 61
+    finally:
+        await other.close()
+
+
+async def test_concurrent_id_allocations_of_one_app_take_turns_instead_of_refusing_each_other(
+        engine: cassandra.CassandraEngine, recorder: Recorder) -> None:
+    app = "count" + uuid.uuid4().hex[:8]
+    await engine.allocate_ids(app, 1)  # the app's counter exists and its value is known here
+    recorder.start()
+    starts = await asyncio.gather(*(engine.allocate_ids(app, 5) for _ in range(32)))
+    ids = [i for start in starts for i in range(start, start + 5)]
+    assert sorted(ids) == list(range(2, 2 + 32 * 5))
+    # One conditional update each, none refused: 32 at once on one counter would refuse each other's Paxos rounds.
+    assert recorder.statements == {"UPDATE id_counters IF": 32}
+
+
+async def test_a_fresh_groups_commit_to_a_group_already_written_retries_with_a_read_and_replaces_its_index_rows(
+        engine: cassandra.CassandraEngine, recorder: Recorder) -> None:
+    app = "count" + uuid.uuid4().hex[:8]
+    await _put(engine, app, _entity("taken", 1))
+    await _settled(engine)
+    recorder.start()
+    wrong = dataclasses.replace(_commit(_entity("taken", 2)), fresh=True)  # a wrong guess: the group has a commit
+    await engine.commit(app, "", [wrong], _rows_of, atomic=False)
+    await _settled(engine)
+    # The guessed batch (IF gv = null) is not applied; the retry reads the group and commits on its version,
+    # replacing the first commit's index rows of n and owner.
+    assert recorder.statements["BATCH[INSERT entities, UPDATE entities IF]"] == 2
+    assert recorder.statements["BATCH[" + ", ".join(["DELETE index_rows"] * 4 + ["INSERT index_rows"] * 4) + "]"] == 1
+    assert await engine.group_versions(app, "", [wrong.group]) == [2]
+    assert await engine.get(app, "", [cassandra.Ref(wrong.group, wrong.writes[0].path)]) == [wrong.writes[0].entity]
 
 
 async def test_a_put_of_an_existing_entity_reads_its_group_and_old_version_in_one_statement(
