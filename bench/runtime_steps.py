@@ -230,8 +230,9 @@ def main() -> int:
     def arrive() -> None:
         state = runtime_app._Request(msg, time.monotonic())  # type: ignore[arg-type]
         instance._arrived(state)
-        instance._waiting.pop(id(state), None)
-        instance._queued.pop(id(state), None)
+        key = state.key if hasattr(state, "key") else id(state)  # id() in older trees
+        instance._waiting.pop(key, None)
+        instance._queued.pop(key, None)
 
     row("request record and bookkeeping (_Request, _arrived, pops)", arrive, "guarantee: replace/stop, pending")
     row("envelope parsed (HttpRequest.FromString)", lambda: http_pb2.HttpRequest.FromString(data), "floor")
@@ -255,7 +256,7 @@ def main() -> int:
     environ0 = build_environ(req0, instance.info)
     resp0 = call_app(app, environ0)  # type: ignore[arg-type]
     state0 = runtime_app._Request(msg, time.monotonic(), req0)  # type: ignore[arg-type]
-    key0 = getattr(state0, "key", None) or id(state0)  # its key in the request timer (id() in older trees)
+    key0 = state0.key if hasattr(state0, "key") else id(state0)  # its key in the request timer (id() in older trees)
 
     if args.serve_only:
         def serve_n() -> None:
