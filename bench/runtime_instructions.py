@@ -9,6 +9,10 @@ start-up and warm-up cancelled out. Two slices (every thread of the process coun
 - **whole**: ``Instance.on_message`` to the answer handed to a stand-in of nats-py's ``respond``, 32 requests
   arriving per loop turn (``--whole-only``): the loop's work, the hand-over to request threads and back, and
   ``_serve``. nats-py's socket reads and writes are not in it (the prototype's worker pays them too).
+- **nats**: the whole request as a running instance serves it (``--nats-only``): a real nats-server, the instance
+  subscribed as ``runtime.app.serve`` subscribes it, another process (not counted) sending 32 requests at a time
+  and waiting for their answers: nats-py reading each request and publishing its answer, and its subscription's
+  way of handing a message to the instance, are in it.
 
 ``--tree DIR`` (repeatable) measures another checkout's code with this tree's script (``KILN_STEPS_TREE``), e.g.
 ``git archive main | tar -x -C /tmp/base`` for a same-run before/after.
@@ -56,11 +60,11 @@ def main() -> int:
                         help="a checkout whose code is measured (default: this one); repeatable")
     parser.add_argument("--requests", type=int, default=320, help="requests of the first run (a multiple of 32)")
     parser.add_argument("--extra", type=int, default=320, help="requests more in the second run (a multiple of 32)")
-    parser.add_argument("--mode", action="append", choices=("serve", "whole"), default=None)
+    parser.add_argument("--mode", action="append", choices=("serve", "whole", "nats"), default=None)
     parser.add_argument("--jobs", type=int, default=2, help="valgrind runs at once")
     args = parser.parse_args()
     trees = [t.resolve() for t in (args.tree or [ROOT])]
-    modes = args.mode or ["serve", "whole"]
+    modes = args.mode or ["serve", "whole", "nats"]
     with tempfile.TemporaryDirectory() as tmp_name, concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
         tmp = pathlib.Path(tmp_name)
         runs = {(tree, mode, n): pool.submit(_count, tree, mode, n, tmp)

@@ -26,7 +26,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import os
+import shutil
+import socket
+import subprocess
 import pathlib
 import sys
 import tempfile
@@ -119,6 +123,70 @@ def _on_app_thread(fn: Callable[[], Any]) -> Any:
     return out[0]
 
 
+# The other process of --nats-only: sends the envelope N times on the version's subject, 32 at a time, and waits for
+# the 32 answers before the next 32 (its instructions are not the instance's: callgrind traces only this process).
+_REQUESTER = """
+import asyncio, sys
+import nats
+
+async def main(url, subject, count, data):
+    nc = await nats.connect(url)
+    for _ in range(count // 32):
+        answers = await asyncio.gather(*(nc.request(subject, data, timeout=30) for _ in range(32)))
+        assert all(answer.data for answer in answers)
+    await nc.close()
+
+asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.stdin.buffer.read()))
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def _through_nats(instance: Any, data: bytes, count: int, read_fd: int, drain: Callable[[], None]) -> None:
+    """Serve ``count`` requests that come through a real nats-server, as a running instance does: nats-py reads
+    them, the instance's subscriptions hand them over, the answers are published back."""
+    import nats  # noqa: PLC0415 - only this mode needs it
+
+    from kiln_platform import bus  # noqa: PLC0415
+
+    server = shutil.which("nats-server", path=str(pathlib.Path(sys.executable).parent)) or "nats-server"
+    port = _free_port()
+    url = f"nats://127.0.0.1:{port}"
+    nats_server = subprocess.Popen([server, "-a", "127.0.0.1", "-p", str(port)], stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                nc = await nats.connect(url, allow_reconnect=False)
+                break
+            except Exception:  # noqa: BLE001 - not listening yet
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.05)
+        instance._bind_loop().add_reader(read_fd, drain)  # the in-flight pipe, as the manager reads it
+        publisher = asyncio.create_task(instance.publish_answers())
+        if hasattr(runtime_app, "subscribe_requests"):
+            await runtime_app.subscribe_requests(nc, instance)
+        else:  # a tree from before it: nats-py's queue and task per subscription
+            await nc.subscribe(bus.http_subject(instance.app_id, instance.version_id), queue=bus.RUNTIME_QUEUE,
+                               cb=instance.on_message)
+        await nc.flush()
+        requester = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _REQUESTER, url, bus.http_subject(instance.app_id, instance.version_id),
+            str(count), stdin=subprocess.PIPE)
+        await requester.communicate(data)
+        assert requester.returncode == 0, "the requester failed"
+        publisher.cancel()
+        await nc.close()
+    finally:
+        nats_server.terminate()
+        nats_server.wait()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--number", type=int, default=20000)
@@ -128,6 +196,9 @@ def main() -> int:
                         help="only run Instance._serve N times on a request thread (a slice for callgrind)")
     parser.add_argument("--whole-only", type=int, default=0, metavar="N",
                         help="only run N whole requests, 32 arriving per loop turn (a slice for callgrind)")
+    parser.add_argument("--nats-only", type=int, default=0, metavar="N",
+                        help="only serve N requests through a real nats-server, subscribed as runtime.app.serve "
+                             "subscribes, 32 sent at a time by another process (a slice for callgrind)")
     args = parser.parse_args()
     sys.setswitchinterval(0.0005)  # as runtime.app.serve sets it
     number, repeat = args.number, args.repeat
@@ -159,8 +230,9 @@ def main() -> int:
     def arrive() -> None:
         state = runtime_app._Request(msg, time.monotonic())  # type: ignore[arg-type]
         instance._arrived(state)
-        instance._waiting.pop(id(state), None)
-        instance._queued.pop(id(state), None)
+        key = state.key if hasattr(state, "key") else id(state)  # id() in older trees
+        instance._waiting.pop(key, None)
+        instance._queued.pop(key, None)
 
     row("request record and bookkeeping (_Request, _arrived, pops)", arrive, "guarantee: replace/stop, pending")
     row("envelope parsed (HttpRequest.FromString)", lambda: http_pb2.HttpRequest.FromString(data), "floor")
@@ -184,6 +256,7 @@ def main() -> int:
     environ0 = build_environ(req0, instance.info)
     resp0 = call_app(app, environ0)  # type: ignore[arg-type]
     state0 = runtime_app._Request(msg, time.monotonic(), req0)  # type: ignore[arg-type]
+    key0 = state0.key if hasattr(state0, "key") else id(state0)  # its key in the request timer (id() in older trees)
 
     if args.serve_only:
         def serve_n() -> None:
@@ -206,19 +279,19 @@ def main() -> int:
         def timer_pair() -> None:
             with instance._running_lock:
                 state0.running = True
-                at = instance._timer.start(id(state0), 60.0, state0)
+                at = instance._timer.start(key0, 60.0, state0)
                 state0.deadline = kiln_runtime._Deadline(at, at + 1.0)
             with instance._running_lock:
                 state0.running = False
-                instance._timer.stop(id(state0), 60.0)
+                instance._timer.stop(key0, 60.0)
                 runtime_app._SET_ASYNC_EXC(runtime_app.ctypes.c_ulong(threading.get_ident()), None)
 
         r("request timer filed and taken back, async exc cleared", timer_pair, "guarantee: deadline")
 
         def timer_only() -> None:
-            at = instance._timer.start(id(state0), 60.0, state0)
+            at = instance._timer.start(key0, 60.0, state0)
             state0.deadline = kiln_runtime._Deadline(at, at + 1.0)
-            instance._timer.stop(id(state0), 60.0)
+            instance._timer.stop(key0, 60.0)
 
         r("  of which: RequestTimer.start/stop and _Deadline", timer_only, "")
         ident = threading.get_ident()
@@ -263,7 +336,9 @@ def main() -> int:
             for _ in range(count // batch):
                 sink.clear()
                 for one in msgs:
-                    await instance.on_message(one)  # type: ignore[arg-type]
+                    arrived = instance.on_message(one)  # type: ignore[arg-type, func-returns-value]
+                    if inspect.isawaitable(arrived):  # a tree from before on_message was a plain function
+                        await arrived
                 while len(sink) < batch:
                     await asyncio.sleep(0)
                     if len(sink) < batch:
@@ -282,6 +357,11 @@ def main() -> int:
         instance._serve = lambda state: http_pb2.HttpResponse.FromString(canned)  # type: ignore[method-assign]
         return took + [await whole(batch, args.whole) for batch in (1, 32)]
 
+    if args.nats_only:
+        _on_app_thread(lambda: instance._serve(state0))
+        asyncio.run(_through_nats(instance, data, args.nats_only, read_fd, drain))
+        instance._threads.stop()
+        return 0
     if args.whole_only:
         repeat = 1
         _on_app_thread(lambda: instance._serve(state0))  # the loading request, as the steps above serve it first

@@ -20,8 +20,8 @@ takes longer to get through may be stored twice, which the logs service stores o
 An acknowledgement is matched without a task, a future or a timeout wrapper per batch (the cost of nats-py's
 JetStream ``publish``, which at one connection, one batch a request, was most of the router's log work): the
 shipper has one reply subscription of its own (``<inbox>.<counter>``, as :mod:`router.replies` does for requests),
-handled in the turn nats-py reads it (:func:`router.replies.subscribe_inline`), one task writes a turn's batches,
-and each batch waiting for its acknowledgement has one timer, which sends it
+handled in the turn nats-py reads it (:func:`kiln_platform.natsinline.subscribe_inline`), one task writes a
+turn's batches, and each batch waiting for its acknowledgement has one timer, which sends it
 again (after a pause) if no acknowledgement came within ``ACK_TIMEOUT_SECONDS``; an answer that is an error
 (no stream yet, the stream refusing) sends it again the same way.
 
@@ -51,9 +51,8 @@ import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from kiln_platform import bus
+from kiln_platform import bus, natsinline
 from kiln.pb.logs.v1 import logs_pb2
-from router import replies
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +167,7 @@ class LogShipper:
         if not self._prefix:
             prefix = self._nc.new_inbox() + "."
             try:
-                await replies.subscribe_inline(self._nc, prefix + "*", self._on_ack)
+                await natsinline.subscribe_inline(self._nc, prefix + "*", self._on_ack)
                 self._prefix = prefix
             except nats.errors.Error as exc:
                 log.debug("request logs: subscribing to acknowledgements failed (%s); trying again", exc)

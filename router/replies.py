@@ -16,9 +16,10 @@ need, measured with cProfile on the router under load:
   costs a clock read, and the timer, when it fires, fails the requests whose
   deadline has passed and is set again for the earliest of the others;
 - the subject is checked once, by ``publish``;
-- a reply is handed to its request in the turn that read it (:func:`subscribe_inline`), not through the
-  subscription's queue and task (a queue put, a task wake-up, a coroutine per reply, and one event-loop turn
-  more before the request's task resumes).
+- a reply is handed to its request in the turn that read it
+  (:func:`kiln_platform.natsinline.subscribe_inline`), not through the
+  subscription's queue and task (a queue put, a task wake-up, a coroutine per
+  reply, and one event-loop turn more before the request's task resumes).
 
 The semantics are nats-py's: :class:`nats.errors.NoRespondersError` when
 the server says no one listens (status 503), :class:`nats.errors.TimeoutError`
@@ -32,13 +33,12 @@ import asyncio
 import itertools
 import logging
 import math
-from collections.abc import Callable
-from typing import cast
 
 import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
+
+from kiln_platform.natsinline import subscribe_inline
 
 log = logging.getLogger(__name__)
 
@@ -117,30 +117,3 @@ class Requester:
                 earliest = deadline
         if earliest < math.inf:
             self._set_timer(loop, earliest)
-
-
-class _Inline:
-    """Stands in for the future of nats-py's single-reply subscriptions: nats-py 2.16 (pinned) hands every message
-    of a subscription made with ``future=`` to ``future.set_result`` in its reading task, with no queue and no
-    task of the subscription's own; this passes each to ``handle`` there."""
-
-    __slots__ = ("_handle",)
-
-    def __init__(self, handle: Callable[[Msg], None]) -> None:
-        self._handle = handle
-
-    def cancelled(self) -> bool:
-        return False
-
-    def set_result(self, msg: Msg) -> None:
-        try:
-            self._handle(msg)
-        except Exception:  # noqa: BLE001 - never into nats-py's reading task: it would stop reading
-            log.exception("handling a message on %s failed", msg.subject)
-
-
-async def subscribe_inline(nc: Client, subject: str, handle: Callable[[Msg], None]) -> Subscription:
-    """Subscribe ``handle`` (a plain function: it must not block) to ``subject``, called for each message in the
-    turn nats-py reads it (see :class:`_Inline`); for the router's reply subscriptions, whose handlers only
-    resolve a future."""
-    return await nc.subscribe(subject, future=cast("asyncio.Future[Msg]", _Inline(handle)))

@@ -31,6 +31,7 @@ import contextlib
 import ctypes
 import dataclasses
 import importlib
+import itertools
 import logging
 import os
 import pathlib
@@ -45,9 +46,9 @@ from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
+from nats.aio.subscription import DEFAULT_SUB_PENDING_BYTES_LIMIT, DEFAULT_SUB_PENDING_MSGS_LIMIT, Subscription
 
-from kiln_platform import appyaml, bus, entrypoint, forward, grpcserver, requestscope, tracing
+from kiln_platform import appyaml, bus, entrypoint, forward, grpcserver, natsinline, requestscope, tracing
 from kiln import runtime as kiln_runtime
 from kiln_platform.auth import TASK_REQUEST_DEADLINE_SECONDS
 from kiln_platform.handlers import Matcher
@@ -67,6 +68,11 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_CONCURRENT = 10
 # Request paths whose handler an instance remembers (AppLoader.for_target).
 MAX_CACHED_TARGETS = 1024
+# Requests an instance holds (received, not answered: queued for a thread or running) and their envelopes' bytes:
+# past either a request is refused with 503. nats-py's slow-consumer limits for a subscription's queue, which the
+# requests no longer pass through (kiln_platform.natsinline).
+MAX_HELD_REQUESTS = DEFAULT_SUB_PENDING_MSGS_LIMIT
+MAX_HELD_BYTES = DEFAULT_SUB_PENDING_BYTES_LIMIT
 # Looked up once, here: the sandbox refuses ctypes symbol lookups on request threads, where it is also called.
 _SET_ASYNC_EXC = ctypes.pythonapi.PyThreadState_SetAsyncExc
 
@@ -262,6 +268,9 @@ _LEVELS = {logging.DEBUG: logs_pb2.LOG_LEVEL_DEBUG, logging.INFO: logs_pb2.LOG_L
            logging.CRITICAL: logs_pb2.LOG_LEVEL_CRITICAL, 0: logs_pb2.LOG_LEVEL_DEBUG}
 
 
+_REQUEST_KEYS = itertools.count()  # _Request.key (next() of a count is one step: safe from any thread)
+
+
 @dataclasses.dataclass(eq=False, slots=True)
 class _Request:
     """One request from its arrival until it is answered; what the request timer needs to interrupt it."""
@@ -279,6 +288,10 @@ class _Request:
     span: Any = None  # its span, when the instance traces (kiln_platform/tracing.py): made and ended on the loop
     traceparent: str | None = None  # that span's context, for the request's API calls (kiln.api._rpc)
     status: int = 0  # the status it was answered with (set only when it has a span)
+    size: int = 0  # its envelope's size in bytes (what the instance holds: MAX_HELD_BYTES)
+    # Its key in the instance's tables and the request timer: a number, not id(), which is an audit event that the
+    # sandbox's hook examines (on request threads, and with a walk of the stack on the loop's).
+    key: int = dataclasses.field(default_factory=_REQUEST_KEYS.__next__)
 
 
 class Instance:
@@ -328,6 +341,7 @@ class Instance:
         self.memory_limit_mb = cfg.memory_limit_mb or isolation.instance_memory_mb(app_config)
         self.out_of_memory = False  # an allocation failed in the app (RLIMIT_AS): replace the instance
         self._waiting: dict[int, _Request] = {}  # requests not answered yet, to fail if the instance must stop
+        self._held_bytes = 0  # their envelopes' sizes (changed only on the loop)
         self._queued: dict[int, float] = {}  # requests waiting for a free slot -> when they arrived
         self.inflight = inflight.Reporter(cfg.inflight_fd)  # the manager answers these if this process dies
         self.tracing: tracing.Tracing | None = None  # the instance's tracer (otlp_endpoint), set by serve(); None: off
@@ -399,14 +413,22 @@ class Instance:
             self._loop = asyncio.get_running_loop()
         return self._loop
 
-    async def on_message(self, msg: Msg) -> None:
-        """NATS callback: hand the request to a request thread (no task, no wait: requests overlap)."""
+    def on_message(self, msg: Msg) -> None:
+        """Called where nats-py reads a request (:func:`kiln_platform.natsinline.subscribe_inline`): hand it to a
+        request thread (no task, no wait: requests overlap)."""
         loop = self._bind_loop()
         if not self._arriving and not self._unreported:
             loop.call_soon(self._dispatch)  # after the other messages this turn of the loop delivers
         self._unreported.append(msg.reply)
-        state = _Request(msg, time.monotonic())
+        state = _Request(msg, time.monotonic(), size=len(msg.data))
         self._arrived(state)
+        if len(self._waiting) > MAX_HELD_REQUESTS or self._held_bytes > MAX_HELD_BYTES:
+            # What nats-py's slow-consumer limits bounded before the subscription handed requests over inline.
+            log.warning("refusing a request: the instance holds %d requests (%d bytes) not yet answered",
+                        len(self._waiting) - 1, self._held_bytes - state.size)
+            self._answer_now(state, _error(503, "the instance holds too many requests", self.cfg.instance_id,
+                                           public="Service Unavailable"))
+            return
         try:
             state.req = http_pb2.HttpRequest.FromString(msg.data)
         except Exception:  # noqa: BLE001 - a malformed envelope must not kill the instance
@@ -447,8 +469,9 @@ class Instance:
             self.inflight.started_all(replies)
 
     def _arrived(self, state: _Request) -> None:
-        self._waiting[id(state)] = state
-        self._queued[id(state)] = state.arrived
+        self._waiting[state.key] = state
+        self._held_bytes += state.size
+        self._queued[state.key] = state.arrived
         self._idle.clear()
 
     def _spawn(self, coro: Any) -> None:
@@ -480,7 +503,7 @@ class Instance:
 
     def _work(self, state: _Request) -> None:
         """On a request thread: run the request, encode its answer, hand it to the loop (the one hop back)."""
-        self._queued.pop(id(state), None)
+        self._queued.pop(state.key, None)
         assert state.req is not None
         try:
             resp = self._serve(state)
@@ -535,8 +558,9 @@ class Instance:
             self.latency_total += time.monotonic() - state.arrived
         if state.span is not None:
             self._end_span(state)
-        self._waiting.pop(id(state), None)
-        self._queued.pop(id(state), None)
+        self._waiting.pop(state.key, None)
+        self._held_bytes -= state.size
+        self._queued.pop(state.key, None)
         if state.msg is None:
             if state.done is not None and not state.done.done():
                 state.done.set_result(resp if resp is not None else http_pb2.HttpResponse.FromString(data))
@@ -697,7 +721,7 @@ class Instance:
         try:
             with self._running_lock:
                 state.running = True
-                at = self._timer.start(id(state), state.seconds, state)
+                at = self._timer.start(state.key, state.seconds, state)
                 state.deadline = kiln_runtime._Deadline(at, at + self.cfg.deadline_grace_seconds)
             return self._call(req, state, environ)
         except kiln_runtime.DeadlineExceededError:
@@ -706,7 +730,7 @@ class Instance:
         finally:
             with self._running_lock:
                 state.running = False
-                self._timer.stop(id(state), state.seconds)
+                self._timer.stop(state.key, state.seconds)
                 # An interruption not delivered yet must not land in the runtime's own code.
                 _SET_ASYNC_EXC(ctypes.c_ulong(ident), None)
 
@@ -847,6 +871,19 @@ def loopback_nats_url(url: str, port: int) -> str:
     return f"nats://{credentials + '@' if credentials else ''}127.0.0.1:{port}"
 
 
+async def subscribe_requests(nc: Client, instance: Instance) -> list[Subscription]:
+    """Subscribe ``instance`` to its version's requests (queue group :data:`kiln_platform.bus.RUNTIME_QUEUE`: each
+    goes to one instance) and to those addressed to it alone. Requests are handed over where nats-py reads them
+    (:mod:`kiln_platform.natsinline`: no subscription queue, task or coroutine per request); draining the
+    subscriptions still hands over every request the server sent before it stopped sending."""
+    return [
+        await natsinline.subscribe_inline(nc, bus.http_subject(instance.app_id, instance.version_id),
+                                          instance.on_message, queue=bus.RUNTIME_QUEUE),
+        await natsinline.subscribe_inline(nc, bus.instance_subject(instance.app_id, instance.cfg.instance_id),
+                                          instance.on_message),
+    ]
+
+
 async def serve(cfg: RuntimeConfig) -> None:
     """Load the app, subscribe, serve until SIGTERM, then drain."""
     app_config = appyaml.load(cfg.app_dir / "app.yaml")
@@ -880,10 +917,7 @@ async def serve(cfg: RuntimeConfig) -> None:
     answers = asyncio.create_task(instance.publish_answers())
     if "warmup" in app_config.inbound_services:
         await instance.warm_up()
-    sub = await nc.subscribe(bus.http_subject(instance.app_id, instance.version_id),
-                             queue=bus.RUNTIME_QUEUE, cb=instance.on_message)
-    direct = await nc.subscribe(bus.instance_subject(instance.app_id, cfg.instance_id), cb=instance.on_message)
-    instance.subscriptions = [sub, direct]
+    sub, direct = instance.subscriptions = await subscribe_requests(nc, instance)
     await nc.flush()
     log.info("instance %s serving %s/%s", cfg.instance_id, instance.app_id, instance.version_id)
     if cfg.ready_file:

@@ -146,8 +146,7 @@ def request_environ(req: http_pb2.HttpRequest, info: InstanceInfo) -> tuple[dict
             environ[key] = f"{environ[key]}{_JOINERS.get(name, ',')}{value}" if key in environ else value
     environ["CONTENT_LENGTH"] = str(len(req.body))
     environ.setdefault("CONTENT_TYPE", "")
-    for key in _RUNTIME_OWNED:  # the runtime's own, whatever reached it under those names
-        environ.pop(key, None)
+    # The runtime's own variables: no header becomes one (_cgi_name), nor does an env_variables entry (base_environ).
     environ.update(appengine_headers(req, info))
     if "HTTP_X_APPENGINE_QUEUENAME" in environ:
         # A push task (only the router sets the header, for the task queue's signed requests) comes from App Engine's
@@ -162,7 +161,7 @@ def _instance_environ(info: InstanceInfo) -> dict[str, Any]:
     Every key here that a request also sets is set again by :func:`build_environ`, so its position in the dict, and
     what it overrides, stay as if it were built per request.
     """
-    found: dict[str, Any] = dict(info.env_variables)
+    found: dict[str, Any] = {key: value for key, value in info.env_variables.items() if key not in _RUNTIME_OWNED}
     found.update({
         "REQUEST_METHOD": "",
         "SCRIPT_NAME": "",
@@ -203,13 +202,16 @@ def _instance_environ(info: InstanceInfo) -> dict[str, Any]:
 
 @functools.lru_cache(maxsize=1024)
 def _cgi_name(name: str) -> str | None:
-    """A request header's CGI name (``X-Foo`` -> ``X_FOO``), or ``None`` for a name that must not become a variable.
+    """A request header's CGI name (``X-Foo`` -> ``X_FOO``), or ``None`` for a name that must not become a variable:
+    not a token of letters, digits and "-", or one of the runtime's own ``X-AppEngine-*`` variables
+    (:data:`_RUNTIME_OWNED`: whatever reached the runtime under those names is not the runtime's).
 
     Header names come from a small set (the client's usual headers and the router's): cached, bounded.
     """
     if not _HEADER_NAME.fullmatch(name):
         return None
-    return name.upper().replace("-", "_")
+    cgi = name.upper().replace("-", "_")
+    return None if "HTTP_" + cgi in _RUNTIME_OWNED else cgi
 
 
 #: App Engine's REMOTE_ADDR for push task requests.
@@ -217,11 +219,11 @@ TASK_QUEUE_REMOTE_ADDR = "0.1.0.2"
 
 
 # The X-AppEngine-* variables only the runtime sets (appengine_headers, and the API ticket).
-_RUNTIME_OWNED = ("HTTP_X_APPENGINE_USER_EMAIL", "HTTP_X_APPENGINE_USER_ID", "HTTP_X_APPENGINE_USER_NICKNAME",
-                  "HTTP_X_APPENGINE_USER_ORGANIZATION", "HTTP_X_APPENGINE_USER_IS_ADMIN",
-                  "HTTP_X_APPENGINE_AUTH_DOMAIN", "HTTP_X_APPENGINE_DEFAULT_VERSION_HOSTNAME",
-                  "HTTP_X_APPENGINE_REQUEST_LOG_ID", "HTTP_X_APPENGINE_HTTPS", "HTTP_X_APPENGINE_USER_IP",
-                  "HTTP_X_APPENGINE_API_TICKET", "HTTP_X_APPENGINE_DEV_REQUEST_ID")
+_RUNTIME_OWNED = frozenset({
+    "HTTP_X_APPENGINE_USER_EMAIL", "HTTP_X_APPENGINE_USER_ID", "HTTP_X_APPENGINE_USER_NICKNAME",
+    "HTTP_X_APPENGINE_USER_ORGANIZATION", "HTTP_X_APPENGINE_USER_IS_ADMIN", "HTTP_X_APPENGINE_AUTH_DOMAIN",
+    "HTTP_X_APPENGINE_DEFAULT_VERSION_HOSTNAME", "HTTP_X_APPENGINE_REQUEST_LOG_ID", "HTTP_X_APPENGINE_HTTPS",
+    "HTTP_X_APPENGINE_USER_IP", "HTTP_X_APPENGINE_API_TICKET", "HTTP_X_APPENGINE_DEV_REQUEST_ID"})
 
 
 def appengine_headers(req: http_pb2.HttpRequest, info: InstanceInfo) -> dict[str, str]:

@@ -8,7 +8,8 @@ import nats
 import nats.errors
 import pytest
 
-from router.replies import Requester, subscribe_inline
+from kiln_platform.natsinline import subscribe_inline
+from router.replies import Requester
 
 pytestmark = pytest.mark.nats
 

@@ -125,6 +125,16 @@ def test_runtime_owned_variables_never_come_from_a_header_that_reached_the_runti
     assert environ["HTTP_X_APPENGINE_USER_IS_ADMIN"] == "0"
 
 
+def test_runtime_owned_variables_never_come_from_the_apps_env_variables():
+    info = InstanceInfo(app_id="a", version_id="v1", minor_version=1, instance_id="i", auth_domain="example.com",
+                        default_hostname="a.example.com", dev=False,
+                        env_variables={"HTTP_X_APPENGINE_USER_EMAIL": "forged", "HTTP_X_APPENGINE_API_TICKET": "forged",
+                                       "HTTP_X_APPENGINE_USER_IS_ADMIN": "1", "MY_SETTING": "kept"})
+    environ = build_environ(request(), info)
+    assert "forged" not in environ.values()
+    assert environ["HTTP_X_APPENGINE_USER_IS_ADMIN"] == "0" and environ["MY_SETTING"] == "kept"
+
+
 @pytest.mark.parametrize(("line", "version"), [("appengine-python-standard==1.1.4", "1.1.4"),
                                                ("appengine-python-standard<2", "1.1.4"),
                                                ("appengine-python-standard>=0.2.3", "3.1.0")])
