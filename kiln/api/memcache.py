@@ -27,8 +27,9 @@ shard rests) must not leave the value it meant to replace: ndb's cache, for
 one, locks a key before a datastore put and deletes it after, and a reader's
 later ``cas`` of what it read before the put would otherwise store the old
 entity for good. So the keys of such a ``set``/``delete`` (any policy) are
-deleted from that shard later — before this process's next call to it, once it
-answers again — and a ``flush_all`` is repeated. At most
+deleted from that shard later — as soon as its rest is over, by a thread of
+this process, and in any case before this process's next call to it (another
+process may be the one that reads next) — and a ``flush_all`` is repeated. At most
 :data:`MAX_INVALIDATIONS` keys wait per shard; beyond that the shard's part of
 the app's cache is flushed instead (see :class:`_Invalidations`).
 """
@@ -213,6 +214,7 @@ class _Shards:
         self._ring: Ring | None = None
         self._addresses = ""
         self._targets: dict[str, str] = {}  # shard name -> where to dial it
+        self._settler: threading.Thread | None = None
 
     def ring(self) -> Ring:
         addresses = _rpc.setting("KILN_MEMCACHE_ADDR")
@@ -257,6 +259,29 @@ class _Shards:
                 owed.add(request.namespace, request.keys, request.lockout_seconds)
             else:
                 owed.add(request.namespace, (item.key for item in request.items), 0)
+            if self._settler is None or not self._settler.is_alive():  # (a forked child has no settler thread)
+                self._settler = threading.Thread(target=self._settle_owed, name="kiln-memcache-settler", daemon=True)
+                self._settler.start()
+
+    def _settle_owed(self) -> None:
+        """Send each shard what it is owed once its rest is over, even if this process never calls it again (an
+        instance whose last request wrote); ends when nothing is owed. Calls that come first settle it themselves."""
+        while True:
+            with self._lock:
+                if not self._owed:
+                    self._settler = None
+                    return
+                addresses = list(self._owed)
+                wait = min(self._down_until.get(a, 0) for a in addresses) - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)  # until the first rest is over
+                continue
+            for address in addresses:
+                try:
+                    self.stub(address)  # sends what it owes unless it rests; failing, it rests again
+                except Exception:  # e.g. the shard left KILN_MEMCACHE_ADDR: keep the thread, retry after a rest
+                    log.exception("memcache: sending shard %s what it is owed failed", address)
+                    self.failed(address)
 
     def _settle(self, address: str, stub: memcache_pb2_grpc.MemcacheServiceStub) -> bool:
         """Send what ``address`` is owed; True once nothing is. One thread sends while the others wait for it."""

@@ -16,6 +16,8 @@ import time
 import grpc
 import pytest
 
+from kiln.pb.datastore.v1 import datastore_pb2 as dpb
+from kiln.pb.datastore.v1 import datastore_pb2_grpc
 from kiln.pb.taskqueue.v1 import taskqueue_pb2 as pb
 from kiln.pb.taskqueue.v1 import taskqueue_pb2_grpc
 from kiln_platform import auth
@@ -45,6 +47,16 @@ def counter(server) -> str:
     status, _, body = apps.fetch(server, "/counter/get")
     assert status == 200, body
     return body.decode()
+
+
+def stored_counts(server) -> list[int]:
+    """The counts the datastore holds (every Counter entity), read past ndb and its memcache cache."""
+    token = auth.mint_app_token(server._secret, server.app_id)
+    with grpc.insecure_channel(server.addresses["datastore_svc"]) as channel:
+        batch = datastore_pb2_grpc.DatastoreServiceStub(channel).RunQuery(
+            dpb.RunQueryRequest(query=dpb.Query(kind="Counter")), metadata=(("authorization", f"Bearer {token}"),),
+            timeout=30).batch
+    return [r.entity.properties["count"].integer_value for r in batch.entity_results]
 
 
 def waiting_tasks(server) -> int:
@@ -78,8 +90,14 @@ def test_each_samples_deferred_increments_run_now_and_after_their_countdowns(sam
     # for a loaded machine (a countdown says "not before"; three kiln devs share CI's two cores).
     for step, due in ((10, 0), (20, 60), (30, 120)):
         for variant, sample in samples.items():
-            apps.wait_for(lambda sample=sample, variant=variant: counter(sample) == str(before[variant] + step),
-                          max(deferred_at + due + LATE_SECONDS - time.monotonic(), 1))
+            try:
+                apps.wait_for(lambda sample=sample: counter(sample) == str(before[variant] + step),
+                              max(deferred_at + due + LATE_SECONDS - time.monotonic(), 1))
+            except AssertionError as late:  # say where the increment is: not run, or run and not seen
+                raise AssertionError(
+                    f"{variant}: the counter reads {counter(sample)} after {time.monotonic() - deferred_at:.0f} s, "
+                    f"not {before[variant] + step}; the datastore holds {stored_counts(sample)}, "
+                    f"{waiting_tasks(sample)} tasks wait") from late
     for variant, sample in samples.items():
         apps.wait_for(lambda sample=sample: waiting_tasks(sample) == 0, 30)  # nothing more is coming
         assert (variant, counter(sample)) == (variant, str(before[variant] + 30))

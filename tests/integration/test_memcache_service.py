@@ -490,3 +490,14 @@ def test_a_flush_not_sent_while_a_shard_rests_is_sent_before_the_next_call(stall
     assert memcache.flush_all() is False
     stallable.rested()
     assert memcache.get_multi(["a", "b"]) == {}
+
+
+def test_a_delete_not_sent_while_a_shard_rests_reaches_it_though_this_process_calls_it_no_more(stallable):
+    # Another instance reads next: it must not find the value this one meant to delete.
+    assert memcache.set("k", "old") is True
+    stallable.stall()
+    assert memcache.delete("k") == memcache.DELETE_NETWORK_FAILURE
+    with grpc.insecure_channel(stallable.shard.address) as channel:
+        other_process = memcache_pb2_grpc.MemcacheServiceStub(channel)
+        apps.wait_for(lambda: not other_process.Get(pb.GetRequest(keys=[b"k"]), metadata=app_metadata("cacher"),
+                                                    timeout=5).items, 10)
