@@ -27,6 +27,7 @@ import grpc
 from nats.aio.client import Client
 
 from kiln_platform import bus
+from kiln.api import _rpc
 from kiln.errors import KilnError, NotFoundError, UnavailableError
 from kiln.pb.deploy.v1 import deploy_pb2 as pb
 from kiln.pb.deploy.v1 import deploy_pb2_grpc, events_pb2
@@ -45,7 +46,9 @@ class VersionSource:
     """The control plane as seen by routers and runtime hosts (see module docstring)."""
 
     def __init__(self, address: str, token: str, cache_dir: pathlib.Path | None = None) -> None:
-        self._channel = grpc.aio.insecure_channel(address, options=[("grpc.max_receive_message_length", 64 << 20)])
+        options = [o for o in _rpc.CHANNEL_OPTIONS if o[0] != "grpc.max_receive_message_length"]
+        self._channel = grpc.aio.insecure_channel(address, options=[*options, ("grpc.max_receive_message_length",
+                                                                               64 << 20)])
         self._stub = deploy_pb2_grpc.DeployServiceStub(self._channel)
         self._meta = (("authorization", f"Bearer {token}"),)
         self._cache = cache_dir

@@ -16,6 +16,7 @@ naming it, and a service this control plane was not given is ``FAILED_PRECONDITI
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -38,6 +39,9 @@ APP_METADATA_KEY = "kiln-app"
 TOKEN_SECONDS = 300  # life of a forwarded call's app token
 _TOKEN_REUSE_SECONDS = 60  # a token is reused this long, so the services' verified-token caches stay small
 MAX_CALL_SECONDS = 300.0  # a call without a deadline gets this one
+# How long a call waits for a service's connection before it is UNAVAILABLE: a service that just restarted is
+# reconnected within about a second (the channels' reconnect backoff, ``_rpc.MAX_RECONNECT_BACKOFF_MS``).
+CONNECT_SECONDS = 3.0
 
 # Each forwarded service: its descriptor, the setting that gives its address, and the part's name for messages.
 ROUTES = (
@@ -125,6 +129,9 @@ class Gateway:
             channel = route.open()
             remaining = context.time_remaining()
             timeout = MAX_CALL_SECONDS if remaining is None else min(remaining, MAX_CALL_SECONDS)
+            if not await _connected(channel, min(CONNECT_SECONDS, timeout)):
+                raise errors.UnavailableError(f"the control plane cannot reach {route.service} at {route.address}: "
+                                              f"no connection within {CONNECT_SECONDS:g} s")
             call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(method)  # bytes in and out
             try:
                 reply: bytes = await call(request, timeout=timeout,
@@ -142,6 +149,21 @@ class Gateway:
         for route in self._routes.values():
             if route.channel is not None:
                 await route.channel.close()
+
+
+async def _connected(channel: grpc.aio.Channel, seconds: float) -> bool:
+    """Whether ``channel`` is connected, or connects within ``seconds``.
+
+    A call on a channel waiting out its reconnect backoff would fail at once, though the service may be back (it
+    restarted); waiting for the connection first, rather than retrying a failed call, never sends a call twice.
+    """
+    if channel.get_state(try_to_connect=True) == grpc.ChannelConnectivity.READY:
+        return True
+    try:
+        await asyncio.wait_for(channel.channel_ready(), seconds)
+    except asyncio.TimeoutError:
+        return False
+    return True
 
 
 def _answered_by_kiln(exc: grpc.aio.AioRpcError) -> bool:

@@ -16,6 +16,7 @@ import time
 
 import grpc
 
+from kiln.api import _rpc
 from kiln.errors import KilnError
 from kiln.pb.datastore.v1 import datastore_pb2 as dpb
 from kiln.pb.datastore.v1 import datastore_pb2_grpc
@@ -40,7 +41,7 @@ class IndexApplier:
 
     def _stub(self) -> datastore_pb2_grpc.DatastoreServiceAsyncStub:
         if self._channel is None:  # made in the running loop, on first use
-            self._channel = grpc.aio.insecure_channel(self._address)
+            self._channel = grpc.aio.insecure_channel(self._address, options=list(_rpc.CHANNEL_OPTIONS))
         stub: datastore_pb2_grpc.DatastoreServiceAsyncStub = datastore_pb2_grpc.DatastoreServiceStub(self._channel)
         return stub
 

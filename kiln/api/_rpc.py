@@ -1,7 +1,8 @@
 """The one client transport every ``kiln.api`` module uses to reach its service.
 
 - **Channels** (:func:`channel`, :func:`stub`): one per target, all with the same options
-  (:data:`CHANNEL_OPTIONS`: message sizes above every service's limit, keepalive). A module's
+  (:data:`CHANNEL_OPTIONS`: message sizes above every service's limit, keepalive, a
+  reconnect backoff of at most a second). A module's
   service address comes from what the runtime exported (``KILN_<SERVICE>_ADDR``); memcache,
   which has several shards, dials each with :func:`channel`.
 - **Identity**: every call carries the app's token (``KILN_APP_TOKEN``) as its
@@ -44,6 +45,9 @@ MAX_MESSAGE_BYTES = 40 * 1024 * 1024
 # GOAWAY "too_many_pings"), and idle channels do not ping, which servers refuse by default.
 KEEPALIVE_MS = 300_000
 KEEPALIVE_TIMEOUT_MS = 20_000
+# A service that went away is dialled again every second or so, so one that restarts is reached within about a
+# second; gRPC's own backoff grows to two minutes, and until its next attempt every call fails at once.
+MAX_RECONNECT_BACKOFF_MS = 1_000
 
 CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -51,6 +55,7 @@ CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.keepalive_time_ms", KEEPALIVE_MS),
     ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
     ("grpc.keepalive_permit_without_calls", 0),
+    ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
 )
 
 _lock = threading.Lock()

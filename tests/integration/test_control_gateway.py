@@ -4,6 +4,8 @@ services."""
 
 from __future__ import annotations
 
+import signal
+import time
 import uuid
 
 import grpc
@@ -13,9 +15,10 @@ from kiln.pb.cron.v1 import cron_pb2, cron_pb2_grpc
 from kiln.pb.datastore.v1 import datastore_pb2 as dpb
 from kiln.pb.datastore.v1 import datastore_pb2_grpc
 from kiln.pb.logs.v1 import logs_pb2, logs_pb2_grpc
+from kiln.pb.memcache.v1 import memcache_pb2, memcache_pb2_grpc
 from kiln_platform import auth as app_auth
-from kiln_platform.supervisor import free_port
-from tests.integration.conftest import SECRET
+from kiln_platform.supervisor import free_port, python_module
+from tests.integration.conftest import SECRET, service_env
 from tests.integration.test_control_plane import start_control, token
 
 pytestmark = pytest.mark.nats
@@ -136,3 +139,39 @@ def test_the_services_own_refusal_comes_back_as_it_was_and_the_gateway_keeps_ser
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "protobuf" in err.details()
     put_through(gateway, token(app), app, "after")
     assert found_as(datastore_addr, app, "after")
+
+
+def memcache_stats(gateway: str, app: str) -> grpc.RpcError | None:
+    """Call the app's memcache Stats through ``gateway``: ``None`` when it answered, else the error."""
+    with grpc.insecure_channel(gateway) as channel:
+        try:
+            memcache_pb2_grpc.MemcacheServiceStub(channel).Stats(
+                memcache_pb2.StatsRequest(), metadata=(("authorization", f"Bearer {token(app)}"),), timeout=30)
+        except grpc.RpcError as exc:
+            return exc
+    return None
+
+
+def test_a_service_that_restarts_is_reached_through_the_gateway_as_soon_as_it_listens(supervisor, tmp_path_factory,
+                                                                                      nats_url):
+    address = f"127.0.0.1:{free_port()}"
+
+    def start_memcache(name: str):
+        ready = supervisor.run_dir / f"{name}.addr"
+        return supervisor.start(name, python_module("memcache_svc", "--listen", address, "--ready-file", str(ready)),
+                                env=service_env(), ready_file=ready)
+
+    shard = start_memcache("memcache-gw-first")
+    control = start_control(supervisor, tmp_path_factory, nats_url, "control-gw-restart", "--memcache-addr", address)
+    app = new_app()
+    assert memcache_stats(control, app) is None
+    shard.proc.send_signal(signal.SIGKILL)
+    shard.proc.wait(10)
+    supervisor.children.remove(shard)
+    # Down for 12 s of calls: gRPC's own reconnect backoff would by then wait about 7 s between attempts.
+    down_until = time.monotonic() + 12
+    while time.monotonic() < down_until:
+        err = memcache_stats(control, app)
+        assert err is not None and err.code() == grpc.StatusCode.UNAVAILABLE and address in err.details()
+    start_memcache("memcache-gw-again")
+    assert memcache_stats(control, app) is None  # the first call after the restart, not a retried one
