@@ -884,6 +884,19 @@ async def subscribe_requests(nc: Client, instance: Instance) -> list[Subscriptio
     ]
 
 
+# How long a stopping instance waits to send memcache the deletes it owes (a shard rests 5 s after a failure).
+MEMCACHE_SETTLE_SECONDS = 6.0
+
+
+async def settle_memcache(seconds: float) -> None:
+    """Send memcache the deletes of writes whose outcome this instance does not know (:mod:`kiln.api.memcache`):
+    they would go with the process, and another instance could then keep reading the values they meant to
+    remove. Nothing to do for an app that never imported memcache."""
+    memcache = sys.modules.get("kiln.api.memcache")
+    if memcache is not None and not await asyncio.to_thread(memcache.settle, seconds):
+        log.warning("stopping with memcache deletes unsent: their shards did not answer within %g s", seconds)
+
+
 async def serve(cfg: RuntimeConfig) -> None:
     """Load the app, subscribe, serve until SIGTERM, then drain."""
     app_config = appyaml.load(cfg.app_dir / "app.yaml")
@@ -933,6 +946,7 @@ async def serve(cfg: RuntimeConfig) -> None:
     await sub.drain()  # type: ignore[no-untyped-call]  # nats-py leaves Subscription.drain unannotated
     await direct.drain()  # type: ignore[no-untyped-call]
     await instance.finish(cfg.grace_seconds)
+    await settle_memcache(MEMCACHE_SETTLE_SECONDS)
     deadlines.cancel()
     answers.cancel()
     await bus.shutdown(nc)

@@ -39,6 +39,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import logging
+import math
 import pickle
 import threading
 import time
@@ -264,22 +265,31 @@ class _Shards:
                 self._settler.start()
 
     def _settle_owed(self) -> None:
-        """Send each shard what it is owed once its rest is over, even if this process never calls it again (an
-        instance whose last request wrote); ends when nothing is owed. Calls that come first settle it themselves."""
+        """The settler thread: send each shard what it is owed once its rest is over, even if this process never
+        calls it again (an instance whose last request wrote); ends when nothing is owed."""
+        self.settle_all(math.inf, settler=True)
+
+    def settle_all(self, deadline: float, *, settler: bool = False) -> bool:
+        """Send every shard what it is owed, waiting for resting shards until ``deadline`` (monotonic); True once
+        nothing is owed. The ``settler`` thread marks itself gone as it finds nothing owed, under the same lock
+        :meth:`owe` starts it under, so a debt is never left without one."""
         while True:
             with self._lock:
                 if not self._owed:
-                    self._settler = None
-                    return
+                    if settler:
+                        self._settler = None
+                    return True
                 addresses = list(self._owed)
                 wait = min(self._down_until.get(a, 0) for a in addresses) - time.monotonic()
             if wait > 0:
+                if time.monotonic() + wait > deadline:
+                    return False
                 time.sleep(wait)  # until the first rest is over
                 continue
             for address in addresses:
                 try:
                     self.stub(address)  # sends what it owes unless it rests; failing, it rests again
-                except Exception:  # e.g. the shard left KILN_MEMCACHE_ADDR: keep the thread, retry after a rest
+                except Exception:  # e.g. the shard left KILN_MEMCACHE_ADDR: retried after a rest
                     log.exception("memcache: sending shard %s what it is owed failed", address)
                     self.failed(address)
 
@@ -318,6 +328,12 @@ class _Shards:
 
 
 _shards = _Shards()
+
+
+def settle(seconds: float) -> bool:
+    """Send the shards the deletes this process owes them (module docstring), waiting up to ``seconds`` for those
+    that rest; True once nothing is owed. An instance calls it as it stops: what it owes would go with it."""
+    return _shards.settle_all(time.monotonic() + seconds)
 
 
 def _namespace(namespace: str | None) -> str:

@@ -186,13 +186,45 @@ class _ShardStub:
 
 @pytest.fixture
 def shard_stub(monkeypatch):
-    def use(stub: _ShardStub) -> None:
+    """One stand-in shard; ``settler=False`` keeps the settler thread out, so only the app's calls settle debts."""
+    def use(stub: _ShardStub, *, settler: bool = False) -> None:
         monkeypatch.setenv("KILN_MEMCACHE_ADDR", "shard-a:1")
         monkeypatch.setenv("KILN_APP_TOKEN", "app-a.tok")
         memcache.reset()
         memcache._shards._stubs["shard-a:1"] = stub  # type: ignore[assignment]
+        if not settler:
+            monkeypatch.setattr(memcache._shards, "_settle_owed", lambda: None)
     yield use
+    monkeypatch.undo()
     memcache.reset()
+
+
+def test_the_keys_of_a_set_that_failed_are_deleted_by_a_thread_without_another_call(shard_stub):
+    stub = _ShardStub(Set=FakeRpcError(grpc.StatusCode.INTERNAL, "boom"), Delete=pb.DeleteResponse())
+    shard_stub(stub, settler=True)
+    assert memcache.set("a", 1) is False
+    deadline = time.monotonic() + 10
+    while len(stub.calls) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert stub.calls == [("Set", stub.calls[0][1]), ("Delete", pb.DeleteRequest(keys=[b"a"]))]
+    assert not memcache._shards._owed
+
+
+def test_settle_waits_for_a_resting_shard_and_sends_what_it_owes(shard_stub, monkeypatch):
+    stub = _ShardStub(Set=FakeRpcError(grpc.StatusCode.UNAVAILABLE, "down"), Delete=pb.DeleteResponse())
+    shard_stub(stub)
+    monkeypatch.setattr(memcache, "DOWN_SECONDS", 0.2)
+    assert memcache.set("a", 1) is False  # the shard now rests 0.2 s
+    assert memcache.settle(10) is True
+    assert [m for m, _ in stub.calls] == ["Set", "Delete"]
+
+
+def test_settle_gives_up_at_its_deadline_on_a_shard_resting_longer(shard_stub):
+    stub = _ShardStub(Set=FakeRpcError(grpc.StatusCode.UNAVAILABLE, "down"))
+    shard_stub(stub)
+    assert memcache.set("a", 1) is False  # rests DOWN_SECONDS (5 s)
+    assert memcache.settle(0.01) is False
+    assert [m for m, _ in stub.calls] == ["Set"]
 
 
 def test_the_keys_of_a_set_that_failed_are_deleted_before_the_next_call(shard_stub):
