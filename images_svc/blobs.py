@@ -16,6 +16,7 @@ import grpc
 from images_svc import ops
 from images_svc.errors import ImageTooLargeError, InvalidBlobKeyError, ObjectNotFoundError
 from kiln import errors
+from kiln.api import _rpc
 from kiln.pb.blobstore.v1 import blobstore_pb2 as bpb
 from kiln.pb.blobstore.v1 import blobstore_pb2_grpc
 from kiln_platform import auth
@@ -45,9 +46,7 @@ class Blobs:
     """blobstore_svc at ``address`` (one channel for the process)."""
 
     def __init__(self, address: str, *, max_message_bytes: int) -> None:
-        self._channel = grpc.aio.insecure_channel(address, options=[
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes)])
+        self._channel = grpc.aio.insecure_channel(address, options=_rpc.channel_options(max_message_bytes))
         self._stub = blobstore_pb2_grpc.BlobstoreServiceStub(self._channel)
 
     async def close(self) -> None:

@@ -46,9 +46,7 @@ class VersionSource:
     """The control plane as seen by routers and runtime hosts (see module docstring)."""
 
     def __init__(self, address: str, token: str, cache_dir: pathlib.Path | None = None) -> None:
-        options = [o for o in _rpc.CHANNEL_OPTIONS if o[0] != "grpc.max_receive_message_length"]
-        self._channel = grpc.aio.insecure_channel(address, options=[*options, ("grpc.max_receive_message_length",
-                                                                               64 << 20)])
+        self._channel = grpc.aio.insecure_channel(address, options=_rpc.channel_options(64 << 20))
         self._stub = deploy_pb2_grpc.DeployServiceStub(self._channel)
         self._meta = (("authorization", f"Bearer {token}"),)
         self._cache = cache_dir

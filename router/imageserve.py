@@ -19,6 +19,7 @@ import re
 import grpc
 from aiohttp import web
 
+from kiln.api import _rpc
 from kiln.pb.images.v1 import images_pb2 as pb
 from kiln.pb.images.v1 import images_pb2_grpc
 from router import responses
@@ -63,8 +64,7 @@ class ImageServer:
     """Serves ``/_ah/img/`` through images_svc at ``address`` (one channel per router process)."""
 
     def __init__(self, address: str, credentials: AppCredentials, *, max_message_bytes: int) -> None:
-        self._channel = grpc.aio.insecure_channel(address, options=[
-            ("grpc.max_receive_message_length", max_message_bytes)])
+        self._channel = grpc.aio.insecure_channel(address, options=_rpc.channel_options(max_message_bytes))
         self._stub = images_pb2_grpc.ImagesServiceStub(self._channel)
         self._credentials = credentials
 

@@ -58,6 +58,14 @@ CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
 )
 
+
+
+def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    """:data:`CHANNEL_OPTIONS` with another message size limit (both ways), for a client of larger messages."""
+    sizes = ("grpc.max_receive_message_length", "grpc.max_send_message_length")
+    return [*(o for o in CHANNEL_OPTIONS if o[0] not in sizes), *((name, max_message_bytes) for name in sizes)]
+
+
 _lock = threading.Lock()
 _stubs: dict[str, Any] = {}
 
