@@ -19,7 +19,8 @@ Prints, measured in one run with kiln and its baseline interleaved round by roun
 
 each with the median of the rounds, the ratio kiln/baseline in every round and the median of those
 ratios, and the CPU microseconds per operation of datastore_svc, this benchmark client and Cassandra
-(utime + stime from /proc before and after each measurement, divided by operations). The load average
+(utime + stime from /proc before and after each measurement, divided by operations). With ``--also``, the
+trees take turns running first in a round. The load average
 at the start is printed first: four other engineers share this 2-core machine.
 
 Usage::
@@ -520,9 +521,12 @@ def main() -> int:
                 written = asyncio.run(bench_kiln(addr, warm, meter, app))["written"]
                 if name == "kiln":
                     asyncio.run(bench_floor(floor.address, warm, floor_meter, app, written))
-            for _ in range(args.rounds):
+            for number in range(args.rounds):
                 results = {"driver": asyncio.run(direct.bench(args.ops, direct_meter))}
-                for name, (addr, meter) in services.items():
+                # Each round starts with another tree, so no tree always runs first after the driver's writes.
+                order = list(services.items())
+                order = order[number % len(order):] + order[:number % len(order)]
+                for name, (addr, meter) in order:
                     app = "bench" + uuid.uuid4().hex[:8]
                     results[name] = asyncio.run(bench_kiln(addr, args.ops, meter, app))
                     if name == "kiln":  # the floor reads the rows kiln wrote, in kiln's keyspace
