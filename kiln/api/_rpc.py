@@ -59,7 +59,6 @@ CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
 )
 
 
-
 def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
     """:data:`CHANNEL_OPTIONS` with another message size limit (both ways), for a client of larger messages."""
     sizes = ("grpc.max_receive_message_length", "grpc.max_send_message_length")

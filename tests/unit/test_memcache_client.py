@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from typing import Any
 
@@ -173,10 +174,18 @@ class _ShardStub:
     def __init__(self, **answers: Any) -> None:
         self.answers = answers
         self.calls: list[tuple[str, Any]] = []
+        self._called = threading.Condition()
+
+    def wait_for_calls(self, count: int, seconds: float) -> None:
+        """Until ``count`` calls were made (by any thread); fails the test after ``seconds``."""
+        with self._called:
+            assert self._called.wait_for(lambda: len(self.calls) >= count, seconds), self.calls
 
     def __getattr__(self, method: str) -> Any:
         def call(request: Any, *, timeout: float, metadata: Any) -> Any:
-            self.calls.append((method, request))
+            with self._called:
+                self.calls.append((method, request))
+                self._called.notify_all()
             answer = self.answers[method]
             if isinstance(answer, BaseException):
                 raise answer
@@ -203,9 +212,7 @@ def test_the_keys_of_a_set_that_failed_are_deleted_by_a_thread_without_another_c
     stub = _ShardStub(Set=FakeRpcError(grpc.StatusCode.INTERNAL, "boom"), Delete=pb.DeleteResponse())
     shard_stub(stub, settler=True)
     assert memcache.set("a", 1) is False
-    deadline = time.monotonic() + 10
-    while len(stub.calls) < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    stub.wait_for_calls(2, 10)  # the settler's Delete, with no call of the app's
     assert stub.calls == [("Set", stub.calls[0][1]), ("Delete", pb.DeleteRequest(keys=[b"a"]))]
     assert not memcache._shards._owed
 
